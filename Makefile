@@ -1,0 +1,36 @@
+# safecity developer entry points. `make help` lists them.
+VENV := .venv
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help setup run test lint bench clean
+
+help:
+	@echo "make setup  install mosquitto/influxdb if missing, create $(VENV), install the project"
+	@echo "make run    the whole local stack (broker, InfluxDB, ingest, API + console, simulated city)"
+	@echo "make test   the test suite against real local services (PYTEST_ARGS=... to pass flags)"
+	@echo "make lint   ruff and mypy"
+	@echo "make bench  the benchmarks"
+	@echo "make clean  remove caches, build output and var/ (keeps $(VENV))"
+
+setup:
+	bash scripts/setup.sh
+
+run: setup
+	$(VENV)/bin/safecity run
+
+test: setup
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# Linting needs only the virtualenv, not the broker and database packages.
+lint:
+	bash scripts/setup.sh --python-only
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+bench: setup
+	$(VENV)/bin/python -m benchmarks
+
+clean:
+	rm -rf var build dist .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	find . -path ./$(VENV) -prune -o \( -name __pycache__ -o -name '*.egg-info' \) -type d -prune -exec rm -rf {} +

@@ -1,0 +1,1 @@
+"""Ingest: MQTT subscription -> validation -> batched InfluxDB writes, dead letters, acks."""

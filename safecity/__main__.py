@@ -1,0 +1,7 @@
+"""`python -m safecity` runs the command line."""
+
+import sys
+
+from safecity.cli import main
+
+sys.exit(main())

@@ -1,0 +1,225 @@
+"""InfluxDB through the v1-compatible HTTP API: `/write` (line protocol) and `/query` (InfluxQL).
+
+The same endpoints are served natively by InfluxDB 1.x and in compatibility mode by
+2.x (DBRP mapping, token auth) and 3.x, so this client works against all three.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from safecity.errors import StorageError
+from safecity.settings import InfluxSettings
+from safecity.topics import IDENTIFIER
+
+log = logging.getLogger("safecity.influx")
+
+ParamValue = str | int | float | bool
+
+
+class WriteRejectedError(StorageError):
+    """InfluxDB refused (part of) a batch for its content: 400 or 413. Retrying won't help."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"InfluxDB {status}: {message}")
+        self.status = status
+        self.message = message
+
+    @property
+    def partial(self) -> bool:
+        """True for a `partial write`: the valid points of the batch were stored."""
+        return "partial write" in self.message
+
+
+class StorageUnavailableError(StorageError):
+    """InfluxDB is down, slow or overloaded (refused, timeout, 429, 5xx): retry later."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class StorageAuthError(StorageError):
+    """InfluxDB refused our credentials or database (401/403/404): an operator must act."""
+
+
+class QueryError(StorageError):
+    """InfluxDB could not run a query."""
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    """One result series: measurement name, group-by tags, columns and rows."""
+
+    name: str
+    tags: Mapping[str, str]
+    columns: tuple[str, ...]
+    values: tuple[tuple[Any, ...], ...]
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The rows as dicts, with the group-by tags merged in."""
+        return [{**self.tags, **dict(zip(self.columns, row, strict=True))} for row in self.values]
+
+
+def quote_ident(name: str) -> str:
+    """Quote an allow-listed identifier for InfluxQL; refuse anything else."""
+    if IDENTIFIER.fullmatch(name) is None:
+        raise QueryError(f"identifier {name!r} is not allow-listed")
+    return f'"{name}"'
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    raw = response.headers.get("Retry-After")
+    try:
+        return float(raw) if raw is not None else None
+    except ValueError:
+        return None
+
+
+class InfluxClient:
+    """Async InfluxDB v1-API client; owns one pooled httpx client."""
+
+    def __init__(self, settings: InfluxSettings) -> None:
+        self.settings = settings
+        headers = {"User-Agent": "safecity"}
+        auth: tuple[str, str] | None = None
+        if settings.token is not None:
+            headers["Authorization"] = f"Token {settings.token.get_secret_value()}"
+        elif settings.username is not None:
+            password = settings.password.get_secret_value() if settings.password else ""
+            auth = (settings.username, password)
+        self._http = httpx.AsyncClient(
+            base_url=settings.url.rstrip("/"),
+            headers=headers,
+            auth=auth,
+            timeout=settings.timeout,
+            limits=httpx.Limits(max_connections=16, max_keepalive_connections=8),
+        )
+
+    async def close(self) -> None:
+        """Close the connection pool; idempotent."""
+        await self._http.aclose()
+
+    async def ping(self) -> bool:
+        """True when InfluxDB answers /ping."""
+        try:
+            response = await self._http.get("/ping")
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 204
+
+    async def ensure_database(self) -> None:
+        """Create the database and its default retention policy; safe to repeat."""
+        db = quote_ident(self.settings.database)
+        rp = quote_ident(self.settings.retention_policy)
+        duration = self.settings.retention_duration
+        await self.execute(f"CREATE DATABASE {db}")
+        try:
+            await self.execute(
+                f"CREATE RETENTION POLICY {rp} ON {db} DURATION {duration} REPLICATION 1 DEFAULT"
+            )
+        except QueryError as exc:
+            if "already exists" not in str(exc):
+                raise
+            await self.execute(
+                f"ALTER RETENTION POLICY {rp} ON {db} DURATION {duration} REPLICATION 1 DEFAULT"
+            )
+
+    async def write(self, body: bytes, *, precision: str = "ms") -> None:
+        """Write a line-protocol batch; raise a StorageError subclass saying what to do next."""
+        params = {
+            "db": self.settings.database,
+            "rp": self.settings.retention_policy,
+            "precision": precision,
+        }
+        headers = {"Content-Type": "text/plain; charset=utf-8"}
+        content = body
+        if self.settings.gzip:
+            content = gzip.compress(body, compresslevel=1)
+            headers["Content-Encoding"] = "gzip"
+        try:
+            response = await self._http.post(
+                "/write", params=params, content=content, headers=headers
+            )
+        except httpx.TimeoutException as exc:
+            raise StorageUnavailableError(f"InfluxDB write timed out: {exc!r}") from exc
+        except httpx.TransportError as exc:
+            raise StorageUnavailableError(f"InfluxDB unreachable: {exc!r}") from exc
+        status = response.status_code
+        if status == 204:
+            return
+        message = _error_text(response)
+        if status in (400, 413):
+            raise WriteRejectedError(status, message)
+        if status in (401, 403, 404):
+            raise StorageAuthError(f"InfluxDB {status}: {message}")
+        if status == 429 or status >= 500:
+            raise StorageUnavailableError(f"InfluxDB {status}: {message}", _retry_after(response))
+        raise StorageUnavailableError(f"InfluxDB unexpected {status}: {message}")
+
+    async def execute(self, statement: str) -> None:
+        """Run a management statement (CREATE, ALTER, DROP)."""
+        await self._post_query(statement, None)
+
+    async def query(
+        self, statement: str, params: Mapping[str, ParamValue] | None = None
+    ) -> list[Series]:
+        """Run one InfluxQL SELECT/SHOW with bound parameters; return its series (ms epoch)."""
+        return await self._post_query(statement, params)
+
+    async def _post_query(
+        self, statement: str, params: Mapping[str, ParamValue] | None
+    ) -> list[Series]:
+        data: dict[str, str] = {"q": statement, "db": self.settings.database}
+        if params:
+            data["params"] = json.dumps(dict(params))
+        query_params = {"epoch": "ms"}
+        try:
+            response = await self._http.post("/query", data=data, params=query_params)
+        except httpx.TimeoutException as exc:
+            raise StorageUnavailableError(f"InfluxDB query timed out: {exc!r}") from exc
+        except httpx.TransportError as exc:
+            raise StorageUnavailableError(f"InfluxDB unreachable: {exc!r}") from exc
+        if response.status_code in (401, 403):
+            raise StorageAuthError(f"InfluxDB {response.status_code}: {_error_text(response)}")
+        if response.status_code >= 500:
+            raise StorageUnavailableError(
+                f"InfluxDB {response.status_code}: {_error_text(response)}"
+            )
+        try:
+            payload = response.json()
+        except ValueError as exc:
+            raise QueryError(f"InfluxDB answered {response.status_code} without JSON") from exc
+        if "error" in payload:
+            raise QueryError(str(payload["error"]))
+        out: list[Series] = []
+        for result in payload.get("results", []):
+            if "error" in result:
+                raise QueryError(str(result["error"]))
+            for s in result.get("series", []):
+                out.append(
+                    Series(
+                        name=s.get("name", ""),
+                        tags=s.get("tags") or {},
+                        columns=tuple(s.get("columns", ())),
+                        values=tuple(tuple(v) for v in s.get("values", ())),
+                    )
+                )
+        return out
+
+
+def _error_text(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+        if isinstance(body, dict) and "error" in body:
+            return str(body["error"])[:500]
+    except ValueError:
+        pass
+    return response.text[:500]

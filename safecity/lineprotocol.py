@@ -1,0 +1,142 @@
+"""InfluxDB line protocol: an encoder that always emits exactly one line, and a decoder.
+
+Identifiers reaching here are allow-listed upstream; escaping is the second fence,
+and newlines are refused outright because no escape exists for them.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from safecity.errors import SafecityError
+
+FieldValue = float | int | bool | str
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+_MEASUREMENT_ESC = str.maketrans({",": r"\,", " ": r"\ "})
+_KEY_ESC = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ "})
+_STR_ESC = str.maketrans({'"': r"\"", "\\": "\\\\"})
+_FORBIDDEN = re.compile(r"[\n\r\x00]")
+# InfluxDB 1.x keeps a backslash literal in names and tags, so it cannot round-trip.
+_FORBIDDEN_NAME = re.compile(r"[\n\r\x00\\]")
+
+
+class LineProtocolError(SafecityError):
+    """A point that cannot be written as exactly one valid line."""
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    """One InfluxDB point: measurement, tags, fields and a timestamp in milliseconds."""
+
+    measurement: str
+    tags: Mapping[str, str]
+    fields: Mapping[str, FieldValue]
+    time_ms: int
+
+
+def _text(value: str, what: str) -> str:
+    if _FORBIDDEN.search(value):
+        raise LineProtocolError(f"{what} {value[:40]!r} contains a newline or NUL")
+    return value
+
+
+def _name(value: str, what: str) -> str:
+    if not value:
+        raise LineProtocolError(f"empty {what}")
+    if _FORBIDDEN_NAME.search(value):
+        raise LineProtocolError(f"{what} {value[:40]!r} contains a newline, NUL or backslash")
+    return value
+
+
+def _field(value: FieldValue) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise LineProtocolError(f"integer {value} does not fit int64")
+        return f"{value}i"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise LineProtocolError(f"non-finite float {value}")
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + _text(value, "string field").translate(_STR_ESC) + '"'
+    raise LineProtocolError(f"unsupported field type {type(value).__name__}")
+
+
+def encode(point: Point) -> str:
+    """Encode a point as one line (no trailing newline); raise LineProtocolError if impossible."""
+    if not point.fields:
+        raise LineProtocolError("a point needs at least one field")
+    parts = [_name(point.measurement, "measurement").translate(_MEASUREMENT_ESC)]
+    for key in sorted(point.tags):
+        value = point.tags[key]
+        if value == "":
+            continue  # InfluxDB has no empty tag values; absent means empty
+        tag_key = _name(key, "tag key").translate(_KEY_ESC)
+        parts.append(f"{tag_key}={_name(value, 'tag value').translate(_KEY_ESC)}")
+    fields = ",".join(
+        f"{_name(k, 'field key').translate(_KEY_ESC)}={_field(v)}"
+        for k, v in sorted(point.fields.items())
+    )
+    return f"{','.join(parts)} {fields} {point.time_ms}"
+
+
+def encode_many(points: Iterable[Point]) -> bytes:
+    """Encode points as a newline-terminated batch body."""
+    return "".join(encode(p) + "\n" for p in points).encode()
+
+
+def _split(text: str, seps: str) -> list[str]:
+    """Split on unescaped separator characters, outside double quotes."""
+    out, cur, i, quoted = [], [], 0, False
+    while i < len(text):
+        c = text[i]
+        if c == "\\" and i + 1 < len(text):
+            cur.append(text[i : i + 2])
+            i += 2
+            continue
+        if c == '"':
+            quoted = not quoted
+        if c in seps and not quoted:
+            out.append("".join(cur))
+            cur = []
+        else:
+            cur.append(c)
+        i += 1
+    out.append("".join(cur))
+    return out
+
+
+def _unescape(text: str) -> str:
+    return re.sub(r"\\(.)", r"\1", text)
+
+
+def _decode_field(raw: str) -> FieldValue:
+    if raw.startswith('"'):
+        return _unescape(raw[1:-1])
+    if raw in ("true", "false"):
+        return raw == "true"
+    if raw.endswith("i"):
+        return int(raw[:-1])
+    return float(raw)
+
+
+def decode(line: str) -> Point:
+    """Decode one line written by `encode` (a test and tooling aid, not a full parser)."""
+    head, fields_raw, ts = _split(line, " ")
+    series = _split(head, ",")
+    tags = dict(_split(t, "=") for t in series[1:])
+    fields: dict[str, FieldValue] = {}
+    for item in _split(fields_raw, ","):
+        key, value = _split(item, "=")
+        fields[_unescape(key)] = _decode_field(value)
+    return Point(
+        _unescape(series[0]),
+        {_unescape(k): _unescape(v) for k, v in tags.items()},
+        fields,
+        int(ts),
+    )

@@ -1,0 +1,496 @@
+"""The city registry: districts (id, name, centroid, polygon) and devices (kind, location).
+
+A registry file is JSON Lines: one city record first, then district and device
+records, one per line, so every error can name its line and field. Coordinates
+are GeoJSON order, `[lon, lat]`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from safecity import catalogue
+from safecity.errors import RegistryError
+from safecity.topics import IDENTIFIER
+
+Identifier = Annotated[str, Field(pattern=IDENTIFIER.pattern)]
+Lon = Annotated[float, Field(ge=-180, le=180, allow_inf_nan=False)]
+Lat = Annotated[float, Field(ge=-90, le=90, allow_inf_nan=False)]
+Point = tuple[Lon, Lat]
+
+_RECORD = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class CityRecord(BaseModel):
+    """The first line of a registry file."""
+
+    model_config = _RECORD
+
+    type: Literal["city"]
+    id: Identifier
+    name: Annotated[str, Field(min_length=1, max_length=100)]
+    country: Annotated[str, Field(pattern=r"^[A-Z]{2}$")]
+    timezone: Annotated[str, Field(min_length=1, max_length=64)]
+    centroid: Point
+
+
+class District(BaseModel):
+    """A district: id, display name, centroid and boundary polygon (closed ring)."""
+
+    model_config = _RECORD
+
+    type: Literal["district"] = "district"
+    id: Identifier
+    name: Annotated[str, Field(min_length=1, max_length=100)]
+    centroid: Point
+    polygon: Annotated[tuple[Point, ...], Field(min_length=4, max_length=10_000)]
+
+
+class Device(BaseModel):
+    """A device: id (its MQTT identity), kind, district and location."""
+
+    model_config = _RECORD
+
+    type: Literal["device"] = "device"
+    id: Identifier
+    kind: Identifier
+    district: Identifier
+    location: Point
+
+
+@dataclass(frozen=True)
+class City:
+    """A city model: its record, districts and devices, with lookups by id."""
+
+    record: CityRecord
+    districts: tuple[District, ...]
+    devices: tuple[Device, ...]
+    source: str = field(default="<memory>", compare=False)
+
+    @property
+    def id(self) -> str:
+        """The city's identifier (the topic's `city`)."""
+        return self.record.id
+
+    @property
+    def name(self) -> str:
+        """The city's display name."""
+        return self.record.name
+
+    @cached_property
+    def _devices(self) -> dict[str, Device]:
+        return {d.id: d for d in self.devices}
+
+    @cached_property
+    def _districts(self) -> dict[str, District]:
+        return {d.id: d for d in self.districts}
+
+    def device(self, device_id: str) -> Device | None:
+        """The device with this id, or None."""
+        return self._devices.get(device_id)
+
+    def district(self, district_id: str) -> District | None:
+        """The district with this id, or None."""
+        return self._districts.get(district_id)
+
+    def select(self, *, kind: str | None = None, district: str | None = None) -> list[Device]:
+        """Devices filtered by kind and district, in registry order."""
+        return [
+            d
+            for d in self.devices
+            if (kind is None or d.kind == kind) and (district is None or d.district == district)
+        ]
+
+    def dumps(self) -> str:
+        """Serialise to the JSON Lines registry format."""
+        records: list[BaseModel] = [self.record, *self.districts, *self.devices]
+        return "".join(r.model_dump_json() + "\n" for r in records)
+
+
+def _error(source: str, line: int, exc: ValidationError) -> RegistryError:
+    first = exc.errors(include_url=False)[0]
+    where = ".".join(str(p) for p in first["loc"]) or "<record>"
+    return RegistryError(f"{source}:{line}: field {where!r}: {first['msg']}")
+
+
+def loads(text: str, source: str = "<string>") -> City:
+    """Parse a registry from JSON Lines text; RegistryError names the line and field."""
+    city: CityRecord | None = None
+    districts: list[District] = []
+    devices: list[Device] = []
+    device_lines: dict[str, int] = {}
+    district_lines: dict[str, int] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except ValueError as exc:
+            raise RegistryError(f"{source}:{number}: not JSON: {exc}") from exc
+        if not isinstance(obj, dict):
+            raise RegistryError(f"{source}:{number}: a record must be a JSON object")
+        rtype = obj.get("type")
+        # JSON has arrays, the models have tuples: strict mode wants the exact type.
+        try:
+            if rtype == "city":
+                if city is not None:
+                    raise RegistryError(f"{source}:{number}: a second city record")
+                city = CityRecord.model_validate_json(raw, strict=True)
+            elif rtype == "district":
+                district = District.model_validate_json(raw, strict=True)
+                if district.id in district_lines:
+                    raise RegistryError(
+                        f"{source}:{number}: field 'id': district {district.id!r} already "
+                        f"defined on line {district_lines[district.id]}"
+                    )
+                district_lines[district.id] = number
+                districts.append(district)
+            elif rtype == "device":
+                device = Device.model_validate_json(raw, strict=True)
+                _check_device(device, source, number, device_lines, district_lines)
+                device_lines[device.id] = number
+                devices.append(device)
+            else:
+                raise RegistryError(
+                    f"{source}:{number}: field 'type': must be city, district or device, "
+                    f"not {rtype!r}"
+                )
+        except ValidationError as exc:
+            raise _error(source, number, exc) from exc
+        if city is None:
+            raise RegistryError(f"{source}:{number}: the first record must be the city")
+    if city is None:
+        raise RegistryError(f"{source}: empty registry (no city record)")
+    return City(city, tuple(districts), tuple(devices), source)
+
+
+def _check_device(
+    device: Device,
+    source: str,
+    number: int,
+    device_lines: dict[str, int],
+    district_lines: dict[str, int],
+) -> None:
+    if device.id in device_lines:
+        raise RegistryError(
+            f"{source}:{number}: field 'id': device {device.id!r} already defined on "
+            f"line {device_lines[device.id]}"
+        )
+    if device.kind not in catalogue.KINDS:
+        raise RegistryError(
+            f"{source}:{number}: field 'kind': unknown kind {device.kind!r} "
+            f"(known: {', '.join(sorted(catalogue.KINDS))})"
+        )
+    if device.district not in district_lines:
+        raise RegistryError(
+            f"{source}:{number}: field 'district': {device.district!r} is not a district "
+            "defined above"
+        )
+
+
+def load(path: Path | str) -> City:
+    """Load a registry file; RegistryError names the file, line and field on bad input."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RegistryError(f"cannot read registry {p}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise RegistryError(f"registry {p} is not UTF-8: {exc.reason}") from exc
+    return loads(text, str(p))
+
+
+def default_city() -> City:
+    """The built-in default city: Tashkent, its 12 districts and a few hundred devices."""
+    text = resources.files("safecity").joinpath("data/tashkent.jsonl").read_text("utf-8")
+    return loads(text, "safecity/data/tashkent.jsonl")
+
+
+def load_or_default(path: Path | None) -> City:
+    """Load the given registry, or the built-in default when path is None."""
+    return default_city() if path is None else load(path)
+
+
+# --- generation -------------------------------------------------------------------
+
+# Approximate district centroids (lat, lon) of cities the generator knows by name.
+KNOWN_CITIES: dict[str, tuple[str, str, str, tuple[tuple[str, float, float], ...]]] = {
+    "tashkent": (
+        "Tashkent",
+        "UZ",
+        "Asia/Tashkent",
+        (
+            ("Bektemir", 41.209, 69.334),
+            ("Chilanzar", 41.275, 69.204),
+            ("Yashnobod", 41.292, 69.338),
+            ("Mirobod", 41.289, 69.287),
+            ("Mirzo Ulugbek", 41.340, 69.335),
+            ("Olmazor", 41.352, 69.220),
+            ("Sergeli", 41.225, 69.220),
+            ("Shaykhontohur", 41.322, 69.230),
+            ("Uchtepa", 41.290, 69.170),
+            ("Yakkasaray", 41.280, 69.255),
+            ("Yunusabad", 41.367, 69.285),
+            ("Yangihayot", 41.200, 69.180),
+        ),
+    ),
+    "almaty": (
+        "Almaty",
+        "KZ",
+        "Asia/Almaty",
+        (
+            ("Alatau", 43.280, 76.830),
+            ("Almaly", 43.255, 76.920),
+            ("Auezov", 43.225, 76.850),
+            ("Bostandyk", 43.205, 76.910),
+            ("Zhetysu", 43.300, 76.940),
+            ("Medeu", 43.240, 76.980),
+            ("Nauryzbay", 43.190, 76.800),
+            ("Turksib", 43.340, 76.960),
+        ),
+    ),
+    "bishkek": (
+        "Bishkek",
+        "KG",
+        "Asia/Bishkek",
+        (
+            ("Leninsky", 42.850, 74.560),
+            ("Oktyabrsky", 42.845, 74.640),
+            ("Pervomaisky", 42.880, 74.600),
+            ("Sverdlovsky", 42.885, 74.650),
+        ),
+    ),
+    "dushanbe": (
+        "Dushanbe",
+        "TJ",
+        "Asia/Dushanbe",
+        (
+            ("Ismoili Somoni", 38.580, 68.760),
+            ("Sino", 38.560, 68.720),
+            ("Firdavsi", 38.540, 68.750),
+            ("Shohmansur", 38.560, 68.800),
+        ),
+    ),
+}
+
+# Share of each kind in a generated fleet; every kind gets at least one device.
+KIND_MIX: dict[str, float] = {
+    "air_quality": 0.10,
+    "weather": 0.03,
+    "noise": 0.10,
+    "traffic": 0.17,
+    "parking": 0.12,
+    "streetlight": 0.14,
+    "crowd": 0.06,
+    "waste": 0.08,
+    "device_health": 0.04,
+    "cctv": 0.08,
+    "panic_button": 0.03,
+    "gunshot": 0.02,
+    "anpr": 0.03,
+}
+
+
+def slug(name: str) -> str:
+    """An identifier from a display name: lower case, spaces to underscores."""
+    out = "".join(c if c.isalnum() else "_" for c in name.lower().strip()).strip("_")
+    return out[:64] or "x"
+
+
+def _clip(
+    poly: list[tuple[float, float]], a: float, b: float, c: float
+) -> list[tuple[float, float]]:
+    """Keep the part of a convex polygon where a*x + b*y <= c (Sutherland-Hodgman, one edge)."""
+    out: list[tuple[float, float]] = []
+    for i, p in enumerate(poly):
+        q = poly[(i + 1) % len(poly)]
+        pin = a * p[0] + b * p[1] <= c
+        qin = a * q[0] + b * q[1] <= c
+        if pin:
+            out.append(p)
+        if pin != qin:
+            t = (c - a * p[0] - b * p[1]) / (a * (q[0] - p[0]) + b * (q[1] - p[1]))
+            out.append((p[0] + t * (q[0] - p[0]), p[1] + t * (q[1] - p[1])))
+    return out
+
+
+def voronoi_cells(
+    centres: Sequence[tuple[float, float]], margin: float = 0.03
+) -> list[list[tuple[float, float]]]:
+    """Voronoi cells of (lon, lat) centres clipped to their bounding box plus a margin."""
+    xs = [p[0] for p in centres]
+    ys = [p[1] for p in centres]
+    box = [
+        (min(xs) - margin, min(ys) - margin),
+        (max(xs) + margin, min(ys) - margin),
+        (max(xs) + margin, max(ys) + margin),
+        (min(xs) - margin, max(ys) + margin),
+    ]
+    cells = []
+    for i, p in enumerate(centres):
+        cell = list(box)
+        for j, q in enumerate(centres):
+            if i != j:
+                # Points closer to p than to q: (q - p) . x <= (|q|^2 - |p|^2) / 2
+                a, b = q[0] - p[0], q[1] - p[1]
+                c = (q[0] ** 2 + q[1] ** 2 - p[0] ** 2 - p[1] ** 2) / 2
+                cell = _clip(cell, a, b, c)
+        cells.append(cell)
+    return cells
+
+
+def contains(polygon: Sequence[tuple[float, float]], lon: float, lat: float) -> bool:
+    """Whether a point lies inside a polygon (ray casting)."""
+    inside = False
+    n = len(polygon)
+    for i in range(n):
+        x1, y1 = polygon[i]
+        x2, y2 = polygon[(i + 1) % n]
+        if (y1 > lat) != (y2 > lat) and lon < x1 + (lat - y1) * (x2 - x1) / (y2 - y1):
+            inside = not inside
+    return inside
+
+
+def _synthetic_districts(rng: random.Random, count: int) -> tuple[tuple[str, float, float], ...]:
+    # A ring of districts around a made-up centre at Central Asian latitudes.
+    lat0, lon0 = rng.uniform(38.0, 44.0), rng.uniform(66.0, 78.0)
+    out = []
+    for i in range(count):
+        out.append(
+            (
+                f"District {i + 1:02d}",
+                lat0 + rng.uniform(-0.08, 0.08),
+                lon0 + rng.uniform(-0.1, 0.1),
+            )
+        )
+    return tuple(out)
+
+
+def _kind_counts(devices: int) -> dict[str, int]:
+    kinds = list(KIND_MIX)
+    if devices < len(kinds):
+        return {k: (1 if i < devices else 0) for i, k in enumerate(kinds)}
+    counts = {k: max(1, int(devices * share)) for k, share in KIND_MIX.items()}
+    # Hand out the rounding remainder to the biggest shares, deterministically.
+    order = sorted(kinds, key=lambda k: -KIND_MIX[k])
+    i = 0
+    while sum(counts.values()) < devices:
+        counts[order[i % len(order)]] += 1
+        i += 1
+    while sum(counts.values()) > devices:
+        k = order[i % len(order)]
+        if counts[k] > 1:
+            counts[k] -= 1
+        i += 1
+    return counts
+
+
+def generate(city: str, devices: int, seed: int, districts: int | None = None) -> City:
+    """Generate a city registry deterministically from a seed.
+
+    Known cities (tashkent, almaty, bishkek, dushanbe) get their real districts with
+    approximate centroids; any other name gets `districts` synthetic ones.
+    """
+    city_id = slug(city)
+    if IDENTIFIER.fullmatch(city_id) is None:
+        raise RegistryError(f"--city {city!r} does not give a valid city identifier")
+    if devices < 1 or devices > 1_000_000:
+        raise RegistryError(f"--devices {devices}: must be between 1 and 1000000")
+    rng = random.Random(seed)
+    if city_id in KNOWN_CITIES:
+        name, country, tz, spots = KNOWN_CITIES[city_id]
+    else:
+        name, country, tz = city.strip().title(), "UZ", "Asia/Tashkent"
+        spots = _synthetic_districts(rng, districts or 6)
+    centres = [(lon, lat) for _, lat, lon in spots]
+    cells = voronoi_cells(centres)
+    district_models = [
+        District(
+            id=slug(dname),
+            name=dname,
+            centroid=(round(lon, 5), round(lat, 5)),
+            polygon=tuple((round(x, 5), round(y, 5)) for x, y in [*cell, cell[0]]),
+        )
+        for (dname, lat, lon), cell in zip(spots, cells, strict=True)
+    ]
+    device_models: list[Device] = []
+    per_district: dict[tuple[str, str], int] = {}
+    for kind_name, count in _kind_counts(devices).items():
+        for n in range(count):
+            district = district_models[
+                (n + rng.randrange(len(district_models))) % len(district_models)
+            ]
+            key = (kind_name, district.id)
+            per_district[key] = per_district.get(key, 0) + 1
+            device_models.append(
+                Device(
+                    id=_device_id(kind_name, district.id, per_district[key]),
+                    kind=kind_name,
+                    district=district.id,
+                    location=_point_in(rng, district.polygon),
+                )
+            )
+    lon_c = sum(c[0] for c in centres) / len(centres)
+    lat_c = sum(c[1] for c in centres) / len(centres)
+    record = CityRecord(
+        type="city",
+        id=city_id,
+        name=name,
+        country=country,
+        timezone=tz,
+        centroid=(round(lon_c, 5), round(lat_c, 5)),
+    )
+    return City(record, tuple(district_models), tuple(device_models), f"generated:{city_id}:{seed}")
+
+
+def _device_id(kind_name: str, district_id: str, number: int) -> str:
+    return f"{kind_name.replace('_', '')}-{district_id.replace('_', '')}-{number:03d}"
+
+
+def _point_in(rng: random.Random, polygon: Sequence[tuple[float, float]]) -> tuple[float, float]:
+    xs = [p[0] for p in polygon]
+    ys = [p[1] for p in polygon]
+    for _ in range(1000):
+        lon, lat = rng.uniform(min(xs), max(xs)), rng.uniform(min(ys), max(ys))
+        if contains(polygon, lon, lat):
+            return (round(lon, 6), round(lat, 6))
+    return (round(sum(xs) / len(xs), 6), round(sum(ys) / len(ys), 6))
+
+
+def write(city: City, path: Path | str) -> None:
+    """Write a registry file atomically."""
+    p = Path(path)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(city.dumps(), encoding="utf-8")
+    tmp.replace(p)
+
+
+def geojson(city: City, properties: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The districts as a GeoJSON FeatureCollection, with optional per-district properties."""
+    props = properties or {}
+    return {
+        "type": "FeatureCollection",
+        "features": [
+            {
+                "type": "Feature",
+                "id": d.id,
+                "geometry": {"type": "Polygon", "coordinates": [[list(p) for p in d.polygon]]},
+                "properties": {"id": d.id, "name": d.name, **props.get(d.id, {})},
+            }
+            for d in city.districts
+        ],
+    }
+
+
+def kinds_present(devices: Iterable[Device]) -> set[str]:
+    """The set of kinds among devices."""
+    return {d.kind for d in devices}

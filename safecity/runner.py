@@ -1,0 +1,171 @@
+"""`safecity run`: the whole local stack — broker, InfluxDB, ingest, API, simulated city.
+
+Each safecity service runs as its own child process (`python -m safecity <service>`)
+configured only through SAFECITY_ environment variables, exactly as in docker
+compose. Ctrl-C stops them in reverse order, then the stack.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from safecity.errors import StackError
+from safecity.settings import StackSettings
+from safecity.stack import LocalStack, ManagedProcess, ensure_port_free, free_port
+
+log = logging.getLogger("safecity.run")
+
+
+def _http_ok(url: str) -> Callable[[], bool]:
+    def probe() -> bool:
+        try:
+            return httpx.get(url, timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    return probe
+
+
+def _port(configured: int) -> int:
+    return free_port() if configured == 0 else configured
+
+
+def service_env(stack: LocalStack, settings: StackSettings, **extra: str) -> dict[str, str]:
+    """The environment a service child gets: the parent's plus where the stack listens."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAFECITY_")}
+    env.update(
+        {
+            "SAFECITY_MQTT__HOST": stack.mqtt_host,
+            "SAFECITY_MQTT__PORT": str(stack.mqtt_port),
+            "SAFECITY_INFLUX__URL": stack.influx_url,
+            "SAFECITY_LOG_LEVEL": settings.log_level,
+        }
+    )
+    if settings.registry is not None:
+        env["SAFECITY_REGISTRY"] = str(settings.registry.resolve())
+    env.update(extra)
+    return env
+
+
+class LocalRun:
+    """The running local stack and its service children."""
+
+    def __init__(self, settings: StackSettings) -> None:
+        self.settings = settings
+        self.base = settings.data_dir.resolve()
+        self.children: list[ManagedProcess] = []
+        self.stack: LocalStack | None = None
+        self.api_url = ""
+        self.metrics_url = ""
+
+    def start(self) -> None:
+        """Start everything and wait until each part answers; on failure stop what started."""
+        s = self.settings
+        for name, port in (("api", s.api_port), ("ingest metrics", s.ingest_metrics_port)):
+            if port:
+                ensure_port_free("127.0.0.1", port, name)
+        try:
+            self.base.mkdir(parents=True, exist_ok=True)
+            self.stack = LocalStack(self.base, mqtt_port=s.mqtt_port, influx_port=s.influx_port)
+            self.stack.start()
+            api_port = _port(s.api_port)
+            metrics_port = _port(s.ingest_metrics_port)
+            self.api_url = f"http://127.0.0.1:{api_port}"
+            self.metrics_url = f"http://127.0.0.1:{metrics_port}"
+            self._child(
+                "ingest",
+                {
+                    "SAFECITY_METRICS_PORT": str(metrics_port),
+                    "SAFECITY_DEADLETTER_DIR": str(self.base / "deadletter"),
+                },
+                ready=_http_ok(f"{self.metrics_url}/readyz"),
+            )
+            self._child(
+                "api",
+                {"SAFECITY_HOST": "127.0.0.1", "SAFECITY_PORT": str(api_port)},
+                ready=_http_ok(f"{self.api_url}/readyz"),
+            )
+            self._child(
+                "simulate",
+                {"SAFECITY_SPEED": str(s.speed), "SAFECITY_SEED": str(s.seed)},
+                ready=None,
+            )
+        except BaseException:
+            self.stop()
+            raise
+
+    def _child(self, service: str, env: dict[str, str], ready: Callable[[], bool] | None) -> None:
+        assert self.stack is not None
+        proc = ManagedProcess(
+            service,
+            [sys.executable, "-m", "safecity", service],
+            self.base / f"{service}.log",
+            cwd=Path.cwd(),
+            env=service_env(self.stack, self.settings, **env),
+        )
+        log.info("starting %s", service, extra={"log": str(self.base / f"{service}.log")})
+        proc.start()
+        self.children.append(proc)
+        if ready is not None:
+            took = proc.wait_ready(ready, timeout=60)
+            log.info("%s ready in %.2fs", service, took)
+
+    def stop(self) -> None:
+        """Stop the services in reverse order, then the stack; idempotent."""
+        for proc in reversed(self.children):
+            proc.stop(timeout=15)
+        self.children.clear()
+        if self.stack is not None:
+            self.stack.stop()
+
+    def check(self) -> None:
+        """Raise StackError if a child died."""
+        for proc in self.children:
+            if not proc.alive:
+                raise StackError(
+                    f"{proc.name} exited with {proc.returncode}; last log lines:\n{proc.log_tail()}"
+                )
+
+
+def run_local(settings: StackSettings) -> int:
+    """Run the local stack until Ctrl-C or SIGTERM; return the exit status."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    run = LocalRun(settings)
+    try:
+        run.start()
+        assert run.stack is not None
+        print(
+            f"\nsafecity is running\n"
+            f"  console + API  {run.api_url}/   (OpenAPI docs: {run.api_url}/docs)\n"
+            f"  MQTT broker    mqtt://{run.stack.mqtt_host}:{run.stack.mqtt_port}\n"
+            f"  InfluxDB       {run.stack.influx_url}  (database 'safecity')\n"
+            f"  ingest metrics {run.metrics_url}/metrics\n"
+            f"  logs           {run.base}/*.log\n"
+            f"Press Ctrl-C to stop.\n",
+            flush=True,
+        )
+        started = time.monotonic()
+        while not stop.wait(2.0):
+            run.check()
+            if int(time.monotonic() - started) % 30 < 2:
+                log.info("stack running", extra={"uptime_s": round(time.monotonic() - started)})
+        print("stopping ...", flush=True)
+        return 0
+    finally:
+        run.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

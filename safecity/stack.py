@@ -1,0 +1,691 @@
+"""Local stack launcher: real Mosquitto and InfluxDB 1.x processes on loopback.
+
+Used by `safecity run`, the test fixtures and the benchmarks. Each service runs in
+its own directory (config, data, logs) on a given or free port, in its own process
+group so that Ctrl-C in a terminal reaches the launcher only and it can stop the
+services in order.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import pwd
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Self
+
+import httpx
+
+from safecity.errors import StackError
+
+__all__ = [
+    "DEFAULT_MOSQUITTO_CONF",
+    "Influxd",
+    "LocalStack",
+    "ManagedProcess",
+    "Mosquitto",
+    "ensure_port_free",
+    "find_binary",
+    "free_port",
+    "render_influxd_conf",
+    "render_mosquitto_conf",
+]
+
+log = logging.getLogger("safecity.stack")
+
+LOOPBACK = "127.0.0.1"
+
+# broker/ sits next to the safecity package in the repository (editable install).
+DEFAULT_MOSQUITTO_CONF = Path(__file__).resolve().parent.parent / "broker" / "mosquitto.conf"
+
+# sbin directories are often missing from a non-root PATH, yet that is where Debian
+# puts mosquitto.
+_EXTRA_BIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+
+_LOG_TAIL_LINES = 20
+_POLL_INTERVAL = 0.05
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """Return a TCP port on `host` that was free a moment ago (bind to port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def ensure_port_free(host: str, port: int, service: str) -> None:
+    """Raise StackError if something already listens on host:port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # Like the servers themselves: a TIME_WAIT left by our own last run is no clash.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            # Checked up front because a readiness probe would happily talk to the
+            # other server (e.g. a distro daemon on 1883/8086) and report success.
+            raise StackError(
+                f"cannot start {service}: {host}:{port} is already in use ({exc.strerror}); "
+                "stop whatever listens there or choose another port"
+            ) from exc
+
+
+def find_binary(name: str, package: str, binary: str | os.PathLike[str] | None = None) -> str:
+    """Resolve an executable (explicit path or name) or raise StackError naming its package."""
+    wanted = os.fspath(binary) if binary is not None else name
+    hint = f"install the Debian package '{package}' (apt-get install {package})"
+    if os.sep in wanted:
+        if os.path.isfile(wanted) and os.access(wanted, os.X_OK):
+            return wanted
+        raise StackError(f"{name} not found at {wanted}: {hint}")
+    search_path = os.pathsep.join(
+        [p for p in os.environ.get("PATH", os.defpath).split(os.pathsep) if p]
+        + list(_EXTRA_BIN_DIRS)
+    )
+    found = shutil.which(wanted, path=search_path)
+    if found is None:
+        raise StackError(f"{wanted} not found on PATH: {hint}")
+    return found
+
+
+def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
+    try:
+        with path.open("rb") as fh:
+            # Logs of long runs can be large; the tail is all we need.
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 64 * 1024))
+            data = fh.read()
+    except OSError:
+        return ""
+    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
+
+
+_live: weakref.WeakSet[ManagedProcess] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    # A launcher that dies on an unhandled exception must not leave daemons behind
+    # holding ports and data dirs.
+    for proc in list(_live):
+        proc.stop(timeout=5)
+
+
+class ManagedProcess:
+    """A child process in its own process group, logging to a file, stopped with TERM then KILL."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log_path: Path,
+        *,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.log_path = log_path
+        self.cwd = cwd if cwd is not None else log_path.parent
+        self.env = env
+        self._popen: subprocess.Popen[bytes] | None = None
+        self._log_file: IO[bytes] | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def pid(self) -> int | None:
+        """Pid of the current child, or None if it was never started."""
+        return self._popen.pid if self._popen is not None else None
+
+    @property
+    def alive(self) -> bool:
+        """True while the child runs (also while it is paused)."""
+        return self._popen is not None and self._popen.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        """Exit status of the last child (negative: killed by that signal), None if running."""
+        return self._popen.poll() if self._popen is not None else None
+
+    def start(self) -> None:
+        """Start the child; raise StackError if it is already running or cannot be executed."""
+        with self._lock:
+            if self.alive:
+                raise StackError(f"{self.name} is already running (pid {self.pid})")
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._close_log()
+            # Append, so a restart keeps the history of the previous run.
+            self._log_file = self.log_path.open("ab")
+            try:
+                self._popen = subprocess.Popen(
+                    self.argv,
+                    cwd=self.cwd,
+                    env=self.env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=self._log_file,
+                    stderr=subprocess.STDOUT,
+                    # Own session: terminal signals (Ctrl-C) go to the launcher only,
+                    # which then stops the services in order.
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                self._close_log()
+                raise StackError(f"cannot start {self.name} ({self.argv[0]}): {exc}") from exc
+            _live.add(self)
+
+    def wait_ready(self, probe: Callable[[], bool], timeout: float) -> float:
+        """Poll `probe` until True; return seconds taken; StackError (log tail) if not."""
+        if self._popen is None:
+            raise StackError(f"{self.name} was not started")
+        started = time.monotonic()
+        deadline = started + timeout
+        last_error = ""
+        while True:
+            if not self.alive:
+                self.stop()  # releases the log file; the child is already gone
+                raise StackError(
+                    f"{self.name} exited during start-up with status {self.returncode}; "
+                    f"last lines of {self.log_path}:\n{self.log_tail()}"
+                )
+            try:
+                if probe():
+                    # The probe may have reached another process that holds the port;
+                    # our child then dies on bind, so look once more.
+                    if self.alive:
+                        return time.monotonic() - started
+                    continue
+            except Exception as exc:  # the probe is foreign code; any failure means "not yet"
+                last_error = f"{type(exc).__name__}: {exc}"
+            if time.monotonic() >= deadline:
+                self.stop()
+                detail = f"; last probe error: {last_error}" if last_error else ""
+                raise StackError(
+                    f"{self.name} not ready within {timeout:g}s{detail}; "
+                    f"last lines of {self.log_path}:\n{self.log_tail()}"
+                )
+            time.sleep(_POLL_INTERVAL)
+
+    def send_signal(self, sig: signal.Signals) -> None:
+        """Send `sig` to the child's process group (no-op if it is not running)."""
+        if self._popen is None or self._popen.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._popen.pid, sig)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM, then SIGKILL after `timeout` s; idempotent; returns the exit status."""
+        with self._lock:
+            popen = self._popen
+            if popen is None:
+                return None
+            if popen.poll() is None:
+                started = time.monotonic()
+                log.info("stopping %s (pid %d)", self.name, popen.pid)
+                self.send_signal(signal.SIGTERM)
+                # A paused (SIGSTOPped) child would only see the TERM once continued.
+                self.send_signal(signal.SIGCONT)
+                try:
+                    popen.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    log.warning(
+                        "%s (pid %d) ignored SIGTERM for %gs, killing it",
+                        self.name,
+                        popen.pid,
+                        timeout,
+                    )
+                    self.send_signal(signal.SIGKILL)
+                    popen.wait()
+                log.info(
+                    "%s stopped in %.2fs (status %s)",
+                    self.name,
+                    time.monotonic() - started,
+                    popen.returncode,
+                )
+            self._close_log()
+            _live.discard(self)
+            return popen.returncode
+
+    def kill(self) -> None:
+        """SIGKILL the child and reap it (fault injection: a crash, no clean shutdown)."""
+        with self._lock:
+            popen = self._popen
+            if popen is None or popen.poll() is not None:
+                return
+            log.info("killing %s (pid %d)", self.name, popen.pid)
+            self.send_signal(signal.SIGKILL)
+            popen.wait()
+            self._close_log()
+            _live.discard(self)
+
+    def pause(self) -> None:
+        """SIGSTOP the child: it keeps its sockets but answers nothing (a hung service)."""
+        log.info("pausing %s (pid %s)", self.name, self.pid)
+        self.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT a paused child."""
+        log.info("resuming %s (pid %s)", self.name, self.pid)
+        self.send_signal(signal.SIGCONT)
+
+    def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
+        """The last `lines` lines of the child's stdout/stderr log."""
+        return _tail(self.log_path, lines)
+
+    def _close_log(self) -> None:
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+
+def _mqtt_connack(host: str, port: int, timeout: float) -> bool:
+    """True if an MQTT v5 CONNECT on host:port is answered with a CONNACK (any reason).
+
+    Written against the wire format rather than paho: paho is confined to one module,
+    and a refusal (e.g. anonymous access off) still proves the broker is serving.
+    """
+    client_id = f"safecity-stack-probe-{secrets.token_hex(4)}".encode()
+    variable_header = (
+        b"\x00\x04MQTT"  # protocol name
+        + b"\x05"  # protocol level: MQTT v5
+        + b"\x02"  # flags: clean start, no credentials, no will
+        + b"\x00\x0a"  # keep-alive 10 s
+        + b"\x00"  # no properties
+    )
+    payload = len(client_id).to_bytes(2, "big") + client_id
+    remaining = len(variable_header) + len(payload)
+    connect = b"\x10" + bytes([remaining]) + variable_header + payload
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.settimeout(timeout)
+        sock.sendall(connect)
+        first = sock.recv(1)
+        if first[:1] != b"\x20":
+            return False
+        # A refused client is disconnected by the broker itself; then this may fail.
+        with contextlib.suppress(OSError):
+            sock.sendall(b"\xe0\x00")  # DISCONNECT, normal
+        return True
+
+
+def _current_user() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        # A uid without a passwd entry (some containers); mosquitto accepts only names.
+        return os.environ.get("USER", "root")
+
+
+_LISTENER_RE = re.compile(r"^\s*listener\s+\S+")
+_PERSISTENCE_RE = re.compile(r"^\s*persistence_location\s")
+_DROPPED_RE = re.compile(r"^\s*(user|log_dest)\s")
+
+
+def render_mosquitto_conf(
+    template: str,
+    *,
+    host: str,
+    port: int,
+    data_dir: Path,
+    user: str,
+    extra_lines: Sequence[str] = (),
+) -> str:
+    """Adapt the shared broker config to one local instance (listener, dirs, user, log)."""
+    out: list[str] = []
+    listener_done = False
+    persistence_done = False
+    for line in template.splitlines():
+        if not listener_done and _LISTENER_RE.match(line):
+            out.append(f"listener {port} {host}")
+            listener_done = True
+        elif _PERSISTENCE_RE.match(line):
+            if not persistence_done:
+                out.append(f"persistence_location {data_dir}/")
+                persistence_done = True
+        elif _DROPPED_RE.match(line):
+            out.append(f"# (replaced by safecity.stack) {line.strip()}")
+        else:
+            out.append(line)
+    out.append("")
+    out.append("# --- added by safecity.stack for this local instance ---")
+    if not listener_done:
+        out.append(f"listener {port} {host}")
+    if not persistence_done:
+        out.append(f"persistence_location {data_dir}/")
+    # As root mosquitto otherwise drops to user `mosquitto`, which cannot write here.
+    out.append(f"user {user}")
+    out.append(f"log_dest file {data_dir / 'mosquitto.log'}")
+    out.extend(extra_lines)
+    return "\n".join(out) + "\n"
+
+
+class Mosquitto:
+    """A local Mosquitto broker on host:port with its config, persistence and log in data_dir."""
+
+    name = "mosquitto"
+
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int = 0,
+        *,
+        host: str = LOOPBACK,
+        config: Path | None = None,
+        extra_config: Sequence[str] = (),
+        binary: str | os.PathLike[str] | None = None,
+        ready_timeout: float = 15.0,
+    ) -> None:
+        self.binary = find_binary("mosquitto", "mosquitto", binary)
+        self.host = host
+        self.port = port or free_port(host)
+        self.data_dir = Path(data_dir).resolve()
+        self.template = config if config is not None else DEFAULT_MOSQUITTO_CONF
+        self.extra_config = list(extra_config)
+        self.conf_path = self.data_dir / "mosquitto.conf"
+        self.log_path = self.data_dir / "mosquitto.log"
+        self.ready_timeout = ready_timeout
+        self.process = ManagedProcess(
+            self.name,
+            [self.binary, "-c", str(self.conf_path)],
+            self.data_dir / "mosquitto.stdout.log",
+            cwd=self.data_dir,
+        )
+
+    @property
+    def pid(self) -> int | None:
+        """Pid of the broker process, if started."""
+        return self.process.pid
+
+    @property
+    def alive(self) -> bool:
+        """True while the broker process runs."""
+        return self.process.alive
+
+    def render_config(self) -> Path:
+        """Write the instance config into data_dir and return its path."""
+        try:
+            template = self.template.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise StackError(
+                f"cannot read mosquitto config template {self.template}: {exc}"
+            ) from exc
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.conf_path.write_text(
+            render_mosquitto_conf(
+                template,
+                host=self.host,
+                port=self.port,
+                data_dir=self.data_dir,
+                user=_current_user(),
+                extra_lines=self.extra_config,
+            ),
+            encoding="utf-8",
+        )
+        return self.conf_path
+
+    def start(self) -> Self:
+        """Render the config, start the broker and wait until it answers an MQTT CONNECT."""
+        self.render_config()
+        ensure_port_free(self.host, self.port, self.name)
+        log.info("starting mosquitto on %s:%d", self.host, self.port)
+        self.process.start()
+        try:
+            took = self.process.wait_ready(self._probe, self.ready_timeout)
+        except StackError as exc:
+            # Mosquitto logs start-up errors after config loading to its own file.
+            broker_log = _tail(self.log_path)
+            if broker_log:
+                raise StackError(f"{exc}\nlast lines of {self.log_path}:\n{broker_log}") from None
+            raise
+        log.info("mosquitto ready in %.2fs (pid %s)", took, self.pid)
+        return self
+
+    def _probe(self) -> bool:
+        return _mqtt_connack(self.host, self.port, timeout=1.0)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop gracefully (mosquitto saves its persistence file on SIGTERM); idempotent."""
+        self.process.stop(timeout)
+
+    def restart(self, timeout: float = 10.0) -> None:
+        """Graceful stop (if running), then start again on the same port and data dir."""
+        self.stop(timeout)
+        self.start()
+
+    def kill(self) -> None:
+        """SIGKILL the broker: whatever was not autosaved yet is lost."""
+        self.process.kill()
+
+    def pause(self) -> None:
+        """SIGSTOP the broker (a hung broker)."""
+        self.process.pause()
+
+    def resume(self) -> None:
+        """SIGCONT a paused broker."""
+        self.process.resume()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def render_influxd_conf(*, host: str, port: int, rpc_port: int, data_dir: Path) -> str:
+    """An influxd 1.x config: loopback only, everything under data_dir, quiet logs."""
+    return f"""\
+# Written by safecity.stack for one local instance.
+# The Debian build renamed the upstream key reporting-disabled to reporting-enabled;
+# influxd ignores unknown keys, so both are set.
+reporting-disabled = true
+reporting-enabled = false
+# Backup/restore RPC port: the default 8088 would clash between instances.
+bind-address = "{host}:{rpc_port}"
+
+[meta]
+  dir = "{data_dir / "meta"}"
+
+[data]
+  dir = "{data_dir / "data"}"
+  wal-dir = "{data_dir / "wal"}"
+  query-log-enabled = false
+
+[http]
+  bind-address = "{host}:{port}"
+  auth-enabled = false
+  log-enabled = false
+
+[monitor]
+  # No _internal database: it only costs disk and CPU in tests.
+  store-enabled = false
+
+[continuous_queries]
+  log-enabled = false
+
+[logging]
+  level = "warn"
+"""
+
+
+class Influxd:
+    """A local InfluxDB 1.x server on host:port with its config and data in data_dir."""
+
+    name = "influxd"
+
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int = 0,
+        *,
+        host: str = LOOPBACK,
+        binary: str | os.PathLike[str] | None = None,
+        ready_timeout: float = 30.0,
+    ) -> None:
+        self.binary = find_binary("influxd", "influxdb", binary)
+        self.host = host
+        self.port = port or free_port(host)
+        self.rpc_port = free_port(host)
+        self.data_dir = Path(data_dir).resolve()
+        self.conf_path = self.data_dir / "influxdb.conf"
+        self.ready_timeout = ready_timeout
+        self.process = ManagedProcess(
+            self.name,
+            [self.binary, "run", "-config", str(self.conf_path)],
+            self.data_dir / "influxd.log",
+            cwd=self.data_dir,
+        )
+
+    @property
+    def url(self) -> str:
+        """Base URL of the HTTP API, e.g. http://127.0.0.1:8086."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        """Pid of the influxd process, if started."""
+        return self.process.pid
+
+    @property
+    def alive(self) -> bool:
+        """True while the influxd process runs."""
+        return self.process.alive
+
+    def render_config(self) -> Path:
+        """Write the instance config into data_dir and return its path."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.conf_path.write_text(
+            render_influxd_conf(
+                host=self.host, port=self.port, rpc_port=self.rpc_port, data_dir=self.data_dir
+            ),
+            encoding="utf-8",
+        )
+        return self.conf_path
+
+    def start(self) -> Self:
+        """Render the config, start influxd and wait until GET /ping answers 204."""
+        self.render_config()
+        ensure_port_free(self.host, self.port, self.name)
+        ensure_port_free(self.host, self.rpc_port, self.name)
+        log.info("starting influxd on %s:%d", self.host, self.port)
+        self.process.start()
+        took = self.process.wait_ready(self._probe, self.ready_timeout)
+        log.info("influxd ready in %.2fs (pid %s)", took, self.pid)
+        return self
+
+    def _probe(self) -> bool:
+        return httpx.get(f"{self.url}/ping", timeout=1.0).status_code == 204
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop gracefully; idempotent."""
+        self.process.stop(timeout)
+
+    def restart(self, timeout: float = 10.0) -> None:
+        """Graceful stop (if running), then start again on the same ports and data dir."""
+        self.stop(timeout)
+        self.start()
+
+    def kill(self) -> None:
+        """SIGKILL influxd (a crash; the WAL is replayed on the next start)."""
+        self.process.kill()
+
+    def pause(self) -> None:
+        """SIGSTOP influxd: connections hang instead of being refused."""
+        self.process.pause()
+
+    def resume(self) -> None:
+        """SIGCONT a paused influxd."""
+        self.process.resume()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class LocalStack:
+    """Mosquitto then InfluxDB in subdirectories of base_dir, stopped in reverse order."""
+
+    def __init__(
+        self,
+        base_dir: Path,
+        mqtt_port: int = 0,
+        influx_port: int = 0,
+        *,
+        host: str = LOOPBACK,
+        mosquitto_config: Path | None = None,
+        mosquitto_extra_config: Sequence[str] = (),
+    ) -> None:
+        self.base_dir = Path(base_dir).resolve()
+        # Both binaries are resolved here, so a missing one fails before anything starts.
+        self.mosquitto = Mosquitto(
+            self.base_dir / "mosquitto",
+            mqtt_port,
+            host=host,
+            config=mosquitto_config,
+            extra_config=mosquitto_extra_config,
+        )
+        self.influxd = Influxd(self.base_dir / "influxdb", influx_port, host=host)
+
+    @property
+    def mqtt_host(self) -> str:
+        """Host of the broker listener."""
+        return self.mosquitto.host
+
+    @property
+    def mqtt_port(self) -> int:
+        """Port of the broker listener."""
+        return self.mosquitto.port
+
+    @property
+    def influx_url(self) -> str:
+        """Base URL of InfluxDB's HTTP API."""
+        return self.influxd.url
+
+    def start(self) -> Self:
+        """Start the broker, then InfluxDB; on failure stop what was started and re-raise."""
+        try:
+            self.mosquitto.start()
+            self.influxd.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop InfluxDB, then the broker; idempotent."""
+        self.influxd.stop()
+        self.mosquitto.stop()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

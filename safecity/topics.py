@@ -1,0 +1,174 @@
+"""The MQTT topic scheme as code: builders, a parser, validators and subscription filters.
+
+safecity/v1/{city}/{district}/{kind}/{device_id}/telemetry|event|status
+safecity/v1/{city}/_alerts/{severity}
+safecity/v1/{city}/_deadletter/{reason}
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+from safecity.errors import TopicError
+
+ROOT = "safecity"
+VERSION = "v1"
+PREFIX = f"{ROOT}/{VERSION}"
+IDENTIFIER = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+ALERTS = "_alerts"
+DEADLETTER = "_deadletter"
+SERVICES = "_services"
+
+
+class Channel(StrEnum):
+    """What a device topic carries."""
+
+    TELEMETRY = "telemetry"
+    EVENT = "event"
+    STATUS = "status"
+
+
+def validate_identifier(value: str, what: str = "identifier") -> str:
+    """Return value if it is a valid identifier (city, district, kind, device id), else raise."""
+    if not isinstance(value, str) or IDENTIFIER.fullmatch(value) is None:
+        raise TopicError(f"invalid {what} {value!r}: must match ^[a-z0-9][a-z0-9_.-]{{0,63}}$")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceTopic:
+    """A parsed device topic."""
+
+    city: str
+    district: str
+    kind: str
+    device_id: str
+    channel: Channel
+
+    def __str__(self) -> str:
+        return device_topic(self.city, self.district, self.kind, self.device_id, self.channel)
+
+
+@dataclass(frozen=True, slots=True)
+class PlatformTopic:
+    """A parsed platform topic: an alert, a dead letter or a service status."""
+
+    city: str
+    section: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{PREFIX}/{self.city}/{self.section}/{self.name}"
+
+
+def device_topic(
+    city: str, district: str, kind: str, device_id: str, channel: Channel | str
+) -> str:
+    """Build a device topic after validating every part."""
+    validate_identifier(city, "city")
+    validate_identifier(district, "district")
+    validate_identifier(kind, "kind")
+    validate_identifier(device_id, "device id")
+    try:
+        chan = Channel(channel)
+    except ValueError as exc:
+        raise TopicError(f"invalid channel {channel!r}") from exc
+    return f"{PREFIX}/{city}/{district}/{kind}/{device_id}/{chan.value}"
+
+
+def telemetry_topic(city: str, district: str, kind: str, device_id: str) -> str:
+    """Build a device's telemetry topic."""
+    return device_topic(city, district, kind, device_id, Channel.TELEMETRY)
+
+
+def event_topic(city: str, district: str, kind: str, device_id: str) -> str:
+    """Build a device's event topic."""
+    return device_topic(city, district, kind, device_id, Channel.EVENT)
+
+
+def status_topic(city: str, district: str, kind: str, device_id: str) -> str:
+    """Build a device's status (birth/will) topic."""
+    return device_topic(city, district, kind, device_id, Channel.STATUS)
+
+
+def alert_topic(city: str, severity: str) -> str:
+    """Build a platform alert topic."""
+    validate_identifier(city, "city")
+    validate_identifier(severity, "severity")
+    return f"{PREFIX}/{city}/{ALERTS}/{severity}"
+
+
+def deadletter_topic(city: str, reason: str) -> str:
+    """Build a dead-letter topic; an unknown city is filed under `_unknown`."""
+    if city != "_unknown":
+        validate_identifier(city, "city")
+    validate_identifier(reason, "reason")
+    return f"{PREFIX}/{city}/{DEADLETTER}/{reason}"
+
+
+def service_status_topic(city: str, service_id: str) -> str:
+    """Build the birth/will status topic of a platform service (ingest worker, simulator)."""
+    validate_identifier(city, "city")
+    validate_identifier(service_id, "service id")
+    return f"{PREFIX}/{city}/{SERVICES}/{service_id}"
+
+
+def parse(topic: str) -> DeviceTopic | PlatformTopic:
+    """Parse any topic of the scheme; raise TopicError for anything else."""
+    parts = topic.split("/")
+    if len(parts) < 5 or parts[0] != ROOT or parts[1] != VERSION:
+        raise TopicError(f"not a {PREFIX} topic: {topic!r}")
+    city = validate_identifier(parts[2], "city")
+    if parts[3] in (ALERTS, DEADLETTER, SERVICES):
+        if len(parts) != 5:
+            raise TopicError(f"malformed platform topic: {topic!r}")
+        return PlatformTopic(city, parts[3], validate_identifier(parts[4], "name"))
+    if len(parts) != 7:
+        raise TopicError(f"malformed device topic: {topic!r}")
+    _, _, _, district, kind, device_id, channel = parts
+    try:
+        chan = Channel(channel)
+    except ValueError as exc:
+        raise TopicError(f"invalid channel {channel!r} in {topic!r}") from exc
+    return DeviceTopic(
+        city,
+        validate_identifier(district, "district"),
+        validate_identifier(kind, "kind"),
+        validate_identifier(device_id, "device id"),
+        chan,
+    )
+
+
+def parse_device_topic(topic: str) -> DeviceTopic:
+    """Parse a device topic; raise TopicError for platform topics and anything else."""
+    parsed = parse(topic)
+    if not isinstance(parsed, DeviceTopic):
+        raise TopicError(f"not a device topic: {topic!r}")
+    return parsed
+
+
+def device_filter(channel: Channel | str, city: str | None = None) -> str:
+    """Subscription filter for one channel of every device (of one city, or all)."""
+    chan = Channel(channel)
+    city_part = "+" if city is None else validate_identifier(city, "city")
+    return f"{PREFIX}/{city_part}/+/+/+/{chan.value}"
+
+
+def deadletter_filter(city: str | None = None) -> str:
+    """Subscription filter for dead letters (of one city, or all)."""
+    city_part = "+" if city is None else validate_identifier(city, "city")
+    return f"{PREFIX}/{city_part}/{DEADLETTER}/+"
+
+
+def alert_filter(city: str | None = None) -> str:
+    """Subscription filter for alerts (of one city, or all)."""
+    city_part = "+" if city is None else validate_identifier(city, "city")
+    return f"{PREFIX}/{city_part}/{ALERTS}/+"
+
+
+def shared(group: str, topic_filter: str) -> str:
+    """Wrap a filter in an MQTT v5 shared subscription for the given group."""
+    validate_identifier(group, "share group")
+    return f"$share/{group}/{topic_filter}"
