@@ -7,7 +7,7 @@ with the reason; nothing a client sends can produce a 500.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
@@ -15,8 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from safecity.influx import QueryError, StorageAuthError, StorageUnavailableError
 from safecity.errors import StorageError
+from safecity.influx import QueryError, StorageAuthError, StorageUnavailableError
 
 log = logging.getLogger("safecity.api")
 
@@ -44,7 +44,7 @@ def describe_validation(errors: Sequence[Any]) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def _error(status: int, detail: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse(status_code=status, content={"detail": detail}, headers=headers)
 
 

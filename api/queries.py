@@ -22,7 +22,9 @@ FieldValue = float | int | bool | str
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NOT_VALUES = frozenset({"time", "seq", *READING_TAGS})
 
-LATEST_READING = 'SELECT * FROM {measurement} WHERE "device_id" = $device_id ORDER BY time DESC LIMIT 1'
+LATEST_READING = (
+    'SELECT * FROM {measurement} WHERE "device_id" = $device_id ORDER BY time DESC LIMIT 1'
+)
 
 
 @dataclass(frozen=True, slots=True)

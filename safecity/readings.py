@@ -358,7 +358,7 @@ def _parse(
     else:
         model = Status
     try:
-        message = model.model_validate(obj, strict=True)
+        message = model.model_validate(obj)
     except ValidationError as exc:
         return _classify(exc)
     if past_window is not None and future_window is not None:

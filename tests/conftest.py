@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
-from safecity.stack import Influxd, LocalStack, Mosquitto
+from safecity.stack import Influxd, LocalStack, ManagedProcess, Mosquitto, free_port
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +48,107 @@ def influx_db(influxd: Influxd) -> Iterator[str]:
     # Best effort: a test that stopped or paused influxd must not fail here.
     with contextlib.suppress(httpx.HTTPError):
         httpx.post(f"{influxd.url}/query", data={"q": f'DROP DATABASE "{name}"'}, timeout=5)
+
+
+@dataclass
+class ServiceProcess:
+    """A safecity service started as a real child process (`python -m safecity ...`)."""
+
+    process: ManagedProcess
+    env: dict[str, str]
+    metrics_url: str = ""
+    url: str = ""
+
+    def stop(self) -> None:
+        """Stop the service (SIGTERM, then SIGKILL)."""
+        self.process.stop(timeout=15)
+
+
+def _http_ready(url: str) -> Callable[[], bool]:
+    def probe() -> bool:
+        try:
+            return httpx.get(url, timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    return probe
+
+
+def service_env(stack: LocalStack, database: str, **extra: str) -> dict[str, str]:
+    """Environment for a service child: the stack's endpoints, a database, extras."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAFECITY_")}
+    env.update(
+        {
+            "SAFECITY_MQTT__HOST": stack.mqtt_host,
+            "SAFECITY_MQTT__PORT": str(stack.mqtt_port),
+            "SAFECITY_INFLUX__URL": stack.influx_url,
+            "SAFECITY_INFLUX__DATABASE": database,
+            "SAFECITY_LOG_LEVEL": "DEBUG",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def start_ingest(
+    stack: LocalStack, tmp_path: Path
+) -> Iterator[Callable[..., ServiceProcess]]:
+    """Factory: start `safecity ingest` for a database; every started worker is stopped after."""
+    started: list[ServiceProcess] = []
+
+    def start(database: str, worker_id: str | None = None, **extra: str) -> ServiceProcess:
+        worker = worker_id or f"ingest-{secrets.token_hex(4)}"
+        port = free_port()
+        env = service_env(
+            stack,
+            database,
+            SAFECITY_WORKER_ID=worker,
+            SAFECITY_SHARE_GROUP=f"g{secrets.token_hex(4)}",
+            SAFECITY_METRICS_PORT=str(port),
+            SAFECITY_DEADLETTER_DIR=str(tmp_path / "deadletter"),
+            **extra,
+        )
+        # A restarted worker keeps its share group, so its session is resumed.
+        for previous in started:
+            if previous.env["SAFECITY_WORKER_ID"] == worker:
+                env["SAFECITY_SHARE_GROUP"] = previous.env["SAFECITY_SHARE_GROUP"]
+        proc = ManagedProcess(
+            f"ingest-{worker}",
+            [sys.executable, "-m", "safecity", "ingest"],
+            tmp_path / f"{worker}-{len(started)}.log",
+            env=env,
+        )
+        service = ServiceProcess(proc, env, metrics_url=f"http://127.0.0.1:{port}")
+        started.append(service)
+        proc.start()
+        proc.wait_ready(_http_ready(f"{service.metrics_url}/readyz"), timeout=30)
+        return service
+
+    yield start
+    for service in started:
+        service.stop()
+
+
+@pytest.fixture
+def start_api(stack: LocalStack, tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
+    """Factory: start `safecity api` for a database on a free port; stopped after."""
+    started: list[ServiceProcess] = []
+
+    def start(database: str, **extra: str) -> ServiceProcess:
+        port = free_port()
+        env = service_env(
+            stack, database, SAFECITY_HOST="127.0.0.1", SAFECITY_PORT=str(port), **extra
+        )
+        proc = ManagedProcess(
+            "api", [sys.executable, "-m", "safecity", "api"], tmp_path / "api.log", env=env
+        )
+        service = ServiceProcess(proc, env, url=f"http://127.0.0.1:{port}")
+        started.append(service)
+        proc.start()
+        proc.wait_ready(_http_ready(f"{service.url}/readyz"), timeout=30)
+        return service
+
+    yield start
+    for service in started:
+        service.stop()

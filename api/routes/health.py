@@ -1,0 +1,42 @@
+"""Liveness (`/healthz`) and readiness (`/readyz`) probes."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from api.deps import InfluxDep
+from api.models import ErrorBody, Status
+
+router = APIRouter(tags=["health"])
+
+PING_TIMEOUT = 5.0
+
+
+@router.get("/healthz", response_model=Status)
+async def healthz() -> Status:
+    """Alive: the process serves HTTP. Always 200."""
+    return Status(status="ok")
+
+
+@router.get(
+    "/readyz",
+    response_model=Status,
+    responses={503: {"model": ErrorBody, "description": "InfluxDB does not answer"}},
+)
+async def readyz(influx: InfluxDep) -> Status | JSONResponse:
+    """Ready: InfluxDB answers /ping. 503 with the reason otherwise."""
+    timeout = min(PING_TIMEOUT, influx.settings.timeout)
+    try:
+        async with asyncio.timeout(timeout):
+            ok = await influx.ping()
+    except TimeoutError:
+        ok = False
+    if ok:
+        return Status(status="ready")
+    return JSONResponse(
+        status_code=503,
+        content={"detail": f"InfluxDB at {influx.settings.url} does not answer /ping"},
+    )

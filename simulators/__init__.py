@@ -1,0 +1,1 @@
+"""Simulated city fleet: seeded, realistic generators per sensor kind and the MQTT publisher."""
