@@ -53,3 +53,41 @@ def status_point(city: str, device: Device, status: Status) -> Point:
     if status.reason is not None:
         fields["reason"] = status.reason
     return Point(DEVICE_STATUS, _tags(city, device), fields, status.ts_ms)
+
+
+def _unit(q: catalogue.Quantity) -> str:
+    if q.type == "enum":
+        return "string: " + "/".join(q.choices) if q.choices else "string"
+    if q.type == "bool":
+        return "boolean"
+    unit = q.unit if q.unit != "1" else "ratio" if q.type == "float" else "count"
+    return f"{unit}, int" if q.type == "int" and unit not in ("count",) else unit
+
+
+def _fields_cell(quantities: tuple[catalogue.Quantity, ...]) -> str:
+    return ", ".join(
+        f"`{q.name}`{'' if q.required else '?'} ({_unit(q)})" for q in quantities
+    )
+
+
+def markdown_table() -> str:
+    """The README's schema table, generated from the catalogue (a test keeps them equal)."""
+    health = _fields_cell(catalogue.HEALTH)
+    lines = [
+        "| Measurement | Tags | Fields (unit; `?` = optional) |",
+        "|---|---|---|",
+    ]
+    for kind in catalogue.KINDS.values():
+        own = _fields_cell(kind.quantities) if kind.name != "device_health" else ""
+        fields = ", ".join(x for x in ("`seq` (int)", own, health) if x)
+        lines.append(f"| `{kind.name}` | {', '.join(READING_TAGS)} | {fields} |")
+    detail_names = sorted({q.name for e in catalogue.EVENT_TYPES.values() for q in e.details})
+    lines.append(
+        f"| `{EVENTS}` | {', '.join(EVENT_TAGS)} | `seq` (int), `kind` (string), and the "
+        f"event type's details: {', '.join(f'`{n}`' for n in detail_names)} |"
+    )
+    lines.append(
+        f"| `{DEVICE_STATUS}` | {', '.join(READING_TAGS)} | `state` (string: online/offline), "
+        "`online` (boolean), `kind` (string), `reason`? (string) |"
+    )
+    return "\n".join(lines) + "\n"
