@@ -91,9 +91,7 @@ def service_env(stack: LocalStack, database: str, **extra: str) -> dict[str, str
 
 
 @pytest.fixture
-def start_ingest(
-    stack: LocalStack, tmp_path: Path
-) -> Iterator[Callable[..., ServiceProcess]]:
+def start_ingest(stack: LocalStack, tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
     """Factory: start `safecity ingest` for a database; every started worker is stopped after."""
     started: list[ServiceProcess] = []
 

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import secrets
-import subprocess
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from support import DeadLetterWatcher, influx_rows, mosquitto_pub, wait_for
 
 from safecity import topics
 from safecity.readings import format_ts
@@ -33,89 +31,17 @@ def topic_of(device: Device, channel: str = "telemetry") -> str:
 def noise_payload(seq: int, ts: datetime | None = None, laeq: float = 55.0) -> str:
     when = ts or datetime.now(UTC).replace(microsecond=0)
     return json.dumps(
-        {"ts": format_ts(when), "seq": seq, "values": {"laeq": laeq, "lamax": laeq + 10, "la90": laeq - 8}}
+        {
+            "ts": format_ts(when),
+            "seq": seq,
+            "values": {"laeq": laeq, "lamax": laeq + 10, "la90": laeq - 8},
+        }
     )
-
-
-def mosquitto_pub(stack: LocalStack, topic: str, *payloads: str) -> None:
-    """Publish with Mosquitto's own client, QoS 1, MQTT v5 (one message per line)."""
-    subprocess.run(
-        # The broker refuses zero-length client ids, so name ourselves.
-        ["mosquitto_pub", "-h", stack.mqtt_host, "-p", str(stack.mqtt_port), "-V", "mqttv5",
-         "-i", f"test-pub-{secrets.token_hex(4)}", "-q", "1", "-t", topic, "-l"],
-        input="\n".join(payloads) + "\n",
-        text=True,
-        check=True,
-        timeout=30,
-    )
-
-
-def influx_rows(stack: LocalStack, db: str, q: str, **params: Any) -> list[dict[str, Any]]:
-    data = {"q": q, "db": db}
-    if params:
-        data["params"] = json.dumps(params)
-    body = httpx.post(f"{stack.influx_url}/query", data=data, params={"epoch": "ms"}, timeout=10).json()
-    rows = []
-    for result in body["results"]:
-        assert "error" not in result, result
-        for series in result.get("series", []):
-            for values in series["values"]:
-                rows.append({**series.get("tags", {}), **dict(zip(series["columns"], values, strict=True))})
-    return rows
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-class DeadLetterWatcher:
-    """Collects dead letters from the broker with mosquitto_sub (a client we did not write)."""
-
-    def __init__(self, stack: LocalStack, out: Path) -> None:
-        self.out = out
-        self.handle = out.open("w")
-        self.proc = subprocess.Popen(
-            ["mosquitto_sub", "-h", stack.mqtt_host, "-p", str(stack.mqtt_port), "-V", "mqttv5",
-             "-i", f"test-sub-{secrets.token_hex(4)}", "-q", "1", "-v",
-             "-t", topics.deadletter_filter(CITY.id)],
-            stdout=self.handle,
-            stderr=subprocess.STDOUT,
-        )
-        # mosquitto_sub has subscribed once a probe message comes back.
-        probe = topics.deadletter_topic(CITY.id, "probe")
-        wait_for(lambda: self._probe(stack, probe), 10, "mosquitto_sub subscription")
-
-    def _probe(self, stack: LocalStack, topic: str) -> bool:
-        subprocess.run(["mosquitto_pub", "-h", stack.mqtt_host, "-p", str(stack.mqtt_port),
-                        "-i", f"test-probe-{secrets.token_hex(4)}", "-t", topic, "-m", "{}"],
-                       check=True, timeout=10)
-        time.sleep(0.1)
-        return topic in self.out.read_text()
-
-    def letters(self) -> list[tuple[str, dict[str, Any]]]:
-        out = []
-        for line in self.out.read_text().splitlines():
-            topic, _, body = line.partition(" ")
-            if topic.endswith("/probe"):
-                continue
-            out.append((topic, json.loads(body)))
-        return out
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(5)
-        self.handle.close()
 
 
 @pytest.fixture
 def deadletters(stack: LocalStack, tmp_path: Path) -> Any:
-    watcher = DeadLetterWatcher(stack, tmp_path / "deadletters.out")
+    watcher = DeadLetterWatcher(stack, tmp_path / "deadletters.out", CITY.id)
     yield watcher
     watcher.close()
 
@@ -127,7 +53,9 @@ def test_reading_published_by_mosquitto_pub_is_stored(stack, influx_db, start_in
     mosquitto_pub(stack, topic_of(device), noise_payload(7, ts, laeq=61.5))
 
     rows = wait_for(
-        lambda: influx_rows(stack, influx_db, 'SELECT * FROM "noise" WHERE "device_id" = $d', d=device.id),
+        lambda: influx_rows(
+            stack, influx_db, 'SELECT * FROM "noise" WHERE "device_id" = $d', d=device.id
+        ),
         what="the reading in InfluxDB",
     )
     assert len(rows) == 1
@@ -141,8 +69,13 @@ def test_events_and_status_are_stored(stack, influx_db, start_ingest) -> None:
     start_ingest(influx_db)
     camera = device_of("cctv")
     now = format_ts(datetime.now(UTC).replace(microsecond=0))
-    event = {"ts": now, "seq": 1, "type": "intrusion", "severity": "high",
-             "details": {"zone": "gate 2", "object_class": "person", "confidence": 0.93}}
+    event = {
+        "ts": now,
+        "seq": 1,
+        "type": "intrusion",
+        "severity": "high",
+        "details": {"zone": "gate 2", "object_class": "person", "confidence": 0.93},
+    }
     mosquitto_pub(stack, topic_of(camera, "event"), json.dumps(event))
     mosquitto_pub(stack, topic_of(camera, "status"), json.dumps({"ts": now, "state": "online"}))
 
@@ -150,7 +83,9 @@ def test_events_and_status_are_stored(stack, influx_db, start_ingest) -> None:
     assert events[0]["type"] == "intrusion" and events[0]["severity"] == "high"
     assert events[0]["zone"] == "gate 2" and events[0]["confidence"] == 0.93
     assert events[0]["device_id"] == camera.id and events[0]["kind"] == "cctv"
-    status = wait_for(lambda: influx_rows(stack, influx_db, 'SELECT * FROM "device_status"'), what="status")
+    status = wait_for(
+        lambda: influx_rows(stack, influx_db, 'SELECT * FROM "device_status"'), what="status"
+    )
     assert status[0]["state"] == "online" and status[0]["online"] is True
 
 
@@ -158,13 +93,39 @@ def test_events_and_status_are_stored(stack, influx_db, start_ingest) -> None:
     ("reason", "make"),
     [
         ("bad_json", lambda d: (topic_of(d), "{not json")),
-        ("schema", lambda d: (topic_of(d), json.dumps({"ts": format_ts(datetime.now(UTC)), "seq": 1, "values": {"laeq": 50}}))),
+        (
+            "schema",
+            lambda d: (
+                topic_of(d),
+                json.dumps({"ts": format_ts(datetime.now(UTC)), "seq": 1, "values": {"laeq": 50}}),
+            ),
+        ),
         ("non_finite", lambda d: (topic_of(d), noise_payload(1).replace("55.0", "NaN", 1))),
         ("out_of_range", lambda d: (topic_of(d), noise_payload(1, laeq=400.0))),
-        ("ts_out_of_window", lambda d: (topic_of(d), noise_payload(1, datetime.now(UTC) - timedelta(days=8)))),
-        ("too_large", lambda d: (topic_of(d), noise_payload(1)[:-1] + ',"pad":"' + "x" * 9000 + '"}')),
-        ("unknown_device", lambda d: (topics.telemetry_topic(CITY.id, d.district, "noise", "noise-ghost-999"), noise_payload(1))),
-        ("identity_mismatch", lambda d: (topics.telemetry_topic(CITY.id, "sergeli" if d.district != "sergeli" else "bektemir", "noise", d.id), noise_payload(1))),
+        (
+            "ts_out_of_window",
+            lambda d: (topic_of(d), noise_payload(1, datetime.now(UTC) - timedelta(days=8))),
+        ),
+        (
+            "too_large",
+            lambda d: (topic_of(d), noise_payload(1)[:-1] + ',"pad":"' + "x" * 9000 + '"}'),
+        ),
+        (
+            "unknown_device",
+            lambda d: (
+                topics.telemetry_topic(CITY.id, d.district, "noise", "noise-ghost-999"),
+                noise_payload(1),
+            ),
+        ),
+        (
+            "identity_mismatch",
+            lambda d: (
+                topics.telemetry_topic(
+                    CITY.id, "sergeli" if d.district != "sergeli" else "bektemir", "noise", d.id
+                ),
+                noise_payload(1),
+            ),
+        ),
     ],
 )
 def test_bad_message_is_dead_lettered_and_not_written(
@@ -202,8 +163,10 @@ def test_good_and_bad_mixed_only_good_written(stack, influx_db, start_ingest, de
     mosquitto_pub(stack, topic_of(device), *payloads)
 
     q = 'SELECT count("seq") FROM "noise" WHERE "device_id" = $d'
-    wait_for(lambda: (r := influx_rows(stack, influx_db, q, d=device.id)) and r[0]["count"] == 180,
-             what="180 good readings")
+    wait_for(
+        lambda: (r := influx_rows(stack, influx_db, q, d=device.id)) and r[0]["count"] == 180,
+        what="180 good readings",
+    )
     wait_for(lambda: len(deadletters.letters()) == 20, what="20 dead letters")
     assert {r["reason"] for _, r in deadletters.letters()} == {"out_of_range"}
 
@@ -215,12 +178,16 @@ def test_messages_published_while_ingest_is_down_are_delivered_after_restart(
     first.stop()
     device = device_of("noise", 3)
     base = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
-    mosquitto_pub(stack, topic_of(device), *(noise_payload(i, base + timedelta(seconds=i)) for i in range(50)))
+    mosquitto_pub(
+        stack, topic_of(device), *(noise_payload(i, base + timedelta(seconds=i)) for i in range(50))
+    )
 
     start_ingest(influx_db, worker_id="ingest-restart")
     q = 'SELECT count("seq") FROM "noise" WHERE "device_id" = $d'
-    wait_for(lambda: (r := influx_rows(stack, influx_db, q, d=device.id)) and r[0]["count"] == 50,
-             what="the 50 readings queued in the persistent session")
+    wait_for(
+        lambda: (r := influx_rows(stack, influx_db, q, d=device.id)) and r[0]["count"] == 50,
+        what="the 50 readings queued in the persistent session",
+    )
 
 
 def test_redelivered_reading_overwrites_itself(stack, influx_db, start_ingest) -> None:

@@ -219,8 +219,9 @@ json_scalars = (
 )
 json_values = st.recursive(
     json_scalars,
-    lambda children: st.lists(children, max_size=5)
-    | st.dictionaries(st.text(max_size=10), children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5)
+    ),
     max_leaves=20,
 )
 # Objects shaped like messages, so validation goes deeper than "not an object".
@@ -231,8 +232,10 @@ message_like = st.fixed_dictionaries(
             json_values, timestamps.map(format_ts), timestamps.map(epoch_ms), st.text(max_size=30)
         ),
         "seq": json_values,
-        "values": json_values | st.dictionaries(st.sampled_from(["pm25", "lane", "congested",
-                                                                   "battery", "x"]), json_values),
+        "values": json_values
+        | st.dictionaries(
+            st.sampled_from(["pm25", "lane", "congested", "battery", "x"]), json_values
+        ),
         "type": st.sampled_from(EVENT_TYPES) | st.text(max_size=10),
         "severity": st.sampled_from(["low", "critical", "LOW", ""]) | json_values,
         "details": json_values,
@@ -284,8 +287,10 @@ def test_deep_nesting_is_bad_json_or_schema_not_a_crash() -> None:
             id="duplicate-top-key",
         ),
         pytest.param(
-            ('{"ts": "%s", "seq": 1, "values": {"battery": 0.5, "battery": 0.6}}'
-             % format_ts(NOW)).encode(),
+            (
+                '{"ts": "%s", "seq": 1, "values": {"battery": 0.5, "battery": 0.6}}'
+                % format_ts(NOW)
+            ).encode(),
             id="duplicate-nested-key",
         ),
     ],
@@ -456,13 +461,17 @@ EVENT_SCHEMA_CASES: list[Any] = [
         id="html-in-text",
     ),
     pytest.param(
-        "panic_button", _event("panic_button", "panic", details={"button": "b" * 65}),
+        "panic_button",
+        _event("panic_button", "panic", details={"button": "b" * 65}),
         id="long-text",
     ),
     pytest.param(
         "traffic",
-        _event("traffic", "road_accident", details={
-            "vehicles": True, "casualties": 0, "lanes_blocked": 1}),
+        _event(
+            "traffic",
+            "road_accident",
+            details={"vehicles": True, "casualties": 0, "lanes_blocked": 1},
+        ),
         id="bool-for-int-detail",
     ),
 ]

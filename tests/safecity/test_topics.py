@@ -94,7 +94,9 @@ def test_service_status_topic_round_trip(city: str, service_id: str) -> None:
 
 
 def test_deadletter_of_unknown_city() -> None:
-    assert topics.deadletter_topic("_unknown", "schema") == "safecity/v1/_unknown/_deadletter/schema"
+    assert (
+        topics.deadletter_topic("_unknown", "schema") == "safecity/v1/_unknown/_deadletter/schema"
+    )
 
 
 def _builders(bad: str) -> list[tuple[str, Callable[[], str]]]:
@@ -194,9 +196,7 @@ def test_topic_error_is_a_safecity_error() -> None:
 def test_filters_are_the_exact_strings_of_the_design() -> None:
     assert topics.device_filter(Channel.TELEMETRY) == "safecity/v1/+/+/+/+/telemetry"
     assert topics.device_filter("event") == "safecity/v1/+/+/+/+/event"
-    assert topics.device_filter(Channel.STATUS, "tashkent") == (
-        "safecity/v1/tashkent/+/+/+/status"
-    )
+    assert topics.device_filter(Channel.STATUS, "tashkent") == ("safecity/v1/tashkent/+/+/+/status")
     assert topics.deadletter_filter() == "safecity/v1/+/_deadletter/+"
     assert topics.deadletter_filter("almaty") == "safecity/v1/almaty/_deadletter/+"
     assert topics.alert_filter() == "safecity/v1/+/_alerts/+"
