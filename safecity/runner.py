@@ -81,12 +81,19 @@ class LocalRun:
             metrics_port = _port(s.ingest_metrics_port)
             self.api_url = f"http://127.0.0.1:{api_port}"
             self.metrics_url = f"http://127.0.0.1:{metrics_port}"
+            ingest_env = {
+                "SAFECITY_METRICS_PORT": str(metrics_port),
+                "SAFECITY_DEADLETTER_DIR": str(self.base / "deadletter"),
+            }
+            if s.speed != 1.0:
+                # Compressed time runs ahead of the wall clock; the local stack is a
+                # replay, so its ingest accepts simulated timestamps (ten years each way).
+                ingest_env["SAFECITY_TS_FUTURE_WINDOW"] = str(10 * 365 * 86_400)
+                ingest_env["SAFECITY_TS_PAST_WINDOW"] = str(10 * 365 * 86_400)
+                log.warning("speed %s: ingest timestamp window widened for the replay", s.speed)
             self._child(
                 "ingest",
-                {
-                    "SAFECITY_METRICS_PORT": str(metrics_port),
-                    "SAFECITY_DEADLETTER_DIR": str(self.base / "deadletter"),
-                },
+                ingest_env,
                 ready=_http_ok(f"{self.metrics_url}/readyz"),
             )
             self._child(

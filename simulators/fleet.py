@@ -267,12 +267,26 @@ class _Publisher:
         self._on_sent = on_sent
         self.tasks: set[asyncio.Task[None]] = set()
 
-    async def send(self, message: Outgoing) -> None:
-        """Wait for a free slot, then publish in the background."""
-        await self._sem.acquire()
+    async def send(self, message: Outgoing, halt: asyncio.Event) -> bool:
+        """Wait for a free slot (or `halt`), then publish in the background.
+
+        Returns False, without publishing, if `halt` was set while waiting: a stalled
+        broker must not keep the simulator from stopping.
+        """
+        if self._sem.locked():
+            acquire = asyncio.ensure_future(self._sem.acquire())
+            halted = asyncio.ensure_future(halt.wait())
+            await asyncio.wait({acquire, halted}, return_when=asyncio.FIRST_COMPLETED)
+            halted.cancel()
+            if not acquire.done():
+                acquire.cancel()
+                return False
+        else:
+            await self._sem.acquire()
         task = asyncio.create_task(self._publish(message))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        return True
 
     async def _publish(self, message: Outgoing) -> None:
         code = NOT_SENT
@@ -334,7 +348,6 @@ async def run(
     most `max_in_flight` publishes awaiting their PUBACK. `on_sent` is called with
     every message and its verdict. Raises MqttError if the broker cannot be reached.
     """
-    stop = stop if stop is not None else asyncio.Event()
     sim_start = _check_start(start if start is not None else datetime.now(UTC))
     devices = city.devices if settings.max_devices is None else city.devices[: settings.max_devices]
     sims = [
@@ -349,7 +362,10 @@ async def run(
     speed = settings.speed
     start_ms = epoch_ms(sim_start)
     wall0 = loop.time()
-    deadline = None if settings.duration is None else wall0 + settings.duration
+    # One event for both ways of stopping: the caller's `stop` and the duration.
+    halt = asyncio.Event()
+    watcher = asyncio.create_task(_relay(stop, halt)) if stop is not None else None
+    timer = None if settings.duration is None else loop.call_later(settings.duration, halt.set)
     log.info(
         "simulator started",
         extra={
@@ -366,24 +382,20 @@ async def run(
     )
     try:
         for n, sim in enumerate(sims):
-            if stop.is_set():
+            if halt.is_set() or not await publisher.send(sim.birth(), halt):
                 break
-            await publisher.send(sim.birth())
             stats.statuses += 1
             if n % 100 == 99:
                 await asyncio.sleep(0)
         heap = [(sim.next_ms, i) for i, sim in enumerate(sims)]
         heapq.heapify(heap)
         since_yield = 0
-        while heap and not stop.is_set():
+        while heap and not halt.is_set():
             now = loop.time()
-            if deadline is not None and now >= deadline:
-                break
             due_ms, i = heap[0]
             due_wall = wall0 + (due_ms - start_ms) / 1000.0 / speed
             if due_wall > now:
-                wait = due_wall - now if deadline is None else min(due_wall, deadline) - now
-                await _sleep_unless(stop, wait)
+                await _sleep_unless(halt, due_wall - now)
                 since_yield = 0
                 continue
             stats.max_lag_s = max(stats.max_lag_s, now - due_wall)
@@ -400,7 +412,8 @@ async def run(
             heapq.heapreplace(heap, (sim.next_ms, i))
             stats.sim_last = from_ms(due_ms)
             for message in messages:
-                await publisher.send(message)
+                if not await publisher.send(message, halt):
+                    break
                 if message.channel is Channel.EVENT:
                     stats.events += 1
                 else:
@@ -411,15 +424,24 @@ async def run(
                 await asyncio.sleep(0)
                 since_yield = 0
     finally:
-        progress.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await progress
+        if timer is not None:
+            timer.cancel()
+        for task in (progress, watcher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await publisher.drain(drain_timeout)
         await client.disconnect()
         await publisher.cancel()
         stats.wall_seconds = loop.time() - wall0
         log.info("simulator stopped", extra=_summary(stats, publisher))
     return stats
+
+
+async def _relay(stop: asyncio.Event, halt: asyncio.Event) -> None:
+    await stop.wait()
+    halt.set()
 
 
 def _summary(stats: FleetStats, publisher: _Publisher) -> dict[str, object]:
