@@ -42,8 +42,10 @@ def _imported(tree: ast.AST) -> Iterator[tuple[int, str]]:
             and isinstance(node.args[0].value, str)
             and (
                 (isinstance(node.func, ast.Attribute) and node.func.attr == "import_module")
-                or (isinstance(node.func, ast.Name) and node.func.id in ("import_module",
-                                                                           "__import__"))
+                or (
+                    isinstance(node.func, ast.Name)
+                    and node.func.id in ("import_module", "__import__")
+                )
             )
         ):
             yield node.lineno, node.args[0].value

@@ -34,8 +34,20 @@ def test_city_generate_writes_a_loadable_registry(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "almaty.jsonl"
-    code = main(["city", "generate", "--city", "almaty", "--devices", "40", "--seed", "3",
-                 "--out", str(out)])
+    code = main(
+        [
+            "city",
+            "generate",
+            "--city",
+            "almaty",
+            "--devices",
+            "40",
+            "--seed",
+            "3",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     assert str(out) in capsys.readouterr().out
     city = load(out)
@@ -47,8 +59,9 @@ def test_city_generate_writes_a_loadable_registry(
 
 
 def test_city_generate_default_output_name(tmp_path: Path) -> None:
-    assert main(["city", "generate", "--city", "New Town", "--devices", "20",
-                 "--districts", "3"]) == 0
+    assert (
+        main(["city", "generate", "--city", "New Town", "--devices", "20", "--districts", "3"]) == 0
+    )
     city = load(tmp_path / "new_town.jsonl")
     assert len(city.districts) == 3
 
@@ -56,8 +69,19 @@ def test_city_generate_default_output_name(tmp_path: Path) -> None:
 def test_city_generate_as_a_subprocess(tmp_path: Path) -> None:
     out = tmp_path / "bishkek.jsonl"
     result = subprocess.run(
-        [str(SAFECITY_BIN), "city", "generate", "--city", "bishkek", "--devices", "30",
-         "--seed", "3", "--out", str(out)],
+        [
+            str(SAFECITY_BIN),
+            "city",
+            "generate",
+            "--city",
+            "bishkek",
+            "--devices",
+            "30",
+            "--seed",
+            "3",
+            "--out",
+            str(out),
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -79,16 +103,15 @@ def test_city_show_default(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_city_show_generated_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "d.jsonl"
-    assert main(["city", "generate", "--city", "dushanbe", "--devices", "25", "--out",
-                 str(out)]) == 0
+    assert (
+        main(["city", "generate", "--city", "dushanbe", "--devices", "25", "--out", str(out)]) == 0
+    )
     capsys.readouterr()
     assert main(["city", "show", "--registry", str(out)]) == 0
     assert "Dushanbe (dushanbe)" in capsys.readouterr().out
 
 
-def test_city_show_bad_file_is_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_city_show_bad_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     good = generate("tashkent", 20, seed=1).dumps().splitlines()
     # Line 15 (a device) names a district that does not exist.
     good[14] = good[14].replace('"district":"', '"district":"atlantis', 1)

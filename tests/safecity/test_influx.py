@@ -1,4 +1,4 @@
-"""InfluxClient against a real influxd: set-up, writes, bound queries, and what each failure raises."""
+"""InfluxClient against a real influxd: set-up, writes, bound queries, and each failure's error."""
 
 from __future__ import annotations
 
@@ -43,7 +43,8 @@ def _now_ms() -> int:
 
 
 async def _retention_policies(client: InfluxClient) -> dict[str, dict[str, Any]]:
-    series = await client.query(f"SHOW RETENTION POLICIES ON {quote_ident(client.settings.database)}")
+    database = quote_ident(client.settings.database)
+    series = await client.query(f"SHOW RETENTION POLICIES ON {database}")
     return {row["name"]: row for s in series for row in s.rows()}
 
 
@@ -115,8 +116,7 @@ def test_write_and_query_with_bound_params(influxd: Influxd, influx_db: str, gzi
         rows = [
             row
             for s in await client.query(
-                'SELECT "pm25", "seq" FROM "air_quality" WHERE "device_id" = $device_id '
-                "GROUP BY *",
+                'SELECT "pm25", "seq" FROM "air_quality" WHERE "device_id" = $device_id GROUP BY *',
                 {"device_id": "aq-2"},
             )
             for row in s.rows()

@@ -283,13 +283,13 @@ def test_deep_nesting_is_bad_json_or_schema_not_a_crash() -> None:
         pytest.param(b"\xff\xfe{}", id="not-utf8"),
         pytest.param(b'{"ts": "\xc3\x28"}', id="invalid-utf8-in-string"),
         pytest.param(
-            ('{"ts": "%s", "seq": 1, "seq": 2, "values": {}}' % format_ts(NOW)).encode(),
+            f'{{"ts": "{format_ts(NOW)}", "seq": 1, "seq": 2, "values": {{}}}}'.encode(),
             id="duplicate-top-key",
         ),
         pytest.param(
             (
-                '{"ts": "%s", "seq": 1, "values": {"battery": 0.5, "battery": 0.6}}'
-                % format_ts(NOW)
+                f'{{"ts": "{format_ts(NOW)}", "seq": 1, '
+                '"values": {"battery": 0.5, "battery": 0.6}}'
             ).encode(),
             id="duplicate-nested-key",
         ),
@@ -303,9 +303,9 @@ def test_bad_json(payload: bytes) -> None:
 @pytest.mark.parametrize("where", ["values", "seq"])
 def test_non_finite(token: str, where: str) -> None:
     if where == "values":
-        text = '{"ts": "%s", "seq": 1, "values": {"pm25": %s}}' % (format_ts(NOW), token)
+        text = f'{{"ts": "{format_ts(NOW)}", "seq": 1, "values": {{"pm25": {token}}}}}'
     else:
-        text = '{"ts": "%s", "seq": %s, "values": {}}' % (format_ts(NOW), token)
+        text = f'{{"ts": "{format_ts(NOW)}", "seq": {token}, "values": {{}}}}'
     assert _reason(_parse("air_quality", text.encode())) == RejectReason.NON_FINITE
 
 

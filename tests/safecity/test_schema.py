@@ -166,7 +166,7 @@ def test_every_point_is_accepted_by_influxdb_together(influxd: Influxd, influx_d
         client = InfluxClient(settings)
         try:
             await client.write(encode_many(points))
-            series = await client.query(f'SELECT count("seq") FROM "{EVENTS}"')
+            series = await client.query('SELECT count("seq") FROM "events"')
             return int(series[0].rows()[0]["count"])
         finally:
             await client.close()

@@ -1,0 +1,123 @@
+"""The ground-truth ledger: one JSON line per message a simulator or test sent.
+
+The simulator writes it; `safecity verify` (and the fault tests) compare it with
+InfluxDB and the dead-letter store. Writes are buffered: the ledger must never be
+the bottleneck of a load test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+FieldValue = float | int | bool | str
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """What was sent: identity, timestamp, payload hash, intent and the broker's verdict.
+
+    `intended_reason` is None for a message meant to be accepted, else the reject
+    reason (RejectReason value) it is meant to get, or a fault label such as
+    `duplicate` for a deliberate resend. `puback` is the PUBACK reason code
+    (>= 0x80 refused; 0x100 not sent). `values` holds the telemetry values of a good
+    reading, so the checker can compare them with what InfluxDB stored.
+    """
+
+    device_id: str
+    channel: str
+    topic: str
+    seq: int | None
+    ts_ms: int | None
+    sha256: str
+    intended_reason: str | None
+    puback: int
+    values: dict[str, FieldValue] | None = None
+    fault: str | None = None
+
+    @property
+    def good(self) -> bool:
+        """Meant to be accepted and stored."""
+        return self.intended_reason is None
+
+    @property
+    def acknowledged(self) -> bool:
+        """The broker accepted it (PUBACK reason < 0x80)."""
+        return self.puback < 0x80
+
+    def to_json(self) -> str:
+        """One compact JSON line (without the newline)."""
+        record: dict[str, Any] = {
+            "d": self.device_id,
+            "c": self.channel,
+            "topic": self.topic,
+            "s": self.seq,
+            "t": self.ts_ms,
+            "h": self.sha256,
+            "r": self.intended_reason,
+            "p": self.puback,
+        }
+        if self.values is not None:
+            record["v"] = self.values
+        if self.fault is not None:
+            record["f"] = self.fault
+        return json.dumps(record, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, line: str) -> LedgerEntry:
+        """Parse one ledger line."""
+        r = json.loads(line)
+        return cls(
+            device_id=r["d"],
+            channel=r["c"],
+            topic=r["topic"],
+            seq=r["s"],
+            ts_ms=r["t"],
+            sha256=r["h"],
+            intended_reason=r["r"],
+            puback=r["p"],
+            values=r.get("v"),
+            fault=r.get("f"),
+        )
+
+
+class LedgerWriter:
+    """Appends entries through a large buffer; `close()` flushes and fsyncs."""
+
+    def __init__(self, path: Path, buffer_bytes: int = 1 << 20) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file: IO[str] | None = path.open("a", encoding="utf-8", buffering=buffer_bytes)
+        self.count = 0
+
+    def write(self, entry: LedgerEntry) -> None:
+        """Record one sent message."""
+        if self._file is None:
+            raise ValueError(f"ledger {self.path} is closed")
+        self._file.write(entry.to_json() + "\n")
+        self.count += 1
+
+    def flush(self) -> None:
+        """Push buffered entries to the OS."""
+        if self._file is not None:
+            self._file.flush()
+
+    def close(self) -> None:
+        """Flush, fsync and close; idempotent."""
+        if self._file is not None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._file = None
+
+
+def read(path: Path) -> Iterator[LedgerEntry]:
+    """All entries of a ledger, in write order (a torn last line is skipped)."""
+    with path.open(encoding="utf-8") as handle:
+        for line in handle:
+            if line.endswith("\n"):
+                yield LedgerEntry.from_json(line)
