@@ -342,3 +342,7 @@ def _set_result(fut: asyncio.Future[Any], value: Any) -> None:
 def _set_exception(fut: asyncio.Future[Any], exc: Exception) -> None:
     if not fut.done():
         fut.set_exception(exc)
+
+
+# --- asyncio-driven clients for device fleets (edge agent) --------------------------
+# Code below this line belongs to the edge/simulator work; the client above to ingest.
