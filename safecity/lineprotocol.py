@@ -71,6 +71,11 @@ def encode(point: Point) -> str:
     """Encode a point as one line (no trailing newline); raise LineProtocolError if impossible."""
     if not point.fields:
         raise LineProtocolError("a point needs at least one field")
+    if point.measurement.startswith("#"):
+        # InfluxDB reads such a line as a comment: 204 and nothing stored.
+        raise LineProtocolError(f"measurement {point.measurement[:40]!r} starts with '#'")
+    if "time" in point.tags or "time" in point.fields:
+        raise LineProtocolError("'time' is not a valid tag or field key in InfluxDB")
     parts = [_name(point.measurement, "measurement").translate(_MEASUREMENT_ESC)]
     for key in sorted(point.tags):
         value = point.tags[key]
@@ -90,25 +95,44 @@ def encode_many(points: Iterable[Point]) -> bytes:
     return "".join(encode(p) + "\n" for p in points).encode()
 
 
-def _split(text: str, seps: str) -> list[str]:
-    """Split on unescaped separator characters, outside double quotes."""
-    out, cur, i, quoted = [], [], 0, False
+def _split(text: str, sep: str, maxsplit: int = -1) -> list[str]:
+    """Split on an unescaped separator (names and tags know no quoting)."""
+    out, cur, i = [], [], 0
     while i < len(text):
         c = text[i]
         if c == "\\" and i + 1 < len(text):
             cur.append(text[i : i + 2])
             i += 2
             continue
-        if c == '"':
-            quoted = not quoted
-        if c in seps and not quoted:
+        if c == sep and maxsplit != 0:
             out.append("".join(cur))
             cur = []
+            maxsplit -= 1
         else:
             cur.append(c)
         i += 1
     out.append("".join(cur))
     return out
+
+
+def _fields(text: str) -> dict[str, FieldValue]:
+    """Parse a field set; only string values are quoted, so track quotes only there."""
+    fields: dict[str, FieldValue] = {}
+    i = 0
+    while i < len(text):
+        key = _split(text[i:], "=", 1)[0]
+        i += len(key) + 1
+        if text[i : i + 1] == '"':
+            j = i + 1
+            while text[j] != '"':
+                j += 2 if text[j] == "\\" else 1
+            raw = text[i : j + 1]
+            i = j + 2  # past the closing quote and the comma
+        else:
+            raw = _split(text[i:], ",", 1)[0]
+            i += len(raw) + 1
+        fields[_unescape(key)] = _decode_field(raw)
+    return fields
 
 
 def _unescape(text: str) -> str:
@@ -127,16 +151,13 @@ def _decode_field(raw: str) -> FieldValue:
 
 def decode(line: str) -> Point:
     """Decode one line written by `encode` (a test and tooling aid, not a full parser)."""
-    head, fields_raw, ts = _split(line, " ")
+    head, rest = _split(line, " ", 1)
+    fields_raw, ts = rest.rsplit(" ", 1)
     series = _split(head, ",")
-    tags = dict(_split(t, "=") for t in series[1:])
-    fields: dict[str, FieldValue] = {}
-    for item in _split(fields_raw, ","):
-        key, value = _split(item, "=")
-        fields[_unescape(key)] = _decode_field(value)
+    tags = dict(_split(t, "=", 1) for t in series[1:])
     return Point(
         _unescape(series[0]),
         {_unescape(k): _unescape(v) for k, v in tags.items()},
-        fields,
+        _fields(fields_raw),
         int(ts),
     )

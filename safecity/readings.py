@@ -291,7 +291,8 @@ def _classify(exc: ValidationError) -> Rejection:
     )
     if "finite_number" in kinds:
         return Rejection(RejectReason.NON_FINITE, detail)
-    if kinds <= _RANGE_ERRORS:
+    # Only the catalogue's physical limits make `out_of_range`; a bad seq is malformed.
+    if kinds <= _RANGE_ERRORS and all(e["loc"][:1] in (("values",), ("details",)) for e in errors):
         return Rejection(RejectReason.OUT_OF_RANGE, detail)
     return Rejection(RejectReason.SCHEMA, detail)
 

@@ -22,7 +22,7 @@ from safecity import catalogue
 from safecity.errors import RegistryError
 from safecity.topics import IDENTIFIER
 
-Identifier = Annotated[str, Field(pattern=IDENTIFIER.pattern)]
+Identifier = Annotated[str, Field(pattern=rf"^{IDENTIFIER.pattern}$")]
 Lon = Annotated[float, Field(ge=-180, le=180, allow_inf_nan=False)]
 Lat = Annotated[float, Field(ge=-90, le=90, allow_inf_nan=False)]
 Point = tuple[Lon, Lat]
@@ -167,7 +167,9 @@ def loads(text: str, source: str = "<string>") -> City:
         except ValidationError as exc:
             raise _error(source, number, exc) from exc
         if city is None:
-            raise RegistryError(f"{source}:{number}: the first record must be the city")
+            raise RegistryError(
+                f"{source}:{number}: field 'type': the first record must be the city"
+            )
     if city is None:
         raise RegistryError(f"{source}: empty registry (no city record)")
     return City(city, tuple(districts), tuple(devices), source)

@@ -65,9 +65,7 @@ def _unit(q: catalogue.Quantity) -> str:
 
 
 def _fields_cell(quantities: tuple[catalogue.Quantity, ...]) -> str:
-    return ", ".join(
-        f"`{q.name}`{'' if q.required else '?'} ({_unit(q)})" for q in quantities
-    )
+    return ", ".join(f"`{q.name}`{'' if q.required else '?'} ({_unit(q)})" for q in quantities)
 
 
 def markdown_table() -> str:

@@ -12,6 +12,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from safecity.errors import TopicError
 from safecity.topics import validate_identifier
 
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -48,7 +49,11 @@ class InfluxSettings(BaseModel):
     @field_validator("database", "retention_policy")
     @classmethod
     def _identifier(cls, value: str) -> str:
-        return validate_identifier(value, "influx name")
+        try:
+            return validate_identifier(value, "influx name")
+        except TopicError as exc:
+            # pydantic reports ValueError per field; our own error would escape unnamed.
+            raise ValueError(str(exc)) from exc
 
     @field_validator("retention_duration")
     @classmethod

@@ -6,11 +6,11 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import httpx
+from support import DeadLetterWatcher, influx_rows, mosquitto_pub, wait_for
 
 from safecity import topics
 from safecity.readings import format_ts
 from safecity.registry import default_city
-from support import DeadLetterWatcher, influx_rows, mosquitto_pub, wait_for
 
 CITY = default_city()
 
