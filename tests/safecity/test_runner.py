@@ -1,4 +1,4 @@
-"""`safecity run` (what `make run` starts): the whole stack comes up, serves data, and stops clean."""
+"""`safecity run` (what `make run` starts): the stack comes up, serves data, stops clean."""
 
 from __future__ import annotations
 
