@@ -2,7 +2,8 @@
 
 Nothing is read or connected at import time: settings are passed in, the city
 registry is loaded and the InfluxDB client created when the app starts, and the
-client is closed when it stops.
+client (and the live stream's MQTT subscription, opened on the first stream
+client) is closed when it stops.
 """
 
 from __future__ import annotations
@@ -11,18 +12,35 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from api import errors
+from api.delivery import LedgerIndex
 from api.directory import Directory
+from api.limits import BodyLimitMiddleware
+from api.live import Hub
 from api.metrics import MetricsMiddleware
-from api.routes import devices, health, metrics
+from api.overview import SnapshotCache
+from api.routes import cities, devices, events, health, metrics, stream
+from api.security import HEADER, RateLimiter, require
 from safecity import __version__
+from safecity.apikeys import KeyStore
+from safecity.deadletters import DeadLetterIndex, store_path
 from safecity.influx import InfluxClient
 from safecity.registry import City, load_or_default
 from safecity.settings import ApiSettings
 
 log = logging.getLogger("safecity.api")
+
+DESCRIPTION = """City-level telemetry of the safecity platform.
+
+Every endpoint except `/healthz` and `/readyz` needs an API key in the `X-API-Key`
+header (`safecity apikey create --name me --scopes read`; `make run` prints a local
+one). Scopes: `read` < `operate` < `admin`. Errors always have the shape
+`{"detail": "<reason>"}`: 401 missing/unknown key, 403 missing scope, 422 invalid or
+out-of-bounds parameter, 429 rate limited (Retry-After), 502/503 storage trouble.
+"""
 
 
 def create_app(settings: ApiSettings, city: City | None = None) -> FastAPI:
@@ -35,6 +53,15 @@ def create_app(settings: ApiSettings, city: City | None = None) -> FastAPI:
         app.state.city = loaded
         app.state.directory = Directory(loaded)
         app.state.influx = influx
+        app.state.keys = KeyStore(settings.api_keys_file)
+        app.state.keys.load()
+        app.state.limiter = RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst)
+        app.state.snapshots = SnapshotCache(settings.overview_cache_ttl)
+        app.state.hub = Hub(loaded, settings.mqtt, settings.stream_queue_size)
+        app.state.deadletters = DeadLetterIndex(store_path(settings.deadletter_dir))
+        app.state.ledger = (
+            LedgerIndex(settings.ledger_file) if settings.ledger_file is not None else None
+        )
         log.info(
             "api started",
             extra={
@@ -42,24 +69,40 @@ def create_app(settings: ApiSettings, city: City | None = None) -> FastAPI:
                 "devices": len(loaded.devices),
                 "influx_url": settings.influx.url,
                 "database": settings.influx.database,
+                "api_keys": len(app.state.keys.records()),
             },
         )
         try:
             yield
         finally:
+            await app.state.hub.stop()
             await influx.close()
             log.info("api stopped")
 
     app = FastAPI(
         title="safecity API",
         version=__version__,
-        description="City-level telemetry of the safecity platform.",
+        description=DESCRIPTION,
         lifespan=lifespan,
     )
     app.state.settings = settings
     errors.install(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=list(settings.cors_origins),
+        allow_methods=["GET"],
+        allow_headers=[HEADER],
+        expose_headers=["Retry-After"],
+        max_age=600,
+    )
     app.add_middleware(MetricsMiddleware)
+    read = [Depends(require("read"))]
     app.include_router(health.router)
-    app.include_router(metrics.router)
-    app.include_router(devices.router)
+    app.include_router(metrics.router, dependencies=[Depends(require("operate"))])
+    app.include_router(cities.router, dependencies=read)
+    app.include_router(devices.router, dependencies=read)
+    app.include_router(events.router, dependencies=read)
+    app.include_router(events.delivery_router)
+    app.include_router(stream.router, dependencies=read)
     return app

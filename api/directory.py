@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 from bisect import bisect_right
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from safecity.registry import City, Device
@@ -55,14 +56,17 @@ class Directory:
         after: str | None = None,
         kind: str | None = None,
         district: str | None = None,
+        keep: Callable[[Device], bool] | None = None,
     ) -> Page:
         """Up to `limit` devices with id > `after` matching the filters, in id order."""
         start = 0 if after is None else bisect_right(self._ids, after)
         items: list[Device] = []
         for index in range(start, len(self._devices)):
             device = self._devices[index]
-            if (kind is None or device.kind == kind) and (
-                district is None or device.district == district
+            if (
+                (kind is None or device.kind == kind)
+                and (district is None or device.district == district)
+                and (keep is None or keep(device))
             ):
                 if len(items) == limit:
                     return Page(items, has_more=True)

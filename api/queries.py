@@ -6,8 +6,13 @@ bound parameter (`$name`, sent in the `params` JSON of `/query`), never spliced
 into the statement text.
 """
 
+# Statements are built only from allow-listed identifiers (quote_ident) and ints we
+# computed; request values travel as bound $parameters, which S608 cannot see.
+# ruff: noqa: S608
+
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -74,3 +79,114 @@ async def latest_reading(influx: InfluxClient, device: Device) -> StoredReading 
             if row.get("time") is not None and row.get("seq") is not None:
                 return reading_from_row(device, row)
     return None
+
+
+# --- time series, events, delivery ---------------------------------------------------
+
+AGGREGATES = {
+    "mean": "mean({field})",
+    "min": "min({field})",
+    "max": "max({field})",
+    "p95": "percentile({field}, 95)",
+    "count": "count({field})",
+}
+
+
+def numeric_fields(kind: str) -> tuple[str, ...]:
+    """The fields of a kind a series can aggregate (floats and ints of the catalogue)."""
+    return tuple(q.name for q in catalogue.telemetry_quantities(kind) if q.type in ("float", "int"))
+
+
+def series_statement(kind: str, field: str, agg: str, every_s: int, *, by: str) -> str:
+    """An aggregate of one field per bucket, filtered by city and `by` (district/device_id)."""
+    if field not in numeric_fields(kind) or agg not in AGGREGATES or every_s < 1:
+        raise ValueError(f"not an allowed series: {kind}.{field} {agg} {every_s}s")
+    selector = AGGREGATES[agg].format(field=quote_ident(field))
+    where = '"city" = $city AND time >= $from AND time < $to'
+    if by:
+        where += f" AND {quote_ident(by)} = ${by}"
+    # every_s is an int we computed (not text from the request), so it can be spliced.
+    return (
+        f'SELECT {selector} AS "value" FROM {quote_ident(measurement_of(kind))} '
+        f"WHERE {where} GROUP BY time({int(every_s)}s) fill(none)"
+    )
+
+
+async def series(
+    influx: InfluxClient,
+    kind: str,
+    field: str,
+    agg: str,
+    every_s: int,
+    params: dict[str, str],
+    by: str = "",
+) -> list[tuple[int, float]]:
+    """(bucket start ms, value) pairs, oldest first; empty buckets left out."""
+    out: list[tuple[int, float]] = []
+    for s in await influx.query(series_statement(kind, field, agg, every_s, by=by), params):
+        for row in s.rows():
+            value = row.get("value")
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                out.append((int(row["time"]), float(value)))
+    return out
+
+
+EVENT_FILTERS = ("district", "device_id", "type", "severity")
+_EVENT_NOT_DETAILS = frozenset({"time", "seq", "kind", "city", *EVENT_FILTERS})
+
+
+def events_statement(filters: tuple[str, ...], limit: int) -> str:
+    """Events of a city and window, newest first, with equality filters on allowed tags."""
+    where = '"city" = $city AND time >= $from AND time < $to'
+    for name in filters:
+        if name not in EVENT_FILTERS:
+            raise ValueError(f"not an event filter: {name}")
+        where += f" AND {quote_ident(name)} = ${name}"
+    return f'SELECT * FROM "events" WHERE {where} ORDER BY time DESC LIMIT {int(limit)}'
+
+
+async def events(
+    influx: InfluxClient, params: dict[str, str], filters: tuple[str, ...], limit: int
+) -> list[dict[str, Any]]:
+    """Event rows (tags and fields), newest first, at most `limit`."""
+    rows: list[dict[str, Any]] = []
+    for s in await influx.query(events_statement(filters, limit), params):
+        rows.extend(s.rows())
+    return rows
+
+
+def event_details(row: dict[str, Any]) -> dict[str, FieldValue]:
+    """The event's detail fields (everything but identity, time and seq)."""
+    return {k: v for k, v in row.items() if k not in _EVENT_NOT_DETAILS and v is not None}
+
+
+async def stored_counts(
+    influx: InfluxClient, device: Device, params: dict[str, str]
+) -> tuple[dict[str, int], int | None]:
+    """Points stored for a device in a window, by channel, and its newest reading (ms)."""
+    telemetry = (
+        f'SELECT count("seq") AS "n" FROM '
+        f"{quote_ident(measurement_of(device.kind))} "
+        'WHERE "device_id" = $device_id AND time >= $from AND time < $to'
+    )
+    newest = (
+        f'SELECT last("seq") FROM {quote_ident(measurement_of(device.kind))} '
+        'WHERE "device_id" = $device_id AND time >= $from AND time < $to'
+    )
+    event = (
+        'SELECT count("seq") AS "n" FROM "events" '
+        'WHERE "device_id" = $device_id AND time >= $from AND time < $to'
+    )
+    status = (
+        'SELECT count("state") AS "n" FROM "device_status" '
+        'WHERE "device_id" = $device_id AND time >= $from AND time < $to'
+    )
+    bound = {**params, "device_id": device.id}
+    results = await asyncio.gather(
+        *(influx.query(q, bound) for q in (telemetry, event, status, newest))
+    )
+    counts: dict[str, int] = {}
+    for channel, series_list in zip(("telemetry", "event", "status"), results[:3], strict=True):
+        counts[channel] = sum(int(r.get("n") or 0) for s in series_list for r in s.rows())
+    last_ms = next((int(r["time"]) for s in results[3] for r in s.rows()), None)
+    return counts, last_ms

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -77,17 +80,46 @@ class DeadLetterStore:
         """Create the directory if needed."""
         self.directory.mkdir(parents=True, exist_ok=True)
 
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[int]:
+        """An append fd on the store under an exclusive flock (workers and replay share it)."""
+        while True:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                # A replay may have replaced the file while we waited for the lock.
+                if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        try:
+            yield fd
+        finally:
+            os.close(fd)  # releases the lock
+
     def append_many(self, letters: list[DeadLetter]) -> None:
         """Append records and fsync, so an acked rejection is never lost."""
         if not letters:
             return
         data = b"".join(letter.to_json() + b"\n" for letter in letters)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-        try:
+        with self._locked() as fd:
             os.write(fd, data)
             os.fsync(fd)
-        finally:
-            os.close(fd)
+
+    def take(self, keep: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]) -> None:
+        """Rewrite the store to `keep(records)` atomically, holding the lock meanwhile."""
+        self.open()
+        with self._locked():
+            records = self.read()
+            kept = keep(records)
+            tmp = self.path.with_suffix(".tmp")
+            with tmp.open("wb") as fh:
+                for record in kept:
+                    fh.write(json.dumps(record, separators=(",", ":")).encode() + b"\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
 
     def read(self) -> list[dict[str, Any]]:
         """All stored records, oldest first (a torn last line from a crash is skipped)."""
@@ -100,3 +132,10 @@ class DeadLetterStore:
             except ValueError:
                 continue
         return out
+
+
+def record_payload(record: dict[str, Any]) -> bytes:
+    """The (possibly truncated) payload bytes of a stored record."""
+    if "payload_b64" in record:
+        return base64.b64decode(record["payload_b64"])
+    return str(record.get("payload", "")).encode()

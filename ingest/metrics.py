@@ -39,3 +39,33 @@ LAG = Gauge(
     "safecity_ingest_lag_seconds", "Wall clock minus device timestamp of the last written reading"
 )
 CONNECTED = Gauge("safecity_ingest_mqtt_connected", "1 while connected to the broker")
+WRITE_SECONDS = Histogram(
+    "safecity_ingest_write_seconds",
+    "Latency of one successful InfluxDB /write request",
+    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+WRITE_RETRIES = Counter(
+    "safecity_ingest_write_retries_total", "InfluxDB write attempts that will be retried"
+)
+E2E_LAG = Histogram(
+    "safecity_ingest_e2e_lag_seconds",
+    "Device timestamp -> durable in InfluxDB (written directly or drained from the spool)",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
+)
+SPOOLED = Counter(
+    "safecity_ingest_spooled_points_total", "Points made durable in the disk spool (then acked)"
+)
+DRAINED = Counter(
+    "safecity_ingest_spool_drained_points_total", "Points drained from the spool into InfluxDB"
+)
+SPOOL_POINTS = Gauge("safecity_ingest_spool_points", "Points waiting in the disk spool")
+SPOOL_BYTES = Gauge("safecity_ingest_spool_bytes", "Bytes of the disk spool's segment files")
+SPOOL_SEGMENTS = Gauge("safecity_ingest_spool_segments", "Segment files in the disk spool")
+BACKPRESSURE = Gauge(
+    "safecity_ingest_backpressure",
+    "1 while the spool is full and ingest stops acking (the broker holds the messages)",
+)
+BROKER_DROPPED = Gauge(
+    "safecity_broker_dropped_messages",
+    "Broker's $SYS/broker/publish/messages/dropped (messages it discarded, e.g. full queues)",
+)

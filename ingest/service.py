@@ -1,24 +1,31 @@
-"""Wires the ingest stages: MQTT source -> Validator -> InfluxWriter / dead letters -> ordered acks.
+"""Wires the ingest stages: MQTT source -> Validator -> InfluxWriter / spool / dead letters -> acks.
 
 Every message of a batch is acked, in receive order, only after the whole batch is
-durable: its valid points written to InfluxDB and its rejections fsync'd into the
-dead-letter store.
+durable: its valid points written to InfluxDB (or, while InfluxDB is unavailable,
+fsync'd into the disk spool) and its rejections fsync'd into the dead-letter store.
+While the spool holds anything, new batches go to the spool too, so it drains in
+order; a drain task writes it to InfluxDB in the background. When the spool is full
+nothing more is acked (back-pressure): the broker keeps the messages.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import signal
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from ingest import metrics
 from ingest.deadletter import DeadLetter, DeadLetterStore, dead_letter
-from ingest.validate import Accepted, Rejected, Validator
-from ingest.writer import InfluxWriter
+from ingest.spool import Spool, SpoolBatch, SpoolError, SpoolFullError
+from ingest.validate import Accepted, DuplicateDetector, RateLimiter, Rejected, Validator
+from ingest.writer import Backoff, InfluxWriter, WriteDeferredError
 from safecity import topics
-from safecity.errors import StorageError
+from safecity.errors import MqttError, StorageError
 from safecity.influx import InfluxClient
 from safecity.mqtt import Incoming, MqttClient, Will
 from safecity.observability import HealthServer
@@ -29,6 +36,7 @@ from safecity.settings import IngestSettings
 log = logging.getLogger("safecity.ingest")
 
 CHANNELS = (topics.Channel.TELEMETRY, topics.Channel.EVENT, topics.Channel.STATUS)
+BROKER_DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
 
 
 @dataclass
@@ -43,10 +51,21 @@ class IngestService:
     def __init__(self, settings: IngestSettings, city: City) -> None:
         self.settings = settings
         self.city = city
-        self.validator = Validator(city, settings.ts_past_window, settings.ts_future_window)
+        self.validator = Validator(
+            city,
+            settings.ts_past_window,
+            settings.ts_future_window,
+            rate_limiter=RateLimiter(settings.rate_limit, settings.rate_burst),
+            duplicates=DuplicateDetector(settings.dedup_window),
+        )
         self.store = DeadLetterStore(settings.deadletter_dir)
+        self.spool = Spool(
+            settings.spool_dir / settings.worker_id,
+            settings.spool_max_bytes,
+            settings.spool_segment_bytes,
+        )
         self.influx = InfluxClient(settings.influx)
-        self.writer = InfluxWriter(self.influx)
+        self.writer = InfluxWriter(self.influx, Backoff(cap=settings.retry_max_delay))
         self.status_topic = topics.service_status_topic(city.id, settings.worker_id)
         self.mqtt = MqttClient(
             settings.mqtt,
@@ -58,20 +77,42 @@ class IngestService:
             will=Will(self.status_topic, _status("offline", "lost")),
             on_connect=lambda: metrics.CONNECTED.set(1),
         )
+        # $SYS is per broker, not per share: a plain, non-persistent second connection.
+        self.sys_mqtt: MqttClient | None = None
+        if settings.broker_sys:
+            self.sys_mqtt = MqttClient(
+                settings.mqtt, client_id=f"safecity-{settings.worker_id}-sys"
+            )
         self.health = HealthServer(settings.metrics_host, settings.metrics_port, self.ready)
         self._batch = _Batch()
         self._started = False
         self._stopped = False
+        self._backpressure = False
+        self._spool_failed = False
+        self._durable_writes = 0
+        self._spool_ready = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
 
     def ready(self) -> bool:
-        """Ready when connected to the broker and InfluxDB writes are going through."""
-        return self._started and self.mqtt.connected.is_set() and self.writer.healthy
+        """Ready when connected to the broker and acking: not blocked by a full spool or auth."""
+        return (
+            self._started
+            and self.mqtt.connected.is_set()
+            and not self._backpressure
+            and not self._spool_failed
+            and not self.writer.auth_failing
+        )
 
     async def start(self) -> None:
-        """Open the store, prepare InfluxDB, start /metrics, connect and subscribe."""
+        """Open the stores, prepare InfluxDB, start /metrics, connect and subscribe."""
         self.store.open()
+        recovered = await asyncio.to_thread(self.spool.open)
+        self._update_spool_metrics()
         await self.health.start()
         await self._ensure_database()
+        self._tasks.append(asyncio.create_task(self._drain_spool(), name="spool-drain"))
+        if recovered:
+            self._spool_ready.set()
         await self.mqtt.connect()
         filters = [
             (topics.shared(self.settings.share_group, topics.device_filter(c, self.city.id)), 1)
@@ -79,6 +120,10 @@ class IngestService:
         ]
         await self.mqtt.subscribe(filters)
         await self.mqtt.publish(self.status_topic, _status("online"), qos=1)
+        if self.sys_mqtt is not None:
+            # NaN until the broker first reports (every sys_interval): unknown is not zero.
+            metrics.BROKER_DROPPED.set(float("nan"))
+            self._tasks.append(asyncio.create_task(self._follow_broker_sys(), name="broker-sys"))
         self._started = True
         log.info(
             "ingest started",
@@ -87,6 +132,7 @@ class IngestService:
                 "city": self.city.id,
                 "devices": len(self.city.devices),
                 "session_present": self.mqtt.session_present,
+                "spooled_points": recovered,
                 "metrics": f"http://{self.settings.metrics_host}:{self.health.port}/metrics",
             },
         )
@@ -105,35 +151,46 @@ class IngestService:
                 )
                 await asyncio.sleep(min(5.0, 0.2 * attempt))
 
+    # --- consume -------------------------------------------------------------------
+
     async def run(self) -> None:
         """Consume until cancelled, flushing by size and by time."""
-        queue = self.mqtt.messages
+        inbox = self.mqtt.inbox
+        size = self.settings.batch_size
         while True:
-            timeout: float | None = None
+            wait: float | None = None
             if self._batch.messages:
-                timeout = max(
+                wait = max(
                     0.0, self._batch.opened + self.settings.flush_interval - time.monotonic()
                 )
-            try:
-                incoming = await asyncio.wait_for(queue.get(), timeout)
-            except TimeoutError:
-                await self.flush()
-                continue
-            self._take(incoming)
-            # Drain what is already queued without yielding per message.
-            while not queue.empty() and len(self._batch.messages) < self.settings.batch_size:
-                self._take(queue.get_nowait())
-            if len(self._batch.messages) >= self.settings.batch_size:
+            room = size - len(self._batch.messages)
+            received = await inbox.get_batch(room, wait)
+            if received:
+                self._take(received)
+            if len(self._batch.messages) >= size or (
+                self._batch.messages
+                and time.monotonic() >= self._batch.opened + self.settings.flush_interval
+            ):
                 await self.flush()
 
-    def _take(self, incoming: Incoming) -> None:
-        outcome = self.validator.validate(incoming.topic, incoming.payload)
-        metrics.RECEIVED.labels(channel=str(outcome.channel)).inc()
-        if incoming.duplicate:
-            metrics.REDELIVERED.inc()
+    def _take(self, received: list[Incoming]) -> None:
         if not self._batch.messages:
             self._batch.opened = time.monotonic()
-        self._batch.messages.append((incoming, outcome))
+        validate = self.validator.validate
+        append = self._batch.messages.append
+        channels: dict[str, int] = {}
+        redelivered = 0
+        for incoming in received:
+            outcome = validate(incoming.topic, incoming.payload, redelivery=incoming.duplicate)
+            channel = str(outcome.channel)
+            channels[channel] = channels.get(channel, 0) + 1
+            redelivered += incoming.duplicate
+            append((incoming, outcome))
+        # Metrics per call, not per message: prometheus-client takes a lock each time.
+        for channel, count in channels.items():
+            metrics.RECEIVED.labels(channel=channel).inc(count)
+        if redelivered:
+            metrics.REDELIVERED.inc(redelivered)
         metrics.PENDING.set(len(self._batch.messages))
 
     async def flush(self) -> None:
@@ -142,56 +199,182 @@ class IngestService:
         if not batch.messages:
             return
         started = time.monotonic()
-        accepted = [(m, o) for m, o in batch.messages if isinstance(o, Accepted)]
-        refused_lines = await self.writer.write([o.line for _, o in accepted])
-        now = datetime.now(UTC)
-        letters: list[DeadLetter] = []
-        for incoming, outcome in batch.messages:
-            if isinstance(outcome, Rejected):
-                letters.append(
-                    dead_letter(
-                        outcome.rejection,
-                        incoming.topic,
-                        incoming.payload,
-                        self.settings.worker_id,
-                        now,
+        accepted: list[tuple[Incoming, Accepted]] = [
+            (m, o) for m, o in batch.messages if isinstance(o, Accepted)
+        ]
+        letters = [
+            dead_letter(o.rejection, m.topic, m.payload, self.settings.worker_id)
+            for m, o in batch.messages
+            if isinstance(o, Rejected)
+        ]
+        refused_lines: list[tuple[int, str]] = []
+        spooled = False
+        if accepted:
+            lines = [o.line for _, o in accepted]
+            if self.spool.empty:
+                try:
+                    refused_lines = await self.writer.write(lines, self.settings.spool_after)
+                except WriteDeferredError as exc:
+                    log.warning(
+                        "influxdb unavailable; spooling batches to disk",
+                        extra={"error": str(exc), "points": len(lines)},
+                    )
+                    spooled = True
+            else:
+                spooled = True
+            if spooled:
+                await self._spool_append(
+                    SpoolBatch(
+                        lines,
+                        [o.point.time_ms for _, o in accepted],
+                        [m.topic for m, _ in accepted],
+                        [m.payload for m, _ in accepted],
                     )
                 )
         for index, message in refused_lines:
             incoming = accepted[index][0]
             rejection = Rejection(RejectReason.SCHEMA, f"InfluxDB refused the point: {message}")
             letters.append(
-                dead_letter(
-                    rejection, incoming.topic, incoming.payload, self.settings.worker_id, now
-                )
+                dead_letter(rejection, incoming.topic, incoming.payload, self.settings.worker_id)
             )
-        if letters:
-            await asyncio.to_thread(self.store.append_many, letters)
-            for letter in letters:
-                metrics.REJECTED.labels(reason=letter.reason).inc()
-                self.mqtt.publish_nowait(
-                    topics.deadletter_topic(self.city.id, letter.reason), letter.to_json(), qos=1
-                )
-        self._count_written(accepted, {i for i, _ in refused_lines})
+        await self._dead_letter(letters)
+        if accepted and not spooled:
+            self._count_written(
+                [o for i, (_, o) in enumerate(accepted) if i not in {j for j, _ in refused_lines}]
+            )
+        self._durable_writes += 1
+        crash_after = self.settings.fault_crash_after_write
+        if crash_after and self._durable_writes >= crash_after:
+            # Fault injection (tests only): die between durability and the acks.
+            log.warning("fault injection: SIGKILL after durable write, before ack")
+            os.kill(os.getpid(), signal.SIGKILL)
+        acked = stale = 0
         for incoming, _ in batch.messages:
             if self.mqtt.ack(incoming):
-                metrics.ACKED.inc()
+                acked += 1
             else:
-                metrics.STALE_ACKS.inc()
+                stale += 1
+        metrics.ACKED.inc(acked)
+        if stale:
+            metrics.STALE_ACKS.inc(stale)
         metrics.PENDING.set(0)
         metrics.BATCH_SIZE.observe(len(batch.messages))
         metrics.BATCH_SECONDS.observe(time.monotonic() - started)
 
-    def _count_written(self, accepted: list[tuple[Incoming, Accepted]], refused: set[int]) -> None:
+    async def _dead_letter(self, letters: list[DeadLetter]) -> None:
+        if not letters:
+            return
+        await asyncio.to_thread(self.store.append_many, letters)
+        for letter in letters:
+            metrics.REJECTED.labels(reason=letter.reason).inc()
+            self.mqtt.publish_nowait(
+                topics.deadletter_topic(self.city.id, letter.reason), letter.to_json(), qos=1
+            )
+
+    def _count_written(self, outcomes: list[Accepted]) -> None:
+        now_ms = time.time() * 1000
         newest = 0
-        for index, (_, outcome) in enumerate(accepted):
-            if index in refused:
-                continue
+        for outcome in outcomes:
             metrics.WRITTEN.labels(measurement=outcome.point.measurement).inc()
             if outcome.channel is topics.Channel.TELEMETRY:
                 newest = max(newest, outcome.point.time_ms)
+                metrics.E2E_LAG.observe(max(0.0, (now_ms - outcome.point.time_ms) / 1000))
         if newest:
-            metrics.LAG.set(max(0.0, time.time() - newest / 1000))
+            metrics.LAG.set(max(0.0, (now_ms - newest) / 1000))
+
+    # --- spool ---------------------------------------------------------------------
+
+    async def _spool_append(self, batch: SpoolBatch) -> None:
+        """Append to the spool; while it is full, wait (not acking) until it has room."""
+        waited = 0.0
+        while True:
+            try:
+                await asyncio.to_thread(self.spool.append, batch)
+            except SpoolFullError as exc:
+                if not self._backpressure:
+                    log.error(
+                        "spool full: back-pressure, not acking until it drains",
+                        extra={"error": str(exc), "spool_bytes": self.spool.bytes},
+                    )
+                self._backpressure = True
+                metrics.BACKPRESSURE.set(1)
+                await asyncio.sleep(0.5)
+                waited += 0.5
+                continue
+            except SpoolError as exc:
+                # A broken disk: keep the batch unacked and retry; readiness says so.
+                if not self._spool_failed:
+                    log.error("spool append failed; not acking", extra={"error": str(exc)})
+                self._spool_failed = True
+                await asyncio.sleep(1.0)
+                continue
+            break
+        if self._backpressure:
+            log.info("spool has room again: acking resumes", extra={"waited_s": waited})
+        self._backpressure = False
+        self._spool_failed = False
+        metrics.BACKPRESSURE.set(0)
+        metrics.SPOOLED.inc(len(batch.lines))
+        self._update_spool_metrics()
+        self._spool_ready.set()
+
+    async def _drain_spool(self) -> None:
+        """Write spooled batches to InfluxDB, oldest first, retrying until it is back."""
+        while True:
+            item = await asyncio.to_thread(self.spool.peek)
+            if item is None:
+                self._spool_ready.clear()
+                if self.spool.empty:
+                    await self._spool_ready.wait()
+                continue
+            position, batch = item
+            refused = await self.writer.write(batch.lines)
+            letters = []
+            for index, message in refused:
+                rejection = Rejection(RejectReason.SCHEMA, f"InfluxDB refused the point: {message}")
+                letters.append(
+                    dead_letter(
+                        rejection,
+                        batch.topics[index],
+                        batch.payloads[index],
+                        self.settings.worker_id,
+                    )
+                )
+            await self._dead_letter(letters)
+            await asyncio.to_thread(self.spool.consume, position)
+            metrics.DRAINED.inc(len(batch.lines))
+            now_ms = time.time() * 1000
+            bad = {i for i, _ in refused}
+            for index, ts in enumerate(batch.ts_ms):
+                if index not in bad:
+                    metrics.E2E_LAG.observe(max(0.0, (now_ms - ts) / 1000))
+            self._update_spool_metrics()
+            if self.spool.empty:
+                log.info("spool drained; writing directly again")
+
+    def _update_spool_metrics(self) -> None:
+        metrics.SPOOL_POINTS.set(self.spool.points)
+        metrics.SPOOL_BYTES.set(self.spool.bytes)
+        metrics.SPOOL_SEGMENTS.set(self.spool.segments)
+
+    # --- broker $SYS ---------------------------------------------------------------
+
+    async def _follow_broker_sys(self) -> None:
+        """Export the broker's dropped-messages counter (published every sys_interval)."""
+        assert self.sys_mqtt is not None
+        client = self.sys_mqtt
+        try:
+            await client.connect()
+            await client.subscribe([(BROKER_DROPPED_TOPIC, 0)])
+        except MqttError as exc:
+            log.warning("cannot follow broker $SYS topics", extra={"error": str(exc)})
+            return
+        while True:
+            for message in await client.inbox.get_batch(100, None):
+                with contextlib.suppress(ValueError):
+                    metrics.BROKER_DROPPED.set(float(message.payload.decode().strip()))
+
+    # --- stop ----------------------------------------------------------------------
 
     async def stop(self) -> None:
         """Flush what is pending, say goodbye, disconnect and close; idempotent."""
@@ -211,11 +394,22 @@ class IngestService:
                 extra={"error": str(exc)},
             )
         finally:
+            for task in self._tasks:
+                task.cancel()
+            for task in self._tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
             await self.mqtt.disconnect()
+            if self.sys_mqtt is not None:
+                await self.sys_mqtt.disconnect()
+            self.spool.close()
             await self.influx.close()
             await self.health.stop()
             metrics.CONNECTED.set(0)
-            log.info("ingest stopped", extra={"worker": self.settings.worker_id})
+            log.info(
+                "ingest stopped",
+                extra={"worker": self.settings.worker_id, "spooled_points": self.spool.points},
+            )
 
 
 def _status(state: str, reason: str | None = None) -> bytes:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -29,18 +33,95 @@ class Rejected:
     channel: str
 
 
-class Validator:
-    """Checks a message against the topic scheme, the registry and the catalogue."""
+class RateLimiter:
+    """Per-device token buckets: `rate` messages/s sustained, bursts up to `burst`.
 
-    def __init__(self, city: City, past_window: float, future_window: float) -> None:
+    Memory is one small list per registry device (devices are an allow-list), so it
+    is bounded by the registry, not by traffic.
+    """
+
+    def __init__(self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic):
+        self.rate = rate
+        self.burst = burst
+        self._clock = clock
+        self._buckets: dict[str, list[float]] = {}
+
+    def allow(self, device_id: str) -> bool:
+        """Take one token from the device's bucket; False when it is empty."""
+        now = self._clock()
+        bucket = self._buckets.get(device_id)
+        if bucket is None:
+            self._buckets[device_id] = [self.burst - 1, now]
+            return True
+        tokens = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
+        bucket[1] = now
+        if tokens < 1:
+            bucket[0] = tokens
+            return False
+        bucket[0] = tokens - 1
+        return True
+
+
+class DuplicateDetector:
+    """Remembers the payload hash of the last `capacity` (device, seq) pairs (an LRU).
+
+    Same device and seq with the same bytes is a harmless redelivery (the point
+    overwrites itself); with different bytes it is a conflicting duplicate.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._seen: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+
+    def conflicts(self, device_id: str, seq: int, payload: bytes) -> bool:
+        """True when (device, seq) was seen with other content; else remember it."""
+        key = (device_id, seq)
+        digest = hashlib.blake2b(payload, digest_size=16).digest()
+        seen = self._seen.get(key)
+        if seen is not None:
+            self._seen.move_to_end(key)
+            return seen != digest
+        self._seen[key] = digest
+        if len(self._seen) > self.capacity:
+            self._seen.popitem(last=False)
+        return False
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
+class Validator:
+    """Checks a message against the topic scheme, the registry and the catalogue.
+
+    With a `rate_limiter` and a `duplicates` detector it also applies the per-device
+    rate limit and the conflicting-duplicate check (the live ingest does; a
+    dead-letter replay does not).
+    """
+
+    def __init__(
+        self,
+        city: City,
+        past_window: float,
+        future_window: float,
+        *,
+        rate_limiter: RateLimiter | None = None,
+        duplicates: DuplicateDetector | None = None,
+    ) -> None:
         self.city = city
         self._past = timedelta(seconds=past_window)
         self._future = timedelta(seconds=future_window)
+        self.rate_limiter = rate_limiter
+        self.duplicates = duplicates
 
     def validate(
-        self, topic: str, payload: bytes, now: datetime | None = None
+        self,
+        topic: str,
+        payload: bytes,
+        now: datetime | None = None,
+        *,
+        redelivery: bool = False,
     ) -> Accepted | Rejected:
-        """Validate one message; never raises."""
+        """Validate one message; never raises. A redelivery is not rate limited again."""
         try:
             parsed = topics.parse_device_topic(topic)
         except TopicError as exc:
@@ -68,6 +149,19 @@ class Validator:
                 ),
                 channel,
             )
+        if (
+            self.rate_limiter is not None
+            and not redelivery
+            and not self.rate_limiter.allow(device.id)
+        ):
+            return Rejected(
+                Rejection(
+                    RejectReason.RATE_LIMITED,
+                    f"device {device.id} exceeds {self.rate_limiter.rate:g} messages/s "
+                    f"(burst {self.rate_limiter.burst:g})",
+                ),
+                channel,
+            )
         message = parse(
             device.kind,
             payload,
@@ -78,6 +172,18 @@ class Validator:
         )
         if isinstance(message, Rejection):
             return Rejected(message, channel)
+        if (
+            self.duplicates is not None
+            and isinstance(message, Reading | Event)
+            and self.duplicates.conflicts(device.id, message.seq, payload)
+        ):
+            return Rejected(
+                Rejection(
+                    RejectReason.CONFLICTING_DUPLICATE,
+                    f"device {device.id} sent seq {message.seq} before with other content",
+                ),
+                channel,
+            )
         if isinstance(message, Reading):
             point = schema.reading_point(self.city.id, device, message)
         elif isinstance(message, Event):

@@ -1,4 +1,4 @@
-"""The `safecity` command line: run | ingest | api | simulate | city.
+"""The `safecity` command line: run | ingest | api | simulate | city | apikey.
 
 Service packages are imported only inside the command that runs them, so that
 importing `safecity` never pulls in a service (the layering rule).
@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import importlib
+import json
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -23,6 +24,7 @@ from safecity.errors import SafecityError
 from safecity.observability import configure_logging
 from safecity.settings import (
     ApiSettings,
+    DashboardsSettings,
     IngestSettings,
     SimulatorSettings,
     StackSettings,
@@ -84,12 +86,67 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    """One ingest worker."""
+    """One ingest worker, or with --workers N a supervisor of N worker processes."""
     settings = _settings(IngestSettings, worker_id=args.worker_id, registry=args.registry)
     configure_logging("ingest", settings.log_level)
     city = registry.load_or_default(settings.registry)
+    if args.workers is not None:
+        supervisor = importlib.import_module("ingest.supervisor")
+        code: int = supervisor.supervise(settings, args.workers, settings.registry)
+        return code
     service = importlib.import_module("ingest.service")
     return _run_async(service.run(settings, city))
+
+
+def cmd_deadletter(args: argparse.Namespace) -> int:
+    """Inspect or replay the dead-letter store."""
+    settings = _settings(IngestSettings, deadletter_dir=args.dir, registry=args.registry)
+    configure_logging("deadletter", settings.log_level)
+    deadletter = importlib.import_module("ingest.deadletter")
+    store = deadletter.DeadLetterStore(settings.deadletter_dir)
+    if args.action == "replay":
+        city = registry.load_or_default(settings.registry)
+        replay = importlib.import_module("ingest.replay")
+        result = asyncio.run(replay.replay(settings, city, args.reason, args.dry_run))
+        still = ", ".join(f"{k}={v}" for k, v in sorted(result.still_rejected.items()))
+        verb = "would write" if args.dry_run else "written"
+        print(
+            f"examined {result.examined}, {verb} {result.written}, "
+            f"still rejected {sum(result.still_rejected.values())} ({still or 'none'}), "
+            f"refused by InfluxDB {result.refused_by_influx}, "
+            f"truncated (not replayable) {result.skipped_truncated}"
+        )
+        return 0
+    records = [r for r in store.read() if args.reason is None or r.get("reason") == args.reason]
+    if args.action == "stats":
+        counts: dict[str, int] = {}
+        for r in records:
+            counts[str(r.get("reason"))] = counts.get(str(r.get("reason")), 0) + 1
+        print(f"{len(records)} dead letters in {store.path}")
+        for reason, count in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+            print(f"  {reason:24} {count}")
+        return 0
+    for r in records[-args.limit :] if args.limit else records:
+        print(json.dumps(r, separators=(",", ":")))
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Check a ledger against InfluxDB and the dead-letter stores; exit 1 on any loss."""
+    settings = _settings(IngestSettings, registry=args.registry)
+    from safecity.influx import InfluxClient
+    from safecity.verify import verify
+
+    async def main() -> Any:
+        client = InfluxClient(settings.influx)
+        try:
+            return await verify(args.ledger, client, args.deadletters or [])
+        finally:
+            await client.close()
+
+    report = asyncio.run(main())
+    print(json.dumps(report.summary()) if args.json else report.render())
+    return 0 if report.ok else 1
 
 
 def cmd_api(args: argparse.Namespace) -> int:
@@ -102,22 +159,34 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     """The simulated city fleet."""
-    settings = _settings(
-        SimulatorSettings,
-        speed=args.speed,
-        seed=args.seed,
-        max_devices=args.devices,
-        duration=args.duration,
-        registry=args.registry,
-    )
+    command = importlib.import_module("simulators.command")
+    if args.list_scenarios:
+        code: int = command.list_scenarios()
+        return code
+    try:
+        faults = command.parse_faults(args.faults, args.fault_rate)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    overrides = {
+        "speed": args.speed,
+        "seed": args.seed,
+        "max_devices": args.devices,
+        "duration": args.duration,
+        "start": args.start,
+        "transport": args.transport,
+        "processes": args.processes,
+        "ledger": args.ledger,
+        "scenario": args.scenario,
+        "faults": faults,
+    }
+    settings = _settings(SimulatorSettings, registry=args.registry, **overrides)
     configure_logging("simulator", settings.log_level)
-    city = registry.load_or_default(settings.registry)
-    fleet = importlib.import_module("simulators.fleet")
-
-    async def main() -> None:
-        await fleet.run(settings, city)
-
-    return _run_async(main())
+    explicit = {k for k, v in overrides.items() if v is not None}
+    try:
+        code = command.simulate(settings, explicit)
+    except (ValueError, OSError) as exc:
+        raise CliError(f"simulate: {exc}") from None
+    return code
 
 
 def cmd_city_generate(args: argparse.Namespace) -> int:
@@ -126,6 +195,40 @@ def cmd_city_generate(args: argparse.Namespace) -> int:
     out = args.out or Path(f"{city.id}.jsonl")
     registry.write(city, out)
     print(f"wrote {out}: {city.name}, {len(city.districts)} districts, {len(city.devices)} devices")
+    return 0
+
+
+def cmd_dashboards_build(args: argparse.Namespace) -> int:
+    """Regenerate (or --check) the Grafana provisioning files."""
+    build = importlib.import_module("dashboards.build")
+    argv = ["--out", str(args.out)] if args.out else []
+    argv += ["--registry", str(args.registry)] if args.registry else []
+    argv += ["--check"] if args.check else []
+    code: int = build.main(argv)
+    return code
+
+
+def cmd_dashboards_push(args: argparse.Namespace) -> int:
+    """Push folder, datasource, dashboards and alert rules to a running Grafana."""
+    settings = _settings(
+        DashboardsSettings,
+        grafana_url=args.url,
+        grafana_token=args.token,
+        grafana_influx_url=args.influx_url,
+        registry=args.registry,
+    )
+    configure_logging("dashboards", settings.log_level)
+    if settings.grafana_token is None:
+        raise CliError("a Grafana token is needed: --token or SAFECITY_GRAFANA_TOKEN")
+    push = importlib.import_module("dashboards.push")
+    report = push.push(
+        settings.grafana_url,
+        settings.grafana_token.get_secret_value(),
+        settings.influx,
+        datasource_url=settings.grafana_influx_url,
+        city=registry.load_or_default(settings.registry),
+    )
+    print(report.summary())
     return 0
 
 
@@ -140,6 +243,47 @@ def cmd_city_show(args: argparse.Namespace) -> int:
         count = len(city.select(district=district.id))
         print(f"  {district.id:16} {district.name:20} {count} devices")
     print("devices by kind: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+    return 0
+
+
+def _key_store(args: argparse.Namespace) -> Any:
+    from safecity.apikeys import KeyStore
+
+    path = args.keys_file or _settings(ApiSettings).api_keys_file
+    store = KeyStore(path)
+    store.load()
+    return store
+
+
+def cmd_apikey_create(args: argparse.Namespace) -> int:
+    """Create an API key and print it once (only its hash is stored)."""
+    from safecity.apikeys import parse_scopes
+
+    store = _key_store(args)
+    record, key = store.create(args.name, parse_scopes(args.scopes))
+    print(
+        f"created key {record.id} ({record.name}; scopes {','.join(record.scopes)}) "
+        f"in {store.path}; it is shown only now:",
+        file=sys.stderr,
+    )
+    print(f"SAFECITY_API_KEY={key}")
+    return 0
+
+
+def cmd_apikey_list(args: argparse.Namespace) -> int:
+    """List the keys: id, name, scopes, created, revoked (never the secrets)."""
+    store = _key_store(args)
+    print(f"{'id':10} {'name':24} {'scopes':20} {'created':22} revoked")
+    for k in store.records():
+        revoked = k.revoked_at or "-"
+        print(f"{k.id:10} {k.name:24} {','.join(k.scopes):20} {k.created_at:22} {revoked}")
+    return 0
+
+
+def cmd_apikey_revoke(args: argparse.Namespace) -> int:
+    """Revoke a key by id; the API refuses it from the next request on."""
+    record = _key_store(args).revoke(args.id)
+    print(f"revoked key {record.id} ({record.name}) at {record.revoked_at}")
     return 0
 
 
@@ -193,8 +337,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ingest", help="an ingest worker (MQTT -> InfluxDB)")
     p.add_argument("--worker-id", help="stable worker id (its MQTT client id and session)")
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        help="run N worker processes with ids <worker-id>-0..N-1 on the shared subscription",
+    )
     registry_flag(p)
     p.set_defaults(func=cmd_ingest)
+
+    dl = sub.add_parser("deadletter", help="inspect or replay the dead-letter store")
+    dl_sub = dl.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, text in (
+        ("list", "print stored dead letters as JSON lines"),
+        ("stats", "count dead letters by reason"),
+        ("replay", "re-validate (e.g. after a registry fix); write and remove the good ones"),
+    ):
+        p = dl_sub.add_parser(action, help=text)
+        p.add_argument("--dir", type=Path, help="dead-letter directory (SAFECITY_DEADLETTER_DIR)")
+        p.add_argument("--reason", help="only records with this reason")
+        registry_flag(p)
+        if action == "list":
+            p.add_argument("--limit", type=_positive_int, help="only the last N records")
+        if action == "replay":
+            p.add_argument("--dry-run", action="store_true", help="report, write nothing")
+        p.set_defaults(func=cmd_deadletter)
+
+    p = sub.add_parser("verify", help="check a ledger against InfluxDB and dead letters")
+    p.add_argument("--ledger", type=Path, required=True, help="ledger file (JSON lines)")
+    p.add_argument(
+        "--deadletters", type=Path, action="append", help="dead-letter directory (repeatable)"
+    )
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    registry_flag(p)
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("api", help="the HTTP API")
     p.add_argument("--host")
@@ -207,8 +382,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--devices", type=_positive_int, help="simulate only the first N devices")
     p.add_argument("--duration", type=_positive_float, help="stop after this many wall seconds")
+    p.add_argument("--start", help="simulated start, e.g. 2026-01-15T06:00 (UTC; default now)")
+    p.add_argument("--scenario", help="scenario name (see --list-scenarios) or .toml path")
+    p.add_argument("--list-scenarios", action="store_true", help="list scenarios and exit")
+    p.add_argument("--transport", choices=("edge", "single"), help="per-device or one connection")
+    p.add_argument("--processes", type=_positive_int, help="split the fleet over N processes")
+    p.add_argument("--ledger", type=Path, help="write the ground-truth ledger to this file")
+    p.add_argument("--faults", help="fault rates per reading, e.g. bad_json=0.01,duplicate=0.02")
+    p.add_argument("--fault-rate", type=float, help="the same rate for every fault")
     registry_flag(p)
     p.set_defaults(func=cmd_simulate)
+
+    keys = sub.add_parser("apikey", help="API keys (create, list, revoke)").add_subparsers(
+        dest="apikey_command", required=True, metavar="ACTION"
+    )
+
+    def keys_flag(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--keys-file", type=Path, help="key store (default: SAFECITY_API_KEYS_FILE)")
+
+    p = keys.add_parser("create", help="create a key and print it once")
+    p.add_argument("--name", required=True, help="who or what uses the key")
+    p.add_argument("--scopes", default="read", help="comma-separated: read, operate, admin")
+    keys_flag(p)
+    p.set_defaults(func=cmd_apikey_create)
+    p = keys.add_parser("list", help="list keys (ids, names, scopes; never secrets)")
+    keys_flag(p)
+    p.set_defaults(func=cmd_apikey_list)
+    p = keys.add_parser("revoke", help="revoke a key by id")
+    p.add_argument("id", help="the key id (8 hex digits, from `apikey list`)")
+    keys_flag(p)
+    p.set_defaults(func=cmd_apikey_revoke)
 
     city = sub.add_parser("city", help="city registries").add_subparsers(
         dest="city_command", required=True, metavar="ACTION"
@@ -225,6 +428,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = city.add_parser("show", help="validate a registry and summarise it")
     registry_flag(p)
     p.set_defaults(func=cmd_city_show)
+
+    dash = sub.add_parser("dashboards", help="Grafana provisioning").add_subparsers(
+        dest="dashboards_command", required=True, metavar="ACTION"
+    )
+    p = dash.add_parser("build", help="regenerate dashboards/grafana/ from dashboards/build.py")
+    p.add_argument("--out", type=Path, help="output dir (default: dashboards/grafana)")
+    p.add_argument("--check", action="store_true", help="fail if the files are out of date")
+    registry_flag(p)
+    p.set_defaults(func=cmd_dashboards_build)
+    p = dash.add_parser("push", help="push folder, datasource, dashboards, alert rules")
+    p.add_argument("--url", help="Grafana base URL (SAFECITY_GRAFANA_URL)")
+    p.add_argument("--token", help="service-account token (better: SAFECITY_GRAFANA_TOKEN)")
+    p.add_argument("--influx-url", help="InfluxDB URL as Grafana reaches it")
+    registry_flag(p)
+    p.set_defaults(func=cmd_dashboards_push)
+
+    # Identities and certificates (issue 6): `safecity devices ...`, `safecity certs ...`.
+    from safecity.identity_cli import add_parsers as add_security_parsers
+
+    add_security_parsers(sub)
     return parser
 
 

@@ -66,6 +66,7 @@ class LocalRun:
         self.stack: LocalStack | None = None
         self.api_url = ""
         self.metrics_url = ""
+        self.api_key = ""
 
     def start(self) -> None:
         """Start everything and wait until each part answers; on failure stop what started."""
@@ -96,9 +97,15 @@ class LocalRun:
                 ingest_env,
                 ready=_http_ok(f"{self.metrics_url}/readyz"),
             )
+            self.api_key = self._local_api_key()
             self._child(
                 "api",
-                {"SAFECITY_HOST": "127.0.0.1", "SAFECITY_PORT": str(api_port)},
+                {
+                    "SAFECITY_HOST": "127.0.0.1",
+                    "SAFECITY_PORT": str(api_port),
+                    "SAFECITY_API_KEYS_FILE": str(self.base / "apikeys.json"),
+                    "SAFECITY_DEADLETTER_DIR": str(self.base / "deadletter"),
+                },
                 ready=_http_ok(f"{self.api_url}/readyz"),
             )
             self._child(
@@ -109,6 +116,14 @@ class LocalRun:
         except BaseException:
             self.stop()
             raise
+
+    def _local_api_key(self) -> str:
+        """A fresh read+operate key in the run's key store, so a newcomer can call the API."""
+        from safecity.apikeys import KeyStore
+
+        record, key = KeyStore(self.base / "apikeys.json").create("make-run", ("read", "operate"))
+        log.info("local API key created", extra={"key_id": record.id})
+        return key
 
     def _child(self, service: str, env: dict[str, str], ready: Callable[[], bool] | None) -> None:
         assert self.stack is not None
@@ -157,6 +172,7 @@ def run_local(settings: StackSettings) -> int:
         assert run.stack is not None
         print(
             f"\nsafecity is running\n"
+            f"  API key        SAFECITY_API_KEY={run.api_key}   (header X-API-Key)\n"
             f"  console + API  {run.api_url}/   (OpenAPI docs: {run.api_url}/docs)\n"
             f"  MQTT broker    mqtt://{run.stack.mqtt_host}:{run.stack.mqtt_port}\n"
             f"  InfluxDB       {run.stack.influx_url}  (database 'safecity')\n"

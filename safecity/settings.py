@@ -6,8 +6,9 @@ nothing here is instantiated at import time.
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -29,6 +30,11 @@ class MqttSettings(BaseModel):
     password: SecretStr | None = None
     keepalive: Annotated[int, Field(ge=5, le=3600)] = 30
     connect_timeout: Annotated[float, Field(gt=0, le=120)] = 10.0
+    # TLS (the broker's TLS listener): CA bundle to verify the broker, and for mutual
+    # TLS the client certificate and key (its CN is the username).
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
 
 class InfluxSettings(BaseModel):
@@ -99,6 +105,22 @@ class IngestSettings(_ServiceSettings):
     ts_future_window: Annotated[float, Field(ge=0)] = 300.0
     metrics_host: str = "127.0.0.1"
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9101
+    # Disk spool for when InfluxDB is away: per-worker subdirectory of spool_dir.
+    spool_dir: Path = Path("var/spool")
+    # 30 min at 1,000 readings/s is ~1.8 M points of ~450 spooled bytes each.
+    spool_max_bytes: Annotated[int, Field(ge=1 << 20)] = 1 << 30
+    spool_segment_bytes: Annotated[int, Field(ge=1 << 16)] = 16 << 20
+    spool_after: Annotated[float, Field(gt=0, le=300)] = 2.0
+    retry_max_delay: Annotated[float, Field(gt=0, le=300)] = 30.0
+    # Per-device token bucket: sustained messages/s and burst.
+    rate_limit: Annotated[float, Field(gt=0)] = 20.0
+    rate_burst: Annotated[float, Field(ge=1)] = 1200.0
+    # (device, seq) pairs remembered to spot conflicting duplicates.
+    dedup_window: Annotated[int, Field(ge=1)] = 200_000
+    # Follow the broker's $SYS dropped-messages counter on a separate connection.
+    broker_sys: bool = True
+    # Fault injection for tests only: SIGKILL itself after the Nth durable write, before acking.
+    fault_crash_after_write: Annotated[int, Field(ge=0)] = 0
 
 
 class ApiSettings(_ServiceSettings):
@@ -108,7 +130,67 @@ class ApiSettings(_ServiceSettings):
     host: str = "127.0.0.1"
     port: Port = 8000
     stale_after: Annotated[float, Field(gt=0)] = 900.0
-    max_page_size: Annotated[int, Field(ge=1, le=10_000)] = 500
+    max_page_size: Annotated[int, Field(ge=1, le=1000)] = 500
+    # Security and limits of the public API (RELIABILITY.md: keys, rate limits, bounds).
+    api_keys_file: Path = Path("var/apikeys.json")
+    rate_limit_rps: Annotated[float, Field(gt=0, le=100_000)] = 50.0
+    rate_limit_burst: Annotated[int, Field(ge=1, le=1_000_000)] = 100
+    max_body_bytes: Annotated[int, Field(ge=0, le=16 * 1024 * 1024)] = 16 * 1024
+    cors_origins: list[str] = []
+    max_range: Annotated[float, Field(gt=0, le=366 * 86_400)] = 31 * 86_400.0
+    min_bucket: Annotated[float, Field(ge=1, le=86_400)] = 10.0
+    max_points: Annotated[int, Field(ge=10, le=100_000)] = 5000
+    status_lookback: Annotated[float, Field(gt=0, le=31 * 86_400)] = 86_400.0
+    overview_cache_ttl: Annotated[float, Field(ge=0, le=300)] = 5.0
+    # Delivery accounting: where ingest keeps dead letters (same variable as ingest's)
+    # and, optionally, the simulator's ground-truth ledger.
+    deadletter_dir: Path = Path("var/deadletter")
+    ledger_file: Path | None = None
+    # Live stream: the broker it subscribes to, and each client's bounded queue.
+    mqtt: MqttSettings = MqttSettings()
+    stream_queue_size: Annotated[int, Field(ge=1, le=100_000)] = 256
+    stream_heartbeat: Annotated[float, Field(gt=0, le=300)] = 15.0
+
+
+Rate = Annotated[float, Field(ge=0, le=1)]
+
+
+class EdgeSettings(BaseModel):
+    """The edge agent of every simulated device: window, buffer, reconnect backoff."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    spool_dir: Path = Path("var/edge-spool")
+    spool_max_bytes: Annotated[int, Field(ge=4096)] = 16 << 20
+    max_inflight: Annotated[int, Field(ge=1, le=1000)] = 100
+    memory_queue: Annotated[int, Field(ge=1)] = 1000
+    backoff_min: Annotated[float, Field(gt=0, le=60)] = 0.2
+    backoff_max: Annotated[float, Field(gt=0, le=600)] = 30.0
+    password: SecretStr | None = None
+    drain_timeout: Annotated[float, Field(ge=0, le=600)] = 10.0
+
+
+class FaultSettings(BaseModel):
+    """Per-reading probabilities of each injected fault (0 = off); labelled in the ledger."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    stuck: Rate = 0.0
+    drift: Rate = 0.0
+    dropout: Rate = 0.0
+    clock_skew: Rate = 0.0
+    duplicate: Rate = 0.0
+    bad_json: Rate = 0.0
+    non_finite: Rate = 0.0
+    out_of_range: Rate = 0.0
+    bad_schema: Rate = 0.0
+    too_large: Rate = 0.0
+    ts_out_of_window: Rate = 0.0
+    identity_mismatch: Rate = 0.0
+    unknown_device: Rate = 0.0
+    flood: Rate = 0.0
+    flood_size: Annotated[int, Field(ge=1, le=100_000)] = 200
+    episode_readings: Annotated[int, Field(ge=1, le=100_000)] = 30
 
 
 class SimulatorSettings(_ServiceSettings):
@@ -121,6 +203,13 @@ class SimulatorSettings(_ServiceSettings):
     max_devices: Annotated[int | None, Field(ge=1)] = None
     duration: Annotated[float | None, Field(gt=0)] = None
     first_burst: bool = True
+    start: datetime | None = None
+    transport: Literal["edge", "single"] = "edge"
+    processes: Annotated[int, Field(ge=1, le=256)] = 1
+    ledger: Path | None = None
+    scenario: str | None = None
+    edge: EdgeSettings = EdgeSettings()
+    faults: FaultSettings = FaultSettings()
 
 
 class StackSettings(_ServiceSettings):
@@ -133,3 +222,27 @@ class StackSettings(_ServiceSettings):
     ingest_metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9101
     speed: Annotated[float, Field(gt=0, le=10_000)] = 1.0
     seed: int = 42
+
+
+class SecuritySettings(_ServiceSettings):
+    """Settings of `safecity devices` and `safecity certs` (identities, CA, broker reload)."""
+
+    identity_dir: Path = Field(
+        default=Path("var/identity"),
+        description="Credential store (hashes only), rendered passwd/ACL, secrets file",
+    )
+    certs_dir: Path = Path("var/certs")
+    broker_pidfile: Path | None = Field(
+        default=None, description="Mosquitto pid_file to SIGHUP after changes; empty = no reload"
+    )
+
+
+class DashboardsSettings(_ServiceSettings):
+    """Settings of `safecity dashboards push` (the Grafana, and the InfluxDB it should query)."""
+
+    influx: InfluxSettings = InfluxSettings()
+    grafana_url: str = "http://127.0.0.1:3000"
+    grafana_token: SecretStr | None = None
+    grafana_influx_url: str | None = Field(
+        default=None, description="InfluxDB URL as Grafana's server reaches it; empty = influx.url"
+    )

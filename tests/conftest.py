@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from safecity.apikeys import KeyStore
 from safecity.stack import Influxd, LocalStack, ManagedProcess, Mosquitto, free_port
 
 
@@ -58,6 +59,12 @@ class ServiceProcess:
     env: dict[str, str]
     metrics_url: str = ""
     url: str = ""
+    api_key: str = ""
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Request headers carrying the service's API key (an operate key for the API)."""
+        return {"X-API-Key": self.api_key} if self.api_key else {}
 
     def stop(self) -> None:
         """Stop the service (SIGTERM, then SIGKILL)."""
@@ -135,13 +142,19 @@ def start_api(stack: LocalStack, tmp_path: Path) -> Iterator[Callable[..., Servi
 
     def start(database: str, **extra: str) -> ServiceProcess:
         port = free_port()
+        # Every non-health endpoint needs a key: provision one in a key store of its own.
+        keys_file = tmp_path / f"apikeys-{port}.json"
+        extra.setdefault("SAFECITY_API_KEYS_FILE", str(keys_file))
+        _, key = KeyStore(Path(extra["SAFECITY_API_KEYS_FILE"])).create(
+            "tests", ("read", "operate")
+        )
         env = service_env(
             stack, database, SAFECITY_HOST="127.0.0.1", SAFECITY_PORT=str(port), **extra
         )
         proc = ManagedProcess(
             "api", [sys.executable, "-m", "safecity", "api"], tmp_path / "api.log", env=env
         )
-        service = ServiceProcess(proc, env, url=f"http://127.0.0.1:{port}")
+        service = ServiceProcess(proc, env, url=f"http://127.0.0.1:{port}", api_key=key)
         started.append(service)
         proc.start()
         proc.wait_ready(_http_ready(f"{service.url}/readyz"), timeout=30)

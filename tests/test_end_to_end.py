@@ -36,7 +36,7 @@ def test_reading_flows_from_mosquitto_pub_to_the_api(
     assert rows[0]["pm10"] == 140.25
     assert rows[0]["seq"] == 42
     # ... and served by the API.
-    latest = httpx.get(f"{api.url}/v1/devices/{device.id}/latest", timeout=10)
+    latest = httpx.get(f"{api.url}/v1/devices/{device.id}/latest", headers=api.headers, timeout=10)
     assert latest.status_code == 200
     body = latest.json()
     assert body["device_id"] == device.id
@@ -62,4 +62,5 @@ def test_bad_reading_is_dead_lettered_and_never_reaches_influxdb_or_the_api(
     assert letters[0][0] == f"safecity/v1/{CITY.id}/_deadletter/schema"
     assert "pm10" in letters[0][1]["detail"]
     assert influx_rows(stack, influx_db, "SELECT * FROM /.*/") == []
-    assert httpx.get(f"{api.url}/v1/devices/{device.id}/latest", timeout=10).status_code == 404
+    latest = httpx.get(f"{api.url}/v1/devices/{device.id}/latest", headers=api.headers, timeout=10)
+    assert latest.status_code == 404

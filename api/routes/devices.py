@@ -1,52 +1,45 @@
-"""Devices: the registry's devices (filter + cursor pagination) and their latest reading."""
+"""Devices: the registry's devices (filters incl. status, cursor pagination), latest, history."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi import APIRouter, HTTPException, Query, Request
 
 from api.deps import CityDep, DirectoryDep, InfluxDep, SettingsDep
 from api.directory import BadCursorError, decode_cursor, encode_cursor
 from api.errors import bad_param
-from api.models import DeviceOut, DevicePage, ErrorBody, LatestReading
-from api.queries import latest_reading
+from api.models import DeviceOut, DevicePage, DeviceStatusOut, LatestReading, Series, SeriesPoint
+from api.overview import device_state
+from api.params import bucket, time_range
+from api.queries import latest_reading, series
+from api.responses import STORAGE, errors
+from api.routes.cities import _ts, check_series, unit_of
+from api.routes.common import OVERVIEW_WINDOW as STATUS_WINDOW
+from api.routes.common import (
+    Agg,
+    DeviceId,
+    Every,
+    From,
+    To,
+    default_window,
+    device_or_404,
+    snapshot,
+    window_key,
+)
 from safecity import catalogue
-from safecity.registry import City, Device
-from safecity.topics import IDENTIFIER
+from safecity.registry import Device
 
 router = APIRouter(prefix="/v1/devices", tags=["devices"])
 
 DEFAULT_PAGE_SIZE = 100
-_ERRORS: dict[int | str, dict[str, object]] = {
-    404: {"model": ErrorBody},
-    422: {"model": ErrorBody},
-}
-_STORAGE_ERRORS: dict[int | str, dict[str, object]] = {
-    **_ERRORS,
-    502: {"model": ErrorBody},
-    503: {"model": ErrorBody},
-}
-
-DeviceId = Annotated[
-    str,
-    Path(
-        description="Device identifier",
-        pattern=f"^{IDENTIFIER.pattern}$",
-        examples=["noise-chilanzar-001"],
-    ),
-]
+STATES = ("online", "stale", "offline")
 
 
-def _device(city: City, device_id: str) -> Device:
-    device = city.device(device_id)
-    if device is None:
-        raise HTTPException(status_code=404, detail=f"unknown device {device_id}")
-    return device
-
-
-@router.get("", response_model=DevicePage, responses=_ERRORS)
+@router.get("", response_model=DevicePage, responses=errors(404, *STORAGE))
 async def list_devices(
+    request: Request,
     settings: SettingsDep,
     city: CityDep,
     directory: DirectoryDep,
@@ -54,16 +47,30 @@ async def list_devices(
         str | None, Query(alias="city", max_length=64, description="City id (must be this one)")
     ] = None,
     district: Annotated[str | None, Query(max_length=64, description="District id")] = None,
-    kind: Annotated[str | None, Query(max_length=64, description="Sensor kind")] = None,
+    kind: Annotated[
+        str | None,
+        Query(
+            max_length=64,
+            description="Sensor kind",
+            json_schema_extra={"enum": sorted(catalogue.KINDS)},
+        ),
+    ] = None,
+    status: Annotated[
+        str | None,
+        Query(
+            description="online, stale or offline now (items then carry status and last_seen)",
+            json_schema_extra={"enum": list(STATES)},
+        ),
+    ] = None,
     limit: Annotated[
         int | None,
-        Query(ge=1, description="Page size, 1..max_page_size (default 100)"),
+        Query(ge=1, le=1000, description="Page size, 1..max_page_size (default 100)"),
     ] = None,
     cursor: Annotated[
         str | None, Query(max_length=128, description="`next_cursor` of the previous page")
     ] = None,
 ) -> DevicePage:
-    """Devices of the city in id order, filtered by district and kind, one page at a time."""
+    """Devices of the city in id order, filtered by district, kind and status, page by page."""
     if city_id is not None and city_id != city.id:
         raise HTTPException(
             status_code=404, detail=f"unknown city {city_id} (this API serves {city.id})"
@@ -75,6 +82,8 @@ async def list_devices(
     if district is not None and city.district(district) is None:
         known = ", ".join(sorted(d.id for d in city.districts))
         raise bad_param("query", "district", f"unknown district {district!r} (known: {known})")
+    if status is not None and status not in STATES:
+        raise bad_param("query", "status", "must be one of online, stale, offline")
     if limit is None:
         limit = min(DEFAULT_PAGE_SIZE, settings.max_page_size)
     elif limit > settings.max_page_size:
@@ -85,22 +94,50 @@ async def list_devices(
             after = decode_cursor(cursor)
         except BadCursorError as exc:
             raise bad_param("query", "cursor", str(exc)) from exc
-    page = directory.page(limit=limit, after=after, kind=kind, district=district)
-    items = [DeviceOut.of(city.id, d) for d in page.items]
+    if status is None:
+        page = directory.page(limit=limit, after=after, kind=kind, district=district)
+        items: list[DeviceStatusOut | DeviceOut] = [DeviceOut.of(city.id, d) for d in page.items]
+    else:
+        snap = await snapshot(request, default_window(), window_key(None, None, STATUS_WINDOW))
+        states = {d.id: device_state(snap, settings, d) for d in city.devices}
+        page = directory.page(
+            limit=limit,
+            after=after,
+            kind=kind,
+            district=district,
+            keep=lambda d: states[d.id] == status,
+        )
+        items = [
+            _with_status(city.id, d, states[d.id], snap.last_seen.get(d.id)) for d in page.items
+        ]
     next_cursor = encode_cursor(page.items[-1].id) if page.has_more and page.items else None
     return DevicePage(items=items, next_cursor=next_cursor)
 
 
-@router.get("/{device_id}", response_model=DeviceOut, responses=_ERRORS)
-async def get_device(city: CityDep, device_id: DeviceId) -> DeviceOut:
-    """One device of the registry."""
-    return DeviceOut.of(city.id, _device(city, device_id))
+def _with_status(city_id: str, device: Device, status: str, seen: int | None) -> DeviceStatusOut:
+    return DeviceStatusOut(
+        **DeviceOut.of(city_id, device).model_dump(),
+        status=status,
+        last_seen=_ts(seen) if seen is not None else None,
+    )
 
 
-@router.get("/{device_id}/latest", response_model=LatestReading, responses=_STORAGE_ERRORS)
+@router.get("/{device_id}", response_model=DeviceStatusOut, responses=errors(404, *STORAGE))
+async def get_device(
+    request: Request, settings: SettingsDep, city: CityDep, device_id: DeviceId
+) -> DeviceStatusOut:
+    """One device of the registry, with its status now and its last reading time."""
+    device = device_or_404(city, device_id)
+    snap = await snapshot(request, default_window(), window_key(None, None, STATUS_WINDOW))
+    return _with_status(
+        city.id, device, device_state(snap, settings, device), snap.last_seen.get(device.id)
+    )
+
+
+@router.get("/{device_id}/latest", response_model=LatestReading, responses=errors(404, *STORAGE))
 async def get_latest(city: CityDep, influx: InfluxDep, device_id: DeviceId) -> LatestReading:
     """The newest reading stored for the device (by device timestamp)."""
-    device = _device(city, device_id)
+    device = device_or_404(city, device_id)
     reading = await latest_reading(influx, device)
     if reading is None:
         raise HTTPException(status_code=404, detail=f"no reading stored yet for device {device_id}")
@@ -111,4 +148,40 @@ async def get_latest(city: CityDep, influx: InfluxDep, device_id: DeviceId) -> L
         ts=reading.ts,
         seq=reading.seq,
         values=reading.values,
+    )
+
+
+@router.get("/{device_id}/history", response_model=Series, responses=errors(404, *STORAGE))
+async def history(
+    settings: SettingsDep,
+    city: CityDep,
+    influx: InfluxDep,
+    device_id: DeviceId,
+    field: Annotated[
+        str,
+        Query(max_length=64, description="Numeric field of the device's kind", examples=["laeq"]),
+    ],
+    start: From = None,
+    end: To = None,
+    every: Every = None,
+    agg: Agg = "mean",
+) -> Series:
+    """One field of the device aggregated per bucket (default: the last hour)."""
+    device = device_or_404(city, device_id)
+    check_series(device.kind, field, agg)
+    window = time_range(settings, start, end, timedelta(hours=1))
+    every_s = bucket(settings, every, window)
+    params = {"city": city.id, "device_id": device.id, **window.params()}
+    points = await series(influx, device.kind, field, agg, every_s, params, "device_id")
+    return Series(
+        city=city.id,
+        district=device.district,
+        device_id=device.id,
+        kind=device.kind,
+        field=field,
+        unit=unit_of(device.kind, field),
+        agg=agg,
+        every_s=every_s,
+        window=window.model(),
+        points=[SeriesPoint(ts=_ts(t), value=v) for t, v in points],
     )

@@ -7,12 +7,14 @@ import contextlib
 import secrets
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
+from pathlib import Path
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from safecity.apikeys import SCOPES, KeyStore
 from safecity.influx import InfluxClient
 from safecity.lineprotocol import encode_many
 from safecity.readings import Reading, format_ts, parse
@@ -34,11 +36,27 @@ def _module_db(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="module")
-def api_settings(influxd: Influxd, request: pytest.FixtureRequest) -> Iterator[ApiSettings]:
+def api_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory of the module's own for the key store, dead letters and ledger."""
+    return tmp_path_factory.mktemp("api")
+
+
+@pytest.fixture(scope="module")
+def api_settings(
+    influxd: Influxd, request: pytest.FixtureRequest, api_dir: Path
+) -> Iterator[ApiSettings]:
     """API settings pointing at a database of its own on the session's influxd."""
     settings = ApiSettings(
         influx=InfluxSettings(url=influxd.url, database=_module_db(request), gzip=True),
         max_page_size=50,
+        api_keys_file=api_dir / "apikeys.json",
+        deadletter_dir=api_dir / "deadletter",
+        ledger_file=api_dir / "ledger.jsonl",
+        # Generous: the rate limit has tests of its own; the rest must never hit it.
+        rate_limit_rps=10_000,
+        rate_limit_burst=10_000,
+        # Uncached, so a test sees what it just wrote; the cache has tests of its own.
+        overview_cache_ttl=0,
     )
     asyncio.run(_ensure(settings.influx))
     yield settings
@@ -59,18 +77,27 @@ async def _ensure(settings: InfluxSettings) -> None:
 
 
 @pytest.fixture(scope="module")
-def client(api_settings: ApiSettings, city: City) -> Iterator[TestClient]:
-    """A TestClient of the app (lifespan run) against the module's database."""
-    with TestClient(create_app(api_settings, city), raise_server_exceptions=False) as test_client:
+def keys(api_settings: ApiSettings) -> dict[str, str]:
+    """Plaintext keys by scope (read, operate, admin) in the module's key store."""
+    store = KeyStore(api_settings.api_keys_file)
+    return {scope: store.create(f"test-{scope}", (scope,))[1] for scope in SCOPES}
+
+
+@pytest.fixture(scope="module")
+def client(api_settings: ApiSettings, city: City, keys: dict[str, str]) -> Iterator[TestClient]:
+    """A TestClient of the app (lifespan run) against the module's database, with a read key."""
+    app = create_app(api_settings, city)
+    with TestClient(
+        app, raise_server_exceptions=False, headers={"X-API-Key": keys["read"]}
+    ) as test_client:
         yield test_client
 
 
 @pytest.fixture
-def dead_settings() -> ApiSettings:
-    """API settings pointing at a port where nothing listens."""
-    return ApiSettings(
-        influx=InfluxSettings(url=f"http://127.0.0.1:{free_port()}", database="nowhere", timeout=2)
-    )
+def dead_settings(api_settings: ApiSettings) -> ApiSettings:
+    """The module's API settings (keys included), but InfluxDB at a port where nothing listens."""
+    dead = InfluxSettings(url=f"http://127.0.0.1:{free_port()}", database="nowhere", timeout=2)
+    return api_settings.model_copy(update={"influx": dead})
 
 
 def noise_reading(ts: datetime, seq: int, laeq: float, lamax: float, la90: float) -> Reading:

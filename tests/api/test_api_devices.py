@@ -146,6 +146,9 @@ def test_get_device(client: TestClient, city: City) -> None:
         "district": device.district,
         "city": city.id,
         "location": {"lon": device.location[0], "lat": device.location[1]},
+        # Nothing stored for it in this module's database: never seen, so offline.
+        "status": "offline",
+        "last_seen": None,
     }
 
 

@@ -133,18 +133,28 @@ def test_query_layer_binds_the_device_id(api_settings: ApiSettings, stored: Devi
     assert good.seq == 9
 
 
-def test_latest_503_when_influx_is_down(dead_settings: ApiSettings, city: City) -> None:
+def test_latest_503_when_influx_is_down(
+    dead_settings: ApiSettings, city: City, keys: dict[str, str]
+) -> None:
     device = _noise(city, 0)
-    with TestClient(create_app(dead_settings, city), raise_server_exceptions=False) as client:
+    app = create_app(dead_settings, city)
+    with TestClient(
+        app, raise_server_exceptions=False, headers={"X-API-Key": keys["read"]}
+    ) as client:
         response = client.get(f"/v1/devices/{device.id}/latest")
     assert response.status_code == 503
     assert "unreachable" in response.json()["detail"]
 
 
-def test_latest_503_when_database_missing(api_settings: ApiSettings, city: City) -> None:
+def test_latest_503_when_database_missing(
+    api_settings: ApiSettings, city: City, keys: dict[str, str]
+) -> None:
     influx = api_settings.influx.model_copy(update={"database": "never_created"})
     settings = api_settings.model_copy(update={"influx": influx})
-    with TestClient(create_app(settings, city), raise_server_exceptions=False) as client:
+    app = create_app(settings, city)
+    with TestClient(
+        app, raise_server_exceptions=False, headers={"X-API-Key": keys["read"]}
+    ) as client:
         response = client.get(f"/v1/devices/{_noise(city, 0).id}/latest")
     assert response.status_code == 503
     assert "database not found" in response.json()["detail"]

@@ -66,22 +66,26 @@ def test_run_serves_every_device_then_ctrl_c_leaves_nothing_behind(tmp_path: Pat
     )
     try:
         api = None
+        key = ""
         lines = []
         assert proc.stdout is not None
         deadline = time.monotonic() + 60
         while api is None and time.monotonic() < deadline:
             line = proc.stdout.readline()
             lines.append(line)
+            if match := re.search(r"SAFECITY_API_KEY=(\S+)", line):
+                key = match.group(1)
             if match := re.search(r"console \+ API\s+(http://\S+?)/\s", line):
                 api = match.group(1)
         assert api, "no console URL printed:\n" + "".join(lines)
+        assert key.startswith("sck_"), "no SAFECITY_API_KEY printed:\n" + "".join(lines)
         children = _children_of(proc.pid)
         assert len(children) >= 5  # mosquitto, influxd, ingest, api, simulator
 
         city = default_city()
         missing = {d.id for d in city.devices}
         deadline = time.monotonic() + 60
-        with httpx.Client(base_url=api, timeout=5) as client:
+        with httpx.Client(base_url=api, timeout=5, headers={"X-API-Key": key}) as client:
             while missing and time.monotonic() < deadline:
                 for device_id in sorted(missing):
                     if client.get(f"/v1/devices/{device_id}/latest").status_code == 200:

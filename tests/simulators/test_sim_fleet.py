@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import tempfile
 import threading
 import time
 import uuid
@@ -21,7 +22,7 @@ from prometheus_client import REGISTRY
 from safecity import catalogue
 from safecity.readings import Event, Reading, Rejection, Status, epoch_ms, parse
 from safecity.registry import City, generate
-from safecity.settings import MqttSettings, SimulatorSettings
+from safecity.settings import EdgeSettings, MqttSettings, SimulatorSettings
 from safecity.stack import Mosquitto
 from safecity.topics import Channel, parse_device_topic
 from simulators.fleet import FleetStats, Sent, device_messages, run, seq_base
@@ -161,6 +162,7 @@ def sim_settings(broker: Mosquitto, **overrides: Any) -> SimulatorSettings:
         "max_devices": 30,
         "duration": 2.0,
         "first_burst": True,
+        "edge": EdgeSettings(spool_dir=Path(tempfile.mkdtemp(prefix="sim-spool-"))),
     }
     values.update(overrides)
     return SimulatorSettings(**values)
@@ -193,7 +195,8 @@ def test_fleet_publishes_valid_messages_for_every_device(mosquitto: Mosquitto) -
     assert stats.devices == 30
     assert stats.failed == 0 and stats.refused == 0 and stats.invalid == 0
     assert stats.accepted == stats.published == len(sent) > 30
-    assert stats.statuses == 30
+    # Birth on connect and a farewell (offline, reason shutdown) per device.
+    assert stats.statuses == 60
     assert stats.readings + stats.events + stats.statuses == stats.published
     # ~1200 simulated seconds in 2 s at speed 600: several readings per 60 s device.
     assert stats.sim_last is not None and stats.sim_start is not None
@@ -243,8 +246,8 @@ def test_fleet_stops_when_asked(mosquitto: Mosquitto) -> None:
 
     stats, elapsed = asyncio.run(main())
     assert elapsed < 5
-    # Births only: at speed 1 no reading is due within half a second but a few.
-    assert stats.statuses == 20
+    # Births and farewells only: at speed 1 no reading is due within half a second.
+    assert stats.statuses == 40
     assert stats.accepted == stats.published
 
 
@@ -252,7 +255,9 @@ def test_fleet_stops_when_asked(mosquitto: Mosquitto) -> None:
 def test_fleet_stops_even_when_the_broker_stalls(tmp_path: Path) -> None:
     city = generate("tashkent", 50, 4)
     with Mosquitto(tmp_path) as broker:
-        settings = sim_settings(broker, duration=None, speed=600.0, max_devices=None)
+        settings = sim_settings(
+            broker, duration=None, speed=600.0, max_devices=None, transport="single"
+        )
 
         async def main() -> tuple[FleetStats, float]:
             stop = asyncio.Event()

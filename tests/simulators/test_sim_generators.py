@@ -318,3 +318,29 @@ def test_naive_time_is_refused() -> None:
     device = CITY.devices[0]
     with pytest.raises(ValueError, match="timezone-aware"):
         g.generate(device, g.device_rng(1, device.id), datetime(2026, 1, 1))
+
+
+def test_traffic_at_0830_far_above_0300_and_winter_evening_pm25_far_above_summer_noon() -> None:
+    at0830 = mean_of("traffic", "intensity", weekdays(WINTER, 8.5))
+    at0300 = mean_of("traffic", "intensity", weekdays(WINTER, 3.0))
+    assert at0830 > 8 * at0300
+    evening = mean_of("air_quality", "pm25", weekdays(WINTER, 21.0))
+    noon = mean_of("air_quality", "pm25", weekdays(SUMMER, 12.0))
+    assert evening > 5 * noon
+
+
+def test_rain_lowers_pm_and_speed() -> None:
+    device = devices("air_quality", 1)[0]
+    road = devices("traffic", 1)[0]
+    # The same local hour on wet and dry spring days: rain washes PM out and slows traffic.
+    wet, dry = [], []
+    for d in range(120):
+        t = at_local(datetime(2026, 3, 1, tzinfo=UTC) + timedelta(days=d), 11.0)
+        rain = g.weather(t, *device.location).precipitation
+        (wet if rain > 2 else dry if rain == 0 else []).append(t)
+    assert len(wet) >= 3 and len(dry) >= 10
+    assert mean_of("air_quality", "pm25", wet) < mean_of("air_quality", "pm25", dry)
+    rng = g.device_rng(1, road.id)
+    speed_wet = sum(float(g.traffic(road, rng, t)["avg_speed"]) for t in wet) / len(wet)
+    speed_dry = sum(float(g.traffic(road, rng, t)["avg_speed"]) for t in dry) / len(dry)
+    assert speed_wet < speed_dry

@@ -1,0 +1,422 @@
+"""City and district metrics: one city-wide snapshot per window, aggregated per scope.
+
+A snapshot is a handful of InfluxQL queries run concurrently, each grouped by
+`device_id` (the district comes from the registry, never from storage): the window
+means per device of the numeric kinds, the latest state of streetlights, the last
+reading and last status of every device (for online/stale/offline), and the event
+counts by district and severity. Any scope (the city, a district) is then an
+in-memory aggregation of the snapshot, so the city overview, every district
+overview and the districts GeoJSON share one set of queries (and one cache entry).
+"""
+
+# Statements are built only from allow-listed identifiers (quote_ident) and ints we
+# computed; request values travel as bound $parameters, which S608 cannot see.
+# ruff: noqa: S608
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from api import aqi
+from api.models import (
+    AirQuality,
+    Crowd,
+    DeviceCounts,
+    Exceedance,
+    Figure,
+    Incidents,
+    Noise,
+    Overview,
+    Parking,
+    Streetlights,
+    Traffic,
+)
+from api.params import TimeRange
+from safecity import catalogue
+from safecity.influx import InfluxClient, quote_ident
+from safecity.readings import format_ts
+from safecity.registry import City, Device
+from safecity.schema import DEVICE_STATUS, EVENTS
+from safecity.settings import ApiSettings
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Window means fetched per device, by kind.
+MEAN_FIELDS: dict[str, tuple[str, ...]] = {
+    "air_quality": ("pm25", "pm10", "no2", "o3", "so2", "co"),
+    "traffic": ("avg_speed", "intensity", "occupancy"),
+    "noise": ("laeq",),
+    "parking": ("occupancy",),
+    "crowd": ("people_count", "occupancy"),
+}
+# Free-flow speed: the catalogue's urban free speed (40-60 km/h, limit 60), one value
+# for every sensor. A per-sensor p85 needs hours of history per request; a fixed,
+# stated reference keeps the index comparable across sensors and windows.
+FREE_FLOW_KMH = 50.0
+FREE_FLOW_BASIS = "fixed urban free-flow speed of the catalogue (40-60 km/h, limit 60): 50 km/h"
+# WHO Environmental Noise Guidelines (road traffic): Lden 53 dB by day, Lnight 45 dB.
+NOISE_DAY_DB, NOISE_NIGHT_DB = 53.0, 45.0
+SEVERITIES = tuple(s.value for s in catalogue.Severity)
+INCIDENT_SOURCE = (
+    "events of the window in the `events` measurement, counted by severity "
+    "(incident tracking, with open/closed state, comes with the alerts issue)"
+)
+
+
+def _ts(ms: int) -> str:
+    return format_ts(_EPOCH + timedelta(milliseconds=ms))
+
+
+@dataclass
+class Snapshot:
+    """What the queries returned for one city and window (per device id)."""
+
+    window: TimeRange
+    generated_at: datetime
+    means: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    lights: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
+    last_seen: dict[str, int] = field(default_factory=dict)
+    status: dict[str, tuple[int, str]] = field(default_factory=dict)
+    events: dict[tuple[str, str], int] = field(default_factory=dict)
+    event_devices: dict[str, int] = field(default_factory=dict)
+
+
+def _where_city(extra: str = "") -> str:
+    return f'"city" = $city AND time >= $from AND time < $to{extra}'
+
+
+def mean_statement(kind: str) -> str:
+    """Window means per device of a kind's overview fields."""
+    cols = ", ".join(f"mean({quote_ident(f)}) AS {quote_ident(f)}" for f in MEAN_FIELDS[kind])
+    return f'SELECT {cols} FROM {quote_ident(kind)} WHERE {_where_city()} GROUP BY "device_id"'
+
+
+LIGHTS_STATEMENT = (
+    'SELECT last("power_state") AS "power_state", last("status") AS "status" '
+    f'FROM "streetlight" WHERE {_where_city()} GROUP BY "device_id"'
+)
+LAST_SEEN_STATEMENT = (
+    'SELECT last("seq") FROM '
+    + ", ".join(quote_ident(k) for k in catalogue.KINDS)
+    + f' WHERE {_where_city()} GROUP BY "device_id"'
+)
+STATUS_STATEMENT = (
+    f'SELECT last("state") AS "state" FROM {quote_ident(DEVICE_STATUS)} '
+    f'WHERE {_where_city()} GROUP BY "device_id"'
+)
+EVENTS_STATEMENT = (
+    f'SELECT count("seq") AS "n" FROM {quote_ident(EVENTS)} '
+    f'WHERE {_where_city()} GROUP BY "district", "severity", "device_id"'
+)
+
+
+def _params(city: str, start: datetime, end: datetime) -> dict[str, str | int | float | bool]:
+    return {"city": city, "from": format_ts(start), "to": format_ts(end)}
+
+
+async def take_snapshot(
+    influx: InfluxClient, city: City, window: TimeRange, settings: ApiSettings
+) -> Snapshot:
+    """Run the snapshot's queries concurrently and index the answers by device."""
+    snap = Snapshot(window, datetime.now(UTC))
+    base = _params(city.id, window.start, window.end)
+    # States (streetlights, status, last reading) look further back than the window:
+    # a light reporting every 15 min is still on between its reports.
+    light_start = min(window.start, window.end - timedelta(seconds=2 * 900))
+    lookback = min(window.start, window.end - timedelta(seconds=settings.status_lookback))
+    kinds = list(MEAN_FIELDS)
+    results = await asyncio.gather(
+        *(influx.query(mean_statement(k), base) for k in kinds),
+        influx.query(LIGHTS_STATEMENT, _params(city.id, light_start, window.end)),
+        influx.query(LAST_SEEN_STATEMENT, _params(city.id, lookback, window.end)),
+        influx.query(STATUS_STATEMENT, _params(city.id, lookback, window.end)),
+        influx.query(EVENTS_STATEMENT, base),
+    )
+    for kind, series in zip(kinds, results[: len(kinds)], strict=True):
+        per_device: dict[str, dict[str, float]] = {}
+        for s in series:
+            for row in s.rows():
+                values = {
+                    f: float(row[f])
+                    for f in MEAN_FIELDS[kind]
+                    if isinstance(row.get(f), int | float)
+                }
+                if values:
+                    per_device[str(row["device_id"])] = values
+        snap.means[kind] = per_device
+    lights, seen, status, events = results[len(kinds) :]
+    for s in lights:
+        for row in s.rows():
+            snap.lights[str(row["device_id"])] = (row.get("power_state"), row.get("status"))
+    for s in seen:
+        for row in s.rows():
+            device_id, at = str(row["device_id"]), int(row["time"])
+            snap.last_seen[device_id] = max(at, snap.last_seen.get(device_id, at))
+    for s in status:
+        for row in s.rows():
+            if row.get("state") is not None:
+                snap.status[str(row["device_id"])] = (int(row["time"]), str(row["state"]))
+    for s in events:
+        for row in s.rows():
+            key = (str(row["district"]), str(row["severity"]))
+            snap.events[key] = snap.events.get(key, 0) + int(row["n"])
+            district = str(row["district"])
+            snap.event_devices[district] = snap.event_devices.get(district, 0) + 1
+    return snap
+
+
+def stale_limit_s(settings: ApiSettings, kind: str) -> float:
+    """Silence after which a device counts as stale: stale_after, or two of its cadences."""
+    return max(settings.stale_after, 2 * catalogue.KINDS[kind].cadence_s)
+
+
+def device_state(snap: Snapshot, settings: ApiSettings, device: Device) -> str:
+    """online, stale or offline at the window's end.
+
+    offline: its last status message says offline (and no reading came after it), or
+    no reading within status_lookback; stale: last reading older than the stale limit;
+    online otherwise.
+    """
+    seen = snap.last_seen.get(device.id)
+    status = snap.status.get(device.id)
+    if status is not None and status[1] == "offline" and (seen is None or status[0] >= seen):
+        return "offline"
+    if seen is None:
+        return "offline"
+    age = snap.window.end_ms - seen
+    return "stale" if age > stale_limit_s(settings, device.kind) * 1000 else "online"
+
+
+STATE_RULE = (
+    "offline: last status message says offline (no reading since) or no reading within "
+    "status_lookback; stale: last reading older than max(stale_after, 2 x the kind's "
+    "cadence); online: otherwise"
+)
+
+
+class Scope:
+    """The devices of a city or a district, and the figures over them."""
+
+    def __init__(self, snap: Snapshot, settings: ApiSettings, devices: Iterable[Device]) -> None:
+        self.snap = snap
+        self.settings = settings
+        self.by_kind: dict[str, list[Device]] = {}
+        for d in devices:
+            self.by_kind.setdefault(d.kind, []).append(d)
+
+    def _figure(self, kind: str, ids: list[str], value: float | None, unit: str) -> Figure:
+        newest = max(
+            (self.snap.last_seen[i] for i in ids if i in self.snap.last_seen), default=None
+        )
+        return Figure(
+            value=None if value is None else round(value, 4),
+            unit=unit,
+            devices=len(ids),
+            expected=len(self.by_kind.get(kind, ())),
+            newest=_ts(newest) if newest is not None else None,
+            age_s=None if newest is None else round((self.snap.window.end_ms - newest) / 1000, 3),
+        )
+
+    def _means(self, kind: str, name: str) -> dict[str, float]:
+        per_device = self.snap.means.get(kind, {})
+        return {
+            d.id: per_device[d.id][name]
+            for d in self.by_kind.get(kind, ())
+            if d.id in per_device and name in per_device[d.id]
+        }
+
+    def _mean_figure(self, kind: str, name: str, unit: str, total: bool = False) -> Figure:
+        values = self._means(kind, name)
+        value = None
+        if values:
+            value = sum(values.values()) if total else sum(values.values()) / len(values)
+        return self._figure(kind, list(values), value, unit)
+
+    def air(self) -> AirQuality:
+        """AQI of the scope: EPA sub-indices of the mean over devices of each pollutant."""
+        pollutants: dict[str, Figure] = {}
+        means: dict[str, float] = {}
+        exceed: dict[str, Exceedance] = {}
+        contributing: set[str] = set()
+        for p in MEAN_FIELDS["air_quality"]:
+            values = self._means("air_quality", p)
+            unit = aqi.WHO[p][1]
+            pollutants[p] = self._mean_figure("air_quality", p, unit)
+            if values and p in aqi.TABLES:
+                means[p] = sum(values.values()) / len(values)
+                contributing |= set(values)
+            guideline, g_unit, period = aqi.WHO[p]
+            exceed[p] = Exceedance(
+                guideline=guideline,
+                unit=g_unit,
+                averaging=period,
+                devices_above=sum(1 for v in values.values() if v > guideline),
+                devices=len(values),
+            )
+        result = aqi.aqi(means)
+        worst = None
+        per_device = self.snap.means.get("air_quality", {})
+        for device_id in contributing:
+            device_aqi = aqi.aqi(per_device.get(device_id, {}))
+            if device_aqi is not None:
+                worst = device_aqi[0] if worst is None else max(worst, device_aqi[0])
+        return AirQuality(
+            aqi=self._figure(
+                "air_quality", sorted(contributing), None if result is None else result[0], "AQI"
+            ),
+            category=None if result is None else aqi.category(result[0]),
+            driving_pollutant=None if result is None else result[1],
+            worst_device_aqi=worst,
+            sub_indices={p: aqi.sub_index(p, v) for p, v in means.items()},
+            pollutants=pollutants,
+            who_exceedances=exceed,
+        )
+
+    def traffic(self) -> Traffic:
+        """Mean speed, congestion index vs the fixed free-flow speed, summed volume."""
+        speeds = self._means("traffic", "avg_speed")
+        index = [max(0.0, 1.0 - v / FREE_FLOW_KMH) for v in speeds.values()]
+        return Traffic(
+            avg_speed=self._mean_figure("traffic", "avg_speed", "km/h"),
+            congestion_index=self._figure(
+                "traffic", list(speeds), sum(index) / len(index) if index else None, "1"
+            ),
+            free_flow_kmh=FREE_FLOW_KMH,
+            free_flow_basis=FREE_FLOW_BASIS,
+            volume=self._mean_figure("traffic", "intensity", "veh/h", total=True),
+            occupancy=self._mean_figure("traffic", "occupancy", "1"),
+        )
+
+    def noise(self, timezone: str) -> Noise:
+        """Energy-mean LAeq over sensors and the share above the WHO day/night guideline."""
+        levels = self._means("noise", "laeq")
+        local_hour = self.snap.window.end.astimezone(ZoneInfo(timezone)).hour
+        night = local_hour >= 22 or local_hour < 6
+        guideline = NOISE_NIGHT_DB if night else NOISE_DAY_DB
+        energy = None
+        if levels:
+            energy = 10 * math.log10(sum(10 ** (v / 10) for v in levels.values()) / len(levels))
+        share = sum(1 for v in levels.values() if v > guideline) / len(levels) if levels else None
+        return Noise(
+            laeq=self._figure("noise", list(levels), energy, "dB(A)"),
+            share_above_who=self._figure("noise", list(levels), share, "1"),
+            who_guideline_db=guideline,
+            who_period="night (Lnight 45 dB)" if night else "day (Lden 53 dB)",
+        )
+
+    def lights(self) -> Streetlights:
+        """Lights on or dimmed, and lights whose status is not ok, from their latest state."""
+        ids = [d.id for d in self.by_kind.get("streetlight", ()) if d.id in self.snap.lights]
+        states = [self.snap.lights[i] for i in ids]
+        on = sum(1 for power, _ in states if power in ("on", "dimmed"))
+        failed = sum(1 for _, status in states if status is not None and status != "ok")
+        return Streetlights(
+            on=self._figure("streetlight", ids, float(on) if ids else None, "count"),
+            failed=self._figure("streetlight", ids, float(failed) if ids else None, "count"),
+        )
+
+    def devices(self, total: list[Device]) -> DeviceCounts:
+        """online / stale / offline over every device of the scope."""
+        counts = {"online": 0, "stale": 0, "offline": 0}
+        for d in total:
+            counts[device_state(self.snap, self.settings, d)] += 1
+        return DeviceCounts(total=len(total), rule=STATE_RULE, **counts)
+
+    def incidents(self, districts: set[str]) -> Incidents:
+        """Events of the window by severity (the stand-in for open incidents)."""
+        by = dict.fromkeys(SEVERITIES, 0)
+        for (district, severity), n in self.snap.events.items():
+            if district in districts and severity in by:
+                by[severity] += n
+        devices = sum(n for d, n in self.snap.event_devices.items() if d in districts)
+        return Incidents(
+            total=sum(by.values()), by_severity=by, devices=devices, source=INCIDENT_SOURCE
+        )
+
+
+def overview(snap: Snapshot, settings: ApiSettings, city: City, district: str | None) -> Overview:
+    """The overview of the city, or of one of its districts, from a snapshot."""
+    devices = list(city.devices if district is None else city.select(district=district))
+    scope = Scope(snap, settings, devices)
+    districts = {district} if district is not None else {d.id for d in city.districts}
+    return Overview(
+        city=city.id,
+        district=district,
+        window=snap.window.model(),
+        generated_at=format_ts(snap.generated_at),
+        air_quality=scope.air(),
+        traffic=scope.traffic(),
+        noise=scope.noise(city.record.timezone),
+        parking=Parking(occupancy=scope._mean_figure("parking", "occupancy", "1")),
+        streetlights=scope.lights(),
+        crowd=Crowd(
+            people=scope._mean_figure("crowd", "people_count", "count", total=True),
+            occupancy=scope._mean_figure("crowd", "occupancy", "1"),
+        ),
+        devices=scope.devices(devices),
+        incidents=scope.incidents(districts),
+    )
+
+
+def kpis(view: Overview) -> dict[str, Any]:
+    """Flat per-district KPIs for GeoJSON properties."""
+    return {
+        "aqi": view.air_quality.aqi.value,
+        "aqi_category": view.air_quality.category,
+        "driving_pollutant": view.air_quality.driving_pollutant,
+        "avg_speed_kmh": view.traffic.avg_speed.value,
+        "congestion_index": view.traffic.congestion_index.value,
+        "laeq_db": view.noise.laeq.value,
+        "noise_share_above_who": view.noise.share_above_who.value,
+        "parking_occupancy": view.parking.occupancy.value,
+        "streetlights_on": view.streetlights.on.value,
+        "streetlights_failed": view.streetlights.failed.value,
+        "crowd_people": view.crowd.people.value,
+        "devices_online": view.devices.online,
+        "devices_stale": view.devices.stale,
+        "devices_offline": view.devices.offline,
+        "incidents": view.incidents.total,
+        "window_from": view.window.from_,
+        "window_to": view.window.to,
+    }
+
+
+class SnapshotCache:
+    """Snapshots by (city, window key), kept `ttl` seconds; one computation per key at a time.
+
+    The default window ("the last N minutes") is keyed by its length and recomputed
+    at most every `ttl` seconds, so any result is at most `ttl` seconds behind the
+    data; concurrent requests for a key wait for the same computation (no stampede).
+    Failures are not cached. ttl = 0 disables caching (but keeps the sharing).
+    """
+
+    def __init__(self, ttl: float, max_entries: int = 64) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._entries: dict[tuple[Any, ...], tuple[float, asyncio.Future[Snapshot]]] = {}
+
+    async def get(self, key: tuple[Any, ...], compute: Any) -> Snapshot:
+        """The cached snapshot for `key`, or a fresh one from `compute()`."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        entry = self._entries.get(key)
+        if entry is not None and (entry[0] > now or not entry[1].done()):
+            return await asyncio.shield(entry[1])
+        if len(self._entries) >= self.max_entries:
+            for k in [k for k, (exp, f) in self._entries.items() if f.done() and exp <= now]:
+                del self._entries[k]
+            while len(self._entries) >= self.max_entries:
+                del self._entries[next(iter(self._entries))]
+        future: asyncio.Future[Snapshot] = asyncio.ensure_future(compute())
+        self._entries[key] = (now + self.ttl, future)
+        try:
+            return await asyncio.shield(future)
+        except BaseException:
+            if self._entries.get(key, (0, None))[1] is future:
+                del self._entries[key]
+            raise

@@ -1,0 +1,213 @@
+"""Cities: the city list, overviews (city and district), districts as GeoJSON, time series."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, HTTPException, Path, Query, Request
+from pydantic import BaseModel
+
+from api.deps import CityDep, InfluxDep, SettingsDep
+from api.errors import bad_param
+from api.models import CityList, CityOut, Location, Overview, Series, SeriesPoint
+from api.overview import kpis, overview
+from api.params import bucket, time_range
+from api.queries import numeric_fields, series
+from api.responses import STORAGE, errors
+from api.routes.common import (
+    ID_PATTERN,
+    OVERVIEW_WINDOW,
+    Agg,
+    CityId,
+    Every,
+    From,
+    KindQuery,
+    To,
+    check_city,
+    snapshot,
+    window_key,
+)
+from safecity import catalogue
+from safecity.readings import format_ts
+from safecity.registry import City, geojson
+
+router = APIRouter(prefix="/v1/cities", tags=["cities"])
+
+DistrictId = Annotated[
+    str, Path(description="District id", pattern=ID_PATTERN, max_length=64, examples=["chilanzar"])
+]
+
+
+class Geometry(BaseModel):
+    """A GeoJSON polygon ([lon, lat] rings)."""
+
+    type: Literal["Polygon"]
+    coordinates: list[list[list[float]]]
+
+
+class Feature(BaseModel):
+    """A district as a GeoJSON feature; its latest KPIs are the properties."""
+
+    type: Literal["Feature"]
+    id: str
+    geometry: Geometry
+    properties: dict[str, Any]
+
+
+class FeatureCollection(BaseModel):
+    """The city's districts as a GeoJSON FeatureCollection."""
+
+    type: Literal["FeatureCollection"]
+    features: list[Feature]
+
+
+def _city_out(city: City) -> CityOut:
+    lon, lat = city.record.centroid
+    return CityOut(
+        id=city.id,
+        name=city.name,
+        country=city.record.country,
+        timezone=city.record.timezone,
+        centroid=Location(lon=lon, lat=lat),
+        districts=len(city.districts),
+        devices=len(city.devices),
+    )
+
+
+@router.get("", response_model=CityList, responses=errors())
+async def list_cities(city: CityDep) -> CityList:
+    """The cities this API serves (one per deployment: its registry's)."""
+    return CityList(items=[_city_out(city)])
+
+
+@router.get("/{city_id}", response_model=CityOut, responses=errors(404))
+async def get_city(city: CityDep, city_id: CityId) -> CityOut:
+    """One city: name, time zone, centroid, district and device counts."""
+    check_city(city, city_id)
+    return _city_out(city)
+
+
+@router.get("/{city_id}/overview", response_model=Overview, responses=errors(404, *STORAGE))
+async def city_overview(
+    request: Request,
+    settings: SettingsDep,
+    city: CityDep,
+    city_id: CityId,
+    start: From = None,
+    end: To = None,
+) -> Overview:
+    """City metrics for the window (default: the last 15 minutes), each with its basis."""
+    check_city(city, city_id)
+    window = time_range(settings, start, end, OVERVIEW_WINDOW)
+    snap = await snapshot(request, window, window_key(start, end, OVERVIEW_WINDOW))
+    return overview(snap, settings, city, None)
+
+
+@router.get(
+    "/{city_id}/districts/{district_id}/overview",
+    response_model=Overview,
+    responses=errors(404, *STORAGE),
+)
+async def district_overview(
+    request: Request,
+    settings: SettingsDep,
+    city: CityDep,
+    city_id: CityId,
+    district_id: DistrictId,
+    start: From = None,
+    end: To = None,
+) -> Overview:
+    """One district's metrics for the window (default: the last 15 minutes)."""
+    check_city(city, city_id)
+    if city.district(district_id) is None:
+        raise HTTPException(status_code=404, detail=f"unknown district {district_id}")
+    window = time_range(settings, start, end, OVERVIEW_WINDOW)
+    snap = await snapshot(request, window, window_key(start, end, OVERVIEW_WINDOW))
+    return overview(snap, settings, city, district_id)
+
+
+@router.get(
+    "/{city_id}/districts",
+    response_model=FeatureCollection,
+    responses=errors(404, *STORAGE),
+)
+async def districts(
+    request: Request, settings: SettingsDep, city: CityDep, city_id: CityId
+) -> dict[str, Any]:
+    """The districts as GeoJSON, each with its KPIs of the last 15 minutes as properties."""
+    check_city(city, city_id)
+    window = time_range(settings, None, None, OVERVIEW_WINDOW)
+    snap = await snapshot(request, window, window_key(None, None, OVERVIEW_WINDOW))
+    props = {d.id: kpis(overview(snap, settings, city, d.id)) for d in city.districts}
+    return geojson(city, props)
+
+
+def check_series(kind: str, field: str, agg: str) -> None:
+    """422 unless kind, field and agg are on the allow-lists."""
+    if kind not in catalogue.KINDS:
+        raise bad_param(
+            "query", "kind", f"unknown kind (known: {', '.join(sorted(catalogue.KINDS))})"
+        )
+    allowed = numeric_fields(kind)
+    if field not in allowed:
+        raise bad_param(
+            "query", "field", f"not a numeric field of {kind} (allowed: {', '.join(allowed)})"
+        )
+    if agg not in ("mean", "min", "max", "p95", "count"):
+        raise bad_param("query", "agg", "must be one of mean, min, max, p95, count")
+
+
+def unit_of(kind: str, field: str) -> str:
+    """The catalogue unit of a field."""
+    quantity = next(q for q in catalogue.telemetry_quantities(kind) if q.name == field)
+    return quantity.unit
+
+
+@router.get("/{city_id}/series", response_model=Series, responses=errors(404, *STORAGE))
+async def city_series(
+    settings: SettingsDep,
+    city: CityDep,
+    influx: InfluxDep,
+    city_id: CityId,
+    kind: KindQuery,
+    field: Annotated[
+        str, Query(max_length=64, description="Numeric field of the kind", examples=["laeq"])
+    ],
+    district: Annotated[
+        str | None, Query(max_length=64, description="District id (default: whole city)")
+    ] = None,
+    start: From = None,
+    end: To = None,
+    every: Every = None,
+    agg: Agg = "mean",
+) -> Series:
+    """A field of a kind over the city or a district, aggregated per bucket (default: last hour)."""
+    check_city(city, city_id)
+    check_series(kind, field, agg)
+    if district is not None and city.district(district) is None:
+        raise bad_param("query", "district", f"unknown district {district!r}")
+    window = time_range(settings, start, end, timedelta(hours=1))
+    every_s = bucket(settings, every, window)
+    params = {"city": city.id, **window.params()}
+    by = ""
+    if district is not None:
+        params["district"] = district
+        by = "district"
+    points = await series(influx, kind, field, agg, every_s, params, by)
+    return Series(
+        city=city.id,
+        district=district,
+        device_id=None,
+        kind=kind,
+        field=field,
+        unit=unit_of(kind, field),
+        agg=agg,
+        every_s=every_s,
+        window=window.model(),
+        points=[SeriesPoint(ts=_ts(t), value=v) for t, v in points],
+    )
+
+
+def _ts(ms: int) -> str:
+    return format_ts(datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms))

@@ -1,0 +1,115 @@
+"""Parameters and lookups shared by the routers."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import HTTPException, Path, Query, Request
+
+from api.overview import Snapshot, SnapshotCache, take_snapshot
+from api.params import EVERY_PATTERN, TimeRange, now
+from safecity import catalogue
+from safecity.influx import InfluxClient
+from safecity.registry import City, Device
+from safecity.settings import ApiSettings
+from safecity.topics import IDENTIFIER
+
+ID_PATTERN = f"^{IDENTIFIER.pattern}$"
+KINDS = sorted(catalogue.KINDS)
+NUMERIC_FIELDS = sorted(
+    {q.name for k in KINDS for q in catalogue.telemetry_quantities(k) if q.type in ("float", "int")}
+)
+SEVERITIES = [s.value for s in catalogue.Severity]
+EVENT_TYPES = sorted(catalogue.EVENT_TYPES)
+OVERVIEW_WINDOW = timedelta(minutes=15)
+
+CityId = Annotated[
+    str, Path(description="City id", pattern=ID_PATTERN, max_length=64, examples=["tashkent"])
+]
+DeviceId = Annotated[
+    str,
+    Path(
+        description="Device identifier",
+        pattern=ID_PATTERN,
+        max_length=64,
+        examples=["noise-chilanzar-001"],
+    ),
+]
+From = Annotated[
+    datetime | None,
+    Query(
+        alias="from",
+        description="Window start, RFC 3339 (naive = UTC); default depends on the endpoint",
+        examples=["2026-01-15T06:00:00Z"],
+    ),
+]
+To = Annotated[
+    datetime | None,
+    Query(
+        alias="to",
+        description="Window end (exclusive), RFC 3339; default now",
+        examples=["2026-01-15T07:00:00Z"],
+    ),
+]
+Every = Annotated[
+    str | None,
+    Query(
+        pattern=EVERY_PATTERN,
+        max_length=9,
+        description="Bucket, e.g. 30s, 5m, 1h, 1d (>= min_bucket); default about 300 buckets",
+        examples=["5m"],
+    ),
+]
+Agg = Annotated[
+    str,
+    Query(
+        description="Aggregate per bucket",
+        json_schema_extra={"enum": ["mean", "min", "max", "p95", "count"]},
+    ),
+]
+KindQuery = Annotated[
+    str, Query(description="Sensor kind", json_schema_extra={"enum": KINDS}, examples=["noise"])
+]
+
+
+def check_city(city: City, city_id: str) -> None:
+    """404 unless `city_id` is the city this API serves."""
+    if city_id != city.id:
+        raise HTTPException(
+            status_code=404, detail=f"unknown city {city_id} (this API serves {city.id})"
+        )
+
+
+def device_or_404(city: City, device_id: str) -> Device:
+    """The device, or 404 naming it."""
+    device = city.device(device_id)
+    if device is None:
+        raise HTTPException(status_code=404, detail=f"unknown device {device_id}")
+    return device
+
+
+def window_key(start: datetime | None, end: datetime | None, default: timedelta) -> tuple[Any, ...]:
+    """Cache key of a window: its length for the moving default, else its bounds."""
+    if start is None and end is None:
+        return ("last", default.total_seconds())
+    return ("fixed", start.isoformat() if start else None, end.isoformat() if end else None)
+
+
+async def snapshot(
+    request: Request,
+    window: TimeRange,
+    key: tuple[Any, ...],
+) -> Snapshot:
+    """The (cached) city snapshot of a window."""
+    cache: SnapshotCache = request.app.state.snapshots
+    influx: InfluxClient = request.app.state.influx
+    city: City = request.app.state.city
+    settings: ApiSettings = request.app.state.settings
+    return await cache.get((city.id, *key), lambda: take_snapshot(influx, city, window, settings))
+
+
+def default_window() -> TimeRange:
+    """The overview's default window: the last 15 minutes."""
+    end = now()
+    return TimeRange(end - OVERVIEW_WINDOW, end)

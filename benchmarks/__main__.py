@@ -1,0 +1,24 @@
+"""`make bench`: run every `benchmarks/*.py` module that exposes `main()`, in name order."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from pathlib import Path
+
+
+def main() -> None:
+    """Import each benchmark module and call its main()."""
+    here = Path(__file__).resolve().parent
+    for info in sorted(pkgutil.iter_modules([str(here)]), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"benchmarks.{info.name}")
+        entry = getattr(module, "main", None)
+        if callable(entry):
+            print(f"\n=== benchmarks/{info.name}.py ===", flush=True)
+            entry([]) if info.name == "ingest" else entry()
+
+
+if __name__ == "__main__":
+    main()

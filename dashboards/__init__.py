@@ -1,0 +1,1 @@
+"""Grafana provisioning as code: datasource, dashboards and alert rules, and a push client."""

@@ -1,0 +1,75 @@
+"""Reader of the ingest's dead-letter store (`deadletters.jsonl`) for delivery accounting.
+
+The store is append-only JSON lines with at least `reason`, `topic` and
+`received_at` (written by `ingest/deadletter.py`; services never import each other,
+so this reads the file format only). The index reads only the bytes appended since
+the last call, so counting stays cheap however large the store grows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from safecity import topics
+from safecity.errors import TopicError
+
+STORE_NAME = "deadletters.jsonl"
+
+
+@dataclass
+class DeadLetterIndex:
+    """Rejections per device id, by reason, with their received times (epoch ms)."""
+
+    path: Path
+    _offset: int = 0
+    _inode: int | None = None
+    _letters: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
+
+    def refresh(self) -> None:
+        """Read whatever was appended since the last call (a torn last line waits)."""
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            self._offset, self._inode, self._letters = 0, None, {}
+            return
+        if stat.st_ino != self._inode or stat.st_size < self._offset:
+            # Replaced or truncated: start over.
+            self._offset, self._inode, self._letters = 0, stat.st_ino, {}
+        if stat.st_size == self._offset:
+            return
+        with open(self.path, "rb") as f:
+            f.seek(self._offset)
+            data = f.read(stat.st_size - self._offset)
+        end = data.rfind(b"\n") + 1
+        for line in data[:end].splitlines():
+            self._add(line)
+        self._offset += end
+
+    def _add(self, line: bytes) -> None:
+        try:
+            record = json.loads(line)
+            reason = str(record["reason"])
+            parsed = topics.parse(str(record["topic"]))
+            at = int(datetime.fromisoformat(str(record["received_at"])).timestamp() * 1000)
+        except (ValueError, KeyError, TypeError, TopicError):
+            return  # not about a device (or not a record): nothing to attribute
+        if isinstance(parsed, topics.DeviceTopic):
+            self._letters.setdefault(parsed.device_id, []).append((at, reason))
+
+    def rejected(self, device_id: str, since_ms: int, until_ms: int) -> dict[str, int]:
+        """Rejections of a device received in [since, until), by reason."""
+        self.refresh()
+        counts: Counter[str] = Counter(
+            reason for at, reason in self._letters.get(device_id, ()) if since_ms <= at < until_ms
+        )
+        return dict(sorted(counts.items()))
+
+
+def store_path(directory: Path) -> Path:
+    """The store file inside a dead-letter directory."""
+    return Path(os.fspath(directory)) / STORE_NAME

@@ -1,0 +1,441 @@
+"""Device and service identities: secrets, a hashed credential store, Mosquitto passwd/ACL files.
+
+Secrets are generated here (shown once), only their PBKDF2 hashes are stored, and the
+broker's password file and ACL are rendered from the store; a SIGHUP makes a running
+Mosquitto re-read both without dropping other clients.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import signal
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+
+from safecity.errors import ConfigError
+from safecity.registry import City
+from safecity.topics import DEADLETTER, IDENTIFIER, PREFIX, SERVICES
+
+__all__ = [
+    "SERVICE_PREFIX",
+    "Account",
+    "CredentialStore",
+    "Role",
+    "hash_password",
+    "reload_broker",
+    "render_acl",
+    "render_password_file",
+    "render_secure_config",
+    "service_username",
+    "validate_username",
+    "verify_password",
+]
+
+# Mosquitto 2.0's own format (mosquitto_passwd -H sha512-pbkdf2):
+# username:$7$<iterations>$<base64 12-byte salt>$<base64 64-byte PBKDF2-HMAC-SHA512>
+_HASH_ID = 7
+_SALT_BYTES = 12
+_HASH_BYTES = 64
+# mosquitto_passwd uses 101. Secrets are 256-bit random tokens, so iterations add no
+# brute-force resistance; they only cost broker CPU on every (re)connect storm.
+PBKDF2_ITERATIONS = 1000
+_HASH_RE = re.compile(r"^\$7\$([0-9]+)\$([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+)$")
+
+# Service usernames start with "_", which no device id can (see topics.IDENTIFIER), so a
+# device can never be provisioned under a service's name and inherit its rights.
+SERVICE_PREFIX = "_"
+
+STORE_NAME = "credentials.json"
+PASSWORD_FILE = "mosquitto.passwd"  # noqa: S105 - a file name, not a password
+ACL_FILE = "mosquitto.acl"
+SECRETS_FILE = "secrets.json"
+
+_STORE_VERSION = 1
+
+
+class Role(StrEnum):
+    """What an account may do on the broker (rendered into the ACL)."""
+
+    DEVICE = "device"
+    INGEST = "ingest"
+    ALERTS = "alerts"
+    API = "api"
+    CONSOLE = "console"
+    SIMULATOR = "simulator"
+
+
+SERVICE_ROLES: tuple[Role, ...] = tuple(r for r in Role if r is not Role.DEVICE)
+DEFAULT_SERVICES: tuple[Role, ...] = (Role.INGEST, Role.API)
+
+# Per-service ACL rules. Devices get only the %u patterns below; nothing to read.
+_SERVICE_RULES: dict[Role, tuple[str, ...]] = {
+    # Reading safecity/v1/# also covers $share/<group>/safecity/v1/# (checked on 2.0.11).
+    Role.INGEST: (
+        f"topic read {PREFIX}/#",
+        f"topic write {PREFIX}/+/{DEADLETTER}/#",
+        f"topic write {PREFIX}/+/{SERVICES}/#",
+        "topic read $SYS/broker/#",
+    ),
+    Role.ALERTS: (
+        f"topic read {PREFIX}/#",
+        f"topic write {PREFIX}/+/_alerts/#",
+        f"topic write {PREFIX}/+/{SERVICES}/#",
+    ),
+    Role.API: (f"topic read {PREFIX}/#",),
+    Role.CONSOLE: (f"topic read {PREFIX}/#", "topic read $SYS/#"),
+    # A single-connection simulated fleet speaks for every device: local development only.
+    Role.SIMULATOR: (
+        f"topic write {PREFIX}/+/+/+/+/telemetry",
+        f"topic write {PREFIX}/+/+/+/+/event",
+        f"topic write {PREFIX}/+/+/+/+/status",
+        f"topic write {PREFIX}/+/{SERVICES}/#",
+    ),
+}
+
+# %u binds the topic's device_id to the authenticated username. Mosquitto 2.0.11 denies
+# every ACL check for a username or client id containing + or # ("dangerous").
+DEVICE_PATTERNS: tuple[str, ...] = (
+    f"pattern write {PREFIX}/+/+/+/%u/telemetry",
+    f"pattern write {PREFIX}/+/+/+/%u/event",
+    f"pattern write {PREFIX}/+/+/+/%u/status",
+)
+
+
+def service_username(role: Role | str) -> str:
+    """The broker username of a service account, e.g. `_ingest`."""
+    r = Role(role)
+    if r is Role.DEVICE:
+        raise ConfigError("devices are named by their registry id, not by role")
+    return SERVICE_PREFIX + r.value
+
+
+def validate_username(username: str, role: Role) -> str:
+    """Return username if it is safe for the passwd file and %u ACL patterns, else raise."""
+    if role is Role.DEVICE:
+        # The identifier pattern excludes + # / : and whitespace, so %u can never widen
+        # into a wildcard or another topic level, and ':' cannot break the passwd line.
+        if IDENTIFIER.fullmatch(username) is None:
+            raise ConfigError(
+                f"invalid device username {username!r}: must match "
+                f"^[a-z0-9][a-z0-9_.-]{{0,63}}$ (no '+', '#', '/', ':' or spaces)"
+            )
+        return username
+    if username != service_username(role):
+        raise ConfigError(f"service account of role {role} must be named {service_username(role)}")
+    return username
+
+
+def hash_password(
+    secret: str, *, iterations: int = PBKDF2_ITERATIONS, salt: bytes | None = None
+) -> str:
+    """Hash a secret into Mosquitto 2.0's `$7$` PBKDF2-SHA512 format."""
+    salt = secrets.token_bytes(_SALT_BYTES) if salt is None else salt
+    digest = hashlib.pbkdf2_hmac("sha512", secret.encode("utf-8"), salt, iterations, _HASH_BYTES)
+    b64 = base64.b64encode
+    return f"${_HASH_ID}${iterations}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+def verify_password(secret: str, encoded: str) -> bool:
+    """Check a secret against a `$7$` hash (constant-time compare)."""
+    match = _HASH_RE.match(encoded)
+    if match is None:
+        return False
+    iterations = int(match.group(1))
+    salt = base64.b64decode(match.group(2))
+    expected = base64.b64decode(match.group(3))
+    digest = hashlib.pbkdf2_hmac("sha512", secret.encode("utf-8"), salt, iterations, len(expected))
+    return hmac.compare_digest(digest, expected)
+
+
+def new_secret() -> str:
+    """A fresh 256-bit URL-safe secret."""
+    return secrets.token_urlsafe(32)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """One broker account: username, role, password hash (None once revoked), timestamps."""
+
+    username: str
+    role: Role
+    password_hash: str | None
+    created: str
+    updated: str
+    revoked: str | None = None
+
+    @property
+    def active(self) -> bool:
+        """True while the account may log in."""
+        return self.revoked is None and self.password_hash is not None
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write text atomically with mode 0600 (never readable by others, even briefly)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+class CredentialStore:
+    """The JSON credential store (hashes only, mode 0600) and the broker files rendered from it."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self.path = self.directory / STORE_NAME
+        self.password_file = self.directory / PASSWORD_FILE
+        self.acl_file = self.directory / ACL_FILE
+        self.accounts: dict[str, Account] = {}
+        self._load()
+
+    def _load(self) -> None:
+        if not self.path.exists():
+            return
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            if data.get("version") != _STORE_VERSION:
+                raise ConfigError(f"{self.path}: unsupported store version {data.get('version')}")
+            for raw in data["accounts"]:
+                account = Account(
+                    username=raw["username"],
+                    role=Role(raw["role"]),
+                    password_hash=raw["password_hash"],
+                    created=raw["created"],
+                    updated=raw["updated"],
+                    revoked=raw.get("revoked"),
+                )
+                validate_username(account.username, account.role)
+                self.accounts[account.username] = account
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"cannot read credential store {self.path}: {exc}") from exc
+
+    def save(self) -> None:
+        """Write the store, the password file and the ACL (all 0600, atomically)."""
+        records = []
+        for account in sorted(self.accounts.values(), key=lambda a: a.username):
+            record = asdict(account)
+            record["role"] = account.role.value
+            records.append(record)
+        _write_private(
+            self.path, json.dumps({"version": _STORE_VERSION, "accounts": records}, indent=1)
+        )
+        _write_private(self.password_file, render_password_file(self.accounts.values()))
+        _write_private(self.acl_file, render_acl(self.accounts.values()))
+
+    def _set_secret(self, username: str, role: Role) -> str:
+        validate_username(username, role)
+        secret = new_secret()
+        now = _now()
+        old = self.accounts.get(username)
+        if old is not None and old.role is not role:
+            raise ConfigError(f"{username} exists with role {old.role}, not {role}")
+        created = old.created if old is not None else now
+        self.accounts[username] = Account(username, role, hash_password(secret), created, now)
+        return secret
+
+    def provision(self, username: str, role: Role = Role.DEVICE) -> str | None:
+        """Create an account and return its secret; None if it exists (active or revoked)."""
+        validate_username(username, role)
+        if username in self.accounts:
+            return None
+        return self._set_secret(username, role)
+
+    def provision_city(
+        self, city: City, services: Sequence[Role] = DEFAULT_SERVICES
+    ) -> dict[str, str]:
+        """Provision every registry device and the given services; return the new secrets."""
+        issued: dict[str, str] = {}
+        for device in city.devices:
+            secret = self.provision(device.id)
+            if secret is not None:
+                issued[device.id] = secret
+        for role in services:
+            name = service_username(role)
+            secret = self.provision(name, role)
+            if secret is not None:
+                issued[name] = secret
+        return issued
+
+    def rotate(self, username: str) -> str:
+        """Issue a new secret for an existing account (reinstating it if revoked)."""
+        account = self._get(username)
+        return self._set_secret(username, account.role)
+
+    def revoke(self, username: str) -> Account:
+        """Revoke an account: its hash is deleted, so no secret can log in any more."""
+        account = self._get(username)
+        revoked = replace(account, password_hash=None, revoked=_now(), updated=_now())
+        self.accounts[username] = revoked
+        return revoked
+
+    def _get(self, username: str) -> Account:
+        try:
+            return self.accounts[username]
+        except KeyError:
+            raise ConfigError(f"no account {username!r} (provision it first)") from None
+
+    def check(self, username: str, secret: str) -> bool:
+        """Whether this username/secret would log in (as the broker will check it)."""
+        account = self.accounts.get(username)
+        if account is None or not account.active or account.password_hash is None:
+            return False
+        return verify_password(secret, account.password_hash)
+
+
+def render_password_file(accounts: Iterable[Account]) -> str:
+    """Mosquitto's password file: one `username:$7$...` line per active account."""
+    lines = [
+        f"{a.username}:{a.password_hash}"
+        for a in sorted(accounts, key=lambda a: a.username)
+        if a.active
+    ]
+    return "".join(line + "\n" for line in lines)
+
+
+def render_acl(accounts: Iterable[Account]) -> str:
+    """Mosquitto's ACL file: device %u patterns, then one block per active service account."""
+    out = [
+        "# Rendered by safecity.identity from the credential store; edits are overwritten.",
+        "# No rules before the first `user` line: anonymous clients get nothing.",
+        "# Devices: publish only under their own device id (= username); read nothing.",
+        *DEVICE_PATTERNS,
+        "",
+    ]
+    for account in sorted(accounts, key=lambda a: a.username):
+        if account.role is Role.DEVICE or not account.active:
+            continue
+        out.append(f"user {account.username}")
+        out.extend(_SERVICE_RULES[account.role])
+        out.append("")
+    return "\n".join(out) + "\n"
+
+
+def write_secrets(path: Path, issued: dict[str, str]) -> None:
+    """Merge issued secrets into a 0600 JSON secrets file (for the local simulated fleet)."""
+    existing: dict[str, str] = {}
+    if path.exists():
+        try:
+            existing = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read secrets file {path}: {exc}") from exc
+    existing.update(issued)
+    _write_private(path, json.dumps(existing, indent=1, sort_keys=True))
+
+
+def drop_secrets(path: Path, usernames: Iterable[str]) -> None:
+    """Remove revoked accounts from a secrets file, if there is one."""
+    if not path.exists():
+        return
+    data: dict[str, str] = json.loads(path.read_text(encoding="utf-8"))
+    for name in usernames:
+        data.pop(name, None)
+    _write_private(path, json.dumps(data, indent=1, sort_keys=True))
+
+
+def read_pidfile(path: Path) -> int:
+    """The pid in a pidfile (Mosquitto's `pid_file`)."""
+    try:
+        return int(path.read_text(encoding="ascii").strip())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read broker pid from {path}: {exc}") from exc
+
+
+def reload_broker(pid: int) -> None:
+    """SIGHUP Mosquitto: it re-reads passwd and ACL and keeps every still-valid client."""
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError as exc:
+        raise ConfigError(f"no broker process with pid {pid}") from exc
+    except PermissionError as exc:
+        raise ConfigError(f"not allowed to signal broker pid {pid}: {exc}") from exc
+
+
+# --- secure broker config -----------------------------------------------------------
+
+_TLS_LISTENER_RE = re.compile(r"^\s*listener\s+8883\b")
+_LISTENER_OPTION_RE = re.compile(r"^\s*#?\s*[a-z_0-9.]+\s")
+_KEY_RE = re.compile(
+    r"^\s*#?\s*(password_file|acl_file|cafile|certfile|keyfile|crlfile|pid_file|"
+    r"require_certificate|use_identity_as_username)\s"
+)
+
+
+def render_secure_config(
+    template: str,
+    *,
+    password_file: Path,
+    acl_file: Path,
+    pid_file: Path,
+    tls_port: int | None = None,
+    tls_host: str = "127.0.0.1",
+    cafile: Path | None = None,
+    certfile: Path | None = None,
+    keyfile: Path | None = None,
+    mutual_tls: bool = False,
+) -> str:
+    """Point broker/mosquitto-secure.conf at local files; safecity.stack then adapts the rest.
+
+    The plain listener stays the template's first `listener` (stack.render_mosquitto_conf
+    binds it to loopback); the TLS listener (`listener 8883`) moves to tls_host:tls_port,
+    or is dropped with its options when tls_port is None.
+    """
+    values: dict[str, str | None] = {
+        "password_file": str(password_file),
+        "acl_file": str(acl_file),
+        "pid_file": str(pid_file),
+        "cafile": str(cafile) if cafile else None,
+        "certfile": str(certfile) if certfile else None,
+        "keyfile": str(keyfile) if keyfile else None,
+        "crlfile": None,
+        "require_certificate": "true" if mutual_tls else None,
+        "use_identity_as_username": "true" if mutual_tls else None,
+    }
+    if tls_port is not None and not (cafile and certfile and keyfile):
+        raise ConfigError("a TLS listener needs cafile, certfile and keyfile")
+    out: list[str] = []
+    in_tls = False
+    for line in template.splitlines():
+        if _TLS_LISTENER_RE.match(line):
+            in_tls = True
+            if tls_port is not None:
+                out.append(f"listener {tls_port} {tls_host}")
+            continue
+        if in_tls and tls_port is None and _LISTENER_OPTION_RE.match(line):
+            # Options after a dropped listener would attach to the plain one.
+            continue
+        match = _KEY_RE.match(line)
+        if match is None:
+            out.append(line)
+            continue
+        key = match.group(1)
+        value = values[key]
+        if value is None:
+            # Keep a disabled option visibly disabled.
+            out.append(line if line.lstrip().startswith("#") else f"# {line.strip()}")
+        else:
+            out.append(f"{key} {value}")
+    return "\n".join(out) + "\n"

@@ -1,0 +1,197 @@
+"""`safecity devices provision|rotate|revoke|list` and `safecity certs init|client`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from safecity import certs, identity, registry
+from safecity.errors import ConfigError
+from safecity.identity import CredentialStore, Role
+from safecity.settings import SecuritySettings
+
+__all__ = ["add_parsers"]
+
+
+def _settings(**overrides: Any) -> SecuritySettings:
+    try:
+        return SecuritySettings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        var = "SAFECITY_" + "__".join(str(p) for p in first["loc"]).upper()
+        raise ConfigError(f"invalid setting {var}: {first['msg']}") from exc
+
+
+def _store(args: argparse.Namespace) -> tuple[SecuritySettings, CredentialStore]:
+    settings = _settings(
+        identity_dir=args.identity_dir, broker_pidfile=args.pidfile, registry=args.registry
+    )
+    return settings, CredentialStore(settings.identity_dir)
+
+
+def _commit(args: argparse.Namespace, settings: SecuritySettings, store: CredentialStore) -> None:
+    """Save the store and broker files, then make a running broker re-read them."""
+    store.save()
+    print(f"wrote {store.password_file} and {store.acl_file}", file=sys.stderr)
+    pid = args.broker_pid
+    if pid is None and settings.broker_pidfile is not None:
+        pid = identity.read_pidfile(settings.broker_pidfile)
+    if pid is not None:
+        identity.reload_broker(pid)
+        print(f"broker (pid {pid}) reloaded with SIGHUP", file=sys.stderr)
+    else:
+        print("no broker pid given: reload it yourself (kill -HUP <pid>)", file=sys.stderr)
+
+
+def _hand_out(args: argparse.Namespace, store: CredentialStore, issued: dict[str, str]) -> None:
+    """Show new secrets once: on stdout, or only into a 0600 secrets file."""
+    if args.secrets_file is not None:
+        identity.write_secrets(args.secrets_file, issued)
+        count = len(issued)
+        print(f"{count} secret(s) written to {args.secrets_file} (mode 0600)", file=sys.stderr)
+        return
+    for username, secret in sorted(issued.items()):
+        print(f"{username} {secret}")
+    if issued:
+        print("secrets are shown only once; only their hashes are stored", file=sys.stderr)
+
+
+def cmd_provision(args: argparse.Namespace) -> int:
+    """Provision every registry device (or one) and the service accounts."""
+    settings, store = _store(args)
+    issued: dict[str, str] = {}
+    if args.device:
+        city = registry.load_or_default(settings.registry)
+        for device_id in args.device:
+            if city.device(device_id) is None:
+                raise ConfigError(f"device {device_id!r} is not in the registry {city.source}")
+            secret = store.provision(device_id)
+            if secret is not None:
+                issued[device_id] = secret
+    if args.service:
+        for role in args.service:
+            secret = store.provision(identity.service_username(role), Role(role))
+            if secret is not None:
+                issued[identity.service_username(role)] = secret
+    if not args.device and not args.service:
+        city = registry.load_or_default(settings.registry)
+        issued = store.provision_city(city)
+    print(f"provisioned {len(issued)} new account(s)", file=sys.stderr)
+    _commit(args, settings, store)
+    _hand_out(args, store, issued)
+    return 0
+
+
+def cmd_rotate(args: argparse.Namespace) -> int:
+    """Issue new secrets; the old ones stop working at the reload."""
+    settings, store = _store(args)
+    issued = {name: store.rotate(name) for name in args.username}
+    _commit(args, settings, store)
+    _hand_out(args, store, issued)
+    return 0
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    """Revoke accounts; the reload disconnects their live connections."""
+    settings, store = _store(args)
+    for name in args.username:
+        store.revoke(name)
+    if args.secrets_file is not None:
+        identity.drop_secrets(args.secrets_file, args.username)
+    _commit(args, settings, store)
+    print(f"revoked {', '.join(args.username)}", file=sys.stderr)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """List accounts (never secrets or hashes)."""
+    _, store = _store(args)
+    print(f"{'username':40} {'role':10} {'status':8} updated")
+    for account in sorted(store.accounts.values(), key=lambda a: (a.role, a.username)):
+        status = "active" if account.active else "revoked"
+        print(f"{account.username:40} {account.role.value:10} {status:8} {account.updated}")
+    return 0
+
+
+def cmd_certs_init(args: argparse.Namespace) -> int:
+    """Create the local CA and the broker's server certificate (+ client certificates)."""
+    settings = _settings(certs_dir=args.dir)
+    directory = settings.certs_dir
+    ca = certs.init_ca(directory, force=args.force)
+    server = certs.issue_server(directory, args.host or certs.DEFAULT_HOSTS)
+    print(f"CA      {ca.cert} (key {ca.key}, 0600)")
+    print(f"server  {server.cert} (key {server.key}, 0600)")
+    for device_id in args.client or ():
+        client = certs.issue_client(directory, device_id)
+        print(f"client  {client.cert} (key {client.key}, 0600)")
+    return 0
+
+
+def cmd_certs_client(args: argparse.Namespace) -> int:
+    """Issue client certificates (CN = device id) from the existing CA."""
+    settings = _settings(certs_dir=args.dir)
+    for device_id in args.device_id:
+        client = certs.issue_client(settings.certs_dir, device_id)
+        print(f"client  {client.cert} (key {client.key}, 0600)")
+    return 0
+
+
+def add_parsers(sub: Any) -> None:
+    """Add the `devices` and `certs` command groups to the `safecity` parser."""
+    devices = sub.add_parser(
+        "devices", help="device and service identities on the broker"
+    ).add_subparsers(dest="devices_command", required=True, metavar="ACTION")
+
+    def common(p: argparse.ArgumentParser, secrets_file: bool = True) -> None:
+        p.add_argument("--identity-dir", type=Path, help="credential store directory")
+        p.add_argument("--registry", type=Path, help="city registry file (default: Tashkent)")
+        p.add_argument("--pidfile", type=Path, help="Mosquitto pid_file: SIGHUP it after changes")
+        p.add_argument("--broker-pid", type=int, help="Mosquitto pid to SIGHUP after changes")
+        if secrets_file:
+            p.add_argument(
+                "--secrets-file",
+                type=Path,
+                help="write new secrets to this 0600 JSON file instead of printing them",
+            )
+
+    p = devices.add_parser("provision", help="create accounts: all registry devices + services")
+    common(p)
+    p.add_argument("--device", action="append", help="only this device (repeatable)")
+    p.add_argument(
+        "--service",
+        action="append",
+        choices=[r.value for r in identity.SERVICE_ROLES],
+        help="only this service account (repeatable)",
+    )
+    p.set_defaults(func=cmd_provision)
+    p = devices.add_parser("rotate", help="new secret for accounts")
+    common(p)
+    p.add_argument("username", nargs="+")
+    p.set_defaults(func=cmd_rotate)
+    p = devices.add_parser("revoke", help="revoke accounts")
+    common(p)
+    p.add_argument("username", nargs="+")
+    p.set_defaults(func=cmd_revoke)
+    p = devices.add_parser("list", help="list accounts")
+    common(p, secrets_file=False)
+    p.set_defaults(func=cmd_list)
+
+    certs_cmd = sub.add_parser("certs", help="local CA and TLS certificates").add_subparsers(
+        dest="certs_command", required=True, metavar="ACTION"
+    )
+    p = certs_cmd.add_parser("init", help="create a CA and the broker's server certificate")
+    p.add_argument("--dir", type=Path, help="certificate directory (default: var/certs)")
+    p.add_argument(
+        "--host", action="append", help="server name or IP (repeatable; default: localhost)"
+    )
+    p.add_argument("--client", action="append", help="also issue a client cert (CN = device id)")
+    p.add_argument("--force", action="store_true", help="replace an existing CA")
+    p.set_defaults(func=cmd_certs_init)
+    p = certs_cmd.add_parser("client", help="issue client certificates (CN = device id)")
+    p.add_argument("--dir", type=Path, help="certificate directory (default: var/certs)")
+    p.add_argument("device_id", nargs="+")
+    p.set_defaults(func=cmd_certs_client)

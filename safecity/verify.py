@@ -1,0 +1,259 @@
+"""The ledger checker: what was sent (the ledger) against InfluxDB and the dead-letter store.
+
+`safecity verify --ledger FILE [--deadletters DIR ...]` and the fault tests use it.
+For every device in the ledger it reads the device's points of the ledger's time
+range back from InfluxDB and reports:
+
+- `lost`: acknowledged good messages (PUBACK < 0x80) not stored;
+- `unexpected`: stored points the ledger has no good message for;
+- `duplicated`: (device, seq) pairs stored more than once (under different times);
+- `value_mismatch`: stored points whose seq or values differ from what was sent;
+- dead letters by reason, bad messages missing from the store, and good messages
+  that were dead-lettered.
+
+The dead-letter store is read as JSON lines (`deadletters.jsonl` in each DIR); this
+module imports no service package (layering rule).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from safecity import catalogue, ledger, schema, topics
+from safecity.errors import SafecityError
+from safecity.influx import InfluxClient, quote_ident
+
+DEADLETTER_FILE = "deadletters.jsonl"
+
+
+class VerifyError(SafecityError):
+    """The ledger or dead-letter store cannot be read."""
+
+
+@dataclass
+class Report:
+    """Outcome of a check; `ok` when nothing was lost, duplicated, altered or unaccounted for."""
+
+    sent: int = 0
+    acknowledged: int = 0
+    refused_by_broker: int = 0
+    good: int = 0
+    bad: int = 0
+    stored: int = 0
+    lost: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    duplicated: list[str] = field(default_factory=list)
+    value_mismatch: list[str] = field(default_factory=list)
+    deadletters_by_reason: dict[str, int] = field(default_factory=dict)
+    bad_not_deadlettered: list[str] = field(default_factory=list)
+    bad_wrong_reason: list[str] = field(default_factory=list)
+    good_deadlettered: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when every acknowledged message is accounted for exactly once."""
+        return not (
+            self.lost
+            or self.unexpected
+            or self.duplicated
+            or self.value_mismatch
+            or self.bad_not_deadlettered
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """Counts (and a few examples of each problem) as a JSON-able dict."""
+        out: dict[str, Any] = {
+            "sent": self.sent,
+            "acknowledged": self.acknowledged,
+            "refused_by_broker": self.refused_by_broker,
+            "good": self.good,
+            "bad": self.bad,
+            "stored": self.stored,
+        }
+        for name in (
+            "lost",
+            "unexpected",
+            "duplicated",
+            "value_mismatch",
+            "bad_not_deadlettered",
+            "bad_wrong_reason",
+            "good_deadlettered",
+        ):
+            items: list[str] = getattr(self, name)
+            out[name] = len(items)
+            if items:
+                out[f"{name}_examples"] = items[:5]
+        out["deadletters_by_reason"] = dict(sorted(self.deadletters_by_reason.items()))
+        return out
+
+    def render(self) -> str:
+        """Human-readable lines, one per figure."""
+        lines = []
+        for key, value in self.summary().items():
+            if key == "deadletters_by_reason":
+                reasons = ", ".join(f"{k}={v}" for k, v in value.items()) or "none"
+                lines.append(f"{'dead letters':22} {reasons}")
+            else:
+                lines.append(f"{key:22} {value}")
+        lines.append("verdict                OK" if self.ok else "verdict                FAIL")
+        return "\n".join(lines)
+
+
+def read_deadletters(directories: Iterable[Path]) -> list[dict[str, Any]]:
+    """All dead-letter records of the given store directories (torn lines skipped)."""
+    out: list[dict[str, Any]] = []
+    for directory in directories:
+        path = directory / DEADLETTER_FILE if directory.is_dir() else directory
+        if not path.exists():
+            continue
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise VerifyError(f"cannot read dead-letter store {path}: {exc}") from exc
+        for line in data.splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                out.append(record)
+    return out
+
+
+def _measurement(entry: ledger.LedgerEntry) -> str | None:
+    try:
+        parsed = topics.parse_device_topic(entry.topic)
+    except SafecityError:
+        return None
+    if parsed.channel is topics.Channel.EVENT:
+        return schema.EVENTS
+    if parsed.channel is topics.Channel.STATUS:
+        return schema.DEVICE_STATUS
+    if parsed.kind not in catalogue.KINDS:
+        return None
+    return schema.measurement_of(parsed.kind)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        if not isinstance(a, int | float) or not isinstance(b, int | float):
+            return False
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
+    return bool(a == b)
+
+
+async def check(
+    entries: Sequence[ledger.LedgerEntry],
+    influx: InfluxClient,
+    deadletter_dirs: Sequence[Path] = (),
+) -> Report:
+    """Compare ledger entries with InfluxDB and the dead-letter stores."""
+    report = Report(sent=len(entries))
+    # (measurement, device) -> ts -> good entries sent with that timestamp
+    good: dict[tuple[str, str], dict[int, list[ledger.LedgerEntry]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
+    spans: dict[tuple[str, str], list[int]] = {}
+    bad_entries: list[ledger.LedgerEntry] = []
+    for entry in entries:
+        if entry.acknowledged:
+            report.acknowledged += 1
+        else:
+            report.refused_by_broker += 1
+        measurement = _measurement(entry)
+        if entry.good:
+            report.good += 1
+        else:
+            report.bad += 1
+            if entry.acknowledged:
+                bad_entries.append(entry)
+        if measurement is None or entry.ts_ms is None:
+            continue
+        key = (measurement, entry.device_id)
+        span = spans.setdefault(key, [entry.ts_ms, entry.ts_ms])
+        span[0] = min(span[0], entry.ts_ms)
+        span[1] = max(span[1], entry.ts_ms)
+        if entry.good:
+            good[key][entry.ts_ms].append(entry)
+
+    for (measurement, device_id), (lo, hi) in sorted(spans.items()):
+        rows = await influx.query(
+            # The measurement is allow-listed by quote_ident; all values are bound.
+            f"SELECT * FROM {quote_ident(measurement)} "  # noqa: S608
+            "WHERE device_id = $d AND time >= $lo AND time <= $hi",
+            {"d": device_id, "lo": lo * 1_000_000, "hi": hi * 1_000_000},
+        )
+        expected = good.get((measurement, device_id), {})
+        seen_ts: set[int] = set()
+        seqs: Counter[int] = Counter()
+        for series in rows:
+            for row in series.rows():
+                if row.get("device_id") != device_id:
+                    continue
+                ts = int(row["time"])
+                report.stored += 1
+                seen_ts.add(ts)
+                if isinstance(row.get("seq"), int):
+                    seqs[row["seq"]] += 1
+                sent = expected.get(ts)
+                where = f"{measurement}/{device_id}@{ts}"
+                if not sent:
+                    report.unexpected.append(where)
+                    continue
+                if not any(_matches(row, e) for e in sent):
+                    report.value_mismatch.append(where)
+        for seq, count in seqs.items():
+            if count > 1:
+                report.duplicated.append(f"{measurement}/{device_id} seq {seq} x{count}")
+        for ts, sent in expected.items():
+            if ts not in seen_ts and any(e.acknowledged for e in sent):
+                report.lost.append(f"{measurement}/{device_id}@{ts} seq {sent[0].seq}")
+
+    letters = read_deadletters(deadletter_dirs)
+    by_hash: dict[str, set[str]] = defaultdict(set)
+    reasons: Counter[str] = Counter()
+    for record in letters:
+        reason = str(record.get("reason", "?"))
+        reasons[reason] += 1
+        by_hash[str(record.get("sha256", ""))].add(reason)
+    report.deadletters_by_reason = dict(reasons)
+    for entry in bad_entries:
+        got = by_hash.get(entry.sha256)
+        label = f"{entry.device_id} seq {entry.seq} ({entry.intended_reason})"
+        if not got:
+            report.bad_not_deadlettered.append(label)
+        elif entry.intended_reason not in got:
+            report.bad_wrong_reason.append(f"{label}: got {sorted(got)}")
+    for by_ts in good.values():
+        for sent in by_ts.values():
+            for entry in sent:
+                if entry.sha256 in by_hash:
+                    report.good_deadlettered.append(
+                        f"{entry.device_id} seq {entry.seq}: {sorted(by_hash[entry.sha256])}"
+                    )
+    return report
+
+
+def _matches(row: dict[str, Any], entry: ledger.LedgerEntry) -> bool:
+    if entry.seq is not None and row.get("seq") != entry.seq:
+        return False
+    if entry.values:
+        return all(_same(row.get(k), v) for k, v in entry.values.items())
+    return True
+
+
+async def verify(
+    ledger_path: Path, influx: InfluxClient, deadletter_dirs: Sequence[Path] = ()
+) -> Report:
+    """Read a ledger file and check it (see `check`)."""
+    try:
+        entries = list(ledger.read(ledger_path))
+    except (OSError, ValueError, KeyError) as exc:
+        raise VerifyError(f"cannot read ledger {ledger_path}: {exc}") from exc
+    return await check(entries, influx, deadletter_dirs)

@@ -1,0 +1,96 @@
+"""`safecity simulate`: settings + scenario -> one fleet run (or several processes)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from safecity import registry
+from safecity.settings import FaultSettings, SimulatorSettings
+from simulators import scenario as scenarios
+from simulators.faults import FAULTS
+from simulators.fleet import run, run_processes
+from simulators.incidents import Incident
+
+
+def list_scenarios() -> int:
+    """Print the shipped scenarios, one per line."""
+    for name in scenarios.available():
+        sc = scenarios.load(name)
+        print(f"{name:32} {sc.summary}")
+    return 0
+
+
+def parse_faults(text: str | None, all_rate: float | None) -> dict[str, float] | None:
+    """Fault rates from ``--faults a=0.01,b=0.02`` and ``--fault-rate R`` (every fault)."""
+    if text is None and all_rate is None:
+        return None
+    rates: dict[str, float] = {}
+    if all_rate is not None:
+        rates = dict.fromkeys(FAULTS, all_rate)
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        name, _, value = part.partition("=")
+        name = name.strip().replace("-", "_")
+        if name not in FAULTS:
+            raise ValueError(f"unknown fault {name!r} (known: {', '.join(FAULTS)})")
+        rates[name] = float(value)
+    return rates
+
+
+def with_scenario(
+    settings: SimulatorSettings, explicit: set[str]
+) -> tuple[SimulatorSettings, list[Incident]]:
+    """The scenario's start/speed/duration/seed/faults (flags win) and its incidents."""
+    if settings.scenario is None:
+        return settings, []
+    sc = scenarios.load(settings.scenario)
+    update: dict[str, Any] = {}
+    for name in ("start", "speed", "duration", "seed"):
+        value = getattr(sc, name)
+        if value is not None and name not in explicit:
+            update[name] = value
+    if sc.devices is not None and "max_devices" not in explicit:
+        update["max_devices"] = sc.devices
+    if sc.faults and "faults" not in explicit:
+        update["faults"] = FaultSettings(**{**settings.faults.model_dump(), **sc.faults})
+    settings = settings.model_copy(update=update)
+    city = registry.load_or_default(settings.registry)
+    start = settings.start or datetime.now(UTC)
+    if settings.start is None:
+        settings = settings.model_copy(update={"start": start})
+    return settings, sc.resolve(city, start)
+
+
+def simulate(settings: SimulatorSettings, explicit: set[str]) -> int:
+    """Run the fleet as configured; Ctrl-C / SIGTERM stop it cleanly."""
+    settings, incidents = with_scenario(settings, explicit)
+    if settings.processes > 1:
+        if settings.start is None:
+            # Every process must share one simulated clock.
+            settings = settings.model_copy(update={"start": datetime.now(UTC)})
+        run_processes(settings, incidents)
+        return 0
+    city = registry.load_or_default(settings.registry)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        stats = await run(settings, city, stop=stop, incidents=incidents)
+        print(
+            f"simulated {stats.devices} devices: {stats.published} published "
+            f"({stats.accepted} accepted, {stats.refused} refused, {stats.failed} failed), "
+            f"{stats.dropped} dropped, {stats.buffered} left in the spool",
+            file=sys.stderr,
+        )
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())
+    return 0

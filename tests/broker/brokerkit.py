@@ -1,0 +1,162 @@
+"""Test kit: hardened Mosquitto instances (broker/mosquitto-secure.conf) with identities."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rawmqtt import RawClient
+
+from safecity import certs
+from safecity.identity import (
+    CredentialStore,
+    Role,
+    render_secure_config,
+    service_username,
+)
+from safecity.mqtt import MqttClient
+from safecity.registry import City, default_city
+from safecity.settings import MqttSettings
+from safecity.stack import Mosquitto, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+SECURE_TEMPLATE = ROOT / "broker" / "mosquitto-secure.conf"
+
+
+@dataclass
+class SecureBroker:
+    """A running hardened broker, its credential store, CA and the secrets issued."""
+
+    mosquitto: Mosquitto
+    store: CredentialStore
+    certs_dir: Path
+    tls_port: int
+    secrets: dict[str, str]
+    city: City
+    devices: list[str] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        """Pid of the broker (for SIGHUP)."""
+        pid = self.mosquitto.pid
+        assert pid is not None
+        return pid
+
+    def settings(
+        self, username: str | None, password: str | None = None, **kw: Any
+    ) -> MqttSettings:
+        """Settings for the plain listener as `username` (its issued secret by default)."""
+        if username is not None and password is None:
+            password = self.secrets.get(username)
+        return MqttSettings(
+            host=self.mosquitto.host,
+            port=self.mosquitto.port,
+            username=username,
+            password=password,
+            connect_timeout=10,
+            **kw,
+        )
+
+    def tls_settings(self, username: str | None, ca: Path, **kw: Any) -> MqttSettings:
+        """Settings for the TLS listener, verifying the broker against `ca`."""
+        base = self.settings(username).model_dump()
+        base.update(port=self.tls_port, tls_ca=ca, **kw)
+        return MqttSettings(**base)
+
+    def topic(self, device_id: str, channel: str = "telemetry") -> str:
+        """The device's own topic from the registry."""
+        device = self.city.device(device_id)
+        assert device is not None
+        return f"safecity/v1/{self.city.id}/{device.district}/{device.kind}/{device_id}/{channel}"
+
+
+def start_secure_broker(base: Path, *, mutual_tls: bool) -> SecureBroker:
+    """Provision the default city, make a CA, render the secure config and start Mosquitto."""
+    city = default_city()
+    store = CredentialStore(base / "identity")
+    secrets = store.provision_city(city, services=(Role.INGEST, Role.API))
+    store.save()
+    certs_dir = base / "certs"
+    certs.init_ca(certs_dir)
+    certs.issue_server(certs_dir)
+    tls_port = free_port()
+    data_dir = base / "mosquitto"
+    data_dir.mkdir(parents=True)
+    template = data_dir / "secure-template.conf"
+    template.write_text(
+        render_secure_config(
+            SECURE_TEMPLATE.read_text(encoding="utf-8"),
+            password_file=store.password_file,
+            acl_file=store.acl_file,
+            pid_file=data_dir / "mosquitto.pid",
+            tls_port=tls_port,
+            cafile=certs_dir / "ca.crt",
+            certfile=certs_dir / "server.crt",
+            keyfile=certs_dir / "server.key",
+            mutual_tls=mutual_tls,
+        ),
+        encoding="utf-8",
+    )
+    broker = Mosquitto(data_dir, config=template).start()
+    return SecureBroker(
+        broker, store, certs_dir, tls_port, secrets, city, [d.id for d in city.devices]
+    )
+
+
+INGEST = service_username(Role.INGEST)
+
+
+async def connected(settings: MqttSettings, client_id: str) -> MqttClient:
+    """A connected MqttClient (raises MqttError if the broker refuses)."""
+    client = MqttClient(settings, client_id)
+    await client.connect()
+    return client
+
+
+def barrier_topic(city: str) -> str:
+    """The topic the observer publishes its barrier marker to (ingest may write there)."""
+    return f"safecity/v1/{city}/_services/_barrier"
+
+
+def wait_connack(broker: SecureBroker, username: str, secret: str, expected: int) -> None:
+    """Connect until the CONNACK reason is `expected` (a SIGHUP reload is asynchronous)."""
+    deadline = time.monotonic() + 10
+    while True:
+        client = RawClient(broker.mosquitto.host, broker.mosquitto.port)
+        try:
+            reason = client.connect(f"probe-{secrets.token_hex(3)}", username, secret).reason
+        finally:
+            client.close()
+        if reason == expected:
+            return
+        assert time.monotonic() < deadline, f"CONNACK {reason:#x}, never {expected:#x}"
+        time.sleep(0.05)
+
+
+async def barrier(observer: MqttClient, city: str) -> list[str]:
+    """Topics the observer received before its own marker message came back.
+
+    The broker hands a message to all subscribers before it answers the publisher, and
+    one connection is delivered in order; so once the marker arrives, anything an earlier
+    accepted publish would have delivered is already here.
+    """
+    marker = barrier_topic(city)
+    result = await observer.publish(marker, b"barrier", qos=1)
+    assert result.ok, result
+    seen: list[str] = []
+    while True:
+        batch = await observer.inbox.get_batch(100, 10.0)
+        assert batch, "the barrier message never came back"
+        for message in batch:
+            if message.topic == marker:
+                return seen
+            seen.append(message.topic)
+
+
+def run(coro: Any) -> Any:
+    """Run a coroutine to completion in a fresh event loop."""
+    return asyncio.run(coro)

@@ -1,0 +1,92 @@
+"""The shipped secure config, identity formats and documentation of the new settings."""
+
+from __future__ import annotations
+
+import base64
+import re
+import subprocess
+from pathlib import Path
+
+from brokerkit import SECURE_TEMPLATE
+
+from safecity.identity import (
+    DEVICE_PATTERNS,
+    CredentialStore,
+    Role,
+    hash_password,
+    render_secure_config,
+    verify_password,
+)
+from safecity.settings import MqttSettings, SecuritySettings
+from safecity.stack import render_mosquitto_conf
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_hash_is_mosquitto_passwd_format(tmp_path: Path) -> None:
+    passwd = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwd), "alice", "s3cret"], check=True)
+    line = passwd.read_text().strip()
+    user, encoded = line.split(":", 1)
+    match = re.fullmatch(r"\$7\$(\d+)\$([^$]+)\$([^$]+)", encoded)
+    assert user == "alice" and match is not None
+    salt = base64.b64decode(match.group(2))
+    ours = hash_password("s3cret", iterations=int(match.group(1)), salt=salt)
+    assert ours == encoded
+    assert verify_password("s3cret", encoded) and not verify_password("s3cret!", encoded)
+
+
+def test_store_keeps_hashes_only(tmp_path: Path) -> None:
+    store = CredentialStore(tmp_path)
+    secret = store.provision("dev-1")
+    assert secret is not None and store.provision("dev-1") is None
+    store.provision("_ingest", Role.INGEST)
+    store.save()
+    for path in tmp_path.iterdir():
+        assert secret not in path.read_text()
+    reloaded = CredentialStore(tmp_path)
+    assert reloaded.check("dev-1", secret) and not reloaded.check("dev-1", secret + "x")
+    acl = store.acl_file.read_text()
+    assert acl.index("pattern write") < acl.index("user _ingest")
+    assert "user dev-1" not in acl
+
+
+def test_secure_template_hardening_and_loopback_plain_listener(tmp_path: Path) -> None:
+    text = render_secure_config(
+        SECURE_TEMPLATE.read_text(),
+        password_file=tmp_path / "p",
+        acl_file=tmp_path / "a",
+        pid_file=tmp_path / "pid",
+    )
+    conf = render_mosquitto_conf(
+        text, host="127.0.0.1", port=1884, data_dir=tmp_path, user="nobody"
+    )
+    lines = [ln.strip() for ln in conf.splitlines() if ln.strip() and not ln.startswith("#")]
+    for required in (
+        "allow_anonymous false",
+        "per_listener_settings false",
+        "retain_available false",
+        "allow_zero_length_clientid false",
+        "max_qos 1",
+        "max_packet_size 16384",
+        "message_size_limit 8192",
+        f"password_file {tmp_path / 'p'}",
+        f"acl_file {tmp_path / 'a'}",
+    ):
+        assert required in lines, required
+    # Without a TLS port the TLS listener and its options are gone, not left dangling.
+    assert [ln for ln in lines if ln.startswith("listener")] == ["listener 1884 127.0.0.1"]
+    assert not any(ln.startswith(("cafile", "certfile", "keyfile")) for ln in lines)
+    # The shipped template has no anonymous access and no account of its own.
+    raw = SECURE_TEMPLATE.read_text()
+    assert "allow_anonymous true" not in raw
+    assert re.search(r"^listener 1883 127\.0\.0\.1$", raw, re.MULTILINE)
+    assert all(p.startswith("pattern write safecity/v1/+/+/+/%u/") for p in DEVICE_PATTERNS)
+
+
+def test_env_example_documents_security_settings() -> None:
+    text = (ROOT / ".env.example").read_text()
+    names = [f"SAFECITY_{n.upper()}" for n in SecuritySettings.model_fields]
+    names += [f"SAFECITY_MQTT__{n.upper()}" for n in MqttSettings.model_fields]
+    missing = [n for n in names if f"{n}=" not in text]
+    assert missing == []

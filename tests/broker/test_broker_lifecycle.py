@@ -1,0 +1,166 @@
+"""Revocation, rotation and reload, the CLI, and TLS/mutual TLS on real Mosquitto brokers."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+from brokerkit import SecureBroker, connected, run, wait_connack
+from rawmqtt import DISCONNECT, RawClient
+
+from safecity import certs
+from safecity.cli import main
+from safecity.errors import MqttError
+from safecity.identity import reload_broker
+
+NOT_AUTHORIZED = 0x87
+
+
+def test_revoked_device_is_cut_off_and_others_stay(secure: SecureBroker) -> None:
+    victim, bystander = secure.devices[20], secure.devices[21]
+    secret = secure.secrets[victim]
+    live = RawClient(secure.mosquitto.host, secure.mosquitto.port)
+    assert live.connect("victim-live", victim, secret).reason == 0
+
+    async def scenario() -> tuple[int, bool, bool]:
+        other = await connected(secure.settings(bystander), "bystander")
+        assert (await other.publish(secure.topic(bystander), b"{}")).ok
+        secure.store.revoke(victim)
+        secure.store.save()
+        reload_broker(secure.pid)
+        # 2.0.11 re-checks every connected client against the new password file on
+        # reload and closes the revoked one's connection.
+        closing = live.read()
+        assert closing is None or closing.kind == DISCONNECT, closing
+        wait_connack(secure, victim, secret, NOT_AUTHORIZED)
+        # The bystander kept its one connection (no reconnect: generation still 1).
+        still_ok = (await other.publish(secure.topic(bystander), b"{}")).ok
+        generation = other.generation
+        connected_now = other.connected.is_set()
+        await other.disconnect()
+        return generation, still_ok, connected_now
+
+    generation, still_ok, connected_now = run(scenario())
+    live.close()
+    assert generation == 1 and still_ok and connected_now
+    assert not secure.store.accounts[victim].active
+
+
+def test_rotated_secret_replaces_the_old_one(secure: SecureBroker) -> None:
+    device = secure.devices[22]
+    old = secure.secrets[device]
+    new = secure.store.rotate(device)
+    secure.store.save()
+    reload_broker(secure.pid)
+    wait_connack(secure, device, old, NOT_AUTHORIZED)
+    wait_connack(secure, device, new, 0)
+    assert new != old and secure.store.check(device, new) and not secure.store.check(device, old)
+
+
+def test_cli_provision_rotate_revoke_list(
+    fresh: SecureBroker, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    identity_dir = str(fresh.store.directory)
+    pidfile = str(fresh.mosquitto.data_dir / "mosquitto.pid")
+    device = fresh.devices[30]
+    secrets_file = tmp_path / "fleet-secrets.json"
+    common = ["--identity-dir", identity_dir, "--pidfile", pidfile]
+
+    # Everything is provisioned already: provisioning again issues nothing new.
+    assert main(["devices", "provision", *common]) == 0
+    assert "provisioned 0 new account(s)" in capsys.readouterr().err
+
+    assert main(["devices", "rotate", *common, "--secrets-file", str(secrets_file), device]) == 0
+    assert stat.S_IMODE(secrets_file.stat().st_mode) == 0o600
+    new_secret = json.loads(secrets_file.read_text())[device]
+    wait_connack(fresh, device, new_secret, 0)
+    wait_connack(fresh, device, fresh.secrets[device], NOT_AUTHORIZED)
+
+    store_text = (fresh.store.directory / "credentials.json").read_text()
+    assert new_secret not in store_text and "$7$" in store_text
+    for name in ("credentials.json", "mosquitto.passwd", "mosquitto.acl"):
+        assert stat.S_IMODE((fresh.store.directory / name).stat().st_mode) == 0o600
+
+    assert main(["devices", "revoke", *common, "--secrets-file", str(secrets_file), device]) == 0
+    wait_connack(fresh, device, new_secret, NOT_AUTHORIZED)
+    assert device not in json.loads(secrets_file.read_text())
+
+    capsys.readouterr()
+    assert main(["devices", "list", "--identity-dir", identity_dir]) == 0
+    listing = capsys.readouterr().out
+    assert f"{device}" in listing and "revoked" in listing and "$7$" not in listing
+
+    # An id that is not in the registry is refused, named, and nothing changes.
+    assert main(["devices", "provision", *common, "--device", "no-such-device"]) == 2
+    assert "no-such-device" in capsys.readouterr().err
+
+
+def test_tls_with_the_right_ca_is_accepted(secure: SecureBroker) -> None:
+    device = secure.devices[40]
+
+    async def scenario() -> int:
+        client = await connected(secure.tls_settings(device, secure.certs_dir / "ca.crt"), "tls")
+        result = await client.publish(secure.topic(device), b"{}")
+        await client.disconnect()
+        return result.reason_code
+
+    assert run(scenario()) < 0x80
+
+
+def test_tls_with_a_wrong_ca_is_refused(secure: SecureBroker, tmp_path: Path) -> None:
+    device = secure.devices[41]
+    other = certs.init_ca(tmp_path / "other-ca")
+    with pytest.raises(MqttError, match="CERTIFICATE_VERIFY_FAILED"):
+        run(connected(secure.tls_settings(device, other.cert), "tls-wrong-ca"))
+
+
+def test_tls_still_needs_a_password(secure: SecureBroker) -> None:
+    settings = secure.tls_settings(None, secure.certs_dir / "ca.crt")
+    with pytest.raises(MqttError, match="Not authorized"):
+        run(connected(settings, "tls-anon"))
+
+
+def test_mutual_tls_uses_the_certificate_cn_as_username(mutual: SecureBroker) -> None:
+    device, other = mutual.devices[50], mutual.devices[51]
+    client_cert = certs.issue_client(mutual.certs_dir, device)
+    settings = mutual.tls_settings(
+        None, mutual.certs_dir / "ca.crt", tls_cert=client_cert.cert, tls_key=client_cert.key
+    )
+
+    async def scenario() -> tuple[int, int]:
+        client = await connected(settings, "mtls")
+        own = await client.publish(mutual.topic(device), b"{}")
+        foreign = await client.publish(mutual.topic(other), b"{}")
+        await client.disconnect()
+        return own.reason_code, foreign.reason_code
+
+    own, foreign = run(scenario())
+    # The ACL's %u is the CN: its own topic is allowed, another device's is not.
+    assert own < 0x80
+    assert foreign == NOT_AUTHORIZED
+
+
+def test_mutual_tls_refuses_missing_or_foreign_client_certificates(
+    mutual: SecureBroker, tmp_path: Path
+) -> None:
+    device = mutual.devices[52]
+    ca = mutual.certs_dir / "ca.crt"
+    # A password alone is not enough on the mutual-TLS listener.
+    # TLS 1.3 finishes the client's side of the handshake before the broker checks for a
+    # certificate, so the refusal shows as a closed connection: no CONNACK ever comes.
+    with pytest.raises(MqttError, match="no CONNACK"):
+        run(connected(mutual.tls_settings(device, ca, connect_timeout=2), "mtls-no-cert"))
+    # A certificate for the same CN from another CA is refused in the handshake.
+    rogue_dir = tmp_path / "rogue"
+    certs.init_ca(rogue_dir)
+    rogue = certs.issue_client(rogue_dir, device)
+    settings = mutual.tls_settings(
+        None, ca, tls_cert=rogue.cert, tls_key=rogue.key, connect_timeout=2
+    )
+    with pytest.raises(MqttError, match="no CONNACK"):
+        run(connected(settings, "mtls-rogue"))
+    log = mutual.mosquitto.log_path.read_text()
+    assert "peer did not return a certificate" in log
+    assert "certificate verify failed" in log

@@ -1,0 +1,400 @@
+"""Every panel, variable and alert-rule query runs against InfluxDB filled by the real pipeline.
+
+The simulator publishes the whole default city to the session's Mosquitto, a real
+`safecity ingest` writes it, and mosquitto_pub adds the rarer messages a few seconds
+of simulation would not produce (incidents, an offline device, a faulty lamp). Grafana's
+macros are substituted the way Grafana's InfluxQL datasource does, then each query goes
+to InfluxDB's /query as Grafana would send it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import secrets
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+from support import mosquitto_pub, wait_for
+
+from dashboards import build
+from safecity import catalogue, registry, topics
+from safecity.lineprotocol import FieldValue, Point, encode_many
+from safecity.readings import Status, epoch_ms, event_model, format_ts, reading_model
+from safecity.registry import City, Device
+from safecity.settings import MqttSettings, SimulatorSettings
+from safecity.stack import LocalStack
+from simulators.fleet import run as run_fleet
+
+CITY: City = registry.default_city()
+TIME_FILTER = "time > now() - 6h"
+INTERVAL = "1m"
+# Grafana's InfluxDB datasource regex-escapes multi/All values before joining them.
+_REGEX_SPECIAL = re.compile(r"([-/\\^$*+?.()|\[\]{}])")
+
+
+@dataclass(frozen=True)
+class Query:
+    """One query as Grafana stores it, where it lives, and the variables in scope."""
+
+    where: str
+    text: str
+    time_filter: str = TIME_FILTER
+
+
+def grafana_value(values: list[str], multi: bool) -> str:
+    """A variable's interpolation: raw single value, or an escaped (a|b) alternation."""
+    if not multi:
+        return values[0]
+    return "(" + "|".join(_REGEX_SPECIAL.sub(r"\\\1", v) for v in values) + ")"
+
+
+def render(query: Query, variables: dict[str, str]) -> str:
+    """Substitute $timeFilter, $__interval(_ms) and template variables; unknown ones fail."""
+    fixed = {"timeFilter": query.time_filter, "__interval": INTERVAL, "__interval_ms": "60000"}
+
+    def sub(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name in fixed:
+            return fixed[name]
+        assert name in variables, f"{query.where}: unknown macro ${name}"
+        return variables[name]
+
+    return re.sub(r"\$(\w+)", sub, query.text)
+
+
+def influx(stack: LocalStack, db: str, q: str) -> list[dict[str, Any]]:
+    """POST /query like Grafana (epoch ms); raise on any error; return the series."""
+    response = httpx.post(
+        f"{stack.influx_url}/query", data={"q": q, "db": db}, params={"epoch": "ms"}, timeout=20
+    )
+    body = response.json()
+    assert response.status_code == 200 and "error" not in body, (q, body)
+    series: list[dict[str, Any]] = []
+    for result in body["results"]:
+        assert "error" not in result, (q, result["error"])
+        series.extend(result.get("series", []))
+    return series
+
+
+def has_data(series: list[dict[str, Any]]) -> bool:
+    """At least one non-null value outside the time column."""
+    for s in series:
+        columns = s["columns"]
+        for row in s.get("values", []):
+            if any(v is not None for c, v in zip(columns, row, strict=True) if c != "time"):
+                return True
+    return False
+
+
+def dashboard_queries() -> Iterator[tuple[dict[str, Any], Query]]:
+    """(dashboard, query) for every variable and panel target."""
+    for path in sorted((build.OUT / "dashboards").glob("*.json")):
+        board = json.loads(path.read_text(encoding="utf-8"))
+        for var in board["templating"]["list"]:
+            yield board, Query(f"{board['uid']} variable {var['name']}", var["query"])
+        for panel in board["panels"]:
+            for t in panel["targets"]:
+                where = f"{board['uid']} / {panel['title']} / {t['refId']}"
+                yield board, Query(where, t["query"])
+
+
+def load_yaml(path: Path) -> Any:
+    """Our YAML files are a comment line plus JSON (JSON is YAML 1.2)."""
+    return json.loads(path.read_text(encoding="utf-8").removeprefix(build.HEADER))
+
+
+def rule_queries() -> Iterator[Query]:
+    """The InfluxQL step of every provisioned alert rule, over its relative time range."""
+    groups = load_yaml(build.OUT / "provisioning" / "alerting" / "safecity.yaml")["groups"]
+    for rule in groups[0]["rules"]:
+        step = rule["data"][0]
+        seconds = step["relativeTimeRange"]["from"]
+        yield Query(f"rule {rule['uid']}", step["model"]["query"], f"time > now() - {seconds}s")
+
+
+# --- filling InfluxDB through the real pipeline ------------------------------------------
+
+
+def _device(kind: str, district: str | None = None) -> Device:
+    devices = CITY.select(kind=kind, district=district) or CITY.select(kind=kind)
+    return devices[0]
+
+
+def _topic(device: Device, channel: topics.Channel) -> str:
+    args = (CITY.id, device.district, device.kind, device.id)
+    return {
+        topics.Channel.TELEMETRY: topics.telemetry_topic,
+        topics.Channel.EVENT: topics.event_topic,
+        topics.Channel.STATUS: topics.status_topic,
+    }[channel](*args)
+
+
+def publish_rare_messages(stack: LocalStack, district: str) -> int:
+    """Incidents, an offline device and a faulty streetlight, via mosquitto_pub; return count."""
+    now = datetime.now(UTC)
+    seq = epoch_ms(now) * 1000
+    events: list[tuple[Device, str, str, dict[str, Any]]] = [
+        (_device("panic_button"), "panic", "critical", {"button": "stop-12"}),
+        (
+            _device("gunshot"),
+            "gunshot",
+            "critical",
+            {
+                "rounds": 3,
+                "lat": 41.3,
+                "lon": 69.25,
+                "accuracy_m": 12.0,
+                "sensors": 6,
+                "confidence": 0.9,
+            },
+        ),
+        (
+            _device("cctv", district),
+            "intrusion",
+            "high",
+            {"zone": "depot", "object_class": "person", "confidence": 0.8},
+        ),
+        (_device("cctv", district), "camera_tamper", "medium", {"cause": "covered"}),
+        (
+            _device("traffic", district),
+            "road_accident",
+            "high",
+            {"vehicles": 2, "casualties": 0, "lanes_blocked": 1},
+        ),
+        (
+            _device("traffic", district),
+            "congestion",
+            "low",
+            {"segment": "amir-temur", "speed": 9.0, "queue_m": 400.0},
+        ),
+    ]
+    count = 0
+    for i, (device, kind, severity, details) in enumerate(events):
+        event = event_model(kind).model_validate(
+            {
+                "ts": format_ts(now - timedelta(seconds=i)),
+                "seq": seq + i,
+                "type": kind,
+                "severity": severity,
+                "details": details,
+            }
+        )
+        mosquitto_pub(stack, _topic(device, topics.Channel.EVENT), event.to_payload().decode())
+        count += 1
+    waste = _device("waste")
+    offline = Status.model_validate({"ts": format_ts(now), "state": "offline", "reason": "lost"})
+    mosquitto_pub(stack, _topic(waste, topics.Channel.STATUS), offline.to_payload().decode())
+    # Three faulty lamps: a lamp's next regular reading (every 15 min) could land within
+    # the test and report "ok" again, but not for all three.
+    for lamp in CITY.select(kind="streetlight")[:3]:
+        reading = reading_model("streetlight").model_validate(
+            {
+                "ts": format_ts(now),
+                "seq": seq + 100,
+                "values": {"power_state": "off", "power": 0.0, "status": "defective_lamp"},
+            }
+        )
+        topic = _topic(lamp, topics.Channel.TELEMETRY)
+        mosquitto_pub(stack, topic, reading.to_payload().decode())
+    return count
+
+
+def write_ingest_stats_per_contract(stack: LocalStack, db: str) -> None:
+    """Points shaped exactly like the README contract, until ingest writes its own."""
+    now_ms = epoch_ms(datetime.now(UTC))
+    points = []
+    for worker in ("ingest-0", "ingest-1"):
+        for step in range(3):
+            fields: dict[str, FieldValue] = {}
+            for name, kind, _ in build.INGEST_STATS_FIELDS:
+                fields[name] = {"int": 1 + step, "float": 0.5 + step, "bool": True}[kind]
+            tags = {"city": CITY.id, "worker_id": worker}
+            points.append(Point(build.INGEST_STATS, tags, fields, now_ms - step * 10_000))
+    response = httpx.post(
+        f"{stack.influx_url}/write",
+        params={"db": db, "precision": "ms"},
+        content=encode_many(points),
+        timeout=10,
+    )
+    assert response.status_code == 204, response.text
+
+
+@contextlib.contextmanager
+def live_city(stack: LocalStack) -> Iterator[None]:
+    """The simulated city publishing, in a thread of its own, until the block ends.
+
+    It must still run while the queries do: a stopped fleet says goodbye with an offline
+    status for every device, and "devices online" would rightly be empty.
+    """
+    settings = SimulatorSettings(
+        mqtt=MqttSettings(host=stack.mqtt_host, port=stack.mqtt_port),
+        client_id=f"sim-{secrets.token_hex(4)}",
+        duration=120.0,
+        speed=1.0,
+    )
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    stop = asyncio.Event()
+    future = asyncio.run_coroutine_threadsafe(run_fleet(settings, CITY, stop=stop), loop)
+    try:
+        yield
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        stats = future.result(timeout=60)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+    assert stats.accepted >= 2 * len(CITY.devices) and stats.refused == stats.failed == 0
+
+
+def fill(stack: LocalStack, db: str, district: str) -> None:
+    """Wait for the live city in InfluxDB, then add the rare messages and wait for them."""
+    devices = (
+        'SELECT count("seq") FROM (SELECT last("seq") AS "seq" FROM '  # noqa: S608
+        f'/^({build.KIND_MEASUREMENTS})$/ GROUP BY "device_id")'
+    )
+
+    def first(q: str) -> int:
+        series = influx(stack, db, q)
+        return int(sum(row[1] for s in series for row in s["values"]))
+
+    def city_stored() -> bool:
+        births = first('SELECT count("state") FROM "device_status" WHERE "state" = \'online\'')
+        return first(devices) >= len(CITY.devices) and births >= len(CITY.devices)
+
+    wait_for(city_stored, 40, "every device's birth and first reading in InfluxDB")
+    # Only now: these must be newer than the births and first readings they supersede.
+    events = publish_rare_messages(stack, district)
+
+    def rare_stored() -> bool:
+        offline = first('SELECT count("state") FROM "device_status" WHERE "state" = \'offline\'')
+        faulty = first('SELECT count("status") FROM "streetlight" WHERE "status" <> \'ok\'')
+        return first('SELECT count("seq") FROM "events"') >= events and offline >= 1 and faulty >= 3
+
+    wait_for(rare_stored, 30, "the incidents, the offline status and the faulty lamps")
+
+
+def without_aq_sensor(q: str) -> bool:
+    """A district-map target of a district with no air-quality sensor (no PM2.5, no marker)."""
+    match = re.search(r"\"district\" = '([a-z0-9_.-]+)'", q)
+    return (
+        match is not None
+        and '"air_quality"' in q
+        and not CITY.select(kind="air_quality", district=match.group(1))
+    )
+
+
+# --- the test --------------------------------------------------------------------------------
+
+
+def test_every_query_runs_and_returns_data(
+    stack: LocalStack, influx_db: str, start_ingest: Callable[..., Any]
+) -> None:
+    # The drill-down's district: the one with the most kinds, so each of its panels has data.
+    district = max(
+        CITY.districts, key=lambda d: len(registry.kinds_present(CITY.select(district=d.id)))
+    ).id
+    start_ingest(influx_db)
+    with live_city(stack):
+        fill(stack, influx_db, district)
+        run_every_query(stack, influx_db, district)
+
+
+def run_every_query(stack: LocalStack, influx_db: str, district: str) -> None:
+    """All dashboard, variable and rule queries; then the ingest_stats ones on contract data."""
+
+    # Variable values come from the variable queries themselves, as in Grafana.
+    def show(q: str) -> list[str]:
+        # One series per measurement; Grafana merges them into unique values.
+        values = [row[-1] for s in influx(stack, influx_db, q) for row in s["values"]]
+        return list(dict.fromkeys(values))
+
+    cities = show('SHOW TAG VALUES WITH KEY = "city"')
+    assert cities == [CITY.id]
+    districts = show(f'SHOW TAG VALUES WITH KEY = "district" WHERE "city" =~ /^{CITY.id}$/')
+    assert sorted(districts) == sorted(d.id for d in CITY.districts)
+
+    failures: list[str] = []
+    stats_queries: list[tuple[str, str]] = []
+    ran = 0
+    for board, query in dashboard_queries():
+        multi = {v["name"]: v["multi"] or v["includeAll"] for v in board["templating"]["list"]}
+        values = {
+            "city": grafana_value(cities, multi["city"]),
+            # "All" = every value, in the multi-value regex form (a|b|...).
+            "district": grafana_value(
+                districts if multi["district"] else [district], multi["district"]
+            ),
+            "kind": grafana_value(list(catalogue.KINDS), True),
+        }
+        q = render(query, values)
+        ran += 1
+        try:
+            series = influx(stack, influx_db, q)
+        except AssertionError as exc:
+            failures.append(f"{query.where}: error {exc}")
+            continue
+        if build.INGEST_STATS in q:
+            stats_queries.append((query.where, q))
+        elif not has_data(series) and not without_aq_sensor(q):
+            failures.append(f"{query.where}: no data for {q}")
+    for query in rule_queries():
+        q = render(query, {})
+        ran += 1
+        try:
+            series = influx(stack, influx_db, q)
+        except AssertionError as exc:
+            failures.append(f"{query.where}: error {exc}")
+            continue
+        if build.INGEST_STATS in q:
+            stats_queries.append((query.where, q))
+        elif not has_data(series):
+            failures.append(f"{query.where}: no data for {q}")
+    assert failures == [], "\n".join(failures)
+    assert ran > 100 and len(stats_queries) >= 12
+
+    # ingest does not write ingest_stats yet: the same queries over contract-shaped points.
+    write_ingest_stats_per_contract(stack, influx_db)
+    empty = [where for where, q in stats_queries if not has_data(influx(stack, influx_db, q))]
+    assert empty == []
+
+
+def test_district_map_targets_carry_the_registry_centroids(
+    stack: LocalStack, influx_db: str
+) -> None:
+    # Written directly: this checks the coordinate arithmetic, not the pipeline.
+    now_ms = epoch_ms(datetime.now(UTC))
+    points = [
+        Point(
+            "air_quality",
+            {"city": CITY.id, "district": d.id, "device_id": "aq-x"},
+            {"pm25": 20.0 + i},
+            now_ms,
+        )
+        for i, d in enumerate(CITY.districts)
+    ]
+    response = httpx.post(
+        f"{stack.influx_url}/write",
+        params={"db": influx_db, "precision": "ms"},
+        content=encode_many(points),
+        timeout=10,
+    )
+    assert response.status_code == 204
+    board = json.loads((build.OUT / "dashboards" / "city-overview.json").read_text())
+    geomap = next(p for p in board["panels"] if p["type"] == "geomap")
+    for i, (t, district) in enumerate(zip(geomap["targets"], CITY.districts, strict=True)):
+        q = render(Query("map", t["query"]), {"city": CITY.id})
+        (series,) = influx(stack, influx_db, q)
+        row = dict(zip(series["columns"], series["values"][0], strict=True))
+        assert series["tags"] == {"district": district.id}
+        assert row["pm25"] == 20.0 + i
+        assert (row["longitude"], row["latitude"]) == district.centroid

@@ -1,0 +1,74 @@
+"""Writing points straight into the module's database (as ingest would store them)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+
+from safecity.influx import InfluxClient
+from safecity.lineprotocol import FieldValue, Point, encode_many
+from safecity.registry import City, Device
+from safecity.settings import ApiSettings
+
+
+def ms(ts: datetime) -> int:
+    """Epoch milliseconds."""
+    return int(ts.timestamp() * 1000)
+
+
+def ago(minutes: float, now: datetime | None = None) -> datetime:
+    """`minutes` before now (UTC, ms precision)."""
+    base = now or datetime.now(UTC)
+    return (base - timedelta(minutes=minutes)).replace(microsecond=0)
+
+
+def reading(city: City, device: Device, ts: datetime, seq: int, **values: FieldValue) -> Point:
+    """A reading point of a device."""
+    tags = {"city": city.id, "district": device.district, "device_id": device.id}
+    return Point(device.kind, tags, {"seq": seq, **values}, ms(ts))
+
+
+def event(
+    city: City,
+    device: Device,
+    ts: datetime,
+    seq: int,
+    etype: str,
+    severity: str,
+    **details: FieldValue,
+) -> Point:
+    """An event point of a device."""
+    tags = {
+        "city": city.id,
+        "district": device.district,
+        "device_id": device.id,
+        "type": etype,
+        "severity": severity,
+    }
+    return Point("events", tags, {"seq": seq, "kind": device.kind, **details}, ms(ts))
+
+
+def status(city: City, device: Device, ts: datetime, state: str) -> Point:
+    """A device_status point."""
+    tags = {"city": city.id, "district": device.district, "device_id": device.id}
+    fields: dict[str, FieldValue] = {
+        "state": state,
+        "online": state == "online",
+        "kind": device.kind,
+    }
+    return Point("device_status", tags, fields, ms(ts))
+
+
+def write(settings: ApiSettings, points: Iterable[Point]) -> None:
+    """Write points to the settings' database."""
+    body = encode_many(points)
+
+    async def go() -> None:
+        client = InfluxClient(settings.influx)
+        try:
+            await client.write(body)
+        finally:
+            await client.close()
+
+    asyncio.run(go())
