@@ -155,7 +155,8 @@ class DeviceAgent:
         the spool file for the next run (store-and-forward across restarts).
         """
         wait = self._settings.drain_timeout if drain_s is None else drain_s
-        if self.backlog and self.client.connected:
+        if self.backlog:
+            # Includes waiting for a reconnect: the broker may be back any moment.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), wait)
         if self._farewell is not None and self.client.connected and not self.backlog:

@@ -1,0 +1,215 @@
+"""The edge agent against real Mosquitto brokers of its own: restart, refusals, ids."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edge.agent import DeviceAgent, Envelope
+from edge.spool import Spool
+from safecity.errors import MqttError
+from safecity.mqtt import FleetClient, Will
+from safecity.settings import EdgeSettings, MqttSettings
+from safecity.stack import Mosquitto
+
+DEVICES = 12
+
+
+class Receiver:
+    """A persistent-session QoS 1 subscriber (paho's own thread; survives broker restarts)."""
+
+    def __init__(self, broker: Mosquitto, topic: str) -> None:
+        self.got: list[tuple[str, bytes]] = []
+        self.lock = threading.Lock()
+        self.ready = threading.Event()
+        self.topic = topic
+        self.client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"rx-{uuid.uuid4().hex[:8]}",
+            protocol=paho.MQTTv5,
+        )  # fmt: skip
+        self.client.on_connect = lambda c, *a: c.subscribe(topic, qos=1)
+        self.client.on_subscribe = lambda *a: self.ready.set()
+        self.client.on_message = self._on_message
+        self.client.reconnect_delay_set(0.1, 0.5)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = 3600
+        self.client.connect(broker.host, broker.port, clean_start=False, properties=props)
+        self.client.loop_start()
+        assert self.ready.wait(10)
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        with self.lock:
+            self.got.append((msg.topic, bytes(msg.payload)))
+
+    def wait_for(self, count: int, timeout: float = 30.0) -> list[tuple[str, bytes]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if len({(t, p) for t, p in self.got}) >= count:
+                    break
+            time.sleep(0.05)
+        with self.lock:
+            return list(self.got)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.mark.timeout(90)
+def test_store_and_forward_survives_a_broker_restart_in_order(tmp_path: Path) -> None:
+    broker = Mosquitto(tmp_path / "broker").start()
+    try:
+        receiver = Receiver(broker, "edge-test/#")
+        mqtt = MqttSettings(host=broker.host, port=broker.port, connect_timeout=2.0)
+        edge = EdgeSettings(
+            spool_dir=tmp_path / "spool", max_inflight=20, memory_queue=50,
+            backoff_min=0.05, backoff_max=0.5, drain_timeout=20.0,
+        )  # fmt: skip
+        verdicts: dict[str, list[tuple[int, int]]] = {}
+
+        def on_result(message: Envelope, code: int) -> None:
+            device, seq = message.meta["d"], message.meta["s"]
+            verdicts.setdefault(device, []).append((seq, code))
+
+        async def main() -> dict[str, int]:
+            agents = [
+                DeviceAgent(f"edge-dev-{i:02d}", mqtt, edge, on_result) for i in range(DEVICES)
+            ]
+            for agent in agents:
+                agent.start()
+            for agent in agents:
+                assert await agent.client.wait_connected(5)
+            loop = asyncio.get_running_loop()
+            sent = dict.fromkeys((a.client_id for a in agents), 0)
+            spooled_while_down = 0
+
+            async def publish_for(seconds: float) -> None:
+                end = loop.time() + seconds
+                while loop.time() < end:
+                    for agent in agents:
+                        seq = sent[agent.client_id]
+                        body = json.dumps({"d": agent.client_id, "s": seq}).encode()
+                        agent.submit(Envelope(f"edge-test/{agent.client_id}", body,
+                                              {"d": agent.client_id, "s": seq}))  # fmt: skip
+                        sent[agent.client_id] = seq + 1
+                    await asyncio.sleep(0.005)
+
+            await publish_for(0.5)
+            await asyncio.to_thread(broker.stop)
+            await publish_for(1.0)  # broker down: the agents spool
+            spooled_while_down = sum(a.stats.spooled for a in agents)
+            assert spooled_while_down > 0
+            await asyncio.to_thread(broker.start)
+            await publish_for(0.5)
+            await asyncio.gather(*(a.close() for a in agents))
+            assert all(a.stats.left_buffered == 0 for a in agents)
+            assert all(a.client.connects >= 2 for a in agents)
+            return sent
+
+        sent = asyncio.run(main())
+        total = sum(sent.values())
+        received = receiver.wait_for(total)
+        receiver.close()
+    finally:
+        broker.stop()
+
+    # Every message got exactly one verdict: accepted (nothing refused, nothing lost).
+    for device, count in sent.items():
+        codes = sorted(verdicts[device])
+        assert [seq for seq, _ in codes] == list(range(count))
+        assert all(code < 0x80 for _, code in codes)
+    # The receiver got everything, each device in order (a resent message may repeat,
+    # right after its predecessor, never after a later one).
+    firsts: dict[str, list[int]] = {}
+    for topic, payload in received:
+        body = json.loads(payload)
+        seqs = firsts.setdefault(body["d"], [])
+        if body["s"] not in seqs:
+            assert not seqs or body["s"] > seqs[-1], (body, seqs[-5:])
+            seqs.append(body["s"])
+    assert {d: len(s) for d, s in firsts.items()} == sent
+
+
+@pytest.mark.timeout(60)
+def test_puback_refusal_is_recorded_as_failure_and_not_retried(tmp_path: Path) -> None:
+    acl = tmp_path / "acl"
+    acl.write_text("pattern readwrite allowed/%c\n")
+    with Mosquitto(tmp_path / "broker", extra_config=[f"acl_file {acl}"]) as broker:
+        mqtt = MqttSettings(host=broker.host, port=broker.port)
+        results: list[tuple[str, int]] = []
+
+        async def main() -> None:
+            agent = DeviceAgent(
+                "acl-dev", mqtt, EdgeSettings(spool_dir=tmp_path / "spool"),
+                lambda m, code: results.append((m.topic, code)),
+            )  # fmt: skip
+            agent.start()
+            assert await agent.client.wait_connected(5)
+            agent.submit(Envelope("allowed/acl-dev", b"{}"))
+            agent.submit(Envelope("denied/acl-dev", b"{}"))
+            await agent.close(5.0)
+            assert agent.stats.refused == 1 and agent.stats.resent == 0
+
+        asyncio.run(main())
+    assert dict(results)["denied/acl-dev"] == 0x87
+    assert dict(results)["allowed/acl-dev"] < 0x80
+
+
+@pytest.mark.timeout(60)
+def test_will_is_published_when_a_device_vanishes(tmp_path: Path) -> None:
+    with Mosquitto(tmp_path / "broker") as broker:
+        receiver = Receiver(broker, "status/#")
+        mqtt = MqttSettings(host=broker.host, port=broker.port)
+
+        async def main() -> None:
+            client = FleetClient(
+                mqtt, "will-dev",
+                will=lambda: Will("status/will-dev", b'{"state":"offline"}'),
+            )  # fmt: skip
+            client.start()
+            assert await client.wait_connected(5)
+            # Vanish without DISCONNECT: the broker must send the will.
+            sock = client._client.socket() if client._client else None  # noqa: SLF001
+            assert sock is not None
+            sock.close()
+            await asyncio.sleep(0.3)
+            await client.stop(0.5)
+
+        asyncio.run(main())
+        got = receiver.wait_for(1, timeout=10)
+        receiver.close()
+    assert ("status/will-dev", b'{"state":"offline"}') in got
+
+
+def test_zero_length_client_id_is_refused_before_the_broker_sees_it() -> None:
+    with pytest.raises(MqttError, match="non-empty"):
+        FleetClient(MqttSettings(), "")
+
+
+def test_spool_is_bounded_ordered_and_survives_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "dev.spool"
+    spool = Spool(path, max_bytes=2000)
+    accepted = [i for i in range(100) if spool.append("t", bytes([i, 0xFF]), {"i": i})]
+    assert 5 < len(accepted) < 100  # bounded
+    assert [m["i"] for _, _, m in spool.read(3)] == accepted[:3]
+    spool.push_front([("t", b"x", {"i": -1})])
+    spool.close()
+    again = Spool(path, max_bytes=2000)
+    rest = again.read(1000)
+    assert [m["i"] for _, _, m in rest] == [-1, *accepted[3:]]
+    assert rest[1][1] == bytes([accepted[3], 0xFF])
+    assert again.pending == 0
+    again.close()
+    assert not path.exists()
