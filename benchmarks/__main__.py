@@ -17,7 +17,7 @@ def main() -> None:
         entry = getattr(module, "main", None)
         if callable(entry):
             print(f"\n=== benchmarks/{info.name}.py ===", flush=True)
-            entry([]) if info.name == "ingest" else entry()
+            entry()
 
 
 if __name__ == "__main__":

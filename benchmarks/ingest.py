@@ -56,7 +56,11 @@ def payloads(n: int, start: datetime, seed: int) -> dict[Device, list[bytes]]:
         device = devices[i % len(devices)]
         k = i // len(devices)
         ts = start + timedelta(milliseconds=k * 1000 + i % len(devices))
-        body = {"ts": format_ts(ts), "seq": seed * 10_000_000 + k, "values": generate(device, rng, ts)}
+        body = {
+            "ts": format_ts(ts),
+            "seq": seed * 10_000_000 + k,
+            "values": generate(device, rng, ts),
+        }
         out[device].append(json.dumps(body, separators=(",", ":")).encode())
     return out
 
@@ -73,8 +77,15 @@ def write_ledger(path: Path, batches: dict[Device, list[bytes]]) -> None:
             ts = datetime.fromisoformat(body["ts"])
             writer.write(
                 ledger.LedgerEntry(
-                    device.id, "telemetry", topic, body["seq"], int(ts.timestamp() * 1000),
-                    hashlib.sha256(raw).hexdigest(), None, 0, body["values"],
+                    device.id,
+                    "telemetry",
+                    topic,
+                    body["seq"],
+                    int(ts.timestamp() * 1000),
+                    hashlib.sha256(raw).hexdigest(),
+                    None,
+                    0,
+                    body["values"],
                 )
             )
     writer.close()
@@ -84,9 +95,25 @@ def mosquitto_pub(stack: LocalStack, topic: str, lines: Sequence[bytes], name: s
     """Publish lines at QoS 1 (MQTT v5) with Mosquitto's own client, in chunks."""
     for i in range(0, len(lines), CHUNK):
         subprocess.run(
-            ["mosquitto_pub", "-h", stack.mqtt_host, "-p", str(stack.mqtt_port), "-V", "mqttv5",
-             "-q", "1", "-i", f"{name}-{i}", "-t", topic, "-l"],
-            input=b"\n".join(lines[i : i + CHUNK]) + b"\n", check=True, timeout=600,
+            [
+                "mosquitto_pub",
+                "-h",
+                stack.mqtt_host,
+                "-p",
+                str(stack.mqtt_port),
+                "-V",
+                "mqttv5",
+                "-q",
+                "1",
+                "-i",
+                f"{name}-{i}",
+                "-t",
+                topic,
+                "-l",
+            ],
+            input=b"\n".join(lines[i : i + CHUNK]) + b"\n",
+            check=True,
+            timeout=600,
         )
 
 
@@ -95,10 +122,14 @@ def publish_all(stack: LocalStack, batches: dict[Device, list[bytes]], parallel:
     with ThreadPoolExecutor(parallel) as pool:
         futures = [
             pool.submit(
-                mosquitto_pub, stack,
-                topics.telemetry_topic(CITY.id, d.district, d.kind, d.id), items, f"bench-{d.id}",
+                mosquitto_pub,
+                stack,
+                topics.telemetry_topic(CITY.id, d.district, d.kind, d.id),
+                items,
+                f"bench-{d.id}",
             )
-            for d, items in batches.items() if items
+            for d, items in batches.items()
+            if items
         ]
         for f in futures:
             f.result()
@@ -107,8 +138,23 @@ def publish_all(stack: LocalStack, batches: dict[Device, list[bytes]], parallel:
 def raw_broker_rate(stack: LocalStack, lines: list[bytes]) -> float:
     """Messages/s from mosquitto_pub through the broker to a QoS 1 mosquitto_sub."""
     sub = subprocess.Popen(
-        ["mosquitto_sub", "-h", stack.mqtt_host, "-p", str(stack.mqtt_port), "-V", "mqttv5",
-         "-q", "1", "-i", "bench-raw-sub", "-t", "bench/raw", "-C", str(len(lines))],
+        [
+            "mosquitto_sub",
+            "-h",
+            stack.mqtt_host,
+            "-p",
+            str(stack.mqtt_port),
+            "-V",
+            "mqttv5",
+            "-q",
+            "1",
+            "-i",
+            "bench-raw-sub",
+            "-t",
+            "bench/raw",
+            "-C",
+            str(len(lines)),
+        ],
         stdout=subprocess.DEVNULL,
     )
     time.sleep(0.5)
@@ -156,21 +202,34 @@ def quantile(buckets: list[tuple[float, float]], q: float) -> float:
 
 
 def run_ingest(
-    stack: LocalStack, db: str, base: Path, workers: int, batches: dict[Device, list[bytes]],
-    total: int, rate_note: str,
+    stack: LocalStack,
+    db: str,
+    base: Path,
+    workers: int,
+    batches: dict[Device, list[bytes]],
+    total: int,
+    rate_note: str,
 ) -> dict[str, object]:
     """Start ingest (1 worker or a --workers supervisor), publish, time until all acked."""
     port = free_port() if workers == 1 else 20000 + random.randrange(20000)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAFECITY_")}
-    env.update({
-        "SAFECITY_MQTT__HOST": stack.mqtt_host, "SAFECITY_MQTT__PORT": str(stack.mqtt_port),
-        "SAFECITY_INFLUX__URL": stack.influx_url, "SAFECITY_INFLUX__DATABASE": db,
-        "SAFECITY_WORKER_ID": f"bench{workers}", "SAFECITY_SHARE_GROUP": f"bench{workers}",
-        "SAFECITY_METRICS_PORT": str(port), "SAFECITY_DEADLETTER_DIR": str(base / f"dl{workers}"),
-        "SAFECITY_SPOOL_DIR": str(base / f"spool{workers}"), "SAFECITY_LOG_LEVEL": "WARNING",
-        # The benchmark's devices publish far above a real device's rate.
-        "SAFECITY_RATE_LIMIT": "1000000", "SAFECITY_RATE_BURST": "1000000",
-    })
+    env.update(
+        {
+            "SAFECITY_MQTT__HOST": stack.mqtt_host,
+            "SAFECITY_MQTT__PORT": str(stack.mqtt_port),
+            "SAFECITY_INFLUX__URL": stack.influx_url,
+            "SAFECITY_INFLUX__DATABASE": db,
+            "SAFECITY_WORKER_ID": f"bench{workers}",
+            "SAFECITY_SHARE_GROUP": f"bench{workers}",
+            "SAFECITY_METRICS_PORT": str(port),
+            "SAFECITY_DEADLETTER_DIR": str(base / f"dl{workers}"),
+            "SAFECITY_SPOOL_DIR": str(base / f"spool{workers}"),
+            "SAFECITY_LOG_LEVEL": "WARNING",
+            # The benchmark's devices publish far above a real device's rate.
+            "SAFECITY_RATE_LIMIT": "1000000",
+            "SAFECITY_RATE_BURST": "1000000",
+        }
+    )
     argv = [sys.executable, "-m", "safecity", "ingest"]
     if workers > 1:
         argv += ["--workers", str(workers)]
@@ -180,8 +239,10 @@ def run_ingest(
     deadline = time.monotonic() + 60
     while True:
         try:
-            if all(httpx.get(u.replace("/metrics", "/readyz"), timeout=1).status_code == 200
-                   for u in urls):
+            if all(
+                httpx.get(u.replace("/metrics", "/readyz"), timeout=1).status_code == 200
+                for u in urls
+            ):
                 break
         except httpx.HTTPError:
             pass
@@ -194,7 +255,9 @@ def run_ingest(
     publish_all(stack, batches)
     proc.start()
     pids = _worker_pids(proc.pid or 0, workers)
-    before = {p: proc_stats(p)[0] for p in pids + [stack.mosquitto.pid or 0, stack.influxd.pid or 0]}
+    before = {
+        p: proc_stats(p)[0] for p in [*pids, stack.mosquitto.pid or 0, stack.influxd.pid or 0]
+    }
     while True:
         try:
             first = acked(urls)
@@ -213,11 +276,14 @@ def run_ingest(
     lags = [scrape(u) for u in urls]
     proc.stop()
     return {
-        "rate": total / elapsed, "elapsed": elapsed, "note": rate_note,
+        "rate": total / elapsed,
+        "elapsed": elapsed,
+        "note": rate_note,
         "ingest_cpu": sum(cpu[p] for p in pids) / elapsed,
         "broker_cpu": cpu[stack.mosquitto.pid or 0] / elapsed,
         "influx_cpu": cpu[stack.influxd.pid or 0] / elapsed,
-        "ingest_rss": rss, "metrics": lags,
+        "ingest_rss": rss,
+        "metrics": lags,
     }
 
 
@@ -237,8 +303,12 @@ def _worker_pids(pid: int, workers: int) -> list[int]:
 async def naive_ingest(stack: LocalStack, db: str, total: int, start_pub: object) -> float:
     """One awaited /write per message, then the ack: the rate of a point-per-message ingest."""
     client = MqttClient(
-        MqttSettings(host=stack.mqtt_host, port=stack.mqtt_port), "bench-naive",
-        clean_start=False, session_expiry=600, manual_ack=True, receive_maximum=1000,
+        MqttSettings(host=stack.mqtt_host, port=stack.mqtt_port),
+        "bench-naive",
+        clean_start=False,
+        session_expiry=600,
+        manual_ack=True,
+        receive_maximum=1000,
     )
     http = httpx.AsyncClient(base_url=stack.influx_url)
     await client.connect()
@@ -252,8 +322,7 @@ async def naive_ingest(stack: LocalStack, db: str, total: int, start_pub: object
             body = json.loads(message.payload)
             parsed = topics.parse_device_topic(message.topic)
             ts = int(datetime.fromisoformat(body["ts"]).timestamp() * 1000)
-            fields = ",".join(f"{k}={v}" for k, v in body["values"].items()
-                              if isinstance(v, float))
+            fields = ",".join(f"{k}={v}" for k, v in body["values"].items() if isinstance(v, float))
             line = f"{parsed.kind},device_id={parsed.device_id} {fields} {ts}"
             await http.post("/write", params={"db": db, "precision": "ms"}, content=line)
             client.ack(message)
@@ -279,9 +348,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             batches = payloads(n, start, seed=1)
             flat = [p for items in batches.values() for p in items]
             sample = len(flat[0])
-            print(f"# conditions: {os.cpu_count()} CPUs, {n} readings, ~{sample} B payloads, "
-                  f"{sum(1 for b in batches.values() if b)} devices, Mosquitto + influxd 1.x "
-                  "+ ingest on this machine")
+            print(
+                f"# conditions: {os.cpu_count()} CPUs, {n} readings, ~{sample} B payloads, "
+                f"{sum(1 for b in batches.values() if b)} devices, Mosquitto + influxd 1.x "
+                "+ ingest on this machine"
+            )
             raw = raw_broker_rate(stack, flat)
             print(f"broker raw QoS 1 (mosquitto_pub -l -> mosquitto_sub): {raw:,.0f} msg/s")
 
@@ -297,22 +368,27 @@ def main(argv: Sequence[str] | None = None) -> None:
                 res["lost"] = len(report.lost)
                 res["dup"] = len(report.duplicated)
                 results[workers] = res
-                print(f"safecity ingest, {workers} worker(s): {res['rate']:,.0f} readings/s, "
-                      f"lost {res['lost']}, dup {res['dup']}, ingest CPU {res['ingest_cpu']:.2f} "
-                      f"cores, RSS {res['ingest_rss']:.0f} MiB, broker CPU "
-                      f"{res['broker_cpu']:.2f}, influxd CPU {res['influx_cpu']:.2f}")
+                print(
+                    f"safecity ingest, {workers} worker(s): {res['rate']:,.0f} readings/s, "
+                    f"lost {res['lost']}, dup {res['dup']}, ingest CPU {res['ingest_cpu']:.2f} "
+                    f"cores, RSS {res['ingest_rss']:.0f} MiB, broker CPU "
+                    f"{res['broker_cpu']:.2f}, influxd CPU {res['influx_cpu']:.2f}"
+                )
 
             half = payloads(int(results[1]["rate"]) * 10 // 2, datetime.now(UTC), seed=3)
             lat = latency_run(stack, base, half, float(results[1]["rate"]) / 2)
-            print(f"latency at {lat['rate']:,.0f}/s: device->durable p50 <= {lat['p50']} s, "
-                  f"p99 <= {lat['p99']} s")
+            print(
+                f"latency at {lat['rate']:,.0f}/s: device->durable p50 <= {lat['p50']} s, "
+                f"p99 <= {lat['p99']} s"
+            )
 
             naive_batches = payloads(args.naive_messages, start + timedelta(hours=2), seed=4)
             naive_db = "bench_naive"
             asyncio.run(_create_db(stack, naive_db))
             naive = asyncio.run(
-                naive_ingest(stack, naive_db, args.naive_messages,
-                             lambda: publish_all(stack, naive_batches))
+                naive_ingest(
+                    stack, naive_db, args.naive_messages, lambda: publish_all(stack, naive_batches)
+                )
             )
             print(f"naive ingest (one awaited write per message): {naive:,.0f} readings/s")
             print_table(raw, results, lat, naive, n, sample)
@@ -350,20 +426,30 @@ def run_ingest_paced(
     flat.sort(key=lambda dp: json.loads(dp[1])["ts"])
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAFECITY_")}
-    env.update({
-        "SAFECITY_MQTT__HOST": stack.mqtt_host, "SAFECITY_MQTT__PORT": str(stack.mqtt_port),
-        "SAFECITY_INFLUX__URL": stack.influx_url, "SAFECITY_INFLUX__DATABASE": "bench_latency",
-        "SAFECITY_WORKER_ID": "benchlat", "SAFECITY_SHARE_GROUP": "benchlat",
-        "SAFECITY_METRICS_PORT": str(port), "SAFECITY_DEADLETTER_DIR": str(base / "dllat"),
-        "SAFECITY_SPOOL_DIR": str(base / "spoollat"), "SAFECITY_LOG_LEVEL": "WARNING",
-        "SAFECITY_RATE_LIMIT": "1000000", "SAFECITY_RATE_BURST": "1000000",
-    })
-    proc = ManagedProcess("ingest-lat", [sys.executable, "-m", "safecity", "ingest"],
-                          base / "ingestlat.log", env=env)
+    env.update(
+        {
+            "SAFECITY_MQTT__HOST": stack.mqtt_host,
+            "SAFECITY_MQTT__PORT": str(stack.mqtt_port),
+            "SAFECITY_INFLUX__URL": stack.influx_url,
+            "SAFECITY_INFLUX__DATABASE": "bench_latency",
+            "SAFECITY_WORKER_ID": "benchlat",
+            "SAFECITY_SHARE_GROUP": "benchlat",
+            "SAFECITY_METRICS_PORT": str(port),
+            "SAFECITY_DEADLETTER_DIR": str(base / "dllat"),
+            "SAFECITY_SPOOL_DIR": str(base / "spoollat"),
+            "SAFECITY_LOG_LEVEL": "WARNING",
+            "SAFECITY_RATE_LIMIT": "1000000",
+            "SAFECITY_RATE_BURST": "1000000",
+        }
+    )
+    proc = ManagedProcess(
+        "ingest-lat", [sys.executable, "-m", "safecity", "ingest"], base / "ingestlat.log", env=env
+    )
     proc.start()
     url = f"http://127.0.0.1:{port}/metrics"
-    proc.wait_ready(lambda: httpx.get(url.replace("/metrics", "/readyz"), timeout=1).status_code
-                    == 200, 60)
+    proc.wait_ready(
+        lambda: httpx.get(url.replace("/metrics", "/readyz"), timeout=1).status_code == 200, 60
+    )
 
     async def pace() -> None:
         client = MqttClient(MqttSettings(host=stack.mqtt_host, port=stack.mqtt_port), "bench-lat")
@@ -373,11 +459,18 @@ def run_ingest_paced(
             due = started + i / rate
             if due > time.monotonic():
                 await asyncio.sleep(due - time.monotonic())
-            body = json.dumps({"ts": format_ts(datetime.now(UTC)), "seq": 30_000_000 + i,
-                               "values": json.loads(_)["values"]}, separators=(",", ":"))
+            body = json.dumps(
+                {
+                    "ts": format_ts(datetime.now(UTC)),
+                    "seq": 30_000_000 + i,
+                    "values": json.loads(_)["values"],
+                },
+                separators=(",", ":"),
+            )
             client.publish_nowait(
                 topics.telemetry_topic(CITY.id, device.district, device.kind, device.id),
-                body.encode())
+                body.encode(),
+            )
         await client.disconnect()
 
     asyncio.run(pace())
@@ -387,13 +480,20 @@ def run_ingest_paced(
     proc.stop()
     buckets = sorted(
         (float(k.split('le="')[1].split('"')[0]), v)
-        for k, v in samples.items() if k.startswith("safecity_ingest_e2e_lag_seconds_bucket")
+        for k, v in samples.items()
+        if k.startswith("safecity_ingest_e2e_lag_seconds_bucket")
     )
     return {"rate": rate, "p50": quantile(buckets, 0.5), "p99": quantile(buckets, 0.99)}
 
 
-def print_table(raw: float, results: dict[int, dict[str, object]], lat: dict[str, object],
-                naive: float, n: int, sample: int) -> None:
+def print_table(
+    raw: float,
+    results: dict[int, dict[str, object]],
+    lat: dict[str, object],
+    naive: float,
+    n: int,
+    sample: int,
+) -> None:
     """The markdown table recorded in benchmarks/README.md."""
     one, two = results[1], results[2]
     print()
@@ -401,14 +501,20 @@ def print_table(raw: float, results: dict[int, dict[str, object]], lat: dict[str
     print("|---|---|")
     print(f"| broker raw QoS 1 delivery (mosquitto_pub -l -> mosquitto_sub) | {raw:,.0f} msg/s |")
     for w, r in ((1, one), (2, two)):
-        print(f"| safecity ingest, {w} worker(s), all guarantees | {float(r['rate']):,.0f} "
-              f"readings/s (lost {r['lost']}, dup {r['dup']}; ingest CPU "
-              f"{float(r['ingest_cpu']):.2f} cores, RSS {float(r['ingest_rss']):.0f} MiB) |")
+        print(
+            f"| safecity ingest, {w} worker(s), all guarantees | {float(r['rate']):,.0f} "
+            f"readings/s (lost {r['lost']}, dup {r['dup']}; ingest CPU "
+            f"{float(r['ingest_cpu']):.2f} cores, RSS {float(r['ingest_rss']):.0f} MiB) |"
+        )
     print(f"| 2 workers vs broker raw | {float(two['rate']) / raw:.0%} |")
-    print(f"| naive ingest, one write per message | {naive:,.0f} readings/s "
-          f"(1 worker = {float(one['rate']) / naive:.0f}x) |")
-    print(f"| device->durable latency at {float(lat['rate']):,.0f}/s | p50 <= {lat['p50']} s, "
-          f"p99 <= {lat['p99']} s |")
+    print(
+        f"| naive ingest, one write per message | {naive:,.0f} readings/s "
+        f"(1 worker = {float(one['rate']) / naive:.0f}x) |"
+    )
+    print(
+        f"| device->durable latency at {float(lat['rate']):,.0f}/s | p50 <= {lat['p50']} s, "
+        f"p99 <= {lat['p99']} s |"
+    )
     print(f"| conditions | {n} readings of ~{sample} B, {os.cpu_count()} CPUs |")
 
 

@@ -121,8 +121,10 @@ class IngestService:
         await self.mqtt.subscribe(filters)
         await self.mqtt.publish(self.status_topic, _status("online"), qos=1)
         if self.sys_mqtt is not None:
-            # NaN until the broker first reports (every sys_interval): unknown is not zero.
-            metrics.BROKER_DROPPED.set(float("nan"))
+            # Mosquitto publishes a $SYS value only when it changes, as a retained message,
+            # and retain is off on our broker: until the next change the last value is
+            # unknown here; 0 is right for a broker that never dropped.
+            metrics.BROKER_DROPPED.set(0)
             self._tasks.append(asyncio.create_task(self._follow_broker_sys(), name="broker-sys"))
         self._started = True
         log.info(

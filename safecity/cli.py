@@ -23,6 +23,7 @@ from safecity import registry
 from safecity.errors import SafecityError
 from safecity.observability import configure_logging
 from safecity.settings import (
+    AlertsSettings,
     ApiSettings,
     DashboardsSettings,
     IngestSettings,
@@ -133,6 +134,10 @@ def cmd_deadletter(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """Check a ledger against InfluxDB and the dead-letter stores; exit 1 on any loss."""
+    if getattr(args, "scenario", None):
+        return cmd_verify_scenario(args)
+    if args.ledger is None:
+        raise CliError("verify needs --ledger FILE (or --scenario NAME)")
     settings = _settings(IngestSettings, registry=args.registry)
     from safecity.influx import InfluxClient
     from safecity.verify import verify
@@ -147,6 +152,70 @@ def cmd_verify(args: argparse.Namespace) -> int:
     report = asyncio.run(main())
     print(json.dumps(report.summary()) if args.json else report.render())
     return 0 if report.ok else 1
+
+
+def cmd_verify_scenario(args: argparse.Namespace) -> int:
+    """Run a scenario and score the alert rules against its ledger; exit 1 if it fails."""
+    import tempfile
+    from datetime import UTC, datetime
+
+    from safecity.scoring import run_scenario
+
+    settings = _settings(AlertsSettings, registry=args.registry)
+    configure_logging("verify", settings.log_level)
+    scenarios = importlib.import_module("simulators.scenario")
+    scenario = scenarios.load(args.scenario)
+    city = registry.load_or_default(settings.registry)
+    start = scenarios.parse_start(args.start) if args.start else scenario.start
+    start = start or datetime.now(UTC).replace(microsecond=0)
+    speed = args.speed or scenario.speed or 1.0
+    duration = args.duration or scenario.duration or 60.0
+    with tempfile.TemporaryDirectory() as tmp:
+        ledger_path = args.ledger or Path(tmp) / "ledger.jsonl"
+        result = run_scenario(
+            scenario,
+            scenarios.seconds,
+            city,
+            settings.influx,
+            start=start,
+            speed=speed,
+            duration=duration,
+            ledger_path=ledger_path,
+            settle_s=args.settle,
+            registry=settings.registry,
+        )
+    if args.json:
+        print(json.dumps(result.summary()))
+    else:
+        for d in result.detections:
+            delay = "-" if d.delay_s is None else f"{d.delay_s:.0f}s"
+            verdict = "ok" if d.detected else "MISSED"
+            where = d.district or "city"
+            print(f"{verdict:6} {d.rule:24} {where:16} within {d.within_s:.0f}s  delay {delay}")
+        print(
+            f"alerts {result.alerts}, critical events {result.critical_events}, "
+            f"missed critical {len(result.missed_critical)}, "
+            f"false positives {len(result.false_positives)}"
+        )
+        for line in result.missed_critical + result.false_positives:
+            print(f"  {line}")
+    return 0 if result.ok else 1
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    """The alerts service (or, with --check, validate the rule file and exit)."""
+    settings = _settings(
+        AlertsSettings, alerts_id=args.alerts_id, alerts_rules_file=args.rules, registry=args.registry
+    )
+    configure_logging("alerts", settings.log_level)
+    city = registry.load_or_default(settings.registry)
+    rules_mod = importlib.import_module("alerts.rules")
+    ruleset = rules_mod.load_for(city.id, settings.alerts_rules_file)
+    if args.check:
+        print(f"{len(ruleset.rules)} rules for {ruleset.city}: ok")
+        return 0
+    service = importlib.import_module("alerts.service")
+    return _run_async(service.run(settings, city, ruleset))
 
 
 def cmd_api(args: argparse.Namespace) -> int:
@@ -363,13 +432,30 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=cmd_deadletter)
 
     p = sub.add_parser("verify", help="check a ledger against InfluxDB and dead letters")
-    p.add_argument("--ledger", type=Path, required=True, help="ledger file (JSON lines)")
+    p.add_argument(
+        "--ledger", type=Path, help="ledger file (JSON lines); with --scenario: where to write it"
+    )
     p.add_argument(
         "--deadletters", type=Path, action="append", help="dead-letter directory (repeatable)"
     )
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    # Ground-truth scoring of the alert rules (issue 8): run a scenario, score its alerts.
+    p.add_argument("--scenario", help="run this scenario and score the alert rules against it")
+    p.add_argument("--speed", type=_positive_float, help="with --scenario: simulated s per s")
+    p.add_argument("--start", help="with --scenario: simulated start (UTC)")
+    p.add_argument("--duration", type=_positive_float, help="with --scenario: wall seconds")
+    p.add_argument(
+        "--settle", type=_positive_float, default=30.0, help="seconds to wait for alerts"
+    )
     registry_flag(p)
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("alerts", help="the alerts service (rules -> alerts -> incidents)")
+    p.add_argument("--alerts-id", help="stable id (its MQTT client id and session)")
+    p.add_argument("--rules", type=Path, help="rule file (default: the city's shipped rules)")
+    p.add_argument("--check", action="store_true", help="validate the rule file and exit")
+    registry_flag(p)
+    p.set_defaults(func=cmd_alerts)
 
     p = sub.add_parser("api", help="the HTTP API")
     p.add_argument("--host")

@@ -427,7 +427,8 @@ class FleetClient:
     connection gets a fresh paho client, so nothing of a lost connection (packet ids,
     half-sent packets) leaks into the next one: the owner learns which publishes got
     no PUBACK (`on_connection_lost`) and decides what to resend, in its own order.
-    `publish` never blocks and never waits; the broker's verdict arrives through
+    `publish` never blocks and never waits (it refuses beyond `max_inflight`
+    unacknowledged publishes); the broker's verdict arrives through
     `on_puback(mid, reason_code)` on the event loop.
     """
 
@@ -471,6 +472,7 @@ class FleetClient:
         self._lost: asyncio.Future[str] | None = None
         self._up = asyncio.Event()
         self._stopping = False
+        self._inflight = 0
         self.connected = False
         self.connects = 0
         """Successful connections so far (1 + reconnects)."""
@@ -513,11 +515,13 @@ class FleetClient:
     def publish(self, topic: str, payload: bytes, qos: int = 1) -> int | None:
         """Queue a publish on the current connection; its mid, or None if not connected."""
         client = self._client
-        if client is None or not self.connected:
+        if client is None or not self.connected or self._inflight >= self._max_inflight:
             return None
         info = client.publish(topic, payload, qos=qos)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             return None
+        if qos:
+            self._inflight += 1
         return info.mid
 
     # --- connection loop -------------------------------------------------------
@@ -567,7 +571,10 @@ class FleetClient:
         if self._will is not None:
             will = self._will()
             client.will_set(will.topic, will.payload, will.qos, will.retain)
-        client.max_inflight_messages_set(self._max_inflight)
+        # paho's own window walks every queued message on each PUBACK (O(window));
+        # this client bounds the window itself (`publish` refuses beyond it).
+        client.max_inflight_messages_set(0)
+        self._inflight = 0
         client.connect_timeout = self._settings.connect_timeout
         client.on_connect = self._cb_connect
         client.on_disconnect = self._cb_disconnect
@@ -709,5 +716,7 @@ class FleetClient:
         reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        if client is self._client and self._on_puback is not None:
-            self._on_puback(mid, reason_code.value)
+        if client is self._client:
+            self._inflight -= 1
+            if self._on_puback is not None:
+                self._on_puback(mid, reason_code.value)

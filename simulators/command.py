@@ -13,7 +13,7 @@ from safecity import registry
 from safecity.settings import FaultSettings, SimulatorSettings
 from simulators import scenario as scenarios
 from simulators.faults import FAULTS
-from simulators.fleet import run, run_processes
+from simulators.fleet import FleetStats, run, run_processes
 from simulators.incidents import Incident
 
 
@@ -67,6 +67,15 @@ def with_scenario(
     return settings, sc.resolve(city, start)
 
 
+def _report(stats: FleetStats) -> None:
+    print(
+        f"simulated {stats.devices} devices: {stats.published} published "
+        f"({stats.accepted} accepted, {stats.refused} refused, {stats.failed} failed), "
+        f"{stats.dropped} dropped, {stats.buffered} left in the spool",
+        file=sys.stderr,
+    )
+
+
 def simulate(settings: SimulatorSettings, explicit: set[str]) -> int:
     """Run the fleet as configured; Ctrl-C / SIGTERM stop it cleanly."""
     settings, incidents = with_scenario(settings, explicit)
@@ -74,7 +83,7 @@ def simulate(settings: SimulatorSettings, explicit: set[str]) -> int:
         if settings.start is None:
             # Every process must share one simulated clock.
             settings = settings.model_copy(update={"start": datetime.now(UTC)})
-        run_processes(settings, incidents)
+        _report(run_processes(settings, incidents))
         return 0
     city = registry.load_or_default(settings.registry)
 
@@ -83,13 +92,7 @@ def simulate(settings: SimulatorSettings, explicit: set[str]) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        stats = await run(settings, city, stop=stop, incidents=incidents)
-        print(
-            f"simulated {stats.devices} devices: {stats.published} published "
-            f"({stats.accepted} accepted, {stats.refused} refused, {stats.failed} failed), "
-            f"{stats.dropped} dropped, {stats.buffered} left in the spool",
-            file=sys.stderr,
-        )
+        _report(await run(settings, city, stop=stop, incidents=incidents))
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main())

@@ -414,7 +414,7 @@ async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), max(seconds, 0.0))
 
 
-class _Recorder:
+class Recorder:
     """Verdicts into stats, metrics, the ledger and `on_sent`."""
 
     def __init__(
@@ -515,7 +515,7 @@ async def run(
     ledger = None
     if settings.ledger is not None:
         ledger = LedgerWriter(ledger_path(settings.ledger, index, count))
-    recorder = _Recorder(stats, ledger, on_sent)
+    recorder = Recorder(stats, ledger, on_sent)
     loop = asyncio.get_running_loop()
     speed = settings.speed
     start_ms = epoch_ms(sim_start)
@@ -644,7 +644,7 @@ def _spool_decoder() -> Callable[[str, bytes, Any], Any]:
 def _device_agent(
     settings: SimulatorSettings,
     sim: DeviceSim,
-    recorder: _Recorder,
+    recorder: Recorder,
     now_ms: Callable[[], int],
     encode: Callable[[Outgoing], dict[str, Any]],
 ) -> DeviceAgent:

@@ -295,7 +295,18 @@ def test_cache_serves_the_same_snapshot_within_its_ttl(
     extra = city.select(kind="traffic", district=D)[2]
     write(
         api_settings,
-        [reading(city, extra, ago(0.5), 9, intensity=0.0, occupancy=0.9, avg_speed=0.0, congested=True)],
+        [
+            reading(
+                city,
+                extra,
+                ago(0.5),
+                9,
+                intensity=0.0,
+                occupancy=0.9,
+                avg_speed=0.0,
+                congested=True,
+            )
+        ],
     )
     again = cached_client.get(f"/v1/cities/tashkent/districts/{D}/overview").json()
     assert again == first  # within the TTL: the cached snapshot

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import quote
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -14,7 +14,6 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from safecity import cli
-from safecity.apikeys import KeyStore
 from safecity.influx import InfluxClient, ParamValue, Series
 from safecity.registry import City
 from safecity.settings import ApiSettings
@@ -294,7 +293,7 @@ def test_valid_values_travel_as_bound_parameters(
             == 200
         )
         assert c.get(f"/v1/devices/{device.id}/delivery").status_code == 200
-        for statement, params in recorder.calls:
+        for statement, _params in recorder.calls:
             for value in ("uchtepa", device.id, "tashkent", "high"):
                 assert value not in statement
         bound = [p for _, p in recorder.calls]

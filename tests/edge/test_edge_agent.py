@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
 import time
 import uuid
@@ -41,7 +42,7 @@ class Receiver:
         self.client.on_connect = lambda c, *a: c.subscribe(topic, qos=1)
         self.client.on_subscribe = lambda *a: self.ready.set()
         self.client.on_message = self._on_message
-        self.client.reconnect_delay_set(0.1, 0.5)
+        self.client.reconnect_delay_set(1, 1)
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = 3600
         self.client.connect(broker.host, broker.port, clean_start=False, properties=props)
@@ -133,7 +134,7 @@ def test_store_and_forward_survives_a_broker_restart_in_order(tmp_path: Path) ->
     # The receiver got everything, each device in order (a resent message may repeat,
     # right after its predecessor, never after a later one).
     firsts: dict[str, list[int]] = {}
-    for topic, payload in received:
+    for _topic, payload in received:
         body = json.loads(payload)
         seqs = firsts.setdefault(body["d"], [])
         if body["s"] not in seqs:
@@ -181,9 +182,9 @@ def test_will_is_published_when_a_device_vanishes(tmp_path: Path) -> None:
             client.start()
             assert await client.wait_connected(5)
             # Vanish without DISCONNECT: the broker must send the will.
-            sock = client._client.socket() if client._client else None  # noqa: SLF001
+            sock = client._client.socket() if client._client else None
             assert sock is not None
-            sock.close()
+            sock.shutdown(socket.SHUT_RDWR)  # type: ignore[attr-defined]
             await asyncio.sleep(0.3)
             await client.stop(0.5)
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,7 +21,7 @@ from safecity.topics import Channel
 from simulators import scenario as scenarios
 from simulators.faults import FAULTS, REJECTS, DeviceFaults
 from simulators.fleet import Outgoing, Sent, device_messages, run
-from simulators.incidents import Incident, Scene, distance_m
+from simulators.incidents import Incident, Scene
 
 CITY: City = generate("tashkent", 60, 5)
 START = datetime(2026, 1, 15, 3, 0, tzinfo=UTC)
@@ -33,9 +35,15 @@ def fleet(faults: FaultSettings, steps: int = 40, seed: int = 3) -> list[Outgoin
     for device in CITY.devices:
         out.extend(
             device_messages(
-                CITY.id, device, seed, START, steps, scene=scene,
-                faults=DeviceFaults(faults, seed, device), others=list(CITY.devices),
-            )  # fmt: skip
+                CITY.id,
+                device,
+                seed,
+                START,
+                steps,
+                scene=scene,
+                faults=DeviceFaults(faults, seed, device),
+                others=list(CITY.devices),
+            )
         )
     return out
 
@@ -85,7 +93,7 @@ def test_value_faults_look_as_labelled() -> None:
             by_device.setdefault(m.device_id, []).append(m)
     pairs = equal = 0
     for readings in by_device.values():
-        for a, b in zip(readings, readings[1:], strict=False):
+        for a, b in itertools.pairwise(readings):
             if a.fault == "stuck" and b.fault == "stuck":
                 pairs += 1
                 equal += a.values == b.values
@@ -172,7 +180,9 @@ def test_unknown_scenario_names_the_known_ones() -> None:
         scenarios.load("no-such-scenario")
 
 
-def _series(city: City, scene: Scene, device_id: str, start: datetime, steps: int) -> list[Outgoing]:
+def _series(
+    city: City, scene: Scene, device_id: str, start: datetime, steps: int
+) -> list[Outgoing]:
     device = city.device(device_id)
     assert device is not None
     return device_messages(city.id, device, 5, start, steps, scene=scene)
@@ -201,16 +211,16 @@ def test_accident_slows_traffic_raises_noise_nearby_and_is_reported_once() -> No
         a = [m for m in _series(city, with_it, device.id, sc.start, 60) if m.values]
         b = [m for m in _series(city, without, device.id, sc.start, 60) if m.values]
         during = [
-            (x.values, y.values) for x, y in zip(a, b, strict=True)
+            (x.values or {}, y.values or {}) for x, y in zip(a, b, strict=True)
             if accident.active(x.ts_ms)
         ]  # fmt: skip
         assert during
         assert x_values_assert(device.kind, during)
 
 
-def x_values_assert(kind: str, pairs: list[tuple[dict[str, object], dict[str, object]]]) -> bool:
+def x_values_assert(kind: str, pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> bool:
     key, sign = ("avg_speed", -1.0) if kind == "traffic" else ("laeq", 1.0)
-    deltas = [sign * (float(x[key]) - float(y[key])) for x, y in pairs]  # type: ignore[arg-type]
+    deltas = [sign * (float(x[key]) - float(y[key])) for x, y in pairs]
     return all(d >= 0 for d in deltas) and any(d > 0 for d in deltas)
 
 
@@ -263,7 +273,7 @@ def test_mass_event_raises_crowds_and_local_traffic() -> None:
             a = [m for m in _series(city, scene, device.id, sc.start, 200) if m.values]
             b = [m for m in _series(city, quiet, device.id, sc.start, 200) if m.values]
             pairs = [
-                (float(x.values[key]), float(y.values[key]))  # type: ignore[index, arg-type]
+                (float(x.values[key]), float(y.values[key]))  # type: ignore[index]
                 for x, y in zip(a, b, strict=True)
                 if x.values and event.active(x.ts_ms)
             ]

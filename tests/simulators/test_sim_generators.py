@@ -333,14 +333,18 @@ def test_rain_lowers_pm_and_speed() -> None:
     device = devices("air_quality", 1)[0]
     road = devices("traffic", 1)[0]
     # The same local hour on wet and dry spring days: rain washes PM out and slows traffic.
-    wet, dry = [], []
+    wet: list[datetime] = []
+    dry: list[datetime] = []
     for d in range(120):
         t = at_local(datetime(2026, 3, 1, tzinfo=UTC) + timedelta(days=d), 11.0)
         rain = g.weather(t, *device.location).precipitation
-        (wet if rain > 2 else dry if rain == 0 else []).append(t)
+        if rain > 2:
+            wet.append(t)
+        elif rain == 0:
+            dry.append(t)
     assert len(wet) >= 3 and len(dry) >= 10
     assert mean_of("air_quality", "pm25", wet) < mean_of("air_quality", "pm25", dry)
     rng = g.device_rng(1, road.id)
-    speed_wet = sum(float(g.traffic(road, rng, t)["avg_speed"]) for t in wet) / len(wet)
-    speed_dry = sum(float(g.traffic(road, rng, t)["avg_speed"]) for t in dry) / len(dry)
+    speed_wet = statistics.fmean(float(g.traffic(road, rng, t)["avg_speed"]) for t in wet)
+    speed_dry = statistics.fmean(float(g.traffic(road, rng, t)["avg_speed"]) for t in dry)
     assert speed_wet < speed_dry

@@ -1,0 +1,1 @@
+"""Streaming rules -> alerts -> incidents (the `safecity alerts` service)."""

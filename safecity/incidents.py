@@ -1,0 +1,459 @@
+"""Incidents: the model, the lifecycle state machine, the append-only store and the figures.
+
+An incident is opened by an alert and then moves open -> acknowledged -> dispatched
+-> resolved (an incident may also be resolved straight from open or acknowledged,
+e.g. a false alarm or a cleared condition). Every transition is one point appended
+to the `incident_transitions` measurement (who, when, note); nothing is ever
+updated in place. The current state is the fold of the log. The alerts service and
+(phase 2) the API both use this module; it imports no service package.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from safecity.catalogue import Severity
+from safecity.errors import SafecityError
+from safecity.influx import InfluxClient
+from safecity.lineprotocol import FieldValue, Point, encode_many
+from safecity.readings import Timestamp, epoch_ms
+
+ALERTS = "alerts"
+TRANSITIONS = "incident_transitions"
+ALERT_TAGS = ("city", "district", "rule_id", "severity")
+TRANSITION_TAGS = ("city", "district", "rule_id", "severity", "state")
+_ID = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+# Notes are free text for operators but must stay one line-protocol line.
+_NOTE = re.compile(r"^[^\x00-\x1f\x7f]{0,500}$")
+
+
+class IncidentError(SafecityError):
+    """An incident that does not exist or cannot be read."""
+
+
+class TransitionError(IncidentError):
+    """A lifecycle transition that the state machine refuses."""
+
+
+class State(StrEnum):
+    """Lifecycle states of an incident, in order."""
+
+    OPEN = "open"
+    ACKNOWLEDGED = "acknowledged"
+    DISPATCHED = "dispatched"
+    RESOLVED = "resolved"
+
+
+ALLOWED: dict[State, frozenset[State]] = {
+    State.OPEN: frozenset({State.ACKNOWLEDGED, State.RESOLVED}),
+    State.ACKNOWLEDGED: frozenset({State.DISPATCHED, State.RESOLVED}),
+    State.DISPATCHED: frozenset({State.RESOLVED}),
+    State.RESOLVED: frozenset(),
+}
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+Identifier = Annotated[str, Field(pattern=_ID)]
+
+
+class Transition(BaseModel):
+    """One appended lifecycle step: to `state` from `from_state`, by whom, when, why."""
+
+    model_config = _FROZEN
+
+    incident_id: Identifier
+    seq: Annotated[int, Field(ge=0)]
+    state: State
+    from_state: State | None
+    at: Timestamp
+    by: Identifier
+    note: Annotated[str, Field(pattern=_NOTE.pattern)] = ""
+
+
+class Incident(BaseModel):
+    """An incident with its full transition log (oldest first)."""
+
+    model_config = _FROZEN
+
+    id: Identifier
+    city: Identifier
+    district: Identifier
+    rule_id: Identifier
+    rule_type: str
+    severity: Severity
+    place: str
+    devices: tuple[str, ...]
+    opened_at: Timestamp
+    value: float | None = None
+    message: str = ""
+    event: str | None = None
+    transitions: tuple[Transition, ...] = ()
+
+    @property
+    def state(self) -> State:
+        """The current state: the last transition's."""
+        return self.transitions[-1].state if self.transitions else State.OPEN
+
+    @property
+    def resolved(self) -> bool:
+        """True once resolved."""
+        return self.state is State.RESOLVED
+
+    def first(self, state: State) -> datetime | None:
+        """When the incident first reached `state`, or None."""
+        return next((t.at for t in self.transitions if t.state is state), None)
+
+    @property
+    def time_to_acknowledge(self) -> float | None:
+        """Seconds from opening to the first acknowledgement (None if never)."""
+        at = self.first(State.ACKNOWLEDGED)
+        return None if at is None else (at - self.opened_at).total_seconds()
+
+    @property
+    def time_to_resolve(self) -> float | None:
+        """Seconds from opening to resolution (None while unresolved)."""
+        at = self.first(State.RESOLVED)
+        return None if at is None else (at - self.opened_at).total_seconds()
+
+    def to_public(self) -> dict[str, Any]:
+        """A JSON-ready view (the API's phase-2 response body)."""
+        return {**self.model_dump(mode="json"), "state": self.state.value}
+
+
+def incident_id(city: str, rule_id: str, place: str, opened_ms: int) -> str:
+    """A deterministic id: a redelivered opening gives the same incident (idempotent)."""
+    digest = hashlib.sha256(f"{city}|{rule_id}|{place}|{opened_ms}".encode()).hexdigest()
+    return f"inc-{digest[:20]}"
+
+
+def advance(
+    incident: Incident, state: State | str, by: str, at: datetime, note: str = ""
+) -> Incident:
+    """The incident with one more transition; TransitionError if the state machine refuses."""
+    try:
+        target = State(state)
+    except ValueError:
+        known = ", ".join(s.value for s in State)
+        raise TransitionError(f"unknown state {state!r} (known: {known})") from None
+    current = incident.state
+    if target not in ALLOWED[current]:
+        allowed = ", ".join(sorted(s.value for s in ALLOWED[current])) or "none (final)"
+        raise TransitionError(
+            f"incident {incident.id} is {current.value}: cannot go to {target.value} "
+            f"(allowed from {current.value}: {allowed})"
+        )
+    if at < incident.transitions[-1].at:
+        # The log is ordered by time; a step into the past would reorder history.
+        at = incident.transitions[-1].at
+    step = Transition(
+        incident_id=incident.id,
+        seq=len(incident.transitions),
+        state=target,
+        from_state=current,
+        at=at,
+        by=by,
+        note=note,
+    )
+    return incident.model_copy(update={"transitions": (*incident.transitions, step)})
+
+
+def open_incident(
+    *,
+    city: str,
+    district: str,
+    rule_id: str,
+    rule_type: str,
+    severity: Severity | str,
+    place: str,
+    devices: Sequence[str],
+    opened_at: datetime,
+    value: float | None,
+    message: str,
+    event: str | None = None,
+    by: str = "alerts",
+) -> Incident:
+    """A new incident with its `open` transition."""
+    ident = incident_id(city, rule_id, place, epoch_ms(opened_at))
+    opening = Transition(
+        incident_id=ident, seq=0, state=State.OPEN, from_state=None, at=opened_at, by=by
+    )
+    return Incident(
+        id=ident,
+        city=city,
+        district=district,
+        rule_id=rule_id,
+        rule_type=rule_type,
+        severity=Severity(severity),
+        place=place,
+        devices=tuple(devices),
+        opened_at=opened_at,
+        value=value,
+        message=message,
+        event=event,
+        transitions=(opening,),
+    )
+
+
+def _ns(at_ms: int, *salt: object) -> int:
+    """Nanosecond timestamp: ms plus a stable per-record offset so that two records with
+    the same tags in the same millisecond never overwrite each other."""
+    digest = hashlib.sha256("|".join(str(s) for s in salt).encode()).digest()
+    return at_ms * 1_000_000 + int.from_bytes(digest[:4], "big") % 1_000_000
+
+
+def transition_point(incident: Incident, step: Transition) -> Point:
+    """The `incident_transitions` point of one step (time in ns, see `_ns`)."""
+    fields: dict[str, FieldValue] = {
+        "incident_id": incident.id,
+        "seq": step.seq,
+        "from_state": step.from_state.value if step.from_state else "",
+        "by": step.by,
+        "note": step.note,
+        "place": incident.place,
+        "devices": ",".join(incident.devices),
+        "rule_type": incident.rule_type,
+        "message": incident.message,
+        "opened_at_ms": epoch_ms(incident.opened_at),
+    }
+    if incident.value is not None:
+        fields["value"] = float(incident.value)
+    if incident.event is not None:
+        fields["event"] = incident.event
+    tags = {
+        "city": incident.city,
+        "district": incident.district,
+        "rule_id": incident.rule_id,
+        "severity": incident.severity.value,
+        "state": step.state.value,
+    }
+    at_ms = epoch_ms(step.at)
+    return Point(TRANSITIONS, tags, fields, _ns(at_ms, incident.id, step.seq))
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """A fired alert: what the service publishes and stores when an incident opens."""
+
+    alert_id: str
+    incident: Incident
+
+    def payload(self) -> dict[str, Any]:
+        """The JSON body published on safecity/v1/{city}/_alerts/{severity}."""
+        inc = self.incident
+        return {
+            "alert_id": self.alert_id,
+            "incident_id": inc.id,
+            "rule_id": inc.rule_id,
+            "rule_type": inc.rule_type,
+            "severity": inc.severity.value,
+            "city": inc.city,
+            "district": inc.district,
+            "devices": list(inc.devices),
+            "started_at": inc.model_dump(mode="json")["opened_at"],
+            "value": inc.value,
+            "message": inc.message,
+            "event": inc.event,
+        }
+
+    def point(self) -> Point:
+        """The `alerts` point (time = started_at in event time, ns; see `_ns`)."""
+        inc = self.incident
+        fields: dict[str, FieldValue] = {
+            "alert_id": self.alert_id,
+            "incident_id": inc.id,
+            "devices": ",".join(inc.devices),
+            "message": inc.message,
+            "rule_type": inc.rule_type,
+            "place": inc.place,
+        }
+        if inc.value is not None:
+            fields["value"] = float(inc.value)
+        if inc.event is not None:
+            fields["event"] = inc.event
+        tags = {
+            "city": inc.city,
+            "district": inc.district,
+            "rule_id": inc.rule_id,
+            "severity": inc.severity.value,
+        }
+        return Point(ALERTS, tags, fields, _ns(epoch_ms(inc.opened_at), self.alert_id))
+
+
+def alert_for(incident: Incident) -> Alert:
+    """The alert that announces an incident's opening (id derived from the incident's)."""
+    return Alert("alr-" + incident.id.removeprefix("inc-"), incident)
+
+
+def _from_rows(rows: Iterable[dict[str, Any]]) -> dict[str, Incident]:
+    """Fold transition rows (any order) into incidents; the log is replayed through `advance`."""
+    by_id: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_id.setdefault(str(row["incident_id"]), []).append(row)
+    out: dict[str, Incident] = {}
+    for ident, steps in by_id.items():
+        steps.sort(key=lambda r: (int(r["seq"]), int(r["time"])))
+        first = steps[0]
+        if int(first["seq"]) != 0 or first["state"] != State.OPEN.value:
+            continue  # the opening is not stored yet (a concurrent writer): skip for now
+        value = first.get("value")
+        incident = Incident(
+            id=ident,
+            city=first["city"],
+            district=first["district"],
+            rule_id=first["rule_id"],
+            rule_type=first.get("rule_type") or "",
+            severity=Severity(first["severity"]),
+            place=first.get("place") or "",
+            devices=tuple(d for d in (first.get("devices") or "").split(",") if d),
+            opened_at=_dt(int(first["opened_at_ms"])),
+            value=None if value is None else float(value),
+            message=first.get("message") or "",
+            event=first.get("event") or None,
+            transitions=(
+                Transition(
+                    incident_id=ident,
+                    seq=0,
+                    state=State.OPEN,
+                    from_state=None,
+                    at=_dt(int(first["time"])),
+                    by=first.get("by") or "alerts",
+                    note=first.get("note") or "",
+                ),
+            ),
+        )
+        for row in steps[1:]:
+            if int(row["seq"]) != len(incident.transitions):
+                continue  # a duplicate step from a racing writer: the first one stands
+            try:
+                incident = advance(
+                    incident,
+                    row["state"],
+                    row.get("by") or "unknown",
+                    _dt(int(row["time"])),
+                    row.get("note") or "",
+                )
+            except TransitionError:
+                continue
+        out[ident] = incident
+    return out
+
+
+def _dt(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms // 1000, UTC).replace(microsecond=(ms % 1000) * 1000)
+
+
+class IncidentStore:
+    """Incidents in InfluxDB: an append-only transition log, folded on read."""
+
+    def __init__(self, influx: InfluxClient) -> None:
+        self.influx = influx
+
+    async def _rows(self, where: str, params: dict[str, str]) -> list[dict[str, Any]]:
+        # Time in ns: the per-record offset must survive the round trip.
+        series = await self.influx.query(f'SELECT * FROM "{TRANSITIONS}" WHERE {where}', params)
+        rows: list[dict[str, Any]] = []
+        for s in series:
+            rows.extend(s.rows())
+        return rows
+
+    async def load(self, city: str) -> dict[str, Incident]:
+        """Every incident of a city (within the retention policy), by id."""
+        return _from_rows(await self._rows('"city" = $city', {"city": city}))
+
+    async def get(self, ident: str) -> Incident:
+        """One incident by id; IncidentError if unknown."""
+        found = _from_rows(await self._rows('"incident_id" = $id', {"id": ident}))
+        if ident not in found:
+            raise IncidentError(f"no incident {ident!r}")
+        return found[ident]
+
+    async def append(self, points: Sequence[Point]) -> None:
+        """Write transition/alert points (ns precision); raises StorageError subclasses."""
+        if points:
+            await self.influx.write(encode_many(points), precision="ns")
+
+    async def open(self, incident: Incident) -> Alert:
+        """Store a new incident's opening and its alert; idempotent (deterministic ids)."""
+        alert = alert_for(incident)
+        await self.append([transition_point(incident, incident.transitions[0]), alert.point()])
+        return alert
+
+    async def transition(
+        self, ident: str, state: State | str, by: str, note: str = "", at: datetime | None = None
+    ) -> Incident:
+        """Append one transition after checking it against the stored log."""
+        incident = await self.get(ident)
+        updated = advance(incident, state, by, at or datetime.now(UTC), note)
+        await self.append([transition_point(updated, updated.transitions[-1])])
+        return updated
+
+
+@dataclass(frozen=True, slots=True)
+class Figure:
+    """Response-time figures of one (type, district) group, in seconds."""
+
+    rule_id: str
+    district: str
+    incidents: int
+    open: int
+    acknowledged: int
+    resolved: int
+    tta_mean: float | None
+    tta_median: float | None
+    tta_max: float | None
+    ttr_mean: float | None
+    ttr_median: float | None
+    ttr_max: float | None
+
+
+def _stats(values: list[float]) -> tuple[float | None, float | None, float | None]:
+    if not values:
+        return None, None, None
+    return statistics.fmean(values), statistics.median(values), max(values)
+
+
+def figures(
+    incidents: Iterable[Incident], *, by_district: bool = True, by_type: bool = True
+) -> list[Figure]:
+    """Time to acknowledge and time to resolve, grouped by type (rule) and/or district."""
+    groups: dict[tuple[str, str], list[Incident]] = {}
+    for inc in incidents:
+        key = (inc.rule_id if by_type else "*", inc.district if by_district else "*")
+        groups.setdefault(key, []).append(inc)
+    out = []
+    for (rule_id, district), members in sorted(groups.items()):
+        tta = [x for x in (i.time_to_acknowledge for i in members) if x is not None]
+        ttr = [x for x in (i.time_to_resolve for i in members) if x is not None]
+        out.append(
+            Figure(
+                rule_id,
+                district,
+                len(members),
+                sum(1 for i in members if not i.resolved),
+                len(tta),
+                len(ttr),
+                *_stats(tta),
+                *_stats(ttr),
+            )
+        )
+    return out
+
+
+def markdown_table() -> str:
+    """README rows for the two measurements this module writes (a test keeps them equal)."""
+    return (
+        "| Measurement | Tags | Fields |\n|---|---|---|\n"
+        f"| `{ALERTS}` | {', '.join(ALERT_TAGS)} | `alert_id`, `incident_id`, `devices` "
+        "(comma-separated), `message`, `rule_type`, `place`, `value`? (float), `event`? |\n"
+        f"| `{TRANSITIONS}` | {', '.join(TRANSITION_TAGS)} | `incident_id`, `seq` (int, 0 = "
+        "open), `from_state`, `by`, `note`, `place`, `devices`, `rule_type`, `message`, "
+        "`opened_at_ms` (int), `value`? (float), `event`? |\n"
+    )
