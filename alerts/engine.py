@@ -257,11 +257,7 @@ class Engine:
                 and confidence < rule.min_confidence
             ):
                 continue
-            value = next(
-                (float(details[k]) for k in ("value", "count", "rounds", "casualties", "speed")
-                 if isinstance(details.get(k), float | int) and not isinstance(details.get(k), bool)),
-                None,
-            )  # fmt: skip
+            value = _detail_value(details)
             out += self._signal(
                 rule, device, at_ms, value, location=location, district=district, event=event_type
             )
@@ -352,3 +348,12 @@ class Engine:
                     )
                 )
         return out
+
+
+def _detail_value(details: dict[str, float | int | bool | str]) -> float | None:
+    """The headline number of an event's details (value, count, rounds, ...), if any."""
+    for key in ("value", "count", "rounds", "casualties", "speed"):
+        raw = details.get(key)
+        if isinstance(raw, float | int) and not isinstance(raw, bool):
+            return float(raw)
+    return None

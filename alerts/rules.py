@@ -255,6 +255,9 @@ def _line_of(root: yaml.Node | None, loc: tuple[int | str, ...]) -> int:
     return line
 
 
+_TAGS = ("threshold", "rate", "stuck", "absence", "event", "composite")
+
+
 def _where(loc: tuple[int | str, ...]) -> str:
     out = ""
     for part in loc:
@@ -295,6 +298,11 @@ def loads(text: str, source: str = "<string>") -> RuleSet:
             errors = [e for e in errors if e["type"] != "too_short"] or errors
         for err in errors:
             loc = tuple(err["loc"])
+            if len(loc) > 2 and loc[0] == "rules" and loc[2] in _TAGS:
+                # The union's tag (the rule's `type`) is no key of the file.
+                loc = loc[:2] + loc[3:]
+            if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+                loc = (*loc, "type")
             msg = err["msg"].removeprefix("Value error, ")
             problems.append(f"{source}:{_line_of(root, loc)}: {_where(loc)}: {msg}")
         raise RulesError("; ".join(problems)) from None

@@ -205,7 +205,10 @@ def cmd_verify_scenario(args: argparse.Namespace) -> int:
 def cmd_alerts(args: argparse.Namespace) -> int:
     """The alerts service (or, with --check, validate the rule file and exit)."""
     settings = _settings(
-        AlertsSettings, alerts_id=args.alerts_id, alerts_rules_file=args.rules, registry=args.registry
+        AlertsSettings,
+        alerts_id=args.alerts_id,
+        alerts_rules_file=args.rules,
+        registry=args.registry,
     )
     configure_logging("alerts", settings.log_level)
     city = registry.load_or_default(settings.registry)

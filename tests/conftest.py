@@ -163,3 +163,40 @@ def start_api(stack: LocalStack, tmp_path: Path) -> Iterator[Callable[..., Servi
     yield start
     for service in started:
         service.stop()
+
+
+@pytest.fixture
+def start_alerts(stack: LocalStack, tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
+    """Factory: start `safecity alerts` for a database (a restart with the same id keeps
+    its share group, so its session resumes); every started service is stopped after."""
+    started: list[ServiceProcess] = []
+
+    def start(database: str, alerts_id: str | None = None, **extra: str) -> ServiceProcess:
+        ident = alerts_id or f"alerts-{secrets.token_hex(4)}"
+        port = free_port()
+        env = service_env(
+            stack,
+            database,
+            SAFECITY_ALERTS_ID=ident,
+            SAFECITY_ALERTS_SHARE_GROUP=f"a{secrets.token_hex(4)}",
+            SAFECITY_ALERTS_METRICS_PORT=str(port),
+            **extra,
+        )
+        for previous in started:
+            if previous.env["SAFECITY_ALERTS_ID"] == ident:
+                env["SAFECITY_ALERTS_SHARE_GROUP"] = previous.env["SAFECITY_ALERTS_SHARE_GROUP"]
+        proc = ManagedProcess(
+            f"alerts-{ident}",
+            [sys.executable, "-m", "safecity", "alerts"],
+            tmp_path / f"{ident}-{len(started)}.log",
+            env=env,
+        )
+        service = ServiceProcess(proc, env, metrics_url=f"http://127.0.0.1:{port}")
+        started.append(service)
+        proc.start()
+        proc.wait_ready(_http_ready(f"{service.metrics_url}/readyz"), timeout=30)
+        return service
+
+    yield start
+    for service in started:
+        service.stop()

@@ -168,21 +168,28 @@ def test_full_spool_stops_acking_until_it_drains(own_stack, tmp_path, ingest_fac
 
 def test_broker_graceful_restart_resumes_session(own_stack, tmp_path, ingest_factory) -> None:
     db = new_db(own_stack)
-    ingest = ingest_factory(own_stack, db, "brokerrestart").start()
-    pub = publisher(own_stack, tmp_path)
-    pub.start(good_readings(CITY, 2400, devices=100), rate=300)
-    wait_for(lambda: ingest.metric("safecity_ingest_acked_total") > 300, 20, "progress")
+    # A slow flush keeps a backlog queued in the worker's session when the broker stops.
+    ingest = ingest_factory(own_stack, db, "brokerrestart", SAFECITY_FLUSH_INTERVAL="1").start()
+    messages = good_readings(CITY, 3000, devices=100)
+    before = publisher(own_stack, tmp_path, "before.jsonl")
+    before.run(messages[:2000])
     own_stack.mosquitto.restart()
-    pub.join()
+    # Mosquitto 2.0.11 restores sessions but not *shared* subscriptions from its
+    # persistence file (checked by hand): until the worker re-subscribes, a publish to
+    # the shared topic has no subscriber. So the second half waits for the worker.
     wait_for(lambda: ingest._ready(), 20, "ingest reconnected")
-    assert_clean(own_stack, db, pub.ledger_path, ingest.deadletter_dir)
+    after = publisher(own_stack, tmp_path, "after.jsonl")
+    after.run(messages[2000:])
+    ledger = tmp_path / "ledger.jsonl"
+    ledger.write_text(before.ledger_path.read_text() + after.ledger_path.read_text())
+    assert_clean(own_stack, db, ledger, ingest.deadletter_dir)
     connects = [
         json.loads(line)
         for line in ingest.log_path.read_text().splitlines()
-        if '"mqtt connected"' in line and 'safecity-brokerrestart"' in line
+        if '"mqtt connected"' in line and '"safecity-brokerrestart"' in line
     ]
-    assert [c["session_present"] for c in connects][-1] is True
     assert len(connects) >= 2
+    assert connects[-1]["session_present"] is True
 
 
 def test_two_workers_one_killed_and_restarted(stack, tmp_path, ingest_factory) -> None:

@@ -1,0 +1,169 @@
+"""The alerts service as a real process against real Mosquitto and InfluxDB."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from support import influx_rows, mosquitto_pub, wait_for
+
+from safecity import registry, topics
+from safecity.readings import format_ts
+from safecity.stack import LocalStack
+
+CITY = registry.default_city()
+PANIC = CITY.select(kind="panic_button")[0]
+AQ = CITY.select(kind="air_quality")[0]
+RULES = """city: tashkent
+rules:
+  - id: panic
+    type: event
+    event: panic
+    episode: 15m
+    severity: critical
+    message: Panic button pressed
+  - id: pm25_demo
+    type: threshold
+    kind: air_quality
+    field: pm25
+    above: 75
+    for: 60m
+    severity: medium
+    message: PM2.5 above 75 for an hour
+"""
+
+
+class AlertWatcher:
+    """Collects published alerts with mosquitto_sub."""
+
+    def __init__(self, stack: LocalStack, out: Path) -> None:
+        self.out = out
+        self.handle = out.open("w")
+        self.proc = subprocess.Popen(
+            ["mosquitto_sub", "-h", stack.mqtt_host, "-p", str(stack.mqtt_port), "-V", "mqttv5",
+             "-i", f"test-alerts-{secrets.token_hex(4)}", "-q", "1", "-v",
+             "-t", topics.alert_filter("tashkent")],
+            stdout=self.handle,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def alerts(self) -> list[tuple[str, dict[str, Any]]]:
+        out = []
+        for line in self.out.read_text().splitlines():
+            topic, _, body = line.partition(" ")
+            if body.startswith("{"):
+                out.append((topic, json.loads(body)))
+        return out
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(5)
+        self.handle.close()
+
+
+@pytest.fixture
+def watcher(stack: LocalStack, tmp_path: Path) -> Iterator[AlertWatcher]:
+    w = AlertWatcher(stack, tmp_path / "alerts.txt")
+    yield w
+    w.close()
+
+
+def _panic(ts: datetime, seq: int) -> str:
+    return json.dumps(
+        {
+            "ts": format_ts(ts),
+            "seq": seq,
+            "type": "panic",
+            "severity": "critical",
+            "details": {"button": "b1"},
+        }  # fmt: skip
+    )
+
+
+def _aq(ts: datetime, seq: int, pm25: float) -> str:
+    values = {"pm25": pm25, "pm10": pm25 * 1.5, "no2": 40.0, "o3": 20.0, "so2": 10.0, "co": 0.8}
+    return json.dumps({"ts": format_ts(ts), "seq": seq, "values": values})
+
+
+def _metric(url: str, name: str) -> float:
+    total = 0.0
+    for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines():
+        if line.startswith(name):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_alerts_fire_dedup_survive_restart_and_auto_resolve(
+    stack: LocalStack,
+    influx_db: str,
+    start_alerts: Callable[..., Any],
+    watcher: AlertWatcher,
+    tmp_path: Path,
+) -> None:
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(RULES)
+    service = start_alerts(influx_db, "alerts-t1", SAFECITY_ALERTS_RULES_FILE=str(rules_file))
+    base = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=3)
+    panic_topic = topics.event_topic("tashkent", PANIC.district, PANIC.kind, PANIC.id)
+    aq_topic = topics.telemetry_topic("tashkent", AQ.district, AQ.kind, AQ.id)
+    wrong = topics.event_topic("tashkent", "sergeli" if PANIC.district != "sergeli" else "chilanzar",
+                               PANIC.kind, PANIC.id)  # fmt: skip
+    mosquitto_pub(stack, wrong, _panic(base, 0))  # identity mismatch: skipped, counted
+    mosquitto_pub(
+        stack, panic_topic, "not json", _panic(base, 1), _panic(base + timedelta(minutes=5), 2)
+    )
+    mosquitto_pub(
+        stack, aq_topic, *[_aq(base + timedelta(minutes=m), m, 90.0) for m in range(0, 65, 5)]
+    )
+
+    def stored() -> list[dict[str, Any]]:
+        return influx_rows(stack, influx_db, 'SELECT * FROM "incident_transitions"')
+
+    wait_for(lambda: len(stored()) >= 2, 30, "two incidents opened")
+    published = wait_for(lambda: len(watcher.alerts()) >= 2 and watcher.alerts(), 20, "alerts")
+    by_rule = {body["rule_id"]: (topic, body) for topic, body in published}
+    topic, body = by_rule["panic"]
+    assert topic == topics.alert_topic("tashkent", "critical")
+    assert body["devices"] == [PANIC.id] and body["district"] == PANIC.district
+    assert body["started_at"] == format_ts(base)
+    topic, body = by_rule["pm25_demo"]
+    assert topic == topics.alert_topic("tashkent", "medium")
+    assert body["started_at"] == format_ts(base + timedelta(minutes=60)) and body["value"] == 90.0
+    assert sorted(r["rule_id"] for r in stored()) == ["panic", "pm25_demo"]
+    assert _metric(service.metrics_url, "safecity_alerts_deduplicated_total") >= 1
+    assert (
+        _metric(service.metrics_url, 'safecity_alerts_skipped_total{reason="identity_mismatch"}')
+        == 1
+    )
+    assert _metric(service.metrics_url, 'safecity_alerts_skipped_total{reason="bad_json"}') == 1
+
+    # Restart: the same evidence again (a redelivery) and a longer breach fire nothing new.
+    service.stop()
+    service = start_alerts(influx_db, "alerts-t1", SAFECITY_ALERTS_RULES_FILE=str(rules_file))
+    mosquitto_pub(stack, panic_topic, _panic(base, 1), _panic(base + timedelta(minutes=10), 3))
+    mosquitto_pub(
+        stack, aq_topic, *[_aq(base + timedelta(minutes=m), m, 95.0) for m in range(65, 135, 5)]
+    )
+    wait_for(
+        lambda: _metric(service.metrics_url, "safecity_alerts_received_total") >= 16, 20, "consumed"
+    )
+    # The clearing reading resolves the PM2.5 incident the restarted service rebuilt.
+    mosquitto_pub(stack, aq_topic, _aq(base + timedelta(minutes=140), 140, 20.0))
+    rows = wait_for(lambda: len(stored()) >= 3 and stored(), 20, "auto-resolution")
+    assert sorted((r["rule_id"], r["state"]) for r in rows) == [
+        ("panic", "open"),
+        ("pm25_demo", "open"),
+        ("pm25_demo", "resolved"),
+    ]
+    resolved = next(r for r in rows if r["state"] == "resolved")
+    assert resolved["by"] == "alerts" and resolved["from_state"] == "open"
+    assert len(influx_rows(stack, influx_db, 'SELECT * FROM "alerts"')) == 2
+    assert len(watcher.alerts()) == 2
+    assert _metric(service.metrics_url, "safecity_alerts_fired_total") == 0
