@@ -371,7 +371,60 @@ def render_mosquitto_conf(
     return "\n".join(out) + "\n"
 
 
-class Mosquitto:
+class _LocalService:
+    """What a locally launched server shares: its process, lifecycle and fault helpers."""
+
+    name = "service"
+    process: ManagedProcess
+
+    @property
+    def pid(self) -> int | None:
+        """Pid of the server process, if started."""
+        return self.process.pid
+
+    @property
+    def alive(self) -> bool:
+        """True while the server process runs."""
+        return self.process.alive
+
+    def start(self) -> Self:
+        """Start the server and wait until it answers."""
+        raise NotImplementedError
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop gracefully (SIGTERM, then SIGKILL after the timeout); idempotent."""
+        self.process.stop(timeout)
+
+    def restart(self, timeout: float = 10.0) -> None:
+        """Graceful stop (if running), then start again on the same ports and data dir."""
+        self.stop(timeout)
+        self.start()
+
+    def kill(self) -> None:
+        """SIGKILL the server: a crash (Mosquitto loses what was not autosaved yet)."""
+        self.process.kill()
+
+    def pause(self) -> None:
+        """SIGSTOP the server: connections hang instead of being refused."""
+        self.process.pause()
+
+    def resume(self) -> None:
+        """SIGCONT a paused server."""
+        self.process.resume()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class Mosquitto(_LocalService):
     """A local Mosquitto broker on host:port with its config, persistence and log in data_dir."""
 
     name = "mosquitto"
@@ -402,16 +455,6 @@ class Mosquitto:
             self.data_dir / "mosquitto.stdout.log",
             cwd=self.data_dir,
         )
-
-    @property
-    def pid(self) -> int | None:
-        """Pid of the broker process, if started."""
-        return self.process.pid
-
-    @property
-    def alive(self) -> bool:
-        """True while the broker process runs."""
-        return self.process.alive
 
     def render_config(self) -> Path:
         """Write the instance config into data_dir and return its path."""
@@ -455,38 +498,6 @@ class Mosquitto:
     def _probe(self) -> bool:
         return _mqtt_connack(self.host, self.port, timeout=1.0)
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop gracefully (mosquitto saves its persistence file on SIGTERM); idempotent."""
-        self.process.stop(timeout)
-
-    def restart(self, timeout: float = 10.0) -> None:
-        """Graceful stop (if running), then start again on the same port and data dir."""
-        self.stop(timeout)
-        self.start()
-
-    def kill(self) -> None:
-        """SIGKILL the broker: whatever was not autosaved yet is lost."""
-        self.process.kill()
-
-    def pause(self) -> None:
-        """SIGSTOP the broker (a hung broker)."""
-        self.process.pause()
-
-    def resume(self) -> None:
-        """SIGCONT a paused broker."""
-        self.process.resume()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
 
 def render_influxd_conf(*, host: str, port: int, rpc_port: int, data_dir: Path) -> str:
     """An influxd 1.x config: loopback only, everything under data_dir, quiet logs."""
@@ -524,7 +535,7 @@ bind-address = "{host}:{rpc_port}"
 """
 
 
-class Influxd:
+class Influxd(_LocalService):
     """A local InfluxDB 1.x server on host:port with its config and data in data_dir."""
 
     name = "influxd"
@@ -557,16 +568,6 @@ class Influxd:
         """Base URL of the HTTP API, e.g. http://127.0.0.1:8086."""
         return f"http://{self.host}:{self.port}"
 
-    @property
-    def pid(self) -> int | None:
-        """Pid of the influxd process, if started."""
-        return self.process.pid
-
-    @property
-    def alive(self) -> bool:
-        """True while the influxd process runs."""
-        return self.process.alive
-
     def render_config(self) -> Path:
         """Write the instance config into data_dir and return its path."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -591,38 +592,6 @@ class Influxd:
 
     def _probe(self) -> bool:
         return httpx.get(f"{self.url}/ping", timeout=1.0).status_code == 204
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop gracefully; idempotent."""
-        self.process.stop(timeout)
-
-    def restart(self, timeout: float = 10.0) -> None:
-        """Graceful stop (if running), then start again on the same ports and data dir."""
-        self.stop(timeout)
-        self.start()
-
-    def kill(self) -> None:
-        """SIGKILL influxd (a crash; the WAL is replayed on the next start)."""
-        self.process.kill()
-
-    def pause(self) -> None:
-        """SIGSTOP influxd: connections hang instead of being refused."""
-        self.process.pause()
-
-    def resume(self) -> None:
-        """SIGCONT a paused influxd."""
-        self.process.resume()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 class LocalStack:
