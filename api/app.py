@@ -22,7 +22,7 @@ from api.limits import BodyLimitMiddleware
 from api.live import Hub
 from api.metrics import MetricsMiddleware
 from api.overview import SnapshotCache
-from api.routes import cities, devices, events, health, metrics, stream
+from api.routes import cities, console, devices, events, health, metrics, stream
 from api.security import HEADER, RateLimiter, require
 from safecity import __version__
 from safecity.apikeys import KeyStore
@@ -97,6 +97,7 @@ def create_app(settings: ApiSettings, city: City | None = None) -> FastAPI:
         max_age=600,
     )
     app.add_middleware(MetricsMiddleware)
+    app.add_middleware(console.ConsoleHeadersMiddleware)
     read = [Depends(require("read"))]
     app.include_router(health.router)
     app.include_router(metrics.router, dependencies=[Depends(require("operate"))])
@@ -105,4 +106,6 @@ def create_app(settings: ApiSettings, city: City | None = None) -> FastAPI:
     app.include_router(events.router, dependencies=read)
     app.include_router(events.delivery_router)
     app.include_router(stream.router, dependencies=read)
+    # The console's page and assets hold no data: no key (its data calls need one).
+    app.include_router(console.router)
     return app

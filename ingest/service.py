@@ -114,9 +114,10 @@ class IngestService:
         if recovered:
             self._spool_ready.set()
         await self.mqtt.connect()
+        group = self.settings.share_group
         filters = [
-            (topics.shared(self.settings.share_group, topics.device_filter(c, self.city.id)), 1)
-            for c in CHANNELS
+            (topics.shared(group, f) if group else f, 1)
+            for f in (topics.device_filter(c, self.city.id) for c in CHANNELS)
         ]
         await self.mqtt.subscribe(filters)
         await self.mqtt.publish(self.status_topic, _status("online"), qos=1)

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from safecity.errors import ConfigError
 from safecity.settings import IngestSettings
 
 log = logging.getLogger("safecity.ingest.supervisor")
@@ -39,6 +40,10 @@ def supervise(settings: IngestSettings, count: int, registry: Path | None) -> in
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    if count > 1 and not settings.share_group:
+        raise ConfigError(
+            f"--workers {count} needs a shared subscription: set SAFECITY_SHARE_GROUP"
+        )
     ids = worker_ids(settings.worker_id, count)
     procs: dict[str, subprocess.Popen[bytes]] = {}
 

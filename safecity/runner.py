@@ -85,6 +85,8 @@ class LocalRun:
             ingest_env = {
                 "SAFECITY_METRICS_PORT": str(metrics_port),
                 "SAFECITY_DEADLETTER_DIR": str(self.base / "deadletter"),
+                # One worker: a plain subscription survives broker restarts (see README).
+                "SAFECITY_SHARE_GROUP": "",
             }
             if s.speed != 1.0:
                 # Compressed time runs ahead of the wall clock; the local stack is a

@@ -95,7 +95,9 @@ class IngestSettings(_ServiceSettings):
     mqtt: MqttSettings = MqttSettings()
     influx: InfluxSettings = InfluxSettings()
     worker_id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")] = "ingest-0"
-    share_group: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")] = "ingest"
+    # Empty = a plain (non-shared) subscription: one worker only, but it survives broker
+    # restarts on Mosquitto 2.0.11, which does not restore shared subscriptions.
+    share_group: Annotated[str, Field(pattern=r"^([a-z0-9][a-z0-9_.-]{0,63})?$")] = "ingest"
     session_expiry: Annotated[int, Field(ge=60)] = 86_400
     receive_maximum: Annotated[int, Field(ge=1, le=65535)] = 1000
     batch_size: Annotated[int, Field(ge=1, le=100_000)] = 5000

@@ -65,10 +65,11 @@ class Ingest:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, wait_ready: bool = True, **env: str) -> Ingest:
+    def start(self, wait_ready: bool = True, *, unset: tuple[str, ...] = (), **env: str) -> Ingest:
+        """Start (or restart) the worker with `env` added and the `unset` variables removed."""
         self.env.update(env)
-        for key in [k for k, v in self.env.items() if v == ""]:
-            del self.env[key]
+        for key in unset:
+            self.env.pop(key, None)
         self.process.env = self.env
         self.process.start()
         if wait_ready:

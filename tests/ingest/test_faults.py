@@ -77,7 +77,7 @@ def test_crash_between_influx_write_and_ack(stack, tmp_path, ingest_factory) -> 
     pub.start(good_readings(CITY, 2000, devices=80), rate=500)
     wait_for(lambda: not ingest.process.alive, 20, "the injected crash")
     assert ingest.process.returncode == -9
-    ingest.start(SAFECITY_FAULT_CRASH_AFTER_WRITE="")
+    ingest.start(unset=("SAFECITY_FAULT_CRASH_AFTER_WRITE",))
     # Written but never acked: the broker redelivers; the rewrite overwrites itself.
     wait_for(lambda: ingest.metric("safecity_ingest_redelivered_total") > 0, 20, "redeliveries")
     pub.join()
@@ -187,6 +187,29 @@ def test_broker_graceful_restart_resumes_session(own_stack, tmp_path, ingest_fac
         json.loads(line)
         for line in ingest.log_path.read_text().splitlines()
         if '"mqtt connected"' in line and '"safecity-brokerrestart"' in line
+    ]
+    assert len(connects) >= 2
+    assert connects[-1]["session_present"] is True
+
+
+def test_broker_graceful_restart_mid_stream_loses_nothing_on_a_plain_subscription(
+    own_stack, tmp_path, ingest_factory
+) -> None:
+    db = new_db(own_stack)
+    # A single worker on a plain (non-shared) subscription, as `make run` starts it: the
+    # broker restores that subscription from its persistence file, so the publishes that
+    # land while the worker is still reconnecting are queued for it, not dropped.
+    ingest = ingest_factory(own_stack, db, "plainrestart", SAFECITY_SHARE_GROUP="").start()
+    pub = publisher(own_stack, tmp_path)
+    pub.start(good_readings(CITY, 3000, devices=100), rate=400)
+    wait_for(lambda: ingest.metric("safecity_ingest_acked_total") > 300, 20, "ingest working")
+    own_stack.mosquitto.restart()
+    pub.join()
+    assert_clean(own_stack, db, pub.ledger_path, ingest.deadletter_dir)
+    connects = [
+        json.loads(line)
+        for line in ingest.log_path.read_text().splitlines()
+        if '"mqtt connected"' in line and '"safecity-plainrestart"' in line
     ]
     assert len(connects) >= 2
     assert connects[-1]["session_present"] is True
