@@ -7,7 +7,9 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-PACKAGES=(mosquitto mosquitto-clients influxdb)
+# chromium: the browser the console test drives (Playwright with Debian's build, no download).
+PACKAGES=(mosquitto mosquitto-clients influxdb chromium)
+CHROMIUM=/usr/bin/chromium
 VENV=.venv
 STAMP="$VENV/.installed"
 PYTHON="${PYTHON:-python3}"
@@ -36,8 +38,9 @@ install_system_packages() {
     for cmd in mosquitto mosquitto_pub influxd; do
         have "$cmd" || missing+=("$cmd")
     done
+    [ -x "$CHROMIUM" ] || missing+=("$CHROMIUM")
     if [ ${#missing[@]} -eq 0 ]; then
-        say "mosquitto, mosquitto_pub and influxd present"
+        say "mosquitto, mosquitto_pub, influxd and $CHROMIUM present"
         return
     fi
     say "missing: ${missing[*]}; installing Debian packages ${PACKAGES[*]}"
@@ -77,6 +80,7 @@ install_system_packages() {
     for cmd in mosquitto mosquitto_pub influxd; do
         have "$cmd" || die "$cmd still missing after installing ${PACKAGES[*]}"
     done
+    [ -x "$CHROMIUM" ] || die "$CHROMIUM still missing after installing ${PACKAGES[*]}"
 }
 
 python_ok() {

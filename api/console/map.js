@@ -70,6 +70,8 @@ export class CityMap {
       PAD + (maxLat - lat) * scale,
     ];
     this.root.setAttribute("viewBox", `0 0 ${WIDTH} ${height}`);
+    // Label and dot sizes follow the map's longer side, so they read the same at any shape.
+    this.unit = Math.max(WIDTH, height) / 1000;
     this.root.replaceChildren();
     const areas = svg("g", { class: "districts" }, this.root);
     const labels = svg("g", { class: "labels", "aria-hidden": "true" }, this.root);
@@ -89,7 +91,7 @@ export class CityMap {
         }
       });
       const [x, y] = this.project(centroid(ring));
-      const label = svg("text", { x: x.toFixed(1), y: y.toFixed(1), class: "label" }, labels);
+      const label = svg("text", { x: x.toFixed(1), y: y.toFixed(1), class: "label", "font-size": (22 * this.unit).toFixed(1) }, labels);
       label.textContent = feature.properties.name;
       this.districts.set(feature.id, { path, name: feature.properties.name });
     }
@@ -119,7 +121,7 @@ export class CityMap {
       let dot = this.devices.get(device.id);
       if (!dot) {
         const [x, y] = this.project([device.location.lon, device.location.lat]);
-        dot = svg("circle", { cx: x.toFixed(1), cy: y.toFixed(1), r: 4.5 }, this.dots);
+        dot = svg("circle", { cx: x.toFixed(1), cy: y.toFixed(1), r: (6 * this.unit).toFixed(1) }, this.dots);
         svg("title", {}, dot);
         this.devices.set(device.id, dot);
       }

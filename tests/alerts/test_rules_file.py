@@ -124,3 +124,10 @@ def test_cli_check_reports_the_line(tmp_path: Path) -> None:
     )
     assert ok.returncode == 0, ok.stderr
     assert "rules for tashkent: ok" in ok.stdout
+
+
+def test_readme_documents_the_incident_measurements() -> None:
+    from safecity import incidents
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert incidents.markdown_table() in readme

@@ -83,7 +83,7 @@ def _panic(ts: datetime, seq: int) -> str:
             "type": "panic",
             "severity": "critical",
             "details": {"button": "b1"},
-        }  # fmt: skip
+        }
     )
 
 
@@ -113,8 +113,8 @@ def test_alerts_fire_dedup_survive_restart_and_auto_resolve(
     base = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=3)
     panic_topic = topics.event_topic("tashkent", PANIC.district, PANIC.kind, PANIC.id)
     aq_topic = topics.telemetry_topic("tashkent", AQ.district, AQ.kind, AQ.id)
-    wrong = topics.event_topic("tashkent", "sergeli" if PANIC.district != "sergeli" else "chilanzar",
-                               PANIC.kind, PANIC.id)  # fmt: skip
+    elsewhere = "sergeli" if PANIC.district != "sergeli" else "chilanzar"
+    wrong = topics.event_topic("tashkent", elsewhere, PANIC.kind, PANIC.id)
     mosquitto_pub(stack, wrong, _panic(base, 0))  # identity mismatch: skipped, counted
     mosquitto_pub(
         stack, panic_topic, "not json", _panic(base, 1), _panic(base + timedelta(minutes=5), 2)

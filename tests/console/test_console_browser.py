@@ -1,0 +1,232 @@
+"""The console in Debian's Chromium (Playwright) against the live pipeline.
+
+Simulator -> Mosquitto -> ingest -> InfluxDB -> API, all real processes; the
+simulator keeps publishing while the page is open, so the live figures must move.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import BrowserContext, ConsoleMessage, Page, Request, sync_playwright
+from support import influx_rows, wait_for
+
+from safecity.registry import default_city
+from safecity.stack import LocalStack
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACT = Path(__file__).resolve().parents[2] / "var" / "artifacts" / "console.png"
+TIMEOUT_MS = 20_000
+FOCUS_RGB = "rgb(255, 213, 79)"  # --focus in console.css
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[BrowserContext]:
+    """Headless Debian Chromium with a fresh profile (no Playwright-downloaded browser)."""
+    with sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(tmp_path / "profile"),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1400, "height": 950},
+        )
+        context.set_default_timeout(TIMEOUT_MS)
+        try:
+            yield context
+        finally:
+            context.close()
+
+
+@pytest.fixture
+def live_city(
+    stack: LocalStack,
+    influx_db: str,
+    start_ingest: Callable[..., Any],
+    start_api: Callable[..., Any],
+    tmp_path: Path,
+) -> Iterator[Any]:
+    """The API over a database the real pipeline is filling while the test runs."""
+    ingest = start_ingest(influx_db)
+    api = start_api(influx_db, SAFECITY_DEADLETTER_DIR=ingest.env["SAFECITY_DEADLETTER_DIR"])
+    env = {**ingest.env, "SAFECITY_CLIENT_ID": "sim-console"}
+    with (tmp_path / "simulator.log").open("w") as log:
+        sim = subprocess.Popen(
+            [sys.executable, "-m", "safecity", "simulate", "--devices", "60", "--duration", "90"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_for(
+                lambda: influx_rows(stack, influx_db, 'SELECT count("seq") FROM "noise"'),
+                what="readings stored by the pipeline",
+            )
+            yield api
+        finally:
+            sim.terminate()
+            sim.wait(30)
+
+
+def text(page: Page, selector: str) -> str:
+    """The trimmed text of the first match."""
+    return page.locator(selector).first.inner_text().strip()
+
+
+def test_console_shows_the_live_city_and_its_districts(
+    live_city: Any, browser: BrowserContext, tmp_path: Path
+) -> None:
+    api = live_city
+    city = default_city()
+    problems: list[str] = []
+    stream_requests: list[Request] = []
+    page = browser.pages[0] if browser.pages else browser.new_page()
+    page.on(
+        "console",
+        lambda m: problems.append(f"console {m.type}: {m.text}") if is_problem(m) else None,
+    )
+    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    page.on("requestfailed", lambda r: problems.append(f"failed: {r.url} {r.failure}"))
+    page.on("request", lambda r: stream_requests.append(r) if "/v1/stream" in r.url else None)
+
+    # No key yet: the key form, then the city.
+    page.goto(api.url + "/")
+    page.locator("#auth").wait_for(state="visible")
+    page.fill("#key", api.api_key)
+    page.press("#key", "Enter")
+    page.locator("#app").wait_for(state="visible")
+    assert text(page, "#city-name") == city.name
+    assert page.evaluate("sessionStorage.getItem('safecity.apiKey')") == api.api_key
+
+    # The map: every district, focusable and named; every device, coloured by status.
+    districts = page.locator("#map path.district")
+    assert districts.count() == len(city.districts) == 12
+    ids = {districts.nth(i).get_attribute("data-id") for i in range(districts.count())}
+    assert ids == {d.id for d in city.districts}
+    for i in range(districts.count()):
+        path = districts.nth(i)
+        assert path.get_attribute("tabindex") == "0"
+        assert re.match(r"^[\w' -]+: (AQI \d+|no AQI), ", path.get_attribute("aria-label") or "")
+    page.wait_for_function(
+        "n => document.querySelectorAll('#map circle.device').length === n", arg=len(city.devices)
+    )
+    statuses = page.eval_on_selector_all(
+        "#map circle.device", "els => els.map(e => e.getAttribute('class'))"
+    )
+    assert {s.split()[1] for s in statuses} <= {"online", "stale", "offline"}
+    assert any("online" in s for s in statuses)
+    # Districts with reporting air-quality sensors are coloured by their AQI band.
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('path.district')].some(p =>"
+        " /aqi-(good|moderate|usg|unhealthy|very|hazardous)/.test(p.getAttribute('class')))"
+    )
+
+    # KPI tiles are text, fed by the overview and by the live stream.
+    page.wait_for_function(
+        "n => document.querySelector('#kpi-devices .tile-value').textContent.endsWith(` / ${n}`)",
+        arg=len(city.devices),
+    )
+    online = int(text(page, "#kpi-devices .tile-value").split("/")[0])
+    assert 0 < online <= 60
+    page.wait_for_function(
+        "() => Number(document.querySelector('#kpi-readings .tile-value')"
+        ".textContent.replace(/\\D/g, '')) > 0"
+    )
+    first = text(page, "#kpi-readings .tile-value")
+    page.wait_for_function(
+        "v => document.querySelector('#kpi-readings .tile-value').textContent.trim() !== v",
+        arg=first,
+    )
+    assert int(re.sub(r"\D", "", text(page, "#kpi-readings .tile-value"))) > int(
+        re.sub(r"\D", "", first)
+    )
+    page.wait_for_function(
+        "() => document.querySelector('#kpi-laeq .tile-value').textContent.includes('dB')"
+    )
+    # The stream carried the key in its header, never in the URL.
+    assert stream_requests
+    for request in stream_requests:
+        assert request.all_headers().get("x-api-key") == api.api_key
+        assert api.api_key not in request.url
+
+    # Click a district (at its label, which lies inside it): its drill-down opens.
+    chilanzar = city.district("chilanzar")
+    assert chilanzar is not None
+    box = page.locator("#map text.label", has_text=chilanzar.name).bounding_box()
+    assert box is not None
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.locator('#drill[data-district="chilanzar"]').wait_for()
+    assert text(page, "#drill-title") == chilanzar.name
+    drill = page.locator("#drill dl.facts")
+    assert "AQI" in drill.inner_text()
+    assert re.search(r"\d+ / \d+ / \d+", drill.inner_text())
+    assert page.get_attribute('path[data-id="chilanzar"]', "aria-pressed") == "true"
+
+    # Keyboard: Escape closes it; Tab reaches a district (visibly focused), Enter opens it.
+    page.keyboard.press("Escape")
+    page.locator("#drill .hint").wait_for()
+    page.evaluate("document.activeElement && document.activeElement.blur()")
+    focused: str | None = None
+    for _ in range(30):
+        page.keyboard.press("Tab")
+        focused = page.evaluate(
+            "() => document.activeElement.classList.contains('district')"
+            " ? document.activeElement.dataset.id : null"
+        )
+        if focused:
+            break
+    assert focused is not None and focused in ids
+    stroke = page.evaluate("getComputedStyle(document.activeElement).stroke")
+    assert stroke == FOCUS_RGB
+    page.keyboard.press("Enter")
+    page.locator(f'#drill[data-district="{focused}"]').wait_for()
+    district = city.district(focused)
+    assert district is not None
+    assert text(page, "#drill-title") == district.name
+    page.locator("#drill dl.facts").wait_for()
+
+    shot = tmp_path / "console.png"
+    page.screenshot(path=str(shot), full_page=True)
+    ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(shot, ARTIFACT)
+    assert shot.stat().st_size > 10_000
+    assert problems == []
+
+
+def test_key_in_the_url_is_taken_once_and_a_bad_key_is_refused(
+    influx_db: str, start_api: Callable[..., Any], browser: BrowserContext
+) -> None:
+    api = start_api(influx_db)
+    page = browser.pages[0] if browser.pages else browser.new_page()
+    page.goto(f"{api.url}/?key={api.api_key}")
+    page.locator("#app").wait_for(state="visible")
+    assert "key=" not in page.url
+    assert page.evaluate("sessionStorage.getItem('safecity.apiKey')") == api.api_key
+    page.locator("#map path.district").first.wait_for()
+
+    other = browser.new_page()
+    other.goto(f"{api.url}/?key=sck_00000000_wrong")
+    other.locator("#auth").wait_for(state="visible")
+    assert "refused the key" in text(other, "#auth-error")
+    assert other.evaluate("sessionStorage.getItem('safecity.apiKey')") is None
+
+
+def is_problem(message: ConsoleMessage) -> bool:
+    """Errors and warnings count; the page logs nothing else on purpose."""
+    return message.type in ("error", "warning")
