@@ -3,7 +3,7 @@
 
 const NS = "http://www.w3.org/2000/svg";
 const WIDTH = 1000;
-const PAD = 16;
+const PAD = 40; // room for labels of districts on the edge
 
 export function svg(name, attrs = {}, parent = null) {
   const node = document.createElementNS(NS, name);
