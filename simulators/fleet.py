@@ -53,6 +53,9 @@ from simulators.faults import REJECTS, DeviceFaults, malformed, rogue_id
 from simulators.generators import EventDraft, Values, device_rng, generate, maybe_event
 from simulators.incidents import Incident, Scene
 
+# Incident types whose detectors report at once (see DeviceSim._wakes).
+IMMEDIATE = frozenset({"gunshot", "road_accident"})
+
 log = logging.getLogger("simulators.fleet")
 
 PUBLISHED = Counter(
@@ -217,7 +220,14 @@ class DeviceSim:
         # Own stream for the schedule, so it never shifts the values' noise.
         self._offset_ms = 1 + device_rng(seed, device.id, "phase").randrange(self.cadence_ms)
         self._burst = first_burst
-        self.next_ms = self.start_ms if first_burst else self.start_ms + self._offset_ms
+        self._reading_ms = self.start_ms if first_burst else self.start_ms + self._offset_ms
+        # Detectors (acoustic nodes, traffic cameras) report a scripted incident the
+        # moment it happens, not at their next health reading minutes later.
+        self._wakes = sorted(
+            i.start_ms
+            for i in (scene.scripted if scene is not None else ())
+            if i.type in IMMEDIATE and i.start_ms >= self.start_ms and i.reach(device) > 0
+        )
         self._model = reading_model(device.kind)
         self._scene = scene
         self._prev_ms: int | None = None
@@ -242,18 +252,27 @@ class DeviceSim:
         """The device's online status, stamped at the start of the run."""
         return self.status(self.start_ms, "online")
 
+    @property
+    def next_ms(self) -> int:
+        """When this device sends next: its next reading or an immediate detection."""
+        if self._wakes and self._wakes[0] < self._reading_ms:
+            return self._wakes[0]
+        return self._reading_ms
+
     def step(self) -> list[Outgoing]:
         """The reading (and any events) due at `next_ms`; advances the schedule.
 
         Raises pydantic's ValidationError if a generator produced something the
         models refuse (a bug): the simulator never sends what it did not mean to.
         """
-        ts_ms = self.next_ms
+        if self._wakes and self._wakes[0] < self._reading_ms:
+            return self._detect(self._wakes.pop(0))
+        ts_ms = self._reading_ms
         if self._burst:
             self._burst = False
-            self.next_ms = self.start_ms + self._offset_ms
+            self._reading_ms = self.start_ms + self._offset_ms
         else:
-            self.next_ms = ts_ms + self.cadence_ms
+            self._reading_ms = ts_ms + self.cadence_ms
         t = from_ms(ts_ms)
         values = generate(self.device, self._rng, t)
         drafts: list[EventDraft] = []
@@ -266,7 +285,18 @@ class DeviceSim:
             since = ts_ms - self._prev_ms if self._prev_ms is not None else self.cadence_ms
             drafts.extend(self._scene.events(self.device, ts_ms, since))
         self._prev_ms = ts_ms
-        out = self._reading(ts_ms, values)
+        return self._reading(ts_ms, values) + self._events(ts_ms, drafts)
+
+    def _detect(self, ts_ms: int) -> list[Outgoing]:
+        """Events only, at the instant of a scripted incident."""
+        assert self._scene is not None
+        since = ts_ms - self._prev_ms if self._prev_ms is not None else 1
+        self._prev_ms = ts_ms
+        return self._events(ts_ms, self._scene.events(self.device, ts_ms, max(1, since)))
+
+    def _events(self, ts_ms: int, drafts: list[EventDraft]) -> list[Outgoing]:
+        out: list[Outgoing] = []
+        t = from_ms(ts_ms)
         for draft in drafts:
             ts = format_ts(t)
             event = event_model(draft.type).model_validate(
