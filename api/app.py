@@ -8,25 +8,30 @@ client) is closed when it stops.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from api import errors
+from api.audit import AuditLog, AuditMiddleware
 from api.delivery import LedgerIndex
 from api.directory import Directory
+from api.headers import SecurityHeadersMiddleware
 from api.limits import BodyLimitMiddleware
 from api.live import Hub
 from api.metrics import MetricsMiddleware
 from api.overview import SnapshotCache
-from api.routes import cities, console, devices, events, health, metrics, stream
+from api.routes import cities, console, devices, events, health, incidents, keys, metrics, stream
 from api.security import HEADER, RateLimiter, require
 from safecity import __version__
 from safecity.apikeys import KeyStore
 from safecity.deadletters import DeadLetterIndex, store_path
+from safecity.errors import StorageError
 from safecity.influx import InfluxClient
 from safecity.registry import City, load_or_default
 from safecity.settings import ApiSettings
@@ -38,8 +43,10 @@ DESCRIPTION = """City-level telemetry of the safecity platform.
 Every endpoint except `/healthz` and `/readyz` needs an API key in the `X-API-Key`
 header (`safecity apikey create --name me --scopes read`; `make run` prints a local
 one). Scopes: `read` < `operate` < `admin`. Errors always have the shape
-`{"detail": "<reason>"}`: 401 missing/unknown key, 403 missing scope, 422 invalid or
-out-of-bounds parameter, 429 rate limited (Retry-After), 502/503 storage trouble.
+`{"detail": "<reason>"}`: 401 missing/unknown key, 403 missing scope, 404 unknown
+city/district/device/incident, 409 a lifecycle step the incident's state refuses, 422
+invalid or out-of-bounds parameter, 429 rate limited (Retry-After), 502/503 storage
+trouble. Every call of an `operate`/`admin` route is written to the audit log.
 """
 
 
@@ -55,6 +62,13 @@ def create_app(settings: ApiSettings, city: City | None = None) -> FastAPI:
         app.state.influx = influx
         app.state.keys = KeyStore(settings.api_keys_file)
         app.state.keys.load()
+        app.state.incident_lock = asyncio.Lock()
+        try:
+            # The measurement families' retention policies (incidents are written here);
+            # the database itself is ingest's to create: a missing one stays a 503.
+            await influx.ensure_retention_policies()
+        except StorageError as exc:
+            log.warning("retention policies not ensured: %s", exc)
         app.state.limiter = RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst)
         app.state.snapshots = SnapshotCache(settings.overview_cache_ttl)
         app.state.hub = Hub(loaded, settings.mqtt, settings.stream_queue_size)
@@ -70,6 +84,8 @@ def create_app(settings: ApiSettings, city: City | None = None) -> FastAPI:
                 "influx_url": settings.influx.url,
                 "database": settings.influx.database,
                 "api_keys": len(app.state.keys.records()),
+                "env": settings.env,
+                "audit_log": str(settings.audit_log_file),
             },
         )
         try:
@@ -79,32 +95,50 @@ def create_app(settings: ApiSettings, city: City | None = None) -> FastAPI:
             await influx.close()
             log.info("api stopped")
 
+    production = settings.env == "production"
+    docs: dict[str, Any] = (
+        {"docs_url": None, "redoc_url": None, "openapi_url": None} if production else {}
+    )
     app = FastAPI(
         title="safecity API",
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        **docs,
     )
     app.state.settings = settings
+    app.state.audit = AuditLog(settings.audit_log_file)
     errors.install(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=list(settings.cors_origins),
-        allow_methods=["GET"],
-        allow_headers=[HEADER],
+        allow_methods=["GET", "POST"],
+        allow_headers=[HEADER, "Content-Type"],
         expose_headers=["Retry-After"],
         max_age=600,
     )
+    app.add_middleware(AuditMiddleware, audit=app.state.audit)
     app.add_middleware(MetricsMiddleware)
-    app.add_middleware(console.ConsoleHeadersMiddleware)
+    # Outermost: every response, the 413s and CORS answers included, gets the headers.
+    app.add_middleware(SecurityHeadersMiddleware)
     read = [Depends(require("read"))]
     app.include_router(health.router)
+    if production:
+        # No interactive docs in production; the OpenAPI document only for a key.
+        @app.get("/openapi.json", include_in_schema=False, dependencies=read)
+        async def openapi() -> dict[str, Any]:
+            return app.openapi()
+
     app.include_router(metrics.router, dependencies=[Depends(require("operate"))])
     app.include_router(cities.router, dependencies=read)
     app.include_router(devices.router, dependencies=read)
     app.include_router(events.router, dependencies=read)
     app.include_router(events.delivery_router)
+    app.include_router(incidents.router, dependencies=read)
+    # Lifecycle steps need `operate` (each handler takes the key: `by` is its id).
+    app.include_router(incidents.operate_router)
+    app.include_router(keys.router)
     app.include_router(stream.router, dependencies=read)
     # The console's page and assets hold no data: no key (its data calls need one).
     app.include_router(console.router)

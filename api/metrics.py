@@ -8,9 +8,12 @@ expects), so they are created once here, not per app. Labels use the route
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from safecity import incidents as inc
 
 REQUESTS = Counter(
     "safecity_api_requests_total",
@@ -23,6 +26,70 @@ REQUEST_SECONDS = Histogram(
     ["route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
+
+# Incident response times (safecity.incidents.figures), refreshed on every scrape from
+# the incidents opened in the last FIGURES window; and, as histograms, each step taken
+# through this API (labels: rule = the incident type, district).
+INCIDENTS = Gauge(
+    "safecity_api_incidents",
+    "Incidents opened in the figures window, by current state.",
+    ["state"],
+)
+TTA = Gauge(
+    "safecity_api_incident_time_to_acknowledge_seconds",
+    "Time from opening to first acknowledgement, by type (rule), district and stat.",
+    ["rule", "district", "stat"],
+)
+TTR = Gauge(
+    "safecity_api_incident_time_to_resolve_seconds",
+    "Time from opening to resolution, by type (rule), district and stat.",
+    ["rule", "district", "stat"],
+)
+_RESPONSE_BUCKETS = (30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0, 86400.0)
+ACK_SECONDS = Histogram(
+    "safecity_api_incident_acknowledge_seconds",
+    "Time to acknowledge of incidents acknowledged through this API.",
+    ["rule", "district"],
+    buckets=_RESPONSE_BUCKETS,
+)
+RESOLVE_SECONDS = Histogram(
+    "safecity_api_incident_resolve_seconds",
+    "Time to resolve of incidents resolved through this API.",
+    ["rule", "district"],
+    buckets=_RESPONSE_BUCKETS,
+)
+
+
+def set_incident_figures(incidents: Iterable[inc.Incident]) -> None:
+    """Replace the incident gauges with the figures of these incidents."""
+    stored = list(incidents)
+    counts = dict.fromkeys((s.value for s in inc.State), 0)
+    for incident in stored:
+        counts[incident.state.value] += 1
+    for state, count in counts.items():
+        INCIDENTS.labels(state=state).set(count)
+    TTA.clear()
+    TTR.clear()
+    for fig in inc.figures(stored):
+        for stat, tta, ttr in (
+            ("mean", fig.tta_mean, fig.ttr_mean),
+            ("median", fig.tta_median, fig.ttr_median),
+            ("max", fig.tta_max, fig.ttr_max),
+        ):
+            if tta is not None:
+                TTA.labels(fig.rule_id, fig.district, stat).set(tta)
+            if ttr is not None:
+                TTR.labels(fig.rule_id, fig.district, stat).set(ttr)
+
+
+def observe_step(incident: inc.Incident, state: inc.State) -> None:
+    """Record the response time of a step just taken through the API."""
+    labels = (incident.rule_id, incident.district)
+    if state is inc.State.ACKNOWLEDGED and incident.time_to_acknowledge is not None:
+        ACK_SECONDS.labels(*labels).observe(max(0.0, incident.time_to_acknowledge))
+    if state is inc.State.RESOLVED and incident.time_to_resolve is not None:
+        RESOLVE_SECONDS.labels(*labels).observe(max(0.0, incident.time_to_resolve))
+
 
 UNMATCHED = "<unmatched>"
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})

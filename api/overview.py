@@ -42,7 +42,7 @@ from safecity import catalogue
 from safecity.influx import InfluxClient, quote_ident
 from safecity.readings import format_ts
 from safecity.registry import City, Device
-from safecity.schema import DEVICE_STATUS, EVENTS
+from safecity.schema import DEVICE_STATUS, EVENTS, source
 from safecity.settings import ApiSettings
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -110,7 +110,7 @@ STATUS_STATEMENT = (
     f'WHERE {_where_city()} GROUP BY "device_id"'
 )
 EVENTS_STATEMENT = (
-    f'SELECT count("seq") AS "n" FROM {quote_ident(EVENTS)} '
+    f'SELECT count("seq") AS "n" FROM {source(EVENTS)} '
     f'WHERE {_where_city()} GROUP BY "district", "severity", "device_id"'
 )
 

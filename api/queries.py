@@ -21,7 +21,7 @@ from safecity import catalogue
 from safecity.influx import InfluxClient, quote_ident
 from safecity.readings import format_ts
 from safecity.registry import Device
-from safecity.schema import READING_TAGS, measurement_of
+from safecity.schema import EVENTS, READING_TAGS, measurement_of, source
 
 FieldValue = float | int | bool | str
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -142,7 +142,7 @@ def events_statement(filters: tuple[str, ...], limit: int) -> str:
         if name not in EVENT_FILTERS:
             raise ValueError(f"not an event filter: {name}")
         where += f" AND {quote_ident(name)} = ${name}"
-    return f'SELECT * FROM "events" WHERE {where} ORDER BY time DESC LIMIT {int(limit)}'
+    return f"SELECT * FROM {source(EVENTS)} WHERE {where} ORDER BY time DESC LIMIT {int(limit)}"
 
 
 async def events(
@@ -174,7 +174,7 @@ async def stored_counts(
         'WHERE "device_id" = $device_id AND time >= $from AND time < $to'
     )
     event = (
-        'SELECT count("seq") AS "n" FROM "events" '
+        f'SELECT count("seq") AS "n" FROM {source(EVENTS)} '
         'WHERE "device_id" = $device_id AND time >= $from AND time < $to'
     )
     status = (

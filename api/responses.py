@@ -12,7 +12,12 @@ _DESCRIPTIONS = {
         "missing API key: send it in the X-API-Key header",
     ),
     403: ("The API key lacks the scope", "API key 1a2b3c4d (read) lacks scope 'operate'"),
-    404: ("Unknown city, district or device", "unknown device noise-nowhere-001"),
+    404: ("Unknown city, district, device or incident", "unknown device noise-nowhere-001"),
+    409: (
+        "The incident's lifecycle refuses this step",
+        "incident inc-0123456789abcdef0123 is open: cannot go to dispatched "
+        "(allowed from open: acknowledged, resolved)",
+    ),
     413: ("Request body too large", "request body larger than 16384 bytes"),
     422: (
         "A parameter is invalid or out of bounds",

@@ -3,6 +3,7 @@
 Every non-health route depends on `require(scope)`: no or unknown key -> 401, a key
 without the scope -> 403, over the key's rate -> 429 with Retry-After. The key
 check runs before any parameter is looked at, so an anonymous caller learns nothing.
+A recognised key calling an `operate`/`admin` route is marked for the audit log.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from fastapi import HTTPException, Request, Security
 from fastapi.security import APIKeyHeader
 
+from api import audit
 from safecity.apikeys import ApiKey, ApiKeyError, KeyStore
 
 HEADER = "X-API-Key"
@@ -67,6 +69,7 @@ def require(scope: str) -> Callable[..., Awaitable[ApiKey]]:
                 detail="unknown or revoked API key",
                 headers={"WWW-Authenticate": "ApiKey"},
             )
+        audit.mark(request.scope, scope, record)
         if not record.allows(scope):
             raise HTTPException(
                 status_code=403,

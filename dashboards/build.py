@@ -22,7 +22,14 @@ from typing import Any
 from safecity import catalogue, registry
 from safecity.readings import RejectReason
 from safecity.registry import City
-from safecity.schema import DEVICE_STATUS, EVENTS, INGEST_STATS
+from safecity.schema import (
+    ALERTS,
+    DEVICE_STATUS,
+    EVENTS,
+    INCIDENT_TRANSITIONS,
+    INGEST_STATS,
+    source,
+)
 
 OUT = Path(__file__).resolve().parent / "grafana"
 DATASOURCE_UID = "safecity-influxdb"
@@ -625,7 +632,8 @@ def incidents() -> Board:
     b = Board(
         "safecity-incidents",
         "safecity / Safe-city incidents",
-        "Events by type and severity, the latest incidents, gunshot locations.",
+        "Events by type and severity, the latest incidents, gunshot locations; the incident "
+        "lifecycle: open incidents by severity, alerts, time to acknowledge and to resolve.",
         ["incidents"],
     )
     b.standard_variables()
@@ -698,7 +706,88 @@ def incidents() -> Board:
         },
         description="Acoustic-array fixes (lat/lon reported with each gunshot event).",
     )
+    _incident_lifecycle(b)
     return b
+
+
+# Incidents (safecity.incidents) live in their own retention policy; `source` reads it
+# (and the default policy, for points written before it existed).
+TRANSITIONS_FROM = source(INCIDENT_TRANSITIONS)
+ALERTS_FROM = source(ALERTS)
+# Incidents opened in the dashboard's range ($__from: Grafana's range start, epoch ms).
+OPENED_IN_RANGE = f'{WHERE} AND "opened_at_ms" >= $__from'
+
+
+def _response_times(state: str) -> str:
+    """Per type and district: mean, median, max of `elapsed_s` on the first `state` step."""
+    return (
+        'SELECT mean("elapsed_s") AS "mean_s", median("elapsed_s") AS "median_s", '
+        'max("elapsed_s") AS "max_s", count("elapsed_s") AS "incidents" '
+        f"FROM {TRANSITIONS_FROM} WHERE {OPENED_IN_RANGE} AND \"state\" = '{state}' "
+        'GROUP BY "rule_id", "district"'
+    )
+
+
+def _incident_lifecycle(b: Board) -> None:
+    """Incidents the alerts service opened: open by severity, response times, alerts."""
+
+    def count(state: str, sign: str = "") -> str:
+        return (
+            f'SELECT count("seq"){sign} AS "n" FROM {TRANSITIONS_FROM} '
+            f'WHERE {OPENED_IN_RANGE} AND "state" = \'{state}\' GROUP BY "severity"'
+        )
+
+    # Open = opened - resolved (each incident has one `open` and at most one `resolved`).
+    b.add(
+        "bargauge",
+        "Open incidents by severity",
+        [
+            target(
+                f'SELECT sum("n") FROM ({count("open")}), ({count("resolved", " * -1")}) '
+                'GROUP BY "severity"',
+                alias="$tag_severity",
+            )
+        ],
+        w=8,
+        h=8,
+        thresholds=_thresholds((None, "green"), (1, "red")),
+        options={"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}},
+        description="Incidents opened in the range and not yet resolved (incident_transitions).",
+    )
+    b.timeseries(
+        "Alerts by severity",
+        f'SELECT count("alert_id") FROM {ALERTS_FROM} WHERE {WHERE} '
+        'GROUP BY time($__interval), "severity" fill(0)',
+        alias="$tag_severity",
+        w=16,
+        h=8,
+        custom={"drawStyle": "bars", "stacking": {"mode": "normal"}},
+    )
+    b.table(
+        "Time to acknowledge by type and district",
+        _response_times("acknowledged"),
+        w=12,
+        h=9,
+        unit="s",
+        description="Seconds from opening to the acknowledgement, incidents opened in the range.",
+    )
+    b.table(
+        "Time to resolve by type and district",
+        _response_times("resolved"),
+        w=12,
+        h=9,
+        unit="s",
+        description="Seconds from opening to resolution (operators or a cleared condition).",
+    )
+    b.timeseries(
+        "Time to acknowledge (mean) by type",
+        f'SELECT mean("elapsed_s") FROM {TRANSITIONS_FROM} WHERE {WHERE} '
+        'AND "state" = \'acknowledged\' GROUP BY time($__interval), "rule_id" fill(none)',
+        alias="$tag_rule_id",
+        unit="s",
+        w=24,
+        h=8,
+    )
 
 
 def _rejections(*reasons: str) -> str:

@@ -66,7 +66,11 @@ Result = Callable[[Envelope, int], None]
 
 
 class DeviceAgent:
-    """One device identity (client id = username = `client_id`) delivering its messages in order."""
+    """One device identity (client id = username = `client_id`) delivering its messages in order.
+
+    `password` is the device's own secret; without one, `settings.password` or the MQTT
+    settings' password is used (a single-connection fleet logs in as a service account).
+    """
 
     def __init__(
         self,
@@ -76,6 +80,7 @@ class DeviceAgent:
         on_result: Result,
         *,
         username: str | None = None,
+        password: str | None = None,
         birth: Callable[[], Envelope] | None = None,
         will: Callable[[], Will] | None = None,
         farewell: Callable[[], Envelope] | None = None,
@@ -106,9 +111,10 @@ class DeviceAgent:
         self._rebuild: Callable[[str, bytes, Any], Any] | None = None
         self._idle = asyncio.Event()
         self.stats = AgentStats()
-        # Per-device secrets come with the broker ACL work; until then one shared secret.
-        secret = settings.password or mqtt.password
-        password = secret.get_secret_value() if secret is not None else None
+        # The device's own secret (per-device accounts); else a shared one from settings.
+        if password is None:
+            shared = settings.password or mqtt.password
+            password = shared.get_secret_value() if shared is not None else None
         self.client = FleetClient(
             mqtt,
             client_id,

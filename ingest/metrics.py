@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import cache
+
 from prometheus_client import Counter, Gauge, Histogram
 
 RECEIVED = Counter(
@@ -69,3 +71,23 @@ BROKER_DROPPED = Gauge(
     "safecity_broker_dropped_messages",
     "Broker's $SYS/broker/publish/messages/dropped (messages it discarded, e.g. full queues)",
 )
+
+
+# Labelled children, looked up once per label value: `.labels()` builds a key, takes a
+# lock and hashes on every call.
+@cache
+def received(channel: str) -> Counter:
+    """The RECEIVED child of a channel."""
+    return RECEIVED.labels(channel=channel)
+
+
+@cache
+def written(measurement: str) -> Counter:
+    """The WRITTEN child of a measurement."""
+    return WRITTEN.labels(measurement=measurement)
+
+
+@cache
+def rejected(reason: str) -> Counter:
+    """The REJECTED child of a reject reason."""
+    return REJECTED.labels(reason=reason)

@@ -8,12 +8,32 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cache, lru_cache
+from typing import cast
 
 from safecity import schema, topics
 from safecity.errors import TopicError
 from safecity.lineprotocol import LineProtocolError, Point, encode
-from safecity.readings import Event, Reading, Rejection, RejectReason, parse
+from safecity.readings import Event, Reading, Rejection, RejectReason, Status, parse
 from safecity.registry import City
+
+_READING, _EVENT, _STATUS = "reading", "event", "status"
+
+
+@cache
+def _shape(model: type) -> str:
+    """Which of Reading / Event / Status a parsed message's class is (memoised per class)."""
+    if issubclass(model, Reading):
+        return _READING
+    if issubclass(model, Event):
+        return _EVENT
+    return _STATUS
+
+
+@lru_cache(maxsize=16_384)
+def _device_topic(topic: str) -> topics.DeviceTopic:
+    """`topics.parse_device_topic`, memoised (bounded): a device's topic never changes."""
+    return topics.parse_device_topic(topic)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +143,7 @@ class Validator:
     ) -> Accepted | Rejected:
         """Validate one message; never raises. A redelivery is not rate limited again."""
         try:
-            parsed = topics.parse_device_topic(topic)
+            parsed = _device_topic(topic)
         except TopicError as exc:
             # Our filters only match the device scheme, so an invalid part (upper case,
             # odd characters) cannot name a registered device.
@@ -172,24 +192,26 @@ class Validator:
         )
         if isinstance(message, Rejection):
             return Rejected(message, channel)
-        if (
-            self.duplicates is not None
-            and isinstance(message, Reading | Event)
-            and self.duplicates.conflicts(device.id, message.seq, payload)
-        ):
-            return Rejected(
-                Rejection(
-                    RejectReason.CONFLICTING_DUPLICATE,
-                    f"device {device.id} sent seq {message.seq} before with other content",
-                ),
-                channel,
-            )
-        if isinstance(message, Reading):
-            point = schema.reading_point(self.city.id, device, message)
-        elif isinstance(message, Event):
-            point = schema.event_point(self.city.id, device, message)
+        # A dict lookup per model class: pydantic's isinstance goes through ABCMeta.
+        shape = _shape(type(message))
+        if shape is _STATUS:
+            point = schema.status_point(self.city.id, device, cast(Status, message))
         else:
-            point = schema.status_point(self.city.id, device, message)
+            numbered = cast(Reading | Event, message)
+            if self.duplicates is not None and self.duplicates.conflicts(
+                device.id, numbered.seq, payload
+            ):
+                return Rejected(
+                    Rejection(
+                        RejectReason.CONFLICTING_DUPLICATE,
+                        f"device {device.id} sent seq {numbered.seq} before with other content",
+                    ),
+                    channel,
+                )
+            if shape is _READING:
+                point = schema.reading_point(self.city.id, device, cast(Reading, message))
+            else:
+                point = schema.event_point(self.city.id, device, cast(Event, message))
         try:
             line = encode(point)
         except (

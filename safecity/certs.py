@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -22,7 +23,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from safecity.errors import ConfigError
 from safecity.identity import Role, validate_username
 
-__all__ = ["CertPaths", "init_ca", "issue_client", "issue_server", "load_ca"]
+__all__ = ["CertPaths", "ensure_server", "init_ca", "issue_client", "issue_server", "load_ca"]
 
 CA_DAYS = 3650
 LEAF_DAYS = 825  # the longest leaf lifetime common TLS clients still accept
@@ -178,3 +179,53 @@ def issue_client(directory: Path, device_id: str) -> CertPaths:
         sans=[],
         usage=ExtendedKeyUsageOID.CLIENT_AUTH,
     )
+
+
+def _server_still_good(paths: CertPaths, ca_cert: x509.Certificate, hosts: Sequence[str]) -> bool:
+    """Whether an existing server certificate is from this CA, valid a while yet, for hosts."""
+    try:
+        cert = x509.load_pem_x509_certificate(paths.cert.read_bytes())
+        serialization.load_pem_private_key(paths.key.read_bytes(), None)
+        ca_key = ca_cert.public_key()
+        if cert.issuer != ca_cert.subject or not isinstance(ca_key, ec.EllipticCurvePublicKey):
+            return False
+        sig_hash = cert.signature_hash_algorithm
+        if sig_hash is None:
+            return False
+        ca_key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(sig_hash))
+        if cert.not_valid_after_utc - _now() < dt.timedelta(days=30):
+            return False
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (OSError, ValueError, TypeError, x509.ExtensionNotFound, InvalidSignature):
+        return False
+    names = {str(v) for v in sans.get_values_for_type(x509.DNSName)}
+    names |= {str(v) for v in sans.get_values_for_type(x509.IPAddress)}
+    wanted = {str(ipaddress.ip_address(h)) if _is_ip(h) else h for h in hosts}
+    return wanted <= names
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def ensure_server(
+    directory: Path, hosts: Sequence[str] = DEFAULT_HOSTS
+) -> tuple[CertPaths, CertPaths]:
+    """The CA and the broker's server certificate in directory, reused when still good.
+
+    A missing CA is created; the server certificate is (re)issued when it is missing,
+    not signed by this CA, expires within 30 days or does not cover `hosts`.
+    Returns (ca, server).
+    """
+    ca = CertPaths(directory / "ca.crt", directory / "ca.key")
+    if not (ca.cert.exists() and ca.key.exists()):
+        ca = init_ca(directory, force=True)
+    ca_cert, _ = load_ca(directory)
+    server = CertPaths(directory / "server.crt", directory / "server.key")
+    if not _server_still_good(server, ca_cert, hosts):
+        server = issue_server(directory, hosts)
+    return ca, server

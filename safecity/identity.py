@@ -28,11 +28,14 @@ from safecity.registry import City
 from safecity.topics import DEADLETTER, IDENTIFIER, PREFIX, SERVICES
 
 __all__ = [
+    "LOCAL_SERVICES",
     "SERVICE_PREFIX",
     "Account",
     "CredentialStore",
+    "LocalIdentities",
     "Role",
     "hash_password",
+    "read_secrets",
     "reload_broker",
     "render_acl",
     "render_password_file",
@@ -77,6 +80,8 @@ class Role(StrEnum):
 
 SERVICE_ROLES: tuple[Role, ...] = tuple(r for r in Role if r is not Role.DEVICE)
 DEFAULT_SERVICES: tuple[Role, ...] = (Role.INGEST, Role.API)
+# What a local stack (`make run`, the test session) provisions besides the devices.
+LOCAL_SERVICES: tuple[Role, ...] = (Role.INGEST, Role.API, Role.ALERTS, Role.SIMULATOR)
 
 # Per-service ACL rules. Devices get only the %u patterns below; nothing to read.
 _SERVICE_RULES: dict[Role, tuple[str, ...]] = {
@@ -346,6 +351,21 @@ def write_secrets(path: Path, issued: dict[str, str]) -> None:
     _write_private(path, json.dumps(existing, indent=1, sort_keys=True))
 
 
+def read_secrets(path: Path) -> dict[str, str]:
+    """The {username: secret} map of a secrets file; empty if there is none."""
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read secrets file {path}: {exc}") from exc
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in data.items()
+    ):
+        raise ConfigError(f"secrets file {path}: expected a JSON object of strings")
+    return data
+
+
 def drop_secrets(path: Path, usernames: Iterable[str]) -> None:
     """Remove revoked accounts from a secrets file, if there is one."""
     if not path.exists():
@@ -374,6 +394,71 @@ def reload_broker(pid: int) -> None:
         raise ConfigError(f"not allowed to signal broker pid {pid}: {exc}") from exc
 
 
+class LocalIdentities:
+    """The accounts of a local broker (`make run`, tests): store + 0600 file of every secret.
+
+    Every registry device and each service in `services` gets an account; the secrets
+    of all active accounts are kept in `secrets_file` (0600) so the local services and
+    the simulated fleet can log in, across runs. A revoked account stays revoked. An
+    active account whose secret is missing from the file, or no longer matches (rotated
+    with the secret printed elsewhere), gets a new secret: the local fleet is its own
+    device. Nothing here logs or prints a secret.
+    """
+
+    def __init__(
+        self, directory: Path, city: City, services: Sequence[Role] = LOCAL_SERVICES
+    ) -> None:
+        self.directory = Path(directory)
+        self.secrets_file = self.directory / SECRETS_FILE
+        self.city = city
+        self.services = tuple(services)
+        self.store = CredentialStore(self.directory)
+        self.secrets: dict[str, str] = {}
+        self.issued: dict[str, str] = {}
+        """Secrets issued by the last `sync` (new accounts and repaired ones)."""
+        self.sync()
+
+    def sync(self) -> dict[str, str]:
+        """Provision what is missing, repair lost secrets, write store, passwd, ACL and secrets."""
+        known = read_secrets(self.secrets_file)
+        issued = self.store.provision_city(self.city, self.services)
+        for name, account in self.store.accounts.items():
+            if not account.active or name in issued:
+                continue
+            secret = known.get(name)
+            if secret is None or not self.store.check(name, secret):
+                issued[name] = self.store.rotate(name)
+        self.store.save()
+        self.secrets = {
+            name: issued.get(name) or known[name]
+            for name, account in sorted(self.store.accounts.items())
+            if account.active
+        }
+        _write_private(self.secrets_file, json.dumps(self.secrets, indent=1, sort_keys=True))
+        self.issued = issued
+        return issued
+
+    def add_devices(self, device_ids: Iterable[str]) -> dict[str, str]:
+        """Provision extra devices (not in the registry); return the new secrets."""
+        issued: dict[str, str] = {}
+        for device_id in device_ids:
+            secret = self.store.provision(device_id)
+            if secret is not None:
+                issued[device_id] = secret
+        if issued:
+            self.store.save()
+            self.secrets.update(issued)
+            write_secrets(self.secrets_file, issued)
+        return issued
+
+    def secret(self, username: str) -> str:
+        """The secret of an active account (ConfigError if unknown or revoked)."""
+        account = self.store.accounts.get(username)
+        if account is None or not account.active or username not in self.secrets:
+            raise ConfigError(f"no active account {username!r} on this broker")
+        return self.secrets[username]
+
+
 # --- secure broker config -----------------------------------------------------------
 
 _TLS_LISTENER_RE = re.compile(r"^\s*listener\s+8883\b")
@@ -397,7 +482,7 @@ def render_secure_config(
     keyfile: Path | None = None,
     mutual_tls: bool = False,
 ) -> str:
-    """Point broker/mosquitto-secure.conf at local files; safecity.stack then adapts the rest.
+    """Point broker/mosquitto.conf at local files; safecity.stack then adapts the rest.
 
     The plain listener stays the template's first `listener` (stack.render_mosquitto_conf
     binds it to loopback); the TLS listener (`listener 8883`) moves to tls_host:tls_port,

@@ -25,10 +25,12 @@ from safecity.catalogue import Severity
 from safecity.errors import SafecityError
 from safecity.influx import InfluxClient
 from safecity.lineprotocol import FieldValue, Point, encode_many
-from safecity.readings import Timestamp, epoch_ms
+from safecity.readings import Timestamp, epoch_ms, format_ts
+from safecity.schema import ALERTS as _ALERTS
+from safecity.schema import INCIDENT_TRANSITIONS, retention_policy_of, source
 
-ALERTS = "alerts"
-TRANSITIONS = "incident_transitions"
+ALERTS = _ALERTS
+TRANSITIONS = INCIDENT_TRANSITIONS
 ALERT_TAGS = ("city", "district", "rule_id", "severity")
 TRANSITION_TAGS = ("city", "district", "rule_id", "severity", "state")
 _ID = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
@@ -222,6 +224,9 @@ def transition_point(incident: Incident, step: Transition) -> Point:
         "rule_type": incident.rule_type,
         "message": incident.message,
         "opened_at_ms": epoch_ms(incident.opened_at),
+        # Seconds from opening to this step: the time to acknowledge on the
+        # `acknowledged` step, to resolve on `resolved` (what Grafana aggregates).
+        "elapsed_s": max(0.0, (step.at - incident.opened_at).total_seconds()),
     }
     if incident.value is not None:
         fields["value"] = float(incident.value)
@@ -356,9 +361,10 @@ class IncidentStore:
     def __init__(self, influx: InfluxClient) -> None:
         self.influx = influx
 
-    async def _rows(self, where: str, params: dict[str, str]) -> list[dict[str, Any]]:
-        # `where` is one of this class's own constant conditions; values are bound.
-        query = f'SELECT * FROM "{TRANSITIONS}" WHERE {where}'  # noqa: S608
+    async def _rows(self, where: str, params: dict[str, str | int]) -> list[dict[str, Any]]:
+        # `where` is one of this class's own constant conditions; values are bound. The
+        # log lives in its retention policy (`incidents`); `source` also reads the default.
+        query = f"SELECT * FROM {source(TRANSITIONS)} WHERE {where}"  # noqa: S608
         series = await self.influx.query(query, params)
         rows: list[dict[str, Any]] = []
         for s in series:
@@ -369,6 +375,34 @@ class IncidentStore:
         """Every incident of a city (within the retention policy), by id."""
         return _from_rows(await self._rows('"city" = $city', {"city": city}))
 
+    async def query(
+        self,
+        city: str,
+        opened_from: datetime,
+        opened_to: datetime,
+        *,
+        district: str | None = None,
+        rule_id: str | None = None,
+        severity: str | None = None,
+    ) -> dict[str, Incident]:
+        """Incidents of a city opened in [opened_from, opened_to), by tag filters.
+
+        Every transition is at or after its incident's opening, so the scan starts at
+        `opened_from` (bounded) and reaches to now (later transitions count)."""
+        where = '"city" = $city AND time >= $from AND "opened_at_ms" >= $from_ms'
+        where += ' AND "opened_at_ms" < $to_ms'
+        params: dict[str, str | int] = {
+            "city": city,
+            "from": format_ts(opened_from),
+            "from_ms": epoch_ms(opened_from),
+            "to_ms": epoch_ms(opened_to),
+        }
+        for tag, value in (("district", district), ("rule_id", rule_id), ("severity", severity)):
+            if value is not None:
+                where += f' AND "{tag}" = ${tag}'
+                params[tag] = value
+        return _from_rows(await self._rows(where, params))
+
     async def get(self, ident: str) -> Incident:
         """One incident by id; IncidentError if unknown."""
         found = _from_rows(await self._rows('"incident_id" = $id', {"id": ident}))
@@ -378,8 +412,11 @@ class IncidentStore:
 
     async def append(self, points: Sequence[Point]) -> None:
         """Write transition/alert points (ns precision); raises StorageError subclasses."""
-        if points:
-            await self.influx.write(encode_many(points), precision="ns")
+        by_policy: dict[str | None, list[Point]] = {}
+        for point in points:
+            by_policy.setdefault(retention_policy_of(point.measurement), []).append(point)
+        for policy, group in by_policy.items():
+            await self.influx.write(encode_many(group), precision="ns", rp=policy)
 
     async def open(self, incident: Incident) -> Alert:
         """Store a new incident's opening and its alert; idempotent (deterministic ids)."""
@@ -392,7 +429,10 @@ class IncidentStore:
     ) -> Incident:
         """Append one transition after checking it against the stored log."""
         incident = await self.get(ident)
-        updated = advance(incident, state, by, at or datetime.now(UTC), note)
+        if at is None:
+            now = datetime.now(UTC)
+            at = now.replace(microsecond=now.microsecond // 1000 * 1000)  # the log keeps ms
+        updated = advance(incident, state, by, at, note)
         await self.append([transition_point(updated, updated.transitions[-1])])
         return updated
 
@@ -456,5 +496,6 @@ def markdown_table() -> str:
         "(comma-separated), `message`, `rule_type`, `place`, `value`? (float), `event`? |\n"
         f"| `{TRANSITIONS}` | {', '.join(TRANSITION_TAGS)} | `incident_id`, `seq` (int, 0 = "
         "open), `from_state`, `by`, `note`, `place`, `devices`, `rule_type`, `message`, "
-        "`opened_at_ms` (int), `value`? (float), `event`? |\n"
+        "`opened_at_ms` (int), `elapsed_s` (float, s from opening to this step), `value`? (float), "
+        "`event`? |\n"
     )

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 
 from safecity.errors import StorageError
+from safecity.schema import retention_policies
 from safecity.settings import InfluxSettings
 from safecity.topics import IDENTIFIER
 
@@ -131,12 +132,35 @@ class InfluxClient:
             await self.execute(
                 f"ALTER RETENTION POLICY {rp} ON {db} DURATION {duration} REPLICATION 1 DEFAULT"
             )
+        await self.ensure_retention_policies()
 
-    async def write(self, body: bytes, *, precision: str = "ms") -> None:
-        """Write a line-protocol batch; raise a StorageError subclass saying what to do next."""
+    async def ensure_retention_policies(self) -> None:
+        """Create (or alter to the configured duration) every measurement family's own
+        retention policy (`safecity.schema.RETENTION_FAMILIES`); never the default; safe
+        to repeat. The database must exist (QueryError `database not found` otherwise)."""
+        db = quote_ident(self.settings.database)
+        for name, duration in retention_policies(self.settings):
+            rp = quote_ident(name)
+            try:
+                await self.execute(
+                    f"CREATE RETENTION POLICY {rp} ON {db} DURATION {duration} REPLICATION 1"
+                )
+            except QueryError as exc:
+                if "already exists" not in str(exc):
+                    raise
+                await self.execute(
+                    f"ALTER RETENTION POLICY {rp} ON {db} DURATION {duration} REPLICATION 1"
+                )
+
+    async def write(self, body: bytes, *, precision: str = "ms", rp: str | None = None) -> None:
+        """Write a line-protocol batch into retention policy `rp` (None = the default one,
+        `settings.retention_policy`); raise a StorageError subclass saying what to do next.
+
+        One request has one policy: a batch mixing families must be split by
+        `safecity.schema.retention_policy_of(measurement)` first."""
         params = {
             "db": self.settings.database,
-            "rp": self.settings.retention_policy,
+            "rp": rp if rp is not None else self.settings.retention_policy,
             "precision": precision,
         }
         headers = {"Content-Type": "text/plain; charset=utf-8"}

@@ -10,6 +10,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 
 from safecity.errors import SafecityError
 
@@ -52,6 +53,10 @@ def _name(value: str, what: str) -> str:
 
 
 def _field(value: FieldValue) -> str:
+    if type(value) is float:  # the common case first; bool and int subclasses below
+        if not math.isfinite(value):
+            raise LineProtocolError(f"non-finite float {value}")
+        return repr(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
@@ -69,25 +74,36 @@ def _field(value: FieldValue) -> str:
 
 def encode(point: Point) -> str:
     """Encode a point as one line (no trailing newline); raise LineProtocolError if impossible."""
-    if not point.fields:
+    fields = point.fields
+    tags = point.tags
+    if not fields:
         raise LineProtocolError("a point needs at least one field")
     if point.measurement.startswith("#"):
         # InfluxDB reads such a line as a comment: 204 and nothing stored.
         raise LineProtocolError(f"measurement {point.measurement[:40]!r} starts with '#'")
-    if "time" in point.tags or "time" in point.fields:
+    if "time" in tags or "time" in fields:
         raise LineProtocolError("'time' is not a valid tag or field key in InfluxDB")
-    parts = [_name(point.measurement, "measurement").translate(_MEASUREMENT_ESC)]
-    for key in sorted(point.tags):
-        value = point.tags[key]
+    # Series keys and field keys repeat from point to point: their checked, escaped
+    # forms are memoised (bounded), so a point costs little more than its values.
+    series = _series(point.measurement, tuple(tags.items()))
+    field_set = ",".join(_field_key(k) + _field(v) for k, v in sorted(fields.items()))
+    return f"{series} {field_set} {point.time_ms}"
+
+
+@lru_cache(maxsize=16_384)
+def _series(measurement: str, tags: tuple[tuple[str, str], ...]) -> str:
+    parts = [_name(measurement, "measurement").translate(_MEASUREMENT_ESC)]
+    for key, value in sorted(tags):
         if value == "":
             continue  # InfluxDB has no empty tag values; absent means empty
         tag_key = _name(key, "tag key").translate(_KEY_ESC)
         parts.append(f"{tag_key}={_name(value, 'tag value').translate(_KEY_ESC)}")
-    fields = ",".join(
-        f"{_name(k, 'field key').translate(_KEY_ESC)}={_field(v)}"
-        for k, v in sorted(point.fields.items())
-    )
-    return f"{','.join(parts)} {fields} {point.time_ms}"
+    return ",".join(parts)
+
+
+@lru_cache(maxsize=4096)
+def _field_key(key: str) -> str:
+    return _name(key, "field key").translate(_KEY_ESC) + "="
 
 
 def encode_many(points: Iterable[Point]) -> bytes:

@@ -1,8 +1,13 @@
-"""`safecity run`: the whole local stack — broker, InfluxDB, ingest, API, simulated city.
+"""`safecity run`: the whole local stack — broker, InfluxDB, ingest, API, alerts, city.
 
 Each safecity service runs as its own child process (`python -m safecity <service>`)
 configured only through SAFECITY_ environment variables, exactly as in docker
 compose. Ctrl-C stops them in reverse order, then the stack.
+
+The broker admits no anonymous client: every registry device and each service has its
+own account (`<data_dir>/identity`, secrets in a 0600 file reused across runs); each
+service gets its own account through SAFECITY_MQTT__USERNAME/PASSWORD, and the
+simulated fleet the per-device secrets file (SAFECITY_EDGE__SECRETS_FILE).
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from pathlib import Path
 
 import httpx
 
+from safecity import registry
 from safecity.errors import StackError
+from safecity.identity import Role, service_username
 from safecity.settings import StackSettings
 from safecity.stack import LocalStack, ManagedProcess, ensure_port_free, free_port
 
@@ -39,8 +46,14 @@ def _port(configured: int) -> int:
     return free_port() if configured == 0 else configured
 
 
-def service_env(stack: LocalStack, settings: StackSettings, **extra: str) -> dict[str, str]:
-    """The environment a service child gets: the parent's plus where the stack listens."""
+def service_env(
+    stack: LocalStack, settings: StackSettings, role: Role | None = None, **extra: str
+) -> dict[str, str]:
+    """The environment a service child gets: the parent's, where the stack listens, its account.
+
+    `role` names the service's own broker account (`_ingest`, `_api`, ...); its secret is
+    passed in the environment, never on a command line or in a log.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAFECITY_")}
     env.update(
         {
@@ -48,8 +61,15 @@ def service_env(stack: LocalStack, settings: StackSettings, **extra: str) -> dic
             "SAFECITY_MQTT__PORT": str(stack.mqtt_port),
             "SAFECITY_INFLUX__URL": stack.influx_url,
             "SAFECITY_LOG_LEVEL": settings.log_level,
+            # `safecity devices revoke|rotate|provision` from a child reloads this broker.
+            "SAFECITY_IDENTITY_DIR": str(stack.identity_dir),
+            "SAFECITY_BROKER_PIDFILE": str(stack.broker_pidfile),
         }
     )
+    if role is not None:
+        username = service_username(role)
+        env["SAFECITY_MQTT__USERNAME"] = username
+        env["SAFECITY_MQTT__PASSWORD"] = stack.secret(username)
     if settings.registry is not None:
         env["SAFECITY_REGISTRY"] = str(settings.registry.resolve())
     env.update(extra)
@@ -66,22 +86,48 @@ class LocalRun:
         self.stack: LocalStack | None = None
         self.api_url = ""
         self.metrics_url = ""
+        self.alerts_url = ""
         self.api_key = ""
 
     def start(self) -> None:
         """Start everything and wait until each part answers; on failure stop what started."""
         s = self.settings
-        for name, port in (("api", s.api_port), ("ingest metrics", s.ingest_metrics_port)):
+        for name, port in (
+            ("api", s.api_port),
+            ("ingest metrics", s.ingest_metrics_port),
+            ("alerts metrics", s.alerts_metrics_port),
+        ):
             if port:
                 ensure_port_free("127.0.0.1", port, name)
         try:
             self.base.mkdir(parents=True, exist_ok=True)
-            self.stack = LocalStack(self.base, mqtt_port=s.mqtt_port, influx_port=s.influx_port)
+            city = registry.load_or_default(s.registry)
+            # Identities in <data_dir>/identity: new registry devices are provisioned,
+            # existing secrets reused (0600 secrets file), revoked accounts stay revoked.
+            self.stack = LocalStack(
+                self.base,
+                mqtt_port=s.mqtt_port,
+                influx_port=s.influx_port,
+                mqtt_tls_port=s.mqtt_tls_port,
+                city=city,
+            )
+            issued = self.stack.mosquitto.identities.issued
+            log.info(
+                "broker identities ready",
+                extra={
+                    "accounts": len(self.stack.mosquitto.identities.secrets),
+                    "new_secrets": len(issued),
+                    "secrets_file": str(self.stack.secrets_file),
+                },
+            )
             self.stack.start()
             api_port = _port(s.api_port)
             metrics_port = _port(s.ingest_metrics_port)
+            alerts_port = _port(s.alerts_metrics_port)
             self.api_url = f"http://127.0.0.1:{api_port}"
             self.metrics_url = f"http://127.0.0.1:{metrics_port}"
+            self.alerts_url = f"http://127.0.0.1:{alerts_port}"
+            replay_window: dict[str, str] = {}
             ingest_env = {
                 "SAFECITY_METRICS_PORT": str(metrics_port),
                 "SAFECITY_DEADLETTER_DIR": str(self.base / "deadletter"),
@@ -90,18 +136,21 @@ class LocalRun:
             }
             if s.speed != 1.0:
                 # Compressed time runs ahead of the wall clock; the local stack is a
-                # replay, so its ingest accepts simulated timestamps (ten years each way).
-                ingest_env["SAFECITY_TS_FUTURE_WINDOW"] = str(10 * 365 * 86_400)
-                ingest_env["SAFECITY_TS_PAST_WINDOW"] = str(10 * 365 * 86_400)
-                log.warning("speed %s: ingest timestamp window widened for the replay", s.speed)
+                # replay, so ingest and alerts accept simulated timestamps (ten years
+                # each way).
+                replay_window["SAFECITY_TS_FUTURE_WINDOW"] = str(10 * 365 * 86_400)
+                replay_window["SAFECITY_TS_PAST_WINDOW"] = str(10 * 365 * 86_400)
+                log.warning("speed %s: timestamp windows widened for the replay", s.speed)
             self._child(
                 "ingest",
-                ingest_env,
+                Role.INGEST,
+                {**ingest_env, **replay_window},
                 ready=_http_ok(f"{self.metrics_url}/readyz"),
             )
             self.api_key = self._local_api_key()
             self._child(
                 "api",
+                Role.API,
                 {
                     "SAFECITY_HOST": "127.0.0.1",
                     "SAFECITY_PORT": str(api_port),
@@ -111,8 +160,24 @@ class LocalRun:
                 ready=_http_ok(f"{self.api_url}/readyz"),
             )
             self._child(
+                "alerts",
+                Role.ALERTS,
+                {
+                    "SAFECITY_ALERTS_METRICS_PORT": str(alerts_port),
+                    **replay_window,
+                },
+                ready=_http_ok(f"{self.alerts_url}/readyz"),
+            )
+            self._child(
                 "simulate",
-                {"SAFECITY_SPEED": str(s.speed), "SAFECITY_SEED": str(s.seed)},
+                Role.SIMULATOR,
+                {
+                    "SAFECITY_SPEED": str(s.speed),
+                    "SAFECITY_SEED": str(s.seed),
+                    # Every device logs in as itself with its own secret (read once).
+                    "SAFECITY_EDGE__SECRETS_FILE": str(self.stack.secrets_file),
+                    "SAFECITY_EDGE__SPOOL_DIR": str(self.base / "edge-spool"),
+                },
                 ready=None,
             )
         except BaseException:
@@ -127,14 +192,20 @@ class LocalRun:
         log.info("local API key created", extra={"key_id": record.id})
         return key
 
-    def _child(self, service: str, env: dict[str, str], ready: Callable[[], bool] | None) -> None:
+    def _child(
+        self,
+        service: str,
+        role: Role,
+        env: dict[str, str],
+        ready: Callable[[], bool] | None,
+    ) -> None:
         assert self.stack is not None
         proc = ManagedProcess(
             service,
             [sys.executable, "-m", "safecity", service],
             self.base / f"{service}.log",
             cwd=Path.cwd(),
-            env=service_env(self.stack, self.settings, **env),
+            env=service_env(self.stack, self.settings, role, **env),
         )
         log.info("starting %s", service, extra={"log": str(self.base / f"{service}.log")})
         proc.start()
@@ -176,9 +247,19 @@ def run_local(settings: StackSettings) -> int:
             f"\nsafecity is running\n"
             f"  API key        SAFECITY_API_KEY={run.api_key}   (header X-API-Key)\n"
             f"  console + API  {run.api_url}/   (OpenAPI docs: {run.api_url}/docs)\n"
-            f"  MQTT broker    mqtt://{run.stack.mqtt_host}:{run.stack.mqtt_port}\n"
+            f"  MQTT broker    mqtt://{run.stack.mqtt_host}:{run.stack.mqtt_port}"
+            f"   (loopback; no anonymous access)\n"
+            f"  MQTT over TLS  mqtts://{run.stack.mqtt_host}:{run.stack.mqtt_tls_port}"
+            f"   (CA {run.stack.ca_file})\n"
+            f"  MQTT secrets   {run.stack.secrets_file}   (0600; one account per device"
+            f" and service)\n"
+            f"  manage devices export SAFECITY_IDENTITY_DIR={run.stack.identity_dir}"
+            f" SAFECITY_BROKER_PIDFILE={run.stack.broker_pidfile}\n"
+            f"                 then: safecity devices list|provision|rotate|revoke ..."
+            f" --secrets-file {run.stack.secrets_file}\n"
             f"  InfluxDB       {run.stack.influx_url}  (database 'safecity')\n"
             f"  ingest metrics {run.metrics_url}/metrics\n"
+            f"  alerts metrics {run.alerts_url}/metrics\n"
             f"  logs           {run.base}/*.log\n"
             f"Press Ctrl-C to stop.\n",
             flush=True,

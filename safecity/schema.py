@@ -7,14 +7,21 @@ timestamp is the device's `ts`, so a redelivered message overwrites itself.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from safecity import catalogue
 from safecity.lineprotocol import FieldValue, Point
 from safecity.readings import Event, Reading, Status
 from safecity.registry import Device
+from safecity.settings import InfluxSettings
 
 EVENTS = "events"
 DEVICE_STATUS = "device_status"
 INGEST_STATS = "ingest_stats"
+SECURITY_EVENTS = "security_events"
+# Written by safecity.incidents (alerts service, API); named here for the retention map.
+ALERTS = "alerts"
+INCIDENT_TRANSITIONS = "incident_transitions"
 READING_TAGS = ("city", "district", "device_id")
 EVENT_TAGS = ("city", "district", "device_id", "type", "severity")
 
@@ -88,4 +95,96 @@ def markdown_table() -> str:
         f"| `{DEVICE_STATUS}` | {', '.join(READING_TAGS)} | `state` (string: online/offline), "
         "`online` (boolean), `kind` (string), `reason`? (string) |"
     )
+    return "\n".join(lines) + "\n"
+
+
+# --- retention: one policy per measurement family ----------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionFamily:
+    """A family of measurements kept for the same time, in its own retention policy.
+
+    `policy` None is the database's default policy (`InfluxSettings.retention_policy`,
+    `raw`); the others are created next to it at start-up and are never the default.
+    """
+
+    family: str
+    policy: str | None
+    duration_setting: str
+    measurements: tuple[str, ...]
+    what: str
+
+
+RETENTION_FAMILIES: tuple[RetentionFamily, ...] = (
+    RetentionFamily(
+        "telemetry",
+        None,
+        "retention_duration",
+        (*catalogue.KINDS, DEVICE_STATUS, INGEST_STATS),
+        "raw readings of every kind, device status, ingest statistics",
+    ),
+    RetentionFamily("events", "events", "events_retention_duration", (EVENTS,), "safe-city events"),
+    RetentionFamily(
+        "security",
+        "security",
+        "security_retention_duration",
+        (SECURITY_EVENTS,),
+        "security events (auth failures, spoofing, floods)",
+    ),
+    RetentionFamily(
+        "incidents",
+        "incidents",
+        "incidents_retention_duration",
+        (ALERTS, INCIDENT_TRANSITIONS),
+        "alerts and the incident lifecycle log",
+    ),
+)
+_POLICY_OF = {m: f.policy for f in RETENTION_FAMILIES for m in f.measurements}
+
+
+def retention_policy_of(measurement: str) -> str | None:
+    """The retention policy a measurement is written to; None = the database default."""
+    return _POLICY_OF.get(measurement)
+
+
+def retention_policies(settings: InfluxSettings) -> list[tuple[str, str]]:
+    """(name, duration) of every non-default policy, from the settings."""
+    return [
+        (f.policy, str(getattr(settings, f.duration_setting)))
+        for f in RETENTION_FAMILIES
+        if f.policy is not None
+    ]
+
+
+def source(measurement: str) -> str:
+    """The InfluxQL FROM of a measurement, for reads.
+
+    A measurement of the default policy is read unqualified. One with its own policy
+    is read from that policy *and* the default one: points written before the policy
+    existed (or by a writer not yet moved to it) stay visible until they age out of
+    the default policy. InfluxDB merges the two sources into one series per tag set.
+    """
+    policy = retention_policy_of(measurement)
+    if policy is None:
+        return f'"{measurement}"'
+    return f'"{measurement}", "{policy}"."{measurement}"'
+
+
+def retention_markdown_table(settings: InfluxSettings | None = None) -> str:
+    """The README's retention table (a test keeps them equal)."""
+    s = settings or InfluxSettings()
+    lines = [
+        "| Family | Retention policy | Default duration | Setting | Measurements |",
+        "|---|---|---|---|---|",
+    ]
+    for f in RETENTION_FAMILIES:
+        policy = f"`{f.policy}`" if f.policy else f"`{s.retention_policy}` (the default)"
+        setting = f"`SAFECITY_INFLUX__{f.duration_setting.upper()}`"
+        if f.family == "telemetry":
+            names = "every kind's measurement, " + f"`{DEVICE_STATUS}`, `{INGEST_STATS}`"
+        else:
+            names = ", ".join(f"`{m}`" for m in f.measurements)
+        duration = getattr(s, f.duration_setting)
+        lines.append(f"| {f.family}: {f.what} | {policy} | {duration} | {setting} | {names} |")
     return "\n".join(lines) + "\n"

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from safecity import catalogue, topics
+from safecity import catalogue, schema, topics
 from safecity.ledger import LedgerEntry
 
 
@@ -202,7 +202,8 @@ async def stored_alerts(influx: Any, city: str, start_ms: int, end_ms: int) -> l
     """The alerts of a city started in [start_ms, end_ms], from InfluxDB."""
     # Integers we computed ourselves: safe to inline (InfluxQL has no bound time literal).
     window = f"time >= {int(start_ms) * 1_000_000} AND time <= {int(end_ms) * 1_000_000}"
-    query = f'SELECT * FROM "alerts" WHERE "city" = $city AND {window}'  # noqa: S608
+    # The alerts live in their retention policy (`incidents`); `source` reads it.
+    query = f'SELECT * FROM {schema.source(schema.ALERTS)} WHERE "city" = $city AND {window}'  # noqa: S608
     series = await influx.query(query, {"city": city})
     rows: list[dict[str, Any]] = []
     for s in series:

@@ -46,6 +46,11 @@ class InfluxSettings(BaseModel):
     database: str = "safecity"
     retention_policy: str = "raw"
     retention_duration: str = "30d"
+    # The other measurement families' retention policies (safecity.schema.RETENTION_FAMILIES),
+    # created or altered at start-up next to the default one; never the default.
+    events_retention_duration: str = "365d"
+    security_retention_duration: str = "90d"
+    incidents_retention_duration: str = "1825d"
     username: str | None = None
     password: SecretStr | None = None
     token: SecretStr | None = None
@@ -61,7 +66,12 @@ class InfluxSettings(BaseModel):
             # pydantic reports ValueError per field; our own error would escape unnamed.
             raise ValueError(str(exc)) from exc
 
-    @field_validator("retention_duration")
+    @field_validator(
+        "retention_duration",
+        "events_retention_duration",
+        "security_retention_duration",
+        "incidents_retention_duration",
+    )
     @classmethod
     def _duration(cls, value: str) -> str:
         import re
@@ -99,7 +109,7 @@ class IngestSettings(_ServiceSettings):
     # restarts on Mosquitto 2.0.11, which does not restore shared subscriptions.
     share_group: Annotated[str, Field(pattern=r"^([a-z0-9][a-z0-9_.-]{0,63})?$")] = "ingest"
     session_expiry: Annotated[int, Field(ge=60)] = 86_400
-    receive_maximum: Annotated[int, Field(ge=1, le=65535)] = 1000
+    receive_maximum: Annotated[int, Field(ge=1, le=65535)] = 10_000
     batch_size: Annotated[int, Field(ge=1, le=100_000)] = 5000
     flush_interval: Annotated[float, Field(gt=0, le=10)] = 0.2
     deadletter_dir: Path = Path("var/deadletter")
@@ -152,6 +162,11 @@ class ApiSettings(_ServiceSettings):
     mqtt: MqttSettings = MqttSettings()
     stream_queue_size: Annotated[int, Field(ge=1, le=100_000)] = 256
     stream_heartbeat: Annotated[float, Field(gt=0, le=300)] = 15.0
+    # development | production: production turns /docs and /redoc off and puts
+    # /openapi.json behind a key.
+    env: Literal["development", "production"] = "development"
+    # Append-only audit log (JSON lines, 0600) of every operate/admin call.
+    audit_log_file: Path = Path("var/audit/api-audit.jsonl")
 
 
 Rate = Annotated[float, Field(ge=0, le=1)]
@@ -168,7 +183,12 @@ class EdgeSettings(BaseModel):
     memory_queue: Annotated[int, Field(ge=1)] = 1000
     backoff_min: Annotated[float, Field(gt=0, le=60)] = 0.2
     backoff_max: Annotated[float, Field(gt=0, le=600)] = 30.0
+    # One shared device password, used only when no secrets file is given.
     password: SecretStr | None = None
+    # Per-device secrets: a JSON object {device id: secret} (0600; `make run` writes it,
+    # as does `safecity devices provision --secrets-file`). Read once at start; each
+    # device logs in as itself with its own secret.
+    secrets_file: Path | None = None
     drain_timeout: Annotated[float, Field(ge=0, le=600)] = 10.0
 
 
@@ -219,9 +239,12 @@ class StackSettings(_ServiceSettings):
 
     data_dir: Path = Path("var/stack")
     mqtt_port: Annotated[int, Field(ge=0, le=65535)] = 1883
+    # The broker's TLS listener for devices (local CA in <data_dir>/certs).
+    mqtt_tls_port: Annotated[int, Field(ge=0, le=65535)] = 8883
     influx_port: Annotated[int, Field(ge=0, le=65535)] = 8086
     api_port: Annotated[int, Field(ge=0, le=65535)] = 8000
     ingest_metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9101
+    alerts_metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9102
     speed: Annotated[float, Field(gt=0, le=10_000)] = 1.0
     seed: int = 42
 

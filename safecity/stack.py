@@ -29,7 +29,17 @@ from typing import IO, Self
 
 import httpx
 
-from safecity.errors import StackError
+from safecity import certs
+from safecity.errors import ConfigError, StackError
+from safecity.identity import (
+    LOCAL_SERVICES,
+    LocalIdentities,
+    Role,
+    reload_broker,
+    render_secure_config,
+)
+from safecity.registry import City, default_city
+from safecity.settings import MqttSettings
 
 __all__ = [
     "DEFAULT_MOSQUITTO_CONF",
@@ -40,6 +50,7 @@ __all__ = [
     "ensure_port_free",
     "find_binary",
     "free_port",
+    "mqtt_connack_reason",
     "render_influxd_conf",
     "render_mosquitto_conf",
 ]
@@ -291,33 +302,70 @@ class ManagedProcess:
             self._log_file = None
 
 
-def _mqtt_connack(host: str, port: int, timeout: float) -> bool:
-    """True if an MQTT v5 CONNECT on host:port is answered with a CONNACK (any reason).
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n % 128, n // 128
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _utf8(text: str) -> bytes:
+    data = text.encode("utf-8")
+    return len(data).to_bytes(2, "big") + data
+
+
+def mqtt_connack_reason(
+    host: str,
+    port: int,
+    timeout: float,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    client_id: str | None = None,
+) -> int | None:
+    """The reason code of the CONNACK an MQTT v5 CONNECT on host:port gets; None if none.
 
     Written against the wire format rather than paho: paho is confined to one module,
-    and a refusal (e.g. anonymous access off) still proves the broker is serving.
+    and a refusal (e.g. 0x87 for an anonymous client) still proves the broker is serving.
     """
-    client_id = f"safecity-stack-probe-{secrets.token_hex(4)}".encode()
+    cid = client_id if client_id is not None else f"safecity-stack-probe-{secrets.token_hex(4)}"
+    flags = 0x02  # clean start, no will
+    payload = _utf8(cid)
+    if username is not None:
+        flags |= 0x80
+        payload += _utf8(username)
+        if password is not None:
+            flags |= 0x40
+            payload += _utf8(password)
     variable_header = (
         b"\x00\x04MQTT"  # protocol name
         + b"\x05"  # protocol level: MQTT v5
-        + b"\x02"  # flags: clean start, no credentials, no will
+        + bytes([flags])
         + b"\x00\x0a"  # keep-alive 10 s
         + b"\x00"  # no properties
     )
-    payload = len(client_id).to_bytes(2, "big") + client_id
-    remaining = len(variable_header) + len(payload)
-    connect = b"\x10" + bytes([remaining]) + variable_header + payload
+    body = variable_header + payload
+    connect = b"\x10" + _varint(len(body)) + body
     with socket.create_connection((host, port), timeout=timeout) as sock:
         sock.settimeout(timeout)
         sock.sendall(connect)
-        first = sock.recv(1)
-        if first[:1] != b"\x20":
-            return False
+        head = sock.recv(1)
+        if head[:1] != b"\x20":
+            return None
+        # Remaining length (one byte for any CONNACK we expect), ack flags, reason code.
+        rest = b""
+        while len(rest) < 3:
+            chunk = sock.recv(3 - len(rest))
+            if not chunk:
+                return None
+            rest += chunk
+        reason = rest[2]
         # A refused client is disconnected by the broker itself; then this may fail.
         with contextlib.suppress(OSError):
             sock.sendall(b"\xe0\x00")  # DISCONNECT, normal
-        return True
+        return reason
 
 
 def _current_user() -> str:
@@ -425,7 +473,15 @@ class _LocalService:
 
 
 class Mosquitto(_LocalService):
-    """A local Mosquitto broker on host:port with its config, persistence and log in data_dir."""
+    """A local Mosquitto broker on host:port with its config, persistence and log in data_dir.
+
+    Always the secure broker/mosquitto.conf: no anonymous access. Every device of `city`
+    (default: the built-in Tashkent) and the local service accounts (`_ingest`, `_api`,
+    `_alerts`, `_simulator`) get an account in `identity_dir` (credential store with
+    hashes only, rendered passwd/ACL and a 0600 secrets file, all reused across
+    restarts); with a `tls_port` (0 = a free one, None = no TLS listener) a local CA and
+    the broker's server certificate are made (or reused) in `certs_dir`.
+    """
 
     name = "mosquitto"
 
@@ -439,6 +495,12 @@ class Mosquitto(_LocalService):
         extra_config: Sequence[str] = (),
         binary: str | os.PathLike[str] | None = None,
         ready_timeout: float = 15.0,
+        city: City | None = None,
+        services: Sequence[Role] = LOCAL_SERVICES,
+        identity_dir: Path | None = None,
+        certs_dir: Path | None = None,
+        tls_port: int | None = 0,
+        mutual_tls: bool = False,
     ) -> None:
         self.binary = find_binary("mosquitto", "mosquitto", binary)
         self.host = host
@@ -448,13 +510,80 @@ class Mosquitto(_LocalService):
         self.extra_config = list(extra_config)
         self.conf_path = self.data_dir / "mosquitto.conf"
         self.log_path = self.data_dir / "mosquitto.log"
+        self.pid_file = self.data_dir / "mosquitto.pid"
         self.ready_timeout = ready_timeout
+        self.mutual_tls = mutual_tls
+        self.tls_port = None if tls_port is None else (tls_port or free_port(host))
+        self.certs_dir = Path(certs_dir or self.data_dir / "certs").resolve()
+        try:
+            self.identities = LocalIdentities(
+                Path(identity_dir or self.data_dir / "identity").resolve(),
+                city if city is not None else default_city(),
+                services,
+            )
+            self.ca: certs.CertPaths | None = None
+            self.server_cert: certs.CertPaths | None = None
+            if self.tls_port is not None:
+                hosts = list(certs.DEFAULT_HOSTS)
+                if host not in hosts:
+                    hosts.append(host)
+                self.ca, self.server_cert = certs.ensure_server(self.certs_dir, hosts)
+        except ConfigError as exc:
+            raise StackError(f"cannot provision the broker's identities: {exc}") from exc
         self.process = ManagedProcess(
             self.name,
             [self.binary, "-c", str(self.conf_path)],
             self.data_dir / "mosquitto.stdout.log",
             cwd=self.data_dir,
         )
+
+    # --- identities --------------------------------------------------------------
+
+    @property
+    def identity_dir(self) -> Path:
+        """Credential store, rendered passwd/ACL and the secrets file."""
+        return self.identities.directory
+
+    @property
+    def secrets_file(self) -> Path:
+        """The 0600 JSON file with the secret of every active account."""
+        return self.identities.secrets_file
+
+    def secret(self, username: str) -> str:
+        """The secret of an active account (a device id or `_ingest`, `_api`, ...)."""
+        return self.identities.secret(username)
+
+    def mqtt_settings(self, username: str, *, tls: bool = False, **kw: object) -> MqttSettings:
+        """Settings to log in as `username`: the plain listener, or with tls=True the TLS one."""
+        values: dict[str, object] = {
+            "host": self.host,
+            "port": self.port,
+            "username": username,
+            "password": self.secret(username),
+        }
+        if tls:
+            if self.tls_port is None or self.ca is None:
+                raise StackError("this broker has no TLS listener")
+            values.update(port=self.tls_port, tls_ca=self.ca.cert)
+        values.update(kw)
+        return MqttSettings.model_validate(values)
+
+    def provision(self, *device_ids: str) -> dict[str, str]:
+        """Add device accounts (e.g. of a test city); a running broker re-reads them (SIGHUP).
+
+        Caveat: Mosquitto 2.0.11 forgets `max_qos` on SIGHUP until its next restart.
+        """
+        issued = self.identities.add_devices(device_ids)
+        if issued:
+            self.reload()
+        return issued
+
+    def reload(self) -> None:
+        """SIGHUP the running broker: it re-reads the password file and the ACL."""
+        if self.pid is not None and self.alive:
+            reload_broker(self.pid)
+
+    # --- config and lifecycle ---------------------------------------------------
 
     def render_config(self) -> Path:
         """Write the instance config into data_dir and return its path."""
@@ -464,25 +593,44 @@ class Mosquitto(_LocalService):
             raise StackError(
                 f"cannot read mosquitto config template {self.template}: {exc}"
             ) from exc
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.conf_path.write_text(
-            render_mosquitto_conf(
+        store = self.identities.store
+        try:
+            secure = render_secure_config(
                 template,
-                host=self.host,
-                port=self.port,
-                data_dir=self.data_dir,
-                user=_current_user(),
-                extra_lines=self.extra_config,
-            ),
-            encoding="utf-8",
+                password_file=store.password_file,
+                acl_file=store.acl_file,
+                pid_file=self.pid_file,
+                tls_port=self.tls_port,
+                tls_host=self.host,
+                cafile=self.ca.cert if self.ca else None,
+                certfile=self.server_cert.cert if self.server_cert else None,
+                keyfile=self.server_cert.key if self.server_cert else None,
+                mutual_tls=self.mutual_tls,
+            )
+        except ConfigError as exc:
+            raise StackError(str(exc)) from exc
+        rendered = render_mosquitto_conf(
+            secure,
+            host=self.host,
+            port=self.port,
+            data_dir=self.data_dir,
+            user=_current_user(),
+            extra_lines=self.extra_config,
         )
+        _require_no_anonymous(rendered, self.template)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.conf_path.write_text(rendered, encoding="utf-8")
         return self.conf_path
 
     def start(self) -> Self:
         """Render the config, start the broker and wait until it answers an MQTT CONNECT."""
         self.render_config()
         ensure_port_free(self.host, self.port, self.name)
-        log.info("starting mosquitto on %s:%d", self.host, self.port)
+        if self.tls_port is not None:
+            ensure_port_free(self.host, self.tls_port, f"{self.name} (TLS)")
+        log.info(
+            "starting mosquitto on %s:%d (TLS %s)", self.host, self.port, self.tls_port or "off"
+        )
         self.process.start()
         try:
             took = self.process.wait_ready(self._probe, self.ready_timeout)
@@ -496,7 +644,40 @@ class Mosquitto(_LocalService):
         return self
 
     def _probe(self) -> bool:
-        return _mqtt_connack(self.host, self.port, timeout=1.0)
+        # Logged in as the read-only API account: no "not authorised" noise in the
+        # broker log (the security-events feed counts those), and it proves the password
+        # file was loaded. Any CONNACK still means "serving".
+        reason = mqtt_connack_reason(
+            self.host,
+            self.port,
+            timeout=1.0,
+            username=self._probe_user(),
+            password=self._probe_secret(),
+        )
+        return reason is not None
+
+    def _probe_user(self) -> str | None:
+        for name in ("_api", "_ingest", *sorted(self.identities.secrets)):
+            if name in self.identities.secrets:
+                return name
+        return None
+
+    def _probe_secret(self) -> str | None:
+        user = self._probe_user()
+        return self.identities.secrets.get(user) if user is not None else None
+
+
+_ANON_RE = re.compile(r"^\s*allow_anonymous\s+(\S+)", re.MULTILINE)
+
+
+def _require_no_anonymous(conf: str, template: Path) -> None:
+    """Refuse a broker config that would let anonymous clients in (there is no opt-out)."""
+    values = _ANON_RE.findall(conf)
+    if not values or any(v != "false" for v in values):
+        raise StackError(
+            f"{template}: the broker config must say `allow_anonymous false` (and nothing "
+            "else); safecity runs no anonymous MQTT"
+        )
 
 
 def render_influxd_conf(*, host: str, port: int, rpc_port: int, data_dir: Path) -> str:
@@ -595,7 +776,14 @@ class Influxd(_LocalService):
 
 
 class LocalStack:
-    """Mosquitto then InfluxDB in subdirectories of base_dir, stopped in reverse order."""
+    """Mosquitto then InfluxDB in subdirectories of base_dir, stopped in reverse order.
+
+    The broker is the secure one: accounts for every device of `city` (default: the
+    built-in Tashkent) and the services in base_dir/identity (store, passwd/ACL, 0600
+    secrets file; reused across runs), a local CA and server certificate in
+    base_dir/certs (reused), a plain listener on loopback and a TLS listener on
+    `mqtt_tls_port` (0 = a free port).
+    """
 
     def __init__(
         self,
@@ -604,6 +792,8 @@ class LocalStack:
         influx_port: int = 0,
         *,
         host: str = LOOPBACK,
+        mqtt_tls_port: int = 0,
+        city: City | None = None,
         mosquitto_config: Path | None = None,
         mosquitto_extra_config: Sequence[str] = (),
     ) -> None:
@@ -615,6 +805,10 @@ class LocalStack:
             host=host,
             config=mosquitto_config,
             extra_config=mosquitto_extra_config,
+            city=city,
+            identity_dir=self.base_dir / "identity",
+            certs_dir=self.base_dir / "certs",
+            tls_port=mqtt_tls_port,
         )
         self.influxd = Influxd(self.base_dir / "influxdb", influx_port, host=host)
 
@@ -625,8 +819,46 @@ class LocalStack:
 
     @property
     def mqtt_port(self) -> int:
-        """Port of the broker listener."""
+        """Port of the broker's plain (loopback) listener."""
         return self.mosquitto.port
+
+    @property
+    def mqtt_tls_port(self) -> int | None:
+        """Port of the broker's TLS listener."""
+        return self.mosquitto.tls_port
+
+    @property
+    def ca_file(self) -> Path | None:
+        """The local CA certificate that signed the broker's TLS certificate."""
+        return self.mosquitto.ca.cert if self.mosquitto.ca else None
+
+    @property
+    def city(self) -> City:
+        """The city whose devices have accounts on the broker."""
+        return self.mosquitto.identities.city
+
+    @property
+    def identity_dir(self) -> Path:
+        """Credential store, rendered passwd/ACL and the secrets file."""
+        return self.mosquitto.identity_dir
+
+    @property
+    def secrets_file(self) -> Path:
+        """The 0600 JSON file with the secret of every active broker account."""
+        return self.mosquitto.secrets_file
+
+    @property
+    def broker_pidfile(self) -> Path:
+        """Mosquitto's pid_file (SAFECITY_BROKER_PIDFILE for `safecity devices ...`)."""
+        return self.mosquitto.pid_file
+
+    def secret(self, username: str) -> str:
+        """The secret of an active broker account (device id, `_ingest`, `_api`, ...)."""
+        return self.mosquitto.secret(username)
+
+    def mqtt_settings(self, username: str, *, tls: bool = False, **kw: object) -> MqttSettings:
+        """MqttSettings to log in as `username` (plain loopback listener, or TLS)."""
+        return self.mosquitto.mqtt_settings(username, tls=tls, **kw)
 
     @property
     def influx_url(self) -> str:

@@ -43,6 +43,7 @@ from pydantic import ValidationError
 
 from edge.agent import AgentStats, DeviceAgent, Envelope
 from safecity import catalogue, registry
+from safecity.identity import read_secrets
 from safecity.ledger import LedgerEntry, LedgerWriter
 from safecity.mqtt import NOT_SENT, Will
 from safecity.readings import Status, epoch_ms, event_model, format_ts, reading_model
@@ -560,8 +561,11 @@ async def run(
 
     agents: dict[str, DeviceAgent] = {}
     if settings.transport == "edge":
+        device_secrets = _device_secrets(settings, [sim.device.id for sim in sims])
         for sim in sims:
-            agents[sim.device.id] = _device_agent(settings, sim, recorder, now_ms, encode)
+            agents[sim.device.id] = _device_agent(
+                settings, sim, recorder, now_ms, encode, device_secrets.get(sim.device.id)
+            )
         single = None
     else:
         single = DeviceAgent(
@@ -671,12 +675,29 @@ def _spool_decoder() -> Callable[[str, bytes, Any], Any]:
     return decode
 
 
+def _device_secrets(settings: SimulatorSettings, device_ids: list[str]) -> dict[str, str]:
+    """Each device's own secret from `settings.edge.secrets_file` (read once); {} without one."""
+    path = settings.edge.secrets_file
+    if path is None:
+        return {}
+    secrets = read_secrets(path)
+    missing = [d for d in device_ids if d not in secrets]
+    if missing:
+        # Never the secrets themselves; a device without one will be refused by the broker.
+        log.warning(
+            "devices without a secret in the secrets file: the broker will refuse them",
+            extra={"secrets_file": str(path), "missing": len(missing), "first": missing[:5]},
+        )
+    return {d: secrets[d] for d in device_ids if d in secrets}
+
+
 def _device_agent(
     settings: SimulatorSettings,
     sim: DeviceSim,
     recorder: Recorder,
     now_ms: Callable[[], int],
     encode: Callable[[Outgoing], dict[str, Any]],
+    password: str | None = None,
 ) -> DeviceAgent:
     def birth() -> Envelope:
         message = sim.status(max(now_ms(), sim.start_ms), "online")
@@ -696,6 +717,7 @@ def _device_agent(
         settings.mqtt,
         settings.edge,
         recorder.result,
+        password=password,
         birth=birth,
         will=will,
         farewell=farewell,

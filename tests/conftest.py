@@ -1,4 +1,9 @@
-"""Shared fixtures: one real Mosquitto + InfluxDB stack per test session, on free ports."""
+"""Shared fixtures: one real Mosquitto + InfluxDB stack per test session, on free ports.
+
+The session broker is the platform's secure one (broker/mosquitto.conf): no anonymous
+access; every device of the built-in Tashkent and each service has its own account,
+and every service child gets its own account through SAFECITY_MQTT__USERNAME/PASSWORD.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from support import account_env
 
 from safecity.apikeys import KeyStore
 from safecity.stack import Influxd, LocalStack, ManagedProcess, Mosquitto, free_port
@@ -19,7 +25,7 @@ from safecity.stack import Influxd, LocalStack, ManagedProcess, Mosquitto, free_
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    """A started LocalStack (broker + InfluxDB) in a temp dir, stopped at session end."""
+    """A started LocalStack (secure broker + InfluxDB) in a temp dir, stopped at session end."""
     base: Path = tmp_path_factory.mktemp("stack")
     with LocalStack(base, mqtt_port=0, influx_port=0) as started:
         yield started
@@ -81,8 +87,8 @@ def _http_ready(url: str) -> Callable[[], bool]:
     return probe
 
 
-def service_env(stack: LocalStack, database: str, **extra: str) -> dict[str, str]:
-    """Environment for a service child: the stack's endpoints, a database, extras."""
+def service_env(stack: LocalStack, database: str, service: str, **extra: str) -> dict[str, str]:
+    """Environment for a service child: the stack's endpoints, its own account, a database."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAFECITY_")}
     env.update(
         {
@@ -91,6 +97,7 @@ def service_env(stack: LocalStack, database: str, **extra: str) -> dict[str, str
             "SAFECITY_INFLUX__URL": stack.influx_url,
             "SAFECITY_INFLUX__DATABASE": database,
             "SAFECITY_LOG_LEVEL": "DEBUG",
+            **account_env(stack, service),
         }
     )
     env.update(extra)
@@ -108,6 +115,7 @@ def start_ingest(stack: LocalStack, tmp_path: Path) -> Iterator[Callable[..., Se
         env = service_env(
             stack,
             database,
+            "ingest",
             SAFECITY_WORKER_ID=worker,
             SAFECITY_SHARE_GROUP=f"g{secrets.token_hex(4)}",
             SAFECITY_METRICS_PORT=str(port),
@@ -145,11 +153,12 @@ def start_api(stack: LocalStack, tmp_path: Path) -> Iterator[Callable[..., Servi
         # Every non-health endpoint needs a key: provision one in a key store of its own.
         keys_file = tmp_path / f"apikeys-{port}.json"
         extra.setdefault("SAFECITY_API_KEYS_FILE", str(keys_file))
+        extra.setdefault("SAFECITY_AUDIT_LOG_FILE", str(tmp_path / f"audit-{port}.jsonl"))
         _, key = KeyStore(Path(extra["SAFECITY_API_KEYS_FILE"])).create(
             "tests", ("read", "operate")
         )
         env = service_env(
-            stack, database, SAFECITY_HOST="127.0.0.1", SAFECITY_PORT=str(port), **extra
+            stack, database, "api", SAFECITY_HOST="127.0.0.1", SAFECITY_PORT=str(port), **extra
         )
         proc = ManagedProcess(
             "api", [sys.executable, "-m", "safecity", "api"], tmp_path / "api.log", env=env
@@ -177,6 +186,7 @@ def start_alerts(stack: LocalStack, tmp_path: Path) -> Iterator[Callable[..., Se
         env = service_env(
             stack,
             database,
+            "alerts",
             SAFECITY_ALERTS_ID=ident,
             SAFECITY_ALERTS_SHARE_GROUP=f"a{secrets.token_hex(4)}",
             SAFECITY_ALERTS_METRICS_PORT=str(port),

@@ -55,6 +55,17 @@ export async function getJson(path, params = {}) {
   return res.json();
 }
 
+export async function postJson(path, body = {}) {
+  const res = await fetch(new URL(path, window.location.origin), {
+    method: "POST",
+    headers: { ...headers("application/json"), "Content-Type": "application/json" },
+    body: JSON.stringify(body),
+    cache: "no-store",
+  });
+  await check(res);
+  return res.json();
+}
+
 // Server-Sent Events over fetch(): EventSource cannot send the X-API-Key header.
 // Resolves when the server ends the stream; rejects on errors and on abort.
 export async function stream(path, onEvent, signal) {

@@ -2,7 +2,7 @@
 // drill-down. Overviews are polled; live figures come from the SSE stream.
 
 import { AuthError, clearKey, getJson, getKey, setKey, stream, takeKeyFromUrl } from "./api.js";
-import { Feed, FEED_SOURCE, fetchFeed, liveEntry } from "./feed.js";
+import { Feed, FEED_SOURCE, fetchFeed, liveEntry, step } from "./feed.js";
 import { aqiBand, CityMap, svg } from "./map.js";
 
 const OVERVIEW_EVERY_MS = 10_000;
@@ -125,8 +125,10 @@ function onStreamEvent(type, data) {
     if (item.kind === "air_quality" && typeof item.values.pm25 === "number") live.pm25.push([now, item.values.pm25]);
     if (item.kind === "noise" && typeof item.values.laeq === "number") live.laeq.push([now, item.values.laeq]);
     setTile("readings", num(live.total), tiles.get("readings").sub.textContent);
-  } else if (type === "event" || type === "alert") {
+  } else if (type === "alert") {
+    // A new incident: shown at once, then the stored one (with its buttons' state).
     state.feed.add([liveEntry(type, item)]);
+    guard(refreshFeed);
   } else if (type === "dropped") {
     status("live stream dropped (too slow); reconnecting");
   }
@@ -207,6 +209,33 @@ async function guard(fn) {
     if (err instanceof AuthError) needKey(err.message);
     else status(`API error: ${err.message}`);
   }
+}
+
+// --- incident lifecycle (keys with the operate scope) ---------------------------------
+
+const STEP_DONE = { ack: "acknowledged", dispatch: "dispatched", resolve: "resolved" };
+
+function say(text) {
+  $("feed-status").textContent = text;
+}
+
+async function runStep(entry, action) {
+  try {
+    const updated = await step(entry, action);
+    state.feed.add([FEED_SOURCE.toEntry(updated)]);
+    say(`${entry.title}: ${STEP_DONE[action]}.`);
+  } catch (err) {
+    if (err instanceof AuthError) return needKey(err.message);
+    say(`Not done: ${err.message}`);
+    await guard(refreshFeed);
+  }
+}
+
+async function loadMe() {
+  const me = await getJson("/v1/me");
+  const canOperate = me.scopes.includes("operate") || me.scopes.includes("admin");
+  state.feed.onStep = canOperate ? runStep : null;
+  $("feed-note").textContent = `(${FEED_SOURCE.label} + live${canOperate ? "" : "; read only"})`;
 }
 
 // --- district drill-down --------------------------------------------------------------
@@ -323,6 +352,7 @@ async function start() {
     return status(`API error: ${err.message}`);
   }
   $("feed-note").textContent = `(${FEED_SOURCE.label} + live)`;
+  await guard(loadMe);
   state.abort = new AbortController();
   runStream(state.abort.signal);
   state.timers.push(window.setInterval(tick, TICK_MS));

@@ -1,44 +1,50 @@
-// The incidents feed. Its source is one object: to read incidents instead of raw events
-// (when `/v1/incidents` exists), change `path`, `params` and `toEntry` only.
+// The incidents feed. Its source is one object (`FEED_SOURCE`): the incidents the alerts
+// service opened, polled from `/v1/incidents`; alerts from the stream add new ones at once.
+// A key with the `operate` scope gets the lifecycle buttons of each incident's state.
 
-import { getJson } from "./api.js";
+import { getJson, postJson } from "./api.js";
 
 export const FEED_SOURCE = {
-  label: "events of the last 24 h",
-  path: "/v1/events",
+  label: "incidents of the last 7 days",
+  path: "/v1/incidents",
   params: (district) => ({ limit: 25, district }),
   // One feed entry from one item of the response's `items`.
   toEntry: (item) => ({
-    key: `${item.device_id}/${item.seq}/${item.ts}`,
-    ts: item.ts,
+    key: item.id,
+    id: item.id,
+    ts: item.opened_at,
     severity: item.severity,
-    title: item.type.replaceAll("_", " "),
+    state: item.state,
+    title: item.message || item.rule_id.replaceAll("_", " "),
     where: item.district,
-    source: item.device_id,
+    source: item.rule_id,
   }),
 };
 
-// A live `event` or `alert` from the stream, as a feed entry (shown before the next poll).
+// The steps each state allows (safecity/incidents.py: ALLOWED), as button labels.
+const STEPS = {
+  open: [["ack", "Acknowledge"], ["resolve", "Resolve"]],
+  acknowledged: [["dispatch", "Dispatch"], ["resolve", "Resolve"]],
+  dispatched: [["resolve", "Resolve"]],
+  resolved: [],
+};
+
+// A live `alert` from the stream (the alerts service's payload, Alert.payload) as an
+// open incident, shown before the next poll brings the stored one.
 export function liveEntry(type, item) {
-  if (type === "alert") {
-    const alert = item.alert || {};
-    // The alerts service's payload (safecity/incidents.py: Alert.payload).
-    return {
-      key: `alert/${alert.alert_id ?? Date.now()}`,
-      ts: alert.started_at || new Date().toISOString(),
-      severity: item.severity,
-      title: `alert: ${alert.message || alert.rule_id || "alert"}`,
-      where: item.district || "city",
-      source: alert.rule_id || "alerts",
-    };
-  }
+  if (type !== "alert") return null;
+  const alert = item.alert || {};
+  if (!alert.incident_id) return null;
   return {
-    key: `${item.device_id}/${item.seq}/${item.ts}`,
-    ts: item.ts,
-    severity: item.severity,
-    title: item.event.replaceAll("_", " "),
-    where: item.district,
-    source: item.device_id,
+    key: alert.incident_id,
+    id: alert.incident_id,
+    ts: alert.started_at || new Date().toISOString(),
+    severity: alert.severity || item.severity,
+    state: "open",
+    title: alert.message || alert.rule_id || "alert",
+    where: alert.district || item.district || "city",
+    source: alert.rule_id || "alerts",
+    live: true,
   };
 }
 
@@ -50,23 +56,60 @@ export async function fetchFeed(district = undefined) {
 const MAX_ENTRIES = 40;
 
 export class Feed {
+  // `onStep(entry, action)` runs a lifecycle step; null = a read-only key (no buttons).
   constructor(list, nameOf) {
     this.list = list;
     this.nameOf = nameOf;
     this.entries = new Map();
+    this.onStep = null;
   }
 
   add(entries) {
-    for (const entry of entries) this.entries.set(entry.key, entry);
+    for (const entry of entries) {
+      if (!entry) continue;
+      const known = this.entries.get(entry.key);
+      // A provisional live entry never hides a stored state that has moved on.
+      if (known && known.state !== "open" && entry.state === "open" && entry.live) continue;
+      this.entries.set(entry.key, entry);
+    }
     const sorted = [...this.entries.values()].sort((a, b) => (a.ts < b.ts ? 1 : -1));
     this.entries = new Map(sorted.slice(0, MAX_ENTRIES).map((e) => [e.key, e]));
     this.render();
   }
 
+  buttons(entry) {
+    if (!this.onStep) return null;
+    const steps = STEPS[entry.state] || [];
+    if (!steps.length) return null;
+    const group = document.createElement("span");
+    group.className = "feed-actions";
+    group.setAttribute("role", "group");
+    group.setAttribute("aria-label", `Actions for ${entry.title}`);
+    for (const [action, label] of steps) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = `step step-${action}`;
+      button.dataset.incident = entry.id;
+      button.dataset.action = action;
+      button.textContent = label;
+      button.setAttribute("aria-label", `${label}: ${entry.title} (${this.nameOf(entry.where)})`);
+      button.addEventListener("click", () => this.onStep(entry, action));
+      group.appendChild(button);
+    }
+    return group;
+  }
+
   render() {
+    // Re-rendering must not throw keyboard focus away from a button being used.
+    const active = document.activeElement;
+    const focus = active && active.dataset && active.dataset.incident
+      ? [active.dataset.incident, active.dataset.action]
+      : null;
     const items = [...this.entries.values()].map((entry) => {
       const li = document.createElement("li");
-      li.className = `sev-${entry.severity}`;
+      li.className = `sev-${entry.severity} state-${entry.state}`;
+      li.dataset.incident = entry.id;
+      li.dataset.state = entry.state;
       const head = document.createElement("span");
       head.className = "feed-title";
       head.textContent = `${entry.severity} · ${entry.title}`;
@@ -74,7 +117,12 @@ export class Feed {
       meta.className = "feed-meta";
       const when = new Date(entry.ts);
       meta.textContent = `${when.toLocaleTimeString()} · ${this.nameOf(entry.where)} · ${entry.source}`;
-      li.append(head, meta);
+      const state = document.createElement("span");
+      state.className = "feed-state";
+      state.textContent = entry.state;
+      li.append(head, meta, state);
+      const actions = this.buttons(entry);
+      if (actions) li.appendChild(actions);
       return li;
     });
     if (!items.length) {
@@ -84,5 +132,15 @@ export class Feed {
       items.push(li);
     }
     this.list.replaceChildren(...items);
+    if (focus) {
+      const again = this.list.querySelector(
+        `button[data-incident="${CSS.escape(focus[0])}"][data-action="${CSS.escape(focus[1])}"]`,
+      );
+      (again || this.list.querySelector(`li[data-incident="${CSS.escape(focus[0])}"] button`))?.focus();
+    }
   }
+}
+
+export async function step(entry, action, note = "") {
+  return postJson(`/v1/incidents/${encodeURIComponent(entry.id)}/${action}`, note ? { note } : {});
 }

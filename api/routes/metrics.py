@@ -1,15 +1,45 @@
-"""Prometheus exposition of the process's default registry."""
+"""Prometheus exposition of the process's default registry (incident figures refreshed first)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import logging
+from datetime import timedelta
+
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from api import metrics as api_metrics
+from api.params import TimeRange, now
+from safecity import incidents as inc
+from safecity.errors import StorageError
+from safecity.influx import InfluxClient
+from safecity.registry import City
+from safecity.settings import ApiSettings
+
 router = APIRouter(tags=["metrics"])
+log = logging.getLogger("safecity.api")
+FIGURES_WINDOW = timedelta(days=30)
+
+
+async def refresh_incident_figures(request: Request) -> None:
+    """Recompute the incident gauges from the incidents opened in the figures window."""
+    settings: ApiSettings = request.app.state.settings
+    influx: InfluxClient = request.app.state.influx
+    city: City = request.app.state.city
+    end = now()
+    window = TimeRange(end - min(FIGURES_WINDOW, timedelta(seconds=settings.max_range)), end)
+    try:
+        found = await inc.IncidentStore(influx).query(city.id, window.start, window.end)
+    except StorageError as exc:
+        # The request metrics still matter when storage is away: keep the last figures.
+        log.warning("incident figures not refreshed: %s", exc)
+        return
+    api_metrics.set_incident_figures(found.values())
 
 
 @router.get("/metrics", include_in_schema=False)
-async def metrics() -> Response:
+async def metrics(request: Request) -> Response:
     """Prometheus text format of every metric in the default registry."""
+    await refresh_incident_figures(request)
     return Response(content=generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -80,14 +80,14 @@ def test_lifecycle_is_append_only_and_refuses_bad_steps(stack: LocalStack, influ
     assert reread.time_to_acknowledge == 120.0
     assert reread.time_to_resolve == 32 * 60.0
     # Append-only: one stored point per step, the redelivered opening overwrote itself.
-    rows = influx_rows(stack, influx_db, 'SELECT * FROM "incident_transitions"')
+    rows = influx_rows(stack, influx_db, 'SELECT * FROM "incidents"."incident_transitions"')
     assert sorted((r["incident_id"], r["seq"]) for r in rows if r["incident_id"] == done.id) == [
         (done.id, 0),
         (done.id, 1),
         (done.id, 2),
         (done.id, 3),
     ]
-    assert len(influx_rows(stack, influx_db, 'SELECT * FROM "alerts"')) == 2
+    assert len(influx_rows(stack, influx_db, 'SELECT * FROM "incidents"."alerts"')) == 2
     assert set(everything) == {done.id, _new(minute=60).id}
     figures = inc.figures(everything.values())
     assert [(f.rule_id, f.district, f.incidents, f.open, f.acknowledged, f.resolved)

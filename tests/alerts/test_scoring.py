@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import account_env
 
 from safecity import ledger, scoring
 from safecity.readings import format_ts
@@ -37,7 +38,12 @@ def test_scenario_detected_in_time_without_missed_critical_events(
     service = start_alerts(influx_db, **replay)
     # Compressed time: 15 simulated minutes in 15 s; the incidents come at minute 10.
     start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(days=2)
-    env = {**service.env, "SAFECITY_TRANSPORT": "single", "SAFECITY_LOG_LEVEL": "WARNING"}
+    env = {
+        **service.env,
+        **account_env(stack, "simulator"),  # the fleet publishes as the simulator account
+        "SAFECITY_TRANSPORT": "single",
+        "SAFECITY_LOG_LEVEL": "WARNING",
+    }
     ledger_path = tmp_path / "ledger.jsonl"
     result = subprocess.run(
         [sys.executable, "-m", "safecity", "verify", "--scenario", scenario, "--json",

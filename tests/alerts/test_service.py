@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from support import influx_rows, mosquitto_pub, wait_for
+from support import READER, credentials, influx_rows, mosquitto_pub, wait_for
 
 from safecity import registry, topics
 from safecity.readings import format_ts
@@ -47,7 +47,8 @@ class AlertWatcher:
         self.out = out
         self.handle = out.open("w")
         self.proc = subprocess.Popen(
-            ["mosquitto_sub", "-h", stack.mqtt_host, "-p", str(stack.mqtt_port), "-V", "mqttv5",
+            ["mosquitto_sub", "-h", stack.mqtt_host, "-p", str(stack.mqtt_port),
+             *credentials(stack, READER), "-V", "mqttv5",
              "-i", f"test-alerts-{secrets.token_hex(4)}", "-q", "1", "-v",
              "-t", topics.alert_filter("tashkent")],
             stdout=self.handle,
@@ -124,7 +125,7 @@ def test_alerts_fire_dedup_survive_restart_and_auto_resolve(
     )
 
     def stored() -> list[dict[str, Any]]:
-        return influx_rows(stack, influx_db, 'SELECT * FROM "incident_transitions"')
+        return influx_rows(stack, influx_db, 'SELECT * FROM "incidents"."incident_transitions"')
 
     wait_for(lambda: len(stored()) >= 2, 30, "two incidents opened")
     published = wait_for(lambda: len(watcher.alerts()) >= 2 and watcher.alerts(), 20, "alerts")
@@ -164,6 +165,6 @@ def test_alerts_fire_dedup_survive_restart_and_auto_resolve(
     ]
     resolved = next(r for r in rows if r["state"] == "resolved")
     assert resolved["by"] == "alerts" and resolved["from_state"] == "open"
-    assert len(influx_rows(stack, influx_db, 'SELECT * FROM "alerts"')) == 2
+    assert len(influx_rows(stack, influx_db, 'SELECT * FROM "incidents"."alerts"')) == 2
     assert len(watcher.alerts()) == 2
     assert _metric(service.metrics_url, "safecity_alerts_fired_total") == 0

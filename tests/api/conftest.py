@@ -50,6 +50,7 @@ def api_settings(
         influx=InfluxSettings(url=influxd.url, database=_module_db(request), gzip=True),
         max_page_size=50,
         api_keys_file=api_dir / "apikeys.json",
+        audit_log_file=api_dir / "audit" / "api-audit.jsonl",
         deadletter_dir=api_dir / "deadletter",
         ledger_file=api_dir / "ledger.jsonl",
         # Generous: the rate limit has tests of its own; the rest must never hit it.

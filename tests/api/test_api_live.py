@@ -21,7 +21,7 @@ from schemathesis.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from support import influx_rows, mosquitto_pub, wait_for
+from support import account_env, influx_rows, mosquitto_pub, wait_for
 
 from api.live import Hub
 from safecity import topics
@@ -125,7 +125,11 @@ def test_schemathesis_over_the_live_api_seeded_by_the_real_pipeline(
         SAFECITY_RATE_LIMIT_BURST="100000",
         SAFECITY_DEADLETTER_DIR=ingest.env["SAFECITY_DEADLETTER_DIR"],
     )
-    env = {**ingest.env, "SAFECITY_CLIENT_ID": "sim-schemathesis"}
+    env = {
+        **ingest.env,
+        **account_env(stack, "simulator"),
+        "SAFECITY_CLIENT_ID": "sim-schemathesis",
+    }
     sim = subprocess.run(
         [sys.executable, "-m", "safecity", "simulate", "--devices", "40", "--duration", "4"],
         env=env,

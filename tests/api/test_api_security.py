@@ -27,6 +27,7 @@ def _concrete(path: str, city: City) -> str:
         path.replace("{city_id}", city.id)
         .replace("{district_id}", device.district)
         .replace("{device_id}", device.id)
+        .replace("{incident_id}", "inc-0123456789abcdef0123")
     )
 
 
@@ -35,22 +36,30 @@ def _routes(settings: ApiSettings, city: City) -> list[str]:
     return [*create_app(settings, city).openapi()["paths"], "/metrics", "/openapi.json"]
 
 
+def _methods(settings: ApiSettings, city: City) -> dict[str, list[str]]:
+    paths = create_app(settings, city).openapi()["paths"]
+    return {path: [m.upper() for m in ops] for path, ops in paths.items()}
+
+
 def test_every_non_health_route_needs_a_key(
     client: TestClient, city: City, api_settings: ApiSettings
 ) -> None:
     routes = _routes(api_settings, city)
+    methods = _methods(api_settings, city)
     paths = [p for p in routes if p not in OPEN]
     assert "/v1/stream" in paths and "/metrics" in paths and len(paths) >= 12
+    assert methods["/v1/incidents/{incident_id}/ack"] == ["POST"]
     for path in paths:
-        for headers in (
-            {"X-API-Key": ""},
-            {"X-API-Key": "sck_00000000_" + "A" * 43},
-            {"X-API-Key": "nope"},
-        ):
-            r = client.get(_concrete(path, city), headers=headers)
-            assert r.status_code == 401, (path, r.text)
-            assert r.headers["WWW-Authenticate"] == "ApiKey"
-            assert "key" in r.json()["detail"]
+        for method in methods.get(path, ["GET"]):
+            for headers in (
+                {"X-API-Key": ""},
+                {"X-API-Key": "sck_00000000_" + "A" * 43},
+                {"X-API-Key": "nope"},
+            ):
+                r = client.request(method, _concrete(path, city), headers=headers)
+                assert r.status_code == 401, (method, path, r.text)
+                assert r.headers["WWW-Authenticate"] == "ApiKey"
+                assert "key" in r.json()["detail"]
     for path in OPEN & set(routes):
         assert client.get(path, headers={"X-API-Key": ""}).status_code == 200
 

@@ -1,4 +1,9 @@
-"""Test kit: hardened Mosquitto instances (broker/mosquitto-secure.conf) with identities."""
+"""Test kit: Mosquitto instances of the platform's secure config (broker/mosquitto.conf).
+
+They are started exactly as the platform starts its broker (safecity.stack.Mosquitto:
+identities, local CA, TLS listener), each with a state of its own that the tests may
+revoke, rotate and reload.
+"""
 
 from __future__ import annotations
 
@@ -11,20 +16,14 @@ from typing import Any
 
 from rawmqtt import RawClient
 
-from safecity import certs
-from safecity.identity import (
-    CredentialStore,
-    Role,
-    render_secure_config,
-    service_username,
-)
+from safecity.identity import CredentialStore, Role, service_username
 from safecity.mqtt import MqttClient
 from safecity.registry import City, default_city
 from safecity.settings import MqttSettings
-from safecity.stack import Mosquitto, free_port
+from safecity.stack import DEFAULT_MOSQUITTO_CONF, Mosquitto
 
 ROOT = Path(__file__).resolve().parents[2]
-SECURE_TEMPLATE = ROOT / "broker" / "mosquitto-secure.conf"
+SECURE_TEMPLATE = DEFAULT_MOSQUITTO_CONF
 
 
 @dataclass
@@ -75,35 +74,26 @@ class SecureBroker:
 
 
 def start_secure_broker(base: Path, *, mutual_tls: bool) -> SecureBroker:
-    """Provision the default city, make a CA, render the secure config and start Mosquitto."""
+    """Provision the default city (+ ingest, API), make a CA and start the secure broker."""
     city = default_city()
-    store = CredentialStore(base / "identity")
-    secrets = store.provision_city(city, services=(Role.INGEST, Role.API))
-    store.save()
-    certs_dir = base / "certs"
-    certs.init_ca(certs_dir)
-    certs.issue_server(certs_dir)
-    tls_port = free_port()
-    data_dir = base / "mosquitto"
-    data_dir.mkdir(parents=True)
-    template = data_dir / "secure-template.conf"
-    template.write_text(
-        render_secure_config(
-            SECURE_TEMPLATE.read_text(encoding="utf-8"),
-            password_file=store.password_file,
-            acl_file=store.acl_file,
-            pid_file=data_dir / "mosquitto.pid",
-            tls_port=tls_port,
-            cafile=certs_dir / "ca.crt",
-            certfile=certs_dir / "server.crt",
-            keyfile=certs_dir / "server.key",
-            mutual_tls=mutual_tls,
-        ),
-        encoding="utf-8",
-    )
-    broker = Mosquitto(data_dir, config=template).start()
+    broker = Mosquitto(
+        base / "mosquitto",
+        city=city,
+        services=(Role.INGEST, Role.API),
+        identity_dir=base / "identity",
+        certs_dir=base / "certs",
+        tls_port=0,
+        mutual_tls=mutual_tls,
+    ).start()
+    assert broker.tls_port is not None
     return SecureBroker(
-        broker, store, certs_dir, tls_port, secrets, city, [d.id for d in city.devices]
+        broker,
+        broker.identities.store,
+        broker.certs_dir,
+        broker.tls_port,
+        broker.identities.secrets,
+        city,
+        [d.id for d in city.devices],
     )
 
 

@@ -1,4 +1,4 @@
-"""Fixtures: hardened Mosquitto instances (broker/mosquitto-secure.conf) with identities."""
+"""Fixtures: Mosquitto instances of the platform's secure config, each with its own identities."""
 
 from __future__ import annotations
 

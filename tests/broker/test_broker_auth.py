@@ -175,13 +175,15 @@ def test_qos2_publish_refused(fresh: SecureBroker) -> None:
     client.close()
 
 
-def test_oversized_payload_refused(secure: SecureBroker) -> None:
+def test_oversized_packet_refused(secure: SecureBroker) -> None:
     device = secure.devices[8]
     client = raw(secure)
     client.connect("big", device, secure.secrets[device])
-    # Over the 8 KiB payload limit: refused per message (PUBACK 0x95), connection stays.
+    # Payloads over the 8 KiB contract but within the packet limit reach ingest, which
+    # dead-letters them as `too_large` (tests/ingest): no broker payload limit, because
+    # 2.0.11 would answer it with PUBACK 0x95, which paho 2.2 cannot parse.
     answer = client.publish(secure.topic(device), b"x" * 8193, mid=1)
-    assert answer is not None and answer.kind == PUBACK and answer.reason == 0x95
+    assert answer is not None and answer.kind == PUBACK and answer.reason < 0x80
     answer = client.publish(secure.topic(device), b"x" * 8192, mid=2)
     assert answer is not None and answer.kind == PUBACK and answer.reason < 0x80
     # Over max_packet_size (16 KiB): the broker disconnects with 0x95.

@@ -69,11 +69,19 @@ def test_secure_template_hardening_and_loopback_plain_listener(tmp_path: Path) -
         "allow_zero_length_clientid false",
         "max_qos 1",
         "max_packet_size 16384",
-        "message_size_limit 8192",
         f"password_file {tmp_path / 'p'}",
         f"acl_file {tmp_path / 'a'}",
+        # The ingest engineer's sizing (tests/ingest fault tests depend on it).
+        "max_queued_messages 2000000",
+        "max_queued_bytes 805306368",
+        "max_inflight_messages 1000",
+        "autosave_interval 2",
+        "sys_interval 5",
     ):
         assert required in lines, required
+    # No broker-level payload limit: 2.0.11 answers it with PUBACK 0x95, which paho 2.2
+    # cannot parse (endless resends); ingest dead-letters payloads over 8 KiB instead.
+    assert not any(ln.startswith("message_size_limit") for ln in lines)
     # Without a TLS port the TLS listener and its options are gone, not left dangling.
     assert [ln for ln in lines if ln.startswith("listener")] == ["listener 1884 127.0.0.1"]
     assert not any(ln.startswith(("cafile", "certfile", "keyfile")) for ln in lines)
@@ -82,6 +90,18 @@ def test_secure_template_hardening_and_loopback_plain_listener(tmp_path: Path) -
     assert "allow_anonymous true" not in raw
     assert re.search(r"^listener 1883 127\.0\.0\.1$", raw, re.MULTILINE)
     assert all(p.startswith("pattern write safecity/v1/+/+/+/%u/") for p in DEVICE_PATTERNS)
+
+
+def test_one_broker_config_and_no_anonymous_variant() -> None:
+    configs = sorted(p.name for p in (ROOT / "broker").iterdir() if p.suffix == ".conf")
+    assert configs == ["mosquitto.conf"]
+    for path in (ROOT / "broker").iterdir():
+        if path.is_file():
+            assert not re.search(r"^\s*allow_anonymous\s+true", path.read_text(), re.MULTILINE)
+    # max_qos is per listener: each of the two listeners carries it.
+    text = SECURE_TEMPLATE.read_text()
+    blocks = re.split(r"^listener ", text, flags=re.MULTILINE)[1:]
+    assert len(blocks) == 2 and all(re.search(r"^max_qos 1$", b, re.MULTILINE) for b in blocks)
 
 
 def test_env_example_documents_security_settings() -> None:

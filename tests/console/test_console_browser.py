@@ -6,18 +6,24 @@ simulator keeps publishing while the page is open, so the live figures must move
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from playwright.sync_api import BrowserContext, ConsoleMessage, Page, Request, sync_playwright
-from support import influx_rows, wait_for
+from support import account_env, influx_rows, mosquitto_pub, wait_for
 
+from safecity import topics
+from safecity.apikeys import KeyStore
+from safecity.readings import format_ts
 from safecity.registry import default_city
 from safecity.stack import LocalStack
 
@@ -65,7 +71,7 @@ def live_city(
     """The API over a database the real pipeline is filling while the test runs."""
     ingest = start_ingest(influx_db)
     api = start_api(influx_db, SAFECITY_DEADLETTER_DIR=ingest.env["SAFECITY_DEADLETTER_DIR"])
-    env = {**ingest.env, "SAFECITY_CLIENT_ID": "sim-console"}
+    env = {**ingest.env, **account_env(stack, "simulator"), "SAFECITY_CLIENT_ID": "sim-console"}
     with (tmp_path / "simulator.log").open("w") as log:
         sim = subprocess.Popen(
             [sys.executable, "-m", "safecity", "simulate", "--devices", "60", "--duration", "90"],
@@ -230,3 +236,90 @@ def test_key_in_the_url_is_taken_once_and_a_bad_key_is_refused(
 def is_problem(message: ConsoleMessage) -> bool:
     """Errors and warnings count; the page logs nothing else on purpose."""
     return message.type in ("error", "warning")
+
+
+def test_an_operator_acknowledges_a_live_incident_from_the_console(
+    stack: LocalStack,
+    influx_db: str,
+    start_api: Callable[..., Any],
+    start_alerts: Callable[..., Any],
+    browser: BrowserContext,
+    tmp_path: Path,
+) -> None:
+    # The real alerts service (shipped rules) opens the incident from a real panic event.
+    start_alerts(influx_db)
+    api = start_api(influx_db)  # its key has read + operate
+    _, viewer_key = KeyStore(Path(api.env["SAFECITY_API_KEYS_FILE"])).create("viewer", ("read",))
+    problems: list[str] = []
+    page = browser.pages[0] if browser.pages else browser.new_page()
+    page.on(
+        "console",
+        lambda m: problems.append(f"console {m.type}: {m.text}") if is_problem(m) else None,
+    )
+    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    page.goto(f"{api.url}/?key={api.api_key}")
+    page.locator("#app").wait_for(state="visible")
+    page.wait_for_function("() => document.body.dataset.ready === 'true'")
+
+    panic = default_city().select(kind="panic_button")[0]
+    event = {
+        "ts": format_ts(datetime.now(UTC)),
+        "seq": 1,
+        "type": "panic",
+        "severity": "critical",
+        "details": {"button": "b1"},
+    }
+    topic = topics.event_topic("tashkent", panic.district, panic.kind, panic.id)
+    mosquitto_pub(stack, topic, json.dumps(event))
+
+    def stored() -> list[dict[str, Any]]:
+        r = httpx.get(
+            f"{api.url}/v1/incidents", params={"type": "panic"}, headers=api.headers, timeout=10
+        )
+        return list(r.json()["items"])
+
+    (incident,) = wait_for(stored, 30, "the panic incident in the API")
+    ident = incident["id"]
+    assert incident["state"] == "open" and incident["devices"] == [panic.id]
+
+    # It appears in the feed (live alert or poll) with the buttons of an open incident.
+    item = page.locator(f'#feed li[data-incident="{ident}"]')
+    item.wait_for()
+    ack = item.locator('button[data-action="ack"]')
+    ack.wait_for()
+    actions = item.locator("button").evaluate_all("bs => bs.map(b => b.dataset.action)")
+    assert actions == ["ack", "resolve"]
+    assert "Acknowledge: Panic button pressed" in (ack.get_attribute("aria-label") or "")
+    # Keyboard: a real <button>, focused and pressed with Enter.
+    assert ack.evaluate("b => b.tagName") == "BUTTON"
+    ack.focus()
+    page.keyboard.press("Enter")
+    page.locator(f'#feed li[data-incident="{ident}"][data-state="acknowledged"]').wait_for()
+    assert "acknowledged" in text(page, "#feed-status")
+    after = page.locator(f'#feed li[data-incident="{ident}"] button')
+    assert after.evaluate_all("bs => bs.map(b => b.dataset.action)") == ["dispatch", "resolve"]
+    # Focus stayed in the incident's actions (keyboard users keep their place).
+    assert page.evaluate("() => document.activeElement.dataset.incident") == ident
+
+    # The API shows the appended step, by this key's id; the audit log has the call.
+    body = httpx.get(f"{api.url}/v1/incidents/{ident}", headers=api.headers, timeout=10).json()
+    key_id = api.api_key.split("_")[1]
+    assert [(t["state"], t["by"]) for t in body["transitions"]] == [
+        ("open", "alerts"),
+        ("acknowledged", key_id),
+    ]
+    audit = [
+        json.loads(x) for x in Path(api.env["SAFECITY_AUDIT_LOG_FILE"]).read_text().splitlines()
+    ]
+    assert [(a["key_id"], a["route"], a["target"], a["status"]) for a in audit] == [
+        (key_id, "/v1/incidents/{incident_id}/ack", ident, 200)
+    ]
+
+    # A read-only key sees the incident and its state, but no buttons.
+    viewer = browser.new_page()
+    viewer.goto(f"{api.url}/?key={viewer_key}")
+    viewer.locator(f'#feed li[data-incident="{ident}"][data-state="acknowledged"]').wait_for()
+    viewer.wait_for_function("() => document.body.dataset.ready === 'true'")
+    assert "read only" in text(viewer, "#feed-note")
+    assert viewer.locator("#feed button").count() == 0
+    assert problems == []

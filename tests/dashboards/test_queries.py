@@ -26,10 +26,12 @@ from support import mosquitto_pub, wait_for
 
 from dashboards import build
 from safecity import catalogue, registry, topics
+from safecity import incidents as inc
+from safecity.influx import InfluxClient
 from safecity.lineprotocol import FieldValue, Point, encode_many
 from safecity.readings import Status, epoch_ms, event_model, format_ts, reading_model
 from safecity.registry import City, Device
-from safecity.settings import MqttSettings, SimulatorSettings
+from safecity.settings import EdgeSettings, InfluxSettings, MqttSettings, SimulatorSettings
 from safecity.stack import LocalStack
 from simulators.fleet import run as run_fleet
 
@@ -58,7 +60,15 @@ def grafana_value(values: list[str], multi: bool) -> str:
 
 def render(query: Query, variables: dict[str, str]) -> str:
     """Substitute $timeFilter, $__interval(_ms) and template variables; unknown ones fail."""
-    fixed = {"timeFilter": query.time_filter, "__interval": INTERVAL, "__interval_ms": "60000"}
+    # $__from: the range start in epoch ms (Grafana's global variable), here 6 h ago.
+    start_ms = epoch_ms(datetime.now(UTC) - timedelta(hours=6))
+    fixed = {
+        "timeFilter": query.time_filter,
+        "__interval": INTERVAL,
+        "__interval_ms": "60000",
+        "__from": str(start_ms),
+        "__to": str(epoch_ms(datetime.now(UTC))),
+    }
 
     def sub(match: re.Match[str]) -> str:
         name = match.group(1)
@@ -236,6 +246,8 @@ def live_city(stack: LocalStack) -> Iterator[None]:
     """
     settings = SimulatorSettings(
         mqtt=MqttSettings(host=stack.mqtt_host, port=stack.mqtt_port),
+        # Every device logs in as itself with its own secret.
+        edge=EdgeSettings(secrets_file=stack.secrets_file),
         client_id=f"sim-{secrets.token_hex(4)}",
         duration=120.0,
         speed=1.0,
@@ -296,16 +308,55 @@ def without_aq_sensor(q: str) -> bool:
 # --- the test --------------------------------------------------------------------------------
 
 
+def operate_incidents(stack: LocalStack, db: str) -> None:
+    """Wait for the alerts service's incidents of the rare events; acknowledge and resolve
+    some through the incident store, as operators do through the API."""
+
+    async def load() -> dict[str, inc.Incident]:
+        client = InfluxClient(InfluxSettings(url=stack.influx_url, database=db))
+        try:
+            return await inc.IncidentStore(client).load(CITY.id)
+        finally:
+            await client.close()
+
+    def opened() -> dict[str, inc.Incident]:
+        found = asyncio.run(load())
+        rules = {i.rule_id for i in found.values()}
+        return found if {"panic", "gunshot"} <= rules else {}
+
+    found = wait_for(opened, 30, "the alerts service's panic and gunshot incidents")
+
+    async def steps() -> None:
+        client = InfluxClient(InfluxSettings(url=stack.influx_url, database=db))
+        store = inc.IncidentStore(client)
+        try:
+            for incident in found.values():
+                if incident.rule_id in ("panic", "gunshot") and not incident.resolved:
+                    await store.transition(incident.id, "acknowledged", "op-1", "on it")
+                if incident.rule_id == "panic":
+                    await store.transition(incident.id, "resolved", "op-1", "false alarm")
+        finally:
+            await client.close()
+
+    asyncio.run(steps())
+
+
 def test_every_query_runs_and_returns_data(
-    stack: LocalStack, influx_db: str, start_ingest: Callable[..., Any]
+    stack: LocalStack,
+    influx_db: str,
+    start_ingest: Callable[..., Any],
+    start_alerts: Callable[..., Any],
 ) -> None:
     # The drill-down's district: the one with the most kinds, so each of its panels has data.
     district = max(
         CITY.districts, key=lambda d: len(registry.kinds_present(CITY.select(district=d.id)))
     ).id
     start_ingest(influx_db)
+    # The real alerts service opens incidents from the events (the incident panels).
+    start_alerts(influx_db)
     with live_city(stack):
         fill(stack, influx_db, district)
+        operate_incidents(stack, influx_db)
         run_every_query(stack, influx_db, district)
 
 

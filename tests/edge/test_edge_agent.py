@@ -27,6 +27,11 @@ from safecity.stack import Mosquitto
 DEVICES = 12
 
 
+def topic(device_id: str, channel: str = "telemetry") -> str:
+    """A device's own topic (the broker's ACL lets a device publish only under its id)."""
+    return f"safecity/v1/edgetest/d1/noise/{device_id}/{channel}"
+
+
 class Receiver:
     """A persistent-session QoS 1 subscriber (paho's own thread; survives broker restarts)."""
 
@@ -42,6 +47,7 @@ class Receiver:
         self.client.on_connect = lambda c, *a: c.subscribe(topic, qos=1)
         self.client.on_subscribe = lambda *a: self.ready.set()
         self.client.on_message = self._on_message
+        self.client.username_pw_set("_api", broker.secret("_api"))  # read-only account
         self.client.reconnect_delay_set(1, 1)
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = 3600
@@ -70,9 +76,12 @@ class Receiver:
 
 @pytest.mark.timeout(90)
 def test_store_and_forward_survives_a_broker_restart_in_order(tmp_path: Path) -> None:
-    broker = Mosquitto(tmp_path / "broker").start()
+    broker = Mosquitto(tmp_path / "broker")
+    ids = [f"edge-dev-{i:02d}" for i in range(DEVICES)]
+    broker.provision(*ids)
+    broker.start()
     try:
-        receiver = Receiver(broker, "edge-test/#")
+        receiver = Receiver(broker, "safecity/v1/edgetest/#")
         mqtt = MqttSettings(host=broker.host, port=broker.port, connect_timeout=2.0)
         edge = EdgeSettings(
             spool_dir=tmp_path / "spool", max_inflight=20, memory_queue=50,
@@ -85,9 +94,7 @@ def test_store_and_forward_survives_a_broker_restart_in_order(tmp_path: Path) ->
             verdicts.setdefault(device, []).append((seq, code))
 
         async def main() -> dict[str, int]:
-            agents = [
-                DeviceAgent(f"edge-dev-{i:02d}", mqtt, edge, on_result) for i in range(DEVICES)
-            ]
+            agents = [DeviceAgent(d, mqtt, edge, on_result, password=broker.secret(d)) for d in ids]
             for agent in agents:
                 agent.start()
             for agent in agents:
@@ -102,7 +109,7 @@ def test_store_and_forward_survives_a_broker_restart_in_order(tmp_path: Path) ->
                     for agent in agents:
                         seq = sent[agent.client_id]
                         body = json.dumps({"d": agent.client_id, "s": seq}).encode()
-                        agent.submit(Envelope(f"edge-test/{agent.client_id}", body,
+                        agent.submit(Envelope(topic(agent.client_id), body,
                                               {"d": agent.client_id, "s": seq}))  # fmt: skip
                         sent[agent.client_id] = seq + 1
                     await asyncio.sleep(0.005)
@@ -145,9 +152,9 @@ def test_store_and_forward_survives_a_broker_restart_in_order(tmp_path: Path) ->
 
 @pytest.mark.timeout(60)
 def test_puback_refusal_is_recorded_as_failure_and_not_retried(tmp_path: Path) -> None:
-    acl = tmp_path / "acl"
-    acl.write_text("pattern readwrite allowed/%c\n")
-    with Mosquitto(tmp_path / "broker", extra_config=[f"acl_file {acl}"]) as broker:
+    broker = Mosquitto(tmp_path / "broker")
+    broker.provision("acl-dev", "other-dev")
+    with broker:
         mqtt = MqttSettings(host=broker.host, port=broker.port)
         results: list[tuple[str, int]] = []
 
@@ -155,29 +162,32 @@ def test_puback_refusal_is_recorded_as_failure_and_not_retried(tmp_path: Path) -
             agent = DeviceAgent(
                 "acl-dev", mqtt, EdgeSettings(spool_dir=tmp_path / "spool"),
                 lambda m, code: results.append((m.topic, code)),
+                password=broker.secret("acl-dev"),
             )  # fmt: skip
             agent.start()
             assert await agent.client.wait_connected(5)
-            agent.submit(Envelope("allowed/acl-dev", b"{}"))
-            agent.submit(Envelope("denied/acl-dev", b"{}"))
+            agent.submit(Envelope(topic("acl-dev"), b"{}"))
+            agent.submit(Envelope(topic("other-dev"), b"{}"))  # another device's topic
             await agent.close(5.0)
             assert agent.stats.refused == 1 and agent.stats.resent == 0
 
         asyncio.run(main())
-    assert dict(results)["denied/acl-dev"] == 0x87
-    assert dict(results)["allowed/acl-dev"] < 0x80
+    assert dict(results)[topic("other-dev")] == 0x87
+    assert dict(results)[topic("acl-dev")] < 0x80
 
 
 @pytest.mark.timeout(60)
 def test_will_is_published_when_a_device_vanishes(tmp_path: Path) -> None:
-    with Mosquitto(tmp_path / "broker") as broker:
-        receiver = Receiver(broker, "status/#")
+    broker = Mosquitto(tmp_path / "broker")
+    broker.provision("will-dev")
+    with broker:
+        receiver = Receiver(broker, topic("+", "status"))
         mqtt = MqttSettings(host=broker.host, port=broker.port)
 
         async def main() -> None:
             client = FleetClient(
-                mqtt, "will-dev",
-                will=lambda: Will("status/will-dev", b'{"state":"offline"}'),
+                mqtt, "will-dev", username="will-dev", password=broker.secret("will-dev"),
+                will=lambda: Will(topic("will-dev", "status"), b'{"state":"offline"}'),
             )  # fmt: skip
             client.start()
             assert await client.wait_connected(5)
@@ -191,7 +201,7 @@ def test_will_is_published_when_a_device_vanishes(tmp_path: Path) -> None:
         asyncio.run(main())
         got = receiver.wait_for(1, timeout=10)
         receiver.close()
-    assert ("status/will-dev", b'{"state":"offline"}') in got
+    assert (topic("will-dev", "status"), b'{"state":"offline"}') in got
 
 
 def test_zero_length_client_id_is_refused_before_the_broker_sees_it() -> None:

@@ -41,6 +41,9 @@ class Ingest:
             {
                 "SAFECITY_MQTT__HOST": stack.mqtt_host,
                 "SAFECITY_MQTT__PORT": str(stack.mqtt_port),
+                # Its own account: reads telemetry, writes dead letters and its status.
+                "SAFECITY_MQTT__USERNAME": "_ingest",
+                "SAFECITY_MQTT__PASSWORD": stack.secret("_ingest"),
                 "SAFECITY_INFLUX__URL": stack.influx_url,
                 "SAFECITY_INFLUX__DATABASE": db,
                 "SAFECITY_WORKER_ID": worker,

@@ -93,8 +93,9 @@ def reading(
 class LedgerPublisher:
     """Publishes messages at QoS 1 with a window of unacknowledged ones; writes the ledger."""
 
-    def __init__(self, host: str, port: int, ledger: Path, window: int = 200) -> None:
-        self.settings = MqttSettings(host=host, port=port)
+    def __init__(self, settings: MqttSettings, ledger: Path, window: int = 200) -> None:
+        # An account that may publish on every device's topic (the simulator's, in tests).
+        self.settings = settings
         self.ledger_path = ledger
         self.window = window
         self.sent = 0

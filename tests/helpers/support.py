@@ -15,9 +15,35 @@ import httpx
 from safecity import topics
 from safecity.stack import LocalStack
 
+# Broker accounts the tests act as. The simulator account may publish on every device's
+# topics (also unknown devices' and others' ids: the ingest's dead-letter cases) and on
+# `_services`; the read-only API account sees everything under safecity/v1/ (dead
+# letters, alerts). Neither may do more.
+PUBLISHER = "_simulator"
+READER = "_api"
+
+
+def credentials(stack: LocalStack, username: str) -> list[str]:
+    """mosquitto_pub/sub arguments logging in as `username` (never anonymous)."""
+    return ["-u", username, "-P", stack.secret(username)]
+
+
+def account_env(stack: LocalStack, service: str) -> dict[str, str]:
+    """SAFECITY_MQTT__USERNAME/PASSWORD of a service's own account (`ingest`, `api`, ...).
+
+    For `simulator` also SAFECITY_EDGE__SECRETS_FILE: each simulated device logs in as
+    itself with its own secret.
+    """
+    username = f"_{service}"
+    env = {"SAFECITY_MQTT__USERNAME": username, "SAFECITY_MQTT__PASSWORD": stack.secret(username)}
+    if service == "simulator":
+        env["SAFECITY_EDGE__SECRETS_FILE"] = str(stack.secrets_file)
+    return env
+
 
 def mosquitto_pub(stack: LocalStack, topic: str, *payloads: str) -> None:
-    """Publish with Mosquitto's own client, QoS 1, MQTT v5 (one message per line)."""
+    """Publish with Mosquitto's own client as the simulator account, QoS 1, MQTT v5 (one
+    message per line)."""
     subprocess.run(
         # The broker refuses zero-length client ids, so name ourselves.
         [
@@ -26,6 +52,7 @@ def mosquitto_pub(stack: LocalStack, topic: str, *payloads: str) -> None:
             stack.mqtt_host,
             "-p",
             str(stack.mqtt_port),
+            *credentials(stack, PUBLISHER),
             "-V",
             "mqttv5",
             "-i",
@@ -77,6 +104,9 @@ class DeadLetterWatcher:
     def __init__(self, stack: LocalStack, out: Path, city: str) -> None:
         self.out = out
         self.handle = out.open("w")
+        # Only ingest may write dead letters, so the probe goes to a `_services` topic the
+        # simulator account may write and the (read-only) watcher also follows.
+        probe = topics.service_status_topic(city, f"probe-{secrets.token_hex(4)}")
         self.proc = subprocess.Popen(
             [
                 "mosquitto_sub",
@@ -84,6 +114,7 @@ class DeadLetterWatcher:
                 stack.mqtt_host,
                 "-p",
                 str(stack.mqtt_port),
+                *credentials(stack, READER),
                 "-V",
                 "mqttv5",
                 "-i",
@@ -93,13 +124,15 @@ class DeadLetterWatcher:
                 "-v",
                 "-t",
                 topics.deadletter_filter(city),
+                "-t",
+                probe,
             ],
             stdout=self.handle,
             stderr=subprocess.STDOUT,
         )
         # mosquitto_sub has subscribed once a probe message comes back.
-        probe = topics.deadletter_topic(city, "probe")
         wait_for(lambda: self._probe(stack, probe), 10, "mosquitto_sub subscription")
+        self.probe = probe
 
     def _probe(self, stack: LocalStack, topic: str) -> bool:
         subprocess.run(
@@ -109,6 +142,7 @@ class DeadLetterWatcher:
                 stack.mqtt_host,
                 "-p",
                 str(stack.mqtt_port),
+                *credentials(stack, PUBLISHER),
                 "-i",
                 f"test-probe-{secrets.token_hex(4)}",
                 "-t",
@@ -126,7 +160,7 @@ class DeadLetterWatcher:
         out = []
         for line in self.out.read_text().splitlines():
             topic, _, body = line.partition(" ")
-            if topic.endswith("/probe"):
+            if topic == self.probe:
                 continue
             out.append((topic, json.loads(body)))
         return out

@@ -38,7 +38,7 @@ def test_replay_after_registry_fix_writes_and_removes_the_letter(
     ingest = ingest_factory(stack, db, "replay", SAFECITY_REGISTRY=str(broken)).start()
     ts = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=3)
     values = {"laeq": 58.0, "lamax": 66.0, "la90": 49.0}
-    pub = LedgerPublisher(stack.mqtt_host, stack.mqtt_port, tmp_path / "ledger.jsonl")
+    pub = LedgerPublisher(stack.mqtt_settings("_simulator"), tmp_path / "ledger.jsonl")
     pub.run([reading(CITY, device, seq=77, ts=ts, values=values)])
     wait_for(lambda: ingest.metric("safecity_ingest_acked_total") >= 1, 20, "ack")
     env = {**ingest.env, "SAFECITY_REGISTRY": str(broken)}

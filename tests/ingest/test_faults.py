@@ -25,7 +25,7 @@ CITY = default_city()
 
 
 def publisher(stack: LocalStack, tmp_path: Path, name: str = "ledger.jsonl") -> LedgerPublisher:
-    return LedgerPublisher(stack.mqtt_host, stack.mqtt_port, tmp_path / name)
+    return LedgerPublisher(stack.mqtt_settings("_simulator"), tmp_path / name)
 
 
 def assert_clean(stack: LocalStack, db: str, ledger: Path, *dl: Path, timeout: float = 30) -> None:

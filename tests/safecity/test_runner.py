@@ -2,17 +2,35 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import httpx
+import pytest
 
+from safecity.errors import MqttError
+from safecity.mqtt import MqttClient
 from safecity.registry import default_city
+from safecity.settings import MqttSettings
+from safecity.stack import mqtt_connack_reason
+
+NOT_AUTHORIZED = 0x87
+
+
+async def _connect(settings: MqttSettings) -> None:
+    client = MqttClient(settings, "test-run-tls")
+    try:
+        await client.connect()
+    finally:
+        await client.disconnect()
 
 
 def _children_of(pid: int) -> set[int]:
@@ -44,6 +62,8 @@ def _alive(pid: int) -> bool:
 def test_run_serves_every_device_then_ctrl_c_leaves_nothing_behind(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAFECITY_")}
     env["SAFECITY_INGEST_METRICS_PORT"] = "0"
+    env["SAFECITY_ALERTS_METRICS_PORT"] = "0"
+    env["SAFECITY_MQTT_TLS_PORT"] = "0"
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -69,18 +89,45 @@ def test_run_serves_every_device_then_ctrl_c_leaves_nothing_behind(tmp_path: Pat
         key = ""
         lines = []
         assert proc.stdout is not None
-        deadline = time.monotonic() + 60
-        while api is None and time.monotonic() < deadline:
+        deadline = time.monotonic() + 90
+        while "Press Ctrl-C" not in "".join(lines[-1:]) and time.monotonic() < deadline:
             line = proc.stdout.readline()
             lines.append(line)
             if match := re.search(r"SAFECITY_API_KEY=(\S+)", line):
                 key = match.group(1)
             if match := re.search(r"console \+ API\s+(http://\S+?)/\s", line):
                 api = match.group(1)
-        assert api, "no console URL printed:\n" + "".join(lines)
-        assert key.startswith("sck_"), "no SAFECITY_API_KEY printed:\n" + "".join(lines)
+        printed = "".join(lines)
+        assert api, "no console URL printed:\n" + printed
+        assert key.startswith("sck_"), "no SAFECITY_API_KEY printed:\n" + printed
         children = _children_of(proc.pid)
-        assert len(children) >= 5  # mosquitto, influxd, ingest, api, simulator
+        assert len(children) >= 6  # mosquitto, influxd, ingest, api, alerts, simulator
+        alerts = re.search(r"alerts metrics\s+(http://\S+?)/metrics", printed)
+        assert alerts, printed
+        assert httpx.get(f"{alerts.group(1)}/readyz", timeout=5).status_code == 200
+
+        # The broker of `make run` admits no anonymous client, on either listener.
+        mqtt = re.search(r"MQTT broker\s+mqtt://([\d.]+):(\d+)", printed)
+        tls = re.search(r"MQTT over TLS\s+mqtts://([\d.]+):(\d+)\s+\(CA (\S+)\)", printed)
+        secrets_file = re.search(r"MQTT secrets\s+(\S+)", printed)
+        pidfile = re.search(r"SAFECITY_BROKER_PIDFILE=(\S+)", printed)
+        assert mqtt and tls and secrets_file and pidfile, printed
+        host, port = mqtt.group(1), int(mqtt.group(2))
+        assert mqtt_connack_reason(host, port, 5) == NOT_AUTHORIZED
+        secrets_path = Path(secrets_file.group(1))
+        assert secrets_path == tmp_path / "identity" / "secrets.json"
+        assert stat.S_IMODE(secrets_path.stat().st_mode) == 0o600
+        for path in (tmp_path / "identity").iterdir():
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+        issued = json.loads(secrets_path.read_text())
+        assert {"_ingest", "_api", "_alerts", "_simulator"} <= set(issued)
+        tls_settings = MqttSettings(
+            host=tls.group(1), port=int(tls.group(2)), tls_ca=Path(tls.group(3)), connect_timeout=5
+        )
+        with pytest.raises(MqttError, match="Not authorized"):
+            asyncio.run(_connect(tls_settings))
+        as_api = {**tls_settings.model_dump(), "username": "_api", "password": issued["_api"]}
+        asyncio.run(_connect(MqttSettings(**as_api)))
 
         city = default_city()
         missing = {d.id for d in city.devices}
@@ -93,10 +140,51 @@ def test_run_serves_every_device_then_ctrl_c_leaves_nothing_behind(tmp_path: Pat
                 time.sleep(0.5)
         assert missing == set(), f"{len(missing)} devices without a latest reading"
 
+        # Every device logged in as itself: the broker log names each device's own client.
+        broker_log = (tmp_path / "mosquitto" / "mosquitto.log").read_text()
+        victim = city.devices[0].id
+        assert re.search(
+            rf" as {re.escape(victim)} \(p5, [^)]*u'{re.escape(victim)}'\)", broker_log
+        )
+
+        # `safecity devices revoke` with the printed SAFECITY_BROKER_PIDFILE reloads the
+        # running broker: the device is cut off, everyone else stays.
+        cli_env = {
+            **env,
+            "SAFECITY_IDENTITY_DIR": str(tmp_path / "identity"),
+            "SAFECITY_BROKER_PIDFILE": pidfile.group(1),
+        }
+        revoke = subprocess.run(
+            [sys.executable, "-m", "safecity", "devices", "revoke", victim,
+             "--secrets-file", str(secrets_path)],
+            env=cli_env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert revoke.returncode == 0, revoke.stderr
+        assert "reloaded with SIGHUP" in revoke.stderr
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            reason = mqtt_connack_reason(
+                host, port, 5, username=victim, password=issued[victim], client_id="test-victim"
+            )
+            if reason == NOT_AUTHORIZED:
+                break
+            time.sleep(0.1)
+        assert reason == NOT_AUTHORIZED
+        other = city.devices[1].id
+        assert mqtt_connack_reason(host, port, 5, username=other, password=issued[other]) == 0
+
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
         left = [pid for pid in children if _alive(pid)]
         assert left == [], f"processes left behind: {left}"
+
+        # No secret in any log or console output of the run.
+        logs = {p: p.read_text(errors="replace") for p in tmp_path.rglob("*.log")}
+        logs[tmp_path / "<stdout>"] = printed + (proc.stdout.read() or "")
+        assert len(logs) >= 6
+        for path, text in logs.items():
+            leaked = [name for name, secret in issued.items() if secret in text]
+            assert leaked == [], f"secrets of {leaked[:5]} in {path}"
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import queue
 import secrets
+import stat
 import threading
 from pathlib import Path
 from typing import Any
@@ -17,16 +19,29 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from safecity.errors import StackError
+from safecity.errors import MqttError, StackError
+from safecity.mqtt import MqttClient
+from safecity.settings import MqttSettings
 from safecity.stack import (
+    DEFAULT_MOSQUITTO_CONF,
     Influxd,
     LocalStack,
     Mosquitto,
     free_port,
+    mqtt_connack_reason,
     render_mosquitto_conf,
 )
 
 WAIT = 10.0
+
+
+# The ingest account may read safecity/v1/# and write its `_services` status topics: one
+# client can publish and receive there. Nothing outside safecity/v1/ is allowed anyone.
+SERVICE = "_ingest"
+
+
+def _topic(name: str) -> str:
+    return f"safecity/v1/test/_services/{name}"
 
 
 class _Client:
@@ -34,13 +49,14 @@ class _Client:
 
     def __init__(
         self,
-        host: str,
-        port: int,
+        broker: Mosquitto,
         client_id: str,
         *,
         clean_start: bool = True,
         session_expiry: int | None = None,
+        username: str = SERVICE,
     ) -> None:
+        host, port = broker.host, broker.port
         self.connacks: queue.Queue[tuple[bool, ReasonCode]] = queue.Queue()
         self.subacks: queue.Queue[list[ReasonCode]] = queue.Queue()
         self.pubacks: dict[int, ReasonCode] = {}
@@ -53,6 +69,7 @@ class _Client:
         self.client.on_subscribe = self._on_subscribe
         self.client.on_publish = self._on_publish
         self.client.on_message = self._on_message
+        self.client.username_pw_set(username, broker.secret(username))
         props: Properties | None = None
         if session_expiry is not None:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
@@ -140,8 +157,8 @@ def test_stack_is_up_on_distinct_loopback_ports(stack: LocalStack) -> None:
 
 
 def test_broker_accepts_mqtt5_and_acks_qos1(mosquitto: Mosquitto) -> None:
-    topic = f"test/stack/{secrets.token_hex(4)}"
-    client = _Client(mosquitto.host, mosquitto.port, f"test-qos1-{secrets.token_hex(4)}")
+    topic = _topic(secrets.token_hex(4))
+    client = _Client(mosquitto, f"test-qos1-{secrets.token_hex(4)}")
     try:
         # With no subscriber Mosquitto acks 0x10 "no matching subscribers", not 0.
         client.subscribe(topic)
@@ -155,9 +172,9 @@ def test_broker_accepts_mqtt5_and_acks_qos1(mosquitto: Mosquitto) -> None:
 
 def test_broker_refuses_qos2_subscription_downgrade_to_1(mosquitto: Mosquitto) -> None:
     # max_qos 1 in broker/mosquitto.conf: a QoS 2 subscription is granted QoS 1.
-    client = _Client(mosquitto.host, mosquitto.port, f"test-qos2-{secrets.token_hex(4)}")
+    client = _Client(mosquitto, f"test-qos2-{secrets.token_hex(4)}")
     try:
-        client.client.subscribe(f"test/stack/{secrets.token_hex(4)}", 2)
+        client.client.subscribe(_topic(secrets.token_hex(4)), 2)
         codes = client.subacks.get(timeout=WAIT)
         assert [c.value for c in codes] == [1]
     finally:
@@ -283,21 +300,21 @@ def test_kill_then_restart(tmp_path: Path) -> None:
 
 def test_persistent_session_survives_graceful_broker_restart(tmp_path: Path) -> None:
     broker = Mosquitto(tmp_path).start()
-    topic = "test/persist/queue"
+    topic = _topic("persist-queue")
     sub_id = "test-persistent-subscriber"
     try:
-        sub = _Client(broker.host, broker.port, sub_id, clean_start=False, session_expiry=3600)
+        sub = _Client(broker, sub_id, clean_start=False, session_expiry=3600)
         sub.subscribe(topic)
         sub.close()
 
-        pub = _Client(broker.host, broker.port, "test-publisher")
+        pub = _Client(broker, "test-publisher")
         reason = pub.publish(topic, b"queued-while-offline")
         assert not reason.is_failure
         pub.close()
 
         broker.restart()
 
-        sub = _Client(broker.host, broker.port, sub_id, clean_start=False, session_expiry=3600)
+        sub = _Client(broker, sub_id, clean_start=False, session_expiry=3600)
         try:
             assert sub.session_present
             message = sub.messages.get(timeout=WAIT)
@@ -326,3 +343,79 @@ def test_render_mosquitto_conf_adapts_the_shared_config(tmp_path: Path) -> None:
     assert "user someone" in lines
     assert f"log_dest file {tmp_path / 'mosquitto.log'}" in lines
     assert lines[-1] == "password_file /x"
+
+
+# --- no anonymous MQTT anywhere ------------------------------------------------------
+
+NOT_AUTHORIZED = 0x87
+
+
+def test_session_broker_refuses_anonymous_clients(stack: LocalStack) -> None:
+    host, port = stack.mqtt_host, stack.mqtt_port
+    assert mqtt_connack_reason(host, port, 5) == NOT_AUTHORIZED
+    assert mqtt_connack_reason(host, port, 5, username="_ingest") == NOT_AUTHORIZED
+    assert mqtt_connack_reason(host, port, 5, username="_ingest", password="x") == NOT_AUTHORIZED
+    device = stack.city.devices[0].id
+    for username in ("_ingest", "_api", "_alerts", "_simulator", device):
+        reason = mqtt_connack_reason(
+            host, port, 5, username=username, password=stack.secret(username)
+        )
+        assert reason == 0, (username, reason)
+    rendered = [ln.strip() for ln in stack.mosquitto.conf_path.read_text().splitlines()]
+    assert "allow_anonymous false" in rendered
+    assert not any(ln.startswith("allow_anonymous true") for ln in rendered)
+
+
+def test_session_broker_tls_listener_needs_the_ca_and_an_account(stack: LocalStack) -> None:
+    assert stack.mqtt_tls_port is not None and stack.ca_file is not None
+
+    async def connect(settings: MqttSettings) -> None:
+        client = MqttClient(settings, f"test-tls-{secrets.token_hex(3)}")
+        try:
+            await client.connect()
+        finally:
+            await client.disconnect()
+
+    asyncio.run(connect(stack.mqtt_settings("_api", tls=True)))
+    anonymous = MqttSettings(
+        host=stack.mqtt_host, port=stack.mqtt_tls_port, tls_ca=stack.ca_file, connect_timeout=5
+    )
+    with pytest.raises(MqttError, match="Not authorized"):
+        asyncio.run(connect(anonymous))
+
+
+def test_identity_files_are_private_and_reused(tmp_path: Path) -> None:
+    first = Mosquitto(tmp_path)
+    names = {p.name for p in first.identity_dir.iterdir()}
+    assert {"credentials.json", "mosquitto.passwd", "mosquitto.acl", "secrets.json"} <= names
+    for path in first.identity_dir.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    for path in (first.certs_dir / "ca.key", first.certs_dir / "server.key"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    # Only hashes in the store and the broker files; the secrets only in the 0600 file.
+    secret = first.secret("_ingest")
+    for name in ("credentials.json", "mosquitto.passwd", "mosquitto.acl"):
+        assert secret not in (first.identity_dir / name).read_text()
+    ca = (first.certs_dir / "ca.crt").read_bytes()
+    # A second start on the same directories reuses everything and issues nothing.
+    again = Mosquitto(tmp_path)
+    assert again.identities.issued == {}
+    assert again.secret("_ingest") == secret
+    assert (again.certs_dir / "ca.crt").read_bytes() == ca
+    # An account whose secret left the file (rotated elsewhere) gets a new one.
+    store = again.identities.store
+    store.rotate("_api")
+    store.save()
+    repaired = Mosquitto(tmp_path)
+    assert set(repaired.identities.issued) == {"_api"}
+    assert repaired.identities.store.check("_api", repaired.secret("_api"))
+
+
+def test_a_config_allowing_anonymous_access_is_refused(tmp_path: Path) -> None:
+    template = tmp_path / "anonymous.conf"
+    text = DEFAULT_MOSQUITTO_CONF.read_text()
+    template.write_text(text.replace("allow_anonymous false", "allow_anonymous true"))
+    broker = Mosquitto(tmp_path / "m", config=template)
+    with pytest.raises(StackError, match="allow_anonymous false"):
+        broker.start()
+    assert broker.pid is None

@@ -22,7 +22,7 @@ from prometheus_client import REGISTRY
 from safecity import catalogue
 from safecity.readings import Event, Reading, Rejection, Status, epoch_ms, parse
 from safecity.registry import City, generate
-from safecity.settings import EdgeSettings, MqttSettings, SimulatorSettings
+from safecity.settings import EdgeSettings, SimulatorSettings
 from safecity.stack import Mosquitto
 from safecity.topics import Channel, parse_device_topic
 from simulators.fleet import FleetStats, Sent, device_messages, run, seq_base
@@ -124,6 +124,7 @@ class Collector:
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
+        self.client.username_pw_set("_api", broker.secret("_api"))  # read-only account
         self.client.connect(broker.host, broker.port)
         self.client.loop_start()
         assert self.subscribed.wait(10), "no SUBACK"
@@ -155,14 +156,18 @@ class Collector:
 
 def sim_settings(broker: Mosquitto, **overrides: Any) -> SimulatorSettings:
     values: dict[str, Any] = {
-        "mqtt": MqttSettings(host=broker.host, port=broker.port),
+        # transport=single logs in as the simulator account; edge: each device as itself.
+        "mqtt": broker.mqtt_settings("_simulator"),
         "client_id": f"sim-test-{uuid.uuid4().hex[:8]}",
         "seed": 7,
         "speed": 600.0,
         "max_devices": 30,
         "duration": 2.0,
         "first_burst": True,
-        "edge": EdgeSettings(spool_dir=Path(tempfile.mkdtemp(prefix="sim-spool-"))),
+        "edge": EdgeSettings(
+            spool_dir=Path(tempfile.mkdtemp(prefix="sim-spool-")),
+            secrets_file=broker.secrets_file,
+        ),
     }
     values.update(overrides)
     return SimulatorSettings(**values)
@@ -176,20 +181,22 @@ def counter(kind: str, result: str) -> float:
 
 
 @pytest.mark.timeout(60)
-def test_fleet_publishes_valid_messages_for_every_device(mosquitto: Mosquitto) -> None:
+def test_fleet_publishes_valid_messages_for_every_device(tmp_path: Path) -> None:
     city = generate("tashkent", 30, 3)  # every kind at least once
     assert {d.kind for d in city.devices} == set(catalogue.KINDS)
-    settings = sim_settings(mosquitto)
-    sent: list[Sent] = []
-    before = counter("traffic", "accepted")
-    collector = Collector(mosquitto)
-    try:
-        started = time.monotonic()
-        stats: FleetStats = asyncio.run(run(settings, city, on_sent=sent.append))
-        elapsed = time.monotonic() - started
-        received = collector.wait_for(stats.accepted)
-    finally:
-        collector.close()
+    # A broker of its own with an account for each device of this generated city.
+    with Mosquitto(tmp_path / "broker", city=city) as mosquitto:
+        settings = sim_settings(mosquitto)
+        sent: list[Sent] = []
+        before = counter("traffic", "accepted")
+        collector = Collector(mosquitto)
+        try:
+            started = time.monotonic()
+            stats: FleetStats = asyncio.run(run(settings, city, on_sent=sent.append))
+            elapsed = time.monotonic() - started
+            received = collector.wait_for(stats.accepted)
+        finally:
+            collector.close()
 
     assert 1.5 < elapsed < 15
     assert stats.devices == 30
@@ -232,11 +239,10 @@ def test_fleet_publishes_valid_messages_for_every_device(mosquitto: Mosquitto) -
 
 
 @pytest.mark.timeout(60)
-def test_fleet_stops_when_asked(mosquitto: Mosquitto) -> None:
+def test_fleet_stops_when_asked(tmp_path: Path) -> None:
     city = generate("tashkent", 20, 4)
-    settings = sim_settings(mosquitto, duration=None, speed=1.0, first_burst=False)
 
-    async def main() -> tuple[FleetStats, float]:
+    async def main(settings: SimulatorSettings) -> tuple[FleetStats, float]:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.call_later(0.5, stop.set)
@@ -244,7 +250,9 @@ def test_fleet_stops_when_asked(mosquitto: Mosquitto) -> None:
         stats = await run(settings, city, stop=stop)
         return stats, loop.time() - started
 
-    stats, elapsed = asyncio.run(main())
+    with Mosquitto(tmp_path / "broker", city=city) as mosquitto:
+        settings = sim_settings(mosquitto, duration=None, speed=1.0, first_burst=False)
+        stats, elapsed = asyncio.run(main(settings))
     assert elapsed < 5
     # Births and farewells only: at speed 1 no reading is due within half a second.
     assert stats.statuses == 40

@@ -1,0 +1,83 @@
+"""The calling key (`GET /v1/me`, scope `read`) and the audit log (`GET /v1/audit`, `admin`)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, Field
+
+from api.audit import AuditLog
+from api.deps import SettingsDep
+from api.errors import bad_param
+from api.responses import errors
+from api.security import require
+from safecity.apikeys import ApiKey
+
+router = APIRouter(prefix="/v1", tags=["keys"])
+
+
+class Me(BaseModel):
+    """The API key of this request: its id, name and scopes (never its secret)."""
+
+    id: str = Field(examples=["1a2b3c4d"])
+    name: str = Field(examples=["dashboards"])
+    scopes: list[str] = Field(examples=[["read", "operate"]])
+
+
+class AuditRecord(BaseModel):
+    """One audited call: who (key id), what (method, route, target, outcome), when."""
+
+    ts: str = Field(examples=["2026-03-10T18:42:10.123Z"])
+    key_id: str = Field(examples=["1a2b3c4d"])
+    key_name: str = Field(examples=["duty officer"])
+    scope: str = Field(description="the scope the route needs", examples=["operate"])
+    method: str = Field(examples=["POST"])
+    route: str = Field(examples=["/v1/incidents/{incident_id}/ack"])
+    target: str | None = Field(examples=["inc-0123456789abcdef0123"])
+    status: int = Field(examples=[200])
+    client: str | None = Field(examples=["127.0.0.1"])
+    duration_ms: float | None = None
+
+
+class AuditPage(BaseModel):
+    """Audit records, newest first; `truncated` says the limit cut the list."""
+
+    items: list[AuditRecord]
+    truncated: bool
+
+
+@router.get("/me", response_model=Me, responses=errors())
+async def me(key: Annotated[ApiKey, Depends(require("read"))]) -> Me:
+    """The calling key: id, name and scopes (what the console shows and allows)."""
+    return Me(id=key.id, name=key.name, scopes=list(key.scopes))
+
+
+@router.get("/audit", response_model=AuditPage, responses=errors())
+async def audit_log(
+    request: Request,
+    settings: SettingsDep,
+    key: Annotated[ApiKey, Depends(require("admin"))],
+    key_id: Annotated[
+        str | None,
+        Query(pattern=r"^[0-9a-f]{8}$", description="Only the calls of this key id"),
+    ] = None,
+    limit: Annotated[
+        int | None,
+        Query(ge=1, le=1000, description="Most records returned, <= max_page_size (default 100)"),
+    ] = None,
+) -> AuditPage:
+    """The audit log of `operate`/`admin` calls, newest first (scope `admin`; audited too)."""
+    if limit is None:
+        limit = min(100, settings.max_page_size)
+    elif limit > settings.max_page_size:
+        raise bad_param("query", "limit", f"must be at most {settings.max_page_size}")
+    audit: AuditLog = request.app.state.audit
+    records, truncated = audit.newest(limit, key_id)
+    items = []
+    for record in records:
+        try:
+            items.append(AuditRecord.model_validate(record))
+        except ValueError:
+            continue  # not one of ours: the file is append-only, never trusted blindly
+    return AuditPage(items=items, truncated=truncated)
