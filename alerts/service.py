@@ -82,9 +82,8 @@ class AlertsService:
                 self.engine.seed_firing(incident.rule_id, incident.place, incident.devices)
         await self.mqtt.connect()
         group = self.settings.alerts_share_group
-        await self.mqtt.subscribe(
-            [(topics.shared(group, topics.device_filter(c, self.city.id)), 1) for c in CHANNELS]
-        )
+        filters = (topics.device_filter(c, self.city.id) for c in CHANNELS)
+        await self.mqtt.subscribe([(topics.shared(group, f) if group else f, 1) for f in filters])
         self._tasks.append(asyncio.create_task(self._refresher(), name="refresh"))
         self._started = True
         log.info(

@@ -164,6 +164,8 @@ class LocalRun:
                 Role.ALERTS,
                 {
                     "SAFECITY_ALERTS_METRICS_PORT": str(alerts_port),
+                    # One instance: a plain subscription survives broker restarts.
+                    "SAFECITY_ALERTS_SHARE_GROUP": "",
                     **replay_window,
                 },
                 ready=_http_ok(f"{self.alerts_url}/readyz"),

@@ -280,7 +280,8 @@ class AlertsSettings(_ServiceSettings):
     influx: InfluxSettings = InfluxSettings()
     # Own names (alerts_*): ingest's SAFECITY_WORKER_ID/SHARE_GROUP must not leak in here.
     alerts_id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")] = "alerts-0"
-    alerts_share_group: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")] = "alerts"
+    # Empty = a plain subscription (one instance; survives broker restarts, see ingest).
+    alerts_share_group: Annotated[str, Field(pattern=r"^([a-z0-9][a-z0-9_.-]{0,63})?$")] = "alerts"
     alerts_rules_file: Path | None = Field(
         default=None, description="Rule file (YAML); empty = the shipped rules of the city"
     )
