@@ -23,12 +23,11 @@ RUN groupadd --system --gid 10001 safecity \
  && useradd --system --uid 10001 --gid safecity --home-dir /var/lib/safecity --create-home safecity
 COPY --from=build /opt/safecity /opt/safecity
 ENV PATH=/opt/safecity/bin:$PATH \
-    PYTHONUNBUFFERED=1 \
-    SAFECITY_DEADLETTER_DIR=/var/lib/safecity/deadletter \
-    SAFECITY_SPOOL_DIR=/var/lib/safecity/spool
+    PYTHONUNBUFFERED=1
 WORKDIR /var/lib/safecity
 USER safecity
-# Each service answers /healthz on the port named by SAFECITY_HEALTH_URL (compose sets it).
+# Every service answers health on its own port; HEALTHCHECK_URL names it (compose sets it
+# per service; the default is the API's).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=5 \
-  CMD ["python", "-c", "import os,sys,urllib.request; sys.exit(0 if urllib.request.urlopen(os.environ.get('SAFECITY_HEALTH_URL','http://127.0.0.1:8000/healthz'), timeout=2).status == 200 else 1)"]
+  CMD ["python", "-c", "import os,sys,urllib.request; sys.exit(0 if urllib.request.urlopen(os.environ.get('HEALTHCHECK_URL','http://127.0.0.1:8000/healthz'), timeout=2).status == 200 else 1)"]
 CMD ["safecity", "--help"]

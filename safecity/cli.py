@@ -29,6 +29,8 @@ from safecity.settings import (
     IngestSettings,
     SimulatorSettings,
     StackSettings,
+    StorageSettings,
+    resolve_instance_id,
 )
 
 S = TypeVar("S")
@@ -90,6 +92,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     """One ingest worker, or with --workers N a supervisor of N worker processes."""
     settings = _settings(IngestSettings, worker_id=args.worker_id, registry=args.registry)
     configure_logging("ingest", settings.log_level)
+    if settings.worker_id == "auto":
+        settings = settings.model_copy(update={"worker_id": resolve_instance_id("auto")})
     city = registry.load_or_default(settings.registry)
     if args.workers is not None:
         supervisor = importlib.import_module("ingest.supervisor")
@@ -97,6 +101,28 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         return code
     service = importlib.import_module("ingest.service")
     return _run_async(service.run(settings, city))
+
+
+def cmd_influx_init(args: argparse.Namespace) -> int:
+    """Create the database and every retention policy (needs an admin account)."""
+    settings = _settings(StorageSettings)
+    configure_logging("influx", settings.log_level)
+    influx_mod = importlib.import_module("safecity.influx")
+
+    async def main() -> list[str]:
+        client = influx_mod.InfluxClient(settings.influx)
+        try:
+            await client.ensure_database()
+            missing: list[str] = await client.missing_retention_policies()
+            return missing
+        finally:
+            await client.close()
+
+    missing = asyncio.run(main())
+    if missing:
+        raise CliError(f"retention policies still missing: {', '.join(missing)}")
+    print(f"database {settings.influx.database!r} and its retention policies are ready")
+    return 0
 
 
 def cmd_deadletter(args: argparse.Namespace) -> int:
@@ -459,6 +485,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="validate the rule file and exit")
     registry_flag(p)
     p.set_defaults(func=cmd_alerts)
+
+    influx = sub.add_parser("influx", help="InfluxDB administration").add_subparsers(
+        dest="influx_command", required=True, metavar="ACTION"
+    )
+    p = influx.add_parser(
+        "init", help="create the database and its retention policies (admin account)"
+    )
+    p.set_defaults(func=cmd_influx_init)
 
     p = sub.add_parser("api", help="the HTTP API")
     p.add_argument("--host")

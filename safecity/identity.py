@@ -524,3 +524,33 @@ def render_secure_config(
         else:
             out.append(f"{key} {value}")
     return "\n".join(out) + "\n"
+
+
+CONTAINER_CONFIG_DIR = Path("/mosquitto/config")
+CONTAINER_CERTS_DIR = Path("/mosquitto/certs")
+_PLAIN_LISTENER_RE = re.compile(r"^\s*listener\s+1883\b.*$")
+
+
+def render_container_config(template: str) -> str:
+    """broker/mosquitto.conf as the eclipse-mosquitto container of docker compose runs it.
+
+    The plain listener listens on the compose network (never published to the host; the
+    services reach `mosquitto:1883`), TLS on 8883 for devices outside; password file,
+    ACL and certificates come from the volumes the provisioning step fills; logs go to
+    stdout for `docker compose logs`.
+    """
+    text = render_secure_config(
+        template,
+        password_file=CONTAINER_CONFIG_DIR / PASSWORD_FILE,
+        acl_file=CONTAINER_CONFIG_DIR / ACL_FILE,
+        pid_file=Path("/mosquitto/data/mosquitto.pid"),
+        tls_port=8883,
+        tls_host="0.0.0.0",
+        cafile=CONTAINER_CERTS_DIR / "ca.crt",
+        certfile=CONTAINER_CERTS_DIR / "server.crt",
+        keyfile=CONTAINER_CERTS_DIR / "server.key",
+    )
+    lines = [
+        "listener 1883" if _PLAIN_LISTENER_RE.match(line) else line for line in text.splitlines()
+    ]
+    return "\n".join(["log_dest stdout", *lines]) + "\n"

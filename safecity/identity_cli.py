@@ -121,13 +121,27 @@ def cmd_certs_init(args: argparse.Namespace) -> int:
     """Create the local CA and the broker's server certificate (+ client certificates)."""
     settings = _settings(certs_dir=args.dir)
     directory = settings.certs_dir
-    ca = certs.init_ca(directory, force=args.force)
-    server = certs.issue_server(directory, args.host or certs.DEFAULT_HOSTS)
+    if args.force or not (directory / "ca.crt").exists():
+        ca = certs.init_ca(directory, force=args.force)
+        server = certs.issue_server(directory, args.host or certs.DEFAULT_HOSTS)
+    else:
+        # Safe to repeat (compose runs it at every `up`): reuse the CA, renew the server
+        # certificate only when it is missing, expiring or for other hosts.
+        ca, server = certs.ensure_server(directory, args.host or certs.DEFAULT_HOSTS)
     print(f"CA      {ca.cert} (key {ca.key}, 0600)")
     print(f"server  {server.cert} (key {server.key}, 0600)")
     for device_id in args.client or ():
         client = certs.issue_client(directory, device_id)
         print(f"client  {client.cert} (key {client.key}, 0600)")
+    return 0
+
+
+def cmd_broker_config(args: argparse.Namespace) -> int:
+    """Write the broker config for the docker compose Mosquitto container."""
+    template = args.template.read_text(encoding="utf-8")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(identity.render_container_config(template), encoding="utf-8")
+    print(f"broker config written to {args.out}", file=sys.stderr)
     return 0
 
 
@@ -179,6 +193,14 @@ def add_parsers(sub: Any) -> None:
     p = devices.add_parser("list", help="list accounts")
     common(p, secrets_file=False)
     p.set_defaults(func=cmd_list)
+
+    broker = sub.add_parser("broker", help="broker configuration").add_subparsers(
+        dest="broker_command", required=True, metavar="ACTION"
+    )
+    p = broker.add_parser("config", help="render the config of the compose broker container")
+    p.add_argument("--template", type=Path, required=True, help="broker/mosquitto.conf")
+    p.add_argument("--out", type=Path, required=True, help="where the container reads it")
+    p.set_defaults(func=cmd_broker_config)
 
     certs_cmd = sub.add_parser("certs", help="local CA and TLS certificates").add_subparsers(
         dest="certs_command", required=True, metavar="ACTION"

@@ -117,7 +117,51 @@ class InfluxClient:
         return response.status_code == 204
 
     async def ensure_database(self) -> None:
-        """Create the database and its default retention policy; safe to repeat."""
+        """Create the database and its retention policies; safe to repeat.
+
+        A non-admin account (least privilege, as docker compose runs the services) may
+        not create them: then they must already exist, made by `safecity influx init`
+        with an admin account, else StorageAuthError says so.
+        """
+        try:
+            await self._create_database()
+        except StorageAuthError as exc:
+            if "requires admin privilege" not in str(exc):
+                raise
+            missing = await self.missing_retention_policies()
+            if missing:
+                raise StorageAuthError(
+                    f"InfluxDB user {self.settings.username!r} may not create database "
+                    f"{self.settings.database!r} or its retention policies, and these are "
+                    f"missing: {', '.join(missing)}; run `safecity influx init` with an "
+                    "admin account first"
+                ) from exc
+            log.info(
+                "influxdb prepared by an admin; this account only writes and reads",
+                extra={"database": self.settings.database},
+            )
+
+    async def missing_retention_policies(self) -> list[str]:
+        """The retention policies this platform needs that the database lacks."""
+        db = quote_ident(self.settings.database)
+        wanted = [
+            self.settings.retention_policy,
+            *(n for n, _ in retention_policies(self.settings)),
+        ]
+        try:
+            series = await self.query(f"SHOW RETENTION POLICIES ON {db}")
+        except QueryError as exc:
+            if "database not found" in str(exc):
+                return wanted
+            raise
+        present = {row["name"]: row for s in series for row in s.rows()}
+        missing = [name for name in wanted if name not in present]
+        default = present.get(self.settings.retention_policy)
+        if default is not None and not default.get("default"):
+            missing.append(f"{self.settings.retention_policy} (as the default)")
+        return missing
+
+    async def _create_database(self) -> None:
         db = quote_ident(self.settings.database)
         rp = quote_ident(self.settings.retention_policy)
         duration = self.settings.retention_duration

@@ -6,11 +6,12 @@ nothing here is instantiated at import time.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from safecity.errors import TopicError
@@ -35,6 +36,27 @@ class MqttSettings(BaseModel):
     tls_ca: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # A secrets file as `safecity devices provision --secrets-file` writes it
+    # ({username: secret}); the password is taken from it when not given directly, so
+    # docker compose can hand services the secrets its provisioning step generated.
+    secrets_file: Path | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _password_from_secrets_file(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not data.get("secrets_file") or data.get("password"):
+            return data
+        username = data.get("username")
+        path = Path(data["secrets_file"])
+        if not username:
+            raise ValueError("secrets_file needs a username to look up")
+        try:
+            secrets = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"cannot read secrets file {path}: {exc}") from exc
+        if not isinstance(secrets, dict) or not isinstance(secrets.get(username), str):
+            raise ValueError(f"no secret for {username!r} in {path}")
+        return {**data, "password": secrets[username]}
 
 
 class InfluxSettings(BaseModel):
@@ -232,6 +254,10 @@ class SimulatorSettings(_ServiceSettings):
     scenario: str | None = None
     edge: EdgeSettings = EdgeSettings()
     faults: FaultSettings = FaultSettings()
+    # /metrics and /healthz of a single-process fleet (0 = none; --processes N serves none).
+    # Own names: ingest's SAFECITY_METRICS_PORT must not leak in from a shared .env.
+    simulator_metrics_host: str = "127.0.0.1"
+    simulator_metrics_port: Annotated[int, Field(ge=0, le=65535)] = 0
 
 
 class StackSettings(_ServiceSettings):
@@ -296,3 +322,40 @@ class AlertsSettings(_ServiceSettings):
     # Same variables as ingest's: replays need both widened the same way.
     ts_past_window: Annotated[float, Field(gt=0)] = 7 * 86_400.0
     ts_future_window: Annotated[float, Field(ge=0)] = 300.0
+
+
+def instance_id_from_name(name: str) -> str:
+    """An instance id from a container name: `safecity-ingest-2.safecity_default` (compose
+    v2, as its DNS names a container) or `safecity_ingest_2` (compose v1) -> `safecity-ingest-2`."""
+    import re
+
+    label = name.split(".")[0].lower().replace("_", "-")
+    label = re.sub(r"[^a-z0-9_.-]+", "-", label).strip("-.")
+    return validate_identifier((label or "instance")[:64], "instance id")
+
+
+def resolve_instance_id(value: str) -> str:
+    """`auto` becomes a stable id from the container's name (docker compose `--scale`).
+
+    Compose's DNS answers a container's own address with its replica name, which
+    survives restarts of that replica: so each replica keeps its MQTT session and spool.
+    Without container DNS (a plain host) it is the host name.
+    """
+    if value != "auto":
+        return value
+    import socket
+
+    host = socket.gethostname()
+    try:
+        name = socket.gethostbyaddr(socket.gethostbyname(host))[0]
+    except OSError:
+        name = host
+    if name.split(".")[0] in ("localhost", ""):
+        name = host  # no container DNS here: a loopback answer names nothing
+    return instance_id_from_name(name)
+
+
+class StorageSettings(_ServiceSettings):
+    """Settings of `safecity influx init` (prepares the database with an admin account)."""
+
+    influx: InfluxSettings = InfluxSettings()

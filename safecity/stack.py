@@ -680,7 +680,9 @@ def _require_no_anonymous(conf: str, template: Path) -> None:
         )
 
 
-def render_influxd_conf(*, host: str, port: int, rpc_port: int, data_dir: Path) -> str:
+def render_influxd_conf(
+    *, host: str, port: int, rpc_port: int, data_dir: Path, auth_enabled: bool = False
+) -> str:
     """An influxd 1.x config: loopback only, everything under data_dir, quiet logs."""
     return f"""\
 # Written by safecity.stack for one local instance.
@@ -701,7 +703,7 @@ bind-address = "{host}:{rpc_port}"
 
 [http]
   bind-address = "{host}:{port}"
-  auth-enabled = false
+  auth-enabled = {"true" if auth_enabled else "false"}
   log-enabled = false
 
 [monitor]
@@ -729,8 +731,11 @@ class Influxd(_LocalService):
         host: str = LOOPBACK,
         binary: str | os.PathLike[str] | None = None,
         ready_timeout: float = 30.0,
+        auth_enabled: bool = False,
     ) -> None:
         self.binary = find_binary("influxd", "influxdb", binary)
+        # With auth on, /ping still answers without credentials (readiness is unchanged).
+        self.auth_enabled = auth_enabled
         self.host = host
         self.port = port or free_port(host)
         self.rpc_port = free_port(host)
@@ -754,7 +759,11 @@ class Influxd(_LocalService):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.conf_path.write_text(
             render_influxd_conf(
-                host=self.host, port=self.port, rpc_port=self.rpc_port, data_dir=self.data_dir
+                host=self.host,
+                port=self.port,
+                rpc_port=self.rpc_port,
+                data_dir=self.data_dir,
+                auth_enabled=self.auth_enabled,
             ),
             encoding="utf-8",
         )

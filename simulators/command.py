@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from safecity import registry
+from safecity.observability import HealthServer
 from safecity.settings import FaultSettings, SimulatorSettings
 from simulators import scenario as scenarios
 from simulators.faults import FAULTS
@@ -92,7 +93,16 @@ def simulate(settings: SimulatorSettings, explicit: set[str]) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        _report(await run(settings, city, stop=stop, incidents=incidents))
+        # /metrics (published counts) and /healthz for operators and compose health checks.
+        health = HealthServer(
+            settings.simulator_metrics_host, settings.simulator_metrics_port, lambda: True
+        )
+        if settings.simulator_metrics_port:
+            await health.start()
+        try:
+            _report(await run(settings, city, stop=stop, incidents=incidents))
+        finally:
+            await health.stop()
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main())
