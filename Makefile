@@ -19,7 +19,8 @@ setup:
 run: setup
 	$(VENV)/bin/safecity run
 
-test: setup
+test:
+	bash scripts/setup.sh --test
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 # Linting needs only the virtualenv, not the broker and database packages.
@@ -28,7 +29,8 @@ lint:
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-bench: setup
+bench:
+	bash scripts/setup.sh --test
 	$(VENV)/bin/python -m benchmarks
 
 clean:

@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # Idempotent set-up of a fresh Linux machine for `make run` / `make test`:
 # Debian packages for the broker and the database, then the project virtualenv.
-#   scripts/setup.sh               everything
+#   scripts/setup.sh               what `make run` needs
+#   scripts/setup.sh --test        plus what the tests drive: Chromium, docker-compose
 #   scripts/setup.sh --python-only only the virtualenv (enough for `make lint`)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-# chromium: the browser the console test drives (Playwright with Debian's build, no download).
-PACKAGES=(mosquitto mosquitto-clients influxdb chromium)
+PACKAGES=(mosquitto mosquitto-clients influxdb)
+# Tests only: chromium, the browser the console test drives (Playwright with Debian's
+# build, no download); docker-compose, whose `config` validates docker-compose.yml
+# without a Docker engine (no recommends: the engine itself is not installed).
+TEST_PACKAGES=(chromium docker-compose)
 CHROMIUM=/usr/bin/chromium
 VENV=.venv
 STAMP="$VENV/.installed"
@@ -18,10 +22,12 @@ say() { echo "setup: $*"; }
 die() { echo "setup: error: $*" >&2; exit 1; }
 
 python_only=false
+for_tests=false
 case "${1:-}" in
     --python-only) python_only=true ;;
+    --test) for_tests=true; PACKAGES+=("${TEST_PACKAGES[@]}") ;;
     "") ;;
-    *) die "unknown argument '$1' (usage: $0 [--python-only])" ;;
+    *) die "unknown argument '$1' (usage: $0 [--test | --python-only])" ;;
 esac
 
 # /usr/sbin is often not on a non-root PATH, yet it is where Debian puts mosquitto.
@@ -38,9 +44,12 @@ install_system_packages() {
     for cmd in mosquitto mosquitto_pub influxd; do
         have "$cmd" || missing+=("$cmd")
     done
-    [ -x "$CHROMIUM" ] || missing+=("$CHROMIUM")
+    if $for_tests; then
+        [ -x "$CHROMIUM" ] || missing+=("$CHROMIUM")
+        have docker-compose || missing+=(docker-compose)
+    fi
     if [ ${#missing[@]} -eq 0 ]; then
-        say "mosquitto, mosquitto_pub, influxd and $CHROMIUM present"
+        say "packages present: ${PACKAGES[*]}"
         return
     fi
     say "missing: ${missing[*]}; installing Debian packages ${PACKAGES[*]}"
@@ -80,7 +89,10 @@ install_system_packages() {
     for cmd in mosquitto mosquitto_pub influxd; do
         have "$cmd" || die "$cmd still missing after installing ${PACKAGES[*]}"
     done
-    [ -x "$CHROMIUM" ] || die "$CHROMIUM still missing after installing ${PACKAGES[*]}"
+    if $for_tests; then
+        [ -x "$CHROMIUM" ] || die "$CHROMIUM still missing after installing ${PACKAGES[*]}"
+        have docker-compose || die "docker-compose still missing after installing ${PACKAGES[*]}"
+    fi
 }
 
 python_ok() {
