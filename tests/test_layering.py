@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVICES = ("edge", "ingest", "api", "simulators", "alerts")
+SERVICES = ("edge", "ingest", "api", "simulators", "alerts", "dashboards")
 PACKAGES = ("safecity", *SERVICES)
 ALLOWED = {"simulators": {"edge"}}
 MQTT_BOUNDARY = ROOT / "safecity" / "mqtt.py"
