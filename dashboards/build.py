@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from safecity import catalogue, registry
-from safecity.readings import RejectReason
 from safecity.registry import City
 from safecity.schema import (
     ALERTS,
@@ -28,6 +27,11 @@ from safecity.schema import (
     EVENTS,
     INCIDENT_TRANSITIONS,
     INGEST_STATS,
+    INGEST_STATS_FIELDS,
+    INGEST_STATS_INTERVAL_S,
+    INGEST_STATS_TAGS,
+    REJECT_REASONS,
+    SECURITY_EVENTS,
     source,
 )
 
@@ -71,29 +75,11 @@ EPA_PM25_BANDS = (9.1, 35.5, 55.5, 125.5, 225.5)
 OFFLINE_ALERT_MINUTES = 10
 INGEST_LAG_ALERT_S = 60
 
-# --- the ingest_stats contract -------------------------------------------------------------
+# Readers of a measurement with its own retention policy go through schema.source().
+EVENTS_FROM = source(EVENTS)
+SECURITY_FROM = source(SECURITY_EVENTS)
 
-INGEST_STATS_TAGS = ("city", "worker_id")
-REJECT_REASONS = tuple(r.value for r in RejectReason)
-INGEST_STATS_FIELDS: tuple[tuple[str, str, str], ...] = (
-    ("received", "int", "messages received from the broker since the previous point"),
-    ("written", "int", "points written to InfluxDB since the previous point"),
-    ("rejected", "int", "messages dead-lettered since the previous point (all reasons)"),
-    *((f"rejected_{r}", "int", f"of which with reason `{r}`") for r in REJECT_REASONS),
-    ("write_errors", "int", "failed InfluxDB write attempts since the previous point"),
-    ("redelivered", "int", "messages received with the MQTT DUP flag since the previous point"),
-    ("pending", "int", "received, not yet durable and acked (gauge)"),
-    ("lag_seconds", "float", "wall clock minus device ts of the last written reading (gauge)"),
-    ("spool_messages", "int", "messages in the disk spool waiting for InfluxDB (gauge)"),
-    ("spool_bytes", "int", "size of the disk spool in bytes (gauge)"),
-    ("mqtt_connected", "bool", "true while connected to the broker (gauge)"),
-    (
-        "broker_dropped",
-        "int",
-        "increase of the broker's `$SYS/broker/publish/messages/dropped` since the previous point",
-    ),
-)
-INGEST_STATS_INTERVAL_S = 10
+# --- the ingest_stats contract (safecity.schema: ingest writes it, the panels read it) ------
 
 
 def ingest_stats_markdown() -> str:
@@ -452,7 +438,7 @@ def city_overview(city: City) -> Board:
     )
     b.stat(
         "Incidents (high/critical events)",
-        f'SELECT count("seq") FROM "{EVENTS}" WHERE {WHERE} AND {SEVERE}',
+        f'SELECT count("seq") FROM {EVENTS_FROM} WHERE {WHERE} AND {SEVERE}',
         thresholds=_thresholds((None, "green"), (1, "red")),
     )
     b.timeseries(
@@ -519,7 +505,7 @@ def district_drilldown() -> Board:
     )
     b.table(
         "Events in the district",
-        f'SELECT "kind", "seq" FROM "{EVENTS}" WHERE {WHERE} '
+        f'SELECT "kind", "seq" FROM {EVENTS_FROM} WHERE {WHERE} '
         'GROUP BY "type", "severity", "device_id" ORDER BY time DESC LIMIT 50',
         w=12,
         h=10,
@@ -619,7 +605,7 @@ def traffic() -> Board:
     b.table(
         "Traffic events",
         f'SELECT "seq", "segment", "speed", "queue_m", "vehicles", "lanes_blocked" '
-        f'FROM "{EVENTS}" WHERE {WHERE} AND "type" =~ '
+        f'FROM {EVENTS_FROM} WHERE {WHERE} AND "type" =~ '
         "/^(congestion|road_closed|stopped_vehicle|road_accident)$/ "
         'GROUP BY "type", "severity", "district" ORDER BY time DESC LIMIT 50',
         w=24,
@@ -639,42 +625,42 @@ def incidents() -> Board:
     b.standard_variables()
     b.timeseries(
         "Events by type",
-        f'SELECT count("seq") FROM "{EVENTS}" WHERE {WHERE} '
+        f'SELECT count("seq") FROM {EVENTS_FROM} WHERE {WHERE} '
         'GROUP BY time($__interval), "type" fill(0)',
         alias="$tag_type",
         custom={"drawStyle": "bars", "stacking": {"mode": "normal"}},
     )
     b.timeseries(
         "Events by severity",
-        f'SELECT count("seq") FROM "{EVENTS}" WHERE {WHERE} '
+        f'SELECT count("seq") FROM {EVENTS_FROM} WHERE {WHERE} '
         'GROUP BY time($__interval), "severity" fill(0)',
         alias="$tag_severity",
         custom={"drawStyle": "bars", "stacking": {"mode": "normal"}},
     )
     b.stat(
         "Critical events",
-        f'SELECT count("seq") FROM "{EVENTS}" WHERE {WHERE} AND "severity" = \'critical\'',
+        f'SELECT count("seq") FROM {EVENTS_FROM} WHERE {WHERE} AND "severity" = \'critical\'',
         thresholds=_thresholds((None, "green"), (1, "red")),
     )
     b.stat(
         "Panic buttons",
-        f'SELECT count("seq") FROM "{EVENTS}" WHERE {WHERE} AND "type" = \'panic\'',
+        f'SELECT count("seq") FROM {EVENTS_FROM} WHERE {WHERE} AND "type" = \'panic\'',
         thresholds=_thresholds((None, "green"), (1, "red")),
     )
     b.stat(
         "Gunshots",
-        f'SELECT count("seq") FROM "{EVENTS}" WHERE {WHERE} AND "type" = \'gunshot\'',
+        f'SELECT count("seq") FROM {EVENTS_FROM} WHERE {WHERE} AND "type" = \'gunshot\'',
         thresholds=_thresholds((None, "green"), (1, "red")),
     )
     b.stat(
         "High/critical by CCTV",
-        f'SELECT count("seq") FROM "{EVENTS}" WHERE {WHERE} AND "kind" = \'cctv\' AND {SEVERE}',
+        f'SELECT count("seq") FROM {EVENTS_FROM} WHERE {WHERE} AND "kind" = \'cctv\' AND {SEVERE}',
         thresholds=_thresholds((None, "green"), (1, "orange")),
     )
     b.table(
         "Latest high/critical incidents",
         f'SELECT "kind", "seq", "zone", "button", "rounds", "confidence", "vehicles" '
-        f'FROM "{EVENTS}" WHERE {WHERE} AND {SEVERE} '
+        f"FROM {EVENTS_FROM} WHERE {WHERE} AND {SEVERE} "
         'GROUP BY "type", "severity", "district", "device_id" ORDER BY time DESC LIMIT 100',
         w=14,
         h=10,
@@ -684,7 +670,7 @@ def incidents() -> Board:
         "Gunshot locations",
         [
             target(
-                f'SELECT "lat", "lon", "rounds", "accuracy_m" FROM "{EVENTS}" WHERE {WHERE} '
+                f'SELECT "lat", "lon", "rounds", "accuracy_m" FROM {EVENTS_FROM} WHERE {WHERE} '
                 "AND \"type\" = 'gunshot'",
                 fmt="table",
             )
@@ -790,20 +776,69 @@ def _incident_lifecycle(b: Board) -> None:
     )
 
 
-def _rejections(*reasons: str) -> str:
-    return " + ".join(f'sum("rejected_{r}")' for r in reasons)
+def _security(select: str, where: str = "", group: str = "") -> str:
+    query = f"SELECT {select} FROM {SECURITY_FROM} WHERE $timeFilter AND {CITY}{where}"
+    return f"{query} GROUP BY {group}" if group else query
+
+
+def _security_type(*types: str) -> str:
+    return " AND (" + " OR ".join(f"\"type\" = '{t}'" for t in types) + ")"
 
 
 def security() -> Board:
-    """The sensor network's own security: rejections, spoofing, floods, offline devices."""
+    """The sensor network's own security: attacks, rejections, offline devices, radio health."""
     b = Board(
         "safecity-security",
         "safecity / Network and cyber security",
-        "Dead letters by reason (from ingest_stats), spoofing, unknown devices, floods, "
-        "offline devices, tampering, radio health.",
+        "Security events (broker auth failures, spoofing, unknown devices, floods), dead "
+        "letters by reason, offline devices, tampering, radio health.",
         ["security"],
     )
     b.standard_variables()
+    events_doc = (
+        f"From the `{SECURITY_EVENTS}` measurement (README): ingest's attack rejections and "
+        "the broker log's auth failures."
+    )
+    b.timeseries(
+        "Security events by type",
+        _security('sum("count")', group='time($__interval), "type" fill(0)'),
+        alias="$tag_type",
+        custom={"drawStyle": "bars", "stacking": {"mode": "normal"}},
+        w=24,
+        description=events_doc,
+    )
+    for title, types in (
+        ("Broker auth failures", ("auth_failure",)),
+        ("Spoofing attempts (identity mismatch)", ("identity_mismatch",)),
+        ("Unknown devices", ("unknown_device",)),
+        ("Floods (rate limited)", ("rate_limited",)),
+    ):
+        b.stat(
+            title,
+            _security('sum("count")', _security_type(*types)),
+            thresholds=_thresholds((None, "green"), (1, "red")),
+            description=events_doc,
+        )
+    b.table(
+        "Targeted devices",
+        _security(
+            'sum("count") AS "events"',
+            ' AND "district" =~ /^$district$/',
+            '"type", "district", "device_id"',
+        ),
+        w=12,
+        h=10,
+        description="Registry devices named in security events (spoofed, flooding, replaying).",
+    )
+    b.table(
+        "Latest security events",
+        _security(
+            '"count", "client_id", "detail"', group='"source", "type" ORDER BY time DESC LIMIT 50'
+        ),
+        w=12,
+        h=10,
+        description="`client_id`: as logged or claimed, sanitised (never a tag: unbounded).",
+    )
     by_reason = ", ".join(f'sum("rejected_{r}") AS "{r}"' for r in REJECT_REASONS)
     b.timeseries(
         "Rejections by reason (dead letters)",
@@ -812,16 +847,6 @@ def security() -> Board:
         w=24,
         description=f"From the `{INGEST_STATS}` measurement that ingest writes (see README).",
     )
-    for title, reasons in (
-        ("Spoofing attempts (identity mismatch)", ("identity_mismatch",)),
-        ("Unknown devices", ("unknown_device",)),
-        ("Floods (rate limited, too large)", ("rate_limited", "too_large")),
-    ):
-        b.stat(
-            title,
-            f'SELECT {_rejections(*reasons)} FROM "{INGEST_STATS}" WHERE $timeFilter AND {CITY}',
-            thresholds=_thresholds((None, "green"), (1, "red")),
-        )
     b.stat(
         "Devices offline (last status)",
         _devices_offline(),
@@ -836,7 +861,7 @@ def security() -> Board:
     )
     b.table(
         "Camera tamper / offline events",
-        f'SELECT "seq", "cause", "silent_s" FROM "{EVENTS}" WHERE {WHERE} AND "type" =~ '
+        f'SELECT "seq", "cause", "silent_s" FROM {EVENTS_FROM} WHERE {WHERE} AND "type" =~ '
         '/^(camera_tamper|camera_offline)$/ GROUP BY "type", "district", "device_id" '
         "ORDER BY time DESC LIMIT 50",
         w=12,

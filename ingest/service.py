@@ -6,6 +6,14 @@ fsync'd into the disk spool) and its rejections fsync'd into the dead-letter sto
 While the spool holds anything, new batches go to the spool too, so it drains in
 order; a drain task writes it to InfluxDB in the background. When the spool is full
 nothing more is acked (back-pressure): the broker keeps the messages.
+
+Besides the messages' points, a worker writes its own: a `security_events` point per
+batch and device for the rejections that are attacks (spoofing, unknown devices,
+floods, conflicting duplicates; part of the batch, durable before its acks), one per
+security-relevant line of the broker's log (`SAFECITY_BROKER_LOG`), and an
+`ingest_stats` point every 10 s. They take the same way to InfluxDB (the writer, or the
+spool while InfluxDB is away); in the spool they have no source message (empty topic),
+so a refused one is logged, not dead-lettered.
 """
 
 from __future__ import annotations
@@ -18,15 +26,26 @@ import signal
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 from ingest import metrics
+from ingest.brokerlog import EventClock, LogFollower, parse_line
 from ingest.deadletter import DeadLetter, DeadLetterStore, dead_letter
 from ingest.spool import Spool, SpoolBatch, SpoolError, SpoolFullError
-from ingest.validate import Accepted, DuplicateDetector, RateLimiter, Rejected, Validator
+from ingest.stats import BrokerDropped, Gauges, StatsTracker, Totals
+from ingest.validate import (
+    Accepted,
+    DuplicateDetector,
+    RateLimiter,
+    Rejected,
+    Validator,
+    claimed_device_id,
+)
 from ingest.writer import Backoff, InfluxWriter, WriteDeferredError
-from safecity import topics
+from safecity import schema, topics
 from safecity.errors import MqttError, StorageError
 from safecity.influx import InfluxClient
+from safecity.lineprotocol import LineProtocolError, Point, encode
 from safecity.mqtt import Incoming, MqttClient, Will
 from safecity.observability import HealthServer
 from safecity.readings import Rejection, RejectReason, Status
@@ -37,6 +56,7 @@ log = logging.getLogger("safecity.ingest")
 
 CHANNELS = (topics.Channel.TELEMETRY, topics.Channel.EVENT, topics.Channel.STATUS)
 BROKER_DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
+BROKER_LOG_POLL_S = 0.5
 
 
 @dataclass
@@ -84,6 +104,13 @@ class IngestService:
                 settings.mqtt, client_id=f"safecity-{settings.worker_id}-sys"
             )
         self.health = HealthServer(settings.metrics_host, settings.metrics_port, self.ready)
+        self.totals = Totals()
+        self.stats = StatsTracker(city.id, settings.worker_id)
+        self.broker_dropped = BrokerDropped(
+            settings.spool_dir / settings.worker_id / "broker-dropped.json"
+        )
+        self._lag = 0.0
+        self._last_event_ms = 0
         self._batch = _Batch()
         self._started = False
         self._stopped = False
@@ -127,6 +154,13 @@ class IngestService:
             # unknown here; 0 is right for a broker that never dropped.
             metrics.BROKER_DROPPED.set(0)
             self._tasks.append(asyncio.create_task(self._follow_broker_sys(), name="broker-sys"))
+        if self.settings.broker_log is not None:
+            self._tasks.append(
+                asyncio.create_task(
+                    self._follow_broker_log(self.settings.broker_log), name="broker-log"
+                )
+            )
+        self._tasks.append(asyncio.create_task(self._write_stats_every(), name="ingest-stats"))
         self._started = True
         log.info(
             "ingest started",
@@ -136,6 +170,7 @@ class IngestService:
                 "devices": len(self.city.devices),
                 "session_present": self.mqtt.session_present,
                 "spooled_points": recovered,
+                "broker_log": str(self.settings.broker_log or ""),
                 "metrics": f"http://{self.settings.metrics_host}:{self.health.port}/metrics",
             },
         )
@@ -196,8 +231,10 @@ class IngestService:
         # Metrics per call, not per message: prometheus-client takes a lock each time.
         for channel, count in channels.items():
             metrics.received(str(channel)).inc(count)
+        self.totals.received += len(received)
         if redelivered:
             metrics.REDELIVERED.inc(redelivered)
+            self.totals.redelivered += redelivered
         metrics.PENDING.set(len(self._batch.messages))
 
     async def flush(self) -> None:
@@ -209,15 +246,17 @@ class IngestService:
         accepted: list[tuple[Incoming, Accepted]] = [
             (m, o) for m, o in batch.messages if isinstance(o, Accepted)
         ]
+        rejected = [(m, o) for m, o in batch.messages if isinstance(o, Rejected)]
         letters = [
             dead_letter(o.rejection, m.topic, m.payload, self.settings.worker_id)
-            for m, o in batch.messages
-            if isinstance(o, Rejected)
+            for m, o in rejected
         ]
+        own = self._rejection_events(rejected) if rejected else []
         refused_lines: list[tuple[int, str]] = []
         spooled = False
-        if accepted:
+        if accepted or own:
             lines = [o.line for _, o in accepted]
+            lines += [line for line, _ in own]
             if self.spool.empty:
                 try:
                     refused_lines = await self.writer.write(lines, self.settings.spool_after)
@@ -233,12 +272,15 @@ class IngestService:
                 await self._spool_append(
                     SpoolBatch(
                         lines,
-                        [o.point.time_ms for _, o in accepted],
-                        [m.topic for m, _ in accepted],
-                        [m.payload for m, _ in accepted],
+                        [o.point.time_ms for _, o in accepted] + [t for _, t in own],
+                        [m.topic for m, _ in accepted] + [""] * len(own),
+                        [m.payload for m, _ in accepted] + [b""] * len(own),
                     )
                 )
         for index, message in refused_lines:
+            if index >= len(accepted):
+                _own_point_refused(lines[index], message)
+                continue
             incoming = accepted[index][0]
             rejection = Rejection(RejectReason.SCHEMA, f"InfluxDB refused the point: {message}")
             letters.append(
@@ -269,6 +311,7 @@ class IngestService:
         await asyncio.to_thread(self.store.append_many, letters)
         for letter in letters:
             metrics.rejected(letter.reason).inc()
+            self.totals.rejected[letter.reason] += 1
             self.mqtt.publish_nowait(
                 topics.deadletter_topic(self.city.id, letter.reason), letter.to_json(), qos=1
             )
@@ -287,8 +330,10 @@ class IngestService:
                 observe(max(0.0, (now_ms - point.time_ms) / 1000))
         for measurement, count in written.items():
             metrics.written(measurement).inc(count)
+        self.totals.written += len(outcomes)
         if newest:
-            metrics.LAG.set(max(0.0, (now_ms - newest) / 1000))
+            self._lag = max(0.0, (now_ms - newest) / 1000)
+            metrics.LAG.set(self._lag)
 
     # --- spool ---------------------------------------------------------------------
 
@@ -339,6 +384,9 @@ class IngestService:
             refused = await self.writer.write(batch.lines)
             letters = []
             for index, message in refused:
+                if not batch.topics[index]:
+                    _own_point_refused(batch.lines[index], message)
+                    continue
                 rejection = Rejection(RejectReason.SCHEMA, f"InfluxDB refused the point: {message}")
                 letters.append(
                     dead_letter(
@@ -354,7 +402,8 @@ class IngestService:
             now_ms = time.time() * 1000
             bad = {i for i, _ in refused}
             for index, ts in enumerate(batch.ts_ms):
-                if index not in bad:
+                if index not in bad and batch.topics[index]:
+                    self.totals.written += 1
                     metrics.E2E_LAG.observe(max(0.0, (now_ms - ts) / 1000))
             self._update_spool_metrics()
             if self.spool.empty:
@@ -380,7 +429,135 @@ class IngestService:
         while True:
             for message in await client.inbox.get_batch(100, None):
                 with contextlib.suppress(ValueError):
-                    metrics.BROKER_DROPPED.set(float(message.payload.decode().strip()))
+                    value = int(message.payload.decode().strip())
+                    metrics.BROKER_DROPPED.set(value)
+                    self.broker_dropped.observe(value)
+
+    # --- the worker's own points: security events and ingest_stats ------------------
+
+    def _event_ms(self) -> int:
+        """Wall-clock ms, strictly increasing within this worker (no two own points of one
+        series share a timestamp, which would overwrite one with the other)."""
+        now_ms = int(time.time() * 1000)
+        self._last_event_ms = max(now_ms, self._last_event_ms + 1)
+        return self._last_event_ms
+
+    def _rejection_events(self, rejected: list[tuple[Incoming, Rejected]]) -> list[tuple[str, int]]:
+        """One `security_events` line (and its time) per attack type and device of a batch."""
+        groups: dict[tuple[str, str | None], list[tuple[str, str]]] = {}
+        for incoming, outcome in rejected:
+            reason = outcome.rejection.reason.value
+            if reason not in schema.INGEST_SECURITY_REASONS:
+                continue
+            claimed = claimed_device_id(incoming.topic)
+            device = self.city.device(claimed)
+            key = (reason, device.id if device is not None else None)
+            groups.setdefault(key, []).append((claimed, outcome.rejection.detail))
+        if not groups:
+            return []
+        time_ms = self._event_ms()
+        out: list[tuple[str, int]] = []
+        for (reason, device_id), items in groups.items():
+            claimed, detail = items[-1]
+            point = schema.security_event_point(
+                self.city.id,
+                reason,
+                time_ms,
+                device=self.city.device(device_id) if device_id is not None else None,
+                client_id=claimed,
+                detail=detail,
+                count=len(items),
+                worker_id=self.settings.worker_id,
+            )
+            line = _encode_own(point)
+            if line is not None:
+                out.append((line, time_ms))
+        return out
+
+    async def _write_own(self, points: list[Point]) -> None:
+        """Make the worker's own points durable: InfluxDB, or the spool while it is away."""
+        encoded = [(line, p.time_ms) for p in points if (line := _encode_own(p)) is not None]
+        if not encoded:
+            return
+        lines = [line for line, _ in encoded]
+        if self.spool.empty:
+            try:
+                refused = await self.writer.write(lines, self.settings.spool_after)
+            except WriteDeferredError:
+                pass
+            else:
+                for index, message in refused:
+                    _own_point_refused(lines[index], message)
+                return
+        await self._spool_append(
+            SpoolBatch(lines, [t for _, t in encoded], [""] * len(lines), [b""] * len(lines))
+        )
+
+    def stats_point(self) -> Point:
+        """The next `ingest_stats` point (deltas since the previous one)."""
+        gauges = Gauges(
+            pending=len(self._batch.messages),
+            lag_seconds=self._lag,
+            spool_messages=self.spool.points,
+            spool_bytes=self.spool.bytes,
+            mqtt_connected=self.mqtt.connected.is_set(),
+        )
+        return self.stats.point(
+            self.totals,
+            self.writer.write_errors,
+            self.broker_dropped.take(),
+            gauges,
+            int(time.time() * 1000),
+        )
+
+    async def _write_stats_every(self) -> None:
+        interval = schema.INGEST_STATS_INTERVAL_S
+        next_at = time.monotonic() + interval
+        while True:
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            next_at += interval
+            try:
+                await self._write_own([self.stats_point()])
+            except Exception:  # a bug here must not end the statistics for good
+                log.exception("cannot write ingest_stats")
+
+    async def _follow_broker_log(self, path: Path) -> None:
+        """Broker log lines -> `security_events` points (auth failures, ACL denials)."""
+        follower = LogFollower(path)
+        clock = EventClock()
+        await asyncio.to_thread(follower.read)  # position at the end
+        log.info("following the broker log", extra={"path": str(path)})
+        while True:
+            try:
+                lines = await asyncio.to_thread(follower.read)
+            except OSError as exc:
+                log.warning(
+                    "cannot read the broker log", extra={"path": str(path), "error": str(exc)}
+                )
+                lines = []
+            points = []
+            for line in lines:
+                event = parse_line(line)
+                if event is None:
+                    continue
+                device = self.city.device(event.client_id)
+                detail = event.message if event.topic is None else f"topic {event.topic}"
+                points.append(
+                    schema.security_event_point(
+                        self.city.id,
+                        event.type,
+                        clock.stamp(event.time_s),
+                        device=device,
+                        client_id=event.client_id,
+                        detail=detail,
+                    )
+                )
+            if points:
+                try:
+                    await self._write_own(points)
+                except Exception:  # a bug here must not end the following for good
+                    log.exception("cannot write broker security events")
+            await asyncio.sleep(BROKER_LOG_POLL_S)
 
     # --- stop ----------------------------------------------------------------------
 
@@ -392,6 +569,9 @@ class IngestService:
         try:
             if self._batch.messages and self.mqtt.connected.is_set():
                 await asyncio.wait_for(self.flush(), 10)
+            if self._started:
+                # The counts since the last point: a clean stop loses none of them.
+                await asyncio.wait_for(self._write_own([self.stats_point()]), 5)
             if self.mqtt.connected.is_set():
                 await asyncio.wait_for(
                     self.mqtt.publish(self.status_topic, _status("offline", "stopped"), qos=1), 5
@@ -418,6 +598,18 @@ class IngestService:
                 "ingest stopped",
                 extra={"worker": self.settings.worker_id, "spooled_points": self.spool.points},
             )
+
+
+def _encode_own(point: Point) -> str | None:
+    try:
+        return encode(point)
+    except LineProtocolError as exc:  # sanitised fields: should be unreachable
+        log.error("cannot encode ingest's own point", extra={"error": str(exc)})
+        return None
+
+
+def _own_point_refused(line: str, message: str) -> None:
+    log.error("influxdb refused ingest's own point", extra={"line": line[:300], "error": message})
 
 
 def _status(state: str, reason: str | None = None) -> bytes:

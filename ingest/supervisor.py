@@ -2,7 +2,10 @@
 
 Each worker is a separate `python -m safecity ingest --worker-id <id>-<i>` process
 (its own GIL, MQTT session and spool), all on the same shared subscription; the
-metrics port of worker i is the base port + i (0 stays 0: any free port).
+metrics port of worker i is the base port + i (0 stays 0: any free port). Only worker 0
+follows the broker's $SYS counter and its log: both are broker-wide, and N followers
+would count every drop N times in `ingest_stats` (broker-log events would only overwrite
+each other, but one reader is enough).
 """
 
 from __future__ import annotations
@@ -52,6 +55,9 @@ def supervise(settings: IngestSettings, count: int, registry: Path | None) -> in
         env["SAFECITY_WORKER_ID"] = worker
         if settings.metrics_port:
             env["SAFECITY_METRICS_PORT"] = str(settings.metrics_port + index)
+        if index > 0:
+            env["SAFECITY_BROKER_SYS"] = "false"
+            env["SAFECITY_BROKER_LOG"] = ""
         argv = [sys.executable, "-m", "safecity", "ingest", "--worker-id", worker]
         if registry is not None:
             argv += ["--registry", str(registry)]

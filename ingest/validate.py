@@ -36,6 +36,12 @@ def _device_topic(topic: str) -> topics.DeviceTopic:
     return topics.parse_device_topic(topic)
 
 
+def claimed_device_id(topic: str) -> str:
+    """The device id a device topic claims (its sixth level) as sent, or ''."""
+    parts = topic.split("/", 6)
+    return parts[5] if len(parts) > 5 else ""
+
+
 @dataclass(frozen=True, slots=True)
 class Accepted:
     """A valid message, as the line it will be written as."""

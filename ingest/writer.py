@@ -7,6 +7,11 @@ Retry-After). A caller that can make a batch durable otherwise (the spool) passe
 `give_up_after`: past it, a retryable failure raises `WriteDeferredError` instead of
 retrying on. Auth failures (401/403/404) are never deferred: spooling would only hide
 an operator error, so the caller stops acking (back-pressure) and says so.
+
+One `/write` has one retention policy, so a batch is split by each line's measurement
+family (`safecity.schema.retention_policy_of`): telemetry into the default policy,
+`events` into `events`, `security_events` into `security`. Recognising a line costs one
+C-level `startswith` against the few non-default measurement names.
 """
 
 from __future__ import annotations
@@ -25,8 +30,41 @@ from safecity.influx import (
     StorageUnavailableError,
     WriteRejectedError,
 )
+from safecity.schema import RETENTION_FAMILIES, retention_policy_of
 
 log = logging.getLogger("safecity.ingest.writer")
+
+# Line prefixes of every measurement kept outside the default policy ("name," or "name ").
+_OWN_POLICY_PREFIXES = tuple(
+    f"{m}{sep}"
+    for f in RETENTION_FAMILIES
+    if f.policy is not None
+    for m in f.measurements
+    for sep in (",", " ")
+)
+
+
+def _measurement(line: str) -> str:
+    cut = [i for i in (line.find(","), line.find(" ")) if i >= 0]
+    return line[: min(cut)] if cut else line
+
+
+def split_by_policy(lines: list[str]) -> list[tuple[str | None, list[int] | None]]:
+    """(retention policy, indices of its lines) groups; indices None = all of `lines`.
+
+    The common case, a batch of telemetry only, is one group without an index list.
+    """
+    special = [i for i, line in enumerate(lines) if line.startswith(_OWN_POLICY_PREFIXES)]
+    if not special:
+        return [(None, None)]
+    groups: dict[str | None, list[int]] = {}
+    marked = set(special)
+    default = [i for i in range(len(lines)) if i not in marked]
+    if default:
+        groups[None] = default
+    for i in special:
+        groups.setdefault(retention_policy_of(_measurement(lines[i])), []).append(i)
+    return list(groups.items())
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +92,8 @@ class InfluxWriter:
         self._rng = random.Random()
         self.healthy = True
         self.auth_failing = False
+        self.write_errors = 0
+        """Failed write attempts so far (the `ingest_stats` counter)."""
 
     async def write(
         self, lines: list[str], give_up_after: float | None = None
@@ -61,12 +101,23 @@ class InfluxWriter:
         """Make `lines` durable; return (index, InfluxDB's message) for each refused line.
 
         With `give_up_after` (seconds), raise WriteDeferredError once InfluxDB has been
-        unavailable for that long; without it, retry until it succeeds.
+        unavailable for that long; without it, retry until it succeeds. Each retention
+        policy's lines go in their own request(s); a deferral after some were written is
+        harmless (rewriting a point is idempotent).
         """
         refused: list[tuple[int, str]] = []
         deadline = None if give_up_after is None else time.monotonic() + give_up_after
-        if lines:
-            await self._write_range(lines, 0, len(lines), refused, deadline)
+        if not lines:
+            return refused
+        for rp, indices in split_by_policy(lines):
+            if indices is None:
+                await self._write_range(lines, 0, len(lines), refused, deadline, rp)
+                continue
+            group = [lines[i] for i in indices]
+            own: list[tuple[int, str]] = []
+            await self._write_range(group, 0, len(group), own, deadline, rp)
+            refused.extend((indices[i], message) for i, message in own)
+        refused.sort()
         return refused
 
     async def _write_range(
@@ -76,32 +127,34 @@ class InfluxWriter:
         hi: int,
         refused: list[tuple[int, str]],
         deadline: float | None,
+        rp: str | None,
     ) -> None:
         body = ("\n".join(lines[lo:hi]) + "\n").encode()
         try:
-            await self._write_with_retry(body, deadline)
+            await self._write_with_retry(body, deadline, rp)
         except WriteRejectedError as exc:
             metrics.WRITE_ERRORS.labels(error=f"http_{exc.status}").inc()
+            self.write_errors += 1
             if hi - lo == 1:
                 refused.append((lo, exc.message))
                 return
             mid = (lo + hi) // 2
-            await self._write_range(lines, lo, mid, refused, deadline)
-            await self._write_range(lines, mid, hi, refused, deadline)
+            await self._write_range(lines, lo, mid, refused, deadline, rp)
+            await self._write_range(lines, mid, hi, refused, deadline, rp)
 
-    async def _write_with_retry(self, body: bytes, deadline: float | None) -> None:
+    async def _write_with_retry(self, body: bytes, deadline: float | None, rp: str | None) -> None:
         attempt = 0
         while True:
             started = time.monotonic()
             try:
                 if deadline is None:
-                    await self._client.write(body)
+                    await self._client.write(body, rp=rp)
                 else:
                     # A hung InfluxDB (SIGSTOP, overload) must not hold the batch past
                     # the deadline; an abandoned request that lands later is harmless.
                     budget = max(0.05, deadline - started)
                     try:
-                        await asyncio.wait_for(self._client.write(body), budget)
+                        await asyncio.wait_for(self._client.write(body, rp=rp), budget)
                     except TimeoutError as exc:
                         raise StorageUnavailableError(
                             f"InfluxDB write took longer than {budget:.2f}s"
@@ -128,6 +181,7 @@ class InfluxWriter:
 
     def _unhealthy(self, error: str, exc: Exception, attempt: int, delay: float) -> None:
         metrics.WRITE_ERRORS.labels(error=error).inc()
+        self.write_errors += 1
         self.healthy = False
         level = logging.ERROR if error == "auth" else logging.WARNING
         if attempt == 0 or attempt % 10 == 0:

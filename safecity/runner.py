@@ -133,6 +133,8 @@ class LocalRun:
                 "SAFECITY_DEADLETTER_DIR": str(self.base / "deadletter"),
                 # One worker: a plain subscription survives broker restarts (see README).
                 "SAFECITY_SHARE_GROUP": "",
+                # Auth failures and ACL denials in the broker's log -> security_events.
+                "SAFECITY_BROKER_LOG": str(self.stack.mosquitto.log_path),
             }
             if s.speed != 1.0:
                 # Compressed time runs ahead of the wall clock; the local stack is a

@@ -7,11 +7,13 @@ timestamp is the device's `ts`, so a redelivered message overwrites itself.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from safecity import catalogue
 from safecity.lineprotocol import FieldValue, Point
-from safecity.readings import Event, Reading, Status
+from safecity.readings import Event, Reading, RejectReason, Status
 from safecity.registry import Device
 from safecity.settings import InfluxSettings
 
@@ -187,4 +189,161 @@ def retention_markdown_table(settings: InfluxSettings | None = None) -> str:
             names = ", ".join(f"`{m}`" for m in f.measurements)
         duration = getattr(s, f.duration_setting)
         lines.append(f"| {f.family}: {f.what} | {policy} | {duration} | {setting} | {names} |")
+    return "\n".join(lines) + "\n"
+
+
+# --- ingest_stats: ingest's own statistics (the platform and security dashboards) ----------
+
+INGEST_STATS_TAGS = ("city", "worker_id")
+REJECT_REASONS = tuple(r.value for r in RejectReason)
+INGEST_STATS_FIELDS: tuple[tuple[str, str, str], ...] = (
+    ("received", "int", "messages received from the broker since the previous point"),
+    ("written", "int", "points written to InfluxDB since the previous point"),
+    ("rejected", "int", "messages dead-lettered since the previous point (all reasons)"),
+    *((f"rejected_{r}", "int", f"of which with reason `{r}`") for r in REJECT_REASONS),
+    ("write_errors", "int", "failed InfluxDB write attempts since the previous point"),
+    ("redelivered", "int", "messages received with the MQTT DUP flag since the previous point"),
+    ("pending", "int", "received, not yet durable and acked (gauge)"),
+    ("lag_seconds", "float", "wall clock minus device ts of the last written reading (gauge)"),
+    ("spool_messages", "int", "messages in the disk spool waiting for InfluxDB (gauge)"),
+    ("spool_bytes", "int", "size of the disk spool in bytes (gauge)"),
+    ("mqtt_connected", "bool", "true while connected to the broker (gauge)"),
+    (
+        "broker_dropped",
+        "int",
+        "increase of the broker's `$SYS/broker/publish/messages/dropped` since the previous point",
+    ),
+)
+INGEST_STATS_INTERVAL_S = 10
+_STATS_TYPES: dict[str, type] = {"int": int, "float": float, "bool": bool}
+
+
+def ingest_stats_point(
+    city: str, worker_id: str, values: Mapping[str, FieldValue], time_ms: int
+) -> Point:
+    """One `ingest_stats` point; exactly the contract's fields, each of its type."""
+    names = [name for name, _, _ in INGEST_STATS_FIELDS]
+    if set(values) != set(names):
+        missing = sorted(set(names) - set(values))
+        extra = sorted(set(values) - set(names))
+        raise ValueError(f"ingest_stats fields: missing {missing}, unknown {extra}")
+    fields: dict[str, FieldValue] = {}
+    for name, kind, _ in INGEST_STATS_FIELDS:
+        value = values[name]
+        wanted = _STATS_TYPES[kind]
+        # bool is an int subclass: check it exactly; an int is a fine float.
+        if kind == "float" and type(value) is int:
+            value = float(value)
+        if type(value) is not wanted:
+            raise ValueError(f"ingest_stats field {name} must be {kind}, not {value!r}")
+        fields[name] = value
+    return Point(INGEST_STATS, {"city": city, "worker_id": worker_id}, fields, time_ms)
+
+
+# --- security_events: attacks seen by ingest and in the broker's log ----------------------
+
+SECURITY_SOURCES = ("broker", "ingest")
+# type -> (source, what happened). A bounded set: these are the only `type` tag values.
+SECURITY_EVENT_TYPES: dict[str, tuple[str, str]] = {
+    "auth_failure": (
+        "broker",
+        "a CONNECT refused for a wrong/missing password or unknown user "
+        "(`Client <unknown> disconnected, not authorised.`)",
+    ),
+    "acl_denied": (
+        "broker",
+        "a PUBLISH the ACL refused (`Denied PUBLISH from ...`; logged only with `log_type debug`)",
+    ),
+    "dangerous_identity": (
+        "broker",
+        "a client id or username with `+`/`#` (`ACL denying access to client with dangerous ...`)",
+    ),
+    RejectReason.IDENTITY_MISMATCH.value: (
+        "ingest",
+        "spoofing: a registry device's id under another district or kind",
+    ),
+    RejectReason.UNKNOWN_DEVICE.value: ("ingest", "a device id the registry does not know"),
+    RejectReason.RATE_LIMITED.value: ("ingest", "flood: over the per-device rate limit"),
+    RejectReason.CONFLICTING_DUPLICATE.value: (
+        "ingest",
+        "a seq seen before with other content (replay or tampering)",
+    ),
+}
+INGEST_SECURITY_REASONS = frozenset(
+    t for t, (src, _) in SECURITY_EVENT_TYPES.items() if src == "ingest"
+)
+SECURITY_EVENTS_TAGS: tuple[tuple[str, str], ...] = (
+    ("city", "the ingest's city"),
+    ("source", "`broker` (its log) or `ingest` (a rejection)"),
+    ("type", "one of the types below"),
+    ("worker_id", "the ingest worker (source `ingest` only)"),
+    ("district", "the registry device's district (only when the id is a registry device)"),
+    ("device_id", "the registry device (only when the id is a registry device)"),
+)
+SECURITY_EVENTS_FIELDS: tuple[tuple[str, str, str], ...] = (
+    ("count", "int", "occurrences this point stands for (ingest: per batch and device; broker: 1)"),
+    (
+        "client_id",
+        "string",
+        "the MQTT client id the broker logged (`<unknown>` before authentication), or the "
+        "device id the topic claimed; printable ASCII, at most 64 characters",
+    ),
+    ("detail", "string", "the log message or the rejection detail, at most 256 characters"),
+)
+CLIENT_ID_MAX = 64
+DETAIL_MAX = 256
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
+
+
+def sanitize_text(value: str, limit: int) -> str:
+    """An untrusted string made safe to store: printable ASCII (others -> `?`), truncated."""
+    return _UNPRINTABLE.sub("?", value[:limit])
+
+
+def security_event_point(
+    city: str,
+    type_: str,
+    time_ms: int,
+    *,
+    device: Device | None,
+    client_id: str,
+    detail: str,
+    count: int = 1,
+    worker_id: str | None = None,
+) -> Point:
+    """A `security_events` point. Tags only from bounded sets: the device's tags only for a
+    registry device (never a raw client id), the worker only for ingest's own events."""
+    if type_ not in SECURITY_EVENT_TYPES:
+        raise ValueError(f"unknown security event type {type_!r}")
+    source_ = SECURITY_EVENT_TYPES[type_][0]
+    tags = {"city": city, "source": source_, "type": type_}
+    if source_ == "ingest" and worker_id is not None:
+        tags["worker_id"] = worker_id
+    if device is not None:
+        tags["district"] = device.district
+        tags["device_id"] = device.id
+    fields: dict[str, FieldValue] = {
+        "count": count,
+        "client_id": sanitize_text(client_id, CLIENT_ID_MAX),
+        "detail": sanitize_text(detail, DETAIL_MAX),
+    }
+    return Point(SECURITY_EVENTS, tags, fields, time_ms)
+
+
+def security_events_markdown() -> str:
+    """The README's `security_events` table (a test keeps them equal)."""
+    lines = [
+        f"Measurement `{SECURITY_EVENTS}` (retention policy "
+        f"`{retention_policy_of(SECURITY_EVENTS)}`), timestamp ms. Tags:",
+        "",
+        *(f"- `{name}`: {meaning}" for name, meaning in SECURITY_EVENTS_TAGS),
+        "",
+        "| Field | Type | Meaning |",
+        "|---|---|---|",
+        *(f"| `{n}` | {k} | {m} |" for n, k, m in SECURITY_EVENTS_FIELDS),
+        "",
+        "| `type` | `source` | What happened |",
+        "|---|---|---|",
+        *(f"| `{t}` | {src} | {what} |" for t, (src, what) in SECURITY_EVENT_TYPES.items()),
+    ]
     return "\n".join(lines) + "\n"

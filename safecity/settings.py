@@ -153,8 +153,16 @@ class IngestSettings(_ServiceSettings):
     dedup_window: Annotated[int, Field(ge=1)] = 200_000
     # Follow the broker's $SYS dropped-messages counter on a separate connection.
     broker_sys: bool = True
+    # Mosquitto's log file, followed from its end for auth failures and ACL denials
+    # (-> security_events); empty = off. `make run` passes the local broker's log.
+    broker_log: Path | None = None
     # Fault injection for tests only: SIGKILL itself after the Nth durable write, before acking.
     fault_crash_after_write: Annotated[int, Field(ge=0)] = 0
+
+    @field_validator("broker_log", mode="before")
+    @classmethod
+    def _empty_is_off(cls, value: object) -> object:
+        return None if value == "" else value
 
 
 class ApiSettings(_ServiceSettings):

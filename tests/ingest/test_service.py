@@ -79,7 +79,10 @@ def test_events_and_status_are_stored(stack, influx_db, start_ingest) -> None:
     mosquitto_pub(stack, topic_of(camera, "event"), json.dumps(event))
     mosquitto_pub(stack, topic_of(camera, "status"), json.dumps({"ts": now, "state": "online"}))
 
-    events = wait_for(lambda: influx_rows(stack, influx_db, 'SELECT * FROM "events"'), what="event")
+    # `events` lives in its own retention policy (README "Retention").
+    events = wait_for(
+        lambda: influx_rows(stack, influx_db, 'SELECT * FROM "events"."events"'), what="event"
+    )
     assert events[0]["type"] == "intrusion" and events[0]["severity"] == "high"
     assert events[0]["zone"] == "gate 2" and events[0]["confidence"] == 0.93
     assert events[0]["device_id"] == camera.id and events[0]["kind"] == "cctv"
@@ -87,6 +90,8 @@ def test_events_and_status_are_stored(stack, influx_db, start_ingest) -> None:
         lambda: influx_rows(stack, influx_db, 'SELECT * FROM "device_status"'), what="status"
     )
     assert status[0]["state"] == "online" and status[0]["online"] is True
+    # Nothing of it in the default policy: telemetry and status only.
+    assert influx_rows(stack, influx_db, 'SELECT * FROM "raw"."events"') == []
 
 
 @pytest.mark.parametrize(
@@ -145,7 +150,26 @@ def test_bad_message_is_dead_lettered_and_not_written(
     store = Path(ingest.env["SAFECITY_DEADLETTER_DIR"]) / "deadletters.jsonl"
     stored = [json.loads(line) for line in store.read_text().splitlines()]
     assert [s["reason"] for s in stored] == [reason]
-    assert influx_rows(stack, influx_db, "SELECT * FROM /.*/") == []
+    # InfluxDB holds no message point (only ingest's own statistics may be there already).
+    held = influx_rows(stack, influx_db, "SELECT * FROM /.*/")
+    assert [r for r in held if r.get("worker_id") is None] == []
+    # Attacks are security events too (their own retention policy), with registry tags
+    # only for a registry device.
+    security = influx_rows(stack, influx_db, 'SELECT * FROM "security"."security_events"')
+    if reason in ("unknown_device", "identity_mismatch"):
+        (event,) = wait_for(
+            lambda: influx_rows(stack, influx_db, 'SELECT * FROM "security"."security_events"'),
+            what="the security event",
+        )
+        assert (event["type"], event["source"], event["count"]) == (reason, "ingest", 1)
+        assert event["worker_id"] == ingest.env["SAFECITY_WORKER_ID"]
+        if reason == "identity_mismatch":
+            assert (event["device_id"], event["district"]) == (device.id, device.district)
+            assert event["client_id"] == device.id
+        else:
+            assert event.get("device_id") is None and event["client_id"] == "noise-ghost-999"
+    else:
+        assert security == []
     metrics = httpx.get(f"{ingest.metrics_url}/metrics", timeout=5).text
     assert f'safecity_ingest_rejected_total{{reason="{reason}"}} 1.0' in metrics
 

@@ -22,6 +22,8 @@ from safecity.schema import (
     event_point,
     measurement_of,
     reading_point,
+    retention_policy_of,
+    source,
     status_point,
 )
 from safecity.settings import InfluxSettings
@@ -165,8 +167,13 @@ def test_every_point_is_accepted_by_influxdb_together(influxd: Influxd, influx_d
     async def main() -> int:
         client = InfluxClient(settings)
         try:
-            await client.write(encode_many(points))
-            series = await client.query('SELECT count("seq") FROM "events"')
+            # As ingest writes them: each measurement family into its retention policy.
+            await client.ensure_retention_policies()
+            policies = {retention_policy_of(p.measurement) for p in points}
+            for rp in policies:
+                family = [p for p in points if retention_policy_of(p.measurement) == rp]
+                await client.write(encode_many(family), rp=rp)
+            series = await client.query(f'SELECT count("seq") FROM {source(EVENTS)}')  # noqa: S608
             return int(series[0].rows()[0]["count"])
         finally:
             await client.close()
