@@ -271,13 +271,29 @@ class Engine:
         return self._seen(device, at_ms) if online else []
 
     def _seen(self, device: Device, at_ms: int) -> list[Signal | Clear]:
-        if at_ms <= self._last_seen.get(device.id, 0):
+        previous = self._last_seen.get(device.id)
+        if previous is not None and at_ms <= previous:
             return []
         self._last_seen[device.id] = at_ms
         out: list[Signal | Clear] = []
         for rule in self.rules.rules:
-            if isinstance(rule, AbsenceRule) and (rule.id, device.id) in self._silent:
+            if not isinstance(rule, AbsenceRule):
+                continue
+            if (rule.id, device.id) in self._silent:
                 self._silent.discard((rule.id, device.id))
+                out += self._fall(rule, device, at_ms)
+            elif (
+                previous is not None
+                and at_ms - previous >= rule.silent_for * 1000
+                and (not rule.kinds or device.kind in rule.kinds)
+                and rule.scope.matches(device.district, device.id)
+            ):
+                # The device was silent for longer than allowed, though no `tick` saw it:
+                # the message that ends the silence came in the same batch as the ones that
+                # moved the watermark past the limit. It happened all the same (event time,
+                # not batch boundaries, decides): signal it where `tick` would have, and
+                # clear it now.
+                out += self._rise(rule, device, previous + int(rule.silent_for * 1000), None)
                 out += self._fall(rule, device, at_ms)
         return out
 

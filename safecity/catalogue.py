@@ -112,6 +112,8 @@ KINDS: dict[str, SensorKind] = {
                 _f("humidity", "1", 0, 1, required=False),
             ),
             cadence_s=60,
+            # CATALOGUE.md: an air-pollution episode's source is the AQ network.
+            emits_events=("pollution_episode",),
             data_model="AirQualityObserved",
         ),
         SensorKind(

@@ -209,6 +209,7 @@ def cmd_verify_scenario(args: argparse.Namespace) -> int:
             ledger_path=ledger_path,
             settle_s=args.settle,
             registry=settings.registry,
+            deadletter_dirs=args.deadletters or [],
         )
     if args.json:
         print(json.dumps(result.summary()))
@@ -218,6 +219,9 @@ def cmd_verify_scenario(args: argparse.Namespace) -> int:
             verdict = "ok" if d.detected else "MISSED"
             where = d.district or "city"
             print(f"{verdict:6} {d.rule:24} {where:16} within {d.within_s:.0f}s  delay {delay}")
+        for c in result.checks:
+            found = "-" if c.found is None else f"{c.found:g}"
+            print(f"{'ok' if c.ok else 'FAILED':6} {c.section:12} {c.what}  found {found}")
         print(
             f"alerts {result.alerts}, critical events {result.critical_events}, "
             f"missed critical {len(result.missed_critical)}, "

@@ -6,11 +6,14 @@ import asyncio
 import contextlib
 import signal
 import sys
+import tempfile
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from safecity import registry
 from safecity.observability import HealthServer
+from safecity.registry import City
 from safecity.settings import FaultSettings, SimulatorSettings
 from simulators import scenario as scenarios
 from simulators.faults import FAULTS
@@ -77,16 +80,30 @@ def _report(stats: FleetStats) -> None:
     )
 
 
+def fleet_city(settings: SimulatorSettings) -> City:
+    """The registry's city, narrowed to the scenario's `[fleet]` kinds and districts."""
+    city = registry.load_or_default(settings.registry)
+    if settings.scenario is None:
+        return city
+    return scenarios.load(settings.scenario).fleet(city)
+
+
 def simulate(settings: SimulatorSettings, explicit: set[str]) -> int:
     """Run the fleet as configured; Ctrl-C / SIGTERM stop it cleanly."""
     settings, incidents = with_scenario(settings, explicit)
+    city = fleet_city(settings)
     if settings.processes > 1:
         if settings.start is None:
             # Every process must share one simulated clock.
             settings = settings.model_copy(update={"start": datetime.now(UTC)})
-        _report(run_processes(settings, incidents))
+        with tempfile.TemporaryDirectory(prefix="safecity-fleet-") as tmp:
+            if settings.scenario is not None and scenarios.load(settings.scenario).scoped:
+                # Each process loads the registry itself: hand it the narrowed fleet.
+                path = Path(tmp) / "fleet.jsonl"
+                registry.write(city, path)
+                settings = settings.model_copy(update={"registry": path})
+            _report(run_processes(settings, incidents))
         return 0
-    city = registry.load_or_default(settings.registry)
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -5,19 +5,26 @@ fault rates of a run, and says in its ``[expect]`` section what an operator shou
 then see. ``expect`` is data, not prose, so that ``safecity verify --scenario`` can
 check it later: lists of ``events`` (type, district, min, within), ``readings``
 (kind, district, field, above/below, within), ``dead_letters`` (reason, min) and
-``alerts`` (rule, district, within); ``operator`` is the one-paragraph description.
-Durations are strings like ``"90s"``, ``"15m"``, ``"2h"``.
+``alerts`` (rule, district, within; or rule, fault, kind, lasting, within for a rule
+scored against the ledger's fault episodes) and ``rejected`` (fault, min: messages the
+platform must refuse, at the broker or as dead letters); ``operator`` is the
+one-paragraph description. Durations are strings like ``"90s"``, ``"15m"``, ``"2h"``.
+
+An optional ``[fleet]`` table (``kinds``, ``districts``) runs only the registry's
+devices of those kinds in those districts (before ``devices``, the first N of them):
+a scenario about one district or one kind of sensor needs no other traffic.
 """
 
 from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from safecity import catalogue
 from safecity.errors import SafecityError
 from safecity.readings import epoch_ms
 from safecity.registry import City
@@ -103,10 +110,35 @@ class Scenario:
     incidents: tuple[IncidentSpec, ...]
     faults: dict[str, float]
     expect: dict[str, Any]
+    fleet_kinds: tuple[str, ...] = ()
+    fleet_districts: tuple[str, ...] = ()
 
     def resolve(self, city: City, start: datetime) -> list[Incident]:
         """The scenario's incidents for a run in `city` starting (simulated) at `start`."""
         return [spec.resolve(city, start) for spec in self.incidents]
+
+    @property
+    def scoped(self) -> bool:
+        """True when the `[fleet]` table narrows the fleet to some kinds or districts."""
+        return bool(self.fleet_kinds or self.fleet_districts)
+
+    def fleet(self, city: City) -> City:
+        """`city` with only the devices of the `[fleet]` kinds and districts (all if none)."""
+        if not self.scoped:
+            return city
+        known = {d.id for d in city.districts}
+        unknown = sorted(set(self.fleet_districts) - known)
+        if unknown:
+            raise ScenarioError(f"{self.path}: [fleet] unknown districts {unknown}")
+        devices = tuple(
+            d
+            for d in city.devices
+            if (not self.fleet_kinds or d.kind in self.fleet_kinds)
+            and (not self.fleet_districts or d.district in self.fleet_districts)
+        )
+        if not devices:
+            raise ScenarioError(f"{self.path}: [fleet] selects no device of {city.id}")
+        return replace(city, devices=devices)
 
 
 def available(directory: Path = SCENARIO_DIR) -> list[str]:
@@ -145,6 +177,7 @@ def _build(data: dict[str, Any], path: Path) -> Scenario:
         "incident",
         "faults",
         "expect",
+        "fleet",
     }
     unknown = set(data) - allowed
     if unknown:
@@ -168,6 +201,13 @@ def _build(data: dict[str, Any], path: Path) -> Scenario:
             )
         )
     faults = {k: float(v) for k, v in data.get("faults", {}).items()}
+    fleet = data.get("fleet", {})
+    if not isinstance(fleet, dict) or set(fleet) - {"kinds", "districts"}:
+        raise ValueError("[fleet] takes only `kinds` and `districts` (lists)")
+    kinds = tuple(str(k) for k in fleet.get("kinds", ()))
+    unknown_kinds = sorted(set(kinds) - set(catalogue.KINDS))
+    if unknown_kinds:
+        raise ValueError(f"[fleet] unknown kinds {unknown_kinds}")
     expect = data.get("expect", {})
     if not isinstance(expect, dict) or "operator" not in expect:
         raise ValueError("an [expect] section with an `operator` description is required")
@@ -183,4 +223,6 @@ def _build(data: dict[str, Any], path: Path) -> Scenario:
         incidents=tuple(specs),
         faults=faults,
         expect=expect,
+        fleet_kinds=kinds,
+        fleet_districts=tuple(str(d) for d in fleet.get("districts", ())),
     )

@@ -104,6 +104,29 @@ def test_absence_in_event_time() -> None:
     assert [type(c).__name__ for c in back] == ["Clear"]
 
 
+def test_absence_does_not_depend_on_batch_boundaries() -> None:
+    # The silence ends in the same batch that moves the watermark past the limit, so no
+    # tick runs in between: the silence is still signalled where a tick would have put it.
+    eng = engine(
+        "  - id: silent\n    type: absence\n    kinds: [air_quality]\n    silent_for: 20m\n"
+        "    severity: medium\n    message: m\n"
+    )
+    eng.observe_reading(AQ, T0, {"pm25": 10.0})
+    eng.observe_reading(AQ2, T0, {"pm25": 10.0})
+    assert eng.tick() == []
+    batch = eng.observe_reading(AQ2, T0 + 21 * MIN, {"pm25": 10.0})
+    batch += eng.observe_reading(AQ, T0 + 22 * MIN, {"pm25": 10.0})
+    assert [(type(c).__name__, c.place, c.at_ms) for c in batch] == [
+        ("Signal", AQ2.id, T0 + 20 * MIN),
+        ("Clear", AQ2.id, T0 + 21 * MIN),
+        ("Signal", AQ.id, T0 + 20 * MIN),
+        ("Clear", AQ.id, T0 + 22 * MIN),
+    ]
+    assert eng.tick() == []
+    # A gap shorter than the limit is no silence.
+    assert eng.observe_reading(AQ, T0 + 41 * MIN, {"pm25": 10.0}) == []
+
+
 def test_event_rules_scope_and_composite() -> None:
     gun = CITY.select(kind="gunshot")[0]
     crowd = next(d for d in CITY.select(kind="crowd") if d.district == gun.district)
