@@ -227,10 +227,7 @@ class Mapper:
                 value = "127.0.0.1"
             elif key == "SAFECITY_MQTT__PORT" and value == "1883":
                 value = str(self.hosts["mosquitto"][1])
-            elif (
-                re.fullmatch(r"SAFECITY_(\w*_)?PORT", key)
-                and key != "SAFECITY_MQTT__PORT"
-            ):
+            elif re.fullmatch(r"SAFECITY_(\w*_)?PORT", key) and key != "SAFECITY_MQTT__PORT":
                 value = str(self.port(int(value)))
             elif re.fullmatch(r"SAFECITY_\w*HOST", key) and value == "0.0.0.0":
                 value = "127.0.0.1"  # inside a container: its network; here: loopback

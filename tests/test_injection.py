@@ -215,7 +215,10 @@ def test_every_dangerous_character_in_every_field_is_dead_lettered_or_stored_exa
         source = schema.source(measurement)  # its retention policy's and the default one
         rows = wait_for(
             lambda m=source, d=device_id: query(
-                stack, influx_db, f"SELECT * FROM {m} WHERE device_id = $d", d=d  # noqa: S608 - m is ours
+                stack,
+                influx_db,
+                f"SELECT * FROM {m} WHERE device_id = $d",
+                d=d,  # noqa: S608 - m is ours
             ),
             30,
             f"{case.label} stored",

@@ -176,7 +176,7 @@ def reference_encode(point: Point) -> str:
 
 
 # Small alphabets with every special character, so collisions and escapes are common.
-_names = st.text(alphabet="ab ,=\\\n\"#tim", max_size=6)
+_names = st.text(alphabet='ab ,=\\\n"#tim', max_size=6)
 _values: st.SearchStrategy[FieldValue] = st.one_of(
     st.booleans(),
     st.integers(min_value=-(2**64), max_value=2**64),
