@@ -217,8 +217,8 @@ def test_every_dangerous_character_in_every_field_is_dead_lettered_or_stored_exa
             lambda m=source, d=device_id: query(
                 stack,
                 influx_db,
-                f"SELECT * FROM {m} WHERE device_id = $d",
-                d=d,  # noqa: S608 - m is ours
+                f"SELECT * FROM {m} WHERE device_id = $d",  # noqa: S608 - m is ours
+                d=d,
             ),
             30,
             f"{case.label} stored",
