@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 from safecity import topics
+from safecity.appendlog import AppendedLines
 from safecity.errors import TopicError
 
 STORE_NAME = "deadletters.jsonl"
@@ -26,29 +27,18 @@ class DeadLetterIndex:
     """Rejections per device id, by reason, with their received times (epoch ms)."""
 
     path: Path
-    _offset: int = 0
-    _inode: int | None = None
+    _lines: AppendedLines | None = None
     _letters: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
 
     def refresh(self) -> None:
-        """Read whatever was appended since the last call (a torn last line waits)."""
-        try:
-            stat = self.path.stat()
-        except FileNotFoundError:
-            self._offset, self._inode, self._letters = 0, None, {}
-            return
-        if stat.st_ino != self._inode or stat.st_size < self._offset:
-            # Replaced or truncated: start over.
-            self._offset, self._inode, self._letters = 0, stat.st_ino, {}
-        if stat.st_size == self._offset:
-            return
-        with open(self.path, "rb") as f:
-            f.seek(self._offset)
-            data = f.read(stat.st_size - self._offset)
-        end = data.rfind(b"\n") + 1
-        for line in data[:end].splitlines():
+        """Take in whatever was appended since the last call."""
+        if self._lines is None:
+            self._lines = AppendedLines(self.path)
+        reset, lines = self._lines.read()
+        if reset:
+            self._letters = {}
+        for line in lines:
             self._add(line)
-        self._offset += end
 
     def _add(self, line: bytes) -> None:
         try:
