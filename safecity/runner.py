@@ -110,6 +110,8 @@ class LocalRun:
                 influx_port=s.influx_port,
                 mqtt_tls_port=s.mqtt_tls_port,
                 city=city,
+                # Even a SIGKILLed launcher must not leave the stack running.
+                die_with_parent=True,
             )
             issued = self.stack.mosquitto.identities.issued
             log.info(
@@ -210,6 +212,7 @@ class LocalRun:
             self.base / f"{service}.log",
             cwd=Path.cwd(),
             env=service_env(self.stack, self.settings, role, **env),
+            die_with_parent=True,
         )
         log.info("starting %s", service, extra={"log": str(self.base / f"{service}.log")})
         proc.start()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import logging
 import os
 import pwd
@@ -136,6 +137,18 @@ def _stop_leftovers() -> None:
         proc.stop(timeout=5)
 
 
+def _term_with_parent() -> None:
+    """In the forked child: ask the kernel for SIGTERM when the parent goes away."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: best effort, the atexit hook remains
+        pass
+
+
+_PR_SET_PDEATHSIG = 1
+
+
 class ManagedProcess:
     """A child process in its own process group, logging to a file, stopped with TERM then KILL."""
 
@@ -147,12 +160,17 @@ class ManagedProcess:
         *,
         cwd: Path | None = None,
         env: dict[str, str] | None = None,
+        die_with_parent: bool = False,
     ) -> None:
         self.name = name
         self.argv = list(argv)
         self.log_path = log_path
         self.cwd = cwd if cwd is not None else log_path.parent
         self.env = env
+        # Linux: the kernel TERMs the child if the launcher dies, even by SIGKILL, when no
+        # atexit hook runs. Only for launchers that start children from their main thread
+        # (the signal follows the thread that forked, not the process).
+        self.die_with_parent = die_with_parent
         self._popen: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
         self._lock = threading.Lock()
@@ -192,6 +210,7 @@ class ManagedProcess:
                     # Own session: terminal signals (Ctrl-C) go to the launcher only,
                     # which then stops the services in order.
                     start_new_session=True,
+                    preexec_fn=_term_with_parent if self.die_with_parent else None,
                 )
             except OSError as exc:
                 self._close_log()
@@ -805,6 +824,7 @@ class LocalStack:
         city: City | None = None,
         mosquitto_config: Path | None = None,
         mosquitto_extra_config: Sequence[str] = (),
+        die_with_parent: bool = False,
     ) -> None:
         self.base_dir = Path(base_dir).resolve()
         # Both binaries are resolved here, so a missing one fails before anything starts.
@@ -820,6 +840,8 @@ class LocalStack:
             tls_port=mqtt_tls_port,
         )
         self.influxd = Influxd(self.base_dir / "influxdb", influx_port, host=host)
+        for process in (self.mosquitto.process, self.influxd.process):
+            process.die_with_parent = die_with_parent
 
     @property
     def mqtt_host(self) -> str:

@@ -189,3 +189,29 @@ def test_run_serves_every_device_then_ctrl_c_leaves_nothing_behind(tmp_path: Pat
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_killed_launcher_takes_its_stack_with_it(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAFECITY_")}
+    env["SAFECITY_INGEST_METRICS_PORT"] = "0"
+    env["SAFECITY_ALERTS_METRICS_PORT"] = "0"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "safecity", "run", "--data-dir", str(tmp_path),
+         "--api-port", "0", "--mqtt-port", "0", "--influx-port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if "Press Ctrl-C" in proc.stdout.readline():
+                break
+        children = _children_of(proc.pid)
+        assert len(children) >= 5
+    finally:
+        proc.kill()  # SIGKILL: no handler, no atexit hook runs in the launcher
+        proc.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(_alive(pid) for pid in children):
+        time.sleep(0.2)
+    assert [pid for pid in children if _alive(pid)] == []
