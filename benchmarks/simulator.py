@@ -1,14 +1,16 @@
 """Simulator publish throughput: QoS 1 + PUBACK tracking + ledger, beside `mosquitto_pub -l`.
 
-One run, one fresh local Mosquitto, the same pre-generated payloads for every
-contender:
+One run, one fresh local Mosquitto (the platform's authenticated broker: no anonymous
+access, ACLs; `mosquitto_pub` logs in as `_simulator`), the same pre-generated payloads
+for every contender:
 
 - ``mosquitto_pub -l``: Mosquitto's own C client, QoS 1, one connection, one topic,
   payloads from stdin (chunks below 65,535 lines per call: one packet-id space);
-- ``single``: our asyncio-driven client (`transport=single`), one connection,
-  every device's topic, PUBACK tracked per message, ledger on;
-- ``edge``: one MQTT identity per device (300 connections in this one process and
-  event loop), PUBACK tracked, ledger on;
+- ``single``: our asyncio-driven client (`transport=single`), one connection logged
+  in as the `_simulator` account (which may write every device topic), every device's
+  topic, PUBACK tracked per message, ledger on;
+- ``edge``: one MQTT identity per device, each logged in with its own secret (300
+  connections in this one process and event loop), PUBACK tracked, ledger on;
 - ``generate``: how fast one process makes the payloads (models + faults off).
 
 Usage: ``python -m benchmarks.simulator [--messages N]``.
@@ -36,6 +38,7 @@ from simulators.fleet import DeviceSim, FleetStats, Outgoing, Recorder
 
 START = datetime(2026, 1, 15, 3, 0, tzinfo=UTC)
 CHUNK = 60_000
+SIMULATOR = "_simulator"  # the single-connection account: may write every device topic
 
 
 def generate(count: int) -> tuple[list[Outgoing], float]:
@@ -60,6 +63,7 @@ def mosquitto_pub(broker: Mosquitto, messages: list[Outgoing]) -> float:
         chunk = b"\n".join(lines[i : i + CHUNK]) + b"\n"
         subprocess.run(
             [binary, "-h", broker.host, "-p", str(broker.port), "-V", "mqttv5", "-q", "1",
+             "-u", SIMULATOR, "-P", broker.secret(SIMULATOR),
              "-i", f"bench-pub-{i}", "-t", messages[i].topic, "-l"],
             input=chunk, check=True,
         )  # fmt: skip
@@ -72,14 +76,24 @@ async def _publish(
     stats = FleetStats()
     writer = LedgerWriter(ledger)
     recorder = Recorder(stats, writer, None)
-    mqtt = MqttSettings(host=broker.host, port=broker.port)
     settings = EdgeSettings(spool_dir=spool, max_inflight=100, drain_timeout=60.0)
     agents: dict[str, DeviceAgent] = {}
     if edge:
+        # Every device logs in as itself (client id = username = device id), own secret.
+        mqtt = MqttSettings(host=broker.host, port=broker.port)
         for device_id in dict.fromkeys(m.device_id for m in messages):
-            agents[device_id] = DeviceAgent(device_id, mqtt, settings, recorder.result)
+            agents[device_id] = DeviceAgent(
+                device_id, mqtt, settings, recorder.result, password=broker.secret(device_id)
+            )
     else:
-        one = DeviceAgent("bench-single", mqtt, settings, recorder.result, max_inflight=1000)
+        one = DeviceAgent(
+            "bench-single",
+            broker.mqtt_settings(SIMULATOR),
+            settings,
+            recorder.result,
+            username=SIMULATOR,
+            max_inflight=1000,
+        )
     everyone = list(agents.values()) if edge else [one]
     for agent in everyone:
         agent.start()
@@ -100,6 +114,11 @@ async def _publish(
     return stats.accepted / elapsed, stats
 
 
+def _mosquitto_version() -> str:
+    out = subprocess.run(["mosquitto", "-h"], capture_output=True, text=True).stdout
+    return (out.splitlines() or ["Mosquitto"])[0].strip()
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the comparison and print conditions, a table and ratios."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -110,8 +129,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     print("safecity simulator benchmark")
     print(
         f"  conditions: {platform.python_implementation()} {platform.python_version()}, "
-        f"{os.cpu_count()} CPUs (shared), loopback Mosquitto, {len(messages)} messages, "
-        f"mean payload {size:.0f} B, QoS 1, ledger on for ours"
+        f"{os.cpu_count()} CPUs, loopback {_mosquitto_version()}, {len(messages)} messages, "
+        f"mean payload {size:.0f} B, QoS 1, ledger on for ours; authenticated broker: "
+        f"mosquitto_pub and single as `{SIMULATOR}`, edge with per-device secrets; "
+        f"load average {os.getloadavg()[0]:.2f}"
     )
     rows: list[tuple[str, float, str]] = [("generate (models, one process)", gen_rate, "")]
     with tempfile.TemporaryDirectory(prefix="bench-sim-") as tmp:
