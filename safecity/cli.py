@@ -81,6 +81,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         seed=args.seed,
         api_port=args.api_port,
         mqtt_port=args.mqtt_port,
+        mqtt_tls_port=args.mqtt_tls_port,
         influx_port=args.influx_port,
         registry=args.registry,
     )
@@ -433,6 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="simulator seed")
     p.add_argument("--api-port", type=_port)
     p.add_argument("--mqtt-port", type=_port)
+    p.add_argument("--mqtt-tls-port", type=_port, help="the broker's TLS listener (0: any free)")
     p.add_argument("--influx-port", type=_port)
     registry_flag(p)
     p.set_defaults(func=cmd_run)

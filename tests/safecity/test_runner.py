@@ -78,6 +78,8 @@ def test_run_serves_every_device_then_ctrl_c_leaves_nothing_behind(tmp_path: Pat
             "0",
             "--influx-port",
             "0",
+            "--mqtt-tls-port",
+            "0",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -197,7 +199,7 @@ def test_a_killed_launcher_takes_its_stack_with_it(tmp_path: Path) -> None:
     env["SAFECITY_ALERTS_METRICS_PORT"] = "0"
     proc = subprocess.Popen(
         [sys.executable, "-m", "safecity", "run", "--data-dir", str(tmp_path),
-         "--api-port", "0", "--mqtt-port", "0", "--influx-port", "0"],
+         "--api-port", "0", "--mqtt-port", "0", "--influx-port", "0", "--mqtt-tls-port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )  # fmt: skip
     try:
