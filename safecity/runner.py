@@ -21,25 +21,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
-
 from safecity import registry
 from safecity.errors import StackError
 from safecity.identity import Role, service_username
 from safecity.settings import StackSettings
-from safecity.stack import LocalStack, ManagedProcess, ensure_port_free, free_port
+from safecity.stack import LocalStack, ManagedProcess, ensure_port_free, free_port, http_ok
 
 log = logging.getLogger("safecity.run")
-
-
-def _http_ok(url: str) -> Callable[[], bool]:
-    def probe() -> bool:
-        try:
-            return httpx.get(url, timeout=1.0).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    return probe
 
 
 def _port(configured: int) -> int:
@@ -149,7 +137,7 @@ class LocalRun:
                 "ingest",
                 Role.INGEST,
                 {**ingest_env, **replay_window},
-                ready=_http_ok(f"{self.metrics_url}/readyz"),
+                ready=http_ok(f"{self.metrics_url}/readyz"),
             )
             self.api_key = self._local_api_key()
             self._child(
@@ -161,7 +149,7 @@ class LocalRun:
                     "SAFECITY_API_KEYS_FILE": str(self.base / "apikeys.json"),
                     "SAFECITY_DEADLETTER_DIR": str(self.base / "deadletter"),
                 },
-                ready=_http_ok(f"{self.api_url}/readyz"),
+                ready=http_ok(f"{self.api_url}/readyz"),
             )
             self._child(
                 "alerts",
@@ -172,7 +160,7 @@ class LocalRun:
                     "SAFECITY_ALERTS_SHARE_GROUP": "",
                     **replay_window,
                 },
-                ready=_http_ok(f"{self.alerts_url}/readyz"),
+                ready=http_ok(f"{self.alerts_url}/readyz"),
             )
             self._child(
                 "simulate",

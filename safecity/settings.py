@@ -6,7 +6,6 @@ nothing here is instantiated at import time.
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -14,7 +13,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from safecity.errors import TopicError
+from safecity.errors import ConfigError, TopicError
+from safecity.identity import read_secrets
 from safecity.topics import validate_identifier
 
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -51,10 +51,10 @@ class MqttSettings(BaseModel):
         if not username:
             raise ValueError("secrets_file needs a username to look up")
         try:
-            secrets = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"cannot read secrets file {path}: {exc}") from exc
-        if not isinstance(secrets, dict) or not isinstance(secrets.get(username), str):
+            secrets = read_secrets(path)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from exc
+        if username not in secrets:
             raise ValueError(f"no secret for {username!r} in {path}")
         return {**data, "password": secrets[username]}
 

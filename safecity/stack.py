@@ -51,6 +51,7 @@ __all__ = [
     "ensure_port_free",
     "find_binary",
     "free_port",
+    "http_ok",
     "mqtt_connack_reason",
     "render_influxd_conf",
     "render_mosquitto_conf",
@@ -77,6 +78,18 @@ def free_port(host: str = LOOPBACK) -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def http_ok(url: str) -> Callable[[], bool]:
+    """A readiness probe: True once GET url answers 200 (connection errors are "not yet")."""
+
+    def probe() -> bool:
+        try:
+            return httpx.get(url, timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    return probe
 
 
 def ensure_port_free(host: str, port: int, service: str) -> None:

@@ -20,7 +20,7 @@ import pytest
 from support import account_env
 
 from safecity.apikeys import KeyStore
-from safecity.stack import Influxd, LocalStack, ManagedProcess, Mosquitto, free_port
+from safecity.stack import Influxd, LocalStack, ManagedProcess, Mosquitto, free_port, http_ok
 
 
 @pytest.fixture(scope="session")
@@ -77,14 +77,37 @@ class ServiceProcess:
         self.process.stop(timeout=15)
 
 
-def _http_ready(url: str) -> Callable[[], bool]:
-    def probe() -> bool:
-        try:
-            return httpx.get(url, timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
+class Launcher:
+    """Starts safecity services as child processes; stops every one at the end of a test."""
 
-    return probe
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.started: list[ServiceProcess] = []
+
+    def previous(self, key: str, value: str) -> ServiceProcess | None:
+        """The last service started with env[key] == value (a restart of the same id)."""
+        return next((s for s in reversed(self.started) if s.env.get(key) == value), None)
+
+    def launch(
+        self, command: str, name: str, env: dict[str, str], ready_url: str, **fields: str
+    ) -> ServiceProcess:
+        """`python -m safecity <command>` with env; returns once ready_url answers 200."""
+        proc = ManagedProcess(
+            name,
+            [sys.executable, "-m", "safecity", command],
+            self.tmp_path / f"{name}-{len(self.started)}.log",
+            env=env,
+        )
+        service = ServiceProcess(proc, env, **fields)
+        self.started.append(service)
+        proc.start()
+        proc.wait_ready(http_ok(ready_url), timeout=30)
+        return service
+
+    def stop_all(self) -> None:
+        """Stop every service this launcher started."""
+        for service in self.started:
+            service.stop()
 
 
 def service_env(stack: LocalStack, database: str, service: str, **extra: str) -> dict[str, str]:
@@ -107,46 +130,37 @@ def service_env(stack: LocalStack, database: str, service: str, **extra: str) ->
 @pytest.fixture
 def start_ingest(stack: LocalStack, tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
     """Factory: start `safecity ingest` for a database; every started worker is stopped after."""
-    started: list[ServiceProcess] = []
+    launcher = Launcher(tmp_path)
 
     def start(database: str, worker_id: str | None = None, **extra: str) -> ServiceProcess:
         worker = worker_id or f"ingest-{secrets.token_hex(4)}"
         port = free_port()
+        # A restarted worker keeps its share group, so its session is resumed.
+        before = launcher.previous("SAFECITY_WORKER_ID", worker)
+        group = before.env["SAFECITY_SHARE_GROUP"] if before else f"g{secrets.token_hex(4)}"
         env = service_env(
             stack,
             database,
             "ingest",
             SAFECITY_WORKER_ID=worker,
-            SAFECITY_SHARE_GROUP=f"g{secrets.token_hex(4)}",
+            SAFECITY_SHARE_GROUP=group,
             SAFECITY_METRICS_PORT=str(port),
             SAFECITY_DEADLETTER_DIR=str(tmp_path / "deadletter"),
             **extra,
         )
-        # A restarted worker keeps its share group, so its session is resumed.
-        for previous in started:
-            if previous.env["SAFECITY_WORKER_ID"] == worker:
-                env["SAFECITY_SHARE_GROUP"] = previous.env["SAFECITY_SHARE_GROUP"]
-        proc = ManagedProcess(
-            f"ingest-{worker}",
-            [sys.executable, "-m", "safecity", "ingest"],
-            tmp_path / f"{worker}-{len(started)}.log",
-            env=env,
+        metrics_url = f"http://127.0.0.1:{port}"
+        return launcher.launch(
+            "ingest", f"ingest-{worker}", env, f"{metrics_url}/readyz", metrics_url=metrics_url
         )
-        service = ServiceProcess(proc, env, metrics_url=f"http://127.0.0.1:{port}")
-        started.append(service)
-        proc.start()
-        proc.wait_ready(_http_ready(f"{service.metrics_url}/readyz"), timeout=30)
-        return service
 
     yield start
-    for service in started:
-        service.stop()
+    launcher.stop_all()
 
 
 @pytest.fixture
 def start_api(stack: LocalStack, tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
     """Factory: start `safecity api` for a database on a free port; stopped after."""
-    started: list[ServiceProcess] = []
+    launcher = Launcher(tmp_path)
 
     def start(database: str, **extra: str) -> ServiceProcess:
         port = free_port()
@@ -160,53 +174,37 @@ def start_api(stack: LocalStack, tmp_path: Path) -> Iterator[Callable[..., Servi
         env = service_env(
             stack, database, "api", SAFECITY_HOST="127.0.0.1", SAFECITY_PORT=str(port), **extra
         )
-        proc = ManagedProcess(
-            "api", [sys.executable, "-m", "safecity", "api"], tmp_path / "api.log", env=env
-        )
-        service = ServiceProcess(proc, env, url=f"http://127.0.0.1:{port}", api_key=key)
-        started.append(service)
-        proc.start()
-        proc.wait_ready(_http_ready(f"{service.url}/readyz"), timeout=30)
-        return service
+        url = f"http://127.0.0.1:{port}"
+        return launcher.launch("api", "api", env, f"{url}/readyz", url=url, api_key=key)
 
     yield start
-    for service in started:
-        service.stop()
+    launcher.stop_all()
 
 
 @pytest.fixture
 def start_alerts(stack: LocalStack, tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
     """Factory: start `safecity alerts` for a database (a restart with the same id keeps
     its share group, so its session resumes); every started service is stopped after."""
-    started: list[ServiceProcess] = []
+    launcher = Launcher(tmp_path)
 
     def start(database: str, alerts_id: str | None = None, **extra: str) -> ServiceProcess:
         ident = alerts_id or f"alerts-{secrets.token_hex(4)}"
         port = free_port()
+        before = launcher.previous("SAFECITY_ALERTS_ID", ident)
+        group = before.env["SAFECITY_ALERTS_SHARE_GROUP"] if before else f"a{secrets.token_hex(4)}"
         env = service_env(
             stack,
             database,
             "alerts",
             SAFECITY_ALERTS_ID=ident,
-            SAFECITY_ALERTS_SHARE_GROUP=f"a{secrets.token_hex(4)}",
+            SAFECITY_ALERTS_SHARE_GROUP=group,
             SAFECITY_ALERTS_METRICS_PORT=str(port),
             **extra,
         )
-        for previous in started:
-            if previous.env["SAFECITY_ALERTS_ID"] == ident:
-                env["SAFECITY_ALERTS_SHARE_GROUP"] = previous.env["SAFECITY_ALERTS_SHARE_GROUP"]
-        proc = ManagedProcess(
-            f"alerts-{ident}",
-            [sys.executable, "-m", "safecity", "alerts"],
-            tmp_path / f"{ident}-{len(started)}.log",
-            env=env,
+        metrics_url = f"http://127.0.0.1:{port}"
+        return launcher.launch(
+            "alerts", f"alerts-{ident}", env, f"{metrics_url}/readyz", metrics_url=metrics_url
         )
-        service = ServiceProcess(proc, env, metrics_url=f"http://127.0.0.1:{port}")
-        started.append(service)
-        proc.start()
-        proc.wait_ready(_http_ready(f"{service.metrics_url}/readyz"), timeout=30)
-        return service
 
     yield start
-    for service in started:
-        service.stop()
+    launcher.stop_all()

@@ -12,7 +12,7 @@ import httpx
 
 from safecity.influx import InfluxClient
 from safecity.settings import InfluxSettings
-from safecity.stack import LocalStack, ManagedProcess, free_port
+from safecity.stack import LocalStack, ManagedProcess, free_port, http_ok
 from safecity.verify import Report, verify
 
 # Fast failure detection for tests: short InfluxDB timeouts, short backoff, quick spooling.
@@ -80,10 +80,7 @@ class Ingest:
         return self
 
     def _ready(self) -> bool:
-        try:
-            return httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
+        return http_ok(f"{self.url}/readyz")()
 
     def kill(self) -> None:
         self.process.kill()
