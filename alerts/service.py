@@ -22,6 +22,7 @@ from alerts import metrics
 from alerts.book import Book
 from alerts.engine import Clear, Engine, Signal
 from alerts.rules import AnyRule, RuleSet
+from alerts.settings import AlertsSettings
 from safecity import incidents as inc
 from safecity import topics
 from safecity.errors import StorageError, TopicError
@@ -31,7 +32,6 @@ from safecity.mqtt import Incoming, MqttClient
 from safecity.observability import HealthServer
 from safecity.readings import Event, Reading, Rejection, Status, parse
 from safecity.registry import City
-from safecity.settings import AlertsSettings
 
 log = logging.getLogger("safecity.alerts")
 CHANNELS = (topics.Channel.TELEMETRY, topics.Channel.EVENT, topics.Channel.STATUS)

@@ -18,6 +18,7 @@ from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from api import errors
+from api.apikeys import KeyStore
 from api.audit import AuditLog, AuditMiddleware
 from api.delivery import LedgerIndex
 from api.directory import Directory
@@ -28,13 +29,12 @@ from api.metrics import MetricsMiddleware
 from api.overview import SnapshotCache
 from api.routes import cities, console, devices, events, health, incidents, keys, metrics, stream
 from api.security import HEADER, RateLimiter, require
+from api.settings import ApiSettings
 from safecity import __version__
-from safecity.apikeys import KeyStore
 from safecity.deadletters import DeadLetterIndex, store_path
 from safecity.errors import StorageError
 from safecity.influx import InfluxClient
 from safecity.registry import City, load_or_default
-from safecity.settings import ApiSettings
 
 log = logging.getLogger("safecity.api")
 

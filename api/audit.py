@@ -24,7 +24,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from safecity.apikeys import ApiKey
+from api.apikeys import ApiKey
 from safecity.readings import format_ts
 
 log = logging.getLogger("safecity.api.audit")

@@ -10,9 +10,9 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from api.directory import Directory
+from api.settings import ApiSettings
 from safecity.influx import InfluxClient
 from safecity.registry import City
-from safecity.settings import ApiSettings
 
 
 def get_settings(request: Request) -> ApiSettings:

@@ -38,12 +38,12 @@ from api.models import (
     Traffic,
 )
 from api.params import TimeRange
+from api.settings import ApiSettings
 from safecity import catalogue
 from safecity.influx import InfluxClient, quote_ident
 from safecity.readings import format_ts
 from safecity.registry import City, Device
 from safecity.schema import DEVICE_STATUS, EVENTS, source
-from safecity.settings import ApiSettings
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Window means fetched per device, by kind.

@@ -14,8 +14,8 @@ from datetime import UTC, datetime, timedelta
 
 from api.errors import bad_param
 from api.models import Window
+from api.settings import ApiSettings
 from safecity.readings import format_ts
-from safecity.settings import ApiSettings
 
 _EVERY = re.compile(r"^([1-9][0-9]{0,6})(s|m|h|d)$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400}

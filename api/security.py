@@ -16,7 +16,7 @@ from fastapi import HTTPException, Request, Security
 from fastapi.security import APIKeyHeader
 
 from api import audit
-from safecity.apikeys import ApiKey, ApiKeyError, KeyStore
+from api.apikeys import ApiKey, ApiKeyError, KeyStore
 
 HEADER = "X-API-Key"
 api_key_header = APIKeyHeader(

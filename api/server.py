@@ -16,9 +16,9 @@ from collections.abc import Iterator
 import uvicorn
 
 from api.app import create_app
+from api.settings import ApiSettings
 from safecity.errors import SafecityError
 from safecity.registry import load_or_default
-from safecity.settings import ApiSettings
 
 log = logging.getLogger("safecity.api")
 

@@ -2,7 +2,7 @@
 
 One run, one machine, a fresh local InfluxDB: a generated city of 1,000 devices with
 24 h of readings at 1-min cadence (1.44 M points, direct line-protocol writes), the
-API as a real process (`python -m safecity api`), and for each endpoint:
+API as a real process (`python -m control api`), and for each endpoint:
 
 - the city overview (cached: TTL 5 s, the default; and uncached, TTL 0),
 - a district series (noise laeq, mean per 5 min over the last 24 h),
@@ -32,6 +32,7 @@ from pathlib import Path
 
 import httpx
 
+from api.apikeys import KeyStore
 from api.overview import (
     EVENTS_STATEMENT,
     LAST_SEEN_STATEMENT,
@@ -41,11 +42,10 @@ from api.overview import (
     mean_statement,
 )
 from api.queries import series_statement
+from control.stack import Influxd, ManagedProcess, free_port
 from safecity import registry
-from safecity.apikeys import KeyStore
 from safecity.readings import format_ts
 from safecity.registry import City, Device
-from safecity.stack import Influxd, ManagedProcess, free_port
 
 CONCURRENCY = 4
 
@@ -171,7 +171,7 @@ def _start_api(
         }
     )
     proc = ManagedProcess(
-        f"api-{ttl}", [sys.executable, "-m", "safecity", "api"], base / f"api-{ttl}.log", env=env
+        f"api-{ttl}", [sys.executable, "-m", "control", "api"], base / f"api-{ttl}.log", env=env
     )
     proc.start()
     url = f"http://127.0.0.1:{port}"

@@ -46,14 +46,14 @@ from pathlib import Path
 
 import httpx
 
+from control.stack import LocalStack, ManagedProcess, free_port
+from control.verify import verify
 from safecity import ledger, topics
 from safecity.influx import InfluxClient
 from safecity.mqtt import MqttClient
 from safecity.readings import format_ts
 from safecity.registry import Device, default_city
 from safecity.settings import InfluxSettings
-from safecity.stack import LocalStack, ManagedProcess, free_port
-from safecity.verify import verify
 from simulators.generators import generate
 
 CHUNK = 50_000  # mosquitto_pub -l at QoS 1 stops early past 65,535 lines per call
@@ -283,7 +283,7 @@ def run_ingest(
     the load in its sessions, resume it and time the drain to the last ack."""
     port = free_port() if workers == 1 else _free_port_block(workers)
     env = _ingest_env(stack, base, name, db, port)
-    argv = [sys.executable, "-m", "safecity", "ingest"]
+    argv = [sys.executable, "-m", "control", "ingest"]
     if workers > 1:
         argv += ["--workers", str(workers)]
     proc = ManagedProcess(f"ingest-{name}", argv, base / f"ingest-{name}.log", env=env)
@@ -597,7 +597,7 @@ def _start_ingest(stack: LocalStack, base: Path, name: str, db: str) -> tuple[Ma
     port = free_port()
     proc = ManagedProcess(
         f"ingest-{name}",
-        [sys.executable, "-m", "safecity", "ingest"],
+        [sys.executable, "-m", "control", "ingest"],
         base / f"ingest-{name}.log",
         env=_ingest_env(stack, base, name, db, port),
     )

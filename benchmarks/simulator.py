@@ -29,11 +29,12 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from control.stack import Mosquitto, find_binary
 from edge.agent import DeviceAgent, Envelope
+from edge.settings import EdgeSettings
 from safecity import registry
 from safecity.ledger import LedgerWriter
-from safecity.settings import EdgeSettings, MqttSettings
-from safecity.stack import Mosquitto, find_binary
+from safecity.settings import MqttSettings
 from simulators.fleet import DeviceSim, FleetStats, Outgoing, Recorder
 
 START = datetime(2026, 1, 15, 3, 0, tzinfo=UTC)

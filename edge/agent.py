@@ -24,9 +24,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from edge.settings import EdgeSettings
 from edge.spool import Spool
 from safecity.mqtt import NOT_SENT, FleetClient, Will
-from safecity.settings import EdgeSettings, MqttSettings
+from safecity.settings import MqttSettings
 
 log = logging.getLogger("edge.agent")
 

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ingest.deadletter import DeadLetterStore, record_payload
+from ingest.settings import IngestSettings
 from ingest.validate import Accepted, Validator
 from ingest.writer import InfluxWriter
 from safecity.influx import InfluxClient
 from safecity.registry import City
-from safecity.settings import IngestSettings
 
 
 @dataclass

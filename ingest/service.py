@@ -31,6 +31,7 @@ from pathlib import Path
 from ingest import metrics
 from ingest.brokerlog import EventClock, LogFollower, parse_line
 from ingest.deadletter import DeadLetter, DeadLetterStore, dead_letter
+from ingest.settings import IngestSettings
 from ingest.spool import Spool, SpoolBatch, SpoolError, SpoolFullError
 from ingest.stats import BrokerDropped, Gauges, StatsTracker, Totals
 from ingest.validate import (
@@ -50,7 +51,6 @@ from safecity.mqtt import Incoming, MqttClient, Will
 from safecity.observability import HealthServer
 from safecity.readings import Rejection, RejectReason, Status
 from safecity.registry import City
-from safecity.settings import IngestSettings
 
 log = logging.getLogger("safecity.ingest")
 

@@ -14,11 +14,11 @@ from typing import Any
 from safecity import registry
 from safecity.observability import HealthServer
 from safecity.registry import City
-from safecity.settings import FaultSettings, SimulatorSettings
 from simulators import scenario as scenarios
 from simulators.faults import FAULTS
 from simulators.fleet import FleetStats, run, run_processes
 from simulators.incidents import Incident
+from simulators.settings import FaultSettings, SimulatorSettings
 
 
 def list_scenarios() -> int:

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from safecity import catalogue
 from safecity.readings import MAX_PAYLOAD_BYTES
 from safecity.registry import Device
-from safecity.settings import FaultSettings
 from simulators.generators import Values, device_rng
+from simulators.settings import FaultSettings
 
 EPISODES = ("stuck", "drift", "dropout")
 """Faults that last for a run of readings once started."""

@@ -43,16 +43,16 @@ from pydantic import ValidationError
 
 from edge.agent import AgentStats, DeviceAgent, Envelope
 from safecity import catalogue, registry
-from safecity.identity import read_secrets
 from safecity.ledger import LedgerEntry, LedgerWriter
 from safecity.mqtt import NOT_SENT, Will
 from safecity.readings import Status, epoch_ms, event_model, format_ts, reading_model
 from safecity.registry import City, Device
-from safecity.settings import SimulatorSettings
+from safecity.secrets import read_secrets
 from safecity.topics import Channel, event_topic, status_topic, telemetry_topic
 from simulators.faults import REJECTS, DeviceFaults, malformed, rogue_id
 from simulators.generators import EventDraft, Values, device_rng, generate, maybe_event
 from simulators.incidents import Incident, Scene
+from simulators.settings import SimulatorSettings
 
 # Incident types whose detectors report at once (see DeviceSim._wakes).
 IMMEDIATE = frozenset({"gunshot", "road_accident"})

@@ -19,8 +19,8 @@ import httpx
 import pytest
 from support import account_env
 
-from safecity.apikeys import KeyStore
-from safecity.stack import Influxd, LocalStack, ManagedProcess, Mosquitto, free_port, http_ok
+from api.apikeys import KeyStore
+from control.stack import Influxd, LocalStack, ManagedProcess, Mosquitto, free_port, http_ok
 
 
 @pytest.fixture(scope="session")
@@ -59,7 +59,7 @@ def influx_db(influxd: Influxd) -> Iterator[str]:
 
 @dataclass
 class ServiceProcess:
-    """A safecity service started as a real child process (`python -m safecity ...`)."""
+    """A safecity service started as a real child process (`python -m control ...`)."""
 
     process: ManagedProcess
     env: dict[str, str]
@@ -91,10 +91,10 @@ class Launcher:
     def launch(
         self, command: str, name: str, env: dict[str, str], ready_url: str, **fields: str
     ) -> ServiceProcess:
-        """`python -m safecity <command>` with env; returns once ready_url answers 200."""
+        """`python -m control <command>` with env; returns once ready_url answers 200."""
         proc = ManagedProcess(
             name,
-            [sys.executable, "-m", "safecity", command],
+            [sys.executable, "-m", "control", command],
             self.tmp_path / f"{name}-{len(self.started)}.log",
             env=env,
         )

@@ -25,9 +25,9 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
+from control.stack import Influxd, ManagedProcess, free_port
 from safecity import settings as settings_mod
 from safecity.registry import default_city
-from safecity.stack import Influxd, ManagedProcess, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -333,7 +333,7 @@ def test_the_compose_stack_runs_here_and_becomes_healthy(
         # 4. and the city flows end to end: the simulator's devices reach the API.
         api_env = mapper.env(services["api"]["environment"])
         keys = subprocess.run(
-            [sys.executable, "-m", "safecity", "apikey", "create", "--name", "parity",
+            [sys.executable, "-m", "control", "apikey", "create", "--name", "parity",
              "--scopes", "read"],
             env=api_env, cwd=tmp_path, capture_output=True, text=True, timeout=30, check=True,
         )  # fmt: skip

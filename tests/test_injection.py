@@ -22,10 +22,10 @@ from typing import Any
 import httpx
 from support import PUBLISHER, credentials, wait_for
 
+from control.stack import LocalStack
 from safecity import schema, topics
 from safecity.readings import format_ts
 from safecity.registry import default_city
-from safecity.stack import LocalStack
 
 CITY = default_city()
 NOISE = CITY.select(kind="noise")[0]

@@ -8,8 +8,8 @@ from faults import Ingest, check, new_db
 from ledgerpub import LedgerPublisher, good_readings
 from support import wait_for
 
+from control.stack import LocalStack
 from safecity.registry import default_city
-from safecity.stack import LocalStack
 
 CITY = default_city()
 

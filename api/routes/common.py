@@ -9,10 +9,10 @@ from fastapi import HTTPException, Path, Query, Request
 
 from api.overview import Snapshot, SnapshotCache, take_snapshot
 from api.params import EVERY_PATTERN, TimeRange, now
+from api.settings import ApiSettings
 from safecity import catalogue
 from safecity.influx import InfluxClient
 from safecity.registry import City, Device
-from safecity.settings import ApiSettings
 from safecity.topics import IDENTIFIER
 
 ID_PATTERN = f"^{IDENTIFIER.pattern}$"

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from api import metrics
+from api.apikeys import ApiKey
 from api.deps import CityDep, InfluxDep, SettingsDep
 from api.errors import bad_param
 from api.models import Window
@@ -24,7 +25,6 @@ from api.responses import STORAGE, errors
 from api.routes.common import SEVERITIES, From, To
 from api.security import require
 from safecity import incidents as inc
-from safecity.apikeys import ApiKey
 from safecity.influx import InfluxClient
 from safecity.registry import City
 

@@ -7,12 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
+from api.apikeys import ApiKey
 from api.audit import AuditLog
 from api.deps import SettingsDep
 from api.errors import bad_param
 from api.responses import errors
 from api.security import require
-from safecity.apikeys import ApiKey
 
 router = APIRouter(prefix="/v1", tags=["keys"])
 

@@ -11,11 +11,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from api import metrics as api_metrics
 from api.params import TimeRange, now
+from api.settings import ApiSettings
 from safecity import incidents as inc
 from safecity.errors import StorageError
 from safecity.influx import InfluxClient
 from safecity.registry import City
-from safecity.settings import ApiSettings
 
 router = APIRouter(tags=["metrics"])
 log = logging.getLogger("safecity.api")

@@ -14,9 +14,9 @@ from api.errors import bad_param
 from api.live import Hub, Subscriber
 from api.responses import errors
 from api.routes.common import KINDS
+from api.settings import ApiSettings
 from safecity.errors import MqttError
 from safecity.registry import City
-from safecity.settings import ApiSettings
 
 router = APIRouter(prefix="/v1", tags=["stream"])
 

@@ -8,10 +8,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from support import influx_rows
 
+from control.stack import LocalStack
 from safecity import incidents as inc
 from safecity.influx import InfluxClient
 from safecity.settings import InfluxSettings
-from safecity.stack import LocalStack
 
 T0 = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
 

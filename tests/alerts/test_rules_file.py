@@ -105,7 +105,7 @@ def test_cli_check_reports_the_line(tmp_path: Path) -> None:
         "    above: 15\n    for: forever\n    severity: low\n    message: m\n"
     )
     result = subprocess.run(
-        [sys.executable, "-m", "safecity", "alerts", "--check", "--rules", str(bad)],
+        [sys.executable, "-m", "control", "alerts", "--check", "--rules", str(bad)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -116,7 +116,7 @@ def test_cli_check_reports_the_line(tmp_path: Path) -> None:
         f"{bad}:8: rules[0].for: bad duration" in result.stderr
     )
     ok = subprocess.run(
-        [sys.executable, "-m", "safecity", "alerts", "--check"],
+        [sys.executable, "-m", "control", "alerts", "--check"],
         capture_output=True,
         text=True,
         timeout=60,

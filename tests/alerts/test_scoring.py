@@ -23,9 +23,10 @@ from typing import Any
 import pytest
 from support import account_env
 
-from safecity import ledger, scoring
+from control import scoring
+from control.stack import LocalStack
+from safecity import ledger
 from safecity.readings import epoch_ms, format_ts
-from safecity.stack import LocalStack
 from simulators import scenario as scenarios
 
 
@@ -105,7 +106,7 @@ def test_shipped_scenario_is_detected_in_time_and_meets_its_expectations(
     }
     ledger_path = tmp_path / "ledger.jsonl"
     result = subprocess.run(
-        [sys.executable, "-m", "safecity", "verify", "--scenario", run.scenario, "--json",
+        [sys.executable, "-m", "control", "verify", "--scenario", run.scenario, "--json",
          "--speed", str(run.speed), "--duration", str(run.duration), "--start", format_ts(start),
          "--ledger", str(ledger_path), "--deadletters", str(tmp_path / "deadletter"),
          "--settle", "20"],

@@ -14,9 +14,9 @@ import httpx
 import pytest
 from support import READER, credentials, influx_rows, mosquitto_pub, wait_for
 
+from control.stack import LocalStack
 from safecity import registry, topics
 from safecity.readings import format_ts
-from safecity.stack import LocalStack
 
 CITY = registry.default_city()
 PANIC = CITY.select(kind="panic_button")[0]

@@ -13,15 +13,16 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from api.apikeys import SCOPES, KeyStore
 from api.app import create_app
-from safecity.apikeys import SCOPES, KeyStore
+from api.settings import ApiSettings
+from control.stack import Influxd, free_port
 from safecity.influx import InfluxClient
 from safecity.lineprotocol import encode_many
 from safecity.readings import Reading, format_ts, parse
 from safecity.registry import City, Device, default_city
 from safecity.schema import reading_point
-from safecity.settings import ApiSettings, InfluxSettings
-from safecity.stack import Influxd, free_port
+from safecity.settings import InfluxSettings
 
 
 @pytest.fixture(scope="session")

@@ -9,8 +9,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from api.settings import ApiSettings
 from safecity.registry import City
-from safecity.settings import ApiSettings
 
 COMMON = {"x-content-type-options": "nosniff", "x-frame-options": "DENY"}
 

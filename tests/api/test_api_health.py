@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from api.settings import ApiSettings
 from safecity.registry import City
-from safecity.settings import ApiSettings
 
 
 def test_healthz_is_ok(client: TestClient) -> None:

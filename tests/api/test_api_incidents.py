@@ -14,11 +14,11 @@ import pytest
 from fastapi.testclient import TestClient
 from support import influx_rows
 
+from api.apikeys import KeyStore
+from api.settings import ApiSettings
+from control.stack import LocalStack
 from safecity import incidents as inc
-from safecity.apikeys import KeyStore
 from safecity.influx import InfluxClient
-from safecity.settings import ApiSettings
-from safecity.stack import LocalStack
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 

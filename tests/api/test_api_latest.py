@@ -12,10 +12,10 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.queries import StoredReading, latest_reading
+from api.settings import ApiSettings
 from safecity.influx import InfluxClient
 from safecity.readings import format_ts
 from safecity.registry import City, Device
-from safecity.settings import ApiSettings
 
 NoiseWriter = Callable[[Iterable[tuple[Device, datetime, int, tuple[float, float, float]]]], None]
 NOW = datetime.now(UTC).replace(microsecond=123_000)

@@ -24,11 +24,11 @@ from schemathesis.checks import (
 from support import account_env, influx_rows, mosquitto_pub, wait_for
 
 from api.live import Hub
+from control.stack import LocalStack
 from safecity import topics
 from safecity.readings import format_ts
 from safecity.registry import default_city
 from safecity.settings import MqttSettings
-from safecity.stack import LocalStack
 
 CITY = default_city()
 
@@ -101,7 +101,7 @@ def test_a_slow_client_is_dropped_and_never_stalls_the_others() -> None:
 def test_stream_is_503_when_the_broker_is_unreachable(
     influx_db: str, start_api: Callable[..., Any]
 ) -> None:
-    from safecity.stack import free_port
+    from control.stack import free_port
 
     api = start_api(
         influx_db, SAFECITY_MQTT__PORT=str(free_port()), SAFECITY_MQTT__CONNECT_TIMEOUT="2"
@@ -131,7 +131,7 @@ def test_schemathesis_over_the_live_api_seeded_by_the_real_pipeline(
         "SAFECITY_CLIENT_ID": "sim-schemathesis",
     }
     sim = subprocess.run(
-        [sys.executable, "-m", "safecity", "simulate", "--devices", "40", "--duration", "4"],
+        [sys.executable, "-m", "control", "simulate", "--devices", "40", "--duration", "4"],
         env=env,
         capture_output=True,
         text=True,

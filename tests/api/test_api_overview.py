@@ -13,8 +13,8 @@ from fastapi.testclient import TestClient
 
 from api import aqi
 from api.app import create_app
+from api.settings import ApiSettings
 from safecity.registry import City
-from safecity.settings import ApiSettings
 
 D = "yashnobod"  # has 2+ devices of every kind the overview aggregates
 OTHER = "chilanzar"

@@ -15,14 +15,15 @@ import pytest
 from fastapi.testclient import TestClient
 from support import influx_rows, mosquitto_pub, wait_for
 
+from api.apikeys import KeyStore
 from api.app import create_app
+from api.settings import ApiSettings
+from control.stack import LocalStack
 from safecity import catalogue, schema, topics
-from safecity.apikeys import KeyStore
 from safecity.influx import InfluxClient
 from safecity.readings import Event, Rejection, RejectReason, format_ts, parse
 from safecity.registry import City
-from safecity.settings import ApiSettings, InfluxSettings
-from safecity.stack import LocalStack
+from safecity.settings import InfluxSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 

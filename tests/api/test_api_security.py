@@ -13,10 +13,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from safecity import cli
+from api.settings import ApiSettings
+from control import cli
 from safecity.influx import InfluxClient, ParamValue, Series
 from safecity.registry import City
-from safecity.settings import ApiSettings
 
 OPEN = {"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 

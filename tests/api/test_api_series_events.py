@@ -10,11 +10,11 @@ import pytest
 from api_seed import event, ms, reading, write
 from fastapi.testclient import TestClient
 
+from api.settings import ApiSettings
 from safecity import topics
 from safecity.ledger import LedgerEntry
 from safecity.readings import format_ts
 from safecity.registry import City
-from safecity.settings import ApiSettings
 
 T0 = datetime(2026, 1, 15, 6, 0, tzinfo=UTC) if datetime.now(UTC).year == 2026 else None
 BASE = (datetime.now(UTC) - timedelta(hours=3)).replace(minute=0, second=0, microsecond=0)

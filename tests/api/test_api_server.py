@@ -10,9 +10,10 @@ import httpx
 import pytest
 
 from api.server import ApiStartupError, serve
+from api.settings import ApiSettings
+from control.stack import Influxd, free_port
 from safecity.errors import RegistryError
-from safecity.settings import ApiSettings, InfluxSettings
-from safecity.stack import Influxd, free_port
+from safecity.settings import InfluxSettings
 
 
 def _port_is_free(port: int) -> bool:

@@ -1,6 +1,6 @@
 """Test kit: Mosquitto instances of the platform's secure config (broker/mosquitto.conf).
 
-They are started exactly as the platform starts its broker (safecity.stack.Mosquitto:
+They are started exactly as the platform starts its broker (control.stack.Mosquitto:
 identities, local CA, TLS listener), each with a state of its own that the tests may
 revoke, rotate and reload.
 """
@@ -16,11 +16,11 @@ from typing import Any
 
 from rawmqtt import RawClient
 
-from safecity.identity import CredentialStore, Role, service_username
+from broker.identity import CredentialStore, Role, service_username
+from control.stack import DEFAULT_MOSQUITTO_CONF, Mosquitto
 from safecity.mqtt import MqttClient
 from safecity.registry import City, default_city
 from safecity.settings import MqttSettings
-from safecity.stack import DEFAULT_MOSQUITTO_CONF, Mosquitto
 
 ROOT = Path(__file__).resolve().parents[2]
 SECURE_TEMPLATE = DEFAULT_MOSQUITTO_CONF

@@ -14,8 +14,8 @@ from brokerkit import (
 )
 from rawmqtt import CONNACK, DISCONNECT, PUBACK, RawClient
 
+from broker.identity import Role, hash_password, reload_broker
 from safecity.errors import ConfigError, MqttError
-from safecity.identity import Role, hash_password, reload_broker
 
 NOT_AUTHORIZED = 0x87
 

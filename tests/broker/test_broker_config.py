@@ -9,7 +9,7 @@ from pathlib import Path
 
 from brokerkit import SECURE_TEMPLATE
 
-from safecity.identity import (
+from broker.identity import (
     DEVICE_PATTERNS,
     CredentialStore,
     Role,
@@ -17,8 +17,9 @@ from safecity.identity import (
     render_secure_config,
     verify_password,
 )
-from safecity.settings import MqttSettings, SecuritySettings
-from safecity.stack import render_mosquitto_conf
+from broker.settings import SecuritySettings
+from control.stack import render_mosquitto_conf
+from safecity.settings import MqttSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 

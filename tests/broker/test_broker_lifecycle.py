@@ -10,10 +10,10 @@ import pytest
 from brokerkit import SecureBroker, connected, run, wait_connack
 from rawmqtt import DISCONNECT, RawClient
 
-from safecity import certs
-from safecity.cli import main
+from broker import certs
+from broker.identity import reload_broker
+from control.cli import main
 from safecity.errors import MqttError
-from safecity.identity import reload_broker
 
 NOT_AUTHORIZED = 0x87
 

@@ -11,8 +11,9 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.routes.console import CONSOLE_DIR
-from safecity.settings import ApiSettings, InfluxSettings
-from safecity.stack import Influxd
+from api.settings import ApiSettings
+from control.stack import Influxd
+from safecity.settings import InfluxSettings
 
 BUDGET_BYTES = 300_000
 # The only absolute URL allowed in the assets: the SVG namespace (an identifier, never fetched).

@@ -21,11 +21,11 @@ import pytest
 from playwright.sync_api import BrowserContext, ConsoleMessage, Page, Request, sync_playwright
 from support import account_env, influx_rows, mosquitto_pub, wait_for
 
+from api.apikeys import KeyStore
+from control.stack import LocalStack
 from safecity import topics
-from safecity.apikeys import KeyStore
 from safecity.readings import format_ts
 from safecity.registry import default_city
-from safecity.stack import LocalStack
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -74,7 +74,7 @@ def live_city(
     env = {**ingest.env, **account_env(stack, "simulator"), "SAFECITY_CLIENT_ID": "sim-console"}
     with (tmp_path / "simulator.log").open("w") as log:
         sim = subprocess.Popen(
-            [sys.executable, "-m", "safecity", "simulate", "--devices", "60", "--duration", "90"],
+            [sys.executable, "-m", "control", "simulate", "--devices", "60", "--duration", "90"],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -8,9 +8,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from control import cli
 from dashboards import build
-from safecity import cli
-from safecity.settings import DashboardsSettings
+from dashboards.settings import DashboardsSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
+from control import cli
 from dashboards import build
 from dashboards.push import PushError, push
-from safecity import cli
 from safecity.settings import InfluxSettings
 
 TOKEN = "glsa_test_token"

@@ -27,16 +27,18 @@ from typing import Any
 import httpx
 from support import mosquitto_pub, wait_for
 
+from control.stack import LocalStack
 from dashboards import build
+from edge.settings import EdgeSettings
 from safecity import catalogue, registry, schema, topics
 from safecity import incidents as inc
 from safecity.influx import InfluxClient
 from safecity.lineprotocol import Point, encode_many
 from safecity.readings import Status, epoch_ms, event_model, format_ts, reading_model
 from safecity.registry import City, Device
-from safecity.settings import EdgeSettings, InfluxSettings, MqttSettings, SimulatorSettings
-from safecity.stack import LocalStack
+from safecity.settings import InfluxSettings, MqttSettings
 from simulators.fleet import run as run_fleet
+from simulators.settings import SimulatorSettings
 
 CITY: City = registry.default_city()
 TIME_FILTER = "time > now() - 6h"

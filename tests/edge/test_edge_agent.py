@@ -17,12 +17,13 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from control.stack import Mosquitto
 from edge.agent import DeviceAgent, Envelope
+from edge.settings import EdgeSettings
 from edge.spool import Spool
 from safecity.errors import MqttError
 from safecity.mqtt import FleetClient, Will
-from safecity.settings import EdgeSettings, MqttSettings
-from safecity.stack import Mosquitto
+from safecity.settings import MqttSettings
 
 DEVICES = 12
 

@@ -6,10 +6,10 @@ import asyncio
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
+from api.settings import ApiSettings
 from safecity.influx import InfluxClient
 from safecity.lineprotocol import FieldValue, Point, encode_many
 from safecity.registry import City, Device
-from safecity.settings import ApiSettings
 
 
 def ms(ts: datetime) -> int:

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import httpx
 
+from control.stack import LocalStack, ManagedProcess, free_port, http_ok
+from control.verify import Report, verify
 from safecity.influx import InfluxClient
 from safecity.settings import InfluxSettings
-from safecity.stack import LocalStack, ManagedProcess, free_port, http_ok
-from safecity.verify import Report, verify
 
 # Fast failure detection for tests: short InfluxDB timeouts, short backoff, quick spooling.
 FAST = {
@@ -29,7 +29,7 @@ FAST = {
 
 
 class Ingest:
-    """One ingest worker as `python -m safecity ingest`, restartable with the same id."""
+    """One ingest worker as `python -m control ingest`, restartable with the same id."""
 
     def __init__(self, stack: LocalStack, db: str, tmp: Path, worker: str, **env: str) -> None:
         self.worker = worker
@@ -59,7 +59,7 @@ class Ingest:
         self.log_path = tmp / f"{worker}.log"
         self.process = ManagedProcess(
             f"ingest-{worker}",
-            [sys.executable, "-m", "safecity", "ingest"],
+            [sys.executable, "-m", "control", "ingest"],
             self.log_path,
             env=self.env,
         )

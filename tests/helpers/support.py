@@ -12,8 +12,8 @@ from typing import Any
 
 import httpx
 
+from control.stack import LocalStack
 from safecity import topics
-from safecity.stack import LocalStack
 
 # Broker accounts the tests act as. The simulator account may publish on every device's
 # topics (also unknown devices' and others' ids: the ingest's dead-letter cases) and on

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from faults import Ingest
 
-from safecity.stack import LocalStack
+from control.stack import LocalStack
 
 
 @pytest.fixture

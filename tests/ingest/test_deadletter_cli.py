@@ -18,7 +18,7 @@ CITY = default_city()
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "safecity", *args],
+        [sys.executable, "-m", "control", *args],
         env=env,
         capture_output=True,
         text=True,

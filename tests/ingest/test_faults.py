@@ -1,7 +1,7 @@
 """Fault tests of RELIABILITY.md: real processes are killed, paused and restarted mid-stream.
 
 Every test publishes through a ledger-recording publisher and then runs the ledger
-checker (safecity.verify): nothing acknowledged is lost or duplicated, and the
+checker (control.verify): nothing acknowledged is lost or duplicated, and the
 fault path actually ran (redeliveries, spooling), shown by the workers' metrics.
 """
 
@@ -17,9 +17,9 @@ from faults import check, new_db
 from ledgerpub import LedgerPublisher, Outgoing, good_readings, reading
 from support import wait_for
 
+from control.stack import LocalStack
 from safecity import topics
 from safecity.registry import default_city
-from safecity.stack import LocalStack
 
 CITY = default_city()
 

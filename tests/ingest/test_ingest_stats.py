@@ -10,10 +10,10 @@ from typing import Any
 from faults import Ingest, new_db
 from support import influx_rows, mosquitto_pub, wait_for
 
+from control.stack import LocalStack
 from safecity import schema, topics
 from safecity.readings import format_ts
 from safecity.registry import Device, default_city
-from safecity.stack import LocalStack
 
 CITY = default_city()
 NOISE = CITY.select(kind="noise")

@@ -13,6 +13,7 @@ from pathlib import Path
 from faults import new_db
 from support import influx_rows, mosquitto_pub, wait_for
 
+from control.stack import LocalStack
 from ingest.brokerlog import EventClock, LogFollower, parse_line
 from ingest.stats import BrokerDropped
 from ingest.writer import InfluxWriter
@@ -22,7 +23,6 @@ from safecity.lineprotocol import Point, encode
 from safecity.readings import format_ts
 from safecity.registry import default_city
 from safecity.settings import InfluxSettings
-from safecity.stack import LocalStack
 
 CITY = default_city()
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,10 +12,10 @@ import httpx
 import pytest
 from support import DeadLetterWatcher, influx_rows, mosquitto_pub, wait_for
 
+from control.stack import LocalStack
 from safecity import topics
 from safecity.readings import format_ts
 from safecity.registry import Device, default_city
-from safecity.stack import LocalStack
 
 CITY = default_city()
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from control.cli import main
 from safecity import catalogue
-from safecity.cli import main
 from safecity.registry import generate, load
 
 SAFECITY_BIN = Path(sys.executable).parent / "safecity"
@@ -136,7 +136,7 @@ def test_city_show_bad_file_as_a_subprocess(tmp_path: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"type": "city", "id": "x"}\n', encoding="utf-8")
     result = subprocess.run(
-        [sys.executable, "-m", "safecity", "city", "show", "--registry", str(bad)],
+        [sys.executable, "-m", "control", "city", "show", "--registry", str(bad)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -189,7 +189,7 @@ def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None
 
 def test_invalid_env_var_names_the_variable() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "safecity", "ingest"],
+        [sys.executable, "-m", "control", "ingest"],
         capture_output=True,
         text=True,
         timeout=30,

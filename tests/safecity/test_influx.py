@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from control.stack import Influxd
 from safecity.errors import StorageError
 from safecity.influx import (
     InfluxClient,
@@ -21,7 +22,6 @@ from safecity.influx import (
 )
 from safecity.lineprotocol import Point, encode_many
 from safecity.settings import InfluxSettings
-from safecity.stack import Influxd
 
 T = TypeVar("T")
 

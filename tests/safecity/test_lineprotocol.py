@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from control.stack import Influxd
 from safecity.influx import InfluxClient
 from safecity.lineprotocol import (
     INT64_MAX,
@@ -25,7 +26,6 @@ from safecity.lineprotocol import (
     encode_many,
 )
 from safecity.settings import InfluxSettings
-from safecity.stack import Influxd
 
 # Printable text (no control, format or separator characters except the ASCII space),
 # and no backslash: InfluxDB keeps it literal in names, so the encoder refuses it.

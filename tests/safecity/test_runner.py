@@ -16,11 +16,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from control.stack import mqtt_connack_reason
 from safecity.errors import MqttError
 from safecity.mqtt import MqttClient
 from safecity.registry import default_city
 from safecity.settings import MqttSettings
-from safecity.stack import mqtt_connack_reason
 
 NOT_AUTHORIZED = 0x87
 
@@ -68,7 +68,7 @@ def test_run_serves_every_device_then_ctrl_c_leaves_nothing_behind(tmp_path: Pat
         [
             sys.executable,
             "-m",
-            "safecity",
+            "control",
             "run",
             "--data-dir",
             str(tmp_path),
@@ -157,7 +157,7 @@ def test_run_serves_every_device_then_ctrl_c_leaves_nothing_behind(tmp_path: Pat
             "SAFECITY_BROKER_PIDFILE": pidfile.group(1),
         }
         revoke = subprocess.run(
-            [sys.executable, "-m", "safecity", "devices", "revoke", victim,
+            [sys.executable, "-m", "control", "devices", "revoke", victim,
              "--secrets-file", str(secrets_path)],
             env=cli_env, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
@@ -198,7 +198,7 @@ def test_a_killed_launcher_takes_its_stack_with_it(tmp_path: Path) -> None:
     env["SAFECITY_INGEST_METRICS_PORT"] = "0"
     env["SAFECITY_ALERTS_METRICS_PORT"] = "0"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "safecity", "run", "--data-dir", str(tmp_path),
+        [sys.executable, "-m", "control", "run", "--data-dir", str(tmp_path),
          "--api-port", "0", "--mqtt-port", "0", "--influx-port", "0", "--mqtt-tls-port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )  # fmt: skip

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from control.stack import Influxd
 from safecity import catalogue
 from safecity.catalogue import Quantity, Severity
 from safecity.influx import InfluxClient
@@ -27,7 +28,6 @@ from safecity.schema import (
     status_point,
 )
 from safecity.settings import InfluxSettings
-from safecity.stack import Influxd
 
 TS = datetime(2026, 1, 15, 5, 59, 59, 123000, tzinfo=UTC)
 CITY = default_city()

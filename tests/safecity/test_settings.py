@@ -7,14 +7,11 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from safecity.settings import (
-    ApiSettings,
-    InfluxSettings,
-    IngestSettings,
-    MqttSettings,
-    SimulatorSettings,
-    StackSettings,
-)
+from api.settings import ApiSettings
+from control.settings import StackSettings
+from ingest.settings import IngestSettings
+from safecity.settings import InfluxSettings, MqttSettings
+from simulators.settings import SimulatorSettings
 
 
 @pytest.fixture(autouse=True)

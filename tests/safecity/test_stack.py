@@ -19,10 +19,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from safecity.errors import MqttError, StackError
-from safecity.mqtt import MqttClient
-from safecity.settings import MqttSettings
-from safecity.stack import (
+from control.stack import (
     DEFAULT_MOSQUITTO_CONF,
     Influxd,
     LocalStack,
@@ -31,6 +28,9 @@ from safecity.stack import (
     mqtt_connack_reason,
     render_mosquitto_conf,
 )
+from safecity.errors import MqttError, StackError
+from safecity.mqtt import MqttClient
+from safecity.settings import MqttSettings
 
 WAIT = 10.0
 

@@ -12,16 +12,17 @@ from typing import Any
 
 import pytest
 
+from control.stack import Mosquitto
+from edge.settings import EdgeSettings
 from ingest.validate import Accepted, Rejected, Validator
 from safecity import ledger
 from safecity.registry import City, generate
-from safecity.settings import EdgeSettings, FaultSettings, SimulatorSettings
-from safecity.stack import Mosquitto
 from safecity.topics import Channel
 from simulators import scenario as scenarios
 from simulators.faults import FAULTS, REJECTS, DeviceFaults
 from simulators.fleet import Outgoing, Sent, device_messages, run
 from simulators.incidents import Incident, Scene
+from simulators.settings import FaultSettings, SimulatorSettings
 
 CITY: City = generate("tashkent", 60, 5)
 START = datetime(2026, 1, 15, 3, 0, tzinfo=UTC)

@@ -19,13 +19,14 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client import REGISTRY
 
+from control.stack import Mosquitto
+from edge.settings import EdgeSettings
 from safecity import catalogue
 from safecity.readings import Event, Reading, Rejection, Status, epoch_ms, parse
 from safecity.registry import City, generate
-from safecity.settings import EdgeSettings, SimulatorSettings
-from safecity.stack import Mosquitto
 from safecity.topics import Channel, parse_device_topic
 from simulators.fleet import FleetStats, Sent, device_messages, run, seq_base
+from simulators.settings import SimulatorSettings
 
 CITY: City = generate("tashkent", 60, 5)
 START = datetime(2026, 1, 15, 3, 0, 0, 123_000, tzinfo=UTC)

@@ -30,15 +30,15 @@ from typing import IO, Self
 
 import httpx
 
-from safecity import certs
-from safecity.errors import ConfigError, StackError
-from safecity.identity import (
+from broker import certs
+from broker.identity import (
     LOCAL_SERVICES,
     LocalIdentities,
     Role,
     reload_broker,
     render_secure_config,
 )
+from safecity.errors import ConfigError, StackError
 from safecity.registry import City, default_city
 from safecity.settings import MqttSettings
 
@@ -57,7 +57,7 @@ __all__ = [
     "render_mosquitto_conf",
 ]
 
-log = logging.getLogger("safecity.stack")
+log = logging.getLogger("control.stack")
 
 LOOPBACK = "127.0.0.1"
 
@@ -435,11 +435,11 @@ def render_mosquitto_conf(
                 out.append(f"persistence_location {data_dir}/")
                 persistence_done = True
         elif _DROPPED_RE.match(line):
-            out.append(f"# (replaced by safecity.stack) {line.strip()}")
+            out.append(f"# (replaced by control.stack) {line.strip()}")
         else:
             out.append(line)
     out.append("")
-    out.append("# --- added by safecity.stack for this local instance ---")
+    out.append("# --- added by control.stack for this local instance ---")
     if not listener_done:
         out.append(f"listener {port} {host}")
     if not persistence_done:
@@ -717,7 +717,7 @@ def render_influxd_conf(
 ) -> str:
     """An influxd 1.x config: loopback only, everything under data_dir, quiet logs."""
     return f"""\
-# Written by safecity.stack for one local instance.
+# Written by control.stack for one local instance.
 # The Debian build renamed the upstream key reporting-disabled to reporting-enabled;
 # influxd ignores unknown keys, so both are set.
 reporting-disabled = true

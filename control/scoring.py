@@ -581,13 +581,13 @@ def run_scenario(
     import time
     from pathlib import Path
 
+    from control.verify import read_deadletters
     from safecity import ledger as ledger_mod
     from safecity.influx import InfluxClient
     from safecity.readings import epoch_ms, format_ts
-    from safecity.verify import read_deadletters
 
     command = [
-        sys.executable, "-m", "safecity", "simulate",
+        sys.executable, "-m", "control", "simulate",
         "--scenario", str(scenario.path),
         "--ledger", str(ledger_path),
         "--start", format_ts(start),

@@ -1,6 +1,6 @@
 """`safecity run`: the whole local stack — broker, InfluxDB, ingest, API, alerts, city.
 
-Each safecity service runs as its own child process (`python -m safecity <service>`)
+Each safecity service runs as its own child process (`python -m control <service>`)
 configured only through SAFECITY_ environment variables, exactly as in docker
 compose. Ctrl-C stops them in reverse order, then the stack.
 
@@ -21,11 +21,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from broker.identity import Role, service_username
+from control.settings import StackSettings
+from control.stack import LocalStack, ManagedProcess, ensure_port_free, free_port, http_ok
 from safecity import registry
 from safecity.errors import StackError
-from safecity.identity import Role, service_username
-from safecity.settings import StackSettings
-from safecity.stack import LocalStack, ManagedProcess, ensure_port_free, free_port, http_ok
 
 log = logging.getLogger("safecity.run")
 
@@ -180,7 +180,7 @@ class LocalRun:
 
     def _local_api_key(self) -> str:
         """A fresh read+operate key in the run's key store, so a newcomer can call the API."""
-        from safecity.apikeys import KeyStore
+        from api.apikeys import KeyStore
 
         record, key = KeyStore(self.base / "apikeys.json").create("make-run", ("read", "operate"))
         log.info("local API key created", extra={"key_id": record.id})
@@ -196,7 +196,7 @@ class LocalRun:
         assert self.stack is not None
         proc = ManagedProcess(
             service,
-            [sys.executable, "-m", "safecity", service],
+            [sys.executable, "-m", "control", service],
             self.base / f"{service}.log",
             cwd=Path.cwd(),
             env=service_env(self.stack, self.settings, role, **env),

@@ -1,7 +1,7 @@
 """The `safecity` command line: run | ingest | api | simulate | city | apikey.
 
-Service packages are imported only inside the command that runs them, so that
-importing `safecity` never pulls in a service (the layering rule).
+Each service's modules are imported inside the command that runs it, so that a
+command starts without loading every service.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib
 import json
 import signal
 import sys
@@ -19,19 +18,16 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
+from alerts.settings import AlertsSettings
+from api.settings import ApiSettings
+from control.settings import StackSettings, StorageSettings
+from dashboards.settings import DashboardsSettings
+from ingest.settings import IngestSettings
 from safecity import registry
 from safecity.errors import SafecityError
 from safecity.observability import configure_logging
-from safecity.settings import (
-    AlertsSettings,
-    ApiSettings,
-    DashboardsSettings,
-    IngestSettings,
-    SimulatorSettings,
-    StackSettings,
-    StorageSettings,
-    resolve_instance_id,
-)
+from safecity.settings import resolve_instance_id
+from simulators.settings import SimulatorSettings
 
 S = TypeVar("S")
 
@@ -72,7 +68,7 @@ def _run_async(main: Coroutine[Any, Any, None]) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """The whole local stack."""
-    from safecity.runner import run_local
+    from control.runner import run_local
 
     settings = _settings(
         StackSettings,
@@ -97,10 +93,12 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         settings = settings.model_copy(update={"worker_id": resolve_instance_id("auto")})
     city = registry.load_or_default(settings.registry)
     if args.workers is not None:
-        supervisor = importlib.import_module("ingest.supervisor")
+        from ingest import supervisor
+
         code: int = supervisor.supervise(settings, args.workers, settings.registry)
         return code
-    service = importlib.import_module("ingest.service")
+    from ingest import service
+
     return _run_async(service.run(settings, city))
 
 
@@ -108,7 +106,7 @@ def cmd_influx_init(args: argparse.Namespace) -> int:
     """Create the database and every retention policy (needs an admin account)."""
     settings = _settings(StorageSettings)
     configure_logging("influx", settings.log_level)
-    influx_mod = importlib.import_module("safecity.influx")
+    from safecity import influx as influx_mod
 
     async def main() -> list[str]:
         client = influx_mod.InfluxClient(settings.influx)
@@ -130,11 +128,13 @@ def cmd_deadletter(args: argparse.Namespace) -> int:
     """Inspect or replay the dead-letter store."""
     settings = _settings(IngestSettings, deadletter_dir=args.dir, registry=args.registry)
     configure_logging("deadletter", settings.log_level)
-    deadletter = importlib.import_module("ingest.deadletter")
+    from ingest import deadletter
+
     store = deadletter.DeadLetterStore(settings.deadletter_dir)
     if args.action == "replay":
         city = registry.load_or_default(settings.registry)
-        replay = importlib.import_module("ingest.replay")
+        from ingest import replay
+
         result = asyncio.run(replay.replay(settings, city, args.reason, args.dry_run))
         still = ", ".join(f"{k}={v}" for k, v in sorted(result.still_rejected.items()))
         verb = "would write" if args.dry_run else "written"
@@ -166,8 +166,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.ledger is None:
         raise CliError("verify needs --ledger FILE (or --scenario NAME)")
     settings = _settings(IngestSettings, registry=args.registry)
+    from control.verify import verify
     from safecity.influx import InfluxClient
-    from safecity.verify import verify
 
     async def main() -> Any:
         client = InfluxClient(settings.influx)
@@ -186,11 +186,12 @@ def cmd_verify_scenario(args: argparse.Namespace) -> int:
     import tempfile
     from datetime import UTC, datetime
 
-    from safecity.scoring import run_scenario
+    from control.scoring import run_scenario
 
     settings = _settings(AlertsSettings, registry=args.registry)
     configure_logging("verify", settings.log_level)
-    scenarios = importlib.import_module("simulators.scenario")
+    from simulators import scenario as scenarios
+
     scenario = scenarios.load(args.scenario)
     city = registry.load_or_default(settings.registry)
     start = scenarios.parse_start(args.start) if args.start else scenario.start
@@ -243,12 +244,14 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     )
     configure_logging("alerts", settings.log_level)
     city = registry.load_or_default(settings.registry)
-    rules_mod = importlib.import_module("alerts.rules")
+    from alerts import rules as rules_mod
+
     ruleset = rules_mod.load_for(city.id, settings.alerts_rules_file)
     if args.check:
         print(f"{len(ruleset.rules)} rules for {ruleset.city}: ok")
         return 0
-    service = importlib.import_module("alerts.service")
+    from alerts import service
+
     return _run_async(service.run(settings, city, ruleset))
 
 
@@ -256,13 +259,15 @@ def cmd_api(args: argparse.Namespace) -> int:
     """The HTTP API."""
     settings = _settings(ApiSettings, host=args.host, port=args.port, registry=args.registry)
     configure_logging("api", settings.log_level)
-    server = importlib.import_module("api.server")
+    from api import server
+
     return _run_async(server.serve(settings))
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     """The simulated city fleet."""
-    command = importlib.import_module("simulators.command")
+    from simulators import command
+
     if args.list_scenarios:
         code: int = command.list_scenarios()
         return code
@@ -303,7 +308,8 @@ def cmd_city_generate(args: argparse.Namespace) -> int:
 
 def cmd_dashboards_build(args: argparse.Namespace) -> int:
     """Regenerate (or --check) the Grafana provisioning files."""
-    build = importlib.import_module("dashboards.build")
+    from dashboards import build
+
     argv = ["--out", str(args.out)] if args.out else []
     argv += ["--registry", str(args.registry)] if args.registry else []
     argv += ["--check"] if args.check else []
@@ -323,7 +329,8 @@ def cmd_dashboards_push(args: argparse.Namespace) -> int:
     configure_logging("dashboards", settings.log_level)
     if settings.grafana_token is None:
         raise CliError("a Grafana token is needed: --token or SAFECITY_GRAFANA_TOKEN")
-    push = importlib.import_module("dashboards.push")
+    from dashboards import push
+
     report = push.push(
         settings.grafana_url,
         settings.grafana_token.get_secret_value(),
@@ -350,7 +357,7 @@ def cmd_city_show(args: argparse.Namespace) -> int:
 
 
 def _key_store(args: argparse.Namespace) -> Any:
-    from safecity.apikeys import KeyStore
+    from api.apikeys import KeyStore
 
     path = args.keys_file or _settings(ApiSettings).api_keys_file
     store = KeyStore(path)
@@ -360,7 +367,7 @@ def _key_store(args: argparse.Namespace) -> Any:
 
 def cmd_apikey_create(args: argparse.Namespace) -> int:
     """Create an API key and print it once (only its hash is stored)."""
-    from safecity.apikeys import parse_scopes
+    from api.apikeys import parse_scopes
 
     store = _key_store(args)
     record, key = store.create(args.name, parse_scopes(args.scopes))
@@ -574,7 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_dashboards_push)
 
     # Identities and certificates (issue 6): `safecity devices ...`, `safecity certs ...`.
-    from safecity.identity_cli import add_parsers as add_security_parsers
+    from broker.cli import add_parsers as add_security_parsers
 
     add_security_parsers(sub)
     return parser

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from safecity.errors import ConfigError
 from safecity.registry import City
+from safecity.secrets import read_secrets
 from safecity.topics import DEADLETTER, IDENTIFIER, PREFIX, SERVICES
 
 __all__ = [
@@ -324,7 +325,7 @@ def render_password_file(accounts: Iterable[Account]) -> str:
 def render_acl(accounts: Iterable[Account]) -> str:
     """Mosquitto's ACL file: device %u patterns, then one block per active service account."""
     out = [
-        "# Rendered by safecity.identity from the credential store; edits are overwritten.",
+        "# Rendered by broker.identity from the credential store; edits are overwritten.",
         "# No rules before the first `user` line: anonymous clients get nothing.",
         "# Devices: publish only under their own device id (= username); read nothing.",
         *DEVICE_PATTERNS,
@@ -349,21 +350,6 @@ def write_secrets(path: Path, issued: dict[str, str]) -> None:
             raise ConfigError(f"cannot read secrets file {path}: {exc}") from exc
     existing.update(issued)
     _write_private(path, json.dumps(existing, indent=1, sort_keys=True))
-
-
-def read_secrets(path: Path) -> dict[str, str]:
-    """The {username: secret} map of a secrets file; empty if there is none."""
-    if not path.exists():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read secrets file {path}: {exc}") from exc
-    if not isinstance(data, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in data.items()
-    ):
-        raise ConfigError(f"secrets file {path}: expected a JSON object of strings")
-    return data
 
 
 def drop_secrets(path: Path, usernames: Iterable[str]) -> None:
@@ -482,7 +468,7 @@ def render_secure_config(
     keyfile: Path | None = None,
     mutual_tls: bool = False,
 ) -> str:
-    """Point broker/mosquitto.conf at local files; safecity.stack then adapts the rest.
+    """Point broker/mosquitto.conf at local files; control.stack then adapts the rest.
 
     The plain listener stays the template's first `listener` (stack.render_mosquitto_conf
     binds it to loopback); the TLS listener (`listener 8883`) moves to tls_host:tls_port,

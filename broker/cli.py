@@ -9,10 +9,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from safecity import certs, identity, registry
+from broker import certs, identity
+from broker.identity import CredentialStore, Role
+from broker.settings import SecuritySettings
+from safecity import registry
 from safecity.errors import ConfigError
-from safecity.identity import CredentialStore, Role
-from safecity.settings import SecuritySettings
 
 __all__ = ["add_parsers"]
 

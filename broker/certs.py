@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from broker.identity import Role, validate_username
 from safecity.errors import ConfigError
-from safecity.identity import Role, validate_username
 
 __all__ = ["CertPaths", "ensure_server", "init_ca", "issue_client", "issue_server", "load_ca"]
 

@@ -1,0 +1,1 @@
+"""The control package: the `safecity` command line, the local launcher, verify and scoring."""

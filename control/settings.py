@@ -1,0 +1,31 @@
+"""Settings of the local launcher and the provisioning commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field
+
+from safecity.settings import InfluxSettings, ServiceSettings
+
+
+class StackSettings(ServiceSettings):
+    """Settings of the local stack launcher (`safecity run`)."""
+
+    data_dir: Path = Path("var/stack")
+    mqtt_port: Annotated[int, Field(ge=0, le=65535)] = 1883
+    # The broker's TLS listener for devices (local CA in <data_dir>/certs).
+    mqtt_tls_port: Annotated[int, Field(ge=0, le=65535)] = 8883
+    influx_port: Annotated[int, Field(ge=0, le=65535)] = 8086
+    api_port: Annotated[int, Field(ge=0, le=65535)] = 8000
+    ingest_metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9101
+    alerts_metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9102
+    speed: Annotated[float, Field(gt=0, le=10_000)] = 1.0
+    seed: int = 42
+
+
+class StorageSettings(ServiceSettings):
+    """Settings of `safecity influx init` (prepares the database with an admin account)."""
+
+    influx: InfluxSettings = InfluxSettings()

@@ -1,0 +1,18 @@
+"""Settings of the dashboards push."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+
+from safecity.settings import InfluxSettings, ServiceSettings
+
+
+class DashboardsSettings(ServiceSettings):
+    """Settings of `safecity dashboards push` (the Grafana, and the InfluxDB it should query)."""
+
+    influx: InfluxSettings = InfluxSettings()
+    grafana_url: str = "http://127.0.0.1:3000"
+    grafana_token: SecretStr | None = None
+    grafana_influx_url: str | None = Field(
+        default=None, description="InfluxDB URL as Grafana's server reaches it; empty = influx.url"
+    )

@@ -1,0 +1,28 @@
+"""Settings of the edge agent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+
+class EdgeSettings(BaseModel):
+    """The edge agent of every simulated device: window, buffer, reconnect backoff."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    spool_dir: Path = Path("var/edge-spool")
+    spool_max_bytes: Annotated[int, Field(ge=4096)] = 16 << 20
+    max_inflight: Annotated[int, Field(ge=1, le=1000)] = 100
+    memory_queue: Annotated[int, Field(ge=1)] = 1000
+    backoff_min: Annotated[float, Field(gt=0, le=60)] = 0.2
+    backoff_max: Annotated[float, Field(gt=0, le=600)] = 30.0
+    # One shared device password, used only when no secrets file is given.
+    password: SecretStr | None = None
+    # Per-device secrets: a JSON object {device id: secret} (0600; `make run` writes it,
+    # as does `safecity devices provision --secrets-file`). Read once at start; each
+    # device logs in as itself with its own secret.
+    secrets_file: Path | None = None
+    drain_timeout: Annotated[float, Field(ge=0, le=600)] = 10.0

@@ -1,0 +1,54 @@
+"""Settings of the ingest service."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+
+from safecity.settings import InfluxSettings, MqttSettings, ServiceSettings
+
+
+class IngestSettings(ServiceSettings):
+    """Settings of the ingest service (MQTT -> validate -> InfluxDB)."""
+
+    mqtt: MqttSettings = MqttSettings()
+    influx: InfluxSettings = InfluxSettings()
+    worker_id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")] = "ingest-0"
+    # Empty = a plain (non-shared) subscription: one worker only, but it survives broker
+    # restarts on Mosquitto 2.0.11, which does not restore shared subscriptions.
+    share_group: Annotated[str, Field(pattern=r"^([a-z0-9][a-z0-9_.-]{0,63})?$")] = "ingest"
+    session_expiry: Annotated[int, Field(ge=60)] = 86_400
+    receive_maximum: Annotated[int, Field(ge=1, le=65535)] = 10_000
+    batch_size: Annotated[int, Field(ge=1, le=100_000)] = 5000
+    flush_interval: Annotated[float, Field(gt=0, le=10)] = 0.2
+    deadletter_dir: Path = Path("var/deadletter")
+    ts_past_window: Annotated[float, Field(gt=0)] = 7 * 86_400.0
+    ts_future_window: Annotated[float, Field(ge=0)] = 300.0
+    metrics_host: str = "127.0.0.1"
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9101
+    # Disk spool for when InfluxDB is away: per-worker subdirectory of spool_dir.
+    spool_dir: Path = Path("var/spool")
+    # 30 min at 1,000 readings/s is ~1.8 M points of ~450 spooled bytes each.
+    spool_max_bytes: Annotated[int, Field(ge=1 << 20)] = 1 << 30
+    spool_segment_bytes: Annotated[int, Field(ge=1 << 16)] = 16 << 20
+    spool_after: Annotated[float, Field(gt=0, le=300)] = 2.0
+    retry_max_delay: Annotated[float, Field(gt=0, le=300)] = 30.0
+    # Per-device token bucket: sustained messages/s and burst.
+    rate_limit: Annotated[float, Field(gt=0)] = 20.0
+    rate_burst: Annotated[float, Field(ge=1)] = 1200.0
+    # (device, seq) pairs remembered to spot conflicting duplicates.
+    dedup_window: Annotated[int, Field(ge=1)] = 200_000
+    # Follow the broker's $SYS dropped-messages counter on a separate connection.
+    broker_sys: bool = True
+    # Mosquitto's log file, followed from its end for auth failures and ACL denials
+    # (-> security_events); empty = off. `make run` passes the local broker's log.
+    broker_log: Path | None = None
+    # Fault injection for tests only: SIGKILL itself after the Nth durable write, before acking.
+    fault_crash_after_write: Annotated[int, Field(ge=0)] = 0
+
+    @field_validator("broker_log", mode="before")
+    @classmethod
+    def _empty_is_off(cls, value: object) -> object:
+        return None if value == "" else value

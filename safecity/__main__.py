@@ -1,7 +1,0 @@
-"""`python -m safecity` runs the command line."""
-
-import sys
-
-from safecity.cli import main
-
-sys.exit(main())
