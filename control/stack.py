@@ -8,35 +8,40 @@ services in order.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import ctypes
 import logging
 import os
-import pwd
-import re
 import secrets
-import shutil
-import signal
 import socket
-import subprocess
-import threading
-import time
-import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Self
+from typing import Self
 
 import httpx
 
 from broker import certs
+from broker.config import (
+    DEFAULT_MOSQUITTO_CONF,
+    current_user,
+    render_mosquitto_conf,
+    require_no_anonymous,
+)
 from broker.identity import (
     LOCAL_SERVICES,
     LocalIdentities,
     Role,
     reload_broker,
     render_secure_config,
+)
+from control.processes import (
+    LOOPBACK,
+    ManagedProcess,
+    ensure_port_free,
+    find_binary,
+    free_port,
+    http_ok,
+    tail_file,
 )
 from safecity.errors import ConfigError, StackError
 from safecity.registry import City, default_city
@@ -58,280 +63,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("control.stack")
-
-LOOPBACK = "127.0.0.1"
-
-# broker/ sits next to the safecity package in the repository (editable install).
-DEFAULT_MOSQUITTO_CONF = Path(__file__).resolve().parent.parent / "broker" / "mosquitto.conf"
-
-# sbin directories are often missing from a non-root PATH, yet that is where Debian
-# puts mosquitto.
-_EXTRA_BIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
-
-_LOG_TAIL_LINES = 20
-_POLL_INTERVAL = 0.05
-
-
-def free_port(host: str = LOOPBACK) -> int:
-    """Return a TCP port on `host` that was free a moment ago (bind to port 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def http_ok(url: str) -> Callable[[], bool]:
-    """A readiness probe: True once GET url answers 200 (connection errors are "not yet")."""
-
-    def probe() -> bool:
-        try:
-            return httpx.get(url, timeout=1.0).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    return probe
-
-
-def ensure_port_free(host: str, port: int, service: str) -> None:
-    """Raise StackError if something already listens on host:port."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # Like the servers themselves: a TIME_WAIT left by our own last run is no clash.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            # Checked up front because a readiness probe would happily talk to the
-            # other server (e.g. a distro daemon on 1883/8086) and report success.
-            raise StackError(
-                f"cannot start {service}: {host}:{port} is already in use ({exc.strerror}); "
-                "stop whatever listens there or choose another port"
-            ) from exc
-
-
-def find_binary(name: str, package: str, binary: str | os.PathLike[str] | None = None) -> str:
-    """Resolve an executable (explicit path or name) or raise StackError naming its package."""
-    wanted = os.fspath(binary) if binary is not None else name
-    hint = f"install the Debian package '{package}' (apt-get install {package})"
-    if os.sep in wanted:
-        if os.path.isfile(wanted) and os.access(wanted, os.X_OK):
-            return wanted
-        raise StackError(f"{name} not found at {wanted}: {hint}")
-    search_path = os.pathsep.join(
-        [p for p in os.environ.get("PATH", os.defpath).split(os.pathsep) if p]
-        + list(_EXTRA_BIN_DIRS)
-    )
-    found = shutil.which(wanted, path=search_path)
-    if found is None:
-        raise StackError(f"{wanted} not found on PATH: {hint}")
-    return found
-
-
-def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
-    try:
-        with path.open("rb") as fh:
-            # Logs of long runs can be large; the tail is all we need.
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(0, size - 64 * 1024))
-            data = fh.read()
-    except OSError:
-        return ""
-    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
-
-
-_live: weakref.WeakSet[ManagedProcess] = weakref.WeakSet()
-
-
-@atexit.register
-def _stop_leftovers() -> None:
-    # A launcher that dies on an unhandled exception must not leave daemons behind
-    # holding ports and data dirs.
-    for proc in list(_live):
-        proc.stop(timeout=5)
-
-
-def _term_with_parent() -> None:
-    """In the forked child: ask the kernel for SIGTERM when the parent goes away."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):  # not Linux: best effort, the atexit hook remains
-        pass
-
-
-_PR_SET_PDEATHSIG = 1
-
-
-class ManagedProcess:
-    """A child process in its own process group, logging to a file, stopped with TERM then KILL."""
-
-    def __init__(
-        self,
-        name: str,
-        argv: Sequence[str],
-        log_path: Path,
-        *,
-        cwd: Path | None = None,
-        env: dict[str, str] | None = None,
-        die_with_parent: bool = False,
-    ) -> None:
-        self.name = name
-        self.argv = list(argv)
-        self.log_path = log_path
-        self.cwd = cwd if cwd is not None else log_path.parent
-        self.env = env
-        # Linux: the kernel TERMs the child if the launcher dies, even by SIGKILL, when no
-        # atexit hook runs. Only for launchers that start children from their main thread
-        # (the signal follows the thread that forked, not the process).
-        self.die_with_parent = die_with_parent
-        self._popen: subprocess.Popen[bytes] | None = None
-        self._log_file: IO[bytes] | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def pid(self) -> int | None:
-        """Pid of the current child, or None if it was never started."""
-        return self._popen.pid if self._popen is not None else None
-
-    @property
-    def alive(self) -> bool:
-        """True while the child runs (also while it is paused)."""
-        return self._popen is not None and self._popen.poll() is None
-
-    @property
-    def returncode(self) -> int | None:
-        """Exit status of the last child (negative: killed by that signal), None if running."""
-        return self._popen.poll() if self._popen is not None else None
-
-    def start(self) -> None:
-        """Start the child; raise StackError if it is already running or cannot be executed."""
-        with self._lock:
-            if self.alive:
-                raise StackError(f"{self.name} is already running (pid {self.pid})")
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            self._close_log()
-            # Append, so a restart keeps the history of the previous run.
-            self._log_file = self.log_path.open("ab")
-            try:
-                self._popen = subprocess.Popen(
-                    self.argv,
-                    cwd=self.cwd,
-                    env=self.env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=self._log_file,
-                    stderr=subprocess.STDOUT,
-                    # Own session: terminal signals (Ctrl-C) go to the launcher only,
-                    # which then stops the services in order.
-                    start_new_session=True,
-                    preexec_fn=_term_with_parent if self.die_with_parent else None,
-                )
-            except OSError as exc:
-                self._close_log()
-                raise StackError(f"cannot start {self.name} ({self.argv[0]}): {exc}") from exc
-            _live.add(self)
-
-    def wait_ready(self, probe: Callable[[], bool], timeout: float) -> float:
-        """Poll `probe` until True; return seconds taken; StackError (log tail) if not."""
-        if self._popen is None:
-            raise StackError(f"{self.name} was not started")
-        started = time.monotonic()
-        deadline = started + timeout
-        last_error = ""
-        while True:
-            if not self.alive:
-                self.stop()  # releases the log file; the child is already gone
-                raise StackError(
-                    f"{self.name} exited during start-up with status {self.returncode}; "
-                    f"last lines of {self.log_path}:\n{self.log_tail()}"
-                )
-            try:
-                if probe():
-                    # The probe may have reached another process that holds the port;
-                    # our child then dies on bind, so look once more.
-                    if self.alive:
-                        return time.monotonic() - started
-                    continue
-            except Exception as exc:  # the probe is foreign code; any failure means "not yet"
-                last_error = f"{type(exc).__name__}: {exc}"
-            if time.monotonic() >= deadline:
-                self.stop()
-                detail = f"; last probe error: {last_error}" if last_error else ""
-                raise StackError(
-                    f"{self.name} not ready within {timeout:g}s{detail}; "
-                    f"last lines of {self.log_path}:\n{self.log_tail()}"
-                )
-            time.sleep(_POLL_INTERVAL)
-
-    def send_signal(self, sig: signal.Signals) -> None:
-        """Send `sig` to the child's process group (no-op if it is not running)."""
-        if self._popen is None or self._popen.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self._popen.pid, sig)
-
-    def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM, then SIGKILL after `timeout` s; idempotent; returns the exit status."""
-        with self._lock:
-            popen = self._popen
-            if popen is None:
-                return None
-            if popen.poll() is None:
-                started = time.monotonic()
-                log.info("stopping %s (pid %d)", self.name, popen.pid)
-                self.send_signal(signal.SIGTERM)
-                # A paused (SIGSTOPped) child would only see the TERM once continued.
-                self.send_signal(signal.SIGCONT)
-                try:
-                    popen.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    log.warning(
-                        "%s (pid %d) ignored SIGTERM for %gs, killing it",
-                        self.name,
-                        popen.pid,
-                        timeout,
-                    )
-                    self.send_signal(signal.SIGKILL)
-                    popen.wait()
-                log.info(
-                    "%s stopped in %.2fs (status %s)",
-                    self.name,
-                    time.monotonic() - started,
-                    popen.returncode,
-                )
-            self._close_log()
-            _live.discard(self)
-            return popen.returncode
-
-    def kill(self) -> None:
-        """SIGKILL the child and reap it (fault injection: a crash, no clean shutdown)."""
-        with self._lock:
-            popen = self._popen
-            if popen is None or popen.poll() is not None:
-                return
-            log.info("killing %s (pid %d)", self.name, popen.pid)
-            self.send_signal(signal.SIGKILL)
-            popen.wait()
-            self._close_log()
-            _live.discard(self)
-
-    def pause(self) -> None:
-        """SIGSTOP the child: it keeps its sockets but answers nothing (a hung service)."""
-        log.info("pausing %s (pid %s)", self.name, self.pid)
-        self.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        """SIGCONT a paused child."""
-        log.info("resuming %s (pid %s)", self.name, self.pid)
-        self.send_signal(signal.SIGCONT)
-
-    def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
-        """The last `lines` lines of the child's stdout/stderr log."""
-        return _tail(self.log_path, lines)
-
-    def _close_log(self) -> None:
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
 
 
 def _varint(n: int) -> bytes:
@@ -398,57 +129,6 @@ def mqtt_connack_reason(
         with contextlib.suppress(OSError):
             sock.sendall(b"\xe0\x00")  # DISCONNECT, normal
         return reason
-
-
-def _current_user() -> str:
-    try:
-        return pwd.getpwuid(os.geteuid()).pw_name
-    except KeyError:
-        # A uid without a passwd entry (some containers); mosquitto accepts only names.
-        return os.environ.get("USER", "root")
-
-
-_LISTENER_RE = re.compile(r"^\s*listener\s+\S+")
-_PERSISTENCE_RE = re.compile(r"^\s*persistence_location\s")
-_DROPPED_RE = re.compile(r"^\s*(user|log_dest)\s")
-
-
-def render_mosquitto_conf(
-    template: str,
-    *,
-    host: str,
-    port: int,
-    data_dir: Path,
-    user: str,
-    extra_lines: Sequence[str] = (),
-) -> str:
-    """Adapt the shared broker config to one local instance (listener, dirs, user, log)."""
-    out: list[str] = []
-    listener_done = False
-    persistence_done = False
-    for line in template.splitlines():
-        if not listener_done and _LISTENER_RE.match(line):
-            out.append(f"listener {port} {host}")
-            listener_done = True
-        elif _PERSISTENCE_RE.match(line):
-            if not persistence_done:
-                out.append(f"persistence_location {data_dir}/")
-                persistence_done = True
-        elif _DROPPED_RE.match(line):
-            out.append(f"# (replaced by control.stack) {line.strip()}")
-        else:
-            out.append(line)
-    out.append("")
-    out.append("# --- added by control.stack for this local instance ---")
-    if not listener_done:
-        out.append(f"listener {port} {host}")
-    if not persistence_done:
-        out.append(f"persistence_location {data_dir}/")
-    # As root mosquitto otherwise drops to user `mosquitto`, which cannot write here.
-    out.append(f"user {user}")
-    out.append(f"log_dest file {data_dir / 'mosquitto.log'}")
-    out.extend(extra_lines)
-    return "\n".join(out) + "\n"
 
 
 class _LocalService:
@@ -646,10 +326,10 @@ class Mosquitto(_LocalService):
             host=self.host,
             port=self.port,
             data_dir=self.data_dir,
-            user=_current_user(),
+            user=current_user(),
             extra_lines=self.extra_config,
         )
-        _require_no_anonymous(rendered, self.template)
+        require_no_anonymous(rendered, self.template)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.conf_path.write_text(rendered, encoding="utf-8")
         return self.conf_path
@@ -668,7 +348,7 @@ class Mosquitto(_LocalService):
             took = self.process.wait_ready(self._probe, self.ready_timeout)
         except StackError as exc:
             # Mosquitto logs start-up errors after config loading to its own file.
-            broker_log = _tail(self.log_path)
+            broker_log = tail_file(self.log_path)
             if broker_log:
                 raise StackError(f"{exc}\nlast lines of {self.log_path}:\n{broker_log}") from None
             raise
@@ -697,19 +377,6 @@ class Mosquitto(_LocalService):
     def _probe_secret(self) -> str | None:
         user = self._probe_user()
         return self.identities.secrets.get(user) if user is not None else None
-
-
-_ANON_RE = re.compile(r"^\s*allow_anonymous\s+(\S+)", re.MULTILINE)
-
-
-def _require_no_anonymous(conf: str, template: Path) -> None:
-    """Refuse a broker config that would let anonymous clients in (there is no opt-out)."""
-    values = _ANON_RE.findall(conf)
-    if not values or any(v != "false" for v in values):
-        raise StackError(
-            f"{template}: the broker config must say `allow_anonymous false` (and nothing "
-            "else); safecity runs no anonymous MQTT"
-        )
 
 
 def render_influxd_conf(

@@ -25,9 +25,15 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
+from alerts.settings import AlertsSettings
+from api.settings import ApiSettings
+from broker.settings import SecuritySettings
+from control.settings import StorageSettings
 from control.stack import Influxd, ManagedProcess, free_port
+from ingest.settings import IngestSettings
 from safecity import settings as settings_mod
 from safecity.registry import default_city
+from simulators.settings import SimulatorSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -40,12 +46,12 @@ SECRETS = {
 }
 # Which settings class each safecity command reads (the env names it understands).
 SETTINGS_OF = {
-    "ingest": settings_mod.IngestSettings,
-    "api": settings_mod.ApiSettings,
-    "alerts": settings_mod.AlertsSettings,
-    "simulate": settings_mod.SimulatorSettings,
-    "influx": settings_mod.StorageSettings,
-    "devices": settings_mod.SecuritySettings,
+    "ingest": IngestSettings,
+    "api": ApiSettings,
+    "alerts": AlertsSettings,
+    "simulate": SimulatorSettings,
+    "influx": StorageSettings,
+    "devices": SecuritySettings,
 }
 SAFECITY_IMAGE = "safecity:local"
 
