@@ -1,4 +1,5 @@
-"""Docs beside the code stay true: generated tables, links, a short README, no tracker talk."""
+"""Docs beside the code stay true: generated tables and .env.example, links, a short README,
+no tracker talk."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from control import envexample
 from dashboards import build
 from safecity import incidents, schema
 
@@ -120,3 +122,27 @@ def test_the_tracker_pattern_catches_what_it_should() -> None:
         assert TRACKER_TALK.search(bad), bad
     for good in ("the phase of a sine", "a public issue", "issue new secrets"):
         assert not TRACKER_TALK.search(good), good
+
+
+def test_env_example_is_generated_from_every_settings_class() -> None:
+    committed = (ROOT / ".env.example").read_text(encoding="utf-8")
+    assert committed == envexample.render(), "stale: python -m control.envexample --write"
+
+
+def test_every_setting_is_described_and_every_description_is_a_setting() -> None:
+    found = envexample.variables()
+    undescribed = sorted(name for name, var in found.items() if not var.description)
+    assert undescribed == [], "give each field a Field(description=...)"
+    assert sorted(set(envexample.DESCRIPTIONS) - set(found)) == []
+
+
+def test_a_variable_shared_by_services_has_one_default() -> None:
+    assert envexample.conflicting_defaults() == {}
+
+
+def test_env_example_check_mode_catches_a_stale_file(tmp_path: Path) -> None:
+    stale = tmp_path / ".env.example"
+    stale.write_text(envexample.render().replace("SAFECITY_LOG_LEVEL=INFO", ""), encoding="utf-8")
+    assert envexample.main(["--check", "--output", str(stale)]) == 1
+    assert envexample.main(["--write", "--output", str(stale)]) == 0
+    assert envexample.main(["--check", "--output", str(stale)]) == 0
