@@ -37,6 +37,11 @@ TRACKER_TALK = re.compile(
     re.IGNORECASE,
 )
 LINK = re.compile(r"\]\(([^)\s]+)\)")
+CODE = re.compile(r"`([^`\s]+)`")
+TREE = re.compile(
+    r"(?:safecity|control|broker|ingest|alerts|api|edge|simulators|dashboards|tests|benchmarks"
+    r"|scripts|docs)/"
+)
 
 
 def tracked_files() -> list[Path]:
@@ -99,6 +104,52 @@ def test_relative_links_resolve(doc: Path) -> None:
         if not path.exists():
             broken.append(target)
     assert broken == []
+
+
+def _missing_code_references(line: str) -> list[str]:
+    """`path/in/the/tree.py` and `tests/x.py::test_name` (or `::test_name` after a file on
+    the same line) that do not exist. Topics and placeholders (`<id>`, `{city}`) aside."""
+    missing, last = [], None
+    for ref in CODE.findall(line):
+        if ref.startswith("::"):
+            if last is not None and f"def {ref[2:].split('[')[0]}(" not in last.read_text():
+                missing.append(f"{last.relative_to(ROOT)}{ref}")
+            continue
+        if not TREE.match(ref) or ref.startswith("safecity/v1") or re.search(r"[<{*$]", ref):
+            continue
+        path, _, test = ref.partition("::")
+        target = ROOT / path
+        if not target.exists():
+            missing.append(ref)
+            last = None
+            continue
+        last = target if target.is_file() else last
+        if test and f"def {test.split('[')[0]}(" not in target.read_text():
+            missing.append(ref)
+    return missing
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [*markdown_docs(), *sorted((ROOT / "docs").glob("_*.md"))],
+    ids=lambda p: str(p.relative_to(ROOT)),
+)
+def test_files_and_tests_the_docs_name_exist(doc: Path) -> None:
+    missing = [
+        f"{number}: {ref}"
+        for number, line in enumerate(doc.read_text(encoding="utf-8").splitlines(), 1)
+        for ref in _missing_code_references(line)
+    ]
+    assert missing == []
+
+
+def test_the_reference_check_sees_a_renamed_test() -> None:
+    good = "`tests/test_docs.py::test_readme_is_a_first_hour_read`, `::test_no_such_test`"
+    assert _missing_code_references(good) == ["tests/test_docs.py::test_no_such_test"]
+    assert _missing_code_references("`safecity/no_such_module.py`") == [
+        "safecity/no_such_module.py"
+    ]
+    assert _missing_code_references("`safecity/v1/{city}/_alerts/{severity}`") == []
 
 
 def test_no_issue_numbers_or_phases_in_tracked_files() -> None:
