@@ -481,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--deadletters", type=Path, action="append", help="dead-letter directory (repeatable)"
     )
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    # Ground-truth scoring of the alert rules (issue 8): run a scenario, score its alerts.
+    # Ground-truth scoring of the alert rules: run a scenario, score its alerts.
     p.add_argument("--scenario", help="run this scenario and score the alert rules against it")
     p.add_argument("--speed", type=_positive_float, help="with --scenario: simulated s per s")
     p.add_argument("--start", help="with --scenario: simulated start (UTC)")
@@ -580,7 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
     registry_flag(p)
     p.set_defaults(func=cmd_dashboards_push)
 
-    # Identities and certificates (issue 6): `safecity devices ...`, `safecity certs ...`.
+    # Identities and certificates: `safecity devices ...`, `safecity certs ...`.
     from broker.cli import add_parsers as add_security_parsers
 
     add_security_parsers(sub)
