@@ -18,7 +18,8 @@ def copies() -> dict[Path, Path]:
     pairs = {K8S / "base" / "broker-mosquitto.conf": ROOT / "broker" / "mosquitto.conf"}
     for board in sorted((GRAFANA / "dashboards").glob("*.json")):
         pairs[K8S / "components" / "grafana" / "dashboards" / board.name] = board
-    for kind, folder in (("dashboards", "providers"), ("alerting", "alerting")):
+    kinds = (("datasources", "datasources"), ("dashboards", "providers"), ("alerting", "alerting"))
+    for kind, folder in kinds:
         for source in sorted((GRAFANA / "provisioning" / kind).glob("*.yaml")):
             pairs[K8S / "components" / "grafana" / folder / source.name] = source
     return pairs
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     wanted = set(pairs)
     extra = [
         p
-        for folder in ("dashboards", "providers", "alerting")
+        for folder in ("datasources", "dashboards", "providers", "alerting")
         for p in (K8S / "components" / "grafana" / folder).glob("*")
         if p not in wanted
     ]
