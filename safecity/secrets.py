@@ -24,7 +24,7 @@ def read_secrets(path: Path) -> dict[str, str]:
 
 
 def read_secret_file(path: Path, what: str) -> str:
-    """One secret kept alone in a file (a mounted Secret); the trailing newline is not part of it."""
+    """One secret alone in a file (a mounted Secret); its trailing newline is not part of it."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
