@@ -18,7 +18,7 @@ from pydantic_settings import (
 )
 
 from safecity.errors import ConfigError, TopicError
-from safecity.secrets import read_secrets
+from safecity.secrets import read_secret_file, read_secrets
 from safecity.topics import validate_identifier
 
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -80,8 +80,27 @@ class InfluxSettings(BaseModel):
     username: str | None = None
     password: SecretStr | None = None
     token: SecretStr | None = None
+    # Secrets as files (Kubernetes Secrets, compose `secrets:`): read when the value
+    # itself is not given, so no password has to sit in a container's environment.
+    password_file: Path | None = None
+    token_file: Path | None = None
     timeout: Annotated[float, Field(gt=0, le=300)] = 10.0
     gzip: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secrets_from_files(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for key in ("password", "token"):
+            path = out.get(f"{key}_file")
+            if path and not out.get(key):
+                try:
+                    out[key] = read_secret_file(Path(path), f"influx {key}_file")
+                except ConfigError as exc:
+                    raise ValueError(str(exc)) from exc
+        return out
 
     @field_validator("database", "retention_policy")
     @classmethod
