@@ -74,17 +74,10 @@ HEADER = """\
 
 COMPOSE = """\
 # --- docker compose (docker-compose.yml) ----------------------------------------------
-# Not SAFECITY_ settings: compose substitutes them into the services. All five are
-# REQUIRED (`docker compose` stops at once, naming one that is missing or empty): set
-# the three passwords.
+# Not a SAFECITY_ setting. Compose needs no password here: scripts/compose-secrets.sh
+# writes them as files into var/compose/secrets, and compose mounts each one read-only
+# at /run/secrets/<name> in the services that use it (compose `secrets:`).
 COMPOSE_PROJECT_NAME=safecity
-# InfluxDB admin (only the one-shot `influx-init` uses it) and the services' account.
-INFLUXDB_ADMIN_USER=admin
-INFLUXDB_ADMIN_PASSWORD=
-INFLUXDB_USER=safecity
-INFLUXDB_USER_PASSWORD=
-# Grafana's admin password (user admin).
-GRAFANA_ADMIN_PASSWORD=
 """
 
 DESCRIPTIONS = {
@@ -130,6 +123,18 @@ DESCRIPTIONS = {
     "SAFECITY_INFLUX__USERNAME": "InfluxDB 1.x user.",
     "SAFECITY_INFLUX__PASSWORD": "InfluxDB 1.x password.",
     "SAFECITY_INFLUX__TOKEN": "InfluxDB 2.x/3.x token (sent as `Authorization: Token ...`).",
+    "SAFECITY_INFLUX__PASSWORD_FILE": (
+        "A file holding the InfluxDB password (a mounted secret), read when no password is set."
+    ),
+    "SAFECITY_INFLUX__TOKEN_FILE": (
+        "A file holding the InfluxDB token (a mounted secret), read when no token is set."
+    ),
+    "SAFECITY_SERVICE_USERNAME": (
+        "`safecity influx init --create-users`: the services' non-admin InfluxDB account."
+    ),
+    "SAFECITY_SERVICE_PASSWORD_FILE": (
+        "`safecity influx init --create-users`: the file holding that account's password."
+    ),
     "SAFECITY_INFLUX__TIMEOUT": "Per-request timeout, seconds.",
     "SAFECITY_INFLUX__GZIP": "Gzip write bodies.",
     # ingest
