@@ -91,3 +91,9 @@ def written(measurement: str) -> Counter:
 def rejected(reason: str) -> Counter:
     """The REJECTED child of a reject reason."""
     return REJECTED.labels(reason=reason)
+
+
+DEADLETTER_UNPUBLISHED = Counter(
+    "safecity_ingest_deadletter_unpublished_total",
+    "Dead letters stored but not republished: too large for the broker's packet limit",
+)
