@@ -125,9 +125,11 @@ class IngestService:
             self.sink.spool_ready.set()
         await self.mqtt.connect()
         group = settings.share_group
+        # Every city's device topics, not only ours: a device publishing into another
+        # city is an identity mismatch to record, not a message that nobody sees.
         filters = [
             (topics.shared(group, f) if group else f, 1)
-            for f in (topics.device_filter(c, self.city.id) for c in CHANNELS)
+            for f in (topics.device_filter(c) for c in CHANNELS)
         ]
         await self.mqtt.subscribe(filters)
         await self.mqtt.publish(self.status_topic, _status("online"), qos=1)

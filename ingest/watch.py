@@ -49,16 +49,12 @@ class SysWatch:
             await client.disconnect()
 
 
-class BrokerLogWatch:
+class BrokerEvents:
     """Broker log lines -> `security_events` points (auth failures, ACL denials)."""
 
-    def __init__(self, path: Path, city: City, sink: Sink) -> None:
-        self._path = path
+    def __init__(self, city: City) -> None:
         self._city = city
-        self._sink = sink
-        self._follower = LogFollower(path)
         self._clock = EventClock()
-        self._positioned = False
 
     def points(self, lines: list[str]) -> list[Point]:
         """The points of some log lines; one per event, except past 999 events in a second,
@@ -81,6 +77,17 @@ class BrokerLogWatch:
             )
         return list(by_time.values())
 
+
+class BrokerLogWatch:
+    """Follows the broker's log file and stores its security events."""
+
+    def __init__(self, path: Path, city: City, sink: Sink) -> None:
+        self._path = path
+        self._sink = sink
+        self._follower = LogFollower(path)
+        self._events = BrokerEvents(city)
+        self._positioned = False
+
     async def run(self) -> None:
         """Follow until cancelled (a restart keeps the file position)."""
         if not self._positioned:
@@ -95,7 +102,7 @@ class BrokerLogWatch:
                     "cannot read the broker log", extra={"path": str(self._path), "error": str(exc)}
                 )
                 lines = []
-            points = self.points(lines)
+            points = self._events.points(lines)
             if points:
                 await self._sink.store_own(points)
             await asyncio.sleep(BROKER_LOG_POLL_S)
