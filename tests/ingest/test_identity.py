@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 import secrets
 import socket
-import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
+from devicepub import publish_as
 from faults import Ingest, new_db
 from support import influx_rows, wait_for
 
@@ -19,7 +19,7 @@ from ingest.deadletter import DeadLetterStore
 from ingest.watch import BrokerEvents
 from safecity import topics
 from safecity.readings import format_ts
-from safecity.registry import Device, default_city
+from safecity.registry import default_city
 
 CITY = default_city()
 NOISE = CITY.select(kind="noise")
@@ -29,17 +29,6 @@ SECURITY = 'SELECT * FROM "security"."security_events"'
 def payload(seq: int, ts: datetime, laeq: float) -> str:
     values = {"laeq": laeq, "lamax": laeq + 10, "la90": laeq - 8}
     return json.dumps({"ts": format_ts(ts), "seq": seq, "values": values})
-
-
-def publish_as(stack: LocalStack, device: Device, topic: str, *payloads: str) -> str:
-    """mosquitto_pub with the device's own account, QoS 1, one message per line; stderr."""
-    result = subprocess.run(
-        ["mosquitto_pub", "-h", stack.mqtt_host, "-p", str(stack.mqtt_port), "-V", "mqttv5",
-         "-u", device.id, "-P", stack.secret(device.id), "-i", device.id, "-q", "1",
-         "-t", topic, "-l"],
-        input="\n".join(payloads) + "\n", capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
-    return result.stderr
 
 
 def letters(ingest: Ingest) -> list[dict[str, object]]:
