@@ -100,3 +100,38 @@ def test_redaction_hashes_personal_fields_and_keeps_device_hashes(tmp_path: Path
     assert b"01A123BC" not in cut.payload and cut.keys == ("plate",)
     clean = redactor.redact(b'{"seq":1}', "fine")
     assert (clean.payload, clean.detail, clean.keys) == (b'{"seq":1}', "fine", ())
+
+
+def test_a_refused_anpr_event_leaves_no_plain_plate_in_store_or_topic(
+    stack: LocalStack, ingest_factory, tmp_path: Path
+) -> None:
+    db = new_db(stack)
+    ingest = ingest_factory(stack, db).start()
+    watcher = DeadLetterWatcher(stack, tmp_path / "letters.out", CITY.id)
+    plate, other = "01A123BC", "10Z987XY"
+    try:
+        camera = CITY.select(kind="anpr")[0]
+        topic = topics.device_topic(CITY.id, camera.district, camera.kind, camera.id, "event")
+        ts = format_ts(datetime.now(UTC))
+
+        def event(seq: int, details: dict[str, object]) -> str:
+            body = {"ts": ts, "seq": seq, "type": "anpr_hit", "severity": "high"}
+            return json.dumps({**body, "details": details})
+
+        plain = event(1, {"plate": plate, "list": "stolen", "confidence": 0.9})
+        # A plain plate where the camera's hash belongs: refused (not hex), redacted too.
+        misplaced = event(2, {"plate_hash": other, "list": "stolen", "confidence": 0.9})
+        assert publish_as(stack, camera, topic, plain, misplaced) == ""
+        wait_for(lambda: len(watcher.letters()) >= 2, 20, "both dead letters on the topic")
+        published = watcher.out.read_text()
+    finally:
+        watcher.close()
+    stored = DeadLetterStore(ingest.deadletter_dir).read()
+    assert len(stored) == 2
+    text = (ingest.deadletter_dir / "deadletters.jsonl").read_text()
+    for secret in (plate, other):
+        assert secret not in text and secret not in published
+    redactor = Redactor.for_directory(ingest.deadletter_dir)
+    assert redactor.hash(plate) in text and redactor.hash(other) in published
+    assert [r["redacted"] for r in stored] == [["plate"], ["plate_hash"]]
+    assert ingest.log_path.read_text().count(plate) == 0
