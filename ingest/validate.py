@@ -101,12 +101,14 @@ class DuplicateDetector:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._seen: OrderedDict[tuple[str, int], bytes] = OrderedDict()
-        self._times: OrderedDict[tuple[str, tuple[tuple[str, str], ...], int], int] = OrderedDict()
+        self._times: OrderedDict[int, int] = OrderedDict()
 
     def time_taken_by(self, point: Point, seq: int) -> int | None:
         """The other seq already stored at this point's series and time, else None (and
         the time is claimed for `seq`)."""
-        key = (point.measurement, tuple(sorted(point.tags.items())), point.time_ms)
+        # A 64-bit hash, not the tuple itself: a fraction of the memory per entry; a
+        # collision (about 1 in 10^9 at 200,000 entries) dead-letters, never overwrites.
+        key = hash((point.measurement, tuple(sorted(point.tags.items())), point.time_ms))
         seen = self._times.get(key)
         if seen is not None:
             self._times.move_to_end(key)
