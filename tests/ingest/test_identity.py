@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import secrets
 import socket
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter
 from datetime import UTC, datetime
 
 from devicepub import publish_as
@@ -85,16 +85,21 @@ def test_publishing_into_another_city_is_dead_lettered_and_a_security_event(
     assert influx_rows(stack, db, 'SELECT * FROM "noise"') == []
 
 
-def _bad_connect(host: str, port: int, username: str) -> int:
-    """One MQTT v5 CONNECT with a wrong password; the CONNACK reason code."""
-    client_id = f"flood-{secrets.token_hex(4)}"
-    variable = b"\x00\x04MQTT\x05\xc2\x00\x3c\x00"  # v5, username+password+clean start
-    body = variable + _str(client_id) + _str(username) + _str("wrong-password")
-    packet = b"\x10" + _varint(len(body)) + body
-    with socket.create_connection((host, port), timeout=30) as sock:
-        sock.sendall(packet)
-        head = sock.recv(8)
-    return head[3] if len(head) >= 4 else -1
+def _bad_connects(host: str, port: int, username: str, count: int) -> list[int]:
+    """`count` MQTT v5 CONNECTs with a wrong password, as one burst: every connection is
+    opened first, then all CONNECTs are sent back to back. The CONNACK reason codes."""
+    socks = [socket.create_connection((host, port), timeout=60) for _ in range(count)]
+    try:
+        for sock in socks:
+            client_id = f"flood-{secrets.token_hex(4)}"
+            variable = b"\x00\x04MQTT\x05\xc2\x00\x3c\x00"  # v5, user+password, clean
+            body = variable + _str(client_id) + _str(username) + _str("wrong-password")
+            sock.sendall(b"\x10" + _varint(len(body)) + body)
+        heads = [sock.recv(8) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+    return [head[3] if len(head) >= 4 else -1 for head in heads]
 
 
 def _str(value: str) -> bytes:
@@ -117,22 +122,27 @@ def test_auth_failure_flood_is_counted_exactly(own_stack: LocalStack, ingest_fac
     ingest = ingest_factory(own_stack, db, "flood", SAFECITY_BROKER_LOG=str(log_path)).start()
     wait_for(lambda: "following the broker log" in ingest.log_path.read_text(), 20, "follower")
     attempts = 3000
-    with ThreadPoolExecutor(16) as pool:
-        codes = list(
-            pool.map(
-                lambda _: _bad_connect(own_stack.mqtt_host, own_stack.mqtt_port, NOISE[2].id),
-                range(attempts),
-            )
-        )
+    codes = _bad_connects(own_stack.mqtt_host, own_stack.mqtt_port, NOISE[2].id, attempts)
     assert codes.count(0x86) + codes.count(0x87) == attempts
-    logged = log_path.read_text().count("disconnected, not authorised.")
-    assert logged == attempts
+    failures = [
+        line.split(": ", 1)[0]
+        for line in log_path.read_text().splitlines()
+        if line.endswith("disconnected, not authorised.")
+    ]
+    assert len(failures) == attempts
 
-    def stored() -> int:
-        rows = influx_rows(own_stack, db, SECURITY + " WHERE \"type\" = 'auth_failure'")
-        return sum(int(r["count"]) for r in rows)
+    def rows() -> list[dict[str, object]]:
+        return influx_rows(own_stack, db, SECURITY + " WHERE \"type\" = 'auth_failure'")
 
-    wait_for(lambda: stored() == attempts, 60, f"{attempts} auth failures in security_events")
+    wait_for(
+        lambda: sum(int(str(r["count"])) for r in rows()) == attempts,
+        60,
+        f"{attempts} auth failures in security_events",
+    )
+    busiest = max(Counter(failures).values())
+    if busiest > EventClock.SLOTS:
+        # More failures in one second than milliseconds: the overflow slot holds the rest.
+        assert max(int(str(r["count"])) for r in rows()) == busiest - EventClock.SLOTS + 1
 
 
 def test_a_second_with_more_than_1000_events_keeps_every_count() -> None:
