@@ -54,7 +54,9 @@ def test_kill_9_ingest_three_times_mid_stream(stack, tmp_path, ingest_factory) -
     db = new_db(stack)
     ingest = ingest_factory(stack, db, "kill9").start()
     pub = publisher(stack, tmp_path)
-    pub.start(good_readings(CITY, 6000, devices=100), rate=600)
+    # Long enough that the stream still runs at the third kill on a loaded machine (a
+    # restart can take seconds there): a kill after the last ack has nothing to redeliver.
+    pub.start(good_readings(CITY, 12_000, devices=100), rate=400)
     redelivered = 0.0
     for _ in range(3):
         wait_for(lambda: ingest.metric("safecity_ingest_acked_total") > 300, 20, "progress")
