@@ -183,16 +183,15 @@ DESCRIPTIONS = {
     "SAFECITY_DEDUP_WINDOW": (
         "(device, seq) pairs each worker remembers to detect conflicting duplicates."
     ),
+    "SAFECITY_DEADLETTER_MAX_PACKET": (
+        "The broker's max_packet_size: a dead letter that would not fit is stored, not republished."
+    ),
     "SAFECITY_BROKER_SYS": (
         "Follow the broker's $SYS dropped-messages counter (a separate, non-shared connection)."
     ),
     "SAFECITY_BROKER_LOG": (
         "Mosquitto's log file, followed from its end for auth failures and ACL denials "
         "(-> security_events); empty = off. `make run` passes its broker's log."
-    ),
-    "SAFECITY_FAULT_CRASH_AFTER_WRITE": (
-        "FAULT INJECTION, tests only: SIGKILL the worker after its Nth durable write, before "
-        "the acks (0 = off). Never set in production."
     ),
     # api
     "SAFECITY_HOST": "The API's listen address ...",
