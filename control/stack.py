@@ -8,11 +8,8 @@ services in order.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import secrets
-import socket
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -44,6 +41,7 @@ from control.processes import (
     tail_file,
 )
 from safecity.errors import ConfigError, StackError
+from safecity.mqtt.wire import connack_reason as mqtt_connack_reason
 from safecity.registry import City, default_city
 from safecity.settings import MqttSettings
 
@@ -63,72 +61,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("control.stack")
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _utf8(text: str) -> bytes:
-    data = text.encode("utf-8")
-    return len(data).to_bytes(2, "big") + data
-
-
-def mqtt_connack_reason(
-    host: str,
-    port: int,
-    timeout: float,
-    *,
-    username: str | None = None,
-    password: str | None = None,
-    client_id: str | None = None,
-) -> int | None:
-    """The reason code of the CONNACK an MQTT v5 CONNECT on host:port gets; None if none.
-
-    Written against the wire format rather than paho: paho is confined to one module,
-    and a refusal (e.g. 0x87 for an anonymous client) still proves the broker is serving.
-    """
-    cid = client_id if client_id is not None else f"safecity-stack-probe-{secrets.token_hex(4)}"
-    flags = 0x02  # clean start, no will
-    payload = _utf8(cid)
-    if username is not None:
-        flags |= 0x80
-        payload += _utf8(username)
-        if password is not None:
-            flags |= 0x40
-            payload += _utf8(password)
-    variable_header = (
-        b"\x00\x04MQTT"  # protocol name
-        + b"\x05"  # protocol level: MQTT v5
-        + bytes([flags])
-        + b"\x00\x0a"  # keep-alive 10 s
-        + b"\x00"  # no properties
-    )
-    body = variable_header + payload
-    connect = b"\x10" + _varint(len(body)) + body
-    with socket.create_connection((host, port), timeout=timeout) as sock:
-        sock.settimeout(timeout)
-        sock.sendall(connect)
-        head = sock.recv(1)
-        if head[:1] != b"\x20":
-            return None
-        # Remaining length (one byte for any CONNACK we expect), ack flags, reason code.
-        rest = b""
-        while len(rest) < 3:
-            chunk = sock.recv(3 - len(rest))
-            if not chunk:
-                return None
-            rest += chunk
-        reason = rest[2]
-        # A refused client is disconnected by the broker itself; then this may fail.
-        with contextlib.suppress(OSError):
-            sock.sendall(b"\xe0\x00")  # DISCONNECT, normal
-        return reason
 
 
 class _LocalService:

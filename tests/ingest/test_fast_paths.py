@@ -1,7 +1,7 @@
 """The ingest's fast paths give exactly what the reference code gives.
 
-- `_BulkReadClient.feed` (bulk socket reads, PUBLISH decoded without paho's per-message
-  machinery) yields the same messages, in the same order, as paho's own
+- `_BulkReadClient.feed` (bulk socket reads, PUBLISH decoded by `safecity.mqtt.wire`
+  without paho's per-message machinery) yields the same messages, in the same order, as paho's own
   `decode_publish`, however the byte stream is cut into reads;
 - `lineprotocol.encode` (memoised series and field keys) gives the same line, or the
   same error, as the straightforward encoder it replaced.
@@ -15,26 +15,18 @@ import struct
 from collections.abc import Mapping
 from typing import Any
 
+import paho.mqtt.client as paho
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from paho.mqtt import _packet
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-import safecity.mqtt as sm
 from safecity.lineprotocol import INT64_MAX, INT64_MIN, FieldValue, LineProtocolError, Point, encode
+from safecity.mqtt import bulkread, wire
 
 # --- bulk PUBLISH decoding ---------------------------------------------------------
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 @st.composite
@@ -58,11 +50,11 @@ def publishes(draw: st.DrawFn) -> tuple[int, bytes, str, bytes, int, int, bool, 
     return command, body, topic, payload, qos, mid, dup, retain
 
 
-def _client(received: list[tuple[Any, ...]]) -> sm._BulkReadClient:
-    return sm._BulkReadClient(
+def _client(received: list[tuple[Any, ...]]) -> bulkread._BulkReadClient:
+    return bulkread._BulkReadClient(
         CallbackAPIVersion.VERSION2,
         client_id="test-feed",
-        protocol=sm.paho.MQTTv5,
+        protocol=paho.MQTTv5,
         manual_ack=True,
         sink=received.extend,
     )
@@ -82,13 +74,13 @@ def test_bulk_read_decodes_like_paho_for_any_read_boundaries(
     pings: set[int],
     cuts: list[int],
 ) -> None:
-    assert sm.bulk_read_supported()
+    assert bulkread.bulk_read_supported()
     stream = b""
     expected = []
     for index, (command, body, *_) in enumerate(packets):
         if index in pings:
             stream += PINGRESP  # handled by paho itself, in between
-        stream += bytes([command]) + _varint(len(body)) + body
+        stream += wire.frame(command >> 4, command & 0x0F, body)
         ref = _packet.decode_publish(command, body, MQTTProtocolVersion.MQTTv5)
         expected.append(
             (ref.topic.decode(), bytes(ref.payload), ref.qos, ref.mid, ref.retain, ref.dup)
@@ -100,7 +92,7 @@ def test_bulk_read_decodes_like_paho_for_any_read_boundaries(
         chunk = stream[pos : pos + cut]
         pos += len(chunk)
         if chunk:
-            assert client.feed(chunk) == sm.MQTTErrorCode.MQTT_ERR_SUCCESS
+            assert client.feed(chunk) == MQTTErrorCode.MQTT_ERR_SUCCESS
     if pos < len(stream):
         client.feed(stream[pos:])
     assert received == expected
@@ -114,7 +106,7 @@ def test_bulk_read_refuses_a_remaining_length_over_four_bytes() -> None:
     received: list[tuple[Any, ...]] = []
     client = _client(received)
     rc = client.feed(b"\x30\xff\xff\xff\xff\x01")
-    assert rc == sm.MQTTErrorCode.MQTT_ERR_PROTOCOL
+    assert rc == MQTTErrorCode.MQTT_ERR_PROTOCOL
     assert received == []
 
 
