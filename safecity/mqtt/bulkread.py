@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import inspect
+import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
+import paho.mqtt as paho_mqtt
 import paho.mqtt.client as paho
-from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.exception import MalformedPacket
 
 from safecity.mqtt import wire
 
-__all__ = ["bulk_read_supported"]
+__all__ = ["bulk_read_supported", "client_class", "missing_internals"]
+
+log = logging.getLogger("safecity.mqtt")
 
 _PUBLISH = wire.PUBLISH << 4
 _PUBACK = wire.PUBACK << 4
@@ -35,8 +40,8 @@ class _BulkReadClient(paho.Client):
     delivery, as paho does.
 
     Relies on paho 2.x internals (`_sock_recv`, `_in_packet`, `_packet_handle`,
-    `_packet_queue`, `_loop_rc_handle`); `bulk_read_supported()` checks them and
-    MqttClient falls back to stock paho (and `on_message`) when they are missing.
+    `_packet_queue`, `_loop_rc_handle`, ...); `client_class()` checks every one of them
+    at start-up and falls back to stock paho (and `on_message`) when one is missing.
     """
 
     def __init__(self, *args: Any, sink: Callable[[list[tuple[Any, ...]]], None], **kwargs: Any):
@@ -165,16 +170,101 @@ class _BulkReadClient(paho.Client):
             self._packet_queue(_PUBACK, acks, 0, 0)
 
 
-def bulk_read_supported() -> bool:
-    """True when the installed paho has the internals `_BulkReadClient` builds on."""
-    return all(
-        hasattr(paho.Client, name)
-        for name in (
-            "_sock_recv",
-            "_packet_handle",
-            "_packet_queue",
-            "_loop_rc_handle",
-            "_easy_log",
-            "reconnect",
-        )
+# What `_BulkReadClient` calls or overrides on paho's client class (with the parameters
+# it passes), the instance attributes it reads or writes, and the keys of `_in_packet`
+# it fills for `_packet_handle`. paho does not promise any of them.
+_METHODS: dict[str, tuple[str, ...]] = {
+    "_sock_recv": ("bufsize",),
+    "_packet_handle": (),
+    "_packet_queue": ("command", "packet", "mid", "qos"),
+    "_loop_rc_handle": ("rc",),
+    "_easy_log": ("level", "fmt"),
+    "reconnect": (),
+    "loop_read": ("max_packets",),
+}
+_ATTRIBUTES = (
+    "_sock",
+    "_in_packet",
+    "_msgtime_mutex",
+    "_last_bytes_received",
+    "_protocol",
+    "_manual_ack",
+)
+_IN_PACKET_KEYS = frozenset(
+    (
+        "command",
+        "have_remaining",
+        "remaining_count",
+        "remaining_mult",
+        "remaining_length",
+        "packet",
+        "to_process",
+        "pos",
     )
+)
+
+
+_checked: dict[type[paho.Client], tuple[str, ...]] = {}
+
+
+def missing_internals(base: type[paho.Client] = paho.Client) -> tuple[str, ...]:
+    """The paho internals the bulk-read client needs that `base` lacks (empty: all there)."""
+    if base not in _checked:
+        _checked[base] = _missing(base)
+    return _checked[base]
+
+
+def _missing(base: type[paho.Client]) -> tuple[str, ...]:
+    missing: list[str] = []
+    for name, params in _METHODS.items():
+        method = getattr(base, name, None)
+        if not callable(method):
+            missing.append(name)
+            continue
+        try:
+            have = inspect.signature(method).parameters
+        except (TypeError, ValueError):
+            missing.append(f"{name}()")
+            continue
+        missing.extend(f"{name}({p})" for p in params if p not in have)
+    for name in ("time_func", "MQTT_LOG_ERR", "MQTT_LOG_DEBUG", "MQTTv5"):
+        if not hasattr(paho, name):
+            missing.append(f"paho.mqtt.client.{name}")
+    try:
+        probe = base(CallbackAPIVersion.VERSION2, client_id="safecity-probe", protocol=paho.MQTTv5)
+    except Exception as exc:  # any failure means: do not build on this class
+        return (*missing, f"constructor ({exc})")
+    missing.extend(name for name in _ATTRIBUTES if not hasattr(probe, name))
+    in_packet = getattr(probe, "_in_packet", None)
+    if isinstance(in_packet, dict):
+        missing.extend(f"_in_packet[{k!r}]" for k in sorted(_IN_PACKET_KEYS - in_packet.keys()))
+    elif "_in_packet" not in missing:
+        missing.append("_in_packet (not a dict)")
+    return tuple(missing)
+
+
+def bulk_read_supported(base: type[paho.Client] = paho.Client) -> bool:
+    """True when `base` (the installed paho's client) has every internal the fast path uses."""
+    return not missing_internals(base)
+
+
+def client_class(fast_path: bool, base: type[paho.Client] = paho.Client) -> type[paho.Client]:
+    """The paho client class to use: the bulk-read one when asked for and safe, else `base`.
+
+    Checked once per class at start-up: when the installed paho lacks an internal the
+    fast path touches, the stock receive path is used and a warning says why.
+    """
+    if not fast_path:
+        return base
+    missing = missing_internals(base)
+    if missing:
+        log.warning(
+            "paho-mqtt %s lacks internals the bulk-read fast path uses (%s): "
+            "using its stock per-message receive path",
+            getattr(paho_mqtt, "__version__", "?"),
+            ", ".join(missing),
+        )
+        return base
+    if base is paho.Client:
+        return _BulkReadClient
+    return cast(type[paho.Client], type("_BulkReadClient", (_BulkReadClient, base), {}))

@@ -21,7 +21,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from safecity.errors import MqttError
-from safecity.mqtt.bulkread import _BulkReadClient, bulk_read_supported
+from safecity.mqtt.bulkread import _BulkReadClient, client_class
 from safecity.mqtt.messages import (
     NOT_SENT,
     Inbox,
@@ -74,23 +74,19 @@ class MqttClient:
         self._subs: dict[int, asyncio.Future[list[int]]] = {}
         self._filters: list[tuple[str, int]] = []
         self._stopping = False
-        self._bulk = bulk_read_supported()
-        if self._bulk:
-            self._client: paho.Client = _BulkReadClient(
-                CallbackAPIVersion.VERSION2,
-                client_id=client_id,
-                protocol=paho.MQTTv5,
-                manual_ack=manual_ack,
-                sink=self._on_messages,
-            )
-        else:  # pragma: no cover - another paho 2.x whose internals moved
-            log.warning("paho internals changed: using its per-message receive path")
-            self._client = paho.Client(
-                CallbackAPIVersion.VERSION2,
-                client_id=client_id,
-                protocol=paho.MQTTv5,
-                manual_ack=manual_ack,
-            )
+        cls = client_class(settings.fast_path)
+        extra: dict[str, Any] = {}
+        if issubclass(cls, _BulkReadClient):
+            extra["sink"] = self._on_messages
+        self._client: paho.Client = cls(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=paho.MQTTv5,
+            manual_ack=manual_ack,
+            **extra,
+        )
+        self.fast_path = isinstance(self._client, _BulkReadClient)
+        """True when received PUBLISHes take the bulk-read path."""
         if settings.username is not None:
             password = settings.password.get_secret_value() if settings.password else None
             self._client.username_pw_set(settings.username, password)
@@ -270,7 +266,11 @@ class MqttClient:
             self.session_present = bool(flags.session_present)
             log.info(
                 "mqtt connected",
-                extra={"client_id": self.client_id, "session_present": self.session_present},
+                extra={
+                    "client_id": self.client_id,
+                    "session_present": self.session_present,
+                    "fast_path": self.fast_path,
+                },
             )
             self._call(self.connected.set)
             if self._filters and self._connect_result is not None and self._connect_result.done():

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import struct
@@ -16,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import paho.mqtt.client as paho
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from paho.mqtt import _packet
@@ -23,8 +25,10 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from ingest.settings import IngestSettings
 from safecity.lineprotocol import INT64_MAX, INT64_MIN, FieldValue, LineProtocolError, Point, encode
-from safecity.mqtt import bulkread, wire
+from safecity.mqtt import MqttClient, bulkread, wire
+from safecity.settings import MqttSettings
 
 # --- bulk PUBLISH decoding ---------------------------------------------------------
 
@@ -204,3 +208,54 @@ def test_encode_matches_the_reference_encoder(
     # Twice: the second call is served from the memoised series/field keys.
     assert _outcome(encode, point) == _outcome(reference_encode, point)
     assert _outcome(encode, point) == _outcome(reference_encode, point)
+
+
+# --- the fast path's start-up check of paho's internals ----------------------------
+
+
+class _NoPacketHandle(paho.Client):
+    _packet_handle = None  # type: ignore[assignment]
+
+
+class _NoInPacket(paho.Client):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        del self._in_packet
+
+
+class _OtherPacketQueue(paho.Client):
+    def _packet_queue(self, *args: Any) -> MQTTErrorCode:  # type: ignore[override]
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+
+@pytest.mark.parametrize(
+    ("crippled", "named"),
+    [
+        (_NoPacketHandle, "_packet_handle"),
+        (_NoInPacket, "_in_packet"),
+        (_OtherPacketQueue, "_packet_queue(command)"),
+    ],
+)
+def test_a_paho_lacking_an_internal_is_refused_and_stock_paho_used(
+    crippled: type[paho.Client], named: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert named in bulkread.missing_internals(crippled)
+    assert not bulkread.bulk_read_supported(crippled)
+    with caplog.at_level(logging.WARNING, logger="safecity.mqtt"):
+        assert bulkread.client_class(True, crippled) is crippled
+    assert any(
+        "stock per-message receive path" in r.getMessage() and named in r.getMessage()
+        for r in caplog.records
+    )
+
+
+def test_the_installed_paho_has_every_internal_and_the_setting_turns_the_path_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert bulkread.missing_internals() == ()
+    assert bulkread.client_class(True) is bulkread._BulkReadClient
+    assert bulkread.client_class(False) is paho.Client
+    assert MqttClient(MqttSettings(), "fast-on").fast_path
+    assert not MqttClient(MqttSettings(fast_path=False), "fast-off").fast_path
+    monkeypatch.setenv("SAFECITY_MQTT__FAST_PATH", "false")
+    assert IngestSettings().mqtt.fast_path is False
