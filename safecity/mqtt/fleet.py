@@ -8,7 +8,7 @@ import functools
 import logging
 import random
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import paho.mqtt.client as paho
@@ -21,9 +21,18 @@ from safecity.errors import MqttError
 from safecity.mqtt.messages import Will
 from safecity.settings import MqttSettings
 
-__all__ = ["FleetClient"]
+__all__ = ["FleetClient", "backoff_cap"]
 
 log = logging.getLogger("safecity.mqtt")
+
+# 2**62 times any sane minimum is past any maximum: a larger exponent changes nothing,
+# and 2.0**1024 raises OverflowError (hours into a broker outage).
+_MAX_EXPONENT = 62
+
+
+def backoff_cap(attempt: int, minimum: float, maximum: float) -> float:
+    """The upper bound of the jittered delay before retry `attempt` (0-based), at any attempt."""
+    return max(minimum, min(maximum, minimum * 2.0 ** min(attempt, _MAX_EXPONENT)))
 
 
 class FleetClient:
@@ -54,6 +63,7 @@ class FleetClient:
         backoff_min: float = 0.2,
         backoff_max: float = 30.0,
         seed: int | None = None,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     ) -> None:
         if not client_id:
             # Mosquitto is configured with allow_zero_length_clientid false.
@@ -70,6 +80,8 @@ class FleetClient:
         self._backoff_min = backoff_min
         self._backoff_max = backoff_max
         self._rng = random.Random(seed)
+        # Injectable so a test can drive thousands of retries without waiting.
+        self._sleep = sleep
         self._client: paho.Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread_id = 0
@@ -143,9 +155,9 @@ class FleetClient:
                 self.last_error = str(exc)
                 self._teardown(str(exc))
                 # Full jitter: a fleet that lost its broker does not come back in lockstep.
-                cap = min(self._backoff_max, self._backoff_min * 2.0**attempt)
+                cap = backoff_cap(attempt, self._backoff_min, self._backoff_max)
                 attempt += 1
-                delay = self._rng.uniform(self._backoff_min / 2, max(cap, self._backoff_min))
+                delay = self._rng.uniform(self._backoff_min / 2, cap)
                 if attempt == 1 or attempt % 10 == 0:
                     log.warning(
                         "mqtt connect failed; retrying",
@@ -156,7 +168,7 @@ class FleetClient:
                             "retry_in_s": round(delay, 2),
                         },
                     )
-                await asyncio.sleep(delay)
+                await self._sleep(delay)
                 continue
             attempt = 0
             self.connects += 1
@@ -169,7 +181,7 @@ class FleetClient:
             self._teardown(reason)
             if self._stopping:
                 return
-            await asyncio.sleep(self._rng.uniform(0.0, self._backoff_min))
+            await self._sleep(self._rng.uniform(0.0, self._backoff_min))
 
     async def _open(self) -> None:
         loop = self._loop
