@@ -124,7 +124,10 @@ class Mosquitto(_LocalService):
     `_alerts`, `_simulator`) get an account in `identity_dir` (credential store with
     hashes only, rendered passwd/ACL and a 0600 secrets file, all reused across
     restarts); with a `tls_port` (0 = a free one, None = no TLS listener) a local CA and
-    the broker's server certificate are made (or reused) in `certs_dir`.
+    the broker's server certificate are made (or reused) in `certs_dir`. With
+    `mutual_tls` the TLS listener requires a client certificate (CN = username) and
+    checks the CRL `certs_dir/crl.pem`; `device_certs` issues (or reuses) one for every
+    device of the city in `certs_dir/clients/`.
     """
 
     name = "mosquitto"
@@ -145,6 +148,7 @@ class Mosquitto(_LocalService):
         certs_dir: Path | None = None,
         tls_port: int | None = 0,
         mutual_tls: bool = False,
+        device_certs: bool = False,
     ) -> None:
         self.binary = find_binary("mosquitto", "mosquitto", binary)
         self.host = host
@@ -167,11 +171,18 @@ class Mosquitto(_LocalService):
             )
             self.ca: certs.CertPaths | None = None
             self.server_cert: certs.CertPaths | None = None
+            self.crl: Path | None = None
             if self.tls_port is not None:
                 hosts = list(certs.DEFAULT_HOSTS)
                 if host not in hosts:
                     hosts.append(host)
                 self.ca, self.server_cert = certs.ensure_server(self.certs_dir, hosts)
+                if mutual_tls:
+                    # Revoked device certificates: the listener checks this CRL.
+                    self.crl = certs.ensure_crl(self.certs_dir)
+                if device_certs:
+                    devices = [d.id for d in self.identities.city.devices]
+                    certs.ensure_clients(self.certs_dir, devices)
         except ConfigError as exc:
             raise StackError(f"cannot provision the broker's identities: {exc}") from exc
         self.process = ManagedProcess(
@@ -212,6 +223,11 @@ class Mosquitto(_LocalService):
         values.update(kw)
         return MqttSettings.model_validate(values)
 
+    @property
+    def client_certs_dir(self) -> Path:
+        """Where the devices' client certificates live (`<id>.crt`, `<id>.key`)."""
+        return self.certs_dir / "clients"
+
     def provision(self, *device_ids: str) -> dict[str, str]:
         """Add device accounts (e.g. of a test city); a running broker re-reads them (SIGHUP).
 
@@ -223,7 +239,7 @@ class Mosquitto(_LocalService):
         return issued
 
     def reload(self) -> None:
-        """SIGHUP the running broker: it re-reads the password file and the ACL."""
+        """SIGHUP the running broker: it re-reads the password file, the ACL and the CRL."""
         if self.pid is not None and self.alive:
             reload_broker(self.pid)
 
@@ -250,6 +266,7 @@ class Mosquitto(_LocalService):
                 certfile=self.server_cert.cert if self.server_cert else None,
                 keyfile=self.server_cert.key if self.server_cert else None,
                 mutual_tls=self.mutual_tls,
+                crlfile=self.crl,
             )
         except ConfigError as exc:
             raise StackError(str(exc)) from exc
@@ -422,7 +439,8 @@ class LocalStack:
     built-in Tashkent) and the services in base_dir/identity (store, passwd/ACL, 0600
     secrets file; reused across runs), a local CA and server certificate in
     base_dir/certs (reused), a plain listener on loopback and a TLS listener on
-    `mqtt_tls_port` (0 = a free port).
+    `mqtt_tls_port` (0 = a free port); with `mutual_tls` that listener requires device
+    certificates, issued for every device into base_dir/certs/clients.
     """
 
     def __init__(
@@ -437,6 +455,7 @@ class LocalStack:
         mosquitto_config: Path | None = None,
         mosquitto_extra_config: Sequence[str] = (),
         die_with_parent: bool = False,
+        mutual_tls: bool = False,
     ) -> None:
         self.base_dir = Path(base_dir).resolve()
         # Both binaries are resolved here, so a missing one fails before anything starts.
@@ -450,6 +469,8 @@ class LocalStack:
             identity_dir=self.base_dir / "identity",
             certs_dir=self.base_dir / "certs",
             tls_port=mqtt_tls_port,
+            mutual_tls=mutual_tls,
+            device_certs=mutual_tls,
         )
         self.influxd = Influxd(self.base_dir / "influxdb", influx_port, host=host)
         for process in (self.mosquitto.process, self.influxd.process):

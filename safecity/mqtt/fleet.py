@@ -7,8 +7,10 @@ import contextlib
 import functools
 import logging
 import random
+import ssl
 import threading
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, cast
 
 import paho.mqtt.client as paho
@@ -21,13 +23,38 @@ from safecity.errors import MqttError
 from safecity.mqtt.messages import Will
 from safecity.settings import MqttSettings
 
-__all__ = ["FleetClient", "backoff_cap"]
+__all__ = ["FleetClient", "backoff_cap", "tls_context"]
 
 log = logging.getLogger("safecity.mqtt")
 
 # 2**62 times any sane minimum is past any maximum: a larger exponent changes nothing,
 # and 2.0**1024 raises OverflowError (hours into a broker outage).
 _MAX_EXPONENT = 62
+
+
+_contexts: dict[tuple[Path | None, ...], tuple[tuple[int, ...], ssl.SSLContext]] = {}
+
+
+def tls_context(settings: MqttSettings) -> ssl.SSLContext:
+    """The TLS context of these settings: the broker verified against tls_ca, host name
+    checked, and for mutual TLS the client certificate; shared by every client using the
+    same files (a fleet of thousands loads the CA once), rebuilt when a file changes
+    (a rotated device certificate)."""
+    if settings.tls_ca is None:
+        raise MqttError("TLS needs tls_ca, the CA that signed the broker's certificate")
+    if (settings.tls_cert is None) != (settings.tls_key is None):
+        raise MqttError("mutual TLS needs both tls_cert and tls_key")
+    paths = (settings.tls_ca, settings.tls_cert, settings.tls_key)
+    stamp = tuple(p.stat().st_mtime_ns for p in paths if p is not None)
+    cached = _contexts.get(paths)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(settings.tls_ca))
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        context.load_cert_chain(str(settings.tls_cert), str(settings.tls_key))
+    _contexts[paths] = (stamp, context)
+    return context
 
 
 def backoff_cap(attempt: int, minimum: float, maximum: float) -> float:
@@ -45,7 +72,9 @@ class FleetClient:
     no PUBACK (`on_connection_lost`) and decides what to resend, in its own order.
     `publish` never blocks and never waits (it refuses beyond `max_inflight`
     unacknowledged publishes); the broker's verdict arrives through
-    `on_puback(mid, reason_code)` on the event loop.
+    `on_puback(mid, reason_code)` on the event loop. With `settings.tls_ca` it connects
+    over TLS (broker certificate and host name verified), with `tls_cert`/`tls_key` also
+    presenting a client certificate (mutual TLS).
     """
 
     def __init__(
@@ -191,6 +220,10 @@ class FleetClient:
         )
         if self._username is not None:
             client.username_pw_set(self._username, self._password)
+        if self._settings.tls_ca is not None:
+            # Server verification and host name check always on; a missing or unreadable
+            # file is an OSError like a refused connection: logged and retried.
+            client.tls_set_context(tls_context(self._settings))
         if self._will is not None:
             will = self._will()
             client.will_set(will.topic, will.payload, will.qos, will.retain)
@@ -275,6 +308,15 @@ class FleetClient:
 
     def _readable(self, client: paho.Client) -> None:
         client.loop_read()
+        # TLS: decrypted bytes can wait inside the SSL object, where the selector does
+        # not see them; read them now or they wait for the next packet to arrive.
+        for _ in range(1000):
+            sock: Any = client.socket()
+            if client is not self._client or sock is None or not hasattr(sock, "pending"):
+                return
+            if not sock.pending():
+                return
+            client.loop_read()
 
     def _cb_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         if self._loop is not None and not self._loop.is_closed():
