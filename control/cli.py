@@ -80,6 +80,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         mqtt_tls_port=args.mqtt_tls_port,
         influx_port=args.influx_port,
         registry=args.registry,
+        device_tls=args.device_tls,
     )
     configure_logging("run", settings.log_level)
     return run_local(settings)
@@ -442,6 +443,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-port", type=_port)
     p.add_argument("--mqtt-port", type=_port)
     p.add_argument("--mqtt-tls-port", type=_port, help="the broker's TLS listener (0: any free)")
+    p.add_argument(
+        "--device-tls",
+        choices=["off", "tls", "mtls"],
+        help="simulated devices over plain MQTT (off), TLS, or mutual TLS (SAFECITY_DEVICE_TLS)",
+    )
     p.add_argument("--influx-port", type=_port)
     registry_flag(p)
     p.set_defaults(func=cmd_run)
