@@ -80,7 +80,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         mqtt_tls_port=args.mqtt_tls_port,
         influx_port=args.influx_port,
         registry=args.registry,
-        device_tls=args.device_tls,
     )
     configure_logging("run", settings.log_level)
     return run_local(settings)
@@ -108,6 +107,12 @@ def cmd_influx_init(args: argparse.Namespace) -> int:
     settings = _settings(StorageSettings)
     configure_logging("influx", settings.log_level)
     from safecity import influx as influx_mod
+
+    if args.create_users:
+        from control.influxinit import create_users
+
+        for line in asyncio.run(create_users(settings)):
+            print(line)
 
     async def main() -> list[str]:
         client = influx_mod.InfluxClient(settings.influx)
@@ -443,11 +448,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-port", type=_port)
     p.add_argument("--mqtt-port", type=_port)
     p.add_argument("--mqtt-tls-port", type=_port, help="the broker's TLS listener (0: any free)")
-    p.add_argument(
-        "--device-tls",
-        choices=["off", "tls", "mtls"],
-        help="simulated devices over plain MQTT (off), TLS, or mutual TLS (SAFECITY_DEVICE_TLS)",
-    )
     p.add_argument("--influx-port", type=_port)
     registry_flag(p)
     p.set_defaults(func=cmd_run)
@@ -487,7 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--deadletters", type=Path, action="append", help="dead-letter directory (repeatable)"
     )
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    # Ground-truth scoring of the alert rules (issue 8): run a scenario, score its alerts.
+    # Ground-truth scoring of the alert rules: run a scenario, score its alerts.
     p.add_argument("--scenario", help="run this scenario and score the alert rules against it")
     p.add_argument("--speed", type=_positive_float, help="with --scenario: simulated s per s")
     p.add_argument("--start", help="with --scenario: simulated start (UTC)")
@@ -510,6 +510,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = influx.add_parser(
         "init", help="create the database and its retention policies (admin account)"
+    )
+    p.add_argument(
+        "--create-users",
+        action="store_true",
+        help="first create the admin (if InfluxDB has no user yet) and the service account "
+        "(SAFECITY_SERVICE_USERNAME, SAFECITY_SERVICE_PASSWORD_FILE)",
     )
     p.set_defaults(func=cmd_influx_init)
 
@@ -586,7 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
     registry_flag(p)
     p.set_defaults(func=cmd_dashboards_push)
 
-    # Identities and certificates (issue 6): `safecity devices ...`, `safecity certs ...`.
+    # Identities and certificates: `safecity devices ...`, `safecity certs ...`.
     from broker.cli import add_parsers as add_security_parsers
 
     add_security_parsers(sub)
