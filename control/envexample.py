@@ -329,7 +329,7 @@ DESCRIPTIONS = {
     "SAFECITY_DEVICE_TLS": (
         "How the simulated devices reach the broker: off (plain MQTT on loopback, fastest), "
         "tls (the TLS listener, CA-verified, passwords) or mtls (a certificate per device in "
-        "<data dir>/certs/clients, CN = device id, CRL checked). See broker/README.md."
+        "<data dir>/certs/clients, CN = device id, CRL checked). See docs/tls.md."
     ),
     "SAFECITY_INFLUX_PORT": "InfluxDB port on 127.0.0.1 (0 = any free one).",
     "SAFECITY_API_PORT": "API and console port (0 = any free one).",
