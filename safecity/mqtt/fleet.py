@@ -36,10 +36,12 @@ _contexts: dict[tuple[Path | None, ...], tuple[tuple[int, ...], ssl.SSLContext]]
 
 
 def tls_context(settings: MqttSettings) -> ssl.SSLContext:
-    """The TLS context of these settings: the broker verified against tls_ca, host name
-    checked, and for mutual TLS the client certificate; shared by every client using the
-    same files (a fleet of thousands loads the CA once), rebuilt when a file changes
-    (a rotated device certificate)."""
+    """The shared TLS context of these settings: broker and host name verified, client cert.
+
+    The broker is verified against tls_ca with its host name checked; for mutual TLS the
+    client certificate is presented. One context per set of files (a fleet of thousands
+    loads the CA once), rebuilt when a file changes (a rotated device certificate).
+    """
     if settings.tls_ca is None:
         raise MqttError("TLS needs tls_ca, the CA that signed the broker's certificate")
     if (settings.tls_cert is None) != (settings.tls_key is None):
