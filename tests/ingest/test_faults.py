@@ -71,6 +71,29 @@ def test_kill_9_ingest_three_times_mid_stream(stack, tmp_path, ingest_factory) -
     assert_clean(stack, db, pub.ledger_path, ingest.deadletter_dir)
 
 
+def test_stock_paho_receive_path_loses_nothing_across_a_kill_9(
+    stack, tmp_path, ingest_factory
+) -> None:
+    """With the bulk-read fast path off, paho's own receive path and per-message acks."""
+    db = new_db(stack)
+    ingest = ingest_factory(stack, db, "stock", SAFECITY_MQTT__FAST_PATH="false").start()
+    pub = publisher(stack, tmp_path)
+    pub.start(good_readings(CITY, 3000, devices=60), rate=600)
+    wait_for(lambda: ingest.metric("safecity_ingest_acked_total") > 300, 20, "progress")
+    ingest.kill()
+    time.sleep(0.5)
+    ingest.start()
+    wait_for(lambda: ingest.metric("safecity_ingest_redelivered_total") > 0, 20, "redeliveries")
+    pub.join()
+    assert_clean(stack, db, pub.ledger_path, ingest.deadletter_dir)
+    connected = [
+        json.loads(line)
+        for line in ingest.log_path.read_text().splitlines()
+        if '"mqtt connected"' in line
+    ]
+    assert connected and all(entry["fast_path"] is False for entry in connected)
+
+
 def test_crash_between_influx_write_and_ack(stack, tmp_path, ingest_factory) -> None:
     db = new_db(stack)
     # Fault injection (a hook the test launcher installs): the worker SIGKILLs itself
