@@ -16,7 +16,9 @@ from typing import Any
 
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.routing import APIRoute
 
+from api import docs as offline_docs
 from api import errors
 from api.apikeys import KeyStore
 from api.audit import AuditLog, AuditMiddleware
@@ -48,6 +50,39 @@ city/district/device/incident, 409 a lifecycle step the incident's state refuses
 invalid or out-of-bounds parameter, 429 rate limited (Retry-After), 502/503 storage
 trouble. Every call of an `operate`/`admin` route is written to the audit log.
 """
+
+
+TAGS: list[dict[str, Any]] = [
+    {"name": "cities", "description": "The city, its districts (GeoJSON), overviews and series."},
+    {
+        "name": "devices",
+        "description": "The registry's devices, their status, latest reading, "
+        "history and delivery accounting; cursor-paged.",
+    },
+    {"name": "events", "description": "Stored safe-city detections, newest first; cursor-paged."},
+    {
+        "name": "incidents",
+        "description": "Incidents the alerts service opened and their "
+        "lifecycle (acknowledge, dispatch, resolve: scope `operate`); cursor-paged.",
+    },
+    {
+        "name": "export",
+        "description": "A series or the events of a window as a CSV or NDJSON "
+        "file (streamed, bounded).",
+    },
+    {
+        "name": "stream",
+        "description": "Live readings, events and alerts as Server-Sent Events, "
+        "resumable with `Last-Event-ID`.",
+    },
+    {"name": "keys", "description": "The calling API key and the audit log."},
+    {"name": "health", "description": "Liveness and readiness probes (no key)."},
+]
+
+
+def operation_id(route: APIRoute) -> str:
+    """The OpenAPI operationId of a route: its handler's name (unique, snake_case, stable)."""
+    return route.name
 
 
 def create_app(settings: ApiSettings, city: City | None = None) -> FastAPI:
@@ -96,14 +131,17 @@ def create_app(settings: ApiSettings, city: City | None = None) -> FastAPI:
             log.info("api stopped")
 
     production = settings.env == "production"
-    docs: dict[str, Any] = (
-        {"docs_url": None, "redoc_url": None, "openapi_url": None} if production else {}
-    )
+    # The docs pages are our own (offline assets, `api.docs`), never FastAPI's CDN ones.
+    docs: dict[str, Any] = {"docs_url": None, "redoc_url": None}
+    if production:
+        docs["openapi_url"] = None
     app = FastAPI(
         title="safecity API",
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        openapi_tags=TAGS,
+        generate_unique_id_function=operation_id,
         **docs,
     )
     app.state.settings = settings
@@ -124,6 +162,8 @@ def create_app(settings: ApiSettings, city: City | None = None) -> FastAPI:
     app.add_middleware(SecurityHeadersMiddleware)
     read = [Depends(require("read"))]
     app.include_router(health.router)
+    if not production:
+        app.include_router(offline_docs.router_for(app))
     if production:
         # No interactive docs in production; the OpenAPI document only for a key.
         @app.get("/openapi.json", include_in_schema=False, dependencies=read)

@@ -89,7 +89,7 @@ async def get_city(city: CityDep, city_id: CityId) -> CityOut:
 
 
 @router.get("/{city_id}/overview", response_model=Overview, responses=errors(404, *STORAGE))
-async def city_overview(
+async def get_city_overview(
     request: Request,
     settings: SettingsDep,
     city: CityDep,
@@ -109,7 +109,7 @@ async def city_overview(
     response_model=Overview,
     responses=errors(404, *STORAGE),
 )
-async def district_overview(
+async def get_district_overview(
     request: Request,
     settings: SettingsDep,
     city: CityDep,
@@ -132,7 +132,7 @@ async def district_overview(
     response_model=FeatureCollection,
     responses=errors(404, *STORAGE),
 )
-async def districts(
+async def list_districts(
     request: Request, settings: SettingsDep, city: CityDep, city_id: CityId
 ) -> dict[str, Any]:
     """The districts as GeoJSON, each with its KPIs of the last 15 minutes as properties."""
@@ -165,7 +165,7 @@ def unit_of(kind: str, field: str) -> str:
 
 
 @router.get("/{city_id}/series", response_model=Series, responses=errors(404, *STORAGE))
-async def city_series(
+async def get_city_series(
     settings: SettingsDep,
     city: CityDep,
     influx: InfluxDep,

@@ -135,7 +135,7 @@ async def get_device(
 
 
 @router.get("/{device_id}/latest", response_model=LatestReading, responses=errors(404, *STORAGE))
-async def get_latest(city: CityDep, influx: InfluxDep, device_id: DeviceId) -> LatestReading:
+async def get_device_latest(city: CityDep, influx: InfluxDep, device_id: DeviceId) -> LatestReading:
     """The newest reading stored for the device (by device timestamp)."""
     device = device_or_404(city, device_id)
     reading = await latest_reading(influx, device)
@@ -152,7 +152,7 @@ async def get_latest(city: CityDep, influx: InfluxDep, device_id: DeviceId) -> L
 
 
 @router.get("/{device_id}/history", response_model=Series, responses=errors(404, *STORAGE))
-async def history(
+async def get_device_history(
     settings: SettingsDep,
     city: CityDep,
     influx: InfluxDep,

@@ -97,7 +97,7 @@ async def list_events(
 @delivery_router.get(
     "/{device_id}/delivery", response_model=Delivery, responses=errors(404, *STORAGE)
 )
-async def delivery(
+async def get_device_delivery(
     request: Request,
     settings: SettingsDep,
     city: CityDep,

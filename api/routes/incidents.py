@@ -227,7 +227,7 @@ async def list_incidents(
 
 
 @router.get("/figures", response_model=FiguresOut, responses=errors(404, *STORAGE))
-async def incident_figures(
+async def get_incident_figures(
     settings: SettingsDep,
     city: CityDep,
     influx: InfluxDep,
@@ -299,7 +299,7 @@ _STEP_RESPONSES = errors(404, 409, *STORAGE)
 
 
 @operate_router.post("/{incident_id}/ack", response_model=IncidentOut, responses=_STEP_RESPONSES)
-async def acknowledge(
+async def acknowledge_incident(
     request: Request,
     city: CityDep,
     influx: InfluxDep,
@@ -314,7 +314,7 @@ async def acknowledge(
 @operate_router.post(
     "/{incident_id}/dispatch", response_model=IncidentOut, responses=_STEP_RESPONSES
 )
-async def dispatch(
+async def dispatch_incident(
     request: Request,
     city: CityDep,
     influx: InfluxDep,
@@ -329,7 +329,7 @@ async def dispatch(
 @operate_router.post(
     "/{incident_id}/resolve", response_model=IncidentOut, responses=_STEP_RESPONSES
 )
-async def resolve(
+async def resolve_incident(
     request: Request,
     city: CityDep,
     influx: InfluxDep,

@@ -48,13 +48,13 @@ class AuditPage(BaseModel):
 
 
 @router.get("/me", response_model=Me, responses=errors())
-async def me(key: Annotated[ApiKey, Depends(require("read"))]) -> Me:
+async def get_current_key(key: Annotated[ApiKey, Depends(require("read"))]) -> Me:
     """The calling key: id, name and scopes (what the console shows and allows)."""
     return Me(id=key.id, name=key.name, scopes=list(key.scopes))
 
 
 @router.get("/audit", response_model=AuditPage, responses=errors())
-async def audit_log(
+async def list_audit_records(
     request: Request,
     settings: SettingsDep,
     key: Annotated[ApiKey, Depends(require("admin"))],

@@ -62,7 +62,7 @@ async def _events(
     },
     response_class=StreamingResponse,
 )
-async def stream(
+async def stream_live(
     request: Request,
     city_id: Annotated[
         str | None, Query(alias="city", max_length=64, description="City id (must be this one)")
