@@ -85,6 +85,26 @@ def operation_id(route: APIRoute) -> str:
     return route.name
 
 
+def _bounded_openapi(app: FastAPI, max_page_size: int) -> None:
+    """Publish the server's page-size bound: every `limit` parameter gets its maximum."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            for path in schema["paths"].values():
+                for operation in path.values():
+                    for param in operation.get("parameters", []):
+                        if param["in"] == "query" and param["name"] == "limit":
+                            for branch in param["schema"].get("anyOf", [param["schema"]]):
+                                if branch.get("type") == "integer":
+                                    branch["maximum"] = max_page_size
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(settings: ApiSettings, city: City | None = None) -> FastAPI:
     """Build the API app; `city` overrides loading `settings.registry` at start-up."""
 
@@ -144,6 +164,7 @@ def create_app(settings: ApiSettings, city: City | None = None) -> FastAPI:
         generate_unique_id_function=operation_id,
         **docs,
     )
+    _bounded_openapi(app, settings.max_page_size)
     app.state.settings = settings
     app.state.audit = AuditLog(settings.audit_log_file)
     errors.install(app)

@@ -258,10 +258,14 @@ class EventOut(BaseModel):
 
 
 class EventPage(BaseModel):
-    """Events newest first; `truncated` says the limit cut the list."""
+    """A page of events, newest first; pass `next_cursor` back as `cursor` for the next.
+
+    `truncated` is true exactly when `next_cursor` is set (more events follow).
+    """
 
     items: list[EventOut]
     truncated: bool
+    next_cursor: str | None = Field(description="null on the last page")
     window: Window
 
 

@@ -64,7 +64,7 @@ async def list_devices(
     ] = None,
     limit: Annotated[
         int | None,
-        Query(ge=1, le=1000, description="Page size, 1..max_page_size (default 100)"),
+        Query(ge=1, description="Page size, 1..max_page_size (default 100)"),
     ] = None,
     cursor: Annotated[
         str | None, Query(max_length=128, description="`next_cursor` of the previous page")

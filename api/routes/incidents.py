@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from api import metrics
 from api.apikeys import ApiKey
+from api.cursors import incident_cursor, incident_position
 from api.deps import CityDep, InfluxDep, SettingsDep
 from api.errors import bad_param
 from api.models import Window
@@ -26,6 +27,7 @@ from api.routes.common import SEVERITIES, From, To
 from api.security import require
 from safecity import incidents as inc
 from safecity.influx import InfluxClient
+from safecity.readings import epoch_ms
 from safecity.registry import City
 
 router = APIRouter(prefix="/v1/incidents", tags=["incidents"])
@@ -55,7 +57,11 @@ IncidentId = Annotated[
 ]
 Limit = Annotated[
     int | None,
-    Query(ge=1, le=1000, description="Most incidents returned, <= max_page_size (default 100)"),
+    Query(ge=1, description="Page size, 1..max_page_size (default 100)"),
+]
+Cursor = Annotated[
+    str | None,
+    Query(max_length=96, description="`next_cursor` of the previous page (same filters)"),
 ]
 OperateKey = Annotated[ApiKey, Depends(require("operate"))]
 
@@ -93,10 +99,12 @@ class IncidentOut(BaseModel):
 
 
 class IncidentPage(BaseModel):
-    """Incidents opened in the window, newest first; `truncated` says the limit cut the list."""
+    """A page of incidents opened in the window, newest first; pass `next_cursor` back as
+    `cursor` for the next (`truncated` is true exactly when it is set)."""
 
     items: list[IncidentOut]
     truncated: bool
+    next_cursor: str | None = Field(description="null on the last page")
     window: Window
 
 
@@ -203,8 +211,10 @@ async def list_incidents(
     start: From = None,
     end: To = None,
     limit: Limit = None,
+    cursor: Cursor = None,
 ) -> IncidentPage:
-    """Incidents opened in the window (default: the last 7 days), newest first, filtered."""
+    """Incidents opened in the window (default: the last 7 days), newest first, filtered,
+    page by page: pass `next_cursor` back as `cursor` with the same filters and window."""
     _check_city(city, city_id)
     if limit is None:
         limit = min(100, settings.max_page_size)
@@ -215,13 +225,19 @@ async def list_incidents(
         raise bad_param("query", "severity", f"must be one of {', '.join(SEVERITIES)}")
     if state is not None and state not in STATES:
         raise bad_param("query", "state", f"must be one of {', '.join(STATES)}")
+    after = incident_position(cursor) if cursor is not None else None
     window = time_range(settings, start, end, DEFAULT_WINDOW)
     found = await incidents_in(influx, city, window, district, rule_id, severity)
     if state is not None:
         found = [i for i in found if i.state.value == state]
+    if after is not None:
+        found = [i for i in found if (epoch_ms(i.opened_at), i.id) < after]
+    page = found[:limit]
+    more = len(found) > limit
     return IncidentPage(
-        items=[incident_out(i) for i in found[:limit]],
-        truncated=len(found) > limit,
+        items=[incident_out(i) for i in page],
+        truncated=more,
+        next_cursor=incident_cursor(epoch_ms(page[-1].opened_at), page[-1].id) if more else None,
         window=window.model(),
     )
 
