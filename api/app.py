@@ -126,7 +126,13 @@ def create_app(settings: ApiSettings, city: City | None = None) -> FastAPI:
             log.warning("retention policies not ensured: %s", exc)
         app.state.limiter = RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst)
         app.state.snapshots = SnapshotCache(settings.overview_cache_ttl)
-        app.state.hub = Hub(loaded, settings.mqtt, settings.stream_queue_size)
+        app.state.hub = Hub(
+            loaded,
+            settings.mqtt,
+            settings.stream_queue_size,
+            replay=settings.stream_replay,
+            max_per_key=settings.stream_max_per_key,
+        )
         app.state.deadletters = DeadLetterIndex(store_path(settings.deadletter_dir))
         app.state.ledger = (
             LedgerIndex(settings.ledger_file) if settings.ledger_file is not None else None

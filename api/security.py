@@ -70,6 +70,7 @@ def require(scope: str) -> Callable[..., Awaitable[ApiKey]]:
                 headers={"WWW-Authenticate": "ApiKey"},
             )
         audit.mark(request.scope, scope, record)
+        request.state.api_key = record
         if not record.allows(scope):
             raise HTTPException(
                 status_code=403,

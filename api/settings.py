@@ -37,6 +37,11 @@ class ApiSettings(ServiceSettings):
     mqtt: MqttSettings = MqttSettings()
     stream_queue_size: Annotated[int, Field(ge=1, le=100_000)] = 256
     stream_heartbeat: Annotated[float, Field(gt=0, le=300)] = 15.0
+    # Items kept for clients resuming with Last-Event-ID, the reconnect delay the
+    # stream advises, and how many live streams one API key may hold at once.
+    stream_replay: Annotated[int, Field(ge=0, le=100_000)] = 1000
+    stream_retry_ms: Annotated[int, Field(ge=100, le=600_000)] = 3000
+    stream_max_per_key: Annotated[int, Field(ge=1, le=1000)] = 5
     # development | production: production turns /docs and /redoc off and puts
     # /openapi.json behind a key.
     env: Literal["development", "production"] = "development"
