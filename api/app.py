@@ -29,7 +29,18 @@ from api.limits import BodyLimitMiddleware
 from api.live import Hub
 from api.metrics import MetricsMiddleware
 from api.overview import SnapshotCache
-from api.routes import cities, console, devices, events, health, incidents, keys, metrics, stream
+from api.routes import (
+    cities,
+    console,
+    devices,
+    events,
+    export,
+    health,
+    incidents,
+    keys,
+    metrics,
+    stream,
+)
 from api.security import HEADER, RateLimiter, require
 from api.settings import ApiSettings
 from safecity import __version__
@@ -202,6 +213,7 @@ def create_app(settings: ApiSettings, city: City | None = None) -> FastAPI:
     app.include_router(devices.router, dependencies=read)
     app.include_router(events.router, dependencies=read)
     app.include_router(events.delivery_router)
+    app.include_router(export.router, dependencies=read)
     app.include_router(incidents.router, dependencies=read)
     # Lifecycle steps need `operate` (each handler takes the key: `by` is its id).
     app.include_router(incidents.operate_router)

@@ -155,6 +155,21 @@ async def events(
     return rows
 
 
+async def count_events(
+    influx: InfluxClient, params: dict[str, str], filters: tuple[str, ...]
+) -> int:
+    """How many events of a city and window pass the filters."""
+    where = '"city" = $city AND time >= $from AND time < $to'
+    for name in filters:
+        if name not in EVENT_FILTERS:
+            raise ValueError(f"not an event filter: {name}")
+        where += f" AND {quote_ident(name)} = ${name}"
+    statement = f'SELECT count("seq") AS "n" FROM {source(EVENTS)} WHERE {where}'
+    return sum(
+        int(r.get("n") or 0) for s in await influx.query(statement, params) for r in s.rows()
+    )
+
+
 def event_details(row: dict[str, Any]) -> dict[str, FieldValue]:
     """The event's detail fields (everything but identity, time and seq)."""
     return {k: v for k, v in row.items() if k not in _EVENT_NOT_DETAILS and v is not None}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel
 
 from api.deps import CityDep, InfluxDep, SettingsDep
@@ -25,6 +25,7 @@ from api.routes.common import (
     KindQuery,
     To,
     check_city,
+    check_district,
     snapshot,
     window_key,
 )
@@ -120,8 +121,7 @@ async def get_district_overview(
 ) -> Overview:
     """One district's metrics for the window (default: the last 15 minutes)."""
     check_city(city, city_id)
-    if city.district(district_id) is None:
-        raise HTTPException(status_code=404, detail=f"unknown district {district_id}")
+    check_district(city, district_id)
     window = time_range(settings, start, end, OVERVIEW_WINDOW)
     snap = await snapshot(request, window, window_key(start, end, OVERVIEW_WINDOW))
     return overview(snap, settings, city, district_id)
@@ -185,8 +185,7 @@ async def get_city_series(
     """A field of a kind over the city or a district, aggregated per bucket (default: last hour)."""
     check_city(city, city_id)
     check_series(kind, field, agg)
-    if district is not None and city.district(district) is None:
-        raise bad_param("query", "district", f"unknown district {district!r}")
+    check_district(city, district)
     window = time_range(settings, start, end, timedelta(hours=1))
     every_s = bucket(settings, every, window)
     params = {"city": city.id, **window.params()}

@@ -81,6 +81,13 @@ def check_city(city: City, city_id: str) -> None:
         )
 
 
+def check_district(city: City, district: str | None) -> None:
+    """404 naming an unknown district (the same rule in a path and in a query)."""
+    if district is not None and city.district(district) is None:
+        known = ", ".join(sorted(d.id for d in city.districts))
+        raise HTTPException(status_code=404, detail=f"unknown district {district} (known: {known})")
+
+
 def device_or_404(city: City, device_id: str) -> Device:
     """The device, or 404 naming it."""
     device = city.device(device_id)

@@ -23,6 +23,7 @@ from api.routes.common import (
     Every,
     From,
     To,
+    check_district,
     default_window,
     device_or_404,
     snapshot,
@@ -79,9 +80,7 @@ async def list_devices(
         raise bad_param(
             "query", "kind", f"unknown kind {kind!r} (known: {', '.join(sorted(catalogue.KINDS))})"
         )
-    if district is not None and city.district(district) is None:
-        known = ", ".join(sorted(d.id for d in city.districts))
-        raise bad_param("query", "district", f"unknown district {district!r} (known: {known})")
+    check_district(city, district)
     if status is not None and status not in STATES:
         raise bad_param("query", "status", "must be one of online, stale, offline")
     if limit is None:

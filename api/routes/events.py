@@ -16,7 +16,15 @@ from api.params import TimeRange, time_range
 from api.queries import event_details, events, stored_counts
 from api.responses import STORAGE, errors
 from api.routes.cities import _ts
-from api.routes.common import EVENT_TYPES, SEVERITIES, DeviceId, From, To, device_or_404
+from api.routes.common import (
+    EVENT_TYPES,
+    SEVERITIES,
+    DeviceId,
+    From,
+    To,
+    check_district,
+    device_or_404,
+)
 from api.security import require
 from safecity.deadletters import DeadLetterIndex
 from safecity.influx import InfluxClient
@@ -56,12 +64,10 @@ def event_filters(
     """The checked tag filters of an events query (422 naming a bad one)."""
     filters: dict[str, str] = {}
     if district is not None:
-        if city.district(district) is None:
-            raise bad_param("query", "district", f"unknown district {district!r}")
+        check_district(city, district)
         filters["district"] = district
     if device_id is not None:
-        if city.device(device_id) is None:
-            raise bad_param("query", "device_id", f"unknown device {device_id!r}")
+        device_or_404(city, device_id)
         filters["device_id"] = device_id
     if event_type is not None:
         if event_type not in EVENT_TYPES:

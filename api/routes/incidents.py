@@ -23,7 +23,7 @@ from api.errors import bad_param
 from api.models import Window
 from api.params import TimeRange, time_range
 from api.responses import STORAGE, errors
-from api.routes.common import SEVERITIES, From, To
+from api.routes.common import SEVERITIES, From, To, check_district
 from api.security import require
 from safecity import incidents as inc
 from safecity.influx import InfluxClient
@@ -160,8 +160,7 @@ def _check_city(city: City, city_id: str | None) -> None:
 
 
 def _check_district(city: City, district: str | None) -> None:
-    if district is not None and city.district(district) is None:
-        raise bad_param("query", "district", f"unknown district {district!r}")
+    check_district(city, district)
 
 
 async def incidents_in(

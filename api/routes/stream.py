@@ -15,7 +15,7 @@ from api.apikeys import ApiKey
 from api.errors import bad_param
 from api.live import Hub, Subscriber, TooManyStreamsError
 from api.responses import errors
-from api.routes.common import KINDS
+from api.routes.common import KINDS, check_district
 from api.settings import ApiSettings
 from safecity.errors import MqttError
 from safecity.registry import City
@@ -114,8 +114,7 @@ async def stream_live(
     settings: ApiSettings = request.app.state.settings
     if city_id is not None and city_id != city.id:
         raise HTTPException(status_code=404, detail=f"unknown city {city_id}")
-    if district is not None and city.district(district) is None:
-        raise bad_param("query", "district", f"unknown district {district!r}")
+    check_district(city, district)
     if kind is not None and kind not in KINDS:
         raise bad_param("query", "kind", f"unknown kind {kind!r}")
     hub: Hub = request.app.state.hub

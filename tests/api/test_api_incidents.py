@@ -97,7 +97,6 @@ def test_list_filters_and_bounds(client: TestClient, stored: dict[str, inc.Incid
 
     for params, name in (
         ({"limit": 51}, "limit"),
-        ({"district": "atlantis"}, "district"),
         ({"severity": "apocalyptic"}, "severity"),
         ({"state": "closed"}, "state"),
         ({"type": "Bad Type"}, "type"),

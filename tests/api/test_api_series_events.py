@@ -125,7 +125,6 @@ def test_device_history(client: TestClient, data: dict[str, Any]) -> None:
         ({"field": "congested"}, "field", "not a numeric field"),
         ({"agg": "median"}, "agg", "mean"),
         ({"kind": "noize"}, "kind", "unknown kind"),
-        ({"district": "atlantis"}, "district", "unknown district"),
     ],
 )
 def test_series_bounds_are_422_with_reason(
