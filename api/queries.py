@@ -127,7 +127,8 @@ async def series(
         for row in s.rows():
             value = row.get("value")
             if isinstance(value, int | float) and not isinstance(value, bool):
-                out.append((int(row["time"]), float(value)))
+                # Rounded as the overview's figures are: no false precision.
+                out.append((int(row["time"]), round(float(value), 4)))
     return out
 
 

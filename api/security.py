@@ -17,6 +17,7 @@ from fastapi.security import APIKeyHeader
 
 from api import audit
 from api.apikeys import ApiKey, ApiKeyError, KeyStore
+from api.errors import human_duration
 
 HEADER = "X-API-Key"
 api_key_header = APIKeyHeader(
@@ -80,7 +81,8 @@ def require(scope: str) -> Callable[..., Awaitable[ApiKey]]:
         if wait > 0:
             raise HTTPException(
                 status_code=429,
-                detail=f"rate limit of API key {record.id} exceeded: retry in {wait:.2f}s",
+                detail=f"rate limit of API key {record.id} exceeded: "
+                f"retry in {human_duration(wait)}",
                 headers={"Retry-After": str(max(1, math.ceil(wait)))},
             )
         return record

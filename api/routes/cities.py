@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, HTTPException, Path, Query, Request
 from pydantic import BaseModel
 
 from api.deps import CityDep, InfluxDep, SettingsDep
@@ -17,10 +17,12 @@ from api.queries import numeric_fields, series
 from api.responses import STORAGE, errors
 from api.routes.common import (
     ID_PATTERN,
+    NUMERIC_FIELDS,
     OVERVIEW_WINDOW,
     Agg,
     CityId,
     Every,
+    FieldQuery,
     From,
     KindQuery,
     To,
@@ -151,9 +153,10 @@ def check_series(kind: str, field: str, agg: str) -> None:
         )
     allowed = numeric_fields(kind)
     if field not in allowed:
-        raise bad_param(
-            "query", "field", f"not a numeric field of {kind} (allowed: {', '.join(allowed)})"
-        )
+        reason = f"not a numeric field of {kind} (allowed: {', '.join(allowed)})"
+        if field in NUMERIC_FIELDS:  # a real field of another kind: no such series
+            raise HTTPException(status_code=404, detail=f"unknown series {kind}.{field}: {reason}")
+        raise bad_param("query", "field", reason)
     if agg not in ("mean", "min", "max", "p95", "count"):
         raise bad_param("query", "agg", "must be one of mean, min, max, p95, count")
 
@@ -171,9 +174,7 @@ async def get_city_series(
     influx: InfluxDep,
     city_id: CityId,
     kind: KindQuery,
-    field: Annotated[
-        str, Query(max_length=64, description="Numeric field of the kind", examples=["laeq"])
-    ],
+    field: FieldQuery,
     district: Annotated[
         str | None, Query(max_length=64, description="District id (default: whole city)")
     ] = None,

@@ -29,6 +29,7 @@ from api.routes.common import (
     Agg,
     CityId,
     Every,
+    FieldQuery,
     From,
     KindQuery,
     To,
@@ -98,9 +99,7 @@ async def export_series(
     influx: InfluxDep,
     city_id: CityId,
     kind: KindQuery,
-    field: Annotated[
-        str, Query(max_length=64, description="Numeric field of the kind", examples=["laeq"])
-    ],
+    field: FieldQuery,
     district: Annotated[
         str | None, Query(max_length=64, description="District id (default: whole city)")
     ] = None,
