@@ -148,6 +148,7 @@ def test_a_generated_client_works_against_the_running_api(
     from safecity_client.api.events import list_events
     from safecity_client.api.incidents import acknowledge_incident
     from safecity_client.models import EventPage, IncidentOut, Overview, Series, TransitionIn
+    from safecity_client.models.get_city_series_field import GetCitySeriesField
     from safecity_client.models.get_city_series_kind import GetCitySeriesKind
 
     client = AuthenticatedClient(
@@ -161,7 +162,12 @@ def test_a_generated_client_works_against_the_running_api(
 
     window = {"from_": base, "to": base + timedelta(minutes=10)}
     series = get_city_series.sync(
-        CITY.id, client=client, kind=GetCitySeriesKind.NOISE, field="laeq", every="1m", **window
+        CITY.id,
+        client=client,
+        kind=GetCitySeriesKind.NOISE,
+        field=GetCitySeriesField.LAEQ,
+        every="1m",
+        **window,
     )
     assert isinstance(series, Series)
     assert [p.value for p in series.points] == [50.0 + m for m in range(10)]
