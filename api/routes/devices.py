@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request
 
+from api.cursors import PATTERN as CURSOR_PATTERN
 from api.deps import CityDep, DirectoryDep, InfluxDep, SettingsDep
 from api.directory import BadCursorError, decode_cursor, encode_cursor
 from api.errors import bad_param
@@ -69,7 +70,7 @@ async def list_devices(
         Query(ge=1, description="Page size, 1..max_page_size (default 100)"),
     ] = None,
     cursor: Annotated[
-        str | None, Query(max_length=128, description="`next_cursor` of the previous page")
+        str | None, Query(pattern=CURSOR_PATTERN, description="`next_cursor` of the previous page")
     ] = None,
 ) -> DevicePage:
     """Devices of the city in id order, filtered by district, kind and status, page by page."""
@@ -93,7 +94,7 @@ async def list_devices(
         try:
             after = decode_cursor(cursor)
         except BadCursorError as exc:
-            raise bad_param("query", "cursor", str(exc)) from exc
+            raise HTTPException(status_code=404, detail=f"unknown cursor: {exc}") from exc
     if status is None:
         page = directory.page(limit=limit, after=after, kind=kind, district=district)
         items: list[DeviceStatusOut | DeviceOut] = [DeviceOut.of(city.id, d) for d in page.items]

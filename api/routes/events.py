@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 
+from api.cursors import PATTERN as CURSOR_PATTERN
 from api.cursors import event_cursor, event_position
 from api.delivery import LedgerIndex
 from api.deps import CityDep, InfluxDep, SettingsDep
@@ -42,7 +43,7 @@ Limit = Annotated[
 ]
 Cursor = Annotated[
     str | None,
-    Query(max_length=64, description="`next_cursor` of the previous page (same filters)"),
+    Query(pattern=CURSOR_PATTERN, description="`next_cursor` of the previous page (same filters)"),
 ]
 # Events sharing one millisecond are never split across pages; a page holds at most
 # this many of them (a burst larger than that is cut, and `next_cursor` moves past it).

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from api import metrics
 from api.apikeys import ApiKey
+from api.cursors import PATTERN as CURSOR_PATTERN
 from api.cursors import incident_cursor, incident_position
 from api.deps import CityDep, InfluxDep, SettingsDep
 from api.errors import bad_param
@@ -61,7 +62,7 @@ Limit = Annotated[
 ]
 Cursor = Annotated[
     str | None,
-    Query(max_length=96, description="`next_cursor` of the previous page (same filters)"),
+    Query(pattern=CURSOR_PATTERN, description="`next_cursor` of the previous page (same filters)"),
 ]
 OperateKey = Annotated[ApiKey, Depends(require("operate"))]
 

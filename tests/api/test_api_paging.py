@@ -107,7 +107,11 @@ def test_incidents_page_through_every_incident_once(
     assert opened == sorted(opened, reverse=True)
 
 
-def test_a_foreign_cursor_is_422(client: TestClient) -> None:
-    for path, cursor in (("/v1/events", "bm9wZQ"), ("/v1/incidents", "ZTox"), ("/v1/events", "%%")):
-        r = client.get(path, params={"cursor": cursor})
+def test_a_malformed_cursor_is_422_and_a_foreign_one_404(client: TestClient) -> None:
+    for path in ("/v1/events", "/v1/incidents", "/v1/devices"):
+        r = client.get(path, params={"cursor": "%%"})
         assert r.status_code == 422 and "cursor" in r.json()["detail"], (path, r.text)
+        for foreign in ("aTox", "wg"):
+            r = client.get(path, params={"cursor": foreign})
+            assert r.status_code == 404, (path, foreign, r.text)
+            assert r.json()["detail"].startswith("unknown cursor"), r.text
