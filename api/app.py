@@ -35,6 +35,7 @@ from api.routes import (
     devices,
     events,
     export,
+    grafana,
     health,
     incidents,
     keys,
@@ -217,6 +218,8 @@ def create_app(settings: ApiSettings, city: City | None = None) -> FastAPI:
     app.include_router(incidents.router, dependencies=read)
     # Lifecycle steps need `operate` (each handler takes the key: `by` is its id).
     app.include_router(incidents.operate_router)
+    # Grafana's contact point: an `operate` key as a bearer token (see dashboards/).
+    app.include_router(grafana.router)
     app.include_router(keys.router)
     app.include_router(stream.router, dependencies=read)
     # The console's page and assets hold no data: no key (its data calls need one).
