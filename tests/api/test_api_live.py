@@ -163,7 +163,8 @@ def test_schemathesis_over_the_live_api_seeded_by_the_real_pipeline(
     ]
     failures: list[str] = []
     statuses: dict[int, int] = {}
-    auth = {"X-API-Key": api.api_key}
+    # The key both ways: X-API-Key, and as a bearer token for Grafana's intake.
+    auth = {"X-API-Key": api.api_key, "Authorization": f"Bearer {api.api_key}"}
     with httpx.Client(timeout=15) as http:
         for result in schema.include(path_regex="^(?!/v1/stream)").get_all_operations():
             operation = result.ok()
