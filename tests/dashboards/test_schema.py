@@ -118,3 +118,15 @@ def test_contact_point_and_policy_round_trip_and_route_every_alert_to_the_intake
     assert contact["name"] == point["name"]
     assert contact["receivers"][0]["uid"] == point["uid"]
     assert provisioned["policies"][0]["receiver"] == point["name"]
+
+
+def test_compose_gives_grafana_every_variable_the_alerting_file_expands() -> None:
+    import yaml
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    env = compose["services"]["grafana"]["environment"]
+    text = (build.OUT / "provisioning" / "alerting" / "safecity.yaml").read_text()
+    wanted = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)\}", text))
+    assert wanted == {"SAFECITY_GRAFANA_WEBHOOK_URL", "SAFECITY_GRAFANA_WEBHOOK_KEY"}
+    assert wanted <= set(env)
+    assert env["SAFECITY_GRAFANA_WEBHOOK_URL"].endswith(alerting.WEBHOOK_PATH)
