@@ -27,6 +27,8 @@ class ApiSettings(ServiceSettings):
     max_range: Annotated[float, Field(gt=0, le=366 * 86_400)] = 31 * 86_400.0
     min_bucket: Annotated[float, Field(ge=1, le=86_400)] = 10.0
     max_points: Annotated[int, Field(ge=10, le=100_000)] = 5000
+    # Most events one export may hold (a series export is bounded by max_points).
+    max_export_rows: Annotated[int, Field(ge=1, le=10_000_000)] = 100_000
     status_lookback: Annotated[float, Field(gt=0, le=31 * 86_400)] = 86_400.0
     overview_cache_ttl: Annotated[float, Field(ge=0, le=300)] = 5.0
     # Delivery accounting: where ingest keeps dead letters (same variable as ingest's)
@@ -37,6 +39,11 @@ class ApiSettings(ServiceSettings):
     mqtt: MqttSettings = MqttSettings()
     stream_queue_size: Annotated[int, Field(ge=1, le=100_000)] = 256
     stream_heartbeat: Annotated[float, Field(gt=0, le=300)] = 15.0
+    # Items kept for clients resuming with Last-Event-ID, the reconnect delay the
+    # stream advises, and how many live streams one API key may hold at once.
+    stream_replay: Annotated[int, Field(ge=0, le=100_000)] = 1000
+    stream_retry_ms: Annotated[int, Field(ge=100, le=600_000)] = 3000
+    stream_max_per_key: Annotated[int, Field(ge=1, le=1000)] = 5
     # development | production: production turns /docs and /redoc off and puts
     # /openapi.json behind a key.
     env: Literal["development", "production"] = "development"

@@ -97,11 +97,10 @@ def test_list_filters_and_bounds(client: TestClient, stored: dict[str, inc.Incid
 
     for params, name in (
         ({"limit": 51}, "limit"),
-        ({"district": "atlantis"}, "district"),
         ({"severity": "apocalyptic"}, "severity"),
         ({"state": "closed"}, "state"),
         ({"type": "Bad Type"}, "type"),
-        ({"from": "2026-01-01T00:00:00Z", "to": "2026-06-01T00:00:00Z"}, "from"),
+        ({"to": "0.5"}, "to"),
     ):
         r = client.get("/v1/incidents", params=params)
         assert r.status_code == 422 and f"'{name}'" in r.json()["detail"], (params, r.text)
