@@ -42,6 +42,7 @@ SECRET_FILES = {
     "influx_admin_password": "compose-admin-'pw",
     "influx_password": "compose-user-pw",
     "grafana_admin_password": "compose-grafana-pw",
+    "grafana_webhook_key": "not-a-real-key",
 }
 # Which settings class each safecity command reads (the env names it understands).
 SETTINGS_OF = {
