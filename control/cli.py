@@ -11,7 +11,9 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +26,13 @@ from control.settings import StackSettings, StorageSettings
 from dashboards import cli as dashboards_cli
 from ingest import cli as ingest_cli
 from ingest.settings import IngestSettings
-from safecity import cliargs, registry
+from safecity import cliargs, instance, registry
 from safecity.cliargs import CliError, port, positive_float, positive_int, registry_flag
 from safecity.errors import SafecityError
 from safecity.observability import configure_logging
+from safecity.readings import format_ts
 from simulators import cli as simulators_cli
+from simulators.settings import SimulatorSettings
 
 __all__ = ["CliError", "build_parser", "main"]
 
@@ -79,19 +83,34 @@ def cmd_influx_init(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    """Check a ledger against InfluxDB and the dead-letter stores; exit 1 on any loss."""
+    """Check a ledger against InfluxDB and the dead-letter stores; exit 1 on any loss.
+
+    Without --ledger: the ledger of the instance's city (`safecity run` keeps one), with
+    its dead-letter store; while it runs, what was sent up to now is checked after
+    `--settle` seconds (default 5) for the messages still on their way.
+    """
     if getattr(args, "scenario", None):
         return cmd_verify_scenario(args)
-    if args.ledger is None:
-        raise CliError("verify needs --ledger FILE (or --scenario NAME)")
     settings = _settings(IngestSettings, registry=args.registry)
+    ledger_path, deadletters, upto = args.ledger, args.deadletters or [], None
+    if ledger_path is None:
+        where = instance.layout(settings.home)
+        if not where.ledger_file.exists():
+            raise CliError(
+                "verify needs --ledger FILE (or --scenario NAME): "
+                f"no ledger of a local city in {where.root} (`safecity run` keeps one there)"
+            )
+        ledger_path, deadletters = where.ledger_file, args.deadletters or [where.deadletter_dir]
+        if instance.running(where) is not None:
+            upto = where.ledger_file.stat().st_size
+            time.sleep(5.0 if args.settle is None else args.settle)
     from control.verify import verify
     from safecity.influx import InfluxClient
 
     async def main() -> Any:
         client = InfluxClient(settings.influx)
         try:
-            return await verify(args.ledger, client, args.deadletters or [])
+            return await verify(ledger_path, client, deadletters, upto=upto)
         finally:
             await client.close()
 
@@ -100,10 +119,25 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _outside_window(start: datetime, end: datetime, past_s: float, future_s: float) -> str | None:
+    """Why a scenario's simulated span falls outside the ingest's timestamp window, if it does."""
+    now = datetime.now(UTC)
+    earliest, latest = now - timedelta(seconds=past_s), now + timedelta(seconds=future_s)
+    if earliest <= start and end <= latest:
+        return None
+    return (
+        f"the scenario's simulated time {format_ts(start)} .. {format_ts(end)} falls outside "
+        f"the ingest's timestamp window ({format_ts(earliest)} .. {format_ts(latest)}: "
+        f"SAFECITY_TS_PAST_WINDOW={past_s:g}, SAFECITY_TS_FUTURE_WINDOW={future_s:g}); its "
+        "readings would be dead-lettered and every rule would look missed. Give a --start "
+        "inside the window, or widen both variables for the ingest, the alerts service and "
+        "this command"
+    )
+
+
 def cmd_verify_scenario(args: argparse.Namespace) -> int:
     """Run a scenario and score the alert rules against its ledger; exit 1 if it fails."""
     import tempfile
-    from datetime import UTC, datetime
 
     from control.scoring import run_scenario
 
@@ -117,6 +151,12 @@ def cmd_verify_scenario(args: argparse.Namespace) -> int:
     start = start or datetime.now(UTC).replace(microsecond=0)
     speed = args.speed or scenario.speed or 1.0
     duration = args.duration or scenario.duration or 60.0
+    fleet = _settings(SimulatorSettings, registry=args.registry)
+    simulators_cli.refuse_beside_running_city(fleet, scenario.fleet(city))
+    end = start + timedelta(seconds=duration * speed)
+    why = _outside_window(start, end, settings.ts_past_window, settings.ts_future_window)
+    if why is not None:
+        raise CliError(f"scenario {args.scenario}: {why}")
     with tempfile.TemporaryDirectory() as tmp:
         ledger_path = args.ledger or Path(tmp) / "ledger.jsonl"
         result = run_scenario(
@@ -128,7 +168,7 @@ def cmd_verify_scenario(args: argparse.Namespace) -> int:
             speed=speed,
             duration=duration,
             ledger_path=ledger_path,
-            settle_s=args.settle,
+            settle_s=30.0 if args.settle is None else args.settle,
             registry=settings.registry,
             deadletter_dirs=args.deadletters or [],
         )
@@ -236,7 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("verify", help="check a ledger against InfluxDB and dead letters")
     p.add_argument(
-        "--ledger", type=Path, help="ledger file (JSON lines); with --scenario: where to write it"
+        "--ledger",
+        type=Path,
+        help="ledger file (JSON lines; default: the local city's); with --scenario: where "
+        "to write it",
     )
     p.add_argument(
         "--deadletters", type=Path, action="append", help="dead-letter directory (repeatable)"

@@ -10,8 +10,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
+from safecity import instance
 from safecity.errors import ConfigError, TopicError
 from safecity.secrets import read_secrets
 from safecity.topics import validate_identifier
@@ -102,8 +108,22 @@ class InfluxSettings(BaseModel):
         return value
 
 
+class _RunningInstance(PydanticBaseSettingsSource):
+    """Lowest-priority source: the broker and InfluxDB of the running local instance."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return instance.endpoints(set(self.settings_cls.model_fields))
+
+
 class ServiceSettings(BaseSettings):
-    """Common base: env prefix SAFECITY_, nested delimiter __, optional .env file."""
+    """Common base: env prefix SAFECITY_, nested delimiter __, optional .env file.
+
+    Below every explicit setting, the broker and InfluxDB addresses come from the running
+    local instance (`safecity run` in SAFECITY_HOME), so commands beside it need no flags.
+    """
 
     model_config = SettingsConfigDict(
         env_prefix="SAFECITY_",
@@ -114,10 +134,42 @@ class ServiceSettings(BaseSettings):
         frozen=True,
     )
 
+    home: Path = Field(
+        default_factory=instance.home,
+        description="The instance directory (`safecity run` keeps its city there); "
+        "the default of every data path below",
+    )
     registry: Path | None = Field(
         default=None, description="City registry file (JSON lines); default: built-in Tashkent"
     )
     log_level: str = "INFO"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The usual sources, then the running instance's endpoints."""
+        return (
+            init_settings,
+            env_settings,
+            dotenv_settings,
+            file_secret_settings,
+            _RunningInstance(settings_cls),
+        )
+
+
+def in_home(part: str) -> Any:
+    """A default factory: the instance layout's `part` under the settings' own `home`."""
+
+    def factory(data: dict[str, Any]) -> Any:
+        return getattr(instance.layout(data.get("home")), part)
+
+    return factory
 
 
 def instance_id_from_name(name: str) -> str:

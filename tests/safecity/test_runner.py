@@ -112,8 +112,7 @@ def test_run_serves_every_device_then_ctrl_c_leaves_nothing_behind(tmp_path: Pat
         mqtt = re.search(r"MQTT broker\s+mqtt://([\d.]+):(\d+)", printed)
         tls = re.search(r"MQTT over TLS\s+mqtts://([\d.]+):(\d+)\s+\(CA (\S+)\)", printed)
         secrets_file = re.search(r"MQTT secrets\s+(\S+)", printed)
-        pidfile = re.search(r"SAFECITY_BROKER_PIDFILE=(\S+)", printed)
-        assert mqtt and tls and secrets_file and pidfile, printed
+        assert mqtt and tls and secrets_file, printed
         host, port = mqtt.group(1), int(mqtt.group(2))
         assert mqtt_connack_reason(host, port, 5) == NOT_AUTHORIZED
         secrets_path = Path(secrets_file.group(1))
@@ -149,13 +148,9 @@ def test_run_serves_every_device_then_ctrl_c_leaves_nothing_behind(tmp_path: Pat
             rf" as {re.escape(victim)} \(p5, [^)]*u'{re.escape(victim)}'\)", broker_log
         )
 
-        # `safecity devices revoke` with the printed SAFECITY_BROKER_PIDFILE reloads the
-        # running broker: the device is cut off, everyone else stays.
-        cli_env = {
-            **env,
-            "SAFECITY_IDENTITY_DIR": str(tmp_path / "identity"),
-            "SAFECITY_BROKER_PIDFILE": pidfile.group(1),
-        }
+        # `safecity devices revoke` in the run's instance (SAFECITY_HOME, nothing else)
+        # reloads the running broker: the device is cut off, everyone else stays.
+        cli_env = {**env, "SAFECITY_HOME": str(tmp_path)}
         revoke = subprocess.run(
             [sys.executable, "-m", "control", "devices", "revoke", victim,
              "--secrets-file", str(secrets_path)],
