@@ -139,7 +139,7 @@ def cmd_verify_scenario(args: argparse.Namespace) -> int:
     """Run a scenario and score the alert rules against its ledger; exit 1 if it fails."""
     import tempfile
 
-    from control.scoring import run_scenario
+    from control.scenario import run_scenario
 
     settings = _settings(AlertsSettings, registry=args.registry)
     configure_logging("verify", settings.log_level)
