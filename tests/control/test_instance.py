@@ -246,3 +246,75 @@ def test_a_state_file_of_a_dead_launcher_is_not_a_running_city(tmp_path: Path) -
     assert instance.running(where) is None
     instance.forget(where, gone.pid)
     assert not where.state_file.exists()
+
+
+def test_every_data_path_defaults_into_the_instance(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from api.settings import ApiSettings
+    from broker.settings import SecuritySettings
+    from control.settings import StackSettings
+    from ingest.settings import IngestSettings
+    from simulators.settings import SimulatorSettings
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SAFECITY_HOME", str(tmp_path / "city"))
+    where = instance.layout()
+    assert where.root == tmp_path / "city"
+    ingest = IngestSettings()
+    assert (ingest.deadletter_dir, ingest.spool_dir) == (where.deadletter_dir, where.spool_dir)
+    api = ApiSettings()
+    assert api.api_keys_file == where.api_keys_file
+    assert api.deadletter_dir == where.deadletter_dir
+    assert api.audit_log_file == where.audit_log_file
+    security = SecuritySettings()
+    assert (security.identity_dir, security.certs_dir) == (where.identity_dir, where.certs_dir)
+    assert security.broker_pidfile is None  # nothing runs there: no broker to reload
+    assert StackSettings().data_dir == where.root
+    assert SimulatorSettings().edge.spool_dir == where.edge_spool_dir
+    # An explicit setting still wins; without SAFECITY_HOME the default is var/stack.
+    monkeypatch.setenv("SAFECITY_SPOOL_DIR", "elsewhere")
+    assert IngestSettings().spool_dir == Path("elsewhere")
+    monkeypatch.delenv("SAFECITY_HOME")
+    assert IngestSettings().deadletter_dir == Path("var/stack/deadletter")
+    # .env names it as well as the environment does.
+    (tmp_path / ".env").write_text("SAFECITY_HOME=from-dotenv\n")
+    assert instance.home() == Path("from-dotenv")
+    assert IngestSettings().deadletter_dir == Path("from-dotenv/deadletter")
+
+
+def test_commands_take_the_running_instance_endpoints_unless_set(
+    monkeypatch: pytest.MonkeyPatch, pretend_running: Path
+) -> None:
+    from broker.settings import SecuritySettings
+    from ingest.settings import IngestSettings
+
+    monkeypatch.setenv("SAFECITY_HOME", str(pretend_running))
+    settings = IngestSettings()
+    assert (settings.mqtt.host, settings.mqtt.port) == ("127.0.0.1", 1883)
+    assert settings.influx.url == "http://127.0.0.1:8086"
+    assert SecuritySettings().broker_pidfile == instance.layout().broker_pidfile
+    monkeypatch.setenv("SAFECITY_INFLUX__URL", "http://influx.example:9999")
+    monkeypatch.setenv("SAFECITY_MQTT__USERNAME", "_ingest")
+    settings = IngestSettings()
+    assert settings.influx.url == "http://influx.example:9999"
+    assert (settings.mqtt.port, settings.mqtt.username) == (1883, "_ingest")
+
+
+def test_a_second_run_in_a_running_instance_is_refused(pretend_running: Path) -> None:
+    result = safecity(pretend_running, "run", "--api-port", "0", "--mqtt-port", "0")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"a city is already running in {pretend_running}" in result.stderr
+
+
+def test_a_ledger_still_being_written_is_read_as_it_stood(tmp_path: Path) -> None:
+    from control.verify import read_ledger
+    from safecity.ledger import LedgerEntry
+
+    entry = LedgerEntry("d1", "telemetry", "t", 1, 1000, "h", None, 0)
+    path = tmp_path / "ledger.jsonl"
+    first = entry.to_json() + "\n"
+    path.write_text(first + entry.to_json() + "\n" + '{"d":"torn')
+    assert len(read_ledger(path)) == 2
+    assert read_ledger(path, upto=len(first)) == [entry]
+    assert read_ledger(path, upto=len(first) + 5) == [entry]
