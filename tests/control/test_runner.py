@@ -91,9 +91,11 @@ def test_run_serves_every_device_then_ctrl_c_leaves_nothing_behind(tmp_path: Pat
         key = ""
         lines = []
         assert proc.stdout is not None
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 240
         while "Press Ctrl-C" not in "".join(lines[-1:]) and time.monotonic() < deadline:
             line = proc.stdout.readline()
+            if not line and proc.poll() is not None:
+                break  # the launcher gave up: its output says why
             lines.append(line)
             if match := re.search(r"SAFECITY_API_KEY=(\S+)", line):
                 key = match.group(1)
@@ -132,7 +134,7 @@ def test_run_serves_every_device_then_ctrl_c_leaves_nothing_behind(tmp_path: Pat
 
         city = default_city()
         missing = {d.id for d in city.devices}
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         with httpx.Client(base_url=api, timeout=5, headers={"X-API-Key": key}) as client:
             while missing and time.monotonic() < deadline:
                 for device_id in sorted(missing):
@@ -158,7 +160,7 @@ def test_run_serves_every_device_then_ctrl_c_leaves_nothing_behind(tmp_path: Pat
         )  # fmt: skip
         assert revoke.returncode == 0, revoke.stderr
         assert "reloaded with SIGHUP" in revoke.stderr
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             reason = mqtt_connack_reason(
                 host, port, 5, username=victim, password=issued[victim], client_id="test-victim"
@@ -199,7 +201,7 @@ def test_a_killed_launcher_takes_its_stack_with_it(tmp_path: Path) -> None:
     )  # fmt: skip
     try:
         assert proc.stdout is not None
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
             if "Press Ctrl-C" in proc.stdout.readline():
                 break
