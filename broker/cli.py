@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import secrets as secrets_module
 import sys
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from broker import certs, identity
+from broker import certs, emqx, identity
 from broker.identity import CredentialStore, Role
 from broker.settings import SecuritySettings
 from safecity import registry
@@ -138,11 +139,48 @@ def cmd_certs_init(args: argparse.Namespace) -> int:
 
 
 def cmd_broker_config(args: argparse.Namespace) -> int:
-    """Write the broker config for the docker compose Mosquitto container."""
+    """Write the broker config for the Mosquitto container, or EMQX's files."""
+    if args.target == "emqx":
+        return _emqx_config(args)
+    if args.template is None:
+        raise ConfigError("broker config --target mosquitto needs --template")
     template = args.template.read_text(encoding="utf-8")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(identity.render_container_config(template), encoding="utf-8")
     print(f"broker config written to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _emqx_config(args: argparse.Namespace) -> int:
+    """EMQX's acl.conf, users.csv and emqx.conf fragment into the directory --out."""
+    directory = args.identity_dir or _settings().identity_dir
+    acl = directory / identity.ACL_FILE
+    if not acl.exists():
+        raise ConfigError(f"no ACL at {acl}: run `safecity devices provision` first")
+    secrets_file = args.secrets_file or directory / identity.SECRETS_FILE
+    secrets = identity.read_secrets(secrets_file)
+    if not secrets:
+        raise ConfigError(f"no secrets in {secrets_file}: EMQX needs them to import")
+    cookie_file = directory / "emqx.cookie"
+    if not cookie_file.exists():
+        cookie_file.write_text(secrets_module.token_urlsafe(32), encoding="utf-8")
+        cookie_file.chmod(0o600)
+    args.out.mkdir(parents=True, exist_ok=True)
+    files = {
+        "acl.conf": emqx.render_acl(acl.read_text(encoding="utf-8")),
+        "users.csv": emqx.render_users(secrets),
+        "emqx.conf": emqx.render_conf(
+            cluster_dns=args.cluster_dns,
+            certs_dir=args.certs_dir,
+            config_dir=args.config_dir,
+            cookie=cookie_file.read_text(encoding="utf-8").strip(),
+        ),
+    }
+    for name, text in files.items():
+        path = args.out / name
+        path.write_text(text, encoding="utf-8")
+        path.chmod(0o600)
+        print(f"EMQX {name} written to {path}", file=sys.stderr)
     return 0
 
 
@@ -198,9 +236,23 @@ def add_parsers(sub: Any) -> None:
     broker = sub.add_parser("broker", help="broker configuration").add_subparsers(
         dest="broker_command", required=True, metavar="ACTION"
     )
-    p = broker.add_parser("config", help="render the config of the compose broker container")
-    p.add_argument("--template", type=Path, required=True, help="broker/mosquitto.conf")
-    p.add_argument("--out", type=Path, required=True, help="where the container reads it")
+    p = broker.add_parser(
+        "config", help="render the broker container's config (Mosquitto, or EMQX's files)"
+    )
+    p.add_argument("--target", choices=["mosquitto", "emqx"], default="mosquitto")
+    p.add_argument("--template", type=Path, help="broker/mosquitto.conf (target mosquitto)")
+    p.add_argument(
+        "--out", type=Path, required=True, help="the config file (mosquitto) or directory (emqx)"
+    )
+    p.add_argument("--identity-dir", type=Path, help="credential store (target emqx)")
+    p.add_argument("--secrets-file", type=Path, help="issued secrets (target emqx)")
+    p.add_argument(
+        "--cluster-dns",
+        default="safecity-broker-headless.safecity.svc.cluster.local",
+        help="the SRV name EMQX nodes find each other by (target emqx)",
+    )
+    p.add_argument("--certs-dir", default="/opt/emqx/etc/certs", help="(target emqx)")
+    p.add_argument("--config-dir", default="/opt/emqx/etc/safecity", help="(target emqx)")
     p.set_defaults(func=cmd_broker_config)
 
     certs_cmd = sub.add_parser("certs", help="local CA and TLS certificates").add_subparsers(

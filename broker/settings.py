@@ -15,13 +15,13 @@ class SecuritySettings(ServiceSettings):
 
     identity_dir: Path = Field(
         default_factory=in_home("identity_dir"),
-        description="Credential store (hashes only), rendered passwd/ACL, secrets file",
+        description="Credential store (hashes only), rendered passwd/ACL, secrets file.",
     )
     certs_dir: Path = Field(default_factory=in_home("certs_dir"))
     broker_pidfile: Path | None = Field(
         default_factory=lambda data: _running_broker(data.get("home")),
-        description="Mosquitto pid_file to SIGHUP after changes; empty = no reload "
-        "(default: the running local instance's broker)",
+        description="Mosquitto pid_file to SIGHUP after changes. Empty: the broker of the "
+        "instance in SAFECITY_HOME while `safecity run` runs there, else no reload.",
     )
 
 

@@ -66,6 +66,12 @@ def cmd_influx_init(args: argparse.Namespace) -> int:
     configure_logging("influx", settings.log_level)
     from safecity import influx as influx_mod
 
+    if args.create_users:
+        from control.influxinit import create_users
+
+        for line in asyncio.run(create_users(settings)):
+            print(line)
+
     async def main() -> list[str]:
         client = influx_mod.InfluxClient(settings.influx)
         try:
@@ -300,6 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = influx.add_parser(
         "init", help="create the database and its retention policies (admin account)"
+    )
+    p.add_argument(
+        "--create-users",
+        action="store_true",
+        help="first create the admin (if InfluxDB has no user yet) and the service account "
+        "(SAFECITY_SERVICE_USERNAME, SAFECITY_SERVICE_PASSWORD_FILE)",
     )
     p.set_defaults(func=cmd_influx_init)
     api_cli.add_parsers(sub)

@@ -30,3 +30,8 @@ class StorageSettings(ServiceSettings):
     """Settings of `safecity influx init` (prepares the database with an admin account)."""
 
     influx: InfluxSettings = InfluxSettings()
+    # Accounts `safecity influx init --create-users` makes on a fresh InfluxDB with auth
+    # on (the first admin may be created without credentials): the admin is
+    # influx.username/password; the services' non-admin account is this one.
+    service_username: str | None = None
+    service_password_file: Path | None = None
