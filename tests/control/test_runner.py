@@ -59,7 +59,14 @@ def _alive(pid: int) -> bool:
     return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def _checkout_var() -> set[Path]:
+    """Everything under the checkout's var/ (the launcher's children run in the checkout)."""
+    var = Path(__file__).resolve().parents[2] / "var"
+    return set(var.rglob("*")) if var.exists() else set()
+
+
 def test_run_serves_every_device_then_ctrl_c_leaves_nothing_behind(tmp_path: Path) -> None:
+    before = _checkout_var()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAFECITY_")}
     env["SAFECITY_INGEST_METRICS_PORT"] = "0"
     env["SAFECITY_ALERTS_METRICS_PORT"] = "0"
@@ -184,6 +191,9 @@ def test_run_serves_every_device_then_ctrl_c_leaves_nothing_behind(tmp_path: Pat
         for path, text in logs.items():
             leaked = [name for name, secret in issued.items() if secret in text]
             assert leaked == [], f"secrets of {leaked[:5]} in {path}"
+        # Everything of the run stayed in its instance: nothing new in the checkout's var/
+        # (its ingest used to leave var/spool/ingest-0 there for the next run to replay).
+        assert _checkout_var() - before == set()
     finally:
         if proc.poll() is None:
             proc.kill()
