@@ -269,7 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", help="the whole local stack (broker, InfluxDB, services, city)")
-    p.add_argument("--data-dir", type=Path, help="where the stack keeps data and logs")
+    p.add_argument(
+        "--data-dir", type=Path, help="the instance directory (default: SAFECITY_HOME, var/stack)"
+    )
     p.add_argument("--speed", type=positive_float, help="simulated seconds per wall second")
     p.add_argument("--seed", type=int, help="simulator seed")
     p.add_argument("--api-port", type=port)
