@@ -1,4 +1,4 @@
-"""`safecity devices provision|rotate|revoke|list` and `safecity certs init|client`."""
+"""The `safecity devices ...` and `safecity certs ...` commands: accounts, CA, device certs."""
 
 from __future__ import annotations
 
@@ -193,6 +193,55 @@ def cmd_certs_client(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reload_for_certs(args: argparse.Namespace, settings: SecuritySettings) -> None:
+    """SIGHUP a running broker so its TLS listener re-reads the CRL."""
+    pid = args.broker_pid
+    if pid is None and settings.broker_pidfile is not None:
+        pid = identity.read_pidfile(settings.broker_pidfile)
+    if pid is not None:
+        identity.reload_broker(pid)
+        print(f"broker (pid {pid}) reloaded with SIGHUP: CRL re-read", file=sys.stderr)
+    else:
+        print("no broker pid given: reload it yourself (kill -HUP <pid>)", file=sys.stderr)
+
+
+def cmd_certs_provision(args: argparse.Namespace) -> int:
+    """A client certificate for every registry device (or the given ones) lacking a good one."""
+    settings = _settings(certs_dir=args.dir, registry=args.registry)
+    city = registry.load_or_default(settings.registry)
+    wanted = args.device or [d.id for d in city.devices]
+    unknown = [d for d in wanted if city.device(d) is None]
+    if unknown:
+        raise ConfigError(f"not in the registry {city.source}: {', '.join(unknown)}")
+    issued = certs.ensure_clients(settings.certs_dir, wanted)
+    certs.ensure_crl(settings.certs_dir)
+    clients = settings.certs_dir / "clients"
+    print(f"{len(issued)} client certificate(s) issued, {len(wanted) - len(issued)} reused")
+    print(f"clients {clients} (SAFECITY_EDGE__TLS_CLIENT_DIR)")
+    return 0
+
+
+def cmd_certs_rotate(args: argparse.Namespace) -> int:
+    """New key and certificate per device; the previous certificate is revoked."""
+    settings = _settings(certs_dir=args.dir, broker_pidfile=args.pidfile)
+    for device_id in args.device_id:
+        client = certs.rotate_client(settings.certs_dir, device_id)
+        print(f"client  {client.cert} (key {client.key}, 0600)")
+    _reload_for_certs(args, settings)
+    return 0
+
+
+def cmd_certs_revoke(args: argparse.Namespace) -> int:
+    """Revoke the devices' certificates (CRL) and delete them."""
+    settings = _settings(certs_dir=args.dir, broker_pidfile=args.pidfile)
+    for device_id in args.device_id:
+        serial = certs.revoke_client(settings.certs_dir, device_id)
+        print(f"revoked {device_id} (serial {serial:x})")
+    print(f"CRL     {settings.certs_dir / certs.CRL_FILE}")
+    _reload_for_certs(args, settings)
+    return 0
+
+
 def add_parsers(sub: Any) -> None:
     """Add the `devices` and `certs` command groups to the `safecity` parser."""
     devices = sub.add_parser(
@@ -270,3 +319,20 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--dir", type=Path, help="certificate directory (default: $SAFECITY_HOME/certs)")
     p.add_argument("device_id", nargs="+")
     p.set_defaults(func=cmd_certs_client)
+    p = certs_cmd.add_parser(
+        "provision", help="client certificates for every registry device that lacks a good one"
+    )
+    p.add_argument("--dir", type=Path, help="certificate directory (default: var/certs)")
+    p.add_argument("--registry", type=Path, help="city registry file (default: Tashkent)")
+    p.add_argument("--device", action="append", help="only this device (repeatable)")
+    p.set_defaults(func=cmd_certs_provision)
+    for name, func, text in (
+        ("rotate", cmd_certs_rotate, "new device certificates; the old ones are revoked"),
+        ("revoke", cmd_certs_revoke, "revoke device certificates (CRL) and delete them"),
+    ):
+        p = certs_cmd.add_parser(name, help=text)
+        p.add_argument("--dir", type=Path, help="certificate directory (default: var/certs)")
+        p.add_argument("--pidfile", type=Path, help="Mosquitto pid_file: SIGHUP it after")
+        p.add_argument("--broker-pid", type=int, help="Mosquitto pid to SIGHUP after")
+        p.add_argument("device_id", nargs="+")
+        p.set_defaults(func=func)

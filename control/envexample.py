@@ -95,6 +95,11 @@ DESCRIPTIONS = {
     "SAFECITY_MQTT__PASSWORD": "That account's secret.",
     "SAFECITY_MQTT__KEEPALIVE": "MQTT keep-alive, seconds.",
     "SAFECITY_MQTT__CONNECT_TIMEOUT": "Seconds to wait for the broker's CONNACK.",
+    "SAFECITY_MQTT__FAST_PATH": (
+        "The ingest's bulk-read receive path over paho's internals (checked at start-up; "
+        "without them paho's stock per-message path is used, with a warning). false: "
+        "always the stock path."
+    ),
     "SAFECITY_MQTT__TLS_CA": (
         "TLS to the broker's TLS listener: the CA that signed its certificate "
         "(`safecity certs init` writes one); empty = plain MQTT."
@@ -184,16 +189,15 @@ DESCRIPTIONS = {
     "SAFECITY_DEDUP_WINDOW": (
         "(device, seq) pairs each worker remembers to detect conflicting duplicates."
     ),
+    "SAFECITY_DEADLETTER_MAX_PACKET": (
+        "The broker's max_packet_size: a dead letter that would not fit is stored, not republished."
+    ),
     "SAFECITY_BROKER_SYS": (
         "Follow the broker's $SYS dropped-messages counter (a separate, non-shared connection)."
     ),
     "SAFECITY_BROKER_LOG": (
         "Mosquitto's log file, followed from its end for auth failures and ACL denials "
         "(-> security_events); empty = off. `make run` passes its broker's log."
-    ),
-    "SAFECITY_FAULT_CRASH_AFTER_WRITE": (
-        "FAULT INJECTION, tests only: SIGKILL the worker after its Nth durable write, before "
-        "the acks (0 = off). Never set in production."
     ),
     # api
     "SAFECITY_HOST": "The API's listen address ...",
@@ -294,6 +298,11 @@ DESCRIPTIONS = {
     "SAFECITY_EDGE__DRAIN_TIMEOUT": (
         "Seconds to wait for unacknowledged messages at shutdown (the rest stays spooled)."
     ),
+    "SAFECITY_EDGE__TLS_CLIENT_DIR": (
+        "Mutual TLS: the directory of per-device client certificates, <device id>.crt/.key "
+        "(`safecity certs provision` writes them to <certs dir>/clients); the CA and the TLS "
+        "port come from SAFECITY_MQTT__TLS_CA and SAFECITY_MQTT__PORT. Empty = none."
+    ),
     # faults
     "SAFECITY_FAULTS__STUCK": "Episodes of frozen values.",
     "SAFECITY_FAULTS__DRIFT": "Episodes of a growing bias.",
@@ -322,6 +331,11 @@ DESCRIPTIONS = {
     ),
     "SAFECITY_MQTT_PORT": "Broker port on 127.0.0.1 (0 = any free one).",
     "SAFECITY_MQTT_TLS_PORT": "The broker's TLS listener for devices (0 = any free one).",
+    "SAFECITY_DEVICE_TLS": (
+        "How the simulated devices reach the broker: off (plain MQTT on loopback, fastest), "
+        "tls (the TLS listener, CA-verified, passwords) or mtls (a certificate per device in "
+        "<data dir>/certs/clients, CN = device id, CRL checked). See docs/tls.md."
+    ),
     "SAFECITY_INFLUX_PORT": "InfluxDB port on 127.0.0.1 (0 = any free one).",
     "SAFECITY_API_PORT": "API and console port (0 = any free one).",
     "SAFECITY_INGEST_METRICS_PORT": "The ingest's metrics port (0 = any free one).",

@@ -109,6 +109,8 @@ class LocalRun:
                 city=city,
                 # Even a SIGKILLed launcher must not leave the stack running.
                 die_with_parent=True,
+                # Mutual TLS: a certificate per device in <data_dir>/certs/clients, a CRL.
+                mutual_tls=s.device_tls == "mtls",
             )
             issued = self.stack.mosquitto.identities.issued
             log.info(
@@ -181,6 +183,7 @@ class LocalRun:
                     # Every device logs in as itself with its own secret (read once).
                     "SAFECITY_EDGE__SECRETS_FILE": str(self.stack.secrets_file),
                     "SAFECITY_LEDGER": str(self.layout.ledger_file),
+                    **self._device_tls_env(),
                 },
                 ready=None,
             )
@@ -201,6 +204,22 @@ class LocalRun:
         except BaseException:
             self.stop()
             raise
+
+    def _device_tls_env(self) -> dict[str, str]:
+        """The simulator's connection for `device_tls`: the TLS listener, CA, device certs."""
+        assert self.stack is not None
+        mode = self.settings.device_tls
+        if mode == "off":
+            return {}
+        if self.stack.mqtt_tls_port is None or self.stack.ca_file is None:
+            raise StackError(f"device_tls={mode} needs the broker's TLS listener")
+        env = {
+            "SAFECITY_MQTT__PORT": str(self.stack.mqtt_tls_port),
+            "SAFECITY_MQTT__TLS_CA": str(self.stack.ca_file),
+        }
+        if mode == "mtls":
+            env["SAFECITY_EDGE__TLS_CLIENT_DIR"] = str(self.stack.mosquitto.client_certs_dir)
+        return env
 
     def _local_api_key(self) -> str:
         """A fresh read+operate key in the run's key store, so a newcomer can call the API."""
@@ -258,6 +277,14 @@ def _home_hint(base: Path) -> str:
     return f"; from other terminals after export SAFECITY_HOME={base}"
 
 
+def _device_link(mode: str) -> str:
+    return {
+        "off": "plain MQTT on loopback (SAFECITY_DEVICE_TLS=tls|mtls for TLS)",
+        "tls": "TLS (broker verified against the local CA; device passwords)",
+        "mtls": "mutual TLS (a certificate per device, CN = device id; CRL checked)",
+    }[mode]
+
+
 def run_local(settings: StackSettings) -> int:
     """Run the local stack until Ctrl-C or SIGTERM; return the exit status."""
     stop = threading.Event()
@@ -278,6 +305,7 @@ def run_local(settings: StackSettings) -> int:
             f"   (loopback; no anonymous access)\n"
             f"  MQTT over TLS  mqtts://{run.stack.mqtt_host}:{run.stack.mqtt_tls_port}"
             f"   (CA {run.stack.ca_file})\n"
+            f"  devices over   {_device_link(settings.device_tls)}\n"
             f"  MQTT secrets   {run.stack.secrets_file}   (0600; one account per device"
             f" and service)\n"
             f"  instance       {run.base}   (commands find it: safecity devices list,"

@@ -28,3 +28,8 @@ class EdgeSettings(BaseModel):
     # device logs in as itself with its own secret.
     secrets_file: Path | None = None
     drain_timeout: Annotated[float, Field(ge=0, le=600)] = 10.0
+    # Mutual TLS: the directory of per-device client certificates, `<device id>.crt` and
+    # `<device id>.key` (`safecity certs provision` writes them to <certs dir>/clients).
+    # Each device presents its own; the broker takes its CN as the username. The CA and
+    # the TLS port come from the MQTT settings (SAFECITY_MQTT__TLS_CA, __PORT).
+    tls_client_dir: Path | None = None

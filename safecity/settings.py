@@ -37,6 +37,9 @@ class MqttSettings(BaseModel):
     password: SecretStr | None = None
     keepalive: Annotated[int, Field(ge=5, le=3600)] = 30
     connect_timeout: Annotated[float, Field(gt=0, le=120)] = 10.0
+    # The bulk-read receive path (safecity.mqtt.bulkread) over paho's internals; off,
+    # or when the installed paho lacks one of them, paho's stock per-message path.
+    fast_path: bool = True
     # TLS (the broker's TLS listener): CA bundle to verify the broker, and for mutual
     # TLS the client certificate and key (its CN is the username).
     tls_ca: Path | None = None
