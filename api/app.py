@@ -55,8 +55,9 @@ log = logging.getLogger("safecity.api")
 DESCRIPTION = """City-level telemetry of the safecity platform.
 
 Every endpoint except `/healthz` and `/readyz` needs an API key in the `X-API-Key`
-header (`safecity apikey create --name me --scopes read`; `make run` prints a local
-one). Scopes: `read` < `operate` < `admin`. Errors always have the shape
+header (`safecity apikey create --name me --scopes read`, where `make run` runs or
+with its SAFECITY_HOME; `make run` prints a local one). Scopes: `read` < `operate` <
+`admin`. Errors always have the shape
 `{"detail": "<reason>"}`: 401 missing/unknown key, 403 missing scope, 404 unknown
 city/district/device/incident, 409 a lifecycle step the incident's state refuses, 422
 invalid or out-of-bounds parameter, 429 rate limited (Retry-After), 502/503 storage

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from safecity.settings import InfluxSettings, MqttSettings, Port, ServiceSettings
+from safecity.settings import InfluxSettings, MqttSettings, Port, ServiceSettings, in_home
 
 
 class ApiSettings(ServiceSettings):
@@ -19,7 +19,7 @@ class ApiSettings(ServiceSettings):
     stale_after: Annotated[float, Field(gt=0)] = 900.0
     max_page_size: Annotated[int, Field(ge=1, le=1000)] = 500
     # Security and limits of the public API (RELIABILITY.md: keys, rate limits, bounds).
-    api_keys_file: Path = Path("var/apikeys.json")
+    api_keys_file: Path = Field(default_factory=in_home("api_keys_file"))
     rate_limit_rps: Annotated[float, Field(gt=0, le=100_000)] = 50.0
     rate_limit_burst: Annotated[int, Field(ge=1, le=1_000_000)] = 100
     max_body_bytes: Annotated[int, Field(ge=0, le=16 * 1024 * 1024)] = 16 * 1024
@@ -33,7 +33,7 @@ class ApiSettings(ServiceSettings):
     overview_cache_ttl: Annotated[float, Field(ge=0, le=300)] = 5.0
     # Delivery accounting: where ingest keeps dead letters (same variable as ingest's)
     # and, optionally, the simulator's ground-truth ledger.
-    deadletter_dir: Path = Path("var/deadletter")
+    deadletter_dir: Path = Field(default_factory=in_home("deadletter_dir"))
     ledger_file: Path | None = None
     # Live stream: the broker it subscribes to, and each client's bounded queue.
     mqtt: MqttSettings = MqttSettings()
@@ -48,4 +48,4 @@ class ApiSettings(ServiceSettings):
     # /openapi.json behind a key.
     env: Literal["development", "production"] = "development"
     # Append-only audit log (JSON lines, 0600) of every operate/admin call.
-    audit_log_file: Path = Path("var/audit/api-audit.jsonl")
+    audit_log_file: Path = Field(default_factory=in_home("audit_log_file"))

@@ -308,7 +308,7 @@ def add_parsers(sub: Any) -> None:
         dest="certs_command", required=True, metavar="ACTION"
     )
     p = certs_cmd.add_parser("init", help="create a CA and the broker's server certificate")
-    p.add_argument("--dir", type=Path, help="certificate directory (default: var/certs)")
+    p.add_argument("--dir", type=Path, help="certificate directory (default: $SAFECITY_HOME/certs)")
     p.add_argument(
         "--host", action="append", help="server name or IP (repeatable; default: localhost)"
     )
@@ -316,7 +316,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing CA")
     p.set_defaults(func=cmd_certs_init)
     p = certs_cmd.add_parser("client", help="issue client certificates (CN = device id)")
-    p.add_argument("--dir", type=Path, help="certificate directory (default: var/certs)")
+    p.add_argument("--dir", type=Path, help="certificate directory (default: $SAFECITY_HOME/certs)")
     p.add_argument("device_id", nargs="+")
     p.set_defaults(func=cmd_certs_client)
     p = certs_cmd.add_parser(

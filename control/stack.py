@@ -15,8 +15,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-import httpx
-
 from broker import certs
 from broker.config import (
     DEFAULT_MOSQUITTO_CONF,
@@ -31,8 +29,10 @@ from broker.identity import (
     reload_broker,
     render_secure_config,
 )
+from control.influxd import Influxd, render_influxd_conf
 from control.processes import (
     LOOPBACK,
+    LocalService,
     ManagedProcess,
     ensure_port_free,
     find_binary,
@@ -63,60 +63,7 @@ __all__ = [
 log = logging.getLogger("control.stack")
 
 
-class _LocalService:
-    """What a locally launched server shares: its process, lifecycle and fault helpers."""
-
-    name = "service"
-    process: ManagedProcess
-
-    @property
-    def pid(self) -> int | None:
-        """Pid of the server process, if started."""
-        return self.process.pid
-
-    @property
-    def alive(self) -> bool:
-        """True while the server process runs."""
-        return self.process.alive
-
-    def start(self) -> Self:
-        """Start the server and wait until it answers."""
-        raise NotImplementedError
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop gracefully (SIGTERM, then SIGKILL after the timeout); idempotent."""
-        self.process.stop(timeout)
-
-    def restart(self, timeout: float = 10.0) -> None:
-        """Graceful stop (if running), then start again on the same ports and data dir."""
-        self.stop(timeout)
-        self.start()
-
-    def kill(self) -> None:
-        """SIGKILL the server: a crash (Mosquitto loses what was not autosaved yet)."""
-        self.process.kill()
-
-    def pause(self) -> None:
-        """SIGSTOP the server: connections hang instead of being refused."""
-        self.process.pause()
-
-    def resume(self) -> None:
-        """SIGCONT a paused server."""
-        self.process.resume()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-class Mosquitto(_LocalService):
+class Mosquitto(LocalService):
     """A local Mosquitto broker on host:port with its config, persistence and log in data_dir.
 
     Always the secure broker/mosquitto.conf: no anonymous access. Every device of `city`
@@ -326,110 +273,6 @@ class Mosquitto(_LocalService):
     def _probe_secret(self) -> str | None:
         user = self._probe_user()
         return self.identities.secrets.get(user) if user is not None else None
-
-
-def render_influxd_conf(
-    *, host: str, port: int, rpc_port: int, data_dir: Path, auth_enabled: bool = False
-) -> str:
-    """An influxd 1.x config: loopback only, everything under data_dir, quiet logs."""
-    return f"""\
-# Written by control.stack for one local instance.
-# The Debian build renamed the upstream key reporting-disabled to reporting-enabled;
-# influxd ignores unknown keys, so both are set.
-reporting-disabled = true
-reporting-enabled = false
-# Backup/restore RPC port: the default 8088 would clash between instances.
-bind-address = "{host}:{rpc_port}"
-
-[meta]
-  dir = "{data_dir / "meta"}"
-
-[data]
-  dir = "{data_dir / "data"}"
-  wal-dir = "{data_dir / "wal"}"
-  query-log-enabled = false
-
-[http]
-  bind-address = "{host}:{port}"
-  auth-enabled = {"true" if auth_enabled else "false"}
-  log-enabled = false
-
-[monitor]
-  # No _internal database: it only costs disk and CPU in tests.
-  store-enabled = false
-
-[continuous_queries]
-  log-enabled = false
-
-[logging]
-  level = "warn"
-"""
-
-
-class Influxd(_LocalService):
-    """A local InfluxDB 1.x server on host:port with its config and data in data_dir."""
-
-    name = "influxd"
-
-    def __init__(
-        self,
-        data_dir: Path,
-        port: int = 0,
-        *,
-        host: str = LOOPBACK,
-        binary: str | os.PathLike[str] | None = None,
-        ready_timeout: float = 30.0,
-        auth_enabled: bool = False,
-    ) -> None:
-        self.binary = find_binary("influxd", "influxdb", binary)
-        # With auth on, /ping still answers without credentials (readiness is unchanged).
-        self.auth_enabled = auth_enabled
-        self.host = host
-        self.port = port or free_port(host)
-        self.rpc_port = free_port(host)
-        self.data_dir = Path(data_dir).resolve()
-        self.conf_path = self.data_dir / "influxdb.conf"
-        self.ready_timeout = ready_timeout
-        self.process = ManagedProcess(
-            self.name,
-            [self.binary, "run", "-config", str(self.conf_path)],
-            self.data_dir / "influxd.log",
-            cwd=self.data_dir,
-        )
-
-    @property
-    def url(self) -> str:
-        """Base URL of the HTTP API, e.g. http://127.0.0.1:8086."""
-        return f"http://{self.host}:{self.port}"
-
-    def render_config(self) -> Path:
-        """Write the instance config into data_dir and return its path."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.conf_path.write_text(
-            render_influxd_conf(
-                host=self.host,
-                port=self.port,
-                rpc_port=self.rpc_port,
-                data_dir=self.data_dir,
-                auth_enabled=self.auth_enabled,
-            ),
-            encoding="utf-8",
-        )
-        return self.conf_path
-
-    def start(self) -> Self:
-        """Render the config, start influxd and wait until GET /ping answers 204."""
-        self.render_config()
-        ensure_port_free(self.host, self.port, self.name)
-        ensure_port_free(self.host, self.rpc_port, self.name)
-        log.info("starting influxd on %s:%d", self.host, self.port)
-        self.process.start()
-        took = self.process.wait_ready(self._probe, self.ready_timeout)
-        log.info("influxd ready in %.2fs (pid %s)", took, self.pid)
-        return self
-
-    def _probe(self) -> bool:
-        return httpx.get(f"{self.url}/ping", timeout=1.0).status_code == 204
 
 
 class LocalStack:
