@@ -28,3 +28,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--port", type=port)
     registry_flag(p)
     p.set_defaults(func=cmd_api)
+    from api.export import add_arguments, run
+
+    p = sub.add_parser("export", help="download a series or events as CSV or NDJSON")
+    add_arguments(p)
+    p.set_defaults(func=run)

@@ -22,6 +22,7 @@ from alerts.settings import AlertsSettings
 from api import cli as api_cli
 from api.settings import ApiSettings
 from broker import cli as broker_cli
+from control import envexample
 from control.settings import StackSettings, StorageSettings
 from dashboards import cli as dashboards_cli
 from ingest import cli as ingest_cli
@@ -281,6 +282,17 @@ def build_parser() -> argparse.ArgumentParser:
     registry_flag(p)
     p.set_defaults(func=cmd_run)
     ingest_cli.add_parsers(sub)
+
+    p = sub.add_parser(
+        "env-example", help="print, --write or --check .env.example (from every settings class)"
+    )
+    p.add_argument("--write", action="store_true", help="write the file")
+    p.add_argument("--check", action="store_true", help="exit 1 if the file is stale")
+    p.set_defaults(
+        func=lambda a: envexample.main(
+            [*(["--write"] if a.write else []), *(["--check"] if a.check else [])]
+        )
+    )
 
     p = sub.add_parser("verify", help="check a ledger against InfluxDB and dead letters")
     p.add_argument(
