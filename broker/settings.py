@@ -10,13 +10,16 @@ from safecity.settings import ServiceSettings
 
 
 class SecuritySettings(ServiceSettings):
-    """Settings of `safecity devices` and `safecity certs` (identities, CA, broker reload)."""
+    """Settings of `safecity devices` and `safecity certs` (identities, CA, live broker)."""
 
     identity_dir: Path = Field(
         default=Path("var/identity"),
-        description="Credential store (hashes only), rendered passwd/ACL, secrets file",
+        description="Credential store (hashes only), rendered broker accounts, admin secret",
     )
     certs_dir: Path = Path("var/certs")
-    broker_pidfile: Path | None = Field(
-        default=None, description="Mosquitto pid_file to SIGHUP after changes; empty = no reload"
+    broker: str | None = Field(
+        default=None,
+        description="HOST:PORT of the running broker (plain listener): account changes are "
+        "applied there at once through $CONTROL as `_admin`; empty = at its next start",
+        pattern=r"^[^\s:]+:[0-9]{1,5}$",
     )

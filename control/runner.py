@@ -49,9 +49,9 @@ def service_env(
             "SAFECITY_MQTT__PORT": str(stack.mqtt_port),
             "SAFECITY_INFLUX__URL": stack.influx_url,
             "SAFECITY_LOG_LEVEL": settings.log_level,
-            # `safecity devices revoke|rotate|provision` from a child reloads this broker.
+            # `safecity devices revoke|rotate|provision` from a child changes this broker at once.
             "SAFECITY_IDENTITY_DIR": str(stack.identity_dir),
-            "SAFECITY_BROKER_PIDFILE": str(stack.broker_pidfile),
+            "SAFECITY_BROKER": stack.broker_address,
         }
     )
     if role is not None:
@@ -249,7 +249,7 @@ def run_local(settings: StackSettings) -> int:
             f"  MQTT secrets   {run.stack.secrets_file}   (0600; one account per device"
             f" and service)\n"
             f"  manage devices export SAFECITY_IDENTITY_DIR={run.stack.identity_dir}"
-            f" SAFECITY_BROKER_PIDFILE={run.stack.broker_pidfile}\n"
+            f" SAFECITY_BROKER={run.stack.broker_address}\n"
             f"                 then: safecity devices list|provision|rotate|revoke ..."
             f" --secrets-file {run.stack.secrets_file}\n"
             f"  InfluxDB       {run.stack.influx_url}  (database 'safecity')\n"

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 from brokerkit import SecureBroker, connected, run, wait_connack
-from rawmqtt import DISCONNECT, RawClient
+from rawmqtt import DISCONNECT, PUBACK, RawClient
 
 from broker import certs
-from broker.identity import reload_broker
 from control.cli import main
 from safecity.errors import MqttError
 
@@ -22,16 +21,15 @@ def test_revoked_device_is_cut_off_and_others_stay(secure: SecureBroker) -> None
     victim, bystander = secure.devices[20], secure.devices[21]
     secret = secure.secrets[victim]
     live = RawClient(secure.mosquitto.host, secure.mosquitto.port)
-    assert live.connect("victim-live", victim, secret).reason == 0
+    assert live.connect(victim, victim, secret).reason == 0
 
     async def scenario() -> tuple[int, bool, bool]:
-        other = await connected(secure.settings(bystander), "bystander")
+        other = await connected(secure.settings(bystander), bystander)
         assert (await other.publish(secure.topic(bystander), b"{}")).ok
         secure.store.revoke(victim)
         secure.store.save()
-        reload_broker(secure.pid)
-        # 2.0.11 re-checks every connected client against the new password file on
-        # reload and closes the revoked one's connection.
+        secure.mosquitto.apply({victim: None})
+        # Deleting the account through $CONTROL closes its connection at once.
         closing = live.read()
         assert closing is None or closing.kind == DISCONNECT, closing
         wait_connack(secure, victim, secret, NOT_AUTHORIZED)
@@ -53,7 +51,7 @@ def test_rotated_secret_replaces_the_old_one(secure: SecureBroker) -> None:
     old = secure.secrets[device]
     new = secure.store.rotate(device)
     secure.store.save()
-    reload_broker(secure.pid)
+    secure.mosquitto.apply({device: new})
     wait_connack(secure, device, old, NOT_AUTHORIZED)
     wait_connack(secure, device, new, 0)
     assert new != old and secure.store.check(device, new) and not secure.store.check(device, old)
@@ -63,10 +61,10 @@ def test_cli_provision_rotate_revoke_list(
     fresh: SecureBroker, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     identity_dir = str(fresh.store.directory)
-    pidfile = str(fresh.mosquitto.data_dir / "mosquitto.pid")
+    broker = f"{fresh.mosquitto.host}:{fresh.mosquitto.port}"
     device = fresh.devices[30]
     secrets_file = tmp_path / "fleet-secrets.json"
-    common = ["--identity-dir", identity_dir, "--pidfile", pidfile]
+    common = ["--identity-dir", identity_dir, "--broker", broker]
 
     # Everything is provisioned already: provisioning again issues nothing new.
     assert main(["devices", "provision", *common]) == 0
@@ -80,7 +78,7 @@ def test_cli_provision_rotate_revoke_list(
 
     store_text = (fresh.store.directory / "credentials.json").read_text()
     assert new_secret not in store_text and "$7$" in store_text
-    for name in ("credentials.json", "mosquitto.passwd", "mosquitto.acl"):
+    for name in ("credentials.json", "dynamic-security.json", "admin.json"):
         assert stat.S_IMODE((fresh.store.directory / name).stat().st_mode) == 0o600
 
     assert main(["devices", "revoke", *common, "--secrets-file", str(secrets_file), device]) == 0
@@ -101,7 +99,7 @@ def test_tls_with_the_right_ca_is_accepted(secure: SecureBroker) -> None:
     device = secure.devices[40]
 
     async def scenario() -> int:
-        client = await connected(secure.tls_settings(device, secure.certs_dir / "ca.crt"), "tls")
+        client = await connected(secure.tls_settings(device, secure.certs_dir / "ca.crt"), device)
         result = await client.publish(secure.topic(device), b"{}")
         await client.disconnect()
         return result.reason_code
@@ -113,7 +111,7 @@ def test_tls_with_a_wrong_ca_is_refused(secure: SecureBroker, tmp_path: Path) ->
     device = secure.devices[41]
     other = certs.init_ca(tmp_path / "other-ca")
     with pytest.raises(MqttError, match="CERTIFICATE_VERIFY_FAILED"):
-        run(connected(secure.tls_settings(device, other.cert), "tls-wrong-ca"))
+        run(connected(secure.tls_settings(device, other.cert), device))
 
 
 def test_tls_still_needs_a_password(secure: SecureBroker) -> None:
@@ -151,7 +149,7 @@ def test_mutual_tls_refuses_missing_or_foreign_client_certificates(
     # TLS 1.3 finishes the client's side of the handshake before the broker checks for a
     # certificate, so the refusal shows as a closed connection: no CONNACK ever comes.
     with pytest.raises(MqttError, match="no CONNACK"):
-        run(connected(mutual.tls_settings(device, ca, connect_timeout=2), "mtls-no-cert"))
+        run(connected(mutual.tls_settings(device, ca, connect_timeout=2), device))
     # A certificate for the same CN from another CA is refused in the handshake.
     rogue_dir = tmp_path / "rogue"
     certs.init_ca(rogue_dir)
@@ -164,3 +162,30 @@ def test_mutual_tls_refuses_missing_or_foreign_client_certificates(
     log = mutual.mosquitto.log_path.read_text()
     assert "peer did not return a certificate" in log
     assert "certificate verify failed" in log
+
+
+def test_mutual_tls_client_id_is_the_certificate_cn(mutual: SecureBroker) -> None:
+    device, victim = mutual.devices[53], mutual.devices[54]
+    client_cert = certs.issue_client(mutual.certs_dir, device)
+    settings = mutual.tls_settings(
+        None, mutual.certs_dir / "ca.crt", tls_cert=client_cert.cert, tls_key=client_cert.key
+    )
+    live = RawClient(mutual.mosquitto.host, mutual.mosquitto.port)
+    assert live.connect(victim, victim, mutual.secrets[victim]).reason == 0
+
+    async def scenario() -> int:
+        # It asks for the victim's client id; the broker gives it its own (the CN).
+        client = await connected(settings, victim)
+        own = await client.publish(mutual.topic(device), b"{}")
+        await client.disconnect()
+        return own.reason_code
+
+    try:
+        assert run(scenario()) < 0x80
+        answer = live.publish(mutual.topic(victim), b"{}")
+        assert answer is not None and answer.kind == PUBACK and answer.reason < 0x80
+    finally:
+        live.close()
+    log = mutual.mosquitto.log_path.read_text()
+    assert f"as {device} " in log
+

@@ -112,8 +112,8 @@ def test_run_serves_every_device_then_ctrl_c_leaves_nothing_behind(tmp_path: Pat
         mqtt = re.search(r"MQTT broker\s+mqtt://([\d.]+):(\d+)", printed)
         tls = re.search(r"MQTT over TLS\s+mqtts://([\d.]+):(\d+)\s+\(CA (\S+)\)", printed)
         secrets_file = re.search(r"MQTT secrets\s+(\S+)", printed)
-        pidfile = re.search(r"SAFECITY_BROKER_PIDFILE=(\S+)", printed)
-        assert mqtt and tls and secrets_file and pidfile, printed
+        broker_addr = re.search(r"SAFECITY_BROKER=(\S+)", printed)
+        assert mqtt and tls and secrets_file and broker_addr, printed
         host, port = mqtt.group(1), int(mqtt.group(2))
         assert mqtt_connack_reason(host, port, 5) == NOT_AUTHORIZED
         secrets_path = Path(secrets_file.group(1))
@@ -149,12 +149,12 @@ def test_run_serves_every_device_then_ctrl_c_leaves_nothing_behind(tmp_path: Pat
             rf" as {re.escape(victim)} \(p5, [^)]*u'{re.escape(victim)}'\)", broker_log
         )
 
-        # `safecity devices revoke` with the printed SAFECITY_BROKER_PIDFILE reloads the
-        # running broker: the device is cut off, everyone else stays.
+        # `safecity devices revoke` with the printed SAFECITY_BROKER changes the running
+        # broker: the device is cut off, everyone else stays.
         cli_env = {
             **env,
             "SAFECITY_IDENTITY_DIR": str(tmp_path / "identity"),
-            "SAFECITY_BROKER_PIDFILE": pidfile.group(1),
+            "SAFECITY_BROKER": broker_addr.group(1),
         }
         revoke = subprocess.run(
             [sys.executable, "-m", "control", "devices", "revoke", victim,
@@ -162,18 +162,21 @@ def test_run_serves_every_device_then_ctrl_c_leaves_nothing_behind(tmp_path: Pat
             env=cli_env, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert revoke.returncode == 0, revoke.stderr
-        assert "reloaded with SIGHUP" in revoke.stderr
+        assert f"applied to the broker at {broker_addr.group(1)}" in revoke.stderr
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             reason = mqtt_connack_reason(
-                host, port, 5, username=victim, password=issued[victim], client_id="test-victim"
+                host, port, 5, username=victim, password=issued[victim], client_id=victim
             )
             if reason == NOT_AUTHORIZED:
                 break
             time.sleep(0.1)
         assert reason == NOT_AUTHORIZED
         other = city.devices[1].id
-        assert mqtt_connack_reason(host, port, 5, username=other, password=issued[other]) == 0
+        reason = mqtt_connack_reason(
+            host, port, 5, username=other, password=issued[other], client_id=other
+        )
+        assert reason == 0
 
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
