@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import stat
 from pathlib import Path
@@ -10,9 +11,12 @@ import pytest
 from brokerkit import SecureBroker, connected, run, wait_connack
 from rawmqtt import DISCONNECT, PUBACK, RawClient
 
-from broker import certs
+from broker import certs, identity
+from broker.identity import CredentialStore
 from control.cli import main
 from safecity.errors import MqttError
+from safecity.mqtt import FleetClient
+from safecity.secrets import read_secrets
 
 NOT_AUTHORIZED = 0x87
 
@@ -189,3 +193,99 @@ def test_mutual_tls_client_id_is_the_certificate_cn(mutual: SecureBroker) -> Non
     log = mutual.mosquitto.log_path.read_text()
     assert f"as {device} " in log
 
+
+def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    return code, capsys.readouterr().err
+
+
+def test_cli_revoked_stays_revoked_until_reinstated(
+    fresh: SecureBroker, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    device = fresh.devices[32]
+    secrets_file = tmp_path / "fleet-secrets.json"
+    common = [
+        "--identity-dir",
+        str(fresh.store.directory),
+        "--broker",
+        f"{fresh.mosquitto.host}:{fresh.mosquitto.port}",
+    ]
+    code, err = _cli(capsys, "devices", "revoke", *common, device)
+    assert code == 0 and f"revoked {device}" in err and "applied to the broker" in err
+    wait_connack(fresh, device, fresh.secrets[device], NOT_AUTHORIZED)
+    code, err = _cli(capsys, "devices", "revoke", *common, device)
+    assert code == 0 and f"{device}: already revoked since" in err and "unchanged" in err
+
+    # rotate does not bring it back: refused, named, nothing changes.
+    code, err = _cli(
+        capsys, "devices", "rotate", *common, "--secrets-file", str(secrets_file), device
+    )
+    assert code == 2 and "is revoked" in err and "reinstate" in err
+    assert not secrets_file.exists()
+    # provision --device says exactly why it did nothing.
+    code, err = _cli(capsys, "devices", "provision", *common, "--device", device)
+    assert code == 0
+    assert f"{device}: revoked since" in err and f"`devices reinstate {device}`" in err
+    assert "provisioned 0 new account(s)" in err
+    assert not CredentialStore(fresh.store.directory).accounts[device].active
+
+    # reinstate: a new secret, live at once; the old one stays dead.
+    code, err = _cli(
+        capsys, "devices", "reinstate", *common, "--secrets-file", str(secrets_file), device
+    )
+    assert code == 0 and f"reinstated {device}: new secret issued" in err
+    new = json.loads(secrets_file.read_text())[device]
+    wait_connack(fresh, device, new, 0)
+    wait_connack(fresh, device, fresh.secrets[device], NOT_AUTHORIZED)
+    code, err = _cli(capsys, "devices", "reinstate", *common, device)
+    assert code == 2 and "is not revoked" in err
+
+    # An active one: provision says so; a new service account is provisioned and named.
+    code, err = _cli(capsys, "devices", "provision", *common, "--device", device)
+    assert code == 0 and f"{device}: already provisioned and active; unchanged" in err
+    code, err = _cli(
+        capsys, "devices", "provision", *common, "--secrets-file", str(secrets_file),
+        "--service", "console",
+    )  # fmt: skip
+    assert code == 0 and "provisioned _console (new account)" in err
+    assert "provisioned 1 new account(s)" in err
+
+
+def test_a_running_device_picks_up_its_rotated_secret(
+    fresh: SecureBroker, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    device = fresh.devices[33]
+    secrets_file = tmp_path / "fleet-secrets.json"
+    identity.write_secrets(secrets_file, {device: fresh.secrets[device]})
+    asked: list[str | None] = []
+
+    def source() -> str | None:
+        # As the simulated fleet does: the secrets file, re-read after a refusal.
+        asked.append(read_secrets(secrets_file).get(device))
+        return asked[-1]
+
+    async def scenario() -> tuple[int, int]:
+        client = FleetClient(
+            fresh.settings(None), device, username=device, password=source, backoff_min=0.05
+        )
+        client.start()
+        assert await client.wait_connected(10)
+        code, err = await asyncio.to_thread(
+            _cli, capsys, "devices", "rotate", "--identity-dir", str(fresh.store.directory),
+            "--broker", f"{fresh.mosquitto.host}:{fresh.mosquitto.port}",
+            "--secrets-file", str(secrets_file), device,
+        )  # fmt: skip
+        assert code == 0 and f"rotated {device}" in err
+        for _ in range(400):  # up to 20 s
+            if client.connects >= 2:
+                break
+            await asyncio.sleep(0.05)
+        connects, failures = client.connects, client.failures
+        await client.stop()
+        return connects, failures
+
+    connects, failures = run(scenario())
+    new = json.loads(secrets_file.read_text())[device]
+    # Kicked by the rotation, refused with the old secret, back with the new one.
+    assert connects == 2 and failures >= 1
+    assert asked[0] == fresh.secrets[device] and asked[-1] == new
