@@ -38,13 +38,22 @@ def _say(text: str) -> None:
     print(text, file=sys.stderr)
 
 
-def _commit(
-    settings: SecuritySettings, store: CredentialStore, changes: dict[str, str | None]
-) -> None:
-    """Save the store and the broker's config, then put the changes on a running broker."""
+def _save(store: CredentialStore) -> str:
+    """Save the store and the broker's config; return the `_admin` secret."""
     admin_secret = store.ensure_admin()
     store.save()
     _say(f"wrote {store.path} and {store.dynsec_file}")
+    return admin_secret
+
+
+def _apply(
+    settings: SecuritySettings,
+    store: CredentialStore,
+    admin_secret: str,
+    changes: dict[str, str | None],
+) -> None:
+    """Put saved changes on the running broker (after the new secrets were handed out, so
+    a broker that cannot be reached loses no secret: it takes them at its next start)."""
     if not changes:
         return
     if settings.broker is None:
@@ -61,7 +70,13 @@ def _commit(
         password=admin_secret,
     )
     commands = [c for name, secret in changes.items() for c in store.commands(name, secret)]
-    DynsecAdmin(mqtt).apply(commands)
+    try:
+        DynsecAdmin(mqtt).apply(commands)
+    except ConfigError as exc:
+        raise ConfigError(
+            f"saved, but the broker at {settings.broker} was NOT changed ({exc}); "
+            "it takes the saved accounts at its next start"
+        ) from exc
     _say(
         f"applied to the broker at {settings.broker}: {len(changes)} account(s); "
         "their live sessions (if any) were closed"
@@ -117,8 +132,9 @@ def cmd_provision(args: argparse.Namespace) -> int:
         for name in sorted(issued):
             _say(f"provisioned {name} (new account)")
     _say(f"provisioned {len(issued)} new account(s)")
-    _commit(settings, store, dict(issued))
+    admin_secret = _save(store)
     _hand_out(args, issued)
+    _apply(settings, store, admin_secret, dict(issued))
     return 0
 
 
@@ -128,8 +144,9 @@ def cmd_rotate(args: argparse.Namespace) -> int:
     issued = {name: store.rotate(name) for name in args.username}
     for name in issued:
         _say(f"rotated {name}: new secret issued, the old one no longer works")
-    _commit(settings, store, dict(issued))
+    admin_secret = _save(store)
     _hand_out(args, issued)
+    _apply(settings, store, admin_secret, dict(issued))
     return 0
 
 
@@ -139,8 +156,9 @@ def cmd_reinstate(args: argparse.Namespace) -> int:
     issued = {name: store.reinstate(name) for name in args.username}
     for name in issued:
         _say(f"reinstated {name}: new secret issued")
-    _commit(settings, store, dict(issued))
+    admin_secret = _save(store)
     _hand_out(args, issued)
+    _apply(settings, store, admin_secret, dict(issued))
     return 0
 
 
@@ -156,9 +174,10 @@ def cmd_revoke(args: argparse.Namespace) -> int:
         store.revoke(name)
         changes[name] = None
         _say(f"revoked {name}")
+    admin_secret = _save(store)
     if args.secrets_file is not None:
         identity.drop_secrets(args.secrets_file, args.username)
-    _commit(settings, store, changes)
+    _apply(settings, store, admin_secret, changes)
     return 0
 
 

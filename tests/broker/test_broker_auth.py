@@ -71,6 +71,10 @@ def test_device_publishes_only_under_its_own_topics(secure: SecureBroker) -> Non
         for channel in ("telemetry", "event", "status"):
             denied = await device.publish(secure.topic(b, channel), b"{}")
             assert denied.reason_code == NOT_AUTHORIZED
+        # Its own id and channel, but another city: refused (ACLs are rendered per city).
+        for city in ("samarkand", "tashkent2"):
+            foreign = secure.topic(a).replace(f"/{secure.city.id}/", f"/{city}/", 1)
+            assert (await device.publish(foreign, b"{}")).reason_code == NOT_AUTHORIZED
         # Platform topics are not a device's either.
         spoof = f"safecity/v1/{secure.city.id}/_deadletter/schema"
         assert (await device.publish(spoof, b"{}")).reason_code == NOT_AUTHORIZED

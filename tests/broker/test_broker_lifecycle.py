@@ -14,6 +14,7 @@ from rawmqtt import DISCONNECT, PUBACK, RawClient
 from broker import certs, identity
 from broker.identity import CredentialStore
 from control.cli import main
+from control.stack import free_port
 from safecity.errors import MqttError
 from safecity.mqtt import FleetClient
 from safecity.secrets import read_secrets
@@ -289,3 +290,20 @@ def test_a_running_device_picks_up_its_rotated_secret(
     # Kicked by the rotation, refused with the old secret, back with the new one.
     assert connects == 2 and failures >= 1
     assert asked[0] == fresh.secrets[device] and asked[-1] == new
+
+
+def test_cli_with_an_unreachable_broker_keeps_the_secret_and_says_so(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    store = CredentialStore(tmp_path / "identity")
+    store.provision("dev-9", city="tashkent")
+    store.save()
+    secrets_file = tmp_path / "fleet-secrets.json"
+    code, err = _cli(
+        capsys, "devices", "rotate", "--identity-dir", str(tmp_path / "identity"),
+        "--broker", f"127.0.0.1:{free_port()}", "--secrets-file", str(secrets_file), "dev-9",
+    )  # fmt: skip
+    assert code == 2 and "was NOT changed" in err and "next start" in err
+    # The new secret was handed out before the broker was tried, and it is the stored one.
+    new = json.loads(secrets_file.read_text())["dev-9"]
+    assert CredentialStore(tmp_path / "identity").check("dev-9", new)
