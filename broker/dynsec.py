@@ -14,7 +14,6 @@ import secrets
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from safecity.errors import ConfigError, MqttError
@@ -268,12 +267,3 @@ def find_plugin(candidates: Sequence[str] = PLUGIN_CANDIDATES) -> str:
         + ", ".join(candidates)
         + "): install Mosquitto 2.0's package with its plugins"
     )
-
-
-def read_config(path: Path) -> dict[str, Any]:
-    """The plugin's JSON config as written (for tests and `devices list`)."""
-    try:
-        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from exc
-    return data

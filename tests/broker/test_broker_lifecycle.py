@@ -6,6 +6,7 @@ import asyncio
 import json
 import stat
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from brokerkit import SecureBroker, connected, run, wait_connack
@@ -15,9 +16,12 @@ from broker import certs, identity
 from broker.identity import CredentialStore
 from control.cli import main
 from control.stack import free_port
+from edge.settings import EdgeSettings
 from safecity.errors import MqttError
 from safecity.mqtt import FleetClient
 from safecity.secrets import read_secrets
+from simulators import fleet
+from simulators.settings import SimulatorSettings
 
 NOT_AUTHORIZED = 0x87
 
@@ -307,3 +311,16 @@ def test_cli_with_an_unreachable_broker_keeps_the_secret_and_says_so(
     # The new secret was handed out before the broker was tried, and it is the stored one.
     new = json.loads(secrets_file.read_text())["dev-9"]
     assert CredentialStore(tmp_path / "identity").check("dev-9", new)
+
+
+def test_the_simulated_fleet_rereads_a_refused_secret_from_its_file(tmp_path: Path) -> None:
+    secrets_file = tmp_path / "secrets.json"
+    identity.write_secrets(secrets_file, {"dev-1": "old"})
+    settings = SimulatorSettings(
+        edge=EdgeSettings(spool_dir=tmp_path / "spool", secrets_file=secrets_file)
+    )
+    sim = SimpleNamespace(device=SimpleNamespace(id="dev-1"))
+    source = fleet._secret_source(settings, sim, {"dev-1": "old"})  # type: ignore[arg-type]
+    assert source() == "old"  # the secret read once at start
+    identity.write_secrets(secrets_file, {"dev-1": "rotated"})
+    assert source() == "rotated"  # asked again after a refusal: the file, read afresh
