@@ -125,6 +125,11 @@ def test_secure_template_hardening_and_loopback_plain_listener(tmp_path: Path) -
     assert "allow_anonymous true" not in raw
     assert re.search(r"^listener 1883 127\.0\.0\.1$", raw, re.MULTILINE)
     assert not any(ln.startswith(("password_file", "acl_file")) for ln in lines)
+    # Exactly one plugin, configured (a comment line must never turn into a second one).
+    assert [ln for ln in conf.splitlines() if ln.startswith("plugin")] == [
+        "plugin /x/mosquitto_dynamic_security.so",
+        f"plugin_opt_config_file {tmp_path / 'd.json'}",
+    ]
 
 
 def test_one_broker_config_and_no_anonymous_variant() -> None:
