@@ -54,7 +54,7 @@ def test_kill_9_ingest_three_times_mid_stream(stack, tmp_path, ingest_factory) -
     db = new_db(stack)
     ingest = ingest_factory(stack, db, "kill9").start()
     pub = publisher(stack, tmp_path)
-    pub.start(good_readings(CITY, 6000, devices=100), rate=600)
+    pub.start(good_readings(CITY, 6000, devices=100), rate=300)
     redelivered = 0.0
     for _ in range(3):
         wait_for(lambda: ingest.metric("safecity_ingest_acked_total") > 300, 20, "progress")
