@@ -162,9 +162,11 @@ def create_app(settings: ApiSettings, city: City | None = None) -> FastAPI:
                 "audit_log": str(settings.audit_log_file),
             },
         )
+        figures = app.state.figures = metrics.start_incident_figures(app)
         try:
             yield
         finally:
+            await figures.stop()
             await app.state.hub.stop()
             await influx.close()
             log.info("api stopped")

@@ -195,7 +195,7 @@ DESCRIPTIONS = {
     "SAFECITY_STREAM_REPLAY": (
         "Live-stream events kept for Last-Event-ID resumption (older ones: a `gap` event)."
     ),
-    "SAFECITY_STREAM_RETRY_MS": "The `retry:` hint (ms) the live stream gives reconnecting clients.",
+    "SAFECITY_STREAM_RETRY_MS": "The `retry:` hint (ms) the live stream gives reconnecting clients",
     "SAFECITY_STREAM_MAX_PER_KEY": "Live streams one API key may hold open at once (429 beyond).",
     "SAFECITY_DEADLETTER_MAX_PACKET": (
         "The broker's max_packet_size: a dead letter that would not fit is stored, not republished."

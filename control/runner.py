@@ -51,9 +51,9 @@ def service_env(
             "SAFECITY_LOG_LEVEL": settings.log_level,
             # Every path a service keeps (dead letters, spool, keys, ...) is in the instance.
             "SAFECITY_HOME": str(settings.data_dir.resolve()),
-            # `safecity devices revoke|rotate|provision` from a child reloads this broker.
+            # `safecity devices revoke|rotate|provision` from a child changes this broker at once.
             "SAFECITY_IDENTITY_DIR": str(stack.identity_dir),
-            "SAFECITY_BROKER_PIDFILE": str(stack.broker_pidfile),
+            "SAFECITY_BROKER": stack.broker_address,
         }
     )
     if role is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -22,12 +22,14 @@ from broker.config import (
     render_mosquitto_conf,
     require_no_anonymous,
 )
+from broker.dynsec import DynsecAdmin
 from broker.identity import (
     LOCAL_SERVICES,
     LocalIdentities,
     Role,
     reload_broker,
     render_secure_config,
+    service_username,
 )
 from control.influxd import Influxd, render_influxd_conf
 from control.processes import (
@@ -69,7 +71,7 @@ class Mosquitto(LocalService):
     Always the secure broker/mosquitto.conf: no anonymous access. Every device of `city`
     (default: the built-in Tashkent) and the local service accounts (`_ingest`, `_api`,
     `_alerts`, `_simulator`) get an account in `identity_dir` (credential store with
-    hashes only, rendered passwd/ACL and a 0600 secrets file, all reused across
+    hashes only, rendered dynamic-security config and a 0600 secrets file, all reused across
     restarts); with a `tls_port` (0 = a free one, None = no TLS listener) a local CA and
     the broker's server certificate are made (or reused) in `certs_dir`. With
     `mutual_tls` the TLS listener requires a client certificate (CN = username) and
@@ -143,7 +145,7 @@ class Mosquitto(LocalService):
 
     @property
     def identity_dir(self) -> Path:
-        """Credential store, rendered passwd/ACL and the secrets file."""
+        """Credential store, rendered broker accounts and the secrets file."""
         return self.identities.directory
 
     @property
@@ -175,18 +177,39 @@ class Mosquitto(LocalService):
         """Where the devices' client certificates live (`<id>.crt`, `<id>.key`)."""
         return self.certs_dir / "clients"
 
-    def provision(self, *device_ids: str) -> dict[str, str]:
-        """Add device accounts (e.g. of a test city); a running broker re-reads them (SIGHUP).
+    def provision(self, *device_ids: str, city: str | None = None) -> dict[str, str]:
+        """Add device accounts (e.g. of a test city); a running broker gets them at once."""
+        issued = self.identities.add_devices(device_ids, city)
+        self.apply(issued)
+        return issued
+
+    def apply(self, changes: Mapping[str, str | None]) -> None:
+        """Put changed accounts ({username: new secret, or None = revoked}) on the running
+        broker through $CONTROL; the store must already hold them. No-op when stopped."""
+        if not changes or self.pid is None or not self.alive:
+            return
+        store = self.identities.store
+        commands = [c for name, secret in changes.items() for c in store.commands(name, secret)]
+        try:
+            self.admin().apply(commands)
+        except ConfigError as exc:
+            raise StackError(f"cannot apply account changes to the broker: {exc}") from exc
+
+    def admin(self) -> DynsecAdmin:
+        """The dynamic-security admin of this broker (the `_admin` account)."""
+        settings = MqttSettings(
+            host=self.host,
+            port=self.port,
+            username=service_username(Role.ADMIN),
+            password=self.identities.admin_secret,
+        )
+        return DynsecAdmin(settings)
+
+    def reload(self) -> None:
+        """SIGHUP the running broker: it re-reads its config, certificates and the CRL.
 
         Caveat: Mosquitto 2.0.11 forgets `max_qos` on SIGHUP until its next restart.
         """
-        issued = self.identities.add_devices(device_ids)
-        if issued:
-            self.reload()
-        return issued
-
-    def reload(self) -> None:
-        """SIGHUP the running broker: it re-reads the password file, the ACL and the CRL."""
         if self.pid is not None and self.alive:
             reload_broker(self.pid)
 
@@ -204,8 +227,7 @@ class Mosquitto(LocalService):
         try:
             secure = render_secure_config(
                 template,
-                password_file=store.password_file,
-                acl_file=store.acl_file,
+                dynsec_file=store.dynsec_file,
                 pid_file=self.pid_file,
                 tls_port=self.tls_port,
                 tls_host=self.host,
@@ -279,7 +301,7 @@ class LocalStack:
     """Mosquitto then InfluxDB in subdirectories of base_dir, stopped in reverse order.
 
     The broker is the secure one: accounts for every device of `city` (default: the
-    built-in Tashkent) and the services in base_dir/identity (store, passwd/ACL, 0600
+    built-in Tashkent) and the services in base_dir/identity (store, broker accounts, 0600
     secrets file; reused across runs), a local CA and server certificate in
     base_dir/certs (reused), a plain listener on loopback and a TLS listener on
     `mqtt_tls_port` (0 = a free port); with `mutual_tls` that listener requires device
@@ -346,7 +368,7 @@ class LocalStack:
 
     @property
     def identity_dir(self) -> Path:
-        """Credential store, rendered passwd/ACL and the secrets file."""
+        """Credential store, rendered broker accounts and the secrets file."""
         return self.mosquitto.identity_dir
 
     @property
@@ -355,8 +377,13 @@ class LocalStack:
         return self.mosquitto.secrets_file
 
     @property
+    def broker_address(self) -> str:
+        """HOST:PORT where `safecity devices ...` applies changes (SAFECITY_BROKER)."""
+        return f"{self.mosquitto.host}:{self.mosquitto.port}"
+
+    @property
     def broker_pidfile(self) -> Path:
-        """Mosquitto's pid_file (SAFECITY_BROKER_PIDFILE for `safecity devices ...`)."""
+        """Mosquitto's pid_file (SIGHUP: re-read config and certificates)."""
         return self.mosquitto.pid_file
 
     def secret(self, username: str) -> str:
