@@ -91,6 +91,7 @@ _SERVICE_RULES: dict[Role, tuple[str, ...]] = {
         f"topic read {PREFIX}/#",
         f"topic write {PREFIX}/+/{DEADLETTER}/#",
         f"topic write {PREFIX}/+/{SERVICES}/#",
+        f"topic write {PREFIX}/+/+/+/+/ack",  # end-to-end acks to each device
         "topic read $SYS/broker/#",
     ),
     Role.ALERTS: (
@@ -327,8 +328,9 @@ def render_acl(accounts: Iterable[Account]) -> str:
     out = [
         "# Rendered by broker.identity from the credential store; edits are overwritten.",
         "# No rules before the first `user` line: anonymous clients get nothing.",
-        "# Devices: publish only under their own device id (= username); read nothing.",
+        "# Devices: publish only under their own device id (= username); read only their acks.",
         *DEVICE_PATTERNS,
+        f"pattern read {PREFIX}/+/+/+/%u/ack",
         "",
     ]
     for account in sorted(accounts, key=lambda a: a.username):

@@ -42,6 +42,7 @@ from ingest.validate import (
     Validator,
     claimed_device_id,
 )
+from ingest.watermark import Watermarks  # end-to-end acks
 from ingest.writer import Backoff, InfluxWriter, WriteDeferredError
 from safecity import schema, topics
 from safecity.errors import MqttError, StorageError
@@ -119,6 +120,7 @@ class IngestService:
         self._durable_writes = 0
         self._spool_ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self.watermarks = Watermarks(city, settings.ack_interval)  # end-to-end acks
 
     def ready(self) -> bool:
         """Ready when connected to the broker and acking: not blocked by a full spool or auth."""
@@ -161,6 +163,8 @@ class IngestService:
                 )
             )
         self._tasks.append(asyncio.create_task(self._write_stats_every(), name="ingest-stats"))
+        # End-to-end acks: per device, the seqs this worker made durable, every interval.
+        self._tasks.append(asyncio.create_task(self.watermarks.run(self.mqtt), name="acks"))
         self._started = True
         log.info(
             "ingest started",
@@ -287,6 +291,7 @@ class IngestService:
                 dead_letter(rejection, incoming.topic, incoming.payload, self.settings.worker_id)
             )
         await self._dead_letter(letters)
+        self.watermarks.add_batch(batch.messages)  # end-to-end acks: the batch is durable
         if accepted and not spooled:
             self._count_written(
                 [o for i, (_, o) in enumerate(accepted) if i not in {j for j, _ in refused_lines}]

@@ -20,7 +20,6 @@ from paho.mqtt.properties import Properties
 from control.stack import Mosquitto
 from edge.agent import DeviceAgent, Envelope
 from edge.settings import EdgeSettings
-from edge.spool import Spool
 from safecity.errors import MqttError
 from safecity.mqtt import FleetClient, Will
 from safecity.settings import MqttSettings
@@ -208,20 +207,3 @@ def test_will_is_published_when_a_device_vanishes(tmp_path: Path) -> None:
 def test_zero_length_client_id_is_refused_before_the_broker_sees_it() -> None:
     with pytest.raises(MqttError, match="non-empty"):
         FleetClient(MqttSettings(), "")
-
-
-def test_spool_is_bounded_ordered_and_survives_a_restart(tmp_path: Path) -> None:
-    path = tmp_path / "dev.spool"
-    spool = Spool(path, max_bytes=2000)
-    accepted = [i for i in range(100) if spool.append("t", bytes([i, 0xFF]), {"i": i})]
-    assert 5 < len(accepted) < 100  # bounded
-    assert [m["i"] for _, _, m in spool.read(3)] == accepted[:3]
-    spool.push_front([("t", b"x", {"i": -1})])
-    spool.close()
-    again = Spool(path, max_bytes=2000)
-    rest = again.read(1000)
-    assert [m["i"] for _, _, m in rest] == [-1, *accepted[3:]]
-    assert rest[1][1] == bytes([accepted[3], 0xFF])
-    assert again.pending == 0
-    again.close()
-    assert not path.exists()
