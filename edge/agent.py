@@ -125,6 +125,7 @@ class DeviceAgent:
         self._confirm = settings.confirm and ack_topic is not None
         # mid -> (spool id or None, the message)
         self._inflight: dict[int, tuple[int | None, Envelope]] = {}
+        self._statuses_inflight = 0
         # Status messages (never spooled) waiting for a connection.
         self._queue: deque[Envelope] = deque()
         # Spool id -> (message, monotonic time of its PUBACK): sent, awaiting the ack.
@@ -177,8 +178,7 @@ class DeviceAgent:
     @property
     def backlog(self) -> int:
         """Messages not yet settled: spooled (sent or not), status messages in flight or queued."""
-        statuses = sum(1 for ident, _ in self._inflight.values() if ident is None)
-        return self._spool.pending + statuses + len(self._queue)
+        return self._spool.pending + self._statuses_inflight + len(self._queue)
 
     @property
     def unconfirmed(self) -> int:
@@ -236,6 +236,7 @@ class DeviceAgent:
             if ident is None:
                 self._verdict(message, NOT_SENT)
         self._inflight.clear()
+        self._statuses_inflight = 0
         for message in self._queue:
             self._verdict(message, NOT_SENT)
         self._queue.clear()
@@ -250,6 +251,7 @@ class DeviceAgent:
         if mid is None:
             return False
         self._inflight[mid] = (ident, message)
+        self._statuses_inflight += ident is None
         return True
 
     def _envelope(self, item: SpoolItem) -> Envelope:
@@ -296,6 +298,7 @@ class DeviceAgent:
         if sent is None:
             return
         ident, message = sent
+        self._statuses_inflight -= ident is None
         if code == 0x10:
             self.stats.no_subscribers += 1
         if ident is None:
@@ -404,6 +407,7 @@ class DeviceAgent:
         log.warning("connection lost", extra={"client_id": self.client_id, "reason": reason})
         lost = list(self._inflight.values())
         self._inflight.clear()
+        self._statuses_inflight = 0
         again = []
         for ident, message in lost:
             if ident is None:

@@ -20,6 +20,7 @@ from paho.mqtt.properties import Properties
 from control.stack import Mosquitto
 from edge.agent import DeviceAgent, Envelope
 from edge.settings import EdgeSettings
+from safecity.acks import Ack
 from safecity.errors import MqttError
 from safecity.mqtt import FleetClient, Will
 from safecity.settings import MqttSettings
@@ -207,3 +208,73 @@ def test_will_is_published_when_a_device_vanishes(tmp_path: Path) -> None:
 def test_zero_length_client_id_is_refused_before_the_broker_sees_it() -> None:
     with pytest.raises(MqttError, match="non-empty"):
         FleetClient(MqttSettings(), "")
+
+
+class Platform:
+    """Stands in for the ingest: reads the devices' telemetry, acks every seq it saw."""
+
+    def __init__(self, broker: Mosquitto) -> None:
+        self.seen: list[int] = []
+        self.ready = threading.Event()
+        self.client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"ack-{uuid.uuid4().hex[:8]}",
+            protocol=paho.MQTTv5,
+        )  # fmt: skip
+        self.client.on_connect = lambda c, *a: c.subscribe(topic("+"), qos=1)
+        self.client.on_subscribe = lambda *a: self.ready.set()
+        self.client.on_message = self._on_message
+        self.client.username_pw_set("_ingest", broker.secret("_ingest"))
+        self.client.connect(broker.host, broker.port)
+        self.client.loop_start()
+        assert self.ready.wait(10)
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        seq = json.loads(msg.payload)["s"]
+        self.seen.append(seq)
+        device = msg.topic.split("/")[5]
+        ack = Ack(telemetry=((seq, seq),))
+        client.publish(topic(device, "ack"), ack.to_payload(), qos=1)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.mark.timeout(90)
+def test_puback_without_subscribers_is_not_delivered_until_the_platform_acks(
+    tmp_path: Path,
+) -> None:
+    broker = Mosquitto(tmp_path / "broker")
+    broker.provision("ack-dev")
+    with broker:
+        mqtt = MqttSettings(host=broker.host, port=broker.port)
+        edge = EdgeSettings(spool_dir=tmp_path / "spool", ack_timeout=1.0, drain_timeout=3.0)
+        verdicts: list[tuple[int, int]] = []
+
+        async def run(count: int) -> DeviceAgent:
+            agent = DeviceAgent(
+                "ack-dev", mqtt, edge, lambda m, code: verdicts.append((m.seq or 0, code)),
+                password=broker.secret("ack-dev"), ack_topic=topic("ack-dev", "ack"),
+            )  # fmt: skip
+            agent.start()
+            assert await agent.client.wait_connected(5)
+            for seq in range(count):
+                body = json.dumps({"s": seq}).encode()
+                agent.submit(Envelope(topic("ack-dev"), body, {"s": seq}, seq=seq))
+            await agent.close()
+            return agent
+
+        # Nobody subscribed: PUBACK 0x10 for each, a success code, yet nothing is settled.
+        first = asyncio.run(run(20))
+        assert first.stats.no_subscribers >= 20 and first.stats.ack_timeouts >= 1
+        assert verdicts == [] and first.stats.left_buffered == 20
+        # The platform is there now: the next run sends the spool again and the acks settle it.
+        platform = Platform(broker)
+        try:
+            second = asyncio.run(run(0))
+        finally:
+            platform.close()
+    assert second.stats.left_buffered == 0 and second.stats.confirmed == 20
+    assert sorted(verdicts) == [(seq, 0) for seq in range(20)]
+    assert sorted(set(platform.seen)) == list(range(20))
+    assert not (tmp_path / "spool" / "ack-dev.spool").exists()
