@@ -131,6 +131,10 @@ class DeviceAgent:
         # Spool id -> (message, monotonic time of its PUBACK): sent, awaiting the ack.
         self._awaiting: dict[int, tuple[Envelope, float]] = {}
         self._acked_early: set[int] = set()
+        # Spool ids sent at least once in this run: an ack may settle only what it can be
+        # about (a never-sent message under an acked seq is another message, e.g. a resend
+        # with other content, and must still go out).
+        self._sent_once: set[int] = set()
         self._ack_bound = settings.ack_timeout
         self._ack_timer: asyncio.TimerHandle | None = None
         self._acked_since_resend = True
@@ -251,7 +255,10 @@ class DeviceAgent:
         if mid is None:
             return False
         self._inflight[mid] = (ident, message)
-        self._statuses_inflight += ident is None
+        if ident is None:
+            self._statuses_inflight += 1
+        else:
+            self._sent_once.add(ident)
         return True
 
     def _envelope(self, item: SpoolItem) -> Envelope:
@@ -289,6 +296,7 @@ class DeviceAgent:
 
     def _settle(self, ident: int, message: Envelope, code: int) -> None:
         self._spool.settle((ident,))
+        self._sent_once.discard(ident)
         self._verdict(message, code)
 
     # --- FleetClient callbacks -------------------------------------------------
@@ -338,14 +346,15 @@ class DeviceAgent:
                     elif ident in inflight_ids:
                         # The ack overtook the PUBACK: settle when the PUBACK comes.
                         self._acked_early.add(ident)
-                    else:
-                        # Rewound for a resend (or left from an earlier run): no need now.
+                    elif ident in self._sent_once:
+                        # Rewound for a re-send: no need now.
                         item = self._spool.item(ident)
                         if item is not None:
                             done.append(ident)
                             verdicts.append(self._envelope(item))
         if done:
             self._spool.settle(done)
+            self._sent_once.difference_update(done)
             self.stats.confirmed += len(done)
             for message in verdicts:
                 self._verdict(message, CONFIRMED)

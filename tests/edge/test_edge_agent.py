@@ -215,6 +215,7 @@ class Platform:
 
     def __init__(self, broker: Mosquitto) -> None:
         self.seen: list[int] = []
+        self.payloads: list[bytes] = []
         self.ready = threading.Event()
         self.client = paho.Client(
             CallbackAPIVersion.VERSION2, client_id=f"ack-{uuid.uuid4().hex[:8]}",
@@ -231,6 +232,7 @@ class Platform:
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         seq = json.loads(msg.payload)["s"]
         self.seen.append(seq)
+        self.payloads.append(bytes(msg.payload))
         device = msg.topic.split("/")[5]
         ack = Ack(telemetry=((seq, seq),))
         client.publish(topic(device, "ack"), ack.to_payload(), qos=1)
@@ -278,3 +280,34 @@ def test_puback_without_subscribers_is_not_delivered_until_the_platform_acks(
     assert sorted(verdicts) == [(seq, 0) for seq in range(20)]
     assert sorted(set(platform.seen)) == list(range(20))
     assert not (tmp_path / "spool" / "ack-dev.spool").exists()
+
+
+@pytest.mark.timeout(60)
+def test_an_ack_settles_only_what_was_sent_under_its_seq(tmp_path: Path) -> None:
+    broker = Mosquitto(tmp_path / "broker")
+    broker.provision("dup-dev")
+    with broker:
+        platform = Platform(broker)
+        mqtt = MqttSettings(host=broker.host, port=broker.port)
+        # One unconfirmed reading at a time: the second message under seq 7 is unsent when the
+        # ack for the first arrives, and must go out all the same.
+        edge = EdgeSettings(spool_dir=tmp_path / "spool", ack_window=1, drain_timeout=10)
+
+        async def main() -> DeviceAgent:
+            agent = DeviceAgent(
+                "dup-dev", mqtt, edge, lambda m, code: None,
+                password=broker.secret("dup-dev"), ack_topic=topic("dup-dev", "ack"),
+            )  # fmt: skip
+            agent.start()
+            assert await agent.client.wait_connected(5)
+            for body in ({"s": 7, "v": 1}, {"s": 7, "v": 2}):
+                agent.submit(Envelope(topic("dup-dev"), json.dumps(body).encode(), None, seq=7))
+            await agent.close()
+            return agent
+
+        try:
+            agent = asyncio.run(main())
+        finally:
+            platform.close()
+    assert agent.stats.left_buffered == 0
+    assert sorted(json.loads(p)["v"] for p in set(platform.payloads)) == [1, 2]
