@@ -11,6 +11,9 @@ spools) and one ingest worker on a plain subscription:
   messages per reading (each one is 4 MQTT packets: ingest PUBLISH, broker PUBACK,
   broker PUBLISH to the device, device PUBACK), and CPU microseconds per reading of
   the devices' process, the ingest and the broker;
+- the ack path alone, in process (no network, so no noise from a loaded machine): the
+  ingest's bookkeeping (`Watermarks.add_batch` + `drain`) and the device's (spool
+  append, hand-out and settle; parsing the ack and finding its readings), per reading;
 - benefit: the broker is killed (kill -9) while a backlog waits for a paused ingest
   (Receive Maximum 50, so it sits in the broker's queue): readings lost with the
   acknowledgement off and on (ledger checker).
@@ -45,10 +48,14 @@ from control.stack import LocalStack, ManagedProcess, free_port
 from control.verify import verify
 from edge.agent import AgentStats, DeviceAgent, Envelope
 from edge.settings import EdgeSettings
+from edge.spool import Spool
+from ingest.validate import Validator
+from ingest.watermark import Watermarks
 from safecity import topics
+from safecity.acks import Ack
 from safecity.influx import InfluxClient
 from safecity.ledger import LedgerEntry, LedgerWriter
-from safecity.mqtt import NOT_SENT
+from safecity.mqtt import NOT_SENT, Incoming
 from safecity.readings import format_ts
 from safecity.registry import Device, default_city
 from safecity.settings import InfluxSettings
@@ -242,6 +249,47 @@ def run_once(
     }
 
 
+def ack_path_cost(per_ack: int, rounds: int = 20) -> dict[str, float]:
+    """CPU µs per reading of the ack bookkeeping, `per_ack` readings per device and ack."""
+
+    items = readings(len(CITY.devices) * per_ack, seed=9)
+    validator = Validator(CITY, 30 * 86_400.0, 300.0)
+    batch = [
+        (m, validator.validate(m.topic, m.payload))
+        for m in (Incoming(r.topic, r.payload, 1, i, False, False, 0) for i, r in enumerate(items))
+    ]
+    watermarks = Watermarks(CITY)
+    t0 = time.process_time()
+    payloads: list[tuple[str, bytes]] = []
+    for _ in range(rounds):
+        watermarks.add_batch(batch)
+        payloads = watermarks.drain()
+    ingest_us = (time.process_time() - t0) / (rounds * len(items)) * 1e6
+    acks_by_topic = dict(payloads)
+    with tempfile.TemporaryDirectory() as tmp:
+        spools = {r.device.id: Spool(Path(tmp) / f"{r.device.id}.spool", 1 << 24) for r in items}
+        t0 = time.process_time()
+        for _ in range(rounds):
+            for r in items:
+                spool = spools[r.device.id]
+                spool.append(r.topic, r.payload, None, r.seq, "telemetry")
+                spool.take(1)
+            for r in items[: len(spools)]:
+                spool = spools[r.device.id]
+                topic = topics.ack_topic(CITY.id, r.device.district, r.device.kind, r.device.id)
+                ack = Ack.from_payload(acks_by_topic[topic])
+                ids = [
+                    i
+                    for first, last in ack.telemetry
+                    for i in spool.lookup("telemetry", first, last)
+                ]
+                spool.settle(ids)
+        device_us = (time.process_time() - t0) / (rounds * len(items)) * 1e6
+        for spool in spools.values():
+            spool.close()
+    return {"ingest_us": ingest_us, "device_us": device_us}
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the cost and the crash comparisons; print a Markdown report."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -266,6 +314,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 count = int(8000 * scale)
                 rows.append((label, run_once(stack, base, confirm, count, 400, True)))
                 print(label, rows[-1], flush=True)
+    micro = {n: ack_path_cost(n) for n in (1, 10)}
     print(f"\n{platform.node()}: {platform.processor() or platform.machine()}, load {load}")
     print(f"{devices} devices as edge agents in one process, one ingest worker\n")
     print(
@@ -280,6 +329,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"{r['resent']:.0f} | {r['ack_msgs_per_reading']:.2f} | {r['fleet_cpu_us']:.0f} | "
             f"{r['ingest_cpu_us']:.0f} | {broker} |"
         )
+
+    print("\nThe ack path alone (in process), CPU µs per reading:\n")
+    print("| readings per device and ack | ingest: add_batch + drain | device: spool + ack |")
+    print("|---|---|---|")
+    for n, r in micro.items():
+        print(f"| {n} | {r['ingest_us']:.1f} | {r['device_us']:.1f} |")
 
 
 if __name__ == "__main__":

@@ -9,12 +9,13 @@ was in flight when the process died is simply sent again (at-least-once; the
 platform's writes are idempotent).
 
 Two operations replace the file, both crash-safe: when nothing is left unsettled the
-file is truncated to zero (the done records were written first, so a crash before the
-truncation replays to the same empty state); when settled entries make up most of the
-file it is compacted by writing the unsettled entries to a temporary file, fsync and
-`rename` over the log (atomic). Records are written with one unbuffered `write` each:
-they survive a crash of this process, not a power cut (no fsync per message; that
-would cap the rate at the disk's sync rate).
+file is truncated to zero once it is over 64 KiB, and deleted on close (the done
+records were written first, so a crash before either replays to the same empty
+state); when settled entries make up most of the file it is compacted by writing the
+unsettled entries to a temporary file, fsync and `rename` over the log (atomic).
+Records are written with one unbuffered `write` each: they survive a crash of this
+process, not a power cut (no fsync per message; that would cap the rate at the disk's
+sync rate).
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ log = logging.getLogger("edge.spool")
 
 COMPACT_MIN_BYTES = 1 << 20
 """Never compact a log smaller than this (truncation to zero handles the common case)."""
+
+TRUNCATE_MIN_BYTES = 64 << 10
+"""Truncate a fully settled log only past this size (a syscall saved on most settles)."""
 
 
 def _identity(value: Any) -> Any:
@@ -202,9 +206,10 @@ class Spool:
             self._drop(ident)
         if not self._entries:
             # Everything settled (and recorded as such): start over with an empty file.
-            os.ftruncate(self._fd, 0)
-            self._size = 0
             self._unsent.clear()
+            if self._size > TRUNCATE_MIN_BYTES:
+                os.ftruncate(self._fd, 0)
+                self._size = 0
         elif self._size > max(COMPACT_MIN_BYTES, 4 * self._live_bytes):
             self._compact()
         return len(gone)
@@ -214,8 +219,9 @@ class Spool:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-        if not self._entries and self.path.exists() and self.path.stat().st_size == 0:
-            self.path.unlink()
+        if not self._entries:
+            # Nothing unsettled: the settled records are of no use to the next run.
+            self.path.unlink(missing_ok=True)
 
     # --- internals -------------------------------------------------------------
 
