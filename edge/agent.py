@@ -135,6 +135,7 @@ class DeviceAgent:
         # about (a never-sent message under an acked seq is another message, e.g. a resend
         # with other content, and must still go out).
         self._sent_once: set[int] = set()
+        self._to_settle: list[int] = []
         self._ack_bound = settings.ack_timeout
         self._ack_timer: asyncio.TimerHandle | None = None
         self._acked_since_resend = True
@@ -182,7 +183,8 @@ class DeviceAgent:
     @property
     def backlog(self) -> int:
         """Messages not yet settled: spooled (sent or not), status messages in flight or queued."""
-        return self._spool.pending + self._statuses_inflight + len(self._queue)
+        spooled = self._spool.pending - len(self._to_settle)
+        return spooled + self._statuses_inflight + len(self._queue)
 
     @property
     def unconfirmed(self) -> int:
@@ -244,6 +246,7 @@ class DeviceAgent:
         for message in self._queue:
             self._verdict(message, NOT_SENT)
         self._queue.clear()
+        self._flush_settled()
         self.stats.left_buffered = self._spool.pending
         self._spool.close()
         self.stats.connects = self.client.connects
@@ -295,9 +298,20 @@ class DeviceAgent:
         self._on_result(message, code)
 
     def _settle(self, ident: int, message: Envelope, code: int) -> None:
-        self._spool.settle((ident,))
+        # One done record per burst of PUBACKs (paho hands over many per read), not per
+        # message; a crash before it is written only means those are sent once more.
+        if not self._to_settle:
+            asyncio.get_running_loop().call_soon(self._flush_settled)
+        self._to_settle.append(ident)
         self._sent_once.discard(ident)
         self._verdict(message, code)
+
+    def _flush_settled(self) -> None:
+        if self._to_settle:
+            self._spool.settle(self._to_settle)
+            self._to_settle = []
+        if not self.backlog:
+            self._idle.set()
 
     # --- FleetClient callbacks -------------------------------------------------
 
