@@ -64,7 +64,7 @@ NOISE_DAY_DB, NOISE_NIGHT_DB = 53.0, 45.0
 SEVERITIES = tuple(s.value for s in catalogue.Severity)
 INCIDENT_SOURCE = (
     "events of the window in the `events` measurement, counted by severity "
-    "(incident tracking, with open/closed state, comes with the alerts issue)"
+    "(the incidents themselves, with their lifecycle state, are at /v1/incidents)"
 )
 
 

@@ -1,15 +1,16 @@
-"""`safecity devices provision|rotate|revoke|list` and `safecity certs init|client`."""
+"""The `safecity devices ...` and `safecity certs ...` commands: accounts, CA, device certs."""
 
 from __future__ import annotations
 
 import argparse
+import secrets as secrets_module
 import sys
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from broker import certs, identity
+from broker import certs, emqx, identity
 from broker.identity import CredentialStore, Role
 from broker.settings import SecuritySettings
 from safecity import registry
@@ -138,11 +139,48 @@ def cmd_certs_init(args: argparse.Namespace) -> int:
 
 
 def cmd_broker_config(args: argparse.Namespace) -> int:
-    """Write the broker config for the docker compose Mosquitto container."""
+    """Write the broker config for the Mosquitto container, or EMQX's files."""
+    if args.target == "emqx":
+        return _emqx_config(args)
+    if args.template is None:
+        raise ConfigError("broker config --target mosquitto needs --template")
     template = args.template.read_text(encoding="utf-8")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(identity.render_container_config(template), encoding="utf-8")
     print(f"broker config written to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _emqx_config(args: argparse.Namespace) -> int:
+    """EMQX's acl.conf, users.csv and emqx.conf fragment into the directory --out."""
+    directory = args.identity_dir or _settings().identity_dir
+    acl = directory / identity.ACL_FILE
+    if not acl.exists():
+        raise ConfigError(f"no ACL at {acl}: run `safecity devices provision` first")
+    secrets_file = args.secrets_file or directory / identity.SECRETS_FILE
+    secrets = identity.read_secrets(secrets_file)
+    if not secrets:
+        raise ConfigError(f"no secrets in {secrets_file}: EMQX needs them to import")
+    cookie_file = directory / "emqx.cookie"
+    if not cookie_file.exists():
+        cookie_file.write_text(secrets_module.token_urlsafe(32), encoding="utf-8")
+        cookie_file.chmod(0o600)
+    args.out.mkdir(parents=True, exist_ok=True)
+    files = {
+        "acl.conf": emqx.render_acl(acl.read_text(encoding="utf-8")),
+        "users.csv": emqx.render_users(secrets),
+        "emqx.conf": emqx.render_conf(
+            cluster_dns=args.cluster_dns,
+            certs_dir=args.certs_dir,
+            config_dir=args.config_dir,
+            cookie=cookie_file.read_text(encoding="utf-8").strip(),
+        ),
+    }
+    for name, text in files.items():
+        path = args.out / name
+        path.write_text(text, encoding="utf-8")
+        path.chmod(0o600)
+        print(f"EMQX {name} written to {path}", file=sys.stderr)
     return 0
 
 
@@ -152,6 +190,55 @@ def cmd_certs_client(args: argparse.Namespace) -> int:
     for device_id in args.device_id:
         client = certs.issue_client(settings.certs_dir, device_id)
         print(f"client  {client.cert} (key {client.key}, 0600)")
+    return 0
+
+
+def _reload_for_certs(args: argparse.Namespace, settings: SecuritySettings) -> None:
+    """SIGHUP a running broker so its TLS listener re-reads the CRL."""
+    pid = args.broker_pid
+    if pid is None and settings.broker_pidfile is not None:
+        pid = identity.read_pidfile(settings.broker_pidfile)
+    if pid is not None:
+        identity.reload_broker(pid)
+        print(f"broker (pid {pid}) reloaded with SIGHUP: CRL re-read", file=sys.stderr)
+    else:
+        print("no broker pid given: reload it yourself (kill -HUP <pid>)", file=sys.stderr)
+
+
+def cmd_certs_provision(args: argparse.Namespace) -> int:
+    """A client certificate for every registry device (or the given ones) lacking a good one."""
+    settings = _settings(certs_dir=args.dir, registry=args.registry)
+    city = registry.load_or_default(settings.registry)
+    wanted = args.device or [d.id for d in city.devices]
+    unknown = [d for d in wanted if city.device(d) is None]
+    if unknown:
+        raise ConfigError(f"not in the registry {city.source}: {', '.join(unknown)}")
+    issued = certs.ensure_clients(settings.certs_dir, wanted)
+    certs.ensure_crl(settings.certs_dir)
+    clients = settings.certs_dir / "clients"
+    print(f"{len(issued)} client certificate(s) issued, {len(wanted) - len(issued)} reused")
+    print(f"clients {clients} (SAFECITY_EDGE__TLS_CLIENT_DIR)")
+    return 0
+
+
+def cmd_certs_rotate(args: argparse.Namespace) -> int:
+    """New key and certificate per device; the previous certificate is revoked."""
+    settings = _settings(certs_dir=args.dir, broker_pidfile=args.pidfile)
+    for device_id in args.device_id:
+        client = certs.rotate_client(settings.certs_dir, device_id)
+        print(f"client  {client.cert} (key {client.key}, 0600)")
+    _reload_for_certs(args, settings)
+    return 0
+
+
+def cmd_certs_revoke(args: argparse.Namespace) -> int:
+    """Revoke the devices' certificates (CRL) and delete them."""
+    settings = _settings(certs_dir=args.dir, broker_pidfile=args.pidfile)
+    for device_id in args.device_id:
+        serial = certs.revoke_client(settings.certs_dir, device_id)
+        print(f"revoked {device_id} (serial {serial:x})")
+    print(f"CRL     {settings.certs_dir / certs.CRL_FILE}")
+    _reload_for_certs(args, settings)
     return 0
 
 
@@ -198,9 +285,23 @@ def add_parsers(sub: Any) -> None:
     broker = sub.add_parser("broker", help="broker configuration").add_subparsers(
         dest="broker_command", required=True, metavar="ACTION"
     )
-    p = broker.add_parser("config", help="render the config of the compose broker container")
-    p.add_argument("--template", type=Path, required=True, help="broker/mosquitto.conf")
-    p.add_argument("--out", type=Path, required=True, help="where the container reads it")
+    p = broker.add_parser(
+        "config", help="render the broker container's config (Mosquitto, or EMQX's files)"
+    )
+    p.add_argument("--target", choices=["mosquitto", "emqx"], default="mosquitto")
+    p.add_argument("--template", type=Path, help="broker/mosquitto.conf (target mosquitto)")
+    p.add_argument(
+        "--out", type=Path, required=True, help="the config file (mosquitto) or directory (emqx)"
+    )
+    p.add_argument("--identity-dir", type=Path, help="credential store (target emqx)")
+    p.add_argument("--secrets-file", type=Path, help="issued secrets (target emqx)")
+    p.add_argument(
+        "--cluster-dns",
+        default="safecity-broker-headless.safecity.svc.cluster.local",
+        help="the SRV name EMQX nodes find each other by (target emqx)",
+    )
+    p.add_argument("--certs-dir", default="/opt/emqx/etc/certs", help="(target emqx)")
+    p.add_argument("--config-dir", default="/opt/emqx/etc/safecity", help="(target emqx)")
     p.set_defaults(func=cmd_broker_config)
 
     certs_cmd = sub.add_parser("certs", help="local CA and TLS certificates").add_subparsers(
@@ -218,3 +319,20 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--dir", type=Path, help="certificate directory (default: var/certs)")
     p.add_argument("device_id", nargs="+")
     p.set_defaults(func=cmd_certs_client)
+    p = certs_cmd.add_parser(
+        "provision", help="client certificates for every registry device that lacks a good one"
+    )
+    p.add_argument("--dir", type=Path, help="certificate directory (default: var/certs)")
+    p.add_argument("--registry", type=Path, help="city registry file (default: Tashkent)")
+    p.add_argument("--device", action="append", help="only this device (repeatable)")
+    p.set_defaults(func=cmd_certs_provision)
+    for name, func, text in (
+        ("rotate", cmd_certs_rotate, "new device certificates; the old ones are revoked"),
+        ("revoke", cmd_certs_revoke, "revoke device certificates (CRL) and delete them"),
+    ):
+        p = certs_cmd.add_parser(name, help=text)
+        p.add_argument("--dir", type=Path, help="certificate directory (default: var/certs)")
+        p.add_argument("--pidfile", type=Path, help="Mosquitto pid_file: SIGHUP it after")
+        p.add_argument("--broker-pid", type=int, help="Mosquitto pid to SIGHUP after")
+        p.add_argument("device_id", nargs="+")
+        p.set_defaults(func=func)

@@ -469,6 +469,7 @@ def render_secure_config(
     certfile: Path | None = None,
     keyfile: Path | None = None,
     mutual_tls: bool = False,
+    crlfile: Path | None = None,
 ) -> str:
     """Point broker/mosquitto.conf at local files; control.stack then adapts the rest.
 
@@ -483,7 +484,7 @@ def render_secure_config(
         "cafile": str(cafile) if cafile else None,
         "certfile": str(certfile) if certfile else None,
         "keyfile": str(keyfile) if keyfile else None,
-        "crlfile": None,
+        "crlfile": str(crlfile) if crlfile and mutual_tls else None,
         "require_certificate": "true" if mutual_tls else None,
         "use_identity_as_username": "true" if mutual_tls else None,
     }

@@ -108,6 +108,12 @@ def cmd_influx_init(args: argparse.Namespace) -> int:
     configure_logging("influx", settings.log_level)
     from safecity import influx as influx_mod
 
+    if args.create_users:
+        from control.influxinit import create_users
+
+        for line in asyncio.run(create_users(settings)):
+            print(line)
+
     async def main() -> list[str]:
         client = influx_mod.InfluxClient(settings.influx)
         try:
@@ -481,7 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--deadletters", type=Path, action="append", help="dead-letter directory (repeatable)"
     )
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    # Ground-truth scoring of the alert rules (issue 8): run a scenario, score its alerts.
+    # Ground-truth scoring of the alert rules: run a scenario, score its alerts.
     p.add_argument("--scenario", help="run this scenario and score the alert rules against it")
     p.add_argument("--speed", type=_positive_float, help="with --scenario: simulated s per s")
     p.add_argument("--start", help="with --scenario: simulated start (UTC)")
@@ -504,6 +510,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = influx.add_parser(
         "init", help="create the database and its retention policies (admin account)"
+    )
+    p.add_argument(
+        "--create-users",
+        action="store_true",
+        help="first create the admin (if InfluxDB has no user yet) and the service account "
+        "(SAFECITY_SERVICE_USERNAME, SAFECITY_SERVICE_PASSWORD_FILE)",
     )
     p.set_defaults(func=cmd_influx_init)
 
@@ -580,7 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
     registry_flag(p)
     p.set_defaults(func=cmd_dashboards_push)
 
-    # Identities and certificates (issue 6): `safecity devices ...`, `safecity certs ...`.
+    # Identities and certificates: `safecity devices ...`, `safecity certs ...`.
     from broker.cli import add_parsers as add_security_parsers
 
     add_security_parsers(sub)

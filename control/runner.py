@@ -100,6 +100,8 @@ class LocalRun:
                 city=city,
                 # Even a SIGKILLed launcher must not leave the stack running.
                 die_with_parent=True,
+                # Mutual TLS: a certificate per device in <data_dir>/certs/clients, a CRL.
+                mutual_tls=s.device_tls == "mtls",
             )
             issued = self.stack.mosquitto.identities.issued
             log.info(
@@ -171,12 +173,29 @@ class LocalRun:
                     # Every device logs in as itself with its own secret (read once).
                     "SAFECITY_EDGE__SECRETS_FILE": str(self.stack.secrets_file),
                     "SAFECITY_EDGE__SPOOL_DIR": str(self.base / "edge-spool"),
+                    **self._device_tls_env(),
                 },
                 ready=None,
             )
         except BaseException:
             self.stop()
             raise
+
+    def _device_tls_env(self) -> dict[str, str]:
+        """The simulator's connection for `device_tls`: the TLS listener, CA, device certs."""
+        assert self.stack is not None
+        mode = self.settings.device_tls
+        if mode == "off":
+            return {}
+        if self.stack.mqtt_tls_port is None or self.stack.ca_file is None:
+            raise StackError(f"device_tls={mode} needs the broker's TLS listener")
+        env = {
+            "SAFECITY_MQTT__PORT": str(self.stack.mqtt_tls_port),
+            "SAFECITY_MQTT__TLS_CA": str(self.stack.ca_file),
+        }
+        if mode == "mtls":
+            env["SAFECITY_EDGE__TLS_CLIENT_DIR"] = str(self.stack.mosquitto.client_certs_dir)
+        return env
 
     def _local_api_key(self) -> str:
         """A fresh read+operate key in the run's key store, so a newcomer can call the API."""
@@ -226,6 +245,14 @@ class LocalRun:
                 )
 
 
+def _device_link(mode: str) -> str:
+    return {
+        "off": "plain MQTT on loopback (SAFECITY_DEVICE_TLS=tls|mtls for TLS)",
+        "tls": "TLS (broker verified against the local CA; device passwords)",
+        "mtls": "mutual TLS (a certificate per device, CN = device id; CRL checked)",
+    }[mode]
+
+
 def run_local(settings: StackSettings) -> int:
     """Run the local stack until Ctrl-C or SIGTERM; return the exit status."""
     stop = threading.Event()
@@ -246,6 +273,7 @@ def run_local(settings: StackSettings) -> int:
             f"   (loopback; no anonymous access)\n"
             f"  MQTT over TLS  mqtts://{run.stack.mqtt_host}:{run.stack.mqtt_tls_port}"
             f"   (CA {run.stack.ca_file})\n"
+            f"  devices over   {_device_link(settings.device_tls)}\n"
             f"  MQTT secrets   {run.stack.secrets_file}   (0600; one account per device"
             f" and service)\n"
             f"  manage devices export SAFECITY_IDENTITY_DIR={run.stack.identity_dir}"

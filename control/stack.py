@@ -8,11 +8,8 @@ services in order.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import secrets
-import socket
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -44,6 +41,7 @@ from control.processes import (
     tail_file,
 )
 from safecity.errors import ConfigError, StackError
+from safecity.mqtt.wire import connack_reason as mqtt_connack_reason
 from safecity.registry import City, default_city
 from safecity.settings import MqttSettings
 
@@ -63,72 +61,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("control.stack")
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _utf8(text: str) -> bytes:
-    data = text.encode("utf-8")
-    return len(data).to_bytes(2, "big") + data
-
-
-def mqtt_connack_reason(
-    host: str,
-    port: int,
-    timeout: float,
-    *,
-    username: str | None = None,
-    password: str | None = None,
-    client_id: str | None = None,
-) -> int | None:
-    """The reason code of the CONNACK an MQTT v5 CONNECT on host:port gets; None if none.
-
-    Written against the wire format rather than paho: paho is confined to one module,
-    and a refusal (e.g. 0x87 for an anonymous client) still proves the broker is serving.
-    """
-    cid = client_id if client_id is not None else f"safecity-stack-probe-{secrets.token_hex(4)}"
-    flags = 0x02  # clean start, no will
-    payload = _utf8(cid)
-    if username is not None:
-        flags |= 0x80
-        payload += _utf8(username)
-        if password is not None:
-            flags |= 0x40
-            payload += _utf8(password)
-    variable_header = (
-        b"\x00\x04MQTT"  # protocol name
-        + b"\x05"  # protocol level: MQTT v5
-        + bytes([flags])
-        + b"\x00\x0a"  # keep-alive 10 s
-        + b"\x00"  # no properties
-    )
-    body = variable_header + payload
-    connect = b"\x10" + _varint(len(body)) + body
-    with socket.create_connection((host, port), timeout=timeout) as sock:
-        sock.settimeout(timeout)
-        sock.sendall(connect)
-        head = sock.recv(1)
-        if head[:1] != b"\x20":
-            return None
-        # Remaining length (one byte for any CONNACK we expect), ack flags, reason code.
-        rest = b""
-        while len(rest) < 3:
-            chunk = sock.recv(3 - len(rest))
-            if not chunk:
-                return None
-            rest += chunk
-        reason = rest[2]
-        # A refused client is disconnected by the broker itself; then this may fail.
-        with contextlib.suppress(OSError):
-            sock.sendall(b"\xe0\x00")  # DISCONNECT, normal
-        return reason
 
 
 class _LocalService:
@@ -192,7 +124,10 @@ class Mosquitto(_LocalService):
     `_alerts`, `_simulator`) get an account in `identity_dir` (credential store with
     hashes only, rendered passwd/ACL and a 0600 secrets file, all reused across
     restarts); with a `tls_port` (0 = a free one, None = no TLS listener) a local CA and
-    the broker's server certificate are made (or reused) in `certs_dir`.
+    the broker's server certificate are made (or reused) in `certs_dir`. With
+    `mutual_tls` the TLS listener requires a client certificate (CN = username) and
+    checks the CRL `certs_dir/crl.pem`; `device_certs` issues (or reuses) one for every
+    device of the city in `certs_dir/clients/`.
     """
 
     name = "mosquitto"
@@ -213,6 +148,7 @@ class Mosquitto(_LocalService):
         certs_dir: Path | None = None,
         tls_port: int | None = 0,
         mutual_tls: bool = False,
+        device_certs: bool = False,
     ) -> None:
         self.binary = find_binary("mosquitto", "mosquitto", binary)
         self.host = host
@@ -235,11 +171,18 @@ class Mosquitto(_LocalService):
             )
             self.ca: certs.CertPaths | None = None
             self.server_cert: certs.CertPaths | None = None
+            self.crl: Path | None = None
             if self.tls_port is not None:
                 hosts = list(certs.DEFAULT_HOSTS)
                 if host not in hosts:
                     hosts.append(host)
                 self.ca, self.server_cert = certs.ensure_server(self.certs_dir, hosts)
+                if mutual_tls:
+                    # Revoked device certificates: the listener checks this CRL.
+                    self.crl = certs.ensure_crl(self.certs_dir)
+                if device_certs:
+                    devices = [d.id for d in self.identities.city.devices]
+                    certs.ensure_clients(self.certs_dir, devices)
         except ConfigError as exc:
             raise StackError(f"cannot provision the broker's identities: {exc}") from exc
         self.process = ManagedProcess(
@@ -280,6 +223,11 @@ class Mosquitto(_LocalService):
         values.update(kw)
         return MqttSettings.model_validate(values)
 
+    @property
+    def client_certs_dir(self) -> Path:
+        """Where the devices' client certificates live (`<id>.crt`, `<id>.key`)."""
+        return self.certs_dir / "clients"
+
     def provision(self, *device_ids: str) -> dict[str, str]:
         """Add device accounts (e.g. of a test city); a running broker re-reads them (SIGHUP).
 
@@ -291,7 +239,7 @@ class Mosquitto(_LocalService):
         return issued
 
     def reload(self) -> None:
-        """SIGHUP the running broker: it re-reads the password file and the ACL."""
+        """SIGHUP the running broker: it re-reads the password file, the ACL and the CRL."""
         if self.pid is not None and self.alive:
             reload_broker(self.pid)
 
@@ -318,6 +266,7 @@ class Mosquitto(_LocalService):
                 certfile=self.server_cert.cert if self.server_cert else None,
                 keyfile=self.server_cert.key if self.server_cert else None,
                 mutual_tls=self.mutual_tls,
+                crlfile=self.crl,
             )
         except ConfigError as exc:
             raise StackError(str(exc)) from exc
@@ -490,7 +439,8 @@ class LocalStack:
     built-in Tashkent) and the services in base_dir/identity (store, passwd/ACL, 0600
     secrets file; reused across runs), a local CA and server certificate in
     base_dir/certs (reused), a plain listener on loopback and a TLS listener on
-    `mqtt_tls_port` (0 = a free port).
+    `mqtt_tls_port` (0 = a free port); with `mutual_tls` that listener requires device
+    certificates, issued for every device into base_dir/certs/clients.
     """
 
     def __init__(
@@ -505,6 +455,7 @@ class LocalStack:
         mosquitto_config: Path | None = None,
         mosquitto_extra_config: Sequence[str] = (),
         die_with_parent: bool = False,
+        mutual_tls: bool = False,
     ) -> None:
         self.base_dir = Path(base_dir).resolve()
         # Both binaries are resolved here, so a missing one fails before anything starts.
@@ -518,6 +469,8 @@ class LocalStack:
             identity_dir=self.base_dir / "identity",
             certs_dir=self.base_dir / "certs",
             tls_port=mqtt_tls_port,
+            mutual_tls=mutual_tls,
+            device_certs=mutual_tls,
         )
         self.influxd = Influxd(self.base_dir / "influxdb", influx_port, host=host)
         for process in (self.mosquitto.process, self.influxd.process):

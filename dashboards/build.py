@@ -1152,7 +1152,9 @@ def datasource_provisioning() -> dict[str, Any]:
                     "httpMode": "POST",
                     "timeInterval": "10s",
                 },
-                "secureJsonData": {"password": "${SAFECITY_INFLUX__PASSWORD}"},
+                # Read by Grafana from the mounted secret file (compose `secrets:`,
+                # a Kubernetes Secret), never from its environment.
+                "secureJsonData": {"password": "$__file{/run/secrets/influx_password}"},
             }
         ],
     }

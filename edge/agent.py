@@ -157,6 +157,15 @@ class DeviceAgent:
         if password is None:
             shared = settings.password or mqtt.password
             password = shared.get_secret_value() if shared is not None else None
+        if settings.tls_client_dir is not None:
+            # Mutual TLS: this device's own certificate, named after its identity.
+            name = username if username is not None else client_id
+            mqtt = mqtt.model_copy(
+                update={
+                    "tls_cert": settings.tls_client_dir / f"{name}.crt",
+                    "tls_key": settings.tls_client_dir / f"{name}.key",
+                }
+            )
         self.client = FleetClient(
             mqtt,
             client_id,

@@ -37,3 +37,8 @@ class EdgeSettings(BaseModel):
     # Sent and not yet confirmed, at most: beyond it readings wait in the spool (bounds
     # what a stalled ingest's broker queue holds of one device).
     ack_window: Annotated[int, Field(ge=1)] = 2000
+    # Mutual TLS: the directory of per-device client certificates, `<device id>.crt` and
+    # `<device id>.key` (`safecity certs provision` writes them to <certs dir>/clients).
+    # Each device presents its own; the broker takes its CN as the username. The CA and
+    # the TLS port come from the MQTT settings (SAFECITY_MQTT__TLS_CA, __PORT).
+    tls_client_dir: Path | None = None

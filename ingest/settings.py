@@ -45,11 +45,12 @@ class IngestSettings(ServiceSettings):
     # Mosquitto's log file, followed from its end for auth failures and ACL denials
     # (-> security_events); empty = off. `make run` passes the local broker's log.
     broker_log: Path | None = None
+    # The broker's max_packet_size (broker/mosquitto.conf): a dead letter republished in a
+    # bigger packet would make the broker close the connection.
+    deadletter_max_packet: Annotated[int, Field(ge=1024, le=268_435_455)] = 16_384
     # End-to-end acks: every this many seconds each device is told which of its seqs this
     # worker made durable (on its own ack topic); 0 = off.
     ack_interval: Annotated[float, Field(ge=0, le=60)] = 1.0
-    # Fault injection for tests only: SIGKILL itself after the Nth durable write, before acking.
-    fault_crash_after_write: Annotated[int, Field(ge=0)] = 0
 
     @field_validator("broker_log", mode="before")
     @classmethod

@@ -93,9 +93,9 @@ class Watermarks:
         return out
 
     async def run(self, mqtt: MqttClient) -> None:
-        """Publish the acks due every `interval` seconds while connected; at once if 0 (off)."""
+        """Publish the acks due every `interval` seconds while connected (0: never)."""
         if not self.interval:
-            return
+            await asyncio.Event().wait()  # off, yet a supervised task that stays up
         while True:
             await asyncio.sleep(self.interval)
             if not self._pending or not mqtt.connected.is_set():

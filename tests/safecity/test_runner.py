@@ -217,3 +217,61 @@ def test_a_killed_launcher_takes_its_stack_with_it(tmp_path: Path) -> None:
     while time.monotonic() < deadline and any(_alive(pid) for pid in children):
         time.sleep(0.2)
     assert [pid for pid in children if _alive(pid)] == []
+
+
+def test_run_with_device_tls_mtls_serves_every_device_over_mutual_tls(tmp_path: Path) -> None:
+    """SAFECITY_DEVICE_TLS=mtls: every simulated device connects to the TLS listener with
+    its own certificate, and its readings arrive."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAFECITY_")}
+    env.update(
+        SAFECITY_INGEST_METRICS_PORT="0",
+        SAFECITY_ALERTS_METRICS_PORT="0",
+        SAFECITY_DEVICE_TLS="mtls",
+    )
+    args = ["--api-port", "0", "--mqtt-port", "0", "--influx-port", "0", "--mqtt-tls-port", "0"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "control", "run", "--data-dir", str(tmp_path), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )  # fmt: skip
+    try:
+        lines: list[str] = []
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 120
+        while "Press Ctrl-C" not in "".join(lines[-1:]) and time.monotonic() < deadline:
+            lines.append(proc.stdout.readline())
+        printed = "".join(lines)
+        assert "devices over   mutual TLS" in printed, printed
+        api = re.search(r"console \+ API\s+(http://\S+?)/\s", printed)
+        key = re.search(r"SAFECITY_API_KEY=(\S+)", printed)
+        tls = re.search(r"MQTT over TLS\s+mqtts://([\d.]+):(\d+)", printed)
+        assert api and key and tls, printed
+        city = default_city()
+        clients = tmp_path / "certs" / "clients"
+        assert {p.stem for p in clients.glob("*.crt")} >= {d.id for d in city.devices}
+        assert (tmp_path / "certs" / "crl.pem").exists()
+
+        missing = {d.id for d in city.devices}
+        deadline = time.monotonic() + 90
+        headers = {"X-API-Key": key.group(1)}
+        with httpx.Client(base_url=api.group(1), timeout=5, headers=headers) as client:
+            while missing and time.monotonic() < deadline:
+                for device_id in sorted(missing):
+                    if client.get(f"/v1/devices/{device_id}/latest").status_code == 200:
+                        missing.discard(device_id)
+                time.sleep(0.5)
+        assert missing == set(), f"{len(missing)} devices without a latest reading"
+        # Every device came in on the TLS listener, none on the plain one.
+        broker_log = (tmp_path / "mosquitto" / "mosquitto.log").read_text()
+        on_tls = len(re.findall(rf"New connection from \S+ on port {tls.group(2)}\.", broker_log))
+        assert on_tls >= len(city.devices)
+        victim = city.devices[0].id
+        assert re.search(
+            rf" as {re.escape(victim)} \(p5, [^)]*u'{re.escape(victim)}'\)", broker_log
+        )
+
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
