@@ -7,13 +7,14 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from safecity.settings import InfluxSettings, ServiceSettings
+from safecity.settings import InfluxSettings, ServiceSettings, in_home
 
 
 class StackSettings(ServiceSettings):
     """Settings of the local stack launcher (`safecity run`)."""
 
-    data_dir: Path = Path("var/stack")
+    # The instance directory (SAFECITY_HOME); --data-dir runs an instance elsewhere.
+    data_dir: Path = Field(default_factory=in_home("root"))
     mqtt_port: Annotated[int, Field(ge=0, le=65535)] = 1883
     # The broker's TLS listener for devices (local CA in <data_dir>/certs).
     mqtt_tls_port: Annotated[int, Field(ge=0, le=65535)] = 8883

@@ -105,7 +105,7 @@ class DeviceAgent:
         on_result: Result,
         *,
         username: str | None = None,
-        password: str | None = None,
+        password: str | Callable[[], str | None] | None = None,
         birth: Callable[[], Envelope] | None = None,
         will: Callable[[], Will] | None = None,
         farewell: Callable[[], Envelope] | None = None,

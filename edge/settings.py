@@ -7,13 +7,15 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from safecity.settings import in_home
+
 
 class EdgeSettings(BaseModel):
     """The edge agent of every simulated device: window, buffer, reconnect backoff."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    spool_dir: Path = Path("var/edge-spool")
+    spool_dir: Path = Field(default_factory=in_home("edge_spool_dir"))
     spool_max_bytes: Annotated[int, Field(ge=4096)] = 16 << 20
     max_inflight: Annotated[int, Field(ge=1, le=1000)] = 100
     memory_queue: Annotated[int, Field(ge=1)] = 1000

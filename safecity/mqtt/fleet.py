@@ -23,6 +23,9 @@ from safecity.errors import MqttError
 from safecity.mqtt.messages import Will
 from safecity.settings import MqttSettings
 
+# CONNACK "Bad user name or password" and "Not authorized" (what Mosquitto answers).
+_BAD_CREDENTIALS = frozenset({0x86, 0x87})
+
 __all__ = ["FleetClient", "backoff_cap", "tls_context"]
 
 log = logging.getLogger("safecity.mqtt")
@@ -85,7 +88,7 @@ class FleetClient:
         client_id: str,
         *,
         username: str | None = None,
-        password: str | None = None,
+        password: str | Callable[[], str | None] | None = None,
         will: Callable[[], Will] | None = None,
         on_connect: Callable[[], None] | None = None,
         on_connection_lost: Callable[[str], None] | None = None,
@@ -104,7 +107,11 @@ class FleetClient:
         self._settings = settings
         self.client_id = client_id
         self._username = username
-        self._password = password
+        # A callable is asked at the first connect and again after every refusal of the
+        # credentials (0x86/0x87): a secret rotated while running is picked up.
+        self._password_source = password if callable(password) else None
+        self._password = None if callable(password) else password
+        self._ask_password = self._password_source is not None
         self._will = will
         self._on_connect = on_connect
         self._on_lost = on_connection_lost
@@ -225,6 +232,9 @@ class FleetClient:
             CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=paho.MQTTv5
         )
         if self._username is not None:
+            if self._ask_password and self._password_source is not None:
+                self._password = self._password_source()
+                self._ask_password = False
             client.username_pw_set(self._username, self._password)
         if self._settings.tls_ca is not None:
             # Server verification and host name check always on; a missing or unreadable
@@ -266,6 +276,7 @@ class FleetClient:
         except TimeoutError as exc:
             raise MqttError(f"no CONNACK within {self._settings.connect_timeout}s") from exc
         if code >= 0x80:
+            self._ask_password = code in _BAD_CREDENTIALS
             reason = ReasonCode(PacketTypes.CONNACK, identifier=code)
             raise MqttError(f"broker refused {self.client_id!r}: {reason}")
         if self._subscriptions:

@@ -56,7 +56,7 @@ def test_kill_9_ingest_three_times_mid_stream(stack, tmp_path, ingest_factory) -
     pub = publisher(stack, tmp_path)
     # Long enough that the stream still runs at the third kill on a loaded machine (a
     # restart can take seconds there): a kill after the last ack has nothing to redeliver.
-    pub.start(good_readings(CITY, 12_000, devices=100), rate=400)
+    pub.start(good_readings(CITY, 9000, devices=100), rate=300)
     redelivered = 0.0
     for _ in range(3):
         wait_for(lambda: ingest.metric("safecity_ingest_acked_total") > 300, 20, "progress")
