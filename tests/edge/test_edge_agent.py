@@ -311,3 +311,38 @@ def test_an_ack_settles_only_what_was_sent_under_its_seq(tmp_path: Path) -> None
             platform.close()
     assert agent.stats.left_buffered == 0
     assert sorted(json.loads(p)["v"] for p in set(platform.payloads)) == [1, 2]
+
+
+@pytest.mark.timeout(60)
+def test_a_device_may_read_its_own_acks_and_no_one_elses(tmp_path: Path) -> None:
+    broker = Mosquitto(tmp_path / "broker")
+    broker.provision("reader-dev", "other-dev")
+    with broker:
+        granted: list[int] = []
+        done = threading.Event()
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id="reader-dev", protocol=paho.MQTTv5
+        )
+        client.username_pw_set("reader-dev", broker.secret("reader-dev"))
+
+        def on_subscribe(c: paho.Client, u: Any, mid: int, codes: list[Any], p: Any) -> None:
+            granted.extend(code.value for code in codes)
+            done.set()
+
+        client.on_subscribe = on_subscribe
+        client.connect(broker.host, broker.port)
+        client.loop_start()
+        try:
+            client.subscribe(
+                [
+                    (topic("reader-dev", "ack"), 1),
+                    (topic("other-dev", "ack"), 1),
+                    ("safecity/v1/+/+/+/+/ack", 1),
+                    (f"$share/g/{topic('reader-dev', 'ack')}", 1),
+                ]
+            )
+            assert done.wait(10)
+        finally:
+            client.disconnect()
+            client.loop_stop()
+    assert granted[0] == 1 and all(code >= 0x80 for code in granted[1:]), granted
