@@ -49,7 +49,7 @@ from safecity.mqtt import NOT_SENT, Will
 from safecity.readings import Status, epoch_ms, event_model, format_ts, reading_model
 from safecity.registry import City, Device
 from safecity.secrets import read_secrets
-from safecity.topics import Channel, event_topic, status_topic, telemetry_topic
+from safecity.topics import Channel, ack_topic, event_topic, status_topic, telemetry_topic
 from simulators.faults import REJECTS, DeviceFaults, malformed, rogue_id
 from simulators.generators import EventDraft, Values, device_rng, generate, maybe_event
 from simulators.incidents import Incident, Scene
@@ -571,6 +571,7 @@ async def run(
                 now_ms,
                 encode,
                 _secret_source(settings, sim, device_secrets),
+                city.id,
             )
         single = None
     else:
@@ -618,7 +619,7 @@ async def run(
             return
         target = single if single is not None else agents[message.device_id]
         resend = message.channel is not Channel.STATUS
-        target.submit(Envelope(message.topic, message.payload, message, resend))
+        target.submit(Envelope(message.topic, message.payload, message, resend, message.seq))
 
     try:
         if single is not None:
@@ -725,6 +726,7 @@ def _device_agent(
     now_ms: Callable[[], int],
     encode: Callable[[Outgoing], dict[str, Any]],
     password: str | Callable[[], str | None] | None = None,
+    city_id: str | None = None,
 ) -> DeviceAgent:
     def birth() -> Envelope:
         message = sim.status(max(now_ms(), sim.start_ms), "online")
@@ -751,6 +753,10 @@ def _device_agent(
         encode_meta=encode,
         decode_meta=_decode_meta,
         seed=settings.seed,
+        # The platform confirms each reading durable on the device's own ack topic.
+        ack_topic=None
+        if city_id is None
+        else ack_topic(city_id, sim.device.district, sim.device.kind, sim.device.id),
     )
 
 
