@@ -33,7 +33,8 @@ from typing import Any
 
 from edge.settings import EdgeSettings
 from edge.spool import Spool, SpoolItem
-from safecity.acks import Ack, AckError
+from safecity.acks import Ack
+from safecity.errors import AckError
 from safecity.mqtt import NOT_SENT, FleetClient, Will
 from safecity.settings import MqttSettings
 

@@ -14,17 +14,13 @@ from collections.abc import Iterable
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from safecity.errors import SafecityError
+from safecity.errors import AckError
 
 SeqRange = tuple[int, int]
 """Inclusive (first, last) seq range."""
 
 MAX_RANGES = 512
 """Ranges per ack message; more go out as further messages (a packet stays small)."""
-
-
-class AckError(SafecityError):
-    """An acknowledgement payload that does not parse."""
 
 
 class Ack(BaseModel):
