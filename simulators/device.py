@@ -19,10 +19,13 @@ from safecity import catalogue
 from safecity.readings import Status, epoch_ms, event_model, format_ts, reading_model
 from safecity.registry import Device
 from safecity.topics import Channel, event_topic, status_topic, telemetry_topic
+from simulators.events import EventDraft, maybe_event
 from simulators.faults import REJECTS, DeviceFaults, malformed, rogue_id
-from simulators.generators import EventDraft, Values, device_rng, generate, maybe_event
+from simulators.generators import Values, generate, profile_of
 from simulators.incidents import Scene
 from simulators.outgoing import Outgoing, from_ms, seq_base
+from simulators.sites import Profile
+from simulators.timebase import device_rng
 
 # Incident types whose detectors report at once (see DeviceSim._wakes).
 IMMEDIATE = frozenset({"gunshot", "road_accident"})
@@ -42,9 +45,11 @@ class DeviceSim:
         scene: Scene | None = None,
         faults: DeviceFaults | None = None,
         others: list[Device] | None = None,
+        profile: Profile | None = None,
     ) -> None:
         spec = catalogue.KINDS[device.kind]
         self.device = device
+        self.profile = profile if profile is not None else profile_of(device)
         self.kind = device.kind
         self.city_id = city_id
         self.cadence_s = spec.cadence_s
@@ -109,9 +114,9 @@ class DeviceSim:
         else:
             self._reading_ms = ts_ms + self.cadence_ms
         t = from_ms(ts_ms)
-        values = generate(self.device, self._rng, t)
+        values = generate(self.profile, self._rng, t)
         drafts: list[EventDraft] = []
-        draft = maybe_event(self.device, self._rng, t, self.cadence_s)
+        draft = maybe_event(self.profile, self._rng, t, self.cadence_s)
         if draft is not None:
             drafts.append(draft)
         if self._scene is not None:

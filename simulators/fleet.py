@@ -51,6 +51,7 @@ from simulators.outgoing import (
     summary,
 )
 from simulators.settings import SimulatorSettings
+from simulators.sites import World
 
 __all__ = [
     "IMMEDIATE",
@@ -216,6 +217,7 @@ def _device_sims(
     chosen = city.devices if settings.max_devices is None else city.devices[: settings.max_devices]
     index, count = shard
     scene = Scene(city, incidents, settings.seed)
+    world = World(city)
     others = list(city.devices)
     return [
         DeviceSim(
@@ -227,6 +229,7 @@ def _device_sims(
             scene=scene,
             faults=DeviceFaults(settings.faults, settings.seed, d),
             others=others,
+            profile=world.profile(d),
         )
         for d in chosen[index::count]
     ]

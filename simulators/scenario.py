@@ -28,7 +28,8 @@ from safecity import catalogue
 from safecity.errors import SafecityError
 from safecity.readings import epoch_ms
 from safecity.registry import City
-from simulators.incidents import TYPES, Incident, offset
+from simulators.incidents import TYPES, Incident
+from simulators.timebase import offset
 
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
