@@ -87,7 +87,7 @@ def traffic_shape(c: Clock) -> float:
         )
     else:
         sunday = c.weekday == 6 or c.holiday
-        level = (0.06 + 0.45 * window(h, 8.0, 11.0, 21.0, 24.0) + 0.2 * bump(h, 12.5, 2.0)
+        level = (0.06 + 0.45 * window(h, 6.5, 10.0, 21.0, 24.0) + 0.2 * bump(h, 12.5, 2.0)
                  + 0.15 * bump(h, 19.0, 1.5)) * (0.75 if sunday else 0.9)  # fmt: skip
     return min(level, 1.0)
 
@@ -136,7 +136,7 @@ def air_quality(p: Profile, rng: random.Random, t: datetime) -> Values:
     ratio = (1.6 + (0.5 if p.site == "industrial" else 0.0)) * math.exp(
         0.1 * ou(p.key ^ 7, hours, 12)
     )
-    coarse = 1100.0 * w.dust * math.exp(0.2 * ou(p.district_key ^ 3, hours, 6.0))
+    coarse = 1400.0 * w.dust * math.exp(0.2 * ou(p.district_key ^ 3, hours, 6.0))
     pm10 = pm25 * ratio + coarse
     pm25 += 0.21 * coarse
     no2 = (15.0 + 10.0 * w.heating) * math.exp(0.5 * own) + 110.0 * road * dispersion
@@ -175,9 +175,11 @@ def weather_station(p: Profile, rng: random.Random, t: datetime) -> Values:
     w = weather(t, p.climate)
     c = clock(t, p.climate.utc_offset_h)
     gust = lognormal(rng, 0.2)
+    # Siting: shade, walls, a park's cool pocket: a slow local offset of ~0.6 K.
+    own = 0.6 * ou(p.key, _hours(t), 6.0, 1.0)
     rain = w.precipitation * rng.uniform(0.85, 1.15) if w.precipitation > 0 else 0.0
     return {
-        "temperature": round(w.temperature + _heat_island(p, c) + rng.gauss(0.0, 0.15), 1),
+        "temperature": round(w.temperature + _heat_island(p, c) + own + rng.gauss(0.0, 0.15), 1),
         "humidity": round(clamp(w.humidity + rng.gauss(0.0, 0.01), 0.01, 1.0), 2),
         "pressure": round(w.pressure + rng.gauss(0.0, 0.2), 1),
         "wind_speed": round(clamp(w.wind_speed * gust, 0.0, 70.0), 1),
@@ -306,7 +308,7 @@ def streetlight(p: Profile, rng: random.Random, t: datetime) -> Values:
     return {"power_state": state, "power": round(power, 1), "status": status}
 
 
-_CROWD_CAPACITY = {"market": (1500.0, 2500.0), "arterial": (800.0, 1700.0),
+_CROWD_CAPACITY = {"market": (1200.0, 2000.0), "arterial": (800.0, 1700.0),
                    "park": (300.0, 1200.0), "school": (200.0, 600.0)}  # fmt: skip
 
 
@@ -315,7 +317,7 @@ def crowd_level(p: Profile, c: Clock, hours: float, key: int | None = None) -> f
     h = c.hour
     off = c.weekend or c.holiday
     if p.site == "market":
-        shape = 0.05 + 0.55 * window(h, 6.5, 9.0, 15.0, 18.0) * (1.3 if off else 1.0)
+        shape = 0.05 + 0.55 * window(h, 5.5, 10.5, 14.5, 19.0) * (1.15 if off else 1.0)
     elif p.site == "school":
         shape = 0.03 + (0.0 if off else 0.6 * window(h, 7.5, 8.2, 12.5, 14.0))
     elif p.site == "park":
@@ -326,7 +328,7 @@ def crowd_level(p: Profile, c: Clock, hours: float, key: int | None = None) -> f
     if c.holiday:
         shape += 0.3 * window(h, 11.0, 14.0, 21.0, 23.5)
     k = p.key if key is None else key
-    return shape * math.exp(0.15 * ou(k, hours, 2.0, 0.25) - 0.011)
+    return shape * math.exp(0.1 * ou(k, hours, 3.0, 0.25) - 0.005)
 
 
 def crowd(p: Profile, rng: random.Random, t: datetime) -> Values:
