@@ -354,9 +354,9 @@ class Measure:
                     counts[draft.type] += 1
         per = len(cams) * days
         src = "Tashkent traffic police (press)"
-        self.add("anpr_red_light", "Red-light violations per camera-day", f"~{RED_LIGHT_PER_DAY:.0f}",
-                 src, counts["red_light_violation"] / per, 0.75 * RED_LIGHT_PER_DAY,
-                 1.25 * RED_LIGHT_PER_DAY)  # fmt: skip
+        self.add("anpr_red_light", "Red-light violations per camera-day",
+                 f"~{RED_LIGHT_PER_DAY:.0f}", src, counts["red_light_violation"] / per,
+                 0.75 * RED_LIGHT_PER_DAY, 1.25 * RED_LIGHT_PER_DAY)  # fmt: skip
         self.add("anpr_speeding", "Speeding violations per camera-day", f"~{SPEEDING_PER_DAY:.0f}",
                  src, counts["speeding_violation"] / per, 0.75 * SPEEDING_PER_DAY,
                  1.25 * SPEEDING_PER_DAY)  # fmt: skip
