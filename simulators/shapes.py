@@ -22,7 +22,7 @@ from simulators.generators import generate
 from simulators.incidents import ACCIDENTS_PER_DISTRICT_DAY, INJURY_SHARE, Scene
 from simulators.sites import Profile, World
 from simulators.timebase import device_rng, distance_m
-from simulators.weather import _year
+from simulators.weather import year_days
 
 CATALOGUE = "CATALOGUE.md"
 ASSUMED = "model target (no public figure)"
@@ -108,7 +108,7 @@ class Measure:
         totals, hot, cold, heavy = [], 0, 0, 0
         months: list[list[float]] = [[] for _ in range(12)]
         for y in range(self.year, self.year + years):
-            days = _year(c, y)
+            days = year_days(c, y)
             totals.append(sum(d.rain_mm for d in days))
             for i, d in enumerate(days):
                 months[date.fromordinal(date(y, 1, 1).toordinal() + i).month - 1].append(d.t_mean)
@@ -205,7 +205,7 @@ class Measure:
         rng = device_rng(7, p.id)
         dusty: list[date] = []
         for y in range(self.year, self.year + 10):
-            for i, d in enumerate(_year(self.climate, y)):
+            for i, d in enumerate(year_days(self.climate, y)):
                 if d.dust > 0.6 and len(dusty) < days:
                     dusty.append(date.fromordinal(date(y, 1, 1).toordinal() + i))
         pm10, ratios = 0.0, []

@@ -115,14 +115,15 @@ def _spell(c: Climate, key: int, d: int) -> tuple[str, int, int]:
 _climates: dict[str, Climate] = {}
 
 
-def _year(c: Climate, year: int) -> tuple[Day, ...]:
+def year_days(c: Climate, year: int) -> tuple[Day, ...]:
+    """Every local day of `year` of a climate (computed once, then cached)."""
     _climates.setdefault(c.key, c)
     return _year_of(c.key, year)
 
 
 @lru_cache(maxsize=64)
 def _year_of(key: str, year: int) -> tuple[Day, ...]:
-    """Every local day of `year` (with a warm-up so the AR states match across years)."""
+    # A warm-up before 1 January so the AR states match across years.
     c = _climates[key]
     d0 = date(year, 1, 1).toordinal() - _EPOCH_ORDINAL
     n = date(year + 1, 1, 1).toordinal() - _EPOCH_ORDINAL - d0
@@ -224,7 +225,7 @@ def _normal(key: int, d: int) -> float:
 def day(c: Climate, local_day: int) -> Day:
     """The weather of local day `local_day` (days since 1970-01-01, local date)."""
     when = date.fromordinal(local_day + _EPOCH_ORDINAL)
-    return _year(c, when.year)[when.timetuple().tm_yday - 1]
+    return year_days(c, when.year)[when.timetuple().tm_yday - 1]
 
 
 @dataclass(frozen=True, slots=True)

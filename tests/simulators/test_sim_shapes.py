@@ -13,6 +13,7 @@ import pytest
 
 from safecity import registry
 from safecity.registry import City
+from simulators.report import BEGIN, END, README, table
 from simulators.shapes import Figure, measure
 
 CITIES = ("tashkent", "almaty", "bishkek")
@@ -91,3 +92,10 @@ def test_cities_differ_in_climate() -> None:
         figures("almaty")["annual_precipitation"].value
         > figures("tashkent")["annual_precipitation"].value + 100
     )
+
+
+def test_readme_table_is_the_report_for_tashkent() -> None:
+    # The full report (same sample sizes) for the shipped Tashkent and 2026: regenerate
+    # it with `python -m simulators.report --readme` after changing the model.
+    expected = table(list(figures("tashkent").values()), "Tashkent", 2026)
+    assert f"{BEGIN}\n{expected}{END}" in README.read_text("utf-8")
