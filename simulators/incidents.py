@@ -33,6 +33,7 @@ from simulators.climate import climate_of
 from simulators.events import Detail, EventDraft
 from simulators.generators import Values, traffic_shape
 from simulators.timebase import clock, device_rng, distance_m, offset, stable_int
+from simulators.weather import weather
 
 ACCIDENTS_PER_DISTRICT_DAY = 1.5
 """Tashkent registers ~18 road accidents a day over its 12 districts (police statistics)."""
@@ -101,7 +102,8 @@ class Scene:
         self._by_kind: dict[str, list[Device]] = {}
         for device in city.devices:
             self._by_kind.setdefault(device.kind, []).append(device)
-        self.utc_offset_h = climate_of(city.id, *city.record.centroid).utc_offset_h
+        self.climate = climate_of(city.id, *city.record.centroid)
+        self.utc_offset_h = self.climate.utc_offset_h
         self._ambient_cache = lru_cache(maxsize=512)(self._ambient_hour)
 
     # --- which incidents --------------------------------------------------------
@@ -189,7 +191,9 @@ class Scene:
             elif incident.type == "mass_event":
                 _mass_event(kind, out, reach, incident, on, t_ms)
             elif incident.type in ("pollution_episode", "inversion"):
-                _pollution(kind, out, reach, incident, t_ms)
+                # The weather's own build-up already counts towards the episode's factor.
+                stagnation = weather(_at(t_ms), self.climate).stagnation
+                _pollution(kind, out, reach, incident, t_ms, stagnation)
             elif incident.type == "gunshot" and on and kind == "noise":
                 rounds_db = 112.0 - 20.0 * math.log10(max(1.0, (1.0 - reach) * 40.0))
                 lamax = max(float(out["lamax"]), rounds_db)
@@ -334,11 +338,12 @@ def _accident(kind: str, out: Values, reach: float, incident: Incident, t_ms: in
 
 
 def crowd_phase(incident: Incident, t_ms: int) -> float:
-    """How much of an event's crowd is there: arrivals over the last 45 min before the start,
-    the full house, then a surge out (x1.25 in the first 10 min) that ebbs over ~20 min."""
+    """How much of an event's crowd is there: arrivals over the last 45 min before the start
+    (up to half), the full house, then a surge out (x1.25 for 10 min) ebbing over ~20 min."""
     start, end = incident.start_ms, incident.end_ms
     if t_ms < start:
-        return max(0.0, 1.0 - (start - t_ms) / (45.0 * _MIN_MS))
+        # Arrivals pass through on their way in: half the house at most on the streets.
+        return max(0.0, 0.5 * (1.0 - (start - t_ms) / (45.0 * _MIN_MS)))
     if t_ms < end:
         return 1.0
     after = (t_ms - end) / _MIN_MS
@@ -354,10 +359,12 @@ def _mass_event(
     factor = 1.0 + (incident.param("factor", 3.0) - 1.0) * min(phase, 1.25)
     if kind == "crowd" and phase > 0.02:
         # Crowds spill along the routes to the venue: strong well beyond its gates.
+        # The event's people add to whoever is there: a share of the zone per unit of factor.
         reach = min(1.0, 3.0 * reach)
-        count = min(19_000, int(int(out["people_count"]) * (1.0 + (factor - 1.0) * reach)))
-        occupancy = min(1.0, float(out["occupancy"]) * (1.0 + (factor - 1.0) * reach))
-        out["people_count"] = count
+        base_occ = float(out["occupancy"])
+        occupancy = min(1.0, base_occ + 0.4 * (factor - 1.0) * reach)
+        capacity = int(out["people_count"]) / base_occ if base_occ > 0.01 else 1000.0
+        out["people_count"] = min(19_000, int(occupancy * capacity))
         out["occupancy"] = round(occupancy, 3)
         out["avg_speed"] = round(max(0.05, 1.4 * (1.0 - 0.85 * occupancy)), 2)
         out["congested"] = occupancy >= 0.7
@@ -375,24 +382,42 @@ def _mass_event(
 
 
 def pollution_ramp(incident: Incident, t_ms: int) -> float:
-    """An inversion's hold on the air (0..1): it builds up over hours (time constant 40 min)
-    and, when wind breaks it up at the end, decays over ~30 min (gone within an hour)."""
+    """An inversion's hold on the air (0..1): it builds up over hours (time constant 90 min)
+    and, when wind breaks it up at the end, decays over ~20 min (gone within ~80 min)."""
     if t_ms < incident.start_ms:
         return 0.0
-    built = 1.0 - math.exp(-(t_ms - incident.start_ms) / (40.0 * _MIN_MS) - 0.2)
+    built = 1.0 - math.exp(-(t_ms - incident.start_ms) / (90.0 * _MIN_MS))
     if t_ms < incident.end_ms:
         return built
-    decay = math.exp(-(t_ms - incident.end_ms) / (15.0 * _MIN_MS))
+    decay = math.exp(-(t_ms - incident.end_ms) / (20.0 * _MIN_MS))
     return built * decay if decay > 0.02 else 0.0
 
 
-def _pollution(kind: str, out: Values, reach: float, incident: Incident, t_ms: int) -> None:
+def _at(t_ms: int) -> datetime:
+    return datetime.fromtimestamp(t_ms / 1000.0, UTC)
+
+
+def _pollution(
+    kind: str, out: Values, reach: float, incident: Incident, t_ms: int, stagnation: float
+) -> None:
+    """PM, CO, SO2 times the episode's factor over an *ordinary* day, ramped in and out.
+
+    A scripted episode is the scenario's weather: from the hour before it until it has
+    decayed, the weather's own build-up (`stagnation`) is taken out, so the scenario's
+    figures hold whatever the calendar's weather on its date.
+    """
     if kind != "air_quality":
         return
+    if t_ms < incident.start_ms:
+        ordinary = max(0.0, 1.0 - (incident.start_ms - t_ms) / _HOUR_MS)
+    elif t_ms < incident.end_ms:
+        ordinary = 1.0
+    else:
+        ordinary = math.exp(-(t_ms - incident.end_ms) / (15.0 * _MIN_MS))
     ramp = pollution_ramp(incident, t_ms)
-    if ramp <= 0.0:
-        return
-    factor = 1.0 + (incident.param("factor", 3.0) - 1.0) * reach * ramp
+    factor = (1.0 + (incident.param("factor", 3.0) - 1.0) * reach * ramp) / max(
+        1.0, stagnation
+    ) ** (0.75 * reach * ordinary)
     for name in ("pm25", "pm10", "co", "so2"):
         out[name] = round(_cap(kind, name, float(out[name]) * factor), 2)
     if float(out["pm10"]) < float(out["pm25"]):

@@ -13,6 +13,7 @@ import math
 import random
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 
 DAY_S = 86_400.0
 YEAR_DAYS = 365.25
@@ -32,6 +33,7 @@ def device_rng(seed: int, device_id: str, stream: str = "values") -> random.Rand
     return random.Random(stable_int("rng", seed, device_id, stream))
 
 
+@lru_cache(maxsize=1 << 16)
 def device_trait(device_id: str, name: str) -> float:
     """A static trait of a device in [0, 1), from a stable hash of its id (seed-independent)."""
     return stable_int("trait", device_id, name) / 2.0**64
