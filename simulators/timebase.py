@@ -12,7 +12,7 @@ import hashlib
 import math
 import random
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import date, datetime
 from functools import lru_cache
 
 DAY_S = 86_400.0
@@ -93,24 +93,33 @@ class Clock:
         return (self.month, self.day) in {(1, 1), (3, 21), (9, 1)}
 
 
+_EPOCH_ORDINAL = 719_163  # date(1970, 1, 1).toordinal()
+
+
+@lru_cache(maxsize=4096)
+def _date_parts(local_day: int) -> tuple[int, int, int, float]:
+    d = date.fromordinal(local_day + _EPOCH_ORDINAL)
+    doy = d.timetuple().tm_yday
+    return doy, d.month, d.day, (1.0 + math.cos(TWO_PI * (doy - 15) / YEAR_DAYS)) / 2.0
+
+
 def clock(t: datetime, utc_offset_h: float = 5.0) -> Clock:
     """Break an aware datetime down into local hour, weekday, season (fixed UTC offset)."""
     if t.tzinfo is None:
         raise ValueError("simulated time must be timezone-aware")
-    utc = t.astimezone(UTC)
-    local = utc + timedelta(hours=utc_offset_h)
-    hour = local.hour + local.minute / 60 + (local.second + local.microsecond / 1e6) / 3600
-    doy = local.timetuple().tm_yday
-    stamp = utc.timestamp()
+    stamp = t.timestamp()
+    local = stamp + utc_offset_h * 3600.0
+    local_day = int(local // DAY_S)
+    doy, month, day, winter = _date_parts(local_day)
     return Clock(
-        hour=hour,
-        weekday=local.weekday(),
+        hour=(local - local_day * DAY_S) / 3600.0,
+        weekday=(local_day + 3) % 7,  # 1 January 1970 was a Thursday
         doy=doy,
-        month=local.month,
-        day=local.day,
+        month=month,
+        day=day,
         days=stamp / DAY_S,
-        local_day=int((stamp + utc_offset_h * 3600.0) // DAY_S),
-        winter=(1.0 + math.cos(TWO_PI * (doy - 15) / YEAR_DAYS)) / 2.0,
+        local_day=local_day,
+        winter=winter,
     )
 
 
