@@ -339,13 +339,15 @@ def _accident(kind: str, out: Values, reach: float, incident: Incident, t_ms: in
 
 def crowd_phase(incident: Incident, t_ms: int) -> float:
     """How much of an event's crowd is there: arrivals over the last 45 min before the start
-    (up to half), the full house, then a surge out (x1.25 for 10 min) ebbing over ~20 min."""
+    (up to half), the full house ten minutes in, then a surge out (x1.25 for 10 min) ebbing
+    over ~20 min."""
     start, end = incident.start_ms, incident.end_ms
     if t_ms < start:
         # Arrivals pass through on their way in: half the house at most on the streets.
         return max(0.0, 0.5 * (1.0 - (start - t_ms) / (45.0 * _MIN_MS)))
     if t_ms < end:
-        return 1.0
+        # The rest arrive over the first ten minutes.
+        return min(1.0, 0.5 + 0.5 * (t_ms - start) / (10.0 * _MIN_MS))
     after = (t_ms - end) / _MIN_MS
     if after < 10.0:
         return 1.25

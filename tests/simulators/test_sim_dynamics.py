@@ -68,6 +68,7 @@ def test_stadium_fills_then_surges_out() -> None:
     assert crowd_phase(inc, 60 * MIN_MS) == 0.0
     assert 0.0 < crowd_phase(inc, 100 * MIN_MS) < 1.0
     assert crowd_phase(inc, 245 * MIN_MS) > crowd_phase(inc, 200 * MIN_MS) == 1.0
+    assert crowd_phase(inc, 125 * MIN_MS) == 0.75
     assert crowd_phase(inc, 300 * MIN_MS) < 0.2
     occupancy = scenario_series("stadium-event", "crowd", "occupancy", 300, 15)
     assert max(occupancy[8:11]) > occupancy[0] + 0.1  # the match
