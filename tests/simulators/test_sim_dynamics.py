@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import statistics
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 
 from safecity import registry
 from safecity.geography import TASHKENT_LAND_USE
 from simulators import scenario as scenarios
+from simulators.events import maybe_event
 from simulators.generators import generate
 from simulators.incidents import Incident, Scene, crowd_phase, pollution_ramp, queue_strength
 from simulators.sites import World
@@ -89,3 +90,21 @@ def test_generated_city_has_its_time_zone() -> None:
     bishkek = World(registry.generate("bishkek", 100, 1))
     assert bishkek.climate.utc_offset_h == 6.0
     assert bishkek.climate.timezone == "Asia/Bishkek"
+
+
+def test_event_streams_depend_on_the_date() -> None:
+    camera = WORLD.profiles[CITY.select(kind="anpr")[0].id]
+
+    def day_of_events(start: datetime) -> list[tuple[int, str]]:
+        rng = device_rng(42, camera.id)
+        out = []
+        for i in range(288):
+            draft = maybe_event(camera, rng, start + timedelta(minutes=5 * (i + 1)), 300.0)
+            if draft is not None:
+                out.append((i, draft.type))
+        return out
+
+    january = day_of_events(datetime(2026, 1, 12, tzinfo=UTC))
+    july = day_of_events(datetime(2026, 7, 13, tzinfo=UTC))
+    assert january and july and january != july
+    assert day_of_events(datetime(2026, 1, 12, tzinfo=UTC)) == january  # same seed, same day
