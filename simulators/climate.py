@@ -13,7 +13,9 @@ by latitude and its time zone from its longitude.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from datetime import datetime
 from functools import lru_cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 Months = tuple[float, float, float, float, float, float, float, float, float, float, float, float]
 
@@ -136,6 +138,23 @@ def climate_at(lon: float, lat: float) -> Climate:
     )
 
 
-def climate_of(city_id: str, lon: float, lat: float) -> Climate:
-    """The climate of a city by id, or by its location."""
-    return CLIMATES.get(city_id) or climate_at(round(lon, 2), round(lat, 2))
+def climate_of(city_id: str, lon: float, lat: float, timezone: str = "") -> Climate:
+    """The climate of a city by id, or by its location (in its registry time zone if known)."""
+    known = CLIMATES.get(city_id)
+    if known is not None:
+        return known
+    found = climate_at(round(lon, 2), round(lat, 2))
+    offset = _utc_offset(timezone)
+    if found.timezone or offset is None:
+        return found
+    return replace(found, timezone=timezone, utc_offset_h=offset)
+
+
+@lru_cache(maxsize=64)
+def _utc_offset(timezone: str) -> float | None:
+    """The zone's UTC offset in hours (Central Asia keeps no summer time), None if unknown."""
+    try:
+        delta = ZoneInfo(timezone).utcoffset(datetime(2026, 1, 1))
+    except (ValueError, ZoneInfoNotFoundError):
+        return None
+    return None if delta is None else delta.total_seconds() / 3600.0

@@ -102,7 +102,7 @@ class Scene:
         self._by_kind: dict[str, list[Device]] = {}
         for device in city.devices:
             self._by_kind.setdefault(device.kind, []).append(device)
-        self.climate = climate_of(city.id, *city.record.centroid)
+        self.climate = climate_of(city.id, *city.record.centroid, city.record.timezone)
         self.utc_offset_h = self.climate.utc_offset_h
         self._ambient_cache = lru_cache(maxsize=512)(self._ambient_hour)
 

@@ -65,7 +65,7 @@ def plots(city: City, year: int, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
-    c = climate_of(city.id, *city.record.centroid)
+    c = climate_of(city.id, *city.record.centroid, city.record.timezone)
     world = World(city)
     paths: list[Path] = []
     temps: list[list[float]] = [[] for _ in range(12)]

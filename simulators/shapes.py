@@ -87,7 +87,7 @@ class Measure:
     def __init__(self, city: City, year: int = 2026, devices: int = 8) -> None:
         self.city = city
         self.world = World(city)
-        self.climate = climate_of(city.id, *city.record.centroid)
+        self.climate = climate_of(city.id, *city.record.centroid, city.record.timezone)
         self.year = year
         self.n = devices
         self.figures: list[Figure] = []

@@ -81,7 +81,7 @@ class World:
 
     def __init__(self, city: City) -> None:
         self.city = city
-        self.climate = climate_of(city.id, *city.record.centroid)
+        self.climate = climate_of(city.id, *city.record.centroid, city.record.timezone)
         uses = {d.id: d.land_use or "mixed" for d in city.districts}
         roads = city.select(kind="traffic")
         crowds = city.select(kind="crowd")
