@@ -5,6 +5,8 @@ WORKDIR /src
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY pyproject.toml README.md ./
 COPY safecity ./safecity
+COPY control ./control
+COPY broker ./broker
 COPY ingest ./ingest
 COPY api ./api
 COPY simulators ./simulators

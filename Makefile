@@ -3,7 +3,7 @@ VENV := .venv
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test lint bench clean
+.PHONY: help setup run test lint bench soak clean
 
 help:
 	@echo "make setup  install mosquitto/influxdb if missing, create $(VENV), install the project"
@@ -11,6 +11,7 @@ help:
 	@echo "make test   the test suite against real local services (PYTEST_ARGS=... to pass flags)"
 	@echo "make lint   ruff and mypy"
 	@echo "make bench  the benchmarks"
+	@echo "make soak   an hour of the city at 10x with a fault every 3 minutes (SOAK_ARGS=...)"
 	@echo "make clean  remove caches, build output and var/ (keeps $(VENV))"
 
 setup:
@@ -32,6 +33,10 @@ lint:
 bench:
 	bash scripts/setup.sh --test
 	$(VENV)/bin/python -m benchmarks
+
+soak:
+	bash scripts/setup.sh --test
+	$(VENV)/bin/python -m benchmarks.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf var build dist .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -5,7 +5,7 @@ An incident is opened by an alert and then moves open -> acknowledged -> dispatc
 e.g. a false alarm or a cleared condition). Every transition is one point appended
 to the `incident_transitions` measurement (who, when, note); nothing is ever
 updated in place. The current state is the fold of the log. The alerts service and
-(phase 2) the API both use this module; it imports no service package.
+the API both use this module; it imports no service package.
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ class Incident(BaseModel):
         return None if at is None else (at - self.opened_at).total_seconds()
 
     def to_public(self) -> dict[str, Any]:
-        """A JSON-ready view (the API's phase-2 response body)."""
+        """A JSON-ready view (the API's response body)."""
         return {**self.model_dump(mode="json"), "state": self.state.value}
 
 

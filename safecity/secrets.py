@@ -21,3 +21,15 @@ def read_secrets(path: Path) -> dict[str, str]:
     ):
         raise ConfigError(f"secrets file {path}: expected a JSON object of strings")
     return data
+
+
+def read_secret_file(path: Path, what: str) -> str:
+    """One secret alone in a file (a mounted Secret); its trailing newline is not part of it."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot read {path}: {exc.strerror or exc}") from exc
+    secret = text.rstrip("\r\n")
+    if not secret:
+        raise ConfigError(f"{what}: {path} is empty")
+    return secret

