@@ -117,3 +117,7 @@ class PushError(SafecityError):
 
 class VerifyError(SafecityError):
     """The ledger or dead-letter store cannot be read."""
+
+
+class ScenarioError(SafecityError):
+    """A scenario file that cannot be loaded."""
