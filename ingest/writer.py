@@ -25,8 +25,8 @@ from collections.abc import Callable
 from ingest import metrics
 from safecity.errors import (
     StorageAuthError,
-    StorageError,
     StorageUnavailableError,
+    WriteDeferredError,
     WriteRejectedError,
 )
 from safecity.influx import InfluxClient
@@ -68,10 +68,6 @@ def split_by_policy(lines: list[str]) -> list[tuple[str | None, list[int] | None
     for i in special:
         groups.setdefault(retention_policy_of(_measurement(lines[i])), []).append(i)
     return list(groups.items())
-
-
-class WriteDeferredError(StorageError):
-    """InfluxDB stayed unavailable past the caller's `give_up_after`; spool the batch."""
 
 
 class InfluxWriter:

@@ -121,3 +121,7 @@ class VerifyError(SafecityError):
 
 class ScenarioError(SafecityError):
     """A scenario file that cannot be loaded."""
+
+
+class WriteDeferredError(StorageError):
+    """InfluxDB stayed unavailable past the caller's `give_up_after`; spool the batch."""
