@@ -12,7 +12,13 @@ ARG PIP_TRUSTED_HOST
 ARG PIP_CERT
 WORKDIR /src
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-COPY pyproject.toml README.md ./
+# Dependencies first, in their own layer: a code change rebuilds only the project's wheel.
+COPY pyproject.toml ./
+RUN python -m venv /opt/safecity \
+ && /opt/safecity/bin/pip install --upgrade pip \
+ && python -c "import tomllib; print('\\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > requirements.txt \
+ && /opt/safecity/bin/pip install -r requirements.txt
+COPY README.md ./
 COPY safecity ./safecity
 COPY control ./control
 COPY broker ./broker
@@ -22,9 +28,7 @@ COPY simulators ./simulators
 COPY edge ./edge
 COPY alerts ./alerts
 COPY dashboards ./dashboards
-RUN python -m venv /opt/safecity \
- && /opt/safecity/bin/pip install --upgrade pip \
- && /opt/safecity/bin/pip install .
+RUN /opt/safecity/bin/pip install --no-deps .
 
 FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="safecity" \

@@ -15,7 +15,7 @@ level deep nor, without systemd, runs health checks: this driver runs them itsel
 (`podman healthcheck run`) and waits for one-shot services to exit 0.
 
 Podman's own state (storage, runtime files, containers.conf) lives under
-$SAFECITY_PODMAN_DIR (default /var/tmp/safecity-podman), so nothing in /etc changes and
+$SAFECITY_PODMAN_DIR (default ~/.cache/safecity-podman), so nothing in /etc changes and
 the base images stay cached between runs. Errors name the service at fault.
 """
 
@@ -40,7 +40,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 COMPOSE_FILES = (ROOT / "docker-compose.yml", HERE / "compose.podman.yml")
-DEFAULT_STATE = Path("/var/tmp/safecity-podman")
+DEFAULT_STATE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "safecity-podman"
 DEFAULT_PROJECT = "safecity"
 SUITE = "bookworm"
 BASE_IMAGE = f"localhost/safecity-local/debian:{SUITE}"
@@ -111,14 +111,14 @@ class Podman:
         self, *args: str, check: bool = True, timeout: float = 900
     ) -> subprocess.CompletedProcess[str]:
         """podman-compose with both compose files, no pod (as Docker: one network)."""
-        binary = shutil.which("podman-compose") or str(Path(sys.executable).parent / "podman-compose")
+        binary = shutil.which("podman-compose") or str(
+            Path(sys.executable).parent / "podman-compose"
+        )
         files = [a for f in COMPOSE_FILES for a in ("-f", str(f))]
         cmd = [binary, "--in-pod", "false", "-p", self.project, *files, *args]
         return self._run(cmd, check=check, timeout=timeout)
 
-    def _run(
-        self, cmd: list[str], check: bool, timeout: float
-    ) -> subprocess.CompletedProcess[str]:
+    def _run(self, cmd: list[str], check: bool, timeout: float) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             cmd, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout
         )
@@ -205,9 +205,22 @@ def build_images(podman: Podman, config: dict[str, Any]) -> None:
     build_base(podman)
     procs = {
         image: subprocess.Popen(
-            ["podman", "build", "-q", "--layers", "-f", str(HERE / "images" / name),
-             "-t", image, str(HERE / "images")],
-            cwd=ROOT, env=podman.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                "podman",
+                "build",
+                "-q",
+                "--layers",
+                "-f",
+                str(HERE / "images" / name),
+                "-t",
+                image,
+                str(HERE / "images"),
+            ],
+            cwd=ROOT,
+            env=podman.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for image, name in STANDINS.items()
     }
@@ -221,10 +234,20 @@ def build_images(podman: Podman, config: dict[str, Any]) -> None:
         if not build or service["image"] in built:
             continue
         context = build["context"] if isinstance(build, dict) else build
-        dockerfile = build.get("dockerfile", "Dockerfile") if isinstance(build, dict) else "Dockerfile"
+        dockerfile = (
+            build.get("dockerfile", "Dockerfile") if isinstance(build, dict) else "Dockerfile"
+        )
         args = {"PYTHON_IMAGE": PYTHON_IMAGE, **host_pip_settings()}
         log(f"building {service['image']} for {name} from {dockerfile}")
-        cmd = ["build", "-q", "--layers", "-t", service["image"], "-f", str(Path(context) / dockerfile)]
+        cmd = [
+            "build",
+            "-q",
+            "--layers",
+            "-t",
+            service["image"],
+            "-f",
+            str(Path(context) / dockerfile),
+        ]
         for key, value in args.items():
             cmd += ["--build-arg", f"{key}={value}"]
         podman.run(*cmd, context)
@@ -375,25 +398,35 @@ def check(podman: Podman) -> list[dict[str, Any]]:
     found = containers(podman)
     if not found:
         raise StackError(f"project {podman.project} has no containers")
-    report = []
+    report, problems = [], []
     for container in found:
         name, state = container["Name"], container["State"]
         service = service_of(container)
         restarts = int(container.get("RestartCount", 0))
         entry = {"service": service, "container": name, "restarts": restarts}
-        if not state["Running"]:
-            if state["ExitCode"] != 0:
-                raise StackError(f"service {service}: {name} exited {state['ExitCode']}")
-            entry["status"] = "completed"
-        else:
-            has_check = bool(container["Config"].get("Healthcheck"))
-            ok = not has_check or podman.run("healthcheck", "run", name, check=False).returncode == 0
-            if not ok:
-                raise StackError(f"service {service}: {name} is unhealthy:\n{logs_tail(podman, name)}")
-            entry["status"] = "healthy" if has_check else "running"
-        if restarts:
-            raise StackError(f"service {service}: {name} restarted {restarts} time(s)")
         report.append(entry)
+        if restarts:
+            problems.append(f"service {service}: {name} restarted {restarts} time(s)")
+        policy = (container["HostConfig"].get("RestartPolicy") or {}).get("Name", "")
+        if policy in ("", "no"):  # a one-shot: must have run to a clean exit
+            entry["status"] = "completed"
+            if state["Status"] != "exited" or state["ExitCode"] != 0:
+                problems.append(
+                    f"service {service}: {name} is {state['Status']} (exit "
+                    f"{state['ExitCode']}), not completed successfully"
+                )
+        elif state["Status"] != "running":
+            problems.append(f"service {service}: {name} is {state['Status']}, not running")
+        elif container["Config"].get("Healthcheck"):
+            entry["status"] = "healthy"
+            if podman.run("healthcheck", "run", name, check=False).returncode != 0:
+                problems.append(
+                    f"service {service}: {name} is unhealthy:\n{logs_tail(podman, name, 10)}"
+                )
+        else:
+            entry["status"] = "running"
+    if problems:
+        raise StackError("\n".join(problems))
     return report
 
 
@@ -423,12 +456,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command line: build | up | check | down | leftovers."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["build", "up", "check", "down", "leftovers"])
-    parser.add_argument("--project", default=os.environ.get("SAFECITY_PODMAN_PROJECT", DEFAULT_PROJECT))
-    parser.add_argument("--state", type=Path, default=Path(os.environ.get("SAFECITY_PODMAN_DIR", DEFAULT_STATE)))
+    parser.add_argument(
+        "--project", default=os.environ.get("SAFECITY_PODMAN_PROJECT", DEFAULT_PROJECT)
+    )
+    parser.add_argument(
+        "--state", type=Path, default=Path(os.environ.get("SAFECITY_PODMAN_DIR", DEFAULT_STATE))
+    )
     parser.add_argument("--scale", action="append", default=[], metavar="SERVICE=N")
     parser.add_argument("--profile", action="append", default=[])
-    parser.add_argument("--health-timeout", type=float, default=120.0,
-                        help="least seconds a service may take to become healthy")
+    parser.add_argument(
+        "--health-timeout",
+        type=float,
+        default=120.0,
+        help="least seconds a service may take to become healthy",
+    )
     args = parser.parse_args(argv)
     podman = Podman(args.state, args.project, {})
     try:
