@@ -181,7 +181,7 @@ def build_base(podman: Podman) -> None:
             "--variant=minbase",
             "--include=ca-certificates",
             "--dpkgopt=force-unsafe-io",
-            "--aptopt=Acquire::Languages none",
+            '--aptopt=Acquire::Languages "none"',
             # Keep the package lists: the stand-ins install from them without an update.
             "--skip=cleanup/apt/lists",
         ]
