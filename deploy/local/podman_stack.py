@@ -182,8 +182,6 @@ def build_base(podman: Podman) -> None:
             "--include=ca-certificates",
             "--dpkgopt=force-unsafe-io",
             '--aptopt=Acquire::Languages "none"',
-            # Keep the package lists: the stand-ins install from them without an update.
-            "--skip=cleanup/apt/lists",
         ]
         if HOST_CA_DIR.is_dir() and any(HOST_CA_DIR.iterdir()):
             cmd += [
@@ -432,6 +430,9 @@ def check(podman: Podman) -> list[dict[str, Any]]:
 
 def down(podman: Podman) -> None:
     """Remove the project's containers, volumes and network."""
+    names = [c["Name"] for c in containers(podman)]
+    if names:  # one call stops them all in parallel; compose down stops one by one
+        podman.run("stop", "-t", "5", *names, check=False)
     podman.compose("down", "-v", "--remove-orphans", "-t", "5", check=False)
     for container in containers(podman):
         podman.run("rm", "-f", "-v", container["Name"], check=False)
