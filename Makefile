@@ -3,7 +3,7 @@ VENV := .venv
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test compose-test lint bench clean
+.PHONY: help setup run test compose-test lint bench soak clean
 
 help:
 	@echo "make setup  install mosquitto/influxdb if missing, create $(VENV), install the project"
@@ -12,6 +12,7 @@ help:
 	@echo "make compose-test  docker-compose.yml run for real under podman (part of make test)"
 	@echo "make lint   ruff and mypy"
 	@echo "make bench  the benchmarks"
+	@echo "make soak   an hour of the city at 10x with a fault every 3 minutes (SOAK_ARGS=...)"
 	@echo "make clean  remove caches, build output and var/ (keeps $(VENV))"
 
 setup:
@@ -39,6 +40,10 @@ lint:
 bench:
 	bash scripts/setup.sh --test
 	$(VENV)/bin/python -m benchmarks
+
+soak:
+	bash scripts/setup.sh --test
+	$(VENV)/bin/python -m benchmarks.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf var build dist .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -135,18 +135,31 @@ class LogFollower:
 class EventClock:
     """Deterministic millisecond timestamps for broker events: the log line's second plus
     the event's index within that second. Two workers following the same log write the
-    same points (they overwrite each other instead of doubling); a second with more than
-    1000 events keeps its last millisecond for the rest."""
+    same points (they overwrite each other instead of doubling).
+
+    A second has 1,000 milliseconds: from its 1,000th event on, the events share the last
+    one, and `stamp_count` says how many of them that slot holds so far. The slot's point
+    is rewritten with the growing count, so the stored counts add up to every event.
+    """
+
+    SLOTS = 1000
 
     def __init__(self) -> None:
         self._second: int | None = None
         self._index = 0
 
-    def stamp(self, time_s: int | None) -> int:
-        """The point time (ms) of the next event logged in second `time_s`."""
+    def stamp_count(self, time_s: int | None) -> tuple[int, int]:
+        """(point time in ms, events in that slot so far) of the next event of `time_s`."""
         second = time_s if time_s is not None else int(time.time())
         if second == self._second:
-            self._index = min(self._index + 1, 999)
+            self._index += 1
         else:
             self._second, self._index = second, 0
-        return second * 1000 + self._index
+        last = self.SLOTS - 1
+        if self._index < last:
+            return second * 1000 + self._index, 1
+        return second * 1000 + last, self._index - last + 1
+
+    def stamp(self, time_s: int | None) -> int:
+        """The point time (ms) of the next event logged in second `time_s`."""
+        return self.stamp_count(time_s)[0]

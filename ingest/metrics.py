@@ -72,6 +72,11 @@ BROKER_DROPPED = Gauge(
     "Broker's $SYS/broker/publish/messages/dropped (messages it discarded, e.g. full queues)",
 )
 
+DEADLETTER_UNPUBLISHED = Counter(
+    "safecity_ingest_deadletter_unpublished_total",
+    "Dead letters stored but not republished: too large for the broker's packet limit",
+)
+
 
 # Labelled children, looked up once per label value: `.labels()` builds a key, takes a
 # lock and hashes on every call.

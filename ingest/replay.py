@@ -3,7 +3,8 @@
 A record that now passes validation is written to InfluxDB exactly as the live
 ingest would write it (same point, same timestamp, so a replay twice is harmless),
 and only then removed from the store; a record still refused stays. Truncated
-payloads (over 4 KiB) cannot be replayed and stay too.
+payloads (over 4 KiB) and redacted ones (personal fields hashed) cannot be replayed
+and stay too.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ async def replay(
         if reason is not None and record.get("reason") != reason:
             continue
         result.examined += 1
-        if record.get("truncated"):
+        if record.get("truncated") or record.get("redacted"):
             result.skipped_truncated += 1
             continue
         outcome = validator.validate(str(record.get("topic", "")), record_payload(record))

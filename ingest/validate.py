@@ -89,15 +89,34 @@ class RateLimiter:
 
 
 class DuplicateDetector:
-    """Remembers the payload hash of the last `capacity` (device, seq) pairs (an LRU).
+    """Remembers the payload hash of the last `capacity` (device, seq) pairs, and the seq of
+    the last `capacity` stored (series, time) pairs (two LRUs).
 
     Same device and seq with the same bytes is a harmless redelivery (the point
-    overwrites itself); with different bytes it is a conflicting duplicate.
+    overwrites itself); with different bytes it is a conflicting duplicate. Another seq
+    for a series and millisecond already taken is one too: InfluxDB keys a point by
+    series and time, so storing it would silently overwrite the first.
     """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._seen: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._times: OrderedDict[int, int] = OrderedDict()
+
+    def time_taken_by(self, point: Point, seq: int) -> int | None:
+        """The other seq already stored at this point's series and time, else None (and
+        the time is claimed for `seq`)."""
+        # A 64-bit hash, not the tuple itself: a fraction of the memory per entry; a
+        # collision (about 1 in 10^9 at 200,000 entries) dead-letters, never overwrites.
+        key = hash((point.measurement, tuple(sorted(point.tags.items())), point.time_ms))
+        seen = self._times.get(key)
+        if seen is not None:
+            self._times.move_to_end(key)
+            return seen if seen != seq else None
+        self._times[key] = seq
+        if len(self._times) > self.capacity:
+            self._times.popitem(last=False)
+        return None
 
     def conflicts(self, device_id: str, seq: int, payload: bytes) -> bool:
         """True when (device, seq) was seen with other content; else remember it."""
@@ -157,8 +176,18 @@ class Validator:
                 Rejection(RejectReason.UNKNOWN_DEVICE, str(exc)), topic.rsplit("/", 1)[-1]
             )
         channel = parsed.channel
+        if parsed.city != self.city.id:
+            # Every city's topics are subscribed so that this is seen at all: the broker
+            # would otherwise PUBACK "no subscribers" and drop it without a trace.
+            return Rejected(
+                Rejection(
+                    RejectReason.IDENTITY_MISMATCH,
+                    f"topic names city {parsed.city!r}; this registry is city {self.city.id!r}",
+                ),
+                channel,
+            )
         device = self.city.device(parsed.device_id)
-        if device is None or parsed.city != self.city.id:
+        if device is None:
             return Rejected(
                 Rejection(
                     RejectReason.UNKNOWN_DEVICE,
@@ -218,6 +247,18 @@ class Validator:
                 point = schema.reading_point(self.city.id, device, cast(Reading, message))
             else:
                 point = schema.event_point(self.city.id, device, cast(Event, message))
+            if (
+                self.duplicates is not None
+                and (other := self.duplicates.time_taken_by(point, numbered.seq)) is not None
+            ):
+                return Rejected(
+                    Rejection(
+                        RejectReason.CONFLICTING_DUPLICATE,
+                        f"device {device.id} sent seq {other} and seq {numbered.seq} with the "
+                        f"same ts ({point.time_ms} ms): storing both would overwrite one",
+                    ),
+                    channel,
+                )
         try:
             line = encode(point)
         except (

@@ -20,7 +20,7 @@ import asyncio
 import logging
 import random
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 
 from ingest import metrics
 from safecity.errors import StorageError
@@ -30,7 +30,10 @@ from safecity.influx import (
     StorageUnavailableError,
     WriteRejectedError,
 )
+from safecity.retry import Backoff, Sleep
 from safecity.schema import RETENTION_FAMILIES, retention_policy_of
+
+__all__ = ["Backoff", "InfluxWriter", "WriteDeferredError", "split_by_policy"]
 
 log = logging.getLogger("safecity.ingest.writer")
 
@@ -67,18 +70,6 @@ def split_by_policy(lines: list[str]) -> list[tuple[str | None, list[int] | None
     return list(groups.items())
 
 
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Full-jitter exponential backoff parameters."""
-
-    base: float = 0.1
-    cap: float = 30.0
-
-    def delay(self, attempt: int, rng: random.Random) -> float:
-        """Sleep time before retry number `attempt` (0-based)."""
-        return rng.uniform(0, min(self.cap, self.base * 2**attempt))
-
-
 class WriteDeferredError(StorageError):
     """InfluxDB stayed unavailable past the caller's `give_up_after`; spool the batch."""
 
@@ -86,10 +77,20 @@ class WriteDeferredError(StorageError):
 class InfluxWriter:
     """Writes batches of lines; returns the lines InfluxDB refused for their content."""
 
-    def __init__(self, client: InfluxClient, backoff: Backoff | None = None) -> None:
+    def __init__(
+        self,
+        client: InfluxClient,
+        backoff: Backoff | None = None,
+        *,
+        sleep: Sleep = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._client = client
         self._backoff = backoff or Backoff()
         self._rng = random.Random()
+        # Injectable so a test can run thousands of retries without real sleeping.
+        self._sleep = sleep
+        self._clock = clock
         self.healthy = True
         self.auth_failing = False
         self.write_errors = 0
@@ -106,7 +107,7 @@ class InfluxWriter:
         harmless (rewriting a point is idempotent).
         """
         refused: list[tuple[int, str]] = []
-        deadline = None if give_up_after is None else time.monotonic() + give_up_after
+        deadline = None if give_up_after is None else self._clock() + give_up_after
         if not lines:
             return refused
         for rp, indices in split_by_policy(lines):
@@ -145,7 +146,7 @@ class InfluxWriter:
     async def _write_with_retry(self, body: bytes, deadline: float | None, rp: str | None) -> None:
         attempt = 0
         while True:
-            started = time.monotonic()
+            started = self._clock()
             try:
                 if deadline is None:
                     await self._client.write(body, rp=rp)
@@ -160,23 +161,23 @@ class InfluxWriter:
                             f"InfluxDB write took longer than {budget:.2f}s"
                         ) from exc
             except StorageUnavailableError as exc:
-                delay = max(self._backoff.delay(attempt, self._rng), exc.retry_after or 0.0)
+                delay = self._backoff.delay(attempt, self._rng, exc.retry_after)
                 self._unhealthy("unavailable", exc, attempt, delay)
-                if deadline is not None and time.monotonic() + delay >= deadline:
+                if deadline is not None and self._clock() + delay >= deadline:
                     raise WriteDeferredError(str(exc)) from exc
             except StorageAuthError as exc:
                 delay = self._backoff.delay(attempt, self._rng)
                 self.auth_failing = True
                 self._unhealthy("auth", exc, attempt, delay)
             else:
-                metrics.WRITE_SECONDS.observe(time.monotonic() - started)
+                metrics.WRITE_SECONDS.observe(max(0.0, self._clock() - started))
                 if not self.healthy:
                     log.info("influxdb writes recovered", extra={"attempts": attempt + 1})
                 self.healthy = True
                 self.auth_failing = False
                 return
             metrics.WRITE_RETRIES.inc()
-            await asyncio.sleep(delay)
+            await self._sleep(delay)
             attempt += 1
 
     def _unhealthy(self, error: str, exc: Exception, attempt: int, delay: float) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import subprocess
@@ -168,3 +169,64 @@ def test_alerts_fire_dedup_survive_restart_and_auto_resolve(
     assert len(influx_rows(stack, influx_db, 'SELECT * FROM "incidents"."alerts"')) == 2
     assert len(watcher.alerts()) == 2
     assert _metric(service.metrics_url, "safecity_alerts_fired_total") == 0
+
+
+def test_a_dying_refresher_is_restarted_counted_and_unready_meanwhile(
+    stack: LocalStack, influx_db: str
+) -> None:
+    from alerts.rules import loads
+    from alerts.service import AlertsService
+    from alerts.settings import AlertsSettings
+    from safecity.retry import Backoff
+    from safecity.settings import InfluxSettings
+
+    settings = AlertsSettings(
+        mqtt=stack.mqtt_settings("_alerts"),
+        influx=InfluxSettings(url=stack.influx_url, database=influx_db),
+        alerts_id=f"alerts-sup-{secrets.token_hex(3)}",
+        alerts_share_group=f"a{secrets.token_hex(4)}",
+        alerts_session_expiry=60,
+        alerts_refresh_interval=0.2,
+        alerts_metrics_port=0,
+    )
+
+    async def main() -> None:
+        service = AlertsService(settings, CITY, loads(RULES))
+        service.tasks.backoff = Backoff(base=1.5, cap=1.5)  # "down" long enough to see
+        broken = True
+        refresh = service.refresh
+
+        async def failing_refresh() -> None:
+            if broken:
+                raise RuntimeError("injected: refresher dies")
+            await refresh()
+
+        await service.start()
+        service.refresh = failing_refresh  # type: ignore[method-assign]
+        url = f"http://127.0.0.1:{service.health.port}"
+        try:
+            async with httpx.AsyncClient(timeout=5) as http:
+
+                async def until(check: Callable[[int, str], bool], what: str) -> None:
+                    for _ in range(200):
+                        ready = (await http.get(f"{url}/readyz")).status_code
+                        if check(ready, (await http.get(f"{url}/metrics")).text):
+                            return
+                        await asyncio.sleep(0.1)
+                    raise AssertionError(f"timed out waiting for {what}")
+
+                def restarts(text: str) -> float:
+                    name = 'safecity_task_restarts_total{task="refresh"} '
+                    rows = [r for r in text.splitlines() if r.startswith(name)]
+                    return float(rows[0].rsplit(" ", 1)[1]) if rows else 0.0
+
+                await until(
+                    lambda ready, text: ready == 503 and restarts(text) >= 1, "unready and counted"
+                )
+                broken = False
+                await until(lambda ready, _: ready == 200, "ready again")
+                assert service.tasks.healthy and service.tasks.restarts("refresh") >= 1
+        finally:
+            await service.stop()
+
+    asyncio.run(main())

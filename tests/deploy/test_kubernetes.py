@@ -263,20 +263,50 @@ def test_the_sizing_document_and_overlays_are_the_models_output() -> None:
         assert clustered == (sizing.plan(costs, devices).broker_nodes > 1), size
 
 
-def test_the_emqx_acl_says_what_the_mosquitto_acl_says() -> None:
-    acl = (
-        "pattern write safecity/v1/tashkent/+/+/%u/telemetry\n"
-        "\nuser _ingest\ntopic read safecity/v1/#\ntopic write safecity/v1/+/_deadletter/#\n"
-    )
-    rendered = emqx.render_acl(acl).splitlines()
-    assert '{allow, all, publish, ["safecity/v1/tashkent/+/+/${username}/telemetry"]}.' in rendered
-    assert '{allow, {username, "_ingest"}, subscribe, ["safecity/v1/#"]}.' in rendered
-    assert '{allow, {username, "_ingest"}, publish, ["safecity/v1/+/_deadletter/#"]}.' in rendered
-    assert rendered[-1] == "{deny, all}."
-    with pytest.raises(Exception, match="line 1"):
-        emqx.render_acl("topic read a/#\n")
-    with pytest.raises(Exception, match="cannot translate"):
-        emqx.render_acl("user x\nsomething else\n")
+def test_the_emqx_acl_says_what_the_dynamic_security_config_says(tmp_path: Path) -> None:
+    config = json.dumps(
+        {
+            "roles": [
+                {"rolename": "ingest", "acls": [
+                    {"acltype": "subscribePattern", "topic": "safecity/v1/#", "allow": True},
+                    {"acltype": "subscribePattern", "topic": "$share/+/safecity/v1/#",
+                     "allow": True},
+                    {"acltype": "publishClientReceive", "topic": "safecity/v1/#", "allow": True},
+                    {"acltype": "publishClientSend", "topic": "safecity/v1/+/_deadletter/#",
+                     "allow": True},
+                ]},
+                {"rolename": "device:dev-1", "acls": [
+                    {"acltype": "publishClientSend",
+                     "topic": "safecity/v1/tashkent/+/+/dev-1/telemetry", "allow": True},
+                ]},
+            ],
+            "clients": [
+                {"username": "_ingest", "roles": [{"rolename": "ingest"}]},
+                {"username": "dev-1", "roles": [{"rolename": "device:dev-1"}]},
+            ],
+        }
+    )  # fmt: skip
+    rendered = emqx.render_acl(config).splitlines()
+    assert rendered[2:] == [
+        '{allow, {username, "_ingest"}, subscribe, ["safecity/v1/#"]}.',
+        '{allow, {username, "_ingest"}, publish, ["safecity/v1/+/_deadletter/#"]}.',
+        '{allow, {username, "dev-1"}, publish, ["safecity/v1/tashkent/+/+/dev-1/telemetry"]}.',
+        "{deny, all}.",
+    ]
+    with pytest.raises(Exception, match="not a dynamic-security config"):
+        emqx.render_acl("pattern write a/#\n")
+    # The whole store as provisioning renders it translates, account by account.
+    identity = tmp_path / "identity"
+    result = subprocess.run(
+        [sys.executable, "-m", "control", "devices", "provision", "--identity-dir",
+         str(identity), "--secrets-file", str(identity / "secrets.json")],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    full = emqx.render_acl((identity / "dynamic-security.json").read_text())
+    device = default_city().devices[0]
+    assert f'{{allow, {{username, "{device.id}"}}, publish, ["safecity/v1/tashkent/' in full
+    assert f'{{allow, {{username, "{device.id}"}}, subscribe' not in full
 
 
 # --- parity: the rendered containers run here ----------------------------------------

@@ -15,6 +15,9 @@ from control.verify import Report, verify
 from safecity.influx import InfluxClient
 from safecity.settings import InfluxSettings
 
+CRASH_LAUNCHER = Path(__file__).with_name("crash_ingest.py")
+NORMAL = ("-m", "control", "ingest")
+
 # Fast failure detection for tests: short InfluxDB timeouts, short backoff, quick spooling.
 FAST = {
     "SAFECITY_INFLUX__TIMEOUT": "2",
@@ -36,7 +39,11 @@ class Ingest:
         self.port = free_port()
         self.deadletter_dir = tmp / "deadletter"
         self.spool_dir = tmp / "spool"
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("SAFECITY_")}
+        self.env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("SAFECITY_") or k == "SAFECITY_HOME"
+        }
         self.env.update(
             {
                 "SAFECITY_MQTT__HOST": stack.mqtt_host,
@@ -68,8 +75,19 @@ class Ingest:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, wait_ready: bool = True, *, unset: tuple[str, ...] = (), **env: str) -> Ingest:
-        """Start (or restart) the worker with `env` added and the `unset` variables removed."""
+    def start(
+        self,
+        wait_ready: bool = True,
+        *,
+        unset: tuple[str, ...] = (),
+        crash_after_write: int = 0,
+        **env: str,
+    ) -> Ingest:
+        """Start (or restart) the worker with `env` added and the `unset` variables removed;
+        with `crash_after_write` N through the launcher that SIGKILLs it after N durable
+        writes, before their acks."""
+        launcher = (str(CRASH_LAUNCHER), str(crash_after_write)) if crash_after_write else NORMAL
+        self.process.argv = [sys.executable, *launcher]
         self.env.update(env)
         for key in unset:
             self.env.pop(key, None)

@@ -1,0 +1,221 @@
+"""Batch-and-ack stage: receive, validate, make the batch durable, then ack it in order.
+
+Every message of a batch is acked, in receive order, only after the whole batch is
+durable: its valid points written to InfluxDB (or fsync'd into the spool, see
+`ingest.sink`) and its rejections fsync'd into the dead-letter store. The attacks
+among the rejections become `security_events` points of the same batch, durable
+before its acks too.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from ingest import metrics
+from ingest.deadletter import DeadLetterOutput, dead_letter, refused_letters
+from ingest.redact import Redactor
+from ingest.settings import IngestSettings
+from ingest.sink import Sink, encode_own
+from ingest.spool import SpoolBatch
+from ingest.stats import Totals
+from ingest.validate import Accepted, Rejected, Validator, claimed_device_id
+from safecity import schema, topics
+from safecity.mqtt import Incoming, MqttClient
+from safecity.registry import City
+
+log = logging.getLogger("safecity.ingest")
+
+AFTER_DURABLE: list[Callable[[int], None]] = []
+"""Called with the number of durable writes so far, after a batch is durable and before
+its acks. Empty in production; fault tests install a crash here (tests/helpers)."""
+
+
+@dataclass
+class _Batch:
+    messages: list[tuple[Incoming, Accepted | Rejected]] = field(default_factory=list)
+    opened: float = 0.0
+
+
+class Batcher:
+    """Consumes the MQTT inbox in batches, by size and by time."""
+
+    def __init__(
+        self,
+        settings: IngestSettings,
+        city: City,
+        validator: Validator,
+        mqtt: MqttClient,
+        sink: Sink,
+        deadletters: DeadLetterOutput,
+        redactor: Redactor,
+        totals: Totals,
+    ) -> None:
+        self._settings = settings
+        self._city = city
+        self._validator = validator
+        self._mqtt = mqtt
+        self._sink = sink
+        self._deadletters = deadletters
+        self._redactor = redactor
+        self._totals = totals
+        self._batch = _Batch()
+        self._last_event_ms = 0
+        self._durable_writes = 0
+        self.lag = 0.0
+        """Wall clock minus the newest written reading's timestamp (s)."""
+
+    @property
+    def pending(self) -> int:
+        """Messages received and not yet acked."""
+        return len(self._batch.messages)
+
+    async def run(self) -> None:
+        """Consume until cancelled, flushing by size and by time."""
+        inbox = self._mqtt.inbox
+        interval = self._settings.flush_interval
+        # The broker sends at most Receive Maximum unacked messages: a batch that holds
+        # them all cannot grow until it is acked, so waiting for the timer would only idle.
+        size = min(self._settings.batch_size, self._settings.receive_maximum)
+        while True:
+            wait: float | None = None
+            if self._batch.messages:
+                wait = max(0.0, self._batch.opened + interval - time.monotonic())
+            received = await inbox.get_batch(size - len(self._batch.messages), wait)
+            if received:
+                self._take(received)
+            if len(self._batch.messages) >= size or (
+                self._batch.messages and time.monotonic() >= self._batch.opened + interval
+            ):
+                await self.flush()
+
+    def _take(self, received: list[Incoming]) -> None:
+        if not self._batch.messages:
+            self._batch.opened = time.monotonic()
+        validate = self._validator.validate
+        append = self._batch.messages.append
+        # One clock reading per bulk of messages received together (the window check).
+        now = datetime.now(UTC)
+        channels: dict[str, int] = {}
+        redelivered = 0
+        for incoming in received:
+            outcome = validate(incoming.topic, incoming.payload, now, redelivery=incoming.duplicate)
+            channels[outcome.channel] = channels.get(outcome.channel, 0) + 1
+            redelivered += incoming.duplicate
+            append((incoming, outcome))
+        # Metrics per call, not per message: prometheus-client takes a lock each time.
+        for channel, count in channels.items():
+            metrics.received(str(channel)).inc(count)
+        self._totals.received += len(received)
+        if redelivered:
+            metrics.REDELIVERED.inc(redelivered)
+            self._totals.redelivered += redelivered
+        metrics.PENDING.set(len(self._batch.messages))
+
+    async def flush(self) -> None:
+        """Make the current batch durable, then ack all of it in receive order."""
+        batch, self._batch = self._batch, _Batch()
+        if not batch.messages:
+            return
+        started = time.monotonic()
+        worker = self._settings.worker_id
+        accepted = [(m, o) for m, o in batch.messages if isinstance(o, Accepted)]
+        rejected = [(m, o) for m, o in batch.messages if isinstance(o, Rejected)]
+        letters = [
+            dead_letter(o.rejection, m.topic, m.payload, worker, redactor=self._redactor)
+            for m, o in rejected
+        ]
+        own = self._rejection_events(rejected, [d.detail for d in letters]) if rejected else []
+        refused: list[tuple[int, str]] = []
+        spooled = False
+        if accepted or own:
+            lines = [o.line for _, o in accepted] + [line for line, _ in own]
+            sources = [(m.topic, m.payload) for m, _ in accepted] + [("", b"")] * len(own)
+            stored = await self._sink.store(
+                SpoolBatch(
+                    lines,
+                    [o.point.time_ms for _, o in accepted] + [t for _, t in own],
+                    [topic for topic, _ in sources],
+                    [payload for _, payload in sources],
+                )
+            )
+            refused, spooled = stored.refused, stored.spooled
+            letters += refused_letters(refused, lines, sources, worker, self._redactor)
+        await self._deadletters.send(letters)
+        if accepted and not spooled:
+            bad = {i for i, _ in refused}
+            self._count_written([o for i, (_, o) in enumerate(accepted) if i not in bad])
+        self._durable_writes += 1
+        for hook in AFTER_DURABLE:
+            hook(self._durable_writes)
+        acked, stale = self._mqtt.ack_many([incoming for incoming, _ in batch.messages])
+        metrics.ACKED.inc(acked)
+        if stale:
+            metrics.STALE_ACKS.inc(stale)
+        metrics.PENDING.set(0)
+        metrics.BATCH_SIZE.observe(len(batch.messages))
+        metrics.BATCH_SECONDS.observe(time.monotonic() - started)
+
+    def _count_written(self, outcomes: list[Accepted]) -> None:
+        now_ms = time.time() * 1000
+        newest = 0
+        written: dict[str, int] = {}
+        observe = metrics.E2E_LAG.observe
+        telemetry = topics.Channel.TELEMETRY
+        for outcome in outcomes:
+            point = outcome.point
+            written[point.measurement] = written.get(point.measurement, 0) + 1
+            if outcome.channel is telemetry:
+                newest = max(newest, point.time_ms)
+                observe(max(0.0, (now_ms - point.time_ms) / 1000))
+        for measurement, count in written.items():
+            metrics.written(measurement).inc(count)
+        self._totals.written += len(outcomes)
+        if newest:
+            self.lag = max(0.0, (now_ms - newest) / 1000)
+            metrics.LAG.set(self.lag)
+
+    def _event_ms(self) -> int:
+        """Wall-clock ms, strictly increasing within this worker (no two own points of one
+        series share a timestamp, which would overwrite one with the other)."""
+        now_ms = int(time.time() * 1000)
+        self._last_event_ms = max(now_ms, self._last_event_ms + 1)
+        return self._last_event_ms
+
+    def _rejection_events(
+        self, rejected: list[tuple[Incoming, Rejected]], details: list[str]
+    ) -> list[tuple[str, int]]:
+        """One `security_events` line (and its time) per attack type and device of a batch;
+        `details` are the rejections' redacted details (as in their dead letters)."""
+        groups: dict[tuple[str, str | None], list[tuple[str, str]]] = {}
+        for (incoming, outcome), detail in zip(rejected, details, strict=True):
+            reason = outcome.rejection.reason.value
+            if reason not in schema.INGEST_SECURITY_REASONS:
+                continue
+            claimed = claimed_device_id(incoming.topic)
+            device = self._city.device(claimed)
+            key = (reason, device.id if device is not None else None)
+            groups.setdefault(key, []).append((claimed, detail))
+        if not groups:
+            return []
+        time_ms = self._event_ms()
+        out: list[tuple[str, int]] = []
+        for (reason, device_id), items in groups.items():
+            claimed, detail = items[-1]
+            point = schema.security_event_point(
+                self._city.id,
+                reason,
+                time_ms,
+                device=self._city.device(device_id) if device_id is not None else None,
+                client_id=claimed,
+                detail=detail,
+                count=len(items),
+                worker_id=self._settings.worker_id,
+            )
+            line = encode_own(point)
+            if line is not None:
+                out.append((line, time_ms))
+        return out
