@@ -344,6 +344,17 @@ def test_nothing_is_lost_across_the_replicas(stack: Stack, tmp_path: Path) -> No
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
+def test_check_names_an_unhealthy_service(stack: Stack) -> None:
+    api = stack.name("api")
+    stack.podman.run("kill", "--signal", "STOP", api)  # frozen: its health check times out
+    try:
+        result = stack.driver("check")
+    finally:
+        stack.podman.run("kill", "--signal", "CONT", api)
+    assert result.returncode == 1
+    assert f"service api: {api} is unhealthy" in result.stderr, result.stderr
+
+
 def test_check_names_a_restarted_service(stack: Stack) -> None:
     alerts = stack.name("alerts")
     stack.podman.run("exec", alerts, "sh", "-c", "kill 1", check=False)
