@@ -12,8 +12,8 @@ from functools import cache, lru_cache
 from typing import cast
 
 from safecity import schema, topics
-from safecity.errors import TopicError
-from safecity.lineprotocol import LineProtocolError, Point, encode
+from safecity.errors import LineProtocolError, TopicError
+from safecity.lineprotocol import Point, encode
 from safecity.readings import Event, Reading, Rejection, RejectReason, Status, parse
 from safecity.registry import City
 

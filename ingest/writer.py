@@ -23,13 +23,13 @@ import time
 from collections.abc import Callable
 
 from ingest import metrics
-from safecity.errors import StorageError
-from safecity.influx import (
-    InfluxClient,
+from safecity.errors import (
     StorageAuthError,
+    StorageError,
     StorageUnavailableError,
     WriteRejectedError,
 )
+from safecity.influx import InfluxClient
 from safecity.retry import Backoff, Sleep
 from safecity.schema import RETENTION_FAMILIES, retention_policy_of
 

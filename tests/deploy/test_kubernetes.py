@@ -31,7 +31,7 @@ from pydantic import BaseModel
 from alerts.settings import AlertsSettings
 from api.apikeys import KeyStore
 from api.settings import ApiSettings
-from broker import emqx
+from broker import dynsec, emqx
 from broker.settings import SecuritySettings
 from control.settings import StorageSettings
 from control.stack import Influxd, ManagedProcess, free_port
@@ -474,6 +474,8 @@ def test_the_rendered_containers_run_here_and_become_ready(
     text = re.sub(r"^listener 1883$", f"listener {cluster.mqtt_port} 127.0.0.1", text, flags=re.M)
     text = re.sub(r"^listener 8883 \S+$", f"listener {tls_port} 127.0.0.1", text, flags=re.M)
     text = text.replace("log_dest stdout", f"log_dest file {tmp_path / 'mosquitto.log'}")
+    # The image's plugin path -> where this host's Mosquitto package installed it.
+    text = text.replace(dynsec.CONTAINER_PLUGIN, dynsec.find_plugin())
     local_conf = tmp_path / "mosquitto-local.conf"
     local_conf.write_text(f"user {os.environ.get('USER', 'root')}\n" + text)
     broker = ManagedProcess(
