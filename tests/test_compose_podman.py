@@ -125,7 +125,14 @@ def stack() -> Iterator[Stack]:
     built = running.driver("build", timeout=BUILD_TIMEOUT)
     assert built.returncode == 0, built.stderr
     try:
-        up = running.driver("up", "--scale", f"ingest={INGEST_REPLICAS}")
+        for _ in range(3):
+            up = running.driver("up", "--scale", f"ingest={INGEST_REPLICAS}")
+            if up.returncode == 0 or "address already in use" not in up.stderr:
+                break
+            # Another process took a free port before podman bound it: new ports, again.
+            running.driver("down")
+            env["API_HOST_PORT"], env["MQTT_TLS_HOST_PORT"] = str(free_port()), str(free_port())
+            running = Stack(env)
         assert up.returncode == 0, up.stderr
         yield running
     finally:
