@@ -1,9 +1,24 @@
 # One image for every safecity service: `docker run safecity safecity <service>`.
 # Stage 1 builds a wheel and its dependencies; stage 2 is the slim runtime, non-root.
-FROM python:3.11-slim AS build
+# PYTHON_IMAGE: any Debian-based Python 3.11+ image (the podman compose test builds a
+# stand-in from Debian packages, see docs/compose.md).
+ARG PYTHON_IMAGE=python:3.11-slim
+FROM ${PYTHON_IMAGE} AS build
+# The builder's own package index and CA bundle, when it has them (a PyPI mirror, a
+# TLS-intercepting proxy's CA); unset, pip uses PyPI and its own CA bundle.
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_TRUSTED_HOST
+ARG PIP_CERT
 WORKDIR /src
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-COPY pyproject.toml README.md ./
+# Dependencies first, in their own layer: a code change rebuilds only the project's wheel.
+COPY pyproject.toml ./
+RUN python -m venv /opt/safecity \
+ && /opt/safecity/bin/pip install --upgrade pip \
+ && python -c "import tomllib; print('\\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > requirements.txt \
+ && /opt/safecity/bin/pip install -r requirements.txt
+COPY README.md ./
 COPY safecity ./safecity
 COPY control ./control
 COPY broker ./broker
@@ -13,11 +28,9 @@ COPY simulators ./simulators
 COPY edge ./edge
 COPY alerts ./alerts
 COPY dashboards ./dashboards
-RUN python -m venv /opt/safecity \
- && /opt/safecity/bin/pip install --upgrade pip \
- && /opt/safecity/bin/pip install .
+RUN /opt/safecity/bin/pip install --no-deps .
 
-FROM python:3.11-slim AS runtime
+FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="safecity" \
       org.opencontainers.image.description="Smart/safe-city telemetry platform services" \
       org.opencontainers.image.licenses="Apache-2.0"

@@ -3,12 +3,13 @@ VENV := .venv
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test lint bench soak clean
+.PHONY: help setup run test compose-test lint bench soak clean
 
 help:
 	@echo "make setup  install mosquitto/influxdb if missing, create $(VENV), install the project"
 	@echo "make run    the whole local stack (broker, InfluxDB, ingest, API + console, simulated city)"
 	@echo "make test   the test suite against real local services (PYTEST_ARGS=... to pass flags)"
+	@echo "make compose-test  docker-compose.yml run for real under podman (part of make test)"
 	@echo "make lint   ruff and mypy"
 	@echo "make bench  the benchmarks"
 	@echo "make soak   an hour of the city at 10x with a fault every 3 minutes (SOAK_ARGS=...)"
@@ -24,11 +25,17 @@ test:
 	bash scripts/setup.sh --test
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
+# The compose stack built and run under podman (docs/compose.md); `make test` runs it too.
+compose-test:
+	bash scripts/setup.sh --test
+	$(VENV)/bin/pytest $(PYTEST_ARGS) tests/test_compose_podman.py
+
 # Linting needs only the virtualenv, not the broker and database packages.
 lint:
 	bash scripts/setup.sh --python-only
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy deploy/local/podman_stack.py
 
 bench:
 	bash scripts/setup.sh --test

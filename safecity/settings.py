@@ -250,9 +250,13 @@ def resolve_instance_id(value: str) -> str:
 
     host = socket.gethostname()
     try:
-        name = socket.gethostbyaddr(socket.gethostbyname(host))[0]
+        address = socket.gethostbyname(host)
+        primary, aliases, _ = socket.gethostbyaddr(address)
     except OSError:
-        name = host
-    if name.split(".")[0] in ("localhost", ""):
-        name = host  # no container DNS here: a loopback answer names nothing
-    return instance_id_from_name(name)
+        return instance_id_from_name(host)
+    if address.startswith("127."):
+        return instance_id_from_name(host)  # no container network: a loopback names nothing
+    # podman's /etc/hosts answers the address with the random host name first and the
+    # container's compose name (project_service_N) as an alias: the alias is the stable one.
+    names = [n for n in (primary, *aliases) if n.split(".")[0] not in (host, "localhost", "")]
+    return instance_id_from_name(names[0] if names else primary)

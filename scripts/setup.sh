@@ -2,7 +2,8 @@
 # Idempotent set-up of a fresh Linux machine for `make run` / `make test`:
 # Debian packages for the broker and the database, then the project virtualenv.
 #   scripts/setup.sh               what `make run` needs
-#   scripts/setup.sh --test        plus what the tests drive: Chromium, docker-compose
+#   scripts/setup.sh --test        plus what the tests drive: Chromium, docker-compose,
+#                                  podman (runc) and mmdebstrap for the compose run
 #   scripts/setup.sh --python-only only the virtualenv (enough for `make lint`)
 set -euo pipefail
 
@@ -11,8 +12,12 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PACKAGES=(mosquitto mosquitto-clients influxdb)
 # Tests only: chromium, the browser the console test drives (Playwright with Debian's
 # build, no download); docker-compose, whose `config` validates docker-compose.yml
-# without a Docker engine (no recommends: the engine itself is not installed).
-TEST_PACKAGES=(chromium docker-compose)
+# without a Docker engine (no recommends: the engine itself is not installed); podman
+# with runc (crun fails on cgroup v1 hosts), its network stack and mmdebstrap, which
+# run docker-compose.yml for real from images built from Debian packages
+# (tests/test_compose_podman.py, docs/compose.md).
+TEST_PACKAGES=(chromium docker-compose podman runc netavark aardvark-dns slirp4netns
+    uidmap catatonit conmon mmdebstrap)
 CHROMIUM=/usr/bin/chromium
 VENV=.venv
 STAMP="$VENV/.installed"
@@ -47,6 +52,9 @@ install_system_packages() {
     if $for_tests; then
         [ -x "$CHROMIUM" ] || missing+=("$CHROMIUM")
         have docker-compose || missing+=(docker-compose)
+        for cmd in podman runc mmdebstrap netavark; do
+            have "$cmd" || [ -x "/usr/lib/podman/$cmd" ] || missing+=("$cmd")
+        done
     fi
     if [ ${#missing[@]} -eq 0 ]; then
         say "packages present: ${PACKAGES[*]}"
@@ -92,6 +100,9 @@ install_system_packages() {
     if $for_tests; then
         [ -x "$CHROMIUM" ] || die "$CHROMIUM still missing after installing ${PACKAGES[*]}"
         have docker-compose || die "docker-compose still missing after installing ${PACKAGES[*]}"
+        for cmd in podman runc mmdebstrap; do
+            have "$cmd" || die "$cmd still missing after installing ${PACKAGES[*]}"
+        done
     fi
 }
 

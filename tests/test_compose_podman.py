@@ -1,0 +1,380 @@
+"""docker-compose.yml run for real: podman, local images from Debian packages, ordered start.
+
+deploy/local/podman_stack.py builds the images (cached after the first run), starts the
+repository's compose file plus deploy/local/compose.podman.yml with three ingest
+replicas, and enforces every health check; this module then checks what only a real
+run shows (see docs/compose.md for what differs from Docker and why).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import httpx
+import pytest
+
+from control.stack import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+DRIVER = ROOT / "deploy" / "local" / "podman_stack.py"
+PROJECT = f"sctest{os.getpid()}"
+INGEST_REPLICAS = 3
+# A cold build of every image takes minutes on a loaded machine; the stack seconds.
+BUILD_TIMEOUT = 1500
+pytestmark = pytest.mark.timeout(BUILD_TIMEOUT + 900)
+
+
+def load_driver() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("podman_stack", DRIVER)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["podman_stack"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+stack_mod = load_driver()
+
+
+class Stack:
+    """The running compose project, its host ports and the driver's podman wrapper."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.podman = stack_mod.Podman(Path(env["SAFECITY_PODMAN_DIR"]), PROJECT, env)
+        self.api_port = int(env["API_HOST_PORT"])
+        self.mqtt_port = int(env["MQTT_TLS_HOST_PORT"])
+
+    def driver(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, str(DRIVER), *args, "--project", PROJECT],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def name(self, service: str, index: int = 1) -> str:
+        return f"{PROJECT}_{service}_{index}"
+
+    def exec(self, container: str, *cmd: str) -> str:
+        return str(self.podman.run("exec", container, *cmd, timeout=120).stdout)
+
+    def inspect(self, container: str) -> dict[str, Any]:
+        found: dict[str, Any] = json.loads(self.podman.run("inspect", container).stdout)[0]
+        return found
+
+    def metrics(self, container: str, port: int) -> str:
+        script = f"import urllib.request as u;print(u.urlopen('http://127.0.0.1:{port}/metrics').read().decode())"
+        return self.exec(container, "python", "-c", script)
+
+    def address(self, container: str) -> str:
+        networks = self.inspect(container)["NetworkSettings"]["Networks"]
+        return str(next(iter(networks.values()))["IPAddress"])
+
+
+def metric_sum(text: str, name: str) -> float:
+    return sum(float(m) for m in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+
+
+def started(stamp: str) -> datetime:
+    # podman prints nanoseconds and a zone name; seconds and microseconds are enough here.
+    match = re.match(r"(\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d)(?:\.(\d+))?", stamp)
+    assert match, stamp
+    micro = (match.group(2) or "0")[:6].ljust(6, "0")
+    return datetime.fromisoformat(match.group(1).replace(" ", "T") + "." + micro)
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    for tool in ("podman", "runc", "mmdebstrap", "mosquitto_sub"):
+        assert shutil.which(tool), (
+            f"{tool} missing: `make test` installs it (scripts/setup.sh --test)"
+        )
+    assert (Path(sys.executable).parent / "podman-compose").exists(), "pip install -e '.[dev]'"
+    env = {
+        **os.environ,
+        "API_HOST_PORT": str(free_port()),
+        "MQTT_TLS_HOST_PORT": str(free_port()),
+        "SAFECITY_PODMAN_DIR": os.environ.get("SAFECITY_PODMAN_DIR", str(stack_mod.DEFAULT_STATE)),
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    secrets = subprocess.run(
+        ["sh", str(ROOT / "scripts" / "compose-secrets.sh")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert secrets.returncode == 0, secrets.stderr
+    running = Stack(env)
+    built = running.driver("build", timeout=BUILD_TIMEOUT)
+    assert built.returncode == 0, built.stderr
+    try:
+        for _ in range(3):
+            up = running.driver("up", "--scale", f"ingest={INGEST_REPLICAS}")
+            if up.returncode == 0 or "address already in use" not in up.stderr:
+                break
+            # Another process took a free port before podman bound it: new ports, again.
+            running.driver("down")
+            env["API_HOST_PORT"], env["MQTT_TLS_HOST_PORT"] = str(free_port()), str(free_port())
+            running = Stack(env)
+        assert up.returncode == 0, up.stderr
+        yield running
+    finally:
+        running.driver("down")
+
+
+def test_every_service_healthy_with_no_restarts(stack: Stack) -> None:
+    report = stack_mod.check(stack.podman)
+    by_service: dict[str, list[dict[str, Any]]] = {}
+    for entry in report:
+        by_service.setdefault(entry["service"], []).append(entry)
+    assert set(by_service) == {
+        "provision",
+        "influx-init",
+        "mosquitto",
+        "influxdb",
+        "ingest",
+        "alerts",
+        "api",
+        "simulator",
+    }
+    assert len(by_service["ingest"]) == INGEST_REPLICAS
+    for entry in report:
+        assert entry["restarts"] == 0, entry
+        wanted = "completed" if entry["service"] in ("provision", "influx-init") else "healthy"
+        assert entry["status"] == wanted, entry
+
+
+def test_provisioning_ran_before_the_broker(stack: Stack) -> None:
+    provision = stack.inspect(stack.name("provision"))["State"]
+    broker = stack.inspect(stack.name("mosquitto"))
+    assert provision["ExitCode"] == 0
+    assert started(provision["FinishedAt"]) <= started(broker["State"]["StartedAt"])
+    assert broker["RestartCount"] == 0
+    # The broker runs the provisioned config (no anonymous access), never its default.
+    conf = stack.exec(stack.name("mosquitto"), "cat", "/mosquitto/config/mosquitto.conf")
+    assert re.search(r"^allow_anonymous false$", conf, re.M)
+    assert "plugin_opt_config_file /mosquitto/config/dynamic-security.json" in conf
+    plugin = stack.exec(
+        stack.name("mosquitto"), "readlink", "-e", "/usr/lib/mosquitto_dynamic_security.so"
+    )
+    assert plugin.strip(), "the broker's security plugin is missing"
+
+
+def test_tls_port_refuses_anonymous_and_accepts_a_device(stack: Stack, tmp_path: Path) -> None:
+    ca = tmp_path / "ca.crt"
+    ca.write_text(stack.exec(stack.name("mosquitto"), "cat", "/mosquitto/certs/ca.crt"))
+    secrets = json.loads(stack.exec(stack.name("api"), "cat", "/run/safecity/secrets/secrets.json"))
+    device = next(name for name in sorted(secrets) if not name.startswith("_"))
+    base = [
+        "mosquitto_sub",
+        "-h",
+        "localhost",
+        "-p",
+        str(stack.mqtt_port),
+        "--cafile",
+        str(ca),
+        "-t",
+        "hc",
+        "-C",
+        "1",
+        "-W",
+        "3",
+    ]
+    anonymous = subprocess.run(
+        [*base, "-i", "anon-test"], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert anonymous.returncode != 0
+    assert "not authori" in (anonymous.stdout + anonymous.stderr).lower()
+    # A device's own account connects; devices may subscribe to nothing, so the broker
+    # then denies the subscription (a refused login would end at CONNACK instead).
+    accepted = subprocess.run(
+        [*base, "-i", device, "-u", device, "-P", secrets[device]],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    out = (accepted.stdout + accepted.stderr).lower()
+    assert "not authori" not in out and "connection error" not in out, out
+    assert "subscription requests were denied" in out, out
+
+
+def test_readings_reach_influxdb_and_the_api_overview(stack: Stack) -> None:
+    password = (ROOT / "var" / "compose" / "secrets" / "influx_password").read_text()
+    query = [
+        "curl",
+        "-sfG",
+        "http://127.0.0.1:8086/query",
+        "-u",
+        f"safecity:{password}",
+        "--data-urlencode",
+        "db=safecity",
+        "--data-urlencode",
+        "q=SELECT count(*) FROM air_quality",
+    ]
+    deadline = time.monotonic() + 120
+    while True:
+        result = json.loads(stack.exec(stack.name("influxdb"), *query))
+        series = result["results"][0].get("series")
+        if series and max(v for v in series[0]["values"][0][1:] if v is not None) > 0:
+            break
+        assert time.monotonic() < deadline, f"no air_quality points in InfluxDB: {result}"
+        time.sleep(2)
+    created = stack.exec(
+        stack.name("api"),
+        "safecity",
+        "apikey",
+        "create",
+        "--name",
+        "compose-test",
+        "--scopes",
+        "read",
+    )
+    key = re.search(r"SAFECITY_API_KEY=(\S+)", created)
+    assert key, created
+    headers = {"X-API-Key": key.group(1)}
+    base = f"http://127.0.0.1:{stack.api_port}/v1/cities"
+    city = httpx.get(base, headers=headers, timeout=30).json()["items"][0]["id"]
+    overview = httpx.get(f"{base}/{city}/overview", headers=headers, timeout=30)
+    assert overview.status_code == 200, overview.text
+    aqi = overview.json()["air_quality"]["aqi"]
+    assert aqi["devices"] > 0 and aqi["value"] is not None, aqi
+    assert overview.json()["devices"]["online"] > 0
+
+
+def test_ingest_replicas_split_the_load_with_stable_ids(stack: Stack) -> None:
+    ids = {}
+    for index in range(1, INGEST_REPLICAS + 1):
+        name = stack.name("ingest", index)
+        logs = stack.podman.run("logs", name).stdout + stack.podman.run("logs", name).stderr
+        match = re.search(r'"msg": "ingest started".*?"worker": "([^"]+)"', logs)
+        assert match, f"{name} did not log its start"
+        ids[name] = match.group(1)
+        assert metric_sum(stack.metrics(name, 9101), "safecity_ingest_received_total") > 0, (
+            f"{name} received nothing"
+        )
+    assert sorted(ids.values()) == [f"{PROJECT}-ingest-{i}" for i in range(1, INGEST_REPLICAS + 1)]
+    # A restarted replica comes back as itself (same MQTT session, same spool).
+    second = stack.name("ingest", 2)
+    stack.podman.run("restart", "-t", "10", second, timeout=120)
+    stack_mod.wait_healthy(stack.podman, "ingest", {"interval": "2s", "retries": 30}, 120)
+    deadline = time.monotonic() + 60
+    while (
+        len(
+            re.findall(
+                r'"msg": "ingest started"',
+                stack.podman.run("logs", second).stdout + stack.podman.run("logs", second).stderr,
+            )
+        )
+        < 2
+    ):
+        assert time.monotonic() < deadline, f"{second} did not start again"
+        time.sleep(1)
+    logs = stack.podman.run("logs", second).stdout + stack.podman.run("logs", second).stderr
+    workers = re.findall(r'"msg": "ingest started".*?"worker": "([^"]+)"', logs)
+    assert workers == [ids[second]] * 2
+
+
+def test_nothing_is_lost_across_the_replicas(stack: Stack, tmp_path: Path) -> None:
+    # The continuous simulator stops; a bounded one writes a ledger, `safecity verify` checks it.
+    stack.podman.run("stop", "-t", "15", stack.name("simulator"), timeout=120)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    run = stack.podman.compose(
+        "run",
+        "--rm",
+        "--no-deps",
+        "-v",
+        f"{shared}:/ledger",
+        "simulator",
+        "safecity",
+        "simulate",
+        "--duration",
+        "15",
+        "--ledger",
+        "/ledger/ledger.jsonl",
+        timeout=300,
+    )
+    assert (shared / "ledger.jsonl").stat().st_size > 0, run.stderr
+    deadletters = tmp_path / "deadletters"
+    stack.podman.run("cp", f"{stack.name('ingest')}:/var/lib/safecity/deadletter", str(deadletters))
+    env = {
+        **os.environ,
+        "SAFECITY_INFLUX__URL": f"http://{stack.address(stack.name('influxdb'))}:8086",
+        "SAFECITY_INFLUX__DATABASE": "safecity",
+        "SAFECITY_INFLUX__USERNAME": "safecity",
+        "SAFECITY_INFLUX__PASSWORD_FILE": str(
+            ROOT / "var" / "compose" / "secrets" / "influx_password"
+        ),
+    }
+    deadline = time.monotonic() + 90
+    while True:  # the replicas may still be writing the last batches
+        verify = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "control",
+                "verify",
+                "--ledger",
+                str(shared / "ledger.jsonl"),
+                "--deadletters",
+                str(deadletters),
+                "--json",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if verify.returncode == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(3)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_check_names_an_unhealthy_service(stack: Stack) -> None:
+    api = stack.name("api")
+    stack.podman.run("kill", "--signal", "STOP", api)  # frozen: its health check times out
+    try:
+        result = stack.driver("check")
+    finally:
+        stack.podman.run("kill", "--signal", "CONT", api)
+    assert result.returncode == 1
+    assert f"service api: {api} is unhealthy" in result.stderr, result.stderr
+
+
+def test_check_names_a_restarted_service(stack: Stack) -> None:
+    alerts = stack.name("alerts")
+    stack.podman.run("exec", alerts, "sh", "-c", "kill 1", check=False)
+    deadline = time.monotonic() + 60
+    while stack.inspect(alerts)["RestartCount"] == 0:
+        assert time.monotonic() < deadline, "podman did not restart alerts"
+        time.sleep(1)
+    result = stack.driver("check")
+    assert result.returncode == 1
+    assert "service alerts:" in result.stderr and "restarted" in result.stderr, result.stderr
+
+
+def test_down_leaves_nothing_behind(stack: Stack) -> None:
+    down = stack.driver("down")
+    assert down.returncode == 0, down.stderr
+    assert stack_mod.leftovers(stack.podman) == {"containers": [], "volumes": [], "networks": []}
