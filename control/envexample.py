@@ -79,6 +79,10 @@ COMPOSE = """\
 # writes them as files into var/compose/secrets, and compose mounts each one read-only
 # at /run/secrets/<name> in the services that use it (compose `secrets:`).
 COMPOSE_PROJECT_NAME=safecity
+# Host ports compose publishes: MQTT over TLS for devices, the API + console, Grafana.
+MQTT_TLS_HOST_PORT=8883
+API_HOST_PORT=8000
+GRAFANA_HOST_PORT=3000
 """
 
 DESCRIPTIONS = {
