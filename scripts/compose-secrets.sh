@@ -1,11 +1,12 @@
 #!/usr/bin/env sh
 # The passwords docker compose hands its containers as files (compose `secrets:`):
-# random values made once in var/compose/secrets (kept: re-running changes nothing).
+# random values made once in var/compose/secrets, or $COMPOSE_SECRETS_DIR (kept:
+# re-running changes nothing).
 # The directory is private to you; the files themselves must be readable by the
 # containers' users, which compose bind-mounts them for (not uid-mapped outside swarm).
 set -eu
 cd "$(dirname "$0")/.."
-dir=var/compose/secrets
+dir="${COMPOSE_SECRETS_DIR:-var/compose/secrets}"
 mkdir -p "$dir"
 chmod 700 "$dir"
 for name in influx_admin_password influx_password grafana_admin_password; do

@@ -89,7 +89,7 @@ def test_passwords_reach_containers_only_as_secret_files(resolved: dict[str, Any
     assert set(declared) == set(SECRET_FILES)
     script = (ROOT / "scripts" / "compose-secrets.sh").read_text()
     for name, spec in declared.items():
-        assert spec["file"] == f"./var/compose/secrets/{name}"
+        assert spec["file"] == f"${{COMPOSE_SECRETS_DIR:-./var/compose/secrets}}/{name}"
         assert name in script, f"scripts/compose-secrets.sh does not make {name}"
     for name, service in resolved["services"].items():
         granted = {s if isinstance(s, str) else s["source"] for s in service.get("secrets", [])}
@@ -200,6 +200,7 @@ class Mapper:
         self.tmp = tmp
         self.hosts = {"mosquitto": ("127.0.0.1", mqtt_port), "influxdb": ("127.0.0.1", influx_port)}
         self.ports: dict[int, int] = {}
+        self.tls_port = free_port()
 
     def volume_dirs(self, service: dict[str, Any], name: str) -> None:
         """Named volumes of a service become temp dirs (shared by name, like Docker's)."""
@@ -227,10 +228,14 @@ class Mapper:
 
     def env(self, environment: dict[str, Any]) -> dict[str, str]:
         out = {k: v for k, v in os.environ.items() if not k.startswith("SAFECITY_")}
+        tls = str(environment.get("SAFECITY_MQTT__PORT")) == "8883"
         for key, value in environment.items():
             value = self(str(value))
             if key == "SAFECITY_MQTT__HOST" and value == "mosquitto":
-                value = "127.0.0.1"
+                # Over TLS a name the broker's certificate carries; plain: the address.
+                value = "localhost" if tls else "127.0.0.1"
+            elif key == "SAFECITY_MQTT__PORT" and value == "8883":
+                value = str(self.tls_port)
             elif key == "SAFECITY_MQTT__PORT" and value == "1883":
                 value = str(self.hosts["mosquitto"][1])
             elif re.fullmatch(r"SAFECITY_(\w*_)?PORT", key) and key != "SAFECITY_MQTT__PORT":
@@ -291,7 +296,7 @@ def test_the_compose_stack_runs_here_and_becomes_healthy(
     # 1. provisioning, exactly as compose runs it; then the broker on what it rendered.
     run_one_shot("provision", services["provision"], mapper, tmp_path)
     conf = Path(mapper("/mosquitto/config/mosquitto.conf"))
-    tls_port = free_port()
+    tls_port = mapper.tls_port
     local_conf = tmp_path / "mosquitto-local.conf"
     text = mapper(conf.read_text())
     text = re.sub(r"^listener 1883$", f"listener {mqtt_port} 127.0.0.1", text, flags=re.M)

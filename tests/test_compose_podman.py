@@ -100,7 +100,13 @@ def started(stamp: str) -> datetime:
 
 
 @pytest.fixture(scope="module")
-def stack() -> Iterator[Stack]:
+def secrets_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where this run's compose secrets live: a temp dir, never the checkout."""
+    return tmp_path_factory.mktemp("compose-secrets")
+
+
+@pytest.fixture(scope="module")
+def stack(secrets_dir: Path) -> Iterator[Stack]:
     for tool in ("podman", "runc", "mmdebstrap", "mosquitto_sub"):
         assert shutil.which(tool), (
             f"{tool} missing: `make test` installs it (scripts/setup.sh --test)"
@@ -112,10 +118,12 @@ def stack() -> Iterator[Stack]:
         "MQTT_TLS_HOST_PORT": str(free_port()),
         "SAFECITY_PODMAN_DIR": os.environ.get("SAFECITY_PODMAN_DIR", str(stack_mod.DEFAULT_STATE)),
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "COMPOSE_SECRETS_DIR": str(secrets_dir),
     }
     secrets = subprocess.run(
         ["sh", str(ROOT / "scripts" / "compose-secrets.sh")],
         cwd=ROOT,
+        env=env,
         capture_output=True,
         text=True,
         check=False,
@@ -216,8 +224,8 @@ def test_tls_port_refuses_anonymous_and_accepts_a_device(stack: Stack, tmp_path:
     assert "subscription requests were denied" in out, out
 
 
-def test_readings_reach_influxdb_and_the_api_overview(stack: Stack) -> None:
-    password = (ROOT / "var" / "compose" / "secrets" / "influx_password").read_text()
+def test_readings_reach_influxdb_and_the_api_overview(stack: Stack, secrets_dir: Path) -> None:
+    password = (secrets_dir / "influx_password").read_text()
     query = [
         "curl",
         "-sfG",
@@ -292,7 +300,9 @@ def test_ingest_replicas_split_the_load_with_stable_ids(stack: Stack) -> None:
     assert workers == [ids[second]] * 2
 
 
-def test_nothing_is_lost_across_the_replicas(stack: Stack, tmp_path: Path) -> None:
+def test_nothing_is_lost_across_the_replicas(
+    stack: Stack, tmp_path: Path, secrets_dir: Path
+) -> None:
     # The continuous simulator stops; a bounded one writes a ledger, `safecity verify` checks it.
     stack.podman.run("stop", "-t", "15", stack.name("simulator"), timeout=120)
     shared = tmp_path / "shared"
@@ -321,9 +331,7 @@ def test_nothing_is_lost_across_the_replicas(stack: Stack, tmp_path: Path) -> No
         "SAFECITY_INFLUX__URL": f"http://{stack.address(stack.name('influxdb'))}:8086",
         "SAFECITY_INFLUX__DATABASE": "safecity",
         "SAFECITY_INFLUX__USERNAME": "safecity",
-        "SAFECITY_INFLUX__PASSWORD_FILE": str(
-            ROOT / "var" / "compose" / "secrets" / "influx_password"
-        ),
+        "SAFECITY_INFLUX__PASSWORD_FILE": str(secrets_dir / "influx_password"),
     }
     deadline = time.monotonic() + 90
     while True:  # the replicas may still be writing the last batches
