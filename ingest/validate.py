@@ -13,9 +13,10 @@ from typing import cast
 
 from safecity import schema, topics
 from safecity.errors import TopicError
-from safecity.lineprotocol import LineProtocolError, Point, encode
+from safecity.fastcontract import decode_telemetry
+from safecity.lineprotocol import FieldValue, LineProtocolError, Point, encode
 from safecity.readings import Event, Reading, Rejection, RejectReason, Status, parse
-from safecity.registry import City
+from safecity.registry import City, Device
 
 _READING, _EVENT, _STATUS = "reading", "event", "status"
 
@@ -157,6 +158,7 @@ class Validator:
         self._future = timedelta(seconds=future_window)
         self.rate_limiter = rate_limiter
         self.duplicates = duplicates
+        self._device_tags: dict[str, dict[str, str]] = {}
 
     def validate(
         self,
@@ -217,6 +219,20 @@ class Validator:
                 ),
                 channel,
             )
+        if channel is topics.Channel.TELEMETRY:
+            # The C-backed path accepts the common valid reading; anything it cannot vouch
+            # for (and every rejection) is decided by `parse` below.
+            fast = decode_telemetry(device.kind, payload, now, self._past, self._future)
+            if fast is not None:
+                seq, ts_ms, values = fast
+                fields: dict[str, FieldValue] = {"seq": seq, **values}
+                return self._numbered(
+                    device,
+                    payload,
+                    seq,
+                    Point(schema.measurement_of(device.kind), self._tags(device), fields, ts_ms),
+                    channel,
+                )
         message = parse(
             device.kind,
             payload,
@@ -231,34 +247,49 @@ class Validator:
         shape = _shape(type(message))
         if shape is _STATUS:
             point = schema.status_point(self.city.id, device, cast(Status, message))
+            return self._encoded(point, channel)
+        numbered = cast(Reading | Event, message)
+        if shape is _READING:
+            point = schema.reading_point(self.city.id, device, cast(Reading, message))
         else:
-            numbered = cast(Reading | Event, message)
-            if self.duplicates is not None and self.duplicates.conflicts(
-                device.id, numbered.seq, payload
-            ):
-                return Rejected(
-                    Rejection(
-                        RejectReason.CONFLICTING_DUPLICATE,
-                        f"device {device.id} sent seq {numbered.seq} before with other content",
-                    ),
-                    channel,
-                )
-            if shape is _READING:
-                point = schema.reading_point(self.city.id, device, cast(Reading, message))
-            else:
-                point = schema.event_point(self.city.id, device, cast(Event, message))
-            if (
-                self.duplicates is not None
-                and (other := self.duplicates.time_taken_by(point, numbered.seq)) is not None
-            ):
-                return Rejected(
-                    Rejection(
-                        RejectReason.CONFLICTING_DUPLICATE,
-                        f"device {device.id} sent seq {other} and seq {numbered.seq} with the "
-                        f"same ts ({point.time_ms} ms): storing both would overwrite one",
-                    ),
-                    channel,
-                )
+            point = schema.event_point(self.city.id, device, cast(Event, message))
+        return self._numbered(device, payload, numbered.seq, point, channel)
+
+    def _tags(self, device: Device) -> dict[str, str]:
+        """The tags of a device's readings, built once per device (never mutated)."""
+        tags = self._device_tags.get(device.id)
+        if tags is None:
+            tags = self._device_tags[device.id] = dict(schema.reading_tags(self.city.id, device))
+        return tags
+
+    def _numbered(
+        self, device: Device, payload: bytes, seq: int, point: Point, channel: topics.Channel
+    ) -> Accepted | Rejected:
+        """The duplicate checks of a reading or event, then its line."""
+        if self.duplicates is not None and self.duplicates.conflicts(device.id, seq, payload):
+            return Rejected(
+                Rejection(
+                    RejectReason.CONFLICTING_DUPLICATE,
+                    f"device {device.id} sent seq {seq} before with other content",
+                ),
+                channel,
+            )
+        if (
+            self.duplicates is not None
+            and (other := self.duplicates.time_taken_by(point, seq)) is not None
+        ):
+            return Rejected(
+                Rejection(
+                    RejectReason.CONFLICTING_DUPLICATE,
+                    f"device {device.id} sent seq {other} and seq {seq} with the "
+                    f"same ts ({point.time_ms} ms): storing both would overwrite one",
+                ),
+                channel,
+            )
+        return self._encoded(point, channel)
+
+    @staticmethod
+    def _encoded(point: Point, channel: topics.Channel) -> Accepted | Rejected:
         try:
             line = encode(point)
         except (
