@@ -14,7 +14,7 @@ from typing import cast
 from safecity import schema, topics
 from safecity.errors import TopicError
 from safecity.fastcontract import decode_telemetry
-from safecity.lineprotocol import FieldValue, LineProtocolError, Point, encode
+from safecity.lineprotocol import LineProtocolError, Point, encode, series_key
 from safecity.readings import Event, Reading, Rejection, RejectReason, Status, parse
 from safecity.registry import City, Device
 
@@ -104,12 +104,16 @@ class DuplicateDetector:
         self._seen: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self._times: OrderedDict[int, int] = OrderedDict()
 
-    def time_taken_by(self, point: Point, seq: int) -> int | None:
+    def time_taken_by(
+        self, point: Point, seq: int, tags_key: tuple[tuple[str, str], ...] | None = None
+    ) -> int | None:
         """The other seq already stored at this point's series and time, else None (and
-        the time is claimed for `seq`)."""
+        the time is claimed for `seq`); `tags_key` is the point's sorted tags if known."""
         # A 64-bit hash, not the tuple itself: a fraction of the memory per entry; a
         # collision (about 1 in 10^9 at 200,000 entries) dead-letters, never overwrites.
-        key = hash((point.measurement, tuple(sorted(point.tags.items())), point.time_ms))
+        if tags_key is None:
+            tags_key = tuple(sorted(point.tags.items()))
+        key = hash((point.measurement, tags_key, point.time_ms))
         seen = self._times.get(key)
         if seen is not None:
             self._times.move_to_end(key)
@@ -158,7 +162,7 @@ class Validator:
         self._future = timedelta(seconds=future_window)
         self.rate_limiter = rate_limiter
         self.duplicates = duplicates
-        self._device_tags: dict[str, dict[str, str]] = {}
+        self._device_series: dict[str, tuple[str, dict[str, str], tuple[tuple[str, str], ...]]] = {}
 
     def validate(
         self,
@@ -224,14 +228,11 @@ class Validator:
             # for (and every rejection) is decided by `parse` below.
             fast = decode_telemetry(device.kind, payload, now, self._past, self._future)
             if fast is not None:
-                seq, ts_ms, values = fast
-                fields: dict[str, FieldValue] = {"seq": seq, **values}
+                seq, ts_ms, fields, field_set = fast
+                series, tags, tags_key = self._series(device)
+                point = Point(schema.measurement_of(device.kind), tags, fields, ts_ms)
                 return self._numbered(
-                    device,
-                    payload,
-                    seq,
-                    Point(schema.measurement_of(device.kind), self._tags(device), fields, ts_ms),
-                    channel,
+                    device, payload, seq, point, channel, tags_key, f"{series} {field_set} {ts_ms}"
                 )
         message = parse(
             device.kind,
@@ -255,17 +256,28 @@ class Validator:
             point = schema.event_point(self.city.id, device, cast(Event, message))
         return self._numbered(device, payload, numbered.seq, point, channel)
 
-    def _tags(self, device: Device) -> dict[str, str]:
-        """The tags of a device's readings, built once per device (never mutated)."""
-        tags = self._device_tags.get(device.id)
-        if tags is None:
-            tags = self._device_tags[device.id] = dict(schema.reading_tags(self.city.id, device))
-        return tags
+    def _series(self, device: Device) -> tuple[str, dict[str, str], tuple[tuple[str, str], ...]]:
+        """A device's reading series key, tags and sorted tags, built once per device (the
+        tags dict is shared by its points and never mutated)."""
+        cached = self._device_series.get(device.id)
+        if cached is None:
+            tags = schema.reading_tags(self.city.id, device)
+            series = series_key(schema.measurement_of(device.kind), tags)
+            cached = self._device_series[device.id] = (series, tags, tuple(sorted(tags.items())))
+        return cached
 
     def _numbered(
-        self, device: Device, payload: bytes, seq: int, point: Point, channel: topics.Channel
+        self,
+        device: Device,
+        payload: bytes,
+        seq: int,
+        point: Point,
+        channel: topics.Channel,
+        tags_key: tuple[tuple[str, str], ...] | None = None,
+        line: str | None = None,
     ) -> Accepted | Rejected:
-        """The duplicate checks of a reading or event, then its line."""
+        """The duplicate checks of a reading or event, then its line (`line` when the fast
+        path built it already)."""
         if self.duplicates is not None and self.duplicates.conflicts(device.id, seq, payload):
             return Rejected(
                 Rejection(
@@ -276,7 +288,7 @@ class Validator:
             )
         if (
             self.duplicates is not None
-            and (other := self.duplicates.time_taken_by(point, seq)) is not None
+            and (other := self.duplicates.time_taken_by(point, seq, tags_key)) is not None
         ):
             return Rejected(
                 Rejection(
@@ -286,6 +298,8 @@ class Validator:
                 ),
                 channel,
             )
+        if line is not None:
+            return Accepted(point, line, channel)
         return self._encoded(point, channel)
 
     @staticmethod

@@ -22,6 +22,7 @@ import msgspec
 
 from safecity import catalogue
 from safecity.catalogue import Quantity
+from safecity.lineprotocol import field_key
 from safecity.readings import MAX_PAYLOAD_BYTES, MAX_SEQ, _to_utc, epoch_ms
 
 FieldValue = float | int | bool | str
@@ -40,12 +41,23 @@ def _annotation(q: Quantity) -> Any:
 
 
 @cache
-def _decoder(kind: str) -> tuple[msgspec.json.Decoder[Any], tuple[str, ...]] | None:
-    """A strict decoder of `kind`'s readings and its quantity names; None for a kind this
-    path does not cover (free-text fields: their patterns are pydantic's alone)."""
+def _decoder(
+    kind: str,
+) -> tuple[msgspec.json.Decoder[Any], tuple[str, ...], tuple[tuple[str, str, str], ...]] | None:
+    """A strict decoder of `kind`'s readings, its quantity names and its field set's
+    (name, `key=`, type) in line order; None for a kind this path does not cover
+    (free text: its pattern is pydantic's alone)."""
     quantities = catalogue.telemetry_quantities(kind)
     if any(q.type == "enum" and not q.choices for q in quantities):
         return None
+    if any(set('"\\\n\r\x00') & set("".join(q.choices)) for q in quantities):
+        return None  # a choice that would need escaping in a line
+    order = tuple(
+        sorted(
+            [("seq", field_key("seq"), "int")]
+            + [(q.name, field_key(q.name), q.type) for q in quantities]
+        )
+    )
     fields: list[tuple[str, Any, Any]] = []
     for q in quantities:
         annotation = _annotation(q)
@@ -67,14 +79,34 @@ def _decoder(kind: str) -> tuple[msgspec.json.Decoder[Any], tuple[str, ...]] | N
         forbid_unknown_fields=True,
         frozen=True,
     )
-    return msgspec.json.Decoder(envelope, strict=True), tuple(q.name for q in quantities)
+    return msgspec.json.Decoder(envelope, strict=True), tuple(q.name for q in quantities), order
+
+
+def _field_set(order: tuple[tuple[str, str, str], ...], fields: dict[str, FieldValue]) -> str:
+    """The line's field set, exactly as `lineprotocol.encode` writes these typed values (the
+    decoder's bounds keep floats finite and ints within int64)."""
+    parts = []
+    for name, key, kind in order:
+        value = fields.get(name)
+        if value is None:
+            continue
+        if kind == "float":
+            parts.append(key + repr(value))
+        elif kind == "int":
+            parts.append(f"{key}{value}i")
+        elif kind == "bool":
+            parts.append(key + ("true" if value else "false"))
+        else:
+            parts.append(f'{key}"{value}"')
+    return ",".join(parts)
 
 
 def decode_telemetry(
     kind: str, payload: bytes, now: datetime | None, past: timedelta, future: timedelta
-) -> tuple[int, int, dict[str, FieldValue]] | None:
-    """(seq, ts in epoch ms, reported values) of a reading `readings.parse` accepts, or None
-    when this path cannot decide (the caller then asks `readings.parse`)."""
+) -> tuple[int, int, dict[str, FieldValue], str] | None:
+    """(seq, ts in epoch ms, fields with seq, their line-protocol field set) of a reading
+    `readings.parse` accepts, or None when this path cannot decide (the caller then asks
+    `readings.parse`)."""
     if len(payload) > MAX_PAYLOAD_BYTES or b"\\" in payload:
         # An escape could spell a key twice without the key count below seeing it.
         return None
@@ -84,7 +116,7 @@ def decode_telemetry(
     spec = _decoder(kind)
     if spec is None:
         return None
-    decoder, names = spec
+    decoder, names, order = spec
     try:
         message = decoder.decode(payload)
     except (msgspec.DecodeError, msgspec.ValidationError):
@@ -102,4 +134,5 @@ def decode_telemetry(
     current = now or datetime.now(UTC)
     if ts < current - past or ts > current + future:
         return None
-    return message.seq, epoch_ms(ts), fields
+    fields["seq"] = message.seq
+    return message.seq, epoch_ms(ts), fields, _field_set(order, fields)

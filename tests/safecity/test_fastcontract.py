@@ -16,6 +16,7 @@ from safecity.fastcontract import decode_telemetry
 from safecity.lineprotocol import Point, encode
 from safecity.readings import Reading, Rejection, format_ts, parse
 from safecity.registry import default_city
+from safecity.schema import measurement_of
 from safecity.topics import Channel
 from simulators.generators import generate
 
@@ -32,23 +33,28 @@ def _slow(kind: str, payload: bytes) -> Reading | Rejection:
     return out  # type: ignore[return-value]
 
 
-def _line(seq: int, ts_ms: int, fields: dict[str, Any]) -> str:
-    return encode(Point("m", {"t": "x"}, {"seq": seq, **fields}, ts_ms))
-
-
 def _same_decision(kind: str, payload: bytes) -> bool:
-    """Assert the fast path never accepts what `parse` refuses, nor with other values; True
-    when it accepted."""
+    """Assert the fast path never accepts what `parse` refuses, nor with other values or
+    another line; True when it accepted."""
     fast = decode_telemetry(kind, payload, NOW, PAST, FUTURE)
     slow = _slow(kind, payload)
     if fast is None:
         return False
     assert isinstance(slow, Reading), (payload, slow)
-    seq, ts_ms, fields = fast
-    assert (seq, ts_ms, fields) == (slow.seq, slow.ts_ms, slow.fields())
+    seq, ts_ms, fields, field_set = fast
+    assert (seq, ts_ms, fields) == (slow.seq, slow.ts_ms, {"seq": slow.seq, **slow.fields()})
     # Same values *and* types: 25 and 25.0 are different line-protocol fields.
-    assert _line(seq, ts_ms, fields) == _line(slow.seq, slow.ts_ms, slow.fields())
+    line = encode(Point(measurement_of(kind), {"device_id": "d"}, fields, ts_ms))
+    reference = schema_line(kind, slow)
+    assert line == reference
+    assert reference.split(" ")[1] == field_set
     return True
+
+
+def schema_line(kind: str, reading: Reading) -> str:
+    """The line the pydantic path writes for a reading (the ingest's slow path)."""
+    fields = {"seq": reading.seq, **reading.fields()}
+    return encode(Point(measurement_of(kind), {"device_id": "d"}, fields, reading.ts_ms))
 
 
 def _good(q: Quantity) -> st.SearchStrategy[Any]:
