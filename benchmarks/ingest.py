@@ -951,6 +951,28 @@ def _median(values: Sequence[float]) -> float:
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
+def next_worker_limit(runs: dict[int, list[dict[str, float]]], ceiling: float) -> str:
+    """Which resource the 2-worker runs ran out of: the broker, the cores, or neither."""
+    two = runs.get(2) or []
+    if not two:
+        return "not measured"
+    rate = _median([float(r["rate"]) for r in two])
+    cores = {
+        k: _median([float(r[k]) for r in two]) for k in ("ingest_cpu", "broker_cpu", "influx_cpu")
+    }
+    busy = sum(cores.values())
+    used = (
+        f"2 workers {cores['ingest_cpu']:.2f} + broker {cores['broker_cpu']:.2f} + influxd "
+        f"{cores['influx_cpu']:.2f} = {busy:.2f} of {os.cpu_count()} cores, "
+        f"{rate / ceiling:.0%} of the broker's queued-drain ceiling"
+    )
+    if rate >= 0.8 * ceiling:
+        return f"the broker ({used})"
+    if busy >= 0.85 * (os.cpu_count() or 1):
+        return f"the cores: a third worker only takes CPU from the other two ({used})"
+    return f"neither cores nor broker saturated: the workers wait (other load, I/O) ({used})"
+
+
 def print_table(
     raws: list[float],
     ceilings: list[float],
@@ -1000,6 +1022,7 @@ def print_table(
             f"{_median([float(r['influx_cpu']) for r in rs]):.2f} |"
         )
     print(f"| lost / dup (checker), every run | {lost} / {dup} |")
+    print(f"| what limits the next worker | {next_worker_limit(runs, ceiling)} |")
     print(
         f"| naive ingest, one write per message | {naive:,.0f} readings/s "
         f"(1 worker = {rate[1] / naive:.0f}x) |"

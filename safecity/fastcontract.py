@@ -72,12 +72,14 @@ def _decoder(
         [(n, a) if d is msgspec.NODEFAULT else (n, a, d) for n, a, d in fields],
         forbid_unknown_fields=True,
         frozen=True,
+        gc=False,  # scalars only: no cycles, and nothing for the collector to walk
     )
     envelope = msgspec.defstruct(
         f"{kind}_reading",
         [("ts", str | int), ("seq", _SEQ), ("values", values)],
         forbid_unknown_fields=True,
         frozen=True,
+        gc=False,  # scalars only: no cycles, and nothing for the collector to walk
     )
     return msgspec.json.Decoder(envelope, strict=True), tuple(q.name for q in quantities), order
 
