@@ -16,7 +16,9 @@ from typing import Any
 
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.routing import APIRoute
 
+from api import docs as offline_docs
 from api import errors
 from api.apikeys import KeyStore
 from api.audit import AuditLog, AuditMiddleware
@@ -27,7 +29,19 @@ from api.limits import BodyLimitMiddleware
 from api.live import Hub
 from api.metrics import MetricsMiddleware
 from api.overview import SnapshotCache
-from api.routes import cities, console, devices, events, health, incidents, keys, metrics, stream
+from api.routes import (
+    cities,
+    console,
+    devices,
+    events,
+    export,
+    grafana,
+    health,
+    incidents,
+    keys,
+    metrics,
+    stream,
+)
 from api.security import HEADER, RateLimiter, require
 from api.settings import ApiSettings
 from safecity import __version__
@@ -41,13 +55,67 @@ log = logging.getLogger("safecity.api")
 DESCRIPTION = """City-level telemetry of the safecity platform.
 
 Every endpoint except `/healthz` and `/readyz` needs an API key in the `X-API-Key`
-header (`safecity apikey create --name me --scopes read`; `make run` prints a local
-one). Scopes: `read` < `operate` < `admin`. Errors always have the shape
+header (`safecity apikey create --name me --scopes read`, where `make run` runs or
+with its SAFECITY_HOME; `make run` prints a local one). Scopes: `read` < `operate` <
+`admin`. Errors always have the shape
 `{"detail": "<reason>"}`: 401 missing/unknown key, 403 missing scope, 404 unknown
 city/district/device/incident, 409 a lifecycle step the incident's state refuses, 422
 invalid or out-of-bounds parameter, 429 rate limited (Retry-After), 502/503 storage
 trouble. Every call of an `operate`/`admin` route is written to the audit log.
 """
+
+
+TAGS: list[dict[str, Any]] = [
+    {"name": "cities", "description": "The city, its districts (GeoJSON), overviews and series."},
+    {
+        "name": "devices",
+        "description": "The registry's devices, their status, latest reading, "
+        "history and delivery accounting; cursor-paged.",
+    },
+    {"name": "events", "description": "Stored safe-city detections, newest first; cursor-paged."},
+    {
+        "name": "incidents",
+        "description": "Incidents the alerts service opened and their "
+        "lifecycle (acknowledge, dispatch, resolve: scope `operate`); cursor-paged.",
+    },
+    {
+        "name": "export",
+        "description": "A series or the events of a window as a CSV or NDJSON "
+        "file (streamed, bounded).",
+    },
+    {
+        "name": "stream",
+        "description": "Live readings, events and alerts as Server-Sent Events, "
+        "resumable with `Last-Event-ID`.",
+    },
+    {"name": "keys", "description": "The calling API key and the audit log."},
+    {"name": "health", "description": "Liveness and readiness probes (no key)."},
+]
+
+
+def operation_id(route: APIRoute) -> str:
+    """The OpenAPI operationId of a route: its handler's name (unique, snake_case, stable)."""
+    return route.name
+
+
+def _bounded_openapi(app: FastAPI, max_page_size: int) -> None:
+    """Publish the server's page-size bound: every `limit` parameter gets its maximum."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            for path in schema["paths"].values():
+                for operation in path.values():
+                    for param in operation.get("parameters", []):
+                        if param["in"] == "query" and param["name"] == "limit":
+                            for branch in param["schema"].get("anyOf", [param["schema"]]):
+                                if branch.get("type") == "integer":
+                                    branch["maximum"] = max_page_size
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def create_app(settings: ApiSettings, city: City | None = None) -> FastAPI:
@@ -71,7 +139,13 @@ def create_app(settings: ApiSettings, city: City | None = None) -> FastAPI:
             log.warning("retention policies not ensured: %s", exc)
         app.state.limiter = RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst)
         app.state.snapshots = SnapshotCache(settings.overview_cache_ttl)
-        app.state.hub = Hub(loaded, settings.mqtt, settings.stream_queue_size)
+        app.state.hub = Hub(
+            loaded,
+            settings.mqtt,
+            settings.stream_queue_size,
+            replay=settings.stream_replay,
+            max_per_key=settings.stream_max_per_key,
+        )
         app.state.deadletters = DeadLetterIndex(store_path(settings.deadletter_dir))
         app.state.ledger = (
             LedgerIndex(settings.ledger_file) if settings.ledger_file is not None else None
@@ -88,24 +162,30 @@ def create_app(settings: ApiSettings, city: City | None = None) -> FastAPI:
                 "audit_log": str(settings.audit_log_file),
             },
         )
+        figures = app.state.figures = metrics.start_incident_figures(app)
         try:
             yield
         finally:
+            await figures.stop()
             await app.state.hub.stop()
             await influx.close()
             log.info("api stopped")
 
     production = settings.env == "production"
-    docs: dict[str, Any] = (
-        {"docs_url": None, "redoc_url": None, "openapi_url": None} if production else {}
-    )
+    # The docs pages are our own (offline assets, `api.docs`), never FastAPI's CDN ones.
+    docs: dict[str, Any] = {"docs_url": None, "redoc_url": None}
+    if production:
+        docs["openapi_url"] = None
     app = FastAPI(
         title="safecity API",
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        openapi_tags=TAGS,
+        generate_unique_id_function=operation_id,
         **docs,
     )
+    _bounded_openapi(app, settings.max_page_size)
     app.state.settings = settings
     app.state.audit = AuditLog(settings.audit_log_file)
     errors.install(app)
@@ -124,6 +204,8 @@ def create_app(settings: ApiSettings, city: City | None = None) -> FastAPI:
     app.add_middleware(SecurityHeadersMiddleware)
     read = [Depends(require("read"))]
     app.include_router(health.router)
+    if not production:
+        app.include_router(offline_docs.router_for(app))
     if production:
         # No interactive docs in production; the OpenAPI document only for a key.
         @app.get("/openapi.json", include_in_schema=False, dependencies=read)
@@ -135,9 +217,12 @@ def create_app(settings: ApiSettings, city: City | None = None) -> FastAPI:
     app.include_router(devices.router, dependencies=read)
     app.include_router(events.router, dependencies=read)
     app.include_router(events.delivery_router)
+    app.include_router(export.router, dependencies=read)
     app.include_router(incidents.router, dependencies=read)
     # Lifecycle steps need `operate` (each handler takes the key: `by` is its id).
     app.include_router(incidents.operate_router)
+    # Grafana's contact point: an `operate` key as a bearer token (see dashboards/).
+    app.include_router(grafana.router)
     app.include_router(keys.router)
     app.include_router(stream.router, dependencies=read)
     # The console's page and assets hold no data: no key (its data calls need one).

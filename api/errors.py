@@ -7,6 +7,7 @@ with the reason; nothing a client sends can produce a 500.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -37,11 +38,31 @@ def describe_validation(errors: Sequence[Any]) -> str:
         if loc and loc[0] in _SOURCES:
             name = ".".join(loc[1:]) or "?"
             parts.append(f"{_SOURCES[loc[0]]} parameter {name!r}: {msg}")
+        elif loc and loc[0] == "body" and error.get("type") == "json_invalid":
+            at = f" at character {loc[1]}" if len(loc) > 1 else ""
+            reason = (error.get("ctx") or {}).get("error", "not valid JSON")
+            parts.append(f"body: not valid JSON{at} ({reason})")
         elif loc and loc[0] == "body":
-            parts.append(f"body field {'.'.join(loc[1:]) or '<root>'!r}: {msg}")
+            name = ".".join(loc[1:])
+            parts.append(f"body field {name!r}: {msg}" if name else f"body: {msg}")
         else:
             parts.append(msg)
     return "; ".join(parts) or "invalid request"
+
+
+def human_duration(seconds: float) -> str:
+    """A duration as a person reads it: `45 s`, `12 min`, `3 h 20 min`, `31 days`."""
+    whole = max(1, math.ceil(seconds))
+    if whole < 120:
+        return f"{whole} s"
+    if whole < 7200:
+        return f"{round(whole / 60)} min"
+    if whole < 2 * 86_400:
+        hours, rest = divmod(whole, 3600)
+        minutes = round(rest / 60)
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    days = whole / 86_400
+    return f"{days:.0f} days" if days == int(days) else f"{days:.1f} days"
 
 
 def _error(status: int, detail: str, headers: Mapping[str, str] | None = None) -> JSONResponse:

@@ -3,14 +3,15 @@
 All responses: `X-Content-Type-Options: nosniff`, `Referrer-Policy: no-referrer`,
 `X-Frame-Options: DENY` and a CSP with `frame-ancestors 'none'`. The console (`/`,
 `/console/*`) gets its full same-origin CSP; the JSON API `default-src 'none'` (a JSON
-body never loads anything); `/docs` and `/redoc` only `frame-ancestors 'none'` (their
-UI loads from a CDN). Data routes (`/v1/*`, `/metrics`) are `Cache-Control: no-store`.
+body never loads anything); `/docs` and `/redoc` a same-origin policy (their assets are
+bundled, see `api.docs`). Data routes (`/v1/*`, `/metrics`) are `Cache-Control: no-store`.
 """
 
 from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.docs import CSP as DOCS_CSP_TEXT
 from api.routes.console import SECURITY_HEADERS, is_console_path
 
 COMMON: tuple[tuple[bytes, bytes], ...] = (
@@ -19,7 +20,7 @@ COMMON: tuple[tuple[bytes, bytes], ...] = (
     (b"referrer-policy", b"no-referrer"),
 )
 API_CSP = b"default-src 'none'; frame-ancestors 'none'"
-DOCS_CSP = b"frame-ancestors 'none'"
+DOCS_CSP = DOCS_CSP_TEXT.encode()
 DOCS_PATHS = ("/docs", "/redoc")
 NO_STORE = b"no-store"
 

@@ -6,6 +6,12 @@ arrives. Each message is validated like ingest does (topic identity against the
 registry, payload against the contract) before anyone sees it. Each client has
 its own bounded queue; a client whose queue is full is dropped, so a slow
 reader never holds up the hub or the other clients.
+
+Every item gets an id, `<epoch>-<n>` (the epoch names this hub's life, n counts up),
+and the newest `replay` items are kept: a client that reconnects with the id it saw
+last (`Last-Event-ID`) is first sent what it missed, each item once, or, when what it
+missed is no longer kept (or the id is not this hub's), told so by a gap notice.
+Each API key may hold at most `max_per_key` live streams at once.
 """
 
 from __future__ import annotations
@@ -15,11 +21,12 @@ import contextlib
 import json
 import logging
 import secrets
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from safecity import topics
-from safecity.errors import MqttError, TopicError
+from safecity.errors import MqttError, SafecityError, TopicError
 from safecity.mqtt import Incoming, MqttClient
 from safecity.readings import Event, Reading, format_ts, parse
 from safecity.registry import City
@@ -29,13 +36,23 @@ log = logging.getLogger("safecity.api.live")
 MAX_ALERT_BYTES = 8 * 1024
 
 
+Numbered = tuple[str, dict[str, Any]]
+
+
+class TooManyStreamsError(SafecityError):
+    """The API key already holds as many live streams as it may."""
+
+
 @dataclass(eq=False)  # identity: each client is its own set member
 class Subscriber:
-    """One SSE client: its filters, its bounded queue and whether it was dropped."""
+    """One SSE client: its filters, what it missed, its bounded queue, whether it was dropped."""
 
     district: str | None
     kind: str | None
-    queue: asyncio.Queue[dict[str, Any]]
+    queue: asyncio.Queue[Numbered]
+    key_id: str = ""
+    backlog: list[Numbered] = field(default_factory=list)
+    gap: str | None = None
     dropped: asyncio.Event = field(default_factory=asyncio.Event)
 
     def wants(self, item: dict[str, Any]) -> bool:
@@ -48,35 +65,98 @@ class Subscriber:
 class Hub:
     """Fan-out of live items to subscribers; never blocks on a subscriber."""
 
-    def __init__(self, city: City, mqtt: MqttSettings, queue_size: int) -> None:
+    def __init__(
+        self,
+        city: City,
+        mqtt: MqttSettings,
+        queue_size: int,
+        replay: int = 1000,
+        max_per_key: int = 5,
+    ) -> None:
         self.city = city
         self.mqtt_settings = mqtt
         self.queue_size = queue_size
+        self.max_per_key = max_per_key
         self.subscribers: set[Subscriber] = set()
         self.dropped_total = 0
+        self.epoch = secrets.token_hex(4)
+        self._count = 0
+        self._replay: deque[tuple[int, dict[str, Any]]] = deque(maxlen=replay)
+        self._streams: Counter[str] = Counter()
         self._client: MqttClient | None = None
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
-    def subscribe(self, district: str | None, kind: str | None) -> Subscriber:
-        """Register a client with its own bounded queue."""
-        sub = Subscriber(district, kind, asyncio.Queue(self.queue_size))
+    def subscribe(
+        self,
+        district: str | None,
+        kind: str | None,
+        key_id: str = "",
+        last_event_id: str | None = None,
+    ) -> Subscriber:
+        """Register a client with its own bounded queue and what it missed since
+        `last_event_id`; TooManyStreamsError if its key holds `max_per_key` streams."""
+        if key_id and self._streams[key_id] >= self.max_per_key:
+            raise TooManyStreamsError(
+                f"API key {key_id} already holds {self.max_per_key} live streams "
+                "(stream_max_per_key): close one first"
+            )
+        sub = Subscriber(district, kind, asyncio.Queue(self.queue_size), key_id)
+        if last_event_id is not None:
+            self._resume(sub, last_event_id)
+        # No await since the backlog was taken: nothing is published in between, so
+        # the backlog and the queue neither overlap nor leave a hole.
         self.subscribers.add(sub)
+        if key_id:
+            self._streams[key_id] += 1
         return sub
 
+    def _resume(self, sub: Subscriber, last_event_id: str) -> None:
+        epoch, _, number = last_event_id.partition("-")
+        if epoch != self.epoch or not number.isdigit() or int(number) > self._count:
+            sub.gap = "Last-Event-ID is not from this stream (the API restarted?)"
+            return
+        seen = int(number)
+        oldest = self._replay[0][0] if self._replay else self._count + 1
+        if oldest > seen + 1:
+            sub.gap = (
+                f"{oldest - seen - 1} items since Last-Event-ID are no longer kept "
+                f"(the replay buffer holds the newest {self._replay.maxlen})"
+            )
+        sub.backlog = [
+            (self.item_id(n), item) for n, item in self._replay if n > seen and sub.wants(item)
+        ]
+
+    def item_id(self, number: int) -> str:
+        """The SSE id of the item numbered `number` in this hub's life."""
+        return f"{self.epoch}-{number}"
+
     def unsubscribe(self, sub: Subscriber) -> None:
-        """Forget a client (it left or was dropped)."""
-        self.subscribers.discard(sub)
+        """Forget a client (it left or was dropped); idempotent."""
+        if sub in self.subscribers:
+            self.subscribers.discard(sub)
+            if sub.key_id:
+                self._streams[sub.key_id] -= 1
+                if self._streams[sub.key_id] <= 0:
+                    del self._streams[sub.key_id]
+
+    def streams_of(self, key_id: str) -> int:
+        """Live streams the key holds now."""
+        return self._streams[key_id]
 
     def publish(self, item: dict[str, Any]) -> None:
-        """Offer an item to every interested client; drop those whose queue is full."""
+        """Number and keep the item, offer it to every interested client; drop those
+        whose queue is full."""
+        self._count += 1
+        self._replay.append((self._count, item))
+        numbered = (self.item_id(self._count), item)
         for sub in list(self.subscribers):
             if not sub.wants(item):
                 continue
             try:
-                sub.queue.put_nowait(item)
+                sub.queue.put_nowait(numbered)
             except asyncio.QueueFull:
-                self.subscribers.discard(sub)
+                self.unsubscribe(sub)
                 sub.dropped.set()
                 self.dropped_total += 1
                 log.warning("live client dropped: queue full", extra={"size": self.queue_size})

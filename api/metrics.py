@@ -7,8 +7,11 @@ expects), so they are created once here, not per app. Labels use the route
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from prometheus_client import Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -27,9 +30,10 @@ REQUEST_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
 
-# Incident response times (safecity.incidents.figures), refreshed on every scrape from
-# the incidents opened in the last FIGURES window; and, as histograms, each step taken
-# through this API (labels: rule = the incident type, district).
+# Incident response times (safecity.incidents.figures), refreshed in the background
+# (IncidentFigures, every FIGURES_REFRESH_S) from the incidents opened in the last
+# FIGURES window, never by a scrape; and, as histograms, each step taken through this
+# API (labels: rule = the incident type, district).
 INCIDENTS = Gauge(
     "safecity_api_incidents",
     "Incidents opened in the figures window, by current state.",
@@ -44,6 +48,14 @@ TTR = Gauge(
     "safecity_api_incident_time_to_resolve_seconds",
     "Time from opening to resolution, by type (rule), district and stat.",
     ["rule", "district", "stat"],
+)
+FIGURES_REFRESHED = Gauge(
+    "safecity_api_incident_figures_refreshed_timestamp_seconds",
+    "When the incident figures were last recomputed from storage (0 = not yet).",
+)
+FIGURES_REFRESH_FAILURES = Counter(
+    "safecity_api_incident_figures_refresh_failures_total",
+    "Background refreshes of the incident figures that failed (the last figures are kept).",
 )
 _RESPONSE_BUCKETS = (30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0, 86400.0)
 ACK_SECONDS = Histogram(
@@ -80,6 +92,60 @@ def set_incident_figures(incidents: Iterable[inc.Incident]) -> None:
                 TTA.labels(fig.rule_id, fig.district, stat).set(tta)
             if ttr is not None:
                 TTR.labels(fig.rule_id, fig.district, stat).set(ttr)
+
+
+log = logging.getLogger("safecity.api")
+# The figures span 30 days: a minute of staleness is invisible in them, and storage is
+# asked once a minute whatever the scrape rate.
+FIGURES_REFRESH_S = 60.0
+
+
+class IncidentFigures:
+    """Recomputes the incident gauges in the background, so a scrape never queries storage.
+
+    `refresh` reads storage and sets the gauges (False or an exception keeps the last
+    ones); it runs at start, every `interval` seconds, and soon after a `poke` (an
+    incident changed through this API), until `stop`.
+    """
+
+    def __init__(
+        self, refresh: Callable[[], Awaitable[bool]], interval: float | None = None
+    ) -> None:
+        self._refresh = refresh
+        self.interval = FIGURES_REFRESH_S if interval is None else interval
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    def poke(self) -> None:
+        """Ask for a refresh now rather than at the next interval."""
+        self._wake.set()
+
+    def start(self) -> None:
+        """Start the refresh loop on the running event loop."""
+        self._task = asyncio.create_task(self._run(), name="safecity-api-incident-figures")
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                ok = await self._refresh()
+            except Exception:  # a refresh bug must not end the loop: log, count, retry
+                log.exception("incident figures refresh failed")
+                ok = False
+            if ok:
+                FIGURES_REFRESHED.set(time.time())
+            else:
+                FIGURES_REFRESH_FAILURES.inc()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            self._wake.clear()
+
+    async def stop(self) -> None:
+        """Stop the refresh loop; idempotent."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 def observe_step(incident: inc.Incident, state: inc.State) -> None:

@@ -16,9 +16,10 @@ class ErrorBody(BaseModel):
 
 
 class Status(BaseModel):
-    """Liveness / readiness answer."""
+    """Liveness / readiness answer: `ok`, `ready` or `not ready` (with the reason)."""
 
-    status: str
+    status: str = Field(examples=["ready"])
+    detail: str | None = Field(default=None, description="why not ready")
 
 
 class Location(BaseModel):
@@ -179,11 +180,11 @@ class DeviceCounts(BaseModel):
 
 
 class Incidents(BaseModel):
-    """Open incidents by severity (for now: events of the window, see `source`)."""
+    """Open incidents by severity, from the incident store (see `source`)."""
 
-    total: int
+    total: int = Field(description="incidents open at the window's end")
     by_severity: dict[str, int]
-    devices: int
+    devices: int = Field(description="distinct devices behind the open incidents")
     source: str
 
 
@@ -258,10 +259,14 @@ class EventOut(BaseModel):
 
 
 class EventPage(BaseModel):
-    """Events newest first; `truncated` says the limit cut the list."""
+    """A page of events, newest first; pass `next_cursor` back as `cursor` for the next.
+
+    `truncated` is true exactly when `next_cursor` is set (more events follow).
+    """
 
     items: list[EventOut]
     truncated: bool
+    next_cursor: str | None = Field(description="null on the last page")
     window: Window
 
 

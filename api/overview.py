@@ -40,6 +40,7 @@ from api.models import (
 from api.params import TimeRange
 from api.settings import ApiSettings
 from safecity import catalogue
+from safecity import incidents as inc
 from safecity.influx import InfluxClient, quote_ident
 from safecity.readings import format_ts
 from safecity.registry import City, Device
@@ -63,9 +64,10 @@ FREE_FLOW_BASIS = "fixed urban free-flow speed of the catalogue (40-60 km/h, lim
 NOISE_DAY_DB, NOISE_NIGHT_DB = 53.0, 45.0
 SEVERITIES = tuple(s.value for s in catalogue.Severity)
 INCIDENT_SOURCE = (
-    "events of the window in the `events` measurement, counted by severity "
-    "(the incidents themselves, with their lifecycle state, are at /v1/incidents)"
+    "the incident store (incidents the alerts service opened): those opened in the 7 days "
+    "before the window's end and not resolved by then, as GET /v1/incidents lists them"
 )
+INCIDENT_LOOKBACK = timedelta(days=7)
 
 
 def _ts(ms: int) -> str:
@@ -84,6 +86,7 @@ class Snapshot:
     status: dict[str, tuple[int, str]] = field(default_factory=dict)
     events: dict[tuple[str, str], int] = field(default_factory=dict)
     event_devices: dict[str, int] = field(default_factory=dict)
+    open_incidents: list[inc.Incident] = field(default_factory=list)
 
 
 def _where_city(extra: str = "") -> str:
@@ -137,6 +140,10 @@ async def take_snapshot(
         influx.query(STATUS_STATEMENT, _params(city.id, lookback, window.end)),
         influx.query(EVENTS_STATEMENT, base),
     )
+    found = await inc.IncidentStore(influx).query(
+        city.id, window.end - INCIDENT_LOOKBACK, window.end
+    )
+    snap.open_incidents = [i for i in found.values() if _open_at(i, window.end)]
     for kind, series in zip(kinds, results[: len(kinds)], strict=True):
         per_device: dict[str, dict[str, float]] = {}
         for s in series:
@@ -328,15 +335,22 @@ class Scope:
         return DeviceCounts(total=len(total), rule=STATE_RULE, **counts)
 
     def incidents(self, districts: set[str]) -> Incidents:
-        """Events of the window by severity (the stand-in for open incidents)."""
+        """Open incidents of the scope by severity, from the incident store."""
         by = dict.fromkeys(SEVERITIES, 0)
-        for (district, severity), n in self.snap.events.items():
-            if district in districts and severity in by:
-                by[severity] += n
-        devices = sum(n for d, n in self.snap.event_devices.items() if d in districts)
+        devices: set[str] = set()
+        for incident in self.snap.open_incidents:
+            if incident.district in districts:
+                by[incident.severity.value] = by.get(incident.severity.value, 0) + 1
+                devices.update(incident.devices)
         return Incidents(
-            total=sum(by.values()), by_severity=by, devices=devices, source=INCIDENT_SOURCE
+            total=sum(by.values()), by_severity=by, devices=len(devices), source=INCIDENT_SOURCE
         )
+
+
+def _open_at(incident: inc.Incident, end: datetime) -> bool:
+    """Not resolved by `end` (steps after `end` are not yet taken then)."""
+    steps = [t for t in incident.transitions if t.at < end]
+    return not steps or steps[-1].state is not inc.State.RESOLVED
 
 
 def overview(snap: Snapshot, settings: ApiSettings, city: City, district: str | None) -> Overview:

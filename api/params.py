@@ -1,8 +1,9 @@
 """Time windows and buckets from query parameters, bounded by the settings (422 with a reason).
 
-`from`/`to` are RFC 3339 (naive = UTC); a window is [from, to). Ranges longer than
-`max_range`, buckets shorter than `min_bucket` and more than `max_points` buckets
-are refused, so no request can make InfluxDB scan or return without bound.
+`from`/`to` are RFC 3339 (naive = UTC); a window is [from, to). No window is
+refused: it is held to `max_range` (its newest part), buckets to at least
+`min_bucket` and at most `max_points` per window, so no request can make InfluxDB
+scan or return without bound; every response states the window and bucket used.
 """
 
 from __future__ import annotations
@@ -58,14 +59,47 @@ class TimeRange:
         )
 
 
+_RFC3339 = re.compile(
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?"
+    r"([Zz]|[+-][0-9]{2}:[0-9]{2})?$"
+)
+
+
+def parse_instant(value: object) -> object:
+    """An RFC 3339 date-time as an aware UTC datetime (far dates held to 1970..2200).
+
+    Anything else (an epoch number such as `0.5`, a bare date) is left to fail
+    validation: a window is never given in other units.
+    """
+    if not isinstance(value, str) or _RFC3339.fullmatch(value) is None:
+        raise ValueError("must be an RFC 3339 date-time, e.g. 2026-01-15T06:00:00Z")
+    try:
+        parsed = datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError("must be an RFC 3339 date-time, e.g. 2026-01-15T06:00:00Z") from None
+    if parsed.tzinfo is None:
+        return _clamp(parsed.replace(tzinfo=UTC))
+    try:
+        return _clamp(parsed.astimezone(UTC))
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+14:00: before anything we keep
+        return _EARLIEST if parsed.year < 2000 else _LATEST
+
+
 def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def _ms(value: datetime) -> datetime:
+    return value.replace(microsecond=value.microsecond // 1000 * 1000)
+
+
+def _clamp(value: datetime) -> datetime:
+    return min(max(value, _EARLIEST), _LATEST)
+
+
 def now() -> datetime:
     """The current time in UTC, to the millisecond (what InfluxDB keeps)."""
-    t = datetime.now(UTC)
-    return t.replace(microsecond=t.microsecond // 1000 * 1000)
+    return _ms(datetime.now(UTC))
 
 
 def time_range(
@@ -74,47 +108,31 @@ def time_range(
     end: datetime | None,
     default: timedelta,
 ) -> TimeRange:
-    """[from, to) from the parameters; `to` defaults to now, `from` to `to - default`."""
-    for name, value in (("from", start), ("to", end)):
-        if value is not None and not _EARLIEST <= _utc(value) < _LATEST:
-            raise bad_param("query", name, "must be between 1970-01-01 and 2200-01-01 (UTC)")
-    to = _utc(end) if end is not None else now()
-    frm = _utc(start) if start is not None else to - default
-    frm = frm.replace(microsecond=frm.microsecond // 1000 * 1000)
-    to = to.replace(microsecond=to.microsecond // 1000 * 1000)
+    """[from, to) from the parameters, never refused (the response's window says what
+    was covered): `to` defaults to now and `from` to `to - default`; both are held
+    within 1970..2200; a `from` not before `to` is an empty window; a window longer
+    than `max_range` keeps its newest `max_range`."""
+    to = _ms(_clamp(_utc(end))) if end is not None else now()
+    frm = _ms(_clamp(_utc(start) if start is not None else to - default))
     if frm >= to:
-        raise bad_param("query", "from", "must be before 'to'")
-    span = (to - frm).total_seconds()
-    if span > settings.max_range:
-        raise bad_param(
-            "query",
-            "from",
-            f"the window is {span:.0f}s; at most {settings.max_range:.0f}s (max_range) allowed",
-        )
+        return TimeRange(frm, frm)
+    longest = timedelta(seconds=settings.max_range)
+    if to - frm > longest:
+        frm = _ms(to - longest)
     return TimeRange(frm, to)
 
 
 def bucket(settings: ApiSettings, every: str | None, window: TimeRange) -> int:
-    """The bucket in whole seconds: `every` (e.g. 30s, 5m, 1h, 1d) or about 300 buckets."""
+    """The bucket in whole seconds: `every` (e.g. 30s, 5m, 1h, 1d) or about 300 buckets,
+    raised to `min_bucket` and to what keeps at most `max_points` buckets in the window,
+    and at most `max_range` (the response's `every_s` says what was used)."""
     if every is None:
-        seconds = max(math.ceil(settings.min_bucket), math.ceil(window.seconds / 300))
+        seconds = math.ceil(window.seconds / 300)
     else:
         match = _EVERY.fullmatch(every)
         if match is None:
             raise bad_param("query", "every", "must be a duration like 30s, 5m, 1h or 1d")
         seconds = int(match.group(1)) * _UNIT_S[match.group(2)]
-    if seconds < settings.min_bucket:
-        raise bad_param(
-            "query", "every", f"must be at least {settings.min_bucket:.0f}s (min_bucket)"
-        )
-    if seconds > settings.max_range:
-        raise bad_param("query", "every", f"must be at most {settings.max_range:.0f}s")
-    buckets = math.ceil(window.seconds / seconds)
-    if buckets > settings.max_points:
-        raise bad_param(
-            "query",
-            "every",
-            f"{buckets} buckets in the window; at most {settings.max_points} (max_points): "
-            "use a larger bucket or a shorter window",
-        )
-    return seconds
+    fewest = math.ceil(window.seconds / settings.max_points)
+    seconds = max(seconds, math.ceil(settings.min_bucket), fewest)
+    return min(seconds, max(math.ceil(settings.min_bucket), math.floor(settings.max_range)))

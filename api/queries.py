@@ -127,7 +127,8 @@ async def series(
         for row in s.rows():
             value = row.get("value")
             if isinstance(value, int | float) and not isinstance(value, bool):
-                out.append((int(row["time"]), float(value)))
+                # Rounded as the overview's figures are: no false precision.
+                out.append((int(row["time"]), round(float(value), 4)))
     return out
 
 
@@ -153,6 +154,21 @@ async def events(
     for s in await influx.query(events_statement(filters, limit), params):
         rows.extend(s.rows())
     return rows
+
+
+async def count_events(
+    influx: InfluxClient, params: dict[str, str], filters: tuple[str, ...]
+) -> int:
+    """How many events of a city and window pass the filters."""
+    where = '"city" = $city AND time >= $from AND time < $to'
+    for name in filters:
+        if name not in EVENT_FILTERS:
+            raise ValueError(f"not an event filter: {name}")
+        where += f" AND {quote_ident(name)} = ${name}"
+    statement = f'SELECT count("seq") AS "n" FROM {source(EVENTS)} WHERE {where}'
+    return sum(
+        int(r.get("n") or 0) for s in await influx.query(statement, params) for r in s.rows()
+    )
 
 
 def event_details(row: dict[str, Any]) -> dict[str, FieldValue]:

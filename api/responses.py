@@ -20,10 +20,13 @@ _DESCRIPTIONS = {
     ),
     413: ("Request body too large", "request body larger than 16384 bytes"),
     422: (
-        "A parameter is invalid or out of bounds",
+        "A parameter or the body is invalid (a body that is not JSON included)",
         "query parameter 'limit': must be at most 500",
     ),
-    429: ("Rate limit exceeded (see Retry-After)", "rate limit of API key 1a2b3c4d exceeded"),
+    429: (
+        "Rate limit exceeded, or too many live streams for the key (see Retry-After)",
+        "rate limit of API key 1a2b3c4d exceeded: retry in 1 s",
+    ),
     502: ("InfluxDB could not run the query", "storage query failed: ..."),
     503: ("InfluxDB (or the broker, for the stream) is unavailable", "storage unavailable: ..."),
 }

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from safecity.settings import InfluxSettings, MqttSettings, Port, ServiceSettings
+from safecity.settings import InfluxSettings, MqttSettings, Port, ServiceSettings, in_home
 
 
 class ApiSettings(ServiceSettings):
@@ -19,7 +19,7 @@ class ApiSettings(ServiceSettings):
     stale_after: Annotated[float, Field(gt=0)] = 900.0
     max_page_size: Annotated[int, Field(ge=1, le=1000)] = 500
     # Security and limits of the public API (RELIABILITY.md: keys, rate limits, bounds).
-    api_keys_file: Path = Path("var/apikeys.json")
+    api_keys_file: Path = Field(default_factory=in_home("api_keys_file"))
     rate_limit_rps: Annotated[float, Field(gt=0, le=100_000)] = 50.0
     rate_limit_burst: Annotated[int, Field(ge=1, le=1_000_000)] = 100
     max_body_bytes: Annotated[int, Field(ge=0, le=16 * 1024 * 1024)] = 16 * 1024
@@ -27,18 +27,25 @@ class ApiSettings(ServiceSettings):
     max_range: Annotated[float, Field(gt=0, le=366 * 86_400)] = 31 * 86_400.0
     min_bucket: Annotated[float, Field(ge=1, le=86_400)] = 10.0
     max_points: Annotated[int, Field(ge=10, le=100_000)] = 5000
+    # Most events one export may hold (a series export is bounded by max_points).
+    max_export_rows: Annotated[int, Field(ge=1, le=10_000_000)] = 100_000
     status_lookback: Annotated[float, Field(gt=0, le=31 * 86_400)] = 86_400.0
     overview_cache_ttl: Annotated[float, Field(ge=0, le=300)] = 5.0
     # Delivery accounting: where ingest keeps dead letters (same variable as ingest's)
     # and, optionally, the simulator's ground-truth ledger.
-    deadletter_dir: Path = Path("var/deadletter")
+    deadletter_dir: Path = Field(default_factory=in_home("deadletter_dir"))
     ledger_file: Path | None = None
     # Live stream: the broker it subscribes to, and each client's bounded queue.
     mqtt: MqttSettings = MqttSettings()
     stream_queue_size: Annotated[int, Field(ge=1, le=100_000)] = 256
     stream_heartbeat: Annotated[float, Field(gt=0, le=300)] = 15.0
+    # Items kept for clients resuming with Last-Event-ID, the reconnect delay the
+    # stream advises, and how many live streams one API key may hold at once.
+    stream_replay: Annotated[int, Field(ge=0, le=100_000)] = 1000
+    stream_retry_ms: Annotated[int, Field(ge=100, le=600_000)] = 3000
+    stream_max_per_key: Annotated[int, Field(ge=1, le=1000)] = 5
     # development | production: production turns /docs and /redoc off and puts
     # /openapi.json behind a key.
     env: Literal["development", "production"] = "development"
     # Append-only audit log (JSON lines, 0600) of every operate/admin call.
-    audit_log_file: Path = Path("var/audit/api-audit.jsonl")
+    audit_log_file: Path = Field(default_factory=in_home("audit_log_file"))

@@ -2,13 +2,17 @@
 
 `safecity certs init` makes a CA, a server certificate for the broker (SANs: the given
 hosts and IPs) and, optionally, client certificates whose CN is the device id (the
-broker's username under mutual TLS). Keys are EC P-256, written 0600.
+broker's username under mutual TLS). Keys are EC P-256, written 0600. Device
+certificates live in `<dir>/clients/<device id>.crt|.key`, where the fleet and the edge
+agent find them; revoking or rotating one adds its serial to `<dir>/revoked.json` and
+re-signs `<dir>/crl.pem`, the CRL the broker's TLS listener checks (`crlfile`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,11 +27,29 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from broker.identity import Role, validate_username
 from safecity.errors import ConfigError
 
-__all__ = ["CertPaths", "ensure_server", "init_ca", "issue_client", "issue_server", "load_ca"]
+__all__ = [
+    "CertPaths",
+    "client_paths",
+    "ensure_clients",
+    "ensure_crl",
+    "ensure_server",
+    "init_ca",
+    "issue_client",
+    "issue_server",
+    "load_ca",
+    "revoke_client",
+    "rotate_client",
+    "write_crl",
+]
 
 CA_DAYS = 3650
 LEAF_DAYS = 825  # the longest leaf lifetime common TLS clients still accept
 DEFAULT_HOSTS: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
+# A CRL past its nextUpdate makes OpenSSL refuse every client certificate: long-lived,
+# and re-signed by every issue/revoke and every local broker start when half used up.
+CRL_DAYS = 365
+CRL_FILE = "crl.pem"
+REVOKED_FILE = "revoked.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,18 +151,20 @@ def _leaf(
     *,
     sans: Sequence[x509.GeneralName],
     usage: x509.ObjectIdentifier,
+    days: float = LEAF_DAYS,
+    not_before: dt.datetime | None = None,
 ) -> CertPaths:
     ca_cert, ca_key = load_ca(directory)
     key = ec.generate_private_key(ec.SECP256R1())
-    now = _now()
+    start = not_before or _now() - dt.timedelta(minutes=5)
     builder = (
         x509.CertificateBuilder()
         .subject_name(_name(cn))
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=LEAF_DAYS))
+        .not_valid_before(start)
+        .not_valid_after(start + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         .add_extension(
@@ -168,7 +192,20 @@ def issue_server(directory: Path, hosts: Sequence[str] = DEFAULT_HOSTS) -> CertP
     return _leaf(directory, "server", hosts[0], sans=sans, usage=ExtendedKeyUsageOID.SERVER_AUTH)
 
 
-def issue_client(directory: Path, device_id: str) -> CertPaths:
+def client_paths(directory: Path, device_id: str) -> CertPaths:
+    """Where the client certificate and key of a device live."""
+    return CertPaths(
+        directory / "clients" / f"{device_id}.crt", directory / "clients" / f"{device_id}.key"
+    )
+
+
+def issue_client(
+    directory: Path,
+    device_id: str,
+    *,
+    days: float = LEAF_DAYS,
+    not_before: dt.datetime | None = None,
+) -> CertPaths:
     """Issue clients/<id>.crt/.key with CN = device id (the username under mutual TLS)."""
     # The CN becomes the username that the %u ACL patterns substitute: same rules.
     validate_username(device_id, Role.DEVICE)
@@ -178,7 +215,154 @@ def issue_client(directory: Path, device_id: str) -> CertPaths:
         device_id,
         sans=[],
         usage=ExtendedKeyUsageOID.CLIENT_AUTH,
+        days=days,
+        not_before=not_before,
     )
+
+
+def _client_still_good(paths: CertPaths, ca_cert: x509.Certificate, revoked: set[int]) -> bool:
+    try:
+        cert = x509.load_pem_x509_certificate(paths.cert.read_bytes())
+        serialization.load_pem_private_key(paths.key.read_bytes(), None)
+        _verify_signed_by(cert, ca_cert)
+    except (OSError, ValueError, TypeError, InvalidSignature):
+        return False
+    fresh = cert.not_valid_after_utc - _now() > dt.timedelta(days=30)
+    return fresh and cert.serial_number not in revoked
+
+
+def ensure_clients(directory: Path, device_ids: Sequence[str]) -> list[str]:
+    """A good client certificate for every device (reused when still good); the ids issued now.
+
+    Reissued when missing, not from this CA, revoked or expiring within 30 days: the
+    provisioning step that puts certificates where the fleet and the edge agent find them.
+    """
+    ca_cert, _ = load_ca(directory)
+    revoked = set(_read_revoked(directory))
+    issued = []
+    for device_id in device_ids:
+        if not _client_still_good(client_paths(directory, device_id), ca_cert, revoked):
+            issue_client(directory, device_id)
+            issued.append(device_id)
+    return issued
+
+
+def _read_revoked(directory: Path) -> dict[int, dict[str, str]]:
+    path = directory / REVOKED_FILE
+    if not path.exists():
+        return {}
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        return {int(serial, 16): dict(entry) for serial, entry in raw.items()}
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"cannot read the revocation list {path}: {exc}") from exc
+
+
+def _write_revoked(directory: Path, revoked: dict[int, dict[str, str]]) -> None:
+    data = {f"{serial:x}": entry for serial, entry in sorted(revoked.items())}
+    tmp = directory / f"{REVOKED_FILE}.tmp"
+    _write(tmp, json.dumps(data, indent=1, sort_keys=True).encode(), 0o644)
+    tmp.replace(directory / REVOKED_FILE)
+
+
+def write_crl(directory: Path) -> Path:
+    """Sign crl.pem: every revoked serial, valid CRL_DAYS; lastUpdate always moves forward.
+
+    OpenSSL keeps every CRL the broker ever loaded and picks the one with the latest
+    lastUpdate, so a CRL re-signed within the same second as the previous one would
+    be ignored until a restart: hence the strictly increasing lastUpdate.
+    """
+    ca_cert, ca_key = load_ca(directory)
+    path = directory / CRL_FILE
+    now = _now().replace(microsecond=0)
+    number = 1
+    if path.exists():
+        try:
+            old = x509.load_pem_x509_crl(path.read_bytes())
+            if old.issuer == ca_cert.subject:
+                now = max(now, old.last_update_utc + dt.timedelta(seconds=1))
+                ext = old.extensions.get_extension_for_class(x509.CRLNumber)
+                number = ext.value.crl_number + 1
+        except (ValueError, x509.ExtensionNotFound):
+            pass
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(now)
+        .next_update(now + dt.timedelta(days=CRL_DAYS))
+        .add_extension(x509.CRLNumber(number), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+    )
+    for serial, entry in sorted(_read_revoked(directory).items()):
+        when = dt.datetime.fromisoformat(entry["revoked"])
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when).build()
+        )
+    crl = builder.sign(ca_key, hashes.SHA256())
+    tmp = directory / f"{CRL_FILE}.tmp"
+    _write(tmp, crl.public_bytes(serialization.Encoding.PEM), 0o644)
+    tmp.replace(path)
+    return path
+
+
+def ensure_crl(directory: Path) -> Path:
+    """crl.pem signed by this CA and valid at least half its lifetime yet; re-signed if not."""
+    ca_cert, _ = load_ca(directory)
+    path = directory / CRL_FILE
+    try:
+        crl = x509.load_pem_x509_crl(path.read_bytes())
+        good = (
+            crl.issuer == ca_cert.subject
+            and crl.next_update_utc is not None
+            and crl.next_update_utc - _now() > dt.timedelta(days=CRL_DAYS / 2)
+            and {r.serial_number for r in crl} == set(_read_revoked(directory))
+        )
+    except (OSError, ValueError):
+        good = False
+    return path if good else write_crl(directory)
+
+
+def revoke_client(directory: Path, device_id: str) -> int:
+    """Revoke the device's current certificate: serial into the CRL, cert and key deleted.
+
+    Returns the revoked serial. The broker refuses the certificate once it re-reads the
+    CRL (SIGHUP); a live connection stays up until the device reconnects.
+    """
+    paths = client_paths(directory, device_id)
+    try:
+        cert = x509.load_pem_x509_certificate(paths.cert.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"no client certificate for {device_id!r} in {directory}: {exc}") from exc
+    revoked = _read_revoked(directory)
+    revoked[cert.serial_number] = {"device": device_id, "revoked": _now().isoformat()}
+    _write_revoked(directory, revoked)
+    write_crl(directory)
+    for path in (paths.cert, paths.key):
+        path.unlink(missing_ok=True)
+    return cert.serial_number
+
+
+def rotate_client(directory: Path, device_id: str) -> CertPaths:
+    """A new key and certificate for the device; the previous certificate (if any) revoked."""
+    if client_paths(directory, device_id).cert.exists():
+        revoke_client(directory, device_id)
+    return issue_client(directory, device_id)
+
+
+def _verify_signed_by(cert: x509.Certificate, ca_cert: x509.Certificate) -> None:
+    """Raise InvalidSignature unless cert was issued and signed by ca_cert."""
+    ca_key = ca_cert.public_key()
+    sig_hash = cert.signature_hash_algorithm
+    if (
+        cert.issuer != ca_cert.subject
+        or not isinstance(ca_key, ec.EllipticCurvePublicKey)
+        or sig_hash is None
+    ):
+        raise InvalidSignature("not issued by this CA")
+    ca_key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(sig_hash))
 
 
 def _server_still_good(paths: CertPaths, ca_cert: x509.Certificate, hosts: Sequence[str]) -> bool:
@@ -186,13 +370,7 @@ def _server_still_good(paths: CertPaths, ca_cert: x509.Certificate, hosts: Seque
     try:
         cert = x509.load_pem_x509_certificate(paths.cert.read_bytes())
         serialization.load_pem_private_key(paths.key.read_bytes(), None)
-        ca_key = ca_cert.public_key()
-        if cert.issuer != ca_cert.subject or not isinstance(ca_key, ec.EllipticCurvePublicKey):
-            return False
-        sig_hash = cert.signature_hash_algorithm
-        if sig_hash is None:
-            return False
-        ca_key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(sig_hash))
+        _verify_signed_by(cert, ca_cert)
         if cert.not_valid_after_utc - _now() < dt.timedelta(days=30):
             return False
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value

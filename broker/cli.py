@@ -1,4 +1,4 @@
-"""`safecity devices provision|rotate|revoke|list` and `safecity certs init|client`."""
+"""`safecity devices` (accounts), `safecity certs` (CA, device certificates), `broker config`."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from broker import certs, emqx, identity
+from broker.dynsec import DYNSEC_FILE, DynsecAdmin
 from broker.identity import CredentialStore, Role
 from broker.settings import SecuritySettings
 from safecity import registry
 from safecity.errors import ConfigError
+from safecity.settings import MqttSettings
 
 __all__ = ["add_parsers"]
 
@@ -29,83 +31,154 @@ def _settings(**overrides: Any) -> SecuritySettings:
 
 
 def _store(args: argparse.Namespace) -> tuple[SecuritySettings, CredentialStore]:
-    settings = _settings(
-        identity_dir=args.identity_dir, broker_pidfile=args.pidfile, registry=args.registry
-    )
+    settings = _settings(identity_dir=args.identity_dir, broker=args.broker, registry=args.registry)
     return settings, CredentialStore(settings.identity_dir)
 
 
-def _commit(args: argparse.Namespace, settings: SecuritySettings, store: CredentialStore) -> None:
-    """Save the store and broker files, then make a running broker re-read them."""
+def _say(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
+def _save(store: CredentialStore) -> str:
+    """Save the store and the broker's config; return the `_admin` secret."""
+    admin_secret = store.ensure_admin()
     store.save()
-    print(f"wrote {store.password_file} and {store.acl_file}", file=sys.stderr)
-    pid = args.broker_pid
-    if pid is None and settings.broker_pidfile is not None:
-        pid = identity.read_pidfile(settings.broker_pidfile)
-    if pid is not None:
-        identity.reload_broker(pid)
-        print(f"broker (pid {pid}) reloaded with SIGHUP", file=sys.stderr)
-    else:
-        print("no broker pid given: reload it yourself (kill -HUP <pid>)", file=sys.stderr)
+    _say(f"wrote {store.path} and {store.dynsec_file}")
+    return admin_secret
 
 
-def _hand_out(args: argparse.Namespace, store: CredentialStore, issued: dict[str, str]) -> None:
+def _apply(
+    settings: SecuritySettings,
+    store: CredentialStore,
+    admin_secret: str,
+    changes: dict[str, str | None],
+) -> None:
+    """Put saved changes on the running broker (after the new secrets were handed out, so
+    a broker that cannot be reached loses no secret: it takes them at its next start)."""
+    if not changes:
+        return
+    if settings.broker is None:
+        _say(
+            "no running broker given (--broker / SAFECITY_BROKER): "
+            "the changes take effect at the broker's next start"
+        )
+        return
+    host, _, port = settings.broker.rpartition(":")
+    mqtt = MqttSettings(
+        host=host,
+        port=int(port),
+        username=identity.service_username(Role.ADMIN),
+        password=admin_secret,
+    )
+    commands = [c for name, secret in changes.items() for c in store.commands(name, secret)]
+    try:
+        DynsecAdmin(mqtt).apply(commands)
+    except ConfigError as exc:
+        raise ConfigError(
+            f"saved, but the broker at {settings.broker} was NOT changed ({exc}); "
+            "it takes the saved accounts at its next start"
+        ) from exc
+    _say(
+        f"applied to the broker at {settings.broker}: {len(changes)} account(s); "
+        "their live sessions (if any) were closed"
+    )
+
+
+def _hand_out(args: argparse.Namespace, issued: dict[str, str]) -> None:
     """Show new secrets once: on stdout, or only into a 0600 secrets file."""
+    if not issued:
+        return
     if args.secrets_file is not None:
         identity.write_secrets(args.secrets_file, issued)
-        count = len(issued)
-        print(f"{count} secret(s) written to {args.secrets_file} (mode 0600)", file=sys.stderr)
+        _say(f"{len(issued)} secret(s) written to {args.secrets_file} (mode 0600)")
         return
     for username, secret in sorted(issued.items()):
         print(f"{username} {secret}")
-    if issued:
-        print("secrets are shown only once; only their hashes are stored", file=sys.stderr)
+    _say("secrets are shown only once; only their hashes are stored")
+
+
+def _provision_one(
+    store: CredentialStore, name: str, role: Role, city: str | None, issued: dict[str, str]
+) -> None:
+    secret = store.provision(name, role, city)
+    if secret is not None:
+        issued[name] = secret
+        _say(f"provisioned {name} (new account)")
+        return
+    account = store.accounts[name]
+    if account.active:
+        _say(f"{name}: already provisioned and active; unchanged (rotate it for a new secret)")
+    else:
+        _say(
+            f"{name}: revoked since {account.revoked}; unchanged "
+            f"(`devices reinstate {name}` gives it a new secret)"
+        )
 
 
 def cmd_provision(args: argparse.Namespace) -> int:
-    """Provision every registry device (or one) and the service accounts."""
+    """Provision every registry device (or the ones named) and the service accounts."""
     settings, store = _store(args)
     issued: dict[str, str] = {}
+    city = registry.load_or_default(settings.registry)
     if args.device:
-        city = registry.load_or_default(settings.registry)
         for device_id in args.device:
             if city.device(device_id) is None:
                 raise ConfigError(f"device {device_id!r} is not in the registry {city.source}")
-            secret = store.provision(device_id)
-            if secret is not None:
-                issued[device_id] = secret
-    if args.service:
-        for role in args.service:
-            secret = store.provision(identity.service_username(role), Role(role))
-            if secret is not None:
-                issued[identity.service_username(role)] = secret
+        for device_id in args.device:
+            _provision_one(store, device_id, Role.DEVICE, city.id, issued)
+    for role in args.service or ():
+        _provision_one(store, identity.service_username(role), Role(role), None, issued)
     if not args.device and not args.service:
-        city = registry.load_or_default(settings.registry)
         issued = store.provision_city(city)
-    print(f"provisioned {len(issued)} new account(s)", file=sys.stderr)
-    _commit(args, settings, store)
-    _hand_out(args, store, issued)
+        for name in sorted(issued):
+            _say(f"provisioned {name} (new account)")
+    _say(f"provisioned {len(issued)} new account(s)")
+    admin_secret = _save(store)
+    _hand_out(args, issued)
+    _apply(settings, store, admin_secret, dict(issued))
     return 0
 
 
 def cmd_rotate(args: argparse.Namespace) -> int:
-    """Issue new secrets; the old ones stop working at the reload."""
+    """Issue new secrets for active accounts; a revoked one is refused, nothing changes."""
     settings, store = _store(args)
     issued = {name: store.rotate(name) for name in args.username}
-    _commit(args, settings, store)
-    _hand_out(args, store, issued)
+    for name in issued:
+        _say(f"rotated {name}: new secret issued, the old one no longer works")
+    admin_secret = _save(store)
+    _hand_out(args, issued)
+    _apply(settings, store, admin_secret, dict(issued))
+    return 0
+
+
+def cmd_reinstate(args: argparse.Namespace) -> int:
+    """Give revoked accounts a new secret; active ones are refused, nothing changes."""
+    settings, store = _store(args)
+    issued = {name: store.reinstate(name) for name in args.username}
+    for name in issued:
+        _say(f"reinstated {name}: new secret issued")
+    admin_secret = _save(store)
+    _hand_out(args, issued)
+    _apply(settings, store, admin_secret, dict(issued))
     return 0
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
-    """Revoke accounts; the reload disconnects their live connections."""
+    """Revoke accounts; a running broker closes their live sessions."""
     settings, store = _store(args)
+    changes: dict[str, str | None] = {}
     for name in args.username:
+        account = store.accounts.get(name)
+        if account is not None and not account.active:
+            _say(f"{name}: already revoked since {account.revoked}; unchanged")
+            continue
         store.revoke(name)
+        changes[name] = None
+        _say(f"revoked {name}")
+    admin_secret = _save(store)
     if args.secrets_file is not None:
         identity.drop_secrets(args.secrets_file, args.username)
-    _commit(args, settings, store)
-    print(f"revoked {', '.join(args.username)}", file=sys.stderr)
+    _apply(settings, store, admin_secret, changes)
     return 0
 
 
@@ -154,9 +227,9 @@ def cmd_broker_config(args: argparse.Namespace) -> int:
 def _emqx_config(args: argparse.Namespace) -> int:
     """EMQX's acl.conf, users.csv and emqx.conf fragment into the directory --out."""
     directory = args.identity_dir or _settings().identity_dir
-    acl = directory / identity.ACL_FILE
+    acl = directory / DYNSEC_FILE
     if not acl.exists():
-        raise ConfigError(f"no ACL at {acl}: run `safecity devices provision` first")
+        raise ConfigError(f"no accounts at {acl}: run `safecity devices provision` first")
     secrets_file = args.secrets_file or directory / identity.SECRETS_FILE
     secrets = identity.read_secrets(secrets_file)
     if not secrets:
@@ -193,6 +266,55 @@ def cmd_certs_client(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reload_for_certs(args: argparse.Namespace, settings: SecuritySettings) -> None:
+    """SIGHUP a running broker so its TLS listener re-reads the CRL."""
+    pid = args.broker_pid
+    if pid is None and settings.broker_pidfile is not None:
+        pid = identity.read_pidfile(settings.broker_pidfile)
+    if pid is not None:
+        identity.reload_broker(pid)
+        print(f"broker (pid {pid}) reloaded with SIGHUP: CRL re-read", file=sys.stderr)
+    else:
+        print("no broker pid given: reload it yourself (kill -HUP <pid>)", file=sys.stderr)
+
+
+def cmd_certs_provision(args: argparse.Namespace) -> int:
+    """A client certificate for every registry device (or the given ones) lacking a good one."""
+    settings = _settings(certs_dir=args.dir, registry=args.registry)
+    city = registry.load_or_default(settings.registry)
+    wanted = args.device or [d.id for d in city.devices]
+    unknown = [d for d in wanted if city.device(d) is None]
+    if unknown:
+        raise ConfigError(f"not in the registry {city.source}: {', '.join(unknown)}")
+    issued = certs.ensure_clients(settings.certs_dir, wanted)
+    certs.ensure_crl(settings.certs_dir)
+    clients = settings.certs_dir / "clients"
+    print(f"{len(issued)} client certificate(s) issued, {len(wanted) - len(issued)} reused")
+    print(f"clients {clients} (SAFECITY_EDGE__TLS_CLIENT_DIR)")
+    return 0
+
+
+def cmd_certs_rotate(args: argparse.Namespace) -> int:
+    """New key and certificate per device; the previous certificate is revoked."""
+    settings = _settings(certs_dir=args.dir, broker_pidfile=args.pidfile)
+    for device_id in args.device_id:
+        client = certs.rotate_client(settings.certs_dir, device_id)
+        print(f"client  {client.cert} (key {client.key}, 0600)")
+    _reload_for_certs(args, settings)
+    return 0
+
+
+def cmd_certs_revoke(args: argparse.Namespace) -> int:
+    """Revoke the devices' certificates (CRL) and delete them."""
+    settings = _settings(certs_dir=args.dir, broker_pidfile=args.pidfile)
+    for device_id in args.device_id:
+        serial = certs.revoke_client(settings.certs_dir, device_id)
+        print(f"revoked {device_id} (serial {serial:x})")
+    print(f"CRL     {settings.certs_dir / certs.CRL_FILE}")
+    _reload_for_certs(args, settings)
+    return 0
+
+
 def add_parsers(sub: Any) -> None:
     """Add the `devices` and `certs` command groups to the `safecity` parser."""
     devices = sub.add_parser(
@@ -202,8 +324,11 @@ def add_parsers(sub: Any) -> None:
     def common(p: argparse.ArgumentParser, secrets_file: bool = True) -> None:
         p.add_argument("--identity-dir", type=Path, help="credential store directory")
         p.add_argument("--registry", type=Path, help="city registry file (default: Tashkent)")
-        p.add_argument("--pidfile", type=Path, help="Mosquitto pid_file: SIGHUP it after changes")
-        p.add_argument("--broker-pid", type=int, help="Mosquitto pid to SIGHUP after changes")
+        p.add_argument(
+            "--broker",
+            metavar="HOST:PORT",
+            help="running broker to apply the changes to at once (SAFECITY_BROKER)",
+        )
         if secrets_file:
             p.add_argument(
                 "--secrets-file",
@@ -225,6 +350,10 @@ def add_parsers(sub: Any) -> None:
     common(p)
     p.add_argument("username", nargs="+")
     p.set_defaults(func=cmd_rotate)
+    p = devices.add_parser("reinstate", help="new secret for revoked accounts")
+    common(p)
+    p.add_argument("username", nargs="+")
+    p.set_defaults(func=cmd_reinstate)
     p = devices.add_parser("revoke", help="revoke accounts")
     common(p)
     p.add_argument("username", nargs="+")
@@ -259,7 +388,7 @@ def add_parsers(sub: Any) -> None:
         dest="certs_command", required=True, metavar="ACTION"
     )
     p = certs_cmd.add_parser("init", help="create a CA and the broker's server certificate")
-    p.add_argument("--dir", type=Path, help="certificate directory (default: var/certs)")
+    p.add_argument("--dir", type=Path, help="certificate directory (default: $SAFECITY_HOME/certs)")
     p.add_argument(
         "--host", action="append", help="server name or IP (repeatable; default: localhost)"
     )
@@ -267,6 +396,23 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing CA")
     p.set_defaults(func=cmd_certs_init)
     p = certs_cmd.add_parser("client", help="issue client certificates (CN = device id)")
-    p.add_argument("--dir", type=Path, help="certificate directory (default: var/certs)")
+    p.add_argument("--dir", type=Path, help="certificate directory (default: $SAFECITY_HOME/certs)")
     p.add_argument("device_id", nargs="+")
     p.set_defaults(func=cmd_certs_client)
+    p = certs_cmd.add_parser(
+        "provision", help="client certificates for every registry device that lacks a good one"
+    )
+    p.add_argument("--dir", type=Path, help="certificate directory (default: var/certs)")
+    p.add_argument("--registry", type=Path, help="city registry file (default: Tashkent)")
+    p.add_argument("--device", action="append", help="only this device (repeatable)")
+    p.set_defaults(func=cmd_certs_provision)
+    for name, func, text in (
+        ("rotate", cmd_certs_rotate, "new device certificates; the old ones are revoked"),
+        ("revoke", cmd_certs_revoke, "revoke device certificates (CRL) and delete them"),
+    ):
+        p = certs_cmd.add_parser(name, help=text)
+        p.add_argument("--dir", type=Path, help="certificate directory (default: var/certs)")
+        p.add_argument("--pidfile", type=Path, help="Mosquitto pid_file: SIGHUP it after")
+        p.add_argument("--broker-pid", type=int, help="Mosquitto pid to SIGHUP after")
+        p.add_argument("device_id", nargs="+")
+        p.set_defaults(func=func)

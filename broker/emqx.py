@@ -1,60 +1,63 @@
 """The same accounts and ACLs for a clustered MQTT v5 broker (EMQX 5), from the files the
-Mosquitto tooling renders: the ACL is translated rule by rule, the accounts come from the
-provisioning secrets (EMQX hashes them itself on import), and one emqx.conf fragment sets
-the limits and durability the platform relies on."""
+Mosquitto tooling renders: the dynamic-security roles are translated rule by rule, the
+accounts come from the provisioning secrets (EMQX hashes them itself on import), and one
+emqx.conf sets the limits and durability the platform relies on."""
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 from collections.abc import Iterable, Mapping
 
 from safecity.errors import ConfigError
 
-# mosquitto ACL access -> EMQX action
-_ACTIONS = {"read": "subscribe", "write": "publish", "readwrite": "all"}
-_RULE_RE = re.compile(r"^(pattern|topic)\s+(?:(read|write|readwrite|deny)\s+)?(\S+)$")
+# dynamic-security ACL types -> EMQX actions. Receiving has no separate check in EMQX:
+# what a client may subscribe to is what it receives.
+_ACTIONS = {
+    "publishClientSend": "publish",
+    "subscribePattern": "subscribe",
+    "subscribeLiteral": "subscribe",
+}
 
 
 def _topic(topic: str) -> str:
-    """Mosquitto's %u / %c placeholders in EMQX's ${...} form, as an Erlang string."""
-    converted = topic.replace("%u", "${username}").replace("%c", "${clientid}")
-    if '"' in converted or "\\" in converted:
+    """A topic filter as an Erlang string."""
+    if '"' in topic or "\\" in topic:
         raise ConfigError(f"ACL topic {topic!r} cannot be written for EMQX")
-    return f'"{converted}"'
+    return f'"{topic}"'
 
 
-def render_acl(mosquitto_acl: str) -> str:
-    """EMQX's acl.conf (file authorization) equal to a Mosquitto acl_file.
+def render_acl(dynsec_config: str) -> str:
+    """EMQX's acl.conf (file authorization) equal to the Mosquitto dynamic-security config.
 
-    `pattern` lines apply to every client, as in Mosquitto; `topic` lines to the `user`
-    above them. Everything not allowed is denied (the last rule), and EMQX checks a
-    shared subscription `$share/g/t` against `t`, so an account that may not read `t`
-    cannot join a share group on it.
+    Each account gets its roles' allow rules (publish, subscribe); everything else is
+    denied (the last rule). EMQX checks a shared subscription `$share/g/t` against `t`,
+    so the `$share/+/...` patterns need no rule of their own: an account that may not
+    subscribe to `t` cannot join a share group on it either.
     """
+    try:
+        config = json.loads(dynsec_config)
+        roles = {r["rolename"]: r.get("acls", []) for r in config["roles"]}
+        clients = config["clients"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"not a dynamic-security config: {exc}") from exc
     out = [
-        "%% Rendered by `safecity broker config --target emqx` from the Mosquitto ACL;",
-        "%% edits are overwritten.",
+        "%% Rendered by `safecity broker config --target emqx` from the broker's",
+        "%% dynamic-security config; edits are overwritten.",
     ]
-    user: str | None = None
-    for number, raw in enumerate(mosquitto_acl.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("user "):
-            user = line.split(None, 1)[1]
-            continue
-        match = _RULE_RE.match(line)
-        if match is None:
-            raise ConfigError(f"ACL line {number}: cannot translate {line!r}")
-        kind, access, topic = match.group(1), match.group(2) or "readwrite", match.group(3)
-        if access == "deny":
-            raise ConfigError(f"ACL line {number}: deny rules are not rendered for EMQX")
-        who = "all" if kind == "pattern" else f'{{username, "{user}"}}'
-        if kind == "topic" and user is None:
-            raise ConfigError(f"ACL line {number}: a topic rule before any user line")
-        out.append(f"{{allow, {who}, {_ACTIONS[access]}, [{_topic(topic)}]}}.")
+    for client in sorted(clients, key=lambda c: c["username"]):
+        who = f'{{username, "{client["username"]}"}}'
+        for role in client.get("roles", []):
+            for acl in roles.get(role["rolename"], []):
+                if acl.get("allow") is not True:
+                    raise ConfigError(f"deny rules are not rendered for EMQX: {acl}")
+                action = _ACTIONS.get(acl["acltype"])
+                topic = acl["topic"]
+                if action is None or topic.startswith("$share/"):
+                    continue
+                out.append(f"{{allow, {who}, {action}, [{_topic(topic)}]}}.")
     out.append("{deny, all}.")
     return "\n".join(out) + "\n"
 

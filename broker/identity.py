@@ -1,8 +1,8 @@
-"""Device and service identities: secrets, a hashed credential store, Mosquitto passwd/ACL files.
+"""Device and service identities: secrets, a hashed credential store, the broker's accounts.
 
 Secrets are generated here (shown once), only their PBKDF2 hashes are stored, and the
-broker's password file and ACL are rendered from the store; a SIGHUP makes a running
-Mosquitto re-read both without dropping other clients.
+dynamic-security plugin's config is rendered from the store (broker.dynsec); a running
+broker is changed account by account through its $CONTROL topic.
 """
 
 from __future__ import annotations
@@ -26,7 +26,16 @@ from pathlib import Path
 from safecity.errors import ConfigError
 from safecity.registry import City
 from safecity.secrets import read_secrets
-from safecity.topics import DEADLETTER, IDENTIFIER, PREFIX, SERVICES
+from safecity.topics import IDENTIFIER
+
+from .dynsec import (
+    CONTAINER_PLUGIN,
+    DYNSEC_FILE,
+    DynsecClient,
+    device_commands,
+    find_plugin,
+    render_dynsec,
+)
 
 __all__ = [
     "LOCAL_SERVICES",
@@ -38,8 +47,6 @@ __all__ = [
     "hash_password",
     "read_secrets",
     "reload_broker",
-    "render_acl",
-    "render_password_file",
     "render_secure_config",
     "service_username",
     "validate_username",
@@ -59,17 +66,20 @@ _HASH_RE = re.compile(r"^\$7\$([0-9]+)\$([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+)$")
 # Service usernames start with "_", which no device id can (see topics.IDENTIFIER), so a
 # device can never be provisioned under a service's name and inherit its rights.
 SERVICE_PREFIX = "_"
+# The services' client ids (`safecity-ingest-0`, `safecity-alerts`, ...) start with this.
+RESERVED_CLIENT_PREFIX = "safecity-"
 
 STORE_NAME = "credentials.json"
-PASSWORD_FILE = "mosquitto.passwd"  # noqa: S105 - a file name, not a password
-ACL_FILE = "mosquitto.acl"
 SECRETS_FILE = "secrets.json"
+# The `_admin` account's secret: kept beside the store, never in a secrets file handed
+# to services (it can change every account on a running broker).
+ADMIN_SECRET_FILE = "admin.json"  # noqa: S105 - a file name, not a password
 
 _STORE_VERSION = 1
 
 
 class Role(StrEnum):
-    """What an account may do on the broker (rendered into the ACL)."""
+    """What an account may do on the broker (its dynamic-security role)."""
 
     DEVICE = "device"
     INGEST = "ingest"
@@ -77,45 +87,13 @@ class Role(StrEnum):
     API = "api"
     CONSOLE = "console"
     SIMULATOR = "simulator"
+    ADMIN = "admin"
 
 
-SERVICE_ROLES: tuple[Role, ...] = tuple(r for r in Role if r is not Role.DEVICE)
+SERVICE_ROLES: tuple[Role, ...] = tuple(r for r in Role if r not in (Role.DEVICE, Role.ADMIN))
 DEFAULT_SERVICES: tuple[Role, ...] = (Role.INGEST, Role.API)
 # What a local stack (`make run`, the test session) provisions besides the devices.
 LOCAL_SERVICES: tuple[Role, ...] = (Role.INGEST, Role.API, Role.ALERTS, Role.SIMULATOR)
-
-# Per-service ACL rules. Devices get only the %u patterns below; nothing to read.
-_SERVICE_RULES: dict[Role, tuple[str, ...]] = {
-    # Reading safecity/v1/# also covers $share/<group>/safecity/v1/# (checked on 2.0.11).
-    Role.INGEST: (
-        f"topic read {PREFIX}/#",
-        f"topic write {PREFIX}/+/{DEADLETTER}/#",
-        f"topic write {PREFIX}/+/{SERVICES}/#",
-        "topic read $SYS/broker/#",
-    ),
-    Role.ALERTS: (
-        f"topic read {PREFIX}/#",
-        f"topic write {PREFIX}/+/_alerts/#",
-        f"topic write {PREFIX}/+/{SERVICES}/#",
-    ),
-    Role.API: (f"topic read {PREFIX}/#",),
-    Role.CONSOLE: (f"topic read {PREFIX}/#", "topic read $SYS/#"),
-    # A single-connection simulated fleet speaks for every device: local development only.
-    Role.SIMULATOR: (
-        f"topic write {PREFIX}/+/+/+/+/telemetry",
-        f"topic write {PREFIX}/+/+/+/+/event",
-        f"topic write {PREFIX}/+/+/+/+/status",
-        f"topic write {PREFIX}/+/{SERVICES}/#",
-    ),
-}
-
-# %u binds the topic's device_id to the authenticated username. Mosquitto 2.0.11 denies
-# every ACL check for a username or client id containing + or # ("dangerous").
-DEVICE_PATTERNS: tuple[str, ...] = (
-    f"pattern write {PREFIX}/+/+/+/%u/telemetry",
-    f"pattern write {PREFIX}/+/+/+/%u/event",
-    f"pattern write {PREFIX}/+/+/+/%u/status",
-)
 
 
 def service_username(role: Role | str) -> str:
@@ -127,14 +105,20 @@ def service_username(role: Role | str) -> str:
 
 
 def validate_username(username: str, role: Role) -> str:
-    """Return username if it is safe for the passwd file and %u ACL patterns, else raise."""
+    """Return username if it is safe as an account, client id and topic level, else raise."""
     if role is Role.DEVICE:
-        # The identifier pattern excludes + # / : and whitespace, so %u can never widen
-        # into a wildcard or another topic level, and ':' cannot break the passwd line.
+        # The identifier pattern excludes + # / : and whitespace, so the name can never
+        # widen into a wildcard or another topic level in the ACLs rendered from it.
         if IDENTIFIER.fullmatch(username) is None:
             raise ConfigError(
                 f"invalid device username {username!r}: must match "
                 f"^[a-z0-9][a-z0-9_.-]{{0,63}}$ (no '+', '#', '/', ':' or spaces)"
+            )
+        if username.startswith(RESERVED_CLIENT_PREFIX):
+            # A device's client id is its username: it must never be a service's.
+            raise ConfigError(
+                f"invalid device username {username!r}: {RESERVED_CLIENT_PREFIX}* client ids "
+                "belong to the platform's services"
             )
         return username
     if username != service_username(role):
@@ -183,6 +167,8 @@ class Account:
     created: str
     updated: str
     revoked: str | None = None
+    city: str | None = None
+    """A device's city (from the registry): it may publish only there."""
 
     @property
     def active(self) -> bool:
@@ -213,8 +199,8 @@ class CredentialStore:
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
         self.path = self.directory / STORE_NAME
-        self.password_file = self.directory / PASSWORD_FILE
-        self.acl_file = self.directory / ACL_FILE
+        self.dynsec_file = self.directory / DYNSEC_FILE
+        self.admin_secret_file = self.directory / ADMIN_SECRET_FILE
         self.accounts: dict[str, Account] = {}
         self._load()
 
@@ -233,6 +219,7 @@ class CredentialStore:
                     created=raw["created"],
                     updated=raw["updated"],
                     revoked=raw.get("revoked"),
+                    city=raw.get("city"),
                 )
                 validate_username(account.username, account.role)
                 self.accounts[account.username] = account
@@ -240,7 +227,7 @@ class CredentialStore:
             raise ConfigError(f"cannot read credential store {self.path}: {exc}") from exc
 
     def save(self) -> None:
-        """Write the store, the password file and the ACL (all 0600, atomically)."""
+        """Write the store and the broker's dynamic-security config (both 0600, atomically)."""
         records = []
         for account in sorted(self.accounts.values(), key=lambda a: a.username):
             record = asdict(account)
@@ -249,10 +236,22 @@ class CredentialStore:
         _write_private(
             self.path, json.dumps({"version": _STORE_VERSION, "accounts": records}, indent=1)
         )
-        _write_private(self.password_file, render_password_file(self.accounts.values()))
-        _write_private(self.acl_file, render_acl(self.accounts.values()))
+        _write_private(self.dynsec_file, render_dynsec(self.dynsec_clients()))
 
-    def _set_secret(self, username: str, role: Role) -> str:
+    def dynsec_clients(self) -> list[DynsecClient]:
+        """The active accounts as the dynamic-security plugin sees them."""
+        return [
+            DynsecClient(a.username, a.role.value, a.password_hash, a.city)
+            for a in self.accounts.values()
+            if a.active and a.password_hash is not None
+        ]
+
+    def commands(self, username: str, secret: str | None) -> list[dict[str, object]]:
+        """$CONTROL commands putting one account (new `secret`, or None = gone) on a broker."""
+        account = self._get(username)
+        return device_commands(username, account.role.value, secret, account.city)
+
+    def _set_secret(self, username: str, role: Role, city: str | None = None) -> str:
         validate_username(username, role)
         secret = new_secret()
         now = _now()
@@ -260,15 +259,27 @@ class CredentialStore:
         if old is not None and old.role is not role:
             raise ConfigError(f"{username} exists with role {old.role}, not {role}")
         created = old.created if old is not None else now
-        self.accounts[username] = Account(username, role, hash_password(secret), created, now)
+        if old is not None and city is None:
+            city = old.city
+        self.accounts[username] = Account(
+            username, role, hash_password(secret), created, now, city=city
+        )
         return secret
 
-    def provision(self, username: str, role: Role = Role.DEVICE) -> str | None:
-        """Create an account and return its secret; None if it exists (active or revoked)."""
+    def provision(
+        self, username: str, role: Role = Role.DEVICE, city: str | None = None
+    ) -> str | None:
+        """Create an account and return its secret; None if it exists (active or revoked).
+
+        An existing device without a city gets `city` (stores written before cities).
+        """
         validate_username(username, role)
-        if username in self.accounts:
+        old = self.accounts.get(username)
+        if old is not None:
+            if old.city is None and city is not None and role is Role.DEVICE:
+                self.accounts[username] = replace(old, city=city)
             return None
-        return self._set_secret(username, role)
+        return self._set_secret(username, role, city)
 
     def provision_city(
         self, city: City, services: Sequence[Role] = DEFAULT_SERVICES
@@ -276,7 +287,7 @@ class CredentialStore:
         """Provision every registry device and the given services; return the new secrets."""
         issued: dict[str, str] = {}
         for device in city.devices:
-            secret = self.provision(device.id)
+            secret = self.provision(device.id, Role.DEVICE, city.id)
             if secret is not None:
                 issued[device.id] = secret
         for role in services:
@@ -287,9 +298,38 @@ class CredentialStore:
         return issued
 
     def rotate(self, username: str) -> str:
-        """Issue a new secret for an existing account (reinstating it if revoked)."""
+        """Issue a new secret for an active account; a revoked one stays revoked."""
         account = self._get(username)
+        if not account.active:
+            raise ConfigError(
+                f"{username!r} is revoked (since {account.revoked}): "
+                "`safecity devices reinstate` it explicitly"
+            )
         return self._set_secret(username, account.role)
+
+    def reinstate(self, username: str) -> str:
+        """Give a revoked account a new secret (its old one stays dead)."""
+        account = self._get(username)
+        if account.active:
+            raise ConfigError(f"{username!r} is not revoked: rotate its secret instead")
+        return self._set_secret(username, account.role)
+
+    def ensure_admin(self) -> str:
+        """The `_admin` secret (from its 0600 file), issuing one if missing or stale."""
+        name = service_username(Role.ADMIN)
+        known = read_secrets(self.admin_secret_file) if self.admin_secret_file.exists() else {}
+        secret = known.get(name)
+        account = self.accounts.get(name)
+        if secret is None or account is None or not self.check(name, secret):
+            if account is None:
+                secret = self.provision(name, Role.ADMIN)
+            elif account.active:
+                secret = self.rotate(name)
+            else:
+                secret = self.reinstate(name)
+            assert secret is not None
+            _write_private(self.admin_secret_file, json.dumps({name: secret}))
+        return secret
 
     def revoke(self, username: str) -> Account:
         """Revoke an account: its hash is deleted, so no secret can log in any more."""
@@ -310,34 +350,6 @@ class CredentialStore:
         if account is None or not account.active or account.password_hash is None:
             return False
         return verify_password(secret, account.password_hash)
-
-
-def render_password_file(accounts: Iterable[Account]) -> str:
-    """Mosquitto's password file: one `username:$7$...` line per active account."""
-    lines = [
-        f"{a.username}:{a.password_hash}"
-        for a in sorted(accounts, key=lambda a: a.username)
-        if a.active
-    ]
-    return "".join(line + "\n" for line in lines)
-
-
-def render_acl(accounts: Iterable[Account]) -> str:
-    """Mosquitto's ACL file: device %u patterns, then one block per active service account."""
-    out = [
-        "# Rendered by broker.identity from the credential store; edits are overwritten.",
-        "# No rules before the first `user` line: anonymous clients get nothing.",
-        "# Devices: publish only under their own device id (= username); read nothing.",
-        *DEVICE_PATTERNS,
-        "",
-    ]
-    for account in sorted(accounts, key=lambda a: a.username):
-        if account.role is Role.DEVICE or not account.active:
-            continue
-        out.append(f"user {account.username}")
-        out.extend(_SERVICE_RULES[account.role])
-        out.append("")
-    return "\n".join(out) + "\n"
 
 
 def write_secrets(path: Path, issued: dict[str, str]) -> None:
@@ -371,7 +383,7 @@ def read_pidfile(path: Path) -> int:
 
 
 def reload_broker(pid: int) -> None:
-    """SIGHUP Mosquitto: it re-reads passwd and ACL and keeps every still-valid client."""
+    """SIGHUP Mosquitto: it re-reads its config and certificates (not the plugin's accounts)."""
     try:
         os.kill(pid, signal.SIGHUP)
     except ProcessLookupError as exc:
@@ -402,14 +414,17 @@ class LocalIdentities:
         self.secrets: dict[str, str] = {}
         self.issued: dict[str, str] = {}
         """Secrets issued by the last `sync` (new accounts and repaired ones)."""
+        self.admin_secret = ""
+        """The `_admin` account's secret (kept in its own file, not in secrets_file)."""
         self.sync()
 
     def sync(self) -> dict[str, str]:
-        """Provision what is missing, repair lost secrets, write store, passwd, ACL and secrets."""
+        """Provision what is missing, repair lost secrets, write store, broker config, secrets."""
         known = read_secrets(self.secrets_file)
         issued = self.store.provision_city(self.city, self.services)
+        self.admin_secret = self.store.ensure_admin()
         for name, account in self.store.accounts.items():
-            if not account.active or name in issued:
+            if not account.active or name in issued or account.role is Role.ADMIN:
                 continue
             secret = known.get(name)
             if secret is None or not self.store.check(name, secret):
@@ -418,17 +433,17 @@ class LocalIdentities:
         self.secrets = {
             name: issued.get(name) or known[name]
             for name, account in sorted(self.store.accounts.items())
-            if account.active
+            if account.active and account.role is not Role.ADMIN
         }
         _write_private(self.secrets_file, json.dumps(self.secrets, indent=1, sort_keys=True))
         self.issued = issued
         return issued
 
-    def add_devices(self, device_ids: Iterable[str]) -> dict[str, str]:
+    def add_devices(self, device_ids: Iterable[str], city: str | None = None) -> dict[str, str]:
         """Provision extra devices (not in the registry); return the new secrets."""
         issued: dict[str, str] = {}
         for device_id in device_ids:
-            secret = self.store.provision(device_id)
+            secret = self.store.provision(device_id, Role.DEVICE, city)
             if secret is not None:
                 issued[device_id] = secret
         if issued:
@@ -450,7 +465,7 @@ class LocalIdentities:
 _TLS_LISTENER_RE = re.compile(r"^\s*listener\s+8883\b")
 _LISTENER_OPTION_RE = re.compile(r"^\s*#?\s*[a-z_0-9.]+\s")
 _KEY_RE = re.compile(
-    r"^\s*#?\s*(password_file|acl_file|cafile|certfile|keyfile|crlfile|pid_file|"
+    r"^\s*#?\s*(plugin|plugin_opt_config_file|cafile|certfile|keyfile|crlfile|pid_file|"
     r"require_certificate|use_identity_as_username)\s"
 )
 
@@ -458,30 +473,32 @@ _KEY_RE = re.compile(
 def render_secure_config(
     template: str,
     *,
-    password_file: Path,
-    acl_file: Path,
+    dynsec_file: Path,
     pid_file: Path,
+    plugin: str | None = None,
     tls_port: int | None = None,
     tls_host: str = "127.0.0.1",
     cafile: Path | None = None,
     certfile: Path | None = None,
     keyfile: Path | None = None,
     mutual_tls: bool = False,
+    crlfile: Path | None = None,
 ) -> str:
     """Point broker/mosquitto.conf at local files; control.stack then adapts the rest.
 
     The plain listener stays the template's first `listener` (stack.render_mosquitto_conf
     binds it to loopback); the TLS listener (`listener 8883`) moves to tls_host:tls_port,
-    or is dropped with its options when tls_port is None.
+    or is dropped with its options when tls_port is None. `plugin`: the dynamic-security
+    plugin's path on this host (default: found where Debian or the image installs it).
     """
     values: dict[str, str | None] = {
-        "password_file": str(password_file),
-        "acl_file": str(acl_file),
+        "plugin": plugin if plugin is not None else find_plugin(),
+        "plugin_opt_config_file": str(dynsec_file),
         "pid_file": str(pid_file),
         "cafile": str(cafile) if cafile else None,
         "certfile": str(certfile) if certfile else None,
         "keyfile": str(keyfile) if keyfile else None,
-        "crlfile": None,
+        "crlfile": str(crlfile) if crlfile and mutual_tls else None,
         "require_certificate": "true" if mutual_tls else None,
         "use_identity_as_username": "true" if mutual_tls else None,
     }
@@ -521,14 +538,14 @@ def render_container_config(template: str) -> str:
     """broker/mosquitto.conf as the eclipse-mosquitto container of docker compose runs it.
 
     The plain listener listens on the compose network (never published to the host; the
-    services reach `mosquitto:1883`), TLS on 8883 for devices outside; password file,
-    ACL and certificates come from the volumes the provisioning step fills; logs go to
-    stdout for `docker compose logs`.
+    services reach `mosquitto:1883`), TLS on 8883 for devices outside; the accounts
+    (dynamic-security config) and certificates come from the volumes the provisioning
+    step fills; logs go to stdout for `docker compose logs`.
     """
     text = render_secure_config(
         template,
-        password_file=CONTAINER_CONFIG_DIR / PASSWORD_FILE,
-        acl_file=CONTAINER_CONFIG_DIR / ACL_FILE,
+        dynsec_file=CONTAINER_CONFIG_DIR / DYNSEC_FILE,
+        plugin=CONTAINER_PLUGIN,
         pid_file=Path("/mosquitto/data/mosquitto.pid"),
         tls_port=8883,
         tls_host="0.0.0.0",

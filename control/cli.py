@@ -1,4 +1,5 @@
-"""The `safecity` command line: run | ingest | api | simulate | city | apikey.
+"""The `safecity` command line: each service adds its own commands; this module adds
+run | verify | influx init | city | apikey and composes them.
 
 Each service's modules are imported inside the command that runs it, so that a
 command starts without loading every service.
@@ -8,62 +9,37 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import signal
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from pydantic import ValidationError
-
+from alerts import cli as alerts_cli
 from alerts.settings import AlertsSettings
+from api import cli as api_cli
 from api.settings import ApiSettings
+from broker import cli as broker_cli
+from control import envexample
 from control.settings import StackSettings, StorageSettings
-from dashboards.settings import DashboardsSettings
+from dashboards import cli as dashboards_cli
+from ingest import cli as ingest_cli
 from ingest.settings import IngestSettings
-from safecity import registry
+from safecity import cliargs, instance, registry
+from safecity.cliargs import CliError, port, positive_float, positive_int, registry_flag
 from safecity.errors import SafecityError
 from safecity.observability import configure_logging
-from safecity.settings import resolve_instance_id
+from safecity.readings import format_ts
+from simulators import cli as simulators_cli
 from simulators.settings import SimulatorSettings
 
-S = TypeVar("S")
+__all__ = ["CliError", "build_parser", "main"]
 
-
-class CliError(SafecityError):
-    """A command-line usage error, reported as one line."""
-
-
-def _settings(cls: Callable[..., S], **overrides: Any) -> S:
-    """Build settings from env/.env plus the flags given; name the bad variable on error."""
-    try:
-        return cls(**{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as exc:
-        lines = []
-        for err in exc.errors(include_url=False):
-            loc = [str(p) for p in err["loc"]]
-            var = "SAFECITY_" + "__".join(loc).upper()
-            flag = "--" + loc[-1].replace("_", "-") if loc else ""
-            lines.append(f"invalid setting {var} (or {flag}): {err['msg']}")
-        raise CliError("; ".join(lines)) from exc
-
-
-def _run_async(main: Coroutine[Any, Any, None]) -> int:
-    """Run a service coroutine; SIGINT/SIGTERM cancel it so it stops cleanly."""
-
-    async def wrapper() -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, task.cancel)
-        await main
-
-    with contextlib.suppress(asyncio.CancelledError):
-        asyncio.run(wrapper())
-    return 0
+# The shared helpers under the names the commands below use.
+_settings = cliargs.settings
+_run_async = cliargs.run_async
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -83,23 +59,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     configure_logging("run", settings.log_level)
     return run_local(settings)
-
-
-def cmd_ingest(args: argparse.Namespace) -> int:
-    """One ingest worker, or with --workers N a supervisor of N worker processes."""
-    settings = _settings(IngestSettings, worker_id=args.worker_id, registry=args.registry)
-    configure_logging("ingest", settings.log_level)
-    if settings.worker_id == "auto":
-        settings = settings.model_copy(update={"worker_id": resolve_instance_id("auto")})
-    city = registry.load_or_default(settings.registry)
-    if args.workers is not None:
-        from ingest import supervisor
-
-        code: int = supervisor.supervise(settings, args.workers, settings.registry)
-        return code
-    from ingest import service
-
-    return _run_async(service.run(settings, city))
 
 
 def cmd_influx_init(args: argparse.Namespace) -> int:
@@ -130,55 +89,35 @@ def cmd_influx_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_deadletter(args: argparse.Namespace) -> int:
-    """Inspect or replay the dead-letter store."""
-    settings = _settings(IngestSettings, deadletter_dir=args.dir, registry=args.registry)
-    configure_logging("deadletter", settings.log_level)
-    from ingest import deadletter
-
-    store = deadletter.DeadLetterStore(settings.deadletter_dir)
-    if args.action == "replay":
-        city = registry.load_or_default(settings.registry)
-        from ingest import replay
-
-        result = asyncio.run(replay.replay(settings, city, args.reason, args.dry_run))
-        still = ", ".join(f"{k}={v}" for k, v in sorted(result.still_rejected.items()))
-        verb = "would write" if args.dry_run else "written"
-        print(
-            f"examined {result.examined}, {verb} {result.written}, "
-            f"still rejected {sum(result.still_rejected.values())} ({still or 'none'}), "
-            f"refused by InfluxDB {result.refused_by_influx}, "
-            f"truncated (not replayable) {result.skipped_truncated}"
-        )
-        return 0
-    records = [r for r in store.read() if args.reason is None or r.get("reason") == args.reason]
-    if args.action == "stats":
-        counts: dict[str, int] = {}
-        for r in records:
-            counts[str(r.get("reason"))] = counts.get(str(r.get("reason")), 0) + 1
-        print(f"{len(records)} dead letters in {store.path}")
-        for reason, count in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
-            print(f"  {reason:24} {count}")
-        return 0
-    for r in records[-args.limit :] if args.limit else records:
-        print(json.dumps(r, separators=(",", ":")))
-    return 0
-
-
 def cmd_verify(args: argparse.Namespace) -> int:
-    """Check a ledger against InfluxDB and the dead-letter stores; exit 1 on any loss."""
+    """Check a ledger against InfluxDB and the dead-letter stores; exit 1 on any loss.
+
+    Without --ledger: the ledger of the instance's city (`safecity run` keeps one), with
+    its dead-letter store; while it runs, what was sent up to now is checked after
+    `--settle` seconds (default 5) for the messages still on their way.
+    """
     if getattr(args, "scenario", None):
         return cmd_verify_scenario(args)
-    if args.ledger is None:
-        raise CliError("verify needs --ledger FILE (or --scenario NAME)")
     settings = _settings(IngestSettings, registry=args.registry)
+    ledger_path, deadletters, upto = args.ledger, args.deadletters or [], None
+    if ledger_path is None:
+        where = instance.layout(settings.home)
+        if not where.ledger_file.exists():
+            raise CliError(
+                "verify needs --ledger FILE (or --scenario NAME): "
+                f"no ledger of a local city in {where.root} (`safecity run` keeps one there)"
+            )
+        ledger_path, deadletters = where.ledger_file, args.deadletters or [where.deadletter_dir]
+        if instance.running(where) is not None:
+            upto = where.ledger_file.stat().st_size
+            time.sleep(5.0 if args.settle is None else args.settle)
     from control.verify import verify
     from safecity.influx import InfluxClient
 
     async def main() -> Any:
         client = InfluxClient(settings.influx)
         try:
-            return await verify(args.ledger, client, args.deadletters or [])
+            return await verify(ledger_path, client, deadletters, upto=upto)
         finally:
             await client.close()
 
@@ -187,12 +126,27 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _outside_window(start: datetime, end: datetime, past_s: float, future_s: float) -> str | None:
+    """Why a scenario's simulated span falls outside the ingest's timestamp window, if it does."""
+    now = datetime.now(UTC)
+    earliest, latest = now - timedelta(seconds=past_s), now + timedelta(seconds=future_s)
+    if earliest <= start and end <= latest:
+        return None
+    return (
+        f"the scenario's simulated time {format_ts(start)} .. {format_ts(end)} falls outside "
+        f"the ingest's timestamp window ({format_ts(earliest)} .. {format_ts(latest)}: "
+        f"SAFECITY_TS_PAST_WINDOW={past_s:g}, SAFECITY_TS_FUTURE_WINDOW={future_s:g}); its "
+        "readings would be dead-lettered and every rule would look missed. Give a --start "
+        "inside the window, or widen both variables for the ingest, the alerts service and "
+        "this command"
+    )
+
+
 def cmd_verify_scenario(args: argparse.Namespace) -> int:
     """Run a scenario and score the alert rules against its ledger; exit 1 if it fails."""
     import tempfile
-    from datetime import UTC, datetime
 
-    from control.scoring import run_scenario
+    from control.scenario import run_scenario
 
     settings = _settings(AlertsSettings, registry=args.registry)
     configure_logging("verify", settings.log_level)
@@ -204,6 +158,12 @@ def cmd_verify_scenario(args: argparse.Namespace) -> int:
     start = start or datetime.now(UTC).replace(microsecond=0)
     speed = args.speed or scenario.speed or 1.0
     duration = args.duration or scenario.duration or 60.0
+    fleet = _settings(SimulatorSettings, registry=args.registry)
+    simulators_cli.refuse_beside_running_city(fleet, scenario.fleet(city))
+    end = start + timedelta(seconds=duration * speed)
+    why = _outside_window(start, end, settings.ts_past_window, settings.ts_future_window)
+    if why is not None:
+        raise CliError(f"scenario {args.scenario}: {why}")
     with tempfile.TemporaryDirectory() as tmp:
         ledger_path = args.ledger or Path(tmp) / "ledger.jsonl"
         result = run_scenario(
@@ -215,7 +175,7 @@ def cmd_verify_scenario(args: argparse.Namespace) -> int:
             speed=speed,
             duration=duration,
             ledger_path=ledger_path,
-            settle_s=args.settle,
+            settle_s=30.0 if args.settle is None else args.settle,
             registry=settings.registry,
             deadletter_dirs=args.deadletters or [],
         )
@@ -240,111 +200,12 @@ def cmd_verify_scenario(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
-def cmd_alerts(args: argparse.Namespace) -> int:
-    """The alerts service (or, with --check, validate the rule file and exit)."""
-    settings = _settings(
-        AlertsSettings,
-        alerts_id=args.alerts_id,
-        alerts_rules_file=args.rules,
-        registry=args.registry,
-    )
-    configure_logging("alerts", settings.log_level)
-    city = registry.load_or_default(settings.registry)
-    from alerts import rules as rules_mod
-
-    ruleset = rules_mod.load_for(city.id, settings.alerts_rules_file)
-    if args.check:
-        print(f"{len(ruleset.rules)} rules for {ruleset.city}: ok")
-        return 0
-    from alerts import service
-
-    return _run_async(service.run(settings, city, ruleset))
-
-
-def cmd_api(args: argparse.Namespace) -> int:
-    """The HTTP API."""
-    settings = _settings(ApiSettings, host=args.host, port=args.port, registry=args.registry)
-    configure_logging("api", settings.log_level)
-    from api import server
-
-    return _run_async(server.serve(settings))
-
-
-def cmd_simulate(args: argparse.Namespace) -> int:
-    """The simulated city fleet."""
-    from simulators import command
-
-    if args.list_scenarios:
-        code: int = command.list_scenarios()
-        return code
-    try:
-        faults = command.parse_faults(args.faults, args.fault_rate)
-    except ValueError as exc:
-        raise CliError(str(exc)) from None
-    overrides = {
-        "speed": args.speed,
-        "seed": args.seed,
-        "max_devices": args.devices,
-        "duration": args.duration,
-        "start": args.start,
-        "transport": args.transport,
-        "processes": args.processes,
-        "ledger": args.ledger,
-        "scenario": args.scenario,
-        "faults": faults,
-    }
-    settings = _settings(SimulatorSettings, registry=args.registry, **overrides)
-    configure_logging("simulator", settings.log_level)
-    explicit = {k for k, v in overrides.items() if v is not None}
-    try:
-        code = command.simulate(settings, explicit)
-    except (ValueError, OSError) as exc:
-        raise CliError(f"simulate: {exc}") from None
-    return code
-
-
 def cmd_city_generate(args: argparse.Namespace) -> int:
     """Write a generated city registry."""
     city = registry.generate(args.city, args.devices, args.seed, districts=args.districts)
     out = args.out or Path(f"{city.id}.jsonl")
     registry.write(city, out)
     print(f"wrote {out}: {city.name}, {len(city.districts)} districts, {len(city.devices)} devices")
-    return 0
-
-
-def cmd_dashboards_build(args: argparse.Namespace) -> int:
-    """Regenerate (or --check) the Grafana provisioning files."""
-    from dashboards import build
-
-    argv = ["--out", str(args.out)] if args.out else []
-    argv += ["--registry", str(args.registry)] if args.registry else []
-    argv += ["--check"] if args.check else []
-    code: int = build.main(argv)
-    return code
-
-
-def cmd_dashboards_push(args: argparse.Namespace) -> int:
-    """Push folder, datasource, dashboards and alert rules to a running Grafana."""
-    settings = _settings(
-        DashboardsSettings,
-        grafana_url=args.url,
-        grafana_token=args.token,
-        grafana_influx_url=args.influx_url,
-        registry=args.registry,
-    )
-    configure_logging("dashboards", settings.log_level)
-    if settings.grafana_token is None:
-        raise CliError("a Grafana token is needed: --token or SAFECITY_GRAFANA_TOKEN")
-    from dashboards import push
-
-    report = push.push(
-        settings.grafana_url,
-        settings.grafana_token.get_secret_value(),
-        settings.influx,
-        datasource_url=settings.grafana_influx_url,
-        city=registry.load_or_default(settings.registry),
-    )
-    print(report.summary())
     return 0
 
 
@@ -403,85 +264,42 @@ def cmd_apikey_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
-    return value
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535, 0 = any free)")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `safecity` command."""
     parser = argparse.ArgumentParser(prog="safecity", description="safecity telemetry platform")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def registry_flag(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--registry", type=Path, help="city registry file (default: Tashkent)")
-
     p = sub.add_parser("run", help="the whole local stack (broker, InfluxDB, services, city)")
-    p.add_argument("--data-dir", type=Path, help="where the stack keeps data and logs")
-    p.add_argument("--speed", type=_positive_float, help="simulated seconds per wall second")
+    p.add_argument(
+        "--data-dir", type=Path, help="the instance directory (default: SAFECITY_HOME, var/stack)"
+    )
+    p.add_argument("--speed", type=positive_float, help="simulated seconds per wall second")
     p.add_argument("--seed", type=int, help="simulator seed")
-    p.add_argument("--api-port", type=_port)
-    p.add_argument("--mqtt-port", type=_port)
-    p.add_argument("--mqtt-tls-port", type=_port, help="the broker's TLS listener (0: any free)")
-    p.add_argument("--influx-port", type=_port)
+    p.add_argument("--api-port", type=port)
+    p.add_argument("--mqtt-port", type=port)
+    p.add_argument("--mqtt-tls-port", type=port, help="the broker's TLS listener (0: any free)")
+    p.add_argument("--influx-port", type=port)
     registry_flag(p)
     p.set_defaults(func=cmd_run)
+    ingest_cli.add_parsers(sub)
 
-    p = sub.add_parser("ingest", help="an ingest worker (MQTT -> InfluxDB)")
-    p.add_argument("--worker-id", help="stable worker id (its MQTT client id and session)")
-    p.add_argument(
-        "--workers",
-        type=_positive_int,
-        help="run N worker processes with ids <worker-id>-0..N-1 on the shared subscription",
+    p = sub.add_parser(
+        "env-example", help="print, --write or --check .env.example (from every settings class)"
     )
-    registry_flag(p)
-    p.set_defaults(func=cmd_ingest)
-
-    dl = sub.add_parser("deadletter", help="inspect or replay the dead-letter store")
-    dl_sub = dl.add_subparsers(dest="action", required=True, metavar="ACTION")
-    for action, text in (
-        ("list", "print stored dead letters as JSON lines"),
-        ("stats", "count dead letters by reason"),
-        ("replay", "re-validate (e.g. after a registry fix); write and remove the good ones"),
-    ):
-        p = dl_sub.add_parser(action, help=text)
-        p.add_argument("--dir", type=Path, help="dead-letter directory (SAFECITY_DEADLETTER_DIR)")
-        p.add_argument("--reason", help="only records with this reason")
-        registry_flag(p)
-        if action == "list":
-            p.add_argument("--limit", type=_positive_int, help="only the last N records")
-        if action == "replay":
-            p.add_argument("--dry-run", action="store_true", help="report, write nothing")
-        p.set_defaults(func=cmd_deadletter)
+    p.add_argument("--write", action="store_true", help="write the file")
+    p.add_argument("--check", action="store_true", help="exit 1 if the file is stale")
+    p.set_defaults(
+        func=lambda a: envexample.main(
+            [*(["--write"] if a.write else []), *(["--check"] if a.check else [])]
+        )
+    )
 
     p = sub.add_parser("verify", help="check a ledger against InfluxDB and dead letters")
     p.add_argument(
-        "--ledger", type=Path, help="ledger file (JSON lines); with --scenario: where to write it"
+        "--ledger",
+        type=Path,
+        help="ledger file (JSON lines; default: the local city's); with --scenario: where "
+        "to write it",
     )
     p.add_argument(
         "--deadletters", type=Path, action="append", help="dead-letter directory (repeatable)"
@@ -489,21 +307,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     # Ground-truth scoring of the alert rules: run a scenario, score its alerts.
     p.add_argument("--scenario", help="run this scenario and score the alert rules against it")
-    p.add_argument("--speed", type=_positive_float, help="with --scenario: simulated s per s")
+    p.add_argument("--speed", type=positive_float, help="with --scenario: simulated s per s")
     p.add_argument("--start", help="with --scenario: simulated start (UTC)")
-    p.add_argument("--duration", type=_positive_float, help="with --scenario: wall seconds")
-    p.add_argument(
-        "--settle", type=_positive_float, default=30.0, help="seconds to wait for alerts"
-    )
+    p.add_argument("--duration", type=positive_float, help="with --scenario: wall seconds")
+    p.add_argument("--settle", type=positive_float, default=30.0, help="seconds to wait for alerts")
     registry_flag(p)
     p.set_defaults(func=cmd_verify)
-
-    p = sub.add_parser("alerts", help="the alerts service (rules -> alerts -> incidents)")
-    p.add_argument("--alerts-id", help="stable id (its MQTT client id and session)")
-    p.add_argument("--rules", type=Path, help="rule file (default: the city's shipped rules)")
-    p.add_argument("--check", action="store_true", help="validate the rule file and exit")
-    registry_flag(p)
-    p.set_defaults(func=cmd_alerts)
+    alerts_cli.add_parsers(sub)
 
     influx = sub.add_parser("influx", help="InfluxDB administration").add_subparsers(
         dest="influx_command", required=True, metavar="ACTION"
@@ -518,28 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(SAFECITY_SERVICE_USERNAME, SAFECITY_SERVICE_PASSWORD_FILE)",
     )
     p.set_defaults(func=cmd_influx_init)
-
-    p = sub.add_parser("api", help="the HTTP API")
-    p.add_argument("--host")
-    p.add_argument("--port", type=_port)
-    registry_flag(p)
-    p.set_defaults(func=cmd_api)
-
-    p = sub.add_parser("simulate", help="the simulated city fleet")
-    p.add_argument("--speed", type=_positive_float, help="simulated seconds per wall second")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--devices", type=_positive_int, help="simulate only the first N devices")
-    p.add_argument("--duration", type=_positive_float, help="stop after this many wall seconds")
-    p.add_argument("--start", help="simulated start, e.g. 2026-01-15T06:00 (UTC; default now)")
-    p.add_argument("--scenario", help="scenario name (see --list-scenarios) or .toml path")
-    p.add_argument("--list-scenarios", action="store_true", help="list scenarios and exit")
-    p.add_argument("--transport", choices=("edge", "single"), help="per-device or one connection")
-    p.add_argument("--processes", type=_positive_int, help="split the fleet over N processes")
-    p.add_argument("--ledger", type=Path, help="write the ground-truth ledger to this file")
-    p.add_argument("--faults", help="fault rates per reading, e.g. bad_json=0.01,duplicate=0.02")
-    p.add_argument("--fault-rate", type=float, help="the same rate for every fault")
-    registry_flag(p)
-    p.set_defaults(func=cmd_simulate)
+    api_cli.add_parsers(sub)
+    simulators_cli.add_parsers(sub)
 
     keys = sub.add_parser("apikey", help="API keys (create, list, revoke)").add_subparsers(
         dest="apikey_command", required=True, metavar="ACTION"
@@ -568,34 +358,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--city", required=True, help="city name (tashkent, almaty, bishkek, ... or any)"
     )
-    p.add_argument("--devices", type=_positive_int, default=300)
+    p.add_argument("--devices", type=positive_int, default=300)
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--districts", type=_positive_int, help="district count for unknown cities")
+    p.add_argument("--districts", type=positive_int, help="district count for unknown cities")
     p.add_argument("--out", type=Path, help="output file (default: <city>.jsonl)")
     p.set_defaults(func=cmd_city_generate)
     p = city.add_parser("show", help="validate a registry and summarise it")
     registry_flag(p)
     p.set_defaults(func=cmd_city_show)
 
-    dash = sub.add_parser("dashboards", help="Grafana provisioning").add_subparsers(
-        dest="dashboards_command", required=True, metavar="ACTION"
-    )
-    p = dash.add_parser("build", help="regenerate dashboards/grafana/ from dashboards/build.py")
-    p.add_argument("--out", type=Path, help="output dir (default: dashboards/grafana)")
-    p.add_argument("--check", action="store_true", help="fail if the files are out of date")
-    registry_flag(p)
-    p.set_defaults(func=cmd_dashboards_build)
-    p = dash.add_parser("push", help="push folder, datasource, dashboards, alert rules")
-    p.add_argument("--url", help="Grafana base URL (SAFECITY_GRAFANA_URL)")
-    p.add_argument("--token", help="service-account token (better: SAFECITY_GRAFANA_TOKEN)")
-    p.add_argument("--influx-url", help="InfluxDB URL as Grafana reaches it")
-    registry_flag(p)
-    p.set_defaults(func=cmd_dashboards_push)
-
-    # Identities and certificates: `safecity devices ...`, `safecity certs ...`.
-    from broker.cli import add_parsers as add_security_parsers
-
-    add_security_parsers(sub)
+    dashboards_cli.add_parsers(sub)
+    broker_cli.add_parsers(sub)
     return parser
 
 

@@ -26,7 +26,8 @@ from broker.settings import SecuritySettings
 from control.settings import StackSettings, StorageSettings
 from dashboards.settings import DashboardsSettings
 from ingest.settings import IngestSettings
-from safecity.settings import ServiceSettings
+from safecity import instance
+from safecity.settings import InHome, ServiceSettings
 from simulators.settings import SimulatorSettings
 
 PREFIX = "SAFECITY_"
@@ -94,6 +95,11 @@ DESCRIPTIONS = {
     "SAFECITY_MQTT__PASSWORD": "That account's secret.",
     "SAFECITY_MQTT__KEEPALIVE": "MQTT keep-alive, seconds.",
     "SAFECITY_MQTT__CONNECT_TIMEOUT": "Seconds to wait for the broker's CONNACK.",
+    "SAFECITY_MQTT__FAST_PATH": (
+        "The ingest's bulk-read receive path over paho's internals (checked at start-up; "
+        "without them paho's stock per-message path is used, with a warning). false: "
+        "always the stock path."
+    ),
     "SAFECITY_MQTT__TLS_CA": (
         "TLS to the broker's TLS listener: the CA that signed its certificate "
         "(`safecity certs init` writes one); empty = plain MQTT."
@@ -183,6 +189,14 @@ DESCRIPTIONS = {
     "SAFECITY_DEDUP_WINDOW": (
         "(device, seq) pairs each worker remembers to detect conflicting duplicates."
     ),
+    "SAFECITY_MAX_EXPORT_ROWS": (
+        "Most rows one export (CSV/NDJSON) may hold; a larger one is refused before it starts."
+    ),
+    "SAFECITY_STREAM_REPLAY": (
+        "Live-stream events kept for Last-Event-ID resumption (older ones: a `gap` event)."
+    ),
+    "SAFECITY_STREAM_RETRY_MS": "The `retry:` hint (ms) the live stream gives reconnecting clients",
+    "SAFECITY_STREAM_MAX_PER_KEY": "Live streams one API key may hold open at once (429 beyond).",
     "SAFECITY_DEADLETTER_MAX_PACKET": (
         "The broker's max_packet_size: a dead letter that would not fit is stored, not republished."
     ),
@@ -292,6 +306,11 @@ DESCRIPTIONS = {
     "SAFECITY_EDGE__DRAIN_TIMEOUT": (
         "Seconds to wait for unacknowledged messages at shutdown (the rest stays spooled)."
     ),
+    "SAFECITY_EDGE__TLS_CLIENT_DIR": (
+        "Mutual TLS: the directory of per-device client certificates, <device id>.crt/.key "
+        "(`safecity certs provision` writes them to <certs dir>/clients); the CA and the TLS "
+        "port come from SAFECITY_MQTT__TLS_CA and SAFECITY_MQTT__PORT. Empty = none."
+    ),
     # faults
     "SAFECITY_FAULTS__STUCK": "Episodes of frozen values.",
     "SAFECITY_FAULTS__DRIFT": "Episodes of a growing bias.",
@@ -320,6 +339,11 @@ DESCRIPTIONS = {
     ),
     "SAFECITY_MQTT_PORT": "Broker port on 127.0.0.1 (0 = any free one).",
     "SAFECITY_MQTT_TLS_PORT": "The broker's TLS listener for devices (0 = any free one).",
+    "SAFECITY_DEVICE_TLS": (
+        "How the simulated devices reach the broker: off (plain MQTT on loopback, fastest), "
+        "tls (the TLS listener, CA-verified, passwords) or mtls (a certificate per device in "
+        "<data dir>/certs/clients, CN = device id, CRL checked). See docs/tls.md."
+    ),
     "SAFECITY_INFLUX_PORT": "InfluxDB port on 127.0.0.1 (0 = any free one).",
     "SAFECITY_API_PORT": "API and console port (0 = any free one).",
     "SAFECITY_INGEST_METRICS_PORT": "The ingest's metrics port (0 = any free one).",
@@ -342,13 +366,29 @@ class Variable:
 
     @property
     def description(self) -> str:
-        """The field's description, else the entry in DESCRIPTIONS, else empty."""
-        return self.info.description or DESCRIPTIONS.get(self.name, "")
+        """The field's description, else the entry in DESCRIPTIONS, else empty; for a data
+        path, also where in the instance directory it defaults to."""
+        text = self.info.description or DESCRIPTIONS.get(self.name, "")
+        factory = self.info.default_factory
+        if isinstance(factory, InHome):
+            where = instance.layout(Path("$SAFECITY_HOME"))
+            text += f" Empty: {getattr(where, factory.part)}."
+        return text
 
     @property
     def default(self) -> str:
         """The default as a .env value (empty for none)."""
-        return env_value(self.info.get_default(call_default_factory=True))
+        return default_value(self.info)
+
+
+def default_value(info: FieldInfo) -> str:
+    """A field's default as a .env value. Data paths (and other defaults computed from the
+    instance directory) are empty, so that they follow SAFECITY_HOME."""
+    if info.default_factory is instance.home:
+        return str(instance.DEFAULT_HOME)
+    if isinstance(info.default_factory, InHome) or info.default_factory_takes_validated_data:
+        return ""
+    return env_value(info.get_default(call_default_factory=True))
 
 
 def env_value(value: Any) -> str:
@@ -400,7 +440,7 @@ def conflicting_defaults() -> dict[str, set[str]]:
     seen: dict[str, set[str]] = {}
     for _, cls, _ in SERVICES:
         for name, info, _group in _fields(cls, PREFIX, None):
-            seen.setdefault(name, set()).add(env_value(info.get_default(call_default_factory=True)))
+            seen.setdefault(name, set()).add(default_value(info))
     return {name: values for name, values in seen.items() if len(values) > 1}
 
 

@@ -16,7 +16,8 @@ import time
 import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO
+from types import TracebackType
+from typing import IO, Self
 
 import httpx
 
@@ -295,3 +296,56 @@ class ManagedProcess:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
+
+
+class LocalService:
+    """What a locally launched server shares: its process, lifecycle and fault helpers."""
+
+    name = "service"
+    process: ManagedProcess
+
+    @property
+    def pid(self) -> int | None:
+        """Pid of the server process, if started."""
+        return self.process.pid
+
+    @property
+    def alive(self) -> bool:
+        """True while the server process runs."""
+        return self.process.alive
+
+    def start(self) -> Self:
+        """Start the server and wait until it answers."""
+        raise NotImplementedError
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop gracefully (SIGTERM, then SIGKILL after the timeout); idempotent."""
+        self.process.stop(timeout)
+
+    def restart(self, timeout: float = 10.0) -> None:
+        """Graceful stop (if running), then start again on the same ports and data dir."""
+        self.stop(timeout)
+        self.start()
+
+    def kill(self) -> None:
+        """SIGKILL the server: a crash (Mosquitto loses what was not autosaved yet)."""
+        self.process.kill()
+
+    def pause(self) -> None:
+        """SIGSTOP the server: connections hang instead of being refused."""
+        self.process.pause()
+
+    def resume(self) -> None:
+        """SIGCONT a paused server."""
+        self.process.resume()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

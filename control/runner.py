@@ -24,7 +24,7 @@ from pathlib import Path
 from broker.identity import Role, service_username
 from control.settings import StackSettings
 from control.stack import LocalStack, ManagedProcess, ensure_port_free, free_port, http_ok
-from safecity import registry
+from safecity import instance, registry
 from safecity.errors import StackError
 
 log = logging.getLogger("safecity.run")
@@ -49,9 +49,11 @@ def service_env(
             "SAFECITY_MQTT__PORT": str(stack.mqtt_port),
             "SAFECITY_INFLUX__URL": stack.influx_url,
             "SAFECITY_LOG_LEVEL": settings.log_level,
-            # `safecity devices revoke|rotate|provision` from a child reloads this broker.
+            # Every path a service keeps (dead letters, spool, keys, ...) is in the instance.
+            "SAFECITY_HOME": str(settings.data_dir.resolve()),
+            # `safecity devices revoke|rotate|provision` from a child changes this broker at once.
             "SAFECITY_IDENTITY_DIR": str(stack.identity_dir),
-            "SAFECITY_BROKER_PIDFILE": str(stack.broker_pidfile),
+            "SAFECITY_BROKER": stack.broker_address,
         }
     )
     if role is not None:
@@ -70,6 +72,7 @@ class LocalRun:
     def __init__(self, settings: StackSettings) -> None:
         self.settings = settings
         self.base = settings.data_dir.resolve()
+        self.layout = instance.layout(self.base)
         self.children: list[ManagedProcess] = []
         self.stack: LocalStack | None = None
         self.api_url = ""
@@ -80,6 +83,12 @@ class LocalRun:
     def start(self) -> None:
         """Start everything and wait until each part answers; on failure stop what started."""
         s = self.settings
+        already = instance.running(self.layout)
+        if already is not None:
+            raise StackError(
+                f"a city is already running in {self.base} (safecity run, pid {already.pid}); "
+                "stop it first, or give this one another SAFECITY_HOME"
+            )
         for name, port in (
             ("api", s.api_port),
             ("ingest metrics", s.ingest_metrics_port),
@@ -100,6 +109,8 @@ class LocalRun:
                 city=city,
                 # Even a SIGKILLed launcher must not leave the stack running.
                 die_with_parent=True,
+                # Mutual TLS: a certificate per device in <data_dir>/certs/clients, a CRL.
+                mutual_tls=s.device_tls == "mtls",
             )
             issued = self.stack.mosquitto.identities.issued
             log.info(
@@ -120,7 +131,6 @@ class LocalRun:
             replay_window: dict[str, str] = {}
             ingest_env = {
                 "SAFECITY_METRICS_PORT": str(metrics_port),
-                "SAFECITY_DEADLETTER_DIR": str(self.base / "deadletter"),
                 # One worker: a plain subscription survives broker restarts (see README).
                 "SAFECITY_SHARE_GROUP": "",
                 # Auth failures and ACL denials in the broker's log -> security_events.
@@ -146,8 +156,8 @@ class LocalRun:
                 {
                     "SAFECITY_HOST": "127.0.0.1",
                     "SAFECITY_PORT": str(api_port),
-                    "SAFECITY_API_KEYS_FILE": str(self.base / "apikeys.json"),
-                    "SAFECITY_DEADLETTER_DIR": str(self.base / "deadletter"),
+                    # Delivery accounting against what this run's simulator sent.
+                    "SAFECITY_LEDGER_FILE": str(self.layout.ledger_file),
                 },
                 ready=http_ok(f"{self.api_url}/readyz"),
             )
@@ -162,6 +172,8 @@ class LocalRun:
                 },
                 ready=http_ok(f"{self.alerts_url}/readyz"),
             )
+            # A new run, a new ledger: `safecity verify` checks what this run sent.
+            self.layout.ledger_file.unlink(missing_ok=True)
             self._child(
                 "simulate",
                 Role.SIMULATOR,
@@ -170,19 +182,50 @@ class LocalRun:
                     "SAFECITY_SEED": str(s.seed),
                     # Every device logs in as itself with its own secret (read once).
                     "SAFECITY_EDGE__SECRETS_FILE": str(self.stack.secrets_file),
-                    "SAFECITY_EDGE__SPOOL_DIR": str(self.base / "edge-spool"),
+                    "SAFECITY_LEDGER": str(self.layout.ledger_file),
+                    **self._device_tls_env(),
                 },
                 ready=None,
+            )
+            # Now every command finds this run: its pid and where it listens.
+            instance.record(
+                self.layout,
+                instance.Running(
+                    pid=os.getpid(),
+                    mqtt_host=self.stack.mqtt_host,
+                    mqtt_port=self.stack.mqtt_port,
+                    mqtt_tls_port=self.stack.mqtt_tls_port,
+                    influx_url=self.stack.influx_url,
+                    api_url=self.api_url,
+                    registry=str(s.registry.resolve()) if s.registry is not None else None,
+                    speed=s.speed,
+                ),
             )
         except BaseException:
             self.stop()
             raise
 
+    def _device_tls_env(self) -> dict[str, str]:
+        """The simulator's connection for `device_tls`: the TLS listener, CA, device certs."""
+        assert self.stack is not None
+        mode = self.settings.device_tls
+        if mode == "off":
+            return {}
+        if self.stack.mqtt_tls_port is None or self.stack.ca_file is None:
+            raise StackError(f"device_tls={mode} needs the broker's TLS listener")
+        env = {
+            "SAFECITY_MQTT__PORT": str(self.stack.mqtt_tls_port),
+            "SAFECITY_MQTT__TLS_CA": str(self.stack.ca_file),
+        }
+        if mode == "mtls":
+            env["SAFECITY_EDGE__TLS_CLIENT_DIR"] = str(self.stack.mosquitto.client_certs_dir)
+        return env
+
     def _local_api_key(self) -> str:
         """A fresh read+operate key in the run's key store, so a newcomer can call the API."""
         from api.apikeys import KeyStore
 
-        record, key = KeyStore(self.base / "apikeys.json").create("make-run", ("read", "operate"))
+        record, key = KeyStore(self.layout.api_keys_file).create("make-run", ("read", "operate"))
         log.info("local API key created", extra={"key_id": record.id})
         return key
 
@@ -211,6 +254,7 @@ class LocalRun:
 
     def stop(self) -> None:
         """Stop the services in reverse order, then the stack; idempotent."""
+        instance.forget(self.layout, os.getpid())
         for proc in reversed(self.children):
             proc.stop(timeout=15)
         self.children.clear()
@@ -224,6 +268,21 @@ class LocalRun:
                 raise StackError(
                     f"{proc.name} exited with {proc.returncode}; last log lines:\n{proc.log_tail()}"
                 )
+
+
+def _home_hint(base: Path) -> str:
+    """What other terminals need to find this instance, when it is not the default one."""
+    if instance.home().resolve() == base:
+        return ""
+    return f"; from other terminals after export SAFECITY_HOME={base}"
+
+
+def _device_link(mode: str) -> str:
+    return {
+        "off": "plain MQTT on loopback (SAFECITY_DEVICE_TLS=tls|mtls for TLS)",
+        "tls": "TLS (broker verified against the local CA; device passwords)",
+        "mtls": "mutual TLS (a certificate per device, CN = device id; CRL checked)",
+    }[mode]
 
 
 def run_local(settings: StackSettings) -> int:
@@ -246,12 +305,11 @@ def run_local(settings: StackSettings) -> int:
             f"   (loopback; no anonymous access)\n"
             f"  MQTT over TLS  mqtts://{run.stack.mqtt_host}:{run.stack.mqtt_tls_port}"
             f"   (CA {run.stack.ca_file})\n"
+            f"  devices over   {_device_link(settings.device_tls)}\n"
             f"  MQTT secrets   {run.stack.secrets_file}   (0600; one account per device"
             f" and service)\n"
-            f"  manage devices export SAFECITY_IDENTITY_DIR={run.stack.identity_dir}"
-            f" SAFECITY_BROKER_PIDFILE={run.stack.broker_pidfile}\n"
-            f"                 then: safecity devices list|provision|rotate|revoke ..."
-            f" --secrets-file {run.stack.secrets_file}\n"
+            f"  instance       {run.base}   (commands find it: safecity devices list,"
+            f" apikey create, deadletter stats, verify{_home_hint(run.base)})\n"
             f"  InfluxDB       {run.stack.influx_url}  (database 'safecity')\n"
             f"  ingest metrics {run.metrics_url}/metrics\n"
             f"  alerts metrics {run.alerts_url}/metrics\n"

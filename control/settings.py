@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field
 
-from safecity.settings import InfluxSettings, ServiceSettings
+from safecity.settings import InfluxSettings, ServiceSettings, in_home
 
 
 class StackSettings(ServiceSettings):
     """Settings of the local stack launcher (`safecity run`)."""
 
-    data_dir: Path = Path("var/stack")
+    # The instance directory (SAFECITY_HOME); --data-dir runs an instance elsewhere.
+    data_dir: Path = Field(default_factory=in_home("root"))
     mqtt_port: Annotated[int, Field(ge=0, le=65535)] = 1883
     # The broker's TLS listener for devices (local CA in <data_dir>/certs).
     mqtt_tls_port: Annotated[int, Field(ge=0, le=65535)] = 8883
+    # How the simulated devices reach the broker: plain MQTT on loopback (fast default),
+    # `tls` (the TLS listener, broker verified against the local CA, passwords) or `mtls`
+    # (the TLS listener requires a per-device certificate, CN = device id, CRL checked).
+    device_tls: Literal["off", "tls", "mtls"] = "off"
     influx_port: Annotated[int, Field(ge=0, le=65535)] = 8086
     api_port: Annotated[int, Field(ge=0, le=65535)] = 8000
     ingest_metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9101

@@ -8,17 +8,12 @@ services in order.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import secrets
-import socket
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
-
-import httpx
 
 from broker import certs
 from broker.config import (
@@ -27,15 +22,19 @@ from broker.config import (
     render_mosquitto_conf,
     require_no_anonymous,
 )
+from broker.dynsec import DynsecAdmin
 from broker.identity import (
     LOCAL_SERVICES,
     LocalIdentities,
     Role,
     reload_broker,
     render_secure_config,
+    service_username,
 )
+from control.influxd import Influxd, render_influxd_conf
 from control.processes import (
     LOOPBACK,
+    LocalService,
     ManagedProcess,
     ensure_port_free,
     find_binary,
@@ -44,6 +43,7 @@ from control.processes import (
     tail_file,
 )
 from safecity.errors import ConfigError, StackError
+from safecity.mqtt.wire import connack_reason as mqtt_connack_reason
 from safecity.registry import City, default_city
 from safecity.settings import MqttSettings
 
@@ -65,134 +65,18 @@ __all__ = [
 log = logging.getLogger("control.stack")
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _utf8(text: str) -> bytes:
-    data = text.encode("utf-8")
-    return len(data).to_bytes(2, "big") + data
-
-
-def mqtt_connack_reason(
-    host: str,
-    port: int,
-    timeout: float,
-    *,
-    username: str | None = None,
-    password: str | None = None,
-    client_id: str | None = None,
-) -> int | None:
-    """The reason code of the CONNACK an MQTT v5 CONNECT on host:port gets; None if none.
-
-    Written against the wire format rather than paho: paho is confined to one module,
-    and a refusal (e.g. 0x87 for an anonymous client) still proves the broker is serving.
-    """
-    cid = client_id if client_id is not None else f"safecity-stack-probe-{secrets.token_hex(4)}"
-    flags = 0x02  # clean start, no will
-    payload = _utf8(cid)
-    if username is not None:
-        flags |= 0x80
-        payload += _utf8(username)
-        if password is not None:
-            flags |= 0x40
-            payload += _utf8(password)
-    variable_header = (
-        b"\x00\x04MQTT"  # protocol name
-        + b"\x05"  # protocol level: MQTT v5
-        + bytes([flags])
-        + b"\x00\x0a"  # keep-alive 10 s
-        + b"\x00"  # no properties
-    )
-    body = variable_header + payload
-    connect = b"\x10" + _varint(len(body)) + body
-    with socket.create_connection((host, port), timeout=timeout) as sock:
-        sock.settimeout(timeout)
-        sock.sendall(connect)
-        head = sock.recv(1)
-        if head[:1] != b"\x20":
-            return None
-        # Remaining length (one byte for any CONNACK we expect), ack flags, reason code.
-        rest = b""
-        while len(rest) < 3:
-            chunk = sock.recv(3 - len(rest))
-            if not chunk:
-                return None
-            rest += chunk
-        reason = rest[2]
-        # A refused client is disconnected by the broker itself; then this may fail.
-        with contextlib.suppress(OSError):
-            sock.sendall(b"\xe0\x00")  # DISCONNECT, normal
-        return reason
-
-
-class _LocalService:
-    """What a locally launched server shares: its process, lifecycle and fault helpers."""
-
-    name = "service"
-    process: ManagedProcess
-
-    @property
-    def pid(self) -> int | None:
-        """Pid of the server process, if started."""
-        return self.process.pid
-
-    @property
-    def alive(self) -> bool:
-        """True while the server process runs."""
-        return self.process.alive
-
-    def start(self) -> Self:
-        """Start the server and wait until it answers."""
-        raise NotImplementedError
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop gracefully (SIGTERM, then SIGKILL after the timeout); idempotent."""
-        self.process.stop(timeout)
-
-    def restart(self, timeout: float = 10.0) -> None:
-        """Graceful stop (if running), then start again on the same ports and data dir."""
-        self.stop(timeout)
-        self.start()
-
-    def kill(self) -> None:
-        """SIGKILL the server: a crash (Mosquitto loses what was not autosaved yet)."""
-        self.process.kill()
-
-    def pause(self) -> None:
-        """SIGSTOP the server: connections hang instead of being refused."""
-        self.process.pause()
-
-    def resume(self) -> None:
-        """SIGCONT a paused server."""
-        self.process.resume()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-class Mosquitto(_LocalService):
+class Mosquitto(LocalService):
     """A local Mosquitto broker on host:port with its config, persistence and log in data_dir.
 
     Always the secure broker/mosquitto.conf: no anonymous access. Every device of `city`
     (default: the built-in Tashkent) and the local service accounts (`_ingest`, `_api`,
     `_alerts`, `_simulator`) get an account in `identity_dir` (credential store with
-    hashes only, rendered passwd/ACL and a 0600 secrets file, all reused across
+    hashes only, rendered dynamic-security config and a 0600 secrets file, all reused across
     restarts); with a `tls_port` (0 = a free one, None = no TLS listener) a local CA and
-    the broker's server certificate are made (or reused) in `certs_dir`.
+    the broker's server certificate are made (or reused) in `certs_dir`. With
+    `mutual_tls` the TLS listener requires a client certificate (CN = username) and
+    checks the CRL `certs_dir/crl.pem`; `device_certs` issues (or reuses) one for every
+    device of the city in `certs_dir/clients/`.
     """
 
     name = "mosquitto"
@@ -213,6 +97,7 @@ class Mosquitto(_LocalService):
         certs_dir: Path | None = None,
         tls_port: int | None = 0,
         mutual_tls: bool = False,
+        device_certs: bool = False,
     ) -> None:
         self.binary = find_binary("mosquitto", "mosquitto", binary)
         self.host = host
@@ -235,11 +120,18 @@ class Mosquitto(_LocalService):
             )
             self.ca: certs.CertPaths | None = None
             self.server_cert: certs.CertPaths | None = None
+            self.crl: Path | None = None
             if self.tls_port is not None:
                 hosts = list(certs.DEFAULT_HOSTS)
                 if host not in hosts:
                     hosts.append(host)
                 self.ca, self.server_cert = certs.ensure_server(self.certs_dir, hosts)
+                if mutual_tls:
+                    # Revoked device certificates: the listener checks this CRL.
+                    self.crl = certs.ensure_crl(self.certs_dir)
+                if device_certs:
+                    devices = [d.id for d in self.identities.city.devices]
+                    certs.ensure_clients(self.certs_dir, devices)
         except ConfigError as exc:
             raise StackError(f"cannot provision the broker's identities: {exc}") from exc
         self.process = ManagedProcess(
@@ -253,7 +145,7 @@ class Mosquitto(_LocalService):
 
     @property
     def identity_dir(self) -> Path:
-        """Credential store, rendered passwd/ACL and the secrets file."""
+        """Credential store, rendered broker accounts and the secrets file."""
         return self.identities.directory
 
     @property
@@ -280,18 +172,44 @@ class Mosquitto(_LocalService):
         values.update(kw)
         return MqttSettings.model_validate(values)
 
-    def provision(self, *device_ids: str) -> dict[str, str]:
-        """Add device accounts (e.g. of a test city); a running broker re-reads them (SIGHUP).
+    @property
+    def client_certs_dir(self) -> Path:
+        """Where the devices' client certificates live (`<id>.crt`, `<id>.key`)."""
+        return self.certs_dir / "clients"
+
+    def provision(self, *device_ids: str, city: str | None = None) -> dict[str, str]:
+        """Add device accounts (e.g. of a test city); a running broker gets them at once."""
+        issued = self.identities.add_devices(device_ids, city)
+        self.apply(issued)
+        return issued
+
+    def apply(self, changes: Mapping[str, str | None]) -> None:
+        """Put changed accounts ({username: new secret, or None = revoked}) on the running
+        broker through $CONTROL; the store must already hold them. No-op when stopped."""
+        if not changes or self.pid is None or not self.alive:
+            return
+        store = self.identities.store
+        commands = [c for name, secret in changes.items() for c in store.commands(name, secret)]
+        try:
+            self.admin().apply(commands)
+        except ConfigError as exc:
+            raise StackError(f"cannot apply account changes to the broker: {exc}") from exc
+
+    def admin(self) -> DynsecAdmin:
+        """The dynamic-security admin of this broker (the `_admin` account)."""
+        settings = MqttSettings(
+            host=self.host,
+            port=self.port,
+            username=service_username(Role.ADMIN),
+            password=self.identities.admin_secret,
+        )
+        return DynsecAdmin(settings)
+
+    def reload(self) -> None:
+        """SIGHUP the running broker: it re-reads its config, certificates and the CRL.
 
         Caveat: Mosquitto 2.0.11 forgets `max_qos` on SIGHUP until its next restart.
         """
-        issued = self.identities.add_devices(device_ids)
-        if issued:
-            self.reload()
-        return issued
-
-    def reload(self) -> None:
-        """SIGHUP the running broker: it re-reads the password file and the ACL."""
         if self.pid is not None and self.alive:
             reload_broker(self.pid)
 
@@ -309,8 +227,7 @@ class Mosquitto(_LocalService):
         try:
             secure = render_secure_config(
                 template,
-                password_file=store.password_file,
-                acl_file=store.acl_file,
+                dynsec_file=store.dynsec_file,
                 pid_file=self.pid_file,
                 tls_port=self.tls_port,
                 tls_host=self.host,
@@ -318,6 +235,7 @@ class Mosquitto(_LocalService):
                 certfile=self.server_cert.cert if self.server_cert else None,
                 keyfile=self.server_cert.key if self.server_cert else None,
                 mutual_tls=self.mutual_tls,
+                crlfile=self.crl,
             )
         except ConfigError as exc:
             raise StackError(str(exc)) from exc
@@ -379,118 +297,15 @@ class Mosquitto(_LocalService):
         return self.identities.secrets.get(user) if user is not None else None
 
 
-def render_influxd_conf(
-    *, host: str, port: int, rpc_port: int, data_dir: Path, auth_enabled: bool = False
-) -> str:
-    """An influxd 1.x config: loopback only, everything under data_dir, quiet logs."""
-    return f"""\
-# Written by control.stack for one local instance.
-# The Debian build renamed the upstream key reporting-disabled to reporting-enabled;
-# influxd ignores unknown keys, so both are set.
-reporting-disabled = true
-reporting-enabled = false
-# Backup/restore RPC port: the default 8088 would clash between instances.
-bind-address = "{host}:{rpc_port}"
-
-[meta]
-  dir = "{data_dir / "meta"}"
-
-[data]
-  dir = "{data_dir / "data"}"
-  wal-dir = "{data_dir / "wal"}"
-  query-log-enabled = false
-
-[http]
-  bind-address = "{host}:{port}"
-  auth-enabled = {"true" if auth_enabled else "false"}
-  log-enabled = false
-
-[monitor]
-  # No _internal database: it only costs disk and CPU in tests.
-  store-enabled = false
-
-[continuous_queries]
-  log-enabled = false
-
-[logging]
-  level = "warn"
-"""
-
-
-class Influxd(_LocalService):
-    """A local InfluxDB 1.x server on host:port with its config and data in data_dir."""
-
-    name = "influxd"
-
-    def __init__(
-        self,
-        data_dir: Path,
-        port: int = 0,
-        *,
-        host: str = LOOPBACK,
-        binary: str | os.PathLike[str] | None = None,
-        ready_timeout: float = 30.0,
-        auth_enabled: bool = False,
-    ) -> None:
-        self.binary = find_binary("influxd", "influxdb", binary)
-        # With auth on, /ping still answers without credentials (readiness is unchanged).
-        self.auth_enabled = auth_enabled
-        self.host = host
-        self.port = port or free_port(host)
-        self.rpc_port = free_port(host)
-        self.data_dir = Path(data_dir).resolve()
-        self.conf_path = self.data_dir / "influxdb.conf"
-        self.ready_timeout = ready_timeout
-        self.process = ManagedProcess(
-            self.name,
-            [self.binary, "run", "-config", str(self.conf_path)],
-            self.data_dir / "influxd.log",
-            cwd=self.data_dir,
-        )
-
-    @property
-    def url(self) -> str:
-        """Base URL of the HTTP API, e.g. http://127.0.0.1:8086."""
-        return f"http://{self.host}:{self.port}"
-
-    def render_config(self) -> Path:
-        """Write the instance config into data_dir and return its path."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.conf_path.write_text(
-            render_influxd_conf(
-                host=self.host,
-                port=self.port,
-                rpc_port=self.rpc_port,
-                data_dir=self.data_dir,
-                auth_enabled=self.auth_enabled,
-            ),
-            encoding="utf-8",
-        )
-        return self.conf_path
-
-    def start(self) -> Self:
-        """Render the config, start influxd and wait until GET /ping answers 204."""
-        self.render_config()
-        ensure_port_free(self.host, self.port, self.name)
-        ensure_port_free(self.host, self.rpc_port, self.name)
-        log.info("starting influxd on %s:%d", self.host, self.port)
-        self.process.start()
-        took = self.process.wait_ready(self._probe, self.ready_timeout)
-        log.info("influxd ready in %.2fs (pid %s)", took, self.pid)
-        return self
-
-    def _probe(self) -> bool:
-        return httpx.get(f"{self.url}/ping", timeout=1.0).status_code == 204
-
-
 class LocalStack:
     """Mosquitto then InfluxDB in subdirectories of base_dir, stopped in reverse order.
 
     The broker is the secure one: accounts for every device of `city` (default: the
-    built-in Tashkent) and the services in base_dir/identity (store, passwd/ACL, 0600
+    built-in Tashkent) and the services in base_dir/identity (store, broker accounts, 0600
     secrets file; reused across runs), a local CA and server certificate in
     base_dir/certs (reused), a plain listener on loopback and a TLS listener on
-    `mqtt_tls_port` (0 = a free port).
+    `mqtt_tls_port` (0 = a free port); with `mutual_tls` that listener requires device
+    certificates, issued for every device into base_dir/certs/clients.
     """
 
     def __init__(
@@ -505,6 +320,7 @@ class LocalStack:
         mosquitto_config: Path | None = None,
         mosquitto_extra_config: Sequence[str] = (),
         die_with_parent: bool = False,
+        mutual_tls: bool = False,
     ) -> None:
         self.base_dir = Path(base_dir).resolve()
         # Both binaries are resolved here, so a missing one fails before anything starts.
@@ -518,6 +334,8 @@ class LocalStack:
             identity_dir=self.base_dir / "identity",
             certs_dir=self.base_dir / "certs",
             tls_port=mqtt_tls_port,
+            mutual_tls=mutual_tls,
+            device_certs=mutual_tls,
         )
         self.influxd = Influxd(self.base_dir / "influxdb", influx_port, host=host)
         for process in (self.mosquitto.process, self.influxd.process):
@@ -550,7 +368,7 @@ class LocalStack:
 
     @property
     def identity_dir(self) -> Path:
-        """Credential store, rendered passwd/ACL and the secrets file."""
+        """Credential store, rendered broker accounts and the secrets file."""
         return self.mosquitto.identity_dir
 
     @property
@@ -559,8 +377,13 @@ class LocalStack:
         return self.mosquitto.secrets_file
 
     @property
+    def broker_address(self) -> str:
+        """HOST:PORT where `safecity devices ...` applies changes (SAFECITY_BROKER)."""
+        return f"{self.mosquitto.host}:{self.mosquitto.port}"
+
+    @property
     def broker_pidfile(self) -> Path:
-        """Mosquitto's pid_file (SAFECITY_BROKER_PIDFILE for `safecity devices ...`)."""
+        """Mosquitto's pid_file (SIGHUP: re-read config and certificates)."""
         return self.mosquitto.pid_file
 
     def secret(self, username: str) -> str:

@@ -249,12 +249,30 @@ def _matches(row: dict[str, Any], entry: ledger.LedgerEntry) -> bool:
     return True
 
 
+def read_ledger(path: Path, upto: int | None = None) -> list[ledger.LedgerEntry]:
+    """The entries of a ledger; with `upto`, only the whole lines of its first `upto` bytes
+    (a ledger still being written, as it stood then)."""
+    if upto is None:
+        return list(ledger.read(path))
+    with path.open("rb") as handle:
+        data = handle.read(upto)
+    return [
+        ledger.LedgerEntry.from_json(line.decode("utf-8"))
+        for line in data.split(b"\n")[:-1]
+        if line.strip()
+    ]
+
+
 async def verify(
-    ledger_path: Path, influx: InfluxClient, deadletter_dirs: Sequence[Path] = ()
+    ledger_path: Path,
+    influx: InfluxClient,
+    deadletter_dirs: Sequence[Path] = (),
+    *,
+    upto: int | None = None,
 ) -> Report:
-    """Read a ledger file and check it (see `check`)."""
+    """Read a ledger file (see `read_ledger`) and check it (see `check`)."""
     try:
-        entries = list(ledger.read(ledger_path))
+        entries = read_ledger(ledger_path, upto)
     except (OSError, ValueError, KeyError) as exc:
         raise VerifyError(f"cannot read ledger {ledger_path}: {exc}") from exc
     return await check(entries, influx, deadletter_dirs)

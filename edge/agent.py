@@ -81,7 +81,7 @@ class DeviceAgent:
         on_result: Result,
         *,
         username: str | None = None,
-        password: str | None = None,
+        password: str | Callable[[], str | None] | None = None,
         birth: Callable[[], Envelope] | None = None,
         will: Callable[[], Will] | None = None,
         farewell: Callable[[], Envelope] | None = None,
@@ -116,6 +116,15 @@ class DeviceAgent:
         if password is None:
             shared = settings.password or mqtt.password
             password = shared.get_secret_value() if shared is not None else None
+        if settings.tls_client_dir is not None:
+            # Mutual TLS: this device's own certificate, named after its identity.
+            name = username if username is not None else client_id
+            mqtt = mqtt.model_copy(
+                update={
+                    "tls_cert": settings.tls_client_dir / f"{name}.crt",
+                    "tls_key": settings.tls_client_dir / f"{name}.key",
+                }
+            )
         self.client = FleetClient(
             mqtt,
             client_id,

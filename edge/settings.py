@@ -7,13 +7,15 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from safecity.settings import in_home
+
 
 class EdgeSettings(BaseModel):
     """The edge agent of every simulated device: window, buffer, reconnect backoff."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    spool_dir: Path = Path("var/edge-spool")
+    spool_dir: Path = Field(default_factory=in_home("edge_spool_dir"))
     spool_max_bytes: Annotated[int, Field(ge=4096)] = 16 << 20
     max_inflight: Annotated[int, Field(ge=1, le=1000)] = 100
     memory_queue: Annotated[int, Field(ge=1)] = 1000
@@ -26,3 +28,8 @@ class EdgeSettings(BaseModel):
     # device logs in as itself with its own secret.
     secrets_file: Path | None = None
     drain_timeout: Annotated[float, Field(ge=0, le=600)] = 10.0
+    # Mutual TLS: the directory of per-device client certificates, `<device id>.crt` and
+    # `<device id>.key` (`safecity certs provision` writes them to <certs dir>/clients).
+    # Each device presents its own; the broker takes its CN as the username. The CA and
+    # the TLS port come from the MQTT settings (SAFECITY_MQTT__TLS_CA, __PORT).
+    tls_client_dir: Path | None = None

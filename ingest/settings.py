@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import Field, field_validator
 
-from safecity.settings import InfluxSettings, MqttSettings, ServiceSettings
+from safecity.settings import InfluxSettings, MqttSettings, ServiceSettings, in_home
 
 
 class IngestSettings(ServiceSettings):
@@ -23,13 +23,13 @@ class IngestSettings(ServiceSettings):
     receive_maximum: Annotated[int, Field(ge=1, le=65535)] = 10_000
     batch_size: Annotated[int, Field(ge=1, le=100_000)] = 5000
     flush_interval: Annotated[float, Field(gt=0, le=10)] = 0.2
-    deadletter_dir: Path = Path("var/deadletter")
+    deadletter_dir: Path = Field(default_factory=in_home("deadletter_dir"))
     ts_past_window: Annotated[float, Field(gt=0)] = 7 * 86_400.0
     ts_future_window: Annotated[float, Field(ge=0)] = 300.0
     metrics_host: str = "127.0.0.1"
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9101
     # Disk spool for when InfluxDB is away: per-worker subdirectory of spool_dir.
-    spool_dir: Path = Path("var/spool")
+    spool_dir: Path = Field(default_factory=in_home("spool_dir"))
     # 30 min at 1,000 readings/s is ~1.8 M points of ~450 spooled bytes each.
     spool_max_bytes: Annotated[int, Field(ge=1 << 20)] = 1 << 30
     spool_segment_bytes: Annotated[int, Field(ge=1 << 16)] = 16 << 20

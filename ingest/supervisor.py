@@ -1,6 +1,6 @@
 """`safecity ingest --workers N`: N worker processes with stable ids, restarted if they die.
 
-Each worker is a separate `python -m control ingest --worker-id <id>-<i>` process
+Each worker is a separate `python -m ingest --worker-id <id>-<i>` process
 (its own GIL, MQTT session and spool), all on the same shared subscription; the
 metrics port of worker i is the base port + i (0 stays 0: any free port). Only worker 0
 follows the broker's $SYS counter and its log: both are broker-wide, and N followers
@@ -58,7 +58,7 @@ def supervise(settings: IngestSettings, count: int, registry: Path | None) -> in
         if index > 0:
             env["SAFECITY_BROKER_SYS"] = "false"
             env["SAFECITY_BROKER_LOG"] = ""
-        argv = [sys.executable, "-m", "control", "ingest", "--worker-id", worker]
+        argv = [sys.executable, "-m", "ingest", "--worker-id", worker]
         if registry is not None:
             argv += ["--registry", str(registry)]
         procs[worker] = subprocess.Popen(argv, env=env)

@@ -27,3 +27,7 @@ class MqttError(SafecityError):
 
 class StorageError(SafecityError):
     """An InfluxDB request that failed."""
+
+
+class CliError(SafecityError):
+    """A command-line usage error, reported as one line."""

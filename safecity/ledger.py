@@ -2,13 +2,16 @@
 
 The simulator writes it; `safecity verify` (and the fault tests) compare it with
 InfluxDB and the dead-letter store. Writes are buffered: the ledger must never be
-the bottleneck of a load test.
+the bottleneck of a load test; the buffer still reaches the file every second or so,
+so a ledger can be checked while its simulator runs (`safecity verify` beside
+`safecity run`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,13 +89,16 @@ class LedgerEntry:
 
 
 class LedgerWriter:
-    """Appends entries through a large buffer; `close()` flushes and fsyncs."""
+    """Appends entries through a large buffer, flushed every `flush_every` seconds at the
+    latest (on the next write); `close()` flushes and fsyncs."""
 
-    def __init__(self, path: Path, buffer_bytes: int = 1 << 20) -> None:
+    def __init__(self, path: Path, buffer_bytes: int = 1 << 20, flush_every: float = 1.0) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._file: IO[str] | None = path.open("a", encoding="utf-8", buffering=buffer_bytes)
         self.count = 0
+        self.flush_every = flush_every
+        self._flushed = time.monotonic()
 
     def write(self, entry: LedgerEntry) -> None:
         """Record one sent message."""
@@ -100,6 +106,10 @@ class LedgerWriter:
             raise ValueError(f"ledger {self.path} is closed")
         self._file.write(entry.to_json() + "\n")
         self.count += 1
+        now = time.monotonic()
+        if now - self._flushed >= self.flush_every:
+            self._file.flush()
+            self._flushed = now
 
     def flush(self) -> None:
         """Push buffered entries to the OS."""

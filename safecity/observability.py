@@ -61,6 +61,12 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
+_NOT_READY = (
+    b'{"status":"not ready","detail":"a dependency is down (broker, storage or a supervised '
+    b'task): see /metrics and the log"}\n'
+)
+
+
 class HealthServer:
     """Serves GET /metrics (Prometheus text), /healthz (alive) and /readyz (ready)."""
 
@@ -107,7 +113,8 @@ class HealthServer:
                 ok = self._ready()
                 status = "200 OK" if ok else "503 Service Unavailable"
                 ctype = "application/json"
-                body = b'{"ready":true}\n' if ok else b'{"ready":false}\n'
+                # The same shape as the API's readiness: {"status", "detail"}.
+                body = b'{"status":"ready"}\n' if ok else _NOT_READY
             else:
                 status, ctype, body = "404 Not Found", "text/plain", b"not found\n"
             head = (

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -17,6 +18,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from safecity import instance
 from safecity.errors import ConfigError, TopicError
 from safecity.secrets import read_secret_file, read_secrets
 from safecity.topics import validate_identifier
@@ -35,6 +37,9 @@ class MqttSettings(BaseModel):
     password: SecretStr | None = None
     keepalive: Annotated[int, Field(ge=5, le=3600)] = 30
     connect_timeout: Annotated[float, Field(gt=0, le=120)] = 10.0
+    # The bulk-read receive path (safecity.mqtt.bulkread) over paho's internals; off,
+    # or when the installed paho lacks one of them, paho's stock per-message path.
+    fast_path: bool = True
     # TLS (the broker's TLS listener): CA bundle to verify the broker, and for mutual
     # TLS the client certificate and key (its CN is the username).
     tls_ca: Path | None = None
@@ -126,6 +131,16 @@ class InfluxSettings(BaseModel):
         return value
 
 
+class _RunningInstance(PydanticBaseSettingsSource):
+    """Lowest-priority source: the broker and InfluxDB of the running local instance."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return instance.endpoints(set(self.settings_cls.model_fields))
+
+
 def _text_settings(model: type[BaseModel], prefix: str) -> set[str]:
     """Lower-case variable names of the plain text fields (nested too): for those, and
     only those, an empty value is a value (an empty share group: a plain subscription)."""
@@ -145,6 +160,9 @@ class ServiceSettings(BaseSettings):
     An empty variable means "not set" (the default), so `.env.example` copied
     unchanged works: `SAFECITY_MQTT__TLS_CA=` must not become `Path(".")`. Plain text
     settings are the exception, since there the empty string is itself a value.
+
+    Below every explicit setting, the broker and InfluxDB addresses come from the running
+    local instance (`safecity run` in SAFECITY_HOME), so commands beside it need no flags.
     """
 
     model_config = SettingsConfigDict(
@@ -156,6 +174,11 @@ class ServiceSettings(BaseSettings):
         frozen=True,
     )
 
+    home: Path = Field(
+        default_factory=instance.home,
+        description="The instance directory: `safecity run` keeps its city there, every "
+        "command finds it there, and every data path below defaults to a place in it.",
+    )
     registry: Path | None = Field(
         default=None, description="City registry file (JSON lines); default: built-in Tashkent"
     )
@@ -170,7 +193,8 @@ class ServiceSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """The default sources, with empty values dropped from the environment and .env."""
+        """The default sources, with empty values dropped from the environment and .env,
+        then the running instance's endpoints."""
         # Dropped before the sources decode them: a list setting would fail on "" as JSON.
         keep = _text_settings(settings_cls, str(settings_cls.model_config.get("env_prefix", "")))
         for source in (env_settings, dotenv_settings):
@@ -178,7 +202,29 @@ class ServiceSettings(BaseSettings):
                 source.env_vars = {
                     k: v for k, v in source.env_vars.items() if v != "" or k.lower() in keep
                 }
-        return init_settings, env_settings, dotenv_settings, file_secret_settings
+        return (
+            init_settings,
+            env_settings,
+            dotenv_settings,
+            file_secret_settings,
+            _RunningInstance(settings_cls),
+        )
+
+
+class InHome:
+    """A default factory: the instance layout's `part` under the settings' own `home`
+    (for a nested group, which has none, under SAFECITY_HOME)."""
+
+    def __init__(self, part: str) -> None:
+        self.part = part
+
+    def __call__(self, data: dict[str, Any]) -> Any:
+        return getattr(instance.layout(data.get("home")), self.part)
+
+
+def in_home(part: str) -> InHome:
+    """The default factory of a data path: `part` of the instance layout."""
+    return InHome(part)
 
 
 def instance_id_from_name(name: str) -> str:

@@ -15,4 +15,11 @@ for name in influx_admin_password influx_password grafana_admin_password; do
         echo "made $dir/$name"
     fi
 done
+# Grafana's webhook into the API needs an `operate` API key, which only the running API's
+# key store can issue: a placeholder until you put one there (dashboards/README.md).
+if [ ! -e "$dir/grafana_webhook_key" ]; then
+    echo "not-set: safecity apikey create --name grafana --scopes operate" > "$dir/grafana_webhook_key"
+    chmod 644 "$dir/grafana_webhook_key"
+    echo "made $dir/grafana_webhook_key (a placeholder: see dashboards/README.md)"
+fi
 echo "compose secrets ready in $dir (Grafana: admin / $(cat "$dir/grafana_admin_password"))"

@@ -43,6 +43,7 @@ from pydantic import ValidationError
 
 from edge.agent import AgentStats, DeviceAgent, Envelope
 from safecity import catalogue, registry
+from safecity.errors import ConfigError
 from safecity.ledger import LedgerEntry, LedgerWriter
 from safecity.mqtt import NOT_SENT, Will
 from safecity.readings import Status, epoch_ms, event_model, format_ts, reading_model
@@ -564,7 +565,12 @@ async def run(
         device_secrets = _device_secrets(settings, [sim.device.id for sim in sims])
         for sim in sims:
             agents[sim.device.id] = _device_agent(
-                settings, sim, recorder, now_ms, encode, device_secrets.get(sim.device.id)
+                settings,
+                sim,
+                recorder,
+                now_ms,
+                encode,
+                _secret_source(settings, sim, device_secrets),
             )
         single = None
     else:
@@ -691,13 +697,34 @@ def _device_secrets(settings: SimulatorSettings, device_ids: list[str]) -> dict[
     return {d: secrets[d] for d in device_ids if d in secrets}
 
 
+def _secret_source(
+    settings: SimulatorSettings, sim: DeviceSim, first: dict[str, str]
+) -> Callable[[], str | None]:
+    """The device's secret: first as read at start, then re-read from the secrets file
+    each time the broker refuses it (rotated while the fleet runs)."""
+    path, device_id = settings.edge.secrets_file, sim.device.id
+    asked = False
+
+    def secret() -> str | None:
+        nonlocal asked
+        if not asked or path is None:
+            asked = True
+            return first.get(device_id)
+        try:
+            return read_secrets(path).get(device_id)
+        except ConfigError:
+            return None  # a file being rewritten: try again at the next refusal
+
+    return secret
+
+
 def _device_agent(
     settings: SimulatorSettings,
     sim: DeviceSim,
     recorder: Recorder,
     now_ms: Callable[[], int],
     encode: Callable[[Outgoing], dict[str, Any]],
-    password: str | None = None,
+    password: str | Callable[[], str | None] | None = None,
 ) -> DeviceAgent:
     def birth() -> Envelope:
         message = sim.status(max(now_ms(), sim.start_ms), "online")

@@ -52,7 +52,7 @@ class SimulatorSettings(ServiceSettings):
     processes: Annotated[int, Field(ge=1, le=256)] = 1
     ledger: Path | None = None
     scenario: str | None = None
-    edge: EdgeSettings = EdgeSettings()
+    edge: EdgeSettings = Field(default_factory=EdgeSettings)
     faults: FaultSettings = FaultSettings()
     # /metrics and /healthz of a single-process fleet (0 = none; --processes N serves none).
     # Own names: ingest's SAFECITY_METRICS_PORT must not leak in from a shared .env.

@@ -23,6 +23,17 @@ from api.apikeys import KeyStore
 from control.stack import Influxd, LocalStack, ManagedProcess, Mosquitto, free_port, http_ok
 
 
+@pytest.fixture(scope="session", autouse=True)
+def instance_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """SAFECITY_HOME in a temp dir for the whole session: whatever a test starts keeps its
+    instance data (spool, dead letters, keys, ...) there, never in the checkout."""
+    home: Path = tmp_path_factory.mktemp("home")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("SAFECITY_HOME", str(home))
+    yield home
+    patch.undo()
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     """A started LocalStack (secure broker + InfluxDB) in a temp dir, stopped at session end."""
@@ -112,7 +123,9 @@ class Launcher:
 
 def service_env(stack: LocalStack, database: str, service: str, **extra: str) -> dict[str, str]:
     """Environment for a service child: the stack's endpoints, its own account, a database."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SAFECITY_")}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("SAFECITY_") or k == "SAFECITY_HOME"
+    }
     env.update(
         {
             "SAFECITY_MQTT__HOST": stack.mqtt_host,

@@ -27,6 +27,7 @@ from pydantic import BaseModel
 
 from alerts.settings import AlertsSettings
 from api.settings import ApiSettings
+from broker import dynsec
 from broker.settings import SecuritySettings
 from control.settings import StorageSettings
 from control.stack import Influxd, ManagedProcess, free_port
@@ -42,6 +43,7 @@ SECRET_FILES = {
     "influx_admin_password": "compose-admin-'pw",
     "influx_password": "compose-user-pw",
     "grafana_admin_password": "compose-grafana-pw",
+    "grafana_webhook_key": "not-a-real-key",
 }
 # Which settings class each safecity command reads (the env names it understands).
 SETTINGS_OF = {
@@ -295,6 +297,8 @@ def test_the_compose_stack_runs_here_and_becomes_healthy(
     text = re.sub(r"^listener 1883$", f"listener {mqtt_port} 127.0.0.1", text, flags=re.M)
     text = re.sub(r"^listener 8883 \S+$", f"listener {tls_port} 127.0.0.1", text, flags=re.M)
     text = text.replace("log_dest stdout", f"log_dest file {tmp_path / 'mosquitto.log'}")
+    # The image's plugin path -> where this host's Mosquitto package installed it.
+    text = text.replace(dynsec.CONTAINER_PLUGIN, dynsec.find_plugin())
     local_conf.write_text(f"user {os.environ.get('USER', 'root')}\n" + text)
     broker = ManagedProcess(
         "mosquitto", [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(local_conf)],

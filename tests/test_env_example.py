@@ -49,7 +49,7 @@ def test_an_empty_value_means_unset_except_for_text(
     monkeypatch.setenv("SAFECITY_SHARE_GROUP", "")
     settings = IngestSettings()
     assert settings.mqtt.tls_ca is None  # was Path("."): IsADirectoryError at connect
-    assert settings.spool_dir == Path("var/spool")
+    assert settings.spool_dir == Path("var/stack/spool")  # in the default instance
     assert settings.dedup_window == IngestSettings.model_fields["dedup_window"].default
     assert settings.broker_log is None
     assert settings.share_group == ""  # a text setting: empty = a plain subscription
@@ -76,4 +76,4 @@ def test_services_start_from_a_copied_env_example(
         me = client.get(f"{api.url}/v1/me", headers=api.headers)
         assert me.status_code == 200 and me.json()["name"] == "tests"
     # Relative paths of the example resolve in the working directory, not the checkout.
-    assert (example_env / "var" / "spool").is_dir()
+    assert (example_env / "var" / "stack" / "spool").is_dir()

@@ -4,6 +4,7 @@
 import { AuthError, clearKey, getJson, getKey, setKey, stream, takeKeyFromUrl } from "./api.js";
 import { Feed, FEED_SOURCE, fetchFeed, liveEntry, step } from "./feed.js";
 import { aqiBand, CityMap, svg } from "./map.js";
+import { clock, setTimeZone } from "./time.js";
 
 const OVERVIEW_EVERY_MS = 10_000;
 const DEVICES_EVERY_MS = 20_000;
@@ -36,7 +37,7 @@ const TILES = [
   ["parking", "Parking occupancy"],
   ["lights", "Streetlights failed"],
   ["devices", "Devices online"],
-  ["incidents", "Incidents (15 min)"],
+  ["incidents", "Open incidents"],
   ["readings", "Live readings"],
   ["pm25", "PM2.5 live (60 s)"],
   ["laeq", "Noise live (60 s)"],
@@ -273,13 +274,13 @@ async function showDistrict(id, announce = true) {
   row(dl, "Streetlights on / failed", `${num(o.streetlights.on.value)} / ${num(o.streetlights.failed.value)}`);
   row(dl, "People (crowd zones)", num(o.crowd.people.value));
   row(dl, "Devices online / stale / offline", `${o.devices.online} / ${o.devices.stale} / ${o.devices.offline}`);
-  row(dl, "Incidents (15 min)", num(o.incidents.total));
+  row(dl, "Open incidents", num(o.incidents.total));
   const recent = document.createElement("ol");
   recent.className = "feed small";
   for (const e of events.slice(0, 5)) {
     const li = document.createElement("li");
     li.className = `sev-${e.severity}`;
-    li.textContent = `${new Date(e.ts).toLocaleTimeString()} · ${e.severity} · ${e.title}`;
+    li.textContent = `${clock(e.ts)} · ${e.severity} · ${e.title}`;
     recent.appendChild(li);
   }
   const close = document.createElement("button");
@@ -289,7 +290,7 @@ async function showDistrict(id, announce = true) {
   close.addEventListener("click", closeDistrict);
   const head = document.createElement("p");
   head.className = "window";
-  head.textContent = `Last 15 min, to ${new Date(o.window.to).toLocaleTimeString()}`;
+  head.textContent = `Last 15 min, to ${clock(o.window.to)}`;
   title.textContent = state.map.name(id);
   panel.replaceChildren(title, head, dl, recent, close);
   panel.dataset.district = id;
@@ -340,6 +341,7 @@ async function start() {
   try {
     const cities = await getJson("/v1/cities");
     state.city = cities.items[0];
+    setTimeZone(state.city.timezone);
     const geo = await getJson(`/v1/cities/${encodeURIComponent(state.city.id)}/districts`);
     $("city-name").textContent = state.city.name;
     document.title = `${state.city.name} · safecity console`;
@@ -368,7 +370,7 @@ function init() {
   takeKeyFromUrl();
   buildTiles();
   state.map = new CityMap($("map"), (id) => guard(() => showDistrict(id)));
-  state.feed = new Feed($("feed"), (id) => state.map.name(id));
+  state.feed = new Feed($("feed"), (id) => state.map.name(id), $("feed-open"));
   $("auth-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
     const key = $("key").value.trim();

@@ -3,11 +3,13 @@
 // A key with the `operate` scope gets the lifecycle buttons of each incident's state.
 
 import { getJson, postJson } from "./api.js";
+import { clock } from "./time.js";
 
 export const FEED_SOURCE = {
   label: "incidents of the last 7 days",
   path: "/v1/incidents",
-  params: (district) => ({ limit: 25, district }),
+  // As many as the feed keeps, so its open count is the overview's (both: 7 days).
+  params: (district) => ({ limit: 100, district }),
   // One feed entry from one item of the response's `items`.
   toEntry: (item) => ({
     key: item.id,
@@ -53,13 +55,14 @@ export async function fetchFeed(district = undefined) {
   return body.items.map(FEED_SOURCE.toEntry);
 }
 
-const MAX_ENTRIES = 40;
+const MAX_ENTRIES = 100;
 
 export class Feed {
   // `onStep(entry, action)` runs a lifecycle step; null = a read-only key (no buttons).
-  constructor(list, nameOf) {
+  constructor(list, nameOf, openCount = null) {
     this.list = list;
     this.nameOf = nameOf;
+    this.openCount = openCount;
     this.entries = new Map();
     this.onStep = null;
   }
@@ -116,7 +119,7 @@ export class Feed {
       const meta = document.createElement("span");
       meta.className = "feed-meta";
       const when = new Date(entry.ts);
-      meta.textContent = `${when.toLocaleTimeString()} · ${this.nameOf(entry.where)} · ${entry.source}`;
+      meta.textContent = `${clock(when)} · ${this.nameOf(entry.where)} · ${entry.source}`;
       const state = document.createElement("span");
       state.className = "feed-state";
       state.textContent = entry.state;
@@ -132,6 +135,11 @@ export class Feed {
       items.push(li);
     }
     this.list.replaceChildren(...items);
+    if (this.openCount) {
+      const open = [...this.entries.values()].filter((e) => e.state !== "resolved").length;
+      this.openCount.textContent = `${open} open`;
+      this.openCount.dataset.open = String(open);
+    }
     if (focus) {
       const again = this.list.querySelector(
         `button[data-incident="${CSS.escape(focus[0])}"][data-action="${CSS.escape(focus[1])}"]`,

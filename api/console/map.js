@@ -3,7 +3,7 @@
 
 const NS = "http://www.w3.org/2000/svg";
 const WIDTH = 1000;
-const PAD = 40; // room for labels of districts on the edge
+const PAD = 12; // a margin: labels sit inside their districts
 
 export function svg(name, attrs = {}, parent = null) {
   const node = document.createElementNS(NS, name);
@@ -43,6 +43,35 @@ function centroid(ring) {
   if (Math.abs(area) < 1e-12) return ring[0];
   return [cx / (3 * area), cy / (3 * area)];
 }
+
+// Where a line crosses the ring: x values along y = c (or y values along x = c).
+function crossings(points, c, axis) {
+  const out = [];
+  const other = 1 - axis;
+  for (let i = 0; i < points.length - 1; i += 1) {
+    const a = points[i];
+    const b = points[i + 1];
+    if ((a[axis] <= c && b[axis] > c) || (b[axis] <= c && a[axis] > c)) {
+      const t = (c - a[axis]) / (b[axis] - a[axis]);
+      out.push(a[other] + t * (b[other] - a[other]));
+    }
+  }
+  return out.sort((x, y) => x - y);
+}
+
+// The stretch of the chord through `at` that lies inside the polygon (even-odd pairs).
+function chord(points, c, axis, at) {
+  const xs = crossings(points, c, axis);
+  let best = null;
+  for (let i = 0; i + 1 < xs.length; i += 2) {
+    const span = [xs[i], xs[i + 1]];
+    if (span[0] <= at && at <= span[1]) return span;
+    if (!best || span[1] - span[0] > best[1] - best[0]) best = span;
+  }
+  return best;
+}
+
+const MIN_LABEL = 9; // px of the viewBox at unit 1: smaller reads as noise
 
 export class CityMap {
   constructor(root, onSelect) {
@@ -90,12 +119,46 @@ export class CityMap {
           this.onSelect(feature.id);
         }
       });
-      const [x, y] = this.project(centroid(ring));
-      const label = svg("text", { x: x.toFixed(1), y: y.toFixed(1), class: "label", "font-size": (22 * this.unit).toFixed(1) }, labels);
+      const label = svg("text", { class: "label", "dominant-baseline": "central" }, labels);
       label.textContent = feature.properties.name;
-      this.districts.set(feature.id, { path, name: feature.properties.name });
+      this.fitLabel(label, path, ring.map((p) => this.project(p)));
+      this.districts.set(feature.id, { path, name: feature.properties.name, label });
     }
     this.update(geo);
+  }
+
+  // Put a district's name where the polygon is widest around its centroid, at the
+  // largest size (up to the default) whose box lies wholly inside the polygon.
+  fitLabel(label, path, points) {
+    let [x, y] = centroid(points);
+    const across = chord(points, y, 1, x);
+    if (across) x = (across[0] + across[1]) / 2;
+    const down = chord(points, x, 0, y);
+    if (down) y = (down[0] + down[1]) / 2;
+    label.setAttribute("x", x.toFixed(1));
+    label.setAttribute("y", y.toFixed(1));
+    let size = 22 * this.unit;
+    label.setAttribute("font-size", size.toFixed(1));
+    const width = across ? across[1] - across[0] : size * 4;
+    const length = label.getComputedTextLength() || 1;
+    size = Math.max(MIN_LABEL * this.unit, Math.min(size, (size * 0.85 * width) / length));
+    for (let i = 0; i < 12; i += 1) {
+      label.setAttribute("font-size", size.toFixed(1));
+      if (this.inside(path, label.getBBox())) return;
+      size *= 0.88;
+      if (size < MIN_LABEL * this.unit) break;
+    }
+    label.setAttribute("font-size", (MIN_LABEL * this.unit).toFixed(1));
+  }
+
+  inside(path, box) {
+    const corners = [
+      [box.x, box.y],
+      [box.x + box.width, box.y],
+      [box.x, box.y + box.height],
+      [box.x + box.width, box.y + box.height],
+    ];
+    return corners.every(([cx, cy]) => path.isPointInFill(new DOMPoint(cx, cy)));
   }
 
   // Colour each district by its AQI and say so in its accessible name.

@@ -17,14 +17,17 @@ from api.queries import numeric_fields, series
 from api.responses import STORAGE, errors
 from api.routes.common import (
     ID_PATTERN,
+    NUMERIC_FIELDS,
     OVERVIEW_WINDOW,
     Agg,
     CityId,
     Every,
+    FieldQuery,
     From,
     KindQuery,
     To,
     check_city,
+    check_district,
     snapshot,
     window_key,
 )
@@ -89,7 +92,7 @@ async def get_city(city: CityDep, city_id: CityId) -> CityOut:
 
 
 @router.get("/{city_id}/overview", response_model=Overview, responses=errors(404, *STORAGE))
-async def city_overview(
+async def get_city_overview(
     request: Request,
     settings: SettingsDep,
     city: CityDep,
@@ -109,7 +112,7 @@ async def city_overview(
     response_model=Overview,
     responses=errors(404, *STORAGE),
 )
-async def district_overview(
+async def get_district_overview(
     request: Request,
     settings: SettingsDep,
     city: CityDep,
@@ -120,8 +123,7 @@ async def district_overview(
 ) -> Overview:
     """One district's metrics for the window (default: the last 15 minutes)."""
     check_city(city, city_id)
-    if city.district(district_id) is None:
-        raise HTTPException(status_code=404, detail=f"unknown district {district_id}")
+    check_district(city, district_id)
     window = time_range(settings, start, end, OVERVIEW_WINDOW)
     snap = await snapshot(request, window, window_key(start, end, OVERVIEW_WINDOW))
     return overview(snap, settings, city, district_id)
@@ -132,7 +134,7 @@ async def district_overview(
     response_model=FeatureCollection,
     responses=errors(404, *STORAGE),
 )
-async def districts(
+async def list_districts(
     request: Request, settings: SettingsDep, city: CityDep, city_id: CityId
 ) -> dict[str, Any]:
     """The districts as GeoJSON, each with its KPIs of the last 15 minutes as properties."""
@@ -151,9 +153,10 @@ def check_series(kind: str, field: str, agg: str) -> None:
         )
     allowed = numeric_fields(kind)
     if field not in allowed:
-        raise bad_param(
-            "query", "field", f"not a numeric field of {kind} (allowed: {', '.join(allowed)})"
-        )
+        reason = f"not a numeric field of {kind} (allowed: {', '.join(allowed)})"
+        if field in NUMERIC_FIELDS:  # a real field of another kind: no such series
+            raise HTTPException(status_code=404, detail=f"unknown series {kind}.{field}: {reason}")
+        raise bad_param("query", "field", reason)
     if agg not in ("mean", "min", "max", "p95", "count"):
         raise bad_param("query", "agg", "must be one of mean, min, max, p95, count")
 
@@ -165,15 +168,13 @@ def unit_of(kind: str, field: str) -> str:
 
 
 @router.get("/{city_id}/series", response_model=Series, responses=errors(404, *STORAGE))
-async def city_series(
+async def get_city_series(
     settings: SettingsDep,
     city: CityDep,
     influx: InfluxDep,
     city_id: CityId,
     kind: KindQuery,
-    field: Annotated[
-        str, Query(max_length=64, description="Numeric field of the kind", examples=["laeq"])
-    ],
+    field: FieldQuery,
     district: Annotated[
         str | None, Query(max_length=64, description="District id (default: whole city)")
     ] = None,
@@ -185,8 +186,7 @@ async def city_series(
     """A field of a kind over the city or a district, aggregated per bucket (default: last hour)."""
     check_city(city, city_id)
     check_series(kind, field, agg)
-    if district is not None and city.district(district) is None:
-        raise bad_param("query", "district", f"unknown district {district!r}")
+    check_district(city, district)
     window = time_range(settings, start, end, timedelta(hours=1))
     every_s = bucket(settings, every, window)
     params = {"city": city.id, **window.params()}

@@ -6,9 +6,10 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import HTTPException, Path, Query, Request
+from pydantic import BeforeValidator
 
 from api.overview import Snapshot, SnapshotCache, take_snapshot
-from api.params import EVERY_PATTERN, TimeRange, now
+from api.params import EVERY_PATTERN, TimeRange, now, parse_instant
 from api.settings import ApiSettings
 from safecity import catalogue
 from safecity.influx import InfluxClient
@@ -38,17 +39,21 @@ DeviceId = Annotated[
 ]
 From = Annotated[
     datetime | None,
+    BeforeValidator(parse_instant),
     Query(
         alias="from",
-        description="Window start, RFC 3339 (naive = UTC); default depends on the endpoint",
+        description="Window start, RFC 3339 (naive = UTC); default depends on the endpoint. "
+        "A window longer than max_range keeps its newest part; a `from` not before `to` "
+        "is an empty window; the response's `window` says what was covered",
         examples=["2026-01-15T06:00:00Z"],
     ),
 ]
 To = Annotated[
     datetime | None,
+    BeforeValidator(parse_instant),
     Query(
         alias="to",
-        description="Window end (exclusive), RFC 3339; default now",
+        description="Window end (exclusive), RFC 3339 (naive = UTC); default now",
         examples=["2026-01-15T07:00:00Z"],
     ),
 ]
@@ -57,7 +62,8 @@ Every = Annotated[
     Query(
         pattern=EVERY_PATTERN,
         max_length=9,
-        description="Bucket, e.g. 30s, 5m, 1h, 1d (>= min_bucket); default about 300 buckets",
+        description="Bucket, e.g. 30s, 5m, 1h, 1d; default about 300 buckets. Raised to "
+        "min_bucket and to what keeps max_points buckets in the window (see `every_s`)",
         examples=["5m"],
     ),
 ]
@@ -66,6 +72,14 @@ Agg = Annotated[
     Query(
         description="Aggregate per bucket",
         json_schema_extra={"enum": ["mean", "min", "max", "p95", "count"]},
+    ),
+]
+FieldQuery = Annotated[
+    str,
+    Query(
+        description="Numeric field of the kind (404 when the kind has no such field)",
+        json_schema_extra={"enum": NUMERIC_FIELDS},
+        examples=["laeq"],
     ),
 ]
 KindQuery = Annotated[
@@ -79,6 +93,13 @@ def check_city(city: City, city_id: str) -> None:
         raise HTTPException(
             status_code=404, detail=f"unknown city {city_id} (this API serves {city.id})"
         )
+
+
+def check_district(city: City, district: str | None) -> None:
+    """404 naming an unknown district (the same rule in a path and in a query)."""
+    if district is not None and city.district(district) is None:
+        known = ", ".join(sorted(d.id for d in city.districts))
+        raise HTTPException(status_code=404, detail=f"unknown district {district} (known: {known})")
 
 
 def device_or_404(city: City, device_id: str) -> Device:

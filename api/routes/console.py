@@ -103,7 +103,7 @@ def is_console_path(path: str) -> bool:
 class ConsoleHeadersMiddleware:
     """Adds the CSP and other security headers to console responses only.
 
-    Only there: `/docs` loads Swagger UI from a CDN, which `default-src 'self'` would block.
+    Only there: the docs pages have a policy of their own (`api.docs.CSP`).
     """
 
     def __init__(self, app: ASGIApp) -> None:

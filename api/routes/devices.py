@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request
 
+from api.cursors import PATTERN as CURSOR_PATTERN
 from api.deps import CityDep, DirectoryDep, InfluxDep, SettingsDep
 from api.directory import BadCursorError, decode_cursor, encode_cursor
 from api.errors import bad_param
@@ -21,8 +22,10 @@ from api.routes.common import (
     Agg,
     DeviceId,
     Every,
+    FieldQuery,
     From,
     To,
+    check_district,
     default_window,
     device_or_404,
     snapshot,
@@ -64,10 +67,10 @@ async def list_devices(
     ] = None,
     limit: Annotated[
         int | None,
-        Query(ge=1, le=1000, description="Page size, 1..max_page_size (default 100)"),
+        Query(ge=1, description="Page size, 1..max_page_size (default 100)"),
     ] = None,
     cursor: Annotated[
-        str | None, Query(max_length=128, description="`next_cursor` of the previous page")
+        str | None, Query(pattern=CURSOR_PATTERN, description="`next_cursor` of the previous page")
     ] = None,
 ) -> DevicePage:
     """Devices of the city in id order, filtered by district, kind and status, page by page."""
@@ -79,9 +82,7 @@ async def list_devices(
         raise bad_param(
             "query", "kind", f"unknown kind {kind!r} (known: {', '.join(sorted(catalogue.KINDS))})"
         )
-    if district is not None and city.district(district) is None:
-        known = ", ".join(sorted(d.id for d in city.districts))
-        raise bad_param("query", "district", f"unknown district {district!r} (known: {known})")
+    check_district(city, district)
     if status is not None and status not in STATES:
         raise bad_param("query", "status", "must be one of online, stale, offline")
     if limit is None:
@@ -93,7 +94,7 @@ async def list_devices(
         try:
             after = decode_cursor(cursor)
         except BadCursorError as exc:
-            raise bad_param("query", "cursor", str(exc)) from exc
+            raise HTTPException(status_code=404, detail=f"unknown cursor: {exc}") from exc
     if status is None:
         page = directory.page(limit=limit, after=after, kind=kind, district=district)
         items: list[DeviceStatusOut | DeviceOut] = [DeviceOut.of(city.id, d) for d in page.items]
@@ -135,7 +136,7 @@ async def get_device(
 
 
 @router.get("/{device_id}/latest", response_model=LatestReading, responses=errors(404, *STORAGE))
-async def get_latest(city: CityDep, influx: InfluxDep, device_id: DeviceId) -> LatestReading:
+async def get_device_latest(city: CityDep, influx: InfluxDep, device_id: DeviceId) -> LatestReading:
     """The newest reading stored for the device (by device timestamp)."""
     device = device_or_404(city, device_id)
     reading = await latest_reading(influx, device)
@@ -152,15 +153,12 @@ async def get_latest(city: CityDep, influx: InfluxDep, device_id: DeviceId) -> L
 
 
 @router.get("/{device_id}/history", response_model=Series, responses=errors(404, *STORAGE))
-async def history(
+async def get_device_history(
     settings: SettingsDep,
     city: CityDep,
     influx: InfluxDep,
     device_id: DeviceId,
-    field: Annotated[
-        str,
-        Query(max_length=64, description="Numeric field of the device's kind", examples=["laeq"]),
-    ],
+    field: FieldQuery,
     start: From = None,
     end: To = None,
     every: Every = None,

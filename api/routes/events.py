@@ -2,22 +2,35 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-from typing import Annotated
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 
+from api.cursors import PATTERN as CURSOR_PATTERN
+from api.cursors import event_cursor, event_position
 from api.delivery import LedgerIndex
 from api.deps import CityDep, InfluxDep, SettingsDep
 from api.errors import bad_param
 from api.models import Delivery, EventOut, EventPage
-from api.params import time_range
+from api.params import TimeRange, time_range
 from api.queries import event_details, events, stored_counts
 from api.responses import STORAGE, errors
 from api.routes.cities import _ts
-from api.routes.common import EVENT_TYPES, SEVERITIES, DeviceId, From, To, device_or_404
+from api.routes.common import (
+    EVENT_TYPES,
+    SEVERITIES,
+    DeviceId,
+    From,
+    To,
+    check_district,
+    device_or_404,
+)
 from api.security import require
 from safecity.deadletters import DeadLetterIndex
+from safecity.influx import InfluxClient
+from safecity.readings import format_ts
+from safecity.registry import City
 
 router = APIRouter(prefix="/v1/events", tags=["events"])
 delivery_router = APIRouter(
@@ -26,8 +39,88 @@ delivery_router = APIRouter(
 
 Limit = Annotated[
     int | None,
-    Query(ge=1, le=1000, description="Most events returned, <= max_page_size (default 100)"),
+    Query(ge=1, description="Page size, 1..max_page_size (default 100)"),
 ]
+Cursor = Annotated[
+    str | None,
+    Query(pattern=CURSOR_PATTERN, description="`next_cursor` of the previous page (same filters)"),
+]
+# Events sharing one millisecond are never split across pages; a page holds at most
+# this many of them (a burst larger than that is cut, and `next_cursor` moves past it).
+MAX_TIE = 10_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _at(ms: int) -> datetime:
+    return _EPOCH + timedelta(milliseconds=ms)
+
+
+def event_filters(
+    city: City,
+    district: str | None,
+    device_id: str | None,
+    event_type: str | None,
+    severity: str | None,
+) -> dict[str, str]:
+    """The checked tag filters of an events query (422 naming a bad one)."""
+    filters: dict[str, str] = {}
+    if district is not None:
+        check_district(city, district)
+        filters["district"] = district
+    if device_id is not None:
+        device_or_404(city, device_id)
+        filters["device_id"] = device_id
+    if event_type is not None:
+        if event_type not in EVENT_TYPES:
+            raise bad_param("query", "type", f"unknown event type {event_type!r}")
+        filters["type"] = event_type
+    if severity is not None:
+        if severity not in SEVERITIES:
+            raise bad_param("query", "severity", f"must be one of {', '.join(SEVERITIES)}")
+        filters["severity"] = severity
+    return filters
+
+
+async def page_events(
+    influx: InfluxClient,
+    city: City,
+    window: TimeRange,
+    filters: dict[str, str],
+    limit: int,
+    before_ms: int | None,
+) -> tuple[list[dict[str, Any]], int | None]:
+    """Up to `limit` event rows of the window before `before_ms`, newest first, and the
+    exclusive end of the next page (None: this was the last)."""
+    end = window.end if before_ms is None else min(window.end, _at(before_ms))
+    if end <= window.start:
+        return [], None
+    params = {"city": city.id, "from": format_ts(window.start), "to": format_ts(end), **filters}
+    rows = await events(influx, params, tuple(filters), limit + 1)
+    next_end: int | None = None
+    if len(rows) > limit:
+        boundary = int(rows[limit]["time"])
+        rows = [r for r in rows[:limit] if int(r["time"]) > boundary]
+        next_end = boundary + 1
+        if not rows:  # the whole page is one millisecond: take all of it
+            tie = {**params, "from": format_ts(_at(boundary)), "to": format_ts(_at(boundary + 1))}
+            rows = await events(influx, tie, tuple(filters), MAX_TIE)
+            next_end = boundary
+    rows.sort(key=lambda r: (-int(r["time"]), str(r["device_id"]), int(r.get("seq") or 0)))
+    return rows, next_end
+
+
+def event_out(row: dict[str, Any]) -> EventOut:
+    """The response view of a stored event row."""
+    return EventOut(
+        ts=_ts(int(row["time"])),
+        device_id=str(row["device_id"]),
+        district=str(row["district"]),
+        kind=str(row.get("kind") or ""),
+        type=str(row["type"]),
+        severity=str(row["severity"]),
+        seq=int(row.get("seq") or 0),
+        details=event_details(row),
+    )
 
 
 @router.get("", response_model=EventPage, responses=errors(404, *STORAGE))
@@ -50,54 +143,32 @@ async def list_events(
     start: From = None,
     end: To = None,
     limit: Limit = None,
+    cursor: Cursor = None,
 ) -> EventPage:
-    """Events of the city, newest first, filtered (default window: the last 24 hours)."""
+    """Events of the city, newest first, filtered (default window: the last 24 hours),
+    page by page: pass `next_cursor` back as `cursor` with the same filters and window."""
     if city_id is not None and city_id != city.id:
         raise HTTPException(status_code=404, detail=f"unknown city {city_id}")
     if limit is None:
         limit = min(100, settings.max_page_size)
     elif limit > settings.max_page_size:
         raise bad_param("query", "limit", f"must be at most {settings.max_page_size}")
-    filters: dict[str, str] = {}
-    if district is not None:
-        if city.district(district) is None:
-            raise bad_param("query", "district", f"unknown district {district!r}")
-        filters["district"] = district
-    if device_id is not None:
-        if city.device(device_id) is None:
-            raise bad_param("query", "device_id", f"unknown device {device_id!r}")
-        filters["device_id"] = device_id
-    if event_type is not None:
-        if event_type not in EVENT_TYPES:
-            raise bad_param("query", "type", f"unknown event type {event_type!r}")
-        filters["type"] = event_type
-    if severity is not None:
-        if severity not in SEVERITIES:
-            raise bad_param("query", "severity", f"must be one of {', '.join(SEVERITIES)}")
-        filters["severity"] = severity
+    filters = event_filters(city, district, device_id, event_type, severity)
+    before = event_position(cursor) if cursor is not None else None
     window = time_range(settings, start, end, timedelta(hours=24))
-    params = {"city": city.id, **window.params(), **filters}
-    rows = await events(influx, params, tuple(filters), limit + 1)
-    items = [
-        EventOut(
-            ts=_ts(int(r["time"])),
-            device_id=str(r["device_id"]),
-            district=str(r["district"]),
-            kind=str(r.get("kind") or ""),
-            type=str(r["type"]),
-            severity=str(r["severity"]),
-            seq=int(r.get("seq") or 0),
-            details=event_details(r),
-        )
-        for r in rows[:limit]
-    ]
-    return EventPage(items=items, truncated=len(rows) > limit, window=window.model())
+    rows, next_end = await page_events(influx, city, window, filters, limit, before)
+    return EventPage(
+        items=[event_out(r) for r in rows],
+        truncated=next_end is not None,
+        next_cursor=event_cursor(next_end) if next_end is not None else None,
+        window=window.model(),
+    )
 
 
 @delivery_router.get(
     "/{device_id}/delivery", response_model=Delivery, responses=errors(404, *STORAGE)
 )
-async def delivery(
+async def get_device_delivery(
     request: Request,
     settings: SettingsDep,
     city: CityDep,

@@ -8,14 +8,14 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from api.deps import InfluxDep
-from api.models import ErrorBody, Status
+from api.models import Status
 
 router = APIRouter(tags=["health"])
 
 PING_TIMEOUT = 5.0
 
 
-@router.get("/healthz", response_model=Status)
+@router.get("/healthz", response_model=Status, response_model_exclude_none=True)
 async def healthz() -> Status:
     """Alive: the process serves HTTP. Always 200."""
     return Status(status="ok")
@@ -24,10 +24,12 @@ async def healthz() -> Status:
 @router.get(
     "/readyz",
     response_model=Status,
-    responses={503: {"model": ErrorBody, "description": "InfluxDB does not answer"}},
+    response_model_exclude_none=True,
+    responses={503: {"model": Status, "description": "InfluxDB does not answer"}},
 )
 async def readyz(influx: InfluxDep) -> Status | JSONResponse:
-    """Ready: InfluxDB answers /ping. 503 with the reason otherwise."""
+    """Ready: InfluxDB answers /ping (`{"status": "ready"}`); 503 with
+    `{"status": "not ready", "detail": <reason>}` otherwise."""
     timeout = min(PING_TIMEOUT, influx.settings.timeout)
     try:
         async with asyncio.timeout(timeout):
@@ -38,5 +40,8 @@ async def readyz(influx: InfluxDep) -> Status | JSONResponse:
         return Status(status="ready")
     return JSONResponse(
         status_code=503,
-        content={"detail": f"InfluxDB at {influx.settings.url} does not answer /ping"},
+        content={
+            "status": "not ready",
+            "detail": f"InfluxDB at {influx.settings.url} does not answer /ping",
+        },
     )

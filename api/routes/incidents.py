@@ -17,15 +17,18 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from api import metrics
 from api.apikeys import ApiKey
+from api.cursors import PATTERN as CURSOR_PATTERN
+from api.cursors import incident_cursor, incident_position
 from api.deps import CityDep, InfluxDep, SettingsDep
 from api.errors import bad_param
 from api.models import Window
 from api.params import TimeRange, time_range
 from api.responses import STORAGE, errors
-from api.routes.common import SEVERITIES, From, To
+from api.routes.common import SEVERITIES, From, To, check_district
 from api.security import require
 from safecity import incidents as inc
 from safecity.influx import InfluxClient
+from safecity.readings import epoch_ms
 from safecity.registry import City
 
 router = APIRouter(prefix="/v1/incidents", tags=["incidents"])
@@ -55,7 +58,11 @@ IncidentId = Annotated[
 ]
 Limit = Annotated[
     int | None,
-    Query(ge=1, le=1000, description="Most incidents returned, <= max_page_size (default 100)"),
+    Query(ge=1, description="Page size, 1..max_page_size (default 100)"),
+]
+Cursor = Annotated[
+    str | None,
+    Query(pattern=CURSOR_PATTERN, description="`next_cursor` of the previous page (same filters)"),
 ]
 OperateKey = Annotated[ApiKey, Depends(require("operate"))]
 
@@ -93,10 +100,12 @@ class IncidentOut(BaseModel):
 
 
 class IncidentPage(BaseModel):
-    """Incidents opened in the window, newest first; `truncated` says the limit cut the list."""
+    """A page of incidents opened in the window, newest first; pass `next_cursor` back as
+    `cursor` for the next (`truncated` is true exactly when it is set)."""
 
     items: list[IncidentOut]
     truncated: bool
+    next_cursor: str | None = Field(description="null on the last page")
     window: Window
 
 
@@ -152,8 +161,7 @@ def _check_city(city: City, city_id: str | None) -> None:
 
 
 def _check_district(city: City, district: str | None) -> None:
-    if district is not None and city.district(district) is None:
-        raise bad_param("query", "district", f"unknown district {district!r}")
+    check_district(city, district)
 
 
 async def incidents_in(
@@ -203,8 +211,10 @@ async def list_incidents(
     start: From = None,
     end: To = None,
     limit: Limit = None,
+    cursor: Cursor = None,
 ) -> IncidentPage:
-    """Incidents opened in the window (default: the last 7 days), newest first, filtered."""
+    """Incidents opened in the window (default: the last 7 days), newest first, filtered,
+    page by page: pass `next_cursor` back as `cursor` with the same filters and window."""
     _check_city(city, city_id)
     if limit is None:
         limit = min(100, settings.max_page_size)
@@ -215,19 +225,25 @@ async def list_incidents(
         raise bad_param("query", "severity", f"must be one of {', '.join(SEVERITIES)}")
     if state is not None and state not in STATES:
         raise bad_param("query", "state", f"must be one of {', '.join(STATES)}")
+    after = incident_position(cursor) if cursor is not None else None
     window = time_range(settings, start, end, DEFAULT_WINDOW)
     found = await incidents_in(influx, city, window, district, rule_id, severity)
     if state is not None:
         found = [i for i in found if i.state.value == state]
+    if after is not None:
+        found = [i for i in found if (epoch_ms(i.opened_at), i.id) < after]
+    page = found[:limit]
+    more = len(found) > limit
     return IncidentPage(
-        items=[incident_out(i) for i in found[:limit]],
-        truncated=len(found) > limit,
+        items=[incident_out(i) for i in page],
+        truncated=more,
+        next_cursor=incident_cursor(epoch_ms(page[-1].opened_at), page[-1].id) if more else None,
         window=window.model(),
     )
 
 
 @router.get("/figures", response_model=FiguresOut, responses=errors(404, *STORAGE))
-async def incident_figures(
+async def get_incident_figures(
     settings: SettingsDep,
     city: CityDep,
     influx: InfluxDep,
@@ -292,6 +308,7 @@ async def _step(
         except inc.TransitionError as exc:
             raise HTTPException(status_code=409, detail=str(exc)) from None
     metrics.observe_step(updated, target)
+    request.app.state.figures.poke()  # the gauges follow a change made here at once
     return incident_out(updated)
 
 
@@ -299,7 +316,7 @@ _STEP_RESPONSES = errors(404, 409, *STORAGE)
 
 
 @operate_router.post("/{incident_id}/ack", response_model=IncidentOut, responses=_STEP_RESPONSES)
-async def acknowledge(
+async def acknowledge_incident(
     request: Request,
     city: CityDep,
     influx: InfluxDep,
@@ -314,7 +331,7 @@ async def acknowledge(
 @operate_router.post(
     "/{incident_id}/dispatch", response_model=IncidentOut, responses=_STEP_RESPONSES
 )
-async def dispatch(
+async def dispatch_incident(
     request: Request,
     city: CityDep,
     influx: InfluxDep,
@@ -329,7 +346,7 @@ async def dispatch(
 @operate_router.post(
     "/{incident_id}/resolve", response_model=IncidentOut, responses=_STEP_RESPONSES
 )
-async def resolve(
+async def resolve_incident(
     request: Request,
     city: CityDep,
     influx: InfluxDep,

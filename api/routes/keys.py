@@ -48,13 +48,13 @@ class AuditPage(BaseModel):
 
 
 @router.get("/me", response_model=Me, responses=errors())
-async def me(key: Annotated[ApiKey, Depends(require("read"))]) -> Me:
+async def get_current_key(key: Annotated[ApiKey, Depends(require("read"))]) -> Me:
     """The calling key: id, name and scopes (what the console shows and allows)."""
     return Me(id=key.id, name=key.name, scopes=list(key.scopes))
 
 
 @router.get("/audit", response_model=AuditPage, responses=errors())
-async def audit_log(
+async def list_audit_records(
     request: Request,
     settings: SettingsDep,
     key: Annotated[ApiKey, Depends(require("admin"))],
@@ -64,7 +64,7 @@ async def audit_log(
     ] = None,
     limit: Annotated[
         int | None,
-        Query(ge=1, le=1000, description="Most records returned, <= max_page_size (default 100)"),
+        Query(ge=1, description="Most records returned, 1..max_page_size (default 100)"),
     ] = None,
 ) -> AuditPage:
     """The audit log of `operate`/`admin` calls, newest first (scope `admin`; audited too)."""

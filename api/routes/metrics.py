@@ -1,11 +1,12 @@
-"""Prometheus exposition of the process's default registry (incident figures refreshed first)."""
+"""Prometheus exposition of the process's default registry; the incident figures behind it
+are refreshed in the background (api.metrics.IncidentFigures), never by a scrape."""
 
 from __future__ import annotations
 
 import logging
 from datetime import timedelta
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, FastAPI
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
@@ -22,11 +23,11 @@ log = logging.getLogger("safecity.api")
 FIGURES_WINDOW = timedelta(days=30)
 
 
-async def refresh_incident_figures(request: Request) -> None:
+async def refresh_incident_figures(app: FastAPI) -> bool:
     """Recompute the incident gauges from the incidents opened in the figures window."""
-    settings: ApiSettings = request.app.state.settings
-    influx: InfluxClient = request.app.state.influx
-    city: City = request.app.state.city
+    settings: ApiSettings = app.state.settings
+    influx: InfluxClient = app.state.influx
+    city: City = app.state.city
     end = now()
     window = TimeRange(end - min(FIGURES_WINDOW, timedelta(seconds=settings.max_range)), end)
     try:
@@ -34,12 +35,19 @@ async def refresh_incident_figures(request: Request) -> None:
     except StorageError as exc:
         # The request metrics still matter when storage is away: keep the last figures.
         log.warning("incident figures not refreshed: %s", exc)
-        return
+        return False
     api_metrics.set_incident_figures(found.values())
+    return True
+
+
+def start_incident_figures(app: FastAPI) -> api_metrics.IncidentFigures:
+    """Start refreshing the incident figures of this app in the background."""
+    figures = api_metrics.IncidentFigures(lambda: refresh_incident_figures(app))
+    figures.start()
+    return figures
 
 
 @router.get("/metrics", include_in_schema=False)
-async def metrics(request: Request) -> Response:
-    """Prometheus text format of every metric in the default registry."""
-    await refresh_incident_figures(request)
+async def metrics() -> Response:
+    """Prometheus text format of every metric in the default registry (no storage query)."""
     return Response(content=generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

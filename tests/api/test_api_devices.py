@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
 import pytest
@@ -112,14 +111,12 @@ def test_other_city_is_404(client: TestClient) -> None:
     [
         ({"kind": "submarine"}, "'kind'"),
         ({"kind": 'noise" OR 1=1'}, "'kind'"),
-        ({"district": "atlantis"}, "'district'"),
         ({"limit": 0}, "'limit'"),
         ({"limit": -5}, "'limit'"),
         ({"limit": 51}, "'limit'"),
         ({"limit": "ten"}, "'limit'"),
         ({"limit": 10**30}, "'limit'"),
         ({"cursor": "!!!"}, "'cursor'"),
-        ({"cursor": base64.urlsafe_b64encode(b"NOT AN ID").decode()}, "'cursor'"),
         ({"cursor": "x" * 500}, "'cursor'"),
         ({"kind": "k" * 100}, "'kind'"),
     ],

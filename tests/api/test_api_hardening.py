@@ -50,10 +50,13 @@ def test_every_response_carries_the_security_headers(
     _common(page.headers, "/")
     assert "default-src 'self'" in page.headers["content-security-policy"]
     assert page.headers["cache-control"] == "no-cache"
-    # Swagger UI loads from a CDN: only framing is forbidden there.
-    docs = client.get("/docs")
-    _common(docs.headers, "/docs")
-    assert docs.headers["content-security-policy"] == "frame-ancestors 'none'"
+    # The docs load only their bundled assets: a same-origin policy, no inline script.
+    for path in ("/docs", "/redoc", "/docs/assets/swagger-ui-bundle.js"):
+        docs = client.get(path)
+        _common(docs.headers, path)
+        csp = docs.headers["content-security-policy"]
+        assert "default-src 'self'" in csp and "script-src 'self';" in csp, path
+    assert client.get("/docs/assets/../app.py").status_code == 404
     big = client.post("/v1/incidents/inc-00000000000000000000/ack", content=b"x" * 20_000)
     assert big.status_code == 413
     _common(big.headers, "413")
@@ -69,7 +72,7 @@ def production(api_settings: ApiSettings, city: City) -> Iterator[TestClient]:
 def test_production_turns_the_docs_off_and_the_schema_behind_a_key(
     production: TestClient, client: TestClient, keys: dict[str, str]
 ) -> None:
-    for path in ("/docs", "/redoc", "/docs/oauth2-redirect"):
+    for path in ("/docs", "/redoc", "/docs/oauth2-redirect", "/docs/assets/swagger-ui.css"):
         assert production.get(path).status_code == 404, path
     refused = production.get("/openapi.json")
     assert refused.status_code == 401 and refused.headers["WWW-Authenticate"] == "ApiKey"

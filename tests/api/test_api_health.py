@@ -26,6 +26,7 @@ def test_readyz_503_when_influx_is_down(dead_settings: ApiSettings, city: City) 
         assert client.get("/healthz").status_code == 200
         response = client.get("/readyz")
     assert response.status_code == 503
+    assert response.json()["status"] == "not ready"
     detail = response.json()["detail"]
     assert isinstance(detail, str)
     assert dead_settings.influx.url in detail

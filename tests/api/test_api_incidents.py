@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import stat
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -97,11 +98,10 @@ def test_list_filters_and_bounds(client: TestClient, stored: dict[str, inc.Incid
 
     for params, name in (
         ({"limit": 51}, "limit"),
-        ({"district": "atlantis"}, "district"),
         ({"severity": "apocalyptic"}, "severity"),
         ({"state": "closed"}, "state"),
         ({"type": "Bad Type"}, "type"),
-        ({"from": "2026-01-01T00:00:00Z", "to": "2026-06-01T00:00:00Z"}, "from"),
+        ({"to": "0.5"}, "to"),
     ):
         r = client.get("/v1/incidents", params=params)
         assert r.status_code == 422 and f"'{name}'" in r.json()["detail"], (params, r.text)
@@ -214,8 +214,13 @@ def test_figures_and_metrics(
     assert client.get("/v1/incidents/figures", params={"group_by": "x"}).status_code == 422
 
     assert client.get("/metrics").status_code == 403
-    text = client.get("/metrics", headers=operate).text
+    # The gauges are refreshed in the background, promptly after a change made here.
     tta = 'safecity_api_incident_time_to_acknowledge_seconds{district="chilanzar",rule="panic"'
+    deadline = time.monotonic() + 30
+    text = client.get("/metrics", headers=operate).text
+    while tta + ',stat="mean"}' not in text and time.monotonic() < deadline:
+        time.sleep(0.1)
+        text = client.get("/metrics", headers=operate).text
     assert tta + ',stat="mean"}' in text
     assert 'safecity_api_incident_time_to_resolve_seconds{district="chilanzar",rule="panic"' in text
     assert 'safecity_api_incidents{state="open"}' in text

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import time
+
+import httpx
+import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from api import metrics as api_metrics
+from api.app import create_app
+from api.settings import ApiSettings
 from safecity.registry import City
 
 
@@ -63,3 +70,58 @@ def test_metrics_count_requests_by_route_template(
         name == "safecity_api_request_seconds_count" and ("route", "/healthz") in labels
         for name, labels in samples
     )
+
+
+def _influx_queries(url: str) -> int:
+    """Queries InfluxDB has served so far (its own `/debug/vars` counter)."""
+    stats = httpx.get(f"{url}/debug/vars", timeout=5).json()
+    return sum(
+        int(v["values"]["queryReq"])
+        for k, v in stats.items()
+        if k.startswith("httpd") and isinstance(v, dict)
+    )
+
+
+def test_a_scrape_issues_no_influxdb_query(
+    api_settings: ApiSettings,
+    city: City,
+    keys: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # No periodic refresh during the test: only the one at start-up may query.
+    monkeypatch.setattr(api_metrics, "FIGURES_REFRESH_S", 3600.0)
+    operate = {"X-API-Key": keys["operate"]}
+    url = api_settings.influx.url
+    with TestClient(create_app(api_settings, city), headers=operate) as client:
+        deadline = time.monotonic() + 30
+        refreshed = 0.0
+        while refreshed == 0.0 and time.monotonic() < deadline:
+            samples = _samples(client.get("/metrics").text)
+            refreshed = samples.get(
+                ("safecity_api_incident_figures_refreshed_timestamp_seconds", ()), 0.0
+            )
+            time.sleep(0.05)
+        assert refreshed > 0, "the start-up refresh of the incident figures never ran"
+        before = _influx_queries(url)
+        for _ in range(20):
+            response = client.get("/metrics")
+            assert response.status_code == 200
+            assert "safecity_api_incidents" in response.text
+        assert _influx_queries(url) == before
+
+
+def test_scrapes_succeed_while_influxdb_is_unreachable(
+    dead_settings: ApiSettings, city: City, keys: dict[str, str]
+) -> None:
+    operate = {"X-API-Key": keys["operate"]}
+    failures = "safecity_api_incident_figures_refresh_failures_total"
+    with TestClient(create_app(dead_settings, city), headers=operate) as client:
+        deadline = time.monotonic() + 30
+        failed = 0.0
+        while failed == 0.0 and time.monotonic() < deadline:
+            response = client.get("/metrics")
+            assert response.status_code == 200
+            failed = _samples(response.text).get((failures, ()), 0.0)
+            time.sleep(0.05)
+        # The refresh failed (storage away), was counted, and scraping went on regardless.
+        assert failed >= 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -14,6 +15,8 @@ from fastapi.testclient import TestClient
 from api import aqi
 from api.app import create_app
 from api.settings import ApiSettings
+from safecity import incidents as inc
+from safecity.influx import InfluxClient
 from safecity.registry import City
 
 D = "yashnobod"  # has 2+ devices of every kind the overview aggregates
@@ -124,7 +127,47 @@ def scenario(api_settings: ApiSettings, city: City) -> dict[str, Any]:
         ),
     ]
     write(api_settings, points)
+    _incidents(api_settings, cam[0].id, other_cam.id)
     return {"air": air, "late_noise": late_noise, "gone": gone, "fresh": 2 + 2 + 2 + 1 + 2 + 2}
+
+
+def _incident(district: str, severity: str, device: str, minutes: float) -> inc.Incident:
+    return inc.open_incident(
+        city="tashkent",
+        district=district,
+        rule_id="intrusion",
+        rule_type="event",
+        severity=severity,
+        place=f"{district}-{severity}-{minutes}",
+        devices=[device],
+        opened_at=ago(minutes),
+        value=None,
+        message="m",
+        event="intrusion",
+    )
+
+
+def _incidents(settings: ApiSettings, cam: str, other_cam: str) -> None:
+    """Open incidents: two in D, one low in OTHER; a resolved one and an old one in D."""
+
+    async def go() -> None:
+        client = InfluxClient(settings.influx)
+        store = inc.IncidentStore(client)
+        try:
+            for made in (
+                _incident(D, "high", cam, 3),
+                _incident(D, "critical", cam, 2),
+                _incident(OTHER, "low", other_cam, 1),
+                _incident(D, "high", cam, 60 * 24 * 8),  # opened before the 7-day look-back
+            ):
+                await store.open(made)
+            resolved = _incident(D, "medium", cam, 30)
+            await store.open(resolved)
+            await store.transition(resolved.id, inc.State.RESOLVED, "tester", "done")
+        finally:
+            await client.close()
+
+    asyncio.run(go())
 
 
 def _district(client: TestClient) -> dict[str, Any]:
@@ -203,14 +246,19 @@ def test_devices_online_stale_offline(
     assert city_body["total"] == len(city.devices)
 
 
-def test_incidents_count_events_by_severity(client: TestClient, scenario: dict[str, Any]) -> None:
+def test_incidents_are_the_open_ones_of_the_incident_store(
+    client: TestClient, scenario: dict[str, Any]
+) -> None:
     district = _district(client)["incidents"]
     assert district["by_severity"] == {"low": 0, "medium": 0, "high": 1, "critical": 1}
-    assert district["total"] == 2
-    assert "events" in district["source"]
+    assert district["total"] == 2 and district["devices"] == 1
+    assert "incident store" in district["source"]
     whole = client.get("/v1/cities/tashkent/overview").json()["incidents"]
     assert whole["by_severity"]["low"] == 1
     assert whole["total"] == 3
+    # The same incidents the incident list shows as open (tiles and feeds agree).
+    listed = client.get("/v1/incidents", params={"limit": 50}).json()["items"]
+    assert len([i for i in listed if i["state"] != "resolved"]) == whole["total"]
 
 
 def test_city_overview_spans_districts(client: TestClient, scenario: dict[str, Any]) -> None:

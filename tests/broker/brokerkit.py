@@ -113,12 +113,13 @@ def barrier_topic(city: str) -> str:
 
 
 def wait_connack(broker: SecureBroker, username: str, secret: str, expected: int) -> None:
-    """Connect until the CONNACK reason is `expected` (a SIGHUP reload is asynchronous)."""
+    """Connect until the CONNACK reason is `expected` (devices with their own client id)."""
     deadline = time.monotonic() + 10
     while True:
         client = RawClient(broker.mosquitto.host, broker.mosquitto.port)
+        client_id = username if not username.startswith("_") else f"probe-{secrets.token_hex(3)}"
         try:
-            reason = client.connect(f"probe-{secrets.token_hex(3)}", username, secret).reason
+            reason = client.connect(client_id, username, secret).reason
         finally:
             client.close()
         if reason == expected:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -10,7 +11,6 @@ from pathlib import Path
 from brokerkit import SECURE_TEMPLATE
 
 from broker.identity import (
-    DEVICE_PATTERNS,
     CredentialStore,
     Role,
     hash_password,
@@ -47,17 +47,51 @@ def test_store_keeps_hashes_only(tmp_path: Path) -> None:
         assert secret not in path.read_text()
     reloaded = CredentialStore(tmp_path)
     assert reloaded.check("dev-1", secret) and not reloaded.check("dev-1", secret + "x")
-    acl = store.acl_file.read_text()
-    assert acl.index("pattern write") < acl.index("user _ingest")
-    assert "user dev-1" not in acl
+
+
+def test_dynsec_config_pins_devices_to_their_id_and_city(tmp_path: Path) -> None:
+    store = CredentialStore(tmp_path)
+    store.provision("dev-1", Role.DEVICE, "tashkent")
+    store.provision("dev-2", Role.DEVICE, "samarkand")
+    store.provision("_ingest", Role.INGEST)
+    store.provision("_api", Role.API)
+    store.revoke("dev-2")
+    store.save()
+    config = json.loads(store.dynsec_file.read_text())
+    # Everything not granted is refused, SUBSCRIBE included.
+    assert config["defaultACLAccess"] == {
+        "publishClientSend": False,
+        "publishClientReceive": False,
+        "subscribe": False,
+        "unsubscribe": True,
+    }
+    clients = {c["username"]: c for c in config["clients"]}
+    assert set(clients) == {"_api", "_ingest", "dev-1"}  # the revoked device is gone
+    assert clients["dev-1"]["clientid"] == "dev-1"
+    assert "clientid" not in clients["_ingest"]  # several workers, one account
+    roles = {r["rolename"]: r["acls"] for r in config["roles"]}
+    device = roles[clients["dev-1"]["roles"][0]["rolename"]]
+    assert {(a["acltype"], a["topic"]) for a in device} == {
+        ("publishClientSend", f"safecity/v1/tashkent/+/+/dev-1/{c}")
+        for c in ("telemetry", "event", "status")
+    }
+    # Only the ingest and alerts roles may join a share group; the API only reads.
+    shared = {
+        name for name, acls in roles.items() if any(a["topic"].startswith("$share/") for a in acls)
+    }
+    assert shared == {"ingest", "alerts"}
+    # The hashes are the store's own ($7$ = PBKDF2-SHA512), split into the plugin's fields.
+    _, _, iterations, salt, digest = store.accounts["dev-1"].password_hash.split("$")  # type: ignore[union-attr]
+    assert (clients["dev-1"]["iterations"], clients["dev-1"]["salt"]) == (int(iterations), salt)
+    assert clients["dev-1"]["password"] == digest
 
 
 def test_secure_template_hardening_and_loopback_plain_listener(tmp_path: Path) -> None:
     text = render_secure_config(
         SECURE_TEMPLATE.read_text(),
-        password_file=tmp_path / "p",
-        acl_file=tmp_path / "a",
+        dynsec_file=tmp_path / "d.json",
         pid_file=tmp_path / "pid",
+        plugin="/x/mosquitto_dynamic_security.so",
     )
     conf = render_mosquitto_conf(
         text, host="127.0.0.1", port=1884, data_dir=tmp_path, user="nobody"
@@ -70,8 +104,8 @@ def test_secure_template_hardening_and_loopback_plain_listener(tmp_path: Path) -
         "allow_zero_length_clientid false",
         "max_qos 1",
         "max_packet_size 16384",
-        f"password_file {tmp_path / 'p'}",
-        f"acl_file {tmp_path / 'a'}",
+        "plugin /x/mosquitto_dynamic_security.so",
+        f"plugin_opt_config_file {tmp_path / 'd.json'}",
         # The ingest engineer's sizing (tests/ingest fault tests depend on it).
         "max_queued_messages 2000000",
         "max_queued_bytes 805306368",
@@ -90,7 +124,12 @@ def test_secure_template_hardening_and_loopback_plain_listener(tmp_path: Path) -
     raw = SECURE_TEMPLATE.read_text()
     assert "allow_anonymous true" not in raw
     assert re.search(r"^listener 1883 127\.0\.0\.1$", raw, re.MULTILINE)
-    assert all(p.startswith("pattern write safecity/v1/+/+/+/%u/") for p in DEVICE_PATTERNS)
+    assert not any(ln.startswith(("password_file", "acl_file")) for ln in lines)
+    # Exactly one plugin, configured (a comment line must never turn into a second one).
+    assert [ln for ln in conf.splitlines() if ln.startswith("plugin")] == [
+        "plugin /x/mosquitto_dynamic_security.so",
+        f"plugin_opt_config_file {tmp_path / 'd.json'}",
+    ]
 
 
 def test_one_broker_config_and_no_anonymous_variant() -> None:

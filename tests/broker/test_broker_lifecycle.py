@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import stat
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from brokerkit import SecureBroker, connected, run, wait_connack
-from rawmqtt import DISCONNECT, RawClient
+from rawmqtt import DISCONNECT, PUBACK, RawClient
 
-from broker import certs
-from broker.identity import reload_broker
+from broker import certs, identity
+from broker.identity import CredentialStore
 from control.cli import main
+from control.stack import free_port
+from edge.settings import EdgeSettings
 from safecity.errors import MqttError
+from safecity.mqtt import FleetClient
+from safecity.secrets import read_secrets
+from simulators import fleet
+from simulators.settings import SimulatorSettings
 
 NOT_AUTHORIZED = 0x87
 
@@ -22,16 +30,15 @@ def test_revoked_device_is_cut_off_and_others_stay(secure: SecureBroker) -> None
     victim, bystander = secure.devices[20], secure.devices[21]
     secret = secure.secrets[victim]
     live = RawClient(secure.mosquitto.host, secure.mosquitto.port)
-    assert live.connect("victim-live", victim, secret).reason == 0
+    assert live.connect(victim, victim, secret).reason == 0
 
     async def scenario() -> tuple[int, bool, bool]:
-        other = await connected(secure.settings(bystander), "bystander")
+        other = await connected(secure.settings(bystander), bystander)
         assert (await other.publish(secure.topic(bystander), b"{}")).ok
         secure.store.revoke(victim)
         secure.store.save()
-        reload_broker(secure.pid)
-        # 2.0.11 re-checks every connected client against the new password file on
-        # reload and closes the revoked one's connection.
+        secure.mosquitto.apply({victim: None})
+        # Deleting the account through $CONTROL closes its connection at once.
         closing = live.read()
         assert closing is None or closing.kind == DISCONNECT, closing
         wait_connack(secure, victim, secret, NOT_AUTHORIZED)
@@ -53,7 +60,7 @@ def test_rotated_secret_replaces_the_old_one(secure: SecureBroker) -> None:
     old = secure.secrets[device]
     new = secure.store.rotate(device)
     secure.store.save()
-    reload_broker(secure.pid)
+    secure.mosquitto.apply({device: new})
     wait_connack(secure, device, old, NOT_AUTHORIZED)
     wait_connack(secure, device, new, 0)
     assert new != old and secure.store.check(device, new) and not secure.store.check(device, old)
@@ -63,10 +70,10 @@ def test_cli_provision_rotate_revoke_list(
     fresh: SecureBroker, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     identity_dir = str(fresh.store.directory)
-    pidfile = str(fresh.mosquitto.data_dir / "mosquitto.pid")
+    broker = f"{fresh.mosquitto.host}:{fresh.mosquitto.port}"
     device = fresh.devices[30]
     secrets_file = tmp_path / "fleet-secrets.json"
-    common = ["--identity-dir", identity_dir, "--pidfile", pidfile]
+    common = ["--identity-dir", identity_dir, "--broker", broker]
 
     # Everything is provisioned already: provisioning again issues nothing new.
     assert main(["devices", "provision", *common]) == 0
@@ -80,7 +87,7 @@ def test_cli_provision_rotate_revoke_list(
 
     store_text = (fresh.store.directory / "credentials.json").read_text()
     assert new_secret not in store_text and "$7$" in store_text
-    for name in ("credentials.json", "mosquitto.passwd", "mosquitto.acl"):
+    for name in ("credentials.json", "dynamic-security.json", "admin.json"):
         assert stat.S_IMODE((fresh.store.directory / name).stat().st_mode) == 0o600
 
     assert main(["devices", "revoke", *common, "--secrets-file", str(secrets_file), device]) == 0
@@ -101,7 +108,7 @@ def test_tls_with_the_right_ca_is_accepted(secure: SecureBroker) -> None:
     device = secure.devices[40]
 
     async def scenario() -> int:
-        client = await connected(secure.tls_settings(device, secure.certs_dir / "ca.crt"), "tls")
+        client = await connected(secure.tls_settings(device, secure.certs_dir / "ca.crt"), device)
         result = await client.publish(secure.topic(device), b"{}")
         await client.disconnect()
         return result.reason_code
@@ -113,7 +120,7 @@ def test_tls_with_a_wrong_ca_is_refused(secure: SecureBroker, tmp_path: Path) ->
     device = secure.devices[41]
     other = certs.init_ca(tmp_path / "other-ca")
     with pytest.raises(MqttError, match="CERTIFICATE_VERIFY_FAILED"):
-        run(connected(secure.tls_settings(device, other.cert), "tls-wrong-ca"))
+        run(connected(secure.tls_settings(device, other.cert), device))
 
 
 def test_tls_still_needs_a_password(secure: SecureBroker) -> None:
@@ -151,7 +158,7 @@ def test_mutual_tls_refuses_missing_or_foreign_client_certificates(
     # TLS 1.3 finishes the client's side of the handshake before the broker checks for a
     # certificate, so the refusal shows as a closed connection: no CONNACK ever comes.
     with pytest.raises(MqttError, match="no CONNACK"):
-        run(connected(mutual.tls_settings(device, ca, connect_timeout=2), "mtls-no-cert"))
+        run(connected(mutual.tls_settings(device, ca, connect_timeout=2), device))
     # A certificate for the same CN from another CA is refused in the handshake.
     rogue_dir = tmp_path / "rogue"
     certs.init_ca(rogue_dir)
@@ -164,3 +171,156 @@ def test_mutual_tls_refuses_missing_or_foreign_client_certificates(
     log = mutual.mosquitto.log_path.read_text()
     assert "peer did not return a certificate" in log
     assert "certificate verify failed" in log
+
+
+def test_mutual_tls_client_id_is_the_certificate_cn(mutual: SecureBroker) -> None:
+    device, victim = mutual.devices[53], mutual.devices[54]
+    client_cert = certs.issue_client(mutual.certs_dir, device)
+    settings = mutual.tls_settings(
+        None, mutual.certs_dir / "ca.crt", tls_cert=client_cert.cert, tls_key=client_cert.key
+    )
+    live = RawClient(mutual.mosquitto.host, mutual.mosquitto.port)
+    assert live.connect(victim, victim, mutual.secrets[victim]).reason == 0
+
+    async def scenario() -> int:
+        # It asks for the victim's client id; the broker gives it its own (the CN).
+        client = await connected(settings, victim)
+        own = await client.publish(mutual.topic(device), b"{}")
+        await client.disconnect()
+        return own.reason_code
+
+    try:
+        assert run(scenario()) < 0x80
+        answer = live.publish(mutual.topic(victim), b"{}")
+        assert answer is not None and answer.kind == PUBACK and answer.reason < 0x80
+    finally:
+        live.close()
+    log = mutual.mosquitto.log_path.read_text()
+    assert f"as {device} " in log
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    return code, capsys.readouterr().err
+
+
+def test_cli_revoked_stays_revoked_until_reinstated(
+    fresh: SecureBroker, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    device = fresh.devices[32]
+    secrets_file = tmp_path / "fleet-secrets.json"
+    common = [
+        "--identity-dir",
+        str(fresh.store.directory),
+        "--broker",
+        f"{fresh.mosquitto.host}:{fresh.mosquitto.port}",
+    ]
+    code, err = _cli(capsys, "devices", "revoke", *common, device)
+    assert code == 0 and f"revoked {device}" in err and "applied to the broker" in err
+    wait_connack(fresh, device, fresh.secrets[device], NOT_AUTHORIZED)
+    code, err = _cli(capsys, "devices", "revoke", *common, device)
+    assert code == 0 and f"{device}: already revoked since" in err and "unchanged" in err
+
+    # rotate does not bring it back: refused, named, nothing changes.
+    code, err = _cli(
+        capsys, "devices", "rotate", *common, "--secrets-file", str(secrets_file), device
+    )
+    assert code == 2 and "is revoked" in err and "reinstate" in err
+    assert not secrets_file.exists()
+    # provision --device says exactly why it did nothing.
+    code, err = _cli(capsys, "devices", "provision", *common, "--device", device)
+    assert code == 0
+    assert f"{device}: revoked since" in err and f"`devices reinstate {device}`" in err
+    assert "provisioned 0 new account(s)" in err
+    assert not CredentialStore(fresh.store.directory).accounts[device].active
+
+    # reinstate: a new secret, live at once; the old one stays dead.
+    code, err = _cli(
+        capsys, "devices", "reinstate", *common, "--secrets-file", str(secrets_file), device
+    )
+    assert code == 0 and f"reinstated {device}: new secret issued" in err
+    new = json.loads(secrets_file.read_text())[device]
+    wait_connack(fresh, device, new, 0)
+    wait_connack(fresh, device, fresh.secrets[device], NOT_AUTHORIZED)
+    code, err = _cli(capsys, "devices", "reinstate", *common, device)
+    assert code == 2 and "is not revoked" in err
+
+    # An active one: provision says so; a new service account is provisioned and named.
+    code, err = _cli(capsys, "devices", "provision", *common, "--device", device)
+    assert code == 0 and f"{device}: already provisioned and active; unchanged" in err
+    code, err = _cli(
+        capsys, "devices", "provision", *common, "--secrets-file", str(secrets_file),
+        "--service", "console",
+    )  # fmt: skip
+    assert code == 0 and "provisioned _console (new account)" in err
+    assert "provisioned 1 new account(s)" in err
+
+
+def test_a_running_device_picks_up_its_rotated_secret(
+    fresh: SecureBroker, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    device = fresh.devices[33]
+    secrets_file = tmp_path / "fleet-secrets.json"
+    identity.write_secrets(secrets_file, {device: fresh.secrets[device]})
+    asked: list[str | None] = []
+
+    def source() -> str | None:
+        # As the simulated fleet does: the secrets file, re-read after a refusal.
+        asked.append(read_secrets(secrets_file).get(device))
+        return asked[-1]
+
+    async def scenario() -> tuple[int, int]:
+        client = FleetClient(
+            fresh.settings(None), device, username=device, password=source, backoff_min=0.05
+        )
+        client.start()
+        assert await client.wait_connected(10)
+        code, err = await asyncio.to_thread(
+            _cli, capsys, "devices", "rotate", "--identity-dir", str(fresh.store.directory),
+            "--broker", f"{fresh.mosquitto.host}:{fresh.mosquitto.port}",
+            "--secrets-file", str(secrets_file), device,
+        )  # fmt: skip
+        assert code == 0 and f"rotated {device}" in err
+        for _ in range(400):  # up to 20 s
+            if client.connects >= 2:
+                break
+            await asyncio.sleep(0.05)
+        connects, failures = client.connects, client.failures
+        await client.stop()
+        return connects, failures
+
+    connects, failures = run(scenario())
+    new = json.loads(secrets_file.read_text())[device]
+    # Kicked by the rotation, refused with the old secret, back with the new one.
+    assert connects == 2 and failures >= 1
+    assert asked[0] == fresh.secrets[device] and asked[-1] == new
+
+
+def test_cli_with_an_unreachable_broker_keeps_the_secret_and_says_so(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    store = CredentialStore(tmp_path / "identity")
+    store.provision("dev-9", city="tashkent")
+    store.save()
+    secrets_file = tmp_path / "fleet-secrets.json"
+    code, err = _cli(
+        capsys, "devices", "rotate", "--identity-dir", str(tmp_path / "identity"),
+        "--broker", f"127.0.0.1:{free_port()}", "--secrets-file", str(secrets_file), "dev-9",
+    )  # fmt: skip
+    assert code == 2 and "was NOT changed" in err and "next start" in err
+    # The new secret was handed out before the broker was tried, and it is the stored one.
+    new = json.loads(secrets_file.read_text())["dev-9"]
+    assert CredentialStore(tmp_path / "identity").check("dev-9", new)
+
+
+def test_the_simulated_fleet_rereads_a_refused_secret_from_its_file(tmp_path: Path) -> None:
+    secrets_file = tmp_path / "secrets.json"
+    identity.write_secrets(secrets_file, {"dev-1": "old"})
+    settings = SimulatorSettings(
+        edge=EdgeSettings(spool_dir=tmp_path / "spool", secrets_file=secrets_file)
+    )
+    sim = SimpleNamespace(device=SimpleNamespace(id="dev-1"))
+    source = fleet._secret_source(settings, sim, {"dev-1": "old"})  # type: ignore[arg-type]
+    assert source() == "old"  # the secret read once at start
+    identity.write_secrets(secrets_file, {"dev-1": "rotated"})
+    assert source() == "rotated"  # asked again after a refusal: the file, read afresh

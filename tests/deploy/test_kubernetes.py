@@ -31,7 +31,7 @@ from pydantic import BaseModel
 from alerts.settings import AlertsSettings
 from api.apikeys import KeyStore
 from api.settings import ApiSettings
-from broker import emqx
+from broker import dynsec, emqx
 from broker.settings import SecuritySettings
 from control.settings import StorageSettings
 from control.stack import Influxd, ManagedProcess, free_port
@@ -263,20 +263,50 @@ def test_the_sizing_document_and_overlays_are_the_models_output() -> None:
         assert clustered == (sizing.plan(costs, devices).broker_nodes > 1), size
 
 
-def test_the_emqx_acl_says_what_the_mosquitto_acl_says() -> None:
-    acl = (
-        "pattern write safecity/v1/tashkent/+/+/%u/telemetry\n"
-        "\nuser _ingest\ntopic read safecity/v1/#\ntopic write safecity/v1/+/_deadletter/#\n"
-    )
-    rendered = emqx.render_acl(acl).splitlines()
-    assert '{allow, all, publish, ["safecity/v1/tashkent/+/+/${username}/telemetry"]}.' in rendered
-    assert '{allow, {username, "_ingest"}, subscribe, ["safecity/v1/#"]}.' in rendered
-    assert '{allow, {username, "_ingest"}, publish, ["safecity/v1/+/_deadletter/#"]}.' in rendered
-    assert rendered[-1] == "{deny, all}."
-    with pytest.raises(Exception, match="line 1"):
-        emqx.render_acl("topic read a/#\n")
-    with pytest.raises(Exception, match="cannot translate"):
-        emqx.render_acl("user x\nsomething else\n")
+def test_the_emqx_acl_says_what_the_dynamic_security_config_says(tmp_path: Path) -> None:
+    config = json.dumps(
+        {
+            "roles": [
+                {"rolename": "ingest", "acls": [
+                    {"acltype": "subscribePattern", "topic": "safecity/v1/#", "allow": True},
+                    {"acltype": "subscribePattern", "topic": "$share/+/safecity/v1/#",
+                     "allow": True},
+                    {"acltype": "publishClientReceive", "topic": "safecity/v1/#", "allow": True},
+                    {"acltype": "publishClientSend", "topic": "safecity/v1/+/_deadletter/#",
+                     "allow": True},
+                ]},
+                {"rolename": "device:dev-1", "acls": [
+                    {"acltype": "publishClientSend",
+                     "topic": "safecity/v1/tashkent/+/+/dev-1/telemetry", "allow": True},
+                ]},
+            ],
+            "clients": [
+                {"username": "_ingest", "roles": [{"rolename": "ingest"}]},
+                {"username": "dev-1", "roles": [{"rolename": "device:dev-1"}]},
+            ],
+        }
+    )  # fmt: skip
+    rendered = emqx.render_acl(config).splitlines()
+    assert rendered[2:] == [
+        '{allow, {username, "_ingest"}, subscribe, ["safecity/v1/#"]}.',
+        '{allow, {username, "_ingest"}, publish, ["safecity/v1/+/_deadletter/#"]}.',
+        '{allow, {username, "dev-1"}, publish, ["safecity/v1/tashkent/+/+/dev-1/telemetry"]}.',
+        "{deny, all}.",
+    ]
+    with pytest.raises(Exception, match="not a dynamic-security config"):
+        emqx.render_acl("pattern write a/#\n")
+    # The whole store as provisioning renders it translates, account by account.
+    identity = tmp_path / "identity"
+    result = subprocess.run(
+        [sys.executable, "-m", "control", "devices", "provision", "--identity-dir",
+         str(identity), "--secrets-file", str(identity / "secrets.json")],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    full = emqx.render_acl((identity / "dynamic-security.json").read_text())
+    device = default_city().devices[0]
+    assert f'{{allow, {{username, "{device.id}"}}, publish, ["safecity/v1/tashkent/' in full
+    assert f'{{allow, {{username, "{device.id}"}}, subscribe' not in full
 
 
 # --- parity: the rendered containers run here ----------------------------------------
@@ -444,6 +474,8 @@ def test_the_rendered_containers_run_here_and_become_ready(
     text = re.sub(r"^listener 1883$", f"listener {cluster.mqtt_port} 127.0.0.1", text, flags=re.M)
     text = re.sub(r"^listener 8883 \S+$", f"listener {tls_port} 127.0.0.1", text, flags=re.M)
     text = text.replace("log_dest stdout", f"log_dest file {tmp_path / 'mosquitto.log'}")
+    # The image's plugin path -> where this host's Mosquitto package installed it.
+    text = text.replace(dynsec.CONTAINER_PLUGIN, dynsec.find_plugin())
     local_conf = tmp_path / "mosquitto-local.conf"
     local_conf.write_text(f"user {os.environ.get('USER', 'root')}\n" + text)
     broker = ManagedProcess(

@@ -39,7 +39,11 @@ class Ingest:
         self.port = free_port()
         self.deadletter_dir = tmp / "deadletter"
         self.spool_dir = tmp / "spool"
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("SAFECITY_")}
+        self.env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("SAFECITY_") or k == "SAFECITY_HOME"
+        }
         self.env.update(
             {
                 "SAFECITY_MQTT__HOST": stack.mqtt_host,

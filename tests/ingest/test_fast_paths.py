@@ -1,7 +1,7 @@
 """The ingest's fast paths give exactly what the reference code gives.
 
-- `_BulkReadClient.feed` (bulk socket reads, PUBLISH decoded without paho's per-message
-  machinery) yields the same messages, in the same order, as paho's own
+- `_BulkReadClient.feed` (bulk socket reads, PUBLISH decoded by `safecity.mqtt.wire`
+  without paho's per-message machinery) yields the same messages, in the same order, as paho's own
   `decode_publish`, however the byte stream is cut into reads;
 - `lineprotocol.encode` (memoised series and field keys) gives the same line, or the
   same error, as the straightforward encoder it replaced.
@@ -9,32 +9,28 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import struct
 from collections.abc import Mapping
 from typing import Any
 
+import paho.mqtt.client as paho
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from paho.mqtt import _packet
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-import safecity.mqtt as sm
+from ingest.settings import IngestSettings
 from safecity.lineprotocol import INT64_MAX, INT64_MIN, FieldValue, LineProtocolError, Point, encode
+from safecity.mqtt import MqttClient, bulkread, wire
+from safecity.settings import MqttSettings
 
 # --- bulk PUBLISH decoding ---------------------------------------------------------
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 @st.composite
@@ -58,11 +54,11 @@ def publishes(draw: st.DrawFn) -> tuple[int, bytes, str, bytes, int, int, bool, 
     return command, body, topic, payload, qos, mid, dup, retain
 
 
-def _client(received: list[tuple[Any, ...]]) -> sm._BulkReadClient:
-    return sm._BulkReadClient(
+def _client(received: list[tuple[Any, ...]]) -> bulkread._BulkReadClient:
+    return bulkread._BulkReadClient(
         CallbackAPIVersion.VERSION2,
         client_id="test-feed",
-        protocol=sm.paho.MQTTv5,
+        protocol=paho.MQTTv5,
         manual_ack=True,
         sink=received.extend,
     )
@@ -82,13 +78,13 @@ def test_bulk_read_decodes_like_paho_for_any_read_boundaries(
     pings: set[int],
     cuts: list[int],
 ) -> None:
-    assert sm.bulk_read_supported()
+    assert bulkread.bulk_read_supported()
     stream = b""
     expected = []
     for index, (command, body, *_) in enumerate(packets):
         if index in pings:
             stream += PINGRESP  # handled by paho itself, in between
-        stream += bytes([command]) + _varint(len(body)) + body
+        stream += wire.frame(command >> 4, command & 0x0F, body)
         ref = _packet.decode_publish(command, body, MQTTProtocolVersion.MQTTv5)
         expected.append(
             (ref.topic.decode(), bytes(ref.payload), ref.qos, ref.mid, ref.retain, ref.dup)
@@ -100,7 +96,7 @@ def test_bulk_read_decodes_like_paho_for_any_read_boundaries(
         chunk = stream[pos : pos + cut]
         pos += len(chunk)
         if chunk:
-            assert client.feed(chunk) == sm.MQTTErrorCode.MQTT_ERR_SUCCESS
+            assert client.feed(chunk) == MQTTErrorCode.MQTT_ERR_SUCCESS
     if pos < len(stream):
         client.feed(stream[pos:])
     assert received == expected
@@ -114,7 +110,7 @@ def test_bulk_read_refuses_a_remaining_length_over_four_bytes() -> None:
     received: list[tuple[Any, ...]] = []
     client = _client(received)
     rc = client.feed(b"\x30\xff\xff\xff\xff\x01")
-    assert rc == sm.MQTTErrorCode.MQTT_ERR_PROTOCOL
+    assert rc == MQTTErrorCode.MQTT_ERR_PROTOCOL
     assert received == []
 
 
@@ -212,3 +208,54 @@ def test_encode_matches_the_reference_encoder(
     # Twice: the second call is served from the memoised series/field keys.
     assert _outcome(encode, point) == _outcome(reference_encode, point)
     assert _outcome(encode, point) == _outcome(reference_encode, point)
+
+
+# --- the fast path's start-up check of paho's internals ----------------------------
+
+
+class _NoPacketHandle(paho.Client):
+    _packet_handle = None  # type: ignore[assignment]
+
+
+class _NoInPacket(paho.Client):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        del self._in_packet
+
+
+class _OtherPacketQueue(paho.Client):
+    def _packet_queue(self, *args: Any) -> MQTTErrorCode:  # type: ignore[override]
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+
+@pytest.mark.parametrize(
+    ("crippled", "named"),
+    [
+        (_NoPacketHandle, "_packet_handle"),
+        (_NoInPacket, "_in_packet"),
+        (_OtherPacketQueue, "_packet_queue(command)"),
+    ],
+)
+def test_a_paho_lacking_an_internal_is_refused_and_stock_paho_used(
+    crippled: type[paho.Client], named: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert named in bulkread.missing_internals(crippled)
+    assert not bulkread.bulk_read_supported(crippled)
+    with caplog.at_level(logging.WARNING, logger="safecity.mqtt"):
+        assert bulkread.client_class(True, crippled) is crippled
+    assert any(
+        "stock per-message receive path" in r.getMessage() and named in r.getMessage()
+        for r in caplog.records
+    )
+
+
+def test_the_installed_paho_has_every_internal_and_the_setting_turns_the_path_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert bulkread.missing_internals() == ()
+    assert bulkread.client_class(True) is bulkread._BulkReadClient
+    assert bulkread.client_class(False) is paho.Client
+    assert MqttClient(MqttSettings(), "fast-on").fast_path
+    assert not MqttClient(MqttSettings(fast_path=False), "fast-off").fast_path
+    monkeypatch.setenv("SAFECITY_MQTT__FAST_PATH", "false")
+    assert IngestSettings().mqtt.fast_path is False

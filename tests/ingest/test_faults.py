@@ -56,7 +56,7 @@ def test_kill_9_ingest_three_times_mid_stream(stack, tmp_path, ingest_factory) -
     pub = publisher(stack, tmp_path)
     # Long enough that the stream still runs at the third kill on a loaded machine (a
     # restart can take seconds there): a kill after the last ack has nothing to redeliver.
-    pub.start(good_readings(CITY, 12_000, devices=100), rate=400)
+    pub.start(good_readings(CITY, 9000, devices=100), rate=300)
     redelivered = 0.0
     for _ in range(3):
         wait_for(lambda: ingest.metric("safecity_ingest_acked_total") > 300, 20, "progress")
@@ -69,6 +69,29 @@ def test_kill_9_ingest_three_times_mid_stream(stack, tmp_path, ingest_factory) -
     pub.join()
     assert redelivered > 0
     assert_clean(stack, db, pub.ledger_path, ingest.deadletter_dir)
+
+
+def test_stock_paho_receive_path_loses_nothing_across_a_kill_9(
+    stack, tmp_path, ingest_factory
+) -> None:
+    """With the bulk-read fast path off, paho's own receive path and per-message acks."""
+    db = new_db(stack)
+    ingest = ingest_factory(stack, db, "stock", SAFECITY_MQTT__FAST_PATH="false").start()
+    pub = publisher(stack, tmp_path)
+    pub.start(good_readings(CITY, 3000, devices=60), rate=600)
+    wait_for(lambda: ingest.metric("safecity_ingest_acked_total") > 300, 20, "progress")
+    ingest.kill()
+    time.sleep(0.5)
+    ingest.start()
+    wait_for(lambda: ingest.metric("safecity_ingest_redelivered_total") > 0, 20, "redeliveries")
+    pub.join()
+    assert_clean(stack, db, pub.ledger_path, ingest.deadletter_dir)
+    connected = [
+        json.loads(line)
+        for line in ingest.log_path.read_text().splitlines()
+        if '"mqtt connected"' in line
+    ]
+    assert connected and all(entry["fast_path"] is False for entry in connected)
 
 
 def test_crash_between_influx_write_and_ack(stack, tmp_path, ingest_factory) -> None:

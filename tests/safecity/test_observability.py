@@ -119,7 +119,7 @@ def test_health_server() -> None:
     assert health.status_code == 200
     assert health.json() == {"status": "ok"}
     assert ready.status_code == 200
-    assert ready.json() == {"ready": True}
+    assert ready.json() == {"status": "ready"}
     assert missing.status_code == 404
     assert ready_query.status_code == 200
     assert post.status_code == 405
@@ -136,8 +136,9 @@ def test_readyz_follows_the_callable() -> None:
         _serve(ready, CollectorRegistry(), [("GET", "/readyz"), ("GET", "/readyz")])
     )
     assert [r.status_code for r in responses] == [503, 200]
-    assert responses[0].json() == {"ready": False}
-    assert responses[1].json() == {"ready": True}
+    assert responses[0].json()["status"] == "not ready"
+    assert responses[0].json()["detail"]
+    assert responses[1].json() == {"status": "ready"}
 
 
 def test_two_servers_get_distinct_free_ports() -> None:

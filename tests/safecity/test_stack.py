@@ -357,8 +357,10 @@ def test_session_broker_refuses_anonymous_clients(stack: LocalStack) -> None:
     assert mqtt_connack_reason(host, port, 5, username="_ingest", password="x") == NOT_AUTHORIZED
     device = stack.city.devices[0].id
     for username in ("_ingest", "_api", "_alerts", "_simulator", device):
+        # A device logs in only under its own client id (the broker pins it).
+        client_id = username if username == device else None
         reason = mqtt_connack_reason(
-            host, port, 5, username=username, password=stack.secret(username)
+            host, port, 5, username=username, password=stack.secret(username), client_id=client_id
         )
         assert reason == 0, (username, reason)
     rendered = [ln.strip() for ln in stack.mosquitto.conf_path.read_text().splitlines()]
@@ -387,14 +389,14 @@ def test_session_broker_tls_listener_needs_the_ca_and_an_account(stack: LocalSta
 def test_identity_files_are_private_and_reused(tmp_path: Path) -> None:
     first = Mosquitto(tmp_path)
     names = {p.name for p in first.identity_dir.iterdir()}
-    assert {"credentials.json", "mosquitto.passwd", "mosquitto.acl", "secrets.json"} <= names
+    assert {"credentials.json", "dynamic-security.json", "admin.json", "secrets.json"} <= names
     for path in first.identity_dir.iterdir():
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     for path in (first.certs_dir / "ca.key", first.certs_dir / "server.key"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     # Only hashes in the store and the broker files; the secrets only in the 0600 file.
     secret = first.secret("_ingest")
-    for name in ("credentials.json", "mosquitto.passwd", "mosquitto.acl"):
+    for name in ("credentials.json", "dynamic-security.json"):
         assert secret not in (first.identity_dir / name).read_text()
     ca = (first.certs_dir / "ca.crt").read_bytes()
     # A second start on the same directories reuses everything and issues nothing.

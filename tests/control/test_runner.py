@@ -59,7 +59,14 @@ def _alive(pid: int) -> bool:
     return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def _checkout_var() -> set[Path]:
+    """Everything under the checkout's var/ (the launcher's children run in the checkout)."""
+    var = Path(__file__).resolve().parents[2] / "var"
+    return set(var.rglob("*")) if var.exists() else set()
+
+
 def test_run_serves_every_device_then_ctrl_c_leaves_nothing_behind(tmp_path: Path) -> None:
+    before = _checkout_var()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAFECITY_")}
     env["SAFECITY_INGEST_METRICS_PORT"] = "0"
     env["SAFECITY_ALERTS_METRICS_PORT"] = "0"
@@ -91,9 +98,11 @@ def test_run_serves_every_device_then_ctrl_c_leaves_nothing_behind(tmp_path: Pat
         key = ""
         lines = []
         assert proc.stdout is not None
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 240
         while "Press Ctrl-C" not in "".join(lines[-1:]) and time.monotonic() < deadline:
             line = proc.stdout.readline()
+            if not line and proc.poll() is not None:
+                break  # the launcher gave up: its output says why
             lines.append(line)
             if match := re.search(r"SAFECITY_API_KEY=(\S+)", line):
                 key = match.group(1)
@@ -112,8 +121,7 @@ def test_run_serves_every_device_then_ctrl_c_leaves_nothing_behind(tmp_path: Pat
         mqtt = re.search(r"MQTT broker\s+mqtt://([\d.]+):(\d+)", printed)
         tls = re.search(r"MQTT over TLS\s+mqtts://([\d.]+):(\d+)\s+\(CA (\S+)\)", printed)
         secrets_file = re.search(r"MQTT secrets\s+(\S+)", printed)
-        pidfile = re.search(r"SAFECITY_BROKER_PIDFILE=(\S+)", printed)
-        assert mqtt and tls and secrets_file and pidfile, printed
+        assert mqtt and tls and secrets_file, printed
         host, port = mqtt.group(1), int(mqtt.group(2))
         assert mqtt_connack_reason(host, port, 5) == NOT_AUTHORIZED
         secrets_path = Path(secrets_file.group(1))
@@ -133,7 +141,7 @@ def test_run_serves_every_device_then_ctrl_c_leaves_nothing_behind(tmp_path: Pat
 
         city = default_city()
         missing = {d.id for d in city.devices}
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         with httpx.Client(base_url=api, timeout=5, headers={"X-API-Key": key}) as client:
             while missing and time.monotonic() < deadline:
                 for device_id in sorted(missing):
@@ -149,31 +157,30 @@ def test_run_serves_every_device_then_ctrl_c_leaves_nothing_behind(tmp_path: Pat
             rf" as {re.escape(victim)} \(p5, [^)]*u'{re.escape(victim)}'\)", broker_log
         )
 
-        # `safecity devices revoke` with the printed SAFECITY_BROKER_PIDFILE reloads the
-        # running broker: the device is cut off, everyone else stays.
-        cli_env = {
-            **env,
-            "SAFECITY_IDENTITY_DIR": str(tmp_path / "identity"),
-            "SAFECITY_BROKER_PIDFILE": pidfile.group(1),
-        }
+        # `safecity devices revoke` in the run's instance (SAFECITY_HOME, nothing else)
+        # changes the running broker at once: the device is cut off, everyone else stays.
+        cli_env = {**env, "SAFECITY_HOME": str(tmp_path)}
         revoke = subprocess.run(
             [sys.executable, "-m", "control", "devices", "revoke", victim,
              "--secrets-file", str(secrets_path)],
             env=cli_env, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert revoke.returncode == 0, revoke.stderr
-        assert "reloaded with SIGHUP" in revoke.stderr
-        deadline = time.monotonic() + 10
+        assert "applied to the broker at" in revoke.stderr
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             reason = mqtt_connack_reason(
-                host, port, 5, username=victim, password=issued[victim], client_id="test-victim"
+                host, port, 5, username=victim, password=issued[victim], client_id=victim
             )
             if reason == NOT_AUTHORIZED:
                 break
             time.sleep(0.1)
         assert reason == NOT_AUTHORIZED
         other = city.devices[1].id
-        assert mqtt_connack_reason(host, port, 5, username=other, password=issued[other]) == 0
+        reason = mqtt_connack_reason(
+            host, port, 5, username=other, password=issued[other], client_id=other
+        )
+        assert reason == 0
 
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
@@ -187,6 +194,9 @@ def test_run_serves_every_device_then_ctrl_c_leaves_nothing_behind(tmp_path: Pat
         for path, text in logs.items():
             leaked = [name for name, secret in issued.items() if secret in text]
             assert leaked == [], f"secrets of {leaked[:5]} in {path}"
+        # Everything of the run stayed in its instance: nothing new in the checkout's var/
+        # (its ingest used to leave var/spool/ingest-0 there for the next run to replay).
+        assert _checkout_var() - before == set()
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -204,7 +214,7 @@ def test_a_killed_launcher_takes_its_stack_with_it(tmp_path: Path) -> None:
     )  # fmt: skip
     try:
         assert proc.stdout is not None
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
             if "Press Ctrl-C" in proc.stdout.readline():
                 break
@@ -217,3 +227,61 @@ def test_a_killed_launcher_takes_its_stack_with_it(tmp_path: Path) -> None:
     while time.monotonic() < deadline and any(_alive(pid) for pid in children):
         time.sleep(0.2)
     assert [pid for pid in children if _alive(pid)] == []
+
+
+def test_run_with_device_tls_mtls_serves_every_device_over_mutual_tls(tmp_path: Path) -> None:
+    """SAFECITY_DEVICE_TLS=mtls: every simulated device connects to the TLS listener with
+    its own certificate, and its readings arrive."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAFECITY_")}
+    env.update(
+        SAFECITY_INGEST_METRICS_PORT="0",
+        SAFECITY_ALERTS_METRICS_PORT="0",
+        SAFECITY_DEVICE_TLS="mtls",
+    )
+    args = ["--api-port", "0", "--mqtt-port", "0", "--influx-port", "0", "--mqtt-tls-port", "0"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "control", "run", "--data-dir", str(tmp_path), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )  # fmt: skip
+    try:
+        lines: list[str] = []
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 120
+        while "Press Ctrl-C" not in "".join(lines[-1:]) and time.monotonic() < deadline:
+            lines.append(proc.stdout.readline())
+        printed = "".join(lines)
+        assert "devices over   mutual TLS" in printed, printed
+        api = re.search(r"console \+ API\s+(http://\S+?)/\s", printed)
+        key = re.search(r"SAFECITY_API_KEY=(\S+)", printed)
+        tls = re.search(r"MQTT over TLS\s+mqtts://([\d.]+):(\d+)", printed)
+        assert api and key and tls, printed
+        city = default_city()
+        clients = tmp_path / "certs" / "clients"
+        assert {p.stem for p in clients.glob("*.crt")} >= {d.id for d in city.devices}
+        assert (tmp_path / "certs" / "crl.pem").exists()
+
+        missing = {d.id for d in city.devices}
+        deadline = time.monotonic() + 90
+        headers = {"X-API-Key": key.group(1)}
+        with httpx.Client(base_url=api.group(1), timeout=5, headers=headers) as client:
+            while missing and time.monotonic() < deadline:
+                for device_id in sorted(missing):
+                    if client.get(f"/v1/devices/{device_id}/latest").status_code == 200:
+                        missing.discard(device_id)
+                time.sleep(0.5)
+        assert missing == set(), f"{len(missing)} devices without a latest reading"
+        # Every device came in on the TLS listener, none on the plain one.
+        broker_log = (tmp_path / "mosquitto" / "mosquitto.log").read_text()
+        on_tls = len(re.findall(rf"New connection from \S+ on port {tls.group(2)}\.", broker_log))
+        assert on_tls >= len(city.devices)
+        victim = city.devices[0].id
+        assert re.search(
+            rf" as {re.escape(victim)} \(p5, [^)]*u'{re.escape(victim)}'\)", broker_log
+        )
+
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

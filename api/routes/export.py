@@ -1,0 +1,183 @@
+"""Exports: a series or the events of a window as a CSV or NDJSON file, streamed and bounded.
+
+A series export has at most `max_points` buckets (as the JSON series); an events
+export at most `max_export_rows` events, counted before the first byte is sent, so a
+file is never cut short: a larger window is a 422 saying how many it holds.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import AsyncIterator, Iterable
+from datetime import timedelta
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query
+from fastapi.responses import StreamingResponse
+
+from api.deps import CityDep, InfluxDep, SettingsDep
+from api.errors import bad_param
+from api.params import TimeRange, bucket, time_range
+from api.queries import count_events, series
+from api.responses import STORAGE, errors
+from api.routes.cities import _ts, check_series, unit_of
+from api.routes.common import (
+    EVENT_TYPES,
+    SEVERITIES,
+    Agg,
+    CityId,
+    Every,
+    FieldQuery,
+    From,
+    KindQuery,
+    To,
+    check_city,
+    check_district,
+)
+from api.routes.events import event_filters, event_out, page_events
+from safecity.influx import InfluxClient
+from safecity.registry import City
+
+router = APIRouter(prefix="/v1/cities/{city_id}/export", tags=["export"])
+
+Format = Annotated[
+    Literal["csv", "ndjson"], Query(description="csv (with a header row) or ndjson (JSON lines)")
+]
+MEDIA = {"csv": "text/csv; charset=utf-8", "ndjson": "application/x-ndjson"}
+SERIES_COLUMNS = ("ts", "value", "unit")
+EVENT_COLUMNS = ("ts", "device_id", "district", "kind", "type", "severity", "seq", "details")
+CHUNK = 5000
+
+
+def _file_response(description: str) -> dict[int | str, dict[str, Any]]:
+    return {
+        200: {
+            "description": description + " (`Content-Disposition: attachment`)",
+            "content": {
+                "text/csv": {"schema": {"type": "string"}},
+                "application/x-ndjson": {"schema": {"type": "string"}},
+            },
+        },
+        **errors(404, *STORAGE),
+    }
+
+
+def _stamp(window: TimeRange) -> str:
+    return "-".join(t.strftime("%Y%m%dT%H%M%SZ") for t in (window.start, window.end))
+
+
+def _lines(fmt: str, columns: tuple[str, ...], rows: Iterable[dict[str, Any]]) -> str:
+    if fmt == "ndjson":
+        return "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    for r in rows:
+        writer.writerow(
+            [json.dumps(r[c], sort_keys=True) if isinstance(r[c], dict) else r[c] for c in columns]
+        )
+    return buffer.getvalue()
+
+
+def _header(fmt: str, columns: tuple[str, ...]) -> str:
+    return ",".join(columns) + "\n" if fmt == "csv" else ""
+
+
+def _attachment(body: AsyncIterator[str], fmt: str, name: str) -> StreamingResponse:
+    return StreamingResponse(
+        body,
+        media_type=MEDIA[fmt],
+        headers={"Content-Disposition": f'attachment; filename="{name}.{fmt}"'},
+    )
+
+
+@router.get("/series", response_class=StreamingResponse, responses=_file_response("The series"))
+async def export_series(
+    settings: SettingsDep,
+    city: CityDep,
+    influx: InfluxDep,
+    city_id: CityId,
+    kind: KindQuery,
+    field: FieldQuery,
+    district: Annotated[
+        str | None, Query(max_length=64, description="District id (default: whole city)")
+    ] = None,
+    start: From = None,
+    end: To = None,
+    every: Every = None,
+    agg: Agg = "mean",
+    fmt: Annotated[Format, Query(alias="format")] = "csv",
+) -> StreamingResponse:
+    """A field of a kind over the city or a district per bucket, as a file (the rows of
+    `GET /v1/cities/{city_id}/series` with the same parameters; default: the last hour)."""
+    check_city(city, city_id)
+    check_series(kind, field, agg)
+    check_district(city, district)
+    window = time_range(settings, start, end, timedelta(hours=1))
+    every_s = bucket(settings, every, window)
+    params = {"city": city.id, **window.params()}
+    if district is not None:
+        params["district"] = district
+    points = await series(influx, kind, field, agg, every_s, params, "district" if district else "")
+    unit = unit_of(kind, field)
+    rows = [{"ts": _ts(t), "value": v, "unit": unit} for t, v in points]
+
+    async def body() -> AsyncIterator[str]:
+        yield _header(fmt, SERIES_COLUMNS)
+        for start_at in range(0, len(rows), CHUNK):
+            yield _lines(fmt, SERIES_COLUMNS, rows[start_at : start_at + CHUNK])
+
+    scope = district or city.id
+    name = f"{city.id}-{scope}-{kind}-{field}-{agg}-{_stamp(window)}"
+    return _attachment(body(), fmt, name)
+
+
+@router.get("/events", response_class=StreamingResponse, responses=_file_response("The events"))
+async def export_events(
+    settings: SettingsDep,
+    city: CityDep,
+    influx: InfluxDep,
+    city_id: CityId,
+    district: Annotated[str | None, Query(max_length=64, description="District id")] = None,
+    device_id: Annotated[str | None, Query(max_length=64, description="Device id")] = None,
+    event_type: Annotated[
+        str | None,
+        Query(alias="type", description="Event type", json_schema_extra={"enum": EVENT_TYPES}),
+    ] = None,
+    severity: Annotated[
+        str | None, Query(description="Severity", json_schema_extra={"enum": SEVERITIES})
+    ] = None,
+    start: From = None,
+    end: To = None,
+    fmt: Annotated[Format, Query(alias="format")] = "csv",
+) -> StreamingResponse:
+    """The events of the window, newest first, as a file (the items of `GET /v1/events`
+    with the same filters; default: the last 24 hours; at most `max_export_rows`)."""
+    check_city(city, city_id)
+    filters = event_filters(city, district, device_id, event_type, severity)
+    window = time_range(settings, start, end, timedelta(hours=24))
+    total = await count_events(
+        influx, {"city": city.id, **window.params(), **filters}, tuple(filters)
+    )
+    if total > settings.max_export_rows:
+        raise bad_param(
+            "query",
+            "from",
+            f"the window holds {total} events; at most {settings.max_export_rows} "
+            "(max_export_rows) per export: use a shorter window or more filters",
+        )
+    name = f"{city.id}-{district or city.id}-events-{_stamp(window)}"
+    return _attachment(_event_rows(influx, city, window, filters, fmt), fmt, name)
+
+
+async def _event_rows(
+    influx: InfluxClient, city: City, window: TimeRange, filters: dict[str, str], fmt: str
+) -> AsyncIterator[str]:
+    yield _header(fmt, EVENT_COLUMNS)
+    before: int | None = None
+    while True:
+        rows, before = await page_events(influx, city, window, filters, CHUNK, before)
+        yield _lines(fmt, EVENT_COLUMNS, (event_out(r).model_dump() for r in rows))
+        if before is None:
+            return

@@ -1,0 +1,7 @@
+"""`python -m ingest`: one ingest worker (the supervisor starts its workers this way)."""
+
+import sys
+
+from ingest.cli import main
+
+sys.exit(main())

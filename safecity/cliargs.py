@@ -1,0 +1,99 @@
+"""Shared pieces of the `safecity` command line: argument types, settings errors, async run.
+
+Every service's `cli.py` registers its own subcommands with these; they live in the
+contract package because services may not import the control package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+
+from safecity.errors import CliError
+
+__all__ = [
+    "CliError",
+    "port",
+    "positive_float",
+    "positive_int",
+    "registry_flag",
+    "run_async",
+    "settings",
+]
+
+S = TypeVar("S")
+
+
+def settings(cls: Callable[..., S], **overrides: Any) -> S:
+    """Build settings from env/.env plus the flags given; name the bad variable on error."""
+    try:
+        return cls(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors(include_url=False):
+            loc = [str(p) for p in err["loc"]]
+            var = "SAFECITY_" + "__".join(loc).upper()
+            flag = "--" + loc[-1].replace("_", "-") if loc else ""
+            lines.append(f"invalid setting {var} (or {flag}): {err['msg']}")
+        raise CliError("; ".join(lines)) from exc
+
+
+def run_async(main: Coroutine[Any, Any, None]) -> int:
+    """Run a service coroutine; SIGINT/SIGTERM cancel it so it stops cleanly."""
+
+    async def wrapper() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        await main
+
+    with contextlib.suppress(asyncio.CancelledError):
+        asyncio.run(wrapper())
+    return 0
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
+    return value
+
+
+def port(text: str) -> int:
+    """An argparse type: a TCP port, 0 meaning any free one."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535, 0 = any free)")
+    return value
+
+
+def registry_flag(p: argparse.ArgumentParser) -> None:
+    """The `--registry FILE` flag every city-aware command takes."""
+    p.add_argument("--registry", type=Path, help="city registry file (default: Tashkent)")

@@ -1,0 +1,400 @@
+"""The device-fleet client: MQTT v5 publishers driven by the running asyncio loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import random
+import ssl
+import threading
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, cast
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from safecity.errors import MqttError
+from safecity.mqtt.messages import Will
+from safecity.settings import MqttSettings
+
+# CONNACK "Bad user name or password" and "Not authorized" (what Mosquitto answers).
+_BAD_CREDENTIALS = frozenset({0x86, 0x87})
+
+__all__ = ["FleetClient", "backoff_cap", "tls_context"]
+
+log = logging.getLogger("safecity.mqtt")
+
+# 2**62 times any sane minimum is past any maximum: a larger exponent changes nothing,
+# and 2.0**1024 raises OverflowError (hours into a broker outage).
+_MAX_EXPONENT = 62
+
+
+_contexts: dict[tuple[Path | None, ...], tuple[tuple[int, ...], ssl.SSLContext]] = {}
+
+
+def tls_context(settings: MqttSettings) -> ssl.SSLContext:
+    """The shared TLS context of these settings: broker and host name verified, client cert.
+
+    The broker is verified against tls_ca with its host name checked; for mutual TLS the
+    client certificate is presented. One context per set of files (a fleet of thousands
+    loads the CA once), rebuilt when a file changes (a rotated device certificate).
+    """
+    if settings.tls_ca is None:
+        raise MqttError("TLS needs tls_ca, the CA that signed the broker's certificate")
+    if (settings.tls_cert is None) != (settings.tls_key is None):
+        raise MqttError("mutual TLS needs both tls_cert and tls_key")
+    paths = (settings.tls_ca, settings.tls_cert, settings.tls_key)
+    stamp = tuple(p.stat().st_mtime_ns for p in paths if p is not None)
+    cached = _contexts.get(paths)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(settings.tls_ca))
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        context.load_cert_chain(str(settings.tls_cert), str(settings.tls_key))
+    _contexts[paths] = (stamp, context)
+    return context
+
+
+def backoff_cap(attempt: int, minimum: float, maximum: float) -> float:
+    """The upper bound of the jittered delay before retry `attempt` (0-based), at any attempt."""
+    return max(minimum, min(maximum, minimum * 2.0 ** min(attempt, _MAX_EXPONENT)))
+
+
+class FleetClient:
+    """An MQTT v5 publisher driven by the running asyncio loop: no thread, many per process.
+
+    One instance is one device identity (client id, username). It connects in the
+    background and reconnects with capped, jittered exponential backoff; every
+    connection gets a fresh paho client, so nothing of a lost connection (packet ids,
+    half-sent packets) leaks into the next one: the owner learns which publishes got
+    no PUBACK (`on_connection_lost`) and decides what to resend, in its own order.
+    `publish` never blocks and never waits (it refuses beyond `max_inflight`
+    unacknowledged publishes); the broker's verdict arrives through
+    `on_puback(mid, reason_code)` on the event loop. With `settings.tls_ca` it connects
+    over TLS (broker certificate and host name verified), with `tls_cert`/`tls_key` also
+    presenting a client certificate (mutual TLS).
+    """
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        client_id: str,
+        *,
+        username: str | None = None,
+        password: str | Callable[[], str | None] | None = None,
+        will: Callable[[], Will] | None = None,
+        on_connect: Callable[[], None] | None = None,
+        on_connection_lost: Callable[[str], None] | None = None,
+        on_puback: Callable[[int, int], None] | None = None,
+        max_inflight: int = 1000,
+        backoff_min: float = 0.2,
+        backoff_max: float = 30.0,
+        seed: int | None = None,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    ) -> None:
+        if not client_id:
+            # Mosquitto is configured with allow_zero_length_clientid false.
+            raise MqttError("a fleet client needs a non-empty client id")
+        self._settings = settings
+        self.client_id = client_id
+        self._username = username
+        # A callable is asked at the first connect and again after every refusal of the
+        # credentials (0x86/0x87): a secret rotated while running is picked up.
+        self._password_source = password if callable(password) else None
+        self._password = None if callable(password) else password
+        self._ask_password = self._password_source is not None
+        self._will = will
+        self._on_connect = on_connect
+        self._on_lost = on_connection_lost
+        self._on_puback = on_puback
+        self._max_inflight = max_inflight
+        self._backoff_min = backoff_min
+        self._backoff_max = backoff_max
+        self._rng = random.Random(seed)
+        # Injectable so a test can drive thousands of retries without waiting.
+        self._sleep = sleep
+        self._client: paho.Client | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread_id = 0
+        self._task: asyncio.Task[None] | None = None
+        self._misc: asyncio.Task[None] | None = None
+        self._connack: asyncio.Future[int] | None = None
+        self._lost: asyncio.Future[str] | None = None
+        self._up = asyncio.Event()
+        self._stopping = False
+        self._inflight = 0
+        self.connected = False
+        self.connects = 0
+        """Successful connections so far (1 + reconnects)."""
+        self.failures = 0
+        """Failed connection attempts so far."""
+        self.last_error = ""
+
+    # --- lifecycle -------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start connecting (and reconnecting) in the background."""
+        if self._task is None:
+            self._loop = asyncio.get_running_loop()
+            self._thread_id = threading.get_ident()
+            self._task = self._loop.create_task(self._run(), name=f"mqtt-{self.client_id}")
+
+    async def wait_connected(self, wait_s: float) -> bool:
+        """Wait up to `wait_s` seconds for a connection; True if connected."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._up.wait(), wait_s)
+        return self.connected
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Disconnect cleanly (no will) and stop reconnecting; idempotent."""
+        self._stopping = True
+        client, lost = self._client, self._lost
+        if client is not None and lost is not None and not lost.done():
+            client.disconnect()
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(lost), grace_s)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self._teardown("client stopped")
+
+    # --- operations ------------------------------------------------------------
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1) -> int | None:
+        """Queue a publish on the current connection; its mid, or None if not connected."""
+        client = self._client
+        if client is None or not self.connected or self._inflight >= self._max_inflight:
+            return None
+        info = client.publish(topic, payload, qos=qos)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return None
+        if qos:
+            self._inflight += 1
+        return info.mid
+
+    # --- connection loop -------------------------------------------------------
+
+    async def _run(self) -> None:
+        attempt = 0
+        while not self._stopping:
+            try:
+                await self._open()
+            except (OSError, MqttError) as exc:
+                self.failures += 1
+                self.last_error = str(exc)
+                self._teardown(str(exc))
+                # Full jitter: a fleet that lost its broker does not come back in lockstep.
+                cap = backoff_cap(attempt, self._backoff_min, self._backoff_max)
+                attempt += 1
+                delay = self._rng.uniform(self._backoff_min / 2, cap)
+                if attempt == 1 or attempt % 10 == 0:
+                    log.warning(
+                        "mqtt connect failed; retrying",
+                        extra={
+                            "client_id": self.client_id,
+                            "error": str(exc)[:200],
+                            "attempt": attempt,
+                            "retry_in_s": round(delay, 2),
+                        },
+                    )
+                await self._sleep(delay)
+                continue
+            attempt = 0
+            self.connects += 1
+            self.connected = True
+            self._up.set()
+            if self._on_connect is not None:
+                self._on_connect()
+            assert self._lost is not None
+            reason = await self._lost
+            self._teardown(reason)
+            if self._stopping:
+                return
+            await self._sleep(self._rng.uniform(0.0, self._backoff_min))
+
+    async def _open(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=paho.MQTTv5
+        )
+        if self._username is not None:
+            if self._ask_password and self._password_source is not None:
+                self._password = self._password_source()
+                self._ask_password = False
+            client.username_pw_set(self._username, self._password)
+        if self._settings.tls_ca is not None:
+            # Server verification and host name check always on; a missing or unreadable
+            # file is an OSError like a refused connection: logged and retried.
+            client.tls_set_context(tls_context(self._settings))
+        if self._will is not None:
+            will = self._will()
+            client.will_set(will.topic, will.payload, will.qos, will.retain)
+        # paho's own window walks every queued message on each PUBACK (O(window));
+        # this client bounds the window itself (`publish` refuses beyond it).
+        client.max_inflight_messages_set(0)
+        self._inflight = 0
+        client.connect_timeout = self._settings.connect_timeout
+        client.on_connect = self._cb_connect
+        client.on_disconnect = self._cb_disconnect
+        client.on_publish = self._cb_publish
+        client.on_socket_open = self._cb_socket_open
+        client.on_socket_close = self._cb_socket_close
+        client.on_socket_register_write = self._cb_register_write
+        client.on_socket_unregister_write = self._cb_unregister_write
+        self._client = client
+        self._connack = loop.create_future()
+        self._lost = loop.create_future()
+        # The TCP connect blocks (up to connect_timeout): keep it off the event loop.
+        await loop.run_in_executor(
+            None,
+            functools.partial(
+                client.connect,
+                self._settings.host,
+                self._settings.port,
+                self._settings.keepalive,
+                clean_start=True,
+            ),
+        )
+        try:
+            code = await asyncio.wait_for(
+                asyncio.shield(self._connack), self._settings.connect_timeout
+            )
+        except TimeoutError as exc:
+            raise MqttError(f"no CONNACK within {self._settings.connect_timeout}s") from exc
+        if code >= 0x80:
+            self._ask_password = code in _BAD_CREDENTIALS
+            reason = ReasonCode(PacketTypes.CONNACK, identifier=code)
+            raise MqttError(f"broker refused {self.client_id!r}: {reason}")
+        self._misc = loop.create_task(self._misc_loop(client))
+
+    def _teardown(self, reason: str) -> None:
+        """Forget the current connection; report it lost if it was up."""
+        was_up = self.connected
+        self.connected = False
+        self._up.clear()
+        if self._misc is not None:
+            self._misc.cancel()
+            self._misc = None
+        client, self._client = self._client, None
+        if client is not None:
+            sock: Any = client.socket()
+            if sock is not None and self._loop is not None and not self._loop.is_closed():
+                self._loop.remove_reader(sock)
+                self._loop.remove_writer(sock)
+                with contextlib.suppress(OSError):
+                    sock.close()
+        if was_up and self._on_lost is not None and not self._stopping:
+            self._on_lost(reason)
+
+    async def _misc_loop(self, client: paho.Client) -> None:
+        # Keep-alive pings and timeouts; paho expects loop_misc about once a second.
+        while True:
+            await asyncio.sleep(1.0)
+            if client.loop_misc() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self._set_lost(client, "keepalive timeout")
+                return
+
+    # --- paho callbacks (all on the event loop, except socket open during connect) --
+
+    def _on_loop(self, fn: Callable[..., Any], *args: Any) -> None:
+        if threading.get_ident() == self._thread_id:
+            fn(*args)
+        elif self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(fn, *args)
+
+    def _cb_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        self._on_loop(self._watch, client, sock)
+
+    def _watch(self, client: paho.Client, sock: Any) -> None:
+        if client is self._client and self._loop is not None and client.socket() is sock:
+            self._loop.add_reader(cast(Any, sock), self._readable, client)
+
+    def _readable(self, client: paho.Client) -> None:
+        client.loop_read()
+        # TLS: decrypted bytes can wait inside the SSL object, where the selector does
+        # not see them; read them now or they wait for the next packet to arrive.
+        for _ in range(1000):
+            sock: Any = client.socket()
+            if client is not self._client or sock is None or not hasattr(sock, "pending"):
+                return
+            if not sock.pending():
+                return
+            client.loop_read()
+
+    def _cb_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._on_loop(self._unwatch, sock)
+        self._on_loop(self._set_lost, client, "connection closed")
+
+    def _unwatch(self, sock: Any) -> None:
+        assert self._loop is not None
+        with contextlib.suppress(ValueError, OSError):
+            self._loop.remove_reader(sock)
+            self._loop.remove_writer(sock)
+
+    def _cb_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        self._on_loop(self._want_write, client, sock)
+
+    def _want_write(self, client: paho.Client, sock: Any) -> None:
+        if client is self._client and self._loop is not None and client.socket() is sock:
+            self._loop.add_writer(cast(Any, sock), client.loop_write)
+
+    def _cb_unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        if self._loop is not None:
+            self._on_loop(self._no_write, sock)
+
+    def _no_write(self, sock: Any) -> None:
+        assert self._loop is not None
+        with contextlib.suppress(ValueError, OSError):
+            self._loop.remove_writer(sock)
+
+    def _set_lost(self, client: paho.Client, reason: str) -> None:
+        if client is self._client:
+            if self._connack is not None and not self._connack.done():
+                self._connack.set_exception(MqttError(f"connection lost: {reason}"))
+            if self._lost is not None and not self._lost.done():
+                self._lost.set_result(reason)
+
+    def _cb_connect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if client is self._client and self._connack is not None and not self._connack.done():
+            self._connack.set_result(reason_code.value)
+
+    def _cb_disconnect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        self._on_loop(self._set_lost, client, f"disconnected: {reason_code}")
+
+    def _cb_publish(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if client is self._client:
+            self._inflight -= 1
+            if self._on_puback is not None:
+                self._on_puback(mid, reason_code.value)

@@ -1,0 +1,101 @@
+"""`safecity simulate`: the simulated city fleet."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from safecity import instance, registry
+from safecity.cliargs import CliError, positive_float, positive_int, registry_flag, settings
+from safecity.observability import configure_logging
+from safecity.registry import City
+from simulators.settings import SimulatorSettings
+
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def refuse_beside_running_city(s: SimulatorSettings, fleet: City) -> None:
+    """Refuse (CliError saying why) to simulate devices a running local city already simulates.
+
+    Each device logs in with its own id as MQTT client id: a second simulator of the
+    same devices on the same broker would take over their sessions and knock the
+    running devices offline. The running city's own simulator (a child of the
+    launcher) passes.
+    """
+    where = instance.layout(s.home)
+    state = instance.running(where)
+    if state is None or os.getppid() == state.pid:
+        return
+    same_host = s.mqtt.host == state.mqtt_host or s.mqtt.host in _LOOPBACK
+    if not same_host or s.mqtt.port not in (state.mqtt_port, state.mqtt_tls_port):
+        return
+    running = registry.load_or_default(Path(state.registry) if state.registry else None)
+    ours = fleet.devices if s.max_devices is None else fleet.devices[: s.max_devices]
+    taken = sorted({d.id for d in ours} & {d.id for d in running.devices})
+    if taken:
+        raise CliError(
+            f"a city is running in {where.root} (safecity run, pid {state.pid}) and its "
+            f"simulator is connected to mqtt://{state.mqtt_host}:{state.mqtt_port} as "
+            f"{len(taken)} of these devices (e.g. {taken[0]}); a second simulator would log "
+            "in with the same client ids and take over their sessions, knocking them "
+            "offline. Stop that city first, or simulate against another broker and "
+            "instance (SAFECITY_HOME), or with a registry of other devices"
+        )
+
+
+__all__ = ["add_parsers", "cmd_simulate", "refuse_beside_running_city"]
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """The simulated city fleet."""
+    from simulators import command
+
+    if args.list_scenarios:
+        code: int = command.list_scenarios()
+        return code
+    try:
+        faults = command.parse_faults(args.faults, args.fault_rate)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    overrides = {
+        "speed": args.speed,
+        "seed": args.seed,
+        "max_devices": args.devices,
+        "duration": args.duration,
+        "start": args.start,
+        "transport": args.transport,
+        "processes": args.processes,
+        "ledger": args.ledger,
+        "scenario": args.scenario,
+        "faults": faults,
+    }
+    s = settings(SimulatorSettings, registry=args.registry, **overrides)
+    configure_logging("simulator", s.log_level)
+    refuse_beside_running_city(s, command.fleet_city(s))
+    explicit = {k for k, v in overrides.items() if v is not None}
+    try:
+        code = command.simulate(s, explicit)
+    except (ValueError, OSError) as exc:
+        raise CliError(f"simulate: {exc}") from None
+    return code
+
+
+def add_parsers(sub: Any) -> None:
+    """Add `simulate` to the `safecity` parser."""
+    p = sub.add_parser("simulate", help="the simulated city fleet")
+    p.add_argument("--speed", type=positive_float, help="simulated seconds per wall second")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--devices", type=positive_int, help="simulate only the first N devices")
+    p.add_argument("--duration", type=positive_float, help="stop after this many wall seconds")
+    p.add_argument("--start", help="simulated start, e.g. 2026-01-15T06:00 (UTC; default now)")
+    p.add_argument("--scenario", help="scenario name (see --list-scenarios) or .toml path")
+    p.add_argument("--list-scenarios", action="store_true", help="list scenarios and exit")
+    p.add_argument("--transport", choices=("edge", "single"), help="per-device or one connection")
+    p.add_argument("--processes", type=positive_int, help="split the fleet over N processes")
+    p.add_argument("--ledger", type=Path, help="write the ground-truth ledger to this file")
+    p.add_argument("--faults", help="fault rates per reading, e.g. bad_json=0.01,duplicate=0.02")
+    p.add_argument("--fault-rate", type=float, help="the same rate for every fault")
+    registry_flag(p)
+    p.set_defaults(func=cmd_simulate)

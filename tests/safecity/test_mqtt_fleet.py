@@ -1,0 +1,58 @@
+"""The fleet client's reconnect loop: capped, jittered backoff at any number of attempts."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import pytest
+
+from control.stack import free_port
+from safecity.mqtt.fleet import FleetClient, backoff_cap
+from safecity.settings import MqttSettings
+
+RETRIES = 10_000
+
+
+def test_backoff_cap_grows_then_stays_at_the_maximum_for_any_attempt() -> None:
+    caps = [backoff_cap(n, 0.2, 30.0) for n in (0, 1, 2, 7, 8, 1023, 1024, 10**6, 10**12)]
+    assert caps[:3] == [0.2, 0.4, 0.8]
+    assert caps[3] == pytest.approx(25.6)
+    assert caps[4:] == [30.0] * 5
+    # A minimum above the maximum never yields less than the minimum.
+    assert backoff_cap(5000, 5.0, 1.0) == 5.0
+
+
+@pytest.mark.timeout(300)
+def test_ten_thousand_failed_connects_keep_retrying_without_overflow() -> None:
+    """A broker gone for hours: every retry is refused, the backoff never overflows."""
+    # Nothing listens on this port: each attempt is a real, quickly refused connect.
+    settings = MqttSettings(port=free_port(), connect_timeout=2)
+    delays: list[float] = []
+
+    async def main() -> FleetClient:
+        done = asyncio.Event()
+
+        async def no_wait(delay: float) -> None:
+            # The injected clock: record the delay, never wait for it.
+            delays.append(delay)
+            if len(delays) >= RETRIES:
+                done.set()
+            await asyncio.sleep(0)
+
+        client = FleetClient(settings, "backoff-dev", seed=7, sleep=no_wait)
+        client.start()
+        await asyncio.wait_for(done.wait(), 240)
+        await client.stop(0.1)
+        return client
+
+    client = asyncio.run(main())
+    assert client.failures >= RETRIES
+    assert client.connects == 0 and not client.connected
+    assert "refused" in client.last_error.lower()
+    assert all(math.isfinite(d) and 0.1 <= d <= 30.0 for d in delays)
+    # Past the first few attempts the cap is the maximum: full jitter over [0.1, 30].
+    tail = delays[100:]
+    assert 10.0 < sum(tail) / len(tail) < 20.0
+    assert max(tail) > 29.0
+    assert sum(delays) > 24 * 3600  # more than a day of backoff, none of it waited
