@@ -15,16 +15,12 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from safecity import catalogue
 from safecity.catalogue import Severity
-from safecity.errors import SafecityError
+from safecity.errors import RulesError
 
 RULES_DIR = Path(__file__).resolve().parent / "rules"
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _ID = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
-
-
-class RulesError(SafecityError):
-    """A rule file that cannot be loaded; the message names the file and line."""
 
 
 def _seconds(value: Any) -> Any:

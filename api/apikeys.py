@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from safecity.errors import SafecityError
+from safecity.errors import ApiKeyError
 
 SCOPES = ("read", "operate", "admin")
 # Each scope includes the ones below it: an operator may also read, an admin do anything.
@@ -29,10 +29,6 @@ _KEY = re.compile(r"^sck_([0-9a-f]{8})_([A-Za-z0-9_-]{43})$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@ -]{0,63}$")
 # Compared against when the id is unknown, so unknown and wrong keys take the same path.
 _DUMMY_HASH = hashlib.sha256(b"safecity-no-such-key").hexdigest()
-
-
-class ApiKeyError(SafecityError):
-    """A key-store problem: bad scope or name, unknown id, unreadable file."""
 
 
 @dataclass(frozen=True, slots=True)

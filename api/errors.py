@@ -16,8 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from safecity.errors import StorageError
-from safecity.influx import QueryError, StorageAuthError, StorageUnavailableError
+from safecity.errors import QueryError, StorageAuthError, StorageError, StorageUnavailableError
 
 log = logging.getLogger("safecity.api")
 

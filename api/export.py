@@ -16,14 +16,10 @@ from pathlib import Path
 
 import httpx
 
-from safecity.errors import SafecityError
+from safecity.errors import ExportError
 
 _FILENAME = re.compile(r'filename="([A-Za-z0-9._-]+)"')
 TIMEOUT_S = 300.0
-
-
-class ExportError(SafecityError):
-    """The API refused the export or could not be reached."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

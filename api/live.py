@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from safecity import topics
-from safecity.errors import MqttError, SafecityError, TopicError
+from safecity.errors import MqttError, TooManyStreamsError, TopicError
 from safecity.mqtt import Incoming, MqttClient
 from safecity.readings import Event, Reading, format_ts, parse
 from safecity.registry import City
@@ -37,10 +37,6 @@ MAX_ALERT_BYTES = 8 * 1024
 
 
 Numbered = tuple[str, dict[str, Any]]
-
-
-class TooManyStreamsError(SafecityError):
-    """The API key already holds as many live streams as it may."""
 
 
 @dataclass(eq=False)  # identity: each client is its own set member

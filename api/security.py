@@ -17,8 +17,9 @@ from fastapi import HTTPException, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from api import audit
-from api.apikeys import ApiKey, ApiKeyError, KeyStore
+from api.apikeys import ApiKey, KeyStore
 from api.errors import human_duration
+from safecity.errors import ApiKeyError
 
 HEADER = "X-API-Key"
 api_key_header = APIKeyHeader(

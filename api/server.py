@@ -17,16 +17,12 @@ import uvicorn
 
 from api.app import create_app
 from api.settings import ApiSettings
-from safecity.errors import SafecityError
+from safecity.errors import ApiStartupError
 from safecity.registry import load_or_default
 
 log = logging.getLogger("safecity.api")
 
 GRACEFUL_SHUTDOWN_S = 5.0
-
-
-class ApiStartupError(SafecityError):
-    """The API server could not start (port in use, start-up failure)."""
 
 
 class _Server(uvicorn.Server):

@@ -84,8 +84,9 @@ async def _publish(
         mqtt = MqttSettings(host=broker.host, port=broker.port)
         for device_id in dict.fromkeys(m.device_id for m in messages):
             agents[device_id] = DeviceAgent(
-                device_id, mqtt, settings, recorder.result, password=broker.secret(device_id)
-            )
+                device_id, mqtt, settings, recorder.result, password=broker.secret(device_id),
+                encode_meta=Outgoing.to_json,
+            )  # fmt: skip
     else:
         one = DeviceAgent(
             "bench-single",
@@ -94,16 +95,19 @@ async def _publish(
             recorder.result,
             username=SIMULATOR,
             max_inflight=1000,
+            encode_meta=Outgoing.to_json,
         )
     everyone = list(agents.values()) if edge else [one]
     for agent in everyone:
+        agent.set_meta_decoder(Outgoing.from_json)
         agent.start()
     await asyncio.gather(*(a.client.wait_connected(10) for a in everyone))
     t0 = time.perf_counter()
     for n, m in enumerate(messages):
         agent = agents[m.device_id] if edge else one
-        # Keep the backlog in memory (window + part of the queue, never the spool):
-        # a load test, not an outage. Yielding lets the PUBACKs in.
+        # Keep the backlog small (window + part of the spool's memory cache): a load test,
+        # not an outage. Every message is written to the device's spool before it is sent
+        # (crash-safe store-and-forward). Yielding lets the PUBACKs in.
         while agent.backlog >= (150 if edge else 1500):  # noqa: ASYNC110
             await asyncio.sleep(0)
         agent.submit(Envelope(m.topic, m.payload, m))

@@ -80,6 +80,7 @@ SERVICE_ACLS: dict[str, list[dict[str, Any]]] = {
         *_reads(f"{PREFIX}/#", share=True),
         *_reads("$SYS/broker/#", share=False),
         *_writes(f"{PREFIX}/+/{DEADLETTER}/#", f"{PREFIX}/+/{SERVICES}/#"),
+        *_writes(f"{PREFIX}/+/+/+/+/ack"),  # end-to-end acks to every device
     ],
     "alerts": [
         *_reads(f"{PREFIX}/#", share=True),
@@ -103,12 +104,16 @@ def device_role(username: str) -> str:
 
 
 def device_acls(username: str, city: str | None) -> list[dict[str, Any]]:
-    """Publish rights of a device: its own id, in its own city, on its own channels only.
+    """Rights of a device: publish its own channels (own id, own city); read its own acks.
 
     Registry devices always carry their city; only a device added outside any registry
     (`Mosquitto.provision` in tests) has none and may use its id in any city.
     """
-    return _writes(*(f"{PREFIX}/{city or '+'}/+/+/{username}/{c}" for c in _CHANNELS))
+    return [
+        *_writes(*(f"{PREFIX}/{city or '+'}/+/+/{username}/{c}" for c in _CHANNELS)),
+        # The end-to-end acks of this device alone (subscribe and receive, no share group).
+        *_reads(f"{PREFIX}/{city or '+'}/+/+/{username}/ack", share=False),
+    ]
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,8 +28,8 @@ from dashboards import cli as dashboards_cli
 from ingest import cli as ingest_cli
 from ingest.settings import IngestSettings
 from safecity import cliargs, instance, registry
-from safecity.cliargs import CliError, port, positive_float, positive_int, registry_flag
-from safecity.errors import SafecityError
+from safecity.cliargs import port, positive_float, positive_int, registry_flag
+from safecity.errors import CliError, SafecityError
 from safecity.observability import configure_logging
 from safecity.readings import format_ts
 from simulators import cli as simulators_cli

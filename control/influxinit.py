@@ -9,8 +9,8 @@ image's INFLUXDB_ADMIN_PASSWORD variables are not needed).
 from __future__ import annotations
 
 from control.settings import StorageSettings
-from safecity.errors import ConfigError
-from safecity.influx import InfluxClient, QueryError, StorageAuthError, quote_ident
+from safecity.errors import ConfigError, QueryError, StorageAuthError
+from safecity.influx import InfluxClient, quote_ident
 from safecity.secrets import read_secret_file
 from safecity.settings import InfluxSettings
 

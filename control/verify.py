@@ -26,14 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from safecity import catalogue, ledger, schema, topics
-from safecity.errors import SafecityError
+from safecity.errors import SafecityError, VerifyError
 from safecity.influx import InfluxClient
 
 DEADLETTER_FILE = "deadletters.jsonl"
-
-
-class VerifyError(SafecityError):
-    """The ledger or dead-letter store cannot be read."""
 
 
 @dataclass

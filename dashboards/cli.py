@@ -8,7 +8,8 @@ from typing import Any
 
 from dashboards.settings import DashboardsSettings
 from safecity import registry
-from safecity.cliargs import CliError, registry_flag, settings
+from safecity.cliargs import registry_flag, settings
+from safecity.errors import CliError
 from safecity.observability import configure_logging
 
 __all__ = ["add_parsers", "cmd_dashboards_build", "cmd_dashboards_push"]

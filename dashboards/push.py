@@ -17,7 +17,7 @@ import grafana_client
 from grafana_client.client import GrafanaClientError, GrafanaException
 
 from dashboards import build
-from safecity.errors import SafecityError
+from safecity.errors import PushError
 from safecity.registry import City
 from safecity.settings import InfluxSettings
 
@@ -39,10 +39,6 @@ _RULE_KEYS = (
     "ruleGroup",
 )
 _DATASOURCE_KEYS = ("name", "type", "access", "url", "user", "isDefault", "jsonData")
-
-
-class PushError(SafecityError):
-    """Grafana refused or could not be reached; the message says which object and why."""
 
 
 @dataclass

@@ -1,17 +1,24 @@
-"""The edge agent: one device's MQTT v5 identity, birth/will, ordered QoS 1 delivery.
+"""The edge agent: one device's MQTT v5 identity, birth/will, store-and-forward to durability.
 
 Many agents share one process and one asyncio event loop (`safecity.mqtt.FleetClient`
-drives paho from the loop; no thread per device). Delivery guarantees per device:
+drives paho from the loop; no thread per device). Delivery per device:
 
-- QoS 1, at most `max_inflight` publishes awaiting their PUBACK;
-- messages leave in the order they were submitted: in flight < memory queue < spool;
-- while the broker is unreachable (or the queue is full) messages go to a bounded
-  on-disk spool and are replayed, in order, after the reconnect; publishes that were
-  in flight when the connection dropped go out again first (at-least-once: the
-  broker may see them twice, never out of order);
-- every message gets exactly one verdict through `on_result(message, code)`: the
-  PUBACK reason code (>= 0x80 is a refusal, recorded, not retried), or `NOT_SENT`
-  (0x100) when it never got one (spool full, or still in flight at shutdown).
+- every message that may be resent goes into the device's crash-safe spool
+  (`edge.spool`) before it is sent, and leaves it only when it is settled;
+- QoS 1, at most `max_inflight` publishes awaiting their PUBACK, sent in spool order;
+- end-to-end acknowledgement (`confirm`, with an `ack_topic` and a `seq`): a PUBACK
+  only means "in the broker's memory" (a broker crash loses what it had not yet
+  snapshotted; 0x10 "no matching subscribers" is a success code and means nobody took
+  it), so a reading stays in the spool until the platform's ack on the device's own
+  ack topic lists its seq as durable. Unconfirmed readings are sent again after a
+  reconnect, and after `ack_timeout` without their ack (the bound doubles while no
+  ack arrives at all). At most `ack_window` readings are sent and unconfirmed at once;
+- without confirmation (no ack topic, no seq, or `confirm` off) the PUBACK settles it;
+- every message gets at most one verdict through `on_result(message, code)`: 0x00
+  confirmed durable; the PUBACK code (< 0x80) when a PUBACK settles it; >= 0x80 a
+  refusal (recorded, not retried); `NOT_SENT` (0x100) when it never got one (spool
+  full; a status message in flight at shutdown). Messages still unsettled at `close`
+  get none: they stay in the spool and go out on the next run.
 """
 
 from __future__ import annotations
@@ -25,11 +32,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge.settings import EdgeSettings
-from edge.spool import Spool
+from edge.spool import Spool, SpoolItem
+from safecity.acks import Ack
+from safecity.errors import AckError
 from safecity.mqtt import NOT_SENT, FleetClient, Will
 from safecity.settings import MqttSettings
 
 log = logging.getLogger("edge.agent")
+
+CONFIRMED = 0x00
+"""The verdict of a reading the platform confirmed durable."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +52,11 @@ class Envelope:
     payload: bytes
     meta: Any = None
     resend: bool = True
-    """Resend after a lost connection (False for status messages: a stale birth is noise)."""
+    """Spool and resend after a lost connection (False for status messages: a stale birth
+    is noise)."""
+    seq: int | None = None
+    """The device's seq in the payload: with it (and an ack topic) the platform's ack settles
+    the message, not the PUBACK."""
 
 
 @dataclass
@@ -56,6 +72,10 @@ class AgentStats:
     dropped_full: int = 0
     connects: int = 0
     left_buffered: int = 0
+    confirmed: int = 0
+    acks: int = 0
+    no_subscribers: int = 0
+    ack_timeouts: int = 0
 
     def add(self, other: AgentStats) -> None:
         """Add another agent's counters to these."""
@@ -66,11 +86,16 @@ class AgentStats:
 Result = Callable[[Envelope, int], None]
 
 
+def _channel(topic: str) -> str:
+    return topic.rsplit("/", 1)[-1]
+
+
 class DeviceAgent:
     """One device identity (client id = username = `client_id`) delivering its messages in order.
 
     `password` is the device's own secret; without one, `settings.password` or the MQTT
     settings' password is used (a single-connection fleet logs in as a service account).
+    `ack_topic` is the device's own acknowledgement topic (`safecity.topics.ack_topic`).
     """
 
     def __init__(
@@ -89,6 +114,7 @@ class DeviceAgent:
         encode_meta: Callable[[Any], Any] | None = None,
         decode_meta: Callable[[Any], Any] | None = None,
         seed: int | None = None,
+        ack_topic: str | None = None,
     ) -> None:
         self.client_id = client_id
         self._settings = settings
@@ -97,8 +123,23 @@ class DeviceAgent:
         self._farewell = farewell
         self._window = max_inflight or settings.max_inflight
         self._memory = settings.memory_queue
-        self._inflight: dict[int, Envelope] = {}
+        self._confirm = settings.confirm and ack_topic is not None
+        # mid -> (spool id or None, the message)
+        self._inflight: dict[int, tuple[int | None, Envelope]] = {}
+        self._statuses_inflight = 0
+        # Status messages (never spooled) waiting for a connection.
         self._queue: deque[Envelope] = deque()
+        # Spool id -> (message, monotonic time of its PUBACK): sent, awaiting the ack.
+        self._awaiting: dict[int, tuple[Envelope, float]] = {}
+        self._acked_early: set[int] = set()
+        # Spool ids sent at least once in this run: an ack may settle only what it can be
+        # about (a never-sent message under an acked seq is another message, e.g. a resend
+        # with other content, and must still go out).
+        self._sent_once: set[int] = set()
+        self._to_settle: list[int] = []
+        self._ack_bound = settings.ack_timeout
+        self._ack_timer: asyncio.TimerHandle | None = None
+        self._acked_since_resend = True
         spool_kwargs: dict[str, Callable[[Any], Any]] = {}
         if encode_meta is not None:
             spool_kwargs["encode_meta"] = encode_meta
@@ -107,6 +148,7 @@ class DeviceAgent:
         self._spool = Spool(
             settings.spool_dir / f"{client_id}.spool",
             settings.spool_max_bytes,
+            cache=self._memory,
             **spool_kwargs,
         )
         self._rebuild: Callable[[str, bytes, Any], Any] | None = None
@@ -138,6 +180,8 @@ class DeviceAgent:
             backoff_min=settings.backoff_min,
             backoff_max=settings.backoff_max,
             seed=seed,
+            subscriptions=[(ack_topic, 1)] if self._confirm and ack_topic else (),
+            on_message=self._ack_message,
         )
 
     # --- public ----------------------------------------------------------------
@@ -148,8 +192,14 @@ class DeviceAgent:
 
     @property
     def backlog(self) -> int:
-        """Messages not yet acknowledged: in flight, queued in memory, spooled."""
-        return len(self._inflight) + len(self._queue) + self._spool.pending
+        """Messages not yet settled: spooled (sent or not), status messages in flight or queued."""
+        spooled = self._spool.pending - len(self._to_settle)
+        return spooled + self._statuses_inflight + len(self._queue)
+
+    @property
+    def unconfirmed(self) -> int:
+        """Readings PUBACKed and waiting for the platform's acknowledgement."""
+        return len(self._awaiting)
 
     def set_meta_decoder(self, rebuild: Callable[[str, bytes, Any], Any]) -> None:
         """Rebuild a spooled message's meta from (topic, payload, decoded meta)."""
@@ -159,16 +209,30 @@ class DeviceAgent:
         """Hand over a message; never blocks. Its verdict comes through `on_result`."""
         self.stats.submitted += 1
         self._idle.clear()
-        if self._spool.pending or not self.client.connected or len(self._queue) >= self._memory:
-            self._to_spool(message)
-        elif self._queue or len(self._inflight) >= self._window or not self._send(message):
-            self._queue.append(message)
+        if not message.resend:
+            if not self.client.connected or self._queue or not self._send(None, message):
+                if len(self._queue) < self._memory:
+                    self._queue.append(message)
+                else:
+                    self._verdict(message, NOT_SENT)
+            return
+        seq = message.seq if self._confirm else None
+        ident = self._spool.append(
+            message.topic, message.payload, message.meta, seq, _channel(message.topic)
+        )
+        if ident is None:
+            self.stats.dropped_full += 1
+            self._verdict(message, NOT_SENT)
+            return
+        self.stats.spooled += 1
+        self._pump()
 
     async def close(self, drain_s: float | None = None) -> None:
-        """Wait up to `drain_s` for the backlog to be acknowledged, say goodbye, disconnect.
+        """Wait up to `drain_s` for the backlog to be settled, say goodbye, disconnect.
 
-        Still in flight afterwards: verdict NOT_SENT. Still queued or spooled: kept in
-        the spool file for the next run (store-and-forward across restarts).
+        Status messages still in flight afterwards: verdict NOT_SENT. Unsettled spooled
+        messages stay in the spool file for the next run (store-and-forward across
+        restarts), without a verdict.
         """
         wait = self._settings.drain_timeout if drain_s is None else drain_s
         if self.backlog:
@@ -177,49 +241,60 @@ class DeviceAgent:
                 await asyncio.wait_for(self._idle.wait(), wait)
         if self._farewell is not None and self.client.connected and not self.backlog:
             self._idle.clear()
-            self._send(self._farewell())
+            self._send(None, self._farewell())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), min(wait, 2.0) or 0.01)
         await self.client.stop(grace_s=1.0)
-        for message in self._take_inflight():
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
+        for ident, message in self._inflight.values():
+            if ident is None:
+                self._verdict(message, NOT_SENT)
+        self._inflight.clear()
+        self._statuses_inflight = 0
+        for message in self._queue:
             self._verdict(message, NOT_SENT)
-        # Unsent messages stay on disk, ahead of what was already spooled.
-        self._spool.push_front([(m.topic, m.payload, m.meta) for m in self._queue])
         self._queue.clear()
+        self._flush_settled()
         self.stats.left_buffered = self._spool.pending
         self._spool.close()
         self.stats.connects = self.client.connects
 
     # --- delivery --------------------------------------------------------------
 
-    def _to_spool(self, message: Envelope) -> None:
-        if self._spool.append(message.topic, message.payload, message.meta):
-            self.stats.spooled += 1
-        else:
-            self.stats.dropped_full += 1
-            self._verdict(message, NOT_SENT)
-
-    def _send(self, message: Envelope) -> bool:
+    def _send(self, ident: int | None, message: Envelope) -> bool:
         mid = self.client.publish(message.topic, message.payload, 1)
         if mid is None:
             return False
-        self._inflight[mid] = message
+        self._inflight[mid] = (ident, message)
+        if ident is None:
+            self._statuses_inflight += 1
+        else:
+            self._sent_once.add(ident)
         return True
 
+    def _envelope(self, item: SpoolItem) -> Envelope:
+        meta = item.meta
+        if item.from_disk and self._rebuild is not None:
+            meta = self._rebuild(item.topic, item.payload, meta)
+        return Envelope(item.topic, item.payload, meta, True, item.seq)
+
     def _pump(self) -> None:
-        while self.client.connected and len(self._inflight) < self._window:
-            if not self._queue:
-                if not self._spool.pending:
-                    break
-                for topic, payload, meta in self._spool.read(self._window):
-                    if self._rebuild is not None:
-                        meta = self._rebuild(topic, payload, meta)
-                    self._queue.append(Envelope(topic, payload, meta))
-                continue
-            message = self._queue.popleft()
-            if not self._send(message):
-                self._queue.appendleft(message)
+        while self._queue and self.client.connected and len(self._inflight) < self._window:
+            if not self._send(None, self._queue[0]):
                 break
+            self._queue.popleft()
+        room = min(
+            self._window - len(self._inflight),
+            self._settings.ack_window - len(self._awaiting) - len(self._inflight),
+        )
+        if self.client.connected and room > 0 and self._spool.unsent:
+            items = self._spool.take(room)
+            for index, item in enumerate(items):
+                if not self._send(item.id, self._envelope(item)):
+                    self._spool.rewind(i.id for i in items[index:])
+                    break
         if not self.backlog:
             self._idle.set()
 
@@ -232,44 +307,149 @@ class DeviceAgent:
             self.stats.failed += 1
         self._on_result(message, code)
 
-    def _take_inflight(self) -> list[Envelope]:
-        lost = list(self._inflight.values())
-        self._inflight.clear()
-        return lost
+    def _settle(self, ident: int, message: Envelope, code: int) -> None:
+        # One done record per burst of PUBACKs (paho hands over many per read), not per
+        # message; a crash before it is written only means those are sent once more.
+        if not self._to_settle:
+            asyncio.get_running_loop().call_soon(self._flush_settled)
+        self._to_settle.append(ident)
+        self._sent_once.discard(ident)
+        self._verdict(message, code)
+
+    def _flush_settled(self) -> None:
+        if self._to_settle:
+            self._spool.settle(self._to_settle)
+            self._to_settle = []
+        if not self.backlog:
+            self._idle.set()
 
     # --- FleetClient callbacks -------------------------------------------------
 
     def _puback(self, mid: int, code: int) -> None:
-        message = self._inflight.pop(mid, None)
-        if message is None:
+        sent = self._inflight.pop(mid, None)
+        if sent is None:
             return
-        self._verdict(message, code)
-        if self._queue or self._spool.pending:
+        ident, message = sent
+        self._statuses_inflight -= ident is None
+        if code == 0x10:
+            self.stats.no_subscribers += 1
+        if ident is None:
+            self._verdict(message, code)
+        elif code >= 0x80 or message.seq is None or not self._confirm:
+            self._settle(ident, message, code)
+        elif ident in self._acked_early:
+            self._acked_early.discard(ident)
+            self._settle(ident, message, CONFIRMED)
+            self.stats.confirmed += 1
+        else:
+            # Accepted by the broker (0x00) or by nobody (0x10): the ack decides.
+            loop = asyncio.get_running_loop()
+            self._awaiting[ident] = (message, loop.time())
+            if self._ack_timer is None:
+                self._ack_timer = loop.call_later(self._ack_bound, self._ack_check)
+        self._pump()
+
+    def _ack_message(self, topic: str, payload: bytes) -> None:
+        try:
+            ack = Ack.from_payload(payload)
+        except AckError as exc:
+            log.warning("ignoring a malformed ack", extra={"client_id": self.client_id,
+                                                           "error": str(exc)})  # fmt: skip
+            return
+        self.stats.acks += 1
+        done: list[int] = []
+        verdicts: list[Envelope] = []
+        inflight_ids = {ident for ident, _ in self._inflight.values() if ident is not None}
+        for channel in ("telemetry", "event"):
+            for first, last in ack.ranges(channel):
+                for ident in self._spool.lookup(channel, first, last):
+                    awaiting = self._awaiting.pop(ident, None)
+                    if awaiting is not None:
+                        done.append(ident)
+                        verdicts.append(awaiting[0])
+                    elif ident in inflight_ids:
+                        # The ack overtook the PUBACK: settle when the PUBACK comes.
+                        self._acked_early.add(ident)
+                    elif ident in self._sent_once:
+                        # Rewound for a re-send: no need now.
+                        item = self._spool.item(ident)
+                        if item is not None:
+                            done.append(ident)
+                            verdicts.append(self._envelope(item))
+        if done:
+            self._spool.settle(done)
+            self._sent_once.difference_update(done)
+            self.stats.confirmed += len(done)
+            for message in verdicts:
+                self._verdict(message, CONFIRMED)
+            self._ack_bound = self._settings.ack_timeout
+            self._acked_since_resend = True
+        self._pump()
+
+    def _ack_check(self) -> None:
+        """Send again what waited longer than the bound for its ack."""
+        self._ack_timer = None
+        if not self._awaiting:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        stale: list[int] = []
+        for ident, (_, acked_at) in self._awaiting.items():
+            if now - acked_at < self._ack_bound:
+                break
+            stale.append(ident)
+        if stale:
+            for ident in stale:
+                del self._awaiting[ident]
+            self.stats.resent += self._spool.rewind(stale)
+            self.stats.ack_timeouts += 1
+            log.info(
+                "no ack in time: sending again",
+                extra={"client_id": self.client_id, "messages": len(stale),
+                       "bound_s": self._ack_bound},
+            )  # fmt: skip
+            if not self._acked_since_resend:
+                self._ack_bound = min(self._ack_bound * 2, self._settings.ack_timeout_max)
+            self._acked_since_resend = False
             self._pump()
-        elif not self._inflight:
-            self._idle.set()
+        if self._awaiting:
+            oldest = next(iter(self._awaiting.values()))[1]
+            delay = max(0.05, oldest + self._ack_bound - now)
+            self._ack_timer = loop.call_later(delay, self._ack_check)
 
     def _connected(self) -> None:
         if self._birth is not None:
-            self._send(self._birth())
-        if self._spool.pending or self._queue:
+            self._send(None, self._birth())
+        # Whatever the broker acknowledged but the platform did not confirm may have died
+        # with the broker: send it again.
+        if self._awaiting:
+            self.stats.resent += self._spool.rewind(list(self._awaiting))
+            self._awaiting.clear()
+        if self._spool.unsent or self._queue:
             log.info(
                 "replaying buffered messages",
                 extra={
                     "client_id": self.client_id,
                     "queued": len(self._queue),
-                    "spooled": self._spool.pending,
+                    "spooled": self._spool.unsent,
                 },
             )
         self._pump()
 
     def _lost(self, reason: str) -> None:
         log.warning("connection lost", extra={"client_id": self.client_id, "reason": reason})
-        lost = self._take_inflight()
-        again = [m for m in lost if m.resend]
-        for message in lost:
-            if not message.resend:
+        lost = list(self._inflight.values())
+        self._inflight.clear()
+        self._statuses_inflight = 0
+        again = []
+        for ident, message in lost:
+            if ident is None:
                 self._verdict(message, NOT_SENT)
-        # Unacknowledged publishes are older than anything queued: they go first.
-        self.stats.resent += len(again)
-        self._queue.extendleft(reversed(again))
+            elif ident in self._acked_early:
+                self._settle(ident, message, CONFIRMED)  # durable, whatever the PUBACK
+                self.stats.confirmed += 1
+            else:
+                again.append(ident)
+        self._acked_early.clear()
+        # Unacknowledged publishes are older than anything unsent: they go first.
+        self.stats.resent += self._spool.rewind(again)

@@ -28,6 +28,35 @@ class EdgeSettings(BaseModel):
     # device logs in as itself with its own secret.
     secrets_file: Path | None = None
     drain_timeout: Annotated[float, Field(ge=0, le=600)] = 10.0
+    confirm: Annotated[
+        bool,
+        Field(
+            description="End-to-end acknowledgement: keep each reading in the device's spool "
+            "until the ingest's ack says it is durable (a PUBACK only means in the broker's "
+            "memory). false: the PUBACK settles it (a broker with no ingest behind it)."
+        ),
+    ] = True
+    ack_timeout: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=3600,
+            description="Seconds without an ack before a sent reading goes out again; "
+            "doubles while nothing is acked at all, back on the next ack.",
+        ),
+    ] = 10.0
+    ack_timeout_max: Annotated[
+        float,
+        Field(gt=0, le=86_400, description="Upper bound of the doubling re-send interval (s)."),
+    ] = 300.0
+    ack_window: Annotated[
+        int,
+        Field(
+            ge=1,
+            description="Readings per device sent and not yet confirmed, at most; the rest "
+            "wait in the spool (bounds what a stalled ingest's broker queue holds).",
+        ),
+    ] = 2000
     # Mutual TLS: the directory of per-device client certificates, `<device id>.crt` and
     # `<device id>.key` (`safecity certs provision` writes them to <certs dir>/clients).
     # Each device presents its own; the broker takes its CN as the username. The CA and

@@ -1,32 +1,79 @@
-"""A bounded, append-only on-disk FIFO of one device's unsent messages (store-and-forward)."""
+"""One device's crash-safe store-and-forward spool: an append-only log with done records.
+
+Every message to deliver is appended to the log before it is sent, and stays there
+until it is settled (confirmed durable by the platform, refused by the broker, or,
+for messages without a seq, PUBACKed). Settling appends a *done* record naming the
+settled entries; nothing is ever rewritten in place, so a crash (kill -9) at any
+moment leaves a log whose replay gives exactly the unsettled messages, in order. What
+was in flight when the process died is simply sent again (at-least-once; the
+platform's writes are idempotent).
+
+Two operations replace the file, both crash-safe: when nothing is left unsettled the
+file is truncated to zero once it is over 64 KiB, and deleted on close (the done
+records were written first, so a crash before either replays to the same empty
+state); when settled entries make up most of the file it is compacted by writing the
+unsettled entries to a temporary file, fsync and `rename` over the log (atomic).
+Records are written with one unbuffered `write` each: they survive a crash of this
+process, not a power cut (no fsync per message; that would cap the rate at the disk's
+sync rate).
+"""
 
 from __future__ import annotations
 
 import base64
 import json
 import logging
-from collections.abc import Callable
+import os
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 log = logging.getLogger("edge.spool")
 
-SpoolRecord = tuple[str, bytes, Any]
-"""(topic, payload, meta)."""
+COMPACT_MIN_BYTES = 1 << 20
+"""Never compact a log smaller than this (truncation to zero handles the common case)."""
+
+TRUNCATE_MIN_BYTES = 64 << 10
+"""Truncate a fully settled log only past this size (a syscall saved on most settles)."""
 
 
 def _identity(value: Any) -> Any:
     return value
 
 
-class Spool:
-    """One device's messages waiting for the broker, in order, at most `max_bytes` on disk.
+@dataclass(slots=True)
+class SpoolItem:
+    """An unsettled message: its log id, what to send, and whether `meta` came from disk."""
 
-    One JSON line per message (payload base64, so malformed bytes survive too),
-    written unbuffered: a message handed to the spool survives a crash of this
-    process (not of the machine: no fsync per message, that would cap the rate).
-    Read back from the front; when everything has been read the file is truncated.
-    A spool left over by an earlier run is replayed first.
+    id: int
+    topic: str
+    payload: bytes
+    meta: Any
+    seq: int | None
+    channel: str
+    from_disk: bool
+
+
+@dataclass(slots=True)
+class _Entry:
+    offset: int
+    length: int
+    seq: int | None
+    channel: str
+    cached: SpoolItem | None
+
+
+class Spool:
+    """One device's unsettled messages, in order, at most `max_bytes` of them on disk.
+
+    `take` hands out the next unsent messages (a cursor kept in memory: after a
+    restart everything unsettled is unsent again); `rewind` puts handed-out ones back
+    in front (a lost connection, no confirmation in time); `settle` removes them for
+    good. `lookup` finds entries by (channel, seq) for the platform's acknowledgements.
+    Up to `cache` messages are also kept in memory, so the usual path (append, send,
+    settle) never reads the file back.
     """
 
     def __init__(
@@ -36,108 +83,264 @@ class Spool:
         *,
         encode_meta: Callable[[Any], Any] = _identity,
         decode_meta: Callable[[Any], Any] = _identity,
+        cache: int = 1000,
     ) -> None:
         self.path = path
         self.max_bytes = max_bytes
         self._encode = encode_meta
         self._decode = decode_meta
-        self._file: IO[bytes] | None = None
-        self._read_pos = 0
+        self._cache_limit = cache
+        self._cached = 0
+        self._entries: OrderedDict[int, _Entry] = OrderedDict()
+        self._by_seq: dict[tuple[str, int], list[int]] = {}
+        self._unsent: deque[int] = deque()
+        self._out: set[int] = set()
+        self._live_bytes = 0
+        self._next_id = 0
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
         self._size = 0
-        self.pending = 0
-        """Messages written and not yet read back."""
-        if path.exists() and path.stat().st_size > 0:
-            self._open()
-            assert self._file is not None
-            self._file.seek(0)
-            self.pending = sum(1 for line in self._file if line.endswith(b"\n"))
-            self._size = path.stat().st_size
-            log.info(
-                "replaying a leftover spool", extra={"path": str(path), "messages": self.pending}
-            )
+        self._replay()
 
-    def _open(self) -> IO[bytes]:
-        if self._file is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = self.path.open("a+b", buffering=0)
-        return self._file
+    # --- state -----------------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        """Unsettled messages (handed out or not)."""
+        return len(self._entries)
+
+    @property
+    def unsent(self) -> int:
+        """Unsettled messages not handed out since the last rewind."""
+        return len(self._entries) - len(self._out)
 
     @property
     def bytes_used(self) -> int:
-        """Bytes on disk still to be read back."""
-        return self._size - self._read_pos
+        """Bytes of the unsettled messages' records."""
+        return self._live_bytes
 
-    def _line(self, topic: str, payload: bytes, meta: Any) -> bytes:
-        return (
+    @property
+    def file_bytes(self) -> int:
+        """Size of the log on disk (settled records included until compaction)."""
+        return self._size
+
+    # --- operations ------------------------------------------------------------
+
+    def append(
+        self, topic: str, payload: bytes, meta: Any, seq: int | None = None, channel: str = ""
+    ) -> int | None:
+        """Add a message at the back; its id, or None (nothing written) when the spool is full."""
+        ident = self._next_id
+        line = (
             json.dumps(
                 {
+                    "i": ident,
                     "t": topic,
                     "p": base64.b64encode(payload).decode("ascii"),
                     "m": self._encode(meta),
+                    "s": seq,
+                    "c": channel,
                 },
                 separators=(",", ":"),
             ).encode("utf-8")
             + b"\n"
         )
+        if self._live_bytes + len(line) > self.max_bytes:
+            return None
+        self._write(line)
+        self._next_id += 1
+        cached = None
+        if self._cached < self._cache_limit:
+            cached = SpoolItem(ident, topic, payload, meta, seq, channel, False)
+            self._cached += 1
+        self._add(ident, _Entry(self._size - len(line), len(line), seq, channel, cached))
+        self._unsent.append(ident)
+        return ident
 
-    def append(self, topic: str, payload: bytes, meta: Any) -> bool:
-        """Add a message at the back; False (nothing written) when the spool is full."""
-        line = self._line(topic, payload, meta)
-        if self.bytes_used + len(line) > self.max_bytes:
-            return False
-        handle = self._open()
-        handle.write(line)
-        self._size += len(line)
-        self.pending += 1
-        return True
-
-    def push_front(self, records: list[SpoolRecord]) -> None:
-        """Put messages back at the front, in the given order (the bound is not applied:
-        they were accepted before)."""
-        if not records:
-            return
-        head = b"".join(self._line(t, p, m) for t, p, m in records)
-        handle = self._open()
-        handle.seek(self._read_pos)
-        rest = handle.read()
-        handle.truncate(0)
-        handle.write(head + rest)
-        self._read_pos = 0
-        self._size = len(head) + len(rest)
-        self.pending += len(records)
-
-    def read(self, count: int) -> list[SpoolRecord]:
-        """Take up to `count` messages from the front."""
-        if not self.pending or self._file is None:
-            return []
-        handle = self._file
-        handle.seek(self._read_pos)
-        out: list[SpoolRecord] = []
-        while len(out) < count:
-            line = handle.readline()
-            if not line.endswith(b"\n"):
-                break
-            self._read_pos += len(line)
-            record = json.loads(line)
-            out.append((record["t"], base64.b64decode(record["p"]), self._decode(record["m"])))
-        self.pending -= len(out)
-        if self._read_pos >= self._size:
-            # Drained: start over, so the file never grows beyond one outage's worth.
-            handle.truncate(0)
-            self._read_pos = self._size = 0
-            self.pending = 0
+    def take(self, count: int) -> list[SpoolItem]:
+        """Hand out up to `count` unsent messages, oldest first."""
+        out: list[SpoolItem] = []
+        while self._unsent and len(out) < count:
+            ident = self._unsent.popleft()
+            entry = self._entries.get(ident)
+            if entry is None or ident in self._out:
+                continue  # settled (or handed out again) meanwhile
+            self._out.add(ident)
+            out.append(entry.cached if entry.cached is not None else self._load(ident, entry))
         return out
 
+    def rewind(self, ids: Iterable[int]) -> int:
+        """Put handed-out messages back in front of the unsent ones, in log order; how many."""
+        back = sorted(i for i in ids if i in self._out)
+        for ident in back:
+            self._out.discard(ident)
+        self._unsent.extendleft(reversed(back))
+        return len(back)
+
+    def lookup(self, channel: str, first: int, last: int) -> list[int]:
+        """Ids of unsettled messages of `channel` whose seq lies in [first, last]."""
+        out: list[int] = []
+        if last - first < len(self._by_seq):
+            for seq in range(first, last + 1):
+                out.extend(self._by_seq.get((channel, seq), ()))
+        else:
+            for (chan, seq), ids in self._by_seq.items():
+                if chan == channel and first <= seq <= last:
+                    out.extend(ids)
+        return out
+
+    def item(self, ident: int) -> SpoolItem | None:
+        """An unsettled message by id (read back from disk if not cached)."""
+        entry = self._entries.get(ident)
+        if entry is None:
+            return None
+        return entry.cached if entry.cached is not None else self._load(ident, entry)
+
+    def settle(self, ids: Iterable[int]) -> int:
+        """Remove messages for good (one done record); how many were unsettled."""
+        gone = [i for i in ids if i in self._entries]
+        if not gone:
+            return 0
+        self._write(json.dumps({"d": _id_ranges(gone)}, separators=(",", ":")).encode() + b"\n")
+        for ident in gone:
+            self._drop(ident)
+        if not self._entries:
+            # Everything settled (and recorded as such): start over with an empty file.
+            self._unsent.clear()
+            if self._size > TRUNCATE_MIN_BYTES:
+                os.ftruncate(self._fd, 0)
+                self._size = 0
+        elif self._size > max(COMPACT_MIN_BYTES, 4 * self._live_bytes):
+            self._compact()
+        return len(gone)
+
     def close(self) -> None:
-        """Close the file (unread messages stay on disk for the next run)."""
-        if self._file is not None:
-            if self._read_pos and self.pending:
-                # Keep only the unread tail, so the next run does not resend what went out.
-                self._file.seek(self._read_pos)
-                rest = self._file.read()
-                self._file.truncate(0)
-                self._file.write(rest)
-            self._file.close()
-            self._file = None
-        if self.pending == 0 and self.path.exists() and self.path.stat().st_size == 0:
-            self.path.unlink()
+        """Close the log (unsettled messages stay in it for the next run)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if not self._entries:
+            # Nothing unsettled: the settled records are of no use to the next run.
+            self.path.unlink(missing_ok=True)
+
+    # --- internals -------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        written = os.write(self._fd, data)
+        if written != len(data):  # a short write on a regular file: the disk is full
+            os.ftruncate(self._fd, self._size)
+            raise OSError(f"short write to edge spool {self.path}")
+        self._size += written
+
+    def _add(self, ident: int, entry: _Entry) -> None:
+        self._entries[ident] = entry
+        self._live_bytes += entry.length
+        if entry.seq is not None:
+            self._by_seq.setdefault((entry.channel, entry.seq), []).append(ident)
+
+    def _drop(self, ident: int) -> None:
+        entry = self._entries.pop(ident)
+        self._live_bytes -= entry.length
+        self._out.discard(ident)
+        if entry.cached is not None:
+            self._cached -= 1
+        if entry.seq is not None:
+            key = (entry.channel, entry.seq)
+            ids = self._by_seq.get(key)
+            if ids is not None:
+                if ident in ids:
+                    ids.remove(ident)
+                if not ids:
+                    del self._by_seq[key]
+
+    def _load(self, ident: int, entry: _Entry) -> SpoolItem:
+        line = os.pread(self._fd, entry.length, entry.offset)
+        record = json.loads(line)
+        return SpoolItem(
+            ident,
+            record["t"],
+            base64.b64decode(record["p"]),
+            self._decode(record["m"]),
+            record["s"],
+            record["c"],
+            True,
+        )
+
+    def _replay(self) -> None:
+        """Rebuild the unsettled set from the log; cut a torn last line."""
+        data = b""
+        with open(self._fd, "rb", closefd=False) as handle:
+            handle.seek(0)
+            data = handle.read()
+        offset = 0
+        for line in data.splitlines(keepends=True):
+            if not line.endswith(b"\n"):
+                break
+            try:
+                record = json.loads(line)
+            except ValueError:
+                break
+            if "d" in record:
+                for first, last in record["d"]:
+                    for ident in range(first, last + 1):
+                        if ident in self._entries:
+                            self._drop(ident)
+            else:
+                ident = int(record["i"])
+                self._add(ident, _Entry(offset, len(line), record["s"], record["c"], None))
+                self._next_id = max(self._next_id, ident + 1)
+            offset += len(line)
+        if offset < len(data):
+            log.warning(
+                "edge spool: cutting a torn record",
+                extra={"path": str(self.path), "bytes": len(data) - offset},
+            )
+            os.ftruncate(self._fd, offset)
+        self._size = offset
+        self._unsent.extend(self._entries)
+        if self._entries:
+            log.info(
+                "replaying a leftover spool",
+                extra={"path": str(self.path), "messages": len(self._entries)},
+            )
+        elif self._size:
+            os.ftruncate(self._fd, 0)
+            self._size = 0
+
+    def _compact(self) -> None:
+        """Rewrite only the unsettled records (temporary file, fsync, atomic rename)."""
+        tmp = self.path.with_name(self.path.name + ".compact")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        moved: list[tuple[int, int]] = []
+        offset = 0
+        try:
+            chunks = []
+            for ident, entry in self._entries.items():
+                chunks.append(os.pread(self._fd, entry.length, entry.offset))
+                moved.append((ident, offset))
+                offset += entry.length
+            os.write(fd, b"".join(chunks))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+        dir_fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        os.close(self._fd)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND)
+        for ident, new_offset in moved:
+            self._entries[ident].offset = new_offset
+        self._size = offset
+
+
+def _id_ranges(ids: list[int]) -> list[list[int]]:
+    out: list[list[int]] = []
+    for ident in sorted(ids):
+        if out and ident == out[-1][1] + 1:
+            out[-1][1] = ident
+        else:
+            out.append([ident, ident])
+    return out

@@ -23,6 +23,7 @@ from ingest.sink import Sink, encode_own
 from ingest.spool import SpoolBatch
 from ingest.stats import Totals
 from ingest.validate import Accepted, Rejected, Validator, claimed_device_id
+from ingest.watermark import Watermarks  # end-to-end acks
 from safecity import schema, topics
 from safecity.mqtt import Incoming, MqttClient
 from safecity.registry import City
@@ -65,6 +66,7 @@ class Batcher:
         self._batch = _Batch()
         self._last_event_ms = 0
         self._durable_writes = 0
+        self.watermarks: Watermarks | None = None  # end-to-end acks (set by the service)
         self.lag = 0.0
         """Wall clock minus the newest written reading's timestamp (s)."""
 
@@ -148,6 +150,8 @@ class Batcher:
         if accepted and not spooled:
             bad = {i for i, _ in refused}
             self._count_written([o for i, (_, o) in enumerate(accepted) if i not in bad])
+        if self.watermarks is not None:  # end-to-end acks: the batch is durable now
+            self.watermarks.add_batch(batch.messages)
         self._durable_writes += 1
         for hook in AFTER_DURABLE:
             hook(self._durable_writes)

@@ -26,6 +26,7 @@ from ingest.spool import Spool
 from ingest.stats import BrokerDropped, Gauges, StatsTracker, Totals
 from ingest.validate import DuplicateDetector, RateLimiter, Validator
 from ingest.watch import BrokerLogWatch, StatsTimer, SysWatch
+from ingest.watermark import Watermarks  # end-to-end acks
 from ingest.writer import InfluxWriter
 from safecity import topics
 from safecity.errors import StorageError
@@ -93,6 +94,8 @@ class IngestService:
             self.redactor,
             self.totals,
         )
+        # End-to-end acks: the batcher notes durable seqs, a task publishes them per device.
+        self.watermarks = self.batcher.watermarks = Watermarks(city, settings.ack_interval)
         self.drain = SpoolDrain(self.sink, self.deadletters, self.totals, worker, self.redactor)
         self.broker_dropped = BrokerDropped(settings.spool_dir / worker / "broker-dropped.json")
         self.stats = StatsTracker(city.id, worker)
@@ -149,6 +152,7 @@ class IngestService:
                 "broker-log", BrokerLogWatch(settings.broker_log, self.city, self.sink).run
             )
         self.tasks.start("ingest-stats", StatsTimer(self.stats_point, self.sink).run)
+        self.tasks.start("acks", lambda: self.watermarks.run(self.mqtt))  # end-to-end acks
         self._started = True
         log.info(
             "ingest started",

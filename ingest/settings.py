@@ -48,6 +48,15 @@ class IngestSettings(ServiceSettings):
     # The broker's max_packet_size (broker/mosquitto.conf): a dead letter republished in a
     # bigger packet would make the broker close the connection.
     deadletter_max_packet: Annotated[int, Field(ge=1024, le=268_435_455)] = 16_384
+    ack_interval: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=60,
+            description="End-to-end acks: every this many seconds each device is told, on "
+            "its own ack topic, which of its seqs this worker made durable; 0 = off.",
+        ),
+    ] = 1.0
 
     @field_validator("broker_log", mode="before")
     @classmethod

@@ -12,9 +12,10 @@ import logging
 from dataclasses import dataclass
 
 from ingest import metrics
-from ingest.spool import Spool, SpoolBatch, SpoolError, SpoolFullError
+from ingest.spool import Spool, SpoolBatch
 from ingest.writer import InfluxWriter, WriteDeferredError
-from safecity.lineprotocol import LineProtocolError, Point, encode
+from safecity.errors import LineProtocolError, SpoolError, SpoolFullError
+from safecity.lineprotocol import Point, encode
 
 log = logging.getLogger("safecity.ingest")
 

@@ -24,20 +24,12 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from safecity.errors import SafecityError
+from safecity.errors import SpoolError, SpoolFullError
 
 log = logging.getLogger("safecity.ingest.spool")
 
 _HEADER = struct.Struct(">II")
 _SEGMENT_RE = re.compile(r"^seg-(\d{12})\.spool$")
-
-
-class SpoolError(SafecityError):
-    """The spool cannot store or read a batch (disk full, permissions, corruption)."""
-
-
-class SpoolFullError(SpoolError):
-    """The spool has reached its capacity; the caller must stop acking (back-pressure)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,9 +12,9 @@ from functools import cache, lru_cache
 from typing import cast
 
 from safecity import schema, topics
-from safecity.errors import TopicError
+from safecity.errors import LineProtocolError, TopicError
 from safecity.fastcontract import decode_telemetry
-from safecity.lineprotocol import LineProtocolError, Point, encode, series_key
+from safecity.lineprotocol import Point, encode, series_key
 from safecity.readings import Event, Reading, Rejection, RejectReason, Status, parse
 from safecity.registry import City, Device
 

@@ -23,13 +23,13 @@ import time
 from collections.abc import Callable
 
 from ingest import metrics
-from safecity.errors import StorageError
-from safecity.influx import (
-    InfluxClient,
+from safecity.errors import (
     StorageAuthError,
     StorageUnavailableError,
+    WriteDeferredError,
     WriteRejectedError,
 )
+from safecity.influx import InfluxClient
 from safecity.retry import Backoff, Sleep
 from safecity.schema import RETENTION_FAMILIES, retention_policy_of
 
@@ -68,10 +68,6 @@ def split_by_policy(lines: list[str]) -> list[tuple[str | None, list[int] | None
     for i in special:
         groups.setdefault(retention_policy_of(_measurement(lines[i])), []).append(i)
     return list(groups.items())
-
-
-class WriteDeferredError(StorageError):
-    """InfluxDB stayed unavailable past the caller's `give_up_after`; spool the batch."""
 
 
 class InfluxWriter:

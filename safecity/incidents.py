@@ -22,7 +22,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from safecity.catalogue import Severity
-from safecity.errors import SafecityError
+from safecity.errors import IncidentError, TransitionError
 from safecity.influx import InfluxClient
 from safecity.lineprotocol import FieldValue, Point, encode_many
 from safecity.readings import Timestamp, epoch_ms, format_ts
@@ -36,14 +36,6 @@ TRANSITION_TAGS = ("city", "district", "rule_id", "severity", "state")
 _ID = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
 # Notes are free text for operators but must stay one line-protocol line.
 _NOTE = re.compile(r"^[^\x00-\x1f\x7f]{0,500}$")
-
-
-class IncidentError(SafecityError):
-    """An incident that does not exist or cannot be read."""
-
-
-class TransitionError(IncidentError):
-    """A lifecycle transition that the state machine refuses."""
 
 
 class State(StrEnum):

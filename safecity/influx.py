@@ -15,7 +15,12 @@ from typing import Any
 
 import httpx
 
-from safecity.errors import StorageError
+from safecity.errors import (
+    QueryError,
+    StorageAuthError,
+    StorageUnavailableError,
+    WriteRejectedError,
+)
 from safecity.schema import retention_policies
 from safecity.settings import InfluxSettings
 from safecity.topics import IDENTIFIER
@@ -23,36 +28,6 @@ from safecity.topics import IDENTIFIER
 log = logging.getLogger("safecity.influx")
 
 ParamValue = str | int | float | bool
-
-
-class WriteRejectedError(StorageError):
-    """InfluxDB refused (part of) a batch for its content: 400 or 413. Retrying won't help."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"InfluxDB {status}: {message}")
-        self.status = status
-        self.message = message
-
-    @property
-    def partial(self) -> bool:
-        """True for a `partial write`: the valid points of the batch were stored."""
-        return "partial write" in self.message
-
-
-class StorageUnavailableError(StorageError):
-    """InfluxDB is down, slow or overloaded (refused, timeout, 429, 5xx): retry later."""
-
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class StorageAuthError(StorageError):
-    """InfluxDB refused our credentials or database (401/403/404): an operator must act."""
-
-
-class QueryError(StorageError):
-    """InfluxDB could not run a query."""
 
 
 @dataclass(frozen=True, slots=True)

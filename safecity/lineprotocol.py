@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
-from safecity.errors import SafecityError
+from safecity.errors import LineProtocolError
 
 FieldValue = float | int | bool | str
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -22,10 +22,6 @@ _STR_ESC = str.maketrans({'"': r"\"", "\\": "\\\\"})
 _FORBIDDEN = re.compile(r"[\n\r\x00]")
 # InfluxDB 1.x keeps a backslash literal in names and tags, so it cannot round-trip.
 _FORBIDDEN_NAME = re.compile(r"[\n\r\x00\\]")
-
-
-class LineProtocolError(SafecityError):
-    """A point that cannot be written as exactly one valid line."""
 
 
 @dataclass(frozen=True, slots=True)

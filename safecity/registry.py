@@ -1,4 +1,5 @@
-"""The city registry: districts (id, name, centroid, polygon) and devices (kind, location).
+"""The city registry: districts (id, name, centroid, polygon, land use) and devices
+(kind, location, site type).
 
 A registry file is JSON Lines: one city record first, then district and device
 records, one per line, so every error can name its line and field. Coordinates
@@ -29,6 +30,13 @@ Point = tuple[Lon, Lat]
 
 _RECORD = ConfigDict(frozen=True, extra="forbid", strict=True)
 
+LandUse = Literal["centre", "residential", "industrial", "mixed"]
+"""A district's character: what its streets are mostly for."""
+Site = Literal["arterial", "side_street", "park", "market", "school", "industrial"]
+"""Where a device stands: it sets its levels, daily shape and dynamics."""
+LAND_USES: tuple[LandUse, ...] = ("centre", "residential", "industrial", "mixed")
+SITES: tuple[Site, ...] = ("arterial", "side_street", "park", "market", "school", "industrial")
+
 
 class CityRecord(BaseModel):
     """The first line of a registry file."""
@@ -53,6 +61,8 @@ class District(BaseModel):
     name: Annotated[str, Field(min_length=1, max_length=100)]
     centroid: Point
     polygon: Annotated[tuple[Point, ...], Field(min_length=4, max_length=10_000)]
+    land_use: LandUse | None = None
+    """None in registries written before land use existed: treated as ``mixed``."""
 
 
 class Device(BaseModel):
@@ -65,6 +75,8 @@ class Device(BaseModel):
     kind: Identifier
     district: Identifier
     location: Point
+    site: Site | None = None
+    """None in registries written before site types existed: derived from the kind."""
 
 
 @dataclass(frozen=True)
@@ -113,7 +125,7 @@ class City:
     def dumps(self) -> str:
         """Serialise to the JSON Lines registry format."""
         records: list[BaseModel] = [self.record, *self.districts, *self.devices]
-        return "".join(r.model_dump_json() + "\n" for r in records)
+        return "".join(r.model_dump_json(exclude_none=True) + "\n" for r in records)
 
 
 def _error(source: str, line: int, exc: ValidationError) -> RegistryError:
@@ -271,6 +283,30 @@ KNOWN_CITIES: dict[str, tuple[str, str, str, tuple[tuple[str, float, float], ...
             ("Sverdlovsky", 42.885, 74.650),
         ),
     ),
+    "samarkand": (
+        "Samarkand",
+        "UZ",
+        "Asia/Samarkand",
+        (
+            ("Registan", 39.655, 66.975),
+            ("Siob", 39.672, 66.992),
+            ("Bogishamol", 39.668, 66.930),
+            ("Sogdiana", 39.640, 66.940),
+            ("Temiryol", 39.630, 66.990),
+        ),
+    ),
+    "astana": (
+        "Astana",
+        "KZ",
+        "Asia/Almaty",
+        (
+            ("Almaty district", 51.150, 71.500),
+            ("Baikonur", 51.170, 71.410),
+            ("Yesil", 51.110, 71.420),
+            ("Saryarka", 51.180, 71.440),
+            ("Nura", 51.080, 71.470),
+        ),
+    ),
     "dushanbe": (
         "Dushanbe",
         "TJ",
@@ -399,8 +435,9 @@ def _kind_counts(devices: int) -> dict[str, int]:
 def generate(city: str, devices: int, seed: int, districts: int | None = None) -> City:
     """Generate a city registry deterministically from a seed.
 
-    Known cities (tashkent, almaty, bishkek, dushanbe) get their real districts with
-    approximate centroids; any other name gets `districts` synthetic ones.
+    Known cities (tashkent, samarkand, almaty, astana, bishkek, dushanbe) get their real
+    districts with approximate centroids; any other name gets `districts` synthetic
+    ones. Districts get a land use and devices a site type (`with_geography`).
     """
     city_id = slug(city)
     if IDENTIFIER.fullmatch(city_id) is None:
@@ -451,7 +488,12 @@ def generate(city: str, devices: int, seed: int, districts: int | None = None) -
         timezone=tz,
         centroid=(round(lon_c, 5), round(lat_c, 5)),
     )
-    return City(record, tuple(district_models), tuple(device_models), f"generated:{city_id}:{seed}")
+    city_model = City(
+        record, tuple(district_models), tuple(device_models), f"generated:{city_id}:{seed}"
+    )
+    from safecity.geography import with_geography  # it builds on this module's models
+
+    return with_geography(city_model, seed)
 
 
 def _device_id(kind_name: str, district_id: str, number: int) -> str:

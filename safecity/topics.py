@@ -1,6 +1,7 @@
 """The MQTT topic scheme as code: builders, a parser, validators and subscription filters.
 
 safecity/v1/{city}/{district}/{kind}/{device_id}/telemetry|event|status
+safecity/v1/{city}/{district}/{kind}/{device_id}/ack   (platform -> that device only)
 safecity/v1/{city}/_alerts/{severity}
 safecity/v1/{city}/_deadletter/{reason}
 """
@@ -20,6 +21,7 @@ IDENTIFIER = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 ALERTS = "_alerts"
 DEADLETTER = "_deadletter"
 SERVICES = "_services"
+ACK = "ack"
 
 
 class Channel(StrEnum):
@@ -91,6 +93,41 @@ def event_topic(city: str, district: str, kind: str, device_id: str) -> str:
 def status_topic(city: str, district: str, kind: str, device_id: str) -> str:
     """Build a device's status (birth/will) topic."""
     return device_topic(city, district, kind, device_id, Channel.STATUS)
+
+
+@dataclass(frozen=True, slots=True)
+class AckTopic:
+    """A parsed acknowledgement topic: where the platform tells one device what is durable."""
+
+    city: str
+    district: str
+    kind: str
+    device_id: str
+
+    def __str__(self) -> str:
+        return ack_topic(self.city, self.district, self.kind, self.device_id)
+
+
+def ack_topic(city: str, district: str, kind: str, device_id: str) -> str:
+    """Build a device's acknowledgement topic (written by the ingest, read by that device)."""
+    validate_identifier(city, "city")
+    validate_identifier(district, "district")
+    validate_identifier(kind, "kind")
+    validate_identifier(device_id, "device id")
+    return f"{PREFIX}/{city}/{district}/{kind}/{device_id}/{ACK}"
+
+
+def parse_ack_topic(topic: str) -> AckTopic:
+    """Parse a device's acknowledgement topic; raise TopicError for anything else."""
+    parts = topic.split("/")
+    if len(parts) != 7 or parts[0] != ROOT or parts[1] != VERSION or parts[6] != ACK:
+        raise TopicError(f"not an acknowledgement topic: {topic!r}")
+    return AckTopic(
+        validate_identifier(parts[2], "city"),
+        validate_identifier(parts[3], "district"),
+        validate_identifier(parts[4], "kind"),
+        validate_identifier(parts[5], "device id"),
+    )
 
 
 def alert_topic(city: str, severity: str) -> str:

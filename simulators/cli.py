@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from safecity import instance, registry
-from safecity.cliargs import CliError, positive_float, positive_int, registry_flag, settings
+from safecity.cliargs import positive_float, positive_int, registry_flag, settings
+from safecity.errors import CliError
 from safecity.observability import configure_logging
 from safecity.registry import City
 from simulators.settings import SimulatorSettings

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from safecity import catalogue
 from safecity.readings import MAX_PAYLOAD_BYTES
 from safecity.registry import Device
-from simulators.generators import Values, device_rng
+from simulators.generators import Values
 from simulators.settings import FaultSettings
+from simulators.timebase import device_rng
 
 EPISODES = ("stuck", "drift", "dropout")
 """Faults that last for a run of readings once started."""

@@ -1,408 +1,235 @@
-"""Deterministic value generators, one per sensor kind, and rare safe-city events.
+"""Value generators, one per sensor kind: shared drivers + a device's own process + noise.
 
-A generator is a pure function ``(device, rng, t) -> values``:
+A generator is a function ``(profile, rng, t) -> values``:
 
-- ``device``: the registry `Device`;
-- ``rng``: the device's own `random.Random` (see `device_rng`), the only source of noise;
-- ``t``: the simulated time, an aware datetime (converted to UTC).
+- ``profile``: the device's `sites.Profile` (site, land use, climate, neighbours);
+- ``rng``: the device's own `random.Random` (see `device_rng`): measurement noise only;
+- ``t``: the simulated time, an aware datetime.
 
-It returns the telemetry ``values`` dict of the device's kind, always inside the
-catalogue's hard limits and inside the realistic ranges of CATALOGUE.md.
+A reading is built from three layers:
 
-Where the numbers come from:
+- *shared drivers*, pure functions of time: the city's weather (`simulators.weather`:
+  spells, inversions, dust, rain), its traffic demand (`traffic_level`, weekday and
+  weekend shapes) and, for air quality, the city's pollution load;
+- the device's *persistent deviation*: mean-reverting processes
+  (`simulators.processes.ou`) over hours (the device, its road) and days (its
+  district), keyed so that neighbours share them: a noise sensor hears the same road
+  process the nearest traffic sensor counts;
+- *measurement noise* from the device's rng.
 
-- *Static traits* of a device (arterial or side street, lamp wattage, bin size, ...)
-  come from a stable hash of its id (`device_trait`), so a device keeps its
-  character across seeds and restarts; the seed only changes the noise.
-- *City-wide state* (weather, rain, the traffic daily curve) is a pure function of
-  time (and of the rounded city location), so every device of a city sees the same
-  weather and the same rush hour.
-- *Slow state* (waste filling sawtooth, battery drain, uptime, lamp failures) is a
-  pure function of time and traits, not something accumulated call after call, so a
-  generator can be asked about any instant in any order.
-
-Local time is Asia/Tashkent, a fixed UTC+5 (no DST), for every city.
+Levels and daily shapes follow the site type and the district's land use, not a
+hash. Local time is the city's (its climate's UTC offset).
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
-from safecity import catalogue
 from safecity.registry import Device
+from simulators.processes import ou
+from simulators.sites import Profile, standalone
+from simulators.timebase import (
+    DAY_S,
+    YEAR_DAYS,
+    Clock,
+    bump,
+    clamp,
+    clock,
+    device_rng,
+    device_trait,
+    lognormal,
+    stable_int,
+    window,
+)
+from simulators.weather import Weather, sun_elevation, weather
+
+__all__ = [
+    "GENERATORS",
+    "Generator",
+    "Value",
+    "Values",
+    "device_rng",
+    "device_trait",
+    "generate",
+    "profile_of",
+    "stable_int",
+    "sun_elevation",
+    "traffic_level",
+]
 
 Value = float | int | bool | str
 Values = dict[str, Value]
-Generator = Callable[[Device, random.Random, datetime], Values]
+Generator = Callable[[Profile, random.Random, datetime], Values]
 
-LOCAL_OFFSET = timedelta(hours=5)
-"""Asia/Tashkent: UTC+5 all year."""
-
-_DAY_S = 86_400.0
-_YEAR_DAYS = 365.25
-_TWO_PI = 2.0 * math.pi
-
-# --- stable hashing ------------------------------------------------------------------
+_H = 3600.0
 
 
-def stable_int(*parts: object) -> int:
-    """A 64-bit integer from the sha256 of the parts: stable across runs and interpreters."""
-    text = "\x1f".join(str(p) for p in parts)
-    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
+def _hours(t: datetime) -> float:
+    return t.astimezone(UTC).timestamp() / _H
 
 
-def device_rng(seed: int, device_id: str, stream: str = "values") -> random.Random:
-    """The device's own random stream for (seed, device id, stream name)."""
-    return random.Random(stable_int("rng", seed, device_id, stream))
+# --- shared drivers -----------------------------------------------------------------
 
 
-def device_trait(device_id: str, name: str) -> float:
-    """A static trait of a device in [0, 1), from a stable hash of its id (seed-independent)."""
-    return stable_int("trait", device_id, name) / 2.0**64
-
-
-# --- time -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Clock:
-    """Simulated time broken down in local (UTC+5) terms."""
-
-    hour: float
-    """Local hour of day, [0, 24)."""
-    weekday: int
-    """Local weekday, Monday 0."""
-    doy: int
-    """Local day of the year, 1..366."""
-    month: int
-    day: int
-    days: float
-    """Days since the Unix epoch (UTC), fractional."""
-    winter: float
-    """Seasonal weight: 1 in mid-January, 0 in mid-July."""
-
-    @property
-    def weekend(self) -> bool:
-        """Saturday or Sunday."""
-        return self.weekday >= 5
-
-    @property
-    def holiday(self) -> bool:
-        """New Year, Navruz (21 March), Independence Day (1 September)."""
-        return (self.month, self.day) in {(1, 1), (3, 21), (9, 1)}
-
-
-def clock(t: datetime) -> Clock:
-    """Break an aware datetime down into local (UTC+5) hour, weekday, season."""
-    if t.tzinfo is None:
-        raise ValueError("simulated time must be timezone-aware")
-    utc = t.astimezone(UTC)
-    local = utc + LOCAL_OFFSET
-    hour = local.hour + local.minute / 60 + (local.second + local.microsecond / 1e6) / 3600
-    doy = local.timetuple().tm_yday
-    return Clock(
-        hour=hour,
-        weekday=local.weekday(),
-        doy=doy,
-        month=local.month,
-        day=local.day,
-        days=utc.timestamp() / _DAY_S,
-        winter=(1.0 + math.cos(_TWO_PI * (doy - 15) / _YEAR_DAYS)) / 2.0,
-    )
-
-
-def local_time(t: datetime) -> datetime:
-    """The wall-clock time in Tashkent (a UTC-tagged datetime shifted by +5 h)."""
-    return t.astimezone(UTC) + LOCAL_OFFSET
-
-
-# --- shape helpers --------------------------------------------------------------------
-
-
-def _clamp(x: float, lo: float, hi: float) -> float:
-    return lo if x < lo else hi if x > hi else x
-
-
-def _bump(hour: float, centre: float, width: float) -> float:
-    """A Gaussian bump on the 24 h circle."""
-    d = (hour - centre + 12.0) % 24.0 - 12.0
-    return math.exp(-0.5 * (d / width) ** 2)
-
-
-def _year_bump(doy: float, centre: float, width: float) -> float:
-    """A Gaussian bump on the year circle."""
-    d = (doy - centre + _YEAR_DAYS / 2) % _YEAR_DAYS - _YEAR_DAYS / 2
-    return math.exp(-0.5 * (d / width) ** 2)
-
-
-def _smooth(x: float, lo: float, hi: float) -> float:
-    """Smoothstep from 0 at lo to 1 at hi."""
-    u = _clamp((x - lo) / (hi - lo), 0.0, 1.0)
-    return u * u * (3.0 - 2.0 * u)
-
-
-def _window(hour: float, up0: float, up1: float, down0: float, down1: float) -> float:
-    """0 outside, 1 inside [up1, down0], smooth ramps in between (no wrap over midnight)."""
-    return _smooth(hour, up0, up1) * (1.0 - _smooth(hour, down0, down1))
-
-
-def _lognormal(rng: random.Random, sigma: float) -> float:
-    """Multiplicative noise with median 1."""
-    return math.exp(rng.gauss(0.0, sigma))
-
-
-# --- city-wide patterns -------------------------------------------------------------
-
-
-def traffic_level(t: datetime) -> float:
-    """City traffic demand in (0, 1]: peaks 07:30-09:30 and 17:00-19:30, trough 02-05."""
-    c = clock(t)
+def traffic_shape(c: Clock) -> float:
+    """City traffic demand in (0, 1]: weekday peaks 07:30-09:30 and 17:00-19:30, trough
+    02-05; Saturdays and holidays a late-morning and evening swell, Sundays lighter still."""
     h = c.hour
-    level = (
-        0.06
-        + 0.50 * _window(h, 6.0, 7.5, 20.5, 23.5)
-        + 0.42 * _bump(h, 8.5, 0.75)
-        + 0.40 * _bump(h, 18.25, 0.95)
-    )
-    if c.holiday:
-        level = 0.06 + (level - 0.06) * 0.55
-    elif c.weekday == 6:
-        level = 0.06 + (level - 0.06) * 0.6
-    elif c.weekday == 5:
-        level = 0.06 + (level - 0.06) * 0.75
+    if c.weekday < 5 and not c.holiday:
+        level = (
+            0.05
+            + 0.50 * window(h, 6.0, 7.5, 20.5, 23.8)
+            + 0.42 * bump(h, 8.5, 0.75)
+            + 0.40 * bump(h, 18.25, 0.95)
+        )
+    else:
+        sunday = c.weekday == 6 or c.holiday
+        level = (0.06 + 0.45 * window(h, 6.5, 10.0, 21.0, 24.0) + 0.2 * bump(h, 12.5, 2.0)
+                 + 0.15 * bump(h, 19.0, 1.5)) * (0.75 if sunday else 0.9)  # fmt: skip
     return min(level, 1.0)
 
 
-def sun_elevation(t: datetime, lon: float, lat: float) -> float:
-    """Solar elevation in degrees (NOAA-style approximation, good to ~1 degree)."""
-    utc = t.astimezone(UTC)
-    doy = utc.timetuple().tm_yday
-    hours = utc.hour + utc.minute / 60 + utc.second / 3600
-    decl = math.radians(23.44) * math.sin(_TWO_PI * (284 + doy) / 365.0)
-    b = _TWO_PI * (doy - 81) / 364.0
-    eot_min = 9.87 * math.sin(2 * b) - 7.53 * math.cos(b) - 1.5 * math.sin(b)
-    solar_time = hours + lon / 15.0 + eot_min / 60.0
-    hour_angle = math.radians(15.0 * (solar_time - 12.0))
-    phi = math.radians(lat)
-    sin_el = math.sin(phi) * math.sin(decl) + math.cos(phi) * math.cos(decl) * math.cos(hour_angle)
-    return math.degrees(math.asin(_clamp(sin_el, -1.0, 1.0)))
+def traffic_level(t: datetime, utc_offset_h: float = 5.0) -> float:
+    """City traffic demand at `t` (see `traffic_shape`)."""
+    return traffic_shape(clock(t, utc_offset_h))
 
 
-# Approximate altitude (m) of the cities the registry knows, for station pressure.
-_ALTITUDES: tuple[tuple[float, float, float], ...] = (
-    (69.28, 41.31, 450.0),  # Tashkent
-    (76.90, 43.25, 800.0),  # Almaty
-    (74.60, 42.87, 800.0),  # Bishkek
-    (68.78, 38.56, 800.0),  # Dushanbe
-)
+def road_level(p: Profile, c: Clock, hours: float, road_key: int | None = None) -> float:
+    """Traffic demand on a road: the city's, times the road's own hours-long and days-long swing."""
+    key = p.road_key if road_key is None else road_key
+    dev = 0.2 * ou(key, hours, 2.0, 0.25) + 0.12 * ou(key ^ 0x51, hours, 36.0, 6.0)
+    return traffic_shape(c) * math.exp(dev - 0.027)
 
 
-def _altitude(lon: float, lat: float) -> float:
-    best = min(_ALTITUDES, key=lambda a: (a[0] - lon) ** 2 + (a[1] - lat) ** 2)
-    if (best[0] - lon) ** 2 + (best[1] - lat) ** 2 <= 1.0:
-        return best[2]
-    return 450.0
+_LAND_PM = {"industrial": 1.35, "centre": 1.12, "mixed": 1.0, "residential": 0.9}
+_SITE_PM = {"industrial": 1.2, "arterial": 1.1, "market": 1.05, "side_street": 1.0,
+            "school": 0.95, "park": 0.85}  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True)
-class Weather:
-    """City-wide weather at an instant: what a perfect station would measure."""
-
-    temperature: float
-    humidity: float
-    pressure: float
-    wind_speed: float
-    wind_dir: float
-    precipitation: float
-    solar: float
-    cloud: float
-    sun_elevation: float
-
-
-def _diurnal_temperature(hour: float) -> float:
-    """-1 at dawn (06 h), +1 at 15 h; rises over 9 h, falls over 15 h."""
-    if 6.0 <= hour < 15.0:
-        return -math.cos(math.pi * (hour - 6.0) / 9.0)
-    return math.cos(math.pi * ((hour - 15.0) % 24.0) / 15.0)
-
-
-def weather(t: datetime, lon: float, lat: float) -> Weather:
-    """City-wide weather: seasonal and diurnal cycles plus smooth synoptic anomalies."""
-    c = clock(t)
-    # Same phase for the whole city: location rounded to a degree.
-    phase = round(lon) * 0.37 + round(lat) * 0.11
-    d = c.days
-    synoptic = (
-        0.5 * math.sin(_TWO_PI * d / 3.7 + phase)
-        + 0.3 * math.sin(_TWO_PI * d / 6.1 + 1.7 * phase + 0.4)
-        + 0.2 * math.sin(_TWO_PI * d / 11.3 + 2.1)
-    )
-    wet = (
-        0.5 * math.sin(_TWO_PI * d / 1.3 + 2.0 * phase)
-        + 0.3 * math.sin(_TWO_PI * d / 2.9 + 0.5)
-        + 0.2 * math.sin(_TWO_PI * d / 7.1 + 1.1 + phase)
-    )
-    # Rain falls mostly in spring (Mar-Apr) and late autumn; summers are dry.
-    rain_season = 0.1 + 0.9 * max(_year_bump(c.doy, 95, 35), _year_bump(c.doy, 340, 40))
-    precipitation = max(0.0, wet - (0.92 - 0.45 * rain_season)) * 25.0
-    cloud = _clamp(0.25 + 0.45 * wet + 0.25 * rain_season, 0.0, 1.0)
-    if precipitation > 0:
-        cloud = max(cloud, 0.8)
-    f = _diurnal_temperature(c.hour)
-    mean = 15.5 - 13.5 * math.cos(_TWO_PI * (c.doy - 15) / _YEAR_DAYS)
-    amplitude = 12.0 - 4.0 * c.winter
-    temperature = (
-        mean
-        + amplitude / 2 * f * (1.0 - 0.5 * cloud)
-        + (3.0 + 3.0 * c.winter) * synoptic
-        - 0.4 * precipitation
-    )
-    humidity = 0.45 + 0.3 * c.winter - 0.18 * f + 0.05 * precipitation + 0.08 * cloud
-    p0 = 1013.25 * math.exp(-_altitude(lon, lat) / 8400.0)
-    pressure = p0 + 4.0 * c.winter - 6.0 * synoptic - 0.8 * f
-    wind_speed = 1.0 + 1.4 * _bump(c.hour, 15.0, 3.5) + 1.5 * max(0.0, wet)
-    wind_dir = (60.0 + 90.0 * synoptic) % 360.0
-    elevation = sun_elevation(t, lon, lat)
-    solar = 0.0
-    if elevation > 0:
-        solar = 1000.0 * math.sin(math.radians(elevation)) ** 1.15 * (1.0 - 0.7 * cloud)
-    return Weather(
-        temperature=_clamp(temperature, -30.0, 44.0),
-        humidity=_clamp(humidity, 0.08, 1.0),
-        pressure=pressure,
-        wind_speed=wind_speed,
-        wind_dir=wind_dir,
-        precipitation=precipitation,
-        solar=solar,
-        cloud=cloud,
-        sun_elevation=elevation,
-    )
+def city_pm25(p: Profile, c: Clock, w: Weather) -> float:
+    """The city's PM2.5 background: heating season, stagnation, night inversions, rain."""
+    climate = p.climate
+    heating = max(w.heating, 0.6 * c.winter**2)
+    base = climate.summer_pm25 + (climate.winter_pm25 - climate.summer_pm25) * heating
+    diurnal = 0.75 + 0.25 * bump(c.hour, 8.5, 1.3) + (0.3 + 1.0 * heating) * w.inversion
+    diurnal += 0.5 * heating * bump(c.hour, 20.5, 2.5)
+    washout = 1.0 / (1.0 + 0.2 * w.precipitation)
+    return float(base * w.stagnation**0.75 * diurnal * washout)
 
 
 # --- generators -----------------------------------------------------------------------
 
 
-def air_quality(device: Device, rng: random.Random, t: datetime) -> Values:
-    """PM, NO2, CO follow traffic and winter heating/inversions; O3 peaks summer afternoons."""
-    c = clock(t)
-    lon, lat = device.location
-    w = weather(t, lon, lat)
-    lvl = traffic_level(t)
-    trait = device.id
-    road = 0.3 + 0.7 * device_trait(trait, "arterial")
-    heating = c.winter**1.5
-    # Oct-Mar x3..x5 (mid-January), summer x1.
-    season = 1.0 + 4.0 * c.winter
-    diurnal = (
-        0.65
-        + 0.35 * _bump(c.hour, 9.0, 1.2)
-        + (0.3 + 0.7 * heating) * 0.8 * _bump(c.hour, 22.0, 2.2)
+def air_quality(p: Profile, rng: random.Random, t: datetime) -> Values:
+    """PM from the city load, the district's land use and the site; NO2/CO from the nearest road."""
+    c = clock(t, p.climate.utc_offset_h)
+    w = weather(t, p.climate)
+    hours = _hours(t)
+    road = road_level(p, c, hours) * p.road_weight
+    own = 0.22 * ou(p.key, hours, 8.0) + 0.15 * ou(p.district_key, hours, 30.0, 3.0)
+    local = _LAND_PM[p.land_use] * _SITE_PM[p.site] * math.exp(own - 0.035)
+    dispersion = 1.6 / (1.0 + 0.3 * w.wind_speed)
+    pm25 = city_pm25(p, c, w) * local * (1.0 + 0.25 * road) * lognormal(rng, 0.04)
+    ratio = (1.6 + (0.5 if p.site == "industrial" else 0.0)) * math.exp(
+        0.1 * ou(p.key ^ 7, hours, 12)
     )
-    washout = 1.0 / (1.0 + 0.15 * w.precipitation)
-    # Calm air (inversions) concentrates, wind disperses.
-    dispersion = 1.4 / (1.0 + 0.2 * w.wind_speed)
-    pm25 = (
-        (14.0 + 10.0 * device_trait(trait, "pm_site"))
-        * season
-        * diurnal
-        * washout
-        * dispersion
-        * (1.0 + 0.15 * road * lvl)
-        * _lognormal(rng, 0.12)
-    )
-    pm25 = round(_clamp(pm25, 1.0, 600.0), 1)
-    ratio = (1.3 + 1.2 * device_trait(trait, "pm_ratio")) * _lognormal(rng, 0.05)
-    pm10 = round(_clamp(pm25 * max(ratio, 1.05), pm25, 1400.0), 1)
-    no2 = (18.0 + 8.0 * device_trait(trait, "no2_site")) * (1.0 + 0.3 * c.winter) + road * (
-        40.0 + 70.0 * device_trait(trait, "road_load")
-    ) * lvl * dispersion
-    no2 = round(_clamp(no2 * _lognormal(rng, 0.1), 2.0, 400.0), 1)
-    co = (0.25 + 1.0 * road * lvl) * (1.0 + 3.5 * heating) * dispersion * _lognormal(rng, 0.1)
-    co = round(_clamp(co, 0.05, 30.0), 2)
-    daylight = _clamp(w.sun_elevation / 10.0, 0.0, 1.0)
+    coarse = 1400.0 * w.dust * math.exp(0.2 * ou(p.district_key ^ 3, hours, 6.0))
+    pm10 = pm25 * ratio + coarse
+    pm25 += 0.21 * coarse
+    no2 = (15.0 + 10.0 * w.heating) * math.exp(0.5 * own) + 110.0 * road * dispersion
+    no2 *= lognormal(rng, 0.05)
+    co = (0.3 + 1.4 * road * dispersion) * (1.0 + 2.5 * w.heating * (0.5 + w.inversion))
+    co *= lognormal(rng, 0.05)
+    daylight = clamp(w.sun_elevation / 10.0, 0.0, 1.0)
     summer = 1.0 - c.winter
     titration = road * (0.5 + 0.5 * (1.0 - daylight))
-    o3_background = (20.0 + 15.0 * summer) * (1.0 - 0.9 * titration)
-    o3_photo = (
-        (60.0 + 100.0 * device_trait(trait, "o3_site"))
-        * summer**1.2
-        * _bump(c.hour, 15.0, 2.3)
-        * (1.0 - 0.6 * w.cloud)
-    )
-    o3 = round(_clamp((o3_background + o3_photo) * _lognormal(rng, 0.08), 0.0, 400.0), 1)
-    so2 = (5.0 + 10.0 * device_trait(trait, "so2_site")) + heating * (
-        25.0 + 60.0 * device_trait(trait, "coal")
-    ) * diurnal * dispersion / 1.2
-    so2 = round(_clamp(so2 * _lognormal(rng, 0.1), 0.5, 500.0), 1)
+    o3 = (20.0 + 15.0 * summer) * (1.0 - 0.8 * min(titration, 1.0)) + (
+        130.0 * summer**1.2 * bump(c.hour, 15.0, 2.3) * (1.0 - 0.6 * w.cloud)
+    ) * math.exp(0.2 * own)
+    coal = 40.0 if p.land_use == "industrial" else 20.0
+    so2 = (5.0 + coal * w.heating * (1.0 + w.inversion)) * math.exp(own) * lognormal(rng, 0.05)
     return {
-        "pm25": pm25,
-        "pm10": pm10,
-        "no2": no2,
-        "o3": o3,
-        "so2": so2,
-        "co": co,
-        "temperature": round(w.temperature + rng.gauss(0.0, 0.3), 1),
-        "humidity": round(_clamp(w.humidity + rng.gauss(0.0, 0.02), 0.01, 1.0), 2),
+        "pm25": round(clamp(pm25, 1.0, 1400.0), 1),
+        "pm10": round(clamp(max(pm10, pm25 * 1.05), 1.0, 2900.0), 1),
+        "no2": round(clamp(no2, 2.0, 900.0), 1),
+        "o3": round(clamp(o3 * lognormal(rng, 0.05), 0.0, 700.0), 1),
+        "so2": round(clamp(so2, 0.5, 900.0), 1),
+        "co": round(clamp(co, 0.05, 90.0), 2),
+        "temperature": round(w.temperature + _heat_island(p, c) + rng.gauss(0.0, 0.2), 1),
+        "humidity": round(clamp(w.humidity + rng.gauss(0.0, 0.015), 0.01, 1.0), 2),
     }
 
 
-def weather_station(device: Device, rng: random.Random, t: datetime) -> Values:
-    """Temperature min at dawn, max ~15 h, seasonal mean; solar follows sun elevation."""
-    lon, lat = device.location
-    w = weather(t, lon, lat)
-    wind = w.wind_speed * _lognormal(rng, 0.25)
-    if rng.random() < 0.02:
-        wind *= rng.uniform(2.0, 4.0)  # a gust
-    rain = w.precipitation * rng.uniform(0.8, 1.2) if w.precipitation > 0 else 0.0
+def _heat_island(p: Profile, c: Clock) -> float:
+    """Dense districts stay warmer at night; parks cooler."""
+    night = 1.0 - window(c.hour, 7.0, 10.0, 17.0, 20.0)
+    urban = {"centre": 1.2, "industrial": 0.8, "mixed": 0.6, "residential": 0.4}[p.land_use]
+    return urban * night - (0.5 if p.site == "park" else 0.0)
+
+
+def weather_station(p: Profile, rng: random.Random, t: datetime) -> Values:
+    """The city's weather at the station, with its own small offsets and instrument noise."""
+    w = weather(t, p.climate)
+    c = clock(t, p.climate.utc_offset_h)
+    gust = lognormal(rng, 0.2)
+    # Siting: shade, walls, a park's cool pocket: a slow local offset of ~0.6 K.
+    own = 0.6 * ou(p.key, _hours(t), 6.0, 1.0)
+    rain = w.precipitation * rng.uniform(0.85, 1.15) if w.precipitation > 0 else 0.0
     return {
-        "temperature": round(w.temperature + rng.gauss(0.0, 0.2), 1),
-        "humidity": round(_clamp(w.humidity + rng.gauss(0.0, 0.01), 0.01, 1.0), 2),
-        "pressure": round(w.pressure + rng.gauss(0.0, 0.3), 1),
-        "wind_speed": round(_clamp(wind, 0.0, 30.0), 1),
-        "wind_dir": float(round(w.wind_dir + rng.gauss(0.0, 20.0)) % 360),
-        "precipitation": round(_clamp(rain, 0.0, 60.0), 1),
-        "solar": round(_clamp(w.solar * rng.uniform(0.95, 1.05), 0.0, 1200.0), 0),
+        "temperature": round(w.temperature + _heat_island(p, c) + own + rng.gauss(0.0, 0.15), 1),
+        "humidity": round(clamp(w.humidity + rng.gauss(0.0, 0.01), 0.01, 1.0), 2),
+        "pressure": round(w.pressure + rng.gauss(0.0, 0.2), 1),
+        "wind_speed": round(clamp(w.wind_speed * gust, 0.0, 70.0), 1),
+        "wind_dir": float(round(w.wind_dir + rng.gauss(0.0, 15.0)) % 360),
+        "precipitation": round(clamp(rain, 0.0, 250.0), 1),
+        "solar": round(clamp(w.solar * rng.uniform(0.97, 1.03), 0.0, 1400.0), 0),
     }
 
 
-def noise(device: Device, rng: random.Random, t: datetime) -> Values:
-    """LAeq follows traffic (floor 02-05 h); LA90 <= LAeq <= LAmax."""
-    lvl = traffic_level(t)
-    peak = 60.0 + 16.0 * device_trait(device.id, "road")  # 60 residential .. 76 arterial
-    floor = 36.0 + 6.0 * device_trait(device.id, "floor")
-    laeq = max(peak + 15.0 * math.log10(max(lvl, 0.02)) + rng.gauss(0.0, 1.2), floor)
-    la90 = max(laeq - rng.uniform(4.0, 10.0), 25.0)
+_NOISE_BASE = {"arterial": 77.0, "industrial": 72.0, "market": 71.0, "side_street": 67.0,
+               "school": 65.0, "park": 60.0}  # fmt: skip
+
+
+def noise(p: Profile, rng: random.Random, t: datetime) -> Values:
+    """LAeq from the nearest road's traffic (log), the site's level and a night floor."""
+    c = clock(t, p.climate.utc_offset_h)
+    hours = _hours(t)
+    flow = road_level(p, c, hours) * p.road_weight + 0.01
+    base = _NOISE_BASE[p.site] + 1.5 * ou(p.key, hours, 24.0, 3.0)
+    floor = 38.0 + (4.0 if p.land_use in ("centre", "industrial") else 0.0)
+    laeq = 10.0 * math.log10(10 ** (floor / 10.0) + 10 ** ((base + 12.0 * math.log10(flow)) / 10.0))
+    laeq += rng.gauss(0.0, 0.7)
+    la90 = max(laeq - 4.0 - 4.0 * (1.0 - flow) - rng.uniform(0.0, 2.0), 25.0)
     # Now and then a horn, a motorbike or a siren.
-    lamax = laeq + (rng.uniform(20.0, 35.0) if rng.random() < 0.05 else rng.uniform(8.0, 20.0))
-    return {
-        "laeq": round(laeq, 1),
-        "lamax": round(min(lamax, 110.0), 1),
-        "la90": round(la90, 1),
-    }
+    lamax = laeq + (rng.uniform(20.0, 30.0) if rng.random() < 0.04 else rng.uniform(8.0, 18.0))
+    return {"laeq": round(laeq, 1), "lamax": round(min(lamax, 108.0), 1), "la90": round(la90, 1)}
 
 
-def traffic(device: Device, rng: random.Random, t: datetime) -> Values:
-    """Per-lane flow: rush hours, weekends lighter; congested iff avg_speed < 15 km/h."""
-    lvl = traffic_level(t)
-    lon, lat = device.location
-    rain = weather(t, lon, lat).precipitation
-    did = device.id
-    capacity = 1350.0 + 450.0 * device_trait(did, "capacity")  # peak-hour demand
-    v_free = 45.0 + 15.0 * device_trait(did, "v_free")
+_CAPACITY = {"arterial": (1400.0, 500.0), "side_street": (500.0, 400.0),
+             "industrial": (700.0, 400.0)}  # fmt: skip
+
+
+def traffic(p: Profile, rng: random.Random, t: datetime) -> Values:
+    """Per-lane flow from the road's demand; rain slows it; congested iff avg_speed < 15 km/h."""
+    c = clock(t, p.climate.utc_offset_h)
+    lvl = road_level(p, c, _hours(t))
+    rain = weather(t, p.climate).precipitation
+    did = p.id
+    cap0, cap1 = _CAPACITY.get(p.site, _CAPACITY["side_street"])
+    capacity = cap0 + cap1 * device_trait(did, "capacity")
+    v_free = (50.0 if p.site == "arterial" else 38.0) + 12.0 * device_trait(did, "v_free")
     jam_prone = 0.6 + 0.4 * device_trait(did, "jam")
-    demand = capacity * lvl * _lognormal(rng, 0.08) * (1.0 - 0.02 * min(rain, 10.0))
-    saturation = lvl * jam_prone * _lognormal(rng, 0.06)
-    speed = v_free * (1.0 - 0.88 * min(saturation, 1.05) ** 4) / (1.0 + 0.03 * rain)
-    speed = round(_clamp(speed + rng.gauss(0.0, 1.5), 3.0, 80.0), 1)
-    # Flow breaks down in a jam.
-    intensity = demand * (0.7 + 0.3 * min(1.0, speed / 20.0))
-    intensity = round(_clamp(intensity, 0.0, 2000.0), 0)
-    # Density (veh/km) x effective vehicle length, saturating.
+    wet = min(rain, 20.0)
+    demand = capacity * lvl * (1.0 - 0.01 * wet)
+    # Counting noise of a minute's vehicles.
+    demand += rng.gauss(0.0, math.sqrt(max(demand, 1.0) * 60.0)) / 60.0 * 0.5
+    saturation = lvl * jam_prone * (1.0 + 0.02 * wet)
+    speed = v_free * (1.0 - 0.88 * min(saturation, 1.05) ** 4) / (1.0 + 0.025 * wet)
+    speed = round(clamp(speed + rng.gauss(0.0, 1.0), 3.0, 80.0), 1)
+    intensity = round(clamp(demand * (0.7 + 0.3 * min(1.0, speed / 20.0)), 0.0, 2000.0), 0)
     occupancy = round(1.0 - math.exp(-intensity / max(speed, 3.0) * 0.0055), 3)
     return {
         "intensity": intensity,
@@ -413,23 +240,24 @@ def traffic(device: Device, rng: random.Random, t: datetime) -> Values:
     }
 
 
-def parking(device: Device, rng: random.Random, t: datetime) -> Values:
-    """Zone occupancy: business-hour plateau in the centre, full at night in residential areas."""
-    c = clock(t)
-    did = device.id
+def parking(p: Profile, rng: random.Random, t: datetime) -> Values:
+    """Occupancy by land use: business plateau in the centre, full at night in housing areas."""
+    c = clock(t, p.climate.utc_offset_h)
+    did = p.id
     total = 20 + int(380 * device_trait(did, "size"))
     off_day = c.weekend or c.holiday
-    if device_trait(did, "cbd") < 0.5:
-        plateau = 0.85 + 0.10 * device_trait(did, "plateau")
-        if off_day:
-            plateau *= 0.6
-        occ = 0.12 + (plateau - 0.12) * _window(c.hour, 7.5, 10.0, 18.0, 21.0)
-    else:
-        night = 0.85 + 0.10 * device_trait(did, "night")
-        day_level = 0.7 if off_day else 0.45
-        occ = night - (night - day_level) * _window(c.hour, 7.0, 9.0, 17.5, 21.0)
-    occ = _clamp(occ + rng.gauss(0.0, 0.03), 0.0, 1.0)
-    occupied = min(total, max(0, round(occ * total)))
+    business = 0.12 + (0.9 * (0.6 if off_day else 1.0) - 0.12) * window(
+        c.hour, 7.5, 10.0, 18.0, 21.0
+    )
+    night = 0.9 - (0.9 - (0.7 if off_day else 0.45)) * window(c.hour, 7.0, 9.0, 17.5, 21.0)
+    shift = 0.1 + (0.0 if off_day else 0.65) * window(c.hour, 6.5, 8.0, 17.0, 18.5)
+    occ = {"centre": business, "residential": night, "industrial": shift}.get(
+        p.land_use, 0.5 * business + 0.5 * night
+    )
+    if p.site == "market":
+        occ = max(occ, 0.15 + 0.75 * window(c.hour, 7.0, 9.0, 16.0, 18.0))
+    occ += 0.05 * ou(p.key, _hours(t), 3.0, 0.5) + rng.gauss(0.0, 0.01)
+    occupied = min(total, max(0, round(clamp(occ, 0.0, 1.0) * total)))
     return {
         "occupancy": round(occupied / total, 3),
         "occupied_spots": occupied,
@@ -437,45 +265,40 @@ def parking(device: Device, rng: random.Random, t: datetime) -> Values:
     }
 
 
-_LAMP_FAULTS = (
-    "defective_lamp",
-    "defective_lamp",
-    "defective_lamp",
-    "column_issue",
-    "broken_lantern",
-)
+_LAMP_FAULTS = ("defective_lamp", "defective_lamp", "defective_lamp", "column_issue",
+                "broken_lantern")  # fmt: skip
 
 
 def lamp_status(device_id: str, t: datetime) -> str:
     """~3 % of lamps fail per year, each for 2-14 days, at a hashed moment: a pure function."""
-    days = t.astimezone(UTC).timestamp() / _DAY_S
-    year = int(days // _YEAR_DAYS)
+    days = t.astimezone(UTC).timestamp() / DAY_S
+    year = int(days // YEAR_DAYS)
     for y in (year - 1, year):
         if stable_int("lamp", device_id, y) / 2.0**64 >= 0.03:
             continue
-        start = y * _YEAR_DAYS + _YEAR_DAYS * stable_int("lamp-at", device_id, y) / 2.0**64
+        start = y * YEAR_DAYS + YEAR_DAYS * stable_int("lamp-at", device_id, y) / 2.0**64
         length = 2.0 + 12.0 * stable_int("lamp-for", device_id, y) / 2.0**64
         if start <= days < start + length:
             return _LAMP_FAULTS[stable_int("lamp-how", device_id, y) % len(_LAMP_FAULTS)]
     return "ok"
 
 
-# Lamps switch on a little after sunset (between sunset and civil dusk).
 SWITCH_ON_ELEVATION = -3.0
+"""Lamps switch on a little after sunset (between sunset and civil dusk)."""
 
 
-def streetlight(device: Device, rng: random.Random, t: datetime) -> Values:
+def streetlight(p: Profile, rng: random.Random, t: datetime) -> Values:
     """On from dusk to dawn (by sun elevation), dimmed to 50 % 00-05 h local, off by day."""
-    lon, lat = device.location
-    rated = round(40.0 + 110.0 * device_trait(device.id, "watt"))
-    hour = clock(t).hour
+    lon, lat = p.device.location
+    rated = round(40.0 + 110.0 * device_trait(p.id, "watt"))
+    hour = clock(t, p.climate.utc_offset_h).hour
     if sun_elevation(t, lon, lat) >= SWITCH_ON_ELEVATION:
         state = "off"
     elif hour < 5.0:
         state = "dimmed"
     else:
         state = "on"
-    status = lamp_status(device.id, t)
+    status = lamp_status(p.id, t)
     if state == "off":
         power = rng.uniform(0.2, 0.8)  # driver standby
     elif status in ("defective_lamp", "column_issue"):
@@ -485,79 +308,86 @@ def streetlight(device: Device, rng: random.Random, t: datetime) -> Values:
     return {"power_state": state, "power": round(power, 1), "status": status}
 
 
-def crowd(device: Device, rng: random.Random, t: datetime) -> Values:
-    """People in a zone: commute peaks, midday plateau, bazaar days, holidays."""
-    c = clock(t)
-    did = device.id
-    capacity = 300.0 + 4700.0 * device_trait(did, "capacity")
+_CROWD_CAPACITY = {"market": (1200.0, 2000.0), "arterial": (800.0, 1700.0),
+                   "park": (300.0, 1200.0), "school": (200.0, 600.0)}  # fmt: skip
+
+
+def crowd_level(p: Profile, c: Clock, hours: float, key: int | None = None) -> float:
+    """Share of a zone's capacity present, by site and day type, with the zone's own swing."""
     h = c.hour
-    profile = (
-        0.04
-        + 0.30 * _bump(h, 8.3, 1.0)
-        + 0.30 * _bump(h, 18.2, 1.3)
-        + 0.30 * _window(h, 9.5, 11.0, 16.0, 20.5)
-    )
-    if device_trait(did, "bazaar") < 0.3 and c.weekend:
-        profile += 0.40 * _window(h, 7.0, 9.0, 14.0, 16.0)
+    off = c.weekend or c.holiday
+    if p.site == "market":
+        shape = 0.05 + 0.55 * window(h, 5.5, 10.5, 14.5, 19.0) * (1.15 if off else 1.0)
+    elif p.site == "school":
+        shape = 0.03 + (0.0 if off else 0.6 * window(h, 7.5, 8.2, 12.5, 14.0))
+    elif p.site == "park":
+        shape = 0.03 + 0.35 * window(h, 9.0, 11.0, 19.0, 22.0) * (1.6 if off else 1.0)
+    else:
+        shape = 0.04 + (0.2 if off else 0.3) * (bump(h, 8.3, 1.0) + bump(h, 18.2, 1.3))
+        shape += 0.25 * window(h, 9.5, 11.0, 16.0, 20.5)
     if c.holiday:
-        profile += 0.35 * _window(h, 11.0, 14.0, 21.0, 23.5)
-    people = capacity * profile * _lognormal(rng, 0.1)
-    if rng.random() < 0.005:
-        people *= rng.uniform(1.3, 1.8)  # a concert, a match, a demonstration
-    count = int(_clamp(people, 0.0, 19_000.0))
+        shape += 0.3 * window(h, 11.0, 14.0, 21.0, 23.5)
+    k = p.key if key is None else key
+    return shape * math.exp(0.1 * ou(k, hours, 3.0, 0.25) - 0.005)
+
+
+def crowd(p: Profile, rng: random.Random, t: datetime) -> Values:
+    """People in a zone: site-shaped day (markets, schools, parks, stations), smooth swings."""
+    c = clock(t, p.climate.utc_offset_h)
+    lo, span = _CROWD_CAPACITY.get(p.site, _CROWD_CAPACITY["arterial"])
+    capacity = lo + span * device_trait(p.id, "capacity")
+    people = capacity * crowd_level(p, c, _hours(t)) * (1.0 + rng.gauss(0.0, 0.015))
+    count = int(clamp(people, 0.0, 19_000.0))
     occupancy = round(min(1.0, count / capacity), 3)
-    speed = 1.4 * (1.0 - 0.85 * occupancy) + rng.gauss(0.0, 0.05)
+    speed = 1.4 * (1.0 - 0.85 * occupancy) + rng.gauss(0.0, 0.03)
     return {
         "people_count": count,
         "occupancy": occupancy,
-        "avg_speed": round(_clamp(speed, 0.05, 2.5), 2),
+        "avg_speed": round(clamp(speed, 0.05, 2.5), 2),
         "congested": occupancy >= 0.7,
     }
 
 
-def waste(device: Device, rng: random.Random, t: datetime) -> Values:
-    """Filling sawtooth: +5-15 %/day, emptied at 06:00 local every 2-6 days."""
-    did = device.id
+def waste(p: Profile, rng: random.Random, t: datetime) -> Values:
+    """Filling sawtooth: +5-20 %/day (markets faster), emptied at 06:00 every 2-6 days."""
+    did = p.id
     period = 2 + int(5 * device_trait(did, "collection"))
     phase = int(period * device_trait(did, "phase"))
-    local_days = (t.astimezone(UTC) + LOCAL_OFFSET).timestamp() / _DAY_S - 0.25  # 06:00
+    offset_s = p.climate.utc_offset_h * _H
+    local_days = (t.astimezone(UTC).timestamp() + offset_s) / DAY_S - 0.25  # 06:00
     elapsed = (local_days - phase) % period
-    rate = 0.05 + 0.10 * device_trait(did, "rate")
+    rate = (0.05 + 0.10 * device_trait(did, "rate")) * (1.5 if p.site == "market" else 1.0)
     level = 0.02 + rate * elapsed + rng.gauss(0.0, 0.01)
-    lon, lat = device.location
-    w = weather(t, lon, lat)
-    temperature = (
-        w.temperature + 1.5 + 0.008 * w.solar * device_trait(did, "sunny") + rng.gauss(0.0, 0.4)
-    )
+    w = weather(t, p.climate)
+    temperature = w.temperature + 1.5 + 0.008 * w.solar * device_trait(did, "sunny")
     return {
-        "filling_level": round(_clamp(level, 0.0, 1.0), 3),
-        "temperature": round(_clamp(temperature, -40.0, 80.0), 1),
+        "filling_level": round(clamp(level, 0.0, 1.0), 3),
+        "temperature": round(clamp(temperature + rng.gauss(0.0, 0.4), -40.0, 80.0), 1),
     }
 
 
-# Mains-powered kinds report the state of charge of their backup battery.
 _MAINS = frozenset({"cctv", "anpr"})
+"""Mains-powered kinds report the state of charge of their backup battery."""
 
 
-def health(device: Device, rng: random.Random, t: datetime) -> Values:
+def health(p: Profile, rng: random.Random, t: datetime) -> Values:
     """Battery slow drain (and cold-weather drop), RSSI, uptime since the last reboot."""
-    did = device.id
-    days = t.astimezone(UTC).timestamp() / _DAY_S
-    if device.kind in _MAINS:
+    did = p.id
+    days = t.astimezone(UTC).timestamp() / DAY_S
+    if p.kind in _MAINS:
         battery = 0.97 + 0.03 * device_trait(did, "ups") + rng.gauss(0.0, 0.003)
     else:
         drain = 0.002 + 0.004 * device_trait(did, "drain")  # per day
         life = 0.85 / drain  # days until the battery is swapped at ~13 %
         age = (days + device_trait(did, "installed") * life) % life
-        lon, lat = device.location
-        cold = 0.004 * max(0.0, -weather(t, lon, lat).temperature)
+        cold = 0.004 * max(0.0, -weather(t, p.climate).temperature)
         battery = 0.98 - drain * age - cold + rng.gauss(0.0, 0.003)
     rssi = -118.0 + 55.0 * device_trait(did, "rssi") + rng.gauss(0.0, 2.5)
-    period_s = (5.0 + 55.0 * device_trait(did, "reboot")) * _DAY_S
-    uptime = int((days * _DAY_S + device_trait(did, "booted") * period_s) % period_s)
+    period_s = (5.0 + 55.0 * device_trait(did, "reboot")) * DAY_S
+    uptime = int((days * DAY_S + device_trait(did, "booted") * period_s) % period_s)
     return {
-        "battery": round(_clamp(battery, 0.0, 1.0), 3),
-        "rssi": round(_clamp(rssi, -130.0, -45.0), 1),
+        "battery": round(clamp(battery, 0.0, 1.0), 3),
+        "rssi": round(clamp(rssi, -130.0, -45.0), 1),
         "uptime": uptime,
     }
 
@@ -579,203 +409,20 @@ GENERATORS: dict[str, Generator] = {
 }
 """The value generator of every catalogue kind."""
 
-
-def generate(device: Device, rng: random.Random, t: datetime) -> Values:
-    """The values of one reading of `device` at simulated time `t` (KeyError if kind unknown)."""
-    return GENERATORS[device.kind](device, rng, t)
+_standalone: dict[str, Profile] = {}
 
 
-# --- events ---------------------------------------------------------------------------
-
-Detail = float | int | str
-
-
-@dataclass(frozen=True, slots=True)
-class EventDraft:
-    """An event to publish: its type, severity and details (valid per `event_model`)."""
-
-    type: str
-    severity: str
-    details: dict[str, Detail]
+def profile_of(device: Device | Profile) -> Profile:
+    """A profile as is, or a bare device's standalone profile (cached)."""
+    if isinstance(device, Profile):
+        return device
+    found = _standalone.get(device.id)
+    if found is None or found.device != device:
+        found = _standalone[device.id] = standalone(device)
+    return found
 
 
-EventGenerator = Callable[[Device, random.Random, datetime, float], EventDraft | None]
-
-PLATE_SALT = b"safecity-simulator-plate-salt"
-"""Salt of the simulator's plate hashes. Public on purpose: simulated plates are not secret."""
-
-_REGIONS = (1, 10, 20, 25, 30, 40, 50, 60, 70, 75, 80, 85, 90, 95)
-_LETTERS = "ABCDEFHKMNOPTXYZ"
-
-
-def plate_hash(plate: str, salt: bytes = PLATE_SALT) -> str:
-    """Hex sha256 of salt + plate: a plate never leaves the device in clear."""
-    return hashlib.sha256(salt + plate.encode("utf-8")).hexdigest()
-
-
-def _plate(rng: random.Random) -> str:
-    """A random Uzbek-style plate, e.g. 01A123BC."""
-    return (
-        f"{rng.choice(_REGIONS):02d}{rng.choice(_LETTERS)}{rng.randrange(1000):03d}"
-        f"{rng.choice(_LETTERS)}{rng.choice(_LETTERS)}"
-    )
-
-
-def _draft(event_type: str, details: dict[str, Detail]) -> EventDraft:
-    return EventDraft(event_type, catalogue.EVENT_TYPES[event_type].default_severity.value, details)
-
-
-def _pick(rng: random.Random, rates: dict[str, float], interval_s: float) -> str | None:
-    """Poisson arrivals: at most one event per interval, its type weighted by rate (per hour)."""
-    total = sum(rates.values())
-    hit = rng.random() < 1.0 - math.exp(-total * interval_s / 3600.0)
-    if not hit or total <= 0:
-        return None
-    return rng.choices(list(rates), weights=list(rates.values()))[0]
-
-
-def _confidence(rng: random.Random, lo: float = 0.6) -> float:
-    return round(rng.uniform(lo, 0.99), 2)
-
-
-_PEOPLE_FIRST = ("person", "person", "person", "person", "car", "bicycle", "motorcycle", "animal")
-_VEHICLES = ("car", "car", "car", "truck", "bus", "motorcycle", "bicycle")
-
-
-def cctv_events(
-    device: Device, rng: random.Random, t: datetime, interval_s: float
-) -> EventDraft | None:
-    """Video analytics: intrusions mostly at night, crowding by day; a few per camera per day."""
-    c = clock(t)
-    night = c.hour >= 22.0 or c.hour < 5.0
-    day = _window(c.hour, 7.0, 9.0, 19.0, 22.0)
-    rates = {
-        "intrusion": 0.06 if night else 0.02,
-        "line_crossing": 0.02 + 0.12 * traffic_level(t),
-        "wrong_way": 0.01,
-        "loitering": 0.03,
-        "abandoned_object": 0.008,
-        "crowd_threshold": 0.005 + 0.03 * day,
-        "camera_tamper": 0.002,
-    }
-    kind = _pick(rng, rates, interval_s)
-    if kind is None:
-        return None
-    zone = f"zone-{1 + rng.randrange(4)}"
-    line = f"line-{1 + rng.randrange(3)}"
-    if kind == "intrusion":
-        details: dict[str, Detail] = {
-            "zone": zone,
-            "object_class": rng.choice(_PEOPLE_FIRST),
-            "confidence": _confidence(rng),
-        }
-    elif kind == "line_crossing":
-        details = {
-            "line": line,
-            "direction": rng.choice(("in", "out")),
-            "object_class": rng.choice(_PEOPLE_FIRST),
-        }
-    elif kind == "wrong_way":
-        details = {
-            "line": line,
-            "object_class": rng.choice(_VEHICLES),
-            "confidence": _confidence(rng),
-        }
-    elif kind in ("loitering", "abandoned_object"):
-        low, high = (120.0, 1800.0) if kind == "loitering" else (60.0, 900.0)
-        details = {"zone": zone, "dwell_s": round(rng.uniform(low, high), 0)}
-    elif kind == "crowd_threshold":
-        threshold = 50 * (1 + rng.randrange(10))
-        details = {
-            "zone": zone,
-            "count": threshold + rng.randrange(1, threshold),
-            "threshold": threshold,
-        }
-    else:
-        details = {"cause": rng.choice(("covered", "moved", "defocused"))}
-    return _draft(kind, details)
-
-
-def panic_events(
-    device: Device, rng: random.Random, t: datetime, interval_s: float
-) -> EventDraft | None:
-    """An SOS press: rare (about once per button per three weeks)."""
-    if _pick(rng, {"panic": 0.002}, interval_s) is None:
-        return None
-    return _draft(
-        "panic",
-        {"button": device.id, "location_name": f"{device.district} stop {1 + rng.randrange(20)}"},
-    )
-
-
-def gunshot_events(
-    device: Device, rng: random.Random, t: datetime, interval_s: float
-) -> EventDraft | None:
-    """An impulsive-noise detection, very rare, located within ~15 m by >= 6 sensors."""
-    if _pick(rng, {"gunshot": 0.0002}, interval_s) is None:
-        return None
-    lon, lat = device.location
-    north = rng.gauss(0.0, 10.0)
-    east = rng.gauss(0.0, 10.0)
-    return _draft(
-        "gunshot",
-        {
-            "rounds": 1 + (rng.randrange(1, 8) if rng.random() < 0.3 else 0),
-            "lat": round(_clamp(lat + north / 111_320.0, -90.0, 90.0), 6),
-            "lon": round(
-                _clamp(lon + east / (111_320.0 * math.cos(math.radians(lat))), -180.0, 180.0), 6
-            ),
-            "accuracy_m": round(rng.uniform(3.0, 15.0), 1),
-            "sensors": rng.randrange(6, 13),
-            "confidence": _confidence(rng, 0.75),
-        },
-    )
-
-
-def anpr_events(
-    device: Device, rng: random.Random, t: datetime, interval_s: float
-) -> EventDraft | None:
-    """Plate reads: watch-list hits, red-light and speeding violations; plates salted-hashed."""
-    lvl = traffic_level(t)
-    rates = {
-        "anpr_hit": 0.01 + 0.02 * lvl,
-        "red_light_violation": 0.03 + 0.1 * lvl,
-        "speeding_violation": 0.15 * (1.2 - lvl),
-    }
-    kind = _pick(rng, rates, interval_s)
-    if kind is None:
-        return None
-    plate = plate_hash(_plate(rng))
-    if kind == "anpr_hit":
-        details: dict[str, Detail] = {
-            "plate_hash": plate,
-            "list": rng.choice(("stolen", "wanted", "unpaid-fines", "no-insurance")),
-            "confidence": _confidence(rng, 0.8),
-        }
-    elif kind == "red_light_violation":
-        details = {"plate_hash": plate}
-    else:
-        limit = rng.choice((50.0, 60.0, 70.0, 80.0))
-        details = {
-            "plate_hash": plate,
-            "speed": round(limit + rng.uniform(11.0, 50.0), 1),
-            "limit": limit,
-        }
-    return _draft(kind, details)
-
-
-EVENT_GENERATORS: dict[str, EventGenerator] = {
-    "cctv": cctv_events,
-    "panic_button": panic_events,
-    "gunshot": gunshot_events,
-    "anpr": anpr_events,
-}
-"""Event generators of the event-source kinds: ``(device, rng, t, interval_s)``."""
-
-
-def maybe_event(
-    device: Device, rng: random.Random, t: datetime, interval_s: float
-) -> EventDraft | None:
-    """An event of `device` during the `interval_s` seconds before `t`, or None (mostly)."""
-    gen = EVENT_GENERATORS.get(device.kind)
-    return None if gen is None else gen(device, rng, t, interval_s)
+def generate(device: Device | Profile, rng: random.Random, t: datetime) -> Values:
+    """The values of one reading of a device at simulated time `t` (KeyError if kind unknown)."""
+    p = profile_of(device)
+    return GENERATORS[p.kind](p, rng, t)

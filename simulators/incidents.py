@@ -24,38 +24,24 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import lru_cache
 
 from safecity import catalogue
 from safecity.registry import City, Device
-from simulators.generators import (
-    Detail,
-    EventDraft,
-    Values,
-    device_rng,
-    stable_int,
-    traffic_level,
-)
+from simulators.climate import climate_of
+from simulators.events import Detail, EventDraft
+from simulators.generators import Values, traffic_shape
+from simulators.timebase import clock, device_rng, distance_m, offset, stable_int
+from simulators.weather import weather
 
+ACCIDENTS_PER_DISTRICT_DAY = 1.5
+"""Tashkent registers ~18 road accidents a day over its 12 districts (police statistics)."""
+INJURY_SHARE = 2.6 / 18.0
+"""Share of accidents with casualties: ~2.6 injury accidents of ~18 a day (police statistics)."""
 TYPES = ("road_accident", "gunshot", "pollution_episode", "inversion", "mass_event")
 _MIN_MS = 60_000
 _HOUR_MS = 3_600_000
-_EARTH_M_PER_DEG = 111_320.0
-
-
-def distance_m(a: tuple[float, float], b: tuple[float, float]) -> float:
-    """Equirectangular distance between two [lon, lat] points, metres (fine within a city)."""
-    mean_lat = math.radians((a[1] + b[1]) / 2)
-    dx = (a[0] - b[0]) * math.cos(mean_lat) * _EARTH_M_PER_DEG
-    dy = (a[1] - b[1]) * _EARTH_M_PER_DEG
-    return math.hypot(dx, dy)
-
-
-def offset(point: tuple[float, float], east_m: float, north_m: float) -> tuple[float, float]:
-    """A point moved by metres east and north."""
-    lat = point[1] + north_m / _EARTH_M_PER_DEG
-    lon = point[0] + east_m / (_EARTH_M_PER_DEG * math.cos(math.radians(point[1])))
-    return (lon, lat)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +102,8 @@ class Scene:
         self._by_kind: dict[str, list[Device]] = {}
         for device in city.devices:
             self._by_kind.setdefault(device.kind, []).append(device)
+        self.climate = climate_of(city.id, *city.record.centroid, city.record.timezone)
+        self.utc_offset_h = self.climate.utc_offset_h
         self._ambient_cache = lru_cache(maxsize=512)(self._ambient_hour)
 
     # --- which incidents --------------------------------------------------------
@@ -130,32 +118,17 @@ class Scene:
         return out
 
     def _ambient_hour(self, hour: int) -> tuple[Incident, ...]:
-        from datetime import UTC, datetime
-
         t = datetime.fromtimestamp(hour * 3600 + 1800, UTC)
-        level = traffic_level(t)
+        c = clock(t, self.utc_offset_h)
+        # Accidents per district-hour: ACCIDENTS_PER_DISTRICT_DAY spread over the day as
+        # traffic is, with a floor so nights have their share too.
+        per_hour = ACCIDENTS_PER_DISTRICT_DAY / 24.0 * (0.25 + traffic_shape(c)) / (0.25 + 0.36)
         out: list[Incident] = []
         for district in self.city.districts:
-            # About one accident per district every ~2 days, more at rush hour.
             u = stable_int("accident", self.seed, district.id, hour) / 2.0**64
-            if u < 0.03 * level:
-                rng = device_rng(self.seed, district.id, f"accident-{hour}")
-                start = hour * _HOUR_MS + rng.randrange(_HOUR_MS)
-                out.append(
-                    Incident(
-                        "road_accident",
-                        start,
-                        start + rng.randrange(20, 70) * _MIN_MS,
-                        offset(district.centroid, rng.gauss(0, 800), rng.gauss(0, 800)),
-                        1200.0,
-                        district.id,
-                        {"vehicles": 2 + rng.randrange(3), "lanes_blocked": 1 + rng.randrange(2)},
-                        f"ambient accident {district.id} h{hour}",
-                    )
-                )
-            local_hour = (hour + 5) % 24
-            weekday = t.weekday() if local_hour >= 5 else (t.weekday() - 1) % 7
-            if local_hour == 18 and weekday in (4, 5):
+            if u < 1.0 - math.exp(-per_hour):
+                out.append(self._accident_in(district.id, district.centroid, hour))
+            if c.hour // 1 == 18 and c.weekday in (4, 5):
                 v = stable_int("event", self.seed, district.id, hour) / 2.0**64
                 if v < 0.15:
                     start = hour * _HOUR_MS + _HOUR_MS
@@ -173,6 +146,32 @@ class Scene:
                     )
         return tuple(out)
 
+    def _accident_in(self, district: str, centroid: tuple[float, float], hour: int) -> Incident:
+        """An accident on a monitored road of the district: a traffic sensor sees it."""
+        rng = device_rng(self.seed, district, f"accident-{hour}")
+        roads = [d for d in self._by_kind.get("traffic", ()) if d.district == district]
+        if not roads:
+            roads = sorted(
+                self._by_kind.get("traffic", ()), key=lambda d: distance_m(d.location, centroid)
+            )[:3]
+        place = rng.choice(roads).location if roads else centroid
+        start = hour * _HOUR_MS + rng.randrange(_HOUR_MS)
+        hurt = rng.random() < INJURY_SHARE
+        return Incident(
+            "road_accident",
+            start,
+            start + rng.randrange(20, 70) * _MIN_MS,
+            offset(place, rng.uniform(-150, 150), rng.uniform(-150, 150)),
+            1200.0,
+            district,
+            {
+                "vehicles": 2 + (1 if rng.random() < 0.2 else 0),
+                "lanes_blocked": 1 + (1 if rng.random() < 0.3 else 0),
+                "casualties": (1 + (1 if rng.random() < 0.3 else 0)) if hurt else 0,
+            },
+            f"ambient accident {district} h{hour}",
+        )
+
     # --- effects on readings ----------------------------------------------------
 
     def apply(self, device: Device, values: Values, t_ms: int) -> Values:
@@ -187,12 +186,14 @@ class Scene:
                 continue
             on = incident.active(t_ms)
             kind = device.kind
-            if incident.type == "road_accident" and on:
-                _accident(kind, out, reach, incident)
+            if incident.type == "road_accident":
+                _accident(kind, out, reach, incident, t_ms)
             elif incident.type == "mass_event":
-                _mass_event(kind, out, reach, incident, on)
-            elif incident.type in ("pollution_episode", "inversion") and on:
-                _pollution(kind, out, reach, incident, t_ms)
+                _mass_event(kind, out, reach, incident, on, t_ms)
+            elif incident.type in ("pollution_episode", "inversion"):
+                # The weather's own build-up already counts towards the episode's factor.
+                stagnation = weather(_at(t_ms), self.climate).stagnation
+                _pollution(kind, out, reach, incident, t_ms, stagnation)
             elif incident.type == "gunshot" and on and kind == "noise":
                 rounds_db = 112.0 - 20.0 * math.log10(max(1.0, (1.0 - reach) * 40.0))
                 lamax = max(float(out["lamax"]), rounds_db)
@@ -298,10 +299,30 @@ def _draft(event_type: str, details: dict[str, Detail]) -> EventDraft:
     return EventDraft(event_type, catalogue.EVENT_TYPES[event_type].default_severity.value, details)
 
 
-def _accident(kind: str, out: Values, reach: float, incident: Incident) -> None:
+def queue_strength(incident: Incident, reach: float, t_ms: int) -> float:
+    """How far an accident's queue has reached a point (0..1): the queue grows upstream
+    over ~15 minutes (far points later) and dissolves over ~15 minutes after clearance."""
+    if t_ms < incident.start_ms:
+        return 0.0
+    grown = min(1.0, (t_ms - incident.start_ms) / (15.0 * _MIN_MS))
+    if reach < 1.0 - grown:
+        return 0.0
+    strength = min(1.0, 1.5 * reach)
+    if t_ms >= incident.end_ms:
+        strength *= math.exp(-(t_ms - incident.end_ms) / (6.0 * _MIN_MS))
+        if strength < 0.02:
+            return 0.0
+    return strength
+
+
+def _accident(kind: str, out: Values, reach: float, incident: Incident, t_ms: int) -> None:
+    queue = queue_strength(incident, reach, t_ms)
+    if queue <= 0.0:
+        return
+    reach = queue if kind == "traffic" else reach * min(queue * 1.5, 1.0)
     if kind == "traffic":
         slow = incident.param("speed_factor", 0.25)
-        factor = 1.0 - (1.0 - slow) * min(1.0, 1.5 * reach)
+        factor = 1.0 - (1.0 - slow) * queue
         speed = max(3.0, float(out["avg_speed"]) * factor)
         out["avg_speed"] = round(speed, 1)
         out["intensity"] = round(float(out["intensity"]) * (0.5 + 0.5 * factor), 0)
@@ -316,14 +337,36 @@ def _accident(kind: str, out: Values, reach: float, incident: Incident) -> None:
         out["no2"] = round(_cap(kind, "no2", float(out["no2"]) * (1.0 + 0.4 * reach)), 1)
 
 
-def _mass_event(kind: str, out: Values, reach: float, incident: Incident, on: bool) -> None:
-    factor = incident.param("factor", 3.0)
-    if kind == "crowd" and on:
+def crowd_phase(incident: Incident, t_ms: int) -> float:
+    """How much of an event's crowd is there: arrivals over the last 45 min before the start
+    (up to half), the full house ten minutes in, then a surge out (x1.25 for 10 min) ebbing
+    over ~20 min."""
+    start, end = incident.start_ms, incident.end_ms
+    if t_ms < start:
+        # Arrivals pass through on their way in: half the house at most on the streets.
+        return max(0.0, 0.5 * (1.0 - (start - t_ms) / (45.0 * _MIN_MS)))
+    if t_ms < end:
+        # The rest arrive over the first ten minutes.
+        return min(1.0, 0.5 + 0.5 * (t_ms - start) / (10.0 * _MIN_MS))
+    after = (t_ms - end) / _MIN_MS
+    if after < 10.0:
+        return 1.25
+    return 1.25 * math.exp(-(after - 10.0) / 12.0)
+
+
+def _mass_event(
+    kind: str, out: Values, reach: float, incident: Incident, on: bool, t_ms: int
+) -> None:
+    phase = crowd_phase(incident, t_ms)
+    factor = 1.0 + (incident.param("factor", 3.0) - 1.0) * min(phase, 1.25)
+    if kind == "crowd" and phase > 0.02:
         # Crowds spill along the routes to the venue: strong well beyond its gates.
+        # The event's people add to whoever is there: a share of the zone per unit of factor.
         reach = min(1.0, 3.0 * reach)
-        count = min(19_000, int(int(out["people_count"]) * (1.0 + (factor - 1.0) * reach)))
-        occupancy = min(1.0, float(out["occupancy"]) * (1.0 + (factor - 1.0) * reach))
-        out["people_count"] = count
+        base_occ = float(out["occupancy"])
+        occupancy = min(1.0, base_occ + 0.4 * (factor - 1.0) * reach)
+        capacity = int(out["people_count"]) / base_occ if base_occ > 0.01 else 1000.0
+        out["people_count"] = min(19_000, int(occupancy * capacity))
         out["occupancy"] = round(occupancy, 3)
         out["avg_speed"] = round(max(0.05, 1.4 * (1.0 - 0.85 * occupancy)), 2)
         out["congested"] = occupancy >= 0.7
@@ -334,17 +377,49 @@ def _mass_event(kind: str, out: Values, reach: float, incident: Incident, on: bo
         out["avg_speed"] = round(speed, 1)
         out["occupancy"] = round(min(0.95, float(out["occupancy"]) + 0.2 * reach), 3)
         out["congested"] = speed < 15.0
-    elif kind == "noise" and on:
+    elif kind == "noise" and phase > 0.02:
+        reach *= min(phase, 1.0)
         out["laeq"] = round(_cap(kind, "laeq", float(out["laeq"]) + 6.0 * reach), 1)
         out["lamax"] = round(_cap(kind, "lamax", float(out["lamax"]) + 8.0 * reach), 1)
 
 
-def _pollution(kind: str, out: Values, reach: float, incident: Incident, t_ms: int) -> None:
+def pollution_ramp(incident: Incident, t_ms: int) -> float:
+    """An inversion's hold on the air (0..1): it builds up over hours (time constant 90 min)
+    and, when wind breaks it up at the end, decays over ~20 min (gone within ~80 min)."""
+    if t_ms < incident.start_ms:
+        return 0.0
+    built = 1.0 - math.exp(-(t_ms - incident.start_ms) / (90.0 * _MIN_MS))
+    if t_ms < incident.end_ms:
+        return built
+    decay = math.exp(-(t_ms - incident.end_ms) / (20.0 * _MIN_MS))
+    return built * decay if decay > 0.02 else 0.0
+
+
+def _at(t_ms: int) -> datetime:
+    return datetime.fromtimestamp(t_ms / 1000.0, UTC)
+
+
+def _pollution(
+    kind: str, out: Values, reach: float, incident: Incident, t_ms: int, stagnation: float
+) -> None:
+    """PM, CO, SO2 times the episode's factor over an *ordinary* day, ramped in and out.
+
+    A scripted episode is the scenario's weather: from the hour before it until it has
+    decayed, the weather's own build-up (`stagnation`) is taken out, so the scenario's
+    figures hold whatever the calendar's weather on its date.
+    """
     if kind != "air_quality":
         return
-    # Builds up over the first hour, as an inversion does.
-    ramp = min(1.0, (t_ms - incident.start_ms) / _HOUR_MS + 0.2)
-    factor = 1.0 + (incident.param("factor", 3.0) - 1.0) * reach * ramp
+    if t_ms < incident.start_ms:
+        ordinary = max(0.0, 1.0 - (incident.start_ms - t_ms) / _HOUR_MS)
+    elif t_ms < incident.end_ms:
+        ordinary = 1.0
+    else:
+        ordinary = math.exp(-(t_ms - incident.end_ms) / (15.0 * _MIN_MS))
+    ramp = pollution_ramp(incident, t_ms)
+    factor = (1.0 + (incident.param("factor", 3.0) - 1.0) * reach * ramp) / max(
+        1.0, stagnation
+    ) ** (0.75 * reach * ordinary)
     for name in ("pm25", "pm10", "co", "so2"):
         out[name] = round(_cap(kind, name, float(out[name]) * factor), 2)
     if float(out["pm10"]) < float(out["pm25"]):

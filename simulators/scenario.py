@@ -25,18 +25,15 @@ from pathlib import Path
 from typing import Any
 
 from safecity import catalogue
-from safecity.errors import SafecityError
+from safecity.errors import ScenarioError
 from safecity.readings import epoch_ms
 from safecity.registry import City
-from simulators.incidents import TYPES, Incident, offset
+from simulators.incidents import TYPES, Incident
+from simulators.timebase import offset
 
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-class ScenarioError(SafecityError):
-    """A scenario file that cannot be loaded."""
 
 
 def seconds(text: str | float | int) -> float:

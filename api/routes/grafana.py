@@ -24,6 +24,7 @@ from api.params import parse_instant
 from api.responses import STORAGE, errors
 from api.security import require_bearer
 from safecity import incidents as inc
+from safecity.errors import IncidentError
 
 router = APIRouter(prefix="/v1/alerts", tags=["incidents"])
 
@@ -135,7 +136,7 @@ async def grafana_alerts(
                 continue
             try:
                 stored = await store.get(incident.id)
-            except inc.IncidentError:
+            except IncidentError:
                 out.ignored += 1
                 continue
             if stored.state is not inc.State.RESOLVED:

@@ -27,6 +27,7 @@ from api.responses import STORAGE, errors
 from api.routes.common import SEVERITIES, From, To, check_district
 from api.security import require
 from safecity import incidents as inc
+from safecity.errors import IncidentError, TransitionError
 from safecity.influx import InfluxClient
 from safecity.readings import epoch_ms
 from safecity.registry import City
@@ -280,7 +281,7 @@ async def get_incident(city: CityDep, influx: InfluxDep, incident_id: IncidentId
 async def _incident(influx: InfluxClient, city: City, incident_id: str) -> inc.Incident:
     try:
         incident = await inc.IncidentStore(influx).get(incident_id)
-    except inc.IncidentError:
+    except IncidentError:
         raise HTTPException(status_code=404, detail=f"unknown incident {incident_id}") from None
     if incident.city != city.id:
         raise HTTPException(status_code=404, detail=f"unknown incident {incident_id}")
@@ -305,7 +306,7 @@ async def _step(
             updated = await inc.IncidentStore(influx).transition(
                 incident_id, target, key.id, body.note if body is not None else ""
             )
-        except inc.TransitionError as exc:
+        except TransitionError as exc:
             raise HTTPException(status_code=409, detail=str(exc)) from None
     metrics.observe_step(updated, target)
     request.app.state.figures.poke()  # the gauges follow a change made here at once

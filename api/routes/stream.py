@@ -13,11 +13,11 @@ from starlette.background import BackgroundTask
 
 from api.apikeys import ApiKey
 from api.errors import bad_param
-from api.live import Hub, Subscriber, TooManyStreamsError
+from api.live import Hub, Subscriber
 from api.responses import errors
 from api.routes.common import KINDS, check_district
 from api.settings import ApiSettings
-from safecity.errors import MqttError
+from safecity.errors import MqttError, TooManyStreamsError
 from safecity.registry import City
 
 router = APIRouter(prefix="/v1", tags=["stream"])

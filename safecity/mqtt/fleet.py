@@ -9,7 +9,7 @@ import logging
 import random
 import ssl
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -98,6 +98,8 @@ class FleetClient:
         backoff_max: float = 30.0,
         seed: int | None = None,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+        subscriptions: Sequence[tuple[str, int]] = (),
+        on_message: Callable[[str, bytes], None] | None = None,
     ) -> None:
         if not client_id:
             # Mosquitto is configured with allow_zero_length_clientid false.
@@ -114,6 +116,8 @@ class FleetClient:
         self._on_connect = on_connect
         self._on_lost = on_connection_lost
         self._on_puback = on_puback
+        self._subscriptions = list(subscriptions)
+        self._on_message_cb = on_message
         self._max_inflight = max_inflight
         self._backoff_min = backoff_min
         self._backoff_max = backoff_max
@@ -275,6 +279,12 @@ class FleetClient:
             self._ask_password = code in _BAD_CREDENTIALS
             reason = ReasonCode(PacketTypes.CONNACK, identifier=code)
             raise MqttError(f"broker refused {self.client_id!r}: {reason}")
+        if self._subscriptions:
+            # Clean start: subscribe on every connection, before the owner's first publish,
+            # so whatever answers those publishes finds the subscription in place.
+            client.on_message = self._cb_message
+            client.on_subscribe = self._cb_subscribe
+            client.subscribe(self._subscriptions)
         self._misc = loop.create_task(self._misc_loop(client))
 
     def _teardown(self, reason: str) -> None:
@@ -385,6 +395,25 @@ class FleetClient:
         properties: Properties | None,
     ) -> None:
         self._on_loop(self._set_lost, client, f"disconnected: {reason_code}")
+
+    def _cb_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        if client is self._client and self._on_message_cb is not None:
+            self._on_message_cb(msg.topic, bytes(msg.payload))
+
+    def _cb_subscribe(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        refused = [str(code) for code in reason_codes if code.value >= 0x80]
+        if refused:
+            log.error(
+                "subscription refused by the broker",
+                extra={"client_id": self.client_id, "reasons": refused},
+            )
 
     def _cb_publish(
         self,

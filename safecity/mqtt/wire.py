@@ -14,7 +14,7 @@ import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from safecity.errors import MqttError
+from safecity.errors import WireError
 
 __all__ = [
     "CONNACK",
@@ -58,10 +58,6 @@ __all__ = [
 CONNECT, CONNACK, PUBLISH, PUBACK = 1, 2, 3, 4
 SUBSCRIBE, SUBACK, PINGREQ, PINGRESP, DISCONNECT = 8, 9, 12, 13, 14
 MAX_VARINT = 268_435_455  # four 7-bit groups
-
-
-class WireError(MqttError):
-    """Bytes that are not a well-formed MQTT packet (or a value that cannot be encoded)."""
 
 
 # --- primitives -------------------------------------------------------------------

@@ -9,10 +9,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from api.server import ApiStartupError, serve
+from api.server import serve
 from api.settings import ApiSettings
 from control.stack import Influxd, free_port
-from safecity.errors import RegistryError
+from safecity.errors import ApiStartupError, RegistryError
 from safecity.settings import InfluxSettings
 
 

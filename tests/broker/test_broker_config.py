@@ -71,10 +71,11 @@ def test_dynsec_config_pins_devices_to_their_id_and_city(tmp_path: Path) -> None
     assert "clientid" not in clients["_ingest"]  # several workers, one account
     roles = {r["rolename"]: r["acls"] for r in config["roles"]}
     device = roles[clients["dev-1"]["roles"][0]["rolename"]]
+    ack = "safecity/v1/tashkent/+/+/dev-1/ack"  # its own end-to-end acks, nothing else
     assert {(a["acltype"], a["topic"]) for a in device} == {
         ("publishClientSend", f"safecity/v1/tashkent/+/+/dev-1/{c}")
         for c in ("telemetry", "event", "status")
-    }
+    } | {("publishClientReceive", ack), ("subscribePattern", ack)}
     # Only the ingest and alerts roles may join a share group; the API only reads.
     shared = {
         name for name, acls in roles.items() if any(a["topic"].startswith("$share/") for a in acls)

@@ -18,7 +18,8 @@ import pytest
 
 from control import cli
 from dashboards import build
-from dashboards.push import PushError, push
+from dashboards.push import push
+from safecity.errors import PushError
 from safecity.settings import InfluxSettings
 
 TOKEN = "glsa_test_token"

@@ -20,7 +20,7 @@ from paho.mqtt.properties import Properties
 from control.stack import Mosquitto
 from edge.agent import DeviceAgent, Envelope
 from edge.settings import EdgeSettings
-from edge.spool import Spool
+from safecity.acks import Ack
 from safecity.errors import MqttError
 from safecity.mqtt import FleetClient, Will
 from safecity.settings import MqttSettings
@@ -210,18 +210,139 @@ def test_zero_length_client_id_is_refused_before_the_broker_sees_it() -> None:
         FleetClient(MqttSettings(), "")
 
 
-def test_spool_is_bounded_ordered_and_survives_a_restart(tmp_path: Path) -> None:
-    path = tmp_path / "dev.spool"
-    spool = Spool(path, max_bytes=2000)
-    accepted = [i for i in range(100) if spool.append("t", bytes([i, 0xFF]), {"i": i})]
-    assert 5 < len(accepted) < 100  # bounded
-    assert [m["i"] for _, _, m in spool.read(3)] == accepted[:3]
-    spool.push_front([("t", b"x", {"i": -1})])
-    spool.close()
-    again = Spool(path, max_bytes=2000)
-    rest = again.read(1000)
-    assert [m["i"] for _, _, m in rest] == [-1, *accepted[3:]]
-    assert rest[1][1] == bytes([accepted[3], 0xFF])
-    assert again.pending == 0
-    again.close()
-    assert not path.exists()
+class Platform:
+    """Stands in for the ingest: reads the devices' telemetry, acks every seq it saw."""
+
+    def __init__(self, broker: Mosquitto) -> None:
+        self.seen: list[int] = []
+        self.payloads: list[bytes] = []
+        self.ready = threading.Event()
+        self.client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"ack-{uuid.uuid4().hex[:8]}",
+            protocol=paho.MQTTv5,
+        )  # fmt: skip
+        self.client.on_connect = lambda c, *a: c.subscribe(topic("+"), qos=1)
+        self.client.on_subscribe = lambda *a: self.ready.set()
+        self.client.on_message = self._on_message
+        self.client.username_pw_set("_ingest", broker.secret("_ingest"))
+        self.client.connect(broker.host, broker.port)
+        self.client.loop_start()
+        assert self.ready.wait(10)
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        seq = json.loads(msg.payload)["s"]
+        self.seen.append(seq)
+        self.payloads.append(bytes(msg.payload))
+        device = msg.topic.split("/")[5]
+        ack = Ack(telemetry=((seq, seq),))
+        client.publish(topic(device, "ack"), ack.to_payload(), qos=1)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.mark.timeout(90)
+def test_puback_without_subscribers_is_not_delivered_until_the_platform_acks(
+    tmp_path: Path,
+) -> None:
+    broker = Mosquitto(tmp_path / "broker")
+    broker.provision("ack-dev")
+    with broker:
+        mqtt = MqttSettings(host=broker.host, port=broker.port)
+        edge = EdgeSettings(spool_dir=tmp_path / "spool", ack_timeout=1.0, drain_timeout=3.0)
+        verdicts: list[tuple[int, int]] = []
+
+        async def run(count: int) -> DeviceAgent:
+            agent = DeviceAgent(
+                "ack-dev", mqtt, edge, lambda m, code: verdicts.append((m.seq or 0, code)),
+                password=broker.secret("ack-dev"), ack_topic=topic("ack-dev", "ack"),
+            )  # fmt: skip
+            agent.start()
+            assert await agent.client.wait_connected(5)
+            for seq in range(count):
+                body = json.dumps({"s": seq}).encode()
+                agent.submit(Envelope(topic("ack-dev"), body, {"s": seq}, seq=seq))
+            await agent.close()
+            return agent
+
+        # Nobody subscribed: PUBACK 0x10 for each, a success code, yet nothing is settled.
+        first = asyncio.run(run(20))
+        assert first.stats.no_subscribers >= 20 and first.stats.ack_timeouts >= 1
+        assert verdicts == [] and first.stats.left_buffered == 20
+        # The platform is there now: the next run sends the spool again and the acks settle it.
+        platform = Platform(broker)
+        try:
+            second = asyncio.run(run(0))
+        finally:
+            platform.close()
+    assert second.stats.left_buffered == 0 and second.stats.confirmed == 20
+    assert sorted(verdicts) == [(seq, 0) for seq in range(20)]
+    assert sorted(set(platform.seen)) == list(range(20))
+    assert not (tmp_path / "spool" / "ack-dev.spool").exists()
+
+
+@pytest.mark.timeout(60)
+def test_an_ack_settles_only_what_was_sent_under_its_seq(tmp_path: Path) -> None:
+    broker = Mosquitto(tmp_path / "broker")
+    broker.provision("dup-dev")
+    with broker:
+        platform = Platform(broker)
+        mqtt = MqttSettings(host=broker.host, port=broker.port)
+        # One unconfirmed reading at a time: the second message under seq 7 is unsent when the
+        # ack for the first arrives, and must go out all the same.
+        edge = EdgeSettings(spool_dir=tmp_path / "spool", ack_window=1, drain_timeout=10)
+
+        async def main() -> DeviceAgent:
+            agent = DeviceAgent(
+                "dup-dev", mqtt, edge, lambda m, code: None,
+                password=broker.secret("dup-dev"), ack_topic=topic("dup-dev", "ack"),
+            )  # fmt: skip
+            agent.start()
+            assert await agent.client.wait_connected(5)
+            for body in ({"s": 7, "v": 1}, {"s": 7, "v": 2}):
+                agent.submit(Envelope(topic("dup-dev"), json.dumps(body).encode(), None, seq=7))
+            await agent.close()
+            return agent
+
+        try:
+            agent = asyncio.run(main())
+        finally:
+            platform.close()
+    assert agent.stats.left_buffered == 0
+    assert sorted(json.loads(p)["v"] for p in set(platform.payloads)) == [1, 2]
+
+
+@pytest.mark.timeout(60)
+def test_a_device_may_read_its_own_acks_and_no_one_elses(tmp_path: Path) -> None:
+    broker = Mosquitto(tmp_path / "broker")
+    broker.provision("reader-dev", "other-dev")
+    with broker:
+        granted: list[int] = []
+        done = threading.Event()
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id="reader-dev", protocol=paho.MQTTv5
+        )
+        client.username_pw_set("reader-dev", broker.secret("reader-dev"))
+
+        def on_subscribe(c: paho.Client, u: Any, mid: int, codes: list[Any], p: Any) -> None:
+            granted.extend(code.value for code in codes)
+            done.set()
+
+        client.on_subscribe = on_subscribe
+        client.connect(broker.host, broker.port)
+        client.loop_start()
+        try:
+            client.subscribe(
+                [
+                    (topic("reader-dev", "ack"), 1),
+                    (topic("other-dev", "ack"), 1),
+                    ("safecity/v1/+/+/+/+/ack", 1),
+                    (f"$share/g/{topic('reader-dev', 'ack')}", 1),
+                ]
+            )
+            assert done.wait(10)
+        finally:
+            client.disconnect()
+            client.loop_stop()
+    assert granted[0] == 1 and all(code >= 0x80 for code in granted[1:]), granted

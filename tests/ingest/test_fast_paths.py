@@ -26,7 +26,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from ingest.settings import IngestSettings
-from safecity.lineprotocol import INT64_MAX, INT64_MIN, FieldValue, LineProtocolError, Point, encode
+from safecity.errors import LineProtocolError
+from safecity.lineprotocol import INT64_MAX, INT64_MIN, FieldValue, Point, encode
 from safecity.mqtt import MqttClient, bulkread, wire
 from safecity.settings import MqttSettings
 

@@ -11,15 +11,14 @@ from typing import Any, TypeVar
 import pytest
 
 from control.stack import Influxd
-from safecity.errors import StorageError
-from safecity.influx import (
-    InfluxClient,
+from safecity.errors import (
     QueryError,
     StorageAuthError,
+    StorageError,
     StorageUnavailableError,
     WriteRejectedError,
-    quote_ident,
 )
+from safecity.influx import InfluxClient, quote_ident
 from safecity.lineprotocol import Point, encode_many
 from safecity.settings import InfluxSettings
 

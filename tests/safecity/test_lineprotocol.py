@@ -14,12 +14,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from control.stack import Influxd
+from safecity.errors import LineProtocolError
 from safecity.influx import InfluxClient
 from safecity.lineprotocol import (
     INT64_MAX,
     INT64_MIN,
     FieldValue,
-    LineProtocolError,
     Point,
     decode,
     encode,

@@ -251,7 +251,7 @@ def test_gunshot_is_located_by_every_acoustic_node_in_range() -> None:
     assert all(f'"sensors":{len(in_range)}'.encode() in m.payload for m in reports)
 
 
-def test_inversion_multiplies_pm_and_reports_an_episode() -> None:
+def test_inversion_builds_up_pm_and_reports_an_episode() -> None:
     city = generate("tashkent", 100, 2)
     start = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
     begin = int(start.timestamp() * 1000)
@@ -261,8 +261,13 @@ def test_inversion_multiplies_pm_and_reports_an_episode() -> None:
     off = _series(city, Scene(city, [], 5, ambient=False), device.id, start, 150)
     on_r = [m for m in on if m.values]
     off_r = [m for m in off if m.values]
+    # The episode replaces the day's own weather: it starts from an ordinary day's air and
+    # builds up over hours to well above both that and the weather's own stagnation.
+    first = [float(m.values["pm25"]) for m in on_r if m.ts_ms < begin + 600_000]  # type: ignore[index]
     late = [(x, y) for x, y in zip(on_r, off_r, strict=True) if x.ts_ms > begin + 7_200_000]
-    assert late and all(float(x.values["pm25"]) > 2 * float(y.values["pm25"]) for x, y in late)  # type: ignore[index]
+    assert first and late
+    assert all(float(x.values["pm25"]) > 2 * max(first) for x, _ in late)  # type: ignore[index]
+    assert all(float(x.values["pm25"]) > float(y.values["pm25"]) for x, y in late)  # type: ignore[index]
     assert sum(b'"pollution_episode"' in m.payload for m in on) == 1
 
 

@@ -168,6 +168,7 @@ def sim_settings(broker: Mosquitto, **overrides: Any) -> SimulatorSettings:
         "edge": EdgeSettings(
             spool_dir=Path(tempfile.mkdtemp(prefix="sim-spool-")),
             secrets_file=broker.secrets_file,
+            confirm=False,  # a broker alone, no ingest to confirm durability
         ),
     }
     values.update(overrides)
@@ -283,6 +284,7 @@ def test_fleet_stops_even_when_the_broker_stalls(tmp_path: Path) -> None:
             broker.resume()
     assert elapsed < 5
     assert stats.accepted > 0
-    # Whatever was in flight when the broker froze has no PUBACK: failed, not lost silently.
-    assert 1 <= stats.failed <= 5
+    # Whatever was in flight when the broker froze has no PUBACK: it stays in the spool for
+    # the next run (buffered), never lost silently; only status messages can fail.
+    assert stats.buffered >= 1 and stats.failed == 0
     assert stats.published == stats.readings + stats.events + stats.statuses

@@ -1,0 +1,122 @@
+"""Where each device stands: its site, its district's land use, its climate and its neighbours.
+
+A `Profile` is what a generator knows about a device beyond its id: the registry's
+site type and land use (or, for an older registry without them, a site drawn from
+the kind and ``mixed``), the city's climate and time zone, and the neighbours it is
+coupled to: noise, NO2 and CO follow the traffic of the nearest traffic sensor's road,
+CCTV analytics the nearest crowd counter, and a gunshot node knows how many nodes
+hear the same shot. `World` builds the profiles of a whole city once.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from safecity.geography import device_site
+from safecity.registry import City, Device, LandUse, Site
+from simulators.climate import Climate, climate_at, climate_of
+from simulators.timebase import distance_m, stable_int
+
+GUNSHOT_RANGE_M = 3000.0
+"""An acoustic node hears a shot within this distance."""
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """A device and everything its readings depend on besides time and noise."""
+
+    device: Device
+    site: Site
+    land_use: LandUse
+    climate: Climate
+    key: int
+    """The device's own process key (a hash of its id)."""
+    district_key: int
+    road_key: int
+    """Process key of the road the device stands by (the nearest traffic sensor's)."""
+    road_weight: float
+    """How much of that road's traffic reaches the device, 0..1 (distance)."""
+    crowd_key: int
+    """Process key of the nearest crowd counter (own key without one)."""
+    heard_by: int
+    """Acoustic nodes within range of this device (itself included)."""
+
+    @property
+    def id(self) -> str:
+        """The device id."""
+        return self.device.id
+
+    @property
+    def kind(self) -> str:
+        """The device kind."""
+        return self.device.kind
+
+
+def process_key(name: str) -> int:
+    """The process key of a named thing (device, district, road)."""
+    return stable_int("process", name)
+
+
+def standalone(device: Device, climate: Climate | None = None) -> Profile:
+    """A device's profile without its city: own road and crowd, ``mixed`` land use."""
+    site = device.site or device_site(device.kind, None, random.Random(f"site:{device.id}"))
+    key = process_key(device.id)
+    return Profile(
+        device=device,
+        site=site,
+        land_use="mixed",
+        climate=climate or climate_at(round(device.location[0], 2), round(device.location[1], 2)),
+        key=key,
+        district_key=process_key(f"district:{device.district}"),
+        road_key=key,
+        road_weight=1.0 if site in ("arterial", "side_street") else 0.5,
+        crowd_key=key,
+        heard_by=1,
+    )
+
+
+class World:
+    """The profiles of every device of a city (built once per run)."""
+
+    def __init__(self, city: City) -> None:
+        self.city = city
+        self.climate = climate_of(city.id, *city.record.centroid, city.record.timezone)
+        uses = {d.id: d.land_use or "mixed" for d in city.districts}
+        roads = city.select(kind="traffic")
+        crowds = city.select(kind="crowd")
+        nodes = city.select(kind="gunshot")
+        self.profiles: dict[str, Profile] = {}
+        for device in city.devices:
+            base = standalone(device, self.climate)
+            road_key, weight = base.road_key, base.road_weight
+            if roads and device.kind != "traffic":
+                road = min(roads, key=lambda r: distance_m(r.location, device.location))
+                far = distance_m(road.location, device.location)
+                road_key = process_key(road.id)
+                # Roadside sensors hear their road; the far ones the city's background.
+                weight = max(0.15, 1.0 - far / 1500.0) * (1.0 if base.site == "arterial" else 0.7)
+            crowd_key = base.crowd_key
+            if crowds and device.kind == "cctv":
+                near = min(crowds, key=lambda r: distance_m(r.location, device.location))
+                crowd_key = process_key(near.id)
+            heard = sum(
+                1 for n in nodes if distance_m(n.location, device.location) <= GUNSHOT_RANGE_M
+            )
+            self.profiles[device.id] = Profile(
+                device=device,
+                site=base.site,
+                land_use=uses.get(device.district, "mixed"),
+                climate=self.climate,
+                key=base.key,
+                district_key=base.district_key,
+                road_key=road_key,
+                road_weight=weight,
+                crowd_key=crowd_key,
+                heard_by=max(1, heard),
+            )
+
+    def profile(self, device: Device) -> Profile:
+        """The device's profile (standalone if it is not of this city)."""
+        found = self.profiles.get(device.id)
+        return found if found is not None and found.device == device else standalone(device)
