@@ -102,6 +102,22 @@ def _field_key(key: str) -> str:
     return _name(key, "field key").translate(_KEY_ESC) + "="
 
 
+def series_key(measurement: str, tags: Mapping[str, str]) -> str:
+    """The escaped `measurement,tag=value,...` head of a line, as `encode` writes it."""
+    if measurement.startswith("#"):
+        raise LineProtocolError(f"measurement {measurement[:40]!r} starts with '#'")
+    if "time" in tags:
+        raise LineProtocolError("'time' is not a valid tag or field key in InfluxDB")
+    return _series(measurement, tuple(tags.items()))
+
+
+def field_key(key: str) -> str:
+    """The escaped `key=` of a field, as `encode` writes it."""
+    if key == "time":
+        raise LineProtocolError("'time' is not a valid tag or field key in InfluxDB")
+    return _field_key(key)
+
+
 def encode_many(points: Iterable[Point]) -> bytes:
     """Encode points as a newline-terminated batch body."""
     return "".join(encode(p) + "\n" for p in points).encode()

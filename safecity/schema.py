@@ -39,6 +39,11 @@ def _tags(city: str, device: Device) -> dict[str, str]:
     return {"city": city, "district": device.district, "device_id": device.id}
 
 
+def reading_tags(city: str, device: Device) -> dict[str, str]:
+    """The tags of a device's readings and status points (identity from the registry)."""
+    return _tags(city, device)
+
+
 def reading_point(city: str, device: Device, reading: Reading) -> Point:
     """The point of a telemetry reading; identity comes from the registry, not the payload."""
     fields: dict[str, FieldValue] = {"seq": reading.seq, **reading.fields()}
