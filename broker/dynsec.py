@@ -104,13 +104,15 @@ def device_role(username: str) -> str:
 
 
 def device_acls(username: str, city: str | None) -> list[dict[str, Any]]:
-    """Rights of a device: publish its own channels (own id, own city); read its own acks.
+    """Rights of a device: publish its own channels (own id); read its own acks.
 
-    Registry devices always carry their city; only a device added outside any registry
-    (`Mosquitto.provision` in tests) has none and may use its id in any city.
+    The city is not pinned here on purpose: Mosquitto 2.0.11 logs an ACL denial only at
+    debug level, so a device refused for writing into another city would leave no trace.
+    Accepted by the broker, the ingest (subscribed across cities) dead-letters it as
+    `identity_mismatch` and records a security event; nothing reaches another city's data.
     """
     return [
-        *_writes(*(f"{PREFIX}/{city or '+'}/+/+/{username}/{c}" for c in _CHANNELS)),
+        *_writes(*(f"{PREFIX}/+/+/+/{username}/{c}" for c in _CHANNELS)),
         # The end-to-end acks of this device alone (subscribe and receive, no share group).
         *_reads(f"{PREFIX}/{city or '+'}/+/+/{username}/ack", share=False),
     ]
