@@ -71,10 +71,13 @@ def test_device_publishes_only_under_its_own_topics(secure: SecureBroker) -> Non
         for channel in ("telemetry", "event", "status"):
             denied = await device.publish(secure.topic(b, channel), b"{}")
             assert denied.reason_code == NOT_AUTHORIZED
-        # Its own id and channel, but another city: refused (ACLs are rendered per city).
+        # Its own id and channel, but another city: the broker lets it through (no
+        # subscriber here: 0x10) so that the ingest, subscribed across cities, dead-letters
+        # it and records a security event (tests/ingest/test_identity.py); a broker refusal
+        # would leave no trace on Mosquitto 2.0.11. Never "not authorised" silently.
         for city in ("samarkand", "tashkent2"):
             foreign = secure.topic(a).replace(f"/{secure.city.id}/", f"/{city}/", 1)
-            assert (await device.publish(foreign, b"{}")).reason_code == NOT_AUTHORIZED
+            assert (await device.publish(foreign, b"{}")).reason_code < 0x80
         # Platform topics are not a device's either.
         spoof = f"safecity/v1/{secure.city.id}/_deadletter/schema"
         assert (await device.publish(spoof, b"{}")).reason_code == NOT_AUTHORIZED

@@ -127,6 +127,10 @@ def test_compose_gives_grafana_every_variable_the_alerting_file_expands() -> Non
     env = compose["services"]["grafana"]["environment"]
     text = (build.OUT / "provisioning" / "alerting" / "safecity.yaml").read_text()
     wanted = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)\}", text))
-    assert wanted == {"SAFECITY_GRAFANA_WEBHOOK_URL", "SAFECITY_GRAFANA_WEBHOOK_KEY"}
+    assert wanted == {"SAFECITY_GRAFANA_WEBHOOK_URL"}
     assert wanted <= set(env)
+    # The key is a secret: read from a file compose mounts for Grafana, never its env.
+    files = set(re.findall(r"\$__file\{/run/secrets/(\w+)\}", text))
+    assert files == {"grafana_webhook_key"}
+    assert files <= set(compose["services"]["grafana"]["secrets"])
     assert env["SAFECITY_GRAFANA_WEBHOOK_URL"].endswith(alerting.WEBHOOK_PATH)

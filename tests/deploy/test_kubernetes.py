@@ -305,8 +305,14 @@ def test_the_emqx_acl_says_what_the_dynamic_security_config_says(tmp_path: Path)
     assert result.returncode == 0, result.stderr
     full = emqx.render_acl((identity / "dynamic-security.json").read_text())
     device = default_city().devices[0]
-    assert f'{{allow, {{username, "{device.id}"}}, publish, ["safecity/v1/tashkent/' in full
-    assert f'{{allow, {{username, "{device.id}"}}, subscribe' not in full
+    assert (
+        f'{{allow, {{username, "{device.id}"}}, publish, ["safecity/v1/+/+/+/{device.id}/' in full
+    )
+    # A device subscribes to its own end-to-end acks and nothing else.
+    subscribes = re.findall(
+        rf'\{{allow, \{{username, "{device.id}"\}}, subscribe, \["([^"]+)"\]', full
+    )
+    assert subscribes == [f"safecity/v1/tashkent/+/+/{device.id}/ack"]
 
 
 # --- parity: the rendered containers run here ----------------------------------------
