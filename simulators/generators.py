@@ -132,7 +132,10 @@ def air_quality(p: Profile, rng: random.Random, t: datetime) -> Values:
     own = 0.22 * ou(p.key, hours, 8.0) + 0.15 * ou(p.district_key, hours, 30.0, 3.0)
     local = _LAND_PM[p.land_use] * _SITE_PM[p.site] * math.exp(own - 0.035)
     dispersion = 1.6 / (1.0 + 0.3 * w.wind_speed)
+    # Relative noise, plus an optical sensor's absolute noise (~0.3 ug/m3): on very clean
+    # air a purely relative one would repeat the same rounded value for half an hour.
     pm25 = city_pm25(p, c, w) * local * (1.0 + 0.25 * road) * lognormal(rng, 0.04)
+    pm25 = abs(pm25 + rng.gauss(0.0, 0.3))
     ratio = (1.6 + (0.5 if p.site == "industrial" else 0.0)) * math.exp(
         0.1 * ou(p.key ^ 7, hours, 12)
     )
