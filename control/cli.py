@@ -237,9 +237,10 @@ def cmd_apikey_create(args: argparse.Namespace) -> int:
     from api.apikeys import parse_scopes
 
     store = _key_store(args)
-    record, key = store.create(args.name, parse_scopes(args.scopes))
+    record, key = store.create(args.name, parse_scopes(args.scopes), tuple(args.city or ()))
+    cities = ",".join(record.cities) or "all cities"
     print(
-        f"created key {record.id} ({record.name}; scopes {','.join(record.scopes)}) "
+        f"created key {record.id} ({record.name}; scopes {','.join(record.scopes)}; {cities}) "
         f"in {store.path}; it is shown only now:",
         file=sys.stderr,
     )
@@ -250,10 +251,13 @@ def cmd_apikey_create(args: argparse.Namespace) -> int:
 def cmd_apikey_list(args: argparse.Namespace) -> int:
     """List the keys: id, name, scopes, created, revoked (never the secrets)."""
     store = _key_store(args)
-    print(f"{'id':10} {'name':24} {'scopes':20} {'created':22} revoked")
+    print(f"{'id':10} {'name':24} {'scopes':20} {'cities':20} {'created':22} revoked")
     for k in store.records():
         revoked = k.revoked_at or "-"
-        print(f"{k.id:10} {k.name:24} {','.join(k.scopes):20} {k.created_at:22} {revoked}")
+        cities = ",".join(k.cities) or "*"
+        print(
+            f"{k.id:10} {k.name:24} {','.join(k.scopes):20} {cities:20} {k.created_at:22} {revoked}"
+        )
     return 0
 
 
@@ -341,6 +345,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = keys.add_parser("create", help="create a key and print it once")
     p.add_argument("--name", required=True, help="who or what uses the key")
     p.add_argument("--scopes", default="read", help="comma-separated: read, operate, admin")
+    p.add_argument(
+        "--city",
+        action="append",
+        metavar="ID",
+        help="a city the key may read or operate (repeatable; default: every city)",
+    )
     keys_flag(p)
     p.set_defaults(func=cmd_apikey_create)
     p = keys.add_parser("list", help="list keys (ids, names, scopes; never secrets)")
