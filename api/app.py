@@ -119,11 +119,11 @@ def _bounded_openapi(app: FastAPI, max_page_size: int) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def _runtimes(settings: ApiSettings, cities: Cities) -> dict[str, CityRuntime]:
+def _runtimes(settings: ApiSettings, cities: Cities, base: InfluxClient) -> dict[str, CityRuntime]:
     runtimes: dict[str, CityRuntime] = {}
     for city in cities.values():
-        database = settings.influx.database_for(city.id, cities.ids)
-        influx = InfluxClient(settings.influx.model_copy(update={"database": database}))
+        # Each city's own database, over the one connection pool of `base`.
+        influx = base.for_city(city.id, cities.ids)
         hub = Hub(
             city,
             settings.mqtt,
@@ -131,7 +131,9 @@ def _runtimes(settings: ApiSettings, cities: Cities) -> dict[str, CityRuntime]:
             replay=settings.stream_replay,
             max_per_key=settings.stream_max_per_key,
         )
-        runtimes[city.id] = CityRuntime(city, database, influx, Directory(city), hub)
+        runtimes[city.id] = CityRuntime(
+            city, influx.settings.database, influx, Directory(city), hub
+        )
     return runtimes
 
 
@@ -149,7 +151,8 @@ def create_app(
             loaded = Cities((city,))
         else:
             loaded = load_cities(settings.registry)
-        runtimes = _runtimes(settings, loaded)
+        base = InfluxClient(settings.influx)
+        runtimes = _runtimes(settings, loaded, base)
         tenancy = app.state.tenancy = Tenancy(runtimes)
         home = runtimes[tenancy.home]
         # The home city's objects keep their old names: one city, as it always was.
@@ -195,7 +198,7 @@ def create_app(
             await figures.stop()
             for runtime in runtimes.values():
                 await runtime.hub.stop()
-                await runtime.influx.close()
+            await base.close()
             log.info("api stopped")
 
     production = settings.env == "production"
