@@ -43,6 +43,9 @@ def get_key(request: Request) -> ApiKey:
     return key
 
 
+MAX_ID_LENGTH = 64
+
+
 def _valid(city_id: str) -> bool:
     return IDENTIFIER.fullmatch(city_id) is not None
 
@@ -51,15 +54,21 @@ def get_city(request: Request) -> City:
     """The city this request is about (see the module docstring); noted for the audit log."""
     tenancy = get_tenancy(request)
     key = get_key(request)
-    named = request.path_params.get("city_id") or request.query_params.get("city")
+    in_path = request.path_params.get("city_id")
+    in_query = request.query_params.get("city")
     device_id = request.path_params.get("device_id")
     city: City | None = None
-    if isinstance(named, str) and _valid(named):
-        city = tenancy.city(key, named)
-    elif named is None and isinstance(device_id, str):
+    if isinstance(in_path, str):
+        # A malformed path id falls back to the default city: the path parameter's own
+        # check then answers 422 naming it, as it always did.
+        if _valid(in_path):
+            city = tenancy.city(key, in_path)
+    elif in_query is not None:
+        # Over the parameter's length bound: its own check answers 422, as it always did.
+        if len(in_query) <= MAX_ID_LENGTH:
+            city = tenancy.city(key, in_query)
+    elif isinstance(device_id, str):
         city = tenancy.city_of_device(key, device_id)
-    # A malformed id falls back to the default city: the parameter's own check then
-    # answers 422 naming it, as it always did.
     if city is None:
         city = tenancy.default(key)
     audit.note_city(request.scope, city.id)
@@ -93,9 +102,16 @@ def get_influx(request: Request, city: Annotated[City, Depends(get_city)]) -> In
     return influx_of(request, city)
 
 
+def get_server_influx(request: Request) -> InfluxClient:
+    """The home city's client: what a probe of the InfluxDB server (not of a city) uses."""
+    home: InfluxClient = request.app.state.influx
+    return home
+
+
 SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
 TenancyDep = Annotated[Tenancy, Depends(get_tenancy)]
 KeyDep = Annotated[ApiKey, Depends(get_key)]
 CityDep = Annotated[City, Depends(get_city)]
 DirectoryDep = Annotated[Directory, Depends(get_directory)]
 InfluxDep = Annotated[InfluxClient, Depends(get_influx)]
+ServerInfluxDep = Annotated[InfluxClient, Depends(get_server_influx)]
