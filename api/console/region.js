@@ -1,4 +1,6 @@
-// The region page: the cities the key may see, side by side, from GET /v1/region/overview.
+// The region page: the cities the key may see, side by side, from GET /v1/region/overview
+// ({cities: [{city, name, source, air_quality, traffic, noise, devices, incidents,
+// response, delivery, ...}], corridors: [{id, name, segments, travel_time_s, speed_kmh}]}).
 // Each city's figures are its overview's sections (the same code as the city's own
 // overview); `source` says whether they were computed here or federated from the city.
 
@@ -21,24 +23,13 @@ function minutes(seconds) {
   return seconds === null || seconds === undefined ? "–" : `${num(seconds / 60, 1)} min`;
 }
 
-// The time to acknowledge, whatever the name the incidents section gives it.
-function tta(incidents) {
-  for (const [name, value] of Object.entries(incidents || {})) {
-    if (name.includes("acknowledge") && typeof val(value) === "number") return val(value);
-  }
-  return null;
-}
+// Median time to acknowledge of the city's recent incidents (`response`), else the mean.
+const tta = (r) => r?.tta_median_s ?? r?.tta_mean_s ?? null;
 
-// Delivery: the share of sent messages stored, or the stored/sent counts it rests on.
+// Delivery: readings stored against those the devices' cadences promise.
 function delivery(d) {
   if (!d || typeof d !== "object") return "–";
-  for (const name of ["ratio", "share_stored", "delivered_share"]) {
-    if (typeof val(d[name]) === "number") return pct(val(d[name]));
-  }
-  const parts = Object.entries(d)
-    .filter(([, v]) => typeof val(v) === "number")
-    .map(([k, v]) => `${k} ${num(val(v))}`);
-  return parts.join(" · ") || "–";
+  return typeof d.ratio === "number" ? `${pct(d.ratio)} of ${num(d.expected)}` : "–";
 }
 
 // Columns: [heading, cell text, css class of the cell].
@@ -50,7 +41,7 @@ const COLUMNS = [
   ["Noise LAeq", (c) => `${num(val(c.noise?.laeq), 1)} dB`, () => ""],
   ["Above WHO noise", (c) => pct(val(c.noise?.share_above_who)), () => ""],
   ["Open incidents", (c) => num(c.incidents?.total), () => ""],
-  ["Time to acknowledge", (c) => minutes(tta(c.incidents)), () => ""],
+  ["Time to acknowledge", (c) => minutes(tta(c.response)), () => ""],
   ["Devices online", (c) => (c.devices ? `${num(c.devices.online)} / ${num(c.devices.total)}` : "–"), () => ""],
   ["Delivery", (c) => delivery(c.delivery), () => ""],
 ];
@@ -88,13 +79,16 @@ export async function showRegion() {
   });
   $("region-body").replaceChildren(...rows);
   $("region-note").textContent = `${rows.length} cities`;
+  // A corridor: its travel time and speed when every segment has a figure.
   const corridors = (body.corridors || []).map((k) => {
     const li = document.createElement("li");
-    const name = k.name || k.id || k.corridor || "corridor";
-    const figures = Object.entries(k)
-      .filter(([, v]) => typeof val(v) === "number")
-      .map(([n, v]) => `${n.replaceAll("_", " ")} ${num(val(v), 1)}`);
-    li.textContent = `${name}: ${figures.join(" · ") || "no figures yet"}`;
+    li.dataset.corridor = k.id;
+    const known = (k.segments || []).filter((s) => s.travel_time_s !== null).length;
+    const figures =
+      k.travel_time_s === null || k.travel_time_s === undefined
+        ? `${known} of ${(k.segments || []).length} segments measured`
+        : `${minutes(k.travel_time_s)} · ${num(k.speed_kmh)} km/h`;
+    li.textContent = `${k.name}: ${figures}`;
     return li;
   });
   if (!corridors.length) {
