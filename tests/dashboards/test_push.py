@@ -249,7 +249,7 @@ INFLUX = InfluxSettings(url="http://influxdb:8086", database="safecity")
 def test_push_creates_everything_once_then_changes_nothing(grafana: FakeGrafana) -> None:
     first = push(grafana.url, TOKEN, INFLUX)
     assert first.updated == [] and first.unchanged == []
-    assert len(first.created) == 1 + 1 + 7 + 9
+    assert len(first.created) == 1 + 1 + 8 + 9
     assert list(grafana.folders) == [build.FOLDER_UID]
     ds = grafana.datasources[build.DATASOURCE_UID]
     assert (ds["type"], ds["url"], ds["jsonData"]["dbName"]) == (
@@ -257,7 +257,7 @@ def test_push_creates_everything_once_then_changes_nothing(grafana: FakeGrafana)
         "http://influxdb:8086",
         "safecity",
     )
-    assert len(grafana.dashboards) == 7
+    assert len(grafana.dashboards) == 8
     assert all(d["meta"]["folderUid"] == build.FOLDER_UID for d in grafana.dashboards.values())
     assert len(grafana.rules) == 9
     assert all(r["folderUID"] == build.FOLDER_UID for r in grafana.rules.values())
@@ -300,7 +300,7 @@ def test_push_updates_drifted_objects_in_place(grafana: FakeGrafana) -> None:
     assert rule["data"][2]["model"]["conditions"][0]["evaluator"]["params"] == [15]
     assert grafana.folders[build.FOLDER_UID]["title"] == build.FOLDER_TITLE
     assert grafana.datasources[build.DATASOURCE_UID]["url"] == "http://influxdb:8086"
-    assert len(grafana.dashboards) == 7 and len(grafana.rules) == 9
+    assert len(grafana.dashboards) == 8 and len(grafana.rules) == 9
 
 
 def test_datasource_secret_is_sent_and_reapplied(grafana: FakeGrafana) -> None:
@@ -326,7 +326,7 @@ def test_cli_push(
     monkeypatch.setenv("SAFECITY_INFLUX__URL", "http://influxdb:8086")
     monkeypatch.setenv("SAFECITY_GRAFANA_TOKEN", TOKEN)
     assert cli.main(["dashboards", "push", "--url", grafana.url]) == 0
-    assert "created 18" in capsys.readouterr().out
+    assert "created 19" in capsys.readouterr().out
     assert cli.main(["dashboards", "push", "--url", grafana.url, "--token", TOKEN]) == 0
     out = capsys.readouterr().out
-    assert "created 0" in out and "updated 0" in out and "unchanged 18" in out
+    assert "created 0" in out and "updated 0" in out and "unchanged 19" in out
