@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, FastAPI, Request
 
 from api import audit
 from api.apikeys import ApiKey
@@ -80,16 +80,22 @@ def runtime_of(request: Request, city: City) -> CityRuntime:
     return get_tenancy(request).runtimes[city.id]
 
 
-def influx_of(request: Request, city: City) -> InfluxClient:
-    """The InfluxDB client of a city's own database.
+def client_of(app: FastAPI, city_id: str) -> InfluxClient:
+    """The InfluxDB client of a served city's own database.
 
     The home city's is `app.state.influx` (one deployment, one city: the client it
     always had); every other city's is its runtime's.
     """
-    if city.id == get_tenancy(request).home:
-        home: InfluxClient = request.app.state.influx
+    tenancy: Tenancy = app.state.tenancy
+    if city_id == tenancy.home:
+        home: InfluxClient = app.state.influx
         return home
-    return runtime_of(request, city).influx
+    return tenancy.runtimes[city_id].influx
+
+
+def influx_of(request: Request, city: City) -> InfluxClient:
+    """The InfluxDB client of the request's city's own database."""
+    return client_of(request.app, city.id)
 
 
 def get_directory(request: Request, city: Annotated[City, Depends(get_city)]) -> Directory:

@@ -11,12 +11,12 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from api import metrics as api_metrics
+from api.deps import client_of
 from api.params import TimeRange, now
 from api.settings import ApiSettings
 from api.tenancy import Tenancy
 from safecity import incidents as inc
 from safecity.errors import StorageError
-from safecity.influx import InfluxClient
 
 router = APIRouter(tags=["metrics"])
 log = logging.getLogger("safecity.api")
@@ -32,10 +32,7 @@ async def refresh_incident_figures(app: FastAPI) -> bool:
     found: list[inc.Incident] = []
     try:
         for city in tenancy.cities:
-            # The home city's client is `app.state.influx` (see api.deps.influx_of).
-            influx: InfluxClient = (
-                app.state.influx if city.id == tenancy.home else tenancy.runtimes[city.id].influx
-            )
+            influx = client_of(app, city.id)
             stored = await inc.IncidentStore(influx).query(city.id, window.start, window.end)
             found.extend(stored.values())
     except StorageError as exc:
