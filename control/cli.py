@@ -239,6 +239,7 @@ def cmd_apikey_create(args: argparse.Namespace) -> int:
     store = _key_store(args)
     record, key = store.create(args.name, parse_scopes(args.scopes), tuple(args.city or ()))
     cities = ",".join(record.cities) or "all cities"
+    _note_unserved(record.cities)
     print(
         f"created key {record.id} ({record.name}; scopes {','.join(record.scopes)}; {cities}) "
         f"in {store.path}; it is shown only now:",
@@ -246,6 +247,22 @@ def cmd_apikey_create(args: argparse.Namespace) -> int:
     )
     print(f"SAFECITY_API_KEY={key}")
     return 0
+
+
+def _note_unserved(cities: Sequence[str]) -> None:
+    """Say which of a key's cities this deployment's registries do not serve (a typo, or a
+    city only a regional view knows): the key is made either way."""
+    try:
+        served = registry.load_cities(_settings(ApiSettings).registry).ids
+    except SafecityError:
+        return
+    unserved = [c for c in cities if c not in served]
+    if unserved:
+        print(
+            f"note: {', '.join(unserved)} not served here (this deployment: "
+            f"{', '.join(served)}); the key reads them only where they are served",
+            file=sys.stderr,
+        )
 
 
 def cmd_apikey_list(args: argparse.Namespace) -> int:

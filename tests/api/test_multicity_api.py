@@ -326,10 +326,15 @@ def test_audit_entries_name_the_city_and_a_city_admin_sees_only_its_own(
     assert any(r["route"] == "/v1/audit" and r["city"] is None for r in later)
 
 
-def test_apikey_create_takes_cities(tmp_path: Path) -> None:
+def test_apikey_create_takes_cities(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("SAFECITY_REGISTRY", raising=False)
     keys_file = tmp_path / "keys.json"
     args = ["apikey", "create", "--name", "region", "--scopes", "read", "--keys-file"]
     assert cli.main([*args, str(keys_file), "--city", "tashkent", "--city", "samarkand"]) == 0
+    # This deployment (the built-in Tashkent) does not serve Samarkand: it is said.
+    assert "note: samarkand not served here (this deployment: tashkent)" in capsys.readouterr().err
     assert cli.main([*args, str(keys_file)]) == 0
     store = KeyStore(keys_file)
     store.load()
