@@ -4,9 +4,11 @@ region page shows the cities side by side.
 
 The API is a real `safecity api` process over two registries (Tashkent, Samarkand) and
 two databases on the session's influxd, filled through the schema as ingest writes.
-The region page reads `GET /v1/region/overview`; where this build serves no such route,
-the browser is answered with a body of that endpoint's shape assembled from the real
-`GET /v1/cities/{id}/overview` of each city (the sections the regional view reuses).
+The region page reads `GET /v1/region/overview`. Its figures depend on the federation's
+intervals, so the browser is answered with a body of that endpoint's shape assembled
+from the real `GET /v1/cities/{id}/overview` of each city (the sections the regional
+view reuses); where the build serves the endpoint, its own answer is checked to carry
+every field the page reads.
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ async def _seed(url: str, prefix: str, cities: Cities) -> None:
             readings = [
                 (d, _noise(now - timedelta(minutes=m), m, LAEQ[city.id]))
                 for d in noise
-                for m in (1, 2)
+                for m in range(1, 61, 2)
             ]
             await client.write(encode_many(reading_point(city.id, d, r) for d, r in readings))
     finally:
@@ -133,19 +135,35 @@ def _region_body(api: Any, key: str) -> dict[str, Any]:
     return {"cities": out, "corridors": []}
 
 
+def _check_region_shape(api: Any) -> None:
+    """The served regional view carries what `api/console/region.js` reads."""
+    got = httpx.get(f"{api.url}/v1/region/overview", headers=api.headers, timeout=60)
+    assert got.status_code == 200, got.text
+    body = got.json()
+    assert isinstance(body["corridors"], list)
+    for city in body["cities"]:
+        assert {"city", "name", "source", "air_quality", "traffic", "noise"} <= set(city)
+        assert {"devices", "incidents", "response", "delivery"} <= set(city)
+        assert {"tta_median_s", "tta_mean_s"} <= set(city["response"])
+        assert {"ratio", "expected"} <= set(city["delivery"])
+    for corridor in body["corridors"]:
+        assert {"id", "name", "segments", "travel_time_s", "speed_kmh"} <= set(corridor)
+
+
 def test_switcher_offers_the_keys_cities_and_the_region_page_compares_them(
     two_cities: tuple[Any, Cities], browser: BrowserContext
 ) -> None:
     api, cities = two_cities
     served = httpx.get(f"{api.url}/openapi.json", timeout=10).json()["paths"]
+    if "/v1/region/overview" in served:
+        _check_region_shape(api)
     page = browser.pages[0] if browser.pages else browser.new_page()
-    if "/v1/region/overview" not in served:
-        body = json.dumps(_region_body(api, api.api_key))
+    body = json.dumps(_region_body(api, api.api_key))
 
-        def answer(route: Route) -> None:
-            route.fulfill(status=200, content_type="application/json", body=body)
+    def answer(route: Route) -> None:
+        route.fulfill(status=200, content_type="application/json", body=body)
 
-        page.route("**/v1/region/overview", answer)
+    page.route("**/v1/region/overview", answer)
     page.goto(f"{api.url}/?key={api.api_key}")
     page.wait_for_function("() => document.body.dataset.ready === 'true'")
     switch = page.locator("#city-switch")
