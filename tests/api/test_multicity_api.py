@@ -346,3 +346,44 @@ def test_apikey_create_takes_cities(
     assert cli.main([*args, str(keys_file), "--city", "Not A City"]) == 2
     store.load()
     assert len(store.records()) == 2
+
+
+def _grafana_alert(city: str, district: str) -> dict[str, Any]:
+    started = (NOW - timedelta(minutes=2)).isoformat().replace("+00:00", "Z")
+    alert = {
+        "status": "firing",
+        "labels": {"alertname": "WHO PM2.5", "severity": "warning", "city": city},
+        "annotations": {"summary": f"PM2.5 high in {city}/{district}"},
+        "startsAt": started,
+        "endsAt": "0001-01-01T00:00:00Z",
+        "fingerprint": f"{city}0123456789",
+        "values": {"B": 31.0},
+    }
+    alert["labels"]["district"] = district
+    return {"receiver": "safecity-incidents", "status": "firing", "alerts": [alert]}
+
+
+def test_grafana_alerts_go_to_their_citys_database_and_only_the_keys_cities(
+    client: TestClient, cities: Cities, store: KeyStore, keys: dict[str, str]
+) -> None:
+    _, operator = store.create("samarkand-grafana", ("operate",), ("samarkand",))
+    bearer = {"Authorization": f"Bearer {operator}"}
+    district = cities["samarkand"].districts[0].id
+    opened = client.post(
+        "/v1/alerts/grafana", json=_grafana_alert("samarkand", district), headers=bearer
+    )
+    assert opened.status_code == 200, opened.text
+    (ident,) = opened.json()["opened"]
+    # Another city's alert is not this key's to file.
+    other = client.post(
+        "/v1/alerts/grafana", json=_grafana_alert("tashkent", "chilanzar"), headers=bearer
+    )
+    assert other.json() == {"opened": [], "resolved": [], "ignored": 1}
+    everyone = as_key(keys["all"])
+    found = client.get(f"/v1/incidents/{ident}", headers=everyone).json()
+    assert found["city"] == "samarkand" and found["district"] == district
+    listed = client.get("/v1/incidents", params={"city": "tashkent"}, headers=everyone).json()
+    assert ident not in [i["id"] for i in listed["items"]]
+    audit = client.get("/v1/audit", headers=as_key(keys["all_admin"])).json()["items"]
+    filed = [r for r in audit if r["route"] == "/v1/alerts/grafana"]
+    assert [r["city"] for r in filed] == [None, "samarkand"]  # newest first
