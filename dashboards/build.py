@@ -53,6 +53,7 @@ from safecity.schema import (
 __all__ = [
     "DASHBOARDS_DIR",
     "DATASOURCE_NAME",
+    "DATASOURCE_NAME_PREFIX",
     "DATASOURCE_UID",
     "FOLDER_TITLE",
     "FOLDER_UID",
@@ -61,6 +62,9 @@ __all__ = [
     "OUT",
     "RULE_GROUP",
     "alert_rules",
+    "as_cities",
+    "city_alert_rules",
+    "city_datasource",
     "dashboards",
     "differences",
     "files",
@@ -92,7 +96,8 @@ def ingest_stats_markdown() -> str:
     return "\n".join(lines) + "\n"
 
 
-def _as_cities(city: City | Sequence[City] | None) -> list[City]:
+def as_cities(city: City | Sequence[City] | None) -> list[City]:
+    """One city, several or none (the built-in Tashkent) as a list."""
     if city is None:
         return [registry.default_city()]
     if isinstance(city, City):
@@ -107,7 +112,7 @@ def city_datasource(city: City) -> dict[str, str]:
 
 def dashboards(city: City | Sequence[City]) -> list[dict[str, Any]]:
     """Every dashboard's JSON model, in a fixed order, for one city or several."""
-    cities = _as_cities(city)
+    cities = as_cities(city)
     boards = [
         overview.board(*cities),
         district.board(),
@@ -287,7 +292,7 @@ def _yaml(doc: dict[str, Any]) -> str:
 
 def files(city: City | Sequence[City] | None = None) -> dict[str, str]:
     """Every provisioning file, by path relative to `dashboards/grafana/`."""
-    cities = _as_cities(city)
+    cities = as_cities(city)
     out = {
         "provisioning/datasources/safecity.yaml": _yaml(datasource_provisioning(cities)),
         "provisioning/dashboards/safecity.yaml": _yaml(dashboard_provisioning()),

@@ -19,6 +19,7 @@ import pytest
 from control import cli
 from dashboards import build
 from dashboards.push import push
+from safecity import registry
 from safecity.errors import PushError
 from safecity.settings import InfluxSettings
 
@@ -330,3 +331,20 @@ def test_cli_push(
     assert cli.main(["dashboards", "push", "--url", grafana.url, "--token", TOKEN]) == 0
     out = capsys.readouterr().out
     assert "created 0" in out and "updated 0" in out and "unchanged 19" in out
+
+
+def test_push_of_several_cities_makes_a_datasource_per_city_database(
+    grafana: FakeGrafana,
+) -> None:
+    cities = registry.builtin_cities(["tashkent", "samarkand"])
+    report = push(grafana.url, TOKEN, INFLUX, city=list(cities.values()))
+    assert len(report.created) == 1 + 2 + 8 + 2 * 9
+    assert {uid: ds["jsonData"]["dbName"] for uid, ds in grafana.datasources.items()} == {
+        "safecity-influxdb-tashkent": "safecity_tashkent",
+        "safecity-influxdb-samarkand": "safecity_samarkand",
+    }
+    assert grafana.datasources["safecity-influxdb-samarkand"]["name"] == "safecity samarkand"
+    traffic = grafana.dashboards["safecity-traffic"]["dashboard"]
+    assert [v["name"] for v in traffic["templating"]["list"]][:2] == ["city", "source"]
+    assert "safecity-who-pm25-samarkand" in grafana.rules
+    assert not push(grafana.url, TOKEN, INFLUX, city=list(cities.values())).changed
