@@ -56,6 +56,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         mqtt_tls_port=args.mqtt_tls_port,
         influx_port=args.influx_port,
         registry=args.registry,
+        cities=" ".join(args.cities) if args.cities else None,
     )
     configure_logging("run", settings.log_level)
     return run_local(settings)
@@ -100,8 +101,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return cmd_verify_scenario(args)
     settings = _settings(IngestSettings, registry=args.registry)
     ledger_path, deadletters, upto = args.ledger, args.deadletters or [], None
+    # Which databases to read: the registry's cities; for the instance's own ledger,
+    # those of its run; else the one database of a single city.
+    where = instance.layout(settings.home)
+    cities: tuple[str, ...] = ()
+    if settings.registry:
+        cities = registry.load_cities(settings.registry).ids
+    elif ledger_path is None:
+        cities = instance.recorded_cities(where)
     if ledger_path is None:
-        where = instance.layout(settings.home)
         if not where.ledger_file.exists():
             raise CliError(
                 "verify needs --ledger FILE (or --scenario NAME): "
@@ -117,7 +125,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     async def main() -> Any:
         client = InfluxClient(settings.influx)
         try:
-            return await verify(ledger_path, client, deadletters, upto=upto)
+            return await verify(
+                ledger_path, client, deadletters, upto=upto, cities=cities, city=args.city
+            )
         finally:
             await client.close()
 
@@ -279,6 +289,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mqtt-port", type=port)
     p.add_argument("--mqtt-tls-port", type=port, help="the broker's TLS listener (0: any free)")
     p.add_argument("--influx-port", type=port)
+    p.add_argument(
+        "--cities",
+        nargs="+",
+        metavar="CITY",
+        help="built-in cities to run, each with its own fleet and database "
+        "(e.g. --cities tashkent samarkand; default: Tashkent alone)",
+    )
     registry_flag(p)
     p.set_defaults(func=cmd_run)
     ingest_cli.add_parsers(sub)
@@ -305,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--deadletters", type=Path, action="append", help="dead-letter directory (repeatable)"
     )
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.add_argument("--city", help="check only this city's messages (default: every city)")
     # Ground-truth scoring of the alert rules: run a scenario, score its alerts.
     p.add_argument("--scenario", help="run this scenario and score the alert rules against it")
     p.add_argument("--speed", type=positive_float, help="with --scenario: simulated s per s")
