@@ -74,11 +74,18 @@ def cmd_influx_init(args: argparse.Namespace) -> int:
         for line in asyncio.run(create_users(settings)):
             print(line)
 
+    # Every city of the registry setting has its own database and policies.
+    cities = registry.load_cities(settings.registry).ids
+
     async def main() -> list[str]:
         client = influx_mod.InfluxClient(settings.influx)
         try:
-            await client.ensure_database()
-            missing: list[str] = await client.missing_retention_policies()
+            missing: list[str] = []
+            for city in cities:
+                database = client.for_city(city, cities)
+                await database.ensure_database()
+                lacking = await database.missing_retention_policies()
+                missing += [f"{database.settings.database}: {name}" for name in lacking]
             return missing
         finally:
             await client.close()
@@ -86,7 +93,8 @@ def cmd_influx_init(args: argparse.Namespace) -> int:
     missing = asyncio.run(main())
     if missing:
         raise CliError(f"retention policies still missing: {', '.join(missing)}")
-    print(f"database {settings.influx.database!r} and its retention policies are ready")
+    names = ", ".join(repr(settings.influx.database_for(c, cities)) for c in cities)
+    print(f"database {names} and its retention policies are ready")
     return 0
 
 

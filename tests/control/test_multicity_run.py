@@ -17,8 +17,9 @@ from typing import Any
 import httpx
 import pytest
 
+from control.stack import Influxd
 from safecity import instance
-from safecity.registry import builtin, default_city
+from safecity.registry import builtin, default_city, write
 
 ROOT = Path(__file__).resolve().parents[2]
 CITIES = ("tashkent", "samarkand")
@@ -151,3 +152,35 @@ def test_two_cities_run_each_in_its_own_database_and_verify(
         assert report["sent_by_city"] == {city: report["sent"]}
     refused = safecity(home, "verify", "--city", "almaty", "--settle", "1")
     assert refused.returncode == 2 and "not in this run" in refused.stderr
+
+
+def test_influx_init_prepares_every_city_database(
+    tmp_path: Path, influxd: Influxd, influx_db: str
+) -> None:
+    files = [tmp_path / "tashkent.jsonl", tmp_path / "samarkand.jsonl"]
+    write(default_city(), files[0])
+    write(builtin("samarkand"), files[1])
+    env = beside(tmp_path / "home")
+    env.update(
+        SAFECITY_INFLUX__URL=influxd.url,
+        SAFECITY_INFLUX__DATABASE=influx_db,
+        SAFECITY_REGISTRY=f"{files[0]},{files[1]}",
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "control", "influx", "init"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    try:
+        for city in CITIES:
+            database = f"{influx_db}_{city}"
+            assert repr(database) in done.stdout
+            policies = influx(influxd.url, database, f'SHOW RETENTION POLICIES ON "{database}"')
+            assert {"raw", "events", "security", "incidents"} <= {str(p[0]) for p in policies}
+    finally:
+        for city in CITIES:
+            httpx.post(f"{influxd.url}/query", data={"q": f'DROP DATABASE "{influx_db}_{city}"'})
