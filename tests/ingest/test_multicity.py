@@ -4,6 +4,7 @@ letters. Real Mosquitto 2.0.11, InfluxDB and ingest processes."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,9 +15,12 @@ from support import influx_rows, wait_for
 
 from control.stack import LocalStack
 from ingest.deadletter import DeadLetterStore
+from ingest.writer import InfluxWriter, city_of
 from safecity import topics
+from safecity.influx import InfluxClient
 from safecity.readings import format_ts
 from safecity.registry import Device, builtin, default_city, write
+from safecity.settings import InfluxSettings
 
 TASHKENT = default_city()
 SAMARKAND = builtin("samarkand")
@@ -106,3 +110,35 @@ def test_two_cities_each_in_its_own_database(
             for r in influx_rows(stack, database, f'SHOW RETENTION POLICIES ON "{database}"')
         }
         assert {"raw", "events", "security", "incidents"} <= policies
+
+
+def test_the_writer_routes_each_line_to_its_city_and_refuses_a_stranger(
+    stack: LocalStack,
+) -> None:
+    db = new_db(stack)
+    cities = ("tashkent", "samarkand")
+    now_ms = int(datetime.now(UTC).timestamp() * 1000) - 60_000
+    lines = [
+        f"noise,city=tashkent,device_id=a laeq=50 {now_ms}",
+        f"noise,city=atlantis,device_id=x laeq=99 {now_ms}",
+        f"noise,city=samarkand,device_id=b laeq=60 {now_ms}",
+        "security_events,city=samarkand,source=ingest,type=identity_mismatch "
+        f'count=1i,detail="x" {now_ms}',
+    ]
+    assert [city_of(line) for line in lines] == ["tashkent", "atlantis", "samarkand", "samarkand"]
+
+    async def main() -> list[tuple[int, str]]:
+        client = InfluxClient(InfluxSettings(url=stack.influx_url, database=db))
+        try:
+            for city in cities:
+                await client.for_city(city, cities).ensure_database()
+            return await InfluxWriter(client, cities=cities).write(lines)
+        finally:
+            await client.close()
+
+    refused = asyncio.run(main())
+    assert [(i, "atlantis" in message) for i, message in refused] == [(1, True)]
+    assert [r["device_id"] for r in influx_rows(stack, f"{db}_tashkent", NOISE)] == ["a"]
+    assert [r["device_id"] for r in influx_rows(stack, f"{db}_samarkand", NOISE)] == ["b"]
+    assert len(influx_rows(stack, f"{db}_samarkand", SECURITY)) == 1
+    assert influx_rows(stack, f"{db}_tashkent", SECURITY) == []
