@@ -67,8 +67,9 @@ def verified(home: Path, *args: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-def two_cities(tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    """`safecity run --cities tashkent samarkand --speed 10` in tmp: (home, printed text)."""
+def two_cities(tmp_path: Path) -> Iterator[tuple[Path, str, subprocess.Popen[str]]]:
+    """`safecity run --cities tashkent samarkand --speed 10` in tmp: (home, printed text,
+    the launcher; stopped at the end unless the test stopped it)."""
     home = tmp_path / "home"
     env = beside(home)
     for port in ("INGEST_METRICS_PORT", "ALERTS_METRICS_PORT"):
@@ -94,7 +95,7 @@ def two_cities(tmp_path: Path) -> Iterator[tuple[Path, str]]:
             lines.append(line)
         printed = "".join(lines)
         assert "Press Ctrl-C" in printed, printed
-        yield home, printed
+        yield home, printed, proc
     finally:
         proc.send_signal(2)
         try:
@@ -105,9 +106,9 @@ def two_cities(tmp_path: Path) -> Iterator[tuple[Path, str]]:
 
 
 def test_two_cities_run_each_in_its_own_database_and_verify(
-    two_cities: tuple[Path, str],
+    two_cities: tuple[Path, str, subprocess.Popen[str]],
 ) -> None:
-    home, printed = two_cities
+    home, printed, launcher = two_cities
     assert re.search(r"cities\s+tashkent, samarkand", printed), printed
     assert "'safecity_tashkent', 'safecity_samarkand'" in printed
     where = instance.layout(home)
@@ -152,6 +153,12 @@ def test_two_cities_run_each_in_its_own_database_and_verify(
         assert report["sent_by_city"] == {city: report["sent"]}
     refused = safecity(home, "verify", "--city", "almaty", "--settle", "1")
     assert refused.returncode == 2 and "not in this run" in refused.stderr
+
+    # After Ctrl-C the instance still knows which cities (and databases) its ledger spans.
+    launcher.send_signal(2)
+    assert launcher.wait(timeout=90) == 0
+    assert instance.running(where) is None
+    assert instance.recorded_cities(where) == CITIES
 
 
 def test_influx_init_prepares_every_city_database(
