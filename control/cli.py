@@ -228,16 +228,16 @@ def cmd_city_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_city_show(args: argparse.Namespace) -> int:
-    """Validate a registry and summarise it."""
-    city = registry.load_or_default(args.registry)
-    counts: dict[str, int] = {}
-    for d in city.devices:
-        counts[d.kind] = counts.get(d.kind, 0) + 1
-    print(f"{city.name} ({city.id}) from {city.source}: {len(city.districts)} districts")
-    for district in city.districts:
-        count = len(city.select(district=district.id))
-        print(f"  {district.id:16} {district.name:20} {count} devices")
-    print("devices by kind: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+    """Validate registries (together: device ids unique across cities) and summarise them."""
+    for city in registry.load_cities(registry.registry_paths(args.registry)).values():
+        counts: dict[str, int] = {}
+        for d in city.devices:
+            counts[d.kind] = counts.get(d.kind, 0) + 1
+        print(f"{city.name} ({city.id}) from {city.source}: {len(city.districts)} districts")
+        for district in city.districts:
+            count = len(city.select(district=district.id))
+            print(f"  {district.id:16} {district.name:20} {count} devices")
+        print("devices by kind: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
     return 0
 
 

@@ -13,10 +13,17 @@ import pytest
 from brokerkit import connected, run
 
 from broker.dynsec import render_dynsec, service_acls
-from broker.identity import Role, service_scope, service_username, validate_username
+from broker.identity import (
+    CredentialStore,
+    Role,
+    service_scope,
+    service_username,
+    validate_username,
+)
+from control.cli import main as safecity_main
 from control.stack import Mosquitto
 from safecity.errors import ConfigError, MqttError
-from safecity.registry import Cities, Device, builtin, default_city
+from safecity.registry import Cities, Device, builtin, default_city, write
 from safecity.settings import MqttSettings
 
 TASHKENT = default_city()
@@ -138,3 +145,23 @@ def test_render_keeps_scoped_roles(tmp_path: Path, broker: Mosquitto) -> None:
     assert {a["topic"] for a in roles["api:samarkand"]} >= {"safecity/v1/samarkand/#"}
     clients = {c["username"]: c for c in config["clients"]}
     assert clients["_api.samarkand"]["roles"] == [{"rolename": "api:samarkand"}]
+
+
+def test_provisioning_from_the_command_line(tmp_path: Path) -> None:
+    files = [tmp_path / "tashkent.jsonl", tmp_path / "samarkand.jsonl"]
+    write(TASHKENT, files[0])
+    write(SAMARKAND, files[1])
+    common = ["--identity-dir", str(tmp_path / "identity"), "--registry", f"{files[0]},{files[1]}"]
+    secrets_file = tmp_path / "secrets.json"
+    args = ["devices", "provision", *common, "--secrets-file", str(secrets_file)]
+    assert safecity_main(args) == 0
+    scoped = [*args, "--service", "ingest", "--service", "api", "--city", "samarkand"]
+    assert safecity_main(scoped) == 0
+    store = CredentialStore(tmp_path / "identity")
+    for city in (TASHKENT, SAMARKAND):
+        assert all(store.accounts[d.id].city == city.id for d in city.devices)
+    assert store.accounts["_ingest.samarkand"].city == "samarkand"
+    assert store.accounts["_api.samarkand"].role is Role.API
+    assert {"_ingest.samarkand", "_api.samarkand"} <= set(json.loads(secrets_file.read_text()))
+    # --city scopes service accounts only.
+    assert safecity_main(["devices", "provision", *common, "--city", "samarkand"]) == 2

@@ -19,7 +19,7 @@ import pytest
 
 from control.stack import Influxd
 from safecity import instance
-from safecity.registry import builtin, default_city, write
+from safecity.registry import City, builtin, default_city, write
 
 ROOT = Path(__file__).resolve().parents[2]
 CITIES = ("tashkent", "samarkand")
@@ -191,3 +191,24 @@ def test_influx_init_prepares_every_city_database(
     finally:
         for city in CITIES:
             httpx.post(f"{influxd.url}/query", data={"q": f'DROP DATABASE "{influx_db}_{city}"'})
+
+
+def test_city_show_validates_several_registries_together(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from control.cli import main
+
+    files = [tmp_path / "tashkent.jsonl", tmp_path / "samarkand.jsonl"]
+    write(default_city(), files[0])
+    write(builtin("samarkand"), files[1])
+    assert main(["city", "show", "--registry", f"{files[0]},{files[1]}"]) == 0
+    out = capsys.readouterr().out
+    assert "Tashkent (tashkent)" in out and "Samarkand (samarkand)" in out
+    # A Bishkek registry that reuses one of Tashkent's device ids: refused, naming both.
+    bishkek = builtin("bishkek")
+    stolen = bishkek.devices[0].model_copy(update={"id": default_city().devices[0].id})
+    clash = tmp_path / "bishkek.jsonl"
+    write(City(bishkek.record, bishkek.districts, (stolen, *bishkek.devices[1:])), clash)
+    assert main(["city", "show", "--registry", f"{files[0]},{clash}"]) == 2
+    err = capsys.readouterr().err
+    assert str(files[0]) in err and str(clash) in err
