@@ -15,6 +15,8 @@ from safecity.schema import DEVICE_STATUS, EVENTS, INGEST_STATS, SECURITY_EVENTS
 
 DATASOURCE_UID = "safecity-influxdb"
 DATASOURCE_NAME = "safecity InfluxDB"
+DATASOURCE_NAME_PREFIX = "safecity "
+"""Several cities: each city's datasource is named `safecity <city id>`."""
 FOLDER_UID = "safecity"
 FOLDER_TITLE = "safecity"
 DASHBOARDS_DIR = "/var/lib/grafana/dashboards/safecity"
