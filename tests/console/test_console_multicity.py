@@ -24,7 +24,8 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import BrowserContext, Route, sync_playwright
+from chromium import chromium_context
+from playwright.sync_api import BrowserContext, Route
 
 from api.apikeys import KeyStore
 from control.stack import LocalStack
@@ -36,8 +37,6 @@ from safecity.registry import Cities, builtin_cities
 from safecity.schema import reading_point
 from safecity.settings import InfluxSettings
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
 TIMEOUT_MS = 20_000
 LAEQ = {"tashkent": 61.0, "samarkand": 74.0}
 
@@ -45,19 +44,10 @@ LAEQ = {"tashkent": 61.0, "samarkand": 74.0}
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[BrowserContext]:
     """Headless Debian Chromium with a fresh profile."""
-    with sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            str(tmp_path / "profile"),
-            executable_path=CHROMIUM,
-            headless=True,
-            args=ARGS,
-            viewport={"width": 1400, "height": 950},
-        )
-        context.set_default_timeout(TIMEOUT_MS)
-        try:
-            yield context
-        finally:
-            context.close()
+    with chromium_context(
+        tmp_path / "profile", width=1400, height=950, timeout_ms=TIMEOUT_MS
+    ) as context:
+        yield context
 
 
 def _noise(ts: datetime, seq: int, laeq: float) -> Reading:
