@@ -24,6 +24,7 @@ from api.apikeys import KeyStore
 from api.audit import AuditLog, AuditMiddleware
 from api.delivery import LedgerIndex
 from api.directory import Directory
+from api.federation import start_publisher
 from api.headers import SecurityHeadersMiddleware
 from api.limits import BodyLimitMiddleware
 from api.live import Hub
@@ -163,9 +164,13 @@ def create_app(settings: ApiSettings, city: City | None = None) -> FastAPI:
             },
         )
         figures = app.state.figures = metrics.start_incident_figures(app)
+        # Off by default: publishes the city's indicators for a regional instance.
+        federation = app.state.federation = start_publisher(settings, [(loaded, influx)])
         try:
             yield
         finally:
+            if federation is not None:
+                await federation.stop()
             await figures.stop()
             await app.state.hub.stop()
             await influx.close()

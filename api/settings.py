@@ -5,9 +5,33 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from safecity.settings import InfluxSettings, MqttSettings, Port, ServiceSettings, in_home
+
+
+class FederationSettings(BaseModel):
+    """The federation publisher (docs/federation.md) and the regional view."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # Publish this deployment's indicators to its own broker (a bridge carries them on).
+    enabled: bool = False
+    interval: Annotated[float, Field(ge=1, le=86_400)] = 300.0
+    # Wait after an interval closes before computing it, so late readings are in it.
+    delay: Annotated[float, Field(ge=0, le=86_400)] = 60.0
+    # Intervals before the current one published at the very first start.
+    backfill: Annotated[int, Field(ge=0, le=10_000)] = 1
+    max_backlog: Annotated[int, Field(ge=1, le=100_000)] = 288
+    publish_timeout: Annotated[float, Field(gt=0, le=600)] = 30.0
+    # The publisher's own broker account (write only to safecity/v1/{city}/_federation/#).
+    mqtt: MqttSettings = MqttSettings()
+    state_file: Path | None = None
+    corridors: Path | None = None
+    # Regional view: where the regional ingest keeps federated indicators, and whether
+    # this deployment's own cities are shown beside the federated ones.
+    database: str = "safecity_federation"
+    local: bool = True
 
 
 class ApiSettings(ServiceSettings):
@@ -49,3 +73,5 @@ class ApiSettings(ServiceSettings):
     env: Literal["development", "production"] = "development"
     # Append-only audit log (JSON lines, 0600) of every operate/admin call.
     audit_log_file: Path = Field(default_factory=in_home("audit_log_file"))
+    # Federation: publisher of this city's indicators, and the regional view.
+    federation: FederationSettings = FederationSettings()
