@@ -11,11 +11,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from broker import certs, emqx, identity
+from broker.bridge import render_bridge
 from broker.dynsec import DYNSEC_FILE, DynsecAdmin
 from broker.identity import CredentialStore, Role
 from broker.settings import SecuritySettings
 from safecity import registry
 from safecity.errors import ConfigError
+from safecity.secrets import read_secrets
 from safecity.settings import MqttSettings
 
 __all__ = ["add_parsers"]
@@ -128,7 +130,10 @@ def cmd_provision(args: argparse.Namespace) -> int:
             _provision_one(store, device_id, Role.DEVICE, city.id, issued)
     for role in args.service or ():
         _provision_one(store, identity.service_username(role), Role(role), None, issued)
-    if not args.device and not args.service:
+    for bridged in args.bridge or ():
+        # On the regional broker: the account a city's bridge logs in with.
+        _provision_one(store, identity.bridge_username(bridged), Role.BRIDGE, bridged, issued)
+    if not args.device and not args.service and not args.bridge:
         issued = store.provision_city(city)
         for name in sorted(issued):
             _say(f"provisioned {name} (new account)")
@@ -218,10 +223,35 @@ def cmd_broker_config(args: argparse.Namespace) -> int:
     if args.template is None:
         raise ConfigError("broker config --target mosquitto needs --template")
     template = args.template.read_text(encoding="utf-8")
+    text = identity.render_container_config(template)
+    if args.bridge is not None:
+        text = text.rstrip("\n") + "\n" + "\n".join(_bridge_lines(args)) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(identity.render_container_config(template), encoding="utf-8")
+    if args.bridge is not None:
+        # It holds the bridge's password: never readable by others, even briefly.
+        identity._write_private(args.out, text)
+    else:
+        args.out.write_text(text, encoding="utf-8")
     print(f"broker config written to {args.out}", file=sys.stderr)
     return 0
+
+
+def _bridge_lines(args: argparse.Namespace) -> list[str]:
+    """The federation bridge section from the --bridge-* flags."""
+    cities = args.bridge_city or []
+    if not cities or args.bridge_ca is None or args.bridge_secrets_file is None:
+        raise ConfigError("--bridge needs --bridge-city, --bridge-ca and --bridge-secrets-file")
+    username = args.bridge_username or identity.bridge_username(cities[0])
+    secrets = read_secrets(args.bridge_secrets_file)
+    if username not in secrets:
+        raise ConfigError(f"no secret for {username} in {args.bridge_secrets_file}")
+    return render_bridge(
+        address=args.bridge,
+        cities=cities,
+        cafile=args.bridge_ca,
+        username=username,
+        password=secrets[username],
+    )
 
 
 def _emqx_config(args: argparse.Namespace) -> int:
@@ -345,6 +375,13 @@ def add_parsers(sub: Any) -> None:
         choices=[r.value for r in identity.SERVICE_ROLES],
         help="only this service account (repeatable)",
     )
+    p.add_argument(
+        "--bridge",
+        action="append",
+        metavar="CITY",
+        help="only the account of this city's federation bridge, `_bridge.CITY` (on the "
+        "regional broker; repeatable)",
+    )
     p.set_defaults(func=cmd_provision)
     p = devices.add_parser("rotate", help="new secret for accounts")
     common(p)
@@ -382,6 +419,26 @@ def add_parsers(sub: Any) -> None:
     )
     p.add_argument("--certs-dir", default="/opt/emqx/etc/certs", help="(target emqx)")
     p.add_argument("--config-dir", default="/opt/emqx/etc/safecity", help="(target emqx)")
+    p.add_argument(
+        "--bridge",
+        metavar="HOST:PORT",
+        help="add a federation bridge to this regional broker's TLS listener (target mosquitto)",
+    )
+    p.add_argument(
+        "--bridge-city",
+        action="append",
+        metavar="CITY",
+        help="a city whose safecity/v1/CITY/_federation/# the bridge carries (repeatable)",
+    )
+    p.add_argument("--bridge-ca", type=Path, help="CA certificate of the regional broker")
+    p.add_argument(
+        "--bridge-username", help="account on the regional broker (default: _bridge.<city>)"
+    )
+    p.add_argument(
+        "--bridge-secrets-file",
+        type=Path,
+        help="0600 JSON {username: secret} holding the bridge account's secret",
+    )
     p.set_defaults(func=cmd_broker_config)
 
     certs_cmd = sub.add_parser("certs", help="local CA and TLS certificates").add_subparsers(

@@ -19,7 +19,7 @@ from typing import Any
 from safecity.errors import ConfigError, MqttError
 from safecity.mqtt import MqttClient
 from safecity.settings import MqttSettings
-from safecity.topics import DEADLETTER, PREFIX, SERVICES
+from safecity.topics import DEADLETTER, PREFIX, SERVICES, federation_filter
 
 __all__ = [
     "CONTROL_TOPIC",
@@ -91,6 +91,13 @@ SERVICE_ACLS: dict[str, list[dict[str, Any]]] = {
     "console": _reads(f"{PREFIX}/#", "$SYS/#", share=False),
     # A single-connection simulated fleet speaks for every device: local development only.
     "simulator": _writes(*(f"{PREFIX}/+/+/+/+/{c}" for c in _CHANNELS), f"{PREFIX}/+/{SERVICES}/#"),
+    # A city's federation publisher (the API's task): its indicators, on its own broker.
+    "federation": _writes(federation_filter()),
+    # The regional ingest: the federated indicators of every city, nothing else.
+    "region": [
+        *_reads(federation_filter(), share=True),
+        *_writes(f"{PREFIX}/+/{DEADLETTER}/#", f"{PREFIX}/+/{SERVICES}/#"),
+    ],
     "admin": [
         _acl("publishClientSend", f"{CONTROL_TOPIC}"),
         *_reads(RESPONSE_TOPIC, share=False),
@@ -118,6 +125,32 @@ def device_acls(username: str, city: str | None) -> list[dict[str, Any]]:
     ]
 
 
+def bridge_acls(city: str) -> list[dict[str, Any]]:
+    """Rights of a city's bridge on the regional broker: write its own federation topics only."""
+    return _writes(federation_filter(city))
+
+
+# Roles whose rights depend on the account (its id, or its city): one dynsec role each.
+def account_role(username: str, role: str, city: str | None) -> str:
+    """The dynsec role of an account: per device, per bridged city, else the service's."""
+    if role == "device":
+        return device_role(username)
+    if role == "bridge":
+        return f"bridge:{city}"
+    return role
+
+
+def account_acls(username: str, role: str, city: str | None) -> list[dict[str, Any]]:
+    """The ACLs of an account's role."""
+    if role == "device":
+        return device_acls(username, city)
+    if role == "bridge":
+        if city is None:
+            raise ConfigError(f"bridge account {username} has no city")
+        return bridge_acls(city)
+    return SERVICE_ACLS[role]
+
+
 @dataclass(frozen=True, slots=True)
 class DynsecClient:
     """What the plugin needs of one active account."""
@@ -134,7 +167,7 @@ class DynsecClient:
 
     def role_name(self) -> str:
         """The dynsec role granted to this account."""
-        return device_role(self.username) if self.is_device else self.role
+        return account_role(self.username, self.role, self.city)
 
 
 def _hash_fields(encoded: str) -> dict[str, Any]:
@@ -157,7 +190,10 @@ def render_dynsec(clients: Iterable[DynsecClient]) -> str:
         }
         if c.is_device:
             record["clientid"] = c.username
-            roles.append({"rolename": c.role_name(), "acls": device_acls(c.username, c.city)})
+        if c.role_name() != c.role:
+            acls = account_acls(c.username, c.role, c.city)
+            if all(r["rolename"] != c.role_name() for r in roles):
+                roles.append({"rolename": c.role_name(), "acls": acls})
         out_clients.append(record)
     config = {
         "defaultACLAccess": DEFAULT_ACCESS,
@@ -177,20 +213,15 @@ def device_commands(
     revoked secret stops working at once) and, with a secret, created again.
     """
     is_device = role == "device"
-    name = device_role(username) if is_device else role
+    name = account_role(username, role, city)
     cmds: list[dict[str, Any]] = [{"command": "deleteClient", "username": username}]
-    if is_device:
+    if name != role:
         cmds.append({"command": "deleteRole", "rolename": name})
     if secret is None:
         return cmds
-    if is_device:
-        cmds.append({"command": "createRole", "rolename": name})
-        for acl in device_acls(username, city):
-            cmds.append({"command": "addRoleACL", "rolename": name, **acl})
-    else:
-        cmds.append({"command": "createRole", "rolename": name})
-        for acl in SERVICE_ACLS[role]:
-            cmds.append({"command": "addRoleACL", "rolename": name, **acl})
+    cmds.append({"command": "createRole", "rolename": name})
+    for acl in account_acls(username, role, city):
+        cmds.append({"command": "addRoleACL", "rolename": name, **acl})
     client: dict[str, Any] = {
         "command": "createClient",
         "username": username,

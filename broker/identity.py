@@ -87,10 +87,17 @@ class Role(StrEnum):
     API = "api"
     CONSOLE = "console"
     SIMULATOR = "simulator"
+    # Federation: a city's indicator publisher; the regional ingest; a city's bridge
+    # on the regional broker (one account per city, `_bridge.<city>`).
+    FEDERATION = "federation"
+    REGION = "region"
+    BRIDGE = "bridge"
     ADMIN = "admin"
 
 
-SERVICE_ROLES: tuple[Role, ...] = tuple(r for r in Role if r not in (Role.DEVICE, Role.ADMIN))
+SERVICE_ROLES: tuple[Role, ...] = tuple(
+    r for r in Role if r not in (Role.DEVICE, Role.ADMIN, Role.BRIDGE)
+)
 DEFAULT_SERVICES: tuple[Role, ...] = (Role.INGEST, Role.API)
 # What a local stack (`make run`, the test session) provisions besides the devices.
 LOCAL_SERVICES: tuple[Role, ...] = (Role.INGEST, Role.API, Role.ALERTS, Role.SIMULATOR)
@@ -99,9 +106,16 @@ LOCAL_SERVICES: tuple[Role, ...] = (Role.INGEST, Role.API, Role.ALERTS, Role.SIM
 def service_username(role: Role | str) -> str:
     """The broker username of a service account, e.g. `_ingest`."""
     r = Role(role)
-    if r is Role.DEVICE:
-        raise ConfigError("devices are named by their registry id, not by role")
+    if r in (Role.DEVICE, Role.BRIDGE):
+        raise ConfigError(f"{r.value} accounts are named per device or city, not by role")
     return SERVICE_PREFIX + r.value
+
+
+def bridge_username(city: str) -> str:
+    """The regional broker account of a city's bridge, e.g. `_bridge.tashkent`."""
+    if IDENTIFIER.fullmatch(city) is None:
+        raise ConfigError(f"invalid city {city!r} for a bridge account")
+    return f"{SERVICE_PREFIX}{Role.BRIDGE.value}.{city}"
 
 
 def validate_username(username: str, role: Role) -> str:
@@ -120,6 +134,11 @@ def validate_username(username: str, role: Role) -> str:
                 f"invalid device username {username!r}: {RESERVED_CLIENT_PREFIX}* client ids "
                 "belong to the platform's services"
             )
+        return username
+    if role is Role.BRIDGE:
+        city = username.removeprefix(f"{SERVICE_PREFIX}{Role.BRIDGE.value}.")
+        if city == username or IDENTIFIER.fullmatch(city) is None:
+            raise ConfigError(f"a bridge account must be named _bridge.<city>, not {username!r}")
         return username
     if username != service_username(role):
         raise ConfigError(f"service account of role {role} must be named {service_username(role)}")
