@@ -12,13 +12,14 @@ simulated fleet the per-device secrets file (SAFECITY_EDGE__SECRETS_FILE).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from broker.identity import Role, service_username
@@ -32,6 +33,11 @@ log = logging.getLogger("safecity.run")
 
 def _port(configured: int) -> int:
     return free_port() if configured == 0 else configured
+
+
+def registry_setting(paths: Sequence[Path]) -> str:
+    """The `registry` setting as a child reads it: a JSON list of absolute paths."""
+    return json.dumps([str(p.resolve()) for p in paths])
 
 
 def service_env(
@@ -60,8 +66,8 @@ def service_env(
         username = service_username(role)
         env["SAFECITY_MQTT__USERNAME"] = username
         env["SAFECITY_MQTT__PASSWORD"] = stack.secret(username)
-    if settings.registry is not None:
-        env["SAFECITY_REGISTRY"] = str(settings.registry.resolve())
+    if settings.registry:
+        env["SAFECITY_REGISTRY"] = registry_setting(settings.registry)
     env.update(extra)
     return env
 
@@ -197,7 +203,7 @@ class LocalRun:
                     mqtt_tls_port=self.stack.mqtt_tls_port,
                     influx_url=self.stack.influx_url,
                     api_url=self.api_url,
-                    registry=str(s.registry.resolve()) if s.registry is not None else None,
+                    registry=registry_setting(s.registry) if s.registry else None,
                     speed=s.speed,
                 ),
             )

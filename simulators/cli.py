@@ -32,7 +32,7 @@ def refuse_beside_running_city(s: SimulatorSettings, fleet: City) -> None:
     same_host = s.mqtt.host == state.mqtt_host or s.mqtt.host in _LOOPBACK
     if not same_host or s.mqtt.port not in (state.mqtt_port, state.mqtt_tls_port):
         return
-    running = registry.load_or_default(Path(state.registry) if state.registry else None)
+    running = registry.load_or_default(state.registry)
     ours = fleet.devices if s.max_devices is None else fleet.devices[: s.max_devices]
     taken = sorted({d.id for d in ours} & {d.id for d in running.devices})
     if taken:
