@@ -24,7 +24,7 @@ from api.apikeys import KeyStore
 from api.audit import AuditLog, AuditMiddleware
 from api.delivery import LedgerIndex
 from api.directory import Directory
-from api.federation import start_publisher
+from api.federation import start_publisher, with_databases
 from api.headers import SecurityHeadersMiddleware
 from api.limits import BodyLimitMiddleware
 from api.live import Hub
@@ -41,6 +41,7 @@ from api.routes import (
     incidents,
     keys,
     metrics,
+    region,
     stream,
 )
 from api.security import HEADER, RateLimiter, require
@@ -88,6 +89,11 @@ TAGS: list[dict[str, Any]] = [
         "name": "stream",
         "description": "Live readings, events and alerts as Server-Sent Events, "
         "resumable with `Last-Event-ID`.",
+    },
+    {
+        "name": "region",
+        "description": "The cities a key may see side by side (local and federated) "
+        "and the corridors' traffic KPIs.",
     },
     {"name": "keys", "description": "The calling API key and the audit log."},
     {"name": "health", "description": "Liveness and readiness probes (no key)."},
@@ -165,7 +171,9 @@ def create_app(settings: ApiSettings, city: City | None = None) -> FastAPI:
         )
         figures = app.state.figures = metrics.start_incident_figures(app)
         # Off by default: publishes the city's indicators for a regional instance.
-        federation = app.state.federation = start_publisher(settings, [(loaded, influx)])
+        federation = app.state.federation = start_publisher(
+            settings, with_databases(settings, [loaded], influx)
+        )
         try:
             yield
         finally:
@@ -230,6 +238,7 @@ def create_app(settings: ApiSettings, city: City | None = None) -> FastAPI:
     app.include_router(grafana.router)
     app.include_router(keys.router)
     app.include_router(stream.router, dependencies=read)
+    app.include_router(region.router, dependencies=read)
     # The console's page and assets hold no data: no key (its data calls need one).
     app.include_router(console.router)
     return app

@@ -30,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
+from fastapi import FastAPI
 from pydantic import BaseModel
 
 from api.overview import INCIDENT_LOOKBACK, Scope, Snapshot, overview, take_snapshot
@@ -246,6 +247,21 @@ async def indicators(
     out += [scope_message(snap, extra, settings, city, d.id, now) for d in city.districts]
     out += [segment_message(snap, settings, city, s, now) for s in city_segments(city, corridors)]
     return out
+
+
+def local_cities(app: FastAPI) -> list[tuple[City, InfluxClient]]:
+    """The cities this deployment serves, each with a client of its own database."""
+    settings: ApiSettings = app.state.settings
+    served = getattr(app.state, "cities", None) or {app.state.city.id: app.state.city}
+    return with_databases(settings, list(served.values()), app.state.influx)
+
+
+def with_databases(
+    settings: ApiSettings, cities: Sequence[City], base: InfluxClient
+) -> list[tuple[City, InfluxClient]]:
+    """Each city with a client of its own database (`InfluxSettings.database_for`)."""
+    ids = [c.id for c in cities]
+    return [(c, base.for_database(settings.influx.database_for(c.id, ids))) for c in cities]
 
 
 # --- the publisher ---------------------------------------------------------------------
