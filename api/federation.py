@@ -44,6 +44,7 @@ from safecity.influx import InfluxClient, quote_ident
 from safecity.mqtt import MqttClient
 from safecity.readings import format_ts
 from safecity.registry import City, Device
+from safecity.settings import MqttSettings
 
 log = logging.getLogger("safecity.api.federation")
 
@@ -267,6 +268,15 @@ def with_databases(
 # --- the publisher ---------------------------------------------------------------------
 
 
+def publisher_mqtt(settings: ApiSettings) -> MqttSettings:
+    """The API's broker, logged in as the publisher's own account."""
+    values = settings.mqtt.model_dump(exclude={"username", "password"})
+    values["username"] = settings.federation.username
+    if settings.federation.password is not None:
+        values["password"] = settings.federation.password.get_secret_value()
+    return MqttSettings.model_validate(values)
+
+
 class PublishedState:
     """The end (epoch ms) of the last interval fully acknowledged, per city (a JSON file)."""
 
@@ -320,7 +330,7 @@ class Publisher:
     async def _connect(self) -> MqttClient:
         if self._client is None:
             first = self.cities[0][0].id if self.cities else "none"
-            client = MqttClient(self.cfg.mqtt, f"safecity-federation-{first}")
+            client = MqttClient(publisher_mqtt(self.settings), f"safecity-federation-{first}")
             await client.connect()
             self._client = client
         return self._client

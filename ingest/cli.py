@@ -26,7 +26,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     configure_logging("ingest", s.log_level)
     if s.worker_id == "auto":
         s = s.model_copy(update={"worker_id": resolve_instance_id("auto")})
-    if s.federation.enabled:
+    if s.region.enabled:
         # A regional instance: its ingest takes the cities' federated indicators.
         from ingest import federation
 

@@ -1,6 +1,6 @@
 """Regional consumer: federated indicators from the regional broker into the region's database.
 
-The ingest mode of a regional instance (`SAFECITY_FEDERATION__ENABLED=true`). It
+The ingest mode of a regional instance (`SAFECITY_REGION__ENABLED=true`). It
 subscribes `safecity/v1/+/_federation/#` on a persistent session (QoS 1, manual
 acks), validates every message with the federation contract (`safecity.federation`),
 writes the good ones into its own database and dead-letters the others with their
@@ -103,7 +103,7 @@ class Consumer:
 
     def __init__(self, settings: IngestSettings) -> None:
         self.settings = settings
-        self.cfg = settings.federation
+        self.cfg = settings.region
         db = settings.influx.model_copy(update={"database": self.cfg.database})
         self.influx = InfluxClient(db)
         self.store = DeadLetterStore(settings.deadletter_dir)

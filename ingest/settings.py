@@ -5,23 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
+from safecity.federation import RegionSettings
 from safecity.settings import InfluxSettings, MqttSettings, ServiceSettings, in_home
-
-
-class FederationIngestSettings(BaseModel):
-    """The regional ingest mode: federated indicators from the regional broker."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    # On: this ingest consumes safecity/v1/+/_federation/# instead of device topics.
-    enabled: bool = False
-    # The region's own database for the federated indicators (never a city's).
-    database: str = "safecity_federation"
-    batch_size: Annotated[int, Field(ge=1, le=10_000)] = 500
-    flush_interval: Annotated[float, Field(gt=0, le=10)] = 0.2
-    receive_maximum: Annotated[int, Field(ge=1, le=65535)] = 1000
 
 
 class IngestSettings(ServiceSettings):
@@ -72,7 +59,8 @@ class IngestSettings(ServiceSettings):
         ),
     ] = 1.0
 
-    federation: FederationIngestSettings = FederationIngestSettings()
+    # A regional instance: federated indicators instead of device topics.
+    region: RegionSettings = RegionSettings()
 
     @field_validator("broker_log", mode="before")
     @classmethod

@@ -51,6 +51,7 @@ __all__ = [
     "Corridor",
     "FederationTopic",
     "Interval",
+    "RegionSettings",
     "ScopeIndicators",
     "Segment",
     "SegmentIndicators",
@@ -321,6 +322,41 @@ def parse_message(topic: str, payload: bytes) -> Message:
             "federation_mismatch", f"payload belongs on {message.topic()}, received on {topic}"
         )
     return message
+
+
+# --- the regional instance's settings (read by its ingest and its API) ---------------
+
+
+class RegionSettings(BaseModel):
+    """A regional instance: its ingest takes federated indicators, its API shows them."""
+
+    model_config = _FROZEN
+
+    enabled: bool = Field(
+        default=False,
+        description="Region: the ingest consumes safecity/v1/+/_federation/# (validated "
+        "federated indicators) instead of device topics.",
+    )
+    database: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = Field(
+        default="safecity_federation",
+        description="Region: the database holding the federated indicators (the regional "
+        "ingest writes it, the regional view reads it).",
+    )
+    local: bool = Field(
+        default=True,
+        description="Region: the regional view shows this deployment's own cities beside "
+        "the federated ones.",
+    )
+    batch_size: Annotated[int, Field(ge=1, le=10_000)] = Field(
+        default=500, description="Region: most messages the ingest writes per batch."
+    )
+    flush_interval: Annotated[float, Field(gt=0, le=10)] = Field(
+        default=0.2, description="Region: seconds a batch of the ingest waits to fill."
+    )
+    receive_maximum: Annotated[int, Field(ge=1, le=65535)] = Field(
+        default=1000,
+        description="Region: unacknowledged messages the broker may send the ingest at once.",
+    )
 
 
 # --- corridors ------------------------------------------------------------------------

@@ -198,7 +198,7 @@ async def get_region_overview(request: Request) -> RegionOverview:
         tuple[str, str], tuple[fed.SegmentIndicators, Literal["local", "federated"]]
     ] = {}
     local_ids: set[str] = set()
-    if cfg.local:
+    if settings.region.local:
         window = latest_closed(datetime.now(UTC), cfg)
         for city, influx in local_cities(request.app):
             local_ids.add(city.id)
@@ -210,7 +210,7 @@ async def get_region_overview(request: Request) -> RegionOverview:
                 elif m.district is None:
                     cities.append(city_entry(m, "local"))
     base: InfluxClient = request.app.state.influx
-    scopes, segments = await federated(base.for_database(cfg.database))
+    scopes, segments = await federated(base.for_database(settings.region.database))
     # A city served here is authoritative from its own database.
     for message in sorted(scopes, key=lambda m: m.city):
         if message.city not in local_ids and sees(message.city):

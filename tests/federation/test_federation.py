@@ -39,6 +39,7 @@ from broker.identity import Role, bridge_username, service_username
 from control.stack import LocalStack, ManagedProcess, free_port, http_ok
 from safecity import federation as fed
 from safecity import incidents as inc
+from safecity.errors import StackError
 from safecity.influx import InfluxClient
 from safecity.lineprotocol import Point, encode_many
 from safecity.readings import format_ts
@@ -75,6 +76,36 @@ def _account(stack: LocalStack, username: str, role: Role, city: str | None = No
     return secret
 
 
+def _admin(stack: LocalStack) -> DynsecAdmin:
+    """The regional broker's dynamic-security admin."""
+    return DynsecAdmin(
+        MqttSettings(
+            host=stack.mqtt_host,
+            port=stack.mqtt_port,
+            username=service_username(Role.ADMIN),
+            password=stack.mosquitto.identities.admin_secret,
+        )
+    )
+
+
+def _toggle(command: str) -> list[dict[str, Any]]:
+    """Disable or enable every city's bridge account (a disabled one is disconnected)."""
+    return [{"command": command, "username": bridge_username(c)} for c in CITIES]
+
+
+def _restart(stack: LocalStack) -> None:
+    """Start the stopped broker again on its ports (retried while another holds one)."""
+    for _ in range(30):
+        try:
+            stack.mosquitto.start()
+            return
+        except StackError as exc:
+            if "already in use" not in str(exc):
+                raise
+            time.sleep(1)
+    raise AssertionError("the regional broker's port stayed taken")
+
+
 def _audit_account(stack: LocalStack) -> str:
     """A test-only account that may subscribe to `#`, made through the broker's $CONTROL."""
     secret = secrets.token_urlsafe(16)
@@ -92,14 +123,7 @@ def _audit_account(stack: LocalStack) -> str:
             "roles": [{"rolename": "audit"}],
         }
     )
-    DynsecAdmin(
-        MqttSettings(
-            host=stack.mqtt_host,
-            port=stack.mqtt_port,
-            username=service_username(Role.ADMIN),
-            password=stack.mosquitto.identities.admin_secret,
-        )
-    ).apply(commands)
+    _admin(stack).apply(commands)
     return secret
 
 
@@ -147,7 +171,7 @@ def _seed(city: City, url: str, t0: datetime) -> None:
         if device.kind not in MEAN_FIELDS:
             continue
         h = zlib.crc32(device.id.encode()) % 1000
-        for n, at in enumerate(range(start, start + 360_000, 5000)):
+        for n, at in enumerate(range(start, start + 360_000, 2000)):
             values: dict[str, float | int] = {"seq": n}
             for i, name in enumerate(MEAN_FIELDS[device.kind]):
                 values[name] = round(5 + (h * (i + 3)) % 40 + (n % 7) * 0.5, 2)
@@ -266,14 +290,14 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, I
             "_region",
             region.stack.secret("_region"),
             home=str(base / "region-home"),
-            SAFECITY_FEDERATION__ENABLED="true",
-            SAFECITY_FEDERATION__DATABASE=REGION_DB,
+            SAFECITY_REGION__ENABLED="true",
+            SAFECITY_REGION__DATABASE=REGION_DB,
             SAFECITY_METRICS_PORT=str(metrics),
             SAFECITY_DEADLETTER_DIR=str(base / "region-deadletter"),
             SAFECITY_WORKER_ID="region-0",
         )
         _launch(region, "ingest", env, f"http://127.0.0.1:{metrics}/readyz", base)
-        _api(region, base, REGION_DB, SAFECITY_FEDERATION__LOCAL="false")
+        _api(region, base, REGION_DB, SAFECITY_REGION__LOCAL="false")
         t0 = datetime.now(UTC)
         for name in CITIES:
             city = builtin(name)
@@ -311,10 +335,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, I
                 SAFECITY_REGISTRY=str(registry),
                 SAFECITY_FEDERATION__ENABLED="true",
                 SAFECITY_FEDERATION__BACKFILL="2",
-                SAFECITY_FEDERATION__MQTT__HOST=inst.stack.mqtt_host,
-                SAFECITY_FEDERATION__MQTT__PORT=str(inst.stack.mqtt_port),
-                SAFECITY_FEDERATION__MQTT__USERNAME="_federation",
-                SAFECITY_FEDERATION__MQTT__PASSWORD=secret,
+                SAFECITY_FEDERATION__PASSWORD=secret,
             )
         yield instances
     finally:
@@ -389,20 +410,35 @@ def test_federation_shares_indicators_not_data(federation: dict[str, Instance]) 
 
     _wait("two intervals of each city in the region", lambda: min(map(intervals, CITIES)) >= 2)
 
-    # Outage: the regional broker goes away for two intervals; the bridges queue.
-    region.stack.mosquitto.stop()
-    before = set().union(*(_published(c) for c in cities))
-    time.sleep(2 * INTERVAL + 1)
-    published = set().union(*(_published(c) for c in cities))
-    during = published - before
-    assert during, "the cities kept publishing while the region was away"
-    assert not during & _stored(region)
-    region.stack.mosquitto.start()
-    _wait(
-        "the region to catch up on every indicator published",
-        lambda: published <= _stored(region),
-        timeout=90,
-    )
+    # Two outages of two intervals each: the bridges cut (their accounts disabled on the
+    # regional broker), then the regional broker itself stopped. The cities keep
+    # publishing to their own brokers, whose bridges queue; the region catches up.
+    admin = _admin(region.stack)
+
+    def cut_bridges() -> None:
+        admin.apply(_toggle("disableClient"))
+
+    def heal_bridges() -> None:
+        admin.apply(_toggle("enableClient"))
+
+    outages: list[tuple[Callable[[], None], Callable[[], None]]] = [
+        (cut_bridges, heal_bridges),
+        (region.stack.mosquitto.stop, lambda: _restart(region.stack)),
+    ]
+    for cut, heal in outages:
+        cut()
+        before = set().union(*(_published(c) for c in cities))
+        time.sleep(2 * INTERVAL + 1)
+        published = set().union(*(_published(c) for c in cities))
+        during = published - before
+        assert during, "the cities kept publishing while the region was away"
+        assert not during & _stored(region)
+        heal()
+        _wait(
+            "the region to catch up on every indicator published",
+            lambda: published <= _stored(region),  # noqa: B023 - waited for in this pass
+            timeout=90,
+        )
 
     # The regional figures equal the cities' own overviews of the same intervals.
     view = httpx.get(
