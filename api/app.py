@@ -24,7 +24,7 @@ from api.apikeys import KeyStore
 from api.audit import AuditLog, AuditMiddleware
 from api.delivery import LedgerIndex
 from api.directory import Directory
-from api.federation import start_publisher, with_databases
+from api.federation import local_cities, start_publisher
 from api.headers import SecurityHeadersMiddleware
 from api.limits import BodyLimitMiddleware
 from api.live import Hub
@@ -171,9 +171,7 @@ def create_app(settings: ApiSettings, city: City | None = None) -> FastAPI:
         )
         figures = app.state.figures = metrics.start_incident_figures(app)
         # Off by default: publishes the city's indicators for a regional instance.
-        federation = app.state.federation = start_publisher(
-            settings, with_databases(settings, [loaded], influx)
-        )
+        federation = app.state.federation = start_publisher(settings, local_cities(app))
         try:
             yield
         finally:

@@ -237,21 +237,27 @@ def cmd_broker_config(args: argparse.Namespace) -> int:
 
 
 def _bridge_lines(args: argparse.Namespace) -> list[str]:
-    """The federation bridge section from the --bridge-* flags."""
+    """The federation bridge sections from the --bridge-* flags: one per city, each with
+    that city's own account on the regional broker."""
     cities = args.bridge_city or []
     if not cities or args.bridge_ca is None or args.bridge_secrets_file is None:
         raise ConfigError("--bridge needs --bridge-city, --bridge-ca and --bridge-secrets-file")
-    username = args.bridge_username or identity.bridge_username(cities[0])
+    if args.bridge_username is not None and len(cities) > 1:
+        raise ConfigError("--bridge-username names one city's account: give one --bridge-city")
     secrets = read_secrets(args.bridge_secrets_file)
-    if username not in secrets:
-        raise ConfigError(f"no secret for {username} in {args.bridge_secrets_file}")
-    return render_bridge(
-        address=args.bridge,
-        cities=cities,
-        cafile=args.bridge_ca,
-        username=username,
-        password=secrets[username],
-    )
+    lines: list[str] = []
+    for city in cities:
+        username = args.bridge_username or identity.bridge_username(city)
+        if username not in secrets:
+            raise ConfigError(f"no secret for {username} in {args.bridge_secrets_file}")
+        lines += render_bridge(
+            address=args.bridge,
+            cities=[city],
+            cafile=args.bridge_ca,
+            username=username,
+            password=secrets[username],
+        )
+    return lines
 
 
 def _emqx_config(args: argparse.Namespace) -> int:

@@ -94,6 +94,28 @@ def test_bridge_and_region_accounts_have_only_their_rights(tmp_path: Path) -> No
     assert text.count("\ntopic ") == 1
     assert "topic safecity/v1/tashkent/_federation/# out 1" in text
     assert text.index("allow_anonymous false") < text.index("connection federation-tashkent")
+    # Several cities: one section each, each with its own account.
+    assert (
+        main(
+            [
+                "devices",
+                "provision",
+                "--identity-dir",
+                str(ids),
+                "--bridge",
+                "samarkand",
+                "--secrets-file",
+                str(secrets_file),
+            ]
+        )
+        == 0
+    )
+    both = tmp_path / "both.conf"
+    assert main([*argv[:5], str(both), *argv[6:], "--bridge-city", "samarkand"]) == 0
+    text = both.read_text()
+    assert text.count("\nconnection ") == 2
+    assert "remote_username _bridge.samarkand" in text
+    assert "topic safecity/v1/samarkand/_federation/# out 1" in text
     # Without the account's secret nothing is written.
     (tmp_path / "empty.json").write_text("{}")
     argv[-1] = str(tmp_path / "empty.json")
