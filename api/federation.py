@@ -33,7 +33,14 @@ from typing import Any, get_args, get_origin
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from api.overview import INCIDENT_LOOKBACK, Scope, Snapshot, overview, take_snapshot
+from api.overview import (
+    INCIDENT_LOOKBACK,
+    Scope,
+    Snapshot,
+    SnapshotCache,
+    overview,
+    take_snapshot,
+)
 from api.params import TimeRange
 from api.settings import ApiSettings, FederationSettings
 from safecity import catalogue
@@ -238,11 +245,20 @@ async def indicators(
     window: TimeRange,
     settings: ApiSettings,
     corridors: Iterable[fed.Corridor],
+    cache: SnapshotCache | None = None,
 ) -> list[fed.Message]:
-    """Every message of one city and interval: the city, each district, each segment."""
-    snap, extra = await asyncio.gather(
-        take_snapshot(influx, city, window, settings), take_extra(influx, city, window)
-    )
+    """Every message of one city and interval: the city, each district, each segment.
+
+    With a cache, the snapshot is shared with `GET /v1/cities/{id}/overview` of the same
+    window (its key for a fixed window)."""
+
+    async def snapshot() -> Snapshot:
+        if cache is None:
+            return await take_snapshot(influx, city, window, settings)
+        key = (city.id, "fixed", window.start.isoformat(), window.end.isoformat())
+        return await cache.get(key, lambda: take_snapshot(influx, city, window, settings))
+
+    snap, extra = await asyncio.gather(snapshot(), take_extra(influx, city, window))
     now = datetime.now(UTC)
     out: list[fed.Message] = [scope_message(snap, extra, settings, city, None, now)]
     out += [scope_message(snap, extra, settings, city, d.id, now) for d in city.districts]
@@ -343,6 +359,9 @@ class Publisher:
             except (SafecityError, TimeoutError) as exc:
                 # Nothing is lost: the interval stays unpublished and is retried.
                 log.warning("federation publish deferred: %s", exc)
+            except Exception:
+                # A figure the contract refuses is a bug to see, not a reason to stop.
+                log.exception("federation publish failed; retrying the interval")
             await asyncio.sleep(self._pause())
 
     def _pause(self) -> float:

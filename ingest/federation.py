@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from ingest.deadletter import DeadLetter, DeadLetterStore
 from ingest.settings import IngestSettings
 from safecity import federation as fed
-from safecity.errors import FederationError, StorageError
+from safecity.errors import FederationError, StorageError, WriteRejectedError
 from safecity.influx import InfluxClient
 from safecity.lineprotocol import FieldValue, Point, encode_many
 from safecity.mqtt import Incoming, MqttClient
@@ -148,10 +148,12 @@ class Consumer:
     async def handle(self, batch: list[Incoming]) -> None:
         """Validate, write (retrying until InfluxDB takes it), store refusals, then ack."""
         points: list[Point] = []
+        sources: list[Incoming] = []
         letters: list[DeadLetter] = []
         for incoming in batch:
             try:
                 points.append(point(fed.parse_message(incoming.topic, incoming.payload)))
+                sources.append(incoming)
             except FederationError as exc:
                 letters.append(refusal(exc, incoming, self.settings.worker_id))
         delay = 0.5
@@ -159,6 +161,11 @@ class Consumer:
             try:
                 await self.influx.write(encode_many(points))
                 break
+            except WriteRejectedError as exc:
+                # Refused for good (e.g. a field type conflict): retrying cannot help.
+                error = FederationError("federation_refused", f"InfluxDB refused: {exc}")
+                letters += [refusal(error, m, self.settings.worker_id) for m in sources]
+                points = []
             except StorageError as exc:
                 log.warning("federated indicators not written yet: %s", exc)
                 await asyncio.sleep(delay)

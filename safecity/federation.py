@@ -149,8 +149,8 @@ class AirQuality(BaseModel):
     aqi: Figure
     category: Text | None
     driving_pollutant: Identifier | None
-    worst_device_aqi: Annotated[int, Field(ge=0, le=1000)] | None
-    sub_indices: dict[Identifier, Annotated[int, Field(ge=0, le=1000)]]
+    worst_device_aqi: Annotated[int, Field(ge=0, le=100_000)] | None
+    sub_indices: dict[Identifier, Annotated[int, Field(ge=0, le=100_000)]]
     pollutants: dict[Identifier, Figure]
     who_exceedances: dict[Identifier, Exceedance]
 

@@ -204,7 +204,8 @@ async def get_region_overview(request: Request) -> RegionOverview:
             local_ids.add(city.id)
             if not sees(city.id):
                 continue
-            for m in await indicators(influx, city, window, settings, corridors):
+            cache = request.app.state.snapshots
+            for m in await indicators(influx, city, window, settings, corridors, cache):
                 if isinstance(m, fed.SegmentIndicators):
                     measured[(m.city, m.segment)] = (m, "local")
                 elif m.district is None:
