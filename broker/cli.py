@@ -121,20 +121,28 @@ def cmd_provision(args: argparse.Namespace) -> int:
     """Provision every registry device (or the ones named) and the service accounts."""
     settings, store = _store(args)
     issued: dict[str, str] = {}
-    city = registry.load_or_default(settings.registry)
+    cities = registry.load_cities(settings.registry)
+    if args.city and not args.service:
+        raise ConfigError("--city scopes a service account: give --service too")
     if args.device:
-        for device_id in args.device:
-            if city.device(device_id) is None:
-                raise ConfigError(f"device {device_id!r} is not in the registry {city.source}")
-        for device_id in args.device:
-            _provision_one(store, device_id, Role.DEVICE, city.id, issued)
+        owners = {d: cities.owner(d) for d in args.device}
+        for device_id, owner in owners.items():
+            if owner is None:
+                sources = ", ".join(c.source for c in cities.values())
+                raise ConfigError(f"device {device_id!r} is not in the registry {sources}")
+        for device_id, owner in owners.items():
+            assert owner is not None
+            _provision_one(store, device_id, Role.DEVICE, owner.id, issued)
     for role in args.service or ():
-        _provision_one(store, identity.service_username(role), Role(role), None, issued)
+        for city in args.city or [None]:
+            name = identity.service_username(role, city)
+            _provision_one(store, name, Role(role), city, issued)
     for bridged in args.bridge or ():
         # On the regional broker: the account a city's bridge logs in with.
         _provision_one(store, identity.bridge_username(bridged), Role.BRIDGE, bridged, issued)
     if not args.device and not args.service and not args.bridge:
-        issued = store.provision_city(city)
+        for city in cities.values():
+            issued.update(store.provision_city(city))
         for name in sorted(issued):
             _say(f"provisioned {name} (new account)")
     _say(f"provisioned {len(issued)} new account(s)")
@@ -317,11 +325,12 @@ def _reload_for_certs(args: argparse.Namespace, settings: SecuritySettings) -> N
 def cmd_certs_provision(args: argparse.Namespace) -> int:
     """A client certificate for every registry device (or the given ones) lacking a good one."""
     settings = _settings(certs_dir=args.dir, registry=args.registry)
-    city = registry.load_or_default(settings.registry)
-    wanted = args.device or [d.id for d in city.devices]
-    unknown = [d for d in wanted if city.device(d) is None]
+    cities = registry.load_cities(settings.registry)
+    wanted = args.device or [d.id for city in cities.values() for d in city.devices]
+    unknown = [d for d in wanted if cities.owner(d) is None]
     if unknown:
-        raise ConfigError(f"not in the registry {city.source}: {', '.join(unknown)}")
+        sources = ", ".join(c.source for c in cities.values())
+        raise ConfigError(f"not in the registry {sources}: {', '.join(unknown)}")
     issued = certs.ensure_clients(settings.certs_dir, wanted)
     certs.ensure_crl(settings.certs_dir)
     clients = settings.certs_dir / "clients"
@@ -359,7 +368,11 @@ def add_parsers(sub: Any) -> None:
 
     def common(p: argparse.ArgumentParser, secrets_file: bool = True) -> None:
         p.add_argument("--identity-dir", type=Path, help="credential store directory")
-        p.add_argument("--registry", type=Path, help="city registry file (default: Tashkent)")
+        p.add_argument(
+            "--registry",
+            help="city registries: a file, several comma-separated, or a directory "
+            "(default: Tashkent)",
+        )
         p.add_argument(
             "--broker",
             metavar="HOST:PORT",
@@ -380,6 +393,12 @@ def add_parsers(sub: Any) -> None:
         action="append",
         choices=[r.value for r in identity.SERVICE_ROLES],
         help="only this service account (repeatable)",
+    )
+    p.add_argument(
+        "--city",
+        action="append",
+        help="scope the --service accounts to this city (`_<service>.<city>`: only "
+        "safecity/v1/<city>/... topics; repeatable)",
     )
     p.add_argument(
         "--bridge",
@@ -466,7 +485,7 @@ def add_parsers(sub: Any) -> None:
         "provision", help="client certificates for every registry device that lacks a good one"
     )
     p.add_argument("--dir", type=Path, help="certificate directory (default: var/certs)")
-    p.add_argument("--registry", type=Path, help="city registry file (default: Tashkent)")
+    p.add_argument("--registry", help="city registries: files (comma-separated) or a directory")
     p.add_argument("--device", action="append", help="only this device (repeatable)")
     p.set_defaults(func=cmd_certs_provision)
     for name, func, text in (

@@ -30,6 +30,7 @@ __all__ = [
     "device_commands",
     "find_plugin",
     "render_dynsec",
+    "service_acls",
 ]
 
 DYNSEC_FILE = "dynamic-security.json"
@@ -98,11 +99,39 @@ SERVICE_ACLS: dict[str, list[dict[str, Any]]] = {
         *_reads(federation_filter(), share=True),
         *_writes(f"{PREFIX}/+/{DEADLETTER}/#", f"{PREFIX}/+/{SERVICES}/#"),
     ],
+    # A city's bridge on the regional broker; its account is always scoped to its city
+    # (`_bridge.<city>`), so it may write only safecity/v1/<city>/_federation/#.
+    "bridge": _writes(federation_filter()),
     "admin": [
         _acl("publishClientSend", f"{CONTROL_TOPIC}"),
         *_reads(RESPONSE_TOPIC, share=False),
     ],
 }
+
+
+def _scoped_topic(topic: str, city: str) -> str:
+    """A service ACL topic narrowed to one city: `safecity/v1/+/...` and `safecity/v1/#`
+    become `safecity/v1/<city>/...`; anything else (`$SYS`, `$CONTROL`) stays."""
+    if topic.startswith("$share/+/"):
+        return "$share/+/" + _scoped_topic(topic[len("$share/+/") :], city)
+    if topic == f"{PREFIX}/#":
+        return f"{PREFIX}/{city}/#"
+    if topic.startswith(f"{PREFIX}/+/"):
+        return f"{PREFIX}/{city}/" + topic[len(PREFIX) + 3 :]
+    return topic
+
+
+def service_acls(role: str, city: str | None = None) -> list[dict[str, Any]]:
+    """The ACLs of a service role; with `city`, narrowed to that city's topics."""
+    acls = SERVICE_ACLS[role]
+    if city is None:
+        return acls
+    return [{**acl, "topic": _scoped_topic(str(acl["topic"]), city)} for acl in acls]
+
+
+def service_role(role: str, city: str | None) -> str:
+    """The dynsec role name of a service account: its role, or `<role>:<city>` when scoped."""
+    return role if city is None else f"{role}:{city}"
 
 
 def device_role(username: str) -> str:
@@ -125,32 +154,6 @@ def device_acls(username: str, city: str | None) -> list[dict[str, Any]]:
     ]
 
 
-def bridge_acls(city: str) -> list[dict[str, Any]]:
-    """Rights of a city's bridge on the regional broker: write its own federation topics only."""
-    return _writes(federation_filter(city))
-
-
-# Roles whose rights depend on the account (its id, or its city): one dynsec role each.
-def account_role(username: str, role: str, city: str | None) -> str:
-    """The dynsec role of an account: per device, per bridged city, else the service's."""
-    if role == "device":
-        return device_role(username)
-    if role == "bridge":
-        return f"bridge:{city}"
-    return role
-
-
-def account_acls(username: str, role: str, city: str | None) -> list[dict[str, Any]]:
-    """The ACLs of an account's role."""
-    if role == "device":
-        return device_acls(username, city)
-    if role == "bridge":
-        if city is None:
-            raise ConfigError(f"bridge account {username} has no city")
-        return bridge_acls(city)
-    return SERVICE_ACLS[role]
-
-
 @dataclass(frozen=True, slots=True)
 class DynsecClient:
     """What the plugin needs of one active account."""
@@ -167,7 +170,7 @@ class DynsecClient:
 
     def role_name(self) -> str:
         """The dynsec role granted to this account."""
-        return account_role(self.username, self.role, self.city)
+        return device_role(self.username) if self.is_device else service_role(self.role, self.city)
 
 
 def _hash_fields(encoded: str) -> dict[str, Any]:
@@ -190,10 +193,9 @@ def render_dynsec(clients: Iterable[DynsecClient]) -> str:
         }
         if c.is_device:
             record["clientid"] = c.username
-        if c.role_name() != c.role:
-            acls = account_acls(c.username, c.role, c.city)
-            if all(r["rolename"] != c.role_name() for r in roles):
-                roles.append({"rolename": c.role_name(), "acls": acls})
+            roles.append({"rolename": c.role_name(), "acls": device_acls(c.username, c.city)})
+        elif c.city is not None:
+            roles.append({"rolename": c.role_name(), "acls": service_acls(c.role, c.city)})
         out_clients.append(record)
     config = {
         "defaultACLAccess": DEFAULT_ACCESS,
@@ -213,15 +215,20 @@ def device_commands(
     revoked secret stops working at once) and, with a secret, created again.
     """
     is_device = role == "device"
-    name = account_role(username, role, city)
+    name = device_role(username) if is_device else service_role(role, city)
     cmds: list[dict[str, Any]] = [{"command": "deleteClient", "username": username}]
-    if name != role:
+    if is_device:
         cmds.append({"command": "deleteRole", "rolename": name})
     if secret is None:
         return cmds
-    cmds.append({"command": "createRole", "rolename": name})
-    for acl in account_acls(username, role, city):
-        cmds.append({"command": "addRoleACL", "rolename": name, **acl})
+    if is_device:
+        cmds.append({"command": "createRole", "rolename": name})
+        for acl in device_acls(username, city):
+            cmds.append({"command": "addRoleACL", "rolename": name, **acl})
+    else:
+        cmds.append({"command": "createRole", "rolename": name})
+        for acl in service_acls(role, city):
+            cmds.append({"command": "addRoleACL", "rolename": name, **acl})
     client: dict[str, Any] = {
         "command": "createClient",
         "username": username,

@@ -16,7 +16,7 @@ from safecity.errors import LineProtocolError, TopicError
 from safecity.fastcontract import decode_telemetry
 from safecity.lineprotocol import Point, encode, series_key
 from safecity.readings import Event, Reading, Rejection, RejectReason, Status, parse
-from safecity.registry import City, Device
+from safecity.registry import Cities, City, Device, as_cities
 
 _READING, _EVENT, _STATUS = "reading", "event", "status"
 
@@ -41,6 +41,12 @@ def claimed_device_id(topic: str) -> str:
     """The device id a device topic claims (its sixth level) as sent, or ''."""
     parts = topic.split("/", 6)
     return parts[5] if len(parts) > 5 else ""
+
+
+def claimed_city(topic: str) -> str:
+    """The city a device topic names (its third level) as sent, or ''."""
+    parts = topic.split("/", 3)
+    return parts[2] if len(parts) > 2 else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,14 +156,15 @@ class Validator:
 
     def __init__(
         self,
-        city: City,
+        city: City | Cities,
         past_window: float,
         future_window: float,
         *,
         rate_limiter: RateLimiter | None = None,
         duplicates: DuplicateDetector | None = None,
     ) -> None:
-        self.city = city
+        self.cities = as_cities(city)
+        self.city = self.cities.first
         self._past = timedelta(seconds=past_window)
         self._future = timedelta(seconds=future_window)
         self.rate_limiter = rate_limiter
@@ -182,18 +189,26 @@ class Validator:
                 Rejection(RejectReason.UNKNOWN_DEVICE, str(exc)), topic.rsplit("/", 1)[-1]
             )
         channel = parsed.channel
-        if parsed.city != self.city.id:
+        city = self.cities.get(parsed.city)
+        if city is None:
             # Every city's topics are subscribed so that this is seen at all: the broker
             # would otherwise PUBACK "no subscribers" and drop it without a trace.
             return Rejected(
-                Rejection(
-                    RejectReason.IDENTITY_MISMATCH,
-                    f"topic names city {parsed.city!r}; this registry is city {self.city.id!r}",
-                ),
-                channel,
+                Rejection(RejectReason.IDENTITY_MISMATCH, self._foreign(parsed)), channel
             )
-        device = self.city.device(parsed.device_id)
+        device = city.device(parsed.device_id)
         if device is None:
+            owner = self.cities.owner(parsed.device_id)
+            if owner is not None:
+                # A device of one city writing into another's data: never stored there.
+                return Rejected(
+                    Rejection(
+                        RejectReason.IDENTITY_MISMATCH,
+                        f"device {parsed.device_id!r} belongs to city {owner.id!r}; the topic "
+                        f"names city {parsed.city!r}",
+                    ),
+                    channel,
+                )
             return Rejected(
                 Rejection(
                     RejectReason.UNKNOWN_DEVICE,
@@ -229,7 +244,7 @@ class Validator:
             fast = decode_telemetry(device.kind, payload, now, self._past, self._future)
             if fast is not None:
                 seq, ts_ms, fields, field_set = fast
-                series, tags, tags_key = self._series(device)
+                series, tags, tags_key = self._series(city.id, device)
                 point = Point(schema.measurement_of(device.kind), tags, fields, ts_ms)
                 return self._numbered(
                     device, payload, seq, point, channel, tags_key, f"{series} {field_set} {ts_ms}"
@@ -247,21 +262,33 @@ class Validator:
         # A dict lookup per model class: pydantic's isinstance goes through ABCMeta.
         shape = _shape(type(message))
         if shape is _STATUS:
-            point = schema.status_point(self.city.id, device, cast(Status, message))
+            point = schema.status_point(city.id, device, cast(Status, message))
             return self._encoded(point, channel)
         numbered = cast(Reading | Event, message)
         if shape is _READING:
-            point = schema.reading_point(self.city.id, device, cast(Reading, message))
+            point = schema.reading_point(city.id, device, cast(Reading, message))
         else:
-            point = schema.event_point(self.city.id, device, cast(Event, message))
+            point = schema.event_point(city.id, device, cast(Event, message))
         return self._numbered(device, payload, numbered.seq, point, channel)
 
-    def _series(self, device: Device) -> tuple[str, dict[str, str], tuple[tuple[str, str], ...]]:
+    def _foreign(self, parsed: topics.DeviceTopic) -> str:
+        """Why a topic of a city this deployment does not serve is refused."""
+        if len(self.cities) == 1:
+            return f"topic names city {parsed.city!r}; this registry is city {self.city.id!r}"
+        return (
+            f"topic names city {parsed.city!r}, which this deployment does not serve "
+            f"(cities: {', '.join(self.cities.ids)})"
+        )
+
+    def _series(
+        self, city_id: str, device: Device
+    ) -> tuple[str, dict[str, str], tuple[tuple[str, str], ...]]:
         """A device's reading series key, tags and sorted tags, built once per device (the
-        tags dict is shared by its points and never mutated)."""
+        tags dict is shared by its points and never mutated; device ids are unique across
+        cities)."""
         cached = self._device_series.get(device.id)
         if cached is None:
-            tags = schema.reading_tags(self.city.id, device)
+            tags = schema.reading_tags(city_id, device)
             series = series_key(schema.measurement_of(device.kind), tags)
             cached = self._device_series[device.id] = (series, tags, tuple(sorted(tags.items())))
         return cached

@@ -295,6 +295,10 @@ class Cities(Mapping[str, City]):
     def __iter__(self) -> Iterator[str]:
         return iter(c.id for c in self.cities)
 
+    def get(self, city_id: str, default: Any = None) -> Any:
+        """The city with this id, or `default` (a plain dict lookup: on the hot path)."""
+        return self._by_id.get(city_id, default)
+
     def __len__(self) -> int:
         return len(self.cities)
 
@@ -338,6 +342,11 @@ def registry_paths(value: Any) -> tuple[Path, ...]:
     if isinstance(value, list | tuple):
         return tuple(p for item in value for p in registry_paths(item))
     raise RegistryError(f"registry: expected paths, not {type(value).__name__}")
+
+
+def as_cities(city: City | Cities) -> Cities:
+    """The cities a component serves: a single City is a deployment of one."""
+    return city if isinstance(city, Cities) else Cities((city,))
 
 
 def registry_files(paths: Iterable[Path | str]) -> tuple[Path, ...]:
