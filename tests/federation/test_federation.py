@@ -519,6 +519,16 @@ def test_federation_shares_indicators_not_data(federation: dict[str, Instance]) 
         region.stack, bridge_username("tashkent"), fed.city_topic("samarkand"), "{}", tls=True
     )
     assert "not author" in refused.lower(), refused
+    # A message delivered twice (QoS 1, a bridge's resend) overwrites itself.
+    (line,) = [(t, p) for t, p in carried if t == own_topic][-1:]
+    again = fed.ScopeIndicators.model_validate_json(line[1])
+    count = (
+        'SELECT count("payload") FROM "federated_scopes" WHERE "city" = \'tashkent\' '
+        f"AND \"scope\" = '_city' AND time = '{again.interval.key()[0]}'"
+    )
+    assert _query(region.stack.influx_url, REGION_DB, count)[0]["values"][0][1] == 1
+    _pub(region.stack, bridge_username("tashkent"), own_topic, line[1], tls=True)
     _pub(region.stack, bridge_username("tashkent"), own_topic, "not json", tls=True)
     letters = region.stack.base_dir.parent / "region-deadletter" / "deadletters.jsonl"
     _wait("the dead letter", lambda: letters.exists() and "bad_json" in letters.read_text())
+    assert _query(region.stack.influx_url, REGION_DB, count)[0]["values"][0][1] == 1

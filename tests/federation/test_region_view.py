@@ -119,6 +119,18 @@ async def _federate(settings: ApiSettings, city: City) -> list[fed.Message]:
         await base.close()
 
 
+def test_without_a_region_database_only_the_local_cities_show(
+    region_setup: tuple[ApiSettings, City, str],
+) -> None:
+    settings, city, key = region_setup
+    with TestClient(create_app(settings, city), headers={"X-API-Key": key}) as client:
+        body = client.get("/v1/region/overview").json()
+    assert [(c["city"], c["source"]) for c in body["cities"]] == [("tashkent", "local")]
+    samarkand = body["corridors"][0]["segments"][1]
+    assert (samarkand["source"], samarkand["speed_kmh"]) == (None, None)
+    assert body["corridors"][0]["travel_time_s"] is None
+
+
 def test_region_overview_sets_local_and_federated_cities_side_by_side(
     region_setup: tuple[ApiSettings, City, str],
 ) -> None:
