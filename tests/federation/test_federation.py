@@ -313,7 +313,9 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, I
                 name, LocalStack(base / name, city=city, mosquitto_extra_config=bridge), city
             )
             instances[name] = inst
-            secret = _account(inst.stack, service_username(Role.FEDERATION), Role.FEDERATION)
+            # The publisher's account, pinned to this city's _federation topics.
+            publisher = service_username(Role.FEDERATION, name)
+            secret = _account(inst.stack, publisher, Role.FEDERATION, name)
             inst.stack.start()
             inst.seen = base / f"{name}-published.txt"
             watchers.append(
@@ -335,6 +337,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, I
                 SAFECITY_REGISTRY=str(registry),
                 SAFECITY_FEDERATION__ENABLED="true",
                 SAFECITY_FEDERATION__BACKFILL="2",
+                SAFECITY_FEDERATION__USERNAME=publisher,
                 SAFECITY_FEDERATION__PASSWORD=secret,
             )
         yield instances
@@ -518,6 +521,10 @@ def test_federation_shares_indicators_not_data(federation: dict[str, Instance]) 
     refused = _pub(
         region.stack, bridge_username("tashkent"), fed.city_topic("samarkand"), "{}", tls=True
     )
+    assert "not author" in refused.lower(), refused
+    # So may a city's publisher on its own broker.
+    tashkent = federation["tashkent"].stack
+    refused = _pub(tashkent, "_federation.tashkent", fed.city_topic("samarkand"), "{}")
     assert "not author" in refused.lower(), refused
     # A message delivered twice (QoS 1, a bridge's resend) overwrites itself.
     (line,) = [(t, p) for t, p in carried if t == own_topic][-1:]
