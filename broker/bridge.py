@@ -17,14 +17,20 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from broker.identity import Role, service_username
 from safecity.errors import ConfigError
 from safecity.topics import IDENTIFIER, federation_filter
 
-__all__ = ["render_bridge"]
+__all__ = ["bridge_username", "render_bridge"]
 
 _ADDRESS = re.compile(r"^[A-Za-z0-9.-]+:[0-9]{1,5}$")
 # A value on a mosquitto.conf line: no whitespace or comment that would change its meaning.
 _VALUE = re.compile(r"^[^\s#]+$")
+
+
+def bridge_username(city: str) -> str:
+    """The regional broker account of a city's bridge, e.g. `_bridge.tashkent`."""
+    return service_username(Role.BRIDGE, city)
 
 
 def _value(text: str, what: str) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from broker import certs, emqx, identity
-from broker.bridge import render_bridge
+from broker.bridge import bridge_username, render_bridge
 from broker.dynsec import DYNSEC_FILE, DynsecAdmin
 from broker.identity import CredentialStore, Role
 from broker.settings import SecuritySettings
@@ -139,7 +139,7 @@ def cmd_provision(args: argparse.Namespace) -> int:
             _provision_one(store, name, Role(role), city, issued)
     for bridged in args.bridge or ():
         # On the regional broker: the account a city's bridge logs in with.
-        _provision_one(store, identity.bridge_username(bridged), Role.BRIDGE, bridged, issued)
+        _provision_one(store, bridge_username(bridged), Role.BRIDGE, bridged, issued)
     if not args.device and not args.service and not args.bridge:
         for city in cities.values():
             issued.update(store.provision_city(city))
@@ -255,7 +255,7 @@ def _bridge_lines(args: argparse.Namespace) -> list[str]:
     secrets = read_secrets(args.bridge_secrets_file)
     lines: list[str] = []
     for city in cities:
-        username = args.bridge_username or identity.bridge_username(city)
+        username = args.bridge_username or bridge_username(city)
         if username not in secrets:
             raise ConfigError(f"no secret for {username} in {args.bridge_secrets_file}")
         lines += render_bridge(

@@ -87,8 +87,7 @@ class Role(StrEnum):
     API = "api"
     CONSOLE = "console"
     SIMULATOR = "simulator"
-    # Federation: a city's indicator publisher; the regional ingest; a city's bridge
-    # on the regional broker (one account per city, `_bridge.<city>`).
+    # Federation: publisher, regional ingest, a city's bridge (`_bridge.<city>` only).
     FEDERATION = "federation"
     REGION = "region"
     BRIDGE = "bridge"
@@ -124,11 +123,6 @@ def service_scope(username: str) -> str | None:
     """The city a service account is scoped to (`_ingest.tashkent` -> tashkent), or None."""
     _, dot, city = username.partition(".")
     return city if dot else None
-
-
-def bridge_username(city: str) -> str:
-    """The regional broker account of a city's bridge, e.g. `_bridge.tashkent`."""
-    return service_username(Role.BRIDGE, city)
 
 
 def validate_username(username: str, role: Role) -> str:

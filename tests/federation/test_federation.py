@@ -33,9 +33,9 @@ import pytest
 
 from api.apikeys import KeyStore
 from api.overview import MEAN_FIELDS
-from broker.bridge import render_bridge
+from broker.bridge import bridge_username, render_bridge
 from broker.dynsec import DynsecAdmin
-from broker.identity import Role, bridge_username, service_username
+from broker.identity import Role, service_username
 from control.stack import LocalStack, ManagedProcess, free_port, http_ok
 from safecity import federation as fed
 from safecity import incidents as inc

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from broker.bridge import render_bridge
-from broker.identity import CredentialStore, Role, bridge_username, validate_username
+from broker.bridge import bridge_username, render_bridge
+from broker.identity import CredentialStore, Role, validate_username
 from control.cli import main
 from safecity.errors import ConfigError
 
