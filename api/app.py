@@ -24,6 +24,7 @@ from api.apikeys import KeyStore
 from api.audit import AuditLog, AuditMiddleware
 from api.delivery import LedgerIndex
 from api.directory import Directory
+from api.federation import local_cities, start_publisher
 from api.headers import SecurityHeadersMiddleware
 from api.limits import BodyLimitMiddleware
 from api.live import Hub
@@ -40,6 +41,7 @@ from api.routes import (
     incidents,
     keys,
     metrics,
+    region,
     stream,
 )
 from api.security import HEADER, RateLimiter, require
@@ -88,6 +90,11 @@ TAGS: list[dict[str, Any]] = [
         "name": "stream",
         "description": "Live readings, events and alerts as Server-Sent Events, "
         "resumable with `Last-Event-ID`.",
+    },
+    {
+        "name": "region",
+        "description": "The cities a key may see side by side (local and federated) "
+        "and the corridors' traffic KPIs.",
     },
     {"name": "keys", "description": "The calling API key and the audit log."},
     {"name": "health", "description": "Liveness and readiness probes (no key)."},
@@ -192,9 +199,13 @@ def create_app(
             },
         )
         figures = app.state.figures = metrics.start_incident_figures(app)
+        # Off by default: publishes the city's indicators for a regional instance.
+        federation = app.state.federation = start_publisher(settings, local_cities(app))
         try:
             yield
         finally:
+            if federation is not None:
+                await federation.stop()
             await figures.stop()
             for runtime in runtimes.values():
                 await runtime.hub.stop()
@@ -255,6 +266,7 @@ def create_app(
     app.include_router(grafana.router)
     app.include_router(keys.router)
     app.include_router(stream.router, dependencies=read)
+    app.include_router(region.router, dependencies=read)
     # The console's page and assets hold no data: no key (its data calls need one).
     app.include_router(console.router)
     return app

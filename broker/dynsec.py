@@ -19,7 +19,7 @@ from typing import Any
 from safecity.errors import ConfigError, MqttError
 from safecity.mqtt import MqttClient
 from safecity.settings import MqttSettings
-from safecity.topics import DEADLETTER, PREFIX, SERVICES
+from safecity.topics import DEADLETTER, PREFIX, SERVICES, federation_filter
 
 __all__ = [
     "CONTROL_TOPIC",
@@ -92,6 +92,16 @@ SERVICE_ACLS: dict[str, list[dict[str, Any]]] = {
     "console": _reads(f"{PREFIX}/#", "$SYS/#", share=False),
     # A single-connection simulated fleet speaks for every device: local development only.
     "simulator": _writes(*(f"{PREFIX}/+/+/+/+/{c}" for c in _CHANNELS), f"{PREFIX}/+/{SERVICES}/#"),
+    # A city's federation publisher (the API's task): its indicators, on its own broker.
+    "federation": _writes(federation_filter()),
+    # The regional ingest: the federated indicators of every city, nothing else.
+    "region": [
+        *_reads(federation_filter(), share=True),
+        *_writes(f"{PREFIX}/+/{DEADLETTER}/#", f"{PREFIX}/+/{SERVICES}/#"),
+    ],
+    # A city's bridge on the regional broker; its account is always scoped to its city
+    # (`_bridge.<city>`), so it may write only safecity/v1/<city>/_federation/#.
+    "bridge": _writes(federation_filter()),
     "admin": [
         _acl("publishClientSend", f"{CONTROL_TOPIC}"),
         *_reads(RESPONSE_TOPIC, share=False),

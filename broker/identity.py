@@ -87,10 +87,16 @@ class Role(StrEnum):
     API = "api"
     CONSOLE = "console"
     SIMULATOR = "simulator"
+    # Federation: publisher, regional ingest, a city's bridge (`_bridge.<city>` only).
+    FEDERATION = "federation"
+    REGION = "region"
+    BRIDGE = "bridge"
     ADMIN = "admin"
 
 
-SERVICE_ROLES: tuple[Role, ...] = tuple(r for r in Role if r not in (Role.DEVICE, Role.ADMIN))
+SERVICE_ROLES: tuple[Role, ...] = tuple(
+    r for r in Role if r not in (Role.DEVICE, Role.ADMIN, Role.BRIDGE)
+)
 DEFAULT_SERVICES: tuple[Role, ...] = (Role.INGEST, Role.API)
 # What a local stack (`make run`, the test session) provisions besides the devices.
 LOCAL_SERVICES: tuple[Role, ...] = (Role.INGEST, Role.API, Role.ALERTS, Role.SIMULATOR)
@@ -103,6 +109,8 @@ def service_username(role: Role | str, city: str | None = None) -> str:
     if r is Role.DEVICE:
         raise ConfigError("devices are named by their registry id, not by role")
     if city is None:
+        if r is Role.BRIDGE:
+            raise ConfigError("a bridge account belongs to one city: _bridge.<city>")
         return SERVICE_PREFIX + r.value
     if r is Role.ADMIN:
         raise ConfigError("the admin account changes every account: it has no city scope")

@@ -26,6 +26,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     configure_logging("ingest", s.log_level)
     if s.worker_id == "auto":
         s = s.model_copy(update={"worker_id": resolve_instance_id("auto")})
+    if s.region.enabled:
+        # A regional instance: its ingest takes the cities' federated indicators.
+        from ingest import federation
+
+        return run_async(federation.run(s))
     cities = registry.load_cities(s.registry)
     if args.workers is not None:
         from ingest import supervisor

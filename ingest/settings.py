@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
+from safecity.federation import RegionSettings
 from safecity.settings import InfluxSettings, MqttSettings, ServiceSettings, in_home
 
 
@@ -64,6 +65,9 @@ class IngestSettings(ServiceSettings):
         "into a city nobody serves is seen and dead-lettered) or only the `served` ones "
         "(needed under a broker account scoped to a city, `_ingest.<city>`).",
     )
+
+    # A regional instance: federated indicators instead of device topics.
+    region: RegionSettings = RegionSettings()
 
     @field_validator("broker_log", mode="before")
     @classmethod
