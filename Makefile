@@ -1,6 +1,8 @@
 # safecity developer entry points. `make help` lists them.
 VENV := .venv
 PYTEST_ARGS ?=
+# Test files spread over this many workers (pytest-xdist); 1 runs them in one process.
+TEST_JOBS ?= 2
 
 .DEFAULT_GOAL := help
 .PHONY: help setup run test compose-test lint bench soak clean
@@ -26,7 +28,7 @@ run: setup
 
 test:
 	bash scripts/setup.sh --test
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n $(TEST_JOBS) --dist loadfile $(PYTEST_ARGS)
 
 # The compose stack built and run under podman (docs/compose.md); `make test` runs it too.
 compose-test:

@@ -7,6 +7,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -36,12 +37,33 @@ _LOG_TAIL_LINES = 20
 _POLL_INTERVAL = 0.05
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(host: str = LOOPBACK) -> int:
-    """Return a TCP port on `host` that was free a moment ago (bind to port 0)."""
+    """Return a TCP port on `host` that was free a moment ago, below the ephemeral range.
+
+    A port the kernel hands out for port 0 comes from the ephemeral range, where any
+    outgoing connection may take it as its source port before the service binds it; a
+    random port below that range is only ever taken by another service asking the same.
+    """
+    low = max(_ephemeral_low() - 12_000, 10_000)
+    for _ in range(100):
+        port = random.randrange(low, low + 12_000)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+        fallback: int = sock.getsockname()[1]
+        return fallback
 
 
 def http_ok(url: str) -> Callable[[], bool]:
