@@ -1,27 +1,32 @@
-"""Ingest throughput, CPU/RSS and latency with every guarantee on, beside its ceilings.
+"""Ingest throughput, CPU/RSS and latency with every guarantee on, beside its ceilings and a peer.
 
 Measured in one run on one machine, against a fresh local Mosquitto + InfluxDB:
 
-- broker raw QoS 1: `mosquitto_pub -l` -> `mosquitto_sub` (the ceiling);
+- the broker, each round: the live QoS 1 rate (`mosquitto_pub -l` -> `mosquitto_sub`, set by
+  the publisher) and its queued-drain ceiling (a paused `mosquitto_sub -q 1` on a persistent
+  session, the same backlog queued, resumed and timed to its last message);
 - scale-out: safecity ingest with 1, 2 and 3 workers (`--workers N`) on one shared
-  subscription each, the same queued load, `--rounds` rounds in rotating order, each
-  round beside its own raw broker rate: MQTT v5 persistent sessions, QoS 1, manual
-  ack after the InfluxDB write, and the checker's lost/dup for every run;
+  subscription each, the same queued load, `--rounds` rounds in rotating order, each run
+  stated against both of its round's broker rates: MQTT v5 persistent sessions, QoS 1,
+  manual ack after the InfluxDB write, the checker's lost/dup for every run, and what
+  limits the next worker (per-process CPU during the 2-worker drain);
+- the peer: Node-RED's standard flow (`benchmarks/nodered/`, mqtt in -> function ->
+  influxdb out) on the same broker, InfluxDB and bytes, stock and with its HTTP sockets
+  capped: readings/s stored, CPU per reading, peak RSS, lost;
 - a naive ingest: one awaited InfluxDB write per message, then the ack;
 - device->queryable latency p50/p99 at 5,000 readings/s (half the 10,000/s one-worker
-  target; `--latency-rate`): current-time readings
-  published by `mosquitto_pub`, InfluxDB polled every 20 ms for each device's stored
-  max(seq) (beside the ingest's own `safecity_ingest_e2e_lag_seconds` histogram);
+  target; `--latency-rate`): current-time readings published by `mosquitto_pub`,
+  InfluxDB polled every 20 ms for each device's stored max(seq);
 - ingest RSS while InfluxDB is SIGSTOPped for 60 s at 10,000 readings/s (the spool
   takes over), the drain after SIGCONT, and lost/dup through the checker.
 
 The broker is the platform's only one (no anonymous access, ACLs): the publishers log
-in as `_simulator` (which may write every device topic and `_services`), the raw
-subscriber as the read-only `_api`, every ingest as `_ingest`. The raw baseline uses
-`safecity/v1/<city>/_services/bench-raw` (writable by `_simulator`, readable by `_api`,
-outside the ingest's subscription).
+in as `_simulator`, the raw subscriber as the read-only `_api`, every ingest and Node-RED
+as `_ingest`. The raw baselines use `safecity/v1/<city>/_services/bench-*` topics
+(writable by `_simulator`, readable by `_api`, outside the ingest's subscription).
 
-Run: `make bench` or `.venv/bin/python -m benchmarks.ingest [--messages N --rounds R]`.
+Run: `make bench` or `.venv/bin/python -m benchmarks.ingest [--messages N --rounds R]`;
+the parts live in `benchmarks/_ingest/`.
 """
 
 from __future__ import annotations
@@ -38,8 +43,9 @@ from benchmarks._ingest.broker import drop_sessions
 from benchmarks._ingest.drain import naive_ingest, scale_out
 from benchmarks._ingest.harness import latency_run, outage_run
 from benchmarks._ingest.load import INGEST, PUBLISHER, READER, payloads, publish_all, write_ledger
+from benchmarks._ingest.nodered import NodeRedUnavailableError, peer_runs
 from benchmarks._ingest.probes import create_db, loadavg, versions
-from benchmarks._ingest.table import print_table
+from benchmarks._ingest.table import Figures, print_table
 from control.stack import LocalStack
 
 
@@ -54,6 +60,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--latency-rate", type=float, default=5_000.0)
     parser.add_argument("--outage-seconds", type=float, default=60.0, help="0: skip")
     parser.add_argument("--outage-rate", type=float, default=10_000.0)
+    parser.add_argument(
+        "--nodered-sockets", type=int, default=8, help="the capped Node-RED run's HTTP sockets"
+    )
+    parser.add_argument("--skip-nodered", action="store_true", help="no Node-RED peer runs")
     args = parser.parse_args(argv)
     n = args.messages
     with tempfile.TemporaryDirectory(prefix="safecity-bench-") as tmp:
@@ -74,6 +84,18 @@ def main(argv: Sequence[str] | None = None) -> None:
             )
             print(f"# conditions: {conditions}", flush=True)
             raws, ceilings, runs = scale_out(stack, base, batches, flat, ledger_path, args.rounds)
+            peer: list[dict[str, float]] = []
+            peer_version, peer_missing = "", ""
+            if args.skip_nodered:
+                peer_missing = "--skip-nodered"
+            else:
+                try:
+                    peer_version, peer = peer_runs(
+                        stack, base, batches, start, args.nodered_sockets
+                    )
+                except NodeRedUnavailableError as exc:
+                    peer_missing = str(exc)
+                    print(f"Node-RED peer not run: {peer_missing}", flush=True)
 
             naive_batches = payloads(args.naive_messages, start + timedelta(hours=2), seed=4)
             naive_db = "bench_naive"
@@ -109,7 +131,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                     flush=True,
                 )
             print(f"# load average at end {loadavg()}")
-            print_table(raws, ceilings, runs, lat, out, naive, n, sample)
+            if peer_version:
+                print(f"# peer: {peer_version}")
+            figures = Figures(raws, ceilings, runs, naive, lat, out, n, sample)
+            figures.peer, figures.peer_version = peer, peer_version
+            figures.peer_missing = peer_missing
+            print_table(figures)
 
 
 if __name__ == "__main__":

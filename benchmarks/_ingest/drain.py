@@ -94,6 +94,10 @@ def run_ingest(
         "broker_cpu": cpu[stack.mosquitto.pid or 0] / elapsed,
         "influx_cpu": cpu[stack.influxd.pid or 0] / elapsed,
         "ingest_rss": rss,
+        # The busiest and idlest worker's share: an uneven split points at the share group.
+        "worker_cpu_max": max(cpu[p] for p in pids) / elapsed,
+        "worker_cpu_min": min(cpu[p] for p in pids) / elapsed,
+        "load": os.getloadavg()[0],
     }
 
 
