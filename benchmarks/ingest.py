@@ -85,12 +85,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"# conditions: {conditions}", flush=True)
             raws, ceilings, runs = scale_out(stack, base, batches, flat, ledger_path, args.rounds)
             peer: list[dict[str, float]] = []
+            peer_errors: list[str] = []
             peer_version, peer_missing = "", ""
             if args.skip_nodered:
                 peer_missing = "--skip-nodered"
             else:
                 try:
-                    peer_version, peer = peer_runs(
+                    peer_version, peer, peer_errors = peer_runs(
                         stack, base, batches, start, args.nodered_sockets
                     )
                 except NodeRedUnavailableError as exc:
@@ -127,7 +128,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                     f"InfluxDB SIGSTOP {args.outage_seconds:.0f} s at {float(out['rate']):,.0f}/s: "
                     f"ingest peak RSS {float(out['rss']):.0f} MiB, spooled {out['spooled']:,.0f}, "
                     f"drained {float(out['drained_after']):.1f} s after SIGCONT, "
-                    f"lost {out['lost']}, dup {out['dup']} (load average {loadavg()})",
+                    f"lost {out['lost']}, dup {out['dup']}, publishers hung and killed "
+                    f"{out['hung']} (load average {loadavg()})",
                     flush=True,
                 )
             print(f"# load average at end {loadavg()}")
@@ -135,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 print(f"# peer: {peer_version}")
             figures = Figures(raws, ceilings, runs, naive, lat, out, n, sample)
             figures.peer, figures.peer_version = peer, peer_version
-            figures.peer_missing = peer_missing
+            figures.peer_missing, figures.peer_errors = peer_missing, peer_errors
             print_table(figures)
 
 

@@ -20,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections import Counter
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -36,7 +37,9 @@ from safecity.registry import Device
 
 FLOW_DIR = Path(__file__).resolve().parent.parent / "nodered"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "safecity-bench"
-STALL = 20.0  # s without a new point after the last one: the flow is done (or stuck)
+IDLE = 20.0  # s without a new point while Node-RED is idle: it is done
+STALL = 180.0  # s without a new point however busy Node-RED is: it is stuck
+BUSY = 0.05  # cores: Node-RED above this is still working (writes pending, GC)
 PATIENCE = 900.0  # s: the longest a run may take
 
 
@@ -119,7 +122,7 @@ def nodered_run(
     start: datetime,
     name: str,
     max_sockets: int | None,
-) -> dict[str, float]:
+) -> tuple[dict[str, float], str]:
     """Drain the queued load with Node-RED (sockets capped at `max_sockets`, or stock)."""
     db = f"bench_nodered_{name}"
     asyncio.run(create_db(stack, db))
@@ -160,14 +163,27 @@ def nodered_run(
             started = time.monotonic()
             os.kill(pid, signal.SIGCONT)
         count, last, at_last = 1, started, dict(before)
+        fds, busy, cpu_seen = 0, 0.0, (started, before[pid])
         while True:
             time.sleep(0.5)
             now_count = stored(stack, db)
             now = time.monotonic()
+            fds = max(fds, len(os.listdir(f"/proc/{pid}/fd")))
             if now_count > count:
                 count, last = now_count, now
                 at_last = {p: proc_stats(p)[0] for p in procs}
-            if now_count - 1 >= total or now - last > STALL or now - started > PATIENCE:
+            # Node-RED's CPU over the last few seconds: a busy process may still store more.
+            if now - cpu_seen[0] >= 5:
+                cpu_now = proc_stats(pid)[0]
+                busy = (cpu_now - cpu_seen[1]) / (now - cpu_seen[0])
+                cpu_seen = (now, cpu_now)
+            quiet = now - last
+            if (
+                now_count - 1 >= total
+                or (quiet > IDLE and busy < BUSY)
+                or quiet > STALL
+                or now - started > PATIENCE
+            ):
                 break
         rss = proc_stats(pid)[1]
         log = proc.log_path.read_text(errors="replace")
@@ -192,12 +208,33 @@ def nodered_run(
         "rss": rss,
         "errors": float(_errors(log)),
         "emfile": float(log.count("EMFILE")),
-    }
+        "fds": float(fds),
+        # Still working when the run ended (STALL or PATIENCE): lost may be an upper bound.
+        "busy_at_end": busy,
+    }, top_error(log)
 
 
 def _errors(log: str) -> int:
     """Error lines Node-RED logged (a failed write is logged, its reading already acked)."""
     return sum(1 for line in log.splitlines() if "[error]" in line)
+
+
+def top_error(log: str) -> str:
+    """The error Node-RED logged most often, with its count ("" when none)."""
+    counts = Counter(
+        line.split("[error]", 1)[1].strip() for line in log.splitlines() if "[error]" in line
+    )
+    if not counts:
+        return ""
+    text, n = counts.most_common(1)[0]
+    return f"{n:,} x `{text[:120]}`"
+
+
+def still(res: dict[str, float]) -> str:
+    """A note when Node-RED was still busy as the run ended (its lost is then an upper bound)."""
+    if res["busy_at_end"] < BUSY:
+        return ""
+    return f", still busy ({res['busy_at_end']:.2f} cores) when stopped"
 
 
 def peer_runs(
@@ -206,22 +243,24 @@ def peer_runs(
     batches: dict[Device, list[bytes]],
     start: datetime,
     max_sockets: int,
-) -> tuple[str, list[dict[str, float]]]:
-    """Node-RED stock, then with its HTTP sockets capped; (versions, runs) or raises
-    NodeRedUnavailableError with the reason."""
+) -> tuple[str, list[dict[str, float]], list[str]]:
+    """Node-RED stock, then with its HTTP sockets capped; (versions, runs, each run's most
+    frequent error) or raises NodeRedUnavailableError with the reason."""
     red, version = install()
-    runs = []
+    runs, errors = [], []
     for label, cap in (("stock", None), (f"cap{max_sockets}", max_sockets)):
-        res = nodered_run(stack, base, red, batches, start, label, cap)
+        res, error = nodered_run(stack, base, red, batches, start, label, cap)
         runs.append(res)
+        errors.append(error)
         print(
             f"Node-RED ({'stock' if cap is None else f'HTTP sockets capped at {cap}'}): "
             f"{res['stored']:,.0f} of {res['sent']:,.0f} stored, lost {res['lost']:,.0f}, "
             f"{res['rate']:,.0f} readings/s stored, {res['cpu_us']:.0f} us CPU/reading "
             f"({res['node_cpu']:.2f} cores), peak RSS {res['rss']:.0f} MiB, broker CPU "
             f"{res['broker_cpu']:.2f}, influxd CPU {res['influx_cpu']:.2f}; "
-            f"{res['errors']:,.0f} error lines logged ({res['emfile']:,.0f} EMFILE) "
+            f"{res['errors']:,.0f} error lines logged ({res['emfile']:,.0f} EMFILE), peak "
+            f"{res['fds']:,.0f} open files{still(res)}{f', most often {error}' if error else ''} "
             f"(load average {loadavg()})",
             flush=True,
         )
-    return version, runs
+    return version, runs, errors

@@ -6,6 +6,8 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from benchmarks._ingest.nodered import still
+
 Run = dict[str, float]
 
 
@@ -23,6 +25,7 @@ class Figures:
     sample: int
     peer: list[Run] = field(default_factory=list)
     peer_version: str = ""
+    peer_errors: list[str] = field(default_factory=list)  # each run's most frequent error
     peer_missing: str = ""  # why Node-RED did not run, when it did not
 
 
@@ -77,7 +80,7 @@ def _peer_rows(f: Figures, ceiling: float, raw: float, one: float, us_one: float
     if f.peer_missing:
         return [f"| Node-RED peer | not run: {f.peer_missing} |"]
     rows = []
-    for r in f.peer:
+    for r, error in zip(f.peer, f.peer_errors or [""] * len(f.peer), strict=True):
         how = "stock" if not r["sockets"] else f"HTTP sockets capped at {r['sockets']:.0f}"
         rows.append(
             f"| {f.peer_version.split(',')[0]} standard flow, {how} | {r['rate']:,.0f} readings/s "
@@ -86,8 +89,9 @@ def _peer_rows(f: Figures, ceiling: float, raw: float, one: float, us_one: float
             f"**{r['cpu_us']:.0f} us CPU/reading** (safecity 1 worker "
             f"{r['cpu_us'] / us_one:.1f}x less); peak RSS "
             f"{r['rss']:.0f} MiB; **lost {r['lost']:,.0f}** of {r['sent']:,.0f}; "
-            f"{r['errors']:,.0f} errors logged ({r['emfile']:,.0f} EMFILE); influxd CPU "
-            f"{r['influx_cpu']:.2f} |"
+            f"{r['errors']:,.0f} errors logged ({r['emfile']:,.0f} EMFILE); peak "
+            f"{r['fds']:,.0f} open files; influxd CPU {r['influx_cpu']:.2f}{still(r)}"
+            f"{f'; most often {error}' if error else ''} |"
         )
     return rows
 
@@ -146,11 +150,13 @@ def print_table(f: Figures) -> None:
         f"{lat['p99']} s) |"
     )
     if out is not None:
+        hung = out.get("hung", 0.0)
         print(
             f"| InfluxDB SIGSTOP {out['outage']:.0f} s at {out['rate']:,.0f}/s "
             f"| ingest peak RSS {out['rss']:.0f} MiB; {out['spooled']:,.0f} "
             f"spooled, drained {out['drained_after']:.0f} s after SIGCONT; lost "
-            f"{out['lost']:.0f}, dup {out['dup']:.0f} |"
+            f"{out['lost']:.0f}, dup {out['dup']:.0f}"
+            f"{f'; {hung:.0f} publishers hung at the end of input, killed' if hung else ''} |"
         )
     print(f"| conditions | {n} readings of ~{f.sample} B, {os.cpu_count()} CPUs |")
 
