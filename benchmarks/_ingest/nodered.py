@@ -232,7 +232,7 @@ def top_error(log: str) -> str:
 
 def still(res: dict[str, float]) -> str:
     """A note when Node-RED was still busy as the run ended (its lost is then an upper bound)."""
-    if res["busy_at_end"] < BUSY:
+    if res["busy_at_end"] < BUSY or res["lost"] <= 0:
         return ""
     return f", still busy ({res['busy_at_end']:.2f} cores) when stopped"
 
