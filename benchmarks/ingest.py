@@ -123,7 +123,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             )
             out: dict[str, float] | None = None
             if args.outage_seconds > 0:
-                out = outage_run(stack, base, args.outage_rate, args.outage_seconds)
+                try:
+                    out = outage_run(stack, base, args.outage_rate, args.outage_seconds)
+                except SystemExit as exc:
+                    # Its figures are lost, the others' are not: print the table anyway.
+                    print(f"InfluxDB outage run failed: {exc}", flush=True)
+                    out = None
+            if out is not None:
                 print(
                     f"InfluxDB SIGSTOP {args.outage_seconds:.0f} s at {float(out['rate']):,.0f}/s: "
                     f"ingest peak RSS {float(out['rss']):.0f} MiB, spooled {out['spooled']:,.0f}, "

@@ -288,12 +288,17 @@ def outage_run(
     achieved = publisher.run(lead + outage + lead, {lead: pause, lead + outage: resume})
     finished = time.monotonic()
     metrics: dict[str, float] = {}
+    last_acked, steady_since = -1.0, time.monotonic()
     while True:
         metrics = scrape(url)
-        if (
-            metrics.get("safecity_ingest_acked_total", 0) >= publisher.total
-            and metrics.get("safecity_ingest_spool_points", 1) == 0
-        ):
+        acked = metrics.get("safecity_ingest_acked_total", 0.0)
+        empty = metrics.get("safecity_ingest_spool_points", 1) == 0
+        if acked >= publisher.total and empty:
+            break
+        if acked != last_acked:
+            last_acked, steady_since = acked, time.monotonic()
+        # A killed publisher never sent its last lines: wait for the rest, not for those.
+        if publisher.hung and empty and time.monotonic() - steady_since > 15:
             break
         if time.monotonic() - finished > 300:
             raise SystemExit("outage run: spool did not drain")

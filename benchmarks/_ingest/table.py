@@ -151,12 +151,18 @@ def print_table(f: Figures) -> None:
     )
     if out is not None:
         hung = out.get("hung", 0.0)
+        hung_note = (
+            f"; {hung:.0f} publishers hung at the end of input and were killed: lines they "
+            "never sent count as lost"
+            if hung
+            else ""
+        )
         print(
             f"| InfluxDB SIGSTOP {out['outage']:.0f} s at {out['rate']:,.0f}/s "
             f"| ingest peak RSS {out['rss']:.0f} MiB; {out['spooled']:,.0f} "
             f"spooled, drained {out['drained_after']:.0f} s after SIGCONT; lost "
             f"{out['lost']:.0f}, dup {out['dup']:.0f}"
-            f"{f'; {hung:.0f} publishers hung at the end of input, killed' if hung else ''} |"
+            f"{hung_note} |"
         )
     print(f"| conditions | {n} readings of ~{f.sample} B, {os.cpu_count()} CPUs |")
 
