@@ -36,13 +36,14 @@ def median(values: Sequence[float]) -> float:
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
-def next_worker_limit(runs: dict[int, list[Run]], ceiling: float) -> str:
+def next_worker_limit(runs: dict[int, list[Run]]) -> str:
     """Which resource the 2-worker runs ran out of: the broker, the cores, or neither, with
     each process's CPU share during the drain and what a third worker added."""
     two = runs.get(2) or []
     if not two:
         return "not measured"
     rate = median([r["rate"] for r in two])
+    share = median([r["rate"] / r["ceiling"] for r in two])  # as in the rows: per run, then median
     keys = ("ingest_cpu", "broker_cpu", "influx_cpu", "worker_cpu_max", "worker_cpu_min", "load")
     m = {k: median([r.get(k, 0.0) for r in two]) for k in keys}
     cores = os.cpu_count() or 1
@@ -51,7 +52,7 @@ def next_worker_limit(runs: dict[int, list[Run]], ceiling: float) -> str:
         f"during the 2-worker drain: workers {m['ingest_cpu']:.2f} cores (each "
         f"{m['worker_cpu_min']:.2f}-{m['worker_cpu_max']:.2f}) + broker {m['broker_cpu']:.2f} + "
         f"influxd {m['influx_cpu']:.2f} = {busy:.2f} of {cores} cores at load average "
-        f"{m['load']:.1f}; {rate / ceiling:.0%} of the broker's queued-drain ceiling"
+        f"{m['load']:.1f}; {share:.0%} of the broker's queued-drain ceiling"
     )
     three = runs.get(3) or []
     if three:
@@ -59,7 +60,7 @@ def next_worker_limit(runs: dict[int, list[Run]], ceiling: float) -> str:
         used += f"; 3 workers = {gain:.2f}x 2 workers"
     # Other processes' load takes cores too: what is left is cores minus their run queue.
     others = max(0.0, m["load"] - busy)
-    if rate >= 0.8 * ceiling:
+    if share >= 0.8:
         return f"the broker ({used})"
     if busy >= 0.85 * cores:
         return f"the cores: a third worker only takes CPU from the other two ({used})"
@@ -135,7 +136,7 @@ def print_table(f: Figures) -> None:
             f"{median([r['influx_cpu'] for r in rs]):.2f} |"
         )
     print(f"| lost / dup (checker), every run | {lost} / {dup} |")
-    print(f"| what limits the next worker | {next_worker_limit(runs, ceiling)} |")
+    print(f"| what limits the next worker | {next_worker_limit(runs)} |")
     for row in _peer_rows(f, ceiling, raw, rate[1], us_per[1]):
         print(row)
     print(
