@@ -25,16 +25,9 @@ from pathlib import Path
 import httpx
 
 from api.apikeys import KeyStore
-from benchmarks.ingest import (
-    CITY,
-    KINDS,
-    _create_db,
-    loadavg,
-    payloads,
-    proc_stats,
-    run_ingest,
-    versions,
-)
+from benchmarks._ingest.drain import run_ingest
+from benchmarks._ingest.load import CITY, KINDS, payloads
+from benchmarks._ingest.probes import create_db, loadavg, proc_stats, versions
 from control.stack import Influxd, LocalStack, ManagedProcess, free_port
 from safecity.lineprotocol import encode_many
 from safecity.readings import format_ts, reading_model
@@ -213,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "draining the queued backlog, every guarantee on"
             )
             print(f"# conditions: {conditions}", flush=True)
-            asyncio.run(_create_db(stack, DB))
+            asyncio.run(create_db(stack, DB))
             run = run_ingest(stack, DB, base, 1, batches, args.messages, "costs")
             n = args.messages
             per = {

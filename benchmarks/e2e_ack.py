@@ -43,7 +43,8 @@ from typing import Any
 
 import httpx
 
-from benchmarks.ingest import _ingest_env, loadavg, proc_stats, scrape
+from benchmarks._ingest.drain import ingest_env
+from benchmarks._ingest.probes import loadavg, proc_stats, scrape
 from control.stack import LocalStack, ManagedProcess, free_port
 from control.verify import verify
 from edge.agent import AgentStats, DeviceAgent, Envelope
@@ -188,7 +189,7 @@ def run_once(
     name = f"e2e-{'on' if confirm else 'off'}-{secrets.token_hex(3)}"
     db = name.replace("-", "_")
     port = free_port()
-    env = _ingest_env(stack, base, name, db, port)
+    env = ingest_env(stack, base, name, db, port)
     env["SAFECITY_SHARE_GROUP"] = ""
     env["SAFECITY_ACK_INTERVAL"] = "1" if confirm else "0"
     if crash:

@@ -1,0 +1,1 @@
+"""The ingest benchmark's parts; `benchmarks/ingest.py` runs them."""
