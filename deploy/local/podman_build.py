@@ -24,6 +24,7 @@ import threading
 import time
 import tomllib
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -383,10 +384,13 @@ def wheelhouse(podman: Podman) -> Path | None:
 
 
 def build_project(
-    podman: Podman, config: dict[str, Any], images: dict[str, str], done: dict[str, str]
+    podman: Podman,
+    config: dict[str, Any],
+    images: dict[str, str],
+    done: dict[str, str],
+    wheels: Path | None,
 ) -> None:
     """The project's Dockerfile image(s), on the Python stand-in; skipped when unchanged."""
-    wheels: Path | None = None
     seen: set[str] = set()
     for name, service in sorted(config["services"].items()):
         build = service.get("build")
@@ -397,7 +401,6 @@ def build_project(
         dockerfile = context / (
             build.get("dockerfile", "Dockerfile") if isinstance(build, dict) else "Dockerfile"
         )
-        wheels = wheels or wheelhouse(podman)
         args = {"PYTHON_IMAGE": PYTHON_IMAGE, **host_pip_settings()}
         if wheels:
             args |= {"PIP_FIND_LINKS": WHEELS_MOUNT, "PIP_NO_INDEX": "1"}
@@ -441,11 +444,14 @@ def build_images(podman: Podman, config: dict[str, Any]) -> dict[str, str]:
     """Every image the stack needs; returns each hash tag as "built" or "reused"."""
     done: dict[str, str] = {}
     images = podman.images()
-    base = build_base(podman, images, done)
-    images = podman.images() if done[base] == "built" else images
-    build_standins(podman, images, base, done)
-    images = podman.images() if "built" in done.values() else images
-    build_project(podman, config, images, done)
+    # The host's pip fetches the wheels while mmdebstrap runs (both partly network-bound).
+    with ThreadPoolExecutor(1) as pool:
+        wheels = pool.submit(wheelhouse, podman)
+        base = build_base(podman, images, done)
+        images = podman.images() if done[base] == "built" else images
+        build_standins(podman, images, base, done)
+        images = podman.images() if "built" in done.values() else images
+        build_project(podman, config, images, done, wheels.result())
     if "built" in done.values():
         with step("prune superseded images"):
             prune(podman, done)
