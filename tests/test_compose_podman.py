@@ -396,7 +396,9 @@ def test_nothing_is_lost_across_the_replicas(
     stack: Stack, tmp_path: Path, secrets_dir: Path
 ) -> None:
     # The continuous simulator stops; a bounded one writes a ledger, `safecity verify` checks it.
+    began = time.monotonic()
     stack.podman.run("stop", "-t", "15", stack.name("simulator"), timeout=120)
+    TIMES["nothing_is_lost: stop the simulator"] = time.monotonic() - began
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o777)
@@ -416,6 +418,7 @@ def test_nothing_is_lost_across_the_replicas(
         timeout=300,
     )
     assert (shared / "ledger.jsonl").stat().st_size > 0, run.stderr
+    TIMES["nothing_is_lost: + the bounded simulator run"] = time.monotonic() - began
     deadletters = tmp_path / "deadletters"
     stack.podman.run("cp", f"{stack.name('ingest')}:/var/lib/safecity/deadletter", str(deadletters))
     env = {
@@ -448,6 +451,7 @@ def test_nothing_is_lost_across_the_replicas(
         if verify.returncode == 0 or time.monotonic() > deadline:
             break
         time.sleep(1)
+    TIMES["nothing_is_lost: + verify"] = time.monotonic() - began
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
