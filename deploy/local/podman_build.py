@@ -380,6 +380,9 @@ def wheelhouse(podman: Podman) -> Path | None:
             "pip wheel (the wheelhouse for the image)",
         )
         (target / ".complete").write_text("\n".join(wanted) + "\n")
+    for older in target.parent.iterdir():  # wheelhouses of earlier dependency lists
+        if older != target:
+            shutil.rmtree(older, ignore_errors=True)
     return target
 
 
