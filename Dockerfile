@@ -5,11 +5,14 @@
 ARG PYTHON_IMAGE=python:3.11-slim
 FROM ${PYTHON_IMAGE} AS build
 # The builder's own package index and CA bundle, when it has them (a PyPI mirror, a
-# TLS-intercepting proxy's CA); unset, pip uses PyPI and its own CA bundle.
+# TLS-intercepting proxy's CA), or a local wheel directory mounted into the build
+# (PIP_FIND_LINKS, with PIP_NO_INDEX=1 to use only it); unset, pip uses PyPI.
 ARG PIP_INDEX_URL
 ARG PIP_EXTRA_INDEX_URL
 ARG PIP_TRUSTED_HOST
 ARG PIP_CERT
+ARG PIP_FIND_LINKS
+ARG PIP_NO_INDEX
 WORKDIR /src
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 # Dependencies first, in their own layer: a code change rebuilds only the project's wheel.

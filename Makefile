@@ -40,7 +40,7 @@ lint:
 	bash scripts/setup.sh --python-only
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
-	$(VENV)/bin/mypy deploy/local/podman_stack.py
+	$(VENV)/bin/mypy deploy/local/podman_stack.py deploy/local/podman_build.py
 
 bench:
 	bash scripts/setup.sh --test
