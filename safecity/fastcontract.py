@@ -40,6 +40,8 @@ _MS = timedelta(milliseconds=1)
 _US = timedelta(microseconds=1)
 _FROM_ISO = datetime.fromisoformat
 _NONE = type(None)
+_ASTUPLE = msgspec.structs.astuple
+_DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError)
 
 
 def window_ms(now: datetime | None, past: timedelta, future: timedelta) -> tuple[int, int]:
@@ -78,7 +80,7 @@ def _placeholder(index: int, declared: str, actual: type) -> str | None:
 class TelemetryLines:
     """One kind's reading decoder and line templates."""
 
-    __slots__ = ("_bools", "_decoder", "_order", "_templates")
+    __slots__ = ("_bools", "_decode", "_order", "_templates")
 
     def __init__(self, kind: str) -> None:
         quantities = catalogue.telemetry_quantities(kind)
@@ -106,7 +108,8 @@ class TelemetryLines:
             frozen=True,
             gc=False,
         )
-        self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(envelope, strict=True)
+        decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(envelope, strict=True)
+        self._decode = decoder.decode
         names = [f[0] for f in fields]  # the struct's field order (astuple's order)
         declared = {q.name: q.type for q in quantities}
         # (position in the format arguments, `key=`, declared type) in line order: the
@@ -143,10 +146,10 @@ class TelemetryLines:
         if len(payload) > MAX_PAYLOAD_BYTES:
             return None
         try:
-            message = self._decoder.decode(payload)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+            message = self._decode(payload)
+        except _DECODE_ERRORS:
             return None
-        values = msgspec.structs.astuple(message.values)
+        values = _ASTUPLE(message.values)
         types = tuple(map(type, values))
         known = self._templates.get(types)
         if known is None:
