@@ -7,7 +7,8 @@ PYTEST_ARGS ?=
 
 help:
 	@echo "make setup  install mosquitto/influxdb if missing, create $(VENV), install the project"
-	@echo "make run    the whole local stack (broker, InfluxDB, ingest, API + console, simulated city)"
+	@echo "make run    the whole local stack (broker, InfluxDB, ingest, API + console, simulated city;"
+	@echo "           CITIES=\"tashkent samarkand\" runs several cities, each with its own fleet)"
 	@echo "make test   the test suite against real local services (PYTEST_ARGS=... to pass flags)"
 	@echo "make compose-test  docker-compose.yml run for real under podman (part of make test)"
 	@echo "make lint   ruff and mypy"
@@ -18,8 +19,10 @@ help:
 setup:
 	bash scripts/setup.sh
 
+# CITIES="tashkent samarkand": several cities, each with its own fleet and database.
+CITIES ?=
 run: setup
-	$(VENV)/bin/safecity run
+	$(VENV)/bin/safecity run $(if $(strip $(CITIES)),--cities $(CITIES))
 
 test:
 	bash scripts/setup.sh --test

@@ -23,16 +23,17 @@ def cmd_alerts(args: argparse.Namespace) -> int:
         registry=args.registry,
     )
     configure_logging("alerts", s.log_level)
-    city = registry.load_or_default(s.registry)
+    cities = registry.load_cities(s.registry)
     from alerts import rules as rules_mod
 
-    ruleset = rules_mod.load_for(city.id, s.alerts_rules_file)
+    rulesets = rules_mod.load_for_cities(cities.ids, s.alerts_rules_file)
     if args.check:
-        print(f"{len(ruleset.rules)} rules for {ruleset.city}: ok")
+        for ruleset in rulesets.values():
+            print(f"{len(ruleset.rules)} rules for {ruleset.city}: ok")
         return 0
     from alerts import service
 
-    return run_async(service.run(s, city, ruleset))
+    return run_async(service.run_cities(s, cities, rulesets))
 
 
 def add_parsers(sub: Any) -> None:

@@ -7,6 +7,7 @@ The YAML is composed into nodes first so that a pydantic error location
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -328,3 +329,14 @@ def load_for(city: str, path: Path | None = None) -> RuleSet:
             raise RulesError(f"{path}: rules are for city {ruleset.city!r}, not {city!r}")
         ruleset = ruleset.model_copy(update={"city": city})
     return ruleset
+
+
+def load_for_cities(cities: Sequence[str], path: Path | None = None) -> dict[str, RuleSet]:
+    """The rules of each city. One city: `load_for`. Several: a given file serves the city
+    it names (RulesError if that city is not among them), the others their shipped rules."""
+    if len(cities) == 1:
+        return {cities[0]: load_for(cities[0], path)}
+    own = load(path) if path is not None else None
+    if own is not None and own.city not in cities:
+        raise RulesError(f"{path}: rules are for city {own.city!r}, not one of {', '.join(cities)}")
+    return {c: own if own is not None and own.city == c else load_for(c) for c in cities}

@@ -6,13 +6,17 @@ ids derived from the incident so a repeat is recognisable), then the openings, a
 and auto-resolutions are written to InfluxDB, and only then is the batch acked in
 receive order. At start the book is rebuilt from the stored log; the storage retries
 and the task supervision are `safecity.retry`'s, shared with the ingest.
+
+A deployment of several cities runs one such service per city in one process
+(`run_cities`): each subscribes to its own city's topics only, with its own session,
+rules, incident book and database; one health server answers for all of them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import TypeVar
 
 from alerts import metrics
@@ -27,7 +31,7 @@ from safecity.errors import StorageError
 from safecity.influx import InfluxClient
 from safecity.mqtt import Incoming, MqttClient
 from safecity.observability import HealthServer
-from safecity.registry import City
+from safecity.registry import Cities, City
 from safecity.retry import Supervisor, retry_storage
 
 log = logging.getLogger("safecity.alerts")
@@ -38,8 +42,11 @@ CHANNELS = (topics.Channel.TELEMETRY, topics.Channel.EVENT, topics.Channel.STATU
 class AlertsService:
     """One alerts worker on the `$share/<group>/...` subscription, persistent session."""
 
-    def __init__(self, settings: AlertsSettings, city: City, rules: RuleSet) -> None:
+    def __init__(
+        self, settings: AlertsSettings, city: City, rules: RuleSet, *, serve_health: bool = True
+    ) -> None:
         self.settings = settings
+        self._serve_health = serve_health
         self.city = city
         self.rules = rules
         self.engine = Engine(rules, city)
@@ -72,7 +79,8 @@ class AlertsService:
 
     async def start(self) -> None:
         """Prepare InfluxDB, rebuild the book from storage, connect and subscribe."""
-        await self.health.start()
+        if self._serve_health:
+            await self.health.start()
         await self._retry(self.influx.ensure_database, "prepare influxdb")
         await self.refresh()
         for incident in self.book.active.values():
@@ -93,7 +101,7 @@ class AlertsService:
                 "rules": len(self.rules.rules),
                 "open_incidents": len(self.book.active),
                 "session_present": self.mqtt.session_present,
-                "metrics": f"http://{self.settings.alerts_metrics_host}:{self.health.port}/metrics",
+                "database": self.settings.influx.database,
             },
         )
 
@@ -169,6 +177,53 @@ async def run(settings: AlertsSettings, city: City, rules: RuleSet) -> None:
     service = AlertsService(settings, city, rules)
     try:
         await service.start()
+        log.info(
+            "alerts metrics",
+            extra={
+                "metrics": f"http://{settings.alerts_metrics_host}:{service.health.port}/metrics"
+            },
+        )
         await service.run()
     finally:
         await asyncio.shield(service.stop())
+
+
+def city_settings(settings: AlertsSettings, city: str, cities: Collection[str]) -> AlertsSettings:
+    """One city's share of a deployment of several: its database, its own MQTT session."""
+    if len(cities) <= 1:
+        return settings.model_copy(update={"influx": settings.influx.for_city(city, cities)})
+    return settings.model_copy(
+        update={
+            "influx": settings.influx.for_city(city, cities),
+            "alerts_id": f"{settings.alerts_id}-{city}"[:64],
+        }
+    )
+
+
+async def run_cities(
+    settings: AlertsSettings, cities: Cities, rules: Mapping[str, RuleSet]
+) -> None:
+    """Run one alerts service per city in this process until cancelled; stops them all."""
+    if len(cities) == 1:
+        await run(
+            city_settings(settings, cities.first.id, cities.ids),
+            cities.first,
+            rules[cities.first.id],
+        )
+        return
+    services = [
+        AlertsService(city_settings(settings, c.id, cities.ids), c, rules[c.id], serve_health=False)
+        for c in cities.values()
+    ]
+    health = HealthServer(
+        settings.alerts_metrics_host,
+        settings.alerts_metrics_port,
+        lambda: all(s.ready() for s in services),
+    )
+    try:
+        await health.start()
+        for service in services:
+            await service.start()
+        await asyncio.gather(*(s.run() for s in services))
+    finally:
+        await asyncio.shield(asyncio.gather(*(s.stop() for s in services), health.stop()))

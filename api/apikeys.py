@@ -16,11 +16,13 @@ import json
 import os
 import re
 import secrets
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from safecity.errors import ApiKeyError
+from safecity.topics import IDENTIFIER
 
 SCOPES = ("read", "operate", "admin")
 # Each scope includes the ones below it: an operator may also read, an admin do anything.
@@ -33,7 +35,8 @@ _DUMMY_HASH = hashlib.sha256(b"safecity-no-such-key").hexdigest()
 
 @dataclass(frozen=True, slots=True)
 class ApiKey:
-    """A stored key: id, name, scopes, SHA-256 of the secret, creation and revocation times."""
+    """A stored key: id, name, scopes, SHA-256 of the secret, creation and revocation times,
+    and the cities it may read or operate (empty: every city the deployment serves)."""
 
     id: str
     name: str
@@ -41,6 +44,7 @@ class ApiKey:
     sha256: str
     created_at: str
     revoked_at: str | None = None
+    cities: tuple[str, ...] = ()
 
     @property
     def active(self) -> bool:
@@ -51,6 +55,19 @@ class ApiKey:
         """True when one of the key's scopes is `scope` or a higher one."""
         need = _RANK[scope]
         return any(_RANK.get(s, -1) >= need for s in self.scopes)
+
+    def sees(self, city_id: str) -> bool:
+        """True when the key may read or operate `city_id` (a key without cities sees all)."""
+        return not self.cities or city_id in self.cities
+
+
+def parse_cities(values: Iterable[str]) -> tuple[str, ...]:
+    """`["tashkent", "samarkand,almaty"]` -> a tuple of ids; ApiKeyError on a malformed id."""
+    cities = tuple(dict.fromkeys(c.strip() for v in values for c in v.split(",") if c.strip()))
+    bad = [c for c in cities if IDENTIFIER.fullmatch(c) is None]
+    if bad:
+        raise ApiKeyError(f"city {bad[0]!r}: not a city id (lower-case letters, digits, _ -)")
+    return cities
 
 
 def parse_scopes(text: str) -> tuple[str, ...]:
@@ -89,7 +106,10 @@ class KeyStore:
             return
         try:
             records = json.loads(self.path.read_text(encoding="utf-8"))["keys"]
-            keys = [ApiKey(**{**r, "scopes": tuple(r["scopes"])}) for r in records]
+            keys = [
+                ApiKey(**{**r, "scopes": tuple(r["scopes"]), "cities": tuple(r.get("cities", ()))})
+                for r in records
+            ]
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ApiKeyError(f"{self.path}: not a safecity key store: {exc}") from exc
         self._keys = {k.id: k for k in keys}
@@ -121,19 +141,23 @@ class KeyStore:
         """Every key, revoked ones included, in creation order."""
         return list(self._keys.values())
 
-    def create(self, name: str, scopes: tuple[str, ...]) -> tuple[ApiKey, str]:
-        """Create a key; return its record and the plaintext key (shown once, never stored)."""
+    def create(
+        self, name: str, scopes: tuple[str, ...], cities: tuple[str, ...] = ()
+    ) -> tuple[ApiKey, str]:
+        """Create a key (for `cities`, or every city when empty); return its record and the
+        plaintext key (shown once, never stored)."""
         if _NAME.fullmatch(name) is None:
             raise ApiKeyError(f"name {name!r}: 1-64 letters, digits, space, _ . @ -")
         for scope in scopes:
             if scope not in _RANK:
                 raise ApiKeyError(f"unknown scope {scope!r} (known: {', '.join(SCOPES)})")
+        cities = parse_cities(cities)
         self.load()
         key_id = secrets.token_hex(4)
         while key_id in self._keys:
             key_id = secrets.token_hex(4)
         secret = secrets.token_urlsafe(32)
-        record = ApiKey(key_id, name, tuple(scopes), _hash(secret), _now())
+        record = ApiKey(key_id, name, tuple(scopes), _hash(secret), _now(), cities=cities)
         self._keys[key_id] = record
         self._save()
         return record, f"sck_{key_id}_{secret}"

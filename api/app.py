@@ -1,9 +1,9 @@
 """The app factory: `create_app(settings)` builds the FastAPI app; its lifespan owns the clients.
 
 Nothing is read or connected at import time: settings are passed in, the city
-registry is loaded and the InfluxDB client created when the app starts, and the
-client (and the live stream's MQTT subscription, opened on the first stream
-client) is closed when it stops.
+registries are loaded and one InfluxDB client per city (on that city's own database)
+created when the app starts, and the clients (and the live streams' MQTT
+subscriptions, opened on a city's first stream client) are closed when it stops.
 """
 
 from __future__ import annotations
@@ -24,13 +24,14 @@ from api.apikeys import KeyStore
 from api.audit import AuditLog, AuditMiddleware
 from api.delivery import LedgerIndex
 from api.directory import Directory
+from api.federation import local_cities, start_publisher
 from api.headers import SecurityHeadersMiddleware
 from api.limits import BodyLimitMiddleware
 from api.live import Hub
 from api.metrics import MetricsMiddleware
 from api.overview import SnapshotCache
+from api.routes import cities as city_routes
 from api.routes import (
-    cities,
     console,
     devices,
     events,
@@ -40,15 +41,17 @@ from api.routes import (
     incidents,
     keys,
     metrics,
+    region,
     stream,
 )
 from api.security import HEADER, RateLimiter, require
 from api.settings import ApiSettings
+from api.tenancy import CityRuntime, Tenancy, describe
 from safecity import __version__
 from safecity.deadletters import DeadLetterIndex, store_path
 from safecity.errors import StorageError
 from safecity.influx import InfluxClient
-from safecity.registry import City, load_or_default
+from safecity.registry import Cities, City, load_cities
 
 log = logging.getLogger("safecity.api")
 
@@ -88,6 +91,11 @@ TAGS: list[dict[str, Any]] = [
         "description": "Live readings, events and alerts as Server-Sent Events, "
         "resumable with `Last-Event-ID`.",
     },
+    {
+        "name": "region",
+        "description": "The cities a key may see side by side (local and federated) "
+        "and the corridors' traffic KPIs.",
+    },
     {"name": "keys", "description": "The calling API key and the audit log."},
     {"name": "health", "description": "Liveness and readiness probes (no key)."},
 ]
@@ -118,34 +126,61 @@ def _bounded_openapi(app: FastAPI, max_page_size: int) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def create_app(settings: ApiSettings, city: City | None = None) -> FastAPI:
-    """Build the API app; `city` overrides loading `settings.registry` at start-up."""
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loaded = city if city is not None else load_or_default(settings.registry)
-        influx = InfluxClient(settings.influx)
-        app.state.city = loaded
-        app.state.directory = Directory(loaded)
-        app.state.influx = influx
-        app.state.keys = KeyStore(settings.api_keys_file)
-        app.state.keys.load()
-        app.state.incident_lock = asyncio.Lock()
-        try:
-            # The measurement families' retention policies (incidents are written here);
-            # the database itself is ingest's to create: a missing one stays a 503.
-            await influx.ensure_retention_policies()
-        except StorageError as exc:
-            log.warning("retention policies not ensured: %s", exc)
-        app.state.limiter = RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst)
-        app.state.snapshots = SnapshotCache(settings.overview_cache_ttl)
-        app.state.hub = Hub(
-            loaded,
+def _runtimes(settings: ApiSettings, cities: Cities, base: InfluxClient) -> dict[str, CityRuntime]:
+    runtimes: dict[str, CityRuntime] = {}
+    for city in cities.values():
+        # Each city's own database, over the one connection pool of `base`.
+        influx = base.for_city(city.id, cities.ids)
+        hub = Hub(
+            city,
             settings.mqtt,
             settings.stream_queue_size,
             replay=settings.stream_replay,
             max_per_key=settings.stream_max_per_key,
         )
+        runtimes[city.id] = CityRuntime(
+            city, influx.settings.database, influx, Directory(city), hub
+        )
+    return runtimes
+
+
+def create_app(
+    settings: ApiSettings, city: City | None = None, cities: Cities | None = None
+) -> FastAPI:
+    """Build the API app; `city` (one) or `cities` (several) override loading
+    `settings.registry` at start-up."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if cities is not None:
+            loaded = cities
+        elif city is not None:
+            loaded = Cities((city,))
+        else:
+            loaded = load_cities(settings.registry)
+        base = InfluxClient(settings.influx)
+        runtimes = _runtimes(settings, loaded, base)
+        tenancy = app.state.tenancy = Tenancy(runtimes)
+        home = runtimes[tenancy.home]
+        # The home city's objects keep their old names: one city, as it always was.
+        app.state.cities = loaded
+        app.state.city = home.city
+        app.state.directory = home.directory
+        app.state.influx = home.influx
+        app.state.hub = home.hub
+        app.state.keys = KeyStore(settings.api_keys_file)
+        app.state.keys.load()
+        app.state.incident_lock = asyncio.Lock()
+        for runtime in runtimes.values():
+            try:
+                # The measurement families' retention policies (incidents are written
+                # here); the database itself is ingest's to create: a missing one stays
+                # a 503.
+                await runtime.influx.ensure_retention_policies()
+            except StorageError as exc:
+                log.warning("retention policies of %s not ensured: %s", runtime.database, exc)
+        app.state.limiter = RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst)
+        app.state.snapshots = SnapshotCache(settings.overview_cache_ttl)
         app.state.deadletters = DeadLetterIndex(store_path(settings.deadletter_dir))
         app.state.ledger = (
             LedgerIndex(settings.ledger_file) if settings.ledger_file is not None else None
@@ -153,22 +188,28 @@ def create_app(settings: ApiSettings, city: City | None = None) -> FastAPI:
         log.info(
             "api started",
             extra={
-                "city": loaded.id,
-                "devices": len(loaded.devices),
+                "city": home.city.id,
+                "cities": describe(tenancy),
+                "devices": sum(len(c.devices) for c in loaded.values()),
                 "influx_url": settings.influx.url,
-                "database": settings.influx.database,
+                "database": home.database,
                 "api_keys": len(app.state.keys.records()),
                 "env": settings.env,
                 "audit_log": str(settings.audit_log_file),
             },
         )
         figures = app.state.figures = metrics.start_incident_figures(app)
+        # Off by default: publishes the city's indicators for a regional instance.
+        federation = app.state.federation = start_publisher(settings, local_cities(app))
         try:
             yield
         finally:
+            if federation is not None:
+                await federation.stop()
             await figures.stop()
-            await app.state.hub.stop()
-            await influx.close()
+            for runtime in runtimes.values():
+                await runtime.hub.stop()
+            await base.close()
             log.info("api stopped")
 
     production = settings.env == "production"
@@ -213,7 +254,7 @@ def create_app(settings: ApiSettings, city: City | None = None) -> FastAPI:
             return app.openapi()
 
     app.include_router(metrics.router, dependencies=[Depends(require("operate"))])
-    app.include_router(cities.router, dependencies=read)
+    app.include_router(city_routes.router, dependencies=read)
     app.include_router(devices.router, dependencies=read)
     app.include_router(events.router, dependencies=read)
     app.include_router(events.delivery_router)
@@ -225,6 +266,7 @@ def create_app(settings: ApiSettings, city: City | None = None) -> FastAPI:
     app.include_router(grafana.router)
     app.include_router(keys.router)
     app.include_router(stream.router, dependencies=read)
+    app.include_router(region.router, dependencies=read)
     # The console's page and assets hold no data: no key (its data calls need one).
     app.include_router(console.router)
     return app

@@ -65,16 +65,6 @@ CATEGORIES = (
     (500, "Hazardous"),
 )
 
-# WHO 2021 air-quality guideline values (CATALOGUE.md): (value, unit, averaging period).
-WHO: dict[str, tuple[float, str, str]] = {
-    "pm25": (15.0, "ug/m3", "24h"),
-    "pm10": (45.0, "ug/m3", "24h"),
-    "no2": (25.0, "ug/m3", "24h"),
-    "o3": (100.0, "ug/m3", "8h"),
-    "so2": (40.0, "ug/m3", "24h"),
-    "co": (4.0, "mg/m3", "24h"),
-}
-
 
 def sub_index(pollutant: str, ug_m3: float) -> int:
     """The AQI sub-index of one pollutant's concentration (ug/m3); 500 at the table's top."""

@@ -5,7 +5,8 @@ outcome status), when.
 Each record is appended as one JSON line to `settings.audit_log_file` (created 0600 in
 a 0700 directory, opened O_APPEND and fsync'd: append-only, never rewritten) and logged
 as a structured line (`safecity.api.audit`). `require(scope)` marks the request
-(`mark`); `AuditMiddleware` writes the record once the status is known. Calls without
+(`mark`), the city lookup names the city the call was about (`note_city`);
+`AuditMiddleware` writes the record once the status is known. Calls without
 a recognised key are not audited (an anonymous flood must not fill the disk); they are
 401s that never reach a route.
 """
@@ -31,6 +32,7 @@ log = logging.getLogger("safecity.api.audit")
 
 AUDITED_SCOPES = frozenset({"operate", "admin"})
 _STATE_KEY = "safecity_audit"
+_CITY_KEY = "safecity_audit_city"
 _CHUNK = 64 * 1024
 
 
@@ -39,6 +41,11 @@ def mark(scope: Scope, required: str, key: ApiKey) -> None:
     if required in AUDITED_SCOPES:
         state = scope.setdefault("state", {})
         state[_STATE_KEY] = {"scope": required, "key_id": key.id, "key_name": key.name}
+
+
+def note_city(scope: Scope, city_id: str) -> None:
+    """Note the city a request is about (its audit record names it)."""
+    scope.setdefault("state", {})[_CITY_KEY] = city_id
 
 
 class AuditLog:
@@ -60,8 +67,14 @@ class AuditLog:
             finally:
                 os.close(fd)
 
-    def newest(self, limit: int, key_id: str | None = None) -> tuple[list[dict[str, Any]], bool]:
-        """Up to `limit` records, newest first (optionally of one key); and whether more exist."""
+    def newest(
+        self,
+        limit: int,
+        key_id: str | None = None,
+        cities: tuple[str, ...] = (),
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """Up to `limit` records, newest first (optionally of one key, or only of some
+        cities); and whether more exist."""
         out: list[dict[str, Any]] = []
         for line in self._lines_backwards():
             try:
@@ -71,6 +84,8 @@ class AuditLog:
             if not isinstance(record, dict):
                 continue
             if key_id is not None and record.get("key_id") != key_id:
+                continue
+            if cities and record.get("city") not in cities:
                 continue
             if len(out) == limit:
                 return out, True
@@ -142,6 +157,7 @@ class AuditMiddleware:
                     "method": scope.get("method", ""),
                     "route": route if isinstance(route, str) else scope.get("path", ""),
                     "target": _target(scope),
+                    "city": state.get(_CITY_KEY),
                     "status": status,
                     "client": client[0] if client else None,
                     "duration_ms": round((time.perf_counter() - started) * 1000, 1),

@@ -60,8 +60,7 @@ MEAN_FIELDS: dict[str, tuple[str, ...]] = {
 # stated reference keeps the index comparable across sensors and windows.
 FREE_FLOW_KMH = 50.0
 FREE_FLOW_BASIS = "fixed urban free-flow speed of the catalogue (40-60 km/h, limit 60): 50 km/h"
-# WHO Environmental Noise Guidelines (road traffic): Lden 53 dB by day, Lnight 45 dB.
-NOISE_DAY_DB, NOISE_NIGHT_DB = 53.0, 45.0
+NOISE_DAY_DB, NOISE_NIGHT_DB = catalogue.WHO_NOISE_DAY_DB, catalogue.WHO_NOISE_NIGHT_DB
 SEVERITIES = tuple(s.value for s in catalogue.Severity)
 INCIDENT_SOURCE = (
     "the incident store (incidents the alerts service opened): those opened in the 7 days "
@@ -252,12 +251,13 @@ class Scope:
         contributing: set[str] = set()
         for p in MEAN_FIELDS["air_quality"]:
             values = self._means("air_quality", p)
-            unit = aqi.WHO[p][1]
+            unit = catalogue.WHO_AIR[p].unit
             pollutants[p] = self._mean_figure("air_quality", p, unit)
             if values and p in aqi.TABLES:
                 means[p] = sum(values.values()) / len(values)
                 contributing |= set(values)
-            guideline, g_unit, period = aqi.WHO[p]
+            who = catalogue.WHO_AIR[p]
+            guideline, g_unit, period = who.value, who.unit, who.period
             exceed[p] = Exceedance(
                 guideline=guideline,
                 unit=g_unit,

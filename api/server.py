@@ -18,7 +18,7 @@ import uvicorn
 from api.app import create_app
 from api.settings import ApiSettings
 from safecity.errors import ApiStartupError
-from safecity.registry import load_or_default
+from safecity.registry import load_cities
 
 log = logging.getLogger("safecity.api")
 
@@ -34,10 +34,10 @@ class _Server(uvicorn.Server):
 
 
 def build_server(settings: ApiSettings) -> uvicorn.Server:
-    """The uvicorn server for the API app (registry loaded up front, so errors surface here)."""
-    city = load_or_default(settings.registry)
+    """The uvicorn server for the API app (registries loaded up front, so errors surface here)."""
+    cities = load_cities(settings.registry)
     config = uvicorn.Config(
-        app=create_app(settings, city),
+        app=create_app(settings, cities=cities),
         host=settings.host,
         port=settings.port,
         log_config=None,

@@ -5,9 +5,60 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from safecity.federation import RegionSettings
 from safecity.settings import InfluxSettings, MqttSettings, Port, ServiceSettings, in_home
+
+
+class FederationSettings(BaseModel):
+    """The federation publisher of this deployment's cities (docs/federation.md)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = Field(
+        default=False,
+        description="Publish this deployment's aggregated indicators on its own broker under "
+        "safecity/v1/{city}/_federation/ (a bridge carries them to a regional broker).",
+    )
+    interval: Annotated[float, Field(ge=1, le=86_400)] = Field(
+        default=300.0, description="Federation: length of one interval, in seconds."
+    )
+    delay: Annotated[float, Field(ge=0, le=86_400)] = Field(
+        default=60.0,
+        description="Federation: seconds after an interval closes before it is computed "
+        "(late readings are in).",
+    )
+    backfill: Annotated[int, Field(ge=0, le=10_000)] = Field(
+        default=1, description="Federation: intervals before now published at the first start."
+    )
+    max_backlog: Annotated[int, Field(ge=1, le=100_000)] = Field(
+        default=288, description="Federation: most intervals caught up after a long stop."
+    )
+    publish_timeout: Annotated[float, Field(gt=0, le=600)] = Field(
+        default=30.0,
+        description="Federation: seconds to wait for the broker's acknowledgements of an "
+        "interval before retrying it.",
+    )
+    username: str = Field(
+        default="_federation",
+        description="Federation: the publisher's own account on this deployment's broker "
+        "(SAFECITY_MQTT__HOST/PORT; role federation: it may write only _federation topics).",
+    )
+    password: SecretStr | None = Field(
+        default=None,
+        description="Federation: that account's secret (else looked up in "
+        "SAFECITY_MQTT__SECRETS_FILE).",
+    )
+    state_file: Path | None = Field(
+        default=None,
+        description="Federation: the last interval published per city; empty = "
+        "$SAFECITY_HOME/federation/published.json.",
+    )
+    corridors: Path | None = Field(
+        default=None,
+        description="Corridors as data (JSON); empty = the shipped safecity/data/corridors.json.",
+    )
 
 
 class ApiSettings(ServiceSettings):
@@ -49,3 +100,6 @@ class ApiSettings(ServiceSettings):
     env: Literal["development", "production"] = "development"
     # Append-only audit log (JSON lines, 0600) of every operate/admin call.
     audit_log_file: Path = Field(default_factory=in_home("audit_log_file"))
+    # Federation: publisher of this city's indicators, and the regional view.
+    federation: FederationSettings = FederationSettings()
+    region: RegionSettings = RegionSettings()

@@ -11,11 +11,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from broker import certs, emqx, identity
+from broker.bridge import bridge_username, render_bridge
 from broker.dynsec import DYNSEC_FILE, DynsecAdmin
 from broker.identity import CredentialStore, Role
 from broker.settings import SecuritySettings
 from safecity import registry
 from safecity.errors import ConfigError
+from safecity.secrets import read_secrets
 from safecity.settings import MqttSettings
 
 __all__ = ["add_parsers"]
@@ -119,17 +121,28 @@ def cmd_provision(args: argparse.Namespace) -> int:
     """Provision every registry device (or the ones named) and the service accounts."""
     settings, store = _store(args)
     issued: dict[str, str] = {}
-    city = registry.load_or_default(settings.registry)
+    cities = registry.load_cities(settings.registry)
+    if args.city and not args.service:
+        raise ConfigError("--city scopes a service account: give --service too")
     if args.device:
-        for device_id in args.device:
-            if city.device(device_id) is None:
-                raise ConfigError(f"device {device_id!r} is not in the registry {city.source}")
-        for device_id in args.device:
-            _provision_one(store, device_id, Role.DEVICE, city.id, issued)
+        owners = {d: cities.owner(d) for d in args.device}
+        for device_id, owner in owners.items():
+            if owner is None:
+                sources = ", ".join(c.source for c in cities.values())
+                raise ConfigError(f"device {device_id!r} is not in the registry {sources}")
+        for device_id, owner in owners.items():
+            assert owner is not None
+            _provision_one(store, device_id, Role.DEVICE, owner.id, issued)
     for role in args.service or ():
-        _provision_one(store, identity.service_username(role), Role(role), None, issued)
-    if not args.device and not args.service:
-        issued = store.provision_city(city)
+        for city in args.city or [None]:
+            name = identity.service_username(role, city)
+            _provision_one(store, name, Role(role), city, issued)
+    for bridged in args.bridge or ():
+        # On the regional broker: the account a city's bridge logs in with.
+        _provision_one(store, bridge_username(bridged), Role.BRIDGE, bridged, issued)
+    if not args.device and not args.service and not args.bridge:
+        for city in cities.values():
+            issued.update(store.provision_city(city))
         for name in sorted(issued):
             _say(f"provisioned {name} (new account)")
     _say(f"provisioned {len(issued)} new account(s)")
@@ -218,10 +231,41 @@ def cmd_broker_config(args: argparse.Namespace) -> int:
     if args.template is None:
         raise ConfigError("broker config --target mosquitto needs --template")
     template = args.template.read_text(encoding="utf-8")
+    text = identity.render_container_config(template)
+    if args.bridge is not None:
+        text = text.rstrip("\n") + "\n" + "\n".join(_bridge_lines(args)) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(identity.render_container_config(template), encoding="utf-8")
+    if args.bridge is not None:
+        # It holds the bridge's password: never readable by others, even briefly.
+        identity._write_private(args.out, text)
+    else:
+        args.out.write_text(text, encoding="utf-8")
     print(f"broker config written to {args.out}", file=sys.stderr)
     return 0
+
+
+def _bridge_lines(args: argparse.Namespace) -> list[str]:
+    """The federation bridge sections from the --bridge-* flags: one per city, each with
+    that city's own account on the regional broker."""
+    cities = args.bridge_city or []
+    if not cities or args.bridge_ca is None or args.bridge_secrets_file is None:
+        raise ConfigError("--bridge needs --bridge-city, --bridge-ca and --bridge-secrets-file")
+    if args.bridge_username is not None and len(cities) > 1:
+        raise ConfigError("--bridge-username names one city's account: give one --bridge-city")
+    secrets = read_secrets(args.bridge_secrets_file)
+    lines: list[str] = []
+    for city in cities:
+        username = args.bridge_username or bridge_username(city)
+        if username not in secrets:
+            raise ConfigError(f"no secret for {username} in {args.bridge_secrets_file}")
+        lines += render_bridge(
+            address=args.bridge,
+            cities=[city],
+            cafile=args.bridge_ca,
+            username=username,
+            password=secrets[username],
+        )
+    return lines
 
 
 def _emqx_config(args: argparse.Namespace) -> int:
@@ -281,11 +325,12 @@ def _reload_for_certs(args: argparse.Namespace, settings: SecuritySettings) -> N
 def cmd_certs_provision(args: argparse.Namespace) -> int:
     """A client certificate for every registry device (or the given ones) lacking a good one."""
     settings = _settings(certs_dir=args.dir, registry=args.registry)
-    city = registry.load_or_default(settings.registry)
-    wanted = args.device or [d.id for d in city.devices]
-    unknown = [d for d in wanted if city.device(d) is None]
+    cities = registry.load_cities(settings.registry)
+    wanted = args.device or [d.id for city in cities.values() for d in city.devices]
+    unknown = [d for d in wanted if cities.owner(d) is None]
     if unknown:
-        raise ConfigError(f"not in the registry {city.source}: {', '.join(unknown)}")
+        sources = ", ".join(c.source for c in cities.values())
+        raise ConfigError(f"not in the registry {sources}: {', '.join(unknown)}")
     issued = certs.ensure_clients(settings.certs_dir, wanted)
     certs.ensure_crl(settings.certs_dir)
     clients = settings.certs_dir / "clients"
@@ -323,7 +368,11 @@ def add_parsers(sub: Any) -> None:
 
     def common(p: argparse.ArgumentParser, secrets_file: bool = True) -> None:
         p.add_argument("--identity-dir", type=Path, help="credential store directory")
-        p.add_argument("--registry", type=Path, help="city registry file (default: Tashkent)")
+        p.add_argument(
+            "--registry",
+            help="city registries: a file, several comma-separated, or a directory "
+            "(default: Tashkent)",
+        )
         p.add_argument(
             "--broker",
             metavar="HOST:PORT",
@@ -344,6 +393,19 @@ def add_parsers(sub: Any) -> None:
         action="append",
         choices=[r.value for r in identity.SERVICE_ROLES],
         help="only this service account (repeatable)",
+    )
+    p.add_argument(
+        "--city",
+        action="append",
+        help="scope the --service accounts to this city (`_<service>.<city>`: only "
+        "safecity/v1/<city>/... topics; repeatable)",
+    )
+    p.add_argument(
+        "--bridge",
+        action="append",
+        metavar="CITY",
+        help="only the account of this city's federation bridge, `_bridge.CITY` (on the "
+        "regional broker; repeatable)",
     )
     p.set_defaults(func=cmd_provision)
     p = devices.add_parser("rotate", help="new secret for accounts")
@@ -382,6 +444,26 @@ def add_parsers(sub: Any) -> None:
     )
     p.add_argument("--certs-dir", default="/opt/emqx/etc/certs", help="(target emqx)")
     p.add_argument("--config-dir", default="/opt/emqx/etc/safecity", help="(target emqx)")
+    p.add_argument(
+        "--bridge",
+        metavar="HOST:PORT",
+        help="add a federation bridge to this regional broker's TLS listener (target mosquitto)",
+    )
+    p.add_argument(
+        "--bridge-city",
+        action="append",
+        metavar="CITY",
+        help="a city whose safecity/v1/CITY/_federation/# the bridge carries (repeatable)",
+    )
+    p.add_argument("--bridge-ca", type=Path, help="CA certificate of the regional broker")
+    p.add_argument(
+        "--bridge-username", help="account on the regional broker (default: _bridge.<city>)"
+    )
+    p.add_argument(
+        "--bridge-secrets-file",
+        type=Path,
+        help="0600 JSON {username: secret} holding the bridge account's secret",
+    )
     p.set_defaults(func=cmd_broker_config)
 
     certs_cmd = sub.add_parser("certs", help="local CA and TLS certificates").add_subparsers(
@@ -403,7 +485,7 @@ def add_parsers(sub: Any) -> None:
         "provision", help="client certificates for every registry device that lacks a good one"
     )
     p.add_argument("--dir", type=Path, help="certificate directory (default: var/certs)")
-    p.add_argument("--registry", type=Path, help="city registry file (default: Tashkent)")
+    p.add_argument("--registry", help="city registries: files (comma-separated) or a directory")
     p.add_argument("--device", action="append", help="only this device (repeatable)")
     p.set_defaults(func=cmd_certs_provision)
     for name, func, text in (

@@ -19,7 +19,7 @@ from typing import Any
 from safecity.errors import ConfigError, MqttError
 from safecity.mqtt import MqttClient
 from safecity.settings import MqttSettings
-from safecity.topics import DEADLETTER, PREFIX, SERVICES
+from safecity.topics import DEADLETTER, PREFIX, SERVICES, federation_filter
 
 __all__ = [
     "CONTROL_TOPIC",
@@ -30,6 +30,7 @@ __all__ = [
     "device_commands",
     "find_plugin",
     "render_dynsec",
+    "service_acls",
 ]
 
 DYNSEC_FILE = "dynamic-security.json"
@@ -91,11 +92,46 @@ SERVICE_ACLS: dict[str, list[dict[str, Any]]] = {
     "console": _reads(f"{PREFIX}/#", "$SYS/#", share=False),
     # A single-connection simulated fleet speaks for every device: local development only.
     "simulator": _writes(*(f"{PREFIX}/+/+/+/+/{c}" for c in _CHANNELS), f"{PREFIX}/+/{SERVICES}/#"),
+    # A city's federation publisher (the API's task): its indicators, on its own broker.
+    "federation": _writes(federation_filter()),
+    # The regional ingest: the federated indicators of every city, nothing else.
+    "region": [
+        *_reads(federation_filter(), share=True),
+        *_writes(f"{PREFIX}/+/{DEADLETTER}/#", f"{PREFIX}/+/{SERVICES}/#"),
+    ],
+    # A city's bridge on the regional broker; its account is always scoped to its city
+    # (`_bridge.<city>`), so it may write only safecity/v1/<city>/_federation/#.
+    "bridge": _writes(federation_filter()),
     "admin": [
         _acl("publishClientSend", f"{CONTROL_TOPIC}"),
         *_reads(RESPONSE_TOPIC, share=False),
     ],
 }
+
+
+def _scoped_topic(topic: str, city: str) -> str:
+    """A service ACL topic narrowed to one city: `safecity/v1/+/...` and `safecity/v1/#`
+    become `safecity/v1/<city>/...`; anything else (`$SYS`, `$CONTROL`) stays."""
+    if topic.startswith("$share/+/"):
+        return "$share/+/" + _scoped_topic(topic[len("$share/+/") :], city)
+    if topic == f"{PREFIX}/#":
+        return f"{PREFIX}/{city}/#"
+    if topic.startswith(f"{PREFIX}/+/"):
+        return f"{PREFIX}/{city}/" + topic[len(PREFIX) + 3 :]
+    return topic
+
+
+def service_acls(role: str, city: str | None = None) -> list[dict[str, Any]]:
+    """The ACLs of a service role; with `city`, narrowed to that city's topics."""
+    acls = SERVICE_ACLS[role]
+    if city is None:
+        return acls
+    return [{**acl, "topic": _scoped_topic(str(acl["topic"]), city)} for acl in acls]
+
+
+def service_role(role: str, city: str | None) -> str:
+    """The dynsec role name of a service account: its role, or `<role>:<city>` when scoped."""
+    return role if city is None else f"{role}:{city}"
 
 
 def device_role(username: str) -> str:
@@ -134,7 +170,7 @@ class DynsecClient:
 
     def role_name(self) -> str:
         """The dynsec role granted to this account."""
-        return device_role(self.username) if self.is_device else self.role
+        return device_role(self.username) if self.is_device else service_role(self.role, self.city)
 
 
 def _hash_fields(encoded: str) -> dict[str, Any]:
@@ -158,6 +194,8 @@ def render_dynsec(clients: Iterable[DynsecClient]) -> str:
         if c.is_device:
             record["clientid"] = c.username
             roles.append({"rolename": c.role_name(), "acls": device_acls(c.username, c.city)})
+        elif c.city is not None:
+            roles.append({"rolename": c.role_name(), "acls": service_acls(c.role, c.city)})
         out_clients.append(record)
     config = {
         "defaultACLAccess": DEFAULT_ACCESS,
@@ -177,7 +215,7 @@ def device_commands(
     revoked secret stops working at once) and, with a secret, created again.
     """
     is_device = role == "device"
-    name = device_role(username) if is_device else role
+    name = device_role(username) if is_device else service_role(role, city)
     cmds: list[dict[str, Any]] = [{"command": "deleteClient", "username": username}]
     if is_device:
         cmds.append({"command": "deleteRole", "rolename": name})
@@ -189,7 +227,7 @@ def device_commands(
             cmds.append({"command": "addRoleACL", "rolename": name, **acl})
     else:
         cmds.append({"command": "createRole", "rolename": name})
-        for acl in SERVICE_ACLS[role]:
+        for acl in service_acls(role, city):
             cmds.append({"command": "addRoleACL", "rolename": name, **acl})
     client: dict[str, Any] = {
         "command": "createClient",

@@ -24,7 +24,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from safecity.errors import ConfigError
-from safecity.registry import City
+from safecity.registry import Cities, City, as_cities
 from safecity.secrets import read_secrets
 from safecity.topics import IDENTIFIER
 
@@ -87,21 +87,42 @@ class Role(StrEnum):
     API = "api"
     CONSOLE = "console"
     SIMULATOR = "simulator"
+    # Federation: publisher, regional ingest, a city's bridge (`_bridge.<city>` only).
+    FEDERATION = "federation"
+    REGION = "region"
+    BRIDGE = "bridge"
     ADMIN = "admin"
 
 
-SERVICE_ROLES: tuple[Role, ...] = tuple(r for r in Role if r not in (Role.DEVICE, Role.ADMIN))
+SERVICE_ROLES: tuple[Role, ...] = tuple(
+    r for r in Role if r not in (Role.DEVICE, Role.ADMIN, Role.BRIDGE)
+)
 DEFAULT_SERVICES: tuple[Role, ...] = (Role.INGEST, Role.API)
 # What a local stack (`make run`, the test session) provisions besides the devices.
 LOCAL_SERVICES: tuple[Role, ...] = (Role.INGEST, Role.API, Role.ALERTS, Role.SIMULATOR)
 
 
-def service_username(role: Role | str) -> str:
-    """The broker username of a service account, e.g. `_ingest`."""
+def service_username(role: Role | str, city: str | None = None) -> str:
+    """The broker username of a service account, e.g. `_ingest`; scoped to one city, e.g.
+    `_ingest.tashkent` (its rights cover only `safecity/v1/tashkent/...`)."""
     r = Role(role)
     if r is Role.DEVICE:
         raise ConfigError("devices are named by their registry id, not by role")
-    return SERVICE_PREFIX + r.value
+    if city is None:
+        if r is Role.BRIDGE:
+            raise ConfigError("a bridge account belongs to one city: _bridge.<city>")
+        return SERVICE_PREFIX + r.value
+    if r is Role.ADMIN:
+        raise ConfigError("the admin account changes every account: it has no city scope")
+    if IDENTIFIER.fullmatch(city) is None:
+        raise ConfigError(f"invalid city {city!r} for a scoped service account")
+    return f"{SERVICE_PREFIX}{r.value}.{city}"
+
+
+def service_scope(username: str) -> str | None:
+    """The city a service account is scoped to (`_ingest.tashkent` -> tashkent), or None."""
+    _, dot, city = username.partition(".")
+    return city if dot else None
 
 
 def validate_username(username: str, role: Role) -> str:
@@ -121,8 +142,15 @@ def validate_username(username: str, role: Role) -> str:
                 "belong to the platform's services"
             )
         return username
+    scope = service_scope(username)
+    scoped = scope is not None and IDENTIFIER.fullmatch(scope) is not None
+    if scoped and role is not Role.ADMIN and username == service_username(role, scope):
+        return username
     if username != service_username(role):
-        raise ConfigError(f"service account of role {role} must be named {service_username(role)}")
+        raise ConfigError(
+            f"service account of role {role} must be named {service_username(role)} "
+            f"(or {service_username(role)}.<city> for one city)"
+        )
     return username
 
 
@@ -168,7 +196,8 @@ class Account:
     updated: str
     revoked: str | None = None
     city: str | None = None
-    """A device's city (from the registry): it may publish only there."""
+    """A device's city (from the registry); a scoped service account's city (its rights
+    cover that city's topics only)."""
 
     @property
     def active(self) -> bool:
@@ -279,6 +308,8 @@ class CredentialStore:
             if old.city is None and city is not None and role is Role.DEVICE:
                 self.accounts[username] = replace(old, city=city)
             return None
+        if role is not Role.DEVICE:
+            city = service_scope(username)
         return self._set_secret(username, role, city)
 
     def provision_city(
@@ -404,11 +435,13 @@ class LocalIdentities:
     """
 
     def __init__(
-        self, directory: Path, city: City, services: Sequence[Role] = LOCAL_SERVICES
+        self, directory: Path, city: City | Cities, services: Sequence[Role] = LOCAL_SERVICES
     ) -> None:
         self.directory = Path(directory)
         self.secrets_file = self.directory / SECRETS_FILE
-        self.city = city
+        # Every city's devices get accounts, each pinned to its own city's acks.
+        self.cities = as_cities(city)
+        self.city = self.cities.first
         self.services = tuple(services)
         self.store = CredentialStore(self.directory)
         self.secrets: dict[str, str] = {}
@@ -421,7 +454,9 @@ class LocalIdentities:
     def sync(self) -> dict[str, str]:
         """Provision what is missing, repair lost secrets, write store, broker config, secrets."""
         known = read_secrets(self.secrets_file)
-        issued = self.store.provision_city(self.city, self.services)
+        issued: dict[str, str] = {}
+        for city in self.cities.values():
+            issued.update(self.store.provision_city(city, self.services))
         self.admin_secret = self.store.ensure_admin()
         for name, account in self.store.accounts.items():
             if not account.active or name in issued or account.role is Role.ADMIN:

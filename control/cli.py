@@ -56,6 +56,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         mqtt_tls_port=args.mqtt_tls_port,
         influx_port=args.influx_port,
         registry=args.registry,
+        cities=" ".join(args.cities) if args.cities else None,
     )
     configure_logging("run", settings.log_level)
     return run_local(settings)
@@ -73,11 +74,18 @@ def cmd_influx_init(args: argparse.Namespace) -> int:
         for line in asyncio.run(create_users(settings)):
             print(line)
 
+    # Every city of the registry setting has its own database and policies.
+    cities = registry.load_cities(settings.registry).ids
+
     async def main() -> list[str]:
         client = influx_mod.InfluxClient(settings.influx)
         try:
-            await client.ensure_database()
-            missing: list[str] = await client.missing_retention_policies()
+            missing: list[str] = []
+            for city in cities:
+                database = client.for_city(city, cities)
+                await database.ensure_database()
+                lacking = await database.missing_retention_policies()
+                missing += [f"{database.settings.database}: {name}" for name in lacking]
             return missing
         finally:
             await client.close()
@@ -85,7 +93,8 @@ def cmd_influx_init(args: argparse.Namespace) -> int:
     missing = asyncio.run(main())
     if missing:
         raise CliError(f"retention policies still missing: {', '.join(missing)}")
-    print(f"database {settings.influx.database!r} and its retention policies are ready")
+    names = ", ".join(repr(settings.influx.database_for(c, cities)) for c in cities)
+    print(f"database {names} and its retention policies are ready")
     return 0
 
 
@@ -100,8 +109,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return cmd_verify_scenario(args)
     settings = _settings(IngestSettings, registry=args.registry)
     ledger_path, deadletters, upto = args.ledger, args.deadletters or [], None
+    # Which databases to read: the registry's cities; for the instance's own ledger,
+    # those of its run; else the one database of a single city.
+    where = instance.layout(settings.home)
+    cities: tuple[str, ...] = ()
+    if settings.registry:
+        cities = registry.load_cities(settings.registry).ids
+    elif ledger_path is None:
+        cities = instance.recorded_cities(where)
     if ledger_path is None:
-        where = instance.layout(settings.home)
         if not where.ledger_file.exists():
             raise CliError(
                 "verify needs --ledger FILE (or --scenario NAME): "
@@ -117,7 +133,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     async def main() -> Any:
         client = InfluxClient(settings.influx)
         try:
-            return await verify(ledger_path, client, deadletters, upto=upto)
+            return await verify(
+                ledger_path, client, deadletters, upto=upto, cities=cities, city=args.city
+            )
         finally:
             await client.close()
 
@@ -210,16 +228,16 @@ def cmd_city_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_city_show(args: argparse.Namespace) -> int:
-    """Validate a registry and summarise it."""
-    city = registry.load_or_default(args.registry)
-    counts: dict[str, int] = {}
-    for d in city.devices:
-        counts[d.kind] = counts.get(d.kind, 0) + 1
-    print(f"{city.name} ({city.id}) from {city.source}: {len(city.districts)} districts")
-    for district in city.districts:
-        count = len(city.select(district=district.id))
-        print(f"  {district.id:16} {district.name:20} {count} devices")
-    print("devices by kind: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+    """Validate registries (together: device ids unique across cities) and summarise them."""
+    for city in registry.load_cities(registry.registry_paths(args.registry)).values():
+        counts: dict[str, int] = {}
+        for d in city.devices:
+            counts[d.kind] = counts.get(d.kind, 0) + 1
+        print(f"{city.name} ({city.id}) from {city.source}: {len(city.districts)} districts")
+        for district in city.districts:
+            count = len(city.select(district=district.id))
+            print(f"  {district.id:16} {district.name:20} {count} devices")
+        print("devices by kind: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
     return 0
 
 
@@ -237,9 +255,11 @@ def cmd_apikey_create(args: argparse.Namespace) -> int:
     from api.apikeys import parse_scopes
 
     store = _key_store(args)
-    record, key = store.create(args.name, parse_scopes(args.scopes))
+    record, key = store.create(args.name, parse_scopes(args.scopes), tuple(args.city or ()))
+    cities = ",".join(record.cities) or "all cities"
+    _note_unserved(record.cities)
     print(
-        f"created key {record.id} ({record.name}; scopes {','.join(record.scopes)}) "
+        f"created key {record.id} ({record.name}; scopes {','.join(record.scopes)}; {cities}) "
         f"in {store.path}; it is shown only now:",
         file=sys.stderr,
     )
@@ -247,13 +267,32 @@ def cmd_apikey_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _note_unserved(cities: Sequence[str]) -> None:
+    """Say which of a key's cities this deployment's registries do not serve (a typo, or a
+    city only a regional view knows): the key is made either way."""
+    try:
+        served = registry.load_cities(_settings(ApiSettings).registry).ids
+    except SafecityError:
+        return
+    unserved = [c for c in cities if c not in served]
+    if unserved:
+        print(
+            f"note: {', '.join(unserved)} not served here (this deployment: "
+            f"{', '.join(served)}); the key reads them only where they are served",
+            file=sys.stderr,
+        )
+
+
 def cmd_apikey_list(args: argparse.Namespace) -> int:
     """List the keys: id, name, scopes, created, revoked (never the secrets)."""
     store = _key_store(args)
-    print(f"{'id':10} {'name':24} {'scopes':20} {'created':22} revoked")
+    print(f"{'id':10} {'name':24} {'scopes':20} {'cities':20} {'created':22} revoked")
     for k in store.records():
         revoked = k.revoked_at or "-"
-        print(f"{k.id:10} {k.name:24} {','.join(k.scopes):20} {k.created_at:22} {revoked}")
+        cities = ",".join(k.cities) or "*"
+        print(
+            f"{k.id:10} {k.name:24} {','.join(k.scopes):20} {cities:20} {k.created_at:22} {revoked}"
+        )
     return 0
 
 
@@ -279,6 +318,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mqtt-port", type=port)
     p.add_argument("--mqtt-tls-port", type=port, help="the broker's TLS listener (0: any free)")
     p.add_argument("--influx-port", type=port)
+    p.add_argument(
+        "--cities",
+        nargs="+",
+        metavar="CITY",
+        help="built-in cities to run, each with its own fleet and database "
+        "(e.g. --cities tashkent samarkand; default: Tashkent alone)",
+    )
     registry_flag(p)
     p.set_defaults(func=cmd_run)
     ingest_cli.add_parsers(sub)
@@ -305,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--deadletters", type=Path, action="append", help="dead-letter directory (repeatable)"
     )
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.add_argument("--city", help="check only this city's messages (default: every city)")
     # Ground-truth scoring of the alert rules: run a scenario, score its alerts.
     p.add_argument("--scenario", help="run this scenario and score the alert rules against it")
     p.add_argument("--speed", type=positive_float, help="with --scenario: simulated s per s")
@@ -341,6 +388,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = keys.add_parser("create", help="create a key and print it once")
     p.add_argument("--name", required=True, help="who or what uses the key")
     p.add_argument("--scopes", default="read", help="comma-separated: read, operate, admin")
+    p.add_argument(
+        "--city",
+        action="append",
+        metavar="ID",
+        help="a city the key may read or operate (repeatable; default: every city)",
+    )
     keys_flag(p)
     p.set_defaults(func=cmd_apikey_create)
     p = keys.add_parser("list", help="list keys (ids, names, scopes; never secrets)")

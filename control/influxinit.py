@@ -11,6 +11,7 @@ from __future__ import annotations
 from control.settings import StorageSettings
 from safecity.errors import ConfigError, QueryError, StorageAuthError
 from safecity.influx import InfluxClient, quote_ident
+from safecity.registry import load_cities
 from safecity.secrets import read_secret_file
 from safecity.settings import InfluxSettings
 
@@ -57,9 +58,14 @@ async def create_users(settings: StorageSettings) -> list[str]:
             else:
                 await admin.execute(f"CREATE USER {user} WITH PASSWORD {_literal(password)}")
                 done.append(f"created user {settings.service_username!r}")
-            await admin.ensure_database()
-            await admin.execute(f"GRANT ALL ON {quote_ident(influx.database)} TO {user}")
-            done.append(f"granted {settings.service_username!r} all on {influx.database!r}")
+            # Each city's own database (one city: the configured one).
+            cities = load_cities(settings.registry).ids
+            for city in cities:
+                database = admin.for_city(city, cities)
+                await database.ensure_database()
+                name = database.settings.database
+                await admin.execute(f"GRANT ALL ON {quote_ident(name)} TO {user}")
+                done.append(f"granted {settings.service_username!r} all on {name!r}")
     finally:
         await admin.close()
     return done

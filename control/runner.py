@@ -12,13 +12,14 @@ simulated fleet the per-device secrets file (SAFECITY_EDGE__SECRETS_FILE).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from broker.identity import Role, service_username
@@ -26,12 +27,18 @@ from control.settings import StackSettings
 from control.stack import LocalStack, ManagedProcess, ensure_port_free, free_port, http_ok
 from safecity import instance, registry
 from safecity.errors import StackError
+from safecity.settings import InfluxSettings
 
 log = logging.getLogger("safecity.run")
 
 
 def _port(configured: int) -> int:
     return free_port() if configured == 0 else configured
+
+
+def registry_setting(paths: Sequence[Path]) -> str:
+    """The `registry` setting as a child reads it: a JSON list of absolute paths."""
+    return json.dumps([str(p.resolve()) for p in paths])
 
 
 def service_env(
@@ -60,19 +67,36 @@ def service_env(
         username = service_username(role)
         env["SAFECITY_MQTT__USERNAME"] = username
         env["SAFECITY_MQTT__PASSWORD"] = stack.secret(username)
-    if settings.registry is not None:
-        env["SAFECITY_REGISTRY"] = str(settings.registry.resolve())
+    if settings.registry:
+        env["SAFECITY_REGISTRY"] = registry_setting(settings.registry)
     env.update(extra)
     return env
+
+
+def with_city_registries(settings: StackSettings, where: instance.Layout) -> StackSettings:
+    """With `cities`: their built-in registries, written into the instance, become the
+    `registry` setting every child reads (each city then gets its fleet and database)."""
+    if not settings.cities:
+        return settings
+    if settings.registry:
+        raise StackError("give the cities to run (--cities) or registry files, not both")
+    where.cities_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for city in settings.cities:
+        path = where.cities_dir / f"{city}.jsonl"
+        registry.write(registry.builtin(city), path)
+        paths.append(path)
+    return settings.model_copy(update={"registry": tuple(paths)})
 
 
 class LocalRun:
     """The running local stack and its service children."""
 
     def __init__(self, settings: StackSettings) -> None:
-        self.settings = settings
         self.base = settings.data_dir.resolve()
         self.layout = instance.layout(self.base)
+        self.settings = with_city_registries(settings, self.layout)
+        self.cities = registry.load_cities(self.settings.registry)
         self.children: list[ManagedProcess] = []
         self.stack: LocalStack | None = None
         self.api_url = ""
@@ -98,7 +122,6 @@ class LocalRun:
                 ensure_port_free("127.0.0.1", port, name)
         try:
             self.base.mkdir(parents=True, exist_ok=True)
-            city = registry.load_or_default(s.registry)
             # Identities in <data_dir>/identity: new registry devices are provisioned,
             # existing secrets reused (0600 secrets file), revoked accounts stay revoked.
             self.stack = LocalStack(
@@ -106,7 +129,7 @@ class LocalRun:
                 mqtt_port=s.mqtt_port,
                 influx_port=s.influx_port,
                 mqtt_tls_port=s.mqtt_tls_port,
-                city=city,
+                city=self.cities,
                 # Even a SIGKILLed launcher must not leave the stack running.
                 die_with_parent=True,
                 # Mutual TLS: a certificate per device in <data_dir>/certs/clients, a CRL.
@@ -172,8 +195,10 @@ class LocalRun:
                 },
                 ready=http_ok(f"{self.alerts_url}/readyz"),
             )
-            # A new run, a new ledger: `safecity verify` checks what this run sent.
+            # A new run, a new ledger: `safecity verify` checks what this run sent, in
+            # the databases of the cities it serves.
             self.layout.ledger_file.unlink(missing_ok=True)
+            instance.record_cities(self.layout, self.cities.ids)
             self._child(
                 "simulate",
                 Role.SIMULATOR,
@@ -197,8 +222,9 @@ class LocalRun:
                     mqtt_tls_port=self.stack.mqtt_tls_port,
                     influx_url=self.stack.influx_url,
                     api_url=self.api_url,
-                    registry=str(s.registry.resolve()) if s.registry is not None else None,
+                    registry=registry_setting(s.registry) if s.registry else None,
                     speed=s.speed,
+                    cities=self.cities.ids,
                 ),
             )
         except BaseException:
@@ -277,6 +303,12 @@ def _home_hint(base: Path) -> str:
     return f"; from other terminals after export SAFECITY_HOME={base}"
 
 
+def _databases(run: LocalRun) -> str:
+    ids = run.cities.ids
+    # The children get no database setting: each city's database follows the default.
+    return ", ".join(repr(InfluxSettings().database_for(c, ids)) for c in ids)
+
+
 def _device_link(mode: str) -> str:
     return {
         "off": "plain MQTT on loopback (SAFECITY_DEVICE_TLS=tls|mtls for TLS)",
@@ -310,7 +342,8 @@ def run_local(settings: StackSettings) -> int:
             f" and service)\n"
             f"  instance       {run.base}   (commands find it: safecity devices list,"
             f" apikey create, deadletter stats, verify{_home_hint(run.base)})\n"
-            f"  InfluxDB       {run.stack.influx_url}  (database 'safecity')\n"
+            f"  cities         {', '.join(run.cities.ids)}   (each its own fleet)\n"
+            f"  InfluxDB       {run.stack.influx_url}  (database {_databases(run)})\n"
             f"  ingest metrics {run.metrics_url}/metrics\n"
             f"  alerts metrics {run.alerts_url}/metrics\n"
             f"  logs           {run.base}/*.log\n"

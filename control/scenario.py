@@ -148,6 +148,7 @@ def run_scenario(
     `safecity simulate`, `safecity alerts` and `safecity ingest`.
     """
     import asyncio
+    import json
     import os
     import subprocess
     import sys
@@ -167,8 +168,9 @@ def run_scenario(
         "--speed", str(speed),
         "--duration", str(duration),
     ]  # fmt: skip
-    if registry is not None:
-        command += ["--registry", str(registry)]
+    if registry:
+        # The `registry` setting's paths, as a JSON list the flag reads back.
+        command += ["--registry", json.dumps([str(p) for p in registry])]
     subprocess.run(command, check=True, env=dict(os.environ), timeout=duration + 120)
     start_ms = epoch_ms(start)
     end_ms = start_ms + int(duration * speed * 1000) + 60_000

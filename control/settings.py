@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode
 
+from safecity.knowncities import KNOWN_CITIES
 from safecity.settings import InfluxSettings, ServiceSettings, in_home
 
 
@@ -28,6 +31,35 @@ class StackSettings(ServiceSettings):
     alerts_metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9102
     speed: Annotated[float, Field(gt=0, le=10_000)] = 1.0
     seed: int = 42
+    cities: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="Built-in cities to run, each with its own simulated fleet and database "
+        "(space- or comma-separated, e.g. `tashkent samarkand`); empty = the registry "
+        "setting, else Tashkent alone. Not together with SAFECITY_REGISTRY.",
+    )
+
+    @field_validator("cities", mode="before")
+    @classmethod
+    def _city_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return tuple(json.loads(text))
+            return tuple(part for part in text.replace(",", " ").split() if part)
+        return value
+
+    @field_validator("cities")
+    @classmethod
+    def _known_cities(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [c for c in value if c not in KNOWN_CITIES]
+        if unknown:
+            raise ValueError(
+                f"no built-in registry for {', '.join(unknown)} (built in: "
+                f"{', '.join(sorted(KNOWN_CITIES))}); give SAFECITY_REGISTRY files instead"
+            )
+        if len(set(value)) != len(value):
+            raise ValueError("a city is named twice")
+        return value
 
 
 class StorageSettings(ServiceSettings):

@@ -30,6 +30,7 @@ from broker.identity import (
     reload_broker,
     render_secure_config,
     service_username,
+    write_secrets,
 )
 from control.influxd import Influxd, render_influxd_conf
 from control.processes import (
@@ -44,7 +45,7 @@ from control.processes import (
 )
 from safecity.errors import ConfigError, StackError
 from safecity.mqtt.wire import connack_reason as mqtt_connack_reason
-from safecity.registry import City, default_city
+from safecity.registry import Cities, City, default_city
 from safecity.settings import MqttSettings
 
 __all__ = [
@@ -91,7 +92,7 @@ class Mosquitto(LocalService):
         extra_config: Sequence[str] = (),
         binary: str | os.PathLike[str] | None = None,
         ready_timeout: float = 15.0,
-        city: City | None = None,
+        city: City | Cities | None = None,
         services: Sequence[Role] = LOCAL_SERVICES,
         identity_dir: Path | None = None,
         certs_dir: Path | None = None,
@@ -130,7 +131,9 @@ class Mosquitto(LocalService):
                     # Revoked device certificates: the listener checks this CRL.
                     self.crl = certs.ensure_crl(self.certs_dir)
                 if device_certs:
-                    devices = [d.id for d in self.identities.city.devices]
+                    devices = [
+                        d.id for city in self.identities.cities.values() for d in city.devices
+                    ]
                     certs.ensure_clients(self.certs_dir, devices)
         except ConfigError as exc:
             raise StackError(f"cannot provision the broker's identities: {exc}") from exc
@@ -180,6 +183,19 @@ class Mosquitto(LocalService):
     def provision(self, *device_ids: str, city: str | None = None) -> dict[str, str]:
         """Add device accounts (e.g. of a test city); a running broker gets them at once."""
         issued = self.identities.add_devices(device_ids, city)
+        self.apply(issued)
+        return issued
+
+    def provision_service(self, username: str, role: Role) -> dict[str, str]:
+        """Add a service account (e.g. one scoped to a city, `_ingest.tashkent`); a running
+        broker gets it at once. {} when it exists already."""
+        identities = self.identities
+        secret = identities.store.provision(username, role)
+        issued = {} if secret is None else {username: secret}
+        if issued:
+            identities.store.save()
+            identities.secrets.update(issued)
+            write_secrets(identities.secrets_file, issued)
         self.apply(issued)
         return issued
 
@@ -316,7 +332,7 @@ class LocalStack:
         *,
         host: str = LOOPBACK,
         mqtt_tls_port: int = 0,
-        city: City | None = None,
+        city: City | Cities | None = None,
         mosquitto_config: Path | None = None,
         mosquitto_extra_config: Sequence[str] = (),
         die_with_parent: bool = False,
@@ -363,8 +379,13 @@ class LocalStack:
 
     @property
     def city(self) -> City:
-        """The city whose devices have accounts on the broker."""
+        """The (first) city whose devices have accounts on the broker."""
         return self.mosquitto.identities.city
+
+    @property
+    def cities(self) -> Cities:
+        """Every city whose devices have accounts on the broker."""
+        return self.mosquitto.identities.cities
 
     @property
     def identity_dir(self) -> Path:

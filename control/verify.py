@@ -13,6 +13,10 @@ range back from InfluxDB and reports:
 
 The dead-letter store is read as JSON lines (`deadletters.jsonl` in each DIR); this
 module imports no service package (layering rule).
+
+In a deployment of several cities each entry is checked in the database of the city its
+topic names (`InfluxSettings.database_for`); `city` narrows a check to one city's
+entries and dead letters.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ class Report:
     """Outcome of a check; `ok` when nothing was lost, duplicated, altered or unaccounted for."""
 
     sent: int = 0
+    sent_by_city: dict[str, int] = field(default_factory=dict)
     acknowledged: int = 0
     refused_by_broker: int = 0
     good: int = 0
@@ -66,6 +71,7 @@ class Report:
         """Counts (and a few examples of each problem) as a JSON-able dict."""
         out: dict[str, Any] = {
             "sent": self.sent,
+            "sent_by_city": dict(sorted(self.sent_by_city.items())),
             "acknowledged": self.acknowledged,
             "refused_by_broker": self.refused_by_broker,
             "good": self.good,
@@ -95,6 +101,8 @@ class Report:
             if key == "deadletters_by_reason":
                 reasons = ", ".join(f"{k}={v}" for k, v in value.items()) or "none"
                 lines.append(f"{'dead letters':22} {reasons}")
+            elif key == "sent_by_city":
+                lines.append(f"{'cities':22} {', '.join(f'{k}={v}' for k, v in value.items())}")
             else:
                 lines.append(f"{key:22} {value}")
         lines.append("verdict                OK" if self.ok else "verdict                FAIL")
@@ -120,6 +128,17 @@ def read_deadletters(directories: Iterable[Path]) -> list[dict[str, Any]]:
             if isinstance(record, dict):
                 out.append(record)
     return out
+
+
+def topic_city(topic: str) -> str:
+    """The city a device topic names (its third level), or ''."""
+    parts = topic.split("/", 3)
+    return parts[2] if len(parts) > 2 else ""
+
+
+def ledger_cities(entries: Iterable[ledger.LedgerEntry]) -> tuple[str, ...]:
+    """The cities the entries' topics name, in order of first appearance."""
+    return tuple(dict.fromkeys(c for e in entries if (c := topic_city(e.topic))))
 
 
 def _measurement(entry: ledger.LedgerEntry) -> str | None:
@@ -148,9 +167,21 @@ async def check(
     entries: Sequence[ledger.LedgerEntry],
     influx: InfluxClient,
     deadletter_dirs: Sequence[Path] = (),
+    *,
+    cities: Sequence[str] = (),
+    city: str | None = None,
 ) -> Report:
-    """Compare ledger entries with InfluxDB and the dead-letter stores."""
+    """Compare ledger entries with InfluxDB and the dead-letter stores.
+
+    `cities`: the deployment's cities (each entry is read back from its topic's city's
+    database); `city`: only that city's entries and dead letters."""
+    if city is not None:
+        entries = [e for e in entries if topic_city(e.topic) == city]
     report = Report(sent=len(entries))
+    report.sent_by_city = dict(Counter(topic_city(e.topic) for e in entries))
+    home = cities[0] if cities else ""
+    # (measurement, device) -> the database its points are in (a device keeps one city).
+    clients: dict[tuple[str, str], InfluxClient] = {}
     # (measurement, device) -> ts -> good entries sent with that timestamp
     good: dict[tuple[str, str], dict[int, list[ledger.LedgerEntry]]] = defaultdict(
         lambda: defaultdict(list)
@@ -172,6 +203,9 @@ async def check(
         if measurement is None or entry.ts_ms is None:
             continue
         key = (measurement, entry.device_id)
+        if cities and key not in clients:
+            named = topic_city(entry.topic)
+            clients[key] = influx.for_city(named if named in cities else home, cities)
         span = spans.setdefault(key, [entry.ts_ms, entry.ts_ms])
         span[0] = min(span[0], entry.ts_ms)
         span[1] = max(span[1], entry.ts_ms)
@@ -179,7 +213,7 @@ async def check(
             good[key][entry.ts_ms].append(entry)
 
     for (measurement, device_id), (lo, hi) in sorted(spans.items()):
-        rows = await influx.query(
+        rows = await clients.get((measurement, device_id), influx).query(
             # The measurement is one of the schema's own names; all values are bound.
             # Through schema.source: `events` lives in its own retention policy.
             f"SELECT * FROM {schema.source(measurement)} "  # noqa: S608
@@ -213,6 +247,8 @@ async def check(
                 report.lost.append(f"{measurement}/{device_id}@{ts} seq {sent[0].seq}")
 
     letters = read_deadletters(deadletter_dirs)
+    if city is not None:
+        letters = [r for r in letters if topic_city(str(r.get("topic", ""))) == city]
     by_hash: dict[str, set[str]] = defaultdict(set)
     reasons: Counter[str] = Counter()
     for record in letters:
@@ -265,10 +301,17 @@ async def verify(
     deadletter_dirs: Sequence[Path] = (),
     *,
     upto: int | None = None,
+    cities: Sequence[str] | None = None,
+    city: str | None = None,
 ) -> Report:
-    """Read a ledger file (see `read_ledger`) and check it (see `check`)."""
+    """Read a ledger file (see `read_ledger`) and check it (see `check`) against the
+    databases of `cities` (none: the client's own database, a single-city deployment)."""
     try:
         entries = read_ledger(ledger_path, upto)
     except (OSError, ValueError, KeyError) as exc:
         raise VerifyError(f"cannot read ledger {ledger_path}: {exc}") from exc
-    return await check(entries, influx, deadletter_dirs)
+    served = tuple(cities or ())
+    if city is not None and city not in (served or ledger_cities(entries)):
+        named = ", ".join(served or ledger_cities(entries))
+        raise VerifyError(f"city {city!r} is not in this run (cities: {named})")
+    return await check(entries, influx, deadletter_dirs, cities=served, city=city)

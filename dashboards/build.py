@@ -19,11 +19,22 @@ from pathlib import Path
 from typing import Any
 
 from dashboards import alerting
-from dashboards.boards import air, district, incidents, overview, platform, security, traffic
+from dashboards.boards import (
+    air,
+    district,
+    incidents,
+    overview,
+    platform,
+    region,
+    security,
+    traffic,
+)
 from dashboards.panels import (
     DASHBOARDS_DIR,
     DATASOURCE_NAME,
+    DATASOURCE_NAME_PREFIX,
     DATASOURCE_UID,
+    DS,
     FOLDER_TITLE,
     FOLDER_UID,
     KIND_MEASUREMENTS,
@@ -42,6 +53,7 @@ from safecity.schema import (
 __all__ = [
     "DASHBOARDS_DIR",
     "DATASOURCE_NAME",
+    "DATASOURCE_NAME_PREFIX",
     "DATASOURCE_UID",
     "FOLDER_TITLE",
     "FOLDER_UID",
@@ -50,6 +62,9 @@ __all__ = [
     "OUT",
     "RULE_GROUP",
     "alert_rules",
+    "as_cities",
+    "city_alert_rules",
+    "city_datasource",
     "dashboards",
     "differences",
     "files",
@@ -81,10 +96,25 @@ def ingest_stats_markdown() -> str:
     return "\n".join(lines) + "\n"
 
 
-def dashboards(city: City) -> list[dict[str, Any]]:
-    """Every dashboard's JSON model, in a fixed order."""
+def as_cities(city: City | Sequence[City] | None) -> list[City]:
+    """One city, several or none (the built-in Tashkent) as a list."""
+    if city is None:
+        return [registry.default_city()]
+    if isinstance(city, City):
+        return [city]
+    return list(city) or [registry.default_city()]
+
+
+def city_datasource(city: City) -> dict[str, str]:
+    """The datasource reference of one city's own database (several cities)."""
+    return {"type": "influxdb", "uid": f"{DATASOURCE_UID}-{city.id}"}
+
+
+def dashboards(city: City | Sequence[City]) -> list[dict[str, Any]]:
+    """Every dashboard's JSON model, in a fixed order, for one city or several."""
+    cities = as_cities(city)
     boards = [
-        overview.board(city),
+        overview.board(*cities),
         district.board(),
         air.board(),
         traffic.board(),
@@ -92,37 +122,127 @@ def dashboards(city: City) -> list[dict[str, Any]]:
         security.board(),
         platform.board(),
     ]
-    return [b.render() for b in boards]
+    if len(cities) == 1:
+        return [*(b.render() for b in boards), region.single(cities).render()]
+    per_city = [_per_city(b.render(), cities) for b in boards]
+    return [*per_city, region.board(cities, city_datasource).render()]
+
+
+# --- several cities: a database, and so a datasource, per city ------------------------------
+
+SOURCE_VARIABLE = "source"
+# Every panel, target and variable of a board reads the datasource the `city` picks.
+_TEMPLATED_DS = {"type": "influxdb", "uid": "${" + SOURCE_VARIABLE + "}"}
+
+
+def _retarget(node: Any) -> Any:
+    if isinstance(node, dict):
+        if node == DS:
+            return dict(_TEMPLATED_DS)
+        return {k: _retarget(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_retarget(v) for v in node]
+    return node
+
+
+def _per_city(model: dict[str, Any], cities: Sequence[City]) -> dict[str, Any]:
+    """A board of a deployment with a database per city: `city` lists the registries'
+    cities, a hidden datasource variable `source` follows it (the datasource named
+    `safecity <city>`), and every query goes to `${source}`."""
+    out: dict[str, Any] = _retarget(model)
+    ids = [c.id for c in cities]
+    home = ids[0]
+    city_var = {
+        "name": "city",
+        "label": "City",
+        "type": "custom",
+        "query": ",".join(ids),
+        "options": [{"text": c, "value": c, "selected": c == home} for c in ids],
+        "current": {"text": home, "value": home},
+        "multi": False,
+        "includeAll": False,
+        "hide": 0,
+    }
+    source_var = {
+        "name": SOURCE_VARIABLE,
+        "label": "City database",
+        "type": "datasource",
+        "query": "influxdb",
+        # Grafana expands variables in a datasource variable's filter: `city` decides.
+        "regex": f"/^{DATASOURCE_NAME_PREFIX}$city$/",
+        "current": {},
+        "options": [],
+        "hide": 2,
+    }
+    variables = [v for v in out["templating"]["list"] if v["name"] != "city"]
+    out["templating"]["list"] = [city_var, source_var, *variables]
+    return out
 
 
 # --- provisioning files --------------------------------------------------------------------
 
 
-def datasource_provisioning() -> dict[str, Any]:
-    """The datasource file; Grafana expands $VAR from its own environment when it loads it."""
+def _datasource() -> dict[str, Any]:
     return {
-        "apiVersion": 1,
-        "datasources": [
-            {
-                "name": DATASOURCE_NAME,
-                "uid": DATASOURCE_UID,
-                "type": "influxdb",
-                "access": "proxy",
-                "url": "${SAFECITY_INFLUX__URL}",
-                "user": "${SAFECITY_INFLUX__USERNAME}",
-                "isDefault": True,
-                "editable": False,
-                "jsonData": {
-                    "dbName": "${SAFECITY_INFLUX__DATABASE}",
-                    "httpMode": "POST",
-                    "timeInterval": "10s",
-                },
-                # Read by Grafana from the mounted secret file (compose `secrets:`,
-                # a Kubernetes Secret), never from its environment.
-                "secureJsonData": {"password": "$__file{/run/secrets/influx_password}"},
-            }
-        ],
+        "name": DATASOURCE_NAME,
+        "uid": DATASOURCE_UID,
+        "type": "influxdb",
+        "access": "proxy",
+        "url": "${SAFECITY_INFLUX__URL}",
+        "user": "${SAFECITY_INFLUX__USERNAME}",
+        "isDefault": True,
+        "editable": False,
+        "jsonData": {
+            "dbName": "${SAFECITY_INFLUX__DATABASE}",
+            "httpMode": "POST",
+            "timeInterval": "10s",
+        },
+        # Read by Grafana from the mounted secret file (compose `secrets:`,
+        # a Kubernetes Secret), never from its environment.
+        "secureJsonData": {"password": "$__file{/run/secrets/influx_password}"},
     }
+
+
+def datasource_provisioning(cities: Sequence[City] = ()) -> dict[str, Any]:
+    """The datasource file; Grafana expands $VAR from its own environment when it loads it.
+
+    One city: one datasource on `SAFECITY_INFLUX__DATABASE`. Several: one per city, on
+    `<database>_<city>` (`InfluxSettings.database_for`), named `safecity <city>`.
+    """
+    base = _datasource()
+    if len(cities) <= 1:
+        return {"apiVersion": 1, "datasources": [base]}
+    datasources = [
+        {
+            **base,
+            "name": f"{DATASOURCE_NAME_PREFIX}{city.id}",
+            "uid": city_datasource(city)["uid"],
+            "isDefault": i == 0,
+            "jsonData": {**base["jsonData"], "dbName": "${SAFECITY_INFLUX__DATABASE}_" + city.id},
+        }
+        for i, city in enumerate(cities)
+    ]
+    return {"apiVersion": 1, "datasources": datasources}
+
+
+def city_alert_rules(cities: Sequence[City]) -> list[dict[str, Any]]:
+    """The alert rules: as they are for one city; for several, each rule once per city,
+    on that city's datasource (a rule cannot follow a dashboard variable)."""
+    rules = alert_rules()
+    if len(cities) <= 1:
+        return rules
+    out = []
+    for city in cities:
+        for rule in rules:
+            copy = json.loads(json.dumps(rule))
+            copy["uid"] = f"{rule['uid']}-{city.id}"[:40]
+            copy["title"] = f"{rule['title']} ({city.name})"
+            for step in copy["data"]:
+                if step.get("datasourceUid") == DATASOURCE_UID:
+                    step["datasourceUid"] = city_datasource(city)["uid"]
+                    step["model"]["datasource"] = city_datasource(city)
+            out.append(copy)
+    return out
 
 
 def dashboard_provisioning() -> dict[str, Any]:
@@ -145,7 +265,7 @@ def dashboard_provisioning() -> dict[str, Any]:
     }
 
 
-def alerting_provisioning() -> dict[str, Any]:
+def alerting_provisioning(cities: Sequence[City] = ()) -> dict[str, Any]:
     """The alerting file (Grafana unified alerting, file provisioning format): rules, the
     contact point into the platform's incident intake, and the policy routing to it."""
     receiver = {k: v for k, v in alerting.contact_point().items() if k != "name"}
@@ -159,7 +279,7 @@ def alerting_provisioning() -> dict[str, Any]:
                 "name": RULE_GROUP,
                 "folder": FOLDER_TITLE,
                 "interval": RULE_INTERVAL,
-                "rules": alert_rules(),
+                "rules": city_alert_rules(cities),
             }
         ],
     }
@@ -170,21 +290,21 @@ def _yaml(doc: dict[str, Any]) -> str:
     return HEADER + json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
 
 
-def files(city: City | None = None) -> dict[str, str]:
+def files(city: City | Sequence[City] | None = None) -> dict[str, str]:
     """Every provisioning file, by path relative to `dashboards/grafana/`."""
-    city = city or registry.default_city()
+    cities = as_cities(city)
     out = {
-        "provisioning/datasources/safecity.yaml": _yaml(datasource_provisioning()),
+        "provisioning/datasources/safecity.yaml": _yaml(datasource_provisioning(cities)),
         "provisioning/dashboards/safecity.yaml": _yaml(dashboard_provisioning()),
-        "provisioning/alerting/safecity.yaml": _yaml(alerting_provisioning()),
+        "provisioning/alerting/safecity.yaml": _yaml(alerting_provisioning(cities)),
     }
-    for board in dashboards(city):
+    for board in dashboards(cities):
         name = board["uid"].removeprefix("safecity-")
         out[f"dashboards/{name}.json"] = json.dumps(board, indent=2, ensure_ascii=False) + "\n"
     return out
 
 
-def write(out: Path = OUT, city: City | None = None) -> list[Path]:
+def write(out: Path = OUT, city: City | Sequence[City] | None = None) -> list[Path]:
     """Write every file under `out`, removing stale generated ones; return the paths written."""
     wanted = files(city)
     written = []
@@ -200,7 +320,7 @@ def write(out: Path = OUT, city: City | None = None) -> list[Path]:
     return written
 
 
-def differences(out: Path = OUT, city: City | None = None) -> list[str]:
+def differences(out: Path = OUT, city: City | Sequence[City] | None = None) -> list[str]:
     """Files under `out` that differ from the generator's output (missing, stale, changed)."""
     wanted = files(city)
     present = {
@@ -220,19 +340,23 @@ def differences(out: Path = OUT, city: City | None = None) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m dashboards.build [--out DIR] [--check] [--registry FILE]`."""
+    """`python -m dashboards.build [--out DIR] [--check] [--registry PATHS]`."""
     parser = argparse.ArgumentParser(prog="dashboards.build", description=__doc__)
     parser.add_argument("--out", type=Path, default=OUT, help="output dir (default: %(default)s)")
-    parser.add_argument("--registry", type=Path, help="city registry for the district map")
+    parser.add_argument(
+        "--registry",
+        help="city registries (files, comma-separated, or a directory): one city's map, "
+        "or a datasource and alert rules per city when several",
+    )
     parser.add_argument("--check", action="store_true", help="fail if the files are out of date")
     args = parser.parse_args(argv)
-    city = registry.load_or_default(args.registry)
+    cities = list(registry.load_cities(registry.registry_paths(args.registry or ())).values())
     if args.check:
-        diffs = differences(args.out, city)
+        diffs = differences(args.out, cities)
         for line in diffs:
             print(line, file=sys.stderr)
         return 1 if diffs else 0
-    paths = write(args.out, city)
+    paths = write(args.out, cities)
     print(f"wrote {len(paths)} files under {args.out}")
     return 0
 

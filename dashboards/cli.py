@@ -45,7 +45,7 @@ def cmd_dashboards_push(args: argparse.Namespace) -> int:
         s.grafana_token.get_secret_value(),
         s.influx,
         datasource_url=s.grafana_influx_url,
-        city=registry.load_or_default(s.registry),
+        city=list(registry.load_cities(s.registry).values()),
     )
     print(report.summary())
     return 0

@@ -15,6 +15,8 @@ from safecity.schema import DEVICE_STATUS, EVENTS, INGEST_STATS, SECURITY_EVENTS
 
 DATASOURCE_UID = "safecity-influxdb"
 DATASOURCE_NAME = "safecity InfluxDB"
+DATASOURCE_NAME_PREFIX = "safecity "
+"""Several cities: each city's datasource is named `safecity <city id>`."""
 FOLDER_UID = "safecity"
 FOLDER_TITLE = "safecity"
 DASHBOARDS_DIR = "/var/lib/grafana/dashboards/safecity"
@@ -36,17 +38,11 @@ WHERE = f'$timeFilter AND {CITY} AND "district" =~ /^$district$/'
 KIND_MEASUREMENTS = "|".join(catalogue.KINDS)
 SEVERE = "(\"severity\" = 'high' OR \"severity\" = 'critical')"
 
-# WHO 2021 air-quality guideline (ug/m3, CO mg/m3) and its averaging time (CATALOGUE.md).
-WHO_LIMITS: tuple[tuple[str, float, str], ...] = (
-    ("pm25", 15, "24h"),
-    ("pm10", 45, "24h"),
-    ("no2", 25, "24h"),
-    ("o3", 100, "8h"),
-    ("so2", 40, "24h"),
-    ("co", 4, "24h"),
+# WHO 2021 air-quality guideline and its averaging time, from the catalogue's one table.
+WHO_LIMITS: tuple[tuple[str, float, str], ...] = tuple(
+    (field, who.value, who.period) for field, who in catalogue.WHO_AIR.items()
 )
-WHO_LDEN = 53.0
-"""WHO road-traffic noise guideline, Lden dB(A)."""
+WHO_LDEN = catalogue.WHO_NOISE_DAY_DB
 # US EPA PM2.5 AQI breakpoints (2024 revision): the colour bands of the AQI panels.
 EPA_PM25_BANDS = (9.1, 35.5, 55.5, 125.5, 225.5)
 OFFLINE_ALERT_MINUTES = 10

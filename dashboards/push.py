@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -85,6 +85,24 @@ def datasource_body(influx: InfluxSettings, url: str | None = None) -> dict[str,
     elif influx.password is not None:
         body["secureJsonData"] = {"password": influx.password.get_secret_value()}
     return body
+
+
+def datasource_bodies(
+    influx: InfluxSettings, cities: Sequence[City], url: str | None = None
+) -> list[dict[str, Any]]:
+    """One datasource, or one per city on the city's own database (several cities)."""
+    if len(cities) <= 1:
+        return [datasource_body(influx, url)]
+    ids = [c.id for c in cities]
+    bodies = []
+    for i, city in enumerate(cities):
+        database = influx.database_for(city.id, ids)
+        body = datasource_body(influx.model_copy(update={"database": database}), url)
+        body["name"] = f"{build.DATASOURCE_NAME_PREFIX}{city.id}"
+        body["uid"] = build.city_datasource(city)["uid"]
+        body["isDefault"] = i == 0
+        bodies.append(body)
+    return bodies
 
 
 def _subset(obj: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
@@ -210,17 +228,23 @@ def push(
     influx: InfluxSettings,
     *,
     datasource_url: str | None = None,
-    city: City | None = None,
+    city: City | Sequence[City] | None = None,
     timeout: float = 10.0,
 ) -> PushReport:
-    """Push folder, datasource, dashboards and alert rules; return what changed."""
+    """Push folder, datasource(s), dashboards and alert rules; return what changed.
+
+    Several cities: a datasource per city database (`InfluxSettings.database_for`), as
+    `safecity dashboards build` provisions them.
+    """
+    cities = build.as_cities(city)
     pusher = Pusher(url, token, timeout=timeout)
     pusher.health()
     pusher.folder()
-    pusher.datasource(datasource_body(influx, datasource_url))
-    for model in build.dashboards(city or _default_city()):
+    for body in datasource_bodies(influx, cities, datasource_url):
+        pusher.datasource(body)
+    for model in build.dashboards(cities):
         pusher.dashboard(model)
-    for rule in build.alert_rules():
+    for rule in build.city_alert_rules(cities):
         pusher.alert_rule(rule)
     log.info(
         "grafana push done",
@@ -232,9 +256,3 @@ def push(
         },
     )
     return pusher.report
-
-
-def _default_city() -> City:
-    from safecity import registry
-
-    return registry.default_city()

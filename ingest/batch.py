@@ -25,11 +25,11 @@ from ingest.settings import IngestSettings
 from ingest.sink import Sink, encode_own
 from ingest.spool import SpoolBatch
 from ingest.stats import Totals
-from ingest.validate import Accepted, Rejected, Validator, claimed_device_id
+from ingest.validate import Accepted, Rejected, Validator, claimed_city, claimed_device_id
 from ingest.watermark import Watermarks  # end-to-end acks
 from safecity import schema, topics
 from safecity.mqtt import Incoming, MqttClient
-from safecity.registry import City
+from safecity.registry import Cities, City, as_cities
 
 log = logging.getLogger("safecity.ingest")
 
@@ -62,7 +62,7 @@ class Batcher:
     def __init__(
         self,
         settings: IngestSettings,
-        city: City,
+        city: City | Cities,
         validator: Validator,
         mqtt: MqttClient,
         sink: Sink,
@@ -71,7 +71,7 @@ class Batcher:
         totals: Totals,
     ) -> None:
         self._settings = settings
-        self._city = city
+        self._cities = as_cities(city)
         self._validator = validator
         self._mqtt = mqtt
         self._sink = sink
@@ -211,27 +211,32 @@ class Batcher:
         self, rejected: list[tuple[Incoming, Rejected]], details: list[str]
     ) -> list[tuple[str, int]]:
         """One `security_events` line (and its time) per attack type and device of a batch;
-        `details` are the rejections' redacted details (as in their dead letters)."""
-        groups: dict[tuple[str, str | None], list[tuple[str, str]]] = {}
+        `details` are the rejections' redacted details (as in their dead letters).
+
+        An event goes to the database of the device's own city (its operators answer for
+        it), else of the city the topic names if served, else of the home city."""
+        groups: dict[tuple[str, str, str | None], list[tuple[str, str]]] = {}
+        cities = self._cities
         for (incoming, outcome), detail in zip(rejected, details, strict=True):
             reason = outcome.rejection.reason.value
             if reason not in schema.INGEST_SECURITY_REASONS:
                 continue
             claimed = claimed_device_id(incoming.topic)
-            device = self._city.device(claimed)
-            key = (reason, device.id if device is not None else None)
+            owner = cities.owner(claimed)
+            city = owner or cities.get(claimed_city(incoming.topic)) or cities.first
+            key = (city.id, reason, claimed if owner is not None else None)
             groups.setdefault(key, []).append((claimed, detail))
         if not groups:
             return []
         time_ms = self._event_ms()
         out: list[tuple[str, int]] = []
-        for (reason, device_id), items in groups.items():
+        for (city_id, reason, device_id), items in groups.items():
             claimed, detail = items[-1]
             point = schema.security_event_point(
-                self._city.id,
+                city_id,
                 reason,
                 time_ms,
-                device=self._city.device(device_id) if device_id is not None else None,
+                device=cities.device(city_id, device_id) if device_id is not None else None,
                 client_id=claimed,
                 detail=detail,
                 count=len(items),

@@ -26,7 +26,12 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     configure_logging("ingest", s.log_level)
     if s.worker_id == "auto":
         s = s.model_copy(update={"worker_id": resolve_instance_id("auto")})
-    city = registry.load_or_default(s.registry)
+    if s.region.enabled:
+        # A regional instance: its ingest takes the cities' federated indicators.
+        from ingest import federation
+
+        return run_async(federation.run(s))
+    cities = registry.load_cities(s.registry)
     if args.workers is not None:
         from ingest import supervisor
 
@@ -34,7 +39,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         return code
     from ingest import service
 
-    return run_async(service.run(s, city))
+    return run_async(service.run(s, cities))
 
 
 def cmd_deadletter(args: argparse.Namespace) -> int:
@@ -45,10 +50,10 @@ def cmd_deadletter(args: argparse.Namespace) -> int:
 
     store = deadletter.DeadLetterStore(s.deadletter_dir)
     if args.action == "replay":
-        city = registry.load_or_default(s.registry)
+        cities = registry.load_cities(s.registry)
         from ingest import replay
 
-        result = asyncio.run(replay.replay(s, city, args.reason, args.dry_run))
+        result = asyncio.run(replay.replay(s, cities, args.reason, args.dry_run))
         still = ", ".join(f"{k}={v}" for k, v in sorted(result.still_rejected.items()))
         verb = "would write" if args.dry_run else "written"
         print(

@@ -19,7 +19,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -168,10 +168,14 @@ class DeadLetterOutput:
         city_id: str,
         max_packet: int,
         totals: Totals,
+        cities: Collection[str] = (),
     ) -> None:
         self.store = store
         self._publish = publish
         self._city_id = city_id
+        # A letter is republished on the dead-letter topic of the city its topic names
+        # when this deployment serves it, else on the home city's.
+        self._cities = frozenset(cities)
         self._max_packet = max_packet
         self._totals = totals
 
@@ -183,7 +187,7 @@ class DeadLetterOutput:
         for letter in letters:
             metrics.rejected(letter.reason).inc()
             self._totals.rejected[letter.reason] += 1
-            topic = topics.deadletter_topic(self._city_id, letter.reason)
+            topic = topics.deadletter_topic(self._letter_city(letter.topic), letter.reason)
             body = publishable(letter, topic, self._max_packet)
             if body is None:
                 metrics.DEADLETTER_UNPUBLISHED.inc()
@@ -193,6 +197,10 @@ class DeadLetterOutput:
                 )
                 continue
             self._publish(topic, body)
+
+    def _letter_city(self, topic: str) -> str:
+        named = topic.split("/", 3)[2] if topic.count("/") >= 2 else ""
+        return named if named in self._cities else self._city_id
 
 
 class DeadLetterStore:

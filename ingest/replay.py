@@ -18,7 +18,7 @@ from ingest.settings import IngestSettings
 from ingest.validate import Accepted, Validator
 from ingest.writer import InfluxWriter
 from safecity.influx import InfluxClient
-from safecity.registry import City
+from safecity.registry import Cities, City, as_cities
 
 
 @dataclass
@@ -42,11 +42,12 @@ def _key(record: dict[str, Any]) -> tuple[str, str, str, str]:
 
 
 async def replay(
-    settings: IngestSettings, city: City, reason: str | None = None, dry_run: bool = False
+    settings: IngestSettings, city: City | Cities, reason: str | None = None, dry_run: bool = False
 ) -> ReplayResult:
     """Re-validate the store's records (of one reason, or all); write and remove the good ones."""
     store = DeadLetterStore(settings.deadletter_dir)
-    validator = Validator(city, settings.ts_past_window, settings.ts_future_window)
+    cities = as_cities(city)
+    validator = Validator(cities, settings.ts_past_window, settings.ts_future_window)
     result = ReplayResult()
     lines: list[str] = []
     keys: list[tuple[str, str, str, str]] = []
@@ -68,8 +69,10 @@ async def replay(
         return result
     client = InfluxClient(settings.influx)
     try:
-        await client.ensure_database()
-        refused = await InfluxWriter(client).write(lines, give_up_after=60.0)
+        for city_id in cities:
+            await client.for_city(city_id, cities.ids).ensure_database()
+        writer = InfluxWriter(client, cities=cities.ids)
+        refused = await writer.write(lines, give_up_after=60.0)
     finally:
         await client.close()
     refused_keys = {keys[i] for i, _ in refused}

@@ -35,7 +35,7 @@ from safecity.lineprotocol import Point
 from safecity.mqtt import MqttClient, Will
 from safecity.observability import HealthServer
 from safecity.readings import Status
-from safecity.registry import City
+from safecity.registry import Cities, City, as_cities
 from safecity.retry import Backoff, Supervisor, retry_storage
 
 log = logging.getLogger("safecity.ingest")
@@ -46,9 +46,13 @@ CHANNELS = (topics.Channel.TELEMETRY, topics.Channel.EVENT, topics.Channel.STATU
 class IngestService:
     """One ingest worker: its own persistent MQTT session on the shared subscription."""
 
-    def __init__(self, settings: IngestSettings, city: City) -> None:
+    def __init__(self, settings: IngestSettings, city: City | Cities) -> None:
         self.settings = settings
-        self.city = city
+        # Every city of the deployment: each message is checked against its own city's
+        # registry and written into that city's database; the first is the home city
+        # (the worker's status topic, its ingest_stats).
+        self.cities = as_cities(city)
+        self.city = city = self.cities.first
         worker = settings.worker_id
         self.status_topic = topics.service_status_topic(city.id, worker)
         self.mqtt = MqttClient(
@@ -62,7 +66,9 @@ class IngestService:
             on_connect=lambda: metrics.CONNECTED.set(1),
         )
         self.influx = InfluxClient(settings.influx)
-        self.writer = InfluxWriter(self.influx, Backoff(cap=settings.retry_max_delay))
+        self.writer = InfluxWriter(
+            self.influx, Backoff(cap=settings.retry_max_delay), cities=self.cities.ids
+        )
         self.spool = Spool(
             settings.spool_dir / worker, settings.spool_max_bytes, settings.spool_segment_bytes
         )
@@ -76,9 +82,10 @@ class IngestService:
             city.id,
             settings.deadletter_max_packet,
             self.totals,
+            self.cities.ids,
         )
         validator = Validator(
-            city,
+            self.cities,
             settings.ts_past_window,
             settings.ts_future_window,
             rate_limiter=RateLimiter(settings.rate_limit, settings.rate_burst),
@@ -86,7 +93,7 @@ class IngestService:
         )
         self.batcher = Batcher(
             settings,
-            city,
+            self.cities,
             validator,
             self.mqtt,
             self.sink,
@@ -95,7 +102,7 @@ class IngestService:
             self.totals,
         )
         # End-to-end acks: the batcher notes durable seqs, a task publishes them per device.
-        self.watermarks = self.batcher.watermarks = Watermarks(city, settings.ack_interval)
+        self.watermarks = self.batcher.watermarks = Watermarks(self.cities, settings.ack_interval)
         self.drain = SpoolDrain(self.sink, self.deadletters, self.totals, worker, self.redactor)
         self.broker_dropped = BrokerDropped(settings.spool_dir / worker / "broker-dropped.json")
         self.stats = StatsTracker(city.id, worker)
@@ -123,17 +130,24 @@ class IngestService:
         recovered = await asyncio.to_thread(self.spool.open)
         self.sink.update_spool_metrics()
         await self.health.start()
-        await retry_storage(self.influx.ensure_database, "preparing influxdb", logger=log)
+        for city_id in self.cities:
+            # Each city's own database and retention policies, created at start-up.
+            database = self.influx.for_city(city_id, self.cities.ids)
+            await retry_storage(database.ensure_database, "preparing influxdb", logger=log)
         self.tasks.start("spool-drain", self.drain.run)
         if recovered:
             self.sink.spool_ready.set()
         await self.mqtt.connect()
         group = settings.share_group
         # Every city's device topics, not only ours: a device publishing into another
-        # city is an identity mismatch to record, not a message that nobody sees.
+        # city is an identity mismatch to record, not a message that nobody sees (unless
+        # the broker account is scoped to the served cities).
+        served: list[str | None] = (
+            [None] if settings.subscribe_cities == "all" else list(self.cities.ids)
+        )
         filters = [
             (topics.shared(group, f) if group else f, 1)
-            for f in (topics.device_filter(c) for c in CHANNELS)
+            for f in (topics.device_filter(c, city) for city in served for c in CHANNELS)
         ]
         await self.mqtt.subscribe(filters)
         await self.mqtt.publish(self.status_topic, _status("online"), qos=1)
@@ -149,7 +163,7 @@ class IngestService:
             self.tasks.start("broker-sys", watch.run)
         if settings.broker_log is not None:
             self.tasks.start(
-                "broker-log", BrokerLogWatch(settings.broker_log, self.city, self.sink).run
+                "broker-log", BrokerLogWatch(settings.broker_log, self.cities, self.sink).run
             )
         self.tasks.start("ingest-stats", StatsTimer(self.stats_point, self.sink).run)
         self.tasks.start("acks", lambda: self.watermarks.run(self.mqtt))  # end-to-end acks
@@ -158,8 +172,8 @@ class IngestService:
             "ingest started",
             extra={
                 "worker": settings.worker_id,
-                "city": self.city.id,
-                "devices": len(self.city.devices),
+                "cities": list(self.cities.ids),
+                "devices": sum(len(c.devices) for c in self.cities.values()),
                 "session_present": self.mqtt.session_present,
                 "spooled_points": recovered,
                 "broker_log": str(settings.broker_log or ""),
@@ -227,7 +241,7 @@ def _status(state: str, reason: str | None = None) -> bytes:
     ).to_payload()
 
 
-async def run(settings: IngestSettings, city: City) -> None:
+async def run(settings: IngestSettings, city: City | Cities) -> None:
     """Run one ingest worker until cancelled; always stops cleanly."""
     service = IngestService(settings, city)
     try:

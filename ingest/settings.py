@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
+from safecity.federation import RegionSettings
 from safecity.settings import InfluxSettings, MqttSettings, ServiceSettings, in_home
 
 
@@ -57,6 +58,16 @@ class IngestSettings(ServiceSettings):
             "its own ack topic, which of its seqs this worker made durable; 0 = off.",
         ),
     ] = 1.0
+
+    subscribe_cities: Literal["all", "served"] = Field(
+        default="all",
+        description="Whose device topics to subscribe to: `all` cities (a device writing "
+        "into a city nobody serves is seen and dead-lettered) or only the `served` ones "
+        "(needed under a broker account scoped to a city, `_ingest.<city>`).",
+    )
+
+    # A regional instance: federated indicators instead of device topics.
+    region: RegionSettings = RegionSettings()
 
     @field_validator("broker_log", mode="before")
     @classmethod

@@ -10,12 +10,14 @@ each other, but one reader is enough).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -33,7 +35,7 @@ def worker_ids(base: str, count: int) -> list[str]:
     return [f"{base}-{i}" for i in range(count)]
 
 
-def supervise(settings: IngestSettings, count: int, registry: Path | None) -> int:
+def supervise(settings: IngestSettings, count: int, registry: Sequence[Path]) -> int:
     """Run `count` workers until SIGINT/SIGTERM, restarting any that exits; return 0."""
     stopping = False
 
@@ -59,8 +61,8 @@ def supervise(settings: IngestSettings, count: int, registry: Path | None) -> in
             env["SAFECITY_BROKER_SYS"] = "false"
             env["SAFECITY_BROKER_LOG"] = ""
         argv = [sys.executable, "-m", "ingest", "--worker-id", worker]
-        if registry is not None:
-            argv += ["--registry", str(registry)]
+        if registry:
+            argv += ["--registry", json.dumps([str(p) for p in registry])]
         procs[worker] = subprocess.Popen(argv, env=env)
         log.info("worker started", extra={"worker": worker, "pid": procs[worker].pid})
 

@@ -18,7 +18,7 @@ from safecity.fastcontract import TelemetryLines, telemetry_lines, window_ms
 from safecity.lineprotocol import Point, encode, series_key
 from safecity.mqtt import Incoming
 from safecity.readings import Event, Reading, Rejection, RejectReason, Status, parse
-from safecity.registry import City, Device
+from safecity.registry import Cities, City, Device, as_cities
 
 _READING, _EVENT, _STATUS = "reading", "event", "status"
 
@@ -43,6 +43,12 @@ def claimed_device_id(topic: str) -> str:
     """The device id a device topic claims (its sixth level) as sent, or ''."""
     parts = topic.split("/", 6)
     return parts[5] if len(parts) > 5 else ""
+
+
+def claimed_city(topic: str) -> str:
+    """The city a device topic names (its third level) as sent, or ''."""
+    parts = topic.split("/", 3)
+    return parts[2] if len(parts) > 2 else ""
 
 
 class Accepted(msgspec.Struct, frozen=True, gc=False):
@@ -168,20 +174,21 @@ class Validator:
 
     def __init__(
         self,
-        city: City,
+        city: City | Cities,
         past_window: float,
         future_window: float,
         *,
         rate_limiter: RateLimiter | None = None,
         duplicates: DuplicateDetector | None = None,
     ) -> None:
-        self.city = city
+        self.cities = as_cities(city)
+        self.city = self.cities.first
         self._past = timedelta(seconds=past_window)
         self._future = timedelta(seconds=future_window)
         self.rate_limiter = rate_limiter
         self.duplicates = duplicates
         # Topic -> what a topic that passed the identity checks resolves to. Bounded by
-        # the registry (its devices times three channels): the city never changes.
+        # the registries (their devices times three channels): a city never changes.
         self._routes: dict[str, _Route] = {}
 
     def validate(
@@ -233,7 +240,7 @@ class Validator:
         for message in messages:
             route = routes.get(message.topic)
             if route is not None:
-                _, device_id, channel, measurement, series, lines = route
+                _, device_id, channel, measurement, series, lines, _ = route
             if route is None or lines is None:
                 append(validate(message.topic, message.payload, now, redelivery=message.duplicate))
                 continue
@@ -265,18 +272,26 @@ class Validator:
                 Rejection(RejectReason.UNKNOWN_DEVICE, str(exc)), topic.rsplit("/", 1)[-1]
             )
         channel = parsed.channel
-        if parsed.city != self.city.id:
+        city = self.cities.get(parsed.city)
+        if city is None:
             # Every city's topics are subscribed so that this is seen at all: the broker
             # would otherwise PUBACK "no subscribers" and drop it without a trace.
             return Rejected(
-                Rejection(
-                    RejectReason.IDENTITY_MISMATCH,
-                    f"topic names city {parsed.city!r}; this registry is city {self.city.id!r}",
-                ),
-                channel,
+                Rejection(RejectReason.IDENTITY_MISMATCH, self._foreign(parsed)), channel
             )
-        device = self.city.device(parsed.device_id)
+        device = city.device(parsed.device_id)
         if device is None:
+            owner = self.cities.owner(parsed.device_id)
+            if owner is not None:
+                # A device of one city writing into another's data: never stored there.
+                return Rejected(
+                    Rejection(
+                        RejectReason.IDENTITY_MISMATCH,
+                        f"device {parsed.device_id!r} belongs to city {owner.id!r}; the topic "
+                        f"names city {parsed.city!r}",
+                    ),
+                    channel,
+                )
             return Rejected(
                 Rejection(
                     RejectReason.UNKNOWN_DEVICE,
@@ -294,10 +309,21 @@ class Validator:
                 channel,
             )
         measurement = schema.measurement_of(device.kind)
-        series = series_key(measurement, schema.reading_tags(self.city.id, device))
+        series = series_key(measurement, schema.reading_tags(city.id, device))
         lines = telemetry_lines(device.kind) if channel is topics.Channel.TELEMETRY else None
-        route = self._routes[topic] = _Route(device, device.id, channel, measurement, series, lines)
+        route = self._routes[topic] = _Route(
+            device, device.id, channel, measurement, series, lines, city.id
+        )
         return route
+
+    def _foreign(self, parsed: topics.DeviceTopic) -> str:
+        """Why a topic of a city this deployment does not serve is refused."""
+        if len(self.cities) == 1:
+            return f"topic names city {parsed.city!r}; this registry is city {self.city.id!r}"
+        return (
+            f"topic names city {parsed.city!r}, which this deployment does not serve "
+            f"(cities: {', '.join(self.cities.ids)})"
+        )
 
     def _rate_limited(self, route: _Route) -> Rejected:
         limiter = self.rate_limiter
@@ -313,7 +339,7 @@ class Validator:
 
     def _decide(self, route: _Route, payload: bytes, now: datetime | None) -> Accepted | Rejected:
         """The contract's (pydantic) verdict on a message of an identified device."""
-        device, channel = route.device, route.channel
+        device, channel, city_id = route.device, route.channel, route.city_id
         message = parse(
             device.kind,
             payload,
@@ -327,13 +353,13 @@ class Validator:
         # A dict lookup per model class: pydantic's isinstance goes through ABCMeta.
         shape = _shape(type(message))
         if shape is _STATUS:
-            point = schema.status_point(self.city.id, device, cast(Status, message))
+            point = schema.status_point(city_id, device, cast(Status, message))
             return self._encoded(point, channel, device.id, None)
         numbered = cast(Reading | Event, message)
         if shape is _READING:
-            point = schema.reading_point(self.city.id, device, cast(Reading, message))
+            point = schema.reading_point(city_id, device, cast(Reading, message))
         else:
-            point = schema.event_point(self.city.id, device, cast(Event, message))
+            point = schema.event_point(city_id, device, cast(Event, message))
         try:
             series = series_key(point.measurement, point.tags)
         except LineProtocolError as exc:  # defence in depth, as in `_encoded`
@@ -369,6 +395,8 @@ class _Route(NamedTuple):
     """The line head of the device's readings."""
     lines: TelemetryLines | None
     """The fast path of the device's readings (telemetry topics of a covered kind)."""
+    city_id: str
+    """The city the topic names (served, and the device's own)."""
 
 
 def _conflict(device_id: str, channel: str, seq: int) -> Rejected:

@@ -17,7 +17,7 @@ from ingest.stats import BrokerDropped
 from safecity import schema
 from safecity.lineprotocol import Point
 from safecity.mqtt import MqttClient
-from safecity.registry import City
+from safecity.registry import Cities, City, as_cities
 
 log = logging.getLogger("safecity.ingest")
 
@@ -52,8 +52,8 @@ class SysWatch:
 class BrokerEvents:
     """Broker log lines -> `security_events` points (auth failures, ACL denials)."""
 
-    def __init__(self, city: City) -> None:
-        self._city = city
+    def __init__(self, city: City | Cities) -> None:
+        self._cities = as_cities(city)
         self._clock = EventClock()
 
     def points(self, lines: list[str]) -> list[Point]:
@@ -66,11 +66,14 @@ class BrokerEvents:
                 continue
             time_ms, count = self._clock.stamp_count(event.time_s)
             detail = event.message if event.topic is None else f"topic {event.topic}"
+            # A registry device's event goes to its own city's data; any other client's
+            # (a service, a stranger) to the home city's.
+            city = self._cities.owner(event.client_id) or self._cities.first
             by_time[time_ms] = schema.security_event_point(
-                self._city.id,
+                city.id,
                 event.type,
                 time_ms,
-                device=self._city.device(event.client_id),
+                device=city.device(event.client_id),
                 client_id=event.client_id,
                 detail=detail,
                 count=count,
@@ -81,7 +84,7 @@ class BrokerEvents:
 class BrokerLogWatch:
     """Follows the broker's log file and stores its security events."""
 
-    def __init__(self, path: Path, city: City, sink: Sink) -> None:
+    def __init__(self, path: Path, city: City | Cities, sink: Sink) -> None:
         self._path = path
         self._sink = sink
         self._follower = LogFollower(path)

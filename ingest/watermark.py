@@ -28,7 +28,7 @@ from ingest.validate import Accepted, Rejected, claimed_device_id
 from safecity import acks, topics
 from safecity.errors import TopicError
 from safecity.mqtt import Incoming, MqttClient
-from safecity.registry import City
+from safecity.registry import Cities, City, as_cities
 
 log = logging.getLogger("safecity.ingest.acks")
 
@@ -43,8 +43,8 @@ _NUMBERED = (topics.Channel.TELEMETRY.value, topics.Channel.EVENT.value)
 class Watermarks:
     """Durable seqs per device and channel since the last publication."""
 
-    def __init__(self, city: City, interval: float = 1.0) -> None:
-        self.city = city
+    def __init__(self, city: City | Cities, interval: float = 1.0) -> None:
+        self.cities = as_cities(city)
         self.interval = interval
         self._pending: dict[str, tuple[set[int], set[int]]] = {}
         self._topics: dict[str, str] = {}
@@ -75,11 +75,13 @@ class Watermarks:
                 channel = outcome.channel
                 if channel not in _NUMBERED:
                     continue
-                device = self.city.device(claimed_device_id(incoming.topic))
+                # A refused message is acked to the device that owns the id, whatever city
+                # the topic named.
+                device_id = claimed_device_id(incoming.topic)
                 found = _seq_of(incoming.payload)
-                if device is None or type(found) is not int or found < 0:
+                if self.cities.owner(device_id) is None or type(found) is not int or found < 0:
                     continue
-                device_id, seq = device.id, found
+                seq = found
             sets = pending.get(device_id)
             if sets is None:
                 sets = pending[device_id] = (set(), set())
@@ -115,11 +117,14 @@ class Watermarks:
     def _ack_topic(self, device_id: str) -> str | None:
         topic = self._topics.get(device_id)
         if topic is None:
-            device = self.city.device(device_id)
-            if device is None:
+            # The ack goes to the device's own topic in its own city, whatever city the
+            # message named (a refused one is acked too).
+            city = self.cities.owner(device_id)
+            device = None if city is None else city.device(device_id)
+            if city is None or device is None:
                 return None
             try:
-                topic = topics.ack_topic(self.city.id, device.district, device.kind, device.id)
+                topic = topics.ack_topic(city.id, device.district, device.kind, device.id)
             except TopicError:
                 return None
             self._topics[device_id] = topic

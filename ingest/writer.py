@@ -8,6 +8,11 @@ Retry-After). A caller that can make a batch durable otherwise (the spool) passe
 retrying on. Auth failures (401/403/404) are never deferred: spooling would only hide
 an operator error, so the caller stops acking (back-pressure) and says so.
 
+Each city's data lives in its own database: in a deployment of several cities a batch
+is split first by each line's `city` tag (every point carries one), and a line of a city
+the deployment does not serve is refused, never written elsewhere. The batch counts as
+written only when every city's share is.
+
 One `/write` has one retention policy, so a batch is split by each line's measurement
 family (`safecity.schema.retention_policy_of`): telemetry into the default policy,
 `events` into `events`, `security_events` into `security`. Recognising a line costs one
@@ -20,7 +25,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from ingest import metrics
 from safecity.errors import (
@@ -52,6 +57,20 @@ def _measurement(line: str) -> str:
     return line[: min(cut)] if cut else line
 
 
+_CITY_TAG = ",city="
+
+
+def city_of(line: str) -> str | None:
+    """The `city` tag of a line, or None. In line protocol an `=` inside a tag value is
+    escaped, so the first unescaped `,city=` is the tag itself."""
+    start = line.find(_CITY_TAG)
+    if start < 0:
+        return None
+    start += len(_CITY_TAG)
+    ends = [i for i in (line.find(",", start), line.find(" ", start)) if i >= 0]
+    return line[start : min(ends)] if ends else None
+
+
 def split_by_policy(lines: list[str]) -> list[tuple[str | None, list[int] | None]]:
     """(retention policy, indices of its lines) groups; indices None = all of `lines`.
 
@@ -78,10 +97,17 @@ class InfluxWriter:
         client: InfluxClient,
         backoff: Backoff | None = None,
         *,
+        cities: Collection[str] = (),
         sleep: Sleep = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
+        # `cities`: the deployment's cities; each line goes to its city's database. One
+        # city whose database is the client's own needs no routing (the usual deployment).
+        ids = tuple(cities)
+        self._routes: dict[str, InfluxClient] | None = None
+        if len(ids) > 1 or (ids and client.for_city(ids[0], ids) is not client):
+            self._routes = {c: client.for_city(c, ids) for c in ids}
         self._backoff = backoff or Backoff()
         self._rng = random.Random()
         # Injectable so a test can run thousands of retries without real sleeping.
@@ -106,19 +132,53 @@ class InfluxWriter:
         deadline = None if give_up_after is None else self._clock() + give_up_after
         if not lines:
             return refused
-        for rp, indices in split_by_policy(lines):
-            if indices is None:
-                await self._write_range(lines, 0, len(lines), refused, deadline, rp)
-                continue
+        if self._routes is None:
+            await self._write_policies(None, lines, refused, deadline)
+            return refused
+        for client, indices in self._split_by_city(lines, refused):
             group = [lines[i] for i in indices]
             own: list[tuple[int, str]] = []
-            await self._write_range(group, 0, len(group), own, deadline, rp)
+            await self._write_policies(client, group, own, deadline)
             refused.extend((indices[i], message) for i, message in own)
         refused.sort()
         return refused
 
+    def _split_by_city(
+        self, lines: list[str], refused: list[tuple[int, str]]
+    ) -> list[tuple[InfluxClient, list[int]]]:
+        """(the city's client, indices of its lines); a line of no served city is refused."""
+        assert self._routes is not None
+        groups: dict[str, list[int]] = {}
+        for i, line in enumerate(lines):
+            city = city_of(line)
+            if city in self._routes:
+                groups.setdefault(city, []).append(i)
+            else:
+                refused.append((i, f"city {city!r} is not served by this deployment"))
+        return [(self._routes[city], indices) for city, indices in groups.items()]
+
+    async def _write_policies(
+        self,
+        client: InfluxClient | None,
+        lines: list[str],
+        refused: list[tuple[int, str]],
+        deadline: float | None,
+    ) -> None:
+        """Write one database's lines (None: the writer's own client, as it is at each
+        attempt), a request per retention policy; sorts `refused`."""
+        for rp, indices in split_by_policy(lines):
+            if indices is None:
+                await self._write_range(client, lines, 0, len(lines), refused, deadline, rp)
+                continue
+            group = [lines[i] for i in indices]
+            own: list[tuple[int, str]] = []
+            await self._write_range(client, group, 0, len(group), own, deadline, rp)
+            refused.extend((indices[i], message) for i, message in own)
+        refused.sort()
+
     async def _write_range(
         self,
+        client: InfluxClient | None,
         lines: list[str],
         lo: int,
         hi: int,
@@ -128,7 +188,7 @@ class InfluxWriter:
     ) -> None:
         body = ("\n".join(lines[lo:hi]) + "\n").encode()
         try:
-            await self._write_with_retry(body, deadline, rp)
+            await self._write_with_retry(client, body, deadline, rp)
         except WriteRejectedError as exc:
             metrics.WRITE_ERRORS.labels(error=f"http_{exc.status}").inc()
             self.write_errors += 1
@@ -136,22 +196,25 @@ class InfluxWriter:
                 refused.append((lo, exc.message))
                 return
             mid = (lo + hi) // 2
-            await self._write_range(lines, lo, mid, refused, deadline, rp)
-            await self._write_range(lines, mid, hi, refused, deadline, rp)
+            await self._write_range(client, lines, lo, mid, refused, deadline, rp)
+            await self._write_range(client, lines, mid, hi, refused, deadline, rp)
 
-    async def _write_with_retry(self, body: bytes, deadline: float | None, rp: str | None) -> None:
+    async def _write_with_retry(
+        self, client: InfluxClient | None, body: bytes, deadline: float | None, rp: str | None
+    ) -> None:
         attempt = 0
         while True:
             started = self._clock()
+            target = client or self._client
             try:
                 if deadline is None:
-                    await self._client.write(body, rp=rp)
+                    await target.write(body, rp=rp)
                 else:
                     # A hung InfluxDB (SIGSTOP, overload) must not hold the batch past
                     # the deadline; an abandoned request that lands later is harmless.
                     budget = max(0.05, deadline - started)
                     try:
-                        await asyncio.wait_for(self._client.write(body, rp=rp), budget)
+                        await asyncio.wait_for(target.write(body, rp=rp), budget)
                     except TimeoutError as exc:
                         raise StorageUnavailableError(
                             f"InfluxDB write took longer than {budget:.2f}s"

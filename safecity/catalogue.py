@@ -245,6 +245,31 @@ KINDS: dict[str, SensorKind] = {
     )
 }
 
+
+@dataclass(frozen=True, slots=True)
+class Guideline:
+    """A WHO guideline value: the limit, its unit and the time it is averaged over."""
+
+    value: float
+    unit: str
+    period: str
+
+
+WHO_AIR: dict[str, Guideline] = {
+    "pm25": Guideline(15, "ug/m3", "24h"),
+    "pm10": Guideline(45, "ug/m3", "24h"),
+    "no2": Guideline(25, "ug/m3", "24h"),
+    "o3": Guideline(100, "ug/m3", "8h"),
+    "so2": Guideline(40, "ug/m3", "24h"),
+    "co": Guideline(4, "mg/m3", "24h"),
+}
+"""WHO 2021 global air-quality guidelines (CATALOGUE.md), the one table every part uses."""
+WHO_NOISE_DAY_DB = 53.0
+"""WHO Environmental Noise Guidelines, road traffic: Lden 53 dB(A)."""
+WHO_NOISE_NIGHT_DB = 45.0
+"""WHO Environmental Noise Guidelines, road traffic: Lnight 45 dB(A)."""
+
+
 OBJECT_CLASSES = ("person", "car", "truck", "bus", "motorcycle", "bicycle", "animal", "unknown")
 PLATE_HASH = Quantity("plate_hash", "", "enum", choices=(), description="hex sha256 of salt+plate")
 

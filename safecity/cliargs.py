@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Callable, Coroutine
-from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
@@ -95,5 +94,9 @@ def port(text: str) -> int:
 
 
 def registry_flag(p: argparse.ArgumentParser) -> None:
-    """The `--registry FILE` flag every city-aware command takes."""
-    p.add_argument("--registry", type=Path, help="city registry file (default: Tashkent)")
+    """The `--registry PATHS` flag every city-aware command takes."""
+    p.add_argument(
+        "--registry",
+        help="city registry: a file, several comma-separated, or a directory of *.jsonl "
+        "(default: Tashkent)",
+    )

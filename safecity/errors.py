@@ -125,3 +125,12 @@ class ScenarioError(SafecityError):
 
 class WriteDeferredError(StorageError):
     """InfluxDB stayed unavailable past the caller's `give_up_after`; spool the batch."""
+
+
+class FederationError(SafecityError):
+    """A federation message refused: `reason` is its dead-letter reason."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail

@@ -9,7 +9,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +64,7 @@ class InfluxClient:
 
     def __init__(self, settings: InfluxSettings) -> None:
         self.settings = settings
+        self._owns_pool = True
         headers = {"User-Agent": "safecity"}
         auth: tuple[str, str] | None = None
         if settings.token is not None:
@@ -79,9 +80,25 @@ class InfluxClient:
             limits=httpx.Limits(max_connections=16, max_keepalive_connections=8),
         )
 
+    def for_database(self, database: str) -> InfluxClient:
+        """A client of another database on the same server, sharing this one's connection
+        pool (each city's own database); closing it leaves the pool to this client."""
+        quote_ident(database)
+        view = InfluxClient.__new__(InfluxClient)
+        view.settings = self.settings.model_copy(update={"database": database})
+        view._owns_pool = False
+        view._http = self._http
+        return view
+
+    def for_city(self, city: str, cities: Collection[str]) -> InfluxClient:
+        """A client of `city`'s own database (`InfluxSettings.database_for`), same pool."""
+        database = self.settings.database_for(city, cities)
+        return self if database == self.settings.database else self.for_database(database)
+
     async def close(self) -> None:
-        """Close the connection pool; idempotent."""
-        await self._http.aclose()
+        """Close the connection pool (unless it is another client's); idempotent."""
+        if self._owns_pool:
+            await self._http.aclose()
 
     async def ping(self) -> bool:
         """True when InfluxDB answers /ping."""

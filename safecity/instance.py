@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,16 @@ class Layout:
         return self.root / "ledger.jsonl"
 
     @property
+    def cities_dir(self) -> Path:
+        """The built-in registries of the cities `safecity run --cities` runs."""
+        return self.root / "cities"
+
+    @property
+    def cities_file(self) -> Path:
+        """The cities of the instance's last run, kept after it stops (for `verify`)."""
+        return self.root / "cities.json"
+
+    @property
     def state_file(self) -> Path:
         """The running launcher's pid and endpoints (absent when it is not running)."""
         return self.root / STATE_FILE
@@ -124,6 +135,8 @@ class Running:
     mqtt_tls_port: int | None = None
     registry: str | None = None
     speed: float = 1.0
+    cities: tuple[str, ...] = ()
+    """The cities the instance runs (each with its own database and fleet)."""
 
     def to_json(self) -> str:
         """The state file's content."""
@@ -134,6 +147,8 @@ class Running:
         """Parse a state file (ConfigError when it is not one)."""
         try:
             data: dict[str, Any] = json.loads(text)
+            if isinstance(data.get("cities"), list):
+                data["cities"] = tuple(data["cities"])
             return cls(**data)
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"not an instance state file: {exc}") from exc
@@ -165,6 +180,24 @@ def record(where: Layout, state: Running) -> None:
     tmp = where.state_file.with_suffix(".tmp")
     tmp.write_text(state.to_json(), encoding="utf-8")
     tmp.replace(where.state_file)
+
+
+def record_cities(where: Layout, cities: Sequence[str]) -> None:
+    """Keep the cities a run serves (atomically), for commands after it stopped."""
+    where.root.mkdir(parents=True, exist_ok=True)
+    tmp = where.cities_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"cities": list(cities)}) + "\n", encoding="utf-8")
+    tmp.replace(where.cities_file)
+
+
+def recorded_cities(where: Layout) -> tuple[str, ...]:
+    """The cities of the instance's last run (empty when none was recorded)."""
+    try:
+        data = json.loads(where.cities_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ()
+    cities = data.get("cities") if isinstance(data, dict) else None
+    return tuple(str(c) for c in cities) if isinstance(cities, list) else ()
 
 
 def forget(where: Layout, pid: int) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from safecity import catalogue
 from safecity.errors import RegistryError
+from safecity.knowncities import KNOWN_CITIES
 from safecity.topics import IDENTIFIER
 
 Identifier = Annotated[str, Field(pattern=rf"^{IDENTIFIER.pattern}$")]
@@ -229,96 +230,174 @@ def default_city() -> City:
     return loads(text, "safecity/data/tashkent.jsonl")
 
 
-def load_or_default(path: Path | None) -> City:
-    """Load the given registry, or the built-in default when path is None."""
-    return default_city() if path is None else load(path)
+def load_or_default(path: Path | str | Sequence[Path] | None) -> City:
+    """Load the given registry, or the built-in default when path is None.
+
+    Given several (the `registry` setting, or its text), the home city: the first loaded.
+    """
+    if path is None:
+        return default_city()
+    if isinstance(path, Path):
+        return load(path)
+    return load_cities(registry_paths(path)).first
+
+
+# --- several cities ---------------------------------------------------------------
+
+# A built-in city other than Tashkent is generated: this many devices per district,
+# from a fixed seed, so every process of a deployment derives the same fleet.
+BUILTIN_DEVICES_PER_DISTRICT = 25
+BUILTIN_SEED = 7
+
+
+@dataclass(frozen=True, eq=False)
+class Cities(Mapping[str, City]):
+    """The cities of a deployment, in order (city id -> City); the first is the home city.
+
+    Device ids are unique across all of them: they are identities on one broker.
+    """
+
+    cities: tuple[City, ...]
+
+    def __post_init__(self) -> None:
+        if not self.cities:
+            raise RegistryError("no city: a deployment needs at least one registry")
+        seen: dict[str, City] = {}
+        for city in self.cities:
+            if city.id in seen:
+                raise RegistryError(
+                    f"city {city.id!r} is defined twice: in {seen[city.id].source} and "
+                    f"in {city.source}"
+                )
+            seen[city.id] = city
+        owners: dict[str, City] = {}
+        for city in self.cities:
+            for device in city.devices:
+                other = owners.setdefault(device.id, city)
+                if other is not city:
+                    raise RegistryError(
+                        f"device {device.id!r} is in two registries: {other.source} "
+                        f"({other.id}) and {city.source} ({city.id}); device ids must be "
+                        "unique across cities"
+                    )
+
+    @cached_property
+    def _by_id(self) -> dict[str, City]:
+        return {c.id: c for c in self.cities}
+
+    @cached_property
+    def _owner(self) -> dict[str, City]:
+        return {d.id: c for c in self.cities for d in c.devices}
+
+    def __getitem__(self, city_id: str) -> City:
+        return self._by_id[city_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(c.id for c in self.cities)
+
+    def get(self, city_id: str, default: Any = None) -> Any:
+        """The city with this id, or `default` (a plain dict lookup: on the hot path)."""
+        return self._by_id.get(city_id, default)
+
+    def __len__(self) -> int:
+        return len(self.cities)
+
+    @property
+    def first(self) -> City:
+        """The home city: the first registry loaded."""
+        return self.cities[0]
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        """The city ids, in order."""
+        return tuple(c.id for c in self.cities)
+
+    def device(self, city_id: str, device_id: str) -> Device | None:
+        """The device `device_id` of city `city_id`, or None (unknown city or device)."""
+        city = self._by_id.get(city_id)
+        return None if city is None else city.device(device_id)
+
+    def owner(self, device_id: str) -> City | None:
+        """The city whose registry holds this device, or None."""
+        return self._owner.get(device_id)
+
+
+def registry_paths(value: Any) -> tuple[Path, ...]:
+    """The `registry` setting as paths: None, a path, "a,b", '["a", "b"]' or a list of them."""
+    if value is None:
+        return ()
+    if isinstance(value, Path):
+        return (value,)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                items = json.loads(text)
+            except ValueError as exc:
+                raise RegistryError(f"registry: not a JSON list of paths: {exc}") from exc
+            if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+                raise RegistryError("registry: a JSON list must hold path strings")
+            return tuple(Path(i) for i in items if i.strip())
+        return tuple(Path(part.strip()) for part in text.split(",") if part.strip())
+    if isinstance(value, list | tuple):
+        return tuple(p for item in value for p in registry_paths(item))
+    raise RegistryError(f"registry: expected paths, not {type(value).__name__}")
+
+
+def as_cities(city: City | Cities) -> Cities:
+    """The cities a component serves: a single City is a deployment of one."""
+    return city if isinstance(city, Cities) else Cities((city,))
+
+
+def registry_files(paths: Iterable[Path | str]) -> tuple[Path, ...]:
+    """The registry files `paths` name: a directory stands for its `*.jsonl`, sorted by name."""
+    out: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(p for p in path.glob("*.jsonl") if p.is_file())
+            if not found:
+                raise RegistryError(f"registry directory {path} holds no *.jsonl file")
+            out.extend(found)
+        else:
+            out.append(path)
+    return tuple(out)
+
+
+def load_cities(paths: Sequence[Path | str]) -> Cities:
+    """Load every registry `paths` name (files or directories); none: the built-in Tashkent.
+
+    RegistryError on a bad file, a city defined twice, or a device id in two cities.
+    """
+    files = registry_files(paths)
+    if not files:
+        return Cities((default_city(),))
+    return Cities(tuple(load(p) for p in files))
+
+
+def builtin(city_id: str) -> City:
+    """A built-in city: Tashkent's real registry, or a generated one for another city the
+    generator knows (samarkand, almaty, ...), deterministic, device ids prefixed by the city.
+    """
+    if city_id == "tashkent":
+        return default_city()
+    if city_id not in KNOWN_CITIES:
+        known = ", ".join(sorted(KNOWN_CITIES))
+        raise RegistryError(f"no built-in registry for city {city_id!r} (built in: {known})")
+    districts = len(KNOWN_CITIES[city_id][3])
+    city = generate(city_id, BUILTIN_DEVICES_PER_DISTRICT * districts, BUILTIN_SEED)
+    devices = tuple(
+        Device.model_validate({**d.model_dump(), "id": f"{city_id}-{d.id}"}) for d in city.devices
+    )
+    return City(city.record, city.districts, devices, f"builtin:{city_id}")
+
+
+def builtin_cities(city_ids: Sequence[str]) -> Cities:
+    """The built-in registries of these cities, in this order."""
+    return Cities(tuple(builtin(c) for c in city_ids))
 
 
 # --- generation -------------------------------------------------------------------
-
-# Approximate district centroids (lat, lon) of cities the generator knows by name.
-KNOWN_CITIES: dict[str, tuple[str, str, str, tuple[tuple[str, float, float], ...]]] = {
-    "tashkent": (
-        "Tashkent",
-        "UZ",
-        "Asia/Tashkent",
-        (
-            ("Bektemir", 41.209, 69.334),
-            ("Chilanzar", 41.275, 69.204),
-            ("Yashnobod", 41.292, 69.338),
-            ("Mirobod", 41.289, 69.287),
-            ("Mirzo Ulugbek", 41.340, 69.335),
-            ("Olmazor", 41.352, 69.220),
-            ("Sergeli", 41.225, 69.220),
-            ("Shaykhontohur", 41.322, 69.230),
-            ("Uchtepa", 41.290, 69.170),
-            ("Yakkasaray", 41.280, 69.255),
-            ("Yunusabad", 41.367, 69.285),
-            ("Yangihayot", 41.200, 69.180),
-        ),
-    ),
-    "almaty": (
-        "Almaty",
-        "KZ",
-        "Asia/Almaty",
-        (
-            ("Alatau", 43.280, 76.830),
-            ("Almaly", 43.255, 76.920),
-            ("Auezov", 43.225, 76.850),
-            ("Bostandyk", 43.205, 76.910),
-            ("Zhetysu", 43.300, 76.940),
-            ("Medeu", 43.240, 76.980),
-            ("Nauryzbay", 43.190, 76.800),
-            ("Turksib", 43.340, 76.960),
-        ),
-    ),
-    "bishkek": (
-        "Bishkek",
-        "KG",
-        "Asia/Bishkek",
-        (
-            ("Leninsky", 42.850, 74.560),
-            ("Oktyabrsky", 42.845, 74.640),
-            ("Pervomaisky", 42.880, 74.600),
-            ("Sverdlovsky", 42.885, 74.650),
-        ),
-    ),
-    "samarkand": (
-        "Samarkand",
-        "UZ",
-        "Asia/Samarkand",
-        (
-            ("Registan", 39.655, 66.975),
-            ("Siob", 39.672, 66.992),
-            ("Bogishamol", 39.668, 66.930),
-            ("Sogdiana", 39.640, 66.940),
-            ("Temiryol", 39.630, 66.990),
-        ),
-    ),
-    "astana": (
-        "Astana",
-        "KZ",
-        "Asia/Almaty",
-        (
-            ("Almaty district", 51.150, 71.500),
-            ("Baikonur", 51.170, 71.410),
-            ("Yesil", 51.110, 71.420),
-            ("Saryarka", 51.180, 71.440),
-            ("Nura", 51.080, 71.470),
-        ),
-    ),
-    "dushanbe": (
-        "Dushanbe",
-        "TJ",
-        "Asia/Dushanbe",
-        (
-            ("Ismoili Somoni", 38.580, 68.760),
-            ("Sino", 38.560, 68.720),
-            ("Firdavsi", 38.540, 68.750),
-            ("Shohmansur", 38.560, 68.800),
-        ),
-    ),
-}
 
 # Share of each kind in a generated fleet; every kind gets at least one device.
 KIND_MIX: dict[str, float] = {

@@ -6,6 +6,7 @@ nothing here is instantiated at import time.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,12 +15,14 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
 
 from safecity import instance
-from safecity.errors import ConfigError, TopicError
+from safecity.errors import ConfigError, RegistryError, TopicError
+from safecity.registry import registry_paths
 from safecity.secrets import read_secret_file, read_secrets
 from safecity.topics import validate_identifier
 
@@ -68,6 +71,9 @@ class MqttSettings(BaseModel):
         return {**data, "password": secrets[username]}
 
 
+CITY_PLACEHOLDER = "{city}"
+
+
 class InfluxSettings(BaseModel):
     """How to reach InfluxDB through its v1-compatible HTTP API."""
 
@@ -111,10 +117,30 @@ class InfluxSettings(BaseModel):
     @classmethod
     def _identifier(cls, value: str) -> str:
         try:
-            return validate_identifier(value, "influx name")
+            # A database name may be a template with one `{city}` (see database_for).
+            validate_identifier(value.replace(CITY_PLACEHOLDER, "city"), "influx name")
+            return value
         except TopicError as exc:
             # pydantic reports ValueError per field; our own error would escape unnamed.
             raise ValueError(str(exc)) from exc
+
+    def database_for(self, city: str, cities: Collection[str]) -> str:
+        """The database that holds `city`'s data, in a deployment serving `cities`.
+
+        A `{city}` in `database` is replaced by the city; otherwise a single-city
+        deployment keeps `database` as it is, and each city of several gets
+        `<database>_<city>`: no city's data ever shares a database with another's.
+        """
+        validate_identifier(city, "city")
+        if CITY_PLACEHOLDER in self.database:
+            return self.database.replace(CITY_PLACEHOLDER, city)
+        if len(cities) <= 1:
+            return self.database
+        return f"{self.database}_{city}"
+
+    def for_city(self, city: str, cities: Collection[str]) -> InfluxSettings:
+        """These settings aimed at `city`'s own database (`database_for`)."""
+        return self.model_copy(update={"database": self.database_for(city, cities)})
 
     @field_validator(
         "retention_duration",
@@ -179,10 +205,20 @@ class ServiceSettings(BaseSettings):
         description="The instance directory: `safecity run` keeps its city there, every "
         "command finds it there, and every data path below defaults to a place in it.",
     )
-    registry: Path | None = Field(
-        default=None, description="City registry file (JSON lines); default: built-in Tashkent"
+    registry: Annotated[tuple[Path, ...], NoDecode] = Field(
+        default=(),
+        description="City registries (JSON lines): one file, several (comma-separated or a "
+        "JSON list), or a directory (its *.jsonl, by name); default: built-in Tashkent",
     )
     log_level: str = "INFO"
+
+    @field_validator("registry", mode="before")
+    @classmethod
+    def _registry_paths(cls, value: Any) -> Any:
+        try:
+            return registry_paths(value)
+        except RegistryError as exc:
+            raise ValueError(str(exc)) from exc
 
     @classmethod
     def settings_customise_sources(

@@ -4,6 +4,7 @@ safecity/v1/{city}/{district}/{kind}/{device_id}/telemetry|event|status
 safecity/v1/{city}/{district}/{kind}/{device_id}/ack   (platform -> that device only)
 safecity/v1/{city}/_alerts/{severity}
 safecity/v1/{city}/_deadletter/{reason}
+safecity/v1/{city}/_federation/city|district/{district}|segment/{segment}
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Literal
 
 from safecity.errors import TopicError
 
@@ -21,6 +23,7 @@ IDENTIFIER = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 ALERTS = "_alerts"
 DEADLETTER = "_deadletter"
 SERVICES = "_services"
+FEDERATION = "_federation"
 ACK = "ack"
 
 
@@ -209,3 +212,63 @@ def shared(group: str, topic_filter: str) -> str:
     """Wrap a filter in an MQTT v5 shared subscription for the given group."""
     validate_identifier(group, "share group")
     return f"$share/{group}/{topic_filter}"
+
+
+# --- federation --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FederationTopic:
+    """A parsed federation topic: the city, the kind (city, district, segment), the name."""
+
+    city: str
+    kind: Literal["city", "district", "segment"]
+    name: str | None
+
+    def __str__(self) -> str:
+        if self.kind == "city":
+            return city_topic(self.city)
+        assert self.name is not None
+        return (
+            district_topic(self.city, self.name)
+            if self.kind == "district"
+            else (segment_topic(self.city, self.name))
+        )
+
+
+def city_topic(city: str) -> str:
+    """The topic of a city's own indicators."""
+    return f"{PREFIX}/{validate_identifier(city, 'city')}/{FEDERATION}/city"
+
+
+def district_topic(city: str, district: str) -> str:
+    """The topic of one district's indicators."""
+    validate_identifier(city, "city")
+    return f"{PREFIX}/{city}/{FEDERATION}/district/{validate_identifier(district, 'district')}"
+
+
+def segment_topic(city: str, segment: str) -> str:
+    """The topic of one corridor segment's traffic indicators."""
+    validate_identifier(city, "city")
+    return f"{PREFIX}/{city}/{FEDERATION}/segment/{validate_identifier(segment, 'segment')}"
+
+
+def federation_filter(city: str | None = None) -> str:
+    """Subscription filter (and ACL pattern) of federation topics, of one city or all."""
+    part = "+" if city is None else validate_identifier(city, "city")
+    return f"{PREFIX}/{part}/{FEDERATION}/#"
+
+
+def parse_federation_topic(topic: str) -> FederationTopic:
+    """Parse a federation topic; raise TopicError for anything else."""
+    parts = topic.split("/")
+    if len(parts) < 5 or parts[0] != ROOT or parts[1] != VERSION or parts[3] != FEDERATION:
+        raise TopicError(f"not a federation topic: {topic!r}")
+    city = validate_identifier(parts[2], "city")
+    if len(parts) == 5 and parts[4] == "city":
+        return FederationTopic(city, "city", None)
+    if len(parts) == 6 and parts[4] == "district":
+        return FederationTopic(city, "district", validate_identifier(parts[5], "district"))
+    if len(parts) == 6 and parts[4] == "segment":
+        return FederationTopic(city, "segment", validate_identifier(parts[5], "segment"))
+    raise TopicError(f"malformed federation topic: {topic!r}")

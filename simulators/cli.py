@@ -11,13 +11,13 @@ from safecity import instance, registry
 from safecity.cliargs import positive_float, positive_int, registry_flag, settings
 from safecity.errors import CliError
 from safecity.observability import configure_logging
-from safecity.registry import City
+from safecity.registry import Cities, City, as_cities
 from simulators.settings import SimulatorSettings
 
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
-def refuse_beside_running_city(s: SimulatorSettings, fleet: City) -> None:
+def refuse_beside_running_city(s: SimulatorSettings, fleet: City | Cities) -> None:
     """Refuse (CliError saying why) to simulate devices a running local city already simulates.
 
     Each device logs in with its own id as MQTT client id: a second simulator of the
@@ -32,9 +32,14 @@ def refuse_beside_running_city(s: SimulatorSettings, fleet: City) -> None:
     same_host = s.mqtt.host == state.mqtt_host or s.mqtt.host in _LOOPBACK
     if not same_host or s.mqtt.port not in (state.mqtt_port, state.mqtt_tls_port):
         return
-    running = registry.load_or_default(Path(state.registry) if state.registry else None)
-    ours = fleet.devices if s.max_devices is None else fleet.devices[: s.max_devices]
-    taken = sorted({d.id for d in ours} & {d.id for d in running.devices})
+    running = registry.load_cities(registry.registry_paths(state.registry))
+    ours = [
+        d
+        for city in as_cities(fleet).values()
+        for d in (city.devices if s.max_devices is None else city.devices[: s.max_devices])
+    ]
+    theirs = {d.id for city in running.values() for d in city.devices}
+    taken = sorted({d.id for d in ours} & theirs)
     if taken:
         raise CliError(
             f"a city is running in {where.root} (safecity run, pid {state.pid}) and its "
@@ -74,7 +79,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     }
     s = settings(SimulatorSettings, registry=args.registry, **overrides)
     configure_logging("simulator", s.log_level)
-    refuse_beside_running_city(s, command.fleet_city(s))
+    fleet = registry.load_cities(s.registry)
+    refuse_beside_running_city(s, command.fleet_city(s) if len(fleet) == 1 else fleet)
     explicit = {k for k, v in overrides.items() if v is not None}
     try:
         code = command.simulate(s, explicit)

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from safecity import registry
+from safecity.ledger import LedgerWriter
 from safecity.observability import HealthServer
-from safecity.registry import City
+from safecity.registry import Cities, City
 from simulators import scenario as scenarios
 from simulators.faults import FAULTS
 from simulators.fleet import FleetStats, run, run_processes
@@ -90,6 +91,9 @@ def fleet_city(settings: SimulatorSettings) -> City:
 
 def simulate(settings: SimulatorSettings, explicit: set[str]) -> int:
     """Run the fleet as configured; Ctrl-C / SIGTERM stop it cleanly."""
+    cities = registry.load_cities(settings.registry)
+    if len(cities) > 1:
+        return simulate_cities(settings, cities)
     settings, incidents = with_scenario(settings, explicit)
     city = fleet_city(settings)
     if settings.processes > 1:
@@ -119,6 +123,43 @@ def simulate(settings: SimulatorSettings, explicit: set[str]) -> int:
         try:
             _report(await run(settings, city, stop=stop, incidents=incidents))
         finally:
+            await health.stop()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())
+    return 0
+
+
+def simulate_cities(settings: SimulatorSettings, cities: Cities) -> int:
+    """One fleet per city in this process, each with its own registry, climate and time
+    zone, on one simulated clock, into one ledger (each entry's topic names its city)."""
+    if settings.scenario is not None:
+        raise ValueError("a scenario plays in one city: give a registry of one city")
+    if settings.processes > 1:
+        raise ValueError("--processes splits one city's fleet: give a registry of one city")
+    start = settings.start or datetime.now(UTC)
+    per_city = settings.model_copy(update={"start": start, "ledger": None})
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        health = HealthServer(
+            settings.simulator_metrics_host, settings.simulator_metrics_port, lambda: True
+        )
+        if settings.simulator_metrics_port:
+            await health.start()
+        ledger = LedgerWriter(settings.ledger) if settings.ledger is not None else None
+        try:
+            results = await asyncio.gather(
+                *(run(per_city, city, stop=stop, ledger=ledger) for city in cities.values())
+            )
+            for stats in results:
+                _report(stats)
+        finally:
+            if ledger is not None:
+                ledger.close()
             await health.stop()
 
     with contextlib.suppress(KeyboardInterrupt):

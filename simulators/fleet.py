@@ -104,6 +104,7 @@ async def run(
     progress_interval: float = PROGRESS_INTERVAL,
     drain_timeout: float | None = None,
     shard: tuple[int, int] = (0, 1),
+    ledger: LedgerWriter | None = None,
 ) -> FleetStats:
     """Run the fleet until `stop` is set or `settings.duration` wall seconds have passed.
 
@@ -113,7 +114,8 @@ async def run(
     to `settings.start`, else now; a replay of a past season needs an ingest whose
     timestamp window admits it). `incidents` and `settings.faults` shape the stream;
     every message and its verdict goes to `on_sent` and, if `settings.ledger` is set,
-    to the ledger. Never raises for an unreachable broker: the agents keep retrying
+    to the ledger (or to `ledger`, a writer shared with other cities' fleets, which the
+    caller closes). Never raises for an unreachable broker: the agents keep retrying
     and spool meanwhile.
     """
     begin = start if start is not None else settings.start
@@ -123,8 +125,8 @@ async def run(
     sims = _device_sims(settings, city, sim_start, incidents or [], shard)
     index, count = shard
     stats = FleetStats(devices=len(sims), sim_start=sim_start)
-    ledger = None
-    if settings.ledger is not None:
+    own_ledger = ledger is None and settings.ledger is not None
+    if own_ledger and settings.ledger is not None:
         ledger = LedgerWriter(ledger_path(settings.ledger, index, count))
     recorder = Recorder(stats, ledger, on_sent)
     loop = asyncio.get_running_loop()
@@ -184,7 +186,7 @@ async def run(
         for agent in everyone:
             stats.edge.add(agent.stats)
             stats.buffered += agent.stats.left_buffered
-        if ledger is not None:
+        if ledger is not None and own_ledger:
             ledger.close()
         stats.wall_seconds = loop.time() - clock.wall0
         log.info("simulator stopped", extra=summary(stats))

@@ -4,6 +4,7 @@
 import { AuthError, clearKey, getJson, getKey, setKey, stream, takeKeyFromUrl } from "./api.js";
 import { Feed, FEED_SOURCE, fetchFeed, liveEntry, step } from "./feed.js";
 import { aqiBand, CityMap, svg } from "./map.js";
+import { showRegion } from "./region.js";
 import { clock, setTimeZone } from "./time.js";
 
 const OVERVIEW_EVERY_MS = 10_000;
@@ -12,9 +13,21 @@ const FEED_EVERY_MS = 15_000;
 const TICK_MS = 2_000;
 const LIVE_WINDOW_MS = 60_000;
 const SPARK_POINTS = 40;
+const REGION_EVERY_MS = 30_000;
+// The city chosen in the switcher: this tab only, like the key.
+const CITY_STORE = "safecity.city";
 
 const $ = (id) => document.getElementById(id);
-const state = { city: null, district: null, timers: [], abort: null, map: null, feed: null };
+const state = {
+  city: null,
+  cities: [],
+  district: null,
+  timers: [],
+  abort: null,
+  map: null,
+  feed: null,
+  regionTimer: null,
+};
 
 // --- formatting -----------------------------------------------------------------------
 
@@ -184,7 +197,7 @@ async function refreshDevices() {
   for (const status of ["online", "stale", "offline"]) {
     let cursor;
     do {
-      const page = await getJson("/v1/devices", { status, limit: 500, cursor });
+      const page = await getJson("/v1/devices", { city: state.city.id, status, limit: 500, cursor });
       for (const d of page.items) devices.push(d);
       cursor = page.next_cursor ?? undefined;
     } while (cursor);
@@ -194,7 +207,7 @@ async function refreshDevices() {
 }
 
 async function refreshFeed() {
-  state.feed.add(await fetchFeed());
+  state.feed.add(await fetchFeed(undefined, state.city.id));
 }
 
 function every(ms, fn) {
@@ -259,7 +272,7 @@ async function showDistrict(id, announce = true) {
     panel.querySelector(".hint")?.remove();
   }
   const base = `/v1/cities/${encodeURIComponent(state.city.id)}/districts/${encodeURIComponent(id)}`;
-  const [o, events] = await Promise.all([getJson(`${base}/overview`), fetchFeed(id)]);
+  const [o, events] = await Promise.all([getJson(`${base}/overview`), fetchFeed(id, state.city.id)]);
   if (state.district !== id) return; // another district was chosen meanwhile
   const dl = document.createElement("dl");
   dl.className = "facts";
@@ -322,12 +335,20 @@ function stop() {
   state.timers = [];
   state.abort?.abort();
   state.abort = null;
+  window.clearInterval(state.regionTimer);
+  state.regionTimer = null;
+  $("show-region").setAttribute("aria-pressed", "false");
+  $("show-region").textContent = "Region";
 }
 
 function needKey(message = "") {
   stop();
   clearKey();
   $("app").hidden = true;
+  $("region").hidden = true;
+  $("city-switch").hidden = true;
+  $("show-region").hidden = true;
+  window.sessionStorage.removeItem(CITY_STORE);
   $("change-key").hidden = true;
   $("auth").hidden = false;
   $("auth-error").textContent = message ? `The API refused the key: ${message}` : "";
@@ -340,7 +361,10 @@ async function start() {
   status("connecting");
   try {
     const cities = await getJson("/v1/cities");
-    state.city = cities.items[0];
+    state.cities = cities.items;
+    const wanted = window.sessionStorage.getItem(CITY_STORE);
+    state.city = cities.items.find((c) => c.id === wanted) || cities.items[0];
+    showSwitcher();
     setTimeZone(state.city.timezone);
     const geo = await getJson(`/v1/cities/${encodeURIComponent(state.city.id)}/districts`);
     $("city-name").textContent = state.city.name;
@@ -366,6 +390,57 @@ async function start() {
   document.body.dataset.ready = "true";
 }
 
+// --- several cities: the switcher and the region page ----------------------------------
+
+// Only the cities the key may see (GET /v1/cities lists no other); one city: no switcher.
+function showSwitcher() {
+  const select = $("city-switch");
+  const several = state.cities.length > 1;
+  select.hidden = !several;
+  $("show-region").hidden = !several;
+  select.replaceChildren(
+    ...state.cities.map((c) => {
+      const option = document.createElement("option");
+      option.value = c.id;
+      option.textContent = c.name;
+      option.selected = c.id === state.city.id;
+      return option;
+    }),
+  );
+}
+
+function switchCity(id) {
+  if (!id || id === state.city?.id) return;
+  window.sessionStorage.setItem(CITY_STORE, id);
+  // A fresh page: nothing of the previous city (map, feed, live figures) stays on screen.
+  window.location.reload();
+}
+
+async function refreshRegion() {
+  try {
+    await showRegion();
+    $("region-status").textContent = "";
+  } catch (err) {
+    if (err instanceof AuthError) return needKey(err.message);
+    $("region-status").textContent = `Regional view unavailable: ${err.message}`;
+  }
+}
+
+function toggleRegion() {
+  const button = $("show-region");
+  const showing = button.getAttribute("aria-pressed") === "true";
+  button.setAttribute("aria-pressed", String(!showing));
+  button.textContent = showing ? "Region" : "City";
+  $("region").hidden = showing;
+  $("app").hidden = !showing;
+  window.clearInterval(state.regionTimer);
+  state.regionTimer = null;
+  if (!showing) {
+    state.regionTimer = window.setInterval(refreshRegion, REGION_EVERY_MS);
+    refreshRegion();
+  }
+}
+
 function init() {
   takeKeyFromUrl();
   buildTiles();
@@ -380,6 +455,8 @@ function init() {
     start();
   });
   $("change-key").addEventListener("click", () => needKey());
+  $("city-switch").addEventListener("change", (ev) => switchCity(ev.target.value));
+  $("show-region").addEventListener("click", toggleRegion);
   document.addEventListener("keydown", (ev) => {
     if (ev.key === "Escape" && state.district) closeDistrict();
   });

@@ -9,7 +9,7 @@ export const FEED_SOURCE = {
   label: "incidents of the last 7 days",
   path: "/v1/incidents",
   // As many as the feed keeps, so its open count is the overview's (both: 7 days).
-  params: (district) => ({ limit: 100, district }),
+  params: (district, city) => ({ limit: 100, district, city }),
   // One feed entry from one item of the response's `items`.
   toEntry: (item) => ({
     key: item.id,
@@ -50,8 +50,8 @@ export function liveEntry(type, item) {
   };
 }
 
-export async function fetchFeed(district = undefined) {
-  const body = await getJson(FEED_SOURCE.path, FEED_SOURCE.params(district));
+export async function fetchFeed(district = undefined, city = undefined) {
+  const body = await getJson(FEED_SOURCE.path, FEED_SOURCE.params(district, city));
   return body.items.map(FEED_SOURCE.toEntry);
 }
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, HTTPException, Path, Query, Request
 from pydantic import BaseModel
 
-from api.deps import CityDep, InfluxDep, SettingsDep
+from api.deps import CityDep, InfluxDep, KeyDep, SettingsDep, TenancyDep
 from api.errors import bad_param
 from api.models import CityList, CityOut, Location, Overview, Series, SeriesPoint
 from api.overview import kpis, overview
@@ -79,9 +79,10 @@ def _city_out(city: City) -> CityOut:
 
 
 @router.get("", response_model=CityList, responses=errors())
-async def list_cities(city: CityDep) -> CityList:
-    """The cities this API serves (one per deployment: its registry's)."""
-    return CityList(items=[_city_out(city)])
+async def list_cities(tenancy: TenancyDep, key: KeyDep) -> CityList:
+    """The cities this API serves that the key may see, in load order (the first is the
+    home city)."""
+    return CityList(items=[_city_out(c) for c in tenancy.visible(key)])
 
 
 @router.get("/{city_id}", response_model=CityOut, responses=errors(404))
@@ -103,7 +104,7 @@ async def get_city_overview(
     """City metrics for the window (default: the last 15 minutes), each with its basis."""
     check_city(city, city_id)
     window = time_range(settings, start, end, OVERVIEW_WINDOW)
-    snap = await snapshot(request, window, window_key(start, end, OVERVIEW_WINDOW))
+    snap = await snapshot(request, city, window, window_key(start, end, OVERVIEW_WINDOW))
     return overview(snap, settings, city, None)
 
 
@@ -125,7 +126,7 @@ async def get_district_overview(
     check_city(city, city_id)
     check_district(city, district_id)
     window = time_range(settings, start, end, OVERVIEW_WINDOW)
-    snap = await snapshot(request, window, window_key(start, end, OVERVIEW_WINDOW))
+    snap = await snapshot(request, city, window, window_key(start, end, OVERVIEW_WINDOW))
     return overview(snap, settings, city, district_id)
 
 
@@ -140,7 +141,7 @@ async def list_districts(
     """The districts as GeoJSON, each with its KPIs of the last 15 minutes as properties."""
     check_city(city, city_id)
     window = time_range(settings, None, None, OVERVIEW_WINDOW)
-    snap = await snapshot(request, window, window_key(None, None, OVERVIEW_WINDOW))
+    snap = await snapshot(request, city, window, window_key(None, None, OVERVIEW_WINDOW))
     props = {d.id: kpis(overview(snap, settings, city, d.id)) for d in city.districts}
     return geojson(city, props)
 

@@ -8,11 +8,11 @@ from typing import Annotated, Any
 from fastapi import HTTPException, Path, Query, Request
 from pydantic import BeforeValidator
 
+from api.deps import influx_of
 from api.overview import Snapshot, SnapshotCache, take_snapshot
 from api.params import EVERY_PATTERN, TimeRange, now, parse_instant
 from api.settings import ApiSettings
 from safecity import catalogue
-from safecity.influx import InfluxClient
 from safecity.registry import City, Device
 from safecity.topics import IDENTIFIER
 
@@ -25,6 +25,10 @@ SEVERITIES = [s.value for s in catalogue.Severity]
 EVENT_TYPES = sorted(catalogue.EVENT_TYPES)
 OVERVIEW_WINDOW = timedelta(minutes=15)
 
+CITY_QUERY = (
+    "City id (default: the first city the key may see; a city it may not see is a 404 "
+    "exactly like an unknown one)"
+)
 CityId = Annotated[
     str, Path(description="City id", pattern=ID_PATTERN, max_length=64, examples=["tashkent"])
 ]
@@ -88,7 +92,7 @@ KindQuery = Annotated[
 
 
 def check_city(city: City, city_id: str) -> None:
-    """404 unless `city_id` is the city this API serves."""
+    """404 unless `city_id` is the request's city (`CityDep` resolved it from the path)."""
     if city_id != city.id:
         raise HTTPException(
             status_code=404, detail=f"unknown city {city_id} (this API serves {city.id})"
@@ -119,13 +123,13 @@ def window_key(start: datetime | None, end: datetime | None, default: timedelta)
 
 async def snapshot(
     request: Request,
+    city: City,
     window: TimeRange,
     key: tuple[Any, ...],
 ) -> Snapshot:
-    """The (cached) city snapshot of a window."""
+    """The (cached) snapshot of a city's own database for a window."""
     cache: SnapshotCache = request.app.state.snapshots
-    influx: InfluxClient = request.app.state.influx
-    city: City = request.app.state.city
+    influx = influx_of(request, city)
     settings: ApiSettings = request.app.state.settings
     return await cache.get((city.id, *key), lambda: take_snapshot(influx, city, window, settings))
 

@@ -17,8 +17,8 @@ from api.params import bucket, time_range
 from api.queries import latest_reading, series
 from api.responses import STORAGE, errors
 from api.routes.cities import _ts, check_series, unit_of
-from api.routes.common import OVERVIEW_WINDOW as STATUS_WINDOW
 from api.routes.common import (
+    CITY_QUERY,
     Agg,
     DeviceId,
     Every,
@@ -31,6 +31,7 @@ from api.routes.common import (
     snapshot,
     window_key,
 )
+from api.routes.common import OVERVIEW_WINDOW as STATUS_WINDOW
 from safecity import catalogue
 from safecity.registry import Device
 
@@ -47,7 +48,8 @@ async def list_devices(
     city: CityDep,
     directory: DirectoryDep,
     city_id: Annotated[
-        str | None, Query(alias="city", max_length=64, description="City id (must be this one)")
+        str | None,
+        Query(alias="city", max_length=64, description=CITY_QUERY),
     ] = None,
     district: Annotated[str | None, Query(max_length=64, description="District id")] = None,
     kind: Annotated[
@@ -74,10 +76,6 @@ async def list_devices(
     ] = None,
 ) -> DevicePage:
     """Devices of the city in id order, filtered by district, kind and status, page by page."""
-    if city_id is not None and city_id != city.id:
-        raise HTTPException(
-            status_code=404, detail=f"unknown city {city_id} (this API serves {city.id})"
-        )
     if kind is not None and kind not in catalogue.KINDS:
         raise bad_param(
             "query", "kind", f"unknown kind {kind!r} (known: {', '.join(sorted(catalogue.KINDS))})"
@@ -99,7 +97,9 @@ async def list_devices(
         page = directory.page(limit=limit, after=after, kind=kind, district=district)
         items: list[DeviceStatusOut | DeviceOut] = [DeviceOut.of(city.id, d) for d in page.items]
     else:
-        snap = await snapshot(request, default_window(), window_key(None, None, STATUS_WINDOW))
+        snap = await snapshot(
+            request, city, default_window(), window_key(None, None, STATUS_WINDOW)
+        )
         states = {d.id: device_state(snap, settings, d) for d in city.devices}
         page = directory.page(
             limit=limit,
@@ -129,7 +129,7 @@ async def get_device(
 ) -> DeviceStatusOut:
     """One device of the registry, with its status now and its last reading time."""
     device = device_or_404(city, device_id)
-    snap = await snapshot(request, default_window(), window_key(None, None, STATUS_WINDOW))
+    snap = await snapshot(request, city, default_window(), window_key(None, None, STATUS_WINDOW))
     return _with_status(
         city.id, device, device_state(snap, settings, device), snap.last_seen.get(device.id)
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 
 from api.cursors import PATTERN as CURSOR_PATTERN
 from api.cursors import event_cursor, event_position
@@ -18,6 +18,7 @@ from api.queries import event_details, events, stored_counts
 from api.responses import STORAGE, errors
 from api.routes.cities import _ts
 from api.routes.common import (
+    CITY_QUERY,
     EVENT_TYPES,
     SEVERITIES,
     DeviceId,
@@ -129,7 +130,7 @@ async def list_events(
     city: CityDep,
     influx: InfluxDep,
     city_id: Annotated[
-        str | None, Query(alias="city", max_length=64, description="City id (must be this one)")
+        str | None, Query(alias="city", max_length=64, description=CITY_QUERY)
     ] = None,
     district: Annotated[str | None, Query(max_length=64, description="District id")] = None,
     device_id: Annotated[str | None, Query(max_length=64, description="Device id")] = None,
@@ -147,8 +148,6 @@ async def list_events(
 ) -> EventPage:
     """Events of the city, newest first, filtered (default window: the last 24 hours),
     page by page: pass `next_cursor` back as `cursor` with the same filters and window."""
-    if city_id is not None and city_id != city.id:
-        raise HTTPException(status_code=404, detail=f"unknown city {city_id}")
     if limit is None:
         limit = min(100, settings.max_page_size)
     elif limit > settings.max_page_size:

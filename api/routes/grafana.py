@@ -17,8 +17,9 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
+from api import audit
 from api.apikeys import ApiKey
-from api.deps import CityDep, InfluxDep
+from api.deps import TenancyDep, influx_of
 from api.errors import bad_param
 from api.params import parse_instant
 from api.responses import STORAGE, errors
@@ -107,21 +108,29 @@ def _incident(city: str, alert: GrafanaAlert) -> inc.Incident:
 @router.post("/grafana", response_model=IntakeOut, responses=errors(*STORAGE))
 async def grafana_alerts(
     request: Request,
-    city: CityDep,
-    influx: InfluxDep,
     key: Annotated[ApiKey, Depends(require_bearer("operate"))],
+    tenancy: TenancyDep,
     body: GrafanaNotification,
 ) -> IntakeOut:
     """Open an incident per firing Grafana alert, resolve it when Grafana says resolved
-    (scope `operate`, key as `Authorization: Bearer`; audited)."""
-    store = inc.IncidentStore(influx)
+    (scope `operate`, key as `Authorization: Bearer`; audited). Each alert goes to the
+    database of its `city` label (default: the key's first city); an alert of a city the
+    key may not operate is ignored."""
     out = IntakeOut(opened=[], resolved=[], ignored=0)
     lock: asyncio.Lock = request.app.state.incident_lock
+    default = tenancy.default(key)
+    seen: list[str] = []
     async with lock:
         for alert in body.alerts:
-            if alert.labels.get("city", city.id) != city.id:
+            city_id = alert.labels.get("city", default.id)
+            if city_id not in tenancy.runtimes or not key.sees(city_id):
                 out.ignored += 1
                 continue
+            city = tenancy.runtimes[city_id].city
+            store = inc.IncidentStore(influx_of(request, city))
+            if city.id not in seen:
+                seen.append(city.id)
+                audit.note_city(request.scope, ",".join(seen))
             try:
                 incident = _incident(city.id, alert)
             except ValidationError as exc:

@@ -7,7 +7,7 @@ import asyncio
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from api.deps import InfluxDep
+from api.deps import ServerInfluxDep
 from api.models import Status
 
 router = APIRouter(tags=["health"])
@@ -27,7 +27,7 @@ async def healthz() -> Status:
     response_model_exclude_none=True,
     responses={503: {"model": Status, "description": "InfluxDB does not answer"}},
 )
-async def readyz(influx: InfluxDep) -> Status | JSONResponse:
+async def readyz(influx: ServerInfluxDep) -> Status | JSONResponse:
     """Ready: InfluxDB answers /ping (`{"status": "ready"}`); 503 with
     `{"status": "not ready", "detail": <reason>}` otherwise."""
     timeout = min(PING_TIMEOUT, influx.settings.timeout)

@@ -15,17 +15,18 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from api import metrics
+from api import audit, metrics
 from api.apikeys import ApiKey
 from api.cursors import PATTERN as CURSOR_PATTERN
 from api.cursors import incident_cursor, incident_position
-from api.deps import CityDep, InfluxDep, SettingsDep
+from api.deps import CityDep, InfluxDep, KeyDep, SettingsDep, influx_of
 from api.errors import bad_param
 from api.models import Window
 from api.params import TimeRange, time_range
 from api.responses import STORAGE, errors
-from api.routes.common import SEVERITIES, From, To, check_district
+from api.routes.common import CITY_QUERY, SEVERITIES, From, To, check_district
 from api.security import require
+from api.tenancy import Tenancy
 from safecity import incidents as inc
 from safecity.errors import IncidentError, TransitionError
 from safecity.influx import InfluxClient
@@ -156,11 +157,6 @@ def incident_out(incident: inc.Incident) -> IncidentOut:
     )
 
 
-def _check_city(city: City, city_id: str | None) -> None:
-    if city_id is not None and city_id != city.id:
-        raise HTTPException(status_code=404, detail=f"unknown city {city_id}")
-
-
 def _check_district(city: City, district: str | None) -> None:
     check_district(city, district)
 
@@ -180,9 +176,7 @@ async def incidents_in(
     return sorted(found.values(), key=lambda i: (i.opened_at, i.id), reverse=True)
 
 
-CityQuery = Annotated[
-    str | None, Query(alias="city", max_length=64, description="City id (must be this one)")
-]
+CityQuery = Annotated[str | None, Query(alias="city", max_length=64, description=CITY_QUERY)]
 DistrictQuery = Annotated[str | None, Query(max_length=64, description="District id")]
 RuleQuery = Annotated[
     str | None,
@@ -216,7 +210,6 @@ async def list_incidents(
 ) -> IncidentPage:
     """Incidents opened in the window (default: the last 7 days), newest first, filtered,
     page by page: pass `next_cursor` back as `cursor` with the same filters and window."""
-    _check_city(city, city_id)
     if limit is None:
         limit = min(100, settings.max_page_size)
     elif limit > settings.max_page_size:
@@ -260,7 +253,6 @@ async def get_incident_figures(
 ) -> FiguresOut:
     """Time to acknowledge and time to resolve of incidents opened in the window
     (default: the last 30 days, bounded by max_range), by type and district."""
-    _check_city(city, city_id)
     _check_district(city, district)
     default = min(FIGURES_WINDOW, timedelta(seconds=settings.max_range))
     window = time_range(settings, start, end, default)
@@ -273,25 +265,32 @@ async def get_incident_figures(
 
 
 @router.get("/{incident_id}", response_model=IncidentOut, responses=errors(404, *STORAGE))
-async def get_incident(city: CityDep, influx: InfluxDep, incident_id: IncidentId) -> IncidentOut:
+async def get_incident(request: Request, key: KeyDep, incident_id: IncidentId) -> IncidentOut:
     """One incident with its full transition history."""
-    return incident_out(await _incident(influx, city, incident_id))
+    _, incident = await _incident(request, key, incident_id)
+    return incident_out(incident)
 
 
-async def _incident(influx: InfluxClient, city: City, incident_id: str) -> inc.Incident:
-    try:
-        incident = await inc.IncidentStore(influx).get(incident_id)
-    except IncidentError:
-        raise HTTPException(status_code=404, detail=f"unknown incident {incident_id}") from None
-    if incident.city != city.id:
-        raise HTTPException(status_code=404, detail=f"unknown incident {incident_id}")
-    return incident
+async def _incident(
+    request: Request, key: ApiKey, incident_id: str
+) -> tuple[InfluxClient, inc.Incident]:
+    """The incident in the database of one of the key's cities (and that database's
+    client); 404 the same for an unknown incident and one of a city the key may not see."""
+    tenancy: Tenancy = request.app.state.tenancy
+    for city in tenancy.visible(key):
+        influx = influx_of(request, city)
+        try:
+            incident = await inc.IncidentStore(influx).get(incident_id)
+        except IncidentError:
+            continue
+        if incident.city == city.id:
+            audit.note_city(request.scope, city.id)
+            return influx, incident
+    raise HTTPException(status_code=404, detail=f"unknown incident {incident_id}")
 
 
 async def _step(
     request: Request,
-    influx: InfluxClient,
-    city: City,
     key: ApiKey,
     incident_id: str,
     target: inc.State,
@@ -301,7 +300,7 @@ async def _step(
     # both read `open` and both append step 1 (the log would keep only the first).
     lock: asyncio.Lock = request.app.state.incident_lock
     async with lock:
-        await _incident(influx, city, incident_id)
+        influx, _ = await _incident(request, key, incident_id)
         try:
             updated = await inc.IncidentStore(influx).transition(
                 incident_id, target, key.id, body.note if body is not None else ""
@@ -319,14 +318,12 @@ _STEP_RESPONSES = errors(404, 409, *STORAGE)
 @operate_router.post("/{incident_id}/ack", response_model=IncidentOut, responses=_STEP_RESPONSES)
 async def acknowledge_incident(
     request: Request,
-    city: CityDep,
-    influx: InfluxDep,
     key: OperateKey,
     incident_id: IncidentId,
     body: TransitionIn | None = None,
 ) -> IncidentOut:
     """Acknowledge an open incident (scope `operate`; `by` = this key's id; audited)."""
-    return await _step(request, influx, city, key, incident_id, inc.State.ACKNOWLEDGED, body)
+    return await _step(request, key, incident_id, inc.State.ACKNOWLEDGED, body)
 
 
 @operate_router.post(
@@ -334,14 +331,12 @@ async def acknowledge_incident(
 )
 async def dispatch_incident(
     request: Request,
-    city: CityDep,
-    influx: InfluxDep,
     key: OperateKey,
     incident_id: IncidentId,
     body: TransitionIn | None = None,
 ) -> IncidentOut:
     """Dispatch a unit to an acknowledged incident (scope `operate`; audited)."""
-    return await _step(request, influx, city, key, incident_id, inc.State.DISPATCHED, body)
+    return await _step(request, key, incident_id, inc.State.DISPATCHED, body)
 
 
 @operate_router.post(
@@ -349,11 +344,9 @@ async def dispatch_incident(
 )
 async def resolve_incident(
     request: Request,
-    city: CityDep,
-    influx: InfluxDep,
     key: OperateKey,
     incident_id: IncidentId,
     body: TransitionIn | None = None,
 ) -> IncidentOut:
     """Resolve an incident from any state but resolved (scope `operate`; audited)."""
-    return await _step(request, influx, city, key, incident_id, inc.State.RESOLVED, body)
+    return await _step(request, key, incident_id, inc.State.RESOLVED, body)

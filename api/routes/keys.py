@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from api.apikeys import ApiKey
 from api.audit import AuditLog
-from api.deps import SettingsDep
+from api.deps import SettingsDep, TenancyDep
 from api.errors import bad_param
 from api.responses import errors
 from api.security import require
@@ -18,11 +18,16 @@ router = APIRouter(prefix="/v1", tags=["keys"])
 
 
 class Me(BaseModel):
-    """The API key of this request: its id, name and scopes (never its secret)."""
+    """The API key of this request: its id, name, scopes and cities (never its secret)."""
 
     id: str = Field(examples=["1a2b3c4d"])
     name: str = Field(examples=["dashboards"])
     scopes: list[str] = Field(examples=[["read", "operate"]])
+    cities: list[str] = Field(
+        default_factory=list,
+        description="The cities the key may read or operate (of those this API serves)",
+        examples=[["tashkent"]],
+    )
 
 
 class AuditRecord(BaseModel):
@@ -35,6 +40,9 @@ class AuditRecord(BaseModel):
     method: str = Field(examples=["POST"])
     route: str = Field(examples=["/v1/incidents/{incident_id}/ack"])
     target: str | None = Field(examples=["inc-0123456789abcdef0123"])
+    city: str | None = Field(
+        default=None, description="The city the call was about", examples=["tashkent"]
+    )
     status: int = Field(examples=[200])
     client: str | None = Field(examples=["127.0.0.1"])
     duration_ms: float | None = None
@@ -48,9 +56,12 @@ class AuditPage(BaseModel):
 
 
 @router.get("/me", response_model=Me, responses=errors())
-async def get_current_key(key: Annotated[ApiKey, Depends(require("read"))]) -> Me:
-    """The calling key: id, name and scopes (what the console shows and allows)."""
-    return Me(id=key.id, name=key.name, scopes=list(key.scopes))
+async def get_current_key(
+    tenancy: TenancyDep, key: Annotated[ApiKey, Depends(require("read"))]
+) -> Me:
+    """The calling key: id, name, scopes and cities (what the console shows and allows)."""
+    cities = [c.id for c in tenancy.visible(key)]
+    return Me(id=key.id, name=key.name, scopes=list(key.scopes), cities=cities)
 
 
 @router.get("/audit", response_model=AuditPage, responses=errors())
@@ -67,13 +78,14 @@ async def list_audit_records(
         Query(ge=1, description="Most records returned, 1..max_page_size (default 100)"),
     ] = None,
 ) -> AuditPage:
-    """The audit log of `operate`/`admin` calls, newest first (scope `admin`; audited too)."""
+    """The audit log of `operate`/`admin` calls, newest first (scope `admin`; audited too);
+    a key of some cities sees only the calls about those cities."""
     if limit is None:
         limit = min(100, settings.max_page_size)
     elif limit > settings.max_page_size:
         raise bad_param("query", "limit", f"must be at most {settings.max_page_size}")
     audit: AuditLog = request.app.state.audit
-    records, truncated = audit.newest(limit, key_id)
+    records, truncated = audit.newest(limit, key_id, key.cities)
     items = []
     for record in records:
         try:

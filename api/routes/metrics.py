@@ -11,12 +11,12 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from api import metrics as api_metrics
+from api.deps import client_of
 from api.params import TimeRange, now
 from api.settings import ApiSettings
+from api.tenancy import Tenancy
 from safecity import incidents as inc
 from safecity.errors import StorageError
-from safecity.influx import InfluxClient
-from safecity.registry import City
 
 router = APIRouter(tags=["metrics"])
 log = logging.getLogger("safecity.api")
@@ -26,17 +26,21 @@ FIGURES_WINDOW = timedelta(days=30)
 async def refresh_incident_figures(app: FastAPI) -> bool:
     """Recompute the incident gauges from the incidents opened in the figures window."""
     settings: ApiSettings = app.state.settings
-    influx: InfluxClient = app.state.influx
-    city: City = app.state.city
+    tenancy: Tenancy = app.state.tenancy
     end = now()
     window = TimeRange(end - min(FIGURES_WINDOW, timedelta(seconds=settings.max_range)), end)
+    found: list[inc.Incident] = []
     try:
-        found = await inc.IncidentStore(influx).query(city.id, window.start, window.end)
+        for city in tenancy.cities:
+            influx = client_of(app, city.id)
+            stored = await inc.IncidentStore(influx).query(city.id, window.start, window.end)
+            found.extend(stored.values())
     except StorageError as exc:
         # The request metrics still matter when storage is away: keep the last figures.
         log.warning("incident figures not refreshed: %s", exc)
         return False
-    api_metrics.set_incident_figures(found.values())
+    # Every served city's incidents together: district ids are the cities' own.
+    api_metrics.set_incident_figures(found)
     return True
 
 

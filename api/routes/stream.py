@@ -12,13 +12,13 @@ from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
 from api.apikeys import ApiKey
+from api.deps import CityDep, runtime_of
 from api.errors import bad_param
 from api.live import Hub, Subscriber
 from api.responses import errors
-from api.routes.common import KINDS, check_district
+from api.routes.common import CITY_QUERY, KINDS, check_district
 from api.settings import ApiSettings
 from safecity.errors import MqttError, TooManyStreamsError
-from safecity.registry import City
 
 router = APIRouter(prefix="/v1", tags=["stream"])
 
@@ -93,8 +93,9 @@ async def _events(
 )
 async def stream_live(
     request: Request,
+    city: CityDep,
     city_id: Annotated[
-        str | None, Query(alias="city", max_length=64, description="City id (must be this one)")
+        str | None, Query(alias="city", max_length=64, description=CITY_QUERY)
     ] = None,
     district: Annotated[str | None, Query(max_length=64, description="Only this district")] = None,
     kind: Annotated[
@@ -110,14 +111,11 @@ async def stream_live(
     ] = None,
 ) -> StreamingResponse:
     """Live readings, events and alerts as Server-Sent Events, resumable with Last-Event-ID."""
-    city: City = request.app.state.city
     settings: ApiSettings = request.app.state.settings
-    if city_id is not None and city_id != city.id:
-        raise HTTPException(status_code=404, detail=f"unknown city {city_id}")
     check_district(city, district)
     if kind is not None and kind not in KINDS:
         raise bad_param("query", "kind", f"unknown kind {kind!r}")
-    hub: Hub = request.app.state.hub
+    hub: Hub = runtime_of(request, city).hub
     key: ApiKey | None = getattr(request.state, "api_key", None)
     try:
         await hub.start()

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from dashboards.panels import (
     AQI_THRESHOLDS,
     CITY,
@@ -26,7 +28,7 @@ from dashboards.panels import (
 from safecity.registry import City
 
 
-def _district_map(board: Board, city: City) -> None:
+def _district_map(board: Board, cities: Sequence[City]) -> None:
     """Geomap of districts at their registry centroids, coloured by PM2.5 (AQI bands).
 
     The centroids live in the registry, not in InfluxDB, so each district is one target
@@ -34,7 +36,9 @@ def _district_map(board: Board, city: City) -> None:
     arithmetic with literals on aggregates); a merge transformation makes one table.
     """
     targets = []
-    for i, district in enumerate(city.districts):
+    city = cities[0]
+    districts = [d for c in cities for d in c.districts]
+    for i, district in enumerate(districts):
         lon, lat = district.centroid
         pm = 'mean("pm25")'
         query = (
@@ -69,7 +73,9 @@ def _district_map(board: Board, city: City) -> None:
     }
     board.add(
         "geomap",
-        f"{city.name} districts: PM2.5 (EPA AQI bands)",
+        f"{city.name} districts: PM2.5 (EPA AQI bands)"
+        if len(cities) == 1
+        else "Districts: PM2.5 (EPA AQI bands)",
         targets,
         w=12,
         h=12,
@@ -82,8 +88,8 @@ def _district_map(board: Board, city: City) -> None:
     )
 
 
-def board(city: City) -> Board:
-    """City overview: district map and the city's KPIs."""
+def board(city: City, *more: City) -> Board:
+    """City overview: district map (of every city given) and the city's KPIs."""
     b = Board(
         "safecity-city-overview",
         "safecity / City overview",
@@ -91,7 +97,7 @@ def board(city: City) -> Board:
         ["overview"],
     )
     b.standard_variables()
-    _district_map(b, city)
+    _district_map(b, [city, *more])
     b.stat(
         "PM2.5 mean (AQI driver)",
         f'SELECT mean("pm25") FROM "air_quality" WHERE {WHERE}',

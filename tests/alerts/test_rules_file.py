@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -131,3 +132,23 @@ def test_docs_document_the_incident_measurements() -> None:
 
     doc = (Path(__file__).resolve().parents[2] / "docs" / "schema.md").read_text()
     assert incidents.markdown_table() in doc
+
+
+def test_shipped_rule_messages_quote_the_catalogues_who_guidelines() -> None:
+    """A message that names a WHO guideline over the catalogue's averaging time quotes
+    the catalogue's value, so the rule files cannot drift from the one table."""
+    quoted = re.compile(r"WHO (\d+) h guideline (?:of )?(\d+(?:\.\d+)?)|WHO guideline of (\d+)")
+    checked = 0
+    for path in sorted((Path(rules.__file__).parent / "rules").glob("*.yaml")):
+        for rule in rules.load(path).rules:
+            if not isinstance(rule, rules.ThresholdRule) or rule.field not in catalogue.WHO_AIR:
+                continue
+            who = catalogue.WHO_AIR[rule.field]
+            for hours, value, bare in quoted.findall(rule.message):
+                if bare:
+                    assert float(bare) == who.value, (path.name, rule.id)
+                    checked += 1
+                elif f"{hours}h" == who.period:
+                    assert float(value) == who.value, (path.name, rule.id, rule.message)
+                    checked += 1
+    assert checked >= 6

@@ -76,11 +76,12 @@ def test_dynsec_config_pins_devices_to_their_id(tmp_path: Path) -> None:
         ("publishClientSend", f"safecity/v1/+/+/+/dev-1/{c}")
         for c in ("telemetry", "event", "status")
     } | {("publishClientReceive", ack), ("subscribePattern", ack)}
-    # Only the ingest and alerts roles may join a share group; the API only reads.
+    # Only the ingest and alerts roles (and the regional ingest, over federation topics
+    # only) may join a share group; the API only reads.
     shared = {
         name for name, acls in roles.items() if any(a["topic"].startswith("$share/") for a in acls)
     }
-    assert shared == {"ingest", "alerts"}
+    assert shared == {"ingest", "alerts", "region"}
     # The hashes are the store's own ($7$ = PBKDF2-SHA512), split into the plugin's fields.
     _, _, iterations, salt, digest = store.accounts["dev-1"].password_hash.split("$")  # type: ignore[union-attr]
     assert (clients["dev-1"]["iterations"], clients["dev-1"]["salt"]) == (int(iterations), salt)

@@ -19,7 +19,8 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import BrowserContext, ConsoleMessage, Page, Request, sync_playwright
+from chromium import chromium_context
+from playwright.sync_api import BrowserContext, ConsoleMessage, Page, Request
 from support import account_env, influx_rows, mosquitto_pub, wait_for
 
 from api.apikeys import KeyStore
@@ -28,16 +29,6 @@ from safecity import topics
 from safecity.readings import format_ts
 from safecity.registry import default_city
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 # Tests never write into the checkout: the screenshot stays in the test's temp dir, and is
 # copied to $SAFECITY_TEST_ARTIFACTS (e.g. a CI artefact folder) only when that is set.
 ARTIFACTS = os.environ.get("SAFECITY_TEST_ARTIFACTS")
@@ -47,20 +38,11 @@ FOCUS_RGB = "rgb(255, 213, 79)"  # --focus in console.css
 
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[BrowserContext]:
-    """Headless Debian Chromium with a fresh profile (no Playwright-downloaded browser)."""
-    with sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            str(tmp_path / "profile"),
-            executable_path=CHROMIUM,
-            headless=True,
-            args=CHROMIUM_ARGS,
-            viewport={"width": 1400, "height": 950},
-        )
-        context.set_default_timeout(TIMEOUT_MS)
-        try:
-            yield context
-        finally:
-            context.close()
+    """Headless Debian Chromium with a fresh profile."""
+    with chromium_context(
+        tmp_path / "profile", width=1400, height=950, timeout_ms=TIMEOUT_MS
+    ) as context:
+        yield context
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from chromium import CHROMIUM, CHROMIUM_ARGS
 from playwright.sync_api import sync_playwright
 
 from control.stack import LocalStack
@@ -20,8 +21,6 @@ from safecity.influx import InfluxClient
 from safecity.registry import default_city
 from safecity.settings import InfluxSettings
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
 CITY = default_city()
 SCREENS = [(1366, 768), (1920, 1080)]
 
@@ -76,7 +75,7 @@ def test_console_fills_the_screen_and_agrees_with_itself(
     api = start_api(influx_db)
     problems: list[str] = []
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": width, "height": height})
             page.set_default_timeout(60_000)

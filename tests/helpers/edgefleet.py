@@ -8,19 +8,17 @@ verdict goes into a ground-truth ledger (NOT_SENT for a reading that got none).
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ledgerpub import Outgoing
+from ledgerpub import Background, Outgoing, paced
 
 from control.stack import LocalStack
 from edge.agent import AgentStats, DeviceAgent, Envelope
 from edge.settings import EdgeSettings
 from safecity import topics
-from safecity.ledger import LedgerEntry, LedgerWriter
+from safecity.ledger import LedgerWriter
 from safecity.mqtt import NOT_SENT
 
 
@@ -38,10 +36,11 @@ def edge_settings(spool_dir: Path, **overrides: Any) -> EdgeSettings:
     return EdgeSettings(**values)
 
 
-class EdgeFleet:
+class EdgeFleet(Background):
     """One agent per device of `messages`; `start` publishes at `rate`, `join` drains."""
 
     def __init__(self, stack: LocalStack, tmp: Path, settings: EdgeSettings | None = None):
+        super().__init__()
         self.stack = stack
         self.settings = settings or edge_settings(tmp / "edge-spool")
         self.ledger_path = tmp / "edge-ledger.jsonl"
@@ -49,47 +48,21 @@ class EdgeFleet:
         self.stats = AgentStats()
         self.agents: list[DeviceAgent] = []
         self.submitted = 0
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
         self._messages: Sequence[Outgoing] = ()
 
     def start(self, messages: Sequence[Outgoing], rate: float) -> None:
         """Connect every device, then publish `messages` at `rate` per second (background)."""
         self._messages = messages
-
-        def body() -> None:
-            try:
-                asyncio.run(self._run(messages, rate))
-            except BaseException as exc:
-                self._error = exc
-
-        self._thread = threading.Thread(target=body, name="edge-fleet", daemon=True)
-        self._thread.start()
+        self._start("edge-fleet", lambda: self._run(messages, rate))
 
     def join(self, timeout: float = 150) -> None:
         """Wait until every reading is settled (or the agents' drain bound passed)."""
-        assert self._thread is not None
-        self._thread.join(timeout)
-        assert not self._thread.is_alive(), "edge fleet did not finish in time"
-        if self._error is not None:
-            raise self._error
+        self._join(timeout, "edge fleet")
         writer = LedgerWriter(self.ledger_path)
         for message in self._messages:
             assert message.seq is not None
             codes = self.verdicts.get((message.device.id, message.seq), [NOT_SENT])
-            writer.write(
-                LedgerEntry(
-                    device_id=message.device.id,
-                    channel="telemetry",
-                    topic=message.topic,
-                    seq=message.seq,
-                    ts_ms=message.ts_ms,
-                    sha256=hashlib.sha256(message.payload).hexdigest(),
-                    intended_reason=message.intended_reason,
-                    puback=codes[0],
-                    values=message.values,
-                )
-            )
+            writer.write(message.ledger_entry(codes[0]))
         writer.close()
 
     async def _run(self, messages: Sequence[Outgoing], rate: float) -> None:
@@ -115,12 +88,7 @@ class EdgeFleet:
             agent.start()
         connected = await asyncio.gather(*(a.client.wait_connected(10) for a in self.agents))
         assert all(connected), "not every device connected"
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        for index, message in enumerate(messages):
-            delay = started + index / rate - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
+        async for message in paced(messages, rate):
             meta = {"d": message.device.id, "s": message.seq}
             by_id[message.device.id].submit(
                 Envelope(message.topic, message.payload, meta, seq=message.seq)

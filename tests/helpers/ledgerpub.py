@@ -12,7 +12,7 @@ import json
 import random
 import secrets
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -41,6 +41,58 @@ class Outgoing:
     intended_reason: str | None
     values: dict[str, Any] | None = None
     fault: str | None = None
+
+    def ledger_entry(self, puback: int) -> LedgerEntry:
+        """What the ledger records for this message, given its final PUBACK code."""
+        return LedgerEntry(
+            device_id=self.device.id,
+            channel="telemetry",
+            topic=self.topic,
+            seq=self.seq,
+            ts_ms=self.ts_ms,
+            sha256=hashlib.sha256(self.payload).hexdigest(),
+            intended_reason=self.intended_reason,
+            puback=puback,
+            values=self.values,
+            fault=self.fault,
+        )
+
+
+class Background:
+    """Runs a coroutine in its own asyncio loop on a thread; `join` re-raises its error."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def _start(self, name: str, make: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        def body() -> None:
+            try:
+                asyncio.run(make())
+            except BaseException as exc:
+                self._error = exc
+
+        self._thread = threading.Thread(target=body, name=name, daemon=True)
+        self._thread.start()
+
+    def _join(self, timeout: float, what: str) -> None:
+        assert self._thread is not None
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), f"{what} did not finish in time"
+        if self._error is not None:
+            raise self._error
+
+
+async def paced(items: Sequence[Outgoing], rate: float | None) -> AsyncIterator[Outgoing]:
+    """`items` in order, the i-th not before i/rate seconds after the first (no pacing if None)."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    for index, item in enumerate(items):
+        if rate is not None:
+            delay = started + index / rate - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        yield item
 
 
 def good_readings(
@@ -90,37 +142,24 @@ def reading(
     )
 
 
-class LedgerPublisher:
+class LedgerPublisher(Background):
     """Publishes messages at QoS 1 with a window of unacknowledged ones; writes the ledger."""
 
     def __init__(self, settings: MqttSettings, ledger: Path, window: int = 200) -> None:
         # An account that may publish on every device's topic (the simulator's, in tests).
+        super().__init__()
         self.settings = settings
         self.ledger_path = ledger
         self.window = window
         self.sent = 0
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
 
     def start(self, messages: Sequence[Outgoing], rate: float | None = None) -> None:
         """Publish `messages` in a background thread, at most `rate` per second."""
-
-        def body() -> None:
-            try:
-                asyncio.run(self._publish(messages, rate))
-            except BaseException as exc:
-                self._error = exc
-
-        self._thread = threading.Thread(target=body, name="ledger-publisher", daemon=True)
-        self._thread.start()
+        self._start("ledger-publisher", lambda: self._publish(messages, rate))
 
     def join(self, timeout: float = 60) -> None:
         """Wait until everything was published and acknowledged (or given up)."""
-        assert self._thread is not None
-        self._thread.join(timeout)
-        assert not self._thread.is_alive(), "publisher did not finish in time"
-        if self._error is not None:
-            raise self._error
+        self._join(timeout, "publisher")
 
     def run(self, messages: Sequence[Outgoing], rate: float | None = None) -> None:
         """Publish and wait."""
@@ -137,8 +176,6 @@ class LedgerPublisher:
         await client.connect()
         writer = LedgerWriter(self.ledger_path)
         slots = asyncio.Semaphore(self.window)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
 
         async def one(message: Outgoing) -> None:
             try:
@@ -148,30 +185,12 @@ class LedgerPublisher:
                 code = NOT_SENT
             finally:
                 slots.release()
-            writer.write(
-                LedgerEntry(
-                    device_id=message.device.id,
-                    channel="telemetry",
-                    topic=message.topic,
-                    seq=message.seq,
-                    ts_ms=message.ts_ms,
-                    sha256=hashlib.sha256(message.payload).hexdigest(),
-                    intended_reason=message.intended_reason,
-                    puback=code,
-                    values=message.values,
-                    fault=message.fault,
-                )
-            )
+            writer.write(message.ledger_entry(code))
             self.sent += 1
 
         tasks = []
         try:
-            for index, message in enumerate(messages):
-                if rate is not None:
-                    due = started + index / rate
-                    delay = due - loop.time()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
+            async for message in paced(messages, rate):
                 await slots.acquire()
                 tasks.append(asyncio.create_task(one(message)))
             await asyncio.gather(*tasks)

@@ -34,7 +34,7 @@ def test_defaults() -> None:
     assert settings.influx.database == "safecity"
     assert settings.influx.retention_policy == "raw"
     assert settings.worker_id == "ingest-0"
-    assert settings.registry is None
+    assert settings.registry == ()
     assert ApiSettings().port == 8000
     assert SimulatorSettings().speed == 1.0
     assert StackSettings().mqtt_port == 1883
@@ -55,7 +55,7 @@ def test_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.influx.database == "city_a"
     assert settings.influx.gzip is False
     assert settings.worker_id == "ingest-7"
-    assert settings.registry == Path("/srv/almaty.jsonl")
+    assert settings.registry == (Path("/srv/almaty.jsonl"),)
     # Unset nested values keep their defaults.
     assert settings.influx.retention_policy == "raw"
     assert settings.mqtt.keepalive == 30
