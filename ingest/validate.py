@@ -93,6 +93,10 @@ class RateLimiter:
         if bucket is None:
             self._buckets[device_id] = [self.burst - 1, now]
             return True
+        if now < bucket[1]:
+            # A reading taken for a whole bulk can predate this bucket's last take (made
+            # by a single `validate` within the bulk): no refill, and never a drain.
+            now = bucket[1]
         tokens = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
         bucket[1] = now
         if tokens < 1:
