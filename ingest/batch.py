@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from operator import attrgetter
+from typing import cast
 
 from ingest import metrics
-from ingest.deadletter import DeadLetterOutput, dead_letter, refused_letters
+from ingest.deadletter import DeadLetter, DeadLetterOutput, dead_letter, refused_letters
 from ingest.redact import Redactor
 from ingest.settings import IngestSettings
 from ingest.sink import Sink, encode_own
@@ -35,9 +38,21 @@ AFTER_DURABLE: list[Callable[[int], None]] = []
 its acks. Empty in production; fault tests install a crash here (tests/helpers)."""
 
 
+_CHANNEL = attrgetter("channel")
+_DUPLICATE = attrgetter("duplicate")
+_LINE = attrgetter("line")
+_TIME_MS = attrgetter("time_ms")
+_MEASUREMENT = attrgetter("measurement")
+_TOPIC = attrgetter("topic")
+_PAYLOAD = attrgetter("payload")
+
+
 @dataclass
 class _Batch:
-    messages: list[tuple[Incoming, Accepted | Rejected]] = field(default_factory=list)
+    """Received messages and their outcomes, side by side in receive order."""
+
+    messages: list[Incoming] = field(default_factory=list)
+    outcomes: list[Accepted | Rejected] = field(default_factory=list)
     opened: float = 0.0
 
 
@@ -95,91 +110,94 @@ class Batcher:
                 await self.flush()
 
     def _take(self, received: list[Incoming]) -> None:
-        if not self._batch.messages:
-            self._batch.opened = time.monotonic()
-        validate = self._validator.validate
-        append = self._batch.messages.append
+        batch = self._batch
+        if not batch.messages:
+            batch.opened = time.monotonic()
         # One clock reading per bulk of messages received together (the window check).
-        now = datetime.now(UTC)
-        channels: dict[str, int] = {}
-        redelivered = 0
-        for incoming in received:
-            outcome = validate(incoming.topic, incoming.payload, now, redelivery=incoming.duplicate)
-            channels[outcome.channel] = channels.get(outcome.channel, 0) + 1
-            redelivered += incoming.duplicate
-            append((incoming, outcome))
-        # Metrics per call, not per message: prometheus-client takes a lock each time.
-        for channel, count in channels.items():
+        outcomes = self._validator.validate_many(received, datetime.now(UTC))
+        batch.messages += received
+        batch.outcomes += outcomes
+        # Metrics per bulk, not per message: prometheus-client takes a lock each time.
+        for channel, count in Counter(map(_CHANNEL, outcomes)).items():
             metrics.received(str(channel)).inc(count)
         self._totals.received += len(received)
+        redelivered = sum(map(_DUPLICATE, received))
         if redelivered:
             metrics.REDELIVERED.inc(redelivered)
             self._totals.redelivered += redelivered
-        metrics.PENDING.set(len(self._batch.messages))
+        metrics.PENDING.set(len(batch.messages))
 
     async def flush(self) -> None:
         """Make the current batch durable, then ack all of it in receive order."""
         batch, self._batch = self._batch, _Batch()
-        if not batch.messages:
+        messages, outcomes = batch.messages, batch.outcomes
+        if not messages:
             return
         started = time.monotonic()
         worker = self._settings.worker_id
-        accepted = [(m, o) for m, o in batch.messages if isinstance(o, Accepted)]
-        rejected = [(m, o) for m, o in batch.messages if isinstance(o, Rejected)]
-        letters = [
-            dead_letter(o.rejection, m.topic, m.payload, worker, redactor=self._redactor)
-            for m, o in rejected
-        ]
-        own = self._rejection_events(rejected, [d.detail for d in letters]) if rejected else []
+        accepted: list[Accepted] = [o for o in outcomes if type(o) is Accepted]
+        sources = messages
+        letters: list[DeadLetter] = []
+        own: list[tuple[str, int]] = []
+        if len(accepted) < len(messages):
+            pairs = list(zip(messages, outcomes, strict=True))
+            sources = [m for m, o in pairs if type(o) is Accepted]
+            rejected = [(m, o) for m, o in pairs if type(o) is not Accepted]
+            letters = [
+                dead_letter(o.rejection, m.topic, m.payload, worker, redactor=self._redactor)
+                for m, o in cast(list[tuple[Incoming, Rejected]], rejected)
+            ]
+            own = self._rejection_events(
+                cast(list[tuple[Incoming, Rejected]], rejected), [d.detail for d in letters]
+            )
         refused: list[tuple[int, str]] = []
         spooled = False
         if accepted or own:
-            lines = [o.line for _, o in accepted] + [line for line, _ in own]
-            sources = [(m.topic, m.payload) for m, _ in accepted] + [("", b"")] * len(own)
+            extra = len(own)
+            lines = list(map(_LINE, accepted)) + [line for line, _ in own]
+            topic_list = list(map(_TOPIC, sources)) + [""] * extra
+            payload_list = list(map(_PAYLOAD, sources)) + [b""] * extra
             stored = await self._sink.store(
                 SpoolBatch(
                     lines,
-                    [o.point.time_ms for _, o in accepted] + [t for _, t in own],
-                    [topic for topic, _ in sources],
-                    [payload for _, payload in sources],
+                    list(map(_TIME_MS, accepted)) + [t for _, t in own],
+                    topic_list,
+                    payload_list,
                 )
             )
             refused, spooled = stored.refused, stored.spooled
-            letters += refused_letters(refused, lines, sources, worker, self._redactor)
+            if refused:
+                pairs_back = list(zip(topic_list, payload_list, strict=True))
+                letters += refused_letters(refused, lines, pairs_back, worker, self._redactor)
         await self._deadletters.send(letters)
         if accepted and not spooled:
-            bad = {i for i, _ in refused}
-            self._count_written([o for i, (_, o) in enumerate(accepted) if i not in bad])
+            if refused:
+                bad = {i for i, _ in refused}
+                accepted = [o for i, o in enumerate(accepted) if i not in bad]
+            self._count_written(accepted)
         if self.watermarks is not None:  # end-to-end acks: the batch is durable now
-            self.watermarks.add_batch(batch.messages)
+            self.watermarks.add_batch(zip(messages, outcomes, strict=True))
         self._durable_writes += 1
         for hook in AFTER_DURABLE:
             hook(self._durable_writes)
-        acked, stale = self._mqtt.ack_many([incoming for incoming, _ in batch.messages])
+        acked, stale = self._mqtt.ack_many(messages)
         metrics.ACKED.inc(acked)
         if stale:
             metrics.STALE_ACKS.inc(stale)
         metrics.PENDING.set(0)
-        metrics.BATCH_SIZE.observe(len(batch.messages))
+        metrics.BATCH_SIZE.observe(len(messages))
         metrics.BATCH_SECONDS.observe(time.monotonic() - started)
 
     def _count_written(self, outcomes: list[Accepted]) -> None:
         now_ms = time.time() * 1000
-        newest = 0
-        written: dict[str, int] = {}
-        observe = metrics.E2E_LAG.observe
-        telemetry = topics.Channel.TELEMETRY
-        for outcome in outcomes:
-            point = outcome.point
-            written[point.measurement] = written.get(point.measurement, 0) + 1
-            if outcome.channel is telemetry:
-                newest = max(newest, point.time_ms)
-                observe(max(0.0, (now_ms - point.time_ms) / 1000))
-        for measurement, count in written.items():
+        for measurement, count in Counter(map(_MEASUREMENT, outcomes)).items():
             metrics.written(measurement).inc(count)
         self._totals.written += len(outcomes)
-        if newest:
-            self.lag = max(0.0, (now_ms - newest) / 1000)
+        telemetry = topics.Channel.TELEMETRY
+        times = [o.time_ms for o in outcomes if o.channel is telemetry]
+        if times:
+            metrics.E2E_LAG.observe_ages(now_ms, times)
+            self.lag = max(0.0, (now_ms - max(times)) / 1000)
             metrics.LAG.set(self.lag)
 
     def _event_ms(self) -> int:

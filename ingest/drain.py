@@ -50,12 +50,14 @@ class SpoolDrain:
             )
             await asyncio.to_thread(spool.consume, position)
             metrics.DRAINED.inc(len(batch.lines))
-            now_ms = time.time() * 1000
             bad = {i for i, _ in refused}
-            for index, ts in enumerate(batch.ts_ms):
-                if index not in bad and batch.topics[index]:
-                    self._totals.written += 1
-                    metrics.E2E_LAG.observe(max(0.0, (now_ms - ts) / 1000))
+            written = [
+                ts
+                for index, ts in enumerate(batch.ts_ms)
+                if index not in bad and batch.topics[index]
+            ]
+            self._totals.written += len(written)
+            metrics.E2E_LAG.observe_ages(time.time() * 1000, written)
             sink.update_spool_metrics()
             if spool.empty:
                 log.info("spool drained; writing directly again")

@@ -2,9 +2,73 @@
 
 from __future__ import annotations
 
+import threading
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterator, Sequence
 from functools import cache
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+
+class LagHistogram(Collector):
+    """A histogram of ages, observed a batch at a time.
+
+    prometheus-client's `Histogram.observe` takes a lock and walks the buckets once per
+    value: per reading, a visible share of the ingest's CPU. Here a batch's ages are
+    sorted once and each bucket's count is one bisection.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        buckets: Sequence[float],
+        registry: CollectorRegistry = REGISTRY,
+    ) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._bounds = tuple(buckets)
+        self._bounds_ms = tuple(b * 1000 for b in self._bounds)
+        self._labels = [floatToGoString(b) for b in self._bounds]  # type: ignore[no-untyped-call]
+        self._cumulative = [0] * len(self._bounds)
+        self._count = 0
+        self._sum = 0.0
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe_ages(self, now_ms: float, times_ms: Sequence[float]) -> None:
+        """Observe `now_ms - t` in seconds (0 at least: a clock ahead of ours) for each t."""
+        if not times_ms:
+            return
+        ages = sorted([now_ms - t for t in times_ms])
+        ahead = bisect_left(ages, 0)
+        total = sum(ages) - sum(ages[:ahead]) if ahead else sum(ages)
+        counts = [bisect_right(ages, bound) for bound in self._bounds_ms]
+        with self._lock:
+            for i, count in enumerate(counts):
+                self._cumulative[i] += count
+            self._count += len(ages)
+            self._sum += total / 1000
+
+    def observe(self, seconds: float) -> None:
+        """Observe one value."""
+        self.observe_ages(seconds * 1000, [0])
+
+    def describe(self) -> Iterator[HistogramMetricFamily]:
+        """The metric's name and type (no samples)."""
+        yield HistogramMetricFamily(self._name, self._documentation)
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        """The cumulative buckets, count and sum."""
+        with self._lock:
+            cumulative, count, total = list(self._cumulative), self._count, self._sum
+        buckets = [(le, float(c)) for le, c in zip(self._labels, cumulative, strict=True)]
+        buckets.append(("+Inf", float(count)))
+        yield HistogramMetricFamily(self._name, self._documentation, buckets, total)
+
 
 RECEIVED = Counter(
     "safecity_ingest_received_total", "Messages received from the broker", ["channel"]
@@ -49,7 +113,7 @@ WRITE_SECONDS = Histogram(
 WRITE_RETRIES = Counter(
     "safecity_ingest_write_retries_total", "InfluxDB write attempts that will be retried"
 )
-E2E_LAG = Histogram(
+E2E_LAG = LagHistogram(
     "safecity_ingest_e2e_lag_seconds",
     "Device timestamp -> durable in InfluxDB (written directly or drained from the spool)",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),

@@ -61,22 +61,31 @@ class Watermarks:
 
     def add_batch(self, messages: Iterable[tuple[Incoming, Accepted | Rejected]]) -> None:
         """Note the seqs of a batch that is durable now (accepted and dead-lettered alike)."""
+        pending = self._pending
+        telemetry = topics.Channel.TELEMETRY
+        channel: str
         for incoming, outcome in messages:
-            channel = str(outcome.channel)
-            if channel not in _NUMBERED:
-                continue
-            seq: object
-            if isinstance(outcome, Accepted):
-                seq = outcome.point.fields.get("seq")
-                device_id = claimed_device_id(incoming.topic)
-            else:
-                seq = _seq_of(incoming.payload)
-                owner = self.cities.owner(claimed_device_id(incoming.topic))
-                if owner is None:
+            if type(outcome) is Accepted:
+                seq = outcome.seq
+                if seq is None:  # a status: nothing to acknowledge
                     continue
+                device_id = outcome.device_id
+                channel = outcome.channel
+            else:
+                channel = outcome.channel
+                if channel not in _NUMBERED:
+                    continue
+                # A refused message is acked to the device that owns the id, whatever city
+                # the topic named.
                 device_id = claimed_device_id(incoming.topic)
-            if isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0:
-                self.add(device_id, channel, seq)
+                found = _seq_of(incoming.payload)
+                if self.cities.owner(device_id) is None or type(found) is not int or found < 0:
+                    continue
+                seq = found
+            sets = pending.get(device_id)
+            if sets is None:
+                sets = pending[device_id] = (set(), set())
+            sets[0 if channel == telemetry else 1].add(seq)
 
     def drain(self) -> list[tuple[str, bytes]]:
         """(topic, payload) of every ack message due; forgets what they cover."""

@@ -20,6 +20,8 @@ log = logging.getLogger("safecity.mqtt")
 
 _PUBLISH = wire.PUBLISH << 4
 _PUBACK = wire.PUBACK << 4
+# The fixed-header byte of a QoS 1 PUBLISH with the DUP and RETAIN bits masked off (0xF6).
+_PUBLISH_QOS1 = _PUBLISH | 0x02
 # One socket read: many ~200-byte PUBLISH packets per system call instead of three.
 _READ_SIZE = 256 * 1024
 
@@ -73,6 +75,8 @@ class _BulkReadClient(paho.Client):
     def feed(self, data: bytes) -> MQTTErrorCode:
         """Decode `data` read from the socket (after any incomplete packet of the last read)."""
         buf = self._rbuf + data if self._rbuf else data
+        if type(buf) is not bytes:
+            buf = bytes(buf)  # slices of it become payloads: immutable bytes
         self._rbuf = b""
         view = memoryview(buf)
         size = len(buf)
@@ -81,21 +85,44 @@ class _BulkReadClient(paho.Client):
         v5 = self._protocol == paho.MQTTv5
         auto_ack = not self._manual_ack
         decode_varint, scan_publish = wire.decode_varint, wire.scan_publish
+        append = out.append
         while pos + 2 <= size:
             command = buf[pos]
-            try:
-                header = decode_varint(buf, pos + 1)
-            except wire.WireError:
-                self._deliver(out, auto_ack)
-                return self._loop_rc_handle(MQTTErrorCode.MQTT_ERR_PROTOCOL)
-            if header is None or header[0] + header[1] > size:
-                break  # incomplete: keep the tail for the next read
-            length, i = header
+            length = buf[pos + 1]
+            if length < 0x80:  # the usual small packet: a one-byte remaining length
+                i = pos + 2
+            else:
+                try:
+                    header = decode_varint(buf, pos + 1)
+                except wire.WireError:
+                    self._deliver(out, auto_ack)
+                    return self._loop_rc_handle(MQTTErrorCode.MQTT_ERR_PROTOCOL)
+                if header is None:
+                    break  # incomplete: keep the tail for the next read
+                length, i = header
             end = i + length
+            if end > size:
+                break
+            if command & 0xF6 == _PUBLISH_QOS1 and v5 and length > 5:
+                # The hot packet, decoded inline: QoS 1, MQTT v5, no properties.
+                j = i + 2 + ((buf[i] << 8) | buf[i + 1])
+                if i + 2 < j and j + 3 <= end and buf[j + 2] == 0:
+                    append(
+                        (
+                            buf[i + 2 : j].decode("utf-8", "replace"),
+                            buf[j + 3 : end],
+                            1,
+                            (buf[j] << 8) | buf[j + 1],
+                            command & 0x01 == 0x01,
+                            command & 0x08 == 0x08,
+                        )
+                    )
+                    pos = end
+                    continue
             got = scan_publish(buf, i, end, command, v5) if command & 0xF0 == _PUBLISH else None
             if got is not None:
                 topic_end, mid, payload_start, qos = got
-                out.append(
+                append(
                     (
                         bytes(view[i + 2 : topic_end]).decode("utf-8", "replace"),
                         bytes(view[payload_start:end]),
@@ -109,6 +136,7 @@ class _BulkReadClient(paho.Client):
                 # Anything else: paho's own handler, after what came before it.
                 self._deliver(out, auto_ack)
                 out = []
+                append = out.append
                 rc = self._paho_handle(command, buf[pos + 1 : i], length, view[i:end])
                 if rc is None:
                     return MQTTErrorCode.MQTT_ERR_SUCCESS  # paho closed the connection

@@ -221,6 +221,12 @@ class MqttClient:
         generation = self.generation
         client = self._client
         bulk = client.ack_many if isinstance(client, _BulkReadClient) else None
+        if bulk is not None:
+            # The usual batch: all QoS 1 and of this connection, acked in one write.
+            mids = [m.mid for m in messages if m.qos == 1 and m.generation == generation]
+            if len(mids) == len(messages):
+                bulk(mids)
+                return len(messages), 0
         run: list[int] = []
         stale = 0
         for message in messages:

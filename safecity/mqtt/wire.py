@@ -321,13 +321,17 @@ def puback(mid: int, reason: int = 0) -> bytes:
     return frame(PUBACK, 0, body)
 
 
-_PUBACK_OK = struct.Struct("!BBH")
+# A short-form success PUBACK is one big-endian word: type, length 2, packet id.
+_PUBACK_WORD = (PUBACK << 4) << 24 | 2 << 16
 
 
 def pubacks(mids: Iterable[int]) -> bytes:
     """Success PUBACKs (short form) of mids, back to back: one write for a run of acks."""
-    pack = _PUBACK_OK.pack
-    return b"".join(pack(PUBACK << 4, 2, mid) for mid in mids)
+    ids = list(mids)
+    if ids and not 0 <= min(ids) <= max(ids) <= 0xFFFF:
+        raise WireError("a packet id is 0..65535")
+    words = [_PUBACK_WORD | mid for mid in ids]
+    return struct.pack(f">{len(words)}I", *words)
 
 
 def parse_puback(body: bytes) -> tuple[int, int]:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from safecity import catalogue
 from safecity.catalogue import Quantity
 from safecity.fastcontract import decode_telemetry
-from safecity.lineprotocol import Point, encode
+from safecity.lineprotocol import Point, encode, series_key
 from safecity.readings import Reading, Rejection, format_ts, parse
 from safecity.registry import default_city
 from safecity.schema import measurement_of
@@ -23,6 +23,7 @@ from simulators.generators import generate
 NOW = datetime(2026, 6, 1, 12, 0, 0, 123_456, tzinfo=UTC)
 PAST, FUTURE = timedelta(days=7), timedelta(minutes=5)
 KINDS = sorted(catalogue.KINDS)
+TAGS = {"device_id": "d"}
 
 
 def _slow(kind: str, payload: bytes) -> Reading | Rejection:
@@ -34,27 +35,25 @@ def _slow(kind: str, payload: bytes) -> Reading | Rejection:
 
 
 def _same_decision(kind: str, payload: bytes) -> bool:
-    """Assert the fast path never accepts what `parse` refuses, nor with other values or
-    another line; True when it accepted."""
-    fast = decode_telemetry(kind, payload, NOW, PAST, FUTURE)
+    """Assert the fast path never accepts what `parse` refuses, nor with another seq, time
+    or line; True when it accepted."""
+    series = series_key(measurement_of(kind), TAGS)
+    fast = decode_telemetry(kind, payload, series, NOW, PAST, FUTURE)
     slow = _slow(kind, payload)
     if fast is None:
         return False
     assert isinstance(slow, Reading), (payload, slow)
-    seq, ts_ms, fields, field_set = fast
-    assert (seq, ts_ms, fields) == (slow.seq, slow.ts_ms, {"seq": slow.seq, **slow.fields()})
-    # Same values *and* types: 25 and 25.0 are different line-protocol fields.
-    line = encode(Point(measurement_of(kind), {"device_id": "d"}, fields, ts_ms))
-    reference = schema_line(kind, slow)
-    assert line == reference
-    assert reference.split(" ")[1] == field_set
+    seq, ts_ms, line = fast
+    assert (seq, ts_ms) == (slow.seq, slow.ts_ms)
+    # The same line: same values *and* types (25 and 25.0 are different fields).
+    assert line == schema_line(kind, slow)
     return True
 
 
 def schema_line(kind: str, reading: Reading) -> str:
     """The line the pydantic path writes for a reading (the ingest's slow path)."""
     fields = {"seq": reading.seq, **reading.fields()}
-    return encode(Point(measurement_of(kind), {"device_id": "d"}, fields, reading.ts_ms))
+    return encode(Point(measurement_of(kind), TAGS, fields, reading.ts_ms))
 
 
 def _good(q: Quantity) -> st.SearchStrategy[Any]:
@@ -225,3 +224,18 @@ def test_fast_path_takes_every_simulated_reading() -> None:
             assert _same_decision(device.kind, payload), payload
             taken += 1
     assert taken > 300
+
+
+def test_window_edges_are_the_contracts_to_the_millisecond() -> None:
+    """Both bounds, as epoch ms and as text: the fast path takes exactly what `parse` takes."""
+    low, high = NOW - PAST, NOW + FUTURE
+    values = {"laeq": 55.0, "lamax": 65.5, "la90": 40.25}
+    for edge in (low, high):
+        edge_ms = int(edge.timestamp() * 1000)
+        for delta in range(-3, 4):
+            ms = edge_ms + delta
+            for ts in (ms, format_ts(datetime.fromtimestamp(ms / 1000, UTC))):
+                body = {"ts": ts, "seq": 1, "values": values}
+                payload = json.dumps(body, separators=(",", ":")).encode()
+                accepted = isinstance(_slow("noise", payload), Reading)
+                assert _same_decision("noise", payload) == accepted, (ts, accepted)
