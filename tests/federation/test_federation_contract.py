@@ -24,6 +24,10 @@ def _ts(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, UTC).replace(microsecond=(ms % 1000) * 1000)
 
 
+# Printable text: the contract refuses control characters, DEL (0x7f) included.
+NAME_CHARS = st.characters(min_codepoint=32, max_codepoint=0x2FF, exclude_characters="\x7f")
+
+
 @st.composite
 def figures(draw: st.DrawFn) -> dict[str, Any]:
     newest = draw(st.none() | MS)
@@ -47,7 +51,7 @@ def scope_messages(draw: st.DrawFn) -> fed.ScopeIndicators:
     return fed.ScopeIndicators(
         city=draw(IDS),
         district=draw(st.none() | IDS),
-        name=draw(st.text(st.characters(min_codepoint=32, max_codepoint=0x2FF), max_size=40)),
+        name=draw(st.text(NAME_CHARS, max_size=40)),
         interval=fed.Interval(start=_ts(start), end=_ts(start + length)),
         generated_at=_ts(draw(MS)),
         air_quality={

