@@ -56,7 +56,8 @@ def markdown_docs() -> list[Path]:
     """The docs a reader follows: README, SECURITY, docs/ and every folder's README
     (drafts for other folders' READMEs, docs/_*.md, are merged elsewhere)."""
     docs = [README, ROOT / "SECURITY.md", *sorted((ROOT / "docs").glob("[!_]*.md"))]
-    return docs + sorted(ROOT.glob("*/README.md"))
+    # Hidden folders are tools' (pytest's cache writes a README.md of its own).
+    return docs + sorted(p for p in ROOT.glob("*/README.md") if not p.parent.name.startswith("."))
 
 
 def test_readme_starts_with_the_two_commands() -> None:
