@@ -23,7 +23,8 @@ from alerts.rules import (
     StuckRule,
     ThresholdRule,
 )
-from safecity.registry import City, Device, contains
+from safecity.citygen import contains
+from safecity.registry import City, Device
 
 Location = tuple[float, float]
 

@@ -43,7 +43,7 @@ from api.overview import (
 )
 from api.queries import series_statement
 from control.stack import Influxd, ManagedProcess, free_port
-from safecity import registry
+from safecity import citygen, registry
 from safecity.readings import format_ts
 from safecity.registry import City, Device
 
@@ -194,7 +194,7 @@ async def run(
     floors: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="safecity-bench-api-") as tmp:
         base = Path(tmp)
-        city = registry.generate("benchcity", args.devices, seed=7, districts=12)
+        city = citygen.generate("benchcity", args.devices, seed=7, districts=12)
         registry_file = base / "city.jsonl"
         registry.write(city, registry_file)
         influxd = Influxd(base / "influxd", port=free_port())

@@ -27,7 +27,7 @@ from control.settings import StackSettings, StorageSettings
 from dashboards import cli as dashboards_cli
 from ingest import cli as ingest_cli
 from ingest.settings import IngestSettings
-from safecity import cliargs, instance, registry
+from safecity import citygen, cliargs, instance, registry
 from safecity.cliargs import port, positive_float, positive_int, registry_flag
 from safecity.errors import CliError, SafecityError
 from safecity.observability import configure_logging
@@ -220,7 +220,7 @@ def cmd_verify_scenario(args: argparse.Namespace) -> int:
 
 def cmd_city_generate(args: argparse.Namespace) -> int:
     """Write a generated city registry."""
-    city = registry.generate(args.city, args.devices, args.seed, districts=args.districts)
+    city = citygen.generate(args.city, args.devices, args.seed, districts=args.districts)
     out = args.out or Path(f"{city.id}.jsonl")
     registry.write(city, out)
     print(f"wrote {out}: {city.name}, {len(city.districts)} districts, {len(city.devices)} devices")

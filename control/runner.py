@@ -25,7 +25,7 @@ from pathlib import Path
 from broker.identity import Role, service_username
 from control.settings import StackSettings
 from control.stack import LocalStack, ManagedProcess, ensure_port_free, free_port, http_ok
-from safecity import instance, registry
+from safecity import citygen, instance, registry
 from safecity.errors import StackError
 from safecity.settings import InfluxSettings
 
@@ -84,7 +84,7 @@ def with_city_registries(settings: StackSettings, where: instance.Layout) -> Sta
     paths = []
     for city in settings.cities:
         path = where.cities_dir / f"{city}.jsonl"
-        registry.write(registry.builtin(city), path)
+        registry.write(citygen.builtin(city), path)
         paths.append(path)
     return settings.model_copy(update={"registry": tuple(paths)})
 

@@ -16,7 +16,7 @@ import sys
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-from safecity import registry
+from safecity import citygen, registry
 from safecity.registry import City
 from simulators.climate import climate_of
 from simulators.shapes import Figure, Measure, series
@@ -131,7 +131,7 @@ def city_of(name: str | None, path: Path | None, seed: int) -> City:
         return registry.load(path)
     if name is None or name == "tashkent":
         return registry.default_city()
-    return registry.generate(name, 300, seed)
+    return citygen.generate(name, 300, seed)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,11 +13,11 @@ from typing import Any
 from support import influx_rows, mosquitto_pub, wait_for
 
 from control.stack import LocalStack
-from safecity import registry, topics
+from safecity import citygen, registry, topics
 from safecity.readings import format_ts
 
 TASHKENT = registry.default_city()
-SAMARKAND = registry.builtin("samarkand")
+SAMARKAND = citygen.builtin("samarkand")
 TRANSITIONS = 'SELECT * FROM "incidents"."incident_transitions"'
 
 

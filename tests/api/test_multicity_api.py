@@ -26,10 +26,11 @@ from api.settings import ApiSettings
 from control import cli
 from control.stack import Influxd
 from safecity import incidents as inc
+from safecity.citygen import builtin_cities
 from safecity.influx import InfluxClient
 from safecity.lineprotocol import encode_many
 from safecity.readings import Reading, format_ts, parse
-from safecity.registry import Cities, City, Device, builtin_cities
+from safecity.registry import Cities, City, Device
 from safecity.schema import reading_point
 from safecity.settings import InfluxSettings
 

@@ -14,8 +14,9 @@ from support import mosquitto_pub
 
 from control.stack import LocalStack
 from safecity import registry, topics
+from safecity.citygen import builtin_cities
 from safecity.readings import format_ts
-from safecity.registry import Device, builtin_cities
+from safecity.registry import Device
 
 
 def _noise(seq: int, laeq: float) -> str:

@@ -22,8 +22,9 @@ from broker.identity import (
 )
 from control.cli import main as safecity_main
 from control.stack import Mosquitto
+from safecity.citygen import builtin
 from safecity.errors import ConfigError, MqttError
-from safecity.registry import Cities, Device, builtin, default_city, write
+from safecity.registry import Cities, Device, default_city, write
 from safecity.settings import MqttSettings
 
 TASHKENT = default_city()

@@ -11,7 +11,8 @@ import pytest
 
 from control.cli import main
 from safecity import catalogue
-from safecity.registry import generate, load
+from safecity.citygen import generate
+from safecity.registry import load
 
 SAFECITY_BIN = Path(sys.executable).parent / "safecity"
 

@@ -19,7 +19,8 @@ import pytest
 
 from control.stack import Influxd
 from safecity import instance
-from safecity.registry import City, builtin, default_city, write
+from safecity.citygen import builtin
+from safecity.registry import City, default_city, write
 
 ROOT = Path(__file__).resolve().parents[2]
 CITIES = ("tashkent", "samarkand")

@@ -25,10 +25,11 @@ from control import cli
 from control.stack import Influxd
 from dashboards import build
 from safecity import registry
+from safecity.citygen import builtin_cities
 from safecity.influx import InfluxClient
 from safecity.lineprotocol import encode_many
 from safecity.readings import Reading, format_ts, parse
-from safecity.registry import Cities, builtin_cities
+from safecity.registry import Cities
 from safecity.schema import reading_point
 from safecity.settings import InfluxSettings
 

@@ -19,7 +19,7 @@ import pytest
 from control import cli
 from dashboards import build
 from dashboards.push import push
-from safecity import registry
+from safecity import citygen
 from safecity.errors import PushError
 from safecity.settings import InfluxSettings
 
@@ -336,7 +336,7 @@ def test_cli_push(
 def test_push_of_several_cities_makes_a_datasource_per_city_database(
     grafana: FakeGrafana,
 ) -> None:
-    cities = registry.builtin_cities(["tashkent", "samarkand"])
+    cities = citygen.builtin_cities(["tashkent", "samarkand"])
     report = push(grafana.url, TOKEN, INFLUX, city=list(cities.values()))
     assert len(report.created) == 1 + 2 + 8 + 2 * 9
     assert {uid: ds["jsonData"]["dbName"] for uid, ds in grafana.datasources.items()} == {

@@ -39,11 +39,12 @@ from broker.identity import Role, service_username
 from control.stack import LocalStack, ManagedProcess, free_port, http_ok
 from safecity import federation as fed
 from safecity import incidents as inc
+from safecity.citygen import builtin
 from safecity.errors import StackError
 from safecity.influx import InfluxClient
 from safecity.lineprotocol import Point, encode_many
 from safecity.readings import format_ts
-from safecity.registry import City, builtin, write
+from safecity.registry import City, write
 from safecity.schema import EVENTS, reading_tags, retention_policy_of
 from safecity.settings import InfluxSettings, MqttSettings
 

@@ -17,9 +17,10 @@ from control.stack import LocalStack
 from ingest.deadletter import DeadLetterStore
 from ingest.writer import InfluxWriter, city_of
 from safecity import topics
+from safecity.citygen import builtin
 from safecity.influx import InfluxClient
 from safecity.readings import format_ts
-from safecity.registry import Device, builtin, default_city, write
+from safecity.registry import Device, default_city, write
 from safecity.settings import InfluxSettings
 
 TASHKENT = default_city()

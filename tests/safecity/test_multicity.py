@@ -14,13 +14,13 @@ from pydantic import ValidationError
 from control.stack import Influxd
 from ingest.settings import IngestSettings
 from safecity import registry
+from safecity.citygen import builtin, builtin_cities
 from safecity.errors import RegistryError
 from safecity.influx import InfluxClient, quote_ident
+from safecity.knowncities import KNOWN_CITIES
 from safecity.lineprotocol import Point, encode_many
 from safecity.registry import (
     Cities,
-    builtin,
-    builtin_cities,
     default_city,
     load_cities,
     load_or_default,
@@ -154,13 +154,13 @@ def test_builtin_cities() -> None:
     assert len(samarkand.districts) == 5
     assert all(d.id.startswith("samarkand-") for d in samarkand.devices)
     tashkent_ids = {d.id for d in default_city().devices}
-    for name in registry.KNOWN_CITIES:
+    for name in KNOWN_CITIES:
         city = builtin(name)
         assert city.id == name
         if name != "tashkent":
             assert not tashkent_ids & {d.id for d in city.devices}
     # Every built-in city can sit beside every other one.
-    assert len(builtin_cities(list(registry.KNOWN_CITIES))) == len(registry.KNOWN_CITIES)
+    assert len(builtin_cities(list(KNOWN_CITIES))) == len(KNOWN_CITIES)
     with pytest.raises(RegistryError, match="no built-in registry for city 'atlantis'"):
         builtin("atlantis")
 

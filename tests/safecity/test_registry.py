@@ -10,18 +10,9 @@ from typing import Any
 import pytest
 
 from safecity import catalogue
+from safecity.citygen import contains, generate, voronoi_cells
 from safecity.errors import RegistryError
-from safecity.registry import (
-    City,
-    contains,
-    default_city,
-    generate,
-    geojson,
-    load,
-    loads,
-    voronoi_cells,
-    write,
-)
+from safecity.registry import City, default_city, geojson, load, loads, write
 from safecity.topics import IDENTIFIER
 
 TASHKENT_DISTRICTS = {

@@ -12,7 +12,8 @@ import pytest
 from control.stack import Mosquitto
 from edge.settings import EdgeSettings
 from safecity import ledger
-from safecity.registry import Cities, builtin, default_city
+from safecity.citygen import builtin
+from safecity.registry import Cities, default_city
 from safecity.topics import parse_device_topic
 from simulators.command import simulate_cities
 from simulators.settings import SimulatorSettings

@@ -6,7 +6,7 @@ import statistics
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 
-from safecity import registry
+from safecity import citygen, registry
 from safecity.geography import TASHKENT_LAND_USE
 from simulators import scenario as scenarios
 from simulators.events import maybe_event
@@ -80,14 +80,14 @@ def test_tashkent_districts_have_their_real_land_use() -> None:
     uses = {d.id: d.land_use for d in CITY.districts}
     assert uses == TASHKENT_LAND_USE
     assert all(d.site is not None for d in CITY.devices)
-    generated = registry.generate("almaty", 200, 1)
+    generated = citygen.generate("almaty", 200, 1)
     assert {d.land_use for d in generated.districts} >= {"centre", "industrial"}
     # The registry file round-trips its geography.
     assert registry.loads(generated.dumps()) == generated
 
 
 def test_generated_city_has_its_time_zone() -> None:
-    bishkek = World(registry.generate("bishkek", 100, 1))
+    bishkek = World(citygen.generate("bishkek", 100, 1))
     assert bishkek.climate.utc_offset_h == 6.0
     assert bishkek.climate.timezone == "Asia/Bishkek"
 

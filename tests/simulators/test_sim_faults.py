@@ -16,7 +16,8 @@ from control.stack import Mosquitto
 from edge.settings import EdgeSettings
 from ingest.validate import Accepted, Rejected, Validator
 from safecity import ledger
-from safecity.registry import City, generate
+from safecity.citygen import generate
+from safecity.registry import City
 from safecity.topics import Channel
 from simulators import scenario as scenarios
 from simulators.faults import FAULTS, REJECTS, DeviceFaults

@@ -22,8 +22,9 @@ from prometheus_client import REGISTRY
 from control.stack import Mosquitto
 from edge.settings import EdgeSettings
 from safecity import catalogue
+from safecity.citygen import generate
 from safecity.readings import Event, Reading, Rejection, Status, epoch_ms, parse
-from safecity.registry import City, generate
+from safecity.registry import City
 from safecity.topics import Channel, parse_device_topic
 from simulators.fleet import FleetStats, Sent, device_messages, run, seq_base
 from simulators.settings import SimulatorSettings

@@ -14,8 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from safecity import catalogue
+from safecity.citygen import generate
 from safecity.readings import event_model, format_ts, reading_model
-from safecity.registry import City, Device, generate
+from safecity.registry import City, Device
 from simulators import events as ev
 from simulators import generators as g
 from simulators.climate import climate_at

@@ -11,7 +11,7 @@ from functools import cache
 
 import pytest
 
-from safecity import registry
+from safecity import citygen, registry
 from safecity.registry import City
 from simulators.report import BEGIN, END, README, table
 from simulators.shapes import Figure, measure
@@ -56,7 +56,7 @@ PROPERTIES = (
 
 
 def city(name: str) -> City:
-    return registry.default_city() if name == "tashkent" else registry.generate(name, 300, 3)
+    return registry.default_city() if name == "tashkent" else citygen.generate(name, 300, 3)
 
 
 @cache
