@@ -7,6 +7,7 @@ import contextlib
 import signal
 import sys
 import tempfile
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -109,19 +110,28 @@ def simulate(settings: SimulatorSettings, explicit: set[str]) -> int:
             _report(run_processes(settings, incidents))
         return 0
 
+    async def fleet(stop: asyncio.Event) -> None:
+        _report(await run(settings, city, stop=stop, incidents=incidents))
+
+    return _serve(settings, fleet)
+
+
+def _serve(settings: SimulatorSettings, body: Callable[[asyncio.Event], Awaitable[None]]) -> int:
+    """Run `body` until it ends or SIGINT/SIGTERM sets its stop event, with the
+    simulator's /metrics and /healthz served meanwhile (operators, compose health checks)."""
+
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        # /metrics (published counts) and /healthz for operators and compose health checks.
         health = HealthServer(
             settings.simulator_metrics_host, settings.simulator_metrics_port, lambda: True
         )
         if settings.simulator_metrics_port:
             await health.start()
         try:
-            _report(await run(settings, city, stop=stop, incidents=incidents))
+            await body(stop)
         finally:
             await health.stop()
 
@@ -140,16 +150,7 @@ def simulate_cities(settings: SimulatorSettings, cities: Cities) -> int:
     start = settings.start or datetime.now(UTC)
     per_city = settings.model_copy(update={"start": start, "ledger": None})
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        health = HealthServer(
-            settings.simulator_metrics_host, settings.simulator_metrics_port, lambda: True
-        )
-        if settings.simulator_metrics_port:
-            await health.start()
+    async def fleets(stop: asyncio.Event) -> None:
         ledger = LedgerWriter(settings.ledger) if settings.ledger is not None else None
         try:
             results = await asyncio.gather(
@@ -160,8 +161,5 @@ def simulate_cities(settings: SimulatorSettings, cities: Cities) -> int:
         finally:
             if ledger is not None:
                 ledger.close()
-            await health.stop()
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main())
-    return 0
+    return _serve(settings, fleets)
