@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from broker import certs, emqx, identity
+from broker import certs, config, emqx, identity
 from broker.bridge import bridge_username, render_bridge
 from broker.dynsec import DYNSEC_FILE, DynsecAdmin
 from broker.identity import CredentialStore, Role
@@ -231,7 +231,7 @@ def cmd_broker_config(args: argparse.Namespace) -> int:
     if args.template is None:
         raise ConfigError("broker config --target mosquitto needs --template")
     template = args.template.read_text(encoding="utf-8")
-    text = identity.render_container_config(template)
+    text = config.render_container_config(template)
     if args.bridge is not None:
         text = text.rstrip("\n") + "\n" + "\n".join(_bridge_lines(args)) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -29,11 +29,9 @@ from safecity.secrets import read_secrets
 from safecity.topics import IDENTIFIER
 
 from .dynsec import (
-    CONTAINER_PLUGIN,
     DYNSEC_FILE,
     DynsecClient,
     device_commands,
-    find_plugin,
     render_dynsec,
 )
 
@@ -47,7 +45,6 @@ __all__ = [
     "hash_password",
     "read_secrets",
     "reload_broker",
-    "render_secure_config",
     "service_username",
     "validate_username",
     "verify_password",
@@ -493,102 +490,3 @@ class LocalIdentities:
         if account is None or not account.active or username not in self.secrets:
             raise ConfigError(f"no active account {username!r} on this broker")
         return self.secrets[username]
-
-
-# --- secure broker config -----------------------------------------------------------
-
-_TLS_LISTENER_RE = re.compile(r"^\s*listener\s+8883\b")
-_LISTENER_OPTION_RE = re.compile(r"^\s*#?\s*[a-z_0-9.]+\s")
-_KEY_RE = re.compile(
-    r"^\s*#?\s*(plugin|plugin_opt_config_file|cafile|certfile|keyfile|crlfile|pid_file|"
-    r"require_certificate|use_identity_as_username)\s"
-)
-
-
-def render_secure_config(
-    template: str,
-    *,
-    dynsec_file: Path,
-    pid_file: Path,
-    plugin: str | None = None,
-    tls_port: int | None = None,
-    tls_host: str = "127.0.0.1",
-    cafile: Path | None = None,
-    certfile: Path | None = None,
-    keyfile: Path | None = None,
-    mutual_tls: bool = False,
-    crlfile: Path | None = None,
-) -> str:
-    """Point broker/mosquitto.conf at local files; control.stack then adapts the rest.
-
-    The plain listener stays the template's first `listener` (stack.render_mosquitto_conf
-    binds it to loopback); the TLS listener (`listener 8883`) moves to tls_host:tls_port,
-    or is dropped with its options when tls_port is None. `plugin`: the dynamic-security
-    plugin's path on this host (default: found where Debian or the image installs it).
-    """
-    values: dict[str, str | None] = {
-        "plugin": plugin if plugin is not None else find_plugin(),
-        "plugin_opt_config_file": str(dynsec_file),
-        "pid_file": str(pid_file),
-        "cafile": str(cafile) if cafile else None,
-        "certfile": str(certfile) if certfile else None,
-        "keyfile": str(keyfile) if keyfile else None,
-        "crlfile": str(crlfile) if crlfile and mutual_tls else None,
-        "require_certificate": "true" if mutual_tls else None,
-        "use_identity_as_username": "true" if mutual_tls else None,
-    }
-    if tls_port is not None and not (cafile and certfile and keyfile):
-        raise ConfigError("a TLS listener needs cafile, certfile and keyfile")
-    out: list[str] = []
-    in_tls = False
-    for line in template.splitlines():
-        if _TLS_LISTENER_RE.match(line):
-            in_tls = True
-            if tls_port is not None:
-                out.append(f"listener {tls_port} {tls_host}")
-            continue
-        if in_tls and tls_port is None and _LISTENER_OPTION_RE.match(line):
-            # Options after a dropped listener would attach to the plain one.
-            continue
-        match = _KEY_RE.match(line)
-        if match is None:
-            out.append(line)
-            continue
-        key = match.group(1)
-        value = values[key]
-        if value is None:
-            # Keep a disabled option visibly disabled.
-            out.append(line if line.lstrip().startswith("#") else f"# {line.strip()}")
-        else:
-            out.append(f"{key} {value}")
-    return "\n".join(out) + "\n"
-
-
-CONTAINER_CONFIG_DIR = Path("/mosquitto/config")
-CONTAINER_CERTS_DIR = Path("/mosquitto/certs")
-_PLAIN_LISTENER_RE = re.compile(r"^\s*listener\s+1883\b.*$")
-
-
-def render_container_config(template: str) -> str:
-    """broker/mosquitto.conf as the eclipse-mosquitto container of docker compose runs it.
-
-    The plain listener listens on the compose network (never published to the host; the
-    services reach `mosquitto:1883`), TLS on 8883 for devices outside; the accounts
-    (dynamic-security config) and certificates come from the volumes the provisioning
-    step fills; logs go to stdout for `docker compose logs`.
-    """
-    text = render_secure_config(
-        template,
-        dynsec_file=CONTAINER_CONFIG_DIR / DYNSEC_FILE,
-        plugin=CONTAINER_PLUGIN,
-        pid_file=Path("/mosquitto/data/mosquitto.pid"),
-        tls_port=8883,
-        tls_host="0.0.0.0",
-        cafile=CONTAINER_CERTS_DIR / "ca.crt",
-        certfile=CONTAINER_CERTS_DIR / "server.crt",
-        keyfile=CONTAINER_CERTS_DIR / "server.key",
-    )
-    lines = [
-        "listener 1883" if _PLAIN_LISTENER_RE.match(line) else line for line in text.splitlines()
-    ]
-    return "\n".join(["log_dest stdout", *lines]) + "\n"

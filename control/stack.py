@@ -20,6 +20,7 @@ from broker.config import (
     DEFAULT_MOSQUITTO_CONF,
     current_user,
     render_mosquitto_conf,
+    render_secure_config,
     require_no_anonymous,
 )
 from broker.dynsec import DynsecAdmin
@@ -28,7 +29,6 @@ from broker.identity import (
     LocalIdentities,
     Role,
     reload_broker,
-    render_secure_config,
     service_username,
     write_secrets,
 )

@@ -10,11 +10,11 @@ from pathlib import Path
 
 from brokerkit import SECURE_TEMPLATE
 
+from broker.config import render_secure_config
 from broker.identity import (
     CredentialStore,
     Role,
     hash_password,
-    render_secure_config,
     verify_password,
 )
 from broker.settings import SecuritySettings
