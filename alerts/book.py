@@ -10,15 +10,10 @@ transition log at start, so a restart neither re-fires nor forgets.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime
 
 from alerts.engine import Clear, Signal
 from safecity import incidents as inc
-from safecity.readings import epoch_ms
-
-
-def _dt(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms // 1000, UTC).replace(microsecond=(ms % 1000) * 1000)
+from safecity.readings import epoch_ms, from_epoch_ms
 
 
 class Book:
@@ -53,7 +48,7 @@ class Book:
             severity=severity,
             place=signal.place,
             devices=signal.devices,
-            opened_at=_dt(signal.at_ms),
+            opened_at=from_epoch_ms(signal.at_ms),
             value=signal.value,
             message=rule.message,
             event=signal.event,
@@ -69,7 +64,7 @@ class Book:
         if current is None:
             return None
         return inc.advance(
-            current, inc.State.RESOLVED, "alerts", _dt(clear.at_ms), "condition cleared"
+            current, inc.State.RESOLVED, "alerts", from_epoch_ms(clear.at_ms), "condition cleared"
         )
 
     def forget(self, incident: inc.Incident) -> None:

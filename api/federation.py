@@ -49,7 +49,7 @@ from safecity import incidents as inc
 from safecity.errors import MqttError, SafecityError, StorageError
 from safecity.influx import InfluxClient, quote_ident
 from safecity.mqtt import MqttClient
-from safecity.readings import format_ts
+from safecity.readings import format_ts, from_epoch_ms, truncate_ms
 from safecity.registry import City, Device
 from safecity.settings import MqttSettings
 
@@ -62,11 +62,6 @@ DELIVERY_STATEMENT = (
 )
 
 
-def _ms(at: datetime) -> datetime:
-    """`at` truncated to the millisecond (the contract's precision)."""
-    return at.replace(microsecond=at.microsecond // 1000 * 1000)
-
-
 def closed_intervals(after_ms: int, now: datetime, cfg: FederationSettings) -> list[TimeRange]:
     """The epoch-aligned intervals that start at or after `after_ms` and closed `delay` ago."""
     step = round(cfg.interval * 1000)
@@ -76,8 +71,8 @@ def closed_intervals(after_ms: int, now: datetime, cfg: FederationSettings) -> l
     for start in range(first, last_end, step):
         out.append(
             TimeRange(
-                datetime.fromtimestamp(start / 1000, UTC),
-                datetime.fromtimestamp((start + step) / 1000, UTC),
+                from_epoch_ms(start),
+                from_epoch_ms(start + step),
             )
         )
     return out[-cfg.max_backlog :]
@@ -87,9 +82,7 @@ def latest_closed(now: datetime, cfg: FederationSettings) -> TimeRange:
     """The newest interval the publisher would have published by `now`."""
     step = round(cfg.interval * 1000)
     end = (int((now.timestamp() - cfg.delay) * 1000) // step) * step
-    return TimeRange(
-        datetime.fromtimestamp((end - step) / 1000, UTC), datetime.fromtimestamp(end / 1000, UTC)
-    )
+    return TimeRange(from_epoch_ms(end - step), from_epoch_ms(end))
 
 
 # --- the indicators ------------------------------------------------------------------
@@ -197,7 +190,7 @@ def scope_message(
         district=district,
         name=name,
         interval=fed.Interval(start=window.start, end=window.end),
-        generated_at=_ms(generated_at),
+        generated_at=truncate_ms(generated_at),
         air_quality=fed.AirQuality.model_validate(fit(view["air_quality"], fed.AirQuality)),
         traffic=fed.Traffic.model_validate(fit(view["traffic"], fed.Traffic)),
         noise=fed.Noise.model_validate(fit(view["noise"], fed.Noise)),
@@ -225,7 +218,7 @@ def segment_message(
         city=city.id,
         segment=segment.id,
         interval=fed.Interval(start=snap.window.start, end=snap.window.end),
-        generated_at=_ms(generated_at),
+        generated_at=truncate_ms(generated_at),
         length_km=segment.length_km,
         speed_kmh=None if value is None else max(0.0, min(value, 400.0)),
         travel_time_s=travel,

@@ -42,11 +42,10 @@ from api.settings import ApiSettings
 from safecity import catalogue
 from safecity import incidents as inc
 from safecity.influx import InfluxClient, quote_ident
-from safecity.readings import format_ts
+from safecity.readings import format_epoch_ms, format_ts
 from safecity.registry import City, Device
 from safecity.schema import DEVICE_STATUS, EVENTS, source
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Window means fetched per device, by kind.
 MEAN_FIELDS: dict[str, tuple[str, ...]] = {
     "air_quality": ("pm25", "pm10", "no2", "o3", "so2", "co"),
@@ -67,10 +66,6 @@ INCIDENT_SOURCE = (
     "before the window's end and not resolved by then, as GET /v1/incidents lists them"
 )
 INCIDENT_LOOKBACK = timedelta(days=7)
-
-
-def _ts(ms: int) -> str:
-    return format_ts(_EPOCH + timedelta(milliseconds=ms))
 
 
 @dataclass
@@ -224,7 +219,7 @@ class Scope:
             unit=unit,
             devices=len(ids),
             expected=len(self.by_kind.get(kind, ())),
-            newest=_ts(newest) if newest is not None else None,
+            newest=format_epoch_ms(newest) if newest is not None else None,
             age_s=None if newest is None else round((self.snap.window.end_ms - newest) / 1000, 3),
         )
 

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from api.errors import bad_param
 from api.models import Window
 from api.settings import ApiSettings
-from safecity.readings import format_ts
+from safecity.readings import epoch_ms, format_ts, truncate_ms
 
 _EVERY = re.compile(r"^([1-9][0-9]{0,6})(s|m|h|d)$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
@@ -41,12 +41,12 @@ class TimeRange:
     @property
     def start_ms(self) -> int:
         """Start, epoch ms."""
-        return int(self.start.timestamp() * 1000)
+        return epoch_ms(self.start)
 
     @property
     def end_ms(self) -> int:
         """End, epoch ms."""
-        return int(self.end.timestamp() * 1000)
+        return epoch_ms(self.end)
 
     def params(self) -> dict[str, str]:
         """The bound parameters `$from` and `$to` (RFC 3339, ms)."""
@@ -89,17 +89,13 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _ms(value: datetime) -> datetime:
-    return value.replace(microsecond=value.microsecond // 1000 * 1000)
-
-
 def _clamp(value: datetime) -> datetime:
     return min(max(value, _EARLIEST), _LATEST)
 
 
 def now() -> datetime:
     """The current time in UTC, to the millisecond (what InfluxDB keeps)."""
-    return _ms(datetime.now(UTC))
+    return truncate_ms(datetime.now(UTC))
 
 
 def time_range(
@@ -112,13 +108,13 @@ def time_range(
     was covered): `to` defaults to now and `from` to `to - default`; both are held
     within 1970..2200; a `from` not before `to` is an empty window; a window longer
     than `max_range` keeps its newest `max_range`."""
-    to = _ms(_clamp(_utc(end))) if end is not None else now()
-    frm = _ms(_clamp(_utc(start) if start is not None else to - default))
+    to = truncate_ms(_clamp(_utc(end))) if end is not None else now()
+    frm = truncate_ms(_clamp(_utc(start) if start is not None else to - default))
     if frm >= to:
         return TimeRange(frm, frm)
     longest = timedelta(seconds=settings.max_range)
     if to - frm > longest:
-        frm = _ms(to - longest)
+        frm = truncate_ms(to - longest)
     return TimeRange(frm, to)
 
 

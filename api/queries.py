@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from safecity import catalogue
 from safecity.influx import InfluxClient, quote_ident
-from safecity.readings import format_ts
+from safecity.readings import format_epoch_ms
 from safecity.registry import Device
 from safecity.schema import EVENTS, READING_TAGS, measurement_of, source
 
 FieldValue = float | int | bool | str
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NOT_VALUES = frozenset({"time", "seq", *READING_TAGS})
 
 LATEST_READING = (
@@ -44,7 +42,7 @@ class StoredReading:
     @property
     def ts(self) -> str:
         """The timestamp as RFC 3339 UTC with milliseconds."""
-        return format_ts(_EPOCH + timedelta(milliseconds=self.ts_ms))
+        return format_epoch_ms(self.ts_ms)
 
 
 def _coerce(kind: str, name: str, value: Any) -> FieldValue:

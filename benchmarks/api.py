@@ -44,7 +44,7 @@ from api.overview import (
 from api.queries import series_statement
 from control.stack import Influxd, ManagedProcess, free_port
 from safecity import citygen, registry
-from safecity.readings import format_ts
+from safecity.readings import epoch_ms, format_ts
 from safecity.registry import City, Device
 
 CONCURRENCY = 4
@@ -92,7 +92,7 @@ def load(
     """Write `hours` of 1-min readings for every device; return (points, seconds)."""
     rng = random.Random(7)
     minutes = int(hours * 60)
-    start_ms = int(end.timestamp() * 1000) - minutes * 60_000
+    start_ms = epoch_ms(end) - minutes * 60_000
     heads = [
         f"{d.kind},city={city.id},district={d.district},device_id={d.id} " for d in city.devices
     ]

@@ -57,7 +57,7 @@ from safecity.acks import Ack
 from safecity.influx import InfluxClient
 from safecity.ledger import LedgerEntry, LedgerWriter
 from safecity.mqtt import NOT_SENT, Incoming
-from safecity.readings import format_ts
+from safecity.readings import epoch_ms, format_ts
 from safecity.registry import Device, default_city
 from safecity.settings import InfluxSettings
 from simulators.generators import generate
@@ -97,7 +97,7 @@ def readings(count: int, seed: int) -> list[Reading]:
                 topics.telemetry_topic(CITY.id, device.district, device.kind, device.id),
                 json.dumps(body, separators=(",", ":")).encode(),
                 seq,
-                int(ts.timestamp() * 1000),
+                epoch_ms(ts),
                 values,
             )
         )

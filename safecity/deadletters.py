@@ -18,6 +18,7 @@ from pathlib import Path
 from safecity import topics
 from safecity.appendlog import AppendedLines
 from safecity.errors import TopicError
+from safecity.readings import epoch_ms
 
 STORE_NAME = "deadletters.jsonl"
 
@@ -45,7 +46,7 @@ class DeadLetterIndex:
             record = json.loads(line)
             reason = str(record["reason"])
             parsed = topics.parse(str(record["topic"]))
-            at = int(datetime.fromisoformat(str(record["received_at"])).timestamp() * 1000)
+            at = epoch_ms(datetime.fromisoformat(str(record["received_at"])))
         except (ValueError, KeyError, TypeError, TopicError):
             return  # not about a device (or not a record): nothing to attribute
         if isinstance(parsed, topics.DeviceTopic):

@@ -28,14 +28,20 @@ import msgspec
 from safecity import catalogue
 from safecity.catalogue import Quantity
 from safecity.lineprotocol import field_key
-from safecity.readings import _MAX_EPOCH_MS, MAX_PAYLOAD_BYTES, MAX_SEQ, _to_utc, epoch_ms
+from safecity.readings import (
+    _MAX_EPOCH_MS,
+    EPOCH,
+    MAX_PAYLOAD_BYTES,
+    MAX_SEQ,
+    _to_utc,
+    epoch_ms,
+)
 
 __all__ = ["TelemetryLines", "decode_telemetry", "telemetry_lines", "window_ms"]
 
 _SEQ = Annotated[int, msgspec.Meta(ge=0, le=MAX_SEQ)]
 # The usual spelling (ms and Z); anything else the contract allows goes through `_to_utc`.
 _CANONICAL_TS = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 _US = timedelta(microseconds=1)
 _FROM_ISO = datetime.fromisoformat
@@ -48,8 +54,8 @@ def window_ms(now: datetime | None, past: timedelta, future: timedelta) -> tuple
     """The epoch-ms bounds [low, high] of the contract's window `now - past <= ts <= now +
     future` for a millisecond timestamp (exact: computed in microseconds)."""
     current = now or datetime.now(UTC)
-    low_us = (current - past - _EPOCH) // _US
-    high_us = (current + future - _EPOCH) // _US
+    low_us = (current - past - EPOCH) // _US
+    high_us = (current + future - EPOCH) // _US
     return -(-low_us // 1000), high_us // 1000
 
 
@@ -164,7 +170,7 @@ class TelemetryLines:
         if type(ts) is str:
             if _CANONICAL_TS.fullmatch(ts) is not None:
                 try:
-                    ts_ms = (_FROM_ISO(ts) - _EPOCH) // _MS
+                    ts_ms = (_FROM_ISO(ts) - EPOCH) // _MS
                 except ValueError:
                     return None
             else:

@@ -25,7 +25,7 @@ from safecity.catalogue import Severity
 from safecity.errors import IncidentError, TransitionError
 from safecity.influx import InfluxClient
 from safecity.lineprotocol import FieldValue, Point, encode_many
-from safecity.readings import Timestamp, epoch_ms, format_ts
+from safecity.readings import Timestamp, epoch_ms, format_ts, from_epoch_ms, truncate_ms
 from safecity.schema import ALERTS as _ALERTS
 from safecity.schema import INCIDENT_TRANSITIONS, retention_policy_of, source
 
@@ -310,7 +310,7 @@ def _from_rows(rows: Iterable[dict[str, Any]]) -> dict[str, Incident]:
             severity=Severity(first["severity"]),
             place=first.get("place") or "",
             devices=tuple(d for d in (first.get("devices") or "").split(",") if d),
-            opened_at=_dt(int(first["opened_at_ms"])),
+            opened_at=from_epoch_ms(int(first["opened_at_ms"])),
             value=None if value is None else float(value),
             message=first.get("message") or "",
             event=first.get("event") or None,
@@ -320,7 +320,7 @@ def _from_rows(rows: Iterable[dict[str, Any]]) -> dict[str, Incident]:
                     seq=0,
                     state=State.OPEN,
                     from_state=None,
-                    at=_dt(int(first["time"])),
+                    at=from_epoch_ms(int(first["time"])),
                     by=first.get("by") or "alerts",
                     note=first.get("note") or "",
                 ),
@@ -334,17 +334,13 @@ def _from_rows(rows: Iterable[dict[str, Any]]) -> dict[str, Incident]:
                     incident,
                     row["state"],
                     row.get("by") or "unknown",
-                    _dt(int(row["time"])),
+                    from_epoch_ms(int(row["time"])),
                     row.get("note") or "",
                 )
             except TransitionError:
                 continue
         out[ident] = incident
     return out
-
-
-def _dt(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms // 1000, UTC).replace(microsecond=(ms % 1000) * 1000)
 
 
 class IncidentStore:
@@ -423,7 +419,7 @@ class IncidentStore:
         incident = await self.get(ident)
         if at is None:
             now = datetime.now(UTC)
-            at = now.replace(microsecond=now.microsecond // 1000 * 1000)  # the log keeps ms
+            at = truncate_ms(now)  # the log keeps ms
         updated = advance(incident, state, by, at, note)
         await self.append([transition_point(updated, updated.transitions[-1])])
         return updated

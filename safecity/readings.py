@@ -38,7 +38,7 @@ DEFAULT_FUTURE_WINDOW = timedelta(minutes=5)
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|\+00:00)")
 # Epoch ms range that datetime can represent with margin: years 1970..9999.
 _MAX_EPOCH_MS = 253_402_300_799_000
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class RejectReason(StrEnum):
@@ -71,7 +71,7 @@ def _to_utc(value: Any) -> Any:
     if isinstance(value, int):
         if not 0 <= value <= _MAX_EPOCH_MS:
             raise ValueError("ts epoch milliseconds out of range")
-        return datetime.fromtimestamp(value / 1000, UTC).replace(microsecond=(value % 1000) * 1000)
+        return from_epoch_ms(value)
     if isinstance(value, str):
         if _RFC3339.fullmatch(value) is None:
             raise ValueError("ts must be RFC 3339 in UTC, e.g. 2026-01-15T06:00:00.000Z")
@@ -97,8 +97,23 @@ def format_ts(value: datetime) -> str:
 
 def epoch_ms(value: datetime) -> int:
     """Milliseconds since the epoch of an aware datetime."""
-    delta = value - _EPOCH
+    delta = value - EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
+
+def from_epoch_ms(ms: int) -> datetime:
+    """The aware UTC datetime of epoch milliseconds; exact, the inverse of `epoch_ms`."""
+    return EPOCH + timedelta(milliseconds=ms)
+
+
+def format_epoch_ms(ms: int) -> str:
+    """Epoch milliseconds as RFC 3339 UTC with milliseconds and a Z."""
+    return format_ts(from_epoch_ms(ms))
+
+
+def truncate_ms(value: datetime) -> datetime:
+    """`value` truncated to the millisecond (the contract's precision)."""
+    return value.replace(microsecond=value.microsecond // 1000 * 1000)
 
 
 Timestamp = Annotated[

@@ -16,14 +16,22 @@ from datetime import UTC, datetime
 from typing import Any
 
 from safecity import catalogue
-from safecity.readings import Status, epoch_ms, event_model, format_ts, reading_model
+from safecity.readings import (
+    Status,
+    epoch_ms,
+    event_model,
+    format_epoch_ms,
+    format_ts,
+    from_epoch_ms,
+    reading_model,
+)
 from safecity.registry import Device
 from safecity.topics import Channel, event_topic, status_topic, telemetry_topic
 from simulators.events import EventDraft, maybe_event
 from simulators.faults import REJECTS, DeviceFaults, malformed, rogue_id
 from simulators.generators import Values, generate, profile_of
 from simulators.incidents import Scene
-from simulators.outgoing import Outgoing, from_ms, seq_base
+from simulators.outgoing import Outgoing, seq_base
 from simulators.sites import Profile
 from simulators.timebase import device_rng
 
@@ -80,7 +88,7 @@ class DeviceSim:
 
     def status(self, ts_ms: int, state: str, reason: str | None = None) -> Outgoing:
         """A status message (birth: online; will/farewell: offline)."""
-        body: dict[str, Any] = {"ts": format_ts(from_ms(ts_ms)), "state": state}
+        body: dict[str, Any] = {"ts": format_epoch_ms(ts_ms), "state": state}
         if reason is not None:
             body["reason"] = reason
         payload = Status.model_validate(body).to_payload()
@@ -113,7 +121,7 @@ class DeviceSim:
             self._reading_ms = self.start_ms + self._offset_ms
         else:
             self._reading_ms = ts_ms + self.cadence_ms
-        t = from_ms(ts_ms)
+        t = from_epoch_ms(ts_ms)
         values = generate(self.profile, self._rng, t)
         drafts: list[EventDraft] = []
         draft = maybe_event(self.profile, self._rng, t, self.cadence_s)
@@ -136,7 +144,7 @@ class DeviceSim:
 
     def _events(self, ts_ms: int, drafts: list[EventDraft]) -> list[Outgoing]:
         out: list[Outgoing] = []
-        t = from_ms(ts_ms)
+        t = from_epoch_ms(ts_ms)
         for draft in drafts:
             ts = format_ts(t)
             event = event_model(draft.type).model_validate(
@@ -164,7 +172,7 @@ class DeviceSim:
 
     def _good(self, ts_ms: int, values: Values, fault: str | None = None) -> Outgoing:
         reading = self._model.model_validate(
-            {"ts": format_ts(from_ms(ts_ms)), "seq": self.seq, "values": values}
+            {"ts": format_epoch_ms(ts_ms), "seq": self.seq, "values": values}
         )
         message = Outgoing(
             self.device.id, self.kind, Channel.TELEMETRY, self.telemetry_topic, ts_ms, self.seq,
@@ -205,7 +213,7 @@ class DeviceSim:
             else:
                 return [good]
             return [replace(good, topic=topic, values=None, intended_reason=REJECTS[fault])]
-        ts = format_ts(from_ms(ts_ms))
+        ts = format_epoch_ms(ts_ms)
         payload = malformed(fault, self.kind, ts, self.seq, values, rng)
         message = Outgoing(
             self.device.id, self.kind, Channel.TELEMETRY, self.telemetry_topic, ts_ms, self.seq,
@@ -246,4 +254,4 @@ def check_start(start: datetime) -> datetime:
     if start.tzinfo is None or start.utcoffset() is None:
         raise ValueError("start must be a timezone-aware datetime")
     # Millisecond precision, as on the wire.
-    return from_ms(epoch_ms(start.astimezone(UTC)))
+    return from_epoch_ms(epoch_ms(start.astimezone(UTC)))

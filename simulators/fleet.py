@@ -31,7 +31,7 @@ from safecity import registry
 from safecity.errors import ConfigError
 from safecity.ledger import LedgerWriter
 from safecity.mqtt import NOT_SENT, Will
-from safecity.readings import epoch_ms, format_ts
+from safecity.readings import epoch_ms, format_ts, from_epoch_ms
 from safecity.registry import City
 from safecity.secrets import read_secrets
 from safecity.topics import Channel, ack_topic
@@ -45,7 +45,6 @@ from simulators.outgoing import (
     Outgoing,
     Recorder,
     Sent,
-    from_ms,
     ledger_entry,
     ledger_path,
     seq_base,
@@ -64,7 +63,6 @@ __all__ = [
     "Recorder",
     "Sent",
     "device_messages",
-    "from_ms",
     "ledger_entry",
     "ledger_path",
     "run",
@@ -311,7 +309,7 @@ async def _pump(
             )
             messages = []
         heapq.heapreplace(heap, (sim.next_ms, i))
-        stats.sim_last = from_ms(due_ms)
+        stats.sim_last = from_epoch_ms(due_ms)
         for message in messages:
             submit(message)
         since_yield += 1

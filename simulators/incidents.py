@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 
 from safecity import catalogue
+from safecity.readings import from_epoch_ms
 from safecity.registry import City, Device
 from simulators.climate import climate_of
 from simulators.events import Detail, EventDraft
@@ -192,7 +193,7 @@ class Scene:
                 _mass_event(kind, out, reach, incident, on, t_ms)
             elif incident.type in ("pollution_episode", "inversion"):
                 # The weather's own build-up already counts towards the episode's factor.
-                stagnation = weather(_at(t_ms), self.climate).stagnation
+                stagnation = weather(from_epoch_ms(t_ms), self.climate).stagnation
                 _pollution(kind, out, reach, incident, t_ms, stagnation)
             elif incident.type == "gunshot" and on and kind == "noise":
                 rounds_db = 112.0 - 20.0 * math.log10(max(1.0, (1.0 - reach) * 40.0))
@@ -393,10 +394,6 @@ def pollution_ramp(incident: Incident, t_ms: int) -> float:
         return built
     decay = math.exp(-(t_ms - incident.end_ms) / (20.0 * _MIN_MS))
     return built * decay if decay > 0.02 else 0.0
-
-
-def _at(t_ms: int) -> datetime:
-    return datetime.fromtimestamp(t_ms / 1000.0, UTC)
 
 
 def _pollution(

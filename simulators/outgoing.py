@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +32,6 @@ PUBLISHED = Counter(
 
 SEQ_PER_MS = 1000
 """A device's seq starts at epoch_ms(start) * SEQ_PER_MS."""
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def from_ms(ms: int) -> datetime:
-    """An aware UTC datetime from epoch milliseconds."""
-    return _EPOCH + timedelta(milliseconds=ms)
 
 
 def seq_base(start: datetime) -> int:

@@ -93,12 +93,12 @@ class Clock:
         return (self.month, self.day) in {(1, 1), (3, 21), (9, 1)}
 
 
-_EPOCH_ORDINAL = 719_163  # date(1970, 1, 1).toordinal()
+EPOCH_ORDINAL = 719_163  # date(1970, 1, 1).toordinal()
 
 
 @lru_cache(maxsize=4096)
 def _date_parts(local_day: int) -> tuple[int, int, int, float]:
-    d = date.fromordinal(local_day + _EPOCH_ORDINAL)
+    d = date.fromordinal(local_day + EPOCH_ORDINAL)
     doy = d.timetuple().tm_yday
     return doy, d.month, d.day, (1.0 + math.cos(TWO_PI * (doy - 15) / YEAR_DAYS)) / 2.0
 

@@ -27,9 +27,8 @@ from datetime import UTC, date, datetime
 from functools import lru_cache
 
 from simulators.climate import Climate, Months
-from simulators.timebase import TWO_PI, clamp, clock, smooth, stable_int, unit
+from simulators.timebase import EPOCH_ORDINAL, TWO_PI, clamp, clock, smooth, stable_int, unit
 
-_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 _SQRT2 = math.sqrt(2.0)
 _WARMUP_DAYS = 60
 _SPELL_MAX_DAYS = 9
@@ -92,7 +91,7 @@ _LENGTHS = {"anticyclone": (3, 7), "heat": (3, 8), "dust": (1, 3), "front": (1, 
 
 
 def _spell_start(c: Climate, key: int, d: int) -> tuple[str, int] | None:
-    doy = float(date.fromordinal(d + _EPOCH_ORDINAL).timetuple().tm_yday)
+    doy = float(date.fromordinal(d + EPOCH_ORDINAL).timetuple().tm_yday)
     u = unit(key, d)
     acc = 0.0
     for name, rate in zip(("anticyclone", "heat", "dust", "front"), _rates(c, doy), strict=True):
@@ -125,8 +124,8 @@ def year_days(c: Climate, year: int) -> tuple[Day, ...]:
 def _year_of(key: str, year: int) -> tuple[Day, ...]:
     # A warm-up before 1 January so the AR states match across years.
     c = _climates[key]
-    d0 = date(year, 1, 1).toordinal() - _EPOCH_ORDINAL
-    n = date(year + 1, 1, 1).toordinal() - _EPOCH_ORDINAL - d0
+    d0 = date(year, 1, 1).toordinal() - EPOCH_ORDINAL
+    n = date(year + 1, 1, 1).toordinal() - EPOCH_ORDINAL - d0
     k_spell, k_t, k_wet, k_amt, k_wind = (stable_int("climate", c.key, s) for s in "swatv")
     x_t = z_wet = z_wind = 0.0
     stag = 1.0
@@ -224,7 +223,7 @@ def _normal(key: int, d: int) -> float:
 
 def day(c: Climate, local_day: int) -> Day:
     """The weather of local day `local_day` (days since 1970-01-01, local date)."""
-    when = date.fromordinal(local_day + _EPOCH_ORDINAL)
+    when = date.fromordinal(local_day + EPOCH_ORDINAL)
     return year_days(c, when.year)[when.timetuple().tm_yday - 1]
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request
@@ -32,7 +32,7 @@ from api.routes.common import (
     window_key,
 )
 from safecity import catalogue
-from safecity.readings import format_ts
+from safecity.readings import format_epoch_ms
 from safecity.registry import City, geojson
 
 router = APIRouter(prefix="/v1/cities", tags=["cities"])
@@ -206,9 +206,5 @@ async def get_city_series(
         agg=agg,
         every_s=every_s,
         window=window.model(),
-        points=[SeriesPoint(ts=_ts(t), value=v) for t, v in points],
+        points=[SeriesPoint(ts=format_epoch_ms(t), value=v) for t, v in points],
     )
-
-
-def _ts(ms: int) -> str:
-    return format_ts(datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms))

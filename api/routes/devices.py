@@ -16,7 +16,7 @@ from api.overview import device_state
 from api.params import bucket, time_range
 from api.queries import latest_reading, series
 from api.responses import STORAGE, errors
-from api.routes.cities import _ts, check_series, unit_of
+from api.routes.cities import check_series, unit_of
 from api.routes.common import (
     CITY_QUERY,
     Agg,
@@ -33,6 +33,7 @@ from api.routes.common import (
 )
 from api.routes.common import OVERVIEW_WINDOW as STATUS_WINDOW
 from safecity import catalogue
+from safecity.readings import format_epoch_ms
 from safecity.registry import Device
 
 router = APIRouter(prefix="/v1/devices", tags=["devices"])
@@ -119,7 +120,7 @@ def _with_status(city_id: str, device: Device, status: str, seen: int | None) ->
     return DeviceStatusOut(
         **DeviceOut.of(city_id, device).model_dump(),
         status=status,
-        last_seen=_ts(seen) if seen is not None else None,
+        last_seen=format_epoch_ms(seen) if seen is not None else None,
     )
 
 
@@ -181,5 +182,5 @@ async def get_device_history(
         agg=agg,
         every_s=every_s,
         window=window.model(),
-        points=[SeriesPoint(ts=_ts(t), value=v) for t, v in points],
+        points=[SeriesPoint(ts=format_epoch_ms(t), value=v) for t, v in points],
     )

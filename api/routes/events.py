@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -16,7 +16,6 @@ from api.models import Delivery, EventOut, EventPage
 from api.params import TimeRange, time_range
 from api.queries import event_details, events, stored_counts
 from api.responses import STORAGE, errors
-from api.routes.cities import _ts
 from api.routes.common import (
     CITY_QUERY,
     EVENT_TYPES,
@@ -30,7 +29,7 @@ from api.routes.common import (
 from api.security import require
 from safecity.deadletters import DeadLetterIndex
 from safecity.influx import InfluxClient
-from safecity.readings import format_ts
+from safecity.readings import format_epoch_ms, format_ts, from_epoch_ms
 from safecity.registry import City
 
 router = APIRouter(prefix="/v1/events", tags=["events"])
@@ -49,11 +48,6 @@ Cursor = Annotated[
 # Events sharing one millisecond are never split across pages; a page holds at most
 # this many of them (a burst larger than that is cut, and `next_cursor` moves past it).
 MAX_TIE = 10_000
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _at(ms: int) -> datetime:
-    return _EPOCH + timedelta(milliseconds=ms)
 
 
 def event_filters(
@@ -92,7 +86,7 @@ async def page_events(
 ) -> tuple[list[dict[str, Any]], int | None]:
     """Up to `limit` event rows of the window before `before_ms`, newest first, and the
     exclusive end of the next page (None: this was the last)."""
-    end = window.end if before_ms is None else min(window.end, _at(before_ms))
+    end = window.end if before_ms is None else min(window.end, from_epoch_ms(before_ms))
     if end <= window.start:
         return [], None
     params = {"city": city.id, "from": format_ts(window.start), "to": format_ts(end), **filters}
@@ -103,7 +97,7 @@ async def page_events(
         rows = [r for r in rows[:limit] if int(r["time"]) > boundary]
         next_end = boundary + 1
         if not rows:  # the whole page is one millisecond: take all of it
-            tie = {**params, "from": format_ts(_at(boundary)), "to": format_ts(_at(boundary + 1))}
+            tie = {**params, "from": format_epoch_ms(boundary), "to": format_epoch_ms(boundary + 1)}
             rows = await events(influx, tie, tuple(filters), MAX_TIE)
             next_end = boundary
     rows.sort(key=lambda r: (-int(r["time"]), str(r["device_id"]), int(r.get("seq") or 0)))
@@ -113,7 +107,7 @@ async def page_events(
 def event_out(row: dict[str, Any]) -> EventOut:
     """The response view of a stored event row."""
     return EventOut(
-        ts=_ts(int(row["time"])),
+        ts=format_epoch_ms(int(row["time"])),
         device_id=str(row["device_id"]),
         district=str(row["district"]),
         kind=str(row.get("kind") or ""),
@@ -192,5 +186,5 @@ async def get_device_delivery(
         sent=ledger.sent(device.id, window.start_ms, window.end_ms) if ledger else None,
         stored=stored,
         rejected=letters.rejected(device.id, window.start_ms, window.end_ms),
-        last_seen=_ts(last_ms) if last_ms is not None else None,
+        last_seen=format_epoch_ms(last_ms) if last_ms is not None else None,
     )

@@ -22,7 +22,7 @@ from api.errors import bad_param
 from api.params import TimeRange, bucket, time_range
 from api.queries import count_events, series
 from api.responses import STORAGE, errors
-from api.routes.cities import _ts, check_series, unit_of
+from api.routes.cities import check_series, unit_of
 from api.routes.common import (
     EVENT_TYPES,
     SEVERITIES,
@@ -38,6 +38,7 @@ from api.routes.common import (
 )
 from api.routes.events import event_filters, event_out, page_events
 from safecity.influx import InfluxClient
+from safecity.readings import format_epoch_ms
 from safecity.registry import City
 
 router = APIRouter(prefix="/v1/cities/{city_id}/export", tags=["export"])
@@ -121,7 +122,7 @@ async def export_series(
         params["district"] = district
     points = await series(influx, kind, field, agg, every_s, params, "district" if district else "")
     unit = unit_of(kind, field)
-    rows = [{"ts": _ts(t), "value": v, "unit": unit} for t, v in points]
+    rows = [{"ts": format_epoch_ms(t), "value": v, "unit": unit} for t, v in points]
 
     async def body() -> AsyncIterator[str]:
         yield _header(fmt, SERIES_COLUMNS)

@@ -26,6 +26,7 @@ from api.responses import STORAGE, errors
 from api.security import require_bearer
 from safecity import incidents as inc
 from safecity.errors import IncidentError
+from safecity.readings import truncate_ms
 
 router = APIRouter(prefix="/v1/alerts", tags=["incidents"])
 
@@ -88,7 +89,7 @@ def _incident(city: str, alert: GrafanaAlert) -> inc.Incident:
     district = _slug(labels.get("district", ""), CITYWIDE)
     place = labels.get("district") or labels.get("worker_id") or labels.get("device_id") or city
     summary = alert.annotations.get("summary") or labels.get("alertname", "Grafana alert")
-    start = alert.startsAt.replace(microsecond=alert.startsAt.microsecond // 1000 * 1000)
+    start = truncate_ms(alert.startsAt)
     return inc.open_incident(
         city=city,
         district=district,

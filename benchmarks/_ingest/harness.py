@@ -22,7 +22,7 @@ from benchmarks._ingest.probes import check_ledger, quantile, scrape
 from control.stack import LocalStack
 from safecity import topics
 from safecity.influx import InfluxClient
-from safecity.readings import format_ts
+from safecity.readings import format_epoch_ms
 from safecity.registry import Device
 from safecity.settings import InfluxSettings
 from simulators.generators import generate
@@ -119,7 +119,7 @@ class PacedPublisher:
                         self.last_ms[device] = ts
                         seq = self.seed * 10_000_000 + len(sent)
                         body = (
-                            f'{{"ts":"{format_ts(datetime.fromtimestamp(ts / 1000, UTC))}",'
+                            f'{{"ts":"{format_epoch_ms(ts)}",'
                             f'"seq":{seq},"values":{pool[seq % len(pool)]}}}'
                         ).encode()
                         sent.append(body)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from control.stack import LocalStack
 from safecity import ledger, topics
-from safecity.readings import format_ts
+from safecity.readings import epoch_ms, format_ts
 from safecity.registry import Device, default_city
 from simulators.generators import generate
 
@@ -59,7 +59,7 @@ def write_ledger(path: Path, batches: dict[Device, list[bytes]]) -> None:
                     "telemetry",
                     topic,
                     body["seq"],
-                    int(ts.timestamp() * 1000),
+                    epoch_ms(ts),
                     hashlib.sha256(raw).hexdigest(),
                     None,
                     0,

@@ -13,15 +13,12 @@ from hypothesis import strategies as st
 from safecity import federation as fed
 from safecity import topics
 from safecity.errors import ConfigError, FederationError, TopicError
+from safecity.readings import from_epoch_ms
 
 IDS = st.from_regex(r"[a-z0-9][a-z0-9_.-]{0,20}", fullmatch=True)
 MS = st.integers(min_value=1_600_000_000_000, max_value=2_000_000_000_000)
 VALUE = st.none() | st.floats(min_value=-1e6, max_value=1e6, allow_nan=False)
 COUNT = st.integers(min_value=0, max_value=10_000)
-
-
-def _ts(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, UTC).replace(microsecond=(ms % 1000) * 1000)
 
 
 # Printable text: the contract refuses control characters, DEL (0x7f) included.
@@ -36,7 +33,7 @@ def figures(draw: st.DrawFn) -> dict[str, Any]:
         "unit": draw(st.sampled_from(["AQI", "km/h", "dB(A)", "1", "count"])),
         "devices": draw(COUNT),
         "expected": draw(COUNT),
-        "newest": None if newest is None else _ts(newest),
+        "newest": None if newest is None else from_epoch_ms(newest),
         "age_s": None if newest is None else draw(st.floats(0, 1e5)),
     }
 
@@ -52,8 +49,8 @@ def scope_messages(draw: st.DrawFn) -> fed.ScopeIndicators:
         city=draw(IDS),
         district=draw(st.none() | IDS),
         name=draw(st.text(NAME_CHARS, max_size=40)),
-        interval=fed.Interval(start=_ts(start), end=_ts(start + length)),
-        generated_at=_ts(draw(MS)),
+        interval=fed.Interval(start=from_epoch_ms(start), end=from_epoch_ms(start + length)),
+        generated_at=from_epoch_ms(draw(MS)),
         air_quality={
             "aqi": draw(fig),
             "category": draw(st.none() | st.just("Good")),
@@ -112,8 +109,8 @@ def segment_messages(draw: st.DrawFn) -> fed.SegmentIndicators:
     return fed.SegmentIndicators(
         city=draw(IDS),
         segment=draw(IDS),
-        interval=fed.Interval(start=_ts(start), end=_ts(start + 5000)),
-        generated_at=_ts(draw(MS)),
+        interval=fed.Interval(start=from_epoch_ms(start), end=from_epoch_ms(start + 5000)),
+        generated_at=from_epoch_ms(draw(MS)),
         length_km=draw(st.floats(0.1, 1000)),
         speed_kmh=draw(st.none() | st.floats(0, 200)),
         travel_time_s=draw(st.none() | st.floats(0, 1e6)),

@@ -22,9 +22,12 @@ from safecity.readings import (
     Status,
     epoch_ms,
     event_model,
+    format_epoch_ms,
     format_ts,
+    from_epoch_ms,
     parse,
     reading_model,
+    truncate_ms,
 )
 from safecity.topics import Channel
 
@@ -40,11 +43,7 @@ PLATE = "0123456789abcdef" * 4
 EXAMPLE_TEXT = "Zone A-1"
 
 
-def _from_ms(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms // 1000, UTC).replace(microsecond=(ms % 1000) * 1000)
-
-
-timestamps = st.integers(WINDOW_LOW_MS, WINDOW_HIGH_MS).map(_from_ms)
+timestamps = st.integers(WINDOW_LOW_MS, WINDOW_HIGH_MS).map(from_epoch_ms)
 seqs = st.integers(0, 2**63 - 1)
 
 
@@ -535,6 +534,35 @@ def test_ts_window_edges_accepted(ts: datetime, form: str) -> None:
     assert result.ts == ts
 
 
+# Every millisecond datetime can hold: 0001-01-01 to 9999-12-31, either side of the epoch.
+ALL_MS = st.integers(
+    epoch_ms(datetime.min.replace(tzinfo=UTC)), epoch_ms(datetime.max.replace(tzinfo=UTC))
+)
+
+
+@given(ALL_MS)
+def test_epoch_ms_round_trip(ms: int) -> None:
+    at = from_epoch_ms(ms)
+    assert at.tzinfo is UTC
+    assert at.microsecond % 1000 == 0
+    assert epoch_ms(at) == ms
+    assert (at - datetime(1970, 1, 1, tzinfo=UTC)) == timedelta(milliseconds=ms)
+
+
+@given(st.datetimes(timezones=st.just(UTC)))
+def test_datetime_round_trip_keeps_the_millisecond(at: datetime) -> None:
+    back = from_epoch_ms(epoch_ms(at))
+    assert back <= at < back + timedelta(milliseconds=1)
+    assert back == truncate_ms(at)
+
+
+@given(st.integers(0, WINDOW_HIGH_MS * 10))
+def test_format_epoch_ms_parses_back(ms: int) -> None:
+    text = format_epoch_ms(ms)
+    assert text.endswith("Z")
+    assert epoch_ms(datetime.fromisoformat(text)) == ms
+
+
 def test_window_check_can_be_disabled() -> None:
     old = _dump(_reading("noise", ts="2001-09-09T01:46:40.000Z"))
     result = parse("noise", old, past_window=None, future_window=None)
@@ -620,7 +648,7 @@ def test_ts_bad_values_refused(value: Any) -> None:
 @given(st.integers(WINDOW_LOW_MS, WINDOW_HIGH_MS))
 def test_epoch_ms_equals_string_form(ms: int) -> None:
     as_int = _parse("weather", _dump(_reading("weather", ts=ms)))
-    as_text = _parse("weather", _dump(_reading("weather", ts=format_ts(_from_ms(ms)))))
+    as_text = _parse("weather", _dump(_reading("weather", ts=format_ts(from_epoch_ms(ms)))))
     assert isinstance(as_int, Reading)
     assert as_int == as_text
     assert as_int.ts_ms == ms
