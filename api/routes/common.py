@@ -8,7 +8,9 @@ from typing import Annotated, Any
 from fastapi import HTTPException, Path, Query, Request
 from pydantic import BeforeValidator
 
+from api.cursors import PATTERN as CURSOR_PATTERN
 from api.deps import influx_of
+from api.errors import bad_param
 from api.overview import Snapshot, SnapshotCache, take_snapshot
 from api.params import EVERY_PATTERN, TimeRange, now, parse_instant
 from api.settings import ApiSettings
@@ -89,6 +91,34 @@ FieldQuery = Annotated[
 KindQuery = Annotated[
     str, Query(description="Sensor kind", json_schema_extra={"enum": KINDS}, examples=["noise"])
 ]
+CityQuery = Annotated[str | None, Query(alias="city", max_length=64, description=CITY_QUERY)]
+DistrictQuery = Annotated[str | None, Query(max_length=64, description="District id")]
+DeviceQuery = Annotated[str | None, Query(max_length=64, description="Device id")]
+EventTypeQuery = Annotated[
+    str | None,
+    Query(alias="type", description="Event type", json_schema_extra={"enum": EVENT_TYPES}),
+]
+SeverityQuery = Annotated[
+    str | None, Query(description="Severity", json_schema_extra={"enum": SEVERITIES})
+]
+Limit = Annotated[
+    int | None,
+    Query(ge=1, description="Page size, 1..max_page_size (default 100)"),
+]
+Cursor = Annotated[
+    str | None,
+    Query(pattern=CURSOR_PATTERN, description="`next_cursor` of the previous page (same filters)"),
+]
+DEFAULT_PAGE_SIZE = 100
+
+
+def page_size(settings: ApiSettings, limit: int | None) -> int:
+    """The page size asked for, or the default; 422 above the settings' `max_page_size`."""
+    if limit is None:
+        return min(DEFAULT_PAGE_SIZE, settings.max_page_size)
+    if limit > settings.max_page_size:
+        raise bad_param("query", "limit", f"must be at most {settings.max_page_size}")
+    return limit
 
 
 def check_city(city: City, city_id: str) -> None:

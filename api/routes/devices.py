@@ -7,7 +7,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request
 
-from api.cursors import PATTERN as CURSOR_PATTERN
 from api.deps import CityDep, DirectoryDep, InfluxDep, SettingsDep
 from api.directory import BadCursorError, decode_cursor, encode_cursor
 from api.errors import bad_param
@@ -17,28 +16,30 @@ from api.params import bucket, time_range
 from api.queries import latest_reading, series
 from api.responses import STORAGE, errors
 from api.routes.cities import check_series, unit_of
+from api.routes.common import OVERVIEW_WINDOW as STATUS_WINDOW
 from api.routes.common import (
-    CITY_QUERY,
     Agg,
+    CityQuery,
+    Cursor,
     DeviceId,
+    DistrictQuery,
     Every,
     FieldQuery,
     From,
+    Limit,
     To,
     check_district,
     default_window,
     device_or_404,
+    page_size,
     snapshot,
     window_key,
 )
-from api.routes.common import OVERVIEW_WINDOW as STATUS_WINDOW
 from safecity import catalogue
 from safecity.readings import format_epoch_ms
 from safecity.registry import Device
 
 router = APIRouter(prefix="/v1/devices", tags=["devices"])
-
-DEFAULT_PAGE_SIZE = 100
 STATES = ("online", "stale", "offline")
 
 
@@ -48,11 +49,8 @@ async def list_devices(
     settings: SettingsDep,
     city: CityDep,
     directory: DirectoryDep,
-    city_id: Annotated[
-        str | None,
-        Query(alias="city", max_length=64, description=CITY_QUERY),
-    ] = None,
-    district: Annotated[str | None, Query(max_length=64, description="District id")] = None,
+    city_id: CityQuery = None,
+    district: DistrictQuery = None,
     kind: Annotated[
         str | None,
         Query(
@@ -68,13 +66,8 @@ async def list_devices(
             json_schema_extra={"enum": list(STATES)},
         ),
     ] = None,
-    limit: Annotated[
-        int | None,
-        Query(ge=1, description="Page size, 1..max_page_size (default 100)"),
-    ] = None,
-    cursor: Annotated[
-        str | None, Query(pattern=CURSOR_PATTERN, description="`next_cursor` of the previous page")
-    ] = None,
+    limit: Limit = None,
+    cursor: Cursor = None,
 ) -> DevicePage:
     """Devices of the city in id order, filtered by district, kind and status, page by page."""
     if kind is not None and kind not in catalogue.KINDS:
@@ -84,10 +77,7 @@ async def list_devices(
     check_district(city, district)
     if status is not None and status not in STATES:
         raise bad_param("query", "status", "must be one of online, stale, offline")
-    if limit is None:
-        limit = min(DEFAULT_PAGE_SIZE, settings.max_page_size)
-    elif limit > settings.max_page_size:
-        raise bad_param("query", "limit", f"must be at most {settings.max_page_size}")
+    limit = page_size(settings, limit)
     after: str | None = None
     if cursor is not None:
         try:

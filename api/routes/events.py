@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Request
 
-from api.cursors import PATTERN as CURSOR_PATTERN
 from api.cursors import event_cursor, event_position
 from api.delivery import LedgerIndex
 from api.deps import CityDep, InfluxDep, SettingsDep
@@ -17,14 +16,21 @@ from api.params import TimeRange, time_range
 from api.queries import event_details, events, stored_counts
 from api.responses import STORAGE, errors
 from api.routes.common import (
-    CITY_QUERY,
     EVENT_TYPES,
     SEVERITIES,
+    CityQuery,
+    Cursor,
     DeviceId,
+    DeviceQuery,
+    DistrictQuery,
+    EventTypeQuery,
     From,
+    Limit,
+    SeverityQuery,
     To,
     check_district,
     device_or_404,
+    page_size,
 )
 from api.security import require
 from safecity.deadletters import DeadLetterIndex
@@ -37,14 +43,6 @@ delivery_router = APIRouter(
     prefix="/v1/devices", tags=["devices"], dependencies=[Depends(require("operate"))]
 )
 
-Limit = Annotated[
-    int | None,
-    Query(ge=1, description="Page size, 1..max_page_size (default 100)"),
-]
-Cursor = Annotated[
-    str | None,
-    Query(pattern=CURSOR_PATTERN, description="`next_cursor` of the previous page (same filters)"),
-]
 # Events sharing one millisecond are never split across pages; a page holds at most
 # this many of them (a burst larger than that is cut, and `next_cursor` moves past it).
 MAX_TIE = 10_000
@@ -123,18 +121,11 @@ async def list_events(
     settings: SettingsDep,
     city: CityDep,
     influx: InfluxDep,
-    city_id: Annotated[
-        str | None, Query(alias="city", max_length=64, description=CITY_QUERY)
-    ] = None,
-    district: Annotated[str | None, Query(max_length=64, description="District id")] = None,
-    device_id: Annotated[str | None, Query(max_length=64, description="Device id")] = None,
-    event_type: Annotated[
-        str | None,
-        Query(alias="type", description="Event type", json_schema_extra={"enum": EVENT_TYPES}),
-    ] = None,
-    severity: Annotated[
-        str | None, Query(description="Severity", json_schema_extra={"enum": SEVERITIES})
-    ] = None,
+    city_id: CityQuery = None,
+    district: DistrictQuery = None,
+    device_id: DeviceQuery = None,
+    event_type: EventTypeQuery = None,
+    severity: SeverityQuery = None,
     start: From = None,
     end: To = None,
     limit: Limit = None,
@@ -142,10 +133,7 @@ async def list_events(
 ) -> EventPage:
     """Events of the city, newest first, filtered (default window: the last 24 hours),
     page by page: pass `next_cursor` back as `cursor` with the same filters and window."""
-    if limit is None:
-        limit = min(100, settings.max_page_size)
-    elif limit > settings.max_page_size:
-        raise bad_param("query", "limit", f"must be at most {settings.max_page_size}")
+    limit = page_size(settings, limit)
     filters = event_filters(city, district, device_id, event_type, severity)
     before = event_position(cursor) if cursor is not None else None
     window = time_range(settings, start, end, timedelta(hours=24))

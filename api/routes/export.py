@@ -24,14 +24,16 @@ from api.queries import count_events, series
 from api.responses import STORAGE, errors
 from api.routes.cities import check_series, unit_of
 from api.routes.common import (
-    EVENT_TYPES,
-    SEVERITIES,
     Agg,
     CityId,
+    DeviceQuery,
+    DistrictQuery,
+    EventTypeQuery,
     Every,
     FieldQuery,
     From,
     KindQuery,
+    SeverityQuery,
     To,
     check_city,
     check_district,
@@ -140,15 +142,10 @@ async def export_events(
     city: CityDep,
     influx: InfluxDep,
     city_id: CityId,
-    district: Annotated[str | None, Query(max_length=64, description="District id")] = None,
-    device_id: Annotated[str | None, Query(max_length=64, description="Device id")] = None,
-    event_type: Annotated[
-        str | None,
-        Query(alias="type", description="Event type", json_schema_extra={"enum": EVENT_TYPES}),
-    ] = None,
-    severity: Annotated[
-        str | None, Query(description="Severity", json_schema_extra={"enum": SEVERITIES})
-    ] = None,
+    district: DistrictQuery = None,
+    device_id: DeviceQuery = None,
+    event_type: EventTypeQuery = None,
+    severity: SeverityQuery = None,
     start: From = None,
     end: To = None,
     fmt: Annotated[Format, Query(alias="format")] = "csv",

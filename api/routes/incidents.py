@@ -17,14 +17,24 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from api import audit, metrics
 from api.apikeys import ApiKey
-from api.cursors import PATTERN as CURSOR_PATTERN
 from api.cursors import incident_cursor, incident_position
 from api.deps import CityDep, InfluxDep, KeyDep, SettingsDep, influx_of
 from api.errors import bad_param
 from api.models import Window
 from api.params import TimeRange, time_range
 from api.responses import STORAGE, errors
-from api.routes.common import CITY_QUERY, SEVERITIES, From, To, check_district
+from api.routes.common import (
+    SEVERITIES,
+    CityQuery,
+    Cursor,
+    DistrictQuery,
+    From,
+    Limit,
+    SeverityQuery,
+    To,
+    check_district,
+    page_size,
+)
 from api.security import require
 from api.tenancy import Tenancy
 from safecity import incidents as inc
@@ -57,14 +67,6 @@ IncidentId = Annotated[
         max_length=24,
         examples=["inc-0123456789abcdef0123"],
     ),
-]
-Limit = Annotated[
-    int | None,
-    Query(ge=1, description="Page size, 1..max_page_size (default 100)"),
-]
-Cursor = Annotated[
-    str | None,
-    Query(pattern=CURSOR_PATTERN, description="`next_cursor` of the previous page (same filters)"),
 ]
 OperateKey = Annotated[ApiKey, Depends(require("operate"))]
 
@@ -157,10 +159,6 @@ def incident_out(incident: inc.Incident) -> IncidentOut:
     )
 
 
-def _check_district(city: City, district: str | None) -> None:
-    check_district(city, district)
-
-
 async def incidents_in(
     influx: InfluxClient,
     city: City,
@@ -176,8 +174,6 @@ async def incidents_in(
     return sorted(found.values(), key=lambda i: (i.opened_at, i.id), reverse=True)
 
 
-CityQuery = Annotated[str | None, Query(alias="city", max_length=64, description=CITY_QUERY)]
-DistrictQuery = Annotated[str | None, Query(max_length=64, description="District id")]
 RuleQuery = Annotated[
     str | None,
     Query(
@@ -197,9 +193,7 @@ async def list_incidents(
     city_id: CityQuery = None,
     district: DistrictQuery = None,
     rule_id: RuleQuery = None,
-    severity: Annotated[
-        str | None, Query(description="Severity", json_schema_extra={"enum": SEVERITIES})
-    ] = None,
+    severity: SeverityQuery = None,
     state: Annotated[
         str | None, Query(description="Current state", json_schema_extra={"enum": STATES})
     ] = None,
@@ -210,11 +204,8 @@ async def list_incidents(
 ) -> IncidentPage:
     """Incidents opened in the window (default: the last 7 days), newest first, filtered,
     page by page: pass `next_cursor` back as `cursor` with the same filters and window."""
-    if limit is None:
-        limit = min(100, settings.max_page_size)
-    elif limit > settings.max_page_size:
-        raise bad_param("query", "limit", f"must be at most {settings.max_page_size}")
-    _check_district(city, district)
+    limit = page_size(settings, limit)
+    check_district(city, district)
     if severity is not None and severity not in SEVERITIES:
         raise bad_param("query", "severity", f"must be one of {', '.join(SEVERITIES)}")
     if state is not None and state not in STATES:
@@ -253,7 +244,7 @@ async def get_incident_figures(
 ) -> FiguresOut:
     """Time to acknowledge and time to resolve of incidents opened in the window
     (default: the last 30 days, bounded by max_range), by type and district."""
-    _check_district(city, district)
+    check_district(city, district)
     default = min(FIGURES_WINDOW, timedelta(seconds=settings.max_range))
     window = time_range(settings, start, end, default)
     found = await incidents_in(influx, city, window, district, rule_id)

@@ -10,8 +10,8 @@ from pydantic import BaseModel, Field
 from api.apikeys import ApiKey
 from api.audit import AuditLog
 from api.deps import SettingsDep, TenancyDep
-from api.errors import bad_param
 from api.responses import errors
+from api.routes.common import page_size
 from api.security import require
 
 router = APIRouter(prefix="/v1", tags=["keys"])
@@ -80,10 +80,7 @@ async def list_audit_records(
 ) -> AuditPage:
     """The audit log of `operate`/`admin` calls, newest first (scope `admin`; audited too);
     a key of some cities sees only the calls about those cities."""
-    if limit is None:
-        limit = min(100, settings.max_page_size)
-    elif limit > settings.max_page_size:
-        raise bad_param("query", "limit", f"must be at most {settings.max_page_size}")
+    limit = page_size(settings, limit)
     audit: AuditLog = request.app.state.audit
     records, truncated = audit.newest(limit, key_id, key.cities)
     items = []
