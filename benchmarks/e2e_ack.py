@@ -49,7 +49,7 @@ from control.stack import LocalStack, ManagedProcess, free_port
 from control.verify import verify
 from edge.agent import AgentStats, DeviceAgent, Envelope
 from edge.settings import EdgeSettings
-from edge.spool import Spool
+from edge.spool import DeviceSpool
 from ingest.validate import Validator
 from ingest.watermark import Watermarks
 from safecity import topics
@@ -268,7 +268,9 @@ def ack_path_cost(per_ack: int, rounds: int = 20) -> dict[str, float]:
     ingest_us = (time.process_time() - t0) / (rounds * len(items)) * 1e6
     acks_by_topic = dict(payloads)
     with tempfile.TemporaryDirectory() as tmp:
-        spools = {r.device.id: Spool(Path(tmp) / f"{r.device.id}.spool", 1 << 24) for r in items}
+        spools = {
+            r.device.id: DeviceSpool(Path(tmp) / f"{r.device.id}.spool", 1 << 24) for r in items
+        }
         t0 = time.process_time()
         for _ in range(rounds):
             for r in items:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge.settings import EdgeSettings
-from edge.spool import Spool, SpoolItem
+from edge.spool import DeviceSpool, SpoolItem
 from safecity.acks import Ack
 from safecity.errors import AckError
 from safecity.mqtt import NOT_SENT, FleetClient, Will
@@ -145,7 +145,7 @@ class DeviceAgent:
             spool_kwargs["encode_meta"] = encode_meta
         if decode_meta is not None:
             spool_kwargs["decode_meta"] = decode_meta
-        self._spool = Spool(
+        self._spool = DeviceSpool(
             settings.spool_dir / f"{client_id}.spool",
             settings.spool_max_bytes,
             cache=self._memory,

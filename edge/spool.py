@@ -65,7 +65,7 @@ class _Entry:
     cached: SpoolItem | None
 
 
-class Spool:
+class DeviceSpool:
     """One device's unsettled messages, in order, at most `max_bytes` of them on disk.
 
     `take` hands out the next unsent messages (a cursor kept in memory: after a

@@ -24,7 +24,7 @@ from ingest.settings import IngestSettings
 from ingest.sink import Sink
 from ingest.spool import Spool
 from ingest.stats import BrokerDropped, Gauges, StatsTracker, Totals
-from ingest.validate import DuplicateDetector, RateLimiter, Validator
+from ingest.validate import DeviceRateLimiter, DuplicateDetector, Validator
 from ingest.watch import BrokerLogWatch, StatsTimer, SysWatch
 from ingest.watermark import Watermarks  # end-to-end acks
 from ingest.writer import InfluxWriter
@@ -88,7 +88,7 @@ class IngestService:
             self.cities,
             settings.ts_past_window,
             settings.ts_future_window,
-            rate_limiter=RateLimiter(settings.rate_limit, settings.rate_burst),
+            rate_limiter=DeviceRateLimiter(settings.rate_limit, settings.rate_burst),
             duplicates=DuplicateDetector(settings.dedup_window),
         )
         self.batcher = Batcher(

@@ -71,7 +71,7 @@ class Rejected:
     channel: str
 
 
-class RateLimiter:
+class DeviceRateLimiter:
     """Per-device token buckets: `rate` messages/s sustained, bursts up to `burst`.
 
     Memory is one small list per registry device (devices are an allow-list), so it
@@ -182,7 +182,7 @@ class Validator:
         past_window: float,
         future_window: float,
         *,
-        rate_limiter: RateLimiter | None = None,
+        rate_limiter: DeviceRateLimiter | None = None,
         duplicates: DuplicateDetector | None = None,
     ) -> None:
         self.cities = as_cities(city)

@@ -19,7 +19,7 @@ from safecity.registry import Cities, City
 from simulators import scenario as scenarios
 from simulators.faults import FAULTS
 from simulators.fleet import FleetStats, run, run_processes
-from simulators.incidents import Incident
+from simulators.incidents import SimulatedIncident
 from simulators.settings import FaultSettings, SimulatorSettings
 
 
@@ -51,7 +51,7 @@ def parse_faults(text: str | None, all_rate: float | None) -> dict[str, float] |
 
 def with_scenario(
     settings: SimulatorSettings, explicit: set[str]
-) -> tuple[SimulatorSettings, list[Incident]]:
+) -> tuple[SimulatorSettings, list[SimulatedIncident]]:
     """The scenario's start/speed/duration/seed/faults (flags win) and its incidents."""
     if settings.scenario is None:
         return settings, []

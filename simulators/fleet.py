@@ -37,7 +37,7 @@ from safecity.secrets import read_secrets
 from safecity.topics import Channel, ack_topic
 from simulators.device import IMMEDIATE, DeviceSim, check_start, device_messages
 from simulators.faults import DeviceFaults
-from simulators.incidents import Incident, Scene
+from simulators.incidents import Scene, SimulatedIncident
 from simulators.outgoing import (
     PUBLISHED,
     SEQ_PER_MS,
@@ -96,7 +96,7 @@ async def run(
     *,
     stop: asyncio.Event | None = None,
     start: datetime | None = None,
-    incidents: list[Incident] | None = None,
+    incidents: list[SimulatedIncident] | None = None,
     on_sent: Callable[[Sent], None] | None = None,
     max_in_flight: int | None = None,
     progress_interval: float = PROGRESS_INTERVAL,
@@ -211,7 +211,7 @@ def _device_sims(
     settings: SimulatorSettings,
     city: City,
     sim_start: datetime,
-    incidents: list[Incident],
+    incidents: list[SimulatedIncident],
     shard: tuple[int, int],
 ) -> list[DeviceSim]:
     """The shard's devices (of the first `max_devices`), each with the run's scene and faults."""
@@ -452,7 +452,7 @@ async def _progress(
 
 
 def _child(
-    settings: SimulatorSettings, incidents: list[Incident], index: int, count: int
+    settings: SimulatorSettings, incidents: list[SimulatedIncident], index: int, count: int
 ) -> FleetStats:
     """One process of `run_processes`: its shard of the fleet until stopped."""
     from safecity.observability import configure_logging
@@ -470,7 +470,7 @@ def _child(
     return asyncio.run(main())
 
 
-def run_processes(settings: SimulatorSettings, incidents: list[Incident]) -> FleetStats:
+def run_processes(settings: SimulatorSettings, incidents: list[SimulatedIncident]) -> FleetStats:
     """Run the fleet split over `settings.processes` processes; their stats merged.
 
     Each process takes every N-th device and writes its own ledger

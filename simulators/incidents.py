@@ -1,6 +1,6 @@
 """Incidents: what happens *somewhere* in the city and shows in many sensors at once.
 
-An `Incident` has a type, a place (point + radius, or a district, or the whole
+A `SimulatedIncident` has a type, a place (point + radius, or a district, or the whole
 city) and a simulated time span. While it is active it changes the readings of the
 devices it reaches and makes some of them publish events:
 
@@ -46,7 +46,7 @@ _HOUR_MS = 3_600_000
 
 
 @dataclass(frozen=True, slots=True)
-class Incident:
+class SimulatedIncident:
     """Something happening at a place over a simulated time span."""
 
     type: str
@@ -94,7 +94,7 @@ class Scene:
     """The incidents of a run (scripted plus ambient) and their effect on each device."""
 
     def __init__(
-        self, city: City, incidents: list[Incident], seed: int, *, ambient: bool = True
+        self, city: City, incidents: list[SimulatedIncident], seed: int, *, ambient: bool = True
     ) -> None:
         self.city = city
         self.seed = seed
@@ -109,7 +109,7 @@ class Scene:
 
     # --- which incidents --------------------------------------------------------
 
-    def incidents_at(self, t_ms: int, lead_ms: int = _HOUR_MS) -> list[Incident]:
+    def incidents_at(self, t_ms: int, lead_ms: int = _HOUR_MS) -> list[SimulatedIncident]:
         """Incidents active at t (with a lead/lag window for traffic around events)."""
         out = [i for i in self.scripted if i.active(t_ms, lead_ms)]
         if self.ambient:
@@ -118,13 +118,13 @@ class Scene:
                 out.extend(i for i in self._ambient_cache(h) if i.active(t_ms, lead_ms))
         return out
 
-    def _ambient_hour(self, hour: int) -> tuple[Incident, ...]:
+    def _ambient_hour(self, hour: int) -> tuple[SimulatedIncident, ...]:
         t = datetime.fromtimestamp(hour * 3600 + 1800, UTC)
         c = clock(t, self.utc_offset_h)
         # Accidents per district-hour: ACCIDENTS_PER_DISTRICT_DAY spread over the day as
         # traffic is, with a floor so nights have their share too.
         per_hour = ACCIDENTS_PER_DISTRICT_DAY / 24.0 * (0.25 + traffic_shape(c)) / (0.25 + 0.36)
-        out: list[Incident] = []
+        out: list[SimulatedIncident] = []
         for district in self.city.districts:
             u = stable_int("accident", self.seed, district.id, hour) / 2.0**64
             if u < 1.0 - math.exp(-per_hour):
@@ -134,7 +134,7 @@ class Scene:
                 if v < 0.15:
                     start = hour * _HOUR_MS + _HOUR_MS
                     out.append(
-                        Incident(
+                        SimulatedIncident(
                             "mass_event",
                             start,
                             start + 3 * _HOUR_MS,
@@ -147,7 +147,9 @@ class Scene:
                     )
         return tuple(out)
 
-    def _accident_in(self, district: str, centroid: tuple[float, float], hour: int) -> Incident:
+    def _accident_in(
+        self, district: str, centroid: tuple[float, float], hour: int
+    ) -> SimulatedIncident:
         """An accident on a monitored road of the district: a traffic sensor sees it."""
         rng = device_rng(self.seed, district, f"accident-{hour}")
         roads = [d for d in self._by_kind.get("traffic", ()) if d.district == district]
@@ -158,7 +160,7 @@ class Scene:
         place = rng.choice(roads).location if roads else centroid
         start = hour * _HOUR_MS + rng.randrange(_HOUR_MS)
         hurt = rng.random() < INJURY_SHARE
-        return Incident(
+        return SimulatedIncident(
             "road_accident",
             start,
             start + rng.randrange(20, 70) * _MIN_MS,
@@ -216,7 +218,7 @@ class Scene:
                 out.append(draft)
         return out
 
-    def _nearest(self, kind: str, incident: Incident) -> Device | None:
+    def _nearest(self, kind: str, incident: SimulatedIncident) -> Device | None:
         candidates = [d for d in self._by_kind.get(kind, ()) if incident.reach(d) > 0]
         if not candidates or incident.location is None:
             return candidates[0] if candidates else None
@@ -225,7 +227,7 @@ class Scene:
 
     def _event(
         self,
-        incident: Incident,
+        incident: SimulatedIncident,
         device: Device,
         reach: float,
         fresh: bool,
@@ -300,7 +302,7 @@ def _draft(event_type: str, details: dict[str, Detail]) -> EventDraft:
     return EventDraft(event_type, catalogue.EVENT_TYPES[event_type].default_severity.value, details)
 
 
-def queue_strength(incident: Incident, reach: float, t_ms: int) -> float:
+def queue_strength(incident: SimulatedIncident, reach: float, t_ms: int) -> float:
     """How far an accident's queue has reached a point (0..1): the queue grows upstream
     over ~15 minutes (far points later) and dissolves over ~15 minutes after clearance."""
     if t_ms < incident.start_ms:
@@ -316,7 +318,7 @@ def queue_strength(incident: Incident, reach: float, t_ms: int) -> float:
     return strength
 
 
-def _accident(kind: str, out: Values, reach: float, incident: Incident, t_ms: int) -> None:
+def _accident(kind: str, out: Values, reach: float, incident: SimulatedIncident, t_ms: int) -> None:
     queue = queue_strength(incident, reach, t_ms)
     if queue <= 0.0:
         return
@@ -338,7 +340,7 @@ def _accident(kind: str, out: Values, reach: float, incident: Incident, t_ms: in
         out["no2"] = round(_cap(kind, "no2", float(out["no2"]) * (1.0 + 0.4 * reach)), 1)
 
 
-def crowd_phase(incident: Incident, t_ms: int) -> float:
+def crowd_phase(incident: SimulatedIncident, t_ms: int) -> float:
     """How much of an event's crowd is there: arrivals over the last 45 min before the start
     (up to half), the full house ten minutes in, then a surge out (x1.25 for 10 min) ebbing
     over ~20 min."""
@@ -356,7 +358,7 @@ def crowd_phase(incident: Incident, t_ms: int) -> float:
 
 
 def _mass_event(
-    kind: str, out: Values, reach: float, incident: Incident, on: bool, t_ms: int
+    kind: str, out: Values, reach: float, incident: SimulatedIncident, on: bool, t_ms: int
 ) -> None:
     phase = crowd_phase(incident, t_ms)
     factor = 1.0 + (incident.param("factor", 3.0) - 1.0) * min(phase, 1.25)
@@ -384,7 +386,7 @@ def _mass_event(
         out["lamax"] = round(_cap(kind, "lamax", float(out["lamax"]) + 8.0 * reach), 1)
 
 
-def pollution_ramp(incident: Incident, t_ms: int) -> float:
+def pollution_ramp(incident: SimulatedIncident, t_ms: int) -> float:
     """An inversion's hold on the air (0..1): it builds up over hours (time constant 90 min)
     and, when wind breaks it up at the end, decays over ~20 min (gone within ~80 min)."""
     if t_ms < incident.start_ms:
@@ -397,7 +399,7 @@ def pollution_ramp(incident: Incident, t_ms: int) -> float:
 
 
 def _pollution(
-    kind: str, out: Values, reach: float, incident: Incident, t_ms: int, stagnation: float
+    kind: str, out: Values, reach: float, incident: SimulatedIncident, t_ms: int, stagnation: float
 ) -> None:
     """PM, CO, SO2 times the episode's factor over an *ordinary* day, ramped in and out.
 

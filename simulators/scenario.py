@@ -28,7 +28,7 @@ from safecity import catalogue
 from safecity.errors import ScenarioError
 from safecity.readings import epoch_ms
 from safecity.registry import City
-from simulators.incidents import TYPES, Incident
+from simulators.incidents import TYPES, SimulatedIncident
 from simulators.timebase import offset
 
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
@@ -69,7 +69,7 @@ class IncidentSpec:
     params: dict[str, float] = field(default_factory=dict)
     citywide: bool = False
 
-    def resolve(self, city: City, start: datetime) -> Incident:
+    def resolve(self, city: City, start: datetime) -> SimulatedIncident:
         """The incident at its absolute time and place in `city`."""
         location = self.location
         if self.district is not None:
@@ -80,7 +80,7 @@ class IncidentSpec:
             if location is None and not self.citywide:
                 location = offset(district.centroid, *self.offset_m)
         begin = epoch_ms(start) + round(self.at_s * 1000)
-        return Incident(
+        return SimulatedIncident(
             self.type,
             begin,
             begin + round(self.lasts_s * 1000),
@@ -110,7 +110,7 @@ class Scenario:
     fleet_kinds: tuple[str, ...] = ()
     fleet_districts: tuple[str, ...] = ()
 
-    def resolve(self, city: City, start: datetime) -> list[Incident]:
+    def resolve(self, city: City, start: datetime) -> list[SimulatedIncident]:
         """The scenario's incidents for a run in `city` starting (simulated) at `start`."""
         return [spec.resolve(city, start) for spec in self.incidents]
 

@@ -64,7 +64,7 @@ WHEELS_MOUNT = "/var/cache/safecity-wheels"
 PROGRESS_EVERY = 15.0
 
 
-class StackError(RuntimeError):
+class PodmanStackError(RuntimeError):
     """The stack could not be built, started or checked; the message names the service."""
 
 
@@ -180,7 +180,7 @@ class Podman:
             cmd, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout
         )
         if check and result.returncode != 0:
-            raise StackError(f"{' '.join(cmd[:4])} ... failed:\n{result.stderr[-3000:]}")
+            raise PodmanStackError(f"{' '.join(cmd[:4])} ... failed:\n{result.stderr[-3000:]}")
         return result
 
     def images(self, short_names: bool = True) -> dict[str, str]:
@@ -277,10 +277,10 @@ def copied_sources(dockerfile: Path, context: Path) -> list[Path]:
 
 
 def run_logged(cmd: list[str], env: dict[str, str], what: str, timeout: float = 1500) -> None:
-    """Run CMD, raising a StackError naming WHAT (with the tail of its output) on failure."""
+    """Run CMD, raising a PodmanStackError naming WHAT (with the tail of its output) on failure."""
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     if result.returncode != 0:
-        raise StackError(f"{what} failed:\n{(result.stdout + result.stderr)[-3000:]}")
+        raise PodmanStackError(f"{what} failed:\n{(result.stdout + result.stderr)[-3000:]}")
 
 
 def base_packages() -> list[str]:
@@ -302,7 +302,7 @@ def build_base(podman: Podman, images: dict[str, str], done: dict[str, str]) -> 
             podman.run("tag", tag, BASE_IMAGE)
         return tag
     if not shutil.which("mmdebstrap"):
-        raise StackError("mmdebstrap missing: `scripts/setup.sh --test` installs it")
+        raise PodmanStackError("mmdebstrap missing: `scripts/setup.sh --test` installs it")
     with step("base: mmdebstrap"), tempfile.TemporaryDirectory(dir=podman.state) as tmp:
         tar = Path(tmp) / "base.tar"
         cmd = ["mmdebstrap", "--quiet", *MMDEBSTRAP_OPTIONS]
@@ -356,7 +356,7 @@ def build_standins(podman: Podman, images: dict[str, str], base: str, done: dict
         for image, proc in procs.items():
             _, err = proc.communicate(timeout=900)
             if proc.returncode != 0:
-                raise StackError(f"building {image} failed:\n{err[-3000:]}")
+                raise PodmanStackError(f"building {image} failed:\n{err[-3000:]}")
 
 
 def wheelhouse(podman: Podman) -> Path | None:

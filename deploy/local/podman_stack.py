@@ -43,14 +43,14 @@ from podman_build import (
     DEFAULT_STATE,
     TIMINGS,
     Podman,
-    StackError,
+    PodmanStackError,
     build_images,
     log,
     report_timings,
     step,
 )
 
-__all__ = ["BASE_IMAGE", "DEFAULT_STATE", "TIMINGS", "Podman", "StackError"]
+__all__ = ["BASE_IMAGE", "DEFAULT_STATE", "TIMINGS", "Podman", "PodmanStackError"]
 DEFAULT_PROJECT = "safecity"
 COMPLETED = "service_completed_successfully"
 HEALTHY = "service_healthy"
@@ -95,7 +95,7 @@ def dependency_levels(services: dict[str, Any]) -> list[list[str]]:
     while len(placed) < len(deps):
         level = sorted(n for n, d in deps.items() if n not in placed and d <= placed)
         if not level:
-            raise StackError(f"depends_on cycle among {sorted(set(deps) - placed)}")
+            raise PodmanStackError(f"depends_on cycle among {sorted(set(deps) - placed)}")
         levels.append(level)
         placed.update(level)
     return levels
@@ -159,10 +159,10 @@ class Waiter:
         self.health = bool(spec.get("test")) and not spec.get("disable")
         self.pending = {c["Name"] for c in containers(podman, service)}
         if not self.pending:
-            raise StackError(f"service {service}: no container was started")
+            raise PodmanStackError(f"service {service}: no container was started")
 
     def ready(self) -> bool:
-        """One poll; raises StackError naming the service when it can no longer succeed."""
+        """One poll; raises PodmanStackError naming the service when it can no longer succeed."""
         if not (self.one_shot or self.health):
             return True
         states = json.loads(self.podman.run("inspect", *sorted(self.pending)).stdout)
@@ -170,13 +170,13 @@ class Waiter:
             name, state = c["Name"], c["State"]
             if self.one_shot and not state["Running"] and state["Status"] == "exited":
                 if state["ExitCode"] != 0:
-                    raise StackError(
+                    raise PodmanStackError(
                         f"service {self.service}: {name} exited {state['ExitCode']} (must "
                         f"complete successfully):\n{logs_tail(self.podman, name)}"
                     )
                 self.pending.discard(name)
             elif not self.one_shot and not state["Running"]:
-                raise StackError(
+                raise PodmanStackError(
                     f"service {self.service}: {name} is {state['Status']} (exit "
                     f"{state['ExitCode']}), not healthy:\n{logs_tail(self.podman, name)}"
                 )
@@ -201,7 +201,7 @@ def wait_healthy(podman: Podman, service: str, spec: dict[str, Any], floor: floa
         if time.monotonic() > deadline:
             names = ", ".join(sorted(waiter.pending))
             last = logs_tail(podman, sorted(waiter.pending)[0])
-            raise StackError(f"service {service}: {names} not healthy in time:\n{last}")
+            raise PodmanStackError(f"service {service}: {names} not healthy in time:\n{last}")
         time.sleep(POLL)
 
 
@@ -224,7 +224,7 @@ def up(podman: Podman, scale: Sequence[str], profiles: Sequence[str], floor: flo
     dependency_levels(services)  # no cycle
     problems = missing_images(podman, services)
     if problems:
-        raise StackError("\n".join(problems))
+        raise PodmanStackError("\n".join(problems))
     scale_args = [a for s in scale for a in ("--scale", s)]
     began = time.monotonic()
     started: set[str] = set()  # `up` asked for
@@ -272,7 +272,7 @@ def up(podman: Podman, scale: Sequence[str], profiles: Sequence[str], floor: flo
                 elif time.monotonic() > deadline:
                     names = ", ".join(sorted(waiter.pending))
                     last = logs_tail(podman, sorted(waiter.pending)[0])
-                    raise StackError(f"service {name}: {names} not ready in time:\n{last}")
+                    raise PodmanStackError(f"service {name}: {names} not ready in time:\n{last}")
             if not batch and len(ready) < len(services):
                 time.sleep(POLL)
     TIMINGS["up: start to all ready"] = round(time.monotonic() - began, 1)
@@ -283,7 +283,7 @@ def check(podman: Podman) -> list[dict[str, Any]]:
     """Every long-running container healthy and never restarted; one-shots exited 0."""
     found = containers(podman)
     if not found:
-        raise StackError(f"project {podman.project} has no containers")
+        raise PodmanStackError(f"project {podman.project} has no containers")
     report, problems, to_check = [], [], []
     for container in found:
         name, state = container["Name"], container["State"]
@@ -318,7 +318,7 @@ def check(podman: Podman) -> list[dict[str, Any]]:
                 f"service {entry['service']}: {name} is unhealthy:\n{logs_tail(podman, name, 10)}"
             )
     if problems:
-        raise StackError("\n".join(problems))
+        raise PodmanStackError("\n".join(problems))
     return report
 
 
@@ -381,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             down(podman)
         else:
             print(json.dumps(leftovers(podman), indent=2))
-    except StackError as exc:
+    except PodmanStackError as exc:
         print(f"podman-stack: error: {exc}", file=sys.stderr)
         return 1
     finally:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from edge.spool import COMPACT_MIN_BYTES, Spool
+from edge.spool import COMPACT_MIN_BYTES, DeviceSpool
 
 
 def ids(items: list) -> list[int]:  # type: ignore[type-arg]
@@ -14,7 +14,7 @@ def ids(items: list) -> list[int]:  # type: ignore[type-arg]
 
 def test_spool_is_bounded_ordered_and_survives_a_restart(tmp_path: Path) -> None:
     path = tmp_path / "dev.spool"
-    spool = Spool(path, max_bytes=2000)
+    spool = DeviceSpool(path, max_bytes=2000)
     accepted = [i for i in range(100) if spool.append("t", bytes([i, 0xFF]), {"i": i}) is not None]
     assert 5 < len(accepted) < 100  # bounded
     first = spool.take(3)
@@ -24,7 +24,7 @@ def test_spool_is_bounded_ordered_and_survives_a_restart(tmp_path: Path) -> None
     assert ids(spool.take(2)) == [accepted[2], accepted[3]]
     spool.close()
     # A restart forgets what was handed out: everything unsettled is unsent again.
-    again = Spool(path, max_bytes=2000)
+    again = DeviceSpool(path, max_bytes=2000)
     rest = again.take(1000)
     assert ids(rest) == accepted[1:]
     assert rest[0].payload == bytes([accepted[1], 0xFF]) and rest[0].from_disk
@@ -35,7 +35,7 @@ def test_spool_is_bounded_ordered_and_survives_a_restart(tmp_path: Path) -> None
 
 
 def test_acks_find_entries_by_channel_and_seq(tmp_path: Path) -> None:
-    spool = Spool(tmp_path / "s.spool", 1 << 20)
+    spool = DeviceSpool(tmp_path / "s.spool", 1 << 20)
     for seq in range(10, 20):
         spool.append("x/telemetry", b"r", {"i": seq}, seq, "telemetry")
     spool.append("x/event", b"e", {"i": 15}, 15, "event")
@@ -50,14 +50,14 @@ def test_acks_find_entries_by_channel_and_seq(tmp_path: Path) -> None:
 
 def test_a_torn_last_record_is_cut_and_the_rest_replays(tmp_path: Path) -> None:
     path = tmp_path / "torn.spool"
-    spool = Spool(path, 1 << 20)
+    spool = DeviceSpool(path, 1 << 20)
     for i in range(5):
         spool.append("t", b"p", {"i": i}, i, "telemetry")
     spool.settle([0, 1])
     spool.close()
     with path.open("ab") as handle:
         handle.write(b'{"i":5,"t":"t","p":"')  # a crash mid-write (a power cut, not kill -9)
-    again = Spool(path, 1 << 20)
+    again = DeviceSpool(path, 1 << 20)
     assert ids(again.take(10)) == [2, 3, 4]
     # Ids continue after the replayed ones: a done record can never name a new message.
     assert again.append("t", b"p", {"i": 9}) == 5
@@ -66,7 +66,7 @@ def test_a_torn_last_record_is_cut_and_the_rest_replays(tmp_path: Path) -> None:
 
 def test_compaction_keeps_the_unsettled_and_is_atomic(tmp_path: Path) -> None:
     path = tmp_path / "big.spool"
-    spool = Spool(path, 64 << 20, cache=10)
+    spool = DeviceSpool(path, 64 << 20, cache=10)
     payload = os.urandom(3000)
     keep = spool.append("t", payload, {"i": "keep"}, 1, "telemetry")
     assert keep is not None
@@ -81,7 +81,7 @@ def test_compaction_keeps_the_unsettled_and_is_atomic(tmp_path: Path) -> None:
     item = spool.item(keep)
     assert item is not None and item.payload == payload
     spool.close()
-    again = Spool(path, 64 << 20)
+    again = DeviceSpool(path, 64 << 20)
     assert [i.payload for i in again.take(5)] == [payload]
     assert again.lookup("telemetry", 1, 1) == [keep]
     again.close()

@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from ingest.validate import Accepted, DuplicateDetector, RateLimiter, Rejected, Validator
+from ingest.validate import Accepted, DeviceRateLimiter, DuplicateDetector, Rejected, Validator
 from safecity import topics
 from safecity.mqtt import Incoming
 from safecity.readings import format_ts
@@ -33,7 +33,7 @@ def validator(clock: Callable[[], float], rate: float = 1000.0, burst: float = 1
         CITY,
         7 * 86_400,
         300,
-        rate_limiter=RateLimiter(rate, burst, clock=clock),
+        rate_limiter=DeviceRateLimiter(rate, burst, clock=clock),
         duplicates=DuplicateDetector(1000),
     )
 

@@ -11,7 +11,13 @@ from safecity.geography import TASHKENT_LAND_USE
 from simulators import scenario as scenarios
 from simulators.events import maybe_event
 from simulators.generators import generate
-from simulators.incidents import Incident, Scene, crowd_phase, pollution_ramp, queue_strength
+from simulators.incidents import (
+    Scene,
+    SimulatedIncident,
+    crowd_phase,
+    pollution_ramp,
+    queue_strength,
+)
 from simulators.sites import World
 from simulators.timebase import device_rng
 
@@ -47,13 +53,13 @@ def test_inversion_builds_over_hours_and_breaks_up_within_the_hour() -> None:
     assert pm.index(peak) * 5 > 90  # builds up for more than 1.5 h after 18:00
     # Its stated figure: PM2.5 climbs to 200-400 city-wide.
     assert 200 <= peak <= 400
-    inc = Incident("inversion", 0, 12 * 60 * MIN_MS)
+    inc = SimulatedIncident("inversion", 0, 12 * 60 * MIN_MS)
     assert pollution_ramp(inc, 12 * 60 * MIN_MS + 15 * MIN_MS) > 0.3
     assert pollution_ramp(inc, 12 * 60 * MIN_MS + 90 * MIN_MS) == 0.0
 
 
 def test_accident_queue_grows_upstream_and_dissolves_over_tens_of_minutes() -> None:
-    inc = Incident("road_accident", 0, 45 * MIN_MS, (69.2, 41.3), 2000.0)
+    inc = SimulatedIncident("road_accident", 0, 45 * MIN_MS, (69.2, 41.3), 2000.0)
     # Near the crash at once; 1.5 km upstream (reach 0.25) only after ~11 minutes.
     assert queue_strength(inc, 0.95, 1 * MIN_MS) > 0.5
     assert queue_strength(inc, 0.25, 5 * MIN_MS) == 0.0
@@ -65,7 +71,7 @@ def test_accident_queue_grows_upstream_and_dissolves_over_tens_of_minutes() -> N
 
 
 def test_stadium_fills_then_surges_out() -> None:
-    inc = Incident("mass_event", 120 * MIN_MS, 240 * MIN_MS)
+    inc = SimulatedIncident("mass_event", 120 * MIN_MS, 240 * MIN_MS)
     assert crowd_phase(inc, 60 * MIN_MS) == 0.0
     assert 0.0 < crowd_phase(inc, 100 * MIN_MS) < 1.0
     assert crowd_phase(inc, 245 * MIN_MS) > crowd_phase(inc, 200 * MIN_MS) == 1.0

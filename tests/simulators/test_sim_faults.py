@@ -22,7 +22,7 @@ from safecity.topics import Channel
 from simulators import scenario as scenarios
 from simulators.faults import FAULTS, REJECTS, DeviceFaults
 from simulators.fleet import Outgoing, Sent, device_messages, run
-from simulators.incidents import Incident, Scene
+from simulators.incidents import Scene, SimulatedIncident
 from simulators.settings import FaultSettings, SimulatorSettings
 
 CITY: City = generate("tashkent", 60, 5)
@@ -256,7 +256,7 @@ def test_inversion_builds_up_pm_and_reports_an_episode() -> None:
     city = generate("tashkent", 100, 2)
     start = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
     begin = int(start.timestamp() * 1000)
-    inversion = Incident("inversion", begin, begin + 6 * 3_600_000, params={"factor": 3.0})
+    inversion = SimulatedIncident("inversion", begin, begin + 6 * 3_600_000, params={"factor": 3.0})
     device = city.select(kind="air_quality")[0]
     on = _series(city, Scene(city, [inversion], 5, ambient=False), device.id, start, 150)
     off = _series(city, Scene(city, [], 5, ambient=False), device.id, start, 150)
