@@ -69,7 +69,7 @@ class ApiSettings(ServiceSettings):
     port: Port = 8000
     stale_after: Annotated[float, Field(gt=0)] = 900.0
     max_page_size: Annotated[int, Field(ge=1, le=1000)] = 500
-    # Security and limits of the public API (RELIABILITY.md: keys, rate limits, bounds).
+    # Security and limits of the public API (docs/reliability.md: keys, rate limits, bounds).
     api_keys_file: Path = Field(default_factory=in_home("api_keys_file"))
     rate_limit_rps: Annotated[float, Field(gt=0, le=100_000)] = 50.0
     rate_limit_burst: Annotated[int, Field(ge=1, le=1_000_000)] = 100

@@ -1,4 +1,4 @@
-"""Writer stage: line-protocol batches to InfluxDB with the status-code policy of RELIABILITY.md.
+"""Writer stage: line-protocol batches to InfluxDB with the status-code policy below.
 
 204 -> durable; 400/413 -> split until the refused lines are isolated (a `partial
 write` stored the valid points already, and rewriting them is idempotent); 429, 5xx,

@@ -1,7 +1,8 @@
 """The sensor catalogue: every sensor kind and event type, its quantities, units and hard limits.
 
-Hard limits are the validator's: a little wider than the realistic ranges of
-CATALOGUE.md (Central Asian cities), much narrower than "any float".
+Hard limits are the validator's: a little wider than the realistic ranges of Central
+Asian cities (the simulator's calibration table in simulators/README.md), much narrower
+than "any float".
 """
 
 from __future__ import annotations

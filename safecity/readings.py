@@ -1,7 +1,7 @@
 """Immutable message models (reading, event, status) and the one `parse` that validates them.
 
-`parse(kind, payload)` returns a model or a `Rejection` carrying a reason code from
-RELIABILITY.md; it never raises anything else, whatever the bytes.
+`parse(kind, payload)` returns a model or a `Rejection` carrying a reason code
+(`RejectReason`, listed in docs/contract.md); it never raises anything else, whatever the bytes.
 """
 
 from __future__ import annotations

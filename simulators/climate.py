@@ -2,8 +2,8 @@
 
 Monthly normals (January first) are rounded from the 1991-2020 WMO climate normals of
 each city's main station as tabulated in public climate summaries (Uzhydromet,
-Kazhydromet, Kyrgyzhydromet, Tajik Hydromet); Tashkent's are the figures of
-/work/shared/CATALOGUE.md (~444 mm/yr, March ~69, July ~4, August ~1 mm; January mean
+Kazhydromet, Kyrgyzhydromet, Tajik Hydromet); Tashkent's are the project's reference
+figures (~444 mm/yr, March ~69, July ~4, August ~1 mm; January mean
 +1..+3 C, July ~27.5-28 C) and Almaty's too (January ~-4.7 C, July ~23.8 C,
 ~650-700 mm). Time zones are the IANA database's (Kazakhstan is UTC+5 since March
 2024; Bishkek UTC+6). A place the table does not know gets Tashkent's climate shifted

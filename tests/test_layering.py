@@ -1,4 +1,4 @@
-"""The layering rules of DESIGN.md section 1, pinned.
+"""The layering rules of the README's "The folders", pinned.
 
 - the contract package `safecity` imports no service or control module, by any means;
 - service packages never import each other (simulators may use edge), nor the control package;

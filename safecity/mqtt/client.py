@@ -51,7 +51,6 @@ class MqttClient:
         manual_ack: bool = False,
         receive_maximum: int | None = None,
         will: Will | None = None,
-        queue_size: int = 0,  # kept for compatibility; receipt is bounded by Receive Maximum
         on_connect: Callable[[], None] | None = None,
     ) -> None:
         self._settings = settings

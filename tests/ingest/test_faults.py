@@ -1,4 +1,4 @@
-"""Fault tests of RELIABILITY.md: real processes are killed, paused and restarted mid-stream.
+"""Fault tests of docs/reliability.md: real processes are killed, paused and restarted mid-stream.
 
 Every test publishes through a ledger-recording publisher and then runs the ledger
 checker (control.verify): nothing acknowledged is lost or duplicated, and the

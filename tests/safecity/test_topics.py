@@ -13,7 +13,7 @@ from safecity import topics
 from safecity.errors import SafecityError, TopicError
 from safecity.topics import Channel, DeviceTopic, PlatformTopic
 
-# Identifiers as DESIGN.md fixes them: ^[a-z0-9][a-z0-9_.-]{0,63}$
+# Identifiers as docs/contract.md fixes them: ^[a-z0-9][a-z0-9_.-]{0,63}$
 identifiers = st.from_regex(r"\A[a-z0-9][a-z0-9_.-]{0,63}\Z")
 channels = st.sampled_from(list(Channel))
 

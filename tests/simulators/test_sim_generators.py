@@ -76,7 +76,7 @@ def test_a_week_of_values_validates(kind: str, start: datetime) -> None:
 
 
 def check_consistency(kind: str, v: Mapping[str, Any]) -> None:
-    """Physical consistency and the realistic ranges of CATALOGUE.md."""
+    """Physical consistency and the realistic ranges of the simulator's calibration table."""
     if kind == "air_quality":
         assert v["pm10"] >= v["pm25"] > 0
         assert 0.05 <= v["co"] <= 30
