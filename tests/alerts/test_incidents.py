@@ -10,6 +10,7 @@ from support import influx_rows
 
 from control.stack import LocalStack
 from safecity import incidents as inc
+from safecity.errors import IncidentError, TransitionError
 from safecity.influx import InfluxClient
 from safecity.settings import InfluxSettings
 
@@ -41,7 +42,7 @@ def test_lifecycle_is_append_only_and_refuses_bad_steps(stack: LocalStack, influ
             first = _new()
             await store.open(first)
             await store.open(first)  # a redelivered opening: same id, same point
-            with pytest.raises(inc.TransitionError) as refused:
+            with pytest.raises(TransitionError) as refused:
                 await store.transition(first.id, "dispatched", "op-1")
             t = T0 + timedelta(minutes=2)
             await store.transition(first.id, "acknowledged", "op-1", "on it", at=t)
@@ -50,11 +51,11 @@ def test_lifecycle_is_append_only_and_refuses_bad_steps(stack: LocalStack, influ
             done = await store.transition(
                 first.id, "resolved", "op-2", "no casualties", at=t + timedelta(minutes=30)
             )
-            with pytest.raises(inc.TransitionError, match="is resolved: cannot go to acknowledged"):
+            with pytest.raises(TransitionError, match="is resolved: cannot go to acknowledged"):
                 await store.transition(first.id, "acknowledged", "op-1")
-            with pytest.raises(inc.TransitionError, match="unknown state 'closed'"):
+            with pytest.raises(TransitionError, match="unknown state 'closed'"):
                 await store.transition(first.id, "closed", "op-1")
-            with pytest.raises(inc.IncidentError, match="no incident"):
+            with pytest.raises(IncidentError, match="no incident"):
                 await store.get("inc-nope")
             second = _new(minute=60)
             await store.open(second)

@@ -1,31 +1,24 @@
-"""Incidents: the model, the lifecycle state machine, the append-only store and the figures.
+"""The incident store: an append-only transition log in InfluxDB, folded on read.
 
-An incident is opened by an alert and then moves open -> acknowledged -> dispatched
--> resolved (an incident may also be resolved straight from open or acknowledged,
-e.g. a false alarm or a cleared condition). Every transition is one point appended
-to the `incident_transitions` measurement (who, when, note); nothing is ever
-updated in place. The current state is the fold of the log. The alerts service and
-the API both use this module; it imports no service package.
+Every transition is one point appended to the `incident_transitions` measurement
+(who, when, note); nothing is ever updated in place. An opening also writes its alert
+to `alerts`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
-import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
-from typing import Annotated, Any
-
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any
 
 from safecity.catalogue import Severity
 from safecity.errors import IncidentError, TransitionError
+from safecity.incidents.model import Incident, State, Transition, advance
 from safecity.influx import InfluxClient
 from safecity.lineprotocol import FieldValue, Point, encode_many
-from safecity.readings import Timestamp, epoch_ms, format_ts, from_epoch_ms, truncate_ms
+from safecity.readings import epoch_ms, format_ts, from_epoch_ms, truncate_ms
 from safecity.schema import ALERTS as _ALERTS
 from safecity.schema import INCIDENT_TRANSITIONS, retention_policy_of, source
 
@@ -33,167 +26,6 @@ ALERTS = _ALERTS
 TRANSITIONS = INCIDENT_TRANSITIONS
 ALERT_TAGS = ("city", "district", "rule_id", "severity")
 TRANSITION_TAGS = ("city", "district", "rule_id", "severity", "state")
-_ID = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
-# Notes are free text for operators but must stay one line-protocol line.
-_NOTE = re.compile(r"^[^\x00-\x1f\x7f]{0,500}$")
-
-
-class State(StrEnum):
-    """Lifecycle states of an incident, in order."""
-
-    OPEN = "open"
-    ACKNOWLEDGED = "acknowledged"
-    DISPATCHED = "dispatched"
-    RESOLVED = "resolved"
-
-
-ALLOWED: dict[State, frozenset[State]] = {
-    State.OPEN: frozenset({State.ACKNOWLEDGED, State.RESOLVED}),
-    State.ACKNOWLEDGED: frozenset({State.DISPATCHED, State.RESOLVED}),
-    State.DISPATCHED: frozenset({State.RESOLVED}),
-    State.RESOLVED: frozenset(),
-}
-
-_FROZEN = ConfigDict(frozen=True, extra="forbid")
-Identifier = Annotated[str, Field(pattern=_ID)]
-
-
-class Transition(BaseModel):
-    """One appended lifecycle step: to `state` from `from_state`, by whom, when, why."""
-
-    model_config = _FROZEN
-
-    incident_id: Identifier
-    seq: Annotated[int, Field(ge=0)]
-    state: State
-    from_state: State | None
-    at: Timestamp
-    by: Identifier
-    note: Annotated[str, Field(pattern=_NOTE.pattern)] = ""
-
-
-class Incident(BaseModel):
-    """An incident with its full transition log (oldest first)."""
-
-    model_config = _FROZEN
-
-    id: Identifier
-    city: Identifier
-    district: Identifier
-    rule_id: Identifier
-    rule_type: str
-    severity: Severity
-    place: str
-    devices: tuple[str, ...]
-    opened_at: Timestamp
-    value: float | None = None
-    message: str = ""
-    event: str | None = None
-    transitions: tuple[Transition, ...] = ()
-
-    @property
-    def state(self) -> State:
-        """The current state: the last transition's."""
-        return self.transitions[-1].state if self.transitions else State.OPEN
-
-    @property
-    def resolved(self) -> bool:
-        """True once resolved."""
-        return self.state is State.RESOLVED
-
-    def first(self, state: State) -> datetime | None:
-        """When the incident first reached `state`, or None."""
-        return next((t.at for t in self.transitions if t.state is state), None)
-
-    @property
-    def time_to_acknowledge(self) -> float | None:
-        """Seconds from opening to the first acknowledgement (None if never)."""
-        at = self.first(State.ACKNOWLEDGED)
-        return None if at is None else (at - self.opened_at).total_seconds()
-
-    @property
-    def time_to_resolve(self) -> float | None:
-        """Seconds from opening to resolution (None while unresolved)."""
-        at = self.first(State.RESOLVED)
-        return None if at is None else (at - self.opened_at).total_seconds()
-
-    def to_public(self) -> dict[str, Any]:
-        """A JSON-ready view (the API's response body)."""
-        return {**self.model_dump(mode="json"), "state": self.state.value}
-
-
-def incident_id(city: str, rule_id: str, place: str, opened_ms: int) -> str:
-    """A deterministic id: a redelivered opening gives the same incident (idempotent)."""
-    digest = hashlib.sha256(f"{city}|{rule_id}|{place}|{opened_ms}".encode()).hexdigest()
-    return f"inc-{digest[:20]}"
-
-
-def advance(
-    incident: Incident, state: State | str, by: str, at: datetime, note: str = ""
-) -> Incident:
-    """The incident with one more transition; TransitionError if the state machine refuses."""
-    try:
-        target = State(state)
-    except ValueError:
-        known = ", ".join(s.value for s in State)
-        raise TransitionError(f"unknown state {state!r} (known: {known})") from None
-    current = incident.state
-    if target not in ALLOWED[current]:
-        allowed = ", ".join(sorted(s.value for s in ALLOWED[current])) or "none (final)"
-        raise TransitionError(
-            f"incident {incident.id} is {current.value}: cannot go to {target.value} "
-            f"(allowed from {current.value}: {allowed})"
-        )
-    if at < incident.transitions[-1].at:
-        # The log is ordered by time; a step into the past would reorder history.
-        at = incident.transitions[-1].at
-    step = Transition(
-        incident_id=incident.id,
-        seq=len(incident.transitions),
-        state=target,
-        from_state=current,
-        at=at,
-        by=by,
-        note=note,
-    )
-    return incident.model_copy(update={"transitions": (*incident.transitions, step)})
-
-
-def open_incident(
-    *,
-    city: str,
-    district: str,
-    rule_id: str,
-    rule_type: str,
-    severity: Severity | str,
-    place: str,
-    devices: Sequence[str],
-    opened_at: datetime,
-    value: float | None,
-    message: str,
-    event: str | None = None,
-    by: str = "alerts",
-) -> Incident:
-    """A new incident with its `open` transition."""
-    ident = incident_id(city, rule_id, place, epoch_ms(opened_at))
-    opening = Transition(
-        incident_id=ident, seq=0, state=State.OPEN, from_state=None, at=opened_at, by=by
-    )
-    return Incident(
-        id=ident,
-        city=city,
-        district=district,
-        rule_id=rule_id,
-        rule_type=rule_type,
-        severity=Severity(severity),
-        place=place,
-        devices=tuple(devices),
-        opened_at=opened_at,
-        value=value,
-        message=message,
-        event=event,
-        transitions=(opening,),
-    )
 
 
 def _ns(at_ms: int, *salt: object) -> int:
@@ -423,67 +255,3 @@ class IncidentStore:
         updated = advance(incident, state, by, at, note)
         await self.append([transition_point(updated, updated.transitions[-1])])
         return updated
-
-
-@dataclass(frozen=True, slots=True)
-class Figure:
-    """Response-time figures of one (type, district) group, in seconds."""
-
-    rule_id: str
-    district: str
-    incidents: int
-    open: int
-    acknowledged: int
-    resolved: int
-    tta_mean: float | None
-    tta_median: float | None
-    tta_max: float | None
-    ttr_mean: float | None
-    ttr_median: float | None
-    ttr_max: float | None
-
-
-def _stats(values: list[float]) -> tuple[float | None, float | None, float | None]:
-    if not values:
-        return None, None, None
-    return statistics.fmean(values), statistics.median(values), max(values)
-
-
-def figures(
-    incidents: Iterable[Incident], *, by_district: bool = True, by_type: bool = True
-) -> list[Figure]:
-    """Time to acknowledge and time to resolve, grouped by type (rule) and/or district."""
-    groups: dict[tuple[str, str], list[Incident]] = {}
-    for inc in incidents:
-        key = (inc.rule_id if by_type else "*", inc.district if by_district else "*")
-        groups.setdefault(key, []).append(inc)
-    out = []
-    for (rule_id, district), members in sorted(groups.items()):
-        tta = [x for x in (i.time_to_acknowledge for i in members) if x is not None]
-        ttr = [x for x in (i.time_to_resolve for i in members) if x is not None]
-        out.append(
-            Figure(
-                rule_id,
-                district,
-                len(members),
-                sum(1 for i in members if not i.resolved),
-                len(tta),
-                len(ttr),
-                *_stats(tta),
-                *_stats(ttr),
-            )
-        )
-    return out
-
-
-def markdown_table() -> str:
-    """README rows for the two measurements this module writes (a test keeps them equal)."""
-    return (
-        "| Measurement | Tags | Fields |\n|---|---|---|\n"
-        f"| `{ALERTS}` | {', '.join(ALERT_TAGS)} | `alert_id`, `incident_id`, `devices` "
-        "(comma-separated), `message`, `rule_type`, `place`, `value`? (float), `event`? |\n"
-        f"| `{TRANSITIONS}` | {', '.join(TRANSITION_TAGS)} | `incident_id`, `seq` (int, 0 = "
-        "open), `from_state`, `by`, `note`, `place`, `devices`, `rule_type`, `message`, "
-        "`opened_at_ms` (int), `elapsed_s` (float, s from opening to this step), `value`? (float), "
-        "`event`? |\n"
-    )
