@@ -16,20 +16,65 @@ class AlertsSettings(ServiceSettings):
     mqtt: MqttSettings = MqttSettings()
     influx: InfluxSettings = InfluxSettings()
     # Own names (alerts_*): ingest's SAFECITY_WORKER_ID/SHARE_GROUP must not leak in here.
-    alerts_id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")] = "alerts-0"
-    # Empty = a plain subscription (one instance; survives broker restarts, see ingest).
-    alerts_share_group: Annotated[str, Field(pattern=r"^([a-z0-9][a-z0-9_.-]{0,63})?$")] = "alerts"
+    alerts_id: Annotated[
+        str,
+        Field(
+            pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$",
+            description="The alerts instance's id: its MQTT client id and session.",
+        ),
+    ] = "alerts-0"
+    alerts_share_group: Annotated[
+        str,
+        Field(
+            pattern=r"^([a-z0-9][a-z0-9_.-]{0,63})?$",
+            description=(
+                "Its shared-subscription group ($share/<group>/...), never the ingest's. "
+                "Empty = a plain subscription (one instance; survives broker restarts). "
+                "`make run` uses empty."
+            ),
+        ),
+    ] = "alerts"
     alerts_rules_file: Path | None = Field(
         default=None, description="Rule file (YAML); empty = the shipped rules of the city"
     )
-    alerts_session_expiry: Annotated[int, Field(ge=60)] = 86_400
-    alerts_receive_maximum: Annotated[int, Field(ge=1, le=65535)] = 1000
-    alerts_batch_size: Annotated[int, Field(ge=1, le=100_000)] = 1000
-    alerts_flush_interval: Annotated[float, Field(gt=0, le=10)] = 0.2
-    # How often the incident book is re-read (operators resolve incidents through the API).
-    alerts_refresh_interval: Annotated[float, Field(gt=0, le=3600)] = 10.0
-    alerts_metrics_host: str = "127.0.0.1"
-    alerts_metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9102
+    alerts_session_expiry: Annotated[
+        int, Field(ge=60, description="Seconds the broker keeps its session while it is away.")
+    ] = 86_400
+    alerts_receive_maximum: Annotated[
+        int, Field(ge=1, le=65535, description="Most unacked messages in flight to it.")
+    ] = 1000
+    alerts_batch_size: Annotated[
+        int, Field(ge=1, le=100_000, description="Messages evaluated per batch ...")
+    ] = 1000
+    alerts_flush_interval: Annotated[
+        float, Field(gt=0, le=10, description="... or seconds after a batch's first message.")
+    ] = 0.2
+    alerts_refresh_interval: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=3600,
+            description=(
+                "Seconds between re-reads of the stored incidents (operators resolve them"
+                " via the API)."
+            ),
+        ),
+    ] = 10.0
+    alerts_metrics_host: str = Field(
+        "127.0.0.1", description="/metrics, /healthz and /readyz of the alerts service: host ..."
+    )
+    alerts_metrics_port: Annotated[int, Field(ge=0, le=65535, description="... and port.")] = 9102
     # Same variables as ingest's: replays need both widened the same way.
-    ts_past_window: Annotated[float, Field(gt=0)] = 7 * 86_400.0
-    ts_future_window: Annotated[float, Field(ge=0)] = 300.0
+    ts_past_window: Annotated[
+        float,
+        Field(
+            gt=0,
+            description=(
+                "Accepted device timestamps reach this many seconds into the past (widen "
+                "for replays)."
+            ),
+        ),
+    ] = 7 * 86_400.0
+    ts_future_window: Annotated[
+        float, Field(ge=0, description="... and this many seconds into the future.")
+    ] = 300.0

@@ -65,41 +65,169 @@ class ApiSettings(ServiceSettings):
     """Settings of the FastAPI service."""
 
     influx: InfluxSettings = InfluxSettings()
-    host: str = "127.0.0.1"
-    port: Port = 8000
-    stale_after: Annotated[float, Field(gt=0)] = 900.0
-    max_page_size: Annotated[int, Field(ge=1, le=1000)] = 500
+    host: str = Field("127.0.0.1", description="The API's listen address ...")
+    port: Port = Field(8000, description="... and port.")
+    stale_after: Annotated[
+        float,
+        Field(
+            gt=0, description="A device silent for longer than this many seconds counts as stale."
+        ),
+    ] = 900.0
+    max_page_size: Annotated[
+        int,
+        Field(
+            ge=1, le=1000, description="Largest page a listing returns (limit=...); at most 1000."
+        ),
+    ] = 500
     # Security and limits of the public API (docs/reliability.md: keys, rate limits, bounds).
-    api_keys_file: Path = Field(default_factory=in_home("api_keys_file"))
-    rate_limit_rps: Annotated[float, Field(gt=0, le=100_000)] = 50.0
-    rate_limit_burst: Annotated[int, Field(ge=1, le=1_000_000)] = 100
-    max_body_bytes: Annotated[int, Field(ge=0, le=16 * 1024 * 1024)] = 16 * 1024
-    cors_origins: list[str] = []
-    max_range: Annotated[float, Field(gt=0, le=366 * 86_400)] = 31 * 86_400.0
-    min_bucket: Annotated[float, Field(ge=1, le=86_400)] = 10.0
-    max_points: Annotated[int, Field(ge=10, le=100_000)] = 5000
-    # Most events one export may hold (a series export is bounded by max_points).
-    max_export_rows: Annotated[int, Field(ge=1, le=10_000_000)] = 100_000
-    status_lookback: Annotated[float, Field(gt=0, le=31 * 86_400)] = 86_400.0
-    overview_cache_ttl: Annotated[float, Field(ge=0, le=300)] = 5.0
+    api_keys_file: Path = Field(
+        default_factory=in_home("api_keys_file"),
+        description=(
+            "API keys, hashed (`safecity apikey create|list|revoke`); re-read when it changes."
+        ),
+    )
+    rate_limit_rps: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=100_000,
+            description=(
+                "Token bucket per API key: sustained requests/s; the excess gets 429 + Retry-After."
+            ),
+        ),
+    ] = 50.0
+    rate_limit_burst: Annotated[
+        int, Field(ge=1, le=1_000_000, description="Token bucket per API key: burst.")
+    ] = 100
+    max_body_bytes: Annotated[
+        int,
+        Field(
+            ge=0, le=16 * 1024 * 1024, description="Largest request body accepted, bytes (-> 413)."
+        ),
+    ] = 16 * 1024
+    cors_origins: list[str] = Field(
+        [],
+        description=(
+            'Browser origins allowed by CORS, a JSON list, e.g. ["https://console.example"].'
+        ),
+    )
+    max_range: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=366 * 86_400,
+            description="Longest time window a request may ask for, seconds (-> 422).",
+        ),
+    ] = 31 * 86_400.0
+    min_bucket: Annotated[
+        float, Field(ge=1, le=86_400, description="Shortest series bucket, seconds (-> 422).")
+    ] = 10.0
+    max_points: Annotated[
+        int, Field(ge=10, le=100_000, description="Most buckets per series (-> 422).")
+    ] = 5000
+    max_export_rows: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=10_000_000,
+            description=(
+                "Most rows one export (CSV/NDJSON) may hold; a larger one is refused "
+                "before it starts."
+            ),
+        ),
+    ] = 100_000
+    status_lookback: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=31 * 86_400,
+            description=(
+                "How far back device status and last readings are looked up, seconds "
+                "(online/stale/offline)."
+            ),
+        ),
+    ] = 86_400.0
+    overview_cache_ttl: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=300,
+            description=(
+                "Overview and status snapshots are reused this many seconds (0 = always recompute)."
+            ),
+        ),
+    ] = 5.0
     # Delivery accounting: where ingest keeps dead letters (same variable as ingest's)
     # and, optionally, the simulator's ground-truth ledger.
-    deadletter_dir: Path = Field(default_factory=in_home("deadletter_dir"))
-    ledger_file: Path | None = None
+    deadletter_dir: Path = Field(
+        default_factory=in_home("deadletter_dir"),
+        description="Directory of the fsync'd dead-letter store (deadletters.jsonl).",
+    )
+    ledger_file: Path | None = Field(
+        None,
+        description=(
+            "Delivery accounting: the simulator's ground-truth ledger, if any (dead "
+            "letters come from SAFECITY_DEADLETTER_DIR)."
+        ),
+    )
     # Live stream: the broker it subscribes to, and each client's bounded queue.
     mqtt: MqttSettings = MqttSettings()
-    stream_queue_size: Annotated[int, Field(ge=1, le=100_000)] = 256
-    stream_heartbeat: Annotated[float, Field(gt=0, le=300)] = 15.0
+    stream_queue_size: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=100_000,
+            description=(
+                "Live stream (/v1/stream): each client's queue; a client this far behind "
+                "is dropped."
+            ),
+        ),
+    ] = 256
+    stream_heartbeat: Annotated[
+        float, Field(gt=0, le=300, description="Live stream: seconds between keep-alive comments.")
+    ] = 15.0
     # Items kept for clients resuming with Last-Event-ID, the reconnect delay the
     # stream advises, and how many live streams one API key may hold at once.
-    stream_replay: Annotated[int, Field(ge=0, le=100_000)] = 1000
-    stream_retry_ms: Annotated[int, Field(ge=100, le=600_000)] = 3000
-    stream_max_per_key: Annotated[int, Field(ge=1, le=1000)] = 5
-    # development | production: production turns /docs and /redoc off and puts
-    # /openapi.json behind a key.
-    env: Literal["development", "production"] = "development"
-    # Append-only audit log (JSON lines, 0600) of every operate/admin call.
-    audit_log_file: Path = Field(default_factory=in_home("audit_log_file"))
+    stream_replay: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=100_000,
+            description=(
+                "Live-stream events kept for Last-Event-ID resumption (older ones: a `gap` event)."
+            ),
+        ),
+    ] = 1000
+    stream_retry_ms: Annotated[
+        int,
+        Field(
+            ge=100,
+            le=600_000,
+            description="The `retry:` hint (ms) the live stream gives reconnecting clients",
+        ),
+    ] = 3000
+    stream_max_per_key: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=1000,
+            description="Live streams one API key may hold open at once (429 beyond).",
+        ),
+    ] = 5
+    env: Literal["development", "production"] = Field(
+        "development",
+        description=(
+            "development | production. production: /docs and /redoc off, "
+            "/openapi.json only with a key."
+        ),
+    )
+    audit_log_file: Path = Field(
+        default_factory=in_home("audit_log_file"),
+        description=(
+            "Append-only audit log (JSON lines, 0600) of every call an operate/admin "
+            "key makes to a route needing that scope."
+        ),
+    )
     # Federation: publisher of this city's indicators, and the regional view.
     federation: FederationSettings = FederationSettings()
     region: RegionSettings = RegionSettings()

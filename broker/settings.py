@@ -17,7 +17,10 @@ class SecuritySettings(ServiceSettings):
         default_factory=in_home("identity_dir"),
         description="Credential store (hashes only), rendered broker accounts, admin secret.",
     )
-    certs_dir: Path = Field(default_factory=in_home("certs_dir"))
+    certs_dir: Path = Field(
+        default_factory=in_home("certs_dir"),
+        description="Local CA, broker server certificate and device client certificates.",
+    )
     broker_pidfile: Path | None = Field(
         default_factory=lambda data: _running_broker(data.get("home")),
         description="Mosquitto pid_file to SIGHUP after certificate changes (the CRL). Empty: "

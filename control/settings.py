@@ -16,21 +16,51 @@ from safecity.settings import InfluxSettings, ServiceSettings, in_home
 class StackSettings(ServiceSettings):
     """Settings of the local stack launcher (`safecity run`)."""
 
-    # The instance directory (SAFECITY_HOME); --data-dir runs an instance elsewhere.
-    data_dir: Path = Field(default_factory=in_home("root"))
-    mqtt_port: Annotated[int, Field(ge=0, le=65535)] = 1883
-    # The broker's TLS listener for devices (local CA in <data_dir>/certs).
-    mqtt_tls_port: Annotated[int, Field(ge=0, le=65535)] = 8883
-    # How the simulated devices reach the broker: plain MQTT on loopback (fast default),
-    # `tls` (the TLS listener, broker verified against the local CA, passwords) or `mtls`
-    # (the TLS listener requires a per-device certificate, CN = device id, CRL checked).
-    device_tls: Literal["off", "tls", "mtls"] = "off"
-    influx_port: Annotated[int, Field(ge=0, le=65535)] = 8086
-    api_port: Annotated[int, Field(ge=0, le=65535)] = 8000
-    ingest_metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9101
-    alerts_metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9102
-    speed: Annotated[float, Field(gt=0, le=10_000)] = 1.0
-    seed: int = 42
+    data_dir: Path = Field(
+        default_factory=in_home("root"),
+        description=(
+            "Where the stack keeps broker and database data, identities "
+            "(<dir>/identity, secrets 0600), the local CA (<dir>/certs) and the "
+            "service logs; reused across runs."
+        ),
+    )
+    mqtt_port: Annotated[
+        int, Field(ge=0, le=65535, description="Broker port on 127.0.0.1 (0 = any free one).")
+    ] = 1883
+    mqtt_tls_port: Annotated[
+        int,
+        Field(
+            ge=0, le=65535, description="The broker's TLS listener for devices (0 = any free one)."
+        ),
+    ] = 8883
+    device_tls: Literal["off", "tls", "mtls"] = Field(
+        "off",
+        description=(
+            "How the simulated devices reach the broker: off (plain MQTT on loopback,"
+            " fastest), tls (the TLS listener, CA-verified, passwords) or mtls (a "
+            "certificate per device in <data dir>/certs/clients, CN = device id, CRL "
+            "checked). See docs/tls.md."
+        ),
+    )
+    influx_port: Annotated[
+        int, Field(ge=0, le=65535, description="InfluxDB port on 127.0.0.1 (0 = any free one).")
+    ] = 8086
+    api_port: Annotated[
+        int, Field(ge=0, le=65535, description="API and console port (0 = any free one).")
+    ] = 8000
+    ingest_metrics_port: Annotated[
+        int, Field(ge=0, le=65535, description="The ingest's metrics port (0 = any free one).")
+    ] = 9101
+    alerts_metrics_port: Annotated[int, Field(ge=0, le=65535, description="... and port.")] = 9102
+    speed: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=10_000,
+            description="Simulated seconds per wall second (60 = an hour a minute).",
+        ),
+    ] = 1.0
+    seed: int = Field(42, description="Seed of every generator: same seed and start, same stream.")
     cities: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(),
         description="Built-in cities to run, each with its own simulated fleet and database "
@@ -69,5 +99,15 @@ class StorageSettings(ServiceSettings):
     # Accounts `safecity influx init --create-users` makes on a fresh InfluxDB with auth
     # on (the first admin may be created without credentials): the admin is
     # influx.username/password; the services' non-admin account is this one.
-    service_username: str | None = None
-    service_password_file: Path | None = None
+    service_username: str | None = Field(
+        None,
+        description=(
+            "`safecity influx init --create-users`: the services' non-admin InfluxDB account."
+        ),
+    )
+    service_password_file: Path | None = Field(
+        None,
+        description=(
+            "`safecity influx init --create-users`: the file holding that account's password."
+        ),
+    )

@@ -11,8 +11,10 @@ class DashboardsSettings(ServiceSettings):
     """Settings of `safecity dashboards push` (the Grafana, and the InfluxDB it should query)."""
 
     influx: InfluxSettings = InfluxSettings()
-    grafana_url: str = "http://127.0.0.1:3000"
-    grafana_token: SecretStr | None = None
+    grafana_url: str = Field("http://127.0.0.1:3000", description="The Grafana to push to.")
+    grafana_token: SecretStr | None = Field(
+        None, description="A Grafana service-account token (Editor or Admin)."
+    )
     grafana_influx_url: str | None = Field(
         default=None, description="InfluxDB URL as Grafana's server reaches it; empty = influx.url"
     )

@@ -15,19 +15,48 @@ class EdgeSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    spool_dir: Path = Field(default_factory=in_home("edge_spool_dir"))
-    spool_max_bytes: Annotated[int, Field(ge=4096)] = 16 << 20
-    max_inflight: Annotated[int, Field(ge=1, le=1000)] = 100
-    memory_queue: Annotated[int, Field(ge=1)] = 1000
-    backoff_min: Annotated[float, Field(gt=0, le=60)] = 0.2
-    backoff_max: Annotated[float, Field(gt=0, le=600)] = 30.0
-    # One shared device password, used only when no secrets file is given.
-    password: SecretStr | None = None
-    # Per-device secrets: a JSON object {device id: secret} (0600; `make run` writes it,
-    # as does `safecity devices provision --secrets-file`). Read once at start; each
-    # device logs in as itself with its own secret.
-    secrets_file: Path | None = None
-    drain_timeout: Annotated[float, Field(ge=0, le=600)] = 10.0
+    spool_dir: Path = Field(
+        default_factory=in_home("edge_spool_dir"),
+        description="Store-and-forward spool directory while the broker is away.",
+    )
+    spool_max_bytes: Annotated[
+        int, Field(ge=4096, description="Spool bound per device, bytes.")
+    ] = 16 << 20
+    max_inflight: Annotated[
+        int, Field(ge=1, le=1000, description="Publishes awaiting PUBACK per device.")
+    ] = 100
+    memory_queue: Annotated[
+        int, Field(ge=1, description="Messages queued in memory per device before the spool.")
+    ] = 1000
+    backoff_min: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=60,
+            description="Reconnect backoff (full jitter, doubling): first bound, seconds ...",
+        ),
+    ] = 0.2
+    backoff_max: Annotated[float, Field(gt=0, le=600, description="... and cap, seconds.")] = 30.0
+    password: SecretStr | None = Field(
+        None, description="One shared device password, only when there is no secrets file."
+    )
+    secrets_file: Path | None = Field(
+        None,
+        description=(
+            "Per-device secrets, a JSON object {device id: secret} (0600), read once "
+            "at start; each device logs in as itself. `make run` passes its own."
+        ),
+    )
+    drain_timeout: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=600,
+            description=(
+                "Seconds to wait for unacknowledged messages at shutdown (the rest stays spooled)."
+            ),
+        ),
+    ] = 10.0
     confirm: Annotated[
         bool,
         Field(
@@ -57,8 +86,12 @@ class EdgeSettings(BaseModel):
             "wait in the spool (bounds what a stalled ingest's broker queue holds).",
         ),
     ] = 2000
-    # Mutual TLS: the directory of per-device client certificates, `<device id>.crt` and
-    # `<device id>.key` (`safecity certs provision` writes them to <certs dir>/clients).
-    # Each device presents its own; the broker takes its CN as the username. The CA and
-    # the TLS port come from the MQTT settings (SAFECITY_MQTT__TLS_CA, __PORT).
-    tls_client_dir: Path | None = None
+    tls_client_dir: Path | None = Field(
+        None,
+        description=(
+            "Mutual TLS: the directory of per-device client certificates, <device "
+            "id>.crt/.key (`safecity certs provision` writes them to <certs "
+            "dir>/clients); the CA and the TLS port come from SAFECITY_MQTT__TLS_CA "
+            "and SAFECITY_MQTT__PORT. Empty = none."
+        ),
+    )

@@ -16,39 +16,159 @@ class IngestSettings(ServiceSettings):
 
     mqtt: MqttSettings = MqttSettings()
     influx: InfluxSettings = InfluxSettings()
-    worker_id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")] = "ingest-0"
-    # Empty = a plain (non-shared) subscription: one worker only, but it survives broker
-    # restarts on Mosquitto 2.0.11, which does not restore shared subscriptions.
-    share_group: Annotated[str, Field(pattern=r"^([a-z0-9][a-z0-9_.-]{0,63})?$")] = "ingest"
-    session_expiry: Annotated[int, Field(ge=60)] = 86_400
-    receive_maximum: Annotated[int, Field(ge=1, le=65535)] = 10_000
-    batch_size: Annotated[int, Field(ge=1, le=100_000)] = 5000
-    flush_interval: Annotated[float, Field(gt=0, le=10)] = 0.2
-    deadletter_dir: Path = Field(default_factory=in_home("deadletter_dir"))
-    ts_past_window: Annotated[float, Field(gt=0)] = 7 * 86_400.0
-    ts_future_window: Annotated[float, Field(ge=0)] = 300.0
-    metrics_host: str = "127.0.0.1"
-    metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9101
-    # Disk spool for when InfluxDB is away: per-worker subdirectory of spool_dir.
-    spool_dir: Path = Field(default_factory=in_home("spool_dir"))
-    # 30 min at 1,000 readings/s is ~1.8 M points of ~450 spooled bytes each.
-    spool_max_bytes: Annotated[int, Field(ge=1 << 20)] = 1 << 30
-    spool_segment_bytes: Annotated[int, Field(ge=1 << 16)] = 16 << 20
-    spool_after: Annotated[float, Field(gt=0, le=300)] = 2.0
-    retry_max_delay: Annotated[float, Field(gt=0, le=300)] = 30.0
-    # Per-device token bucket: sustained messages/s and burst.
-    rate_limit: Annotated[float, Field(gt=0)] = 20.0
-    rate_burst: Annotated[float, Field(ge=1)] = 1200.0
-    # (device, seq) pairs remembered to spot conflicting duplicates.
-    dedup_window: Annotated[int, Field(ge=1)] = 200_000
-    # Follow the broker's $SYS dropped-messages counter on a separate connection.
-    broker_sys: bool = True
-    # Mosquitto's log file, followed from its end for auth failures and ACL denials
-    # (-> security_events); empty = off. `make run` passes the local broker's log.
-    broker_log: Path | None = None
+    worker_id: Annotated[
+        str,
+        Field(
+            pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$",
+            description=(
+                "Stable worker id: its MQTT client id is safecity-<id>, and its "
+                "persistent session, spool and dead letters belong to it. `auto`: from "
+                "the container's name."
+            ),
+        ),
+    ] = "ingest-0"
+    share_group: Annotated[
+        str,
+        Field(
+            pattern=r"^([a-z0-9][a-z0-9_.-]{0,63})?$",
+            description=(
+                "Shared-subscription group ($share/<group>/...): workers of one group "
+                "split the load. Empty = a plain subscription (one worker; survives "
+                "broker restarts, which Mosquitto 2.0.11 does not do for shared "
+                "subscriptions). `make run` uses empty."
+            ),
+        ),
+    ] = "ingest"
+    session_expiry: Annotated[
+        int,
+        Field(
+            ge=60,
+            description=(
+                "Seconds the broker keeps the session (and queues messages) while the "
+                "worker is away."
+            ),
+        ),
+    ] = 86_400
+    receive_maximum: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=65535,
+            description="Most unacked messages the broker may have in flight to this worker.",
+        ),
+    ] = 10_000
+    batch_size: Annotated[
+        int, Field(ge=1, le=100_000, description="A batch is written at this many messages ...")
+    ] = 5000
+    flush_interval: Annotated[
+        float, Field(gt=0, le=10, description="... or this many seconds after its first message.")
+    ] = 0.2
+    deadletter_dir: Path = Field(
+        default_factory=in_home("deadletter_dir"),
+        description="Directory of the fsync'd dead-letter store (deadletters.jsonl).",
+    )
+    ts_past_window: Annotated[
+        float,
+        Field(
+            gt=0,
+            description=(
+                "Accepted device timestamps reach this many seconds into the past (widen "
+                "for replays)."
+            ),
+        ),
+    ] = 7 * 86_400.0
+    ts_future_window: Annotated[
+        float, Field(ge=0, description="... and this many seconds into the future.")
+    ] = 300.0
+    metrics_host: str = Field(
+        "127.0.0.1", description="/metrics, /healthz and /readyz of the ingest worker: host ..."
+    )
+    metrics_port: Annotated[int, Field(ge=0, le=65535, description="... and port.")] = 9101
+    spool_dir: Path = Field(
+        default_factory=in_home("spool_dir"),
+        description=(
+            "Disk spool while InfluxDB is unreachable or slow (a subdirectory per "
+            "worker): batches are fsync'd there and acked, then drained in order."
+        ),
+    )
+    spool_max_bytes: Annotated[
+        int,
+        Field(
+            ge=1 << 20,
+            description=(
+                "Spool capacity in bytes (1 GiB: ~30 min at 1,000 readings/s); when full,"
+                " ingest stops acking (back-pressure)."
+            ),
+        ),
+    ] = 1 << 30
+    spool_segment_bytes: Annotated[
+        int, Field(ge=1 << 16, description="Size of one spool segment file, bytes.")
+    ] = 16 << 20
+    spool_after: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=300,
+            description="Seconds InfluxDB may stay unavailable for a batch before it is spooled.",
+        ),
+    ] = 2.0
+    retry_max_delay: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=300,
+            description="Cap of the full-jitter backoff between InfluxDB retries, seconds.",
+        ),
+    ] = 30.0
+    rate_limit: Annotated[
+        float,
+        Field(
+            gt=0,
+            description=(
+                "Per-device token bucket: sustained messages/s; the excess is "
+                "dead-lettered as rate_limited."
+            ),
+        ),
+    ] = 20.0
+    rate_burst: Annotated[float, Field(ge=1, description="Per-device token bucket: burst.")] = (
+        1200.0
+    )
+    dedup_window: Annotated[
+        int,
+        Field(
+            ge=1,
+            description=(
+                "(device, seq) pairs each worker remembers to detect conflicting duplicates."
+            ),
+        ),
+    ] = 200_000
+    broker_sys: bool = Field(
+        True,
+        description=(
+            "Follow the broker's $SYS dropped-messages counter (a separate, non-shared connection)."
+        ),
+    )
+    broker_log: Path | None = Field(
+        None,
+        description=(
+            "Mosquitto's log file, followed from its end for auth failures and ACL "
+            "denials (-> security_events); empty = off. `make run` passes its "
+            "broker's log."
+        ),
+    )
     # The broker's max_packet_size (broker/mosquitto.conf): a dead letter republished in a
     # bigger packet would make the broker close the connection.
-    deadletter_max_packet: Annotated[int, Field(ge=1024, le=268_435_455)] = 16_384
+    deadletter_max_packet: Annotated[
+        int,
+        Field(
+            ge=1024,
+            le=268_435_455,
+            description=(
+                "The broker's max_packet_size: a dead letter that would not fit is "
+                "stored, not republished."
+            ),
+        ),
+    ] = 16_384
     ack_interval: Annotated[
         float,
         Field(

@@ -34,24 +34,54 @@ class MqttSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    host: str = "127.0.0.1"
-    port: Port = 1883
-    username: str | None = None
-    password: SecretStr | None = None
-    keepalive: Annotated[int, Field(ge=5, le=3600)] = 30
-    connect_timeout: Annotated[float, Field(gt=0, le=120)] = 10.0
-    # The bulk-read receive path (safecity.mqtt.bulkread) over paho's internals; off,
-    # or when the installed paho lacks one of them, paho's stock per-message path.
-    fast_path: bool = True
-    # TLS (the broker's TLS listener): CA bundle to verify the broker, and for mutual
-    # TLS the client certificate and key (its CN is the username).
-    tls_ca: Path | None = None
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
+    host: str = Field("127.0.0.1", description="Broker host.")
+    port: Port = Field(
+        1883,
+        description=("Broker port (the plain listener; the TLS one with SAFECITY_MQTT__TLS_CA)."),
+    )
+    username: str | None = Field(
+        None,
+        description=(
+            "The service's own broker account (_ingest, _api, _alerts, _simulator); "
+            "the broker has no anonymous access. `make run` sets it for each service "
+            "it starts."
+        ),
+    )
+    password: SecretStr | None = Field(None, description="That account's secret.")
+    keepalive: Annotated[int, Field(ge=5, le=3600, description="MQTT keep-alive, seconds.")] = 30
+    connect_timeout: Annotated[
+        float, Field(gt=0, le=120, description="Seconds to wait for the broker's CONNACK.")
+    ] = 10.0
+    fast_path: bool = Field(
+        True,
+        description=(
+            "The ingest's bulk-read receive path over paho's internals (checked at "
+            "start-up; without them paho's stock per-message path is used, with a "
+            "warning). false: always the stock path."
+        ),
+    )
+    tls_ca: Path | None = Field(
+        None,
+        description=(
+            "TLS to the broker's TLS listener: the CA that signed its certificate "
+            "(`safecity certs init` writes one); empty = plain MQTT."
+        ),
+    )
+    tls_cert: Path | None = Field(
+        None, description="Mutual TLS: this client's certificate (CN = username)."
+    )
+    tls_key: Path | None = Field(None, description="Mutual TLS: this client's key.")
     # A secrets file as `safecity devices provision --secrets-file` writes it
     # ({username: secret}); the password is taken from it when not given directly, so
     # docker compose can hand services the secrets its provisioning step generated.
-    secrets_file: Path | None = None
+    secrets_file: Path | None = Field(
+        None,
+        description=(
+            "A secrets file ({username: secret}, as `safecity devices provision "
+            "--secrets-file` writes it): the password is taken from it when "
+            "SAFECITY_MQTT__PASSWORD is not set."
+        ),
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -79,24 +109,52 @@ class InfluxSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    url: str = "http://127.0.0.1:8086"
-    database: str = "safecity"
-    retention_policy: str = "raw"
-    retention_duration: str = "30d"
+    url: str = Field(
+        "http://127.0.0.1:8086",
+        description="InfluxDB's HTTP API (1.x, or 2.x/3.x through their v1 compatibility).",
+    )
+    database: str = Field(
+        "safecity", description="Database (created at start-up by ingest and alerts)."
+    )
+    retention_policy: str = Field("raw", description="Default retention policy, for telemetry.")
+    retention_duration: str = Field(
+        "30d", description="Its duration, created or altered at start-up: INF or e.g. 30d, 12h, 4w."
+    )
     # The other measurement families' retention policies (safecity.schema.RETENTION_FAMILIES),
     # created or altered at start-up next to the default one; never the default.
-    events_retention_duration: str = "365d"
-    security_retention_duration: str = "90d"
-    incidents_retention_duration: str = "1825d"
-    username: str | None = None
-    password: SecretStr | None = None
-    token: SecretStr | None = None
+    events_retention_duration: str = Field(
+        "365d", description="Duration of the `events` policy (safe-city events)."
+    )
+    security_retention_duration: str = Field(
+        "90d", description="Duration of the `security` policy (security events)."
+    )
+    incidents_retention_duration: str = Field(
+        "1825d",
+        description=("Duration of the `incidents` policy (alerts and the incident lifecycle log)."),
+    )
+    username: str | None = Field(None, description="InfluxDB 1.x user.")
+    password: SecretStr | None = Field(None, description="InfluxDB 1.x password.")
+    token: SecretStr | None = Field(
+        None, description="InfluxDB 2.x/3.x token (sent as `Authorization: Token ...`)."
+    )
     # Secrets as files (Kubernetes Secrets, compose `secrets:`): read when the value
     # itself is not given, so no password has to sit in a container's environment.
-    password_file: Path | None = None
-    token_file: Path | None = None
-    timeout: Annotated[float, Field(gt=0, le=300)] = 10.0
-    gzip: bool = True
+    password_file: Path | None = Field(
+        None,
+        description=(
+            "A file holding the InfluxDB password (a mounted secret), read when no password is set."
+        ),
+    )
+    token_file: Path | None = Field(
+        None,
+        description=(
+            "A file holding the InfluxDB token (a mounted secret), read when no token is set."
+        ),
+    )
+    timeout: Annotated[float, Field(gt=0, le=300, description="Per-request timeout, seconds.")] = (
+        10.0
+    )
+    gzip: bool = Field(True, description="Gzip write bodies.")
 
     @model_validator(mode="before")
     @classmethod
@@ -210,7 +268,9 @@ class ServiceSettings(BaseSettings):
         description="City registries (JSON lines): one file, several (comma-separated or a "
         "JSON list), or a directory (its *.jsonl, by name); default: built-in Tashkent",
     )
-    log_level: str = "INFO"
+    log_level: str = Field(
+        "INFO", description="Log level of the JSON log lines: DEBUG, INFO, WARNING, ERROR."
+    )
 
     @field_validator("registry", mode="before")
     @classmethod

@@ -19,42 +19,104 @@ class FaultSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    stuck: Rate = 0.0
-    drift: Rate = 0.0
-    dropout: Rate = 0.0
-    clock_skew: Rate = 0.0
-    duplicate: Rate = 0.0
-    bad_json: Rate = 0.0
-    non_finite: Rate = 0.0
-    out_of_range: Rate = 0.0
-    bad_schema: Rate = 0.0
-    too_large: Rate = 0.0
-    ts_out_of_window: Rate = 0.0
-    identity_mismatch: Rate = 0.0
-    unknown_device: Rate = 0.0
-    flood: Rate = 0.0
-    flood_size: Annotated[int, Field(ge=1, le=100_000)] = 200
-    episode_readings: Annotated[int, Field(ge=1, le=100_000)] = 30
+    stuck: Rate = Field(0.0, description="Episodes of frozen values.")
+    drift: Rate = Field(0.0, description="Episodes of a growing bias.")
+    dropout: Rate = Field(0.0, description="Episodes of silence (the seqs are skipped).")
+    clock_skew: Rate = Field(0.0, description="A valid reading with its ts off by 30-240 s.")
+    duplicate: Rate = Field(0.0, description="The same message twice.")
+    bad_json: Rate = Field(0.0, description="Malformed JSON (-> bad_json).")
+    non_finite: Rate = Field(0.0, description="NaN or Infinity (-> non_finite).")
+    out_of_range: Rate = Field(
+        0.0, description="A value beyond the catalogue's limits (-> out_of_range)."
+    )
+    bad_schema: Rate = Field(0.0, description="A payload off the contract (-> schema).")
+    too_large: Rate = Field(0.0, description="A payload over 8 KiB (-> too_large).")
+    ts_out_of_window: Rate = Field(
+        0.0, description="A ts outside the accepted window (-> ts_out_of_window)."
+    )
+    identity_mismatch: Rate = Field(
+        0.0,
+        description=(
+            "Another device's id under this device's district/kind (-> identity_mismatch)."
+        ),
+    )
+    unknown_device: Rate = Field(0.0, description="An id no registry knows (-> unknown_device).")
+    flood: Rate = Field(
+        0.0, description="A burst of extra readings 1 ms apart (the rate limit may refuse some)."
+    )
+    flood_size: Annotated[
+        int, Field(ge=1, le=100_000, description="Extra readings in one flood burst.")
+    ] = 200
+    episode_readings: Annotated[
+        int, Field(ge=1, le=100_000, description="Longest stuck/drift/dropout episode, readings.")
+    ] = 30
 
 
 class SimulatorSettings(ServiceSettings):
     """Settings of the simulated city fleet."""
 
     mqtt: MqttSettings = MqttSettings()
-    client_id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")] = "simulator-0"
-    seed: int = 42
-    speed: Annotated[float, Field(gt=0, le=10_000)] = 1.0
-    max_devices: Annotated[int | None, Field(ge=1)] = None
-    duration: Annotated[float | None, Field(gt=0)] = None
-    first_burst: bool = True
-    start: datetime | None = None
-    transport: Literal["edge", "single"] = "edge"
-    processes: Annotated[int, Field(ge=1, le=256)] = 1
-    ledger: Path | None = None
-    scenario: str | None = None
+    client_id: Annotated[
+        str,
+        Field(
+            pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$",
+            description="MQTT client id of the fleet process (transport single).",
+        ),
+    ] = "simulator-0"
+    seed: int = Field(42, description="Seed of every generator: same seed and start, same stream.")
+    speed: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=10_000,
+            description="Simulated seconds per wall second (60 = an hour a minute).",
+        ),
+    ] = 1.0
+    max_devices: Annotated[
+        int | None,
+        Field(ge=1, description="Simulate only the first N devices of the registry (empty = all)."),
+    ] = None
+    duration: Annotated[
+        float | None,
+        Field(gt=0, description="Stop after this many wall seconds (empty = run until stopped)."),
+    ] = None
+    first_burst: bool = Field(
+        True, description="Every device publishes one reading at start, so a fresh stack has data."
+    )
+    start: datetime | None = Field(
+        None,
+        description=(
+            "Simulated start, ISO 8601, UTC if no zone (empty = now). A past start is"
+            " a replay: the ingest must accept its timestamps "
+            "(SAFECITY_TS_PAST_WINDOW)."
+        ),
+    )
+    transport: Literal["edge", "single"] = Field(
+        "edge",
+        description=(
+            "edge = one MQTT identity per device (client id = username = device id); "
+            "single = one connection for the whole fleet (load tests)."
+        ),
+    )
+    processes: Annotated[
+        int, Field(ge=1, le=256, description="Split the fleet over this many processes.")
+    ] = 1
+    ledger: Path | None = Field(
+        None,
+        description=(
+            "Ground-truth ledger of every message sent (JSON lines; .pN per process); empty = off."
+        ),
+    )
+    scenario: str | None = Field(
+        None, description="Scenario name (simulators/scenarios/NAME.toml) or path; empty = none."
+    )
     edge: EdgeSettings = Field(default_factory=EdgeSettings)
     faults: FaultSettings = FaultSettings()
     # /metrics and /healthz of a single-process fleet (0 = none; --processes N serves none).
     # Own names: ingest's SAFECITY_METRICS_PORT must not leak in from a shared .env.
-    simulator_metrics_host: str = "127.0.0.1"
-    simulator_metrics_port: Annotated[int, Field(ge=0, le=65535)] = 0
+    simulator_metrics_host: str = Field(
+        "127.0.0.1", description="/metrics and /healthz of a single-process fleet: host ..."
+    )
+    simulator_metrics_port: Annotated[
+        int, Field(ge=0, le=65535, description="... and port (0 = not served).")
+    ] = 0
