@@ -15,7 +15,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import httpx
 import pytest
 import yaml
 from pydantic import BaseModel
+from support import wait_for
 
 from alerts.settings import AlertsSettings
 from api.settings import ApiSettings
@@ -347,14 +347,17 @@ def test_the_compose_stack_runs_here_and_becomes_healthy(
         key = keys.stdout.strip().removeprefix("SAFECITY_API_KEY=")
         api = f"http://127.0.0.1:{api_env['SAFECITY_PORT']}"
         device = default_city().select(kind="air_quality")[0]
-        deadline = time.monotonic() + 60
-        status = 0
-        while time.monotonic() < deadline and status != 200:
-            status = httpx.get(
-                f"{api}/v1/devices/{device.id}/latest", headers={"X-API-Key": key}, timeout=5
-            ).status_code
-            time.sleep(0.5)
-        assert status == 200
+        wait_for(
+            lambda: (
+                httpx.get(
+                    f"{api}/v1/devices/{device.id}/latest", headers={"X-API-Key": key}, timeout=5
+                ).status_code
+                == 200
+            ),
+            60,
+            "the device's latest reading",
+            interval=0.5,
+        )
         secrets = json.loads((tmp_path / "secrets" / "secrets.json").read_text())
         assert device.id in secrets
         assert "_ingest" in secrets

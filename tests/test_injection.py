@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import secrets
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,8 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
-from support import PUBLISHER, credentials, wait_for
+from support import PUBLISHER, influx_rows, mosquitto, wait_for
 
 from control.stack import LocalStack
 from safecity import schema, topics
@@ -155,30 +153,10 @@ def publish(stack: LocalStack, case: Case, tmp: Path) -> None:
     body = tmp / f"{case.sha256}.bin"
     body.write_bytes(case.payload)
     subprocess.run(
-        ["mosquitto_pub", "-h", stack.mqtt_host, "-p", str(stack.mqtt_port),
-         *credentials(stack, PUBLISHER), "-V", "mqttv5", "-i", f"inj-{secrets.token_hex(4)}",
-         "-q", "1", "-t", case.topic, "-f", str(body)],
+        [*mosquitto("mosquitto_pub", stack, PUBLISHER), "-q", "1", "-t", case.topic,
+         "-f", str(body)],
         check=True, timeout=30,
     )  # fmt: skip
-
-
-def query(stack: LocalStack, db: str, q: str, **params: str) -> list[dict[str, Any]]:
-    data = {"q": q, "db": db, "params": json.dumps(params)}
-    body = httpx.post(
-        f"{stack.influx_url}/query", data=data, params={"epoch": "ms"}, timeout=10
-    ).json()
-    rows = []
-    for result in body["results"]:
-        assert "error" not in result, result
-        for series in result.get("series", []):
-            for values in series["values"]:
-                rows.append(
-                    {
-                        "_name": series.get("name"),
-                        **dict(zip(series["columns"], values, strict=True)),
-                    }
-                )
-    return rows
 
 
 def test_every_dangerous_character_in_every_field_is_dead_lettered_or_stored_exactly(
@@ -214,7 +192,7 @@ def test_every_dangerous_character_in_every_field_is_dead_lettered_or_stored_exa
         measurement, device_id, field, value = case.stored
         source = schema.source(measurement)  # its retention policy's and the default one
         rows = wait_for(
-            lambda m=source, d=device_id: query(
+            lambda m=source, d=device_id: influx_rows(
                 stack,
                 influx_db,
                 f"SELECT * FROM {m} WHERE device_id = $d",  # noqa: S608 - m is ours
@@ -224,9 +202,9 @@ def test_every_dangerous_character_in_every_field_is_dead_lettered_or_stored_exa
             f"{case.label} stored",
         )
         assert [row[field] for row in rows] == [value], case.label
-    measurements = {r["name"] for r in query(stack, influx_db, "SHOW MEASUREMENTS")}
+    measurements = {r["name"] for r in influx_rows(stack, influx_db, "SHOW MEASUREMENTS")}
     assert measurements <= {"noise", "events", "device_status", "ingest_stats", "security_events"}
-    series = [r["key"] for r in query(stack, influx_db, "SHOW SERIES")]
+    series = [r["key"] for r in influx_rows(stack, influx_db, "SHOW SERIES")]
     registered = {d.id for d in CITY.devices}
     for key in series:
         tags = dict(part.split("=", 1) for part in key.split(",")[1:])

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from support import READER, credentials, influx_rows, mosquitto_pub, wait_for
+from support import READER, influx_rows, mosquitto, mosquitto_pub, wait_for, wait_for_async
 
 from control.stack import LocalStack
 from safecity import registry, topics
@@ -48,9 +48,7 @@ class AlertWatcher:
         self.out = out
         self.handle = out.open("w")
         self.proc = subprocess.Popen(
-            ["mosquitto_sub", "-h", stack.mqtt_host, "-p", str(stack.mqtt_port),
-             *credentials(stack, READER), "-V", "mqttv5",
-             "-i", f"test-alerts-{secrets.token_hex(4)}", "-q", "1", "-v",
+            [*mosquitto("mosquitto_sub", stack, READER), "-q", "1", "-v",
              "-t", topics.alert_filter("tashkent")],
             stdout=self.handle,
             stderr=subprocess.STDOUT,
@@ -208,12 +206,11 @@ def test_a_dying_refresher_is_restarted_counted_and_unready_meanwhile(
             async with httpx.AsyncClient(timeout=5) as http:
 
                 async def until(check: Callable[[int, str], bool], what: str) -> None:
-                    for _ in range(200):
+                    async def probe() -> bool:
                         ready = (await http.get(f"{url}/readyz")).status_code
-                        if check(ready, (await http.get(f"{url}/metrics")).text):
-                            return
-                        await asyncio.sleep(0.1)
-                    raise AssertionError(f"timed out waiting for {what}")
+                        return check(ready, (await http.get(f"{url}/metrics")).text)
+
+                    await wait_for_async(probe, 20, what)
 
                 def restarts(text: str) -> float:
                     name = 'safecity_task_restarts_total{task="refresh"} '

@@ -7,13 +7,12 @@ import asyncio
 import json
 import logging
 import stat
-import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from support import influx_rows
+from support import influx_rows, wait_for
 
 from api.apikeys import KeyStore
 from api.settings import ApiSettings
@@ -219,12 +218,13 @@ def test_figures_and_metrics(
     assert client.get("/metrics").status_code == 403
     # The gauges are refreshed in the background, promptly after a change made here.
     tta = 'safecity_api_incident_time_to_acknowledge_seconds{district="chilanzar",rule="panic"'
-    deadline = time.monotonic() + 30
-    text = client.get("/metrics", headers=operate).text
-    while tta + ',stat="mean"}' not in text and time.monotonic() < deadline:
-        time.sleep(0.1)
-        text = client.get("/metrics", headers=operate).text
-    assert tta + ',stat="mean"}' in text
+    text = wait_for(
+        lambda: (
+            (t := client.get("/metrics", headers=operate).text) and tta + ',stat="mean"}' in t and t
+        ),
+        30,
+        "the time-to-acknowledge gauge",
+    )
     assert 'safecity_api_incident_time_to_resolve_seconds{district="chilanzar",rule="panic"' in text
     assert 'safecity_api_incidents{state="open"}' in text
     hist = 'safecity_api_incident_acknowledge_seconds_count{district="chilanzar",rule="panic"} '

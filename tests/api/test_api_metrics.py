@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
+from support import wait_for
 
 from api import metrics as api_metrics
 from api.app import create_app
@@ -93,15 +92,14 @@ def test_a_scrape_issues_no_influxdb_query(
     operate = {"X-API-Key": keys["operate"]}
     url = api_settings.influx.url
     with TestClient(create_app(api_settings, city), headers=operate) as client:
-        deadline = time.monotonic() + 30
-        refreshed = 0.0
-        while refreshed == 0.0 and time.monotonic() < deadline:
-            samples = _samples(client.get("/metrics").text)
-            refreshed = samples.get(
+        wait_for(
+            lambda: _samples(client.get("/metrics").text).get(
                 ("safecity_api_incident_figures_refreshed_timestamp_seconds", ()), 0.0
-            )
-            time.sleep(0.05)
-        assert refreshed > 0, "the start-up refresh of the incident figures never ran"
+            ),
+            30,
+            "the start-up refresh of the incident figures",
+            interval=0.05,
+        )
         before = _influx_queries(url)
         for _ in range(20):
             response = client.get("/metrics")
@@ -116,12 +114,12 @@ def test_scrapes_succeed_while_influxdb_is_unreachable(
     operate = {"X-API-Key": keys["operate"]}
     failures = "safecity_api_incident_figures_refresh_failures_total"
     with TestClient(create_app(dead_settings, city), headers=operate) as client:
-        deadline = time.monotonic() + 30
-        failed = 0.0
-        while failed == 0.0 and time.monotonic() < deadline:
+
+        def failed_refreshes() -> float:
             response = client.get("/metrics")
             assert response.status_code == 200
-            failed = _samples(response.text).get((failures, ()), 0.0)
-            time.sleep(0.05)
+            return _samples(response.text).get((failures, ()), 0.0)
+
+        failed = wait_for(failed_refreshes, 30, "a failed refresh counted", interval=0.05)
         # The refresh failed (storage away), was counted, and scraping went on regardless.
         assert failed >= 1

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-from support import mosquitto_pub
+from support import mosquitto_pub, wait_for
 
 from control.stack import LocalStack
 from safecity import topics
@@ -82,11 +82,7 @@ class Witness:
                     return
 
     def wait_for(self, seq: int) -> None:
-        for _ in range(600):
-            if seq in self.seqs:
-                return
-            threading.Event().wait(0.05)
-        raise AssertionError(f"the hub never passed on seq {seq}: {self.seqs}")
+        wait_for(lambda: seq in self.seqs, 30, f"the hub to pass on seq {seq}", interval=0.05)
 
     def close(self) -> None:
         self._stop = True

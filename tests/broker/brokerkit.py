@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rawmqtt import RawClient
+from support import wait_for
 
 from broker.identity import CredentialStore, Role, service_username
 from control.stack import DEFAULT_MOSQUITTO_CONF, Mosquitto
@@ -114,18 +114,16 @@ def barrier_topic(city: str) -> str:
 
 def wait_connack(broker: SecureBroker, username: str, secret: str, expected: int) -> None:
     """Connect until the CONNACK reason is `expected` (devices with their own client id)."""
-    deadline = time.monotonic() + 10
-    while True:
+
+    def reason() -> int:
         client = RawClient(broker.mosquitto.host, broker.mosquitto.port)
         client_id = username if not username.startswith("_") else f"probe-{secrets.token_hex(3)}"
         try:
-            reason = client.connect(client_id, username, secret).reason
+            return client.connect(client_id, username, secret).reason
         finally:
             client.close()
-        if reason == expected:
-            return
-        assert time.monotonic() < deadline, f"CONNACK {reason:#x}, never {expected:#x}"
-        time.sleep(0.05)
+
+    wait_for(lambda: reason() == expected, 10, f"CONNACK {expected:#x}", interval=0.05)
 
 
 async def barrier(observer: MqttClient, city: str) -> list[str]:

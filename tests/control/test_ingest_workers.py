@@ -7,11 +7,10 @@ import secrets
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
-from support import account_env
+from support import account_env, wait_for
 
 from control.stack import LocalStack, ManagedProcess
 
@@ -74,17 +73,18 @@ def test_supervised_workers_run_as_python_m_ingest(
     )
     proc.start()
     try:
-        deadline = time.monotonic() + 90
         ready: set[int] = set()
-        while len(ready) < 2 and time.monotonic() < deadline:
+
+        def both_ready() -> bool:
             for p in (port, port + 1):
                 try:
                     if httpx.get(f"http://127.0.0.1:{p}/readyz", timeout=2).status_code == 200:
                         ready.add(p)
                 except httpx.HTTPError:
                     pass
-            time.sleep(0.5)
-        assert ready == {port, port + 1}, proc.log_tail()
+            return len(ready) == 2
+
+        wait_for(both_ready, 90, f"both workers ready: {proc.log_tail()}", interval=0.5)
         assert proc.pid is not None
         workers = _children(proc.pid)
         assert sorted(w.split(" -m ", 1)[1].strip() for w in workers) == [

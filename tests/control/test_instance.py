@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from support import mosquitto, wait_for
 
 from safecity import instance, topics
 from safecity.registry import default_city
@@ -64,15 +65,6 @@ def online(api: str, key: str) -> set[str]:
             cursor = body["next_cursor"]
             if not cursor:
                 return found
-
-
-def wait_for(condition: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
-            return
-        time.sleep(1.0)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture
@@ -144,9 +136,7 @@ def test_commands_beside_a_running_city_find_it_without_flags(
     secrets = json.loads((home / "identity" / "secrets.json").read_text())
     device = CITY.select(kind="noise")[0]
     subprocess.run(
-        ["mosquitto_pub", "-h", state.mqtt_host, "-p", str(state.mqtt_port),
-         "-u", "_simulator", "-P", secrets["_simulator"], "-V", "mqttv5",
-         "-i", "test-bad-message", "-q", "1",
+        [*mosquitto("mosquitto_pub", state, "_simulator", secret=secrets["_simulator"]), "-q", "1",
          "-t", topics.telemetry_topic(CITY.id, device.district, device.kind, device.id),
          "-m", "not json"],
         check=True, timeout=30,
@@ -158,10 +148,12 @@ def test_commands_beside_a_running_city_find_it_without_flags(
         count = int(stats.stdout.split()[0])
         return count >= 1 and str(home / "deadletter") in stats.stdout
 
-    wait_for(counted, 60, "the bad message in `safecity deadletter stats`")
+    wait_for(counted, 60, "the bad message in `safecity deadletter stats`", interval=1.0)
 
     # verify: the running city's ledger, nothing lost.
-    wait_for(lambda: instance.layout(home).ledger_file.stat().st_size > 0, 60, "a ledger")
+    wait_for(
+        lambda: instance.layout(home).ledger_file.stat().st_size > 0, 60, "a ledger", interval=1.0
+    )
     verified = safecity(home, "verify")
     report = {line[:22].strip(): line[22:].strip() for line in verified.stdout.splitlines() if line}
     assert int(report["acknowledged"]) > 0, verified.stdout + verified.stderr
@@ -171,7 +163,9 @@ def test_commands_beside_a_running_city_find_it_without_flags(
 
     # A second simulator leaves every running device online: it refuses, saying why.
     everyone = {d.id for d in CITY.devices}
-    wait_for(lambda: online(api, make_run_key) >= everyone, 120, "every device online")
+    wait_for(
+        lambda: online(api, make_run_key) >= everyone, 120, "every device online", interval=1.0
+    )
     second = safecity(home, "simulate", "--duration", "5")
     assert second.returncode == 2, second.stdout + second.stderr
     assert "take over their sessions" in second.stderr

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from support import wait_for
 
 from control.stack import Influxd
 from safecity import instance
@@ -118,11 +119,12 @@ def test_two_cities_run_each_in_its_own_database_and_verify(
     assert instance.recorded_cities(where) == CITIES
 
     # Both fleets publish: the one ledger names both cities.
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if where.ledger_file.exists() and ledger_cities(where.ledger_file) >= set(CITIES):
-            break
-        time.sleep(1.0)
+    wait_for(
+        lambda: where.ledger_file.exists() and ledger_cities(where.ledger_file) >= set(CITIES),
+        90,
+        "both cities in the ledger",
+        interval=1.0,
+    )
     assert ledger_cities(where.ledger_file) == set(CITIES)
 
     # Each city's readings in its own database, none of the other's.
@@ -132,9 +134,7 @@ def test_two_cities_run_each_in_its_own_database_and_verify(
         rows = influx(state.influx_url, f"safecity_{city}", 'SHOW TAG VALUES WITH KEY = "city"')
         return {str(v[1]) for v in rows}
 
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not all(stored(c) for c in CITIES):
-        time.sleep(1.0)
+    wait_for(lambda: all(stored(c) for c in CITIES), 60, "readings of both cities", interval=1.0)
     for city in CITIES:
         assert stored(city) == {city}
         devices = influx(

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from support import wait_for
 
 from control.stack import mqtt_connack_reason
 from safecity.errors import MqttError
 from safecity.mqtt import MqttClient
-from safecity.registry import default_city
+from safecity.registry import City, default_city
 from safecity.settings import MqttSettings
 
 NOT_AUTHORIZED = 0x87
@@ -57,6 +58,20 @@ def _alive(pid: int) -> bool:
         return False
     stat = Path(f"/proc/{pid}/stat")
     return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def every_device_has_a_latest_reading(api: str, key: str, city: City, within: float) -> None:
+    """Wait until `GET /v1/devices/{id}/latest` answers 200 for every device of the city."""
+    missing = {d.id for d in city.devices}
+    with httpx.Client(base_url=api, timeout=5, headers={"X-API-Key": key}) as client:
+
+        def none_missing() -> bool:
+            for device_id in sorted(missing):
+                if client.get(f"/v1/devices/{device_id}/latest").status_code == 200:
+                    missing.discard(device_id)
+            return not missing
+
+        wait_for(none_missing, within, "a latest reading of every device", interval=0.5)
 
 
 def _checkout_var() -> set[Path]:
@@ -140,15 +155,7 @@ def test_run_serves_every_device_then_ctrl_c_leaves_nothing_behind(tmp_path: Pat
         asyncio.run(_connect(MqttSettings(**as_api)))
 
         city = default_city()
-        missing = {d.id for d in city.devices}
-        deadline = time.monotonic() + 120
-        with httpx.Client(base_url=api, timeout=5, headers={"X-API-Key": key}) as client:
-            while missing and time.monotonic() < deadline:
-                for device_id in sorted(missing):
-                    if client.get(f"/v1/devices/{device_id}/latest").status_code == 200:
-                        missing.discard(device_id)
-                time.sleep(0.5)
-        assert missing == set(), f"{len(missing)} devices without a latest reading"
+        every_device_has_a_latest_reading(api, key, city, 120)
 
         # Every device logged in as itself: the broker log names each device's own client.
         broker_log = (tmp_path / "mosquitto" / "mosquitto.log").read_text()
@@ -167,15 +174,16 @@ def test_run_serves_every_device_then_ctrl_c_leaves_nothing_behind(tmp_path: Pat
         )  # fmt: skip
         assert revoke.returncode == 0, revoke.stderr
         assert "applied to the broker at" in revoke.stderr
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            reason = mqtt_connack_reason(
-                host, port, 5, username=victim, password=issued[victim], client_id=victim
-            )
-            if reason == NOT_AUTHORIZED:
-                break
-            time.sleep(0.1)
-        assert reason == NOT_AUTHORIZED
+        wait_for(
+            lambda: (
+                mqtt_connack_reason(
+                    host, port, 5, username=victim, password=issued[victim], client_id=victim
+                )
+                == NOT_AUTHORIZED
+            ),
+            30,
+            "the revoked device refused at CONNECT",
+        )
         other = city.devices[1].id
         reason = mqtt_connack_reason(
             host, port, 5, username=other, password=issued[other], client_id=other
@@ -223,10 +231,12 @@ def test_a_killed_launcher_takes_its_stack_with_it(tmp_path: Path) -> None:
     finally:
         proc.kill()  # SIGKILL: no handler, no atexit hook runs in the launcher
         proc.wait()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and any(_alive(pid) for pid in children):
-        time.sleep(0.2)
-    assert [pid for pid in children if _alive(pid)] == []
+    wait_for(
+        lambda: not any(_alive(pid) for pid in children),
+        30,
+        "every child of the killed launcher gone",
+        interval=0.2,
+    )
 
 
 def test_run_with_device_tls_mtls_serves_every_device_over_mutual_tls(tmp_path: Path) -> None:
@@ -260,16 +270,7 @@ def test_run_with_device_tls_mtls_serves_every_device_over_mutual_tls(tmp_path: 
         assert {p.stem for p in clients.glob("*.crt")} >= {d.id for d in city.devices}
         assert (tmp_path / "certs" / "crl.pem").exists()
 
-        missing = {d.id for d in city.devices}
-        deadline = time.monotonic() + 90
-        headers = {"X-API-Key": key.group(1)}
-        with httpx.Client(base_url=api.group(1), timeout=5, headers=headers) as client:
-            while missing and time.monotonic() < deadline:
-                for device_id in sorted(missing):
-                    if client.get(f"/v1/devices/{device_id}/latest").status_code == 200:
-                        missing.discard(device_id)
-                time.sleep(0.5)
-        assert missing == set(), f"{len(missing)} devices without a latest reading"
+        every_device_has_a_latest_reading(api.group(1), key.group(1), city, 90)
         # Every device came in on the TLS listener, none on the plain one.
         broker_log = (tmp_path / "mosquitto" / "mosquitto.log").read_text()
         on_tls = len(re.findall(rf"New connection from \S+ on port {tls.group(2)}\.", broker_log))

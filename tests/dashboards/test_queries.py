@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from support import mosquitto_pub, wait_for
+from support import mosquitto, mosquitto_pub, wait_for
 
 from control.stack import LocalStack
 from dashboards import build
@@ -231,23 +231,10 @@ def publish_attacks(stack: LocalStack) -> set[str]:
     victim = _device("air_quality")
     wrong = subprocess.run(
         [
-            "mosquitto_pub",
-            "-h",
-            stack.mqtt_host,
-            "-p",
-            str(stack.mqtt_port),
-            "-V",
-            "mqttv5",
-            "-i",
-            victim.id,
-            "-u",
-            victim.id,
-            "-P",
-            "not-the-secret",
-            "-t",
-            _topic(victim, topics.Channel.TELEMETRY),
-            "-m",
-            "{}",
+            *mosquitto(
+                "mosquitto_pub", stack, victim.id, secret="not-the-secret", client_id=victim.id
+            ),
+            *("-t", _topic(victim, topics.Channel.TELEMETRY), "-m", "{}"),
         ],
         capture_output=True,
         text=True,

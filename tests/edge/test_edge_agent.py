@@ -6,7 +6,6 @@ import asyncio
 import json
 import socket
 import threading
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from support import wait_for
 
 from control.stack import Mosquitto
 from edge.agent import DeviceAgent, Envelope
@@ -61,12 +61,11 @@ class Receiver:
             self.got.append((msg.topic, bytes(msg.payload)))
 
     def wait_for(self, count: int, timeout: float = 30.0) -> list[tuple[str, bytes]]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def enough() -> bool:
             with self.lock:
-                if len({(t, p) for t, p in self.got}) >= count:
-                    break
-            time.sleep(0.05)
+                return len(set(self.got)) >= count
+
+        wait_for(enough, timeout, f"{count} distinct messages", interval=0.05)
         with self.lock:
             return list(self.got)
 

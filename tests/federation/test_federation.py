@@ -30,6 +30,7 @@ from typing import Any
 
 import httpx
 import pytest
+from support import mosquitto, wait_for
 
 from api.apikeys import KeyStore
 from api.overview import MEAN_FIELDS
@@ -132,17 +133,22 @@ def _subscriber(
     stack: LocalStack, user: str, secret: str, topic: str, out: Path
 ) -> subprocess.Popen[bytes]:
     """mosquitto_sub on a persistent QoS 1 session, one `topic payload` line per message."""
-    argv = ["mosquitto_sub", "-h", stack.mqtt_host, "-p", str(stack.mqtt_port)]
-    argv += ["-u", user, "-P", secret, "-V", "mqttv311", "-q", "1", "-c"]
-    argv += ["-i", f"watch-{out.stem}", "-t", topic, "-F", "%t %p"]
+    argv = mosquitto(
+        "mosquitto_sub",
+        stack,
+        user,
+        secret=secret,
+        client_id=f"watch-{out.stem}",
+        version="mqttv311",
+    )
+    argv += ["-q", "1", "-c", "-t", topic, "-F", "%t %p"]
     return subprocess.Popen(argv, stdout=out.open("wb"), stderr=subprocess.DEVNULL)
 
 
 def _pub(stack: LocalStack, user: str, topic: str, payload: str, tls: bool = False) -> str:
     """mosquitto_pub at QoS 1 (MQTT v5); its stderr (a refusal is reported there)."""
     port = stack.mqtt_tls_port if tls else stack.mqtt_port
-    argv = ["mosquitto_pub", "-h", stack.mqtt_host, "-p", str(port), "-u", user]
-    argv += ["-P", stack.secret(user), "-V", "mqttv5", "-q", "1", "-i", f"p{secrets.token_hex(3)}"]
+    argv = [*mosquitto("mosquitto_pub", stack, user, port=port), "-q", "1"]
     if tls:
         argv += ["--cafile", str(stack.ca_file)]
     argv += ["-t", topic, "-m", payload]
@@ -352,14 +358,6 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, I
             inst.stack.stop()
 
 
-def _wait(what: str, check: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.5)
-
-
 def _published(inst: Instance) -> set[tuple[str, str]]:
     """(topic, interval start) of every message the city's broker carried."""
     assert inst.seen is not None
@@ -412,7 +410,12 @@ def test_federation_shares_indicators_not_data(federation: dict[str, Instance]) 
     def intervals(city: str) -> int:
         return len({start for topic, start in _stored(region) if topic.split("/")[2] == city})
 
-    _wait("two intervals of each city in the region", lambda: min(map(intervals, CITIES)) >= 2)
+    wait_for(
+        lambda: min(map(intervals, CITIES)) >= 2,
+        60,
+        "two intervals of each city in the region",
+        interval=0.5,
+    )
 
     # Two outages of two intervals each: the bridges cut (their accounts disabled on the
     # regional broker), then the regional broker itself stopped. The cities keep
@@ -438,10 +441,11 @@ def test_federation_shares_indicators_not_data(federation: dict[str, Instance]) 
         assert during, "the cities kept publishing while the region was away"
         assert not during & _stored(region)
         heal()
-        _wait(
-            "the region to catch up on every indicator published",
+        wait_for(
             lambda: published <= _stored(region),  # noqa: B023 - waited for in this pass
-            timeout=90,
+            90,
+            "the region to catch up on every indicator published",
+            interval=0.5,
         )
 
     # The regional figures equal the cities' own overviews of the same intervals.
@@ -538,5 +542,10 @@ def test_federation_shares_indicators_not_data(federation: dict[str, Instance]) 
     _pub(region.stack, bridge_username("tashkent"), own_topic, line[1], tls=True)
     _pub(region.stack, bridge_username("tashkent"), own_topic, "not json", tls=True)
     letters = region.stack.base_dir.parent / "region-deadletter" / "deadletters.jsonl"
-    _wait("the dead letter", lambda: letters.exists() and "bad_json" in letters.read_text())
+    wait_for(
+        lambda: letters.exists() and "bad_json" in letters.read_text(),
+        60,
+        "the dead letter",
+        interval=0.5,
+    )
     assert _query(region.stack.influx_url, REGION_DB, count)[0]["values"][0][1] == 1

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import subprocess
 
+from support import mosquitto
+
 from control.stack import LocalStack
 from safecity.registry import Device
 
 
 def publish_as(stack: LocalStack, device: Device, topic: str, *payloads: str) -> str:
     """mosquitto_pub with the device's own account, QoS 1, one message per line; stderr."""
+    login = mosquitto("mosquitto_pub", stack, device.id, client_id=device.id)
     result = subprocess.run(
-        ["mosquitto_pub", "-h", stack.mqtt_host, "-p", str(stack.mqtt_port), "-V", "mqttv5",
-         "-u", device.id, "-P", stack.secret(device.id), "-i", device.id, "-q", "1",
-         "-t", topic, "-l"],
-        input="\n".join(payloads) + "\n", capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+        [*login, "-q", "1", "-t", topic, "-l"],
+        input="\n".join(payloads) + "\n",
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     return result.stderr

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 import httpx
 
@@ -23,9 +24,38 @@ PUBLISHER = "_simulator"
 READER = "_api"
 
 
+class Broker(Protocol):
+    """Where a broker listens (a `LocalStack`, or an instance's state)."""
+
+    mqtt_host: str
+    mqtt_port: int
+
+
 def credentials(stack: LocalStack, username: str) -> list[str]:
     """mosquitto_pub/sub arguments logging in as `username` (never anonymous)."""
     return ["-u", username, "-P", stack.secret(username)]
+
+
+def mosquitto(
+    tool: str,
+    stack: Broker,
+    username: str | None,
+    *,
+    secret: str | None = None,
+    client_id: str | None = None,
+    version: str = "mqttv5",
+    port: int | None = None,
+) -> list[str]:
+    """The start of a `mosquitto_pub`/`mosquitto_sub` command line: the broker, the MQTT
+    version, the login (`username` with its own secret unless `secret` is given; none
+    for None) and a client id (a fresh `test-...` one unless given: the broker refuses
+    empty ones). The caller adds QoS, topics and payloads."""
+    argv = [tool, "-h", stack.mqtt_host, "-p", str(port or stack.mqtt_port), "-V", version]
+    if username is not None:
+        if secret is None:
+            secret = cast(LocalStack, stack).secret(username)
+        argv += ["-u", username, "-P", secret]
+    return [*argv, "-i", client_id or f"test-{secrets.token_hex(4)}"]
 
 
 def account_env(stack: LocalStack, service: str) -> dict[str, str]:
@@ -45,24 +75,7 @@ def mosquitto_pub(stack: LocalStack, topic: str, *payloads: str) -> None:
     """Publish with Mosquitto's own client as the simulator account, QoS 1, MQTT v5 (one
     message per line)."""
     subprocess.run(
-        # The broker refuses zero-length client ids, so name ourselves.
-        [
-            "mosquitto_pub",
-            "-h",
-            stack.mqtt_host,
-            "-p",
-            str(stack.mqtt_port),
-            *credentials(stack, PUBLISHER),
-            "-V",
-            "mqttv5",
-            "-i",
-            f"test-pub-{secrets.token_hex(4)}",
-            "-q",
-            "1",
-            "-t",
-            topic,
-            "-l",
-        ],
+        [*mosquitto("mosquitto_pub", stack, PUBLISHER), "-q", "1", "-t", topic, "-l"],
         input="\n".join(payloads) + "\n",
         text=True,
         check=True,
@@ -88,14 +101,37 @@ def influx_rows(stack: LocalStack, db: str, q: str, **params: Any) -> list[dict[
     return rows
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+def wait_for(
+    condition: Callable[[], Any],
+    timeout: float = 20.0,
+    what: str = "condition",
+    interval: float = 0.1,
+) -> Any:
+    """The tests' one way to wait: poll `condition` until it returns something true, and
+    return that; AssertionError naming `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         result = condition()
         if result:
             return result
-        time.sleep(0.1)
+        time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+async def wait_for_async(
+    condition: Callable[[], Awaitable[Any]],
+    within: float = 20.0,
+    what: str = "condition",
+    interval: float = 0.1,
+) -> Any:
+    """`wait_for` inside an event loop: `condition` is awaited, the loop keeps running."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        result = await condition()
+        if result:
+            return result
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {within}s waiting for {what}")
 
 
 class DeadLetterWatcher:
@@ -109,23 +145,8 @@ class DeadLetterWatcher:
         probe = topics.service_status_topic(city, f"probe-{secrets.token_hex(4)}")
         self.proc = subprocess.Popen(
             [
-                "mosquitto_sub",
-                "-h",
-                stack.mqtt_host,
-                "-p",
-                str(stack.mqtt_port),
-                *credentials(stack, READER),
-                "-V",
-                "mqttv5",
-                "-i",
-                f"test-sub-{secrets.token_hex(4)}",
-                "-q",
-                "1",
-                "-v",
-                "-t",
-                topics.deadletter_filter(city),
-                "-t",
-                probe,
+                *mosquitto("mosquitto_sub", stack, READER),
+                *("-q", "1", "-v", "-t", topics.deadletter_filter(city), "-t", probe),
             ],
             stdout=self.handle,
             stderr=subprocess.STDOUT,
@@ -136,20 +157,7 @@ class DeadLetterWatcher:
 
     def _probe(self, stack: LocalStack, topic: str) -> bool:
         subprocess.run(
-            [
-                "mosquitto_pub",
-                "-h",
-                stack.mqtt_host,
-                "-p",
-                str(stack.mqtt_port),
-                *credentials(stack, PUBLISHER),
-                "-i",
-                f"test-probe-{secrets.token_hex(4)}",
-                "-t",
-                topic,
-                "-m",
-                "{}",
-            ],
+            [*mosquitto("mosquitto_pub", stack, PUBLISHER), "-t", topic, "-m", "{}"],
             check=True,
             timeout=10,
         )

@@ -4,7 +4,6 @@ personal fields never reach the store or the topic in clear."""
 from __future__ import annotations
 
 import json
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -52,13 +51,17 @@ def test_a_9k_topic_and_a_huge_payload_make_one_dead_letter_each_and_no_reconnec
 
         wait_for(lambda: len(DeadLetterStore(ingest.deadletter_dir).read()) >= 2, 20, "stored")
         wait_for(lambda: len(watcher.letters()) >= 2, 20, "both dead letters on the topic")
-        time.sleep(2.0)  # a reconnect loop would redeliver and dead-letter again meanwhile
+        # A small poison message as a marker: a reconnect loop would have redelivered and
+        # dead-lettered the first two again before the marker's letter is published.
+        assert publish_as(stack, device, own, "not json") == ""
+        wait_for(lambda: len(watcher.letters()) >= 3, 20, "the marker's dead letter")
         stored = DeadLetterStore(ingest.deadletter_dir).read()
         published = watcher.letters()
     finally:
         watcher.close()
-    assert len(stored) == 2 and len(published) == 2
-    long_topic, huge = stored
+    assert len(stored) == 3 and len(published) == 3
+    long_topic, huge, marker = stored
+    assert marker["reason"] == "bad_json"
     assert long_topic["truncated"] is True and long_topic["topic_size"] == len(topic)
     assert long_topic["topic"] == topic[:MAX_TOPIC] and len(long_topic["detail"]) <= 512
     assert huge["size"] == 12_000 and len(huge["payload"]) == 4096  # the store keeps 4 KiB

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 from faults import new_db
 from prometheus_client import REGISTRY
-from support import influx_rows
+from support import influx_rows, wait_for_async
 
 from control.stack import LocalStack, free_port
 from ingest.service import IngestService
@@ -129,15 +129,6 @@ def restarts_sample(task: str) -> float:
     return REGISTRY.get_sample_value("safecity_task_restarts_total", {"task": task}) or 0.0
 
 
-async def poll(check: Callable[[], Awaitable[Any]], within: float, what: str) -> Any:
-    deadline = asyncio.get_running_loop().time() + within
-    while asyncio.get_running_loop().time() < deadline:
-        if result := await check():
-            return result
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out after {within}s waiting for {what}")
-
-
 def test_dead_spool_drain_is_restarted_counted_and_unready_meanwhile(
     stack: LocalStack, tmp_path: Path
 ) -> None:
@@ -184,11 +175,13 @@ def test_dead_spool_drain_is_restarted_counted_and_unready_meanwhile(
                     return 0.0
 
                 # The drain died at its first peek: down, counted, not ready.
-                await poll(lambda: _not(ready()), 20, "readiness false while the drain is down")
-                first = await poll(restarts, 20, "the restart counted in /metrics")
+                await wait_for_async(
+                    lambda: _not(ready()), 20, "readiness false while the drain is down"
+                )
+                first = await wait_for_async(restarts, 20, "the restart counted in /metrics")
                 assert first >= 1
                 broken = False
-                await poll(ready, 20, "readiness back once the drain runs again")
+                await wait_for_async(ready, 20, "readiness back once the drain runs again")
                 assert service.tasks.healthy and service.tasks.restarts("spool-drain") >= 1
         finally:
             consumer.cancel()

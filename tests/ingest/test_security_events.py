@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from faults import new_db
-from support import influx_rows, mosquitto_pub, wait_for
+from support import influx_rows, mosquitto, mosquitto_pub, wait_for
 
 from control.stack import LocalStack
 from ingest.brokerlog import EventClock, LogFollower, parse_line
@@ -34,22 +34,8 @@ def connect(stack: LocalStack, client_id: str, *login: str, topic: str = "x/y") 
     """mosquitto_pub once with the given login arguments; return its stderr."""
     result = subprocess.run(
         [
-            "mosquitto_pub",
-            "-h",
-            stack.mqtt_host,
-            "-p",
-            str(stack.mqtt_port),
-            "-V",
-            "mqttv5",
-            "-i",
-            client_id,
-            "-q",
-            "1",
-            "-t",
-            topic,
-            "-m",
-            "{}",
-            *login,
+            *mosquitto("mosquitto_pub", stack, None, client_id=client_id),
+            *("-q", "1", "-t", topic, "-m", "{}", *login),
         ],
         capture_output=True,
         text=True,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -218,11 +217,18 @@ def test_redelivered_reading_overwrites_itself(stack, influx_db, start_ingest) -
     start_ingest(influx_db)
     device = device_of("noise", 4)
     ts = datetime.now(UTC).replace(microsecond=0)
-    mosquitto_pub(stack, topic_of(device), noise_payload(5, ts), noise_payload(5, ts))
+    # A later reading as a marker: once it is stored, both copies before it were handled.
+    marker = noise_payload(6, ts + timedelta(seconds=1))
+    mosquitto_pub(stack, topic_of(device), noise_payload(5, ts), noise_payload(5, ts), marker)
     q = 'SELECT * FROM "noise" WHERE "device_id" = $d'
-    wait_for(lambda: influx_rows(stack, influx_db, q, d=device.id), what="the reading")
-    time.sleep(0.5)
-    assert len(influx_rows(stack, influx_db, q, d=device.id)) == 1
+    rows = wait_for(
+        lambda: (
+            [r for r in influx_rows(stack, influx_db, q, d=device.id) if r["seq"] == 6]
+            and influx_rows(stack, influx_db, q, d=device.id)
+        ),
+        what="the marker reading",
+    )
+    assert sorted(r["seq"] for r in rows) == [5, 6]
 
 
 def test_ingest_exposes_health_and_metrics(influx_db, start_ingest) -> None:

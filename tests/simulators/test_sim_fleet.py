@@ -18,6 +18,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client import REGISTRY
+from support import wait_for
 
 from control.stack import Mosquitto
 from edge.settings import EdgeSettings
@@ -142,12 +143,11 @@ class Collector:
             self.messages.append((msg.topic, bytes(msg.payload)))
 
     def wait_for(self, count: int, timeout: float = 15.0) -> list[tuple[str, bytes]]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def enough() -> bool:
             with self.lock:
-                if len(self.messages) >= count:
-                    break
-            time.sleep(0.05)
+                return len(self.messages) >= count
+
+        wait_for(enough, timeout, f"{count} messages", interval=0.05)
         with self.lock:
             return list(self.messages)
 
