@@ -34,38 +34,52 @@ async def create_users(settings: StorageSettings) -> list[str]:
         except (QueryError, StorageAuthError) as exc:
             if "create admin user first" not in str(exc):
                 raise
-            anonymous = InfluxClient(
-                InfluxSettings(url=influx.url, database=influx.database, timeout=influx.timeout)
-            )
-            try:
-                await anonymous.execute(
-                    f"CREATE USER {quote_ident(influx.username)} WITH PASSWORD "
-                    f"{_literal(influx.password.get_secret_value())} WITH ALL PRIVILEGES"
-                )
-            finally:
-                await anonymous.close()
+            await _create_admin(influx, influx.username, influx.password.get_secret_value())
             done.append(f"created admin {influx.username!r}")
             users = await admin.query("SHOW USERS")
         if settings.service_username:
-            if settings.service_password_file is None:
-                raise ConfigError("a service account needs SAFECITY_SERVICE_PASSWORD_FILE")
-            password = read_secret_file(settings.service_password_file, "service password file")
             names = {row["user"] for s in users for row in s.rows()}
-            user = quote_ident(settings.service_username)
-            if settings.service_username in names:
-                await admin.execute(f"SET PASSWORD FOR {user} = {_literal(password)}")
-                done.append(f"set the password of {settings.service_username!r}")
-            else:
-                await admin.execute(f"CREATE USER {user} WITH PASSWORD {_literal(password)}")
-                done.append(f"created user {settings.service_username!r}")
-            # Each city's own database (one city: the configured one).
-            cities = load_cities(settings.registry).ids
-            for city in cities:
-                database = admin.for_city(city, cities)
-                await database.ensure_database()
-                name = database.settings.database
-                await admin.execute(f"GRANT ALL ON {quote_ident(name)} TO {user}")
-                done.append(f"granted {settings.service_username!r} all on {name!r}")
+            done += await _service_account(settings, settings.service_username, admin, names)
     finally:
         await admin.close()
+    return done
+
+
+async def _create_admin(influx: InfluxSettings, username: str, password: str) -> None:
+    """The first admin, created without credentials (InfluxDB allows that once)."""
+    anonymous = InfluxClient(
+        InfluxSettings(url=influx.url, database=influx.database, timeout=influx.timeout)
+    )
+    try:
+        await anonymous.execute(
+            f"CREATE USER {quote_ident(username)} WITH PASSWORD "
+            f"{_literal(password)} WITH ALL PRIVILEGES"
+        )
+    finally:
+        await anonymous.close()
+
+
+async def _service_account(
+    settings: StorageSettings, username: str, admin: InfluxClient, names: set[str]
+) -> list[str]:
+    """Create (or re-password) the services' account and grant it every city's database."""
+    if settings.service_password_file is None:
+        raise ConfigError("a service account needs SAFECITY_SERVICE_PASSWORD_FILE")
+    password = read_secret_file(settings.service_password_file, "service password file")
+    user = quote_ident(username)
+    done: list[str] = []
+    if username in names:
+        await admin.execute(f"SET PASSWORD FOR {user} = {_literal(password)}")
+        done.append(f"set the password of {username!r}")
+    else:
+        await admin.execute(f"CREATE USER {user} WITH PASSWORD {_literal(password)}")
+        done.append(f"created user {username!r}")
+    # Each city's own database (one city: the configured one).
+    cities = load_cities(settings.registry).ids
+    for city in cities:
+        database = admin.for_city(city, cities)
+        await database.ensure_database()
+        name = database.settings.database
+        await admin.execute(f"GRANT ALL ON {quote_ident(name)} TO {user}")
+        done.append(f"granted {username!r} all on {name!r}")
     return done

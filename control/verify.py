@@ -163,6 +163,23 @@ def _same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
+Key = tuple[str, str]  # (measurement, device id)
+
+
+@dataclass
+class _Sent:
+    """The ledger indexed for the read-back: what each (measurement, device) should hold."""
+
+    # (measurement, device) -> the database its points are in (a device keeps one city).
+    clients: dict[Key, InfluxClient] = field(default_factory=dict)
+    # (measurement, device) -> ts -> good entries sent with that timestamp
+    good: dict[Key, dict[int, list[ledger.LedgerEntry]]] = field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(list))
+    )
+    spans: dict[Key, list[int]] = field(default_factory=dict)
+    bad: list[ledger.LedgerEntry] = field(default_factory=list)
+
+
 async def check(
     entries: Sequence[ledger.LedgerEntry],
     influx: InfluxClient,
@@ -179,15 +196,33 @@ async def check(
         entries = [e for e in entries if topic_city(e.topic) == city]
     report = Report(sent=len(entries))
     report.sent_by_city = dict(Counter(topic_city(e.topic) for e in entries))
+    sent = _index(entries, influx, cities, report)
+    for (measurement, device_id), (lo, hi) in sorted(sent.spans.items()):
+        rows = await sent.clients.get((measurement, device_id), influx).query(
+            # The measurement is one of the schema's own names; all values are bound.
+            # Through schema.source: `events` lives in its own retention policy.
+            f"SELECT * FROM {schema.source(measurement)} "  # noqa: S608
+            "WHERE device_id = $d AND time >= $lo AND time <= $hi",
+            {"d": device_id, "lo": lo * 1_000_000, "hi": hi * 1_000_000},
+        )
+        expected = sent.good.get((measurement, device_id), {})
+        _compare(report, measurement, device_id, rows, expected)
+    letters = read_deadletters(deadletter_dirs)
+    if city is not None:
+        letters = [r for r in letters if topic_city(str(r.get("topic", ""))) == city]
+    _account_deadletters(report, letters, sent)
+    return report
+
+
+def _index(
+    entries: Sequence[ledger.LedgerEntry],
+    influx: InfluxClient,
+    cities: Sequence[str],
+    report: Report,
+) -> _Sent:
+    """Count the entries into `report` and index them by (measurement, device)."""
     home = cities[0] if cities else ""
-    # (measurement, device) -> the database its points are in (a device keeps one city).
-    clients: dict[tuple[str, str], InfluxClient] = {}
-    # (measurement, device) -> ts -> good entries sent with that timestamp
-    good: dict[tuple[str, str], dict[int, list[ledger.LedgerEntry]]] = defaultdict(
-        lambda: defaultdict(list)
-    )
-    spans: dict[tuple[str, str], list[int]] = {}
-    bad_entries: list[ledger.LedgerEntry] = []
+    sent = _Sent()
     for entry in entries:
         if entry.acknowledged:
             report.acknowledged += 1
@@ -199,56 +234,57 @@ async def check(
         else:
             report.bad += 1
             if entry.acknowledged:
-                bad_entries.append(entry)
+                sent.bad.append(entry)
         if measurement is None or entry.ts_ms is None:
             continue
         key = (measurement, entry.device_id)
-        if cities and key not in clients:
+        if cities and key not in sent.clients:
             named = topic_city(entry.topic)
-            clients[key] = influx.for_city(named if named in cities else home, cities)
-        span = spans.setdefault(key, [entry.ts_ms, entry.ts_ms])
+            sent.clients[key] = influx.for_city(named if named in cities else home, cities)
+        span = sent.spans.setdefault(key, [entry.ts_ms, entry.ts_ms])
         span[0] = min(span[0], entry.ts_ms)
         span[1] = max(span[1], entry.ts_ms)
         if entry.good:
-            good[key][entry.ts_ms].append(entry)
+            sent.good[key][entry.ts_ms].append(entry)
+    return sent
 
-    for (measurement, device_id), (lo, hi) in sorted(spans.items()):
-        rows = await clients.get((measurement, device_id), influx).query(
-            # The measurement is one of the schema's own names; all values are bound.
-            # Through schema.source: `events` lives in its own retention policy.
-            f"SELECT * FROM {schema.source(measurement)} "  # noqa: S608
-            "WHERE device_id = $d AND time >= $lo AND time <= $hi",
-            {"d": device_id, "lo": lo * 1_000_000, "hi": hi * 1_000_000},
-        )
-        expected = good.get((measurement, device_id), {})
-        seen_ts: set[int] = set()
-        seqs: Counter[int] = Counter()
-        for series in rows:
-            for row in series.rows():
-                if row.get("device_id") != device_id:
-                    continue
-                ts = int(row["time"])
-                report.stored += 1
-                seen_ts.add(ts)
-                if isinstance(row.get("seq"), int):
-                    seqs[row["seq"]] += 1
-                sent = expected.get(ts)
-                where = f"{measurement}/{device_id}@{ts}"
-                if not sent:
-                    report.unexpected.append(where)
-                    continue
-                if not any(_matches(row, e) for e in sent):
-                    report.value_mismatch.append(where)
-        for seq, count in seqs.items():
-            if count > 1:
-                report.duplicated.append(f"{measurement}/{device_id} seq {seq} x{count}")
-        for ts, sent in expected.items():
-            if ts not in seen_ts and any(e.acknowledged for e in sent):
-                report.lost.append(f"{measurement}/{device_id}@{ts} seq {sent[0].seq}")
 
-    letters = read_deadletters(deadletter_dirs)
-    if city is not None:
-        letters = [r for r in letters if topic_city(str(r.get("topic", ""))) == city]
+def _compare(
+    report: Report,
+    measurement: str,
+    device_id: str,
+    rows: Iterable[Any],
+    expected: dict[int, list[ledger.LedgerEntry]],
+) -> None:
+    """One device's stored points against what it sent: unexpected, altered, duplicated, lost."""
+    seen_ts: set[int] = set()
+    seqs: Counter[int] = Counter()
+    for series in rows:
+        for row in series.rows():
+            if row.get("device_id") != device_id:
+                continue
+            ts = int(row["time"])
+            report.stored += 1
+            seen_ts.add(ts)
+            if isinstance(row.get("seq"), int):
+                seqs[row["seq"]] += 1
+            sent = expected.get(ts)
+            where = f"{measurement}/{device_id}@{ts}"
+            if not sent:
+                report.unexpected.append(where)
+                continue
+            if not any(_matches(row, e) for e in sent):
+                report.value_mismatch.append(where)
+    for seq, count in seqs.items():
+        if count > 1:
+            report.duplicated.append(f"{measurement}/{device_id} seq {seq} x{count}")
+    for ts, sent in expected.items():
+        if ts not in seen_ts and any(e.acknowledged for e in sent):
+            report.lost.append(f"{measurement}/{device_id}@{ts} seq {sent[0].seq}")
+
+
+def _account_deadletters(report: Report, letters: Iterable[dict[str, Any]], sent: _Sent) -> None:
+    """Every bad entry dead-lettered with its reason, and no good one."""
     by_hash: dict[str, set[str]] = defaultdict(set)
     reasons: Counter[str] = Counter()
     for record in letters:
@@ -256,21 +292,20 @@ async def check(
         reasons[reason] += 1
         by_hash[str(record.get("sha256", ""))].add(reason)
     report.deadletters_by_reason = dict(reasons)
-    for entry in bad_entries:
+    for entry in sent.bad:
         got = by_hash.get(entry.sha256)
         label = f"{entry.device_id} seq {entry.seq} ({entry.intended_reason})"
         if not got:
             report.bad_not_deadlettered.append(label)
         elif entry.intended_reason not in got:
             report.bad_wrong_reason.append(f"{label}: got {sorted(got)}")
-    for by_ts in good.values():
-        for sent in by_ts.values():
-            for entry in sent:
+    for by_ts in sent.good.values():
+        for entries in by_ts.values():
+            for entry in entries:
                 if entry.sha256 in by_hash:
                     report.good_deadlettered.append(
                         f"{entry.device_id} seq {entry.seq}: {sorted(by_hash[entry.sha256])}"
                     )
-    return report
 
 
 def _matches(row: dict[str, Any], entry: ledger.LedgerEntry) -> bool:
