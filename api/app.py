@@ -144,7 +144,7 @@ def _runtimes(settings: ApiSettings, cities: Cities, base: InfluxClient) -> dict
     return runtimes
 
 
-def create_app(
+def create_app(  # noqa: PLR0915 - long; split it at its seams
     settings: ApiSettings, city: City | None = None, cities: Cities | None = None
 ) -> FastAPI:
     """Build the API app; `city` (one) or `cities` (several) override loading

@@ -116,7 +116,7 @@ def _params(city: str, start: datetime, end: datetime) -> dict[str, str | int | 
     return {"city": city, "from": format_ts(start), "to": format_ts(end)}
 
 
-async def take_snapshot(
+async def take_snapshot(  # noqa: PLR0912 - long; split it at its seams
     influx: InfluxClient, city: City, window: TimeRange, settings: ApiSettings
 ) -> Snapshot:
     """Run the snapshot's queries concurrently and index the answers by device."""

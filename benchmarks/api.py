@@ -186,7 +186,7 @@ def _start_api(
     return proc, url
 
 
-async def run(
+async def run(  # noqa: PLR0915 - long; split it at its seams
     args: argparse.Namespace,
 ) -> list[tuple[str, dict[str, float], dict[str, float] | None]]:
     """Load, start the API twice (cached/uncached), measure every endpoint and its floor."""

@@ -182,7 +182,7 @@ def write_ledger(
     writer.close()
 
 
-def run_once(
+def run_once(  # noqa: PLR0915 - long; split it at its seams
     stack: LocalStack, base: Path, confirm: bool, count: int, rate: float, crash: bool
 ) -> dict[str, float]:
     """One fleet run against a fresh ingest and database; figures per reading."""

@@ -49,7 +49,7 @@ from benchmarks._ingest.table import Figures, print_table
 from control.stack import LocalStack
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:  # noqa: PLR0915 - long; split it at its seams
     """Run the ingest benchmark and print its conditions and figures."""
     parser = argparse.ArgumentParser(prog="benchmarks.ingest")
     parser.add_argument("--messages", type=int, default=100_000)

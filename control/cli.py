@@ -303,7 +303,7 @@ def cmd_apikey_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - long; split it at its seams
     """The argument parser of the `safecity` command."""
     parser = argparse.ArgumentParser(prog="safecity", description="safecity telemetry platform")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

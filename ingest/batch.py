@@ -127,7 +127,7 @@ class Batcher:
             self._totals.redelivered += redelivered
         metrics.PENDING.set(len(batch.messages))
 
-    async def flush(self) -> None:
+    async def flush(self) -> None:  # noqa: PLR0915 - long; split it at its seams
         """Make the current batch durable, then ack all of it in receive order."""
         batch, self._batch = self._batch, _Batch()
         messages, outcomes = batch.messages, batch.outcomes

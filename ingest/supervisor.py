@@ -35,7 +35,7 @@ def worker_ids(base: str, count: int) -> list[str]:
     return [f"{base}-{i}" for i in range(count)]
 
 
-def supervise(settings: IngestSettings, count: int, registry: Sequence[Path]) -> int:
+def supervise(settings: IngestSettings, count: int, registry: Sequence[Path]) -> int:  # noqa: PLR0915 - long; split it at its seams
     """Run `count` workers until SIGINT/SIGTERM, restarting any that exits; return 0."""
     stopping = False
 

@@ -145,7 +145,7 @@ class TelemetryLines:
             parts.append(key.replace("{", "{{").replace("}", "}}") + text)
         return "{0} " + ",".join(parts) + f" {{{len(types) + 2}}}", 2 * strings
 
-    def line(self, payload: bytes, series: str, low: int, high: int) -> tuple[int, int, str] | None:
+    def line(self, payload: bytes, series: str, low: int, high: int) -> tuple[int, int, str] | None:  # noqa: PLR0912 - long; split it at its seams
         """(seq, ts in epoch ms, line) of a reading `readings.parse` accepts with its ts in
         [low, high] (see `window_ms`), written as `series`; None when this path cannot
         decide (the caller then asks `readings.parse`)."""

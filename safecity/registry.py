@@ -133,7 +133,7 @@ def _error(source: str, line: int, exc: ValidationError) -> RegistryError:
     return RegistryError(f"{source}:{line}: field {where!r}: {first['msg']}")
 
 
-def loads(text: str, source: str = "<string>") -> City:
+def loads(text: str, source: str = "<string>") -> City:  # noqa: PLR0912 - long; split it at its seams
     """Parse a registry from JSON Lines text; RegistryError names the line and field."""
     city: CityRecord | None = None
     districts: list[District] = []

@@ -90,7 +90,7 @@ def _decode_meta(meta: dict[str, Any]) -> dict[str, Any]:
     return meta
 
 
-async def run(
+async def run(  # noqa: PLR0915 - long; split it at its seams
     settings: SimulatorSettings,
     city: City,
     *,

@@ -57,7 +57,7 @@ def replace_table(text: str, new: str) -> str:
     return f"{head}{BEGIN}\n{new}{END}{tail}"
 
 
-def plots(city: City, year: int, out: Path) -> list[Path]:
+def plots(city: City, year: int, out: Path) -> list[Path]:  # noqa: PLR0915 - long; split it at its seams
     """PNG plots: monthly climate vs normals, a winter of PM2.5, weekday/weekend traffic."""
     import matplotlib
 

@@ -121,7 +121,7 @@ def year_days(c: Climate, year: int) -> tuple[Day, ...]:
 
 
 @lru_cache(maxsize=64)
-def _year_of(key: str, year: int) -> tuple[Day, ...]:
+def _year_of(key: str, year: int) -> tuple[Day, ...]:  # noqa: PLR0915 - long; split it at its seams
     # A warm-up before 1 January so the AR states match across years.
     c = _climates[key]
     d0 = date(year, 1, 1).toordinal() - EPOCH_ORDINAL
@@ -283,7 +283,7 @@ def weather(t: datetime, c: Climate) -> Weather:
 
 
 @lru_cache(maxsize=8192)
-def _weather_minute(key: str, minute: int) -> Weather:
+def _weather_minute(key: str, minute: int) -> Weather:  # noqa: PLR0915 - long; split it at its seams
     c = _climates[key]
     t = datetime.fromtimestamp(minute * 60, UTC)
     k = clock(t, c.utc_offset_h)

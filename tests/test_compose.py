@@ -277,7 +277,7 @@ def compose_influxd(tmp_path: Path, resolved: dict[str, Any]) -> Iterator[Influx
         yield influxd
 
 
-def test_the_compose_stack_runs_here_and_becomes_healthy(
+def test_the_compose_stack_runs_here_and_becomes_healthy(  # noqa: PLR0915 - long; split it at its seams
     resolved: dict[str, Any], compose_influxd: Influxd, tmp_path: Path
 ) -> None:
     services = resolved["services"]

@@ -26,7 +26,7 @@ from safecity.registry import Device
 from safecity.settings import InfluxSettings
 
 
-def run_ingest(
+def run_ingest(  # noqa: PLR0915 - long; split it at its seams
     stack: LocalStack,
     db: str,
     base: Path,

@@ -251,7 +251,7 @@ def latency_run(stack: LocalStack, base: Path, rate: float, duration: float) -> 
     }
 
 
-def outage_run(
+def outage_run(  # noqa: PLR0915 - long; split it at its seams
     stack: LocalStack, base: Path, rate: float, outage: float, lead: float = 10.0
 ) -> dict[str, float]:
     """Publish at `rate` while InfluxDB is SIGSTOPped for `outage` s; ingest RSS, then lost/dup."""

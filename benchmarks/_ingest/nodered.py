@@ -114,7 +114,7 @@ def _probe(start: datetime) -> tuple[str, bytes]:
     return topic, json.dumps(body, separators=(",", ":")).encode()
 
 
-def nodered_run(
+def nodered_run(  # noqa: PLR0915 - long; split it at its seams
     stack: LocalStack,
     base: Path,
     red: Path,

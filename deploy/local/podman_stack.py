@@ -216,7 +216,7 @@ def missing_images(podman: Podman, services: dict[str, Any]) -> list[str]:
     return missing
 
 
-def up(podman: Podman, scale: Sequence[str], profiles: Sequence[str], floor: float) -> None:
+def up(podman: Podman, scale: Sequence[str], profiles: Sequence[str], floor: float) -> None:  # noqa: PLR0915 - long; split it at its seams
     """Start each service once its own depends_on conditions hold, as compose does."""
     with step("up: compose config"):
         config = resolved_config(podman)

@@ -72,7 +72,7 @@ class _BulkReadClient(paho.Client):
             self._last_bytes_received = paho.time_func()
         return self.feed(data)
 
-    def feed(self, data: bytes) -> MQTTErrorCode:
+    def feed(self, data: bytes) -> MQTTErrorCode:  # noqa: PLR0912, PLR0915 - long; split it at its seams
         """Decode `data` read from the socket (after any incomplete packet of the last read)."""
         buf = self._rbuf + data if self._rbuf else data
         if type(buf) is not bytes:

@@ -41,7 +41,7 @@ log = logging.getLogger("safecity.mqtt")
 class MqttClient:
     """An MQTT v5 client with awaitable connect/publish/subscribe and manual, ordered acks."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0915 - long; split it at its seams
         self,
         settings: MqttSettings,
         client_id: str,

@@ -33,7 +33,7 @@ def _new(rule: str = "gunshot", district: str = "yunusabad", minute: int = 0) ->
     )
 
 
-def test_lifecycle_is_append_only_and_refuses_bad_steps(stack: LocalStack, influx_db: str) -> None:
+def test_lifecycle_is_append_only_and_refuses_bad_steps(stack: LocalStack, influx_db: str) -> None:  # noqa: PLR0915 - long; split it at its seams
     async def scenario() -> tuple[inc.Incident, inc.Incident, str, dict[str, inc.Incident]]:
         client = InfluxClient(InfluxSettings(url=stack.influx_url, database=influx_db))
         store = inc.IncidentStore(client)

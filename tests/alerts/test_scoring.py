@@ -137,7 +137,7 @@ def test_shipped_scenario_is_detected_in_time_and_meets_its_expectations(
     _scenario_specifics(run, sc, start, entries, summary)
 
 
-def _scenario_specifics(
+def _scenario_specifics(  # noqa: PLR0915 - long; split it at its seams
     run: Run,
     sc: scenarios.Scenario,
     start: datetime,

@@ -107,7 +107,7 @@ def test_list_filters_and_bounds(client: TestClient, stored: dict[str, inc.Incid
     assert client.get("/v1/incidents", params={"city": "almaty"}).status_code == 404
 
 
-def test_lifecycle_through_the_api_is_appended_and_audited(
+def test_lifecycle_through_the_api_is_appended_and_audited(  # noqa: PLR0915 - long; split it at its seams
     client: TestClient,
     stored: dict[str, inc.Incident],
     keys: dict[str, str],

@@ -98,7 +98,7 @@ def _readings(frames: Iterator[dict[str, str]], count: int) -> list[tuple[str, i
     raise AssertionError("stream ended early")
 
 
-def test_a_client_resumes_and_gets_every_item_exactly_once(
+def test_a_client_resumes_and_gets_every_item_exactly_once(  # noqa: PLR0915 - long; split it at its seams
     stack: LocalStack, influx_db: str, start_api: Callable[..., Any]
 ) -> None:
     api = start_api(

@@ -80,7 +80,7 @@ def text(page: Page, selector: str) -> str:
     return page.locator(selector).first.inner_text().strip()
 
 
-def test_console_shows_the_live_city_and_its_districts(
+def test_console_shows_the_live_city_and_its_districts(  # noqa: PLR0915 - long; split it at its seams
     live_city: Any, browser: BrowserContext, tmp_path: Path
 ) -> None:
     api = live_city
@@ -224,7 +224,7 @@ def is_problem(message: ConsoleMessage) -> bool:
     return message.type in ("error", "warning")
 
 
-def test_an_operator_acknowledges_a_live_incident_from_the_console(
+def test_an_operator_acknowledges_a_live_incident_from_the_console(  # noqa: PLR0915 - long; split it at its seams
     stack: LocalStack,
     influx_db: str,
     start_api: Callable[..., Any],

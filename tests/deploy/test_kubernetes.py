@@ -445,7 +445,7 @@ def cluster_influxd(tmp_path: Path, rendered: dict[str, list[dict[str, Any]]]) -
         yield influxd
 
 
-def test_the_rendered_containers_run_here_and_become_ready(
+def test_the_rendered_containers_run_here_and_become_ready(  # noqa: PLR0915 - long; split it at its seams
     rendered: dict[str, list[dict[str, Any]]], cluster_influxd: Influxd, tmp_path: Path
 ) -> None:
     objects = rendered["simulator"]

@@ -75,7 +75,7 @@ class Receiver:
 
 
 @pytest.mark.timeout(90)
-def test_store_and_forward_survives_a_broker_restart_in_order(tmp_path: Path) -> None:
+def test_store_and_forward_survives_a_broker_restart_in_order(tmp_path: Path) -> None:  # noqa: PLR0915 - long; split it at its seams
     broker = Mosquitto(tmp_path / "broker")
     ids = [f"edge-dev-{i:02d}" for i in range(DEVICES)]
     broker.provision(*ids)

@@ -396,7 +396,7 @@ def _overview(inst: Instance, start: str, end: str, district: str | None = None)
     return body
 
 
-def test_federation_shares_indicators_not_data(federation: dict[str, Instance]) -> None:
+def test_federation_shares_indicators_not_data(federation: dict[str, Instance]) -> None:  # noqa: PLR0915 - long; split it at its seams
     region = federation["region"]
     cities = [federation[c] for c in CITIES]
     # Raw device traffic on the city brokers meanwhile: a reading and an ANPR hit.

@@ -135,7 +135,7 @@ _FAULTS = [
 
 
 @st.composite
-def telemetry(draw: st.DrawFn) -> tuple[str, bytes]:
+def telemetry(draw: st.DrawFn) -> tuple[str, bytes]:  # noqa: PLR0912, PLR0915 - long; split it at its seams
     """A kind and a payload near its contract: a valid reading with none, one or two faults."""
     kind = draw(st.sampled_from(KINDS))
     quantities = catalogue.telemetry_quantities(kind)

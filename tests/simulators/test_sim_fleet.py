@@ -184,7 +184,7 @@ def counter(kind: str, result: str) -> float:
 
 
 @pytest.mark.timeout(60)
-def test_fleet_publishes_valid_messages_for_every_device(tmp_path: Path) -> None:
+def test_fleet_publishes_valid_messages_for_every_device(tmp_path: Path) -> None:  # noqa: PLR0915 - long; split it at its seams
     city = generate("tashkent", 30, 3)  # every kind at least once
     assert {d.kind for d in city.devices} == set(catalogue.KINDS)
     # A broker of its own with an account for each device of this generated city.
