@@ -7,7 +7,16 @@ from typing import Annotated
 
 from pydantic import Field
 
-from safecity.settings import InfluxSettings, MqttSettings, ServiceSettings
+from safecity.settings import (
+    InfluxSettings,
+    MqttSettings,
+    ServiceSettings,
+    TsFutureWindow,
+    TsPastWindow,
+)
+
+# Also read by the local stack's settings (control), which starts the alerts service.
+AlertsMetricsPort = Annotated[int, Field(ge=0, le=65535, description="... and port.")]
 
 
 class AlertsSettings(ServiceSettings):
@@ -63,18 +72,7 @@ class AlertsSettings(ServiceSettings):
     alerts_metrics_host: str = Field(
         "127.0.0.1", description="/metrics, /healthz and /readyz of the alerts service: host ..."
     )
-    alerts_metrics_port: Annotated[int, Field(ge=0, le=65535, description="... and port.")] = 9102
+    alerts_metrics_port: AlertsMetricsPort = 9102
     # Same variables as ingest's: replays need both widened the same way.
-    ts_past_window: Annotated[
-        float,
-        Field(
-            gt=0,
-            description=(
-                "Accepted device timestamps reach this many seconds into the past (widen "
-                "for replays)."
-            ),
-        ),
-    ] = 7 * 86_400.0
-    ts_future_window: Annotated[
-        float, Field(ge=0, description="... and this many seconds into the future.")
-    ] = 300.0
+    ts_past_window: TsPastWindow = 7 * 86_400.0
+    ts_future_window: TsFutureWindow = 300.0

@@ -8,7 +8,14 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from safecity.federation import RegionSettings
-from safecity.settings import InfluxSettings, MqttSettings, Port, ServiceSettings, in_home
+from safecity.settings import (
+    DeadletterDir,
+    InfluxSettings,
+    MqttSettings,
+    Port,
+    ServiceSettings,
+    in_home,
+)
 
 
 class FederationSettings(BaseModel):
@@ -159,10 +166,7 @@ class ApiSettings(ServiceSettings):
     ] = 5.0
     # Delivery accounting: where ingest keeps dead letters (same variable as ingest's)
     # and, optionally, the simulator's ground-truth ledger.
-    deadletter_dir: Path = Field(
-        default_factory=in_home("deadletter_dir"),
-        description="Directory of the fsync'd dead-letter store (deadletters.jsonl).",
-    )
+    deadletter_dir: DeadletterDir = Field(default_factory=in_home("deadletter_dir"))
     ledger_file: Path | None = Field(
         None,
         description=(

@@ -9,8 +9,10 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
+from alerts.settings import AlertsMetricsPort
 from safecity.knowncities import KNOWN_CITIES
 from safecity.settings import InfluxSettings, ServiceSettings, in_home
+from simulators.settings import Seed, Speed
 
 
 class StackSettings(ServiceSettings):
@@ -51,16 +53,9 @@ class StackSettings(ServiceSettings):
     ingest_metrics_port: Annotated[
         int, Field(ge=0, le=65535, description="The ingest's metrics port (0 = any free one).")
     ] = 9101
-    alerts_metrics_port: Annotated[int, Field(ge=0, le=65535, description="... and port.")] = 9102
-    speed: Annotated[
-        float,
-        Field(
-            gt=0,
-            le=10_000,
-            description="Simulated seconds per wall second (60 = an hour a minute).",
-        ),
-    ] = 1.0
-    seed: int = Field(42, description="Seed of every generator: same seed and start, same stream.")
+    alerts_metrics_port: AlertsMetricsPort = 9102
+    speed: Speed = 1.0
+    seed: Seed = 42
     cities: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(),
         description="Built-in cities to run, each with its own simulated fleet and database "

@@ -8,7 +8,15 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 
 from safecity.federation import RegionSettings
-from safecity.settings import InfluxSettings, MqttSettings, ServiceSettings, in_home
+from safecity.settings import (
+    DeadletterDir,
+    InfluxSettings,
+    MqttSettings,
+    ServiceSettings,
+    TsFutureWindow,
+    TsPastWindow,
+    in_home,
+)
 
 
 class IngestSettings(ServiceSettings):
@@ -63,23 +71,9 @@ class IngestSettings(ServiceSettings):
     flush_interval: Annotated[
         float, Field(gt=0, le=10, description="... or this many seconds after its first message.")
     ] = 0.2
-    deadletter_dir: Path = Field(
-        default_factory=in_home("deadletter_dir"),
-        description="Directory of the fsync'd dead-letter store (deadletters.jsonl).",
-    )
-    ts_past_window: Annotated[
-        float,
-        Field(
-            gt=0,
-            description=(
-                "Accepted device timestamps reach this many seconds into the past (widen "
-                "for replays)."
-            ),
-        ),
-    ] = 7 * 86_400.0
-    ts_future_window: Annotated[
-        float, Field(ge=0, description="... and this many seconds into the future.")
-    ] = 300.0
+    deadletter_dir: DeadletterDir = Field(default_factory=in_home("deadletter_dir"))
+    ts_past_window: TsPastWindow = 7 * 86_400.0
+    ts_future_window: TsFutureWindow = 300.0
     metrics_host: str = Field(
         "127.0.0.1", description="/metrics, /healthz and /readyz of the ingest worker: host ..."
     )

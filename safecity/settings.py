@@ -307,6 +307,25 @@ class ServiceSettings(BaseSettings):
         )
 
 
+# Settings two services read (ingest and alerts; ingest and the API): the type, bounds and
+# meaning of each once, here; each class gives the default (a test keeps them equal).
+TsPastWindow = Annotated[
+    float,
+    Field(
+        gt=0,
+        description=(
+            "Accepted device timestamps reach this many seconds into the past (widen for replays)."
+        ),
+    ),
+]
+TsFutureWindow = Annotated[
+    float, Field(ge=0, description="... and this many seconds into the future.")
+]
+DeadletterDir = Annotated[
+    Path, Field(description="Directory of the fsync'd dead-letter store (deadletters.jsonl).")
+]
+
+
 class InHome:
     """A default factory: the instance layout's `part` under the settings' own `home`
     (for a nested group, which has none, under SAFECITY_HOME)."""

@@ -52,6 +52,18 @@ class FaultSettings(BaseModel):
     ] = 30
 
 
+# Also read by the local stack's settings (control), which runs the simulator.
+Seed = Annotated[
+    int, Field(description="Seed of every generator: same seed and start, same stream.")
+]
+Speed = Annotated[
+    float,
+    Field(
+        gt=0, le=10_000, description="Simulated seconds per wall second (60 = an hour a minute)."
+    ),
+]
+
+
 class SimulatorSettings(ServiceSettings):
     """Settings of the simulated city fleet."""
 
@@ -63,15 +75,8 @@ class SimulatorSettings(ServiceSettings):
             description="MQTT client id of the fleet process (transport single).",
         ),
     ] = "simulator-0"
-    seed: int = Field(42, description="Seed of every generator: same seed and start, same stream.")
-    speed: Annotated[
-        float,
-        Field(
-            gt=0,
-            le=10_000,
-            description="Simulated seconds per wall second (60 = an hour a minute).",
-        ),
-    ] = 1.0
+    seed: Seed = 42
+    speed: Speed = 1.0
     max_devices: Annotated[
         int | None,
         Field(ge=1, description="Simulate only the first N devices of the registry (empty = all)."),
