@@ -35,7 +35,7 @@ def worker_ids(base: str, count: int) -> list[str]:
     return [f"{base}-{i}" for i in range(count)]
 
 
-def supervise(settings: IngestSettings, count: int, registry: Sequence[Path]) -> int:  # noqa: PLR0915 - long; split it at its seams
+def supervise(settings: IngestSettings, count: int, registry: Sequence[Path]) -> int:
     """Run `count` workers until SIGINT/SIGTERM, restarting any that exits; return 0."""
     stopping = False
 
@@ -79,6 +79,13 @@ def supervise(settings: IngestSettings, count: int, registry: Sequence[Path]) ->
                 )
                 time.sleep(RESTART_DELAY)
                 spawn(index, worker)
+    _stop(procs)
+    log.info("all workers stopped", extra={"workers": len(ids)})
+    return 0
+
+
+def _stop(procs: dict[str, subprocess.Popen[bytes]]) -> None:
+    """SIGTERM every worker; kill one that has not stopped within STOP_TIMEOUT."""
     for proc in procs.values():
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -90,5 +97,3 @@ def supervise(settings: IngestSettings, count: int, registry: Sequence[Path]) ->
             log.warning("worker ignored SIGTERM; killing it", extra={"worker": worker})
             proc.kill()
             proc.wait()
-    log.info("all workers stopped", extra={"workers": len(ids)})
-    return 0

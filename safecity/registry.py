@@ -133,7 +133,18 @@ def _error(source: str, line: int, exc: ValidationError) -> RegistryError:
     return RegistryError(f"{source}:{line}: field {where!r}: {first['msg']}")
 
 
-def loads(text: str, source: str = "<string>") -> City:  # noqa: PLR0912 - long; split it at its seams
+def _record(raw: str, source: str, number: int) -> dict[str, Any]:
+    """One line as a JSON object; RegistryError naming the line otherwise."""
+    try:
+        obj = json.loads(raw)
+    except ValueError as exc:
+        raise RegistryError(f"{source}:{number}: not JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise RegistryError(f"{source}:{number}: a record must be a JSON object")
+    return obj
+
+
+def loads(text: str, source: str = "<string>") -> City:
     """Parse a registry from JSON Lines text; RegistryError names the line and field."""
     city: CityRecord | None = None
     districts: list[District] = []
@@ -143,13 +154,7 @@ def loads(text: str, source: str = "<string>") -> City:  # noqa: PLR0912 - long;
     for number, raw in enumerate(text.splitlines(), start=1):
         if not raw.strip():
             continue
-        try:
-            obj = json.loads(raw)
-        except ValueError as exc:
-            raise RegistryError(f"{source}:{number}: not JSON: {exc}") from exc
-        if not isinstance(obj, dict):
-            raise RegistryError(f"{source}:{number}: a record must be a JSON object")
-        rtype = obj.get("type")
+        rtype = _record(raw, source, number).get("type")
         # JSON has arrays, the models have tuples: strict mode wants the exact type.
         try:
             if rtype == "city":

@@ -15,10 +15,11 @@ import statistics
 import sys
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from safecity import citygen, registry
 from safecity.registry import City
-from simulators.climate import climate_of
+from simulators.climate import Climate, climate_of
 from simulators.shapes import Figure, Measure, series
 from simulators.sites import World
 from simulators.weather import year_days
@@ -57,7 +58,7 @@ def replace_table(text: str, new: str) -> str:
     return f"{head}{BEGIN}\n{new}{END}{tail}"
 
 
-def plots(city: City, year: int, out: Path) -> list[Path]:  # noqa: PLR0915 - long; split it at its seams
+def plots(city: City, year: int, out: Path) -> list[Path]:
     """PNG plots: monthly climate vs normals, a winter of PM2.5, weekday/weekend traffic."""
     import matplotlib
 
@@ -67,7 +68,15 @@ def plots(city: City, year: int, out: Path) -> list[Path]:  # noqa: PLR0915 - lo
     out.mkdir(parents=True, exist_ok=True)
     c = climate_of(city.id, *city.record.centroid, city.record.timezone)
     world = World(city)
-    paths: list[Path] = []
+    return [
+        _climate_plot(plt, c, year, out / f"{city.id}-climate.png"),
+        _pm25_plot(plt, c, city, world, year, out / f"{city.id}-winter-pm25.png"),
+        _traffic_plot(plt, c, city, world, year, out / f"{city.id}-traffic.png"),
+    ]
+
+
+def _climate_plot(plt: Any, c: Climate, year: int, path: Path) -> Path:
+    """Monthly mean temperature and precipitation over 20 simulated years vs the normals."""
     temps: list[list[float]] = [[] for _ in range(12)]
     rain = [0.0] * 12
     years = 20
@@ -86,11 +95,11 @@ def plots(city: City, year: int, out: Path) -> list[Path]:  # noqa: PLR0915 - lo
     ax2.bar([m + 0.2 for m in months], rain, 0.4, label="simulated (20 y)")
     ax2.set_title("monthly precipitation, mm")
     ax2.legend()
-    fig.tight_layout()
-    paths.append(out / f"{city.id}-climate.png")
-    fig.savefig(paths[-1], dpi=80)
-    plt.close(fig)
+    return _save(plt, fig, path)
 
+
+def _pm25_plot(plt: Any, c: Climate, city: City, world: World, year: int, path: Path) -> Path:
+    """A winter of the city's mean PM2.5, hourly and daily."""
     sensors = [world.profiles[d.id] for d in city.select(kind="air_quality")[:6]]
     start = datetime(year - 1, 12, 1, tzinfo=UTC)
     rows = [series(p, "pm25", start, 90 * 24, timedelta(hours=1)) for p in sensors]
@@ -103,11 +112,11 @@ def plots(city: City, year: int, out: Path) -> list[Path]:  # noqa: PLR0915 - lo
     ax.set_title(f"{c.name}: PM2.5 from 1 December {year - 1}, ug/m3 (spells, fronts, inversions)")
     ax.set_xlabel("day")
     ax.legend()
-    fig.tight_layout()
-    paths.append(out / f"{city.id}-winter-pm25.png")
-    fig.savefig(paths[-1], dpi=80)
-    plt.close(fig)
+    return _save(plt, fig, path)
 
+
+def _traffic_plot(plt: Any, c: Climate, city: City, world: World, year: int, path: Path) -> Path:
+    """Traffic through a Wednesday, a Saturday and a Sunday, local time."""
     roads = [world.profiles[d.id] for d in city.select(kind="traffic")[:8]]
     monday = datetime(year, 3, 2, tzinfo=UTC) - timedelta(hours=c.utc_offset_h)
     fig, ax = plt.subplots(figsize=(10, 3.5))
@@ -118,11 +127,14 @@ def plots(city: City, year: int, out: Path) -> list[Path]:  # noqa: PLR0915 - lo
         ax.plot([i / 4 for i in range(96)], mean, label=label)
     ax.set_title(f"{c.name}: traffic intensity, veh/h per lane (8 sensors), local time")
     ax.legend()
+    return _save(plt, fig, path)
+
+
+def _save(plt: Any, fig: Any, path: Path) -> Path:
     fig.tight_layout()
-    paths.append(out / f"{city.id}-traffic.png")
-    fig.savefig(paths[-1], dpi=80)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
-    return paths
+    return path
 
 
 def city_of(name: str | None, path: Path | None, seed: int) -> City:

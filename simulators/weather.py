@@ -25,6 +25,7 @@ import math
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from functools import lru_cache
+from typing import NamedTuple
 
 from simulators.climate import Climate, Months
 from simulators.timebase import EPOCH_ORDINAL, TWO_PI, clamp, clock, smooth, stable_int, unit
@@ -121,7 +122,7 @@ def year_days(c: Climate, year: int) -> tuple[Day, ...]:
 
 
 @lru_cache(maxsize=64)
-def _year_of(key: str, year: int) -> tuple[Day, ...]:  # noqa: PLR0915 - long; split it at its seams
+def _year_of(key: str, year: int) -> tuple[Day, ...]:
     # A warm-up before 1 January so the AR states match across years.
     c = _climates[key]
     d0 = date(year, 1, 1).toordinal() - EPOCH_ORDINAL
@@ -157,62 +158,112 @@ def _year_of(key: str, year: int) -> tuple[Day, ...]:  # noqa: PLR0915 - long; s
             0.0,
             1.0,
         )
-        wet_p = p_normal
         cloud = 0.15 + 0.6 * (1.0 - _phi(z_wet))
-        dust = 0.0
         spread = 2.0 + 11.0 * (1.0 - w)
         ramp = min(1.0, (since + 1) / 2.0) * min(1.0, (length - since) / 1.5)
-        if spell == "anticyclone":
-            t_mean -= 4.0 * w * ramp
-            t_range *= 1.35
-            wind *= 0.45
-            wet_p, cloud = 0.0, 0.1
-        elif spell == "heat":
-            t_mean += (3.0 + 2.5 * unit(k_spell ^ 0x11, d - since)) * ramp
-            t_range *= 1.1
-            wind *= 0.85
-            wet_p, cloud = 0.0, 0.05
-            spread += 3.0
-        elif spell == "dust":
-            dust = (0.5 + 0.5 * unit(k_spell ^ 0x22, d - since)) * (1.0 if since == 0 else 0.45)
-            wind *= 2.2 if since == 0 else 1.4
-            t_range *= 0.8
-            wet_p, cloud = 0.0, 0.55
-            spread += 3.0
-        elif spell == "front":
-            wind *= 1.8
-            t_mean -= 2.5 * (0.5 + w) * (1.0 if since else 0.5)
-            wet_p = 0.7
-            cloud = max(cloud, 0.7)
+        t_mean, t_range, wind, wet_p, cloud, dust, spread = _in_spell(
+            _Sky(t_mean, t_range, wind, p_normal, cloud, 0.0, spread),
+            spell,
+            (w, ramp, since, d, k_spell),
+        )
         wet = _phi(z_wet) < wet_p if spell != "front" else unit(k_wet ^ 0x33, d) < wet_p
         rain = 0.0
         start = hours = burst = 0.0
         if wet:
-            mean = monthly(c.precip_mm, doy) / max(monthly(c.precip_days, doy), 0.3)
-            rain = 1.0 + max(mean - 1.0, 0.0) * -math.log(unit(k_amt, d))
-            hours = 2.0 + 9.0 * unit(k_amt ^ 0x44, d)
-            start = unit(k_amt ^ 0x55, d) * (24.0 - hours)
-            warm = monthly(c.t_mean, doy) > 12.0
-            if warm and unit(k_amt ^ 0x66, d) < 0.045:
-                burst = 25.0 + 30.0 * unit(k_amt ^ 0x77, d)
-                rain = max(rain, burst * 0.7)
-                start = clamp(12.0 + 5.0 * unit(k_amt ^ 0x88, d), 0.0, 24.0 - hours)
+            rain, start, hours, burst = _rain(c, doy, k_amt, d)
             cloud = max(cloud, 0.85)
             t_range *= 0.6
             spread = 1.0
-        # Ventilation deficit (calm relative to the place's normal wind); rain washes out.
-        deficit = clamp((wind_n + 0.6) / (wind + 0.6), 0.3, 3.5)
-        if spell == "anticyclone":
-            deficit *= 1.4
-        stag = 0.6 * stag + 0.4 * deficit
-        if rain > 0:
-            stag /= 1.0 + 0.08 * rain
+        stag = _stagnation(stag, wind_n, wind, spell, rain)
         if d >= d0:
             out.append(
                 Day(t_mean, t_range, wind, rain, start, hours, burst, cloud, spell, stag, dust,
                     spread)
             )  # fmt: skip
     return tuple(out)
+
+
+class _Sky(NamedTuple):
+    """A day's weather before rain: what a spell changes."""
+
+    t_mean: float
+    t_range: float
+    wind: float
+    wet_p: float
+    cloud: float
+    dust: float
+    spread: float
+
+
+def _in_spell(sky: _Sky, spell: str, at: tuple[float, float, int, int, int]) -> _Sky:
+    """The day's weather under its spell (`at`: winter weight, ramp, days since the
+    spell began, the day and the spell key)."""
+    w, ramp, since, d, k_spell = at
+    t_mean, t_range, wind, wet_p, cloud, dust, spread = sky
+    if spell == "anticyclone":
+        t_mean -= 4.0 * w * ramp
+        t_range *= 1.35
+        wind *= 0.45
+        wet_p, cloud = 0.0, 0.1
+    elif spell == "heat":
+        t_mean += (3.0 + 2.5 * unit(k_spell ^ 0x11, d - since)) * ramp
+        t_range *= 1.1
+        wind *= 0.85
+        wet_p, cloud = 0.0, 0.05
+        spread += 3.0
+    elif spell == "dust":
+        dust = (0.5 + 0.5 * unit(k_spell ^ 0x22, d - since)) * (1.0 if since == 0 else 0.45)
+        wind *= 2.2 if since == 0 else 1.4
+        t_range *= 0.8
+        wet_p, cloud = 0.0, 0.55
+        spread += 3.0
+    elif spell == "front":
+        wind *= 1.8
+        t_mean -= 2.5 * (0.5 + w) * (1.0 if since else 0.5)
+        wet_p = 0.7
+        cloud = max(cloud, 0.7)
+    return _Sky(t_mean, t_range, wind, wet_p, cloud, dust, spread)
+
+
+def _stagnation(stag: float, wind_n: float, wind: float, spell: str, rain: float) -> float:
+    """The next day's build-up multiplier: ventilation deficit (calm relative to the
+    place's normal wind) accumulates; rain washes out."""
+    deficit = clamp((wind_n + 0.6) / (wind + 0.6), 0.3, 3.5)
+    if spell == "anticyclone":
+        deficit *= 1.4
+    stag = 0.6 * stag + 0.4 * deficit
+    if rain > 0:
+        stag /= 1.0 + 0.08 * rain
+    return stag
+
+
+def _rain(c: Climate, doy: float, k_amt: int, d: int) -> tuple[float, float, float, float]:
+    """A wet day's rain: mm, start hour, hours and the burst rate (mm/h; 0 = none)."""
+    burst = 0.0
+    mean = monthly(c.precip_mm, doy) / max(monthly(c.precip_days, doy), 0.3)
+    rain = 1.0 + max(mean - 1.0, 0.0) * -math.log(unit(k_amt, d))
+    hours = 2.0 + 9.0 * unit(k_amt ^ 0x44, d)
+    start = unit(k_amt ^ 0x55, d) * (24.0 - hours)
+    warm = monthly(c.t_mean, doy) > 12.0
+    if warm and unit(k_amt ^ 0x66, d) < 0.045:
+        burst = 25.0 + 30.0 * unit(k_amt ^ 0x77, d)
+        rain = max(rain, burst * 0.7)
+        start = clamp(12.0 + 5.0 * unit(k_amt ^ 0x88, d), 0.0, 24.0 - hours)
+    return rain, start, hours, burst
+
+
+def _rain_at(today: Day, h: float) -> float:
+    """The rain rate (mm/h) at local hour `h` of a day: steady, or its burst in the middle."""
+    rain = 0.0
+    if today.rain_mm > 0 and today.rain_start <= h < today.rain_start + today.rain_hours:
+        steady = today.rain_mm / today.rain_hours
+        if today.burst > 0:
+            burst_h = min(0.6, today.rain_mm / today.burst)
+            rest = max(today.rain_mm - today.burst * burst_h, 0.0) / today.rain_hours
+            mid = today.rain_start + today.rain_hours / 2.0
+            steady = today.burst if mid <= h < mid + burst_h else rest
+        rain = steady
+    return rain
 
 
 def _normal(key: int, d: int) -> float:
@@ -283,7 +334,7 @@ def weather(t: datetime, c: Climate) -> Weather:
 
 
 @lru_cache(maxsize=8192)
-def _weather_minute(key: str, minute: int) -> Weather:  # noqa: PLR0915 - long; split it at its seams
+def _weather_minute(key: str, minute: int) -> Weather:
     c = _climates[key]
     t = datetime.fromtimestamp(minute * 60, UTC)
     k = clock(t, c.utc_offset_h)
@@ -297,15 +348,7 @@ def _weather_minute(key: str, minute: int) -> Weather:  # noqa: PLR0915 - long; 
     cloud = today.cloud
     t_range = today.t_range * (1.1 - 0.5 * cloud)
     temperature = t_mean + t_range / 2.0 * _diurnal(h)
-    rain = 0.0
-    if today.rain_mm > 0 and today.rain_start <= h < today.rain_start + today.rain_hours:
-        steady = today.rain_mm / today.rain_hours
-        if today.burst > 0:
-            burst_h = min(0.6, today.rain_mm / today.burst)
-            rest = max(today.rain_mm - today.burst * burst_h, 0.0) / today.rain_hours
-            mid = today.rain_start + today.rain_hours / 2.0
-            steady = today.burst if mid <= h < mid + burst_h else rest
-        rain = steady
+    rain = _rain_at(today, h)
     dew = t_mean - today.dewpoint_spread
     humidity = math.exp(17.62 * dew / (243.1 + dew) - 17.62 * temperature / (243.1 + temperature))
     wind = today.wind * (0.6 + 0.7 * math.exp(-0.5 * ((h - 15.0) / 3.5) ** 2)) / 0.856
