@@ -27,9 +27,11 @@ CITIES ?=
 run: setup
 	$(VENV)/bin/safecity run $(if $(strip $(CITIES)),--cities $(CITIES))
 
+# Ends by printing how long the set-up and the suite took together.
 test:
-	bash scripts/setup.sh --test
-	$(VENV)/bin/pytest -n $(TEST_JOBS) --dist loadfile $(PYTEST_ARGS)
+	@start=$$(date +%s); rc=0; \
+	bash scripts/setup.sh --test && $(VENV)/bin/pytest -n $(TEST_JOBS) --dist loadfile $(PYTEST_ARGS) || rc=$$?; \
+	echo "make test: exit $$rc after $$(( $$(date +%s) - start )) s (set-up and suite)"; exit $$rc
 
 # The compose stack built and run under podman (docs/compose.md); `make test` runs it too.
 compose-test:
