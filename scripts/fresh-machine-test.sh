@@ -41,7 +41,7 @@ if [ ! -f "$WORK/rootfs.tar" ]; then
     fi
     sources=()
     [ -f /etc/apt/sources.list.d/debian.sources ] && sources=(/etc/apt/sources.list.d/debian.sources)
-    mmdebstrap --variant=minbase --include=git,make "${hooks[@]}" \
+    mmdebstrap --variant=minbase --format=tar --include=git,make "${hooks[@]}" \
         "$SUITE" "$WORK/rootfs.tar.part" "${sources[@]}"
     mv "$WORK/rootfs.tar.part" "$WORK/rootfs.tar"
 fi

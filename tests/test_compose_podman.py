@@ -199,7 +199,9 @@ def stack(secrets_dir: Path, show: Callable[[str], None]) -> Iterator[Stack]:
         assert shutil.which(tool), (
             f"{tool} missing: `make test` installs it (scripts/setup.sh --test)"
         )
-    assert (Path(sys.executable).parent / "podman-compose").exists(), "scripts/setup.sh installs it (requirements-dev.lock)"
+    assert (Path(sys.executable).parent / "podman-compose").exists(), (
+        "scripts/setup.sh installs it (requirements-dev.lock)"
+    )
     env = {
         **os.environ,
         "API_HOST_PORT": str(host_port()),
