@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import re
 import subprocess
 import sys
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from packaging.markers import Marker
+from locks import Pin, applicable, read_lock
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
@@ -30,41 +28,6 @@ DEV_LOCK = ROOT / "requirements-dev.lock"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 # What a virtualenv holds besides the lock: its installer, and the project itself.
 NOT_LOCKED = {"pip", "setuptools", "safecity"}
-
-
-@dataclass(frozen=True)
-class Pin:
-    """One locked requirement: `name==version ; marker` and its hashes."""
-
-    name: str
-    version: str
-    marker: str
-    hashes: tuple[str, ...]
-
-    def applies(self) -> bool:
-        """Whether this Python on this platform installs the pin."""
-        return not self.marker or Marker(self.marker).evaluate()
-
-
-def read_lock(path: Path) -> list[Pin]:
-    """The pins of a lock in uv's (and pip-compile's) requirements format."""
-    text = re.sub(r"\\\n", " ", path.read_text())
-    pins = []
-    for line in text.splitlines():
-        line = line.split("#", 1)[0].strip() if line.lstrip().startswith("#") else line.strip()
-        if not line:
-            continue
-        spec, *hashes = (part.strip() for part in line.split("--hash="))
-        requirement, _, marker = spec.partition(";")
-        name, _, version = requirement.strip().partition("==")
-        assert version, f"{path.name}: not pinned: {line[:80]}"
-        pins.append(Pin(canonicalize_name(name), version.strip(), marker.strip(), tuple(hashes)))
-    return pins
-
-
-def applicable(path: Path) -> dict[str, str]:
-    """{name: version} of the pins this interpreter installs from PATH."""
-    return {p.name: p.version for p in read_lock(path) if p.applies()}
 
 
 def disagreements(requirements: list[str], pins: list[Pin]) -> list[str]:
