@@ -16,12 +16,11 @@ ARG PIP_NO_INDEX
 WORKDIR /src
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 # Dependencies first, in their own layer: a code change rebuilds only the project's wheel.
-COPY pyproject.toml ./
+# Exactly the locked versions, each checked against its hash (`make lock` updates the lock).
+COPY requirements.lock ./
 RUN python -m venv /opt/safecity \
- && /opt/safecity/bin/pip install --upgrade pip \
- && python -c "import tomllib; print('\\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > requirements.txt \
- && /opt/safecity/bin/pip install -r requirements.txt
-COPY README.md ./
+ && /opt/safecity/bin/pip install --require-hashes -r requirements.lock
+COPY pyproject.toml README.md LICENSE ./
 COPY safecity ./safecity
 COPY control ./control
 COPY broker ./broker

@@ -5,7 +5,7 @@ PYTEST_ARGS ?=
 TEST_JOBS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test compose-test lint bench soak clean
+.PHONY: help setup run test compose-test lint lock bench soak clean
 
 help:
 	@echo "make setup  install mosquitto/influxdb if missing, create $(VENV), install the project"
@@ -14,6 +14,7 @@ help:
 	@echo "make test   the test suite against real local services (PYTEST_ARGS=... to pass flags)"
 	@echo "make compose-test  docker-compose.yml run for real under podman (part of make test)"
 	@echo "make lint   ruff and mypy"
+	@echo "make lock   re-pin requirements*.lock (hashed) from pyproject.toml's ranges (uv)"
 	@echo "make bench  the benchmarks"
 	@echo "make soak   an hour of the city at 10x with a fault every 3 minutes (SOAK_ARGS=...)"
 	@echo "make clean  remove caches, build output and var/ (keeps $(VENV))"
@@ -26,9 +27,11 @@ CITIES ?=
 run: setup
 	$(VENV)/bin/safecity run $(if $(strip $(CITIES)),--cities $(CITIES))
 
+# Ends by printing how long the set-up and the suite took together.
 test:
-	bash scripts/setup.sh --test
-	$(VENV)/bin/pytest -n $(TEST_JOBS) --dist loadfile $(PYTEST_ARGS)
+	@start=$$(date +%s); rc=0; \
+	bash scripts/setup.sh --test && $(VENV)/bin/pytest -n $(TEST_JOBS) --dist loadfile $(PYTEST_ARGS) || rc=$$?; \
+	echo "make test: exit $$rc after $$(( $$(date +%s) - start )) s (set-up and suite)"; exit $$rc
 
 # The compose stack built and run under podman (docs/compose.md); `make test` runs it too.
 compose-test:
@@ -41,6 +44,15 @@ lint:
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mypy deploy/local/podman_stack.py deploy/local/podman_build.py
+
+# The locks every install uses (setup.sh, the Dockerfile): the test lock first, then the
+# runtime lock constrained to its versions, so the image runs what the tests ran.
+# uv keeps a pin that still satisfies pyproject.toml; UPGRADE=1 moves every pin to the newest.
+LOCK_FLAGS = --universal --generate-hashes --quiet $(if $(UPGRADE),--upgrade)
+lock:
+	bash scripts/setup.sh --python-only
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev $(LOCK_FLAGS) -o requirements-dev.lock
+	$(VENV)/bin/uv pip compile pyproject.toml -c requirements-dev.lock $(LOCK_FLAGS) -o requirements.lock
 
 bench:
 	bash scripts/setup.sh --test

@@ -3,24 +3,34 @@
 # Debian packages for the broker and the database, then the project virtualenv.
 #   scripts/setup.sh               what `make run` needs
 #   scripts/setup.sh --test        plus what the tests drive: Chromium, docker-compose,
-#                                  podman (runc) and mmdebstrap for the compose run
+#                                  podman (runc, iptables) and mmdebstrap for the compose
+#                                  run, promtool; each missing piece named with its package
 #   scripts/setup.sh --python-only only the virtualenv (enough for `make lint`)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-PACKAGES=(mosquitto mosquitto-clients influxdb)
+# Each piece the stack needs and the Debian package that provides it: "piece package".
+# A piece is a command (looked up on PATH, in the sbin directories and podman's helper
+# directories), an absolute path, or `ensurepip` (what `python3 -m venv` needs).
+NEEDS=("mosquitto mosquitto" "mosquitto_pub mosquitto-clients" "mosquitto_sub mosquitto-clients"
+    "influxd influxdb" "python3 python3" "ensurepip python3-venv")
 # Tests only: chromium, the browser the console test drives (Playwright with Debian's
 # build, no download); docker-compose, whose `config` validates docker-compose.yml
 # without a Docker engine (no recommends: the engine itself is not installed); podman
-# with runc (crun fails on cgroup v1 hosts), its network stack and mmdebstrap, which
-# run docker-compose.yml for real from images built from Debian packages
-# (tests/test_compose_podman.py, docs/compose.md).
-TEST_PACKAGES=(chromium docker-compose podman runc netavark aardvark-dns slirp4netns
-    uidmap catatonit conmon mmdebstrap)
-CHROMIUM=/usr/bin/chromium
+# with runc (crun fails on cgroup v1 hosts), its network stack (netavark sets up the
+# containers' networks with iptables, which podman only suggests) and
+# mmdebstrap, which run docker-compose.yml for real from images built from Debian
+# packages (tests/test_compose_podman.py, docs/compose.md); promtool (Debian's
+# prometheus), which checks the platform's alert rules and every service's /metrics.
+TEST_NEEDS=("/usr/bin/chromium chromium" "docker-compose docker-compose" "podman podman"
+    "runc runc" "conmon conmon" "netavark netavark" "aardvark-dns aardvark-dns"
+    "iptables iptables" "slirp4netns slirp4netns" "newuidmap uidmap" "catatonit catatonit"
+    "mmdebstrap mmdebstrap" "promtool prometheus")
 VENV=.venv
 STAMP="$VENV/.installed"
+# Runtime and test dependencies pinned with hashes (`make lock` updates it).
+LOCK=requirements-dev.lock
 PYTHON="${PYTHON:-python3}"
 
 say() { echo "setup: $*"; }
@@ -30,14 +40,34 @@ python_only=false
 for_tests=false
 case "${1:-}" in
     --python-only) python_only=true ;;
-    --test) for_tests=true; PACKAGES+=("${TEST_PACKAGES[@]}") ;;
+    --test) for_tests=true; NEEDS+=("${TEST_NEEDS[@]}") ;;
     "") ;;
     *) die "unknown argument '$1' (usage: $0 [--test | --python-only])" ;;
 esac
 
-# /usr/sbin is often not on a non-root PATH, yet it is where Debian puts mosquitto.
+# /usr/sbin is often not on a non-root PATH, yet it is where Debian puts mosquitto;
+# podman's helpers live in its own directories.
 have() {
-    command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/local/sbin/$1" ]
+    case "$1" in
+        /*) [ -x "$1" ] ;;
+        ensurepip) "$PYTHON" -c 'import ensurepip' >/dev/null 2>&1 || [ -x "$VENV/bin/python" ] ;;
+        *) command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ] \
+            || [ -x "/usr/local/sbin/$1" ] || [ -x "/usr/lib/podman/$1" ] \
+            || [ -x "/usr/libexec/podman/$1" ] ;;
+    esac
+}
+
+# The preflight check: one line per missing piece, naming its package; sets `packages`.
+preflight() {
+    packages=()
+    local need piece package
+    for need in "${NEEDS[@]}"; do
+        read -r piece package <<<"$need"
+        if ! have "$piece"; then
+            echo "setup: missing $piece (Debian package $package)" >&2
+            [[ " ${packages[*]} " == *" $package "* ]] || packages+=("$package")
+        fi
+    done
 }
 
 apt_lists_empty() {
@@ -45,26 +75,14 @@ apt_lists_empty() {
 }
 
 install_system_packages() {
-    local missing=()
-    for cmd in mosquitto mosquitto_pub influxd; do
-        have "$cmd" || missing+=("$cmd")
-    done
-    if $for_tests; then
-        [ -x "$CHROMIUM" ] || missing+=("$CHROMIUM")
-        have docker-compose || missing+=(docker-compose)
-        for cmd in podman runc mmdebstrap netavark; do
-            have "$cmd" || [ -x "/usr/lib/podman/$cmd" ] || missing+=("$cmd")
-        done
-    fi
-    if [ ${#missing[@]} -eq 0 ]; then
-        say "packages present: ${PACKAGES[*]}"
+    preflight
+    if [ ${#packages[@]} -eq 0 ]; then
+        say "preflight: every piece present (${#NEEDS[@]} checked)"
         return
     fi
-    say "missing: ${missing[*]}; installing Debian packages ${PACKAGES[*]}"
-
-    local install_cmd="apt-get install -y --no-install-recommends ${PACKAGES[*]}"
+    local install_cmd="apt-get install -y --no-install-recommends ${packages[*]}"
     command -v apt-get >/dev/null 2>&1 \
-        || die "apt-get not found: install ${PACKAGES[*]} with your package manager"
+        || die "apt-get not found: install ${packages[*]} with your package manager"
     local sudo=()
     if [ "$(id -u)" -ne 0 ]; then
         if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
@@ -75,35 +93,31 @@ install_system_packages() {
             exit 1
         fi
     fi
+    say "installing Debian packages ${packages[*]}"
 
     export DEBIAN_FRONTEND=noninteractive
     # `apt-get update` only when needed: it is slow and needs the network.
-    if apt_lists_empty || ! "${sudo[@]}" apt-get install -y --no-install-recommends "${PACKAGES[@]}"; then
+    if apt_lists_empty || ! "${sudo[@]}" apt-get install -y --no-install-recommends "${packages[@]}"; then
         say "apt-get update"
         "${sudo[@]}" apt-get update
-        "${sudo[@]}" apt-get install -y --no-install-recommends "${PACKAGES[@]}"
+        "${sudo[@]}" apt-get install -y --no-install-recommends "${packages[@]}"
     fi
 
-    # The packages may have started their system daemons on 1883/8086; the stack runs
-    # its own instances, so stop those. Every step may fail (no init system, nothing
+    # The packages may have started their system daemons on 1883/8086/9090; the stack
+    # runs its own instances, so stop those. Every step may fail (no init system, nothing
     # started). pkill is limited to the daemons' own users so that a stack of ours,
     # which runs as the invoking user, is never hit.
     say "stopping the packages' system daemons (the stack runs its own)"
-    "${sudo[@]}" service mosquitto stop >/dev/null 2>&1 || true
-    "${sudo[@]}" service influxdb stop >/dev/null 2>&1 || true
+    local daemon
+    for daemon in mosquitto influxdb prometheus; do
+        "${sudo[@]}" service "$daemon" stop >/dev/null 2>&1 || true
+    done
     "${sudo[@]}" pkill -x -u mosquitto mosquitto >/dev/null 2>&1 || true
     "${sudo[@]}" pkill -x -u influxdb influxd >/dev/null 2>&1 || true
+    "${sudo[@]}" pkill -x -u prometheus prometheus >/dev/null 2>&1 || true
 
-    for cmd in mosquitto mosquitto_pub influxd; do
-        have "$cmd" || die "$cmd still missing after installing ${PACKAGES[*]}"
-    done
-    if $for_tests; then
-        [ -x "$CHROMIUM" ] || die "$CHROMIUM still missing after installing ${PACKAGES[*]}"
-        have docker-compose || die "docker-compose still missing after installing ${PACKAGES[*]}"
-        for cmd in podman runc mmdebstrap; do
-            have "$cmd" || die "$cmd still missing after installing ${PACKAGES[*]}"
-        done
-    fi
+    preflight
+    [ ${#packages[@]} -eq 0 ] || die "still missing after apt-get install (lines above)"
 }
 
 python_ok() {
@@ -124,9 +138,13 @@ setup_venv() {
     python_ok "$VENV/bin/python" \
         || die "$VENV uses $("$VENV/bin/python" -V 2>&1), need >= 3.11: remove $VENV and retry"
 
-    if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
-        say "installing the project and dev tools into $VENV (pip install -e '.[dev]')"
-        "$VENV/bin/python" -m pip install -e '.[dev]'
+    if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ] || [ "$LOCK" -nt "$STAMP" ]; then
+        # Exactly the locked versions, each checked against its hash; then the project
+        # itself, whose dependencies are all in the lock already.
+        say "installing the locked dependencies into $VENV (pip install --require-hashes -r $LOCK)"
+        "$VENV/bin/python" -m pip install --require-hashes -r "$LOCK"
+        say "installing the project into $VENV (pip install --no-deps -e .)"
+        "$VENV/bin/python" -m pip install --no-deps -e .
         touch "$STAMP"
     else
         say "$VENV up to date"

@@ -11,11 +11,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "kubernetes"
 GRAFANA = ROOT / "dashboards" / "grafana"
+RULES = ROOT / "deploy" / "prometheus" / "safecity.rules.yml"
 
 
 def copies() -> dict[Path, Path]:
     """{copy in deploy/kubernetes: its source}."""
-    pairs = {K8S / "base" / "broker-mosquitto.conf": ROOT / "broker" / "mosquitto.conf"}
+    pairs = {
+        K8S / "base" / "broker-mosquitto.conf": ROOT / "broker" / "mosquitto.conf",
+        K8S / "components" / "prometheus-rules" / RULES.name: RULES,
+    }
     for board in sorted((GRAFANA / "dashboards").glob("*.json")):
         pairs[K8S / "components" / "grafana" / "dashboards" / board.name] = board
     kinds = (("datasources", "datasources"), ("dashboards", "providers"), ("alerting", "alerting"))

@@ -28,6 +28,8 @@ from typing import Any
 
 import httpx
 import pytest
+from locks import applicable
+from packaging.utils import canonicalize_name
 
 from control.stack import free_port
 
@@ -199,7 +201,9 @@ def stack(secrets_dir: Path, show: Callable[[str], None]) -> Iterator[Stack]:
         assert shutil.which(tool), (
             f"{tool} missing: `make test` installs it (scripts/setup.sh --test)"
         )
-    assert (Path(sys.executable).parent / "podman-compose").exists(), "pip install -e '.[dev]'"
+    assert (Path(sys.executable).parent / "podman-compose").exists(), (
+        "scripts/setup.sh installs it (requirements-dev.lock)"
+    )
     env = {
         **os.environ,
         "API_HOST_PORT": str(host_port()),
@@ -259,6 +263,17 @@ def test_every_service_healthy_with_no_restarts(stack: Stack) -> None:
         assert entry["restarts"] == 0, entry
         wanted = "completed" if entry["service"] in ("provision", "influx-init") else "healthy"
         assert entry["status"] == wanted, entry
+
+
+def test_the_image_holds_exactly_the_runtime_lock(stack: Stack) -> None:
+    """The Dockerfile installs requirements.lock with --require-hashes: nothing else."""
+    listing = stack.exec(stack.name("api"), "python", "-m", "pip", "list", "--format=json")
+    installed = {
+        canonicalize_name(p["name"]): p["version"]
+        for p in json.loads(listing)
+        if canonicalize_name(p["name"]) not in {"pip", "setuptools", "safecity"}
+    }
+    assert installed == applicable(ROOT / "requirements.lock")
 
 
 def test_provisioning_ran_before_the_broker(stack: Stack) -> None:

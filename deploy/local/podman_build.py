@@ -5,8 +5,9 @@ with every package the stand-ins need (one dpkg run instead of an apt run per im
 the host's local CA certificates trusted; the stand-ins for the Docker Hub images
 (deploy/local/images/*.Containerfile) are thin layers on it; the project's Dockerfile
 is built on the Python stand-in, its pip install fed from a wheelhouse the host's pip
-builds (honouring the host's pip configuration and its cache). Every image is tagged by
-a hash of its inputs: when that tag exists, nothing is rebuilt.
+builds from the hashed lock requirements.lock (honouring the host's pip configuration
+and its cache). Every image is tagged by a hash of its inputs: when that tag exists,
+nothing is rebuilt.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 COMPOSE_FILES = (ROOT / "docker-compose.yml", HERE / "compose.podman.yml")
+# The image's dependencies, pinned with hashes (the Dockerfile installs from it).
+LOCK = ROOT / "requirements.lock"
 DEFAULT_STATE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "safecity-podman"
 SUITE = "bookworm"
 # The Python of SUITE: a host wheelhouse is used only when the host's Python matches.
@@ -361,26 +364,32 @@ def build_standins(podman: Podman, images: dict[str, str], base: str, done: dict
 
 def wheelhouse(podman: Podman) -> Path | None:
     """Wheels for the Dockerfile's pip installs, made by the host's pip (its configuration,
-    cache and CA settings); None when the host's Python is not the image's."""
+    cache and CA settings) from the hashed lock; None when the host's Python is not the
+    image's."""
     if sys.version_info[:2] != SUITE_PYTHON:
         log(f"host Python {sys.version_info[:2]} is not the image's: pip uses the index")
         return None
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    wanted = ["pip", "wheel", *project["build-system"]["requires"]]
-    wanted += project["project"]["dependencies"]
-    target = podman.state / "wheels" / digest(*wanted, sys.platform, os.uname().machine)
+    build_requires = project["build-system"]["requires"]
+    target = (
+        podman.state / "wheels" / digest(LOCK, *build_requires, sys.platform, os.uname().machine)
+    )
     if (target / ".complete").exists():
         return target
     with step("wheelhouse: host pip"):
         shutil.rmtree(target, ignore_errors=True)
         target.mkdir(parents=True)
+        pip_wheel = [sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(target)]
+        # The locked wheels as published (their hashes are checked again in the image),
+        # and the build backend of the project's own wheel.
         run_logged(
-            [sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(target), *wanted],
+            [*pip_wheel, "--require-hashes", "-r", str(LOCK)],
             dict(os.environ),
-            "pip wheel (the wheelhouse for the image)",
+            "pip wheel (the lock)",
         )
-        (target / ".complete").write_text("\n".join(wanted) + "\n")
-    for older in target.parent.iterdir():  # wheelhouses of earlier dependency lists
+        run_logged([*pip_wheel, *build_requires], dict(os.environ), "pip wheel (the build backend)")
+        (target / ".complete").write_text(LOCK.read_text())
+    for older in target.parent.iterdir():  # wheelhouses of earlier locks
         if older != target:
             shutil.rmtree(older, ignore_errors=True)
     return target
