@@ -318,3 +318,15 @@ def test_a_ledger_still_being_written_is_read_as_it_stood(tmp_path: Path) -> Non
     assert len(read_ledger(path)) == 2
     assert read_ledger(path, upto=len(first)) == [entry]
     assert read_ledger(path, upto=len(first) + 5) == [entry]
+
+
+def test_a_city_is_never_given_a_database_holding_another_citys_data(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    # The last run served Tashkent alone: its data is in the database `safecity`.
+    instance.record_cities(instance.layout(home), ["tashkent"])
+    argv = ("run", "--api-port", "0", "--mqtt-port", "0", "--influx-port", "0")
+    switched = safecity(home, *argv, "--cities", "samarkand")
+    assert switched.returncode != 0
+    assert "database 'safecity' holds tashkent's data, not samarkand's" in switched.stderr
+    assert "own SAFECITY_HOME" in switched.stderr
+    assert not (home / "mosquitto").exists()  # refused before anything started

@@ -155,6 +155,22 @@ def test_two_cities_run_each_in_its_own_database_and_verify(
     refused = safecity(home, "verify", "--city", "almaty", "--settle", "1")
     assert refused.returncode == 2 and "not in this run" in refused.stderr
 
+    # Commands beside the run know its cities: a key for one of them, certificates for all.
+    created = safecity(
+        home, "apikey", "create", "--name", "sam", "--scopes", "read", "--city", "samarkand"
+    )
+    assert created.returncode == 0 and "not served here" not in created.stderr, created.stderr
+    key = re.search(r"SAFECITY_API_KEY=(\S+)", created.stdout)
+    assert key is not None, created.stdout
+    headers = {"X-API-Key": key.group(1)}
+    assert httpx.get(f"{state.api_url}/v1/cities/samarkand", headers=headers).status_code == 200
+    assert httpx.get(f"{state.api_url}/v1/cities/tashkent", headers=headers).status_code == 404
+    provisioned = safecity(home, "certs", "provision")
+    assert provisioned.returncode == 0, provisioned.stderr
+    assert "(tashkent, samarkand)" in provisioned.stdout
+    clients = {p.stem for p in (where.certs_dir / "clients").glob("*.crt")}
+    assert {d.id for city in own.values() for d in city.devices} <= clients
+
     # After Ctrl-C the instance still knows which cities (and databases) its ledger spans.
     launcher.send_signal(2)
     assert launcher.wait(timeout=90) == 0
