@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,18 +71,22 @@ def cmd_certs_init(args: argparse.Namespace) -> int:
     print(f"server  {server.cert} (key {server.key}, 0600; for {', '.join(hosts)})")
     if running is not None and args.reissue_server:
         _say("the running broker takes the new server certificate at its next SIGHUP or start")
-    for device_id in args.client or ():
-        client = certs.issue_client(directory, device_id)
-        print(f"client  {client.cert} (key {client.key}, 0600)")
+    _each(certs.issue_client, directory, args.client or ())
     return 0
+
+
+def _each(
+    issue: Callable[[Path, str], certs.CertPaths], directory: Path, device_ids: Sequence[str]
+) -> None:
+    """Issue a certificate per device with `issue` and say where each one is."""
+    for device_id in device_ids:
+        client = issue(directory, device_id)
+        print(f"client  {client.cert} (key {client.key}, 0600)")
 
 
 def cmd_certs_client(args: argparse.Namespace) -> int:
     """Issue client certificates (CN = device id) from the existing CA."""
-    settings = security_settings(certs_dir=args.dir)
-    for device_id in args.device_id:
-        client = certs.issue_client(settings.certs_dir, device_id)
-        print(f"client  {client.cert} (key {client.key}, 0600)")
+    _each(certs.issue_client, security_settings(certs_dir=args.dir).certs_dir, args.device_id)
     return 0
 
 
@@ -125,9 +130,7 @@ def cmd_certs_provision(args: argparse.Namespace) -> int:
 def cmd_certs_rotate(args: argparse.Namespace) -> int:
     """New key and certificate per device; the previous certificate is revoked."""
     settings = security_settings(certs_dir=args.dir, broker_pidfile=args.pidfile)
-    for device_id in args.device_id:
-        client = certs.rotate_client(settings.certs_dir, device_id)
-        print(f"client  {client.cert} (key {client.key}, 0600)")
+    _each(certs.rotate_client, settings.certs_dir, args.device_id)
     _reload_for_certs(args, settings)
     return 0
 
@@ -145,10 +148,8 @@ def cmd_certs_revoke(args: argparse.Namespace) -> int:
 
 def cmd_certs_reinstate(args: argparse.Namespace) -> int:
     """A revoked device gets a new certificate (its old ones stay revoked)."""
-    settings = security_settings(certs_dir=args.dir)
-    for device_id in args.device_id:
-        client = certs.reinstate_client(settings.certs_dir, device_id)
-        print(f"reinstated {device_id}: client {client.cert} (key {client.key}, 0600)")
+    _each(certs.reinstate_client, security_settings(certs_dir=args.dir).certs_dir, args.device_id)
+    _say(f"reinstated: {', '.join(args.device_id)}")
     return 0
 
 

@@ -389,7 +389,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speed", type=positive_float, help="with --scenario: simulated s per s")
     p.add_argument("--start", help="with --scenario: simulated start (UTC)")
     p.add_argument("--duration", type=positive_float, help="with --scenario: wall seconds")
-    p.add_argument("--settle", type=positive_float, default=30.0, help="seconds to wait for alerts")
+    p.add_argument(
+        "--settle",
+        type=positive_float,
+        help="seconds to wait for messages on their way (default 5) or, with --scenario, "
+        "for alerts (default 30)",
+    )
     registry_flag(p)
     p.set_defaults(func=cmd_verify)
     alerts_cli.add_parsers(sub)

@@ -105,7 +105,7 @@ def test_a_revoked_device_stays_revoked_through_provision_until_reinstated(
     assert safecity_main(["certs", "client", *base, device]) != 0
     assert f"certs reinstate {device}" in capsys.readouterr().err
     assert safecity_main(["certs", "reinstate", *base, device]) == 0
-    assert f"reinstated {device}" in capsys.readouterr().out
+    assert f"reinstated: {device}" in capsys.readouterr().err
     assert certs.client_paths(tmp_path, device).cert.exists()
 
 
