@@ -22,7 +22,7 @@ class SecuritySettings(ServiceSettings):
     certs_dir: Path = Field(
         default_factory=in_home("certs_dir"),
         description="The local CA, the broker's server certificate, device certificates "
-        "(clients/) and the revocation state (default: $SAFECITY_HOME/certs).",
+        "(clients/) and the revocation state (CRL, revoked devices).",
     )
     broker_pidfile: Path | None = Field(
         default_factory=lambda data: _running_broker(data.get("home")),

@@ -351,8 +351,6 @@ DESCRIPTIONS = {
     "SAFECITY_INFLUX_PORT": "InfluxDB port on 127.0.0.1 (0 = any free one).",
     "SAFECITY_API_PORT": "API and console port (0 = any free one).",
     "SAFECITY_INGEST_METRICS_PORT": "The ingest's metrics port (0 = any free one).",
-    # identities and certificates
-    "SAFECITY_CERTS_DIR": "Local CA, broker server certificate and device client certificates.",
     # dashboards
     "SAFECITY_GRAFANA_URL": "The Grafana to push to.",
     "SAFECITY_GRAFANA_TOKEN": "A Grafana service-account token (Editor or Admin).",

@@ -7,21 +7,19 @@ random free ports, which only its instance state file tells.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from localrun import ROOT, local_run, safecity, wait_for
 
 from safecity import instance, topics
 from safecity.registry import default_city
 
-ROOT = Path(__file__).resolve().parents[2]
 CITY = default_city()
 
 
@@ -29,25 +27,6 @@ def checkout_var() -> set[str]:
     """Every path under the checkout's var/ (what a test must never add to)."""
     var = ROOT / "var"
     return {str(p.relative_to(ROOT)) for p in var.rglob("*")} if var.exists() else set()
-
-
-def beside(home: Path) -> dict[str, str]:
-    """The environment of a command typed beside the run: only SAFECITY_HOME."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SAFECITY_")}
-    env["SAFECITY_HOME"] = str(home)
-    return env
-
-
-def safecity(home: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """`safecity ARGS` from the checkout, as a user would type it beside `make run`."""
-    return subprocess.run(
-        [sys.executable, "-m", "control", *args],
-        env=beside(home),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def online(api: str, key: str) -> set[str]:
@@ -66,53 +45,16 @@ def online(api: str, key: str) -> set[str]:
                 return found
 
 
-def wait_for(condition: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
-            return
-        time.sleep(1.0)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.fixture
 def running_city(tmp_path: Path) -> Iterator[tuple[Path, str, str]]:
     """`safecity run` with SAFECITY_HOME in tmp and random ports: (home, API URL, its key)."""
     home = tmp_path / "home"
     before = checkout_var()
-    env = beside(home)
-    for port in ("INGEST_METRICS_PORT", "ALERTS_METRICS_PORT"):
-        env[f"SAFECITY_{port}"] = "0"
-    argv = ["run", "--api-port", "0", "--mqtt-port", "0", "--influx-port", "0"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "control", *argv, "--mqtt-tls-port", "0"],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        lines: list[str] = []
-        deadline = time.monotonic() + 180
-        while "Press Ctrl-C" not in "".join(lines[-1:]) and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line and proc.poll() is not None:
-                break
-            lines.append(line)
-        printed = "".join(lines)
-        api = re.search(r"console \+ API\s+(http://\S+?)/\s", printed)
-        key = re.search(r"SAFECITY_API_KEY=(\S+)", printed)
-        assert api and key, printed
+    with local_run(home) as run:
+        api = re.search(r"console \+ API\s+(http://\S+?)/\s", run.printed)
+        key = re.search(r"SAFECITY_API_KEY=(\S+)", run.printed)
+        assert api and key, run.printed
         yield home, api.group(1), key.group(1)
-    finally:
-        proc.send_signal(2)
-        try:
-            proc.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
     assert not instance.layout(home).state_file.exists(), "a stopped run leaves no state file"
     # Nothing of the run (spool, dead letters, keys, ledger, ...) landed in the checkout.
     assert checkout_var() - before == set()

@@ -5,7 +5,6 @@ and across the run, while it runs and after it stopped (time compressed: speed 1
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -16,32 +15,14 @@ from typing import Any
 
 import httpx
 import pytest
+from localrun import ROOT, beside, local_run, safecity
 
 from control.stack import Influxd
 from safecity import instance
 from safecity.citygen import builtin
 from safecity.registry import City, default_city, write
 
-ROOT = Path(__file__).resolve().parents[2]
 CITIES = ("tashkent", "samarkand")
-
-
-def beside(home: Path) -> dict[str, str]:
-    """The environment of a command typed beside the run: only SAFECITY_HOME."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SAFECITY_")}
-    env["SAFECITY_HOME"] = str(home)
-    return env
-
-
-def safecity(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "control", *args],
-        env=beside(home),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
 
 
 def influx(url: str, db: str, q: str) -> list[list[object]]:
@@ -72,38 +53,8 @@ def two_cities(tmp_path: Path) -> Iterator[tuple[Path, str, subprocess.Popen[str
     """`safecity run --cities tashkent samarkand --speed 10` in tmp: (home, printed text,
     the launcher; stopped at the end unless the test stopped it)."""
     home = tmp_path / "home"
-    env = beside(home)
-    for port in ("INGEST_METRICS_PORT", "ALERTS_METRICS_PORT"):
-        env[f"SAFECITY_{port}"] = "0"
-    argv = ["run", "--api-port", "0", "--mqtt-port", "0", "--influx-port", "0"]
-    argv += ["--mqtt-tls-port", "0", "--speed", "10", "--cities", *CITIES]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "control", *argv],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        lines: list[str] = []
-        deadline = time.monotonic() + 180
-        while "Press Ctrl-C" not in "".join(lines[-1:]) and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line and proc.poll() is not None:
-                break
-            lines.append(line)
-        printed = "".join(lines)
-        assert "Press Ctrl-C" in printed, printed
-        yield home, printed, proc
-    finally:
-        proc.send_signal(2)
-        try:
-            proc.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with local_run(home, "--speed", "10", "--cities", *CITIES) as run:
+        yield home, run.printed, run.process
 
 
 def test_two_cities_run_each_in_its_own_database_and_verify(

@@ -26,7 +26,7 @@ def beside(home: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def safecity(home: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def safecity(home: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     """`safecity ARGS` from the checkout, as a user would type it beside `make run`."""
     return subprocess.run(
         [sys.executable, "-m", "control", *args],
@@ -55,6 +55,8 @@ class Run:
     home: Path
     printed: str
     state: instance.Running
+    process: subprocess.Popen[str]
+    """The launcher (a test may stop it itself: Ctrl-C is SIGINT)."""
 
     @property
     def layout(self) -> instance.Layout:
@@ -88,9 +90,10 @@ def local_run(home: Path, *argv: str, **env: str) -> Iterator[Run]:
         printed = "".join(lines)
         state = instance.running(instance.layout(home))
         assert "Press Ctrl-C" in printed and state is not None, printed
-        yield Run(home, printed, state)
+        yield Run(home, printed, state, proc)
     finally:
-        proc.send_signal(2)
+        if proc.poll() is None:
+            proc.send_signal(2)
         try:
             proc.wait(timeout=90)
         except subprocess.TimeoutExpired:
