@@ -68,6 +68,7 @@ def _refused_counted(run: Run) -> bool:
     return bool(lines) and int(str(lines[-1].get("devices_refused", 0))) >= 1
 
 
+@pytest.mark.timeout(480)  # two starts of the whole stack, on a busy machine
 def test_a_revoked_certificate_stays_revoked_across_restart_and_provision(
     tmp_path: Path,
 ) -> None:
