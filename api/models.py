@@ -270,7 +270,7 @@ class EventPage(BaseModel):
     window: Window
 
 
-class Delivery(BaseModel):
+class DeviceDelivery(BaseModel):
     """Delivery accounting of one device over a window: sent, stored, rejected, last seen."""
 
     device_id: str

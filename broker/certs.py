@@ -6,6 +6,8 @@ broker's username under mutual TLS). Keys are EC P-256, written 0600. Device
 certificates live in `<dir>/clients/<device id>.crt|.key`, where the fleet and the edge
 agent find them; revoking or rotating one adds its serial to `<dir>/revoked.json` and
 re-signs `<dir>/crl.pem`, the CRL the broker's TLS listener checks (`crlfile`).
+Revoking a device also records the device itself in `<dir>/revoked-devices.json`: no
+later command or start issues it a certificate until `safecity certs reinstate`.
 """
 
 from __future__ import annotations
@@ -37,8 +39,11 @@ __all__ = [
     "issue_client",
     "issue_server",
     "load_ca",
+    "reinstate_client",
     "revoke_client",
+    "revoked_devices",
     "rotate_client",
+    "server_is_good",
     "write_crl",
 ]
 
@@ -50,6 +55,7 @@ DEFAULT_HOSTS: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
 CRL_DAYS = 365
 CRL_FILE = "crl.pem"
 REVOKED_FILE = "revoked.json"
+REVOKED_DEVICES_FILE = "revoked-devices.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +215,12 @@ def issue_client(
     """Issue clients/<id>.crt/.key with CN = device id (the username under mutual TLS)."""
     # The CN becomes the username that the %u ACL patterns substitute: same rules.
     validate_username(device_id, Role.DEVICE)
+    since = revoked_devices(directory).get(device_id)
+    if since is not None:
+        raise ConfigError(
+            f"{device_id!r} is revoked (since {since}): "
+            f"`safecity certs reinstate {device_id}` issues it a certificate again"
+        )
     return _leaf(
         directory,
         f"clients/{device_id}",
@@ -236,15 +248,37 @@ def ensure_clients(directory: Path, device_ids: Sequence[str]) -> list[str]:
 
     Reissued when missing, not from this CA, revoked or expiring within 30 days: the
     provisioning step that puts certificates where the fleet and the edge agent find them.
+    A revoked device (`revoked_devices`) is skipped: it stays without a certificate.
     """
     ca_cert, _ = load_ca(directory)
     revoked = set(_read_revoked(directory))
+    refused = revoked_devices(directory)
     issued = []
     for device_id in device_ids:
+        if device_id in refused:
+            continue
         if not _client_still_good(client_paths(directory, device_id), ca_cert, revoked):
             issue_client(directory, device_id)
             issued.append(device_id)
     return issued
+
+
+def revoked_devices(directory: Path) -> dict[str, str]:
+    """The revoked devices {device id: revoked since}: none gets a certificate until reinstated."""
+    path = directory / REVOKED_DEVICES_FILE
+    if not path.exists():
+        return {}
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        return {str(device): str(since) for device, since in raw.items()}
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"cannot read the revoked devices {path}: {exc}") from exc
+
+
+def _write_revoked_devices(directory: Path, devices: dict[str, str]) -> None:
+    tmp = directory / f"{REVOKED_DEVICES_FILE}.tmp"
+    _write(tmp, json.dumps(devices, indent=1, sort_keys=True).encode(), 0o644)
+    tmp.replace(directory / REVOKED_DEVICES_FILE)
 
 
 def _read_revoked(directory: Path) -> dict[int, dict[str, str]]:
@@ -326,11 +360,30 @@ def ensure_crl(directory: Path) -> Path:
 
 
 def revoke_client(directory: Path, device_id: str) -> int:
-    """Revoke the device's current certificate: serial into the CRL, cert and key deleted.
+    """Revoke the device: its certificate's serial into the CRL, cert and key deleted, and
+    the device recorded as revoked (no certificate for it until `reinstate_client`).
 
     Returns the revoked serial. The broker refuses the certificate once it re-reads the
     CRL (SIGHUP); a live connection stays up until the device reconnects.
     """
+    serial = _revoke_certificate(directory, device_id)
+    devices = revoked_devices(directory)
+    devices.setdefault(device_id, _now().isoformat())
+    _write_revoked_devices(directory, devices)
+    return serial
+
+
+def reinstate_client(directory: Path, device_id: str) -> CertPaths:
+    """A revoked device gets a new key and certificate (its old ones stay in the CRL)."""
+    devices = revoked_devices(directory)
+    if devices.pop(device_id, None) is None:
+        raise ConfigError(f"{device_id!r} is not revoked: rotate its certificate instead")
+    _write_revoked_devices(directory, devices)
+    return issue_client(directory, device_id)
+
+
+def _revoke_certificate(directory: Path, device_id: str) -> int:
+    """The device's current certificate: serial into the CRL, cert and key deleted."""
     paths = client_paths(directory, device_id)
     try:
         cert = x509.load_pem_x509_certificate(paths.cert.read_bytes())
@@ -346,9 +399,16 @@ def revoke_client(directory: Path, device_id: str) -> int:
 
 
 def rotate_client(directory: Path, device_id: str) -> CertPaths:
-    """A new key and certificate for the device; the previous certificate (if any) revoked."""
+    """A new key and certificate for the device; the previous certificate (if any) revoked.
+
+    A revoked device is refused (reinstate it explicitly)."""
+    since = revoked_devices(directory).get(device_id)
+    if since is not None:
+        raise ConfigError(
+            f"{device_id!r} is revoked (since {since}): `safecity certs reinstate` it explicitly"
+        )
     if client_paths(directory, device_id).cert.exists():
-        revoke_client(directory, device_id)
+        _revoke_certificate(directory, device_id)
     return issue_client(directory, device_id)
 
 
@@ -388,6 +448,16 @@ def _is_ip(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def server_is_good(directory: Path, hosts: Sequence[str]) -> bool:
+    """Whether directory's server certificate is from its CA, valid a while yet, for hosts."""
+    try:
+        ca_cert, _ = load_ca(directory)
+    except ConfigError:
+        return False
+    paths = CertPaths(directory / "server.crt", directory / "server.key")
+    return _server_still_good(paths, ca_cert, hosts)
 
 
 def ensure_server(

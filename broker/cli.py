@@ -8,28 +8,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
-from broker import certs, config, emqx, identity
+from broker import certs_cli, config, emqx, identity
 from broker.bridge import bridge_username, render_bridge
 from broker.dynsec import DYNSEC_FILE, DynsecAdmin
 from broker.identity import CredentialStore, Role
 from broker.settings import SecuritySettings
+from broker.settings import security_settings as _settings
 from safecity import registry
 from safecity.errors import ConfigError
 from safecity.secrets import read_secrets
 from safecity.settings import MqttSettings
 
 __all__ = ["add_parsers"]
-
-
-def _settings(**overrides: Any) -> SecuritySettings:
-    try:
-        return SecuritySettings(**{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        var = "SAFECITY_" + "__".join(str(p) for p in first["loc"]).upper()
-        raise ConfigError(f"invalid setting {var}: {first['msg']}") from exc
 
 
 def _store(args: argparse.Namespace) -> tuple[SecuritySettings, CredentialStore]:
@@ -84,6 +74,19 @@ def _apply(
         f"applied to the broker at {settings.broker}: {len(changes)} account(s); "
         "their live sessions (if any) were closed"
     )
+
+
+def _keep_local(
+    store: CredentialStore, args: argparse.Namespace, changes: dict[str, str | None]
+) -> None:
+    """The instance's own secrets file (`<identity dir>/secrets.json`, what the local
+    simulated fleet logs in with) follows every change: new secrets in, revoked ones out."""
+    path = store.directory / identity.SECRETS_FILE
+    if not changes or not path.exists() or args.secrets_file == path:
+        return
+    identity.write_secrets(path, {k: v for k, v in changes.items() if v is not None})
+    identity.drop_secrets(path, [k for k, v in changes.items() if v is None])
+    _say(f"{path} updated: the local fleet logs in with the new secret(s)")
 
 
 def _hand_out(args: argparse.Namespace, issued: dict[str, str]) -> None:
@@ -147,6 +150,7 @@ def cmd_provision(args: argparse.Namespace) -> int:
             _say(f"provisioned {name} (new account)")
     _say(f"provisioned {len(issued)} new account(s)")
     admin_secret = _save(store)
+    _keep_local(store, args, dict(issued))
     _hand_out(args, issued)
     _apply(settings, store, admin_secret, dict(issued))
     return 0
@@ -159,6 +163,7 @@ def cmd_rotate(args: argparse.Namespace) -> int:
     for name in issued:
         _say(f"rotated {name}: new secret issued, the old one no longer works")
     admin_secret = _save(store)
+    _keep_local(store, args, dict(issued))
     _hand_out(args, issued)
     _apply(settings, store, admin_secret, dict(issued))
     return 0
@@ -171,6 +176,7 @@ def cmd_reinstate(args: argparse.Namespace) -> int:
     for name in issued:
         _say(f"reinstated {name}: new secret issued")
     admin_secret = _save(store)
+    _keep_local(store, args, dict(issued))
     _hand_out(args, issued)
     _apply(settings, store, admin_secret, dict(issued))
     return 0
@@ -191,6 +197,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     admin_secret = _save(store)
     if args.secrets_file is not None:
         identity.drop_secrets(args.secrets_file, args.username)
+    _keep_local(store, args, changes)
     _apply(settings, store, admin_secret, changes)
     return 0
 
@@ -202,25 +209,6 @@ def cmd_list(args: argparse.Namespace) -> int:
     for account in sorted(store.accounts.values(), key=lambda a: (a.role, a.username)):
         status = "active" if account.active else "revoked"
         print(f"{account.username:40} {account.role.value:10} {status:8} {account.updated}")
-    return 0
-
-
-def cmd_certs_init(args: argparse.Namespace) -> int:
-    """Create the local CA and the broker's server certificate (+ client certificates)."""
-    settings = _settings(certs_dir=args.dir)
-    directory = settings.certs_dir
-    if args.force or not (directory / "ca.crt").exists():
-        ca = certs.init_ca(directory, force=args.force)
-        server = certs.issue_server(directory, args.host or certs.DEFAULT_HOSTS)
-    else:
-        # Safe to repeat (compose runs it at every `up`): reuse the CA, renew the server
-        # certificate only when it is missing, expiring or for other hosts.
-        ca, server = certs.ensure_server(directory, args.host or certs.DEFAULT_HOSTS)
-    print(f"CA      {ca.cert} (key {ca.key}, 0600)")
-    print(f"server  {server.cert} (key {server.key}, 0600)")
-    for device_id in args.client or ():
-        client = certs.issue_client(directory, device_id)
-        print(f"client  {client.cert} (key {client.key}, 0600)")
     return 0
 
 
@@ -301,66 +289,7 @@ def _emqx_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_certs_client(args: argparse.Namespace) -> int:
-    """Issue client certificates (CN = device id) from the existing CA."""
-    settings = _settings(certs_dir=args.dir)
-    for device_id in args.device_id:
-        client = certs.issue_client(settings.certs_dir, device_id)
-        print(f"client  {client.cert} (key {client.key}, 0600)")
-    return 0
-
-
-def _reload_for_certs(args: argparse.Namespace, settings: SecuritySettings) -> None:
-    """SIGHUP a running broker so its TLS listener re-reads the CRL."""
-    pid = args.broker_pid
-    if pid is None and settings.broker_pidfile is not None:
-        pid = identity.read_pidfile(settings.broker_pidfile)
-    if pid is not None:
-        identity.reload_broker(pid)
-        print(f"broker (pid {pid}) reloaded with SIGHUP: CRL re-read", file=sys.stderr)
-    else:
-        print("no broker pid given: reload it yourself (kill -HUP <pid>)", file=sys.stderr)
-
-
-def cmd_certs_provision(args: argparse.Namespace) -> int:
-    """A client certificate for every registry device (or the given ones) lacking a good one."""
-    settings = _settings(certs_dir=args.dir, registry=args.registry)
-    cities = registry.load_cities(settings.registry)
-    wanted = args.device or [d.id for city in cities.values() for d in city.devices]
-    unknown = [d for d in wanted if cities.owner(d) is None]
-    if unknown:
-        sources = ", ".join(c.source for c in cities.values())
-        raise ConfigError(f"not in the registry {sources}: {', '.join(unknown)}")
-    issued = certs.ensure_clients(settings.certs_dir, wanted)
-    certs.ensure_crl(settings.certs_dir)
-    clients = settings.certs_dir / "clients"
-    print(f"{len(issued)} client certificate(s) issued, {len(wanted) - len(issued)} reused")
-    print(f"clients {clients} (SAFECITY_EDGE__TLS_CLIENT_DIR)")
-    return 0
-
-
-def cmd_certs_rotate(args: argparse.Namespace) -> int:
-    """New key and certificate per device; the previous certificate is revoked."""
-    settings = _settings(certs_dir=args.dir, broker_pidfile=args.pidfile)
-    for device_id in args.device_id:
-        client = certs.rotate_client(settings.certs_dir, device_id)
-        print(f"client  {client.cert} (key {client.key}, 0600)")
-    _reload_for_certs(args, settings)
-    return 0
-
-
-def cmd_certs_revoke(args: argparse.Namespace) -> int:
-    """Revoke the devices' certificates (CRL) and delete them."""
-    settings = _settings(certs_dir=args.dir, broker_pidfile=args.pidfile)
-    for device_id in args.device_id:
-        serial = certs.revoke_client(settings.certs_dir, device_id)
-        print(f"revoked {device_id} (serial {serial:x})")
-    print(f"CRL     {settings.certs_dir / certs.CRL_FILE}")
-    _reload_for_certs(args, settings)
-    return 0
-
-
-def add_parsers(sub: Any) -> None:  # noqa: PLR0915 - long; split it at its seams
+def add_parsers(sub: Any) -> None:
     """Add the `devices` and `certs` command groups to the `safecity` parser."""
     devices = sub.add_parser(
         "devices", help="device and service identities on the broker"
@@ -423,7 +352,12 @@ def add_parsers(sub: Any) -> None:  # noqa: PLR0915 - long; split it at its seam
     p = devices.add_parser("list", help="list accounts")
     common(p, secrets_file=False)
     p.set_defaults(func=cmd_list)
+    _add_broker_parsers(sub)
+    certs_cli.add_parsers(sub)
 
+
+def _add_broker_parsers(sub: Any) -> None:
+    """Add the `broker config` command."""
     broker = sub.add_parser("broker", help="broker configuration").add_subparsers(
         dest="broker_command", required=True, metavar="ACTION"
     )
@@ -465,36 +399,3 @@ def add_parsers(sub: Any) -> None:  # noqa: PLR0915 - long; split it at its seam
         help="0600 JSON {username: secret} holding the bridge account's secret",
     )
     p.set_defaults(func=cmd_broker_config)
-
-    certs_cmd = sub.add_parser("certs", help="local CA and TLS certificates").add_subparsers(
-        dest="certs_command", required=True, metavar="ACTION"
-    )
-    p = certs_cmd.add_parser("init", help="create a CA and the broker's server certificate")
-    p.add_argument("--dir", type=Path, help="certificate directory (default: $SAFECITY_HOME/certs)")
-    p.add_argument(
-        "--host", action="append", help="server name or IP (repeatable; default: localhost)"
-    )
-    p.add_argument("--client", action="append", help="also issue a client cert (CN = device id)")
-    p.add_argument("--force", action="store_true", help="replace an existing CA")
-    p.set_defaults(func=cmd_certs_init)
-    p = certs_cmd.add_parser("client", help="issue client certificates (CN = device id)")
-    p.add_argument("--dir", type=Path, help="certificate directory (default: $SAFECITY_HOME/certs)")
-    p.add_argument("device_id", nargs="+")
-    p.set_defaults(func=cmd_certs_client)
-    p = certs_cmd.add_parser(
-        "provision", help="client certificates for every registry device that lacks a good one"
-    )
-    p.add_argument("--dir", type=Path, help="certificate directory (default: var/certs)")
-    p.add_argument("--registry", help="city registries: files (comma-separated) or a directory")
-    p.add_argument("--device", action="append", help="only this device (repeatable)")
-    p.set_defaults(func=cmd_certs_provision)
-    for name, func, text in (
-        ("rotate", cmd_certs_rotate, "new device certificates; the old ones are revoked"),
-        ("revoke", cmd_certs_revoke, "revoke device certificates (CRL) and delete them"),
-    ):
-        p = certs_cmd.add_parser(name, help=text)
-        p.add_argument("--dir", type=Path, help="certificate directory (default: var/certs)")
-        p.add_argument("--pidfile", type=Path, help="Mosquitto pid_file: SIGHUP it after")
-        p.add_argument("--broker-pid", type=int, help="Mosquitto pid to SIGHUP after")
-        p.add_argument("device_id", nargs="+")
-        p.set_defaults(func=func)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from safecity import instance
+from safecity.errors import ConfigError
 from safecity.settings import ServiceSettings, in_home
 
 
@@ -19,7 +21,8 @@ class SecuritySettings(ServiceSettings):
     )
     certs_dir: Path = Field(
         default_factory=in_home("certs_dir"),
-        description="Local CA, broker server certificate and device client certificates.",
+        description="The local CA, the broker's server certificate, device certificates "
+        "(clients/) and the revocation state (CRL, revoked devices).",
     )
     broker_pidfile: Path | None = Field(
         default_factory=lambda data: _running_broker(data.get("home")),
@@ -45,3 +48,13 @@ def _running_broker_address(home: Path | None) -> str | None:
     """HOST:PORT of the instance's broker while `safecity run` runs there, else None."""
     state = instance.running(instance.layout(home))
     return None if state is None else f"{state.mqtt_host}:{state.mqtt_port}"
+
+
+def security_settings(**overrides: Any) -> SecuritySettings:
+    """The settings with the given command-line values (None: not given) on top."""
+    try:
+        return SecuritySettings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        var = "SAFECITY_" + "__".join(str(p) for p in first["loc"]).upper()
+        raise ConfigError(f"invalid setting {var}: {first['msg']}") from exc

@@ -29,7 +29,7 @@ from ingest import cli as ingest_cli
 from ingest.settings import IngestSettings
 from safecity import citygen, cliargs, instance, registry
 from safecity.cliargs import port, positive_float, positive_int, registry_flag
-from safecity.errors import CliError, SafecityError
+from safecity.errors import CliError, ConfigError, SafecityError
 from safecity.observability import configure_logging
 from safecity.readings import format_ts
 from simulators import cli as simulators_cli
@@ -126,7 +126,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
         ledger_path, deadletters = where.ledger_file, args.deadletters or [where.deadletter_dir]
         if instance.running(where) is not None:
             upto = where.ledger_file.stat().st_size
-            time.sleep(5.0 if args.settle is None else args.settle)
+            settle = 5.0 if args.settle is None else args.settle
+            _say(f"verify: {ledger_path} up to now; waiting {settle:g}s for messages on their way")
+            time.sleep(settle)
     from control.verify import verify
     from safecity.influx import InfluxClient
 
@@ -134,7 +136,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
         client = InfluxClient(settings.influx)
         try:
             return await verify(
-                ledger_path, client, deadletters, upto=upto, cities=cities, city=args.city
+                ledger_path,
+                client,
+                deadletters,
+                upto=upto,
+                cities=cities,
+                city=args.city,
+                progress=_Progress("verify: read back"),
             )
         finally:
             await client.close()
@@ -142,6 +150,25 @@ def cmd_verify(args: argparse.Namespace) -> int:
     report = asyncio.run(main())
     print(json.dumps(report.summary()) if args.json else report.render())
     return 0 if report.ok else 1
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+class _Progress:
+    """`done/total` on stderr every few seconds and at the start, so a long check is not silent."""
+
+    def __init__(self, what: str, every_s: float = 3.0) -> None:
+        self.what = what
+        self.every_s = every_s
+        self.last = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done == 0 or now - self.last >= self.every_s:
+            self.last = now
+            _say(f"{self.what} {done}/{total} device series from InfluxDB")
 
 
 def _outside_window(start: datetime, end: datetime, past_s: float, future_s: float) -> str | None:
@@ -222,7 +249,12 @@ def cmd_city_generate(args: argparse.Namespace) -> int:
     """Write a generated city registry."""
     city = citygen.generate(args.city, args.devices, args.seed, districts=args.districts)
     out = args.out or Path(f"{city.id}.jsonl")
-    registry.write(city, out)
+    try:
+        # A new folder for it is made, as `--out cities/x.jsonl` suggests.
+        out.parent.mkdir(parents=True, exist_ok=True)
+        registry.write(city, out)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {out}: {exc.strerror or exc}") from exc
     print(f"wrote {out}: {city.name}, {len(city.districts)} districts, {len(city.devices)} devices")
     return 0
 
@@ -357,7 +389,12 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - long; split it
     p.add_argument("--speed", type=positive_float, help="with --scenario: simulated s per s")
     p.add_argument("--start", help="with --scenario: simulated start (UTC)")
     p.add_argument("--duration", type=positive_float, help="with --scenario: wall seconds")
-    p.add_argument("--settle", type=positive_float, default=30.0, help="seconds to wait for alerts")
+    p.add_argument(
+        "--settle",
+        type=positive_float,
+        help="seconds to wait for messages on their way (default 5) or, with --scenario, "
+        "for alerts (default 30)",
+    )
     registry_flag(p)
     p.set_defaults(func=cmd_verify)
     alerts_cli.add_parsers(sub)

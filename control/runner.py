@@ -26,10 +26,13 @@ from broker.identity import Role, service_username
 from control.settings import StackSettings
 from control.stack import LocalStack, ManagedProcess, ensure_port_free, free_port, http_ok
 from safecity import citygen, instance, registry
-from safecity.errors import StackError
+from safecity.errors import ConfigError, StackError
 from safecity.settings import InfluxSettings
 
 log = logging.getLogger("safecity.run")
+
+LOCAL_KEY_NAME = "make-run"
+"""The name of the key each run makes (and the next run revokes)."""
 
 
 def _port(configured: int) -> int:
@@ -113,6 +116,7 @@ class LocalRun:
                 f"a city is already running in {self.base} (safecity run, pid {already.pid}); "
                 "stop it first, or give this one another SAFECITY_HOME"
             )
+        self._claim_databases()
         for name, port in (
             ("api", s.api_port),
             ("ingest metrics", s.ingest_metrics_port),
@@ -231,6 +235,21 @@ class LocalRun:
             self.stop()
             raise
 
+    def _claim_databases(self) -> None:
+        """Refuse a city whose database holds another city's data (a single city switched
+        in the same instance would reuse `safecity`); the last run's cities count too."""
+        ids = self.cities.ids
+        influx = InfluxSettings()
+        before = instance.recorded_cities(self.layout)
+        try:
+            if before and not self.layout.databases_file.exists():
+                instance.claim_databases(
+                    self.layout, {influx.database_for(c, before): c for c in before}
+                )
+            instance.claim_databases(self.layout, {influx.database_for(c, ids): c for c in ids})
+        except ConfigError as exc:
+            raise StackError(str(exc)) from exc
+
     def _device_tls_env(self) -> dict[str, str]:
         """The simulator's connection for `device_tls`: the TLS listener, CA, device certs."""
         assert self.stack is not None
@@ -248,11 +267,18 @@ class LocalRun:
         return env
 
     def _local_api_key(self) -> str:
-        """A fresh read+operate key in the run's key store, so a newcomer can call the API."""
+        """A fresh read+operate key in the run's key store, so a newcomer can call the API;
+        the key of the previous run (shown only then) is revoked, so runs leave no trail of
+        live keys."""
         from api.apikeys import KeyStore
 
-        record, key = KeyStore(self.layout.api_keys_file).create("make-run", ("read", "operate"))
-        log.info("local API key created", extra={"key_id": record.id})
+        store = KeyStore(self.layout.api_keys_file)
+        store.load()
+        old = [r.id for r in store.records() if r.name == LOCAL_KEY_NAME and r.active]
+        for key_id in old:
+            store.revoke(key_id)
+        record, key = store.create(LOCAL_KEY_NAME, ("read", "operate"))
+        log.info("local API key created", extra={"key_id": record.id, "revoked": old})
         return key
 
     def _child(

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -187,17 +187,21 @@ async def check(
     *,
     cities: Sequence[str] = (),
     city: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Report:
     """Compare ledger entries with InfluxDB and the dead-letter stores.
 
     `cities`: the deployment's cities (each entry is read back from its topic's city's
-    database); `city`: only that city's entries and dead letters."""
+    database); `city`: only that city's entries and dead letters; `progress(done, total)`
+    is called after each device series read back."""
     if city is not None:
         entries = [e for e in entries if topic_city(e.topic) == city]
     report = Report(sent=len(entries))
     report.sent_by_city = dict(Counter(topic_city(e.topic) for e in entries))
     sent = _index(entries, influx, cities, report)
-    for (measurement, device_id), (lo, hi) in sorted(sent.spans.items()):
+    for done, ((measurement, device_id), (lo, hi)) in enumerate(sorted(sent.spans.items())):
+        if progress is not None:
+            progress(done, len(sent.spans))
         rows = await sent.clients.get((measurement, device_id), influx).query(
             # The measurement is one of the schema's own names; all values are bound.
             # Through schema.source: `events` lives in its own retention policy.
@@ -338,6 +342,7 @@ async def verify(
     upto: int | None = None,
     cities: Sequence[str] | None = None,
     city: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Report:
     """Read a ledger file (see `read_ledger`) and check it (see `check`) against the
     databases of `cities` (none: the client's own database, a single-city deployment)."""
@@ -349,4 +354,6 @@ async def verify(
     if city is not None and city not in (served or ledger_cities(entries)):
         named = ", ".join(served or ledger_cities(entries))
         raise VerifyError(f"city {city!r} is not in this run (cities: {named})")
-    return await check(entries, influx, deadletter_dirs, cities=served, city=city)
+    return await check(
+        entries, influx, deadletter_dirs, cities=served, city=city, progress=progress
+    )

@@ -4,9 +4,9 @@
 working directory. Its layout is defined here once, and the settings defaults of every
 service derive from it, so `safecity apikey`, `devices`, `deadletter`, `verify` and the
 services themselves agree with a running `safecity run` without flags. While it runs,
-`safecity run` records its pid and endpoints (random ports included) in the state
-file; commands take the broker and InfluxDB addresses from there when no setting
-names them.
+`safecity run` records its pid, endpoints (random ports included) and cities in the
+state file; commands take the broker and InfluxDB addresses and the cities' registries
+from there when no setting names them.
 """
 
 from __future__ import annotations
@@ -113,6 +113,11 @@ class Layout:
         return self.root / "cities.json"
 
     @property
+    def databases_file(self) -> Path:
+        """Which city's data each database of the instance's InfluxDB holds."""
+        return self.root / "databases.json"
+
+    @property
     def state_file(self) -> Path:
         """The running launcher's pid and endpoints (absent when it is not running)."""
         return self.root / STATE_FILE
@@ -200,6 +205,31 @@ def recorded_cities(where: Layout) -> tuple[str, ...]:
     return tuple(str(c) for c in cities) if isinstance(cities, list) else ()
 
 
+def claim_databases(where: Layout, databases: dict[str, str]) -> None:
+    """Record which city each database {name: city} holds; ConfigError when one of them
+    already holds another city's data (one database never mixes two cities)."""
+    try:
+        known = json.loads(where.databases_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    if not isinstance(known, dict):
+        known = {}
+    clashes = [
+        f"database {name!r} holds {known[name]}'s data, not {city}'s"
+        for name, city in sorted(databases.items())
+        if known.get(name, city) != city
+    ]
+    if clashes:
+        raise ConfigError(
+            f"{'; '.join(clashes)} (instance {where.root}). Run each city in its own "
+            "SAFECITY_HOME, or both together (`--cities A B`: a database per city)"
+        )
+    where.root.mkdir(parents=True, exist_ok=True)
+    tmp = where.databases_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps({**known, **databases}, indent=1, sort_keys=True) + "\n")
+    tmp.replace(where.databases_file)
+
+
 def forget(where: Layout, pid: int) -> None:
     """Remove the state file if it is still the one `pid` wrote."""
     try:
@@ -211,14 +241,17 @@ def forget(where: Layout, pid: int) -> None:
 
 
 def endpoints(fields: set[str]) -> dict[str, Any]:
-    """Settings values for the running instance's broker and InfluxDB ({} when none runs).
-
-    Only for the groups a settings class has (`mqtt`, `influx`); explicit settings win.
+    """Settings values for the running instance's broker, InfluxDB and cities ({} when none
+    runs): so `apikey create --city`, `certs provision` and the rest beside a several-city
+    run know its cities. Only for the fields a settings class has (`mqtt`, `influx`,
+    `registry`); explicit settings win.
     """
     state = running()
     if state is None:
         return {}
     out: dict[str, Any] = {}
+    if "registry" in fields and state.registry:
+        out["registry"] = state.registry
     if "mqtt" in fields:
         out["mqtt"] = {"host": state.mqtt_host, "port": state.mqtt_port}
     if "influx" in fields:

@@ -77,7 +77,8 @@ def _report(stats: FleetStats) -> None:
     print(
         f"simulated {stats.devices} devices: {stats.published} published "
         f"({stats.accepted} accepted, {stats.refused} refused, {stats.failed} failed), "
-        f"{stats.dropped} dropped, {stats.buffered} left in the spool",
+        f"{stats.dropped} dropped, {stats.buffered} left in the spool, "
+        f"{stats.devices_refused} device(s) refused by the broker (failed)",
         file=sys.stderr,
     )
 

@@ -39,6 +39,7 @@ from simulators.device import IMMEDIATE, DeviceSim, check_start, device_messages
 from simulators.faults import DeviceFaults
 from simulators.incidents import Scene, SimulatedIncident
 from simulators.outgoing import (
+    DEVICES_REFUSED,
     PUBLISHED,
     SEQ_PER_MS,
     FleetStats,
@@ -156,7 +157,7 @@ async def run(  # noqa: PLR0915 - long; split it at its seams
         },
     )
     progress = asyncio.create_task(
-        _progress(stats, loop, clock.wall0, sim_start, settings.speed, progress_interval)
+        _progress(stats, everyone, clock, sim_start, settings.speed, progress_interval)
     )
 
     def submit(message: Outgoing) -> None:
@@ -181,6 +182,7 @@ async def run(  # noqa: PLR0915 - long; split it at its seams
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         await asyncio.gather(*(agent.close(drain) for agent in everyone))
+        stats.devices_refused = _refused(everyone)
         for agent in everyone:
             stats.edge.add(agent.stats)
             stats.buffered += agent.stats.left_buffered
@@ -427,19 +429,27 @@ async def _relay(stop: asyncio.Event, halt: asyncio.Event) -> None:
     halt.set()
 
 
+def _refused(agents: list[DeviceAgent]) -> int:
+    """Devices the broker refused at their last attempt (counted as failed devices)."""
+    return sum(1 for a in agents if a.client.refused and not a.client.connected)
+
+
 async def _progress(
     stats: FleetStats,
-    loop: asyncio.AbstractEventLoop,
-    wall0: float,
+    agents: list[DeviceAgent],
+    clock: _Clock,
     sim_start: datetime,
     speed: float,
     interval: float,
 ) -> None:
+    loop, wall0 = clock.loop, clock.wall0
     last_n, last_t = 0, wall0
     while True:
         await asyncio.sleep(interval)
         now = loop.time()
         n = stats.published
+        stats.devices_refused = _refused(agents)
+        DEVICES_REFUSED.set(stats.devices_refused)
         extra = summary(stats)
         extra["rate"] = round((n - last_n) / max(now - last_t, 1e-9), 1)
         extra["wall_s"] = round(now - wall0, 1)

@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from edge.agent import AgentStats, Envelope
 from safecity.ledger import LedgerEntry, LedgerWriter
@@ -28,6 +28,12 @@ PUBLISHED = Counter(
     "Messages published by the simulator, by sensor kind and broker verdict "
     "(accepted: PUBACK < 0x80, refused: PUBACK >= 0x80, failed: not sent or no PUBACK).",
     ["kind", "result"],
+)
+
+DEVICES_REFUSED = Gauge(
+    "safecity_sim_devices_refused",
+    "Simulated devices whose last connection attempt the broker refused (Not authorized, "
+    "bad credentials, a refused client certificate): failed, their messages wait in the spool.",
 )
 
 SEQ_PER_MS = 1000
@@ -123,6 +129,8 @@ class FleetStats:
     by_kind: dict[str, int] = field(default_factory=dict)
     """Messages published (any verdict) per kind."""
     edge: AgentStats = field(default_factory=AgentStats)
+    devices_refused: int = 0
+    """Devices the broker refused at their last connection attempt (failed devices)."""
 
     @property
     def published(self) -> int:
@@ -132,7 +140,7 @@ class FleetStats:
     def merge(self, other: FleetStats) -> None:
         """Add another process's stats to these."""
         for name in ("devices", "readings", "events", "statuses", "accepted", "refused",
-                     "failed", "dropped", "buffered", "invalid"):  # fmt: skip
+                     "failed", "dropped", "buffered", "invalid", "devices_refused"):  # fmt: skip
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for key, value in other.faults.items():
             self.faults[key] = self.faults.get(key, 0) + value
@@ -230,6 +238,7 @@ def summary(stats: FleetStats) -> dict[str, object]:
         "accepted": stats.accepted,
         "refused": stats.refused,
         "failed": stats.failed,
+        "devices_refused": stats.devices_refused,
         "dropped": stats.dropped,
         "invalid": stats.invalid,
         "readings": stats.readings,

@@ -11,7 +11,7 @@ from api.cursors import event_cursor, event_position
 from api.delivery import LedgerIndex
 from api.deps import CityDep, InfluxDep, SettingsDep
 from api.errors import bad_param
-from api.models import Delivery, EventOut, EventPage
+from api.models import DeviceDelivery, EventOut, EventPage
 from api.params import TimeRange, time_range
 from api.queries import event_details, events, stored_counts
 from api.responses import STORAGE, errors
@@ -147,7 +147,7 @@ async def list_events(
 
 
 @delivery_router.get(
-    "/{device_id}/delivery", response_model=Delivery, responses=errors(404, *STORAGE)
+    "/{device_id}/delivery", response_model=DeviceDelivery, responses=errors(404, *STORAGE)
 )
 async def get_device_delivery(
     request: Request,
@@ -157,7 +157,7 @@ async def get_device_delivery(
     device_id: DeviceId,
     start: From = None,
     end: To = None,
-) -> Delivery:
+) -> DeviceDelivery:
     """Sent (ledger), stored (InfluxDB), rejected (dead letters) and last seen (default: 24 h).
 
     Needs the `operate` scope. `sent` counts acknowledged messages whose device
@@ -168,7 +168,7 @@ async def get_device_delivery(
     stored, last_ms = await stored_counts(influx, device, window.params())
     letters: DeadLetterIndex = request.app.state.deadletters
     ledger: LedgerIndex | None = request.app.state.ledger
-    return Delivery(
+    return DeviceDelivery(
         device_id=device.id,
         window=window.model(),
         sent=ledger.sent(device.id, window.start_ms, window.end_ms) if ledger else None,

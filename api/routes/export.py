@@ -87,6 +87,12 @@ def _header(fmt: str, columns: tuple[str, ...]) -> str:
     return ",".join(columns) + "\n" if fmt == "csv" else ""
 
 
+def _file_name(city: str, district: str | None, what: str, window: TimeRange) -> str:
+    """`<city>[-<district>]-<what>-<window>`: the district only when the export has one."""
+    scope = city if district is None else f"{city}-{district}"
+    return f"{scope}-{what}-{_stamp(window)}"
+
+
 def _attachment(body: AsyncIterator[str], fmt: str, name: str) -> StreamingResponse:
     return StreamingResponse(
         body,
@@ -131,8 +137,7 @@ async def export_series(
         for start_at in range(0, len(rows), CHUNK):
             yield _lines(fmt, SERIES_COLUMNS, rows[start_at : start_at + CHUNK])
 
-    scope = district or city.id
-    name = f"{city.id}-{scope}-{kind}-{field}-{agg}-{_stamp(window)}"
+    name = _file_name(city.id, district, f"{kind}-{field}-{agg}", window)
     return _attachment(body(), fmt, name)
 
 
@@ -165,7 +170,7 @@ async def export_events(
             f"the window holds {total} events; at most {settings.max_export_rows} "
             "(max_export_rows) per export: use a shorter window or more filters",
         )
-    name = f"{city.id}-{district or city.id}-events-{_stamp(window)}"
+    name = _file_name(city.id, district, "events", window)
     return _attachment(_event_rows(influx, city, window, filters, fmt), fmt, name)
 
 

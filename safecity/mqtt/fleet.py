@@ -26,7 +26,7 @@ from safecity.settings import MqttSettings
 # CONNACK "Bad user name or password" and "Not authorized" (what Mosquitto answers).
 _BAD_CREDENTIALS = frozenset({0x86, 0x87})
 
-__all__ = ["FleetClient", "backoff_cap", "tls_context"]
+__all__ = ["ConnectRefusedError", "FleetClient", "backoff_cap", "tls_context"]
 
 log = logging.getLogger("safecity.mqtt")
 
@@ -65,6 +65,10 @@ def tls_context(settings: MqttSettings) -> ssl.SSLContext:
 def backoff_cap(attempt: int, minimum: float, maximum: float) -> float:
     """The upper bound of the jittered delay before retry `attempt` (0-based), at any attempt."""
     return max(minimum, min(maximum, minimum * 2.0 ** min(attempt, _MAX_EXPONENT)))
+
+
+class ConnectRefusedError(MqttError):
+    """The broker answered a CONNECT with a refusal (CONNACK reason >= 0x80)."""
 
 
 class FleetClient:
@@ -140,6 +144,8 @@ class FleetClient:
         self.failures = 0
         """Failed connection attempts so far."""
         self.last_error = ""
+        self.refused = False
+        """The last connection attempt was refused (`_is_refusal`): until one succeeds."""
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -195,6 +201,7 @@ class FleetClient:
             except (OSError, MqttError) as exc:
                 self.failures += 1
                 self.last_error = str(exc)
+                self.refused = self._is_refusal(exc)
                 self._teardown(str(exc))
                 # Full jitter: a fleet that lost its broker does not come back in lockstep.
                 cap = backoff_cap(attempt, self._backoff_min, self._backoff_max)
@@ -213,6 +220,7 @@ class FleetClient:
                 await self._sleep(delay)
                 continue
             attempt = 0
+            self.refused = False
             self.connects += 1
             self.connected = True
             self._up.set()
@@ -224,6 +232,14 @@ class FleetClient:
             if self._stopping:
                 return
             await self._sleep(self._rng.uniform(0.0, self._backoff_min))
+
+    def _is_refusal(self, exc: Exception) -> bool:
+        """Whether a failed attempt means this identity is refused, not that the broker is
+        away: a CONNACK refusal, a refused TLS handshake, or no client certificate (revoked
+        and deleted) to present."""
+        if isinstance(exc, ConnectRefusedError | ssl.SSLError):
+            return True
+        return self._settings.tls_cert is not None and isinstance(exc, FileNotFoundError)
 
     async def _open(self) -> None:
         loop = self._loop
@@ -278,7 +294,7 @@ class FleetClient:
         if code >= 0x80:
             self._ask_password = code in _BAD_CREDENTIALS
             reason = ReasonCode(PacketTypes.CONNACK, identifier=code)
-            raise MqttError(f"broker refused {self.client_id!r}: {reason}")
+            raise ConnectRefusedError(f"broker refused {self.client_id!r}: {reason}")
         if self._subscriptions:
             # Clean start: subscribe on every connection, before the owner's first publish,
             # so whatever answers those publishes finds the subscription in place.

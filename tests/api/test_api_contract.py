@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import inspect
 import os
 import re
 import subprocess
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 from api_seed import event, reading, write
 
+from api.apikeys import KeyStore
 from api.contract import document, render
 from api.settings import ApiSettings
 from control.stack import LocalStack
@@ -49,9 +51,10 @@ def test_operation_ids_are_readable_and_tags_described() -> None:
     assert used <= set(described) and all(described[t] for t in used)
 
 
-@pytest.fixture
-def generated(tmp_path: Path) -> Iterator[Any]:
-    """The client package generated from docs/openapi.json, importable for the test."""
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The client package generated from docs/openapi.json, importable for the tests."""
+    tmp_path = tmp_path_factory.mktemp("client")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     subprocess.run(
         [
@@ -188,3 +191,129 @@ def test_a_generated_client_works_against_the_running_api(
     acked = acknowledge_incident.sync(incident.id, client=client, body=TransitionIn(note="on it"))
     assert isinstance(acked, IncidentOut)
     assert acked.state.value == "acknowledged" and acked.transitions[-1].note == "on it"
+
+
+def _expected(spec: dict[str, Any]) -> dict[str, str | None]:
+    """Each operation's success schema name (None: a text body such as CSV or SSE)."""
+    out: dict[str, str | None] = {}
+    for ops in spec["paths"].values():
+        for op in ops.values():
+            content = op["responses"]["200"]["content"]
+            ref = content.get("application/json", {}).get("schema", {}).get("$ref")
+            out[op["operationId"]] = ref.rsplit("/", 1)[-1] if ref else None
+    return out
+
+
+def _operations(package: Any) -> dict[str, Any]:
+    """operationId -> the generated module (`<package>.api.<tag>.<operationId>`)."""
+    spec = document()
+    found = {}
+    for ops in spec["paths"].values():
+        for op in ops.values():
+            name = f"{package.__name__}.api.{op['tags'][0]}.{op['operationId']}"
+            found[op["operationId"]] = importlib.import_module(name)
+    return found
+
+
+def _calls(base: datetime, incident_id: str, models: Any) -> dict[str, dict[str, Any]]:
+    """The arguments of one call of every operation, against the seeded data."""
+    noise = CITY.select(kind="noise", district="chilanzar")[0]
+    window = {"from_": base, "to": base + timedelta(minutes=10)}
+    alert = models.GrafanaAlert(
+        status=models.GrafanaAlertStatus.FIRING,
+        starts_at=base,
+        labels=models.GrafanaAlertLabels.from_dict({"alertname": "client-test"}),
+    )
+    note = {"body": models.TransitionIn(note="generated client")}
+    return {
+        "healthz": {},
+        "readyz": {},
+        "list_cities": {},
+        "get_city": {"city_id": CITY.id},
+        "get_city_overview": {"city_id": CITY.id},
+        "get_district_overview": {"city_id": CITY.id, "district_id": "chilanzar"},
+        "list_districts": {"city_id": CITY.id},
+        "get_city_series": {
+            "city_id": CITY.id,
+            "kind": models.GetCitySeriesKind.NOISE,
+            "field": models.GetCitySeriesField.LAEQ,
+            **window,
+        },
+        "list_devices": {"limit": 5},
+        "get_device": {"device_id": noise.id},
+        "get_device_latest": {"device_id": noise.id},
+        "get_device_history": {
+            "device_id": noise.id,
+            "field": models.GetDeviceHistoryField.LAEQ,
+            **window,
+        },
+        "list_events": {"limit": 3, **window},
+        "get_device_delivery": {"device_id": noise.id},
+        "export_series": {
+            "city_id": CITY.id,
+            "kind": models.ExportSeriesKind.NOISE,
+            "field": models.ExportSeriesField.LAEQ,
+            **window,
+        },
+        "export_events": {"city_id": CITY.id, **window},
+        "list_incidents": {},
+        "get_incident_figures": {},
+        "get_incident": {"incident_id": incident_id},
+        "acknowledge_incident": {"incident_id": incident_id, **note},
+        "dispatch_incident": {"incident_id": incident_id, **note},
+        "resolve_incident": {"incident_id": incident_id, **note},
+        "grafana_alerts": {"body": models.GrafanaNotification(status="firing", alerts=[alert])},
+        "get_current_key": {},
+        "list_audit_records": {"limit": 5},
+        "stream_live": {},
+        "get_region_overview": {},
+    }
+
+
+def test_the_generated_client_keeps_every_operation_and_each_works(
+    stack: LocalStack,
+    influx_db: str,
+    start_api: Callable[..., Any],
+    generated: Any,
+    tmp_path: Path,
+) -> None:
+    spec = document()
+    titles = [s.get("title", n) for n, s in spec["components"]["schemas"].items()]
+    assert len(titles) == len(set(titles)), "schema titles must be unique (the client's names)"
+    base, incident = _seed(stack, influx_db)
+    keys_file = tmp_path / "keys.json"
+    _, admin = KeyStore(keys_file).create("client-test", ("admin",))
+    api = start_api(influx_db, SAFECITY_API_KEYS_FILE=str(keys_file))
+    models = importlib.import_module("safecity_client.models")
+    client = generated.AuthenticatedClient(
+        base_url=api.url, token=admin, prefix="", auth_header_name="X-API-Key", timeout=30.0
+    )
+    webhook = generated.AuthenticatedClient(base_url=api.url, token=admin, timeout=30.0)
+    modules = _operations(generated)
+    expected = _expected(spec)
+    calls = _calls(base, incident.id, models)
+    assert set(modules) == set(expected) == set(calls)
+    for op_id, module in modules.items():
+        kwargs = calls[op_id]
+        schema = expected[op_id]
+        # Every success schema survived generation, and the function is typed with it.
+        returns = str(inspect.signature(module.sync).return_annotation)
+        assert (schema or "str") in returns, f"{op_id} returns {returns}"
+        if op_id == "stream_live":
+            _first_event_bytes(client, module, kwargs)
+            continue
+        caller = webhook if op_id == "grafana_alerts" else client
+        response = module.sync_detailed(client=caller, **kwargs)
+        assert response.status_code == 200, f"{op_id}: {response.status_code} {response.content!r}"
+        parsed = response.parsed
+        wanted = str if schema is None else getattr(models, schema)
+        assert isinstance(parsed, wanted), f"{op_id}: {type(parsed).__name__}, not {wanted}"
+
+
+def _first_event_bytes(client: Any, module: Any, kwargs: dict[str, Any]) -> None:
+    """The stream never ends: its request as the client builds it, up to the first bytes."""
+    request = module._get_kwargs(**kwargs)
+    with client.get_httpx_client().stream(**request) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert next(response.iter_text())

@@ -107,6 +107,10 @@ def test_events_csv_matches_the_json_events(client: TestClient, seeded: None) ->
     r = client.get("/v1/cities/tashkent/export/events", params=params)
     assert r.status_code == 200
     assert r.headers["content-disposition"].endswith('.csv"')
+    assert 'filename="tashkent-chilanzar-events-' in r.headers["content-disposition"]
+    whole = client.get("/v1/cities/tashkent/export/events", params=WINDOW)
+    # The whole city: named once, not `tashkent-tashkent-`.
+    assert 'filename="tashkent-events-' in whole.headers["content-disposition"]
     rows = list(csv.DictReader(io.StringIO(r.text)))
     got = [{**row, "seq": int(row["seq"]), "details": json.loads(row["details"])} for row in rows]
     assert got == expected  # the comma inside a detail survives the CSV quoting

@@ -236,13 +236,12 @@ def test_revoked_certificate_is_refused_after_revoke_and_reload(
     assert not paths.cert.exists()
     after = _refused_after_reload(mtls_broker, kept, device)
     assert after.connects == 0 and after.failures >= 1
-    # Rotation gives the device a new certificate that works; the CRL still holds the old.
-    code = safecity_main(
-        [
-            "certs", "rotate", "--dir", str(mtls_broker.certs_dir),
-            "--broker-pid", str(mtls_broker.pid), device,
-        ]
-    )  # fmt: skip
+    # A revoked device is not rotated back to life: only an explicit reinstate gives it
+    # a new certificate that works; the CRL still holds the old.
+    rotate = ["certs", "rotate", "--dir", str(mtls_broker.certs_dir), "--broker-pid"]
+    assert safecity_main([*rotate, str(mtls_broker.pid), device]) != 0
+    assert not paths.cert.exists()
+    code = safecity_main(["certs", "reinstate", "--dir", str(mtls_broker.certs_dir), device])
     assert code == 0
     fresh = asyncio.run(attempt(_client_cert_settings(mtls_broker, paths), device, None))
     assert fresh.connects == 1

@@ -67,6 +67,20 @@ def test_city_generate_default_output_name(tmp_path: Path) -> None:
     assert len(city.districts) == 3
 
 
+def test_city_generate_makes_the_folder_or_says_why_not(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "cities" / "x.jsonl"
+    assert main(["city", "generate", "--city", "x", "--devices", "20", "--out", str(out)]) == 0
+    assert load(out).id == "x"
+    blocked = tmp_path / "a-file"
+    blocked.write_text("", encoding="utf-8")
+    target = blocked / "y.jsonl"
+    assert main(["city", "generate", "--city", "y", "--devices", "20", "--out", str(target)]) != 0
+    err = capsys.readouterr().err
+    assert f"cannot write {target}" in err and "Traceback" not in err
+
+
 def test_city_generate_as_a_subprocess(tmp_path: Path) -> None:
     out = tmp_path / "bishkek.jsonl"
     result = subprocess.run(

@@ -7,22 +7,20 @@ random free ports, which only its instance state file tells.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from localrun import ROOT, local_run, safecity
 from support import mosquitto, wait_for
 
 from safecity import instance, topics
 from safecity.registry import default_city
 
-ROOT = Path(__file__).resolve().parents[2]
 CITY = default_city()
 
 
@@ -30,25 +28,6 @@ def checkout_var() -> set[str]:
     """Every path under the checkout's var/ (what a test must never add to)."""
     var = ROOT / "var"
     return {str(p.relative_to(ROOT)) for p in var.rglob("*")} if var.exists() else set()
-
-
-def beside(home: Path) -> dict[str, str]:
-    """The environment of a command typed beside the run: only SAFECITY_HOME."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SAFECITY_")}
-    env["SAFECITY_HOME"] = str(home)
-    return env
-
-
-def safecity(home: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """`safecity ARGS` from the checkout, as a user would type it beside `make run`."""
-    return subprocess.run(
-        [sys.executable, "-m", "control", *args],
-        env=beside(home),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def online(api: str, key: str) -> set[str]:
@@ -72,39 +51,11 @@ def running_city(tmp_path: Path) -> Iterator[tuple[Path, str, str]]:
     """`safecity run` with SAFECITY_HOME in tmp and random ports: (home, API URL, its key)."""
     home = tmp_path / "home"
     before = checkout_var()
-    env = beside(home)
-    for port in ("INGEST_METRICS_PORT", "ALERTS_METRICS_PORT"):
-        env[f"SAFECITY_{port}"] = "0"
-    argv = ["run", "--api-port", "0", "--mqtt-port", "0", "--influx-port", "0"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "control", *argv, "--mqtt-tls-port", "0"],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        lines: list[str] = []
-        deadline = time.monotonic() + 180
-        while "Press Ctrl-C" not in "".join(lines[-1:]) and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line and proc.poll() is not None:
-                break
-            lines.append(line)
-        printed = "".join(lines)
-        api = re.search(r"console \+ API\s+(http://\S+?)/\s", printed)
-        key = re.search(r"SAFECITY_API_KEY=(\S+)", printed)
-        assert api and key, printed
+    with local_run(home) as run:
+        api = re.search(r"console \+ API\s+(http://\S+?)/\s", run.printed)
+        key = re.search(r"SAFECITY_API_KEY=(\S+)", run.printed)
+        assert api and key, run.printed
         yield home, api.group(1), key.group(1)
-    finally:
-        proc.send_signal(2)
-        try:
-            proc.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
     assert not instance.layout(home).state_file.exists(), "a stopped run leaves no state file"
     # Nothing of the run (spool, dead letters, keys, ledger, ...) landed in the checkout.
     assert checkout_var() - before == set()
@@ -160,6 +111,9 @@ def test_commands_beside_a_running_city_find_it_without_flags(
     assert report["lost"] == "0", verified.stdout
     assert report["duplicated"] == "0", verified.stdout
     assert verified.returncode == 0, verified.stdout + verified.stderr
+    # Not silent while it waits and reads back: what it is doing, on stderr.
+    assert re.search(r"waiting \d+s for messages on their way", verified.stderr)
+    assert re.search(r"verify: read back \d+/\d+ device series", verified.stderr)
 
     # A second simulator leaves every running device online: it refuses, saying why.
     everyone = {d.id for d in CITY.devices}
@@ -312,3 +266,15 @@ def test_a_ledger_still_being_written_is_read_as_it_stood(tmp_path: Path) -> Non
     assert len(read_ledger(path)) == 2
     assert read_ledger(path, upto=len(first)) == [entry]
     assert read_ledger(path, upto=len(first) + 5) == [entry]
+
+
+def test_a_city_is_never_given_a_database_holding_another_citys_data(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    # The last run served Tashkent alone: its data is in the database `safecity`.
+    instance.record_cities(instance.layout(home), ["tashkent"])
+    argv = ("run", "--api-port", "0", "--mqtt-port", "0", "--influx-port", "0")
+    switched = safecity(home, *argv, "--cities", "samarkand")
+    assert switched.returncode != 0
+    assert "database 'safecity' holds tashkent's data, not samarkand's" in switched.stderr
+    assert "own SAFECITY_HOME" in switched.stderr
+    assert not (home / "mosquitto").exists()  # refused before anything started

@@ -5,17 +5,16 @@ and across the run, while it runs and after it stopped (time compressed: speed 1
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from localrun import ROOT, beside, local_run, safecity
 from support import wait_for
 
 from control.stack import Influxd
@@ -23,26 +22,7 @@ from safecity import instance
 from safecity.citygen import builtin
 from safecity.registry import City, default_city, write
 
-ROOT = Path(__file__).resolve().parents[2]
 CITIES = ("tashkent", "samarkand")
-
-
-def beside(home: Path) -> dict[str, str]:
-    """The environment of a command typed beside the run: only SAFECITY_HOME."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SAFECITY_")}
-    env["SAFECITY_HOME"] = str(home)
-    return env
-
-
-def safecity(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "control", *args],
-        env=beside(home),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
 
 
 def influx(url: str, db: str, q: str) -> list[list[object]]:
@@ -73,40 +53,11 @@ def two_cities(tmp_path: Path) -> Iterator[tuple[Path, str, subprocess.Popen[str
     """`safecity run --cities tashkent samarkand --speed 10` in tmp: (home, printed text,
     the launcher; stopped at the end unless the test stopped it)."""
     home = tmp_path / "home"
-    env = beside(home)
-    for port in ("INGEST_METRICS_PORT", "ALERTS_METRICS_PORT"):
-        env[f"SAFECITY_{port}"] = "0"
-    argv = ["run", "--api-port", "0", "--mqtt-port", "0", "--influx-port", "0"]
-    argv += ["--mqtt-tls-port", "0", "--speed", "10", "--cities", *CITIES]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "control", *argv],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        lines: list[str] = []
-        deadline = time.monotonic() + 180
-        while "Press Ctrl-C" not in "".join(lines[-1:]) and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line and proc.poll() is not None:
-                break
-            lines.append(line)
-        printed = "".join(lines)
-        assert "Press Ctrl-C" in printed, printed
-        yield home, printed, proc
-    finally:
-        proc.send_signal(2)
-        try:
-            proc.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with local_run(home, "--speed", "10", "--cities", *CITIES) as run:
+        yield home, run.printed, run.process
 
 
+@pytest.mark.timeout(480)  # two cities and several commands beside them, on a busy machine
 def test_two_cities_run_each_in_its_own_database_and_verify(
     two_cities: tuple[Path, str, subprocess.Popen[str]],
 ) -> None:
@@ -155,11 +106,35 @@ def test_two_cities_run_each_in_its_own_database_and_verify(
     refused = safecity(home, "verify", "--city", "almaty", "--settle", "1")
     assert refused.returncode == 2 and "not in this run" in refused.stderr
 
+    _commands_know_the_cities(home, state, own)
+
     # After Ctrl-C the instance still knows which cities (and databases) its ledger spans.
     launcher.send_signal(2)
     assert launcher.wait(timeout=90) == 0
     assert instance.running(where) is None
     assert instance.recorded_cities(where) == CITIES
+
+
+def _commands_know_the_cities(
+    home: Path, state: instance.Running, own: dict[str, City]
+) -> None:
+    """Commands beside the run know its cities: a key for one of them, certificates for all."""
+    created = safecity(
+        home, "apikey", "create", "--name", "sam", "--scopes", "read", "--city", "samarkand"
+    )
+    assert created.returncode == 0 and "not served here" not in created.stderr, created.stderr
+    key = re.search(r"SAFECITY_API_KEY=(\S+)", created.stdout)
+    assert key is not None, created.stdout
+    headers = {"X-API-Key": key.group(1)}
+    assert httpx.get(f"{state.api_url}/v1/cities/samarkand", headers=headers).status_code == 200
+    assert httpx.get(f"{state.api_url}/v1/cities/tashkent", headers=headers).status_code == 404
+    # One device of each city (a registry of Tashkent alone would refuse Samarkand's).
+    devices = [next(iter(own[city].devices)).id for city in CITIES]
+    provisioned = safecity(home, "certs", "provision", *(f"--device={d}" for d in devices))
+    assert provisioned.returncode == 0, provisioned.stderr
+    assert "(tashkent, samarkand)" in provisioned.stdout
+    clients = {p.stem for p in (where.certs_dir / "clients").glob("*.crt")}
+    assert set(devices) <= clients
 
 
 def test_influx_init_prepares_every_city_database(

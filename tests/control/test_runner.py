@@ -286,3 +286,17 @@ def test_run_with_device_tls_mtls_serves_every_device_over_mutual_tls(tmp_path: 
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_each_run_revokes_the_key_the_previous_run_printed(tmp_path: Path) -> None:
+    from api.apikeys import KeyStore
+    from control.runner import LOCAL_KEY_NAME, LocalRun
+    from control.settings import StackSettings
+
+    run = LocalRun(StackSettings(data_dir=tmp_path / "home"))
+    first, second = run._local_api_key(), run._local_api_key()
+    store = KeyStore(run.layout.api_keys_file)
+    store.load()
+    assert store.verify(first) is None and store.verify(second) is not None
+    mine = [r for r in store.records() if r.name == LOCAL_KEY_NAME]
+    assert [r.active for r in mine] == [False, True]
