@@ -115,9 +115,7 @@ def test_two_cities_run_each_in_its_own_database_and_verify(
     assert instance.recorded_cities(where) == CITIES
 
 
-def _commands_know_the_cities(
-    home: Path, state: instance.Running, own: dict[str, City]
-) -> None:
+def _commands_know_the_cities(home: Path, state: instance.Running, own: dict[str, City]) -> None:
     """Commands beside the run know its cities: a key for one of them, certificates for all."""
     created = safecity(
         home, "apikey", "create", "--name", "sam", "--scopes", "read", "--city", "samarkand"
@@ -133,7 +131,7 @@ def _commands_know_the_cities(
     provisioned = safecity(home, "certs", "provision", *(f"--device={d}" for d in devices))
     assert provisioned.returncode == 0, provisioned.stderr
     assert "(tashkent, samarkand)" in provisioned.stdout
-    clients = {p.stem for p in (where.certs_dir / "clients").glob("*.crt")}
+    clients = {p.stem for p in (instance.layout(home).certs_dir / "clients").glob("*.crt")}
     assert set(devices) <= clients
 
 
