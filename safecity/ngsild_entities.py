@@ -10,7 +10,15 @@ from typing import Any
 
 from safecity import catalogue
 from safecity.incidents import Incident
-from safecity.ngsild_models import ALERT, DEVICE, Attribute, EntityModel, observation_model
+from safecity.ngsild_models import (
+    ALERT,
+    DEVICE,
+    MODELS,
+    TIME_ATTRIBUTES,
+    Attribute,
+    EntityModel,
+    observation_model,
+)
 from safecity.readings import format_ts
 from safecity.registry import Device, Point
 
@@ -62,21 +70,29 @@ def _measured(attribute: Attribute, value: Any, ts: str) -> dict[str, Any]:
     return _prop(attribute.convert(value), unitCode=attribute.unit_code, observedAt=ts)
 
 
+def _derived(attribute: Attribute, device: Device, ts: str) -> dict[str, Any]:
+    """An observation's attribute from the registry or the reading's time."""
+    if attribute.name in TIME_ATTRIBUTES:
+        return _prop(ts)
+    if attribute.name == "location":
+        return _geo(device.location)
+    if attribute.name == "areaServed":
+        return _prop(device.district)
+    if attribute.name == "refDevice":
+        return {"type": "Relationship", "object": urn(DEVICE.name, device.id)}
+    raise KeyError(f"no derivation of {attribute.name}")
+
+
 def observation_entity(device: Device, sample: Sample) -> Entity:
     """The device's latest observation as its kind's Smart Data Model entity."""
     model = observation_model(device.kind)
     if model is None:
         raise KeyError(f"kind {device.kind} has no observation model")
-    entity: Entity = {
-        "id": urn(model.name, device.id),
-        "type": model.name,
-        "dateObserved": _prop(sample.ts),
-        "location": _geo(device.location),
-        "areaServed": _prop(device.district),
-        "refDevice": {"type": "Relationship", "object": urn(DEVICE.name, device.id)},
-    }
+    entity: Entity = {"id": urn(model.name, device.id), "type": model.name}
     for attribute in model.attributes:
-        if attribute.field is not None and attribute.field in sample.values:
+        if attribute.field is None:
+            entity[attribute.name] = _derived(attribute, device, sample.ts)
+        elif attribute.field in sample.values:
             entity[attribute.name] = _measured(attribute, sample.values[attribute.field], sample.ts)
     return entity
 
@@ -191,6 +207,4 @@ def project(entity: Entity, attrs: Iterable[str] | None) -> Entity:
 
 def model_of(entity_type: str) -> EntityModel | None:
     """The entity model of a type name we serve, or None."""
-    from safecity.ngsild_models import MODELS
-
     return MODELS.get(entity_type)

@@ -38,6 +38,7 @@ class Attribute:
     scale: float = 1.0
     values: tuple[tuple[str, str], ...] = ()
     common: bool = False
+    iri: str | None = None
 
     def convert(self, value: Any) -> Any:
         """Our stored value as the model's value (unit scale, enum spelling)."""
@@ -67,6 +68,8 @@ class EntityModel:
 
     def iri(self, attribute: Attribute) -> str:
         """The attribute's IRI (as the Smart Data Models' own context defines it)."""
+        if attribute.iri is not None:
+            return attribute.iri
         if attribute.name == "location":
             return f"{NGSI_LD}/location"
         return (
@@ -81,13 +84,30 @@ def _q(name: str, our: str, unit: str | None = None, **kw: Any) -> Attribute:
     return Attribute(name, our, "number", unit, **kw)
 
 
-# Every observation entity: when, where, which district, which device.
-OBSERVED = (
-    Attribute("dateObserved", None, "string", common=True),
-    Attribute("location", None, "object", ngsi_type="GeoProperty"),
-    Attribute("areaServed", None, "string", common=True),
-    Attribute("refDevice", None, "string", ngsi_type="Relationship"),
-)
+# The attributes an observation's time may have, by model (the models differ).
+TIME_ATTRIBUTES = ("dateObserved", "observationDateTime", "timeInstant")
+DESCRIPTION_IRI = "http://purl.org/dc/terms/description"
+
+
+def _observed(
+    time: str = "dateObserved", device: bool = True, common_time: bool = True
+) -> tuple[Attribute, ...]:
+    """When, where, which district and (if the model has a single `refDevice`) which device.
+
+    Streetlight's and WasteContainer's `refDevice` is an array, which an NGSI-LD 1.x
+    normalized relationship cannot hold: there the entity id names the device.
+    """
+    out = [
+        Attribute(time, None, "string", common=common_time),
+        Attribute("location", None, "object", ngsi_type="GeoProperty"),
+        Attribute("areaServed", None, "string", common=True),
+    ]
+    if device:
+        out.append(Attribute("refDevice", None, "string", ngsi_type="Relationship"))
+    return tuple(out)
+
+
+OBSERVED = _observed()
 HEALTH_ELSEWHERE = (
     ("battery", "on the Device entity (batteryLevel)"),
     ("rssi", "on the Device entity (rssi)"),
@@ -143,7 +163,7 @@ OBSERVATIONS: dict[str, EntityModel] = {
             "TrafficFlowObserved",
             TRANSPORT,
             (
-                *OBSERVED,
+                *_observed(device=False),
                 # Ours is a rate (vehicles per hour); UN/CEFACT has no code for it.
                 _q("intensity", "intensity", None),
                 _q("occupancy", "occupancy", "C62"),
@@ -158,7 +178,7 @@ OBSERVATIONS: dict[str, EntityModel] = {
             "OnStreetParking",
             "dataModel.Parking",
             (
-                *OBSERVED,
+                *_observed("observationDateTime", False, common_time=False),
                 _q("occupiedSpotNumber", "occupied_spots", None),
                 _q("totalSpotNumber", "total_spots", None),
             ),
@@ -172,13 +192,14 @@ OBSERVATIONS: dict[str, EntityModel] = {
             "Streetlight",
             "dataModel.Streetlighting",
             (
-                *OBSERVED,
+                *_observed("observationDateTime", False, common_time=False),
                 Attribute("powerState", "power_state", "string", values=(("dimmed", "low"),)),
                 _q("powerConsumption", "power", "WTT"),
                 Attribute(
                     "status",
                     "status",
                     "string",
+                    iri=f"{NGSI_LD}/status",
                     values=(
                         ("defective_lamp", "defectiveLamp"),
                         ("column_issue", "columnIssue"),
@@ -193,7 +214,7 @@ OBSERVATIONS: dict[str, EntityModel] = {
             "CrowdFlowObserved",
             TRANSPORT,
             (
-                *OBSERVED,
+                *_observed(device=False),
                 _q("peopleCount", "people_count", None),
                 _q("occupancy", "occupancy", "C62"),
                 _q("averageCrowdSpeed", "avg_speed", "KMH", scale=3.6),
@@ -206,7 +227,7 @@ OBSERVATIONS: dict[str, EntityModel] = {
             "WasteContainer",
             "dataModel.WasteManagement",
             (
-                *OBSERVED,
+                *_observed("timeInstant", False),
                 _q("fillingLevel", "filling_level", "C62"),
                 _q("temperature", "temperature", "CEL"),
             ),
@@ -221,7 +242,7 @@ DEVICE = EntityModel(
     "dataModel.Device",
     (
         Attribute("name", None, "string", common=True),
-        Attribute("description", None, "string", common=True),
+        Attribute("description", None, "string", iri=DESCRIPTION_IRI),
         Attribute("location", None, "object", ngsi_type="GeoProperty"),
         Attribute("areaServed", None, "string", common=True),
         _q("batteryLevel", "battery", "C62"),
@@ -239,13 +260,13 @@ ALERT = EntityModel(
         Attribute("category", None, "string"),
         Attribute("subCategory", None, "string"),
         Attribute("severity", None, "string"),
-        Attribute("description", None, "string", common=True),
+        Attribute("description", None, "string", iri=DESCRIPTION_IRI),
         Attribute("dateIssued", None, "string"),
-        Attribute("validFrom", None, "string"),
+        Attribute("validFrom", None, "string", common=True),
         Attribute("location", None, "object", ngsi_type="GeoProperty"),
         Attribute("areaServed", None, "string", common=True),
         Attribute("alertSource", None, "string", ngsi_type="Relationship"),
-        Attribute("data", None, "object"),
+        Attribute("data", None, "object", iri=f"{NGSI_LD}/data"),
     ),
     (
         ("transitions", "in `data.state` (the current state) only; the history stays on /v1"),

@@ -127,6 +127,9 @@ setup_venv() {
     if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
         say "installing the project and dev tools into $VENV (pip install -e '.[dev]')"
         "$VENV/bin/python" -m pip install -e '.[dev]'
+        # The NGSI-LD client of the tests; its dependencies are in the dev extra (see
+        # pyproject.toml: its metadata pins an httpx older than ours).
+        "$VENV/bin/python" -m pip install --no-deps 'ngsildclient==0.5.2'
         touch "$STAMP"
     else
         say "$VENV up to date"
