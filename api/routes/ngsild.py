@@ -4,7 +4,8 @@ paged by limit/offset; the JSON-LD @context is ours, served here (no key: it hol
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -13,7 +14,16 @@ from api import audit
 from api.deps import CityDep, InfluxDep, KeyDep, SettingsDep, TenancyDep, influx_of
 from api.ngsild_data import alert_of, device_entity_of, entities_of
 from api.ngsild_errors import bad_request, documented, not_found
-from api.ngsild_query import geo_filter, parse_q, simplified, split_list
+from api.ngsild_query import (
+    GEOREL_PATTERN,
+    OPTIONS_PATTERN,
+    Q_PATTERN,
+    Term,
+    geo_filter,
+    parse_q,
+    simplified,
+    split_list,
+)
 from api.routes.common import CITY_QUERY
 from safecity.ngsild_entities import Entity, key_values, parse_urn, project
 from safecity.ngsild_models import ALERT, MODELS, packaged_context
@@ -40,15 +50,19 @@ TypeQuery = Annotated[
     ),
 ]
 AttrsQuery = Annotated[
-    str | None, Query(max_length=2000, description="Only these attributes, comma-separated")
+    str | None, Query(max_length=1000, description="Only these attributes, comma-separated")
 ]
 OptionsQuery = Annotated[
     str | None,
-    Query(max_length=100, description="`keyValues` for the simplified form (or `normalized`)"),
+    Query(
+        max_length=200,
+        pattern=OPTIONS_PATTERN,
+        description="`keyValues` for the simplified form (or `normalized`); `count`",
+    ),
 ]
 FormatQuery = Annotated[
-    str | None,
-    Query(max_length=20, description="`simplified`/`keyValues` or `normalized` (the default)"),
+    Literal["normalized", "simplified", "keyValues", "temporalValues"] | None,
+    Query(description="`simplified`/`keyValues` or `normalized` (the default)"),
 ]
 CityQuery = Annotated[str | None, Query(alias="city", max_length=64, description=CITY_QUERY)]
 
@@ -79,7 +93,7 @@ def ok(description: str, array: bool) -> dict[int | str, dict[str, Any]]:
 
 
 def _types(raw: str | None) -> tuple[str, ...]:
-    names = split_list(raw, "type") or ()
+    names = split_list(raw) or ()
     by_iri = {m.type_iri: m.name for m in MODELS.values()}
     return tuple(by_iri.get(n, n) for n in names)
 
@@ -101,25 +115,35 @@ async def query_entities(
     influx: InfluxDep,
     type: TypeQuery = None,
     id: Annotated[
-        str | None, Query(max_length=4000, description="Entity ids, comma-separated")
+        str | None, Query(max_length=2000, description="Entity ids, comma-separated")
     ] = None,
     q: Annotated[
-        str | None, Query(max_length=1000, description="Filters `attr<op>value;...`")
+        str | None,
+        Query(
+            max_length=1000,
+            pattern=Q_PATTERN,
+            description="Filters `attr<op>value` joined by `;` (and); values are numbers, "
+            'true/false or "strings"',
+        ),
     ] = None,
     attrs: AttrsQuery = None,
     georel: Annotated[
         str | None,
         Query(
-            max_length=100, description="`near;maxDistance==<m>`, `near;minDistance==<m>`, `within`"
+            max_length=100,
+            pattern=GEOREL_PATTERN,
+            description="`near;maxDistance==<m>`, `near;minDistance==<m>`, `within`",
         ),
     ] = None,
     geometry: Annotated[
-        str | None, Query(max_length=20, description="`Point` or `Polygon`")
+        Literal["Point", "Polygon"] | None, Query(description="`Point` (near), `Polygon` (within)")
     ] = None,
     coordinates: Annotated[
-        str | None, Query(max_length=100_000, description="GeoJSON coordinates, as JSON")
+        str | None, Query(max_length=8000, description="GeoJSON coordinates, as JSON")
     ] = None,
-    geoproperty: Annotated[str | None, Query(max_length=64, description="`location`")] = None,
+    geoproperty: Annotated[
+        Literal["location"] | None, Query(description="The GeoProperty: `location`")
+    ] = None,
     limit: Annotated[int | None, Query(ge=0, description="Page size (default 20)")] = None,
     offset: Annotated[int, Query(ge=0, le=1_000_000, description="Entities to skip")] = 0,
     count: Annotated[bool, Query(description="Total in the NGSILD-Results-Count header")] = False,
@@ -127,39 +151,48 @@ async def query_entities(
     format: FormatQuery = None,
     city_id: CityQuery = None,
 ) -> Response:
-    """Entities of the city by type and/or id, filtered by q and a geo-query, paged."""
+    """Entities of the city by type and/or id, filtered by q and a geo-query, paged
+    (no type, id, q nor geo-query: every entity of the city)."""
     size = min(DEFAULT_LIMIT, settings.max_page_size) if limit is None else limit
     if size > settings.max_page_size:
         raise bad_request(f"limit: must be at most {settings.max_page_size}")
-    if size == 0 and not count:
-        raise bad_request("limit: 0 only together with count=true")
-    kv = simplified(options, format, "keyValues")
-    ids = split_list(id, "id")
-    terms = parse_q(q) if q is not None else ()
-    near = geo_filter(georel, geometry, coordinates, geoproperty)
-    if type is None and ids is None and not terms and near is None:
-        raise bad_request("give at least one of type, id, q or a geo-query")
+    kv = simplified(options, format)
+    count = count or "count" in (split_list(options) or ())
+    ids = split_list(id)
+    keep = _selection(
+        ids,
+        parse_q(q) if q is not None else (),
+        geo_filter(georel, geometry, coordinates, geoproperty),
+    )
     types = _types(type) if type is not None else tuple(MODELS)
     if ids is not None:
-        wanted = {parse_urn(i)[0] for i in ids if parse_urn(i) is not None}  # type: ignore[index]
-        types = tuple(t for t in types if t in wanted)
+        named = {parsed[0] for parsed in map(parse_urn, ids) if parsed is not None}
+        types = tuple(t for t in types if t in named)
     found = await entities_of(influx, city, types)
-    found = [
-        e
-        for e in sorted(found, key=lambda e: str(e["id"]))
-        if (ids is None or e["id"] in ids)
-        and all(t.matches(e) for t in terms)
-        and (near is None or near(e))
-    ]
+    found = [e for e in sorted(found, key=lambda e: str(e["id"])) if keep(e)]
     page = found[offset : offset + size]
     headers: dict[str, str] = {}
     if count:
         headers["NGSILD-Results-Count"] = str(len(found))
     if size and offset + size < len(found):
         headers["Link"] = _next_link(request, offset, size)
-    wanted_attrs = split_list(attrs, "attrs")
-    body = [project(e, wanted_attrs) for e in page]
+    body = [project(e, split_list(attrs)) for e in page]
     return respond(request, [key_values(e) for e in body] if kv else body, headers)
+
+
+def _selection(
+    ids: tuple[str, ...] | None, terms: tuple[Term, ...], near: Callable[[Entity], bool] | None
+) -> Callable[[Entity], bool]:
+    """Whether an entity is one of the ids (if given), satisfies q and the geo-query."""
+
+    def keep(entity: Entity) -> bool:
+        return (
+            (ids is None or entity["id"] in ids)
+            and all(t.matches(entity) for t in terms)
+            and (near is None or near(entity))
+        )
+
+    return keep
 
 
 @router.get(
@@ -177,7 +210,7 @@ async def retrieve_entity(
     format: FormatQuery = None,
 ) -> Response:
     """One entity: a device's latest observation, the Device itself, or an incident's Alert."""
-    kv = simplified(options, format, "keyValues")
+    kv = simplified(options, format)
     parsed = parse_urn(entity_id)
     entity: Entity | None = None
     if parsed is not None and parsed[0] == ALERT.name:
@@ -196,7 +229,7 @@ async def retrieve_entity(
         # The same answer for an entity that does not exist and one of a city the key
         # may not see, as /v1 gives.
         raise not_found(f"unknown entity {entity_id}")
-    entity = project(entity, split_list(attrs, "attrs"))
+    entity = project(entity, split_list(attrs))
     return respond(request, key_values(entity) if kv else entity, {})
 
 

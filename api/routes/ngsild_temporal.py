@@ -12,7 +12,7 @@ from pydantic import BeforeValidator
 from api import audit
 from api.deps import KeyDep, SettingsDep, TenancyDep, influx_of
 from api.ngsild_data import samples
-from api.ngsild_errors import bad_request, documented, not_found
+from api.ngsild_errors import documented, not_found
 from api.ngsild_query import simplified, split_list
 from api.params import TimeRange, parse_instant, time_range
 from api.routes.ngsild import PREFIX, AttrsQuery, FormatQuery, OptionsQuery, ok, respond
@@ -34,22 +34,12 @@ Instant = Annotated[
 def window_of(
     settings: ApiSettings, timerel: str | None, at: datetime | None, end: datetime | None
 ) -> TimeRange:
-    """The [from, to) of `timerel` (none: the last hour); held to max_range like /v1."""
-    if timerel is None:
-        if at is not None or end is not None:
-            raise bad_request("timeAt/endTimeAt need timerel")
-        return time_range(settings, None, None, DEFAULT_WINDOW)
-    if at is None:
-        raise bad_request(f"timerel={timerel} needs timeAt")
-    if timerel == "between":
-        if end is None:
-            raise bad_request("timerel=between needs endTimeAt")
-        return time_range(settings, at, end, DEFAULT_WINDOW)
-    if end is not None:
-        raise bad_request(f"endTimeAt only goes with timerel=between, not {timerel}")
+    """[from, to): `before` timeAt (default now); `after`/`between` timeAt to endTimeAt
+    (defaults: an hour before the end, now); none: the last hour. Held to max_range
+    (its newest part) as on /v1."""
     if timerel == "before":
         return time_range(settings, EARLIEST, at, DEFAULT_WINDOW)
-    return time_range(settings, at, None, DEFAULT_WINDOW)
+    return time_range(settings, at, end, DEFAULT_WINDOW)
 
 
 @router.get(
@@ -77,7 +67,7 @@ async def retrieve_temporal_entity(
     format: FormatQuery = None,
 ) -> Response:
     """A device's observations in the window, oldest first (at most max_points readings)."""
-    values_form = simplified(options, format, "temporalValues")
+    values_form = simplified(options, format)
     window = window_of(settings, timerel, time_at, end_time_at)
     parsed = parse_urn(entity_id)
     city = tenancy.city_of_device(key, parsed[1]) if parsed is not None else None
@@ -88,5 +78,5 @@ async def retrieve_temporal_entity(
     audit.note_city(request.scope, city.id)
     limit = min(last_n or settings.max_points, settings.max_points)
     found = await samples(influx_of(request, city), city, device, window, limit, last_n is not None)
-    entity = project(temporal_entity(device, found), split_list(attrs, "attrs"))
+    entity = project(temporal_entity(device, found), split_list(attrs))
     return respond(request, temporal_values(entity) if values_form else entity, {})

@@ -260,6 +260,15 @@ def test_within_a_district_returns_exactly_its_devices_by_point_in_polygon(
         assert {e["id"] for e in found} == expected, district.id
 
 
+def test_no_filter_is_every_entity_of_the_city(
+    client: TestClient, city: City, seeded: inc.Incident
+) -> None:
+    r = client.get(f"{BASE}/entities", params={"limit": 0, "count": "true"})
+    assert r.json() == []
+    # Every device, the seeded observations (six noise, one weather) and the alert.
+    assert int(r.headers["NGSILD-Results-Count"]) == len(city.devices) + NOISE + 1 + 1
+
+
 def test_paging_limit_offset_count_and_next_link(
     client: TestClient, city: City, seeded: inc.Incident
 ) -> None:
@@ -347,7 +356,6 @@ def problem(r: Any, status: int, kind: str) -> str:
 def test_errors_are_problem_details(client: TestClient, seeded: inc.Incident) -> None:
     bad = ERRORS + "BadRequestData"
     assert "q" in problem(client.get(f"{BASE}/entities", params={"q": "LAeq~~1"}), 400, bad)
-    assert "at least one" in problem(client.get(f"{BASE}/entities"), 400, bad)
     assert "limit" in problem(
         client.get(f"{BASE}/entities", params={"type": "Device", "limit": 51}), 400, bad
     )
@@ -364,8 +372,16 @@ def test_errors_are_problem_details(client: TestClient, seeded: inc.Incident) ->
         400,
         bad,
     )
-    assert "timeAt" in problem(
-        client.get(f"{BASE}/temporal/entities/urn:ngsi-ld:Device:x", params={"timerel": "before"}),
+    assert "timerel" in problem(
+        client.get(f"{BASE}/temporal/entities/urn:ngsi-ld:Device:x", params={"timerel": "at"}),
+        400,
+        bad,
+    )
+    assert "coordinates" in problem(
+        client.get(
+            f"{BASE}/entities",
+            params={"georel": "within", "geometry": "Polygon", "coordinates": "[[[0,0],[1,1]]]"},
+        ),
         400,
         bad,
     )
