@@ -70,6 +70,13 @@ def _measured(attribute: Attribute, value: Any, ts: str) -> dict[str, Any]:
     return _prop(attribute.convert(value), unitCode=attribute.unit_code, observedAt=ts)
 
 
+def _model(device: Device) -> EntityModel:
+    model = observation_model(device.kind)
+    if model is None:
+        raise KeyError(f"kind {device.kind} has no observation model")
+    return model
+
+
 def _derived(attribute: Attribute, device: Device, ts: str) -> dict[str, Any]:
     """An observation's attribute from the registry or the reading's time."""
     if attribute.name in TIME_ATTRIBUTES:
@@ -85,9 +92,7 @@ def _derived(attribute: Attribute, device: Device, ts: str) -> dict[str, Any]:
 
 def observation_entity(device: Device, sample: Sample) -> Entity:
     """The device's latest observation as its kind's Smart Data Model entity."""
-    model = observation_model(device.kind)
-    if model is None:
-        raise KeyError(f"kind {device.kind} has no observation model")
+    model = _model(device)
     entity: Entity = {"id": urn(model.name, device.id), "type": model.name}
     for attribute in model.attributes:
         if attribute.field is None:
@@ -155,9 +160,7 @@ def alert_entity(incident: Incident, location: Point) -> Entity:
 
 def temporal_entity(device: Device, samples: Sequence[Sample]) -> Entity:
     """The device's observations over time: each attribute an array of instances, oldest first."""
-    model = observation_model(device.kind)
-    if model is None:
-        raise KeyError(f"kind {device.kind} has no observation model")
+    model = _model(device)
     entity: Entity = {"id": urn(model.name, device.id), "type": model.name}
     for attribute in model.attributes:
         if attribute.field is None:
