@@ -15,6 +15,7 @@ import pytest
 from api_seed import reading, write
 from fastapi.testclient import TestClient
 
+from api.app import create_app
 from api.settings import ApiSettings
 from safecity import incidents as inc
 from safecity.influx import InfluxClient
@@ -394,3 +395,21 @@ def test_errors_are_problem_details(client: TestClient, seeded: inc.Incident) ->
     assert "API key" in problem(keyless, 401, "about:blank")
     # /v1 keeps its own shape.
     assert set(client.get("/v1/devices/nowhere-001").json()) == {"detail"}
+
+
+def test_the_rate_limit_is_shared_with_v1_and_answers_problem_details(
+    api_settings: ApiSettings, city: City, keys: dict[str, str], seeded: inc.Incident
+) -> None:
+    settings = api_settings.model_copy(update={"rate_limit_rps": 0.1, "rate_limit_burst": 3})
+    headers = {"X-API-Key": keys["read"]}
+    with TestClient(create_app(settings, city), headers=headers) as limited:
+        codes = [
+            limited.get("/v1/cities").status_code,
+            limited.get(f"{BASE}/entities", params={"type": "Alert"}).status_code,
+            limited.get("/v1/cities").status_code,
+        ]
+        assert codes == [200, 200, 200]
+        r = limited.get(f"{BASE}/entities", params={"type": "Alert"})
+        assert "rate limit" in problem(r, 429, "about:blank")
+        assert 1 <= int(r.headers["Retry-After"]) <= 10
+        assert limited.get("/v1/cities").status_code == 429
