@@ -25,6 +25,10 @@ LATEST_PER_DEVICE = (
     'SELECT * FROM {measurement} WHERE "city" = $city GROUP BY "device_id" '
     "ORDER BY time DESC LIMIT 1"
 )
+LATEST_OF_DEVICE = (
+    'SELECT * FROM {measurement} WHERE "city" = $city AND "device_id" = $device_id '
+    "ORDER BY time DESC LIMIT 1"
+)
 READINGS = (
     'SELECT * FROM {measurement} WHERE "city" = $city AND "device_id" = $device_id '
     "AND time >= $from AND time < $to ORDER BY time {order} LIMIT {limit}"
@@ -36,10 +40,17 @@ def _sample(device: Device, row: dict[str, object]) -> Sample:
     return Sample(stored.ts, stored.values)
 
 
-async def latest_samples(influx: InfluxClient, city: City, kind: str) -> dict[str, Sample]:
-    """The newest stored reading of every device of a kind in the city, by device id."""
-    statement = LATEST_PER_DEVICE.format(measurement=quote_ident(measurement_of(kind)))
+async def latest_samples(
+    influx: InfluxClient, city: City, kinds: Iterable[str]
+) -> dict[str, Sample]:
+    """The newest stored reading of every device of these kinds in the city, by device id
+    (one request: a statement per kind's measurement)."""
+    statement = "; ".join(
+        LATEST_PER_DEVICE.format(measurement=quote_ident(measurement_of(k))) for k in kinds
+    )
     out: dict[str, Sample] = {}
+    if not statement:
+        return out
     for series in await influx.query(statement, {"city": city.id}):
         for row in series.rows():
             device = city.device(str(row.get("device_id")))
@@ -75,26 +86,6 @@ def alert_location(city: City, incident: inc.Incident) -> Point:
     return district.centroid if district is not None else city.record.centroid
 
 
-async def observations(influx: InfluxClient, city: City, type_name: str) -> list[Entity]:
-    """The latest observation entity of every device of the type's kinds that has one."""
-    model = MODELS[type_name]
-    out: list[Entity] = []
-    for kind in model.kinds:
-        latest = await latest_samples(influx, city, kind)
-        out += [
-            observation_entity(d, latest[d.id]) for d in city.select(kind=kind) if d.id in latest
-        ]
-    return out
-
-
-async def devices(influx: InfluxClient, city: City) -> list[Entity]:
-    """Every device of the city as a Device entity (with its last health values)."""
-    latest: dict[str, Sample] = {}
-    for kind in sorted({d.kind for d in city.devices}):
-        latest.update(await latest_samples(influx, city, kind))
-    return [device_entity(d, latest.get(d.id)) for d in city.devices]
-
-
 async def alerts(influx: InfluxClient, city: City) -> list[Entity]:
     """Every incident of the city (within retention) as an Alert entity."""
     found = await inc.IncidentStore(influx).load(city.id)
@@ -103,14 +94,22 @@ async def alerts(influx: InfluxClient, city: City) -> list[Entity]:
 
 async def entities_of(influx: InfluxClient, city: City, types: Iterable[str]) -> list[Entity]:
     """Every entity of these types in the city (unknown types have none)."""
+    wanted = [t for t in dict.fromkeys(types) if t in MODELS]
+    kinds = {k for t in wanted for k in MODELS[t].kinds if t != ALERT.name}
+    latest = await latest_samples(influx, city, sorted(kinds & {d.kind for d in city.devices}))
     out: list[Entity] = []
-    for name in dict.fromkeys(types):
+    for name in wanted:
         if name == DEVICE.name:
-            out += await devices(influx, city)
+            out += [device_entity(d, latest.get(d.id)) for d in city.devices]
         elif name == ALERT.name:
             out += await alerts(influx, city)
-        elif name in MODELS:
-            out += await observations(influx, city, name)
+        else:
+            out += [
+                observation_entity(d, latest[d.id])
+                for kind in MODELS[name].kinds
+                for d in city.select(kind=kind)
+                if d.id in latest
+            ]
     return out
 
 
@@ -118,8 +117,7 @@ async def device_entity_of(
     influx: InfluxClient, city: City, device: Device, type_name: str
 ) -> Entity | None:
     """The Device entity or latest observation entity of one device (None: none stored)."""
-    statement = LATEST_PER_DEVICE.replace('GROUP BY "device_id"', 'AND "device_id" = $device_id')
-    query = statement.format(measurement=quote_ident(measurement_of(device.kind)))
+    query = LATEST_OF_DEVICE.format(measurement=quote_ident(measurement_of(device.kind)))
     rows = [
         r
         for s in await influx.query(query, {"city": city.id, "device_id": device.id})
