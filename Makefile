@@ -53,6 +53,7 @@ lock:
 	bash scripts/setup.sh --python-only
 	$(VENV)/bin/uv pip compile pyproject.toml --extra dev $(LOCK_FLAGS) -o requirements-dev.lock
 	$(VENV)/bin/uv pip compile pyproject.toml -c requirements-dev.lock $(LOCK_FLAGS) -o requirements.lock
+	$(VENV)/bin/uv pip compile requirements-nodeps.in --no-deps $(LOCK_FLAGS) -o requirements-nodeps.lock
 
 bench:
 	bash scripts/setup.sh --test

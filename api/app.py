@@ -19,7 +19,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
 
 from api import docs as offline_docs
-from api import errors
+from api import errors, ngsild_errors
 from api.apikeys import KeyStore
 from api.audit import AuditLog, AuditMiddleware
 from api.delivery import LedgerIndex
@@ -41,6 +41,8 @@ from api.routes import (
     incidents,
     keys,
     metrics,
+    ngsild,
+    ngsild_temporal,
     region,
     stream,
 )
@@ -97,6 +99,11 @@ TAGS: list[dict[str, Any]] = [
         "and the corridors' traffic KPIs.",
     },
     {"name": "keys", "description": "The calling API key and the audit log."},
+    {
+        "name": "ngsi-ld",
+        "description": "The same data as NGSI-LD entities in the FIWARE Smart Data Models "
+        "(read-only; errors as NGSI-LD problem details): docs/ngsi-ld.md.",
+    },
     {"name": "health", "description": "Liveness and readiness probes (no key)."},
 ]
 
@@ -230,6 +237,7 @@ def create_app(  # noqa: PLR0915 - long; split it at its seams
     app.state.settings = settings
     app.state.audit = AuditLog(settings.audit_log_file)
     errors.install(app)
+    ngsild_errors.install(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(
         CORSMiddleware,
@@ -267,6 +275,10 @@ def create_app(  # noqa: PLR0915 - long; split it at its seams
     app.include_router(keys.router)
     app.include_router(stream.router, dependencies=read)
     app.include_router(region.router, dependencies=read)
+    # NGSI-LD beside /v1: the same keys, cities and limits; its @context needs no key.
+    app.include_router(ngsild.router, dependencies=read)
+    app.include_router(ngsild_temporal.router, dependencies=read)
+    app.include_router(ngsild.context_router)
     # The console's page and assets hold no data: no key (its data calls need one).
     app.include_router(console.router)
     return app

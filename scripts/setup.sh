@@ -31,6 +31,7 @@ VENV=.venv
 STAMP="$VENV/.installed"
 # Runtime and test dependencies pinned with hashes (`make lock` updates it).
 LOCK=requirements-dev.lock
+NODEPS_LOCK=requirements-nodeps.lock
 PYTHON="${PYTHON:-python3}"
 
 say() { echo "setup: $*"; }
@@ -138,13 +139,17 @@ setup_venv() {
     python_ok "$VENV/bin/python" \
         || die "$VENV uses $("$VENV/bin/python" -V 2>&1), need >= 3.11: remove $VENV and retry"
 
-    if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ] || [ "$LOCK" -nt "$STAMP" ]; then
+    if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ] || [ "$LOCK" -nt "$STAMP" ] \
+        || [ "$NODEPS_LOCK" -nt "$STAMP" ]; then
         # Exactly the locked versions, each checked against its hash; then the project
         # itself, whose dependencies are all in the lock already.
         say "installing the locked dependencies into $VENV (pip install --require-hashes -r $LOCK)"
         "$VENV/bin/python" -m pip install --require-hashes -r "$LOCK"
         say "installing the project into $VENV (pip install --no-deps -e .)"
         "$VENV/bin/python" -m pip install --no-deps -e .
+        # The NGSI-LD client of the tests, without its dependencies (they are in the lock;
+        # its metadata pins an httpx older than ours): requirements-nodeps.in.
+        "$VENV/bin/python" -m pip install --no-deps --require-hashes -r "$NODEPS_LOCK"
         touch "$STAMP"
     else
         say "$VENV up to date"

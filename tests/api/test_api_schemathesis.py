@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import hypothesis
+import pytest
 import schemathesis
 from api_seed import event, reading, write
 from schemathesis import GenerationMode
@@ -28,6 +29,8 @@ CITY = default_city()
 CAM = CITY.select(kind="cctv")[0]
 NOW = datetime.now(UTC).replace(microsecond=0)
 EXAMPLES = 12
+GEO_PARAMS = ("georel", "geometry", "coordinates")
+GEO_WORDS = ("geo-query", "georel", "geometry", "coordinates")
 
 
 async def _incident(settings: InfluxSettings) -> None:
@@ -66,6 +69,20 @@ def _points() -> list[Any]:
     return points
 
 
+def _geo_refusal(case: Any, response: httpx.Response) -> bool:
+    """An NGSI-LD 400 for a geo-query whose parts do not fit together (georel without
+    coordinates, a Polygon for `near`, coordinates that are no GeoJSON position): rules
+    between parameters that OpenAPI cannot state. Every other check still applies."""
+    if not case.path.startswith("/ngsi-ld/") or response.status_code != 400:
+        return False
+    if not any(p in (case.query or {}) for p in GEO_PARAMS):
+        return False
+    body = response.json()
+    return str(body.get("type", "")).endswith("/BadRequestData") and any(
+        w in str(body.get("detail", "")) for w in GEO_WORDS
+    )
+
+
 def _runner(
     operation: Any,
     mode: GenerationMode,
@@ -76,6 +93,7 @@ def _runner(
     statuses: dict[int, int],
 ) -> Callable[[], None]:
     checks = [c for c in CHECKS.get_all() if c is not ignored_auth]
+    geo_checks = [c for c in checks if c.__name__ != "positive_data_acceptance"]
 
     @hypothesis.settings(
         max_examples=EXAMPLES,
@@ -98,7 +116,8 @@ def _runner(
         )
         statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
         try:
-            case.validate_response(response, checks=checks)
+            chosen = geo_checks if _geo_refusal(case, response) else checks
+            case.validate_response(response, checks=chosen)
         except (Exception, BaseExceptionGroup) as exc:  # collect every failure, report all
             key = f"{mode.value} {case.method} {case.path}: {type(exc).__name__}"
             failures.setdefault(key, f"{exc}"[:700])
@@ -106,6 +125,9 @@ def _runner(
     return run  # type: ignore[no-any-return]
 
 
+# Every operation, both modes: it grows with the routes, and a shared machine under load
+# stretches each request; a hung server still fails well within make test's budget.
+@pytest.mark.timeout(600)
 def test_schemathesis_every_check_finds_nothing(
     stack: LocalStack, influx_db: str, start_api: Callable[..., Any], tmp_path: Path
 ) -> None:
@@ -146,13 +168,15 @@ def test_schemathesis_every_check_finds_nothing(
             district_id=CAM.district,
             device_id=CAM.id,
             incident_id="inc-0123456789abcdef0123",
+            entity_id=f"urn:ngsi-ld:Device:{CAM.id}",
         )
         for method in ops:
             for headers in ({}, {"X-API-Key": "sck_00000000_" + "A" * 43}):
                 r = httpx.request(method, api.url + concrete, headers=headers, timeout=30)
-                if path not in ("/healthz", "/readyz"):
+                # The probes and NGSI-LD's @context hold no data: no key.
+                if path not in ("/healthz", "/readyz", "/ngsi-ld/v1/jsonldContexts/safecity"):
                     assert r.status_code == 401, (method, path, headers, r.status_code)
     assert failures == {}, "\n\n".join(f"{k}\n{v}" for k, v in failures.items())
     assert not [s for s in statuses if s >= 500], statuses
     assert statuses.get(200, 0) > 20, statuses
-    assert len(negatives_impossible) < 6, negatives_impossible
+    assert len(negatives_impossible) < 7, negatives_impossible

@@ -19,6 +19,8 @@ from safecity.influx import InfluxClient, ParamValue, Series
 from safecity.registry import City
 
 OPEN = {"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+# NGSI-LD's JSON-LD @context holds no data: JSON-LD processors fetch it without a key.
+OPEN |= {"/ngsi-ld/v1/jsonldContexts/safecity"}
 
 
 def _concrete(path: str, city: City) -> str:
@@ -28,6 +30,7 @@ def _concrete(path: str, city: City) -> str:
         .replace("{district_id}", device.district)
         .replace("{device_id}", device.id)
         .replace("{incident_id}", "inc-0123456789abcdef0123")
+        .replace("{entity_id}", f"urn:ngsi-ld:Device:{device.id}")
     )
 
 

@@ -388,3 +388,42 @@ def test_grafana_alerts_go_to_their_citys_database_and_only_the_keys_cities(
     audit = client.get("/v1/audit", headers=as_key(keys["all_admin"])).json()["items"]
     filed = [r for r in audit if r["route"] == "/v1/alerts/grafana"]
     assert [r["city"] for r in filed] == [None, "samarkand"]  # newest first
+
+
+def test_ngsild_a_key_of_one_city_finds_the_other_exactly_as_a_city_that_does_not_exist(
+    client: TestClient,
+    tashkent_only: TestClient,
+    cities: Cities,
+    incidents: dict[str, inc.Incident],
+    keys: dict[str, str],
+) -> None:
+    headers = as_key(keys["tashkent"])
+    device = noise_device(cities["samarkand"])
+    alert = f"urn:ngsi-ld:Alert:{incidents['samarkand'].id}"
+    probes: list[tuple[str, dict[str, str]]] = [
+        ("/ngsi-ld/v1/entities", {"type": "NoiseLevelObserved", "city": "samarkand"}),
+        (f"/ngsi-ld/v1/entities/urn:ngsi-ld:Device:{device.id}", {}),
+        (f"/ngsi-ld/v1/entities/urn:ngsi-ld:NoiseLevelObserved:{device.id}", {}),
+        (f"/ngsi-ld/v1/entities/{alert}", {}),
+        (f"/ngsi-ld/v1/temporal/entities/urn:ngsi-ld:NoiseLevelObserved:{device.id}", {}),
+    ]
+    for path, params in probes:
+        scoped = client.get(path, params=params, headers=headers)
+        absent = tashkent_only.get(path, params=params, headers=headers)
+        _same_answer(scoped, absent)
+        assert scoped.json()["type"] == "https://uri.etsi.org/ngsi-ld/errors/ResourceNotFound"
+    # The unknown city's reason is /v1's, in a problem-details body.
+    unknown = client.get("/ngsi-ld/v1/entities", params=probes[0][1], headers=headers).json()
+    v1 = client.get("/v1/devices", params={"city": "samarkand"}, headers=headers).json()
+    assert unknown["detail"] == v1["detail"]
+    # Its own city's entities, and the other city's for a key of both.
+    own = noise_device(cities["tashkent"])
+    mine = client.get(
+        "/ngsi-ld/v1/entities", params={"type": "NoiseLevelObserved"}, headers=headers
+    )
+    assert [e["id"] for e in mine.json()] == [f"urn:ngsi-ld:NoiseLevelObserved:{own.id}"]
+    both = as_key(keys["all"])
+    for path, _ in probes[1:]:
+        assert client.get(path, headers=both).status_code == 200, path
+    theirs = client.get("/ngsi-ld/v1/entities", params=probes[0][1], headers=both).json()
+    assert [e["LAeq"]["value"] for e in theirs] == [LAEQ["samarkand"]]
