@@ -231,7 +231,16 @@ def cmd_broker_config(args: argparse.Namespace) -> int:
     if args.template is None:
         raise ConfigError("broker config --target mosquitto needs --template")
     template = args.template.read_text(encoding="utf-8")
-    text = config.render_container_config(template)
+    if args.local:
+        settings = _settings(identity_dir=args.identity_dir)
+        text = config.render_local_config(
+            template,
+            identity_dir=settings.identity_dir,
+            certs_dir=settings.certs_dir,
+            data_dir=args.out.resolve().parent / "mosquitto-data",
+        )
+    else:
+        text = config.render_container_config(template)
     if args.bridge is not None:
         text = text.rstrip("\n") + "\n" + "\n".join(_bridge_lines(args)) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -435,7 +444,16 @@ def add_parsers(sub: Any) -> None:
     p.add_argument(
         "--out", type=Path, required=True, help="the config file (mosquitto) or directory (emqx)"
     )
-    p.add_argument("--identity-dir", type=Path, help="credential store (target emqx)")
+    p.add_argument(
+        "--local",
+        action="store_true",
+        help="a config for Mosquitto on this host, from the instance's accounts and "
+        "certificates (listeners 127.0.0.1:1883 and :8883; data beside --out); default: "
+        "the container's (paths under /mosquitto/)",
+    )
+    p.add_argument(
+        "--identity-dir", type=Path, help="credential store (target emqx, or with --local)"
+    )
     p.add_argument("--secrets-file", type=Path, help="issued secrets (target emqx)")
     p.add_argument(
         "--cluster-dns",
