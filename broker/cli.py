@@ -15,7 +15,7 @@ from broker.bridge import bridge_username, render_bridge
 from broker.dynsec import DYNSEC_FILE, DynsecAdmin
 from broker.identity import CredentialStore, Role
 from broker.settings import SecuritySettings
-from safecity import registry
+from safecity import instance, registry
 from safecity.errors import ConfigError
 from safecity.secrets import read_secrets
 from safecity.settings import MqttSettings
@@ -34,6 +34,10 @@ def _settings(**overrides: Any) -> SecuritySettings:
 
 def _store(args: argparse.Namespace) -> tuple[SecuritySettings, CredentialStore]:
     settings = _settings(identity_dir=args.identity_dir, broker=args.broker, registry=args.registry)
+    own = instance.layout(settings.home).identity_dir.resolve()
+    if args.broker is None and settings.identity_dir.resolve() != own:
+        # Another instance's accounts (e.g. a region's): the running broker here is not theirs.
+        settings = settings.model_copy(update={"broker": None})
     return settings, CredentialStore(settings.identity_dir)
 
 
