@@ -46,7 +46,7 @@ class StackSettings(ServiceSettings):
         "view shows figures within a minute or two).",
     )
     local_federation_delay: Annotated[float, Field(ge=0, le=86_400)] = Field(
-        default=10.0,
+        default=20.0,
         description="Seconds after an interval closes before a local run's API computes it "
         "(SAFECITY_FEDERATION__DELAY).",
     )

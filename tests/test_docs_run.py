@@ -2,7 +2,7 @@
 executed against one running stack, and must exit 0 and show what its doc says.
 
 The stack is `safecity run --cities tashkent samarkand --region` (two cities and a
-regional instance they federate to, a 10 s federation interval) on free ports, in a
+regional instance they federate to, a 20 s federation interval) on free ports, in a
 temp directory that mirrors the checkout (its folders linked in, `var/stack` its own),
 so the blocks' relative paths (`var/stack/...`, `broker/mosquitto.conf`, `.venv/bin/...`)
 work as written. The ports the docs name (8000, 8001, 1883, 8883, 8086, 9101, 9102)
@@ -101,7 +101,7 @@ def docs_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DocsStack]:
     _mirror(work)
     ports = Ports(*(free_port() for _ in range(7)))
     argv = [sys.executable, "-m", "control", "run", "--cities", "tashkent", "samarkand"]
-    argv += ["--region", "--federation-interval", "10", "--api-port", str(ports.api)]
+    argv += ["--region", "--federation-interval", "20", "--api-port", str(ports.api)]
     argv += ["--region-api-port", str(ports.region_api), "--mqtt-port", str(ports.mqtt)]
     argv += ["--mqtt-tls-port", str(ports.mqtt_tls), "--influx-port", str(ports.influx)]
     env = _env(ports)
