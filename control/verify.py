@@ -21,6 +21,7 @@ entries and dead letters.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections import Counter, defaultdict
@@ -212,14 +213,22 @@ async def check(
         if entry.good:
             good[key][entry.ts_ms].append(entry)
 
-    for (measurement, device_id), (lo, hi) in sorted(spans.items()):
-        rows = await clients.get((measurement, device_id), influx).query(
-            # The measurement is one of the schema's own names; all values are bound.
-            # Through schema.source: `events` lives in its own retention policy.
-            f"SELECT * FROM {schema.source(measurement)} "  # noqa: S608
-            "WHERE device_id = $d AND time >= $lo AND time <= $hi",
-            {"d": device_id, "lo": lo * 1_000_000, "hi": hi * 1_000_000},
-        )
+    # One query per device and measurement, a few at a time (a city has hundreds).
+    gate = asyncio.Semaphore(8)
+
+    async def stored(key: tuple[str, str], lo: int, hi: int) -> Any:
+        async with gate:
+            return await clients.get(key, influx).query(
+                # The measurement is one of the schema's own names; all values are bound.
+                # Through schema.source: `events` lives in its own retention policy.
+                f"SELECT * FROM {schema.source(key[0])} "  # noqa: S608
+                "WHERE device_id = $d AND time >= $lo AND time <= $hi",
+                {"d": key[1], "lo": lo * 1_000_000, "hi": hi * 1_000_000},
+            )
+
+    keys = sorted(spans)
+    answers = await asyncio.gather(*(stored(k, *spans[k]) for k in keys))
+    for (measurement, device_id), rows in zip(keys, answers, strict=True):
         expected = good.get((measurement, device_id), {})
         seen_ts: set[int] = set()
         seqs: Counter[int] = Counter()
