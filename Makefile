@@ -10,7 +10,8 @@ TEST_JOBS ?= 2
 help:
 	@echo "make setup  install mosquitto/influxdb if missing, create $(VENV), install the project"
 	@echo "make run    the whole local stack (broker, InfluxDB, ingest, API + console, simulated city;"
-	@echo "           CITIES=\"tashkent samarkand\" runs several cities, each with its own fleet)"
+	@echo "           CITIES=\"tashkent samarkand\" runs several cities, each with its own fleet;"
+	@echo "           REGION=1 adds a regional instance the cities federate to)"
 	@echo "make test   the test suite against real local services (PYTEST_ARGS=... to pass flags)"
 	@echo "make compose-test  docker-compose.yml run for real under podman (part of make test)"
 	@echo "make lint   ruff and mypy"
@@ -24,8 +25,10 @@ setup:
 
 # CITIES="tashkent samarkand": several cities, each with its own fleet and database.
 CITIES ?=
+# REGION=1: a regional instance beside the cities, bridged (docs/federation.md).
+REGION ?=
 run: setup
-	$(VENV)/bin/safecity run $(if $(strip $(CITIES)),--cities $(CITIES))
+	$(VENV)/bin/safecity run $(if $(strip $(CITIES)),--cities $(CITIES)) $(if $(filter 1 yes true,$(REGION)),--region)
 
 # Ends by printing how long the set-up and the suite took together.
 test:

@@ -1,5 +1,5 @@
-"""The safecity REST API: FastAPI app factory, routes and the InfluxQL query layer."""
+"""The safecity REST API: FastAPI app factory, routes and the InfluxQL query layer.
 
-from api.app import create_app
-
-__all__ = ["create_app"]
+`api.app` (FastAPI and every route) is imported by what serves or tests the API, not
+by this package: `safecity apikey ...` and the other commands start without it.
+"""

@@ -14,7 +14,7 @@ from broker.dynsec import DYNSEC_FILE, DynsecAdmin
 from broker.identity import CredentialStore, Role
 from broker.settings import SecuritySettings
 from broker.settings import security_settings as _settings
-from safecity import registry
+from safecity import instance, registry
 from safecity.errors import ConfigError
 from safecity.secrets import read_secrets
 from safecity.settings import MqttSettings
@@ -24,6 +24,10 @@ __all__ = ["add_parsers"]
 
 def _store(args: argparse.Namespace) -> tuple[SecuritySettings, CredentialStore]:
     settings = _settings(identity_dir=args.identity_dir, broker=args.broker, registry=args.registry)
+    own = instance.layout(settings.home).identity_dir.resolve()
+    if args.broker is None and settings.identity_dir.resolve() != own:
+        # Another instance's accounts (e.g. a region's): the running broker here is not theirs.
+        settings = settings.model_copy(update={"broker": None})
     return settings, CredentialStore(settings.identity_dir)
 
 
@@ -219,7 +223,16 @@ def cmd_broker_config(args: argparse.Namespace) -> int:
     if args.template is None:
         raise ConfigError("broker config --target mosquitto needs --template")
     template = args.template.read_text(encoding="utf-8")
-    text = config.render_container_config(template)
+    if args.local:
+        settings = _settings(identity_dir=args.identity_dir)
+        text = config.render_local_config(
+            template,
+            identity_dir=settings.identity_dir,
+            certs_dir=settings.certs_dir,
+            data_dir=args.out.resolve().parent / "mosquitto-data",
+        )
+    else:
+        text = config.render_container_config(template)
     if args.bridge is not None:
         text = text.rstrip("\n") + "\n" + "\n".join(_bridge_lines(args)) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -369,7 +382,16 @@ def _add_broker_parsers(sub: Any) -> None:
     p.add_argument(
         "--out", type=Path, required=True, help="the config file (mosquitto) or directory (emqx)"
     )
-    p.add_argument("--identity-dir", type=Path, help="credential store (target emqx)")
+    p.add_argument(
+        "--local",
+        action="store_true",
+        help="a config for Mosquitto on this host, from the instance's accounts and "
+        "certificates (listeners 127.0.0.1:1883 and :8883; data beside --out); default: "
+        "the container's (paths under /mosquitto/)",
+    )
+    p.add_argument(
+        "--identity-dir", type=Path, help="credential store (target emqx, or with --local)"
+    )
     p.add_argument("--secrets-file", type=Path, help="issued secrets (target emqx)")
     p.add_argument(
         "--cluster-dns",

@@ -147,6 +147,34 @@ def render_secure_config(
     return "\n".join(out) + "\n"
 
 
+def render_local_config(
+    template: str,
+    *,
+    identity_dir: Path,
+    certs_dir: Path,
+    data_dir: Path,
+    port: int = 1883,
+    tls_port: int = 8883,
+    host: str = "127.0.0.1",
+) -> str:
+    """broker/mosquitto.conf for a Mosquitto run on this host from an instance's files:
+    its accounts (identity_dir), CA and server certificate (certs_dir), persistence, pid
+    and log in data_dir; the plain listener on host:port, TLS on host:tls_port."""
+    secure = render_secure_config(
+        template,
+        dynsec_file=identity_dir.resolve() / DYNSEC_FILE,
+        pid_file=data_dir.resolve() / "mosquitto.pid",
+        tls_port=tls_port,
+        tls_host=host,
+        cafile=certs_dir.resolve() / "ca.crt",
+        certfile=certs_dir.resolve() / "server.crt",
+        keyfile=certs_dir.resolve() / "server.key",
+    )
+    return render_mosquitto_conf(
+        secure, host=host, port=port, data_dir=data_dir.resolve(), user=current_user()
+    )
+
+
 CONTAINER_CONFIG_DIR = Path("/mosquitto/config")
 CONTAINER_CERTS_DIR = Path("/mosquitto/certs")
 _PLAIN_LISTENER_RE = re.compile(r"^\s*listener\s+1883\b.*$")

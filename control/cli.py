@@ -57,6 +57,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         influx_port=args.influx_port,
         registry=args.registry,
         cities=" ".join(args.cities) if args.cities else None,
+        with_region=args.region or None,
+        region_api_port=args.region_api_port,
+        local_federation_interval=args.federation_interval,
     )
     configure_logging("run", settings.log_level)
     return run_local(settings)
@@ -356,6 +359,18 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - long; split it
         metavar="CITY",
         help="built-in cities to run, each with its own fleet and database "
         "(e.g. --cities tashkent samarkand; default: Tashkent alone)",
+    )
+    p.add_argument(
+        "--region",
+        action="store_true",
+        help="also run a regional instance (own broker, ingest, API) that the cities "
+        "federate to over bridges (docs/federation.md)",
+    )
+    p.add_argument("--region-api-port", type=port, help="the regional API's port (0: any free)")
+    p.add_argument(
+        "--federation-interval",
+        type=positive_float,
+        help="seconds of one federation interval (default 60 in a local run)",
     )
     registry_flag(p)
     p.set_defaults(func=cmd_run)

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from broker.identity import Role, service_username
+from control.region import Region
 from control.settings import StackSettings
 from control.stack import LocalStack, ManagedProcess, ensure_port_free, free_port, http_ok
 from safecity import citygen, instance, registry
@@ -102,6 +103,7 @@ class LocalRun:
         self.cities = registry.load_cities(self.settings.registry)
         self.children: list[ManagedProcess] = []
         self.stack: LocalStack | None = None
+        self.region: Region | None = None
         self.api_url = ""
         self.metrics_url = ""
         self.alerts_url = ""
@@ -126,6 +128,7 @@ class LocalRun:
                 ensure_port_free("127.0.0.1", port, name)
         try:
             self.base.mkdir(parents=True, exist_ok=True)
+            self._start_region_broker()
             # Identities in <data_dir>/identity: new registry devices are provisioned,
             # existing secrets reused (0600 secrets file), revoked accounts stay revoked.
             self.stack = LocalStack(
@@ -138,6 +141,8 @@ class LocalRun:
                 die_with_parent=True,
                 # Mutual TLS: a certificate per device in <data_dir>/certs/clients, a CRL.
                 mutual_tls=s.device_tls == "mtls",
+                # With a region: one bridge per city to the regional broker.
+                mosquitto_extra_config=self.region.bridge_lines() if self.region else (),
             )
             issued = self.stack.mosquitto.identities.issued
             log.info(
@@ -149,6 +154,7 @@ class LocalRun:
                 },
             )
             self.stack.start()
+            federation_env = self._federation_env()
             api_port = _port(s.api_port)
             metrics_port = _port(s.ingest_metrics_port)
             alerts_port = _port(s.alerts_metrics_port)
@@ -185,6 +191,7 @@ class LocalRun:
                     "SAFECITY_PORT": str(api_port),
                     # Delivery accounting against what this run's simulator sent.
                     "SAFECITY_LEDGER_FILE": str(self.layout.ledger_file),
+                    **federation_env,
                 },
                 ready=http_ok(f"{self.api_url}/readyz"),
             )
@@ -250,6 +257,41 @@ class LocalRun:
         except ConfigError as exc:
             raise StackError(str(exc)) from exc
 
+    def _start_region_broker(self) -> None:
+        """With `region`: the regional broker first (the cities' bridges connect to it)."""
+        s = self.settings
+        if not s.with_region:
+            return
+        self.region = Region(self.base / "region", self.cities, s.region_api_port)
+        self.region.check_ports()
+        self.region.start_broker()
+
+    def _federation_env(self) -> dict[str, str]:
+        """The API's federation settings; with a region, the regional ingest and API start
+        here (before any city publishes) and the cities' API publishes."""
+        assert self.stack is not None
+        s = self.settings
+        env = {
+            "SAFECITY_FEDERATION__INTERVAL": str(s.local_federation_interval),
+            "SAFECITY_FEDERATION__DELAY": str(s.local_federation_delay),
+        }
+        if self.region is None:
+            return env
+        self.region.start_services(
+            self.stack.influx_url,
+            {**env, "SAFECITY_API_KEYS_FILE": str(self.layout.api_keys_file.resolve())},
+        )
+        publisher = service_username(Role.FEDERATION)
+        self.stack.mosquitto.provision_service(publisher, Role.FEDERATION)
+        env.update(
+            {
+                "SAFECITY_FEDERATION__ENABLED": "true",
+                "SAFECITY_FEDERATION__USERNAME": publisher,
+                "SAFECITY_FEDERATION__PASSWORD": self.stack.secret(publisher),
+            }
+        )
+        return env
+
     def _device_tls_env(self) -> dict[str, str]:
         """The simulator's connection for `device_tls`: the TLS listener, CA, device certs."""
         assert self.stack is not None
@@ -310,8 +352,12 @@ class LocalRun:
         for proc in reversed(self.children):
             proc.stop(timeout=15)
         self.children.clear()
+        if self.region is not None:
+            self.region.stop_services()
         if self.stack is not None:
             self.stack.stop()
+        if self.region is not None:
+            self.region.stop_broker()
 
     def check(self) -> None:
         """Raise StackError if a child died."""
@@ -320,6 +366,8 @@ class LocalRun:
                 raise StackError(
                     f"{proc.name} exited with {proc.returncode}; last log lines:\n{proc.log_tail()}"
                 )
+        if self.region is not None:
+            self.region.check()
 
 
 def _home_hint(base: Path) -> str:
@@ -373,6 +421,7 @@ def run_local(settings: StackSettings) -> int:
             f"  ingest metrics {run.metrics_url}/metrics\n"
             f"  alerts metrics {run.alerts_url}/metrics\n"
             f"  logs           {run.base}/*.log\n"
+            f"{run.region.banner() if run.region else ''}"
             f"Press Ctrl-C to stop.\n",
             flush=True,
         )

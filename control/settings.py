@@ -56,6 +56,25 @@ class StackSettings(ServiceSettings):
     alerts_metrics_port: AlertsMetricsPort = 9102
     speed: Speed = 1.0
     seed: Seed = 42
+    with_region: bool = Field(
+        default=False,
+        description="Also run a regional instance beside the cities (docs/federation.md): "
+        "its own broker, ingest and API; each city's indicators cross to it over a bridge.",
+    )
+    region_api_port: Annotated[int, Field(ge=0, le=65535)] = Field(
+        default=8001, description="The regional API's port (with `with_region`; 0: any free port)."
+    )
+    local_federation_interval: Annotated[float, Field(ge=1, le=86_400)] = Field(
+        default=60.0,
+        description="Seconds of one federation interval in a local run (the API's "
+        "SAFECITY_FEDERATION__INTERVAL; shorter than a deployment's 300 s so the regional "
+        "view shows figures within a minute or two).",
+    )
+    local_federation_delay: Annotated[float, Field(ge=0, le=86_400)] = Field(
+        default=20.0,
+        description="Seconds after an interval closes before a local run's API computes it "
+        "(SAFECITY_FEDERATION__DELAY).",
+    )
     cities: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(),
         description="Built-in cities to run, each with its own simulated fleet and database "

@@ -17,6 +17,8 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
+from safecity.errors import ConfigError
+
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "message",
     "asctime",
@@ -85,7 +87,15 @@ class HealthServer:
 
     async def start(self) -> None:
         """Start listening; port 0 picks a free port (see `.port` afterwards)."""
-        self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        try:
+            self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        except OSError as exc:
+            # A clash is a setting to change, not a crash: one line naming the port.
+            raise ConfigError(
+                f"cannot serve /metrics on {self.host}:{self.port}: {exc.strerror or exc} "
+                "(another process holds it? give the service another metrics port, or 0 for "
+                "any free one)"
+            ) from None
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:

@@ -221,3 +221,20 @@ def start_alerts(stack: LocalStack, tmp_path: Path) -> Iterator[Callable[..., Se
 
     yield start
     launcher.stop_all()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """With the docs test in the session: how many doc blocks ran, how many are marked, why."""
+    ran = {r.nodeid for r in terminalreporter.stats.get("passed", [])}
+    ran |= {r.nodeid for r in terminalreporter.stats.get("failed", [])}
+    if not any("test_docs_run.py" in nodeid for nodeid in ran):
+        return
+    from docblocks import all_blocks
+
+    found = all_blocks(Path(__file__).resolve().parent.parent)
+    marked = [b for b in found if b.skipped]
+    terminalreporter.write_sep(
+        "-", f"docs: {len(found) - len(marked)} command blocks run, {len(marked)} marked"
+    )
+    for block in marked:
+        terminalreporter.write_line(f"  {block.where}: {block.options['reason']}")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from brokerkit import SECURE_TEMPLATE
 
-from broker.config import render_secure_config
+from broker.config import render_local_config, render_secure_config
 from broker.identity import (
     CredentialStore,
     Role,
@@ -152,3 +152,21 @@ def test_env_example_documents_security_settings() -> None:
     names += [f"SAFECITY_MQTT__{n.upper()}" for n in MqttSettings.model_fields]
     missing = [n for n in names if f"{n}=" not in text]
     assert missing == []
+
+
+def test_local_config_uses_this_instances_files(tmp_path: Path) -> None:
+    text = render_local_config(
+        SECURE_TEMPLATE.read_text(encoding="utf-8"),
+        identity_dir=tmp_path / "identity",
+        certs_dir=tmp_path / "certs",
+        data_dir=tmp_path / "data",
+        port=11883,
+        tls_port=18883,
+    )
+    assert re.search(r"^listener 11883 127\.0\.0\.1$", text, re.MULTILINE)
+    assert re.search(r"^listener 18883 127\.0\.0\.1$", text, re.MULTILINE)
+    assert f"plugin_opt_config_file {tmp_path}/identity/dynamic-security.json" in text
+    assert f"certfile {tmp_path}/certs/server.crt" in text
+    assert f"persistence_location {tmp_path}/data/" in text
+    assert not [line for line in text.splitlines() if "/mosquitto/" in line.split("#")[0]]
+    assert re.search(r"^allow_anonymous false$", text, re.MULTILINE)

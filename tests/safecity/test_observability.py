@@ -12,6 +12,7 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
+from safecity.errors import ConfigError
 from safecity.observability import HealthServer, JsonFormatter, configure_logging
 
 
@@ -156,3 +157,19 @@ def test_two_servers_get_distinct_free_ports() -> None:
     port_a, port_b = asyncio.run(main())
     assert port_a != port_b
     assert port_a > 0 and port_b > 0
+
+
+def test_a_taken_metrics_port_is_a_one_line_error() -> None:
+    async def main() -> None:
+        first = HealthServer("127.0.0.1", 0, lambda: True, registry=CollectorRegistry())
+        await first.start()
+        try:
+            second = HealthServer("127.0.0.1", first.port, lambda: True)
+            with pytest.raises(ConfigError) as caught:
+                await second.start()
+            assert f"127.0.0.1:{first.port}" in str(caught.value)
+            assert "\n" not in str(caught.value)
+        finally:
+            await first.stop()
+
+    asyncio.run(main())
