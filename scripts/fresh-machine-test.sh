@@ -67,6 +67,9 @@ say "clone of '$BRANCH' and make $TARGET inside (the machine's output follows)"
 exec unshare --mount --pid --fork --propagation private bash -c '
     set -e
     rootfs=$1 origin=$2 ca_env=$3 inner=$4
+    # The root a mount point of its own, as on a real machine: podman remounts it
+    # (containers-storage unpacks layers in a chroot and makes / private first).
+    mount --bind "$rootfs" "$rootfs"
     mount --rbind /dev "$rootfs/dev"
     mount -t proc proc "$rootfs/proc"
     mount --rbind /sys "$rootfs/sys"
