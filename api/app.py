@@ -22,7 +22,9 @@ from api import docs as offline_docs
 from api import errors
 from api.apikeys import KeyStore
 from api.audit import AuditLog, AuditMiddleware
+from api.commanding import start_commands, stop_commands
 from api.delivery import LedgerIndex
+from api.deps import client_of
 from api.directory import Directory
 from api.federation import local_cities, start_publisher
 from api.headers import SecurityHeadersMiddleware
@@ -32,6 +34,7 @@ from api.metrics import MetricsMiddleware
 from api.overview import SnapshotCache
 from api.routes import cities as city_routes
 from api.routes import (
+    commands,
     console,
     devices,
     events,
@@ -95,6 +98,11 @@ TAGS: list[dict[str, Any]] = [
         "name": "region",
         "description": "The cities a key may see side by side (local and federated) "
         "and the corridors' traffic KPIs.",
+    },
+    {
+        "name": "commands",
+        "description": "Commands to devices (scope `operate`): to one device or to every "
+        "device of a kind in a district, with a status per device; cursor-paged.",
     },
     {"name": "keys", "description": "The calling API key and the audit log."},
     {"name": "health", "description": "Liveness and readiness probes (no key)."},
@@ -201,9 +209,12 @@ def create_app(
         figures = app.state.figures = metrics.start_incident_figures(app)
         # Off by default: publishes the city's indicators for a regional instance.
         federation = app.state.federation = start_publisher(settings, local_cities(app))
+        store, service = start_commands(settings, loaded, lambda c: client_of(app, c))
+        app.state.commands, app.state.command_service = store, service
         try:
             yield
         finally:
+            await stop_commands(store, service)
             if federation is not None:
                 await federation.stop()
             await figures.stop()
@@ -267,6 +278,8 @@ def create_app(
     app.include_router(keys.router)
     app.include_router(stream.router, dependencies=read)
     app.include_router(region.router, dependencies=read)
+    # Commands to devices: every route needs `operate` (each handler takes the key).
+    app.include_router(commands.router)
     # The console's page and assets hold no data: no key (its data calls need one).
     app.include_router(console.router)
     return app

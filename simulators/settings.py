@@ -33,6 +33,9 @@ class FaultSettings(BaseModel):
     identity_mismatch: Rate = 0.0
     unknown_device: Rate = 0.0
     flood: Rate = 0.0
+    command_failure: Rate = Field(
+        default=0.0, description="Per command: probability that a device fails it."
+    )
     flood_size: Annotated[int, Field(ge=1, le=100_000)] = 200
     episode_readings: Annotated[int, Field(ge=1, le=100_000)] = 30
 
@@ -54,6 +57,11 @@ class SimulatorSettings(ServiceSettings):
     scenario: str | None = None
     edge: EdgeSettings = Field(default_factory=EdgeSettings)
     faults: FaultSettings = FaultSettings()
+    device_commands: bool = Field(
+        default=True,
+        description="Each device (edge transport) takes commands on its own command topic, "
+        "with a persistent MQTT session that keeps them while it is away.",
+    )
     # /metrics and /healthz of a single-process fleet (0 = none; --processes N serves none).
     # Own names: ingest's SAFECITY_METRICS_PORT must not leak in from a shared .env.
     simulator_metrics_host: str = "127.0.0.1"
