@@ -80,7 +80,7 @@ class CommandSettings(BaseModel):
         default=300.0, description="Commands: expiry of a command that names none (s)."
     )
     max_expiry: Annotated[float, Field(ge=1, le=7 * 86_400)] = Field(
-        default=86_400.0, description="Commands: the longest expiry a caller may ask for (s)."
+        default=7 * 86_400.0, description="Commands: the longest expiry a caller may ask for (s)."
     )
     result_grace: Annotated[float, Field(ge=0, le=86_400)] = Field(
         default=30.0,
