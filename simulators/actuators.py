@@ -73,20 +73,11 @@ class Actuators:
         )
 
 
-def attach(
-    sim: DeviceSim,
-    agent: DeviceAgent,
-    submit: Callable[[Outgoing], None],
-    now_ms: Callable[[], int],
-    failure_rate: float,
-    seed: int,
-) -> CommandExecutor:
+def attach(actuators: Actuators) -> CommandExecutor:
     """The executor of a simulated device's commands (handing them to its actuators)."""
-    actuators = Actuators(sim, agent, submit, now_ms, failure_rate, seed)
-    d = sim.device
-    return CommandExecutor(
-        d.id, d.kind, result_topic(sim.city_id, d.district, d.kind, d.id), agent.reply, actuators
-    )
+    d = actuators.sim.device
+    topic = result_topic(actuators.sim.city_id, d.district, d.kind, d.id)
+    return CommandExecutor(d.id, d.kind, topic, actuators.agent.reply, actuators)
 
 
 class Commands:
@@ -119,9 +110,8 @@ class Commands:
         for sim in sims:
             agent = agents.get(sim.device.id)
             if agent is not None:
-                self.executors[sim.device.id] = attach(
-                    sim, agent, submit, now_ms, failure_rate, seed
-                )
+                actuators = Actuators(sim, agent, submit, now_ms, failure_rate, seed)
+                self.executors[sim.device.id] = attach(actuators)
 
     async def close(self) -> None:
         """Let the commands being carried out finish."""
