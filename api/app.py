@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -22,7 +22,9 @@ from api import docs as offline_docs
 from api import errors, ngsild_errors
 from api.apikeys import KeyStore
 from api.audit import AuditLog, AuditMiddleware
+from api.commanding import start_commands, stop_commands
 from api.delivery import LedgerIndex
+from api.deps import client_of
 from api.directory import Directory
 from api.federation import local_cities, start_publisher
 from api.headers import SecurityHeadersMiddleware
@@ -32,6 +34,7 @@ from api.metrics import MetricsMiddleware
 from api.overview import SnapshotCache
 from api.routes import cities as city_routes
 from api.routes import (
+    commands,
     console,
     devices,
     events,
@@ -98,6 +101,11 @@ TAGS: list[dict[str, Any]] = [
         "description": "The cities a key may see side by side (local and federated) "
         "and the corridors' traffic KPIs.",
     },
+    {
+        "name": "commands",
+        "description": "Commands to devices (scope `operate`): to one device or to every "
+        "device of a kind in a district, with a status per device; cursor-paged.",
+    },
     {"name": "keys", "description": "The calling API key and the audit log."},
     {
         "name": "ngsi-ld",
@@ -151,6 +159,16 @@ def _runtimes(settings: ApiSettings, cities: Cities, base: InfluxClient) -> dict
     return runtimes
 
 
+async def _ensure_retention_policies(runtimes: Iterable[CityRuntime]) -> None:
+    """The measurement families' retention policies (incidents are written here); the
+    database itself is ingest's to create: a missing one stays a 503."""
+    for runtime in runtimes:
+        try:
+            await runtime.influx.ensure_retention_policies()
+        except StorageError as exc:
+            log.warning("retention policies of %s not ensured: %s", runtime.database, exc)
+
+
 def create_app(  # noqa: PLR0915 - long; split it at its seams
     settings: ApiSettings, city: City | None = None, cities: Cities | None = None
 ) -> FastAPI:
@@ -178,14 +196,7 @@ def create_app(  # noqa: PLR0915 - long; split it at its seams
         app.state.keys = KeyStore(settings.api_keys_file)
         app.state.keys.load()
         app.state.incident_lock = asyncio.Lock()
-        for runtime in runtimes.values():
-            try:
-                # The measurement families' retention policies (incidents are written
-                # here); the database itself is ingest's to create: a missing one stays
-                # a 503.
-                await runtime.influx.ensure_retention_policies()
-            except StorageError as exc:
-                log.warning("retention policies of %s not ensured: %s", runtime.database, exc)
+        await _ensure_retention_policies(runtimes.values())
         app.state.limiter = RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst)
         app.state.snapshots = SnapshotCache(settings.overview_cache_ttl)
         app.state.deadletters = DeadLetterIndex(store_path(settings.deadletter_dir))
@@ -208,9 +219,12 @@ def create_app(  # noqa: PLR0915 - long; split it at its seams
         figures = app.state.figures = metrics.start_incident_figures(app)
         # Off by default: publishes the city's indicators for a regional instance.
         federation = app.state.federation = start_publisher(settings, local_cities(app))
+        store, service = start_commands(settings, loaded, lambda c: client_of(app, c))
+        app.state.commands, app.state.command_service = store, service
         try:
             yield
         finally:
+            await stop_commands(store, service)
             if federation is not None:
                 await federation.stop()
             await figures.stop()
@@ -279,6 +293,8 @@ def create_app(  # noqa: PLR0915 - long; split it at its seams
     app.include_router(ngsild.router, dependencies=read)
     app.include_router(ngsild_temporal.router, dependencies=read)
     app.include_router(ngsild.context_router)
+    # Commands to devices: every route needs `operate` (each handler takes the key).
+    app.include_router(commands.router)
     # The console's page and assets hold no data: no key (its data calls need one).
     app.include_router(console.router)
     return app

@@ -64,3 +64,19 @@ def incident_position(cursor: str) -> tuple[int, str]:
     if match is None:
         raise _unknown("an incidents cursor")
     return int(match.group(1)), match.group(2)
+
+
+_COMMAND = re.compile(r"^c:([0-9]{1,16})$")
+
+
+def command_cursor(seq: int) -> str:
+    """The cursor after a command (by its store sequence; the next page is older)."""
+    return _encode(f"c:{seq}")
+
+
+def command_position(cursor: str) -> int:
+    """The store sequence a page of commands must end before; 404 if not a commands cursor."""
+    match = _COMMAND.fullmatch(_decode(cursor, "a commands cursor"))
+    if match is None:
+        raise _unknown("a commands cursor")
+    return int(match.group(1))

@@ -68,6 +68,42 @@ class FederationSettings(BaseModel):
     )
 
 
+class CommandSettings(BaseModel):
+    """Commands to devices (docs/commands.md)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    username: str = Field(
+        default="_command",
+        description="Commands: the command role's account on the broker (the only one that "
+        "may publish commands).",
+    )
+    password: SecretStr | None = Field(
+        default=None,
+        description="Commands: that account's secret (else looked up in "
+        "SAFECITY_MQTT__SECRETS_FILE).",
+    )
+    default_expiry: Annotated[float, Field(ge=1, le=7 * 86_400)] = Field(
+        default=300.0, description="Commands: expiry of a command that names none (s)."
+    )
+    max_expiry: Annotated[float, Field(ge=1, le=7 * 86_400)] = Field(
+        default=7 * 86_400.0, description="Commands: the longest expiry a caller may ask for (s)."
+    )
+    result_grace: Annotated[float, Field(ge=0, le=86_400)] = Field(
+        default=30.0,
+        description="Commands: how long after its expiry a delivered command may still report "
+        "its outcome before it counts as failed (s).",
+    )
+    retry: Annotated[float, Field(gt=0, le=3600)] = Field(
+        default=5.0,
+        description="Commands: seconds between tries while the device has no session at the "
+        "broker.",
+    )
+    max_group: Annotated[int, Field(ge=1, le=100_000)] = Field(
+        default=2000, description="Commands: most devices one group command may address."
+    )
+
+
 class ApiSettings(ServiceSettings):
     """Settings of the FastAPI service."""
 
@@ -232,6 +268,13 @@ class ApiSettings(ServiceSettings):
             "key makes to a route needing that scope."
         ),
     )
+    commands_file: Path = Field(
+        default_factory=in_home("commands_file"),
+        description=(
+            "The durable command store (SQLite): every command and its per-device statuses."
+        ),
+    )
+    commands: CommandSettings = CommandSettings()
     # Federation: publisher of this city's indicators, and the regional view.
     federation: FederationSettings = FederationSettings()
     region: RegionSettings = RegionSettings()

@@ -19,7 +19,7 @@ from typing import Any
 from safecity.errors import ConfigError, MqttError
 from safecity.mqtt import MqttClient
 from safecity.settings import MqttSettings
-from safecity.topics import DEADLETTER, PREFIX, SERVICES, federation_filter
+from safecity.topics import CMD, DEADLETTER, PREFIX, RESULT, SERVICES, federation_filter
 
 __all__ = [
     "CONTROL_TOPIC",
@@ -92,6 +92,12 @@ SERVICE_ACLS: dict[str, list[dict[str, Any]]] = {
     "console": _reads(f"{PREFIX}/#", "$SYS/#", share=False),
     # A single-connection simulated fleet speaks for every device: local development only.
     "simulator": _writes(*(f"{PREFIX}/+/+/+/+/{c}" for c in _CHANNELS), f"{PREFIX}/+/{SERVICES}/#"),
+    # The API's command role: the only account that may publish a command to a device;
+    # it reads the devices' results (no share group: one command service per deployment).
+    "command": [
+        *_writes(f"{PREFIX}/+/+/+/+/{CMD}", f"{PREFIX}/+/{SERVICES}/#"),
+        *_reads(f"{PREFIX}/+/+/+/+/{RESULT}", share=False),
+    ],
     # A city's federation publisher (the API's task): its indicators, on its own broker.
     "federation": _writes(federation_filter()),
     # The regional ingest: the federated indicators of every city, nothing else.
@@ -140,17 +146,19 @@ def device_role(username: str) -> str:
 
 
 def device_acls(username: str, city: str | None) -> list[dict[str, Any]]:
-    """Rights of a device: publish its own channels (own id); read its own acks.
+    """Rights of a device: publish its own channels and command results (own id); read its
+    own acks and its own commands (never another device's: the subscribe is refused).
 
     The city is not pinned here on purpose: Mosquitto 2.0.11 logs an ACL denial only at
     debug level, so a device refused for writing into another city would leave no trace.
     Accepted by the broker, the ingest (subscribed across cities) dead-letters it as
     `identity_mismatch` and records a security event; nothing reaches another city's data.
     """
+    own = f"{PREFIX}/{city or '+'}/+/+/{username}"
     return [
-        *_writes(*(f"{PREFIX}/+/+/+/{username}/{c}" for c in _CHANNELS)),
-        # The end-to-end acks of this device alone (subscribe and receive, no share group).
-        *_reads(f"{PREFIX}/{city or '+'}/+/+/{username}/ack", share=False),
+        *_writes(*(f"{PREFIX}/+/+/+/{username}/{c}" for c in (*_CHANNELS, RESULT))),
+        # The end-to-end acks and the commands of this device alone (no share group).
+        *_reads(f"{own}/ack", f"{own}/{CMD}", share=False),
     ]
 
 

@@ -82,6 +82,8 @@ class Role(StrEnum):
     INGEST = "ingest"
     ALERTS = "alerts"
     API = "api"
+    # The API's command service: publishes commands, reads their results.
+    COMMAND = "command"
     CONSOLE = "console"
     SIMULATOR = "simulator"
     # Federation: publisher, regional ingest, a city's bridge (`_bridge.<city>` only).
@@ -96,7 +98,13 @@ SERVICE_ROLES: tuple[Role, ...] = tuple(
 )
 DEFAULT_SERVICES: tuple[Role, ...] = (Role.INGEST, Role.API)
 # What a local stack (`make run`, the test session) provisions besides the devices.
-LOCAL_SERVICES: tuple[Role, ...] = (Role.INGEST, Role.API, Role.ALERTS, Role.SIMULATOR)
+LOCAL_SERVICES: tuple[Role, ...] = (
+    Role.INGEST,
+    Role.API,
+    Role.COMMAND,
+    Role.ALERTS,
+    Role.SIMULATOR,
+)
 
 
 def service_username(role: Role | str, city: str | None = None) -> str:

@@ -192,6 +192,10 @@ class LocalRun:
                     # Delivery accounting against what this run's simulator sent.
                     "SAFECITY_LEDGER_FILE": str(self.layout.ledger_file),
                     **federation_env,
+                    # Commands go out as the command role, the only one that may send them.
+                    "SAFECITY_COMMANDS__PASSWORD": self.stack.secret(
+                        service_username(Role.COMMAND)
+                    ),
                 },
                 ready=http_ok(f"{self.api_url}/readyz"),
             )

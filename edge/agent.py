@@ -42,6 +42,8 @@ log = logging.getLogger("edge.agent")
 
 CONFIRMED = 0x00
 """The verdict of a reading the platform confirmed durable."""
+REPLY = "reply"
+"""The meta of a command result (`DeviceAgent.reply`): its verdict stays in the agent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,8 +117,13 @@ class DeviceAgent:
         decode_meta: Callable[[Any], Any] | None = None,
         seed: int | None = None,
         ack_topic: str | None = None,
+        command_topic: str | None = None,
+        on_command: Callable[[bytes], None] | None = None,
     ) -> None:
         self.client_id = client_id
+        self._command_topic = command_topic
+        self._on_command = on_command
+        self._closing = False
         self._settings = settings
         self._on_result = on_result
         self._birth = birth
@@ -180,8 +187,13 @@ class DeviceAgent:
             backoff_min=settings.backoff_min,
             backoff_max=settings.backoff_max,
             seed=seed,
-            subscriptions=[(ack_topic, 1)] if self._confirm and ack_topic else (),
-            on_message=self._ack_message,
+            subscriptions=[
+                *([(ack_topic, 1)] if self._confirm and ack_topic else []),
+                *([(command_topic, 1)] if command_topic else []),
+            ],
+            on_message=self._message,
+            # Commands sent while the device is away wait in its session at the broker.
+            session_expiry=settings.command_session_expiry if command_topic else 0,
         )
 
     # --- public ----------------------------------------------------------------
@@ -210,11 +222,7 @@ class DeviceAgent:
         self.stats.submitted += 1
         self._idle.clear()
         if not message.resend:
-            if not self.client.connected or self._queue or not self._send(None, message):
-                if len(self._queue) < self._memory:
-                    self._queue.append(message)
-                else:
-                    self._verdict(message, NOT_SENT)
+            self._send_or_queue(message)
             return
         seq = message.seq if self._confirm else None
         ident = self._spool.append(
@@ -226,6 +234,29 @@ class DeviceAgent:
             return
         self.stats.spooled += 1
         self._pump()
+
+    def reply(self, topic: str, payload: bytes) -> None:
+        """Send a command result: kept in memory and sent again after a lost connection
+        until the broker acknowledges it."""
+        self._idle.clear()
+        self._send_or_queue(Envelope(topic, payload, REPLY, resend=False))
+
+    def _send_or_queue(self, message: Envelope) -> None:
+        if not self.client.connected or self._queue or not self._send(None, message):
+            if len(self._queue) < self._memory:
+                self._queue.append(message)
+            else:
+                self._verdict(message, NOT_SENT)
+
+    async def reboot(self, down_s: float, farewell: Envelope | None = None) -> None:
+        """Say goodbye (`farewell`), drop the connection and come back after `down_s`
+        seconds with a birth message, as a restarted device does."""
+        if farewell is not None and self.client.connected:
+            self._idle.clear()
+            self._send_or_queue(farewell)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), 1.0)
+        self.client.bounce(down_s)
 
     async def close(self, drain_s: float | None = None) -> None:
         """Wait up to `drain_s` for the backlog to be settled, say goodbye, disconnect.
@@ -244,6 +275,7 @@ class DeviceAgent:
             self._send(None, self._farewell())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), min(wait, 2.0) or 0.01)
+        self._closing = True
         await self.client.stop(grace_s=1.0)
         if self._ack_timer is not None:
             self._ack_timer.cancel()
@@ -299,6 +331,11 @@ class DeviceAgent:
             self._idle.set()
 
     def _verdict(self, message: Envelope, code: int) -> None:
+        if message.meta is REPLY:
+            # A command result lost with the connection goes out again after the next one.
+            if code == NOT_SENT and not self._closing and len(self._queue) < self._memory:
+                self._queue.append(message)
+            return
         if code < 0x80:
             self.stats.accepted += 1
         elif code < NOT_SENT:
@@ -348,6 +385,12 @@ class DeviceAgent:
             if self._ack_timer is None:
                 self._ack_timer = loop.call_later(self._ack_bound, self._ack_check)
         self._pump()
+
+    def _message(self, topic: str, payload: bytes) -> None:
+        if topic == self._command_topic and self._on_command is not None:
+            self._on_command(payload)
+        else:
+            self._ack_message(topic, payload)
 
     def _ack_message(self, topic: str, payload: bytes) -> None:
         try:

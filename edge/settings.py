@@ -78,6 +78,15 @@ class EdgeSettings(BaseModel):
         float,
         Field(gt=0, le=86_400, description="Upper bound of the doubling re-send interval (s)."),
     ] = 300.0
+    command_session_expiry: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=30 * 86_400,
+            description="A device that takes commands keeps a persistent MQTT session this "
+            "long (s): commands sent while it is away wait there until their own expiry.",
+        ),
+    ] = 86_400
     ack_window: Annotated[
         int,
         Field(

@@ -170,6 +170,8 @@ KINDS: dict[str, SensorKind] = {
                 _e("power_state", "on", "off", "dimmed"),
                 _f("power", "W", 0, 500),
                 _e("status", "ok", "defective_lamp", "column_issue", "broken_lantern"),
+                # The commanded dimming level; reported once an operator set one.
+                _i("level", "%", 0, 100, required=False),
             ),
             cadence_s=900,
             data_model="StreetLight",
@@ -378,3 +380,58 @@ def telemetry_quantities(kind_name: str) -> tuple[Quantity, ...]:
     own = KINDS[kind_name].quantities
     names = {q.name for q in own}
     return own + tuple(q for q in HEALTH if q.name not in names)
+
+
+# --- commands: what an operator may ask a device of each kind to do ---------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CommandSpec:
+    """A command devices of a kind execute: its name, typed and bounded parameters, effect."""
+
+    name: str
+    params: tuple[Quantity, ...]
+    description: str
+
+
+MAX_SOUND_S = 120
+"""The longest a siren or public-address message may sound for one command (seconds)."""
+
+COMMON_COMMANDS: tuple[CommandSpec, ...] = (
+    CommandSpec("reboot", (), "restart: offline for a moment, then back with a birth message"),
+    CommandSpec(
+        "set_interval",
+        (_i("interval_s", "s", 10, 86_400),),
+        "report telemetry every `interval_s` seconds from now on",
+    ),
+)
+KIND_COMMANDS: dict[str, tuple[CommandSpec, ...]] = {
+    "streetlight": (
+        CommandSpec(
+            "set_level", (_i("level", "%", 0, 100),), "light at `level` % (0 off, 100 full)"
+        ),
+    ),
+    "cctv": (
+        CommandSpec(
+            "goto_preset", (_i("preset", "1", 1, 255),), "turn the PTZ camera to a stored preset"
+        ),
+    ),
+    # The kiosks' SOS buttons carry the siren and public-address speaker.
+    "panic_button": (
+        CommandSpec(
+            "sound",
+            (
+                _e("signal", "siren", "chime", "announcement"),
+                _i("duration_s", "s", 1, MAX_SOUND_S),
+            ),
+            f"sound the siren or PA for `duration_s` seconds (at most {MAX_SOUND_S})",
+        ),
+    ),
+}
+
+
+def commands_of(kind_name: str) -> dict[str, CommandSpec]:
+    """Every command devices of a kind execute, by name (KeyError for an unknown kind)."""
+    KINDS[kind_name]
+    own = KIND_COMMANDS.get(kind_name, ())
+    return {c.name: c for c in (*own, *COMMON_COMMANDS)}

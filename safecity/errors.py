@@ -134,3 +134,8 @@ class FederationError(SafecityError):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+class CommandError(SafecityError):
+    """A command or command result that breaks the contract (unknown name, bad parameters,
+    malformed payload); the message names the bad value."""

@@ -98,6 +98,11 @@ class Layout:
         return self.root / "audit" / "api-audit.jsonl"
 
     @property
+    def commands_file(self) -> Path:
+        """The API's durable command store (every command and each device's status)."""
+        return self.root / "commands" / "commands.sqlite3"
+
+    @property
     def ledger_file(self) -> Path:
         """What the instance's simulator sent (ground truth for `safecity verify`)."""
         return self.root / "ledger.jsonl"

@@ -247,7 +247,7 @@ def ingest_stats_point(
 
 # --- security_events: attacks seen by ingest and in the broker's log ----------------------
 
-SECURITY_SOURCES = ("broker", "ingest")
+SECURITY_SOURCES = ("broker", "ingest", "api")
 # type -> (source, what happened). A bounded set: these are the only `type` tag values.
 SECURITY_EVENT_TYPES: dict[str, tuple[str, str]] = {
     "auth_failure": (
@@ -273,13 +273,18 @@ SECURITY_EVENT_TYPES: dict[str, tuple[str, str]] = {
         "ingest",
         "a seq seen before with other content (replay or tampering)",
     ),
+    "command_forgery": (
+        "api",
+        "a device's command result about a command that was not sent to it, or under "
+        "another district or kind than the registry's",
+    ),
 }
 INGEST_SECURITY_REASONS = frozenset(
     t for t, (src, _) in SECURITY_EVENT_TYPES.items() if src == "ingest"
 )
 SECURITY_EVENTS_TAGS: tuple[tuple[str, str], ...] = (
     ("city", "the ingest's city"),
-    ("source", "`broker` (its log) or `ingest` (a rejection)"),
+    ("source", "`broker` (its log), `ingest` (a rejection) or `api` (the command service)"),
     ("type", "one of the types below"),
     ("worker_id", "the ingest worker (source `ingest` only)"),
     ("district", "the registry device's district (only when the id is a registry device)"),

@@ -2,6 +2,8 @@
 
 safecity/v1/{city}/{district}/{kind}/{device_id}/telemetry|event|status
 safecity/v1/{city}/{district}/{kind}/{device_id}/ack   (platform -> that device only)
+safecity/v1/{city}/{district}/{kind}/{device_id}/cmd   (the command role -> that device only)
+safecity/v1/{city}/{district}/{kind}/{device_id}/result   (that device -> the command role)
 safecity/v1/{city}/_alerts/{severity}
 safecity/v1/{city}/_deadletter/{reason}
 safecity/v1/{city}/_federation/city|district/{district}|segment/{segment}
@@ -25,6 +27,8 @@ DEADLETTER = "_deadletter"
 SERVICES = "_services"
 FEDERATION = "_federation"
 ACK = "ack"
+CMD = "cmd"
+RESULT = "result"
 
 
 class Channel(StrEnum):
@@ -111,26 +115,70 @@ class AckTopic:
         return ack_topic(self.city, self.district, self.kind, self.device_id)
 
 
-def ack_topic(city: str, district: str, kind: str, device_id: str) -> str:
-    """Build a device's acknowledgement topic (written by the ingest, read by that device)."""
+def _device_leaf(city: str, district: str, kind: str, device_id: str, leaf: str) -> str:
     validate_identifier(city, "city")
     validate_identifier(district, "district")
     validate_identifier(kind, "kind")
     validate_identifier(device_id, "device id")
-    return f"{PREFIX}/{city}/{district}/{kind}/{device_id}/{ACK}"
+    return f"{PREFIX}/{city}/{district}/{kind}/{device_id}/{leaf}"
 
 
-def parse_ack_topic(topic: str) -> AckTopic:
-    """Parse a device's acknowledgement topic; raise TopicError for anything else."""
+def _parse_leaf(topic: str, leaf: str, what: str) -> tuple[str, str, str, str]:
     parts = topic.split("/")
-    if len(parts) != 7 or parts[0] != ROOT or parts[1] != VERSION or parts[6] != ACK:
-        raise TopicError(f"not an acknowledgement topic: {topic!r}")
-    return AckTopic(
+    if len(parts) != 7 or parts[0] != ROOT or parts[1] != VERSION or parts[6] != leaf:
+        raise TopicError(f"not {what} topic: {topic!r}")
+    return (
         validate_identifier(parts[2], "city"),
         validate_identifier(parts[3], "district"),
         validate_identifier(parts[4], "kind"),
         validate_identifier(parts[5], "device id"),
     )
+
+
+def ack_topic(city: str, district: str, kind: str, device_id: str) -> str:
+    """Build a device's acknowledgement topic (written by the ingest, read by that device)."""
+    return _device_leaf(city, district, kind, device_id, ACK)
+
+
+def parse_ack_topic(topic: str) -> AckTopic:
+    """Parse a device's acknowledgement topic; raise TopicError for anything else."""
+    return AckTopic(*_parse_leaf(topic, ACK, "an acknowledgement"))
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceAddress:
+    """The device a command or result topic is about."""
+
+    city: str
+    district: str
+    kind: str
+    device_id: str
+
+
+def command_topic(city: str, district: str, kind: str, device_id: str) -> str:
+    """Build a device's command topic (written by the command role, read by that device)."""
+    return _device_leaf(city, district, kind, device_id, CMD)
+
+
+def result_topic(city: str, district: str, kind: str, device_id: str) -> str:
+    """Build a device's command-result topic (written by that device, read by the platform)."""
+    return _device_leaf(city, district, kind, device_id, RESULT)
+
+
+def parse_command_topic(topic: str) -> DeviceAddress:
+    """Parse a device's command topic; raise TopicError for anything else."""
+    return DeviceAddress(*_parse_leaf(topic, CMD, "a command"))
+
+
+def parse_result_topic(topic: str) -> DeviceAddress:
+    """Parse a device's command-result topic; raise TopicError for anything else."""
+    return DeviceAddress(*_parse_leaf(topic, RESULT, "a command-result"))
+
+
+def result_filter(city: str | None = None) -> str:
+    """Subscription filter for the command results of every device (of one city, or all)."""
+    city_part = "+" if city is None else validate_identifier(city, "city")
+    return f"{PREFIX}/{city_part}/+/+/+/{RESULT}"
 
 
 def alert_topic(city: str, severity: str) -> str:

@@ -29,7 +29,7 @@ from safecity.registry import Device
 from safecity.topics import Channel, event_topic, status_topic, telemetry_topic
 from simulators.events import EventDraft, maybe_event
 from simulators.faults import REJECTS, DeviceFaults, malformed, rogue_id
-from simulators.generators import Values, generate, profile_of
+from simulators.generators import Values, generate, profile_of, rated_power
 from simulators.incidents import Scene
 from simulators.outgoing import Outgoing, seq_base
 from simulators.sites import Profile
@@ -81,6 +81,9 @@ class DeviceSim:
         self._prev_ms: int | None = None
         self._faults = faults if faults is not None and faults.enabled else None
         self._others = [d for d in (others or []) if d.kind != device.kind]
+        # What operators commanded (`simulators.actuators`): a streetlight's dimming level.
+        self.level: int | None = None
+        self._command_rng = device_rng(seed, device.id, "commands")
         args = (city_id, device.district, device.kind, device.id)
         self.telemetry_topic = telemetry_topic(*args)
         self.event_topic = event_topic(*args)
@@ -133,7 +136,29 @@ class DeviceSim:
             since = ts_ms - self._prev_ms if self._prev_ms is not None else self.cadence_ms
             drafts.extend(self._scene.events(self.device, ts_ms, since))
         self._prev_ms = ts_ms
-        return self._reading(ts_ms, values) + self._events(ts_ms, drafts)
+        return self._reading(ts_ms, self._commanded(values)) + self._events(ts_ms, drafts)
+
+    def set_cadence(self, seconds: float) -> None:
+        """Report every `seconds` from the next reading on (a `set_interval` command)."""
+        self.cadence_s = seconds
+        self.cadence_ms = max(1, round(seconds * 1000))
+
+    def report_now(self, ts_ms: int) -> list[Outgoing]:
+        """A reading out of schedule, at `ts_ms` (what a device sends when its state changed)."""
+        ts_ms = max(ts_ms, (self._prev_ms or 0) + 1)
+        values = generate(self.profile, self._command_rng, from_epoch_ms(ts_ms))
+        return [self._good(ts_ms, self._commanded(values))]
+
+    def _commanded(self, values: Values) -> Values:
+        if self.level is None or self.kind != "streetlight":
+            return values
+        rated = rated_power(self.profile)
+        if self.level == 0:
+            state, power = "off", 0.5
+        else:
+            state = "on" if self.level == 100 else "dimmed"
+            power = rated * self.level / 100 if values.get("status") == "ok" else 1.0
+        return {**values, "power_state": state, "power": round(power, 1), "level": self.level}
 
     def _detect(self, ts_ms: int) -> list[Outgoing]:
         """Events only, at the instant of a scripted incident."""

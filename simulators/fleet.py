@@ -34,7 +34,8 @@ from safecity.mqtt import NOT_SENT, Will
 from safecity.readings import epoch_ms, format_ts, from_epoch_ms
 from safecity.registry import City
 from safecity.secrets import read_secrets
-from safecity.topics import Channel, ack_topic
+from safecity.topics import Channel, ack_topic, command_topic
+from simulators.actuators import Commands
 from simulators.device import IMMEDIATE, DeviceSim, check_start, device_messages
 from simulators.faults import DeviceFaults
 from simulators.incidents import Scene, SimulatedIncident
@@ -131,7 +132,8 @@ async def run(  # noqa: PLR0915 - long; split it at its seams
     loop = asyncio.get_running_loop()
     clock = _Clock(loop, epoch_ms(sim_start), settings.speed)
     drain = settings.edge.drain_timeout if drain_timeout is None else drain_timeout
-    agents, single = _agents(settings, sims, recorder, clock.now_ms, shard, max_in_flight)
+    commands = Commands()
+    agents, single = _agents(settings, sims, recorder, clock.now_ms, shard, max_in_flight, commands)
     everyone = [*agents.values(), *([single] if single else [])]
     spool_decode = _spool_decoder()
     for agent in everyone:
@@ -168,6 +170,9 @@ async def run(  # noqa: PLR0915 - long; split it at its seams
         resend = message.channel is not Channel.STATUS
         target.submit(Envelope(message.topic, message.payload, message, resend, message.seq))
 
+    if settings.device_commands:
+        failure = settings.faults.command_failure
+        commands.attach_all(sims, agents, submit, clock.now_ms, failure, settings.seed)
     try:
         if single is not None:
             for sim in sims:
@@ -181,6 +186,7 @@ async def run(  # noqa: PLR0915 - long; split it at its seams
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        await commands.close()
         await asyncio.gather(*(agent.close(drain) for agent in everyone))
         stats.devices_refused = _refused(everyone)
         for agent in everyone:
@@ -245,6 +251,7 @@ def _agents(
     now_ms: Callable[[], int],
     shard: tuple[int, int],
     max_in_flight: int | None,
+    commands: Commands,
 ) -> tuple[dict[str, DeviceAgent], DeviceAgent | None]:
     """One agent per device (`transport=edge`), or the single shared connection."""
     index, count = shard
@@ -264,6 +271,7 @@ def _agents(
                 encode,
                 _secret_source(settings, sim, device_secrets),
                 sim.city_id,
+                commands.receiver(sim.device.id) if settings.device_commands else None,
             )
         return agents, None
     single = DeviceAgent(
@@ -373,6 +381,7 @@ def _device_agent(
     encode: Callable[[Outgoing], dict[str, Any]],
     password: str | Callable[[], str | None] | None = None,
     city_id: str | None = None,
+    on_command: Callable[[bytes], None] | None = None,
 ) -> DeviceAgent:
     def birth() -> Envelope:
         message = sim.status(max(now_ms(), sim.start_ms), "online")
@@ -381,6 +390,8 @@ def _device_agent(
     def farewell() -> Envelope:
         message = sim.status(max(now_ms(), sim.start_ms), "offline", "shutdown")
         return Envelope(message.topic, message.payload, message, resend=False)
+
+    address = (sim.device.district, sim.device.kind, sim.device.id)
 
     def will() -> Will:
         # Stamped when the connection opens: the broker sends it as is, later.
@@ -400,9 +411,12 @@ def _device_agent(
         decode_meta=_decode_meta,
         seed=settings.seed,
         # The platform confirms each reading durable on the device's own ack topic.
-        ack_topic=None
-        if city_id is None
-        else ack_topic(city_id, sim.device.district, sim.device.kind, sim.device.id),
+        ack_topic=None if city_id is None else ack_topic(city_id, *address),
+        # Its own commands (a persistent session keeps them while it is away).
+        command_topic=None
+        if city_id is None or on_command is None
+        else command_topic(city_id, *address),
+        on_command=on_command,
     )
 
 

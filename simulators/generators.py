@@ -290,10 +290,15 @@ SWITCH_ON_ELEVATION = -3.0
 """Lamps switch on a little after sunset (between sunset and civil dusk)."""
 
 
+def rated_power(p: Profile) -> float:
+    """A streetlight's rated LED power (W), a trait of the lamp: 40-150 W."""
+    return round(40.0 + 110.0 * device_trait(p.id, "watt"))
+
+
 def streetlight(p: Profile, rng: random.Random, t: datetime) -> Values:
     """On from dusk to dawn (by sun elevation), dimmed to 50 % 00-05 h local, off by day."""
     lon, lat = p.device.location
-    rated = round(40.0 + 110.0 * device_trait(p.id, "watt"))
+    rated = rated_power(p)
     hour = clock(t, p.climate.utc_offset_h).hour
     if sun_elevation(t, lon, lat) >= SWITCH_ON_ELEVATION:
         state = "off"

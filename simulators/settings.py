@@ -44,6 +44,9 @@ class FaultSettings(BaseModel):
     flood: Rate = Field(
         0.0, description="A burst of extra readings 1 ms apart (the rate limit may refuse some)."
     )
+    command_failure: Rate = Field(
+        default=0.0, description="Per command: probability that a device fails it."
+    )
     flood_size: Annotated[
         int, Field(ge=1, le=100_000, description="Extra readings in one flood burst.")
     ] = 200
@@ -117,6 +120,11 @@ class SimulatorSettings(ServiceSettings):
     )
     edge: EdgeSettings = Field(default_factory=EdgeSettings)
     faults: FaultSettings = FaultSettings()
+    device_commands: bool = Field(
+        default=True,
+        description="Each device (edge transport) takes commands on its own command topic, "
+        "with a persistent MQTT session that keeps them while it is away.",
+    )
     # /metrics and /healthz of a single-process fleet (0 = none; --processes N serves none).
     # Own names: ingest's SAFECITY_METRICS_PORT must not leak in from a shared .env.
     simulator_metrics_host: str = Field(

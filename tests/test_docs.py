@@ -13,7 +13,7 @@ import pytest
 
 from control import envexample
 from dashboards import build
-from safecity import incidents, ngsild_models, schema
+from safecity import commands, incidents, ngsild_models, schema
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -27,6 +27,7 @@ GENERATED: dict[str, tuple[Path, Callable[[], str]]] = {
     "ingest_stats": (SCHEMA_DOC, build.ingest_stats_markdown),
     "incidents": (SCHEMA_DOC, incidents.markdown_table),
     "ngsi_ld": (ROOT / "docs" / "ngsi-ld.md", ngsild_models.markdown_table),
+    "commands": (ROOT / "docs" / "commands.md", commands.markdown_table),
 }
 
 # Mentions of the project's tracker or plan: docs and code speak of the project itself.

@@ -1,6 +1,7 @@
 // The console: KPI tiles with sparklines, the map, the incidents feed and a district
 // drill-down. Overviews are polled; live figures come from the SSE stream.
 
+import { districtActions } from "./commands.js";
 import { AuthError, clearKey, getJson, getKey, setKey, stream, takeKeyFromUrl } from "./api.js";
 import { Feed, FEED_SOURCE, fetchFeed, liveEntry, step } from "./feed.js";
 import { aqiBand, CityMap, svg } from "./map.js";
@@ -305,7 +306,7 @@ async function showDistrict(id, announce = true) {
   head.className = "window";
   head.textContent = `Last 15 min, to ${clock(o.window.to)}`;
   title.textContent = state.map.name(id);
-  panel.replaceChildren(title, head, dl, recent, close);
+  panel.replaceChildren(title, head, dl, recent, districtActions(state.city.id, id), close);
   panel.dataset.district = id;
 }
 

@@ -157,11 +157,23 @@ class MqttClient:
     # --- operations ------------------------------------------------------------
 
     async def publish(
-        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 1,
+        retain: bool = False,
+        expiry_s: int | None = None,
     ) -> PublishResult:
-        """Publish and wait for the broker's verdict (PUBACK reason code for QoS 1)."""
+        """Publish and wait for the broker's verdict (PUBACK reason code for QoS 1).
+
+        `expiry_s`: the MQTT v5 Message Expiry Interval; the broker drops the message,
+        also from an offline client's session, once it has waited that long."""
         loop = self._require_loop()
-        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        props = None
+        if expiry_s is not None:
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.MessageExpiryInterval = max(1, expiry_s)
+        info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             return PublishResult(NOT_SENT, paho.error_string(info.rc))
         if qos == 0:

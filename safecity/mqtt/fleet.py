@@ -104,6 +104,7 @@ class FleetClient:
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
         subscriptions: Sequence[tuple[str, int]] = (),
         on_message: Callable[[str, bytes], None] | None = None,
+        session_expiry: int = 0,
     ) -> None:
         if not client_id:
             # Mosquitto is configured with allow_zero_length_clientid false.
@@ -122,6 +123,10 @@ class FleetClient:
         self._on_puback = on_puback
         self._subscriptions = list(subscriptions)
         self._on_message_cb = on_message
+        # > 0: a persistent session (what the device subscribed to, e.g. its commands,
+        # is queued by the broker while it is away, up to this many seconds).
+        self._session_expiry = session_expiry
+        self._pause = 0.0
         self._max_inflight = max_inflight
         self._backoff_min = backoff_min
         self._backoff_max = backoff_max
@@ -191,6 +196,12 @@ class FleetClient:
             self._inflight += 1
         return info.mid
 
+    def bounce(self, down_s: float) -> None:
+        """Disconnect cleanly (no will) and stay away `down_s` seconds, then reconnect."""
+        self._pause = max(0.0, down_s)
+        if self._client is not None and self.connected:
+            self._client.disconnect()
+
     # --- connection loop -------------------------------------------------------
 
     async def _run(self) -> None:
@@ -231,7 +242,8 @@ class FleetClient:
             self._teardown(reason)
             if self._stopping:
                 return
-            await self._sleep(self._rng.uniform(0.0, self._backoff_min))
+            pause, self._pause = self._pause, 0.0
+            await self._sleep(pause or self._rng.uniform(0.0, self._backoff_min))
 
     def _is_refusal(self, exc: Exception) -> bool:
         """Whether a failed attempt means this identity is refused, not that the broker is
@@ -268,6 +280,8 @@ class FleetClient:
         client.on_disconnect = self._cb_disconnect
         client.on_publish = self._cb_publish
         client.on_socket_open = self._cb_socket_open
+        # Before CONNACK: a persistent session's queued messages follow it at once.
+        client.on_message = self._cb_message
         client.on_socket_close = self._cb_socket_close
         client.on_socket_register_write = self._cb_register_write
         client.on_socket_unregister_write = self._cb_unregister_write
@@ -282,7 +296,8 @@ class FleetClient:
                 self._settings.host,
                 self._settings.port,
                 self._settings.keepalive,
-                clean_start=True,
+                clean_start=self._session_expiry == 0,
+                properties=self._connect_properties(),
             ),
         )
         try:
@@ -298,10 +313,16 @@ class FleetClient:
         if self._subscriptions:
             # Clean start: subscribe on every connection, before the owner's first publish,
             # so whatever answers those publishes finds the subscription in place.
-            client.on_message = self._cb_message
             client.on_subscribe = self._cb_subscribe
             client.subscribe(self._subscriptions)
         self._misc = loop.create_task(self._misc_loop(client))
+
+    def _connect_properties(self) -> Properties | None:
+        if not self._session_expiry:
+            return None
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = self._session_expiry
+        return props
 
     def _teardown(self, reason: str) -> None:
         """Forget the current connection; report it lost if it was up."""

@@ -169,6 +169,7 @@ def test_schemathesis_every_check_finds_nothing(
             device_id=CAM.id,
             incident_id="inc-0123456789abcdef0123",
             entity_id=f"urn:ngsi-ld:Device:{CAM.id}",
+            command_id="cmd-0123456789abcdef0123",
         )
         for method in ops:
             for headers in ({}, {"X-API-Key": "sck_00000000_" + "A" * 43}):

@@ -79,7 +79,7 @@ def start_secure_broker(base: Path, *, mutual_tls: bool) -> SecureBroker:
     broker = Mosquitto(
         base / "mosquitto",
         city=city,
-        services=(Role.INGEST, Role.API),
+        services=(Role.INGEST, Role.API, Role.COMMAND),
         identity_dir=base / "identity",
         certs_dir=base / "certs",
         tls_port=0,

@@ -71,11 +71,12 @@ def test_dynsec_config_pins_devices_to_their_id(tmp_path: Path) -> None:
     assert "clientid" not in clients["_ingest"]  # several workers, one account
     roles = {r["rolename"]: r["acls"] for r in config["roles"]}
     device = roles[clients["dev-1"]["roles"][0]["rolename"]]
-    ack = "safecity/v1/tashkent/+/+/dev-1/ack"  # its own end-to-end acks, nothing else
+    # It reads its own end-to-end acks and its own commands, nothing else.
+    reads = ("safecity/v1/tashkent/+/+/dev-1/ack", "safecity/v1/tashkent/+/+/dev-1/cmd")
     assert {(a["acltype"], a["topic"]) for a in device} == {
         ("publishClientSend", f"safecity/v1/+/+/+/dev-1/{c}")
-        for c in ("telemetry", "event", "status")
-    } | {("publishClientReceive", ack), ("subscribePattern", ack)}
+        for c in ("telemetry", "event", "status", "result")
+    } | {(t, r) for r in reads for t in ("publishClientReceive", "subscribePattern")}
     # Only the ingest and alerts roles (and the regional ingest, over federation topics
     # only) may join a share group; the API only reads.
     shared = {

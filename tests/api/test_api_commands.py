@@ -1,0 +1,295 @@
+"""Commands end to end against the real broker, InfluxDB and service processes: the API
+stores and publishes as the `_command` role, devices (real edge agents, the simulated
+fleet) execute and answer, every command ends with a true status per device."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from commanddevice import CommandDevices
+from support import account_env, influx_rows, wait_for
+
+from api.apikeys import KeyStore
+from control.stack import LocalStack
+from safecity import topics
+from safecity.commands import CommandResult, ResultStatus
+from safecity.registry import Device, default_city
+
+CITY = default_city()
+FINAL = {"executed", "failed", "expired"}
+
+
+def command_env(stack: LocalStack, tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The API's command settings: the `_command` account, a store of the test's own."""
+    return {
+        "SAFECITY_COMMANDS__PASSWORD": stack.secret("_command"),
+        "SAFECITY_COMMANDS_FILE": str(tmp_path / "commands.sqlite3"),
+        "SAFECITY_COMMANDS__RETRY": "0.5",
+        "SAFECITY_COMMANDS__RESULT_GRACE": "2",
+        "SAFECITY_RATE_LIMIT_RPS": "100000",
+        "SAFECITY_RATE_LIMIT_BURST": "100000",
+        **extra,
+    }
+
+
+@pytest.fixture
+def devices(stack: LocalStack, tmp_path: Path) -> Iterator[CommandDevices]:
+    kit = CommandDevices(stack, CITY.id, tmp_path / "edge-spool")
+    yield kit
+    kit.close()
+
+
+def send(api: Any, device: Device, name: str, **body: Any) -> dict[str, Any]:
+    response = httpx.post(
+        f"{api.url}/v1/devices/{device.id}/commands",
+        json={"name": name, **body},
+        headers=api.headers,
+        timeout=10,
+    )
+    assert response.status_code == 202, response.text
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+def status(api: Any, command_id: str) -> dict[str, Any]:
+    response = httpx.get(f"{api.url}/v1/commands/{command_id}", headers=api.headers, timeout=10)
+    assert response.status_code == 200, response.text
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+def settled(api: Any, command_id: str, timeout: float = 20) -> dict[str, Any]:
+    """The command once every device has a final status."""
+    found: dict[str, Any] = wait_for(
+        lambda: (
+            (c := status(api, command_id))
+            and all(d["status"] in FINAL for d in c["deliveries"])
+            and c
+        ),
+        timeout,
+        f"final statuses of {command_id}",
+    )
+    return found
+
+
+def unsimulated(kind: str, count: int) -> list[Device]:
+    """Devices of a kind that no simulator runs in these tests (the registry's last ones)."""
+    return [d for d in reversed(CITY.devices) if d.kind == kind][:count]
+
+
+def test_a_live_device_executes_and_an_away_device_gets_it_when_back(
+    stack: LocalStack,
+    influx_db: str,
+    start_api: Callable[..., Any],
+    devices: CommandDevices,
+    tmp_path: Path,
+) -> None:
+    api = start_api(influx_db, **command_env(stack, tmp_path))
+    live, away, late = unsimulated("weather", 3)
+    for device in (live, away, late):
+        devices.start(device)
+    done = settled(api, send(api, live, "set_interval", params={"interval_s": 120})["id"])
+    assert [(d["device_id"], d["status"]) for d in done["deliveries"]] == [(live.id, "executed")]
+    assert devices.executed[(done["id"], live.id)] == 1
+
+    # Away (its session stays at the broker): delivered when it is back before the expiry.
+    devices.stop(away)
+    devices.stop(late)
+    waiting = send(api, away, "reboot", expires_in=60)
+    expiring = send(api, late, "reboot", expires_in=2)
+    time.sleep(1.5)
+    assert status(api, waiting["id"])["deliveries"][0]["status"] == "pending"
+    # Past its expiry nobody got it: expired, and the broker dropped it from the session.
+    expired = settled(api, expiring["id"])
+    assert expired["deliveries"][0]["status"] == "expired"
+    assert expired["deliveries"][0]["reason"] == "not delivered before its expiry"
+    devices.start(away)
+    devices.start(late)
+    back = settled(api, waiting["id"])
+    assert back["deliveries"][0]["status"] == "executed"
+    time.sleep(1.0)
+    # The broker drops it (its expiry clock has whole seconds: a copy may still slip out
+    # in the second after), and the device never carries out what arrived too late.
+    assert devices.executed[(expiring["id"], late.id)] == 0
+    assert status(api, expiring["id"])["deliveries"][0]["status"] == "expired"
+
+
+def test_refusals_name_what_is_wrong(
+    stack: LocalStack, influx_db: str, start_api: Callable[..., Any], tmp_path: Path
+) -> None:
+    api = start_api(influx_db, **command_env(stack, tmp_path))
+    light = next(d for d in CITY.devices if d.kind == "streetlight")
+    url = f"{api.url}/v1/devices/{light.id}/commands"
+
+    def post(body: dict[str, Any], target: str = url, **kw: Any) -> httpx.Response:
+        return httpx.post(target, json=body, headers=kw.get("headers", api.headers), timeout=10)
+
+    bad = post({"name": "set_level", "params": {"level": 150}})
+    assert bad.status_code == 422 and "level" in bad.json()["detail"]
+    # A command the catalogue does not know: 422; one it knows, but not for this kind: 404.
+    assert post({"name": "self_destruct"}).status_code == 422
+    other_kind = post({"name": "goto_preset", "params": {"preset": 1}})
+    assert other_kind.status_code == 404 and "unknown command" in other_kind.json()["detail"]
+    assert post({"name": "set_level"}).status_code == 422
+    assert post({"name": "reboot", "expires_in": 10**9}).status_code == 422
+    missing = post({"name": "reboot"}, f"{api.url}/v1/devices/nowhere-001/commands")
+    assert missing.status_code == 404
+    # A key for another city sees neither the device nor its commands.
+    keys = KeyStore(Path(api.env["SAFECITY_API_KEYS_FILE"]))
+    _, other = keys.create("other-city", ("operate",), ("samarkand",))
+    assert post({"name": "reboot"}, headers={"X-API-Key": other}).status_code == 404
+    _, reader = keys.create("reader", ("read",))
+    assert post({"name": "reboot"}, headers={"X-API-Key": reader}).status_code == 403
+    # Nothing refused was stored.
+    listed = httpx.get(f"{api.url}/v1/commands", headers=api.headers, timeout=10).json()
+    assert listed["items"] == []
+    # The same idempotency key: the same command; reused for another one: 409.
+    first = post({"name": "reboot", "idempotency_key": "k-1"})
+    again = post({"name": "reboot", "idempotency_key": "k-1"})
+    assert (first.status_code, again.status_code) == (202, 200)
+    assert first.json()["id"] == again.json()["id"]
+    assert post({"name": "set_interval", "params": {"interval_s": 60}, "idempotency_key": "k-1"}
+                ).status_code == 409  # fmt: skip
+    audit = Path(api.env["SAFECITY_AUDIT_LOG_FILE"]).read_text()
+    assert "/commands" in audit
+
+
+def test_a_result_for_another_devices_command_is_refused_and_recorded(
+    stack: LocalStack,
+    influx_db: str,
+    start_api: Callable[..., Any],
+    devices: CommandDevices,
+    tmp_path: Path,
+) -> None:
+    api = start_api(influx_db, **command_env(stack, tmp_path))
+    victim, forger = unsimulated("noise", 2)
+    command = send(api, victim, "reboot", expires_in=30)
+    # The forger answers on its own result topic (the only one the broker lets it write).
+    forged = CommandResult(
+        command_id=command["id"], status=ResultStatus.EXECUTED, ts=_now()
+    ).to_payload()
+    topic = topics.result_topic(CITY.id, forger.district, forger.kind, forger.id)
+    subprocess.run(
+        ["mosquitto_pub", "-h", stack.mqtt_host, "-p", str(stack.mqtt_port), "-V", "mqttv5",
+         "-q", "1", "-i", forger.id, "-u", forger.id, "-P", stack.secret(forger.id),
+         "-t", topic, "-m", forged.decode()],
+        check=True, timeout=30,
+    )  # fmt: skip
+    rows = wait_for(
+        lambda: influx_rows(stack, influx_db, 'SELECT * FROM "security"."security_events"'),
+        20,
+        "the forgery's security event",
+    )
+    assert rows[0]["type"] == "command_forgery" and rows[0]["source"] == "api"
+    assert rows[0]["device_id"] == forger.id
+    assert status(api, command["id"])["deliveries"][0]["status"] == "pending"
+
+
+def _now() -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC)
+
+
+def test_api_kill_9_with_commands_in_flight_sends_none_twice(
+    stack: LocalStack,
+    influx_db: str,
+    start_api: Callable[..., Any],
+    devices: CommandDevices,
+    tmp_path: Path,
+) -> None:
+    targets = unsimulated("parking", 12)
+    for device in targets:
+        devices.start(device)
+    env = command_env(stack, tmp_path)
+    api = start_api(influx_db, **env)
+    sent = [send(api, d, "set_interval", params={"interval_s": 60 + i}) for i, d in
+            enumerate(targets) for _ in range(3)]  # fmt: skip
+    pid = api.process.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    api.process.stop(timeout=5)
+    again = start_api(
+        influx_db, **{**env, "SAFECITY_API_KEYS_FILE": api.env["SAFECITY_API_KEYS_FILE"]}
+    )
+    for command in sent:
+        final = settled(again, command["id"])
+        assert [d["status"] for d in final["deliveries"]] == ["executed"], final
+    # Executed once per device, whatever the broker redelivered after the crash.
+    assert {key: n for key, n in devices.executed.items() if n != 1} == {}
+    assert len(devices.executed) == len(sent)
+
+
+def test_a_district_command_reaches_every_streetlight_and_shows_in_telemetry(
+    stack: LocalStack,
+    influx_db: str,
+    start_api: Callable[..., Any],
+    start_ingest: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    ingest = start_ingest(influx_db)
+    api = start_api(influx_db, **command_env(stack, tmp_path))
+    district = "chilanzar"
+    lights = [d for d in CITY.devices if d.district == district and d.kind == "streetlight"]
+    assert lights
+    env = {**ingest.env, **account_env(stack, "simulator"), "SAFECITY_CLIENT_ID": "sim-commands",
+           "SAFECITY_EDGE__SPOOL_DIR": str(tmp_path / "sim-spool")}  # fmt: skip
+    log = (tmp_path / "sim.log").open("wb")
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "control", "simulate", "--duration", "60"],
+        env=env, stdout=subprocess.DEVNULL, stderr=log,
+    )  # fmt: skip
+    try:
+        _dim_a_district(stack, influx_db, api, district, lights)
+    finally:
+        sim.send_signal(signal.SIGINT)
+        sim.wait(30)
+        log.close()
+
+
+def _dim_a_district(
+    stack: LocalStack, influx_db: str, api: Any, district: str, lights: list[Device]
+) -> None:
+    wait_for(lambda: _online(stack, influx_db) >= len(CITY.devices) // 2, 40, "fleet online")
+    response = httpx.post(
+        f"{api.url}/v1/cities/{CITY.id}/districts/{district}/commands",
+        json={"kind": "streetlight", "name": "set_level", "params": {"level": 40}},
+        headers=api.headers,
+        timeout=10,
+    )
+    assert response.status_code == 202, response.text
+    done = settled(api, response.json()["id"], 30)
+    assert sorted(d["device_id"] for d in done["deliveries"]) == sorted(d.id for d in lights)
+    assert {d["status"] for d in done["deliveries"]} == {"executed"}
+    assert done["statuses"] == {"executed": len(lights)}
+    for light in lights:
+        latest = wait_for(
+            lambda light=light: (r := _latest(api, light)) and r["values"].get("level") == 40 and r,
+            20,
+            f"{light.id} reporting level 40",
+        )
+        assert latest["values"]["power_state"] == "dimmed"
+
+
+def _online(stack: LocalStack, db: str) -> int:
+    rows = influx_rows(stack, db, 'SELECT count("seq") FROM /.*/ GROUP BY "device_id"')
+    return len(rows)
+
+
+def _latest(api: Any, device: Device) -> dict[str, Any] | None:
+    response = httpx.get(
+        f"{api.url}/v1/devices/{device.id}/latest", headers=api.headers, timeout=10
+    )
+    if response.status_code != 200:
+        return None
+    answer: dict[str, Any] = response.json()
+    return answer

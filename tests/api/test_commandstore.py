@@ -1,0 +1,88 @@
+"""The durable command store: atomic creation, idempotency keys, forward-only statuses,
+honest expiry, and everything still there after the file is opened again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from api.commandstore import CommandStore, StoredCommand, Target
+from safecity.commands import CommandStatus
+
+T0 = 1_800_000_000_000
+LIGHTS = [Target(f"light-{i}", "olmazor", "streetlight") for i in range(3)]
+
+
+def command(key: str = "k", command_id: str = "cmd-00000000000000000001") -> StoredCommand:
+    return StoredCommand(
+        0, command_id, "tashkent", "set_level", {"level": 40},
+        {"district": "olmazor", "kind": "streetlight"}, T0, T0 + 60_000, key, "key1",
+    )  # fmt: skip
+
+
+def test_create_is_atomic_and_idempotent_and_survives_reopening(tmp_path: Path) -> None:
+    store = CommandStore(tmp_path / "c.sqlite3")
+    stored, created = store.create(command(), LIGHTS, T0)
+    assert created and stored.seq > 0
+    again, created_again = store.create(command(command_id="cmd-00000000000000000002"), [], T0)
+    assert not created_again and again.id == stored.id
+    store.close()
+    reopened = CommandStore(tmp_path / "c.sqlite3")
+    found = reopened.get(stored.id)
+    assert found is not None
+    assert [d.status for d in found[1]] == [CommandStatus.PENDING] * 3
+    assert len(reopened.due(T0)) == 3
+    assert reopened.get("cmd-00000000000000000002") is None
+
+
+def test_statuses_only_move_forward_and_final_ones_stay(tmp_path: Path) -> None:
+    store = CommandStore(tmp_path / "c.sqlite3")
+    stored, _ = store.create(command(), LIGHTS, T0)
+    light = LIGHTS[0].device_id
+    assert store.settle(stored.id, light, CommandStatus.DELIVERED, None, T0 + 1)
+    assert not store.settle(stored.id, light, CommandStatus.PENDING, None, T0 + 2)
+    assert store.settle(stored.id, light, CommandStatus.FAILED, "lamp\x00 broken", T0 + 3)
+    assert not store.settle(stored.id, light, CommandStatus.EXECUTED, None, T0 + 4)
+    assert not store.settle(stored.id, "someone-else", CommandStatus.EXECUTED, None, T0 + 4)
+    found = store.get(stored.id)
+    assert found is not None
+    first = found[1][0]
+    assert (first.status, first.reason) == (CommandStatus.FAILED, "lamp? broken")
+
+
+def test_publishing_once_and_expiring_honestly(tmp_path: Path) -> None:
+    store = CommandStore(tmp_path / "c.sqlite3")
+    stored, _ = store.create(command(), LIGHTS, T0)
+    a, b, c = (t.device_id for t in LIGHTS)
+    assert sorted(d.target.device_id for d in store.due(T0)) == [a, b, c]
+    store.mark_published(stored.id, a)
+    store.retry_later(stored.id, b, T0 + 5_000)
+    assert [d.target.device_id for d in store.due(T0 + 1)] == [c]
+    assert sorted(d.target.device_id for d in store.due(T0 + 5_000)) == [b, c]
+    store.settle(stored.id, a, CommandStatus.DELIVERED, None, T0 + 10)
+    # After the expiry: what never arrived is expired; nothing is due any more.
+    assert store.due(T0 + 60_000) == []
+    assert store.expire(T0 + 60_000, result_grace_ms=30_000) == 2
+    found = store.get(stored.id)
+    assert found is not None
+    statuses = {d.device_id: d.status for d in found[1]}
+    assert statuses == {a: CommandStatus.DELIVERED, b: CommandStatus.EXPIRED,
+                        c: CommandStatus.EXPIRED}  # fmt: skip
+    # Delivered but silent past the grace: failed, with the reason.
+    assert store.expire(T0 + 90_000, result_grace_ms=30_000) == 1
+    found = store.get(stored.id)
+    assert found is not None
+    assert found[1][0].status is CommandStatus.FAILED
+    assert found[1][0].reason == "delivered, but the device reported no outcome"
+    assert store.counts() == {"expired": 2, "failed": 1}
+
+
+def test_pages_are_newest_first_per_city(tmp_path: Path) -> None:
+    store = CommandStore(tmp_path / "c.sqlite3")
+    ids = [f"cmd-{i:020d}" for i in range(5)]
+    for i, cid in enumerate(ids):
+        store.create(command(key=f"k{i}", command_id=cid), LIGHTS[:1], T0)
+    first = store.page(["tashkent"], None, 2)
+    assert [c.id for c, _ in first] == [ids[4], ids[3]]
+    second = store.page(["tashkent"], first[-1][0].seq, 10)
+    assert [c.id for c, _ in second] == [ids[2], ids[1], ids[0]]
+    assert store.page(["almaty"], None, 10) == []
