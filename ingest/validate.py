@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import cache, lru_cache
 from typing import NamedTuple, cast
@@ -17,7 +17,16 @@ from safecity.errors import LineProtocolError, TopicError
 from safecity.fastcontract import TelemetryLines, telemetry_lines, window_ms
 from safecity.lineprotocol import Point, encode, series_key
 from safecity.mqtt import Incoming
-from safecity.readings import Event, Reading, Rejection, RejectReason, Status, parse
+from safecity.readings import (
+    Event,
+    Reading,
+    Rejection,
+    RejectReason,
+    Status,
+    claimed_seq,
+    decode_json,
+    parse,
+)
 from safecity.registry import Cities, City, Device, as_cities
 
 _READING, _EVENT, _STATUS = "reading", "event", "status"
@@ -69,6 +78,11 @@ class Rejected:
 
     rejection: Rejection
     channel: str
+
+    @property
+    def seq(self) -> int | None:
+        """The seq the refused payload claims, as validation read it (None: unreadable)."""
+        return self.rejection.seq
 
 
 class RateLimiter:
@@ -208,11 +222,13 @@ class Validator:
         if route is None:
             identified = self._identify(topic)
             if isinstance(identified, Rejected):
-                return identified
+                if self.cities.owner(claimed_device_id(topic)) is None:
+                    return identified  # no device to acknowledge it to: seq is moot
+                return _with_seq(identified, payload)
             route = identified
         limiter = self.rate_limiter
         if limiter is not None and not redelivery and not limiter.allow(route.device_id):
-            return self._rate_limited(route)
+            return _with_seq(self._rate_limited(route), payload)
         if route.lines is not None:
             got = route.lines.line(payload, route.series, *window_ms(now, self._past, self._future))
             if got is not None:
@@ -249,7 +265,7 @@ class Validator:
                 append(validate(message.topic, message.payload, now, redelivery=message.duplicate))
                 continue
             if allow is not None and not message.duplicate and not allow(device_id, clock):
-                append(self._rate_limited(route))
+                append(_with_seq(self._rate_limited(route), message.payload))
                 continue
             payload = message.payload
             got = lines.line(payload, series, low, high)
@@ -403,11 +419,21 @@ class _Route(NamedTuple):
     """The city the topic names (served, and the device's own)."""
 
 
+def _with_seq(rejected: Rejected, payload: bytes) -> Rejected:
+    """`rejected` with the seq its payload claims (one strict decode that never raises: the
+    refusal came before the contract read the payload)."""
+    seq = claimed_seq(decode_json(payload))
+    if seq is None:
+        return rejected
+    return Rejected(replace(rejected.rejection, seq=seq), rejected.channel)
+
+
 def _conflict(device_id: str, channel: str, seq: int) -> Rejected:
     return Rejected(
         Rejection(
             RejectReason.CONFLICTING_DUPLICATE,
             f"device {device_id} sent seq {seq} before with other content",
+            seq,
         ),
         channel,
     )
@@ -419,6 +445,7 @@ def _same_time(device_id: str, channel: str, seq: int, other: int, time_ms: int)
             RejectReason.CONFLICTING_DUPLICATE,
             f"device {device_id} sent seq {other} and seq {seq} with the "
             f"same ts ({time_ms} ms): storing both would overwrite one",
+            seq,
         ),
         channel,
     )
