@@ -28,6 +28,15 @@ class AlertsSettings(ServiceSettings):
     alerts_flush_interval: Annotated[float, Field(gt=0, le=10)] = 0.2
     # How often the incident book is re-read (operators resolve incidents through the API).
     alerts_refresh_interval: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    alerts_poison_attempts: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=10,
+            description="Tries the evaluation gets on one message that makes it raise before "
+            "the message is quarantined: acked, counted and recorded as a security event.",
+        ),
+    ] = 3
     alerts_metrics_host: str = "127.0.0.1"
     alerts_metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9102
     # Same variables as ingest's: replays need both widened the same way.

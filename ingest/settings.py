@@ -49,6 +49,15 @@ class IngestSettings(ServiceSettings):
     # The broker's max_packet_size (broker/mosquitto.conf): a dead letter republished in a
     # bigger packet would make the broker close the connection.
     deadletter_max_packet: Annotated[int, Field(ge=1024, le=268_435_455)] = 16_384
+    poison_attempts: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=10,
+            description="Tries a stage gets on one message that makes it raise before the "
+            "message is quarantined: dead-lettered as `poison`, acked, counted.",
+        ),
+    ] = 3
     ack_interval: Annotated[
         float,
         Field(

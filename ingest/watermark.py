@@ -130,4 +130,3 @@ class Watermarks:
                 return None
             self._topics[device_id] = topic
         return topic
-

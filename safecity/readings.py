@@ -54,6 +54,9 @@ class RejectReason(StrEnum):
     TOO_LARGE = "too_large"
     RATE_LIMITED = "rate_limited"
     CONFLICTING_DUPLICATE = "conflicting_duplicate"
+    POISON = "poison"
+    """A message that made a stage fail on every bounded retry (quarantined, see
+    `safecity.quarantine`)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -273,15 +273,23 @@ SECURITY_EVENT_TYPES: dict[str, tuple[str, str]] = {
         "ingest",
         "a seq seen before with other content (replay or tampering)",
     ),
+    RejectReason.POISON.value: (
+        "ingest",
+        "a message that made a stage fail on every retry (quarantined: a crafted payload?)",
+    ),
+    "alerts_poison": (
+        "alerts",
+        "a message that made an alerts stage fail on every retry (quarantined, acked)",
+    ),
 }
 INGEST_SECURITY_REASONS = frozenset(
     t for t, (src, _) in SECURITY_EVENT_TYPES.items() if src == "ingest"
 )
 SECURITY_EVENTS_TAGS: tuple[tuple[str, str], ...] = (
     ("city", "the ingest's city"),
-    ("source", "`broker` (its log) or `ingest` (a rejection)"),
+    ("source", "`broker` (its log), `ingest` (a rejection) or `alerts` (a quarantine)"),
     ("type", "one of the types below"),
-    ("worker_id", "the ingest worker (source `ingest` only)"),
+    ("worker_id", "the ingest worker or alerts instance (sources `ingest`, `alerts`)"),
     ("district", "the registry device's district (only when the id is a registry device)"),
     ("device_id", "the registry device (only when the id is a registry device)"),
 )
@@ -322,7 +330,7 @@ def security_event_point(
         raise ValueError(f"unknown security event type {type_!r}")
     source_ = SECURITY_EVENT_TYPES[type_][0]
     tags = {"city": city, "source": source_, "type": type_}
-    if source_ == "ingest" and worker_id is not None:
+    if source_ in ("ingest", "alerts") and worker_id is not None:
         tags["worker_id"] = worker_id
     if device is not None:
         tags["district"] = device.district

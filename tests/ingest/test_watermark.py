@@ -86,5 +86,5 @@ def test_a_refused_message_is_acked_by_the_seq_validation_read_and_never_decoded
     assert [o.rejection.reason for o in outcomes] == ["bad_json", "schema"]  # type: ignore[union-attr]
     assert [o.seq for o in outcomes] == [None, 7]
     marks.add_batch(batch)  # a second decode of the nested payload raised RecursionError here
-    (_, payload), = marks.drain()
+    ((_, payload),) = marks.drain()
     assert acks.Ack.from_payload(payload).telemetry == ((7, 7),)
