@@ -135,12 +135,12 @@ class DuplicateDetector:
         self._seen: OrderedDict[tuple[str, int], int] = OrderedDict()
         self._times: OrderedDict[int, int] = OrderedDict()
 
-    def time_taken_by(self, series: str, time_ms: int, seq: int) -> int | None:
-        """The other seq already stored at this series (`lineprotocol.series_key`) and time,
-        else None (and the time is claimed for `seq`)."""
+    def time_taken_by(self, series: str, time: int, seq: int) -> int | None:
+        """The other seq already stored at this series (`lineprotocol.series_key`) and time
+        (ms, or ns for an event), else None (and the time is claimed for `seq`)."""
         # A 64-bit hash, not the pair itself: a fraction of the memory per entry; a
         # collision (about 1 in 10^9 at 200,000 entries) dead-letters, never overwrites.
-        key = hash((series, time_ms))
+        key = hash((series, time))
         seen = self._times.get(key)
         if seen is not None:
             self._times.move_to_end(key)
@@ -167,13 +167,20 @@ class DuplicateDetector:
         return False
 
     def verdict(
-        self, device_id: str, channel: str, seq: int, payload: bytes, series: str, time_ms: int
+        self,
+        device_id: str,
+        channel: str,
+        seq: int,
+        payload: bytes,
+        series: str,
+        time_ms: int,
+        stored_at: int | None = None,
     ) -> Rejected | None:
-        """Both checks of a reading or event (`conflicts`, then `time_taken_by`); None
-        when it passes."""
+        """Both checks of a reading or event (`conflicts`, then `time_taken_by` of its
+        stored time: `stored_at`, else `time_ms`); None when it passes."""
         if self.conflicts(device_id, seq, payload):
             return _conflict(device_id, channel, seq)
-        other = self.time_taken_by(series, time_ms, seq)
+        other = self.time_taken_by(series, time_ms if stored_at is None else stored_at, seq)
         if other is not None:
             return _same_time(device_id, channel, seq, other, time_ms)
         return None
@@ -384,20 +391,27 @@ class Validator:
             series = series_key(point.measurement, point.tags)
         except LineProtocolError as exc:  # defence in depth, as in `_encoded`
             return Rejected(Rejection(RejectReason.SCHEMA, str(exc)), channel)
+        # An event is stored at ns precision with a sub-ms offset from its seq: two events
+        # of one device in one millisecond are two points (a reading is one per ms).
+        time_ns = None if shape is _READING else schema.event_time_ns(point.time_ms, numbered.seq)
         if self.duplicates is not None:
             rejected = self.duplicates.verdict(
-                device.id, channel, numbered.seq, payload, series, point.time_ms
+                device.id, channel, numbered.seq, payload, series, point.time_ms, time_ns
             )
             if rejected is not None:
                 return rejected
-        return self._encoded(point, channel, device.id, numbered.seq)
+        return self._encoded(point, channel, device.id, numbered.seq, time_ns)
 
     @staticmethod
     def _encoded(
-        point: Point, channel: topics.Channel, device_id: str, seq: int | None
+        point: Point,
+        channel: topics.Channel,
+        device_id: str,
+        seq: int | None,
+        time_ns: int | None = None,
     ) -> Accepted | Rejected:
         try:
-            line = encode(point)
+            line = encode(point, time_ns=time_ns)
         except LineProtocolError as exc:  # defence in depth: validation makes this unreachable
             return Rejected(Rejection(RejectReason.SCHEMA, str(exc)), channel)
         return Accepted(line, point.time_ms, point.measurement, channel, device_id, seq)

@@ -50,6 +50,17 @@ def reading_point(city: str, device: Device, reading: Reading) -> Point:
     return Point(measurement_of(device.kind), _tags(city, device), fields, reading.ts_ms)
 
 
+EVENT_OFFSETS_NS = 1_000_000
+"""An event's stored time is its `ts` plus `seq mod` this many ns (under a millisecond)."""
+
+
+def event_time_ns(time_ms: int, seq: int) -> int:
+    """The stored time of an event (ns): its `ts` plus a sub-millisecond offset from its seq,
+    so two events of one device in one millisecond are two points, and the same event
+    again (a redelivery) lands on itself."""
+    return time_ms * 1_000_000 + seq % EVENT_OFFSETS_NS
+
+
 def event_point(city: str, device: Device, event: Event) -> Point:
     """The point of a safe-city event in the `events` measurement."""
     tags = {**_tags(city, device), "type": event.type, "severity": event.severity.value}
