@@ -31,6 +31,7 @@ from safecity import schema, topics
 from safecity.errors import StorageError
 from safecity.mqtt import Incoming, MqttClient
 from safecity.quarantine import STAGE_HOOKS, Poisoned, attempt, poisoned, run_hooks
+from safecity.readings import Rejection, RejectReason
 from safecity.registry import Cities, City, as_cities
 
 log = logging.getLogger("safecity.ingest")
@@ -47,6 +48,7 @@ _TIME_MS = attrgetter("time_ms")
 _MEASUREMENT = attrgetter("measurement")
 _TOPIC = attrgetter("topic")
 _PAYLOAD = attrgetter("payload")
+_QOS = attrgetter("qos")
 
 
 @dataclass
@@ -119,7 +121,7 @@ class Batcher:
             if STAGE_HOOKS:
                 for message in received:
                     run_hooks("validate", message)
-            return self._validator.validate_many(received, now)
+            return _qos0_refused(received, self._validator.validate_many(received, now))
         except Exception as exc:  # one message's failure must not stop the worker
             log.warning("validation of a bulk raised", extra={"error": type(exc).__name__})
             metrics.STAGE_RETRIES.labels(stage="validate").inc()
@@ -133,7 +135,7 @@ class Batcher:
                 self._settings.poison_attempts,
             )
             outcomes.append(self._poison(message, None, got) if isinstance(got, Poisoned) else got)
-        return outcomes
+        return _qos0_refused(received, outcomes)
 
     def _poison(
         self, message: Incoming, before: Accepted | Rejected | None, got: object
@@ -314,3 +316,21 @@ class Batcher:
             if line is not None:
                 out.append((line, time_ms))
         return out
+
+
+def _qos0_refused(
+    received: list[Incoming], outcomes: list[Accepted | Rejected]
+) -> list[Accepted | Rejected]:
+    """`outcomes`, with each message published at QoS 0 refused as `qos0` (whatever
+    validation said of it, which the detail keeps): the broker cannot refuse it, so it
+    is counted and dead-lettered here, never stored or lost silently."""
+    if all(map(_QOS, received)):
+        return outcomes
+    out = list(outcomes)
+    for i, message in enumerate(received):
+        if not message.qos:
+            was = outcomes[i]
+            said = "valid" if type(was) is Accepted else was.rejection.reason.value  # type: ignore[union-attr]
+            detail = f"published at QoS 0; device topics take QoS 1 (the message was {said})"
+            out[i] = Rejected(Rejection(RejectReason.QOS0, detail, was.seq), str(was.channel))
+    return out

@@ -54,6 +54,8 @@ class RejectReason(StrEnum):
     TOO_LARGE = "too_large"
     RATE_LIMITED = "rate_limited"
     CONFLICTING_DUPLICATE = "conflicting_duplicate"
+    QOS0 = "qos0"
+    """Published at QoS 0 on a device topic (the contract is QoS 1): counted, kept here."""
     POISON = "poison"
     """A message that made a stage fail on every bounded retry (quarantined, see
     `safecity.quarantine`)."""

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import hypothesis
+import pytest
 import schemathesis
 from api_seed import event, reading, write
 from schemathesis import GenerationMode
@@ -98,11 +99,12 @@ def _runner(
     failures: dict[str, str],
     statuses: dict[int, int],
     pace: Pace,
+    examples: int = EXAMPLES,
 ) -> Callable[[], None]:
     checks = [c for c in CHECKS.get_all() if c is not ignored_auth]
 
     @hypothesis.settings(
-        max_examples=EXAMPLES,
+        max_examples=examples,
         deadline=None,
         derandomize=True,
         database=None,
@@ -132,6 +134,7 @@ def _runner(
     return run  # type: ignore[no-any-return]
 
 
+@pytest.mark.timeout(900)
 def test_schemathesis_every_check_finds_nothing(
     stack: LocalStack, influx_db: str, start_api: Callable[..., Any], tmp_path: Path
 ) -> None:
@@ -185,4 +188,4 @@ def test_schemathesis_every_check_finds_nothing(
     assert not [s for s in statuses if s >= 500], statuses
     assert statuses.get(200, 0) > 60 and statuses.get(403, 0) > 0, statuses
     assert statuses.get(429, 0) == 0, statuses  # the probe stayed under the limit
-    assert len(negatives_impossible) < 18, negatives_impossible
+    assert len(negatives_impossible) < 6, negatives_impossible

@@ -196,3 +196,27 @@ def test_two_events_of_one_device_in_one_millisecond_are_both_stored_and_listed(
         (format_ts(ts), 7, "gate"),
         (format_ts(ts), 8, "fence"),
     ]
+
+
+def test_a_qos0_publish_is_counted_and_dead_lettered_never_silent(
+    stack: LocalStack, ingest_factory
+) -> None:
+    db = new_db(stack)
+    ingest = ingest_factory(stack, db).start()
+    device = NOISE[2]
+    topic = topics.telemetry_topic(CITY.id, device.district, device.kind, device.id)
+    now = datetime.now(UTC).replace(microsecond=0)
+    # While the ingest is away: the broker queues it for the ingest's session (2.0.11
+    # cannot refuse a QoS 0 publish; by default it would drop it without a trace).
+    ingest.stop()
+    assert publish_as(stack, device, topic, payload(1, now, 50.0), qos=0) == ""
+    ingest.start()
+    (letter,) = wait_for(lambda: letters(ingest), 20, "the queued QoS 0 message's dead letter")
+    assert letter["reason"] == "qos0" and "QoS 0" in str(letter["detail"])
+    # While the ingest is up: the same.
+    assert publish_as(stack, device, topic, payload(2, now, 51.0), qos=0) == ""
+    wait_for(lambda: len(letters(ingest)) == 2, 20, "the second QoS 0 message's dead letter")
+    assert ingest.metric('safecity_ingest_rejected_total{reason="qos0"}') == 2
+    assert [json.loads(str(d["payload"]))["seq"] for d in letters(ingest)] == [1, 2]
+    rows = influx_rows(stack, db, 'SELECT * FROM "noise" WHERE "device_id" = $d', d=device.id)
+    assert rows == []  # refused, not stored
