@@ -161,15 +161,20 @@ def test_schemathesis_every_check_finds_nothing(
             # The key both ways: X-API-Key, and as a bearer token for Grafana's intake.
             SCOPES[key] = scope
             auth = {"X-API-Key": key, "Authorization": f"Bearer {key}"}
+            # Every check and mode with each key; the key that may do everything gets the
+            # most examples, the lesser keys (mostly their 403s) fewer.
+            examples = EXAMPLES if scope == "admin" else 4
             for result in schema.include(path_regex="^(?!/v1/stream)").get_all_operations():
                 for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-                    run = _runner(result.ok(), mode, http, api.url, auth, failures, statuses, pace)
+                    run = _runner(
+                        result.ok(), mode, http, api.url, auth, failures, statuses, pace, examples
+                    )
                     try:
                         run()
                     except hypothesis.errors.Unsatisfiable:
                         # Nothing to make invalid (no parameters, no body): only positive data.
                         assert mode is GenerationMode.NEGATIVE
-                        negatives_impossible.append(f"{scope} {result.ok().label}")
+                        negatives_impossible.append(result.ok().label)
     # `ignored_auth` re-sends through schemathesis' requests transport, which the shared
     # virtualenv's urllib3-future breaks: the same probe, sent here over httpx.
     for path, ops in document["paths"].items():
@@ -188,4 +193,4 @@ def test_schemathesis_every_check_finds_nothing(
     assert not [s for s in statuses if s >= 500], statuses
     assert statuses.get(200, 0) > 60 and statuses.get(403, 0) > 0, statuses
     assert statuses.get(429, 0) == 0, statuses  # the probe stayed under the limit
-    assert len(negatives_impossible) < 6, negatives_impossible
+    assert len(set(negatives_impossible)) < 6, negatives_impossible
