@@ -5,7 +5,7 @@ PYTEST_ARGS ?=
 TEST_JOBS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test compose-test lint lock bench soak clean
+.PHONY: help setup run test fuzz compose-test lint lock bench soak clean
 
 help:
 	@echo "make setup  install mosquitto/influxdb if missing, create $(VENV), install the project"
@@ -13,6 +13,7 @@ help:
 	@echo "           CITIES=\"tashkent samarkand\" runs several cities, each with its own fleet;"
 	@echo "           REGION=1 adds a regional instance the cities federate to)"
 	@echo "make test   the test suite against real local services (PYTEST_ARGS=... to pass flags)"
+	@echo "make fuzz   the device-bytes fuzz tests with a long budget (FUZZ_EXAMPLES=20000)"
 	@echo "make compose-test  docker-compose.yml run for real under podman (part of make test)"
 	@echo "make lint   ruff and mypy"
 	@echo "make lock   re-pin requirements*.lock (hashed) from pyproject.toml's ranges (uv)"
@@ -35,6 +36,16 @@ test:
 	@start=$$(date +%s); rc=0; \
 	bash scripts/setup.sh --test && $(VENV)/bin/pytest -n $(TEST_JOBS) --dist loadfile $(PYTEST_ARGS) || rc=$$?; \
 	echo "make test: exit $$rc after $$(( $$(date +%s) - start )) s (set-up and suite)"; exit $$rc
+
+# The fuzz tests of every path that reads device bytes, with a long budget and random
+# seeds (make test runs them with a small fixed one; docs/testing.md).
+FUZZ_EXAMPLES ?= 20000
+FUZZ_TESTS := tests/ingest/test_fuzz_device_bytes.py tests/edge/test_fuzz_spool.py \
+	tests/alerts/test_fuzz_parse.py tests/api/test_fuzz_readback.py
+fuzz:
+	bash scripts/setup.sh --python-only
+	SAFECITY_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV)/bin/pytest -q --timeout 0 \
+		-W ignore::hypothesis.errors.HypothesisWarning $(PYTEST_ARGS) $(FUZZ_TESTS)
 
 # The compose stack built and run under podman (docs/compose.md); `make test` runs it too.
 compose-test:

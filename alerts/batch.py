@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import time
+from dataclasses import replace
 from datetime import timedelta
 
 from alerts import metrics
@@ -18,10 +19,11 @@ from alerts.book import Book
 from alerts.engine import Clear, Engine, Signal
 from alerts.settings import AlertsSettings
 from safecity import incidents as inc
-from safecity import topics
+from safecity import schema, topics
 from safecity.errors import StorageError, TopicError
-from safecity.lineprotocol import Point
+from safecity.lineprotocol import Point, encode_many
 from safecity.mqtt import Incoming, MqttClient
+from safecity.quarantine import Poisoned, attempt
 from safecity.readings import Event, Reading, Rejection, Status, parse
 from safecity.registry import City
 from safecity.retry import retry_storage
@@ -102,6 +104,32 @@ class AlertBatcher:
         assert isinstance(parsed, Status)
         return self.engine.observe_status(device, parsed.ts_ms, parsed.state == "online")
 
+    def _quarantined(self, message: Incoming, got: Poisoned) -> Point:
+        """Count a quarantined message; its `security_events` point (the ingest keeps the
+        message itself: it dead-letters its own copy)."""
+        metrics.POISON.labels(stage=got.stage).inc()
+        claimed = message.topic.split("/")[5] if message.topic.count("/") >= 6 else ""
+        return schema.security_event_point(
+            self.city.id,
+            "alerts_poison",
+            int(time.time() * 1000),
+            device=self.city.device(claimed),
+            client_id=claimed,
+            detail=got.rejection().detail,
+            worker_id=self.settings.alerts_id,
+        )
+
+    async def _record(self, points: list[Point]) -> None:
+        """Write quarantine security events (one millisecond apart: one series each)."""
+        spaced = [replace(p, time_ms=p.time_ms + i) for i, p in enumerate(points)]
+        policy = schema.retention_policy_of(schema.SECURITY_EVENTS)
+        await retry_storage(
+            lambda: self.store.influx.write(encode_many(spaced), rp=policy),
+            "writing security events",
+            on_error=_count_error,
+            logger=log,
+        )
+
     async def process(self, batch: list[Incoming]) -> None:
         """Evaluate, make the outcome durable, then ack the batch in receive order."""
         async with self._lock:
@@ -109,8 +137,15 @@ class AlertBatcher:
 
     async def _process(self, batch: list[Incoming]) -> None:
         changes: list[Signal | Clear] = []
+        poisoned: list[Point] = []
         for message in batch:
-            changes += self._evaluate(message)
+            got = attempt("evaluate", self._evaluate, message, self.settings.alerts_poison_attempts)
+            if isinstance(got, Poisoned):
+                poisoned.append(self._quarantined(message, got))
+            else:
+                changes += got
+        if poisoned:
+            await self._record(poisoned)
         changes += self.engine.tick()
         metrics.WATERMARK.set(self.engine.watermark_ms / 1000)
         alerts: list[inc.Alert] = []

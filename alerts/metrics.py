@@ -37,3 +37,8 @@ TTR = Gauge(
     "Time to resolve by type and district",
     ["rule", "district", "stat"],
 )
+POISON = Counter(
+    "safecity_alerts_poison_total",
+    "Messages quarantined (a stage raised on every retry), by stage",
+    ["stage"],
+)

@@ -69,6 +69,15 @@ class AlertsSettings(ServiceSettings):
             ),
         ),
     ] = 10.0
+    alerts_poison_attempts: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=10,
+            description="Tries the evaluation gets on one message that makes it raise before "
+            "the message is quarantined: acked, counted and recorded as a security event.",
+        ),
+    ] = 3
     alerts_metrics_host: str = Field(
         "127.0.0.1", description="/metrics, /healthz and /readyz of the alerts service: host ..."
     )

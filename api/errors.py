@@ -68,9 +68,19 @@ def _error(status: int, detail: str, headers: Mapping[str, str] | None = None) -
     return JSONResponse(status_code=status, content={"detail": detail}, headers=headers)
 
 
+_UNPARSED_BODY = "There was an error parsing the body"
+"""FastAPI's 400 for a JSON body its decoder raised on other than a syntax error (bytes
+that are not UTF-8, nesting past the recursion limit)."""
+
+
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    if exc.status_code == 400 and detail == _UNPARSED_BODY:
+        # One status for every body that is not JSON, as for a syntax error: 422 (the
+        # one the OpenAPI document lists), naming why.
+        cause = type(exc.__cause__).__name__ if exc.__cause__ is not None else "unreadable"
+        return _error(422, f"body: not valid JSON ({cause})")
     return _error(exc.status_code, detail, exc.headers)
 
 

@@ -207,7 +207,8 @@ async def check(
             # Through schema.source: `events` lives in its own retention policy.
             f"SELECT * FROM {schema.source(measurement)} "  # noqa: S608
             "WHERE device_id = $d AND time >= $lo AND time <= $hi",
-            {"d": device_id, "lo": lo * 1_000_000, "hi": hi * 1_000_000},
+            # The whole last millisecond: an event is stored with a sub-ms offset.
+            {"d": device_id, "lo": lo * 1_000_000, "hi": (hi + 1) * 1_000_000 - 1},
         )
         expected = sent.good.get((measurement, device_id), {})
         _compare(report, measurement, device_id, rows, expected)

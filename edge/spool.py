@@ -273,22 +273,21 @@ class DeviceSpool:
             handle.seek(0)
             data = handle.read()
         offset = 0
-        for line in data.splitlines(keepends=True):
+        # Records end at "\n" only (bytes.splitlines would also split a damaged one at "\r").
+        parts = data.split(b"\n")
+        lines = [part + b"\n" for part in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
+        for number, line in enumerate(lines):
             if not line.endswith(b"\n"):
                 break
-            try:
-                record = json.loads(line)
-            except ValueError:
-                break
-            if "d" in record:
-                for first, last in record["d"]:
-                    for ident in range(first, last + 1):
-                        if ident in self._entries:
-                            self._drop(ident)
-            else:
-                ident = int(record["i"])
-                self._add(ident, _Entry(offset, len(line), record["s"], record["c"], None))
-                self._next_id = max(self._next_id, ident + 1)
+            if not self._replay_record(line, offset):
+                if number == len(lines) - 1:
+                    break  # a torn last record: cut below
+                # A damaged record between good ones: skipped (kept in the file, never sent),
+                # not a reason to drop every record after it.
+                log.warning(
+                    "edge spool: skipping a damaged record",
+                    extra={"path": str(self.path), "offset": offset},
+                )
             offset += len(line)
         if offset < len(data):
             log.warning(
@@ -306,6 +305,45 @@ class DeviceSpool:
         elif self._size:
             os.ftruncate(self._fd, 0)
             self._size = 0
+
+    def _replay_record(self, line: bytes, offset: int) -> bool:
+        """Apply one log record; False (nothing applied) when it is not a well-formed one."""
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                return False
+            if "d" in record:
+                ranges = [(int(first), int(last)) for first, last in record["d"]]
+                for first, last in ranges:
+                    self._settle_range(first, last)
+                return True
+            ident, seq, channel = record["i"], record["s"], record["c"]
+            if type(ident) is not int or ident < 0 or ident in self._entries:
+                return False
+            if not isinstance(channel, str):
+                return False
+            if seq is not None and type(seq) is not int:
+                return False
+            if not isinstance(record["t"], str):
+                return False
+            base64.b64decode(record["p"], validate=True)
+            self._decode(record["m"])
+        except (ValueError, TypeError, KeyError, RecursionError):
+            return False
+        self._add(ident, _Entry(offset, len(line), seq, channel, None))
+        self._next_id = max(self._next_id, ident + 1)
+        return True
+
+    def _settle_range(self, first: int, last: int) -> None:
+        """Drop the entries first..last of a done record (walking the entries, not the
+        range, when the range is the larger: a damaged record may name a huge one)."""
+        if last - first < len(self._entries):
+            idents: Iterable[int] = range(first, last + 1)
+        else:
+            idents = [i for i in self._entries if first <= i <= last]
+        for ident in idents:
+            if ident in self._entries:
+                self._drop(ident)
 
     def _compact(self) -> None:
         """Rewrite only the unsettled records (temporary file, fsync, atomic rename)."""

@@ -28,7 +28,10 @@ from ingest.stats import Totals
 from ingest.validate import Accepted, Rejected, Validator, claimed_city, claimed_device_id
 from ingest.watermark import Watermarks  # end-to-end acks
 from safecity import schema, topics
+from safecity.errors import StorageError
 from safecity.mqtt import Incoming, MqttClient
+from safecity.quarantine import STAGE_HOOKS, Poisoned, attempt, poisoned, run_hooks
+from safecity.readings import Rejection, RejectReason
 from safecity.registry import Cities, City, as_cities
 
 log = logging.getLogger("safecity.ingest")
@@ -45,6 +48,7 @@ _TIME_MS = attrgetter("time_ms")
 _MEASUREMENT = attrgetter("measurement")
 _TOPIC = attrgetter("topic")
 _PAYLOAD = attrgetter("payload")
+_QOS = attrgetter("qos")
 
 
 @dataclass
@@ -109,12 +113,46 @@ class Batcher:
             ):
                 await self.flush()
 
+    def _validate(self, received: list[Incoming]) -> list[Accepted | Rejected]:
+        """The validation stage of a bulk: each message's outcome, never an exception (a
+        message that makes it raise is validated alone, then quarantined)."""
+        now = datetime.now(UTC)  # one clock reading per bulk (the window check)
+        try:
+            if STAGE_HOOKS:
+                for message in received:
+                    run_hooks("validate", message)
+            return _qos0_refused(received, self._validator.validate_many(received, now))
+        except Exception as exc:  # one message's failure must not stop the worker
+            log.warning("validation of a bulk raised", extra={"error": type(exc).__name__})
+            metrics.STAGE_RETRIES.labels(stage="validate").inc()
+        validate = self._validator.validate
+        outcomes: list[Accepted | Rejected] = []
+        for message in received:
+            got = attempt(
+                "validate",
+                lambda m: validate(m.topic, m.payload, now, redelivery=m.duplicate),
+                message,
+                self._settings.poison_attempts,
+            )
+            outcomes.append(self._poison(message, None, got) if isinstance(got, Poisoned) else got)
+        return _qos0_refused(received, outcomes)
+
+    def _poison(
+        self, message: Incoming, before: Accepted | Rejected | None, got: object
+    ) -> Accepted | Rejected:
+        """The `poison` outcome of a quarantined message (`got`, a `Poisoned`); `before` is
+        what validation made of it, if it got that far (its seq is acked)."""
+        assert isinstance(got, Poisoned)
+        metrics.POISON.labels(stage=got.stage).inc()
+        seq = before.seq if before is not None else None
+        channel = before.channel if before is not None else message.topic.rsplit("/", 1)[-1]
+        return Rejected(got.rejection(seq), str(channel))
+
     def _take(self, received: list[Incoming]) -> None:
         batch = self._batch
         if not batch.messages:
             batch.opened = time.monotonic()
-        # One clock reading per bulk of messages received together (the window check).
-        outcomes = self._validator.validate_many(received, datetime.now(UTC))
+        outcomes = self._validate(received)
         batch.messages += received
         batch.outcomes += outcomes
         # Metrics per bulk, not per message: prometheus-client takes a lock each time.
@@ -127,12 +165,44 @@ class Batcher:
             self._totals.redelivered += redelivered
         metrics.PENDING.set(len(batch.messages))
 
-    async def flush(self) -> None:  # noqa: PLR0915 - long; split it at its seams
-        """Make the current batch durable, then ack all of it in receive order."""
+    async def flush(self) -> None:
+        """Make the current batch durable, then ack all of it in receive order.
+
+        A batch whose handling raises is retried whole `poison_attempts` times, then one
+        message at a time; a message that still fails alone is quarantined as `poison`
+        (dead-lettered, acked). Storage and machine failures are not a message's fault:
+        they propagate as before (the sink retries and spools storage errors itself)."""
         batch, self._batch = self._batch, _Batch()
-        messages, outcomes = batch.messages, batch.outcomes
-        if not messages:
+        if batch.messages:
+            await self._flush_guarded(batch)
+
+    async def _flush_guarded(self, batch: _Batch) -> None:
+        attempts = self._settings.poison_attempts
+        failure: Exception | None = None
+        for _ in range(attempts):
+            try:
+                await self._flush(batch)
+                return
+            except (StorageError, OSError):
+                raise
+            except Exception as exc:  # a message's failure must not stop the worker
+                failure = exc
+                metrics.STAGE_RETRIES.labels(stage="store").inc()
+                log.warning("a batch raised; retrying", extra={"error": type(exc).__name__})
+        assert failure is not None
+        if len(batch.messages) > 1:
+            for pair in zip(batch.messages, batch.outcomes, strict=True):
+                await self._flush_guarded(_Batch([pair[0]], [pair[1]]))
             return
+        message, outcome = batch.messages[0], batch.outcomes[0]
+        quarantined = self._poison(message, outcome, poisoned("store", failure, attempts))
+        await self._flush(_Batch([message], [quarantined]), hooks=False)
+
+    async def _flush(self, batch: _Batch, *, hooks: bool = True) -> None:
+        messages, outcomes = batch.messages, batch.outcomes
+        if hooks and STAGE_HOOKS:
+            for message in messages:
+                run_hooks("store", message)
         started = time.monotonic()
         worker = self._settings.worker_id
         accepted: list[Accepted] = [o for o in outcomes if type(o) is Accepted]
@@ -175,6 +245,12 @@ class Batcher:
                 bad = {i for i, _ in refused}
                 accepted = [o for i, o in enumerate(accepted) if i not in bad]
             self._count_written(accepted)
+        self._ack_durable(messages, outcomes, started)
+
+    def _ack_durable(
+        self, messages: list[Incoming], outcomes: list[Accepted | Rejected], started: float
+    ) -> None:
+        """The batch is durable: watermarks, hooks, then the acks in receive order."""
         if self.watermarks is not None:  # end-to-end acks: the batch is durable now
             self.watermarks.add_batch(zip(messages, outcomes, strict=True))
         self._durable_writes += 1
@@ -246,3 +322,21 @@ class Batcher:
             if line is not None:
                 out.append((line, time_ms))
         return out
+
+
+def _qos0_refused(
+    received: list[Incoming], outcomes: list[Accepted | Rejected]
+) -> list[Accepted | Rejected]:
+    """`outcomes`, with each message published at QoS 0 refused as `qos0` (whatever
+    validation said of it, which the detail keeps): the broker cannot refuse it, so it
+    is counted and dead-lettered here, never stored or lost silently."""
+    if all(map(_QOS, received)):
+        return outcomes
+    out = list(outcomes)
+    for i, message in enumerate(received):
+        if not message.qos:
+            was = outcomes[i]
+            said = "valid" if type(was) is Accepted else was.rejection.reason.value  # type: ignore[union-attr]
+            detail = f"published at QoS 0; device topics take QoS 1 (the message was {said})"
+            out[i] = Rejected(Rejection(RejectReason.QOS0, detail, was.seq), str(was.channel))
+    return out

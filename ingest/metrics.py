@@ -100,6 +100,16 @@ BATCH_SIZE = Histogram(
     "Messages per flushed batch",
     buckets=(1, 10, 50, 100, 500, 1000, 2500, 5000, 10000),
 )
+POISON = Counter(
+    "safecity_ingest_poison_total",
+    "Messages quarantined as poison (a stage raised on every retry), by stage",
+    ["stage"],
+)
+STAGE_RETRIES = Counter(
+    "safecity_ingest_stage_retries_total",
+    "Retries of a stage that raised (a whole batch or one message), by stage",
+    ["stage"],
+)
 PENDING = Gauge("safecity_ingest_pending_messages", "Received, not yet durable and acked")
 LAG = Gauge(
     "safecity_ingest_lag_seconds", "Wall clock minus device timestamp of the last written reading"

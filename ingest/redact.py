@@ -81,24 +81,29 @@ class Redactor:
         found: dict[str, str] = {}  # plain value -> its hash
         keys: list[str] = []
         try:
-            tree = json.loads(payload)
+            new_payload = self._tree(payload, found, keys)
         except (ValueError, RecursionError):
+            # Not JSON, or JSON too deep to walk or with text (a lone surrogate) that cannot
+            # be written back: the text path, which any bytes pass.
+            found.clear()
+            keys.clear()
             text = payload.decode("utf-8", "replace")
             new_text = _PAIR.sub(lambda m: self._pair(m, found, keys), text)
             new_payload = payload if new_text == text and not keys else new_text.encode()
-        else:
-            new_tree = self._walk(tree, found, keys)
-            new_payload = (
-                json.dumps(new_tree, separators=(",", ":"), ensure_ascii=False).encode()
-                if keys
-                else payload
-            )
         new_detail = _PAIR.sub(lambda m: self._pair(m, found, keys), detail)
         # Validation errors quote the offending input: replace every plain value we hashed.
         for plain, hashed in sorted(found.items(), key=lambda kv: -len(kv[0])):
             if len(plain) >= 4:  # a short value (a digit) would hit unrelated text
                 new_detail = new_detail.replace(plain, hashed)
         return Redacted(new_payload, new_detail, tuple(dict.fromkeys(keys)))
+
+    def _tree(self, payload: bytes, found: dict[str, str], keys: list[str]) -> bytes:
+        """The payload with personal values hashed, walking its JSON tree; raises ValueError
+        (UnicodeError included) or RecursionError when it cannot."""
+        new_tree = self._walk(json.loads(payload), found, keys)
+        if not keys:
+            return payload
+        return json.dumps(new_tree, separators=(",", ":"), ensure_ascii=False).encode()
 
     def _walk(self, node: Any, found: dict[str, str], keys: list[str]) -> Any:
         if isinstance(node, dict):

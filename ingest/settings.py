@@ -163,6 +163,15 @@ class IngestSettings(ServiceSettings):
             ),
         ),
     ] = 16_384
+    poison_attempts: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=10,
+            description="Tries a stage gets on one message that makes it raise before the "
+            "message is quarantined: dead-lettered as `poison`, acked, counted.",
+        ),
+    ] = 3
     ack_interval: Annotated[
         float,
         Field(

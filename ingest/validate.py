@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import cache, lru_cache
 from typing import NamedTuple, cast
@@ -17,7 +17,16 @@ from safecity.errors import LineProtocolError, TopicError
 from safecity.fastcontract import TelemetryLines, telemetry_lines, window_ms
 from safecity.lineprotocol import Point, encode, series_key
 from safecity.mqtt import Incoming
-from safecity.readings import Event, Reading, Rejection, RejectReason, Status, parse
+from safecity.readings import (
+    Event,
+    Reading,
+    Rejection,
+    RejectReason,
+    Status,
+    claimed_seq,
+    decode_json,
+    parse,
+)
 from safecity.registry import Cities, City, Device, as_cities
 
 _READING, _EVENT, _STATUS = "reading", "event", "status"
@@ -70,6 +79,11 @@ class Rejected:
     rejection: Rejection
     channel: str
 
+    @property
+    def seq(self) -> int | None:
+        """The seq the refused payload claims, as validation read it (None: unreadable)."""
+        return self.rejection.seq
+
 
 class DeviceRateLimiter:
     """Per-device token buckets: `rate` messages/s sustained, bursts up to `burst`.
@@ -121,12 +135,12 @@ class DuplicateDetector:
         self._seen: OrderedDict[tuple[str, int], int] = OrderedDict()
         self._times: OrderedDict[int, int] = OrderedDict()
 
-    def time_taken_by(self, series: str, time_ms: int, seq: int) -> int | None:
-        """The other seq already stored at this series (`lineprotocol.series_key`) and time,
-        else None (and the time is claimed for `seq`)."""
+    def time_taken_by(self, series: str, time: int, seq: int) -> int | None:
+        """The other seq already stored at this series (`lineprotocol.series_key`) and time
+        (ms, or ns for an event), else None (and the time is claimed for `seq`)."""
         # A 64-bit hash, not the pair itself: a fraction of the memory per entry; a
         # collision (about 1 in 10^9 at 200,000 entries) dead-letters, never overwrites.
-        key = hash((series, time_ms))
+        key = hash((series, time))
         seen = self._times.get(key)
         if seen is not None:
             self._times.move_to_end(key)
@@ -153,13 +167,20 @@ class DuplicateDetector:
         return False
 
     def verdict(
-        self, device_id: str, channel: str, seq: int, payload: bytes, series: str, time_ms: int
+        self,
+        device_id: str,
+        channel: str,
+        seq: int,
+        payload: bytes,
+        series: str,
+        time_ms: int,
+        stored_at: int | None = None,
     ) -> Rejected | None:
-        """Both checks of a reading or event (`conflicts`, then `time_taken_by`); None
-        when it passes."""
+        """Both checks of a reading or event (`conflicts`, then `time_taken_by` of its
+        stored time: `stored_at`, else `time_ms`); None when it passes."""
         if self.conflicts(device_id, seq, payload):
             return _conflict(device_id, channel, seq)
-        other = self.time_taken_by(series, time_ms, seq)
+        other = self.time_taken_by(series, time_ms if stored_at is None else stored_at, seq)
         if other is not None:
             return _same_time(device_id, channel, seq, other, time_ms)
         return None
@@ -208,11 +229,13 @@ class Validator:
         if route is None:
             identified = self._identify(topic)
             if isinstance(identified, Rejected):
-                return identified
+                if self.cities.owner(claimed_device_id(topic)) is None:
+                    return identified  # no device to acknowledge it to: seq is moot
+                return _with_seq(identified, payload)
             route = identified
         limiter = self.rate_limiter
         if limiter is not None and not redelivery and not limiter.allow(route.device_id):
-            return self._rate_limited(route)
+            return _with_seq(self._rate_limited(route), payload)
         if route.lines is not None:
             got = route.lines.line(payload, route.series, *window_ms(now, self._past, self._future))
             if got is not None:
@@ -249,7 +272,7 @@ class Validator:
                 append(validate(message.topic, message.payload, now, redelivery=message.duplicate))
                 continue
             if allow is not None and not message.duplicate and not allow(device_id, clock):
-                append(self._rate_limited(route))
+                append(_with_seq(self._rate_limited(route), message.payload))
                 continue
             payload = message.payload
             got = lines.line(payload, series, low, high)
@@ -368,20 +391,27 @@ class Validator:
             series = series_key(point.measurement, point.tags)
         except LineProtocolError as exc:  # defence in depth, as in `_encoded`
             return Rejected(Rejection(RejectReason.SCHEMA, str(exc)), channel)
+        # An event is stored at ns precision with a sub-ms offset from its seq: two events
+        # of one device in one millisecond are two points (a reading is one per ms).
+        time_ns = None if shape is _READING else schema.event_time_ns(point.time_ms, numbered.seq)
         if self.duplicates is not None:
             rejected = self.duplicates.verdict(
-                device.id, channel, numbered.seq, payload, series, point.time_ms
+                device.id, channel, numbered.seq, payload, series, point.time_ms, time_ns
             )
             if rejected is not None:
                 return rejected
-        return self._encoded(point, channel, device.id, numbered.seq)
+        return self._encoded(point, channel, device.id, numbered.seq, time_ns)
 
     @staticmethod
     def _encoded(
-        point: Point, channel: topics.Channel, device_id: str, seq: int | None
+        point: Point,
+        channel: topics.Channel,
+        device_id: str,
+        seq: int | None,
+        time_ns: int | None = None,
     ) -> Accepted | Rejected:
         try:
-            line = encode(point)
+            line = encode(point, time_ns=time_ns)
         except LineProtocolError as exc:  # defence in depth: validation makes this unreachable
             return Rejected(Rejection(RejectReason.SCHEMA, str(exc)), channel)
         return Accepted(line, point.time_ms, point.measurement, channel, device_id, seq)
@@ -403,11 +433,21 @@ class _Route(NamedTuple):
     """The city the topic names (served, and the device's own)."""
 
 
+def _with_seq(rejected: Rejected, payload: bytes) -> Rejected:
+    """`rejected` with the seq its payload claims (one strict decode that never raises: the
+    refusal came before the contract read the payload)."""
+    seq = claimed_seq(decode_json(payload))
+    if seq is None:
+        return rejected
+    return Rejected(replace(rejected.rejection, seq=seq), rejected.channel)
+
+
 def _conflict(device_id: str, channel: str, seq: int) -> Rejected:
     return Rejected(
         Rejection(
             RejectReason.CONFLICTING_DUPLICATE,
             f"device {device_id} sent seq {seq} before with other content",
+            seq,
         ),
         channel,
     )
@@ -419,6 +459,7 @@ def _same_time(device_id: str, channel: str, seq: int, other: int, time_ms: int)
             RejectReason.CONFLICTING_DUPLICATE,
             f"device {device_id} sent seq {other} and seq {seq} with the "
             f"same ts ({time_ms} ms): storing both would overwrite one",
+            seq,
         ),
         channel,
     )

@@ -18,7 +18,6 @@ accounted for, and sending it again would only dead-letter it again.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Iterable
 
@@ -76,10 +75,12 @@ class Watermarks:
                 if channel not in _NUMBERED:
                     continue
                 # A refused message is acked to the device that owns the id, whatever city
-                # the topic named.
+                # the topic named, with the seq validation read (never a second decode).
+                found = outcome.seq
+                if found is None:
+                    continue
                 device_id = claimed_device_id(incoming.topic)
-                found = _seq_of(incoming.payload)
-                if self.cities.owner(device_id) is None or type(found) is not int or found < 0:
+                if self.cities.owner(device_id) is None:
                     continue
                 seq = found
             sets = pending.get(device_id)
@@ -129,11 +130,3 @@ class Watermarks:
                 return None
             self._topics[device_id] = topic
         return topic
-
-
-def _seq_of(payload: bytes) -> object:
-    try:
-        body = json.loads(payload)
-    except ValueError:
-        return None
-    return body.get("seq") if isinstance(body, dict) else None

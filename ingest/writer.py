@@ -36,7 +36,7 @@ from safecity.errors import (
 )
 from safecity.influx import InfluxClient
 from safecity.retry import Backoff, Sleep
-from safecity.schema import RETENTION_FAMILIES, retention_policy_of
+from safecity.schema import EVENTS, RETENTION_FAMILIES, retention_policy_of
 
 __all__ = ["Backoff", "InfluxWriter", "WriteDeferredError", "split_by_policy"]
 
@@ -69,6 +69,23 @@ def city_of(line: str) -> str | None:
     start += len(_CITY_TAG)
     ends = [i for i in (line.find(",", start), line.find(" ", start)) if i >= 0]
     return line[start : min(ends)] if ends else None
+
+
+_EVENTS_POLICY = retention_policy_of(EVENTS)
+_MS_DIGITS = 16
+"""A timestamp of at most this many digits is in ms (until the year 2286); ns have 19."""
+
+
+def _precision(rp: str | None) -> str:
+    """Events are written at ns (their sub-ms offset from seq), everything else at ms."""
+    return "ns" if rp == _EVENTS_POLICY else "ms"
+
+
+def _in_ns(line: str) -> str:
+    """An events line with its timestamp in ns (a line spooled or dead-lettered before
+    events carried their offset has it in ms)."""
+    stamp = line.rsplit(" ", 1)[-1]
+    return line + "000000" if len(stamp) <= _MS_DIGITS else line
 
 
 def split_by_policy(lines: list[str]) -> list[tuple[str | None, list[int] | None]]:
@@ -171,6 +188,8 @@ class InfluxWriter:
                 await self._write_range(client, lines, 0, len(lines), refused, deadline, rp)
                 continue
             group = [lines[i] for i in indices]
+            if rp == _EVENTS_POLICY:
+                group = [_in_ns(line) for line in group]
             own: list[tuple[int, str]] = []
             await self._write_range(client, group, 0, len(group), own, deadline, rp)
             refused.extend((indices[i], message) for i, message in own)
@@ -188,7 +207,7 @@ class InfluxWriter:
     ) -> None:
         body = ("\n".join(lines[lo:hi]) + "\n").encode()
         try:
-            await self._write_with_retry(client, body, deadline, rp)
+            await self._write_with_retry(client, body, deadline, rp, _precision(rp))
         except WriteRejectedError as exc:
             metrics.WRITE_ERRORS.labels(error=f"http_{exc.status}").inc()
             self.write_errors += 1
@@ -200,7 +219,12 @@ class InfluxWriter:
             await self._write_range(client, lines, mid, hi, refused, deadline, rp)
 
     async def _write_with_retry(
-        self, client: InfluxClient | None, body: bytes, deadline: float | None, rp: str | None
+        self,
+        client: InfluxClient | None,
+        body: bytes,
+        deadline: float | None,
+        rp: str | None,
+        precision: str = "ms",
     ) -> None:
         attempt = 0
         while True:
@@ -208,13 +232,15 @@ class InfluxWriter:
             target = client or self._client
             try:
                 if deadline is None:
-                    await target.write(body, rp=rp)
+                    await target.write(body, precision=precision, rp=rp)
                 else:
                     # A hung InfluxDB (SIGSTOP, overload) must not hold the batch past
                     # the deadline; an abandoned request that lands later is harmless.
                     budget = max(0.05, deadline - started)
                     try:
-                        await asyncio.wait_for(target.write(body, rp=rp), budget)
+                        await asyncio.wait_for(
+                            target.write(body, precision=precision, rp=rp), budget
+                        )
                     except TimeoutError as exc:
                         raise StorageUnavailableError(
                             f"InfluxDB write took longer than {budget:.2f}s"

@@ -68,8 +68,11 @@ def _field(value: FieldValue) -> str:
     raise LineProtocolError(f"unsupported field type {type(value).__name__}")
 
 
-def encode(point: Point) -> str:
-    """Encode a point as one line (no trailing newline); raise LineProtocolError if impossible."""
+def encode(point: Point, *, time_ns: int | None = None) -> str:
+    """Encode a point as one line (no trailing newline); raise LineProtocolError if impossible.
+
+    The timestamp is the point's ms, or `time_ns` when given (a line to write at ns
+    precision)."""
     fields = point.fields
     tags = point.tags
     if not fields:
@@ -83,7 +86,7 @@ def encode(point: Point) -> str:
     # forms are memoised (bounded), so a point costs little more than its values.
     series = _series(point.measurement, tuple(tags.items()))
     field_set = ",".join(_field_key(k) + _field(v) for k, v in sorted(fields.items()))
-    return f"{series} {field_set} {point.time_ms}"
+    return f"{series} {field_set} {point.time_ms if time_ns is None else time_ns}"
 
 
 @lru_cache(maxsize=16_384)

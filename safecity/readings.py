@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from functools import cache
@@ -54,6 +54,11 @@ class RejectReason(StrEnum):
     TOO_LARGE = "too_large"
     RATE_LIMITED = "rate_limited"
     CONFLICTING_DUPLICATE = "conflicting_duplicate"
+    QOS0 = "qos0"
+    """Published at QoS 0 on a device topic (the contract is QoS 1): counted, kept here."""
+    POISON = "poison"
+    """A message that made a stage fail on every bounded retry (quarantined, see
+    `safecity.quarantine`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +67,9 @@ class Rejection:
 
     reason: RejectReason
     detail: str
+    seq: int | None = None
+    """The seq the payload claims, when it decoded to an object with a valid one (so a
+    refused message can still be acknowledged without decoding it again)."""
 
 
 def _to_utc(value: Any) -> Any:
@@ -338,25 +346,38 @@ def parse(
     Never raises: arbitrary bytes give a Rejection with a reason code. Pass
     `past_window=None` / `future_window=None` to skip the timestamp window check.
     """
-    try:
-        return _parse(kind, payload, channel, now, past_window, future_window)
-    except Exception as exc:  # the contract is "never raises": last-resort safety net
-        return Rejection(RejectReason.SCHEMA, f"unexpected {type(exc).__name__}: {exc}"[:300])
-
-
-def _parse(
-    kind: str,
-    payload: bytes,
-    channel: Channel,
-    now: datetime | None,
-    past_window: timedelta | None,
-    future_window: timedelta | None,
-) -> Reading | Event | Status | Rejection:
     if kind not in catalogue.KINDS:
         return Rejection(RejectReason.SCHEMA, f"unknown kind {kind!r}")
     obj = decode_json(payload)
     if isinstance(obj, Rejection):
         return obj
+    try:
+        result = _parse(kind, obj, channel, now, past_window, future_window)
+    except Exception as exc:  # the contract is "never raises": last-resort safety net
+        result = Rejection(RejectReason.SCHEMA, f"unexpected {type(exc).__name__}: {exc}"[:300])
+    if type(result) is Rejection:
+        seq = claimed_seq(obj)
+        if seq is not None:
+            return replace(result, seq=seq)
+    return result
+
+
+def claimed_seq(obj: object) -> int | None:
+    """The seq a decoded payload claims, if it is an object with a valid one."""
+    if not isinstance(obj, dict):
+        return None
+    seq = obj.get("seq")
+    return seq if type(seq) is int and 0 <= seq <= MAX_SEQ else None
+
+
+def _parse(
+    kind: str,
+    obj: Any,
+    channel: Channel,
+    now: datetime | None,
+    past_window: timedelta | None,
+    future_window: timedelta | None,
+) -> Reading | Event | Status | Rejection:
     if not isinstance(obj, dict):
         return Rejection(
             RejectReason.SCHEMA, f"payload must be a JSON object, not {type(obj).__name__}"

@@ -50,6 +50,17 @@ def reading_point(city: str, device: Device, reading: Reading) -> Point:
     return Point(measurement_of(device.kind), _tags(city, device), fields, reading.ts_ms)
 
 
+EVENT_OFFSETS_NS = 1_000_000
+"""An event's stored time is its `ts` plus `seq mod` this many ns (under a millisecond)."""
+
+
+def event_time_ns(time_ms: int, seq: int) -> int:
+    """The stored time of an event (ns): its `ts` plus a sub-millisecond offset from its seq,
+    so two events of one device in one millisecond are two points, and the same event
+    again (a redelivery) lands on itself."""
+    return time_ms * 1_000_000 + seq % EVENT_OFFSETS_NS
+
+
 def event_point(city: str, device: Device, event: Event) -> Point:
     """The point of a safe-city event in the `events` measurement."""
     tags = {**_tags(city, device), "type": event.type, "severity": event.severity.value}
@@ -273,6 +284,14 @@ SECURITY_EVENT_TYPES: dict[str, tuple[str, str]] = {
         "ingest",
         "a seq seen before with other content (replay or tampering)",
     ),
+    RejectReason.POISON.value: (
+        "ingest",
+        "a message that made a stage fail on every retry (quarantined: a crafted payload?)",
+    ),
+    "alerts_poison": (
+        "alerts",
+        "a message that made an alerts stage fail on every retry (quarantined, acked)",
+    ),
     "command_forgery": (
         "api",
         "a device's command result about a command that was not sent to it, or under "
@@ -284,9 +303,13 @@ INGEST_SECURITY_REASONS = frozenset(
 )
 SECURITY_EVENTS_TAGS: tuple[tuple[str, str], ...] = (
     ("city", "the ingest's city"),
-    ("source", "`broker` (its log), `ingest` (a rejection) or `api` (the command service)"),
+    (
+        "source",
+        "`broker` (its log), `ingest` (a rejection), `alerts` (a quarantine) or `api` "
+        "(the command service)",
+    ),
     ("type", "one of the types below"),
-    ("worker_id", "the ingest worker (source `ingest` only)"),
+    ("worker_id", "the ingest worker or alerts instance (sources `ingest`, `alerts`)"),
     ("district", "the registry device's district (only when the id is a registry device)"),
     ("device_id", "the registry device (only when the id is a registry device)"),
 )
@@ -327,7 +350,7 @@ def security_event_point(
         raise ValueError(f"unknown security event type {type_!r}")
     source_ = SECURITY_EVENT_TYPES[type_][0]
     tags = {"city": city, "source": source_, "type": type_}
-    if source_ == "ingest" and worker_id is not None:
+    if source_ in ("ingest", "alerts") and worker_id is not None:
         tags["worker_id"] = worker_id
     if device is not None:
         tags["district"] = device.district

@@ -100,12 +100,20 @@ class Launcher:
         return next((s for s in reversed(self.started) if s.env.get(key) == value), None)
 
     def launch(
-        self, command: str, name: str, env: dict[str, str], ready_url: str, **fields: str
+        self,
+        command: str,
+        name: str,
+        env: dict[str, str],
+        ready_url: str,
+        *,
+        launcher: tuple[str, ...] = ("-m", "control"),
+        **fields: str,
     ) -> ServiceProcess:
-        """`python -m control <command>` with env; returns once ready_url answers 200."""
+        """`python -m control <command>` (or `python <launcher...> <command>`) with env;
+        returns once ready_url answers 200."""
         proc = ManagedProcess(
             name,
-            [sys.executable, "-m", "control", command],
+            [sys.executable, *launcher, command],
             self.tmp_path / f"{name}-{len(self.started)}.log",
             env=env,
         )
@@ -119,6 +127,9 @@ class Launcher:
         """Stop every service this launcher started."""
         for service in self.started:
             service.stop()
+
+
+POISON_LAUNCHER = Path(__file__).parent / "helpers" / "poison_service.py"
 
 
 def service_env(stack: LocalStack, database: str, service: str, **extra: str) -> dict[str, str]:
@@ -200,7 +211,15 @@ def start_alerts(stack: LocalStack, tmp_path: Path) -> Iterator[Callable[..., Se
     its share group, so its session resumes); every started service is stopped after."""
     launcher = Launcher(tmp_path)
 
-    def start(database: str, alerts_id: str | None = None, **extra: str) -> ServiceProcess:
+    def start(
+        database: str,
+        alerts_id: str | None = None,
+        *,
+        poison: tuple[str, str] | None = None,
+        **extra: str,
+    ) -> ServiceProcess:
+        """With `poison` (stage, marker): through the launcher whose stage raises on every
+        message holding the marker (tests/helpers/poison_service.py)."""
         ident = alerts_id or f"alerts-{secrets.token_hex(4)}"
         port = free_port()
         before = launcher.previous("SAFECITY_ALERTS_ID", ident)
@@ -215,8 +234,14 @@ def start_alerts(stack: LocalStack, tmp_path: Path) -> Iterator[Callable[..., Se
             **extra,
         )
         metrics_url = f"http://127.0.0.1:{port}"
+        how = ("-m", "control") if poison is None else (str(POISON_LAUNCHER), *poison)
         return launcher.launch(
-            "alerts", f"alerts-{ident}", env, f"{metrics_url}/readyz", metrics_url=metrics_url
+            "alerts",
+            f"alerts-{ident}",
+            env,
+            f"{metrics_url}/readyz",
+            launcher=how,
+            metrics_url=metrics_url,
         )
 
     yield start

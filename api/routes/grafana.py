@@ -43,7 +43,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # a message is one line of text
 class GrafanaAlert(BaseModel):
     """One alert of a Grafana webhook notification (fields we use; others ignored)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     status: Literal["firing", "resolved"] = Field(examples=["firing"])
     labels: dict[str, str] = Field(default_factory=dict)
@@ -56,7 +56,7 @@ class GrafanaAlert(BaseModel):
 class GrafanaNotification(BaseModel):
     """Grafana's webhook body (version 1): a group of alerts."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     status: str = Field(examples=["firing"])
     alerts: list[GrafanaAlert] = Field(max_length=1000)

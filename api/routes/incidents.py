@@ -140,7 +140,7 @@ class FiguresOut(BaseModel):
 class TransitionIn(BaseModel):
     """An optional note for the step (one line, at most 500 characters)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     note: str = Field(default="", max_length=NOTE_MAX, pattern=NOTE_PATTERN)
 

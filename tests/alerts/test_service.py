@@ -227,3 +227,37 @@ def test_a_dying_refresher_is_restarted_counted_and_unready_meanwhile(
             await service.stop()
 
     asyncio.run(main())
+
+
+def test_a_message_the_evaluation_keeps_failing_on_is_quarantined_and_the_rest_fires(
+    stack: LocalStack,
+    influx_db: str,
+    start_alerts: Callable[..., Any],
+    watcher: AlertWatcher,
+    tmp_path: Path,
+) -> None:
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(RULES)
+    service = start_alerts(
+        influx_db,
+        poison=("evaluate", '"seq": 424242,'),
+        SAFECITY_ALERTS_RULES_FILE=str(rules_file),
+        SAFECITY_ALERTS_POISON_ATTEMPTS="2",
+    )
+    base = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    panic_topic = topics.event_topic("tashkent", PANIC.district, PANIC.kind, PANIC.id)
+    # The poison first, then an ordinary panic: the worker keeps consuming and fires it.
+    mosquitto_pub(stack, panic_topic, _panic(base, 424242), _panic(base + timedelta(minutes=1), 7))
+    published = wait_for(lambda: watcher.alerts(), 30, "the panic after the poison fired")
+    assert [body["rule_id"] for _, body in published] == ["panic"]
+    assert published[0][1]["started_at"] == format_ts(base + timedelta(minutes=1))
+    assert _metric(service.metrics_url, 'safecity_alerts_poison_total{stage="evaluate"}') == 1
+    assert service.process.alive
+    events = influx_rows(
+        stack,
+        influx_db,
+        """SELECT * FROM "security"."security_events" WHERE "type" = 'alerts_poison'""",
+    )
+    assert len(events) == 1 and events[0]["source"] == "alerts"
+    assert events[0]["device_id"] == PANIC.id
+    assert "stage evaluate raised RuntimeError 2 times" in events[0]["detail"]

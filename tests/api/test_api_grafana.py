@@ -93,3 +93,25 @@ def test_a_grafana_alert_becomes_one_incident_and_resolves(
     assert body["transitions"][-1]["note"] == "resolved in Grafana"
     # The overview counts it no more (one incident list for both sources).
     assert all(i["state"] == "resolved" for i in _grafana_incidents(client))
+
+
+def test_bodies_that_are_not_json_or_mistyped_are_422_with_a_reason(
+    client: TestClient, keys: dict[str, str]
+) -> None:
+    url, headers = "/v1/alerts/grafana", _bearer(keys["operate"])
+    json_type = {**headers, "Content-Type": "application/json"}
+    for body, reason in (
+        (b'{"status": "firing", "alerts": [', "body: not valid JSON"),  # a syntax error
+        (b'{"status": "\xff\xfe", "alerts": []}', "body: not valid JSON"),  # not UTF-8
+        (b"[" * 5000 + b"]" * 5000, "body: not valid JSON"),  # past the recursion limit
+    ):
+        r = client.post(url, content=body, headers=json_type)
+        assert r.status_code == 422, (body[:20], r.status_code, r.text)
+        assert r.json()["detail"].startswith(reason), r.text
+    # Strict: a status that is not a string, a label value that is not one.
+    bad_status = {**_notification("firing"), "status": 1}
+    r = client.post(url, json=bad_status, headers=headers)
+    assert r.status_code == 422 and "body field 'status'" in r.json()["detail"], r.text
+    bad_label = _notification("firing")
+    bad_label["alerts"][0]["labels"]["severity"] = 3
+    assert client.post(url, json=bad_label, headers=headers).status_code == 422

@@ -113,6 +113,7 @@ def test_secure_template_hardening_and_loopback_plain_listener(tmp_path: Path) -
         "max_queued_messages 2000000",
         "max_queued_bytes 805306368",
         "max_inflight_messages 1000",
+        "queue_qos0_messages true",
         "autosave_interval 2",
         "sys_interval 5",
     ):

@@ -10,11 +10,12 @@ from control.stack import LocalStack
 from safecity.registry import Device
 
 
-def publish_as(stack: LocalStack, device: Device, topic: str, *payloads: str) -> str:
-    """mosquitto_pub with the device's own account, QoS 1, one message per line; stderr."""
+def publish_as(stack: LocalStack, device: Device, topic: str, *payloads: str, qos: int = 1) -> str:
+    """mosquitto_pub with the device's own account, QoS 1 (or `qos`), one message per
+    line; stderr."""
     login = mosquitto("mosquitto_pub", stack, device.id, client_id=device.id)
     result = subprocess.run(
-        [*login, "-q", "1", "-t", topic, "-l"],
+        [*login, "-q", str(qos), "-t", topic, "-l"],
         input="\n".join(payloads) + "\n",
         capture_output=True,
         text=True,

@@ -16,6 +16,7 @@ from safecity.influx import InfluxClient
 from safecity.settings import InfluxSettings
 
 CRASH_LAUNCHER = Path(__file__).with_name("crash_ingest.py")
+POISON_LAUNCHER = Path(__file__).with_name("poison_service.py")
 NORMAL = ("-m", "control", "ingest")
 
 # Fast failure detection for tests: short InfluxDB timeouts, short backoff, quick spooling.
@@ -81,12 +82,18 @@ class Ingest:
         *,
         unset: tuple[str, ...] = (),
         crash_after_write: int = 0,
+        poison: tuple[str, str] | None = None,
         **env: str,
     ) -> Ingest:
         """Start (or restart) the worker with `env` added and the `unset` variables removed;
         with `crash_after_write` N through the launcher that SIGKILLs it after N durable
-        writes, before their acks."""
-        launcher = (str(CRASH_LAUNCHER), str(crash_after_write)) if crash_after_write else NORMAL
+        writes, before their acks; with `poison` (stage, marker) through the one whose
+        stage raises on every message holding the marker."""
+        launcher: tuple[str, ...] = NORMAL
+        if crash_after_write:
+            launcher = (str(CRASH_LAUNCHER), str(crash_after_write))
+        elif poison is not None:
+            launcher = (str(POISON_LAUNCHER), *poison, "ingest")
         self.process.argv = [sys.executable, *launcher]
         self.env.update(env)
         for key in unset:

@@ -145,10 +145,14 @@ def reading(
 class LedgerPublisher(Background):
     """Publishes messages at QoS 1 with a window of unacknowledged ones; writes the ledger."""
 
-    def __init__(self, settings: MqttSettings, ledger: Path, window: int = 200) -> None:
-        # An account that may publish on every device's topic (the simulator's, in tests).
+    def __init__(
+        self, settings: MqttSettings, ledger: Path, window: int = 200, client_id: str = ""
+    ) -> None:
+        # An account that may publish on every device's topic (the simulator's, in tests),
+        # or a device's own (then `client_id` is the device id: the broker requires it).
         super().__init__()
         self.settings = settings
+        self.client_id = client_id
         self.ledger_path = ledger
         self.window = window
         self.sent = 0
@@ -169,7 +173,7 @@ class LedgerPublisher(Background):
     async def _publish(self, messages: Sequence[Outgoing], rate: float | None) -> None:
         client = MqttClient(
             self.settings,
-            f"test-ledger-{secrets.token_hex(4)}",
+            self.client_id or f"test-ledger-{secrets.token_hex(4)}",
             clean_start=False,
             session_expiry=300,
         )

@@ -9,6 +9,7 @@ import socket
 from collections import Counter
 from datetime import UTC, datetime
 
+import httpx
 from devicepub import publish_as
 from faults import Ingest, new_db
 from support import influx_rows, wait_for
@@ -156,3 +157,66 @@ def test_a_second_with_more_than_1000_events_keeps_every_count() -> None:
     for point in points:
         final[point.time_ms] = int(point.fields["count"])
     assert len(final) == EventClock.SLOTS and sum(final.values()) == 3000
+
+
+def test_two_events_of_one_device_in_one_millisecond_are_both_stored_and_listed(
+    stack: LocalStack, ingest_factory, start_api
+) -> None:
+    db = new_db(stack)
+    ingest = ingest_factory(stack, db).start()
+    camera = CITY.select(kind="cctv")[0]
+    topic = topics.event_topic(CITY.id, camera.district, camera.kind, camera.id)
+    ts = datetime.now(UTC).replace(microsecond=250_000)
+
+    def intrusion(seq: int, zone: str) -> str:
+        details = {"zone": zone, "object_class": "person", "confidence": 0.9}
+        body = {"ts": format_ts(ts), "seq": seq, "type": "intrusion", "severity": "high"}
+        return json.dumps({**body, "details": details})
+
+    # Two intrusion zones of one analytic in the same millisecond, then the first again
+    # (a device re-sending after a lost PUBACK: stored once).
+    first, second = intrusion(7, "gate"), intrusion(8, "fence")
+    assert publish_as(stack, camera, topic, first, second, first) == ""
+    wait_for(lambda: ingest.metric("safecity_ingest_acked_total") >= 3, 20, "all three acked")
+    assert letters(ingest) == []
+    rows = influx_rows(
+        stack, db, 'SELECT * FROM "events"."events" WHERE "device_id" = $d', d=camera.id
+    )
+    ms = int(ts.timestamp() * 1000)
+    assert sorted((r["time"], r["seq"], r["zone"]) for r in rows) == [
+        (ms, 7, "gate"),
+        (ms, 8, "fence"),
+    ]
+    api = start_api(db)
+    window = {"from": format_ts(ts.replace(microsecond=0)), "device_id": camera.id}
+    listed = httpx.get(f"{api.url}/v1/events", params=window, headers=api.headers, timeout=10)
+    assert listed.status_code == 200, listed.text
+    items = listed.json()["items"]
+    assert sorted((i["ts"], i["seq"], i["details"]["zone"]) for i in items) == [
+        (format_ts(ts), 7, "gate"),
+        (format_ts(ts), 8, "fence"),
+    ]
+
+
+def test_a_qos0_publish_is_counted_and_dead_lettered_never_silent(
+    stack: LocalStack, ingest_factory
+) -> None:
+    db = new_db(stack)
+    ingest = ingest_factory(stack, db).start()
+    device = NOISE[2]
+    topic = topics.telemetry_topic(CITY.id, device.district, device.kind, device.id)
+    now = datetime.now(UTC).replace(microsecond=0)
+    # While the ingest is away: the broker queues it for the ingest's session (2.0.11
+    # cannot refuse a QoS 0 publish; by default it would drop it without a trace).
+    ingest.stop()
+    assert publish_as(stack, device, topic, payload(1, now, 50.0), qos=0) == ""
+    ingest.start()
+    (letter,) = wait_for(lambda: letters(ingest), 20, "the queued QoS 0 message's dead letter")
+    assert letter["reason"] == "qos0" and "QoS 0" in str(letter["detail"])
+    # While the ingest is up: the same.
+    assert publish_as(stack, device, topic, payload(2, now, 51.0), qos=0) == ""
+    wait_for(lambda: len(letters(ingest)) == 2, 20, "the second QoS 0 message's dead letter")
+    assert ingest.metric('safecity_ingest_rejected_total{reason="qos0"}') == 2
+    assert [json.loads(str(d["payload"]))["seq"] for d in letters(ingest)] == [1, 2]
+    rows = influx_rows(stack, db, 'SELECT * FROM "noise" WHERE "device_id" = $d', d=device.id)
+    assert rows == []  # refused, not stored

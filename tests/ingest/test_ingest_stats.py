@@ -116,7 +116,7 @@ def test_ingest_stats_deltas_match_dead_letters_and_writes_across_a_restart(
     for row in security:
         counted[row["type"]] += row["count"]
         assert row["source"] == "ingest" and row["worker_id"] == "stats"
-    assert counted == {r: letters[r] for r in schema.INGEST_SECURITY_REASONS}
+    assert counted == {r: letters[r] for r in schema.INGEST_SECURITY_REASONS if letters[r]}
 
     # Every point carries exactly the contract's fields with the contract's types.
     types = {"int": "integer", "float": "float", "bool": "boolean"}

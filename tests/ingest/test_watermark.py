@@ -73,3 +73,18 @@ def test_ack_topic_builds_and_parses() -> None:
         topics.parse_ack_topic("safecity/v1/tashkent/chilonzor/noise/noise-1/telemetry")
     with pytest.raises(TopicError):
         topics.ack_topic("tashkent", "chilonzor", "noise", "+")
+
+
+def test_a_refused_message_is_acked_by_the_seq_validation_read_and_never_decoded_again() -> None:
+    validator = Validator(CITY, 86_400, 300)
+    marks = Watermarks(CITY)
+    depth = 4_000  # far past the interpreter's recursion limit, under the size limit
+    nested = incoming(0, b"[" * depth + b"]" * depth)
+    numbered = incoming(7, json.dumps({"seq": 7, "values": {}}).encode())
+    batch = [(m, validator.validate(m.topic, m.payload)) for m in (nested, numbered)]
+    outcomes = [o for _, o in batch]
+    assert [o.rejection.reason for o in outcomes] == ["bad_json", "schema"]  # type: ignore[union-attr]
+    assert [o.seq for o in outcomes] == [None, 7]
+    marks.add_batch(batch)  # a second decode of the nested payload raised RecursionError here
+    ((_, payload),) = marks.drain()
+    assert acks.Ack.from_payload(payload).telemetry == ((7, 7),)
