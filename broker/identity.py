@@ -81,6 +81,7 @@ class Role(StrEnum):
     DEVICE = "device"
     INGEST = "ingest"
     ALERTS = "alerts"
+    NOTIFY = "notify"
     API = "api"
     CONSOLE = "console"
     SIMULATOR = "simulator"
@@ -96,7 +97,13 @@ SERVICE_ROLES: tuple[Role, ...] = tuple(
 )
 DEFAULT_SERVICES: tuple[Role, ...] = (Role.INGEST, Role.API)
 # What a local stack (`make run`, the test session) provisions besides the devices.
-LOCAL_SERVICES: tuple[Role, ...] = (Role.INGEST, Role.API, Role.ALERTS, Role.SIMULATOR)
+LOCAL_SERVICES: tuple[Role, ...] = (
+    Role.INGEST,
+    Role.API,
+    Role.ALERTS,
+    Role.NOTIFY,
+    Role.SIMULATOR,
+)
 
 
 def service_username(role: Role | str, city: str | None = None) -> str:

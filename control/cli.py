@@ -19,6 +19,7 @@ from typing import Any
 
 from alerts import cli as alerts_cli
 from alerts.settings import AlertsSettings
+from notify import cli as notify_cli
 from api import cli as api_cli
 from api.settings import ApiSettings
 from broker import cli as broker_cli
@@ -361,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     registry_flag(p)
     p.set_defaults(func=cmd_verify)
     alerts_cli.add_parsers(sub)
+    notify_cli.add_parsers(sub)
 
     influx = sub.add_parser("influx", help="InfluxDB administration").add_subparsers(
         dest="influx_command", required=True, metavar="ACTION"

@@ -446,6 +446,11 @@ class Outbox:
         out.update({Result(s): n for s, n in rows})
         return out
 
+    def pending_groups(self) -> set[str]:
+        """The groups (e.g. incident ids) that still have pending messages."""
+        rows = self._read("SELECT DISTINCT grp FROM entries WHERE status = 'pending'")
+        return {r[0] for r in rows}
+
     def next_due(self) -> float | None:
         """When the first lane head becomes claimable (None: nothing pending)."""
         rows = self._read(
