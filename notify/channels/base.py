@@ -72,10 +72,11 @@ class Channel(Protocol):
 
 
 def http_outcome(response: httpx.Response) -> Outcome:
-    """2xx delivered; 408/425/429/5xx retry (Retry-After honoured); other 4xx failed."""
+    """2xx delivered, 409 too (the receiver has that idempotency key already); 408/425/429/
+    5xx retry (Retry-After honoured); other 4xx failed."""
     status = response.status_code
     detail = f"HTTP {status}"
-    if 200 <= status < 300:
+    if 200 <= status < 300 or status == 409:
         return Outcome.delivered(detail)
     if status in (408, 425, 429) or status >= 500:
         return Outcome.retry(detail, _retry_after(response))
