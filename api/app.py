@@ -41,6 +41,7 @@ from api.routes import (
     incidents,
     keys,
     metrics,
+    notifications,
     region,
     stream,
 )
@@ -95,6 +96,11 @@ TAGS: list[dict[str, Any]] = [
         "name": "region",
         "description": "The cities a key may see side by side (local and federated) "
         "and the corridors' traffic KPIs.",
+    },
+    {
+        "name": "notifications",
+        "description": "Who was paged for an incident, on which channel, with what outcome; "
+        "acknowledgement links.",
     },
     {"name": "keys", "description": "The calling API key and the audit log."},
     {"name": "health", "description": "Liveness and readiness probes (no key)."},
@@ -260,6 +266,9 @@ def create_app(
     app.include_router(events.delivery_router)
     app.include_router(export.router, dependencies=read)
     app.include_router(incidents.router, dependencies=read)
+    app.include_router(notifications.router, dependencies=read)
+    # Acknowledgement links carry their own credential (a signed, single-use token).
+    app.include_router(notifications.ack_router)
     # Lifecycle steps need `operate` (each handler takes the key: `by` is its id).
     app.include_router(incidents.operate_router)
     # Grafana's contact point: an `operate` key as a bearer token (see dashboards/).

@@ -100,6 +100,19 @@ class ApiSettings(ServiceSettings):
     env: Literal["development", "production"] = "development"
     # Append-only audit log (JSON lines, 0600) of every operate/admin call.
     audit_log_file: Path = Field(default_factory=in_home("audit_log_file"))
+    # Notifications: the notifier's outboxes (read-only here) and the acknowledgement links.
+    notify_dir: Path = Field(
+        default_factory=in_home("notify_dir"),
+        description="The notifier's directory: the outboxes the notification routes read",
+    )
+    ack_key_file: Path = Field(
+        default_factory=in_home("ack_key_file"),
+        description="The key that signs acknowledgement links (the notifier creates it)",
+    )
+    ack_spent_file: Path = Field(
+        default_factory=in_home("ack_spent_file"),
+        description="The acknowledgement links already used (each acknowledges once)",
+    )
     # Federation: publisher of this city's indicators, and the regional view.
     federation: FederationSettings = FederationSettings()
     region: RegionSettings = RegionSettings()

@@ -141,7 +141,9 @@ class Dispatcher:
         now = self.clock()
         for entry in lease.entries:
             if entry.payload.get("tier") == 1 and entry.payload.get("repeat") == 0:
-                metrics.FIRST_DELIVERY.observe(max(0.0, now - float(entry.payload["noticed_at"])))
+                metrics.FIRST_DELIVERY.labels(channel=name).observe(
+                    max(0.0, now - float(entry.payload["noticed_at"]))
+                )
         log.info(
             "delivered",
             extra={

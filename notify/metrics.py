@@ -35,7 +35,8 @@ SEND_SECONDS = Histogram(
 )
 FIRST_DELIVERY = Histogram(
     "safecity_notify_first_delivery_seconds",
-    "Incident noticed -> its first page delivered",
+    "Incident noticed -> its first page delivered, by channel",
+    ["channel"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 1800),
 )
 TIME_TO_ACK = Histogram(

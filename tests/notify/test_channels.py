@@ -152,6 +152,7 @@ def test_smtp_with_starttls_and_login_reuses_its_connection(tmp_path: Path) -> N
     )
     controller.start()
     try:
+
         def channel(password: str) -> SmtpChannel:
             return SmtpChannel("localhost", port, "safecity@example.org", starttls=True,
                                login=("ops", password), ca_file=ca.cert, timeout_s=5.0)  # fmt: skip
