@@ -19,7 +19,6 @@ from typing import Any
 
 from alerts import cli as alerts_cli
 from alerts.settings import AlertsSettings
-from notify import cli as notify_cli
 from api import cli as api_cli
 from api.settings import ApiSettings
 from broker import cli as broker_cli
@@ -28,6 +27,7 @@ from control.settings import StackSettings, StorageSettings
 from dashboards import cli as dashboards_cli
 from ingest import cli as ingest_cli
 from ingest.settings import IngestSettings
+from notify import cli as notify_cli
 from safecity import citygen, cliargs, instance, registry
 from safecity.cliargs import port, positive_float, positive_int, registry_flag
 from safecity.errors import CliError, SafecityError

@@ -26,6 +26,7 @@ from broker.settings import SecuritySettings
 from control.settings import StackSettings, StorageSettings
 from dashboards.settings import DashboardsSettings
 from ingest.settings import IngestSettings
+from notify.settings import NotifySettings
 from safecity import instance
 from safecity.settings import InHome, ServiceSettings
 from simulators.settings import SimulatorSettings
@@ -41,6 +42,7 @@ SERVICES: tuple[tuple[str, type[ServiceSettings], str], ...] = (
         AlertsSettings,
         "alerts (`safecity alerts`: streaming rules -> alerts -> incidents)",
     ),
+    ("notify", NotifySettings, "notify (`safecity notify`: incidents -> people on call)"),
     ("simulator", SimulatorSettings, "simulator (`safecity simulate`)"),
     ("run", StackSettings, "local stack (`make run` / `safecity run`)"),
     ("influx init", StorageSettings, "storage (`safecity influx init`)"),
@@ -93,8 +95,8 @@ DESCRIPTIONS = {
         "Broker port (the plain listener; the TLS one with SAFECITY_MQTT__TLS_CA)."
     ),
     "SAFECITY_MQTT__USERNAME": (
-        "The service's own broker account (_ingest, _api, _alerts, _simulator); the broker "
-        "has no anonymous access. `make run` sets it for each service it starts."
+        "The service's own broker account (_ingest, _api, _alerts, _notify, _simulator); the "
+        "broker has no anonymous access. `make run` sets it for each service it starts."
     ),
     "SAFECITY_MQTT__PASSWORD": "That account's secret.",
     "SAFECITY_MQTT__KEEPALIVE": "MQTT keep-alive, seconds.",

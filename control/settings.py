@@ -29,6 +29,9 @@ class StackSettings(ServiceSettings):
     api_port: Annotated[int, Field(ge=0, le=65535)] = 8000
     ingest_metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9101
     alerts_metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9102
+    notify_metrics_port: Annotated[int, Field(ge=0, le=65535)] = Field(
+        default=9104, description="The notifier's /metrics, /healthz and /readyz port"
+    )
     speed: Annotated[float, Field(gt=0, le=10_000)] = 1.0
     seed: int = 42
     cities: Annotated[tuple[str, ...], NoDecode] = Field(

@@ -61,7 +61,7 @@ class NotifyService:
             max_attempts=settings.notify_max_attempts,
             max_age_s=settings.notify_max_age,
         )
-        key = acklinks.ensure_key(settings.notify_ack_key_file)
+        key = acklinks.ensure_key(settings.ack_key_file)
         self.planner = Planner(
             routing, lambda claim: acklinks.sign(key, claim), settings.notify_ack_base_url
         )

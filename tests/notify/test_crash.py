@@ -83,7 +83,7 @@ def test_kill_9_mid_storm_loses_nothing_and_duplicates_within_the_bound(
     env = {
         "SAFECITY_NOTIFY_ROUTING_FILE": str(routing),
         "SAFECITY_NOTIFY_DIR": str(tmp_path / "notify"),
-        "SAFECITY_NOTIFY_ACK_KEY_FILE": str(tmp_path / "ack.key"),
+        "SAFECITY_ACK_KEY_FILE": str(tmp_path / "ack.key"),
     }
     first = start_notify(influx_db, notify_id="notify-storm", **env)
     _publish_as_alerts(stack, [_alert(n) for n in range(STORM)])
