@@ -73,7 +73,7 @@ def two_cities(tmp_path: Path) -> Iterator[tuple[Path, str, subprocess.Popen[str
     the launcher; stopped at the end unless the test stopped it)."""
     home = tmp_path / "home"
     env = beside(home)
-    for port in ("INGEST_METRICS_PORT", "ALERTS_METRICS_PORT"):
+    for port in ("INGEST_METRICS_PORT", "ALERTS_METRICS_PORT", "NOTIFY_METRICS_PORT"):
         env[f"SAFECITY_{port}"] = "0"
     argv = ["run", "--api-port", "0", "--mqtt-port", "0", "--influx-port", "0"]
     argv += ["--mqtt-tls-port", "0", "--speed", "10", "--cities", *CITIES]
