@@ -35,6 +35,8 @@ class Watcher:
 
     async def refresh(self) -> int:
         """Look once; returns how many pending pages were cancelled."""
+        for status, count in (await asyncio.to_thread(self.outbox.counts)).items():
+            metrics.OUTBOX.labels(status=status.value).set(count)
         pending = await asyncio.to_thread(self.outbox.pending_groups)
         if not pending:
             return 0
