@@ -23,7 +23,9 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel
 
 from api import audit
-from api.deps import client_of, get_tenancy
+from api.deps import client_of, get_key, get_tenancy
+from api.models import ErrorBody
+from api.responses import errors
 from api.settings import ApiSettings
 from safecity import acklinks
 from safecity import incidents as inc
@@ -33,6 +35,9 @@ from safecity.readings import format_ts
 
 ack_router = APIRouter(prefix="/v1/ack", tags=["notifications"])
 router = APIRouter(prefix="/v1", tags=["notifications"])
+Token = Annotated[
+    str, Path(pattern=r"^[A-Za-z0-9_-]{1,2000}\.[A-Za-z0-9_-]{1,200}$", max_length=2300)
+]
 _REFUSAL = {"forged": 403, "malformed": 400, "expired": 410, "reused": 409}
 
 
@@ -105,15 +110,32 @@ def _claim(request: Request, token: str) -> acklinks.AckClaim:
         key = acklinks.read_key(settings.ack_key_file)
         return acklinks.verify(key, token, time.time())
     except ConfigError:
-        _record(request, "unknown", "no key", 503)
-        raise HTTPException(503, "acknowledgement links are not set up here") from None
+        # No key: no notifier ever signed a link for this instance, so none is genuine.
+        _record(request, "unknown", "no key", 404)
+        raise HTTPException(404, "no acknowledgement links are issued here") from None
     except AckLinkError as exc:
         _record(request, "unknown", exc.reason, _REFUSAL[exc.reason])
         raise HTTPException(_REFUSAL[exc.reason], f"link refused: {exc}") from None
 
 
-@ack_router.get("/{token}", response_class=HTMLResponse, responses={400: {}, 403: {}, 410: {}})
-async def ack_page(request: Request, token: str) -> HTMLResponse:
+def _link_errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The refusals of a link: the shared ones, plus malformed (400) and expired (410)."""
+    own = {
+        400: ("A token that is not an acknowledgement link", "link refused: malformed: ..."),
+        410: ("The link expired", "link refused: expired: the link expired at 1765100000"),
+    }
+    out = errors(*codes)
+    for code, (description, example) in own.items():
+        out[code] = {
+            "model": ErrorBody,
+            "description": description,
+            "content": {"application/json": {"example": {"detail": example}}},
+        }
+    return out
+
+
+@ack_router.get("/{token}", response_class=HTMLResponse, responses=_link_errors(404))
+async def ack_page(request: Request, token: Token) -> HTMLResponse:
     """What the link acknowledges, with the button that does it (nothing changes yet)."""
     claim = _claim(request, token)
     body = (
@@ -134,10 +156,8 @@ class AckOut(BaseModel):
     channel: str
 
 
-@ack_router.post(
-    "/{token}", response_model=AckOut, responses={400: {}, 403: {}, 404: {}, 409: {}, 410: {}}
-)
-async def ack_link(request: Request, token: str) -> AckOut:
+@ack_router.post("/{token}", response_model=AckOut, responses=_link_errors(404, 409))
+async def ack_link(request: Request, token: Token) -> AckOut:
     """Acknowledge the incident as the person the link was sent to (once per link)."""
     claim = _claim(request, token)
     if claim.city not in get_tenancy(request).runtimes:
@@ -170,8 +190,10 @@ async def ack_link(request: Request, token: str) -> AckOut:
 
 
 def _outboxes(request: Request, city: str | None) -> list[Outbox]:
+    """The outboxes of the cities the key may see (one city: 404 if it may not)."""
     directory = _settings(request).notify_dir
-    names = [city] if city else list(get_tenancy(request).runtimes)
+    tenancy, key = get_tenancy(request), get_key(request)
+    names = [tenancy.city(key, city).id] if city else [c.id for c in tenancy.visible(key)]
     paths = [directory / f"{name}.outbox.db" for name in names]
     return [Outbox(p, owner="api-reader") for p in paths if p.is_file()]
 
@@ -213,7 +235,7 @@ def _list(request: Request, city: str | None, **filters: Any) -> list[Notificati
     return out
 
 
-@router.get("/notifications", response_model=list[NotificationOut])
+@router.get("/notifications", response_model=list[NotificationOut], responses=errors(404))
 async def list_notifications(
     request: Request,
     city: Annotated[str | None, Query(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")] = None,
@@ -228,7 +250,11 @@ async def list_notifications(
     return found[:limit]
 
 
-@router.get("/incidents/{incident_id}/notifications", response_model=list[NotificationOut])
+@router.get(
+    "/incidents/{incident_id}/notifications",
+    response_model=list[NotificationOut],
+    responses=errors(404),
+)
 async def incident_notifications(
     request: Request,
     incident_id: Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")],
