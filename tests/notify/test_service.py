@@ -105,7 +105,6 @@ def test_a_gunshot_and_a_panic_page_tier_1_and_the_link_stops_the_escalation(
     notifier = start_notify(
         influx_db,
         SAFECITY_NOTIFY_ROUTING_FILE=str(_routing(tmp_path, hook, telegram)),
-        SAFECITY_ACK_KEY_FILE=shared["SAFECITY_ACK_KEY_FILE"],
         SAFECITY_NOTIFY_ACK_BASE_URL=api.url,
         SAFECITY_NOTIFY_REFRESH_INTERVAL="0.3",
         **shared,
