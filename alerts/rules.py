@@ -11,12 +11,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from safecity import catalogue
 from safecity.catalogue import Severity
 from safecity.errors import RulesError
+from safecity.yamlfile import compose, line_of
 
 RULES_DIR = Path(__file__).resolve().parent / "rules"
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
@@ -228,30 +228,6 @@ class RuleSet(BaseModel):
 AnyRule = ThresholdRule | RateRule | StuckRule | AbsenceRule | EventRule | CompositeRule
 
 
-def _line_of(root: yaml.Node | None, loc: tuple[int | str, ...]) -> int:
-    """1-based line of the deepest YAML node along a pydantic error location."""
-    node = root
-    line = node.start_mark.line + 1 if node is not None else 1
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                if isinstance(key, yaml.ScalarNode) and key.value == str(part):
-                    # The key's own line: for a bad scalar it is the value's line too.
-                    line = key.start_mark.line + 1
-                    node = value
-                    break
-            else:
-                # A discriminator tag or a missing key: stay at the enclosing node.
-                continue
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
-            if 0 <= part < len(node.value):
-                node = node.value[part]
-                line = node.start_mark.line + 1
-        else:
-            continue
-    return line
-
-
 _TAGS = ("threshold", "rate", "stuck", "absence", "event", "composite")
 
 
@@ -276,15 +252,7 @@ def _where(loc: tuple[int | str, ...]) -> str:
 
 def loads(text: str, source: str = "<string>") -> RuleSet:
     """Parse and validate a rule file's text; RulesError names the line of any problem."""
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.load(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        line = mark.line + 1 if mark is not None else 1
-        raise RulesError(f"{source}:{line}: not valid YAML: {exc.problem}") from None
-    except yaml.YAMLError as exc:
-        raise RulesError(f"{source}: not valid YAML: {exc}") from None
+    root, data = compose(text, source, RulesError)
     try:
         return RuleSet.model_validate(data)
     except ValidationError as exc:
@@ -301,7 +269,7 @@ def loads(text: str, source: str = "<string>") -> RuleSet:
             if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
                 loc = (*loc, "type")
             msg = err["msg"].removeprefix("Value error, ")
-            problems.append(f"{source}:{_line_of(root, loc)}: {_where(loc)}: {msg}")
+            problems.append(f"{source}:{line_of(root, loc)}: {_where(loc)}: {msg}")
         raise RulesError("; ".join(problems)) from None
 
 

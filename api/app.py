@@ -46,6 +46,7 @@ from api.routes import (
     metrics,
     ngsild,
     ngsild_temporal,
+    notifications,
     region,
     stream,
 )
@@ -105,6 +106,11 @@ TAGS: list[dict[str, Any]] = [
         "name": "commands",
         "description": "Commands to devices (scope `operate`): to one device or to every "
         "device of a kind in a district, with a status per device; cursor-paged.",
+    },
+    {
+        "name": "notifications",
+        "description": "Who was paged for an incident, on which channel, with what outcome; "
+        "acknowledgement links.",
     },
     {"name": "keys", "description": "The calling API key and the audit log."},
     {
@@ -282,6 +288,9 @@ def create_app(  # noqa: PLR0915 - long; split it at its seams
     app.include_router(events.delivery_router)
     app.include_router(export.router, dependencies=read)
     app.include_router(incidents.router, dependencies=read)
+    app.include_router(notifications.router, dependencies=read)
+    # Acknowledgement links carry their own credential (a signed, single-use token).
+    app.include_router(notifications.ack_router)
     # Lifecycle steps need `operate` (each handler takes the key: `by` is its id).
     app.include_router(incidents.operate_router)
     # Grafana's contact point: an `operate` key as a bearer token (see dashboards/).

@@ -275,6 +275,19 @@ class ApiSettings(ServiceSettings):
         ),
     )
     commands: CommandSettings = CommandSettings()
+    notify_dir: Path = Field(
+        default_factory=in_home("notify_dir"),
+        description="The notifier's directory: its outboxes (<city>.outbox.db), the local "
+        "channel's log (console.jsonl).",
+    )
+    ack_key_file: Path = Field(
+        default_factory=in_home("ack_key_file"),
+        description="The key that signs acknowledgement links (the notifier creates it).",
+    )
+    ack_spent_file: Path = Field(
+        default_factory=in_home("ack_spent_file"),
+        description="The acknowledgement links already used (each acknowledges once).",
+    )
     # Federation: publisher of this city's indicators, and the regional view.
     federation: FederationSettings = FederationSettings()
     region: RegionSettings = RegionSettings()

@@ -87,6 +87,11 @@ SERVICE_ACLS: dict[str, list[dict[str, Any]]] = {
         *_reads(f"{PREFIX}/#", share=True),
         *_writes(f"{PREFIX}/+/_alerts/#", f"{PREFIX}/+/{SERVICES}/#"),
     ],
+    # The notifiers: the incident openings (alerts) of their city, on a shared group.
+    "notify": [
+        *_reads(f"{PREFIX}/+/_alerts/#", share=True),
+        *_writes(f"{PREFIX}/+/{SERVICES}/#"),
+    ],
     # The API's live stream and the console read, never as part of a share group.
     "api": _reads(f"{PREFIX}/#", share=False),
     "console": _reads(f"{PREFIX}/#", "$SYS/#", share=False),

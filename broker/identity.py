@@ -81,6 +81,7 @@ class Role(StrEnum):
     DEVICE = "device"
     INGEST = "ingest"
     ALERTS = "alerts"
+    NOTIFY = "notify"
     API = "api"
     # The API's command service: publishes commands, reads their results.
     COMMAND = "command"
@@ -103,6 +104,7 @@ LOCAL_SERVICES: tuple[Role, ...] = (
     Role.API,
     Role.COMMAND,
     Role.ALERTS,
+    Role.NOTIFY,
     Role.SIMULATOR,
 )
 

@@ -26,6 +26,7 @@ from broker.settings import SecuritySettings
 from control.settings import StackSettings, StorageSettings
 from dashboards.settings import DashboardsSettings
 from ingest.settings import IngestSettings
+from notify.settings import NotifySettings
 from safecity import instance
 from safecity.settings import InHome, ServiceSettings
 from simulators.settings import SimulatorSettings
@@ -41,6 +42,7 @@ SERVICES: tuple[tuple[str, type[ServiceSettings], str], ...] = (
         AlertsSettings,
         "alerts (`safecity alerts`: streaming rules -> alerts -> incidents)",
     ),
+    ("notify", NotifySettings, "notify (`safecity notify`: incidents -> people on call)"),
     ("simulator", SimulatorSettings, "simulator (`safecity simulate`)"),
     ("run", StackSettings, "local stack (`make run` / `safecity run`)"),
     ("influx init", StorageSettings, "storage (`safecity influx init`)"),

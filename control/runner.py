@@ -1,4 +1,4 @@
-"""`safecity run`: the whole local stack — broker, InfluxDB, ingest, API, alerts, city.
+"""`safecity run`: the whole local stack — broker, InfluxDB, ingest, API, alerts, notify, city.
 
 Each safecity service runs as its own child process (`python -m control <service>`)
 configured only through SAFECITY_ environment variables, exactly as in docker
@@ -27,6 +27,7 @@ from control.region import Region
 from control.settings import StackSettings
 from control.stack import LocalStack, ManagedProcess, ensure_port_free, free_port, http_ok
 from safecity import citygen, instance, registry
+from safecity.appendlog import AppendedLines
 from safecity.errors import ConfigError, StackError
 from safecity.settings import InfluxSettings
 
@@ -107,6 +108,7 @@ class LocalRun:
         self.api_url = ""
         self.metrics_url = ""
         self.alerts_url = ""
+        self.notify_url = ""
         self.api_key = ""
 
     def start(self) -> None:
@@ -123,6 +125,7 @@ class LocalRun:
             ("api", s.api_port),
             ("ingest metrics", s.ingest_metrics_port),
             ("alerts metrics", s.alerts_metrics_port),
+            ("notify metrics", s.notify_metrics_port),
         ):
             if port:
                 ensure_port_free("127.0.0.1", port, name)
@@ -199,6 +202,7 @@ class LocalRun:
                 },
                 ready=http_ok(f"{self.api_url}/readyz"),
             )
+            self._start_notify(api_port)
             self._child(
                 "alerts",
                 Role.ALERTS,
@@ -350,6 +354,23 @@ class LocalRun:
             took = proc.wait_ready(ready, timeout=60)
             log.info("%s ready in %.2fs", service, took)
 
+    def _start_notify(self, api_port: int) -> None:
+        """The notifier, before the alerts service: its session exists before any opening."""
+        port = _port(self.settings.notify_metrics_port)
+        self.notify_url = f"http://127.0.0.1:{port}"
+        self._child(
+            "notify",
+            Role.NOTIFY,
+            {
+                "SAFECITY_NOTIFY_METRICS_PORT": str(port),
+                # One instance: a plain subscription survives broker restarts.
+                "SAFECITY_NOTIFY_SHARE_GROUP": "",
+                # The acknowledgement links in the messages point at this run's API.
+                "SAFECITY_NOTIFY_ACK_BASE_URL": f"http://127.0.0.1:{api_port}",
+            },
+            ready=http_ok(f"{self.notify_url}/readyz"),
+        )
+
     def stop(self) -> None:
         """Stop the services in reverse order, then the stack; idempotent."""
         instance.forget(self.layout, os.getpid())
@@ -395,6 +416,17 @@ def _device_link(mode: str) -> str:
     }[mode]
 
 
+def show_notifications(notices: AppendedLines) -> None:
+    """Print what the notifier's local channel delivered since the last look."""
+    _, lines = notices.read()
+    for line in lines:
+        try:
+            record = json.loads(line)
+            print(f"NOTIFICATION to {record['to']}: {record['text']}", flush=True)
+        except (ValueError, KeyError, TypeError):
+            continue  # a line the notifier did not write: nothing to show
+
+
 def run_local(settings: StackSettings) -> int:
     """Run the local stack until Ctrl-C or SIGTERM; return the exit status."""
     stop = threading.Event()
@@ -404,6 +436,9 @@ def run_local(settings: StackSettings) -> int:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     run = LocalRun(settings)
+    console_log = run.layout.notify_dir / "console.jsonl"
+    notices = AppendedLines(console_log)
+    notices.read()  # earlier runs' notifications were shown then
     try:
         run.start()
         assert run.stack is not None
@@ -424,6 +459,8 @@ def run_local(settings: StackSettings) -> int:
             f"  InfluxDB       {run.stack.influx_url}  (database {_databases(run)})\n"
             f"  ingest metrics {run.metrics_url}/metrics\n"
             f"  alerts metrics {run.alerts_url}/metrics\n"
+            f"  notify metrics {run.notify_url}/metrics   (notifications: shown below, and"
+            f" in {console_log})\n"
             f"  logs           {run.base}/*.log\n"
             f"{run.region.banner() if run.region else ''}"
             f"Press Ctrl-C to stop.\n",
@@ -432,6 +469,7 @@ def run_local(settings: StackSettings) -> int:
         started = time.monotonic()
         while not stop.wait(2.0):
             run.check()
+            show_notifications(notices)
             if int(time.monotonic() - started) % 30 < 2:
                 log.info("stack running", extra={"uptime_s": round(time.monotonic() - started)})
         print("stopping ...", flush=True)

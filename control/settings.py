@@ -54,6 +54,9 @@ class StackSettings(ServiceSettings):
         int, Field(ge=0, le=65535, description="The ingest's metrics port (0 = any free one).")
     ] = 9101
     alerts_metrics_port: AlertsMetricsPort = 9102
+    notify_metrics_port: Annotated[int, Field(ge=0, le=65535)] = Field(
+        default=9104, description="The notifier's /metrics, /healthz and /readyz port"
+    )
     speed: Speed = 1.0
     seed: Seed = 42
     with_region: bool = Field(

@@ -139,3 +139,20 @@ class FederationError(SafecityError):
 class CommandError(SafecityError):
     """A command or command result that breaks the contract (unknown name, bad parameters,
     malformed payload); the message names the bad value."""
+
+
+class OutboxError(SafecityError):
+    """The outbox database cannot be opened, written or read."""
+
+
+class AckLinkError(SafecityError):
+    """An acknowledgement link refused: `reason` is forged, malformed, expired or reused."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class RoutingError(SafecityError):
+    """A routing file, channel or secret the notifier cannot use; the message names it."""

@@ -123,6 +123,21 @@ class Layout:
         return self.root / "databases.json"
 
     @property
+    def notify_dir(self) -> Path:
+        """The notifier's outbox (`outbox.db`) and its local channel's log."""
+        return self.root / "notify"
+
+    @property
+    def ack_key_file(self) -> Path:
+        """The key that signs acknowledgement links (0600; the notifier signs, the API checks)."""
+        return self.identity_dir / "ack-links.key"
+
+    @property
+    def ack_spent_file(self) -> Path:
+        """The acknowledgement links already used (each acknowledges once)."""
+        return self.notify_dir / "ack-spent.db"
+
+    @property
     def state_file(self) -> Path:
         """The running launcher's pid and endpoints (absent when it is not running)."""
         return self.root / STATE_FILE

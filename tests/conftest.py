@@ -263,3 +263,32 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     )
     for block in marked:
         terminalreporter.write_line(f"  {block.where}: {block.options['reason']}")
+
+
+@pytest.fixture
+def start_notify(stack: LocalStack, tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
+    """Factory: start `safecity notify` for a database (a restart with the same id keeps
+    its share group, so its session resumes); every started notifier is stopped after."""
+    launcher = Launcher(tmp_path)
+
+    def start(database: str, notify_id: str | None = None, **extra: str) -> ServiceProcess:
+        ident = notify_id or f"notify-{secrets.token_hex(4)}"
+        port = free_port()
+        before = launcher.previous("SAFECITY_NOTIFY_ID", ident)
+        group = before.env["SAFECITY_NOTIFY_SHARE_GROUP"] if before else f"n{secrets.token_hex(4)}"
+        env = service_env(
+            stack,
+            database,
+            "notify",
+            SAFECITY_NOTIFY_ID=ident,
+            SAFECITY_NOTIFY_SHARE_GROUP=group,
+            SAFECITY_NOTIFY_METRICS_PORT=str(port),
+            **extra,
+        )
+        metrics_url = f"http://127.0.0.1:{port}"
+        return launcher.launch(
+            "notify", f"notify-{ident}", env, f"{metrics_url}/readyz", metrics_url=metrics_url
+        )
+
+    yield start
+    launcher.stop_all()

@@ -32,6 +32,7 @@ from broker.settings import SecuritySettings
 from control.settings import StorageSettings
 from control.stack import Influxd, ManagedProcess, free_port
 from ingest.settings import IngestSettings
+from notify.settings import NotifySettings
 from safecity import settings as settings_mod
 from safecity.registry import default_city
 from simulators.settings import SimulatorSettings
@@ -50,6 +51,7 @@ SETTINGS_OF = {
     "ingest": IngestSettings,
     "api": ApiSettings,
     "alerts": AlertsSettings,
+    "notify": NotifySettings,
     "simulate": SimulatorSettings,
     "influx": StorageSettings,
     "devices": SecuritySettings,
@@ -325,7 +327,7 @@ def test_the_compose_stack_runs_here_and_becomes_healthy(  # noqa: PLR0915 - lon
         # 2. storage prepared with the admin account, services then run without it.
         run_one_shot("influx-init", services["influx-init"], mapper, tmp_path)
         # 3. every long-running safecity service with its exact command and environment.
-        order = ["ingest", "alerts", "api", "simulator"]
+        order = ["ingest", "notify", "alerts", "api", "simulator"]
         assert set(order) == {
             n for n in safecity_services(resolved) if n not in ("provision", "influx-init")
         }

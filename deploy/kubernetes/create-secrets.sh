@@ -3,6 +3,7 @@
 #   safecity-influx    admin-password, password   (InfluxDB admin and the services' account)
 #   safecity-grafana   admin-password, grafana_webhook_key (an operate API key)
 #   safecity-api-keys  apikeys.json               (API keys: hashes only)
+#   safecity-notify    ack-links.key              (signs acknowledgement links; notifier + API)
 # The broker's accounts, certificates and the services' MQTT secrets are made by the
 # provisioning Job itself. Usage: deploy/kubernetes/create-secrets.sh [namespace]
 set -eu
@@ -27,4 +28,6 @@ kubectl -n "$ns" create secret generic safecity-grafana \
 # `kubectl create secret ... --dry-run=client -o yaml | kubectl apply -f -`.
 safecity apikey create --keys-file "$dir/apikeys.json" --name operator --scopes read,operate
 kubectl -n "$ns" create secret generic safecity-api-keys --from-file=apikeys.json="$dir/apikeys.json"
+head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$dir/ack-links.key"
+kubectl -n "$ns" create secret generic safecity-notify --from-file=ack-links.key="$dir/ack-links.key"
 echo "Secrets created in namespace $ns; the API key above is shown only once."

@@ -21,6 +21,8 @@ from safecity.registry import City
 OPEN = {"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 # NGSI-LD's JSON-LD @context holds no data: JSON-LD processors fetch it without a key.
 OPEN |= {"/ngsi-ld/v1/jsonldContexts/safecity"}
+# Acknowledgement links: the signed, single-use token is the credential (no key).
+TOKEN_ROUTES = {"/v1/ack/{token}"}
 
 
 def _concrete(path: str, city: City) -> str:
@@ -49,7 +51,7 @@ def test_every_non_health_route_needs_a_key(
 ) -> None:
     routes = _routes(api_settings, city)
     methods = _methods(api_settings, city)
-    paths = [p for p in routes if p not in OPEN]
+    paths = [p for p in routes if p not in OPEN | TOKEN_ROUTES]
     assert "/v1/stream" in paths and "/metrics" in paths and len(paths) >= 12
     assert methods["/v1/incidents/{incident_id}/ack"] == ["POST"]
     for path in paths:
@@ -65,6 +67,11 @@ def test_every_non_health_route_needs_a_key(
                 assert "key" in r.json()["detail"]
     for path in OPEN & set(routes):
         assert client.get(path, headers={"X-API-Key": ""}).status_code == 200
+    for path in TOKEN_ROUTES:
+        for method in ("GET", "POST"):
+            # No key needed, and none helps: a token that is not a signed link is refused.
+            r = client.request(method, path.replace("{token}", "not.signed"))
+            assert 400 <= r.status_code < 500 and "link" in r.json()["detail"], r.text
 
 
 def test_auth_comes_before_parameter_validation(client: TestClient) -> None:

@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -18,8 +19,10 @@ import pytest
 from support import wait_for
 
 from control.stack import mqtt_connack_reason
+from safecity import topics
 from safecity.errors import MqttError
 from safecity.mqtt import MqttClient
+from safecity.readings import format_ts
 from safecity.registry import City, default_city
 from safecity.settings import MqttSettings
 
@@ -80,11 +83,38 @@ def _checkout_var() -> set[Path]:
     return set(var.rglob("*")) if var.exists() else set()
 
 
+def _first_notification(
+    proc: subprocess.Popen[str], broker: tuple[str, int], issued: dict[str, str]
+) -> str:
+    """A panic button pressed: with no setting at all, the run prints the page it caused."""
+    city = default_city()
+    device = city.select(kind="panic_button")[0]
+    topic = topics.event_topic(city.id, device.district, device.kind, device.id)
+    event = {"ts": format_ts(datetime.now(UTC)), "seq": 10**9, "type": "panic",
+             "severity": "critical", "details": {"button": "b1"}}  # fmt: skip
+    subprocess.run(
+        ["mosquitto_pub", "-h", broker[0], "-p", str(broker[1]), "-u", device.id,
+         "-P", issued[device.id], "-i", device.id, "-V", "mqttv5", "-q", "1", "-t", topic,
+         "-m", json.dumps(event)],
+        check=True, timeout=30,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    seen = []
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        seen.append(line)
+        if line.startswith("NOTIFICATION to duty-officer: [CRITICAL] panic in"):
+            return "".join(seen)
+    raise AssertionError("no notification printed:\n" + "".join(seen))
+
+
 def test_run_serves_every_device_then_ctrl_c_leaves_nothing_behind(tmp_path: Path) -> None:  # noqa: PLR0915 - long; split it at its seams
     before = _checkout_var()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAFECITY_")}
     env["SAFECITY_INGEST_METRICS_PORT"] = "0"
     env["SAFECITY_ALERTS_METRICS_PORT"] = "0"
+    env["SAFECITY_NOTIFY_METRICS_PORT"] = "0"
     env["SAFECITY_MQTT_TLS_PORT"] = "0"
     proc = subprocess.Popen(
         [
@@ -127,7 +157,7 @@ def test_run_serves_every_device_then_ctrl_c_leaves_nothing_behind(tmp_path: Pat
         assert api, "no console URL printed:\n" + printed
         assert key.startswith("sck_"), "no SAFECITY_API_KEY printed:\n" + printed
         children = _children_of(proc.pid)
-        assert len(children) >= 6  # mosquitto, influxd, ingest, api, alerts, simulator
+        assert len(children) >= 7  # mosquitto, influxd, ingest, api, notify, alerts, simulator
         alerts = re.search(r"alerts metrics\s+(http://\S+?)/metrics", printed)
         assert alerts, printed
         assert httpx.get(f"{alerts.group(1)}/readyz", timeout=5).status_code == 200
@@ -145,7 +175,7 @@ def test_run_serves_every_device_then_ctrl_c_leaves_nothing_behind(tmp_path: Pat
         for path in (tmp_path / "identity").iterdir():
             assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
         issued = json.loads(secrets_path.read_text())
-        assert {"_ingest", "_api", "_alerts", "_simulator"} <= set(issued)
+        assert {"_ingest", "_api", "_alerts", "_notify", "_simulator"} <= set(issued)
         tls_settings = MqttSettings(
             host=tls.group(1), port=int(tls.group(2)), tls_ca=Path(tls.group(3)), connect_timeout=5
         )
@@ -190,6 +220,8 @@ def test_run_serves_every_device_then_ctrl_c_leaves_nothing_behind(tmp_path: Pat
         )
         assert reason == 0
 
+        printed += _first_notification(proc, (host, port), issued)
+
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
         left = [pid for pid in children if _alive(pid)]
@@ -215,6 +247,7 @@ def test_a_killed_launcher_takes_its_stack_with_it(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAFECITY_")}
     env["SAFECITY_INGEST_METRICS_PORT"] = "0"
     env["SAFECITY_ALERTS_METRICS_PORT"] = "0"
+    env["SAFECITY_NOTIFY_METRICS_PORT"] = "0"
     proc = subprocess.Popen(
         [sys.executable, "-m", "control", "run", "--data-dir", str(tmp_path),
          "--api-port", "0", "--mqtt-port", "0", "--influx-port", "0", "--mqtt-tls-port", "0"],
@@ -246,6 +279,7 @@ def test_run_with_device_tls_mtls_serves_every_device_over_mutual_tls(tmp_path: 
     env.update(
         SAFECITY_INGEST_METRICS_PORT="0",
         SAFECITY_ALERTS_METRICS_PORT="0",
+        SAFECITY_NOTIFY_METRICS_PORT="0",
         SAFECITY_DEVICE_TLS="mtls",
     )
     args = ["--api-port", "0", "--mqtt-port", "0", "--influx-port", "0", "--mqtt-tls-port", "0"]

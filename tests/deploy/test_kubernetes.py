@@ -36,6 +36,7 @@ from broker.settings import SecuritySettings
 from control.settings import StorageSettings
 from control.stack import Influxd, ManagedProcess, free_port
 from ingest.settings import IngestSettings
+from notify.settings import NotifySettings
 from safecity.registry import default_city
 from simulators.settings import SimulatorSettings
 
@@ -48,6 +49,7 @@ SETTINGS_OF = {
     "ingest": IngestSettings,
     "api": ApiSettings,
     "alerts": AlertsSettings,
+    "notify": NotifySettings,
     "simulate": SimulatorSettings,
     "influx": StorageSettings,
     "devices": SecuritySettings,
@@ -455,6 +457,7 @@ def test_the_rendered_containers_run_here_and_become_ready(  # noqa: PLR0915 - l
     keys = tmp_path / "operator" / "apikeys.json"
     _, key = KeyStore(keys).create("parity", ("read",))
     cluster.secrets["safecity-api-keys"] = {"apikeys.json": keys.read_bytes()}
+    cluster.secrets["safecity-notify"] = {"ack-links.key": b"0123456789abcdef" * 4}
 
     # 1. provisioning: its safecity container exactly as rendered, then its publish step.
     job = workload(objects, "safecity-provision")["spec"]["template"]["spec"]
@@ -503,7 +506,8 @@ def test_the_rendered_containers_run_here_and_become_ready(  # noqa: PLR0915 - l
         assert result.returncode == 0, result.stdout + result.stderr
         assert "created admin" in result.stdout
         # 4. every long-running safecity service, until its readiness probe passes.
-        for name in ("safecity-ingest", "safecity-alerts", "safecity-api", "safecity-simulator"):
+        for name in ("safecity-ingest", "safecity-notify", "safecity-alerts", "safecity-api",
+                     "safecity-simulator"):  # fmt: skip
             spec = workload(objects, name)["spec"]["template"]["spec"]
             pod = Pod(cluster, name, spec)
             container = spec["containers"][0]

@@ -58,7 +58,13 @@ class Run:
 def local_run(home: Path, *argv: str, **env: str) -> Iterator[Run]:
     """`safecity run` on free ports in `home` (extra flags `argv`, settings `env`); stopped
     with Ctrl-C (SIGINT) at the end."""
-    full = beside(home, SAFECITY_INGEST_METRICS_PORT="0", SAFECITY_ALERTS_METRICS_PORT="0", **env)
+    full = beside(
+        home,
+        SAFECITY_INGEST_METRICS_PORT="0",
+        SAFECITY_ALERTS_METRICS_PORT="0",
+        SAFECITY_NOTIFY_METRICS_PORT="0",
+        **env,
+    )
     ports = ["--api-port", "0", "--mqtt-port", "0", "--influx-port", "0", "--mqtt-tls-port", "0"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "control", "run", *ports, *argv],

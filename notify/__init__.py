@@ -1,0 +1,1 @@
+"""Notifications: incidents reach the people on call (rosters, escalation, channels)."""

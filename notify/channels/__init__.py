@@ -1,0 +1,1 @@
+"""Channels: one narrow interface (send one delivery -> an outcome) and its implementations."""

@@ -1,0 +1,173 @@
+"""Wires the notification service: MQTT openings -> `intake` (plan, enqueue, ack) ->
+the outbox -> `dispatch` (channels), with `watch` cancelling acknowledged escalations.
+
+One service per city (its own outbox file `<city>.outbox.db`, routing and session);
+several cities run side by side in one process behind one health server. The clock is
+injectable: escalation times, retries and leases all read it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from notify import metrics
+from notify.channels.base import Channel
+from notify.channels.build import build_all
+from notify.dispatch import Dispatcher
+from notify.intake import Intake
+from notify.plan import Planner
+from notify.routing import Routing
+from notify.settings import NotifySettings
+from notify.watch import Watcher
+from safecity import acklinks, topics
+from safecity import incidents as inc
+from safecity.influx import InfluxClient
+from safecity.mqtt import MqttClient
+from safecity.observability import HealthServer
+from safecity.outbox import Outbox, Status
+from safecity.registry import City
+from safecity.retry import Supervisor
+
+log = logging.getLogger("safecity.notify")
+
+
+def outbox_path(notify_dir: Path, city: str) -> Path:
+    """Where a city's outbox lives in the instance."""
+    return notify_dir / f"{city}.outbox.db"
+
+
+class NotifyService:
+    """One city's notifier on the `$share/<group>/.../_alerts/+` subscription."""
+
+    def __init__(
+        self,
+        settings: NotifySettings,
+        city: City,
+        routing: Routing,
+        *,
+        clock: Callable[[], float] = time.time,
+        channels: Mapping[str, Channel] | None = None,
+    ) -> None:
+        self.settings, self.city, self.routing, self.clock = settings, city, routing, clock
+        self.channels = channels or build_all(routing, settings.notify_dir / "console.jsonl")
+        self.outbox = Outbox(
+            outbox_path(settings.notify_dir, city.id),
+            owner=settings.notify_id,
+            clock=clock,
+            max_attempts=settings.notify_max_attempts,
+            max_age_s=settings.notify_max_age,
+        )
+        key = acklinks.ensure_key(settings.ack_key_file)
+        self.planner = Planner(
+            routing, lambda claim: acklinks.sign(key, claim), settings.notify_ack_base_url
+        )
+        self.mqtt = MqttClient(
+            settings.mqtt,
+            client_id=f"safecity-{settings.notify_id}",
+            clean_start=False,
+            session_expiry=settings.notify_session_expiry,
+            manual_ack=True,
+            receive_maximum=1000,
+            on_connect=lambda: metrics.CONNECTED.set(1),
+        )
+        self.intake = Intake(self.mqtt, self.planner, self.outbox, city.id, clock)
+        rates = {name: spec.rate_per_s for name, spec in routing.channels.items()}
+        self.dispatcher = Dispatcher(
+            self.outbox,
+            self.channels,
+            rates,
+            digest_max=routing.digest_max,
+            max_in_flight=settings.notify_max_in_flight,
+            clock=clock,
+        )
+        self.influx = InfluxClient(settings.influx)
+        self.watcher = Watcher(
+            inc.IncidentStore(self.influx), self.outbox, city.id, settings.notify_max_age, clock
+        )
+        self.tasks = Supervisor()
+        self._started = self._stopped = False
+
+    def ready(self) -> bool:
+        """Ready once subscribed, connected, and dispatch and watch run."""
+        return self._started and self.mqtt.connected.is_set() and self.tasks.healthy
+
+    async def start(self) -> None:
+        """Connect, subscribe to the city's alerts, start dispatching and watching."""
+        await self.mqtt.connect()
+        group = self.settings.notify_share_group
+        alerts = topics.alert_filter(self.city.id)
+        await self.mqtt.subscribe([(topics.shared(group, alerts) if group else alerts, 1)])
+        self.tasks.start(f"dispatch-{self.city.id}", self.dispatcher.run)
+        interval = self.settings.notify_refresh_interval
+        self.tasks.start(f"watch-{self.city.id}", lambda: self.watcher.run(interval))
+        self._started = True
+        counts = self.outbox.counts()
+        for status, count in counts.items():
+            metrics.OUTBOX.labels(status=status.value).set(count)
+        log.info(
+            "notify started",
+            extra={
+                "notify_id": self.settings.notify_id,
+                "city": self.city.id,
+                "channels": sorted(self.channels),
+                "outbox": str(self.outbox.path),
+                "pending": counts[Status.PENDING],
+                "session_present": self.mqtt.session_present,
+            },
+        )
+
+    async def run(self) -> None:
+        """Consume until cancelled."""
+        await self.intake.run()
+
+    async def stop(self) -> None:
+        """Stop the tasks, disconnect, close channels and the outbox; idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        await self.tasks.stop()
+        await self.mqtt.disconnect()
+        for channel in self.channels.values():
+            await channel.close()
+        await self.influx.close()
+        self.outbox.close()
+        metrics.CONNECTED.set(0)
+        log.info("notify stopped", extra={"notify_id": self.settings.notify_id})
+
+
+def city_settings(settings: NotifySettings, city: str, cities: list[str]) -> NotifySettings:
+    """One city's share: its database and, with several cities, its own id and session."""
+    update: dict[str, object] = {"influx": settings.influx.for_city(city, cities)}
+    if len(cities) > 1:
+        update["notify_id"] = f"{settings.notify_id}-{city}"[:64]
+    return settings.model_copy(update=update)
+
+
+async def run_cities(
+    settings: NotifySettings, cities: list[City], routings: Mapping[str, Routing]
+) -> None:
+    """Run one notifier per city in this process until cancelled; stops them all."""
+    ids = [c.id for c in cities]
+    services = [
+        NotifyService(city_settings(settings, c.id, ids), c, routings[c.id]) for c in cities
+    ]
+    health = HealthServer(
+        settings.notify_metrics_host,
+        settings.notify_metrics_port,
+        lambda: all(s.ready() for s in services),
+    )
+    try:
+        await health.start()
+        for service in services:
+            await service.start()
+        log.info(
+            "notify metrics",
+            extra={"metrics": f"http://{settings.notify_metrics_host}:{health.port}/metrics"},
+        )
+        await asyncio.gather(*(s.run() for s in services))
+    finally:
+        await asyncio.shield(asyncio.gather(*(s.stop() for s in services), health.stop()))

@@ -1,0 +1,111 @@
+"""Real receivers for the notifier's channels, on free loopback ports in threads.
+
+- `HttpReceiver(kind="webhook")`: verifies the HMAC signature, refuses a stale timestamp
+  (401) and a replayed idempotency key (409, as a real receiver that already has it);
+- `kind="telegram"`: speaks the Bot API's `POST /bot<token>/sendMessage` (a wrong token
+  is 401 as Telegram answers, a bad chat id 400);
+- `kind="sms"`: a gateway taking the template's JSON with a bearer token;
+- `down`: answer 503 to everything (an outage), `fail_next`: that many 503s first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class HttpReceiver:
+    """One local HTTP receiver; `received` lists the accepted bodies in arrival order."""
+
+    kind: str
+    secret: str = "s3cret"
+    max_skew_s: float = 300.0
+    down: bool = False
+    fail_next: int = 0
+    received: list[dict[str, Any]] = field(default_factory=list)
+    refused: list[tuple[int, str]] = field(default_factory=list)
+    keys: set[str] = field(default_factory=set)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                status, answer = receiver.handle(self.path, dict(self.headers), body)
+                data = json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        """The receiver's base URL."""
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        """Stop serving."""
+        self.server.shutdown()
+        self.server.server_close()
+
+    def handle(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, Any]:
+        """(status, JSON answer) for one request."""
+        with self._lock:
+            if self.down or self.fail_next > 0:
+                self.fail_next = max(0, self.fail_next - 1)
+                return 503, {"ok": False, "description": "down"}
+            status, reason = getattr(self, f"_{self.kind}")(path, headers, body)
+            if status >= 300:
+                self.refused.append((status, reason))
+            return status, {"ok": status < 300, "description": reason, "result": {}}
+
+    def _webhook(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, str]:
+        stamp = headers.get("X-Safecity-Timestamp", "")
+        mac = hmac.new(self.secret.encode(), stamp.encode() + b"." + body, hashlib.sha256)
+        if not hmac.compare_digest(
+            headers.get("X-Safecity-Signature", ""), "sha256=" + mac.hexdigest()
+        ):
+            return 401, "bad signature"
+        if not stamp.isdigit() or abs(time.time() - int(stamp)) > self.max_skew_s:
+            return 401, "stale timestamp (replay?)"
+        key = headers.get("Idempotency-Key", "")
+        if key in self.keys:
+            return 409, "replayed idempotency key"
+        self.keys.add(key)
+        self.received.append(json.loads(body))
+        return 200, "ok"
+
+    def _telegram(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, str]:
+        if path != f"/bot{self.secret}/sendMessage":
+            return 401, "Unauthorized"
+        message = json.loads(body)
+        if not str(message.get("chat_id", "")).lstrip("-").isdigit() or not message.get("text"):
+            return 400, "Bad Request: chat not found"
+        self.received.append(message)
+        return 200, "ok"
+
+    def _sms(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, str]:
+        if headers.get("Authorization") != f"Bearer {self.secret}":
+            return 401, "unauthorized"
+        message = json.loads(body)
+        if not str(message.get("to", "")).startswith("+"):
+            return 400, "bad number"
+        self.received.append(message)
+        return 200, "queued"
