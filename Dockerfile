@@ -29,6 +29,7 @@ COPY api ./api
 COPY simulators ./simulators
 COPY edge ./edge
 COPY alerts ./alerts
+COPY notify ./notify
 COPY dashboards ./dashboards
 RUN /opt/safecity/bin/pip install --no-deps .
 

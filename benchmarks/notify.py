@@ -37,7 +37,7 @@ from notify.channels.webhook import WebhookChannel, signature
 from notify.dispatch import Dispatcher
 from notify.plan import OpenedIncident, Planner
 from safecity import acklinks
-from safecity.outbox import Outbox, Status
+from safecity.outbox import DeliveryStatus, Outbox
 
 SECRET = b"bench-secret"
 
@@ -120,7 +120,7 @@ async def _notifier(url: str, incidents: int, people: int, work: Path) -> dict[s
     for first in range(0, incidents, 500):  # the intake's batches, one commit each
         batch = [_incident(n) for n in range(first, min(incidents, first + 500))]
         box.enqueue([m for i in batch for m in planner.plan(i, time.time())])
-    while box.counts()[Status.PENDING]:  # noqa: ASYNC110 (the outbox is the truth)
+    while box.counts()[DeliveryStatus.PENDING]:  # noqa: ASYNC110 (the outbox is the truth)
         await asyncio.sleep(0.005)
     wall, used = time.perf_counter() - start, time.process_time() - cpu
     runner.cancel()

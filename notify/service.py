@@ -28,7 +28,7 @@ from safecity import incidents as inc
 from safecity.influx import InfluxClient
 from safecity.mqtt import MqttClient
 from safecity.observability import HealthServer
-from safecity.outbox import Outbox, Status
+from safecity.outbox import DeliveryStatus, Outbox
 from safecity.registry import City
 from safecity.retry import Supervisor
 
@@ -115,7 +115,7 @@ class NotifyService:
                 "city": self.city.id,
                 "channels": sorted(self.channels),
                 "outbox": str(self.outbox.path),
-                "pending": counts[Status.PENDING],
+                "pending": counts[DeliveryStatus.PENDING],
                 "session_present": self.mqtt.session_present,
             },
         )

@@ -25,6 +25,10 @@ class MqttError(SafecityError):
     """An MQTT operation that failed (connect, publish refused, subscribe refused)."""
 
 
+class ConnectRefusedError(MqttError):
+    """The broker answered a CONNECT with a refusal (CONNACK reason >= 0x80)."""
+
+
 class StorageError(SafecityError):
     """An InfluxDB request that failed."""
 

@@ -195,6 +195,8 @@ OBSERVATIONS: dict[str, EntityModel] = {
                 *_observed("observationDateTime", False, common_time=False),
                 Attribute("powerState", "power_state", "string", values=(("dimmed", "low"),)),
                 _q("powerConsumption", "power", "WTT"),
+                # The commanded dimming level, 0-100 %, as the model's relative 0-1.
+                _q("illuminanceLevel", "level", "C62", scale=0.01),
                 Attribute(
                     "status",
                     "status",

@@ -77,7 +77,7 @@ CREATE TABLE IF NOT EXISTS attempts (
 """
 
 
-class Status(StrEnum):
+class DeliveryStatus(StrEnum):
     """Where a message is: pending until delivered, failed (given up) or cancelled."""
 
     PENDING = "pending"
@@ -119,7 +119,7 @@ class Entry:
     recipient: str
     group: str
     payload: Mapping[str, Any]
-    status: Status
+    status: DeliveryStatus
     created_at: float
     not_before: float
     attempts: int
@@ -197,7 +197,7 @@ def _entry(row: tuple[Any, ...]) -> Entry:
         recipient=row[3],
         group=row[4],
         payload=json.loads(row[5]),
-        status=Status(row[6]),
+        status=DeliveryStatus(row[6]),
         created_at=row[7],
         not_before=row[8],
         attempts=row[9],
@@ -309,7 +309,7 @@ class Outbox:
                 m.recipient,
                 m.group,
                 json.dumps(m.payload, separators=(",", ":"), sort_keys=True),
-                Status.PENDING,
+                DeliveryStatus.PENDING,
                 now,
                 now if m.not_before is None else m.not_before,
                 now if m.not_before is None else m.not_before,
@@ -370,11 +370,11 @@ class Outbox:
             "WHERE key = ? AND number = ? AND outcome = ?",
             (now, outcome.result, outcome.detail[:500], entry.key, number, Result.IN_FLIGHT),
         )
-        status, next_at, done = Status.PENDING, now, None
+        status, next_at, done = DeliveryStatus.PENDING, now, None
         if outcome.result is Result.DELIVERED:
-            status, done = Status.DELIVERED, now
+            status, done = DeliveryStatus.DELIVERED, now
         elif outcome.result is Result.FAILED or self._exhausted(entry, number, now):
-            status, done = Status.FAILED, now
+            status, done = DeliveryStatus.FAILED, now
         else:
             next_at = now + self.backoff.delay(number - 1, self.rng, outcome.retry_after)
         db.execute(
@@ -394,7 +394,7 @@ class Outbox:
             cursor = db.execute(
                 "UPDATE entries SET status = ?, done_at = ?, detail = ? "
                 "WHERE grp = ? AND status = 'pending' AND lease_until IS NULL",
-                (Status.CANCELLED, now, reason[:500], group),
+                (DeliveryStatus.CANCELLED, now, reason[:500], group),
             )
             return cursor.rowcount
 
@@ -405,7 +405,7 @@ class Outbox:
         *,
         group: str | None = None,
         channel: str | None = None,
-        status: Status | None = None,
+        status: DeliveryStatus | None = None,
         after_seq: int = 0,
         limit: int = 1000,
     ) -> list[Entry]:
@@ -432,11 +432,11 @@ class Outbox:
         )
         return [Attempt(r[0], r[1], r[2], r[3], r[4], Result(r[5]), r[6]) for r in rows]
 
-    def counts(self) -> dict[Status, int]:
+    def counts(self) -> dict[DeliveryStatus, int]:
         """How many messages are in each status."""
         rows = self._read("SELECT status, COUNT(*) FROM entries GROUP BY status")
-        out = dict.fromkeys(Status, 0)
-        out.update({Status(s): n for s, n in rows})
+        out = dict.fromkeys(DeliveryStatus, 0)
+        out.update({DeliveryStatus(s): n for s, n in rows})
         return out
 
     def attempt_counts(self) -> dict[Result, int]:

@@ -30,7 +30,7 @@ from api.settings import ApiSettings
 from safecity import acklinks
 from safecity import incidents as inc
 from safecity.errors import AckLinkError, ConfigError, IncidentError, TransitionError
-from safecity.outbox import Outbox, Status
+from safecity.outbox import DeliveryStatus, Outbox
 from safecity.readings import format_ts
 
 ack_router = APIRouter(prefix="/v1/ack", tags=["notifications"])
@@ -200,7 +200,7 @@ def _outboxes(request: Request, city: str | None) -> list[Outbox]:
 
 def _out(box: Outbox, entry: Any, history: bool) -> NotificationOut:
     page = entry.payload
-    done = entry.done_at if entry.status is Status.DELIVERED else None
+    done = entry.done_at if entry.status is DeliveryStatus.DELIVERED else None
     return NotificationOut(
         key=entry.key,
         incident_id=entry.group,
@@ -240,7 +240,7 @@ async def list_notifications(
     request: Request,
     city: Annotated[str | None, Query(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")] = None,
     channel: Annotated[str | None, Query(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")] = None,
-    status: Status | None = None,
+    status: DeliveryStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[NotificationOut]:
     """Notifications in enqueue order (channel, recipient, attempts, status, latency)."""

@@ -19,7 +19,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from safecity.errors import MqttError
+from safecity.errors import ConnectRefusedError, MqttError
 from safecity.mqtt.messages import Will
 from safecity.settings import MqttSettings
 
@@ -65,10 +65,6 @@ def tls_context(settings: MqttSettings) -> ssl.SSLContext:
 def backoff_cap(attempt: int, minimum: float, maximum: float) -> float:
     """The upper bound of the jittered delay before retry `attempt` (0-based), at any attempt."""
     return max(minimum, min(maximum, minimum * 2.0 ** min(attempt, _MAX_EXPONENT)))
-
-
-class ConnectRefusedError(MqttError):
-    """The broker answered a CONNECT with a refusal (CONNACK reason >= 0x80)."""
 
 
 class FleetClient:

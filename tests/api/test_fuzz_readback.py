@@ -31,8 +31,9 @@ def test_every_accepted_event_renders_in_the_api(event: tuple[str, bytes]) -> No
         return
     assert isinstance(outcome, Accepted)
     point = decode(outcome.line)
-    # The row as InfluxDB answers it: time, the tags and the fields side by side.
-    row = {"time": point.time_ms, **point.tags, **point.fields}
+    # The row as InfluxDB answers it (epoch=ms; an event's line is written in ns, with its
+    # sub-millisecond offset): time, the tags and the fields side by side.
+    row = {"time": point.time_ms // 1_000_000, **point.tags, **point.fields}
     out = event_out(row)
     assert out.device_id == point.tags["device_id"] and out.seq == point.fields["seq"]
     out.model_dump_json()  # the response body: never a serialisation error

@@ -82,7 +82,7 @@ def test_dynsec_config_pins_devices_to_their_id(tmp_path: Path) -> None:
     shared = {
         name for name, acls in roles.items() if any(a["topic"].startswith("$share/") for a in acls)
     }
-    assert shared == {"ingest", "alerts", "region"}
+    assert shared == {"ingest", "alerts", "notify", "region"}
     # The hashes are the store's own ($7$ = PBKDF2-SHA512), split into the plugin's fields.
     _, _, iterations, salt, digest = store.accounts["dev-1"].password_hash.split("$")  # type: ignore[union-attr]
     assert (clients["dev-1"]["iterations"], clients["dev-1"]["salt"]) == (int(iterations), salt)

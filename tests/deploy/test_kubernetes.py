@@ -310,11 +310,14 @@ def test_the_emqx_acl_says_what_the_dynamic_security_config_says(tmp_path: Path)
     assert (
         f'{{allow, {{username, "{device.id}"}}, publish, ["safecity/v1/+/+/+/{device.id}/' in full
     )
-    # A device subscribes to its own end-to-end acks and nothing else.
+    # A device subscribes to its own end-to-end acks and its own commands, nothing else.
     subscribes = re.findall(
         rf'\{{allow, \{{username, "{device.id}"\}}, subscribe, \["([^"]+)"\]', full
     )
-    assert subscribes == [f"safecity/v1/tashkent/+/+/{device.id}/ack"]
+    assert sorted(subscribes) == [
+        f"safecity/v1/tashkent/+/+/{device.id}/ack",
+        f"safecity/v1/tashkent/+/+/{device.id}/cmd",
+    ]
 
 
 # --- parity: the rendered containers run here ----------------------------------------

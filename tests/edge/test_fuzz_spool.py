@@ -10,7 +10,7 @@ from devicebytes import FUZZ, JSON_TEXT, PAYLOADS, TOPICS
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge.spool import Spool
+from edge.spool import DeviceSpool
 
 DAMAGE = st.one_of(
     JSON_TEXT.map(lambda t: t.encode("utf-8", "surrogatepass")),
@@ -37,7 +37,7 @@ def test_a_damaged_spool_log_replays_every_good_record(
 ) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "device.spool"
-        spool = Spool(path, 1 << 22)
+        spool = DeviceSpool(path, 1 << 22)
         for n, (topic, payload, seq) in enumerate(messages):
             assert spool.append(topic, payload, {"n": n}, seq, "telemetry") is not None
         spool.close()  # unsettled: the log stays
@@ -45,7 +45,7 @@ def test_a_damaged_spool_log_replays_every_good_record(
         for where, junk in damage:
             lines.insert(min(where, len(lines)), junk + b"\n")
         path.write_bytes(b"".join(lines) + torn)
-        again = Spool(path, 1 << 22)  # never raises
+        again = DeviceSpool(path, 1 << 22)  # never raises
         taken = again.take(100)
         good = {n: (t, p) for n, (t, p, _) in enumerate(messages)}
         for item in taken:  # only what was appended, as appended

@@ -148,7 +148,7 @@ class Ports:
         }
 
 
-_PORT_USE = re.compile(r"((?:127\.0\.0\.1|localhost):|-p\s+|--port[ =])(\d{4,5})\b")
+_PORT_USE = re.compile(r"((?:127\.0\.0\.1|localhost):|-p\s+|--port[ =]|\bport=)(\d{4,5})\b")
 
 
 def localise(code: str, ports: Ports, values: dict[str, str]) -> str:

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from ingest.deadletter import DeadLetterStore, dead_letter, record_payload
 from ingest.redact import Redactor
-from ingest.validate import Accepted, DuplicateDetector, RateLimiter, Rejected, Validator
+from ingest.validate import Accepted, DeviceRateLimiter, DuplicateDetector, Rejected, Validator
 from ingest.watermark import Watermarks
 from safecity import acks, lineprotocol
 from safecity.deadletters import DeadLetterIndex, store_path
@@ -29,7 +29,7 @@ from safecity.registry import default_city
 
 CITY = default_city()
 STRICT = Validator(
-    CITY, 7 * 86_400, 300, rate_limiter=RateLimiter(50, 5), duplicates=DuplicateDetector(64)
+    CITY, 7 * 86_400, 300, rate_limiter=DeviceRateLimiter(50, 5), duplicates=DuplicateDetector(64)
 )
 PLAIN = Validator(CITY, 7 * 86_400, 300)
 MARKS = Watermarks(CITY)

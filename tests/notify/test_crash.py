@@ -18,7 +18,7 @@ from support import credentials, wait_for
 
 from control.stack import LocalStack
 from safecity import topics
-from safecity.outbox import Outbox, Result, Status
+from safecity.outbox import DeliveryStatus, Outbox, Result
 
 STORM = 500
 ROUTING = """city: tashkent
@@ -95,7 +95,7 @@ def test_kill_9_mid_storm_loses_nothing_and_duplicates_within_the_bound(
     wanted = {(who, f"inc-storm-{n}") for who in ("ann", "bob") for n in range(STORM)}
     wait_for(lambda: wanted <= set(_pages(hook)), 120, "every page after the restart")
     box = Outbox(tmp_path / "notify" / "tashkent.outbox.db", owner="test-reader")
-    wait_for(lambda: box.counts()[Status.PENDING] == 0, 30, "the outbox drained")
+    wait_for(lambda: box.counts()[DeliveryStatus.PENDING] == 0, 30, "the outbox drained")
     counts = Counter(_pages(hook))
     duplicates = sum(n - 1 for n in counts.values())
     interrupted = [
@@ -105,4 +105,4 @@ def test_kill_9_mid_storm_loses_nothing_and_duplicates_within_the_bound(
     assert set(counts) == wanted  # lost 0, nothing unexpected
     print(f"killed after {killed_at} pages; duplicates {duplicates}, bound {len(interrupted)}")
     assert duplicates <= len(interrupted)
-    assert box.counts()[Status.DELIVERED] == 2 * STORM
+    assert box.counts()[DeliveryStatus.DELIVERED] == 2 * STORM

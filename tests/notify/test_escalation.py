@@ -21,7 +21,7 @@ from notify.watch import Watcher
 from safecity import acklinks
 from safecity import incidents as inc
 from safecity.influx import InfluxClient
-from safecity.outbox import Outbox, Result, Status
+from safecity.outbox import DeliveryStatus, Outbox, Result
 from safecity.settings import InfluxSettings
 
 T0 = datetime(2026, 12, 7, 10, 0, tzinfo=UTC).timestamp()  # 15:00 in Tashkent
@@ -115,7 +115,7 @@ def test_tier_1_at_once_reminders_then_tier_2_at_the_configured_time(
     assert len(hook.received) == 3  # tier 2 not a second early
     rig.at(12 * 60)
     assert _steps(hook)[3:] == [("bob", "inc-1", 2, 0)]
-    assert rig.outbox.counts()[Status.PENDING] == 0
+    assert rig.outbox.counts()[DeliveryStatus.PENDING] == 0
 
 
 def test_an_acknowledgement_stops_the_escalation(
@@ -150,7 +150,7 @@ def test_an_acknowledgement_stops_the_escalation(
     assert mine == [("ann", ident, 1, 0), ("ann", ident, 1, 1)]
     others = [s for s in _steps(hook) if s[1] == "inc-2"]
     assert ("bob", "inc-2", 2, 0) in others  # the other incident escalated as planned
-    stopped = rig.outbox.entries(group=ident, status=Status.CANCELLED)
+    stopped = rig.outbox.entries(group=ident, status=DeliveryStatus.CANCELLED)
     assert {e.detail for e in stopped} == {"acknowledged by ann (via hook (acknowledgement link))"}
 
 
@@ -169,11 +169,11 @@ def test_a_ten_minute_outage_delivers_everything_in_order_after(
     assert attempts[Result.RETRY] > 0 and refused == 0  # 503s are retries, not refusals
     hook.down = False
     second = 600
-    while rig.outbox.counts()[Status.PENDING] and second < 600 + 3600:
+    while rig.outbox.counts()[DeliveryStatus.PENDING] and second < 600 + 3600:
         rig.at(second)
         second += 1
     counts = rig.outbox.counts()
-    assert counts[Status.PENDING] == 0 and counts[Status.FAILED] == 0
+    assert counts[DeliveryStatus.PENDING] == 0 and counts[DeliveryStatus.FAILED] == 0
     for person in ("ann", "bob"):
         got = [(s[1], s[2], s[3]) for s in _steps(hook) if s[0] == person]
         expected = sorted(

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from safecity.outbox import Message, Outbox, Outcome, Result, Status
+from safecity.outbox import DeliveryStatus, Message, Outbox, Outcome, Result
 from safecity.retry import Backoff
 
 
@@ -42,7 +42,7 @@ def test_enqueue_is_idempotent_by_key(tmp_path: Path) -> None:
     assert box.enqueue([_msg("a"), _msg("b")]) == 2
     assert box.enqueue([_msg("a"), _msg("c")]) == 1
     assert [e.key for e in box.entries()] == ["a", "b", "c"]
-    assert box.counts()[Status.PENDING] == 3
+    assert box.counts()[DeliveryStatus.PENDING] == 3
 
 
 def test_a_lane_goes_in_order_and_lanes_are_independent(tmp_path: Path) -> None:
@@ -94,7 +94,7 @@ def test_retries_are_bounded_and_the_lane_moves_on(tmp_path: Path) -> None:
         (lease,) = box.claim()
         assert lease.entries[0].key == "a1"
         box.settle(lease, Outcome.retry("down"))
-    (a1,) = box.entries(status=Status.FAILED)
+    (a1,) = box.entries(status=DeliveryStatus.FAILED)
     assert a1.key == "a1" and a1.attempts == 3 and a1.detail == "down"
     clock.now += 5
     (lease,) = box.claim()
@@ -106,7 +106,7 @@ def test_a_permanent_failure_is_not_retried(tmp_path: Path) -> None:
     box.enqueue([_msg("a1")])
     (lease,) = box.claim()
     box.settle(lease, Outcome.failed("400 bad recipient"))
-    assert box.entries()[0].status is Status.FAILED
+    assert box.entries()[0].status is DeliveryStatus.FAILED
     assert box.claim() == []
 
 
@@ -130,8 +130,8 @@ def test_cancel_drops_the_pending_messages_of_a_group(tmp_path: Path) -> None:
     box.settle(lease, Outcome.delivered())
     assert box.cancel("inc-1", "acknowledged") == 1
     by_key = {e.key: e for e in box.entries(group="inc-1")}
-    assert by_key["t1"].status is Status.DELIVERED
-    assert by_key["t2"].status is Status.CANCELLED and by_key["t2"].detail == "acknowledged"
+    assert by_key["t1"].status is DeliveryStatus.DELIVERED
+    assert by_key["t2"].status is DeliveryStatus.CANCELLED and by_key["t2"].detail == "acknowledged"
 
 
 def test_a_restarted_owner_marks_its_attempts_interrupted(tmp_path: Path) -> None:
@@ -159,7 +159,7 @@ def test_another_owners_lease_expires(tmp_path: Path) -> None:
     (lease,) = two.claim()
     two.settle(lease, Outcome.delivered())
     stale = one.entries()[0]
-    assert stale.status is Status.DELIVERED
+    assert stale.status is DeliveryStatus.DELIVERED
     assert [a.owner for a in two.attempts("a1")] == ["one", "two"]
 
 
