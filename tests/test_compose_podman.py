@@ -255,6 +255,7 @@ def test_every_service_healthy_with_no_restarts(stack: Stack) -> None:
         "influxdb",
         "ingest",
         "alerts",
+        "notify",
         "api",
         "simulator",
     }
