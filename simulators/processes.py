@@ -3,9 +3,13 @@
 A process is named by an integer key (a device, a district, a road) and sampled at
 knots ``step_h`` hours apart: ``x_k = phi * x_(k-1) + sqrt(1 - phi^2) * e_k`` with
 ``phi = exp(-step_h / tau_h)`` and ``e_k`` a hash of (key, k), so it is stationary
-N(0, 1), correlated over ``tau_h`` hours, and linear between knots. Asked in time
-order (as a device is), each knot costs one step from the cached previous one; asked
-out of order it is rebuilt from ``14 tau`` of history (exact to ``exp(-14)``).
+N(0, 1), correlated over ``tau_h`` hours, and linear between knots.
+
+Each knot is a pure function of (key, k): it is stepped from a fixed anchor, the start
+of the block of ``14 tau`` knots before k's own (so ``exp(-14)`` of the anchor's state
+is left). The same time gives the same value in every process whatever it asked
+before, so a replay or a second process reproduces a reading exactly. Asked in time
+order (as a device is), a knot costs about two steps from the cached previous one.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import math
 
 from simulators.timebase import normal
 
-_cache: dict[tuple[int, float, float], tuple[int, float, float]] = {}
+_cache: dict[tuple[int, float, float], tuple[int, int, float, float]] = {}
 _CACHE_MAX = 200_000
 
 
@@ -23,12 +27,13 @@ def _knots(key: int, step_h: float, tau_h: float, k: int) -> tuple[float, float]
     phi = math.exp(-step_h / tau_h)
     s = math.sqrt(1.0 - phi * phi)
     slot = (key, step_h, tau_h)
+    block = int(14.0 * tau_h / step_h) + 1
+    anchor = (k // block - 1) * block
     cached = _cache.get(slot)
-    lookback = int(14.0 * tau_h / step_h) + 1
-    if cached is not None and 0 <= k - cached[0] <= lookback:
-        k0, x0, x1 = cached
+    if cached is not None and cached[0] == anchor and cached[1] <= k:
+        _, k0, x0, x1 = cached
     else:
-        k0 = k - lookback
+        k0 = anchor
         x0 = normal(key, k0)
         x1 = phi * x0 + s * normal(key, k0 + 1)
     while k0 < k:
@@ -36,7 +41,7 @@ def _knots(key: int, step_h: float, tau_h: float, k: int) -> tuple[float, float]
         x0, x1 = x1, phi * x1 + s * normal(key, k0 + 1)
     if len(_cache) >= _CACHE_MAX:
         _cache.clear()
-    _cache[slot] = (k0, x0, x1)
+    _cache[slot] = (anchor, k0, x0, x1)
     return x0, x1
 
 

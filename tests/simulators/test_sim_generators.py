@@ -19,6 +19,7 @@ from safecity.readings import event_model, format_ts, reading_model
 from safecity.registry import City, Device
 from simulators import events as ev
 from simulators import generators as g
+from simulators import processes
 from simulators.climate import climate_at
 from simulators.sites import World
 from simulators.weather import weather
@@ -176,6 +177,24 @@ def test_same_seed_same_values_other_seed_other_values() -> None:
 
     assert series(1) == series(1)
     assert series(1) != series(2)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.integers(min_value=0, max_value=400),
+    st.lists(st.integers(min_value=-2000, max_value=2000), max_size=6),
+)
+def test_a_value_does_not_depend_on_what_was_asked_before(key: int, earlier: list[int]) -> None:
+    # A replay, or a second process, must reproduce a reading exactly: rounding to 0.1
+    # turns the smallest history-dependent drift into a different stored value.
+    hours_at = 500_000.0 + 0.37 * key
+    processes._cache.clear()
+    fresh = [processes.ou(key, hours_at, tau) for tau in (2.0, 8.0, 36.0)]
+    processes._cache.clear()
+    for h in earlier:
+        for tau in (2.0, 8.0, 36.0):
+            processes.ou(key, hours_at + h * 0.5, tau)
+    assert [processes.ou(key, hours_at, tau) for tau in (2.0, 8.0, 36.0)] == fresh
 
 
 def test_stable_hash_does_not_depend_on_python_hash() -> None:
