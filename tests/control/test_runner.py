@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from localrun import beside, launch, until_ready
 from support import wait_for
 
 from control.stack import mqtt_connack_reason
@@ -111,49 +112,12 @@ def _first_notification(
 
 def test_run_serves_every_device_then_ctrl_c_leaves_nothing_behind(tmp_path: Path) -> None:  # noqa: PLR0915 - long; split it at its seams
     before = _checkout_var()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SAFECITY_")}
-    env["SAFECITY_INGEST_METRICS_PORT"] = "0"
-    env["SAFECITY_ALERTS_METRICS_PORT"] = "0"
-    env["SAFECITY_NOTIFY_METRICS_PORT"] = "0"
-    env["SAFECITY_MQTT_TLS_PORT"] = "0"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "control",
-            "run",
-            "--data-dir",
-            str(tmp_path),
-            "--api-port",
-            "0",
-            "--mqtt-port",
-            "0",
-            "--influx-port",
-            "0",
-            "--mqtt-tls-port",
-            "0",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
+    proc = launch(tmp_path, "--data-dir", str(tmp_path), SAFECITY_MQTT_TLS_PORT="0")
     try:
-        api = None
-        key = ""
-        lines = []
-        assert proc.stdout is not None
-        deadline = time.monotonic() + 240
-        while "Press Ctrl-C" not in "".join(lines[-1:]) and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line and proc.poll() is not None:
-                break  # the launcher gave up: its output says why
-            lines.append(line)
-            if match := re.search(r"SAFECITY_API_KEY=(\S+)", line):
-                key = match.group(1)
-            if match := re.search(r"console \+ API\s+(http://\S+?)/\s", line):
-                api = match.group(1)
-        printed = "".join(lines)
+        printed = until_ready(proc)
+        api_at = re.search(r"console \+ API\s+(http://\S+?)/\s", printed)
+        key_at = re.search(r"SAFECITY_API_KEY=(\S+)", printed)
+        api, key = api_at.group(1) if api_at else None, key_at.group(1) if key_at else ""
         assert api, "no console URL printed:\n" + printed
         assert key.startswith("sck_"), "no SAFECITY_API_KEY printed:\n" + printed
         children = _children_of(proc.pid)
@@ -196,7 +160,7 @@ def test_run_serves_every_device_then_ctrl_c_leaves_nothing_behind(tmp_path: Pat
 
         # `safecity devices revoke` in the run's instance (SAFECITY_HOME, nothing else)
         # changes the running broker at once: the device is cut off, everyone else stays.
-        cli_env = {**env, "SAFECITY_HOME": str(tmp_path)}
+        cli_env = beside(tmp_path)
         revoke = subprocess.run(
             [sys.executable, "-m", "control", "devices", "revoke", victim,
              "--secrets-file", str(secrets_path)],
@@ -229,7 +193,7 @@ def test_run_serves_every_device_then_ctrl_c_leaves_nothing_behind(tmp_path: Pat
 
         # No secret in any log or console output of the run.
         logs = {p: p.read_text(errors="replace") for p in tmp_path.rglob("*.log")}
-        logs[tmp_path / "<stdout>"] = printed + (proc.stdout.read() or "")
+        logs[tmp_path / "<stdout>"] = printed + (proc.stdout.read() if proc.stdout else "")
         assert len(logs) >= 6
         for path, text in logs.items():
             leaked = [name for name, secret in issued.items() if secret in text]
@@ -244,21 +208,9 @@ def test_run_serves_every_device_then_ctrl_c_leaves_nothing_behind(tmp_path: Pat
 
 
 def test_a_killed_launcher_takes_its_stack_with_it(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SAFECITY_")}
-    env["SAFECITY_INGEST_METRICS_PORT"] = "0"
-    env["SAFECITY_ALERTS_METRICS_PORT"] = "0"
-    env["SAFECITY_NOTIFY_METRICS_PORT"] = "0"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "control", "run", "--data-dir", str(tmp_path),
-         "--api-port", "0", "--mqtt-port", "0", "--influx-port", "0", "--mqtt-tls-port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-    )  # fmt: skip
+    proc = launch(tmp_path, "--data-dir", str(tmp_path))
     try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            if "Press Ctrl-C" in proc.stdout.readline():
-                break
+        assert "Press Ctrl-C" in until_ready(proc)
         children = _children_of(proc.pid)
         assert len(children) >= 5
     finally:
@@ -275,25 +227,9 @@ def test_a_killed_launcher_takes_its_stack_with_it(tmp_path: Path) -> None:
 def test_run_with_device_tls_mtls_serves_every_device_over_mutual_tls(tmp_path: Path) -> None:
     """SAFECITY_DEVICE_TLS=mtls: every simulated device connects to the TLS listener with
     its own certificate, and its readings arrive."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SAFECITY_")}
-    env.update(
-        SAFECITY_INGEST_METRICS_PORT="0",
-        SAFECITY_ALERTS_METRICS_PORT="0",
-        SAFECITY_NOTIFY_METRICS_PORT="0",
-        SAFECITY_DEVICE_TLS="mtls",
-    )
-    args = ["--api-port", "0", "--mqtt-port", "0", "--influx-port", "0", "--mqtt-tls-port", "0"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "control", "run", "--data-dir", str(tmp_path), *args],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-    )  # fmt: skip
+    proc = launch(tmp_path, "--data-dir", str(tmp_path), SAFECITY_DEVICE_TLS="mtls")
     try:
-        lines: list[str] = []
-        assert proc.stdout is not None
-        deadline = time.monotonic() + 120
-        while "Press Ctrl-C" not in "".join(lines[-1:]) and time.monotonic() < deadline:
-            lines.append(proc.stdout.readline())
-        printed = "".join(lines)
+        printed = until_ready(proc, 120)
         assert "devices over   mutual TLS" in printed, printed
         api = re.search(r"console \+ API\s+(http://\S+?)/\s", printed)
         key = re.search(r"SAFECITY_API_KEY=(\S+)", printed)

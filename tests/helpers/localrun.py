@@ -54,10 +54,9 @@ class Run:
         return instance.layout(self.home)
 
 
-@contextmanager
-def local_run(home: Path, *argv: str, **env: str) -> Iterator[Run]:
-    """`safecity run` on free ports in `home` (extra flags `argv`, settings `env`); stopped
-    with Ctrl-C (SIGINT) at the end."""
+def launch(home: Path, *argv: str, **env: str) -> subprocess.Popen[str]:
+    """`safecity run` on free ports in `home` (extra flags `argv`, settings `env`), its
+    output (stdout and stderr) on a pipe."""
     full = beside(
         home,
         SAFECITY_INGEST_METRICS_PORT="0",
@@ -66,7 +65,7 @@ def local_run(home: Path, *argv: str, **env: str) -> Iterator[Run]:
         **env,
     )
     ports = ["--api-port", "0", "--mqtt-port", "0", "--influx-port", "0", "--mqtt-tls-port", "0"]
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-m", "control", "run", *ports, *argv],
         env=full,
         cwd=ROOT,
@@ -74,16 +73,29 @@ def local_run(home: Path, *argv: str, **env: str) -> Iterator[Run]:
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+def until_ready(proc: subprocess.Popen[str], timeout: float = 240) -> str:
+    """What a launched run printed up to its "Press Ctrl-C" line (or until it exited or
+    `timeout` passed: the caller's assertions then show what it printed instead)."""
+    assert proc.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while "Press Ctrl-C" not in "".join(lines[-1:]) and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line and proc.poll() is not None:
+            break  # the launcher gave up: its output says why
+        lines.append(line)
+    return "".join(lines)
+
+
+@contextmanager
+def local_run(home: Path, *argv: str, **env: str) -> Iterator[Run]:
+    """`safecity run` on free ports in `home` (extra flags `argv`, settings `env`); stopped
+    with Ctrl-C (SIGINT) at the end."""
+    proc = launch(home, *argv, **env)
     try:
-        assert proc.stdout is not None
-        lines: list[str] = []
-        deadline = time.monotonic() + 240
-        while "Press Ctrl-C" not in "".join(lines[-1:]) and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line and proc.poll() is not None:
-                break
-            lines.append(line)
-        printed = "".join(lines)
+        printed = until_ready(proc)
         state = instance.running(instance.layout(home))
         assert "Press Ctrl-C" in printed and state is not None, printed
         yield Run(home, printed, state, proc)
