@@ -1,6 +1,7 @@
 """The published contract: docs/openapi.json equals the app's document, operationIds read
 well, and a client generated from the file by openapi-python-client works against the
-running API (list cities, overview, series, events page by page, incident ack)."""
+running API: the main calls in detail (list cities, overview, series, events page by
+page, incident ack), and every operation it generated called once."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,6 +25,7 @@ from api.apikeys import KeyStore
 from api.contract import document, render
 from api.settings import ApiSettings
 from control.stack import LocalStack
+from safecity import acklinks
 from safecity import incidents as inc
 from safecity.influx import InfluxClient
 from safecity.registry import default_city
@@ -90,7 +93,7 @@ async def _ensure(settings: InfluxSettings) -> None:
         await client.close()
 
 
-def _seed(stack: LocalStack, database: str) -> tuple[datetime, inc.Incident]:
+def _seed(stack: LocalStack, database: str) -> tuple[datetime, list[inc.Incident]]:
     settings = ApiSettings(influx=InfluxSettings(url=stack.influx_url, database=database))
     asyncio.run(_ensure(settings.influx))
     base = (datetime.now(UTC) - timedelta(hours=2)).replace(second=0, microsecond=0)
@@ -116,35 +119,39 @@ def _seed(stack: LocalStack, database: str) -> tuple[datetime, inc.Incident]:
         for m in range(7)
     ]
     write(settings, points)
-    incident = inc.open_incident(
-        city=CITY.id,
-        district="chilanzar",
-        rule_id="loitering",
-        rule_type="event",
-        severity="medium",
-        place="chilanzar",
-        devices=[cam.id],
-        opened_at=base,
-        value=None,
-        message="loitering in chilanzar",
-        event="loitering",
-    )
+    incidents = [
+        inc.open_incident(
+            city=CITY.id,
+            district="chilanzar",
+            rule_id=rule,
+            rule_type="event",
+            severity="medium",
+            place="chilanzar",
+            devices=[cam.id],
+            opened_at=base,
+            value=None,
+            message=f"{rule} in chilanzar",
+            event=rule,
+        )
+        for rule in ("loitering", "intrusion")
+    ]
 
     async def store() -> None:
         client = InfluxClient(settings.influx)
         try:
-            await inc.IncidentStore(client).open(incident)
+            for incident in incidents:
+                await inc.IncidentStore(client).open(incident)
         finally:
             await client.close()
 
     asyncio.run(store())
-    return base, incident
+    return base, incidents
 
 
 def test_a_generated_client_works_against_the_running_api(
     stack: LocalStack, influx_db: str, start_api: Callable[..., Any], generated: Any
 ) -> None:
-    base, incident = _seed(stack, influx_db)
+    base, (incident, _) = _seed(stack, influx_db)
     api = start_api(influx_db)
     from safecity_client import AuthenticatedClient
     from safecity_client.api.cities import get_city_overview, get_city_series, list_cities
@@ -193,15 +200,17 @@ def test_a_generated_client_works_against_the_running_api(
     assert acked.state.value == "acknowledged" and acked.transitions[-1].note == "on it"
 
 
-def _expected(spec: dict[str, Any]) -> dict[str, str | None]:
-    """Each operation's success schema name (None: a text body such as CSV or SSE)."""
-    out: dict[str, str | None] = {}
+def _expected(spec: dict[str, Any]) -> dict[str, tuple[set[int], str | None]]:
+    """Each operation's documented success statuses and schema name (None: an inline
+    schema or a text body such as CSV, HTML or SSE)."""
+    out: dict[str, tuple[set[int], str | None]] = {}
     for ops in spec["paths"].values():
         for op in ops.values():
-            success = next(v for k, v in sorted(op["responses"].items()) if k.startswith("2"))
-            content = success.get("content", {})
-            ref = content.get("application/json", {}).get("schema", {}).get("$ref")
-            out[op["operationId"]] = ref.rsplit("/", 1)[-1] if ref else None
+            success = {k: v for k, v in op["responses"].items() if k.startswith("2")}
+            content = success[min(success)].get("content", {})
+            json_body = next((v for k, v in content.items() if k.endswith("json")), {})
+            ref = json_body.get("schema", {}).get("$ref")
+            out[op["operationId"]] = ({int(k) for k in success}, ref and ref.rsplit("/", 1)[-1])
     return out
 
 
@@ -217,8 +226,11 @@ def _operations(package: Any) -> dict[str, Any]:
     return found
 
 
-def _calls(base: datetime, incident_id: str, models: Any) -> dict[str, dict[str, Any]]:
-    """The arguments of one call of every operation, against the seeded data."""
+def _calls(
+    base: datetime, incident_id: str, ack_token: str, models: Any
+) -> dict[str, dict[str, Any]]:
+    """The arguments of one call of every operation, against the seeded data (`ack_token`
+    acknowledges another incident than `incident_id`, which the transitions go through)."""
     noise = CITY.select(kind="noise", district="chilanzar")[0]
     window = {"from_": base, "to": base + timedelta(minutes=10)}
     alert = models.GrafanaAlert(
@@ -269,6 +281,39 @@ def _calls(base: datetime, incident_id: str, models: Any) -> dict[str, dict[str,
         "list_audit_records": {"limit": 5},
         "stream_live": {},
         "get_region_overview": {},
+        "list_notifications": {"limit": 5},
+        "incident_notifications": {"incident_id": incident_id},
+        "ack_page": {"token": ack_token},
+        "ack_link": {"token": ack_token},
+        **_more_calls(noise, window, models),
+    }
+
+
+def _more_calls(device: Any, window: dict[str, Any], models: Any) -> dict[str, dict[str, Any]]:
+    """The standard (NGSI-LD) and command operations."""
+    entity = f"urn:ngsi-ld:NoiseLevelObserved:{device.id}"
+    return {
+        "get_context": {},
+        "query_entities": {"type_": "NoiseLevelObserved", "limit": 5},
+        "retrieve_entity": {"entity_id": entity},
+        "retrieve_temporal_entity": {
+            "entity_id": entity,
+            "timerel": models.RetrieveTemporalEntityTimerelType0.BETWEEN,
+            "time_at": window["from_"],
+            "end_time_at": window["to"],
+        },
+        "send_device_command": {
+            "device_id": device.id,
+            "body": models.RebootCommand(name="reboot", expires_in=60.0),
+        },
+        "send_district_command": {
+            "city_id": CITY.id,
+            "district_id": "chilanzar",
+            "body": models.SetLevelGroup.from_dict(
+                {"kind": "streetlight", "name": "set_level", "params": {"level": 40}}
+            ),
+        },
+        "list_commands": {"limit": 5},
     }
 
 
@@ -282,10 +327,21 @@ def test_the_generated_client_keeps_every_operation_and_each_works(
     spec = document()
     titles = [s.get("title", n) for n, s in spec["components"]["schemas"].items()]
     assert len(titles) == len(set(titles)), "schema titles must be unique (the client's names)"
-    base, incident = _seed(stack, influx_db)
-    keys_file = tmp_path / "keys.json"
+    base, incidents = _seed(stack, influx_db)
+    keys_file, ack_key = tmp_path / "keys.json", tmp_path / "ack.key"
     _, admin = KeyStore(keys_file).create("client-test", ("admin",))
-    api = start_api(influx_db, SAFECITY_API_KEYS_FILE=str(keys_file))
+    key = acklinks.ensure_key(ack_key)
+    claim = acklinks.new_claim(incidents[1].id, CITY.id, "ann", "hook", time.time() + 600)
+    api = start_api(
+        influx_db,
+        SAFECITY_API_KEYS_FILE=str(keys_file),
+        SAFECITY_ACK_KEY_FILE=str(ack_key),
+        SAFECITY_ACK_SPENT_FILE=str(tmp_path / "ack-spent.db"),
+        SAFECITY_NOTIFY_DIR=str(tmp_path / "notify"),
+        SAFECITY_COMMANDS__PASSWORD=stack.secret("_command"),
+        SAFECITY_COMMANDS_FILE=str(tmp_path / "commands.sqlite3"),
+    )
+    token = acklinks.sign(key, claim)
     models = importlib.import_module("safecity_client.models")
     client = generated.AuthenticatedClient(
         base_url=api.url, token=admin, prefix="", auth_header_name="X-API-Key", timeout=30.0
@@ -293,25 +349,45 @@ def test_the_generated_client_keeps_every_operation_and_each_works(
     webhook = generated.AuthenticatedClient(base_url=api.url, token=admin, timeout=30.0)
     modules = _operations(generated)
     expected = _expected(spec)
-    calls = _calls(base, incident.id, models)
-    # Every operation is generated and importable; the ones with seeded arguments are called
-    # (the commands, notifications and NGSI-LD operations have their own route tests).
-    assert set(modules) == set(expected) and set(calls) <= set(modules)
+    calls = _calls(base, incidents[0].id, token, models)
+    assert set(modules) == set(expected) == {*calls, "get_command"}
     for op_id, kwargs in calls.items():
-        module = modules[op_id]
-        schema = expected[op_id]
+        parsed = _call(op_id, modules[op_id], expected[op_id], models, client, webhook, kwargs)
+        if op_id == "send_device_command":
+            command = {"command_id": parsed.id}
+            _call("get_command", modules["get_command"], expected["get_command"], models,
+                  client, webhook, command)  # fmt: skip
+
+
+def _call(
+    op_id: str,
+    module: Any,
+    expected: tuple[set[int], str | None],
+    models: Any,
+    client: Any,
+    webhook: Any,
+    kwargs: dict[str, Any],
+) -> Any:
+    """One operation called through the generated client: its documented success status,
+    its body parsed into the generated type; returns what the client parsed."""
+    statuses, schema = expected
+    if schema is not None:
         # Every success schema survived generation, and the function is typed with it.
         returns = str(inspect.signature(module.sync).return_annotation)
-        assert (schema or "str") in returns, f"{op_id} returns {returns}"
-        if op_id == "stream_live":
-            _first_event_bytes(client, module, kwargs)
-            continue
-        caller = webhook if op_id == "grafana_alerts" else client
-        response = module.sync_detailed(client=caller, **kwargs)
-        assert response.status_code == 200, f"{op_id}: {response.status_code} {response.content!r}"
-        parsed = response.parsed
-        wanted = str if schema is None else getattr(models, schema)
+        assert schema in returns, f"{op_id} returns {returns}"
+    if op_id == "stream_live":
+        _first_event_bytes(client, module, kwargs)
+        return None
+    caller = webhook if op_id in ("grafana_alerts", "ack_page", "ack_link") else client
+    response = module.sync_detailed(client=caller, **kwargs)
+    assert response.status_code in statuses, f"{op_id}: {response.status_code} {response.content!r}"
+    parsed = response.parsed
+    if schema is not None:
+        wanted = getattr(models, schema)
         assert isinstance(parsed, wanted), f"{op_id}: {type(parsed).__name__}, not {wanted}"
+    else:
+        assert response.content, f"{op_id}: an empty body"
+    return parsed
 
 
 def _first_event_bytes(client: Any, module: Any, kwargs: dict[str, Any]) -> None:
