@@ -110,94 +110,106 @@ def _first_notification(
     raise AssertionError("no notification printed:\n" + "".join(seen))
 
 
-def test_run_serves_every_device_then_ctrl_c_leaves_nothing_behind(tmp_path: Path) -> None:  # noqa: PLR0915 - long; split it at its seams
+def _broker_refuses_strangers(printed: str, home: Path) -> tuple[tuple[str, int], dict[str, str]]:
+    """The broker of `make run` admits no anonymous client, on either listener; the
+    secrets are the instance's, 0600. Returns the plain listener and the issued secrets."""
+    mqtt = re.search(r"MQTT broker\s+mqtt://([\d.]+):(\d+)", printed)
+    tls = re.search(r"MQTT over TLS\s+mqtts://([\d.]+):(\d+)\s+\(CA (\S+)\)", printed)
+    secrets_file = re.search(r"MQTT secrets\s+(\S+)", printed)
+    assert mqtt and tls and secrets_file, printed
+    host, port = mqtt.group(1), int(mqtt.group(2))
+    assert mqtt_connack_reason(host, port, 5) == NOT_AUTHORIZED
+    secrets_path = Path(secrets_file.group(1))
+    assert secrets_path == home / "identity" / "secrets.json"
+    for path in (home / "identity").iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    issued: dict[str, str] = json.loads(secrets_path.read_text())
+    assert {"_ingest", "_api", "_alerts", "_notify", "_simulator"} <= set(issued)
+    tls_settings = MqttSettings(
+        host=tls.group(1), port=int(tls.group(2)), tls_ca=Path(tls.group(3)), connect_timeout=5
+    )
+    with pytest.raises(MqttError, match="Not authorized"):
+        asyncio.run(_connect(tls_settings))
+    as_api = {**tls_settings.model_dump(), "username": "_api", "password": issued["_api"]}
+    asyncio.run(_connect(MqttSettings(**as_api)))
+    return (host, port), issued
+
+
+def _revoke_cuts_off_one_device(
+    home: Path, broker: tuple[str, int], issued: dict[str, str], city: City
+) -> None:
+    """`safecity devices revoke` in the run's instance (SAFECITY_HOME, nothing else)
+    changes the running broker at once: the device is cut off, everyone else stays."""
+    host, port = broker
+    victim, other = city.devices[0].id, city.devices[1].id
+    revoke = subprocess.run(
+        [sys.executable, "-m", "control", "devices", "revoke", victim,
+         "--secrets-file", str(home / "identity" / "secrets.json")],
+        env=beside(home), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert revoke.returncode == 0, revoke.stderr
+    assert "applied to the broker at" in revoke.stderr
+    wait_for(
+        lambda: (
+            mqtt_connack_reason(
+                host, port, 5, username=victim, password=issued[victim], client_id=victim
+            )
+            == NOT_AUTHORIZED
+        ),
+        30,
+        "the revoked device refused at CONNECT",
+    )
+    reason = mqtt_connack_reason(
+        host, port, 5, username=other, password=issued[other], client_id=other
+    )
+    assert reason == 0
+
+
+def _no_secret_in_any_output(home: Path, printed: str, issued: dict[str, str]) -> None:
+    """No secret in any log or console output of the run."""
+    logs = {p: p.read_text(errors="replace") for p in home.rglob("*.log")}
+    logs[home / "<stdout>"] = printed
+    assert len(logs) >= 6
+    for path, text in logs.items():
+        leaked = [name for name, secret in issued.items() if secret in text]
+        assert leaked == [], f"secrets of {leaked[:5]} in {path}"
+
+
+def test_run_serves_every_device_then_ctrl_c_leaves_nothing_behind(tmp_path: Path) -> None:
     before = _checkout_var()
     proc = launch(tmp_path, "--data-dir", str(tmp_path), SAFECITY_MQTT_TLS_PORT="0")
     try:
         printed = until_ready(proc)
         api_at = re.search(r"console \+ API\s+(http://\S+?)/\s", printed)
         key_at = re.search(r"SAFECITY_API_KEY=(\S+)", printed)
-        api, key = api_at.group(1) if api_at else None, key_at.group(1) if key_at else ""
-        assert api, "no console URL printed:\n" + printed
-        assert key.startswith("sck_"), "no SAFECITY_API_KEY printed:\n" + printed
+        assert api_at and key_at, "no console URL or API key printed:\n" + printed
+        api, key = api_at.group(1), key_at.group(1)
+        assert key.startswith("sck_"), printed
         children = _children_of(proc.pid)
         assert len(children) >= 7  # mosquitto, influxd, ingest, api, notify, alerts, simulator
         alerts = re.search(r"alerts metrics\s+(http://\S+?)/metrics", printed)
         assert alerts, printed
         assert httpx.get(f"{alerts.group(1)}/readyz", timeout=5).status_code == 200
-
-        # The broker of `make run` admits no anonymous client, on either listener.
-        mqtt = re.search(r"MQTT broker\s+mqtt://([\d.]+):(\d+)", printed)
-        tls = re.search(r"MQTT over TLS\s+mqtts://([\d.]+):(\d+)\s+\(CA (\S+)\)", printed)
-        secrets_file = re.search(r"MQTT secrets\s+(\S+)", printed)
-        assert mqtt and tls and secrets_file, printed
-        host, port = mqtt.group(1), int(mqtt.group(2))
-        assert mqtt_connack_reason(host, port, 5) == NOT_AUTHORIZED
-        secrets_path = Path(secrets_file.group(1))
-        assert secrets_path == tmp_path / "identity" / "secrets.json"
-        assert stat.S_IMODE(secrets_path.stat().st_mode) == 0o600
-        for path in (tmp_path / "identity").iterdir():
-            assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
-        issued = json.loads(secrets_path.read_text())
-        assert {"_ingest", "_api", "_alerts", "_notify", "_simulator"} <= set(issued)
-        tls_settings = MqttSettings(
-            host=tls.group(1), port=int(tls.group(2)), tls_ca=Path(tls.group(3)), connect_timeout=5
-        )
-        with pytest.raises(MqttError, match="Not authorized"):
-            asyncio.run(_connect(tls_settings))
-        as_api = {**tls_settings.model_dump(), "username": "_api", "password": issued["_api"]}
-        asyncio.run(_connect(MqttSettings(**as_api)))
+        broker, issued = _broker_refuses_strangers(printed, tmp_path)
 
         city = default_city()
         every_device_has_a_latest_reading(api, key, city, 120)
-
         # Every device logged in as itself: the broker log names each device's own client.
         broker_log = (tmp_path / "mosquitto" / "mosquitto.log").read_text()
         victim = city.devices[0].id
         assert re.search(
             rf" as {re.escape(victim)} \(p5, [^)]*u'{re.escape(victim)}'\)", broker_log
         )
-
-        # `safecity devices revoke` in the run's instance (SAFECITY_HOME, nothing else)
-        # changes the running broker at once: the device is cut off, everyone else stays.
-        cli_env = beside(tmp_path)
-        revoke = subprocess.run(
-            [sys.executable, "-m", "control", "devices", "revoke", victim,
-             "--secrets-file", str(secrets_path)],
-            env=cli_env, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-        assert revoke.returncode == 0, revoke.stderr
-        assert "applied to the broker at" in revoke.stderr
-        wait_for(
-            lambda: (
-                mqtt_connack_reason(
-                    host, port, 5, username=victim, password=issued[victim], client_id=victim
-                )
-                == NOT_AUTHORIZED
-            ),
-            30,
-            "the revoked device refused at CONNECT",
-        )
-        other = city.devices[1].id
-        reason = mqtt_connack_reason(
-            host, port, 5, username=other, password=issued[other], client_id=other
-        )
-        assert reason == 0
-
-        printed += _first_notification(proc, (host, port), issued)
+        _revoke_cuts_off_one_device(tmp_path, broker, issued, city)
+        printed += _first_notification(proc, broker, issued)
 
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
         left = [pid for pid in children if _alive(pid)]
         assert left == [], f"processes left behind: {left}"
-
-        # No secret in any log or console output of the run.
-        logs = {p: p.read_text(errors="replace") for p in tmp_path.rglob("*.log")}
-        logs[tmp_path / "<stdout>"] = printed + (proc.stdout.read() if proc.stdout else "")
-        assert len(logs) >= 6
-        for path, text in logs.items():
-            leaked = [name for name, secret in issued.items() if secret in text]
-            assert leaked == [], f"secrets of {leaked[:5]} in {path}"
+        _no_secret_in_any_output(
+            tmp_path, printed + (proc.stdout.read() if proc.stdout else ""), issued
+        )
         # Everything of the run stayed in its instance: nothing new in the checkout's var/
         # (its ingest used to leave var/spool/ingest-0 there for the next run to replay).
         assert _checkout_var() - before == set()
