@@ -1,0 +1,134 @@
+"""Federation in docker compose, verified without a Docker engine: docker-compose.yml with
+docker-compose.region.yml, every service this needs run here with its exact command and
+environment (tests/helpers/composehost.py), the city's broker bridged to the region's over
+TLS as the rendered configs say, and the regional overview equal to the city's own."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from composehost import ROOT, ComposeHost
+from support import wait_for
+
+from control.influxd import Influxd
+
+FILES = (ROOT / "docker-compose.yml", ROOT / "docker-compose.region.yml")
+SECRET_FILES = {
+    "influx_admin_password": "compose-admin-pw",
+    "influx_password": "compose-user-pw",
+    "grafana_admin_password": "compose-grafana-pw",
+    "grafana_webhook_key": "not-a-real-key",
+}
+# The publisher's interval, shortened so that a test sees one close (default 300 s).
+FAST = {"SAFECITY_FEDERATION__INTERVAL": "3", "SAFECITY_FEDERATION__DELAY": "1"}
+SECTIONS = ("air_quality", "traffic", "noise", "devices", "incidents")
+
+
+@pytest.fixture(scope="module")
+def resolved() -> dict[str, Any]:
+    binary = shutil.which("docker-compose")
+    assert binary, "docker-compose missing: `make test` installs the Debian package"
+    files = [arg for f in FILES for arg in ("-f", str(f))]
+    result = subprocess.run(
+        [binary, *files, "--project-directory", str(ROOT), "config"],
+        env={"PATH": os.environ["PATH"]}, capture_output=True, text=True, timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    config: dict[str, Any] = yaml.safe_load(result.stdout)
+    return config
+
+
+@pytest.fixture
+def host(resolved: dict[str, Any], tmp_path: Path) -> Iterator[ComposeHost]:
+    with Influxd(tmp_path / "influxdb", auth_enabled=True) as influxd:
+        composed = ComposeHost(tmp_path, resolved, influxd.port)
+        (tmp_path / "run-secrets").mkdir(exist_ok=True)
+        for name, value in SECRET_FILES.items():
+            (tmp_path / "run-secrets" / name).write_text(value)
+        try:
+            yield composed
+        finally:
+            composed.stop_all()
+
+
+def test_the_overlay_waits_for_the_region_before_the_city_broker(
+    resolved: dict[str, Any],
+) -> None:
+    services = resolved["services"]
+    city_broker = services["mosquitto"]["depends_on"]
+    assert city_broker["city-bridge"]["condition"] == "service_completed_successfully"
+    assert city_broker["region-mosquitto"]["condition"] == "service_healthy"
+    assert services["api"]["environment"]["SAFECITY_FEDERATION__ENABLED"] == "true"
+    # What the region hands the city travels in one volume, read-only on the city's side.
+    assert "region-bridge:/run/safecity/bridge:ro" in services["mosquitto"]["volumes"]
+    for name in ("region-ingest", "region-api"):
+        assert services[name]["environment"]["SAFECITY_INFLUX__DATABASE"] == ("safecity_federation")
+
+
+def _key(host: ComposeHost, service: str) -> str:
+    """An API key made as the compose comment says (`exec <service> safecity apikey ...`)."""
+    made = subprocess.run(
+        [sys.executable, "-m", "control", "apikey", "create", "--name", "region-test",
+         "--scopes", "read"],
+        env=host.env(service), cwd=host.tmp, capture_output=True, text=True, timeout=30,
+        check=True,
+    )  # fmt: skip
+    return made.stdout.strip().removeprefix("SAFECITY_API_KEY=")
+
+
+def _start_everything(host: ComposeHost) -> tuple[str, str]:
+    """In compose's dependency order; the city's and the region's API URLs."""
+    for one_shot in ("provision", "region-provision", "city-bridge"):
+        host.run_one_shot(one_shot)
+    host.start_broker("region-mosquitto")
+    host.start_broker("mosquitto")
+    host.run_one_shot("influx-init")
+    host.run_one_shot("region-influx-init")
+    host.start("region-ingest")
+    host.start("ingest")
+    city = host.start("api", **FAST)
+    host.start("simulator")
+    region = host.start("region-api")
+    return (
+        f"http://127.0.0.1:{city['SAFECITY_PORT']}",
+        f"http://127.0.0.1:{region['SAFECITY_PORT']}",
+    )
+
+
+@pytest.mark.timeout(600)
+def test_the_region_overlay_runs_here_and_shows_the_city_as_it_sees_itself(
+    host: ComposeHost,
+) -> None:
+    city_api, region_api = _start_everything(host)
+    city_key, region_key = _key(host, "api"), _key(host, "region-api")
+
+    def federated() -> dict[str, Any] | None:
+        body = httpx.get(
+            f"{region_api}/v1/region/overview", headers={"X-API-Key": region_key}, timeout=30
+        ).json()
+        found = [c for c in body["cities"] if c["city"] == "tashkent"]
+        return found[0] if found and found[0]["source"] == "federated" else None
+
+    entry: dict[str, Any] = wait_for(federated, 90, "tashkent's indicators in the region")
+    window = {"from": entry["window"]["from"], "to": entry["window"]["to"]}
+    own = httpx.get(
+        f"{city_api}/v1/cities/tashkent/overview",
+        params=window,
+        headers={"X-API-Key": city_key},
+        timeout=30,
+    ).json()
+    for section in SECTIONS:
+        assert entry[section] == own[section], (section, entry[section], own[section])
+    # It came over the bridge: the city's broker logged in to the region's as its account.
+    log = (host.tmp / "region-mosquitto.log").read_text()
+    assert "u'_bridge.tashkent'" in log
