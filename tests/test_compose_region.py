@@ -5,8 +5,6 @@ TLS as the rendered configs say, and the regional overview equal to the city's o
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,18 +14,12 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from composehost import ROOT, ComposeHost
+from composehost import ROOT, ComposeHost, compose_config
 from support import wait_for
 
 from control.influxd import Influxd
 
 FILES = (ROOT / "docker-compose.yml", ROOT / "docker-compose.region.yml")
-SECRET_FILES = {
-    "influx_admin_password": "compose-admin-pw",
-    "influx_password": "compose-user-pw",
-    "grafana_admin_password": "compose-grafana-pw",
-    "grafana_webhook_key": "not-a-real-key",
-}
 # The publisher's interval, shortened so that a test sees one close (default 300 s).
 FAST = {"SAFECITY_FEDERATION__INTERVAL": "3", "SAFECITY_FEDERATION__DELAY": "1"}
 SECTIONS = ("air_quality", "traffic", "noise", "devices", "incidents")
@@ -35,14 +27,7 @@ SECTIONS = ("air_quality", "traffic", "noise", "devices", "incidents")
 
 @pytest.fixture(scope="module")
 def resolved() -> dict[str, Any]:
-    binary = shutil.which("docker-compose")
-    assert binary, "docker-compose missing: `make test` installs the Debian package"
-    files = [arg for f in FILES for arg in ("-f", str(f))]
-    result = subprocess.run(
-        [binary, *files, "--project-directory", str(ROOT), "config"],
-        env={"PATH": os.environ["PATH"]}, capture_output=True, text=True, timeout=60,
-        check=False,
-    )  # fmt: skip
+    result = compose_config(*FILES)
     assert result.returncode == 0, result.stderr
     config: dict[str, Any] = yaml.safe_load(result.stdout)
     return config
@@ -52,9 +37,6 @@ def resolved() -> dict[str, Any]:
 def host(resolved: dict[str, Any], tmp_path: Path) -> Iterator[ComposeHost]:
     with Influxd(tmp_path / "influxdb", auth_enabled=True) as influxd:
         composed = ComposeHost(tmp_path, resolved, influxd.port)
-        (tmp_path / "run-secrets").mkdir(exist_ok=True)
-        for name, value in SECRET_FILES.items():
-            (tmp_path / "run-secrets" / name).write_text(value)
         try:
             yield composed
         finally:

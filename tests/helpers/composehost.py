@@ -22,6 +22,28 @@ from control.processes import ManagedProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_SECRETS = "/run/secrets"
+SECRET_FILES = {
+    "influx_admin_password": "compose-admin-'pw",
+    "influx_password": "compose-user-pw",
+    "grafana_admin_password": "compose-grafana-pw",
+    "grafana_webhook_key": "not-a-real-key",
+}
+"""What scripts/compose-secrets.sh writes (random there; fixed here)."""
+
+
+def compose_config(
+    *files: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`docker-compose config` on the repository's `files` (merged in order), with exactly
+    `env` (and PATH)."""
+    binary = shutil.which("docker-compose")
+    assert binary, "docker-compose missing: `make test` installs the Debian package"
+    return subprocess.run(
+        [binary, *(arg for f in files for arg in ("-f", str(f))), "--project-directory",
+         str(ROOT), "config"],
+        env={"PATH": os.environ["PATH"], **(env or {})}, capture_output=True, text=True,
+        timeout=60, check=False,
+    )  # fmt: skip
 
 
 def command_of(service: dict[str, Any]) -> list[str]:
@@ -44,6 +66,10 @@ class ComposeHost:
         }
         self._ports: dict[tuple[str, int], int] = {}
         self.started: list[ManagedProcess] = []
+        # The secret files scripts/compose-secrets.sh makes, where compose mounts them.
+        (tmp / "run-secrets").mkdir(exist_ok=True)
+        for name, value in SECRET_FILES.items():
+            (tmp / "run-secrets" / name).write_text(value)
         for name in self.services:
             for local in self.paths(name).values():
                 if not local.endswith(".conf"):
