@@ -1,5 +1,6 @@
-"""Wires the notification service: MQTT openings -> `intake` (plan, enqueue, ack) ->
-the outbox -> `dispatch` (channels), with `watch` cancelling acknowledged escalations.
+"""Wires the notification service: MQTT lifecycle steps -> `intake` (plan the openings,
+close the rest, enqueue, ack) -> the outbox -> `dispatch` (channels), with `watch`
+reconciling against the incident log now and then.
 
 One service per city (its own outbox file `<city>.outbox.db`, routing and session);
 several cities run side by side in one process behind one health server. The clock is
@@ -41,7 +42,7 @@ def outbox_path(notify_dir: Path, city: str) -> Path:
 
 
 class NotifyService:
-    """One city's notifier on the `$share/<group>/.../_alerts/+` subscription."""
+    """One city's notifier on the `$share/<group>/.../_incidents/+` subscription."""
 
     def __init__(
         self,
@@ -86,7 +87,11 @@ class NotifyService:
         )
         self.influx = InfluxClient(settings.influx)
         self.watcher = Watcher(
-            inc.IncidentStore(self.influx), self.outbox, city.id, settings.notify_max_age, clock
+            inc.IncidentStore(self.influx),
+            self.outbox,
+            self.intake.closer,
+            city.id,
+            settings.notify_max_age,
         )
         self.tasks = Supervisor()
         self._started = self._stopped = False
@@ -96,11 +101,11 @@ class NotifyService:
         return self._started and self.mqtt.connected.is_set() and self.tasks.healthy
 
     async def start(self) -> None:
-        """Connect, subscribe to the city's alerts, start dispatching and watching."""
+        """Connect, subscribe to the city's incident steps, start dispatching and watching."""
         await self.mqtt.connect()
         group = self.settings.notify_share_group
-        alerts = topics.alert_filter(self.city.id)
-        await self.mqtt.subscribe([(topics.shared(group, alerts) if group else alerts, 1)])
+        steps = topics.incident_filter(self.city.id)
+        await self.mqtt.subscribe([(topics.shared(group, steps) if group else steps, 1)])
         self.tasks.start(f"dispatch-{self.city.id}", self.dispatcher.run)
         interval = self.settings.notify_refresh_interval
         self.tasks.start(f"watch-{self.city.id}", lambda: self.watcher.run(interval))

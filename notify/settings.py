@@ -47,7 +47,9 @@ class NotifySettings(ServiceSettings):
         default=32, description="Deliveries (one lane each) sent at the same time at most."
     )
     notify_refresh_interval: Annotated[float, Field(gt=0, le=3600)] = Field(
-        default=2.0, description="How often acknowledged/resolved incidents are looked up (s)."
+        default=30.0,
+        description="How often the incident log is read for steps whose announcement on "
+        "the broker was lost (s); the steps themselves arrive over MQTT at once.",
     )
     notify_max_attempts: Annotated[int, Field(ge=1, le=100_000)] = Field(
         default=1000, description="Attempts per message before it is failed (kept, visible)."

@@ -56,6 +56,7 @@ class NotificationOut(BaseModel):
 
     key: str
     incident_id: str
+    kind: str  # `page` (asks for an acknowledgement) or `resolved` (a resolution notice)
     city: str
     channel: str
     recipient: str
@@ -183,6 +184,7 @@ async def ack_link(request: Request, token: Token) -> AckOut:
         status = 409 if isinstance(exc, TransitionError) else 404
         _record(request, claim.person, "incident " + type(exc).__name__, status, claim)
         raise HTTPException(status, str(exc)) from None
+    request.app.state.announcer.announce(updated)
     _record(request, claim.person, "acknowledged", 200, claim)
     return AckOut(
         incident_id=updated.id, state=updated.state.value, by=claim.person, channel=claim.channel
@@ -203,7 +205,8 @@ def _out(box: Outbox, entry: Any, history: bool) -> NotificationOut:
     done = entry.done_at if entry.status is DeliveryStatus.DELIVERED else None
     return NotificationOut(
         key=entry.key,
-        incident_id=entry.group,
+        incident_id=str(page.get("incident_id", entry.group)),
+        kind=str(page.get("kind", "page")),
         city=str(page.get("city", "")),
         channel=entry.channel,
         recipient=entry.recipient,
@@ -259,7 +262,12 @@ async def incident_notifications(
     request: Request,
     incident_id: Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")],
 ) -> list[NotificationOut]:
-    """An incident's delivery timeline: every page, each with its attempts."""
-    return await asyncio.to_thread(
+    """An incident's delivery timeline: every page and resolution notice, each with its
+    attempts."""
+    pages = await asyncio.to_thread(
         _list, request, None, group=incident_id, history=True, limit=1000
     )
+    notices = await asyncio.to_thread(
+        _list, request, None, group=inc.notice_group(incident_id), history=True, limit=1000
+    )
+    return pages + notices
