@@ -144,7 +144,11 @@ export class Feed {
       li.appendChild(this.timeline(entry));
       return li;
     });
-    for (const id of this.timelines.keys()) if (!this.entries.has(id)) this.timelines.delete(id);
+    for (const [id, gone] of this.timelines) {
+      if (this.entries.has(id)) continue;
+      gone.close();
+      this.timelines.delete(id);
+    }
     if (!items.length) {
       const li = document.createElement("li");
       li.className = "empty";

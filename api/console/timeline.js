@@ -7,6 +7,7 @@ import { getJson } from "./api.js";
 import { clock } from "./time.js";
 
 const REFRESH_MS = 2000;
+const OPEN_EVERY_MS = 4000;
 
 function what(n) {
   if (n.kind === "resolved") return "resolution notice";
@@ -61,7 +62,21 @@ export class Timeline {
     this.list = document.createElement("ol");
     this.list.className = "timeline-rows";
     this.el.append(summary, this.list);
-    this.el.addEventListener("toggle", () => this.el.open && this.refresh(true));
+    this.timer = null;
+    this.el.addEventListener("toggle", () => this.toggled());
+  }
+
+  // While open it follows the deliveries (read now, then every OPEN_EVERY_MS).
+  toggled() {
+    window.clearInterval(this.timer);
+    this.timer = null;
+    if (!this.el.open) return;
+    this.timer = window.setInterval(() => this.refresh(), OPEN_EVERY_MS);
+    this.refresh(true);
+  }
+
+  close() {
+    window.clearInterval(this.timer);
   }
 
   // Read again (at most every REFRESH_MS unless `now`) while the timeline is open.
