@@ -9,17 +9,16 @@ injectable: escalation times, retries and leases all read it.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 
 from notify import metrics
 from notify.channels.base import Channel
 from notify.channels.build import build_all
 from notify.dispatch import Dispatcher
 from notify.intake import Intake
+from notify.listing import Listing
 from notify.plan import Planner
 from notify.routing import Routing
 from notify.settings import NotifySettings
@@ -28,17 +27,13 @@ from safecity import acklinks, topics
 from safecity import incidents as inc
 from safecity.influx import InfluxClient
 from safecity.mqtt import MqttClient
-from safecity.observability import HealthServer
+from safecity.notifications import outbox_path
+from safecity.observability import run_services
 from safecity.outbox import DeliveryStatus, Outbox
 from safecity.registry import City
 from safecity.retry import Supervisor
 
 log = logging.getLogger("safecity.notify")
-
-
-def outbox_path(notify_dir: Path, city: str) -> Path:
-    """Where a city's outbox lives in the instance."""
-    return notify_dir / f"{city}.outbox.db"
 
 
 class NotifyService:
@@ -160,19 +155,10 @@ async def run_cities(
     services = [
         NotifyService(city_settings(settings, c.id, ids), c, routings[c.id]) for c in cities
     ]
-    health = HealthServer(
-        settings.notify_metrics_host,
-        settings.notify_metrics_port,
-        lambda: all(s.ready() for s in services),
-    )
-    try:
-        await health.start()
-        for service in services:
-            await service.start()
-        log.info(
-            "notify metrics",
-            extra={"metrics": f"http://{settings.notify_metrics_host}:{health.port}/metrics"},
-        )
-        await asyncio.gather(*(s.run() for s in services))
-    finally:
-        await asyncio.shield(asyncio.gather(*(s.stop() for s in services), health.stop()))
+    host = settings.notify_metrics_host
+
+    def started(port: int) -> None:
+        log.info("notify metrics", extra={"metrics": f"http://{host}:{port}/metrics"})
+
+    routes = {"/notifications": Listing(settings.notify_dir, ids)}
+    await run_services(services, host, settings.notify_metrics_port, routes=routes, started=started)

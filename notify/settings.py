@@ -7,7 +7,14 @@ from typing import Annotated
 
 from pydantic import Field
 
-from safecity.settings import InfluxSettings, MqttSettings, ServiceSettings, in_home
+from safecity.settings import (
+    AckKeyFile,
+    InfluxSettings,
+    MqttSettings,
+    NotifyDir,
+    ServiceSettings,
+    in_home,
+)
 
 _ID = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
 
@@ -27,15 +34,8 @@ class NotifySettings(ServiceSettings):
     notify_routing_file: Path | None = Field(
         default=None, description="Routing file (YAML); empty = the shipped routing of the city."
     )
-    notify_dir: Path = Field(
-        default_factory=in_home("notify_dir"),
-        description="The notifier's directory: its outboxes (<city>.outbox.db), the local "
-        "channel's log (console.jsonl).",
-    )
-    ack_key_file: Path = Field(
-        default_factory=in_home("ack_key_file"),
-        description="The key that signs acknowledgement links (the notifier creates it).",
-    )
+    notify_dir: NotifyDir = Field(default_factory=in_home("notify_dir"))
+    ack_key_file: AckKeyFile = Field(default_factory=in_home("ack_key_file"))
     notify_ack_base_url: str = Field(
         default="http://127.0.0.1:8000",
         description="The API's public base URL, for the acknowledgement links in messages.",

@@ -7,13 +7,11 @@ the escalation cancelled."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pytest
-from chromium import chromium_context
 from playwright.sync_api import BrowserContext, Locator
 from receivers import HttpReceiver
 from support import mosquitto_pub
@@ -23,7 +21,6 @@ from safecity import topics
 from safecity.readings import format_ts
 from safecity.registry import default_city
 
-TIMEOUT_MS = 30_000
 RULES = """city: tashkent
 rules:
   - {id: panic, type: event, event: panic, episode: 15m, severity: critical, message: Panic}
@@ -48,21 +45,6 @@ policies:
 routes:
   - policy: urgent
 """
-
-
-@pytest.fixture
-def hook() -> Iterator[HttpReceiver]:
-    server = HttpReceiver("webhook")
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[BrowserContext]:
-    with chromium_context(
-        tmp_path / "profile", width=1400, height=950, timeout_ms=TIMEOUT_MS
-    ) as context:
-        yield context
 
 
 def _routing(tmp_path: Path, hook: HttpReceiver) -> Path:

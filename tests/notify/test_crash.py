@@ -7,12 +7,11 @@ from __future__ import annotations
 import secrets
 import subprocess
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pytest
 from receivers import HttpReceiver
 from support import credentials, wait_for
 
@@ -39,13 +38,6 @@ policies:
 routes:
   - policy: once
 """
-
-
-@pytest.fixture
-def hook() -> Iterator[HttpReceiver]:
-    server = HttpReceiver("webhook")
-    yield server
-    server.close()
 
 
 def _opening(n: int) -> inc.Incident:

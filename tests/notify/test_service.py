@@ -58,13 +58,6 @@ routes:
 
 
 @pytest.fixture
-def hook() -> Iterator[HttpReceiver]:
-    server = HttpReceiver("webhook")
-    yield server
-    server.close()
-
-
-@pytest.fixture
 def telegram() -> Iterator[HttpReceiver]:
     server = HttpReceiver("telegram", secret="123:abc")
     yield server
