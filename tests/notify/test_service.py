@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from receivers import HttpReceiver
+from receivers import HttpReceiver, SmtpReceiver
 from support import mosquitto_pub, wait_for
 
 from control.stack import LocalStack
@@ -40,8 +40,10 @@ timezone: Asia/Tashkent
 channels:
   hook: {{type: webhook, url: "{hook}/pages", secret_file: {secret}}}
   tg: {{type: telegram, base_url: "{tg}", token_file: {token}}}
+  mail: {{type: smtp, host: 127.0.0.1, port: {smtp}, starttls: false,
+          sender: safecity@example.org}}
 people:
-  - {{id: ann, name: Ann, contacts: {{hook: ann, tg: "1001"}}}}
+  - {{id: ann, name: Ann, contacts: {{hook: ann, tg: "1001", mail: ann@example.org}}}}
   - {{id: bob, name: Bob, contacts: {{hook: bob}}}}
 rosters:
   - id: patrol
@@ -58,6 +60,13 @@ routes:
 
 
 @pytest.fixture
+def smtp() -> Iterator[SmtpReceiver]:
+    server = SmtpReceiver()
+    yield server
+    server.close()
+
+
+@pytest.fixture
 def telegram() -> Iterator[HttpReceiver]:
     server = HttpReceiver("telegram", secret="123:abc")
     yield server
@@ -69,12 +78,12 @@ def _event(kind: str, ts: datetime, details: dict[str, Any]) -> str:
                        "details": details})  # fmt: skip
 
 
-def _routing(tmp_path: Path, hook: HttpReceiver, telegram: HttpReceiver) -> Path:
+def _routing(tmp_path: Path, hook: HttpReceiver, telegram: HttpReceiver, smtp: int) -> Path:
     (tmp_path / "hook.secret").write_text(hook.secret + "\n")
     (tmp_path / "tg.token").write_text(telegram.secret + "\n")
     path = tmp_path / "routing.yaml"
     path.write_text(ROUTING.format(hook=hook.url, tg=telegram.url, secret=tmp_path / "hook.secret",
-                                   token=tmp_path / "tg.token"))  # fmt: skip
+                                   token=tmp_path / "tg.token", smtp=smtp))  # fmt: skip
     return path
 
 
@@ -86,6 +95,7 @@ def test_a_gunshot_and_a_panic_page_tier_1_and_the_link_stops_the_escalation(
     start_notify: Callable[..., Any],
     hook: HttpReceiver,
     telegram: HttpReceiver,
+    smtp: SmtpReceiver,
     tmp_path: Path,
 ) -> None:
     notify_dir = tmp_path / "notify"
@@ -100,7 +110,7 @@ def test_a_gunshot_and_a_panic_page_tier_1_and_the_link_stops_the_escalation(
     api = start_api(influx_db, **shared)
     notifier = start_notify(
         influx_db,
-        SAFECITY_NOTIFY_ROUTING_FILE=str(_routing(tmp_path, hook, telegram)),
+        SAFECITY_NOTIFY_ROUTING_FILE=str(_routing(tmp_path, hook, telegram, smtp.port)),
         SAFECITY_NOTIFY_ACK_BASE_URL=api.url,
         SAFECITY_NOTIFY_REFRESH_INTERVAL="3600",
         **shared,
@@ -142,7 +152,7 @@ def test_a_gunshot_and_a_panic_page_tier_1_and_the_link_stops_the_escalation(
     metrics = httpx.get(f"{notifier.metrics_url}/metrics", timeout=5).text
     assert 'safecity_notify_first_delivery_seconds_count{channel="hook"} 2.0' in metrics
     assert 'safecity_notify_attempts_total{channel="hook",result="delivered"}' in metrics
-    _acknowledge_and_resolve_through_the_api(api, gunshot, hook, telegram)
+    _acknowledge_and_resolve_through_the_api(api, gunshot, hook, telegram, smtp)
 
 
 def _pages(hook: HttpReceiver) -> list[dict[str, Any]]:
@@ -156,7 +166,7 @@ def _stopped(api: Any, incident_id: str) -> bool:
 
 
 def _acknowledge_and_resolve_through_the_api(
-    api: Any, incident_id: str, hook: HttpReceiver, telegram: HttpReceiver
+    api: Any, incident_id: str, hook: HttpReceiver, telegram: HttpReceiver, smtp: SmtpReceiver
 ) -> None:
     """An operator acknowledges through the API: the escalation stops within seconds;
     resolving then tells everyone who was paged, on each channel that reached them."""
@@ -186,9 +196,21 @@ def _acknowledge_and_resolve_through_the_api(
         5,
         "the resolution notice on telegram",
     )
+    mails = wait_for(lambda: _mails(smtp, b"Subject: [RESOLVED] gunshot"), 5, "the notice mail")
+    assert [to for to, _ in mails] == [["ann@example.org"]]
+    assert f"by {operator} (suspect held)".encode() in mails[0][1]
+    assert _mails(smtp, b"Subject: [CRITICAL]")  # the pages came by mail too
     timeline = _timeline(api, incident_id)
     told = {(n["kind"], n["channel"], n["status"]) for n in timeline if n["kind"] == "resolved"}
-    assert told == {("resolved", "hook", "delivered"), ("resolved", "tg", "delivered")}
+    assert told == {
+        ("resolved", "hook", "delivered"),
+        ("resolved", "tg", "delivered"),
+        ("resolved", "mail", "delivered"),
+    }
+
+
+def _mails(smtp: SmtpReceiver, marker: bytes) -> list[tuple[list[str], bytes]]:
+    return [(to, raw) for to, raw in smtp.mails if marker in raw]
 
 
 def _acknowledge_through_the_link(api: Any, link: str, incident_id: str) -> None:
