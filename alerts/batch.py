@@ -1,5 +1,6 @@
 """Batch-and-ack stage of the alerts service: evaluate in receive order, publish new
-alerts, make the incidents durable, then ack the batch in receive order.
+alerts and every lifecycle step decided here (openings, auto-resolutions), make the
+incidents durable, then ack the batch in receive order.
 
 A crash before the write redelivers the batch and re-derives the same incidents (same
 ids, same points): nothing fires twice in storage and nothing is lost.
@@ -130,6 +131,53 @@ class AlertBatcher:
             logger=log,
         )
 
+    def _decide(
+        self, changes: list[Signal | Clear]
+    ) -> tuple[list[inc.Alert], list[inc.Incident], list[Point]]:
+        """The batch's new alerts, its lifecycle steps (openings, auto-resolutions) and
+        their points."""
+        alerts: list[inc.Alert] = []
+        steps: list[inc.Incident] = []
+        points: list[Point] = []
+        for change in changes:
+            if isinstance(change, Signal):
+                metrics.SIGNALS.labels(rule=change.rule.id).inc()
+                opened = self.book.decide(change)
+                if opened is None:
+                    metrics.DEDUPLICATED.labels(rule=change.rule.id).inc()
+                    continue
+                alert = inc.alert_for(opened)
+                alerts.append(alert)
+                steps.append(opened)
+                points += [inc.transition_point(opened, opened.transitions[0]), alert.point()]
+            else:
+                resolved = self.book.clear(change)
+                if resolved is not None:
+                    metrics.AUTO_RESOLVED.labels(rule=change.rule.id).inc()
+                    steps.append(resolved)
+                    points.append(inc.transition_point(resolved, resolved.transitions[-1]))
+        return alerts, steps, points
+
+    async def _publish_alerts(self, alerts: list[inc.Alert]) -> None:
+        for alert in alerts:
+            body = json.dumps(alert.payload(), separators=(",", ":")).encode()
+            topic = topics.alert_topic(self.city.id, alert.incident.severity.value)
+            await self.mqtt.publish(topic, body, qos=1)
+            metrics.FIRED.labels(
+                rule=alert.incident.rule_id, severity=alert.incident.severity.value
+            ).inc()
+            log.info(
+                "alert",
+                extra={
+                    "alert_id": alert.alert_id,
+                    "incident_id": alert.incident.id,
+                    "rule": alert.incident.rule_id,
+                    "severity": alert.incident.severity.value,
+                    "district": alert.incident.district,
+                    "devices": list(alert.incident.devices),
+                },
+            )
+
     async def process(self, batch: list[Incoming]) -> None:
         """Evaluate, make the outcome durable, then ack the batch in receive order."""
         async with self._lock:
@@ -148,43 +196,13 @@ class AlertBatcher:
             await self._record(poisoned)
         changes += self.engine.tick()
         metrics.WATERMARK.set(self.engine.watermark_ms / 1000)
-        alerts: list[inc.Alert] = []
-        points: list[Point] = []
-        for change in changes:
-            if isinstance(change, Signal):
-                metrics.SIGNALS.labels(rule=change.rule.id).inc()
-                opened = self.book.decide(change)
-                if opened is None:
-                    metrics.DEDUPLICATED.labels(rule=change.rule.id).inc()
-                    continue
-                alert = inc.alert_for(opened)
-                alerts.append(alert)
-                points += [inc.transition_point(opened, opened.transitions[0]), alert.point()]
-            else:
-                resolved = self.book.clear(change)
-                if resolved is not None:
-                    metrics.AUTO_RESOLVED.labels(rule=change.rule.id).inc()
-                    points.append(inc.transition_point(resolved, resolved.transitions[-1]))
-        for alert in alerts:
-            # Published before the write: after a crash in between, the redelivered batch
-            # re-derives the same alert id and publishes it again (at least once).
-            body = json.dumps(alert.payload(), separators=(",", ":")).encode()
-            topic = topics.alert_topic(self.city.id, alert.incident.severity.value)
-            await self.mqtt.publish(topic, body, qos=1)
-            metrics.FIRED.labels(
-                rule=alert.incident.rule_id, severity=alert.incident.severity.value
-            ).inc()
-            log.info(
-                "alert",
-                extra={
-                    "alert_id": alert.alert_id,
-                    "incident_id": alert.incident.id,
-                    "rule": alert.incident.rule_id,
-                    "severity": alert.incident.severity.value,
-                    "district": alert.incident.district,
-                    "devices": list(alert.incident.devices),
-                },
-            )
+        alerts, steps, points = self._decide(changes)
+        # Published before the write: after a crash in between, the redelivered batch
+        # re-derives the same alerts and steps and publishes them again (at least once).
+        await self._publish_alerts(alerts)
+        for step in steps:
+            announced = inc.change_of(step)
+            await self.mqtt.publish(announced.topic, announced.payload(), qos=1)
         if points:
             await retry_storage(
                 lambda: self.store.append(points),

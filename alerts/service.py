@@ -30,7 +30,7 @@ from safecity import topics
 from safecity.errors import StorageError
 from safecity.influx import InfluxClient
 from safecity.mqtt import Incoming, MqttClient
-from safecity.observability import HealthServer
+from safecity.observability import HealthServer, run_services
 from safecity.registry import Cities, City
 from safecity.retry import Supervisor, retry_storage
 
@@ -215,15 +215,4 @@ async def run_cities(
         AlertsService(city_settings(settings, c.id, cities.ids), c, rules[c.id], serve_health=False)
         for c in cities.values()
     ]
-    health = HealthServer(
-        settings.alerts_metrics_host,
-        settings.alerts_metrics_port,
-        lambda: all(s.ready() for s in services),
-    )
-    try:
-        await health.start()
-        for service in services:
-            await service.start()
-        await asyncio.gather(*(s.run() for s in services))
-    finally:
-        await asyncio.shield(asyncio.gather(*(s.stop() for s in services), health.stop()))
+    await run_services(services, settings.alerts_metrics_host, settings.alerts_metrics_port)

@@ -28,6 +28,7 @@ from api.deps import client_of
 from api.directory import Directory
 from api.federation import local_cities, start_publisher
 from api.headers import SecurityHeadersMiddleware
+from api.lifecycle import Announcer
 from api.limits import BodyLimitMiddleware
 from api.live import Hub
 from api.metrics import MetricsMiddleware
@@ -233,7 +234,7 @@ def create_app(  # noqa: PLR0915 - long; split it at its seams
             await stop_commands(store, service)
             if federation is not None:
                 await federation.stop()
-            await figures.stop()
+            await asyncio.gather(figures.stop(), app.state.announcer.stop())
             for runtime in runtimes.values():
                 await runtime.hub.stop()
             await base.close()
@@ -256,6 +257,8 @@ def create_app(  # noqa: PLR0915 - long; split it at its seams
     _bounded_openapi(app, settings.max_page_size)
     app.state.settings = settings
     app.state.audit = AuditLog(settings.audit_log_file)
+    # The lifecycle steps taken here, to the broker (its task starts with the first one).
+    app.state.announcer = Announcer(settings.mqtt)
     errors.install(app)
     ngsild_errors.install(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

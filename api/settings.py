@@ -9,9 +9,12 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from safecity.federation import RegionSettings
 from safecity.settings import (
+    AckKeyFile,
+    AckSpentFile,
     DeadletterDir,
     InfluxSettings,
     MqttSettings,
+    NotifyDir,
     Port,
     ServiceSettings,
     in_home,
@@ -275,19 +278,15 @@ class ApiSettings(ServiceSettings):
         ),
     )
     commands: CommandSettings = CommandSettings()
-    notify_dir: Path = Field(
-        default_factory=in_home("notify_dir"),
-        description="The notifier's directory: its outboxes (<city>.outbox.db), the local "
-        "channel's log (console.jsonl).",
+    notify_dir: NotifyDir = Field(default_factory=in_home("notify_dir"))
+    ack_key_file: AckKeyFile = Field(default_factory=in_home("ack_key_file"))
+    notify_url: str | None = Field(
+        default=None,
+        description="The notifier's listing (its metrics port, e.g. http://safecity-notify:9104) "
+        "when this API cannot read notify_dir (Kubernetes: another pod's volume); empty = read "
+        "the outboxes in notify_dir.",
     )
-    ack_key_file: Path = Field(
-        default_factory=in_home("ack_key_file"),
-        description="The key that signs acknowledgement links (the notifier creates it).",
-    )
-    ack_spent_file: Path = Field(
-        default_factory=in_home("ack_spent_file"),
-        description="The acknowledgement links already used (each acknowledges once).",
-    )
+    ack_spent_file: AckSpentFile = Field(default_factory=in_home("ack_spent_file"))
     # Federation: publisher of this city's indicators, and the regional view.
     federation: FederationSettings = FederationSettings()
     region: RegionSettings = RegionSettings()

@@ -25,6 +25,7 @@ import os
 import statistics
 import tempfile
 import time
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -35,8 +36,9 @@ from notify import routing
 from notify.channels.base import Delivery
 from notify.channels.webhook import WebhookChannel, signature
 from notify.dispatch import Dispatcher
-from notify.plan import OpenedIncident, Planner
+from notify.plan import Planner
 from safecity import acklinks
+from safecity import incidents as inc
 from safecity.outbox import DeliveryStatus, Outbox
 
 SECRET = b"bench-secret"
@@ -79,11 +81,11 @@ def _routing(people: int) -> routing.Routing:
     return routing.loads(text)
 
 
-def _incident(n: int) -> OpenedIncident:
-    return OpenedIncident(
-        alert_id=f"alr-{n}", incident_id=f"inc-{n}", rule_id="gunshot", rule_type="event",
-        severity="critical", city="tashkent", district="chilonzor", devices=("gs-1",),
-        started_at="2026-12-07T10:00:00.000Z", message=f"storm {n}",
+def _incident(n: int) -> inc.Incident:
+    return inc.open_incident(
+        city="tashkent", district="chilonzor", rule_id="gunshot", rule_type="event",
+        severity="critical", place=f"storm-{n}", devices=("gs-1",),
+        opened_at=datetime(2026, 12, 7, 10, 0, tzinfo=UTC), value=None, message=f"storm {n}",
     )  # fmt: skip
 
 

@@ -19,7 +19,15 @@ from typing import Any
 from safecity.errors import ConfigError, MqttError
 from safecity.mqtt import MqttClient
 from safecity.settings import MqttSettings
-from safecity.topics import CMD, DEADLETTER, PREFIX, RESULT, SERVICES, federation_filter
+from safecity.topics import (
+    CMD,
+    DEADLETTER,
+    INCIDENTS,
+    PREFIX,
+    RESULT,
+    SERVICES,
+    federation_filter,
+)
 
 __all__ = [
     "CONTROL_TOPIC",
@@ -85,15 +93,16 @@ SERVICE_ACLS: dict[str, list[dict[str, Any]]] = {
     ],
     "alerts": [
         *_reads(f"{PREFIX}/#", share=True),
-        *_writes(f"{PREFIX}/+/_alerts/#", f"{PREFIX}/+/{SERVICES}/#"),
+        *_writes(f"{PREFIX}/+/_alerts/#", f"{PREFIX}/+/{INCIDENTS}/#", f"{PREFIX}/+/{SERVICES}/#"),
     ],
-    # The notifiers: the incident openings (alerts) of their city, on a shared group.
+    # The notifiers: the incident lifecycle steps of their city, on a shared group.
     "notify": [
-        *_reads(f"{PREFIX}/+/_alerts/#", share=True),
+        *_reads(f"{PREFIX}/+/{INCIDENTS}/#", share=True),
         *_writes(f"{PREFIX}/+/{SERVICES}/#"),
     ],
-    # The API's live stream and the console read, never as part of a share group.
-    "api": _reads(f"{PREFIX}/#", share=False),
+    # The API's live stream and the console read, never as part of a share group; the
+    # API announces the lifecycle steps its users take.
+    "api": [*_reads(f"{PREFIX}/#", share=False), *_writes(f"{PREFIX}/+/{INCIDENTS}/#")],
     "console": _reads(f"{PREFIX}/#", "$SYS/#", share=False),
     # A single-connection simulated fleet speaks for every device: local development only.
     "simulator": _writes(*(f"{PREFIX}/+/+/+/+/{c}" for c in _CHANNELS), f"{PREFIX}/+/{SERVICES}/#"),

@@ -1,15 +1,16 @@
-"""Intake stage: incident openings from MQTT -> planned pages, durable in the outbox -> ack.
+"""Intake stage: incident lifecycle steps from MQTT -> the outbox -> ack.
 
-The batch is acked (in receive order) only after its pages are committed to the outbox;
-a crash before that redelivers it, and the pages' keys (incident/tier/repeat/person/
-channel) make the second enqueue a no-op. A message that is not an opening is counted,
-logged and acked: it can never block the queue.
+An opening is planned (its whole escalation) and enqueued; a later step (acknowledged,
+dispatched, resolved) goes to the `Closer`, which cancels the pending pages and, on a
+resolution, enqueues the notices. The batch is acked (in receive order) only after all
+of that is committed to the outbox; a crash before that redelivers it, and the keys
+(incident/tier/repeat/person/channel) make the second enqueue a no-op. A message that is
+not a step is counted, logged and acked: it can never block the queue.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -17,7 +18,9 @@ from collections.abc import Callable
 from pydantic import ValidationError
 
 from notify import metrics
-from notify.plan import OpenedIncident, Planner
+from notify.plan import Planner
+from notify.watch import Closer
+from safecity import incidents as inc
 from safecity.mqtt import Incoming, MqttClient
 from safecity.outbox import Message, Outbox
 
@@ -25,7 +28,7 @@ log = logging.getLogger("safecity.notify")
 
 
 class Intake:
-    """Consumes the alert subscription in batches, plans, enqueues, acks."""
+    """Consumes the lifecycle subscription in batches: plans, closes, enqueues, acks."""
 
     def __init__(
         self,
@@ -39,6 +42,7 @@ class Intake:
     ) -> None:
         self.mqtt, self.planner, self.outbox, self.city = mqtt, planner, outbox, city
         self.clock, self.batch_size, self.flush_s = clock, batch_size, flush_s
+        self.closer = Closer(outbox, planner, clock)
 
     async def run(self) -> None:
         """Consume until cancelled."""
@@ -48,35 +52,42 @@ class Intake:
                 batch += await self.mqtt.inbox.get_batch(self.batch_size - len(batch), self.flush_s)
             await self.process(batch)
 
-    def parse(self, message: Incoming) -> OpenedIncident | None:
-        """The opening a message announces, or None (counted and logged)."""
+    def parse(self, message: Incoming) -> inc.Incident | None:
+        """The incident (as of the step the message announces), or None (counted, logged)."""
         try:
-            opened = OpenedIncident.model_validate(json.loads(message.payload))
+            change = inc.IncidentChange.parse(message.payload)
         except (ValueError, ValidationError) as exc:
             metrics.SKIPPED.labels(reason="schema").inc()
             log.warning(
-                "not an incident opening", extra={"topic": message.topic, "error": str(exc)[:300]}
+                "not an incident step", extra={"topic": message.topic, "error": str(exc)[:300]}
             )
             return None
-        if opened.city != self.city:
+        if change.incident.city != self.city:
             metrics.SKIPPED.labels(reason="other_city").inc()
             return None
-        return opened
+        return change.incident
 
     async def process(self, batch: list[Incoming]) -> None:
-        """Plan every opening of the batch, commit them in one transaction, then ack."""
+        """Plan the openings, close the rest, in receive order; commit; then ack."""
         now = self.clock()
         pages: list[Message] = []
+        closed: list[inc.Incident] = []
         for message in batch:
-            opened = self.parse(message)
-            if opened is None:
+            incident = self.parse(message)
+            if incident is None:
                 continue
-            metrics.RECEIVED.labels(city=self.city).inc()
-            planned = self.planner.plan(opened, now)
+            metrics.RECEIVED.labels(city=self.city, state=incident.state.value).inc()
+            if incident.state is not inc.State.OPEN:
+                closed.append(incident)
+                continue
+            planned = self.planner.plan(incident, now)
             if not planned:
                 metrics.UNROUTED.labels(city=self.city).inc()
             pages += planned
         if pages:
             new = await asyncio.to_thread(self.outbox.enqueue, pages)
             metrics.PLANNED.labels(city=self.city).inc(new)
+        # After the openings: a step received after its opening acts on its pages.
+        for incident in closed:
+            await asyncio.to_thread(self.closer.close, incident)
         self.mqtt.ack_many(batch)

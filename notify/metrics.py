@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-RECEIVED = Counter("safecity_notify_received_total", "Incident openings received", ["city"])
+RECEIVED = Counter(
+    "safecity_notify_received_total",
+    "Incident lifecycle steps received, by state",
+    ["city", "state"],
+)
 SKIPPED = Counter(
-    "safecity_notify_skipped_total", "Messages not planned (not an incident opening)", ["reason"]
+    "safecity_notify_skipped_total", "Messages not acted on (not an incident step)", ["reason"]
 )
 PLANNED = Counter(
     "safecity_notify_planned_total", "Pages planned into the outbox (new keys only)", ["city"]

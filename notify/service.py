@@ -1,5 +1,6 @@
-"""Wires the notification service: MQTT openings -> `intake` (plan, enqueue, ack) ->
-the outbox -> `dispatch` (channels), with `watch` cancelling acknowledged escalations.
+"""Wires the notification service: MQTT lifecycle steps -> `intake` (plan the openings,
+close the rest, enqueue, ack) -> the outbox -> `dispatch` (channels), with `watch`
+reconciling against the incident log now and then.
 
 One service per city (its own outbox file `<city>.outbox.db`, routing and session);
 several cities run side by side in one process behind one health server. The clock is
@@ -8,17 +9,16 @@ injectable: escalation times, retries and leases all read it.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 
 from notify import metrics
 from notify.channels.base import Channel
 from notify.channels.build import build_all
 from notify.dispatch import Dispatcher
 from notify.intake import Intake
+from notify.listing import Listing
 from notify.plan import Planner
 from notify.routing import Routing
 from notify.settings import NotifySettings
@@ -27,7 +27,8 @@ from safecity import acklinks, topics
 from safecity import incidents as inc
 from safecity.influx import InfluxClient
 from safecity.mqtt import MqttClient
-from safecity.observability import HealthServer
+from safecity.notifications import outbox_path
+from safecity.observability import run_services
 from safecity.outbox import DeliveryStatus, Outbox
 from safecity.registry import City
 from safecity.retry import Supervisor
@@ -35,13 +36,8 @@ from safecity.retry import Supervisor
 log = logging.getLogger("safecity.notify")
 
 
-def outbox_path(notify_dir: Path, city: str) -> Path:
-    """Where a city's outbox lives in the instance."""
-    return notify_dir / f"{city}.outbox.db"
-
-
 class NotifyService:
-    """One city's notifier on the `$share/<group>/.../_alerts/+` subscription."""
+    """One city's notifier on the `$share/<group>/.../_incidents/+` subscription."""
 
     def __init__(
         self,
@@ -86,7 +82,11 @@ class NotifyService:
         )
         self.influx = InfluxClient(settings.influx)
         self.watcher = Watcher(
-            inc.IncidentStore(self.influx), self.outbox, city.id, settings.notify_max_age, clock
+            inc.IncidentStore(self.influx),
+            self.outbox,
+            self.intake.closer,
+            city.id,
+            settings.notify_max_age,
         )
         self.tasks = Supervisor()
         self._started = self._stopped = False
@@ -96,11 +96,11 @@ class NotifyService:
         return self._started and self.mqtt.connected.is_set() and self.tasks.healthy
 
     async def start(self) -> None:
-        """Connect, subscribe to the city's alerts, start dispatching and watching."""
+        """Connect, subscribe to the city's incident steps, start dispatching and watching."""
         await self.mqtt.connect()
         group = self.settings.notify_share_group
-        alerts = topics.alert_filter(self.city.id)
-        await self.mqtt.subscribe([(topics.shared(group, alerts) if group else alerts, 1)])
+        steps = topics.incident_filter(self.city.id)
+        await self.mqtt.subscribe([(topics.shared(group, steps) if group else steps, 1)])
         self.tasks.start(f"dispatch-{self.city.id}", self.dispatcher.run)
         interval = self.settings.notify_refresh_interval
         self.tasks.start(f"watch-{self.city.id}", lambda: self.watcher.run(interval))
@@ -155,19 +155,10 @@ async def run_cities(
     services = [
         NotifyService(city_settings(settings, c.id, ids), c, routings[c.id]) for c in cities
     ]
-    health = HealthServer(
-        settings.notify_metrics_host,
-        settings.notify_metrics_port,
-        lambda: all(s.ready() for s in services),
-    )
-    try:
-        await health.start()
-        for service in services:
-            await service.start()
-        log.info(
-            "notify metrics",
-            extra={"metrics": f"http://{settings.notify_metrics_host}:{health.port}/metrics"},
-        )
-        await asyncio.gather(*(s.run() for s in services))
-    finally:
-        await asyncio.shield(asyncio.gather(*(s.stop() for s in services), health.stop()))
+    host = settings.notify_metrics_host
+
+    def started(port: int) -> None:
+        log.info("notify metrics", extra={"metrics": f"http://{host}:{port}/metrics"})
+
+    routes = {"/notifications": Listing(settings.notify_dir, ids)}
+    await run_services(services, host, settings.notify_metrics_port, routes=routes, started=started)

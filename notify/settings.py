@@ -7,7 +7,14 @@ from typing import Annotated
 
 from pydantic import Field
 
-from safecity.settings import InfluxSettings, MqttSettings, ServiceSettings, in_home
+from safecity.settings import (
+    AckKeyFile,
+    InfluxSettings,
+    MqttSettings,
+    NotifyDir,
+    ServiceSettings,
+    in_home,
+)
 
 _ID = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
 
@@ -27,15 +34,8 @@ class NotifySettings(ServiceSettings):
     notify_routing_file: Path | None = Field(
         default=None, description="Routing file (YAML); empty = the shipped routing of the city."
     )
-    notify_dir: Path = Field(
-        default_factory=in_home("notify_dir"),
-        description="The notifier's directory: its outboxes (<city>.outbox.db), the local "
-        "channel's log (console.jsonl).",
-    )
-    ack_key_file: Path = Field(
-        default_factory=in_home("ack_key_file"),
-        description="The key that signs acknowledgement links (the notifier creates it).",
-    )
+    notify_dir: NotifyDir = Field(default_factory=in_home("notify_dir"))
+    ack_key_file: AckKeyFile = Field(default_factory=in_home("ack_key_file"))
     notify_ack_base_url: str = Field(
         default="http://127.0.0.1:8000",
         description="The API's public base URL, for the acknowledgement links in messages.",
@@ -47,7 +47,9 @@ class NotifySettings(ServiceSettings):
         default=32, description="Deliveries (one lane each) sent at the same time at most."
     )
     notify_refresh_interval: Annotated[float, Field(gt=0, le=3600)] = Field(
-        default=2.0, description="How often acknowledged/resolved incidents are looked up (s)."
+        default=30.0,
+        description="How often the incident log is read for steps whose announcement on "
+        "the broker was lost (s); the steps themselves arrive over MQTT at once.",
     )
     notify_max_attempts: Annotated[int, Field(ge=1, le=100_000)] = Field(
         default=1000, description="Attempts per message before it is failed (kept, visible)."

@@ -12,8 +12,9 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol
+from urllib.parse import parse_qs
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
@@ -69,8 +70,16 @@ _NOT_READY = (
 )
 
 
+# An extra JSON route of a service: query parameters -> (HTTP status, JSON body).
+Route = Callable[[Mapping[str, list[str]]], Awaitable[tuple[int, bytes]]]
+
+
+_STATUS = {200: "200 OK", 400: "400 Bad Request", 404: "404 Not Found"}
+
+
 class HealthServer:
-    """Serves GET /metrics (Prometheus text), /healthz (alive) and /readyz (ready)."""
+    """Serves GET /metrics (Prometheus text), /healthz (alive) and /readyz (ready), and a
+    service's own read-only JSON `routes` (path -> handler of the query parameters)."""
 
     def __init__(
         self,
@@ -78,11 +87,13 @@ class HealthServer:
         port: int,
         ready: Callable[[], bool],
         registry: CollectorRegistry = REGISTRY,
+        routes: Mapping[str, Route] | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self._ready = ready
         self._registry = registry
+        self._routes = dict(routes or {})
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
@@ -112,7 +123,7 @@ class HealthServer:
             while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
                 pass
             parts = request.decode("latin-1").split()
-            path = parts[1].split("?")[0] if len(parts) >= 2 else ""
+            path, _, query = (parts[1] if len(parts) >= 2 else "").partition("?")
             if len(parts) < 2 or parts[0] != "GET":
                 status, ctype, body = "405 Method Not Allowed", "text/plain", b"GET only\n"
             elif path == "/metrics":
@@ -125,6 +136,9 @@ class HealthServer:
                 ctype = "application/json"
                 # The same shape as the API's readiness: {"status", "detail"}.
                 body = b'{"status":"ready"}\n' if ok else _NOT_READY
+            elif path in self._routes:
+                code, body = await self._routes[path](parse_qs(query))
+                status, ctype = _STATUS.get(code, f"{code} Error"), "application/json"
             else:
                 status, ctype, body = "404 Not Found", "text/plain", b"not found\n"
             head = (
@@ -139,3 +153,44 @@ class HealthServer:
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
+
+
+class Service(Protocol):
+    """What `run_services` runs: a service's lifecycle and readiness."""
+
+    def ready(self) -> bool:
+        """True once the service works."""
+        ...
+
+    async def start(self) -> None:
+        """Validate, connect, subscribe."""
+        ...
+
+    async def run(self) -> None:
+        """Work until cancelled."""
+        ...
+
+    async def stop(self) -> None:
+        """Stop; idempotent."""
+        ...
+
+
+async def run_services(
+    services: Sequence[Service],
+    host: str,
+    port: int,
+    *,
+    routes: Mapping[str, Route] | None = None,
+    started: Callable[[int], None] = lambda port: None,
+) -> None:
+    """Run several services in this process behind one health server on host:port (ready
+    when all are) until cancelled; `started(port)` once all have started. Stops them all."""
+    health = HealthServer(host, port, lambda: all(s.ready() for s in services), routes=routes)
+    try:
+        await health.start()
+        for service in services:
+            await service.start()
+        started(health.port)
+        await asyncio.gather(*(s.run() for s in services))
+    finally:
+        await asyncio.shield(asyncio.gather(*(s.stop() for s in services), health.stop()))

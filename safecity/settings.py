@@ -326,6 +326,22 @@ DeadletterDir = Annotated[
 ]
 
 
+# The notifier's files, which the API uses too: each described once, here.
+NotifyDir = Annotated[
+    Path,
+    Field(
+        description="The notifier's directory: its outboxes (<city>.outbox.db), the local "
+        "channel's log (console.jsonl)."
+    ),
+]
+AckKeyFile = Annotated[
+    Path, Field(description="The key that signs acknowledgement links (the notifier creates it).")
+]
+AckSpentFile = Annotated[
+    Path, Field(description="The acknowledgement links already used (each acknowledges once).")
+]
+
+
 class InHome:
     """A default factory: the instance layout's `part` under the settings' own `home`
     (for a nested group, which has none, under SAFECITY_HOME)."""

@@ -5,6 +5,7 @@ safecity/v1/{city}/{district}/{kind}/{device_id}/ack   (platform -> that device 
 safecity/v1/{city}/{district}/{kind}/{device_id}/cmd   (the command role -> that device only)
 safecity/v1/{city}/{district}/{kind}/{device_id}/result   (that device -> the command role)
 safecity/v1/{city}/_alerts/{severity}
+safecity/v1/{city}/_incidents/{state}   (every step of an incident's lifecycle)
 safecity/v1/{city}/_deadletter/{reason}
 safecity/v1/{city}/_federation/city|district/{district}|segment/{segment}
 """
@@ -23,6 +24,7 @@ VERSION = "v1"
 PREFIX = f"{ROOT}/{VERSION}"
 IDENTIFIER = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 ALERTS = "_alerts"
+INCIDENTS = "_incidents"
 DEADLETTER = "_deadletter"
 SERVICES = "_services"
 FEDERATION = "_federation"
@@ -62,7 +64,7 @@ class DeviceTopic:
 
 @dataclass(frozen=True, slots=True)
 class PlatformTopic:
-    """A parsed platform topic: an alert, a dead letter or a service status."""
+    """A parsed platform topic: an alert, an incident step, a dead letter or a service status."""
 
     city: str
     section: str
@@ -188,6 +190,13 @@ def alert_topic(city: str, severity: str) -> str:
     return f"{PREFIX}/{city}/{ALERTS}/{severity}"
 
 
+def incident_topic(city: str, state: str) -> str:
+    """Build the topic of one incident lifecycle step (`state`: the step's new state)."""
+    validate_identifier(city, "city")
+    validate_identifier(state, "state")
+    return f"{PREFIX}/{city}/{INCIDENTS}/{state}"
+
+
 def deadletter_topic(city: str, reason: str) -> str:
     """Build a dead-letter topic; an unknown city is filed under `_unknown`."""
     if city != "_unknown":
@@ -209,7 +218,7 @@ def parse(topic: str) -> DeviceTopic | PlatformTopic:
     if len(parts) < 5 or parts[0] != ROOT or parts[1] != VERSION:
         raise TopicError(f"not a {PREFIX} topic: {topic!r}")
     city = validate_identifier(parts[2], "city")
-    if parts[3] in (ALERTS, DEADLETTER, SERVICES):
+    if parts[3] in (ALERTS, INCIDENTS, DEADLETTER, SERVICES):
         if len(parts) != 5:
             raise TopicError(f"malformed platform topic: {topic!r}")
         return PlatformTopic(city, parts[3], validate_identifier(parts[4], "name"))
@@ -254,6 +263,12 @@ def alert_filter(city: str | None = None) -> str:
     """Subscription filter for alerts (of one city, or all)."""
     city_part = "+" if city is None else validate_identifier(city, "city")
     return f"{PREFIX}/{city_part}/{ALERTS}/+"
+
+
+def incident_filter(city: str | None = None) -> str:
+    """Subscription filter for incident lifecycle steps (of one city, or all)."""
+    city_part = "+" if city is None else validate_identifier(city, "city")
+    return f"{PREFIX}/{city_part}/{INCIDENTS}/+"
 
 
 def shared(group: str, topic_filter: str) -> str:

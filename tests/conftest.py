@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from receivers import HttpReceiver
 from support import account_env
 
 from api.apikeys import KeyStore
@@ -205,10 +206,46 @@ def start_api(stack: LocalStack, tmp_path: Path) -> Iterator[Callable[..., Servi
     launcher.stop_all()
 
 
+def launch_grouped(
+    launcher: Launcher,
+    stack: LocalStack,
+    database: str,
+    service: str,
+    ident: str | None,
+    extra: dict[str, str],
+    how: tuple[str, ...] = ("-m", "control"),
+) -> ServiceProcess:
+    """Start `safecity <service>` (alerts, notify: a stable id, a share group, a metrics
+    port, `SAFECITY_<SERVICE>_...`); a restart with the same id keeps its share group, so
+    its persistent session resumes."""
+    prefix = f"SAFECITY_{service.upper()}"
+    ident = ident or f"{service}-{secrets.token_hex(4)}"
+    port = free_port()
+    before = launcher.previous(f"{prefix}_ID", ident)
+    group = before.env[f"{prefix}_SHARE_GROUP"] if before else f"{service[0]}{secrets.token_hex(4)}"
+    env = service_env(
+        stack,
+        database,
+        service,
+        **{f"{prefix}_ID": ident, f"{prefix}_SHARE_GROUP": group},
+        **{f"{prefix}_METRICS_PORT": str(port)},
+        **extra,
+    )
+    metrics_url = f"http://127.0.0.1:{port}"
+    return launcher.launch(
+        service,
+        f"{service}-{ident}",
+        env,
+        f"{metrics_url}/readyz",
+        launcher=how,
+        metrics_url=metrics_url,
+    )
+
+
 @pytest.fixture
 def start_alerts(stack: LocalStack, tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
-    """Factory: start `safecity alerts` for a database (a restart with the same id keeps
-    its share group, so its session resumes); every started service is stopped after."""
+    """Factory: start `safecity alerts` for a database (`launch_grouped`); every started
+    service is stopped after."""
     launcher = Launcher(tmp_path)
 
     def start(
@@ -220,29 +257,8 @@ def start_alerts(stack: LocalStack, tmp_path: Path) -> Iterator[Callable[..., Se
     ) -> ServiceProcess:
         """With `poison` (stage, marker): through the launcher whose stage raises on every
         message holding the marker (tests/helpers/poison_service.py)."""
-        ident = alerts_id or f"alerts-{secrets.token_hex(4)}"
-        port = free_port()
-        before = launcher.previous("SAFECITY_ALERTS_ID", ident)
-        group = before.env["SAFECITY_ALERTS_SHARE_GROUP"] if before else f"a{secrets.token_hex(4)}"
-        env = service_env(
-            stack,
-            database,
-            "alerts",
-            SAFECITY_ALERTS_ID=ident,
-            SAFECITY_ALERTS_SHARE_GROUP=group,
-            SAFECITY_ALERTS_METRICS_PORT=str(port),
-            **extra,
-        )
-        metrics_url = f"http://127.0.0.1:{port}"
         how = ("-m", "control") if poison is None else (str(POISON_LAUNCHER), *poison)
-        return launcher.launch(
-            "alerts",
-            f"alerts-{ident}",
-            env,
-            f"{metrics_url}/readyz",
-            launcher=how,
-            metrics_url=metrics_url,
-        )
+        return launch_grouped(launcher, stack, database, "alerts", alerts_id, extra, how)
 
     yield start
     launcher.stop_all()
@@ -267,28 +283,20 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 @pytest.fixture
 def start_notify(stack: LocalStack, tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
-    """Factory: start `safecity notify` for a database (a restart with the same id keeps
-    its share group, so its session resumes); every started notifier is stopped after."""
+    """Factory: start `safecity notify` for a database (`launch_grouped`); every started
+    notifier is stopped after."""
     launcher = Launcher(tmp_path)
 
     def start(database: str, notify_id: str | None = None, **extra: str) -> ServiceProcess:
-        ident = notify_id or f"notify-{secrets.token_hex(4)}"
-        port = free_port()
-        before = launcher.previous("SAFECITY_NOTIFY_ID", ident)
-        group = before.env["SAFECITY_NOTIFY_SHARE_GROUP"] if before else f"n{secrets.token_hex(4)}"
-        env = service_env(
-            stack,
-            database,
-            "notify",
-            SAFECITY_NOTIFY_ID=ident,
-            SAFECITY_NOTIFY_SHARE_GROUP=group,
-            SAFECITY_NOTIFY_METRICS_PORT=str(port),
-            **extra,
-        )
-        metrics_url = f"http://127.0.0.1:{port}"
-        return launcher.launch(
-            "notify", f"notify-{ident}", env, f"{metrics_url}/readyz", metrics_url=metrics_url
-        )
+        return launch_grouped(launcher, stack, database, "notify", notify_id, extra)
 
     yield start
     launcher.stop_all()
+
+
+@pytest.fixture
+def hook() -> Iterator[HttpReceiver]:
+    """A webhook receiver that verifies the notifier's signatures (tests/helpers/receivers.py)."""
+    server = HttpReceiver("webhook")
+    yield server
+    server.close()

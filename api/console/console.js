@@ -447,6 +447,7 @@ function init() {
   buildTiles();
   state.map = new CityMap($("map"), (id) => guard(() => showDistrict(id)));
   state.feed = new Feed($("feed"), (id) => state.map.name(id), $("feed-open"));
+  state.feed.onError = (err) => (err instanceof AuthError ? needKey(err.message) : status(`API error: ${err.message}`));
   $("auth-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
     const key = $("key").value.trim();

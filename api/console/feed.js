@@ -1,9 +1,11 @@
 // The incidents feed. Its source is one object (`FEED_SOURCE`): the incidents the alerts
 // service opened, polled from `/v1/incidents`; alerts from the stream add new ones at once.
-// A key with the `operate` scope gets the lifecycle buttons of each incident's state.
+// A key with the `operate` scope gets the lifecycle buttons of each incident's state;
+// every entry opens its delivery timeline (timeline.js).
 
 import { getJson, postJson } from "./api.js";
 import { clock } from "./time.js";
+import { Timeline } from "./timeline.js";
 
 export const FEED_SOURCE = {
   label: "incidents of the last 7 days",
@@ -65,6 +67,19 @@ export class Feed {
     this.openCount = openCount;
     this.entries = new Map();
     this.onStep = null;
+    // One timeline per incident shown, kept across renders (it stays open, and fresh).
+    this.timelines = new Map();
+    this.onError = () => {};
+  }
+
+  timeline(entry) {
+    let found = this.timelines.get(entry.id);
+    if (!found) {
+      found = new Timeline(entry.id, entry.title, (err) => this.onError(err));
+      this.timelines.set(entry.id, found);
+    }
+    found.refresh();
+    return found.el;
   }
 
   add(entries) {
@@ -126,8 +141,14 @@ export class Feed {
       li.append(head, meta, state);
       const actions = this.buttons(entry);
       if (actions) li.appendChild(actions);
+      li.appendChild(this.timeline(entry));
       return li;
     });
+    for (const [id, gone] of this.timelines) {
+      if (this.entries.has(id)) continue;
+      gone.close();
+      this.timelines.delete(id);
+    }
     if (!items.length) {
       const li = document.createElement("li");
       li.className = "empty";

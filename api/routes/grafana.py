@@ -142,6 +142,7 @@ async def grafana_alerts(
                     out.ignored += 1
                     continue
                 await store.open(incident)
+                request.app.state.announcer.announce(incident)
                 out.opened.append(incident.id)
                 continue
             try:
@@ -150,8 +151,9 @@ async def grafana_alerts(
                 out.ignored += 1
                 continue
             if stored.state is not inc.State.RESOLVED:
-                await store.transition(
+                resolved = await store.transition(
                     incident.id, inc.State.RESOLVED, key.id, "resolved in Grafana"
                 )
+                request.app.state.announcer.announce(resolved)
             out.resolved.append(incident.id)
     return out

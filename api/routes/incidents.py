@@ -298,6 +298,7 @@ async def _step(
             )
         except TransitionError as exc:
             raise HTTPException(status_code=409, detail=str(exc)) from None
+    request.app.state.announcer.announce(updated)
     metrics.observe_step(updated, target)
     request.app.state.figures.poke()  # the gauges follow a change made here at once
     return incident_out(updated)

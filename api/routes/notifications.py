@@ -5,8 +5,9 @@
   the credential. A valid link acknowledges the incident *by the person on the roster it
   was sent to*, noting the channel; a forged (403), malformed (400), expired (410) or
   reused (409) link is refused, and every use, good or refused, is in the audit log.
-- `GET /v1/notifications` and `GET /v1/incidents/{id}/notifications` read the notifier's
-  outboxes in the instance (read-only): channel, recipient, attempts, status, latency.
+- `GET /v1/notifications` and `GET /v1/incidents/{id}/notifications`: channel, recipient,
+  attempts, status, latency (`safecity.notifications`), read from the notifier's outboxes
+  in the instance, or asked of the notifier (`notify_url`) where its volume is not ours.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+import httpx
 from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel
@@ -27,10 +29,11 @@ from api.deps import client_of, get_key, get_tenancy
 from api.models import ErrorBody
 from api.responses import errors
 from api.settings import ApiSettings
-from safecity import acklinks
+from safecity import acklinks, notifications
 from safecity import incidents as inc
 from safecity.errors import AckLinkError, ConfigError, IncidentError, TransitionError
-from safecity.outbox import DeliveryStatus, Outbox
+from safecity.notifications import NotificationOut
+from safecity.outbox import DeliveryStatus
 from safecity.readings import format_ts
 
 ack_router = APIRouter(prefix="/v1/ack", tags=["notifications"])
@@ -39,40 +42,6 @@ Token = Annotated[
     str, Path(pattern=r"^[A-Za-z0-9_-]{1,2000}\.[A-Za-z0-9_-]{1,200}$", max_length=2300)
 ]
 _REFUSAL = {"forged": 403, "malformed": 400, "expired": 410, "reused": 409}
-
-
-class AttemptOut(BaseModel):
-    """One attempt to deliver a notification."""
-
-    number: int
-    started_at: str
-    ended_at: str | None
-    result: str
-    detail: str
-
-
-class NotificationOut(BaseModel):
-    """One notification: to whom, on which channel, how it went."""
-
-    key: str
-    incident_id: str
-    city: str
-    channel: str
-    recipient: str
-    person: str
-    tier: int
-    repeat: int
-    status: str
-    attempts: int
-    not_before: str
-    delivered_at: str | None
-    latency_s: float | None
-    detail: str
-    history: list[AttemptOut] | None = None
-
-
-def _ts(epoch: float | None) -> str | None:
-    return None if epoch is None else format_ts(datetime.fromtimestamp(epoch, UTC))
 
 
 def _settings(request: Request) -> ApiSettings:
@@ -183,59 +152,35 @@ async def ack_link(request: Request, token: Token) -> AckOut:
         status = 409 if isinstance(exc, TransitionError) else 404
         _record(request, claim.person, "incident " + type(exc).__name__, status, claim)
         raise HTTPException(status, str(exc)) from None
+    request.app.state.announcer.announce(updated)
     _record(request, claim.person, "acknowledged", 200, claim)
     return AckOut(
         incident_id=updated.id, state=updated.state.value, by=claim.person, channel=claim.channel
     )
 
 
-def _outboxes(request: Request, city: str | None) -> list[Outbox]:
-    """The outboxes of the cities the key may see (one city: 404 if it may not)."""
-    directory = _settings(request).notify_dir
+async def _listing(request: Request, city: str | None, **filters: Any) -> list[NotificationOut]:
+    """The notifications of the cities the key may see (one city: 404 if it may not), from
+    the notifier's outboxes when this process can read them, else from the notifier."""
+    settings = _settings(request)
     tenancy, key = get_tenancy(request), get_key(request)
-    names = [tenancy.city(key, city).id] if city else [c.id for c in tenancy.visible(key)]
-    paths = [directory / f"{name}.outbox.db" for name in names]
-    return [Outbox(p, owner="api-reader") for p in paths if p.is_file()]
+    cities = [tenancy.city(key, city).id] if city else [c.id for c in tenancy.visible(key)]
+    if settings.notify_url is None:
+        return await asyncio.to_thread(notifications.read, settings.notify_dir, cities, **filters)
+    params: dict[str, Any] = {"city": cities}
+    params.update({k: str(v) for k, v in filters.items() if v is not None})
+    try:
+        async with httpx.AsyncClient(timeout=10.0) as client:
+            answer = await client.get(f"{settings.notify_url.rstrip('/')}/notifications",
+                                      params=params)  # fmt: skip
+    except httpx.HTTPError as exc:
+        raise HTTPException(503, f"the notifier cannot be reached: {exc}") from None
+    if answer.status_code != 200:
+        raise HTTPException(503, f"the notifier answered {answer.status_code}: {answer.text[:200]}")
+    return [NotificationOut.model_validate(item) for item in answer.json()]
 
 
-def _out(box: Outbox, entry: Any, history: bool) -> NotificationOut:
-    page = entry.payload
-    done = entry.done_at if entry.status is DeliveryStatus.DELIVERED else None
-    return NotificationOut(
-        key=entry.key,
-        incident_id=entry.group,
-        city=str(page.get("city", "")),
-        channel=entry.channel,
-        recipient=entry.recipient,
-        person=str(page.get("person", "")),
-        tier=int(page.get("tier", 0)),
-        repeat=int(page.get("repeat", 0)),
-        status=entry.status.value,
-        attempts=entry.attempts,
-        not_before=_ts(entry.not_before) or "",
-        delivered_at=_ts(done),
-        latency_s=None if done is None else round(done - entry.not_before, 3),
-        detail=entry.detail,
-        history=[
-            AttemptOut(number=a.number, started_at=_ts(a.started_at) or "",
-                       ended_at=_ts(a.ended_at), result=a.result.value, detail=a.detail)
-            for a in box.attempts(entry.key)
-        ] if history else None,
-    )  # fmt: skip
-
-
-def _list(request: Request, city: str | None, **filters: Any) -> list[NotificationOut]:
-    history = filters.pop("history", False)
-    out: list[NotificationOut] = []
-    for box in _outboxes(request, city):
-        try:
-            out += [_out(box, e, history) for e in box.entries(**filters)]
-        finally:
-            box.close()
-    return out
-
-
-@router.get("/notifications", response_model=list[NotificationOut], responses=errors(404))
+@router.get("/notifications", response_model=list[NotificationOut], responses=errors(404, 503))
 async def list_notifications(
     request: Request,
     city: Annotated[str | None, Query(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")] = None,
@@ -244,22 +189,19 @@ async def list_notifications(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[NotificationOut]:
     """Notifications in enqueue order (channel, recipient, attempts, status, latency)."""
-    found = await asyncio.to_thread(
-        _list, request, city, channel=channel, status=status, limit=limit
-    )
+    found = await _listing(request, city, channel=channel, status=status, limit=limit)
     return found[:limit]
 
 
 @router.get(
     "/incidents/{incident_id}/notifications",
     response_model=list[NotificationOut],
-    responses=errors(404),
+    responses=errors(404, 503),
 )
 async def incident_notifications(
     request: Request,
     incident_id: Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")],
 ) -> list[NotificationOut]:
-    """An incident's delivery timeline: every page, each with its attempts."""
-    return await asyncio.to_thread(
-        _list, request, None, group=incident_id, history=True, limit=1000
-    )
+    """An incident's delivery timeline: every page and resolution notice, each with its
+    attempts."""
+    return await _listing(request, None, incident=incident_id)

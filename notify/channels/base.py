@@ -34,10 +34,10 @@ class Delivery:
         """A one-line summary (the e-mail subject)."""
         if len(self.pages) == 1:
             page = self.pages[0]
-            return (
-                f"[{str(page['severity']).upper()}] {page['rule_id']} in {page['district']} "
-                f"({page['city']})"
-            )
+            label = "RESOLVED" if _resolved(page) else str(page["severity"]).upper()
+            return f"[{label}] {page['rule_id']} in {page['district']} ({page['city']})"
+        if all(_resolved(page) for page in self.pages):
+            return f"[RESOLVED] {len(self.pages)} incidents resolved"
         worst = max(self.pages, key=lambda p: _RANK.get(str(p["severity"]), 0))["severity"]
         return f"[{str(worst).upper()}] {len(self.pages)} incidents need you"
 
@@ -46,6 +46,13 @@ class Delivery:
         """The message body: each incident, its tier and its acknowledgement link."""
         lines = [self.subject, ""]
         for page in self.pages:
+            if _resolved(page):
+                note = f" ({page['note']})" if page.get("note") else ""
+                lines.append(
+                    f"- resolved: {page['severity']} {page['rule_id']} in {page['district']} "
+                    f"(incident {page['incident_id']}), by {page['by']}{note}"
+                )
+                continue
             reminder = f", reminder {page['repeat']}" if page["repeat"] else ""
             lines.append(
                 f"- {page['severity']} {page['rule_id']} in {page['district']}: "
@@ -57,6 +64,11 @@ class Delivery:
 
 
 _RANK = {"low": 0, "medium": 1, "high": 2, "critical": 3}
+
+
+def _resolved(page: Mapping[str, Any]) -> bool:
+    """A resolution notice (no acknowledgement link), not a page."""
+    return page.get("kind") == "resolved"
 
 
 class Channel(Protocol):

@@ -6,6 +6,7 @@ The alerts service and the API both use this package; it imports no service pack
 """
 
 from safecity.incidents.figures import Figure, figures
+from safecity.incidents.lifecycle import IncidentChange, change_of, notice_group
 from safecity.incidents.model import (
     ALLOWED,
     Identifier,
@@ -38,14 +39,17 @@ __all__ = [
     "Figure",
     "Identifier",
     "Incident",
+    "IncidentChange",
     "IncidentStore",
     "State",
     "Transition",
     "advance",
     "alert_for",
+    "change_of",
     "figures",
     "incident_id",
     "markdown_table",
+    "notice_group",
     "open_incident",
     "transition_point",
 ]

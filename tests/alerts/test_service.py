@@ -16,6 +16,7 @@ import pytest
 from support import READER, influx_rows, mosquitto, mosquitto_pub, wait_for, wait_for_async
 
 from control.stack import LocalStack
+from safecity import incidents as inc
 from safecity import registry, topics
 from safecity.readings import format_ts
 
@@ -42,24 +43,36 @@ rules:
 
 
 class AlertWatcher:
-    """Collects published alerts with mosquitto_sub."""
+    """Collects published alerts and incident lifecycle steps with mosquitto_sub."""
 
     def __init__(self, stack: LocalStack, out: Path) -> None:
         self.out = out
         self.handle = out.open("w")
         self.proc = subprocess.Popen(
             [*mosquitto("mosquitto_sub", stack, READER), "-q", "1", "-v",
-             "-t", topics.alert_filter("tashkent")],
+             "-t", topics.alert_filter("tashkent"), "-t", topics.incident_filter("tashkent")],
             stdout=self.handle,
             stderr=subprocess.STDOUT,
         )  # fmt: skip
 
     def alerts(self) -> list[tuple[str, dict[str, Any]]]:
+        return [(t, json.loads(b)) for t, b in self._lines() if "/_alerts/" in t]
+
+    def steps(self) -> list[tuple[str, str, str]]:
+        """The announced lifecycle steps: (topic's state, rule, the step's state)."""
+        out = []
+        for topic, body in self._lines():
+            if "/_incidents/" in topic:
+                change = inc.IncidentChange.parse(body.encode())
+                out.append((topic.rsplit("/", 1)[1], change.incident.rule_id, change.step.state))
+        return out
+
+    def _lines(self) -> list[tuple[str, str]]:
         out = []
         for line in self.out.read_text().splitlines():
             topic, _, body = line.partition(" ")
             if body.startswith("{"):
-                out.append((topic, json.loads(body)))
+                out.append((topic, body))
         return out
 
     def close(self) -> None:
@@ -167,6 +180,12 @@ def test_alerts_fire_dedup_survive_restart_and_auto_resolve(
     assert len(influx_rows(stack, influx_db, 'SELECT * FROM "incidents"."alerts"')) == 2
     assert len(watcher.alerts()) == 2
     assert _metric(service.metrics_url, "safecity_alerts_fired_total") == 0
+    # Every step was announced on the lifecycle topics as it was decided.
+    assert set(wait_for(lambda: len(watcher.steps()) >= 3 and watcher.steps(), 20, "steps")) == {
+        ("open", "panic", "open"),
+        ("open", "pm25_demo", "open"),
+        ("resolved", "pm25_demo", "resolved"),
+    }
 
 
 def test_a_dying_refresher_is_restarted_counted_and_unready_meanwhile(

@@ -374,6 +374,9 @@ class Pod:
                 value = self.map(str(item["value"]))
             if key == "SAFECITY_MQTT__HOST" and value == "safecity-broker":
                 value = "127.0.0.1"
+            elif key == "SAFECITY_NOTIFY_URL":  # the notifier's Service, its metrics port
+                assert value == "http://safecity-notify:9104", value
+                value = f"http://127.0.0.1:{self.cluster.port('safecity-notify', 9104)}"
             elif key == "SAFECITY_MQTT__PORT":
                 value = str(self.cluster.mqtt_port)
             elif re.fullmatch(r"SAFECITY_(\w*_)?PORT", key):
@@ -536,7 +539,14 @@ def test_the_rendered_containers_run_here_and_become_ready(  # noqa: PLR0915 - l
             ).status_code
             time.sleep(0.5)
         assert status == 200
-        # The services wrote with the non-admin account the Job created.
+        # The notifications listing: the API asks the notifier through its Service (the
+        # outboxes are on the notifier's volume); an unreachable notifier would be a 503.
+        listing = httpx.get(f"http://127.0.0.1:{api_port}/v1/notifications",
+                            headers={"X-API-Key": key}, timeout=10)  # fmt: skip
+        assert listing.status_code == 200, listing.text
+        notify_port = cluster.port("safecity-notify", 9104)
+        direct = httpx.get(f"http://127.0.0.1:{notify_port}/notifications", timeout=10)
+        assert direct.status_code == 200 and listing.json() == direct.json()
         denied = httpx.post(
             f"{cluster.influx_url}/query", data={"q": "SHOW USERS"}, auth=("safecity", "svc-pw")
         ).json()

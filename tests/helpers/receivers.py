@@ -109,3 +109,28 @@ class HttpReceiver:
             return 400, "bad number"
         self.received.append(message)
         return 200, "queued"
+
+
+class SmtpReceiver:
+    """A real SMTP server (aiosmtpd) on a free loopback port, no TLS and no login (the
+    channel's STARTTLS and login are tested in tests/notify/test_channels.py);
+    `mails` lists (recipients, raw message) in arrival order."""
+
+    def __init__(self) -> None:
+        from aiosmtpd.controller import Controller
+
+        from control.stack import free_port
+
+        self.mails: list[tuple[list[str], bytes]] = []
+        self.port = free_port()
+        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        self.controller.start()
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        """aiosmtpd's hook: keep the message."""
+        self.mails.append((list(envelope.rcpt_tos), bytes(envelope.content)))
+        return "250 OK"
+
+    def close(self) -> None:
+        """Stop serving."""
+        self.controller.stop()

@@ -4,19 +4,19 @@ those attempts as `interrupted`: that is the stated duplicate bound)."""
 
 from __future__ import annotations
 
-import json
 import secrets
 import subprocess
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pytest
 from receivers import HttpReceiver
 from support import credentials, wait_for
 
 from control.stack import LocalStack
+from safecity import incidents as inc
 from safecity import topics
 from safecity.outbox import DeliveryStatus, Outbox, Result
 
@@ -40,20 +40,14 @@ routes:
 """
 
 
-@pytest.fixture
-def hook() -> Iterator[HttpReceiver]:
-    server = HttpReceiver("webhook")
-    yield server
-    server.close()
-
-
-def _alert(n: int) -> str:
-    return json.dumps({
-        "alert_id": f"alr-storm-{n}", "incident_id": f"inc-storm-{n}", "rule_id": "gunshot",
-        "rule_type": "event", "severity": "critical", "city": "tashkent",
-        "district": "chilonzor", "devices": ["gs-1"], "started_at": "2026-12-07T10:00:00.000Z",
-        "value": None, "message": f"storm {n}", "event": "gunshot",
-    })  # fmt: skip
+def _opening(n: int) -> inc.Incident:
+    opened = inc.open_incident(
+        city="tashkent", district="chilonzor", rule_id="gunshot", rule_type="event",
+        severity="critical", place=f"storm-{n}", devices=["gs-1"],
+        opened_at=datetime(2026, 12, 7, 10, 0, tzinfo=UTC), value=None, message=f"storm {n}",
+        event="gunshot",
+    )  # fmt: skip
+    return opened
 
 
 def _publish_as_alerts(stack: LocalStack, payloads: list[str]) -> None:
@@ -61,7 +55,7 @@ def _publish_as_alerts(stack: LocalStack, payloads: list[str]) -> None:
         ["mosquitto_pub", "-h", stack.mqtt_host, "-p", str(stack.mqtt_port),
          *credentials(stack, "_alerts"), "-V", "mqttv5",
          "-i", f"test-alerts-{secrets.token_hex(4)}", "-q", "1",
-         "-t", topics.alert_topic("tashkent", "critical"), "-l"],
+         "-t", topics.incident_topic("tashkent", "open"), "-l"],
         input="\n".join(payloads) + "\n", text=True, check=True, timeout=60,
     )  # fmt: skip
 
@@ -86,13 +80,14 @@ def test_kill_9_mid_storm_loses_nothing_and_duplicates_within_the_bound(
         "SAFECITY_ACK_KEY_FILE": str(tmp_path / "ack.key"),
     }
     first = start_notify(influx_db, notify_id="notify-storm", **env)
-    _publish_as_alerts(stack, [_alert(n) for n in range(STORM)])
+    storm = [_opening(n) for n in range(STORM)]
+    _publish_as_alerts(stack, [inc.change_of(i).payload().decode() for i in storm])
     wait_for(lambda: len(_pages(hook)) >= 150, 60, "the storm under way")
     first.process.kill()
     killed_at = len(_pages(hook))
     assert killed_at < 2 * STORM, "the kill came too late to test anything"
     start_notify(influx_db, notify_id="notify-storm", **env)
-    wanted = {(who, f"inc-storm-{n}") for who in ("ann", "bob") for n in range(STORM)}
+    wanted = {(who, i.id) for who in ("ann", "bob") for i in storm}
     wait_for(lambda: wanted <= set(_pages(hook)), 120, "every page after the restart")
     box = Outbox(tmp_path / "notify" / "tashkent.outbox.db", owner="test-reader")
     wait_for(lambda: box.counts()[DeliveryStatus.PENDING] == 0, 30, "the outbox drained")

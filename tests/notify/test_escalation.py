@@ -16,8 +16,8 @@ from control.stack import Influxd
 from notify import routing
 from notify.channels.webhook import WebhookChannel
 from notify.dispatch import Dispatcher
-from notify.plan import OpenedIncident, Planner
-from notify.watch import Watcher
+from notify.plan import Planner
+from notify.watch import Closer, Watcher
 from safecity import acklinks
 from safecity import incidents as inc
 from safecity.influx import InfluxClient
@@ -63,12 +63,14 @@ def hook() -> Iterator[HttpReceiver]:
     server.close()
 
 
-def _incident(n: int, district: str = "chilonzor") -> OpenedIncident:
-    return OpenedIncident(
-        alert_id=f"alr-{n}", incident_id=f"inc-{n}", rule_id="gunshot", rule_type="event",
-        severity="critical", city="tashkent", district=district, devices=("gs-1",),
-        started_at="2026-12-07T10:00:00.000Z", message="Gunshot detected",
+def _incident(n: int, district: str = "chilonzor") -> inc.Incident:
+    opened = inc.open_incident(
+        city="tashkent", district=district, rule_id="gunshot", rule_type="event",
+        severity="critical", place=district, devices=("gs-1",),
+        opened_at=datetime(2026, 12, 7, 10, 0, tzinfo=UTC), value=None,
+        message="Gunshot detected",
     )  # fmt: skip
+    return opened.model_copy(update={"id": f"inc-{n}"})
 
 
 class Rig:
@@ -85,7 +87,7 @@ class Rig:
             self.outbox, {"hook": channel}, {}, digest_max=50, max_in_flight=8, clock=self.clock
         )
 
-    def open(self, *incidents: OpenedIncident) -> None:
+    def open(self, *incidents: inc.Incident) -> None:
         self.outbox.enqueue([m for i in incidents for m in self.planner.plan(i, self.clock.now)])
 
     def at(self, seconds: float) -> int:
@@ -133,13 +135,13 @@ def test_an_acknowledgement_stops_the_escalation(
             opened_at=datetime.now(UTC).replace(microsecond=0), value=None, message="Gunshot",
         )  # fmt: skip
         await store.open(opened)
-        incident = _incident(1).model_copy(update={"incident_id": opened.id})
-        rig.open(incident, _incident(2))
+        rig.open(opened, _incident(2))
         await rig.dispatcher.step()
         rig.clock.now = T0 + 7 * 60  # ann was paged and reminded once; then she acknowledges
         await rig.dispatcher.step()
         await store.transition(opened.id, "acknowledged", "ann", "via hook (acknowledgement link)")
-        cancelled = await Watcher(store, rig.outbox, "tashkent", 86_400, rig.clock).refresh()
+        closer = Closer(rig.outbox, rig.planner, rig.clock)
+        cancelled = await Watcher(store, rig.outbox, closer, "tashkent", 86_400).refresh()
         await influx.close()
         return opened.id, cancelled
 

@@ -77,6 +77,16 @@ def test_alert_topic_round_trip(city: str, severity: str) -> None:
 
 
 @given(identifiers, identifiers)
+def test_incident_topic_round_trip(city: str, state: str) -> None:
+    topic = topics.incident_topic(city, state)
+    assert topic == f"safecity/v1/{city}/_incidents/{state}"
+    parsed = topics.parse(topic)
+    assert parsed == PlatformTopic(city, "_incidents", state)
+    assert str(parsed) == topic
+    assert topics.incident_filter(city) == f"safecity/v1/{city}/_incidents/+"
+
+
+@given(identifiers, identifiers)
 def test_deadletter_topic_round_trip(city: str, reason: str) -> None:
     topic = topics.deadletter_topic(city, reason)
     assert topic == f"safecity/v1/{city}/_deadletter/{reason}"
