@@ -1,12 +1,16 @@
 """The durable command store: atomic creation, idempotency keys, forward-only statuses,
-honest expiry, and everything still there after the file is opened again."""
+honest expiry, and everything still there after the file is opened again; what it holds
+pending becomes one outbox message per device, handed over once."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+from api.commanding import CHANNEL, outbox_messages
 from api.commandstore import CommandStore, StoredCommand, Target
-from safecity.commands import CommandStatus
+from safecity.commands import CommandStatus, parse_command
+from safecity.outbox import Outbox
 
 T0 = 1_800_000_000_000
 LIGHTS = [Target(f"light-{i}", "olmazor", "streetlight") for i in range(3)]
@@ -30,7 +34,7 @@ def test_create_is_atomic_and_idempotent_and_survives_reopening(tmp_path: Path) 
     found = reopened.get(stored.id)
     assert found is not None
     assert [d.status for d in found[1]] == [CommandStatus.PENDING] * 3
-    assert len(reopened.due(T0)) == 3
+    assert [(c.id, len(ts)) for c, ts in reopened.pending(T0)] == [(stored.id, 3)]
     assert reopened.get("cmd-00000000000000000002") is None
 
 
@@ -49,18 +53,14 @@ def test_statuses_only_move_forward_and_final_ones_stay(tmp_path: Path) -> None:
     assert (first.status, first.reason) == (CommandStatus.FAILED, "lamp? broken")
 
 
-def test_publishing_once_and_expiring_honestly(tmp_path: Path) -> None:
+def test_pending_is_what_still_waits_and_expiry_is_honest(tmp_path: Path) -> None:
     store = CommandStore(tmp_path / "c.sqlite3")
     stored, _ = store.create(command(), LIGHTS, T0)
     a, b, c = (t.device_id for t in LIGHTS)
-    assert sorted(d.target.device_id for d in store.due(T0)) == [a, b, c]
-    store.mark_published(stored.id, a)
-    store.retry_later(stored.id, b, T0 + 5_000)
-    assert [d.target.device_id for d in store.due(T0 + 1)] == [c]
-    assert sorted(d.target.device_id for d in store.due(T0 + 5_000)) == [b, c]
     store.settle(stored.id, a, CommandStatus.DELIVERED, None, T0 + 10)
-    # After the expiry: what never arrived is expired; nothing is due any more.
-    assert store.due(T0 + 60_000) == []
+    assert [[t.device_id for t in ts] for _, ts in store.pending(T0 + 10)] == [[b, c]]
+    # After the expiry: what never arrived is expired; nothing waits any more.
+    assert store.pending(T0 + 60_000) == []
     assert store.expire(T0 + 60_000, result_grace_ms=30_000) == 2
     found = store.get(stored.id)
     assert found is not None
@@ -74,6 +74,31 @@ def test_publishing_once_and_expiring_honestly(tmp_path: Path) -> None:
     assert found[1][0].status is CommandStatus.FAILED
     assert found[1][0].reason == "delivered, but the device reported no outcome"
     assert store.counts() == {"expired": 2, "failed": 1}
+
+
+def test_each_device_gets_one_outbox_message_on_its_topic_once(tmp_path: Path) -> None:
+    store = CommandStore(tmp_path / "c.sqlite3")
+    stored, _ = store.create(command(), LIGHTS, T0)
+    box = Outbox(tmp_path / "o.sqlite3")
+    messages = outbox_messages(stored, LIGHTS)
+    assert box.enqueue(messages) == 3
+    # Handed over again (a restart after a crash): the outbox holds them already.
+    assert sum(box.enqueue(outbox_messages(c, ts)) for c, ts in store.pending(T0)) == 0
+    entries = box.entries()
+    assert [(e.key, e.recipient) for e in entries] == [
+        (
+            f"{stored.id}/{t.device_id}",
+            f"safecity/v1/tashkent/olmazor/streetlight/{t.device_id}/cmd",
+        )
+        for t in LIGHTS
+    ]
+    assert {(e.channel, e.group, e.expires_at) for e in entries} == {
+        (CHANNEL, stored.id, (T0 + 60_000) / 1000)
+    }
+    wire = parse_command(json.dumps(entries[0].payload).encode())
+    assert (wire.id, wire.name, wire.params, wire.idempotency_key) == (
+        stored.id, "set_level", {"level": 40}, "k",
+    )  # fmt: skip
 
 
 def test_pages_are_newest_first_per_city(tmp_path: Path) -> None:
