@@ -1,6 +1,7 @@
 // The incidents feed. Its source is one object (`FEED_SOURCE`): the incidents the alerts
 // service opened, polled from `/v1/incidents`; alerts from the stream add new ones at once.
-// A key with the `operate` scope gets the lifecycle buttons of each incident's state.
+// A key with the `operate` scope gets the lifecycle buttons of each incident's state and,
+// while it is not resolved, "Act": the commands that fit it (commands.js).
 
 import { getJson, postJson } from "./api.js";
 import { clock } from "./time.js";
@@ -20,6 +21,7 @@ export const FEED_SOURCE = {
     title: item.message || item.rule_id.replaceAll("_", " "),
     where: item.district,
     source: item.rule_id,
+    devices: item.devices,
   }),
 };
 
@@ -46,6 +48,7 @@ export function liveEntry(type, item) {
     title: alert.message || alert.rule_id || "alert",
     where: alert.district || item.district || "city",
     source: alert.rule_id || "alerts",
+    devices: alert.devices || [],
     live: true,
   };
 }
@@ -65,6 +68,8 @@ export class Feed {
     this.openCount = openCount;
     this.entries = new Map();
     this.onStep = null;
+    // `onAct(entry)` opens the incident's actions on devices; null: no "Act" button.
+    this.onAct = null;
   }
 
   add(entries) {
@@ -82,7 +87,8 @@ export class Feed {
 
   buttons(entry) {
     if (!this.onStep) return null;
-    const steps = STEPS[entry.state] || [];
+    const steps = [...(STEPS[entry.state] || [])];
+    if (this.onAct && steps.length) steps.push(["act", "Act"]);
     if (!steps.length) return null;
     const group = document.createElement("span");
     group.className = "feed-actions";
@@ -96,7 +102,8 @@ export class Feed {
       button.dataset.action = action;
       button.textContent = label;
       button.setAttribute("aria-label", `${label}: ${entry.title} (${this.nameOf(entry.where)})`);
-      button.addEventListener("click", () => this.onStep(entry, action));
+      const run = action === "act" ? () => this.onAct(entry) : () => this.onStep(entry, action);
+      button.addEventListener("click", run);
       group.appendChild(button);
     }
     return group;

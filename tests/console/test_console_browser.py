@@ -274,7 +274,7 @@ def test_an_operator_acknowledges_a_live_incident_from_the_console(  # noqa: PLR
     ack = item.locator('button[data-action="ack"]')
     ack.wait_for()
     actions = item.locator("button").evaluate_all("bs => bs.map(b => b.dataset.action)")
-    assert actions == ["ack", "resolve"]
+    assert actions == ["ack", "resolve", "act"]
     assert "Acknowledge: Panic button pressed" in (ack.get_attribute("aria-label") or "")
     # Keyboard: a real <button>, focused and pressed with Enter.
     assert ack.evaluate("b => b.tagName") == "BUTTON"
@@ -283,7 +283,11 @@ def test_an_operator_acknowledges_a_live_incident_from_the_console(  # noqa: PLR
     page.locator(f'#feed li[data-incident="{ident}"][data-state="acknowledged"]').wait_for()
     assert "acknowledged" in text(page, "#feed-status")
     after = page.locator(f'#feed li[data-incident="{ident}"] button')
-    assert after.evaluate_all("bs => bs.map(b => b.dataset.action)") == ["dispatch", "resolve"]
+    assert after.evaluate_all("bs => bs.map(b => b.dataset.action)") == [
+        "dispatch",
+        "resolve",
+        "act",
+    ]
     # Focus stayed in the incident's actions (keyboard users keep their place).
     assert page.evaluate("() => document.activeElement.dataset.incident") == ident
 
