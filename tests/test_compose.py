@@ -279,6 +279,32 @@ def compose_influxd(tmp_path: Path, resolved: dict[str, Any]) -> Iterator[Influx
         yield influxd
 
 
+def _command_a_streetlight(api: str, api_env: dict[str, str], cwd: Path) -> None:
+    """A command to a simulated streetlight ends `executed`, from a store on api-data."""
+    made = subprocess.run(
+        [sys.executable, "-m", "control", "apikey", "create", "--name", "operator",
+         "--scopes", "read,operate"],
+        env=api_env, cwd=cwd, capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    headers = {"X-API-Key": made.stdout.strip().removeprefix("SAFECITY_API_KEY=")}
+    light = default_city().select(kind="streetlight")[0]
+    sent = httpx.post(
+        f"{api}/v1/devices/{light.id}/commands",
+        json={"name": "set_level", "params": {"level": 30}},
+        headers=headers,
+        timeout=10,
+    )
+    assert sent.status_code == 202, sent.text
+    url = f"{api}/v1/commands/{sent.json()['id']}"
+    wait_for(
+        lambda: httpx.get(url, headers=headers, timeout=5).json()["statuses"] == {"executed": 1},
+        60,
+        "the streetlight executing the command",
+        interval=0.5,
+    )
+    assert Path(api_env["SAFECITY_COMMANDS_FILE"]).is_file()
+
+
 def test_the_compose_stack_runs_here_and_becomes_healthy(  # noqa: PLR0915 - long; split it at its seams
     resolved: dict[str, Any], compose_influxd: Influxd, tmp_path: Path
 ) -> None:
@@ -362,7 +388,9 @@ def test_the_compose_stack_runs_here_and_becomes_healthy(  # noqa: PLR0915 - lon
         )
         secrets = json.loads((tmp_path / "secrets" / "secrets.json").read_text())
         assert device.id in secrets
-        assert "_ingest" in secrets
+        assert {"_ingest", "_command"} <= set(secrets)
+        # 5. the API commands a simulated device as `_command`, the account compose made.
+        _command_a_streetlight(api, api_env, tmp_path)
     finally:
         for proc in reversed(started):
             proc.stop(10)

@@ -459,6 +459,7 @@ def test_the_rendered_containers_run_here_and_become_ready(  # noqa: PLR0915 - l
     cluster.secrets["safecity-influx"] = {"admin-password": b"adm'in-pw\n", "password": b"svc-pw\n"}
     keys = tmp_path / "operator" / "apikeys.json"
     _, key = KeyStore(keys).create("parity", ("read",))
+    _, operator = KeyStore(keys).create("operator", ("read", "operate"))
     cluster.secrets["safecity-api-keys"] = {"apikeys.json": keys.read_bytes()}
     cluster.secrets["safecity-notify"] = {"ack-links.key": b"0123456789abcdef" * 4}
 
@@ -536,6 +537,9 @@ def test_the_rendered_containers_run_here_and_become_ready(  # noqa: PLR0915 - l
             ).status_code
             time.sleep(0.5)
         assert status == 200
+        # The API commands a simulated device as `_command`, the account the Job made.
+        assert "_command" in json.loads(cluster.secrets["safecity-mqtt"]["secrets.json"])
+        _command_a_streetlight(f"http://127.0.0.1:{api_port}", operator)
         # The services wrote with the non-admin account the Job created.
         denied = httpx.post(
             f"{cluster.influx_url}/query", data={"q": "SHOW USERS"}, auth=("safecity", "svc-pw")
@@ -544,6 +548,26 @@ def test_the_rendered_containers_run_here_and_become_ready(  # noqa: PLR0915 - l
     finally:
         for proc in reversed(started):
             proc.stop(10)
+
+
+def _command_a_streetlight(api: str, key: str) -> None:
+    """A command to a simulated streetlight ends `executed`."""
+    headers = {"X-API-Key": key}
+    light = default_city().select(kind="streetlight")[0]
+    sent = httpx.post(
+        f"{api}/v1/devices/{light.id}/commands",
+        json={"name": "set_level", "params": {"level": 30}},
+        headers=headers,
+        timeout=10,
+    )
+    assert sent.status_code == 202, sent.text
+    url = f"{api}/v1/commands/{sent.json()['id']}"
+    deadline = time.monotonic() + 60
+    statuses: dict[str, int] = {}
+    while time.monotonic() < deadline and statuses != {"executed": 1}:
+        statuses = httpx.get(url, headers=headers, timeout=5).json()["statuses"]
+        time.sleep(0.5)
+    assert statuses == {"executed": 1}
 
 
 def _accepts_tcp(port: int) -> bool:
