@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from operating import command_executed
 from pydantic import BaseModel
 from support import wait_for
 
@@ -279,29 +280,20 @@ def compose_influxd(tmp_path: Path, resolved: dict[str, Any]) -> Iterator[Influx
         yield influxd
 
 
-def _command_a_streetlight(api: str, api_env: dict[str, str], cwd: Path) -> None:
-    """A command to a simulated streetlight ends `executed`, from a store on api-data."""
+def _api_key(api_env: dict[str, str], cwd: Path, name: str, scopes: str) -> str:
+    """A new API key, made with the API's own environment as an operator would."""
     made = subprocess.run(
-        [sys.executable, "-m", "control", "apikey", "create", "--name", "operator",
-         "--scopes", "read,operate"],
+        [sys.executable, "-m", "control", "apikey", "create", "--name", name, "--scopes", scopes],
         env=api_env, cwd=cwd, capture_output=True, text=True, timeout=30, check=True,
     )  # fmt: skip
-    headers = {"X-API-Key": made.stdout.strip().removeprefix("SAFECITY_API_KEY=")}
+    return made.stdout.strip().removeprefix("SAFECITY_API_KEY=")
+
+
+def _command_a_streetlight(api: str, api_env: dict[str, str], cwd: Path) -> None:
+    """A command to a simulated streetlight ends `executed`, from a store on api-data."""
+    key = _api_key(api_env, cwd, "operator", "read,operate")
     light = default_city().select(kind="streetlight")[0]
-    sent = httpx.post(
-        f"{api}/v1/devices/{light.id}/commands",
-        json={"name": "set_level", "params": {"level": 30}},
-        headers=headers,
-        timeout=10,
-    )
-    assert sent.status_code == 202, sent.text
-    url = f"{api}/v1/commands/{sent.json()['id']}"
-    wait_for(
-        lambda: httpx.get(url, headers=headers, timeout=5).json()["statuses"] == {"executed": 1},
-        60,
-        "the streetlight executing the command",
-        interval=0.5,
-    )
+    command_executed(api, key, light, name="set_level", params={"level": 30})
     assert Path(api_env["SAFECITY_COMMANDS_FILE"]).is_file()
 
 
@@ -367,12 +359,7 @@ def test_the_compose_stack_runs_here_and_becomes_healthy(  # noqa: PLR0915 - lon
             proc.wait_ready(lambda s=service, e=env: health_ok(s, mapper, e), 60)
         # 4. and the city flows end to end: the simulator's devices reach the API.
         api_env = mapper.env(services["api"]["environment"])
-        keys = subprocess.run(
-            [sys.executable, "-m", "control", "apikey", "create", "--name", "parity",
-             "--scopes", "read"],
-            env=api_env, cwd=tmp_path, capture_output=True, text=True, timeout=30, check=True,
-        )  # fmt: skip
-        key = keys.stdout.strip().removeprefix("SAFECITY_API_KEY=")
+        key = _api_key(api_env, tmp_path, "parity", "read")
         api = f"http://127.0.0.1:{api_env['SAFECITY_PORT']}"
         device = default_city().select(kind="air_quality")[0]
         wait_for(

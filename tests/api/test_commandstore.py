@@ -5,12 +5,18 @@ pending becomes one outbox message per device, handed over once."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from api.commanding import CHANNEL, outbox_messages
+from api.commanding import CHANNEL, CommandService, open_outbox, outbox_messages
 from api.commandstore import CommandStore, StoredCommand, Target
+from api.settings import ApiSettings
 from safecity.commands import CommandStatus, parse_command
 from safecity.outbox import Outbox
+from safecity.readings import epoch_ms
+from safecity.registry import as_cities, default_city
 
 T0 = 1_800_000_000_000
 LIGHTS = [Target(f"light-{i}", "olmazor", "streetlight") for i in range(3)]
@@ -111,3 +117,30 @@ def test_pages_are_newest_first_per_city(tmp_path: Path) -> None:
     second = store.page(["tashkent"], first[-1][0].seq, 10)
     assert [c.id for c, _ in second] == [ids[2], ids[1], ids[0]]
     assert store.page(["almaty"], None, 10) == []
+
+
+def test_what_a_crash_left_in_the_store_alone_is_handed_to_the_outbox_at_start(
+    tmp_path: Path,
+) -> None:
+    settings = ApiSettings(commands_file=tmp_path / "commands.sqlite3")
+    store = CommandStore(settings.commands_file)
+    now = epoch_ms(datetime.now(UTC))
+    live = replace(command(key="live"), issued_ms=now, expires_ms=now + 60_000)
+    late = replace(command(key="late", command_id="cmd-00000000000000000002"),
+                   issued_ms=now - 120_000, expires_ms=now - 60_000)  # fmt: skip
+    for stored in (live, late):
+        store.create(stored, LIGHTS, now)  # the API died before the outbox had them
+    store.settle(live.id, LIGHTS[0].device_id, CommandStatus.DELIVERED, None, now)
+
+    def no_influx(city: str) -> Any:
+        raise AssertionError(city)
+
+    service = CommandService(
+        settings, store, open_outbox(settings), as_cities(default_city()), no_influx
+    )
+    # The unexpired command's devices still pending, once; nothing of the expired one.
+    assert service.recover() == 2
+    assert service.recover() == 0
+    keys = [e.key for e in service.outbox.entries()]
+    assert keys == [f"{live.id}/{t.device_id}" for t in LIGHTS[1:]]
+    assert service.outbox.path == tmp_path / "commands.outbox.sqlite3"

@@ -5,10 +5,8 @@ device move until final, from real edge agents through the real broker and API p
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +14,10 @@ import httpx
 import pytest
 from chromium import chromium_context
 from commanddevice import CommandDevices
+from operating import panic_incident
 from playwright.sync_api import BrowserContext, Page
-from support import mosquitto_pub, wait_for
 
 from control.stack import LocalStack
-from safecity import topics
-from safecity.readings import format_ts
 from safecity.registry import Device, default_city
 
 CITY = default_city()
@@ -41,24 +37,6 @@ def metres(a: Device, b: Device) -> float:
     (lon1, lat1), (lon2, lat2) = a.location, b.location
     x = math.radians(lon2 - lon1) * math.cos(math.radians((lat1 + lat2) / 2))
     return math.hypot(x, math.radians(lat2 - lat1)) * 6_371_000
-
-
-def open_panic_incident(stack: LocalStack, api: Any, panic: Device) -> str:
-    """A real panic event from the kiosk; the incident id once the API has it."""
-    event = {"ts": format_ts(datetime.now(UTC)), "seq": 1, "type": "panic",
-             "severity": "critical", "details": {"button": "b1"}}  # fmt: skip
-    topic = topics.event_topic(CITY.id, panic.district, panic.kind, panic.id)
-    mosquitto_pub(stack, topic, json.dumps(event))
-
-    def stored() -> list[dict[str, Any]]:
-        r = httpx.get(
-            f"{api.url}/v1/incidents", params={"type": "panic"}, headers=api.headers, timeout=10
-        )
-        return list(r.json()["items"])
-
-    (incident,) = wait_for(stored, 30, "the panic incident in the API")
-    assert incident["devices"] == [panic.id]
-    return str(incident["id"])
 
 
 def wait_summary(page: Page, index: int, text: str) -> None:
@@ -113,7 +91,7 @@ def _act(
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.goto(f"{api.url}/?key={api.api_key}")
     page.wait_for_function("() => document.body.dataset.ready === 'true'")
-    ident = open_panic_incident(stack, api, panic)
+    ident = panic_incident(stack, api, CITY.id, panic)["id"]
     act = page.locator(f'#feed li[data-incident="{ident}"] button[data-action="act"]')
     act.click()
     panel = page.locator(f'#incident-panel[data-incident="{ident}"]')

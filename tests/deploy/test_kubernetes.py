@@ -26,6 +26,7 @@ import httpx
 import kubernetes_validate
 import pytest
 import yaml
+from operating import command_executed
 from pydantic import BaseModel
 
 from alerts.settings import AlertsSettings
@@ -539,7 +540,9 @@ def test_the_rendered_containers_run_here_and_become_ready(  # noqa: PLR0915 - l
         assert status == 200
         # The API commands a simulated device as `_command`, the account the Job made.
         assert "_command" in json.loads(cluster.secrets["safecity-mqtt"]["secrets.json"])
-        _command_a_streetlight(f"http://127.0.0.1:{api_port}", operator)
+        light = default_city().select(kind="streetlight")[0]
+        api_url = f"http://127.0.0.1:{api_port}"
+        command_executed(api_url, operator, light, name="set_level", params={"level": 30})
         # The services wrote with the non-admin account the Job created.
         denied = httpx.post(
             f"{cluster.influx_url}/query", data={"q": "SHOW USERS"}, auth=("safecity", "svc-pw")
@@ -548,26 +551,6 @@ def test_the_rendered_containers_run_here_and_become_ready(  # noqa: PLR0915 - l
     finally:
         for proc in reversed(started):
             proc.stop(10)
-
-
-def _command_a_streetlight(api: str, key: str) -> None:
-    """A command to a simulated streetlight ends `executed`."""
-    headers = {"X-API-Key": key}
-    light = default_city().select(kind="streetlight")[0]
-    sent = httpx.post(
-        f"{api}/v1/devices/{light.id}/commands",
-        json={"name": "set_level", "params": {"level": 30}},
-        headers=headers,
-        timeout=10,
-    )
-    assert sent.status_code == 202, sent.text
-    url = f"{api}/v1/commands/{sent.json()['id']}"
-    deadline = time.monotonic() + 60
-    statuses: dict[str, int] = {}
-    while time.monotonic() < deadline and statuses != {"executed": 1}:
-        statuses = httpx.get(url, headers=headers, timeout=5).json()["statuses"]
-        time.sleep(0.5)
-    assert statuses == {"executed": 1}
 
 
 def _accepts_tcp(port: int) -> bool:
