@@ -3,25 +3,33 @@
 It runs inside the API as the broker's `_command` role (the only account that may
 publish commands) on one persistent MQTT v5 session (`safecity-api-commands`, results
 subscribed at QoS 1 with manual acks): a result is committed to the store before it is
-acknowledged, so results sent while the API is down wait at the broker. A delivery is
-published once the store holds it, with the Message Expiry Interval of the time left;
-0x10 (the device has no session at the broker yet) is tried again every `retry_s`.
+acknowledged, so results sent while the API is down wait at the broker.
+
+Delivery is the shared durable outbox's (`safecity.outbox`, the path every outbound
+message of the platform takes): a stored command becomes one outbox message per device
+(its lane is the device's command topic, its key `<command id>/<device id>`, its expiry
+the command's), committed before it is published, retried until the broker takes it,
+never sent after its expiry. The broker's PUBACK settles it: 0 delivered (the device or
+its persistent session holds it), 0x10 (no session yet) retried every `retry` seconds,
+a refusal failed. The store keeps each device's status; its sweep expires what no
+device answered in time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from prometheus_client import Counter
 from pydantic import SecretStr
 
-from api.commandstore import CommandStore, Due
+from api.commandstore import CommandStore, StoredCommand, Target
 from api.settings import ApiSettings
 from safecity import schema, topics
 from safecity.commands import Command, CommandStatus, parse_result
@@ -29,14 +37,18 @@ from safecity.errors import CommandError, MqttError, StorageError, TopicError
 from safecity.influx import InfluxClient
 from safecity.lineprotocol import encode
 from safecity.mqtt import NOT_SENT, Incoming, MqttClient
+from safecity.outbox import Entry, Lease, Message, Outbox, Outcome
 from safecity.readings import epoch_ms
 from safecity.registry import Cities, Device
+from safecity.retry import Backoff
 from safecity.secrets import read_secrets
 
 log = logging.getLogger("safecity.api.commands")
 
 CLIENT_ID = "safecity-api-commands"
 SESSION_EXPIRY = 7 * 86_400
+CHANNEL = "mqtt-command"
+"""The outbox channel of commands (its recipients are device command topics)."""
 
 PUBLISHED = Counter(
     "safecity_api_command_publishes",
@@ -55,9 +67,8 @@ def _from_ms(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, UTC)
 
 
-def wire_command(due: Due) -> Command:
-    """The message one device gets for a stored command."""
-    c = due.command
+def wire_command(c: StoredCommand) -> Command:
+    """The message every device of a stored command gets."""
     return Command(
         id=c.id,
         name=c.name,
@@ -65,6 +76,35 @@ def wire_command(due: Due) -> Command:
         issued_at=_from_ms(c.issued_ms),
         expires_at=_from_ms(c.expires_ms),
         idempotency_key=c.idempotency_key,
+    )
+
+
+def outbox_messages(command: StoredCommand, targets: Sequence[Target]) -> list[Message]:
+    """A stored command as outbox messages: one per device, on its command topic."""
+    payload = json.loads(wire_command(command).to_payload())
+    return [
+        Message(
+            key=f"{command.id}/{t.device_id}",
+            channel=CHANNEL,
+            recipient=topics.command_topic(command.city, t.district, t.kind, t.device_id),
+            payload=payload,
+            group=command.id,
+            expires_at=command.expires_ms / 1000,
+        )
+        for t in targets
+    ]
+
+
+def open_outbox(settings: ApiSettings) -> Outbox:
+    """The API's command outbox, next to the store: retried every `retry` seconds while a
+    device has no session, as often as it takes (the message's own expiry ends it)."""
+    every = settings.commands.retry
+    return Outbox(
+        settings.commands_file.with_name(settings.commands_file.stem + ".outbox.sqlite3"),
+        owner=CLIENT_ID,
+        backoff=Backoff(base=every, cap=every),
+        max_attempts=2**31,
+        max_age_s=settings.commands.max_expiry + 60.0,
     )
 
 
@@ -84,15 +124,16 @@ class CommandService:
         self,
         settings: ApiSettings,
         store: CommandStore,
+        outbox: Outbox,
         cities: Cities,
         influx_of: Callable[[str], InfluxClient],
     ) -> None:
         self.settings = settings
         self.store = store
+        self.outbox = outbox
         self.cities = cities
         self._influx_of = influx_of
         self._task: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
         self.client: MqttClient | None = None
         self.connected = asyncio.Event()
 
@@ -100,9 +141,18 @@ class CommandService:
         """Start in the background (keeps trying to reach the broker)."""
         self._task = asyncio.get_running_loop().create_task(self._run(), name="commands")
 
-    def wake(self) -> None:
-        """A new command is in the store: send it now."""
-        self._wake.set()
+    def submit(self, command: StoredCommand, targets: Sequence[Target]) -> None:
+        """Hand a stored command to the outbox (durable on return); the loop sends it."""
+        self.outbox.enqueue(outbox_messages(command, targets))
+
+    def recover(self) -> int:
+        """After a crash between storing a command and handing it over: hand over what is
+        pending and unexpired (the outbox ignores what it holds already); how many new."""
+        now = epoch_ms(datetime.now(UTC))
+        return sum(
+            self.outbox.enqueue(outbox_messages(command, targets))
+            for command, targets in self.store.pending(now)
+        )
 
     async def stop(self) -> None:
         """Stop sending and disconnect; idempotent."""
@@ -155,32 +205,34 @@ class CommandService:
                 self.store.expire(epoch_ms(datetime.now(UTC)), grace)
 
     async def _send_due(self, client: MqttClient) -> None:
-        self._wake.clear()
-        now = epoch_ms(datetime.now(UTC))
-        due = self.store.due(now)
-        if due:
-            await asyncio.gather(*(self._publish(client, d, now) for d in due))
+        leases = self.outbox.claim(lanes=self.settings.commands.max_group)
+        if leases:
+            await asyncio.gather(*(self._deliver(client, lease) for lease in leases))
 
-    async def _publish(self, client: MqttClient, due: Due, now_ms: int) -> None:
-        t = due.target
-        topic = topics.command_topic(due.command.city, t.district, t.kind, t.device_id)
-        expiry = math.ceil((due.command.expires_ms - now_ms) / 1000)
-        result = await client.publish(topic, wire_command(due).to_payload(), 1, expiry_s=expiry)
+    async def _deliver(self, client: MqttClient, lease: Lease) -> None:
+        (entry,) = lease.entries
+        outcome = await self._publish(client, lease.recipient, entry)
+        self.outbox.settle(lease, outcome)
+
+    async def _publish(self, client: MqttClient, topic: str, entry: Entry) -> Outcome:
+        """Publish one device's copy with the time it has left; the broker's verdict."""
+        left = None if entry.expires_at is None else math.ceil(entry.expires_at - time.time())
+        body = json.dumps(entry.payload, separators=(",", ":")).encode()
+        result = await client.publish(topic, body, 1, expiry_s=left)
         code = result.reason_code
         if code == 0:
             PUBLISHED.labels("accepted").inc()
-            self.store.mark_published(due.command.id, t.device_id)
-        elif code < 0x80 or code >= NOT_SENT:
+            return Outcome.delivered()
+        if code < 0x80 or code >= NOT_SENT:
             # 0x10: the device has no session at the broker yet; or no connection now.
             PUBLISHED.labels("no_session").inc()
-            retry = now_ms + int(self.settings.commands.retry * 1000)
-            self.store.retry_later(due.command.id, t.device_id, retry)
-        else:
-            PUBLISHED.labels("refused").inc()
-            self.store.settle(
-                due.command.id, t.device_id, CommandStatus.FAILED,
-                f"the broker refused the command: {result.reason}", now_ms,
-            )  # fmt: skip
+            return Outcome.retry(result.reason, retry_after=self.settings.commands.retry)
+        PUBLISHED.labels("refused").inc()
+        reason = f"the broker refused the command: {result.reason}"
+        device_id = topics.parse_command_topic(topic).device_id
+        now = epoch_ms(datetime.now(UTC))
+        self.store.settle(str(entry.payload["id"]), device_id, CommandStatus.FAILED, reason, now)
+        return Outcome.failed(reason)
 
     async def _file(self, message: Incoming) -> None:
         """One result from a device: filed, or refused (malformed, forged); never raises."""
@@ -238,14 +290,19 @@ class CommandService:
 def start_commands(
     settings: ApiSettings, cities: Cities, influx_of: Callable[[str], InfluxClient]
 ) -> tuple[CommandStore, CommandService]:
-    """Open the store and start the command service (the API's lifespan stops both)."""
+    """Open the store and the outbox, hand over what a crash left, start the service (the
+    API's lifespan stops it)."""
     store = CommandStore(settings.commands_file)
-    service = CommandService(settings, store, cities, influx_of)
+    service = CommandService(settings, store, open_outbox(settings), cities, influx_of)
+    recovered = service.recover()
+    if recovered:
+        log.warning("commands handed to the outbox after a crash", extra={"count": recovered})
     service.start()
     return store, service
 
 
 async def stop_commands(store: CommandStore, service: CommandService) -> None:
-    """Stop the service, then close the store; idempotent."""
+    """Stop the service, then close the outbox and the store; idempotent."""
     await service.stop()
+    service.outbox.close()
     store.close()

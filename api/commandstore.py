@@ -1,10 +1,10 @@
 """The durable command store: every command, its targets and each target's true status.
 
-SQLite in the instance (WAL, `synchronous=FULL`): a command is committed before anything
-is published and each status change is committed before the broker's message that
-caused it is acknowledged, so an API `kill -9` loses nothing. The interface is narrow
-(create, get, page, due, mark_published, settle, expire) so that one shared durable
-outbox can take its place.
+SQLite in the instance (WAL, `synchronous=FULL`): a command is committed before it is
+handed to the outbox (`safecity.outbox`, which publishes it) and each status change is
+committed before the broker's message that caused it is acknowledged, so an API
+`kill -9` loses nothing. This is the record of what was asked and where each device's
+copy stands; how a copy reaches the broker is the outbox's business.
 
 Status per device: pending -> delivered -> executed | failed | expired; a final status
 never changes again, and a status never goes backwards.
@@ -45,12 +45,9 @@ CREATE TABLE IF NOT EXISTS deliveries (
     status TEXT NOT NULL,
     reason TEXT,
     updated_ms INTEGER NOT NULL,
-    published INTEGER NOT NULL DEFAULT 0,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_try_ms INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (command_id, device_id)
 );
-CREATE INDEX IF NOT EXISTS open_deliveries ON deliveries (status, next_try_ms);
+CREATE INDEX IF NOT EXISTS deliveries_status ON deliveries (status);
 """
 _RANK = {
     CommandStatus.PENDING: 0,
@@ -81,7 +78,6 @@ class Delivery:
     status: CommandStatus
     reason: str | None
     updated_ms: int
-    attempts: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,15 +94,6 @@ class StoredCommand:
     expires_ms: int
     idempotency_key: str
     by: str
-
-
-@dataclass(frozen=True, slots=True)
-class Due:
-    """A delivery to publish now."""
-
-    command: StoredCommand
-    target: Target
-    attempts: int
 
 
 class CommandStore:
@@ -177,7 +164,7 @@ class CommandStore:
             if row is None:
                 return None
             rows = self._db.execute(
-                "SELECT device_id, district, kind, status, reason, updated_ms, attempts"
+                "SELECT device_id, district, kind, status, reason, updated_ms"
                 " FROM deliveries WHERE command_id = ? ORDER BY device_id",
                 (command_id,),
             ).fetchall()
@@ -201,34 +188,19 @@ class CommandStore:
                 out.append(found)
         return out
 
-    def due(self, now_ms: int, limit: int = 500) -> list[Due]:
-        """Pending, not yet published, unexpired deliveries whose next try is due."""
+    def pending(self, now_ms: int) -> list[tuple[StoredCommand, list[Target]]]:
+        """Unexpired commands with deliveries still pending, and those targets (oldest first)."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT c.*, d.device_id, d.district, d.kind, d.attempts FROM deliveries d"
-                " JOIN commands c ON c.id = d.command_id WHERE d.status = ? AND d.published = 0"
-                " AND d.next_try_ms <= ? AND c.expires_ms > ? ORDER BY c.seq LIMIT ?",
-                (CommandStatus.PENDING, now_ms, now_ms, limit),
+                "SELECT c.*, d.device_id, d.district, d.kind FROM deliveries d"
+                " JOIN commands c ON c.id = d.command_id WHERE d.status = ? AND c.expires_ms > ?"
+                " ORDER BY c.seq, d.device_id",
+                (CommandStatus.PENDING, now_ms),
             ).fetchall()
-        return [Due(_command(r[:10]), Target(r[10], r[11], r[12]), r[13]) for r in rows]
-
-    def mark_published(self, command_id: str, device_id: str) -> None:
-        """The broker holds the device's copy (in its session): never publish it again."""
-        with self._tx() as db:
-            db.execute(
-                "UPDATE deliveries SET published = 1, attempts = attempts + 1"
-                " WHERE command_id = ? AND device_id = ?",
-                (command_id, device_id),
-            )
-
-    def retry_later(self, command_id: str, device_id: str, next_try_ms: int) -> None:
-        """Nobody took the device's copy (no session at the broker): try again later."""
-        with self._tx() as db:
-            db.execute(
-                "UPDATE deliveries SET attempts = attempts + 1, next_try_ms = ?"
-                " WHERE command_id = ? AND device_id = ?",
-                (next_try_ms, command_id, device_id),
-            )
+        out: dict[str, tuple[StoredCommand, list[Target]]] = {}
+        for r in rows:
+            out.setdefault(r[1], (_command(r[:10]), []))[1].append(Target(r[10], r[11], r[12]))
+        return list(out.values())
 
     def settle(
         self,
@@ -250,7 +222,7 @@ class CommandStore:
             if current in FINAL or _RANK[status] <= _RANK[current]:
                 return False
             db.execute(
-                "UPDATE deliveries SET status = ?, reason = ?, updated_ms = ?, published = 1"
+                "UPDATE deliveries SET status = ?, reason = ?, updated_ms = ?"
                 " WHERE command_id = ? AND device_id = ?",
                 (
                     status,
@@ -315,4 +287,4 @@ def _command(row: Sequence[Any]) -> StoredCommand:
 
 
 def _delivery(row: Sequence[Any]) -> Delivery:
-    return Delivery(row[0], row[1], row[2], CommandStatus(row[3]), row[4], row[5], row[6])
+    return Delivery(row[0], row[1], row[2], CommandStatus(row[3]), row[4], row[5])

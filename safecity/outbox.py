@@ -14,6 +14,8 @@ goes through one of these: a sqlite3 database in the instance directory (WAL,
 - `settle` records the outcome: delivered, retry (full-jitter exponential backoff,
   honouring Retry-After) or failed. Retries are bounded by `max_attempts` and `max_age_s`;
   past either the message is `failed` (kept, visible) and the lane moves on.
+- A message may carry its own `expires_at`: never sent from then on (what arrives late
+  would do harm); `claim` marks it `expired` (kept, visible) and the lane moves on.
 - A process that restarts under the same `owner` first marks its unfinished attempts
   `interrupted` and releases their leases; another owner's lease expires after `lease_s`.
 
@@ -59,7 +61,8 @@ CREATE TABLE IF NOT EXISTS entries (
     lease_until REAL,
     first_attempt_at REAL,
     done_at REAL,
-    detail TEXT NOT NULL DEFAULT ''
+    detail TEXT NOT NULL DEFAULT '',
+    expires_at REAL
 );
 CREATE INDEX IF NOT EXISTS entries_pending
     ON entries (channel, recipient, not_before, seq) WHERE status = 'pending';
@@ -78,12 +81,13 @@ CREATE TABLE IF NOT EXISTS attempts (
 
 
 class DeliveryStatus(StrEnum):
-    """Where a message is: pending until delivered, failed (given up) or cancelled."""
+    """Where a message is: pending until delivered, failed (given up), cancelled or expired."""
 
     PENDING = "pending"
     DELIVERED = "delivered"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    EXPIRED = "expired"
 
 
 class Result(StrEnum):
@@ -107,6 +111,8 @@ class Message:
     group: str = ""
     not_before: float | None = None
     """Epoch seconds before which it must not be sent (None: at once)."""
+    expires_at: float | None = None
+    """Epoch seconds from which it must not be sent any more (None: only the retry bounds)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +132,7 @@ class Entry:
     first_attempt_at: float | None
     done_at: float | None
     detail: str
+    expires_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +184,7 @@ class Lease:
 
 _ENTRY_COLUMNS = (
     "seq, key, channel, recipient, grp, payload, status, created_at, not_before, "
-    "attempts, first_attempt_at, done_at, detail"
+    "attempts, first_attempt_at, done_at, detail, expires_at"
 )
 
 # The first `per_lane` pending messages of every lane, in lane order, with their lease.
@@ -204,6 +211,7 @@ def _entry(row: tuple[Any, ...]) -> Entry:
         first_attempt_at=row[10],
         done_at=row[11],
         detail=row[12],
+        expires_at=row[13],
     )
 
 
@@ -216,7 +224,7 @@ def _due_lanes(rows: list[tuple[Any, ...]], now: float, lanes: int) -> dict[Lane
     blocked: set[Lane] = set()
     for row in rows:
         lane = (row[2], row[3])
-        next_at, lease_until, rn = row[13], row[14], row[15]
+        next_at, lease_until, rn = row[14], row[15], row[16]
         leased = lease_until is not None and lease_until > now
         if lane in blocked or leased or next_at > now or row[8] > now:
             blocked.add(lane)  # order: nothing behind a message that is not going now
@@ -252,9 +260,16 @@ class Outbox:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            self._migrate()
         except (OSError, sqlite3.Error) as exc:
             raise OutboxError(f"cannot open the outbox {self.path}: {exc}") from exc
         self._recover()
+
+    def _migrate(self) -> None:
+        """A file written before messages could expire gains the (empty) column."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(entries)")}
+        if "expires_at" not in columns:
+            self._db.execute("ALTER TABLE entries ADD COLUMN expires_at REAL")
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -313,6 +328,7 @@ class Outbox:
                 now,
                 now if m.not_before is None else m.not_before,
                 now if m.not_before is None else m.not_before,
+                m.expires_at,
             )
             for m in messages
         ]
@@ -320,7 +336,8 @@ class Outbox:
             before = db.total_changes
             db.executemany(
                 "INSERT OR IGNORE INTO entries (key, channel, recipient, grp, payload, status, "
-                "created_at, not_before, next_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "created_at, not_before, next_at, expires_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
             return db.total_changes - before
@@ -329,11 +346,20 @@ class Outbox:
         """Lease the due heads of up to `lanes` idle lanes (up to `per_lane` messages each)."""
         now = self.clock()
         with self._tx() as db:
+            self._expire(db, now)
             rows = db.execute(_CLAIM, (per_lane,)).fetchall()
             leases = _due_lanes(rows, now, lanes)
             for entries in leases.values():
                 self._lease(db, entries, now)
         return [Lease(c, r, tuple(es), now) for (c, r), es in leases.items()]
+
+    def _expire(self, db: sqlite3.Connection, now: float) -> None:
+        """Pending messages past their own expiry, not in flight, become `expired`."""
+        db.execute(
+            "UPDATE entries SET status = ?, done_at = ?, detail = ? WHERE status = 'pending' "
+            "AND expires_at <= ? AND (lease_until IS NULL OR lease_until <= ?)",
+            (DeliveryStatus.EXPIRED, now, "expired before it could be delivered", now, now),
+        )
 
     def _lease(self, db: sqlite3.Connection, entries: list[Entry], now: float) -> None:
         """Mark claimed messages leased and record their attempts as in flight."""

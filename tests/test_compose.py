@@ -21,6 +21,7 @@ import httpx
 import pytest
 import yaml
 from composehost import SECRET_FILES, ComposeHost, command_of, compose_config
+from operating import command_executed
 from pydantic import BaseModel
 from support import wait_for
 
@@ -169,6 +170,23 @@ def compose_influxd(tmp_path: Path, resolved: dict[str, Any]) -> Iterator[Influx
         yield influxd
 
 
+def _api_key(api_env: dict[str, str], cwd: Path, name: str, scopes: str) -> str:
+    """A new API key, made with the API's own environment as an operator would."""
+    made = subprocess.run(
+        [sys.executable, "-m", "control", "apikey", "create", "--name", name, "--scopes", scopes],
+        env=api_env, cwd=cwd, capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    return made.stdout.strip().removeprefix("SAFECITY_API_KEY=")
+
+
+def _command_a_streetlight(api: str, api_env: dict[str, str], cwd: Path) -> None:
+    """A command to a simulated streetlight ends `executed`, from a store on api-data."""
+    key = _api_key(api_env, cwd, "operator", "read,operate")
+    light = default_city().select(kind="streetlight")[0]
+    command_executed(api, key, light, name="set_level", params={"level": 30})
+    assert Path(api_env["SAFECITY_COMMANDS_FILE"]).is_file()
+
+
 def test_the_compose_stack_runs_here_and_becomes_healthy(
     resolved: dict[str, Any], compose_influxd: Influxd, tmp_path: Path
 ) -> None:
@@ -186,13 +204,7 @@ def test_the_compose_stack_runs_here_and_becomes_healthy(
         }
         envs = {name: host.start(name) for name in order}
         # 4. and the city flows end to end: the simulator's devices reach the API.
-        keys = subprocess.run(
-            [sys.executable, "-m", "control", "apikey", "create", "--name", "parity",
-             "--scopes", "read"],
-            env=envs["api"], cwd=tmp_path, capture_output=True, text=True, timeout=30,
-            check=True,
-        )  # fmt: skip
-        key = keys.stdout.strip().removeprefix("SAFECITY_API_KEY=")
+        key = _api_key(envs["api"], tmp_path, "parity", "read")
         api = f"http://127.0.0.1:{envs['api']['SAFECITY_PORT']}"
         device = default_city().select(kind="air_quality")[0]
         wait_for(
@@ -208,6 +220,8 @@ def test_the_compose_stack_runs_here_and_becomes_healthy(
         )
         secrets = json.loads((tmp_path / "secrets" / "secrets.json").read_text())
         assert device.id in secrets
-        assert "_ingest" in secrets
+        assert {"_ingest", "_command"} <= set(secrets)
+        # 5. the API commands a simulated device as `_command`, the account compose made.
+        _command_a_streetlight(api, envs["api"], tmp_path)
     finally:
         host.stop_all()

@@ -1,7 +1,7 @@
 // The console: KPI tiles with sparklines, the map, the incidents feed and a district
 // drill-down. Overviews are polled; live figures come from the SSE stream.
 
-import { districtActions } from "./commands.js";
+import { districtActions, incidentActions } from "./commands.js";
 import { AuthError, clearKey, getJson, getKey, setKey, stream, takeKeyFromUrl } from "./api.js";
 import { Feed, FEED_SOURCE, fetchFeed, liveEntry, step } from "./feed.js";
 import { aqiBand, CityMap, svg } from "./map.js";
@@ -27,6 +27,7 @@ const state = {
   abort: null,
   map: null,
   feed: null,
+  devices: [],
   regionTimer: null,
 };
 
@@ -203,6 +204,7 @@ async function refreshDevices() {
       cursor = page.next_cursor ?? undefined;
     } while (cursor);
   }
+  state.devices = devices;
   state.map.setDevices(devices);
   $("map-note").textContent = `${state.map.districts.size} districts · ${devices.length} devices`;
 }
@@ -250,7 +252,24 @@ async function loadMe() {
   const me = await getJson("/v1/me");
   const canOperate = me.scopes.includes("operate") || me.scopes.includes("admin");
   state.feed.onStep = canOperate ? runStep : null;
+  state.feed.onAct = canOperate ? showIncidentActions : null;
   $("feed-note").textContent = `(${FEED_SOURCE.label} + live${canOperate ? "" : "; read only"})`;
+}
+
+// The incident panel: the commands that fit the incident, on the devices around it.
+function showIncidentActions(entry) {
+  const panel = $("incident-panel");
+  const title = $("incident-title");
+  title.textContent = `Incident · ${state.map.name(entry.where)}`;
+  const close = document.createElement("button");
+  close.type = "button";
+  close.className = "ghost";
+  close.textContent = "Close";
+  close.addEventListener("click", () => { panel.hidden = true; panel.replaceChildren(title); });
+  panel.replaceChildren(title, incidentActions(state.city.id, entry, state.devices), close);
+  panel.dataset.incident = entry.id;
+  panel.hidden = false;
+  panel.querySelector("button")?.focus();
 }
 
 // --- district drill-down --------------------------------------------------------------

@@ -1,7 +1,8 @@
 // The incidents feed. Its source is one object (`FEED_SOURCE`): the incidents the alerts
 // service opened, polled from `/v1/incidents`; alerts from the stream add new ones at once.
-// A key with the `operate` scope gets the lifecycle buttons of each incident's state;
-// every entry opens its delivery timeline (timeline.js).
+// A key with the `operate` scope gets the lifecycle buttons of each incident's state and,
+// while it is not resolved, "Act": the commands that fit it (commands.js); every entry
+// opens its delivery timeline (timeline.js).
 
 import { getJson, postJson } from "./api.js";
 import { clock } from "./time.js";
@@ -22,6 +23,7 @@ export const FEED_SOURCE = {
     title: item.message || item.rule_id.replaceAll("_", " "),
     where: item.district,
     source: item.rule_id,
+    devices: item.devices,
   }),
 };
 
@@ -48,6 +50,7 @@ export function liveEntry(type, item) {
     title: alert.message || alert.rule_id || "alert",
     where: alert.district || item.district || "city",
     source: alert.rule_id || "alerts",
+    devices: alert.devices || [],
     live: true,
   };
 }
@@ -70,6 +73,8 @@ export class Feed {
     // One timeline per incident shown, kept across renders (it stays open, and fresh).
     this.timelines = new Map();
     this.onError = () => {};
+    // `onAct(entry)` opens the incident's actions on devices; null: no "Act" button.
+    this.onAct = null;
   }
 
   timeline(entry) {
@@ -97,7 +102,8 @@ export class Feed {
 
   buttons(entry) {
     if (!this.onStep) return null;
-    const steps = STEPS[entry.state] || [];
+    const steps = [...(STEPS[entry.state] || [])];
+    if (this.onAct && steps.length) steps.push(["act", "Act"]);
     if (!steps.length) return null;
     const group = document.createElement("span");
     group.className = "feed-actions";
@@ -111,7 +117,8 @@ export class Feed {
       button.dataset.action = action;
       button.textContent = label;
       button.setAttribute("aria-label", `${label}: ${entry.title} (${this.nameOf(entry.where)})`);
-      button.addEventListener("click", () => this.onStep(entry, action));
+      const run = action === "act" ? () => this.onAct(entry) : () => this.onStep(entry, action);
+      button.addEventListener("click", run);
       group.appendChild(button);
     }
     return group;

@@ -2,8 +2,8 @@
 one with a status per device, list them; scope `operate` for all (audited, rate-limited).
 
 A command is checked against the catalogue (422 naming the bad parameter, before anything
-is stored or sent), stored with one pending delivery per device, and published by the
-command service (`api.commanding`); docs/commands.md.
+is stored or sent), stored with one pending delivery per device, handed to the durable
+outbox and published by the command service (`api.commanding`); docs/commands.md.
 """
 
 from __future__ import annotations
@@ -144,7 +144,7 @@ def _accept(
             f"({stored.id})",
         )
     if created:
-        request.app.state.command_service.wake()
+        request.app.state.command_service.submit(stored, targets)
     response.status_code = 202 if created else 200
     found = _store(request).get(stored.id)
     assert found is not None

@@ -26,6 +26,7 @@ from pydantic import BaseModel
 
 from api import audit
 from api.deps import client_of, get_key, get_tenancy
+from api.errors import bad_param
 from api.models import ErrorBody
 from api.responses import errors
 from api.settings import ApiSettings
@@ -189,6 +190,9 @@ async def list_notifications(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[NotificationOut]:
     """Notifications in enqueue order (channel, recipient, attempts, status, latency)."""
+    settings: ApiSettings = request.app.state.settings
+    if limit > settings.max_page_size:  # the published bound of every `limit`
+        raise bad_param("query", "limit", f"must be at most {settings.max_page_size}")
     found = await _listing(request, city, channel=channel, status=status, limit=limit)
     return found[:limit]
 

@@ -22,6 +22,7 @@ from api.apikeys import KeyStore
 from control.stack import LocalStack
 from safecity import topics
 from safecity.commands import CommandResult, ResultStatus
+from safecity.outbox import DeliveryStatus, Outbox
 from safecity.registry import Device, default_city
 
 CITY = default_city()
@@ -100,6 +101,13 @@ def test_a_live_device_executes_and_an_away_device_gets_it_when_back(
     done = settled(api, send(api, live, "set_interval", params={"interval_s": 120})["id"])
     assert [(d["device_id"], d["status"]) for d in done["deliveries"]] == [(live.id, "executed")]
     assert devices.executed[(done["id"], live.id)] == 1
+    # It went out through the shared durable outbox: one message, taken by the broker.
+    box = Outbox(tmp_path / "commands.outbox.sqlite3", owner="test-reader")
+    (entry,) = box.entries(group=done["id"])
+    assert (entry.key, entry.status, entry.attempts) == (
+        f"{done['id']}/{live.id}", DeliveryStatus.DELIVERED, 1,
+    )  # fmt: skip
+    box.close()
 
     # Away (its session stays at the broker): delivered when it is back before the expiry.
     devices.stop(away)

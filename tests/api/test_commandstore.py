@@ -1,12 +1,22 @@
 """The durable command store: atomic creation, idempotency keys, forward-only statuses,
-honest expiry, and everything still there after the file is opened again."""
+honest expiry, and everything still there after the file is opened again; what it holds
+pending becomes one outbox message per device, handed over once."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+from api.commanding import CHANNEL, CommandService, open_outbox, outbox_messages
 from api.commandstore import CommandStore, StoredCommand, Target
-from safecity.commands import CommandStatus
+from api.settings import ApiSettings
+from safecity.commands import CommandStatus, parse_command
+from safecity.outbox import Outbox
+from safecity.readings import epoch_ms
+from safecity.registry import as_cities, default_city
 
 T0 = 1_800_000_000_000
 LIGHTS = [Target(f"light-{i}", "olmazor", "streetlight") for i in range(3)]
@@ -30,7 +40,7 @@ def test_create_is_atomic_and_idempotent_and_survives_reopening(tmp_path: Path) 
     found = reopened.get(stored.id)
     assert found is not None
     assert [d.status for d in found[1]] == [CommandStatus.PENDING] * 3
-    assert len(reopened.due(T0)) == 3
+    assert [(c.id, len(ts)) for c, ts in reopened.pending(T0)] == [(stored.id, 3)]
     assert reopened.get("cmd-00000000000000000002") is None
 
 
@@ -49,18 +59,14 @@ def test_statuses_only_move_forward_and_final_ones_stay(tmp_path: Path) -> None:
     assert (first.status, first.reason) == (CommandStatus.FAILED, "lamp? broken")
 
 
-def test_publishing_once_and_expiring_honestly(tmp_path: Path) -> None:
+def test_pending_is_what_still_waits_and_expiry_is_honest(tmp_path: Path) -> None:
     store = CommandStore(tmp_path / "c.sqlite3")
     stored, _ = store.create(command(), LIGHTS, T0)
     a, b, c = (t.device_id for t in LIGHTS)
-    assert sorted(d.target.device_id for d in store.due(T0)) == [a, b, c]
-    store.mark_published(stored.id, a)
-    store.retry_later(stored.id, b, T0 + 5_000)
-    assert [d.target.device_id for d in store.due(T0 + 1)] == [c]
-    assert sorted(d.target.device_id for d in store.due(T0 + 5_000)) == [b, c]
     store.settle(stored.id, a, CommandStatus.DELIVERED, None, T0 + 10)
-    # After the expiry: what never arrived is expired; nothing is due any more.
-    assert store.due(T0 + 60_000) == []
+    assert [[t.device_id for t in ts] for _, ts in store.pending(T0 + 10)] == [[b, c]]
+    # After the expiry: what never arrived is expired; nothing waits any more.
+    assert store.pending(T0 + 60_000) == []
     assert store.expire(T0 + 60_000, result_grace_ms=30_000) == 2
     found = store.get(stored.id)
     assert found is not None
@@ -76,6 +82,31 @@ def test_publishing_once_and_expiring_honestly(tmp_path: Path) -> None:
     assert store.counts() == {"expired": 2, "failed": 1}
 
 
+def test_each_device_gets_one_outbox_message_on_its_topic_once(tmp_path: Path) -> None:
+    store = CommandStore(tmp_path / "c.sqlite3")
+    stored, _ = store.create(command(), LIGHTS, T0)
+    box = Outbox(tmp_path / "o.sqlite3")
+    messages = outbox_messages(stored, LIGHTS)
+    assert box.enqueue(messages) == 3
+    # Handed over again (a restart after a crash): the outbox holds them already.
+    assert sum(box.enqueue(outbox_messages(c, ts)) for c, ts in store.pending(T0)) == 0
+    entries = box.entries()
+    assert [(e.key, e.recipient) for e in entries] == [
+        (
+            f"{stored.id}/{t.device_id}",
+            f"safecity/v1/tashkent/olmazor/streetlight/{t.device_id}/cmd",
+        )
+        for t in LIGHTS
+    ]
+    assert {(e.channel, e.group, e.expires_at) for e in entries} == {
+        (CHANNEL, stored.id, (T0 + 60_000) / 1000)
+    }
+    wire = parse_command(json.dumps(entries[0].payload).encode())
+    assert (wire.id, wire.name, wire.params, wire.idempotency_key) == (
+        stored.id, "set_level", {"level": 40}, "k",
+    )  # fmt: skip
+
+
 def test_pages_are_newest_first_per_city(tmp_path: Path) -> None:
     store = CommandStore(tmp_path / "c.sqlite3")
     ids = [f"cmd-{i:020d}" for i in range(5)]
@@ -86,3 +117,30 @@ def test_pages_are_newest_first_per_city(tmp_path: Path) -> None:
     second = store.page(["tashkent"], first[-1][0].seq, 10)
     assert [c.id for c, _ in second] == [ids[2], ids[1], ids[0]]
     assert store.page(["almaty"], None, 10) == []
+
+
+def test_what_a_crash_left_in_the_store_alone_is_handed_to_the_outbox_at_start(
+    tmp_path: Path,
+) -> None:
+    settings = ApiSettings(commands_file=tmp_path / "commands.sqlite3")
+    store = CommandStore(settings.commands_file)
+    now = epoch_ms(datetime.now(UTC))
+    live = replace(command(key="live"), issued_ms=now, expires_ms=now + 60_000)
+    late = replace(command(key="late", command_id="cmd-00000000000000000002"),
+                   issued_ms=now - 120_000, expires_ms=now - 60_000)  # fmt: skip
+    for stored in (live, late):
+        store.create(stored, LIGHTS, now)  # the API died before the outbox had them
+    store.settle(live.id, LIGHTS[0].device_id, CommandStatus.DELIVERED, None, now)
+
+    def no_influx(city: str) -> Any:
+        raise AssertionError(city)
+
+    service = CommandService(
+        settings, store, open_outbox(settings), as_cities(default_city()), no_influx
+    )
+    # The unexpired command's devices still pending, once; nothing of the expired one.
+    assert service.recover() == 2
+    assert service.recover() == 0
+    keys = [e.key for e in service.outbox.entries()]
+    assert keys == [f"{live.id}/{t.device_id}" for t in LIGHTS[1:]]
+    assert service.outbox.path == tmp_path / "commands.outbox.sqlite3"

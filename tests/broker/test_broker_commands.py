@@ -1,13 +1,21 @@
 """Commands on the hardened broker (real Mosquitto 2.0.11, MQTT v5): only the command role
-publishes commands; a device reads only its own and answers only for itself."""
+publishes commands; a device reads only its own and answers only for itself; what of the
+refusals the broker's log lets the platform see."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+from pathlib import Path
+
 import pytest
-from brokerkit import SecureBroker, connected, run
+from brokerkit import SecureBroker, connected, run, start_secure_broker
 from rawmqtt import PUBACK, RawClient
+from support import wait_for
 
 from broker.identity import Role, service_username
+from ingest.watch import BrokerEvents
 from safecity import topics
 from safecity.errors import MqttError
 
@@ -111,3 +119,63 @@ def test_device_answers_only_for_itself(secure: SecureBroker) -> None:
     assert raw_publish(secure, device, result_topic(secure, device)) < 0x80
     # The command role never forges a device's result either.
     assert raw_publish(secure, COMMAND, result_topic(secure, device)) == NOT_AUTHORIZED
+
+
+def _refused_attempts(broker: SecureBroker, spy: str, victim: str) -> list[str]:
+    """With Mosquitto's own clients: a command and a result for `victim`, then a subscribe
+    to its commands; what each client reported (every one refused)."""
+    common = ["-h", broker.mosquitto.host, "-p", str(broker.mosquitto.port), "-V", "mqttv5",
+              "-q", "1", "-i", spy, "-u", spy, "-P", broker.secrets[spy]]  # fmt: skip
+    said = []
+    for topic in (cmd_topic(broker, victim), result_topic(broker, victim)):
+        run_ = subprocess.run(["mosquitto_pub", *common, "-t", topic, "-m", "{}"],
+                              capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
+        said.append(run_.stderr.strip())
+    run_ = subprocess.run(["mosquitto_sub", *common, "-t", cmd_topic(broker, victim), "-W", "2"],
+                          capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
+    said.append(run_.stderr.strip())
+    return said
+
+
+def _new_lines(broker: SecureBroker, spy: str, before: int) -> list[str]:
+    """The broker's log since `before`, once the spy's last disconnect is in it."""
+    log = broker.mosquitto.log_path
+    gone = f"Client {spy} disconnected"
+    wait_for(lambda: log.read_text()[before:].count(gone) >= 3, 10, "the spy's disconnects")
+    return log.read_text()[before:].splitlines()
+
+
+def test_refused_command_traffic_is_a_security_event_only_where_the_broker_logs_it(
+    tmp_path: Path,
+) -> None:
+    """Mosquitto 2.0.11 logs an ACL refusal only at debug level (a refused PUBLISH) or not
+    at all (a refused SUBSCRIBE): at the platform's levels the broker's log carries nothing
+    to turn into a security event; with `log_type debug` the broker-log watcher makes each
+    refused publish an `acl_denied` event of the device that tried (docs/commands.md)."""
+    broker = start_secure_broker(tmp_path, mutual_tls=False)
+    try:
+        spy, victim = broker.devices[20], broker.devices[21]
+        refused = ["Warning: Publish 1 failed: Not authorized."] * 2 + [
+            "All subscription requests were denied."
+        ]
+        # The platform's log levels: refused, and not a word of it in the broker's log.
+        assert _refused_attempts(broker, spy, victim) == refused
+        quiet = _new_lines(broker, spy, 0)
+        assert not [line for line in quiet if victim in line]
+        assert BrokerEvents(broker.city).points(quiet) == []
+        # Debug level (a line per packet): the refused publishes become security events.
+        conf = broker.mosquitto.conf_path
+        conf.write_text(conf.read_text() + "\nlog_type debug\n")
+        os.kill(broker.pid, signal.SIGHUP)
+        wait_for(lambda: "Reloading config" in broker.mosquitto.log_path.read_text(), 10, "reload")
+        before = len(broker.mosquitto.log_path.read_text())
+        assert _refused_attempts(broker, spy, victim) == refused
+        points = BrokerEvents(broker.city).points(_new_lines(broker, spy, before))
+        device = broker.city.device(spy)
+        assert device is not None
+        assert [(p.tags["type"], p.tags.get("device_id"), p.fields["detail"]) for p in points] == [
+            ("acl_denied", spy, f"topic {cmd_topic(broker, victim)}"),
+            ("acl_denied", spy, f"topic {result_topic(broker, victim)}"),
+        ]  # the refused subscribe: logged as a subscribe, never as refused
+    finally:
+        broker.mosquitto.stop()

@@ -13,20 +13,18 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from chromium import chromium_context
+from operating import panic_incident
 from playwright.sync_api import BrowserContext, ConsoleMessage, Page, Request
-from support import account_env, influx_rows, mosquitto_pub, wait_for
+from support import account_env, influx_rows, wait_for
 
 from api.apikeys import KeyStore
 from control.stack import LocalStack
-from safecity import topics
-from safecity.readings import format_ts
 from safecity.registry import default_city
 
 # Tests never write into the checkout: the screenshot stays in the test's temp dir, and is
@@ -248,25 +246,9 @@ def test_an_operator_acknowledges_a_live_incident_from_the_console(  # noqa: PLR
     page.wait_for_function("() => document.body.dataset.ready === 'true'")
 
     panic = default_city().select(kind="panic_button")[0]
-    event = {
-        "ts": format_ts(datetime.now(UTC)),
-        "seq": 1,
-        "type": "panic",
-        "severity": "critical",
-        "details": {"button": "b1"},
-    }
-    topic = topics.event_topic("tashkent", panic.district, panic.kind, panic.id)
-    mosquitto_pub(stack, topic, json.dumps(event))
-
-    def stored() -> list[dict[str, Any]]:
-        r = httpx.get(
-            f"{api.url}/v1/incidents", params={"type": "panic"}, headers=api.headers, timeout=10
-        )
-        return list(r.json()["items"])
-
-    (incident,) = wait_for(stored, 30, "the panic incident in the API")
+    incident = panic_incident(stack, api, "tashkent", panic)
     ident = incident["id"]
-    assert incident["state"] == "open" and incident["devices"] == [panic.id]
+    assert incident["state"] == "open"
 
     # It appears in the feed (live alert or poll) with the buttons of an open incident.
     item = page.locator(f'#feed li[data-incident="{ident}"]')
@@ -274,7 +256,7 @@ def test_an_operator_acknowledges_a_live_incident_from_the_console(  # noqa: PLR
     ack = item.locator('button[data-action="ack"]')
     ack.wait_for()
     actions = item.locator("button").evaluate_all("bs => bs.map(b => b.dataset.action)")
-    assert actions == ["ack", "resolve"]
+    assert actions == ["ack", "resolve", "act"]
     assert "Acknowledge: Panic button pressed" in (ack.get_attribute("aria-label") or "")
     # Keyboard: a real <button>, focused and pressed with Enter.
     assert ack.evaluate("b => b.tagName") == "BUTTON"
@@ -283,7 +265,11 @@ def test_an_operator_acknowledges_a_live_incident_from_the_console(  # noqa: PLR
     page.locator(f'#feed li[data-incident="{ident}"][data-state="acknowledged"]').wait_for()
     assert "acknowledged" in text(page, "#feed-status")
     after = page.locator(f'#feed li[data-incident="{ident}"] button')
-    assert after.evaluate_all("bs => bs.map(b => b.dataset.action)") == ["dispatch", "resolve"]
+    assert after.evaluate_all("bs => bs.map(b => b.dataset.action)") == [
+        "dispatch",
+        "resolve",
+        "act",
+    ]
     # Focus stayed in the incident's actions (keyboard users keep their place).
     assert page.evaluate("() => document.activeElement.dataset.incident") == ident
 

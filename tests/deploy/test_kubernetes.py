@@ -26,6 +26,7 @@ import httpx
 import kubernetes_validate
 import pytest
 import yaml
+from operating import command_executed
 from pydantic import BaseModel
 
 from alerts.settings import AlertsSettings
@@ -462,6 +463,7 @@ def test_the_rendered_containers_run_here_and_become_ready(  # noqa: PLR0915 - l
     cluster.secrets["safecity-influx"] = {"admin-password": b"adm'in-pw\n", "password": b"svc-pw\n"}
     keys = tmp_path / "operator" / "apikeys.json"
     _, key = KeyStore(keys).create("parity", ("read",))
+    _, operator = KeyStore(keys).create("operator", ("read", "operate"))
     cluster.secrets["safecity-api-keys"] = {"apikeys.json": keys.read_bytes()}
     cluster.secrets["safecity-notify"] = {"ack-links.key": b"0123456789abcdef" * 4}
 
@@ -547,6 +549,12 @@ def test_the_rendered_containers_run_here_and_become_ready(  # noqa: PLR0915 - l
         notify_port = cluster.port("safecity-notify", 9104)
         direct = httpx.get(f"http://127.0.0.1:{notify_port}/notifications", timeout=10)
         assert direct.status_code == 200 and listing.json() == direct.json()
+        # The API commands a simulated device as `_command`, the account the Job made.
+        assert "_command" in json.loads(cluster.secrets["safecity-mqtt"]["secrets.json"])
+        light = default_city().select(kind="streetlight")[0]
+        api_url = f"http://127.0.0.1:{api_port}"
+        command_executed(api_url, operator, light, name="set_level", params={"level": 30})
+        # The services wrote with the non-admin account the Job created.
         denied = httpx.post(
             f"{cluster.influx_url}/query", data={"q": "SHOW USERS"}, auth=("safecity", "svc-pw")
         ).json()

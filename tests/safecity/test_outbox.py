@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -15,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from safecity.outbox import DeliveryStatus, Message, Outbox, Outcome, Result
+from safecity.outbox import _SCHEMA, DeliveryStatus, Message, Outbox, Outcome, Result
 from safecity.retry import Backoff
 
 
@@ -132,6 +133,39 @@ def test_cancel_drops_the_pending_messages_of_a_group(tmp_path: Path) -> None:
     by_key = {e.key: e for e in box.entries(group="inc-1")}
     assert by_key["t1"].status is DeliveryStatus.DELIVERED
     assert by_key["t2"].status is DeliveryStatus.CANCELLED and by_key["t2"].detail == "acknowledged"
+
+
+def test_a_message_past_its_expiry_is_never_sent_and_its_lane_moves_on(tmp_path: Path) -> None:
+    clock = Clock()
+    box = _box(tmp_path / "o.db", clock)
+    box.enqueue([_msg("a1", expires_at=clock.now + 10), _msg("a2"), _msg("b1", "bob")])
+    (a1, b1) = sorted(box.claim(), key=lambda lease: lease.recipient)
+    box.settle(a1, Outcome.retry("no answer", retry_after=30))
+    box.settle(b1, Outcome.delivered())
+    clock.now += 5  # in flight at its expiry: the attempt runs to its end
+    assert box.claim() == []
+    clock.now += 30
+    (lease,) = box.claim()
+    assert [e.key for e in lease.entries] == ["a2"]
+    expired = box.entries(status=DeliveryStatus.EXPIRED)
+    assert [(e.key, e.expires_at, e.attempts) for e in expired] == [("a1", 1_000_010.0, 1)]
+    assert expired[0].detail == "expired before it could be delivered"
+    assert box.counts()[DeliveryStatus.EXPIRED] == 1
+
+
+def test_an_outbox_from_before_expiry_opens_and_keeps_its_messages(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    old.executescript(_SCHEMA.replace(",\n    expires_at REAL", ""))
+    old.execute(
+        "INSERT INTO entries (key, channel, recipient, grp, payload, status, created_at, "
+        "not_before, next_at) VALUES ('k', 'webhook', 'ann', '', '{}', 'pending', 1, 1, 1)"
+    )
+    old.commit()
+    old.close()
+    box = _box(path, Clock())
+    assert [(e.key, e.expires_at) for e in box.entries()] == [("k", None)]
+    assert [e.key for e in box.claim()[0].entries] == ["k"]
 
 
 def test_a_restarted_owner_marks_its_attempts_interrupted(tmp_path: Path) -> None:
