@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from composehost import SECRET_FILES, ComposeHost, command_of, compose_config
+from composehost import SECRET_FILES, ComposeHost, api_key, command_of, compose_config
 from operating import command_executed
 from pydantic import BaseModel
 from support import wait_for
@@ -170,18 +168,9 @@ def compose_influxd(tmp_path: Path, resolved: dict[str, Any]) -> Iterator[Influx
         yield influxd
 
 
-def _api_key(api_env: dict[str, str], cwd: Path, name: str, scopes: str) -> str:
-    """A new API key, made with the API's own environment as an operator would."""
-    made = subprocess.run(
-        [sys.executable, "-m", "control", "apikey", "create", "--name", name, "--scopes", scopes],
-        env=api_env, cwd=cwd, capture_output=True, text=True, timeout=30, check=True,
-    )  # fmt: skip
-    return made.stdout.strip().removeprefix("SAFECITY_API_KEY=")
-
-
 def _command_a_streetlight(api: str, api_env: dict[str, str], cwd: Path) -> None:
     """A command to a simulated streetlight ends `executed`, from a store on api-data."""
-    key = _api_key(api_env, cwd, "operator", "read,operate")
+    key = api_key(api_env, cwd, "operator", "read,operate")
     light = default_city().select(kind="streetlight")[0]
     command_executed(api, key, light, name="set_level", params={"level": 30})
     assert Path(api_env["SAFECITY_COMMANDS_FILE"]).is_file()
@@ -204,7 +193,7 @@ def test_the_compose_stack_runs_here_and_becomes_healthy(
         }
         envs = {name: host.start(name) for name in order}
         # 4. and the city flows end to end: the simulator's devices reach the API.
-        key = _api_key(envs["api"], tmp_path, "parity", "read")
+        key = api_key(envs["api"], tmp_path, "parity", "read")
         api = f"http://127.0.0.1:{envs['api']['SAFECITY_PORT']}"
         device = default_city().select(kind="air_quality")[0]
         wait_for(

@@ -5,8 +5,6 @@ TLS as the rendered configs say, and the regional overview equal to the city's o
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from composehost import ROOT, ComposeHost, compose_config
+from composehost import ROOT, ComposeHost, api_key, compose_config
 from support import wait_for
 
 from control.influxd import Influxd
@@ -57,17 +55,6 @@ def test_the_overlay_waits_for_the_region_before_the_city_broker(
         assert services[name]["environment"]["SAFECITY_INFLUX__DATABASE"] == ("safecity_federation")
 
 
-def _key(host: ComposeHost, service: str) -> str:
-    """An API key made as the compose comment says (`exec <service> safecity apikey ...`)."""
-    made = subprocess.run(
-        [sys.executable, "-m", "control", "apikey", "create", "--name", "region-test",
-         "--scopes", "read"],
-        env=host.env(service), cwd=host.tmp, capture_output=True, text=True, timeout=30,
-        check=True,
-    )  # fmt: skip
-    return made.stdout.strip().removeprefix("SAFECITY_API_KEY=")
-
-
 def _start_everything(host: ComposeHost) -> tuple[str, str]:
     """In compose's dependency order; the city's and the region's API URLs."""
     for one_shot in ("provision", "region-provision", "city-bridge"):
@@ -92,7 +79,8 @@ def test_the_region_overlay_runs_here_and_shows_the_city_as_it_sees_itself(
     host: ComposeHost,
 ) -> None:
     city_api, region_api = _start_everything(host)
-    city_key, region_key = _key(host, "api"), _key(host, "region-api")
+    city_key = api_key(host.env("api"), host.tmp, "region-test", "read")
+    region_key = api_key(host.env("region-api"), host.tmp, "region-test", "read")
 
     def federated() -> dict[str, Any] | None:
         body = httpx.get(

@@ -52,6 +52,16 @@ def command_of(service: dict[str, Any]) -> list[str]:
     return command if isinstance(command, list) else command.split()
 
 
+def api_key(api_env: dict[str, str], cwd: Path, name: str, scopes: str) -> str:
+    """A new API key, made with an API service's own environment as an operator would
+    (`docker compose exec api safecity apikey create ...`)."""
+    made = subprocess.run(
+        [sys.executable, "-m", "control", "apikey", "create", "--name", name, "--scopes", scopes],
+        env=api_env, cwd=cwd, capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    return made.stdout.strip().removeprefix("SAFECITY_API_KEY=")
+
+
 class ComposeHost:
     """Rewrites and runs the services of one resolved compose file on this machine."""
 
