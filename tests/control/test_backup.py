@@ -89,9 +89,9 @@ def _take_backup(run: Run, target: Path) -> dict[str, Any]:
 @pytest.mark.timeout(420)
 def test_a_city_backed_up_while_running_comes_back_whole_elsewhere(tmp_path: Path) -> None:
     old_home, new_home, backup = tmp_path / "old", tmp_path / "new", tmp_path / "backup"
-    with local_run(old_home, "--speed", "10") as run:
+    with local_run(old_home, "--speed", "30") as run:
         key = _key(run)
-        wait_for(lambda: _incidents(run, key), timeout=60, what="an incident opened")
+        wait_for(lambda: _incidents(run, key), timeout=150, interval=2, what="an incident opened")
         incidents = _incidents(run, key)
         summary = _take_backup(run, backup)
         secret = json.loads(run.layout.secrets_file.read_text())[DEVICE.id]
@@ -110,7 +110,7 @@ def test_a_city_backed_up_while_running_comes_back_whole_elsewhere(tmp_path: Pat
     assert done.returncode == 0, done.stderr
     assert (instance.layout(new_home).secrets_file.stat().st_mode & 0o777) == 0o600
 
-    with local_run(new_home, "--speed", "10") as run:
+    with local_run(new_home, "--speed", "30") as run:
         ledger = backup / FILES_DIR / "ledger.jsonl"
 
         def verified() -> bool:
