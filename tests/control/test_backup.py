@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -29,10 +30,11 @@ from support import wait_for
 from control.backup import excluded
 from control.backupset import FILES_DIR, MANIFEST
 from safecity import instance, topics
-from safecity.registry import default_city
+from safecity.registry import Device, default_city
 
 CITY = default_city()
 DEVICE = CITY.select(kind="noise")[0]
+BUTTON = CITY.select(kind="panic_button")[0]
 
 
 def _key(run: Run) -> str:
@@ -54,16 +56,43 @@ def _incidents(run: Run, key: str) -> set[str]:
     return {item["id"] for item in got.json()["items"]}
 
 
-def _publish(run: Run, secret: str) -> subprocess.CompletedProcess[str]:
-    """One QoS 1 reading as DEVICE (its own client id) with mosquitto_pub."""
-    topic = topics.telemetry_topic(CITY.id, DEVICE.district, DEVICE.kind, DEVICE.id)
-    payload = json.dumps({"ts": int(time.time() * 1000), "seq": 10**9, "values": {"laeq": 55.0}})
+def _publish(run: Run, device: Device, secret: str, topic: str, body: dict[str, Any]) -> int:
+    """One QoS 1 message as `device` (its own client id) with mosquitto_pub; its exit code."""
+    payload = json.dumps({"ts": int(time.time() * 1000), "seq": 10**9, **body})
     return subprocess.run(
         ["mosquitto_pub", "-h", run.state.mqtt_host, "-p", str(run.state.mqtt_port),
-         "-V", "mqttv5", "-q", "1", "-i", DEVICE.id, "-u", DEVICE.id, "-P", secret,
+         "-V", "mqttv5", "-q", "1", "-i", device.id, "-u", device.id, "-P", secret,
          "-t", topic, "-m", payload],
         capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+    ).returncode  # fmt: skip
+
+
+def _press(run: Run) -> None:
+    """A panic button pressed (a critical event: an incident opens at once)."""
+    secret = json.loads(run.layout.secrets_file.read_text())[BUTTON.id]
+    topic = topics.event_topic(CITY.id, BUTTON.district, BUTTON.kind, BUTTON.id)
+    body = {"type": "panic", "severity": "critical", "details": {"button": "b1"}}
+    assert _publish(run, BUTTON, secret, topic, body) == 0
+
+
+def _reading(run: Run, secret: str) -> int:
+    """A noise reading as DEVICE with `secret`: mosquitto_pub's exit code."""
+    topic = topics.telemetry_topic(CITY.id, DEVICE.district, DEVICE.kind, DEVICE.id)
+    return _publish(run, DEVICE, secret, topic, {"values": {"laeq": 55.0}})
+
+
+def _lose(run: Run) -> None:
+    """The machine is lost: the launcher killed (its children follow), then its files."""
+    run.process.kill()
+    run.process.wait(timeout=30)
+    ports = [run.state.mqtt_port, int(run.state.influx_url.rsplit(":", 1)[1])]
+    wait_for(lambda: not any(_listening(p) for p in ports), timeout=30, what="the stack gone")
+    shutil.rmtree(run.home)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _refused(backup: Path, home: Path, named: str) -> None:
@@ -89,28 +118,30 @@ def _take_backup(run: Run, target: Path) -> dict[str, Any]:
 @pytest.mark.timeout(420)
 def test_a_city_backed_up_while_running_comes_back_whole_elsewhere(tmp_path: Path) -> None:
     old_home, new_home, backup = tmp_path / "old", tmp_path / "new", tmp_path / "backup"
-    with local_run(old_home, "--speed", "30") as run:
+    with local_run(old_home, "--speed", "10") as run:
         key = _key(run)
-        wait_for(lambda: _incidents(run, key), timeout=150, interval=2, what="an incident opened")
+        _press(run)
+        wait_for(lambda: _incidents(run, key), timeout=60, interval=1, what="an incident opened")
         incidents = _incidents(run, key)
+        every_file = [p.relative_to(old_home) for p in old_home.rglob("*") if p.is_file()]
         summary = _take_backup(run, backup)
         secret = json.loads(run.layout.secrets_file.read_text())[DEVICE.id]
-        every_file = [p.relative_to(old_home) for p in old_home.rglob("*") if p.is_file()]
+        _lose(run)
     manifest = json.loads((backup / MANIFEST).read_text())
     assert manifest["recovery_point"] == summary["recovery_point"]
     assert manifest["databases"] == ["safecity"]
-    # Every file the instance holds is in the backup, or is one the next start makes anew.
+    # Every file the instance held is in the backup, or is one the next start makes anew,
+    # or a spool segment the ingest drained meanwhile.
     kept = {e["path"].removeprefix(f"{FILES_DIR}/") for e in manifest["files"]}
     for path in every_file:
         assert path.as_posix() in kept or excluded(path) or path.name.startswith("seg-")
-    shutil.rmtree(old_home)  # the machine is lost
 
     _check_refusals(backup, tmp_path)
     done = safecity(new_home, "restore", str(backup))
     assert done.returncode == 0, done.stderr
     assert (instance.layout(new_home).secrets_file.stat().st_mode & 0o777) == 0o600
 
-    with local_run(new_home, "--speed", "30") as run:
+    with local_run(new_home, "--speed", "10") as run:
         ledger = backup / FILES_DIR / "ledger.jsonl"
 
         def verified() -> bool:
@@ -128,8 +159,8 @@ def test_a_city_backed_up_while_running_comes_back_whole_elsewhere(tmp_path: Pat
         me = httpx.get(f"{run.state.api_url}/v1/me", headers={"X-API-Key": key}, timeout=10)
         assert me.status_code == 200 and me.json()["name"] == "kept", me.text
         assert incidents <= _incidents(run, key)
-        assert _publish(run, secret).returncode == 0
-        assert _publish(run, secret + "x").returncode != 0
+        assert _reading(run, secret) == 0
+        assert _reading(run, secret + "x") != 0
 
 
 def _check_refusals(backup: Path, tmp_path: Path) -> None:
