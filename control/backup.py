@@ -31,7 +31,7 @@ import shutil
 import sqlite3
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePath, PurePosixPath
 
 from control import influxbackup
 from control.backupset import (
@@ -60,7 +60,7 @@ _SQLITE_MAGIC = b"SQLite format 3\x00"
 Say = Callable[[str], None]
 
 
-def excluded(relative: PurePosixPath) -> bool:
+def excluded(relative: PurePath) -> bool:
     """Whether a path below the instance directory is left out of a backup (see above)."""
     return (
         relative.parts[0] == influxbackup.influx_dir(instance.Layout(Path())).name

@@ -45,7 +45,7 @@ def _key(run: Run) -> str:
     return match.group(1)
 
 
-def _incidents(run: Run, key: str) -> set[str]:
+def _incidents(run: Run, key: str) -> dict[str, str]:
     got = httpx.get(
         f"{run.state.api_url}/v1/incidents",
         params={"limit": "500"},
@@ -53,7 +53,7 @@ def _incidents(run: Run, key: str) -> set[str]:
         timeout=30,
     )
     assert got.status_code == 200, got.text
-    return {item["id"] for item in got.json()["items"]}
+    return {i["id"]: f"{i['rule_id']} {i['place']} {i['opened_at']}" for i in got.json()["items"]}
 
 
 def _publish(run: Run, device: Device, secret: str, topic: str, body: dict[str, Any]) -> int:
@@ -158,7 +158,8 @@ def test_a_city_backed_up_while_running_comes_back_whole_elsewhere(tmp_path: Pat
         wait_for(verified, timeout=90, interval=5, what="verify: lost 0 up to the recovery point")
         me = httpx.get(f"{run.state.api_url}/v1/me", headers={"X-API-Key": key}, timeout=10)
         assert me.status_code == 200 and me.json()["name"] == "kept", me.text
-        assert incidents <= _incidents(run, key)
+        now = _incidents(run, key)
+        assert incidents.items() <= now.items(), (incidents, now)
         assert _reading(run, secret) == 0
         assert _reading(run, secret + "x") != 0
 
