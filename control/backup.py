@@ -70,16 +70,24 @@ def excluded(relative: PurePath) -> bool:
 
 
 def _files(root: Path, top: Path) -> Iterator[Path]:
-    """The regular files below `top` (or `top` itself), sorted, that a backup takes."""
+    """The files below `top` (or `top` itself), sorted, that a backup takes. A symlink to a
+    file counts as that file (a mounted Kubernetes Secret); `..`-named directories (the
+    Secret's versions behind those links) do not."""
     if top.is_file():
         candidates = [top]
     elif top.is_dir():
-        candidates = sorted(p for p in top.rglob("*") if p.is_file() and not p.is_symlink())
+        candidates = sorted(p for p in top.rglob("*") if p.is_file())
     else:
         candidates = []
     for path in candidates:
-        if not excluded(PurePosixPath(path.relative_to(root).as_posix())):
+        relative = PurePosixPath(path.relative_to(root).as_posix())
+        if not excluded(relative) and not any(part.startswith("..") for part in relative.parts):
             yield path
+
+
+def _firsts(root: Path, part: str) -> list[Path]:
+    """Every directory named `part` in the instance (a deployment may mount it deeper)."""
+    return sorted(p for p in root.rglob(part) if p.is_dir() and not excluded(p.relative_to(root)))
 
 
 def _is_sqlite(path: Path) -> bool:
@@ -148,7 +156,7 @@ def backup(settings: BackupSettings, target: Path, say: Say) -> Manifest:
     say(f"[1/7] ledger: {ledger_bytes} bytes up to {format_ts(started)}")
     done = {where.ledger_file}
     for step, part in enumerate(FIRST, start=2):
-        count = _copy_tree(where, where.root / part, files, done)
+        count = sum(_copy_tree(where, top, files, done) for top in _firsts(where.root, part))
         say(f"[{step}/7] {part}: {count} files")
     with influxbackup.rpc_server(settings, where) as rpc:
         say(f"[5/7] InfluxDB portable backup from {rpc} ...")

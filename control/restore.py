@@ -31,27 +31,28 @@ Say = Callable[[str], None]
 
 
 def _make_room(where: instance.Layout, force: bool) -> None:
-    """Refuse a running or (unless `force`) non-empty instance; with `force`, empty it."""
+    """Refuse a running or (unless `force`) non-empty instance; with `force`, empty it.
+
+    Only files count, and emptying keeps the directories: a deployment's fresh volumes,
+    mounted at the instance's parts, are an empty instance."""
     running = instance.running(where)
     if running is not None:
         raise BackupError(
             f"{where.root}: an instance is running there (pid {running.pid}); stop it first"
         )
-    if not where.root.exists():
-        return
-    if not where.root.is_dir():
+    if where.root.exists() and not where.root.is_dir():
         raise BackupError(f"{where.root}: not a directory")
-    present = sorted(where.root.iterdir())
+    present = (
+        sorted(p for p in where.root.rglob("*") if not p.is_dir()) if where.root.exists() else []
+    )
     if present and not force:
         raise BackupError(
-            f"{where.root}: not empty ({len(present)} entries, e.g. {present[0].name}); "
-            "restore into a new SAFECITY_HOME, or give --force to replace this instance"
+            f"{where.root}: not empty ({len(present)} files, e.g. "
+            f"{present[0].relative_to(where.root)}); restore into a new SAFECITY_HOME, or "
+            "give --force to replace this instance"
         )
     for path in present:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
+        path.unlink()
 
 
 def _copy_files(source: Path, manifest: Manifest, where: instance.Layout) -> int:
