@@ -185,6 +185,8 @@ def _check_refusals(backup: Path, tmp_path: Path) -> None:
     (added / FILES_DIR / "apikeys-extra.json").write_text("{}")
     _refused(added, fresh, "apikeys-extra.json")
 
-    (fresh / "something").mkdir(parents=True)
+    # Directories alone (fresh volumes mounted there) are an empty instance; a file is not.
+    (fresh / "notes").mkdir(parents=True)
+    (fresh / "notes" / "keep.txt").write_text("an operator's file\n")
     _refused(backup, fresh, "not empty")
     assert not fresh.joinpath("apikeys.json").exists()
