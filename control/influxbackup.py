@@ -95,5 +95,5 @@ def databases_in(backup: Path) -> tuple[str, ...]:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise ConfigError(f"{path}: not an InfluxDB backup manifest ({exc})") from exc
-        names |= {f["database"] for f in data.get("files", []) if f.get("database")}
+        names |= {f["database"] for f in data.get("files") or [] if f.get("database")}
     return tuple(sorted(names))

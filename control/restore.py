@@ -79,7 +79,9 @@ def restore(settings: BackupSettings, source: Path, say: Say, *, force: bool = F
     where.root.mkdir(parents=True, exist_ok=True)
     count = _copy_files(source, manifest, where)
     say(f"[2/4] keys, secrets, CA, broker accounts, service state: {count} files")
-    if any(e.path.startswith(f"{INFLUX_DIR}/") for e in manifest.files):
+    # A backup of an InfluxDB without data restores nothing there (influxd would refuse
+    # its bare metadata); the next start creates the databases and their policies.
+    if manifest.databases:
         with influxbackup.rpc_server(settings, where) as rpc:
             say(f"[3/4] InfluxDB: restoring {', '.join(manifest.databases)} into {rpc} ...")
             influxbackup.restore_all(settings, rpc, source / INFLUX_DIR)
