@@ -49,3 +49,16 @@ USER safecity
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=5 \
   CMD ["python", "-c", "import os,sys,urllib.request; sys.exit(0 if urllib.request.urlopen(os.environ.get('HEALTHCHECK_URL','http://127.0.0.1:8000/healthz'), timeout=2).status == 200 else 1)"]
 CMD ["safecity", "--help"]
+
+# The scheduled backup's image (`docker compose --profile backup`, the Kubernetes CronJob):
+# the runtime plus `influxd` from Debian's influxdb package, for its portable backup client.
+FROM runtime AS backup
+USER root
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends influxdb \
+ && rm -rf /var/lib/apt/lists/*
+USER safecity
+CMD ["safecity", "backup", "--help"]
+
+# The default image (`build: .`, `docker build .`): the runtime above, unchanged.
+FROM runtime

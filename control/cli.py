@@ -1,5 +1,6 @@
 """The `safecity` command line: each service adds its own commands; this module adds
-run | verify | influx init | city | apikey and composes them.
+run | verify | influx init | city | apikey (and, from `backupcli`, backup | restore)
+and composes them.
 
 Each service's modules are imported inside the command that runs it, so that a
 command starts without loading every service.
@@ -22,7 +23,7 @@ from alerts.settings import AlertsSettings
 from api import cli as api_cli
 from api.settings import ApiSettings
 from broker import cli as broker_cli
-from control import envexample
+from control import backupcli, envexample
 from control.settings import StackSettings, StorageSettings
 from dashboards import cli as dashboards_cli
 from ingest import cli as ingest_cli
@@ -476,6 +477,7 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - long; split it
 
     dashboards_cli.add_parsers(sub)
     broker_cli.add_parsers(sub)
+    backupcli.add_parsers(sub)
     return parser
 
 

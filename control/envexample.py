@@ -23,7 +23,7 @@ from pydantic.fields import FieldInfo
 from alerts.settings import AlertsSettings
 from api.settings import ApiSettings
 from broker.settings import SecuritySettings
-from control.settings import StackSettings, StorageSettings
+from control.settings import BackupSettings, StackSettings, StorageSettings
 from dashboards.settings import DashboardsSettings
 from ingest.settings import IngestSettings
 from notify.settings import NotifySettings
@@ -52,6 +52,7 @@ SERVICES: tuple[tuple[str, type[ServiceSettings], str], ...] = (
         "identities and certificates (`safecity devices`, `safecity certs`)",
     ),
     ("dashboards", DashboardsSettings, "dashboards (`safecity dashboards push`)"),
+    ("backup", BackupSettings, "backup and restore (`safecity backup`, `safecity restore`)"),
 )
 
 # Nested groups: their own sections, after the common one.

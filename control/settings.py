@@ -128,3 +128,20 @@ class StorageSettings(ServiceSettings):
             "`safecity influx init --create-users`: the file holding that account's password."
         ),
     )
+
+
+class BackupSettings(ServiceSettings):
+    """Settings of `safecity backup` and `safecity restore`."""
+
+    influx_rpc: str | None = Field(
+        None,
+        description="host:port of InfluxDB's backup RPC service (its `bind-address`, 8088 "
+        "by default) for the portable backup and restore of every database; default: the "
+        "instance's local influxd (the running one, or a temporary one when it is stopped).",
+    )
+    influxd_binary: Path | None = Field(
+        None, description="The `influxd` executable whose backup/restore commands are used."
+    )
+    influx_timeout: Annotated[float, Field(gt=0)] = Field(
+        600.0, description="Seconds one `influxd backup` or `influxd restore` may take."
+    )

@@ -26,7 +26,7 @@ from support import wait_for
 from alerts.settings import AlertsSettings
 from api.settings import ApiSettings
 from broker.settings import SecuritySettings
-from control.settings import StorageSettings
+from control.settings import BackupSettings, StorageSettings
 from control.stack import Influxd
 from ingest.settings import IngestSettings
 from notify.settings import NotifySettings
@@ -45,6 +45,7 @@ SETTINGS_OF = {
     "simulate": SimulatorSettings,
     "influx": StorageSettings,
     "devices": SecuritySettings,
+    "backup": BackupSettings,
 }
 SAFECITY_IMAGE = "safecity:local"
 
@@ -145,6 +146,36 @@ def test_every_safecity_variable_is_a_setting_of_that_service(resolved: dict[str
             if v.startswith("SAFECITY_") and v not in known
         )
         assert unknown == [], f"{name}: no such setting {unknown}"
+
+
+def test_the_scheduled_backup_reads_every_state_volume_and_influxdb(
+    resolved: dict[str, Any],
+) -> None:
+    services = resolved["services"]
+    backup = services["backup"]
+    assert backup["profiles"] == ["backup"] and backup["build"]["target"] == "backup"
+    home = backup["environment"]["SAFECITY_HOME"]
+    mounts = {v.split(":")[0]: v.split(":")[1:] for v in backup["volumes"]}
+    targets = {source: target for source, (target, *_) in mounts.items()}
+    # Every volume a safecity service keeps state in is read inside the home; read-only but
+    # the one with SQLite databases (a reader of a live one needs its shared-memory file).
+    for name, service in safecity_services(resolved).items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if not source.startswith("/"):
+                assert source in mounts, f"the backup does not read {source} ({name}'s)"
+                target, mode = targets[source], mounts[source][1:]
+                wanted = ["rw"] if source == "notify-data" else ["ro"]
+                assert target.startswith(f"{home}/") and mode == wanted, (source, target, mode)
+    command = " ".join(command_of(backup))
+    assert 'safecity backup "/backups/' in command and mounts["backups"] == ["/backups", "rw"]
+    known = _fields(BackupSettings)
+    assert [v for v in backup["environment"] if v.startswith("SAFECITY_") and v not in known] == []
+    # InfluxDB serves its backup RPC on the compose network, where the setting names it.
+    assert services["influxdb"]["environment"]["INFLUXDB_BIND_ADDRESS"] == ":8088"
+    assert backup["environment"]["SAFECITY_INFLUX_RPC"] == "influxdb:8088"
+    stages = re.findall(r"^FROM (\S+)(?: AS (\S+))?", (ROOT / "Dockerfile").read_text(), re.M)
+    assert ("runtime", "backup") in stages and stages[-1] == ("runtime", "")
 
 
 def test_replica_names_give_stable_distinct_worker_ids() -> None:

@@ -34,7 +34,7 @@ from api.apikeys import KeyStore
 from api.settings import ApiSettings
 from broker import dynsec, emqx
 from broker.settings import SecuritySettings
-from control.settings import StorageSettings
+from control.settings import BackupSettings, StorageSettings
 from control.stack import Influxd, ManagedProcess, free_port
 from ingest.settings import IngestSettings
 from notify.settings import NotifySettings
@@ -195,6 +195,44 @@ def test_network_policies_let_only_labelled_clients_reach_influxdb_and_plain_mqt
     services = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Service"}
     outside = [s for s in services.values() if s["spec"].get("type") == "LoadBalancer"]
     assert [p["port"] for s in outside for p in s["spec"]["ports"]] == [8883]
+
+
+def test_a_nightly_backup_reads_every_secret_and_influxdb_alone_reaches_its_rpc(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    for overlay, objects in rendered.items():
+        jobs = [o for o in objects if o["kind"] == "CronJob"]
+        assert [j["metadata"]["name"] for j in jobs] == ["safecity-backup"], overlay
+        pod = jobs[0]["spec"]["jobTemplate"]["spec"]["template"]
+        (container,) = pod["spec"]["containers"]
+        env = {e["name"]: e["value"] for e in container["env"]}
+        assert set(env) <= _fields(BackupSettings)
+        assert env["SAFECITY_INFLUX_RPC"] == "safecity-influxdb:8088"
+        assert 'safecity backup "/backups/' in " ".join(container["command"])
+        mounts = {m["name"]: m for m in container["volumeMounts"]}
+        backed = {
+            v["secret"]["secretName"]
+            for v in pod["spec"]["volumes"]
+            if "secret" in v and mounts[v["name"]]["mountPath"].startswith(env["SAFECITY_HOME"])
+        }
+        # Every Secret a service reads is in the backup (read-only, inside the instance).
+        for obj, spec in pod_specs(objects):
+            for volume in spec.get("volumes", []):
+                if "secret" in volume:
+                    assert volume["secret"]["secretName"] in backed, (overlay, obj["metadata"])
+        assert all(
+            m.get("readOnly") for m in mounts.values() if m["name"] not in {"backups", "tmp"}
+        )
+        policies = {o["metadata"]["name"]: o for o in objects if o["kind"] == "NetworkPolicy"}
+        rpc = [
+            r
+            for r in policies["influxdb-from-clients"]["spec"]["ingress"]
+            if r["ports"] == [{"protocol": "TCP", "port": 8088}]
+        ]
+        assert rpc[0]["from"] == [
+            {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "safecity-backup"}}}
+        ]
+        assert pod["metadata"]["labels"]["app.kubernetes.io/name"] == "safecity-backup"
 
 
 def _fields(model: type[BaseModel], prefix: str = "SAFECITY_") -> set[str]:
