@@ -15,7 +15,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from support import wait_for
+from support import wait_for, wait_for_async
 
 from control.stack import Mosquitto
 from edge.agent import DeviceAgent, Envelope
@@ -201,7 +201,12 @@ def test_will_is_published_when_a_device_vanishes(tmp_path: Path) -> None:
             sock = client._client.socket() if client._client else None
             assert sock is not None
             sock.shutdown(socket.SHUT_RDWR)  # type: ignore[attr-defined]
-            await asyncio.sleep(0.3)
+
+            async def lost() -> bool:
+                return not client.connected
+
+            # Stopped only once it saw the connection lost: no DISCONNECT can cancel the will.
+            await wait_for_async(lost, 5, "the client to see its connection lost")
             await client.stop(0.5)
 
         asyncio.run(main())
