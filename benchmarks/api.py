@@ -186,12 +186,90 @@ def _start_api(
     return proc, url
 
 
-async def run(  # noqa: PLR0915 - long; split it at its seams
-    args: argparse.Namespace,
-) -> list[tuple[str, dict[str, float], dict[str, float] | None]]:
+Row = tuple[str, dict[str, float], dict[str, float] | None]
+
+
+class _Floor:
+    """The InfluxQL statements behind the overview and a district series, sent straight to
+    InfluxDB's /query: the floor the API's figures stand beside."""
+
+    def __init__(self, influx_url: str, city: City, district: str, day: dict[str, str]) -> None:
+        self.city, self.district, self.day = city, district, day
+        # The API's own pool size (safecity.influx), so the floor is measured alike.
+        limits = httpx.Limits(max_connections=16, max_keepalive_connections=8)
+        self.raw = httpx.AsyncClient(base_url=influx_url, timeout=60, limits=limits)
+        self.overview_statements = [
+            *(mean_statement(k) for k in MEAN_FIELDS),
+            LIGHTS_STATEMENT,
+            LAST_SEEN_STATEMENT,
+            STATUS_STATEMENT,
+            EVENTS_STATEMENT,
+        ]
+
+    async def query(self, q: str, params: dict[str, str]) -> None:
+        r = await self.raw.post(
+            "/query",
+            data={"q": q, "db": "bench", "params": json.dumps(params)},
+            params={"epoch": "ms"},
+        )
+        r.raise_for_status()
+
+    async def overview(self) -> None:
+        t = datetime.now(UTC)
+        window = {
+            "city": self.city.id,
+            "from": format_ts(t - timedelta(minutes=15)),
+            "to": format_ts(t),
+        }
+        lookback = {**window, "from": format_ts(t - timedelta(hours=24))}
+        lights = {**window, "from": format_ts(t - timedelta(minutes=30))}
+        params = [window] * len(MEAN_FIELDS) + [lights, lookback, lookback, window]
+        await asyncio.gather(
+            *(self.query(q, p) for q, p in zip(self.overview_statements, params, strict=True))
+        )
+
+    async def series(self) -> None:
+        await self.query(
+            series_statement("noise", "laeq", "mean", 300, by="district"),
+            {"city": self.city.id, "district": self.district, **self.day},
+        )
+
+
+async def _api_rows(
+    http: httpx.AsyncClient,
+    city: City,
+    series_q: dict[str, str],
+    ttl: float,
+    requests: int,
+    raw: tuple[dict[str, float], dict[str, float]],
+) -> list[Row]:
+    """The rows of one API process (the cached one also measures series and device lists)."""
+    raw_ov, raw_se = raw
+
+    def get(path: str, params: dict[str, str] | None = None) -> Callable[[], Awaitable[None]]:
+        async def call() -> None:
+            r = await http.get(path, params=params)
+            r.raise_for_status()
+
+        return call
+
+    label = "cached, TTL 5 s" if ttl else "uncached, TTL 0"
+    overview = await measure(get(f"/v1/cities/{city.id}/overview"), requests)
+    rows: list[Row] = [(f"city overview ({label})", overview, raw_ov)]
+    if not ttl:
+        return rows
+    series = await measure(get(f"/v1/cities/{city.id}/series", series_q), requests)
+    rows.append(("district series (noise laeq, 24 h / 5 min)", series, raw_se))
+    devices = await measure(get("/v1/devices", {"limit": "100"}), requests)
+    rows.append(("device list (100, registry only)", devices, None))
+    online = await measure(get("/v1/devices", {"status": "online", "limit": "100"}), requests)
+    rows.append(("device list (status=online, snapshot)", online, raw_ov))
+    return rows
+
+
+async def run(args: argparse.Namespace) -> list[Row]:
     """Load, start the API twice (cached/uncached), measure every endpoint and its floor."""
-    rows: list[tuple[str, dict[str, float], dict[str, float] | None]] = []
-    floors: dict[str, dict[str, float]] = {}
+    rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="safecity-bench-api-") as tmp:
         base = Path(tmp)
         city = citygen.generate("benchcity", args.devices, seed=7, districts=12)
@@ -211,59 +289,14 @@ async def run(  # noqa: PLR0915 - long; split it at its seams
             district = city.districts[0].id
             now = datetime.now(UTC)
             day = {"from": format_ts(now - timedelta(hours=24)), "to": format_ts(now)}
-            series_q = {
-                "kind": "noise",
-                "field": "laeq",
-                "district": district,
-                "every": "5m",
-                **day,
-            }
-            # The API's own pool size (safecity.influx), so the floor is measured alike.
-            limits = httpx.Limits(max_connections=16, max_keepalive_connections=8)
-            raw = httpx.AsyncClient(base_url=influxd.url, timeout=60, limits=limits)
-            overview_statements = [
-                *(mean_statement(k) for k in MEAN_FIELDS),
-                LIGHTS_STATEMENT,
-                LAST_SEEN_STATEMENT,
-                STATUS_STATEMENT,
-                EVENTS_STATEMENT,
-            ]
-
-            async def raw_query(q: str, params: dict[str, str]) -> None:
-                r = await raw.post(
-                    "/query",
-                    data={"q": q, "db": "bench", "params": json.dumps(params)},
-                    params={"epoch": "ms"},
-                )
-                r.raise_for_status()
-
-            async def raw_overview() -> None:
-                t = datetime.now(UTC)
-                window = {
-                    "city": city.id,
-                    "from": format_ts(t - timedelta(minutes=15)),
-                    "to": format_ts(t),
-                }
-                lookback = {**window, "from": format_ts(t - timedelta(hours=24))}
-                lights = {**window, "from": format_ts(t - timedelta(minutes=30))}
-                params = [window] * len(MEAN_FIELDS) + [lights, lookback, lookback, window]
-                await asyncio.gather(
-                    *(raw_query(q, p) for q, p in zip(overview_statements, params, strict=True))
-                )
-
-            async def raw_series() -> None:
-                await raw_query(
-                    series_statement("noise", "laeq", "mean", 300, by="district"),
-                    {"city": city.id, "district": district, **day},
-                )
-
-            await measure(raw_overview, args.requests // 4)  # warm InfluxDB's caches
-            raw_ov = await measure(raw_overview, args.requests)
-            raw_se = await measure(raw_series, args.requests)
+            series_q = {"kind": "noise", "field": "laeq", "district": district, "every": "5m"}
+            floor = _Floor(influxd.url, city, district, day)
+            await measure(floor.overview, args.requests // 4)  # warm InfluxDB's caches
+            raw_ov = await measure(floor.overview, args.requests)
+            raw_se = await measure(floor.series, args.requests)
             # One client: the time of one overview's queries alone (4 clients queue on the
             # pool, while the API shares one in-flight snapshot between concurrent callers).
-            raw_ov1 = await measure(raw_overview, args.requests // 2, concurrency=1)
-            floors["overview, 1 client"] = raw_ov1
+            raw_ov1 = await measure(floor.overview, args.requests // 2, concurrency=1)
             for ttl in (5.0, 0.0):
                 proc, url = _start_api(
                     influxd.url, "bench", registry_file, base / "keys.json", base, ttl
@@ -272,59 +305,15 @@ async def run(  # noqa: PLR0915 - long; split it at its seams
                     async with httpx.AsyncClient(
                         base_url=url, timeout=60, headers={"X-API-Key": key}
                     ) as http:
-
-                        def get(
-                            path: str, params: dict[str, str] | None = None
-                        ) -> Callable[[], Awaitable[None]]:
-                            async def call() -> None:
-                                r = await http.get(path, params=params)
-                                r.raise_for_status()
-
-                            return call
-
-                        label = "cached, TTL 5 s" if ttl else "uncached, TTL 0"
-                        rows.append(
-                            (
-                                f"city overview ({label})",
-                                await measure(get(f"/v1/cities/{city.id}/overview"), args.requests),
-                                raw_ov,
-                            )
+                        rows += await _api_rows(
+                            http, city, {**series_q, **day}, ttl, args.requests, (raw_ov, raw_se)
                         )
-                        if ttl:
-                            rows.append(
-                                (
-                                    "district series (noise laeq, 24 h / 5 min)",
-                                    await measure(
-                                        get(f"/v1/cities/{city.id}/series", series_q), args.requests
-                                    ),
-                                    raw_se,
-                                )
-                            )
-                            rows.append(
-                                (
-                                    "device list (100, registry only)",
-                                    await measure(
-                                        get("/v1/devices", {"limit": "100"}), args.requests
-                                    ),
-                                    None,
-                                )
-                            )
-                            rows.append(
-                                (
-                                    "device list (status=online, snapshot)",
-                                    await measure(
-                                        get("/v1/devices", {"status": "online", "limit": "100"}),
-                                        args.requests,
-                                    ),
-                                    raw_ov,
-                                )
-                            )
                 finally:
                     proc.stop(timeout=10)
-            await raw.aclose()
+            await floor.raw.aclose()
         finally:
             influxd.stop()
-    rows.append(("raw overview queries alone (1 client)", floors["overview, 1 client"], None))
+    rows.append(("raw overview queries alone (1 client)", raw_ov1, None))
     return rows
 
 

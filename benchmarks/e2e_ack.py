@@ -182,14 +182,12 @@ def write_ledger(
     writer.close()
 
 
-def run_once(  # noqa: PLR0915 - long; split it at its seams
-    stack: LocalStack, base: Path, confirm: bool, count: int, rate: float, crash: bool
-) -> dict[str, float]:
-    """One fleet run against a fresh ingest and database; figures per reading."""
-    name = f"e2e-{'on' if confirm else 'off'}-{secrets.token_hex(3)}"
-    db = name.replace("-", "_")
+def _start_ingest(
+    stack: LocalStack, base: Path, name: str, confirm: bool, crash: bool
+) -> tuple[ManagedProcess, str]:
+    """A fresh ingest into database `name` (acks every second when `confirm`): (it, its URL)."""
     port = free_port()
-    env = ingest_env(stack, base, name, db, port)
+    env = ingest_env(stack, base, name, name.replace("-", "_"), port)
     env["SAFECITY_SHARE_GROUP"] = ""
     env["SAFECITY_ACK_INTERVAL"] = "1" if confirm else "0"
     if crash:
@@ -200,6 +198,40 @@ def run_once(  # noqa: PLR0915 - long; split it at its seams
     ingest.start()
     url = f"http://127.0.0.1:{port}"
     ingest.wait_ready(lambda: httpx.get(f"{url}/readyz", timeout=1).status_code == 200, 60)
+    return ingest, url
+
+
+def _crash_broker(stack: LocalStack, ingest: ManagedProcess, fleet: Fleet, count: int) -> None:
+    """A quarter into the run: pause ingest, kill -9 the broker, restart it, resume ingest."""
+    while fleet.submitted < count // 4:
+        time.sleep(0.05)
+    ingest.pause()
+    time.sleep(3.0)
+    stack.mosquitto.kill()
+    time.sleep(0.5)
+    stack.mosquitto.start()
+    ingest.resume()
+
+
+def _check(stack: LocalStack, base: Path, name: str, ledger: Path) -> Any:
+    """The ledger checker's report of run `name`."""
+    client = InfluxClient(InfluxSettings(url=stack.influx_url, database=name.replace("-", "_")))
+
+    async def check() -> Any:
+        try:
+            return await verify(ledger, client, [base / f"dl-{name}"])
+        finally:
+            await client.close()
+
+    return asyncio.run(check())
+
+
+def run_once(
+    stack: LocalStack, base: Path, confirm: bool, count: int, rate: float, crash: bool
+) -> dict[str, float]:
+    """One fleet run against a fresh ingest and database; figures per reading."""
+    name = f"e2e-{'on' if confirm else 'off'}-{secrets.token_hex(3)}"
+    ingest, url = _start_ingest(stack, base, name, confirm, crash)
     items = readings(count, seed=3 if crash else 2)
     # The default re-send bound for the cost; a short one after the crash (a quicker run).
     fleet = Fleet(stack, base / f"spool-{name}", confirm, 3.0 if crash else 10.0)
@@ -210,14 +242,7 @@ def run_once(  # noqa: PLR0915 - long; split it at its seams
     broker_cpu0, _ = proc_stats(broker_pid)
     fleet.start(items, rate)
     if crash:
-        while fleet.submitted < count // 4:
-            time.sleep(0.05)
-        ingest.pause()
-        time.sleep(3.0)
-        stack.mosquitto.kill()
-        time.sleep(0.5)
-        stack.mosquitto.start()
-        ingest.resume()
+        _crash_broker(stack, ingest, fleet, count)
     fleet.join()
     time.sleep(1.5)  # the last batch and ack
     ingest_cpu, _ = proc_stats(ingest.pid)
@@ -226,15 +251,7 @@ def run_once(  # noqa: PLR0915 - long; split it at its seams
     ingest.stop(15)
     ledger = base / f"{name}.jsonl"
     write_ledger(ledger, items, fleet.verdicts)
-    client = InfluxClient(InfluxSettings(url=stack.influx_url, database=db))
-
-    async def check() -> Any:
-        try:
-            return await verify(ledger, client, [base / f"dl-{name}"])
-        finally:
-            await client.close()
-
-    report = asyncio.run(check())
+    report = _check(stack, base, name, ledger)
     return {
         "readings": count,
         "confirmed_or_acked": report.acknowledged,

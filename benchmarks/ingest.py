@@ -47,10 +47,10 @@ from benchmarks._ingest.nodered import NodeRedUnavailableError, peer_runs
 from benchmarks._ingest.probes import create_db, loadavg, versions
 from benchmarks._ingest.table import Figures, print_table
 from control.stack import LocalStack
+from safecity.registry import Device
 
 
-def main(argv: Sequence[str] | None = None) -> None:  # noqa: PLR0915 - long; split it at its seams
-    """Run the ingest benchmark and print its conditions and figures."""
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="benchmarks.ingest")
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=3, help="scale-out rounds (median shown)")
@@ -64,7 +64,12 @@ def main(argv: Sequence[str] | None = None) -> None:  # noqa: PLR0915 - long; sp
         "--nodered-sockets", type=int, default=8, help="the capped Node-RED run's HTTP sockets"
     )
     parser.add_argument("--skip-nodered", action="store_true", help="no Node-RED peer runs")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the ingest benchmark and print its conditions and figures."""
+    args = _parser().parse_args(argv)
     n = args.messages
     with tempfile.TemporaryDirectory(prefix="safecity-bench-") as tmp:
         base = Path(tmp)
@@ -84,67 +89,88 @@ def main(argv: Sequence[str] | None = None) -> None:  # noqa: PLR0915 - long; sp
             )
             print(f"# conditions: {conditions}", flush=True)
             raws, ceilings, runs = scale_out(stack, base, batches, flat, ledger_path, args.rounds)
-            peer: list[dict[str, float]] = []
-            peer_errors: list[str] = []
-            peer_version, peer_missing = "", ""
-            if args.skip_nodered:
-                peer_missing = "--skip-nodered"
-            else:
-                try:
-                    peer_version, peer, peer_errors = peer_runs(
-                        stack, base, batches, start, args.nodered_sockets
-                    )
-                except NodeRedUnavailableError as exc:
-                    peer_missing = str(exc)
-                    print(f"Node-RED peer not run: {peer_missing}", flush=True)
-
-            naive_batches = payloads(args.naive_messages, start + timedelta(hours=2), seed=4)
-            naive_db = "bench_naive"
-            asyncio.run(create_db(stack, naive_db))
-            naive = asyncio.run(
-                naive_ingest(
-                    stack, naive_db, args.naive_messages, lambda: publish_all(stack, naive_batches)
-                )
-            )
-            drop_sessions(stack, ["bench-naive"])
-            print(
-                f"naive ingest (one awaited write per message): {naive:,.0f} readings/s "
-                f"(load average {loadavg()})",
-                flush=True,
-            )
-            lat = latency_run(stack, base, args.latency_rate, args.latency_seconds)
-            print(
-                f"latency at {float(lat['rate']):,.0f}/s ({lat['n']} readings): device->queryable "
-                f"(InfluxDB polled) p50 {float(lat['q_p50']):.3f} s, p99 "
-                f"{float(lat['q_p99']):.3f} s, max {float(lat['q_max']):.3f} s; ingest histogram "
-                f"device->durable p50 <= {lat['p50']} s, p99 <= {lat['p99']} s "
-                f"(load average {loadavg()})",
-                flush=True,
-            )
-            out: dict[str, float] | None = None
-            if args.outage_seconds > 0:
-                try:
-                    out = outage_run(stack, base, args.outage_rate, args.outage_seconds)
-                except SystemExit as exc:
-                    # Its figures are lost, the others' are not: print the table anyway.
-                    print(f"InfluxDB outage run failed: {exc}", flush=True)
-                    out = None
-            if out is not None:
-                print(
-                    f"InfluxDB SIGSTOP {args.outage_seconds:.0f} s at {float(out['rate']):,.0f}/s: "
-                    f"ingest peak RSS {float(out['rss']):.0f} MiB, spooled {out['spooled']:,.0f}, "
-                    f"drained {float(out['drained_after']):.1f} s after SIGCONT, "
-                    f"lost {out['lost']}, dup {out['dup']}, publishers hung and killed "
-                    f"{out['hung']} (load average {loadavg()})",
-                    flush=True,
-                )
+            figures = Figures(raws, ceilings, runs, 0.0, {}, None, n, sample)
+            _peer(stack, base, batches, start, args, figures)
+            figures.naive = _naive(stack, start, args.naive_messages)
+            figures.lat = _latency(stack, base, args)
+            figures.out = _outage(stack, base, args)
             print(f"# load average at end {loadavg()}")
-            if peer_version:
-                print(f"# peer: {peer_version}")
-            figures = Figures(raws, ceilings, runs, naive, lat, out, n, sample)
-            figures.peer, figures.peer_version = peer, peer_version
-            figures.peer_missing, figures.peer_errors = peer_missing, peer_errors
+            if figures.peer_version:
+                print(f"# peer: {figures.peer_version}")
             print_table(figures)
+
+
+def _peer(
+    stack: LocalStack,
+    base: Path,
+    batches: dict[Device, list[bytes]],
+    start: datetime,
+    args: argparse.Namespace,
+    figures: Figures,
+) -> None:
+    """The Node-RED peer runs into `figures` (or why they did not run)."""
+    if args.skip_nodered:
+        figures.peer_missing = "--skip-nodered"
+        return
+    try:
+        figures.peer_version, figures.peer, figures.peer_errors = peer_runs(
+            stack, base, batches, start, args.nodered_sockets
+        )
+    except NodeRedUnavailableError as exc:
+        figures.peer_missing = str(exc)
+        print(f"Node-RED peer not run: {figures.peer_missing}", flush=True)
+
+
+def _naive(stack: LocalStack, start: datetime, messages: int) -> float:
+    """The naive ingest's rate (one awaited write per message)."""
+    naive_batches = payloads(messages, start + timedelta(hours=2), seed=4)
+    naive_db = "bench_naive"
+    asyncio.run(create_db(stack, naive_db))
+    naive = asyncio.run(
+        naive_ingest(stack, naive_db, messages, lambda: publish_all(stack, naive_batches))
+    )
+    drop_sessions(stack, ["bench-naive"])
+    print(
+        f"naive ingest (one awaited write per message): {naive:,.0f} readings/s "
+        f"(load average {loadavg()})",
+        flush=True,
+    )
+    return naive
+
+
+def _latency(stack: LocalStack, base: Path, args: argparse.Namespace) -> dict[str, float]:
+    """The device->queryable latency run."""
+    lat = latency_run(stack, base, args.latency_rate, args.latency_seconds)
+    print(
+        f"latency at {float(lat['rate']):,.0f}/s ({lat['n']} readings): device->queryable "
+        f"(InfluxDB polled) p50 {float(lat['q_p50']):.3f} s, p99 "
+        f"{float(lat['q_p99']):.3f} s, max {float(lat['q_max']):.3f} s; ingest histogram "
+        f"device->durable p50 <= {lat['p50']} s, p99 <= {lat['p99']} s "
+        f"(load average {loadavg()})",
+        flush=True,
+    )
+    return lat
+
+
+def _outage(stack: LocalStack, base: Path, args: argparse.Namespace) -> dict[str, float] | None:
+    """The InfluxDB outage run (None when skipped or failed)."""
+    if args.outage_seconds <= 0:
+        return None
+    try:
+        out = outage_run(stack, base, args.outage_rate, args.outage_seconds)
+    except SystemExit as exc:
+        # Its figures are lost, the others' are not: print the table anyway.
+        print(f"InfluxDB outage run failed: {exc}", flush=True)
+        return None
+    print(
+        f"InfluxDB SIGSTOP {args.outage_seconds:.0f} s at {float(out['rate']):,.0f}/s: "
+        f"ingest peak RSS {float(out['rss']):.0f} MiB, spooled {out['spooled']:,.0f}, "
+        f"drained {float(out['drained_after']):.1f} s after SIGCONT, "
+        f"lost {out['lost']}, dup {out['dup']}, publishers hung and killed "
+        f"{out['hung']} (load average {loadavg()})",
+        flush=True,
+    )
+    return out
 
 
 if __name__ == "__main__":

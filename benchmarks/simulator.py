@@ -36,6 +36,7 @@ from safecity import registry
 from safecity.ledger import LedgerWriter
 from safecity.settings import MqttSettings
 from simulators.fleet import DeviceSim, FleetStats, Outgoing, Recorder
+from tests.helpers.support import mosquitto
 
 START = datetime(2026, 1, 15, 3, 0, tzinfo=UTC)
 CHUNK = 60_000
@@ -63,11 +64,13 @@ def mosquitto_pub(broker: Mosquitto, messages: list[Outgoing]) -> float:
     for i in range(0, len(lines), CHUNK):
         chunk = b"\n".join(lines[i : i + CHUNK]) + b"\n"
         subprocess.run(
-            [binary, "-h", broker.host, "-p", str(broker.port), "-V", "mqttv5", "-q", "1",
-             "-u", SIMULATOR, "-P", broker.secret(SIMULATOR),
-             "-i", f"bench-pub-{i}", "-t", messages[i].topic, "-l"],
-            input=chunk, check=True,
-        )  # fmt: skip
+            [
+                *mosquitto(binary, broker, SIMULATOR, client_id=f"bench-pub-{i}"),
+                *("-q", "1", "-t", messages[i].topic, "-l"),
+            ],
+            input=chunk,
+            check=True,
+        )
     return len(lines) / (time.perf_counter() - t0)
 
 

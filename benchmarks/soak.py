@@ -31,6 +31,7 @@ from control.verify import verify
 from safecity.influx import InfluxClient
 from safecity.registry import default_city
 from safecity.settings import InfluxSettings
+from tests.helpers.support import mosquitto
 
 RESULTS = Path(__file__).resolve().parent / "results" / "soak.json"
 DB = "soak"
@@ -177,21 +178,27 @@ class City:
         device = default_city().devices[0]
         topic = f"safecity/v1/{'x' * 9000}/{device.district}/{device.kind}/{device.id}/telemetry"
         subprocess.run(
-            [_pub(), "-h", self.stack.mqtt_host, "-p", str(self.stack.mqtt_port), "-V", "5",
-             "-u", device.id, "-P", self.stack.secret(device.id), "-i", f"{device.id}-poison",
-             "-q", "1", "-t", topic, "-m", "{}"],
-            capture_output=True, timeout=30, check=False,
-        )  # fmt: skip
+            [
+                *mosquitto(_pub(), self.stack, device.id, client_id=f"{device.id}-poison"),
+                *("-q", "1", "-t", topic, "-m", "{}"),
+            ],
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
         return "poison message (9 KB topic)"
 
     def takeover(self, _: float) -> str:
         device = default_city().devices[1]
         subprocess.run(
-            [_pub(), "-h", self.stack.mqtt_host, "-p", str(self.stack.mqtt_port), "-V", "5",
-             "-u", device.id, "-P", self.stack.secret(device.id),
-             "-i", f"safecity-{INGEST_ID}", "-q", "1", "-t", "x", "-m", "x"],
-            capture_output=True, timeout=30, check=False,
-        )  # fmt: skip
+            [
+                *mosquitto(_pub(), self.stack, device.id, client_id=f"safecity-{INGEST_ID}"),
+                *("-q", "1", "-t", "x", "-m", "x"),
+            ],
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
         return "client-id takeover attempt (a device as the ingest)"
 
 

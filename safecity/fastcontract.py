@@ -145,7 +145,7 @@ class TelemetryLines:
             parts.append(key.replace("{", "{{").replace("}", "}}") + text)
         return "{0} " + ",".join(parts) + f" {{{len(types) + 2}}}", 2 * strings
 
-    def line(self, payload: bytes, series: str, low: int, high: int) -> tuple[int, int, str] | None:  # noqa: PLR0912 - long; split it at its seams
+    def line(self, payload: bytes, series: str, low: int, high: int) -> tuple[int, int, str] | None:
         """(seq, ts in epoch ms, line) of a reading `readings.parse` accepts with its ts in
         [low, high] (see `window_ms`), written as `series`; None when this path cannot
         decide (the caller then asks `readings.parse`)."""
@@ -167,31 +167,33 @@ class TelemetryLines:
         # repeated (msgspec keeps the last; the contract refuses) and none sent as null.
         if template is None or payload.count(b'"') != (quotes + 2 if type(ts) is str else quotes):
             return None
-        if type(ts) is str:
-            if _CANONICAL_TS.fullmatch(ts) is not None:
-                try:
-                    ts_ms = (_FROM_ISO(ts) - EPOCH) // _MS
-                except ValueError:
-                    return None
-            else:
-                try:
-                    ts_ms = epoch_ms(_to_utc(ts))
-                except ValueError:
-                    return None
-        elif 0 <= ts <= _MAX_EPOCH_MS:
-            ts_ms = ts
-        else:
-            return None
-        if not low <= ts_ms <= high:
+        ts_ms = _ts_ms(ts)
+        if ts_ms is None or not low <= ts_ms <= high:
             return None
         if self._bools:
-            swapped = list(values)
-            for i in self._bools:
-                if swapped[i] is not None:
-                    swapped[i] = "true" if swapped[i] else "false"
-            values = tuple(swapped)
+            values = self._spelt_bools(values)
         seq: int = message.seq
         return seq, ts_ms, template.format(series, *values, seq, ts_ms)
+
+    def _spelt_bools(self, values: tuple[Any, ...]) -> tuple[Any, ...]:
+        """`values` with the booleans spelt as the line protocol wants them."""
+        swapped = list(values)
+        for i in self._bools:
+            if swapped[i] is not None:
+                swapped[i] = "true" if swapped[i] else "false"
+        return tuple(swapped)
+
+
+def _ts_ms(ts: str | int) -> int | None:
+    """A decoded ts in epoch ms; None when the contract would refuse it."""
+    if not isinstance(ts, str):
+        return ts if 0 <= ts <= _MAX_EPOCH_MS else None
+    try:
+        if _CANONICAL_TS.fullmatch(ts) is not None:
+            return (_FROM_ISO(ts) - EPOCH) // _MS
+        return epoch_ms(_to_utc(ts))
+    except ValueError:
+        return None
 
 
 @cache

@@ -22,7 +22,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ from docblocks import (
 )
 from hypothesis import given
 from hypothesis import strategies as st
+from support import wait_for
 
 from control.processes import free_port
 
@@ -83,16 +83,21 @@ def _env(ports: Ports) -> dict[str, str]:
 
 def _wait_banner(proc: subprocess.Popen[bytes], out: Path) -> str:
     """The API key from the run's banner; fails with the run's output if it dies first."""
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
+
+    def key() -> str | None:
         text = out.read_text(encoding="utf-8", errors="replace")
         match = re.search(r"SAFECITY_API_KEY=(\S+)", text)
         if match and "Press Ctrl-C to stop." in text:
             return match.group(1)
         if proc.poll() is not None:
             pytest.fail(f"safecity run exited with {proc.returncode}:\n{text[-4000:]}")
-        time.sleep(0.5)
-    pytest.fail(f"safecity run not ready in {START_TIMEOUT}s:\n{out.read_text()[-4000:]}")
+        return None
+
+    try:
+        found: str = wait_for(key, START_TIMEOUT, "the run's banner", interval=0.5)
+    except AssertionError:
+        pytest.fail(f"safecity run not ready in {START_TIMEOUT}s:\n{out.read_text()[-4000:]}")
+    return found
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks._ingest.load import CITY, INGEST, READER, login, mosquitto_pub
+from benchmarks._ingest.load import CITY, INGEST, READER, mosquitto_pub
 from benchmarks._ingest.probes import proc_stats
 from control.stack import LocalStack
 from safecity import topics
+from tests.helpers.support import mosquitto
 
 
 def raw_broker_rate(stack: LocalStack, lines: list[bytes], name: str = "bench-raw") -> float:
@@ -22,22 +23,8 @@ def raw_broker_rate(stack: LocalStack, lines: list[bytes], name: str = "bench-ra
     topic = topics.service_status_topic(CITY.id, name)
     sub = subprocess.Popen(
         [
-            "mosquitto_sub",
-            "-h",
-            stack.mqtt_host,
-            "-p",
-            str(stack.mqtt_port),
-            *login(stack, READER),
-            "-V",
-            "mqttv5",
-            "-q",
-            "1",
-            "-i",
-            f"{name}-sub",
-            "-t",
-            topic,
-            "-C",
-            str(len(lines)),
+            *mosquitto("mosquitto_sub", stack, READER, client_id=f"{name}-sub"),
+            *("-q", "1", "-t", topic, "-C", str(len(lines))),
         ],
         stdout=subprocess.DEVNULL,
     )
@@ -62,9 +49,8 @@ def queued_drain_ceiling(
     """
     topic = topics.service_status_topic(CITY.id, name)
     client = [
-        *("mosquitto_sub", "-h", stack.mqtt_host, "-p", str(stack.mqtt_port)),
-        *login(stack, READER),
-        *("-V", "mqttv5", "-q", "1", "-c", "-x", "3600", "-i", f"{name}-sub", "-t", topic),
+        *mosquitto("mosquitto_sub", stack, READER, client_id=f"{name}-sub"),
+        *("-q", "1", "-c", "-x", "3600", "-t", topic),
     ]
     # The session and its subscription first (-E: exit once subscribed), so that nothing
     # published from here on can miss it; a probe then shows the subscriber is connected.
@@ -115,19 +101,8 @@ def drop_sessions(stack: LocalStack, client_ids: Sequence[str], username: str = 
     for client_id in client_ids:
         subprocess.run(
             [
-                "mosquitto_sub",
-                "-h",
-                stack.mqtt_host,
-                "-p",
-                str(stack.mqtt_port),
-                *login(stack, username),
-                "-V",
-                "mqttv5",
-                "-i",
-                client_id,
-                "-t",
-                topics.service_status_topic(CITY.id, "bench-none"),
-                "-E",
+                *mosquitto("mosquitto_sub", stack, username, client_id=client_id),
+                *("-t", topics.service_status_topic(CITY.id, "bench-none"), "-E"),
             ],
             check=True,
             timeout=30,

@@ -26,7 +26,7 @@ from safecity.registry import Device
 from safecity.settings import InfluxSettings
 
 
-def run_ingest(  # noqa: PLR0915 - long; split it at its seams
+def run_ingest(
     stack: LocalStack,
     db: str,
     base: Path,
@@ -46,42 +46,9 @@ def run_ingest(  # noqa: PLR0915 - long; split it at its seams
     proc.start()
     try:
         urls = [f"http://127.0.0.1:{port + i}/metrics" for i in range(workers)]
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if all(
-                    httpx.get(u.replace("/metrics", "/readyz"), timeout=1).status_code == 200
-                    for u in urls
-                ):
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit(f"ingest not ready: {proc.log_tail()}")
-            time.sleep(0.2)
-        # Every worker is warm, connected and subscribed. SIGSTOP them all, queue the whole
-        # load in the broker (so the publisher cannot be the bottleneck), SIGCONT them all at
-        # once and time the drain to the last ack: neither the publisher nor the workers'
-        # process start-up (which, on 2 cores, would overlap the first worker's drain) is timed.
+        _wait_ready(proc, urls)
         pids = _worker_pids(proc.pid or 0, workers)
-        for pid in pids:
-            os.kill(pid, signal.SIGSTOP)
-        try:
-            publish_all(stack, batches)
-        finally:
-            procs = [*pids, stack.mosquitto.pid or 0, stack.influxd.pid or 0]
-            before = {p: proc_stats(p)[0] for p in procs}
-            started = time.monotonic()
-            for pid in pids:
-                os.kill(pid, signal.SIGCONT)
-        deadline = started + 300
-        # Every poll makes each worker render its /metrics: 10 a second, not 50, so the
-        # observer costs the 2 cores little (0.1 s resolution on a drain of several seconds).
-        while acked(urls) < total:
-            _check_alive(proc, deadline)
-            time.sleep(0.1)
-        elapsed = time.monotonic() - started
-        cpu = {p: proc_stats(p)[0] - c for p, c in before.items()}
+        elapsed, cpu = _timed_drain(stack, proc, pids, urls, batches, total)
         rss = max(proc_stats(p)[1] for p in pids)
     finally:
         proc.stop()  # also when the run fails: never leave workers behind
@@ -99,6 +66,56 @@ def run_ingest(  # noqa: PLR0915 - long; split it at its seams
         "worker_cpu_min": min(cpu[p] for p in pids) / elapsed,
         "load": os.getloadavg()[0],
     }
+
+
+def _wait_ready(proc: ManagedProcess, urls: list[str]) -> None:
+    """Until every worker answers /readyz (SystemExit after 60 s)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if all(
+                httpx.get(u.replace("/metrics", "/readyz"), timeout=1).status_code == 200
+                for u in urls
+            ):
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit(f"ingest not ready: {proc.log_tail()}")
+        time.sleep(0.2)
+
+
+def _timed_drain(
+    stack: LocalStack,
+    proc: ManagedProcess,
+    pids: list[int],
+    urls: list[str],
+    batches: dict[Device, list[bytes]],
+    total: int,
+) -> tuple[float, dict[int, float]]:
+    """(seconds, CPU seconds per process) the paused workers take to drain the queued load."""
+    # Every worker is warm, connected and subscribed. SIGSTOP them all, queue the whole
+    # load in the broker (so the publisher cannot be the bottleneck), SIGCONT them all at
+    # once and time the drain to the last ack: neither the publisher nor the workers'
+    # process start-up (which, on 2 cores, would overlap the first worker's drain) is timed.
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        publish_all(stack, batches)
+    finally:
+        procs = [*pids, stack.mosquitto.pid or 0, stack.influxd.pid or 0]
+        before = {p: proc_stats(p)[0] for p in procs}
+        started = time.monotonic()
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+    deadline = started + 300
+    # Every poll makes each worker render its /metrics: 10 a second, not 50, so the
+    # observer costs the 2 cores little (0.1 s resolution on a drain of several seconds).
+    while acked(urls) < total:
+        _check_alive(proc, deadline)
+        time.sleep(0.1)
+    elapsed = time.monotonic() - started
+    return elapsed, {p: proc_stats(p)[0] - c for p, c in before.items()}
 
 
 def _free_port_block(count: int) -> int:

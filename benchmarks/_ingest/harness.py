@@ -17,7 +17,7 @@ import httpx
 
 from benchmarks._ingest.broker import drop_sessions
 from benchmarks._ingest.drain import start_ingest
-from benchmarks._ingest.load import CHUNK, CITY, KINDS, PUBLISHER, login, write_ledger
+from benchmarks._ingest.load import CHUNK, CITY, KINDS, PUBLISHER, write_ledger
 from benchmarks._ingest.probes import check_ledger, quantile, scrape
 from control.stack import LocalStack
 from safecity import topics
@@ -26,6 +26,7 @@ from safecity.readings import format_epoch_ms
 from safecity.registry import Device
 from safecity.settings import InfluxSettings
 from simulators.generators import generate
+from tests.helpers.support import mosquitto
 
 
 class PacedPublisher:
@@ -66,23 +67,11 @@ class PacedPublisher:
                 proc.stdin.close()
                 self.closing.append(proc)
             topic = topics.telemetry_topic(CITY.id, device.district, device.kind, device.id)
+            client_id = f"bench-paced-{self.seed}-{device.id}-{len(self.sent[device])}"
             proc = subprocess.Popen(
                 [
-                    "mosquitto_pub",
-                    "-h",
-                    self.stack.mqtt_host,
-                    "-p",
-                    str(self.stack.mqtt_port),
-                    *login(self.stack, PUBLISHER),
-                    "-V",
-                    "mqttv5",
-                    "-q",
-                    "1",
-                    "-i",
-                    f"bench-paced-{self.seed}-{device.id}-{len(self.sent[device])}",
-                    "-t",
-                    topic,
-                    "-l",
+                    *mosquitto("mosquitto_pub", self.stack, PUBLISHER, client_id=client_id),
+                    *("-q", "1", "-t", topic, "-l"),
                 ],
                 stdin=subprocess.PIPE,
             )
@@ -251,30 +240,64 @@ def latency_run(stack: LocalStack, base: Path, rate: float, duration: float) -> 
     }
 
 
-def outage_run(  # noqa: PLR0915 - long; split it at its seams
+class _OutageSampler:
+    """Samples the ingest's peak RSS and spool, and when the spool emptied after the resume."""
+
+    def __init__(self, pid: int, url: str) -> None:
+        self.pid, self.url = pid, url
+        self.peak = {"rss": 0.0, "spool": 0.0, "resumed": 0.0, "emptied": 0.0}
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        peak = self.peak
+        while not self.done.is_set():
+            with open(f"/proc/{self.pid}/status") as fh:
+                for line in fh:
+                    if line.startswith("VmRSS:"):
+                        peak["rss"] = max(peak["rss"], int(line.split()[1]) / 1024)
+            with contextlib.suppress(httpx.HTTPError):
+                points = scrape(self.url).get("safecity_ingest_spool_points", 0.0)
+                peak["spool"] = max(peak["spool"], points)
+                if peak["resumed"] and not peak["emptied"] and points == 0:
+                    peak["emptied"] = time.monotonic()
+            time.sleep(0.25)
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join(5)
+
+
+def _until_drained(url: str, publisher: PacedPublisher) -> dict[str, float]:
+    """The ingest's metrics once every published reading is acked and the spool is empty."""
+    finished = time.monotonic()
+    last_acked, steady_since = -1.0, time.monotonic()
+    while True:
+        metrics = scrape(url)
+        acked = metrics.get("safecity_ingest_acked_total", 0.0)
+        empty = metrics.get("safecity_ingest_spool_points", 1) == 0
+        if acked >= publisher.total and empty:
+            return metrics
+        if acked != last_acked:
+            last_acked, steady_since = acked, time.monotonic()
+        # A killed publisher never sent its last lines: wait for the rest, not for those.
+        if publisher.hung and empty and time.monotonic() - steady_since > 15:
+            return metrics
+        if time.monotonic() - finished > 300:
+            raise SystemExit("outage run: spool did not drain")
+        time.sleep(0.2)
+
+
+def outage_run(
     stack: LocalStack, base: Path, rate: float, outage: float, lead: float = 10.0
 ) -> dict[str, float]:
     """Publish at `rate` while InfluxDB is SIGSTOPped for `outage` s; ingest RSS, then lost/dup."""
     db = "bench_outage"
     proc, url = start_ingest(stack, base, "benchout", db)
-    pid = proc.pid or 0
     devices = [d for d in CITY.devices if d.kind in KINDS][8:16]
     publisher = PacedPublisher(stack, devices, rate, seed=5)
-    peak = {"rss": 0.0, "spool": 0.0, "resumed": 0.0, "emptied": 0.0}
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            with open(f"/proc/{pid}/status") as fh:
-                for line in fh:
-                    if line.startswith("VmRSS:"):
-                        peak["rss"] = max(peak["rss"], int(line.split()[1]) / 1024)
-            with contextlib.suppress(httpx.HTTPError):
-                points = scrape(url).get("safecity_ingest_spool_points", 0.0)
-                peak["spool"] = max(peak["spool"], points)
-                if peak["resumed"] and not peak["emptied"] and points == 0:
-                    peak["emptied"] = time.monotonic()
-            time.sleep(0.25)
+    sampler = _OutageSampler(proc.pid or 0, url)
+    peak = sampler.peak
 
     def pause() -> None:
         stack.influxd.pause()
@@ -283,28 +306,10 @@ def outage_run(  # noqa: PLR0915 - long; split it at its seams
         stack.influxd.resume()
         peak["resumed"] = time.monotonic()
 
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
+    sampler.thread.start()
     achieved = publisher.run(lead + outage + lead, {lead: pause, lead + outage: resume})
-    finished = time.monotonic()
-    metrics: dict[str, float] = {}
-    last_acked, steady_since = -1.0, time.monotonic()
-    while True:
-        metrics = scrape(url)
-        acked = metrics.get("safecity_ingest_acked_total", 0.0)
-        empty = metrics.get("safecity_ingest_spool_points", 1) == 0
-        if acked >= publisher.total and empty:
-            break
-        if acked != last_acked:
-            last_acked, steady_since = acked, time.monotonic()
-        # A killed publisher never sent its last lines: wait for the rest, not for those.
-        if publisher.hung and empty and time.monotonic() - steady_since > 15:
-            break
-        if time.monotonic() - finished > 300:
-            raise SystemExit("outage run: spool did not drain")
-        time.sleep(0.2)
-    done.set()
-    sampler.join(5)
+    metrics = _until_drained(url, publisher)
+    sampler.stop()
     drained = (peak["emptied"] or time.monotonic()) - peak["resumed"]
     proc.stop()
     drop_sessions(stack, ["safecity-benchout"])

@@ -15,6 +15,7 @@ from safecity import ledger, topics
 from safecity.readings import epoch_ms, format_ts
 from safecity.registry import Device, default_city
 from simulators.generators import generate
+from tests.helpers.support import mosquitto
 
 CHUNK = 50_000  # mosquitto_pub -l at QoS 1 stops early past 65,535 lines per call
 PUBLISHER = "_simulator"  # may write every device topic and _services
@@ -69,31 +70,13 @@ def write_ledger(path: Path, batches: dict[Device, list[bytes]]) -> None:
     writer.close()
 
 
-def login(stack: LocalStack, username: str) -> list[str]:
-    """mosquitto_pub/sub arguments logging in as `username` (the broker has no anonymous)."""
-    return ["-u", username, "-P", stack.secret(username)]
-
-
 def mosquitto_pub(stack: LocalStack, topic: str, lines: Sequence[bytes], name: str) -> None:
     """Publish lines at QoS 1 (MQTT v5) with Mosquitto's own client as `_simulator`, in chunks."""
     for i in range(0, len(lines), CHUNK):
         subprocess.run(
             [
-                "mosquitto_pub",
-                "-h",
-                stack.mqtt_host,
-                "-p",
-                str(stack.mqtt_port),
-                *login(stack, PUBLISHER),
-                "-V",
-                "mqttv5",
-                "-q",
-                "1",
-                "-i",
-                f"{name}-{i}",
-                "-t",
-                topic,
-                "-l",
+                *mosquitto("mosquitto_pub", stack, PUBLISHER, client_id=f"{name}-{i}"),
+                *("-q", "1", "-t", topic, "-l"),
             ],
             input=b"\n".join(lines[i : i + CHUNK]) + b"\n",
             check=True,

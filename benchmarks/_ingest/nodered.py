@@ -21,6 +21,7 @@ import signal
 import subprocess
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -114,7 +115,21 @@ def _probe(start: datetime) -> tuple[str, bytes]:
     return topic, json.dumps(body, separators=(",", ":")).encode()
 
 
-def nodered_run(  # noqa: PLR0915 - long; split it at its seams
+@dataclass
+class _Watch:
+    """What polling InfluxDB during a Node-RED drain saw."""
+
+    procs: list[int]
+    before: dict[int, float]  # CPU seconds of each process when the clock started
+    started: float
+    count: int = 1  # points stored (the probe's included)
+    last: float = 0.0  # when the last new point was seen
+    at_last: dict[int, float] = field(default_factory=dict)  # CPU seconds then
+    fds: int = 0  # the most open files Node-RED held
+    busy: float = 0.0  # Node-RED's CPU (cores) over the last few seconds
+
+
+def nodered_run(
     stack: LocalStack,
     base: Path,
     red: Path,
@@ -127,73 +142,27 @@ def nodered_run(  # noqa: PLR0915 - long; split it at its seams
     db = f"bench_nodered_{name}"
     asyncio.run(create_db(stack, db))
     client_id = f"bench-nodered-{name}"
-    env = {
-        **os.environ,
-        "BENCH_MQTT_HOST": stack.mqtt_host,
-        "BENCH_MQTT_PORT": str(stack.mqtt_port),
-        "BENCH_CLIENT_ID": client_id,
-        "BENCH_TOPIC": f"$share/{client_id}/{topics.device_filter('telemetry', CITY.id)}",
-        "BENCH_INFLUX_HOST": "127.0.0.1",
-        "BENCH_INFLUX_PORT": str(httpx.URL(stack.influx_url).port),
-        "BENCH_INFLUX_DB": db,
-        "BENCH_UI_PORT": str(free_port()),
-        "BENCH_HTTP_MAX_SOCKETS": str(max_sockets or 0),
-    }
+    env = _env(stack, db, client_id, max_sockets)
     user = _user_dir(stack, base, name, client_id)
     argv = ["node", str(red), "--settings", str(FLOW_DIR / "settings.js"), "--userDir", str(user)]
     proc = ManagedProcess(f"nodered-{name}", argv, base / f"nodered-{name}.log", env=env)
     total = sum(len(v) for v in batches.values())
     proc.start()
     try:
-        topic, probe = _probe(start)
-        deadline = time.monotonic() + 120
-        while stored(stack, db) < 1:
-            if not proc.alive or time.monotonic() > deadline:
-                why = f"the probe reading was not stored:\n{proc.log_tail()}"
-                raise NodeRedUnavailableError(why)
-            mosquitto_pub(stack, topic, [probe], f"{client_id}-probe")
-            time.sleep(1.0)
+        _until_probe_stored(stack, proc, db, start, client_id)
         pid = proc.pid or 0
-        os.kill(pid, signal.SIGSTOP)
-        try:
-            publish_all(stack, batches)
-        finally:
-            procs = [pid, stack.mosquitto.pid or 0, stack.influxd.pid or 0]
-            before = {p: proc_stats(p)[0] for p in procs}
-            started = time.monotonic()
-            os.kill(pid, signal.SIGCONT)
-        count, last, at_last = 1, started, dict(before)
-        fds, busy, cpu_seen = 0, 0.0, (started, before[pid])
-        while True:
-            time.sleep(0.5)
-            now_count = stored(stack, db)
-            now = time.monotonic()
-            fds = max(fds, len(os.listdir(f"/proc/{pid}/fd")))
-            if now_count > count:
-                count, last = now_count, now
-                at_last = {p: proc_stats(p)[0] for p in procs}
-            # Node-RED's CPU over the last few seconds: a busy process may still store more.
-            if now - cpu_seen[0] >= 5:
-                cpu_now = proc_stats(pid)[0]
-                busy = (cpu_now - cpu_seen[1]) / (now - cpu_seen[0])
-                cpu_seen = (now, cpu_now)
-            quiet = now - last
-            if (
-                now_count - 1 >= total
-                or (quiet > IDLE and busy < BUSY)
-                or quiet > STALL
-                or now - started > PATIENCE
-            ):
-                break
+        watch = _queue_and_resume(stack, pid, batches)
+        _watch_drain(stack, db, watch, total)
         rss = proc_stats(pid)[1]
         log = proc.log_path.read_text(errors="replace")
     finally:
         proc.stop()
     drop_sessions(stack, [client_id])
     drop_database(stack, db)
-    kept = count - 1
-    elapsed = max(last - started, 1e-6)
-    cpu = {p: at_last[p] - before[p] for p in procs}
+    kept = watch.count - 1
+    elapsed = max(watch.last - watch.started, 1e-6)
+    procs = watch.procs
+    cpu = {p: watch.at_last[p] - watch.before[p] for p in procs}
     return {
         "sockets": float(max_sockets or 0),
         "sent": float(total),
@@ -208,10 +177,80 @@ def nodered_run(  # noqa: PLR0915 - long; split it at its seams
         "rss": rss,
         "errors": float(_errors(log)),
         "emfile": float(log.count("EMFILE")),
-        "fds": float(fds),
+        "fds": float(watch.fds),
         # Still working when the run ended (STALL or PATIENCE): lost may be an upper bound.
-        "busy_at_end": busy,
+        "busy_at_end": watch.busy,
     }, top_error(log)
+
+
+def _env(stack: LocalStack, db: str, client_id: str, max_sockets: int | None) -> dict[str, str]:
+    """The environment the benchmark flow and its settings read."""
+    return {
+        **os.environ,
+        "BENCH_MQTT_HOST": stack.mqtt_host,
+        "BENCH_MQTT_PORT": str(stack.mqtt_port),
+        "BENCH_CLIENT_ID": client_id,
+        "BENCH_TOPIC": f"$share/{client_id}/{topics.device_filter('telemetry', CITY.id)}",
+        "BENCH_INFLUX_HOST": "127.0.0.1",
+        "BENCH_INFLUX_PORT": str(httpx.URL(stack.influx_url).port),
+        "BENCH_INFLUX_DB": db,
+        "BENCH_UI_PORT": str(free_port()),
+        "BENCH_HTTP_MAX_SOCKETS": str(max_sockets or 0),
+    }
+
+
+def _until_probe_stored(
+    stack: LocalStack, proc: ManagedProcess, db: str, start: datetime, client_id: str
+) -> None:
+    """Publish the probe reading until Node-RED has stored it (the whole path works)."""
+    topic, probe = _probe(start)
+    deadline = time.monotonic() + 120
+    while stored(stack, db) < 1:
+        if not proc.alive or time.monotonic() > deadline:
+            why = f"the probe reading was not stored:\n{proc.log_tail()}"
+            raise NodeRedUnavailableError(why)
+        mosquitto_pub(stack, topic, [probe], f"{client_id}-probe")
+        time.sleep(1.0)
+
+
+def _queue_and_resume(stack: LocalStack, pid: int, batches: dict[Device, list[bytes]]) -> _Watch:
+    """SIGSTOP Node-RED, queue the load in its session, SIGCONT it: the clock starts."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        publish_all(stack, batches)
+    finally:
+        procs = [pid, stack.mosquitto.pid or 0, stack.influxd.pid or 0]
+        before = {p: proc_stats(p)[0] for p in procs}
+        started = time.monotonic()
+        os.kill(pid, signal.SIGCONT)
+    return _Watch(procs, before, started, last=started, at_last=dict(before))
+
+
+def _watch_drain(stack: LocalStack, db: str, watch: _Watch, total: int) -> None:
+    """Poll the stored count until all is stored, Node-RED idles or stalls, or patience ends."""
+    pid = watch.procs[0]
+    cpu_seen = (watch.started, watch.before[pid])
+    while True:
+        time.sleep(0.5)
+        now_count = stored(stack, db)
+        now = time.monotonic()
+        watch.fds = max(watch.fds, len(os.listdir(f"/proc/{pid}/fd")))
+        if now_count > watch.count:
+            watch.count, watch.last = now_count, now
+            watch.at_last = {p: proc_stats(p)[0] for p in watch.procs}
+        # Node-RED's CPU over the last few seconds: a busy process may still store more.
+        if now - cpu_seen[0] >= 5:
+            cpu_now = proc_stats(pid)[0]
+            watch.busy = (cpu_now - cpu_seen[1]) / (now - cpu_seen[0])
+            cpu_seen = (now, cpu_now)
+        quiet = now - watch.last
+        if (
+            now_count - 1 >= total
+            or (quiet > IDLE and watch.busy < BUSY)
+            or quiet > STALL
+            or now - watch.started > PATIENCE
+        ):
+            return
 
 
 def _errors(log: str) -> int:

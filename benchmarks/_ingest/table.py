@@ -97,20 +97,61 @@ def _peer_rows(f: Figures, ceiling: float, raw: float, one: float, us_one: float
     return rows
 
 
-def print_table(f: Figures) -> None:  # noqa: PLR0915 - long; split it at its seams
+@dataclass
+class _Medians:
+    """The figures the table and the targets share, over every round."""
+
+    raw: float
+    ceiling: float
+    rate: dict[int, float]  # readings/s by worker count
+    share: dict[int, float]  # of the live broker rate
+    of_ceiling: dict[int, float]  # of the queued-drain ceiling
+    us_per: dict[int, float]  # ingest CPU per reading
+    lost: int
+    dup: int
+
+    @classmethod
+    def of(cls, f: Figures) -> _Medians:
+        runs, n = f.runs, f.n
+        return cls(
+            raw=median(f.raws),
+            ceiling=median(f.ceilings),
+            rate={w: median([r["rate"] for r in rs]) for w, rs in runs.items()},
+            share={w: median([r["rate"] / r["raw"] for r in rs]) for w, rs in runs.items()},
+            of_ceiling={
+                w: median([r["rate"] / r["ceiling"] for r in rs]) for w, rs in runs.items()
+            },
+            us_per={
+                w: median([r["ingest_cpu"] * r["elapsed"] / n * 1e6 for r in rs])
+                for w, rs in runs.items()
+            },
+            lost=sum(int(r["lost"]) for rs in runs.values() for r in rs),
+            dup=sum(int(r["dup"]) for rs in runs.values() for r in rs),
+        )
+
+
+def print_table(f: Figures) -> None:
     """The markdown table recorded in benchmarks/README.md, then the ingest targets."""
-    raws, ceilings, runs = f.raws, f.ceilings, f.runs
-    lat, out, naive, n = f.lat, f.out, f.naive, f.n
-    raw = median(raws)
-    rate = {w: median([r["rate"] for r in rs]) for w, rs in runs.items()}
-    share = {w: median([r["rate"] / r["raw"] for r in rs]) for w, rs in runs.items()}
-    ceiling = median(ceilings)
-    of_ceiling = {w: median([r["rate"] / r["ceiling"] for r in rs]) for w, rs in runs.items()}
-    us_per = {
-        w: median([r["ingest_cpu"] * r["elapsed"] / n * 1e6 for r in rs]) for w, rs in runs.items()
-    }
-    lost = sum(int(r["lost"]) for rs in runs.values() for r in rs)
-    dup = sum(int(r["dup"]) for rs in runs.values() for r in rs)
+    m = _Medians.of(f)
+    _print_rows(f, m)
+    if f.out is not None:
+        _print_outage_row(f.out)
+    print(f"| conditions | {f.n} readings of ~{f.sample} B, {os.cpu_count()} CPUs |")
+    _print_targets(f, m)
+
+
+def _print_rows(f: Figures, m: _Medians) -> None:
+    """The table's head and its rows up to the latency."""
+    raws, ceilings, runs, lat, naive = f.raws, f.ceilings, f.runs, f.lat, f.naive
+    raw, ceiling, rate, share, of_ceiling, us_per = (
+        m.raw,
+        m.ceiling,
+        m.rate,
+        m.share,
+        m.of_ceiling,
+        m.us_per,
+    )
+    lost, dup = m.lost, m.dup
     print()
     print(f"| Measure ({len(raws)} rounds, median; runs in brackets) | Result |")
     print("|---|---|")
@@ -150,57 +191,73 @@ def print_table(f: Figures) -> None:  # noqa: PLR0915 - long; split it at its se
         f"{lat['q_max']:.2f} s (ingest histogram: p50 <= {lat['p50']} s, p99 <= "
         f"{lat['p99']} s) |"
     )
-    if out is not None:
-        hung = out.get("hung", 0.0)
-        hung_note = (
-            f"; {hung:.0f} publishers hung at the end of input and were killed: lines they "
-            "never sent count as lost"
-            if hung
-            else ""
-        )
-        print(
-            f"| InfluxDB SIGSTOP {out['outage']:.0f} s at {out['rate']:,.0f}/s "
-            f"| ingest peak RSS {out['rss']:.0f} MiB; {out['spooled']:,.0f} "
-            f"spooled, drained {out['drained_after']:.0f} s after SIGCONT; lost "
-            f"{out['lost']:.0f}, dup {out['dup']:.0f}"
-            f"{hung_note} |"
-        )
-    print(f"| conditions | {n} readings of ~{f.sample} B, {os.cpu_count()} CPUs |")
 
-    def verdict(ok: bool) -> str:
-        return "met" if ok else "MISSED"
 
+def _print_outage_row(out: Run) -> None:
+    """The row of the InfluxDB outage run."""
+    hung = out.get("hung", 0.0)
+    hung_note = (
+        f"; {hung:.0f} publishers hung at the end of input and were killed: lines they "
+        "never sent count as lost"
+        if hung
+        else ""
+    )
+    print(
+        f"| InfluxDB SIGSTOP {out['outage']:.0f} s at {out['rate']:,.0f}/s "
+        f"| ingest peak RSS {out['rss']:.0f} MiB; {out['spooled']:,.0f} "
+        f"spooled, drained {out['drained_after']:.0f} s after SIGCONT; lost "
+        f"{out['lost']:.0f}, dup {out['dup']:.0f}"
+        f"{hung_note} |"
+    )
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def _print_targets(f: Figures, m: _Medians) -> None:
+    """Each ingest target, met or missed, with its figure."""
+    out, lat, naive, rate, share, of_ceiling, us_per = (
+        f.out,
+        f.lat,
+        f.naive,
+        m.rate,
+        m.share,
+        m.of_ceiling,
+        m.us_per,
+    )
+    lost = m.lost
     print()
     print("targets:")
-    print(f"  1 worker >= 10,000/s: {verdict(rate[1] >= 10_000)} ({rate[1]:,.0f})")
-    print(f"  1 worker >= 10x naive: {verdict(rate[1] >= 10 * naive)} ({rate[1] / naive:.0f}x)")
+    print(f"  1 worker >= 10,000/s: {_verdict(rate[1] >= 10_000)} ({rate[1]:,.0f})")
+    print(f"  1 worker >= 10x naive: {_verdict(rate[1] >= 10 * naive)} ({rate[1] / naive:.0f}x)")
     if 2 in share:
-        print(f"  2 workers >= 50 % of live: {verdict(share[2] >= 0.5)} ({share[2]:.0%})")
+        print(f"  2 workers >= 50 % of live: {_verdict(share[2] >= 0.5)} ({share[2]:.0%})")
         print(
             f"  2 workers >= 35 % of the queued-drain ceiling: "
-            f"{verdict(of_ceiling[2] >= 0.35)} ({of_ceiling[2]:.0%})"
+            f"{_verdict(of_ceiling[2] >= 0.35)} ({of_ceiling[2]:.0%})"
         )
     print(
-        f"  consumer CPU <= 12 us/reading (1 worker): {verdict(us_per[1] <= 12)} ({us_per[1]:.1f})"
+        f"  consumer CPU <= 12 us/reading (1 worker): {_verdict(us_per[1] <= 12)} ({us_per[1]:.1f})"
     )
     capped = [r for r in f.peer if r["sockets"]]
     if capped:
         peer = capped[0]
         print(
             f"  >= 10x Node-RED (sockets capped) in readings/s: "
-            f"{verdict(rate[1] >= 10 * peer['rate'])} ({rate[1] / peer['rate']:.1f}x, 1 worker)"
+            f"{_verdict(rate[1] >= 10 * peer['rate'])} ({rate[1] / peer['rate']:.1f}x, 1 worker)"
         )
         print(
             f"  >= 10x less CPU per reading than Node-RED (sockets capped): "
-            f"{verdict(peer['cpu_us'] >= 10 * us_per[1])} ({peer['cpu_us'] / us_per[1]:.1f}x)"
+            f"{_verdict(peer['cpu_us'] >= 10 * us_per[1])} ({peer['cpu_us'] / us_per[1]:.1f}x)"
         )
-    print(f"  lost = 0: {verdict(lost == 0 and (out is None or out['lost'] == 0))}")
+    print(f"  lost = 0: {_verdict(lost == 0 and (out is None or out['lost'] == 0))}")
     print(
         f"  p99 device->queryable < 0.5 s at {lat['rate']:,.0f}/s: "
-        f"{verdict(lat['q_p99'] < 0.5)} ({lat['q_p99']:.2f} s)"
+        f"{_verdict(lat['q_p99'] < 0.5)} ({lat['q_p99']:.2f} s)"
     )
     if out is not None:
         print(
             f"  RSS < 300 MiB in a {out['outage']:.0f} s outage: "
-            f"{verdict(out['rss'] < 300)} ({out['rss']:.0f} MiB)"
+            f"{_verdict(out['rss'] < 300)} ({out['rss']:.0f} MiB)"
         )

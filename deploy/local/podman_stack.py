@@ -216,7 +216,72 @@ def missing_images(podman: Podman, services: dict[str, Any]) -> list[str]:
     return missing
 
 
-def up(podman: Podman, scale: Sequence[str], profiles: Sequence[str], floor: float) -> None:  # noqa: PLR0915 - long; split it at its seams
+class _Startup:
+    """The state of one `up`: what was asked for, what runs, what is ready."""
+
+    def __init__(
+        self, podman: Podman, services: dict[str, Any], scale: Sequence[str], floor: float
+    ) -> None:
+        self.podman, self.services, self.floor = podman, services, floor
+        self.scale_args = [a for s in scale for a in ("--scale", s)]
+        self.began = time.monotonic()
+        self.started: set[str] = set()  # `up` asked for
+        self.running: set[str] = set()  # `up` returned
+        self.ready: set[str] = set()  # healthy, or completed
+        self.waiters: dict[str, tuple[Waiter, float]] = {}
+        self.starting: dict[Future[Any], list[str]] = {}
+
+    def startable(self) -> list[str]:
+        """Services not started yet whose own depends_on conditions hold."""
+        return sorted(
+            name
+            for name, service in self.services.items()
+            if name not in self.started
+            and all(
+                dep not in self.services
+                or dep in (self.running if cond == "service_started" else self.ready)
+                for dep, cond in dependencies(service).items()
+            )
+        )
+
+    def start(self, starter: ThreadPoolExecutor, batch: list[str]) -> None:
+        """Ask compose to start `batch` (in the background)."""
+        log(f"starting {', '.join(batch)}")
+        args = ["up", "-d", "--no-deps", "--no-build", *self.scale_args, *batch]
+        self.starting[starter.submit(self.podman.compose, *args)] = batch
+        self.started.update(batch)
+
+    def collect_started(self) -> None:
+        """Watch the services whose `up` returned, each with its own deadline."""
+        for future in [f for f in self.starting if f.done()]:
+            future.result()
+            for name in self.starting.pop(future):
+                self.running.add(name)
+                spec = self.services[name].get("healthcheck") or {}
+                one_shot = is_one_shot(self.services, name)
+                deadline = time.monotonic() + (
+                    max(self.floor, 300) if one_shot else budget(spec, self.floor)
+                )
+                self.waiters[name] = (Waiter(self.podman, name, spec, one_shot), deadline)
+
+    def poll(self) -> None:
+        """Poll every watched service at once; raise for one past its deadline."""
+        with ThreadPoolExecutor(max(1, len(self.waiters))) as pool:
+            polls = {name: pool.submit(w.ready) for name, (w, _) in self.waiters.items()}
+        for name, poll in polls.items():
+            waiter, deadline = self.waiters[name]
+            if poll.result():
+                self.ready.add(name)
+                del self.waiters[name]
+                TIMINGS[f"up: {name} ready at"] = round(time.monotonic() - self.began, 1)
+                log(f"{name}: {'completed' if waiter.one_shot else 'ready'}")
+            elif time.monotonic() > deadline:
+                names = ", ".join(sorted(waiter.pending))
+                last = logs_tail(self.podman, sorted(waiter.pending)[0])
+                raise PodmanStackError(f"service {name}: {names} not ready in time:\n{last}")
+
+
+def up(podman: Podman, scale: Sequence[str], profiles: Sequence[str], floor: float) -> None:
     """Start each service once its own depends_on conditions hold, as compose does."""
     with step("up: compose config"):
         config = resolved_config(podman)
@@ -225,57 +290,19 @@ def up(podman: Podman, scale: Sequence[str], profiles: Sequence[str], floor: flo
     problems = missing_images(podman, services)
     if problems:
         raise PodmanStackError("\n".join(problems))
-    scale_args = [a for s in scale for a in ("--scale", s)]
-    began = time.monotonic()
-    started: set[str] = set()  # `up` asked for
-    running: set[str] = set()  # `up` returned
-    ready: set[str] = set()  # healthy, or completed
-    waiters: dict[str, tuple[Waiter, float]] = {}
+    startup = _Startup(podman, services, scale, floor)
     # One compose call at a time (concurrent ones race creating shared volumes); health
     # polls go on meanwhile, so a service starts the moment its own conditions hold.
     with ThreadPoolExecutor(1) as starter:
-        starting: dict[Future[Any], list[str]] = {}
-        while len(ready) < len(services):
-            batch = sorted(
-                name
-                for name, service in services.items()
-                if name not in started
-                and all(
-                    dep not in services or dep in (running if cond == "service_started" else ready)
-                    for dep, cond in dependencies(service).items()
-                )
-            )
+        while len(startup.ready) < len(services):
+            batch = startup.startable()
             if batch:
-                log(f"starting {', '.join(batch)}")
-                args = ["up", "-d", "--no-deps", "--no-build", *scale_args, *batch]
-                starting[starter.submit(podman.compose, *args)] = batch
-                started.update(batch)
-            for future in [f for f in starting if f.done()]:
-                future.result()
-                for name in starting.pop(future):
-                    running.add(name)
-                    spec = services[name].get("healthcheck") or {}
-                    one_shot = is_one_shot(services, name)
-                    deadline = time.monotonic() + (
-                        max(floor, 300) if one_shot else budget(spec, floor)
-                    )
-                    waiters[name] = (Waiter(podman, name, spec, one_shot), deadline)
-            with ThreadPoolExecutor(max(1, len(waiters))) as pool:
-                polls = {name: pool.submit(w.ready) for name, (w, _) in waiters.items()}
-            for name, poll in polls.items():
-                waiter, deadline = waiters[name]
-                if poll.result():
-                    ready.add(name)
-                    del waiters[name]
-                    TIMINGS[f"up: {name} ready at"] = round(time.monotonic() - began, 1)
-                    log(f"{name}: {'completed' if waiter.one_shot else 'ready'}")
-                elif time.monotonic() > deadline:
-                    names = ", ".join(sorted(waiter.pending))
-                    last = logs_tail(podman, sorted(waiter.pending)[0])
-                    raise PodmanStackError(f"service {name}: {names} not ready in time:\n{last}")
-            if not batch and len(ready) < len(services):
+                startup.start(starter, batch)
+            startup.collect_started()
+            startup.poll()
+            if not batch and len(startup.ready) < len(services):
                 time.sleep(POLL)
-    TIMINGS["up: start to all ready"] = round(time.monotonic() - began, 1)
+    TIMINGS["up: start to all ready"] = round(time.monotonic() - startup.began, 1)
     log("every service is up")
 
 

@@ -72,13 +72,22 @@ class _BulkReadClient(paho.Client):
             self._last_bytes_received = paho.time_func()
         return self.feed(data)
 
-    def feed(self, data: bytes) -> MQTTErrorCode:  # noqa: PLR0912, PLR0915 - long; split it at its seams
+    def feed(self, data: bytes) -> MQTTErrorCode:
         """Decode `data` read from the socket (after any incomplete packet of the last read)."""
         buf = self._rbuf + data if self._rbuf else data
         if type(buf) is not bytes:
             buf = bytes(buf)  # slices of it become payloads: immutable bytes
         self._rbuf = b""
-        view = memoryview(buf)
+        pos, rc = self._scan(buf)
+        if rc is not None:
+            return rc
+        if pos < len(buf):
+            self._rbuf = buf[pos:]
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _scan(self, buf: bytes) -> tuple[int, MQTTErrorCode | None]:
+        """Decode and deliver the whole packets at the start of `buf`: (where the
+        incomplete tail starts, None) or (-, the code `feed` returns at once)."""
         size = len(buf)
         pos = 0
         out: list[tuple[Any, ...]] = []
@@ -96,7 +105,7 @@ class _BulkReadClient(paho.Client):
                     header = decode_varint(buf, pos + 1)
                 except wire.WireError:
                     self._deliver(out, auto_ack)
-                    return self._loop_rc_handle(MQTTErrorCode.MQTT_ERR_PROTOCOL)
+                    return pos, self._loop_rc_handle(MQTTErrorCode.MQTT_ERR_PROTOCOL)
                 if header is None:
                     break  # incomplete: keep the tail for the next read
                 length, i = header
@@ -121,32 +130,30 @@ class _BulkReadClient(paho.Client):
                     continue
             got = scan_publish(buf, i, end, command, v5) if command & 0xF0 == _PUBLISH else None
             if got is not None:
-                topic_end, mid, payload_start, qos = got
-                append(
-                    (
-                        bytes(view[i + 2 : topic_end]).decode("utf-8", "replace"),
-                        bytes(view[payload_start:end]),
-                        qos,
-                        mid,
-                        bool(command & 0x01),
-                        bool(command & 0x08),
-                    )
-                )
+                append(_scanned(buf, i, end, command, got))
             else:
                 # Anything else: paho's own handler, after what came before it.
-                self._deliver(out, auto_ack)
+                rc = self._paho_packet(out, auto_ack, buf, pos, i, end)
                 out = []
                 append = out.append
-                rc = self._paho_handle(command, buf[pos + 1 : i], length, view[i:end])
-                if rc is None:
-                    return MQTTErrorCode.MQTT_ERR_SUCCESS  # paho closed the connection
-                if rc:
-                    return self._loop_rc_handle(rc)
+                if rc is not None:
+                    return pos, rc
             pos = end
         self._deliver(out, auto_ack)
-        if pos < size:
-            self._rbuf = bytes(view[pos:])
-        return MQTTErrorCode.MQTT_ERR_SUCCESS
+        return pos, None
+
+    def _paho_packet(
+        self, out: list[tuple[Any, ...]], auto_ack: bool, buf: bytes, pos: int, i: int, end: int
+    ) -> MQTTErrorCode | None:
+        """Deliver `out`, then `_paho_handle` the packet buf[pos:end] (its body from `i`):
+        None to go on, else the code `feed` returns."""
+        self._deliver(out, auto_ack)
+        rc = self._paho_handle(buf[pos], buf[pos + 1 : i], end - i, memoryview(buf)[i:end])
+        if rc is None:
+            return MQTTErrorCode.MQTT_ERR_SUCCESS  # paho closed the connection
+        if rc:
+            return self._loop_rc_handle(rc)
+        return None
 
     def _paho_handle(
         self, command: int, remaining: bytes, length: int, body: memoryview
@@ -296,3 +303,18 @@ def client_class(fast_path: bool, base: type[paho.Client] = paho.Client) -> type
     if base is paho.Client:
         return _BulkReadClient
     return cast(type[paho.Client], type("_BulkReadClient", (_BulkReadClient, base), {}))
+
+
+def _scanned(
+    buf: bytes, i: int, end: int, command: int, got: tuple[int, int, int, int]
+) -> tuple[Any, ...]:
+    """The message of a PUBLISH body buf[i:end] that `wire.scan_publish` found as `got`."""
+    topic_end, mid, payload_start, qos = got
+    return (
+        buf[i + 2 : topic_end].decode("utf-8", "replace"),
+        buf[payload_start:end],
+        qos,
+        mid,
+        bool(command & 0x01),
+        bool(command & 0x08),
+    )

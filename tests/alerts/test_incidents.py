@@ -33,34 +33,46 @@ def _new(rule: str = "gunshot", district: str = "yunusabad", minute: int = 0) ->
     )
 
 
-def test_lifecycle_is_append_only_and_refuses_bad_steps(stack: LocalStack, influx_db: str) -> None:  # noqa: PLR0915 - long; split it at its seams
+async def _refused_steps(store: inc.IncidentStore, incident_id: str) -> None:
+    """Steps the lifecycle refuses once an incident is resolved, and an unknown id."""
+    with pytest.raises(TransitionError, match="is resolved: cannot go to acknowledged"):
+        await store.transition(incident_id, "acknowledged", "op-1")
+    with pytest.raises(TransitionError, match="unknown state 'closed'"):
+        await store.transition(incident_id, "closed", "op-1")
+    with pytest.raises(IncidentError, match="no incident"):
+        await store.get("inc-nope")
+
+
+async def _lifecycle(
+    store: inc.IncidentStore,
+) -> tuple[inc.Incident, inc.Incident, str, dict[str, inc.Incident]]:
+    """One incident through its whole life, a second one acknowledged; (the resolved one as
+    returned, as re-read, the refusal of a skipped step, every incident of the city)."""
+    first = _new()
+    await store.open(first)
+    await store.open(first)  # a redelivered opening: same id, same point
+    with pytest.raises(TransitionError) as refused:
+        await store.transition(first.id, "dispatched", "op-1")
+    t = T0 + timedelta(minutes=2)
+    await store.transition(first.id, "acknowledged", "op-1", "on it", at=t)
+    later = t + timedelta(minutes=1)
+    await store.transition(first.id, "dispatched", "op-1", "unit 7", at=later)
+    done = await store.transition(
+        first.id, "resolved", "op-2", "no casualties", at=t + timedelta(minutes=30)
+    )
+    await _refused_steps(store, first.id)
+    second = _new(minute=60)
+    await store.open(second)
+    await store.transition(second.id, "acknowledged", "op-3", at=T0 + timedelta(minutes=70))
+    return done, await store.get(first.id), str(refused.value), await store.load("tashkent")
+
+
+def test_lifecycle_is_append_only_and_refuses_bad_steps(stack: LocalStack, influx_db: str) -> None:
     async def scenario() -> tuple[inc.Incident, inc.Incident, str, dict[str, inc.Incident]]:
         client = InfluxClient(InfluxSettings(url=stack.influx_url, database=influx_db))
-        store = inc.IncidentStore(client)
         try:
             await client.ensure_database()
-            first = _new()
-            await store.open(first)
-            await store.open(first)  # a redelivered opening: same id, same point
-            with pytest.raises(TransitionError) as refused:
-                await store.transition(first.id, "dispatched", "op-1")
-            t = T0 + timedelta(minutes=2)
-            await store.transition(first.id, "acknowledged", "op-1", "on it", at=t)
-            later = t + timedelta(minutes=1)
-            await store.transition(first.id, "dispatched", "op-1", "unit 7", at=later)
-            done = await store.transition(
-                first.id, "resolved", "op-2", "no casualties", at=t + timedelta(minutes=30)
-            )
-            with pytest.raises(TransitionError, match="is resolved: cannot go to acknowledged"):
-                await store.transition(first.id, "acknowledged", "op-1")
-            with pytest.raises(TransitionError, match="unknown state 'closed'"):
-                await store.transition(first.id, "closed", "op-1")
-            with pytest.raises(IncidentError, match="no incident"):
-                await store.get("inc-nope")
-            second = _new(minute=60)
-            await store.open(second)
-            await store.transition(second.id, "acknowledged", "op-3", at=T0 + timedelta(minutes=70))
-            return done, await store.get(first.id), str(refused.value), await store.load("tashkent")
+            return await _lifecycle(inc.IncidentStore(client))
         finally:
             await client.close()
 

@@ -137,7 +137,7 @@ def test_shipped_scenario_is_detected_in_time_and_meets_its_expectations(
     _scenario_specifics(run, sc, start, entries, summary)
 
 
-def _scenario_specifics(  # noqa: PLR0915 - long; split it at its seams
+def _scenario_specifics(
     run: Run,
     sc: scenarios.Scenario,
     start: datetime,
@@ -146,18 +146,8 @@ def _scenario_specifics(  # noqa: PLR0915 - long; split it at its seams
 ) -> None:
     """What each scenario is about, beyond its [expect] entries."""
     by_rule = {d["rule"]: d for d in summary["detections"]}
-    start_ms = epoch_ms(start)
     if run.scenario in ("gunshot-yunusabad", "rush-hour-accident-chilanzar"):
-        kind, rule = (
-            ("gunshot", "gunshot") if run.scenario[0] == "g" else ("traffic", "road_accident")
-        )
-        (incident,) = sc.incidents
-        incident_ms = start_ms + round(incident.at_s * 1000)
-        sent = [e for e in entries if e.channel == "event" and f"/{kind}/" in e.topic]
-        first_sent = min(e.ts_ms or 0 for e in sent if (e.ts_ms or 0) >= incident_ms)
-        # Detectors report at the instant of the incident; the rule fires on that report.
-        assert first_sent == incident_ms
-        assert by_rule[rule]["delay_s"] == 0.0
+        _detected_at_the_incident(run, sc, start, entries, by_rule)
     if run.scenario == "gunshot-yunusabad":
         shots = [e for e in entries if e.channel == "event" and "/gunshot/" in e.topic]
         # Every shot report is critical: each one is covered by the gunshot incident.
@@ -172,30 +162,55 @@ def _scenario_specifics(  # noqa: PLR0915 - long; split it at its seams
     if run.scenario == "stadium-event":
         assert by_rule["crowd_congestion"]["delay_s"] >= 300  # its 5 min above 0.7
     if run.scenario == "spoofed-device":
-        checks = {c["what"].split()[0]: c for c in summary["checks"]}
-        for fault in ("identity_mismatch", "unknown_device"):
-            check = checks[fault]
-            spoofed = [e for e in entries if e.fault == fault]
-            assert check["found"] == len(spoofed) > 0
-            if run.transport == "edge":
-                # Per-device accounts: the broker refuses each one, not authorized (0x87).
-                assert {e.puback for e in spoofed} == {0x87}
-                assert check["detail"]["refused_by_broker"] == {"0x87": len(spoofed)}
-                assert check["detail"]["dead_lettered"] == 0
-            else:
-                # The `_simulator` account may write any device topic: the ingest refuses.
-                assert all(e.puback < 0x80 for e in spoofed)
-                assert check["detail"]["refused_by_broker"] == {}
-                assert check["detail"]["dead_lettered"] == len(spoofed)
-        # The honest messages still flow, from the district's devices only.
-        assert sum(1 for e in entries if e.good and e.acknowledged) > 100
-        assert {e.topic.split("/")[3] for e in entries} == {"mirobod"}
+        _spoofed_messages_refused(run, entries, summary)
     if run.scenario == "sensor-fleet-degradation":
         for rule, fault in (("device_stuck", "stuck"), ("device_silent", "dropout")):
             detection = by_rule[rule]
             assert detection["episodes"] >= 1 and detection["missed"] == []
             # Event time: the alert comes exactly when the rule's duration is reached.
             assert detection["delay_s"] == detection["within_s"], (rule, fault)
+
+
+def _detected_at_the_incident(
+    run: Run,
+    sc: scenarios.Scenario,
+    start: datetime,
+    entries: list[ledger.LedgerEntry],
+    by_rule: dict[str, dict[str, Any]],
+) -> None:
+    """The first report of the scenario's one incident is at its instant, and so is the alert."""
+    kind, rule = ("gunshot", "gunshot") if run.scenario[0] == "g" else ("traffic", "road_accident")
+    (incident,) = sc.incidents
+    incident_ms = epoch_ms(start) + round(incident.at_s * 1000)
+    sent = [e for e in entries if e.channel == "event" and f"/{kind}/" in e.topic]
+    first_sent = min(e.ts_ms or 0 for e in sent if (e.ts_ms or 0) >= incident_ms)
+    # Detectors report at the instant of the incident; the rule fires on that report.
+    assert first_sent == incident_ms
+    assert by_rule[rule]["delay_s"] == 0.0
+
+
+def _spoofed_messages_refused(
+    run: Run, entries: list[ledger.LedgerEntry], summary: dict[str, Any]
+) -> None:
+    """Each spoofed message refused where its transport refuses it; the honest ones flow."""
+    checks = {c["what"].split()[0]: c for c in summary["checks"]}
+    for fault in ("identity_mismatch", "unknown_device"):
+        check = checks[fault]
+        spoofed = [e for e in entries if e.fault == fault]
+        assert check["found"] == len(spoofed) > 0
+        if run.transport == "edge":
+            # Per-device accounts: the broker refuses each one, not authorized (0x87).
+            assert {e.puback for e in spoofed} == {0x87}
+            assert check["detail"]["refused_by_broker"] == {"0x87": len(spoofed)}
+            assert check["detail"]["dead_lettered"] == 0
+        else:
+            # The `_simulator` account may write any device topic: the ingest refuses.
+            assert all(e.puback < 0x80 for e in spoofed)
+            assert check["detail"]["refused_by_broker"] == {}
+            assert check["detail"]["dead_lettered"] == len(spoofed)
+    # The honest messages still flow, from the district's devices only.
+    assert sum(1 for e in entries if e.good and e.acknowledged) > 100
+    assert {e.topic.split("/")[3] for e in entries} == {"mirobod"}
 
 
 def test_score_counts_misses_late_detections_and_false_positives() -> None:

@@ -107,16 +107,8 @@ def test_list_filters_and_bounds(client: TestClient, stored: dict[str, inc.Incid
     assert client.get("/v1/incidents", params={"city": "almaty"}).status_code == 404
 
 
-def test_lifecycle_through_the_api_is_appended_and_audited(  # noqa: PLR0915 - long; split it at its seams
-    client: TestClient,
-    stored: dict[str, inc.Incident],
-    keys: dict[str, str],
-    api_settings: ApiSettings,
-    stack: LocalStack,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    ident = stored["gunshot"].id
-    operate = _as(keys["operate"])
+def _refusals(client: TestClient, ident: str, operate: dict[str, str]) -> None:
+    """What the API refuses before any step is taken, each with its status and reason."""
     # A read key may look, not act; a missing key learns nothing.
     assert client.post(f"/v1/incidents/{ident}/ack").status_code == 403
     assert client.post(f"/v1/incidents/{ident}/ack", headers={"X-API-Key": ""}).status_code == 401
@@ -135,22 +127,63 @@ def test_lifecycle_through_the_api_is_appended_and_audited(  # noqa: PLR0915 - l
         r = client.post(f"/v1/incidents/{ident}/ack", headers=operate, json=body)
         assert r.status_code == 422, (body, r.text)
 
+
+def _walk(client: TestClient, ident: str, operate: dict[str, str]) -> dict[str, Any]:
+    """Acknowledge (twice: the second refused), dispatch and resolve; the resolved incident."""
+    ack = client.post(f"/v1/incidents/{ident}/ack", headers=operate, json={"note": "on it"})
+    assert ack.status_code == 200, ack.text
+    again = client.post(f"/v1/incidents/{ident}/ack", headers=operate)
+    assert again.status_code == 409 and "is acknowledged" in again.json()["detail"]
+    sent = client.post(f"/v1/incidents/{ident}/dispatch", headers=operate, json={})
+    assert sent.status_code == 200
+    done = client.post(
+        f"/v1/incidents/{ident}/resolve", headers=operate, json={"note": "no casualties"}
+    )
+    assert done.status_code == 200
+    body: dict[str, Any] = done.json()
+    return body
+
+
+def _audit_file_lists(
+    api_settings: ApiSettings, ident: str, keys: dict[str, str]
+) -> list[dict[str, Any]]:
+    """The audit log: every operate call of a known key (refusals included), in order; its
+    records."""
+    operator = _key_id(keys["operate"])
+    path = api_settings.audit_log_file
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    mine = [r for r in records if r["target"] == ident]
+    assert [(r["key_id"], r["method"], r["route"], r["status"]) for r in mine] == [
+        (_key_id(keys["read"]), "POST", "/v1/incidents/{incident_id}/ack", 403),
+        (operator, "POST", "/v1/incidents/{incident_id}/dispatch", 409),
+        *[(operator, "POST", "/v1/incidents/{incident_id}/ack", 422)] * 3,
+        (operator, "POST", "/v1/incidents/{incident_id}/ack", 200),
+        (operator, "POST", "/v1/incidents/{incident_id}/ack", 409),
+        (operator, "POST", "/v1/incidents/{incident_id}/dispatch", 200),
+        (operator, "POST", "/v1/incidents/{incident_id}/resolve", 200),
+    ]
+    assert all(r["scope"] == "operate" and r["ts"].endswith("Z") for r in mine)
+    return records
+
+
+def test_lifecycle_through_the_api_is_appended_and_audited(
+    client: TestClient,
+    stored: dict[str, inc.Incident],
+    keys: dict[str, str],
+    api_settings: ApiSettings,
+    stack: LocalStack,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ident = stored["gunshot"].id
+    operate = _as(keys["operate"])
+    _refusals(client, ident, operate)
     # Only what the block logs: an earlier test in this process may have left the audit
     # logger at INFO already, and then the refusals above are in caplog too.
     first = len(caplog.records)
     with caplog.at_level(logging.INFO, logger="safecity.api.audit"):
-        ack = client.post(f"/v1/incidents/{ident}/ack", headers=operate, json={"note": "on it"})
-        assert ack.status_code == 200, ack.text
-        again = client.post(f"/v1/incidents/{ident}/ack", headers=operate)
-        assert again.status_code == 409 and "is acknowledged" in again.json()["detail"]
-        sent = client.post(f"/v1/incidents/{ident}/dispatch", headers=operate, json={})
-        assert sent.status_code == 200
-        done = client.post(
-            f"/v1/incidents/{ident}/resolve", headers=operate, json={"note": "no casualties"}
-        )
-        assert done.status_code == 200
+        body = _walk(client, ident, operate)
     operator = _key_id(keys["operate"])
-    body = done.json()
     assert body["state"] == "resolved"
     assert [(t["state"], t["from_state"], t["by"], t["note"]) for t in body["transitions"]] == [
         ("open", None, "alerts", ""),
@@ -171,21 +204,7 @@ def test_lifecycle_through_the_api_is_appended_and_audited(  # noqa: PLR0915 - l
     resolved = client.get("/v1/incidents", params={"state": "resolved"}).json()
     assert [i["id"] for i in resolved["items"]] == [ident]
 
-    # The audit log: every operate call of a known key (refusals included), in order.
-    path = api_settings.audit_log_file
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    records = [json.loads(line) for line in path.read_text().splitlines()]
-    mine = [r for r in records if r["target"] == ident]
-    assert [(r["key_id"], r["method"], r["route"], r["status"]) for r in mine] == [
-        (_key_id(keys["read"]), "POST", "/v1/incidents/{incident_id}/ack", 403),
-        (operator, "POST", "/v1/incidents/{incident_id}/dispatch", 409),
-        *[(operator, "POST", "/v1/incidents/{incident_id}/ack", 422)] * 3,
-        (operator, "POST", "/v1/incidents/{incident_id}/ack", 200),
-        (operator, "POST", "/v1/incidents/{incident_id}/ack", 409),
-        (operator, "POST", "/v1/incidents/{incident_id}/dispatch", 200),
-        (operator, "POST", "/v1/incidents/{incident_id}/resolve", 200),
-    ]
-    assert all(r["scope"] == "operate" and r["ts"].endswith("Z") for r in mine)
+    records = _audit_file_lists(api_settings, ident, keys)
     logged = [r.__dict__["audit"] for r in caplog.records[first:] if r.getMessage() == "audit"]
     assert [(r["route"].rsplit("/", 1)[-1], r["status"]) for r in logged] == [
         ("ack", 200),

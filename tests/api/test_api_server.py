@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from support import wait_for_async
 
 from api.server import serve
 from api.settings import ApiSettings
@@ -27,13 +28,18 @@ def _port_is_free(port: int) -> bool:
 
 async def _wait_healthy(url: str, task: asyncio.Task[None]) -> httpx.Response:
     async with httpx.AsyncClient() as http:
-        for _ in range(200):
+
+        async def answered() -> httpx.Response | None:
             assert not task.done(), task.exception()
             try:
                 return await http.get(url, timeout=1)
             except httpx.TransportError:
-                await asyncio.sleep(0.05)
-    raise AssertionError("API did not come up")
+                return None
+
+        response: httpx.Response = await wait_for_async(
+            answered, 10, "the API to come up", interval=0.05
+        )
+        return response
 
 
 def test_serve_answers_and_stops_cleanly_on_cancel(influxd: Influxd) -> None:

@@ -98,7 +98,51 @@ def _readings(frames: Iterator[dict[str, str]], count: int) -> list[tuple[str, i
     raise AssertionError("stream ended early")
 
 
-def test_a_client_resumes_and_gets_every_item_exactly_once(  # noqa: PLR0915 - long; split it at its seams
+def _first_stream(url: str, headers: dict[str, str], stack: LocalStack) -> list[tuple[str, int]]:
+    """A stream that takes two of three readings, then disconnects; the per-key cap meanwhile."""
+    with httpx.stream("GET", url, params=PARAMS, headers=headers, timeout=30) as r:
+        assert r.status_code == 200
+        frames = sse(r.iter_lines())
+        first = next(frames)
+        assert first["comment"] == "connected" and first["retry"] == "2500"
+        # The key holds the witness and this stream; a third fits, a fourth is refused.
+        with httpx.stream("GET", url, headers=headers, timeout=30) as third:
+            assert third.status_code == 200
+            fourth = httpx.get(url, headers=headers, timeout=30)
+            assert fourth.status_code == 429
+            assert "3 live streams" in fourth.json()["detail"]
+        _publish(stack, 1, 2, 3)
+        return _readings(frames, 2)  # disconnect mid-stream, after two of three
+
+
+def _resumed(url: str, headers: dict[str, str], stack: LocalStack) -> list[tuple[str, int]]:
+    """Resume with `headers`' Last-Event-ID: the missed readings, then a live one."""
+    with httpx.stream("GET", url, params=PARAMS, headers=headers, timeout=30) as r:
+        assert r.status_code == 200
+        frames = sse(r.iter_lines())
+        _publish(stack, 6)
+        return _readings(frames, 4)
+
+
+def _gaps(url: str, api: Any, headers: dict[str, str], stack: LocalStack, witness: Witness) -> None:
+    """Missed more than the buffer keeps, or an id of another run: an explicit gap."""
+    # Missed more than the buffer keeps: an explicit gap, then the live items.
+    _publish(stack, *range(7, 15))
+    witness.wait_for(14)
+    with httpx.stream("GET", url, params=PARAMS, headers=headers, timeout=30) as r:
+        frames = sse(r.iter_lines())
+        gap = next(f for f in frames if "event" in f)
+        assert gap["event"] == "gap" and "no longer kept" in json.loads(gap["data"])["detail"]
+        replayed = _readings(frames, 6)
+    assert [seq for _, seq in replayed] == list(range(9, 15))
+    # An id of another run of the API: a gap too.
+    stale = {**api.headers, "Last-Event-ID": "00000000-3"}
+    with httpx.stream("GET", url, params=PARAMS, headers=stale, timeout=30) as r:
+        frame = next(f for f in sse(r.iter_lines()) if "event" in f)
+        assert frame["event"] == "gap" and "not from this stream" in frame["data"]
+
+
+def test_a_client_resumes_and_gets_every_item_exactly_once(
     stack: LocalStack, influx_db: str, start_api: Callable[..., Any]
 ) -> None:
     api = start_api(
@@ -111,59 +155,20 @@ def test_a_client_resumes_and_gets_every_item_exactly_once(  # noqa: PLR0915 - l
     url = f"{api.url}/v1/stream"
     witness = Witness(url, api.headers)
     try:
-        got: list[tuple[str, int]] = []
-        with httpx.stream("GET", url, params=PARAMS, headers=api.headers, timeout=30) as r:
-            assert r.status_code == 200
-            frames = sse(r.iter_lines())
-            first = next(frames)
-            assert first["comment"] == "connected" and first["retry"] == "2500"
-            # The key holds the witness and this stream; a third fits, a fourth is refused.
-            with httpx.stream("GET", url, headers=api.headers, timeout=30) as third:
-                assert third.status_code == 200
-                fourth = httpx.get(url, headers=api.headers, timeout=30)
-                assert fourth.status_code == 429
-                assert "3 live streams" in fourth.json()["detail"]
-            _publish(stack, 1, 2, 3)
-            got += _readings(frames, 2)  # disconnect mid-stream, after two of three
+        got = _first_stream(url, api.headers, stack)
         last_id = got[-1][0]
         _publish(stack, 4, 5)  # while disconnected
         witness.wait_for(5)
         headers = {**api.headers, "Last-Event-ID": last_id}
-        with httpx.stream("GET", url, params=PARAMS, headers=headers, timeout=30) as r:
-            assert r.status_code == 200
-            frames = sse(r.iter_lines())
-            _publish(stack, 6)
-            got += _readings(frames, 4)
+        got += _resumed(url, headers, stack)
         assert [seq for _, seq in got] == [1, 2, 3, 4, 5, 6]
         ids = [i for i, _ in got]
         assert len(set(ids)) == 6
         numbers = [int(i.split("-")[1]) for i in ids]
         assert numbers == sorted(numbers)
-        # Idle: keep-alive comments.
+        # Idle: keep-alive comments (every 0.5 s).
         witness.wait_for(6)
-        assert "keep-alive" in witness.comments or _wait_keepalive(witness)
-
-        # Missed more than the buffer keeps: an explicit gap, then the live items.
-        _publish(stack, *range(7, 15))
-        witness.wait_for(14)
-        with httpx.stream("GET", url, params=PARAMS, headers=headers, timeout=30) as r:
-            frames = sse(r.iter_lines())
-            gap = next(f for f in frames if "event" in f)
-            assert gap["event"] == "gap" and "no longer kept" in json.loads(gap["data"])["detail"]
-            replayed = _readings(frames, 6)
-        assert [seq for _, seq in replayed] == list(range(9, 15))
-        # An id of another run of the API: a gap too.
-        stale = {**api.headers, "Last-Event-ID": "00000000-3"}
-        with httpx.stream("GET", url, params=PARAMS, headers=stale, timeout=30) as r:
-            frame = next(f for f in sse(r.iter_lines()) if "event" in f)
-            assert frame["event"] == "gap" and "not from this stream" in frame["data"]
+        wait_for(lambda: "keep-alive" in witness.comments, 10, "a keep-alive comment")
+        _gaps(url, api, headers, stack, witness)
     finally:
         witness.close()
-
-
-def _wait_keepalive(witness: Witness) -> bool:
-    for _ in range(100):
-        if "keep-alive" in witness.comments:
-            return True
-        threading.Event().wait(0.1)
-    return False

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 from brokerkit import SecureBroker, connected, run, wait_connack
 from rawmqtt import DISCONNECT, PUBACK, RawClient
+from support import wait_for_async
 
 from broker import certs, identity
 from broker.identity import CredentialStore
@@ -281,10 +282,11 @@ def test_a_running_device_picks_up_its_rotated_secret(
             "--secrets-file", str(secrets_file), device,
         )  # fmt: skip
         assert code == 0 and f"rotated {device}" in err
-        for _ in range(400):  # up to 20 s
-            if client.connects >= 2:
-                break
-            await asyncio.sleep(0.05)
+
+        async def reconnected() -> bool:
+            return client.connects >= 2
+
+        await wait_for_async(reconnected, 20, "the device back with its new secret", 0.05)
         connects, failures = client.connects, client.failures
         await client.stop()
         return connects, failures

@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support import wait_for, wait_for_async
 
 from broker import certs
 from control.cli import main as safecity_main
@@ -112,11 +112,13 @@ async def deliver(
         await agent.close(30)
     received: set[tuple[str, int]] = set()
     want = len(DEVICES) * PER_DEVICE
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 30
-    while len(received) < want and loop.time() < deadline:
+
+    async def everything() -> bool:
         for message in await receiver.inbox.get_batch(1000, 1.0):
             received.add((message.topic.split("/")[5], int(message.payload)))
+        return len(received) >= want
+
+    await wait_for_async(everything, 30, f"all {want} messages at the receiver", interval=0)
     await receiver.disconnect()
     return verdicts, received
 
@@ -207,12 +209,14 @@ def test_expired_certificate_is_refused(mtls_broker: Mosquitto) -> None:
 def _refused_after_reload(broker: Mosquitto, kept: certs.CertPaths, device: str) -> Any:
     """The broker re-reads its CRL on SIGHUP asynchronously: try again for a few seconds
     until the revoked certificate is refused (it must be, within the bound)."""
-    deadline = time.monotonic() + 15
-    while True:
-        result = asyncio.run(attempt(_client_cert_settings(broker, kept), device, None))
-        if result.connects == 0 or time.monotonic() > deadline:
-            return result
-        time.sleep(0.5)
+    results: list[Any] = []
+
+    def refused() -> bool:
+        results.append(asyncio.run(attempt(_client_cert_settings(broker, kept), device, None)))
+        return bool(results[-1].connects == 0)
+
+    wait_for(refused, 15, "the revoked certificate to be refused", interval=0.5)
+    return results[-1]
 
 
 def test_revoked_certificate_is_refused_after_revoke_and_reload(

@@ -78,23 +78,17 @@ def text(page: Page, selector: str) -> str:
     return page.locator(selector).first.inner_text().strip()
 
 
-def test_console_shows_the_live_city_and_its_districts(  # noqa: PLR0915 - long; split it at its seams
-    live_city: Any, browser: BrowserContext, tmp_path: Path
-) -> None:
-    api = live_city
-    city = default_city()
-    problems: list[str] = []
-    stream_requests: list[Request] = []
-    page = browser.pages[0] if browser.pages else browser.new_page()
+def _log_problems(page: Page, problems: list[str]) -> None:
+    """Collect the page's console errors and warnings and its uncaught errors in `problems`."""
     page.on(
         "console",
         lambda m: problems.append(f"console {m.type}: {m.text}") if is_problem(m) else None,
     )
     page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
-    page.on("requestfailed", lambda r: problems.append(f"failed: {r.url} {r.failure}"))
-    page.on("request", lambda r: stream_requests.append(r) if "/v1/stream" in r.url else None)
 
-    # No key yet: the key form, then the city.
+
+def _sign_in_with_the_form(page: Page, api: Any, city: Any) -> None:
+    """No key yet: the key form, then the city."""
     page.goto(api.url + "/")
     page.locator("#auth").wait_for(state="visible")
     page.fill("#key", api.api_key)
@@ -103,7 +97,10 @@ def test_console_shows_the_live_city_and_its_districts(  # noqa: PLR0915 - long;
     assert text(page, "#city-name") == city.name
     assert page.evaluate("sessionStorage.getItem('safecity.apiKey')") == api.api_key
 
-    # The map: every district, focusable and named; every device, coloured by status.
+
+def _check_map(page: Page, city: Any) -> set[str | None]:
+    """The map: every district, focusable and named; every device, coloured by status; the
+    ids of the districts."""
     districts = page.locator("#map path.district")
     assert districts.count() == len(city.districts) == 12
     ids = {districts.nth(i).get_attribute("data-id") for i in range(districts.count())}
@@ -125,8 +122,11 @@ def test_console_shows_the_live_city_and_its_districts(  # noqa: PLR0915 - long;
         "() => [...document.querySelectorAll('path.district')].some(p =>"
         " /aqi-(good|moderate|usg|unhealthy|very|hazardous)/.test(p.getAttribute('class')))"
     )
+    return ids
 
-    # KPI tiles are text, fed by the overview and by the live stream.
+
+def _check_kpis(page: Page, city: Any) -> None:
+    """KPI tiles are text, fed by the overview and by the live stream."""
     page.wait_for_function(
         "n => document.querySelector('#kpi-devices .tile-value').textContent.endsWith(` / ${n}`)",
         arg=len(city.devices),
@@ -148,13 +148,10 @@ def test_console_shows_the_live_city_and_its_districts(  # noqa: PLR0915 - long;
     page.wait_for_function(
         "() => document.querySelector('#kpi-laeq .tile-value').textContent.includes('dB')"
     )
-    # The stream carried the key in its header, never in the URL.
-    assert stream_requests
-    for request in stream_requests:
-        assert request.all_headers().get("x-api-key") == api.api_key
-        assert api.api_key not in request.url
 
-    # Click a district (at its label, which lies inside it): its drill-down opens.
+
+def _drill_down_by_click(page: Page, city: Any) -> None:
+    """Click a district (at its label, which lies inside it): its drill-down opens."""
     chilanzar = city.district("chilanzar")
     assert chilanzar is not None
     box = page.locator("#map text.label", has_text=chilanzar.name).bounding_box()
@@ -167,7 +164,9 @@ def test_console_shows_the_live_city_and_its_districts(  # noqa: PLR0915 - long;
     assert re.search(r"\d+ / \d+ / \d+", drill.inner_text())
     assert page.get_attribute('path[data-id="chilanzar"]', "aria-pressed") == "true"
 
-    # Keyboard: Escape closes it; Tab reaches a district (visibly focused), Enter opens it.
+
+def _drill_down_by_keyboard(page: Page, city: Any, ids: set[str | None]) -> None:
+    """Keyboard: Escape closes it; Tab reaches a district (visibly focused), Enter opens it."""
     page.keyboard.press("Escape")
     page.locator("#drill .hint").wait_for()
     page.evaluate("document.activeElement && document.activeElement.blur()")
@@ -189,6 +188,30 @@ def test_console_shows_the_live_city_and_its_districts(  # noqa: PLR0915 - long;
     assert district is not None
     assert text(page, "#drill-title") == district.name
     page.locator("#drill dl.facts").wait_for()
+
+
+def test_console_shows_the_live_city_and_its_districts(
+    live_city: Any, browser: BrowserContext, tmp_path: Path
+) -> None:
+    api = live_city
+    city = default_city()
+    problems: list[str] = []
+    stream_requests: list[Request] = []
+    page = browser.pages[0] if browser.pages else browser.new_page()
+    _log_problems(page, problems)
+    page.on("requestfailed", lambda r: problems.append(f"failed: {r.url} {r.failure}"))
+    page.on("request", lambda r: stream_requests.append(r) if "/v1/stream" in r.url else None)
+
+    _sign_in_with_the_form(page, api, city)
+    ids = _check_map(page, city)
+    _check_kpis(page, city)
+    # The stream carried the key in its header, never in the URL.
+    assert stream_requests
+    for request in stream_requests:
+        assert request.all_headers().get("x-api-key") == api.api_key
+        assert api.api_key not in request.url
+    _drill_down_by_click(page, city)
+    _drill_down_by_keyboard(page, city, ids)
 
     shot = tmp_path / "console.png"
     page.screenshot(path=str(shot), full_page=True)
@@ -222,35 +245,16 @@ def is_problem(message: ConsoleMessage) -> bool:
     return message.type in ("error", "warning")
 
 
-def test_an_operator_acknowledges_a_live_incident_from_the_console(  # noqa: PLR0915 - long; split it at its seams
-    stack: LocalStack,
-    influx_db: str,
-    start_api: Callable[..., Any],
-    start_alerts: Callable[..., Any],
-    browser: BrowserContext,
-    tmp_path: Path,
-) -> None:
-    # The real alerts service (shipped rules) opens the incident from a real panic event.
-    start_alerts(influx_db)
-    api = start_api(influx_db)  # its key has read + operate
-    _, viewer_key = KeyStore(Path(api.env["SAFECITY_API_KEYS_FILE"])).create("viewer", ("read",))
-    problems: list[str] = []
-    page = browser.pages[0] if browser.pages else browser.new_page()
-    page.on(
-        "console",
-        lambda m: problems.append(f"console {m.type}: {m.text}") if is_problem(m) else None,
-    )
-    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
-    page.goto(f"{api.url}/?key={api.api_key}")
-    page.locator("#app").wait_for(state="visible")
-    page.wait_for_function("() => document.body.dataset.ready === 'true'")
-
+def _panic_incident(stack: LocalStack, api: Any) -> dict[str, Any]:
+    """Press a real panic button (mosquitto_pub): the incident the API lists for it."""
     panic = default_city().select(kind="panic_button")[0]
     incident = panic_incident(stack, api, "tashkent", panic)
-    ident = incident["id"]
-    assert incident["state"] == "open"
+    assert incident["state"] == "open" and incident["devices"] == [panic.id]
+    return dict(incident)
 
-    # It appears in the feed (live alert or poll) with the buttons of an open incident.
+
+def _acknowledge_from_the_feed(page: Page, ident: str) -> None:
+    """It appears in the feed (live alert or poll) with the buttons of an open incident."""
     item = page.locator(f'#feed li[data-incident="{ident}"]')
     item.wait_for()
     ack = item.locator('button[data-action="ack"]')
@@ -273,7 +277,9 @@ def test_an_operator_acknowledges_a_live_incident_from_the_console(  # noqa: PLR
     # Focus stayed in the incident's actions (keyboard users keep their place).
     assert page.evaluate("() => document.activeElement.dataset.incident") == ident
 
-    # The API shows the appended step, by this key's id; the audit log has the call.
+
+def _acknowledged_in_the_api_and_audited(api: Any, ident: str) -> None:
+    """The API shows the appended step, by this key's id; the audit log has the call."""
     body = httpx.get(f"{api.url}/v1/incidents/{ident}", headers=api.headers, timeout=10).json()
     key_id = api.api_key.split("_")[1]
     assert [(t["state"], t["by"]) for t in body["transitions"]] == [
@@ -286,6 +292,30 @@ def test_an_operator_acknowledges_a_live_incident_from_the_console(  # noqa: PLR
     assert [(a["key_id"], a["route"], a["target"], a["status"]) for a in audit] == [
         (key_id, "/v1/incidents/{incident_id}/ack", ident, 200)
     ]
+
+
+def test_an_operator_acknowledges_a_live_incident_from_the_console(
+    stack: LocalStack,
+    influx_db: str,
+    start_api: Callable[..., Any],
+    start_alerts: Callable[..., Any],
+    browser: BrowserContext,
+    tmp_path: Path,
+) -> None:
+    # The real alerts service (shipped rules) opens the incident from a real panic event.
+    start_alerts(influx_db)
+    api = start_api(influx_db)  # its key has read + operate
+    _, viewer_key = KeyStore(Path(api.env["SAFECITY_API_KEYS_FILE"])).create("viewer", ("read",))
+    problems: list[str] = []
+    page = browser.pages[0] if browser.pages else browser.new_page()
+    _log_problems(page, problems)
+    page.goto(f"{api.url}/?key={api.api_key}")
+    page.locator("#app").wait_for(state="visible")
+    page.wait_for_function("() => document.body.dataset.ready === 'true'")
+
+    ident = _panic_incident(stack, api)["id"]
+    _acknowledge_from_the_feed(page, ident)
+    _acknowledged_in_the_api_and_audited(api, ident)
 
     # A read-only key sees the incident and its state, but no buttons.
     viewer = browser.new_page()

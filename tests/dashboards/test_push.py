@@ -73,28 +73,54 @@ class Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length", "0"))
         return json.loads(self.rfile.read(length) or b"null")
 
-    def _handle(self, method: str) -> None:  # noqa: PLR0912, PLR0915 - long; split it at its seams
-        srv = self.server
+    def _handle(self, method: str) -> None:
         auth = self.headers.get("Authorization")
-        srv.log.append((method, self.path, auth))
+        self.server.log.append((method, self.path, auth))
         if auth != f"Bearer {TOKEN}":
             self._send(401, {"message": "Unauthorized"})
             return
         parts = self.path.split("?")[0].strip("/").split("/")
-        body = self._body() if method in ("POST", "PUT") else None
-        route = (method, *parts)
-        if route == ("GET", "api", "health"):
+        if method == "GET":
+            handled = self._get(parts)
+        elif method == "POST":
+            handled = self._post(parts, self._body())
+        else:
+            handled = self._put(parts, self._body())
+        if not handled:
+            self._send(404, {"message": "Not found"})
+
+    def _found(self, item: dict[str, Any] | None, missing: dict[str, str]) -> bool:
+        """200 with `item`, or 404 with `missing` when there is none."""
+        if item is None:
+            self._send(404, missing)
+        else:
+            self._send(200, item)
+        return True
+
+    def _get(self, parts: list[str]) -> bool:
+        """The GET routes; False for one this server does not have."""
+        srv = self.server
+        if parts == ["api", "health"]:
             self._send(200, {"commit": "abc123", "database": "ok", "version": "11.3.0"})
-        elif route[:3] == ("GET", "api", "folders") and len(parts) == 3:
+            return True
+        if parts[:2] == ["api", "folders"] and len(parts) == 3:
             folder = srv.folders.get(parts[2])
-            if folder is None:
-                self._send(404, {"message": "folder not found", "status": "not-found"})
-            else:
-                self._send(200, folder)
-        elif route == ("POST", "api", "folders"):
+            return self._found(folder, {"message": "folder not found", "status": "not-found"})
+        if parts[:3] == ["api", "datasources", "uid"]:
+            return self._found(srv.datasources.get(parts[3]), {"message": "Data source not found"})
+        if parts[:3] == ["api", "dashboards", "uid"]:
+            return self._found(srv.dashboards.get(parts[3]), {"message": "Dashboard not found"})
+        if parts[:3] == ["api", "v1", "provisioning"] and len(parts) == 5:
+            return self._found(srv.rules.get(parts[4]), {"message": "rule not found"})
+        return False
+
+    def _post(self, parts: list[str], body: Any) -> bool:
+        """The POST routes; False for one this server does not have."""
+        srv = self.server
+        if parts == ["api", "folders"]:
             if body["uid"] in srv.folders:
                 self._send(409, {"message": "a folder with the same uid already exists"})
-                return
+                return True
             folder = {
                 "id": srv.new_id(),
                 "uid": body["uid"],
@@ -104,65 +130,42 @@ class Handler(BaseHTTPRequestHandler):
             }
             srv.folders[body["uid"]] = folder
             self._send(200, folder)
-        elif route[:3] == ("PUT", "api", "folders"):
+        elif parts == ["api", "datasources"]:
+            if any(d["name"] == body["name"] for d in srv.datasources.values()):
+                self._send(409, {"message": "data source with the same name already exists"})
+                return True
+            ds = self._store_datasource(body, srv.new_id(), 1)
+            self._send_datasource(ds, "Datasource added")
+        elif parts == ["api", "dashboards", "db"]:
+            self._save_dashboard(body)
+        elif parts == ["api", "v1", "provisioning", "alert-rules"]:
+            self._save_rule(body, 201, None)
+        else:
+            return False
+        return True
+
+    def _put(self, parts: list[str], body: Any) -> bool:
+        """The PUT routes; False for one this server does not have."""
+        srv = self.server
+        if parts[:2] == ["api", "folders"]:
             folder = srv.folders[parts[2]]
             folder.update(title=body["title"], version=folder["version"] + 1)
             self._send(200, folder)
-        elif route[:4] == ("GET", "api", "datasources", "uid"):
-            ds = srv.datasources.get(parts[3])
-            if ds is None:
-                self._send(404, {"message": "Data source not found"})
-            else:
-                self._send(200, ds)
-        elif route == ("POST", "api", "datasources"):
-            if any(d["name"] == body["name"] for d in srv.datasources.values()):
-                self._send(409, {"message": "data source with the same name already exists"})
-                return
-            ds = self._store_datasource(body, srv.new_id(), 1)
-            self._send(
-                200,
-                {
-                    "datasource": ds,
-                    "id": ds["id"],
-                    "message": "Datasource added",
-                    "name": ds["name"],
-                },
-            )
-        elif route[:4] == ("PUT", "api", "datasources", "uid"):
+        elif parts[:3] == ["api", "datasources", "uid"]:
             old = srv.datasources[parts[3]]
             ds = self._store_datasource(body, old["id"], old["version"] + 1)
-            self._send(
-                200,
-                {
-                    "datasource": ds,
-                    "id": ds["id"],
-                    "message": "Datasource updated",
-                    "name": ds["name"],
-                },
-            )
-        elif route[:4] == ("GET", "api", "dashboards", "uid"):
-            stored = srv.dashboards.get(parts[3])
-            if stored is None:
-                self._send(404, {"message": "Dashboard not found"})
-            else:
-                self._send(200, stored)
-        elif route == ("POST", "api", "dashboards", "db"):
-            self._save_dashboard(body)
-        elif route[:4] == ("GET", "api", "v1", "provisioning") and len(parts) == 5:
-            rule = srv.rules.get(parts[4])
-            if rule is None:
-                self._send(404, {"message": "rule not found"})
-            else:
-                self._send(200, rule)
-        elif route == ("POST", "api", "v1", "provisioning", "alert-rules"):
-            self._save_rule(body, 201, None)
-        elif route[:5] == ("PUT", "api", "v1", "provisioning", "alert-rules"):
+            self._send_datasource(ds, "Datasource updated")
+        elif parts[:4] == ["api", "v1", "provisioning", "alert-rules"]:
             if parts[4] not in srv.rules:
                 self._send(404, {"message": "rule not found"})
-                return
+                return True
             self._save_rule(body, 200, srv.rules[parts[4]]["id"])
         else:
-            self._send(404, {"message": "Not found"})
+            return False
+        return True
+
+    def _send_datasource(self, ds: dict[str, Any], message: str) -> None:
+        self._send(200, {"datasource": ds, "id": ds["id"], "message": message, "name": ds["name"]})
 
     def _store_datasource(self, body: dict[str, Any], ds_id: int, version: int) -> dict[str, Any]:
         # Secrets are write-only: Grafana answers with secureJsonFields flags instead.

@@ -15,7 +15,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from support import wait_for
+from support import wait_for, wait_for_async
 
 from control.stack import Mosquitto
 from edge.agent import DeviceAgent, Envelope
@@ -74,8 +74,43 @@ class Receiver:
         self.client.loop_stop()
 
 
+async def _publish_for(agents: list[DeviceAgent], sent: dict[str, int], seconds: float) -> None:
+    """Each agent submits its next numbered message every 5 ms for `seconds`."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    while loop.time() < end:
+        for agent in agents:
+            seq = sent[agent.client_id]
+            body = json.dumps({"d": agent.client_id, "s": seq}).encode()
+            agent.submit(Envelope(topic(agent.client_id), body,
+                                  {"d": agent.client_id, "s": seq}))  # fmt: skip
+            sent[agent.client_id] = seq + 1
+        await asyncio.sleep(0.005)
+
+
+async def _fleet_through_a_restart(broker: Mosquitto, agents: list[DeviceAgent]) -> dict[str, int]:
+    """Publish, stop the broker (the agents spool), start it again, publish, close: how many
+    messages each device sent."""
+    for agent in agents:
+        agent.start()
+    for agent in agents:
+        assert await agent.client.wait_connected(5)
+    sent = dict.fromkeys((a.client_id for a in agents), 0)
+    await _publish_for(agents, sent, 0.5)
+    await asyncio.to_thread(broker.stop)
+    await _publish_for(agents, sent, 1.0)  # broker down: the agents spool
+    spooled_while_down = sum(a.stats.spooled for a in agents)
+    assert spooled_while_down > 0
+    await asyncio.to_thread(broker.start)
+    await _publish_for(agents, sent, 0.5)
+    await asyncio.gather(*(a.close() for a in agents))
+    assert all(a.stats.left_buffered == 0 for a in agents)
+    assert all(a.client.connects >= 2 for a in agents)
+    return sent
+
+
 @pytest.mark.timeout(90)
-def test_store_and_forward_survives_a_broker_restart_in_order(tmp_path: Path) -> None:  # noqa: PLR0915 - long; split it at its seams
+def test_store_and_forward_survives_a_broker_restart_in_order(tmp_path: Path) -> None:
     broker = Mosquitto(tmp_path / "broker")
     ids = [f"edge-dev-{i:02d}" for i in range(DEVICES)]
     broker.provision(*ids)
@@ -95,36 +130,7 @@ def test_store_and_forward_survives_a_broker_restart_in_order(tmp_path: Path) ->
 
         async def main() -> dict[str, int]:
             agents = [DeviceAgent(d, mqtt, edge, on_result, password=broker.secret(d)) for d in ids]
-            for agent in agents:
-                agent.start()
-            for agent in agents:
-                assert await agent.client.wait_connected(5)
-            loop = asyncio.get_running_loop()
-            sent = dict.fromkeys((a.client_id for a in agents), 0)
-            spooled_while_down = 0
-
-            async def publish_for(seconds: float) -> None:
-                end = loop.time() + seconds
-                while loop.time() < end:
-                    for agent in agents:
-                        seq = sent[agent.client_id]
-                        body = json.dumps({"d": agent.client_id, "s": seq}).encode()
-                        agent.submit(Envelope(topic(agent.client_id), body,
-                                              {"d": agent.client_id, "s": seq}))  # fmt: skip
-                        sent[agent.client_id] = seq + 1
-                    await asyncio.sleep(0.005)
-
-            await publish_for(0.5)
-            await asyncio.to_thread(broker.stop)
-            await publish_for(1.0)  # broker down: the agents spool
-            spooled_while_down = sum(a.stats.spooled for a in agents)
-            assert spooled_while_down > 0
-            await asyncio.to_thread(broker.start)
-            await publish_for(0.5)
-            await asyncio.gather(*(a.close() for a in agents))
-            assert all(a.stats.left_buffered == 0 for a in agents)
-            assert all(a.client.connects >= 2 for a in agents)
-            return sent
+            return await _fleet_through_a_restart(broker, agents)
 
         sent = asyncio.run(main())
         total = sum(sent.values())
@@ -195,7 +201,12 @@ def test_will_is_published_when_a_device_vanishes(tmp_path: Path) -> None:
             sock = client._client.socket() if client._client else None
             assert sock is not None
             sock.shutdown(socket.SHUT_RDWR)  # type: ignore[attr-defined]
-            await asyncio.sleep(0.3)
+
+            async def lost() -> bool:
+                return not client.connected
+
+            # Stopped only once it saw the connection lost: no DISCONNECT can cancel the will.
+            await wait_for_async(lost, 5, "the client to see its connection lost")
             await client.stop(0.5)
 
         asyncio.run(main())

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -61,7 +60,10 @@ def test_kill_9_of_the_edge_agent_mid_flush_loses_nothing(
         assert again.returncode == 0, again.stdout + again.stderr
         assert again.stdout.strip().endswith("flushed")
         assert list(spool.glob("*.spool")) == []  # everything confirmed: the spools are gone
-        time.sleep(0.2)
+        # Confirmed means stored: the ingest has acked every reading before it stops.
+        wait_for(
+            lambda: ingest.metric("safecity_ingest_acked_total") >= COUNT, 10, "every reading acked"
+        )
     finally:
         ingest.stop()
     ledger = tmp_path / "ledger.jsonl"

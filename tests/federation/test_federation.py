@@ -20,7 +20,6 @@ import os
 import secrets
 import subprocess
 import sys
-import time
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -97,15 +96,17 @@ def _toggle(command: str) -> list[dict[str, Any]]:
 
 def _restart(stack: LocalStack) -> None:
     """Start the stopped broker again on its ports (retried while another holds one)."""
-    for _ in range(30):
+
+    def started() -> bool:
         try:
             stack.mosquitto.start()
-            return
         except StackError as exc:
             if "already in use" not in str(exc):
                 raise
-            time.sleep(1)
-    raise AssertionError("the regional broker's port stayed taken")
+            return False
+        return True
+
+    wait_for(started, 30, "the regional broker's port to be free again", interval=1)
 
 
 def _audit_account(stack: LocalStack) -> str:
@@ -396,10 +397,8 @@ def _overview(inst: Instance, start: str, end: str, district: str | None = None)
     return body
 
 
-def test_federation_shares_indicators_not_data(federation: dict[str, Instance]) -> None:  # noqa: PLR0915 - long; split it at its seams
-    region = federation["region"]
-    cities = [federation[c] for c in CITIES]
-    # Raw device traffic on the city brokers meanwhile: a reading and an ANPR hit.
+def _raw_traffic(cities: list[Instance]) -> None:
+    """Raw device traffic on the city brokers meanwhile: a reading and an ANPR hit."""
     for inst in cities:
         assert inst.city is not None
         anpr = next(d for d in inst.city.devices if d.kind == "anpr")
@@ -407,19 +406,12 @@ def test_federation_shares_indicators_not_data(federation: dict[str, Instance]) 
         event = {"ts": format_ts(datetime.now(UTC)), "seq": 7, "type": "anpr_hit"}
         _pub(inst.stack, "_simulator", topic, json.dumps({**event, "plate_hash": PLATE}))
 
-    def intervals(city: str) -> int:
-        return len({start for topic, start in _stored(region) if topic.split("/")[2] == city})
 
-    wait_for(
-        lambda: min(map(intervals, CITIES)) >= 2,
-        60,
-        "two intervals of each city in the region",
-        interval=0.5,
-    )
-
-    # Two outages of two intervals each: the bridges cut (their accounts disabled on the
-    # regional broker), then the regional broker itself stopped. The cities keep
-    # publishing to their own brokers, whose bridges queue; the region catches up.
+def _outages(region: Instance, cities: list[Instance]) -> set[tuple[str, str]]:
+    """Two outages of two intervals each: the bridges cut (their accounts disabled on the
+    regional broker), then the regional broker itself stopped. The cities keep
+    publishing to their own brokers, whose bridges queue; the region catches up. What the
+    cities had published by the end of the last outage."""
     admin = _admin(region.stack)
 
     def cut_bridges() -> None:
@@ -432,11 +424,20 @@ def test_federation_shares_indicators_not_data(federation: dict[str, Instance]) 
         (cut_bridges, heal_bridges),
         (region.stack.mosquitto.stop, lambda: _restart(region.stack)),
     ]
+    published: set[tuple[str, str]] = set()
     for cut, heal in outages:
         cut()
         before = set().union(*(_published(c) for c in cities))
-        time.sleep(2 * INTERVAL + 1)
-        published = set().union(*(_published(c) for c in cities))
+
+        def two_new_intervals(before: set[tuple[str, str]] = before) -> set[tuple[str, str]]:
+            now = set().union(*(_published(c) for c in cities))
+            during = now - before
+            each = [{s for t, s in during if t.split("/")[2] == c.name} for c in cities]
+            return now if min(map(len, each)) >= 2 else set()
+
+        published = wait_for(
+            two_new_intervals, 10 * INTERVAL, "two intervals published while away", interval=0.5
+        )
         during = published - before
         assert during, "the cities kept publishing while the region was away"
         assert not during & _stored(region)
@@ -447,13 +448,17 @@ def test_federation_shares_indicators_not_data(federation: dict[str, Instance]) 
             "the region to catch up on every indicator published",
             interval=0.5,
         )
+    return published
 
-    # The regional figures equal the cities' own overviews of the same intervals.
+
+def _region_overview(federation: dict[str, Instance], region: Instance) -> dict[str, Any]:
+    """The regional figures equal the cities' own overviews of the same intervals; the
+    regional overview."""
     view = httpx.get(
         f"{region.api}/v1/region/overview", headers={"X-API-Key": region.key}, timeout=30
     )
     view.raise_for_status()
-    body = view.json()
+    body: dict[str, Any] = view.json()
     assert [c["city"] for c in body["cities"]] == sorted(CITIES)
     for entry in body["cities"]:
         assert entry["source"] == "federated"
@@ -466,6 +471,13 @@ def test_federation_shares_indicators_not_data(federation: dict[str, Instance]) 
         assert entry["air_quality"]["aqi"]["value"] is not None
         assert entry["traffic"]["avg_speed"]["value"] is not None
         assert entry["delivery"]["stored"] > 0
+    return body
+
+
+def _stored_scopes_equal_the_cities(
+    federation: dict[str, Instance], region: Instance, published: set[tuple[str, str]]
+) -> None:
+    """A sample of the stored scope indicators equals each city's own overview of it."""
     scopes = sorted(k for k in published if "/segment/" not in k[0])
     assert len(scopes) >= 12
     for topic, start in scopes[:: max(1, len(scopes) // 12)]:
@@ -486,7 +498,9 @@ def test_federation_shares_indicators_not_data(federation: dict[str, Instance]) 
                 section,
             )
 
-    # Corridor KPIs from the federated segments.
+
+def _corridor_kpis(body: dict[str, Any]) -> None:
+    """Corridor KPIs from the federated segments."""
     corridor = next(c for c in body["corridors"] if c["id"] == "tashkent-samarkand")
     assert [s["city"] for s in corridor["segments"]] == ["tashkent", "samarkand"]
     for s in corridor["segments"]:
@@ -497,7 +511,10 @@ def test_federation_shares_indicators_not_data(federation: dict[str, Instance]) 
     )
     assert corridor["speed_kmh"] > 0
 
-    # Nothing but federation indicators reached the regional broker ...
+
+def _nothing_but_indicators(region: Instance, cities: list[Instance]) -> list[tuple[str, str]]:
+    """Nothing but federation indicators reached the regional broker or its database; what
+    the broker carried."""
     assert region.seen is not None
     forbidden = [PLATE, "plate", "seq"]
     forbidden += [d.id for inst in cities if inst.city for d in inst.city.devices]
@@ -519,9 +536,14 @@ def test_federation_shares_indicators_not_data(federation: dict[str, Instance]) 
             for s in _query(region.stack.influx_url, db, f'SELECT * FROM "{name}"'):
                 text = json.dumps(s)
                 assert not [f for f in forbidden if f in text], (db, name)
+    return carried
 
-    # A bridge account may write only its own city's federation topics; bad input is
-    # dead-lettered with its reason.
+
+def _refusals_and_redelivery(
+    federation: dict[str, Instance], region: Instance, carried: list[tuple[str, str]]
+) -> None:
+    """A bridge account may write only its own city's federation topics; bad input is
+    dead-lettered with its reason."""
     own_topic = fed.city_topic("tashkent")
     refused = _pub(
         region.stack, bridge_username("tashkent"), fed.city_topic("samarkand"), "{}", tls=True
@@ -549,3 +571,25 @@ def test_federation_shares_indicators_not_data(federation: dict[str, Instance]) 
         interval=0.5,
     )
     assert _query(region.stack.influx_url, REGION_DB, count)[0]["values"][0][1] == 1
+
+
+def test_federation_shares_indicators_not_data(federation: dict[str, Instance]) -> None:
+    region = federation["region"]
+    cities = [federation[c] for c in CITIES]
+    _raw_traffic(cities)
+
+    def intervals(city: str) -> int:
+        return len({start for topic, start in _stored(region) if topic.split("/")[2] == city})
+
+    wait_for(
+        lambda: min(map(intervals, CITIES)) >= 2,
+        60,
+        "two intervals of each city in the region",
+        interval=0.5,
+    )
+    published = _outages(region, cities)
+    body = _region_overview(federation, region)
+    _stored_scopes_equal_the_cities(federation, region, published)
+    _corridor_kpis(body)
+    carried = _nothing_but_indicators(region, cities)
+    _refusals_and_redelivery(federation, region, carried)

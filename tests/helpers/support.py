@@ -13,7 +13,7 @@ from typing import Any, Protocol, cast
 
 import httpx
 
-from control.stack import LocalStack
+from control.stack import LocalStack, Mosquitto
 from safecity import topics
 
 # Broker accounts the tests act as. The simulator account may publish on every device's
@@ -38,7 +38,7 @@ def credentials(stack: LocalStack, username: str) -> list[str]:
 
 def mosquitto(
     tool: str,
-    stack: Broker,
+    stack: Broker | Mosquitto,
     username: str | None,
     *,
     secret: str | None = None,
@@ -46,14 +46,19 @@ def mosquitto(
     version: str = "mqttv5",
     port: int | None = None,
 ) -> list[str]:
-    """The start of a `mosquitto_pub`/`mosquitto_sub` command line: the broker, the MQTT
-    version, the login (`username` with its own secret unless `secret` is given; none
-    for None) and a client id (a fresh `test-...` one unless given: the broker refuses
-    empty ones). The caller adds QoS, topics and payloads."""
-    argv = [tool, "-h", stack.mqtt_host, "-p", str(port or stack.mqtt_port), "-V", version]
+    """The start of a `mosquitto_pub`/`mosquitto_sub` command line (`tool` may be a path):
+    the broker (a stack's or a bare `Mosquitto`), the MQTT version, the login (`username`
+    with its own secret unless `secret` is given; none for None) and a client id (a fresh
+    `test-...` one unless given: the broker refuses empty ones). The caller adds QoS,
+    topics and payloads. The benchmarks use it too (as `tests.helpers.support`)."""
+    if isinstance(stack, Mosquitto):
+        host, own_port = stack.host, stack.port
+    else:
+        host, own_port = stack.mqtt_host, stack.mqtt_port
+    argv = [tool, "-h", host, "-p", str(port or own_port), "-V", version]
     if username is not None:
         if secret is None:
-            secret = cast(LocalStack, stack).secret(username)
+            secret = cast(LocalStack | Mosquitto, stack).secret(username)
         argv += ["-u", username, "-P", secret]
     return [*argv, "-i", client_id or f"test-{secrets.token_hex(4)}"]
 
@@ -134,6 +139,20 @@ async def wait_for_async(
     raise AssertionError(f"timed out after {within}s waiting for {what}")
 
 
+def holds_for(
+    condition: Callable[[], Any], seconds: float, what: str, interval: float = 0.1
+) -> None:
+    """The tests' one way to show that nothing happened: `condition` stays true throughout
+    `seconds` (AssertionError naming `what` the moment it does not). The caller states
+    why `seconds` is long enough for what it rules out to have shown."""
+    deadline = time.monotonic() + seconds
+    while True:
+        assert condition(), f"{what} stopped holding"
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(interval)
+
+
 class DeadLetterWatcher:
     """Collects dead letters from the broker with mosquitto_sub (a client we did not write)."""
 
@@ -156,13 +175,15 @@ class DeadLetterWatcher:
         self.probe = probe
 
     def _probe(self, stack: LocalStack, topic: str) -> bool:
+        """Whether a probe came back; if not, send one (the next poll looks for it)."""
+        if topic in self.out.read_text():
+            return True
         subprocess.run(
             [*mosquitto("mosquitto_pub", stack, PUBLISHER), "-t", topic, "-m", "{}"],
             check=True,
             timeout=10,
         )
-        time.sleep(0.1)
-        return topic in self.out.read_text()
+        return False
 
     def letters(self) -> list[tuple[str, dict[str, Any]]]:
         out = []

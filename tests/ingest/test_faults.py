@@ -251,7 +251,13 @@ def test_two_workers_one_killed_and_restarted(stack, tmp_path, ingest_factory) -
     pub.start(good_readings(CITY, 4000, devices=100), rate=400)
     wait_for(lambda: second.metric("safecity_ingest_acked_total") > 200, 20, "both working")
     second.kill()
-    time.sleep(4)
+    carried = first.metric("safecity_ingest_acked_total")
+    # The survivor carries the whole stream while the other is down.
+    wait_for(
+        lambda: first.metric("safecity_ingest_acked_total") > carried + 1000,
+        20,
+        "the surviving worker carrying the stream",
+    )
     second.start()
     wait_for(lambda: second.metric("safecity_ingest_redelivered_total") > 0, 20, "redeliveries")
     pub.join()

@@ -114,8 +114,12 @@ def test_supervisor_restarts_a_dying_task_with_backoff() -> None:
 
         before = restarts_sample("flaky")
         supervisor.start("flaky", flaky)
-        for _ in range(100):
-            await asyncio.sleep(0)
+
+        async def fifth_run() -> bool:
+            return runs == 5 and supervisor.healthy
+
+        # The sleeps are injected (no time passes): a few loop turns settle it.
+        await wait_for_async(fifth_run, 5, "the fifth run of the dying task", interval=0)
         assert runs == 5 and supervisor.restarts("flaky") == 4 and supervisor.healthy
         assert restarts_sample("flaky") - before == 4
         assert all(0.0 <= s <= 4.0 for s in slept) and len(slept) == 4

@@ -11,11 +11,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from faults import new_db
-from support import influx_rows, mosquitto, mosquitto_pub, wait_for
+from support import holds_for, influx_rows, mosquitto, mosquitto_pub, wait_for
 
 from control.stack import LocalStack
 from ingest.brokerlog import EventClock, LogFollower, parse_line
 from ingest.stats import BrokerDropped
+from ingest.watch import BROKER_LOG_POLL_S
 from ingest.writer import InfluxWriter
 from safecity import schema, topics
 from safecity.influx import InfluxClient
@@ -30,12 +31,18 @@ SECURITY = 'SELECT * FROM "security"."security_events"'
 NOT_AUTHORISED = "Client <unknown> disconnected, not authorised."
 
 
-def connect(stack: LocalStack, client_id: str, *login: str, topic: str = "x/y") -> str:
-    """mosquitto_pub once with the given login arguments; return its stderr."""
+def connect(
+    stack: LocalStack,
+    client_id: str,
+    username: str | None = None,
+    secret: str | None = None,
+    topic: str = "x/y",
+) -> str:
+    """mosquitto_pub once as `username` with `secret` (anonymous for None); its stderr."""
     result = subprocess.run(
         [
-            *mosquitto("mosquitto_pub", stack, None, client_id=client_id),
-            *("-q", "1", "-t", topic, "-m", "{}", *login),
+            *mosquitto("mosquitto_pub", stack, username, secret=secret, client_id=client_id),
+            *("-q", "1", "-t", topic, "-m", "{}"),
         ],
         capture_output=True,
         text=True,
@@ -65,28 +72,31 @@ def test_broker_auth_failures_and_dangerous_ids_become_security_events(
     device, other = CITY.devices[0], CITY.devices[1]
     # Anonymous, wrong password of a real device, unknown user: all CONNACK 0x87.
     assert "Not authorized" in connect(own_stack, "anon-1")
-    assert "Not authorized" in connect(own_stack, device.id, "-u", device.id, "-P", "wrong")
-    assert "Not authorized" in connect(own_stack, "ghost-1", "-u", "ghost", "-P", "x")
+    assert "Not authorized" in connect(own_stack, device.id, device.id, "wrong")
+    assert "Not authorized" in connect(own_stack, "ghost-1", "ghost", "x")
     # A device spoofing another's topic: PUBACK 0x87 (the broker logs nothing about it at
     # the platform's log levels; ingest never sees it either).
     spoof = topics.telemetry_topic(CITY.id, other.district, other.kind, other.id)
     secret = own_stack.secret(device.id)
-    assert "Not authorized" in connect(
-        own_stack, device.id, "-u", device.id, "-P", secret, topic=spoof
-    )
+    assert "Not authorized" in connect(own_stack, device.id, device.id, secret, topic=spoof)
     # A client id other than its own (here with a wildcard): refused at CONNECT, since
     # the broker pins each device to its own client id.
     own = topics.telemetry_topic(CITY.id, device.district, device.kind, device.id)
-    assert "Not authorized" in connect(
-        own_stack, "evil+id", "-u", device.id, "-P", secret, topic=own
-    )
+    assert "Not authorized" in connect(own_stack, "evil+id", device.id, secret, topic=own)
 
     rows = wait_for(
         lambda: (r := influx_rows(own_stack, db, SECURITY)) and len(r) >= 4 and r,
         30,
         "four broker auth failures",
     )
-    time.sleep(1.0)  # nothing more may follow
+    # Nothing more may follow. The follower reads every new log line each BROKER_LOG_POLL_S
+    # and stores their points before its next read: a fifth event from what the broker
+    # logged would show within two polls of the four.
+    holds_for(
+        lambda: len(influx_rows(own_stack, db, SECURITY)) == 4,
+        2 * BROKER_LOG_POLL_S + 1.0,
+        "four security events, no more",
+    )
     rows = influx_rows(own_stack, db, SECURITY)
     auth = [r for r in rows if r["type"] == "auth_failure"]
     assert len(auth) == 4 and len(rows) == 4

@@ -134,12 +134,8 @@ _FAULTS = [
 ]
 
 
-@st.composite
-def telemetry(draw: st.DrawFn) -> tuple[str, bytes]:  # noqa: PLR0912, PLR0915 - long; split it at its seams
-    """A kind and a payload near its contract: a valid reading with none, one or two faults."""
-    kind = draw(st.sampled_from(KINDS))
-    quantities = catalogue.telemetry_quantities(kind)
-    faults = set(draw(st.lists(st.sampled_from(_FAULTS), max_size=2)))
+def _values(draw: st.DrawFn, quantities: list[Any], faults: set[str]) -> dict[str, Any]:
+    """The reading's values: good ones, then the value faults."""
     values: dict[str, Any] = {}
     for q in quantities:
         if q.required or draw(st.booleans()):
@@ -154,6 +150,11 @@ def telemetry(draw: st.DrawFn) -> tuple[str, bytes]:  # noqa: PLR0912, PLR0915 -
         values[draw(st.sampled_from(names))] = None
     if "extra" in faults:
         values[draw(st.sampled_from(["extra", "seq", "ts"]))] = 1
+    return values
+
+
+def _body(draw: st.DrawFn, values: dict[str, Any], faults: set[str]) -> dict[str, Any]:
+    """The envelope around `values`, with its faults."""
     body: dict[str, Any] = {
         "ts": draw(_BAD_TS if "ts" in faults else _GOOD_TS),
         "seq": draw(
@@ -172,8 +173,11 @@ def telemetry(draw: st.DrawFn) -> tuple[str, bytes]:  # noqa: PLR0912, PLR0915 -
             del body[draw(st.sampled_from(["ts", "seq", "values"]))]
         else:
             body["extra"] = 0
-    text = json.dumps(body, separators=(",", ":"), allow_nan=True)
-    keys = ["ts", "seq", *sorted(values)]
+    return body
+
+
+def _text_faults(draw: st.DrawFn, text: str, keys: list[str], faults: set[str]) -> str:
+    """`text` with the faults of the JSON text: repeated keys, truncation, odd numbers."""
     if "repeat" in faults:  # a repeated key, the first value other
         name = draw(st.sampled_from(keys))
         text = text.replace(f'"{name}":', f'"{name}":0,"{name}":', 1)
@@ -192,6 +196,19 @@ def telemetry(draw: st.DrawFn) -> tuple[str, bytes]:  # noqa: PLR0912, PLR0915 -
         text = text.replace("1", "1e999", 1)
     if "digit" in faults:
         text = text.replace("0", "\u0660", 1)  # a non-ASCII digit
+    return text
+
+
+@st.composite
+def telemetry(draw: st.DrawFn) -> tuple[str, bytes]:
+    """A kind and a payload near its contract: a valid reading with none, one or two faults."""
+    kind = draw(st.sampled_from(KINDS))
+    quantities = catalogue.telemetry_quantities(kind)
+    faults = set(draw(st.lists(st.sampled_from(_FAULTS), max_size=2)))
+    values = _values(draw, list(quantities), faults)
+    body = _body(draw, values, faults)
+    text = json.dumps(body, separators=(",", ":"), allow_nan=True)
+    text = _text_faults(draw, text, ["ts", "seq", *sorted(values)], faults)
     raw = text.encode()
     if "utf8" in faults:
         raw = raw[:-1] + b"\xff" + raw[-1:]

@@ -9,12 +9,12 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import wait_for
 
 from safecity.outbox import _SCHEMA, DeliveryStatus, Message, Outbox, Outcome, Result
 from safecity.retry import Backoff
@@ -220,11 +220,18 @@ def test_kill_9_loses_no_enqueued_message(tmp_path: Path) -> None:
     )
     assert child.stdout is not None
     confirmed = -1
-    deadline = time.monotonic() + 60
-    while confirmed < 200 and time.monotonic() < deadline:
+
+    def past_200() -> bool:
+        nonlocal confirmed
+        assert child.stdout is not None
         confirmed = int(child.stdout.readline())
-    os.kill(child.pid, signal.SIGKILL)
-    child.wait()
+        return confirmed >= 200
+
+    try:
+        wait_for(past_200, 60, "200 enqueues confirmed by the child", interval=0)
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
     assert confirmed >= 200
     box = Outbox(path, owner="child")
     keys = {e.key for e in box.entries(limit=100_000)}
