@@ -35,6 +35,8 @@ CREATE TABLE IF NOT EXISTS commands (
     expires_ms INTEGER NOT NULL,
     idempotency_key TEXT NOT NULL,
     by TEXT NOT NULL,
+    by_subject TEXT NOT NULL DEFAULT '',
+    by_name TEXT NOT NULL DEFAULT '',
     UNIQUE (by, idempotency_key)
 );
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -98,6 +100,16 @@ class StoredCommand:
     expires_ms: int
     idempotency_key: str
     by: str
+    # A person who sent it (signed in through the identity provider): subject and name.
+    by_subject: str = ""
+    by_name: str = ""
+
+
+# Columns added after the first release: a store from before gets them on open.
+_ADDED_COLUMNS = (
+    ("by_subject", "TEXT NOT NULL DEFAULT ''"),
+    ("by_name", "TEXT NOT NULL DEFAULT ''"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +131,10 @@ class CommandStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        present = {row[1] for row in self._db.execute("PRAGMA table_info(commands)")}
+        for column, kind in _ADDED_COLUMNS:
+            if column not in present:
+                self._db.execute(f"ALTER TABLE commands ADD COLUMN {column} {kind}")
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -151,11 +167,12 @@ class CommandStore:
                 return _command(row), False
             cur = db.execute(
                 "INSERT INTO commands (id, city, name, params, target, issued_ms, expires_ms,"
-                " idempotency_key, by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " idempotency_key, by, by_subject, by_name)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     command.id, command.city, command.name, json.dumps(command.params),
                     json.dumps(command.target), command.issued_ms, command.expires_ms,
-                    command.idempotency_key, command.by,
+                    command.idempotency_key, command.by, command.by_subject, command.by_name,
                 ),
             )  # fmt: skip
             db.executemany(
@@ -311,6 +328,8 @@ def _command(row: Sequence[Any]) -> StoredCommand:
         expires_ms=row[7],
         idempotency_key=row[8],
         by=row[9],
+        by_subject=row[10],
+        by_name=row[11],
     )
 
 
