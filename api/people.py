@@ -99,13 +99,11 @@ def person_from_claims(claims: dict[str, Any], settings: OidcSettings) -> Person
 
 @dataclass(frozen=True)
 class Session:
-    """One signed-in console: the person, the CSRF token, when it ends, the ID token
-    (the provider's logout wants it as a hint)."""
+    """One signed-in console: the person, its CSRF token, when it ends (epoch seconds)."""
 
     person: Person
     csrf: str
     expires: float
-    id_token: str
 
 
 @dataclass(frozen=True)
@@ -144,11 +142,11 @@ class Sessions:
             return None
         return pending
 
-    def open(self, person: Person, id_token: str, expires_at: float) -> tuple[str, Session]:
+    def open(self, person: Person, expires_at: float) -> tuple[str, Session]:
         """A new session (ending at the ID token's expiry or after `ttl`) and its id."""
         sid = secrets.token_urlsafe(32)
         ends = min(time.time() + self.ttl, expires_at)
-        session = Session(person, secrets.token_urlsafe(32), ends, id_token)
+        session = Session(person, secrets.token_urlsafe(32), ends)
         self._sessions[sid] = session
         while len(self._sessions) > MAX_SESSIONS:
             self._sessions.popitem(last=False)

@@ -158,7 +158,7 @@ async def sign_in_callback(
         raise HTTPException(status_code=exc.status, detail=exc.reason) from None
     except ProviderError as exc:
         raise HTTPException(status_code=503, detail=str(exc)) from None
-    sid, session = sessions.open(person, id_token, float(claims["exp"]))
+    sid, session = sessions.open(person, float(claims["exp"]))
     log.info("signed in", extra={"subject": person.subject, "person": person.display_name})
     response = RedirectResponse("/", status_code=302)
     response.set_cookie(
@@ -214,7 +214,13 @@ async def sign_out(
     if session is not None and provider is not None:
         end = (await provider.metadata()).get("end_session_endpoint")
         if isinstance(end, str):
-            hint = {"id_token_hint": session.id_token, "client_id": provider.settings.client_id}
+            back = (provider.settings.public_url or str(request.base_url)).rstrip("/") + "/"
+            # RP-initiated logout by client id (the provider checks the return address
+            # against the client's registered ones).
+            hint = {
+                "client_id": provider.settings.client_id,
+                "post_logout_redirect_uri": back,
+            }
             logout_url = f"{end}?{urlencode(hint)}"
         log.info("signed out", extra={"subject": session.person.subject})
     response = Response(
