@@ -30,7 +30,8 @@ def role_attribute_path(claim: str = ROLES_CLAIM, role_scopes: dict[str, str] | 
         for role, granted in sorted(table.items())
         if granted == scope
     ]
-    return " || ".join(branches)
+    # No role: null (not `false`), so Grafana sees no role at all and refuses (strict).
+    return " || ".join([*branches, "`null`"])
 
 
 def generic_oauth() -> dict[str, dict[str, str]]:
