@@ -105,6 +105,13 @@ class StoredCommand:
     by_name: str = ""
 
 
+# Every column of `commands` in `_command`'s order, named (a migrated store has the
+# added ones in another place than a fresh one would, so never `SELECT *`).
+_COLUMNS = (
+    "seq", "id", "city", "name", "params", "target", "issued_ms", "expires_ms",
+    "idempotency_key", "by", "by_subject", "by_name",
+)  # fmt: skip
+_SELECT = ", ".join(_COLUMNS)
 # Columns added after the first release: a store from before gets them on open.
 _ADDED_COLUMNS = (
     ("by_subject", "TEXT NOT NULL DEFAULT ''"),
@@ -160,7 +167,7 @@ class CommandStore:
         (by, idempotency_key) as a stored one: that one, and False (nothing new)."""
         with self._tx() as db:
             row = db.execute(
-                "SELECT * FROM commands WHERE by = ? AND idempotency_key = ?",
+                f"SELECT {_SELECT} FROM commands WHERE by = ? AND idempotency_key = ?",  # noqa: S608
                 (command.by, command.idempotency_key),
             ).fetchone()
             if row is not None:
@@ -190,7 +197,10 @@ class CommandStore:
     def get(self, command_id: str) -> tuple[StoredCommand, list[Delivery]] | None:
         """A command and its deliveries (by device id), or None."""
         with self._lock:
-            row = self._db.execute("SELECT * FROM commands WHERE id = ?", (command_id,)).fetchone()
+            row = self._db.execute(
+                f"SELECT {_SELECT} FROM commands WHERE id = ?",  # noqa: S608
+                (command_id,),
+            ).fetchone()
             if row is None:
                 return None
             rows = self._db.execute(
@@ -207,7 +217,7 @@ class CommandStore:
         marks = ",".join("?" * len(cities))
         with self._lock:
             rows = self._db.execute(
-                f"SELECT * FROM commands WHERE city IN ({marks}) AND seq < ?"  # noqa: S608
+                f"SELECT {_SELECT} FROM commands WHERE city IN ({marks}) AND seq < ?"  # noqa: S608
                 " ORDER BY seq DESC LIMIT ?",
                 (*cities, before_seq if before_seq is not None else 2**62, limit),
             ).fetchall()
@@ -222,12 +232,14 @@ class CommandStore:
         """Pending, not yet published, unexpired deliveries whose next try is due."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT c.*, d.device_id, d.district, d.kind, d.attempts FROM deliveries d"
+                f"SELECT {', '.join('c.' + c for c in _COLUMNS)},"  # noqa: S608
+                " d.device_id, d.district, d.kind, d.attempts FROM deliveries d"
                 " JOIN commands c ON c.id = d.command_id WHERE d.status = ? AND d.published = 0"
                 " AND d.next_try_ms <= ? AND c.expires_ms > ? ORDER BY c.seq LIMIT ?",
                 (CommandStatus.PENDING, now_ms, now_ms, limit),
             ).fetchall()
-        return [Due(_command(r[:10]), Target(r[10], r[11], r[12]), r[13]) for r in rows]
+        n = len(_COLUMNS)
+        return [Due(_command(r[:n]), Target(*r[n : n + 3]), r[n + 3]) for r in rows]
 
     def mark_published(self, command_id: str, device_id: str) -> None:
         """The broker holds the device's copy (in its session): never publish it again."""

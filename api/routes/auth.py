@@ -87,7 +87,9 @@ async def _endpoint(provider: OidcProvider, name: str) -> str:
     return url
 
 
-@router.get("/login", status_code=302, response_class=RedirectResponse)
+# The browser's navigations (redirects to and from the provider), not API calls: kept out
+# of the OpenAPI document as the console's own pages are.
+@router.get("/login", status_code=302, response_class=RedirectResponse, include_in_schema=False)
 async def sign_in(request: Request) -> RedirectResponse:
     """Go to the identity provider to sign in (authorization code with PKCE)."""
     provider, settings = _console_provider(request)
@@ -134,7 +136,7 @@ async def _exchange(
     return body
 
 
-@router.get("/callback", status_code=302, response_class=RedirectResponse)
+@router.get("/callback", status_code=302, response_class=RedirectResponse, include_in_schema=False)
 async def sign_in_callback(
     request: Request,
     state: Annotated[str, Query(max_length=200)] = "",
