@@ -13,10 +13,10 @@ import asyncio
 import json
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from api_seed import panic_incident
 from fastapi.testclient import TestClient
 from oidcprovider import AUDIENCE, OidcProvider, SigningKey
 
@@ -65,18 +65,7 @@ def oidc_settings(api_settings: ApiSettings, provider: OidcProvider) -> ApiSetti
 @pytest.fixture(scope="module")
 def incident(oidc_settings: ApiSettings, cities: Cities) -> inc.Incident:
     """An open incident in Tashkent's own database."""
-    opened = inc.open_incident(
-        city="tashkent",
-        district="chilonzor",
-        rule_id="panic",
-        rule_type="event",
-        severity="critical",
-        place="panic-chilonzor-001",
-        devices=["panic-chilonzor-001"],
-        opened_at=datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=2),
-        value=None,
-        message="Panic button pressed",
-    )
+    opened = panic_incident(minutes_ago=2)
 
     async def seed() -> None:
         settings = oidc_settings.influx.for_city("tashkent", cities.ids)

@@ -12,12 +12,12 @@ import asyncio
 import json
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from api_seed import panic_incident
 from chromium import chromium_context
 from oidcprovider import CONSOLE_CLIENT, CONSOLE_SECRET, OidcProvider
 from playwright.sync_api import BrowserContext, Page
@@ -33,26 +33,14 @@ PERSON = {"name": "Dilnoza Karimova", "roles": ["safecity-operator"], "cities": 
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[BrowserContext]:
     """Headless Debian Chromium with a fresh profile."""
-    with chromium_context(
-        tmp_path / "profile", width=1400, height=950, timeout_ms=TIMEOUT_MS
-    ) as context:
+    profile = tmp_path / "profile"
+    with chromium_context(profile, width=1280, height=900, timeout_ms=TIMEOUT_MS) as context:
         yield context
 
 
 def seed_incident(influx_url: str, database: str) -> inc.Incident:
     """An open panic incident in the API's database."""
-    opened = inc.open_incident(
-        city="tashkent",
-        district="chilonzor",
-        rule_id="panic",
-        rule_type="event",
-        severity="critical",
-        place="panic-chilonzor-001",
-        devices=["panic-chilonzor-001"],
-        opened_at=datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1),
-        value=None,
-        message="Panic button pressed",
-    )
+    opened = panic_incident()
 
     async def seed() -> None:
         client = InfluxClient(InfluxSettings(url=influx_url, database=database))
