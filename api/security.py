@@ -107,7 +107,7 @@ async def _token_person(request: Request, token: str) -> Person:
         raise HTTPException(status_code=503, detail=str(exc)) from None
 
 
-def _session_person(request: Request) -> Person | None:
+def _session_person(request: Request, scope: str) -> Person | None:
     """The person of the request's console session; a state-changing call without the
     session's CSRF token is refused."""
     sessions: Sessions = request.app.state.sessions
@@ -117,6 +117,8 @@ def _session_person(request: Request) -> Person | None:
     if request.method not in SAFE_METHODS and not csrf_ok(
         session, request.headers.get(CSRF_HEADER)
     ):
+        # A known person's session, used without its token (a forged request?): audited.
+        audit.mark(request.scope, scope, session.person)
         raise HTTPException(
             status_code=403,
             detail=f"missing or wrong CSRF token: send the session's token in {CSRF_HEADER}",
@@ -124,7 +126,7 @@ def _session_person(request: Request) -> Person | None:
     return session.person
 
 
-async def _caller(request: Request, key: str | None, token: str | None) -> ApiKey:
+async def _caller(request: Request, key: str | None, token: str | None, scope: str) -> ApiKey:
     """Who calls: an API key (header or bearer), a provider's token, or a console session."""
     if key:
         return _known_key(request, key)
@@ -132,7 +134,7 @@ async def _caller(request: Request, key: str | None, token: str | None) -> ApiKe
         if token.startswith(KEY_PREFIX):
             return _known_key(request, token)
         return await _token_person(request, token)
-    person = _session_person(request)
+    person = _session_person(request, scope)
     if person is None:
         raise _unauthorized(
             f"missing API key: send it in the {HEADER} header (or sign in / a bearer token)"
@@ -143,7 +145,7 @@ async def _caller(request: Request, key: str | None, token: str | None) -> ApiKe
 async def admit(request: Request, key: str | None, scope: str, token: str | None = None) -> ApiKey:
     """The caller's record if it may call a `scope` route now: 401, 403, 429 or 503 otherwise."""
     limiter: RateLimiter = request.app.state.limiter
-    record = await _caller(request, key, token)
+    record = await _caller(request, key, token, scope)
     audit.mark(request.scope, scope, record)
     request.state.api_key = record
     if not record.allows(scope):

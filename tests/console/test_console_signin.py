@@ -132,8 +132,9 @@ def test_a_person_signs_in_acknowledges_and_signs_out(
             json.loads(line)
             for line in Path(api.env["SAFECITY_AUDIT_LOG_FILE"]).read_text().splitlines()
         ]
-        # (The refused call never reached a route: like an unknown key's, it is not audited.)
+        # The call refused for its missing CSRF token is audited too (a forgery shows).
         assert [(a["subject"], a["person"], a["route"], a["status"]) for a in audit] == [
+            ("ops-tashkent", "Dilnoza Karimova", "/v1/incidents/{incident_id}/resolve", 403),
             ("ops-tashkent", "Dilnoza Karimova", "/v1/incidents/{incident_id}/ack", 200),
         ]
 
