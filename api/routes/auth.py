@@ -1,6 +1,7 @@
 """Console sign-in with the city's identity provider: authorization code with PKCE.
 
-`/auth/login` sends the browser to the provider with a fresh `state`, `nonce` and PKCE
+`/auth/login` sends the browser to the provider with a fresh `state` (also in a short-lived
+cookie, so only the browser that started a sign-in can finish it), `nonce` and PKCE
 challenge (S256); `/auth/callback` exchanges the code (with the verifier) for tokens,
 verifies the ID token (signature, issuer, audience = our client id, nonce, expiry),
 maps its claims to a person and opens a server-side session: the browser gets only
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import logging
 import time
 from typing import Annotated, Any
@@ -26,6 +28,7 @@ from pydantic import BaseModel, Field
 from api.oidc import OidcProvider, ProviderError, TokenError
 from api.people import (
     CSRF_HEADER,
+    PENDING_TTL,
     SESSION_COOKIE,
     PendingSignIn,
     Sessions,
@@ -38,6 +41,7 @@ log = logging.getLogger("safecity.api.auth")
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 CALLBACK = "/auth/callback"
+SIGN_IN_COOKIE = "safecity_signin"
 
 
 class SessionOut(BaseModel):
@@ -106,7 +110,19 @@ async def sign_in(request: Request) -> RedirectResponse:
         "code_challenge_method": "S256",
     }
     target = await _endpoint(provider, "authorization_endpoint")
-    return RedirectResponse(f"{target}?{urlencode(query)}", status_code=302)
+    response = RedirectResponse(f"{target}?{urlencode(query)}", status_code=302)
+    # The sign-in belongs to this browser: the callback must come back with this cookie
+    # (else someone else's sign-in could be completed in it).
+    response.set_cookie(
+        SIGN_IN_COOKIE,
+        state,
+        max_age=int(PENDING_TTL),
+        path="/auth/",
+        secure=True,
+        httponly=True,
+        samesite="lax",
+    )
+    return response
 
 
 async def _exchange(
@@ -148,7 +164,8 @@ async def sign_in_callback(
     sessions: Sessions = request.app.state.sessions
     if error:
         raise HTTPException(status_code=401, detail=f"sign-in refused by the provider: {error}")
-    pending = sessions.finish(state)
+    mine = hmac.compare_digest(request.cookies.get(SIGN_IN_COOKIE, ""), state)
+    pending = sessions.finish(state) if mine else None
     if pending is None or not code:
         raise HTTPException(status_code=400, detail="unknown or expired sign-in: start again")
     tokens = await _exchange(provider, settings, code, pending)
@@ -172,6 +189,7 @@ async def sign_in_callback(
         httponly=True,
         samesite="lax",
     )
+    response.delete_cookie(SIGN_IN_COOKIE, path="/auth/", secure=True, httponly=True)
     return response
 
 

@@ -15,10 +15,11 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from api_seed import panic_incident
 from fastapi.testclient import TestClient
-from oidcprovider import AUDIENCE, OidcProvider, SigningKey
+from oidcprovider import AUDIENCE, CONSOLE_CLIENT, OidcProvider, SigningKey
 
 from api.apikeys import KeyStore
 from api.app import create_app
@@ -260,3 +261,29 @@ def test_without_a_provider_a_token_is_an_unknown_key(client: TestClient) -> Non
     assert refused.json()["detail"] == (
         "unknown or revoked API key (this API accepts no sign-in tokens)"
     )
+
+
+def test_console_sign_in_uses_pkce_and_only_the_starting_browser_may_finish(
+    oidc_settings: ApiSettings, cities: Cities, provider: OidcProvider
+) -> None:
+    oidc = oidc_settings.oidc.model_copy(update={"client_id": CONSOLE_CLIENT})
+    app = create_app(oidc_settings.model_copy(update={"oidc": oidc}), cities=cities)
+    with TestClient(app, base_url="https://testserver", follow_redirects=False) as browser:
+        started = browser.get("/auth/login")
+        assert started.status_code == 302
+        target = httpx.URL(started.headers["location"])
+        assert str(target).startswith(f"{provider.issuer}/auth?")
+        query = target.params
+        assert (query["response_type"], query["client_id"]) == ("code", CONSOLE_CLIENT)
+        assert query["code_challenge_method"] == "S256" and len(query["code_challenge"]) == 43
+        assert query["redirect_uri"] == "https://testserver/auth/callback"
+        assert query["state"] and query["nonce"]
+        cookie = started.headers["set-cookie"]
+        assert cookie.startswith(f"safecity_signin={query['state']};")
+        assert "HttpOnly" in cookie and "Secure" in cookie and "SameSite=lax" in cookie
+        # The same state from a browser without the sign-in cookie: refused.
+        browser.cookies.clear()
+        stolen = browser.get("/auth/callback", params={"state": query["state"], "code": "x"})
+        assert stolen.status_code == 400
+        assert stolen.json()["detail"] == "unknown or expired sign-in: start again"
+        assert browser.get("/auth/session").json()["signed_in"] is False
