@@ -2,7 +2,7 @@
 
 The provider's discovery document and its JWKS are fetched over HTTPS (httpx) and kept
 `jwks_ttl` seconds; a token naming a key id the cached set lacks refetches the set
-once (the provider rotated its keys), at most once per `REFETCH_GAP` seconds so that
+once (the provider rotated its keys), at most once a second (`REFETCH_GAP`) so that
 forged key ids cannot make the API hammer the provider. A token is accepted only with
 a signature by one of the provider's keys under an allowed asymmetric algorithm, the
 configured issuer, the expected audience, and exp/nbf/iat within `leeway` seconds of
@@ -21,7 +21,7 @@ import jwt
 
 from api.settings import OidcSettings
 
-REFETCH_GAP = 5.0
+REFETCH_GAP = 1.0
 # Symmetric algorithms would let anyone holding the client secret mint tokens.
 _FORBIDDEN_ALGORITHMS = frozenset({"none", "HS256", "HS384", "HS512"})
 

@@ -23,6 +23,7 @@ from oidcprovider import AUDIENCE, CONSOLE_CLIENT, OidcProvider, SigningKey
 
 from api.apikeys import KeyStore
 from api.app import create_app
+from api.oidc import REFETCH_GAP
 from api.people import person_id
 from api.settings import ApiSettings, OidcSettings
 from safecity import incidents as inc
@@ -245,6 +246,9 @@ def test_api_keys_still_work_beside_tokens(api: TestClient, keys: dict[str, str]
 def test_the_provider_rotates_its_keys(api: TestClient, provider: OidcProvider) -> None:
     # The API holds the old key set; a token of the new key makes it refetch once.
     assert api.get("/v1/me", headers=bearer(person_token(provider, "viewer-anywhere"))).is_success
+    # A refetch at most once a second: the one an earlier test's forged key caused must
+    # not be the last before the rotation (that gap is the limit under test elsewhere).
+    time.sleep(REFETCH_GAP)
     new = provider.rotate()
     token = new.sign(provider.claims("viewer-anywhere"))
     accepted = api.get("/v1/me", headers=bearer(token))
@@ -287,3 +291,25 @@ def test_console_sign_in_uses_pkce_and_only_the_starting_browser_may_finish(
         assert stolen.status_code == 400
         assert stolen.json()["detail"] == "unknown or expired sign-in: start again"
         assert browser.get("/auth/session").json()["signed_in"] is False
+
+
+def test_a_command_a_person_sends_names_them(
+    api: TestClient, provider: OidcProvider, cities: Cities
+) -> None:
+    light = next(d for d in cities["tashkent"].devices if d.kind == "streetlight")
+    token = person_token(provider, "ops-tashkent")
+    sent = api.post(
+        f"/v1/devices/{light.id}/commands",
+        headers=bearer(token),
+        json={"name": "set_level", "params": {"level": 40}},
+    )
+    assert sent.status_code == 202, sent.text
+    command = sent.json()
+    assert (command["by_subject"], command["by_name"]) == ("ops-tashkent", "Dilnoza Karimova")
+    # Stored so: the listing reads it back from the command store.
+    listed = api.get(f"/v1/commands/{command['id']}", headers=bearer(token)).json()
+    assert (listed["by"], listed["by_subject"], listed["by_name"]) == (
+        person_id(provider.issuer, "ops-tashkent"),
+        "ops-tashkent",
+        "Dilnoza Karimova",
+    )
