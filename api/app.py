@@ -32,9 +32,11 @@ from api.lifecycle import Announcer
 from api.limits import BodyLimitMiddleware
 from api.live import Hub
 from api.metrics import MetricsMiddleware
+from api.oidc import OidcProvider
 from api.overview import SnapshotCache
-from api.routes import cities as city_routes
+from api.people import CSRF_HEADER, Sessions
 from api.routes import (
+    auth,
     commands,
     console,
     devices,
@@ -51,6 +53,7 @@ from api.routes import (
     region,
     stream,
 )
+from api.routes import cities as city_routes
 from api.security import HEADER, RateLimiter, require
 from api.settings import ApiSettings
 from api.tenancy import CityRuntime, Tenancy, describe
@@ -66,9 +69,13 @@ DESCRIPTION = """City-level telemetry of the safecity platform.
 
 Every endpoint except `/healthz` and `/readyz` needs an API key in the `X-API-Key`
 header (`safecity apikey create --name me --scopes read`, where `make run` runs or
-with its SAFECITY_HOME; `make run` prints a local one). Scopes: `read` < `operate` <
-`admin`. Errors always have the shape
-`{"detail": "<reason>"}`: 401 missing/unknown key, 403 missing scope, 404 unknown
+with its SAFECITY_HOME; `make run` prints a local one), or a person's access token
+from the city's identity provider (`Authorization: Bearer <JWT>`: audience and issuer
+checked, roles and cities from its claims); the console signs people in (`/auth/login`).
+Scopes: `read` < `operate` < `admin`. Errors always have the shape
+`{"detail": "<reason>"}`: 401 missing/unknown key or a refused token (expired, wrong
+audience or issuer, unknown signing key), 403 missing scope, no role in the token's
+claims or no CSRF token, 404 unknown
 city/district/device/incident, 409 a lifecycle step the incident's state refuses, 422
 invalid or out-of-bounds parameter, 429 rate limited (Retry-After), 502/503 storage
 trouble. Every call of an `operate`/`admin` route is written to the audit log.
@@ -114,6 +121,11 @@ TAGS: list[dict[str, Any]] = [
         "acknowledgement links.",
     },
     {"name": "keys", "description": "The calling API key and the audit log."},
+    {
+        "name": "auth",
+        "description": "Console sign-in with the city's identity provider (OIDC, "
+        "authorization code with PKCE), its session and CSRF token, sign-out.",
+    },
     {
         "name": "ngsi-ld",
         "description": "The same data as NGSI-LD entities in the FIWARE Smart Data Models "
@@ -176,6 +188,21 @@ async def _ensure_retention_policies(runtimes: Iterable[CityRuntime]) -> None:
             log.warning("retention policies of %s not ensured: %s", runtime.database, exc)
 
 
+def _open_stores(app: FastAPI, settings: ApiSettings) -> OidcProvider | None:
+    """Keys, rate limits, caches, delivery indexes and the identity provider on
+    `app.state`; return the provider (None without one), which the lifespan closes."""
+    app.state.keys = KeyStore(settings.api_keys_file)
+    app.state.keys.load()
+    app.state.limiter = RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst)
+    app.state.snapshots = SnapshotCache(settings.overview_cache_ttl)
+    app.state.deadletters = DeadLetterIndex(store_path(settings.deadletter_dir))
+    app.state.ledger = (
+        LedgerIndex(settings.ledger_file) if settings.ledger_file is not None else None
+    )
+    oidc = app.state.oidc = OidcProvider(settings.oidc) if settings.oidc.issuer else None
+    return oidc
+
+
 def create_app(  # noqa: PLR0915 - long; split it at its seams
     settings: ApiSettings, city: City | None = None, cities: Cities | None = None
 ) -> FastAPI:
@@ -200,16 +227,9 @@ def create_app(  # noqa: PLR0915 - long; split it at its seams
         app.state.directory = home.directory
         app.state.influx = home.influx
         app.state.hub = home.hub
-        app.state.keys = KeyStore(settings.api_keys_file)
-        app.state.keys.load()
         app.state.incident_lock = asyncio.Lock()
         await _ensure_retention_policies(runtimes.values())
-        app.state.limiter = RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst)
-        app.state.snapshots = SnapshotCache(settings.overview_cache_ttl)
-        app.state.deadletters = DeadLetterIndex(store_path(settings.deadletter_dir))
-        app.state.ledger = (
-            LedgerIndex(settings.ledger_file) if settings.ledger_file is not None else None
-        )
+        oidc = _open_stores(app, settings)
         log.info(
             "api started",
             extra={
@@ -221,6 +241,7 @@ def create_app(  # noqa: PLR0915 - long; split it at its seams
                 "api_keys": len(app.state.keys.records()),
                 "env": settings.env,
                 "audit_log": str(settings.audit_log_file),
+                "oidc_issuer": settings.oidc.issuer,
             },
         )
         figures = app.state.figures = metrics.start_incident_figures(app)
@@ -235,6 +256,8 @@ def create_app(  # noqa: PLR0915 - long; split it at its seams
             if federation is not None:
                 await federation.stop()
             await asyncio.gather(figures.stop(), app.state.announcer.stop())
+            if oidc is not None:
+                await oidc.close()
             for runtime in runtimes.values():
                 await runtime.hub.stop()
             await base.close()
@@ -259,6 +282,8 @@ def create_app(  # noqa: PLR0915 - long; split it at its seams
     app.state.audit = AuditLog(settings.audit_log_file)
     # The lifecycle steps taken here, to the broker (its task starts with the first one).
     app.state.announcer = Announcer(settings.mqtt)
+    app.state.oidc = None
+    app.state.sessions = Sessions(settings.oidc.session_ttl)
     errors.install(app)
     ngsild_errors.install(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
@@ -266,7 +291,7 @@ def create_app(  # noqa: PLR0915 - long; split it at its seams
         CORSMiddleware,
         allow_origins=list(settings.cors_origins),
         allow_methods=["GET", "POST"],
-        allow_headers=[HEADER, "Content-Type"],
+        allow_headers=[HEADER, CSRF_HEADER, "Authorization", "Content-Type"],
         expose_headers=["Retry-After"],
         max_age=600,
     )
@@ -299,6 +324,8 @@ def create_app(  # noqa: PLR0915 - long; split it at its seams
     # Grafana's contact point: an `operate` key as a bearer token (see dashboards/).
     app.include_router(grafana.router)
     app.include_router(keys.router)
+    # Sign-in with the identity provider: the console's session (no key: it makes one).
+    app.include_router(auth.router)
     app.include_router(stream.router, dependencies=read)
     app.include_router(region.router, dependencies=read)
     # NGSI-LD beside /v1: the same keys, cities and limits; its @context needs no key.

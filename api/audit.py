@@ -1,5 +1,6 @@
 """The audit log: one record for every call an `operate` or `admin` key makes to a route
-that needs that scope — who (the key id), what (method, route template, target id,
+that needs that scope — who (the key id; for a person signed in through the identity
+provider also `subject` and `person`, the name), what (method, route template, target id,
 outcome status), when.
 
 Each record is appended as one JSON line to `settings.audit_log_file` (created 0600 in
@@ -26,6 +27,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.apikeys import ApiKey
+from api.people import Person
 from safecity.readings import format_ts
 
 log = logging.getLogger("safecity.api.audit")
@@ -40,7 +42,14 @@ def mark(scope: Scope, required: str, key: ApiKey) -> None:
     """Note on the request that `key` called a route needing `required` (if audited)."""
     if required in AUDITED_SCOPES:
         state = scope.setdefault("state", {})
-        state[_STATE_KEY] = {"scope": required, "key_id": key.id, "key_name": key.name}
+        state[_STATE_KEY] = {
+            "scope": required,
+            "key_id": key.id,
+            "key_name": key.name,
+            # A person signed in through the identity provider: who, by the provider's word.
+            "subject": key.subject if isinstance(key, Person) else None,
+            "person": key.display_name if isinstance(key, Person) else None,
+        }
 
 
 def note_city(scope: Scope, city_id: str) -> None:
@@ -153,6 +162,8 @@ class AuditMiddleware:
                     "ts": format_ts(datetime.now(UTC)),
                     "key_id": marked["key_id"],
                     "key_name": marked["key_name"],
+                    "subject": marked["subject"],
+                    "person": marked["person"],
                     "scope": marked["scope"],
                     "method": scope.get("method", ""),
                     "route": route if isinstance(route, str) else scope.get("path", ""),

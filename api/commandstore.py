@@ -35,6 +35,8 @@ CREATE TABLE IF NOT EXISTS commands (
     expires_ms INTEGER NOT NULL,
     idempotency_key TEXT NOT NULL,
     by TEXT NOT NULL,
+    by_subject TEXT NOT NULL DEFAULT '',
+    by_name TEXT NOT NULL DEFAULT '',
     UNIQUE (by, idempotency_key)
 );
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -94,6 +96,23 @@ class StoredCommand:
     expires_ms: int
     idempotency_key: str
     by: str
+    # A person who sent it (signed in through the identity provider): subject and name.
+    by_subject: str = ""
+    by_name: str = ""
+
+
+# Every column of `commands` in `_command`'s order, named (a migrated store has the
+# added ones in another place than a fresh one would, so never `SELECT *`).
+_COLUMNS = (
+    "seq", "id", "city", "name", "params", "target", "issued_ms", "expires_ms",
+    "idempotency_key", "by", "by_subject", "by_name",
+)  # fmt: skip
+_SELECT = ", ".join(_COLUMNS)
+# Columns added after the first release: a store from before gets them on open.
+_ADDED_COLUMNS = (
+    ("by_subject", "TEXT NOT NULL DEFAULT ''"),
+    ("by_name", "TEXT NOT NULL DEFAULT ''"),
+)
 
 
 class CommandStore:
@@ -106,6 +125,10 @@ class CommandStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        present = {row[1] for row in self._db.execute("PRAGMA table_info(commands)")}
+        for column, kind in _ADDED_COLUMNS:
+            if column not in present:
+                self._db.execute(f"ALTER TABLE commands ADD COLUMN {column} {kind}")
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -131,18 +154,19 @@ class CommandStore:
         (by, idempotency_key) as a stored one: that one, and False (nothing new)."""
         with self._tx() as db:
             row = db.execute(
-                "SELECT * FROM commands WHERE by = ? AND idempotency_key = ?",
+                f"SELECT {_SELECT} FROM commands WHERE by = ? AND idempotency_key = ?",  # noqa: S608
                 (command.by, command.idempotency_key),
             ).fetchone()
             if row is not None:
                 return _command(row), False
             cur = db.execute(
                 "INSERT INTO commands (id, city, name, params, target, issued_ms, expires_ms,"
-                " idempotency_key, by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " idempotency_key, by, by_subject, by_name)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     command.id, command.city, command.name, json.dumps(command.params),
                     json.dumps(command.target), command.issued_ms, command.expires_ms,
-                    command.idempotency_key, command.by,
+                    command.idempotency_key, command.by, command.by_subject, command.by_name,
                 ),
             )  # fmt: skip
             db.executemany(
@@ -160,7 +184,10 @@ class CommandStore:
     def get(self, command_id: str) -> tuple[StoredCommand, list[Delivery]] | None:
         """A command and its deliveries (by device id), or None."""
         with self._lock:
-            row = self._db.execute("SELECT * FROM commands WHERE id = ?", (command_id,)).fetchone()
+            row = self._db.execute(
+                f"SELECT {_SELECT} FROM commands WHERE id = ?",  # noqa: S608
+                (command_id,),
+            ).fetchone()
             if row is None:
                 return None
             rows = self._db.execute(
@@ -177,7 +204,7 @@ class CommandStore:
         marks = ",".join("?" * len(cities))
         with self._lock:
             rows = self._db.execute(
-                f"SELECT * FROM commands WHERE city IN ({marks}) AND seq < ?"  # noqa: S608
+                f"SELECT {_SELECT} FROM commands WHERE city IN ({marks}) AND seq < ?"  # noqa: S608
                 " ORDER BY seq DESC LIMIT ?",
                 (*cities, before_seq if before_seq is not None else 2**62, limit),
             ).fetchall()
@@ -192,14 +219,16 @@ class CommandStore:
         """Unexpired commands with deliveries still pending, and those targets (oldest first)."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT c.*, d.device_id, d.district, d.kind FROM deliveries d"
+                f"SELECT {', '.join('c.' + c for c in _COLUMNS)},"  # noqa: S608
+                " d.device_id, d.district, d.kind FROM deliveries d"
                 " JOIN commands c ON c.id = d.command_id WHERE d.status = ? AND c.expires_ms > ?"
                 " ORDER BY c.seq, d.device_id",
                 (CommandStatus.PENDING, now_ms),
             ).fetchall()
+        n = len(_COLUMNS)
         out: dict[str, tuple[StoredCommand, list[Target]]] = {}
         for r in rows:
-            out.setdefault(r[1], (_command(r[:10]), []))[1].append(Target(r[10], r[11], r[12]))
+            out.setdefault(r[1], (_command(r[:n]), []))[1].append(Target(*r[n : n + 3]))
         return list(out.values())
 
     def settle(
@@ -283,6 +312,8 @@ def _command(row: Sequence[Any]) -> StoredCommand:
         expires_ms=row[7],
         idempotency_key=row[8],
         by=row[9],
+        by_subject=row[10],
+        by_name=row[11],
     )
 
 

@@ -8,10 +8,15 @@ from api.models import ErrorBody
 
 _DESCRIPTIONS = {
     401: (
-        "Missing, unknown or revoked API key",
+        "Missing, unknown or revoked API key, or a refused sign-in token (expired, wrong "
+        "audience or issuer, signed by an unknown key)",
         "missing API key: send it in the X-API-Key header",
     ),
-    403: ("The API key lacks the scope", "API key 1a2b3c4d (read) lacks scope 'operate'"),
+    403: (
+        "The API key or person lacks the scope, a token's claims give no role, or a console "
+        "call lacks its session's CSRF token",
+        "API key 1a2b3c4d (read) lacks scope 'operate'",
+    ),
     404: ("Unknown city, district, device or incident", "unknown device noise-nowhere-001"),
     409: (
         "The incident's lifecycle refuses this step",

@@ -1,7 +1,12 @@
-"""API keys with scopes, and a token-bucket rate limit per key.
+"""API keys with scopes, people signed in through the city's identity provider, and a
+token-bucket rate limit per key or person.
 
-Every non-health route depends on `require(scope)`: no or unknown key -> 401, a key
-without the scope -> 403, over the key's rate -> 429 with Retry-After. The key
+Every non-health route depends on `require(scope)`. The caller is an API key
+(`X-API-Key`, or `Authorization: Bearer sck_...`), a person with the provider's access
+token (`Authorization: Bearer <JWT>`, `api.oidc`), or a person's console session (its
+cookie; a state-changing call also needs the session's CSRF token). No or unknown key,
+or a refused token -> 401 with the reason; a token whose claims give no role, a missing
+CSRF token or a caller without the scope -> 403; over the rate -> 429 with Retry-After. The key
 check runs before any parameter is looked at, so an anonymous caller learns nothing.
 A recognised key calling an `operate`/`admin` route is marked for the audit log.
 """
@@ -19,9 +24,20 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from api import audit
 from api.apikeys import ApiKey, KeyStore
 from api.errors import human_duration
+from api.oidc import OidcProvider, ProviderError, TokenError
+from api.people import (
+    CSRF_HEADER,
+    SAFE_METHODS,
+    SESSION_COOKIE,
+    Person,
+    Sessions,
+    csrf_ok,
+    person_from_claims,
+)
 from safecity.errors import ApiKeyError
 
 HEADER = "X-API-Key"
+KEY_PREFIX = "sck_"
 api_key_header = APIKeyHeader(
     name=HEADER,
     auto_error=False,
@@ -32,6 +48,12 @@ api_key_header = APIKeyHeader(
 bearer = HTTPBearer(
     auto_error=False,
     description="An API key as a bearer token (webhook senders that cannot set X-API-Key).",
+)
+person_bearer = HTTPBearer(
+    scheme_name="OIDC bearer token",
+    auto_error=False,
+    description="An access token of the city's identity provider (audience and issuer "
+    "checked); roles and cities from its claims. API keys stay for machines.",
 )
 
 
@@ -55,49 +77,105 @@ class RateLimiter:
         return (1.0 - tokens) / self.rate
 
 
-async def admit(request: Request, key: str | None, scope: str) -> ApiKey:
-    """The key's record if it may call a `scope` route now: 401, 403, 429 or 503 otherwise."""
+def _unauthorized(detail: str) -> HTTPException:
+    return HTTPException(status_code=401, detail=detail, headers={"WWW-Authenticate": "ApiKey"})
+
+
+def _known_key(request: Request, key: str) -> ApiKey:
     store: KeyStore = request.app.state.keys
-    limiter: RateLimiter = request.app.state.limiter
-    if not key:
-        raise HTTPException(
-            status_code=401,
-            detail=f"missing API key: send it in the {HEADER} header",
-            headers={"WWW-Authenticate": "ApiKey"},
-        )
     try:
         store.refresh()
     except ApiKeyError as exc:
         raise HTTPException(status_code=503, detail=f"key store unreadable: {exc}") from exc
     record = store.verify(key)
     if record is None:
+        raise _unauthorized("unknown or revoked API key")
+    return record
+
+
+async def _token_person(request: Request, token: str) -> Person:
+    provider: OidcProvider | None = request.app.state.oidc
+    if provider is None:
+        raise _unauthorized("unknown or revoked API key (this API accepts no sign-in tokens)")
+    try:
+        claims = await provider.verify(token, provider.settings.audience)
+        return person_from_claims(claims, provider.settings)
+    except TokenError as exc:
+        headers = {"WWW-Authenticate": 'Bearer error="invalid_token"'} if exc.status == 401 else {}
+        raise HTTPException(status_code=exc.status, detail=exc.reason, headers=headers) from None
+    except ProviderError as exc:
+        raise HTTPException(status_code=503, detail=str(exc)) from None
+
+
+def _session_person(request: Request, scope: str) -> Person | None:
+    """The person of the request's console session; a state-changing call without the
+    session's CSRF token is refused."""
+    sessions: Sessions = request.app.state.sessions
+    session = sessions.get(request.cookies.get(SESSION_COOKIE))
+    if session is None:
+        return None
+    if request.method not in SAFE_METHODS and not csrf_ok(
+        session, request.headers.get(CSRF_HEADER)
+    ):
+        # A known person's session, used without its token (a forged request?): audited.
+        audit.mark(request.scope, scope, session.person)
         raise HTTPException(
-            status_code=401,
-            detail="unknown or revoked API key",
-            headers={"WWW-Authenticate": "ApiKey"},
+            status_code=403,
+            detail=f"missing or wrong CSRF token: send the session's token in {CSRF_HEADER}",
         )
+    return session.person
+
+
+async def _caller(request: Request, key: str | None, token: str | None, scope: str) -> ApiKey:
+    """Who calls: an API key (header or bearer), a provider's token, or a console session."""
+    if key:
+        return _known_key(request, key)
+    if token:
+        if token.startswith(KEY_PREFIX):
+            return _known_key(request, token)
+        return await _token_person(request, token)
+    person = _session_person(request, scope)
+    if person is None:
+        raise _unauthorized(
+            f"missing API key: send it in the {HEADER} header (or sign in / a bearer token)"
+        )
+    return person
+
+
+async def admit(request: Request, key: str | None, scope: str, token: str | None = None) -> ApiKey:
+    """The caller's record if it may call a `scope` route now: 401, 403, 429 or 503 otherwise."""
+    limiter: RateLimiter = request.app.state.limiter
+    record = await _caller(request, key, token, scope)
     audit.mark(request.scope, scope, record)
     request.state.api_key = record
     if not record.allows(scope):
-        raise HTTPException(
-            status_code=403,
-            detail=f"API key {record.id} ({', '.join(record.scopes)}) lacks scope {scope!r}",
-        )
+        raise HTTPException(status_code=403, detail=f"{who(record)} lacks scope {scope!r}")
     wait = limiter.take(record.id)
     if wait > 0:
         raise HTTPException(
             status_code=429,
-            detail=f"rate limit of API key {record.id} exceeded: retry in {human_duration(wait)}",
+            detail=f"rate limit of {who(record)} exceeded: retry in {human_duration(wait)}",
             headers={"Retry-After": str(max(1, math.ceil(wait)))},
         )
     return record
 
 
+def who(record: ApiKey) -> str:
+    """How a refusal names the caller: the key id, or the person."""
+    if isinstance(record, Person):
+        return f"{record.display_name} ({record.subject}; {', '.join(record.scopes)})"
+    return f"API key {record.id} ({', '.join(record.scopes)})"
+
+
 def require(scope: str) -> Callable[..., Awaitable[ApiKey]]:
     """A dependency admitting only keys with `scope` (or a higher one), within their rate."""
 
-    async def check(request: Request, key: str | None = Security(api_key_header)) -> ApiKey:
-        return await admit(request, key, scope)
+    async def check(
+        request: Request,
+        key: Annotated[str | None, Security(api_key_header)],
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Security(person_bearer)],
+    ) -> ApiKey:
+        return await admit(request, key, scope, credentials.credentials if credentials else None)
 
     return check
 
@@ -110,6 +188,6 @@ def require_bearer(scope: str) -> Callable[..., Awaitable[ApiKey]]:
         request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
     ) -> ApiKey:
-        return await admit(request, credentials.credentials if credentials else None, scope)
+        return await admit(request, None, scope, credentials.credentials if credentials else None)
 
     return check

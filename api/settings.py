@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from safecity.federation import RegionSettings
+from safecity.roles import ROLE_SCOPES, ROLES_CLAIM, Scope
 from safecity.settings import (
     AckKeyFile,
     AckSpentFile,
@@ -104,6 +105,79 @@ class CommandSettings(BaseModel):
     )
     max_group: Annotated[int, Field(ge=1, le=100_000)] = Field(
         default=2000, description="Commands: most devices one group command may address."
+    )
+
+
+class OidcSettings(BaseModel):
+    """Sign-in with the city's OpenID Connect provider (api/README.md: people)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    issuer: str | None = Field(
+        default=None,
+        description="OIDC: the provider's issuer URL (its discovery document is "
+        "<issuer>/.well-known/openid-configuration); empty = no sign-in, API keys only.",
+    )
+    audience: str = Field(
+        default="safecity-api",
+        description="OIDC: the audience (aud) a bearer token must carry to be accepted by the API.",
+    )
+    client_id: str | None = Field(
+        default=None,
+        description="OIDC: the console's client id at the provider (empty = no console sign-in; "
+        "bearer tokens are still accepted).",
+    )
+    client_secret: SecretStr | None = Field(
+        default=None,
+        description="OIDC: the console client's secret (empty: a public client, PKCE only).",
+    )
+    public_url: str | None = Field(
+        default=None,
+        description="OIDC: the console's public base URL, e.g. https://console.city.example "
+        "(the redirect URI is <public_url>/auth/callback); empty = the request's own.",
+    )
+    scopes: str = Field(
+        default="openid profile",
+        description="OIDC: the scopes the console asks the provider for (space-separated).",
+    )
+    roles_claim: str = Field(
+        default=ROLES_CLAIM,
+        description="OIDC: the claim holding the person's roles or groups; a dotted path "
+        "reaches into objects (Keycloak: realm_access.roles).",
+    )
+    cities_claim: str = Field(
+        default="cities",
+        description="OIDC: the claim holding the cities the person may see (absent or empty: "
+        "every city, as a key created without --city).",
+    )
+    name_claim: str = Field(
+        default="name", description="OIDC: the claim holding the person's display name."
+    )
+    role_scopes: dict[str, Scope] = Field(
+        default_factory=lambda: dict(ROLE_SCOPES),
+        description="OIDC: provider role (or group) -> safecity scope, a JSON object; a token "
+        "with none of these roles is refused (403).",
+    )
+    leeway: Annotated[float, Field(ge=0, le=300)] = Field(
+        default=60.0,
+        description="OIDC: the clock skew tolerated on exp, nbf and iat, seconds (at most 300).",
+    )
+    algorithms: list[str] = Field(
+        default=["RS256", "PS256", "ES256", "EdDSA"],
+        description="OIDC: the signature algorithms accepted (never none or an HMAC one).",
+    )
+    jwks_ttl: Annotated[float, Field(ge=10, le=86_400)] = Field(
+        default=3600.0,
+        description="OIDC: seconds the discovery document and signing keys are cached (a "
+        "token naming an unknown key refetches them at once).",
+    )
+    session_ttl: Annotated[float, Field(ge=60, le=7 * 86_400)] = Field(
+        default=8 * 3600.0,
+        description="OIDC: lifetime of a console session, seconds (at most the ID token's "
+        "lifetime when that is shorter).",
+    )
+    timeout: Annotated[float, Field(gt=0, le=60)] = Field(
+        default=5.0, description="OIDC: timeout of one call to the provider, seconds."
     )
 
 
@@ -290,3 +364,5 @@ class ApiSettings(ServiceSettings):
     # Federation: publisher of this city's indicators, and the regional view.
     federation: FederationSettings = FederationSettings()
     region: RegionSettings = RegionSettings()
+    # People: sign-in with the city's identity provider (console sessions, bearer tokens).
+    oidc: OidcSettings = OidcSettings()

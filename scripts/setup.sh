@@ -22,11 +22,14 @@ NEEDS=("mosquitto mosquitto" "mosquitto_pub mosquitto-clients" "mosquitto_sub mo
 # containers' networks with iptables, which podman only suggests) and
 # mmdebstrap, which run docker-compose.yml for real from images built from Debian
 # packages (tests/test_compose_podman.py, docs/compose.md); promtool (Debian's
-# prometheus), which checks the platform's alert rules and every service's /metrics.
+# prometheus), which checks the platform's alert rules and every service's /metrics;
+# node and npm, which run the tests' OpenID Connect provider (npm's oidc-provider,
+# installed from tests/helpers/oidc/package-lock.json).
 TEST_NEEDS=("/usr/bin/chromium chromium" "docker-compose docker-compose" "podman podman"
     "runc runc" "conmon conmon" "netavark netavark" "aardvark-dns aardvark-dns"
     "iptables iptables" "slirp4netns slirp4netns" "newuidmap uidmap" "catatonit catatonit"
-    "mmdebstrap mmdebstrap" "promtool prometheus")
+    "mmdebstrap mmdebstrap" "promtool prometheus" "node nodejs" "npm npm")
+OIDC_DIR=tests/helpers/oidc
 VENV=.venv
 STAMP="$VENV/.installed"
 # Runtime and test dependencies pinned with hashes (`make lock` updates it).
@@ -156,8 +159,22 @@ setup_venv() {
     fi
 }
 
+# The tests' identity provider: exactly the locked npm packages (integrity-checked).
+setup_oidc_provider() {
+    if [ ! -d "$OIDC_DIR/node_modules/oidc-provider" ] \
+        || [ "$OIDC_DIR/package-lock.json" -nt "$OIDC_DIR/node_modules/.package-lock.json" ]; then
+        say "installing the tests' OIDC provider (npm ci in $OIDC_DIR)"
+        npm ci --prefix "$OIDC_DIR" --no-audit --no-fund --loglevel=error
+    else
+        say "$OIDC_DIR up to date"
+    fi
+}
+
 if ! $python_only; then
     install_system_packages
 fi
 setup_venv
+if $for_tests; then
+    setup_oidc_provider
+fi
 say "done"

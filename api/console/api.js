@@ -1,4 +1,6 @@
-// The API client of the console: every data call sends the key in X-API-Key.
+// The API client of the console: every data call sends the key in X-API-Key, or rides
+// on the signed-in person's session (its cookie is HttpOnly: this script never sees it)
+// with the session's CSRF token in X-CSRF-Token.
 // The key lives in sessionStorage (this tab only), never in a URL the server sees twice.
 
 const STORE = "safecity.apiKey";
@@ -27,8 +29,32 @@ export const getKey = () => window.sessionStorage.getItem(STORE) || "";
 export const setKey = (key) => window.sessionStorage.setItem(STORE, key);
 export const clearKey = () => window.sessionStorage.removeItem(STORE);
 
+// The CSRF token of the signed-in session (kept in memory only).
+let csrf = "";
+
 function headers(accept) {
-  return { "X-API-Key": getKey(), Accept: accept };
+  const out = { Accept: accept };
+  const key = getKey();
+  if (key) out["X-API-Key"] = key;
+  if (csrf) out["X-CSRF-Token"] = csrf;
+  return out;
+}
+
+// Who is signed in (if anyone) and whether sign-in is offered; remembers the CSRF token.
+export async function getSession() {
+  const res = await fetch("/auth/session", { headers: { Accept: "application/json" }, cache: "no-store" });
+  if (!res.ok) return { sign_in: false, signed_in: false };
+  const session = await res.json();
+  csrf = session.csrf_token || "";
+  return session;
+}
+
+// Ends the session; resolves to the provider's logout page, if it has one.
+export async function signOut() {
+  const res = await fetch("/auth/logout", { method: "POST", headers: headers("application/json"), cache: "no-store" });
+  csrf = "";
+  if (!res.ok) throw new ApiError(res.status, await detail(res));
+  return (await res.json()).logout_url;
 }
 
 async function detail(res) {

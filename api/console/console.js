@@ -2,7 +2,9 @@
 // drill-down. Overviews are polled; live figures come from the SSE stream.
 
 import { districtActions, incidentActions } from "./commands.js";
-import { AuthError, clearKey, getJson, getKey, setKey, stream, takeKeyFromUrl } from "./api.js";
+import {
+  AuthError, clearKey, getJson, getKey, getSession, setKey, signOut, stream, takeKeyFromUrl,
+} from "./api.js";
 import { Feed, FEED_SOURCE, fetchFeed, liveEntry, step } from "./feed.js";
 import { aqiBand, CityMap, svg } from "./map.js";
 import { showRegion } from "./region.js";
@@ -364,6 +366,9 @@ function stop() {
 function needKey(message = "") {
   stop();
   clearKey();
+  $("person").hidden = true;
+  $("sign-out").hidden = true;
+  $("sign-in-offer").hidden = !state.signInOffered;
   $("app").hidden = true;
   $("region").hidden = true;
   $("city-switch").hidden = true;
@@ -376,8 +381,32 @@ function needKey(message = "") {
   $("key").focus();
 }
 
+// A person signed in through the identity provider: their name, and the way out.
+function showPerson(session) {
+  $("person").textContent = `${session.name} (${session.scopes.join(", ")})`;
+  $("person").hidden = false;
+  $("sign-out").hidden = false;
+}
+
+async function leave() {
+  stop();
+  let logoutUrl = null;
+  try {
+    logoutUrl = await signOut();
+  } catch (err) {
+    status(`sign-out: ${err.message}`);
+  }
+  if (logoutUrl) window.location.assign(logoutUrl);
+  else window.location.assign("/");
+}
+
 async function start() {
-  if (!getKey()) return needKey();
+  if (!getKey()) {
+    const session = await getSession();
+    state.signInOffered = session.sign_in;
+    if (!session.signed_in) return needKey();
+    showPerson(session);
+  }
   status("connecting");
   try {
     const cities = await getJson("/v1/cities");
@@ -391,7 +420,7 @@ async function start() {
     document.title = `${state.city.name} · safecity console`;
     $("auth").hidden = true;
     $("app").hidden = false;
-    $("change-key").hidden = false;
+    $("change-key").hidden = !getKey();
     state.map.draw(geo);
   } catch (err) {
     if (err instanceof AuthError) return needKey(err.message);
@@ -476,6 +505,7 @@ function init() {
     start();
   });
   $("change-key").addEventListener("click", () => needKey());
+  $("sign-out").addEventListener("click", leave);
   $("city-switch").addEventListener("change", (ev) => switchCity(ev.target.value));
   $("show-region").addEventListener("click", toggleRegion);
   document.addEventListener("keydown", (ev) => {

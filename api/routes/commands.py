@@ -22,6 +22,7 @@ from api.cursors import PATTERN as CURSOR_PATTERN
 from api.cursors import command_cursor, command_position
 from api.deps import CityDep, SettingsDep, TenancyDep
 from api.errors import bad_param
+from api.people import Person
 from api.responses import errors
 from api.routes.common import CITY_QUERY, CityId, DeviceId, check_district, device_or_404
 from api.security import require
@@ -62,7 +63,13 @@ class CommandOut(BaseModel):
     issued_at: str
     expires_at: str
     idempotency_key: str
-    by: str = Field(description="the API key id that sent it")
+    by: str = Field(description="the API key id (or person id) that sent it")
+    by_subject: str = Field(
+        default="",
+        description="A person who sent it (signed in through the identity provider): the "
+        "provider's subject; empty for a key",
+    )
+    by_name: str = Field(default="", description="That person's name")
     statuses: dict[str, int] = Field(description="devices per status")
     deliveries: list[DeliveryOut]
 
@@ -91,6 +98,8 @@ def command_out(command: StoredCommand, deliveries: list[Delivery]) -> CommandOu
         expires_at=_ts(command.expires_ms),
         idempotency_key=command.idempotency_key,
         by=command.by,
+        by_subject=command.by_subject,
+        by_name=command.by_name,
         statuses=dict(Counter(d.status.value for d in deliveries)),
         deliveries=[
             DeliveryOut(
@@ -135,6 +144,7 @@ def _accept(
     wanted = StoredCommand(
         0, command_id, city.id, body.name, params, target, now, now + int(expires_in * 1000),
         body.idempotency_key or command_id, key.id,
+        *((key.subject, key.display_name) if isinstance(key, Person) else ()),
     )  # fmt: skip
     stored, created = _store(request).create(wanted, targets, now)
     if not created and (stored.name, stored.params, stored.target) != (body.name, params, target):

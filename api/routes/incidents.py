@@ -3,7 +3,9 @@
 The incidents are those the alerts service opened (`safecity.incidents`): the store is
 the append-only `incident_transitions` log, folded on read. A step is checked against
 the stored log (409 with the state machine's reason when it refuses) and appended with
-`by` = the calling API key's id — never a name the client claims. Each step is audited.
+`by` = the calling API key's id — never a name the client claims; a person signed in
+through the identity provider is also named (`by_subject`, `by_name`, from its token).
+Each step is audited.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from api.deps import CityDep, InfluxDep, KeyDep, SettingsDep, influx_of
 from api.errors import bad_param
 from api.models import Window
 from api.params import TimeRange, time_range
+from api.people import Person
 from api.responses import STORAGE, errors
 from api.routes.common import (
     SEVERITIES,
@@ -78,8 +81,17 @@ class TransitionOut(BaseModel):
     state: str = Field(json_schema_extra=_enum(STATES), examples=["acknowledged"])
     from_state: str | None = Field(examples=["open"])
     at: str = Field(examples=["2026-03-10T18:42:10.000Z"])
-    by: str = Field(description="API key id, or `alerts` for the service", examples=["1a2b3c4d"])
+    by: str = Field(
+        description="API key id, a person's id (p + 12 hex), or `alerts` for the service",
+        examples=["1a2b3c4d"],
+    )
     note: str = Field(examples=["unit 7 on the way"])
+    by_subject: str = Field(
+        default="",
+        description="A person who took the step: the identity provider's subject (else empty)",
+        examples=["248289761001"],
+    )
+    by_name: str = Field(default="", description="That person's name", examples=["Jane Doe"])
 
 
 class IncidentOut(BaseModel):
@@ -294,7 +306,11 @@ async def _step(
         influx, _ = await _incident(request, key, incident_id)
         try:
             updated = await inc.IncidentStore(influx).transition(
-                incident_id, target, key.id, body.note if body is not None else ""
+                incident_id,
+                target,
+                key.id,
+                body.note if body is not None else "",
+                person=(key.subject, key.display_name) if isinstance(key, Person) else ("", ""),
             )
         except TransitionError as exc:
             raise HTTPException(status_code=409, detail=str(exc)) from None

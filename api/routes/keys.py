@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 from api.apikeys import ApiKey
 from api.audit import AuditLog
 from api.deps import SettingsDep, TenancyDep
+from api.people import Person
 from api.responses import errors
 from api.routes.common import page_size
 from api.security import require
@@ -28,14 +29,28 @@ class Me(BaseModel):
         description="The cities the key may read or operate (of those this API serves)",
         examples=[["tashkent"]],
     )
+    subject: str | None = Field(
+        default=None,
+        description="A person signed in through the identity provider: its `sub` (a key: null)",
+    )
 
 
 class AuditRecord(BaseModel):
-    """One audited call: who (key id), what (method, route, target, outcome), when."""
+    """One audited call: who (key id; a person: subject and name), what (method, route,
+    target, outcome), when."""
 
     ts: str = Field(examples=["2026-03-10T18:42:10.123Z"])
     key_id: str = Field(examples=["1a2b3c4d"])
     key_name: str = Field(examples=["duty officer"])
+    subject: str | None = Field(
+        default=None,
+        description="A person who acted (signed in through the identity provider): the "
+        "provider's `sub`; null for an API key",
+        examples=["248289761001"],
+    )
+    person: str | None = Field(
+        default=None, description="That person's name (from the provider)", examples=["Jane Doe"]
+    )
     scope: str = Field(description="the scope the route needs", examples=["operate"])
     method: str = Field(examples=["POST"])
     route: str = Field(examples=["/v1/incidents/{incident_id}/ack"])
@@ -61,7 +76,8 @@ async def get_current_key(
 ) -> Me:
     """The calling key: id, name, scopes and cities (what the console shows and allows)."""
     cities = [c.id for c in tenancy.visible(key)]
-    return Me(id=key.id, name=key.name, scopes=list(key.scopes), cities=cities)
+    subject = key.subject if isinstance(key, Person) else None
+    return Me(id=key.id, name=key.name, scopes=list(key.scopes), cities=cities, subject=subject)
 
 
 @router.get("/audit", response_model=AuditPage, responses=errors())
@@ -71,7 +87,10 @@ async def list_audit_records(
     key: Annotated[ApiKey, Depends(require("admin"))],
     key_id: Annotated[
         str | None,
-        Query(pattern=r"^[0-9a-f]{8}$", description="Only the calls of this key id"),
+        Query(
+            pattern=r"^([0-9a-f]{8}|p[0-9a-f]{12})$",
+            description="Only the calls of this key id (or person id, p + 12 hex digits)",
+        ),
     ] = None,
     limit: Annotated[
         int | None,

@@ -24,6 +24,7 @@ from safecity.readings import Timestamp, epoch_ms
 _ID = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
 # Notes are free text for operators but must stay one line-protocol line.
 _NOTE = re.compile(r"^[^\x00-\x1f\x7f]{0,500}$")
+_ONE_LINE = re.compile(r"^[^\x00-\x1f\x7f]{0,200}$")
 
 
 class State(StrEnum):
@@ -58,6 +59,10 @@ class Transition(BaseModel):
     at: Timestamp
     by: Identifier
     note: Annotated[str, Field(pattern=_NOTE.pattern)] = ""
+    # A person who took the step (signed in through the identity provider): the
+    # provider's subject and the person's name; empty for a key or a service.
+    by_subject: Annotated[str, Field(pattern=_ONE_LINE.pattern)] = ""
+    by_name: Annotated[str, Field(pattern=_ONE_LINE.pattern)] = ""
 
 
 class Incident(BaseModel):
@@ -117,9 +122,15 @@ def incident_id(city: str, rule_id: str, place: str, opened_ms: int) -> str:
 
 
 def advance(
-    incident: Incident, state: State | str, by: str, at: datetime, note: str = ""
+    incident: Incident,
+    state: State | str,
+    by: str,
+    at: datetime,
+    note: str = "",
+    person: tuple[str, str] = ("", ""),
 ) -> Incident:
-    """The incident with one more transition; TransitionError if the state machine refuses."""
+    """The incident with one more transition (`person`: the subject and name of a person
+    who took it); TransitionError if the state machine refuses."""
     try:
         target = State(state)
     except ValueError:
@@ -143,6 +154,8 @@ def advance(
         at=at,
         by=by,
         note=note,
+        by_subject=person[0],
+        by_name=person[1],
     )
     return incident.model_copy(update={"transitions": (*incident.transitions, step)})
 

@@ -43,6 +43,8 @@ def transition_point(incident: Incident, step: Transition) -> Point:
         "from_state": step.from_state.value if step.from_state else "",
         "by": step.by,
         "note": step.note,
+        "by_subject": step.by_subject,
+        "by_name": step.by_name,
         "place": incident.place,
         "devices": ",".join(incident.devices),
         "rule_type": incident.rule_type,
@@ -168,6 +170,7 @@ def _from_rows(rows: Iterable[dict[str, Any]]) -> dict[str, Incident]:
                     row.get("by") or "unknown",
                     from_epoch_ms(int(row["time"])),
                     row.get("note") or "",
+                    (row.get("by_subject") or "", row.get("by_name") or ""),
                 )
             except TransitionError:
                 continue
@@ -245,13 +248,20 @@ class IncidentStore:
         return alert
 
     async def transition(
-        self, ident: str, state: State | str, by: str, note: str = "", at: datetime | None = None
+        self,
+        ident: str,
+        state: State | str,
+        by: str,
+        note: str = "",
+        at: datetime | None = None,
+        person: tuple[str, str] = ("", ""),
     ) -> Incident:
-        """Append one transition after checking it against the stored log."""
+        """Append one transition after checking it against the stored log (`person`: the
+        subject and name of a person who took it)."""
         incident = await self.get(ident)
         if at is None:
             now = datetime.now(UTC)
             at = truncate_ms(now)  # the log keeps ms
-        updated = advance(incident, state, by, at, note)
+        updated = advance(incident, state, by, at, note, person)
         await self.append([transition_point(updated, updated.transitions[-1])])
         return updated

@@ -12,7 +12,8 @@ def markdown_table() -> str:
         f"| `{ALERTS}` | {', '.join(ALERT_TAGS)} | `alert_id`, `incident_id`, `devices` "
         "(comma-separated), `message`, `rule_type`, `place`, `value`? (float), `event`? |\n"
         f"| `{TRANSITIONS}` | {', '.join(TRANSITION_TAGS)} | `incident_id`, `seq` (int, 0 = "
-        "open), `from_state`, `by`, `note`, `place`, `devices`, `rule_type`, `message`, "
+        "open), `from_state`, `by`, `note`, `by_subject`, `by_name` (a person who took the "
+        "step), `place`, `devices`, `rule_type`, `message`, "
         "`opened_at_ms` (int), `elapsed_s` (float, s from opening to this step), `value`? (float), "
         "`event`? |\n"
     )

@@ -23,6 +23,8 @@ OPEN = {"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect"
 OPEN |= {"/ngsi-ld/v1/jsonldContexts/safecity"}
 # Acknowledgement links: the signed, single-use token is the credential (no key).
 TOKEN_ROUTES = {"/v1/ack/{token}"}
+# The console's sign-in: no key (it opens a session); without one they tell nothing.
+SIGN_IN_ROUTES = {"/auth/session", "/auth/logout"}
 
 
 def _concrete(path: str, city: City) -> str:
@@ -51,7 +53,7 @@ def test_every_non_health_route_needs_a_key(
 ) -> None:
     routes = _routes(api_settings, city)
     methods = _methods(api_settings, city)
-    paths = [p for p in routes if p not in OPEN | TOKEN_ROUTES]
+    paths = [p for p in routes if p not in OPEN | TOKEN_ROUTES | SIGN_IN_ROUTES]
     assert "/v1/stream" in paths and "/metrics" in paths and len(paths) >= 12
     assert methods["/v1/incidents/{incident_id}/ack"] == ["POST"]
     for path in paths:
@@ -67,6 +69,12 @@ def test_every_non_health_route_needs_a_key(
                 assert "key" in r.json()["detail"]
     for path in OPEN & set(routes):
         assert client.get(path, headers={"X-API-Key": ""}).status_code == 200
+    assert client.get("/auth/session", headers={"X-API-Key": ""}).json() == {
+        "sign_in": False, "signed_in": False, "subject": None, "name": None,
+        "scopes": [], "cities": [], "csrf_token": None,
+    }  # fmt: skip
+    assert client.post("/auth/logout").json() == {"logout_url": None}
+    assert client.get("/auth/login").status_code == 404  # no provider configured
     for path in TOKEN_ROUTES:
         for method in ("GET", "POST"):
             # No key needed, and none helps: a token that is not a signed link is refused.

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
 from api.settings import ApiSettings
+from safecity import incidents as inc
 from safecity.influx import InfluxClient
 from safecity.lineprotocol import FieldValue, Point, encode_many
 from safecity.registry import City, Device
@@ -72,3 +73,19 @@ def write(settings: ApiSettings, points: Iterable[Point]) -> None:
             await client.close()
 
     asyncio.run(go())
+
+
+def panic_incident(minutes_ago: float = 1) -> inc.Incident:
+    """An open panic incident in Tashkent's Chilonzor (not stored yet)."""
+    return inc.open_incident(
+        city="tashkent",
+        district="chilonzor",
+        rule_id="panic",
+        rule_type="event",
+        severity="critical",
+        place="panic-chilonzor-001",
+        devices=["panic-chilonzor-001"],
+        opened_at=datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=minutes_ago),
+        value=None,
+        message="Panic button pressed",
+    )
