@@ -48,6 +48,7 @@ from api.routes import (
     ngsild_temporal,
     notifications,
     region,
+    reports,
     stream,
 )
 from api.security import HEADER, RateLimiter, require
@@ -287,6 +288,7 @@ def create_app(  # noqa: PLR0915 - long; split it at its seams
     app.include_router(events.router, dependencies=read)
     app.include_router(events.delivery_router)
     app.include_router(export.router, dependencies=read)
+    app.include_router(reports.router, dependencies=read)
     app.include_router(incidents.router, dependencies=read)
     app.include_router(notifications.router, dependencies=read)
     # Acknowledgement links carry their own credential (a signed, single-use token).

@@ -15,6 +15,7 @@ from safecity import catalogue
 from safecity.lineprotocol import FieldValue, Point
 from safecity.readings import Event, Reading, RejectReason, Status
 from safecity.registry import Device
+from safecity.rollups import parse_tiers
 from safecity.settings import InfluxSettings
 
 EVENTS = "events"
@@ -167,12 +168,14 @@ def retention_policy_of(measurement: str) -> str | None:
 
 
 def retention_policies(settings: InfluxSettings) -> list[tuple[str, str]]:
-    """(name, duration) of every non-default policy, from the settings."""
-    return [
+    """(name, duration) of every non-default policy, from the settings: the families'
+    and the rollup tiers' (`safecity.rollups`)."""
+    families = [
         (f.policy, str(getattr(settings, f.duration_setting)))
         for f in RETENTION_FAMILIES
         if f.policy is not None
     ]
+    return families + [(t.policy, t.keep) for t in parse_tiers(settings.rollup_tiers)]
 
 
 def source(measurement: str) -> str:
