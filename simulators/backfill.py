@@ -12,17 +12,22 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
+import sys
 import time
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TextIO
 
 from safecity.influx import InfluxClient
 from safecity.lineprotocol import Point, encode_many
 from safecity.readings import format_epoch_ms, reading_model
 from safecity.registry import City, Device
+from safecity.rollups import keep_seconds
 from safecity.schema import reading_point
+from safecity.settings import InfluxSettings
 from simulators.generators import generate
 
 BATCH = 20_000
@@ -122,3 +127,55 @@ async def backfill(influx: InfluxClient, plan: BackfillPlan, progress: Progress)
     if tasks:
         await asyncio.gather(*tasks)
     return BackfillStats(done, time.monotonic() - started)
+
+
+_SPAN = re.compile(r"([1-9][0-9]{0,4})([mhd])")
+_UNIT_S = {"m": 60, "h": 3600, "d": 86_400}
+
+
+def parse_span(text: str, what: str) -> int:
+    """Seconds of a span like 365d, 12h or 15m; ValueError naming `what` otherwise."""
+    match = _SPAN.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"{what} {text!r}: want a span like 365d, 12h or 15m")
+    return int(match.group(1)) * _UNIT_S[match.group(2)]
+
+
+def _printer(out: TextIO) -> Progress:
+    last = [0.0]
+
+    def show(done: int, total: int, rate: float) -> None:
+        if time.monotonic() - last[0] >= 1.0 or done >= total:
+            last[0] = time.monotonic()
+            share = 100 * done / total if total else 100.0
+            print(f"backfill: {done:,}/{total:,} readings ({share:.0f}%), {rate:,.0f}/s", file=out)
+
+    return show
+
+
+async def run_backfill(
+    influx_settings: InfluxSettings, plan: BackfillPlan, out: TextIO = sys.stderr
+) -> BackfillStats:
+    """Prepare the database, check raw keeps the span, write the plan, print the rate."""
+    kept = keep_seconds(influx_settings.retention_duration)
+    span_s = (int(time.time() * 1000) - plan.start_ms) / 1000
+    if kept is not None and kept < span_s:
+        raise ValueError(
+            f"raw telemetry is kept {influx_settings.retention_duration}, so InfluxDB would drop "
+            f"most of a {span_s / 86_400:.0f}-day backfill: run it with "
+            "SAFECITY_INFLUX__RETENTION_DURATION=INF (or longer than the span); the rollup "
+            "job rolls it up, and the usual retention afterwards drops the raw, keeping the tiers"
+        )
+    influx = InfluxClient(influx_settings)
+    try:
+        await influx.ensure_database()
+        stats = await backfill(influx, plan, _printer(out))
+    finally:
+        await influx.close()
+    print(
+        f"backfill: wrote {stats.readings:,} readings of {len(plan.devices)} devices in "
+        f"{stats.seconds:.1f} s ({stats.rate:,.0f} readings/s); `safecity rollup --once` "
+        "rolls them up",
+        file=out,
+    )
+    return stats
