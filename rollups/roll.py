@@ -28,7 +28,7 @@ from safecity.rollups import (
 from safecity.schema import measurement_of
 
 WRITE_BATCH = 5000
-_FUNCTIONS = {"sum": "sum", "count": "count", "min": "min", "max": "max", "mean": "mean"}
+_FUNCTIONS = {"sum": "sum", "count": "count", "min": "min", "max": "max"}
 
 
 def roll_statement(kind: str, level: Level, every_s: int) -> str:

@@ -3,8 +3,8 @@
 A tier is a bucket (e.g. `1h`) and how long its retention policy keeps it (e.g. `1825d`).
 Every numeric field of every kind is rolled per device and per district into
 `<kind>_by_device` / `<kind>_by_district` of the tier's policy `rollup_<bucket>`:
-`<field>_sum`, `<field>_count`, `<field>_min`, `<field>_max` and `<field>_mean` (floats
-but the count), states (bool and enum fields) as `<field>_last` per device, and
+`<field>_sum`, `<field>_count`, `<field>_min` and `<field>_max` (floats but the count;
+a mean is sum over count, at any coarser bucket too), states (bool and enum fields) as `<field>_last` per device, and
 `readings`, the number of raw readings the bucket was rolled from. A bucket's time is its
 start, so rolling it again overwrites it: idempotent.
 
@@ -36,7 +36,7 @@ READINGS = "readings"
 WATERMARK = "rollup_watermark"
 WATERMARK_FIELD = "until_ms"
 SINCE_FIELD = "since_ms"
-STATS = ("sum", "count", "min", "max", "mean")
+STATS = ("sum", "count", "min", "max")
 DEFAULT_TIERS = "1m:90d,1h:1825d,1d:INF"
 
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
@@ -57,6 +57,17 @@ class Tier:
     def policy(self) -> str:
         """Its retention policy (`rollup_<bucket>`)."""
         return f"rollup_{self.name}"
+
+    @property
+    def shard_duration(self) -> str:
+        """Its policy's shard group duration: about 10,080 buckets a shard (a week of
+        minutes, 420 days of hours), never longer than it keeps; rollups are sparse,
+        and InfluxDB's default (7 days above 6 months kept) would mean hundreds of
+        tiny shards, each with its files open."""
+        days = max(1, self.every_s * 10_080 // 86_400)
+        if self.keep_s is not None:
+            days = min(days, max(1, self.keep_s // 86_400))
+        return f"{days}d"
 
     def floor_ms(self, ms: int) -> int:
         """The start of the bucket holding `ms`."""
@@ -97,7 +108,7 @@ def measurement(kind: str, level: Level) -> str:
 
 
 def numeric_fields(kind: str) -> tuple[str, ...]:
-    """The fields rolled into sum/count/min/max/mean (floats and ints of the catalogue)."""
+    """The fields rolled into sum/count/min/max (floats and ints of the catalogue)."""
     return tuple(q.name for q in catalogue.telemetry_quantities(kind) if q.type in ("float", "int"))
 
 
@@ -107,7 +118,7 @@ def state_fields(kind: str) -> tuple[str, ...]:
 
 
 def stat_field(field: str, stat: str) -> str:
-    """The rollup field of one statistic of a raw field (`pm25_mean`)."""
+    """The rollup field of one statistic of a raw field (`pm25_sum`)."""
     return f"{field}_{stat}"
 
 

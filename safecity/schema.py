@@ -178,6 +178,11 @@ def retention_policies(settings: InfluxSettings) -> list[tuple[str, str]]:
     return families + [(t.policy, t.keep) for t in parse_tiers(settings.rollup_tiers)]
 
 
+def shard_durations(settings: InfluxSettings) -> dict[str, str]:
+    """Policies created with their own shard group duration (the rollup tiers')."""
+    return {t.policy: t.shard_duration for t in parse_tiers(settings.rollup_tiers)}
+
+
 def source(measurement: str) -> str:
     """The InfluxQL FROM of a measurement, for reads.
 
