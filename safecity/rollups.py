@@ -4,8 +4,9 @@ A tier is a bucket (e.g. `1h`) and how long its retention policy keeps it (e.g. 
 Every numeric field of every kind is rolled per device and per district into
 `<kind>_by_device` / `<kind>_by_district` of the tier's policy `rollup_<bucket>`:
 `<field>_sum`, `<field>_count`, `<field>_min` and `<field>_max` (floats but the count;
-a mean is sum over count, at any coarser bucket too), states (bool and enum fields) as `<field>_last` per device, and
-`readings`, the number of raw readings the bucket was rolled from. A bucket's time is its
+a mean is sum over count, at any coarser bucket too), states (bool and enum fields) as
+`<field>_last` per device, and `readings`, the number of raw readings the bucket was
+rolled from. A bucket's time is its
 start, so rolling it again overwrites it: idempotent.
 
 Late data is noticed through this contract only: the raw count of a bucket's readings

@@ -73,7 +73,7 @@ def api_settings(influxd: Influxd, api_dir: Path) -> Iterator[ApiSettings]:
 def _raw_days(settings: ApiSettings, start_ms: int, end_ms: int) -> dict[Any, list[float]]:
     """(district or None, pollutant, day ms) -> the raw readings, straight from InfluxDB."""
     q = (
-        'SELECT "pm25", "pm10", "no2", "district" FROM "air_quality" '
+        'SELECT "pm25", "pm10", "no2", "district" FROM "air_quality" '  # noqa: S608
         f"WHERE time >= {start_ms}ms AND time < {end_ms}ms"
     )
     body = httpx.post(

@@ -1,4 +1,4 @@
-"""The rollup contract: tier specs parse or fail with a reason; the docs' tier table is generated."""
+"""The rollup contract: tier specs parse or fail with a reason; the tier table is generated."""
 
 from __future__ import annotations
 
