@@ -115,6 +115,7 @@ def test_run_serves_every_device_then_ctrl_c_leaves_nothing_behind(tmp_path: Pat
     env["SAFECITY_INGEST_METRICS_PORT"] = "0"
     env["SAFECITY_ALERTS_METRICS_PORT"] = "0"
     env["SAFECITY_NOTIFY_METRICS_PORT"] = "0"
+    env["SAFECITY_ROLLUP_METRICS_PORT"] = "0"
     env["SAFECITY_MQTT_TLS_PORT"] = "0"
     proc = subprocess.Popen(
         [
@@ -248,6 +249,7 @@ def test_a_killed_launcher_takes_its_stack_with_it(tmp_path: Path) -> None:
     env["SAFECITY_INGEST_METRICS_PORT"] = "0"
     env["SAFECITY_ALERTS_METRICS_PORT"] = "0"
     env["SAFECITY_NOTIFY_METRICS_PORT"] = "0"
+    env["SAFECITY_ROLLUP_METRICS_PORT"] = "0"
     proc = subprocess.Popen(
         [sys.executable, "-m", "control", "run", "--data-dir", str(tmp_path),
          "--api-port", "0", "--mqtt-port", "0", "--influx-port", "0", "--mqtt-tls-port", "0"],
@@ -280,6 +282,7 @@ def test_run_with_device_tls_mtls_serves_every_device_over_mutual_tls(tmp_path: 
         SAFECITY_INGEST_METRICS_PORT="0",
         SAFECITY_ALERTS_METRICS_PORT="0",
         SAFECITY_NOTIFY_METRICS_PORT="0",
+        SAFECITY_ROLLUP_METRICS_PORT="0",
         SAFECITY_DEVICE_TLS="mtls",
     )
     args = ["--api-port", "0", "--mqtt-port", "0", "--influx-port", "0", "--mqtt-tls-port", "0"]

@@ -63,6 +63,7 @@ def local_run(home: Path, *argv: str, **env: str) -> Iterator[Run]:
         SAFECITY_INGEST_METRICS_PORT="0",
         SAFECITY_ALERTS_METRICS_PORT="0",
         SAFECITY_NOTIFY_METRICS_PORT="0",
+        SAFECITY_ROLLUP_METRICS_PORT="0",
         **env,
     )
     ports = ["--api-port", "0", "--mqtt-port", "0", "--influx-port", "0", "--mqtt-tls-port", "0"]

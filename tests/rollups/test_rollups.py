@@ -135,7 +135,7 @@ readings = st.lists(
 
 
 @settings(
-    max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(rows=readings, data=st.data())
 def test_tier_served_aggregates_equal_raw_for_aligned_windows(
