@@ -213,6 +213,12 @@ def retention_markdown_table(settings: InfluxSettings | None = None) -> str:
             names = ", ".join(f"`{m}`" for m in f.measurements)
         duration = getattr(s, f.duration_setting)
         lines.append(f"| {f.family}: {f.what} | {policy} | {duration} | {setting} | {names} |")
+    for tier in parse_tiers(s.rollup_tiers):
+        lines.append(
+            f"| rollups: {tier.every_s} s buckets of every kind (rollups/README.md) | "
+            f"`{tier.policy}` | {tier.keep} | `SAFECITY_INFLUX__ROLLUP_TIERS` | "
+            "`<kind>_by_device`, `<kind>_by_district`, `rollup_watermark` |"
+        )
     return "\n".join(lines) + "\n"
 
 
