@@ -141,18 +141,24 @@ def areas(
     period: int,
 ) -> list[AreaYear]:
     """The city (first) and each district of (id, name), from per-district daily sums."""
-    out = []
-    for district, name in [(None, city_name), *districts]:
-        pollutants = {}
-        for pollutant in POLLUTANTS:
-            days: dict[int, tuple[float, int]] = {}
-            for (d, day), cell in sums.items():
-                if (district is None or d == district) and pollutant in cell:
-                    s, n = days.get(day, (0.0, 0))
-                    days[day] = (s + cell[pollutant][0], n + cell[pollutant][1])
-            pollutants[pollutant] = pollutant_year(days, pollutant, period)
-        out.append(AreaYear(district=district, name=name, pollutants=pollutants))
-    return out
+    # One pass over the cells: (area, pollutant) -> day -> (sum, count); None = the city.
+    days: dict[tuple[str | None, str], dict[int, tuple[float, int]]] = {}
+    for (district, day), cell in sums.items():
+        for pollutant, (total, count) in cell.items():
+            for area in (None, district):
+                per_day = days.setdefault((area, pollutant), {})
+                s, n = per_day.get(day, (0.0, 0))
+                per_day[day] = (s + total, n + count)
+    return [
+        AreaYear(
+            district=district,
+            name=name,
+            pollutants={
+                p: pollutant_year(days.get((district, p), {}), p, period) for p in POLLUTANTS
+            },
+        )
+        for district, name in [(None, city_name), *districts]
+    ]
 
 
 CSV_COLUMNS = (
