@@ -94,6 +94,11 @@ TAGS: list[dict[str, Any]] = [
         "file (streamed, bounded).",
     },
     {
+        "name": "reports",
+        "description": "The annual air-quality report of a city against the WHO 2021 "
+        "guidelines (JSON or CSV), from the rollup tiers.",
+    },
+    {
         "name": "stream",
         "description": "Live readings, events and alerts as Server-Sent Events, "
         "resumable with `Last-Event-ID`.",
