@@ -267,7 +267,18 @@ SumCount = dict[str, tuple[float, int]]
 
 
 def _daily_statement(tier: Tier | None, kind: str, fields: tuple[str, ...]) -> str:
-    """Sum and count of fields per UTC day and district, from a tier or raw."""
+    """Sum and count of fields per UTC day and district, from a tier or raw. A day tier's
+    points are already that: read as they are, with no `GROUP BY time` (InfluxDB 1.x
+    spends far more on a grouped query's buckets than on reading the points)."""
+    if tier is not None and tier.every_s == DAY_S:
+        columns = ", ".join(
+            f'"{quote_ident(n)[1:-1]}_{stat}"' for n in fields for stat in ("sum", "count")
+        )
+        source = f"{quote_ident(tier.policy)}.{quote_ident(measurement(kind, 'district'))}"
+        return (
+            f'SELECT {columns}, "district" FROM {source} '
+            'WHERE "city" = $city AND time >= $from AND time < $to'
+        )
     parts = []
     for name in fields:
         f = quote_ident(name)[1:-1]
