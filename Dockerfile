@@ -30,6 +30,7 @@ COPY simulators ./simulators
 COPY edge ./edge
 COPY alerts ./alerts
 COPY notify ./notify
+COPY rollups ./rollups
 COPY dashboards ./dashboards
 RUN /opt/safecity/bin/pip install --no-deps .
 

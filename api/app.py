@@ -51,6 +51,7 @@ from api.routes import (
     ngsild_temporal,
     notifications,
     region,
+    reports,
     stream,
 )
 from api.routes import cities as city_routes
@@ -99,6 +100,11 @@ TAGS: list[dict[str, Any]] = [
         "name": "export",
         "description": "A series or the events of a window as a CSV or NDJSON "
         "file (streamed, bounded).",
+    },
+    {
+        "name": "reports",
+        "description": "The annual air-quality report of a city against the WHO 2021 "
+        "guidelines (JSON or CSV), from the rollup tiers.",
     },
     {
         "name": "stream",
@@ -315,6 +321,7 @@ def create_app(  # noqa: PLR0915 - long; split it at its seams
     app.include_router(events.router, dependencies=read)
     app.include_router(events.delivery_router)
     app.include_router(export.router, dependencies=read)
+    app.include_router(reports.router, dependencies=read)
     app.include_router(incidents.router, dependencies=read)
     app.include_router(notifications.router, dependencies=read)
     # Acknowledgement links carry their own credential (a signed, single-use token).

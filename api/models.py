@@ -230,6 +230,16 @@ class SeriesPoint(BaseModel):
     value: float
 
 
+class Served(BaseModel):
+    """A part [from, to) of a series and what served it: `raw` or a rollup tier (`1h`)."""
+
+    tier: str = Field(examples=["1d"])
+    from_: str = Field(alias="from", examples=["2026-01-01T00:00:00.000Z"])
+    to: str = Field(examples=["2026-12-01T00:00:00.000Z"])
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
 class Series(BaseModel):
     """A time series of one field, aggregated per bucket."""
 
@@ -242,6 +252,10 @@ class Series(BaseModel):
     agg: str
     every_s: int
     window: Window
+    served_by: list[Served] = Field(
+        default_factory=list,
+        description="The parts of the window and the tier (or raw) that served each",
+    )
     points: list[SeriesPoint]
 
 

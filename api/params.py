@@ -103,25 +103,34 @@ def time_range(
     start: datetime | None,
     end: datetime | None,
     default: timedelta,
+    longest_s: float | None = None,
 ) -> TimeRange:
     """[from, to) from the parameters, never refused (the response's window says what
     was covered): `to` defaults to now and `from` to `to - default`; both are held
     within 1970..2200; a `from` not before `to` is an empty window; a window longer
-    than `max_range` keeps its newest `max_range`."""
+    than `longest_s` (default `max_range`; `inf` = no limit, for what a rollup tier
+    keeps forever) keeps its newest `longest_s`."""
     to = truncate_ms(_clamp(_utc(end))) if end is not None else now()
     frm = truncate_ms(_clamp(_utc(start) if start is not None else to - default))
     if frm >= to:
         return TimeRange(frm, frm)
-    longest = timedelta(seconds=settings.max_range)
+    limit = settings.max_range if longest_s is None else longest_s
+    if math.isinf(limit):
+        return TimeRange(frm, to)
+    longest = timedelta(seconds=limit)
     if to - frm > longest:
         frm = truncate_ms(to - longest)
     return TimeRange(frm, to)
 
 
-def bucket(settings: ApiSettings, every: str | None, window: TimeRange) -> int:
+def bucket(
+    settings: ApiSettings, every: str | None, window: TimeRange, grid: tuple[int, ...] = ()
+) -> int:
     """The bucket in whole seconds: `every` (e.g. 30s, 5m, 1h, 1d) or about 300 buckets,
     raised to `min_bucket` and to what keeps at most `max_points` buckets in the window,
-    and at most `max_range` (the response's `every_s` says what was used)."""
+    and at most `max_range` (the response's `every_s` says what was used). A bucket not
+    asked for as such (the default, or one raised) is rounded up to whole buckets of the
+    coarsest of `grid` (the rollup tiers' buckets) not above it, so a tier can serve it."""
     if every is None:
         seconds = math.ceil(window.seconds / 300)
     else:
@@ -130,5 +139,9 @@ def bucket(settings: ApiSettings, every: str | None, window: TimeRange) -> int:
             raise bad_param("query", "every", "must be a duration like 30s, 5m, 1h or 1d")
         seconds = int(match.group(1)) * _UNIT_S[match.group(2)]
     fewest = math.ceil(window.seconds / settings.max_points)
+    asked = seconds if every is not None else 0
     seconds = max(seconds, math.ceil(settings.min_bucket), fewest)
+    if seconds != asked:
+        step = max((g for g in grid if g <= seconds), default=1)
+        seconds = -(-seconds // step) * step
     return min(seconds, max(math.ceil(settings.min_bucket), math.floor(settings.max_range)))

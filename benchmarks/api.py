@@ -151,16 +151,24 @@ async def measure(
     }
 
 
-def _start_api(
-    influx_url: str, database: str, registry_file: Path, keys: Path, base: Path, ttl: float
+def start_api(
+    influx_url: str,
+    database: str,
+    registry_file: Path | None,
+    keys: Path,
+    base: Path,
+    ttl: float,
+    extra: dict[str, str] | None = None,
 ) -> tuple[ManagedProcess, str]:
+    """`python -m control api` on a free port against a database; (process, base URL)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAFECITY_")}
+    if registry_file is not None:
+        env["SAFECITY_REGISTRY"] = str(registry_file)
     env.update(
         {
             "SAFECITY_INFLUX__URL": influx_url,
             "SAFECITY_INFLUX__DATABASE": database,
-            "SAFECITY_REGISTRY": str(registry_file),
             "SAFECITY_API_KEYS_FILE": str(keys),
             "SAFECITY_PORT": str(port),
             "SAFECITY_RATE_LIMIT_RPS": "100000",
@@ -168,6 +176,7 @@ def _start_api(
             "SAFECITY_OVERVIEW_CACHE_TTL": str(ttl),
             "SAFECITY_LOG_LEVEL": "WARNING",
             "SAFECITY_MAX_PAGE_SIZE": "1000",
+            **(extra or {}),
         }
     )
     proc = ManagedProcess(
@@ -298,7 +307,7 @@ async def run(args: argparse.Namespace) -> list[Row]:
             # pool, while the API shares one in-flight snapshot between concurrent callers).
             raw_ov1 = await measure(floor.overview, args.requests // 2, concurrency=1)
             for ttl in (5.0, 0.0):
-                proc, url = _start_api(
+                proc, url = start_api(
                     influxd.url, "bench", registry_file, base / "keys.json", base, ttl
                 )
                 try:

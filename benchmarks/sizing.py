@@ -14,9 +14,13 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from safecity.rollups import DEFAULT_TIERS, parse_tiers
 
 ROOT = Path(__file__).resolve().parent.parent
 COSTS = ROOT / "benchmarks" / "results" / "costs.json"
+ROLLUPS = ROOT / "benchmarks" / "results" / "rollups.json"
 DOC = ROOT / "docs" / "sizing.md"
 OVERLAYS = ROOT / "deploy" / "kubernetes" / "overlays"
 
@@ -86,7 +90,44 @@ def _gib(value: float) -> str:
     return f"{value:,.1f} GiB" if value < 1024 else f"{value / 1024:,.1f} TiB"
 
 
-def render_doc(costs: dict[str, float]) -> str:
+def rollup_section(rollups: dict[str, Any] | None) -> str:
+    """The rollup tiers' disk per device-year, from `benchmarks/results/rollups.json`."""
+    if rollups is None:
+        return ""
+    rows = []
+    for tier in parse_tiers(DEFAULT_TIERS):
+        measured = rollups["tiers"].get(tier.name)
+        if measured is None:
+            continue
+        # A device reporting every REPORT_EVERY_S fills every bucket of a tier at least
+        # that long; a finer tier gets one bucket per reading.
+        buckets = 365 * 86_400 / max(tier.every_s, REPORT_EVERY_S)
+        year = measured["bytes_per_point"] * buckets / 2**20
+        kept_years = None if tier.keep_s is None else tier.keep_s / (365 * 86_400)
+        steady = (
+            "grows by the per-year figure"
+            if kept_years is None
+            else (f"{year * kept_years:,.2f} MiB ({tier.keep} kept)")
+        )
+        rows.append(
+            f"| `{tier.name}` | {measured['bytes_per_point']:.1f} | {buckets:,.0f} | "
+            f"{year:,.2f} MiB | {steady} |"
+        )
+    return f"""
+## Rollup tiers: disk per device-year
+
+Measured {rollups["measured_at"]} by `python -m benchmarks.rollups` ({rollups["conditions"]}):
+bytes per stored bucket of each tier's policy (TSM + WAL: an upper bound), for a device's
+own buckets (`<kind>_by_device`; a district's buckets add the same per kind and district).
+A device reporting every {REPORT_EVERY_S} s fills every bucket of a tier.
+
+| Tier | Bytes per bucket | Buckets per device-year | Per device-year | Per device, steady state |
+|---|---|---|---|---|
+{chr(10).join(rows)}
+"""
+
+
+def render_doc(costs: dict[str, float], rollups: dict[str, Any] | None = None) -> str:
     """docs/sizing.md."""
     rows = []
     for size, devices in SIZES.items():
@@ -170,7 +211,7 @@ Measured {c["measured_at"]}: {c["conditions"]}; load average at the end {c["load
 
 Then: `kubectl apply -k deploy/kubernetes/overlays/<overlay>` after creating the Secrets
 (deploy/kubernetes/README.md). What is validated here and what is not is stated there.
-"""
+{rollup_section(rollups)}"""
 
 
 def render_overlay(costs: dict[str, float], size: str) -> str:
@@ -219,9 +260,9 @@ spec:
 {broker}"""
 
 
-def outputs(costs: dict[str, float]) -> dict[Path, str]:
+def outputs(costs: dict[str, float], rollups: dict[str, Any] | None = None) -> dict[Path, str]:
     """Every file the model writes."""
-    out = {DOC: render_doc(costs)}
+    out = {DOC: render_doc(costs, rollups)}
     for size in SIZES:
         out[OVERLAYS / size / "sizing.yaml"] = render_overlay(costs, size)
     return out
@@ -234,8 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--costs", type=Path, default=COSTS)
     args = parser.parse_args(argv)
     costs = json.loads(args.costs.read_text(encoding="utf-8"))
+    rollups = json.loads(ROLLUPS.read_text(encoding="utf-8")) if ROLLUPS.exists() else None
     stale = 0
-    for path, text in outputs(costs).items():
+    for path, text in outputs(costs, rollups).items():
         if path.exists() and path.read_text(encoding="utf-8") == text:
             continue
         if args.check:

@@ -29,6 +29,7 @@ from dashboards import cli as dashboards_cli
 from ingest import cli as ingest_cli
 from ingest.settings import IngestSettings
 from notify import cli as notify_cli
+from rollups import cli as rollups_cli
 from safecity import citygen, cliargs, instance, registry
 from safecity.cliargs import port, positive_float, positive_int, registry_flag
 from safecity.errors import CliError, ConfigError, SafecityError
@@ -416,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - long; split it
     p.set_defaults(func=cmd_verify)
     alerts_cli.add_parsers(sub)
     notify_cli.add_parsers(sub)
+    rollups_cli.add_parsers(sub)
 
     influx = sub.add_parser("influx", help="InfluxDB administration").add_subparsers(
         dest="influx_command", required=True, metavar="ACTION"

@@ -27,6 +27,7 @@ from control.settings import BackupSettings, StackSettings, StorageSettings
 from dashboards.settings import DashboardsSettings
 from ingest.settings import IngestSettings
 from notify.settings import NotifySettings
+from rollups.settings import RollupSettings
 from safecity import instance
 from safecity.settings import InHome, ServiceSettings
 from simulators.settings import SimulatorSettings
@@ -43,7 +44,8 @@ SERVICES: tuple[tuple[str, type[ServiceSettings], str], ...] = (
         "alerts (`safecity alerts`: streaming rules -> alerts -> incidents)",
     ),
     ("notify", NotifySettings, "notify (`safecity notify`: incidents -> people on call)"),
-    ("simulator", SimulatorSettings, "simulator (`safecity simulate`)"),
+    ("rollup", RollupSettings, "rollup job (`safecity rollup`: raw telemetry -> rollup tiers)"),
+    ("simulator", SimulatorSettings, "simulator (`safecity simulate`; InfluxDB for --backfill)"),
     ("run", StackSettings, "local stack (`make run` / `safecity run`)"),
     ("influx init", StorageSettings, "storage (`safecity influx init`)"),
     (

@@ -109,6 +109,7 @@ class LocalRun:
         self.metrics_url = ""
         self.alerts_url = ""
         self.notify_url = ""
+        self.rollup_url = ""
         self.api_key = ""
 
     def start(self) -> None:
@@ -126,6 +127,7 @@ class LocalRun:
             ("ingest metrics", s.ingest_metrics_port),
             ("alerts metrics", s.alerts_metrics_port),
             ("notify metrics", s.notify_metrics_port),
+            ("rollup metrics", s.rollup_metrics_port),
         ):
             if port:
                 ensure_port_free("127.0.0.1", port, name)
@@ -203,17 +205,7 @@ class LocalRun:
                 ready=http_ok(f"{self.api_url}/readyz"),
             )
             self._start_notify(api_port)
-            self._child(
-                "alerts",
-                Role.ALERTS,
-                {
-                    "SAFECITY_ALERTS_METRICS_PORT": str(alerts_port),
-                    # One instance: a plain subscription survives broker restarts.
-                    "SAFECITY_ALERTS_SHARE_GROUP": "",
-                    **replay_window,
-                },
-                ready=http_ok(f"{self.alerts_url}/readyz"),
-            )
+            self._start_alerts_and_rollup(alerts_port, replay_window)
             # A new run, a new ledger: `safecity verify` checks what this run sent, in
             # the databases of the cities it serves.
             self.layout.ledger_file.unlink(missing_ok=True)
@@ -334,7 +326,7 @@ class LocalRun:
     def _child(
         self,
         service: str,
-        role: Role,
+        role: Role | None,
         env: dict[str, str],
         ready: Callable[[], bool] | None,
     ) -> None:
@@ -369,6 +361,29 @@ class LocalRun:
                 "SAFECITY_NOTIFY_ACK_BASE_URL": f"http://127.0.0.1:{api_port}",
             },
             ready=http_ok(f"{self.notify_url}/readyz"),
+        )
+
+    def _start_alerts_and_rollup(self, port: int, replay_window: dict[str, str]) -> None:
+        """The alerts service, then the rollup job (neither waits for the other)."""
+        self._child(
+            "alerts",
+            Role.ALERTS,
+            {
+                "SAFECITY_ALERTS_METRICS_PORT": str(port),
+                # One instance: a plain subscription survives broker restarts.
+                "SAFECITY_ALERTS_SHARE_GROUP": "",
+                **replay_window,
+            },
+            ready=http_ok(f"{self.alerts_url}/readyz"),
+        )
+        # The rollup job reads and writes InfluxDB only, so no broker account.
+        rollup_port = _port(self.settings.rollup_metrics_port)
+        self.rollup_url = f"http://127.0.0.1:{rollup_port}"
+        self._child(
+            "rollup",
+            None,
+            {"SAFECITY_ROLLUP_METRICS_PORT": str(rollup_port)},
+            ready=http_ok(f"{self.rollup_url}/readyz"),
         )
 
     def stop(self) -> None:
@@ -461,6 +476,7 @@ def run_local(settings: StackSettings) -> int:
             f"  alerts metrics {run.alerts_url}/metrics\n"
             f"  notify metrics {run.notify_url}/metrics   (notifications: shown below, and"
             f" in {console_log})\n"
+            f"  rollup metrics {run.rollup_url}/metrics   (minute, hour and day tiers)\n"
             f"  logs           {run.base}/*.log\n"
             f"{run.region.banner() if run.region else ''}"
             f"Press Ctrl-C to stop.\n",

@@ -57,6 +57,9 @@ class StackSettings(ServiceSettings):
     notify_metrics_port: Annotated[int, Field(ge=0, le=65535)] = Field(
         default=9104, description="The notifier's /metrics, /healthz and /readyz port"
     )
+    rollup_metrics_port: Annotated[int, Field(ge=0, le=65535)] = Field(
+        default=9105, description="The rollup job's /metrics, /healthz and /readyz port"
+    )
     speed: Speed = 1.0
     seed: Seed = 42
     with_region: bool = Field(

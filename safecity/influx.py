@@ -21,7 +21,7 @@ from safecity.errors import (
     StorageUnavailableError,
     WriteRejectedError,
 )
-from safecity.schema import retention_policies
+from safecity.schema import retention_policies, shard_durations
 from safecity.settings import InfluxSettings
 from safecity.topics import IDENTIFIER
 
@@ -175,17 +175,20 @@ class InfluxClient:
         retention policy (`safecity.schema.RETENTION_FAMILIES`); never the default; safe
         to repeat. The database must exist (QueryError `database not found` otherwise)."""
         db = quote_ident(self.settings.database)
+        shards = shard_durations(self.settings)
         for name, duration in retention_policies(self.settings):
             rp = quote_ident(name)
+            shard = f" SHARD DURATION {shards[name]}" if name in shards else ""
             try:
                 await self.execute(
                     f"CREATE RETENTION POLICY {rp} ON {db} DURATION {duration} REPLICATION 1"
+                    + shard
                 )
             except QueryError as exc:
                 if "already exists" not in str(exc):
                     raise
                 await self.execute(
-                    f"ALTER RETENTION POLICY {rp} ON {db} DURATION {duration} REPLICATION 1"
+                    f"ALTER RETENTION POLICY {rp} ON {db} DURATION {duration} REPLICATION 1" + shard
                 )
 
     async def write(self, body: bytes, *, precision: str = "ms", rp: str | None = None) -> None:

@@ -15,6 +15,7 @@ from safecity import catalogue
 from safecity.lineprotocol import FieldValue, Point
 from safecity.readings import Event, Reading, RejectReason, Status
 from safecity.registry import Device
+from safecity.rollups import parse_tiers
 from safecity.settings import InfluxSettings
 
 EVENTS = "events"
@@ -167,12 +168,19 @@ def retention_policy_of(measurement: str) -> str | None:
 
 
 def retention_policies(settings: InfluxSettings) -> list[tuple[str, str]]:
-    """(name, duration) of every non-default policy, from the settings."""
-    return [
+    """(name, duration) of every non-default policy, from the settings: the families'
+    and the rollup tiers' (`safecity.rollups`)."""
+    families = [
         (f.policy, str(getattr(settings, f.duration_setting)))
         for f in RETENTION_FAMILIES
         if f.policy is not None
     ]
+    return families + [(t.policy, t.keep) for t in parse_tiers(settings.rollup_tiers)]
+
+
+def shard_durations(settings: InfluxSettings) -> dict[str, str]:
+    """Policies created with their own shard group duration (the rollup tiers')."""
+    return {t.policy: t.shard_duration for t in parse_tiers(settings.rollup_tiers)}
 
 
 def source(measurement: str) -> str:
@@ -205,6 +213,12 @@ def retention_markdown_table(settings: InfluxSettings | None = None) -> str:
             names = ", ".join(f"`{m}`" for m in f.measurements)
         duration = getattr(s, f.duration_setting)
         lines.append(f"| {f.family}: {f.what} | {policy} | {duration} | {setting} | {names} |")
+    for tier in parse_tiers(s.rollup_tiers):
+        lines.append(
+            f"| rollups: {tier.every_s} s buckets of every kind (rollups/README.md) | "
+            f"`{tier.policy}` | {tier.keep} | `SAFECITY_INFLUX__ROLLUP_TIERS` | "
+            "`<kind>_by_device`, `<kind>_by_district`, `rollup_watermark` |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -132,6 +132,13 @@ class InfluxSettings(BaseModel):
         "1825d",
         description=("Duration of the `incidents` policy (alerts and the incident lifecycle log)."),
     )
+    rollup_tiers: str = Field(
+        "1m:90d,1h:1825d,1d:INF",
+        description=(
+            "Rollup tiers, `<bucket>:<kept>` comma-separated (each in its policy "
+            "`rollup_<bucket>`, created or altered at start-up); empty = no rollups."
+        ),
+    )
     username: str | None = Field(None, description="InfluxDB 1.x user.")
     password: SecretStr | None = Field(None, description="InfluxDB 1.x password.")
     token: SecretStr | None = Field(
@@ -199,6 +206,14 @@ class InfluxSettings(BaseModel):
     def for_city(self, city: str, cities: Collection[str]) -> InfluxSettings:
         """These settings aimed at `city`'s own database (`database_for`)."""
         return self.model_copy(update={"database": self.database_for(city, cities)})
+
+    @field_validator("rollup_tiers")
+    @classmethod
+    def _tiers(cls, value: str) -> str:
+        from safecity.rollups import parse_tiers
+
+        parse_tiers(value)
+        return value
 
     @field_validator(
         "retention_duration",

@@ -61,6 +61,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if args.list_scenarios:
         code: int = command.list_scenarios()
         return code
+    if args.backfill is not None:
+        return _backfill(args)
     try:
         faults = command.parse_faults(args.faults, args.fault_rate)
     except ValueError as exc:
@@ -89,6 +91,28 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return code
 
 
+def _backfill(args: argparse.Namespace) -> int:
+    """`--backfill SPAN`: the span before now (whole days), written straight to InfluxDB."""
+    import asyncio
+    import time
+
+    from simulators.backfill import BackfillPlan, parse_span, run_backfill
+
+    s = settings(SimulatorSettings, registry=args.registry, seed=args.seed)
+    configure_logging("simulator", s.log_level)
+    city = registry.load_cities(s.registry).first
+    try:
+        span_s = parse_span(args.backfill, "--backfill")
+        every_s = parse_span(args.backfill_every, "--backfill-every")
+        end_ms = int(time.time() * 1000) // 86_400_000 * 86_400_000
+        devices = tuple(city.devices[: args.devices] if args.devices else city.devices)
+        plan = BackfillPlan(city, devices, end_ms - span_s * 1000, end_ms, every_s, s.seed)
+        asyncio.run(run_backfill(s.influx, plan))
+    except (ValueError, OSError) as exc:
+        raise CliError(f"simulate: {exc}") from None
+    return 0
+
+
 def add_parsers(sub: Any) -> None:
     """Add `simulate` to the `safecity` parser."""
     p = sub.add_parser("simulate", help="the simulated city fleet")
@@ -104,5 +128,16 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--ledger", type=Path, help="write the ground-truth ledger to this file")
     p.add_argument("--faults", help="fault rates per reading, e.g. bad_json=0.01,duplicate=0.02")
     p.add_argument("--fault-rate", type=float, help="the same rate for every fault")
+    p.add_argument(
+        "--backfill",
+        metavar="SPAN",
+        help="write this span before today (e.g. 365d) straight to InfluxDB, then exit",
+    )
+    p.add_argument(
+        "--backfill-every",
+        metavar="STEP",
+        default="15m",
+        help="with --backfill: one reading per device per STEP (default 15m; divides a day)",
+    )
     registry_flag(p)
     p.set_defaults(func=cmd_simulate)

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from edge.settings import EdgeSettings
-from safecity.settings import MqttSettings, ServiceSettings
+from safecity.settings import InfluxSettings, MqttSettings, ServiceSettings
 
 Rate = Annotated[float, Field(ge=0, le=1)]
 
@@ -71,6 +71,8 @@ class SimulatorSettings(ServiceSettings):
     """Settings of the simulated city fleet."""
 
     mqtt: MqttSettings = MqttSettings()
+    # Only a backfill (`--backfill`) writes to InfluxDB; live readings go over MQTT.
+    influx: InfluxSettings = InfluxSettings()
     client_id: Annotated[
         str,
         Field(

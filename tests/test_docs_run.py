@@ -78,6 +78,7 @@ def _env(ports: Ports) -> dict[str, str]:
     env["SAFECITY_INGEST_METRICS_PORT"] = str(ports.ingest_metrics)
     env["SAFECITY_ALERTS_METRICS_PORT"] = str(ports.alerts_metrics)
     env["SAFECITY_NOTIFY_METRICS_PORT"] = "0"
+    env["SAFECITY_ROLLUP_METRICS_PORT"] = "0"
     return env
 
 

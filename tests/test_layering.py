@@ -19,7 +19,17 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVICES = ("edge", "ingest", "api", "simulators", "alerts", "dashboards", "broker", "notify")
+SERVICES = (
+    "edge",
+    "ingest",
+    "api",
+    "simulators",
+    "alerts",
+    "dashboards",
+    "broker",
+    "notify",
+    "rollups",
+)
 CONTROL = "control"
 PACKAGES = ("safecity", *SERVICES, CONTROL)
 ALLOWED = {"simulators": {"edge"}}

@@ -12,8 +12,8 @@ from api.deps import CityDep, InfluxDep, KeyDep, SettingsDep, TenancyDep
 from api.errors import bad_param
 from api.models import CityList, CityOut, Location, Overview, Series, SeriesPoint
 from api.overview import kpis, overview
-from api.params import bucket, time_range
-from api.queries import numeric_fields, series
+from api.params import time_range
+from api.queries import numeric_fields
 from api.responses import STORAGE, errors
 from api.routes.common import (
     ID_PATTERN,
@@ -31,6 +31,7 @@ from api.routes.common import (
     snapshot,
     window_key,
 )
+from api.tiers import SeriesAsk, WindowAsk, answer
 from safecity import catalogue
 from safecity.readings import format_epoch_ms
 from safecity.registry import City, geojson
@@ -170,6 +171,7 @@ def unit_of(kind: str, field: str) -> str:
 
 @router.get("/{city_id}/series", response_model=Series, responses=errors(404, *STORAGE))
 async def get_city_series(
+    request: Request,
     settings: SettingsDep,
     city: CityDep,
     influx: InfluxDep,
@@ -188,14 +190,16 @@ async def get_city_series(
     check_city(city, city_id)
     check_series(kind, field, agg)
     check_district(city, district)
-    window = time_range(settings, start, end, timedelta(hours=1))
-    every_s = bucket(settings, every, window)
-    params = {"city": city.id, **window.params()}
+    params = {"city": city.id}
     by = ""
     if district is not None:
         params["district"] = district
         by = "district"
-    points = await series(influx, kind, field, agg, every_s, params, by)
+    ask = SeriesAsk(kind, field, agg, 0, by)
+    window_ask = WindowAsk(start, end, every, timedelta(hours=1))
+    window, every_s, points, served_by = await answer(
+        request, settings, influx, ask, window_ask, params
+    )
     return Series(
         city=city.id,
         district=district,
@@ -206,5 +210,6 @@ async def get_city_series(
         agg=agg,
         every_s=every_s,
         window=window.model(),
+        served_by=served_by,
         points=[SeriesPoint(ts=format_epoch_ms(t), value=v) for t, v in points],
     )

@@ -12,8 +12,7 @@ from api.directory import BadCursorError, decode_cursor, encode_cursor
 from api.errors import bad_param
 from api.models import DeviceOut, DevicePage, DeviceStatusOut, LatestReading, Series, SeriesPoint
 from api.overview import device_state
-from api.params import bucket, time_range
-from api.queries import latest_reading, series
+from api.queries import latest_reading
 from api.responses import STORAGE, errors
 from api.routes.cities import check_series, unit_of
 from api.routes.common import OVERVIEW_WINDOW as STATUS_WINDOW
@@ -35,6 +34,7 @@ from api.routes.common import (
     snapshot,
     window_key,
 )
+from api.tiers import SeriesAsk, WindowAsk, answer
 from safecity import catalogue
 from safecity.readings import format_epoch_ms
 from safecity.registry import Device
@@ -145,6 +145,7 @@ async def get_device_latest(city: CityDep, influx: InfluxDep, device_id: DeviceI
 
 @router.get("/{device_id}/history", response_model=Series, responses=errors(404, *STORAGE))
 async def get_device_history(
+    request: Request,
     settings: SettingsDep,
     city: CityDep,
     influx: InfluxDep,
@@ -158,10 +159,15 @@ async def get_device_history(
     """One field of the device aggregated per bucket (default: the last hour)."""
     device = device_or_404(city, device_id)
     check_series(device.kind, field, agg)
-    window = time_range(settings, start, end, timedelta(hours=1))
-    every_s = bucket(settings, every, window)
-    params = {"city": city.id, "device_id": device.id, **window.params()}
-    points = await series(influx, device.kind, field, agg, every_s, params, "device_id")
+    ask = SeriesAsk(device.kind, field, agg, 0, "device_id")
+    window, every_s, points, served_by = await answer(
+        request,
+        settings,
+        influx,
+        ask,
+        WindowAsk(start, end, every, timedelta(hours=1)),
+        {"city": city.id, "device_id": device.id},
+    )
     return Series(
         city=city.id,
         district=device.district,
@@ -172,5 +178,6 @@ async def get_device_history(
         agg=agg,
         every_s=every_s,
         window=window.model(),
+        served_by=served_by,
         points=[SeriesPoint(ts=format_epoch_ms(t), value=v) for t, v in points],
     )

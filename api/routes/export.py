@@ -14,13 +14,13 @@ from collections.abc import AsyncIterator, Iterable
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from api.deps import CityDep, InfluxDep, SettingsDep
 from api.errors import bad_param
-from api.params import TimeRange, bucket, time_range
-from api.queries import count_events, series
+from api.params import TimeRange, time_range
+from api.queries import count_events
 from api.responses import STORAGE, errors
 from api.routes.cities import check_series, unit_of
 from api.routes.common import (
@@ -39,6 +39,7 @@ from api.routes.common import (
     check_district,
 )
 from api.routes.events import event_filters, event_out, page_events
+from api.tiers import SeriesAsk, WindowAsk, answer
 from safecity.influx import InfluxClient
 from safecity.readings import format_epoch_ms
 from safecity.registry import City
@@ -50,6 +51,8 @@ Format = Annotated[
 ]
 MEDIA = {"csv": "text/csv; charset=utf-8", "ndjson": "application/x-ndjson"}
 SERIES_COLUMNS = ("ts", "value", "unit")
+SERVED_BY = "Served-By"
+"""The header naming what served each part of an exported series (`1d <from>/<to>, raw ...`)."""
 EVENT_COLUMNS = ("ts", "device_id", "district", "kind", "type", "severity", "seq", "details")
 CHUNK = 5000
 
@@ -103,6 +106,7 @@ def _attachment(body: AsyncIterator[str], fmt: str, name: str) -> StreamingRespo
 
 @router.get("/series", response_class=StreamingResponse, responses=_file_response("The series"))
 async def export_series(
+    request: Request,
     settings: SettingsDep,
     city: CityDep,
     influx: InfluxDep,
@@ -123,12 +127,12 @@ async def export_series(
     check_city(city, city_id)
     check_series(kind, field, agg)
     check_district(city, district)
-    window = time_range(settings, start, end, timedelta(hours=1))
-    every_s = bucket(settings, every, window)
-    params = {"city": city.id, **window.params()}
+    params = {"city": city.id}
     if district is not None:
         params["district"] = district
-    points = await series(influx, kind, field, agg, every_s, params, "district" if district else "")
+    ask = SeriesAsk(kind, field, agg, 0, "district" if district else "")
+    window_ask = WindowAsk(start, end, every, timedelta(hours=1))
+    window, _, points, served_by = await answer(request, settings, influx, ask, window_ask, params)
     unit = unit_of(kind, field)
     rows = [{"ts": format_epoch_ms(t), "value": v, "unit": unit} for t, v in points]
 
@@ -138,7 +142,9 @@ async def export_series(
             yield _lines(fmt, SERIES_COLUMNS, rows[start_at : start_at + CHUNK])
 
     name = _file_name(city.id, district, f"{kind}-{field}-{agg}", window)
-    return _attachment(body(), fmt, name)
+    response = _attachment(body(), fmt, name)
+    response.headers[SERVED_BY] = ", ".join(f"{s.tier} {s.from_}/{s.to}" for s in served_by)
+    return response
 
 
 @router.get("/events", response_class=StreamingResponse, responses=_file_response("The events"))

@@ -136,12 +136,22 @@ def test_series_windows_and_buckets_are_bounded_not_refused(
         assert r.status_code == 200, r.text
         return r.json()  # type: ignore[no-any-return]
 
-    long = get(**{"from": "2026-01-01T00:00:00Z", "to": "2026-12-31T00:00:00Z"})
+    year = {"from": "2026-01-01T00:00:00Z", "to": "2026-12-31T00:00:00Z"}
+    # p95 has no rollup: raw answers, and raw is held to the newest max_range.
+    long = get(**year, agg="p95")
     assert long["window"]["to"] == "2026-12-31T00:00:00.000Z"
     assert long["window"]["seconds"] == api_settings.max_range  # the newest max_range kept
+    # A mean in whole days: the 1d tier keeps them forever, so the year stays whole.
+    daily = get(**year, every="1d")
+    assert daily["window"]["seconds"] == 364 * 86_400 and daily["every_s"] == 86_400
+    # Hours: the 1h tier keeps 1825 days; longer is held to its newest 1825 days.
+    hourly = get(**{"from": "2016-01-01T00:00:00Z", "to": "2026-12-31T00:00:00Z", "every": "1h"})
+    assert hourly["window"]["seconds"] == 1825 * 86_400
+    assert hourly["every_s"] % 3600 == 0  # raised for max_points, in whole tier buckets
     assert get(every="5s")["every_s"] == api_settings.min_bucket
     month = {"from": "2026-01-01T00:00:00Z", "to": "2026-01-31T00:00:00Z", "every": "10s"}
-    assert get(**month)["every_s"] == math.ceil(30 * 86_400 / api_settings.max_points)
+    fewest = math.ceil(30 * 86_400 / api_settings.max_points)
+    assert get(**month)["every_s"] == math.ceil(fewest / 60) * 60  # whole minutes: the 1m tier
     backwards = get(**{"from": "2026-01-02T00:00:00Z", "to": "2026-01-01T00:00:00Z"})
     assert backwards["points"] == [] and backwards["window"]["seconds"] == 0
     early = get(**{"from": "1900-01-01T00:00:00Z", "to": "1970-01-02T00:00:00Z"})

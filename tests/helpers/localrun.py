@@ -62,6 +62,7 @@ def launch(home: Path, *argv: str, **env: str) -> subprocess.Popen[str]:
         SAFECITY_INGEST_METRICS_PORT="0",
         SAFECITY_ALERTS_METRICS_PORT="0",
         SAFECITY_NOTIFY_METRICS_PORT="0",
+        SAFECITY_ROLLUP_METRICS_PORT="0",
         **env,
     )
     ports = ["--api-port", "0", "--mqtt-port", "0", "--influx-port", "0", "--mqtt-tls-port", "0"]

@@ -1,0 +1,327 @@
+"""Which tier serves a series: the one place where raw and rollups are chosen.
+
+A series of `every_s` buckets over [from, to) is cut at bucket boundaries into pieces;
+each piece is served by the coarsest tier whose bucket divides `every_s`, that has rolled
+the piece (its watermark) and still keeps it (its retention), else by raw. Only whole
+request buckets move to a tier, so every bucket comes from exactly one source and a
+tier-served bucket holds exactly the readings the raw one would: sum/count for the mean,
+min of mins, max of maxes, sum of counts. `p95` has no rollup: always raw. What raw no
+longer keeps is simply absent. The response's `served_by` lists the pieces.
+"""
+
+# ruff: noqa: S608 - identifiers are allow-listed (quote_ident); values are bound.
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from fastapi import Request
+
+from api.models import Served
+from api.params import TimeRange, bucket, time_range
+from api.queries import series_statement
+from api.settings import ApiSettings
+from safecity.influx import InfluxClient, quote_ident
+from safecity.readings import format_epoch_ms
+from safecity.rollups import (
+    Level,
+    Rolled,
+    Tier,
+    measurement,
+    parse_tiers,
+    read_watermarks,
+    stat_field,
+)
+from safecity.settings import InfluxSettings
+
+RAW = "raw"
+ROLLED_AGGS = {
+    "mean": 'sum("{f}_sum") / sum("{f}_count")',
+    "min": 'min("{f}_min")',
+    "max": 'max("{f}_max")',
+    "count": 'sum("{f}_count")',
+}
+MARGIN_MS = 3_600_000
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """A span [start_ms, end_ms) of a series and the tier that serves it (None = raw)."""
+
+    tier: Tier | None
+    start_ms: int
+    end_ms: int
+
+    @property
+    def name(self) -> str:
+        """The tier's name, or `raw`."""
+        return self.tier.name if self.tier is not None else RAW
+
+
+@dataclass
+class TierBook:
+    """The tiers of a database and their watermarks (re-read at most every `ttl` s)."""
+
+    tiers: tuple[Tier, ...]
+    ttl: float = 5.0
+    _marks: dict[str, dict[str, Rolled]] = field(default_factory=dict)
+    _read_at: float = -1e9
+
+    @classmethod
+    def of(cls, settings: InfluxSettings) -> TierBook:
+        """The book of the tiers configured in the InfluxDB settings."""
+        return cls(parse_tiers(settings.rollup_tiers))
+
+    async def marks(self, influx: InfluxClient) -> dict[str, dict[str, Rolled]]:
+        """tier name -> kind -> what it has rolled."""
+        if time.monotonic() - self._read_at > self.ttl:
+            self._marks = {t.name: await read_watermarks(influx, t) for t in self.tiers}
+            self._read_at = time.monotonic()
+        return self._marks
+
+    def longest_s(self, agg: str, every_s: int) -> float | None:
+        """The longest window a tier can serve at this bucket (None = forever), 0 if none."""
+        if agg not in ROLLED_AGGS:
+            return 0
+        keeps = [t.keep_s for t in self.tiers if every_s % t.every_s == 0]
+        if not keeps:
+            return 0
+        return None if None in keeps else float(max(k for k in keeps if k is not None))
+
+
+def _ceil(ms: int, step: int) -> int:
+    return -(-ms // step) * step
+
+
+def _available(tier: Tier, rolled: Rolled | None, now_ms: int) -> tuple[int, int] | None:
+    if rolled is None:
+        return None
+    start = rolled.since_ms
+    if tier.keep_s is not None:  # what its policy may already have dropped, with a margin
+        start = max(start, now_ms - tier.keep_s * 1000 + tier.every_s * 1000 + MARGIN_MS)
+    return start, rolled.until_ms
+
+
+def plan(
+    tiers: tuple[Tier, ...],
+    marks: dict[str, dict[str, Rolled]],
+    kind: str,
+    every_s: int,
+    span: tuple[int, int],
+    now_ms: int,
+) -> list[Piece]:
+    """The pieces serving [start, end) at `every_s`, oldest first (coarsest tier first)."""
+    step = every_s * 1000
+    usable = [t for t in reversed(tiers) if every_s % t.every_s == 0]
+
+    def serve(lo: int, hi: int, candidates: list[Tier]) -> list[Piece]:
+        if lo >= hi:
+            return []
+        for i, tier in enumerate(candidates):
+            held = _available(tier, marks.get(tier.name, {}).get(kind), now_ms)
+            if held is None:
+                continue
+            a, b = max(_ceil(lo, step), _ceil(held[0], step)), min(hi, held[1]) // step * step
+            if a < b:
+                rest = candidates[i + 1 :]
+                return [*serve(lo, a, rest), Piece(tier, a, b), *serve(b, hi, rest)]
+        return [Piece(None, lo, hi)]
+
+    return serve(span[0], span[1], usable)
+
+
+def rolled_statement(
+    tier: Tier, kind: str, field_name: str, agg: str, every_s: int, by: str
+) -> str:
+    """The statement of one tier-served piece (`by`: device_id, district or '' = city)."""
+    level: Level = "device" if by == "device_id" else "district"
+    source = f"{quote_ident(tier.policy)}.{quote_ident(measurement(kind, level))}"
+    quote_ident(stat_field(field_name, "sum"))  # the field name is allow-listed
+    selector = ROLLED_AGGS[agg].format(f=field_name)
+    where = '"city" = $city AND time >= $from AND time < $to'
+    if by:
+        where += f" AND {quote_ident(by)} = ${by}"
+    return (
+        f'SELECT {selector} AS "value" FROM {source} WHERE {where} '
+        f"GROUP BY time({int(every_s)}s) fill(none)"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesAsk:
+    """What a series asks for: kind, field, aggregate, bucket and filter."""
+
+    kind: str
+    field: str
+    agg: str
+    every_s: int
+    by: str = ""
+
+
+async def tiered_series(
+    influx: InfluxClient,
+    book: TierBook,
+    ask: SeriesAsk,
+    params: dict[str, str],
+    span: tuple[int, int],
+) -> tuple[list[tuple[int, float]], list[Piece]]:
+    """(bucket start ms, unrounded value) pairs, oldest first, and the pieces that served."""
+    marks = await book.marks(influx) if ask.agg in ROLLED_AGGS else {}
+    pieces = plan(book.tiers, marks, ask.kind, ask.every_s, span, int(time.time() * 1000))
+    out: list[tuple[int, float]] = []
+    for piece in pieces:
+        if piece.tier is None:
+            statement = series_statement(ask.kind, ask.field, ask.agg, ask.every_s, by=ask.by)
+        else:
+            statement = rolled_statement(
+                piece.tier, ask.kind, ask.field, ask.agg, ask.every_s, ask.by
+            )
+        bound = {
+            **params,
+            "from": format_epoch_ms(piece.start_ms),
+            "to": format_epoch_ms(piece.end_ms),
+        }
+        for s in await influx.query(statement, bound):
+            for row in s.rows():
+                value = row.get("value")
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    out.append((int(row["time"]), float(value)))
+    return out, pieces
+
+
+def book_of(request: Request, influx: InfluxClient) -> TierBook:
+    """The tier book of a city's database (one per database, kept by the app)."""
+    books: dict[str, TierBook] | None = getattr(request.app.state, "tier_books", None)
+    if books is None:
+        books = request.app.state.tier_books = {}
+    database = influx.settings.database
+    if database not in books:
+        books[database] = TierBook.of(influx.settings)
+    return books[database]
+
+
+@dataclass(frozen=True, slots=True)
+class WindowAsk:
+    """The window a request asks for: `from`, `to`, `every` and the endpoint's default."""
+
+    start: datetime | None
+    end: datetime | None
+    every: str | None
+    default: timedelta
+
+
+def series_window(
+    settings: ApiSettings, book: TierBook, agg: str, ask: WindowAsk
+) -> tuple[TimeRange, int]:
+    """The window and bucket of a series. A window is held to what can answer it at its
+    bucket: `max_range` for raw, the longest `kept` of the tiers whose bucket divides it
+    (forever for an INF tier); the bucket is then chosen in the held window."""
+    grid = tuple(t.every_s for t in book.tiers) if agg in ROLLED_AGGS else ()
+    longest = math.inf
+    for _ in range(4):
+        window = time_range(settings, ask.start, ask.end, ask.default, longest)
+        every_s = bucket(settings, ask.every, window, grid)
+        kept = book.longest_s(agg, every_s)
+        allowed = math.inf if kept is None else max(float(kept), settings.max_range)
+        if window.seconds <= allowed or allowed == longest:
+            break
+        longest = allowed
+    return window, every_s
+
+
+def served(pieces: list[Piece]) -> list[Served]:
+    """The response's `served_by`."""
+    return [
+        Served(
+            tier=p.name,
+            **{"from": format_epoch_ms(p.start_ms), "to": format_epoch_ms(p.end_ms)},
+        )
+        for p in pieces
+    ]
+
+
+async def answer(
+    request: Request,
+    settings: ApiSettings,
+    influx: InfluxClient,
+    ask: SeriesAsk,
+    window_ask: WindowAsk,
+    params: dict[str, str],
+) -> tuple[TimeRange, int, list[tuple[int, float]], list[Served]]:
+    """A series the way every endpoint answers one: its window and bucket, its points
+    (rounded as the overview's figures are), and what served them."""
+    book = book_of(request, influx)
+    window, every_s = series_window(settings, book, ask.agg, window_ask)
+    full = SeriesAsk(ask.kind, ask.field, ask.agg, every_s, ask.by)
+    points, pieces = await tiered_series(
+        influx, book, full, params, (window.start_ms, window.end_ms)
+    )
+    return window, every_s, [(t, round(v, 4)) for t, v in points], served(pieces)
+
+
+DAY_S = 86_400
+SumCount = dict[str, tuple[float, int]]
+
+
+def _daily_statement(tier: Tier | None, kind: str, fields: tuple[str, ...]) -> str:
+    """Sum and count of fields per UTC day and district, from a tier or raw. A day tier's
+    points are already that: read as they are, with no `GROUP BY time` (InfluxDB 1.x
+    spends far more on a grouped query's buckets than on reading the points)."""
+    if tier is not None and tier.every_s == DAY_S:
+        columns = ", ".join(
+            f'"{quote_ident(n)[1:-1]}_{stat}"' for n in fields for stat in ("sum", "count")
+        )
+        source = f"{quote_ident(tier.policy)}.{quote_ident(measurement(kind, 'district'))}"
+        return (
+            f'SELECT {columns}, "district" FROM {source} '
+            'WHERE "city" = $city AND time >= $from AND time < $to'
+        )
+    parts = []
+    for name in fields:
+        f = quote_ident(name)[1:-1]
+        if tier is None:
+            parts.append(f'sum("{f}") AS "{f}_sum", count("{f}") AS "{f}_count"')
+        else:
+            parts.append(f'sum("{f}_sum") AS "{f}_sum", sum("{f}_count") AS "{f}_count"')
+    source = (
+        quote_ident(kind)
+        if tier is None
+        else f"{quote_ident(tier.policy)}.{quote_ident(measurement(kind, 'district'))}"
+    )
+    return (
+        f"SELECT {', '.join(parts)} FROM {source} "
+        'WHERE "city" = $city AND time >= $from AND time < $to '
+        f'GROUP BY time({DAY_S}s), "district" fill(none)'
+    )
+
+
+async def daily_sums(
+    influx: InfluxClient,
+    book: TierBook,
+    kind: str,
+    fields: tuple[str, ...],
+    city: str,
+    span: tuple[int, int],
+) -> tuple[dict[tuple[str, int], SumCount], list[Piece]]:
+    """(district, UTC day ms) -> field -> (sum, count) over the span, from the tiers where
+    they hold whole days and raw elsewhere, and the pieces that served."""
+    marks = await book.marks(influx)
+    pieces = plan(book.tiers, marks, kind, DAY_S, span, int(time.time() * 1000))
+    out: dict[tuple[str, int], SumCount] = {}
+    for piece in pieces:
+        params = {
+            "city": city,
+            "from": format_epoch_ms(piece.start_ms),
+            "to": format_epoch_ms(piece.end_ms),
+        }
+        for s in await influx.query(_daily_statement(piece.tier, kind, fields), params):
+            for row in s.rows():
+                cell = out.setdefault((str(row["district"]), int(row["time"])), {})
+                for name in fields:
+                    count = row.get(f"{name}_count")
+                    if count:
+                        cell[name] = (float(row[f"{name}_sum"]), int(count))
+    return out, pieces

@@ -1,0 +1,194 @@
+"""Wires the rollup job: per pass, every tier rolls each kind's closed buckets after its
+watermark (`roll`, then `state.advance`), and every `rollup_recheck_interval` a recheck
+compares raw counts with the rollups' over the late horizon and rolls stale units again.
+
+The watermark moves only after a span's points are written, so a job killed at any
+moment resumes from its last watermark and rolls the unfinished span again; the
+points overwrite themselves (same time, same tags), so nothing is counted twice and
+nothing is skipped. One job serves every city of the registry, each in its own database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import TypeVar
+
+from rollups import metrics, plan, state
+from rollups.roll import roll
+from rollups.settings import RollupSettings
+from safecity.errors import StorageError
+from safecity.influx import InfluxClient
+from safecity.observability import HealthServer
+from safecity.registry import Cities, City
+from safecity.retry import retry_storage
+from safecity.rollups import Rolled, Tier, parse_tiers
+
+log = logging.getLogger("safecity.rollups")
+T = TypeVar("T")
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class CityRollups:
+    """The rollups of one city's database: catch up every tier, recheck for late data."""
+
+    def __init__(
+        self,
+        settings: RollupSettings,
+        city: City,
+        influx: InfluxClient,
+        kinds: tuple[str, ...] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.city = city
+        self.influx = influx
+        self.tiers = parse_tiers(settings.influx.rollup_tiers)
+        self.kinds = sorted(kinds if kinds is not None else {d.kind for d in city.devices})
+
+    async def catch_up(self, now_ms: int) -> int:
+        """Roll every closed bucket after each watermark; return the chunks rolled."""
+        chunks = 0
+        for tier in self.tiers:
+            marks = await state.watermarks(self.influx, tier)
+            for kind in self.kinds:
+                chunks += await self._advance_kind(tier, kind, marks.get(kind), now_ms)
+            oldest = min((m.until_ms for m in marks.values()), default=now_ms)
+            lag = (now_ms - oldest) / 1000
+            metrics.LAG.labels(tier=tier.name).set(lag)
+        return chunks
+
+    async def _advance_kind(self, tier: Tier, kind: str, mark: Rolled | None, now_ms: int) -> int:
+        if mark is None:
+            first = await state.first_raw_ms(self.influx, self.city.id, kind)
+            if first is None:
+                return 0
+            start = plan.oldest_start(tier, first, now_ms)
+            mark = Rolled(start, start)
+        chunks = 0
+        s = self.settings
+        while span := plan.next_span(
+            tier, mark.until_ms, now_ms, s.rollup_settle, s.rollup_chunk_buckets
+        ):
+            written = await roll(self.influx, self.city.id, tier, kind, span)
+            mark = Rolled(mark.since_ms, span.end_ms)
+            await state.advance(self.influx, tier, kind, mark)
+            chunks += 1
+            metrics.CHUNKS.labels(tier=tier.name).inc()
+            metrics.BUCKETS.labels(tier=tier.name, level="all").inc(written)
+            metrics.WATERMARK.labels(tier=tier.name, kind=kind).set(mark.until_ms / 1000)
+        return chunks
+
+    async def recheck(self, now_ms: int) -> int:
+        """Roll again every unit of the late horizon whose raw count changed; return them."""
+        rerolled = 0
+        for tier in self.tiers:
+            marks = await state.watermarks(self.influx, tier)
+            unit = plan.unit_ms(tier)
+            for kind, mark in sorted(marks.items()):
+                span = plan.recheck_span(tier, mark, now_ms, self.settings.rollup_late_horizon)
+                if span is None or kind not in self.kinds:
+                    continue
+                raw = await state.raw_counts(self.influx, self.city.id, kind, span, unit)
+                rolled = await state.rolled_counts(
+                    self.influx, self.city.id, tier, kind, span, unit
+                )
+                for stale in plan.stale_units(raw, rolled, unit):
+                    await roll(self.influx, self.city.id, tier, kind, stale)
+                    metrics.REROLLED.labels(tier=tier.name).inc()
+                    rerolled += 1
+        return rerolled
+
+
+class RollupService:
+    """The rollup job: passes over every city until cancelled; health and /metrics."""
+
+    def __init__(self, settings: RollupSettings, cities: Cities) -> None:
+        self.settings = settings
+        self.influx = InfluxClient(settings.influx)
+        self.cities = [
+            CityRollups(settings, c, self.influx.for_city(c.id, cities.ids))
+            for c in cities.values()
+        ]
+        self.health = HealthServer(
+            settings.rollup_metrics_host, settings.rollup_metrics_port, self.ready
+        )
+        self._started = False
+        self._stopped = False
+        self._last_recheck = 0.0
+
+    def ready(self) -> bool:
+        """Ready once every city's database and rollup policies exist."""
+        return self._started
+
+    async def start(self) -> None:
+        """Serve health, then create every city's database and policies (idempotent)."""
+        await self.health.start()
+        for c in self.cities:
+            await self._retry(c.influx.ensure_database, f"prepare influxdb of {c.city.id}")
+        self._started = True
+        log.info(
+            "rollups started",
+            extra={
+                "tiers": self.settings.influx.rollup_tiers,
+                "cities": [c.city.id for c in self.cities],
+                "metrics_port": self.health.port,
+            },
+        )
+
+    async def _retry(self, action: Callable[[], Awaitable[T]], what: str) -> T:
+        return await retry_storage(action, what, on_error=_count_error, logger=log)
+
+    async def pass_once(self, *, recheck: bool) -> tuple[int, int]:
+        """One pass: catch every city up (and recheck); (chunks rolled, units rerolled)."""
+        started = time.monotonic()
+        now_ms = _now_ms()
+        chunks = rerolled = 0
+        for c in self.cities:
+            chunks += await self._retry(partial(c.catch_up, now_ms), "rolling up")
+            if recheck:
+                rerolled += await self._retry(partial(c.recheck, now_ms), "rechecking")
+        metrics.PASS.observe(time.monotonic() - started)
+        if chunks or rerolled:
+            log.info("rollup pass", extra={"chunks": chunks, "rerolled": rerolled})
+        return chunks, rerolled
+
+    async def run(self) -> None:
+        """Pass after pass until cancelled; a recheck every `rollup_recheck_interval`."""
+        while True:
+            due = time.monotonic() - self._last_recheck >= self.settings.rollup_recheck_interval
+            await self.pass_once(recheck=due)
+            if due:
+                self._last_recheck = time.monotonic()
+            await asyncio.sleep(self.settings.rollup_interval)
+
+    async def stop(self) -> None:
+        """Close InfluxDB and the health server; idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        await self.influx.close()
+        await self.health.stop()
+        log.info("rollups stopped")
+
+
+def _count_error(exc: StorageError) -> None:
+    metrics.ERRORS.labels(error=type(exc).__name__).inc()
+
+
+async def run(settings: RollupSettings, cities: Cities, *, once: bool = False) -> None:
+    """Run the job until cancelled (or, with `once`, one pass with a recheck); stops cleanly."""
+    service = RollupService(settings, cities)
+    try:
+        await service.start()
+        if once:
+            await service.pass_once(recheck=True)
+            return
+        await service.run()
+    finally:
+        await asyncio.shield(service.stop())
