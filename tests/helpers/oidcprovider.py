@@ -52,6 +52,9 @@ class SigningKey:
     def private_jwk(self) -> dict[str, Any]:
         """The private JWK (what the provider signs with)."""
         jwk: dict[str, Any] = json.loads(RSAAlgorithm.to_jwk(self.key))
+        # PyJWT marks a private JWK `key_ops: ["sign"]`; oidc-provider 8 looks up the key of
+        # its JWT access tokens as one that may also verify, so the restriction goes.
+        jwk.pop("key_ops", None)
         return {**jwk, "kid": self.kid, "alg": "RS256", "use": "sig"}
 
     def sign(self, claims: dict[str, Any]) -> str:

@@ -57,6 +57,8 @@ const provider = new Provider(config.issuer, {
   },
 });
 provider.proxy = false;
+// A 500 names its cause in the provider's log (the fixture keeps it per start).
+provider.on("server_error", (ctx, err) => console.error("server_error", err));
 provider.listen(config.port, "127.0.0.1", () => {
   console.log(`oidc-provider listening on ${config.issuer}`);
 });
