@@ -13,8 +13,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # Each piece the stack needs and the Debian package that provides it: "piece package".
 # A piece is a command (looked up on PATH, in the sbin directories and podman's helper
 # directories), an absolute path, or `ensurepip` (what `python3 -m venv` needs).
+# curl and jq: the README's and the docs' steps beside `make run` use them.
 NEEDS=("mosquitto mosquitto" "mosquitto_pub mosquitto-clients" "mosquitto_sub mosquitto-clients"
-    "influxd influxdb" "python3 python3" "ensurepip python3-venv")
+    "influxd influxdb" "python3 python3" "ensurepip python3-venv" "curl curl" "jq jq")
 # Tests only: chromium, the browser the console test drives (Playwright with Debian's
 # build, no download); docker-compose, whose `config` validates docker-compose.yml
 # without a Docker engine (no recommends: the engine itself is not installed); podman

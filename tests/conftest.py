@@ -17,11 +17,17 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, settings
 from receivers import HttpReceiver
 from support import account_env
 
 from api.apikeys import KeyStore
 from control.stack import Influxd, LocalStack, ManagedProcess, Mosquitto, free_port, http_ok
+
+# Speed is measured in benchmarks/, never in tests: on a loaded machine a property test
+# must not fail for being slow (its own @settings still choose its examples).
+settings.register_profile("safecity", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("safecity")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -90,7 +90,7 @@ def test_the_packages_are_there() -> None:
     assert (MQTT_BOUNDARY / "__init__.py").is_file()
 
 
-def test_importing_safecity_loads_no_service_or_control_module() -> None:
+def test_importing_safecity_loads_no_service_or_control_module(tmp_path: Path) -> None:
     script = f"""
 import json, pkgutil, sys
 import safecity
@@ -107,7 +107,9 @@ print(json.dumps({{"imported": names, "above": loaded}}))
         capture_output=True,
         text=True,
         timeout=120,
-        cwd=ROOT.parent,  # not the repo root: the packages must come from the install
+        # Not the checkout nor its parent: the packages must come from the install (a
+        # clone is usually named `safecity`, which from its parent is a namespace package).
+        cwd=tmp_path,
         check=False,
     )
     assert result.returncode == 0, result.stderr
