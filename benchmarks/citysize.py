@@ -54,8 +54,9 @@ def _series(run: CityRun) -> int:
     r = httpx.get(
         f"{state_url}/query", params={"q": "SHOW SERIES EXACT CARDINALITY", "db": db}, timeout=60
     )
-    values = r.json()["results"][0].get("series", [{}])[0].get("values", [[0]])
-    return int(sum(v[-1] for v in values))
+    # One row per measurement.
+    series = r.json()["results"][0].get("series", [])
+    return int(sum(v[-1] for s in series for v in s.get("values", [])))
 
 
 def _steady(run: CityRun, seconds: float) -> dict[str, float]:
@@ -103,7 +104,6 @@ def one(base: Path, devices: int) -> dict[str, Any]:
         t0 = time.monotonic()
         out["api_s"] = run.start()
         assert run.pids is not None
-        out["broker_mib_accounts"] = procs.rss_mib(run.pids.mosquitto)
         cpu0 = procs.cpu_s(run.pids.mosquitto)
         up = wait(lambda: run.online() >= ONLINE_SHARE * devices, 300, every=2.0)
         out["online99_s"] = (time.monotonic() - t0) if up is not None else float("nan")
@@ -129,7 +129,6 @@ def one(base: Path, devices: int) -> dict[str, Any]:
 PER_DEVICE = (
     ("simulator_mib", "simulator memory, KiB per device"),
     ("broker_mib", "broker memory, KiB per connection"),
-    ("broker_mib_accounts", "broker memory with the accounts loaded, KiB per account"),
     ("influxd_mib", "InfluxDB memory, KiB per device"),
     ("ingest_mib", "ingest memory, KiB per registered device"),
     ("alerts_mib", "alerts memory, KiB per registered device"),

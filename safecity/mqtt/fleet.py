@@ -364,9 +364,12 @@ class FleetClient:
             self._on_lost(reason)
 
     async def _misc_loop(self, client: paho.Client) -> None:
-        # Keep-alive pings and timeouts; paho expects loop_misc about once a second.
+        # Keep-alive pings and timeouts. paho asks for loop_misc about once a second; a
+        # tenth of the keep-alive is precise enough (the broker allows 1.5 keep-alives)
+        # and a fleet of 18,000 devices wakes 6,000 times a second less (30 s keep-alive).
+        every = max(1.0, self._settings.keepalive / 10)
         while True:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(every)
             if client.loop_misc() != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 self._set_lost(client, "keepalive timeout")
                 return
