@@ -68,6 +68,15 @@ def backoff_cap(attempt: int, minimum: float, maximum: float) -> float:
     return max(minimum, min(maximum, minimum * 2.0 ** min(attempt, _MAX_EXPONENT)))
 
 
+@functools.cache
+def _session_properties(expiry: int) -> Properties:
+    """CONNECT properties asking for a session of `expiry` seconds, one object for the
+    whole fleet: paho keeps each client's, and a `Properties` weighs about 5 KiB."""
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props.SessionExpiryInterval = expiry
+    return props
+
+
 class Jitter:
     """Uniform draws of one client's own stream: (seed, client id, draw number) hashed.
 
@@ -340,9 +349,7 @@ class FleetClient:
     def _connect_properties(self) -> Properties | None:
         if not self._session_expiry:
             return None
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = self._session_expiry
-        return props
+        return _session_properties(self._session_expiry)
 
     def _teardown(self, reason: str) -> None:
         """Forget the current connection; report it lost if it was up."""
