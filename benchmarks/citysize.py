@@ -96,7 +96,7 @@ def _storm(run: CityRun) -> dict[str, float]:
     }
 
 
-def one(base: Path, devices: int) -> dict[str, Any]:
+def one(base: Path, devices: int, steady_s: float, requests: int) -> dict[str, Any]:
     """Every figure of one city size."""
     run = CityRun(base / f"n{devices}", devices)
     out: dict[str, Any] = {"devices": devices, "simulator_processes": run.processes}
@@ -111,9 +111,9 @@ def one(base: Path, devices: int) -> dict[str, Any]:
             (procs.cpu_s(run.pids.mosquitto) - cpu0) / devices * 1e3
         )
         print(f"# {devices}: API {out['api_s']:.1f} s, 99 % online {out['online99_s']:.1f} s")
-        out.update(_steady(run, STEADY_S))
+        out.update(_steady(run, steady_s))
         out["influx_series"] = _series(run)
-        out.update(run.api_latency(200, 6, CACHE_TTL_S))
+        out.update(run.api_latency(requests, 6, CACHE_TTL_S))
         out.update(_storm(run))
         time.sleep(30.0)  # the spools drain after the storm
         report = run.verify()
@@ -190,23 +190,39 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="benchmarks.citysize")
     parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 6000, 18000])
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--steady", type=float, default=STEADY_S, help="steady window, s")
+    parser.add_argument("--requests", type=int, default=200, help="API requests per figure")
+    parser.add_argument(
+        "--merge", action="store_true", help="keep the other sizes already in --out"
+    )
     args = parser.parse_args(argv)
     conditions = f"{os.cpu_count()} CPUs, load average at start {loadavg()}; {versions()}"
     print(f"# conditions: {conditions}", flush=True)
+    rows: list[dict[str, Any]] = []
+    if args.merge and args.out.exists():
+        before = json.loads(args.out.read_text(encoding="utf-8"))
+        rows = [r for r in before["sizes"] if r["devices"] not in args.sizes]
+        conditions = f"{before['conditions']}; then {conditions}"
     with tempfile.TemporaryDirectory(prefix="safecity-citysize-") as tmp:
-        rows = [one(Path(tmp), n) for n in sorted(args.sizes)]
+        for n in sorted(args.sizes):
+            rows.append(one(Path(tmp), n, args.steady, args.requests))
+            rows.sort(key=lambda r: r["devices"])
+            _write(args.out, conditions, rows)  # each size as soon as it is measured
+    print(table(rows))
+    print(json.dumps(slopes(rows), indent=1))
+    print(f"written to {args.out}")
+
+
+def _write(out: Path, conditions: str, rows: list[dict[str, Any]]) -> None:
     result = {
         "measured_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "conditions": conditions,
         "load_average_end": loadavg(),
         "sizes": rows,
-        **slopes(rows),
+        **(slopes(rows) if len(rows) > 1 else {}),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    print(table(rows))
-    print(json.dumps(slopes(rows), indent=1))
-    print(f"written to {args.out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":
