@@ -63,9 +63,9 @@ def _steady(run: CityRun, seconds: float) -> dict[str, float]:
     """CPU per device-second and memory after `seconds` of steady running."""
     pids = run.pids
     assert pids is not None
-    b0, s0 = procs.cpu_s(pids.mosquitto), sum(procs.cpu_s(p) for p in pids.simulator)
+    b0, s0 = procs.cpu_s(pids.mosquitto), sum(procs.cpu_s(p) for p in pids.simulators())
     time.sleep(seconds)
-    b1, s1 = procs.cpu_s(pids.mosquitto), sum(procs.cpu_s(p) for p in pids.simulator)
+    b1, s1 = procs.cpu_s(pids.mosquitto), sum(procs.cpu_s(p) for p in pids.simulators())
     n = run.devices
     out = {
         "broker_us_per_device_s": (b1 - b0) / seconds / n * 1e6,
@@ -142,8 +142,12 @@ def slopes(rows: list[dict[str, Any]]) -> dict[str, float]:
     span = high["devices"] - low["devices"]
     out = {}
     for key, _ in PER_DEVICE:
-        if span and key in low and key in high:
-            out[f"{key}_kib_per_device"] = (high[key] - low[key]) * 1024 / span
+        # The largest city that has the figure (a run may lack one: stated in the table).
+        top = [r for r in rows if key in r][-1]
+        if top["devices"] > low["devices"]:
+            out[f"{key}_kib_per_device"] = (
+                (top[key] - low[key]) * 1024 / (top["devices"] - low["devices"])
+            )
     out["influx_series_per_device"] = (high["influx_series"] - low["influx_series"]) / max(span, 1)
     return out
 
@@ -157,6 +161,9 @@ def table(rows: list[dict[str, Any]]) -> str:
     def row(label: str, key: str, fmt: str, per_device: bool = False) -> None:
         cells = []
         for r in rows:
+            if key not in r:
+                cells.append("not measured")
+                continue
             value = r[key] / r["devices"] if per_device else r[key]
             ref = base[key] / base["devices"] if per_device else base[key]
             ratio = f" ({value / ref:.2f}x)" if ref and r is not base else ""

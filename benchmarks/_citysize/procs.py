@@ -104,10 +104,14 @@ class StackPids:
             simulator=[sim, *descendants(sim)],
         )
 
+    def simulators(self) -> list[int]:
+        """The simulator's parent and the shard processes it has started by now."""
+        return [self.simulator[0], *descendants(self.simulator[0])]
+
     def simulator_rss(self) -> float:
         """Resident memory of the simulator's processes, MiB (spawn's tracker included)."""
-        return sum(rss_mib(p) for p in self.simulator)
+        return sum(rss_mib(p) for p in self.simulators())
 
     def simulator_files(self) -> int:
         """Open files of the busiest simulator process."""
-        return max(open_files(p) for p in self.simulator)
+        return max(open_files(p) for p in self.simulators())
