@@ -1,8 +1,10 @@
 """The sizing model: docs/sizing.md and the size overlays' patches, from measured unit costs.
 
-Reads benchmarks/results/costs.json (written by `python -m benchmarks.costs`) and writes
-docs/sizing.md plus deploy/kubernetes/overlays/{small,medium,large}/sizing.yaml, so the
-table a reader sizes a city with and the manifests they apply cannot disagree.
+Reads benchmarks/results/costs.json (per-reading costs, written by `python -m
+benchmarks.costs`) and benchmarks/results/citysize.json (per-device costs, written by
+`python -m benchmarks.citysize`) and writes docs/sizing.md plus
+deploy/kubernetes/overlays/{small,medium,large}/sizing.yaml, so the table a reader sizes
+a city with and the manifests they apply cannot disagree.
 `--check` exits 1 if any written file differs from what the model gives.
 """
 
@@ -20,6 +22,7 @@ from safecity.rollups import DEFAULT_TIERS, parse_tiers
 
 ROOT = Path(__file__).resolve().parent.parent
 COSTS = ROOT / "benchmarks" / "results" / "costs.json"
+DEVICE_COSTS = ROOT / "benchmarks" / "results" / "citysize.json"
 ROLLUPS = ROOT / "benchmarks" / "results" / "rollups.json"
 DOC = ROOT / "docs" / "sizing.md"
 OVERLAYS = ROOT / "deploy" / "kubernetes" / "overlays"
@@ -32,6 +35,11 @@ MIN_INGEST_REPLICAS = 2  # one may restart while the other keeps up
 BROKER_RECEIVE_FACTOR = 2.0  # receiving a publish costs about what delivering it does
 BROKER_CORE_BUDGET = 0.6  # Mosquitto is single-threaded: plan at 60 % of one core
 MOSQUITTO_MAX_SESSIONS = 100_000  # persistent TLS sessions one Mosquitto is planned for
+OPEN_FILES = 1_048_576  # LimitNOFILE / container ulimit a broker host is given (docs)
+OPEN_FILES_HERE = 20_000  # the hard limit of the machine the benchmarks ran on
+FILES_RESERVED = 100  # listeners, persistence, logs: not connections
+STORM_TARGET_S = 90.0  # every device back within this after a broker restart
+SIM_FILES_PER_DEVICE = 2  # a simulated device: its socket and its spool
 EMQX_SESSIONS_PER_NODE = 250_000  # per clustered-broker node (memory, fds)
 EMQX_CORES_PER_NODE = 4.0  # the EMQX pod's request is 1 core; plan nodes of 4
 EMQX_MIN_NODES = 3  # a cluster that survives the loss of one node
@@ -39,6 +47,33 @@ RAW_RETENTION_DAYS = 30  # InfluxSettings.retention_duration
 MIN_INFLUX_CORES = 2  # compactions and queries need a core of their own
 INFLUX_QUERY_SHARE = 1.0  # as much CPU again for dashboards, API and compactions
 SIZES = {"small": 10_000, "medium": 100_000, "large": 1_000_000}
+
+
+def mosquitto_sessions(costs: dict[str, float]) -> int:
+    """Devices one Mosquitto is planned for: its sessions, its open files, and the
+    reconnect storm after its restart (single-threaded: every CONNECT on one core)."""
+    storm = STORM_TARGET_S / (costs["storm_broker_cpu_ms_per_device"] / 1e3)
+    return int(min(MOSQUITTO_MAX_SESSIONS, OPEN_FILES - FILES_RESERVED, storm))
+
+
+def storm_s(costs: dict[str, float], devices: int, nodes: int) -> float:
+    """Broker CPU seconds of every device reconnecting at once, per node."""
+    return devices / nodes * costs["storm_broker_cpu_ms_per_device"] / 1e3
+
+
+def load_costs(per_reading: Path = COSTS, per_device: Path = DEVICE_COSTS) -> dict[str, Any]:
+    """Both measurements as one dict (their conditions under their own names)."""
+    costs = json.loads(per_reading.read_text(encoding="utf-8"))
+    devices = json.loads(per_device.read_text(encoding="utf-8"))
+    largest = devices["sizes"][-1]
+    costs.update({k: v for k, v in devices.items() if k.endswith("_per_device")})
+    for key in ("storm_broker_cpu_ms_per_device", "broker_us_per_device_s"):
+        costs[key] = largest[key]
+    costs["device_measured_at"] = devices["measured_at"]
+    costs["device_conditions"] = devices["conditions"]
+    costs["device_load_end"] = devices["load_average_end"]
+    costs["device_sizes"] = devices["sizes"]
+    return costs
 
 
 @dataclass(frozen=True)
@@ -54,21 +89,34 @@ class Plan:
     influx_cores: int
     influx_memory_gib: int
     disk_gib: float
+    broker_memory_gib: float
+    """Per broker node: its connections (and the accounts they log in as)."""
+    storm_s: float
+    """Per broker node: CPU seconds of every device reconnecting at once."""
+    registry_memory_gib: float
+    """Per ingest, alerts or API replica: what holding the registry's devices costs."""
 
 
-def plan(costs: dict[str, float], devices: int, every_s: float = REPORT_EVERY_S) -> Plan:
+def plan(costs: dict[str, Any], devices: int, every_s: float = REPORT_EVERY_S) -> Plan:
     """Size a city from the unit costs."""
+
+    def kib(process: str) -> float:
+        per_device: float = costs[f"{process}_mib_kib_per_device"]
+        return per_device
+
     rate = devices / every_s
     ingest = rate * costs["ingest_us_per_reading"] / 1e6 * HEADROOM
     replicas = max(MIN_INGEST_REPLICAS, math.ceil(ingest / INGEST_CORES_PER_REPLICA))
     broker = rate * costs["broker_us_per_reading"] * BROKER_RECEIVE_FACTOR / 1e6 * HEADROOM
-    if broker <= BROKER_CORE_BUDGET and devices <= MOSQUITTO_MAX_SESSIONS:
+    if broker <= BROKER_CORE_BUDGET and devices <= mosquitto_sessions(costs):
         nodes = 1
     else:
         nodes = max(
             EMQX_MIN_NODES,
             math.ceil(devices / EMQX_SESSIONS_PER_NODE),
             math.ceil(broker / (EMQX_CORES_PER_NODE * BROKER_CORE_BUDGET)),
+            # The storm on every node's cores within the target (Mosquitto's cost assumed).
+            math.ceil(storm_s(costs, devices, 1) / (STORM_TARGET_S * EMQX_CORES_PER_NODE)),
         )
     influx = rate * costs["influx_us_per_reading"] / 1e6 * HEADROOM * (1 + INFLUX_QUERY_SHARE)
     disk = rate * costs["influx_disk_bytes_per_point"] * RAW_RETENTION_DAYS * 86_400 / 2**30
@@ -81,8 +129,11 @@ def plan(costs: dict[str, float], devices: int, every_s: float = REPORT_EVERY_S)
         broker_nodes=nodes,
         broker_cores=broker,
         influx_cores=cores,
-        influx_memory_gib=max(2, 2 * cores),
+        influx_memory_gib=max(2, 2 * cores, math.ceil(HEADROOM * devices * kib("influxd") / 2**20)),
         disk_gib=disk,
+        broker_memory_gib=devices / nodes * kib("broker") / 2**20,
+        registry_memory_gib=devices * max(kib(s) for s in ("ingest", "alerts", "api")) / 2**20,
+        storm_s=storm_s(costs, devices, nodes),
     )
 
 
@@ -127,7 +178,47 @@ A device reporting every {REPORT_EVERY_S} s fills every bucket of a tier.
 """
 
 
-def render_doc(costs: dict[str, float], rollups: dict[str, Any] | None = None) -> str:
+def _device_costs(c: dict[str, Any]) -> str:
+    """The per-device cost table (slopes between the smallest and the largest city)."""
+    kib = "KiB per device"
+    sim, broker = c["simulator_mib_kib_per_device"], c["broker_mib_kib_per_device"]
+    rows = [
+        ("simulator memory (the fleet's processes)", f"{sim:.1f} {kib}"),
+        ("broker memory per connection (with its account)", f"{broker:.1f} KiB"),
+        ("ingest memory per registered device", f"{c['ingest_mib_kib_per_device']:.1f} KiB"),
+        ("alerts memory per registered device", f"{c['alerts_mib_kib_per_device']:.1f} KiB"),
+        ("API memory per registered device", f"{c['api_mib_kib_per_device']:.1f} KiB"),
+        ("InfluxDB memory", f"{c['influxd_mib_kib_per_device']:.1f} {kib}"),
+        ("InfluxDB series", f"{c['influx_series_per_device']:.2f} per device"),
+        (
+            "broker CPU per reconnecting device (CONNECT, password hash, subscriptions, "
+            "birth), in a storm",
+            f"{c['storm_broker_cpu_ms_per_device']:.2f} ms",
+        ),
+        (
+            "broker CPU per device-second, steady (keep-alive and readings)",
+            f"{c['broker_us_per_device_s']:.1f} us",
+        ),
+    ]
+    sizes = c["device_sizes"]
+    head = "| Cost | Measured |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows)
+    runs = ["| City | " + " | ".join(f"{r['devices']:,}" for r in sizes) + " |"]
+    runs.append("|---|" + "---|" * len(sizes))
+    for label, key, fmt in (
+        ("simulator processes", "simulator_processes", "d"),
+        ("API answers, s", "api_s", ".0f"),
+        ("99 % of devices online, s", "online99_s", ".0f"),
+        ("after kill -9 of the broker: all back, s", "storm_back_s", ".0f"),
+        ("overview p99 (cached), ms", "overview_cached_p99_ms", ".0f"),
+        ("overview uncached (max of 6), ms", "overview_uncached_max_ms", ".0f"),
+        ("device-list page p99, ms", "device_page_p99_ms", ".0f"),
+        ("`safecity verify` after the storm: lost", "verify_lost", ""),
+    ):
+        runs.append(f"| {label} | " + " | ".join(format(r[key], fmt) for r in sizes) + " |")
+    return head + "\n\n" + "\n".join(runs)
+
+
+def render_doc(costs: dict[str, Any], rollups: dict[str, Any] | None = None) -> str:
     """docs/sizing.md."""
     rows = []
     for size, devices in SIZES.items():
@@ -136,7 +227,8 @@ def render_doc(costs: dict[str, float], rollups: dict[str, Any] | None = None) -
         rows.append(
             f"| {devices:,} | `{size}` | {p.readings_per_s:,.0f} | {p.ingest_replicas} "
             f"({p.ingest_cores:.2f} cores) | {broker} ({p.broker_cores:.2f} cores) | "
-            f"{p.influx_cores} cores, {p.influx_memory_gib} GiB | {_gib(p.disk_gib)} |"
+            f"{p.influx_cores} cores, {p.influx_memory_gib} GiB | {_gib(p.disk_gib)} | "
+            f"{p.broker_memory_gib:.2f} GiB | {p.storm_s:.0f} s | {p.registry_memory_gib:.2f} GiB |"
         )
     c = costs
     measured = [
@@ -165,12 +257,15 @@ def render_doc(costs: dict[str, float], rollups: dict[str, Any] | None = None) -
     )
     plans_header = (
         "| Devices | Overlay | Readings/s | Ingest replicas | Broker | InfluxDB | "
-        f"Disk ({RAW_RETENTION_DAYS} d raw) |\n|---|---|---|---|---|---|---|"
+        f"Disk ({RAW_RETENTION_DAYS} d raw) | Broker memory per node | Reconnect storm per "
+        "node (CPU) | Registry memory per service replica |\n"
+        "|---|---|---|---|---|---|---|---|---|---|"
     )
     return f"""# Sizing a deployment
 
 Generated by `python benchmarks/sizing.py` from `benchmarks/results/costs.json` (written by
-`python -m benchmarks.costs`): do not edit; re-run both to re-measure. The size overlays in
+`python -m benchmarks.costs`) and `benchmarks/results/citysize.json` (written by `python -m
+benchmarks.citysize`): do not edit; re-run them to re-measure. The size overlays in
 `deploy/kubernetes/overlays/` take their replica counts and InfluxDB resources from the same
 model, so this table and `kubectl apply -k deploy/kubernetes/overlays/<size>` agree.
 
@@ -179,6 +274,36 @@ model, so this table and `kubectl apply -k deploy/kubernetes/overlays/<size>` ag
 Measured {c["measured_at"]}: {c["conditions"]}; load average at the end {c["load_average_end"]}.
 
 {costs_table}
+
+## Measured per-device costs
+
+Measured {c["device_measured_at"]} by `python -m benchmarks.citysize`: generated cities
+under `safecity run` (every device its own MQTT connection, account and client id);
+{c["device_conditions"]}; load average at the end {c["device_load_end"]}.
+Per-device figures are the growth between the smallest and the largest city.
+
+{_device_costs(c)}
+
+## Open files: one connection, one file
+
+Each MQTT connection is an open file of the broker (Mosquitto: one per client), and
+each simulated device two of its simulator process (its socket and its spool). A
+process may hold as many as its `nofile` limit; the machine these figures come from
+allows {OPEN_FILES_HERE:,} per process (a hard limit), so one Mosquitto there serves at
+most ~{OPEN_FILES_HERE - FILES_RESERVED:,} devices and a simulator process
+~{(OPEN_FILES_HERE - FILES_RESERVED) // SIM_FILES_PER_DEVICE:,} (`safecity run
+--simulator-processes N`, `SAFECITY_PROCESSES` in compose and the simulator overlay).
+A broker host is planned with {OPEN_FILES:,}:
+
+- systemd: `systemctl edit mosquitto` and `[Service]` / `LimitNOFILE={OPEN_FILES}`;
+- compose: `ulimits: {{nofile: {{soft: {OPEN_FILES}, hard: {OPEN_FILES}}}}}` on the
+  `mosquitto` service (an override file; the daemon's own limit must allow it);
+- Kubernetes: the container runtime's limit applies (containerd's `LimitNOFILE` in its
+  systemd unit); EMQX sets its own from the pod (`components/emqx`).
+
+A broker that runs out refuses new connections ("Too many open files" in its log); the
+devices keep retrying with backoff and spool meanwhile (nothing is lost, but they are
+offline).
 
 ## Assumptions
 
@@ -190,11 +315,23 @@ Measured {c["measured_at"]}: {c["conditions"]}; load average at the end {c["load
   fewer than {MIN_INGEST_REPLICAS}, so one may restart while the other keeps up.
 - Receiving a publish is assumed to cost the broker about as much as delivering it
   ({BROKER_RECEIVE_FACTOR:g}x the measured delivery cost). Mosquitto is single-threaded: one
-  node is planned at {BROKER_CORE_BUDGET:.0%} of one core and at most {MOSQUITTO_MAX_SESSIONS:,}
-  device sessions; beyond that the clustered broker (EMQX, `components/emqx`) is used: at
+  node is planned at {BROKER_CORE_BUDGET:.0%} of one core and at most
+  {mosquitto_sessions(c):,} devices: the least of {MOSQUITTO_MAX_SESSIONS:,} sessions, its open
+  files and the devices whose reconnect storm after a broker restart fits in
+  {STORM_TARGET_S:.0f} s of its one core ({c["storm_broker_cpu_ms_per_device"]:.2f} ms each,
+  measured above); beyond that the clustered broker (EMQX, `components/emqx`) is used: at
   least {EMQX_MIN_NODES} nodes, {EMQX_SESSIONS_PER_NODE:,} sessions and {EMQX_CORES_PER_NODE:g}
   cores per node, with Mosquitto's measured cost per message assumed (not measured here:
   check it with the broker's own benchmark before relying on it).
+- Memory grows with the devices, not only with the readings: a broker node holds its
+  connections and accounts, InfluxDB its series ({c["influx_series_per_device"]:.0f} per
+  device; planned at {HEADROOM:g}x the measured memory per device), and every ingest, alerts
+  and API replica the registry (the largest of the three per-device costs above, on top
+  of each one's own ~70-100 MiB).
+- A reconnect storm (every device at once after a broker restart, with the jittered
+  backoff of `edge`) must fit in {STORM_TARGET_S:.0f} s of the broker's cores; an EMQX
+  node is planned with its {EMQX_CORES_PER_NODE:g} cores at Mosquitto's measured cost per
+  reconnecting device (assumed, not measured here).
 - InfluxDB gets as much CPU again for queries (API, Grafana) and compactions, and never
   fewer than {MIN_INFLUX_CORES} cores. Disk is the
   raw retention policy ({RAW_RETENTION_DAYS} days) only; events, security and incidents have
@@ -228,7 +365,7 @@ metadata:
 spec:
   replicas: {p.broker_nodes}
 """
-    return f"""# Generated by `python benchmarks/sizing.py` from benchmarks/results/costs.json:
+    return f"""# Generated by `python benchmarks/sizing.py` from benchmarks/results/*.json:
 # do not edit. A city of {SIZES[size]:,} devices (docs/sizing.md).
 apiVersion: apps/v1
 kind: StatefulSet
@@ -273,8 +410,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--check", action="store_true")
     parser.add_argument("--costs", type=Path, default=COSTS)
+    parser.add_argument("--device-costs", type=Path, default=DEVICE_COSTS)
     args = parser.parse_args(argv)
-    costs = json.loads(args.costs.read_text(encoding="utf-8"))
+    costs = load_costs(args.costs, args.device_costs)
     rollups = json.loads(ROLLUPS.read_text(encoding="utf-8")) if ROLLUPS.exists() else None
     stale = 0
     for path, text in outputs(costs, rollups).items():

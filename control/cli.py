@@ -54,6 +54,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         speed=args.speed,
         seed=args.seed,
+        simulator_processes=args.simulator_processes,
         api_port=args.api_port,
         mqtt_port=args.mqtt_port,
         mqtt_tls_port=args.mqtt_tls_port,
@@ -352,6 +353,11 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - long; split it
     )
     p.add_argument("--speed", type=positive_float, help="simulated seconds per wall second")
     p.add_argument("--seed", type=int, help="simulator seed")
+    p.add_argument(
+        "--simulator-processes",
+        type=positive_int,
+        help="spread the simulated fleet over N processes (a city of tens of thousands)",
+    )
     p.add_argument("--api-port", type=port)
     p.add_argument("--mqtt-port", type=port)
     p.add_argument("--mqtt-tls-port", type=port, help="the broker's TLS listener (0: any free)")

@@ -102,6 +102,11 @@ class LocalRun:
         self.layout = instance.layout(self.base)
         self.settings = with_city_registries(settings, self.layout)
         self.cities = registry.load_cities(self.settings.registry)
+        if settings.simulator_processes > 1 and len(self.cities) > 1:
+            raise StackError(
+                f"simulator_processes={settings.simulator_processes} spreads one city's "
+                "fleet: run one city (several cities share one simulator process)"
+            )
         self.children: list[ManagedProcess] = []
         self.stack: LocalStack | None = None
         self.region: Region | None = None
@@ -216,6 +221,7 @@ class LocalRun:
                 {
                     "SAFECITY_SPEED": str(s.speed),
                     "SAFECITY_SEED": str(s.seed),
+                    "SAFECITY_PROCESSES": str(s.simulator_processes),
                     # Every device logs in as itself with its own secret (read once).
                     "SAFECITY_EDGE__SECRETS_FILE": str(self.stack.secrets_file),
                     "SAFECITY_LEDGER": str(self.layout.ledger_file),

@@ -62,6 +62,12 @@ class StackSettings(ServiceSettings):
     )
     speed: Speed = 1.0
     seed: Seed = 42
+    simulator_processes: Annotated[int, Field(ge=1, le=256)] = Field(
+        default=1,
+        description="Spread the simulated fleet over this many processes (the simulator's "
+        "SAFECITY_PROCESSES): each holds two open files per device and one core at most; "
+        "about one per 5,000 devices (docs/sizing.md).",
+    )
     with_region: bool = Field(
         default=False,
         description="Also run a regional instance beside the cities (docs/federation.md): "

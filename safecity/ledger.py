@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 FieldValue = float | int | bool | str
 
@@ -90,39 +90,54 @@ class LedgerEntry:
 
 class LedgerWriter:
     """Appends entries through a large buffer, flushed every `flush_every` seconds at the
-    latest (on the next write); `close()` flushes and fsyncs."""
+    latest (on the next write); `close()` flushes and fsyncs.
+
+    Several processes may append to one ledger (a fleet spread over processes): the
+    buffer holds whole lines only and goes out in one `write` on an ``O_APPEND``
+    descriptor, which Linux applies whole at the end of the file, so the processes'
+    lines interleave but never tear.
+    """
 
     def __init__(self, path: Path, buffer_bytes: int = 1 << 20, flush_every: float = 1.0) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: IO[str] | None = path.open("a", encoding="utf-8", buffering=buffer_bytes)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._lines: list[bytes] = []
+        self._buffered = 0
+        self._limit = buffer_bytes
         self.count = 0
         self.flush_every = flush_every
         self._flushed = time.monotonic()
 
     def write(self, entry: LedgerEntry) -> None:
         """Record one sent message."""
-        if self._file is None:
+        if self._fd < 0:
             raise ValueError(f"ledger {self.path} is closed")
-        self._file.write(entry.to_json() + "\n")
+        line = (entry.to_json() + "\n").encode("utf-8")
+        self._lines.append(line)
+        self._buffered += len(line)
         self.count += 1
         now = time.monotonic()
-        if now - self._flushed >= self.flush_every:
-            self._file.flush()
+        if self._buffered >= self._limit or now - self._flushed >= self.flush_every:
+            self.flush()
             self._flushed = now
 
     def flush(self) -> None:
-        """Push buffered entries to the OS."""
-        if self._file is not None:
-            self._file.flush()
+        """Push buffered entries to the OS (whole lines, one write)."""
+        if self._fd < 0 or not self._lines:
+            return
+        data = memoryview(b"".join(self._lines))
+        self._lines, self._buffered = [], 0
+        while data:
+            data = data[os.write(self._fd, data) :]
 
     def close(self) -> None:
         """Flush, fsync and close; idempotent."""
-        if self._file is not None:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-            self._file = None
+        if self._fd >= 0:
+            self.flush()
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
 
 
 def read(path: Path) -> Iterator[LedgerEntry]:

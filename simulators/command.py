@@ -18,9 +18,10 @@ from safecity.observability import HealthServer
 from safecity.registry import Cities, City
 from simulators import scenario as scenarios
 from simulators.faults import FAULTS
-from simulators.fleet import FleetStats, run, run_processes
+from simulators.fleet import FleetStats, run
 from simulators.incidents import SimulatedIncident
 from simulators.settings import FaultSettings, SimulatorSettings
+from simulators.shards import Shards
 
 
 def list_scenarios() -> int:
@@ -108,8 +109,13 @@ def simulate(settings: SimulatorSettings, explicit: set[str]) -> int:
                 path = Path(tmp) / "fleet.jsonl"
                 registry.write(city, path)
                 settings = settings.model_copy(update={"registry": path})
-            _report(run_processes(settings, incidents))
-        return 0
+            shards = Shards(settings, incidents)
+
+            async def spread(stop: asyncio.Event) -> None:
+                _report(await shards.run(stop))
+
+            # The parent serves /healthz (every child alive) and /metrics of its own.
+            return _serve(settings, spread, shards.alive)
 
     async def fleet(stop: asyncio.Event) -> None:
         _report(await run(settings, city, stop=stop, incidents=incidents))
@@ -117,7 +123,11 @@ def simulate(settings: SimulatorSettings, explicit: set[str]) -> int:
     return _serve(settings, fleet)
 
 
-def _serve(settings: SimulatorSettings, body: Callable[[asyncio.Event], Awaitable[None]]) -> int:
+def _serve(
+    settings: SimulatorSettings,
+    body: Callable[[asyncio.Event], Awaitable[None]],
+    ready: Callable[[], bool] = lambda: True,
+) -> int:
     """Run `body` until it ends or SIGINT/SIGTERM sets its stop event, with the
     simulator's /metrics and /healthz served meanwhile (operators, compose health checks)."""
 
@@ -127,7 +137,7 @@ def _serve(settings: SimulatorSettings, body: Callable[[asyncio.Event], Awaitabl
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         health = HealthServer(
-            settings.simulator_metrics_host, settings.simulator_metrics_port, lambda: True
+            settings.simulator_metrics_host, settings.simulator_metrics_port, ready
         )
         if settings.simulator_metrics_port:
             await health.start()

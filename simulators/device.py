@@ -11,6 +11,7 @@ fault rates, never on the machine's load.
 
 from __future__ import annotations
 
+import random
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -80,10 +81,12 @@ class DeviceSim:
         self._scene = scene
         self._prev_ms: int | None = None
         self._faults = faults if faults is not None and faults.enabled else None
-        self._others = [d for d in (others or []) if d.kind != device.kind]
+        # Shared by the whole fleet (one list, not one per device): filtered when used.
+        self._others = others or []
         # What operators commanded (`simulators.actuators`): a streetlight's dimming level.
         self.level: int | None = None
-        self._command_rng = device_rng(seed, device.id, "commands")
+        self._seed = seed
+        self._command_rng: random.Random | None = None
         args = (city_id, device.district, device.kind, device.id)
         self.telemetry_topic = telemetry_topic(*args)
         self.event_topic = event_topic(*args)
@@ -146,6 +149,9 @@ class DeviceSim:
     def report_now(self, ts_ms: int) -> list[Outgoing]:
         """A reading out of schedule, at `ts_ms` (what a device sends when its state changed)."""
         ts_ms = max(ts_ms, (self._prev_ms or 0) + 1)
+        if self._command_rng is None:
+            # Made at the first command: most devices never get one (2.5 KB each).
+            self._command_rng = device_rng(self._seed, self.device.id, "commands")
         values = generate(self.profile, self._command_rng, from_epoch_ms(ts_ms))
         return [self._good(ts_ms, self._commanded(values))]
 
@@ -231,9 +237,9 @@ class DeviceSim:
                 topic = telemetry_topic(
                     self.city_id, self.device.district, self.kind, rogue_id(self.device.id)
                 )
-            elif self._others:
+            elif others := [d for d in self._others if d.kind != self.kind]:
                 # Another device's id under this device's district and kind.
-                other = rng.choice(self._others)
+                other = rng.choice(others)
                 topic = telemetry_topic(self.city_id, self.device.district, self.kind, other.id)
             else:
                 return [good]

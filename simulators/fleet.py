@@ -8,7 +8,7 @@ id = username = device id) with birth/will status, QoS 1, an in-order window and
 on-disk store-and-forward spool; all agents share this process's event loop.
 ``transport="single"`` sends every device's messages over one connection (the same
 agent machinery, one identity), for load tests. ``processes=N`` splits the devices
-over N processes (`run_processes`).
+over N processes (`simulators.shards`).
 """
 
 from __future__ import annotations
@@ -17,17 +17,13 @@ import asyncio
 import contextlib
 import heapq
 import logging
-import signal
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime, timedelta
-from multiprocessing import get_context
 from typing import Any
 
 from pydantic import ValidationError
 
 from edge.agent import DeviceAgent, Envelope
-from safecity import registry
 from safecity.errors import ConfigError
 from safecity.ledger import LedgerWriter
 from safecity.mqtt import NOT_SENT, Will
@@ -48,7 +44,6 @@ from simulators.outgoing import (
     Recorder,
     Sent,
     ledger_entry,
-    ledger_path,
     seq_base,
     summary,
 )
@@ -66,9 +61,7 @@ __all__ = [
     "Sent",
     "device_messages",
     "ledger_entry",
-    "ledger_path",
     "run",
-    "run_processes",
     "seq_base",
 ]
 
@@ -127,7 +120,7 @@ async def run(  # noqa: PLR0915 - long; split it at its seams
     stats = FleetStats(devices=len(sims), sim_start=sim_start)
     own_ledger = ledger is None and settings.ledger is not None
     if own_ledger and settings.ledger is not None:
-        ledger = LedgerWriter(ledger_path(settings.ledger, index, count))
+        ledger = LedgerWriter(settings.ledger)  # shared by the processes
     recorder = Recorder(stats, ledger, on_sent)
     loop = asyncio.get_running_loop()
     clock = _Clock(loop, epoch_ms(sim_start), settings.speed)
@@ -227,7 +220,7 @@ def _device_sims(
     index, count = shard
     scene = Scene(city, incidents, settings.seed)
     world = World(city)
-    others = list(city.devices)
+    others = list(city.devices)  # one list for the fleet: each device filters it when needed
     return [
         DeviceSim(
             city.id,
@@ -470,51 +463,3 @@ async def _progress(
         extra["clock"] = format_ts(sim_start + timedelta(seconds=(now - wall0) * speed))
         log.info("simulator progress", extra=extra)
         last_n, last_t = n, now
-
-
-# --- several processes ------------------------------------------------------------------
-
-
-def _child(
-    settings: SimulatorSettings, incidents: list[SimulatedIncident], index: int, count: int
-) -> FleetStats:
-    """One process of `run_processes`: its shard of the fleet until stopped."""
-    from safecity.observability import configure_logging
-
-    configure_logging("simulator", settings.log_level)
-    city = registry.load_or_default(settings.registry)
-
-    async def main() -> FleetStats:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        return await run(settings, city, stop=stop, incidents=incidents, shard=(index, count))
-
-    return asyncio.run(main())
-
-
-def run_processes(settings: SimulatorSettings, incidents: list[SimulatedIncident]) -> FleetStats:
-    """Run the fleet split over `settings.processes` processes; their stats merged.
-
-    Each process takes every N-th device and writes its own ledger
-    (``ledger.p{i}.jsonl``). The city comes from `settings.registry` in each process.
-    """
-    count = settings.processes
-    total = FleetStats()
-    # Ctrl-C reaches the children through the process group; the parent just waits.
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        with ProcessPoolExecutor(count, mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(_child, settings, incidents, i, count) for i in range(count)]
-            signal.signal(signal.SIGINT, previous)
-            for future in futures:
-                with contextlib.suppress(KeyboardInterrupt):
-                    stats = future.result()
-                    if total.sim_start is None:
-                        total.sim_start = stats.sim_start
-                    total.merge(stats)
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    log.info("simulator processes stopped", extra={**summary(total), "processes": count})
-    return total

@@ -12,7 +12,6 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from prometheus_client import Counter, Gauge
@@ -175,13 +174,6 @@ def ledger_entry(sent: Sent) -> LedgerEntry:
         values=m.values if m.intended_reason is None else None,
         fault=m.fault,
     )
-
-
-def ledger_path(path: Path, index: int, processes: int) -> Path:
-    """The ledger file of process `index` of `processes` (the path itself for one)."""
-    if processes == 1:
-        return path
-    return path.with_name(f"{path.stem}.p{index}{path.suffix}")
 
 
 class Recorder:

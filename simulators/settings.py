@@ -114,7 +114,8 @@ class SimulatorSettings(ServiceSettings):
     ledger: Path | None = Field(
         None,
         description=(
-            "Ground-truth ledger of every message sent (JSON lines; .pN per process); empty = off."
+            "Ground-truth ledger of every message sent (JSON lines; every process appends "
+            "to it); empty = off."
         ),
     )
     scenario: str | None = Field(
@@ -127,7 +128,7 @@ class SimulatorSettings(ServiceSettings):
         description="Each device (edge transport) takes commands on its own command topic, "
         "with a persistent MQTT session that keeps them while it is away.",
     )
-    # /metrics and /healthz of a single-process fleet (0 = none; --processes N serves none).
+    # /metrics and /healthz of the fleet (0 = none; with --processes N, the parent's).
     # Own names: ingest's SAFECITY_METRICS_PORT must not leak in from a shared .env.
     simulator_metrics_host: str = Field(
         "127.0.0.1", description="/metrics and /healthz of a single-process fleet: host ..."

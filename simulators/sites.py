@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from safecity.geography import device_site
 from safecity.registry import City, Device, LandUse, Site
 from simulators.climate import Climate, climate_at, climate_of
+from simulators.spatial import Grid
 from simulators.timebase import distance_m, stable_int
 
 GUNSHOT_RANGE_M = 3000.0
@@ -83,38 +84,50 @@ class World:
         self.city = city
         self.climate = climate_of(city.id, *city.record.centroid, city.record.timezone)
         uses = {d.id: d.land_use or "mixed" for d in city.districts}
-        roads = city.select(kind="traffic")
-        crowds = city.select(kind="crowd")
-        nodes = city.select(kind="gunshot")
+        devices = city.devices
+        lats = [abs(d.location[1]) for d in devices] or [0.0]
+        span = (min(lats), max(lats))
+        # Grids, not scans: every device asks for its neighbours (linear in the fleet).
+        roads = Grid(city.select(kind="traffic"), span)
+        crowds = Grid(city.select(kind="crowd"), span)
+        nodes = Grid(city.select(kind="gunshot"), span, cell_m=GUNSHOT_RANGE_M / 20)
         self.profiles: dict[str, Profile] = {}
-        for device in city.devices:
-            base = standalone(device, self.climate)
-            road_key, weight = base.road_key, base.road_weight
-            if roads and device.kind != "traffic":
-                road = min(roads, key=lambda r: distance_m(r.location, device.location))
-                far = distance_m(road.location, device.location)
-                road_key = process_key(road.id)
-                # Roadside sensors hear their road; the far ones the city's background.
-                weight = max(0.15, 1.0 - far / 1500.0) * (1.0 if base.site == "arterial" else 0.7)
-            crowd_key = base.crowd_key
-            if crowds and device.kind == "cctv":
-                near = min(crowds, key=lambda r: distance_m(r.location, device.location))
-                crowd_key = process_key(near.id)
-            heard = sum(
-                1 for n in nodes if distance_m(n.location, device.location) <= GUNSHOT_RANGE_M
-            )
-            self.profiles[device.id] = Profile(
-                device=device,
-                site=base.site,
-                land_use=uses.get(device.district, "mixed"),
-                climate=self.climate,
-                key=base.key,
-                district_key=base.district_key,
-                road_key=road_key,
-                road_weight=weight,
-                crowd_key=crowd_key,
-                heard_by=max(1, heard),
-            )
+        for device in devices:
+            self.profiles[device.id] = self._profile(device, uses, roads, crowds, nodes)
+
+    def _profile(
+        self,
+        device: Device,
+        uses: dict[str, LandUse],
+        roads: Grid[Device],
+        crowds: Grid[Device],
+        nodes: Grid[Device],
+    ) -> Profile:
+        base = standalone(device, self.climate)
+        road_key, weight = base.road_key, base.road_weight
+        road = roads.nearest(device.location) if device.kind != "traffic" else None
+        if road is not None:
+            far = distance_m(road.location, device.location)
+            road_key = process_key(road.id)
+            # Roadside sensors hear their road; the far ones the city's background.
+            weight = max(0.15, 1.0 - far / 1500.0) * (1.0 if base.site == "arterial" else 0.7)
+        crowd_key = base.crowd_key
+        near = crowds.nearest(device.location) if device.kind == "cctv" else None
+        if near is not None:
+            crowd_key = process_key(near.id)
+        heard = nodes.count_within(device.location, GUNSHOT_RANGE_M)
+        return Profile(
+            device=device,
+            site=base.site,
+            land_use=uses.get(device.district, "mixed"),
+            climate=self.climate,
+            key=base.key,
+            district_key=base.district_key,
+            road_key=road_key,
+            road_weight=weight,
+            crowd_key=crowd_key,
+            heard_by=max(1, heard),
+        )
 
     def profile(self, device: Device) -> Profile:
         """The device's profile (standalone if it is not of this city)."""

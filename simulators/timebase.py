@@ -155,19 +155,19 @@ def lognormal(rng: random.Random, sigma: float) -> float:
 
 # --- geometry -----------------------------------------------------------------
 
-_EARTH_M_PER_DEG = 111_320.0
+EARTH_M_PER_DEG = 111_320.0
 
 
 def distance_m(a: tuple[float, float], b: tuple[float, float]) -> float:
     """Equirectangular distance between two [lon, lat] points, metres (fine within a city)."""
     mean_lat = math.radians((a[1] + b[1]) / 2)
-    dx = (a[0] - b[0]) * math.cos(mean_lat) * _EARTH_M_PER_DEG
-    dy = (a[1] - b[1]) * _EARTH_M_PER_DEG
+    dx = (a[0] - b[0]) * math.cos(mean_lat) * EARTH_M_PER_DEG
+    dy = (a[1] - b[1]) * EARTH_M_PER_DEG
     return math.hypot(dx, dy)
 
 
 def offset(point: tuple[float, float], east_m: float, north_m: float) -> tuple[float, float]:
     """A point moved by metres east and north."""
-    lat = point[1] + north_m / _EARTH_M_PER_DEG
-    lon = point[0] + east_m / (_EARTH_M_PER_DEG * math.cos(math.radians(point[1])))
+    lat = point[1] + north_m / EARTH_M_PER_DEG
+    lon = point[0] + east_m / (EARTH_M_PER_DEG * math.cos(math.radians(point[1])))
     return (lon, lat)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import logging
 import random
 import ssl
@@ -26,7 +27,7 @@ from safecity.settings import MqttSettings
 # CONNACK "Bad user name or password" and "Not authorized" (what Mosquitto answers).
 _BAD_CREDENTIALS = frozenset({0x86, 0x87})
 
-__all__ = ["ConnectRefusedError", "FleetClient", "backoff_cap", "tls_context"]
+__all__ = ["ConnectRefusedError", "FleetClient", "Jitter", "backoff_cap", "tls_context"]
 
 log = logging.getLogger("safecity.mqtt")
 
@@ -65,6 +66,38 @@ def tls_context(settings: MqttSettings) -> ssl.SSLContext:
 def backoff_cap(attempt: int, minimum: float, maximum: float) -> float:
     """The upper bound of the jittered delay before retry `attempt` (0-based), at any attempt."""
     return max(minimum, min(maximum, minimum * 2.0 ** min(attempt, _MAX_EXPONENT)))
+
+
+@functools.cache
+def _session_properties(expiry: int) -> Properties:
+    """CONNECT properties asking for a session of `expiry` seconds, one object for the
+    whole fleet: paho keeps each client's, and a `Properties` weighs about 5 KiB."""
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props.SessionExpiryInterval = expiry
+    return props
+
+
+class Jitter:
+    """Uniform draws of one client's own stream: (seed, client id, draw number) hashed.
+
+    Each device draws its own delays (one seed shared by a fleet must not put its
+    devices in lockstep: a broker restart would see them all retry at once), and holds
+    a counter instead of a 2.5 KB `random.Random`. Without a seed: the process's random.
+    """
+
+    __slots__ = ("_draws", "_key")
+
+    def __init__(self, seed: int | None, client_id: str) -> None:
+        self._key = None if seed is None else f"{seed}:{client_id}:".encode()
+        self._draws = 0
+
+    def uniform(self, low: float, high: float) -> float:
+        """A draw in [low, high]."""
+        if self._key is None:
+            return random.uniform(low, high)
+        self._draws += 1
+        digest = hashlib.blake2b(self._key + str(self._draws).encode(), digest_size=8).digest()
+        return low + (high - low) * (int.from_bytes(digest, "big") / 2.0**64)
 
 
 class FleetClient:
@@ -126,7 +159,7 @@ class FleetClient:
         self._max_inflight = max_inflight
         self._backoff_min = backoff_min
         self._backoff_max = backoff_max
-        self._rng = random.Random(seed)
+        self._jitter = Jitter(seed, client_id)
         # Injectable so a test can drive thousands of retries without waiting.
         self._sleep = sleep
         self._client: paho.Client | None = None
@@ -213,7 +246,7 @@ class FleetClient:
                 # Full jitter: a fleet that lost its broker does not come back in lockstep.
                 cap = backoff_cap(attempt, self._backoff_min, self._backoff_max)
                 attempt += 1
-                delay = self._rng.uniform(self._backoff_min / 2, cap)
+                delay = self._jitter.uniform(self._backoff_min / 2, cap)
                 if attempt == 1 or attempt % 10 == 0:
                     log.warning(
                         "mqtt connect failed; retrying",
@@ -239,7 +272,7 @@ class FleetClient:
             if self._stopping:
                 return
             pause, self._pause = self._pause, 0.0
-            await self._sleep(pause or self._rng.uniform(0.0, self._backoff_min))
+            await self._sleep(pause or self._jitter.uniform(0.0, self._backoff_min))
 
     def _is_refusal(self, exc: Exception) -> bool:
         """Whether a failed attempt means this identity is refused, not that the broker is
@@ -316,9 +349,7 @@ class FleetClient:
     def _connect_properties(self) -> Properties | None:
         if not self._session_expiry:
             return None
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = self._session_expiry
-        return props
+        return _session_properties(self._session_expiry)
 
     def _teardown(self, reason: str) -> None:
         """Forget the current connection; report it lost if it was up."""
@@ -340,9 +371,12 @@ class FleetClient:
             self._on_lost(reason)
 
     async def _misc_loop(self, client: paho.Client) -> None:
-        # Keep-alive pings and timeouts; paho expects loop_misc about once a second.
+        # Keep-alive pings and timeouts. paho asks for loop_misc about once a second; a
+        # tenth of the keep-alive is precise enough (the broker allows 1.5 keep-alives)
+        # and a fleet of 18,000 devices wakes 6,000 times a second less (30 s keep-alive).
+        every = max(1.0, self._settings.keepalive / 10)
         while True:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(every)
             if client.loop_misc() != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 self._set_lost(client, "keepalive timeout")
                 return

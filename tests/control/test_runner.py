@@ -282,3 +282,15 @@ def test_each_run_revokes_the_key_the_previous_run_printed(tmp_path: Path) -> No
     assert store.verify(first) is None and store.verify(second) is not None
     mine = [r for r in store.records() if r.name == LOCAL_KEY_NAME]
     assert [r.active for r in mine] == [False, True]
+
+
+def test_spreading_the_fleet_needs_one_city(tmp_path: Path) -> None:
+    from control.runner import LocalRun
+    from control.settings import StackSettings
+    from safecity.errors import StackError
+
+    settings = StackSettings(
+        data_dir=tmp_path, cities=("tashkent", "samarkand"), simulator_processes=2
+    )
+    with pytest.raises(StackError, match="simulator_processes=2 spreads one city"):
+        LocalRun(settings)

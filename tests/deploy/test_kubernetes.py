@@ -297,7 +297,7 @@ def test_the_sizing_document_and_overlays_are_the_models_output() -> None:
         import sizing
     finally:
         sys.path.pop(0)
-    costs = json.loads((ROOT / "benchmarks" / "results" / "costs.json").read_text())
+    costs = sizing.load_costs()
     for size, devices in sizing.SIZES.items():
         kustomization = yaml.safe_load((K8S / "overlays" / size / "kustomization.yaml").read_text())
         clustered = "../../components/emqx" in kustomization.get("components", [])

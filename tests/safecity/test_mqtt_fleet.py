@@ -8,7 +8,7 @@ import math
 import pytest
 
 from control.stack import free_port
-from safecity.mqtt.fleet import FleetClient, backoff_cap
+from safecity.mqtt.fleet import FleetClient, Jitter, backoff_cap
 from safecity.settings import MqttSettings
 
 RETRIES = 10_000
@@ -56,3 +56,17 @@ def test_ten_thousand_failed_connects_keep_retrying_without_overflow() -> None:
     assert 10.0 < sum(tail) / len(tail) < 20.0
     assert max(tail) > 29.0
     assert sum(delays) > 24 * 3600  # more than a day of backoff, none of it waited
+
+
+def test_devices_of_one_seed_draw_their_own_delays() -> None:
+    # One seed for a whole fleet: the devices must still not retry in lockstep after a
+    # broker restart, and a device's own draws are the same in every run.
+    draws = {d: [Jitter(42, d).uniform(0.1, 30.0)] for d in ("dev-a", "dev-b", "dev-c")}
+    assert len({v[0] for v in draws.values()}) == 3
+    again = Jitter(42, "dev-a")
+    assert again.uniform(0.1, 30.0) == draws["dev-a"][0]
+    spread = [Jitter(42, f"dev-{i}").uniform(0.0, 1.0) for i in range(2000)]
+    assert all(0.0 <= x <= 1.0 for x in spread)
+    # Uniform: each tenth of the range gets its share (2000 draws, 200 expected each).
+    tenths = [sum(1 for x in spread if k / 10 <= x < (k + 1) / 10) for k in range(10)]
+    assert min(tenths) > 140 and max(tenths) < 260

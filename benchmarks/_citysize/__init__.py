@@ -1,0 +1,1 @@
+"""The city-size benchmark's parts; `benchmarks/citysize.py` runs them."""

@@ -1,0 +1,116 @@
+"""One city's fleet spread over processes: each process runs every N-th device.
+
+A process holds two open files per device (its MQTT socket and its spool), and one
+event loop drives all its devices on one core; a city of tens of thousands of devices
+needs several (see docs/sizing.md). The parent starts the children (spawned: a clean
+interpreter each), serves /healthz (all children alive) and /metrics of its own,
+forwards SIGINT/SIGTERM as SIGTERM (each child drains and stops cleanly) and merges
+their final stats. Every child appends to the one ledger (`safecity.ledger`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import queue
+import signal
+from multiprocessing.context import SpawnProcess
+
+from safecity import registry
+from safecity.observability import configure_logging
+from simulators.fleet import FleetStats, run
+from simulators.incidents import SimulatedIncident
+from simulators.outgoing import summary
+from simulators.settings import SimulatorSettings
+
+log = logging.getLogger("simulators.shards")
+
+STATS_WAIT = 60.0
+"""Seconds to wait for a stopping child's final stats (it drains its devices first)."""
+
+
+def _child(
+    settings: SimulatorSettings,
+    incidents: list[SimulatedIncident],
+    index: int,
+    count: int,
+    results: multiprocessing.Queue[tuple[int, FleetStats]],
+) -> None:
+    """One process: its shard of the fleet until SIGTERM/SIGINT; its stats to `results`."""
+    configure_logging("simulator", settings.log_level)
+    city = registry.load_or_default(settings.registry)
+
+    async def main() -> FleetStats:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        return await run(settings, city, stop=stop, incidents=incidents, shard=(index, count))
+
+    results.put((index, asyncio.run(main())))
+
+
+class Shards:
+    """The child processes of one fleet: start, alive, stop (idempotent), merged stats."""
+
+    def __init__(self, settings: SimulatorSettings, incidents: list[SimulatedIncident]) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.count = settings.processes
+        self._results: multiprocessing.Queue[tuple[int, FleetStats]] = context.Queue()
+        self._children: list[SpawnProcess] = [
+            context.Process(
+                target=_child,
+                args=(settings, incidents, i, self.count, self._results),
+                name=f"simulator-{i}",
+            )
+            for i in range(self.count)
+        ]
+
+    async def run(self, stop: asyncio.Event) -> FleetStats:
+        """Start the children; run until `stop` or until none is left; their stats merged."""
+        for child in self._children:
+            child.start()
+        while self.running() and not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), 1.0)
+            except TimeoutError:
+                continue
+        self.stop()
+        return await asyncio.to_thread(self.collect)
+
+    def alive(self) -> bool:
+        """Every child still running (the parent's /healthz)."""
+        return all(child.is_alive() for child in self._children)
+
+    def running(self) -> int:
+        """Children still running."""
+        return sum(1 for child in self._children if child.is_alive())
+
+    def stop(self) -> None:
+        """Ask every running child to stop (SIGTERM: it drains and reports); idempotent."""
+        for child in self._children:
+            if child.is_alive():
+                child.terminate()
+
+    def collect(self, wait_s: float = STATS_WAIT) -> FleetStats:
+        """The children's stats merged (a child that died without reporting counts none)."""
+        total = FleetStats()
+        got: dict[int, FleetStats] = {}
+        while len(got) < self.count:
+            try:
+                index, stats = self._results.get(timeout=wait_s)
+            except queue.Empty:
+                break
+            got[index] = stats
+        for child in self._children:
+            child.join(timeout=wait_s)
+        for stats in got.values():
+            if total.sim_start is None:
+                total.sim_start = stats.sim_start
+            total.merge(stats)
+        missing = sorted(set(range(self.count)) - set(got))
+        if missing:
+            log.error("simulator processes ended without stats", extra={"processes": missing})
+        log.info("simulator processes stopped", extra={**summary(total), "processes": self.count})
+        return total
