@@ -15,7 +15,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from support import wait_for, wait_for_async
+from support import wait_for
 
 from control.stack import Mosquitto
 from edge.agent import DeviceAgent, Envelope
@@ -190,7 +190,7 @@ def test_will_is_published_when_a_device_vanishes(tmp_path: Path) -> None:
         receiver = Receiver(broker, topic("+", "status"))
         mqtt = MqttSettings(host=broker.host, port=broker.port)
 
-        async def main() -> None:
+        async def main() -> list[tuple[str, bytes]]:
             client = FleetClient(
                 mqtt, "will-dev", username="will-dev", password=broker.secret("will-dev"),
                 will=lambda: Will(topic("will-dev", "status"), b'{"state":"offline"}'),
@@ -202,15 +202,12 @@ def test_will_is_published_when_a_device_vanishes(tmp_path: Path) -> None:
             assert sock is not None
             sock.shutdown(socket.SHUT_RDWR)  # type: ignore[attr-defined]
 
-            async def lost() -> bool:
-                return not client.connected
-
-            # Stopped only once it saw the connection lost: no DISCONNECT can cancel the will.
-            await wait_for_async(lost, 5, "the client to see its connection lost")
+            # Stopped only once the will is out: no DISCONNECT can cancel it.
+            got: list[tuple[str, bytes]] = await asyncio.to_thread(receiver.wait_for, 1, 10)
             await client.stop(0.5)
+            return got
 
-        asyncio.run(main())
-        got = receiver.wait_for(1, timeout=10)
+        got = asyncio.run(main())
         receiver.close()
     assert (topic("will-dev", "status"), b'{"state":"offline"}') in got
 
