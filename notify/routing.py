@@ -283,22 +283,38 @@ class Routing(BaseModel):
         return end
 
 
-def _references(routing: Routing) -> list[tuple[tuple[int | str, ...], str]]:  # noqa: PLR0912 - long; split it at its seams
-    """Every dangling name in the file: (location, problem)."""
+Problem = tuple[tuple[int | str, ...], str]
+"""A dangling name: where it stands (the path into the file), and what is wrong."""
+
+
+def _contact_references(routing: Routing) -> list[Problem]:
+    """Contacts on channels the file does not define."""
+    known = ", ".join(sorted(routing.channels))
+    return [
+        (("people", i, "contacts", name), f"unknown channel {name!r} ({known})")
+        for i, person in enumerate(routing.people)
+        for name in person.contacts
+        if name not in routing.channels
+    ]
+
+
+def _roster_references(routing: Routing) -> list[Problem]:
+    """Shifts naming people the file does not define."""
+    people = {p.id for p in routing.people}
+    return [
+        (("rosters", i, "shifts", j, "people"), f"unknown person {who!r}")
+        for i, roster in enumerate(routing.rosters)
+        for j, shift in enumerate(roster.shifts)
+        for who in shift.people
+        if who not in people
+    ]
+
+
+def _policy_references(routing: Routing) -> list[Problem]:
+    """Tiers naming unknown rosters or people, or paging nobody."""
     people = {p.id for p in routing.people}
     rosters = {r.id for r in routing.rosters}
-    policies = {p.id for p in routing.policies}
-    out: list[tuple[tuple[int | str, ...], str]] = []
-    for i, person in enumerate(routing.people):
-        for name in person.contacts:
-            if name not in routing.channels:
-                known = ", ".join(sorted(routing.channels))
-                out.append((("people", i, "contacts", name), f"unknown channel {name!r} ({known})"))
-    for i, roster in enumerate(routing.rosters):
-        for j, shift in enumerate(roster.shifts):
-            for who in shift.people:
-                if who not in people:
-                    out.append((("rosters", i, "shifts", j, "people"), f"unknown person {who!r}"))
+    out: list[Problem] = []
     for i, policy in enumerate(routing.policies):
         for j, tier in enumerate(policy.tiers):
             where: tuple[int | str, ...] = ("policies", i, "tiers", j)
@@ -311,10 +327,23 @@ def _references(routing: Routing) -> list[tuple[tuple[int | str, ...], str]]:  #
             ]
             if tier.roster is None and not tier.people:
                 out.append((where, "a tier pages a roster or people (none given)"))
-    for i, route in enumerate(routing.routes):
-        if route.policy not in policies:
-            out.append((("routes", i, "policy"), f"unknown policy {route.policy!r}"))
     return out
+
+
+def _references(routing: Routing) -> list[Problem]:
+    """Every dangling name in the file: (location, problem), in the file's order."""
+    policies = {p.id for p in routing.policies}
+    routes = [
+        (("routes", i, "policy"), f"unknown policy {route.policy!r}")
+        for i, route in enumerate(routing.routes)
+        if route.policy not in policies
+    ]
+    return (
+        _contact_references(routing)
+        + _roster_references(routing)
+        + _policy_references(routing)
+        + routes
+    )
 
 
 def loads(text: str, source: str = "<string>") -> Routing:

@@ -14,7 +14,7 @@ TIMEOUT_MS = 30_000
 
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[BrowserContext]:
-    """Headless Debian Chromium with a fresh profile (a module may define its own)."""
+    """Headless Debian Chromium with a fresh profile."""
     with chromium_context(
         tmp_path / "profile", width=1400, height=950, timeout_ms=TIMEOUT_MS
     ) as context:

@@ -18,7 +18,6 @@ from typing import Any
 
 import httpx
 import pytest
-from chromium import chromium_context
 from operating import panic_incident
 from playwright.sync_api import BrowserContext, ConsoleMessage, Page, Request
 from support import account_env, influx_rows, wait_for
@@ -30,17 +29,7 @@ from safecity.registry import default_city
 # Tests never write into the checkout: the screenshot stays in the test's temp dir, and is
 # copied to $SAFECITY_TEST_ARTIFACTS (e.g. a CI artefact folder) only when that is set.
 ARTIFACTS = os.environ.get("SAFECITY_TEST_ARTIFACTS")
-TIMEOUT_MS = 20_000
 FOCUS_RGB = "rgb(255, 213, 79)"  # --focus in console.css
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[BrowserContext]:
-    """Headless Debian Chromium with a fresh profile."""
-    with chromium_context(
-        tmp_path / "profile", width=1400, height=950, timeout_ms=TIMEOUT_MS
-    ) as context:
-        yield context
 
 
 @pytest.fixture

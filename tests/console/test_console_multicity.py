@@ -24,7 +24,6 @@ from typing import Any
 
 import httpx
 import pytest
-from chromium import chromium_context
 from playwright.sync_api import BrowserContext, Route
 
 from api.apikeys import KeyStore
@@ -38,17 +37,7 @@ from safecity.registry import Cities
 from safecity.schema import reading_point
 from safecity.settings import InfluxSettings
 
-TIMEOUT_MS = 20_000
 LAEQ = {"tashkent": 61.0, "samarkand": 74.0}
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[BrowserContext]:
-    """Headless Debian Chromium with a fresh profile."""
-    with chromium_context(
-        tmp_path / "profile", width=1400, height=950, timeout_ms=TIMEOUT_MS
-    ) as context:
-        yield context
 
 
 def _noise(ts: datetime, seq: int, laeq: float) -> Reading:
