@@ -41,7 +41,7 @@ from api.params import TimeRange
 from api.settings import ApiSettings
 from safecity import catalogue
 from safecity import incidents as inc
-from safecity.influx import InfluxClient, quote_ident
+from safecity.influx import InfluxClient, Series, quote_ident
 from safecity.readings import format_epoch_ms, format_ts
 from safecity.registry import City, Device
 from safecity.schema import DEVICE_STATUS, EVENTS, source
@@ -116,7 +116,7 @@ def _params(city: str, start: datetime, end: datetime) -> dict[str, str | int | 
     return {"city": city, "from": format_ts(start), "to": format_ts(end)}
 
 
-async def take_snapshot(  # noqa: PLR0912 - long; split it at its seams
+async def take_snapshot(
     influx: InfluxClient, city: City, window: TimeRange, settings: ApiSettings
 ) -> Snapshot:
     """Run the snapshot's queries concurrently and index the answers by device."""
@@ -139,18 +139,32 @@ async def take_snapshot(  # noqa: PLR0912 - long; split it at its seams
     )
     snap.open_incidents = [i for i in found.values() if _open_at(i, window.end)]
     for kind, series in zip(kinds, results[: len(kinds)], strict=True):
-        per_device: dict[str, dict[str, float]] = {}
-        for s in series:
-            for row in s.rows():
-                values = {
-                    f: float(row[f])
-                    for f in MEAN_FIELDS[kind]
-                    if isinstance(row.get(f), int | float)
-                }
-                if values:
-                    per_device[str(row["device_id"])] = values
-        snap.means[kind] = per_device
-    lights, seen, status, events = results[len(kinds) :]
+        snap.means[kind] = _means(kind, series)
+    _index_states(snap, *results[len(kinds) :])
+    return snap
+
+
+def _means(kind: str, series: list[Series]) -> dict[str, dict[str, float]]:
+    """A kind's mean fields per device (devices with none left out)."""
+    per_device: dict[str, dict[str, float]] = {}
+    for s in series:
+        for row in s.rows():
+            values = {
+                f: float(row[f]) for f in MEAN_FIELDS[kind] if isinstance(row.get(f), int | float)
+            }
+            if values:
+                per_device[str(row["device_id"])] = values
+    return per_device
+
+
+def _index_states(
+    snap: Snapshot,
+    lights: list[Series],
+    seen: list[Series],
+    status: list[Series],
+    events: list[Series],
+) -> None:
+    """The lights' states, last readings, status messages and event counts, by device."""
     for s in lights:
         for row in s.rows():
             snap.lights[str(row["device_id"])] = (row.get("power_state"), row.get("status"))
@@ -168,7 +182,6 @@ async def take_snapshot(  # noqa: PLR0912 - long; split it at its seams
             snap.events[key] = snap.events.get(key, 0) + int(row["n"])
             district = str(row["district"])
             snap.event_devices[district] = snap.event_devices.get(district, 0) + 1
-    return snap
 
 
 def stale_limit_s(settings: ApiSettings, kind: str) -> float:
