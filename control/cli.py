@@ -342,11 +342,8 @@ def cmd_apikey_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - long; split it at its seams
-    """The argument parser of the `safecity` command."""
-    parser = argparse.ArgumentParser(prog="safecity", description="safecity telemetry platform")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_run(sub: Any) -> None:
+    """`safecity run`: the whole local stack."""
     p = sub.add_parser("run", help="the whole local stack (broker, InfluxDB, services, city)")
     p.add_argument(
         "--data-dir", type=Path, help="the instance directory (default: SAFECITY_HOME, var/stack)"
@@ -383,8 +380,10 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - long; split it
     )
     registry_flag(p)
     p.set_defaults(func=cmd_run)
-    ingest_cli.add_parsers(sub)
 
+
+def _add_env_example(sub: Any) -> None:
+    """`safecity env-example`."""
     p = sub.add_parser(
         "env-example", help="print, --write or --check .env.example (from every settings class)"
     )
@@ -396,6 +395,9 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - long; split it
         )
     )
 
+
+def _add_verify(sub: Any) -> None:
+    """`safecity verify`: a ledger against InfluxDB and dead letters."""
     p = sub.add_parser("verify", help="check a ledger against InfluxDB and dead letters")
     p.add_argument(
         "--ledger",
@@ -421,10 +423,10 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - long; split it
     )
     registry_flag(p)
     p.set_defaults(func=cmd_verify)
-    alerts_cli.add_parsers(sub)
-    notify_cli.add_parsers(sub)
-    rollups_cli.add_parsers(sub)
 
+
+def _add_influx(sub: Any) -> None:
+    """`safecity influx init`."""
     influx = sub.add_parser("influx", help="InfluxDB administration").add_subparsers(
         dest="influx_command", required=True, metavar="ACTION"
     )
@@ -438,9 +440,10 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - long; split it
         "(SAFECITY_SERVICE_USERNAME, SAFECITY_SERVICE_PASSWORD_FILE)",
     )
     p.set_defaults(func=cmd_influx_init)
-    api_cli.add_parsers(sub)
-    simulators_cli.add_parsers(sub)
 
+
+def _add_apikey(sub: Any) -> None:
+    """`safecity apikey create|list|revoke`."""
     keys = sub.add_parser("apikey", help="API keys (create, list, revoke)").add_subparsers(
         dest="apikey_command", required=True, metavar="ACTION"
     )
@@ -467,6 +470,9 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - long; split it
     keys_flag(p)
     p.set_defaults(func=cmd_apikey_revoke)
 
+
+def _add_city(sub: Any) -> None:
+    """`safecity city generate|show`."""
     city = sub.add_parser("city", help="city registries").add_subparsers(
         dest="city_command", required=True, metavar="ACTION"
     )
@@ -483,6 +489,23 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - long; split it
     registry_flag(p)
     p.set_defaults(func=cmd_city_show)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `safecity` command."""
+    parser = argparse.ArgumentParser(prog="safecity", description="safecity telemetry platform")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_run(sub)
+    ingest_cli.add_parsers(sub)
+    _add_env_example(sub)
+    _add_verify(sub)
+    alerts_cli.add_parsers(sub)
+    notify_cli.add_parsers(sub)
+    rollups_cli.add_parsers(sub)
+    _add_influx(sub)
+    api_cli.add_parsers(sub)
+    simulators_cli.add_parsers(sub)
+    _add_apikey(sub)
+    _add_city(sub)
     dashboards_cli.add_parsers(sub)
     broker_cli.add_parsers(sub)
     backupcli.add_parsers(sub)
