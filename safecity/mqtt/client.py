@@ -41,7 +41,7 @@ log = logging.getLogger("safecity.mqtt")
 class MqttClient:
     """An MQTT v5 client with awaitable connect/publish/subscribe and manual, ordered acks."""
 
-    def __init__(  # noqa: PLR0915 - long; split it at its seams
+    def __init__(
         self,
         settings: MqttSettings,
         client_id: str,
@@ -73,39 +73,46 @@ class MqttClient:
         self._subs: dict[int, asyncio.Future[list[int]]] = {}
         self._filters: list[tuple[str, int]] = []
         self._stopping = False
+        self._client: paho.Client = self._paho(settings, client_id, manual_ack, will)
+        self.fast_path = isinstance(self._client, _BulkReadClient)
+        """True when received PUBLISHes take the bulk-read path."""
+
+    def _paho(
+        self, settings: MqttSettings, client_id: str, manual_ack: bool, will: Will | None
+    ) -> paho.Client:
+        """The paho client: login, TLS, will, bounds, and this object's callbacks."""
         cls = client_class(settings.fast_path)
         extra: dict[str, Any] = {}
         if issubclass(cls, _BulkReadClient):
             extra["sink"] = self._on_messages
-        self._client: paho.Client = cls(
+        client: paho.Client = cls(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=paho.MQTTv5,
             manual_ack=manual_ack,
             **extra,
         )
-        self.fast_path = isinstance(self._client, _BulkReadClient)
-        """True when received PUBLISHes take the bulk-read path."""
         if settings.username is not None:
             password = settings.password.get_secret_value() if settings.password else None
-            self._client.username_pw_set(settings.username, password)
+            client.username_pw_set(settings.username, password)
         if settings.tls_ca is not None:
             # Verifies the broker's certificate and host name; cert/key only for mutual TLS.
-            self._client.tls_set(
+            client.tls_set(
                 ca_certs=str(settings.tls_ca),
                 certfile=str(settings.tls_cert) if settings.tls_cert else None,
                 keyfile=str(settings.tls_key) if settings.tls_key else None,
             )
         if will is not None:
-            self._client.will_set(will.topic, will.payload, will.qos, will.retain)
+            client.will_set(will.topic, will.payload, will.qos, will.retain)
         # paho's own queue of unsent messages stays unbounded; callers bound it.
-        self._client.max_inflight_messages_set(1000)
-        self._client.reconnect_delay_set(min_delay=1, max_delay=30)
-        self._client.on_connect = self._on_connect
-        self._client.on_disconnect = self._on_disconnect
-        self._client.on_publish = self._on_publish
-        self._client.on_subscribe = self._on_subscribe
-        self._client.on_message = self._on_message
+        client.max_inflight_messages_set(1000)
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        return client
 
     # --- lifecycle -------------------------------------------------------------
 
