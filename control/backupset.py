@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from safecity.errors import ConfigError
+from safecity.errors import BackupError
 
 __all__ = [
     "FILES_DIR",
@@ -38,10 +38,6 @@ INFLUX_DIR = "influxdb"
 """Where in a backup InfluxDB's portable backup of every database lies."""
 FILES_DIR = "instance"
 """Where in a backup the instance's own files lie (paths as below SAFECITY_HOME)."""
-
-
-class BackupError(ConfigError):
-    """A backup that cannot be taken, or one that restore refuses (names the file)."""
 
 
 class BackupFile(BaseModel):

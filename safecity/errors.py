@@ -17,6 +17,10 @@ class RegistryError(SafecityError):
     """A city registry file or entry that is malformed or inconsistent."""
 
 
+class BackupError(ConfigError):
+    """A backup that cannot be taken, or one that restore refuses (names the file)."""
+
+
 class StackError(SafecityError):
     """A local service (broker, database) that cannot be started, reached or stopped."""
 

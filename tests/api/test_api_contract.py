@@ -314,6 +314,9 @@ def _more_calls(device: Any, window: dict[str, Any], models: Any) -> dict[str, d
             ),
         },
         "list_commands": {"limit": 5},
+        "air_quality_report": {"city_id": CITY.id},
+        "console_session": {},
+        "sign_out": {},
     }
 
 

@@ -223,4 +223,5 @@ def test_schemathesis_every_check_finds_nothing(
     assert not [s for s in statuses if s >= 500], statuses
     assert statuses.get(200, 0) > 60 and statuses.get(403, 0) > 0, statuses
     assert statuses.get(429, 0) == 0, statuses  # the probe stayed under the limit
-    assert len(set(negatives_impossible)) < 7, negatives_impossible
+    # The parameterless routes, and the console's session and sign-out (no key, no body).
+    assert len(set(negatives_impossible)) < 9, negatives_impossible
