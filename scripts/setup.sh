@@ -12,7 +12,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # Each piece the stack needs and the Debian package that provides it: "piece package".
 # A piece is a command (looked up on PATH, in the sbin directories and podman's helper
-# directories), an absolute path, or `ensurepip` (what `python3 -m venv` needs).
+# directories), an absolute path, `lib:NAME` (a shared library the dynamic linker knows)
+# or `ensurepip` (what `python3 -m venv` needs).
 # curl and jq: the README's and the docs' steps beside `make run` use them.
 NEEDS=("mosquitto mosquitto" "mosquitto_pub mosquitto-clients" "mosquitto_sub mosquitto-clients"
     "influxd influxdb" "python3 python3" "ensurepip python3-venv" "curl curl" "jq jq")
@@ -25,11 +26,13 @@ NEEDS=("mosquitto mosquitto" "mosquitto_pub mosquitto-clients" "mosquitto_sub mo
 # packages (tests/test_compose_podman.py, docs/compose.md); promtool (Debian's
 # prometheus), which checks the platform's alert rules and every service's /metrics;
 # node and npm, which run the tests' OpenID Connect provider (npm's oidc-provider,
-# installed from tests/helpers/oidc/package-lock.json).
+# installed from tests/helpers/oidc/package-lock.json); libatomic1, which Playwright's
+# own node driver links against (no package of a minimal Debian pulls it in).
 TEST_NEEDS=("/usr/bin/chromium chromium" "docker-compose docker-compose" "podman podman"
     "runc runc" "conmon conmon" "netavark netavark" "aardvark-dns aardvark-dns"
     "iptables iptables" "slirp4netns slirp4netns" "newuidmap uidmap" "catatonit catatonit"
-    "mmdebstrap mmdebstrap" "promtool prometheus" "node nodejs" "npm npm")
+    "mmdebstrap mmdebstrap" "promtool prometheus" "node nodejs" "npm npm"
+    "lib:libatomic.so.1 libatomic1")
 OIDC_DIR=tests/helpers/oidc
 VENV=.venv
 STAMP="$VENV/.installed"
@@ -56,6 +59,7 @@ have() {
     case "$1" in
         /*) [ -x "$1" ] ;;
         ensurepip) "$PYTHON" -c 'import ensurepip' >/dev/null 2>&1 || [ -x "$VENV/bin/python" ] ;;
+        lib:*) /sbin/ldconfig -p 2>/dev/null | grep -qE "^[[:space:]]+${1#lib:} " ;;
         *) command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ] \
             || [ -x "/usr/local/sbin/$1" ] || [ -x "/usr/lib/podman/$1" ] \
             || [ -x "/usr/libexec/podman/$1" ] ;;
