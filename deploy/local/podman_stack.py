@@ -186,6 +186,17 @@ class Waiter:
         return not self.pending
 
 
+def probe(podman: Podman, name: str, spec: dict[str, Any]) -> str:
+    """The health check's own command run once in NAME: its exit code and output."""
+    test = list(spec.get("test") or [])
+    if not test or test[0] not in ("CMD", "CMD-SHELL"):
+        return "no health check command"
+    argv = test[1:] if test[0] == "CMD" else ["sh", "-c", " ".join(test[1:])]
+    result = podman.run("exec", name, *argv, check=False)
+    output = (result.stdout + result.stderr).strip()[-2000:]
+    return f"its health check exits {result.returncode}: {output or '(no output)'}"
+
+
 def budget(spec: dict[str, Any], floor: float) -> float:
     """Seconds compose would allow a health check before calling the service unhealthy."""
     allowed = seconds(spec.get("start_period"), 0)
@@ -200,8 +211,11 @@ def wait_healthy(podman: Podman, service: str, spec: dict[str, Any], floor: floa
     while not waiter.ready():
         if time.monotonic() > deadline:
             names = ", ".join(sorted(waiter.pending))
-            last = logs_tail(podman, sorted(waiter.pending)[0])
-            raise PodmanStackError(f"service {service}: {names} not healthy in time:\n{last}")
+            first = sorted(waiter.pending)[0]
+            raise PodmanStackError(
+                f"service {service}: {names} not healthy in time; in {first} "
+                f"{probe(podman, first, spec)}\n{logs_tail(podman, first)}"
+            )
         time.sleep(POLL)
 
 
