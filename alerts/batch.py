@@ -25,7 +25,7 @@ from safecity.errors import TopicError
 from safecity.lineprotocol import Point, encode_many
 from safecity.mqtt import Incoming, MqttClient
 from safecity.quarantine import Poisoned, attempt
-from safecity.readings import Event, Reading, Rejection, Status, parse
+from safecity.readings import Event, Reading, Rejection, Status, now_ms, parse
 from safecity.registry import City
 from safecity.retry import count_errors, retry_storage
 
@@ -113,7 +113,7 @@ class AlertBatcher:
         return schema.security_event_point(
             self.city.id,
             "alerts_poison",
-            int(time.time() * 1000),
+            now_ms(),
             device=self.city.device(claimed),
             client_id=claimed,
             detail=got.rejection().detail,

@@ -21,6 +21,7 @@ from rollups import metrics, plan, state
 from rollups.roll import roll
 from rollups.settings import RollupSettings
 from safecity.influx import InfluxClient
+from safecity.readings import now_ms
 from safecity.registry import Cities, City
 from safecity.retry import count_errors, retry_storage
 from safecity.rollups import Rolled, Tier, parse_tiers
@@ -28,10 +29,6 @@ from safecity.service import serve
 
 log = logging.getLogger("safecity.rollups")
 T = TypeVar("T")
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class CityRollups:
@@ -143,12 +140,12 @@ class RollupService:
     async def pass_once(self, *, recheck: bool) -> tuple[int, int]:
         """One pass: catch every city up (and recheck); (chunks rolled, units rerolled)."""
         started = time.monotonic()
-        now_ms = _now_ms()
+        now = now_ms()
         chunks = rerolled = 0
         for c in self.cities:
-            chunks += await self._retry(partial(c.catch_up, now_ms), "rolling up")
+            chunks += await self._retry(partial(c.catch_up, now), "rolling up")
             if recheck:
-                rerolled += await self._retry(partial(c.recheck, now_ms), "rechecking")
+                rerolled += await self._retry(partial(c.recheck, now), "rechecking")
         metrics.PASS.observe(time.monotonic() - started)
         if chunks or rerolled:
             log.info("rollup pass", extra={"chunks": chunks, "rerolled": rerolled})
