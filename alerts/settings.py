@@ -12,7 +12,7 @@ from safecity.settings import (
     MetricsPort,
     TsFutureWindow,
     TsPastWindow,
-    metrics_host,
+    metrics_host_field,
 )
 
 
@@ -73,7 +73,7 @@ class AlertsSettings(BrokerServiceSettings):
             "the message is quarantined: acked, counted and recorded as a security event.",
         ),
     ] = 3
-    alerts_metrics_host: str = metrics_host("the alerts service")
+    alerts_metrics_host: str = metrics_host_field("the alerts service")
     alerts_metrics_port: MetricsPort = 9102
     # Same variables as ingest's: replays need both widened the same way.
     ts_past_window: TsPastWindow = 7 * 86_400.0

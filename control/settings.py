@@ -10,7 +10,12 @@ from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
 from safecity.knowncities import KNOWN_CITIES
-from safecity.settings import InfluxSettings, MetricsPort, ServiceSettings, in_home
+from safecity.settings import (
+    MetricsPort,
+    ServiceSettings,
+    StorageServiceSettings,
+    in_home,
+)
 from simulators.settings import Seed, Speed
 
 
@@ -117,10 +122,9 @@ class StackSettings(ServiceSettings):
         return value
 
 
-class StorageSettings(ServiceSettings):
+class StorageSettings(StorageServiceSettings):
     """Settings of `safecity influx init` (prepares the database with an admin account)."""
 
-    influx: InfluxSettings = InfluxSettings()
     # Accounts `safecity influx init --create-users` makes on a fresh InfluxDB with auth
     # on (the first admin may be created without credentials): the admin is
     # influx.username/password; the services' non-admin account is this one.

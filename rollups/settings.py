@@ -6,7 +6,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from safecity.settings import MetricsPort, StorageServiceSettings, metrics_host
+from safecity.settings import MetricsPort, StorageServiceSettings, metrics_host_field
 
 
 class RollupSettings(StorageServiceSettings):
@@ -40,5 +40,5 @@ class RollupSettings(StorageServiceSettings):
     rollup_chunk_buckets: Annotated[
         int, Field(ge=1, le=100_000, description="Most buckets of one tier rolled per query.")
     ] = 720
-    rollup_metrics_host: str = metrics_host("the rollup job")
+    rollup_metrics_host: str = metrics_host_field("the rollup job")
     rollup_metrics_port: MetricsPort = 9105

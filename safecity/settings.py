@@ -339,7 +339,7 @@ class BrokerServiceSettings(StorageServiceSettings):
 MetricsPort = Annotated[int, Field(ge=0, le=65535, description="... and port.")]
 
 
-def metrics_host(what: str) -> Any:
+def metrics_host_field(what: str) -> Any:
     """The field of a service's metrics host (127.0.0.1), `what` named in its description."""
     return Field("127.0.0.1", description=f"/metrics, /healthz and /readyz of {what}: host ...")
 
