@@ -21,13 +21,13 @@ from alerts.engine import Clear, Engine, Signal
 from alerts.settings import AlertsSettings
 from safecity import incidents as inc
 from safecity import schema, topics
-from safecity.errors import StorageError, TopicError
+from safecity.errors import TopicError
 from safecity.lineprotocol import Point, encode_many
 from safecity.mqtt import Incoming, MqttClient
 from safecity.quarantine import Poisoned, attempt
-from safecity.readings import Event, Reading, Rejection, Status, parse
+from safecity.readings import Event, Reading, Rejection, Status, now_ms, parse
 from safecity.registry import City
-from safecity.retry import retry_storage
+from safecity.retry import count_errors, retry_storage
 
 log = logging.getLogger("safecity.alerts")
 
@@ -113,7 +113,7 @@ class AlertBatcher:
         return schema.security_event_point(
             self.city.id,
             "alerts_poison",
-            int(time.time() * 1000),
+            now_ms(),
             device=self.city.device(claimed),
             client_id=claimed,
             detail=got.rejection().detail,
@@ -127,7 +127,7 @@ class AlertBatcher:
         await retry_storage(
             lambda: self.store.influx.write(encode_many(spaced), rp=policy),
             "writing security events",
-            on_error=_count_error,
+            on_error=count_errors(metrics.WRITE_ERRORS),
             logger=log,
         )
 
@@ -207,12 +207,8 @@ class AlertBatcher:
             await retry_storage(
                 lambda: self.store.append(points),
                 "writing incidents",
-                on_error=_count_error,
+                on_error=count_errors(metrics.WRITE_ERRORS),
                 logger=log,
             )
         acked = sum(1 for message in batch if self.mqtt.ack(message))
         metrics.ACKED.inc(acked)
-
-
-def _count_error(exc: StorageError) -> None:
-    metrics.WRITE_ERRORS.labels(error=type(exc).__name__).inc()

@@ -9,7 +9,8 @@ and the task supervision are `safecity.retry`'s, shared with the ingest.
 
 A deployment of several cities runs one such service per city in one process
 (`run_cities`): each subscribes to its own city's topics only, with its own session,
-rules, incident book and database; one health server answers for all of them.
+rules, incident book and database; one health server answers for all of them
+(`safecity.service.serve`, as for a single city).
 """
 
 from __future__ import annotations
@@ -27,12 +28,11 @@ from alerts.rules import AnyRule, RuleSet
 from alerts.settings import AlertsSettings
 from safecity import incidents as inc
 from safecity import topics
-from safecity.errors import StorageError
 from safecity.influx import InfluxClient
-from safecity.mqtt import Incoming, MqttClient
-from safecity.observability import HealthServer, run_services
+from safecity.mqtt import Incoming
 from safecity.registry import Cities, City
-from safecity.retry import Supervisor, retry_storage
+from safecity.retry import Supervisor, count_errors, retry_storage
+from safecity.service import for_city, serve, session_client, subscriptions
 
 log = logging.getLogger("safecity.alerts")
 T = TypeVar("T")
@@ -42,28 +42,20 @@ CHANNELS = (topics.Channel.TELEMETRY, topics.Channel.EVENT, topics.Channel.STATU
 class AlertsService:
     """One alerts worker on the `$share/<group>/...` subscription, persistent session."""
 
-    def __init__(
-        self, settings: AlertsSettings, city: City, rules: RuleSet, *, serve_health: bool = True
-    ) -> None:
+    def __init__(self, settings: AlertsSettings, city: City, rules: RuleSet) -> None:
         self.settings = settings
-        self._serve_health = serve_health
         self.city = city
         self.rules = rules
         self.engine = Engine(rules, city)
         self.book = Book(city.id)
         self.influx = InfluxClient(settings.influx)
         self.store = inc.IncidentStore(self.influx)
-        self.mqtt = MqttClient(
+        self.mqtt = session_client(
             settings.mqtt,
-            client_id=f"safecity-{settings.alerts_id}",
-            clean_start=False,
+            settings.alerts_id,
             session_expiry=settings.alerts_session_expiry,
-            manual_ack=True,
             receive_maximum=settings.alerts_receive_maximum,
-            on_connect=lambda: metrics.CONNECTED.set(1),
-        )
-        self.health = HealthServer(
-            settings.alerts_metrics_host, settings.alerts_metrics_port, self.ready
+            connected=metrics.CONNECTED,
         )
         self._started = False
         self._stopped = False
@@ -79,8 +71,6 @@ class AlertsService:
 
     async def start(self) -> None:
         """Prepare InfluxDB, rebuild the book from storage, connect and subscribe."""
-        if self._serve_health:
-            await self.health.start()
         await self._retry(self.influx.ensure_database, "prepare influxdb")
         await self.refresh()
         for incident in self.book.active.values():
@@ -88,9 +78,8 @@ class AlertsService:
             if rule is not None and rule.auto_resolve:
                 self.engine.seed_firing(incident.rule_id, incident.place, incident.devices)
         await self.mqtt.connect()
-        group = self.settings.alerts_share_group
         filters = (topics.device_filter(c, self.city.id) for c in CHANNELS)
-        await self.mqtt.subscribe([(topics.shared(group, f) if group else f, 1) for f in filters])
+        await self.mqtt.subscribe(subscriptions(self.settings.alerts_share_group, filters))
         self.tasks.start("refresh", self._refresher)
         self._started = True
         log.info(
@@ -112,7 +101,9 @@ class AlertsService:
             return None
 
     async def _retry(self, action: Callable[[], Awaitable[T]], what: str) -> T:
-        return await retry_storage(action, what, on_error=_count_error, logger=log)
+        return await retry_storage(
+            action, what, on_error=count_errors(metrics.WRITE_ERRORS), logger=log
+        )
 
     async def refresh(self) -> None:
         """Re-read the stored incidents: the book and the response-time figures."""
@@ -155,7 +146,6 @@ class AlertsService:
         await self.tasks.stop()
         await self.mqtt.disconnect()
         await self.influx.close()
-        await self.health.stop()
         metrics.CONNECTED.set(0)
         log.info("alerts stopped", extra={"alerts_id": self.settings.alerts_id})
 
@@ -168,51 +158,17 @@ class AlertsService:
         await self.batcher.process(batch)
 
 
-def _count_error(exc: StorageError) -> None:
-    metrics.WRITE_ERRORS.labels(error=type(exc).__name__).inc()
-
-
-async def run(settings: AlertsSettings, city: City, rules: RuleSet) -> None:
-    """Run the alerts service until cancelled; always stops cleanly."""
-    service = AlertsService(settings, city, rules)
-    try:
-        await service.start()
-        log.info(
-            "alerts metrics",
-            extra={
-                "metrics": f"http://{settings.alerts_metrics_host}:{service.health.port}/metrics"
-            },
-        )
-        await service.run()
-    finally:
-        await asyncio.shield(service.stop())
-
-
 def city_settings(settings: AlertsSettings, city: str, cities: Collection[str]) -> AlertsSettings:
     """One city's share of a deployment of several: its database, its own MQTT session."""
-    if len(cities) <= 1:
-        return settings.model_copy(update={"influx": settings.influx.for_city(city, cities)})
-    return settings.model_copy(
-        update={
-            "influx": settings.influx.for_city(city, cities),
-            "alerts_id": f"{settings.alerts_id}-{city}"[:64],
-        }
-    )
+    return for_city(settings, "alerts_id", city, cities)
 
 
 async def run_cities(
     settings: AlertsSettings, cities: Cities, rules: Mapping[str, RuleSet]
 ) -> None:
     """Run one alerts service per city in this process until cancelled; stops them all."""
-    if len(cities) == 1:
-        await run(
-            city_settings(settings, cities.first.id, cities.ids),
-            cities.first,
-            rules[cities.first.id],
-        )
-        return
     services = [
-        AlertsService(city_settings(settings, c.id, cities.ids), c, rules[c.id], serve_health=False)
+        AlertsService(city_settings(settings, c.id, cities.ids), c, rules[c.id])
         for c in cities.values()
     ]
-    await run_services(services, settings.alerts_metrics_host, settings.alerts_metrics_port)
+    await serve("alerts", services, settings.alerts_metrics_host, settings.alerts_metrics_port)

@@ -8,22 +8,17 @@ from typing import Annotated
 from pydantic import Field
 
 from safecity.settings import (
-    InfluxSettings,
-    MqttSettings,
-    ServiceSettings,
+    BrokerServiceSettings,
+    MetricsPort,
     TsFutureWindow,
     TsPastWindow,
+    metrics_host_field,
 )
 
-# Also read by the local stack's settings (control), which starts the alerts service.
-AlertsMetricsPort = Annotated[int, Field(ge=0, le=65535, description="... and port.")]
 
-
-class AlertsSettings(ServiceSettings):
+class AlertsSettings(BrokerServiceSettings):
     """Settings of the alerts service (streaming rules -> alerts -> incidents)."""
 
-    mqtt: MqttSettings = MqttSettings()
-    influx: InfluxSettings = InfluxSettings()
     # Own names (alerts_*): ingest's SAFECITY_WORKER_ID/SHARE_GROUP must not leak in here.
     alerts_id: Annotated[
         str,
@@ -78,10 +73,8 @@ class AlertsSettings(ServiceSettings):
             "the message is quarantined: acked, counted and recorded as a security event.",
         ),
     ] = 3
-    alerts_metrics_host: str = Field(
-        "127.0.0.1", description="/metrics, /healthz and /readyz of the alerts service: host ..."
-    )
-    alerts_metrics_port: AlertsMetricsPort = 9102
+    alerts_metrics_host: str = metrics_host_field("the alerts service")
+    alerts_metrics_port: MetricsPort = 9102
     # Same variables as ingest's: replays need both widened the same way.
     ts_past_window: TsPastWindow = 7 * 86_400.0
     ts_future_window: TsFutureWindow = 300.0

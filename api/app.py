@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI
@@ -209,47 +209,64 @@ def _open_stores(app: FastAPI, settings: ApiSettings) -> OidcProvider | None:
     return oidc
 
 
-def create_app(  # noqa: PLR0915 - long; split it at its seams
-    settings: ApiSettings, city: City | None = None, cities: Cities | None = None
-) -> FastAPI:
-    """Build the API app; `city` (one) or `cities` (several) override loading
-    `settings.registry` at start-up."""
+def _load(settings: ApiSettings, city: City | None, cities: Cities | None) -> Cities:
+    """The cities to serve: those given, else the registry of the settings."""
+    if cities is not None:
+        return cities
+    if city is not None:
+        return Cities((city,))
+    return load_cities(settings.registry)
+
+
+def _install_cities(
+    app: FastAPI, settings: ApiSettings, loaded: Cities, base: InfluxClient
+) -> dict[str, CityRuntime]:
+    """Each city's runtime under `app.state.tenancy`; the home city's also by old names."""
+    runtimes = _runtimes(settings, loaded, base)
+    tenancy = app.state.tenancy = Tenancy(runtimes)
+    home = runtimes[tenancy.home]
+    # The home city's objects keep their old names: one city, as it always was.
+    app.state.cities = loaded
+    app.state.city = home.city
+    app.state.directory = home.directory
+    app.state.influx = home.influx
+    app.state.hub = home.hub
+    app.state.incident_lock = asyncio.Lock()
+    return runtimes
+
+
+def _log_started(app: FastAPI, settings: ApiSettings, loaded: Cities) -> None:
+    tenancy: Tenancy = app.state.tenancy
+    home = tenancy.runtimes[tenancy.home]
+    log.info(
+        "api started",
+        extra={
+            "city": home.city.id,
+            "cities": describe(tenancy),
+            "devices": sum(len(c.devices) for c in loaded.values()),
+            "influx_url": settings.influx.url,
+            "database": home.database,
+            "api_keys": len(app.state.keys.records()),
+            "env": settings.env,
+            "audit_log": str(settings.audit_log_file),
+            "oidc_issuer": settings.oidc.issuer,
+        },
+    )
+
+
+def _lifespan(
+    settings: ApiSettings, city: City | None, cities: Cities | None
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """The app's lifespan: load the cities, open the clients and tasks; close them all."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if cities is not None:
-            loaded = cities
-        elif city is not None:
-            loaded = Cities((city,))
-        else:
-            loaded = load_cities(settings.registry)
+        loaded = _load(settings, city, cities)
         base = InfluxClient(settings.influx)
-        runtimes = _runtimes(settings, loaded, base)
-        tenancy = app.state.tenancy = Tenancy(runtimes)
-        home = runtimes[tenancy.home]
-        # The home city's objects keep their old names: one city, as it always was.
-        app.state.cities = loaded
-        app.state.city = home.city
-        app.state.directory = home.directory
-        app.state.influx = home.influx
-        app.state.hub = home.hub
-        app.state.incident_lock = asyncio.Lock()
+        runtimes = _install_cities(app, settings, loaded, base)
         await _ensure_retention_policies(runtimes.values())
         oidc = _open_stores(app, settings)
-        log.info(
-            "api started",
-            extra={
-                "city": home.city.id,
-                "cities": describe(tenancy),
-                "devices": sum(len(c.devices) for c in loaded.values()),
-                "influx_url": settings.influx.url,
-                "database": home.database,
-                "api_keys": len(app.state.keys.records()),
-                "env": settings.env,
-                "audit_log": str(settings.audit_log_file),
-                "oidc_issuer": settings.oidc.issuer,
-            },
-        )
+        _log_started(app, settings, loaded)
         figures = app.state.figures = metrics.start_incident_figures(app)
         # Off by default: publishes the city's indicators for a regional instance.
         federation = app.state.federation = start_publisher(settings, local_cities(app))
@@ -269,29 +286,11 @@ def create_app(  # noqa: PLR0915 - long; split it at its seams
             await base.close()
             log.info("api stopped")
 
-    production = settings.env == "production"
-    # The docs pages are our own (offline assets, `api.docs`), never FastAPI's CDN ones.
-    docs: dict[str, Any] = {"docs_url": None, "redoc_url": None}
-    if production:
-        docs["openapi_url"] = None
-    app = FastAPI(
-        title="safecity API",
-        version=__version__,
-        description=DESCRIPTION,
-        lifespan=lifespan,
-        openapi_tags=TAGS,
-        generate_unique_id_function=operation_id,
-        **docs,
-    )
-    _bounded_openapi(app, settings.max_page_size)
-    app.state.settings = settings
-    app.state.audit = AuditLog(settings.audit_log_file)
-    # The lifecycle steps taken here, to the broker (its task starts with the first one).
-    app.state.announcer = Announcer(settings.mqtt)
-    app.state.oidc = None
-    app.state.sessions = Sessions(settings.oidc.session_ttl)
-    errors.install(app)
-    ngsild_errors.install(app)
+    return lifespan
+
+
+def _add_middleware(app: FastAPI, settings: ApiSettings) -> None:
+    """Body limit, CORS, audit, metrics and, outermost, the security headers."""
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(
         CORSMiddleware,
@@ -305,16 +304,22 @@ def create_app(  # noqa: PLR0915 - long; split it at its seams
     app.add_middleware(MetricsMiddleware)
     # Outermost: every response, the 413s and CORS answers included, gets the headers.
     app.add_middleware(SecurityHeadersMiddleware)
-    read = [Depends(require("read"))]
-    app.include_router(health.router)
+
+
+def _include_docs(app: FastAPI, production: bool) -> None:
+    """The offline docs pages; in production none, and the OpenAPI document only for a key."""
     if not production:
         app.include_router(offline_docs.router_for(app))
-    if production:
-        # No interactive docs in production; the OpenAPI document only for a key.
-        @app.get("/openapi.json", include_in_schema=False, dependencies=read)
-        async def openapi() -> dict[str, Any]:
-            return app.openapi()
+        return
 
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require("read"))])
+    async def openapi() -> dict[str, Any]:
+        return app.openapi()
+
+
+def _include_data_routers(app: FastAPI) -> None:
+    """The data routes: a `read` key for the routers below, their own check for the rest."""
+    read = [Depends(require("read"))]
     app.include_router(metrics.router, dependencies=[Depends(require("operate"))])
     app.include_router(city_routes.router, dependencies=read)
     app.include_router(devices.router, dependencies=read)
@@ -343,4 +348,38 @@ def create_app(  # noqa: PLR0915 - long; split it at its seams
     app.include_router(commands.router)
     # The console's page and assets hold no data: no key (its data calls need one).
     app.include_router(console.router)
+
+
+def create_app(
+    settings: ApiSettings, city: City | None = None, cities: Cities | None = None
+) -> FastAPI:
+    """Build the API app; `city` (one) or `cities` (several) override loading
+    `settings.registry` at start-up."""
+    production = settings.env == "production"
+    # The docs pages are our own (offline assets, `api.docs`), never FastAPI's CDN ones.
+    docs: dict[str, Any] = {"docs_url": None, "redoc_url": None}
+    if production:
+        docs["openapi_url"] = None
+    app = FastAPI(
+        title="safecity API",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=_lifespan(settings, city, cities),
+        openapi_tags=TAGS,
+        generate_unique_id_function=operation_id,
+        **docs,
+    )
+    _bounded_openapi(app, settings.max_page_size)
+    app.state.settings = settings
+    app.state.audit = AuditLog(settings.audit_log_file)
+    # The lifecycle steps taken here, to the broker (its task starts with the first one).
+    app.state.announcer = Announcer(settings.mqtt)
+    app.state.oidc = None
+    app.state.sessions = Sessions(settings.oidc.session_ttl)
+    errors.install(app)
+    ngsild_errors.install(app)
+    _add_middleware(app, settings)
+    app.include_router(health.router)
+    _include_docs(app, production)
+    _include_data_routers(app)
     return app

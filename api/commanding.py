@@ -38,7 +38,7 @@ from safecity.influx import InfluxClient
 from safecity.lineprotocol import encode
 from safecity.mqtt import NOT_SENT, Incoming, MqttClient
 from safecity.outbox import Entry, Lease, Message, Outbox, Outcome
-from safecity.readings import epoch_ms
+from safecity.readings import epoch_ms, from_epoch_ms
 from safecity.registry import Cities, Device
 from safecity.retry import Backoff
 from safecity.secrets import read_secrets
@@ -63,18 +63,14 @@ RESULTS = Counter(
 )
 
 
-def _from_ms(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, UTC)
-
-
 def wire_command(c: StoredCommand) -> Command:
     """The message every device of a stored command gets."""
     return Command(
         id=c.id,
         name=c.name,
         params=c.params,
-        issued_at=_from_ms(c.issued_ms),
-        expires_at=_from_ms(c.expires_ms),
+        issued_at=from_epoch_ms(c.issued_ms),
+        expires_at=from_epoch_ms(c.expires_ms),
         idempotency_key=c.idempotency_key,
     )
 

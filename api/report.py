@@ -10,11 +10,11 @@ consecutive days above; completeness is the share of the period's days with read
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.models import Served
+from safecity.readings import from_epoch_ms
 
 DAY_MS = 86_400_000
 WORST_EPISODES = 3
@@ -82,7 +82,7 @@ class AirQualityReport(BaseModel):
 
 
 def _date(day_ms: int) -> str:
-    return datetime.fromtimestamp(day_ms / 1000, UTC).date().isoformat()
+    return from_epoch_ms(day_ms).date().isoformat()
 
 
 def episodes(daily: Mapping[int, float], limit: float) -> list[Episode]:

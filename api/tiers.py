@@ -25,7 +25,7 @@ from api.params import TimeRange, bucket, time_range
 from api.queries import series_statement
 from api.settings import ApiSettings
 from safecity.influx import InfluxClient, quote_ident
-from safecity.readings import format_epoch_ms
+from safecity.readings import format_epoch_ms, now_ms
 from safecity.rollups import (
     Level,
     Rolled,
@@ -170,7 +170,7 @@ async def tiered_series(
 ) -> tuple[list[tuple[int, float]], list[Piece]]:
     """(bucket start ms, unrounded value) pairs, oldest first, and the pieces that served."""
     marks = await book.marks(influx) if ask.agg in ROLLED_AGGS else {}
-    pieces = plan(book.tiers, marks, ask.kind, ask.every_s, span, int(time.time() * 1000))
+    pieces = plan(book.tiers, marks, ask.kind, ask.every_s, span, now_ms())
     out: list[tuple[int, float]] = []
     for piece in pieces:
         if piece.tier is None:
@@ -309,7 +309,7 @@ async def daily_sums(
     """(district, UTC day ms) -> field -> (sum, count) over the span, from the tiers where
     they hold whole days and raw elsewhere, and the pieces that served."""
     marks = await book.marks(influx)
-    pieces = plan(book.tiers, marks, kind, DAY_S, span, int(time.time() * 1000))
+    pieces = plan(book.tiers, marks, kind, DAY_S, span, now_ms())
     out: dict[tuple[str, int], SumCount] = {}
     for piece in pieces:
         params = {

@@ -9,9 +9,13 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
-from alerts.settings import AlertsMetricsPort
 from safecity.knowncities import KNOWN_CITIES
-from safecity.settings import InfluxSettings, ServiceSettings, in_home
+from safecity.settings import (
+    MetricsPort,
+    ServiceSettings,
+    StorageServiceSettings,
+    in_home,
+)
 from simulators.settings import Seed, Speed
 
 
@@ -53,7 +57,7 @@ class StackSettings(ServiceSettings):
     ingest_metrics_port: Annotated[
         int, Field(ge=0, le=65535, description="The ingest's metrics port (0 = any free one).")
     ] = 9101
-    alerts_metrics_port: AlertsMetricsPort = 9102
+    alerts_metrics_port: MetricsPort = 9102
     notify_metrics_port: Annotated[int, Field(ge=0, le=65535)] = Field(
         default=9104, description="The notifier's /metrics, /healthz and /readyz port"
     )
@@ -118,10 +122,9 @@ class StackSettings(ServiceSettings):
         return value
 
 
-class StorageSettings(ServiceSettings):
+class StorageSettings(StorageServiceSettings):
     """Settings of `safecity influx init` (prepares the database with an admin account)."""
 
-    influx: InfluxSettings = InfluxSettings()
     # Accounts `safecity influx init --create-users` makes on a fresh InfluxDB with auth
     # on (the first admin may be created without credentials): the admin is
     # influx.username/password; the services' non-admin account is this one.

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from pydantic import Field, SecretStr
 
-from safecity.settings import InfluxSettings, ServiceSettings
+from safecity.settings import StorageServiceSettings
 
 
-class DashboardsSettings(ServiceSettings):
+class DashboardsSettings(StorageServiceSettings):
     """Settings of `safecity dashboards push` (the Grafana, and the InfluxDB it should query)."""
 
-    influx: InfluxSettings = InfluxSettings()
     grafana_url: str = Field("http://127.0.0.1:3000", description="The Grafana to push to.")
     grafana_token: SecretStr | None = Field(
         None, description="A Grafana service-account token (Editor or Admin)."

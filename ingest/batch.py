@@ -31,7 +31,7 @@ from safecity import schema, topics
 from safecity.errors import StorageError
 from safecity.mqtt import Incoming, MqttClient
 from safecity.quarantine import STAGE_HOOKS, Poisoned, attempt, poisoned, run_hooks
-from safecity.readings import Rejection, RejectReason
+from safecity.readings import Rejection, RejectReason, now_ms
 from safecity.registry import Cities, City, as_cities
 
 log = logging.getLogger("safecity.ingest")
@@ -279,8 +279,7 @@ class Batcher:
     def _event_ms(self) -> int:
         """Wall-clock ms, strictly increasing within this worker (no two own points of one
         series share a timestamp, which would overwrite one with the other)."""
-        now_ms = int(time.time() * 1000)
-        self._last_event_ms = max(now_ms, self._last_event_ms + 1)
+        self._last_event_ms = max(now_ms(), self._last_event_ms + 1)
         return self._last_event_ms
 
     def _rejection_events(

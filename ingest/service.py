@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import time
 from datetime import UTC, datetime
 
 from ingest import metrics
@@ -34,7 +33,7 @@ from safecity.influx import InfluxClient
 from safecity.lineprotocol import Point
 from safecity.mqtt import MqttClient, Will
 from safecity.observability import HealthServer
-from safecity.readings import Status
+from safecity.readings import Status, now_ms
 from safecity.registry import Cities, City, as_cities
 from safecity.retry import Backoff, Supervisor, retry_storage
 
@@ -199,7 +198,7 @@ class IngestService:
             self.writer.write_errors,
             self.broker_dropped.take(),
             gauges,
-            int(time.time() * 1000),
+            now_ms(),
         )
 
     async def stop(self) -> None:

@@ -9,21 +9,19 @@ from pydantic import Field, field_validator
 
 from safecity.federation import RegionSettings
 from safecity.settings import (
+    BrokerServiceSettings,
     DeadletterDir,
-    InfluxSettings,
-    MqttSettings,
-    ServiceSettings,
+    MetricsPort,
     TsFutureWindow,
     TsPastWindow,
     in_home,
+    metrics_host_field,
 )
 
 
-class IngestSettings(ServiceSettings):
+class IngestSettings(BrokerServiceSettings):
     """Settings of the ingest service (MQTT -> validate -> InfluxDB)."""
 
-    mqtt: MqttSettings = MqttSettings()
-    influx: InfluxSettings = InfluxSettings()
     worker_id: Annotated[
         str,
         Field(
@@ -74,10 +72,8 @@ class IngestSettings(ServiceSettings):
     deadletter_dir: DeadletterDir = Field(default_factory=in_home("deadletter_dir"))
     ts_past_window: TsPastWindow = 7 * 86_400.0
     ts_future_window: TsFutureWindow = 300.0
-    metrics_host: str = Field(
-        "127.0.0.1", description="/metrics, /healthz and /readyz of the ingest worker: host ..."
-    )
-    metrics_port: Annotated[int, Field(ge=0, le=65535, description="... and port.")] = 9101
+    metrics_host: str = metrics_host_field("the ingest worker")
+    metrics_port: MetricsPort = 9101
     spool_dir: Path = Field(
         default_factory=in_home("spool_dir"),
         description=(

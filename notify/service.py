@@ -26,12 +26,11 @@ from notify.watch import Watcher
 from safecity import acklinks, topics
 from safecity import incidents as inc
 from safecity.influx import InfluxClient
-from safecity.mqtt import MqttClient
 from safecity.notifications import outbox_path
-from safecity.observability import run_services
 from safecity.outbox import DeliveryStatus, Outbox
 from safecity.registry import City
 from safecity.retry import Supervisor
+from safecity.service import for_city, serve, session_client, subscriptions
 
 log = logging.getLogger("safecity.notify")
 
@@ -61,14 +60,12 @@ class NotifyService:
         self.planner = Planner(
             routing, lambda claim: acklinks.sign(key, claim), settings.notify_ack_base_url
         )
-        self.mqtt = MqttClient(
+        self.mqtt = session_client(
             settings.mqtt,
-            client_id=f"safecity-{settings.notify_id}",
-            clean_start=False,
+            settings.notify_id,
             session_expiry=settings.notify_session_expiry,
-            manual_ack=True,
             receive_maximum=1000,
-            on_connect=lambda: metrics.CONNECTED.set(1),
+            connected=metrics.CONNECTED,
         )
         self.intake = Intake(self.mqtt, self.planner, self.outbox, city.id, clock)
         rates = {name: spec.rate_per_s for name, spec in routing.channels.items()}
@@ -98,9 +95,8 @@ class NotifyService:
     async def start(self) -> None:
         """Connect, subscribe to the city's incident steps, start dispatching and watching."""
         await self.mqtt.connect()
-        group = self.settings.notify_share_group
         steps = topics.incident_filter(self.city.id)
-        await self.mqtt.subscribe([(topics.shared(group, steps) if group else steps, 1)])
+        await self.mqtt.subscribe(subscriptions(self.settings.notify_share_group, [steps]))
         self.tasks.start(f"dispatch-{self.city.id}", self.dispatcher.run)
         interval = self.settings.notify_refresh_interval
         self.tasks.start(f"watch-{self.city.id}", lambda: self.watcher.run(interval))
@@ -141,10 +137,7 @@ class NotifyService:
 
 def city_settings(settings: NotifySettings, city: str, cities: list[str]) -> NotifySettings:
     """One city's share: its database and, with several cities, its own id and session."""
-    update: dict[str, object] = {"influx": settings.influx.for_city(city, cities)}
-    if len(cities) > 1:
-        update["notify_id"] = f"{settings.notify_id}-{city}"[:64]
-    return settings.model_copy(update=update)
+    return for_city(settings, "notify_id", city, cities)
 
 
 async def run_cities(
@@ -155,10 +148,6 @@ async def run_cities(
     services = [
         NotifyService(city_settings(settings, c.id, ids), c, routings[c.id]) for c in cities
     ]
-    host = settings.notify_metrics_host
-
-    def started(port: int) -> None:
-        log.info("notify metrics", extra={"metrics": f"http://{host}:{port}/metrics"})
-
     routes = {"/notifications": Listing(settings.notify_dir, ids)}
-    await run_services(services, host, settings.notify_metrics_port, routes=routes, started=started)
+    host, port = settings.notify_metrics_host, settings.notify_metrics_port
+    await serve("notify", services, host, port, routes=routes)

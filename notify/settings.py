@@ -9,21 +9,18 @@ from pydantic import Field
 
 from safecity.settings import (
     AckKeyFile,
-    InfluxSettings,
-    MqttSettings,
+    BrokerServiceSettings,
+    MetricsPort,
     NotifyDir,
-    ServiceSettings,
     in_home,
 )
 
 _ID = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
 
 
-class NotifySettings(ServiceSettings):
+class NotifySettings(BrokerServiceSettings):
     """Settings of the notification service (incidents -> rosters -> channels)."""
 
-    mqtt: MqttSettings = MqttSettings()
-    influx: InfluxSettings = InfluxSettings()
     notify_id: Annotated[str, Field(pattern=_ID)] = Field(
         default="notify-0", description="Stable id: the MQTT client id, session and outbox owner."
     )
@@ -58,6 +55,6 @@ class NotifySettings(ServiceSettings):
         default=86_400.0, description="Seconds a message is retried at most before it is failed."
     )
     notify_metrics_host: str = Field(default="127.0.0.1", description="/metrics host.")
-    notify_metrics_port: Annotated[int, Field(ge=0, le=65535)] = Field(
+    notify_metrics_port: MetricsPort = Field(
         default=9104, description="/metrics, /healthz and /readyz port (0 = any free port)."
     )

@@ -20,19 +20,15 @@ from typing import TypeVar
 from rollups import metrics, plan, state
 from rollups.roll import roll
 from rollups.settings import RollupSettings
-from safecity.errors import StorageError
 from safecity.influx import InfluxClient
-from safecity.observability import HealthServer
+from safecity.readings import now_ms
 from safecity.registry import Cities, City
-from safecity.retry import retry_storage
+from safecity.retry import count_errors, retry_storage
 from safecity.rollups import Rolled, Tier, parse_tiers
+from safecity.service import serve
 
 log = logging.getLogger("safecity.rollups")
 T = TypeVar("T")
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class CityRollups:
@@ -106,18 +102,17 @@ class CityRollups:
 
 
 class RollupService:
-    """The rollup job: passes over every city until cancelled; health and /metrics."""
+    """The rollup job: passes over every city until cancelled (or, `once`, one pass with
+    a recheck)."""
 
-    def __init__(self, settings: RollupSettings, cities: Cities) -> None:
+    def __init__(self, settings: RollupSettings, cities: Cities, *, once: bool = False) -> None:
         self.settings = settings
+        self.once = once
         self.influx = InfluxClient(settings.influx)
         self.cities = [
             CityRollups(settings, c, self.influx.for_city(c.id, cities.ids))
             for c in cities.values()
         ]
-        self.health = HealthServer(
-            settings.rollup_metrics_host, settings.rollup_metrics_port, self.ready
-        )
         self._started = False
         self._stopped = False
         self._last_recheck = 0.0
@@ -127,8 +122,7 @@ class RollupService:
         return self._started
 
     async def start(self) -> None:
-        """Serve health, then create every city's database and policies (idempotent)."""
-        await self.health.start()
+        """Create every city's database and policies (idempotent)."""
         for c in self.cities:
             await self._retry(c.influx.ensure_database, f"prepare influxdb of {c.city.id}")
         self._started = True
@@ -137,22 +131,21 @@ class RollupService:
             extra={
                 "tiers": self.settings.influx.rollup_tiers,
                 "cities": [c.city.id for c in self.cities],
-                "metrics_port": self.health.port,
             },
         )
 
     async def _retry(self, action: Callable[[], Awaitable[T]], what: str) -> T:
-        return await retry_storage(action, what, on_error=_count_error, logger=log)
+        return await retry_storage(action, what, on_error=count_errors(metrics.ERRORS), logger=log)
 
     async def pass_once(self, *, recheck: bool) -> tuple[int, int]:
         """One pass: catch every city up (and recheck); (chunks rolled, units rerolled)."""
         started = time.monotonic()
-        now_ms = _now_ms()
+        now = now_ms()
         chunks = rerolled = 0
         for c in self.cities:
-            chunks += await self._retry(partial(c.catch_up, now_ms), "rolling up")
+            chunks += await self._retry(partial(c.catch_up, now), "rolling up")
             if recheck:
-                rerolled += await self._retry(partial(c.recheck, now_ms), "rechecking")
+                rerolled += await self._retry(partial(c.recheck, now), "rechecking")
         metrics.PASS.observe(time.monotonic() - started)
         if chunks or rerolled:
             log.info("rollup pass", extra={"chunks": chunks, "rerolled": rerolled})
@@ -160,6 +153,9 @@ class RollupService:
 
     async def run(self) -> None:
         """Pass after pass until cancelled; a recheck every `rollup_recheck_interval`."""
+        if self.once:
+            await self.pass_once(recheck=True)
+            return
         while True:
             due = time.monotonic() - self._last_recheck >= self.settings.rollup_recheck_interval
             await self.pass_once(recheck=due)
@@ -168,27 +164,15 @@ class RollupService:
             await asyncio.sleep(self.settings.rollup_interval)
 
     async def stop(self) -> None:
-        """Close InfluxDB and the health server; idempotent."""
+        """Close InfluxDB; idempotent."""
         if self._stopped:
             return
         self._stopped = True
         await self.influx.close()
-        await self.health.stop()
         log.info("rollups stopped")
-
-
-def _count_error(exc: StorageError) -> None:
-    metrics.ERRORS.labels(error=type(exc).__name__).inc()
 
 
 async def run(settings: RollupSettings, cities: Cities, *, once: bool = False) -> None:
     """Run the job until cancelled (or, with `once`, one pass with a recheck); stops cleanly."""
-    service = RollupService(settings, cities)
-    try:
-        await service.start()
-        if once:
-            await service.pass_once(recheck=True)
-            return
-        await service.run()
-    finally:
-        await asyncio.shield(service.stop())
+    service = RollupService(settings, cities, once=once)
+    await serve("rollups", [service], settings.rollup_metrics_host, settings.rollup_metrics_port)

@@ -6,13 +6,12 @@ from typing import Annotated
 
 from pydantic import Field
 
-from safecity.settings import InfluxSettings, ServiceSettings
+from safecity.settings import MetricsPort, StorageServiceSettings, metrics_host_field
 
 
-class RollupSettings(ServiceSettings):
+class RollupSettings(StorageServiceSettings):
     """Settings of the rollup job (raw telemetry -> the tiers of `influx.rollup_tiers`)."""
 
-    influx: InfluxSettings = InfluxSettings()
     rollup_interval: Annotated[
         float, Field(gt=0, le=3600, description="Seconds between passes over every tier.")
     ] = 30.0
@@ -41,7 +40,5 @@ class RollupSettings(ServiceSettings):
     rollup_chunk_buckets: Annotated[
         int, Field(ge=1, le=100_000, description="Most buckets of one tier rolled per query.")
     ] = 720
-    rollup_metrics_host: str = Field(
-        "127.0.0.1", description="/metrics, /healthz and /readyz of the rollup job: host ..."
-    )
-    rollup_metrics_port: Annotated[int, Field(ge=0, le=65535, description="... and port.")] = 9105
+    rollup_metrics_host: str = metrics_host_field("the rollup job")
+    rollup_metrics_port: MetricsPort = 9105

@@ -1,7 +1,7 @@
 """Structured JSON log lines and a tiny HTTP endpoint for /metrics, /healthz and /readyz.
 
-Services without a web framework of their own (ingest, simulator) use `HealthServer`;
-the API mounts the same Prometheus registry on its FastAPI app.
+Services without a web framework of their own use `HealthServer` (one per process:
+`safecity.service.serve`); the API mounts the same Prometheus registry on its FastAPI app.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 from urllib.parse import parse_qs
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
@@ -153,44 +153,3 @@ class HealthServer:
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
-
-
-class Service(Protocol):
-    """What `run_services` runs: a service's lifecycle and readiness."""
-
-    def ready(self) -> bool:
-        """True once the service works."""
-        ...
-
-    async def start(self) -> None:
-        """Validate, connect, subscribe."""
-        ...
-
-    async def run(self) -> None:
-        """Work until cancelled."""
-        ...
-
-    async def stop(self) -> None:
-        """Stop; idempotent."""
-        ...
-
-
-async def run_services(
-    services: Sequence[Service],
-    host: str,
-    port: int,
-    *,
-    routes: Mapping[str, Route] | None = None,
-    started: Callable[[int], None] = lambda port: None,
-) -> None:
-    """Run several services in this process behind one health server on host:port (ready
-    when all are) until cancelled; `started(port)` once all have started. Stops them all."""
-    health = HealthServer(host, port, lambda: all(s.ready() for s in services), routes=routes)
-    try:
-        await health.start()
-        for service in services:
-            await service.start()
-        started(health.port)
-        await asyncio.gather(*(s.run() for s in services))
-    finally:
-        await asyncio.shield(asyncio.gather(*(s.stop() for s in services), health.stop()))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -107,6 +108,11 @@ def epoch_ms(value: datetime) -> int:
     """Milliseconds since the epoch of an aware datetime."""
     delta = value - EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
+
+def now_ms() -> int:
+    """The wall clock in epoch milliseconds (whole, like every stored timestamp)."""
+    return time.time_ns() // 1_000_000
 
 
 def from_epoch_ms(ms: int) -> datetime:

@@ -60,6 +60,15 @@ class Backoff:
         return jittered
 
 
+def count_errors(counter: Counter) -> Callable[[StorageError], None]:
+    """An `on_error` for `retry_storage`: each failure counted in `counter` by its type."""
+
+    def count(exc: StorageError) -> None:
+        counter.labels(error=type(exc).__name__).inc()
+
+    return count
+
+
 async def retry_storage(
     action: Callable[[], Awaitable[T]],
     what: str,

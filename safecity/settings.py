@@ -322,6 +322,28 @@ class ServiceSettings(BaseSettings):
         )
 
 
+class StorageServiceSettings(ServiceSettings):
+    """The base of a service that works on InfluxDB."""
+
+    influx: InfluxSettings = InfluxSettings()
+
+
+class BrokerServiceSettings(StorageServiceSettings):
+    """The base of a service that works on the broker and InfluxDB."""
+
+    mqtt: MqttSettings = MqttSettings()
+
+
+# A service's /metrics, /healthz and /readyz: its own host and port settings, described
+# alike (the host names the service; the port's text continues the host's).
+MetricsPort = Annotated[int, Field(ge=0, le=65535, description="... and port.")]
+
+
+def metrics_host_field(what: str) -> Any:
+    """The field of a service's metrics host (127.0.0.1), `what` named in its description."""
+    return Field("127.0.0.1", description=f"/metrics, /healthz and /readyz of {what}: host ...")
+
+
 # Settings two services read (ingest and alerts; ingest and the API): the type, bounds and
 # meaning of each once, here; each class gives the default (a test keeps them equal).
 TsPastWindow = Annotated[

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request
+from fastapi import APIRouter, HTTPException, Path, Request
 from pydantic import BaseModel
 
 from api.deps import CityDep, InfluxDep, KeyDep, SettingsDep, TenancyDep
@@ -25,6 +25,7 @@ from api.routes.common import (
     FieldQuery,
     From,
     KindQuery,
+    SeriesDistrictQuery,
     To,
     check_city,
     check_district,
@@ -178,9 +179,7 @@ async def get_city_series(
     city_id: CityId,
     kind: KindQuery,
     field: FieldQuery,
-    district: Annotated[
-        str | None, Query(max_length=64, description="District id (default: whole city)")
-    ] = None,
+    district: SeriesDistrictQuery = None,
     start: From = None,
     end: To = None,
     every: Every = None,

@@ -33,7 +33,7 @@ from safecity.commands import (
     validate_params,
 )
 from safecity.errors import CommandError
-from safecity.readings import epoch_ms, format_ts
+from safecity.readings import epoch_ms, format_epoch_ms
 from safecity.registry import City
 
 router = APIRouter(tags=["commands"])
@@ -82,10 +82,6 @@ class CommandPage(BaseModel):
     next_cursor: str | None = Field(description="null on the last page")
 
 
-def _ts(ms: int) -> str:
-    return format_ts(datetime.fromtimestamp(ms / 1000, UTC))
-
-
 def command_out(command: StoredCommand, deliveries: list[Delivery]) -> CommandOut:
     """The response view of a stored command."""
     return CommandOut(
@@ -94,8 +90,8 @@ def command_out(command: StoredCommand, deliveries: list[Delivery]) -> CommandOu
         name=command.name,
         params=command.params,
         target=command.target,
-        issued_at=_ts(command.issued_ms),
-        expires_at=_ts(command.expires_ms),
+        issued_at=format_epoch_ms(command.issued_ms),
+        expires_at=format_epoch_ms(command.expires_ms),
         idempotency_key=command.idempotency_key,
         by=command.by,
         by_subject=command.by_subject,
@@ -108,7 +104,7 @@ def command_out(command: StoredCommand, deliveries: list[Delivery]) -> CommandOu
                 kind=d.kind,
                 status=d.status.value,
                 reason=d.reason,
-                updated_at=_ts(d.updated_ms),
+                updated_at=format_epoch_ms(d.updated_ms),
             )
             for d in deliveries
         ],

@@ -93,6 +93,10 @@ KindQuery = Annotated[
 ]
 CityQuery = Annotated[str | None, Query(alias="city", max_length=64, description=CITY_QUERY)]
 DistrictQuery = Annotated[str | None, Query(max_length=64, description="District id")]
+# A series of the whole city unless a district is named (cities' series and its export).
+SeriesDistrictQuery = Annotated[
+    str | None, Query(max_length=64, description="District id (default: whole city)")
+]
 DeviceQuery = Annotated[str | None, Query(max_length=64, description="Device id")]
 EventTypeQuery = Annotated[
     str | None,

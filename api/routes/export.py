@@ -33,6 +33,7 @@ from api.routes.common import (
     FieldQuery,
     From,
     KindQuery,
+    SeriesDistrictQuery,
     SeverityQuery,
     To,
     check_city,
@@ -113,9 +114,7 @@ async def export_series(
     city_id: CityId,
     kind: KindQuery,
     field: FieldQuery,
-    district: Annotated[
-        str | None, Query(max_length=64, description="District id (default: whole city)")
-    ] = None,
+    district: SeriesDistrictQuery = None,
     start: From = None,
     end: To = None,
     every: Every = None,

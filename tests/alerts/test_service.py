@@ -194,6 +194,7 @@ def test_a_dying_refresher_is_restarted_counted_and_unready_meanwhile(
     from alerts.rules import loads
     from alerts.service import AlertsService
     from alerts.settings import AlertsSettings
+    from safecity.observability import HealthServer
     from safecity.retry import Backoff
     from safecity.settings import InfluxSettings
 
@@ -218,9 +219,12 @@ def test_a_dying_refresher_is_restarted_counted_and_unready_meanwhile(
                 raise RuntimeError("injected: refresher dies")
             await refresh()
 
+        # The health server `safecity alerts` runs beside its services, on its readiness.
+        health = HealthServer("127.0.0.1", 0, service.ready)
+        await health.start()
         await service.start()
         service.refresh = failing_refresh  # type: ignore[method-assign]
-        url = f"http://127.0.0.1:{service.health.port}"
+        url = f"http://127.0.0.1:{health.port}"
         try:
             async with httpx.AsyncClient(timeout=5) as http:
 
@@ -244,6 +248,7 @@ def test_a_dying_refresher_is_restarted_counted_and_unready_meanwhile(
                 assert service.tasks.healthy and service.tasks.restarts("refresh") >= 1
         finally:
             await service.stop()
+            await health.stop()
 
     asyncio.run(main())
 

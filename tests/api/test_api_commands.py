@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from commanddevice import CommandDevices
-from support import account_env, holds_for, influx_rows, wait_for
+from support import account_env, holds_for, influx_rows, mosquitto, wait_for
 
 from api.apikeys import KeyStore
 from control.stack import LocalStack
@@ -195,9 +195,8 @@ def test_a_result_for_another_devices_command_is_refused_and_recorded(
     ).to_payload()
     topic = topics.result_topic(CITY.id, forger.district, forger.kind, forger.id)
     subprocess.run(
-        ["mosquitto_pub", "-h", stack.mqtt_host, "-p", str(stack.mqtt_port), "-V", "mqttv5",
-         "-q", "1", "-i", forger.id, "-u", forger.id, "-P", stack.secret(forger.id),
-         "-t", topic, "-m", forged.decode()],
+        [*mosquitto("mosquitto_pub", stack, forger.id, client_id=forger.id),
+         "-q", "1", "-t", topic, "-m", forged.decode()],
         check=True, timeout=30,
     )  # fmt: skip
     rows = wait_for(

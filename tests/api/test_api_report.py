@@ -22,6 +22,7 @@ from control.stack import Influxd
 from rollups.service import CityRollups
 from rollups.settings import RollupSettings
 from safecity.influx import InfluxClient
+from safecity.readings import epoch_ms, from_epoch_ms
 from safecity.registry import default_city
 from safecity.settings import InfluxSettings
 from simulators.backfill import BackfillPlan, run_backfill
@@ -117,7 +118,7 @@ def _expected(days: dict[Any, list[float]], area: str | None, pollutant: str) ->
 
 
 def _date(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).date().isoformat()
+    return from_epoch_ms(ms).date().isoformat()
 
 
 def test_the_annual_report_matches_the_raw_readings(
@@ -127,7 +128,7 @@ def test_the_annual_report_matches_the_raw_readings(
     r = client.get("/v1/cities/tashkent/reports/air-quality", params={"year": year})
     assert r.status_code == 200, r.text
     report = r.json()
-    start = int(datetime(year, 1, 1, tzinfo=UTC).timestamp() * 1000)
+    start = epoch_ms(datetime(year, 1, 1, tzinfo=UTC))
     assert report["from"].startswith(f"{year}-01-01T00:00:00")
     assert "1d" in [s["tier"] for s in report["served_by"]]
     period = (_today_ms() - start) // DAY_MS

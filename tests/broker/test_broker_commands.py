@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from brokerkit import SecureBroker, connected, run, start_secure_broker
 from rawmqtt import PUBACK, RawClient
-from support import wait_for
+from support import mosquitto, wait_for
 
 from broker.identity import Role, service_username
 from ingest.watch import BrokerEvents
@@ -124,14 +124,17 @@ def test_device_answers_only_for_itself(secure: SecureBroker) -> None:
 def _refused_attempts(broker: SecureBroker, spy: str, victim: str) -> list[str]:
     """With Mosquitto's own clients: a command and a result for `victim`, then a subscribe
     to its commands; what each client reported (every one refused)."""
-    common = ["-h", broker.mosquitto.host, "-p", str(broker.mosquitto.port), "-V", "mqttv5",
-              "-q", "1", "-i", spy, "-u", spy, "-P", broker.secrets[spy]]  # fmt: skip
+
+    def login(tool: str) -> list[str]:
+        secret = broker.secrets[spy]
+        return [*mosquitto(tool, broker.mosquitto, spy, secret=secret, client_id=spy), "-q", "1"]
+
     said = []
     for topic in (cmd_topic(broker, victim), result_topic(broker, victim)):
-        run_ = subprocess.run(["mosquitto_pub", *common, "-t", topic, "-m", "{}"],
+        run_ = subprocess.run([*login("mosquitto_pub"), "-t", topic, "-m", "{}"],
                               capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
         said.append(run_.stderr.strip())
-    run_ = subprocess.run(["mosquitto_sub", *common, "-t", cmd_topic(broker, victim), "-W", "2"],
+    run_ = subprocess.run([*login("mosquitto_sub"), "-t", cmd_topic(broker, victim), "-W", "2"],
                           capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
     said.append(run_.stderr.strip())
     return said

@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import pytest
 from localrun import Run, local_run, safecity
-from support import wait_for
+from support import mosquitto, wait_for
 
 from control.backup import excluded
 from control.backupset import FILES_DIR, MANIFEST
@@ -60,9 +60,8 @@ def _publish(run: Run, device: Device, secret: str, topic: str, body: dict[str, 
     """One QoS 1 message as `device` (its own client id) with mosquitto_pub; its exit code."""
     payload = json.dumps({"ts": int(time.time() * 1000), "seq": 10**9, **body})
     return subprocess.run(
-        ["mosquitto_pub", "-h", run.state.mqtt_host, "-p", str(run.state.mqtt_port),
-         "-V", "mqttv5", "-q", "1", "-i", device.id, "-u", device.id, "-P", secret,
-         "-t", topic, "-m", payload],
+        [*mosquitto("mosquitto_pub", run.state, device.id, secret=secret, client_id=device.id),
+         "-q", "1", "-t", topic, "-m", payload],
         capture_output=True, text=True, timeout=30,
     ).returncode  # fmt: skip
 

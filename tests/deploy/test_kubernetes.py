@@ -17,7 +17,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import pytest
 import yaml
 from operating import command_executed
 from pydantic import BaseModel
+from support import wait_for
 
 from alerts.settings import AlertsSettings
 from api.apikeys import KeyStore
@@ -492,35 +492,69 @@ def cluster_influxd(tmp_path: Path, rendered: dict[str, list[dict[str, Any]]]) -
         yield influxd
 
 
-def test_the_rendered_containers_run_here_and_become_ready(  # noqa: PLR0915 - long; split it at its seams
+def test_the_rendered_containers_run_here_and_become_ready(
     rendered: dict[str, list[dict[str, Any]]], cluster_influxd: Influxd, tmp_path: Path
 ) -> None:
     objects = rendered["simulator"]
     cluster = ClusterHere(tmp_path, objects, cluster_influxd.url)
-    # The Secrets an operator creates before `kubectl apply` (deploy/kubernetes/README.md).
+    key, operator = _operator_secrets(cluster, tmp_path)
+    _provision(cluster, tmp_path)
+    started = [_start_broker(cluster, tmp_path)]
+    try:
+        # 3. the InfluxDB Job: first admin, service account, database, retention policies.
+        result = _run_job(cluster, "safecity-influx-init", tmp_path, 120)
+        assert "created admin" in result.stdout
+        # 4. every long-running safecity service, until its readiness probe passes.
+        for name in ("safecity-ingest", "safecity-notify", "safecity-alerts", "safecity-api",
+                     "safecity-simulator"):  # fmt: skip
+            started.append(_start_service(cluster, name, tmp_path))
+        _the_city_flows(cluster, key, operator)
+    finally:
+        for proc in reversed(started):
+            proc.stop(10)
+
+
+def _operator_secrets(cluster: ClusterHere, tmp_path: Path) -> tuple[str, str]:
+    """The Secrets an operator creates before `kubectl apply` (deploy/kubernetes/README.md);
+    a `read` key and an `operate` key of the API's key file."""
     cluster.secrets["safecity-influx"] = {"admin-password": b"adm'in-pw\n", "password": b"svc-pw\n"}
     keys = tmp_path / "operator" / "apikeys.json"
     _, key = KeyStore(keys).create("parity", ("read",))
     _, operator = KeyStore(keys).create("operator", ("read", "operate"))
     cluster.secrets["safecity-api-keys"] = {"apikeys.json": keys.read_bytes()}
     cluster.secrets["safecity-notify"] = {"ack-links.key": b"0123456789abcdef" * 4}
+    return key, operator
 
-    # 1. provisioning: its safecity container exactly as rendered, then its publish step.
-    job = workload(objects, "safecity-provision")["spec"]["template"]["spec"]
-    pod = Pod(cluster, "safecity-provision", job)
-    init = job["initContainers"][0]
+
+def _run_job(
+    cluster: ClusterHere, name: str, tmp_path: Path, timeout: float, *, init: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """A Job's (first init, or first) container exactly as rendered; it must succeed."""
+    job = workload(cluster.objects, name)["spec"]["template"]["spec"]
+    pod = Pod(cluster, name, job)
+    container = job["initContainers" if init else "containers"][0]
     result = subprocess.run(
-        pod.argv(init), env=pod.env(init), cwd=tmp_path,
-        capture_output=True, text=True, timeout=180, check=False,
+        pod.argv(container), env=pod.env(container), cwd=tmp_path,
+        capture_output=True, text=True, timeout=timeout, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def _provision(cluster: ClusterHere, tmp_path: Path) -> None:
+    """1. provisioning: its safecity container exactly as rendered, then its publish step."""
+    _run_job(cluster, "safecity-provision", tmp_path, 180, init=True)
+    job = workload(cluster.objects, "safecity-provision")["spec"]["template"]["spec"]
+    pod = Pod(cluster, "safecity-provision", job)
     publish = " ".join(job["containers"][0]["args"])
     for secret, folder in re.findall(r"(broker-certs|broker|mqtt):(/out/\w+)", publish):
         cluster.publish(f"safecity-{secret}", pod.mounts["/out"] / folder.removeprefix("/out/"))
     assert {"safecity-broker", "safecity-broker-certs", "safecity-mqtt"} <= set(cluster.secrets)
 
-    # 2. the broker on the config and accounts the Job published.
-    broker_spec = workload(objects, "safecity-broker")["spec"]["template"]["spec"]
+
+def _start_broker(cluster: ClusterHere, tmp_path: Path) -> ManagedProcess:
+    """2. the broker on the config and accounts the Job published; ready once it listens."""
+    broker_spec = workload(cluster.objects, "safecity-broker")["spec"]["template"]["spec"]
     broker_pod = Pod(cluster, "safecity-broker", broker_spec)
     mosquitto = broker_spec["containers"][0]
     conf = Path(broker_pod.map(mosquitto["command"][-1]))
@@ -538,68 +572,64 @@ def test_the_rendered_containers_run_here_and_become_ready(  # noqa: PLR0915 - l
         tmp_path / "mosquitto.stdout.log",
     )  # fmt: skip
     broker.start()
-    started: list[ManagedProcess] = [broker]
     try:
         broker.wait_ready(lambda: _accepts_tcp(cluster.mqtt_port), 30)
-        # 3. the InfluxDB Job: first admin, service account, database, retention policies.
-        init_job = workload(objects, "safecity-influx-init")["spec"]["template"]["spec"]
-        pod = Pod(cluster, "safecity-influx-init", init_job)
-        container = init_job["containers"][0]
-        result = subprocess.run(
-            pod.argv(container), env=pod.env(container), cwd=tmp_path,
-            capture_output=True, text=True, timeout=120, check=False,
-        )  # fmt: skip
-        assert result.returncode == 0, result.stdout + result.stderr
-        assert "created admin" in result.stdout
-        # 4. every long-running safecity service, until its readiness probe passes.
-        for name in ("safecity-ingest", "safecity-notify", "safecity-alerts", "safecity-api",
-                     "safecity-simulator"):  # fmt: skip
-            spec = workload(objects, name)["spec"]["template"]["spec"]
-            pod = Pod(cluster, name, spec)
-            container = spec["containers"][0]
-            workdir = pod.mounts.get("/var/lib/safecity", tmp_path / "work" / name)
-            workdir.mkdir(parents=True, exist_ok=True)
-            proc = ManagedProcess(
-                name, pod.argv(container), tmp_path / f"{name}.log", cwd=workdir,
-                env=pod.env(container),
-            )  # fmt: skip
-            proc.start()
-            started.append(proc)
-            proc.wait_ready(lambda p=pod, c=container: probe_ok(p, c), 90)
-        # 5. the city flows: a simulated device's reading is served by the API.
-        api_port = cluster.port("safecity-api", 8000)
-        device = default_city().select(kind="air_quality")[0]
-        deadline = time.monotonic() + 60
-        status = 0
-        while time.monotonic() < deadline and status != 200:
-            status = httpx.get(
-                f"http://127.0.0.1:{api_port}/v1/devices/{device.id}/latest",
-                headers={"X-API-Key": key},
-                timeout=5,
-            ).status_code
-            time.sleep(0.5)
-        assert status == 200
-        # The notifications listing: the API asks the notifier through its Service (the
-        # outboxes are on the notifier's volume); an unreachable notifier would be a 503.
-        listing = httpx.get(f"http://127.0.0.1:{api_port}/v1/notifications",
-                            headers={"X-API-Key": key}, timeout=10)  # fmt: skip
-        assert listing.status_code == 200, listing.text
-        notify_port = cluster.port("safecity-notify", 9104)
-        direct = httpx.get(f"http://127.0.0.1:{notify_port}/notifications", timeout=10)
-        assert direct.status_code == 200 and listing.json() == direct.json()
-        # The API commands a simulated device as `_command`, the account the Job made.
-        assert "_command" in json.loads(cluster.secrets["safecity-mqtt"]["secrets.json"])
-        light = default_city().select(kind="streetlight")[0]
-        api_url = f"http://127.0.0.1:{api_port}"
-        command_executed(api_url, operator, light, name="set_level", params={"level": 30})
-        # The services wrote with the non-admin account the Job created.
-        denied = httpx.post(
-            f"{cluster.influx_url}/query", data={"q": "SHOW USERS"}, auth=("safecity", "svc-pw")
-        ).json()
-        assert "requires admin privilege" in json.dumps(denied)
-    finally:
-        for proc in reversed(started):
-            proc.stop(10)
+    except BaseException:
+        broker.stop(10)
+        raise
+    return broker
+
+
+def _start_service(cluster: ClusterHere, name: str, tmp_path: Path) -> ManagedProcess:
+    """A long-running safecity service's pod, started; returned once its readiness probe
+    passes (stopped again if it never does)."""
+    spec = workload(cluster.objects, name)["spec"]["template"]["spec"]
+    pod = Pod(cluster, name, spec)
+    container = spec["containers"][0]
+    workdir = pod.mounts.get("/var/lib/safecity", tmp_path / "work" / name)
+    workdir.mkdir(parents=True, exist_ok=True)
+    proc = ManagedProcess(
+        name, pod.argv(container), tmp_path / f"{name}.log", cwd=workdir,
+        env=pod.env(container),
+    )  # fmt: skip
+    proc.start()
+    try:
+        proc.wait_ready(lambda: probe_ok(pod, container), 90)
+    except BaseException:
+        proc.stop(10)
+        raise
+    return proc
+
+
+def _the_city_flows(cluster: ClusterHere, key: str, operator: str) -> None:
+    """5. a simulated device's reading is served by the API, the notifier's listing through
+    it, a command reaches a device, and the services write as the non-admin account."""
+    api_port = cluster.port("safecity-api", 8000)
+    device = default_city().select(kind="air_quality")[0]
+
+    def latest_served() -> bool:
+        url = f"http://127.0.0.1:{api_port}/v1/devices/{device.id}/latest"
+        return httpx.get(url, headers={"X-API-Key": key}, timeout=5).status_code == 200
+
+    wait_for(latest_served, 60, f"the API serves {device.id}'s latest reading", interval=0.5)
+    # The notifications listing: the API asks the notifier through its Service (the
+    # outboxes are on the notifier's volume); an unreachable notifier would be a 503.
+    listing = httpx.get(f"http://127.0.0.1:{api_port}/v1/notifications",
+                        headers={"X-API-Key": key}, timeout=10)  # fmt: skip
+    assert listing.status_code == 200, listing.text
+    notify_port = cluster.port("safecity-notify", 9104)
+    direct = httpx.get(f"http://127.0.0.1:{notify_port}/notifications", timeout=10)
+    assert direct.status_code == 200 and listing.json() == direct.json()
+    # The API commands a simulated device as `_command`, the account the Job made.
+    assert "_command" in json.loads(cluster.secrets["safecity-mqtt"]["secrets.json"])
+    light = default_city().select(kind="streetlight")[0]
+    api_url = f"http://127.0.0.1:{api_port}"
+    command_executed(api_url, operator, light, name="set_level", params={"level": 30})
+    # The services wrote with the non-admin account the Job created.
+    denied = httpx.post(
+        f"{cluster.influx_url}/query", data={"q": "SHOW USERS"}, auth=("safecity", "svc-pw")
+    ).json()
+    assert "requires admin privilege" in json.dumps(denied)
 
 
 def _accepts_tcp(port: int) -> bool:

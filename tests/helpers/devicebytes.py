@@ -171,16 +171,6 @@ PROPERTIES = st.lists(
 """The bytes of an MQTT v5 PUBLISH property block (without its length), well-formed or not."""
 
 
-def varint(value: int) -> bytes:
-    """MQTT's variable byte integer."""
-    out = bytearray()
-    while True:
-        byte, value = value % 128, value // 128
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
 EMITTERS = [d for d in DEVICES if catalogue.KINDS[d.kind].emits_events]
 DETAIL_VALUES = st.one_of(
     EDGE_INTS, st.floats(), st.booleans(), st.none(),

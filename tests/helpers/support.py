@@ -31,11 +31,6 @@ class Broker(Protocol):
     mqtt_port: int
 
 
-def credentials(stack: LocalStack, username: str) -> list[str]:
-    """mosquitto_pub/sub arguments logging in as `username` (never anonymous)."""
-    return ["-u", username, "-P", stack.secret(username)]
-
-
 def mosquitto(
     tool: str,
     stack: Broker | Mosquitto,

@@ -13,7 +13,7 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-from devicebytes import FUZZ, PAYLOADS, PROPERTIES, TOPICS, varint
+from devicebytes import FUZZ, PAYLOADS, PROPERTIES, TOPICS
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -62,7 +62,7 @@ def test_received_bytes_always_get_an_outcome(
     # The wire: the inline PUBLISH scan with a fuzzed v5 property block.
     raw_topic = topic.encode("utf-8", "surrogatepass")[:0xFFFF]
     body = len(raw_topic).to_bytes(2, "big") + raw_topic + b"\x00\x07"[: 2 if qos else 0]
-    body += varint(len(properties)) + properties + payload
+    body += wire.encode_varint(len(properties)) + properties + payload
     flags = qos << 1 | (0x08 if duplicate else 0)
     scanned = wire.scan_publish(body, 0, len(body), flags, True)
     if scanned is not None:

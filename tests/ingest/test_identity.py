@@ -19,6 +19,7 @@ from ingest.brokerlog import EventClock
 from ingest.deadletter import DeadLetterStore
 from ingest.watch import BrokerEvents
 from safecity import topics
+from safecity.mqtt.wire import encode_varint
 from safecity.readings import format_ts
 from safecity.registry import default_city
 
@@ -95,7 +96,7 @@ def _bad_connects(host: str, port: int, username: str, count: int) -> list[int]:
             client_id = f"flood-{secrets.token_hex(4)}"
             variable = b"\x00\x04MQTT\x05\xc2\x00\x3c\x00"  # v5, user+password, clean
             body = variable + _str(client_id) + _str(username) + _str("wrong-password")
-            sock.sendall(b"\x10" + _varint(len(body)) + body)
+            sock.sendall(b"\x10" + encode_varint(len(body)) + body)
         heads = [sock.recv(8) for sock in socks]
     finally:
         for sock in socks:
@@ -106,15 +107,6 @@ def _bad_connects(host: str, port: int, username: str, count: int) -> list[int]:
 def _str(value: str) -> bytes:
     data = value.encode()
     return len(data).to_bytes(2, "big") + data
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 def test_auth_failure_flood_is_counted_exactly(own_stack: LocalStack, ingest_factory) -> None:

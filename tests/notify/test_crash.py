@@ -4,7 +4,6 @@ those attempts as `interrupted`: that is the stated duplicate bound)."""
 
 from __future__ import annotations
 
-import secrets
 import subprocess
 from collections import Counter
 from collections.abc import Callable
@@ -13,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from receivers import HttpReceiver
-from support import credentials, wait_for
+from support import mosquitto, wait_for
 
 from control.stack import LocalStack
 from safecity import incidents as inc
@@ -52,9 +51,7 @@ def _opening(n: int) -> inc.Incident:
 
 def _publish_as_alerts(stack: LocalStack, payloads: list[str]) -> None:
     subprocess.run(
-        ["mosquitto_pub", "-h", stack.mqtt_host, "-p", str(stack.mqtt_port),
-         *credentials(stack, "_alerts"), "-V", "mqttv5",
-         "-i", f"test-alerts-{secrets.token_hex(4)}", "-q", "1",
+        [*mosquitto("mosquitto_pub", stack, "_alerts"), "-q", "1",
          "-t", topics.incident_topic("tashkent", "open"), "-l"],
         input="\n".join(payloads) + "\n", text=True, check=True, timeout=60,
     )  # fmt: skip

@@ -22,6 +22,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import wait_for
 
 from api.queries import series_statement
 from api.tiers import SeriesAsk, TierBook, tiered_series
@@ -277,17 +278,15 @@ def test_a_killed_job_resumes_with_no_gap_and_no_double_count(
     job = _start_job(url, name, tmp_path / "rollup.log")
     client = InfluxClient(client_settings)
     try:
-        deadline = time.monotonic() + 30
-        while _until(url, name) < base + 3 * 3_600_000 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        mid_way = base + 3 * 3_600_000
+        wait_for(lambda: _until(url, name) >= mid_way, 30, "three hours rolled", interval=0.05)
         job.send_signal(signal.SIGKILL)
         job.wait(10)
         killed_at = _until(url, name)
         assert base < killed_at < base + DAY_MS, "killed mid-way"
         job = _start_job(url, name, tmp_path / "rollup.log")
-        deadline = time.monotonic() + 60
-        while _until(url, name, "1h") < base + DAY_MS and time.monotonic() < deadline:
-            time.sleep(0.2)
+        done = base + DAY_MS
+        wait_for(lambda: _until(url, name, "1h") >= done, 60, "the day rolled", interval=0.2)
         assert _until(url, name, "1m") >= base + DAY_MS
         assert _until(url, name, "1h") >= base + DAY_MS
     finally:
