@@ -412,15 +412,19 @@ class SnapshotCache:
     """Snapshots by (city, window key), kept `ttl` seconds; one computation per key at a time.
 
     The default window ("the last N minutes") is keyed by its length and recomputed
-    at most every `ttl` seconds, so any result is at most `ttl` seconds behind the
-    data; concurrent requests for a key wait for the same computation (no stampede).
-    Failures are not cached. ttl = 0 disables caching (but keeps the sharing).
+    at most every `ttl` seconds; concurrent requests for a key wait for the same
+    computation (no stampede). For one more `ttl` after expiry the old snapshot is still
+    served while a new one is computed in the background (no request waits for the
+    recomputation of a polled overview), so a result is at most two `ttl`s plus one
+    computation behind the data. Failures are not cached. ttl = 0 disables caching (but
+    keeps the sharing).
     """
 
     def __init__(self, ttl: float, max_entries: int = 64) -> None:
         self.ttl = ttl
         self.max_entries = max_entries
         self._entries: dict[tuple[Any, ...], tuple[float, asyncio.Future[Snapshot]]] = {}
+        self._refreshing: dict[tuple[Any, ...], asyncio.Future[Snapshot]] = {}
 
     async def get(self, key: tuple[Any, ...], compute: Any) -> Snapshot:
         """The cached snapshot for `key`, or a fresh one from `compute()`."""
@@ -429,11 +433,10 @@ class SnapshotCache:
         entry = self._entries.get(key)
         if entry is not None and (entry[0] > now or not entry[1].done()):
             return await asyncio.shield(entry[1])
-        if len(self._entries) >= self.max_entries:
-            for k in [k for k, (exp, f) in self._entries.items() if f.done() and exp <= now]:
-                del self._entries[k]
-            while len(self._entries) >= self.max_entries:
-                del self._entries[next(iter(self._entries))]
+        if entry is not None and now < entry[0] + self.ttl:
+            self._refresh(key, compute, now)
+            return entry[1].result()
+        self._make_room(now)
         future: asyncio.Future[Snapshot] = asyncio.ensure_future(compute())
         self._entries[key] = (now + self.ttl, future)
         try:
@@ -442,3 +445,24 @@ class SnapshotCache:
             if self._entries.get(key, (0, None))[1] is future:
                 del self._entries[key]
             raise
+
+    def _refresh(self, key: tuple[Any, ...], compute: Any, now: float) -> None:
+        """Recompute `key` in the background; its entry is replaced when that succeeds."""
+        if key in self._refreshing:
+            return
+        future: asyncio.Future[Snapshot] = asyncio.ensure_future(compute())
+        self._refreshing[key] = future
+
+        def done(f: asyncio.Future[Snapshot]) -> None:
+            self._refreshing.pop(key, None)
+            if not f.cancelled() and f.exception() is None and key in self._entries:
+                self._entries[key] = (now + self.ttl, f)
+
+        future.add_done_callback(done)
+
+    def _make_room(self, now: float) -> None:
+        if len(self._entries) >= self.max_entries:
+            for k in [k for k, (exp, f) in self._entries.items() if f.done() and exp <= now]:
+                del self._entries[k]
+            while len(self._entries) >= self.max_entries:
+                del self._entries[next(iter(self._entries))]
