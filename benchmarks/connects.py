@@ -23,13 +23,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
-import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from benchmarks._citysize import procs
+from benchmarks._ingest.probes import versions
 from control.stack import Mosquitto
 from edge.settings import EdgeSettings
 from safecity.citygen import generate
@@ -42,8 +42,8 @@ UNBOUNDED = 1_000_000
 
 def broker_cpu(broker: Mosquitto) -> float:
     """CPU seconds (user + system) the broker process has used so far."""
-    fields = Path(f"/proc/{broker.pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    assert broker.pid is not None
+    return procs.cpu_s(broker.pid)
 
 
 async def _until(predicate: object, limit_s: float) -> float:
@@ -94,11 +94,6 @@ async def one_mode(broker: Mosquitto, connect_s: float, limit_s: float) -> dict[
     return out
 
 
-def _mosquitto_version() -> str:
-    out = subprocess.run(["mosquitto", "-h"], capture_output=True, text=True).stdout
-    return (out.splitlines() or ["Mosquitto"])[0].strip()
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     """Both modes against one broker; print conditions, figures and ratios to the baseline."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -113,8 +108,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     window = fleet_client.CONNECTS_IN_FLIGHT
     print("safecity fleet connect benchmark")
     print(
-        f"  conditions: {platform.python_implementation()} {platform.python_version()}, "
-        f"{os.cpu_count()} CPUs, loopback {_mosquitto_version()}, {args.devices} devices "
+        f"  conditions: {versions()}, {os.cpu_count()} CPUs, loopback, {args.devices} devices "
         f"(one process), connect timeout {args.connect_timeout} s, "
         f"load average {os.getloadavg()[0]:.2f}"
     )
