@@ -81,6 +81,11 @@ class Snapshot:
     events: dict[tuple[str, str], int] = field(default_factory=dict)
     event_devices: dict[str, int] = field(default_factory=dict)
     open_incidents: list[inc.Incident] = field(default_factory=list)
+    views: dict[str | None, Overview] = field(default_factory=dict)
+    """Overviews made from this snapshot, by district (None: the city): a cached
+    snapshot's overview is made once, not at every request."""
+    states: dict[str, str] = field(default_factory=dict)
+    """Every device's state (`device_state`), made at the first need (`states_of`)."""
 
 
 def _where_city(extra: str = "") -> str:
@@ -204,6 +209,13 @@ def device_state(snap: Snapshot, settings: ApiSettings, device: Device) -> str:
         return "offline"
     age = snap.window.end_ms - seen
     return "stale" if age > stale_limit_s(settings, device.kind) * 1000 else "online"
+
+
+def states_of(snap: Snapshot, settings: ApiSettings, city: City) -> dict[str, str]:
+    """Every device's state at the snapshot's window end, made once per snapshot."""
+    if not snap.states:
+        snap.states = {d.id: device_state(snap, settings, d) for d in city.devices}
+    return snap.states
 
 
 STATE_RULE = (
@@ -335,11 +347,11 @@ class Scope:
             failed=self._figure("streetlight", ids, float(failed) if ids else None, "count"),
         )
 
-    def devices(self, total: list[Device]) -> DeviceCounts:
+    def devices(self, total: list[Device], states: dict[str, str]) -> DeviceCounts:
         """online / stale / offline over every device of the scope."""
         counts = {"online": 0, "stale": 0, "offline": 0}
         for d in total:
-            counts[device_state(self.snap, self.settings, d)] += 1
+            counts[states[d.id]] += 1
         return DeviceCounts(total=len(total), rule=STATE_RULE, **counts)
 
     def incidents(self, districts: set[str]) -> Incidents:
@@ -362,7 +374,15 @@ def _open_at(incident: inc.Incident, end: datetime) -> bool:
 
 
 def overview(snap: Snapshot, settings: ApiSettings, city: City, district: str | None) -> Overview:
-    """The overview of the city, or of one of its districts, from a snapshot."""
+    """The overview of the city, or of one of its districts, from a snapshot (of that city,
+    under these settings): made once per snapshot and scope."""
+    view = snap.views.get(district)
+    if view is None:
+        view = snap.views[district] = _overview(snap, settings, city, district)
+    return view
+
+
+def _overview(snap: Snapshot, settings: ApiSettings, city: City, district: str | None) -> Overview:
     devices = list(city.devices if district is None else city.select(district=district))
     scope = Scope(snap, settings, devices)
     districts = {district} if district is not None else {d.id for d in city.districts}
@@ -380,7 +400,7 @@ def overview(snap: Snapshot, settings: ApiSettings, city: City, district: str | 
             people=scope._mean_figure("crowd", "people_count", "count", total=True),
             occupancy=scope._mean_figure("crowd", "occupancy", "1"),
         ),
-        devices=scope.devices(devices),
+        devices=scope.devices(devices, states_of(snap, settings, city)),
         incidents=scope.incidents(districts),
     )
 
@@ -412,15 +432,19 @@ class SnapshotCache:
     """Snapshots by (city, window key), kept `ttl` seconds; one computation per key at a time.
 
     The default window ("the last N minutes") is keyed by its length and recomputed
-    at most every `ttl` seconds, so any result is at most `ttl` seconds behind the
-    data; concurrent requests for a key wait for the same computation (no stampede).
-    Failures are not cached. ttl = 0 disables caching (but keeps the sharing).
+    at most every `ttl` seconds; concurrent requests for a key wait for the same
+    computation (no stampede). For one more `ttl` after expiry the old snapshot is still
+    served while a new one is computed in the background (no request waits for the
+    recomputation of a polled overview), so a result is at most two `ttl`s plus one
+    computation behind the data. Failures are not cached. ttl = 0 disables caching (but
+    keeps the sharing).
     """
 
     def __init__(self, ttl: float, max_entries: int = 64) -> None:
         self.ttl = ttl
         self.max_entries = max_entries
         self._entries: dict[tuple[Any, ...], tuple[float, asyncio.Future[Snapshot]]] = {}
+        self._refreshing: dict[tuple[Any, ...], asyncio.Future[Snapshot]] = {}
 
     async def get(self, key: tuple[Any, ...], compute: Any) -> Snapshot:
         """The cached snapshot for `key`, or a fresh one from `compute()`."""
@@ -429,11 +453,10 @@ class SnapshotCache:
         entry = self._entries.get(key)
         if entry is not None and (entry[0] > now or not entry[1].done()):
             return await asyncio.shield(entry[1])
-        if len(self._entries) >= self.max_entries:
-            for k in [k for k, (exp, f) in self._entries.items() if f.done() and exp <= now]:
-                del self._entries[k]
-            while len(self._entries) >= self.max_entries:
-                del self._entries[next(iter(self._entries))]
+        if entry is not None and now < entry[0] + self.ttl:
+            self._refresh(key, compute, now)
+            return entry[1].result()
+        self._make_room(now)
         future: asyncio.Future[Snapshot] = asyncio.ensure_future(compute())
         self._entries[key] = (now + self.ttl, future)
         try:
@@ -442,3 +465,24 @@ class SnapshotCache:
             if self._entries.get(key, (0, None))[1] is future:
                 del self._entries[key]
             raise
+
+    def _refresh(self, key: tuple[Any, ...], compute: Any, now: float) -> None:
+        """Recompute `key` in the background; its entry is replaced when that succeeds."""
+        if key in self._refreshing:
+            return
+        future: asyncio.Future[Snapshot] = asyncio.ensure_future(compute())
+        self._refreshing[key] = future
+
+        def done(f: asyncio.Future[Snapshot]) -> None:
+            self._refreshing.pop(key, None)
+            if not f.cancelled() and f.exception() is None and key in self._entries:
+                self._entries[key] = (now + self.ttl, f)
+
+        future.add_done_callback(done)
+
+    def _make_room(self, now: float) -> None:
+        if len(self._entries) >= self.max_entries:
+            for k in [k for k, (exp, f) in self._entries.items() if f.done() and exp <= now]:
+                del self._entries[k]
+            while len(self._entries) >= self.max_entries:
+                del self._entries[next(iter(self._entries))]

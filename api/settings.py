@@ -273,7 +273,8 @@ class ApiSettings(ServiceSettings):
             ge=0,
             le=300,
             description=(
-                "Overview and status snapshots are reused this many seconds (0 = always recompute)."
+                "Overview and status snapshots are reused this many seconds, and for as many "
+                "more served while the next is computed (0 = always recompute)."
             ),
         ),
     ] = 5.0

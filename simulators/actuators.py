@@ -41,13 +41,22 @@ class Actuators:
         self._submit = submit
         self._now_ms = now_ms
         self._failure_rate = failure_rate
-        self._rng = random.Random(device_rng(seed, sim.device.id, "command-faults").random())
+        self._seed = seed
+        # Made at the first command that may fail: most devices never get one (2.5 KB each).
+        self._rng: random.Random | None = None
         self.preset: int | None = None
         self.sounding: tuple[str, int] | None = None
 
+    def _fault_rng(self) -> random.Random:
+        if self._rng is None:
+            self._rng = random.Random(
+                device_rng(self._seed, self.sim.device.id, "command-faults").random()
+            )
+        return self._rng
+
     async def __call__(self, command: Command) -> None:
         """Carry out one (already checked) command; CommandFailed for an injected fault."""
-        if self._failure_rate and self._rng.random() < self._failure_rate:
+        if self._failure_rate and self._fault_rng().random() < self._failure_rate:
             raise CommandFailed(INJECTED)
         params = command.params
         if command.name == "set_level":

@@ -34,7 +34,7 @@ from simulators.generators import Values, generate, profile_of, rated_power
 from simulators.incidents import Scene
 from simulators.outgoing import Outgoing, seq_base
 from simulators.sites import Profile
-from simulators.timebase import device_rng
+from simulators.timebase import device_rng, stable_int, step_rng
 
 # Incident types whose detectors report at once (see DeviceSim._wakes).
 IMMEDIATE = frozenset({"gunshot", "road_accident"})
@@ -65,7 +65,8 @@ class DeviceSim:
         self.cadence_ms = max(1, round(spec.cadence_s * 1000))
         self.start_ms = epoch_ms(start)
         self.seq = seq_base(start)
-        self._rng = device_rng(seed, device.id)
+        # The key of its values' stream: each step draws from `step_rng(key, ts)`.
+        self._rng_key = stable_int("rng", seed, device.id, "values")
         # Own stream for the schedule, so it never shifts the values' noise.
         self._offset_ms = 1 + device_rng(seed, device.id, "phase").randrange(self.cadence_ms)
         self._burst = first_burst
@@ -128,9 +129,10 @@ class DeviceSim:
         else:
             self._reading_ms = ts_ms + self.cadence_ms
         t = from_epoch_ms(ts_ms)
-        values = generate(self.profile, self._rng, t)
+        rng = step_rng(self._rng_key, ts_ms)
+        values = generate(self.profile, rng, t)
         drafts: list[EventDraft] = []
-        draft = maybe_event(self.profile, self._rng, t, self.cadence_s)
+        draft = maybe_event(self.profile, rng, t, self.cadence_s)
         if draft is not None:
             drafts.append(draft)
         if self._scene is not None:

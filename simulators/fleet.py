@@ -85,7 +85,7 @@ def _decode_meta(meta: dict[str, Any]) -> dict[str, Any]:
     return meta
 
 
-async def run(  # noqa: PLR0915 - long; split it at its seams
+async def run(
     settings: SimulatorSettings,
     city: City,
     *,
@@ -111,85 +111,153 @@ async def run(  # noqa: PLR0915 - long; split it at its seams
     caller closes). Never raises for an unreachable broker: the agents keep retrying
     and spool meanwhile.
     """
-    begin = start if start is not None else settings.start
-    if begin is not None and begin.tzinfo is None:
-        begin = begin.replace(tzinfo=UTC)  # `--start 2026-01-15T06:00` means UTC
-    sim_start = check_start(begin if begin is not None else datetime.now(UTC))
-    sims = _device_sims(settings, city, sim_start, incidents or [], shard)
-    index, count = shard
-    stats = FleetStats(devices=len(sims), sim_start=sim_start)
+    sim_start = _sim_start(settings, start)
     own_ledger = ledger is None and settings.ledger is not None
     if own_ledger and settings.ledger is not None:
         ledger = LedgerWriter(settings.ledger)  # shared by the processes
-    recorder = Recorder(stats, ledger, on_sent)
-    loop = asyncio.get_running_loop()
-    clock = _Clock(loop, epoch_ms(sim_start), settings.speed)
-    drain = settings.edge.drain_timeout if drain_timeout is None else drain_timeout
-    commands = Commands()
-    agents, single = _agents(settings, sims, recorder, clock.now_ms, shard, max_in_flight, commands)
-    everyone = [*agents.values(), *([single] if single else [])]
-    spool_decode = _spool_decoder()
-    for agent in everyone:
-        agent.set_meta_decoder(spool_decode)
-        agent.start()
+    recorder = Recorder(FleetStats(sim_start=sim_start), ledger, on_sent)
+    fleet = _Fleet.build(settings, city, sim_start, incidents or [], shard, recorder, max_in_flight)
     halt = asyncio.Event()
     watcher = asyncio.create_task(_relay(stop, halt)) if stop is not None else None
+    loop = asyncio.get_running_loop()
     timer = None if settings.duration is None else loop.call_later(settings.duration, halt.set)
-    await _wait_connected(everyone, settings.mqtt.connect_timeout, halt)
-    clock.wall0 = loop.time()
+    progress: asyncio.Task[None] | None = None
+    try:
+        await fleet.start(settings, halt)
+        _log_started(settings, city, fleet, shard, len(incidents or []))
+        progress = asyncio.create_task(
+            _progress(fleet, sim_start, settings.speed, progress_interval)
+        )
+        if settings.device_commands:
+            failure = settings.faults.command_failure
+            fleet.commands.attach_all(
+                fleet.sims, fleet.agents, fleet.submit, fleet.clock.now_ms, failure, settings.seed
+            )
+        if fleet.single is not None:
+            for sim in fleet.sims:
+                fleet.submit(sim.birth())
+        await _pump(fleet.sims, fleet.clock, fleet.stats, halt, fleet.submit)
+    finally:
+        if timer is not None:
+            timer.cancel()
+        await _cancel(progress, watcher)
+        drain = settings.edge.drain_timeout if drain_timeout is None else drain_timeout
+        await fleet.close(drain)
+        if ledger is not None and own_ledger:
+            ledger.close()
+        log.info("simulator stopped", extra=summary(fleet.stats))
+    return fleet.stats
+
+
+def _sim_start(settings: SimulatorSettings, start: datetime | None) -> datetime:
+    """The run's first simulated instant: `start`, else the settings', else now (naive = UTC)."""
+    begin = start if start is not None else settings.start
+    if begin is not None and begin.tzinfo is None:
+        begin = begin.replace(tzinfo=UTC)  # `--start 2026-01-15T06:00` means UTC
+    return check_start(begin if begin is not None else datetime.now(UTC))
+
+
+async def _cancel(*tasks: asyncio.Task[None] | None) -> None:
+    """Cancel the tasks that exist and wait for them to end."""
+    for task in tasks:
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def _log_started(
+    settings: SimulatorSettings,
+    city: City,
+    fleet: _Fleet,
+    shard: tuple[int, int],
+    incidents: int,
+) -> None:
     log.info(
         "simulator started",
         extra={
             "city": city.id,
-            "devices": len(sims),
+            "devices": len(fleet.sims),
             "speed": settings.speed,
             "seed": settings.seed,
-            "sim_start": format_ts(sim_start),
+            "sim_start": format_ts(fleet.stats.sim_start or datetime.now(UTC)),
             "transport": settings.transport,
-            "shard": f"{index}/{count}",
-            "connected": sum(1 for a in everyone if a.client.connected),
-            "incidents": len(incidents or []),
+            "shard": f"{shard[0]}/{shard[1]}",
+            "connected": sum(1 for a in fleet.everyone if a.client.connected),
+            "incidents": incidents,
         },
     )
-    progress = asyncio.create_task(
-        _progress(stats, everyone, clock, sim_start, settings.speed, progress_interval)
-    )
 
-    def submit(message: Outgoing) -> None:
+
+class _Fleet:
+    """One run's devices, their agents (or the single connection), clock and counters."""
+
+    def __init__(
+        self,
+        sims: list[DeviceSim],
+        recorder: Recorder,
+        clock: _Clock,
+        agents: dict[str, DeviceAgent],
+        single: DeviceAgent | None,
+        commands: Commands,
+    ) -> None:
+        self.sims = sims
+        self.recorder = recorder
+        self.stats = recorder.stats
+        self.clock = clock
+        self.agents = agents
+        self.single = single
+        self.commands = commands
+        self.everyone = [*agents.values(), *([single] if single else [])]
+
+    @classmethod
+    def build(
+        cls,
+        settings: SimulatorSettings,
+        city: City,
+        sim_start: datetime,
+        incidents: list[SimulatedIncident],
+        shard: tuple[int, int],
+        recorder: Recorder,
+        max_in_flight: int | None,
+    ) -> _Fleet:
+        """The shard's devices and an agent for each (not connecting yet)."""
+        sims = _device_sims(settings, city, sim_start, incidents, shard)
+        recorder.stats.devices = len(sims)
+        clock = _Clock(asyncio.get_running_loop(), epoch_ms(sim_start), settings.speed)
+        commands = Commands()
+        agents, single = _agents(
+            settings, sims, recorder, clock.now_ms, shard, max_in_flight, commands
+        )
+        return cls(sims, recorder, clock, agents, single, commands)
+
+    async def start(self, settings: SimulatorSettings, halt: asyncio.Event) -> None:
+        """Start every agent; give them the connect timeout to connect; start the clock."""
+        spool_decode = _spool_decoder()
+        for agent in self.everyone:
+            agent.set_meta_decoder(spool_decode)
+            agent.start()
+        await _wait_connected(self.everyone, settings.mqtt.connect_timeout, halt)
+        self.clock.wall0 = self.clock.loop.time()
+
+    def submit(self, message: Outgoing) -> None:
+        """Hand a message to its device's agent (a withheld one straight to the record)."""
         if not message.publish:
-            recorder.record(Sent(message, "dropped", NOT_SENT))
+            self.recorder.record(Sent(message, "dropped", NOT_SENT))
             return
-        target = single if single is not None else agents[message.device_id]
+        target = self.single if self.single is not None else self.agents[message.device_id]
         resend = message.channel is not Channel.STATUS
         target.submit(Envelope(message.topic, message.payload, message, resend, message.seq))
 
-    if settings.device_commands:
-        failure = settings.faults.command_failure
-        commands.attach_all(sims, agents, submit, clock.now_ms, failure, settings.seed)
-    try:
-        if single is not None:
-            for sim in sims:
-                submit(sim.birth())
-        await _pump(sims, clock, stats, halt, submit)
-    finally:
-        if timer is not None:
-            timer.cancel()
-        for task in (progress, watcher):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        await commands.close()
-        await asyncio.gather(*(agent.close(drain) for agent in everyone))
-        stats.devices_refused = _refused(everyone)
-        for agent in everyone:
-            stats.edge.add(agent.stats)
-            stats.buffered += agent.stats.left_buffered
-        if ledger is not None and own_ledger:
-            ledger.close()
-        stats.wall_seconds = loop.time() - clock.wall0
-        log.info("simulator stopped", extra=summary(stats))
-    return stats
+    async def close(self, drain: float) -> None:
+        """Close the commands and every agent (draining up to `drain` s); final counts."""
+        await self.commands.close()
+        await asyncio.gather(*(agent.close(drain) for agent in self.everyone))
+        self.stats.devices_refused = _refused(self.everyone)
+        for agent in self.everyone:
+            self.stats.edge.add(agent.stats)
+            self.stats.buffered += agent.stats.left_buffered
+        self.stats.wall_seconds = self.clock.loop.time() - self.clock.wall0
 
 
 class _Clock:
@@ -441,15 +509,9 @@ def _refused(agents: list[DeviceAgent]) -> int:
     return sum(1 for a in agents if a.client.refused and not a.client.connected)
 
 
-async def _progress(
-    stats: FleetStats,
-    agents: list[DeviceAgent],
-    clock: _Clock,
-    sim_start: datetime,
-    speed: float,
-    interval: float,
-) -> None:
-    loop, wall0 = clock.loop, clock.wall0
+async def _progress(fleet: _Fleet, sim_start: datetime, speed: float, interval: float) -> None:
+    stats, agents = fleet.stats, fleet.everyone
+    loop, wall0 = fleet.clock.loop, fleet.clock.wall0
     last_n, last_t = 0, wall0
     while True:
         await asyncio.sleep(interval)

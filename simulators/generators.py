@@ -3,7 +3,8 @@
 A generator is a function ``(profile, rng, t) -> values``:
 
 - ``profile``: the device's `sites.Profile` (site, land use, climate, neighbours);
-- ``rng``: the device's own `random.Random` (see `device_rng`): measurement noise only;
+- ``rng``: the device's stream for this step (`step_rng` in the fleet, or any
+  `random.Random`, e.g. `device_rng`): measurement noise only;
 - ``t``: the simulated time, an aware datetime.
 
 A reading is built from three layers:

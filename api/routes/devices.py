@@ -11,7 +11,7 @@ from api.deps import CityDep, DirectoryDep, InfluxDep, SettingsDep
 from api.directory import BadCursorError, decode_cursor, encode_cursor
 from api.errors import bad_param
 from api.models import DeviceOut, DevicePage, DeviceStatusOut, LatestReading, Series, SeriesPoint
-from api.overview import device_state
+from api.overview import device_state, states_of
 from api.queries import latest_reading
 from api.responses import STORAGE, errors
 from api.routes.cities import check_series, unit_of
@@ -91,7 +91,7 @@ async def list_devices(
         snap = await snapshot(
             request, city, default_window(), window_key(None, None, STATUS_WINDOW)
         )
-        states = {d.id: device_state(snap, settings, d) for d in city.devices}
+        states = states_of(snap, settings, city)
         page = directory.page(
             limit=limit,
             after=after,

@@ -10,6 +10,7 @@ import logging
 import random
 import ssl
 import threading
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -27,13 +28,45 @@ from safecity.settings import MqttSettings
 # CONNACK "Bad user name or password" and "Not authorized" (what Mosquitto answers).
 _BAD_CREDENTIALS = frozenset({0x86, 0x87})
 
-__all__ = ["ConnectRefusedError", "FleetClient", "Jitter", "backoff_cap", "tls_context"]
+__all__ = [
+    "CONNECTS_IN_FLIGHT",
+    "ConnectRefusedError",
+    "FleetClient",
+    "Jitter",
+    "backoff_cap",
+    "connect_window",
+    "tls_context",
+]
 
 log = logging.getLogger("safecity.mqtt")
 
 # 2**62 times any sane minimum is past any maximum: a larger exponent changes nothing,
 # and 2.0**1024 raises OverflowError (hours into a broker outage).
 _MAX_EXPONENT = 62
+
+
+CONNECTS_IN_FLIGHT = 64
+"""Connection attempts of one event loop awaiting their CONNACK at once.
+
+A fleet starting, or coming back after a broker restart, queues here rather than at
+the broker: a broker that hashes each CONNECT's password (a millisecond or two) and got
+thousands at once would answer the last ones after their connect timeout, and each of
+those would come back with another CONNECT to hash. 64 keep one broker busy; more
+only lengthen its queue.
+"""
+
+_windows: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def connect_window() -> asyncio.Semaphore:
+    """The running loop's window of connection attempts (`CONNECTS_IN_FLIGHT`)."""
+    loop = asyncio.get_running_loop()
+    window = _windows.get(loop)
+    if window is None:
+        window = _windows[loop] = asyncio.Semaphore(CONNECTS_IN_FLIGHT)
+    return window
 
 
 _contexts: dict[tuple[Path | None, ...], tuple[tuple[int, ...], ssl.SSLContext]] = {}
@@ -115,6 +148,16 @@ class FleetClient:
     presenting a client certificate (mutual TLS).
     """
 
+    # Thousands per process: no instance dict.
+    __slots__ = (
+        "_ask_password", "_backoff_max", "_backoff_min", "_client", "_connack", "_inflight",
+        "_jitter", "_loop", "_lost", "_max_inflight", "_misc", "_on_connect", "_on_lost",
+        "_on_message_cb", "_on_puback", "_password", "_password_source", "_pause",
+        "_session_expiry", "_settings", "_sleep", "_stopping", "_subscriptions", "_task",
+        "_thread_id", "_username", "_waiters", "_will", "client_id", "connected", "connects",
+        "failures", "last_error", "refused",
+    )  # fmt: skip
+
     def __init__(
         self,
         settings: MqttSettings,
@@ -169,7 +212,9 @@ class FleetClient:
         self._misc: asyncio.Task[None] | None = None
         self._connack: asyncio.Future[int] | None = None
         self._lost: asyncio.Future[str] | None = None
-        self._up = asyncio.Event()
+        # Who waits for the next connection (`wait_connected`); an asyncio.Event would
+        # hold a 600-byte deque per device for the whole run.
+        self._waiters: list[asyncio.Future[None]] = []
         self._stopping = False
         self._inflight = 0
         self.connected = False
@@ -192,8 +237,16 @@ class FleetClient:
 
     async def wait_connected(self, wait_s: float) -> bool:
         """Wait up to `wait_s` seconds for a connection; True if connected."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._up.wait(), wait_s)
+        if self.connected:
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter, wait_s)
+        finally:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
         return self.connected
 
     async def stop(self, grace_s: float = 5.0) -> None:
@@ -237,7 +290,9 @@ class FleetClient:
         attempt = 0
         while not self._stopping:
             try:
-                await self._open()
+                # The connect timeout counts from the attempt, not from the queue.
+                async with connect_window():
+                    await self._open()
             except (OSError, MqttError) as exc:
                 self.failures += 1
                 self.last_error = str(exc)
@@ -263,7 +318,10 @@ class FleetClient:
             self.refused = False
             self.connects += 1
             self.connected = True
-            self._up.set()
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
             if self._on_connect is not None:
                 self._on_connect()
             assert self._lost is not None
@@ -355,7 +413,6 @@ class FleetClient:
         """Forget the current connection; report it lost if it was up."""
         was_up = self.connected
         self.connected = False
-        self._up.clear()
         if self._misc is not None:
             self._misc.cancel()
             self._misc = None

@@ -51,6 +51,9 @@ def test_two_processes_share_the_fleet_and_one_ledger(tmp_path: Path) -> None:
             url = f"http://127.0.0.1:{health}/healthz"
             wait_for(lambda: _ok(url), 60, "the parent's /healthz")
             wait_for(lambda: _devices(book) == {d.id for d in CITY.devices}, 60, "every device")
+            # The parent's /metrics counts what the children published.
+            metrics = f"http://127.0.0.1:{health}/metrics"
+            wait_for(lambda: _accepted(metrics) >= len(CITY.devices), 30, "the children's counts")
         finally:
             proc.send_signal(signal.SIGTERM)
             _, err = proc.communicate(timeout=60)
@@ -71,6 +74,15 @@ def _ok(url: str) -> bool:
         return httpx.get(url, timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def _accepted(url: str) -> float:
+    """safecity_sim_published_total{result="accepted"} summed over kinds, as scraped."""
+    total = 0.0
+    for line in httpx.get(url, timeout=5).text.splitlines():
+        if line.startswith("safecity_sim_published_total{") and 'result="accepted"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 def _devices(path: Path) -> set[str]:
