@@ -20,7 +20,8 @@ What is taken, in this order (the order is what makes the recovery point true):
 
 Left out, since a start makes them anew: logs, the running launcher's state file and
 pid files, the local influxd's raw files (its portable backup stands for them),
-temporary files and SQLite's journals.
+temporary files and SQLite's journals. And the console sessions (`sessions/`): a
+restored one could be a session its person signed out of after the recovery point.
 """
 
 from __future__ import annotations
@@ -54,6 +55,14 @@ FIRST = ("edge-spool", "spool", "deadletter")
 """Taken right after the ledger and before InfluxDB, in this order (see the docstring)."""
 
 _SKIP_NAMES = frozenset({instance.STATE_FILE, "mosquitto.pid"})
+_SKIP_TOPS = frozenset(
+    {
+        influxbackup.influx_dir(instance.Layout(Path())).name,
+        # Console sessions are credentials of their moment: restored, a session signed out
+        # after the recovery point would be alive again. After a restore, people sign in.
+        instance.Layout(Path()).sessions_file.parent.name,
+    }
+)
 _SKIP_SUFFIXES = (".log", ".tmp", "-wal", "-shm", "-journal")
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
@@ -63,7 +72,7 @@ Say = Callable[[str], None]
 def excluded(relative: PurePath) -> bool:
     """Whether a path below the instance directory is left out of a backup (see above)."""
     return (
-        relative.parts[0] == influxbackup.influx_dir(instance.Layout(Path())).name
+        relative.parts[0] in _SKIP_TOPS
         or relative.name in _SKIP_NAMES
         or relative.name.endswith(_SKIP_SUFFIXES)
     )
