@@ -134,7 +134,7 @@ def test_no_secret_is_in_the_manifests_nor_in_any_environment(
                 for env in container.get("env", []):
                     name = env["name"]
                     assert "valueFrom" not in env or "secretKeyRef" not in env["valueFrom"], name
-                    if re.search(r"PASSWORD|TOKEN|SECRET|COOKIE", name):
+                    if re.search(r"PASSWORD|TOKEN(?!_URL)|SECRET|COOKIE", name):  # not an address
                         assert name.endswith(("_FILE", "__FILE")), (obj["metadata"]["name"], name)
                         assert env["value"].startswith("/run/secrets/"), name
 
@@ -284,6 +284,37 @@ def test_the_copied_files_equal_their_sources_and_every_board_is_shipped() -> No
         f"dashboards/{p.name}" for p in (ROOT / "dashboards/grafana/dashboards").glob("*.json")
     }
     assert listed == shipped
+
+
+def test_grafana_reads_the_generated_ini_and_its_client_secret_from_a_secret(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    ini = (ROOT / "dashboards" / "grafana" / "config" / "grafana.ini").read_text(encoding="utf-8")
+    checked = 0
+    for overlay, objects in rendered.items():
+        found = [o for o in objects if o["metadata"]["name"] == "safecity-grafana"]
+        if not any(o["kind"] == "Deployment" for o in found):
+            continue
+        spec = workload(objects, "safecity-grafana")["spec"]["template"]["spec"]
+        (container,) = spec["containers"]
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+        mount = mounts["/etc/grafana/grafana.ini"]
+        config_map = volumes[mount["name"]]["configMap"]["name"]
+        (data,) = [
+            o["data"]
+            for o in objects
+            if o["kind"] == "ConfigMap" and o["metadata"]["name"] == config_map
+        ]
+        assert data[mount["subPath"]] == ini, overlay
+        env = {e["name"] for e in container["env"]}
+        for variable in re.findall(r"\$__env\{([A-Z_][A-Z0-9_]*)\}", ini):
+            assert variable in env, f"{overlay}: grafana.ini expands {variable}, unset"
+        # The client secret is a file from a Secret, never a value in the tree.
+        for path in re.findall(r"\$__file\{([^}]+)\}", ini):
+            assert "secret" in volumes[mounts[path]["name"]], f"{overlay}: {path}"
+        checked += 1
+    assert checked, "no overlay ships Grafana"
 
 
 def test_the_sizing_document_and_overlays_are_the_models_output() -> None:
