@@ -9,6 +9,8 @@ What is taken, in this order (the order is what makes the recovery point true):
    watermark says it is durable ...
 3. ... in the ingest's spool (`spool/`) or its dead-letter store (`deadletter/`), taken
    next, or in InfluxDB ...
+   In Kubernetes the services' volumes are snapshotted here instead (CSI volume
+   snapshots of the claims `snapshot_claims` selects: `control.volumesnapshots`);
 4. ... whose portable backup of every database (`influxd backup -portable`) comes last of
    the data. So a reading the broker acknowledged before the backup started is in one of
    them: the backup's start is its recovery point;
@@ -34,7 +36,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path, PurePath, PurePosixPath
 
-from control import influxbackup
+from control import influxbackup, volumesnapshots
 from control.backupset import (
     FILES_DIR,
     INFLUX_DIR,
@@ -153,6 +155,15 @@ def _prepare(target: Path) -> None:
     os.chmod(target, 0o700)  # it holds the instance's secrets
 
 
+def _snapshot(settings: BackupSettings, started: datetime, target: Path, say: Say) -> None:
+    """A deployment's services keep their state on their own volumes: snapshotted here,
+    where the local spool and dead letters are copied (before InfluxDB)."""
+    stamp = started.strftime("%Y%m%dt%H%M%Sz")
+    cluster = volumesnapshots.in_cluster(settings)
+    taken = volumesnapshots.snapshot_claims(settings, cluster, stamp, target)
+    say(f"[4/7] volume snapshots ({settings.snapshot_claims}): {taken}, ready to use")
+
+
 def backup(settings: BackupSettings, target: Path, say: Say) -> Manifest:
     """Take a backup of the instance `settings.home` into the new directory `target`."""
     where = instance.layout(settings.home.resolve())
@@ -167,6 +178,8 @@ def backup(settings: BackupSettings, target: Path, say: Say) -> Manifest:
     for step, part in enumerate(FIRST, start=2):
         count = sum(_copy_tree(where, top, files, done) for top in _firsts(where.root, part))
         say(f"[{step}/7] {part}: {count} files")
+    if settings.snapshot_claims:
+        _snapshot(settings, started, target, say)
     with influxbackup.rpc_server(settings, where) as rpc:
         say(f"[5/7] InfluxDB portable backup from {rpc} ...")
         databases = influxbackup.backup_all(settings, rpc, target / INFLUX_DIR)

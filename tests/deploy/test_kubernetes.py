@@ -235,6 +235,62 @@ def test_a_nightly_backup_reads_every_secret_and_influxdb_alone_reaches_its_rpc(
         assert pod["metadata"]["labels"]["app.kubernetes.io/name"] == "safecity-backup"
 
 
+def _claims(objects: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(name, metadata) of every volume claim: the objects and the StatefulSets' templates."""
+    for obj in objects:
+        if obj["kind"] == "PersistentVolumeClaim":
+            yield obj["metadata"]["name"], obj["metadata"]
+        for template in obj.get("spec", {}).get("volumeClaimTemplates", []):
+            yield f"{obj['metadata']['name']}/{template['metadata']['name']}", template["metadata"]
+
+
+def test_the_backup_snapshots_every_services_volume_with_the_least_rights(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    # The services' volumes are ReadWriteOnce and in use: the backup cannot mount them,
+    # it has the cluster snapshot them (VolumeSnapshot), and may do nothing more.
+    for overlay, objects in rendered.items():
+        (job,) = [o for o in objects if o["kind"] == "CronJob"]
+        pod = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
+        key, value = env["SAFECITY_SNAPSHOT_CLAIMS"].split("=")
+        picked = {
+            name for name, meta in _claims(objects) if meta.get("labels", {}).get(key) == value
+        }
+        # InfluxDB has its portable backup; the backups' own volume is the destination.
+        stateful = {
+            f"{o['metadata']['name']}/data"
+            for o in objects
+            if o["kind"] == "StatefulSet" and o["metadata"]["name"] != "safecity-influxdb"
+        }
+        assert stateful and picked == {"safecity-identity", *stateful}, overlay
+        account = pod["serviceAccountName"]
+        (binding,) = [
+            o
+            for o in objects
+            if o["kind"] == "RoleBinding"
+            and any((x["kind"], x["name"]) == ("ServiceAccount", account) for x in o["subjects"])
+        ]
+        (role,) = [
+            o
+            for o in objects
+            if o["kind"] == "Role" and o["metadata"]["name"] == binding["roleRef"]["name"]
+        ]
+        granted = {
+            (group, resource, verb)
+            for rule in role["rules"]
+            for group in rule["apiGroups"]
+            for resource in rule["resources"]
+            for verb in rule["verbs"]
+        }
+        assert granted == {
+            ("", "persistentvolumeclaims", "list"),
+            ("snapshot.storage.k8s.io", "volumesnapshots", "create"),
+            ("snapshot.storage.k8s.io", "volumesnapshots", "get"),
+        }, overlay
+        assert not [o for o in objects if o["kind"] == "ClusterRoleBinding" and account in str(o)]
+
+
 def _fields(model: type[BaseModel], prefix: str = "SAFECITY_") -> set[str]:
     names = set()
     for name, field in model.model_fields.items():
