@@ -34,7 +34,7 @@ from api.live import Hub
 from api.metrics import MetricsMiddleware
 from api.oidc import OidcProvider
 from api.overview import SnapshotCache
-from api.people import CSRF_HEADER, Sessions
+from api.people import CSRF_HEADER
 from api.routes import (
     auth,
     commands,
@@ -56,6 +56,7 @@ from api.routes import (
 )
 from api.routes import cities as city_routes
 from api.security import HEADER, RateLimiter, require
+from api.sessions import Sessions
 from api.settings import ApiSettings
 from api.tenancy import CityRuntime, Tenancy, describe
 from safecity import __version__
@@ -198,6 +199,7 @@ def _open_stores(app: FastAPI, settings: ApiSettings) -> OidcProvider | None:
     """Keys, rate limits, caches, delivery indexes and the identity provider on
     `app.state`; return the provider (None without one), which the lifespan closes."""
     app.state.keys = KeyStore(settings.api_keys_file)
+    app.state.sessions = Sessions(settings.sessions_file, settings.oidc.session_ttl)
     app.state.keys.load()
     app.state.limiter = RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst)
     app.state.snapshots = SnapshotCache(settings.overview_cache_ttl)
@@ -284,6 +286,7 @@ def _lifespan(
             for runtime in runtimes.values():
                 await runtime.hub.stop()
             await base.close()
+            app.state.sessions.close_store()
             log.info("api stopped")
 
     return lifespan
@@ -375,7 +378,6 @@ def create_app(
     # The lifecycle steps taken here, to the broker (its task starts with the first one).
     app.state.announcer = Announcer(settings.mqtt)
     app.state.oidc = None
-    app.state.sessions = Sessions(settings.oidc.session_ttl)
     errors.install(app)
     ngsild_errors.install(app)
     _add_middleware(app, settings)

@@ -25,15 +25,8 @@ from api import audit
 from api.apikeys import ApiKey, KeyStore
 from api.errors import human_duration
 from api.oidc import OidcProvider, ProviderError, TokenError
-from api.people import (
-    CSRF_HEADER,
-    SAFE_METHODS,
-    SESSION_COOKIE,
-    Person,
-    Sessions,
-    csrf_ok,
-    person_from_claims,
-)
+from api.people import CSRF_HEADER, SAFE_METHODS, SESSION_COOKIE, Person, person_from_claims
+from api.sessions import Sessions, csrf_ok
 from safecity.errors import ApiKeyError
 
 HEADER = "X-API-Key"

@@ -353,6 +353,13 @@ class ApiSettings(ServiceSettings):
         ),
     )
     commands: CommandSettings = CommandSettings()
+    sessions_file: Path = Field(
+        default_factory=in_home("sessions_file"),
+        description=(
+            "Console sessions and pending sign-ins (SQLite, hashed ids): replicas that share "
+            "the file share the sessions, and a restart keeps them."
+        ),
+    )
     notify_dir: NotifyDir = Field(default_factory=in_home("notify_dir"))
     ack_key_file: AckKeyFile = Field(default_factory=in_home("ack_key_file"))
     notify_url: str | None = Field(

@@ -9,6 +9,8 @@ What is taken, in this order (the order is what makes the recovery point true):
    watermark says it is durable ...
 3. ... in the ingest's spool (`spool/`) or its dead-letter store (`deadletter/`), taken
    next, or in InfluxDB ...
+   In Kubernetes the services' volumes are snapshotted here instead (CSI volume
+   snapshots of the claims `snapshot_claims` selects: `control.volumesnapshots`);
 4. ... whose portable backup of every database (`influxd backup -portable`) comes last of
    the data. So a reading the broker acknowledged before the backup started is in one of
    them: the backup's start is its recovery point;
@@ -20,7 +22,8 @@ What is taken, in this order (the order is what makes the recovery point true):
 
 Left out, since a start makes them anew: logs, the running launcher's state file and
 pid files, the local influxd's raw files (its portable backup stands for them),
-temporary files and SQLite's journals.
+temporary files and SQLite's journals. And the console sessions (`sessions/`): a
+restored one could be a session its person signed out of after the recovery point.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path, PurePath, PurePosixPath
 
-from control import influxbackup
+from control import influxbackup, volumesnapshots
 from control.backupset import (
     FILES_DIR,
     INFLUX_DIR,
@@ -54,6 +57,14 @@ FIRST = ("edge-spool", "spool", "deadletter")
 """Taken right after the ledger and before InfluxDB, in this order (see the docstring)."""
 
 _SKIP_NAMES = frozenset({instance.STATE_FILE, "mosquitto.pid"})
+_SKIP_TOPS = frozenset(
+    {
+        influxbackup.influx_dir(instance.Layout(Path())).name,
+        # Console sessions are credentials of their moment: restored, a session signed out
+        # after the recovery point would be alive again. After a restore, people sign in.
+        instance.Layout(Path()).sessions_file.parent.name,
+    }
+)
 _SKIP_SUFFIXES = (".log", ".tmp", "-wal", "-shm", "-journal")
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
@@ -63,7 +74,7 @@ Say = Callable[[str], None]
 def excluded(relative: PurePath) -> bool:
     """Whether a path below the instance directory is left out of a backup (see above)."""
     return (
-        relative.parts[0] == influxbackup.influx_dir(instance.Layout(Path())).name
+        relative.parts[0] in _SKIP_TOPS
         or relative.name in _SKIP_NAMES
         or relative.name.endswith(_SKIP_SUFFIXES)
     )
@@ -144,6 +155,15 @@ def _prepare(target: Path) -> None:
     os.chmod(target, 0o700)  # it holds the instance's secrets
 
 
+def _snapshot(settings: BackupSettings, started: datetime, target: Path, say: Say) -> None:
+    """A deployment's services keep their state on their own volumes: snapshotted here,
+    where the local spool and dead letters are copied (before InfluxDB)."""
+    stamp = started.strftime("%Y%m%dt%H%M%Sz")
+    cluster = volumesnapshots.in_cluster(settings)
+    taken = volumesnapshots.snapshot_claims(settings, cluster, stamp, target)
+    say(f"[4/7] volume snapshots ({settings.snapshot_claims}): {taken}, ready to use")
+
+
 def backup(settings: BackupSettings, target: Path, say: Say) -> Manifest:
     """Take a backup of the instance `settings.home` into the new directory `target`."""
     where = instance.layout(settings.home.resolve())
@@ -158,6 +178,8 @@ def backup(settings: BackupSettings, target: Path, say: Say) -> Manifest:
     for step, part in enumerate(FIRST, start=2):
         count = sum(_copy_tree(where, top, files, done) for top in _firsts(where.root, part))
         say(f"[{step}/7] {part}: {count} files")
+    if settings.snapshot_claims:
+        _snapshot(settings, started, target, say)
     with influxbackup.rpc_server(settings, where) as rpc:
         say(f"[5/7] InfluxDB portable backup from {rpc} ...")
         databases = influxbackup.backup_all(settings, rpc, target / INFLUX_DIR)

@@ -157,3 +157,20 @@ class BackupSettings(ServiceSettings):
     influx_timeout: Annotated[float, Field(gt=0)] = Field(
         600.0, description="Seconds one `influxd backup` or `influxd restore` may take."
     )
+    snapshot_claims: str | None = Field(
+        None,
+        description="Kubernetes: label selector of the services' volume claims the backup "
+        "snapshots (VolumeSnapshot, through the cluster's CSI driver), e.g. "
+        "`safecity/backup=snapshot`; empty: none (a local instance's files are copied).",
+    )
+    snapshot_class: str | None = Field(
+        None, description="Kubernetes: the VolumeSnapshotClass; empty: the cluster's default."
+    )
+    snapshot_timeout: Annotated[float, Field(gt=0)] = Field(
+        600.0, description="Seconds the volume snapshots may take to become ready to use."
+    )
+    kubernetes_api: str | None = Field(
+        None,
+        description="Kubernetes API address for the snapshots; empty: the pod's own "
+        "(KUBERNETES_SERVICE_HOST, with the service account's token and CA).",
+    )

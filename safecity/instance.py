@@ -103,6 +103,11 @@ class Layout:
         return self.root / "commands" / "commands.sqlite3"
 
     @property
+    def sessions_file(self) -> Path:
+        """The API's console sessions (hashed ids) and pending sign-ins."""
+        return self.root / "sessions" / "sessions.sqlite3"
+
+    @property
     def ledger_file(self) -> Path:
         """What the instance's simulator sent (ground truth for `safecity verify`)."""
         return self.root / "ledger.jsonl"

@@ -23,4 +23,11 @@ if [ ! -e "$dir/grafana_webhook_key" ]; then
     chmod 644 "$dir/grafana_webhook_key"
     echo "made $dir/grafana_webhook_key (a placeholder: see dashboards/README.md)"
 fi
+# Grafana's client secret at the city's identity provider (sign-in is off until
+# GRAFANA_OIDC_ENABLED=true): empty until you put the provider's secret there.
+if [ ! -e "$dir/grafana_oidc_client_secret" ]; then
+    : > "$dir/grafana_oidc_client_secret"
+    chmod 644 "$dir/grafana_oidc_client_secret"
+    echo "made $dir/grafana_oidc_client_secret (empty: see dashboards/README.md)"
+fi
 echo "compose secrets ready in $dir (Grafana: admin / $(cat "$dir/grafana_admin_password"))"

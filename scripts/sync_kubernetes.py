@@ -20,6 +20,9 @@ def copies() -> dict[Path, Path]:
         K8S / "base" / "broker-mosquitto.conf": ROOT / "broker" / "mosquitto.conf",
         K8S / "components" / "prometheus-rules" / RULES.name: RULES,
     }
+    pairs[K8S / "components" / "grafana" / "config" / "grafana.ini"] = (
+        GRAFANA / "config" / "grafana.ini"
+    )
     for board in sorted((GRAFANA / "dashboards").glob("*.json")):
         pairs[K8S / "components" / "grafana" / "dashboards" / board.name] = board
     kinds = (("datasources", "datasources"), ("dashboards", "providers"), ("alerting", "alerting"))
@@ -39,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     wanted = set(pairs)
     extra = [
         p
-        for folder in ("datasources", "dashboards", "providers", "alerting")
+        for folder in ("datasources", "dashboards", "providers", "alerting", "config")
         for p in (K8S / "components" / "grafana" / folder).glob("*")
         if p not in wanted
     ]

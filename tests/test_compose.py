@@ -28,6 +28,7 @@ from api.settings import ApiSettings
 from broker.settings import SecuritySettings
 from control.settings import BackupSettings, StorageSettings
 from control.stack import Influxd
+from dashboards import build
 from ingest.settings import IngestSettings
 from notify.settings import NotifySettings
 from safecity import settings as settings_mod
@@ -73,7 +74,8 @@ def test_passwords_reach_containers_only_as_secret_files(resolved: dict[str, Any
     for name, service in resolved["services"].items():
         granted = {s if isinstance(s, str) else s["source"] for s in service.get("secrets", [])}
         for key, value in (service.get("environment") or {}).items():
-            if re.search(r"PASSWORD|TOKEN|SECRET(?!S_FILE)", key):
+            # A *_TOKEN_URL is an address, not a secret.
+            if re.search(r"PASSWORD|TOKEN(?!_URL)|SECRET(?!S_FILE)", key):
                 assert key.endswith("_FILE"), f"{name}: {key} holds a secret in the environment"
                 if str(value).startswith("/run/secrets/"):
                     assert Path(value).name in granted, f"{name}: {value} is not mounted"
@@ -122,6 +124,23 @@ def test_bind_mounts_exist_and_grafana_finds_its_provisioning(resolved: dict[str
     granted = {s if isinstance(s, str) else s["source"] for s in secrets}
     for path in re.findall(r"\$__file\{([^}]+)\}", datasource):
         assert path.startswith("/run/secrets/") and Path(path).name in granted, path
+
+
+def test_grafana_reads_the_generated_ini_with_its_variables_and_client_secret(
+    resolved: dict[str, Any],
+) -> None:
+    grafana = resolved["services"]["grafana"]
+    mounts = {v.split(":")[1]: Path(v.split(":")[0]) for v in grafana["volumes"]}
+    ini = mounts["/etc/grafana/grafana.ini"].read_text(encoding="utf-8")
+    assert ini == build.files()["config/grafana.ini"]
+    env = grafana["environment"]
+    for variable in re.findall(r"\$__env\{([A-Z_][A-Z0-9_]*)\}", ini):
+        assert variable in env, f"grafana.ini expands {variable}, compose does not set it"
+    # Off unless the operator turns it on (the provider's addresses are theirs).
+    assert env["SAFECITY_GRAFANA_OIDC_ENABLED"] == "false"
+    granted = {s if isinstance(s, str) else s["source"] for s in grafana["secrets"]}
+    (secret,) = re.findall(r"\$__file\{([^}]+)\}", ini)
+    assert secret.startswith("/run/secrets/") and Path(secret).name in granted, secret
 
 
 def _fields(model: type[BaseModel], prefix: str = "SAFECITY_") -> set[str]:

@@ -26,15 +26,8 @@ from fastapi.responses import RedirectResponse, Response
 from pydantic import BaseModel, Field
 
 from api.oidc import OidcProvider, ProviderError, TokenError
-from api.people import (
-    CSRF_HEADER,
-    PENDING_TTL,
-    SESSION_COOKIE,
-    PendingSignIn,
-    Sessions,
-    csrf_ok,
-    person_from_claims,
-)
+from api.people import CSRF_HEADER, SESSION_COOKIE, person_from_claims
+from api.sessions import PENDING_TTL, PendingSignIn, Sessions, csrf_ok
 from api.settings import OidcSettings
 
 log = logging.getLogger("safecity.api.auth")

@@ -1,7 +1,8 @@
 #!/usr/bin/env sh
 # The Secrets the manifests mount, made once before `kubectl apply -k` (never committed):
 #   safecity-influx    admin-password, password   (InfluxDB admin and the services' account)
-#   safecity-grafana   admin-password, grafana_webhook_key (an operate API key)
+#   safecity-grafana   admin-password, grafana_webhook_key (an operate API key),
+#                      oidc-client-secret (Grafana's at the identity provider; $GRAFANA_OIDC_CLIENT_SECRET)
 #   safecity-api-keys  apikeys.json               (API keys: hashes only)
 #   safecity-notify    ack-links.key              (signs acknowledgement links; notifier + API)
 # The broker's accounts, certificates and the services' MQTT secrets are made by the
@@ -18,12 +19,15 @@ pw > "$dir/grafana-admin-password"
 kubectl get namespace "$ns" >/dev/null 2>&1 || kubectl create namespace "$ns"
 kubectl -n "$ns" create secret generic safecity-influx \
     --from-file=admin-password="$dir/admin-password" --from-file=password="$dir/password"
+# Grafana's client secret at the identity provider (empty: sign-in stays off).
+printf '%s' "${GRAFANA_OIDC_CLIENT_SECRET:-}" > "$dir/grafana-oidc-client-secret"
 # Grafana's webhook into the API (one incident list) authenticates with an operate key.
 safecity apikey create --keys-file "$dir/apikeys.json" --name grafana --scopes operate \
     | sed -n 's/^SAFECITY_API_KEY=//p' | tr -d '\n' > "$dir/grafana_webhook_key"
 kubectl -n "$ns" create secret generic safecity-grafana \
     --from-file=admin-password="$dir/grafana-admin-password" \
-    --from-file=grafana_webhook_key="$dir/grafana_webhook_key"
+    --from-file=grafana_webhook_key="$dir/grafana_webhook_key" \
+    --from-file=oidc-client-secret="$dir/grafana-oidc-client-secret"
 # A first key for an operator; more with `safecity apikey create --keys-file` and
 # `kubectl create secret ... --dry-run=client -o yaml | kubectl apply -f -`.
 safecity apikey create --keys-file "$dir/apikeys.json" --name operator --scopes read,operate

@@ -3,6 +3,7 @@ configured claim names; whatever the claims hold, a person or a refusal with a r
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,7 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from api.oidc import TokenError
-from api.people import Sessions, csrf_ok, person_from_claims, person_id
+from api.people import person_from_claims, person_id
+from api.sessions import Sessions, csrf_ok
 from api.settings import OidcSettings
 
 SETTINGS = OidcSettings(issuer="https://id.city.example/realms/city")
@@ -115,11 +117,11 @@ def test_any_claims_give_a_person_or_a_reasoned_refusal(
     assert len(person.display_name) <= 120
 
 
-def test_sessions_end_and_check_their_csrf_token() -> None:
-    sessions = Sessions(ttl=60)
+def test_sessions_end_and_check_their_csrf_token(tmp_path: Path) -> None:
+    sessions = Sessions(tmp_path / "sessions.sqlite3", ttl=60)
     person = person_from_claims({"sub": "s", "roles": ["safecity-viewer"]}, SETTINGS)
     sid, session = sessions.open(person, expires_at=10**12)
-    assert sessions.get(sid) is session and csrf_ok(session, session.csrf)
+    assert sessions.get(sid) == session and csrf_ok(session, session.csrf)
     assert not csrf_ok(session, None) and not csrf_ok(session, session.csrf + "x")
     # A sign-in's state is good once.
     state, _ = sessions.begin("https://console.example/auth/callback")
@@ -127,4 +129,23 @@ def test_sessions_end_and_check_their_csrf_token() -> None:
     # Never past the ID token's expiry.
     expired_sid, _ = sessions.open(person, expires_at=1.0)
     assert sessions.get(expired_sid) is None
-    assert sessions.close(sid) is session and sessions.get(sid) is None
+    assert sessions.close(sid) == session and sessions.get(sid) is None
+
+
+def test_sessions_outlive_the_process_and_keep_no_id_at_rest(tmp_path: Path) -> None:
+    path = tmp_path / "sessions.sqlite3"
+    first = Sessions(path, ttl=60)
+    person = person_from_claims({"sub": "s", "roles": ["safecity-operator"]}, SETTINGS)
+    sid, session = first.open(person, expires_at=10**12)
+    state, pending = first.begin("https://console.example/auth/callback")
+    first.close_store()
+    # Another process (a restart, a replica) opens the same file: the same session.
+    second = Sessions(path, ttl=60)
+    assert second.get(sid) == session and second.finish(state) == pending
+    # Neither the session id nor the CSRF token nor the state is in the file.
+    raw = path.read_bytes() + b"".join(p.read_bytes() for p in tmp_path.glob("*-wal"))
+    assert sid.encode() not in raw and session.csrf.encode() not in raw
+    assert state.encode() not in raw
+    assert path.stat().st_mode & 0o777 == 0o600
+    second.close(sid)
+    assert Sessions(path, ttl=60).get(sid) is None

@@ -153,3 +153,54 @@ def test_a_person_signs_in_acknowledges_and_signs_out(
         assert errors == []
     finally:
         provider.stop()
+
+
+def test_a_session_outlives_an_api_restart_and_sign_out_ends_it_everywhere(
+    influx_db: str,
+    start_api: Callable[..., Any],
+    browser: BrowserContext,
+    tmp_path: Path,
+) -> None:
+    provider = OidcProvider(tmp_path, {"ops-tashkent": PERSON}, [])
+    shared = {
+        "SAFECITY_SESSIONS_FILE": str(tmp_path / "sessions" / "sessions.sqlite3"),
+        "SAFECITY_API_KEYS_FILE": str(tmp_path / "apikeys.json"),
+        "SAFECITY_OIDC__ISSUER": provider.issuer,
+        "SAFECITY_OIDC__CLIENT_ID": CONSOLE_CLIENT,
+        "SAFECITY_OIDC__CLIENT_SECRET": CONSOLE_SECRET,
+        "SAFECITY_OIDC__SCOPES": "openid profile safecity",
+    }
+    first = start_api(influx_db, **shared)
+    provider.redirect_uris = [f"{first.url}/auth/callback"]
+    provider.start()
+    try:
+        page = browser.pages[0] if browser.pages else browser.new_page()
+        sign_in(page, first.url, "ops-tashkent")
+        (cookie,) = [c for c in browser.cookies(first.url) if c["name"] == "safecity_session"]
+        jar = {"Cookie": f"safecity_session={cookie['value']}"}
+
+        def me(api: Any) -> httpx.Response:
+            return httpx.get(f"{api.url}/v1/me", headers=jar, timeout=10)
+
+        assert me(first).status_code == 200
+        # The API process restarts (same instance files): the person is still signed in.
+        first.stop()
+        restarted = start_api(influx_db, **shared)
+        assert me(restarted).status_code == 200, me(restarted).text
+        assert me(restarted).json()["name"] == "Dilnoza Karimova"
+        # A second replica beside it shares the session.
+        replica = start_api(influx_db, **shared)
+        assert me(replica).status_code == 200
+        csrf = httpx.get(f"{replica.url}/auth/session", headers=jar, timeout=10).json()
+        assert csrf["signed_in"] and csrf["subject"] == "ops-tashkent"
+
+        # Sign out on one replica: the cookie is dead on both (the row is gone from the file).
+        out = httpx.post(
+            f"{restarted.url}/auth/logout",
+            headers={**jar, "X-CSRF-Token": csrf["csrf_token"]},
+            timeout=10,
+        )
+        assert out.status_code == 200, out.text
+        assert me(restarted).status_code == 401 and me(replica).status_code == 401
+    finally:
+        provider.stop()

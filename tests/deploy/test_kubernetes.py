@@ -134,7 +134,7 @@ def test_no_secret_is_in_the_manifests_nor_in_any_environment(
                 for env in container.get("env", []):
                     name = env["name"]
                     assert "valueFrom" not in env or "secretKeyRef" not in env["valueFrom"], name
-                    if re.search(r"PASSWORD|TOKEN|SECRET|COOKIE", name):
+                    if re.search(r"PASSWORD|TOKEN(?!_URL)|SECRET|COOKIE", name):  # not an address
                         assert name.endswith(("_FILE", "__FILE")), (obj["metadata"]["name"], name)
                         assert env["value"].startswith("/run/secrets/"), name
 
@@ -235,6 +235,62 @@ def test_a_nightly_backup_reads_every_secret_and_influxdb_alone_reaches_its_rpc(
         assert pod["metadata"]["labels"]["app.kubernetes.io/name"] == "safecity-backup"
 
 
+def _claims(objects: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(name, metadata) of every volume claim: the objects and the StatefulSets' templates."""
+    for obj in objects:
+        if obj["kind"] == "PersistentVolumeClaim":
+            yield obj["metadata"]["name"], obj["metadata"]
+        for template in obj.get("spec", {}).get("volumeClaimTemplates", []):
+            yield f"{obj['metadata']['name']}/{template['metadata']['name']}", template["metadata"]
+
+
+def test_the_backup_snapshots_every_services_volume_with_the_least_rights(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    # The services' volumes are ReadWriteOnce and in use: the backup cannot mount them,
+    # it has the cluster snapshot them (VolumeSnapshot), and may do nothing more.
+    for overlay, objects in rendered.items():
+        (job,) = [o for o in objects if o["kind"] == "CronJob"]
+        pod = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
+        key, value = env["SAFECITY_SNAPSHOT_CLAIMS"].split("=")
+        picked = {
+            name for name, meta in _claims(objects) if meta.get("labels", {}).get(key) == value
+        }
+        # InfluxDB has its portable backup; the backups' own volume is the destination.
+        stateful = {
+            f"{o['metadata']['name']}/data"
+            for o in objects
+            if o["kind"] == "StatefulSet" and o["metadata"]["name"] != "safecity-influxdb"
+        }
+        assert stateful and picked == {"safecity-identity", *stateful}, overlay
+        account = pod["serviceAccountName"]
+        (binding,) = [
+            o
+            for o in objects
+            if o["kind"] == "RoleBinding"
+            and any((x["kind"], x["name"]) == ("ServiceAccount", account) for x in o["subjects"])
+        ]
+        (role,) = [
+            o
+            for o in objects
+            if o["kind"] == "Role" and o["metadata"]["name"] == binding["roleRef"]["name"]
+        ]
+        granted = {
+            (group, resource, verb)
+            for rule in role["rules"]
+            for group in rule["apiGroups"]
+            for resource in rule["resources"]
+            for verb in rule["verbs"]
+        }
+        assert granted == {
+            ("", "persistentvolumeclaims", "list"),
+            ("snapshot.storage.k8s.io", "volumesnapshots", "create"),
+            ("snapshot.storage.k8s.io", "volumesnapshots", "get"),
+        }, overlay
+        assert not [o for o in objects if o["kind"] == "ClusterRoleBinding" and account in str(o)]
+
+
 def _fields(model: type[BaseModel], prefix: str = "SAFECITY_") -> set[str]:
     names = set()
     for name, field in model.model_fields.items():
@@ -284,6 +340,37 @@ def test_the_copied_files_equal_their_sources_and_every_board_is_shipped() -> No
         f"dashboards/{p.name}" for p in (ROOT / "dashboards/grafana/dashboards").glob("*.json")
     }
     assert listed == shipped
+
+
+def test_grafana_reads_the_generated_ini_and_its_client_secret_from_a_secret(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    ini = (ROOT / "dashboards" / "grafana" / "config" / "grafana.ini").read_text(encoding="utf-8")
+    checked = 0
+    for overlay, objects in rendered.items():
+        found = [o for o in objects if o["metadata"]["name"] == "safecity-grafana"]
+        if not any(o["kind"] == "Deployment" for o in found):
+            continue
+        spec = workload(objects, "safecity-grafana")["spec"]["template"]["spec"]
+        (container,) = spec["containers"]
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+        mount = mounts["/etc/grafana/grafana.ini"]
+        config_map = volumes[mount["name"]]["configMap"]["name"]
+        (data,) = [
+            o["data"]
+            for o in objects
+            if o["kind"] == "ConfigMap" and o["metadata"]["name"] == config_map
+        ]
+        assert data[mount["subPath"]] == ini, overlay
+        env = {e["name"] for e in container["env"]}
+        for variable in re.findall(r"\$__env\{([A-Z_][A-Z0-9_]*)\}", ini):
+            assert variable in env, f"{overlay}: grafana.ini expands {variable}, unset"
+        # The client secret is a file from a Secret, never a value in the tree.
+        for path in re.findall(r"\$__file\{([^}]+)\}", ini):
+            assert "secret" in volumes[mounts[path]["name"]], f"{overlay}: {path}"
+        checked += 1
+    assert checked, "no overlay ships Grafana"
 
 
 def test_the_sizing_document_and_overlays_are_the_models_output() -> None:

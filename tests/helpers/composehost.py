@@ -27,6 +27,7 @@ SECRET_FILES = {
     "influx_password": "compose-user-pw",
     "grafana_admin_password": "compose-grafana-pw",
     "grafana_webhook_key": "not-a-real-key",
+    "grafana_oidc_client_secret": "",
 }
 """What scripts/compose-secrets.sh writes (random there; fixed here)."""
 
@@ -82,7 +83,7 @@ class ComposeHost:
             (tmp / "run-secrets" / name).write_text(value)
         for name in self.services:
             for local in self.paths(name).values():
-                if not local.endswith(".conf"):
+                if not local.endswith(".conf") and not Path(local).is_file():  # files stay files
                     Path(local).mkdir(parents=True, exist_ok=True)
 
     def paths(self, name: str) -> dict[str, str]:
