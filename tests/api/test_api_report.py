@@ -17,11 +17,13 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from api.app import create_app
 from api.settings import ApiSettings
 from control.stack import Influxd
 from rollups.service import CityRollups
 from rollups.settings import RollupSettings
 from safecity.influx import InfluxClient
+from safecity.readings import format_epoch_ms
 from safecity.registry import default_city
 from safecity.settings import InfluxSettings
 from simulators.backfill import BackfillPlan, run_backfill
@@ -174,3 +176,51 @@ def test_a_year_outside_the_range_is_422(client: TestClient) -> None:
     r = client.get("/v1/cities/tashkent/reports/air-quality", params={"year": 1900})
     assert r.status_code == 422
     assert "year" in r.text
+
+
+def _overviews(client: TestClient, window: dict[str, str]) -> list[dict[str, Any]]:
+    """The city's and the two measured districts' overviews of a window."""
+    paths = ["/v1/cities/tashkent/overview"] + [
+        f"/v1/cities/tashkent/districts/{d.district}/overview" for d in DEVICES
+    ]
+    out = []
+    for path in paths:
+        r = client.get(path, params=window)
+        assert r.status_code == 200, r.text
+        out.append(r.json())
+    return out
+
+
+@pytest.mark.parametrize("edge_h", [0, 5], ids=["whole-days", "ragged-edges"])
+def test_the_overview_from_the_day_tier_equals_the_raw_one(
+    client: TestClient, api_settings: ApiSettings, keys: dict[str, str], edge_h: int
+) -> None:
+    start, end = _today_ms() - 40 * DAY_MS, _today_ms() - 12 * DAY_MS
+    window = {
+        "from": format_epoch_ms(start - edge_h * 3_600_000),
+        "to": format_epoch_ms(end + edge_h * 3_600_000),
+    }
+    tiered = _overviews(client, window)
+    raw_influx = api_settings.influx.model_copy(update={"rollup_tiers": ""})
+    raw_settings = api_settings.model_copy(update={"influx": raw_influx})
+    headers = {"X-API-Key": keys["read"]}
+    with TestClient(create_app(raw_settings, CITY), headers=headers) as raw_client:
+        raw = _overviews(raw_client, window)
+    day_piece = {"tier": "1d", "from": format_epoch_ms(start), "to": format_epoch_ms(end)}
+    for got, want in zip(tiered, raw, strict=True):
+        assert got["window"] == want["window"]
+        assert day_piece in got["served_by"]["air_quality"]
+        assert {p["tier"] for p in got["served_by"]["air_quality"]} == (
+            {"1d"} if edge_h == 0 else {"1d", "raw"}
+        )
+        assert [p["tier"] for p in want["served_by"]["air_quality"]] == ["raw"]
+        quality, expected = got["air_quality"], want["air_quality"]
+        assert quality["pollutants"].keys() == expected["pollutants"].keys()
+        for name, figure in quality["pollutants"].items():
+            other = expected["pollutants"][name]
+            assert figure["devices"] == other["devices"] > 0, name
+            # Both are sum / count; only the order of the additions differs, and the
+            # figures are rounded to 4 decimals.
+            assert figure["value"] == pytest.approx(other["value"], rel=1e-9, abs=1.01e-4)
+        assert quality["aqi"]["value"] == pytest.approx(expected["aqi"]["value"], abs=1.01e-4)
+        assert quality["who_exceedances"] == expected["who_exceedances"]
