@@ -10,6 +10,7 @@ from dashboards.panels import CITY, UGM3, WHERE, Board, _limit
 from safecity import catalogue
 from safecity.rollups import DEFAULT_TIERS, measurement, parse_tiers
 
+UID = "safecity-air-quality-year"
 DAY_S = 86_400
 DAY_TIER = next(t for t in parse_tiers(DEFAULT_TIERS) if t.every_s == DAY_S)
 SOURCE = f'"{DAY_TIER.policy}"."{measurement("air_quality", "district")}"'
@@ -44,7 +45,7 @@ def days_above(field: str) -> str:
 def board() -> Board:
     """PM2.5, PM10 and NO2 over a year against the WHO 2021 guidelines, from the day tier."""
     b = Board(
-        "safecity-air-quality-year",
+        UID,
         "safecity / Air quality, a year",
         "The annual air-quality report's figures from the 1-day rollup tier: daily means "
         "against the WHO 2021 24-hour guidelines, annual means against the annual ones, "
@@ -75,7 +76,7 @@ def board() -> Board:
     )
     b.stat(
         f"City annual mean PM2.5 (WHO annual {ANNUAL['pm25']:g})",
-        f'SELECT {_mean("pm25")} FROM {SOURCE} WHERE $timeFilter AND {CITY}',
+        f"SELECT {_mean('pm25')} FROM {SOURCE} WHERE $timeFilter AND {CITY}",
         unit=UGM3,
         thresholds=_limit(ANNUAL["pm25"]),
         w=6,
