@@ -342,18 +342,35 @@ def _daily_statement(tier: Tier | None, kind: str, fields: tuple[str, ...]) -> s
     )
 
 
+async def day_pieces(
+    influx: InfluxClient, book: TierBook, kind: str, span: tuple[int, int]
+) -> tuple[list[Piece], tuple[tuple[str, int, int, int], ...]]:
+    """The pieces serving whole UTC days of a span, and their stamp: (tier, from, to, when
+    the tier last rolled buckets again) each. Tier-served days change only when the
+    rollup job rolls them again, so two equal stamps without raw give equal answers."""
+    marks = await book.marks(influx)
+    pieces = plan(book.tiers, marks, kind, DAY_S, span, int(time.time() * 1000))
+    stamp = tuple(
+        (
+            p.name,
+            p.start_ms,
+            p.end_ms,
+            -1 if p.tier is None else marks[p.tier.name][kind].rerolled_ms,
+        )
+        for p in pieces
+    )
+    return pieces, stamp
+
+
 async def daily_sums(
     influx: InfluxClient,
-    book: TierBook,
     kind: str,
     fields: tuple[str, ...],
     city: str,
-    span: tuple[int, int],
-) -> tuple[dict[tuple[str, int], SumCount], list[Piece]]:
-    """(district, UTC day ms) -> field -> (sum, count) over the span, from the tiers where
-    they hold whole days and raw elsewhere, and the pieces that served."""
-    marks = await book.marks(influx)
-    pieces = plan(book.tiers, marks, kind, DAY_S, span, int(time.time() * 1000))
+    pieces: list[Piece],
+) -> dict[tuple[str, int], SumCount]:
+    """(district, UTC day ms) -> field -> (sum, count) over the pieces (`day_pieces`),
+    from the tiers where they hold whole days and raw elsewhere."""
     out: dict[tuple[str, int], SumCount] = {}
     for piece in pieces:
         params = {
@@ -368,7 +385,7 @@ async def daily_sums(
                     count = row.get(f"{name}_count")
                     if count:
                         cell[name] = (float(row[f"{name}_sum"]), int(count))
-    return out, pieces
+    return out
 
 
 WindowSums = dict[str, SumCount]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import random
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -23,10 +24,13 @@ from control.stack import Influxd
 from rollups.service import CityRollups
 from rollups.settings import RollupSettings
 from safecity.influx import InfluxClient
-from safecity.readings import format_epoch_ms
+from safecity.lineprotocol import encode_many
+from safecity.readings import format_epoch_ms, from_epoch_ms, reading_model
 from safecity.registry import default_city
+from safecity.schema import reading_point
 from safecity.settings import InfluxSettings
 from simulators.backfill import BackfillPlan, run_backfill
+from simulators.generators import generate
 
 CITY = default_city()
 _AQ = [d for d in CITY.devices if d.kind == "air_quality"]
@@ -224,3 +228,50 @@ def test_the_overview_from_the_day_tier_equals_the_raw_one(
             assert figure["value"] == pytest.approx(other["value"], rel=1e-9, abs=1.01e-4)
         assert quality["aqi"]["value"] == pytest.approx(expected["aqi"]["value"], abs=1.01e-4)
         assert quality["who_exceedances"] == expected["who_exceedances"]
+
+
+def test_a_kept_report_is_computed_again_when_late_data_is_rolled_again(
+    client: TestClient, api_settings: ApiSettings
+) -> None:
+    """Last in this module: it adds a reading the raw comparison above does not expect."""
+    params = {"year": datetime.now(UTC).year}
+    path = "/v1/cities/tashkent/reports/air-quality"
+    first = client.get(path, params=params).json()
+    assert client.get(path, params=params).json() == first
+    # A late reading of the first sensor, three days ago, between two of its readings.
+    device = DEVICES[0]
+    ts = _today_ms() - 3 * DAY_MS + 5 * 3_600_000
+    values = {**generate(device, random.Random(1), from_epoch_ms(ts)), "pm25": 900.0}
+    reading = reading_model(device.kind).model_validate({"ts": ts, "seq": 10**6, "values": values})
+    influx = api_settings.influx
+
+    async def write_late() -> None:
+        raw = InfluxClient(influx)
+        await raw.write(encode_many([reading_point(CITY.id, device, reading)]))
+        await raw.close()
+
+    asyncio.run(write_late())
+    # Raw has it, the day tier not yet: the kept report stands (nothing announced a change).
+    assert client.get(path, params=params).json() == first
+
+    async def recheck() -> int:
+        raw = InfluxClient(influx)
+        job = RollupSettings(influx=influx, rollup_settle=0)
+        rerolled = await CityRollups(job, CITY, raw, ("air_quality",)).recheck(
+            int(time.time() * 1000)
+        )
+        await raw.close()
+        return rerolled
+
+    assert asyncio.run(recheck()) >= 1
+    # The job rolled that day again and said so: the report is computed again (the API
+    # re-reads the tiers' watermarks every few seconds).
+    before = first["areas"][0]["pollutants"]["pm25"]
+    deadline = time.monotonic() + 15
+    now = first
+    while time.monotonic() < deadline and now == first:
+        time.sleep(0.5)
+        now = client.get(path, params=params).json()
+    after = now["areas"][0]["pollutants"]["pm25"]
+    assert after["readings"] == before["readings"] + 1
+    assert after["annual_mean"] > before["annual_mean"]

@@ -31,7 +31,7 @@ def committed_dashboards() -> list[dict[str, Any]]:
 
 def test_committed_files_equal_a_fresh_generation(tmp_path: Path) -> None:
     written = build.write(tmp_path)
-    assert len(written) == 12  # 3 provisioning files, 8 dashboards, grafana.ini
+    assert len(written) == 13  # 3 provisioning files, 9 dashboards, grafana.ini
     for path in written:
         rel = path.relative_to(tmp_path)
         assert (build.OUT / rel).read_bytes() == path.read_bytes(), f"{rel} is stale: regenerate"
