@@ -58,10 +58,10 @@ def test_check_reports_changed_missing_and_stray_files(tmp_path: Path) -> None:
 
 def test_dashboard_uids_titles_and_panels_are_unique_and_valid() -> None:
     boards = committed_dashboards()
-    assert len(boards) == 8
+    assert len(boards) == 9
     uids = [b["uid"] for b in boards]
     titles = [b["title"] for b in boards]
-    assert len(set(uids)) == 8 and len(set(titles)) == 8
+    assert len(set(uids)) == 9 and len(set(titles)) == 9
     assert all(len(uid) <= 40 and uid.startswith("safecity-") for uid in uids)
     for board in boards:
         ids = [p["id"] for p in board["panels"]]
