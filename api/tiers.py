@@ -404,7 +404,7 @@ WindowSums = dict[str, SumCount]
 """device id -> field -> (sum, count) over a window."""
 
 
-def _window_statement(tier: Tier | None, kind: str, fields: tuple[str, ...]) -> str:
+def window_statement(tier: Tier | None, kind: str, fields: tuple[str, ...]) -> str:
     """Sum and count of fields per device over a piece, from a tier's device level or raw."""
     parts = []
     for name in fields:
@@ -439,7 +439,7 @@ async def window_sums(
     answers = await asyncio.gather(
         *(
             influx.query(
-                _window_statement(p.tier, kind, fields),
+                window_statement(p.tier, kind, fields),
                 {
                     "city": city,
                     "from": format_epoch_ms(p.start_ms),

@@ -261,7 +261,7 @@ def test_push_creates_everything_once_then_changes_nothing(grafana: FakeGrafana)
         "http://influxdb:8086",
         "safecity",
     )
-    assert len(grafana.dashboards) == 8
+    assert len(grafana.dashboards) == 9
     assert all(d["meta"]["folderUid"] == build.FOLDER_UID for d in grafana.dashboards.values())
     assert len(grafana.rules) == 9
     assert all(r["folderUID"] == build.FOLDER_UID for r in grafana.rules.values())
@@ -304,7 +304,7 @@ def test_push_updates_drifted_objects_in_place(grafana: FakeGrafana) -> None:
     assert rule["data"][2]["model"]["conditions"][0]["evaluator"]["params"] == [15]
     assert grafana.folders[build.FOLDER_UID]["title"] == build.FOLDER_TITLE
     assert grafana.datasources[build.DATASOURCE_UID]["url"] == "http://influxdb:8086"
-    assert len(grafana.dashboards) == 8 and len(grafana.rules) == 9
+    assert len(grafana.dashboards) == 9 and len(grafana.rules) == 9
 
 
 def test_datasource_secret_is_sent_and_reapplied(grafana: FakeGrafana) -> None:
