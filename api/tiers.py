@@ -322,6 +322,24 @@ DAY_S = 86_400
 SumCount = dict[str, tuple[float, int]]
 
 
+def _sums_from(tier: Tier | None, kind: str, fields: tuple[str, ...], level: Level) -> str:
+    """`SELECT` the sum and count (`<field>_sum`, `<field>_count`) of fields `FROM` raw or
+    a tier's level (sums of its sums and counts)."""
+    parts = []
+    for name in fields:
+        f = quote_ident(name)[1:-1]
+        if tier is None:
+            parts.append(f'sum("{f}") AS "{f}_sum", count("{f}") AS "{f}_count"')
+        else:
+            parts.append(f'sum("{f}_sum") AS "{f}_sum", sum("{f}_count") AS "{f}_count"')
+    source = (
+        quote_ident(kind)
+        if tier is None
+        else f"{quote_ident(tier.policy)}.{quote_ident(measurement(kind, level))}"
+    )
+    return f"SELECT {', '.join(parts)} FROM {source}"
+
+
 def _daily_statement(tier: Tier | None, kind: str, fields: tuple[str, ...]) -> str:
     """Sum and count of fields per UTC day and district, from a tier or raw. A day tier's
     points are already that: read as they are, with no `GROUP BY time` (InfluxDB 1.x
@@ -335,20 +353,8 @@ def _daily_statement(tier: Tier | None, kind: str, fields: tuple[str, ...]) -> s
             f'SELECT {columns}, "district" FROM {source} '
             'WHERE "city" = $city AND time >= $from AND time < $to'
         )
-    parts = []
-    for name in fields:
-        f = quote_ident(name)[1:-1]
-        if tier is None:
-            parts.append(f'sum("{f}") AS "{f}_sum", count("{f}") AS "{f}_count"')
-        else:
-            parts.append(f'sum("{f}_sum") AS "{f}_sum", sum("{f}_count") AS "{f}_count"')
-    source = (
-        quote_ident(kind)
-        if tier is None
-        else f"{quote_ident(tier.policy)}.{quote_ident(measurement(kind, 'district'))}"
-    )
     return (
-        f"SELECT {', '.join(parts)} FROM {source} "
+        f"{_sums_from(tier, kind, fields, 'district')} "
         'WHERE "city" = $city AND time >= $from AND time < $to '
         f'GROUP BY time({DAY_S}s), "district" fill(none)'
     )
@@ -406,20 +412,8 @@ WindowSums = dict[str, SumCount]
 
 def window_statement(tier: Tier | None, kind: str, fields: tuple[str, ...]) -> str:
     """Sum and count of fields per device over a piece, from a tier's device level or raw."""
-    parts = []
-    for name in fields:
-        f = quote_ident(name)[1:-1]
-        if tier is None:
-            parts.append(f'sum("{f}") AS "{f}_sum", count("{f}") AS "{f}_count"')
-        else:
-            parts.append(f'sum("{f}_sum") AS "{f}_sum", sum("{f}_count") AS "{f}_count"')
-    source = (
-        quote_ident(kind)
-        if tier is None
-        else f"{quote_ident(tier.policy)}.{quote_ident(measurement(kind, 'device'))}"
-    )
     return (
-        f"SELECT {', '.join(parts)} FROM {source} "
+        f"{_sums_from(tier, kind, fields, 'device')} "
         'WHERE "city" = $city AND time >= $from AND time < $to GROUP BY "device_id"'
     )
 
