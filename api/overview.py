@@ -125,14 +125,17 @@ async def take_snapshot(
     lookback = min(window.start, window.end - timedelta(seconds=settings.status_lookback))
     kinds = list(MEAN_FIELDS)
     span = (window.start_ms, window.end_ms)
-    sums = await asyncio.gather(
-        *(window_sums(influx, book, k, MEAN_FIELDS[k], city.id, span) for k in kinds)
-    )
-    results = await asyncio.gather(
-        influx.query(LIGHTS_STATEMENT, _params(city.id, light_start, window.end)),
-        influx.query(LAST_SEEN_STATEMENT, _params(city.id, lookback, window.end)),
-        influx.query(STATUS_STATEMENT, _params(city.id, lookback, window.end)),
-        influx.query(EVENTS_STATEMENT, base),
+    # Means and states in one round of concurrent queries: an overview costs one round trip.
+    sums, results = await asyncio.gather(
+        asyncio.gather(
+            *(window_sums(influx, book, k, MEAN_FIELDS[k], city.id, span) for k in kinds)
+        ),
+        asyncio.gather(
+            influx.query(LIGHTS_STATEMENT, _params(city.id, light_start, window.end)),
+            influx.query(LAST_SEEN_STATEMENT, _params(city.id, lookback, window.end)),
+            influx.query(STATUS_STATEMENT, _params(city.id, lookback, window.end)),
+            influx.query(EVENTS_STATEMENT, base),
+        ),
     )
     found = await inc.IncidentStore(influx).query(
         city.id, window.end - INCIDENT_LOOKBACK, window.end
