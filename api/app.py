@@ -203,6 +203,7 @@ def _open_stores(app: FastAPI, settings: ApiSettings) -> OidcProvider | None:
     app.state.keys.load()
     app.state.limiter = RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst)
     app.state.snapshots = SnapshotCache(settings.overview_cache_ttl)
+    app.state.reports = {}  # annual reports served wholly by rollup tiers, by stamp
     app.state.deadletters = DeadLetterIndex(store_path(settings.deadletter_dir))
     app.state.ledger = (
         LedgerIndex(settings.ledger_file) if settings.ledger_file is not None else None

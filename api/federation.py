@@ -43,6 +43,7 @@ from api.overview import (
 )
 from api.params import TimeRange
 from api.settings import ApiSettings, FederationSettings
+from api.tiers import TierBook
 from safecity import catalogue
 from safecity import federation as fed
 from safecity import incidents as inc
@@ -239,17 +240,20 @@ async def indicators(
     settings: ApiSettings,
     corridors: Iterable[fed.Corridor],
     cache: SnapshotCache | None = None,
+    tiers: TierBook | None = None,
 ) -> list[fed.Message]:
     """Every message of one city and interval: the city, each district, each segment.
 
     With a cache, the snapshot is shared with `GET /v1/cities/{id}/overview` of the same
-    window (its key for a fixed window)."""
+    window (its key for a fixed window); `tiers` is the app's book of the city's rollup
+    tiers (default: a book of its own)."""
+    book = tiers if tiers is not None else TierBook.of(influx.settings)
 
     async def snapshot() -> Snapshot:
         if cache is None:
-            return await take_snapshot(influx, city, window, settings)
+            return await take_snapshot(influx, city, window, settings, book)
         key = (city.id, "fixed", window.start.isoformat(), window.end.isoformat())
-        return await cache.get(key, lambda: take_snapshot(influx, city, window, settings))
+        return await cache.get(key, lambda: take_snapshot(influx, city, window, settings, book))
 
     snap, extra = await asyncio.gather(snapshot(), take_extra(influx, city, window))
     now = datetime.now(UTC)

@@ -188,6 +188,16 @@ class Incidents(BaseModel):
     source: str
 
 
+class Served(BaseModel):
+    """A part [from, to) of a series and what served it: `raw` or a rollup tier (`1h`)."""
+
+    tier: str = Field(examples=["1d"])
+    from_: str = Field(alias="from", examples=["2026-01-01T00:00:00.000Z"])
+    to: str = Field(examples=["2026-12-01T00:00:00.000Z"])
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
 class Overview(BaseModel):
     """City or district metrics for a window."""
 
@@ -203,6 +213,10 @@ class Overview(BaseModel):
     crowd: Crowd
     devices: DeviceCounts
     incidents: Incidents
+    served_by: dict[str, list[Served]] = Field(
+        default_factory=dict,
+        description="Per kind, the parts of the window and the tier (or raw) that served its means",
+    )
 
 
 class CityOut(BaseModel):
@@ -228,16 +242,6 @@ class SeriesPoint(BaseModel):
 
     ts: str = Field(examples=["2026-01-15T06:00:00.000Z"])
     value: float
-
-
-class Served(BaseModel):
-    """A part [from, to) of a series and what served it: `raw` or a rollup tier (`1h`)."""
-
-    tier: str = Field(examples=["1d"])
-    from_: str = Field(alias="from", examples=["2026-01-01T00:00:00.000Z"])
-    to: str = Field(examples=["2026-12-01T00:00:00.000Z"])
-
-    model_config = ConfigDict(populate_by_name=True)
 
 
 class Series(BaseModel):

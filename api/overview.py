@@ -39,6 +39,7 @@ from api.models import (
 )
 from api.params import TimeRange
 from api.settings import ApiSettings
+from api.tiers import Piece, TierBook, served, window_sums
 from safecity import catalogue
 from safecity import incidents as inc
 from safecity.influx import InfluxClient, Series, quote_ident
@@ -86,16 +87,11 @@ class Snapshot:
     snapshot's overview is made once, not at every request."""
     states: dict[str, str] = field(default_factory=dict)
     """Every device's state (`device_state`), made at the first need (`states_of`)."""
+    served: dict[str, list[Piece]] = field(default_factory=dict)
 
 
 def _where_city(extra: str = "") -> str:
     return f'"city" = $city AND time >= $from AND time < $to{extra}'
-
-
-def mean_statement(kind: str) -> str:
-    """Window means per device of a kind's overview fields."""
-    cols = ", ".join(f"mean({quote_ident(f)}) AS {quote_ident(f)}" for f in MEAN_FIELDS[kind])
-    return f'SELECT {cols} FROM {quote_ident(kind)} WHERE {_where_city()} GROUP BY "device_id"'
 
 
 LIGHTS_STATEMENT = (
@@ -122,9 +118,10 @@ def _params(city: str, start: datetime, end: datetime) -> dict[str, str | int | 
 
 
 async def take_snapshot(
-    influx: InfluxClient, city: City, window: TimeRange, settings: ApiSettings
+    influx: InfluxClient, city: City, window: TimeRange, settings: ApiSettings, book: TierBook
 ) -> Snapshot:
-    """Run the snapshot's queries concurrently and index the answers by device."""
+    """Run the snapshot's queries concurrently and index the answers by device; the window
+    means come from the rollup tiers where they hold whole buckets of the window."""
     snap = Snapshot(window, datetime.now(UTC))
     base = _params(city.id, window.start, window.end)
     # States (streetlights, status, last reading) look further back than the window:
@@ -132,34 +129,32 @@ async def take_snapshot(
     light_start = min(window.start, window.end - timedelta(seconds=2 * 900))
     lookback = min(window.start, window.end - timedelta(seconds=settings.status_lookback))
     kinds = list(MEAN_FIELDS)
-    results = await asyncio.gather(
-        *(influx.query(mean_statement(k), base) for k in kinds),
-        influx.query(LIGHTS_STATEMENT, _params(city.id, light_start, window.end)),
-        influx.query(LAST_SEEN_STATEMENT, _params(city.id, lookback, window.end)),
-        influx.query(STATUS_STATEMENT, _params(city.id, lookback, window.end)),
-        influx.query(EVENTS_STATEMENT, base),
+    span = (window.start_ms, window.end_ms)
+    # Means and states in one round of concurrent queries: an overview costs one round trip.
+    sums, results = await asyncio.gather(
+        asyncio.gather(
+            *(window_sums(influx, book, k, MEAN_FIELDS[k], city.id, span) for k in kinds)
+        ),
+        asyncio.gather(
+            influx.query(LIGHTS_STATEMENT, _params(city.id, light_start, window.end)),
+            influx.query(LAST_SEEN_STATEMENT, _params(city.id, lookback, window.end)),
+            influx.query(STATUS_STATEMENT, _params(city.id, lookback, window.end)),
+            influx.query(EVENTS_STATEMENT, base),
+        ),
     )
     found = await inc.IncidentStore(influx).query(
         city.id, window.end - INCIDENT_LOOKBACK, window.end
     )
     snap.open_incidents = [i for i in found.values() if _open_at(i, window.end)]
-    for kind, series in zip(kinds, results[: len(kinds)], strict=True):
-        snap.means[kind] = _means(kind, series)
-    _index_states(snap, *results[len(kinds) :])
+    for kind, (per_device, pieces) in zip(kinds, sums, strict=True):
+        snap.means[kind] = {
+            device: {f: total / n for f, (total, n) in cells.items()}
+            for device, cells in per_device.items()
+            if cells
+        }
+        snap.served[kind] = pieces
+    _index_states(snap, *results)
     return snap
-
-
-def _means(kind: str, series: list[Series]) -> dict[str, dict[str, float]]:
-    """A kind's mean fields per device (devices with none left out)."""
-    per_device: dict[str, dict[str, float]] = {}
-    for s in series:
-        for row in s.rows():
-            values = {
-                f: float(row[f]) for f in MEAN_FIELDS[kind] if isinstance(row.get(f), int | float)
-            }
-            if values:
-                per_device[str(row["device_id"])] = values
-    return per_device
 
 
 def _index_states(
@@ -402,6 +397,7 @@ def _overview(snap: Snapshot, settings: ApiSettings, city: City, district: str |
         ),
         devices=scope.devices(devices, states_of(snap, settings, city)),
         incidents=scope.incidents(districts),
+        served_by={kind: served(pieces) for kind, pieces in snap.served.items()},
     )
 
 

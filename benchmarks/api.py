@@ -39,9 +39,9 @@ from api.overview import (
     LIGHTS_STATEMENT,
     MEAN_FIELDS,
     STATUS_STATEMENT,
-    mean_statement,
 )
 from api.queries import series_statement
+from api.tiers import window_statement
 from control.stack import Influxd, ManagedProcess, free_port
 from safecity import citygen, registry
 from safecity.readings import epoch_ms, format_ts
@@ -208,7 +208,7 @@ class _Floor:
         limits = httpx.Limits(max_connections=16, max_keepalive_connections=8)
         self.raw = httpx.AsyncClient(base_url=influx_url, timeout=60, limits=limits)
         self.overview_statements = [
-            *(mean_statement(k) for k in MEAN_FIELDS),
+            *(window_statement(None, k, MEAN_FIELDS[k]) for k in MEAN_FIELDS),
             LIGHTS_STATEMENT,
             LAST_SEEN_STATEMENT,
             STATUS_STATEMENT,

@@ -58,7 +58,7 @@ async def prepare(influx: InfluxSettings, city: City, days: int, every_s: int) -
     today = int(time.time() * 1000) // DAY_MS * DAY_MS
     devices = tuple(d for d in city.devices if d.kind == KIND)
     plan = BackfillPlan(city, devices, today - days * DAY_MS, today, every_s, seed=7)
-    stats = await run_backfill(influx, plan, sys.stdout)
+    stats = await run_backfill(influx, plan, sys.stdout, workers=os.cpu_count() or 1)
     client = InfluxClient(influx)
     started = time.monotonic()
     job = RollupSettings(influx=influx, rollup_chunk_buckets=240)

@@ -21,6 +21,7 @@ from typing import Any
 from dashboards import alerting
 from dashboards.boards import (
     air,
+    airyear,
     district,
     incidents,
     overview,
@@ -119,6 +120,7 @@ def dashboards(city: City | Sequence[City]) -> list[dict[str, Any]]:
         overview.board(*cities),
         district.board(),
         air.board(),
+        airyear.board(),
         traffic.board(),
         incidents.board(),
         security.board(),

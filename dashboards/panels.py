@@ -92,8 +92,19 @@ def _limit(value: float) -> dict[str, Any]:
 class Board:
     """One dashboard under construction: panels laid out left to right on a 24-column grid."""
 
-    def __init__(self, uid: str, title: str, description: str, tags: Sequence[str]) -> None:
+    def __init__(
+        self,
+        uid: str,
+        title: str,
+        description: str,
+        tags: Sequence[str],
+        *,
+        time_from: str = "now-6h",
+        refresh: str = "30s",
+    ) -> None:
         self.uid = uid
+        self.time_from = time_from
+        self.refresh = refresh
         self.title = title
         self.description = description
         self.tags = ["safecity", *tags]
@@ -230,10 +241,10 @@ class Board:
             "timezone": "browser",
             "editable": True,
             "graphTooltip": 1,
-            "refresh": "30s",
+            "refresh": self.refresh,
             "schemaVersion": 39,
             "version": 1,
-            "time": {"from": "now-6h", "to": "now"},
+            "time": {"from": self.time_from, "to": "now"},
             "timepicker": {},
             "templating": {"list": self.variables},
             "annotations": {"list": []},

@@ -94,10 +94,13 @@ class CityRollups:
                 rolled = await state.rolled_counts(
                     self.influx, self.city.id, tier, kind, span, unit
                 )
-                for stale in plan.stale_units(raw, rolled, unit):
+                stale_units = plan.stale_units(raw, rolled, unit)
+                for stale in stale_units:
                     await roll(self.influx, self.city.id, tier, kind, stale)
                     metrics.REROLLED.labels(tier=tier.name).inc()
                     rerolled += 1
+                if stale_units:
+                    await state.rerolled(self.influx, tier, kind, now_ms)
         return rerolled
 
 

@@ -11,6 +11,7 @@ from safecity.lineprotocol import FieldValue, Point, encode_many
 from safecity.readings import format_epoch_ms
 from safecity.rollups import (
     READINGS,
+    REROLLED_FIELD,
     SINCE_FIELD,
     WATERMARK,
     WATERMARK_FIELD,
@@ -31,6 +32,14 @@ async def advance(influx: InfluxClient, tier: Tier, kind: str, rolled: Rolled) -
     """Record that a tier has rolled a kind over `rolled` (after its points are durable)."""
     fields: dict[str, FieldValue] = {WATERMARK_FIELD: rolled.until_ms, SINCE_FIELD: rolled.since_ms}
     point = Point(WATERMARK, {"tier": tier.name, "kind": kind}, fields, rolled.until_ms)
+    await influx.write(encode_many([point]), rp=tier.policy)
+
+
+async def rerolled(influx: InfluxClient, tier: Tier, kind: str, at_ms: int) -> None:
+    """Record that a tier rolled buckets of a kind again (late data): readers that keep
+    what they computed from the tier (the API's annual reports) know to compute again."""
+    fields: dict[str, FieldValue] = {REROLLED_FIELD: at_ms}
+    point = Point(WATERMARK, {"tier": tier.name, "kind": kind}, fields, at_ms)
     await influx.write(encode_many([point]), rp=tier.policy)
 
 

@@ -37,6 +37,7 @@ READINGS = "readings"
 WATERMARK = "rollup_watermark"
 WATERMARK_FIELD = "until_ms"
 SINCE_FIELD = "since_ms"
+REROLLED_FIELD = "rerolled_ms"
 STATS = ("sum", "count", "min", "max")
 DEFAULT_TIERS = "1m:90d,1h:1825d,1d:INF"
 
@@ -152,14 +153,16 @@ class Rolled:
 
     since_ms: int
     until_ms: int
+    rerolled_ms: int = 0
+    """When buckets it had rolled were last rolled again for late data (0: never)."""
 
 
 async def read_watermarks(influx: InfluxClient, tier: Tier) -> dict[str, Rolled]:
     """kind -> the span of that kind the tier has rolled (none before the job first ran)."""
     # Constant identifiers of this module only; no value from outside.
     statement = (
-        f'SELECT last("{WATERMARK_FIELD}") AS "until", last("{SINCE_FIELD}") AS "since" '  # noqa: S608
-        f'FROM "{tier.policy}"."{WATERMARK}" GROUP BY "kind"'
+        f'SELECT last("{WATERMARK_FIELD}") AS "until", last("{SINCE_FIELD}") AS "since", '  # noqa: S608
+        f'last("{REROLLED_FIELD}") AS "rerolled" FROM "{tier.policy}"."{WATERMARK}" GROUP BY "kind"'
     )
     try:
         series = await influx.query(statement)
@@ -168,7 +171,7 @@ async def read_watermarks(influx: InfluxClient, tier: Tier) -> dict[str, Rolled]
             return {}
         raise
     return {
-        s.tags["kind"]: Rolled(int(row["since"]), int(row["until"]))
+        s.tags["kind"]: Rolled(int(row["since"]), int(row["until"]), int(row.get("rerolled") or 0))
         for s in series
         for row in s.rows()
         if row.get("until") is not None and row.get("since") is not None

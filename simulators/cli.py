@@ -107,7 +107,7 @@ def _backfill(args: argparse.Namespace) -> int:
         end_ms = int(time.time() * 1000) // 86_400_000 * 86_400_000
         devices = tuple(city.devices[: args.devices] if args.devices else city.devices)
         plan = BackfillPlan(city, devices, end_ms - span_s * 1000, end_ms, every_s, s.seed)
-        asyncio.run(run_backfill(s.influx, plan))
+        asyncio.run(run_backfill(s.influx, plan, workers=args.backfill_workers))
     except (ValueError, OSError) as exc:
         raise CliError(f"simulate: {exc}") from None
     return 0
@@ -138,6 +138,13 @@ def add_parsers(sub: Any) -> None:
         metavar="STEP",
         default="15m",
         help="with --backfill: one reading per device per STEP (default 15m; divides a day)",
+    )
+    p.add_argument(
+        "--backfill-workers",
+        metavar="N",
+        type=positive_int,
+        default=os.cpu_count() or 1,
+        help="with --backfill: generate in N processes (default: one per CPU)",
     )
     registry_flag(p)
     p.set_defaults(func=cmd_simulate)

@@ -426,7 +426,8 @@ def profile_of(device: Device | Profile) -> Profile:
     if isinstance(device, Profile):
         return device
     found = _standalone.get(device.id)
-    if found is None or found.device != device:
+    # Identity first: comparing two registry models field by field costs more than a reading.
+    if found is None or (found.device is not device and found.device != device):
         found = _standalone[device.id] = standalone(device)
     return found
 

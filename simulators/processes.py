@@ -15,34 +15,54 @@ order (as a device is), a knot costs about two steps from the cached previous on
 from __future__ import annotations
 
 import math
+from array import array
 
 from simulators.timebase import normal
 
-_cache: dict[tuple[int, float, float], tuple[int, int, float, float]] = {}
-_CACHE_MAX = 200_000
+# slot (key, step_h, tau_h) -> anchor -> the knots from that anchor on, as far as asked.
+_cache: dict[tuple[int, float, float], dict[int, array[float]]] = {}
+_CACHE_MAX_KNOTS = 4_000_000
+_stored = 0
+_ANCHORS_KEPT = 2
+
+
+def _from_anchor(slot: tuple[int, float, float], anchor: int) -> array[float]:
+    """The cached knots of a slot from an anchor (the newest two anchors are kept: a
+    backfill asks a shared process for the same day once per device, so going back to
+    the day's start, maybe over a block boundary, is common and must not re-step)."""
+    global _stored
+    anchors = _cache.setdefault(slot, {})
+    xs = anchors.get(anchor)
+    if xs is None:
+        if _stored >= _CACHE_MAX_KNOTS:
+            _cache.clear()
+            _stored = 0
+            anchors = _cache[slot] = {}
+        while len(anchors) >= _ANCHORS_KEPT:
+            _stored -= len(anchors.pop(min(anchors)))
+        xs = anchors[anchor] = array("d")
+    return xs
 
 
 def _knots(key: int, step_h: float, tau_h: float, k: int) -> tuple[float, float]:
     """(x_k, x_(k+1)) of the process."""
-    phi = math.exp(-step_h / tau_h)
-    s = math.sqrt(1.0 - phi * phi)
-    slot = (key, step_h, tau_h)
+    global _stored
     block = int(14.0 * tau_h / step_h) + 1
     anchor = (k // block - 1) * block
-    cached = _cache.get(slot)
-    if cached is not None and cached[0] == anchor and cached[1] <= k:
-        _, k0, x0, x1 = cached
-    else:
-        k0 = anchor
-        x0 = normal(key, k0)
-        x1 = phi * x0 + s * normal(key, k0 + 1)
-    while k0 < k:
-        k0 += 1
-        x0, x1 = x1, phi * x1 + s * normal(key, k0 + 1)
-    if len(_cache) >= _CACHE_MAX:
-        _cache.clear()
-    _cache[slot] = (anchor, k0, x0, x1)
-    return x0, x1
+    xs = _from_anchor((key, step_h, tau_h), anchor)
+    i = k - anchor
+    if len(xs) < i + 2:
+        before = len(xs)
+        phi = math.exp(-step_h / tau_h)
+        s = math.sqrt(1.0 - phi * phi)
+        if not xs:
+            xs.append(normal(key, anchor))
+        x = xs[-1]
+        for j in range(anchor + len(xs), k + 2):
+            x = phi * x + s * normal(key, j)
+            xs.append(x)
+        _stored += len(xs) - before
+    return xs[i], xs[i + 1]
 
 
 def ou(key: int, hours: float, tau_h: float, step_h: float = 1.0) -> float:

@@ -31,6 +31,7 @@ from control.stack import Influxd
 from dashboards import build
 from ingest.settings import IngestSettings
 from notify.settings import NotifySettings
+from rollups.settings import RollupSettings
 from safecity import settings as settings_mod
 from safecity.registry import default_city
 from simulators.settings import SimulatorSettings
@@ -43,6 +44,7 @@ SETTINGS_OF = {
     "api": ApiSettings,
     "alerts": AlertsSettings,
     "notify": NotifySettings,
+    "rollup": RollupSettings,
     "simulate": SimulatorSettings,
     "influx": StorageSettings,
     "devices": SecuritySettings,
@@ -97,6 +99,21 @@ def test_every_service_is_health_checked_and_waits_for_healthy_dependencies(
             )
             assert rule["condition"] == wanted, (name, dependency)
     assert set(services) >= {"mosquitto", "influxdb", "grafana", "ingest", "api", "simulator"}
+
+
+def test_the_rollup_job_runs_beside_the_api_on_the_same_tiers(resolved: dict[str, Any]) -> None:
+    services = resolved["services"]
+    job, api = services["rollup"], services["api"]
+    assert command_of(job) == ["safecity", "rollup"]
+    assert job["depends_on"] == {"influx-init": {"condition": "service_completed_successfully"}}
+    env, api_env = job["environment"], api["environment"]
+    assert env["HEALTHCHECK_URL"] == "http://127.0.0.1:9105/readyz"
+    assert env["SAFECITY_ROLLUP_METRICS_PORT"] == "9105"
+    # The job writes the tiers the API reads: the same database, tiers and account.
+    for name in ("SAFECITY_INFLUX__URL", "SAFECITY_INFLUX__DATABASE", "SAFECITY_INFLUX__USERNAME"):
+        assert env[name] == api_env[name], name
+    assert env.get("SAFECITY_INFLUX__ROLLUP_TIERS") == api_env.get("SAFECITY_INFLUX__ROLLUP_TIERS")
+    assert not any(k.startswith("SAFECITY_MQTT") for k in env)
 
 
 def test_bind_mounts_exist_and_grafana_finds_its_provisioning(resolved: dict[str, Any]) -> None:
@@ -237,7 +254,7 @@ def test_the_compose_stack_runs_here_and_becomes_healthy(
         # 2. storage prepared with the admin account, services then run without it.
         host.run_one_shot("influx-init")
         # 3. every long-running safecity service with its exact command and environment.
-        order = ["ingest", "notify", "alerts", "api", "simulator"]
+        order = ["ingest", "notify", "alerts", "rollup", "api", "simulator"]
         assert set(order) == {
             n for n in safecity_services(resolved) if n not in ("provision", "influx-init")
         }

@@ -125,3 +125,14 @@ function dispatch(frame, onEvent) {
   }
   if (data.length) onEvent(event, data.join("\n"));
 }
+
+// A file the API serves (a CSV export), as a Blob: a plain link could not send the key.
+export async function getBlob(path, params = {}, accept = "text/csv") {
+  const url = new URL(path, window.location.origin);
+  for (const [name, value] of Object.entries(params)) url.searchParams.set(name, String(value));
+  const res = await fetch(url, { headers: headers(accept), cache: "no-store" });
+  await check(res);
+  const disposition = res.headers.get("Content-Disposition") || "";
+  const name = /filename="([^"]+)"/.exec(disposition)?.[1] || "download";
+  return { blob: await res.blob(), name };
+}

@@ -8,6 +8,7 @@ import {
 import { Feed, FEED_SOURCE, fetchFeed, liveEntry, step } from "./feed.js";
 import { aqiBand, CityMap, svg } from "./map.js";
 import { showRegion } from "./region.js";
+import { downloadReport, fillYears, showReport } from "./report.js";
 import { clock, setTimeZone } from "./time.js";
 
 const OVERVIEW_EVERY_MS = 10_000;
@@ -361,6 +362,7 @@ function stop() {
   state.regionTimer = null;
   $("show-region").setAttribute("aria-pressed", "false");
   $("show-region").textContent = "Region";
+  $("show-report").setAttribute("aria-pressed", "false");
 }
 
 function needKey(message = "") {
@@ -371,6 +373,8 @@ function needKey(message = "") {
   $("sign-in-offer").hidden = !state.signInOffered;
   $("app").hidden = true;
   $("region").hidden = true;
+  $("report").hidden = true;
+  $("show-report").hidden = true;
   $("city-switch").hidden = true;
   $("show-region").hidden = true;
   window.sessionStorage.removeItem(CITY_STORE);
@@ -421,6 +425,7 @@ async function start() {
     $("auth").hidden = true;
     $("app").hidden = false;
     $("change-key").hidden = !getKey();
+    $("show-report").hidden = false;
     state.map.draw(geo);
   } catch (err) {
     if (err instanceof AuthError) return needKey(err.message);
@@ -481,12 +486,49 @@ function toggleRegion() {
   button.setAttribute("aria-pressed", String(!showing));
   button.textContent = showing ? "Region" : "City";
   $("region").hidden = showing;
+  $("report").hidden = true;
+  $("show-report").setAttribute("aria-pressed", "false");
   $("app").hidden = !showing;
   window.clearInterval(state.regionTimer);
   state.regionTimer = null;
   if (!showing) {
     state.regionTimer = window.setInterval(refreshRegion, REGION_EVERY_MS);
     refreshRegion();
+  }
+}
+
+// The annual report: a page of its own in place of the city (or the region) page.
+async function refreshReport() {
+  $("report-status").textContent = "loading";
+  try {
+    await showReport(state.city.id, $("report-year").value);
+    $("report-status").textContent = "";
+    document.body.dataset.report = $("report-year").value;
+  } catch (err) {
+    if (err instanceof AuthError) return needKey(err.message);
+    $("report-status").textContent = `Report unavailable: ${err.message}`;
+  }
+}
+
+function toggleReport() {
+  const button = $("show-report");
+  const showing = button.getAttribute("aria-pressed") === "true";
+  button.setAttribute("aria-pressed", String(!showing));
+  $("report").hidden = showing;
+  $("app").hidden = !showing;
+  $("region").hidden = true;
+  if (!showing) {
+    fillYears();
+    refreshReport();
+  }
+}
+
+async function saveReport() {
+  try {
+    await downloadReport(state.city.id, $("report-year").value);
+  } catch (err) {
+    if (err instanceof AuthError) return needKey(err.message);
+    $("report-status").textContent = `Download failed: ${err.message}`;
   }
 }
 
@@ -508,6 +550,9 @@ function init() {
   $("sign-out").addEventListener("click", leave);
   $("city-switch").addEventListener("change", (ev) => switchCity(ev.target.value));
   $("show-region").addEventListener("click", toggleRegion);
+  $("show-report").addEventListener("click", toggleReport);
+  $("report-year").addEventListener("change", refreshReport);
+  $("report-csv").addEventListener("click", saveReport);
   document.addEventListener("keydown", (ev) => {
     if (ev.key === "Escape" && state.district) closeDistrict();
   });

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Request
 from pydantic import BaseModel
 
-from api.deps import CityDep, InfluxDep, KeyDep, SettingsDep, TenancyDep
+from api.deps import CityDep, InfluxDep, KeyDep, SettingsDep, TenancyDep, influx_of
 from api.errors import bad_param
 from api.models import CityList, CityOut, Location, Overview, Series, SeriesPoint
 from api.overview import kpis, overview
-from api.params import time_range
+from api.params import TimeRange, time_range
 from api.queries import numeric_fields
 from api.responses import STORAGE, errors
 from api.routes.common import (
@@ -32,7 +32,8 @@ from api.routes.common import (
     snapshot,
     window_key,
 )
-from api.tiers import SeriesAsk, WindowAsk, answer
+from api.settings import ApiSettings
+from api.tiers import SeriesAsk, WindowAsk, answer, book_of, window_longest
 from safecity import catalogue
 from safecity.readings import format_epoch_ms
 from safecity.registry import City, geojson
@@ -105,7 +106,7 @@ async def get_city_overview(
 ) -> Overview:
     """City metrics for the window (default: the last 15 minutes), each with its basis."""
     check_city(city, city_id)
-    window = time_range(settings, start, end, OVERVIEW_WINDOW)
+    window = overview_window(request, settings, city, start, end)
     snap = await snapshot(request, city, window, window_key(start, end, OVERVIEW_WINDOW))
     return overview(snap, settings, city, None)
 
@@ -127,7 +128,7 @@ async def get_district_overview(
     """One district's metrics for the window (default: the last 15 minutes)."""
     check_city(city, city_id)
     check_district(city, district_id)
-    window = time_range(settings, start, end, OVERVIEW_WINDOW)
+    window = overview_window(request, settings, city, start, end)
     snap = await snapshot(request, city, window, window_key(start, end, OVERVIEW_WINDOW))
     return overview(snap, settings, city, district_id)
 
@@ -146,6 +147,18 @@ async def list_districts(
     snap = await snapshot(request, city, window, window_key(None, None, OVERVIEW_WINDOW))
     props = {d.id: kpis(overview(snap, settings, city, d.id)) for d in city.districts}
     return geojson(city, props)
+
+
+def overview_window(
+    request: Request,
+    settings: ApiSettings,
+    city: City,
+    start: datetime | None,
+    end: datetime | None,
+) -> TimeRange:
+    """The window of an overview: held to what its tiers keep (see `window_longest`)."""
+    book = book_of(request, influx_of(request, city))
+    return time_range(settings, start, end, OVERVIEW_WINDOW, window_longest(settings, book))
 
 
 def check_series(kind: str, field: str, agg: str) -> None:

@@ -14,6 +14,7 @@ from api.errors import bad_param
 from api.overview import Snapshot, SnapshotCache, take_snapshot
 from api.params import EVERY_PATTERN, TimeRange, now, parse_instant
 from api.settings import ApiSettings
+from api.tiers import book_of
 from safecity import catalogue
 from safecity.registry import City, Device
 from safecity.topics import IDENTIFIER
@@ -165,7 +166,10 @@ async def snapshot(
     cache: SnapshotCache = request.app.state.snapshots
     influx = influx_of(request, city)
     settings: ApiSettings = request.app.state.settings
-    return await cache.get((city.id, *key), lambda: take_snapshot(influx, city, window, settings))
+    book = book_of(request, influx)
+    return await cache.get(
+        (city.id, *key), lambda: take_snapshot(influx, city, window, settings, book)
+    )
 
 
 def default_window() -> TimeRange:

@@ -20,6 +20,7 @@ from api.federation import indicators, latest_closed, local_cities
 from api.models import AirQuality, DeviceCounts, Incidents, Noise, Traffic, Window
 from api.responses import STORAGE, errors
 from api.settings import ApiSettings
+from api.tiers import book_of
 from safecity import federation as fed
 from safecity.errors import QueryError
 from safecity.influx import InfluxClient
@@ -205,7 +206,8 @@ async def get_region_overview(request: Request) -> RegionOverview:
             if not sees(city.id):
                 continue
             cache = request.app.state.snapshots
-            for m in await indicators(influx, city, window, settings, corridors, cache):
+            book = book_of(request, influx)
+            for m in await indicators(influx, city, window, settings, corridors, cache, book):
                 if isinstance(m, fed.SegmentIndicators):
                     measured[(m.city, m.segment)] = (m, "local")
                 elif m.district is None:

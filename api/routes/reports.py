@@ -15,8 +15,10 @@ from api.params import now
 from api.report import CSV_COLUMNS, DAY_MS, POLLUTANTS, AirQualityReport, areas, csv_rows
 from api.responses import STORAGE, errors
 from api.routes.common import CityId, check_city
-from api.tiers import book_of, daily_sums, served
+from api.tiers import book_of, daily_sums, day_pieces, served
+from safecity.influx import InfluxClient
 from safecity.readings import epoch_ms, format_epoch_ms
+from safecity.registry import City
 
 router = APIRouter(prefix="/v1/cities", tags=["reports"])
 
@@ -27,6 +29,42 @@ def _period(year: int) -> tuple[int, int]:
     end = epoch_ms(datetime(year + 1, 1, 1, tzinfo=UTC))
     today = epoch_ms(now()) // DAY_MS * DAY_MS
     return start, max(start, min(end, today))
+
+
+Stamp = tuple[tuple[str, int, int, int], ...]
+REPORTS_KEPT = 256
+
+
+async def _report(
+    request: Request, influx: InfluxClient, city: City, year: int
+) -> AirQualityReport:
+    """The report of a year, computed or kept. A report wholly served by rollup tiers is
+    kept until its stamp changes: the days it covers grow (the job rolled another day)
+    or the job rolled some of them again for late data. One with raw days is not kept:
+    raw can change under it unannounced."""
+    span = _period(year)
+    book = book_of(request, influx)
+    pieces, stamp = await day_pieces(influx, book, "air_quality", span)
+    kept: dict[tuple[str, str, int], tuple[Stamp, AirQualityReport]] = request.app.state.reports
+    key = (influx.settings.database, city.id, year)
+    hit = kept.get(key)
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    sums = await daily_sums(influx, "air_quality", POLLUTANTS, city.id, pieces)
+    report = AirQualityReport(
+        city=city.id,
+        year=year,
+        **{"from": format_epoch_ms(span[0]), "to": format_epoch_ms(span[1])},
+        served_by=served(pieces),
+        areas=areas(
+            sums, [(d.id, d.name) for d in city.districts], city.name, (span[1] - span[0]) // DAY_MS
+        ),
+    )
+    if all(p.tier is not None for p in pieces):
+        if len(kept) >= REPORTS_KEPT:
+            kept.clear()
+        kept[key] = (stamp, report)
+    return report
 
 
 @router.get(
@@ -53,17 +91,7 @@ async def air_quality_report(
     data completeness (whole UTC days; the current year up to today)."""
     check_city(city, city_id)
     chosen = year if year is not None else now().year
-    span = _period(chosen)
-    book = book_of(request, influx)
-    sums, pieces = await daily_sums(influx, book, "air_quality", POLLUTANTS, city.id, span)
-    period = (span[1] - span[0]) // DAY_MS
-    report = AirQualityReport(
-        city=city.id,
-        year=chosen,
-        **{"from": format_epoch_ms(span[0]), "to": format_epoch_ms(span[1])},
-        served_by=served(pieces),
-        areas=areas(sums, [(d.id, d.name) for d in city.districts], city.name, period),
-    )
+    report = await _report(request, influx, city, chosen)
     if fmt == "json":
         return report
     buffer = io.StringIO()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import random
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -17,15 +18,19 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from api.app import create_app
 from api.settings import ApiSettings
 from control.stack import Influxd
 from rollups.service import CityRollups
 from rollups.settings import RollupSettings
 from safecity.influx import InfluxClient
-from safecity.readings import epoch_ms, from_epoch_ms
+from safecity.lineprotocol import encode_many
+from safecity.readings import epoch_ms, format_epoch_ms, from_epoch_ms, reading_model
 from safecity.registry import default_city
+from safecity.schema import reading_point
 from safecity.settings import InfluxSettings
 from simulators.backfill import BackfillPlan, run_backfill
+from simulators.generators import generate
 
 CITY = default_city()
 _AQ = [d for d in CITY.devices if d.kind == "air_quality"]
@@ -175,3 +180,98 @@ def test_a_year_outside_the_range_is_422(client: TestClient) -> None:
     r = client.get("/v1/cities/tashkent/reports/air-quality", params={"year": 1900})
     assert r.status_code == 422
     assert "year" in r.text
+
+
+def _overviews(client: TestClient, window: dict[str, str]) -> list[dict[str, Any]]:
+    """The city's and the two measured districts' overviews of a window."""
+    paths = ["/v1/cities/tashkent/overview"] + [
+        f"/v1/cities/tashkent/districts/{d.district}/overview" for d in DEVICES
+    ]
+    out = []
+    for path in paths:
+        r = client.get(path, params=window)
+        assert r.status_code == 200, r.text
+        out.append(r.json())
+    return out
+
+
+@pytest.mark.parametrize("edge_h", [0, 5], ids=["whole-days", "ragged-edges"])
+def test_the_overview_from_the_day_tier_equals_the_raw_one(
+    client: TestClient, api_settings: ApiSettings, keys: dict[str, str], edge_h: int
+) -> None:
+    start, end = _today_ms() - 40 * DAY_MS, _today_ms() - 12 * DAY_MS
+    window = {
+        "from": format_epoch_ms(start - edge_h * 3_600_000),
+        "to": format_epoch_ms(end + edge_h * 3_600_000),
+    }
+    tiered = _overviews(client, window)
+    raw_influx = api_settings.influx.model_copy(update={"rollup_tiers": ""})
+    raw_settings = api_settings.model_copy(update={"influx": raw_influx})
+    headers = {"X-API-Key": keys["read"]}
+    with TestClient(create_app(raw_settings, CITY), headers=headers) as raw_client:
+        raw = _overviews(raw_client, window)
+    day_piece = {"tier": "1d", "from": format_epoch_ms(start), "to": format_epoch_ms(end)}
+    for got, want in zip(tiered, raw, strict=True):
+        assert got["window"] == want["window"]
+        assert day_piece in got["served_by"]["air_quality"]
+        assert {p["tier"] for p in got["served_by"]["air_quality"]} == (
+            {"1d"} if edge_h == 0 else {"1d", "raw"}
+        )
+        assert [p["tier"] for p in want["served_by"]["air_quality"]] == ["raw"]
+        quality, expected = got["air_quality"], want["air_quality"]
+        assert quality["pollutants"].keys() == expected["pollutants"].keys()
+        for name, figure in quality["pollutants"].items():
+            other = expected["pollutants"][name]
+            assert figure["devices"] == other["devices"] > 0, name
+            # Both are sum / count; only the order of the additions differs, and the
+            # figures are rounded to 4 decimals.
+            assert figure["value"] == pytest.approx(other["value"], rel=1e-9, abs=1.01e-4)
+        assert quality["aqi"]["value"] == pytest.approx(expected["aqi"]["value"], abs=1.01e-4)
+        assert quality["who_exceedances"] == expected["who_exceedances"]
+
+
+def test_a_kept_report_is_computed_again_when_late_data_is_rolled_again(
+    client: TestClient, api_settings: ApiSettings
+) -> None:
+    """Last in this module: it adds a reading the raw comparison above does not expect."""
+    params = {"year": datetime.now(UTC).year}
+    path = "/v1/cities/tashkent/reports/air-quality"
+    first = client.get(path, params=params).json()
+    assert client.get(path, params=params).json() == first
+    # A late reading of the first sensor, three days ago, between two of its readings.
+    device = DEVICES[0]
+    ts = _today_ms() - 3 * DAY_MS + 5 * 3_600_000
+    values = {**generate(device, random.Random(1), from_epoch_ms(ts)), "pm25": 900.0}
+    reading = reading_model(device.kind).model_validate({"ts": ts, "seq": 10**6, "values": values})
+    influx = api_settings.influx
+
+    async def write_late() -> None:
+        raw = InfluxClient(influx)
+        await raw.write(encode_many([reading_point(CITY.id, device, reading)]))
+        await raw.close()
+
+    asyncio.run(write_late())
+    # Raw has it, the day tier not yet: the kept report stands (nothing announced a change).
+    assert client.get(path, params=params).json() == first
+
+    async def recheck() -> int:
+        raw = InfluxClient(influx)
+        job = RollupSettings(influx=influx, rollup_settle=0)
+        rerolled = await CityRollups(job, CITY, raw, ("air_quality",)).recheck(
+            int(time.time() * 1000)
+        )
+        await raw.close()
+        return rerolled
+
+    assert asyncio.run(recheck()) >= 1
+    # The job rolled that day again and said so: the report is computed again (the API
+    # re-reads the tiers' watermarks every few seconds).
+    before = first["areas"][0]["pollutants"]["pm25"]
+    deadline = time.monotonic() + 15
+    now = first
+    while time.monotonic() < deadline and now == first:
+        time.sleep(0.5)
+        now = client.get(path, params=params).json()
+    after = now["areas"][0]["pollutants"]["pm25"]
+    assert after["readings"] == before["readings"] + 1
+    assert after["annual_mean"] > before["annual_mean"]

@@ -31,7 +31,7 @@ def committed_dashboards() -> list[dict[str, Any]]:
 
 def test_committed_files_equal_a_fresh_generation(tmp_path: Path) -> None:
     written = build.write(tmp_path)
-    assert len(written) == 12  # 3 provisioning files, 8 dashboards, grafana.ini
+    assert len(written) == 13  # 3 provisioning files, 9 dashboards, grafana.ini
     for path in written:
         rel = path.relative_to(tmp_path)
         assert (build.OUT / rel).read_bytes() == path.read_bytes(), f"{rel} is stale: regenerate"
@@ -58,10 +58,10 @@ def test_check_reports_changed_missing_and_stray_files(tmp_path: Path) -> None:
 
 def test_dashboard_uids_titles_and_panels_are_unique_and_valid() -> None:
     boards = committed_dashboards()
-    assert len(boards) == 8
+    assert len(boards) == 9
     uids = [b["uid"] for b in boards]
     titles = [b["title"] for b in boards]
-    assert len(set(uids)) == 8 and len(set(titles)) == 8
+    assert len(set(uids)) == 9 and len(set(titles)) == 9
     assert all(len(uid) <= 40 and uid.startswith("safecity-") for uid in uids)
     for board in boards:
         ids = [p["id"] for p in board["panels"]]

@@ -92,7 +92,7 @@ def test_a_datasource_per_city_and_every_board_follows_the_city(
         "safecity_samarkand",
     ]
     found = boards(generated)
-    assert len(found) == 8 and "safecity-region" in found
+    assert len(found) == 9 and "safecity-region" in found
     for uid, board in found.items():
         variables = {v["name"]: v for v in board["templating"]["list"]}
         city = variables["city"]

@@ -253,7 +253,7 @@ INFLUX = InfluxSettings(url="http://influxdb:8086", database="safecity")
 def test_push_creates_everything_once_then_changes_nothing(grafana: FakeGrafana) -> None:
     first = push(grafana.url, TOKEN, INFLUX)
     assert first.updated == [] and first.unchanged == []
-    assert len(first.created) == 1 + 1 + 8 + 9
+    assert len(first.created) == 1 + 1 + 9 + 9
     assert list(grafana.folders) == [build.FOLDER_UID]
     ds = grafana.datasources[build.DATASOURCE_UID]
     assert (ds["type"], ds["url"], ds["jsonData"]["dbName"]) == (
@@ -261,7 +261,7 @@ def test_push_creates_everything_once_then_changes_nothing(grafana: FakeGrafana)
         "http://influxdb:8086",
         "safecity",
     )
-    assert len(grafana.dashboards) == 8
+    assert len(grafana.dashboards) == 9
     assert all(d["meta"]["folderUid"] == build.FOLDER_UID for d in grafana.dashboards.values())
     assert len(grafana.rules) == 9
     assert all(r["folderUID"] == build.FOLDER_UID for r in grafana.rules.values())
@@ -304,7 +304,7 @@ def test_push_updates_drifted_objects_in_place(grafana: FakeGrafana) -> None:
     assert rule["data"][2]["model"]["conditions"][0]["evaluator"]["params"] == [15]
     assert grafana.folders[build.FOLDER_UID]["title"] == build.FOLDER_TITLE
     assert grafana.datasources[build.DATASOURCE_UID]["url"] == "http://influxdb:8086"
-    assert len(grafana.dashboards) == 8 and len(grafana.rules) == 9
+    assert len(grafana.dashboards) == 9 and len(grafana.rules) == 9
 
 
 def test_datasource_secret_is_sent_and_reapplied(grafana: FakeGrafana) -> None:
@@ -330,10 +330,10 @@ def test_cli_push(
     monkeypatch.setenv("SAFECITY_INFLUX__URL", "http://influxdb:8086")
     monkeypatch.setenv("SAFECITY_GRAFANA_TOKEN", TOKEN)
     assert cli.main(["dashboards", "push", "--url", grafana.url]) == 0
-    assert "created 19" in capsys.readouterr().out
+    assert "created 20" in capsys.readouterr().out
     assert cli.main(["dashboards", "push", "--url", grafana.url, "--token", TOKEN]) == 0
     out = capsys.readouterr().out
-    assert "created 0" in out and "updated 0" in out and "unchanged 19" in out
+    assert "created 0" in out and "updated 0" in out and "unchanged 20" in out
 
 
 def test_push_of_several_cities_makes_a_datasource_per_city_database(
@@ -341,7 +341,7 @@ def test_push_of_several_cities_makes_a_datasource_per_city_database(
 ) -> None:
     cities = citygen.builtin_cities(["tashkent", "samarkand"])
     report = push(grafana.url, TOKEN, INFLUX, city=list(cities.values()))
-    assert len(report.created) == 1 + 2 + 8 + 2 * 9
+    assert len(report.created) == 1 + 2 + 9 + 2 * 9
     assert {uid: ds["jsonData"]["dbName"] for uid, ds in grafana.datasources.items()} == {
         "safecity-influxdb-tashkent": "safecity_tashkent",
         "safecity-influxdb-samarkand": "safecity_samarkand",

@@ -29,6 +29,7 @@ from support import mosquitto, mosquitto_pub, wait_for
 
 from control.stack import LocalStack
 from dashboards import build
+from dashboards.boards import airyear
 from edge.settings import EdgeSettings
 from safecity import catalogue, registry, schema, topics
 from safecity import incidents as inc
@@ -424,6 +425,8 @@ def run_every_query(stack: LocalStack, influx_db: str, district: str) -> None:
     stats_queries = 0
     ran = 0
     for board, query in dashboard_queries():
+        if board["uid"] == airyear.UID:
+            continue  # reads the day tier, which 6 live hours never fill: test_year_board.py
         multi = {v["name"]: v["multi"] or v["includeAll"] for v in board["templating"]["list"]}
         values = {
             "city": grafana_value(cities, multi["city"]),

@@ -38,6 +38,7 @@ from control.settings import BackupSettings, StorageSettings
 from control.stack import Influxd, ManagedProcess, free_port
 from ingest.settings import IngestSettings
 from notify.settings import NotifySettings
+from rollups.settings import RollupSettings
 from safecity.registry import default_city
 from simulators.settings import SimulatorSettings
 
@@ -51,6 +52,7 @@ SETTINGS_OF = {
     "api": ApiSettings,
     "alerts": AlertsSettings,
     "notify": NotifySettings,
+    "rollup": RollupSettings,
     "simulate": SimulatorSettings,
     "influx": StorageSettings,
     "devices": SecuritySettings,
@@ -156,6 +158,30 @@ def test_every_service_has_probes_resources_and_a_hardened_container(
                 ready = container["readinessProbe"]["httpGet"]["path"]
                 live = container["livenessProbe"]["httpGet"]["path"]
                 assert (live, ready) in {("/healthz", "/readyz"), ("/healthz", "/healthz")}, name
+
+
+def test_the_rollup_job_runs_once_beside_the_api_on_the_same_tiers(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    for overlay, objects in rendered.items():
+        job = workload(objects, "safecity-rollup")
+        assert (job["kind"], job["spec"]["replicas"]) == ("Deployment", 1), overlay
+        assert job["spec"]["strategy"]["type"] == "Recreate"
+        container = job["spec"]["template"]["spec"]["containers"][0]
+        assert container["command"] == ["safecity", "rollup"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        api = workload(objects, "safecity-api")["spec"]["template"]["spec"]["containers"][0]
+        api_env = {e["name"]: e.get("value") for e in api["env"]}
+        for name in ("SAFECITY_INFLUX__URL", "SAFECITY_INFLUX__DATABASE"):
+            assert env[name] == api_env[name], (overlay, name)
+        assert env.get("SAFECITY_INFLUX__ROLLUP_TIERS") == api_env.get(
+            "SAFECITY_INFLUX__ROLLUP_TIERS"
+        )
+        assert container["ports"] == [{"name": "metrics", "containerPort": 9105}]
+        policies = {o["metadata"]["name"]: o for o in objects if o["kind"] == "NetworkPolicy"}
+        metrics = policies["metrics-from-monitoring"]["spec"]
+        assert "safecity-rollup" in metrics["podSelector"]["matchExpressions"][0]["values"]
+        assert {"protocol": "TCP", "port": 9105} in metrics["ingress"][0]["ports"]
 
 
 def test_ingest_workers_have_stable_ids_and_their_own_spool_volume(
@@ -592,8 +618,8 @@ def test_the_rendered_containers_run_here_and_become_ready(
         result = _run_job(cluster, "safecity-influx-init", tmp_path, 120)
         assert "created admin" in result.stdout
         # 4. every long-running safecity service, until its readiness probe passes.
-        for name in ("safecity-ingest", "safecity-notify", "safecity-alerts", "safecity-api",
-                     "safecity-simulator"):  # fmt: skip
+        for name in ("safecity-ingest", "safecity-notify", "safecity-alerts", "safecity-rollup",
+                     "safecity-api", "safecity-simulator"):  # fmt: skip
             started.append(_start_service(cluster, name, tmp_path))
         _the_city_flows(cluster, key, operator)
     finally:

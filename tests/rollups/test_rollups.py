@@ -180,6 +180,38 @@ def test_tier_served_aggregates_equal_raw_for_aligned_windows(
     asyncio.run(check())
 
 
+def test_a_district_or_device_at_a_tiers_own_bucket_reads_its_points_as_raw_would(
+    influxd: Influxd,
+) -> None:
+    """At a tier's own bucket one district or device is one point per bucket (read
+    ungrouped): every aggregate equals raw, buckets without a field included."""
+    base = _base_ms()
+    points = [
+        _point(i % len(DEVICES), base + s * 1000, i, 10.0 + i % 7, None if i % 3 else 20.0 + i)
+        for i, s in enumerate(range(0, 2 * 86_400, 1_800))
+    ]
+    points.append(_point(0, base + 5 * 3_600_000 + 7_000, 10**6, 50.0, None))
+
+    async def check() -> None:
+        async with Db(influxd) as client:
+            await client.write(encode_many(points))
+            await _rollups(client.settings, client).catch_up(int(time.time() * 1000))
+            book = TierBook.of(client.settings)
+            for every in (60, 3600, 86_400):
+                for which in (1, 2):
+                    by, extra = _by(which)
+                    for agg in AGGS:
+                        for field_name in ("pm25", "no2"):
+                            ask = SeriesAsk("air_quality", field_name, agg, every, by)
+                            span = (base, base + 2 * DAY_MS)
+                            served = await _compare(client, book, ask, extra, span)
+                            assert served == [
+                                next(t.name for t in book.tiers if t.every_s == every)
+                            ]
+
+    asyncio.run(check())
+
+
 def test_late_readings_are_rolled_again(influxd: Influxd) -> None:
     base = _base_ms()
     early = [_point(i % 3, base + i * 61_000, i, float(i % 50), None) for i in range(600)]

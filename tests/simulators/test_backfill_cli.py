@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import subprocess
@@ -12,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from safecity.registry import default_city
+from simulators import backfill as backfill_module
 from simulators.backfill import BackfillPlan, parse_span
 
 
@@ -50,3 +52,27 @@ def test_a_step_must_divide_a_day_and_a_span_must_not_be_empty() -> None:
         BackfillPlan(city, city.devices[:1], 5, 5, 3600)
     plan = BackfillPlan(city, tuple(city.devices[:3]), 0, 2 * 86_400_000, 3600)
     assert plan.total == 3 * 48
+
+
+def _lines(plan: BackfillPlan, workers: int) -> list[bytes]:
+    async def collect() -> list[bytes]:
+        return [body async for _, body in backfill_module._batches(plan, workers)]
+
+    return sorted(line for body in asyncio.run(collect()) for line in body.splitlines())
+
+
+def test_worker_processes_write_exactly_what_one_process_writes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    city = default_city()
+    devices = tuple(d for d in city.devices if d.kind in ("air_quality", "traffic"))[:12]
+    plan = BackfillPlan(city, devices, 0, 2 * 86_400_000, 3600, seed=5)
+    parts = backfill_module.groups(plan, 2)
+    assert len(parts) == 2
+    assert sorted(d.id for p in parts for d in p.devices) == sorted(d.id for d in devices)
+    assert all({d.district for d in parts[0].devices}.isdisjoint(d.district for d in p.devices)
+               for p in parts[1:])  # fmt: skip
+    monkeypatch.setattr(backfill_module, "PARALLEL_FROM", 1)
+    alone = _lines(plan, 1)
+    assert len(alone) == plan.total
+    assert _lines(plan, 2) == alone
