@@ -10,8 +10,8 @@ message of the platform takes): a stored command becomes one outbox message per 
 (its lane is the device's command topic, its key `<command id>/<device id>`, its expiry
 the command's), committed before it is published, retried until the broker takes it,
 never sent after its expiry. The broker's PUBACK settles it: 0 delivered (the device or
-its persistent session holds it), 0x10 (no session yet) retried every `retry` seconds,
-a refusal failed. The store keeps each device's status; its sweep expires what no
+its persistent session holds it), 0x10 (no session yet) retried with a growing wait
+(`retry` up to `retry_max`) at most `max_tries` times, then failed; a refusal failed. The store keeps each device's status; its sweep expires what no
 device answered in time.
 """
 
@@ -96,15 +96,16 @@ def outbox_messages(command: StoredCommand, targets: Sequence[Target]) -> list[M
 
 
 def open_outbox(settings: ApiSettings) -> Outbox:
-    """The API's command outbox, next to the store: retried every `retry` seconds while a
-    device has no session, as often as it takes (the message's own expiry ends it)."""
-    every = settings.commands.retry
+    """The API's command outbox, next to the store: while a device has no session, retried
+    after `retry` seconds, then ever more rarely up to `retry_max` apart, at most
+    `max_tries` times (the message's own expiry may end it first)."""
+    own = settings.commands
     return Outbox(
         settings.commands_file.with_name(settings.commands_file.stem + ".outbox.sqlite3"),
         owner=CLIENT_ID,
-        backoff=Backoff(base=every, cap=every),
-        max_attempts=2**31,
-        max_age_s=settings.commands.max_expiry + 60.0,
+        backoff=Backoff(base=own.retry, cap=max(own.retry, own.retry_max)),
+        max_attempts=own.max_tries,
+        max_age_s=own.max_expiry + 60.0,
     )
 
 
@@ -226,9 +227,15 @@ class CommandService:
         if code < 0x80 or code >= NOT_SENT:
             # 0x10: the device has no session at the broker yet; or no connection now.
             PUBLISHED.labels("no_session").inc()
-            return Outcome.retry(result.reason, retry_after=self.settings.commands.retry)
+            if entry.attempts < self.settings.commands.max_tries:
+                return Outcome.retry(result.reason, retry_after=self.settings.commands.retry)
+            return self._fail(topic, entry, f"no session at the broker after "
+                              f"{entry.attempts} tries: {result.reason}")  # fmt: skip
         PUBLISHED.labels("refused").inc()
-        reason = f"the broker refused the command: {result.reason}"
+        return self._fail(topic, entry, f"the broker refused the command: {result.reason}")
+
+    def _fail(self, topic: str, entry: Entry, reason: str) -> Outcome:
+        """The device's status failed for `reason`; the outbox stops trying."""
         device_id = topics.parse_command_topic(topic).device_id
         now = epoch_ms(datetime.now(UTC))
         self.store.settle(str(entry.payload["id"]), device_id, CommandStatus.FAILED, reason, now)

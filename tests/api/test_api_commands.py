@@ -139,6 +139,30 @@ def test_a_live_device_executes_and_an_away_device_gets_it_when_back(
     assert status(api, expiring["id"])["deliveries"][0]["status"] == "expired"
 
 
+def test_a_device_that_never_connects_costs_a_bounded_number_of_attempts(
+    stack: LocalStack, influx_db: str, start_api: Callable[..., Any], tmp_path: Path
+) -> None:
+    """No session at the broker, a long expiry: the tries stop at the cap, the status is
+    failed with the reason, and no further attempt row is added."""
+    env = command_env(stack, tmp_path, SAFECITY_COMMANDS__RETRY_MAX="0.2",
+                      SAFECITY_COMMANDS__MAX_TRIES="4")  # fmt: skip
+    api = start_api(influx_db, **{**env, "SAFECITY_COMMANDS__RETRY": "0.05"})
+    never = unsimulated("weather", 4)[3]  # one the other tests never start
+    sent = send(api, never, "reboot", expires_in=3600)
+    done = settled(api, sent["id"])
+    (delivery,) = done["deliveries"]
+    assert delivery["status"] == "failed"
+    assert delivery["reason"].startswith("no session at the broker after 4 tries")
+    box = Outbox(tmp_path / "commands.outbox.sqlite3", owner="test-reader")
+    try:
+        (entry,) = box.entries(group=sent["id"])
+        assert (entry.status, entry.attempts) == (DeliveryStatus.FAILED, 4)
+        # Ten times the longest wait on: still four attempt rows.
+        holds_for(lambda: len(box.attempts(entry.key)) == 4, 2.0, "four attempts, no more")
+    finally:
+        box.close()
+
+
 def test_refusals_name_what_is_wrong(
     stack: LocalStack, influx_db: str, start_api: Callable[..., Any], tmp_path: Path
 ) -> None:

@@ -32,7 +32,7 @@ from pydantic import BaseModel
 from alerts.settings import AlertsSettings
 from api.apikeys import KeyStore
 from api.settings import ApiSettings
-from broker import dynsec, emqx
+from broker import dynsec, emqx, guard
 from broker.settings import SecuritySettings
 from control.settings import BackupSettings, StorageSettings
 from control.stack import Influxd, ManagedProcess, free_port
@@ -531,6 +531,7 @@ def test_the_rendered_containers_run_here_and_become_ready(  # noqa: PLR0915 - l
     text = text.replace("log_dest stdout", f"log_dest file {tmp_path / 'mosquitto.log'}")
     # The image's plugin path -> where this host's Mosquitto package installed it.
     text = text.replace(dynsec.CONTAINER_PLUGIN, dynsec.find_plugin())
+    text = text.replace(guard.CONTAINER_GUARD, guard.find_guard())
     local_conf = tmp_path / "mosquitto-local.conf"
     local_conf.write_text(f"user {os.environ.get('USER', 'root')}\n" + text)
     broker = ManagedProcess(
