@@ -22,6 +22,7 @@ from api import docs as offline_docs
 from api import errors, ngsild_errors
 from api.apikeys import KeyStore
 from api.audit import AuditLog, AuditMiddleware
+from api.commandforward import CommandForwarder
 from api.commanding import start_commands, stop_commands
 from api.delivery import LedgerIndex
 from api.deps import client_of
@@ -253,12 +254,16 @@ def create_app(  # noqa: PLR0915 - long; split it at its seams
         figures = app.state.figures = metrics.start_incident_figures(app)
         # Off by default: publishes the city's indicators for a regional instance.
         federation = app.state.federation = start_publisher(settings, local_cities(app))
-        store, service = start_commands(settings, loaded, lambda c: client_of(app, c))
-        app.state.commands, app.state.command_service = store, service
+        # The command store and session belong to one process (commands.url: another's).
+        owned = None
+        if settings.commands.url is None:
+            owned = start_commands(settings, loaded, lambda c: client_of(app, c))
+            app.state.commands, app.state.command_service = owned
         try:
             yield
         finally:
-            await stop_commands(store, service)
+            if owned is not None:
+                await stop_commands(*owned)
             if federation is not None:
                 await federation.stop()
             await asyncio.gather(figures.stop(), app.state.announcer.stop())
@@ -292,6 +297,8 @@ def create_app(  # noqa: PLR0915 - long; split it at its seams
     app.state.sessions = Sessions(settings.oidc.session_ttl)
     errors.install(app)
     ngsild_errors.install(app)
+    if settings.commands.url is not None:
+        app.add_middleware(CommandForwarder, url=settings.commands.url)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(
         CORSMiddleware,

@@ -11,8 +11,8 @@ message of the platform takes): a stored command becomes one outbox message per 
 the command's), committed before it is published, retried until the broker takes it,
 never sent after its expiry. The broker's PUBACK settles it: 0 delivered (the device or
 its persistent session holds it), 0x10 (no session yet) retried with a growing wait
-(`retry` up to `retry_max`) at most `max_tries` times, then failed; a refusal failed. The store keeps each device's status; its sweep expires what no
-device answered in time.
+(`retry` up to `retry_max`) at most `max_tries` times, then failed; a refusal failed.
+The store keeps each device's status; its sweep expires what no device answered in time.
 """
 
 from __future__ import annotations

@@ -115,6 +115,12 @@ class CommandSettings(BaseModel):
     max_group: Annotated[int, Field(ge=1, le=100_000)] = Field(
         default=2000, description="Commands: most devices one group command may address."
     )
+    url: str | None = Field(
+        default=None,
+        description="Commands: the API that owns the command store and broker session (e.g. "
+        "http://safecity-api-commands:8000); set, this process runs no command service and "
+        "passes the command routes there. Empty: this process is the owner.",
+    )
 
 
 class OidcSettings(BaseModel):

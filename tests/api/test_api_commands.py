@@ -163,6 +163,46 @@ def test_a_device_that_never_connects_costs_a_bounded_number_of_attempts(
         box.close()
 
 
+def test_a_replica_without_the_command_service_passes_the_command_routes_to_its_owner(
+    stack: LocalStack,
+    influx_db: str,
+    start_api: Callable[..., Any],
+    devices: CommandDevices,
+    tmp_path: Path,
+) -> None:
+    """Two API processes as on Kubernetes: the owner (store, broker session) and a replica
+    with `SAFECITY_COMMANDS__URL`: every command route asked of the replica is the owner's
+    answer, the replica opens no store, and without its owner it says so (503)."""
+    keys = str(tmp_path / "shared-keys.json")
+    owner = start_api(influx_db, **command_env(stack, tmp_path), SAFECITY_API_KEYS_FILE=keys)
+    replica_file = tmp_path / "replica-commands.sqlite3"
+    replica = start_api(influx_db, SAFECITY_API_KEYS_FILE=keys, SAFECITY_COMMANDS__URL=owner.url,
+                        SAFECITY_COMMANDS_FILE=str(replica_file))  # fmt: skip
+    replica.api_key = owner.api_key  # a key both processes know (the owner's)
+    device = unsimulated("weather", 5)[4]
+    devices.start(device)
+    sent = send(replica, device, "set_interval", params={"interval_s": 90})
+    done = settled(replica, sent["id"])
+    assert [(d["device_id"], d["status"]) for d in done["deliveries"]] == [(device.id, "executed")]
+    assert status(owner, sent["id"]) == done
+    listed = httpx.get(f"{replica.url}/v1/commands", headers=owner.headers, timeout=10)
+    assert listed.status_code == 200 and sent["id"] in listed.text
+    body = {"name": "set_interval", "params": {"interval_s": -1}}
+    bad = httpx.post(f"{replica.url}/v1/devices/{device.id}/commands", headers=owner.headers,
+                     json=body, timeout=10)  # fmt: skip
+    assert bad.status_code == 422 and "interval_s" in bad.text
+    unknown = httpx.get(f"{replica.url}/v1/commands/cmd-{'0' * 20}", headers=owner.headers,
+                        timeout=10)  # fmt: skip
+    assert unknown.status_code == 404
+    assert not replica_file.exists()
+    owner.stop()
+    gone = httpx.get(f"{replica.url}/v1/commands", headers=owner.headers, timeout=10)
+    assert gone.status_code == 503 and "command service" in gone.text
+    # Everything else is the replica's own.
+    own = httpx.get(f"{replica.url}/v1/cities", headers=owner.headers, timeout=10)
+    assert own.status_code == 200
+
+
 def test_refusals_name_what_is_wrong(
     stack: LocalStack, influx_db: str, start_api: Callable[..., Any], tmp_path: Path
 ) -> None:

@@ -171,6 +171,34 @@ def test_ingest_workers_have_stable_ids_and_their_own_spool_volume(
     assert any(m["name"] in claims and m["mountPath"] == "/var/lib/safecity" for m in mounts)
 
 
+def test_one_process_owns_the_command_store_and_session(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    """The scaled API replicas run no command service (they pass the command routes on);
+    the command service is one pod, replaced (never overlapped), on its own volume."""
+    for overlay, objects in rendered.items():
+        owners = []
+        for obj, spec in pod_specs(objects):
+            for container in containers(spec):
+                if container.get("command", [])[:2] != ["safecity", "api"]:
+                    continue
+                env = {e["name"]: e.get("value") for e in container.get("env", [])}
+                if "SAFECITY_COMMANDS__URL" in env:
+                    assert env["SAFECITY_COMMANDS__URL"] == "http://safecity-api-commands:8000"
+                else:
+                    owners.append((obj, spec, env))
+        assert [o["metadata"]["name"] for o, _, _ in owners] == ["safecity-api-commands"], overlay
+        ((owner, spec, env),) = owners
+        assert owner["spec"]["replicas"] == 1 and owner["spec"]["strategy"] == {"type": "Recreate"}
+        scaled = [o for o in objects if o["kind"] == "HorizontalPodAutoscaler"]
+        assert all(o["spec"]["scaleTargetRef"]["name"] != owner["metadata"]["name"] for o in scaled)
+        claims = {v["name"]: v["persistentVolumeClaim"]["claimName"]
+                  for v in spec["volumes"] if "persistentVolumeClaim" in v}  # fmt: skip
+        mounts = {m["mountPath"]: m["name"] for m in containers(spec)[0]["volumeMounts"]}
+        store = Path(env["SAFECITY_COMMANDS_FILE"])
+        assert claims.get(mounts.get(str(store.parent), "")) == "safecity-api-commands", overlay
+
+
 def test_network_policies_let_only_labelled_clients_reach_influxdb_and_plain_mqtt(
     rendered: dict[str, list[dict[str, Any]]],
 ) -> None:
@@ -416,6 +444,9 @@ class Pod:
             elif key == "SAFECITY_NOTIFY_URL":  # the notifier's Service, its metrics port
                 assert value == "http://safecity-notify:9104", value
                 value = f"http://127.0.0.1:{self.cluster.port('safecity-notify', 9104)}"
+            elif key == "SAFECITY_COMMANDS__URL":  # the command service's Service
+                assert value == "http://safecity-api-commands:8000", value
+                value = f"http://127.0.0.1:{self.cluster.port('safecity-api-commands', 8000)}"
             elif key == "SAFECITY_MQTT__PORT":
                 value = str(self.cluster.mqtt_port)
             elif re.fullmatch(r"SAFECITY_(\w*_)?PORT", key):
@@ -553,8 +584,8 @@ def test_the_rendered_containers_run_here_and_become_ready(  # noqa: PLR0915 - l
         assert result.returncode == 0, result.stdout + result.stderr
         assert "created admin" in result.stdout
         # 4. every long-running safecity service, until its readiness probe passes.
-        for name in ("safecity-ingest", "safecity-notify", "safecity-alerts", "safecity-api",
-                     "safecity-simulator"):  # fmt: skip
+        for name in ("safecity-ingest", "safecity-notify", "safecity-alerts",
+                     "safecity-api-commands", "safecity-api", "safecity-simulator"):  # fmt: skip
             spec = workload(objects, name)["spec"]["template"]["spec"]
             pod = Pod(cluster, name, spec)
             container = spec["containers"][0]
@@ -588,7 +619,8 @@ def test_the_rendered_containers_run_here_and_become_ready(  # noqa: PLR0915 - l
         notify_port = cluster.port("safecity-notify", 9104)
         direct = httpx.get(f"http://127.0.0.1:{notify_port}/notifications", timeout=10)
         assert direct.status_code == 200 and listing.json() == direct.json()
-        # The API commands a simulated device as `_command`, the account the Job made.
+        # The API commands a simulated device as `_command`, the account the Job made:
+        # through a scaled replica, which passes it to the one command service.
         assert "_command" in json.loads(cluster.secrets["safecity-mqtt"]["secrets.json"])
         light = default_city().select(kind="streetlight")[0]
         api_url = f"http://127.0.0.1:{api_port}"

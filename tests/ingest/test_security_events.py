@@ -131,14 +131,15 @@ def test_refused_command_traffic_becomes_security_events(own_stack, ingest_facto
     address = (CITY.id, victim.district, victim.kind, victim.id)
     command, result = topics.command_topic(*address), topics.result_topic(*address)
     login = mosquitto("mosquitto_pub", own_stack, spy.id, client_id=spy.id)
-    said = [
-        subprocess.run([*login, "-q", "1", "-t", topic, "-m", "{}"], capture_output=True,
-                       text=True, timeout=30, check=False).stderr  # fmt: skip
-        for topic in (command, result)
-    ]
     sub = [*mosquitto("mosquitto_sub", own_stack, spy.id, client_id=spy.id), "-t", command]
-    said.append(subprocess.run([*sub, "-q", "1", "-W", "2"], capture_output=True, text=True,
-                               timeout=30, check=False).stderr)  # fmt: skip
+    said = [
+        subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False).stderr
+        for argv in (
+            [*login, "-q", "1", "-t", command, "-m", "{}"],
+            [*login, "-q", "1", "-t", result, "-m", "{}"],
+            [*sub, "-q", "1", "-W", "2"],
+        )
+    ]
     assert ["Not authorized" in said[0], "Not authorized" in said[1]] == [True, True]
     assert "All subscription requests were denied" in said[2]
     rows = wait_for(
