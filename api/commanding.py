@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import time
@@ -80,16 +79,18 @@ def wire_command(c: StoredCommand) -> Command:
 
 
 def outbox_messages(command: StoredCommand, targets: Sequence[Target]) -> list[Message]:
-    """A stored command as outbox messages: one per device, on its command topic."""
-    payload = json.loads(wire_command(command).to_payload())
+    """A stored command as outbox messages: one per device, on its command topic, each
+    carrying the wire bytes (encoded once) and the command id the service settles by."""
+    body = wire_command(command).to_payload()
     return [
         Message(
             key=f"{command.id}/{t.device_id}",
             channel=CHANNEL,
             recipient=topics.command_topic(command.city, t.district, t.kind, t.device_id),
-            payload=payload,
+            payload={"command_id": command.id},
             group=command.id,
             expires_at=command.expires_ms / 1000,
+            body=body,
         )
         for t in targets
     ]
@@ -218,8 +219,7 @@ class CommandService:
     async def _publish(self, client: MqttClient, topic: str, entry: Entry) -> Outcome:
         """Publish one device's copy with the time it has left; the broker's verdict."""
         left = None if entry.expires_at is None else math.ceil(entry.expires_at - time.time())
-        body = json.dumps(entry.payload, separators=(",", ":")).encode()
-        result = await client.publish(topic, body, 1, expiry_s=left)
+        result = await client.publish(topic, entry.body or b"", 1, expiry_s=left)
         code = result.reason_code
         if code == 0:
             PUBLISHED.labels("accepted").inc()
@@ -238,7 +238,8 @@ class CommandService:
         """The device's status failed for `reason`; the outbox stops trying."""
         device_id = topics.parse_command_topic(topic).device_id
         now = epoch_ms(datetime.now(UTC))
-        self.store.settle(str(entry.payload["id"]), device_id, CommandStatus.FAILED, reason, now)
+        command_id = str(entry.payload["command_id"])
+        self.store.settle(command_id, device_id, CommandStatus.FAILED, reason, now)
         return Outcome.failed(reason)
 
     async def _file(self, message: Incoming) -> None:
