@@ -252,6 +252,7 @@ def create_app(  # noqa: PLR0915 - long; split it at its seams
             },
         )
         figures = app.state.figures = metrics.start_incident_figures(app)
+        app.state.announcer.start()  # with the steps a previous run left unannounced
         # Off by default: publishes the city's indicators for a regional instance.
         federation = app.state.federation = start_publisher(settings, local_cities(app))
         # The command store and session belong to one process (commands.url: another's).
@@ -291,8 +292,8 @@ def create_app(  # noqa: PLR0915 - long; split it at its seams
     _bounded_openapi(app, settings.max_page_size)
     app.state.settings = settings
     app.state.audit = AuditLog(settings.audit_log_file)
-    # The lifecycle steps taken here, to the broker (its task starts with the first one).
-    app.state.announcer = Announcer(settings.mqtt)
+    # The lifecycle steps taken here, to the broker through a durable outbox.
+    app.state.announcer = Announcer(settings.mqtt, settings.steps_outbox_file)
     app.state.oidc = None
     app.state.sessions = Sessions(settings.oidc.session_ttl)
     errors.install(app)

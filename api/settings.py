@@ -366,6 +366,11 @@ class ApiSettings(ServiceSettings):
             "The durable command store (SQLite): every command and its per-device statuses."
         ),
     )
+    steps_outbox_file: Path = Field(
+        default_factory=in_home("steps_outbox_file"),
+        description="The durable outbox (SQLite) of the incident steps taken here, until the "
+        "broker has them.",
+    )
     commands: CommandSettings = CommandSettings()
     notify_dir: NotifyDir = Field(default_factory=in_home("notify_dir"))
     ack_key_file: AckKeyFile = Field(default_factory=in_home("ack_key_file"))
