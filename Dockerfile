@@ -57,7 +57,11 @@ CMD ["safecity", "--help"]
 # the eclipse-mosquitto image, glibc on a Debian stand-in) against Mosquitto's headers.
 FROM ${MOSQUITTO_IMAGE} AS guard-build
 USER root
-RUN if command -v apk >/dev/null; then apk add --no-cache gcc musl-dev make mosquitto-dev; \
+# (A base that has the compiler and headers already, e.g. the podman test's stand-in,
+# installs nothing.)
+RUN if [ -e /usr/include/mosquitto_plugin.h ] && command -v gcc >/dev/null \
+         && command -v make >/dev/null; then :; \
+    elif command -v apk >/dev/null; then apk add --no-cache gcc musl-dev make mosquitto-dev; \
     else apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev make \
          mosquitto-dev libmosquitto-dev && rm -rf /var/lib/apt/lists/*; fi
 COPY broker/plugin /src/plugin

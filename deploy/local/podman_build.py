@@ -45,9 +45,18 @@ MOSQUITTO_IMAGE = f"localhost/safecity-local/mosquitto:{SUITE}"
 # Stand-in image -> (its Containerfile under deploy/local/images, its Debian packages).
 STANDINS = {
     PYTHON_IMAGE: ("python.Containerfile", ("python3", "python3-venv", "python-is-python3")),
+    # The compiler and headers: the Dockerfile's broker stage builds the guard plugin on it.
     MOSQUITTO_IMAGE: (
         "mosquitto.Containerfile",
-        ("mosquitto", "mosquitto-clients"),
+        (
+            "mosquitto",
+            "mosquitto-clients",
+            "gcc",
+            "libc6-dev",
+            "make",
+            "mosquitto-dev",
+            "libmosquitto-dev",
+        ),
     ),
     f"localhost/safecity-local/influxdb:{SUITE}": ("influxdb.Containerfile", ("influxdb", "curl")),
 }
