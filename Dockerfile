@@ -3,6 +3,8 @@
 # PYTHON_IMAGE: any Debian-based Python 3.11+ image (the podman compose test builds a
 # stand-in from Debian packages, see docs/compose.md).
 ARG PYTHON_IMAGE=python:3.11-slim
+# The broker's image (`target: broker`): MOSQUITTO_IMAGE plus safecity's guard plugin.
+ARG MOSQUITTO_IMAGE=eclipse-mosquitto:2.0.18
 FROM ${PYTHON_IMAGE} AS build
 # The builder's own package index and CA bundle, when it has them (a PyPI mirror, a
 # TLS-intercepting proxy's CA), or a local wheel directory mounted into the build
@@ -50,6 +52,25 @@ USER safecity
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=5 \
   CMD ["python", "-c", "import os,sys,urllib.request; sys.exit(0 if urllib.request.urlopen(os.environ.get('HEALTHCHECK_URL','http://127.0.0.1:8000/healthz'), timeout=2).status == 200 else 1)"]
 CMD ["safecity", "--help"]
+
+# The guard plugin (broker/plugin), compiled on the broker image's own system (musl on
+# the eclipse-mosquitto image, glibc on a Debian stand-in) against Mosquitto's headers.
+FROM ${MOSQUITTO_IMAGE} AS guard-build
+USER root
+# (A base that has the compiler and headers already, e.g. the podman test's stand-in,
+# installs nothing.)
+RUN if [ -e /usr/include/mosquitto_plugin.h ] && command -v gcc >/dev/null \
+         && command -v make >/dev/null; then :; \
+    elif command -v apk >/dev/null; then apk add --no-cache gcc musl-dev make mosquitto-dev; \
+    else apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev make \
+         mosquitto-dev libmosquitto-dev && rm -rf /var/lib/apt/lists/*; fi
+COPY broker/plugin /src/plugin
+RUN make -C /src/plugin OUT=/out
+
+# The broker (compose, Kubernetes): Mosquitto with the guard where its config loads it
+# (broker.guard.CONTAINER_GUARD), before the dynamic-security plugin.
+FROM ${MOSQUITTO_IMAGE} AS broker
+COPY --from=guard-build /out/safecity_guard.so /usr/lib/safecity_guard.so
 
 # The scheduled backup's image (`docker compose --profile backup`, the Kubernetes CronJob):
 # the runtime plus `influxd` from Debian's influxdb package, for its portable backup client.

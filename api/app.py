@@ -22,6 +22,7 @@ from api import docs as offline_docs
 from api import errors, ngsild_errors
 from api.apikeys import KeyStore
 from api.audit import AuditLog, AuditMiddleware
+from api.commandforward import CommandForwarder
 from api.commanding import start_commands, stop_commands
 from api.delivery import LedgerIndex
 from api.deps import client_of
@@ -271,14 +272,19 @@ def _lifespan(
         oidc = _open_stores(app, settings)
         _log_started(app, settings, loaded)
         figures = app.state.figures = metrics.start_incident_figures(app)
+        app.state.announcer.start()  # with the steps a previous run left unannounced
         # Off by default: publishes the city's indicators for a regional instance.
         federation = app.state.federation = start_publisher(settings, local_cities(app))
-        store, service = start_commands(settings, loaded, lambda c: client_of(app, c))
-        app.state.commands, app.state.command_service = store, service
+        # The command store and session belong to one process (commands.url: another's).
+        owned = None
+        if settings.commands.url is None:
+            owned = start_commands(settings, loaded, lambda c: client_of(app, c))
+            app.state.commands, app.state.command_service = owned
         try:
             yield
         finally:
-            await stop_commands(store, service)
+            if owned is not None:
+                await stop_commands(*owned)
             if federation is not None:
                 await federation.stop()
             await asyncio.gather(figures.stop(), app.state.announcer.stop())
@@ -295,6 +301,8 @@ def _lifespan(
 
 def _add_middleware(app: FastAPI, settings: ApiSettings) -> None:
     """Body limit, CORS, audit, metrics and, outermost, the security headers."""
+    if settings.commands.url is not None:
+        app.add_middleware(CommandForwarder, url=settings.commands.url)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(
         CORSMiddleware,
@@ -376,8 +384,8 @@ def create_app(
     _bounded_openapi(app, settings.max_page_size)
     app.state.settings = settings
     app.state.audit = AuditLog(settings.audit_log_file)
-    # The lifecycle steps taken here, to the broker (its task starts with the first one).
-    app.state.announcer = Announcer(settings.mqtt)
+    # The lifecycle steps taken here, to the broker through a durable outbox.
+    app.state.announcer = Announcer(settings.mqtt, settings.steps_outbox_file)
     app.state.oidc = None
     errors.install(app)
     ngsild_errors.install(app)

@@ -10,16 +10,15 @@ message of the platform takes): a stored command becomes one outbox message per 
 (its lane is the device's command topic, its key `<command id>/<device id>`, its expiry
 the command's), committed before it is published, retried until the broker takes it,
 never sent after its expiry. The broker's PUBACK settles it: 0 delivered (the device or
-its persistent session holds it), 0x10 (no session yet) retried every `retry` seconds,
-a refusal failed. The store keeps each device's status; its sweep expires what no
-device answered in time.
+its persistent session holds it), 0x10 (no session yet) retried with a growing wait
+(`retry` up to `retry_max`) at most `max_tries` times, then failed; a refusal failed.
+The store keeps each device's status; its sweep expires what no device answered in time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import time
@@ -76,31 +75,34 @@ def wire_command(c: StoredCommand) -> Command:
 
 
 def outbox_messages(command: StoredCommand, targets: Sequence[Target]) -> list[Message]:
-    """A stored command as outbox messages: one per device, on its command topic."""
-    payload = json.loads(wire_command(command).to_payload())
+    """A stored command as outbox messages: one per device, on its command topic, each
+    carrying the wire bytes (encoded once) and the command id the service settles by."""
+    body = wire_command(command).to_payload()
     return [
         Message(
             key=f"{command.id}/{t.device_id}",
             channel=CHANNEL,
             recipient=topics.command_topic(command.city, t.district, t.kind, t.device_id),
-            payload=payload,
+            payload={"command_id": command.id},
             group=command.id,
             expires_at=command.expires_ms / 1000,
+            body=body,
         )
         for t in targets
     ]
 
 
 def open_outbox(settings: ApiSettings) -> Outbox:
-    """The API's command outbox, next to the store: retried every `retry` seconds while a
-    device has no session, as often as it takes (the message's own expiry ends it)."""
-    every = settings.commands.retry
+    """The API's command outbox, next to the store: while a device has no session, retried
+    after `retry` seconds, then ever more rarely up to `retry_max` apart, at most
+    `max_tries` times (the message's own expiry may end it first)."""
+    own = settings.commands
     return Outbox(
         settings.commands_file.with_name(settings.commands_file.stem + ".outbox.sqlite3"),
         owner=CLIENT_ID,
-        backoff=Backoff(base=every, cap=every),
-        max_attempts=2**31,
-        max_age_s=settings.commands.max_expiry + 60.0,
+        backoff=Backoff(base=own.retry, cap=max(own.retry, own.retry_max)),
+        max_attempts=own.max_tries,
+        max_age_s=own.max_expiry + 60.0,
     )
 
 
@@ -213,8 +215,7 @@ class CommandService:
     async def _publish(self, client: MqttClient, topic: str, entry: Entry) -> Outcome:
         """Publish one device's copy with the time it has left; the broker's verdict."""
         left = None if entry.expires_at is None else math.ceil(entry.expires_at - time.time())
-        body = json.dumps(entry.payload, separators=(",", ":")).encode()
-        result = await client.publish(topic, body, 1, expiry_s=left)
+        result = await client.publish(topic, entry.body or b"", 1, expiry_s=left)
         code = result.reason_code
         if code == 0:
             PUBLISHED.labels("accepted").inc()
@@ -222,12 +223,19 @@ class CommandService:
         if code < 0x80 or code >= NOT_SENT:
             # 0x10: the device has no session at the broker yet; or no connection now.
             PUBLISHED.labels("no_session").inc()
-            return Outcome.retry(result.reason, retry_after=self.settings.commands.retry)
+            if entry.attempts < self.settings.commands.max_tries:
+                return Outcome.retry(result.reason, retry_after=self.settings.commands.retry)
+            return self._fail(topic, entry, f"no session at the broker after "
+                              f"{entry.attempts} tries: {result.reason}")  # fmt: skip
         PUBLISHED.labels("refused").inc()
-        reason = f"the broker refused the command: {result.reason}"
+        return self._fail(topic, entry, f"the broker refused the command: {result.reason}")
+
+    def _fail(self, topic: str, entry: Entry, reason: str) -> Outcome:
+        """The device's status failed for `reason`; the outbox stops trying."""
         device_id = topics.parse_command_topic(topic).device_id
         now = epoch_ms(datetime.now(UTC))
-        self.store.settle(str(entry.payload["id"]), device_id, CommandStatus.FAILED, reason, now)
+        command_id = str(entry.payload["command_id"])
+        self.store.settle(command_id, device_id, CommandStatus.FAILED, reason, now)
         return Outcome.failed(reason)
 
     async def _file(self, message: Incoming) -> None:

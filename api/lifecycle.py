@@ -1,11 +1,13 @@
 """Announces the incident steps taken through the API (acknowledge, dispatch, resolve, an
 acknowledgement link, Grafana) on the broker's lifecycle topics, as they happen.
 
-A step is announced after it is stored (the log stays the truth); the request never
-waits for the broker: steps queue here (bounded) and one task publishes them, QoS 1, on
-the API's own account, retrying while the broker is away. A step whose announcement is
-lost with this process (or refused by the broker) is still in the log, which the
-notifier also reads now and then.
+A step is announced after it is stored (the log stays the truth) and goes out the way
+every outbound message of the platform does, through the durable outbox
+(`safecity.outbox`): `announce` commits it (key `<incident id>/<step number>`, so a
+repeated step is one message; lane: its topic; body: the step's JSON, encoded once) and
+returns; one task publishes what is due, QoS 1 on the API's own account. While the broker
+cannot be reached the step waits and is retried with a backoff; a step a crash left
+unsent goes out after the restart. A step the broker refuses is failed and counted.
 """
 
 from __future__ import annotations
@@ -14,49 +16,76 @@ import asyncio
 import contextlib
 import logging
 import secrets
+from pathlib import Path
 
 from prometheus_client import Counter
 
 from safecity import incidents as inc
 from safecity.errors import MqttError
-from safecity.mqtt import MqttClient
+from safecity.mqtt import NOT_SENT, MqttClient
+from safecity.outbox import Lease, Message, Outbox, Outcome
+from safecity.retry import Backoff
 from safecity.settings import MqttSettings
 
 log = logging.getLogger("safecity.api")
 
+CHANNEL = "mqtt-incident-step"
+"""The outbox channel of the steps (its recipients are lifecycle topics)."""
+
 ANNOUNCED = Counter(
     "safecity_api_incident_steps_announced",
     "Incident lifecycle steps published to the broker, by outcome (published, refused, "
-    "dropped: the queue was full).",
+    "deferred: the broker could not be reached, retried).",
     ["outcome"],
 )
 
 
-class Announcer:
-    """Publishes queued lifecycle steps on `safecity/v1/{city}/_incidents/{state}`."""
+def step_message(incident: inc.Incident) -> Message:
+    """The outbox message of an incident's latest step."""
+    change = inc.change_of(incident)
+    return Message(
+        key=f"{incident.id}/{len(incident.transitions)}",
+        channel=CHANNEL,
+        recipient=change.topic,
+        payload={"incident_id": incident.id},
+        group=incident.id,
+        body=change.payload(),
+    )
 
-    def __init__(self, mqtt: MqttSettings, capacity: int = 10_000, retry_s: float = 1.0) -> None:
+
+class Announcer:
+    """Publishes the outbox's lifecycle steps on `safecity/v1/{city}/_incidents/{state}`."""
+
+    def __init__(self, mqtt: MqttSettings, outbox_file: Path, poll_s: float = 0.2) -> None:
         self.settings = mqtt
-        self.queue: asyncio.Queue[inc.IncidentChange] = asyncio.Queue(capacity)
-        self.retry_s = retry_s
+        self.outbox = Outbox(
+            outbox_file,
+            owner="safecity-api-steps",
+            backoff=Backoff(base=1.0, cap=30.0),
+            max_attempts=10_000,
+            max_age_s=86_400.0,
+        )
+        self.poll_s = poll_s
         self._client: MqttClient | None = None
         self._task: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()  # set while nothing is due
 
-    def announce(self, incident: inc.Incident) -> None:
-        """Queue the incident's latest step (never blocks; a full queue drops and counts)."""
+    def start(self) -> None:
+        """Start publishing (what a previous run left unsent too); idempotent."""
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="incident-announcer")
-        try:
-            self.queue.put_nowait(inc.change_of(incident))
-        except asyncio.QueueFull:
-            ANNOUNCED.labels(outcome="dropped").inc()
-            log.warning("incident step not announced: queue full", extra={"incident": incident.id})
+
+    def announce(self, incident: inc.Incident) -> None:
+        """Commit the incident's latest step to the outbox (never waits for the broker)."""
+        self.outbox.enqueue([step_message(incident)])
+        self._idle.clear()
+        self.start()
 
     async def stop(self, flush_s: float = 2.0) -> None:
-        """Publish what is queued (for at most `flush_s`), then stop and disconnect."""
+        """Publish what is due (for at most `flush_s`), then stop, disconnect; idempotent."""
         if self._task is not None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.queue.join(), flush_s)
+                await asyncio.wait_for(self._idle.wait(), flush_s)
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
@@ -64,33 +93,40 @@ class Announcer:
         if self._client is not None:
             await self._client.disconnect()
             self._client = None
+        self.outbox.close()
 
     async def _run(self) -> None:
         while True:
-            change = await self.queue.get()
-            try:
-                await self._publish(change)
-            finally:
-                self.queue.task_done()
+            leases = self.outbox.claim(lanes=100)
+            for lease in leases:
+                self.outbox.settle(lease, await self._publish(lease))
+            if not leases:
+                self._idle.set()
+                await asyncio.sleep(self.poll_s)
 
-    async def _publish(self, change: inc.IncidentChange) -> None:
-        """Publish one step, retrying while the broker cannot be reached."""
-        while True:
-            try:
-                client = await self._connect()
-                result = await client.publish(change.topic, change.payload(), qos=1)
-            except MqttError as exc:
-                log.warning("incident step announcement deferred: %s", exc)
-                await asyncio.sleep(self.retry_s)
-                continue
-            outcome = "published" if result.ok else "refused"
-            ANNOUNCED.labels(outcome=outcome).inc()
-            if not result.ok:
-                log.error(
-                    "broker refused an incident step",
-                    extra={"topic": change.topic, "reason": result.reason},
-                )
-            return
+    async def _publish(self, lease: Lease) -> Outcome:
+        """Publish one step; the broker's verdict, or a retry while it cannot be reached."""
+        (entry,) = lease.entries
+        try:
+            client = await self._connect()
+            result = await client.publish(lease.recipient, entry.body or b"", qos=1)
+        except MqttError as exc:
+            return self._deferred(str(exc))
+        if result.reason_code >= NOT_SENT:
+            return self._deferred(result.reason)
+        if result.ok:
+            ANNOUNCED.labels(outcome="published").inc()
+            return Outcome.delivered()
+        ANNOUNCED.labels(outcome="refused").inc()
+        log.error("broker refused an incident step",
+                  extra={"topic": lease.recipient, "reason": result.reason})  # fmt: skip
+        return Outcome.failed(f"the broker refused the step: {result.reason}")
+
+    @staticmethod
+    def _deferred(reason: str) -> Outcome:
+        ANNOUNCED.labels(outcome="deferred").inc()
+        log.warning("incident step announcement deferred: %s", reason)
+        return Outcome.retry(reason)
 
     async def _connect(self) -> MqttClient:
         if self._client is None:

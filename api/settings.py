@@ -100,11 +100,26 @@ class CommandSettings(BaseModel):
     )
     retry: Annotated[float, Field(gt=0, le=3600)] = Field(
         default=5.0,
-        description="Commands: seconds between tries while the device has no session at the "
-        "broker.",
+        description="Commands: seconds before the first retry while the device has no session "
+        "at the broker; each further wait doubles (jittered) up to `retry_max`.",
+    )
+    retry_max: Annotated[float, Field(gt=0, le=86_400)] = Field(
+        default=300.0,
+        description="Commands: the longest wait between two tries to a device with no session.",
+    )
+    max_tries: Annotated[int, Field(ge=1, le=100_000)] = Field(
+        default=500,
+        description="Commands: most tries per device while it has no session at the broker "
+        "(each one an attempt row); then that device's status is failed.",
     )
     max_group: Annotated[int, Field(ge=1, le=100_000)] = Field(
         default=2000, description="Commands: most devices one group command may address."
+    )
+    url: str | None = Field(
+        default=None,
+        description="Commands: the API that owns the command store and broker session (e.g. "
+        "http://safecity-api-commands:8000); set, this process runs no command service and "
+        "passes the command routes there. Empty: this process is the owner.",
     )
 
 
@@ -351,6 +366,11 @@ class ApiSettings(ServiceSettings):
         description=(
             "The durable command store (SQLite): every command and its per-device statuses."
         ),
+    )
+    steps_outbox_file: Path = Field(
+        default_factory=in_home("steps_outbox_file"),
+        description="The durable outbox (SQLite) of the incident steps taken here, until the "
+        "broker has them.",
     )
     commands: CommandSettings = CommandSettings()
     sessions_file: Path = Field(

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from broker.dynsec import CONTAINER_PLUGIN, DYNSEC_FILE, find_plugin
+from broker.guard import CONTAINER_GUARD, find_guard
 from safecity.errors import ConfigError, StackError
 
 DEFAULT_MOSQUITTO_CONF = Path(__file__).resolve().parent / "mosquitto.conf"
@@ -82,6 +83,8 @@ def require_no_anonymous(conf: str, template: Path) -> None:
 
 _TLS_LISTENER_RE = re.compile(r"^\s*listener\s+8883\b")
 _LISTENER_OPTION_RE = re.compile(r"^\s*#?\s*[a-z_0-9.]+\s")
+# The guard's `plugin` line (the first one: it must answer before dynamic security).
+_GUARD_RE = re.compile(r"^\s*plugin\s+\S*safecity_guard\.so\s*$")
 _KEY_RE = re.compile(
     r"^\s*#?\s*(plugin|plugin_opt_config_file|cafile|certfile|keyfile|crlfile|pid_file|"
     r"require_certificate|use_identity_as_username)\s"
@@ -94,6 +97,7 @@ def render_secure_config(
     dynsec_file: Path,
     pid_file: Path,
     plugin: str | None = None,
+    guard: str | None = None,
     tls_port: int | None = None,
     tls_host: str = "127.0.0.1",
     cafile: Path | None = None,
@@ -107,7 +111,8 @@ def render_secure_config(
     The plain listener stays the template's first `listener` (stack.render_mosquitto_conf
     binds it to loopback); the TLS listener (`listener 8883`) moves to tls_host:tls_port,
     or is dropped with its options when tls_port is None. `plugin`: the dynamic-security
-    plugin's path on this host (default: found where Debian or the image installs it).
+    plugin's path on this host (default: found where Debian or the image installs it);
+    `guard`: the guard plugin's (default: built under build/broker, broker.guard).
     """
     values: dict[str, str | None] = {
         "plugin": plugin if plugin is not None else find_plugin(),
@@ -132,6 +137,9 @@ def render_secure_config(
             continue
         if in_tls and tls_port is None and _LISTENER_OPTION_RE.match(line):
             # Options after a dropped listener would attach to the plain one.
+            continue
+        if _GUARD_RE.match(line):
+            out.append(f"plugin {guard if guard is not None else find_guard()}")
             continue
         match = _KEY_RE.match(line)
         if match is None:
@@ -192,6 +200,7 @@ def render_container_config(template: str) -> str:
         template,
         dynsec_file=CONTAINER_CONFIG_DIR / DYNSEC_FILE,
         plugin=CONTAINER_PLUGIN,
+        guard=CONTAINER_GUARD,
         pid_file=Path("/mosquitto/data/mosquitto.pid"),
         tls_port=8883,
         tls_host="0.0.0.0",

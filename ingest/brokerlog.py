@@ -10,9 +10,14 @@ broker (tests/ingest/test_security_events.py):
   `New connection from <ip>:<port> on port <p>.` cannot be paired with it reliably.
 - a client id or username with `+`/`#`: `ACL denying access to client with dangerous
   client id "<id>"` (or `username "<name>"`).
-- a PUBLISH the ACL refuses (a device spoofing another's topic): nothing at these levels;
-  only `log_type debug` adds `Denied PUBLISH from <id> (d0, q1, r0, m1, '<topic>', ...`
-  (parsed when present, but debug logs every packet: not enabled by the platform).
+- a device's reach for another device's commands or results (a subscribe, a command, a
+  forged result), refused by safecity's broker guard plugin (broker/guard.py):
+  `safecity-guard: denied subscribe by client '<id>' user '<username>' on '<topic>'`
+  (or `denied publish`).
+- any other PUBLISH the ACL refuses (a device spoofing another's telemetry topic): nothing
+  at these levels; only `log_type debug` adds `Denied PUBLISH from <id> (d0, q1, r0, m1,
+  '<topic>', ...` (parsed when present, but debug logs every packet: not enabled by the
+  platform). Other refused SUBSCRIBEs are never logged.
 
 Older or differently built brokers say `... failed authentication` or
 `Connection Refused: not authorised`; those are recognised too. Timestamps: the
@@ -45,6 +50,13 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
         ),
     ),
     ("acl_denied", re.compile(r"^Denied PUBLISH from (?P<id>\S+) \(.*?'(?P<topic>[^']*)'")),
+    (
+        "acl_denied",
+        re.compile(
+            r"^safecity-guard: denied (?P<access>subscribe|publish) by client '(?P<id>[^']*)' "
+            r"user '[^']*' on '(?P<topic>[^']*)'$"
+        ),
+    ),
 )
 MAX_LINE = 4096
 """Longer lines are cut (a client id can be 64 KiB); the parts that matter come first."""
@@ -59,6 +71,7 @@ class BrokerLogEvent:
     client_id: str
     message: str
     topic: str | None = None
+    access: str | None = None
 
 
 def parse_line(line: str) -> BrokerLogEvent | None:
@@ -81,8 +94,9 @@ def parse_line(line: str) -> BrokerLogEvent | None:
         if found is None:
             continue
         groups = found.groupdict()
+        client_id = groups.get("id") or "<unknown>"
         return BrokerLogEvent(
-            type_, time_s, groups.get("id") or "<unknown>", message, groups.get("topic")
+            type_, time_s, client_id, message, groups.get("topic"), groups.get("access")
         )
     return None
 

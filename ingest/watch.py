@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ingest import metrics
-from ingest.brokerlog import EventClock, LogFollower, parse_line
+from ingest.brokerlog import BrokerLogEvent, EventClock, LogFollower, parse_line
 from ingest.sink import Sink
 from ingest.stats import BrokerDropped
 from safecity import schema
@@ -49,6 +49,13 @@ class SysWatch:
             await client.disconnect()
 
 
+def _detail(event: BrokerLogEvent) -> str:
+    """What a security event says: the topic published to or the filter subscribed to."""
+    if event.topic is None:
+        return event.message
+    return f"{'subscribe' if event.access == 'subscribe' else 'topic'} {event.topic}"
+
+
 class BrokerEvents:
     """Broker log lines -> `security_events` points (auth failures, ACL denials)."""
 
@@ -65,7 +72,7 @@ class BrokerEvents:
             if event is None:
                 continue
             time_ms, count = self._clock.stamp_count(event.time_s)
-            detail = event.message if event.topic is None else f"topic {event.topic}"
+            detail = _detail(event)
             # A registry device's event goes to its own city's data; any other client's
             # (a service, a stranger) to the home city's.
             city = self._cities.owner(event.client_id) or self._cities.first

@@ -108,6 +108,11 @@ class Layout:
         return self.root / "sessions" / "sessions.sqlite3"
 
     @property
+    def steps_outbox_file(self) -> Path:
+        """The API's outbox of incident steps to announce on the broker."""
+        return self.root / "api" / "steps.outbox.sqlite3"
+
+    @property
     def ledger_file(self) -> Path:
         """What the instance's simulator sent (ground truth for `safecity verify`)."""
         return self.root / "ledger.jsonl"

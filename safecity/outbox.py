@@ -62,7 +62,8 @@ CREATE TABLE IF NOT EXISTS entries (
     first_attempt_at REAL,
     done_at REAL,
     detail TEXT NOT NULL DEFAULT '',
-    expires_at REAL
+    expires_at REAL,
+    body BLOB
 );
 CREATE INDEX IF NOT EXISTS entries_pending
     ON entries (channel, recipient, not_before, seq) WHERE status = 'pending';
@@ -113,6 +114,9 @@ class Message:
     """Epoch seconds before which it must not be sent (None: at once)."""
     expires_at: float | None = None
     """Epoch seconds from which it must not be sent any more (None: only the retry bounds)."""
+    body: bytes | None = None
+    """The exact bytes to send, stored once and sent as they are on every attempt (None: the
+    sender builds its request from `payload`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +137,7 @@ class Entry:
     done_at: float | None
     detail: str
     expires_at: float | None = None
+    body: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +189,7 @@ class Lease:
 
 _ENTRY_COLUMNS = (
     "seq, key, channel, recipient, grp, payload, status, created_at, not_before, "
-    "attempts, first_attempt_at, done_at, detail, expires_at"
+    "attempts, first_attempt_at, done_at, detail, expires_at, body"
 )
 
 # The first `per_lane` pending messages of every lane, in lane order, with their lease.
@@ -212,6 +217,7 @@ def _entry(row: tuple[Any, ...]) -> Entry:
         done_at=row[11],
         detail=row[12],
         expires_at=row[13],
+        body=row[14],
     )
 
 
@@ -224,7 +230,7 @@ def _due_lanes(rows: list[tuple[Any, ...]], now: float, lanes: int) -> dict[Lane
     blocked: set[Lane] = set()
     for row in rows:
         lane = (row[2], row[3])
-        next_at, lease_until, rn = row[14], row[15], row[16]
+        next_at, lease_until, rn = row[15], row[16], row[17]
         leased = lease_until is not None and lease_until > now
         if lane in blocked or leased or next_at > now or row[8] > now:
             blocked.add(lane)  # order: nothing behind a message that is not going now
@@ -266,10 +272,12 @@ class Outbox:
         self._recover()
 
     def _migrate(self) -> None:
-        """A file written before messages could expire gains the (empty) column."""
+        """A file written before messages could expire or carry bytes gains the (empty)
+        columns."""
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(entries)")}
-        if "expires_at" not in columns:
-            self._db.execute("ALTER TABLE entries ADD COLUMN expires_at REAL")
+        for column, kind in (("expires_at", "REAL"), ("body", "BLOB")):
+            if column not in columns:
+                self._db.execute(f"ALTER TABLE entries ADD COLUMN {column} {kind}")
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -329,6 +337,7 @@ class Outbox:
                 now if m.not_before is None else m.not_before,
                 now if m.not_before is None else m.not_before,
                 m.expires_at,
+                m.body,
             )
             for m in messages
         ]
@@ -336,8 +345,8 @@ class Outbox:
             before = db.total_changes
             db.executemany(
                 "INSERT OR IGNORE INTO entries (key, channel, recipient, grp, payload, status, "
-                "created_at, not_before, next_at, expires_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "created_at, not_before, next_at, expires_at, body) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
             return db.total_changes - before

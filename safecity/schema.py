@@ -282,7 +282,9 @@ SECURITY_EVENT_TYPES: dict[str, tuple[str, str]] = {
     ),
     "acl_denied": (
         "broker",
-        "a PUBLISH the ACL refused (`Denied PUBLISH from ...`; logged only with `log_type debug`)",
+        "a device's subscribe or publish refused on the command topics by the broker's guard "
+        "plugin (`safecity-guard: denied ...`); any other PUBLISH the ACL refused "
+        "(`Denied PUBLISH from ...`) only with `log_type debug`",
     ),
     "dangerous_identity": (
         "broker",

@@ -12,11 +12,15 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # Each piece the stack needs and the Debian package that provides it: "piece package".
 # A piece is a command (looked up on PATH, in the sbin directories and podman's helper
-# directories), an absolute path, `lib:NAME` (a shared library the dynamic linker knows)
-# or `ensurepip` (what `python3 -m venv` needs).
+# directories), an absolute path (a file that exists), `lib:NAME` (a shared library the
+# dynamic linker knows) or `ensurepip` (what `python3 -m venv` needs).
 # curl and jq: the README's and the docs' steps beside `make run` use them.
+# gcc, make and Mosquitto's plugin headers build the broker's guard plugin
+# (broker/plugin/safecity_guard.c, into build/broker/).
 NEEDS=("mosquitto mosquitto" "mosquitto_pub mosquitto-clients" "mosquitto_sub mosquitto-clients"
-    "influxd influxdb" "python3 python3" "ensurepip python3-venv" "curl curl" "jq jq")
+    "influxd influxdb" "python3 python3" "ensurepip python3-venv" "curl curl" "jq jq"
+    "gcc gcc" "make make" "/usr/include/mosquitto_plugin.h mosquitto-dev"
+    "/usr/include/mosquitto.h libmosquitto-dev")
 # Tests only: chromium, the browser the console test drives (Playwright with Debian's
 # build, no download); docker-compose, whose `config` validates docker-compose.yml
 # without a Docker engine (no recommends: the engine itself is not installed); podman
@@ -57,7 +61,7 @@ esac
 # podman's helpers live in its own directories.
 have() {
     case "$1" in
-        /*) [ -x "$1" ] ;;
+        /*) [ -e "$1" ] ;;
         ensurepip) "$PYTHON" -c 'import ensurepip' >/dev/null 2>&1 || [ -x "$VENV/bin/python" ] ;;
         lib:*) /sbin/ldconfig -p 2>/dev/null | grep -qE "^[[:space:]]+${1#lib:} " ;;
         *) command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ] \
@@ -175,8 +179,15 @@ setup_oidc_provider() {
     fi
 }
 
+# The broker's guard plugin (the local stack and the tests load it before dynamic security).
+build_guard() {
+    say "building the broker guard plugin (make -C broker/plugin OUT=$PWD/build/broker)"
+    make -s -C broker/plugin OUT="$PWD/build/broker"
+}
+
 if ! $python_only; then
     install_system_packages
+    build_guard
 fi
 setup_venv
 if $for_tests; then

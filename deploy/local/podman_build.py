@@ -41,12 +41,22 @@ SUITE = "bookworm"
 SUITE_PYTHON = (3, 11)
 BASE_IMAGE = f"localhost/safecity-local/debian:{SUITE}"
 PYTHON_IMAGE = f"localhost/safecity-local/python:3.11-{SUITE}"
+MOSQUITTO_IMAGE = f"localhost/safecity-local/mosquitto:{SUITE}"
 # Stand-in image -> (its Containerfile under deploy/local/images, its Debian packages).
 STANDINS = {
     PYTHON_IMAGE: ("python.Containerfile", ("python3", "python3-venv", "python-is-python3")),
-    f"localhost/safecity-local/mosquitto:{SUITE}": (
+    # The compiler and headers: the Dockerfile's broker stage builds the guard plugin on it.
+    MOSQUITTO_IMAGE: (
         "mosquitto.Containerfile",
-        ("mosquitto", "mosquitto-clients"),
+        (
+            "mosquitto",
+            "mosquitto-clients",
+            "gcc",
+            "libc6-dev",
+            "make",
+            "mosquitto-dev",
+            "libmosquitto-dev",
+        ),
     ),
     f"localhost/safecity-local/influxdb:{SUITE}": ("influxdb.Containerfile", ("influxdb", "curl")),
 }
@@ -413,7 +423,8 @@ def build_project(
         dockerfile = context / (
             build.get("dockerfile", "Dockerfile") if isinstance(build, dict) else "Dockerfile"
         )
-        args = {"PYTHON_IMAGE": PYTHON_IMAGE, **host_pip_settings()}
+        args = {"PYTHON_IMAGE": PYTHON_IMAGE, "MOSQUITTO_IMAGE": MOSQUITTO_IMAGE}
+        args |= host_pip_settings()
         if wheels:
             args |= {"PIP_FIND_LINKS": WHEELS_MOUNT, "PIP_NO_INDEX": "1"}
         inputs = [images.get(PYTHON_IMAGE, ""), json.dumps(args, sort_keys=True)]
@@ -425,6 +436,8 @@ def build_project(
             continue
         cmd = ["build", "-q", "--layers", "-t", service["image"], "-t", tag]
         cmd += ["-f", str(dockerfile)]
+        if isinstance(build, dict) and build.get("target"):
+            cmd += ["--target", build["target"]]
         if wheels:
             cmd += ["--volume", f"{wheels}:{WHEELS_MOUNT}:ro"]
         for key, value in args.items():

@@ -139,6 +139,70 @@ def test_a_live_device_executes_and_an_away_device_gets_it_when_back(
     assert status(api, expiring["id"])["deliveries"][0]["status"] == "expired"
 
 
+def test_a_device_that_never_connects_costs_a_bounded_number_of_attempts(
+    stack: LocalStack, influx_db: str, start_api: Callable[..., Any], tmp_path: Path
+) -> None:
+    """No session at the broker, a long expiry: the tries stop at the cap, the status is
+    failed with the reason, and no further attempt row is added."""
+    env = command_env(stack, tmp_path, SAFECITY_COMMANDS__RETRY_MAX="0.2",
+                      SAFECITY_COMMANDS__MAX_TRIES="4")  # fmt: skip
+    api = start_api(influx_db, **{**env, "SAFECITY_COMMANDS__RETRY": "0.05"})
+    never = unsimulated("weather", 4)[3]  # one the other tests never start
+    sent = send(api, never, "reboot", expires_in=3600)
+    done = settled(api, sent["id"])
+    (delivery,) = done["deliveries"]
+    assert delivery["status"] == "failed"
+    assert delivery["reason"].startswith("no session at the broker after 4 tries")
+    box = Outbox(tmp_path / "commands.outbox.sqlite3", owner="test-reader")
+    try:
+        (entry,) = box.entries(group=sent["id"])
+        assert (entry.status, entry.attempts) == (DeliveryStatus.FAILED, 4)
+        # Ten times the longest wait on: still four attempt rows.
+        holds_for(lambda: len(box.attempts(entry.key)) == 4, 2.0, "four attempts, no more")
+    finally:
+        box.close()
+
+
+def test_a_replica_without_the_command_service_passes_the_command_routes_to_its_owner(
+    stack: LocalStack,
+    influx_db: str,
+    start_api: Callable[..., Any],
+    devices: CommandDevices,
+    tmp_path: Path,
+) -> None:
+    """Two API processes as on Kubernetes: the owner (store, broker session) and a replica
+    with `SAFECITY_COMMANDS__URL`: every command route asked of the replica is the owner's
+    answer, the replica opens no store, and without its owner it says so (503)."""
+    keys = str(tmp_path / "shared-keys.json")
+    owner = start_api(influx_db, **command_env(stack, tmp_path), SAFECITY_API_KEYS_FILE=keys)
+    replica_file = tmp_path / "replica-commands.sqlite3"
+    replica = start_api(influx_db, SAFECITY_API_KEYS_FILE=keys, SAFECITY_COMMANDS__URL=owner.url,
+                        SAFECITY_COMMANDS_FILE=str(replica_file))  # fmt: skip
+    replica.api_key = owner.api_key  # a key both processes know (the owner's)
+    device = unsimulated("weather", 5)[4]
+    devices.start(device)
+    sent = send(replica, device, "set_interval", params={"interval_s": 90})
+    done = settled(replica, sent["id"])
+    assert [(d["device_id"], d["status"]) for d in done["deliveries"]] == [(device.id, "executed")]
+    assert status(owner, sent["id"]) == done
+    listed = httpx.get(f"{replica.url}/v1/commands", headers=owner.headers, timeout=10)
+    assert listed.status_code == 200 and sent["id"] in listed.text
+    body = {"name": "set_interval", "params": {"interval_s": -1}}
+    bad = httpx.post(f"{replica.url}/v1/devices/{device.id}/commands", headers=owner.headers,
+                     json=body, timeout=10)  # fmt: skip
+    assert bad.status_code == 422 and "interval_s" in bad.text
+    unknown = httpx.get(f"{replica.url}/v1/commands/cmd-{'0' * 20}", headers=owner.headers,
+                        timeout=10)  # fmt: skip
+    assert unknown.status_code == 404
+    assert not replica_file.exists()
+    owner.stop()
+    gone = httpx.get(f"{replica.url}/v1/commands", headers=owner.headers, timeout=10)
+    assert gone.status_code == 503 and "command service" in gone.text
+    # Everything else is the replica's own.
+    own = httpx.get(f"{replica.url}/v1/cities", headers=owner.headers, timeout=10)
+    assert own.status_code == 200
+
+
 def test_refusals_name_what_is_wrong(
     stack: LocalStack, influx_db: str, start_api: Callable[..., Any], tmp_path: Path
 ) -> None:

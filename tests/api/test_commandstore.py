@@ -4,7 +4,6 @@ pending becomes one outbox message per device, handed over once."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -101,10 +100,14 @@ def test_each_device_gets_one_outbox_message_on_its_topic_once(tmp_path: Path) -
     assert {(e.channel, e.group, e.expires_at) for e in entries} == {
         (CHANNEL, stored.id, (T0 + 60_000) / 1000)
     }
-    wire = parse_command(json.dumps(entries[0].payload).encode())
+    # The wire bytes, encoded once, are what every device's copy carries (and is sent).
+    bodies = {e.body for e in entries}
+    assert len(bodies) == 1 and None not in bodies
+    wire = parse_command(entries[0].body or b"")
     assert (wire.id, wire.name, wire.params, wire.idempotency_key) == (
         stored.id, "set_level", {"level": 40}, "k",
     )  # fmt: skip
+    assert {tuple(e.payload.items()) for e in entries} == {(("command_id", stored.id),)}
 
 
 def test_pages_are_newest_first_per_city(tmp_path: Path) -> None:

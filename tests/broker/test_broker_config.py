@@ -95,6 +95,7 @@ def test_secure_template_hardening_and_loopback_plain_listener(tmp_path: Path) -
         dynsec_file=tmp_path / "d.json",
         pid_file=tmp_path / "pid",
         plugin="/x/mosquitto_dynamic_security.so",
+        guard="/x/safecity_guard.so",
     )
     conf = render_mosquitto_conf(
         text, host="127.0.0.1", port=1884, data_dir=tmp_path, user="nobody"
@@ -129,8 +130,10 @@ def test_secure_template_hardening_and_loopback_plain_listener(tmp_path: Path) -
     assert "allow_anonymous true" not in raw
     assert re.search(r"^listener 1883 127\.0\.0\.1$", raw, re.MULTILINE)
     assert not any(ln.startswith(("password_file", "acl_file")) for ln in lines)
-    # Exactly one plugin, configured (a comment line must never turn into a second one).
+    # The guard first (it answers before dynamic security), then exactly the one
+    # dynamic-security plugin, configured (a comment line must never turn into another).
     assert [ln for ln in conf.splitlines() if ln.startswith("plugin")] == [
+        "plugin /x/safecity_guard.so",
         "plugin /x/mosquitto_dynamic_security.so",
         f"plugin_opt_config_file {tmp_path / 'd.json'}",
     ]

@@ -32,7 +32,7 @@ from support import wait_for
 from alerts.settings import AlertsSettings
 from api.apikeys import KeyStore
 from api.settings import ApiSettings
-from broker import dynsec, emqx
+from broker import dynsec, emqx, guard
 from broker.settings import SecuritySettings
 from control.settings import BackupSettings, StorageSettings
 from control.stack import Influxd, ManagedProcess, free_port
@@ -195,6 +195,34 @@ def test_ingest_workers_have_stable_ids_and_their_own_spool_volume(
     claims = [t["metadata"]["name"] for t in ingest["spec"]["volumeClaimTemplates"]]
     mounts = ingest["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
     assert any(m["name"] in claims and m["mountPath"] == "/var/lib/safecity" for m in mounts)
+
+
+def test_one_process_owns_the_command_store_and_session(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    """The scaled API replicas run no command service (they pass the command routes on);
+    the command service is one pod, replaced (never overlapped), on its own volume."""
+    for overlay, objects in rendered.items():
+        owners = []
+        for obj, spec in pod_specs(objects):
+            for container in containers(spec):
+                if container.get("command", [])[:2] != ["safecity", "api"]:
+                    continue
+                env = {e["name"]: e.get("value") for e in container.get("env", [])}
+                if "SAFECITY_COMMANDS__URL" in env:
+                    assert env["SAFECITY_COMMANDS__URL"] == "http://safecity-api-commands:8000"
+                else:
+                    owners.append((obj, spec, env))
+        assert [o["metadata"]["name"] for o, _, _ in owners] == ["safecity-api-commands"], overlay
+        ((owner, spec, env),) = owners
+        assert owner["spec"]["replicas"] == 1 and owner["spec"]["strategy"] == {"type": "Recreate"}
+        scaled = [o for o in objects if o["kind"] == "HorizontalPodAutoscaler"]
+        assert all(o["spec"]["scaleTargetRef"]["name"] != owner["metadata"]["name"] for o in scaled)
+        claims = {v["name"]: v["persistentVolumeClaim"]["claimName"]
+                  for v in spec["volumes"] if "persistentVolumeClaim" in v}  # fmt: skip
+        mounts = {m["mountPath"]: m["name"] for m in containers(spec)[0]["volumeMounts"]}
+        store = Path(env["SAFECITY_COMMANDS_FILE"])
+        assert claims.get(mounts.get(str(store.parent), "")) == "safecity-api-commands", overlay
 
 
 def test_network_policies_let_only_labelled_clients_reach_influxdb_and_plain_mqtt(
@@ -529,6 +557,9 @@ class Pod:
             elif key == "SAFECITY_NOTIFY_URL":  # the notifier's Service, its metrics port
                 assert value == "http://safecity-notify:9104", value
                 value = f"http://127.0.0.1:{self.cluster.port('safecity-notify', 9104)}"
+            elif key == "SAFECITY_COMMANDS__URL":  # the command service's Service
+                assert value == "http://safecity-api-commands:8000", value
+                value = f"http://127.0.0.1:{self.cluster.port('safecity-api-commands', 8000)}"
             elif key == "SAFECITY_MQTT__PORT":
                 value = str(self.cluster.mqtt_port)
             elif re.fullmatch(r"SAFECITY_(\w*_)?PORT", key):
@@ -619,7 +650,7 @@ def test_the_rendered_containers_run_here_and_become_ready(
         assert "created admin" in result.stdout
         # 4. every long-running safecity service, until its readiness probe passes.
         for name in ("safecity-ingest", "safecity-notify", "safecity-alerts", "safecity-rollup",
-                     "safecity-api", "safecity-simulator"):  # fmt: skip
+                     "safecity-api-commands", "safecity-api", "safecity-simulator"):  # fmt: skip
             started.append(_start_service(cluster, name, tmp_path))
         _the_city_flows(cluster, key, operator)
     finally:
@@ -678,6 +709,7 @@ def _start_broker(cluster: ClusterHere, tmp_path: Path) -> ManagedProcess:
     text = text.replace("log_dest stdout", f"log_dest file {tmp_path / 'mosquitto.log'}")
     # The image's plugin path -> where this host's Mosquitto package installed it.
     text = text.replace(dynsec.CONTAINER_PLUGIN, dynsec.find_plugin())
+    text = text.replace(guard.CONTAINER_GUARD, guard.find_guard())
     local_conf = tmp_path / "mosquitto-local.conf"
     local_conf.write_text(f"user {os.environ.get('USER', 'root')}\n" + text)
     broker = ManagedProcess(
@@ -733,7 +765,8 @@ def _the_city_flows(cluster: ClusterHere, key: str, operator: str) -> None:
     notify_port = cluster.port("safecity-notify", 9104)
     direct = httpx.get(f"http://127.0.0.1:{notify_port}/notifications", timeout=10)
     assert direct.status_code == 200 and listing.json() == direct.json()
-    # The API commands a simulated device as `_command`, the account the Job made.
+    # The API commands a simulated device as `_command`, the account the Job made:
+    # through a scaled replica, which passes it to the one command service.
     assert "_command" in json.loads(cluster.secrets["safecity-mqtt"]["secrets.json"])
     light = default_city().select(kind="streetlight")[0]
     api_url = f"http://127.0.0.1:{api_port}"

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from broker import dynsec
+from broker import dynsec, guard
 from control.processes import ManagedProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,7 +73,7 @@ class ComposeHost:
         self.brokers = {
             name: (free_port(), free_port())
             for name, s in self.services.items()
-            if str(s.get("image", "")).startswith("eclipse-mosquitto")
+            if str(s.get("image", "")).startswith(("eclipse-mosquitto", "safecity-mosquitto"))
         }
         self._ports: dict[tuple[str, int], int] = {}
         self.started: list[ManagedProcess] = []
@@ -163,6 +163,7 @@ class ComposeHost:
         text = text.replace("log_dest stdout", f"log_dest file {self.tmp / f'{name}.log'}")
         # The image's plugin path -> where this host's Mosquitto package installed it.
         text = text.replace(dynsec.CONTAINER_PLUGIN, dynsec.find_plugin())
+        text = text.replace(guard.CONTAINER_GUARD, guard.find_guard())
         conf = self.tmp / f"{name}-local.conf"
         conf.write_text(f"user {os.environ.get('USER', 'root')}\n" + text)
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"

@@ -119,6 +119,44 @@ def test_broker_auth_failures_and_dangerous_ids_become_security_events(
     assert all(e.time_s is not None and abs(e.time_s - time.time()) < 3600 for e in parsed)
 
 
+def test_refused_command_traffic_becomes_security_events(own_stack, ingest_factory) -> None:
+    """A device (Mosquitto's own clients, its own login) publishing a command, publishing a
+    result for another device and subscribing to its commands: each refused by the broker
+    (its guard plugin) and each an `acl_denied` event of that device in InfluxDB."""
+    db = new_db(own_stack)
+    log_path = own_stack.mosquitto.log_path
+    ingest = ingest_factory(own_stack, db, "guard", SAFECITY_BROKER_LOG=str(log_path)).start()
+    wait_for(lambda: "following the broker log" in ingest.log_path.read_text(), 20, "follower")
+    spy, victim = CITY.devices[2], CITY.devices[3]
+    address = (CITY.id, victim.district, victim.kind, victim.id)
+    command, result = topics.command_topic(*address), topics.result_topic(*address)
+    login = mosquitto("mosquitto_pub", own_stack, spy.id, client_id=spy.id)
+    sub = [*mosquitto("mosquitto_sub", own_stack, spy.id, client_id=spy.id), "-t", command]
+    said = [
+        subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False).stderr
+        for argv in (
+            [*login, "-q", "1", "-t", command, "-m", "{}"],
+            [*login, "-q", "1", "-t", result, "-m", "{}"],
+            [*sub, "-q", "1", "-W", "2"],
+        )
+    ]
+    assert ["Not authorized" in said[0], "Not authorized" in said[1]] == [True, True]
+    assert "All subscription requests were denied" in said[2]
+    rows = wait_for(
+        lambda: (r := influx_rows(own_stack, db, SECURITY)) and len(r) >= 3 and r,
+        30,
+        "three refusals as security events",
+    )
+    assert sorted((r["type"], r["device_id"], r["client_id"], r["detail"]) for r in rows) == [
+        ("acl_denied", spy.id, spy.id, f"subscribe {command}"),
+        ("acl_denied", spy.id, spy.id, f"topic {command}"),
+        ("acl_denied", spy.id, spy.id, f"topic {result}"),
+    ]
+    assert {(r["source"], r["city"], r["district"]) for r in rows} == {
+        ("broker", CITY.id, spy.district)
+    }
+
+
 def test_parser_knows_the_other_broker_lines_and_ignores_the_rest() -> None:
     denied = parse_line(
         "2026-01-15T06:00:00: Denied PUBLISH from airquality-yunusabad-001 (d0, q1, r0, m1, "
@@ -127,6 +165,12 @@ def test_parser_knows_the_other_broker_lines_and_ignores_the_rest() -> None:
     assert denied is not None and denied.type == "acl_denied"
     assert denied.client_id == "airquality-yunusabad-001"
     assert denied.topic == "safecity/v1/tashkent/chilanzar/noise/noise-chilanzar-001/telemetry"
+    guarded = parse_line(
+        "2026-01-15T06:00:00: safecity-guard: denied subscribe by client 'noise-1' user "
+        "'noise-1' on 'safecity/v1/tashkent/+/+/+/cmd'"
+    )
+    assert guarded is not None and (guarded.type, guarded.access) == ("acl_denied", "subscribe")
+    assert (guarded.client_id, guarded.topic) == ("noise-1", "safecity/v1/tashkent/+/+/+/cmd")
     epoch = parse_line("1768456800: Client sensor 7 failed authentication")
     assert epoch is not None and (epoch.type, epoch.time_s) == ("auth_failure", 1768456800)
     assert epoch.client_id == "sensor 7"

@@ -153,10 +153,12 @@ def test_a_message_past_its_expiry_is_never_sent_and_its_lane_moves_on(tmp_path:
     assert box.counts()[DeliveryStatus.EXPIRED] == 1
 
 
-def test_an_outbox_from_before_expiry_opens_and_keeps_its_messages(tmp_path: Path) -> None:
+def test_an_outbox_from_before_expiry_and_bodies_opens_and_keeps_its_messages(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "old.db"
     old = sqlite3.connect(path)
-    old.executescript(_SCHEMA.replace(",\n    expires_at REAL", ""))
+    old.executescript(_SCHEMA.replace(",\n    expires_at REAL,\n    body BLOB", ""))
     old.execute(
         "INSERT INTO entries (key, channel, recipient, grp, payload, status, created_at, "
         "not_before, next_at) VALUES ('k', 'webhook', 'ann', '', '{}', 'pending', 1, 1, 1)"
@@ -164,8 +166,19 @@ def test_an_outbox_from_before_expiry_opens_and_keeps_its_messages(tmp_path: Pat
     old.commit()
     old.close()
     box = _box(path, Clock())
-    assert [(e.key, e.expires_at) for e in box.entries()] == [("k", None)]
+    assert [(e.key, e.expires_at, e.body) for e in box.entries()] == [("k", None, None)]
     assert [e.key for e in box.claim()[0].entries] == ["k"]
+
+
+def test_a_body_is_stored_once_and_leased_byte_for_byte(tmp_path: Path) -> None:
+    body = b'{"id":"c1"}\x00\xff\n'  # any bytes, not only text
+    box = _box(tmp_path / "o.db", Clock())
+    box.enqueue([_msg("a", body=body), _msg("b")])
+    box.close()
+    again = _box(tmp_path / "o.db", Clock())
+    (lease_a,) = [lease for lease in again.claim() if lease.recipient == "ann"]
+    assert [(e.key, e.body) for e in lease_a.entries] == [("a", body)]
+    assert [(e.key, e.body) for e in again.entries() if e.key == "b"] == [("b", None)]
 
 
 def test_a_restarted_owner_marks_its_attempts_interrupted(tmp_path: Path) -> None:
