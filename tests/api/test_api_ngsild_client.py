@@ -10,6 +10,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 import requests
 from api_seed import reading, write
 from ngsildclient import Client, Entity
@@ -23,6 +24,16 @@ from safecity.settings import InfluxSettings
 
 CITY = default_city()
 NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _now() -> None:
+    """NOW is when this module's tests begin, not when the suite collected it: a long
+    suite would otherwise seed readings older than the windows the tests ask for."""
+    global NOW
+    NOW = datetime.now(UTC).replace(microsecond=0)
+
+
 NOISE = CITY.select(kind="noise")[:3]
 
 

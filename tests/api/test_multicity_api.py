@@ -35,6 +35,16 @@ from safecity.schema import reading_point
 from safecity.settings import InfluxSettings
 
 NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _now() -> None:
+    """NOW is when this module's tests begin, not when the suite collected it: a long
+    suite would otherwise seed readings older than the windows the tests ask for."""
+    global NOW
+    NOW = datetime.now(UTC).replace(microsecond=0)
+
+
 # One noise level per city, far apart: a figure read from the wrong database shows.
 LAEQ = {"tashkent": 61.0, "samarkand": 74.0}
 
