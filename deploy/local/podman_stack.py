@@ -197,6 +197,18 @@ def probe(podman: Podman, name: str, spec: dict[str, Any]) -> str:
     return f"its health check exits {result.returncode}: {output or '(no output)'}"
 
 
+def not_in_time(
+    podman: Podman, service: str, pending: list[str], spec: dict[str, Any]
+) -> PodmanStackError:
+    """The error for SERVICE not ready by its deadline: its health check's own answer (run
+    once more by podman exec) and the first pending container's log."""
+    first = pending[0]
+    return PodmanStackError(
+        f"service {service}: {', '.join(pending)} not ready in time; in {first} "
+        f"{probe(podman, first, spec)}\n{logs_tail(podman, first)}"
+    )
+
+
 def budget(spec: dict[str, Any], floor: float) -> float:
     """Seconds compose would allow a health check before calling the service unhealthy."""
     allowed = seconds(spec.get("start_period"), 0)
@@ -210,12 +222,7 @@ def wait_healthy(podman: Podman, service: str, spec: dict[str, Any], floor: floa
     waiter = Waiter(podman, service, {"test": ["CMD", "true"], **spec}, one_shot=False)
     while not waiter.ready():
         if time.monotonic() > deadline:
-            names = ", ".join(sorted(waiter.pending))
-            first = sorted(waiter.pending)[0]
-            raise PodmanStackError(
-                f"service {service}: {names} not healthy in time; in {first} "
-                f"{probe(podman, first, spec)}\n{logs_tail(podman, first)}"
-            )
+            raise not_in_time(podman, service, sorted(waiter.pending), spec)
         time.sleep(POLL)
 
 
@@ -290,9 +297,8 @@ class _Startup:
                 TIMINGS[f"up: {name} ready at"] = round(time.monotonic() - self.began, 1)
                 log(f"{name}: {'completed' if waiter.one_shot else 'ready'}")
             elif time.monotonic() > deadline:
-                names = ", ".join(sorted(waiter.pending))
-                last = logs_tail(self.podman, sorted(waiter.pending)[0])
-                raise PodmanStackError(f"service {name}: {names} not ready in time:\n{last}")
+                spec = self.services[name].get("healthcheck") or {}
+                raise not_in_time(self.podman, name, sorted(waiter.pending), spec)
 
 
 def up(podman: Podman, scale: Sequence[str], profiles: Sequence[str], floor: float) -> None:

@@ -58,7 +58,12 @@ class FakeClock:
         self.on_sleep(len(self.sleeps))
 
 
-def test_writer_retries_10_000_times_then_writes(stack: LocalStack) -> None:
+# Past the attempt where 2.0**attempt overflows a float (1,024): a backoff that computes
+# the power before capping would raise there.
+RETRIES = 2_000
+
+
+def test_writer_retries_past_float_overflow_then_writes(stack: LocalStack) -> None:
     db = new_db(stack)
     # Now: the default retention policy refuses points older than its duration.
     line = f"retry_probe,device_id=d1 value=1i {int(time.time() * 1000)}"
@@ -72,8 +77,8 @@ def test_writer_retries_10_000_times_then_writes(stack: LocalStack) -> None:
         writer = InfluxWriter(down, Backoff(base=0.1, cap=30.0), sleep=clock.sleep, clock=clock)
 
         def back_after(count: int) -> None:
-            if count == 10_000:
-                writer._client = up  # InfluxDB is back after ~10,000 retries (~42 h)
+            if count == RETRIES:
+                writer._client = up  # InfluxDB is back after ~8 h of retries
 
         clock.on_sleep = back_after
         try:
@@ -81,10 +86,10 @@ def test_writer_retries_10_000_times_then_writes(stack: LocalStack) -> None:
         finally:
             await down.close()
             await up.close()
-        assert len(clock.sleeps) == 10_000
+        assert len(clock.sleeps) == RETRIES
         assert all(math.isfinite(s) and 0.0 <= s <= 30.0 for s in clock.sleeps)
         assert max(clock.sleeps) > 15.0  # the cap was reached, jittered below it
-        assert writer.write_errors == 10_000 and writer.healthy
+        assert writer.write_errors == RETRIES and writer.healthy
         return refused
 
     assert asyncio.run(main()) == []
