@@ -189,7 +189,7 @@ def _outcome(fn: Any, point: Point) -> tuple[str, str]:
         return ("error", str(exc))
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(
     measurement=st.one_of(st.sampled_from(["air_quality", "noise", "events"]), _names),
     tags=st.dictionaries(

@@ -69,7 +69,7 @@ def _assert_same(a: Point, b: Point) -> None:
 # --- pure encode/decode ------------------------------------------------------------------
 
 
-@settings(max_examples=400)
+@settings(max_examples=100)
 @given(points())
 def test_encode_is_one_line_and_round_trips(point: Point) -> None:
     line = encode(point)

@@ -91,7 +91,7 @@ def properties(draw: st.DrawFn) -> bytes:
     return bytes(props.pack())
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     topic=topics,
     payload=st.binary(max_size=400),

@@ -245,14 +245,14 @@ kinds_any = st.sampled_from(KINDS) | st.text(max_size=12)
 channels = st.sampled_from(list(Channel))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(payload=st.binary(max_size=300), kind=kinds_any, channel=channels)
 def test_arbitrary_bytes_never_raise(payload: bytes, kind: str, channel: Channel) -> None:
     result = parse(kind, payload, channel=channel, now=NOW)
     assert isinstance(result, Reading | Event | Status | Rejection)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(obj=json_values | message_like, kind=kinds_any, channel=channels)
 def test_arbitrary_json_never_raises(obj: Any, kind: str, channel: Channel) -> None:
     result = parse(kind, _dump(obj), channel=channel, now=NOW)

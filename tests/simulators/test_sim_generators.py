@@ -105,7 +105,7 @@ def check_consistency(kind: str, v: Mapping[str, Any]) -> None:
         assert -130 <= v["rssi"] <= -45
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     index=st.integers(min_value=0, max_value=len(CITY.devices) - 1),
     when=st.datetimes(
