@@ -3,9 +3,10 @@
 # --variant=minbase) on which no package of the project was ever installed, with only
 # git and make added (what cloning and running need), a fresh `git clone` of a branch
 # of this repository, then `make test` inside it, timed. The machine is a chroot in its
-# own mount and PID namespaces (unshare), with /dev, /proc and /sys of the host, so the
-# compose test's podman runs inside it as on a real machine; everything it mounts
-# vanishes with it. Needs root, mmdebstrap and unshare (docs/testing.md).
+# own mount and PID namespaces (unshare; pivot_root makes it the namespace's root), with
+# /dev, /proc and /sys of the host, so the compose test's podman runs inside it as on a
+# real machine; everything it mounts
+# vanishes with it. Needs root, mmdebstrap, unshare and pivot_root (docs/testing.md).
 #   scripts/fresh-machine-test.sh [BRANCH] [WORKDIR]
 # BRANCH: a committed branch (default: the checked-out one); WORKDIR: where the machine
 # lives (default /var/tmp/safecity-fresh; the minimal root filesystem is cached there as
@@ -76,7 +77,14 @@ exec unshare --mount --pid --fork --propagation private bash -c '
     mount -t tmpfs tmpfs "$rootfs/run"
     mount --bind "$origin" "$rootfs/mnt/origin"
     mount -o remount,bind,ro "$rootfs/mnt/origin"
-    exec chroot "$rootfs" /usr/bin/env -i HOME=/root TERM=dumb LANG=C.UTF-8 \
+    # The root filesystem becomes the root of the mount namespace (pivot_root), not a
+    # chroot inside the host root: `podman exec` (every health check) joins a container
+    # mount namespace, and under a bare chroot it landed in this root instead of the
+    # container root (chdir to the image WORKDIR failed), which no real machine does.
+    mkdir -p "$rootfs/.oldroot"
+    cd "$rootfs"
+    pivot_root . .oldroot
+    exec /usr/sbin/chroot . /usr/bin/env -i HOME=/root TERM=dumb LANG=C.UTF-8 \
         PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin $ca_env \
-        bash -c "$inner"
+        bash -c "umount -l /.oldroot && rmdir /.oldroot; $inner"
 ' fresh-machine "$ROOTFS" "$ORIGIN" "$ca_env" "$inner"
