@@ -15,13 +15,14 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from safecity.commands import FINAL, CommandStatus, clean_reason
+from safecity.durable import add_columns, open_durable, write_transaction
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS commands (
@@ -119,16 +120,9 @@ class CommandStore:
     """The commands of one instance in one SQLite file (thread-safe, one connection)."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
-        present = {row[1] for row in self._db.execute("PRAGMA table_info(commands)")}
-        for column, kind in _ADDED_COLUMNS:
-            if column not in present:
-                self._db.execute(f"ALTER TABLE commands ADD COLUMN {column} {kind}")
+        self._db = open_durable(path, _SCHEMA)
+        add_columns(self._db, "commands", _ADDED_COLUMNS)
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -136,16 +130,8 @@ class CommandStore:
         with self._lock:
             self._db.close()
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        return write_transaction(self._db, self._lock)
 
     def create(
         self, command: StoredCommand, targets: Sequence[Target], now_ms: int

@@ -19,12 +19,12 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from api.people import Person
+from safecity.durable import open_durable, write_transaction
 
 MAX_SESSIONS = 10_000
 MAX_PENDING = 1_000
@@ -87,13 +87,9 @@ class Sessions:
     """Sessions and pending sign-ins in `path` (thread-safe; bounded, oldest dropped)."""
 
     def __init__(self, path: Path, ttl: float) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path, self.ttl = path, ttl
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # A sign-out must survive a crash (else the session would come back).
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        # Durable: a sign-out must survive a crash (else the session would come back).
+        self._db = open_durable(path, _SCHEMA)
         path.chmod(0o600)
         self._lock = threading.Lock()
 
@@ -102,16 +98,8 @@ class Sessions:
         with self._lock:
             self._db.close()
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        return write_transaction(self._db, self._lock)
 
     def begin(self, redirect_uri: str) -> tuple[str, PendingSignIn]:
         """A new pending sign-in and its `state` value."""

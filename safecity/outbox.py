@@ -39,6 +39,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from safecity.durable import add_columns, open_durable, write_transaction
 from safecity.errors import OutboxError
 from safecity.retry import Backoff
 
@@ -259,40 +260,21 @@ class Outbox:
 
     def __post_init__(self) -> None:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(
-                self.path, timeout=30.0, isolation_level=None, check_same_thread=False
-            )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-            self._migrate()
+            self._db = open_durable(self.path, _SCHEMA)
+            # A file written before messages could expire or carry bytes.
+            add_columns(self._db, "entries", (("expires_at", "REAL"), ("body", "BLOB")))
         except (OSError, sqlite3.Error) as exc:
             raise OutboxError(f"cannot open the outbox {self.path}: {exc}") from exc
         self._recover()
 
-    def _migrate(self) -> None:
-        """A file written before messages could expire or carry bytes gains the (empty)
-        columns."""
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(entries)")}
-        for column, kind in (("expires_at", "REAL"), ("body", "BLOB")):
-            if column not in columns:
-                self._db.execute(f"ALTER TABLE entries ADD COLUMN {column} {kind}")
-
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         """One write transaction (BEGIN IMMEDIATE: other processes wait, never interleave)."""
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self._db
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-                self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise OutboxError(f"outbox {self.path}: {exc}") from exc
+        try:
+            with write_transaction(self._db, self._lock) as db:
+                yield db
+        except sqlite3.Error as exc:
+            raise OutboxError(f"outbox {self.path}: {exc}") from exc
 
     def _read(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
