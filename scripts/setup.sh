@@ -15,11 +15,13 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # directories), an absolute path (a file that exists), `lib:NAME` (a shared library the
 # dynamic linker knows) or `ensurepip` (what `python3 -m venv` needs).
 # curl and jq: the README's and the docs' steps beside `make run` use them.
-# gcc, make and Mosquitto's plugin headers build the broker's guard plugin
+# gcc, make, the C library's headers (gcc only recommends them: a minimal Debian has
+# none) and Mosquitto's plugin headers build the broker's guard plugin
 # (broker/plugin/safecity_guard.c, into build/broker/).
 NEEDS=("mosquitto mosquitto" "mosquitto_pub mosquitto-clients" "mosquitto_sub mosquitto-clients"
     "influxd influxdb" "python3 python3" "ensurepip python3-venv" "curl curl" "jq jq"
-    "gcc gcc" "make make" "/usr/include/mosquitto_plugin.h mosquitto-dev"
+    "gcc gcc" "make make" "/usr/include/string.h libc6-dev"
+    "/usr/include/mosquitto_plugin.h mosquitto-dev"
     "/usr/include/mosquitto.h libmosquitto-dev")
 # Tests only: chromium, the browser the console test drives (Playwright with Debian's
 # build, no download); docker-compose, whose `config` validates docker-compose.yml
