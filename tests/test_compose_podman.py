@@ -259,6 +259,7 @@ def test_every_service_healthy_with_no_restarts(stack: Stack) -> None:
         "ingest",
         "alerts",
         "notify",
+        "rollup",
         "api",
         "simulator",
     }

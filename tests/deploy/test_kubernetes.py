@@ -759,12 +759,19 @@ def _the_city_flows(cluster: ClusterHere, key: str, operator: str) -> None:
     wait_for(latest_served, 60, f"the API serves {device.id}'s latest reading", interval=0.5)
     # The notifications listing: the API asks the notifier through its Service (the
     # outboxes are on the notifier's volume); an unreachable notifier would be a 503.
-    listing = httpx.get(f"http://127.0.0.1:{api_port}/v1/notifications",
-                        headers={"X-API-Key": key}, timeout=10)  # fmt: skip
-    assert listing.status_code == 200, listing.text
+    # The notifier keeps paging meanwhile, so the two answers are compared until they
+    # agree between two of its steps.
     notify_port = cluster.port("safecity-notify", 9104)
-    direct = httpx.get(f"http://127.0.0.1:{notify_port}/notifications", timeout=10)
-    assert direct.status_code == 200 and listing.json() == direct.json()
+
+    def same_listing() -> bool:
+        listing = httpx.get(f"http://127.0.0.1:{api_port}/v1/notifications",
+                            headers={"X-API-Key": key}, timeout=10)  # fmt: skip
+        assert listing.status_code == 200, listing.text
+        direct = httpx.get(f"http://127.0.0.1:{notify_port}/notifications", timeout=10)
+        assert direct.status_code == 200, direct.text
+        return bool(listing.json() == direct.json())
+
+    wait_for(same_listing, 30, "the API's notifications listing equal to the notifier's")
     # The API commands a simulated device as `_command`, the account the Job made:
     # through a scaled replica, which passes it to the one command service.
     assert "_command" in json.loads(cluster.secrets["safecity-mqtt"]["secrets.json"])

@@ -110,7 +110,8 @@ def _restart(stack: LocalStack) -> None:
 
 
 def _audit_account(stack: LocalStack) -> str:
-    """A test-only account that may subscribe to `#`, made through the broker's $CONTROL."""
+    """A test-only account that may subscribe to `#`, made through the broker's $CONTROL; named
+    as a service (`_`): the broker's guard treats every other name as a device."""
     secret = secrets.token_urlsafe(16)
     acls = [
         {"acltype": t, "topic": "#", "priority": 0, "allow": True}
@@ -121,7 +122,7 @@ def _audit_account(stack: LocalStack) -> str:
     commands.append(
         {
             "command": "createClient",
-            "username": "audit",
+            "username": "_audit",
             "password": secret,
             "roles": [{"rolename": "audit"}],
         }
@@ -289,7 +290,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, I
         region.stack.start()
         audit = _audit_account(region.stack)
         region.seen = base / "region-all.txt"
-        watchers = [_subscriber(region.stack, "audit", audit, "#", region.seen)]
+        watchers = [_subscriber(region.stack, "_audit", audit, "#", region.seen)]
         # The regional ingest first: its persistent session queues from then on.
         metrics = free_port()
         env = _env(

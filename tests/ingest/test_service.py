@@ -51,12 +51,15 @@ def test_reading_published_by_mosquitto_pub_is_stored(stack, influx_db, start_in
     ts = datetime.now(UTC).replace(microsecond=123000)
     mosquitto_pub(stack, topic_of(device), noise_payload(7, ts, laeq=61.5))
 
-    rows = wait_for(
-        lambda: influx_rows(
+    def whole() -> list[dict[str, Any]]:
+        # InfluxDB 1.x keeps each field apart: a query racing the write may see some.
+        rows = influx_rows(
             stack, influx_db, 'SELECT * FROM "noise" WHERE "device_id" = $d', d=device.id
-        ),
-        what="the reading in InfluxDB",
-    )
+        )
+        fields = ("laeq", "lamax", "la90", "seq")
+        return rows if rows and all(rows[0].get(f) is not None for f in fields) else []
+
+    rows = wait_for(whole, what="the whole reading in InfluxDB")
     assert len(rows) == 1
     row = rows[0]
     assert row["time"] == int(ts.timestamp() * 1000)
