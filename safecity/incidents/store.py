@@ -123,17 +123,30 @@ def alert_for(incident: Incident) -> Alert:
     return Alert("alr-" + incident.id.removeprefix("inc-"), incident)
 
 
+# What every stored step has, and what the opening step has besides.
+_STEP_FIELDS = ("incident_id", "seq", "state", "time")
+_OPENING_FIELDS = ("rule_id", "severity", "opened_at_ms")
+
+
 def _from_rows(rows: Iterable[dict[str, Any]]) -> dict[str, Incident]:
     """Fold transition rows (any order) into incidents; the log is replayed through `advance`."""
     by_id: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
+        # InfluxDB 1.x stores each field apart: a query racing a write can see part of a
+        # step. Such a row is left out; the next read sees the whole step.
+        if any(row.get(f) is None for f in _STEP_FIELDS):
+            continue
         by_id.setdefault(str(row["incident_id"]), []).append(row)
     out: dict[str, Incident] = {}
     for ident, steps in by_id.items():
         steps.sort(key=lambda r: (int(r["seq"]), int(r["time"])))
         first = steps[0]
-        if int(first["seq"]) != 0 or first["state"] != State.OPEN.value:
-            continue  # the opening is not stored yet (a concurrent writer): skip for now
+        if (
+            int(first["seq"]) != 0
+            or first["state"] != State.OPEN.value
+            or any(first.get(f) is None for f in _OPENING_FIELDS)
+        ):
+            continue  # the opening is not (wholly) stored yet (a concurrent writer): skip for now
         value = first.get("value")
         incident = Incident(
             id=ident,
