@@ -159,7 +159,10 @@ class ComposeHost:
         paths = self.paths(name)
         text = self.rewrite(name, Path(paths["/mosquitto/config"], "mosquitto.conf").read_text())
         text = re.sub(r"^listener 1883$", f"listener {plain} 127.0.0.1", text, flags=re.M)
-        text = re.sub(r"^listener 8883 \S+$", f"listener {tls} 127.0.0.1", text, flags=re.M)
+        # Over TLS clients use `localhost` (the certificate's name), which a standard Debian
+        # resolves to ::1 first; a Mosquitto bridge tries only that first address, so the
+        # listener takes every address of the name.
+        text = re.sub(r"^listener 8883 \S+$", f"listener {tls} localhost", text, flags=re.M)
         text = text.replace("log_dest stdout", f"log_dest file {self.tmp / f'{name}.log'}")
         # The image's plugin path -> where this host's Mosquitto package installed it.
         text = text.replace(dynsec.CONTAINER_PLUGIN, dynsec.find_plugin())
