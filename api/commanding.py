@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import time
@@ -215,7 +216,10 @@ class CommandService:
     async def _publish(self, client: MqttClient, topic: str, entry: Entry) -> Outcome:
         """Publish one device's copy with the time it has left; the broker's verdict."""
         left = None if entry.expires_at is None else math.ceil(entry.expires_at - time.time())
-        result = await client.publish(topic, entry.body or b"", 1, expiry_s=left)
+        # An entry queued by a version before outbox bodies carries the wire command as
+        # its payload instead: encoded as that version did, never sent empty.
+        body = entry.body or json.dumps(entry.payload, separators=(",", ":")).encode()
+        result = await client.publish(topic, body, 1, expiry_s=left)
         code = result.reason_code
         if code == 0:
             PUBLISHED.labels("accepted").inc()
@@ -234,7 +238,8 @@ class CommandService:
         """The device's status failed for `reason`; the outbox stops trying."""
         device_id = topics.parse_command_topic(topic).device_id
         now = epoch_ms(datetime.now(UTC))
-        command_id = str(entry.payload["command_id"])
+        # An entry queued before entries carried their bytes has the wire command itself.
+        command_id = str(entry.payload.get("command_id") or entry.payload["id"])
         self.store.settle(command_id, device_id, CommandStatus.FAILED, reason, now)
         return Outcome.failed(reason)
 

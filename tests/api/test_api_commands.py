@@ -4,11 +4,13 @@ fleet) execute and answer, every command ends with a true status per device."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +20,12 @@ from commanddevice import CommandDevices
 from support import account_env, holds_for, influx_rows, mosquitto, wait_for
 
 from api.apikeys import KeyStore
+from api.commanding import CHANNEL, open_outbox
+from api.settings import ApiSettings
 from control.stack import LocalStack
 from safecity import topics
-from safecity.commands import CommandResult, ResultStatus
-from safecity.outbox import DeliveryStatus, Outbox
+from safecity.commands import Command, CommandResult, ResultStatus
+from safecity.outbox import DeliveryStatus, Message, Outbox
 from safecity.registry import Device, default_city
 
 CITY = default_city()
@@ -274,8 +278,6 @@ def test_a_result_for_another_devices_command_is_refused_and_recorded(
 
 
 def _now() -> Any:
-    from datetime import UTC, datetime
-
     return datetime.now(UTC)
 
 
@@ -372,3 +374,32 @@ def _latest(api: Any, device: Device) -> dict[str, Any] | None:
         return None
     answer: dict[str, Any] = response.json()
     return answer
+
+
+def test_a_command_queued_by_the_previous_version_is_sent_as_it_was(
+    stack: LocalStack, influx_db: str, start_api: Callable[..., Any], tmp_path: Path
+) -> None:
+    """An outbox entry from before entries carried their bytes (its payload is the wire
+    command itself, its body empty) is published with the bytes that version sent."""
+    (device,) = unsimulated("noise", 1)
+    now = datetime.now(UTC)
+    wire = Command(id="cmd-00000000000000000077", name="reboot", params={}, issued_at=now,
+                   expires_at=now + timedelta(seconds=60), idempotency_key="upgrade-1")  # fmt: skip
+    old_payload = json.loads(wire.to_payload())
+    box = open_outbox(ApiSettings(commands_file=tmp_path / "commands.sqlite3"))
+    topic = topics.command_topic(CITY.id, device.district, device.kind, device.id)
+    old = Message(key=f"{wire.id}/{device.id}", channel=CHANNEL, recipient=topic,
+                  payload=old_payload, group=wire.id, expires_at=now.timestamp() + 60)  # fmt: skip
+    box.enqueue([old])
+    box.close()
+    received = subprocess.Popen(
+        [*mosquitto("mosquitto_sub", stack, device.id, client_id=device.id),
+         "-q", "1", "-t", topic, "-C", "1", "-W", "60"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        start_api(influx_db, **command_env(stack, tmp_path))
+        out, _ = received.communicate(timeout=90)
+    finally:
+        received.kill()
+    assert json.loads(out) == old_payload
