@@ -64,6 +64,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         with_region=args.region or None,
         region_api_port=args.region_api_port,
         local_federation_interval=args.federation_interval,
+        api_rate_limit_rps=args.api_rate_limit_rps,
+        api_rate_limit_burst=args.api_rate_limit_burst,
     )
     configure_logging("run", settings.log_level)
     return run_local(settings)
@@ -356,6 +358,12 @@ def _add_run(sub: Any) -> None:
         help="spread the simulated fleet over N processes (a city of tens of thousands)",
     )
     p.add_argument("--api-port", type=port)
+    p.add_argument(
+        "--api-rate-limit-rps",
+        type=positive_float,
+        help="the API's sustained requests/s per key (a load test with one key raises it)",
+    )
+    p.add_argument("--api-rate-limit-burst", type=positive_int, help="the API's burst per key")
     p.add_argument("--mqtt-port", type=port)
     p.add_argument("--mqtt-tls-port", type=port, help="the broker's TLS listener (0: any free)")
     p.add_argument("--influx-port", type=port)

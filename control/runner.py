@@ -202,6 +202,7 @@ class LocalRun:
                     # Delivery accounting against what this run's simulator sent.
                     "SAFECITY_LEDGER_FILE": str(self.layout.ledger_file),
                     **federation_env,
+                    **self._api_limits_env(),
                     # Commands go out as the command role, the only one that may send them.
                     "SAFECITY_COMMANDS__PASSWORD": self.stack.secret(
                         service_username(Role.COMMAND)
@@ -271,6 +272,16 @@ class LocalRun:
         self.region = Region(self.base / "region", self.cities, s.region_api_port)
         self.region.check_ports()
         self.region.start_broker()
+
+    def _api_limits_env(self) -> dict[str, str]:
+        """The API's per-key rate limit, where the run sets it (else the API's default)."""
+        s = self.settings
+        env = {}
+        if s.api_rate_limit_rps is not None:
+            env["SAFECITY_RATE_LIMIT_RPS"] = str(s.api_rate_limit_rps)
+        if s.api_rate_limit_burst is not None:
+            env["SAFECITY_RATE_LIMIT_BURST"] = str(s.api_rate_limit_burst)
+        return env
 
     def _federation_env(self) -> dict[str, str]:
         """The API's federation settings; with a region, the regional ingest and API start

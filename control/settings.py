@@ -91,6 +91,17 @@ class StackSettings(ServiceSettings):
         description="Seconds after an interval closes before a local run's API computes it "
         "(SAFECITY_FEDERATION__DELAY).",
     )
+    api_rate_limit_rps: Annotated[float | None, Field(gt=0, le=100_000)] = Field(
+        default=None,
+        description="The API's sustained requests/s per key in this run (its "
+        "SAFECITY_RATE_LIMIT_RPS; unset: the API's default). A load test with one key "
+        "raises it.",
+    )
+    api_rate_limit_burst: Annotated[int | None, Field(ge=1, le=1_000_000)] = Field(
+        default=None,
+        description="The API's burst per key in this run (its SAFECITY_RATE_LIMIT_BURST; "
+        "unset: the API's default).",
+    )
     cities: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(),
         description="Built-in cities to run, each with its own simulated fleet and database "

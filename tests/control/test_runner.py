@@ -219,10 +219,25 @@ def test_run_serves_every_device_then_ctrl_c_leaves_nothing_behind(tmp_path: Pat
             proc.wait()
 
 
+def _rate_limited_after(printed: str, burst: int) -> None:
+    """The run's API refuses the request after `burst` quick ones with 429 + Retry-After."""
+    api_at = re.search(r"console \+ API\s+(http://\S+?)/\s", printed)
+    key_at = re.search(r"SAFECITY_API_KEY=(\S+)", printed)
+    assert api_at and key_at, printed
+    with httpx.Client(base_url=api_at.group(1), headers={"X-API-Key": key_at.group(1)}) as c:
+        codes = [c.get("/v1/cities").status_code for _ in range(burst + 1)]
+        assert codes == [200] * burst + [429], codes
+        assert int(c.get("/v1/cities").headers["Retry-After"]) >= 1
+
+
 def test_a_killed_launcher_takes_its_stack_with_it(tmp_path: Path) -> None:
-    proc = launch(tmp_path, "--data-dir", str(tmp_path))
+    """Also: the run's API takes its per-key rate limit from `safecity run`'s flags."""
+    limits = ("--api-rate-limit-rps", "0.01", "--api-rate-limit-burst", "3")
+    proc = launch(tmp_path, "--data-dir", str(tmp_path), *limits)
     try:
-        assert "Press Ctrl-C" in until_ready(proc)
+        printed = until_ready(proc)
+        assert "Press Ctrl-C" in printed
+        _rate_limited_after(printed, 3)
         children = _children_of(proc.pid)
         assert len(children) >= 5
     finally:
