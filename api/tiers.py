@@ -70,14 +70,31 @@ class Piece:
         return self.tier.name if self.tier is not None else RAW
 
 
+PieceKey = tuple[str, str, str, str, int, str, tuple[tuple[str, str], ...], int, int, int]
+PIECES_KEPT = 512
+
+
 @dataclass
 class TierBook:
-    """The tiers of a database and their watermarks (re-read at most every `ttl` s)."""
+    """The tiers of a database and their watermarks (re-read at most every `ttl` s), and
+    the tier-served pieces already read (a rolled bucket changes only when the job rolls
+    it again, which changes its tier's `rerolled_ms`, part of the key)."""
 
     tiers: tuple[Tier, ...]
     ttl: float = 5.0
     _marks: dict[str, dict[str, Rolled]] = field(default_factory=dict)
     _read_at: float = -1e9
+    _pieces: dict[PieceKey, list[tuple[int, float]]] = field(default_factory=dict)
+
+    def kept(self, key: PieceKey) -> list[tuple[int, float]] | None:
+        """A tier-served piece read before, unless rolled again since."""
+        return self._pieces.get(key)
+
+    def keep(self, key: PieceKey, points: list[tuple[int, float]]) -> None:
+        """Keep a tier-served piece (at most `PIECES_KEPT`; all dropped when full)."""
+        if len(self._pieces) >= PIECES_KEPT:
+            self._pieces.clear()
+        self._pieces[key] = points
 
     @classmethod
     def of(cls, settings: InfluxSettings) -> TierBook:
@@ -222,21 +239,41 @@ async def tiered_series(
     for piece in pieces:
         if piece.tier is None:
             statement = series_statement(ask.kind, ask.field, ask.agg, ask.every_s, by=ask.by)
-        else:
+            out.extend(await _piece_points(influx, statement, params, piece))
+            continue
+        rolled = marks[piece.tier.name][ask.kind]
+        key: PieceKey = (
+            influx.settings.database, piece.tier.name, ask.kind, ask.field, ask.every_s,
+            ask.agg, tuple(sorted(params.items())), piece.start_ms, piece.end_ms,
+            rolled.rerolled_ms,
+        )  # fmt: skip
+        points = book.kept(key)
+        if points is None:
             statement = rolled_statement(
                 piece.tier, ask.kind, ask.field, ask.agg, ask.every_s, ask.by
             )
-        bound = {
-            **params,
-            "from": format_epoch_ms(piece.start_ms),
-            "to": format_epoch_ms(piece.end_ms),
-        }
-        for s in await influx.query(statement, bound):
-            for row in s.rows():
-                value = row.get("value")
-                if isinstance(value, int | float) and not isinstance(value, bool):
-                    out.append((int(row["time"]), float(value)))
+            points = await _piece_points(influx, statement, params, piece)
+            book.keep(key, points)
+        out.extend(points)
     return out, pieces
+
+
+async def _piece_points(
+    influx: InfluxClient, statement: str, params: dict[str, str], piece: Piece
+) -> list[tuple[int, float]]:
+    """(bucket start ms, value) of one piece's statement, empty buckets left out."""
+    bound = {
+        **params,
+        "from": format_epoch_ms(piece.start_ms),
+        "to": format_epoch_ms(piece.end_ms),
+    }
+    out: list[tuple[int, float]] = []
+    for s in await influx.query(statement, bound):
+        for row in s.rows():
+            value = row.get("value")
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                out.append((int(row["time"]), float(value)))
+    return out
 
 
 def book_of(request: Request, influx: InfluxClient) -> TierBook:

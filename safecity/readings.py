@@ -99,9 +99,9 @@ def _to_utc(value: Any) -> Any:
 
 def format_ts(value: datetime) -> str:
     """Format a UTC datetime as RFC 3339 with milliseconds and a Z."""
-    return (
-        value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
-    )
+    # isoformat, not strftime: a third of the cost on every point an API answer formats,
+    # and a four-digit year before 1000 too (strftime's %Y gives "999").
+    return value.astimezone(UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def epoch_ms(value: datetime) -> int:

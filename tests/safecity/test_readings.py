@@ -657,6 +657,7 @@ def test_epoch_ms_equals_string_form(ms: int) -> None:
 def test_format_ts_and_epoch_ms() -> None:
     ts = datetime(2026, 1, 15, 5, 59, 59, 7000, tzinfo=UTC)
     assert format_ts(ts) == "2026-01-15T05:59:59.007Z"
+    assert format_ts(datetime(999, 12, 31, 23, 59, 59, tzinfo=UTC)) == "0999-12-31T23:59:59.000Z"
     assert epoch_ms(ts) == 1_768_456_799_007
     assert epoch_ms(datetime(1970, 1, 1, tzinfo=UTC)) == 0
 
