@@ -1,9 +1,11 @@
 """Long windows from rollup tiers beside the raw query, and the disk per tier.
 
-One run, one machine, a fresh local InfluxDB: a year of the default city's air-quality
-devices backfilled by the simulator (`simulators.backfill`, one reading per device per
-`--every`), rolled up by the rollup job (`rollups.service.CityRollups`; tiers `1h` and
-`1d` by default), the API as a real process; then, at 4 concurrent clients, p50/p99 of
+One run, one machine, a fresh local InfluxDB: a year of the default city (all 300
+devices, every kind) backfilled by the simulator (`simulators.backfill`, one reading per
+device per `--every`); its air-quality kind, the one the measured queries read, rolled
+up by the rollup job (`rollups.service.CityRollups`; tiers `1h` and `1d` by default;
+`--roll-all` rolls every kind, about ten times longer); the API as a real process; then,
+at 4 concurrent clients, p50/p99 of
 
 - a 365-day daily district series (`every=1d`: the `1d` tier),
 - the annual air-quality report of the current year (the `1d` tier),
@@ -53,21 +55,23 @@ DB = "bench"
 KIND = "air_quality"
 
 
-async def prepare(influx: InfluxSettings, city: City, days: int, every_s: int) -> dict[str, float]:
-    """Backfill and roll up; the figures of both."""
+async def prepare(
+    influx: InfluxSettings, city: City, days: int, every_s: int, kinds: tuple[str, ...]
+) -> dict[str, float]:
+    """Backfill the whole city and roll `kinds` up; the figures of both."""
     today = int(time.time() * 1000) // DAY_MS * DAY_MS
-    devices = tuple(d for d in city.devices if d.kind == KIND)
-    plan = BackfillPlan(city, devices, today - days * DAY_MS, today, every_s, seed=7)
+    plan = BackfillPlan(city, city.devices, today - days * DAY_MS, today, every_s, seed=7)
     stats = await run_backfill(influx, plan, sys.stdout, workers=os.cpu_count() or 1)
     client = InfluxClient(influx)
     started = time.monotonic()
     job = RollupSettings(influx=influx, rollup_chunk_buckets=240)
-    chunks = await CityRollups(job, city, client, (KIND,)).catch_up(int(time.time() * 1000))
+    chunks = await CityRollups(job, city, client, kinds).catch_up(int(time.time() * 1000))
     rolled = time.monotonic() - started
     await client.close()
-    print(f"rolled up {chunks} chunks of {days} days in {rolled:.1f} s", flush=True)
+    print(f"rolled up {chunks} chunks of {days} days of {kinds} in {rolled:.1f} s", flush=True)
     return {
-        "devices": len(devices),
+        "devices": len(city.devices),
+        "rolled_devices": sum(1 for d in city.devices if d.kind in kinds),
         "readings": stats.readings,
         "backfill_rate": stats.rate,
         "rollup_seconds": rolled,
@@ -178,14 +182,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         default="1h:1825d,1d:INF",
         help="rollup tiers (default: the two the measured queries use; add 1m:90d to size it)",
     )
+    parser.add_argument(
+        "--roll-all", action="store_true", help="roll every kind up, not only air quality"
+    )
     args = parser.parse_args(argv if argv is not None else [])
     city = registry.default_city()
     every_s = parse_span(args.every, "--every")
+    kinds = tuple(sorted({d.kind for d in city.devices})) if args.roll_all else (KIND,)
     load = os.getloadavg()
     print(
         f"conditions: {os.cpu_count()} CPUs (shared, load {load[0]:.1f}), {CONCURRENCY} "
         f"concurrent clients, {args.requests} requests per row; {city.name}'s "
-        f"{KIND} devices, {args.days} days, one reading per {args.every}",
+        f"{len(city.devices)} devices, {args.days} days, one reading per {args.every}; "
+        f"rolled up: {', '.join(kinds)}",
         flush=True,
     )
     with tempfile.TemporaryDirectory(prefix="safecity-bench-rollups-") as tmp:
@@ -200,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 rollup_tiers=args.tiers,
                 timeout=120,
             )
-            figures = asyncio.run(prepare(influx, city, args.days, every_s))
+            figures = asyncio.run(prepare(influx, city, args.days, every_s, kinds))
             _, key = KeyStore(base / "keys.json").create("bench", ("read",))
             proc, url = start_api(
                 influxd.url, DB, None, base / "keys.json", base, 5.0,
@@ -231,8 +240,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             {
                 "measured_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
                 "conditions": f"{os.cpu_count()} CPUs, load {load[0]:.1f}; "
-                f"{figures['devices']:.0f} {KIND} devices, {args.days} days at one reading "
-                f"per {args.every}",
+                f"{figures['devices']:.0f} devices, {args.days} days at one reading "
+                f"per {args.every}, {figures['rolled_devices']:.0f} of them rolled up",
                 **figures,
                 "tiers": tiers,
             },
