@@ -11,7 +11,7 @@ import math
 import re
 import time
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from functools import cache
 from typing import Annotated, Any, Literal
@@ -40,6 +40,7 @@ _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|\+00:0
 # Epoch ms range that datetime can represent with margin: years 1970..9999.
 _MAX_EPOCH_MS = 253_402_300_799_000
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH_ORDINAL = EPOCH.toordinal()
 
 
 class RejectReason(StrEnum):
@@ -122,7 +123,15 @@ def from_epoch_ms(ms: int) -> datetime:
 
 def format_epoch_ms(ms: int) -> str:
     """Epoch milliseconds as RFC 3339 UTC with milliseconds and a Z."""
-    return format_ts(from_epoch_ms(ms))
+    # Integer arithmetic, no datetime: every point of an API answer is formatted here,
+    # and this is half the cost of the datetime path (floor division keeps it exact
+    # before 1970 too).
+    days, rest = divmod(ms, 86_400_000)
+    hours, rest = divmod(rest, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    seconds, millis = divmod(rest, 1000)
+    day = date.fromordinal(_EPOCH_ORDINAL + days).isoformat()
+    return f"{day}T{hours:02d}:{minutes:02d}:{seconds:02d}.{millis:03d}Z"
 
 
 def truncate_ms(value: datetime) -> datetime:
