@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from api.deps import CityDep, InfluxDep, KeyDep, SettingsDep, TenancyDep, influx_of
 from api.errors import bad_param
-from api.models import CityList, CityOut, Location, Overview, Series, SeriesPoint
+from api.models import CityList, CityOut, Location, Overview, Series
 from api.overview import kpis, overview
 from api.params import TimeRange, time_range
 from api.queries import numeric_fields
@@ -33,9 +33,8 @@ from api.routes.common import (
     window_key,
 )
 from api.settings import ApiSettings
-from api.tiers import SeriesAsk, WindowAsk, answer, book_of, window_longest
+from api.tiers import SeriesAsk, WindowAsk, answer, book_of, series_points, window_longest
 from safecity import catalogue
-from safecity.readings import format_epoch_ms
 from safecity.registry import City, geojson
 
 router = APIRouter(prefix="/v1/cities", tags=["cities"])
@@ -223,5 +222,5 @@ async def get_city_series(
         every_s=every_s,
         window=window.model(),
         served_by=served_by,
-        points=[SeriesPoint(ts=format_epoch_ms(t), value=v) for t, v in points],
+        points=series_points(points),
     )

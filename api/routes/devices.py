@@ -10,7 +10,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from api.deps import CityDep, DirectoryDep, InfluxDep, SettingsDep
 from api.directory import BadCursorError, decode_cursor, encode_cursor
 from api.errors import bad_param
-from api.models import DeviceOut, DevicePage, DeviceStatusOut, LatestReading, Series, SeriesPoint
+from api.models import DeviceOut, DevicePage, DeviceStatusOut, LatestReading, Series
 from api.overview import device_state, states_of
 from api.queries import latest_reading
 from api.responses import STORAGE, errors
@@ -34,7 +34,7 @@ from api.routes.common import (
     snapshot,
     window_key,
 )
-from api.tiers import SeriesAsk, WindowAsk, answer
+from api.tiers import SeriesAsk, WindowAsk, answer, series_points
 from safecity import catalogue
 from safecity.readings import format_epoch_ms
 from safecity.registry import Device
@@ -179,5 +179,5 @@ async def get_device_history(
         every_s=every_s,
         window=window.model(),
         served_by=served_by,
-        points=[SeriesPoint(ts=format_epoch_ms(t), value=v) for t, v in points],
+        points=series_points(points),
     )
