@@ -17,9 +17,10 @@ import asyncio
 import functools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from fastapi import Request
 from pydantic import TypeAdapter
@@ -432,6 +433,17 @@ async def day_pieces(
     return pieces, stamp
 
 
+def add_sums(cell: SumCount, row: Mapping[str, Any], fields: tuple[str, ...]) -> None:
+    """Add a row's `<field>_sum` and `<field>_count` to a cell. A field with a count but
+    no sum is left out: InfluxDB 1.x reads each aggregate on its own, so a query racing a
+    write can see the reading in one and not yet in the other (the next read sees both)."""
+    for name in fields:
+        count, total = row.get(f"{name}_count"), row.get(f"{name}_sum")
+        if count and total is not None:
+            had, n = cell.get(name, (0.0, 0))
+            cell[name] = (had + float(total), n + int(count))
+
+
 async def daily_sums(
     influx: InfluxClient,
     kind: str,
@@ -450,11 +462,7 @@ async def daily_sums(
         }
         for s in await influx.query(_daily_statement(piece.tier, kind, fields), params):
             for row in s.rows():
-                cell = out.setdefault((str(row["district"]), int(row["time"])), {})
-                for name in fields:
-                    count = row.get(f"{name}_count")
-                    if count:
-                        cell[name] = (float(row[f"{name}_sum"]), int(count))
+                add_sums(out.setdefault((str(row["district"]), int(row["time"])), {}), row, fields)
     return out
 
 
@@ -499,10 +507,5 @@ async def window_sums(
     for series in answers:
         for s in series:
             for row in s.rows():
-                cell = out.setdefault(str(row["device_id"]), {})
-                for name in fields:
-                    count = row.get(f"{name}_count")
-                    if count:
-                        total, n = cell.get(name, (0.0, 0))
-                        cell[name] = (total + float(row[f"{name}_sum"]), n + int(count))
+                add_sums(out.setdefault(str(row["device_id"]), {}), row, fields)
     return out, pieces
