@@ -24,7 +24,7 @@ from fastapi import Request
 
 from api.models import Served
 from api.params import TimeRange, bucket, time_range
-from api.queries import series_statement
+from api.queries import flat, series_statement
 from api.settings import ApiSettings
 from safecity.influx import InfluxClient, quote_ident
 from safecity.readings import format_epoch_ms, now_ms
@@ -411,11 +411,14 @@ WindowSums = dict[str, SumCount]
 
 
 def window_statement(tier: Tier | None, kind: str, fields: tuple[str, ...]) -> str:
-    """Sum and count of fields per device over a piece, from a tier's device level or raw."""
-    return (
+    """Sum and count of fields per device over a piece, from a tier's device level or raw
+    (one row per device, `flat`)."""
+    grouped = (
         f"{_sums_from(tier, kind, fields, 'device')} "
         'WHERE "city" = $city AND time >= $from AND time < $to GROUP BY "device_id"'
     )
+    columns = tuple(f"{name}_{stat}" for name in fields for stat in ("sum", "count"))
+    return flat(grouped, columns, ("device_id",))
 
 
 async def window_sums(
