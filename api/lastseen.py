@@ -97,10 +97,15 @@ def cuts(
 
 
 async def newest_readings(
-    influx: InfluxClient, settings: ApiSettings, city: City, start: datetime, end: datetime
+    influx: InfluxClient,
+    settings: ApiSettings,
+    city: City,
+    span: tuple[datetime, datetime],
+    max_filtered: int = MAX_FILTERED,
 ) -> dict[str, int]:
     """device id -> time (ms) of its newest reading in [start, end), for every device that
     has one there (the registry's devices, and others met in the recent spans)."""
+    start, end = span
     seen: dict[str, int] = {}
     recent = await asyncio.gather(
         *(
@@ -111,6 +116,6 @@ async def newest_readings(
     _merge(seen, recent)
     missing = [d.id for d in city.devices if d.id not in seen]
     if missing:
-        statement = full_statement() if len(missing) > MAX_FILTERED else _filtered(missing)
+        statement = full_statement() if len(missing) > max_filtered else _filtered(missing)
         _merge(seen, [await influx.query(statement, span_params(city.id, start, end))])
     return seen

@@ -136,7 +136,7 @@ async def take_snapshot(
         ),
         asyncio.gather(
             influx.query(LIGHTS_STATEMENT, span_params(city.id, light_start, window.end)),
-            newest_readings(influx, settings, city, lookback, window.end),
+            newest_readings(influx, settings, city, (lookback, window.end)),
             influx.query(STATUS_STATEMENT, span_params(city.id, lookback, window.end)),
             influx.query(EVENTS_STATEMENT, base),
         ),
