@@ -96,24 +96,23 @@ def _where_city(extra: str = "") -> str:
     return f'"city" = $city AND time >= $from AND time < $to{extra}'
 
 
-LIGHTS_STATEMENT = flat(
+# The per-device statements as InfluxDB groups them (one series a device), and as the
+# snapshot asks them: one row a device (`flat`).
+LIGHTS_GROUPED = (
     'SELECT last("power_state") AS "power_state", last("status") AS "status" '
-    f'FROM "streetlight" WHERE {_where_city()} GROUP BY "device_id"',
-    ("power_state", "status"),
-    ("device_id",),
+    f'FROM "streetlight" WHERE {_where_city()} GROUP BY "device_id"'
 )
-STATUS_STATEMENT = flat(
+STATUS_GROUPED = (
     f'SELECT last("state") AS "state" FROM {quote_ident(DEVICE_STATUS)} '
-    f'WHERE {_where_city()} GROUP BY "device_id"',
-    ("state",),
-    ("device_id",),
+    f'WHERE {_where_city()} GROUP BY "device_id"'
 )
-EVENTS_STATEMENT = flat(
+EVENTS_GROUPED = (
     f'SELECT count("seq") AS "n" FROM {source(EVENTS)} '
-    f'WHERE {_where_city()} GROUP BY "district", "severity", "device_id"',
-    ("n",),
-    ("district", "severity", "device_id"),
+    f'WHERE {_where_city()} GROUP BY "district", "severity", "device_id"'
 )
+LIGHTS_STATEMENT = flat(LIGHTS_GROUPED, ("power_state", "status"), ("device_id",))
+STATUS_STATEMENT = flat(STATUS_GROUPED, ("state",), ("device_id",))
+EVENTS_STATEMENT = flat(EVENTS_GROUPED, ("n",), ("district", "severity", "device_id"))
 
 
 async def take_snapshot(

@@ -410,15 +410,19 @@ WindowSums = dict[str, SumCount]
 """device id -> field -> (sum, count) over a window."""
 
 
-def window_statement(tier: Tier | None, kind: str, fields: tuple[str, ...]) -> str:
+def window_grouped(tier: Tier | None, kind: str, fields: tuple[str, ...]) -> str:
     """Sum and count of fields per device over a piece, from a tier's device level or raw
-    (one row per device, `flat`)."""
-    grouped = (
+    (one series a device)."""
+    return (
         f"{_sums_from(tier, kind, fields, 'device')} "
         'WHERE "city" = $city AND time >= $from AND time < $to GROUP BY "device_id"'
     )
+
+
+def window_statement(tier: Tier | None, kind: str, fields: tuple[str, ...]) -> str:
+    """`window_grouped` as one row a device (`flat`)."""
     columns = tuple(f"{name}_{stat}" for name in fields for stat in ("sum", "count"))
-    return flat(grouped, columns, ("device_id",))
+    return flat(window_grouped(tier, kind, fields), columns, ("device_id",))
 
 
 async def window_sums(
