@@ -6,11 +6,14 @@ raw data, not a day of it:
 
 1. recent: each kind over its own stale limit before the end (`stale_limit_s`; kinds
    of one limit share a statement). A device reporting as it should has a reading
-   there, and the newest reading in a later span is the newest of all.
+   there, and the newest reading in the span that ends at `end` is the newest of all
+   (a device's readings are all in its kind's measurement: `schema.reading_point`).
 2. older: only the registry's devices that step 1 did not find (stale, offline, never
    seen), every kind over the whole lookback, filtered by `device_id` so InfluxDB reads
-   their series alone (a device's readings are all in its kind's measurement, but this
-   step does not rely on it).
+   their series alone; above `MAX_FILTERED` of them, every device (one `last()` over
+   the lookback, the cost of a city that went silent).
+
+Each statement answers one row a device (`api.queries.flat`).
 
 Both steps read raw readings, so the answer needs no rollup tier and is the same with
 tiers or without (tiers hold no reading times, and late data may be newer than a

@@ -50,6 +50,7 @@ from safecity.schema import DEVICE_STATUS
 from safecity.settings import InfluxSettings
 
 CONCURRENCY = 4
+QUERY_TIMEOUT_S = 120.0
 
 
 def _fields(device: Device, rng: random.Random) -> str:
@@ -238,6 +239,7 @@ def start_api(
             "SAFECITY_OVERVIEW_CACHE_TTL": str(ttl),
             "SAFECITY_LOG_LEVEL": "WARNING",
             "SAFECITY_MAX_PAGE_SIZE": "1000",
+            "SAFECITY_INFLUX__TIMEOUT": str(QUERY_TIMEOUT_S),
             **(extra or {}),
         }
     )
@@ -363,7 +365,8 @@ def _fleet(args: argparse.Namespace) -> Fleet:
 
 async def _before_and_now(url: str, city: City, samples: int) -> list[tuple[str, dict[str, float]]]:
     """The overview's snapshot and last-seen queries before and now (in this process)."""
-    influx = InfluxClient(InfluxSettings(url=url, database="bench"))
+    # A 24-hour last() of a large city on a busy machine outlasts the default timeout.
+    influx = InfluxClient(InfluxSettings(url=url, database="bench", timeout=QUERY_TIMEOUT_S))
     try:
         await influx.ensure_retention_policies()  # as the API does at its start
         return await at_scale.compare(influx, city, samples)
