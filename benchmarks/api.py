@@ -357,6 +357,21 @@ async def _api_rows(
     return rows
 
 
+def print_scale(scale: list[tuple[str, dict[str, float]]]) -> None:
+    """The snapshot's table: before and now, each as a ratio to before."""
+    print(f"load average {loadavg()}")
+    print("| Overview part (in one process, no HTTP) | median ms | max ms | n | x before |")
+    print("|---|---|---|---|---|")
+    figures = dict(scale)
+    for name, f in scale:
+        before = figures[name.replace(", now", ", before")]["median"]
+        print(
+            f"| {name} | {f['median']:.0f} | {f['max']:.0f} | {f['n']:.0f} "
+            f"| {f['median'] / before:.2f} |",
+            flush=True,
+        )
+
+
 def _fleet(args: argparse.Namespace) -> Fleet:
     if not args.live:
         return Fleet()
@@ -396,7 +411,7 @@ async def run(args: argparse.Namespace) -> tuple[list[Row], list[tuple[str, dict
                 flush=True,
             )
             scale = await _before_and_now(influxd.url, city, args.samples)
-            print(f"snapshot before/now measured; load average {loadavg()}", flush=True)
+            print_scale(scale)
             _, key = KeyStore(base / "keys.json").create("bench", ("read",))
             district = city.districts[0].id
             now = datetime.now(UTC)
@@ -459,16 +474,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"load average {loadavg()}",
         flush=True,
     )
-    rows, scale = asyncio.run(run(args))
-    print("| Overview part (in one process, no HTTP) | median ms | max ms | n | x before |")
-    print("|---|---|---|---|---|")
-    figures = dict(scale)
-    for name, f in scale:
-        before = figures[name.replace(", now", ", before")]["median"]
-        print(
-            f"| {name} | {f['median']:.0f} | {f['max']:.0f} | {f['n']:.0f} "
-            f"| {f['median'] / before:.2f} |"
-        )
+    rows, _ = asyncio.run(run(args))
     print(
         "| Endpoint | API p50 ms | API p99 ms | API req/s "
         "| raw InfluxQL p50 ms | raw p99 ms | raw req/s |"
