@@ -270,7 +270,7 @@ class _Floor:
         self.city, self.district, self.day = city, district, day
         # The API's own pool size (safecity.influx), so the floor is measured alike.
         limits = httpx.Limits(max_connections=16, max_keepalive_connections=8)
-        self.raw = httpx.AsyncClient(base_url=influx_url, timeout=60, limits=limits)
+        self.raw = httpx.AsyncClient(base_url=influx_url, timeout=QUERY_TIMEOUT_S, limits=limits)
         self.overview_statements = [
             *(window_statement(None, k, MEAN_FIELDS[k]) for k in MEAN_FIELDS),
             LIGHTS_STATEMENT,
