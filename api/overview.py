@@ -24,6 +24,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from api import aqi
+from api.lastseen import newest_readings, span_params, stale_limit_s
 from api.models import (
     AirQuality,
     Crowd,
@@ -38,6 +39,7 @@ from api.models import (
     Traffic,
 )
 from api.params import TimeRange
+from api.queries import flat
 from api.settings import ApiSettings
 from api.tiers import Piece, TierBook, served, window_sums
 from safecity import catalogue
@@ -94,27 +96,23 @@ def _where_city(extra: str = "") -> str:
     return f'"city" = $city AND time >= $from AND time < $to{extra}'
 
 
-LIGHTS_STATEMENT = (
+# The per-device statements as InfluxDB groups them (one series a device), and as the
+# snapshot asks them: one row a device (`flat`).
+LIGHTS_GROUPED = (
     'SELECT last("power_state") AS "power_state", last("status") AS "status" '
     f'FROM "streetlight" WHERE {_where_city()} GROUP BY "device_id"'
 )
-LAST_SEEN_STATEMENT = (
-    'SELECT last("seq") FROM '
-    + ", ".join(quote_ident(k) for k in catalogue.KINDS)
-    + f' WHERE {_where_city()} GROUP BY "device_id"'
-)
-STATUS_STATEMENT = (
+STATUS_GROUPED = (
     f'SELECT last("state") AS "state" FROM {quote_ident(DEVICE_STATUS)} '
     f'WHERE {_where_city()} GROUP BY "device_id"'
 )
-EVENTS_STATEMENT = (
+EVENTS_GROUPED = (
     f'SELECT count("seq") AS "n" FROM {source(EVENTS)} '
     f'WHERE {_where_city()} GROUP BY "district", "severity", "device_id"'
 )
-
-
-def _params(city: str, start: datetime, end: datetime) -> dict[str, str | int | float | bool]:
-    return {"city": city, "from": format_ts(start), "to": format_ts(end)}
+LIGHTS_STATEMENT = flat(LIGHTS_GROUPED, ("power_state", "status"), ("device_id",))
+STATUS_STATEMENT = flat(STATUS_GROUPED, ("state",), ("device_id",))
+EVENTS_STATEMENT = flat(EVENTS_GROUPED, ("n",), ("district", "severity", "device_id"))
 
 
 async def take_snapshot(
@@ -123,7 +121,7 @@ async def take_snapshot(
     """Run the snapshot's queries concurrently and index the answers by device; the window
     means come from the rollup tiers where they hold whole buckets of the window."""
     snap = Snapshot(window, datetime.now(UTC))
-    base = _params(city.id, window.start, window.end)
+    base = span_params(city.id, window.start, window.end)
     # States (streetlights, status, last reading) look further back than the window:
     # a light reporting every 15 min is still on between its reports.
     light_start = min(window.start, window.end - timedelta(seconds=2 * 900))
@@ -136,9 +134,9 @@ async def take_snapshot(
             *(window_sums(influx, book, k, MEAN_FIELDS[k], city.id, span) for k in kinds)
         ),
         asyncio.gather(
-            influx.query(LIGHTS_STATEMENT, _params(city.id, light_start, window.end)),
-            influx.query(LAST_SEEN_STATEMENT, _params(city.id, lookback, window.end)),
-            influx.query(STATUS_STATEMENT, _params(city.id, lookback, window.end)),
+            influx.query(LIGHTS_STATEMENT, span_params(city.id, light_start, window.end)),
+            newest_readings(influx, settings, city, (lookback, window.end)),
+            influx.query(STATUS_STATEMENT, span_params(city.id, lookback, window.end)),
             influx.query(EVENTS_STATEMENT, base),
         ),
     )
@@ -160,7 +158,7 @@ async def take_snapshot(
 def _index_states(
     snap: Snapshot,
     lights: list[Series],
-    seen: list[Series],
+    seen: dict[str, int],
     status: list[Series],
     events: list[Series],
 ) -> None:
@@ -168,10 +166,7 @@ def _index_states(
     for s in lights:
         for row in s.rows():
             snap.lights[str(row["device_id"])] = (row.get("power_state"), row.get("status"))
-    for s in seen:
-        for row in s.rows():
-            device_id, at = str(row["device_id"]), int(row["time"])
-            snap.last_seen[device_id] = max(at, snap.last_seen.get(device_id, at))
+    snap.last_seen = seen
     for s in status:
         for row in s.rows():
             if row.get("state") is not None:
@@ -182,11 +177,6 @@ def _index_states(
             snap.events[key] = snap.events.get(key, 0) + int(row["n"])
             district = str(row["district"])
             snap.event_devices[district] = snap.event_devices.get(district, 0) + 1
-
-
-def stale_limit_s(settings: ApiSettings, kind: str) -> float:
-    """Silence after which a device counts as stale: stale_after, or two of its cadences."""
-    return max(settings.stale_after, 2 * catalogue.KINDS[kind].cadence_s)
 
 
 def device_state(snap: Snapshot, settings: ApiSettings, device: Device) -> str:

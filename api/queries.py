@@ -90,6 +90,15 @@ AGGREGATES = {
 }
 
 
+def flat(statement: str, columns: tuple[str, ...], tags: tuple[str, ...]) -> str:
+    """A grouped statement's rows as rows of one series per measurement, its group-by tags
+    as columns. The same rows and times (InfluxDB answers a subquery's rows as they are),
+    but a city's thousands of devices become one JSON table instead of thousands of
+    series objects: several times less for InfluxDB to encode and the API to parse."""
+    names = ", ".join(quote_ident(c) for c in (*columns, *tags))
+    return f"SELECT {names} FROM ({statement})"
+
+
 def numeric_fields(kind: str) -> tuple[str, ...]:
     """The fields of a kind a series can aggregate (floats and ints of the catalogue)."""
     return tuple(q.name for q in catalogue.telemetry_quantities(kind) if q.type in ("float", "int"))

@@ -27,7 +27,7 @@ from pydantic import TypeAdapter
 
 from api.models import SeriesPoint, Served
 from api.params import TimeRange, bucket, time_range
-from api.queries import series_statement
+from api.queries import flat, series_statement
 from api.settings import ApiSettings
 from safecity.influx import InfluxClient, quote_ident
 from safecity.readings import format_epoch_ms, now_ms
@@ -470,12 +470,19 @@ WindowSums = dict[str, SumCount]
 """device id -> field -> (sum, count) over a window."""
 
 
-def window_statement(tier: Tier | None, kind: str, fields: tuple[str, ...]) -> str:
-    """Sum and count of fields per device over a piece, from a tier's device level or raw."""
+def window_grouped(tier: Tier | None, kind: str, fields: tuple[str, ...]) -> str:
+    """Sum and count of fields per device over a piece, from a tier's device level or raw
+    (one series a device)."""
     return (
         f"{_sums_from(tier, kind, fields, 'device')} "
         'WHERE "city" = $city AND time >= $from AND time < $to GROUP BY "device_id"'
     )
+
+
+def window_statement(tier: Tier | None, kind: str, fields: tuple[str, ...]) -> str:
+    """`window_grouped` as one row a device (`flat`)."""
+    columns = tuple(f"{name}_{stat}" for name in fields for stat in ("sum", "count"))
+    return flat(window_grouped(tier, kind, fields), columns, ("device_id",))
 
 
 async def window_sums(

@@ -1,0 +1,1 @@
+"""Parts of the API benchmark (`benchmarks/api.py`)."""
