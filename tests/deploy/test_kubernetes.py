@@ -667,6 +667,7 @@ def _operator_secrets(cluster: ClusterHere, tmp_path: Path) -> tuple[str, str]:
     _, operator = KeyStore(keys).create("operator", ("read", "operate"))
     cluster.secrets["safecity-api-keys"] = {"apikeys.json": keys.read_bytes()}
     cluster.secrets["safecity-notify"] = {"ack-links.key": b"0123456789abcdef" * 4}
+    cluster.secrets["safecity-api-hop"] = {"command-hop.key": b"fedcba9876543210" * 4}
     return key, operator
 
 
