@@ -23,7 +23,7 @@ import logging
 import secrets
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -106,12 +106,8 @@ def decode_caller(text: str) -> ApiKey:
                   cities=cities)  # fmt: skip
     subject, name = data.get("subject"), data.get("display_name")
     if isinstance(subject, str) and isinstance(name, str):
-        return Person(**{**_fields(base), "subject": subject, "display_name": name})
+        return Person(**asdict(base), subject=subject, display_name=name)
     return base
-
-
-def _fields(record: ApiKey) -> dict[str, Any]:
-    return {f: getattr(record, f) for f in ApiKey.__slots__}
 
 
 def _canonical(method: str, path: str, query: str, body: bytes) -> bytes:
