@@ -23,6 +23,7 @@ from api import errors, ngsild_errors
 from api.apikeys import KeyStore
 from api.audit import AuditLog, AuditMiddleware
 from api.commandforward import CommandForwarder
+from api.commandhop import open_hop
 from api.commanding import start_commands, stop_commands
 from api.delivery import LedgerIndex
 from api.deps import client_of
@@ -210,6 +211,8 @@ def _open_stores(app: FastAPI, settings: ApiSettings) -> OidcProvider | None:
         LedgerIndex(settings.ledger_file) if settings.ledger_file is not None else None
     )
     oidc = app.state.oidc = OidcProvider(settings.oidc) if settings.oidc.issuer else None
+    # The command hop: a replica signs the callers it passes on, the owner checks them.
+    app.state.hop_key, app.state.hop_verifier = open_hop(settings)
     return oidc
 
 
@@ -387,6 +390,7 @@ def create_app(
     # The lifecycle steps taken here, to the broker through a durable outbox.
     app.state.announcer = Announcer(settings.mqtt, settings.steps_outbox_file)
     app.state.oidc = None
+    app.state.hop_key = app.state.hop_verifier = None
     errors.install(app)
     ngsild_errors.install(app)
     _add_middleware(app, settings)

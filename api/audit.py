@@ -52,6 +52,11 @@ def mark(scope: Scope, required: str, key: ApiKey) -> None:
         }
 
 
+def unmark(scope: Scope) -> None:
+    """Take back the mark: another process serves the call and writes its record."""
+    scope.get("state", {}).pop(_STATE_KEY, None)
+
+
 def note_city(scope: Scope, city_id: str) -> None:
     """Note the city a request is about (its audit record names it)."""
     scope.setdefault("state", {})[_CITY_KEY] = city_id

@@ -4,7 +4,9 @@ token-bucket rate limit per key or person.
 Every non-health route depends on `require(scope)`. The caller is an API key
 (`X-API-Key`, or `Authorization: Bearer sck_...`), a person with the provider's access
 token (`Authorization: Bearer <JWT>`, `api.oidc`), or a person's console session (its
-cookie; a state-changing call also needs the session's CSRF token). No or unknown key,
+cookie; a state-changing call also needs the session's CSRF token), or, at the command
+service only, the caller an API replica admitted and vouches for with a signature
+(`api.commandhop`; refused with the reason when it does not hold). No or unknown key,
 or a refused token -> 401 with the reason; a token whose claims give no role, a missing
 CSRF token or a caller without the scope -> 403; over the rate -> 429 with Retry-After. The key
 check runs before any parameter is looked at, so an anonymous caller learns nothing.
@@ -23,6 +25,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 
 from api import audit
 from api.apikeys import ApiKey, KeyStore
+from api.commandhop import CALLER_HEADER, SIGNATURE_HEADER, HopError, HopVerifier
 from api.errors import human_duration
 from api.oidc import OidcProvider, ProviderError, TokenError
 from api.people import CSRF_HEADER, SAFE_METHODS, SESSION_COOKIE, Person, person_from_claims
@@ -119,8 +122,30 @@ def _session_person(request: Request, scope: str) -> Person | None:
     return session.person
 
 
+async def _vouched(request: Request, caller: str) -> ApiKey:
+    """The caller an API replica vouches for on the command hop (`api.commandhop`)."""
+    verifier: HopVerifier | None = request.app.state.hop_verifier
+    if verifier is None:
+        raise _unauthorized(
+            f"{CALLER_HEADER} is accepted only by the command service, from an API replica"
+        )
+    try:
+        return verifier.verify(
+            request.method, request.url.path, request.url.query, await request.body(),
+            caller, request.headers.get(SIGNATURE_HEADER),
+        )  # fmt: skip
+    except HopError as exc:
+        raise HTTPException(status_code=exc.status, detail=exc.reason) from None
+
+
 async def _caller(request: Request, key: str | None, token: str | None, scope: str) -> ApiKey:
-    """Who calls: an API key (header or bearer), a provider's token, or a console session."""
+    """Who calls: a caller an API replica vouches for, an API key (header or bearer), a
+    provider's token, or a console session."""
+    vouched = request.headers.getlist(CALLER_HEADER)
+    if vouched:
+        if len(vouched) > 1:
+            raise _unauthorized(f"{CALLER_HEADER} given {len(vouched)} times")
+        return await _vouched(request, vouched[0])
     if key:
         return _known_key(request, key)
     if token:

@@ -373,6 +373,12 @@ class ApiSettings(ServiceSettings):
         "broker has them.",
     )
     commands: CommandSettings = CommandSettings()
+    command_hop_key_file: Path = Field(
+        default_factory=in_home("command_hop_key_file"),
+        description="The key (hex, 0600) every API pod shares: a replica signs the caller it "
+        "vouches for on the command hop with it, the command service checks that signature "
+        "(made there when missing; a replica needs it: a Kubernetes Secret).",
+    )
     sessions_file: Path = Field(
         default_factory=in_home("sessions_file"),
         description=(

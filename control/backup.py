@@ -16,8 +16,10 @@ What is taken, in this order (the order is what makes the recovery point true):
    them: the backup's start is its recovery point;
 5. everything else below the instance directory: API keys, the audit log, broker
    accounts (hashes, dynamic-security config, revoked devices) and the secrets file, the
-   CA and certificates, the command store, the notifier's outbox and spent links, the
-   ingest's counters, the cities, the broker's persistence. SQLite databases are copied
+   CA and certificates, the command store and its outbox, the incident steps' outbox (a
+   queued command and a pending step are acknowledged work: they go out after a restore),
+   the notifier's outbox and spent links, the ingest's counters, the cities, the broker's
+   persistence. SQLite databases are copied
    with SQLite's online backup (consistent while their service writes).
 
 Left out, since a start makes them anew: logs, the running launcher's state file and

@@ -12,16 +12,16 @@ import base64
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from safecity.errors import AckLinkError, ConfigError
+from safecity import keyfile
+from safecity.errors import AckLinkError
 
-KEY_BYTES = 32
+KEY_BYTES = keyfile.KEY_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,27 +46,12 @@ def _unb64(text: str) -> bytes:
 
 def ensure_key(path: Path) -> bytes:
     """The signing key in `path`, created (0600, random) when there is none yet."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return read_key(path)  # another process made it first
-        with os.fdopen(fd, "w", encoding="ascii") as f:
-            f.write(secrets.token_hex(KEY_BYTES) + "\n")
-    return read_key(path)
+    return keyfile.ensure_key(path, "ack link key")
 
 
 def read_key(path: Path) -> bytes:
     """The signing key in `path`; ConfigError naming the file when it is unusable."""
-    try:
-        text = path.read_text(encoding="ascii").strip()
-        key = bytes.fromhex(text)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"ack link key {path}: cannot read it: {exc}") from exc
-    if len(key) < 16:
-        raise ConfigError(f"ack link key {path}: too short (at least 16 bytes, hex)")
-    return key
+    return keyfile.read_key(path, "ack link key")
 
 
 def sign(key: bytes, claim: AckClaim) -> str:

@@ -143,6 +143,11 @@ class Layout:
         return self.identity_dir / "ack-links.key"
 
     @property
+    def command_hop_key_file(self) -> Path:
+        """The key the API replicas sign the callers they pass to the command service with."""
+        return self.identity_dir / "command-hop.key"
+
+    @property
     def ack_spent_file(self) -> Path:
         """The acknowledgement links already used (each acknowledges once)."""
         return self.notify_dir / "ack-spent.db"

@@ -194,14 +194,15 @@ def test_the_scheduled_backup_reads_every_state_volume_and_influxdb(
     mounts = {v.split(":")[0]: v.split(":")[1:] for v in backup["volumes"]}
     targets = {source: target for source, (target, *_) in mounts.items()}
     # Every volume a safecity service keeps state in is read inside the home; read-only but
-    # the one with SQLite databases (a reader of a live one needs its shared-memory file).
+    # the ones with SQLite databases (a reader of a live one needs its shared-memory file):
+    # the notifier's outbox, the API's command store and outboxes.
     for name, service in safecity_services(resolved).items():
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]
             if not source.startswith("/"):
                 assert source in mounts, f"the backup does not read {source} ({name}'s)"
                 target, mode = targets[source], mounts[source][1:]
-                wanted = ["rw"] if source == "notify-data" else ["ro"]
+                wanted = ["rw"] if source in ("notify-data", "api-data") else ["ro"]
                 assert target.startswith(f"{home}/") and mode == wanted, (source, target, mode)
     command = " ".join(command_of(backup))
     assert 'safecity backup "/backups/' in command and mounts["backups"] == ["/backups", "rw"]
@@ -241,6 +242,11 @@ def _command_a_streetlight(api: str, api_env: dict[str, str], cwd: Path) -> None
     light = default_city().select(kind="streetlight")[0]
     command_executed(api, key, light, name="set_level", params={"level": 30})
     assert Path(api_env["SAFECITY_COMMANDS_FILE"]).is_file()
+    # The incident steps' outbox is on api-data too (it outlives the container, and the
+    # backup reads it there).
+    assert api_env["SAFECITY_STEPS_OUTBOX_FILE"].startswith(
+        str(Path(api_env["SAFECITY_COMMANDS_FILE"]).parents[1])
+    )
 
 
 def test_the_compose_stack_runs_here_and_becomes_healthy(

@@ -5,6 +5,8 @@
 #                      oidc-client-secret (Grafana's at the identity provider; $GRAFANA_OIDC_CLIENT_SECRET)
 #   safecity-api-keys  apikeys.json               (API keys: hashes only)
 #   safecity-notify    ack-links.key              (signs acknowledgement links; notifier + API)
+#   safecity-api-hop   command-hop.key            (the API replicas sign the callers they pass
+#                                                  to the command service; every API pod)
 # The broker's accounts, certificates and the services' MQTT secrets are made by the
 # provisioning Job itself. Usage: deploy/kubernetes/create-secrets.sh [namespace]
 set -eu
@@ -34,4 +36,6 @@ safecity apikey create --keys-file "$dir/apikeys.json" --name operator --scopes 
 kubectl -n "$ns" create secret generic safecity-api-keys --from-file=apikeys.json="$dir/apikeys.json"
 head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$dir/ack-links.key"
 kubectl -n "$ns" create secret generic safecity-notify --from-file=ack-links.key="$dir/ack-links.key"
+head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$dir/command-hop.key"
+kubectl -n "$ns" create secret generic safecity-api-hop --from-file=command-hop.key="$dir/command-hop.key"
 echo "Secrets created in namespace $ns; the API key above is shown only once."

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,11 +17,15 @@ from typing import Any
 
 import httpx
 import pytest
+from chromium import chromium_context, sign_in
 from commanddevice import CommandDevices
+from oidcprovider import CONSOLE_CLIENT, CONSOLE_SECRET, OidcProvider
 from support import account_env, holds_for, influx_rows, mosquitto, wait_for
 
-from api.apikeys import KeyStore
+from api.apikeys import ApiKey, KeyStore
+from api.commandhop import CALLER_HEADER, SIGNATURE_HEADER, vouch
 from api.commanding import CHANNEL, open_outbox
+from api.people import SESSION_COOKIE
 from api.settings import ApiSettings
 from control.stack import LocalStack
 from safecity import topics
@@ -29,6 +34,7 @@ from safecity.outbox import DeliveryStatus, Message, Outbox
 from safecity.registry import Device, default_city
 
 CITY = default_city()
+PERSON = {"name": "Dilnoza Karimova", "roles": ["safecity-operator"], "cities": ["tashkent"]}
 FINAL = {"executed", "failed", "expired"}
 
 
@@ -175,13 +181,23 @@ def test_a_replica_without_the_command_service_passes_the_command_routes_to_its_
     tmp_path: Path,
 ) -> None:
     """Two API processes as on Kubernetes: the owner (store, broker session) and a replica
-    with `SAFECITY_COMMANDS__URL`: every command route asked of the replica is the owner's
-    answer, the replica opens no store, and without its owner it says so (503)."""
+    with `SAFECITY_COMMANDS__URL`, each with its own sessions file, sharing the key file and
+    the command hop key. Every command route asked of the replica is the owner's answer,
+    for a key and for a person signed in on the replica's console alike (the owner knows
+    neither the session nor the identity provider: it believes the replica's signed word
+    and names the person); the replica opens no store, and without its owner says so (503)."""
     keys = str(tmp_path / "shared-keys.json")
-    owner = start_api(influx_db, **command_env(stack, tmp_path), SAFECITY_API_KEYS_FILE=keys)
+    hop = {"SAFECITY_COMMAND_HOP_KEY_FILE": str(tmp_path / "hop" / "command-hop.key")}
+    owner_sessions = str(tmp_path / "owner-sessions.sqlite3")
+    owner = start_api(influx_db, **command_env(stack, tmp_path), SAFECITY_API_KEYS_FILE=keys,
+                      SAFECITY_SESSIONS_FILE=owner_sessions, **hop)  # fmt: skip
+    (tmp_path / "oidc").mkdir()
+    provider = OidcProvider(tmp_path / "oidc", {"ops-tashkent": PERSON}, [])
     replica_file = tmp_path / "replica-commands.sqlite3"
     replica = start_api(influx_db, SAFECITY_API_KEYS_FILE=keys, SAFECITY_COMMANDS__URL=owner.url,
-                        SAFECITY_COMMANDS_FILE=str(replica_file))  # fmt: skip
+                        SAFECITY_COMMANDS_FILE=str(replica_file), **hop,
+                        SAFECITY_SESSIONS_FILE=str(tmp_path / "replica-sessions.sqlite3"),
+                        **provider_env(provider))  # fmt: skip
     replica.api_key = owner.api_key  # a key both processes know (the owner's)
     device = unsimulated("weather", 5)[4]
     devices.start(device)
@@ -198,6 +214,8 @@ def test_a_replica_without_the_command_service_passes_the_command_routes_to_its_
     unknown = httpx.get(f"{replica.url}/v1/commands/cmd-{'0' * 20}", headers=owner.headers,
                         timeout=10)  # fmt: skip
     assert unknown.status_code == 404
+    _a_signed_in_person_commands_through_the_replica(owner, replica, provider, device, tmp_path)
+    _vouched_callers_the_owner_refuses(owner, replica, Path(hop["SAFECITY_COMMAND_HOP_KEY_FILE"]))
     assert not replica_file.exists()
     owner.stop()
     gone = httpx.get(f"{replica.url}/v1/commands", headers=owner.headers, timeout=10)
@@ -205,6 +223,93 @@ def test_a_replica_without_the_command_service_passes_the_command_routes_to_its_
     # Everything else is the replica's own.
     own = httpx.get(f"{replica.url}/v1/cities", headers=owner.headers, timeout=10)
     assert own.status_code == 200
+
+
+def provider_env(provider: OidcProvider) -> dict[str, str]:
+    """An API's settings for signing people in with `provider` on its console."""
+    return {
+        "SAFECITY_OIDC__ISSUER": provider.issuer,
+        "SAFECITY_OIDC__CLIENT_ID": CONSOLE_CLIENT,
+        "SAFECITY_OIDC__CLIENT_SECRET": CONSOLE_SECRET,
+        "SAFECITY_OIDC__SCOPES": "openid profile safecity",
+    }
+
+
+def _console_session(replica: Any, provider: OidcProvider, tmp_path: Path) -> dict[str, str]:
+    """The headers of a console signed in on `replica` through the provider's login form
+    (Chromium): the session cookie and its CSRF token."""
+    provider.redirect_uris = [f"{replica.url}/auth/callback"]
+    provider.start()
+    try:
+        with chromium_context(tmp_path / "profile", width=1280, height=900,
+                              timeout_ms=20_000) as browser:  # fmt: skip
+            page = browser.pages[0] if browser.pages else browser.new_page()
+            sign_in(page, replica.url, "ops-tashkent")
+            (cookie,) = [c for c in browser.cookies(replica.url) if c["name"] == SESSION_COOKIE]
+    finally:
+        provider.stop()
+    jar = {"Cookie": f"{SESSION_COOKIE}={cookie['value']}"}
+    session = httpx.get(f"{replica.url}/auth/session", headers=jar, timeout=10).json()
+    assert session["signed_in"] and session["subject"] == "ops-tashkent", session
+    return {**jar, "X-CSRF-Token": session["csrf_token"]}
+
+
+def _audit(api: Any) -> list[dict[str, Any]]:
+    text = Path(api.env["SAFECITY_AUDIT_LOG_FILE"]).read_text()
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def _a_signed_in_person_commands_through_the_replica(
+    owner: Any, replica: Any, provider: OidcProvider, device: Device, tmp_path: Path
+) -> None:
+    console = _console_session(replica, provider, tmp_path)
+    url = f"{replica.url}/v1/devices/{device.id}/commands"
+    # Without the session's CSRF token the replica itself refuses (and audits it).
+    forged = httpx.post(url, headers={"Cookie": console["Cookie"]}, json={"name": "reboot"},
+                        timeout=10)  # fmt: skip
+    assert forged.status_code == 403 and "CSRF" in forged.json()["detail"]
+    sent = httpx.post(url, headers=console, json={"name": "reboot"}, timeout=10)
+    assert sent.status_code == 202, sent.text
+    command = sent.json()
+    assert (command["by_subject"], command["by_name"]) == ("ops-tashkent", "Dilnoza Karimova")
+    assert settled(owner, command["id"])["deliveries"][0]["status"] == "executed"
+    # The owner's audit log names the person; the replica's holds only its own refusal.
+    route = "/v1/devices/{device_id}/commands"
+    assert (route, "ops-tashkent", "Dilnoza Karimova", 202) in [
+        (a["route"], a["subject"], a["person"], a["status"]) for a in _audit(owner)
+    ]
+    assert [(a["subject"], a["status"]) for a in _audit(replica)] == [("ops-tashkent", 403)]
+
+
+def _vouched_callers_the_owner_refuses(owner: Any, replica: Any, key_file: Path) -> None:
+    """A caller claimed without the key, too late, a second time, or by a client: refused."""
+    path, admin = "/v1/commands", ApiKey("x", "mallory", ("admin",), "", "")
+    key = bytes.fromhex(key_file.read_text())
+
+    def ask(api: Any, headers: dict[str, str], target: str = path) -> httpx.Response:
+        return httpx.get(f"{api.url}{target}", headers=headers, timeout=10)
+
+    forged = vouch(b"\x01" * 32, "GET", path, "", b"", admin)
+    answer = ask(owner, forged)
+    assert answer.status_code == 403 and "does not match" in answer.json()["detail"]
+    unsigned = ask(owner, {CALLER_HEADER: forged[CALLER_HEADER]})
+    assert unsigned.status_code == 401 and SIGNATURE_HEADER in unsigned.json()["detail"]
+    old = ask(owner, vouch(key, "GET", path, "", b"", admin, now=time.time() - 120))
+    assert old.status_code == 403 and "outside the 30 s window" in old.json()["detail"]
+    # Signed for another request (a GET of one command): not for this one.
+    other = ask(owner, vouch(key, "GET", f"{path}/cmd-{'0' * 20}", "", b"", admin))
+    assert other.status_code == 403 and "does not match" in other.json()["detail"]
+    fresh = vouch(key, "GET", path, "", b"", admin)
+    assert ask(owner, fresh).status_code == 200
+    replayed = ask(owner, fresh)
+    assert replayed.status_code == 403 and "already used" in replayed.json()["detail"]
+    # From a client, the header is never believed: not on the replica's command routes,
+    # nor on its own, not even beside a key it knows.
+    for target in (path, "/v1/cities"):
+        for extra in ({}, owner.headers):
+            sneaked = ask(replica, {**vouch(key, "GET", target, "", b"", admin), **extra}, target)
+            assert sneaked.status_code == 401, sneaked.text
+            assert "accepted only by the command service" in sneaked.json()["detail"]
 
 
 def test_refusals_name_what_is_wrong(

@@ -18,9 +18,9 @@ from typing import Any
 import httpx
 import pytest
 from api_seed import panic_incident
-from chromium import chromium_context
+from chromium import chromium_context, sign_in
 from oidcprovider import CONSOLE_CLIENT, CONSOLE_SECRET, OidcProvider
-from playwright.sync_api import BrowserContext, Page
+from playwright.sync_api import BrowserContext
 
 from safecity import incidents as inc
 from safecity.influx import InfluxClient
@@ -54,17 +54,6 @@ def seed_incident(influx_url: str, database: str) -> inc.Incident:
     with ThreadPoolExecutor(1) as pool:
         pool.submit(asyncio.run, seed()).result()
     return opened
-
-
-def sign_in(page: Page, api_url: str, login: str) -> None:
-    """From the console's offer, through the provider's own login form, back signed in."""
-    page.goto(f"{api_url}/")
-    page.locator("#sign-in").click()
-    page.locator('input[name="login"]').fill(login)
-    page.locator('input[name="password"]').fill("any password")
-    page.locator('button[type="submit"]').click()
-    page.wait_for_url(f"{api_url}/")
-    page.locator("#app").wait_for(state="visible")
 
 
 def test_a_person_signs_in_acknowledges_and_signs_out(

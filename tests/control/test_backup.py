@@ -5,6 +5,8 @@ and InfluxDB; the checks are what an operator would see:
 
 - `safecity verify` against the ledger as the backup cut it (its recovery point): lost 0;
 - the API key made before the backup works on the restored API; the same incidents listed;
+- work acknowledged but not yet out when the backup ran (the broker stopped meanwhile): a
+  queued command and a pending incident step come back and go out from the restored city;
 - the devices reconnect with their old credentials (the restored city comes online; a
   device's old password is accepted by the restored broker, a wrong one refused);
 - a tampered, a truncated and an added file are refused, naming the file, before any
@@ -14,8 +16,10 @@ and InfluxDB; the checks are what an operator would see:
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -33,15 +37,17 @@ from control.restore import restore
 from control.settings import BackupSettings
 from safecity import instance, topics
 from safecity.errors import BackupError
+from safecity.outbox import DeliveryStatus, Outbox
 from safecity.registry import Device, default_city
 
 CITY = default_city()
 DEVICE = CITY.select(kind="noise")[0]
 BUTTON = CITY.select(kind="panic_button")[0]
+LIGHT = CITY.select(kind="streetlight")[0]
 
 
-def _key(run: Run) -> str:
-    made = safecity(run.home, "apikey", "create", "--name", "kept", "--scopes", "read")
+def _key(run: Run, name: str = "kept", scopes: str = "read") -> str:
+    made = safecity(run.home, "apikey", "create", "--name", name, "--scopes", scopes)
     assert made.returncode == 0, made.stderr
     match = re.search(r"SAFECITY_API_KEY=(\S+)", made.stdout)
     assert match, made.stdout
@@ -108,6 +114,39 @@ def _refused(backup: Path, home: Path, named: str) -> None:
     assert after == before
 
 
+def _queue_work(run: Run, operator: str, incidents: dict[str, str]) -> tuple[str, str, str]:
+    """With the broker stopped (SIGSTOP), a command and an incident step are acknowledged
+    (202, 200) but cannot go out: both wait in their outboxes. The command's id, the
+    incident's, and the broker's pid (to continue it)."""
+    pid = run.layout.broker_pidfile.read_text().strip()
+    os.kill(int(pid), signal.SIGSTOP)
+    headers, url = {"X-API-Key": operator}, run.state.api_url
+    sent = httpx.post(f"{url}/v1/devices/{LIGHT.id}/commands", headers=headers,
+                      json={"name": "set_level", "params": {"level": 40}, "expires_in": 3600},
+                      timeout=30)  # fmt: skip
+    assert sent.status_code == 202, sent.text
+    for incident_id in incidents:  # the first still open (the city may have resolved one)
+        acked = httpx.post(f"{url}/v1/incidents/{incident_id}/ack", headers=headers,
+                           json={"note": "on my way"}, timeout=30)  # fmt: skip
+        if acked.status_code == 200:
+            return str(sent.json()["id"]), incident_id, pid
+        assert acked.status_code == 409, acked.text
+    raise AssertionError(f"no incident to acknowledge among {incidents}")
+
+
+def _outbox_entries(where: instance.Layout, group: str) -> dict[str, list[DeliveryStatus]]:
+    """The statuses of a command's and an incident's entries in the instance's outboxes."""
+    commands = where.commands_file.with_name(where.commands_file.stem + ".outbox.sqlite3")
+    out = {}
+    for name, path in (("command", commands), ("step", where.steps_outbox_file)):
+        box = Outbox(path, owner="test-reader")
+        try:
+            out[name] = [e.status for e in box.entries(group=group)]
+        finally:
+            box.close()
+    return out
+
+
 def _take_backup(run: Run, target: Path) -> dict[str, Any]:
     done = safecity(run.home, "backup", str(target))
     assert done.returncode == 0, done.stderr
@@ -121,12 +160,14 @@ def _take_backup(run: Run, target: Path) -> dict[str, Any]:
 def test_a_city_backed_up_while_running_comes_back_whole_elsewhere(tmp_path: Path) -> None:
     old_home, new_home, backup = tmp_path / "old", tmp_path / "new", tmp_path / "backup"
     with local_run(old_home, "--speed", "10") as run:
-        key = _key(run)
+        key, operator = _key(run), _key(run, "operator", "read,operate")
         _press(run)
         wait_for(lambda: _incidents(run, key), timeout=60, interval=1, what="an incident opened")
         incidents = _incidents(run, key)
+        command_id, incident_id, broker = _queue_work(run, operator, incidents)
         every_file = [p.relative_to(old_home) for p in old_home.rglob("*") if p.is_file()]
         summary = _take_backup(run, backup)
+        os.kill(int(broker), signal.SIGCONT)
         secret = json.loads(run.layout.secrets_file.read_text())[DEVICE.id]
         _lose(run)
     manifest = json.loads((backup / MANIFEST).read_text())
@@ -142,33 +183,55 @@ def test_a_city_backed_up_while_running_comes_back_whole_elsewhere(tmp_path: Pat
     done = safecity(new_home, "restore", str(backup))
     assert done.returncode == 0, done.stderr
     assert (instance.layout(new_home).secrets_file.stat().st_mode & 0o777) == 0o600
+    # The acknowledged work that had not gone out is back, still to go out.
+    pending = [DeliveryStatus.PENDING]
+    restored = instance.layout(new_home)
+    assert _outbox_entries(restored, command_id)["command"] == pending
+    assert _outbox_entries(restored, incident_id)["step"] == pending
 
     with local_run(new_home, "--speed", "10") as run:
-        ledger = backup / FILES_DIR / "ledger.jsonl"
-
-        def verified() -> bool:
-            checked = safecity(
-                new_home, "verify", "--ledger", str(ledger), "--json",
-                "--deadletters", str(run.layout.deadletter_dir),
-            )  # fmt: skip
-            # Readings sent after the recovery point that InfluxDB's backup still caught
-            # count as "unexpected" against the cut ledger; nothing before it may be lost.
-            report = json.loads(checked.stdout or "{}")
-            last[:] = [report or checked.stderr[-2000:]]
-            wrong = ("lost", "duplicated", "value_mismatch", "good_deadlettered")
-            return report.get("sent", 0) > 0 and not any(report[k] for k in wrong)
-
-        last: list[Any] = []
-        try:
-            wait_for(verified, timeout=90, interval=5, what="verify: lost 0 up to the point")
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}; the last report: {last}") from None
+        _verified(run, new_home, backup / FILES_DIR / "ledger.jsonl")
+        # ... and goes out: the streetlight carries out the command, the broker takes the step.
+        wait_for(lambda: _command_status(run, operator, command_id) == "executed", timeout=60,
+                 interval=1, what="the queued command executed")  # fmt: skip
+        delivered = [DeliveryStatus.DELIVERED]
+        wait_for(lambda: _outbox_entries(run.layout, incident_id)["step"] == delivered,
+                 timeout=60, interval=1, what="the pending step announced")  # fmt: skip
         me = httpx.get(f"{run.state.api_url}/v1/me", headers={"X-API-Key": key}, timeout=10)
         assert me.status_code == 200 and me.json()["name"] == "kept", me.text
         now = _incidents(run, key)
         assert incidents.items() <= now.items(), (incidents, now)
         assert _reading(run, secret) == 0
         assert _reading(run, secret + "x") != 0
+
+
+def _verified(run: Run, new_home: Path, ledger: Path) -> None:
+    """`safecity verify` of the restored run against the cut ledger: lost 0 up to the point."""
+
+    def verified() -> bool:
+        checked = safecity(
+            new_home, "verify", "--ledger", str(ledger), "--json",
+            "--deadletters", str(run.layout.deadletter_dir),
+        )  # fmt: skip
+        # Readings sent after the recovery point that InfluxDB's backup still caught
+        # count as "unexpected" against the cut ledger; nothing before it may be lost.
+        report = json.loads(checked.stdout or "{}")
+        last[:] = [report or checked.stderr[-2000:]]
+        wrong = ("lost", "duplicated", "value_mismatch", "good_deadlettered")
+        return report.get("sent", 0) > 0 and not any(report[k] for k in wrong)
+
+    last: list[Any] = []
+    try:
+        wait_for(verified, timeout=90, interval=5, what="verify: lost 0 up to the point")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the last report: {last}") from None
+
+
+def _command_status(run: Run, key: str, command_id: str) -> str:
+    got = httpx.get(f"{run.state.api_url}/v1/commands/{command_id}",
+                    headers={"X-API-Key": key}, timeout=10)  # fmt: skip
+    assert got.status_code == 200, got.text
+    return str(got.json()["deliveries"][0]["status"])
 
 
 def _check_refusals(backup: Path, tmp_path: Path) -> None:

@@ -9,14 +9,14 @@ bearer-token authentication, and a snapshot that the storage fails.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from functools import partial
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs
 
 import pytest
+from standin import Request, StandIn
 
 from control.settings import BackupSettings
 from control.volumesnapshots import SNAPSHOTS_FILE, in_cluster, snapshot_claims
@@ -32,54 +32,27 @@ CLAIMS = {
 GROUP = f"/apis/snapshot.storage.k8s.io/v1/namespaces/{NS}/volumesnapshots"
 
 
-class FakeApi(BaseHTTPRequestHandler):
-    """The Kubernetes API calls of the backup job, answered from `server.state`."""
-
-    def _send(self, status: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _authorized(self) -> bool:
-        if self.headers.get("Authorization") == f"Bearer {TOKEN}":
-            return True
-        self._send(401, {"kind": "Status", "message": "Unauthorized", "code": 401})
-        return False
-
-    def do_GET(self) -> None:
-        if not self._authorized():
-            return
-        url = urlparse(self.path)
-        state: dict[str, Any] = self.server.state  # type: ignore[attr-defined]
-        if url.path == f"/api/v1/namespaces/{NS}/persistentvolumeclaims":
-            key, value = parse_qs(url.query)["labelSelector"][0].split("=")
-            items = [
-                {"metadata": {"name": n, "labels": labels}}
-                for n, labels in CLAIMS.items()
-                if labels.get(key) == value
-            ]
-            self._send(200, {"kind": "PersistentVolumeClaimList", "items": items})
-        elif url.path.removeprefix(GROUP + "/") in state["snapshots"]:
-            snapshot = state["snapshots"][url.path.removeprefix(GROUP + "/")]
-            snapshot["reads"] += 1
-            status = _status(snapshot, state["failing"])
-            self._send(200, {**snapshot["body"], "status": status})
-        else:
-            self._send(404, {"kind": "Status", "message": "not found", "code": 404})
-
-    def do_POST(self) -> None:
-        if not self._authorized():
-            return
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        state: dict[str, Any] = self.server.state  # type: ignore[attr-defined]
+def _kubernetes(state: dict[str, Any], request: Request) -> tuple[int, Any]:
+    """The Kubernetes API calls of the backup job, answered from `state`."""
+    if request.headers.get("Authorization") != f"Bearer {TOKEN}":
+        return 401, {"kind": "Status", "message": "Unauthorized", "code": 401}
+    if request.method == "POST":
+        body = request.json()
         state["snapshots"][body["metadata"]["name"]] = {"body": body, "reads": 0}
-        self._send(201, body)
-
-    def log_message(self, *args: Any) -> None:
-        """Quiet."""
+        return 201, body
+    if request.path == f"/api/v1/namespaces/{NS}/persistentvolumeclaims":
+        key, value = parse_qs(request.query)["labelSelector"][0].split("=")
+        items = [
+            {"metadata": {"name": n, "labels": labels}}
+            for n, labels in CLAIMS.items()
+            if labels.get(key) == value
+        ]
+        return 200, {"kind": "PersistentVolumeClaimList", "items": items}
+    if request.path.removeprefix(GROUP + "/") in state["snapshots"]:
+        snapshot = state["snapshots"][request.path.removeprefix(GROUP + "/")]
+        snapshot["reads"] += 1
+        return 200, {**snapshot["body"], "status": _status(snapshot, state["failing"])}
+    return 404, {"kind": "Status", "message": "not found", "code": 404}
 
 
 def _status(snapshot: dict[str, Any], failing: set[str]) -> dict[str, Any]:
@@ -94,12 +67,9 @@ def _status(snapshot: dict[str, Any], failing: set[str]) -> dict[str, Any]:
 
 @pytest.fixture
 def api() -> Iterator[tuple[str, dict[str, Any]]]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeApi)
-    server.state = {"snapshots": {}, "failing": set()}  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}", server.state  # type: ignore[attr-defined]
-    server.shutdown()
+    state: dict[str, Any] = {"snapshots": {}, "failing": set()}
+    with StandIn(partial(_kubernetes, state)) as server:
+        yield server.url, state
 
 
 def _account(tmp_path: Path, token: str = TOKEN) -> Path:

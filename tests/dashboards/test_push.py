@@ -8,13 +8,11 @@ for unknown UIDs.
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from standin import Request, StandIn
 
 from control import cli
 from dashboards import build
@@ -26,22 +24,30 @@ from safecity.settings import InfluxSettings
 TOKEN = "glsa_test_token"
 
 
-class FakeGrafana(ThreadingHTTPServer):
-    """In-memory Grafana: folders, datasources, dashboards, alert rules, a request log."""
+Reply = tuple[int, Any]
+
+
+class FakeGrafana:
+    """In-memory Grafana: folders, datasources, dashboards, alert rules, a request log;
+    served by a stand-in server (`url`) until `close()`."""
 
     def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), Handler)
         self.folders: dict[str, dict[str, Any]] = {}
         self.datasources: dict[str, dict[str, Any]] = {}
         self.dashboards: dict[str, dict[str, Any]] = {}
         self.rules: dict[str, dict[str, Any]] = {}
         self.log: list[tuple[str, str, str | None]] = []
         self.next_id = 1
+        self.server = StandIn(self.answer)
 
     @property
     def url(self) -> str:
         """Base URL."""
-        return f"http://127.0.0.1:{self.server_address[1]}"
+        return self.server.url
+
+    def close(self) -> None:
+        """Stop serving."""
+        self.server.close()
 
     def writes(self) -> list[tuple[str, str]]:
         """Every non-GET request, in order."""
@@ -52,199 +58,139 @@ class FakeGrafana(ThreadingHTTPServer):
         self.next_id += 1
         return self.next_id
 
-
-class Handler(BaseHTTPRequestHandler):
-    """Routes of the Grafana HTTP API that `dashboards.push` uses."""
-
-    server: FakeGrafana
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Quiet."""
-
-    def _send(self, status: int, body: Any) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _body(self) -> Any:
-        length = int(self.headers.get("Content-Length", "0"))
-        return json.loads(self.rfile.read(length) or b"null")
-
-    def _handle(self, method: str) -> None:
-        auth = self.headers.get("Authorization")
-        self.server.log.append((method, self.path, auth))
+    def answer(self, request: Request) -> Reply:
+        """The routes of the Grafana HTTP API that `dashboards.push` uses."""
+        auth = request.headers.get("Authorization")
+        self.log.append((request.method, request.target, auth))
         if auth != f"Bearer {TOKEN}":
-            self._send(401, {"message": "Unauthorized"})
-            return
-        parts = self.path.split("?")[0].strip("/").split("/")
-        if method == "GET":
-            handled = self._get(parts)
-        elif method == "POST":
-            handled = self._post(parts, self._body())
+            return 401, {"message": "Unauthorized"}
+        parts = request.path.strip("/").split("/")
+        if request.method == "GET":
+            reply = self._get(parts)
+        elif request.method == "POST":
+            reply = self._post(parts, request.json())
         else:
-            handled = self._put(parts, self._body())
-        if not handled:
-            self._send(404, {"message": "Not found"})
+            reply = self._put(parts, request.json())
+        return reply or (404, {"message": "Not found"})
 
-    def _found(self, item: dict[str, Any] | None, missing: dict[str, str]) -> bool:
-        """200 with `item`, or 404 with `missing` when there is none."""
-        if item is None:
-            self._send(404, missing)
-        else:
-            self._send(200, item)
-        return True
-
-    def _get(self, parts: list[str]) -> bool:
-        """The GET routes; False for one this server does not have."""
-        srv = self.server
+    def _get(self, parts: list[str]) -> Reply | None:
+        """The GET routes; None for one this server does not have."""
         if parts == ["api", "health"]:
-            self._send(200, {"commit": "abc123", "database": "ok", "version": "11.3.0"})
-            return True
+            return 200, {"commit": "abc123", "database": "ok", "version": "11.3.0"}
         if parts[:2] == ["api", "folders"] and len(parts) == 3:
-            folder = srv.folders.get(parts[2])
-            return self._found(folder, {"message": "folder not found", "status": "not-found"})
+            folder = self.folders.get(parts[2])
+            return _found(folder, {"message": "folder not found", "status": "not-found"})
         if parts[:3] == ["api", "datasources", "uid"]:
-            return self._found(srv.datasources.get(parts[3]), {"message": "Data source not found"})
+            return _found(self.datasources.get(parts[3]), {"message": "Data source not found"})
         if parts[:3] == ["api", "dashboards", "uid"]:
-            return self._found(srv.dashboards.get(parts[3]), {"message": "Dashboard not found"})
+            return _found(self.dashboards.get(parts[3]), {"message": "Dashboard not found"})
         if parts[:3] == ["api", "v1", "provisioning"] and len(parts) == 5:
-            return self._found(srv.rules.get(parts[4]), {"message": "rule not found"})
-        return False
+            return _found(self.rules.get(parts[4]), {"message": "rule not found"})
+        return None
 
-    def _post(self, parts: list[str], body: Any) -> bool:
-        """The POST routes; False for one this server does not have."""
-        srv = self.server
+    def _post(self, parts: list[str], body: Any) -> Reply | None:
+        """The POST routes; None for one this server does not have."""
         if parts == ["api", "folders"]:
-            if body["uid"] in srv.folders:
-                self._send(409, {"message": "a folder with the same uid already exists"})
-                return True
+            if body["uid"] in self.folders:
+                return 409, {"message": "a folder with the same uid already exists"}
             folder = {
-                "id": srv.new_id(),
+                "id": self.new_id(),
                 "uid": body["uid"],
                 "title": body["title"],
                 "url": f"/dashboards/f/{body['uid']}/",
                 "version": 1,
             }
-            srv.folders[body["uid"]] = folder
-            self._send(200, folder)
-        elif parts == ["api", "datasources"]:
-            if any(d["name"] == body["name"] for d in srv.datasources.values()):
-                self._send(409, {"message": "data source with the same name already exists"})
-                return True
-            ds = self._store_datasource(body, srv.new_id(), 1)
-            self._send_datasource(ds, "Datasource added")
-        elif parts == ["api", "dashboards", "db"]:
-            self._save_dashboard(body)
-        elif parts == ["api", "v1", "provisioning", "alert-rules"]:
-            self._save_rule(body, 201, None)
-        else:
-            return False
-        return True
+            self.folders[body["uid"]] = folder
+            return 200, folder
+        if parts == ["api", "datasources"]:
+            if any(d["name"] == body["name"] for d in self.datasources.values()):
+                return 409, {"message": "data source with the same name already exists"}
+            ds = self._store_datasource(body, self.new_id(), 1)
+            return _datasource(ds, "Datasource added")
+        if parts == ["api", "dashboards", "db"]:
+            return self._save_dashboard(body)
+        if parts == ["api", "v1", "provisioning", "alert-rules"]:
+            return self._save_rule(body, 201, None)
+        return None
 
-    def _put(self, parts: list[str], body: Any) -> bool:
-        """The PUT routes; False for one this server does not have."""
-        srv = self.server
+    def _put(self, parts: list[str], body: Any) -> Reply | None:
+        """The PUT routes; None for one this server does not have."""
         if parts[:2] == ["api", "folders"]:
-            folder = srv.folders[parts[2]]
+            folder = self.folders[parts[2]]
             folder.update(title=body["title"], version=folder["version"] + 1)
-            self._send(200, folder)
-        elif parts[:3] == ["api", "datasources", "uid"]:
-            old = srv.datasources[parts[3]]
+            return 200, folder
+        if parts[:3] == ["api", "datasources", "uid"]:
+            old = self.datasources[parts[3]]
             ds = self._store_datasource(body, old["id"], old["version"] + 1)
-            self._send_datasource(ds, "Datasource updated")
-        elif parts[:4] == ["api", "v1", "provisioning", "alert-rules"]:
-            if parts[4] not in srv.rules:
-                self._send(404, {"message": "rule not found"})
-                return True
-            self._save_rule(body, 200, srv.rules[parts[4]]["id"])
-        else:
-            return False
-        return True
-
-    def _send_datasource(self, ds: dict[str, Any], message: str) -> None:
-        self._send(200, {"datasource": ds, "id": ds["id"], "message": message, "name": ds["name"]})
+            return _datasource(ds, "Datasource updated")
+        if parts[:4] == ["api", "v1", "provisioning", "alert-rules"]:
+            if parts[4] not in self.rules:
+                return 404, {"message": "rule not found"}
+            return self._save_rule(body, 200, self.rules[parts[4]]["id"])
+        return None
 
     def _store_datasource(self, body: dict[str, Any], ds_id: int, version: int) -> dict[str, Any]:
         # Secrets are write-only: Grafana answers with secureJsonFields flags instead.
         secure = {k: True for k in body.get("secureJsonData", {})}
         ds = {k: v for k, v in body.items() if k != "secureJsonData"}
         ds.update(id=ds_id, orgId=1, version=version, readOnly=False, secureJsonFields=secure)
-        self.server.datasources[body["uid"]] = ds
+        self.datasources[body["uid"]] = ds
         return ds
 
-    def _save_dashboard(self, body: dict[str, Any]) -> None:
-        srv = self.server
+    def _save_dashboard(self, body: dict[str, Any]) -> Reply:
         model = body["dashboard"]
         if not model.get("title"):
-            self._send(400, {"message": "Dashboard title cannot be empty"})
-            return
-        if body.get("folderUid") not in srv.folders:
-            self._send(400, {"message": "folder not found"})
-            return
-        old = srv.dashboards.get(model["uid"])
+            return 400, {"message": "Dashboard title cannot be empty"}
+        if body.get("folderUid") not in self.folders:
+            return 400, {"message": "folder not found"}
+        old = self.dashboards.get(model["uid"])
         if old is not None and not body.get("overwrite"):
-            self._send(412, {"message": "The dashboard has been changed by someone else"})
-            return
+            return 412, {"message": "The dashboard has been changed by someone else"}
         version = 1 if old is None else old["dashboard"]["version"] + 1
-        dash_id = srv.new_id() if old is None else old["dashboard"]["id"]
+        dash_id = self.new_id() if old is None else old["dashboard"]["id"]
         stored = {**model, "id": dash_id, "version": version}
         meta = {"folderUid": body["folderUid"], "slug": model["uid"], "version": version}
-        srv.dashboards[model["uid"]] = {"dashboard": stored, "meta": meta}
-        self._send(
-            200,
-            {
-                "id": dash_id,
-                "uid": model["uid"],
-                "url": f"/d/{model['uid']}/{model['uid']}",
-                "status": "success",
-                "version": version,
-                "slug": model["uid"],
-            },
-        )
+        self.dashboards[model["uid"]] = {"dashboard": stored, "meta": meta}
+        return 200, {
+            "id": dash_id,
+            "uid": model["uid"],
+            "url": f"/d/{model['uid']}/{model['uid']}",
+            "status": "success",
+            "version": version,
+            "slug": model["uid"],
+        }
 
-    def _save_rule(self, body: dict[str, Any], status: int, rule_id: int | None) -> None:
-        srv = self.server
-        if body.get("folderUID") not in srv.folders:
-            self._send(400, {"message": "invalid alert rule: folder does not exist"})
-            return
+    def _save_rule(self, body: dict[str, Any], status: int, rule_id: int | None) -> Reply:
+        if body.get("folderUID") not in self.folders:
+            return 400, {"message": "invalid alert rule: folder does not exist"}
         for query in body["data"]:
-            if query["datasourceUid"] not in (*srv.datasources, "__expr__"):
-                self._send(400, {"message": "invalid alert rule: data source not found"})
-                return
+            if query["datasourceUid"] not in (*self.datasources, "__expr__"):
+                return 400, {"message": "invalid alert rule: data source not found"}
         rule = {
             **body,
-            "id": rule_id or srv.new_id(),
+            "id": rule_id or self.new_id(),
             "updated": "2026-01-15T06:00:00Z",
             "provenance": "api",
         }
-        srv.rules[body["uid"]] = rule
-        self._send(status, rule)
+        self.rules[body["uid"]] = rule
+        return status, rule
 
-    def do_GET(self) -> None:
-        """GET."""
-        self._handle("GET")
 
-    def do_POST(self) -> None:
-        """POST."""
-        self._handle("POST")
+def _found(item: dict[str, Any] | None, missing: dict[str, str]) -> Reply:
+    """200 with `item`, or 404 with `missing` when there is none."""
+    return (404, missing) if item is None else (200, item)
 
-    def do_PUT(self) -> None:
-        """PUT."""
-        self._handle("PUT")
+
+def _datasource(ds: dict[str, Any], message: str) -> Reply:
+    return 200, {"datasource": ds, "id": ds["id"], "message": message, "name": ds["name"]}
 
 
 @pytest.fixture
 def grafana() -> Iterator[FakeGrafana]:
     """A fake Grafana on a free loopback port."""
     server = FakeGrafana()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     yield server
-    server.shutdown()
-    server.server_close()
+    server.close()
 
 
 INFLUX = InfluxSettings(url="http://influxdb:8086", database="safecity")

@@ -114,7 +114,7 @@ def test_the_validator_refuses_unknown_and_misplaced_keys(
     api = next(
         o
         for o in rendered["small"]
-        if o["kind"] == "Deployment" and o["metadata"]["name"] == "safecity-api"
+        if o["kind"] == "Deployment" and o["metadata"]["name"] == "safecity-api-commands"
     )
     broken = json.loads(json.dumps(api))
     broken["spec"]["template"]["spec"]["containers"][0]["livenessprobe"] = {}
@@ -311,13 +311,17 @@ def test_the_backup_snapshots_every_services_volume_with_the_least_rights(
         picked = {
             name for name, meta in _claims(objects) if meta.get("labels", {}).get(key) == value
         }
-        # InfluxDB has its portable backup; the backups' own volume is the destination.
+        # Every claim: InfluxDB has its portable backup; the backups' own volume is the
+        # destination. The command service's store and outbox among them (queued commands
+        # are acknowledged work), the ingest's, notifier's and broker's state too.
+        every = {name for name, _ in _claims(objects)}
+        assert picked == every - {"safecity-influxdb/data", "safecity-backups"}, overlay
         stateful = {
             f"{o['metadata']['name']}/data"
             for o in objects
             if o["kind"] == "StatefulSet" and o["metadata"]["name"] != "safecity-influxdb"
         }
-        assert stateful and picked == {"safecity-identity", *stateful}, overlay
+        assert picked == {"safecity-identity", "safecity-api-commands", *stateful}, overlay
         account = pod["serviceAccountName"]
         (binding,) = [
             o
@@ -667,6 +671,7 @@ def _operator_secrets(cluster: ClusterHere, tmp_path: Path) -> tuple[str, str]:
     _, operator = KeyStore(keys).create("operator", ("read", "operate"))
     cluster.secrets["safecity-api-keys"] = {"apikeys.json": keys.read_bytes()}
     cluster.secrets["safecity-notify"] = {"ack-links.key": b"0123456789abcdef" * 4}
+    cluster.secrets["safecity-api-hop"] = {"command-hop.key": b"fedcba9876543210" * 4}
     return key, operator
 
 

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from playwright.sync_api import BrowserContext, sync_playwright
+from playwright.sync_api import BrowserContext, Page, sync_playwright
 
 CHROMIUM = "/usr/bin/chromium"
 """Debian's package, not a Playwright-downloaded browser (no registry for those here)."""
@@ -39,3 +39,15 @@ def chromium_context(
             yield context
         finally:
             context.close()
+
+
+def sign_in(page: Page, api_url: str, login: str) -> None:
+    """From the console's offer, through the provider's own login form (tests/helpers/
+    oidcprovider.py: any password), back on the console signed in."""
+    page.goto(f"{api_url}/")
+    page.locator("#sign-in").click()
+    page.locator('input[name="login"]').fill(login)
+    page.locator('input[name="password"]').fill("any password")
+    page.locator('button[type="submit"]').click()
+    page.wait_for_url(f"{api_url}/")
+    page.locator("#app").wait_for(state="visible")

@@ -16,8 +16,10 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from email.message import Message
 from typing import Any
+
+from standin import StandIn
 
 
 @dataclass
@@ -35,37 +37,18 @@ class HttpReceiver:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                status, answer = receiver.handle(self.path, dict(self.headers), body)
-                data = json.dumps(answer).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        self.server = StandIn(lambda r: self.handle(r.target, r.headers, r.body))
 
     @property
     def url(self) -> str:
         """The receiver's base URL."""
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        return self.server.url
 
     def close(self) -> None:
         """Stop serving."""
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.close()
 
-    def handle(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, Any]:
+    def handle(self, path: str, headers: Message, body: bytes) -> tuple[int, Any]:
         """(status, JSON answer) for one request."""
         with self._lock:
             if self.down or self.fail_next > 0:
@@ -76,7 +59,7 @@ class HttpReceiver:
                 self.refused.append((status, reason))
             return status, {"ok": status < 300, "description": reason, "result": {}}
 
-    def _webhook(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, str]:
+    def _webhook(self, path: str, headers: Message, body: bytes) -> tuple[int, str]:
         stamp = headers.get("X-Safecity-Timestamp", "")
         mac = hmac.new(self.secret.encode(), stamp.encode() + b"." + body, hashlib.sha256)
         if not hmac.compare_digest(
@@ -92,7 +75,7 @@ class HttpReceiver:
         self.received.append(json.loads(body))
         return 200, "ok"
 
-    def _telegram(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, str]:
+    def _telegram(self, path: str, headers: Message, body: bytes) -> tuple[int, str]:
         if path != f"/bot{self.secret}/sendMessage":
             return 401, "Unauthorized"
         message = json.loads(body)
@@ -101,7 +84,7 @@ class HttpReceiver:
         self.received.append(message)
         return 200, "ok"
 
-    def _sms(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, str]:
+    def _sms(self, path: str, headers: Message, body: bytes) -> tuple[int, str]:
         if headers.get("Authorization") != f"Bearer {self.secret}":
             return 401, "unauthorized"
         message = json.loads(body)
