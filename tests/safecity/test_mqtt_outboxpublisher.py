@@ -43,6 +43,14 @@ def _messages() -> list[Message]:
     ]
 
 
+def _started(box: Outbox, broker: Mosquitto, client_id: str, **kw: Any) -> OutboxPublisher:
+    """A started publisher of `box` on `broker` as the API's account (a clean session)."""
+    connection = Connection(broker.mqtt_settings("_api"), client_id)
+    publisher = OutboxPublisher(box, connection, name="test", poll_s=0.02, **kw)
+    publisher.start()
+    return publisher
+
+
 def held_somewhere(entry: Entry, result: PublishResult) -> Outcome:
     """Delivered only when a subscriber's session holds it (0), else tried again."""
     return Outcome.delivered() if result.reason_code == 0 else Outcome.retry(result.reason)
@@ -101,11 +109,7 @@ def test_a_broker_killed_mid_drain_loses_nothing_and_keeps_each_lanes_order(
         await reader.start()
         await asyncio.sleep(3.0)  # the broker's autosave (2 s) now holds the reader's session
         box.enqueue(_messages())
-        publisher = OutboxPublisher(
-            box, Connection(own_broker.mqtt_settings("_api"), "test-outbox-publisher"),
-            name="test", verdict=held_somewhere, poll_s=0.02,
-        )  # fmt: skip
-        publisher.start()
+        publisher = _started(box, own_broker, "test-outbox-publisher", verdict=held_somewhere)
         await wait_for_async(_async(lambda: delivered() >= total // 4), 60, "a quarter sent")
         await asyncio.to_thread(own_broker.kill)
         at_kill = delivered()
@@ -155,11 +159,7 @@ def test_a_refusal_fails_that_message_and_its_lane_goes_on(
     ])  # fmt: skip
 
     async def main() -> None:
-        publisher = OutboxPublisher(
-            box, Connection(own_broker.mqtt_settings("_api"), "test-outbox-refused"),
-            name="test", poll_s=0.02,
-        )  # fmt: skip
-        publisher.start()
+        publisher = _started(box, own_broker, "test-outbox-refused")
         await wait_for_async(
             _async(lambda: box.counts()[DeliveryStatus.PENDING] == 0), 20, "all settled"
         )
@@ -238,11 +238,7 @@ def test_stopped_while_the_broker_hangs_it_leaves_no_thread_and_spends_no_attemp
     before = _paho_threads()
 
     async def main() -> set[str]:
-        publisher = OutboxPublisher(
-            box, Connection(own_broker.mqtt_settings("_api"), "test-outbox-hung"),
-            name="test", poll_s=0.02,
-        )  # fmt: skip
-        publisher.start()
+        publisher = _started(box, own_broker, "test-outbox-hung")
         await wait_for_async(
             _async(lambda: _paho_threads() - before), 20, "a network thread connecting"
         )
