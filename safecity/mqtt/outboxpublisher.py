@@ -122,6 +122,13 @@ class OutboxPublisher:
             self._task = asyncio.get_running_loop().create_task(
                 self._run(), name=f"outbox-{self.name}"
             )
+            self._task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """A task that died (a bug; `receive` must not raise) is logged, never silent."""
+        if not task.cancelled() and task.exception() is not None:
+            log.error("outbox publisher stopped by an error", exc_info=task.exception(),
+                      extra={"publisher": self.name})  # fmt: skip
 
     def wake(self) -> None:
         """Something was enqueued: `stop`'s flush waits for it."""
@@ -134,7 +141,7 @@ class OutboxPublisher:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._quiet.wait(), flush_s)
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # logged by _ended
                 await self._task
             self._task = None
         if self.client is not None:
