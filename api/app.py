@@ -275,15 +275,15 @@ def _lifespan(
         oidc = _open_stores(app, settings)
         _log_started(app, settings, loaded)
         figures = app.state.figures = metrics.start_incident_figures(app)
-        app.state.announcer.start()  # with the steps a previous run left unannounced
-        # Off by default: publishes the city's indicators for a regional instance.
-        federation = app.state.federation = start_publisher(settings, local_cities(app))
-        # The command store and session belong to one process (commands.url: another's).
-        owned = None
-        if settings.commands.url is None:
-            owned = start_commands(settings, loaded, lambda c: client_of(app, c))
-            app.state.commands, app.state.command_service = owned
-        try:
+        federation = owned = None
+        try:  # what started is stopped below, even if what starts after it fails
+            app.state.announcer.start()  # with the steps a previous run left unannounced
+            # Off by default: publishes the city's indicators for a regional instance.
+            federation = app.state.federation = start_publisher(settings, local_cities(app))
+            # The command store and session belong to one process (commands.url: another's).
+            if settings.commands.url is None:
+                owned = start_commands(settings, loaded, lambda c: client_of(app, c))
+                app.state.commands, app.state.command_service = owned
             yield
         finally:
             if owned is not None:

@@ -5,13 +5,14 @@ publish commands) on one persistent MQTT v5 session (`safecity-api-commands`, re
 subscribed at QoS 1 with manual acks): a result is committed to the store before it is
 acknowledged, so results sent while the API is down wait at the broker.
 
-Delivery is the shared durable outbox's (`safecity.outbox`, the path every outbound
-message of the platform takes): a stored command becomes one outbox message per device
+Delivery is the shared durable outbox's (`safecity.outbox`), drained by the platform's one
+MQTT outbox publisher (`safecity.mqtt.OutboxPublisher`, which owns that session, its
+reconnects and the results' acks): a stored command becomes one outbox message per device
 (its lane is the device's command topic, its key `<command id>/<device id>`, its expiry
 the command's), committed before it is published, retried until the broker takes it,
-never sent after its expiry. The broker's PUBACK settles it: 0 delivered (the device or
-its persistent session holds it), 0x10 (no session yet) retried with a growing wait
-(`retry` up to `retry_max`) at most `max_tries` times, then failed; a refusal failed.
+never sent after its expiry. The broker's PUBACK settles it (`verdict`): 0 delivered (the
+device or its persistent session holds it), 0x10 (no session yet) retried with a growing
+wait (`retry` up to `retry_max`) at most `max_tries` times, then failed; a refusal failed.
 The store keeps each device's status; its sweep expires what no device answered in time.
 """
 
@@ -19,10 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import math
-import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
@@ -33,11 +31,11 @@ from api.commandstore import CommandStore, StoredCommand, Target
 from api.settings import ApiSettings
 from safecity import schema, topics
 from safecity.commands import Command, CommandStatus, parse_result
-from safecity.errors import CommandError, MqttError, StorageError, TopicError
+from safecity.errors import CommandError, StorageError, TopicError
 from safecity.influx import InfluxClient
 from safecity.lineprotocol import encode
-from safecity.mqtt import NOT_SENT, Incoming, MqttClient
-from safecity.outbox import Entry, Lease, Message, Outbox, Outcome
+from safecity.mqtt import NOT_SENT, Connection, Incoming, OutboxPublisher, PublishResult
+from safecity.outbox import Entry, Message, Outbox, Outcome
 from safecity.readings import epoch_ms, from_epoch_ms
 from safecity.registry import Cities, Device
 from safecity.retry import Backoff
@@ -50,11 +48,6 @@ SESSION_EXPIRY = 7 * 86_400
 CHANNEL = "mqtt-command"
 """The outbox channel of commands (its recipients are device command topics)."""
 
-PUBLISHED = Counter(
-    "safecity_api_command_publishes",
-    "Command deliveries published to the broker, by outcome (accepted, no_session, refused).",
-    ["outcome"],
-)
 RESULTS = Counter(
     "safecity_api_command_results",
     "Command results received from devices, by what became of them (filed, stale, "
@@ -116,6 +109,19 @@ def command_password(settings: ApiSettings) -> str | None:
     return read_secrets(path).get(settings.commands.username) if path is not None else None
 
 
+def command_connection(settings: ApiSettings, cities: Cities) -> Connection:
+    """The `_command` role's persistent session, subscribed to every city's results."""
+    password = command_password(settings)
+    mqtt = settings.mqtt.model_copy(
+        update={
+            "username": settings.commands.username,
+            "password": None if password is None else SecretStr(password),
+        }
+    )
+    results = tuple((topics.result_filter(c), 1) for c in cities.ids)
+    return Connection(mqtt, CLIENT_ID, session_expiry=SESSION_EXPIRY, subscriptions=results)
+
+
 class CommandService:
     """Sends what the store says is due, files results, expires what waited too long."""
 
@@ -132,17 +138,27 @@ class CommandService:
         self.outbox = outbox
         self.cities = cities
         self._influx_of = influx_of
-        self._task: asyncio.Task[None] | None = None
-        self.client: MqttClient | None = None
-        self.connected = asyncio.Event()
+        self.publisher = OutboxPublisher(
+            outbox,
+            command_connection(settings, cities),
+            name="commands",
+            verdict=self.verdict,
+            receive=self._file,
+            lanes=settings.commands.max_group,
+            poll_s=0.05,
+        )
+        self._sweep: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        """Start in the background (keeps trying to reach the broker)."""
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="commands")
+        """Start in the background (the publisher keeps trying to reach the broker)."""
+        self.publisher.start()
+        if self._sweep is None:
+            self._sweep = asyncio.get_running_loop().create_task(self._expire(), name="sweep")
 
     def submit(self, command: StoredCommand, targets: Sequence[Target]) -> None:
-        """Hand a stored command to the outbox (durable on return); the loop sends it."""
+        """Hand a stored command to the outbox (durable on return); the publisher sends it."""
         self.outbox.enqueue(outbox_messages(command, targets))
+        self.publisher.wake()
 
     def recover(self) -> int:
         """After a crash between storing a command and handing it over: hand over what is
@@ -154,89 +170,39 @@ class CommandService:
         )
 
     async def stop(self) -> None:
-        """Stop sending and disconnect; idempotent."""
-        if self._task is not None:
-            self._task.cancel()
+        """Stop sending and sweeping, disconnect; idempotent."""
+        if self._sweep is not None:
+            self._sweep.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        if self.client is not None:
-            await self.client.disconnect()
-            self.client = None
+                await self._sweep
+            self._sweep = None
+        await self.publisher.stop()
 
-    async def _connect(self) -> MqttClient:
-        password = command_password(self.settings)
-        mqtt = self.settings.mqtt.model_copy(
-            update={
-                "username": self.settings.commands.username,
-                "password": None if password is None else SecretStr(password),
-            }
-        )
-        delay = 0.5
+    async def _expire(self) -> None:
+        """Each second: what no device answered in time ends expired (or failed)."""
+        grace = int(self.settings.commands.result_grace * 1000)
         while True:
-            client = MqttClient(
-                mqtt, CLIENT_ID, clean_start=False, session_expiry=SESSION_EXPIRY, manual_ack=True
-            )
-            try:
-                await client.connect()
-                await client.subscribe([(topics.result_filter(c), 1) for c in self.cities.ids])
-                return client
-            except MqttError as exc:
-                log.warning("command service cannot reach the broker: %s", exc)
-                await client.disconnect()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+            self.store.expire(epoch_ms(datetime.now(UTC)), grace)
+            await asyncio.sleep(1.0)
 
-    async def _run(self) -> None:
-        self.client = client = await self._connect()
-        self.connected.set()
-        log.info("command service connected", extra={"client_id": CLIENT_ID})
-        last_sweep = 0.0
-        while True:
-            batch = await client.inbox.get_batch(500, 0.05)
-            for message in batch:
-                await self._file(message)
-                client.ack(message)
-            await self._send_due(client)
-            if time.monotonic() - last_sweep >= 1.0:
-                last_sweep = time.monotonic()
-                grace = int(self.settings.commands.result_grace * 1000)
-                self.store.expire(epoch_ms(datetime.now(UTC)), grace)
-
-    async def _send_due(self, client: MqttClient) -> None:
-        leases = self.outbox.claim(lanes=self.settings.commands.max_group)
-        if leases:
-            await asyncio.gather(*(self._deliver(client, lease) for lease in leases))
-
-    async def _deliver(self, client: MqttClient, lease: Lease) -> None:
-        (entry,) = lease.entries
-        outcome = await self._publish(client, lease.recipient, entry)
-        self.outbox.settle(lease, outcome)
-
-    async def _publish(self, client: MqttClient, topic: str, entry: Entry) -> Outcome:
-        """Publish one device's copy with the time it has left; the broker's verdict."""
-        left = None if entry.expires_at is None else math.ceil(entry.expires_at - time.time())
-        # An entry queued by a version before outbox bodies carries the wire command as
-        # its payload instead: encoded as that version did, never sent empty.
-        body = entry.body or json.dumps(entry.payload, separators=(",", ":")).encode()
-        result = await client.publish(topic, body, 1, expiry_s=left)
+    def verdict(self, entry: Entry, result: PublishResult) -> Outcome:
+        """The broker's answer to one device's copy: delivered only when something holds it
+        (0); no session yet, or not sent, retried up to `max_tries`; a refusal failed."""
         code = result.reason_code
         if code == 0:
-            PUBLISHED.labels("accepted").inc()
             return Outcome.delivered()
+        own = self.settings.commands
         if code < 0x80 or code >= NOT_SENT:
             # 0x10: the device has no session at the broker yet; or no connection now.
-            PUBLISHED.labels("no_session").inc()
-            if entry.attempts < self.settings.commands.max_tries:
-                return Outcome.retry(result.reason, retry_after=self.settings.commands.retry)
-            return self._fail(topic, entry, f"no session at the broker after "
+            if entry.attempts < own.max_tries:
+                return Outcome.retry(result.reason, retry_after=own.retry)
+            return self._fail(entry, f"no session at the broker after "
                               f"{entry.attempts} tries: {result.reason}")  # fmt: skip
-        PUBLISHED.labels("refused").inc()
-        return self._fail(topic, entry, f"the broker refused the command: {result.reason}")
+        return self._fail(entry, f"the broker refused the command: {result.reason}")
 
-    def _fail(self, topic: str, entry: Entry, reason: str) -> Outcome:
+    def _fail(self, entry: Entry, reason: str) -> Outcome:
         """The device's status failed for `reason`; the outbox stops trying."""
-        device_id = topics.parse_command_topic(topic).device_id
+        device_id = topics.parse_command_topic(entry.recipient).device_id
         now = epoch_ms(datetime.now(UTC))
         # An entry queued before entries carried their bytes has the wire command itself.
         command_id = str(entry.payload.get("command_id") or entry.payload["id"])

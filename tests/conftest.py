@@ -55,6 +55,19 @@ def mosquitto(stack: LocalStack) -> Mosquitto:
     return stack.mosquitto
 
 
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A broker of the test's own on free ports (the secure config, the session broker's
+    accounts), for a test that kills, restarts or pauses it; stopped at the end."""
+    broker = Mosquitto(tmp_path / "own-broker", tls_port=None)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.resume()  # a paused broker would not stop on SIGTERM
+        broker.stop()
+
+
 @pytest.fixture(scope="session")
 def influxd(stack: LocalStack) -> Influxd:
     """The session's InfluxDB."""

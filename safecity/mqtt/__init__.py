@@ -4,7 +4,9 @@
 - `messages`: Will, Incoming, PublishResult and the Inbox received messages wait in;
 - `bulkread`: the ingest's read fast path over paho's internals (verified at start-up);
 - `client`: `MqttClient`, the threaded service client (ingest, alerts, api);
-- `fleet`: `FleetClient`, the asyncio device-fleet client (edge agent, simulator).
+- `fleet`: `FleetClient`, the asyncio device-fleet client (edge agent, simulator);
+- `outboxpublisher`: `OutboxPublisher`, a durable outbox drained to the broker (the one
+  way a service sends what must not be lost: incident steps, device commands).
 """
 
 from __future__ import annotations
@@ -15,14 +17,17 @@ from safecity.mqtt.bulkread import bulk_read_supported
 from safecity.mqtt.client import MqttClient
 from safecity.mqtt.fleet import FleetClient
 from safecity.mqtt.messages import NOT_SENT, Inbox, Incoming, PublishResult, Will
+from safecity.mqtt.outboxpublisher import Connection, OutboxPublisher
 
 __all__ = [
     "NOT_SENT",
+    "Connection",
     "FleetClient",
     "Inbox",
     "Incoming",
     "MQTTErrorCode",
     "MqttClient",
+    "OutboxPublisher",
     "PublishResult",
     "Will",
     "bulk_read_supported",

@@ -147,6 +147,11 @@ class MqttClient:
                 f"no CONNACK from {self._settings.host}:{self._settings.port} "
                 f"within {self._settings.connect_timeout}s"
             ) from exc
+        except asyncio.CancelledError:
+            # Stopped while waiting: else paho's thread would go on reconnecting (and
+            # logging) after its owner is gone.
+            await self.disconnect()
+            raise
         if code >= 0x80:
             await self.disconnect()
             reason = ReasonCode(PacketTypes.CONNACK, identifier=code)
