@@ -13,6 +13,7 @@ import secrets
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -39,6 +40,14 @@ def instance_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     patch.setenv("SAFECITY_HOME", str(home))
     yield home
     patch.undo()
+
+
+@pytest.fixture(scope="module")
+def module_now() -> datetime:
+    """UTC now in whole seconds, taken when the module's first test that asks for it
+    begins: what a module's seeded data and windows are placed relative to. (Taken at
+    import, a module run an hour into the session found its data outside its windows.)"""
+    return datetime.now(UTC).replace(microsecond=0)
 
 
 @pytest.fixture(scope="session")
