@@ -20,6 +20,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, settings
 from receivers import HttpReceiver
+from scheduling import longest_first
 from support import account_env
 
 from api.apikeys import KeyStore
@@ -29,6 +30,18 @@ from control.stack import Influxd, LocalStack, ManagedProcess, Mosquitto, free_p
 # must not fail for being slow (its own @settings still choose its examples).
 settings.register_profile("safecity", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("safecity")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under xdist, the files go out in the order `pytest_collection_modifyitems` gives."""
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The longest test files first (tests/helpers/scheduling.py), so that with
+    `--dist loadfile` both workers finish together instead of one ending alone."""
+    items[:] = longest_first(items)
 
 
 @pytest.fixture(scope="session", autouse=True)
