@@ -5,9 +5,10 @@ sorts the files by their number of tests, which leaves the few long files of one
 tests for the end: the run then finishes with one worker alone in a long file). Longest
 first, the short files fill the gaps at the end and both workers finish together.
 
-SECONDS is what a file took in a measured run of the whole suite (rounded; a file's
-tests, set-up and tear-down); a file not listed counts PER_TEST seconds a test. Only
-the order depends on it, never what runs: a stale figure costs time, nothing else.
+SECONDS is about what a file takes on a quiet machine (its tests, set-up and tear-down:
+the sums of a `--durations=0` run, scaled to a quiet machine); a file not listed counts
+PER_TEST seconds a test. Only the order depends on it, never what runs: a stale figure
+costs time, nothing else.
 """
 
 from __future__ import annotations
@@ -21,18 +22,39 @@ ROOT = Path(__file__).resolve().parents[2]
 PER_TEST = 0.5
 SECONDS: dict[str, float] = {
     "tests/test_compose_podman.py": 250,  # builds the images (cold on a fresh machine)
-    "tests/ingest/test_faults.py": 150,
-    "tests/control/test_lifecycle.py": 120,
-    "tests/test_docs_run.py": 110,
-    "tests/control/test_multicity_run.py": 60,
-    "tests/ingest/test_broker_crash.py": 55,
-    "tests/ingest/test_security_events.py": 45,
+    "tests/control/test_lifecycle.py": 162,
+    "tests/control/test_runner.py": 134,
+    "tests/control/test_multicity_run.py": 108,
+    "tests/control/test_backup.py": 105,
+    "tests/ingest/test_faults.py": 100,
+    "tests/deploy/test_kubernetes.py": 94,
+    "tests/test_docs_run.py": 70,
+    "tests/alerts/test_scoring.py": 51,
+    "tests/federation/test_federation.py": 50,
+    "tests/console/test_console_browser.py": 46,
+    "tests/ingest/test_broker_crash.py": 46,
     "tests/api/test_api_schemathesis.py": 40,
-    "tests/test_compose.py": 35,
-    "tests/control/test_backup.py": 30,
+    "tests/api/test_api_commands.py": 38,
+    "tests/simulators/test_sim_shapes.py": 35,
+    "tests/console/test_console_signin.py": 35,
+    "tests/test_compose_region.py": 31,
+    "tests/ingest/test_identity.py": 30,
+    "tests/test_compose.py": 30,
+    "tests/ingest/test_security_events.py": 30,
+    "tests/ingest/test_poison.py": 29,
     "tests/ingest/test_reconnect_storm.py": 25,
-    "tests/federation/test_federation.py": 25,
+    "tests/dashboards/test_queries.py": 24,
+    "tests/api/test_api_live.py": 24,
+    "tests/console/test_docs_browser.py": 23,
     "tests/ingest/test_ingest_stats.py": 23,
+    "tests/simulators/test_sim_generators.py": 22,
+    "tests/ingest/test_service.py": 22,
+    "tests/api/test_api_contract.py": 22,
+    "tests/control/test_instance.py": 22,
+    "tests/console/test_console_multicity.py": 17,
+    "tests/alerts/test_service.py": 17,
+    "tests/console/test_console_layout.py": 16,
+    "tests/ingest/test_deadletter_bounds.py": 15,
 }
 
 
