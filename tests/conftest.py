@@ -13,12 +13,14 @@ import secrets
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
 from hypothesis import HealthCheck, settings
 from receivers import HttpReceiver
+from scheduling import longest_first
 from support import account_env
 
 from api.apikeys import KeyStore
@@ -30,6 +32,18 @@ settings.register_profile("safecity", deadline=None, suppress_health_check=[Heal
 settings.load_profile("safecity")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under xdist, the files go out in the order `pytest_collection_modifyitems` gives."""
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The longest test files first (tests/helpers/scheduling.py), so that with
+    `--dist loadfile` both workers finish together instead of one ending alone."""
+    items[:] = longest_first(items)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def instance_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """SAFECITY_HOME in a temp dir for the whole session: whatever a test starts keeps its
@@ -39,6 +53,14 @@ def instance_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     patch.setenv("SAFECITY_HOME", str(home))
     yield home
     patch.undo()
+
+
+@pytest.fixture(scope="module")
+def module_now() -> datetime:
+    """UTC now in whole seconds, taken when the module's first test that asks for it
+    begins: what a module's seeded data and windows are placed relative to. (Taken at
+    import, a module run an hour into the session found its data outside its windows.)"""
+    return datetime.now(UTC).replace(microsecond=0)
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,8 @@ import re
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,8 +158,46 @@ def _script(block: Block, stack: DocsStack) -> tuple[list[str], str]:
     return ["bash", "-e", "-o", "pipefail", str(path)], code
 
 
+def _default_sigint() -> None:
+    """In the block's process: Ctrl-C as in a reader's terminal, even when this test was
+    started with SIGINT ignored (a command started with `&` by a script): an ignored
+    signal stays ignored across exec, and `curl -N` would then wait for SIGKILL."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+class Output:
+    """A process's output, read on a thread as it comes."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        self.chunks: list[bytes] = []
+        stream = proc.stdout
+        self.reader = threading.Thread(
+            target=lambda: self.chunks.extend(iter(lambda: stream.read1(65536), b"")),
+            daemon=True,
+        )
+        self.reader.start()
+
+    def text(self) -> str:
+        """What it printed so far."""
+        return b"".join(self.chunks).decode(errors="replace")
+
+
+def _wait(proc: subprocess.Popen[bytes], out: Output, limit: float, expect: str | None) -> bool:
+    """Whether it exited by itself within `limit` seconds; with `expect`, stop waiting as
+    soon as its output shows what the block's doc says."""
+    deadline = time.monotonic() + limit
+    while proc.poll() is None and time.monotonic() < deadline:
+        if expect is not None and re.search(expect, out.text(), re.MULTILINE):
+            break
+        out.reader.join(0.2)
+    return proc.poll() is not None
+
+
 def run_block(block: Block, stack: DocsStack) -> tuple[int | None, str, str]:
-    """(exit status, None when stopped as marked; output; the code run)."""
+    """(exit status, None when stopped as marked; output; the code run). A block marked
+    `stop-after` is stopped (Ctrl-C) after that many seconds, or as soon as its output
+    shows what its `expect` asks."""
     argv, code = _script(block, stack)
     stop_after = block.options.get("stop-after")
     limit = float(stop_after or block.options.get("timeout") or DEFAULT_TIMEOUT)
@@ -169,20 +209,22 @@ def run_block(block: Block, stack: DocsStack) -> tuple[int | None, str, str]:
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         start_new_session=True,
+        preexec_fn=_default_sigint,
     )
-    try:
-        output, _ = proc.communicate(timeout=limit)
-        status: int | None = proc.returncode
-    except subprocess.TimeoutExpired:
+    out = Output(proc)
+    status: int | None = None
+    if _wait(proc, out, limit, block.options.get("expect") if stop_after else None):
+        status = proc.returncode
+    else:
         # Ctrl-C, as a reader stops it (mosquitto_sub flushes what it printed).
         os.killpg(proc.pid, signal.SIGINT)
         try:
-            output, _ = proc.communicate(timeout=15)
+            proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
-            output, _ = proc.communicate()
-        status = None
-    return status, output.decode(errors="replace"), code
+            proc.wait()
+    out.reader.join(15)
+    return status, out.text(), code
 
 
 @pytest.mark.parametrize("block", RUN, ids=lambda b: b.where)

@@ -35,7 +35,6 @@ PAYLOAD_CHARS = ["\n", "\r", "\x00", ",", "=", " ", '"', "\\", "'", "\t", "#", "
 # MQTT forbids + and # and NUL in a publish topic, and Mosquitto's clients refuse control
 # characters there; the rest can reach the ingest inside a topic level.
 TOPIC_CHARS = [",", "=", " ", '"', "\\", "'", ";", "é", "🙂", "A"]
-BASE = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=30)
 
 
 @dataclass
@@ -53,9 +52,9 @@ class Case:
         return hashlib.sha256(self.payload).hexdigest()
 
 
-def noise_body(n: int, **over: Any) -> dict[str, Any]:
+def noise_body(base: datetime, n: int, **over: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
-        "ts": format_ts(BASE + timedelta(seconds=n)),
+        "ts": format_ts(base + timedelta(seconds=n)),
         "seq": n,
         "values": {"laeq": 55.0, "lamax": 65.0, "la90": 47.0},
     }
@@ -64,6 +63,8 @@ def noise_body(n: int, **over: Any) -> dict[str, Any]:
 
 
 def cases() -> list[Case]:
+    """Every case, its readings timed from half an hour before it is made."""
+    base = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=30)
     out: list[Case] = []
     seq = 0
 
@@ -84,7 +85,7 @@ def cases() -> list[Case]:
             if where == "city":
                 continue  # ingest subscribes to its own city only: never delivered
             topic = f"safecity/v1/{city}/{district}/{kind}/{device}/telemetry"
-            body = json.dumps(noise_body(nxt())).encode()
+            body = json.dumps(noise_body(base, nxt())).encode()
             out.append(Case(f"topic {where} {c!r} #{i}", topic, body))
     for c in PAYLOAD_CHARS:
         s = nxt()
@@ -93,20 +94,26 @@ def cases() -> list[Case]:
                 f"values key {c!r}",
                 noise_topic,
                 json.dumps(
-                    noise_body(s, values={f"laeq{c}": 55.0, "lamax": 65.0, "la90": 47.0})
+                    noise_body(base, s, values={f"laeq{c}": 55.0, "lamax": 65.0, "la90": 47.0})
                 ).encode(),
             )
         )
         out.append(
-            Case(f"ts {c!r}", noise_topic, json.dumps(noise_body(nxt(), ts=f"2026{c}")).encode())
+            Case(
+                f"ts {c!r}",
+                noise_topic,
+                json.dumps(noise_body(base, nxt(), ts=f"2026{c}")).encode(),
+            )
         )
-        out.append(Case(f"seq {c!r}", noise_topic, json.dumps(noise_body(1, seq=f"1{c}")).encode()))
+        out.append(
+            Case(f"seq {c!r}", noise_topic, json.dumps(noise_body(base, 1, seq=f"1{c}")).encode())
+        )
         # A second line smuggled after the JSON: line protocol in the payload.
-        smuggled = json.dumps(noise_body(nxt())) + f"{c}noise,city=evil laeq=1 1"
+        smuggled = json.dumps(noise_body(base, nxt())) + f"{c}noise,city=evil laeq=1 1"
         out.append(Case(f"trailing line {c!r}", noise_topic, smuggled.encode()))
         light_topic = topics.telemetry_topic(CITY.id, LIGHT.district, LIGHT.kind, LIGHT.id)
         light = {
-            "ts": format_ts(BASE + timedelta(seconds=nxt())),
+            "ts": format_ts(base + timedelta(seconds=nxt())),
             "seq": seq,
             "values": {"power_state": f"on{c}", "power": 40.0, "status": "ok"},
         }
@@ -114,7 +121,7 @@ def cases() -> list[Case]:
         event_topic = topics.event_topic(CITY.id, CAMERA.district, CAMERA.kind, CAMERA.id)
         zone = f"gate{c}1"
         event = {
-            "ts": format_ts(BASE + timedelta(seconds=nxt())),
+            "ts": format_ts(base + timedelta(seconds=nxt())),
             "seq": seq,
             "type": "loitering",
             "severity": "medium",
@@ -133,7 +140,9 @@ def cases() -> list[Case]:
     # Raw bytes the JSON decoder must refuse: not UTF-8, NaN, nesting bombs.
     out.append(Case("not utf-8", noise_topic, b'{"ts":"\xff\xfe"}'))
     out.append(
-        Case("nan", noise_topic, json.dumps(noise_body(nxt())).replace("55.0", "NaN").encode())
+        Case(
+            "nan", noise_topic, json.dumps(noise_body(base, nxt())).replace("55.0", "NaN").encode()
+        )
     )
     out.append(Case("deep nesting", noise_topic, b"[" * 4000 + b"]" * 4000))
     # And one clean reading, which must be stored as sent.
@@ -141,7 +150,7 @@ def cases() -> list[Case]:
         Case(
             "clean",
             noise_topic,
-            json.dumps(noise_body(nxt())).encode(),
+            json.dumps(noise_body(base, nxt())).encode(),
             ("noise", NOISE.id, "laeq", 55.0),
         )
     )

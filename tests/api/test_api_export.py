@@ -26,19 +26,28 @@ from safecity.readings import format_ts
 from safecity.registry import City, default_city
 from safecity.settings import InfluxSettings
 
-_NOW = datetime.now(UTC) - timedelta(hours=2)
-BASE = _NOW.replace(minute=_NOW.minute // 10 * 10, second=0, microsecond=0)
-WINDOW = {"from": format_ts(BASE), "to": format_ts(BASE + timedelta(minutes=30))}
+Window = dict[str, str]
 
 
-def _points(city: City) -> list[Any]:
+def _base() -> datetime:
+    """Two hours before now, on a 10-minute boundary: where the seeded half hour begins."""
+    at = datetime.now(UTC) - timedelta(hours=2)
+    return at.replace(minute=at.minute // 10 * 10, second=0, microsecond=0)
+
+
+def _window(base: datetime) -> Window:
+    """The seeded half hour as `from`/`to` parameters."""
+    return {"from": format_ts(base), "to": format_ts(base + timedelta(minutes=30))}
+
+
+def _points(city: City, base: datetime) -> list[Any]:
     noise = city.select(kind="noise", district="chilanzar")
     cam = city.select(kind="cctv", district="chilanzar")[0]
     points = [
         reading(
             city,
             d,
-            BASE + timedelta(minutes=m, seconds=i),
+            base + timedelta(minutes=m, seconds=i),
             m,
             laeq=40.0 + m + i / 3,
             lamax=80.0,
@@ -51,7 +60,7 @@ def _points(city: City) -> list[Any]:
         event(
             city,
             cam,
-            BASE + timedelta(minutes=m),
+            base + timedelta(minutes=m),
             m,
             "intrusion",
             "high",
@@ -65,12 +74,15 @@ def _points(city: City) -> list[Any]:
 
 
 @pytest.fixture(scope="module")
-def seeded(api_settings: ApiSettings, city: City) -> None:
-    write(api_settings, _points(city))
+def seeded(api_settings: ApiSettings, city: City) -> Window:
+    """The seeded half hour (placed when the module's first test begins)."""
+    base = _base()
+    write(api_settings, _points(city, base))
+    return _window(base)
 
 
-def test_series_csv_and_ndjson_match_the_json_series(client: TestClient, seeded: None) -> None:
-    params = {**WINDOW, "kind": "noise", "field": "laeq", "district": "chilanzar", "every": "5m"}
+def test_series_csv_and_ndjson_match_the_json_series(client: TestClient, seeded: Window) -> None:
+    params = {**seeded, "kind": "noise", "field": "laeq", "district": "chilanzar", "every": "5m"}
     json_points = client.get("/v1/cities/tashkent/series", params=params).json()["points"]
     assert len(json_points) == 6
     r = client.get("/v1/cities/tashkent/export/series", params=params)
@@ -100,15 +112,15 @@ def _all_events(client: TestClient, params: dict[str, Any]) -> list[dict[str, An
             return items
 
 
-def test_events_csv_matches_the_json_events(client: TestClient, seeded: None) -> None:
-    params = {**WINDOW, "district": "chilanzar"}
+def test_events_csv_matches_the_json_events(client: TestClient, seeded: Window) -> None:
+    params = {**seeded, "district": "chilanzar"}
     expected = _all_events(client, params)
     assert len(expected) == 12
     r = client.get("/v1/cities/tashkent/export/events", params=params)
     assert r.status_code == 200
     assert r.headers["content-disposition"].endswith('.csv"')
     assert 'filename="tashkent-chilanzar-events-' in r.headers["content-disposition"]
-    whole = client.get("/v1/cities/tashkent/export/events", params=WINDOW)
+    whole = client.get("/v1/cities/tashkent/export/events", params=seeded)
     # The whole city: named once, not `tashkent-tashkent-`.
     assert 'filename="tashkent-events-' in whole.headers["content-disposition"]
     rows = list(csv.DictReader(io.StringIO(r.text)))
@@ -119,16 +131,16 @@ def test_events_csv_matches_the_json_events(client: TestClient, seeded: None) ->
 
 
 def test_exports_are_bounded_and_check_their_input(
-    api_settings: ApiSettings, city: City, keys: dict[str, str], seeded: None
+    api_settings: ApiSettings, city: City, keys: dict[str, str], seeded: Window
 ) -> None:
     small = api_settings.model_copy(update={"max_export_rows": 5})
     with TestClient(create_app(small, city), headers={"X-API-Key": keys["read"]}) as c:
-        r = c.get("/v1/cities/tashkent/export/events", params=WINDOW)
+        r = c.get("/v1/cities/tashkent/export/events", params=seeded)
         assert r.status_code == 422
         assert "holds 12 events; at most 5 (max_export_rows)" in r.json()["detail"]
         assert (
             c.get(
-                "/v1/cities/tashkent/export/events", params={**WINDOW, "district": "nowhere"}
+                "/v1/cities/tashkent/export/events", params={**seeded, "district": "nowhere"}
             ).status_code
             == 404
         )
@@ -157,7 +169,9 @@ def test_safecity_export_writes_the_file(
 ) -> None:
     settings = ApiSettings(influx=InfluxSettings(url=stack.influx_url, database=influx_db))
     asyncio.run(_ensure(settings.influx))
-    write(settings, _points(default_city()))
+    base = _base()
+    write(settings, _points(default_city(), base))
+    window = _window(base)
     api = start_api(influx_db)
     parser = argparse.ArgumentParser()
     add_arguments(parser)
@@ -180,9 +194,9 @@ def test_safecity_export_writes_the_file(
             "--every",
             "10m",
             "--from",
-            WINDOW["from"],
+            window["from"],
             "--to",
-            WINDOW["to"],
+            window["to"],
         ]
     )
     path = export(args)

@@ -3,15 +3,21 @@ it is notified), a resolved one resolves it; the key travels as a bearer token."
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
+import pytest
+from api_seed import ago
 from fastapi.testclient import TestClient
 
-START = (datetime.now(UTC) - timedelta(minutes=20)).replace(microsecond=0)
+
+@pytest.fixture
+def starts() -> datetime:
+    """When the alert began firing: 20 minutes before the test."""
+    return ago(20)
 
 
-def _notification(status: str, **labels: str) -> dict[str, Any]:
+def _notification(status: str, starts: datetime, **labels: str) -> dict[str, Any]:
     alert = {
         "status": status,
         "labels": {
@@ -24,7 +30,7 @@ def _notification(status: str, **labels: str) -> dict[str, Any]:
             **labels,
         },
         "annotations": {"summary": "PM2.5 24h mean in tashkent/chilanzar is 31 ug/m3"},
-        "startsAt": START.isoformat().replace("+00:00", "Z"),
+        "startsAt": starts.isoformat().replace("+00:00", "Z"),
         "endsAt": "0001-01-01T00:00:00Z",
         "generatorURL": "http://grafana/alerting/grafana/x/view",
         "fingerprint": "a1b2c3d4e5f60718",
@@ -58,23 +64,25 @@ def _grafana_incidents(client: TestClient) -> list[dict[str, Any]]:
 
 
 def test_a_grafana_alert_becomes_one_incident_and_resolves(
-    client: TestClient, keys: dict[str, str]
+    client: TestClient, keys: dict[str, str], starts: datetime
 ) -> None:
     url = "/v1/alerts/grafana"
     assert (
         client.post(
-            url, json=_notification("firing"), headers={"X-API-Key": keys["operate"]}
+            url, json=_notification("firing", starts), headers={"X-API-Key": keys["operate"]}
         ).status_code
         == 401
     )
     assert (
-        client.post(url, json=_notification("firing"), headers=_bearer(keys["read"])).status_code
+        client.post(
+            url, json=_notification("firing", starts), headers=_bearer(keys["read"])
+        ).status_code
         == 403
     )
-    first = client.post(url, json=_notification("firing"), headers=_bearer(keys["operate"]))
+    first = client.post(url, json=_notification("firing", starts), headers=_bearer(keys["operate"]))
     assert first.status_code == 200, first.text
     (ident,) = first.json()["opened"]
-    again = client.post(url, json=_notification("firing"), headers=_bearer(keys["operate"]))
+    again = client.post(url, json=_notification("firing", starts), headers=_bearer(keys["operate"]))
     assert again.json()["opened"] == [ident]  # a repeated notification: the same incident
     listed = _grafana_incidents(client)
     assert [i["id"] for i in listed] == [ident]
@@ -83,10 +91,12 @@ def test_a_grafana_alert_becomes_one_incident_and_resolves(
     assert incident["district"] == "chilanzar" and incident["rule_id"].startswith("grafana-who-pm2")
     assert incident["message"].startswith("PM2.5 24h mean")
     other = client.post(
-        url, json=_notification("firing", city="almaty"), headers=_bearer(keys["operate"])
+        url, json=_notification("firing", starts, city="almaty"), headers=_bearer(keys["operate"])
     )
     assert other.json() == {"opened": [], "resolved": [], "ignored": 1}
-    done = client.post(url, json=_notification("resolved"), headers=_bearer(keys["operate"]))
+    done = client.post(
+        url, json=_notification("resolved", starts), headers=_bearer(keys["operate"])
+    )
     assert done.json()["resolved"] == [ident]
     body = client.get(f"/v1/incidents/{ident}").json()
     assert body["state"] == "resolved"
@@ -96,7 +106,7 @@ def test_a_grafana_alert_becomes_one_incident_and_resolves(
 
 
 def test_bodies_that_are_not_json_or_mistyped_are_422_with_a_reason(
-    client: TestClient, keys: dict[str, str]
+    client: TestClient, keys: dict[str, str], starts: datetime
 ) -> None:
     url, headers = "/v1/alerts/grafana", _bearer(keys["operate"])
     json_type = {**headers, "Content-Type": "application/json"}
@@ -109,9 +119,9 @@ def test_bodies_that_are_not_json_or_mistyped_are_422_with_a_reason(
         assert r.status_code == 422, (body[:20], r.status_code, r.text)
         assert r.json()["detail"].startswith(reason), r.text
     # Strict: a status that is not a string, a label value that is not one.
-    bad_status = {**_notification("firing"), "status": 1}
+    bad_status = {**_notification("firing", starts), "status": 1}
     r = client.post(url, json=bad_status, headers=headers)
     assert r.status_code == 422 and "body field 'status'" in r.json()["detail"], r.text
-    bad_label = _notification("firing")
+    bad_label = _notification("firing", starts)
     bad_label["alerts"][0]["labels"]["severity"] = 3
     assert client.post(url, json=bad_label, headers=headers).status_code == 422

@@ -7,7 +7,7 @@ import asyncio
 import json
 import logging
 import stat
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -21,10 +21,10 @@ from safecity import incidents as inc
 from safecity.influx import InfluxClient
 from safecity.schema import retention_policy_of
 
-NOW = datetime.now(UTC).replace(microsecond=0)
 
-
-def _open(rule: str, district: str, minutes_ago: float, severity: str = "critical") -> inc.Incident:
+def _open(
+    now: datetime, rule: str, district: str, minutes_ago: float, severity: str = "critical"
+) -> inc.Incident:
     return inc.open_incident(
         city="tashkent",
         district=district,
@@ -33,7 +33,7 @@ def _open(rule: str, district: str, minutes_ago: float, severity: str = "critica
         severity=severity,
         place=district,
         devices=[f"{rule}-{district}-001"],
-        opened_at=NOW - timedelta(minutes=minutes_ago),
+        opened_at=now - timedelta(minutes=minutes_ago),
         value=1.0,
         message=f"{rule} in {district}",
         event=rule,
@@ -41,14 +41,14 @@ def _open(rule: str, district: str, minutes_ago: float, severity: str = "critica
 
 
 @pytest.fixture(scope="module")
-def stored(api_settings: ApiSettings) -> dict[str, inc.Incident]:
+def stored(api_settings: ApiSettings, module_now: datetime) -> dict[str, inc.Incident]:
     """Four incidents written through the store, as the alerts service writes them."""
     made = {
-        "gunshot": _open("gunshot", "yunusabad", 30),
-        "panic": _open("panic", "chilanzar", 20),
-        "fire": _open("fire", "chilanzar", 10, "high"),
+        "gunshot": _open(module_now, "gunshot", "yunusabad", 30),
+        "panic": _open(module_now, "panic", "chilanzar", 20),
+        "fire": _open(module_now, "fire", "chilanzar", 10, "high"),
         # Older than the default 7-day window: only an explicit window finds it.
-        "old": _open("panic", "sergeli", 60 * 24 * 10),
+        "old": _open(module_now, "panic", "sergeli", 60 * 24 * 10),
     }
 
     async def write() -> None:
@@ -72,7 +72,9 @@ def _key_id(key: str) -> str:
     return key.split("_")[1]
 
 
-def test_list_filters_and_bounds(client: TestClient, stored: dict[str, inc.Incident]) -> None:
+def test_list_filters_and_bounds(
+    client: TestClient, stored: dict[str, inc.Incident], module_now: datetime
+) -> None:
     body = client.get("/v1/incidents").json()
     ids = [i["id"] for i in body["items"]]
     # Newest first; the 10-day-old one is outside the default window.
@@ -92,7 +94,10 @@ def test_list_filters_and_bounds(client: TestClient, stored: dict[str, inc.Incid
     assert [i["id"] for i in by_severity["items"]] == [stored["fire"].id]
     limited = client.get("/v1/incidents", params={"limit": 1}).json()
     assert len(limited["items"]) == 1 and limited["truncated"] is True
-    window = {"from": (NOW - timedelta(days=11)).isoformat(), "to": NOW.isoformat()}
+    window = {
+        "from": (module_now - timedelta(days=11)).isoformat(),
+        "to": module_now.isoformat(),
+    }
     old = client.get("/v1/incidents", params={**window, "district": "sergeli"}).json()
     assert [i["id"] for i in old["items"]] == [stored["old"].id]
 
@@ -298,12 +303,15 @@ def test_every_operate_route_is_documented(client: TestClient) -> None:
 
 
 def test_a_step_seen_in_part_is_left_out_not_an_error(
-    client: TestClient, api_settings: ApiSettings, stored: dict[str, inc.Incident]
+    client: TestClient,
+    api_settings: ApiSettings,
+    stored: dict[str, inc.Incident],
+    module_now: datetime,
 ) -> None:
     """InfluxDB 1.x keeps each field of a point apart, so a listing racing the alerts
     service's write can read a step with some fields missing: it is left out until whole."""
     before = client.get("/v1/incidents").json()["items"]
-    at_ns = int(NOW.timestamp()) * 1_000_000_000
+    at_ns = int(module_now.timestamp()) * 1_000_000_000
     # What a query sees mid-write: the tags and some fields of an opening step.
     line = (
         f"{inc.TRANSITIONS},city=tashkent,district=yunusabad,rule_id=gunshot,severity=critical,"

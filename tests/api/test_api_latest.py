@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from urllib.parse import quote
 
 import pytest
@@ -18,11 +18,11 @@ from safecity.readings import format_ts
 from safecity.registry import City, Device
 
 NoiseWriter = Callable[[Iterable[tuple[Device, datetime, int, tuple[float, float, float]]]], None]
-NOW = datetime.now(UTC).replace(microsecond=123_000)
 
 
-def _ago(minutes: float) -> datetime:
-    return NOW - timedelta(minutes=minutes)
+def _ago(now: datetime, minutes: float) -> datetime:
+    """`minutes` before `now`, at a millisecond part the API must keep (123 ms)."""
+    return now.replace(microsecond=123_000) - timedelta(minutes=minutes)
 
 
 def _noise(city: City, index: int) -> Device:
@@ -30,21 +30,23 @@ def _noise(city: City, index: int) -> Device:
 
 
 @pytest.fixture(scope="module")
-def stored(write_noise: NoiseWriter, city: City) -> Device:
+def stored(write_noise: NoiseWriter, city: City, module_now: datetime) -> Device:
     """A noise device with three readings written out of order, plus a neighbour's reading."""
     device = _noise(city, 0)
     write_noise(
         [
-            (device, _ago(10), 9, (55.0, 71.25, 42.0)),  # newest
-            (device, _ago(30), 7, (51.5, 60.0, 40.0)),
-            (device, _ago(20), 8, (53.0, 65.0, 41.0)),
-            (_noise(city, 1), _ago(5), 100, (80.0, 90.0, 70.0)),  # newer, other device
+            (device, _ago(module_now, 10), 9, (55.0, 71.25, 42.0)),  # newest
+            (device, _ago(module_now, 30), 7, (51.5, 60.0, 40.0)),
+            (device, _ago(module_now, 20), 8, (53.0, 65.0, 41.0)),
+            (_noise(city, 1), _ago(module_now, 5), 100, (80.0, 90.0, 70.0)),  # newer, other device
         ]
     )
     return device
 
 
-def test_latest_is_the_newest_by_device_timestamp(client: TestClient, stored: Device) -> None:
+def test_latest_is_the_newest_by_device_timestamp(
+    client: TestClient, stored: Device, module_now: datetime
+) -> None:
     response = client.get(f"/v1/devices/{stored.id}/latest")
     assert response.status_code == 200, response.text
     body = response.json()
@@ -52,7 +54,7 @@ def test_latest_is_the_newest_by_device_timestamp(client: TestClient, stored: De
         "device_id": stored.id,
         "kind": "noise",
         "district": stored.district,
-        "ts": format_ts(_ago(10)),
+        "ts": format_ts(_ago(module_now, 10)),
         "seq": 9,
         "values": {"laeq": 55.0, "lamax": 71.25, "la90": 42.0},
     }
@@ -62,22 +64,26 @@ def test_latest_is_the_newest_by_device_timestamp(client: TestClient, stored: De
 
 
 def test_a_newer_reading_replaces_the_latest(
-    client: TestClient, write_noise: NoiseWriter, city: City
+    client: TestClient, write_noise: NoiseWriter, city: City, module_now: datetime
 ) -> None:
     device = _noise(city, 2)
-    write_noise([(device, _ago(3), 1, (33.0, 44.0, 22.0))])
+    write_noise([(device, _ago(module_now, 3), 1, (33.0, 44.0, 22.0))])
     assert client.get(f"/v1/devices/{device.id}/latest").json()["seq"] == 1
-    write_noise([(device, _ago(2), 2, (34.5, 45.0, 23.0))])
+    write_noise([(device, _ago(module_now, 2), 2, (34.5, 45.0, 23.0))])
     body = client.get(f"/v1/devices/{device.id}/latest").json()
-    assert (body["seq"], body["ts"], body["values"]["laeq"]) == (2, format_ts(_ago(2)), 34.5)
+    assert (body["seq"], body["ts"], body["values"]["laeq"]) == (
+        2,
+        format_ts(_ago(module_now, 2)),
+        34.5,
+    )
 
 
 def test_redelivered_reading_overwrites_itself(
-    client: TestClient, write_noise: NoiseWriter, city: City
+    client: TestClient, write_noise: NoiseWriter, city: City, module_now: datetime
 ) -> None:
     device = _noise(city, 3)
-    write_noise([(device, _ago(4), 5, (40.0, 50.0, 30.0))])
-    write_noise([(device, _ago(4), 5, (40.0, 50.0, 30.0))])
+    write_noise([(device, _ago(module_now, 4), 5, (40.0, 50.0, 30.0))])
+    write_noise([(device, _ago(module_now, 4), 5, (40.0, 50.0, 30.0))])
     body = client.get(f"/v1/devices/{device.id}/latest").json()
     assert (body["seq"], body["values"]["laeq"]) == (5, 40.0)
 

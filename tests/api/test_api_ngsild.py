@@ -8,7 +8,7 @@ import asyncio
 import itertools
 import json
 import math
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -23,7 +23,6 @@ from safecity.ngsild_models import render_context
 from safecity.readings import format_ts
 from safecity.registry import City
 
-NOW = datetime.now(UTC).replace(microsecond=0)
 BASE = "/ngsi-ld/v1"
 ERRORS = "https://uri.etsi.org/ngsi-ld/errors/"
 NOISE = 6
@@ -35,11 +34,17 @@ def laeq(i: int, minutes: int) -> float:
 
 
 @pytest.fixture(scope="module")
-def seeded(api_settings: ApiSettings, city: City) -> inc.Incident:
+def seeded(api_settings: ApiSettings, city: City, module_now: datetime) -> inc.Incident:
     """Noise readings (the last ten minutes) of six devices, one weather reading, an incident."""
     points = [
         reading(
-            city, d, NOW - timedelta(minutes=m), 100 - m, laeq=laeq(i, m), lamax=80.0, la90=40.0
+            city,
+            d,
+            module_now - timedelta(minutes=m),
+            100 - m,
+            laeq=laeq(i, m),
+            lamax=80.0,
+            la90=40.0,
         )
         for i, d in enumerate(city.select(kind="noise")[:NOISE])
         for m in range(10)
@@ -49,7 +54,7 @@ def seeded(api_settings: ApiSettings, city: City) -> inc.Incident:
         reading(
             city,
             weather,
-            NOW,
+            module_now,
             1,
             temperature=21.5,
             humidity=0.4,
@@ -71,7 +76,7 @@ def seeded(api_settings: ApiSettings, city: City) -> inc.Incident:
         severity="high",
         place=cam.district,
         devices=[cam.id],
-        opened_at=NOW - timedelta(minutes=3),
+        opened_at=module_now - timedelta(minutes=3),
         value=None,
         message="intrusion at gate",
         event="intrusion",
@@ -97,7 +102,10 @@ def entities(client: TestClient, **params: Any) -> list[dict[str, Any]]:
 
 
 def test_entities_by_type_normalized_with_the_context_link(
-    client: TestClient, city: City, seeded: inc.Incident
+    client: TestClient,
+    city: City,
+    seeded: inc.Incident,
+    module_now: datetime,
 ) -> None:
     r = client.get(f"{BASE}/entities", params={"type": "NoiseLevelObserved", "limit": 50})
     assert r.status_code == 200, r.text
@@ -113,7 +121,7 @@ def test_entities_by_type_normalized_with_the_context_link(
         "type": "Property",
         "value": laeq(0, 0),
         "unitCode": "2N",
-        "observedAt": format_ts(NOW),
+        "observedAt": format_ts(module_now),
     }
     assert first["refDevice"] == {
         "type": "Relationship",
@@ -284,7 +292,10 @@ def test_paging_limit_offset_count_and_next_link(
 
 
 def test_retrieve_device_observation_and_alert_by_id(
-    client: TestClient, city: City, seeded: inc.Incident
+    client: TestClient,
+    city: City,
+    seeded: inc.Incident,
+    module_now: datetime,
 ) -> None:
     weather = city.select(kind="weather")[0]
     r = client.get(
@@ -293,7 +304,7 @@ def test_retrieve_device_observation_and_alert_by_id(
     assert r.status_code == 200, r.text
     device = r.json()
     assert device["batteryLevel"] == 0.8
-    assert device["dateLastValueReported"] == format_ts(NOW)
+    assert device["dateLastValueReported"] == format_ts(module_now)
     assert device["areaServed"] == weather.district
     r = client.get(f"{BASE}/entities/urn:ngsi-ld:WeatherObserved:{weather.id}")
     assert r.json()["atmosphericPressure"]["unitCode"] == "A97"
@@ -309,7 +320,10 @@ def test_retrieve_device_observation_and_alert_by_id(
 
 
 def test_temporal_between_before_after_and_last_n(
-    client: TestClient, city: City, seeded: inc.Incident
+    client: TestClient,
+    city: City,
+    seeded: inc.Incident,
+    module_now: datetime,
 ) -> None:
     device = city.select(kind="noise")[2]
     url = f"{BASE}/temporal/entities/urn:ngsi-ld:NoiseLevelObserved:{device.id}"
@@ -317,30 +331,35 @@ def test_temporal_between_before_after_and_last_n(
         url,
         params={
             "timerel": "between",
-            "timeAt": format_ts(NOW - timedelta(minutes=5)),
-            "endTimeAt": format_ts(NOW - timedelta(minutes=1)),
+            "timeAt": format_ts(module_now - timedelta(minutes=5)),
+            "endTimeAt": format_ts(module_now - timedelta(minutes=1)),
         },
     )
     assert r.status_code == 200, r.text
     instances = r.json()["LAeq"]
     assert [i["value"] for i in instances] == [laeq(2, m) for m in (5, 4, 3, 2)]
     assert [i["observedAt"] for i in instances] == [
-        format_ts(NOW - timedelta(minutes=m)) for m in (5, 4, 3, 2)
+        format_ts(module_now - timedelta(minutes=m)) for m in (5, 4, 3, 2)
     ]
     before = client.get(
         url,
         params={
             "timerel": "before",
-            "timeAt": format_ts(NOW - timedelta(minutes=7)),
+            "timeAt": format_ts(module_now - timedelta(minutes=7)),
             "options": "temporalValues",
             "attrs": "LAeq",
         },
     ).json()
     assert before["LAeq"]["values"] == [
-        [laeq(2, m), format_ts(NOW - timedelta(minutes=m))] for m in (9, 8)
+        [laeq(2, m), format_ts(module_now - timedelta(minutes=m))] for m in (9, 8)
     ]
     last = client.get(
-        url, params={"timerel": "after", "timeAt": format_ts(NOW - timedelta(hours=1)), "lastN": 2}
+        url,
+        params={
+            "timerel": "after",
+            "timeAt": format_ts(module_now - timedelta(hours=1)),
+            "lastN": 2,
+        },
     ).json()
     assert [i["value"] for i in last["LAeq"]] == [laeq(2, 1), laeq(2, 0)]
 

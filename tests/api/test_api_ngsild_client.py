@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-import pytest
 import requests
 from api_seed import reading, write
 from ngsildclient import Client, Entity
@@ -23,17 +22,6 @@ from safecity.registry import default_city
 from safecity.settings import InfluxSettings
 
 CITY = default_city()
-NOW = datetime.now(UTC).replace(microsecond=0)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _now() -> None:
-    """NOW is when this module's tests begin, not when the suite collected it: a long
-    suite would otherwise seed readings older than the windows the tests ask for."""
-    global NOW
-    NOW = datetime.now(UTC).replace(microsecond=0)
-
-
 NOISE = CITY.select(kind="noise")[:3]
 
 
@@ -62,7 +50,10 @@ def level(i: int, minutes: int) -> float:
 
 
 def test_ngsildclient_reads_entities_and_temporal_data(
-    stack: LocalStack, influx_db: str, start_api: Callable[..., Any]
+    stack: LocalStack,
+    influx_db: str,
+    start_api: Callable[..., Any],
+    module_now: datetime,
 ) -> None:
     settings = ApiSettings(influx=InfluxSettings(url=stack.influx_url, database=influx_db))
     asyncio.run(ensure(settings.influx))
@@ -70,7 +61,13 @@ def test_ngsildclient_reads_entities_and_temporal_data(
         settings,
         [
             reading(
-                CITY, d, NOW - timedelta(minutes=m), 50 - m, laeq=level(i, m), lamax=80.0, la90=40.0
+                CITY,
+                d,
+                module_now - timedelta(minutes=m),
+                50 - m,
+                laeq=level(i, m),
+                lamax=80.0,
+                la90=40.0,
             )
             for i, d in enumerate(NOISE)
             for m in range(6)
@@ -101,7 +98,7 @@ def test_ngsildclient_reads_entities_and_temporal_data(
 
         troe = client.temporal.get(f"urn:ngsi-ld:NoiseLevelObserved:{NOISE[2].id}", attrs=["LAeq"])
         assert troe["LAeq"]["values"] == [
-            [level(2, m), format_ts(NOW - timedelta(minutes=m))] for m in range(5, -1, -1)
+            [level(2, m), format_ts(module_now - timedelta(minutes=m))] for m in range(5, -1, -1)
         ]
     finally:
         client.close()

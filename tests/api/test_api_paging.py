@@ -16,18 +16,18 @@ from safecity.influx import InfluxClient
 from safecity.readings import format_ts
 from safecity.registry import City
 
-BASE = (datetime.now(UTC) - timedelta(hours=1)).replace(second=0, microsecond=0)
-
 
 @pytest.fixture(scope="module")
 def seeded(api_settings: ApiSettings, city: City) -> dict[str, Any]:
-    """Nine events (three sharing one millisecond) and five incidents."""
+    """Nine events (three sharing one millisecond) and five incidents, from the minute an
+    hour before the module's first test (`base`)."""
+    base = (datetime.now(UTC) - timedelta(hours=1)).replace(second=0, microsecond=0)
     cams = city.select(kind="cctv")[:3]
     points = [
-        event(city, cams[0], BASE + timedelta(seconds=s), s + 1, "loitering", "low", zone="z")
+        event(city, cams[0], base + timedelta(seconds=s), s + 1, "loitering", "low", zone="z")
         for s in range(6)
     ]
-    tie = BASE + timedelta(seconds=3, milliseconds=500)
+    tie = base + timedelta(seconds=3, milliseconds=500)
     points += [event(city, cam, tie, 100, "intrusion", "high", zone="t") for cam in cams]
     write(api_settings, points)
     made = [
@@ -39,7 +39,7 @@ def seeded(api_settings: ApiSettings, city: City) -> dict[str, Any]:
             severity="low",
             place=f"p{n}",
             devices=[cams[0].id],
-            opened_at=BASE + timedelta(minutes=n // 2),  # pairs share an opening time
+            opened_at=base + timedelta(minutes=n // 2),  # pairs share an opening time
             value=None,
             message="m",
             event="loitering",
@@ -56,7 +56,7 @@ def seeded(api_settings: ApiSettings, city: City) -> dict[str, Any]:
             await client.close()
 
     asyncio.run(store())
-    return {"incidents": made}
+    return {"incidents": made, "base": base}
 
 
 def _pages(client: TestClient, path: str, params: dict[str, Any]) -> list[list[dict[str, Any]]]:
@@ -79,7 +79,8 @@ def _key(e: dict[str, Any]) -> tuple[str, str, int]:
 
 
 def test_events_page_through_every_event_once(client: TestClient, seeded: dict[str, Any]) -> None:
-    window = {"from": format_ts(BASE), "to": format_ts(BASE + timedelta(minutes=5))}
+    base = seeded["base"]
+    window = {"from": format_ts(base), "to": format_ts(base + timedelta(minutes=5))}
     whole = client.get("/v1/events", params={**window, "limit": 50}).json()["items"]
     assert len(whole) == 9
     for limit in (1, 2, 4):
@@ -95,9 +96,10 @@ def test_events_page_through_every_event_once(client: TestClient, seeded: dict[s
 def test_incidents_page_through_every_incident_once(
     client: TestClient, seeded: dict[str, Any]
 ) -> None:
+    base = seeded["base"]
     window = {
-        "from": format_ts(BASE - timedelta(minutes=1)),
-        "to": format_ts(BASE + timedelta(hours=1)),
+        "from": format_ts(base - timedelta(minutes=1)),
+        "to": format_ts(base + timedelta(hours=1)),
     }
     pages = _pages(client, "/v1/incidents", {**window, "limit": 2})
     ids = [i["id"] for page in pages for i in page]

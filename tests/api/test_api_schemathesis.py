@@ -8,8 +8,12 @@ limit (a 429 is documented, but a run that only saw 429s would prove nothing).""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,7 +36,6 @@ from safecity.settings import InfluxSettings
 
 CITY = default_city()
 CAM = CITY.select(kind="cctv")[0]
-NOW = datetime.now(UTC).replace(microsecond=0)
 EXAMPLES = 12
 GEO_PARAMS = ("georel", "geometry", "coordinates")
 GEO_WORDS = ("geo-query", "georel", "geometry", "coordinates")
@@ -56,7 +59,7 @@ class Pace:
         self.last = time.monotonic()
 
 
-async def _incident(settings: InfluxSettings) -> None:
+async def _incident(settings: InfluxSettings, now: datetime) -> None:
     client = InfluxClient(settings)
     try:
         await client.ensure_database()
@@ -69,7 +72,7 @@ async def _incident(settings: InfluxSettings) -> None:
                 severity="high",
                 place=CAM.district,
                 devices=[CAM.id],
-                opened_at=NOW - timedelta(minutes=5),
+                opened_at=now - timedelta(minutes=5),
                 value=None,
                 message="intrusion",
                 event="intrusion",
@@ -79,14 +82,14 @@ async def _incident(settings: InfluxSettings) -> None:
         await client.close()
 
 
-def _points() -> list[Any]:
+def _points(now: datetime) -> list[Any]:
     points = [
-        reading(CITY, d, NOW - timedelta(minutes=m), m, laeq=50.0 + m, lamax=70.0, la90=40.0)
+        reading(CITY, d, now - timedelta(minutes=m), m, laeq=50.0 + m, lamax=70.0, la90=40.0)
         for d in CITY.select(kind="noise")[:4]
         for m in range(10)
     ]
     points += [
-        event(CITY, CAM, NOW - timedelta(minutes=m), m, "intrusion", "high", zone="z")
+        event(CITY, CAM, now - timedelta(minutes=m), m, "intrusion", "high", zone="z")
         for m in range(5)
     ]
     return points
@@ -152,6 +155,64 @@ def _runner(
     return run  # type: ignore[no-any-return]
 
 
+@dataclass
+class Probe:
+    """What the probes found: failures by case, responses by status, operations that
+    have nothing to make invalid. Shared by the probes' threads (under `lock`)."""
+
+    failures: dict[str, str] = field(default_factory=dict)
+    statuses: Counter[int] = field(default_factory=Counter)
+    negatives_impossible: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _probe(operations: list[Any], key: str, examples: int, base_url: str, found: Probe) -> None:
+    """Every operation of `operations`, both modes, with one key: paced under the key's
+    own rate limit (one token bucket per key), so each key is probed in its own thread."""
+    # The key both ways: X-API-Key, and as a bearer token for Grafana's intake.
+    auth = {"X-API-Key": key, "Authorization": f"Bearer {key}"}
+    failures: dict[str, str] = {}
+    statuses: dict[int, int] = {}
+    impossible: list[str] = []
+    pace = Pace(CLIENT_RPS)
+    with httpx.Client(timeout=30) as http:
+        for operation in operations:
+            for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+                run = _runner(
+                    operation, mode, http, base_url, auth, failures, statuses, pace, examples
+                )
+                try:
+                    run()
+                except hypothesis.errors.Unsatisfiable:
+                    # Nothing to make invalid (no parameters, no body): only positive data.
+                    assert mode is GenerationMode.NEGATIVE
+                    impossible.append(operation.label)
+    with found.lock:
+        found.failures.update(failures)
+        found.statuses.update(statuses)
+        found.negatives_impossible += impossible
+
+
+def _probe_all(schema: Any, keys: dict[str, str], base_url: str) -> Probe:
+    """Every check and mode with each key, the keys side by side. The keys that may do
+    everything get the most examples (the operations split between two of them); the
+    lesser keys (mostly their 403s) fewer."""
+    operations = [
+        result.ok() for result in schema.include(path_regex="^(?!/v1/stream)").get_all_operations()
+    ]
+    work = [
+        (operations, keys["read"], 4),
+        (operations, keys["operate"], 4),
+        (operations[0::2], keys["admin"], EXAMPLES),
+        (operations[1::2], keys["admin2"], EXAMPLES),
+    ]
+    found = Probe()
+    with ThreadPoolExecutor(len(work)) as pool:
+        for done in [pool.submit(_probe, ops, key, n, base_url, found) for ops, key, n in work]:
+            done.result()
+    return found
+
+
 # Every operation, both modes: it grows with the routes, and a shared machine under load
 # stretches each request; a hung server still fails well within make test's budget.
 @pytest.mark.timeout(900)
@@ -159,42 +220,28 @@ def test_schemathesis_every_check_finds_nothing(
     stack: LocalStack, influx_db: str, start_api: Callable[..., Any], tmp_path: Path
 ) -> None:
     influx = InfluxSettings(url=stack.influx_url, database=influx_db)
-    asyncio.run(_incident(influx))
-    write(ApiSettings(influx=influx), _points())
+    now = datetime.now(UTC).replace(microsecond=0)
+    asyncio.run(_incident(influx, now))
+    write(ApiSettings(influx=influx), _points(now))
     keys_file = tmp_path / "keys.json"
     store = KeyStore(keys_file)
     keys = {
         "read": store.create("st-read", ("read",))[1],
         "operate": store.create("st-operate", ("read", "operate"))[1],
         "admin": store.create("st-admin", ("read", "operate", "admin"))[1],
+        "admin2": store.create("st-admin2", ("read", "operate", "admin"))[1],
     }
+    SCOPES.update({key: scope.removesuffix("2") for scope, key in keys.items()})
     api = start_api(influx_db, SAFECITY_API_KEYS_FILE=str(keys_file))  # default limits
     document = httpx.get(f"{api.url}/openapi.json", timeout=10).json()
     schema = schemathesis.openapi.from_dict(document)
     assert len(list(CHECKS.get_all())) >= 14
-    failures: dict[str, str] = {}
-    statuses: dict[int, int] = {}
-    negatives_impossible: list[str] = []
-    pace = Pace(CLIENT_RPS)
-    with httpx.Client(timeout=30) as http:
-        for scope, key in keys.items():
-            # The key both ways: X-API-Key, and as a bearer token for Grafana's intake.
-            SCOPES[key] = scope
-            auth = {"X-API-Key": key, "Authorization": f"Bearer {key}"}
-            # Every check and mode with each key; the key that may do everything gets the
-            # most examples, the lesser keys (mostly their 403s) fewer.
-            examples = EXAMPLES if scope == "admin" else 4
-            for result in schema.include(path_regex="^(?!/v1/stream)").get_all_operations():
-                for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-                    run = _runner(
-                        result.ok(), mode, http, api.url, auth, failures, statuses, pace, examples
-                    )
-                    try:
-                        run()
-                    except hypothesis.errors.Unsatisfiable:
-                        # Nothing to make invalid (no parameters, no body): only positive data.
-                        assert mode is GenerationMode.NEGATIVE
-                        negatives_impossible.append(result.ok().label)
+    found = _probe_all(schema, keys, api.url)
+    failures, statuses, negatives_impossible = (
+        found.failures,
+        found.statuses,
+        found.negatives_impossible,
+    )
     # `ignored_auth` re-sends through schemathesis' requests transport, which the shared
     # virtualenv's urllib3-future breaks: the same probe, sent here over httpx.
     for path, ops in document["paths"].items():

@@ -18,25 +18,26 @@ from safecity.readings import format_ts
 from safecity.registry import City
 
 T0 = datetime(2026, 1, 15, 6, 0, tzinfo=UTC) if datetime.now(UTC).year == 2026 else None
-BASE = (datetime.now(UTC) - timedelta(hours=3)).replace(minute=0, second=0, microsecond=0)
 
 
-def _at(minute: float) -> datetime:
-    return BASE + timedelta(minutes=minute)
+def _at(base: datetime, minute: float) -> datetime:
+    return base + timedelta(minutes=minute)
 
 
 @pytest.fixture(scope="module")
 def data(api_settings: ApiSettings, city: City) -> dict[str, Any]:
-    """Noise readings of two devices in two districts, and a few events."""
+    """Noise readings of two devices in two districts, and a few events, from the whole
+    hour three hours before the module's first test."""
+    base = (datetime.now(UTC) - timedelta(hours=3)).replace(minute=0, second=0, microsecond=0)
     a = city.select(kind="noise", district="uchtepa")[0]
     b = city.select(kind="noise", district="mirobod")[0]
     points = [
         # minute 0 bucket: a = 50, 60, 70; minute 1 bucket: a = 40
-        reading(city, a, _at(0), 1, laeq=50.0, lamax=60.0, la90=40.0),
-        reading(city, a, _at(0.25), 2, laeq=60.0, lamax=70.0, la90=45.0),
-        reading(city, a, _at(0.5), 3, laeq=70.0, lamax=80.0, la90=50.0),
-        reading(city, a, _at(1), 4, laeq=40.0, lamax=50.0, la90=30.0),
-        reading(city, b, _at(0), 1, laeq=80.0, lamax=90.0, la90=60.0),
+        reading(city, a, _at(base, 0), 1, laeq=50.0, lamax=60.0, la90=40.0),
+        reading(city, a, _at(base, 0.25), 2, laeq=60.0, lamax=70.0, la90=45.0),
+        reading(city, a, _at(base, 0.5), 3, laeq=70.0, lamax=80.0, la90=50.0),
+        reading(city, a, _at(base, 1), 4, laeq=40.0, lamax=50.0, la90=30.0),
+        reading(city, b, _at(base, 0), 1, laeq=80.0, lamax=90.0, la90=60.0),
     ]
     cam = city.select(kind="cctv", district="uchtepa")[0]
     other = city.select(kind="cctv", district="mirobod")[0]
@@ -44,7 +45,7 @@ def data(api_settings: ApiSettings, city: City) -> dict[str, Any]:
         event(
             city,
             cam,
-            _at(2),
+            _at(base, 2),
             1,
             "intrusion",
             "high",
@@ -52,11 +53,11 @@ def data(api_settings: ApiSettings, city: City) -> dict[str, Any]:
             object_class="person",
             confidence=0.9,
         ),
-        event(city, cam, _at(3), 2, "loitering", "medium", zone="gate", dwell_s=120.0),
+        event(city, cam, _at(base, 3), 2, "loitering", "medium", zone="gate", dwell_s=120.0),
         event(
             city,
             other,
-            _at(4),
+            _at(base, 4),
             1,
             "intrusion",
             "high",
@@ -66,23 +67,24 @@ def data(api_settings: ApiSettings, city: City) -> dict[str, Any]:
         ),
     ]
     write(api_settings, points)
-    return {"a": a, "b": b, "cam": cam, "other": other}
+    return {"a": a, "b": b, "cam": cam, "other": other, "base": base}
 
 
-def _window(**extra: Any) -> dict[str, Any]:
-    return {"from": format_ts(_at(0)), "to": format_ts(_at(2)), "every": "1m", **extra}
+def _window(base: datetime, **extra: Any) -> dict[str, Any]:
+    return {"from": format_ts(_at(base, 0)), "to": format_ts(_at(base, 2)), "every": "1m", **extra}
 
 
 def test_district_series_aggregates(client: TestClient, data: dict[str, Any]) -> None:
+    base = data["base"]
     got = {}
     for agg in ("mean", "min", "max", "p95", "count"):
         r = client.get(
             "/v1/cities/tashkent/series",
-            params=_window(kind="noise", field="laeq", district="uchtepa", agg=agg),
+            params=_window(base, kind="noise", field="laeq", district="uchtepa", agg=agg),
         )
         assert r.status_code == 200, r.text
         got[agg] = [(p["ts"], p["value"]) for p in r.json()["points"]]
-    t0, t1 = format_ts(_at(0)), format_ts(_at(1))
+    t0, t1 = format_ts(_at(base, 0)), format_ts(_at(base, 1))
     assert got["mean"] == [(t0, 60.0), (t1, 40.0)]
     assert got["min"] == [(t0, 50.0), (t1, 40.0)]
     assert got["max"] == [(t0, 70.0), (t1, 40.0)]
@@ -91,15 +93,19 @@ def test_district_series_aggregates(client: TestClient, data: dict[str, Any]) ->
 
 
 def test_city_series_spans_districts(client: TestClient, data: dict[str, Any]) -> None:
+    base = data["base"]
     body = client.get(
-        "/v1/cities/tashkent/series", params=_window(kind="noise", field="laeq", agg="max")
+        "/v1/cities/tashkent/series", params=_window(base, kind="noise", field="laeq", agg="max")
     ).json()
     assert body["points"][0]["value"] == 80.0
     assert body["unit"] == "dB(A)" and body["every_s"] == 60 and body["district"] is None
 
 
 def test_device_history(client: TestClient, data: dict[str, Any]) -> None:
-    r = client.get(f"/v1/devices/{data['a'].id}/history", params=_window(field="lamax", agg="mean"))
+    base = data["base"]
+    r = client.get(
+        f"/v1/devices/{data['a'].id}/history", params=_window(base, field="lamax", agg="mean")
+    )
     assert r.status_code == 200, r.text
     assert [p["value"] for p in r.json()["points"]] == [70.0, 50.0]
     assert r.json()["device_id"] == data["a"].id
@@ -168,7 +174,8 @@ def test_a_field_of_another_kind_is_an_unknown_series(client: TestClient) -> Non
 
 
 def test_events_with_filters(client: TestClient, data: dict[str, Any]) -> None:
-    window = {"from": format_ts(_at(0)), "to": format_ts(_at(10))}
+    base = data["base"]
+    window = {"from": format_ts(_at(base, 0)), "to": format_ts(_at(base, 10))}
     response = client.get("/v1/events", params=window)
     assert response.status_code == 200, response.text
     all_ = response.json()
@@ -202,6 +209,7 @@ def test_delivery_accounting(
     keys: dict[str, str],
     city: City,
 ) -> None:
+    base = data["base"]
     a = data["a"]
     topic = topics.telemetry_topic(city.id, a.district, a.kind, a.id)
     assert api_settings.ledger_file is not None
@@ -215,7 +223,7 @@ def test_delivery_accounting(
             (6, 1.6, 0x87),
         ):
             entry = LedgerEntry(
-                a.id, "telemetry", topic, seq, ms(_at(minute)), "0" * 64, None, puback
+                a.id, "telemetry", topic, seq, ms(_at(base, minute)), "0" * 64, None, puback
             )
             f.write(entry.to_json() + "\n")
     api_settings.deadletter_dir.mkdir(parents=True, exist_ok=True)
@@ -243,13 +251,13 @@ def test_delivery_accounting(
     r = client.get(
         f"/v1/devices/{a.id}/delivery",
         headers=operate,
-        params={"from": format_ts(_at(0)), "to": format_ts(now + timedelta(minutes=1))},
+        params={"from": format_ts(_at(base, 0)), "to": format_ts(now + timedelta(minutes=1))},
     )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["sent"] == {"telemetry": 5, "event": 0, "status": 0}  # 0x87 was refused
     assert body["stored"] == {"telemetry": 4, "event": 0, "status": 0}
     assert body["rejected"] == {"out_of_range": 1, "schema": 2}
-    assert body["last_seen"] == format_ts(_at(1))
+    assert body["last_seen"] == format_ts(_at(base, 1))
     # The read scope is not enough for delivery accounting.
     assert client.get(f"/v1/devices/{a.id}/delivery").status_code == 403

@@ -12,12 +12,13 @@ import asyncio
 import contextlib
 import secrets
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from api_seed import ago
 from fastapi.testclient import TestClient
 
 from api.apikeys import KeyStore
@@ -33,17 +34,6 @@ from safecity.readings import Reading, format_ts, parse
 from safecity.registry import Cities, City, Device
 from safecity.schema import reading_point
 from safecity.settings import InfluxSettings
-
-NOW = datetime.now(UTC).replace(microsecond=0)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _now() -> None:
-    """NOW is when this module's tests begin, not when the suite collected it: a long
-    suite would otherwise seed readings older than the windows the tests ask for."""
-    global NOW
-    NOW = datetime.now(UTC).replace(microsecond=0)
-
 
 # One noise level per city, far apart: a figure read from the wrong database shows.
 LAEQ = {"tashkent": 61.0, "samarkand": 74.0}
@@ -91,7 +81,7 @@ def noise_device(city: City) -> Device:
     return city.select(kind="noise")[0]
 
 
-def incident_of(city: City, minutes_ago: int) -> inc.Incident:
+def incident_of(city: City, opened_at: datetime) -> inc.Incident:
     """An open incident of the city, at its first noise sensor."""
     device = noise_device(city)
     return inc.open_incident(
@@ -102,7 +92,7 @@ def incident_of(city: City, minutes_ago: int) -> inc.Incident:
         severity="critical",
         place=device.district,
         devices=[device.id],
-        opened_at=NOW - timedelta(minutes=minutes_ago),
+        opened_at=opened_at,
         value=1.0,
         message=f"panic in {city.id}",
         event="panic",
@@ -110,14 +100,18 @@ def incident_of(city: City, minutes_ago: int) -> inc.Incident:
 
 
 @pytest.fixture(scope="module")
-def incidents(cities: Cities) -> dict[str, inc.Incident]:
-    """One open incident per city."""
-    return {city.id: incident_of(city, 5) for city in cities.values()}
+def incidents(cities: Cities, module_now: datetime) -> dict[str, inc.Incident]:
+    """One open incident per city, opened five minutes before the module's first test."""
+    opened = module_now - timedelta(minutes=5)
+    return {city.id: incident_of(city, opened) for city in cities.values()}
 
 
 @pytest.fixture(scope="module")
 def seeded(
-    settings: ApiSettings, cities: Cities, incidents: dict[str, inc.Incident]
+    settings: ApiSettings,
+    cities: Cities,
+    incidents: dict[str, inc.Incident],
+    module_now: datetime,
 ) -> dict[str, str]:
     """Each city's database created and filled with its own readings and incident only."""
 
@@ -132,7 +126,8 @@ def seeded(
                 device = noise_device(city)
                 level = LAEQ[city.id]
                 readings = [
-                    (device, noise_reading(NOW - timedelta(minutes=m), m, level)) for m in (1, 2, 3)
+                    (device, noise_reading(module_now - timedelta(minutes=m), m, level))
+                    for m in (1, 2, 3)
                 ]
                 body = encode_many(reading_point(city.id, d, r) for d, r in readings)
                 await client.write(body)
@@ -202,7 +197,11 @@ def laeq(body: dict[str, Any]) -> float:
 
 
 def test_each_city_is_served_from_its_own_database(
-    client: TestClient, cities: Cities, seeded: dict[str, str], keys: dict[str, str]
+    client: TestClient,
+    cities: Cities,
+    seeded: dict[str, str],
+    keys: dict[str, str],
+    module_now: datetime,
 ) -> None:
     headers = as_key(keys["all"])
     assert seeded == {
@@ -221,7 +220,7 @@ def test_each_city_is_served_from_its_own_database(
         device = noise_device(cities[city_id])
         series = client.get(
             f"/v1/cities/{city_id}/series",
-            params={"kind": "noise", "field": "laeq", "from": (NOW - timedelta(minutes=30))},
+            params={"kind": "noise", "field": "laeq", "from": (module_now - timedelta(minutes=30))},
             headers=headers,
         )
         values = [p["value"] for p in series.json()["points"] if p["value"] is not None]
@@ -360,7 +359,7 @@ def test_apikey_create_takes_cities(
 
 
 def _grafana_alert(city: str, district: str) -> dict[str, Any]:
-    started = (NOW - timedelta(minutes=2)).isoformat().replace("+00:00", "Z")
+    started = ago(2).isoformat().replace("+00:00", "Z")
     alert = {
         "status": "firing",
         "labels": {"alertname": "WHO PM2.5", "severity": "warning", "city": city},

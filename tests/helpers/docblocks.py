@@ -9,8 +9,8 @@ the line(s) right before its fence tells the docs test how to treat it:
 
 `skip` (with a `reason`) leaves the block out and counts it; `expect` is a regular
 expression the block's output must contain; `stop-after=N` stops a block whose last
-command runs until Ctrl-C with a Ctrl-C after N seconds (being stopped is then
-its success);
+command runs until Ctrl-C with a Ctrl-C after N seconds, or as soon as its output
+matches `expect` (being stopped is then its success);
 `timeout=N` gives a slow block more than the default time.
 """
 

@@ -156,10 +156,16 @@ class LedgerPublisher(Background):
         self.ledger_path = ledger
         self.window = window
         self.sent = 0
+        self._stopping = threading.Event()
 
     def start(self, messages: Sequence[Outgoing], rate: float | None = None) -> None:
         """Publish `messages` in a background thread, at most `rate` per second."""
         self._start("ledger-publisher", lambda: self._publish(messages, rate))
+
+    def stop(self) -> None:
+        """Publish nothing more (what is in flight is still awaited): the stream was long
+        enough, e.g. the fault it had to outlast is over. The ledger has what was sent."""
+        self._stopping.set()
 
     def join(self, timeout: float = 60) -> None:
         """Wait until everything was published and acknowledged (or given up)."""
@@ -195,6 +201,8 @@ class LedgerPublisher(Background):
         tasks = []
         try:
             async for message in paced(messages, rate):
+                if self._stopping.is_set():
+                    break
                 await slots.acquire()
                 tasks.append(asyncio.create_task(one(message)))
             await asyncio.gather(*tasks)

@@ -17,7 +17,6 @@ from safecity.registry import Device, default_city
 
 CITY = default_city()
 NOISE = CITY.select(kind="noise")
-BASE = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=60)
 
 
 def topic(device: Device, district: str | None = None, device_id: str | None = None) -> str:
@@ -26,10 +25,11 @@ def topic(device: Device, district: str | None = None, device_id: str | None = N
     )
 
 
-def payload(seq: int, laeq: float = 55.0) -> str:
+def payload(base: datetime, seq: int, laeq: float = 55.0) -> str:
+    """A noise reading `seq` milliseconds after `base`."""
     return json.dumps(
         {
-            "ts": format_ts(BASE + timedelta(milliseconds=seq)),
+            "ts": format_ts(base + timedelta(milliseconds=seq)),
             "seq": seq,
             "values": {"laeq": laeq, "lamax": laeq + 10, "la90": laeq - 8},
         }
@@ -37,7 +37,9 @@ def payload(seq: int, laeq: float = 55.0) -> str:
 
 
 def publish_mix(stack: LocalStack, seq0: int) -> int:
-    """Good readings and every kind of bad one; return how many messages were published."""
+    """Good readings and every kind of bad one, timed from an hour ago; return how many
+    messages were published."""
+    base = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=60)
     sent = 0
 
     def pub(t: str, *bodies: str) -> None:
@@ -46,16 +48,16 @@ def publish_mix(stack: LocalStack, seq0: int) -> int:
         sent += len(bodies)
 
     for i, device in enumerate(NOISE[:-1]):
-        pub(topic(device), *(payload(seq0 + 10 * i + k) for k in range(3)))
+        pub(topic(device), *(payload(base, seq0 + 10 * i + k) for k in range(3)))
     first, second = NOISE[0], NOISE[1]
     pub(topic(first), "{nope", "[1,")  # bad_json
-    pub(topic(first), payload(seq0 + 900, laeq=400.0))  # out_of_range
-    pub(topic(first, device_id="noise-ghost-7"), payload(seq0 + 901))  # unknown_device
+    pub(topic(first), payload(base, seq0 + 900, laeq=400.0))  # out_of_range
+    pub(topic(first, device_id="noise-ghost-7"), payload(base, seq0 + 901))  # unknown_device
     elsewhere = next(d.id for d in CITY.districts if d.id != second.district)
-    pub(topic(second, district=elsewhere), payload(seq0 + 902))  # identity_mismatch
-    pub(topic(second), payload(seq0 + 10, laeq=60.0))  # conflicting_duplicate of seq0+10
+    pub(topic(second, district=elsewhere), payload(base, seq0 + 902))  # identity_mismatch
+    pub(topic(second), payload(base, seq0 + 10, laeq=60.0))  # conflicting_duplicate of seq0+10
     # A flood: 40 at once against a burst of 20 (rate 1/s).
-    pub(topic(NOISE[-1]), *(payload(seq0 + 1000 + k) for k in range(40)))
+    pub(topic(NOISE[-1]), *(payload(base, seq0 + 1000 + k) for k in range(40)))
     return sent
 
 

@@ -15,7 +15,6 @@ from safecity.registry import default_city
 CITY = default_city()
 NOISE = CITY.select(kind="noise")[0]
 TRAFFIC = CITY.select(kind="traffic")[0]
-NOW = datetime.now(UTC).replace(microsecond=456_000)
 
 
 class Clock:
@@ -47,6 +46,11 @@ def noise(seq: int, ts: datetime, laeq: float = 55.0) -> dict[str, object]:
     return {"ts": format_ts(ts), "seq": seq, "values": {"laeq": laeq, "lamax": 65.0, "la90": 47.0}}
 
 
+def now() -> datetime:
+    """The validators' clock reading: now, at a millisecond part of its own (456 ms)."""
+    return datetime.now(UTC).replace(microsecond=456_000)
+
+
 def outcome(o: Accepted | Rejected) -> tuple[str, ...]:
     if isinstance(o, Accepted):
         return ("accepted", o.line, str(o.channel), o.device_id, str(o.seq))
@@ -58,14 +62,15 @@ def test_a_mixed_bulk_has_the_one_at_a_time_outcomes() -> None:
     wrong_kind = topics.telemetry_topic(CITY.id, NOISE.district, "traffic", NOISE.id)
     traffic = topics.telemetry_topic(CITY.id, TRAFFIC.district, TRAFFIC.kind, TRAFFIC.id)
     status = topics.device_topic(CITY.id, NOISE.district, NOISE.kind, NOISE.id, "status")
-    t = NOW - timedelta(minutes=5)
+    at = now()
+    t = at - timedelta(minutes=5)
     bulk = [
         message(tele, noise(1, t), 1),
         message(tele, noise(2, t + timedelta(seconds=1)), 2),
         message(tele, noise(1, t), 3, duplicate=True),  # a redelivery: overwrites itself
         message(tele, noise(1, t, laeq=60.0), 4),  # the same seq, other content
         message(tele, noise(3, t + timedelta(seconds=1)), 5),  # another seq, same ms
-        message(tele, noise(4, NOW + timedelta(hours=1)), 6),  # outside the window
+        message(tele, noise(4, at + timedelta(hours=1)), 6),  # outside the window
         message(tele, b'{"ts":1,"seq":5,"seq":6,"values":{}}', 7),  # a repeated key
         message(tele, b"not json", 8),
         message(wrong_kind, noise(9, t), 9),  # identity mismatch
@@ -76,8 +81,8 @@ def test_a_mixed_bulk_has_the_one_at_a_time_outcomes() -> None:
         message(tele, noise(10, t + timedelta(seconds=2), laeq=1e9), 13),  # out of range
     ]  # fmt: skip
     one, many = validator(Clock()), validator(Clock())
-    singles = [one.validate(m.topic, m.payload, NOW, redelivery=m.duplicate) for m in bulk]
-    assert [outcome(o) for o in many.validate_many(bulk, NOW)] == [outcome(o) for o in singles]
+    singles = [one.validate(m.topic, m.payload, at, redelivery=m.duplicate) for m in bulk]
+    assert [outcome(o) for o in many.validate_many(bulk, at)] == [outcome(o) for o in singles]
     kinds = [o.rejection.reason.value if isinstance(o, Rejected) else "ok" for o in singles]
     assert kinds == [
         "ok", "ok", "ok", "conflicting_duplicate", "conflicting_duplicate", "ts_out_of_window",
@@ -97,9 +102,10 @@ def test_a_bulk_takes_exactly_the_burst_of_a_device_new_in_it() -> None:
 
     many = validator(ticking, rate=0.001, burst=5)
     tele = topics.telemetry_topic(CITY.id, NOISE.district, NOISE.kind, NOISE.id)
-    t = NOW - timedelta(minutes=5)
+    at = now()
+    t = at - timedelta(minutes=5)
     bulk = [message(tele, noise(i, t + timedelta(seconds=i)), i + 1) for i in range(12)]
-    outcomes = many.validate_many(bulk, NOW)
+    outcomes = many.validate_many(bulk, at)
     assert [isinstance(o, Accepted) for o in outcomes] == [True] * 5 + [False] * 7
     reasons = {o.rejection.reason.value for o in outcomes if isinstance(o, Rejected)}
     assert reasons == {"rate_limited"}

@@ -17,12 +17,12 @@ from safecity.registry import default_city
 CITY = default_city()
 DEVICE = CITY.select(kind="noise")[0]
 TOPIC = topics.telemetry_topic(CITY.id, DEVICE.district, DEVICE.kind, DEVICE.id)
-NOW = datetime.now(UTC)
 
 
 def incoming(seq: int, payload: bytes | None = None) -> Incoming:
+    """A reading `seq` seconds before now (the time it is made, within the window)."""
     body = {
-        "ts": (NOW - timedelta(seconds=seq)).strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+        "ts": (datetime.now(UTC) - timedelta(seconds=seq)).strftime("%Y-%m-%dT%H:%M:%S.000Z"),
         "seq": seq,
         "values": {"laeq": 55.0, "lamax": 65.0, "la90": 47.0},
     }
