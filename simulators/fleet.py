@@ -123,16 +123,18 @@ async def run(
     timer = None if settings.duration is None else loop.call_later(settings.duration, halt.set)
     progress: asyncio.Task[None] | None = None
     try:
+        if settings.device_commands:
+            # Before any device connects: a persistent session hands its queued commands
+            # over at once, and a device without its executor would drop them.
+            failure = settings.faults.command_failure
+            fleet.commands.attach_all(
+                fleet.sims, fleet.agents, fleet.submit, fleet.clock.now_ms, failure, settings.seed
+            )
         await fleet.start(settings, halt)
         _log_started(settings, city, fleet, shard, len(incidents or []))
         progress = asyncio.create_task(
             _progress(fleet, sim_start, settings.speed, progress_interval)
         )
-        if settings.device_commands:
-            failure = settings.faults.command_failure
-            fleet.commands.attach_all(
-                fleet.sims, fleet.agents, fleet.submit, fleet.clock.now_ms, failure, settings.seed
-            )
         if fleet.single is not None:
             for sim in fleet.sims:
                 fleet.submit(sim.birth())
