@@ -261,17 +261,17 @@ async def tiered_series(
     return out, pieces
 
 
+def _bound(params: Mapping[str, str], piece: Piece) -> dict[str, str]:
+    """The bound parameters of a piece's statement: `params` and the piece's [from, to)."""
+    return {**params, "from": format_epoch_ms(piece.start_ms), "to": format_epoch_ms(piece.end_ms)}
+
+
 async def _piece_points(
     influx: InfluxClient, statement: str, params: dict[str, str], piece: Piece
 ) -> list[tuple[int, float]]:
     """(bucket start ms, value) of one piece's statement, empty buckets left out."""
-    bound = {
-        **params,
-        "from": format_epoch_ms(piece.start_ms),
-        "to": format_epoch_ms(piece.end_ms),
-    }
     out: list[tuple[int, float]] = []
-    for s in await influx.query(statement, bound):
+    for s in await influx.query(statement, _bound(params, piece)):
         for row in s.rows():
             value = row.get("value")
             if isinstance(value, int | float) and not isinstance(value, bool):
@@ -455,12 +455,8 @@ async def daily_sums(
     from the tiers where they hold whole days and raw elsewhere."""
     out: dict[tuple[str, int], SumCount] = {}
     for piece in pieces:
-        params = {
-            "city": city,
-            "from": format_epoch_ms(piece.start_ms),
-            "to": format_epoch_ms(piece.end_ms),
-        }
-        for s in await influx.query(_daily_statement(piece.tier, kind, fields), params):
+        statement = _daily_statement(piece.tier, kind, fields)
+        for s in await influx.query(statement, _bound({"city": city}, piece)):
             for row in s.rows():
                 add_sums(out.setdefault((str(row["district"]), int(row["time"])), {}), row, fields)
     return out
@@ -499,14 +495,7 @@ async def window_sums(
     pieces = cover(book.tiers, marks, kind, span, int(time.time() * 1000))
     answers = await asyncio.gather(
         *(
-            influx.query(
-                window_statement(p.tier, kind, fields),
-                {
-                    "city": city,
-                    "from": format_epoch_ms(p.start_ms),
-                    "to": format_epoch_ms(p.end_ms),
-                },
-            )
+            influx.query(window_statement(p.tier, kind, fields), _bound({"city": city}, p))
             for p in pieces
         )
     )
