@@ -62,6 +62,7 @@ from api.security import HEADER, RateLimiter, require
 from api.sessions import Sessions
 from api.settings import ApiSettings
 from api.tenancy import CityRuntime, Tenancy, describe
+from api.tiers import REPORTS_KEPT, Kept
 from safecity import __version__
 from safecity.deadletters import DeadLetterIndex, store_path
 from safecity.errors import StorageError
@@ -206,7 +207,7 @@ def _open_stores(app: FastAPI, settings: ApiSettings) -> OidcProvider | None:
     app.state.keys.load()
     app.state.limiter = RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst)
     app.state.snapshots = SnapshotCache(settings.overview_cache_ttl)
-    app.state.reports = {}  # annual reports served wholly by rollup tiers, by stamp
+    app.state.reports = Kept(REPORTS_KEPT)  # annual reports served wholly by rollup tiers
     app.state.deadletters = DeadLetterIndex(store_path(settings.deadletter_dir))
     app.state.ledger = (
         LedgerIndex(settings.ledger_file) if settings.ledger_file is not None else None

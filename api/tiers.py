@@ -17,10 +17,10 @@ import asyncio
 import functools
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from fastapi import Request
 from pydantic import TypeAdapter
@@ -73,31 +73,66 @@ class Piece:
         return self.tier.name if self.tier is not None else RAW
 
 
-PieceKey = tuple[str, str, str, str, int, str, tuple[tuple[str, str], ...], int, int, int]
+Stamp = tuple[tuple[str, int, int, int], ...]
+"""What tier-served pieces were read from: (tier, from, to, when it last rolled again) each."""
+
+
+def stamp_of(
+    pieces: Iterable[Piece], marks: dict[str, dict[str, Rolled]], kind: str
+) -> Stamp | None:
+    """The stamp of pieces, or None if raw serves any (raw can change unannounced)."""
+    out = []
+    for p in pieces:
+        if p.tier is None:
+            return None
+        out.append((p.name, p.start_ms, p.end_ms, marks[p.name][kind].rerolled_ms))
+    return tuple(out)
+
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class Kept(Generic[K, V]):
+    """What the tiers served, kept until they roll it again: a value stands while its
+    stamp does (a rolled bucket changes only when the rollup job rolls it again, which
+    changes its tier's `rerolled_ms`); at most `size` kept, all dropped when full."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._kept: dict[K, tuple[Stamp, V]] = {}
+
+    async def get(self, key: K, stamp: Stamp | None, make: Callable[[], Awaitable[V]]) -> V:
+        """The value kept under `key` with this stamp, else `make()`'s (kept unless the
+        stamp is None)."""
+        hit = self._kept.get(key)
+        if hit is not None and stamp is not None and hit[0] == stamp:
+            return hit[1]
+        value = await make()
+        if stamp is not None:
+            if len(self._kept) >= self.size:
+                self._kept.clear()
+            self._kept[key] = (stamp, value)
+        return value
+
+
+PieceKey = tuple[str, str, int, str, tuple[tuple[str, str], ...], int, int]
 PIECES_KEPT = 512
+REPORTS_KEPT = 256
 
 
 @dataclass
 class TierBook:
     """The tiers of a database and their watermarks (re-read at most every `ttl` s), and
-    the tier-served pieces already read (a rolled bucket changes only when the job rolls
-    it again, which changes its tier's `rerolled_ms`, part of the key)."""
+    the tier-served pieces already read (`Kept`)."""
 
     tiers: tuple[Tier, ...]
     ttl: float = 5.0
     _marks: dict[str, dict[str, Rolled]] = field(default_factory=dict)
     _read_at: float = -1e9
-    _pieces: dict[PieceKey, list[tuple[int, float]]] = field(default_factory=dict)
-
-    def kept(self, key: PieceKey) -> list[tuple[int, float]] | None:
-        """A tier-served piece read before, unless rolled again since."""
-        return self._pieces.get(key)
-
-    def keep(self, key: PieceKey, points: list[tuple[int, float]]) -> None:
-        """Keep a tier-served piece (at most `PIECES_KEPT`; all dropped when full)."""
-        if len(self._pieces) >= PIECES_KEPT:
-            self._pieces.clear()
-        self._pieces[key] = points
+    pieces: Kept[PieceKey, list[tuple[int, float]]] = field(
+        default_factory=lambda: Kept(PIECES_KEPT)
+    )
 
     @classmethod
     def of(cls, settings: InfluxSettings) -> TierBook:
@@ -244,34 +279,31 @@ async def tiered_series(
             statement = series_statement(ask.kind, ask.field, ask.agg, ask.every_s, by=ask.by)
             out.extend(await _piece_points(influx, statement, params, piece))
             continue
-        rolled = marks[piece.tier.name][ask.kind]
         key: PieceKey = (
-            influx.settings.database, piece.tier.name, ask.kind, ask.field, ask.every_s,
-            ask.agg, tuple(sorted(params.items())), piece.start_ms, piece.end_ms,
-            rolled.rerolled_ms,
+            ask.kind, ask.field, ask.every_s, ask.agg, tuple(sorted(params.items())),
+            piece.start_ms, piece.end_ms,
         )  # fmt: skip
-        points = book.kept(key)
-        if points is None:
-            statement = rolled_statement(
-                piece.tier, ask.kind, ask.field, ask.agg, ask.every_s, ask.by
-            )
-            points = await _piece_points(influx, statement, params, piece)
-            book.keep(key, points)
+        statement = rolled_statement(piece.tier, ask.kind, ask.field, ask.agg, ask.every_s, ask.by)
+        points = await book.pieces.get(
+            key,
+            stamp_of([piece], marks, ask.kind),
+            functools.partial(_piece_points, influx, statement, params, piece),
+        )
         out.extend(points)
     return out, pieces
+
+
+def _bound(params: Mapping[str, str], piece: Piece) -> dict[str, str]:
+    """The bound parameters of a piece's statement: `params` and the piece's [from, to)."""
+    return {**params, "from": format_epoch_ms(piece.start_ms), "to": format_epoch_ms(piece.end_ms)}
 
 
 async def _piece_points(
     influx: InfluxClient, statement: str, params: dict[str, str], piece: Piece
 ) -> list[tuple[int, float]]:
     """(bucket start ms, value) of one piece's statement, empty buckets left out."""
-    bound = {
-        **params,
-        "from": format_epoch_ms(piece.start_ms),
-        "to": format_epoch_ms(piece.end_ms),
-    }
     out: list[tuple[int, float]] = []
-    for s in await influx.query(statement, bound):
+    for s in await influx.query(statement, _bound(params, piece)):
         for row in s.rows():
             value = row.get("value")
             if isinstance(value, int | float) and not isinstance(value, bool):
@@ -415,22 +447,11 @@ def _daily_statement(tier: Tier | None, kind: str, fields: tuple[str, ...]) -> s
 
 async def day_pieces(
     influx: InfluxClient, book: TierBook, kind: str, span: tuple[int, int]
-) -> tuple[list[Piece], tuple[tuple[str, int, int, int], ...]]:
-    """The pieces serving whole UTC days of a span, and their stamp: (tier, from, to, when
-    the tier last rolled buckets again) each. Tier-served days change only when the
-    rollup job rolls them again, so two equal stamps without raw give equal answers."""
+) -> tuple[list[Piece], Stamp | None]:
+    """The pieces serving whole UTC days of a span, and their stamp (`stamp_of`)."""
     marks = await book.marks(influx)
     pieces = plan(book.tiers, marks, kind, DAY_S, span, int(time.time() * 1000))
-    stamp = tuple(
-        (
-            p.name,
-            p.start_ms,
-            p.end_ms,
-            -1 if p.tier is None else marks[p.tier.name][kind].rerolled_ms,
-        )
-        for p in pieces
-    )
-    return pieces, stamp
+    return pieces, stamp_of(pieces, marks, kind)
 
 
 def add_sums(cell: SumCount, row: Mapping[str, Any], fields: tuple[str, ...]) -> None:
@@ -455,12 +476,8 @@ async def daily_sums(
     from the tiers where they hold whole days and raw elsewhere."""
     out: dict[tuple[str, int], SumCount] = {}
     for piece in pieces:
-        params = {
-            "city": city,
-            "from": format_epoch_ms(piece.start_ms),
-            "to": format_epoch_ms(piece.end_ms),
-        }
-        for s in await influx.query(_daily_statement(piece.tier, kind, fields), params):
+        statement = _daily_statement(piece.tier, kind, fields)
+        for s in await influx.query(statement, _bound({"city": city}, piece)):
             for row in s.rows():
                 add_sums(out.setdefault((str(row["district"]), int(row["time"])), {}), row, fields)
     return out
@@ -499,14 +516,7 @@ async def window_sums(
     pieces = cover(book.tiers, marks, kind, span, int(time.time() * 1000))
     answers = await asyncio.gather(
         *(
-            influx.query(
-                window_statement(p.tier, kind, fields),
-                {
-                    "city": city,
-                    "from": format_epoch_ms(p.start_ms),
-                    "to": format_epoch_ms(p.end_ms),
-                },
-            )
+            influx.query(window_statement(p.tier, kind, fields), _bound({"city": city}, p))
             for p in pieces
         )
     )

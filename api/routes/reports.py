@@ -15,7 +15,7 @@ from api.params import now
 from api.report import CSV_COLUMNS, DAY_MS, POLLUTANTS, AirQualityReport, areas, csv_rows
 from api.responses import STORAGE, errors
 from api.routes.common import CityId, check_city
-from api.tiers import book_of, daily_sums, day_pieces, served
+from api.tiers import Kept, book_of, daily_sums, day_pieces, served
 from safecity.influx import InfluxClient
 from safecity.readings import epoch_ms, format_epoch_ms
 from safecity.registry import City
@@ -31,10 +31,6 @@ def _period(year: int) -> tuple[int, int]:
     return start, max(start, min(end, today))
 
 
-Stamp = tuple[tuple[str, int, int, int], ...]
-REPORTS_KEPT = 256
-
-
 async def _report(
     request: Request, influx: InfluxClient, city: City, year: int
 ) -> AirQualityReport:
@@ -43,28 +39,21 @@ async def _report(
     or the job rolled some of them again for late data. One with raw days is not kept:
     raw can change under it unannounced."""
     span = _period(year)
-    book = book_of(request, influx)
-    pieces, stamp = await day_pieces(influx, book, "air_quality", span)
-    kept: dict[tuple[str, str, int], tuple[Stamp, AirQualityReport]] = request.app.state.reports
-    key = (influx.settings.database, city.id, year)
-    hit = kept.get(key)
-    if hit is not None and hit[0] == stamp:
-        return hit[1]
-    sums = await daily_sums(influx, "air_quality", POLLUTANTS, city.id, pieces)
-    report = AirQualityReport(
-        city=city.id,
-        year=year,
-        **{"from": format_epoch_ms(span[0]), "to": format_epoch_ms(span[1])},
-        served_by=served(pieces),
-        areas=areas(
-            sums, [(d.id, d.name) for d in city.districts], city.name, (span[1] - span[0]) // DAY_MS
-        ),
-    )
-    if all(p.tier is not None for p in pieces):
-        if len(kept) >= REPORTS_KEPT:
-            kept.clear()
-        kept[key] = (stamp, report)
-    return report
+    pieces, stamp = await day_pieces(influx, book_of(request, influx), "air_quality", span)
+
+    async def compute() -> AirQualityReport:
+        sums = await daily_sums(influx, "air_quality", POLLUTANTS, city.id, pieces)
+        days = (span[1] - span[0]) // DAY_MS
+        return AirQualityReport(
+            city=city.id,
+            year=year,
+            **{"from": format_epoch_ms(span[0]), "to": format_epoch_ms(span[1])},
+            served_by=served(pieces),
+            areas=areas(sums, [(d.id, d.name) for d in city.districts], city.name, days),
+        )
+
+    kept: Kept[tuple[str, str, int], AirQualityReport] = request.app.state.reports
+    return await kept.get((influx.settings.database, city.id, year), stamp, compute)
 
 
 @router.get(
