@@ -14,7 +14,6 @@ longer keeps is simply absent. The response's `served_by` lists the pieces.
 from __future__ import annotations
 
 import asyncio
-import functools
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -23,9 +22,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from fastapi import Request
-from pydantic import TypeAdapter
 
-from api.models import SeriesPoint, Served
+from api.models import Served
 from api.params import TimeRange, bucket, time_range
 from api.queries import flat, series_statement
 from api.settings import ApiSettings
@@ -326,19 +324,6 @@ def window_longest(settings: ApiSettings, book: TierBook) -> float:
     if None in keeps:
         return math.inf
     return max([float(settings.max_range), *(float(k) for k in keeps if k is not None)])
-
-
-# Bucket starts repeat from one answer to the next (the same hours and days are asked
-# again and again); formatting them is most of an answer's cost, so they are kept.
-_bucket_ts = functools.lru_cache(maxsize=1 << 16)(format_epoch_ms)
-
-
-_POINTS = TypeAdapter(list[SeriesPoint])
-
-
-def series_points(points: list[tuple[int, float]]) -> list[SeriesPoint]:
-    """The response points of (bucket start ms, value) pairs (built in one call)."""
-    return _POINTS.validate_python([{"ts": _bucket_ts(t), "value": v} for t, v in points])
 
 
 def served(pieces: list[Piece]) -> list[Served]:
