@@ -71,6 +71,10 @@ class Piece:
         return self.tier.name if self.tier is not None else RAW
 
 
+Points = list[tuple[int, float]]
+"""(bucket start ms, value) pairs of a piece, oldest first."""
+DIGITS = 4
+"""Decimals a series' values are rounded to (as the overview's figures are)."""
 PieceKey = tuple[str, str, str, str, int, str, tuple[tuple[str, str], ...], int, int, int]
 PIECES_KEPT = 512
 
@@ -232,15 +236,17 @@ async def tiered_series(
     ask: SeriesAsk,
     params: dict[str, str],
     span: tuple[int, int],
-) -> tuple[list[tuple[int, float]], list[Piece]]:
-    """(bucket start ms, unrounded value) pairs, oldest first, and the pieces that served."""
+) -> tuple[list[Points], list[Piece]]:
+    """The points of each piece that served (bucket start ms, unrounded value; oldest
+    first; a tier-served piece's list is the one kept, the same object until its buckets
+    are rolled again) and the pieces."""
     marks = await book.marks(influx) if ask.agg in ROLLED_AGGS else {}
     pieces = plan(book.tiers, marks, ask.kind, ask.every_s, span, now_ms())
-    out: list[tuple[int, float]] = []
+    out: list[Points] = []
     for piece in pieces:
         if piece.tier is None:
             statement = series_statement(ask.kind, ask.field, ask.agg, ask.every_s, by=ask.by)
-            out.extend(await _piece_points(influx, statement, params, piece))
+            out.append(await _piece_points(influx, statement, params, piece))
             continue
         rolled = marks[piece.tier.name][ask.kind]
         key: PieceKey = (
@@ -255,7 +261,7 @@ async def tiered_series(
             )
             points = await _piece_points(influx, statement, params, piece)
             book.keep(key, points)
-        out.extend(points)
+        out.append(points)
     return out, pieces
 
 
@@ -344,16 +350,17 @@ async def answer(
     ask: SeriesAsk,
     window_ask: WindowAsk,
     params: dict[str, str],
-) -> tuple[TimeRange, int, list[tuple[int, float]], list[Served]]:
-    """A series the way every endpoint answers one: its window and bucket, its points
-    (rounded as the overview's figures are), and what served them."""
+) -> tuple[TimeRange, int, list[Points], list[Served]]:
+    """A series the way every endpoint answers one: its window and bucket, the points of
+    each piece (unrounded: round to `DIGITS` where they are written out; see
+    `tiered_series`), and what served each piece."""
     book = book_of(request, influx)
     window, every_s = series_window(settings, book, ask.agg, window_ask)
     full = SeriesAsk(ask.kind, ask.field, ask.agg, every_s, ask.by)
-    points, pieces = await tiered_series(
+    parts, pieces = await tiered_series(
         influx, book, full, params, (window.start_ms, window.end_ms)
     )
-    return window, every_s, [(t, round(v, 4)) for t, v in points], served(pieces)
+    return window, every_s, parts, served(pieces)
 
 
 DAY_S = 86_400

@@ -209,7 +209,7 @@ async def get_city_series(
         by = "district"
     ask = SeriesAsk(kind, field, agg, 0, by)
     window_ask = WindowAsk(start, end, every, timedelta(hours=1))
-    window, every_s, points, served_by = await answer(
+    window, every_s, parts, served_by = await answer(
         request, settings, influx, ask, window_ask, params
     )
     series = Series(
@@ -225,4 +225,4 @@ async def get_city_series(
         served_by=served_by,
         points=[],
     )
-    return series_response(series, points)
+    return series_response(series, parts)

@@ -161,7 +161,7 @@ async def get_device_history(
     device = device_or_404(city, device_id)
     check_series(device.kind, field, agg)
     ask = SeriesAsk(device.kind, field, agg, 0, "device_id")
-    window, every_s, points, served_by = await answer(
+    window, every_s, parts, served_by = await answer(
         request,
         settings,
         influx,
@@ -182,4 +182,4 @@ async def get_device_history(
         served_by=served_by,
         points=[],
     )
-    return series_response(series, points)
+    return series_response(series, parts)

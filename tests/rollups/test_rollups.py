@@ -115,7 +115,8 @@ async def _compare(
     """Tier-served and raw series of one ask; returns the tiers that served it."""
     params = {"city": CITY.id, **extra}
     window = {"from": format_epoch_ms(span[0]), "to": format_epoch_ms(span[1])}
-    served, pieces = await tiered_series(client, book, ask, params, span)
+    parts, pieces = await tiered_series(client, book, ask, params, span)
+    served = [point for part in parts for point in part]
     raw = await _raw(client, ask, {**params, **window})
     assert [t for t, _ in served] == sorted(raw), ask
     for t, value in served:
