@@ -89,6 +89,7 @@ class TierBook:
     ttl: float = 5.0
     _marks: dict[str, dict[str, Rolled]] = field(default_factory=dict)
     _read_at: float = -1e9
+    _reading: asyncio.Future[None] | None = None
     _pieces: dict[PieceKey, list[tuple[int, float]]] = field(default_factory=dict)
 
     def kept(self, key: PieceKey) -> list[tuple[int, float]] | None:
@@ -107,11 +108,21 @@ class TierBook:
         return cls(parse_tiers(settings.rollup_tiers))
 
     async def marks(self, influx: InfluxClient) -> dict[str, dict[str, Rolled]]:
-        """tier name -> kind -> what it has rolled."""
+        """tier name -> kind -> what it has rolled. Requests that find the marks stale
+        at once wait for one read of them (each used to read them all again)."""
         if time.monotonic() - self._read_at > self.ttl:
-            self._marks = {t.name: await read_watermarks(influx, t) for t in self.tiers}
-            self._read_at = time.monotonic()
+            if self._reading is None:
+                self._reading = asyncio.ensure_future(self._read(influx))
+            await asyncio.shield(self._reading)  # a caller gone does not cancel the read
         return self._marks
+
+    async def _read(self, influx: InfluxClient) -> None:
+        try:
+            read = await asyncio.gather(*(read_watermarks(influx, t) for t in self.tiers))
+            self._marks = {t.name: r for t, r in zip(self.tiers, read, strict=True)}
+            self._read_at = time.monotonic()
+        finally:
+            self._reading = None
 
     def longest_s(self, agg: str, every_s: int) -> float | None:
         """The longest window a tier can serve at this bucket (None = forever), 0 if none."""
