@@ -23,9 +23,8 @@ from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 from fastapi import Request
-from pydantic import TypeAdapter
 
-from api.models import SeriesPoint, Served
+from api.models import Served
 from api.params import TimeRange, bucket, time_range
 from api.queries import flat, series_statement
 from api.settings import ApiSettings
@@ -116,6 +115,10 @@ class Kept(Generic[K, V]):
         return value
 
 
+Points = list[tuple[int, float]]
+"""(bucket start ms, value) pairs of a piece, oldest first."""
+DIGITS = 4
+"""Decimals a series' values are rounded to (as the overview's figures are)."""
 PieceKey = tuple[str, str, int, str, tuple[tuple[str, str], ...], int, int]
 PIECES_KEPT = 512
 REPORTS_KEPT = 256
@@ -130,9 +133,8 @@ class TierBook:
     ttl: float = 5.0
     _marks: dict[str, dict[str, Rolled]] = field(default_factory=dict)
     _read_at: float = -1e9
-    pieces: Kept[PieceKey, list[tuple[int, float]]] = field(
-        default_factory=lambda: Kept(PIECES_KEPT)
-    )
+    _reading: asyncio.Future[None] | None = None
+    pieces: Kept[PieceKey, Points] = field(default_factory=lambda: Kept(PIECES_KEPT))
 
     @classmethod
     def of(cls, settings: InfluxSettings) -> TierBook:
@@ -140,11 +142,21 @@ class TierBook:
         return cls(parse_tiers(settings.rollup_tiers))
 
     async def marks(self, influx: InfluxClient) -> dict[str, dict[str, Rolled]]:
-        """tier name -> kind -> what it has rolled."""
+        """tier name -> kind -> what it has rolled. Requests that find the marks stale
+        at once wait for one read of them (each used to read them all again)."""
         if time.monotonic() - self._read_at > self.ttl:
-            self._marks = {t.name: await read_watermarks(influx, t) for t in self.tiers}
-            self._read_at = time.monotonic()
+            if self._reading is None:
+                self._reading = asyncio.ensure_future(self._read(influx))
+            await asyncio.shield(self._reading)  # a caller gone does not cancel the read
         return self._marks
+
+    async def _read(self, influx: InfluxClient) -> None:
+        try:
+            read = await asyncio.gather(*(read_watermarks(influx, t) for t in self.tiers))
+            self._marks = {t.name: r for t, r in zip(self.tiers, read, strict=True)}
+            self._read_at = time.monotonic()
+        finally:
+            self._reading = None
 
     def longest_s(self, agg: str, every_s: int) -> float | None:
         """The longest window a tier can serve at this bucket (None = forever), 0 if none."""
@@ -269,15 +281,17 @@ async def tiered_series(
     ask: SeriesAsk,
     params: dict[str, str],
     span: tuple[int, int],
-) -> tuple[list[tuple[int, float]], list[Piece]]:
-    """(bucket start ms, unrounded value) pairs, oldest first, and the pieces that served."""
+) -> tuple[list[Points], list[Piece]]:
+    """The points of each piece that served (bucket start ms, unrounded value; oldest
+    first; a tier-served piece's list is the one kept, the same object until its buckets
+    are rolled again) and the pieces."""
     marks = await book.marks(influx) if ask.agg in ROLLED_AGGS else {}
     pieces = plan(book.tiers, marks, ask.kind, ask.every_s, span, now_ms())
-    out: list[tuple[int, float]] = []
+    out: list[Points] = []
     for piece in pieces:
         if piece.tier is None:
             statement = series_statement(ask.kind, ask.field, ask.agg, ask.every_s, by=ask.by)
-            out.extend(await _piece_points(influx, statement, params, piece))
+            out.append(await _piece_points(influx, statement, params, piece))
             continue
         key: PieceKey = (
             ask.kind, ask.field, ask.every_s, ask.agg, tuple(sorted(params.items())),
@@ -289,7 +303,7 @@ async def tiered_series(
             stamp_of([piece], marks, ask.kind),
             functools.partial(_piece_points, influx, statement, params, piece),
         )
-        out.extend(points)
+        out.append(points)
     return out, pieces
 
 
@@ -360,19 +374,6 @@ def window_longest(settings: ApiSettings, book: TierBook) -> float:
     return max([float(settings.max_range), *(float(k) for k in keeps if k is not None)])
 
 
-# Bucket starts repeat from one answer to the next (the same hours and days are asked
-# again and again); formatting them is most of an answer's cost, so they are kept.
-_bucket_ts = functools.lru_cache(maxsize=1 << 16)(format_epoch_ms)
-
-
-_POINTS = TypeAdapter(list[SeriesPoint])
-
-
-def series_points(points: list[tuple[int, float]]) -> list[SeriesPoint]:
-    """The response points of (bucket start ms, value) pairs (built in one call)."""
-    return _POINTS.validate_python([{"ts": _bucket_ts(t), "value": v} for t, v in points])
-
-
 def served(pieces: list[Piece]) -> list[Served]:
     """The response's `served_by`."""
     return [
@@ -391,16 +392,17 @@ async def answer(
     ask: SeriesAsk,
     window_ask: WindowAsk,
     params: dict[str, str],
-) -> tuple[TimeRange, int, list[tuple[int, float]], list[Served]]:
-    """A series the way every endpoint answers one: its window and bucket, its points
-    (rounded as the overview's figures are), and what served them."""
+) -> tuple[TimeRange, int, list[Points], list[Served]]:
+    """A series the way every endpoint answers one: its window and bucket, the points of
+    each piece (unrounded: round to `DIGITS` where they are written out; see
+    `tiered_series`), and what served each piece."""
     book = book_of(request, influx)
     window, every_s = series_window(settings, book, ask.agg, window_ask)
     full = SeriesAsk(ask.kind, ask.field, ask.agg, every_s, ask.by)
-    points, pieces = await tiered_series(
+    parts, pieces = await tiered_series(
         influx, book, full, params, (window.start_ms, window.end_ms)
     )
-    return window, every_s, [(t, round(v, 4)) for t, v in points], served(pieces)
+    return window, every_s, parts, served(pieces)
 
 
 DAY_S = 86_400

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Path, Request
+from fastapi import APIRouter, HTTPException, Path, Request, Response
 from pydantic import BaseModel
 
 from api.deps import CityDep, InfluxDep, KeyDep, SettingsDep, TenancyDep, influx_of
@@ -32,8 +32,9 @@ from api.routes.common import (
     snapshot,
     window_key,
 )
+from api.seriesbody import series_response
 from api.settings import ApiSettings
-from api.tiers import SeriesAsk, WindowAsk, answer, book_of, series_points, window_longest
+from api.tiers import SeriesAsk, WindowAsk, answer, book_of, window_longest
 from safecity import catalogue
 from safecity.registry import City, geojson
 
@@ -196,7 +197,7 @@ async def get_city_series(
     end: To = None,
     every: Every = None,
     agg: Agg = "mean",
-) -> Series:
+) -> Response:
     """A field of a kind over the city or a district, aggregated per bucket (default: last hour)."""
     check_city(city, city_id)
     check_series(kind, field, agg)
@@ -208,10 +209,10 @@ async def get_city_series(
         by = "district"
     ask = SeriesAsk(kind, field, agg, 0, by)
     window_ask = WindowAsk(start, end, every, timedelta(hours=1))
-    window, every_s, points, served_by = await answer(
+    window, every_s, parts, served_by = await answer(
         request, settings, influx, ask, window_ask, params
     )
-    return Series(
+    series = Series(
         city=city.id,
         district=district,
         device_id=None,
@@ -222,5 +223,6 @@ async def get_city_series(
         every_s=every_s,
         window=window.model(),
         served_by=served_by,
-        points=series_points(points),
+        points=[],
     )
+    return series_response(series, parts)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 
 from api.deps import CityDep, DirectoryDep, InfluxDep, SettingsDep
 from api.directory import BadCursorError, decode_cursor, encode_cursor
@@ -34,7 +34,8 @@ from api.routes.common import (
     snapshot,
     window_key,
 )
-from api.tiers import SeriesAsk, WindowAsk, answer, series_points
+from api.seriesbody import series_response
+from api.tiers import SeriesAsk, WindowAsk, answer
 from safecity import catalogue
 from safecity.readings import format_epoch_ms
 from safecity.registry import Device
@@ -155,12 +156,12 @@ async def get_device_history(
     end: To = None,
     every: Every = None,
     agg: Agg = "mean",
-) -> Series:
+) -> Response:
     """One field of the device aggregated per bucket (default: the last hour)."""
     device = device_or_404(city, device_id)
     check_series(device.kind, field, agg)
     ask = SeriesAsk(device.kind, field, agg, 0, "device_id")
-    window, every_s, points, served_by = await answer(
+    window, every_s, parts, served_by = await answer(
         request,
         settings,
         influx,
@@ -168,7 +169,7 @@ async def get_device_history(
         WindowAsk(start, end, every, timedelta(hours=1)),
         {"city": city.id, "device_id": device.id},
     )
-    return Series(
+    series = Series(
         city=city.id,
         district=device.district,
         device_id=device.id,
@@ -179,5 +180,6 @@ async def get_device_history(
         every_s=every_s,
         window=window.model(),
         served_by=served_by,
-        points=series_points(points),
+        points=[],
     )
+    return series_response(series, parts)

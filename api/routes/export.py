@@ -40,7 +40,7 @@ from api.routes.common import (
     check_district,
 )
 from api.routes.events import event_filters, event_out, page_events
-from api.tiers import SeriesAsk, WindowAsk, answer
+from api.tiers import DIGITS, SeriesAsk, WindowAsk, answer
 from safecity.influx import InfluxClient
 from safecity.readings import format_epoch_ms
 from safecity.registry import City
@@ -131,9 +131,13 @@ async def export_series(
         params["district"] = district
     ask = SeriesAsk(kind, field, agg, 0, "district" if district else "")
     window_ask = WindowAsk(start, end, every, timedelta(hours=1))
-    window, _, points, served_by = await answer(request, settings, influx, ask, window_ask, params)
+    window, _, parts, served_by = await answer(request, settings, influx, ask, window_ask, params)
     unit = unit_of(kind, field)
-    rows = [{"ts": format_epoch_ms(t), "value": v, "unit": unit} for t, v in points]
+    rows = [
+        {"ts": format_epoch_ms(t), "value": round(v, DIGITS), "unit": unit}
+        for part in parts
+        for t, v in part
+    ]
 
     async def body() -> AsyncIterator[str]:
         yield _header(fmt, SERIES_COLUMNS)

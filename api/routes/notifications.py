@@ -25,7 +25,7 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel
 
 from api import audit
-from api.deps import client_of, get_key, get_tenancy
+from api.deps import client_of, key_of, tenancy_of
 from api.errors import bad_param
 from api.models import ErrorBody
 from api.responses import errors
@@ -130,7 +130,7 @@ class AckOut(BaseModel):
 async def ack_link(request: Request, token: Token) -> AckOut:
     """Acknowledge the incident as the person the link was sent to (once per link)."""
     claim = _claim(request, token)
-    if claim.city not in get_tenancy(request).runtimes:
+    if claim.city not in tenancy_of(request).runtimes:
         _record(request, claim.person, "unknown city", 404, claim)
         raise HTTPException(404, f"city {claim.city} is not served here")
     spent = acklinks.Spent(_settings(request).ack_spent_file)
@@ -164,7 +164,7 @@ async def _listing(request: Request, city: str | None, **filters: Any) -> list[N
     """The notifications of the cities the key may see (one city: 404 if it may not), from
     the notifier's outboxes when this process can read them, else from the notifier."""
     settings = _settings(request)
-    tenancy, key = get_tenancy(request), get_key(request)
+    tenancy, key = tenancy_of(request), key_of(request)
     cities = [tenancy.city(key, city).id] if city else [c.id for c in tenancy.visible(key)]
     if settings.notify_url is None:
         return await asyncio.to_thread(notifications.read, settings.notify_dir, cities, **filters)

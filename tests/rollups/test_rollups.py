@@ -115,7 +115,8 @@ async def _compare(
     """Tier-served and raw series of one ask; returns the tiers that served it."""
     params = {"city": CITY.id, **extra}
     window = {"from": format_epoch_ms(span[0]), "to": format_epoch_ms(span[1])}
-    served, pieces = await tiered_series(client, book, ask, params, span)
+    parts, pieces = await tiered_series(client, book, ask, params, span)
+    served = [point for part in parts for point in part]
     raw = await _raw(client, ask, {**params, **window})
     assert [t for t, _ in served] == sorted(raw), ask
     for t, value in served:
@@ -340,3 +341,31 @@ def test_a_killed_job_resumes_with_no_gap_and_no_double_count(
         await client.close()
 
     asyncio.run(compare())
+
+
+async def _queries_executed(client: InfluxClient) -> int:
+    """InfluxDB's own count of the statements it executed (this one included)."""
+    series = await client.query("SHOW STATS FOR 'queryExecutor'")
+    return int(next(r["queriesExecuted"] for s in series for r in s.rows()))
+
+
+def test_callers_finding_the_marks_stale_at_once_share_one_read(influxd: Influxd) -> None:
+    """Eight requests finding the watermarks stale together wait for one read of them (a
+    statement a tier), and every one sees what the job rolled."""
+    base = _base_ms()
+    points = [_point(i % len(DEVICES), base + i * 60_000, i, 10.0, 20.0) for i in range(240)]
+
+    async def check() -> None:
+        async with Db(influxd) as client:
+            await client.write(encode_many(points))
+            await _rollups(client.settings, client).catch_up(int(time.time() * 1000))
+            book = TierBook(TierBook.of(client.settings).tiers, ttl=0)
+            before = await _queries_executed(client)
+            marks = await asyncio.gather(*(book.marks(client) for _ in range(8)))
+            assert await _queries_executed(client) - before == len(book.tiers) + 1
+            assert all(m == marks[0] for m in marks)
+            assert {t.name for t in book.tiers} == set(marks[0])
+            for rolled in marks[0].values():
+                assert rolled["air_quality"].since_ms <= base < rolled["air_quality"].until_ms
+
+    asyncio.run(check())
