@@ -150,9 +150,9 @@ class FleetClient:
 
     # Thousands per process: no instance dict.
     __slots__ = (
-        "_ask_password", "_backoff_max", "_backoff_min", "_client", "_connack", "_inflight",
-        "_jitter", "_loop", "_lost", "_max_inflight", "_misc", "_on_connect", "_on_lost",
-        "_on_message_cb", "_on_puback", "_password", "_password_source", "_pause",
+        "_ask_password", "_backoff_max", "_backoff_min", "_client", "_connack", "_held",
+        "_inflight", "_jitter", "_loop", "_lost", "_max_inflight", "_misc", "_on_connect",
+        "_on_lost", "_on_message_cb", "_on_puback", "_password", "_password_source", "_pause",
         "_session_expiry", "_settings", "_sleep", "_stopping", "_subscriptions", "_task",
         "_thread_id", "_username", "_waiters", "_will", "client_id", "connected", "connects",
         "failures", "last_error", "refused",
@@ -195,6 +195,9 @@ class FleetClient:
         self._on_puback = on_puback
         self._subscriptions = list(subscriptions)
         self._on_message_cb = on_message
+        # Messages paho acknowledged before there was a handler (`set_on_message`):
+        # held, never dropped. None until the first one (a list per device costs 56 bytes).
+        self._held: list[tuple[str, bytes]] | None = None
         # > 0: a persistent session (what the device subscribed to, e.g. its commands,
         # is queued by the broker while it is away, up to this many seconds).
         self._session_expiry = session_expiry
@@ -277,6 +280,13 @@ class FleetClient:
         if qos:
             self._inflight += 1
         return info.mid
+
+    def set_on_message(self, handler: Callable[[str, bytes], None]) -> None:
+        """Hand every message to `handler`, first those held while there was none."""
+        self._on_message_cb = handler
+        held, self._held = self._held, None
+        for topic, payload in held or ():
+            handler(topic, payload)
 
     def bounce(self, down_s: float) -> None:
         """Disconnect cleanly (no will) and stay away `down_s` seconds, then reconnect."""
@@ -521,8 +531,14 @@ class FleetClient:
         self._on_loop(self._set_lost, client, f"disconnected: {reason_code}")
 
     def _cb_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
-        if client is self._client and self._on_message_cb is not None:
+        # paho acknowledges a QoS 1/2 message when this returns, whichever connection it
+        # came on and whether or not anyone listens: the broker will not send it again.
+        if self._on_message_cb is not None:
             self._on_message_cb(msg.topic, bytes(msg.payload))
+            return
+        if self._held is None:
+            self._held = []
+        self._held.append((msg.topic, bytes(msg.payload)))
 
     def _cb_subscribe(
         self,
