@@ -31,6 +31,7 @@ _BAD_CREDENTIALS = frozenset({0x86, 0x87})
 __all__ = [
     "CONNECTS_IN_FLIGHT",
     "ConnectRefusedError",
+    "ConnectTally",
     "FleetClient",
     "Jitter",
     "backoff_cap",
@@ -133,6 +134,28 @@ class Jitter:
         return low + (high - low) * (int.from_bytes(digest, "big") / 2.0**64)
 
 
+class ConnectTally:
+    """How many of a set of fleet clients are connected, awaited without polling them."""
+
+    __slots__ = ("_changed", "connected")
+
+    def __init__(self) -> None:
+        self.connected = 0
+        self._changed: asyncio.Future[None] | None = None
+
+    def add(self, delta: int) -> None:
+        """A client of the set connected (+1) or lost its connection (-1)."""
+        self.connected += delta
+        if self._changed is not None and not self._changed.done():
+            self._changed.set_result(None)
+
+    def changed(self) -> asyncio.Future[None]:
+        """A future done at the next change of `connected`."""
+        if self._changed is None or self._changed.done():
+            self._changed = asyncio.get_running_loop().create_future()
+        return self._changed
+
+
 class FleetClient:
     """An MQTT v5 publisher driven by the running asyncio loop: no thread, many per process.
 
@@ -153,10 +176,12 @@ class FleetClient:
         "_ask_password", "_backoff_max", "_backoff_min", "_client", "_connack", "_held",
         "_inflight", "_jitter", "_loop", "_lost", "_max_inflight", "_misc", "_on_connect",
         "_on_lost", "_on_message_cb", "_on_puback", "_password", "_password_source", "_pause",
-        "_session_expiry", "_settings", "_sleep", "_stopping", "_subscriptions", "_task",
-        "_thread_id", "_username", "_waiters", "_will", "client_id", "connected", "connects",
-        "failures", "last_error", "refused",
+        "_session_expiry", "_settings", "_sleep", "_stopping", "_subscriptions", "_tally",
+        "_task", "_thread_id", "_username", "_waiters", "_will", "client_id", "connected",
+        "connects", "failures", "last_error", "refused",
     )  # fmt: skip
+    _held: list[tuple[str, bytes]] | None
+    _tally: ConnectTally | None
 
     def __init__(
         self,
@@ -197,7 +222,8 @@ class FleetClient:
         self._on_message_cb = on_message
         # Messages paho acknowledged before there was a handler (`set_on_message`):
         # held, never dropped. None until the first one (a list per device costs 56 bytes).
-        self._held: list[tuple[str, bytes]] | None = None
+        # The tally counting this connection in its fleet's (`count_in`), if any.
+        self._held = self._tally = None
         # > 0: a persistent session (what the device subscribed to, e.g. its commands,
         # is queued by the broker while it is away, up to this many seconds).
         self._session_expiry = session_expiry
@@ -237,6 +263,11 @@ class FleetClient:
             self._loop = asyncio.get_running_loop()
             self._thread_id = threading.get_ident()
             self._task = self._loop.create_task(self._run(), name=f"mqtt-{self.client_id}")
+
+    def count_in(self, tally: ConnectTally) -> None:
+        """Count this client's connection, from now on, in `tally` (its fleet's)."""
+        self._tally = tally
+        tally.add(int(self.connected))
 
     async def wait_connected(self, wait_s: float) -> bool:
         """Wait up to `wait_s` seconds for a connection; True if connected."""
@@ -328,6 +359,8 @@ class FleetClient:
             self.refused = False
             self.connects += 1
             self.connected = True
+            if self._tally is not None:
+                self._tally.add(1)
             waiters, self._waiters = self._waiters, []
             for waiter in waiters:
                 if not waiter.done():
@@ -423,6 +456,8 @@ class FleetClient:
         """Forget the current connection; report it lost if it was up."""
         was_up = self.connected
         self.connected = False
+        if was_up and self._tally is not None:
+            self._tally.add(-1)
         if self._misc is not None:
             self._misc.cancel()
             self._misc = None
