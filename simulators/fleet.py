@@ -27,7 +27,7 @@ from edge.agent import DeviceAgent, Envelope
 from safecity.errors import ConfigError
 from safecity.ledger import LedgerWriter
 from safecity.mqtt import NOT_SENT, Will
-from safecity.mqtt.fleet import ConnectTally
+from safecity.mqtt.fleet import ConnectTally, share_connect_window
 from safecity.readings import epoch_ms, format_ts, from_epoch_ms
 from safecity.registry import City
 from safecity.secrets import read_secrets
@@ -117,6 +117,9 @@ async def run(
     if own_ledger and settings.ledger is not None:
         ledger = LedgerWriter(settings.ledger)  # shared by the processes
     recorder = Recorder(FleetStats(sim_start=sim_start), ledger, on_sent)
+    if shard[1] > 1:
+        # The fleet's processes share one window of connection attempts at the broker.
+        share_connect_window(shard[1])
     fleet = _Fleet.build(settings, city, sim_start, incidents or [], shard, recorder, max_in_flight)
     halt = asyncio.Event()
     watcher = asyncio.create_task(_relay(stop, halt)) if stop is not None else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import hashlib
@@ -36,6 +37,7 @@ __all__ = [
     "Jitter",
     "backoff_cap",
     "connect_window",
+    "share_connect_window",
     "tls_context",
 ]
 
@@ -47,18 +49,37 @@ _MAX_EXPONENT = 62
 
 
 CONNECTS_IN_FLIGHT = 64
-"""Connection attempts of one event loop awaiting their CONNACK at once.
+"""Connection attempts of one fleet awaiting their CONNACK at once (`share_connect_window`
+splits them between the processes of a fleet spread over several).
 
 A fleet starting, or coming back after a broker restart, queues here rather than at
 the broker: a broker that hashes each CONNECT's password (a millisecond or two) and got
 thousands at once would answer the last ones after their connect timeout, and each of
 those would come back with another CONNECT to hash. 64 keep one broker busy; more
-only lengthen its queue.
+only lengthen its queue. And a fleet's attempts together must stay below the broker's
+listen backlog (Mosquitto's is 100, fixed in its code): while the broker is busy the
+kernel drops the SYNs beyond it, and each of those clients waits for its SYN to be sent
+again (1 s, then 3, 7, 15 s), holding one of the few threads that open connections.
 """
 
 _windows: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
     weakref.WeakKeyDictionary()
 )
+
+
+@functools.cache
+def _connector() -> concurrent.futures.ThreadPoolExecutor:
+    """The threads that open TCP connections: one per attempt of the window, so a SYN
+    the kernel dropped (its retransmit a second later) holds up only its own attempt (the
+    loop's default executor has cores + 4 threads, and every attempt queued behind it)."""
+    return concurrent.futures.ThreadPoolExecutor(CONNECTS_IN_FLIGHT, "mqtt-connect")
+
+
+def share_connect_window(processes: int) -> None:
+    """Give the running loop its share of the fleet's window: the fleet runs in `processes`
+    processes of one event loop each (call before any client of the loop starts)."""
+    share = max(1, CONNECTS_IN_FLIGHT // max(1, processes))
+    _windows[asyncio.get_running_loop()] = asyncio.Semaphore(share)
 
 
 def connect_window() -> asyncio.Semaphore:
@@ -420,7 +441,7 @@ class FleetClient:
         self._lost = loop.create_future()
         # The TCP connect blocks (up to connect_timeout): keep it off the event loop.
         await loop.run_in_executor(
-            None,
+            _connector(),
             functools.partial(
                 client.connect,
                 self._settings.host,

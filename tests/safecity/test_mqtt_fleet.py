@@ -11,7 +11,14 @@ import pytest
 from support import mosquitto
 
 from control.stack import Mosquitto, free_port
-from safecity.mqtt.fleet import FleetClient, Jitter, backoff_cap
+from safecity.mqtt.fleet import (
+    CONNECTS_IN_FLIGHT,
+    FleetClient,
+    Jitter,
+    backoff_cap,
+    connect_window,
+    share_connect_window,
+)
 from safecity.settings import MqttSettings
 
 RETRIES = 10_000
@@ -122,3 +129,20 @@ def test_messages_acknowledged_before_a_handler_is_set_are_held_for_it(tmp_path:
         handed, redelivered = asyncio.run(main())
     assert handed + redelivered == sent
     assert handed, "the messages came to the client without a handler and were held"
+
+
+def test_the_processes_of_a_fleet_share_one_connect_window() -> None:
+    """Three processes of 21 attempts each stay below the broker's listen backlog of 100."""
+
+    async def permits(processes: int | None) -> int:
+        if processes is not None:
+            share_connect_window(processes)
+        window, taken = connect_window(), 0
+        while not window.locked():
+            await window.acquire()
+            taken += 1
+        return taken
+
+    assert asyncio.run(permits(None)) == CONNECTS_IN_FLIGHT == 64
+    assert asyncio.run(permits(3)) == 21
+    assert asyncio.run(permits(1000)) == 1
