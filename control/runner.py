@@ -34,6 +34,10 @@ from safecity.settings import InfluxSettings
 log = logging.getLogger("safecity.run")
 
 LOCAL_KEY_NAME = "make-run"
+READY_TIMEOUT_S = 120.0
+"""How long a service may take to answer its readiness probe, from when the wait for it
+begins. The services start together and share the cores with a big city's simulator
+building its fleet (an API that answers in 28 s alone may need twice that then)."""
 """The name of the key each run makes (and the next run revokes)."""
 
 
@@ -376,11 +380,11 @@ class LocalRun:
             self._starting[service] = (proc, ready, time.monotonic())
 
     def _await_ready(self, *services: str) -> None:
-        """Wait until each of these launched services answers (each gets 60 s from when the
-        wait for it begins: they started together, so none gets less than alone)."""
+        """Wait until each of these launched services answers (each gets `READY_TIMEOUT_S`
+        from when the wait for it begins)."""
         for service in services:
             proc, ready, launched = self._starting.pop(service)
-            proc.wait_ready(ready, timeout=60)
+            proc.wait_ready(ready, timeout=READY_TIMEOUT_S)
             log.info("%s ready in %.2fs", service, time.monotonic() - launched)
 
     def _start_notify(self, api_port: int) -> None:
