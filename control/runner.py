@@ -34,6 +34,10 @@ from safecity.settings import InfluxSettings
 log = logging.getLogger("safecity.run")
 
 LOCAL_KEY_NAME = "make-run"
+READY_TIMEOUT_S = 120.0
+"""How long a service may take to answer its readiness probe, from when the wait for it
+begins. The services start together and share the cores with a big city's simulator
+building its fleet (an API that answers in 28 s alone may need twice that then)."""
 """The name of the key each run makes (and the next run revokes)."""
 
 
@@ -108,6 +112,8 @@ class LocalRun:
                 "fleet: run one city (several cities share one simulator process)"
             )
         self.children: list[ManagedProcess] = []
+        # Launched children not yet ready: name -> (process, probe, launch time).
+        self._starting: dict[str, tuple[ManagedProcess, Callable[[], bool], float]] = {}
         self.stack: LocalStack | None = None
         self.region: Region | None = None
         self.api_url = ""
@@ -120,22 +126,7 @@ class LocalRun:
     def start(self) -> None:
         """Start everything and wait until each part answers; on failure stop what started."""
         s = self.settings
-        already = instance.running(self.layout)
-        if already is not None:
-            raise StackError(
-                f"a city is already running in {self.base} (safecity run, pid {already.pid}); "
-                "stop it first, or give this one another SAFECITY_HOME"
-            )
-        self._claim_databases()
-        for name, port in (
-            ("api", s.api_port),
-            ("ingest metrics", s.ingest_metrics_port),
-            ("alerts metrics", s.alerts_metrics_port),
-            ("notify metrics", s.notify_metrics_port),
-            ("rollup metrics", s.rollup_metrics_port),
-        ):
-            if port:
-                ensure_port_free("127.0.0.1", port, name)
+        self._preflight()
         try:
             self.base.mkdir(parents=True, exist_ok=True)
             self._start_region_broker()
@@ -186,6 +177,9 @@ class LocalRun:
                 replay_window["SAFECITY_TS_FUTURE_WINDOW"] = str(10 * 365 * 86_400)
                 replay_window["SAFECITY_TS_PAST_WINDOW"] = str(10 * 365 * 86_400)
                 log.warning("speed %s: timestamp windows widened for the replay", s.speed)
+            # Launched together, awaited where something depends on them: the ingest,
+            # notify and alerts are subscribed before the first reading, the API and the
+            # rollup job start beside the fleet (nothing of the fleet waits for them).
             self._child(
                 "ingest",
                 Role.INGEST,
@@ -210,8 +204,10 @@ class LocalRun:
                 },
                 ready=http_ok(f"{self.api_url}/readyz"),
             )
+            self._start_rollup()
             self._start_notify(api_port)
-            self._start_alerts_and_rollup(alerts_port, replay_window)
+            self._await_ready("ingest", "notify")
+            self._start_alerts(alerts_port, replay_window)
             # A new run, a new ledger: `safecity verify` checks what this run sent, in
             # the databases of the cities it serves.
             self.layout.ledger_file.unlink(missing_ok=True)
@@ -230,6 +226,7 @@ class LocalRun:
                 },
                 ready=None,
             )
+            self._await_ready("api", "rollup")
             # Now every command finds this run: its pid and where it listens.
             instance.record(
                 self.layout,
@@ -248,6 +245,26 @@ class LocalRun:
         except BaseException:
             self.stop()
             raise
+
+    def _preflight(self) -> None:
+        """Refuse to start over a running city, another city's databases or a taken port."""
+        s = self.settings
+        already = instance.running(self.layout)
+        if already is not None:
+            raise StackError(
+                f"a city is already running in {self.base} (safecity run, pid {already.pid}); "
+                "stop it first, or give this one another SAFECITY_HOME"
+            )
+        self._claim_databases()
+        for name, port in (
+            ("api", s.api_port),
+            ("ingest metrics", s.ingest_metrics_port),
+            ("alerts metrics", s.alerts_metrics_port),
+            ("notify metrics", s.notify_metrics_port),
+            ("rollup metrics", s.rollup_metrics_port),
+        ):
+            if port:
+                ensure_port_free("127.0.0.1", port, name)
 
     def _claim_databases(self) -> None:
         """Refuse a city whose database holds another city's data (a single city switched
@@ -360,8 +377,15 @@ class LocalRun:
         proc.start()
         self.children.append(proc)
         if ready is not None:
-            took = proc.wait_ready(ready, timeout=60)
-            log.info("%s ready in %.2fs", service, took)
+            self._starting[service] = (proc, ready, time.monotonic())
+
+    def _await_ready(self, *services: str) -> None:
+        """Wait until each of these launched services answers (each gets `READY_TIMEOUT_S`
+        from when the wait for it begins)."""
+        for service in services:
+            proc, ready, launched = self._starting.pop(service)
+            proc.wait_ready(ready, timeout=READY_TIMEOUT_S)
+            log.info("%s ready in %.2fs", service, time.monotonic() - launched)
 
     def _start_notify(self, api_port: int) -> None:
         """The notifier, before the alerts service: its session exists before any opening."""
@@ -380,8 +404,8 @@ class LocalRun:
             ready=http_ok(f"{self.notify_url}/readyz"),
         )
 
-    def _start_alerts_and_rollup(self, port: int, replay_window: dict[str, str]) -> None:
-        """The alerts service, then the rollup job (neither waits for the other)."""
+    def _start_alerts(self, port: int, replay_window: dict[str, str]) -> None:
+        """The alerts service (after the notifier: its session exists before any opening)."""
         self._child(
             "alerts",
             Role.ALERTS,
@@ -393,7 +417,10 @@ class LocalRun:
             },
             ready=http_ok(f"{self.alerts_url}/readyz"),
         )
-        # The rollup job reads and writes InfluxDB only, so no broker account.
+        self._await_ready("alerts")
+
+    def _start_rollup(self) -> None:
+        """The rollup job: it reads and writes InfluxDB only, so no broker account."""
         rollup_port = _port(self.settings.rollup_metrics_port)
         self.rollup_url = f"http://127.0.0.1:{rollup_port}"
         self._child(
@@ -406,6 +433,7 @@ class LocalRun:
     def stop(self) -> None:
         """Stop the services in reverse order, then the stack; idempotent."""
         instance.forget(self.layout, os.getpid())
+        self._starting.clear()
         for proc in reversed(self.children):
             proc.stop(timeout=15)
         self.children.clear()

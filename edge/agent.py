@@ -26,11 +26,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from edge.flag import Flag
 from edge.settings import EdgeSettings
 from edge.spool import DeviceSpool, SpoolItem
 from safecity.acks import Ack
@@ -135,7 +135,8 @@ class DeviceAgent:
         self._inflight: dict[int, tuple[int | None, Envelope]] = {}
         self._statuses_inflight = 0
         # Status messages (never spooled) waiting for a connection.
-        self._queue: deque[Envelope] = deque()
+        # A list, not a deque: it is short, and an empty deque weighs 600+ bytes a device.
+        self._queue: list[Envelope] = []
         # Spool id -> (message, monotonic time of its PUBACK): sent, awaiting the ack.
         self._awaiting: dict[int, tuple[Envelope, float]] = {}
         self._acked_early: set[int] = set()
@@ -159,7 +160,7 @@ class DeviceAgent:
             **spool_kwargs,
         )
         self._rebuild: Callable[[str, bytes, Any], Any] | None = None
-        self._idle = asyncio.Event()
+        self._idle = Flag()
         self.stats = AgentStats()
         # The device's own secret (per-device accounts); else a shared one from settings.
         if password is None:
@@ -316,7 +317,7 @@ class DeviceAgent:
         while self._queue and self.client.connected and len(self._inflight) < self._window:
             if not self._send(None, self._queue[0]):
                 break
-            self._queue.popleft()
+            self._queue.pop(0)
         room = min(
             self._window - len(self._inflight),
             self._settings.ack_window - len(self._awaiting) - len(self._inflight),

@@ -97,8 +97,13 @@ class DeviceSpool:
         self._out: set[int] = set()
         self._live_bytes = 0
         self._next_id = 0
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        flags = os.O_RDWR | os.O_CREAT | os.O_APPEND
+        try:
+            self._fd = os.open(path, flags, 0o600)
+        except FileNotFoundError:
+            # The directory is made once, not tried again for each of a fleet's devices.
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(path, flags, 0o600)
         self._size = 0
         self._replay()
 

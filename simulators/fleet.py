@@ -27,6 +27,7 @@ from edge.agent import DeviceAgent, Envelope
 from safecity.errors import ConfigError
 from safecity.ledger import LedgerWriter
 from safecity.mqtt import NOT_SENT, Will
+from safecity.mqtt.fleet import ConnectTally, share_connect_window
 from safecity.readings import epoch_ms, format_ts, from_epoch_ms
 from safecity.registry import City
 from safecity.secrets import read_secrets
@@ -116,6 +117,9 @@ async def run(
     if own_ledger and settings.ledger is not None:
         ledger = LedgerWriter(settings.ledger)  # shared by the processes
     recorder = Recorder(FleetStats(sim_start=sim_start), ledger, on_sent)
+    if shard[1] > 1:
+        # The fleet's processes share one window of connection attempts at the broker.
+        share_connect_window(shard[1])
     fleet = _Fleet.build(settings, city, sim_start, incidents or [], shard, recorder, max_in_flight)
     halt = asyncio.Event()
     watcher = asyncio.create_task(_relay(stop, halt)) if stop is not None else None
@@ -185,7 +189,7 @@ def _log_started(
             "sim_start": format_ts(fleet.stats.sim_start or datetime.now(UTC)),
             "transport": settings.transport,
             "shard": f"{shard[0]}/{shard[1]}",
-            "connected": sum(1 for a in fleet.everyone if a.client.connected),
+            "connected": fleet.tally.connected,
             "incidents": incidents,
         },
     )
@@ -211,6 +215,7 @@ class _Fleet:
         self.single = single
         self.commands = commands
         self.everyone = [*agents.values(), *([single] if single else [])]
+        self.tally = ConnectTally()
 
     @classmethod
     def build(
@@ -238,8 +243,9 @@ class _Fleet:
         spool_decode = _spool_decoder()
         for agent in self.everyone:
             agent.set_meta_decoder(spool_decode)
+            agent.client.count_in(self.tally)
             agent.start()
-        await _wait_connected(self.everyone, settings.mqtt.connect_timeout, halt)
+        await _wait_connected(self.tally, len(self.everyone), settings.mqtt.connect_timeout, halt)
         self.clock.wall0 = self.clock.loop.time()
 
     def submit(self, message: Outgoing) -> None:
@@ -483,24 +489,28 @@ def _device_agent(
     )
 
 
-async def _wait_connected(agents: list[DeviceAgent], wait_s: float, halt: asyncio.Event) -> None:
-    """Hold the clock while the fleet connects: until every device is up, or none came up
-    for `wait_s` (a broker away: the rest keep trying, and spooling, after that). The
+async def _wait_connected(
+    tally: ConnectTally, total: int, wait_s: float, halt: asyncio.Event
+) -> None:
+    """Hold the clock while the fleet connects: until all `total` devices are up, or none
+    came up for `wait_s` (a broker away: the rest keep trying, and spooling, after that). The
     first readings of a whole city at once would otherwise take the event loop from the
     devices still connecting (a city of thousands came up at a fifth of the rate)."""
     loop = asyncio.get_running_loop()
-    up, since = 0, loop.time()
-    while not halt.is_set():
-        now_up = sum(1 for a in agents if a.client.connected)
-        if now_up == len(agents):
-            return
-        if now_up > up:
-            up, since = now_up, loop.time()
-        elif loop.time() - since >= wait_s:
-            break
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(halt.wait(), 0.25)
-    down = sum(1 for a in agents if not a.client.connected)
+    halted = loop.create_task(halt.wait())
+    up, since = tally.connected, loop.time()
+    try:
+        while not halt.is_set() and tally.connected < total:
+            left = since + wait_s - loop.time()
+            if left <= 0:
+                break
+            changed = (tally.changed(), halted)
+            await asyncio.wait(changed, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            if tally.connected > up:
+                up, since = tally.connected, loop.time()
+    finally:
+        halted.cancel()
+    down = total - tally.connected
     if down and not halt.is_set():
         log.warning("devices not connected yet; spooling", extra={"devices": down})
 

@@ -100,7 +100,7 @@ def _climate_plot(plt: Any, c: Climate, year: int, path: Path) -> Path:
 
 def _pm25_plot(plt: Any, c: Climate, city: City, world: World, year: int, path: Path) -> Path:
     """A winter of the city's mean PM2.5, hourly and daily."""
-    sensors = [world.profiles[d.id] for d in city.select(kind="air_quality")[:6]]
+    sensors = [world.profile(d) for d in city.select(kind="air_quality")[:6]]
     start = datetime(year - 1, 12, 1, tzinfo=UTC)
     rows = [series(p, "pm25", start, 90 * 24, timedelta(hours=1)) for p in sensors]
     hourly = [statistics.fmean(col) for col in zip(*rows, strict=True)]
@@ -117,7 +117,7 @@ def _pm25_plot(plt: Any, c: Climate, city: City, world: World, year: int, path: 
 
 def _traffic_plot(plt: Any, c: Climate, city: City, world: World, year: int, path: Path) -> Path:
     """Traffic through a Wednesday, a Saturday and a Sunday, local time."""
-    roads = [world.profiles[d.id] for d in city.select(kind="traffic")[:8]]
+    roads = [world.profile(d) for d in city.select(kind="traffic")[:8]]
     monday = datetime(year, 3, 2, tzinfo=UTC) - timedelta(hours=c.utc_offset_h)
     fig, ax = plt.subplots(figsize=(10, 3.5))
     for label, day in (("Wednesday", 2), ("Saturday", 5), ("Sunday", 6)):

@@ -94,7 +94,7 @@ class Measure:
 
     def _profiles(self, kind: str, n: int | None = None) -> list[Profile]:
         devices = self.city.select(kind=kind)
-        return [self.world.profiles[d.id] for d in devices[: n or self.n]]
+        return [self.world.profile(d) for d in devices[: n or self.n]]
 
     def add(self, *args: object, **kw: object) -> None:
         """Add a figure (Figure's fields)."""
@@ -286,9 +286,7 @@ class Measure:
             by_d = sorted(roads, key=lambda r: distance_m(r.location, p.device.location))
             noise = _deviations(series(p, "laeq", monday, 5 * 96, step), 96)
             flows = [
-                _deviations(
-                    series(self.world.profiles[r.id], "intensity", monday, 5 * 96, step), 96
-                )
+                _deviations(series(self.world.profile(r), "intensity", monday, 5 * 96, step), 96)
                 for r in (by_d[0], by_d[-1])
             ]
             near.append(_corr(noise, flows[0]))

@@ -78,31 +78,24 @@ def standalone(device: Device, climate: Climate | None = None) -> Profile:
 
 
 class World:
-    """The profiles of every device of a city (built once per run)."""
+    """The profiles of a city's devices, each built when first asked for (a process that
+    runs a share of the fleet builds only its share's)."""
 
     def __init__(self, city: City) -> None:
         self.city = city
         self.climate = climate_of(city.id, *city.record.centroid, city.record.timezone)
-        uses = {d.id: d.land_use or "mixed" for d in city.districts}
-        devices = city.devices
-        lats = [abs(d.location[1]) for d in devices] or [0.0]
+        self._uses = {d.id: d.land_use or "mixed" for d in city.districts}
+        lats = [abs(d.location[1]) for d in city.devices] or [0.0]
         span = (min(lats), max(lats))
         # Grids, not scans: every device asks for its neighbours (linear in the fleet).
-        roads = Grid(city.select(kind="traffic"), span)
-        crowds = Grid(city.select(kind="crowd"), span)
-        nodes = Grid(city.select(kind="gunshot"), span, cell_m=GUNSHOT_RANGE_M / 20)
-        self.profiles: dict[str, Profile] = {}
-        for device in devices:
-            self.profiles[device.id] = self._profile(device, uses, roads, crowds, nodes)
+        self._roads = Grid(city.select(kind="traffic"), span)
+        self._crowds = Grid(city.select(kind="crowd"), span)
+        self._nodes = Grid(city.select(kind="gunshot"), span, cell_m=GUNSHOT_RANGE_M / 20)
+        self._ours = {d.id: d for d in city.devices}
+        self._profiles: dict[str, Profile] = {}
 
-    def _profile(
-        self,
-        device: Device,
-        uses: dict[str, LandUse],
-        roads: Grid[Device],
-        crowds: Grid[Device],
-        nodes: Grid[Device],
-    ) -> Profile:
+    def _profile(self, device: Device) -> Profile:
+        uses, roads, crowds, nodes = self._uses, self._roads, self._crowds, self._nodes
         base = standalone(device, self.climate)
         road_key, weight = base.road_key, base.road_weight
         road = roads.nearest(device.location) if device.kind != "traffic" else None
@@ -131,5 +124,9 @@ class World:
 
     def profile(self, device: Device) -> Profile:
         """The device's profile (standalone if it is not of this city)."""
-        found = self.profiles.get(device.id)
-        return found if found is not None and found.device == device else standalone(device)
+        if self._ours.get(device.id) != device:
+            return standalone(device)
+        found = self._profiles.get(device.id)
+        if found is None:
+            found = self._profiles[device.id] = self._profile(device)
+        return found

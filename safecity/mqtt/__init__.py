@@ -5,6 +5,7 @@
 - `bulkread`: the ingest's read fast path over paho's internals (verified at start-up);
 - `client`: `MqttClient`, the threaded service client (ingest, alerts, api);
 - `fleet`: `FleetClient`, the asyncio device-fleet client (edge agent, simulator);
+- `pacing`: the fleet's jittered backoff and `ConnectTally` (who of a fleet is up);
 - `outboxpublisher`: `OutboxPublisher`, a durable outbox drained to the broker (the one
   way a service sends what must not be lost: incident steps, device commands).
 """

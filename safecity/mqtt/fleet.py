@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
-import hashlib
 import logging
-import random
 import ssl
 import threading
 import weakref
@@ -23,6 +22,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from safecity.errors import ConnectRefusedError, MqttError
 from safecity.mqtt.messages import Will
+from safecity.mqtt.pacing import ConnectTally, Jitter, backoff_cap
 from safecity.settings import MqttSettings
 
 # CONNACK "Bad user name or password" and "Not authorized" (what Mosquitto answers).
@@ -31,33 +31,50 @@ _BAD_CREDENTIALS = frozenset({0x86, 0x87})
 __all__ = [
     "CONNECTS_IN_FLIGHT",
     "ConnectRefusedError",
+    "ConnectTally",
     "FleetClient",
     "Jitter",
     "backoff_cap",
     "connect_window",
+    "share_connect_window",
     "tls_context",
 ]
 
 log = logging.getLogger("safecity.mqtt")
 
-# 2**62 times any sane minimum is past any maximum: a larger exponent changes nothing,
-# and 2.0**1024 raises OverflowError (hours into a broker outage).
-_MAX_EXPONENT = 62
-
 
 CONNECTS_IN_FLIGHT = 64
-"""Connection attempts of one event loop awaiting their CONNACK at once.
+"""Connection attempts of one fleet awaiting their CONNACK at once (`share_connect_window`
+splits them between the processes of a fleet spread over several).
 
 A fleet starting, or coming back after a broker restart, queues here rather than at
 the broker: a broker that hashes each CONNECT's password (a millisecond or two) and got
 thousands at once would answer the last ones after their connect timeout, and each of
 those would come back with another CONNECT to hash. 64 keep one broker busy; more
-only lengthen its queue.
+only lengthen its queue. And a fleet's attempts together must stay below the broker's
+listen backlog (Mosquitto's is 100, fixed in its code): while the broker is busy the
+kernel drops the SYNs beyond it, and each of those clients waits for its SYN to be sent
+again (1 s, then 3, 7, 15 s), holding one of the few threads that open connections.
 """
 
 _windows: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
     weakref.WeakKeyDictionary()
 )
+
+
+@functools.cache
+def _connector() -> concurrent.futures.ThreadPoolExecutor:
+    """The threads that open TCP connections: one per attempt of the window, so a SYN
+    the kernel dropped (its retransmit a second later) holds up only its own attempt (the
+    loop's default executor has cores + 4 threads, and every attempt queued behind it)."""
+    return concurrent.futures.ThreadPoolExecutor(CONNECTS_IN_FLIGHT, "mqtt-connect")
+
+
+def share_connect_window(processes: int) -> None:
+    """Give the running loop its share of the fleet's window: the fleet runs in `processes`
+    processes of one event loop each (call before any client of the loop starts)."""
+    share = max(1, CONNECTS_IN_FLIGHT // max(1, processes))
+    _windows[asyncio.get_running_loop()] = asyncio.Semaphore(share)
 
 
 def connect_window() -> asyncio.Semaphore:
@@ -96,11 +113,6 @@ def tls_context(settings: MqttSettings) -> ssl.SSLContext:
     return context
 
 
-def backoff_cap(attempt: int, minimum: float, maximum: float) -> float:
-    """The upper bound of the jittered delay before retry `attempt` (0-based), at any attempt."""
-    return max(minimum, min(maximum, minimum * 2.0 ** min(attempt, _MAX_EXPONENT)))
-
-
 @functools.cache
 def _session_properties(expiry: int) -> Properties:
     """CONNECT properties asking for a session of `expiry` seconds, one object for the
@@ -108,29 +120,6 @@ def _session_properties(expiry: int) -> Properties:
     props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     props.SessionExpiryInterval = expiry
     return props
-
-
-class Jitter:
-    """Uniform draws of one client's own stream: (seed, client id, draw number) hashed.
-
-    Each device draws its own delays (one seed shared by a fleet must not put its
-    devices in lockstep: a broker restart would see them all retry at once), and holds
-    a counter instead of a 2.5 KB `random.Random`. Without a seed: the process's random.
-    """
-
-    __slots__ = ("_draws", "_key")
-
-    def __init__(self, seed: int | None, client_id: str) -> None:
-        self._key = None if seed is None else f"{seed}:{client_id}:".encode()
-        self._draws = 0
-
-    def uniform(self, low: float, high: float) -> float:
-        """A draw in [low, high]."""
-        if self._key is None:
-            return random.uniform(low, high)
-        self._draws += 1
-        digest = hashlib.blake2b(self._key + str(self._draws).encode(), digest_size=8).digest()
-        return low + (high - low) * (int.from_bytes(digest, "big") / 2.0**64)
 
 
 class FleetClient:
@@ -150,13 +139,15 @@ class FleetClient:
 
     # Thousands per process: no instance dict.
     __slots__ = (
-        "_ask_password", "_backoff_max", "_backoff_min", "_client", "_connack", "_inflight",
-        "_jitter", "_loop", "_lost", "_max_inflight", "_misc", "_on_connect", "_on_lost",
-        "_on_message_cb", "_on_puback", "_password", "_password_source", "_pause",
-        "_session_expiry", "_settings", "_sleep", "_stopping", "_subscriptions", "_task",
-        "_thread_id", "_username", "_waiters", "_will", "client_id", "connected", "connects",
-        "failures", "last_error", "refused",
+        "_ask_password", "_backoff_max", "_backoff_min", "_client", "_connack", "_held",
+        "_inflight", "_jitter", "_loop", "_lost", "_max_inflight", "_misc", "_on_connect",
+        "_on_lost", "_on_message_cb", "_on_puback", "_password", "_password_source", "_pause",
+        "_session_expiry", "_settings", "_sleep", "_stopping", "_subscriptions", "_tally",
+        "_task", "_thread_id", "_username", "_waiters", "_will", "client_id", "connected",
+        "connects", "failures", "last_error", "refused",
     )  # fmt: skip
+    _held: list[tuple[str, bytes]] | None
+    _tally: ConnectTally | None
 
     def __init__(
         self,
@@ -195,6 +186,10 @@ class FleetClient:
         self._on_puback = on_puback
         self._subscriptions = list(subscriptions)
         self._on_message_cb = on_message
+        # Messages paho acknowledged before there was a handler (`set_on_message`):
+        # held, never dropped. None until the first one (a list per device costs 56 bytes).
+        # The tally counting this connection in its fleet's (`count_in`), if any.
+        self._held = self._tally = None
         # > 0: a persistent session (what the device subscribed to, e.g. its commands,
         # is queued by the broker while it is away, up to this many seconds).
         self._session_expiry = session_expiry
@@ -234,6 +229,11 @@ class FleetClient:
             self._loop = asyncio.get_running_loop()
             self._thread_id = threading.get_ident()
             self._task = self._loop.create_task(self._run(), name=f"mqtt-{self.client_id}")
+
+    def count_in(self, tally: ConnectTally) -> None:
+        """Count this client's connection, from now on, in `tally` (its fleet's)."""
+        self._tally = tally
+        tally.add(int(self.connected))
 
     async def wait_connected(self, wait_s: float) -> bool:
         """Wait up to `wait_s` seconds for a connection; True if connected."""
@@ -278,6 +278,13 @@ class FleetClient:
             self._inflight += 1
         return info.mid
 
+    def set_on_message(self, handler: Callable[[str, bytes], None]) -> None:
+        """Hand every message to `handler`, first those held while there was none."""
+        self._on_message_cb = handler
+        held, self._held = self._held, None
+        for topic, payload in held or ():
+            handler(topic, payload)
+
     def bounce(self, down_s: float) -> None:
         """Disconnect cleanly (no will) and stay away `down_s` seconds, then reconnect."""
         self._pause = max(0.0, down_s)
@@ -318,6 +325,8 @@ class FleetClient:
             self.refused = False
             self.connects += 1
             self.connected = True
+            if self._tally is not None:
+                self._tally.add(1)
             waiters, self._waiters = self._waiters, []
             for waiter in waiters:
                 if not waiter.done():
@@ -377,7 +386,7 @@ class FleetClient:
         self._lost = loop.create_future()
         # The TCP connect blocks (up to connect_timeout): keep it off the event loop.
         await loop.run_in_executor(
-            None,
+            _connector(),
             functools.partial(
                 client.connect,
                 self._settings.host,
@@ -413,6 +422,8 @@ class FleetClient:
         """Forget the current connection; report it lost if it was up."""
         was_up = self.connected
         self.connected = False
+        if was_up and self._tally is not None:
+            self._tally.add(-1)
         if self._misc is not None:
             self._misc.cancel()
             self._misc = None
@@ -521,8 +532,14 @@ class FleetClient:
         self._on_loop(self._set_lost, client, f"disconnected: {reason_code}")
 
     def _cb_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
-        if client is self._client and self._on_message_cb is not None:
+        # paho acknowledges a QoS 1/2 message when this returns, whichever connection it
+        # came on and whether or not anyone listens: the broker will not send it again.
+        if self._on_message_cb is not None:
             self._on_message_cb(msg.topic, bytes(msg.payload))
+            return
+        if self._held is None:
+            self._held = []
+        self._held.append((msg.topic, bytes(msg.payload)))
 
     def _cb_subscribe(
         self,

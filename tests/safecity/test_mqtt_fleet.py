@@ -1,14 +1,24 @@
-"""The fleet client's reconnect loop: capped, jittered backoff at any number of attempts."""
+"""The fleet client: capped, jittered backoff at any number of attempts; what it received."""
 
 from __future__ import annotations
 
 import asyncio
 import math
+import subprocess
+from pathlib import Path
 
 import pytest
+from support import mosquitto
 
-from control.stack import free_port
-from safecity.mqtt.fleet import FleetClient, Jitter, backoff_cap
+from control.stack import Mosquitto, free_port
+from safecity.mqtt.fleet import (
+    CONNECTS_IN_FLIGHT,
+    FleetClient,
+    Jitter,
+    backoff_cap,
+    connect_window,
+    share_connect_window,
+)
 from safecity.settings import MqttSettings
 
 RETRIES = 10_000
@@ -70,3 +80,69 @@ def test_devices_of_one_seed_draw_their_own_delays() -> None:
     # Uniform: each tenth of the range gets its share (2000 draws, 200 expected each).
     tenths = [sum(1 for x in spread if k / 10 <= x < (k + 1) / 10) for k in range(10)]
     assert min(tenths) > 140 and max(tenths) < 260
+
+
+@pytest.mark.timeout(90)
+def test_messages_acknowledged_before_a_handler_is_set_are_held_for_it(tmp_path: Path) -> None:
+    """A persistent session's queued messages follow the CONNACK, and paho acknowledges
+    each one: a client with no handler yet holds them until it gets one."""
+    device, sent = "late-dev", [f"m{i}" for i in range(5)]
+    topic = f"safecity/v1/edgetest/d1/noise/{device}/ack"
+    broker = Mosquitto(tmp_path / "broker")
+    broker.provision(device)
+    with broker:
+        mqtt = MqttSettings(host=broker.host, port=broker.port)
+
+        def client() -> FleetClient:
+            return FleetClient(
+                mqtt, device, username=device, password=broker.secret(device),
+                subscriptions=[(topic, 1)], session_expiry=300,
+            )  # fmt: skip
+
+        async def main() -> tuple[list[str], list[str]]:
+            first = client()  # opens the session and subscribes in it
+            first.start()
+            assert await first.wait_connected(10)
+            await asyncio.sleep(1)
+            await first.stop()
+            publish = [*mosquitto("mosquitto_pub", broker, "_ingest"), "-q", "1", "-t", topic]
+            await asyncio.to_thread(
+                subprocess.run, [*publish, "-l"], input="\n".join(sent) + "\n", text=True,
+                check=True, timeout=30,
+            )  # fmt: skip
+            late = client()  # no handler while its session's messages arrive
+            late.start()
+            assert await late.wait_connected(10)
+            await asyncio.sleep(2)
+            await late.stop()
+            # Whatever the broker did not count as delivered comes to the next connection.
+            again, held = client(), []
+            again.set_on_message(lambda _t, payload: held.append(payload.decode()))
+            again.start()
+            assert await again.wait_connected(10)
+            await asyncio.sleep(2)
+            await again.stop()
+            handed: list[str] = []
+            late.set_on_message(lambda _t, payload: handed.append(payload.decode()))
+            return handed, held
+
+        handed, redelivered = asyncio.run(main())
+    assert handed + redelivered == sent
+    assert handed, "the messages came to the client without a handler and were held"
+
+
+def test_the_processes_of_a_fleet_share_one_connect_window() -> None:
+    """Three processes of 21 attempts each stay below the broker's listen backlog of 100."""
+
+    async def permits(processes: int | None) -> int:
+        if processes is not None:
+            share_connect_window(processes)
+        window, taken = connect_window(), 0
+        while not window.locked():
+            await window.acquire()
+            taken += 1
+        return taken
+
+    assert asyncio.run(permits(None)) == CONNECTS_IN_FLIGHT == 64
+    assert asyncio.run(permits(3)) == 21
+    assert asyncio.run(permits(1000)) == 1

@@ -37,7 +37,7 @@ def scenario_series(name: str, kind: str, field: str, minutes: int, step: int) -
         t = sc.start + timedelta(minutes=m)
         ms = int(t.timestamp() * 1000)
         values = [
-            float(scene.apply(d, generate(WORLD.profiles[d.id], device_rng(1, d.id), t), ms)[field])
+            float(scene.apply(d, generate(WORLD.profile(d), device_rng(1, d.id), t), ms)[field])
             for d in devices
         ]
         out.append(statistics.fmean(values))
@@ -99,7 +99,7 @@ def test_generated_city_has_its_time_zone() -> None:
 
 
 def test_event_streams_depend_on_the_date() -> None:
-    camera = WORLD.profiles[CITY.select(kind="anpr")[0].id]
+    camera = WORLD.profile(CITY.select(kind="anpr")[0])
 
     def day_of_events(start: datetime) -> list[tuple[int, str]]:
         rng = device_rng(42, camera.id)

@@ -210,7 +210,7 @@ def mean_of(kind: str, key: str, instants: list[datetime], n: int = 20) -> float
     for device in devices(kind, n):
         rng = g.device_rng(3, device.id)
         for t in instants:
-            values.append(float(g.generate(WORLD.profiles[device.id], rng, t)[key]))
+            values.append(float(g.generate(WORLD.profile(device), rng, t)[key]))
     return statistics.fmean(values)
 
 
@@ -310,13 +310,13 @@ def test_streetlights_on_at_night_off_by_day_dimmed_after_midnight(start: dateti
 
 
 def test_parking_business_hours_plateau() -> None:
-    cbd = [d for d in CITY.select(kind="parking") if WORLD.profiles[d.id].land_use == "centre"]
+    cbd = [d for d in CITY.select(kind="parking") if WORLD.profile(d).land_use == "centre"]
     assert cbd
     noon = [at_local(d, 13.0) for d in (WINTER + timedelta(days=i) for i in range(5))]
     night = [at_local(d, 3.0) for d in (WINTER + timedelta(days=i) for i in range(5))]
     for device in cbd:
         rng = g.device_rng(3, device.id)
-        site = WORLD.profiles[device.id]
+        site = WORLD.profile(device)
         busy = statistics.fmean(float(g.generate(site, rng, t)["occupancy"]) for t in noon)
         quiet = statistics.fmean(float(g.generate(site, rng, t)["occupancy"]) for t in night)
         assert busy > 0.75 > 0.35 > quiet

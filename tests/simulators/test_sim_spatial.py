@@ -68,7 +68,7 @@ def test_a_citys_profiles_are_the_full_scans() -> None:
     nodes = city.select(kind="gunshot")
     assert roads and crowds and nodes
     for device in city.devices:
-        profile = world.profiles[device.id]
+        profile = world.profile(device)
         if device.kind != "traffic":
             road = min(roads, key=lambda r: distance_m(r.location, device.location))
             assert profile.road_key == process_key(road.id)
