@@ -41,7 +41,8 @@ from api.models import (
 from api.params import TimeRange
 from api.queries import flat
 from api.settings import ApiSettings
-from api.tiers import Piece, TierBook, served, window_sums
+from api.tiers import Piece, TierBook, served
+from api.windows import window_means
 from safecity import catalogue
 from safecity import incidents as inc
 from safecity.influx import InfluxClient, Series, quote_ident
@@ -131,7 +132,7 @@ async def take_snapshot(
     # Means and states in one round of concurrent queries: an overview costs one round trip.
     sums, results = await asyncio.gather(
         asyncio.gather(
-            *(window_sums(influx, book, k, MEAN_FIELDS[k], city.id, span) for k in kinds)
+            *(window_means(influx, book, k, MEAN_FIELDS[k], city.id, span) for k in kinds)
         ),
         asyncio.gather(
             influx.query(LIGHTS_STATEMENT, span_params(city.id, light_start, window.end)),
@@ -145,11 +146,7 @@ async def take_snapshot(
     )
     snap.open_incidents = [i for i in found.values() if _open_at(i, window.end)]
     for kind, (per_device, pieces) in zip(kinds, sums, strict=True):
-        snap.means[kind] = {
-            device: {f: total / n for f, (total, n) in cells.items()}
-            for device, cells in per_device.items()
-            if cells
-        }
+        snap.means[kind] = per_device
         snap.served[kind] = pieces
     _index_states(snap, *results)
     return snap
@@ -186,20 +183,27 @@ def device_state(snap: Snapshot, settings: ApiSettings, device: Device) -> str:
     no reading within status_lookback; stale: last reading older than the stale limit;
     online otherwise.
     """
-    seen = snap.last_seen.get(device.id)
-    status = snap.status.get(device.id)
+    limit_ms = stale_limit_s(settings, device.kind) * 1000
+    return _state(snap, device.id, snap.window.end_ms, limit_ms)
+
+
+def _state(snap: Snapshot, device_id: str, end_ms: int, limit_ms: float) -> str:
+    seen = snap.last_seen.get(device_id)
+    status = snap.status.get(device_id)
     if status is not None and status[1] == "offline" and (seen is None or status[0] >= seen):
         return "offline"
     if seen is None:
         return "offline"
-    age = snap.window.end_ms - seen
-    return "stale" if age > stale_limit_s(settings, device.kind) * 1000 else "online"
+    return "stale" if end_ms - seen > limit_ms else "online"
 
 
 def states_of(snap: Snapshot, settings: ApiSettings, city: City) -> dict[str, str]:
-    """Every device's state at the snapshot's window end, made once per snapshot."""
+    """Every device's state at the snapshot's window end, made once per snapshot (the
+    window's end and each kind's stale limit worked out once, not once a device)."""
     if not snap.states:
-        snap.states = {d.id: device_state(snap, settings, d) for d in city.devices}
+        end_ms = snap.window.end_ms
+        limits = {k: stale_limit_s(settings, k) * 1000 for k in {d.kind for d in city.devices}}
+        snap.states = {d.id: _state(snap, d.id, end_ms, limits[d.kind]) for d in city.devices}
     return snap.states
 
 
@@ -217,6 +221,7 @@ class Scope:
         self.snap = snap
         self.settings = settings
         self.by_kind: dict[str, list[Device]] = {}
+        self._kept: dict[tuple[str, str], dict[str, float]] = {}
         for d in devices:
             self.by_kind.setdefault(d.kind, []).append(d)
 
@@ -234,12 +239,17 @@ class Scope:
         )
 
     def _means(self, kind: str, name: str) -> dict[str, float]:
-        per_device = self.snap.means.get(kind, {})
-        return {
-            d.id: per_device[d.id][name]
-            for d in self.by_kind.get(kind, ())
-            if d.id in per_device and name in per_device[d.id]
-        }
+        """device -> its window mean of a field, for the scope's devices that have one
+        (worked out once per scope: several figures read the same means)."""
+        kept = self._kept.get((kind, name))
+        if kept is None:
+            per_device = self.snap.means.get(kind, {})
+            kept = self._kept[kind, name] = {
+                d.id: cells[name]
+                for d in self.by_kind.get(kind, ())
+                if (cells := per_device.get(d.id)) is not None and name in cells
+            }
+        return kept
 
     def _mean_figure(self, kind: str, name: str, unit: str, total: bool = False) -> Figure:
         values = self._means(kind, name)

@@ -13,7 +13,6 @@ longer keeps is simply absent. The response's `served_by` lists the pieces.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import math
 import time
@@ -27,7 +26,7 @@ from pydantic import TypeAdapter
 
 from api.models import SeriesPoint, Served
 from api.params import TimeRange, bucket, time_range
-from api.queries import flat, series_statement
+from api.queries import series_statement
 from api.settings import ApiSettings
 from safecity.influx import InfluxClient, quote_ident
 from safecity.readings import format_epoch_ms, now_ms
@@ -375,7 +374,7 @@ DAY_S = 86_400
 SumCount = dict[str, tuple[float, int]]
 
 
-def _sums_from(tier: Tier | None, kind: str, fields: tuple[str, ...], level: Level) -> str:
+def sums_from(tier: Tier | None, kind: str, fields: tuple[str, ...], level: Level) -> str:
     """`SELECT` the sum and count (`<field>_sum`, `<field>_count`) of fields `FROM` raw or
     a tier's level (sums of its sums and counts)."""
     parts = []
@@ -407,7 +406,7 @@ def _daily_statement(tier: Tier | None, kind: str, fields: tuple[str, ...]) -> s
             'WHERE "city" = $city AND time >= $from AND time < $to'
         )
     return (
-        f"{_sums_from(tier, kind, fields, 'district')} "
+        f"{sums_from(tier, kind, fields, 'district')} "
         'WHERE "city" = $city AND time >= $from AND time < $to '
         f'GROUP BY time({DAY_S}s), "district" fill(none)'
     )
@@ -464,55 +463,3 @@ async def daily_sums(
             for row in s.rows():
                 add_sums(out.setdefault((str(row["district"]), int(row["time"])), {}), row, fields)
     return out
-
-
-WindowSums = dict[str, SumCount]
-"""device id -> field -> (sum, count) over a window."""
-
-
-def window_grouped(tier: Tier | None, kind: str, fields: tuple[str, ...]) -> str:
-    """Sum and count of fields per device over a piece, from a tier's device level or raw
-    (one series a device)."""
-    return (
-        f"{_sums_from(tier, kind, fields, 'device')} "
-        'WHERE "city" = $city AND time >= $from AND time < $to GROUP BY "device_id"'
-    )
-
-
-def window_statement(tier: Tier | None, kind: str, fields: tuple[str, ...]) -> str:
-    """`window_grouped` as one row a device (`flat`)."""
-    columns = tuple(f"{name}_{stat}" for name in fields for stat in ("sum", "count"))
-    return flat(window_grouped(tier, kind, fields), columns, ("device_id",))
-
-
-async def window_sums(
-    influx: InfluxClient,
-    book: TierBook,
-    kind: str,
-    fields: tuple[str, ...],
-    city: str,
-    span: tuple[int, int],
-) -> tuple[WindowSums, list[Piece]]:
-    """device -> field -> (sum, count) over [start, end), each piece from the coarsest tier
-    holding it and raw elsewhere (the pieces queried at once), and the pieces."""
-    marks = await book.marks(influx)
-    pieces = cover(book.tiers, marks, kind, span, int(time.time() * 1000))
-    answers = await asyncio.gather(
-        *(
-            influx.query(
-                window_statement(p.tier, kind, fields),
-                {
-                    "city": city,
-                    "from": format_epoch_ms(p.start_ms),
-                    "to": format_epoch_ms(p.end_ms),
-                },
-            )
-            for p in pieces
-        )
-    )
-    out: WindowSums = {}
-    for series in answers:
-        for s in series:
-            for row in s.rows():
-                add_sums(out.setdefault(str(row["device_id"]), {}), row, fields)
-    return out, pieces
