@@ -49,6 +49,15 @@ async def _summed(client: InfluxClient, kind: str, city: str, piece: Piece) -> W
     return {d: {f: t / n for f, (t, n) in c.items()} for d, c in sums.items() if c}
 
 
+async def _loaded(url: str, database: str, points: list[Point]) -> InfluxClient:
+    """A client of the database, the points written."""
+    client = InfluxClient(InfluxSettings(url=url, database=database))
+    await client.ensure_database()
+    if points:
+        await client.write(encode_many(points))
+    return client
+
+
 def _close(a: WindowMeans, b: WindowMeans) -> bool:
     return a.keys() == b.keys() and all(
         a[d].keys() == b[d].keys()
@@ -116,12 +125,9 @@ def test_raw_window_means_are_the_sums_over_the_counts(
     span = (end_ms - WINDOW_S * 1000, end_ms)
 
     async def check() -> None:
-        client = InfluxClient(InfluxSettings(url=influxd.url, database=influx_db))
+        client = await _loaded(influxd.url, influx_db, points)
+        api = ApiSettings(influx=client.settings)
         try:
-            await client.ensure_database()
-            if points:
-                await client.write(encode_many(points))
-            api = ApiSettings(influx=client.settings)
             found: WindowMeans = {}
             for kind in KINDS:
                 means, pieces = await window_means(
