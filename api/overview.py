@@ -41,7 +41,8 @@ from api.models import (
 from api.params import TimeRange
 from api.queries import flat
 from api.settings import ApiSettings
-from api.tiers import Piece, TierBook, served, window_sums
+from api.tiers import Piece, TierBook, served
+from api.windows import window_means
 from safecity import catalogue
 from safecity import incidents as inc
 from safecity.influx import InfluxClient, Series, quote_ident
@@ -131,7 +132,7 @@ async def take_snapshot(
     # Means and states in one round of concurrent queries: an overview costs one round trip.
     sums, results = await asyncio.gather(
         asyncio.gather(
-            *(window_sums(influx, book, k, MEAN_FIELDS[k], city.id, span) for k in kinds)
+            *(window_means(influx, book, k, MEAN_FIELDS[k], city.id, span) for k in kinds)
         ),
         asyncio.gather(
             influx.query(LIGHTS_STATEMENT, span_params(city.id, light_start, window.end)),
@@ -145,11 +146,7 @@ async def take_snapshot(
     )
     snap.open_incidents = [i for i in found.values() if _open_at(i, window.end)]
     for kind, (per_device, pieces) in zip(kinds, sums, strict=True):
-        snap.means[kind] = {
-            device: {f: total / n for f, (total, n) in cells.items()}
-            for device, cells in per_device.items()
-            if cells
-        }
+        snap.means[kind] = per_device
         snap.served[kind] = pieces
     _index_states(snap, *results)
     return snap
@@ -186,20 +183,27 @@ def device_state(snap: Snapshot, settings: ApiSettings, device: Device) -> str:
     no reading within status_lookback; stale: last reading older than the stale limit;
     online otherwise.
     """
-    seen = snap.last_seen.get(device.id)
-    status = snap.status.get(device.id)
+    limit_ms = stale_limit_s(settings, device.kind) * 1000
+    return _state(snap, device.id, snap.window.end_ms, limit_ms)
+
+
+def _state(snap: Snapshot, device_id: str, end_ms: int, limit_ms: float) -> str:
+    seen = snap.last_seen.get(device_id)
+    status = snap.status.get(device_id)
     if status is not None and status[1] == "offline" and (seen is None or status[0] >= seen):
         return "offline"
     if seen is None:
         return "offline"
-    age = snap.window.end_ms - seen
-    return "stale" if age > stale_limit_s(settings, device.kind) * 1000 else "online"
+    return "stale" if end_ms - seen > limit_ms else "online"
 
 
 def states_of(snap: Snapshot, settings: ApiSettings, city: City) -> dict[str, str]:
-    """Every device's state at the snapshot's window end, made once per snapshot."""
+    """Every device's state at the snapshot's window end, made once per snapshot (the
+    window's end and each kind's stale limit worked out once, not once a device)."""
     if not snap.states:
-        snap.states = {d.id: device_state(snap, settings, d) for d in city.devices}
+        end_ms = snap.window.end_ms
+        limits = {k: stale_limit_s(settings, k) * 1000 for k in {d.kind for d in city.devices}}
+        snap.states = {d.id: _state(snap, d.id, end_ms, limits[d.kind]) for d in city.devices}
     return snap.states
 
 
@@ -217,6 +221,7 @@ class Scope:
         self.snap = snap
         self.settings = settings
         self.by_kind: dict[str, list[Device]] = {}
+        self._kept: dict[tuple[str, str], dict[str, float]] = {}
         for d in devices:
             self.by_kind.setdefault(d.kind, []).append(d)
 
@@ -234,12 +239,17 @@ class Scope:
         )
 
     def _means(self, kind: str, name: str) -> dict[str, float]:
-        per_device = self.snap.means.get(kind, {})
-        return {
-            d.id: per_device[d.id][name]
-            for d in self.by_kind.get(kind, ())
-            if d.id in per_device and name in per_device[d.id]
-        }
+        """device -> its window mean of a field, for the scope's devices that have one
+        (worked out once per scope: several figures read the same means)."""
+        kept = self._kept.get((kind, name))
+        if kept is None:
+            per_device = self.snap.means.get(kind, {})
+            kept = self._kept[kind, name] = {
+                d.id: cells[name]
+                for d in self.by_kind.get(kind, ())
+                if (cells := per_device.get(d.id)) is not None and name in cells
+            }
+        return kept
 
     def _mean_figure(self, kind: str, name: str, unit: str, total: bool = False) -> Figure:
         values = self._means(kind, name)
@@ -415,15 +425,17 @@ def kpis(view: Overview) -> dict[str, Any]:
 
 
 class SnapshotCache:
-    """Snapshots by (city, window key), kept `ttl` seconds; one computation per key at a time.
+    """Snapshots by (city, window key), kept `ttl` seconds from when each was made; one
+    computation per key at a time.
 
     The default window ("the last N minutes") is keyed by its length and recomputed
     at most every `ttl` seconds; concurrent requests for a key wait for the same
     computation (no stampede). For one more `ttl` after expiry the old snapshot is still
     served while a new one is computed in the background (no request waits for the
-    recomputation of a polled overview), so a result is at most two `ttl`s plus one
-    computation behind the data. Failures are not cached. ttl = 0 disables caching (but
-    keeps the sharing).
+    recomputation of a polled overview), and for as long as that computation runs: a
+    result is at most two `ttl`s plus one computation behind the data, and a city whose
+    snapshot takes longer than the ttl to compute still answers polls at once. Failures
+    are not cached. ttl = 0 disables caching (but keeps the sharing).
     """
 
     def __init__(self, ttl: float, max_entries: int = 64) -> None:
@@ -439,12 +451,13 @@ class SnapshotCache:
         entry = self._entries.get(key)
         if entry is not None and (entry[0] > now or not entry[1].done()):
             return await asyncio.shield(entry[1])
-        if entry is not None and now < entry[0] + self.ttl:
-            self._refresh(key, compute, now)
+        if entry is not None and (now < entry[0] + self.ttl or key in self._refreshing):
+            self._refresh(key, compute)
             return entry[1].result()
         self._make_room(now)
         future: asyncio.Future[Snapshot] = asyncio.ensure_future(compute())
         self._entries[key] = (now + self.ttl, future)
+        future.add_done_callback(lambda f: self._made(key, f))
         try:
             return await asyncio.shield(future)
         except BaseException:
@@ -452,7 +465,14 @@ class SnapshotCache:
                 del self._entries[key]
             raise
 
-    def _refresh(self, key: tuple[Any, ...], compute: Any, now: float) -> None:
+    def _made(self, key: tuple[Any, ...], future: asyncio.Future[Snapshot]) -> None:
+        """A computation that succeeded is kept `ttl` from now (its data are as old as it
+        took), in place of the entry it computes or refreshes."""
+        if future.cancelled() or future.exception() is not None or key not in self._entries:
+            return
+        self._entries[key] = (asyncio.get_running_loop().time() + self.ttl, future)
+
+    def _refresh(self, key: tuple[Any, ...], compute: Any) -> None:
         """Recompute `key` in the background; its entry is replaced when that succeeds."""
         if key in self._refreshing:
             return
@@ -461,8 +481,7 @@ class SnapshotCache:
 
         def done(f: asyncio.Future[Snapshot]) -> None:
             self._refreshing.pop(key, None)
-            if not f.cancelled() and f.exception() is None and key in self._entries:
-                self._entries[key] = (now + self.ttl, f)
+            self._made(key, f)
 
         future.add_done_callback(done)
 

@@ -26,7 +26,7 @@ from fastapi import Request
 
 from api.models import Served
 from api.params import TimeRange, bucket, time_range
-from api.queries import flat, series_statement
+from api.queries import series_statement
 from api.settings import ApiSettings
 from safecity.influx import InfluxClient, quote_ident
 from safecity.readings import format_epoch_ms, now_ms
@@ -70,6 +70,11 @@ class Piece:
     def name(self) -> str:
         """The tier's name, or `raw`."""
         return self.tier.name if self.tier is not None else RAW
+
+    def bound(self, params: Mapping[str, str]) -> dict[str, str]:
+        """The bound parameters of this piece's statement: `params` and its [from, to)."""
+        span = {"from": format_epoch_ms(self.start_ms), "to": format_epoch_ms(self.end_ms)}
+        return {**params, **span}
 
 
 Stamp = tuple[tuple[str, int, int, int], ...]
@@ -307,17 +312,12 @@ async def tiered_series(
     return out, pieces
 
 
-def _bound(params: Mapping[str, str], piece: Piece) -> dict[str, str]:
-    """The bound parameters of a piece's statement: `params` and the piece's [from, to)."""
-    return {**params, "from": format_epoch_ms(piece.start_ms), "to": format_epoch_ms(piece.end_ms)}
-
-
 async def _piece_points(
     influx: InfluxClient, statement: str, params: dict[str, str], piece: Piece
 ) -> list[tuple[int, float]]:
     """(bucket start ms, value) of one piece's statement, empty buckets left out."""
     out: list[tuple[int, float]] = []
-    for s in await influx.query(statement, _bound(params, piece)):
+    for s in await influx.query(statement, piece.bound(params)):
         for row in s.rows():
             value = row.get("value")
             if isinstance(value, int | float) and not isinstance(value, bool):
@@ -409,7 +409,7 @@ DAY_S = 86_400
 SumCount = dict[str, tuple[float, int]]
 
 
-def _sums_from(tier: Tier | None, kind: str, fields: tuple[str, ...], level: Level) -> str:
+def sums_from(tier: Tier | None, kind: str, fields: tuple[str, ...], level: Level) -> str:
     """`SELECT` the sum and count (`<field>_sum`, `<field>_count`) of fields `FROM` raw or
     a tier's level (sums of its sums and counts)."""
     parts = []
@@ -441,7 +441,7 @@ def _daily_statement(tier: Tier | None, kind: str, fields: tuple[str, ...]) -> s
             'WHERE "city" = $city AND time >= $from AND time < $to'
         )
     return (
-        f"{_sums_from(tier, kind, fields, 'district')} "
+        f"{sums_from(tier, kind, fields, 'district')} "
         'WHERE "city" = $city AND time >= $from AND time < $to '
         f'GROUP BY time({DAY_S}s), "district" fill(none)'
     )
@@ -479,52 +479,7 @@ async def daily_sums(
     out: dict[tuple[str, int], SumCount] = {}
     for piece in pieces:
         statement = _daily_statement(piece.tier, kind, fields)
-        for s in await influx.query(statement, _bound({"city": city}, piece)):
+        for s in await influx.query(statement, piece.bound({"city": city})):
             for row in s.rows():
                 add_sums(out.setdefault((str(row["district"]), int(row["time"])), {}), row, fields)
     return out
-
-
-WindowSums = dict[str, SumCount]
-"""device id -> field -> (sum, count) over a window."""
-
-
-def window_grouped(tier: Tier | None, kind: str, fields: tuple[str, ...]) -> str:
-    """Sum and count of fields per device over a piece, from a tier's device level or raw
-    (one series a device)."""
-    return (
-        f"{_sums_from(tier, kind, fields, 'device')} "
-        'WHERE "city" = $city AND time >= $from AND time < $to GROUP BY "device_id"'
-    )
-
-
-def window_statement(tier: Tier | None, kind: str, fields: tuple[str, ...]) -> str:
-    """`window_grouped` as one row a device (`flat`)."""
-    columns = tuple(f"{name}_{stat}" for name in fields for stat in ("sum", "count"))
-    return flat(window_grouped(tier, kind, fields), columns, ("device_id",))
-
-
-async def window_sums(
-    influx: InfluxClient,
-    book: TierBook,
-    kind: str,
-    fields: tuple[str, ...],
-    city: str,
-    span: tuple[int, int],
-) -> tuple[WindowSums, list[Piece]]:
-    """device -> field -> (sum, count) over [start, end), each piece from the coarsest tier
-    holding it and raw elsewhere (the pieces queried at once), and the pieces."""
-    marks = await book.marks(influx)
-    pieces = cover(book.tiers, marks, kind, span, int(time.time() * 1000))
-    answers = await asyncio.gather(
-        *(
-            influx.query(window_statement(p.tier, kind, fields), _bound({"city": city}, p))
-            for p in pieces
-        )
-    )
-    out: WindowSums = {}
-    for series in answers:
-        for s in series:
-            for row in s.rows():
-                add_sums(out.setdefault(str(row["device_id"]), {}), row, fields)
-    return out, pieces

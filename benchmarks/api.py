@@ -38,7 +38,7 @@ from api.apikeys import KeyStore
 from api.overview import EVENTS_STATEMENT, LIGHTS_STATEMENT, MEAN_FIELDS, STATUS_STATEMENT
 from api.queries import series_statement
 from api.settings import ApiSettings
-from api.tiers import window_statement
+from api.windows import mean_statement
 from benchmarks._api import overview as at_scale
 from benchmarks._ingest.probes import loadavg
 from control.stack import Influxd, ManagedProcess, free_port
@@ -114,7 +114,10 @@ class Fleet:
             if x < self.never:
                 out[d.id] = start_ms
             elif x < self.never + self.gone:
-                out[d.id] = rng.randrange(start_ms, end_ms - 3_600_000)
+                # Silent at least an hour before the end (half the span if shorter).
+                out[d.id] = rng.randrange(
+                    start_ms, end_ms - min(3_600_000, (end_ms - start_ms) // 2)
+                )
         return out
 
 
@@ -272,7 +275,7 @@ class _Floor:
         limits = httpx.Limits(max_connections=16, max_keepalive_connections=8)
         self.raw = httpx.AsyncClient(base_url=influx_url, timeout=QUERY_TIMEOUT_S, limits=limits)
         self.overview_statements = [
-            *(window_statement(None, k, MEAN_FIELDS[k]) for k in MEAN_FIELDS),
+            *(mean_statement(k, MEAN_FIELDS[k]) for k in MEAN_FIELDS),
             LIGHTS_STATEMENT,
             STATUS_STATEMENT,
             EVENTS_STATEMENT,

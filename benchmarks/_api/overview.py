@@ -17,7 +17,8 @@ from api import lastseen
 from api.overview import EVENTS_GROUPED, LIGHTS_GROUPED, MEAN_FIELDS, STATUS_GROUPED, take_snapshot
 from api.params import TimeRange
 from api.settings import ApiSettings
-from api.tiers import TierBook, window_grouped
+from api.tiers import TierBook
+from api.windows import window_grouped
 from safecity import incidents as inc
 from safecity.influx import InfluxClient, Series
 from safecity.registry import City

@@ -52,7 +52,7 @@ def test_an_expired_snapshot_is_served_at_once_while_the_next_is_computed() -> N
     async def main() -> None:
         cache, source = SnapshotCache(ttl=1.0), Source(0.5)
         assert (await timed(cache, source))[0] == "snapshot 1"
-        await asyncio.sleep(0.7)  # expired, within one more ttl
+        await asyncio.sleep(1.2)  # expired (a ttl after it was made), within one more ttl
         got, took = await timed(cache, source)
         assert got == "snapshot 1" and took < 0.3  # no wait for the recomputation
         got, took = await timed(cache, source)
@@ -77,6 +77,24 @@ def test_a_snapshot_too_old_is_not_served_and_a_failed_refresh_keeps_nothing() -
         await asyncio.sleep(0.8)
         with pytest.raises(RuntimeError, match="database away"):
             await cache.get(KEY, source.compute)
+
+    asyncio.run(main())
+
+
+def test_a_refresh_slower_than_two_ttls_keeps_the_old_snapshot_served() -> None:
+    """A snapshot that takes longer than the ttl to compute (a large city): polls get the
+    old one at once while its successor is computed, then the new one; never a wait."""
+
+    async def main() -> None:
+        cache, source = SnapshotCache(ttl=0.3), Source(0.9)
+        assert (await timed(cache, source))[0] == "snapshot 1"
+        for _ in range(3):  # past one ttl (a refresh starts), then past two while it runs
+            await asyncio.sleep(0.4)
+            got, took = await timed(cache, source)
+            assert got == "snapshot 1" and took < 0.1
+        await asyncio.sleep(0.25)  # the refresh is done: kept a ttl from then
+        got, took = await timed(cache, source)
+        assert got == "snapshot 2" and took < 0.1 and source.calls == 2
 
     asyncio.run(main())
 
