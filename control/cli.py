@@ -1,42 +1,25 @@
 """The `safecity` command line: each service adds its own commands; this module adds
-run | verify | influx init | city | apikey (and, from `backupcli`, backup | restore)
-and composes them.
+run | influx init | city | apikey (and, from `verifycli`, verify; from `backupcli`,
+backup | restore) and composes them.
 
-Each service's modules are imported inside the command that runs it, so that a
-command starts without loading every service.
+Only the module of the command that runs is imported (`COMMANDS`), and each command
+imports what it needs inside, so that a command starts without loading every service.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import importlib
 import sys
-import time
-from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
-from alerts import cli as alerts_cli
-from alerts.settings import AlertsSettings
-from api import cli as api_cli
-from api.settings import ApiSettings
-from broker import cli as broker_cli
-from control import backupcli, envexample
-from control.settings import StackSettings, StorageSettings
-from dashboards import cli as dashboards_cli
-from ingest import cli as ingest_cli
-from ingest.settings import IngestSettings
-from notify import cli as notify_cli
-from rollups import cli as rollups_cli
-from safecity import citygen, cliargs, instance, registry
+from safecity import cliargs, registry
 from safecity.cliargs import port, positive_float, positive_int, registry_flag
 from safecity.errors import CliError, ConfigError, SafecityError
 from safecity.observability import configure_logging
-from safecity.readings import format_ts
-from simulators import cli as simulators_cli
-from simulators.settings import SimulatorSettings
 
 __all__ = ["CliError", "build_parser", "main"]
 
@@ -48,6 +31,7 @@ _run_async = cliargs.run_async
 def cmd_run(args: argparse.Namespace) -> int:
     """The whole local stack."""
     from control.runner import run_local
+    from control.settings import StackSettings
 
     settings = _settings(
         StackSettings,
@@ -73,6 +57,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_influx_init(args: argparse.Namespace) -> int:
     """Create the database and every retention policy (needs an admin account)."""
+    from control.settings import StorageSettings
+
     settings = _settings(StorageSettings)
     configure_logging("influx", settings.log_level)
     from safecity import influx as influx_mod
@@ -107,155 +93,10 @@ def cmd_influx_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_verify(args: argparse.Namespace) -> int:
-    """Check a ledger against InfluxDB and the dead-letter stores; exit 1 on any loss.
-
-    Without --ledger: the ledger of the instance's city (`safecity run` keeps one), with
-    its dead-letter store; while it runs, what was sent up to now is checked after
-    `--settle` seconds (default 5) for the messages still on their way.
-    """
-    if getattr(args, "scenario", None):
-        return cmd_verify_scenario(args)
-    settings = _settings(IngestSettings, registry=args.registry)
-    ledger_path, deadletters, upto = args.ledger, args.deadletters or [], None
-    # Which databases to read: the registry's cities; for the instance's own ledger,
-    # those of its run; else the one database of a single city.
-    where = instance.layout(settings.home)
-    cities: tuple[str, ...] = ()
-    if settings.registry:
-        cities = registry.load_cities(settings.registry).ids
-    elif ledger_path is None:
-        cities = instance.recorded_cities(where)
-    if ledger_path is None:
-        if not where.ledger_file.exists():
-            raise CliError(
-                "verify needs --ledger FILE (or --scenario NAME): "
-                f"no ledger of a local city in {where.root} (`safecity run` keeps one there)"
-            )
-        ledger_path, deadletters = where.ledger_file, args.deadletters or [where.deadletter_dir]
-        if instance.running(where) is not None:
-            upto = where.ledger_file.stat().st_size
-            settle = 5.0 if args.settle is None else args.settle
-            _say(f"verify: {ledger_path} up to now; waiting {settle:g}s for messages on their way")
-            time.sleep(settle)
-    from control.verify import verify
-    from safecity.influx import InfluxClient
-
-    async def main() -> Any:
-        client = InfluxClient(settings.influx)
-        try:
-            return await verify(
-                ledger_path,
-                client,
-                deadletters,
-                upto=upto,
-                cities=cities,
-                city=args.city,
-                progress=_Progress("verify: read back"),
-            )
-        finally:
-            await client.close()
-
-    report = asyncio.run(main())
-    print(json.dumps(report.summary()) if args.json else report.render())
-    return 0 if report.ok else 1
-
-
-def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-class _Progress:
-    """`done/total` on stderr every few seconds and at the start, so a long check is not silent."""
-
-    def __init__(self, what: str, every_s: float = 3.0) -> None:
-        self.what = what
-        self.every_s = every_s
-        self.last = 0.0
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if done == 0 or now - self.last >= self.every_s:
-            self.last = now
-            _say(f"{self.what} {done}/{total} device series from InfluxDB")
-
-
-def _outside_window(start: datetime, end: datetime, past_s: float, future_s: float) -> str | None:
-    """Why a scenario's simulated span falls outside the ingest's timestamp window, if it does."""
-    now = datetime.now(UTC)
-    earliest, latest = now - timedelta(seconds=past_s), now + timedelta(seconds=future_s)
-    if earliest <= start and end <= latest:
-        return None
-    return (
-        f"the scenario's simulated time {format_ts(start)} .. {format_ts(end)} falls outside "
-        f"the ingest's timestamp window ({format_ts(earliest)} .. {format_ts(latest)}: "
-        f"SAFECITY_TS_PAST_WINDOW={past_s:g}, SAFECITY_TS_FUTURE_WINDOW={future_s:g}); its "
-        "readings would be dead-lettered and every rule would look missed. Give a --start "
-        "inside the window, or widen both variables for the ingest, the alerts service and "
-        "this command"
-    )
-
-
-def cmd_verify_scenario(args: argparse.Namespace) -> int:
-    """Run a scenario and score the alert rules against its ledger; exit 1 if it fails."""
-    import tempfile
-
-    from control.scenario import run_scenario
-
-    settings = _settings(AlertsSettings, registry=args.registry)
-    configure_logging("verify", settings.log_level)
-    from simulators import scenario as scenarios
-
-    scenario = scenarios.load(args.scenario)
-    city = registry.load_or_default(settings.registry)
-    start = scenarios.parse_start(args.start) if args.start else scenario.start
-    start = start or datetime.now(UTC).replace(microsecond=0)
-    speed = args.speed or scenario.speed or 1.0
-    duration = args.duration or scenario.duration or 60.0
-    fleet = _settings(SimulatorSettings, registry=args.registry)
-    simulators_cli.refuse_beside_running_city(fleet, scenario.fleet(city))
-    end = start + timedelta(seconds=duration * speed)
-    why = _outside_window(start, end, settings.ts_past_window, settings.ts_future_window)
-    if why is not None:
-        raise CliError(f"scenario {args.scenario}: {why}")
-    with tempfile.TemporaryDirectory() as tmp:
-        ledger_path = args.ledger or Path(tmp) / "ledger.jsonl"
-        result = run_scenario(
-            scenario,
-            scenarios.seconds,
-            city,
-            settings.influx,
-            start=start,
-            speed=speed,
-            duration=duration,
-            ledger_path=ledger_path,
-            settle_s=30.0 if args.settle is None else args.settle,
-            registry=settings.registry,
-            deadletter_dirs=args.deadletters or [],
-        )
-    if args.json:
-        print(json.dumps(result.summary()))
-    else:
-        for d in result.detections:
-            delay = "-" if d.delay_s is None else f"{d.delay_s:.0f}s"
-            verdict = "ok" if d.detected else "MISSED"
-            where = d.district or "city"
-            print(f"{verdict:6} {d.rule:24} {where:16} within {d.within_s:.0f}s  delay {delay}")
-        for c in result.checks:
-            found = "-" if c.found is None else f"{c.found:g}"
-            print(f"{'ok' if c.ok else 'FAILED':6} {c.section:12} {c.what}  found {found}")
-        print(
-            f"alerts {result.alerts}, critical events {result.critical_events}, "
-            f"missed critical {len(result.missed_critical)}, "
-            f"false positives {len(result.false_positives)}"
-        )
-        for line in result.missed_critical + result.false_positives:
-            print(f"  {line}")
-    return 0 if result.ok else 1
-
-
 def cmd_city_generate(args: argparse.Namespace) -> int:
     """Write a generated city registry."""
+    from safecity import citygen
+
     city = citygen.generate(args.city, args.devices, args.seed, districts=args.districts)
     out = args.out or Path(f"{city.id}.jsonl")
     try:
@@ -284,6 +125,7 @@ def cmd_city_show(args: argparse.Namespace) -> int:
 
 def _key_store(args: argparse.Namespace) -> Any:
     from api.apikeys import KeyStore
+    from api.settings import ApiSettings
 
     path = args.keys_file or _settings(ApiSettings).api_keys_file
     store = KeyStore(path)
@@ -311,6 +153,8 @@ def cmd_apikey_create(args: argparse.Namespace) -> int:
 def _note_unserved(cities: Sequence[str]) -> None:
     """Say which of a key's cities this deployment's registries do not serve (a typo, or a
     city only a regional view knows): the key is made either way."""
+    from api.settings import ApiSettings
+
     try:
         served = registry.load_cities(_settings(ApiSettings).registry).ids
     except SafecityError:
@@ -397,40 +241,16 @@ def _add_env_example(sub: Any) -> None:
     )
     p.add_argument("--write", action="store_true", help="write the file")
     p.add_argument("--check", action="store_true", help="exit 1 if the file is stale")
-    p.set_defaults(
-        func=lambda a: envexample.main(
-            [*(["--write"] if a.write else []), *(["--check"] if a.check else [])]
-        )
-    )
+    p.set_defaults(func=cmd_env_example)
 
 
-def _add_verify(sub: Any) -> None:
-    """`safecity verify`: a ledger against InfluxDB and dead letters."""
-    p = sub.add_parser("verify", help="check a ledger against InfluxDB and dead letters")
-    p.add_argument(
-        "--ledger",
-        type=Path,
-        help="ledger file (JSON lines; default: the local city's); with --scenario: where "
-        "to write it",
+def cmd_env_example(args: argparse.Namespace) -> int:
+    """Print, write or check .env.example."""
+    from control import envexample
+
+    return envexample.main(
+        [*(["--write"] if args.write else []), *(["--check"] if args.check else [])]
     )
-    p.add_argument(
-        "--deadletters", type=Path, action="append", help="dead-letter directory (repeatable)"
-    )
-    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    p.add_argument("--city", help="check only this city's messages (default: every city)")
-    # Ground-truth scoring of the alert rules: run a scenario, score its alerts.
-    p.add_argument("--scenario", help="run this scenario and score the alert rules against it")
-    p.add_argument("--speed", type=positive_float, help="with --scenario: simulated s per s")
-    p.add_argument("--start", help="with --scenario: simulated start (UTC)")
-    p.add_argument("--duration", type=positive_float, help="with --scenario: wall seconds")
-    p.add_argument(
-        "--settle",
-        type=positive_float,
-        help="seconds to wait for messages on their way (default 5) or, with --scenario, "
-        "for alerts (default 30)",
-    )
-    registry_flag(p)
-    p.set_defaults(func=cmd_verify)
 
 
 def _add_influx(sub: Any) -> None:
@@ -498,32 +318,81 @@ def _add_city(sub: Any) -> None:
     p.set_defaults(func=cmd_city_show)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the `safecity` command."""
+# Every command of `safecity`, in the order `--help` lists them: this module's own groups,
+# and each service's (its module, with the name and one-line help of each command it
+# adds). A service's CLI is imported only when one of its commands runs: loading them
+# all cost every command about a second of start-up. The others get a bare parser with
+# the same help, so `--help` still lists every command (a test keeps the two equal).
+_Lazy = tuple[str, tuple[tuple[str, str], ...]]
+COMMANDS: tuple[Callable[[Any], None] | _Lazy, ...] = (
+    _add_run,
+    (
+        "ingest.cli",
+        (
+            ("ingest", "an ingest worker (MQTT -> InfluxDB)"),
+            ("deadletter", "inspect or replay the dead-letter store"),
+        ),
+    ),
+    _add_env_example,
+    ("control.verifycli", (("verify", "check a ledger against InfluxDB and dead letters"),)),
+    ("alerts.cli", (("alerts", "the alerts service (rules -> alerts -> incidents)"),)),
+    ("notify.cli", (("notify", "the notification service (incidents -> people on call)"),)),
+    ("rollups.cli", (("rollup", "the rollup job (raw telemetry -> rollup tiers)"),)),
+    _add_influx,
+    (
+        "api.cli",
+        (("api", "the HTTP API"), ("export", "download a series or events as CSV or NDJSON")),
+    ),
+    ("simulators.cli", (("simulate", "the simulated city fleet"),)),
+    _add_apikey,
+    _add_city,
+    ("dashboards.cli", (("dashboards", "Grafana provisioning"),)),
+    (
+        "broker.cli",
+        (
+            ("devices", "device and service identities on the broker"),
+            ("broker", "broker configuration"),
+            ("certs", "local CA and TLS certificates"),
+        ),
+    ),
+    (
+        "control.backupcli",
+        (
+            (
+                "backup",
+                "back the instance up (while it runs): databases, keys, secrets, CA, broker "
+                "accounts, service state; a manifest with checksums and the recovery point",
+            ),
+            ("restore", "check a backup and restore it into the instance (SAFECITY_HOME)"),
+        ),
+    ),
+)
+
+
+def build_parser(load: Collection[str] | None = None) -> argparse.ArgumentParser:
+    """The argument parser of the `safecity` command; with `load`, only the services'
+    modules of those commands are imported (the other commands are listed, not parseable)."""
     parser = argparse.ArgumentParser(prog="safecity", description="safecity telemetry platform")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_run(sub)
-    ingest_cli.add_parsers(sub)
-    _add_env_example(sub)
-    _add_verify(sub)
-    alerts_cli.add_parsers(sub)
-    notify_cli.add_parsers(sub)
-    rollups_cli.add_parsers(sub)
-    _add_influx(sub)
-    api_cli.add_parsers(sub)
-    simulators_cli.add_parsers(sub)
-    _add_apikey(sub)
-    _add_city(sub)
-    dashboards_cli.add_parsers(sub)
-    broker_cli.add_parsers(sub)
-    backupcli.add_parsers(sub)
+    for entry in COMMANDS:
+        if callable(entry):
+            entry(sub)
+            continue
+        module, commands = entry
+        if load is None or any(name in load for name, _ in commands):
+            importlib.import_module(module).add_parsers(sub)
+        else:
+            for name, text in commands:
+                sub.add_parser(name, help=text)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `safecity` console script."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # The command is the first word that is not an option (the top level has only -h).
+    command = next((word for word in argv if not word.startswith("-")), None)
+    args = build_parser(load=() if command is None else (command,)).parse_args(argv)
     try:
         code: int = args.func(args)
     except SafecityError as exc:

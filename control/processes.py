@@ -44,8 +44,15 @@ def _ephemeral_low() -> int:
         return 32768
 
 
+# The ports free_port has handed out in this process: a stack picks all of its ports
+# before it starts anything, so a port still free (not yet bound) may not go out twice.
+_HANDED_OUT: set[int] = set()
+_HANDED_OUT_LOCK = threading.Lock()
+
+
 def free_port(host: str = LOOPBACK) -> int:
-    """Return a TCP port on `host` that was free a moment ago, below the ephemeral range.
+    """Return a TCP port on `host` that was free a moment ago, below the ephemeral range,
+    and not handed out before by this process.
 
     A port the kernel hands out for port 0 comes from the ephemeral range, where any
     outgoing connection may take it as its source port before the service binds it; a
@@ -54,11 +61,14 @@ def free_port(host: str = LOOPBACK) -> int:
     low = max(_ephemeral_low() - 12_000, 10_000)
     for _ in range(100):
         port = random.randrange(low, low + 12_000)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        with _HANDED_OUT_LOCK, socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            if port in _HANDED_OUT:
+                continue
             try:
                 sock.bind((host, port))
             except OSError:
                 continue
+            _HANDED_OUT.add(port)
             return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))

@@ -21,8 +21,10 @@ entries and dead letters.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -387,9 +389,15 @@ async def verify(
     cities: Sequence[str] | None = None,
     city: str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    settle_s: float = 0.0,
+    poll_s: float = 0.5,
 ) -> Report:
     """Read a ledger file (see `read_ledger`) and check it (see `check`) against the
-    databases of `cities` (none: the client's own database, a single-city deployment)."""
+    databases of `cities` (none: the client's own database, a single-city deployment).
+
+    With `settle_s`, messages may still be on their way: the check is repeated every
+    `poll_s` until two in a row have the same figures and every acknowledged message is
+    stored or dead-lettered, or until a check begins `settle_s` after the first."""
     try:
         entries = read_ledger(ledger_path, upto)
     except (OSError, ValueError, KeyError) as exc:
@@ -398,6 +406,20 @@ async def verify(
     if city is not None and city not in (served or ledger_cities(entries)):
         named = ", ".join(served or ledger_cities(entries))
         raise VerifyError(f"city {city!r} is not in this run (cities: {named})")
-    return await check(
-        entries, influx, deadletter_dirs, cities=served, city=city, progress=progress
-    )
+    deadline = time.monotonic() + settle_s
+    previous: dict[str, Any] | None = None
+    while True:
+        began = time.monotonic()
+        report = await check(
+            entries, influx, deadletter_dirs, cities=served, city=city, progress=progress
+        )
+        figures = report.summary()
+        if began >= deadline or (_arrived(report) and figures == previous):
+            return report
+        previous = figures if _arrived(report) else None
+        await asyncio.sleep(max(0.0, min(poll_s, deadline - time.monotonic())))
+
+
+def _arrived(report: Report) -> bool:
+    """Every acknowledged message is where it belongs: the good stored, the bad dead-lettered."""
+    return not report.lost and not report.bad_not_deadlettered

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from control.cli import main
+from control.cli import build_parser, main
 from safecity import catalogue
 from safecity.citygen import generate
 from safecity.registry import load
@@ -241,3 +242,51 @@ def test_invalid_env_var_in_process(
     assert err.count("\n") == 1, err
     assert err.startswith("safecity: error: ")
     assert var in err, err
+
+
+SERVICES = {"alerts", "api", "broker", "dashboards", "ingest", "notify", "rollups", "simulators"}
+
+
+def _commands_of(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The `safecity` commands' own parsers, by name."""
+    (sub,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
+
+
+def test_help_lists_every_command_as_the_services_define_them() -> None:
+    # Without loading a service, the top-level help is word for word the full parser's.
+    assert build_parser(load=()).format_help() == build_parser().format_help()
+
+
+def test_a_command_loads_only_its_own_service() -> None:
+    probe = (
+        "import sys\nfrom control.cli import build_parser\n"
+        "build_parser(load=sys.argv[1:])\n"
+        "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))"
+    )
+
+    def loaded(*commands: str) -> set[str]:
+        done = subprocess.run(
+            [sys.executable, "-c", probe, *commands],
+            capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        return set(done.stdout.split()) & SERVICES
+
+    assert loaded() == set()
+    assert loaded("alerts") == {"alerts"}
+    assert loaded("deadletter") == {"ingest"}
+    assert loaded("certs") == {"broker"}
+
+
+FULL = _commands_of(build_parser())
+
+
+@pytest.mark.parametrize("command", sorted(FULL))
+def test_every_command_run_alone_has_its_whole_help(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    # Its own parser, as the full one has it (not a bare stand-in).
+    assert capsys.readouterr().out == FULL[command].format_help()

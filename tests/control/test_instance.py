@@ -112,7 +112,7 @@ def test_commands_beside_a_running_city_find_it_without_flags(
     assert report["duplicated"] == "0", verified.stdout
     assert verified.returncode == 0, verified.stdout + verified.stderr
     # Not silent while it waits and reads back: what it is doing, on stderr.
-    assert re.search(r"waiting \d+s for messages on their way", verified.stderr)
+    assert re.search(r"waiting up to \d+s for messages on their way", verified.stderr)
     assert re.search(r"verify: read back \d+/\d+ device series", verified.stderr)
 
     # A second simulator leaves every running device online: it refuses, saying why.

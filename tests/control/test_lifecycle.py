@@ -48,16 +48,6 @@ def _pub(
 
 
 def _cert(directory: Path, device_id: str) -> tuple[str, ...]:
-    """mosquitto_pub's options to present the device's certificate from directory."""
-    return (
-        "--cert",
-        str(directory / f"{device_id}.crt"),
-        "--key",
-        str(directory / f"{device_id}.key"),
-    )
-
-
-def _cert(directory: Path, device_id: str) -> tuple[str, ...]:
     """mosquitto_pub's options to log in as the device with its certificate from directory
     (the broker pins a device to its own client id)."""
     cert, key = directory / f"{device_id}.crt", directory / f"{device_id}.key"

@@ -1,93 +1,103 @@
-"""The ledger checker against a real InfluxDB: what it finds lost, unexpected, altered or
-duplicated, when devices are read back a chunk of devices a statement."""
+"""`verify` with a settle time: it reads back until the figures settle, not the whole time."""
 
 from __future__ import annotations
 
 import asyncio
+import time
+from pathlib import Path
 
 import httpx
-import pytest
 
-from control import verify
-from control.influxd import Influxd
+from control.stack import Influxd
+from control.verify import Report, verify
 from safecity import ledger, schema, topics
 from safecity.influx import InfluxClient
+from safecity.registry import default_city
 from safecity.settings import InfluxSettings
 
+CITY = default_city()
+DEVICE = CITY.devices[0]
+MEASUREMENT = schema.measurement_of(DEVICE.kind)
 T0 = 1_700_000_000_000
-MEASUREMENT = schema.measurement_of("noise")
+COUNT = 6
 
 
-def _sent(device: str, seq: int, ts: int, laeq: float) -> ledger.LedgerEntry:
-    return ledger.LedgerEntry(
-        device_id=device,
-        channel="telemetry",
-        topic=topics.telemetry_topic("almaty", "medeu", "noise", device),
-        seq=seq,
-        ts_ms=ts,
-        sha256=f"{device}-{seq}",
-        intended_reason=None,
-        puback=0,
-        values={"laeq": laeq},
-    )
-
-
-def _line(device: str, seq: int, ts: int, laeq: float) -> str:
-    return f"{MEASUREMENT},city=almaty,device_id={device} seq={seq}i,laeq={laeq} {ts}"
-
-
-def test_each_device_is_judged_on_its_own_points_across_chunks(
-    influxd: Influxd, influx_db: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Five devices at two a statement: three statements, the last with one device.
-    monkeypatch.setattr(verify, "READ_BACK_DEVICES", 2)
+def _ledger(path: Path) -> Path:
+    """COUNT good, acknowledged readings of one device, a second apart (seq 1..COUNT)."""
+    topic = topics.telemetry_topic(CITY.id, DEVICE.district, DEVICE.kind, DEVICE.id)
     entries = [
-        _sent("n1", 1, T0, 50.0),
-        _sent("n1", 2, T0 + 2000, 51.0),
-        _sent("n2", 1, T0, 50.0),
-        _sent("n2", 2, T0 + 2000, 51.0),  # never stored: lost
-        _sent("n3", 1, T0, 50.0),
-        _sent("n3", 2, T0 + 2000, 51.0),
-        _sent("n4", 1, T0, 50.0),  # stored with another value
-        _sent("n5", 1, T0, 50.0),
-        _sent("n5", 2, T0 + 1000, 51.0),  # stored as seq 1 again
+        ledger.LedgerEntry(
+            DEVICE.id, "telemetry", topic, seq, T0 + seq * 1000, f"{seq:064x}", None, 0
+        )
+        for seq in range(1, COUNT + 1)
     ]
-    stored = [
-        _line("n1", 1, T0, 50.0),
-        _line("n1", 2, T0 + 2000, 51.0),
-        _line("n1", 3, T0 + 60_000, 52.0),  # after n1's span: not n1's business here
-        _line("n2", 1, T0, 50.0),
-        _line("n3", 1, T0, 50.0),
-        _line("n3", 9, T0 + 1000, 49.0),  # inside n3's span, never sent
-        _line("n3", 2, T0 + 2000, 51.0),
-        _line("n4", 1, T0, 57.5),
-        _line("n5", 1, T0, 50.0),
-        _line("n5", 1, T0 + 1000, 51.0),
-        _line("n9", 1, T0, 40.0),  # a device the ledger does not name
-    ]
-    httpx.post(
+    path.write_text("".join(e.to_json() + "\n" for e in entries), encoding="utf-8")
+    return path
+
+
+def _store(influxd: Influxd, database: str, seqs: range) -> None:
+    lines = "\n".join(
+        f"{MEASUREMENT},device_id={DEVICE.id} seq={seq}i {T0 + seq * 1000}" for seq in seqs
+    )
+    response = httpx.post(
         f"{influxd.url}/write",
-        params={"db": influx_db, "precision": "ms"},
-        content="\n".join(stored),
+        params={"db": database, "precision": "ms"},
+        content=lines.encode(),
         timeout=10,
-    ).raise_for_status()
-    progress: list[tuple[int, int]] = []
+    )
+    response.raise_for_status()
 
-    async def run() -> verify.Report:
-        client = InfluxClient(InfluxSettings(url=influxd.url, database=influx_db))
-        try:
-            return await verify.check(
-                entries, client, progress=lambda done, total: progress.append((done, total))
-            )
-        finally:
-            await client.close()
 
-    report = asyncio.run(run())
-    assert report.sent == report.acknowledged == report.good == 9
-    assert report.stored == 9  # n1's later point and n9 are outside what was asked
-    assert report.lost == [f"{MEASUREMENT}/n2@{T0 + 2000} seq 2"]
-    assert report.unexpected == [f"{MEASUREMENT}/n3@{T0 + 1000}"]
-    assert report.value_mismatch == [f"{MEASUREMENT}/n4@{T0}", f"{MEASUREMENT}/n5@{T0 + 1000}"]
-    assert report.duplicated == [f"{MEASUREMENT}/n5 seq 1 x2"]
+async def _verify(
+    influxd: Influxd, database: str, path: Path, settle_s: float
+) -> tuple[Report, float]:
+    client = InfluxClient(InfluxSettings(url=influxd.url, database=database))
+    began = time.monotonic()
+    try:
+        report = await verify(path, client, settle_s=settle_s, poll_s=0.2)
+    finally:
+        await client.close()
+    return report, time.monotonic() - began
+
+
+def test_messages_arriving_while_it_settles_are_found_and_it_stops_once_settled(
+    influxd: Influxd, influx_db: str, tmp_path: Path
+) -> None:
+    path = _ledger(tmp_path / "ledger.jsonl")
+    _store(influxd, influx_db, range(1, 4))
+
+    async def late_arrivals() -> tuple[Report, float]:
+        checking = asyncio.create_task(_verify(influxd, influx_db, path, settle_s=120))
+        await asyncio.sleep(1.0)
+        # The rest arrives while verify reads back: it must count them, not report them lost.
+        await asyncio.to_thread(_store, influxd, influx_db, range(4, COUNT + 1))
+        return await checking
+
+    report, took = asyncio.run(late_arrivals())
+    assert report.ok, report.render()
+    assert (report.acknowledged, report.stored, report.lost) == (COUNT, COUNT, [])
+    # Settled (all stored, the same twice): it returned long before the settle time.
+    assert took < 60, took
+
+
+def test_what_never_arrives_is_lost_after_the_whole_settle_time(
+    influxd: Influxd, influx_db: str, tmp_path: Path
+) -> None:
+    path = _ledger(tmp_path / "ledger.jsonl")
+    _store(influxd, influx_db, range(1, COUNT))
+    report, took = asyncio.run(_verify(influxd, influx_db, path, settle_s=1.5))
     assert not report.ok
-    assert progress == [(0, 5), (2, 5), (4, 5)]
+    assert report.stored == COUNT - 1
+    assert report.lost == [f"{MEASUREMENT}/{DEVICE.id}@{T0 + COUNT * 1000} seq {COUNT}"]
+    # It kept reading back for the whole settle time before calling it lost.
+    assert took >= 1.5, took
+
+
+def test_without_a_settle_time_it_checks_once(
+    influxd: Influxd, influx_db: str, tmp_path: Path
+) -> None:
+    path = _ledger(tmp_path / "ledger.jsonl")
+    _store(influxd, influx_db, range(1, COUNT + 1))
+    report, _ = asyncio.run(_verify(influxd, influx_db, path, settle_s=0))
+    assert report.ok, report.render()
+    assert report.stored == COUNT

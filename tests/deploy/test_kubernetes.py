@@ -17,7 +17,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -652,10 +652,17 @@ def test_the_rendered_containers_run_here_and_become_ready(
         # 3. the InfluxDB Job: first admin, service account, database, retention policies.
         result = _run_job(cluster, "safecity-influx-init", tmp_path, 120)
         assert "created admin" in result.stdout
-        # 4. every long-running safecity service, until its readiness probe passes.
-        for name in ("safecity-ingest", "safecity-notify", "safecity-alerts", "safecity-rollup",
-                     "safecity-api-commands", "safecity-api", "safecity-simulator"):  # fmt: skip
-            started.append(_start_service(cluster, name, tmp_path))
+        # 4. every long-running safecity service, until its readiness probe passes. As in
+        # a cluster, the pods start together and each becomes ready on its own.
+        names = ("safecity-ingest", "safecity-notify", "safecity-alerts", "safecity-rollup",
+                 "safecity-api-commands", "safecity-api", "safecity-simulator")  # fmt: skip
+        probes = []
+        for name in names:
+            proc, ready = _start_service(cluster, name, tmp_path)
+            started.append(proc)
+            probes.append((proc, ready))
+        for proc, ready in probes:
+            proc.wait_ready(ready, 90)
         _the_city_flows(cluster, key, operator)
     finally:
         for proc in reversed(started):
@@ -730,9 +737,10 @@ def _start_broker(cluster: ClusterHere, tmp_path: Path) -> ManagedProcess:
     return broker
 
 
-def _start_service(cluster: ClusterHere, name: str, tmp_path: Path) -> ManagedProcess:
-    """A long-running safecity service's pod, started; returned once its readiness probe
-    passes (stopped again if it never does)."""
+def _start_service(
+    cluster: ClusterHere, name: str, tmp_path: Path
+) -> tuple[ManagedProcess, Callable[[], bool]]:
+    """A long-running safecity service's pod, started, and its readiness probe."""
     spec = workload(cluster.objects, name)["spec"]["template"]["spec"]
     pod = Pod(cluster, name, spec)
     container = spec["containers"][0]
@@ -743,12 +751,7 @@ def _start_service(cluster: ClusterHere, name: str, tmp_path: Path) -> ManagedPr
         env=pod.env(container),
     )  # fmt: skip
     proc.start()
-    try:
-        proc.wait_ready(lambda: probe_ok(pod, container), 90)
-    except BaseException:
-        proc.stop(10)
-        raise
-    return proc
+    return proc, lambda: probe_ok(pod, container)
 
 
 def _the_city_flows(cluster: ClusterHere, key: str, operator: str) -> None:
