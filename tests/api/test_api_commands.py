@@ -91,6 +91,18 @@ def settled(api: Any, command_id: str, timeout: float = 20) -> dict[str, Any]:
     return found
 
 
+def end_session(stack: LocalStack, device: Device) -> None:
+    """Log in as the device with a clean start and leave: the broker then holds no session
+    for it (a simulator of the whole city that another test ran on this broker left one,
+    whose subscription would take the device's commands while it is away)."""
+    topic = topics.command_topic(CITY.id, device.district, device.kind, device.id)
+    login = mosquitto("mosquitto_sub", stack, device.id, client_id=device.id)
+    result = subprocess.run(
+        [*login, "-q", "1", "-t", topic, "-E"], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+
+
 def unsimulated(kind: str, count: int) -> list[Device]:
     """Devices of a kind that no simulator runs in these tests (the registry's last ones)."""
     return [d for d in reversed(CITY.devices) if d.kind == kind][:count]
@@ -158,6 +170,7 @@ def test_a_device_that_never_connects_costs_a_bounded_number_of_attempts(
                       SAFECITY_COMMANDS__MAX_TRIES="4")  # fmt: skip
     api = start_api(influx_db, **{**env, "SAFECITY_COMMANDS__RETRY": "0.05"})
     never = unsimulated("weather", 4)[3]  # one the other tests never start
+    end_session(stack, never)
     sent = send(api, never, "reboot", expires_in=3600)
     done = settled(api, sent["id"])
     (delivery,) = done["deliveries"]
