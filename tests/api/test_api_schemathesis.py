@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import hypothesis
+import hypothesis.strategies
 import pytest
 import schemathesis
 from api_seed import event, reading, write
@@ -207,6 +208,10 @@ def _probe_all(schema: Any, keys: dict[str, str], base_url: str) -> Probe:
         (operations[1::2], keys["admin2"], EXAMPLES),
     ]
     found = Probe()
+    # Hypothesis imports some strategies' modules at their first use; threads using one
+    # for the first time together can find it half imported (seen: "cannot import name
+    # 'RandomStrategy'"), so it is imported here, before the threads.
+    hypothesis.strategies.randoms().validate()
     with ThreadPoolExecutor(len(work)) as pool:
         for done in [pool.submit(_probe, ops, key, n, base_url, found) for ops, key, n in work]:
             done.result()
