@@ -5,8 +5,8 @@ alias), byte for byte: the series without points is dumped by the model itself, 
 points as plain dicts by a `TypeAdapter` of the same two fields (the same pydantic-core
 serializers). Validating 720 `SeriesPoint` models, FastAPI validating the series again
 and dumping them cost four times the dicts (2 ms of CPU a 30-day hourly series). A
-tier-served piece's points are one list kept until its buckets are rolled again
-(`api.tiers.TierBook`), so the JSON of that list is kept beside it.
+tier-served piece's points are one `api.tiers.Part` kept until its buckets are rolled
+again (`api.tiers.TierBook`), so the JSON of its points is made once and kept on it.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pydantic import TypeAdapter
 from typing_extensions import TypedDict
 
 from api.models import Series
-from api.tiers import DIGITS, RAW, Points
+from api.tiers import DIGITS, Part, Points
 from safecity.readings import format_epoch_ms
 
 
@@ -32,15 +32,10 @@ class PointJSON(TypedDict):
 _POINTS = TypeAdapter(list[PointJSON])
 _SERIES = TypeAdapter(Series)
 _NO_POINTS = b'"points":[]}'
-FRAGMENTS_KEPT = 512
 
 # Bucket starts repeat from one answer to the next (the same hours and days are asked
 # again and again); formatting them is most of an answer's cost, so they are kept.
 _bucket_ts = functools.lru_cache(maxsize=1 << 16)(format_epoch_ms)
-
-# id of a kept piece's list -> (that list, the JSON of its points without brackets). The
-# list is held too, so its id cannot be reused by another list while the entry lives.
-_fragments: dict[int, tuple[Points, bytes]] = {}
 
 
 def _dumped(points: Points) -> bytes:
@@ -49,18 +44,13 @@ def _dumped(points: Points) -> bytes:
     return _POINTS.dump_json(dicts)[1:-1]
 
 
-def _fragment(points: Points, kept: bool) -> bytes:
-    """`_dumped`, taken from and put in `_fragments` for a kept piece."""
-    if not kept:
+def _fragment(points: Points) -> bytes:
+    """`_dumped`, made once for a `Part` (what the tiers read) and kept on it."""
+    if not isinstance(points, Part):
         return _dumped(points)
-    hit = _fragments.get(id(points))
-    if hit is not None and hit[0] is points:
-        return hit[1]
-    fragment = _dumped(points)
-    if len(_fragments) >= FRAGMENTS_KEPT:
-        _fragments.clear()
-    _fragments[id(points)] = (points, fragment)
-    return fragment
+    if points.json is None:
+        points.json = _dumped(points)
+    return points.json
 
 
 def series_body(series: Series, parts: list[Points]) -> bytes:
@@ -69,11 +59,7 @@ def series_body(series: Series, parts: list[Points]) -> bytes:
     head = _SERIES.dump_json(series, by_alias=True)
     if series.points or not head.endswith(_NO_POINTS) or len(parts) != len(series.served_by):
         raise ValueError("series_body takes a series without points and one part a piece")
-    fragments = [
-        _fragment(part, served.tier != RAW)
-        for part, served in zip(parts, series.served_by, strict=True)
-        if part
-    ]
+    fragments = [_fragment(part) for part in parts if part]
     return head[: -len(b"]}")] + b",".join(fragments) + b"]}"
 
 

@@ -122,6 +122,20 @@ class Kept(Generic[K, V]):
 
 Points = list[tuple[int, float]]
 """(bucket start ms, value) pairs of a piece, oldest first."""
+
+
+class Part(Points):
+    """A piece's points as read (`Points`), and their JSON once a writer made it
+    (`api.seriesbody`): a tier-served part is one object, kept until its buckets are
+    rolled again, so its JSON is made once."""
+
+    __slots__ = ("json",)
+
+    def __init__(self, points: Iterable[tuple[int, float]] = ()) -> None:
+        super().__init__(points)
+        self.json: bytes | None = None
+
+
 DIGITS = 4
 """Decimals a series' values are rounded to (as the overview's figures are)."""
 PieceKey = tuple[str, str, int, str, tuple[tuple[str, str], ...], int, int]
@@ -139,7 +153,7 @@ class TierBook:
     _marks: dict[str, dict[str, Rolled]] = field(default_factory=dict)
     _read_at: float = -1e9
     _reading: asyncio.Future[None] | None = None
-    pieces: Kept[PieceKey, Points] = field(default_factory=lambda: Kept(PIECES_KEPT))
+    pieces: Kept[PieceKey, Part] = field(default_factory=lambda: Kept(PIECES_KEPT))
 
     @classmethod
     def of(cls, settings: InfluxSettings) -> TierBook:
@@ -314,9 +328,9 @@ async def tiered_series(
 
 async def _piece_points(
     influx: InfluxClient, statement: str, params: dict[str, str], piece: Piece
-) -> list[tuple[int, float]]:
+) -> Part:
     """(bucket start ms, value) of one piece's statement, empty buckets left out."""
-    out: list[tuple[int, float]] = []
+    out = Part()
     for s in await influx.query(statement, piece.bound(params)):
         for row in s.rows():
             value = row.get("value")

@@ -34,11 +34,11 @@ from safecity.settings import InfluxSettings
 log = logging.getLogger("safecity.run")
 
 LOCAL_KEY_NAME = "make-run"
+"""The name of the key each run makes (and the next run revokes)."""
 READY_TIMEOUT_S = 120.0
 """How long a service may take to answer its readiness probe, from when the wait for it
 begins. The services start together and share the cores with a big city's simulator
 building its fleet (an API that answers in 28 s alone may need twice that then)."""
-"""The name of the key each run makes (and the next run revokes)."""
 
 
 def _port(configured: int) -> int:

@@ -91,7 +91,6 @@ class World:
         self._roads = Grid(city.select(kind="traffic"), span)
         self._crowds = Grid(city.select(kind="crowd"), span)
         self._nodes = Grid(city.select(kind="gunshot"), span, cell_m=GUNSHOT_RANGE_M / 20)
-        self._ours = {d.id: d for d in city.devices}
         self._profiles: dict[str, Profile] = {}
 
     def _profile(self, device: Device) -> Profile:
@@ -124,7 +123,7 @@ class World:
 
     def profile(self, device: Device) -> Profile:
         """The device's profile (standalone if it is not of this city)."""
-        if self._ours.get(device.id) != device:
+        if self.city.device(device.id) != device:
             return standalone(device)
         found = self._profiles.get(device.id)
         if found is None:

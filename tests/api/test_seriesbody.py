@@ -13,7 +13,7 @@ from pydantic import TypeAdapter
 from api.models import Series, SeriesPoint, Served, Window
 from api.routes.cities import router
 from api.seriesbody import series_body, series_response
-from api.tiers import DIGITS, RAW, Points
+from api.tiers import DIGITS, RAW, Part, Points
 from safecity.readings import format_epoch_ms
 
 MS_2000, MS_2100 = 946_684_800_000, 4_102_444_800_000
@@ -45,7 +45,8 @@ def series_st(draw: st.DrawFn) -> tuple[Series, list[Points]]:
         served_by=served,
         points=[],
     )
-    return series, [draw(part_st) for _ in tiers]
+    # What the tiers read is a Part (its JSON made once); a plain list is dumped each time.
+    return series, [Part(p) if draw(st.booleans()) else p for p in (draw(part_st) for _ in tiers)]
 
 
 def _by_the_model(series: Series, parts: list[Points]) -> bytes:
@@ -68,7 +69,7 @@ def test_the_body_is_the_models_serialization_byte_for_byte(
     series, parts = drawn
     body = series_body(series, parts)
     assert body == _by_the_model(series, parts)
-    assert series_body(series, parts) == body  # kept pieces' JSON taken from the memo
+    assert series_body(series, parts) == body  # a Part's JSON taken from the part
     parsed = json.loads(body)
     assert parsed["window"]["from"] == series.window.from_
     assert [(p["ts"], p["value"]) for p in parsed["points"]] == [
@@ -76,7 +77,7 @@ def test_the_body_is_the_models_serialization_byte_for_byte(
     ]
 
 
-def test_a_kept_piece_is_dumped_once_and_a_raw_one_every_time() -> None:
+def test_a_kept_part_is_dumped_once_and_a_plain_list_every_time() -> None:
     series = Series(
         city="tashkent", district="chilanzar", device_id=None, kind="air_quality",
         field="pm25", unit="ug/m3", agg="mean", every_s=3600, window=_window(),
@@ -84,15 +85,18 @@ def test_a_kept_piece_is_dumped_once_and_a_raw_one_every_time() -> None:
                    Served(tier=RAW, **{"from": "b", "to": "c"})],
         points=[],
     )  # fmt: skip
-    kept = [(1_700_000_000_000, 12.34567), (1_700_003_600_000, -0.0001)]
+    kept = Part([(1_700_000_000_000, 12.34567), (1_700_003_600_000, -0.0001)])
     raw = [(1_700_007_200_000, 3.0)]
     response = series_response(series, [kept, raw])
     assert response.media_type == "application/json"
     assert response.body == _by_the_model(series, [kept, raw])
-    # The memo answers for the kept list itself, never for an equal other list.
+    made = kept.json
+    assert made is not None
+    # The kept part's JSON is its own, made once; a plain list is dumped every time.
     raw.append((1_700_010_800_000, 4.0))
     assert series_body(series, [kept, raw]) == _by_the_model(series, [kept, raw])
-    assert series_body(series, [list(kept), raw]) == _by_the_model(series, [kept, raw])
+    assert kept.json is made
+    assert series_body(series, [Part(kept), raw]) == _by_the_model(series, [kept, raw])
 
 
 def test_a_series_with_points_is_refused() -> None:
