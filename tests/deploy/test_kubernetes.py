@@ -449,6 +449,26 @@ def test_the_sizing_document_and_overlays_are_the_models_output() -> None:
         assert clustered == (sizing.plan(costs, devices).broker_nodes > 1), size
 
 
+def test_every_plans_reconnect_storm_fits_its_brokers_cores_in_the_target() -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import sizing
+    finally:
+        sys.path.pop(0)
+    costs = sizing.load_costs()
+    doc = (ROOT / "docs" / "sizing.md").read_text(encoding="utf-8")
+    for devices in [*sizing.SIZES.values(), 50_000, 3_000_000]:
+        p = sizing.plan(costs, devices)
+        cores = 1.0 if p.broker_nodes == 1 else sizing.EMQX_CORES_PER_NODE
+        # The broker CPU of every device of a node reconnecting, spread over its cores.
+        per_node = devices / p.broker_nodes * costs["storm_broker_cpu_ms_per_device"] / 1e3
+        assert p.storm_cpu_s == pytest.approx(per_node)
+        assert p.storm_s == pytest.approx(per_node / cores)
+        assert p.storm_s <= sizing.STORM_TARGET_S, devices
+        if devices in sizing.SIZES.values():
+            assert f"{p.storm_cpu_s:.0f} s, {p.storm_s:.0f} s on {cores:g} core" in doc
+
+
 def test_the_emqx_acl_says_what_the_dynamic_security_config_says(tmp_path: Path) -> None:
     config = json.dumps(
         {
