@@ -19,29 +19,50 @@ from array import array
 
 from simulators.timebase import normal
 
-# slot (key, step_h, tau_h) -> anchor -> the knots from that anchor on, as far as asked.
-_cache: dict[tuple[int, float, float], dict[int, array[float]]] = {}
+KEEP_HOURS = 26.0
+"""Knots kept behind the newest one asked, in hours: a backfill asks a district's shared
+process for the same day once per device (so it goes back a day, maybe over a block
+boundary); a live device only ever asks for the next one. Older knots are dropped (a
+fleet kept every knot since each anchor: up to 2 x 2 blocks of them per process, a few
+KiB per device) and, if asked for again, stepped again from their anchor (the same
+numbers: the same operations in the same order)."""
+_ANCHORS_KEPT = 2
 _CACHE_MAX_KNOTS = 4_000_000
 _stored = 0
-_ANCHORS_KEPT = 2
 
 
-def _from_anchor(slot: tuple[int, float, float], anchor: int) -> array[float]:
-    """The cached knots of a slot from an anchor (the newest two anchors are kept: a
-    backfill asks a shared process for the same day once per device, so going back to
-    the day's start, maybe over a block boundary, is common and must not re-step)."""
+class _Run:
+    """The knots of one slot from one anchor, from knot `base` (after the anchor) on."""
+
+    __slots__ = ("base", "xs")
+
+    def __init__(self) -> None:
+        self.base = 0
+        self.xs: array[float] = array("d")
+
+
+# slot (key, step_h, tau_h) -> anchor -> its run of knots, as far as asked.
+_cache: dict[tuple[int, float, float], dict[int, _Run]] = {}
+
+
+def _run(slot: tuple[int, float, float], anchor: int, i: int) -> _Run:
+    """The cached run of a slot from an anchor that still holds knot `i` (the newest two
+    anchors are kept; a run whose head was dropped past `i` starts again)."""
     global _stored
     anchors = _cache.setdefault(slot, {})
-    xs = anchors.get(anchor)
-    if xs is None:
+    run = anchors.get(anchor)
+    if run is not None and run.base > i:
+        _stored -= len(anchors.pop(anchor).xs)
+        run = None
+    if run is None:
         if _stored >= _CACHE_MAX_KNOTS:
             _cache.clear()
             _stored = 0
             anchors = _cache[slot] = {}
         while len(anchors) >= _ANCHORS_KEPT:
-            _stored -= len(anchors.pop(min(anchors)))
-        xs = anchors[anchor] = array("d")
-    return xs
+            _stored -= len(anchors.pop(min(anchors)).xs)
+        run = anchors[anchor] = _Run()
+    return run
 
 
 def _knots(key: int, step_h: float, tau_h: float, k: int) -> tuple[float, float]:
@@ -49,20 +70,27 @@ def _knots(key: int, step_h: float, tau_h: float, k: int) -> tuple[float, float]
     global _stored
     block = int(14.0 * tau_h / step_h) + 1
     anchor = (k // block - 1) * block
-    xs = _from_anchor((key, step_h, tau_h), anchor)
     i = k - anchor
-    if len(xs) < i + 2:
+    run = _run((key, step_h, tau_h), anchor, i)
+    xs = run.xs
+    if run.base + len(xs) < i + 2:
         before = len(xs)
         phi = math.exp(-step_h / tau_h)
         s = math.sqrt(1.0 - phi * phi)
         if not xs:
             xs.append(normal(key, anchor))
         x = xs[-1]
-        for j in range(anchor + len(xs), k + 2):
+        for j in range(anchor + run.base + len(xs), k + 2):
             x = phi * x + s * normal(key, j)
             xs.append(x)
         _stored += len(xs) - before
-    return xs[i], xs[i + 1]
+        keep = int(KEEP_HOURS / step_h) + 2
+        if len(xs) > 2 * keep:
+            drop = len(xs) - keep
+            del xs[:drop]
+            run.base += drop
+            _stored -= drop
+    return xs[i - run.base], xs[i - run.base + 1]
 
 
 def ou(key: int, hours: float, tau_h: float, step_h: float = 1.0) -> float:

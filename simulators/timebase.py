@@ -65,15 +65,23 @@ def unit(key: int, k: int) -> float:
     return ((mix64(key ^ mix64(k & _MASK)) >> 11) + 0.5) * _TO_UNIT
 
 
+_MIXED: dict[int, int] = {}
+_MIXED_MAX = 1 << 16
+
+
 def normal(key: int, k: int) -> float:
     """A standard normal number for (key, k) (Box-Muller on two hashed uniforms).
 
     `mix64(key ^ mix64(k))` and `mix64` of that, written out: the processes draw millions
-    of these in a backfill, and the calls cost more than the arithmetic."""
-    z = ((k & _MASK) + 0x9E3779B97F4A7C15) & _MASK
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
-    z = ((key ^ z ^ (z >> 31)) + 0x9E3779B97F4A7C15) & _MASK
+    of these in a backfill, and the calls cost more than the arithmetic. `mix64(k)` is
+    the same for every key: every device's processes ask for the same few hundred knots
+    around the current time, so it is looked up (a third of the hashing) most times."""
+    mixed = _MIXED.get(k)
+    if mixed is None:
+        mixed = _MIXED[k] = mix64(k & _MASK)
+        if len(_MIXED) > _MIXED_MAX:
+            _MIXED.clear()
+    z = ((key ^ mixed) + 0x9E3779B97F4A7C15) & _MASK
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
     h = z ^ (z >> 31)

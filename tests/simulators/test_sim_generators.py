@@ -22,6 +22,7 @@ from simulators import generators as g
 from simulators import processes
 from simulators.climate import climate_at
 from simulators.sites import World
+from simulators.timebase import normal
 from simulators.weather import weather
 
 CITY: City = generate("tashkent", 300, 11)
@@ -195,6 +196,17 @@ def test_a_value_does_not_depend_on_what_was_asked_before(key: int, earlier: lis
         for tau in (2.0, 8.0, 36.0):
             processes.ou(key, hours_at + h * 0.5, tau)
     assert [processes.ou(key, hours_at, tau) for tau in (2.0, 8.0, 36.0)] == fresh
+
+
+def test_the_processes_noise_is_pinned_whatever_was_asked_before() -> None:
+    # Pinned (computed by the code before `normal` kept `mix64(k)` between calls): a
+    # change here changes every simulated value; asked twice, in either order, the same.
+    asked = ((0, 0), (2**64 - 1, -5), (123456789, 5000), (42, 2**70))
+    pinned = [
+        0.5948276824468886, -0.49284134722858414, 0.08586521320726663, -0.43276575156544633
+    ]
+    assert [normal(key, k) for key, k in asked] == pinned
+    assert [normal(key, k) for key, k in reversed(asked)] == pinned[::-1]
 
 
 def test_stable_hash_does_not_depend_on_python_hash() -> None:
