@@ -15,16 +15,19 @@ state); when settled entries make up most of the file it is compacted by writing
 unsettled entries to a temporary file, fsync and `rename` over the log (atomic).
 Records are written with one unbuffered `write` each: they survive a crash of this
 process, not a power cut (no fsync per message; that would cap the rate at the disk's
-sync rate).
+sync rate). The log is opened for each write and read, never held open: a process of
+thousands of devices needs one open file per device (its connection), not two, even
+while a broker outage has every device spooling.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import os
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +79,11 @@ class DeviceSpool:
     settle) never reads the file back.
     """
 
+    __slots__ = (
+        "_by_seq", "_cache_limit", "_cached", "_decode", "_encode", "_entries", "_file",
+        "_live_bytes", "_next_id", "_out", "_size", "_unsent", "max_bytes",
+    )  # fmt: skip
+
     def __init__(
         self,
         path: Path,
@@ -85,27 +93,44 @@ class DeviceSpool:
         decode_meta: Callable[[Any], Any] = _identity,
         cache: int = 1000,
     ) -> None:
-        self.path = path
+        # A str: a Path per device of a fleet costs more (`path` makes one when asked).
+        self._file = os.fspath(path)
         self.max_bytes = max_bytes
         self._encode = encode_meta
         self._decode = decode_meta
         self._cache_limit = cache
         self._cached = 0
-        self._entries: OrderedDict[int, _Entry] = OrderedDict()
+        self._entries: dict[int, _Entry] = {}
         self._by_seq: dict[tuple[str, int], list[int]] = {}
-        self._unsent: deque[int] = deque()
-        self._out: set[int] = set()
+        # Made when first needed and dropped when all is settled: a fleet's devices are
+        # caught up most of the time, and an empty deque weighs 760 bytes, a set 216.
+        self._unsent: deque[int] | None = None
+        self._out: set[int] | None = None
         self._live_bytes = 0
         self._next_id = 0
-        flags = os.O_RDWR | os.O_CREAT | os.O_APPEND
+        self._size = 0
+        # Created now, not at the first write: creating a file costs far more than opening
+        # one, and a whole fleet's first readings are due at once.
+        flags = os.O_RDONLY | os.O_CREAT
         try:
-            self._fd = os.open(path, flags, 0o600)
+            fd = os.open(self._file, flags, 0o600)
         except FileNotFoundError:
             # The directory is made once, not tried again for each of a fleet's devices.
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(path, flags, 0o600)
-        self._size = 0
-        self._replay()
+            fd = os.open(self._file, flags, 0o600)
+        try:
+            data = b""
+            if os.fstat(fd).st_size:
+                with open(fd, "rb", closefd=False) as handle:
+                    data = handle.read()
+        finally:
+            os.close(fd)
+        self._replay(data)
+
+    @property
+    def path(self) -> Path:
+        """The log file."""
+        return Path(self._file)
 
     # --- state -----------------------------------------------------------------
 
@@ -117,7 +142,7 @@ class DeviceSpool:
     @property
     def unsent(self) -> int:
         """Unsettled messages not handed out since the last rewind."""
-        return len(self._entries) - len(self._out)
+        return len(self._entries) - len(self._out or ())
 
     @property
     def bytes_used(self) -> int:
@@ -159,27 +184,32 @@ class DeviceSpool:
             cached = SpoolItem(ident, topic, payload, meta, seq, channel, False)
             self._cached += 1
         self._add(ident, _Entry(self._size - len(line), len(line), seq, channel, cached))
-        self._unsent.append(ident)
+        self._queue().append(ident)
         return ident
 
     def take(self, count: int) -> list[SpoolItem]:
         """Hand out up to `count` unsent messages, oldest first."""
         out: list[SpoolItem] = []
-        while self._unsent and len(out) < count:
-            ident = self._unsent.popleft()
+        unsent = self._unsent
+        handed = self._out if self._out is not None else set()
+        while unsent and len(out) < count:
+            ident = unsent.popleft()
             entry = self._entries.get(ident)
-            if entry is None or ident in self._out:
+            if entry is None or ident in handed:
                 continue  # settled (or handed out again) meanwhile
-            self._out.add(ident)
+            handed.add(ident)
             out.append(entry.cached if entry.cached is not None else self._load(ident, entry))
+        if handed:
+            self._out = handed
         return out
 
     def rewind(self, ids: Iterable[int]) -> int:
         """Put handed-out messages back in front of the unsent ones, in log order; how many."""
-        back = sorted(i for i in ids if i in self._out)
+        handed = self._out or set()
+        back = sorted(i for i in ids if i in handed)
         for ident in back:
-            self._out.discard(ident)
-        self._unsent.extendleft(reversed(back))
+            handed.discard(ident)
+        self._queue().extendleft(reversed(back))
         return len(back)
 
     def lookup(self, channel: str, first: int, last: int) -> list[int]:
@@ -211,9 +241,9 @@ class DeviceSpool:
             self._drop(ident)
         if not self._entries:
             # Everything settled (and recorded as such): start over with an empty file.
-            self._unsent.clear()
+            self._unsent, self._out, self._by_seq = None, None, {}
             if self._size > TRUNCATE_MIN_BYTES:
-                os.ftruncate(self._fd, 0)
+                os.truncate(self._file, 0)
                 self._size = 0
         elif self._size > max(COMPACT_MIN_BYTES, 4 * self._live_bytes):
             self._compact()
@@ -221,20 +251,27 @@ class DeviceSpool:
 
     def close(self) -> None:
         """Close the log (unsettled messages stay in it for the next run)."""
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
         if not self._entries:
             # Nothing unsettled: the settled records are of no use to the next run.
-            self.path.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._file)
 
     # --- internals -------------------------------------------------------------
 
+    def _queue(self) -> deque[int]:
+        if self._unsent is None:
+            self._unsent = deque()
+        return self._unsent
+
     def _write(self, data: bytes) -> None:
-        written = os.write(self._fd, data)
-        if written != len(data):  # a short write on a regular file: the disk is full
-            os.ftruncate(self._fd, self._size)
-            raise OSError(f"short write to edge spool {self.path}")
+        fd = os.open(self._file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            written = os.write(fd, data)
+            if written != len(data):  # a short write on a regular file: the disk is full
+                os.ftruncate(fd, self._size)
+                raise OSError(f"short write to edge spool {self._file}")
+        finally:
+            os.close(fd)
         self._size += written
 
     def _add(self, ident: int, entry: _Entry) -> None:
@@ -246,7 +283,8 @@ class DeviceSpool:
     def _drop(self, ident: int) -> None:
         entry = self._entries.pop(ident)
         self._live_bytes -= entry.length
-        self._out.discard(ident)
+        if self._out:
+            self._out.discard(ident)
         if entry.cached is not None:
             self._cached -= 1
         if entry.seq is not None:
@@ -259,7 +297,11 @@ class DeviceSpool:
                     del self._by_seq[key]
 
     def _load(self, ident: int, entry: _Entry) -> SpoolItem:
-        line = os.pread(self._fd, entry.length, entry.offset)
+        fd = os.open(self._file, os.O_RDONLY)
+        try:
+            line = os.pread(fd, entry.length, entry.offset)
+        finally:
+            os.close(fd)
         record = json.loads(line)
         return SpoolItem(
             ident,
@@ -271,12 +313,8 @@ class DeviceSpool:
             True,
         )
 
-    def _replay(self) -> None:
-        """Rebuild the unsettled set from the log; cut a torn last line."""
-        data = b""
-        with open(self._fd, "rb", closefd=False) as handle:
-            handle.seek(0)
-            data = handle.read()
+    def _replay(self, data: bytes) -> None:
+        """Rebuild the unsettled set from the log's `data`; cut a torn last line."""
         offset = 0
         # Records end at "\n" only (bytes.splitlines would also split a damaged one at "\r").
         parts = data.split(b"\n")
@@ -299,16 +337,16 @@ class DeviceSpool:
                 "edge spool: cutting a torn record",
                 extra={"path": str(self.path), "bytes": len(data) - offset},
             )
-            os.ftruncate(self._fd, offset)
+            os.truncate(self._file, offset)
         self._size = offset
-        self._unsent.extend(self._entries)
         if self._entries:
+            self._queue().extend(self._entries)
             log.info(
                 "replaying a leftover spool",
                 extra={"path": str(self.path), "messages": len(self._entries)},
             )
         elif self._size:
-            os.ftruncate(self._fd, 0)
+            os.truncate(self._file, 0)
             self._size = 0
 
     def _replay_record(self, line: bytes, offset: int) -> bool:
@@ -356,24 +394,24 @@ class DeviceSpool:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         moved: list[tuple[int, int]] = []
         offset = 0
+        src = os.open(self._file, os.O_RDONLY)
         try:
             chunks = []
             for ident, entry in self._entries.items():
-                chunks.append(os.pread(self._fd, entry.length, entry.offset))
+                chunks.append(os.pread(src, entry.length, entry.offset))
                 moved.append((ident, offset))
                 offset += entry.length
             os.write(fd, b"".join(chunks))
             os.fsync(fd)
         finally:
             os.close(fd)
+            os.close(src)
         os.replace(tmp, self.path)
         dir_fd = os.open(self.path.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-        os.close(self._fd)
-        self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND)
         for ident, new_offset in moved:
             self._entries[ident].offset = new_offset
         self._size = offset

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from functools import partial
 
 from edge.agent import DeviceAgent, Envelope
 from edge.commands import CommandExecutor, CommandFailed
@@ -26,6 +27,9 @@ REBOOT_DOWN_S = 2.0
 
 class Actuators:
     """The command handler of one simulated device."""
+
+    __slots__ = ("_failure_rate", "_now_ms", "_rng", "_seed", "_submit", "agent", "preset",
+                 "sim", "sounding")  # fmt: skip
 
     def __init__(
         self,
@@ -98,13 +102,13 @@ class Commands:
 
     def receiver(self, device_id: str) -> Callable[[bytes], None]:
         """The agent's `on_command` of one device."""
+        # A partial, not a closure: a fleet holds one a device.
+        return partial(self._receive, device_id)
 
-        def receive(payload: bytes) -> None:
-            executor = self.executors.get(device_id)
-            if executor is not None:
-                executor.receive(payload)
-
-        return receive
+    def _receive(self, device_id: str, payload: bytes) -> None:
+        executor = self.executors.get(device_id)
+        if executor is not None:
+            executor.receive(payload)
 
     def attach_all(
         self,

@@ -38,10 +38,20 @@ from simulators.timebase import device_rng, stable_int, step_rng
 
 # Incident types whose detectors report at once (see DeviceSim._wakes).
 IMMEDIATE = frozenset({"gunshot", "road_accident"})
+# The wakes of every device without any (most): shared, never mutated (only a non-empty
+# list is popped from).
+_NO_WAKES: list[int] = []
 
 
 class DeviceSim:
     """One simulated device: its schedule, seq counter, random streams and payloads."""
+
+    # A fleet holds thousands: no instance dict.
+    __slots__ = (
+        "_burst", "_command_rng", "_faults", "_model", "_offset_ms", "_others", "_prev_ms",
+        "_reading_ms", "_rng_key", "_scene", "_seed", "_wakes", "cadence_ms", "cadence_s",
+        "city_id", "device", "kind", "level", "profile", "seq", "start_ms", "telemetry_topic",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -73,10 +83,13 @@ class DeviceSim:
         self._reading_ms = self.start_ms if first_burst else self.start_ms + self._offset_ms
         # Detectors (acoustic nodes, traffic cameras) report a scripted incident the
         # moment it happens, not at their next health reading minutes later.
-        self._wakes = sorted(
-            i.start_ms
-            for i in (scene.scripted if scene is not None else ())
-            if i.type in IMMEDIATE and i.start_ms >= self.start_ms and i.reach(device) > 0
+        self._wakes = (
+            sorted(
+                i.start_ms
+                for i in (scene.scripted if scene is not None else ())
+                if i.type in IMMEDIATE and i.start_ms >= self.start_ms and i.reach(device) > 0
+            )
+            or _NO_WAKES
         )
         self._model = reading_model(device.kind)
         self._scene = scene
@@ -88,10 +101,20 @@ class DeviceSim:
         self.level: int | None = None
         self._seed = seed
         self._command_rng: random.Random | None = None
-        args = (city_id, device.district, device.kind, device.id)
-        self.telemetry_topic = telemetry_topic(*args)
-        self.event_topic = event_topic(*args)
-        self.status_topic = status_topic(*args)
+        # Sent every reading; the event and status topics are made when needed.
+        self.telemetry_topic = telemetry_topic(city_id, device.district, device.kind, device.id)
+
+    @property
+    def event_topic(self) -> str:
+        """The device's event topic."""
+        d = self.device
+        return event_topic(self.city_id, d.district, d.kind, d.id)
+
+    @property
+    def status_topic(self) -> str:
+        """The device's status topic."""
+        d = self.device
+        return status_topic(self.city_id, d.district, d.kind, d.id)
 
     def status(self, ts_ms: int, state: str, reason: str | None = None) -> Outgoing:
         """A status message (birth: online; will/farewell: offline)."""

@@ -19,6 +19,7 @@ import heapq
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -448,20 +449,51 @@ def _secret_source(
 ) -> Callable[[], str | None]:
     """The device's secret: first as read at start, then re-read from the secrets file
     each time the broker refuses it (rotated while the fleet runs)."""
-    path, device_id = settings.edge.secrets_file, sim.device.id
-    asked = False
+    return _Secret(settings.edge.secrets_file, sim.device.id, first.get(sim.device.id))
 
-    def secret() -> str | None:
-        nonlocal asked
-        if not asked or path is None:
-            asked = True
-            return first.get(device_id)
+
+class _Secret:
+    """A device's secret, as `_secret_source` gives it (a slotted object: a fleet holds
+    one a device, and a closure with its cells weighs several times more)."""
+
+    __slots__ = ("_asked", "_device_id", "_first", "_path")
+
+    def __init__(self, path: Path | None, device_id: str, first: str | None) -> None:
+        self._path, self._device_id, self._first, self._asked = path, device_id, first, False
+
+    def __call__(self) -> str | None:
+        if not self._asked or self._path is None:
+            self._asked = True
+            return self._first
         try:
-            return read_secrets(path).get(device_id)
+            return read_secrets(self._path).get(self._device_id)
         except ConfigError:
             return None  # a file being rewritten: try again at the next refusal
 
-    return secret
+
+class _Statuses:
+    """A simulated device's birth, will and farewell, stamped when asked for."""
+
+    __slots__ = ("_now_ms", "_sim")
+
+    def __init__(self, sim: DeviceSim, now_ms: Callable[[], int]) -> None:
+        self._sim, self._now_ms = sim, now_ms
+
+    def _status(self, state: str, reason: str | None = None) -> Outgoing:
+        return self._sim.status(max(self._now_ms(), self._sim.start_ms), state, reason)
+
+    def birth(self) -> Envelope:
+        message = self._status("online")
+        return Envelope(message.topic, message.payload, message, resend=False)
+
+    def farewell(self) -> Envelope:
+        message = self._status("offline", "shutdown")
+        return Envelope(message.topic, message.payload, message, resend=False)
+
+    def will(self) -> Will:
+        # Stamped when the connection opens: the broker sends it as is, later.
+        message = self._status("offline", "connection lost")
+        return Will(message.topic, message.payload, qos=1, retain=False)
 
 
 def _device_agent(
@@ -474,30 +506,17 @@ def _device_agent(
     city_id: str | None = None,
     on_command: Callable[[bytes], None] | None = None,
 ) -> DeviceAgent:
-    def birth() -> Envelope:
-        message = sim.status(max(now_ms(), sim.start_ms), "online")
-        return Envelope(message.topic, message.payload, message, resend=False)
-
-    def farewell() -> Envelope:
-        message = sim.status(max(now_ms(), sim.start_ms), "offline", "shutdown")
-        return Envelope(message.topic, message.payload, message, resend=False)
-
+    statuses = _Statuses(sim, now_ms)
     address = (sim.device.district, sim.device.kind, sim.device.id)
-
-    def will() -> Will:
-        # Stamped when the connection opens: the broker sends it as is, later.
-        message = sim.status(max(now_ms(), sim.start_ms), "offline", "connection lost")
-        return Will(message.topic, message.payload, qos=1, retain=False)
-
     return DeviceAgent(
         sim.device.id,
         settings.mqtt,
         settings.edge,
         recorder.result,
         password=password,
-        birth=birth,
-        will=will,
-        farewell=farewell,
+        birth=statuses.birth,
+        will=statuses.will,
+        farewell=statuses.farewell,
         encode_meta=encode,
         decode_meta=_decode_meta,
         seed=settings.seed,

@@ -106,17 +106,24 @@ class Scene:
         self.climate = climate_of(city.id, *city.record.centroid, city.record.timezone)
         self.utc_offset_h = self.climate.utc_offset_h
         self._ambient_cache = lru_cache(maxsize=512)(self._ambient_hour)
+        self._ambient_near = lru_cache(maxsize=64)(self._ambient_window)
+        self._last: tuple[tuple[int, int], tuple[SimulatedIncident, ...]] | None = None
 
     # --- which incidents --------------------------------------------------------
 
-    def incidents_at(self, t_ms: int, lead_ms: int = _HOUR_MS) -> list[SimulatedIncident]:
+    def incidents_at(self, t_ms: int, lead_ms: int = _HOUR_MS) -> tuple[SimulatedIncident, ...]:
         """Incidents active at t (with a lead/lag window for traffic around events)."""
-        out = [i for i in self.scripted if i.active(t_ms, lead_ms)]
-        if self.ambient:
-            hour = t_ms // _HOUR_MS
-            for h in range(hour - 6, hour + 2):
-                out.extend(i for i in self._ambient_cache(h) if i.active(t_ms, lead_ms))
+        if self._last is not None and self._last[0] == (t_ms, lead_ms):
+            # A whole fleet's first readings share their instant.
+            return self._last[1]
+        near = self._ambient_near(t_ms // _HOUR_MS) if self.ambient else ()
+        out = tuple(i for i in (*self.scripted, *near) if i.active(t_ms, lead_ms))
+        self._last = ((t_ms, lead_ms), out)
         return out
+
+    def _ambient_window(self, hour: int) -> tuple[SimulatedIncident, ...]:
+        """The ambient incidents of the hours that may be active in `hour` (6 before, 1 after)."""
+        return tuple(i for h in range(hour - 6, hour + 2) for i in self._ambient_cache(h))
 
     def _ambient_hour(self, hour: int) -> tuple[SimulatedIncident, ...]:
         t = datetime.fromtimestamp(hour * 3600 + 1800, UTC)

@@ -202,9 +202,7 @@ def test_the_processes_noise_is_pinned_whatever_was_asked_before() -> None:
     # Pinned (computed by the code before `normal` kept `mix64(k)` between calls): a
     # change here changes every simulated value; asked twice, in either order, the same.
     asked = ((0, 0), (2**64 - 1, -5), (123456789, 5000), (42, 2**70))
-    pinned = [
-        0.5948276824468886, -0.49284134722858414, 0.08586521320726663, -0.43276575156544633
-    ]
+    pinned = [0.5948276824468886, -0.49284134722858414, 0.08586521320726663, -0.43276575156544633]
     assert [normal(key, k) for key, k in asked] == pinned
     assert [normal(key, k) for key, k in reversed(asked)] == pinned[::-1]
 
