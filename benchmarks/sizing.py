@@ -39,7 +39,7 @@ OPEN_FILES = 1_048_576  # LimitNOFILE / container ulimit a broker host is given 
 OPEN_FILES_HERE = 20_000  # the hard limit of the machine the benchmarks ran on
 FILES_RESERVED = 100  # listeners, persistence, logs: not connections
 STORM_TARGET_S = 90.0  # every device back within this after a broker restart
-SIM_FILES_PER_DEVICE = 2  # a simulated device: its socket and its spool
+SIM_FILES_PER_DEVICE = 1  # a simulated device: its socket (its spool is opened per write)
 EMQX_SESSIONS_PER_NODE = 250_000  # per clustered-broker node (memory, fds)
 EMQX_CORES_PER_NODE = 4.0  # the EMQX pod's request is 1 core; plan nodes of 4
 EMQX_MIN_NODES = 3  # a cluster that survives the loss of one node
@@ -300,7 +300,8 @@ Per-device figures are the growth between the smallest and the largest city.
 ## Open files: one connection, one file
 
 Each MQTT connection is an open file of the broker (Mosquitto: one per client), and
-each simulated device two of its simulator process (its socket and its spool). A
+each simulated device one of its simulator process (its socket; its spool is opened for
+each write, never held). A
 process may hold as many as its `nofile` limit; the machine these figures come from
 allows {OPEN_FILES_HERE:,} per process (a hard limit), so one Mosquitto there serves at
 most ~{OPEN_FILES_HERE - FILES_RESERVED:,} devices and a simulator process

@@ -69,7 +69,7 @@ class StackSettings(ServiceSettings):
     simulator_processes: Annotated[int, Field(ge=1, le=256)] = Field(
         default=1,
         description="Spread the simulated fleet over this many processes (the simulator's "
-        "SAFECITY_PROCESSES): each holds two open files per device and one core at most; "
+        "SAFECITY_PROCESSES): each holds one open file per device and one core at most; "
         "about one per 5,000 devices (docs/sizing.md).",
     )
     with_region: bool = Field(

@@ -26,6 +26,7 @@ boundary); a live device only ever asks for the next one. Older knots are droppe
 fleet kept every knot since each anchor: up to 2 x 2 blocks of them per process, a few
 KiB per device) and, if asked for again, stepped again from their anchor (the same
 numbers: the same operations in the same order)."""
+_TRIM_EVERY = 32  # knots appended past `keep` before the oldest are dropped (one memmove)
 _ANCHORS_KEPT = 2
 _CACHE_MAX_KNOTS = 4_000_000
 _stored = 0
@@ -85,7 +86,7 @@ def _knots(key: int, step_h: float, tau_h: float, k: int) -> tuple[float, float]
             xs.append(x)
         _stored += len(xs) - before
         keep = int(KEEP_HOURS / step_h) + 2
-        if len(xs) > 2 * keep:
+        if len(xs) > keep + _TRIM_EVERY:
             drop = len(xs) - keep
             del xs[:drop]
             run.base += drop

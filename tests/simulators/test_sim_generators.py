@@ -198,6 +198,19 @@ def test_a_value_does_not_depend_on_what_was_asked_before(key: int, earlier: lis
     assert [processes.ou(key, hours_at, tau) for tau in (2.0, 8.0, 36.0)] == fresh
 
 
+def test_a_process_keeps_about_a_day_of_knots_and_gives_the_same_numbers_asked_backwards() -> None:
+    # A live fleet asks every device's processes in time order: what it keeps is bounded
+    # (not every knot since the anchor); asked backwards, dropped knots are stepped again.
+    key, step, tau = 99, 0.25, 2.0
+    processes._cache.clear()
+    hours = [500_000.0 + 0.25 * i for i in range(6 * 96)]  # six days, quarter-hourly
+    forwards = [processes.ou(key, h, tau, step) for h in hours]
+    bound = int(processes.KEEP_HOURS / step) + 2 + processes._TRIM_EVERY
+    assert all(len(run.xs) <= bound for run in processes._cache[(key, step, tau)].values())
+    processes._cache.clear()
+    assert [processes.ou(key, h, tau, step) for h in reversed(hours)] == forwards[::-1]
+
+
 def test_the_processes_noise_is_pinned_whatever_was_asked_before() -> None:
     # Pinned (computed by the code before `normal` kept `mix64(k)` between calls): a
     # change here changes every simulated value; asked twice, in either order, the same.
