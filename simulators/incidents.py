@@ -107,18 +107,22 @@ class Scene:
         self.utc_offset_h = self.climate.utc_offset_h
         self._ambient_cache = lru_cache(maxsize=512)(self._ambient_hour)
         self._ambient_near = lru_cache(maxsize=64)(self._ambient_window)
-        self._last: tuple[tuple[int, int], tuple[SimulatedIncident, ...]] | None = None
+        self._recent: dict[tuple[int, int], tuple[SimulatedIncident, ...]] = {}
 
     # --- which incidents --------------------------------------------------------
 
     def incidents_at(self, t_ms: int, lead_ms: int = _HOUR_MS) -> tuple[SimulatedIncident, ...]:
         """Incidents active at t (with a lead/lag window for traffic around events)."""
-        if self._last is not None and self._last[0] == (t_ms, lead_ms):
+        key = (t_ms, lead_ms)
+        found = self._recent.get(key)
+        if found is not None:
             # A whole fleet's first readings share their instant.
-            return self._last[1]
+            return found
         near = self._ambient_near(t_ms // _HOUR_MS) if self.ambient else ()
         out = tuple(i for i in (*self.scripted, *near) if i.active(t_ms, lead_ms))
-        self._last = ((t_ms, lead_ms), out)
+        if len(self._recent) >= 8:
+            self._recent.clear()
+        self._recent[key] = out
         return out
 
     def _ambient_window(self, hour: int) -> tuple[SimulatedIncident, ...]:

@@ -1,12 +1,12 @@
 """One city's fleet spread over processes: each process runs every N-th device.
 
 A process holds one open file per device (its MQTT socket; the spool is opened for
-each write), and one event loop drives all its devices on one core; a city of tens of thousands of devices
-needs several (see docs/sizing.md). The parent starts the children (spawned: a clean
-interpreter each), serves /healthz (all children alive) and /metrics (the children's
-fleet metrics summed: each reports its own every `REPORT_EVERY` seconds), forwards
-SIGINT/SIGTERM as SIGTERM (each child drains and stops cleanly) and merges their final
-stats. Every child appends to the one ledger (`safecity.ledger`).
+each write), and one event loop drives all its devices on one core; a city of tens of
+thousands of devices needs several (see docs/sizing.md). The parent starts the children
+(spawned: a clean interpreter each), serves /healthz (all children alive) and /metrics
+(the children's fleet metrics summed: each reports its own every `REPORT_EVERY`
+seconds), forwards SIGINT/SIGTERM as SIGTERM (each child drains and stops cleanly) and
+merges their final stats. Every child appends to the one ledger (`safecity.ledger`).
 """
 
 from __future__ import annotations
