@@ -21,6 +21,7 @@ from simulators import events as ev
 from simulators import generators as g
 from simulators import processes
 from simulators.climate import climate_at
+from simulators.device import DeviceSim
 from simulators.sites import World
 from simulators.timebase import normal
 from simulators.weather import weather
@@ -209,6 +210,28 @@ def test_a_process_keeps_about_a_day_of_knots_and_gives_the_same_numbers_asked_b
     assert all(len(run.xs) <= bound for run in processes._cache[(key, step, tau)].values())
     processes._cache.clear()
     assert [processes.ou(key, h, tau, step) for h in reversed(hours)] == forwards[::-1]
+
+
+def test_warming_a_device_leaves_its_first_reading_cheap_and_changes_nothing_it_sends() -> None:
+    # The fleet warms every device while it connects; what each then sends is the same.
+    start = datetime(2026, 1, 15, 6, tzinfo=UTC)
+
+    def sent(warm: bool) -> tuple[list[bytes], int]:
+        processes._cache.clear()
+        processes._stored = 0
+        sims = [DeviceSim(CITY.id, d, 42, start, profile=WORLD.profile(d)) for d in CITY.devices]
+        if warm:
+            for sim in sims:
+                sim.warm()
+        knots = processes._stored
+        payloads = [m.payload for sim in sims for m in sim.step()]
+        # Warmed, the first readings step no process: every knot they need is there.
+        assert not warm or processes._stored == knots > 0
+        return payloads + [m.payload for sim in sims for m in sim.step()], knots
+
+    cold, knots_cold = sent(False)
+    warmed, _ = sent(True)
+    assert warmed == cold and knots_cold == 0
 
 
 def test_the_processes_noise_is_pinned_whatever_was_asked_before() -> None:
