@@ -85,3 +85,22 @@ def test_compaction_keeps_the_unsettled_and_is_atomic(tmp_path: Path) -> None:
     assert [i.payload for i in again.take(5)] == [payload]
     assert again.lookup("telemetry", 1, 1) == [keep]
     again.close()
+
+
+def test_a_spool_holds_no_open_file_even_while_it_holds_messages(tmp_path: Path) -> None:
+    # A process of thousands of devices: one open file each (its connection), not two,
+    # even while a broker outage has every device spooling.
+    def open_files() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    before = open_files()
+    spools = [DeviceSpool(tmp_path / "spool" / f"d{i}.spool", 1 << 20) for i in range(50)]
+    for spool in spools:
+        for seq in range(3):
+            spool.append("t", b"x", {"i": seq}, seq, "telemetry")
+        spool.settle([item.id for item in spool.take(1)])
+    assert open_files() == before
+    again = [DeviceSpool(spool.path, 1 << 20) for spool in spools]
+    assert [s.pending for s in again] == [2] * 50
+    assert [ids(s.take(5)) for s in again] == [[1, 2]] * 50
+    assert open_files() == before
