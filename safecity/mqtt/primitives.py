@@ -76,21 +76,14 @@ def decode_varint(buf: bytes | bytearray, pos: int) -> tuple[int, int] | None:
 
 def encode_utf8(text: str) -> bytes:
     """A UTF-8 string with its two-byte length prefix."""
-    data = text.encode("utf-8")
-    if len(data) > 0xFFFF:
-        raise WireError(f"string of {len(data)} bytes exceeds 65535")
-    return len(data).to_bytes(2, "big") + data
+    return _prefixed(text.encode("utf-8"), "string")
 
 
 def decode_utf8(buf: bytes, pos: int) -> tuple[str, int]:
     """(string, position after it) of the length-prefixed UTF-8 string at pos."""
-    if pos + 2 > len(buf):
-        raise WireError("truncated string length")
-    end = pos + 2 + int.from_bytes(buf[pos : pos + 2], "big")
-    if end > len(buf):
-        raise WireError("truncated string")
+    data, end = _take(buf, pos, "string")
     try:
-        return buf[pos + 2 : end].decode("utf-8"), end
+        return data.decode("utf-8"), end
     except UnicodeDecodeError as exc:
         raise WireError(f"string is not UTF-8: {exc}") from exc
 
@@ -168,16 +161,24 @@ def _property(buf: bytes, i: int, kind: int | str) -> tuple[Property, int]:
 
 def encode_binary(data: bytes) -> bytes:
     """Binary data with its two-byte length prefix."""
-    if len(data) > 0xFFFF:
-        raise WireError(f"binary data of {len(data)} bytes exceeds 65535")
-    return len(data).to_bytes(2, "big") + data
+    return _prefixed(data, "binary data")
 
 
 def decode_binary(buf: bytes, pos: int) -> tuple[bytes, int]:
     """(data, position after it) of the length-prefixed binary data at pos."""
+    return _take(buf, pos, "binary data")
+
+
+def _prefixed(data: bytes, what: str) -> bytes:
+    if len(data) > 0xFFFF:
+        raise WireError(f"{what} of {len(data)} bytes exceeds 65535")
+    return len(data).to_bytes(2, "big") + data
+
+
+def _take(buf: bytes, pos: int, what: str) -> tuple[bytes, int]:
     if pos + 2 > len(buf):
-        raise WireError("truncated binary data length")
+        raise WireError(f"truncated {what} length")
     end = pos + 2 + int.from_bytes(buf[pos : pos + 2], "big")
     if end > len(buf):
-        raise WireError("truncated binary data")
+        raise WireError(f"truncated {what}")
     return bytes(buf[pos + 2 : end]), end
