@@ -7,9 +7,10 @@ process connects its devices, settles, then publishes one QoS 1 reading per devi
 the city's cadence (`--every-s`, each device at its own phase) for `--steady-s`
 seconds, every PUBACK awaited. Measured from /proc: the process's resident memory
 before the clients and with all connected (per device: the slope between the sizes),
-its CPU and the broker's over the steady window (per device-second), and how long the
-connects took. The baseline is the smallest size of the same run: flat per-device
-ratios mean linear growth.
+its CPU and the broker's over the steady window (per device-second), its open files
+(the hard limit of 20,000 caps devices per process) and how long the connects took.
+The baseline is the smallest size of the same run: flat per-device ratios mean linear
+growth.
 
 Usage: ``python -m benchmarks.fleetcost [--sizes 2000 6000] [--steady-s S] [--every-s S]``.
 """
@@ -95,6 +96,7 @@ async def child(args: argparse.Namespace) -> dict[str, float]:
     await asyncio.sleep(5)
     gc.collect()
     rss1 = procs.rss_mib(os.getpid())
+    files = len(os.listdir("/proc/self/fd"))
     cpu0, broker0 = time.process_time(), procs.cpu_s(args.broker_pid)
     sent = await _steady(clients, args.steady_s, args.every_s)
     cpu, broker = time.process_time() - cpu0, procs.cpu_s(args.broker_pid) - broker0
@@ -109,6 +111,7 @@ async def child(args: argparse.Namespace) -> dict[str, float]:
         "sent": sent,
         "acked": acked[0],
         "connected_at_end": sum(c.connected for c in clients),
+        "open_files": files,
     }
     await asyncio.gather(*(c.stop(2.0) for c in clients))
     return out
@@ -122,6 +125,7 @@ def _row(r: dict[str, float], steady_s: float) -> dict[str, float]:
         "fleet us/dev-s": r["cpu_s"] * 1e6 / per,
         "broker us/dev-s": r["broker_cpu_s"] * 1e6 / per,
         "acked/sent": r["acked"] / max(1, r["sent"]),
+        "files/device": r["open_files"] / r["devices"],
     }
 
 
