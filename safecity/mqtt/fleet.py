@@ -356,7 +356,9 @@ class FleetClient:
                     lambda: link, settings.host, settings.port, ssl=context,
                     server_hostname=settings.host if context is not None else None,
                 )  # fmt: skip
+                assert link.connack is not None
                 body = await link.connack
+                link.connack = None
         except TimeoutError as exc:
             link.close()
             what = "CONNACK" if link.transport is not None else "connection"

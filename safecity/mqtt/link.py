@@ -62,7 +62,9 @@ class Link(asyncio.Protocol):
         self._buf = b""
         self._mid = 0
         self._closed: asyncio.Future[None] | None = None
-        self.connack: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        # The CONNACK's body, awaited by the attempt; None once it is read (a connected
+        # device holds no future).
+        self.connack: asyncio.Future[bytes] | None = asyncio.get_running_loop().create_future()
         self.keepalive = keepalive
         self.last_in = self.last_out = time.monotonic()
         self.lost: str | None = None
@@ -147,7 +149,7 @@ class Link(asyncio.Protocol):
         if self.lost is None:
             self.lost = str(exc) if exc is not None else "connection closed"
         _sweep_of(asyncio.get_running_loop()).links.discard(self)
-        if not self.connack.done():
+        if self.connack is not None and not self.connack.done():
             self.connack.set_exception(MqttError(f"connection lost: {self.lost}"))
         if self._closed is not None and not self._closed.done():
             self._closed.set_result(None)
@@ -165,7 +167,7 @@ class Link(asyncio.Protocol):
         elif kind == wire.PUBLISH:
             self._publish(first & 0x0F, buf, start, end)
         elif kind == wire.CONNACK:
-            if self.connack.done():
+            if self.connack is None or self.connack.done():
                 raise WireError("a second CONNACK")
             self.connack.set_result(bytes(buf[start:end]))
         elif kind == wire.SUBACK:
