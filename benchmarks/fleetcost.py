@@ -8,7 +8,8 @@ the city's cadence (`--every-s`, each device at its own phase) for `--steady-s`
 seconds, every PUBACK awaited. Measured from /proc: the process's resident memory
 before the clients and with all connected (per device: the slope between the sizes),
 its CPU and the broker's over the steady window (per device-second), its open files
-(the hard limit of 20,000 caps devices per process) and how long the connects took.
+(the hard limit of 20,000 caps devices per process), how long the connects took and
+the process's CPU per connect.
 The baseline is the smallest size of the same run: flat per-device ratios mean linear
 growth.
 
@@ -90,9 +91,11 @@ async def child(args: argparse.Namespace) -> dict[str, float]:
         )
         for d in devices
     ]
+    cpu_start = time.process_time()
     for client in clients:
         client.start()
     connect_s = await _all(clients, 600)
+    connect_cpu = time.process_time() - cpu_start
     await asyncio.sleep(5)
     gc.collect()
     rss1 = procs.rss_mib(os.getpid())
@@ -107,6 +110,7 @@ async def child(args: argparse.Namespace) -> dict[str, float]:
         "rss0_mib": rss0,
         "rss1_mib": rss1,
         "cpu_s": cpu,
+        "connect_cpu_s": connect_cpu,
         "broker_cpu_s": broker,
         "sent": sent,
         "acked": acked[0],
@@ -121,6 +125,7 @@ def _row(r: dict[str, float], steady_s: float) -> dict[str, float]:
     per = r["devices"] * steady_s
     return {
         "connects/s": r["devices"] / r["connect_s"],
+        "fleet ms/connect": r["connect_cpu_s"] * 1e3 / r["devices"],
         "KiB/device": (r["rss1_mib"] - r["rss0_mib"]) * 1024 / r["devices"],
         "fleet us/dev-s": r["cpu_s"] * 1e6 / per,
         "broker us/dev-s": r["broker_cpu_s"] * 1e6 / per,
