@@ -281,3 +281,34 @@ def test_a_refused_connack_is_named_and_the_password_asked_again(tmp_path: Path)
     assert "broker refused 'pw-dev'" in wrong.last_error
     assert "Not authorized (0x87)" in wrong.last_error or "Bad user name" in wrong.last_error
     assert rotating.failures == 2 and rotating.connects == 1 and not rotating.refused
+
+
+@pytest.mark.timeout(60)
+def test_a_disconnect_from_the_broker_is_reported_with_its_reason(tmp_path: Path) -> None:
+    """A packet over the broker's maximum (16 KiB) gets DISCONNECT 0x95: the client
+    reports the broker's reason and comes back."""
+    device = "big-dev"
+    broker = _device_broker(tmp_path, device)
+    lost: list[str] = []
+    with broker:
+        mqtt = MqttSettings(host=broker.host, port=broker.port)
+
+        async def main() -> int:
+            client = FleetClient(
+                mqtt, device, username=device, password=broker.secret(device),
+                on_connection_lost=lost.append, backoff_min=0.5,
+            )  # fmt: skip
+            client.start()
+            assert await client.wait_connected(10)
+            topic = f"safecity/v1/edgetest/d1/noise/{device}/telemetry"
+            assert client.publish(topic, b"x" * 20_000) is not None
+            for _ in range(100):
+                if client.connects >= 2:
+                    break
+                await asyncio.sleep(0.1)
+            await client.stop(1.0)
+            return client.connects
+
+        connects = asyncio.run(main())
+    assert lost == ["disconnected by the broker: Packet too large (0x95)"]
+    assert connects == 2
