@@ -8,9 +8,10 @@
 - `fleet`: `FleetClient`, the asyncio device-fleet client (edge agent, simulator), and
   `link`, its connection: an `asyncio.Protocol` over `wire`, not paho. A fleet holds
   tens of thousands of connections per process, each device its own: a paho client per
-  device cost ~9 KiB and ~20 us of CPU per device-second (its socket pair, locks,
-  deques and a housekeeping call per client every few seconds); the lean client ~3 KiB
-  and ~4 us, one socket per device (`benchmarks/fleetcost.py`, benchmarks/README.md);
+  device cost ~9 KiB, ~20 us of CPU per device-second and ~1.7 ms per connect (its
+  dicts, locks, deques and a housekeeping wake-up per client every few seconds); the
+  lean client ~2.6 KiB, ~4 us and ~0.7 ms (`benchmarks/fleetcost.py`,
+  benchmarks/README.md);
 - `pacing`: the fleet's jittered backoff and `ConnectTally` (who of a fleet is up);
 - `outboxpublisher`: `OutboxPublisher`, a durable outbox drained to the broker (the one
   way a service sends what must not be lost: incident steps, device commands).
