@@ -7,7 +7,9 @@ import math
 import os
 import signal
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support import mosquitto
@@ -161,6 +163,25 @@ def _command_topic(device: str) -> str:
     return f"safecity/v1/edgetest/d1/noise/{device}/ack"
 
 
+async def _connected(
+    broker: Mosquitto, mqtt: MqttSettings, device: str, **options: Any
+) -> FleetClient:
+    """A started client logged in as `device` with its own secret, once connected."""
+    client = FleetClient(mqtt, device, username=device, password=broker.secret(device), **options)
+    client.start()
+    assert await client.wait_connected(10), client.last_error
+    return client
+
+
+async def _until(done: Callable[[], object], limit_s: float) -> None:
+    """Until `done()` holds, looked at every 50 ms, for at most `limit_s` (then the
+    caller's assertions say what did not happen)."""
+    for _ in range(int(limit_s / 0.05)):
+        if done():
+            return
+        await asyncio.sleep(0.05)
+
+
 @pytest.mark.timeout(120)
 def test_an_idle_client_outlives_its_keepalive_and_notices_a_frozen_broker(
     tmp_path: Path,
@@ -172,30 +193,22 @@ def test_an_idle_client_outlives_its_keepalive_and_notices_a_frozen_broker(
     broker = _device_broker(tmp_path, device)
     lost: list[str] = []
     with broker:
-        assert broker.pid is not None
+        pid = broker.pid
+        assert pid is not None
         mqtt = MqttSettings(host=broker.host, port=broker.port, keepalive=5, connect_timeout=2)
 
         async def main() -> tuple[int, int, bool]:
-            client = FleetClient(
-                mqtt, device, username=device, password=broker.secret(device),
-                on_connection_lost=lost.append, backoff_max=1.0,
-            )  # fmt: skip
-            client.start()
-            assert await client.wait_connected(10)
+            client = await _connected(
+                broker, mqtt, device, on_connection_lost=lost.append, backoff_max=1.0
+            )
             await asyncio.sleep(14)  # nearly three keep-alives without a publish
             idle = client.connects
-            os.kill(broker.pid, signal.SIGSTOP)
+            os.kill(pid, signal.SIGSTOP)
             try:
-                for _ in range(200):  # 1.5 keep-alives and a sweep, at most ~10 s
-                    if lost:
-                        break
-                    await asyncio.sleep(0.1)
+                await _until(lambda: lost, 20)  # 1.5 keep-alives and a sweep: ~10 s
             finally:
-                os.kill(broker.pid, signal.SIGCONT)
-            for _ in range(300):
-                if client.connects >= 2:
-                    break
-                await asyncio.sleep(0.1)
+                os.kill(pid, signal.SIGCONT)
+            await _until(lambda: client.connects >= 2, 30)
             back = client.connected
             await client.stop(1.0)
             return idle, client.connects, back
@@ -220,14 +233,10 @@ def test_an_incoming_qos1_message_is_handed_over_and_acknowledged_once(tmp_path:
         mqtt = MqttSettings(host=broker.host, port=broker.port)
 
         async def session() -> FleetClient:
-            client = FleetClient(
-                mqtt, device, username=device, password=broker.secret(device),
-                subscriptions=[(topic, 1)], session_expiry=300,
+            return await _connected(
+                broker, mqtt, device, subscriptions=[(topic, 1)], session_expiry=300,
                 on_message=lambda _t, payload: got.append(payload),
             )  # fmt: skip
-            client.start()
-            assert await client.wait_connected(10)
-            return client
 
         async def main() -> None:
             first = await session()
@@ -236,10 +245,7 @@ def test_an_incoming_qos1_message_is_handed_over_and_acknowledged_once(tmp_path:
             await asyncio.to_thread(
                 subprocess.run, [*publish, "-m", "reboot"], check=True, timeout=30
             )
-            for _ in range(100):
-                if got:
-                    break
-                await asyncio.sleep(0.05)
+            await _until(lambda: got, 5)
             await asyncio.sleep(0.5)
             await first.stop()
             again = await session()  # an unacknowledged message would come again now
@@ -294,18 +300,12 @@ def test_a_disconnect_from_the_broker_is_reported_with_its_reason(tmp_path: Path
         mqtt = MqttSettings(host=broker.host, port=broker.port)
 
         async def main() -> int:
-            client = FleetClient(
-                mqtt, device, username=device, password=broker.secret(device),
-                on_connection_lost=lost.append, backoff_min=0.5,
-            )  # fmt: skip
-            client.start()
-            assert await client.wait_connected(10)
+            client = await _connected(
+                broker, mqtt, device, on_connection_lost=lost.append, backoff_min=0.5
+            )
             topic = f"safecity/v1/edgetest/d1/noise/{device}/telemetry"
             assert client.publish(topic, b"x" * 20_000) is not None
-            for _ in range(100):
-                if client.connects >= 2:
-                    break
-                await asyncio.sleep(0.1)
+            await _until(lambda: client.connects >= 2, 10)
             await client.stop(1.0)
             return client.connects
 
