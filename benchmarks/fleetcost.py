@@ -1,18 +1,19 @@
-"""A simulated device's own cost in its simulator process, outside the MQTT client.
+"""What a device costs the process that runs the fleet: memory and steady CPU per device.
 
-Each size runs in a fresh process: a generated city (`safecity.citygen`, seed 7) and its
-fleet built as `simulators.fleet` builds it (every device's `DeviceSim` with its profile
-and the run's scene, its `DeviceAgent` with its spool, command executor and actuators;
-no connection is made, so the MQTT client's own per-connection state is not counted),
-then the first burst: every device's first reading generated, validated and spooled, as
-at the moment the simulated clock starts. Figures: resident memory per device (growth
-of the process's RSS over building, and after the burst: the knots and spooled
-readings it leaves) and CPU per first reading, cold (the baseline, as before the fleet
-warmed its devices while connecting) and warmed (`DeviceSim.warm`, what the fleet does
-while it connects; its own CPU shown apart). Per-device slopes between the sizes show
-whether the growth is linear.
+One local Mosquitto (the platform's authenticated config, every device its own account)
+and, for each size, a fresh process of `FleetClient`s, each device its own connection,
+account and client id (the edge agents' backoff, the default 30 s keep-alive). Each
+process connects its devices, settles, then publishes one QoS 1 reading per device at
+the city's cadence (`--every-s`, each device at its own phase) for `--steady-s`
+seconds, every PUBACK awaited. Measured from /proc: the process's resident memory
+before the clients and with all connected (per device: the slope between the sizes),
+its CPU and the broker's over the steady window (per device-second), its open files
+(the hard limit of 20,000 caps devices per process), how long the connects took and
+the process's CPU per connect.
+The baseline is the smallest size of the same run: flat per-device ratios mean linear
+growth.
 
-Usage: ``python -m benchmarks.fleetcost [--sizes 2000 6000]``.
+Usage: ``python -m benchmarks.fleetcost [--sizes 2000 6000] [--steady-s S] [--every-s S]``.
 """
 
 from __future__ import annotations
@@ -22,121 +23,180 @@ import asyncio
 import gc
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-START = datetime(2026, 1, 15, 6, 0, tzinfo=UTC)
+from benchmarks._citysize import procs
+from benchmarks._ingest.probes import versions
+from control.stack import Mosquitto
+from edge.settings import EdgeSettings
+from safecity.citygen import generate
+from safecity.mqtt import FleetClient
+from safecity.secrets import read_secrets
+from safecity.settings import MqttSettings
+
+PAYLOAD = b'{"v":1,"ts":1765000000000,"seq":1,"q":{"noise_dba":61.2,"temp_c":3.4}}' * 2
 
 
-def _rss_kib() -> int:
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS in /proc/self/status")
+async def _all(clients: list[FleetClient], limit_s: float) -> float:
+    t0 = time.monotonic()
+    while not all(c.connected for c in clients):
+        if time.monotonic() - t0 > limit_s:
+            return float("nan")
+        await asyncio.sleep(0.2)
+    return time.monotonic() - t0
 
 
-async def _measure(devices: int, warm: bool, home: Path) -> dict[str, Any]:
-    """One fleet of `devices`: memory per device of each stage, CPU of the first burst."""
-    from edge.agent import Envelope
-    from safecity import citygen
-    from simulators import fleet
-    from simulators.actuators import Commands
-    from simulators.outgoing import FleetStats, Recorder
-    from simulators.settings import SimulatorSettings
+async def _steady(clients: list[FleetClient], steady_s: float, every_s: float) -> int:
+    """Publish one reading per device every `every_s` (own phase each) for `steady_s`."""
+    start, sent, n = time.monotonic(), 0, len(clients)
+    topics = [f"safecity/v1/fleetville/d1/noise/{c.client_id}/telemetry" for c in clients]
+    due = 0  # index of the next publish over all rounds
+    while (now := time.monotonic() - start) < steady_s:
+        while due * every_s / n <= now:
+            if clients[due % n].publish(topics[due % n], PAYLOAD, 1) is not None:
+                sent += 1
+            due += 1
+        await asyncio.sleep(0.1)
+    return sent
 
-    city = citygen.generate("scaleville", devices, 7)
-    settings = SimulatorSettings(edge={"spool_dir": home / "spool"})
+
+async def child(args: argparse.Namespace) -> dict[str, float]:
+    """One size in this process: connect, settle, steady window; the figures."""
+    secrets = read_secrets(Path(args.secrets))
+    devices = sorted(d for d in secrets if not d.startswith("_"))[: args.child]
+    edge = EdgeSettings()
+    settings = MqttSettings(host=args.host, port=args.port, connect_timeout=10)
+    acked = [0]
+
+    def on_puback(mid: int, code: int) -> None:
+        acked[0] += code < 0x80
+
     gc.collect()
-    rss0 = _rss_kib()
-    sims = fleet._device_sims(settings, city, START, [], (0, 1))
+    rss0 = procs.rss_mib(os.getpid())
+    clients = [
+        FleetClient(
+            settings,
+            d,
+            username=d,
+            password=secrets[d],
+            on_puback=on_puback,
+            seed=1,
+            backoff_min=edge.backoff_min,
+            backoff_max=edge.backoff_max,
+        )
+        for d in devices
+    ]
+    cpu_start = time.process_time()
+    for client in clients:
+        client.start()
+    connect_s = await _all(clients, 600)
+    connect_cpu = time.process_time() - cpu_start
+    await asyncio.sleep(5)
     gc.collect()
-    rss1 = _rss_kib()
-    recorder = Recorder(FleetStats(sim_start=START), None, None)
-    clock = fleet._Clock(asyncio.get_running_loop(), 0, 1.0)
-    commands = Commands()
-    agents, _ = fleet._agents(settings, sims, recorder, clock.now_ms, (0, 1), None, commands)
-    commands.attach_all(sims, agents, lambda message: None, clock.now_ms, 0.0, settings.seed)
-    gc.collect()
-    rss2 = _rss_kib()
-    t0 = time.process_time()
-    if warm:
-        for sim in sims:
-            sim.warm()
-    t1 = time.process_time()
-    sent = 0
-    for sim in sims:
-        for m in sim.step():
-            agents[m.device_id].submit(Envelope(m.topic, m.payload, m, True, m.seq))
-            sent += 1
-    t2 = time.process_time()
-    gc.collect()
+    rss1 = procs.rss_mib(os.getpid())
+    files = len(os.listdir("/proc/self/fd"))
+    cpu0, broker0 = time.process_time(), procs.cpu_s(args.broker_pid)
+    sent = await _steady(clients, args.steady_s, args.every_s)
+    cpu, broker = time.process_time() - cpu0, procs.cpu_s(args.broker_pid) - broker0
+    await asyncio.sleep(2)
+    out = {
+        "devices": len(clients),
+        "connect_s": connect_s,
+        "rss0_mib": rss0,
+        "rss1_mib": rss1,
+        "cpu_s": cpu,
+        "connect_cpu_s": connect_cpu,
+        "broker_cpu_s": broker,
+        "sent": sent,
+        "acked": acked[0],
+        "connected_at_end": sum(c.connected for c in clients),
+        "open_files": files,
+    }
+    await asyncio.gather(*(c.stop(2.0) for c in clients))
+    return out
+
+
+def _row(r: dict[str, float], steady_s: float) -> dict[str, float]:
+    per = r["devices"] * steady_s
     return {
-        "devices": devices,
-        "sims_kib": (rss1 - rss0) / devices,
-        "agents_kib": (rss2 - rss1) / devices,
-        "fleet_kib": (rss2 - rss0) / devices,
-        "burst_kib": (_rss_kib() - rss2) / devices,
-        "warm_us_per_device": (t1 - t0) / devices * 1e6,
-        "burst_us_per_reading": (t2 - t1) / sent * 1e6,
+        "connects/s": r["devices"] / r["connect_s"],
+        "fleet ms/connect": r["connect_cpu_s"] * 1e3 / r["devices"],
+        "KiB/device": (r["rss1_mib"] - r["rss0_mib"]) * 1024 / r["devices"],
+        "fleet us/dev-s": r["cpu_s"] * 1e6 / per,
+        "broker us/dev-s": r["broker_cpu_s"] * 1e6 / per,
+        "acked/sent": r["acked"] / max(1, r["sent"]),
+        "files/device": r["open_files"] / r["devices"],
     }
 
 
-def _one(devices: int, warm: bool) -> dict[str, Any]:
-    """Run one size in a fresh process (its own SAFECITY_HOME); its figures."""
-    with tempfile.TemporaryDirectory(prefix="fleetcost-") as home:
-        env = {**os.environ, "SAFECITY_HOME": home}
-        args = [sys.executable, "-m", "benchmarks.fleetcost", "--one", str(devices), home]
-        result = subprocess.run(
-            [*args, *(["--warm"] if warm else [])],
-            env=env, capture_output=True, text=True, check=True, timeout=1800,
-        )  # fmt: skip
-    figures: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
-    return figures
-
-
-def _table(rows: list[dict[str, Any]]) -> None:
-    base = rows[0]
-    keys = ("sims_kib", "agents_kib", "fleet_kib", "burst_kib", "burst_us_per_reading")
-    print(f"  {'devices':>8} {'warm':>5} " + " ".join(f"{k:>22}" for k in keys)
-          + f" {'warm_us_per_device':>19}")  # fmt: skip
-    for row in rows:
-        cells = " ".join(f"{row[k]:11.2f} ({row[k] / base[k]:5.2f}x)" for k in keys)
-        print(f"  {row['devices']:8d} {row['warm']!s:>5} {cells} {row['warm_us_per_device']:19.1f}")
-
-
 def main(argv: Sequence[str] | None = None) -> None:
-    """Measure each size cold and warmed; print conditions, a table and ratios."""
+    """Every size in its own process against one broker; figures and ratios."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 6000])
-    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("home", nargs="?", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--warm", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--steady-s", type=float, default=60.0)
+    parser.add_argument("--every-s", type=float, default=60.0, help="the city's cadence")
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    for name in ("--host", "--secrets"):
+        parser.add_argument(name, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--broker-pid", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.one:
-        print(json.dumps({**asyncio.run(_measure(args.one, args.warm, args.home)),
-                          "warm": args.warm}))  # fmt: skip
+    if args.child:
+        print(json.dumps(asyncio.run(child(args))))
         return
-    print("safecity fleet cost per device (outside the MQTT client)")
-    print(f"  conditions: {platform.python_implementation()} {platform.python_version()}, "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the start")  # fmt: skip
-    rows = [_one(n, warm) for n in args.sizes for warm in (False, True)]
-    print("  ratios to the first row (the smallest fleet, cold)")
-    _table(rows)
-    small, large = rows[1], rows[-1]
-    slope = (large["fleet_kib"] * large["devices"] - small["fleet_kib"] * small["devices"]) / (
-        large["devices"] - small["devices"]
+    print("safecity fleet cost benchmark (memory and steady CPU per device)")
+    print(
+        f"  conditions: {versions()}, {os.cpu_count()} CPUs, loopback, sizes {args.sizes} "
+        f"(one process each), a reading per device every {args.every_s:g} s for "
+        f"{args.steady_s:g} s, keep-alive 30 s, load average {os.getloadavg()[0]:.2f}"
     )
-    sizes = f"{small['devices']}->{large['devices']}"
-    print(f"  fleet memory slope {sizes}: {slope:.2f} KiB per device")
-    print(f"  load average {os.getloadavg()[0]:.2f} at the end")
+    rows: dict[int, dict[str, float]] = {}
+    raw: dict[int, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-fleetcost-") as tmp:
+        city = generate("fleetville", max(args.sizes), 5)
+        with Mosquitto(Path(tmp) / "broker", city=city, tls_port=None) as broker:
+            for n in args.sizes:
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "benchmarks.fleetcost",
+                    "--child",
+                    str(n),
+                    "--host",
+                    broker.host,
+                    "--port",
+                    str(broker.port),
+                    "--secrets",
+                    str(broker.secrets_file),
+                    "--broker-pid",
+                    str(broker.pid),
+                    "--steady-s",
+                    str(args.steady_s),
+                    "--every-s",
+                    str(args.every_s),
+                ]
+                done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+                raw[n] = json.loads(done.stdout.strip().splitlines()[-1])
+                rows[n] = _row(raw[n], args.steady_s)
+    small, large = min(args.sizes), max(args.sizes)
+    if large > small:
+        slope = (raw[large]["rss1_mib"] - raw[small]["rss1_mib"]) * 1024 / (large - small)
+        print(f"  memory per device, slope {small} -> {large}: {slope:.1f} KiB")
+    base = rows[small]
+    print(f"  {'devices':>8}" + "".join(f"{k:>20}" for k in base))
+    for n, row in rows.items():
+        cells = [
+            f"{v:.2f}" + (f" ({v / base[k]:.2f}x)" if n != small and base[k] else "")
+            for k, v in row.items()
+        ]
+        print(f"  {n:>8}" + "".join(c.rjust(20) for c in cells))
+    print(f"  raw: {json.dumps(raw)}")
+    print(f"  load average at the end {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The edge agent: one device's MQTT v5 identity, birth/will, store-and-forward to durability.
 
 Many agents share one process and one asyncio event loop (`safecity.mqtt.FleetClient`
-drives paho from the loop; no thread per device). Delivery per device:
+is a lean MQTT client on the loop; no thread per device). Delivery per device:
 
 - every message that may be resent goes into the device's crash-safe spool
   (`edge.spool`) before it is sent, and leaves it only when it is settled;
@@ -356,7 +356,7 @@ class DeviceAgent:
         self._on_result(message, code)
 
     def _settle(self, ident: int, message: Envelope, code: int) -> None:
-        # One done record per burst of PUBACKs (paho hands over many per read), not per
+        # One done record per burst of PUBACKs (one read hands over many), not per
         # message; a crash before it is written only means those are sent once more.
         if not self._to_settle:
             asyncio.get_running_loop().call_soon(self._flush_settled)

@@ -1,8 +1,8 @@
 """The one MQTT v5 wire codec: variable-length integers, strings and the packets safecity uses.
 
-Used by the bulk-read fast path (PUBLISH decoding), the raw-socket readiness probe
-(`connack_reason`) and the tests that put hostile bytes on the wire. Pure functions
-over bytes; no paho.
+Used by the device fleet's own client (`safecity.mqtt.link`), the bulk-read fast path
+(PUBLISH decoding), the raw-socket readiness probe (`connack_reason`) and the tests that
+put hostile bytes on the wire. Pure functions over bytes; no paho.
 """
 
 from __future__ import annotations
@@ -15,6 +15,22 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from safecity.errors import WireError
+from safecity.mqtt.messages import Will
+from safecity.mqtt.primitives import (
+    MAX_VARINT,
+    REASONS,
+    SERVER_KEEPALIVE,
+    SESSION_EXPIRY,
+    Property,
+    decode_binary,
+    decode_properties,
+    decode_utf8,
+    decode_varint,
+    encode_binary,
+    encode_properties,
+    encode_utf8,
+    encode_varint,
+)
 
 __all__ = [
     "CONNACK",
@@ -22,21 +38,29 @@ __all__ = [
     "DISCONNECT",
     "MAX_VARINT",
     "PINGREQ",
+    "PINGREQ_PACKET",
     "PINGRESP",
+    "PINGRESP_PACKET",
     "PUBACK",
     "PUBLISH",
+    "REASONS",
+    "SERVER_KEEPALIVE",
+    "SESSION_EXPIRY",
     "SUBACK",
     "SUBSCRIBE",
     "Connect",
     "Packet",
+    "Property",
     "Publish",
     "WireError",
     "connack",
     "connack_reason",
     "connect",
+    "decode_properties",
     "decode_utf8",
     "decode_varint",
     "disconnect",
+    "encode_properties",
     "encode_utf8",
     "encode_varint",
     "frame",
@@ -57,62 +81,11 @@ __all__ = [
 
 CONNECT, CONNACK, PUBLISH, PUBACK = 1, 2, 3, 4
 SUBSCRIBE, SUBACK, PINGREQ, PINGRESP, DISCONNECT = 8, 9, 12, 13, 14
-MAX_VARINT = 268_435_455  # four 7-bit groups
+PINGREQ_PACKET = bytes([PINGREQ << 4, 0])
+PINGRESP_PACKET = bytes([PINGRESP << 4, 0])
 
 
 # --- primitives -------------------------------------------------------------------
-
-
-def encode_varint(n: int) -> bytes:
-    """The variable byte integer of n (1-4 bytes, 7 bits each, low group first)."""
-    if not 0 <= n <= MAX_VARINT:
-        raise WireError(f"variable byte integer out of range: {n}")
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def decode_varint(buf: bytes | bytearray, pos: int) -> tuple[int, int] | None:
-    """(value, position after it) of the variable byte integer at pos; None if incomplete."""
-    value = 0
-    shift = 0
-    end = len(buf)
-    i = pos
-    while True:
-        if i >= end:
-            return None
-        byte = buf[i]
-        value |= (byte & 0x7F) << shift
-        i += 1
-        if not byte & 0x80:
-            return value, i
-        shift += 7
-        if shift >= 28:
-            raise WireError("variable byte integer longer than four bytes")
-
-
-def encode_utf8(text: str) -> bytes:
-    """A UTF-8 string with its two-byte length prefix."""
-    data = text.encode("utf-8")
-    if len(data) > 0xFFFF:
-        raise WireError(f"string of {len(data)} bytes exceeds 65535")
-    return len(data).to_bytes(2, "big") + data
-
-
-def decode_utf8(buf: bytes, pos: int) -> tuple[str, int]:
-    """(string, position after it) of the length-prefixed UTF-8 string at pos."""
-    if pos + 2 > len(buf):
-        raise WireError("truncated string length")
-    end = pos + 2 + int.from_bytes(buf[pos : pos + 2], "big")
-    if end > len(buf):
-        raise WireError("truncated string")
-    try:
-        return buf[pos + 2 : end].decode("utf-8"), end
-    except UnicodeDecodeError as exc:
-        raise WireError(f"string is not UTF-8: {exc}") from exc
 
 
 def _properties(buf: bytes, pos: int) -> int:
@@ -169,13 +142,15 @@ def take_packet(buf: bytes) -> tuple[Packet, int] | None:
 
 @dataclass(frozen=True, slots=True)
 class Connect:
-    """The fields of a CONNECT that safecity sends (no will, no properties)."""
+    """The fields of a CONNECT that safecity sends (will without properties)."""
 
     client_id: str
     username: str | None = None
     password: str | None = None
     keepalive: int = 30
     clean_start: bool = True
+    session_expiry: int = 0
+    will: Will | None = None
 
 
 def connect(
@@ -185,19 +160,27 @@ def connect(
     *,
     keepalive: int = 30,
     clean_start: bool = True,
+    session_expiry: int = 0,
+    will: Will | None = None,
 ) -> bytes:
-    """An MQTT v5 CONNECT packet without will or properties."""
+    """An MQTT v5 CONNECT packet: a session expiry property if not 0, a will if given."""
     if password is not None and username is None:
         raise WireError("a password needs a username")
     flags = 0x02 if clean_start else 0
     payload = encode_utf8(client_id)
+    if will is not None:
+        if not 0 <= will.qos <= 2:
+            raise WireError(f"will QoS {will.qos} is not 0, 1 or 2")
+        flags |= 0x04 | will.qos << 3 | (0x20 if will.retain else 0)
+        payload += b"\x00" + encode_utf8(will.topic) + encode_binary(will.payload)
     if username is not None:
         flags |= 0x80
         payload += encode_utf8(username)
     if password is not None:
         flags |= 0x40
         payload += encode_utf8(password)
-    body = encode_utf8("MQTT") + bytes([5, flags]) + keepalive.to_bytes(2, "big") + b"\x00"
+    props = encode_properties({SESSION_EXPIRY: session_expiry} if session_expiry else {})
+    body = encode_utf8("MQTT") + bytes([5, flags]) + keepalive.to_bytes(2, "big") + props
     return frame(CONNECT, 0, body + payload)
 
 
@@ -208,16 +191,23 @@ def parse_connect(body: bytes) -> Connect:
         raise WireError("not an MQTT v5 CONNECT")
     flags = body[pos + 1]
     keepalive = int.from_bytes(body[pos + 2 : pos + 4], "big")
-    pos = _properties(body, pos + 4)
+    props, pos = decode_properties(body, pos + 4)
+    expiry = props.get(SESSION_EXPIRY, 0)
     client_id, pos = decode_utf8(body, pos)
+    will = None
     if flags & 0x04:
-        raise WireError("CONNECT with a will is not supported here")
+        pos = _properties(body, pos)
+        topic, pos = decode_utf8(body, pos)
+        message, pos = decode_binary(body, pos)
+        will = Will(topic, message, (flags >> 3) & 0x03, bool(flags & 0x20))
     username = password = None
     if flags & 0x80:
         username, pos = decode_utf8(body, pos)
     if flags & 0x40:
         password, pos = decode_utf8(body, pos)
-    return Connect(client_id, username, password, keepalive, bool(flags & 0x02))
+    clean = bool(flags & 0x02)
+    assert isinstance(expiry, int)  # the codec's table: a four-byte integer
+    return Connect(client_id, username, password, keepalive, clean, expiry, will)
 
 
 def connack(reason: int, session_present: bool = False) -> bytes:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import wait_for, wait_for_async
+from support import mosquitto, wait_for, wait_for_async
 
 from broker import certs
 from control.cli import main as safecity_main
@@ -302,3 +303,35 @@ def test_a_device_certificate_cannot_publish_on_another_devices_topic(
     asyncio.run(main())
     # Its own topic is accepted (0x10 "no subscribers" here is an acceptance, too).
     assert results[0] == NOT_AUTHORIZED and results[1] < 0x80
+
+
+def test_a_burst_of_messages_over_tls_reaches_the_device_at_once(tls_broker: Mosquitto) -> None:
+    """Over a verified TLS connection every message of a burst published from outside is
+    handed over and acknowledged without waiting for another packet to arrive (decrypted
+    bytes can wait inside the TLS layer, where the selector does not see them)."""
+    device = DEVICES[7]
+    ack = f"safecity/v1/tlstest/d1/noise/{device}/ack"
+    sent = [f"m{i}" for i in range(200)]
+    got: list[str] = []
+
+    async def main() -> None:
+        client = FleetClient(
+            tls(tls_broker), device, username=device, password=tls_broker.secret(device),
+            subscriptions=[(ack, 1)], on_message=lambda _t, p: got.append(p.decode()),
+        )  # fmt: skip
+        client.start()
+        assert await client.wait_connected(10), client.last_error
+        await asyncio.sleep(0.5)  # the SUBACK
+        publish = [*mosquitto("mosquitto_pub", tls_broker, "_ingest"), "-q", "1", "-t", ack]
+        await asyncio.to_thread(
+            subprocess.run, [*publish, "-l"], input="\n".join(sent) + "\n", text=True,
+            check=True, timeout=30,
+        )  # fmt: skip
+        for _ in range(100):
+            if len(got) == len(sent):
+                break
+            await asyncio.sleep(0.05)
+        await client.stop(1.0)
+
+    asyncio.run(main())
+    assert got == sent

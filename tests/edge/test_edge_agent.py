@@ -198,9 +198,9 @@ def test_will_is_published_when_a_device_vanishes(tmp_path: Path) -> None:
             client.start()
             assert await client.wait_connected(5)
             # Vanish without DISCONNECT: the broker must send the will.
-            sock = client._client.socket() if client._client else None
-            assert sock is not None
-            sock.shutdown(socket.SHUT_RDWR)  # type: ignore[attr-defined]
+            link = client._link
+            assert link is not None and link.transport is not None
+            link.transport.get_extra_info("socket").shutdown(socket.SHUT_RDWR)
 
             # Stopped only once the will is out: no DISCONNECT can cancel it.
             got: list[tuple[str, bytes]] = await asyncio.to_thread(receiver.wait_for, 1, 10)

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
+import signal
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support import mosquitto
@@ -146,3 +150,166 @@ def test_the_processes_of_a_fleet_share_one_connect_window() -> None:
     assert asyncio.run(permits(None)) == CONNECTS_IN_FLIGHT == 64
     assert asyncio.run(permits(3)) == 21
     assert asyncio.run(permits(1000)) == 1
+
+
+def _device_broker(tmp_path: Path, *devices: str) -> Mosquitto:
+    broker = Mosquitto(tmp_path / "broker")
+    for device in devices:
+        broker.provision(device)
+    return broker
+
+
+def _command_topic(device: str) -> str:
+    return f"safecity/v1/edgetest/d1/noise/{device}/ack"
+
+
+async def _connected(
+    broker: Mosquitto, mqtt: MqttSettings, device: str, **options: Any
+) -> FleetClient:
+    """A started client logged in as `device` with its own secret, once connected."""
+    client = FleetClient(mqtt, device, username=device, password=broker.secret(device), **options)
+    client.start()
+    assert await client.wait_connected(10), client.last_error
+    return client
+
+
+async def _until(done: Callable[[], object], limit_s: float) -> None:
+    """Until `done()` holds, looked at every 50 ms, for at most `limit_s` (then the
+    caller's assertions say what did not happen)."""
+    for _ in range(int(limit_s / 0.05)):
+        if done():
+            return
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.timeout(120)
+def test_an_idle_client_outlives_its_keepalive_and_notices_a_frozen_broker(
+    tmp_path: Path,
+) -> None:
+    """Keep-alive seen from outside: an idle client is not dropped by the broker (which
+    drops a client silent for 1.5 keep-alives), and a broker that stops answering
+    (SIGSTOP) is noticed, reported, and connected to again once it runs (SIGCONT)."""
+    device = "idle-dev"
+    broker = _device_broker(tmp_path, device)
+    lost: list[str] = []
+    with broker:
+        pid = broker.pid
+        assert pid is not None
+        mqtt = MqttSettings(host=broker.host, port=broker.port, keepalive=5, connect_timeout=2)
+
+        async def main() -> tuple[int, str, int, bool]:
+            client = await _connected(
+                broker, mqtt, device, on_connection_lost=lost.append, backoff_max=1.0
+            )
+            await asyncio.sleep(14)  # nearly three keep-alives without a publish
+            idle = client.connects
+            # Before the freeze (after it, the broker drops the frozen connection too).
+            idle_log = broker.log_path.read_text()
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                await _until(lambda: lost, 20)  # 1.5 keep-alives and a sweep: ~10 s
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            await _until(lambda: client.connects >= 2, 30)
+            back = client.connected
+            await client.stop(1.0)
+            return idle, idle_log, client.connects, back
+
+        idle, idle_log, connects, back = asyncio.run(main())
+    assert idle == 1, "the idle client was dropped"
+    assert f"Client {device} has exceeded timeout" not in idle_log
+    assert lost[:1] == ["keepalive timeout"]
+    assert connects == 2 and back
+
+
+@pytest.mark.timeout(90)
+def test_an_incoming_qos1_message_is_handed_over_and_acknowledged_once(tmp_path: Path) -> None:
+    """A command published from outside reaches the handler once; the acknowledgement
+    reached the broker: the same persistent session, reconnected, gets nothing again."""
+    device = "cmd-dev"
+    topic = _command_topic(device)
+    broker = _device_broker(tmp_path, device)
+    got: list[bytes] = []
+    with broker:
+        mqtt = MqttSettings(host=broker.host, port=broker.port)
+
+        async def session() -> FleetClient:
+            return await _connected(
+                broker, mqtt, device, subscriptions=[(topic, 1)], session_expiry=300,
+                on_message=lambda _t, payload: got.append(payload),
+            )  # fmt: skip
+
+        async def main() -> None:
+            first = await session()
+            await asyncio.sleep(0.5)  # the SUBACK
+            publish = [*mosquitto("mosquitto_pub", broker, "_ingest"), "-q", "1", "-t", topic]
+            await asyncio.to_thread(
+                subprocess.run, [*publish, "-m", "reboot"], check=True, timeout=30
+            )
+            await _until(lambda: got, 5)
+            await asyncio.sleep(0.5)
+            await first.stop()
+            again = await session()  # an unacknowledged message would come again now
+            await asyncio.sleep(2)
+            await again.stop()
+
+        asyncio.run(main())
+    assert got == [b"reboot"]
+
+
+@pytest.mark.timeout(60)
+def test_a_refused_connack_is_named_and_the_password_asked_again(tmp_path: Path) -> None:
+    device = "pw-dev"
+    broker = _device_broker(tmp_path, device)
+    with broker:
+        mqtt = MqttSettings(host=broker.host, port=broker.port)
+        answers = iter(["wrong", "still wrong"])
+
+        def source() -> str:
+            # Two wrong secrets, then the right one (a rotated secret picked up).
+            return next(answers, broker.secret(device))
+
+        async def main() -> tuple[FleetClient, FleetClient]:
+            wrong = FleetClient(mqtt, device, username=device, password="nope", backoff_max=0.2)
+            wrong.start()
+            assert not await wrong.wait_connected(1.5)
+            refused_meanwhile = wrong.refused
+            await wrong.stop(0.5)
+            assert refused_meanwhile
+            rotating = FleetClient(mqtt, device, username=device, password=source,
+                                   backoff_min=0.05, backoff_max=0.2)  # fmt: skip
+            rotating.start()
+            assert await rotating.wait_connected(10), rotating.last_error
+            await rotating.stop(0.5)
+            return wrong, rotating
+
+        wrong, rotating = asyncio.run(main())
+    assert wrong.connects == 0 and wrong.failures >= 1
+    assert "broker refused 'pw-dev'" in wrong.last_error
+    assert "Not authorized (0x87)" in wrong.last_error or "Bad user name" in wrong.last_error
+    assert rotating.failures == 2 and rotating.connects == 1 and not rotating.refused
+
+
+@pytest.mark.timeout(60)
+def test_a_disconnect_from_the_broker_is_reported_with_its_reason(tmp_path: Path) -> None:
+    """A packet over the broker's maximum (16 KiB) gets DISCONNECT 0x95: the client
+    reports the broker's reason and comes back."""
+    device = "big-dev"
+    broker = _device_broker(tmp_path, device)
+    lost: list[str] = []
+    with broker:
+        mqtt = MqttSettings(host=broker.host, port=broker.port)
+
+        async def main() -> int:
+            client = await _connected(
+                broker, mqtt, device, on_connection_lost=lost.append, backoff_min=0.5
+            )
+            topic = f"safecity/v1/edgetest/d1/noise/{device}/telemetry"
+            assert client.publish(topic, b"x" * 20_000) is not None
+            await _until(lambda: client.connects >= 2, 10)
+            await client.stop(1.0)
+            return client.connects
+
+        connects = asyncio.run(main())
+    assert lost == ["disconnected by the broker: Packet too large (0x95)"]
+    assert connects == 2

@@ -14,6 +14,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from safecity.mqtt import wire
+from safecity.mqtt.messages import Will
 
 texts = st.text(max_size=60).filter(lambda t: "\x00" not in t)
 topics = texts.filter(bool)
@@ -166,3 +167,87 @@ def test_malformed_bodies_are_refused_with_a_reason() -> None:
         wire.parse_puback(b"\x01")
     with pytest.raises(wire.WireError, match="a password needs a username"):
         wire.connect("c", None, "secret")
+
+
+wills = st.none() | st.builds(
+    Will, topics, st.binary(max_size=200), st.integers(0, 2), st.booleans()
+)
+
+
+@given(
+    client_id=texts,
+    username=st.none() | texts,
+    session_expiry=st.integers(0, 2**32 - 1),
+    will=wills,
+    clean_start=st.booleans(),
+)
+def test_connect_with_will_and_session_expiry_round_trips(
+    client_id: str, username: str | None, session_expiry: int, will: Will | None, clean_start: bool
+) -> None:
+    data = wire.connect(
+        client_id, username, None, clean_start=clean_start, session_expiry=session_expiry,
+        will=will,
+    )  # fmt: skip
+    packet, used = wire.take_packet(data) or (None, 0)
+    assert packet is not None and used == len(data)
+    assert wire.parse_connect(packet.body) == wire.Connect(
+        client_id, username, None, 30, clean_start, session_expiry, will
+    )
+
+
+# A property of each type: 4-, 2- and 1-byte integers, varint, string, binary.
+PROPERTY_VALUES: dict[int, st.SearchStrategy[wire.Property]] = {
+    wire.SESSION_EXPIRY: st.integers(0, 2**32 - 1),
+    wire.SERVER_KEEPALIVE: st.integers(0, 0xFFFF),
+    0x24: st.integers(0, 0xFF),
+    0x0B: st.integers(0, wire.MAX_VARINT),
+    0x1F: texts,
+    0x09: st.binary(max_size=100),
+}
+
+
+@given(st.data())
+def test_properties_round_trip(data: st.DataObject) -> None:
+    idents = data.draw(st.lists(st.sampled_from(sorted(PROPERTY_VALUES)), unique=True))
+    props = {ident: data.draw(PROPERTY_VALUES[ident]) for ident in idents}
+    block = wire.encode_properties(props)
+    assert wire.decode_properties(b"x" + block + b"tail", 1) == (props, 1 + len(block))
+
+
+@given(keepalive=st.integers(0, 0xFFFF), reason=texts, user=st.tuples(texts, texts))
+def test_paho_connack_properties_read_the_same(
+    keepalive: int, reason: str, user: tuple[str, str]
+) -> None:
+    props = Properties(PacketTypes.CONNACK)  # type: ignore[no-untyped-call]
+    props.ServerKeepAlive = keepalive
+    props.ReasonString = reason
+    props.UserProperty = [user]
+    block = bytes(props.pack())
+    got, end = wire.decode_properties(block, 0)
+    # User properties are skipped, the rest read as paho wrote them.
+    assert end == len(block)
+    assert got == {wire.SERVER_KEEPALIVE: keepalive, 0x1F: reason}
+
+
+@given(st.binary(max_size=80))
+def test_any_bytes_as_properties_decode_or_fail_with_a_wire_error(data: bytes) -> None:
+    try:
+        props, end = wire.decode_properties(data, 0)
+    except wire.WireError:
+        return
+    assert end <= len(data) and isinstance(props, dict)
+
+
+def test_bad_properties_are_refused_with_a_reason() -> None:
+    with pytest.raises(wire.WireError, match="unknown property 0x7f"):
+        wire.decode_properties(b"\x02\x7f\x00", 0)
+    with pytest.raises(wire.WireError, match="truncated property"):
+        wire.decode_properties(b"\x02\x11\x00", 0)
+    with pytest.raises(wire.WireError, match="out of range"):
+        wire.encode_properties({wire.SERVER_KEEPALIVE: 70000})
+    with pytest.raises(wire.WireError, match="wrong type"):
+        wire.encode_properties({wire.SESSION_EXPIRY: "soon"})
+    with pytest.raises(wire.WireError, match="will QoS 3"):
+        wire.connect("c", will=Will("t", b"", 3))
+    assert wire.PINGREQ_PACKET == b"\xc0\x00" and wire.PINGRESP_PACKET == b"\xd0\x00"
+    assert wire.REASONS[0x87] == "Not authorized"
