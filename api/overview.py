@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 from api import aqi
@@ -39,7 +39,7 @@ from api.models import (
     Traffic,
 )
 from api.params import TimeRange
-from api.queries import flat
+from api.queries import CHUNK_ROWS, flat
 from api.settings import ApiSettings
 from api.tiers import Piece, TierBook, served
 from api.windows import window_means
@@ -70,6 +70,7 @@ INCIDENT_SOURCE = (
     "before the window's end and not resolved by then, as GET /v1/incidents lists them"
 )
 INCIDENT_LOOKBACK = timedelta(days=7)
+T = TypeVar("T")
 
 
 @dataclass
@@ -91,6 +92,8 @@ class Snapshot:
     states: dict[str, str] = field(default_factory=dict)
     """Every device's state (`device_state`), made at the first need (`states_of`)."""
     served: dict[str, list[Piece]] = field(default_factory=dict)
+    making: dict[tuple[str, str | None], asyncio.Future[Any]] = field(default_factory=dict)
+    """What `view` and `states` are making off the event loop, by what and scope."""
 
 
 def _where_city(extra: str = "") -> str:
@@ -135,10 +138,16 @@ async def take_snapshot(
             *(window_means(influx, book, k, MEAN_FIELDS[k], city.id, span) for k in kinds)
         ),
         asyncio.gather(
-            influx.query(LIGHTS_STATEMENT, span_params(city.id, light_start, window.end)),
+            influx.query(
+                LIGHTS_STATEMENT,
+                span_params(city.id, light_start, window.end),
+                chunk_rows=CHUNK_ROWS,
+            ),
             newest_readings(influx, settings, city, (lookback, window.end)),
-            influx.query(STATUS_STATEMENT, span_params(city.id, lookback, window.end)),
-            influx.query(EVENTS_STATEMENT, base),
+            influx.query(
+                STATUS_STATEMENT, span_params(city.id, lookback, window.end), chunk_rows=CHUNK_ROWS
+            ),
+            influx.query(EVENTS_STATEMENT, base, chunk_rows=CHUNK_ROWS),
         ),
     )
     found = await inc.IncidentStore(influx).query(
@@ -148,7 +157,8 @@ async def take_snapshot(
     for kind, (per_device, pieces) in zip(kinds, sums, strict=True):
         snap.means[kind] = per_device
         snap.served[kind] = pieces
-    _index_states(snap, *results)
+    # Thousands of rows a statement: indexed in a worker thread, the loop free meanwhile.
+    await asyncio.to_thread(_index_states, snap, *results)
     return snap
 
 
@@ -375,6 +385,39 @@ def overview(snap: Snapshot, settings: ApiSettings, city: City, district: str | 
     if view is None:
         view = snap.views[district] = _overview(snap, settings, city, district)
     return view
+
+
+async def view(snap: Snapshot, settings: ApiSettings, city: City, district: str | None) -> Overview:
+    """`overview` off the event loop: made once per snapshot and scope in a worker thread
+    (a city's is hundreds of ms of Python; the loop answers other requests meanwhile)."""
+    made = snap.views.get(district)
+    if made is not None:
+        return made
+    return await _off_loop(snap, ("view", district), overview, snap, settings, city, district)
+
+
+async def states(snap: Snapshot, settings: ApiSettings, city: City) -> dict[str, str]:
+    """`states_of` off the event loop (once per snapshot, in a worker thread)."""
+    if snap.states:
+        return snap.states
+    return await _off_loop(snap, ("states", None), states_of, snap, settings, city)
+
+
+async def _off_loop(
+    snap: Snapshot, key: tuple[str, str | None], make: Callable[..., T], *args: Any
+) -> T:
+    """`make(*args)` in a worker thread, once for the snapshot and `key` (concurrent
+    callers wait for the same run; a failed run is not kept)."""
+    making = snap.making.get(key)
+    if making is None:
+        making = snap.making[key] = asyncio.ensure_future(asyncio.to_thread(make, *args))
+    try:
+        result: T = await asyncio.shield(making)
+    except BaseException:
+        if making.done() and snap.making.get(key) is making:
+            del snap.making[key]
+        raise
+    return result
 
 
 def _overview(snap: Snapshot, settings: ApiSettings, city: City, district: str | None) -> Overview:
