@@ -65,13 +65,19 @@ def full_statement(kinds: Iterable[str] = catalogue.KINDS, devices: str = "") ->
     return flat(grouped_statement(kinds, devices), ("last",), ("device_id",))
 
 
-def _filtered(devices: list[str]) -> str:
-    """`full_statement` of every kind for these devices only."""
+def device_filter(devices: list[str]) -> str:
+    """The condition (` AND ...`) keeping these devices' series only: a regex on
+    `device_id`, which InfluxDB matches against its index, not the points."""
     for device in devices:
         if IDENTIFIER.fullmatch(device) is None:  # the registry checks it; a regex relies on it
             raise ValueError(f"not a device id: {device!r}")
     alternatives = "|".join(d.replace(".", r"\.") for d in devices)
-    return full_statement(devices=f' AND "device_id" =~ /^(?:{alternatives})$/')
+    return f' AND "device_id" =~ /^(?:{alternatives})$/'
+
+
+def _filtered(devices: list[str]) -> str:
+    """`full_statement` of every kind for these devices only."""
+    return full_statement(devices=device_filter(devices))
 
 
 def _merge(into: dict[str, int], answers: Iterable[list[Series]]) -> None:

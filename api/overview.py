@@ -38,6 +38,7 @@ from api.models import (
     Streetlights,
     Traffic,
 )
+from api.offline import Statuses, deciding_statuses, newest_offline
 from api.params import TimeRange
 from api.queries import CHUNK_ROWS, flat
 from api.settings import ApiSettings
@@ -45,10 +46,10 @@ from api.tiers import Piece, TierBook, served
 from api.windows import window_means
 from safecity import catalogue
 from safecity import incidents as inc
-from safecity.influx import InfluxClient, Series, quote_ident
+from safecity.influx import InfluxClient, Series
 from safecity.readings import format_epoch_ms, format_ts
 from safecity.registry import City, Device
-from safecity.schema import DEVICE_STATUS, EVENTS, source
+from safecity.schema import EVENTS, source
 
 # Window means fetched per device, by kind.
 MEAN_FIELDS: dict[str, tuple[str, ...]] = {
@@ -82,7 +83,8 @@ class Snapshot:
     means: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     lights: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
     last_seen: dict[str, int] = field(default_factory=dict)
-    status: dict[str, tuple[int, str]] = field(default_factory=dict)
+    status: Statuses = field(default_factory=dict)
+    """The last status message of the devices it may make offline (`api.offline`)."""
     events: dict[tuple[str, str], int] = field(default_factory=dict)
     event_devices: dict[str, int] = field(default_factory=dict)
     open_incidents: list[inc.Incident] = field(default_factory=list)
@@ -106,16 +108,11 @@ LIGHTS_GROUPED = (
     'SELECT last("power_state") AS "power_state", last("status") AS "status" '
     f'FROM "streetlight" WHERE {_where_city()} GROUP BY "device_id"'
 )
-STATUS_GROUPED = (
-    f'SELECT last("state") AS "state" FROM {quote_ident(DEVICE_STATUS)} '
-    f'WHERE {_where_city()} GROUP BY "device_id"'
-)
 EVENTS_GROUPED = (
     f'SELECT count("seq") AS "n" FROM {source(EVENTS)} '
     f'WHERE {_where_city()} GROUP BY "district", "severity", "device_id"'
 )
 LIGHTS_STATEMENT = flat(LIGHTS_GROUPED, ("power_state", "status"), ("device_id",))
-STATUS_STATEMENT = flat(STATUS_GROUPED, ("state",), ("device_id",))
 EVENTS_STATEMENT = flat(EVENTS_GROUPED, ("n",), ("district", "severity", "device_id"))
 
 
@@ -143,10 +140,7 @@ async def take_snapshot(
                 span_params(city.id, light_start, window.end),
                 chunk_rows=CHUNK_ROWS,
             ),
-            newest_readings(influx, settings, city, (lookback, window.end)),
-            influx.query(
-                STATUS_STATEMENT, span_params(city.id, lookback, window.end), chunk_rows=CHUNK_ROWS
-            ),
+            _seen_and_status(influx, settings, city, (lookback, window.end)),
             influx.query(EVENTS_STATEMENT, base, chunk_rows=CHUNK_ROWS),
         ),
     )
@@ -162,22 +156,28 @@ async def take_snapshot(
     return snap
 
 
+async def _seen_and_status(
+    influx: InfluxClient, settings: ApiSettings, city: City, span: tuple[datetime, datetime]
+) -> tuple[dict[str, int], Statuses]:
+    """Each device's newest reading, and the last status of those it may make offline
+    (`api.offline`): the newest offline messages are read beside the readings."""
+    seen, offline = await asyncio.gather(
+        newest_readings(influx, settings, city, span), newest_offline(influx, city.id, span)
+    )
+    return seen, await deciding_statuses(influx, city.id, span[1], offline, seen)
+
+
 def _index_states(
     snap: Snapshot,
     lights: list[Series],
-    seen: dict[str, int],
-    status: list[Series],
+    seen_and_status: tuple[dict[str, int], Statuses],
     events: list[Series],
 ) -> None:
     """The lights' states, last readings, status messages and event counts, by device."""
     for s in lights:
         for row in s.rows():
             snap.lights[str(row["device_id"])] = (row.get("power_state"), row.get("status"))
-    snap.last_seen = seen
-    for s in status:
-        for row in s.rows():
-            if row.get("state") is not None:
-                snap.status[str(row["device_id"])] = (int(row["time"]), str(row["state"]))
+    snap.last_seen, snap.status = seen_and_status
     for s in events:
         for row in s.rows():
             key = (str(row["district"]), str(row["severity"]))

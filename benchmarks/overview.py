@@ -44,11 +44,11 @@ import httpx
 
 from api import lastseen
 from api.apikeys import KeyStore
+from api.offline import OFFLINE_STATEMENT
 from api.overview import (
     EVENTS_STATEMENT,
     LIGHTS_STATEMENT,
     MEAN_FIELDS,
-    STATUS_STATEMENT,
     overview,
     take_snapshot,
 )
@@ -87,7 +87,11 @@ def statements(city: City, end: datetime, settings: ApiSettings) -> list[tuple[s
         name = f"last seen, {(end - cut).total_seconds() / 60:g} min ({len(kinds)} kinds)"
         out.append((name, lastseen.full_statement(kinds), span))
     out.append(
-        ("status (lookback)", STATUS_STATEMENT, lastseen.span_params(city.id, lookback, end))
+        (
+            "offline messages (lookback)",
+            OFFLINE_STATEMENT,
+            lastseen.span_params(city.id, lookback, end),
+        )
     )
     out.append(("events (window)", EVENTS_STATEMENT, window))
     return out

@@ -14,7 +14,8 @@ from typing import TypeVar
 import httpx
 
 from api import lastseen
-from api.overview import EVENTS_GROUPED, LIGHTS_GROUPED, MEAN_FIELDS, STATUS_GROUPED, take_snapshot
+from api.offline import status_grouped
+from api.overview import EVENTS_GROUPED, LIGHTS_GROUPED, MEAN_FIELDS, take_snapshot
 from api.params import TimeRange
 from api.settings import ApiSettings
 from api.tiers import TierBook
@@ -54,7 +55,7 @@ async def old_snapshot(influx: InfluxClient, city: City, end: datetime) -> None:
         *(influx.query(window_grouped(None, k, MEAN_FIELDS[k]), window) for k in MEAN_FIELDS),
         influx.query(LIGHTS_GROUPED, lights),
         influx.query(lastseen.grouped_statement(), lookback),
-        influx.query(STATUS_GROUPED, lookback),
+        influx.query(status_grouped(), lookback),
         influx.query(EVENTS_GROUPED, window),
         inc.IncidentStore(influx).query(city.id, end - timedelta(days=7), end),
     )

@@ -284,7 +284,10 @@ def test_chunked_query_answers_the_same_series(influxd: Influxd, influx_db: str)
         for i in range(25)
     ]
     grouped = 'SELECT "laeq" FROM "noise" WHERE time >= $since GROUP BY "device_id"'
-    flat = 'SELECT "last", "device_id" FROM (SELECT last("laeq") AS "last" FROM "noise" GROUP BY "device_id")'
+    flat = (
+        'SELECT "last", "device_id" FROM '
+        '(SELECT last("laeq") AS "last" FROM "noise" GROUP BY "device_id")'
+    )
     since = {"since": "2023-11-14T22:13:20Z"}
 
     async def main(client: InfluxClient) -> list[tuple[Any, Any]]:
