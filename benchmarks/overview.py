@@ -155,7 +155,11 @@ async def in_process(url: str, city: City, samples: int) -> Figures:
 
 async def through_api(url: str, key: str, city: City, requests: int, samples: int) -> Figures:
     """The API's overview cached (p99, 4 clients) and uncached (max), a device page p99."""
-    async with httpx.AsyncClient(base_url=url, timeout=300, headers={"X-API-Key": key}) as http:
+    # Idle connections dropped before uvicorn's 5 s keep-alive ends them: a request on one
+    # the server is closing that moment fails (httpx.ReadError), whatever the API.
+    limits = httpx.Limits(keepalive_expiry=2.0)
+    headers = {"X-API-Key": key}
+    async with httpx.AsyncClient(base_url=url, timeout=300, headers=headers, limits=limits) as http:
         path = f"/v1/cities/{city.id}/overview"
 
         async def get_overview() -> None:

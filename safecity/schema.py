@@ -94,6 +94,15 @@ def offline_point(city: str, device: Device, status: Status) -> Point | None:
     return Point(DEVICE_OFFLINE, _tags(city, device), {"state": status.state}, status.ts_ms)
 
 
+OFFLINE_BACKFILL = (
+    'SELECT "state" INTO "device_offline" FROM "device_status" '
+    "WHERE \"state\" = 'offline' GROUP BY *"
+)
+"""Once, on a database written before `device_offline` existed: every stored offline
+status gets its twin (the same points the ingest writes now; running it again changes
+nothing)."""
+
+
 def status_points(city: str, device: Device, status: Status) -> list[Point]:
     """Every point a status message is stored as: its `device_status` point, and its
     `device_offline` twin when it says offline."""

@@ -126,3 +126,36 @@ def test_states_equal_the_last_status_over_the_whole_lookback(
             await client.close()
 
     asyncio.run(check())
+
+
+def test_the_backfill_gives_old_offline_messages_their_twins(
+    influx_db: str, influxd: Influxd
+) -> None:
+    """Offline messages stored before `device_offline` existed (no twin) decide nothing
+    until `schema.OFFLINE_BACKFILL` has run once; then the states are the reference's."""
+    city = _city()
+    end = datetime.now(UTC).replace(microsecond=0)
+    end_ms = epoch_ms(end)
+    readings = [(i, 600) for i in range(DEVICES)]
+    said: list[tuple[int, int, State]] = [(i, 60, "offline") for i in range(0, DEVICES, 2)]
+    old = [p for p in _points(city, end_ms, readings, said) if p.measurement != "device_offline"]
+    window = TimeRange(end - timedelta(minutes=15), end)
+
+    async def check() -> None:
+        client = InfluxClient(InfluxSettings(url=influxd.url, database=influx_db))
+        try:
+            await client.ensure_database()
+            await client.write(encode_many(old))
+            api = ApiSettings(influx=client.settings, status_lookback=LOOKBACK_S)
+            offline_now = []
+            for _ in range(2):  # before the backfill and after it
+                snap = await take_snapshot(client, city, window, api, TierBook(()))
+                states = {d.id: device_state(snap, api, d) for d in city.devices}
+                offline_now.append(sum(1 for s in states.values() if s == "offline"))
+                await client.query(schema.OFFLINE_BACKFILL)
+            assert offline_now == [0, DEVICES // 2]
+            assert states == await _reference(client, city, snap, api)
+        finally:
+            await client.close()
+
+    asyncio.run(check())
