@@ -9,7 +9,7 @@ reported; 2 % fall silent with an `offline` status, 1 % never report). Then:
 - each statement of the snapshot alone (sequentially, raw `/query` with the API's bound
   parameters): InfluxDB's time to the last byte, the answer's size, the JSON parse;
 - the snapshot in one process (`take_snapshot`, no HTTP) and the overview made from it
-  (the API's Python);
+  (the API's Python), and the longest the event loop was held meanwhile (a 1 ms ticker);
 - the API (`python -m control api`, the default 5 s cache): the overview cached (p99 at 4
   clients), uncached (one request after 2 TTLs, the request computes it) and a device-list
   page (`GET /v1/devices?limit=100`) p99; then the page and the cached overview again
@@ -49,8 +49,8 @@ from api.overview import (
     EVENTS_STATEMENT,
     LIGHTS_STATEMENT,
     MEAN_FIELDS,
-    overview,
     take_snapshot,
+    view,
 )
 from api.params import TimeRange
 from api.settings import ApiSettings
@@ -127,26 +127,43 @@ async def per_statement(url: str, city: City, samples: int) -> dict[str, Figures
     }
 
 
+async def _longest_stall(stop: asyncio.Event) -> float:
+    """The longest the event loop was held (ms) until `stop`: how late a 1 ms ticker woke.
+    What any other request of the API would have waited (on a busy machine, plus the
+    time the process was not scheduled at all)."""
+    worst = 0.0
+    while not stop.is_set():
+        t = time.perf_counter()
+        await asyncio.sleep(0.001)
+        worst = max(worst, (time.perf_counter() - t) * 1000 - 1)
+    return worst
+
+
 async def in_process(url: str, city: City, samples: int) -> Figures:
     """The snapshot (`take_snapshot`, median and max ms) and the overview made from it."""
     influx = InfluxClient(InfluxSettings(url=url, database=DB, timeout=300))
     settings = ApiSettings(influx=influx.settings)
-    snaps, views = [], []
+    snaps, views, stalls = [], [], []
     try:
         await influx.ensure_retention_policies()  # as the API does at its start
         for _ in range(samples):
             end = datetime.now(UTC)
+            stop = asyncio.Event()
+            ticker = asyncio.create_task(_longest_stall(stop))
             t0 = time.perf_counter()
             snap = await take_snapshot(
                 influx, city, TimeRange(end - WINDOW, end), settings, TierBook(())
             )
             t1 = time.perf_counter()
-            overview(snap, settings, city, None)
+            await view(snap, settings, city, None)  # as the API makes it
             snaps.append((t1 - t0) * 1000)
             views.append((time.perf_counter() - t1) * 1000)
+            stop.set()
+            stalls.append(await ticker)
     finally:
         await influx.close()
     return {
+        "loop_stall_ms": statistics.median(stalls),
         "snapshot_median_ms": statistics.median(snaps),
         "snapshot_max_ms": max(snaps),
         "overview_python_ms": statistics.median(views),
@@ -240,6 +257,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     line("snapshot in process (median), ms", lambda r: r["snapshot_median_ms"])
     line("snapshot in process (max), ms", lambda r: r["snapshot_max_ms"])
     line("overview from a snapshot (Python), ms", lambda r: r["overview_python_ms"], ".1f")
+    line("longest event-loop stall in both (median), ms", lambda r: r["loop_stall_ms"], ".1f")
     line("API overview cached p99, ms", lambda r: r["cached_p99"], ".1f")
     line("API overview uncached (median), ms", lambda r: r["uncached_median"])
     line("API overview uncached (max), ms", lambda r: r["uncached_max"])
