@@ -64,6 +64,8 @@ class Accepted(msgspec.Struct, frozen=True, gc=False):
     """A valid message, as the line it will be written as (a C-built struct: one per reading)."""
 
     line: str
+    """Its line protocol; an offline status's is two lines, its point and its twin
+    (`schema.status_points`), written, spooled and refused together."""
     time_ms: int
     measurement: str
     channel: topics.Channel
