@@ -37,12 +37,12 @@ from api.overview import (
     INCIDENT_LOOKBACK,
     Scope,
     Snapshot,
-    SnapshotCache,
     overview,
     take_snapshot,
 )
 from api.params import TimeRange
 from api.settings import ApiSettings, FederationSettings
+from api.snapshotcache import SnapshotCache
 from api.tiers import TierBook
 from safecity import catalogue
 from safecity import federation as fed
