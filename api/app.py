@@ -36,7 +36,6 @@ from api.limits import BodyLimitMiddleware
 from api.live import Hub
 from api.metrics import MetricsMiddleware
 from api.oidc import OidcProvider
-from api.overview import SnapshotCache
 from api.people import CSRF_HEADER
 from api.routes import (
     auth,
@@ -61,6 +60,7 @@ from api.routes import cities as city_routes
 from api.security import HEADER, RateLimiter, require
 from api.sessions import Sessions
 from api.settings import ApiSettings
+from api.snapshotcache import SnapshotCache
 from api.tenancy import CityRuntime, Tenancy, describe
 from api.tiers import REPORTS_KEPT, Kept
 from safecity import __version__

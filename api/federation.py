@@ -37,12 +37,12 @@ from api.overview import (
     INCIDENT_LOOKBACK,
     Scope,
     Snapshot,
-    SnapshotCache,
     overview,
     take_snapshot,
 )
 from api.params import TimeRange
 from api.settings import ApiSettings, FederationSettings
+from api.snapshotcache import SnapshotCache
 from api.tiers import TierBook
 from safecity import catalogue
 from safecity import federation as fed
@@ -256,6 +256,18 @@ async def indicators(
         return await cache.get(key, lambda: take_snapshot(influx, city, window, settings, book))
 
     snap, extra = await asyncio.gather(snapshot(), take_extra(influx, city, window))
+    # Every scope's overview is a city's worth of Python: made off the event loop.
+    return await asyncio.to_thread(messages, snap, extra, settings, city, corridors)
+
+
+def messages(
+    snap: Snapshot,
+    extra: Extra,
+    settings: ApiSettings,
+    city: City,
+    corridors: Iterable[fed.Corridor],
+) -> list[fed.Message]:
+    """The messages of the city, each district and each segment, from one snapshot."""
     now = datetime.now(UTC)
     out: list[fed.Message] = [scope_message(snap, extra, settings, city, None, now)]
     out += [scope_message(snap, extra, settings, city, d.id, now) for d in city.districts]

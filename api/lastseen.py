@@ -31,7 +31,7 @@ import asyncio
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
-from api.queries import flat
+from api.queries import CHUNK_ROWS, flat
 from api.settings import ApiSettings
 from safecity import catalogue
 from safecity.influx import InfluxClient, Series, quote_ident
@@ -65,13 +65,19 @@ def full_statement(kinds: Iterable[str] = catalogue.KINDS, devices: str = "") ->
     return flat(grouped_statement(kinds, devices), ("last",), ("device_id",))
 
 
-def _filtered(devices: list[str]) -> str:
-    """`full_statement` of every kind for these devices only."""
+def device_filter(devices: list[str]) -> str:
+    """The condition (` AND ...`) keeping these devices' series only: a regex on
+    `device_id`, which InfluxDB matches against its index, not the points."""
     for device in devices:
         if IDENTIFIER.fullmatch(device) is None:  # the registry checks it; a regex relies on it
             raise ValueError(f"not a device id: {device!r}")
     alternatives = "|".join(d.replace(".", r"\.") for d in devices)
-    return full_statement(devices=f' AND "device_id" =~ /^(?:{alternatives})$/')
+    return f' AND "device_id" =~ /^(?:{alternatives})$/'
+
+
+def _filtered(devices: list[str]) -> str:
+    """`full_statement` of every kind for these devices only."""
+    return full_statement(devices=device_filter(devices))
 
 
 def _merge(into: dict[str, int], answers: Iterable[list[Series]]) -> None:
@@ -112,13 +118,18 @@ async def newest_readings(
     seen: dict[str, int] = {}
     recent = await asyncio.gather(
         *(
-            influx.query(full_statement(kinds), span_params(city.id, cut, end))
+            influx.query(
+                full_statement(kinds), span_params(city.id, cut, end), chunk_rows=CHUNK_ROWS
+            )
             for cut, kinds in cuts(settings, catalogue.KINDS, start, end).items()
         )
     )
-    _merge(seen, recent)
+    await asyncio.to_thread(_merge, seen, recent)  # thousands of rows: off the event loop
     missing = [d.id for d in city.devices if d.id not in seen]
     if missing:
         statement = full_statement() if len(missing) > max_filtered else _filtered(missing)
-        _merge(seen, [await influx.query(statement, span_params(city.id, start, end))])
+        older = await influx.query(
+            statement, span_params(city.id, start, end), chunk_rows=CHUNK_ROWS
+        )
+        await asyncio.to_thread(_merge, seen, [older])
     return seen

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 from api import aqi
@@ -38,17 +38,18 @@ from api.models import (
     Streetlights,
     Traffic,
 )
+from api.offline import Statuses, deciding_statuses, newest_offline
 from api.params import TimeRange
-from api.queries import flat
+from api.queries import CHUNK_ROWS, flat
 from api.settings import ApiSettings
 from api.tiers import Piece, TierBook, served
 from api.windows import window_means
 from safecity import catalogue
 from safecity import incidents as inc
-from safecity.influx import InfluxClient, Series, quote_ident
+from safecity.influx import InfluxClient, Series
 from safecity.readings import format_epoch_ms, format_ts
 from safecity.registry import City, Device
-from safecity.schema import DEVICE_STATUS, EVENTS, source
+from safecity.schema import EVENTS, source
 
 # Window means fetched per device, by kind.
 MEAN_FIELDS: dict[str, tuple[str, ...]] = {
@@ -70,6 +71,7 @@ INCIDENT_SOURCE = (
     "before the window's end and not resolved by then, as GET /v1/incidents lists them"
 )
 INCIDENT_LOOKBACK = timedelta(days=7)
+T = TypeVar("T")
 
 
 @dataclass
@@ -81,7 +83,8 @@ class Snapshot:
     means: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     lights: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
     last_seen: dict[str, int] = field(default_factory=dict)
-    status: dict[str, tuple[int, str]] = field(default_factory=dict)
+    status: Statuses = field(default_factory=dict)
+    """The last status message of the devices it may make offline (`api.offline`)."""
     events: dict[tuple[str, str], int] = field(default_factory=dict)
     event_devices: dict[str, int] = field(default_factory=dict)
     open_incidents: list[inc.Incident] = field(default_factory=list)
@@ -91,6 +94,8 @@ class Snapshot:
     states: dict[str, str] = field(default_factory=dict)
     """Every device's state (`device_state`), made at the first need (`states_of`)."""
     served: dict[str, list[Piece]] = field(default_factory=dict)
+    making: dict[tuple[str, str | None], asyncio.Future[Any]] = field(default_factory=dict)
+    """What `view` and `states` are making off the event loop, by what and scope."""
 
 
 def _where_city(extra: str = "") -> str:
@@ -103,16 +108,11 @@ LIGHTS_GROUPED = (
     'SELECT last("power_state") AS "power_state", last("status") AS "status" '
     f'FROM "streetlight" WHERE {_where_city()} GROUP BY "device_id"'
 )
-STATUS_GROUPED = (
-    f'SELECT last("state") AS "state" FROM {quote_ident(DEVICE_STATUS)} '
-    f'WHERE {_where_city()} GROUP BY "device_id"'
-)
 EVENTS_GROUPED = (
     f'SELECT count("seq") AS "n" FROM {source(EVENTS)} '
     f'WHERE {_where_city()} GROUP BY "district", "severity", "device_id"'
 )
 LIGHTS_STATEMENT = flat(LIGHTS_GROUPED, ("power_state", "status"), ("device_id",))
-STATUS_STATEMENT = flat(STATUS_GROUPED, ("state",), ("device_id",))
 EVENTS_STATEMENT = flat(EVENTS_GROUPED, ("n",), ("district", "severity", "device_id"))
 
 
@@ -135,10 +135,13 @@ async def take_snapshot(
             *(window_means(influx, book, k, MEAN_FIELDS[k], city.id, span) for k in kinds)
         ),
         asyncio.gather(
-            influx.query(LIGHTS_STATEMENT, span_params(city.id, light_start, window.end)),
-            newest_readings(influx, settings, city, (lookback, window.end)),
-            influx.query(STATUS_STATEMENT, span_params(city.id, lookback, window.end)),
-            influx.query(EVENTS_STATEMENT, base),
+            influx.query(
+                LIGHTS_STATEMENT,
+                span_params(city.id, light_start, window.end),
+                chunk_rows=CHUNK_ROWS,
+            ),
+            _seen_and_status(influx, settings, city, (lookback, window.end)),
+            influx.query(EVENTS_STATEMENT, base, chunk_rows=CHUNK_ROWS),
         ),
     )
     found = await inc.IncidentStore(influx).query(
@@ -148,26 +151,33 @@ async def take_snapshot(
     for kind, (per_device, pieces) in zip(kinds, sums, strict=True):
         snap.means[kind] = per_device
         snap.served[kind] = pieces
-    _index_states(snap, *results)
+    # Thousands of rows a statement: indexed in a worker thread, the loop free meanwhile.
+    await asyncio.to_thread(_index_states, snap, *results)
     return snap
+
+
+async def _seen_and_status(
+    influx: InfluxClient, settings: ApiSettings, city: City, span: tuple[datetime, datetime]
+) -> tuple[dict[str, int], Statuses]:
+    """Each device's newest reading, and the last status of those it may make offline
+    (`api.offline`): the newest offline messages are read beside the readings."""
+    seen, offline = await asyncio.gather(
+        newest_readings(influx, settings, city, span), newest_offline(influx, city.id, span)
+    )
+    return seen, await deciding_statuses(influx, city.id, span[1], offline, seen)
 
 
 def _index_states(
     snap: Snapshot,
     lights: list[Series],
-    seen: dict[str, int],
-    status: list[Series],
+    seen_and_status: tuple[dict[str, int], Statuses],
     events: list[Series],
 ) -> None:
     """The lights' states, last readings, status messages and event counts, by device."""
     for s in lights:
         for row in s.rows():
             snap.lights[str(row["device_id"])] = (row.get("power_state"), row.get("status"))
-    snap.last_seen = seen
-    for s in status:
-        for row in s.rows():
-            if row.get("state") is not None:
-                snap.status[str(row["device_id"])] = (int(row["time"]), str(row["state"]))
+    snap.last_seen, snap.status = seen_and_status
     for s in events:
         for row in s.rows():
             key = (str(row["district"]), str(row["severity"]))
@@ -377,6 +387,39 @@ def overview(snap: Snapshot, settings: ApiSettings, city: City, district: str | 
     return view
 
 
+async def view(snap: Snapshot, settings: ApiSettings, city: City, district: str | None) -> Overview:
+    """`overview` off the event loop: made once per snapshot and scope in a worker thread
+    (a city's is hundreds of ms of Python; the loop answers other requests meanwhile)."""
+    made = snap.views.get(district)
+    if made is not None:
+        return made
+    return await _off_loop(snap, ("view", district), overview, snap, settings, city, district)
+
+
+async def states(snap: Snapshot, settings: ApiSettings, city: City) -> dict[str, str]:
+    """`states_of` off the event loop (once per snapshot, in a worker thread)."""
+    if snap.states:
+        return snap.states
+    return await _off_loop(snap, ("states", None), states_of, snap, settings, city)
+
+
+async def _off_loop(
+    snap: Snapshot, key: tuple[str, str | None], make: Callable[..., T], *args: Any
+) -> T:
+    """`make(*args)` in a worker thread, once for the snapshot and `key` (concurrent
+    callers wait for the same run; a failed run is not kept)."""
+    making = snap.making.get(key)
+    if making is None:
+        making = snap.making[key] = asyncio.ensure_future(asyncio.to_thread(make, *args))
+    try:
+        result: T = await asyncio.shield(making)
+    except BaseException:
+        if making.done() and snap.making.get(key) is making:
+            del snap.making[key]
+        raise
+    return result
+
+
 def _overview(snap: Snapshot, settings: ApiSettings, city: City, district: str | None) -> Overview:
     devices = list(city.devices if district is None else city.select(district=district))
     scope = Scope(snap, settings, devices)
@@ -422,72 +465,3 @@ def kpis(view: Overview) -> dict[str, Any]:
         "window_from": view.window.from_,
         "window_to": view.window.to,
     }
-
-
-class SnapshotCache:
-    """Snapshots by (city, window key), kept `ttl` seconds from when each was made; one
-    computation per key at a time.
-
-    The default window ("the last N minutes") is keyed by its length and recomputed
-    at most every `ttl` seconds; concurrent requests for a key wait for the same
-    computation (no stampede). For one more `ttl` after expiry the old snapshot is still
-    served while a new one is computed in the background (no request waits for the
-    recomputation of a polled overview), and for as long as that computation runs: a
-    result is at most two `ttl`s plus one computation behind the data, and a city whose
-    snapshot takes longer than the ttl to compute still answers polls at once. Failures
-    are not cached. ttl = 0 disables caching (but keeps the sharing).
-    """
-
-    def __init__(self, ttl: float, max_entries: int = 64) -> None:
-        self.ttl = ttl
-        self.max_entries = max_entries
-        self._entries: dict[tuple[Any, ...], tuple[float, asyncio.Future[Snapshot]]] = {}
-        self._refreshing: dict[tuple[Any, ...], asyncio.Future[Snapshot]] = {}
-
-    async def get(self, key: tuple[Any, ...], compute: Any) -> Snapshot:
-        """The cached snapshot for `key`, or a fresh one from `compute()`."""
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        entry = self._entries.get(key)
-        if entry is not None and (entry[0] > now or not entry[1].done()):
-            return await asyncio.shield(entry[1])
-        if entry is not None and (now < entry[0] + self.ttl or key in self._refreshing):
-            self._refresh(key, compute)
-            return entry[1].result()
-        self._make_room(now)
-        future: asyncio.Future[Snapshot] = asyncio.ensure_future(compute())
-        self._entries[key] = (now + self.ttl, future)
-        future.add_done_callback(lambda f: self._made(key, f))
-        try:
-            return await asyncio.shield(future)
-        except BaseException:
-            if self._entries.get(key, (0, None))[1] is future:
-                del self._entries[key]
-            raise
-
-    def _made(self, key: tuple[Any, ...], future: asyncio.Future[Snapshot]) -> None:
-        """A computation that succeeded is kept `ttl` from now (its data are as old as it
-        took), in place of the entry it computes or refreshes."""
-        if future.cancelled() or future.exception() is not None or key not in self._entries:
-            return
-        self._entries[key] = (asyncio.get_running_loop().time() + self.ttl, future)
-
-    def _refresh(self, key: tuple[Any, ...], compute: Any) -> None:
-        """Recompute `key` in the background; its entry is replaced when that succeeds."""
-        if key in self._refreshing:
-            return
-        future: asyncio.Future[Snapshot] = asyncio.ensure_future(compute())
-        self._refreshing[key] = future
-
-        def done(f: asyncio.Future[Snapshot]) -> None:
-            self._refreshing.pop(key, None)
-            self._made(key, f)
-
-        future.add_done_callback(done)
-
-    def _make_room(self, now: float) -> None:
-        if len(self._entries) >= self.max_entries:
-            for k in [k for k, (exp, f) in self._entries.items() if f.done() and exp <= now]:
-                del self._entries[k]
-            while len(self._entries) >= self.max_entries:
-                del self._entries[next(iter(self._entries))]

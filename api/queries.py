@@ -90,6 +90,11 @@ AGGREGATES = {
 }
 
 
+CHUNK_ROWS = 5000
+"""Rows a chunk of a city-sized answer is parsed by (`InfluxClient.query(chunk_rows=...)`):
+a few hundred KB, at most tens of ms of the event loop each."""
+
+
 def flat(statement: str, columns: tuple[str, ...], tags: tuple[str, ...]) -> str:
     """A grouped statement's rows as rows of one series per measurement, its group-by tags
     as columns. The same rows and times (InfluxDB answers a subquery's rows as they are),

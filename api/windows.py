@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from api.queries import flat
+from api.queries import CHUNK_ROWS, flat
 from api.tiers import Piece, TierBook, add_sums, cover, sums_from
 from safecity.influx import InfluxClient, Series, quote_ident
 from safecity.rollups import Tier
@@ -70,22 +70,32 @@ async def window_means(
     marks = await book.marks(influx)
     pieces = cover(book.tiers, marks, kind, span, int(time.time() * 1000))
     if len(pieces) == 1 and pieces[0].tier is None:
-        answer = await influx.query(mean_statement(kind, fields), pieces[0].bound({"city": city}))
-        return _means_of(answer, fields), pieces
+        answer = await influx.query(
+            mean_statement(kind, fields), pieces[0].bound({"city": city}), chunk_rows=CHUNK_ROWS
+        )
+        return await asyncio.to_thread(_means_of, answer, fields), pieces
     answers = await asyncio.gather(
         *(
-            influx.query(window_statement(p.tier, kind, fields), p.bound({"city": city}))
+            influx.query(
+                window_statement(p.tier, kind, fields),
+                p.bound({"city": city}),
+                chunk_rows=CHUNK_ROWS,
+            )
             for p in pieces
         )
     )
+    return await asyncio.to_thread(_sums_to_means, answers, fields), pieces
+
+
+def _sums_to_means(answers: list[list[Series]], fields: tuple[str, ...]) -> WindowMeans:
+    """The pieces' sums and counts added per device and field, and divided."""
     sums: dict[str, dict[str, tuple[float, int]]] = {}
     for series in answers:
         for s in series:
             for row in s.rows():
                 add_sums(sums.setdefault(str(row["device_id"]), {}), row, fields)
-    means = {
+    return {
         device: {f: total / n for f, (total, n) in cells.items()}
         for device, cells in sums.items()
         if cells
     }
-    return means, pieces

@@ -35,7 +35,8 @@ import httpx
 
 from api import lastseen
 from api.apikeys import KeyStore
-from api.overview import EVENTS_STATEMENT, LIGHTS_STATEMENT, MEAN_FIELDS, STATUS_STATEMENT
+from api.offline import status_statement
+from api.overview import EVENTS_STATEMENT, LIGHTS_STATEMENT, MEAN_FIELDS
 from api.queries import series_statement
 from api.settings import ApiSettings
 from api.windows import mean_statement
@@ -44,9 +45,10 @@ from benchmarks._ingest.probes import loadavg
 from control.stack import Influxd, ManagedProcess, free_port
 from safecity import catalogue, citygen, registry
 from safecity.influx import InfluxClient
-from safecity.readings import epoch_ms, format_ts
+from safecity.lineprotocol import encode
+from safecity.readings import Status, epoch_ms, format_ts, from_epoch_ms
 from safecity.registry import City, Device
-from safecity.schema import DEVICE_STATUS
+from safecity.schema import status_points
 from safecity.settings import InfluxSettings
 
 CONCURRENCY = 4
@@ -154,12 +156,11 @@ def _births(city: City, device: Device, first_ms: int, gone_ms: int | None) -> l
     silent (a device that never reported has neither)."""
     if gone_ms is not None and gone_ms <= first_ms:
         return []
-    head = f"{DEVICE_STATUS},city={city.id},district={device.district},device_id={device.id} "
-    kind = f'kind="{device.kind}"'
-    lines = [f'{head}state="online",online=true,{kind} {first_ms}']
+    said = [Status(ts=from_epoch_ms(first_ms), state="online")]
     if gone_ms is not None:
-        lines.append(f'{head}state="offline",online=false,{kind} {gone_ms}')
-    return lines
+        said.append(Status(ts=from_epoch_ms(gone_ms), state="offline"))
+    # As the ingest stores them (`schema.status_points`: an offline one has its twin).
+    return [encode(p) for status in said for p in status_points(city.id, device, status)]
 
 
 def _write(http: httpx.Client, database: str, lines: list[str]) -> None:
@@ -277,7 +278,7 @@ class _Floor:
         self.overview_statements = [
             *(mean_statement(k, MEAN_FIELDS[k]) for k in MEAN_FIELDS),
             LIGHTS_STATEMENT,
-            STATUS_STATEMENT,
+            status_statement(),
             EVENTS_STATEMENT,
         ]
 

@@ -64,6 +64,8 @@ class Accepted(msgspec.Struct, frozen=True, gc=False):
     """A valid message, as the line it will be written as (a C-built struct: one per reading)."""
 
     line: str
+    """Its line protocol; an offline status's is two lines, its point and its twin
+    (`schema.status_points`), written, spooled and refused together."""
     time_ms: int
     measurement: str
     channel: topics.Channel
@@ -380,8 +382,8 @@ class Validator:
         # A dict lookup per model class: pydantic's isinstance goes through ABCMeta.
         shape = _shape(type(message))
         if shape is _STATUS:
-            point = schema.status_point(city_id, device, cast(Status, message))
-            return self._encoded(point, channel, device.id, None)
+            main, *twin = schema.status_points(city_id, device, cast(Status, message))
+            return self._encoded(main, channel, device.id, None, twins=twin)
         numbered = cast(Reading | Event, message)
         if shape is _READING:
             point = schema.reading_point(city_id, device, cast(Reading, message))
@@ -409,9 +411,12 @@ class Validator:
         device_id: str,
         seq: int | None,
         time_ns: int | None = None,
+        twins: list[Point] | None = None,
     ) -> Accepted | Rejected:
         try:
-            line = encode(point, time_ns=time_ns)
+            # A point's twins (`schema.status_points`) ride in the same line, one line
+            # protocol line each: written, spooled and refused together with the point.
+            line = "\n".join(encode(p, time_ns=time_ns) for p in (point, *(twins or ())))
         except LineProtocolError as exc:  # defence in depth: validation makes this unreachable
             return Rejected(Rejection(RejectReason.SCHEMA, str(exc)), channel)
         return Accepted(line, point.time_ms, point.measurement, channel, device_id, seq)

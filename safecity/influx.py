@@ -6,10 +6,11 @@ The same endpoints are served natively by InfluxDB 1.x and in compatibility mode
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import logging
-from collections.abc import Collection, Mapping
+from collections.abc import Awaitable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -229,53 +230,108 @@ class InfluxClient:
 
     async def execute(self, statement: str) -> None:
         """Run a management statement (CREATE, ALTER, DROP)."""
-        await self._post_query(statement, None)
+        await self.query(statement)
 
     async def query(
-        self, statement: str, params: Mapping[str, ParamValue] | None = None
+        self,
+        statement: str,
+        params: Mapping[str, ParamValue] | None = None,
+        *,
+        chunk_rows: int | None = None,
     ) -> list[Series]:
-        """Run one InfluxQL SELECT/SHOW with bound parameters; return its series (ms epoch)."""
-        return await self._post_query(statement, params)
+        """Run one InfluxQL SELECT/SHOW with bound parameters; return its series (ms epoch).
 
-    async def _post_query(
-        self, statement: str, params: Mapping[str, ParamValue] | None
-    ) -> list[Series]:
+        With `chunk_rows`, InfluxDB streams the answer in chunks of that many rows and each
+        chunk is parsed on its own, the event loop free between them: a large answer (a
+        city's thousands of devices) never holds the loop for its whole parse. The series
+        returned are the same (a series' chunks are joined again).
+        """
         data: dict[str, str] = {"q": statement, "db": self.settings.database}
         if params:
             data["params"] = json.dumps(dict(params))
-        query_params = {"epoch": "ms"}
+        if chunk_rows is None:
+            response = await self._send(self._http.post("/query", data=data, params=EPOCH))
+            _check_status(response)
+            return _series_of(_json_of(response.content, response.status_code))
+        chunked = {**EPOCH, "chunked": "true", "chunk_size": str(chunk_rows)}
+        request = self._http.build_request("POST", "/query", data=data, params=chunked)
+        response = await self._send(self._http.send(request, stream=True))
         try:
-            response = await self._http.post("/query", data=data, params=query_params)
+            if response.status_code >= 300:
+                await response.aread()
+                _check_status(response)
+            return await self._chunks(response)
+        finally:
+            await response.aclose()
+
+    async def _chunks(self, response: httpx.Response) -> list[Series]:
+        """The series of a chunked answer (one JSON document a line), a pause after each."""
+        joined: dict[tuple[str, tuple[tuple[str, str], ...]], list[Series]] = {}
+        try:
+            async for line in response.aiter_lines():
+                if line.strip():
+                    for s in _series_of(_json_of(line.encode(), response.status_code)):
+                        joined.setdefault((s.name, tuple(sorted(s.tags.items()))), []).append(s)
+                await asyncio.sleep(0)
         except httpx.TimeoutException as exc:
             raise StorageUnavailableError(f"InfluxDB query timed out: {exc!r}") from exc
         except httpx.TransportError as exc:
             raise StorageUnavailableError(f"InfluxDB unreachable: {exc!r}") from exc
-        if response.status_code in (401, 403):
-            raise StorageAuthError(f"InfluxDB {response.status_code}: {_error_text(response)}")
-        if response.status_code >= 500:
-            raise StorageUnavailableError(
-                f"InfluxDB {response.status_code}: {_error_text(response)}"
-            )
+        return [_join(parts) for parts in joined.values()]
+
+    async def _send(self, sending: Awaitable[httpx.Response]) -> httpx.Response:
         try:
-            payload = response.json()
-        except ValueError as exc:
-            raise QueryError(f"InfluxDB answered {response.status_code} without JSON") from exc
-        if "error" in payload:
-            raise QueryError(str(payload["error"]))
-        out: list[Series] = []
-        for result in payload.get("results", []):
-            if "error" in result:
-                raise QueryError(str(result["error"]))
-            for s in result.get("series", []):
-                out.append(
-                    Series(
-                        name=s.get("name", ""),
-                        tags=s.get("tags") or {},
-                        columns=tuple(s.get("columns", ())),
-                        values=tuple(tuple(v) for v in s.get("values", ())),
-                    )
+            return await sending
+        except httpx.TimeoutException as exc:
+            raise StorageUnavailableError(f"InfluxDB query timed out: {exc!r}") from exc
+        except httpx.TransportError as exc:
+            raise StorageUnavailableError(f"InfluxDB unreachable: {exc!r}") from exc
+
+
+EPOCH = {"epoch": "ms"}
+
+
+def _check_status(response: httpx.Response) -> None:
+    if response.status_code in (401, 403):
+        raise StorageAuthError(f"InfluxDB {response.status_code}: {_error_text(response)}")
+    if response.status_code >= 500:
+        raise StorageUnavailableError(f"InfluxDB {response.status_code}: {_error_text(response)}")
+
+
+def _json_of(body: bytes, status: int) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError as exc:
+        raise QueryError(f"InfluxDB answered {status} without JSON") from exc
+
+
+def _series_of(payload: Any) -> list[Series]:
+    """The series of one `/query` answer (or chunk of one); its error raised."""
+    if "error" in payload:
+        raise QueryError(str(payload["error"]))
+    out: list[Series] = []
+    for result in payload.get("results", []):
+        if "error" in result:
+            raise QueryError(str(result["error"]))
+        for s in result.get("series", []):
+            out.append(
+                Series(
+                    name=s.get("name", ""),
+                    tags=s.get("tags") or {},
+                    columns=tuple(s.get("columns", ())),
+                    values=tuple(tuple(v) for v in s.get("values", ())),
                 )
-        return out
+            )
+    return out
+
+
+def _join(parts: list[Series]) -> Series:
+    """One series from its chunks, in order."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    values = tuple(row for p in parts for row in p.values)
+    return Series(name=first.name, tags=first.tags, columns=first.columns, values=values)
 
 
 def _error_text(response: httpx.Response) -> str:

@@ -20,6 +20,7 @@ from safecity.settings import InfluxSettings
 
 EVENTS = "events"
 DEVICE_STATUS = "device_status"
+DEVICE_OFFLINE = "device_offline"
 INGEST_STATS = "ingest_stats"
 SECURITY_EVENTS = "security_events"
 # Written by safecity.incidents (alerts service, API); named here for the retention map.
@@ -81,6 +82,35 @@ def status_point(city: str, device: Device, status: Status) -> Point:
     return Point(DEVICE_STATUS, _tags(city, device), fields, status.ts_ms)
 
 
+def offline_point(city: str, device: Device, status: Status) -> Point | None:
+    """The twin of an `offline` status message in `device_offline` (None for `online`).
+
+    Written with its `device_status` point (one line each, the same tags and time: a
+    redelivery or replay overwrites both), so the devices whose last status may say
+    offline are found by reading the series of the few devices that ever went offline,
+    not every device's status (`api.offline`)."""
+    if status.state != "offline":
+        return None
+    return Point(DEVICE_OFFLINE, _tags(city, device), {"state": status.state}, status.ts_ms)
+
+
+OFFLINE_BACKFILL = (
+    'SELECT "state" INTO "device_offline" FROM "device_status" '
+    "WHERE \"state\" = 'offline' GROUP BY *"
+)
+"""Once, on a database written before `device_offline` existed: every stored offline
+status gets its twin (the same points the ingest writes now; running it again changes
+nothing)."""
+
+
+def status_points(city: str, device: Device, status: Status) -> list[Point]:
+    """Every point a status message is stored as: its `device_status` point, and its
+    `device_offline` twin when it says offline."""
+    twin = offline_point(city, device, status)
+    main = status_point(city, device, status)
+    return [main] if twin is None else [main, twin]
+
+
 def _unit(q: catalogue.Quantity) -> str:
     if q.type == "enum":
         return "string: " + "/".join(q.choices) if q.choices else "string"
@@ -114,6 +144,10 @@ def markdown_table() -> str:
         f"| `{DEVICE_STATUS}` | {', '.join(READING_TAGS)} | `state` (string: online/offline), "
         "`online` (boolean), `kind` (string), `reason`? (string) |"
     )
+    lines.append(
+        f"| `{DEVICE_OFFLINE}` | {', '.join(READING_TAGS)} | `state` (string: offline): the "
+        f"twin of each offline `{DEVICE_STATUS}` point, same tags and time |"
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -140,7 +174,7 @@ RETENTION_FAMILIES: tuple[RetentionFamily, ...] = (
         "telemetry",
         None,
         "retention_duration",
-        (*catalogue.KINDS, DEVICE_STATUS, INGEST_STATS),
+        (*catalogue.KINDS, DEVICE_STATUS, DEVICE_OFFLINE, INGEST_STATS),
         "raw readings of every kind, device status, ingest statistics",
     ),
     RetentionFamily("events", "events", "events_retention_duration", (EVENTS,), "safe-city events"),
@@ -208,7 +242,10 @@ def retention_markdown_table(settings: InfluxSettings | None = None) -> str:
         policy = f"`{f.policy}`" if f.policy else f"`{s.retention_policy}` (the default)"
         setting = f"`SAFECITY_INFLUX__{f.duration_setting.upper()}`"
         if f.family == "telemetry":
-            names = "every kind's measurement, " + f"`{DEVICE_STATUS}`, `{INGEST_STATS}`"
+            names = (
+                "every kind's measurement, "
+                + f"`{DEVICE_STATUS}`, `{DEVICE_OFFLINE}`, `{INGEST_STATS}`"
+            )
         else:
             names = ", ".join(f"`{m}`" for m in f.measurements)
         duration = getattr(s, f.duration_setting)

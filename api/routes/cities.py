@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from api.deps import CityDep, InfluxDep, KeyDep, SettingsDep, TenancyDep, influx_of
 from api.errors import bad_param
 from api.models import CityList, CityOut, Location, Overview, Series
-from api.overview import kpis, overview
+from api.overview import kpis, view
 from api.params import TimeRange, time_range
 from api.queries import numeric_fields
 from api.responses import STORAGE, errors
@@ -108,7 +108,7 @@ async def get_city_overview(
     check_city(city, city_id)
     window = overview_window(request, settings, city, start, end)
     snap = await snapshot(request, city, window, window_key(start, end, OVERVIEW_WINDOW))
-    return overview(snap, settings, city, None)
+    return await view(snap, settings, city, None)
 
 
 @router.get(
@@ -130,7 +130,7 @@ async def get_district_overview(
     check_district(city, district_id)
     window = overview_window(request, settings, city, start, end)
     snap = await snapshot(request, city, window, window_key(start, end, OVERVIEW_WINDOW))
-    return overview(snap, settings, city, district_id)
+    return await view(snap, settings, city, district_id)
 
 
 @router.get(
@@ -145,7 +145,7 @@ async def list_districts(
     check_city(city, city_id)
     window = time_range(settings, None, None, OVERVIEW_WINDOW)
     snap = await snapshot(request, city, window, window_key(None, None, OVERVIEW_WINDOW))
-    props = {d.id: kpis(overview(snap, settings, city, d.id)) for d in city.districts}
+    props = {d.id: kpis(await view(snap, settings, city, d.id)) for d in city.districts}
     return geojson(city, props)
 
 

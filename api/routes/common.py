@@ -11,9 +11,10 @@ from pydantic import BeforeValidator
 from api.cursors import PATTERN as CURSOR_PATTERN
 from api.deps import influx_of
 from api.errors import bad_param
-from api.overview import Snapshot, SnapshotCache, take_snapshot
+from api.overview import Snapshot, take_snapshot
 from api.params import EVERY_PATTERN, TimeRange, now, parse_instant
 from api.settings import ApiSettings
+from api.snapshotcache import SnapshotCache
 from api.tiers import book_of
 from safecity import catalogue
 from safecity.registry import City, Device

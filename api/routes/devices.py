@@ -11,7 +11,7 @@ from api.deps import CityDep, DirectoryDep, InfluxDep, SettingsDep
 from api.directory import BadCursorError, decode_cursor, encode_cursor
 from api.errors import bad_param
 from api.models import DeviceOut, DevicePage, DeviceStatusOut, LatestReading, Series
-from api.overview import device_state, states_of
+from api.overview import device_state, states
 from api.queries import latest_reading
 from api.responses import STORAGE, errors
 from api.routes.cities import check_series, unit_of
@@ -92,16 +92,16 @@ async def list_devices(
         snap = await snapshot(
             request, city, default_window(), window_key(None, None, STATUS_WINDOW)
         )
-        states = states_of(snap, settings, city)
+        now = await states(snap, settings, city)
         page = directory.page(
             limit=limit,
             after=after,
             kind=kind,
             district=district,
-            keep=lambda d: states[d.id] == status,
+            keep=lambda d: now[d.id] == status,
         )
         items = [
-            _with_status(city.id, d, states[d.id], snap.last_seen.get(d.id)) for d in page.items
+            _with_status(city.id, d, now[d.id], snap.last_seen.get(d.id)) for d in page.items
         ]
     next_cursor = encode_cursor(page.items[-1].id) if page.has_more and page.items else None
     return DevicePage(items=items, next_cursor=next_cursor)

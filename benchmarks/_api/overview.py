@@ -7,14 +7,15 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 import httpx
 
 from api import lastseen
-from api.overview import EVENTS_GROUPED, LIGHTS_GROUPED, MEAN_FIELDS, STATUS_GROUPED, take_snapshot
+from api.offline import status_grouped
+from api.overview import EVENTS_GROUPED, LIGHTS_GROUPED, MEAN_FIELDS, take_snapshot
 from api.params import TimeRange
 from api.settings import ApiSettings
 from api.tiers import TierBook
@@ -54,7 +55,7 @@ async def old_snapshot(influx: InfluxClient, city: City, end: datetime) -> None:
         *(influx.query(window_grouped(None, k, MEAN_FIELDS[k]), window) for k in MEAN_FIELDS),
         influx.query(LIGHTS_GROUPED, lights),
         influx.query(lastseen.grouped_statement(), lookback),
-        influx.query(STATUS_GROUPED, lookback),
+        influx.query(status_grouped(), lookback),
         influx.query(EVENTS_GROUPED, window),
         inc.IncidentStore(influx).query(city.id, end - timedelta(days=7), end),
     )
@@ -103,3 +104,25 @@ async def after_expiry(http: httpx.AsyncClient, path: str, ttl: float, samples: 
         r.raise_for_status()
         ms.append((time.perf_counter() - t) * 1000)
     return _figures(ms)
+
+
+async def while_refreshing(
+    http: httpx.AsyncClient, path: str, ttl: float, call: Callable[[], Awaitable[T]]
+) -> T:
+    """`call()` while the overview at `path` is polled every quarter second: its snapshot is
+    then recomputed in the background whenever it is a TTL old (back to back when one takes
+    longer than the TTL), so `call` meets the API while it parses and aggregates."""
+    stop = asyncio.Event()
+
+    async def poll() -> None:
+        while not stop.is_set():
+            (await http.get(path)).raise_for_status()
+            await asyncio.sleep(0.25)
+
+    poller = asyncio.create_task(poll())
+    try:
+        await asyncio.sleep(ttl + 0.5)  # past the TTL: a refresh is under way
+        return await call()
+    finally:
+        stop.set()
+        await poller

@@ -101,7 +101,7 @@ def scenario(api_settings: ApiSettings, city: City) -> dict[str, Any]:
         reading(city, lights[1], ago(5), 1, power_state="off", power=0.0, status="defective_lamp"),
         reading(city, late_noise, ago(20), 1, laeq=50.0, lamax=60.0, la90=40.0),  # stale
         reading(city, gone, ago(4), 1, pm25=10.0, pm10=20.0, no2=10.0, o3=10.0, so2=1.0, co=0.1),
-        status(city, gone, ago(2), "offline"),  # said goodbye after its last reading
+        *status(city, gone, ago(2), "offline"),  # said goodbye after its last reading
         event(
             city,
             cam[0],

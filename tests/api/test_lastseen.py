@@ -8,6 +8,7 @@ import asyncio
 import itertools
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -20,10 +21,10 @@ from api.tiers import TierBook
 from control.stack import Influxd
 from rollups.service import CityRollups
 from rollups.settings import RollupSettings
-from safecity import catalogue, citygen
+from safecity import catalogue, citygen, schema
 from safecity.influx import InfluxClient
 from safecity.lineprotocol import Point, encode_many
-from safecity.readings import epoch_ms
+from safecity.readings import Status, epoch_ms, from_epoch_ms
 from safecity.registry import City
 from safecity.rollups import parse_tiers
 from safecity.settings import InfluxSettings
@@ -44,11 +45,10 @@ def _point(city: City, index: int, at_ms: int, seq: int) -> Point:
     return Point(device.kind, tags, {"seq": seq}, at_ms)
 
 
-def _status(city: City, index: int, at_ms: int, state: str) -> Point:
-    device = city.devices[index]
-    tags = {"city": city.id, "district": device.district, "device_id": device.id}
-    fields = {"state": state, "online": state == "online", "kind": device.kind}
-    return Point("device_status", tags, fields, at_ms)
+def _status(city: City, index: int, at_ms: int, state: Literal["online", "offline"]) -> list[Point]:
+    """A status message's points, as the ingest stores them (`schema.status_points`)."""
+    status = Status(ts=from_epoch_ms(at_ms), state=state)
+    return schema.status_points(city.id, city.devices[index], status)
 
 
 async def _old_answer(
@@ -142,10 +142,10 @@ def _scenario(city: City, end_ms: int) -> tuple[list[Point], dict[int, str]]:
         points += [_point(city, i, at, n) for n, at in enumerate(times)][-300:]
         points.append(_point(city, i, last, 10**6))
         if i % 8 == 4:  # said goodbye after its last reading
-            points.append(_status(city, i, last + 500, "offline"))
+            points += _status(city, i, last + 500, "offline")
             want[i] = "offline"
         if i % 8 == 5:  # an old goodbye, readings since
-            points.append(_status(city, i, last - 3_600_000, "offline"))
+            points += _status(city, i, last - 3_600_000, "offline")
     return points, want
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from api.overview import SnapshotCache
+from api.snapshotcache import SnapshotCache
 
 KEY = ("tashkent", "last", 900.0)
 

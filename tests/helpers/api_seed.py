@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 from api.settings import ApiSettings
 from safecity import incidents as inc
+from safecity import schema
 from safecity.influx import InfluxClient
 from safecity.lineprotocol import FieldValue, Point, encode_many
+from safecity.readings import Status
 from safecity.registry import City, Device
 
 
@@ -50,15 +53,11 @@ def event(
     return Point("events", tags, {"seq": seq, "kind": device.kind, **details}, ms(ts))
 
 
-def status(city: City, device: Device, ts: datetime, state: str) -> Point:
-    """A device_status point."""
-    tags = {"city": city.id, "district": device.district, "device_id": device.id}
-    fields: dict[str, FieldValue] = {
-        "state": state,
-        "online": state == "online",
-        "kind": device.kind,
-    }
-    return Point("device_status", tags, fields, ms(ts))
+def status(
+    city: City, device: Device, ts: datetime, state: Literal["online", "offline"]
+) -> list[Point]:
+    """A status message's points, as the ingest stores them (`schema.status_points`)."""
+    return schema.status_points(city.id, device, Status(ts=ts, state=state))
 
 
 def write(settings: ApiSettings, points: Iterable[Point]) -> None:

@@ -37,10 +37,11 @@ REDACTOR = Redactor(b"0" * 32)
 
 
 def _check(outcome: object) -> None:
-    """An outcome is a well-formed Accepted (its line decodes) or Rejected (a reason)."""
+    """An outcome is a well-formed Accepted (its line decodes, and so do the lines of the
+    point's twins riding with it: `schema.status_points`) or Rejected (a reason)."""
     if isinstance(outcome, Accepted):
-        point = lineprotocol.decode(outcome.line)
-        assert point.time_ms == outcome.time_ms
+        for line in outcome.line.split("\n"):
+            assert lineprotocol.decode(line).time_ms == outcome.time_ms
         return
     assert isinstance(outcome, Rejected)
     assert outcome.rejection.reason in set(RejectReason)

@@ -94,6 +94,31 @@ def test_events_and_status_are_stored(stack, influx_db, start_ingest) -> None:
     assert status[0]["state"] == "online" and status[0]["online"] is True
     # Nothing of it in the default policy: telemetry and status only.
     assert influx_rows(stack, influx_db, 'SELECT * FROM "raw"."events"') == []
+    # An online message has no twin in device_offline (only offline ones have).
+    assert influx_rows(stack, influx_db, 'SELECT * FROM "device_offline"') == []
+
+
+def test_an_offline_status_is_stored_with_its_twin(stack, influx_db, start_ingest) -> None:
+    """An offline message is stored as `schema.status_points` says: its `device_status`
+    point and, with the same tags and time, its `device_offline` twin; sent again (a
+    redelivery), it is still one point in each."""
+    start_ingest(influx_db)
+    light = device_of("streetlight")
+    ts = datetime.now(UTC).replace(microsecond=0)
+    said = json.dumps({"ts": format_ts(ts), "state": "offline", "reason": "lost power"})
+    for _ in range(2):
+        mosquitto_pub(stack, topic_of(light, "status"), said)
+    twins = wait_for(
+        lambda: influx_rows(stack, influx_db, 'SELECT * FROM "device_offline" GROUP BY *'),
+        what="the offline twin",
+    )
+    status = influx_rows(stack, influx_db, 'SELECT * FROM "device_status" GROUP BY *')
+    assert [(r["time"], r["state"]) for r in status] == [(int(ts.timestamp() * 1000), "offline")]
+    tags = ("city", "district", "device_id")
+    assert [{k: r[k] for k in (*tags, "time", "state")} for r in twins] == [
+        {k: status[0][k] for k in (*tags, "time", "state")}
+    ]
+    assert (twins[0]["city"], twins[0]["device_id"]) == (CITY.id, light.id)
 
 
 @pytest.mark.parametrize(

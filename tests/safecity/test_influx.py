@@ -272,3 +272,48 @@ def test_quote_ident_accepts_identifiers() -> None:
 def test_quote_ident_refuses_injection(name: str) -> None:
     with pytest.raises(QueryError):
         quote_ident(name)
+
+
+def test_chunked_query_answers_the_same_series(influxd: Influxd, influx_db: str) -> None:
+    """An answer streamed in chunks of a few rows is the same list of series, each whole."""
+    settings = InfluxSettings(url=influxd.url, database=influx_db, retention_policy="autogen")
+    base = 1_700_000_000_000
+    points = [
+        Point("noise", {"city": "c", "device_id": f"n-{d}"}, {"laeq": float(i + d)}, base + i)
+        for d in range(3)
+        for i in range(25)
+    ]
+    grouped = 'SELECT "laeq" FROM "noise" WHERE time >= $since GROUP BY "device_id"'
+    flat = (
+        'SELECT "last", "device_id" FROM '
+        '(SELECT last("laeq") AS "last" FROM "noise" GROUP BY "device_id")'
+    )
+    since = {"since": "2023-11-14T22:13:20Z"}
+
+    async def main(client: InfluxClient) -> list[tuple[Any, Any]]:
+        await client.write(encode_many(points))
+        return [
+            (await client.query(q, p), await client.query(q, p, chunk_rows=rows))
+            for q, p in ((grouped, since), (flat, None))
+            for rows in (1, 4, 100)
+        ]
+
+    for whole, chunked in _run(settings, main):
+        assert chunked == whole
+    grouped_answer = _run(settings, lambda c: c.query(grouped, since, chunk_rows=4))
+    assert [len(s.values) for s in grouped_answer] == [25, 25, 25]
+
+
+@pytest.mark.parametrize("statement", ["SELEKT nothing", 'SELECT "x" FROM "a" WHERE $bad'])
+def test_chunked_bad_query_is_a_query_error(
+    influxd: Influxd, influx_db: str, statement: str
+) -> None:
+    settings = InfluxSettings(url=influxd.url, database=influx_db)
+    with pytest.raises(QueryError):
+        _run(settings, lambda c: c.query(statement, chunk_rows=10))
+
+
+def test_chunked_query_on_a_dead_port_is_storage_unavailable() -> None:
+    settings = InfluxSettings(url=f"http://127.0.0.1:{_dead_port()}", database="x", timeout=2)
+    with pytest.raises(StorageUnavailableError):
+        _run(settings, lambda c: c.query("SHOW DATABASES", chunk_rows=10))

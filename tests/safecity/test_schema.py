@@ -9,16 +9,18 @@ from typing import Any
 import pytest
 
 from control.stack import Influxd
-from safecity import catalogue
+from safecity import catalogue, citygen
 from safecity.catalogue import Quantity, Severity
 from safecity.influx import InfluxClient
 from safecity.lineprotocol import decode, encode, encode_many
 from safecity.readings import Event, Reading, Status, epoch_ms, event_model, reading_model
 from safecity.registry import Device, default_city
 from safecity.schema import (
+    DEVICE_OFFLINE,
     DEVICE_STATUS,
     EVENT_TAGS,
     EVENTS,
+    OFFLINE_BACKFILL,
     READING_TAGS,
     event_point,
     measurement_of,
@@ -26,6 +28,7 @@ from safecity.schema import (
     retention_policy_of,
     source,
     status_point,
+    status_points,
 )
 from safecity.settings import InfluxSettings
 
@@ -179,3 +182,18 @@ def test_every_point_is_accepted_by_influxdb_together(influxd: Influxd, influx_d
             await client.close()
 
     assert asyncio.run(main()) == len(EMITTED)
+
+
+def test_an_offline_status_has_a_twin_and_an_online_one_none() -> None:
+    """`status_points`: the `device_status` point, and for offline its `device_offline`
+    twin with the same tags and time (what `OFFLINE_BACKFILL` copies)."""
+    city = citygen.generate("twins", 10, seed=7)
+    device = city.devices[0]
+    at = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
+    online = status_points(city.id, device, Status(ts=at, state="online"))
+    offline = status_points(city.id, device, Status(ts=at, state="offline", reason="bye"))
+    assert [p.measurement for p in online] == [DEVICE_STATUS]
+    assert [p.measurement for p in offline] == [DEVICE_STATUS, DEVICE_OFFLINE]
+    main, twin = offline
+    assert (twin.tags, twin.time_ms, twin.fields) == (main.tags, main.time_ms, {"state": "offline"})
+    assert f'INTO "{DEVICE_OFFLINE}" FROM "{DEVICE_STATUS}"' in OFFLINE_BACKFILL
