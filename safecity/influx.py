@@ -22,7 +22,12 @@ from safecity.errors import (
     StorageUnavailableError,
     WriteRejectedError,
 )
-from safecity.schema import retention_policies, shard_durations
+from safecity.schema import (
+    DEVICE_OFFLINE,
+    OFFLINE_BACKFILL,
+    retention_policies,
+    shard_durations,
+)
 from safecity.settings import InfluxSettings
 from safecity.topics import IDENTIFIER
 
@@ -110,7 +115,8 @@ class InfluxClient:
         return response.status_code == 204
 
     async def ensure_database(self) -> None:
-        """Create the database and its retention policies; safe to repeat.
+        """Create the database and its retention policies (and give offline statuses stored
+        before their twin existed their twin); safe to repeat.
 
         A non-admin account (least privilege, as docker compose runs the services) may
         not create them: then they must already exist, made by `safecity influx init`
@@ -133,6 +139,17 @@ class InfluxClient:
                 "influxdb prepared by an admin; this account only writes and reads",
                 extra={"database": self.settings.database},
             )
+        await self._twin_old_offline_statuses()
+
+    async def _twin_old_offline_statuses(self) -> None:
+        """A database written before `device_offline` existed gets the twin of every
+        stored offline status, once (the API's device states read the twins)."""
+        db = quote_ident(self.settings.database)
+        twin = quote_ident(DEVICE_OFFLINE)
+        shown = await self.query(f"SHOW MEASUREMENTS ON {db} WITH MEASUREMENT = {twin}")
+        if any(series.values for series in shown):
+            return
+        await self.query(OFFLINE_BACKFILL)
 
     async def missing_retention_policies(self) -> list[str]:
         """The retention policies this platform needs that the database lacks."""

@@ -100,7 +100,7 @@ OFFLINE_BACKFILL = (
 )
 """Once, on a database written before `device_offline` existed: every stored offline
 status gets its twin (the same points the ingest writes now; running it again changes
-nothing)."""
+nothing). `InfluxClient.ensure_database` runs it while the twin measurement is missing."""
 
 
 def status_points(city: str, device: Device, status: Status) -> list[Point]:

@@ -132,7 +132,8 @@ def test_the_backfill_gives_old_offline_messages_their_twins(
     influx_db: str, influxd: Influxd
 ) -> None:
     """Offline messages stored before `device_offline` existed (no twin) decide nothing
-    until `schema.OFFLINE_BACKFILL` has run once; then the states are the reference's."""
+    until the ingest's next start prepares the database (`ensure_database` runs
+    `schema.OFFLINE_BACKFILL` once); then the states are the reference's."""
     city = _city()
     end = datetime.now(UTC).replace(microsecond=0)
     end_ms = epoch_ms(end)
@@ -148,11 +149,11 @@ def test_the_backfill_gives_old_offline_messages_their_twins(
             await client.write(encode_many(old))
             api = ApiSettings(influx=client.settings, status_lookback=LOOKBACK_S)
             offline_now = []
-            for _ in range(2):  # before the backfill and after it
+            for _ in range(2):  # before the next start and after it
                 snap = await take_snapshot(client, city, window, api, TierBook(()))
                 states = {d.id: device_state(snap, api, d) for d in city.devices}
                 offline_now.append(sum(1 for s in states.values() if s == "offline"))
-                await client.query(schema.OFFLINE_BACKFILL)
+                await client.ensure_database()
             assert offline_now == [0, DEVICES // 2]
             assert states == await _reference(client, city, snap, api)
         finally:
