@@ -20,7 +20,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, settings
 from receivers import HttpReceiver
-from scheduling import longest_first
+from scheduling import Recorder, longest_first
 from support import account_env
 
 from api.apikeys import KeyStore
@@ -32,10 +32,23 @@ settings.register_profile("safecity", deadline=None, suppress_health_check=[Heal
 settings.load_profile("safecity")
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """`--record-file-times`: the run's per-file seconds into the scheduling table."""
+    parser.addoption(
+        "--record-file-times",
+        action="store_true",
+        help="write each file's measured seconds to tests/helpers/file_seconds.json "
+        "(the files this run ran replace their figures; the order of later runs)",
+    )
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    """Under xdist, the files go out in the order `pytest_collection_modifyitems` gives."""
+    """Under xdist, the files go out in the order `pytest_collection_modifyitems` gives;
+    with --record-file-times, the controller (or the only process) records the times."""
     if hasattr(config.option, "loadscopereorder"):
         config.option.loadscopereorder = False
+    if config.getoption("record_file_times") and not hasattr(config, "workerinput"):
+        config.pluginmanager.register(Recorder(), "file-times-recorder")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
-from scheduling import PER_TEST, ROOT, SECONDS, longest_first
+from scheduling import PER_TEST, ROOT, SECONDS, TABLE, Recorder, longest_first, render
 
 
 @dataclass(frozen=True)
@@ -20,9 +21,42 @@ def test_every_timed_file_exists() -> None:
     assert missing == []
 
 
+def test_the_table_is_as_a_recorded_run_writes_it() -> None:
+    """file_seconds.json is generated (`pytest --record-file-times`), never typed in."""
+    assert TABLE.read_text(encoding="utf-8") == render(SECONDS)
+
+
+@dataclass(frozen=True)
+class Report:
+    nodeid: str
+    duration: float
+
+
+def test_a_recorded_run_sums_each_file_and_keeps_the_files_it_did_not_run(
+    tmp_path: Path,
+) -> None:
+    table = tmp_path / "file_seconds.json"
+    kept, gone = "tests/test_layering.py", "tests/x/test_removed.py"
+    table.write_text(render({kept: 3.0, gone: 9.0, "tests/test_docs.py": 1.0}))
+    recorder = Recorder(table)
+    for nodeid, duration in (
+        ("tests/test_docs.py::a", 0.25),
+        ("tests/test_docs.py::a", 2.0),
+        ("tests/test_docs.py::b", 0.5),
+        ("tests/test_scheduling.py::c", 40.04),
+    ):
+        recorder.pytest_runtest_logreport(Report(nodeid, duration))  # type: ignore[arg-type]
+    recorder.pytest_sessionfinish()
+    assert table.read_text() == (
+        '{\n "tests/test_scheduling.py": 40.0,\n "tests/test_layering.py": 3.0,\n'
+        ' "tests/test_docs.py": 2.8\n}\n'
+    )
+
+
 def test_the_longest_files_go_first_each_file_kept_together_in_its_own_order() -> None:
-    timed = max(SECONDS, key=SECONDS.__getitem__)
-    many = [Collected(f"tests/x/test_many.py::t{i}") for i in range(int(SECONDS[timed]) + 5)]
+    timed = "tests/x/test_long.py"
+    seconds = {timed: 30.0, "tests/x/test_gone.py": 99.0}
+    many = [Collected(f"tests/x/test_many.py::t{i}") for i in range(int(seconds[timed]) + 5)]
     items = [
         Collected("tests/x/test_one.py::a"),
         *many[:2],
@@ -31,9 +65,9 @@ def test_the_longest_files_go_first_each_file_kept_together_in_its_own_order() -
         Collected(f"{timed}::second"),
         Collected("tests/x/test_one.py::b"),
     ]
-    ordered = [item.nodeid for item in longest_first(items)]
-    # More tests than the longest timed file's seconds at PER_TEST each: it still counts less.
-    assert len(many) * PER_TEST < SECONDS[timed]
+    ordered = [item.nodeid for item in longest_first(items, seconds)]
+    # More tests than the timed file's seconds at PER_TEST each: it still counts less.
+    assert len(many) * PER_TEST < seconds[timed]
     assert ordered == [
         f"{timed}::first",
         f"{timed}::second",

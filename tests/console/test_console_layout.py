@@ -11,9 +11,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
 from chromium import CHROMIUM, CHROMIUM_ARGS
-from playwright.sync_api import sync_playwright
+from playwright.sync_api import Browser, Page, sync_playwright
 
 from control.stack import LocalStack
 from safecity import incidents as inc
@@ -62,55 +61,70 @@ async def _seed(settings: InfluxSettings) -> None:
         await client.close()
 
 
-@pytest.mark.parametrize(("width", "height"), SCREENS)
-def test_console_fills_the_screen_and_agrees_with_itself(
+def _check_screen(page: Page, width: int, height: int, shots: Path) -> None:
+    """One screen: the map fills its panel, the labels lie inside their districts, the
+    legend is on screen, the incident tile agrees with the feed, times carry the zone."""
+    page.wait_for_selector("body[data-ready='true']")
+    page.wait_for_function(
+        "/^[0-9]+$/.test(document.querySelector('#kpi-incidents .tile-value').textContent)"
+    )
+    page.screenshot(path=str(shots / f"console-{width}x{height}.png"))
+
+    svg = page.locator("#map").bounding_box()
+    drawn = page.locator("#map .districts").bounding_box()
+    panel = page.locator(".map-panel").bounding_box()
+    legend = page.locator(".legend").bounding_box()
+    assert svg and drawn and panel and legend
+    # The map takes its panel's width, and the drawing fills the map's box one way.
+    assert svg["width"] >= 0.9 * (panel["width"] - 24)
+    assert drawn["width"] >= 0.9 * svg["width"] or drawn["height"] >= 0.9 * svg["height"]
+    assert svg["height"] >= 0.5 * height - 100  # not a clipped strip
+    # Panel and legend on screen without scrolling.
+    assert legend["y"] + legend["height"] <= height
+    assert panel["y"] + panel["height"] <= height
+
+    labels = page.evaluate(LABELS_INSIDE)
+    assert len(labels) == len(CITY.districts)
+    assert [x["name"] for x in labels if not x["inside"]] == []
+
+    tile = page.locator("#kpi-incidents .tile-value").inner_text()
+    page.wait_for_selector("#feed-open[data-open]")
+    assert tile == page.locator("#feed-open").get_attribute("data-open") == "2"
+    meta = page.locator("#feed .feed-meta").first.inner_text()
+    assert "GMT+5" in meta, meta  # Asia/Tashkent, shown with its zone
+
+
+def _visit(browser: Browser, api: Any, width: int, height: int, shots: Path) -> list[str]:
+    """A fresh visitor at one screen signs in and checks it; the page's errors."""
+    problems: list[str] = []
+    context = browser.new_context(viewport={"width": width, "height": height})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(60_000)
+        page.on("pageerror", lambda exc: problems.append(str(exc)))
+        page.goto(api.url + "/")
+        page.fill("#key", api.api_key)
+        page.press("#key", "Enter")
+        _check_screen(page, width, height, shots)
+    finally:
+        context.close()
+    return problems
+
+
+def test_console_fills_the_screen_and_agrees_with_itself_at_each_screen(
     stack: LocalStack,
     influx_db: str,
     start_api: Callable[..., Any],
     tmp_path: Path,
-    width: int,
-    height: int,
 ) -> None:
+    """Both screens against one seeded API, each a fresh visitor in one browser (what the
+    page reads and draws does not depend on the screen checked before)."""
     asyncio.run(_seed(InfluxSettings(url=stack.influx_url, database=influx_db)))
     api = start_api(influx_db)
-    problems: list[str] = []
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": width, "height": height})
-            page.set_default_timeout(60_000)
-            page.on("pageerror", lambda exc: problems.append(str(exc)))
-            page.goto(api.url + "/")
-            page.fill("#key", api.api_key)
-            page.press("#key", "Enter")
-            page.wait_for_selector("body[data-ready='true']")
-            page.wait_for_function(
-                "/^[0-9]+$/.test(document.querySelector('#kpi-incidents .tile-value').textContent)"
-            )
-            page.screenshot(path=str(tmp_path / f"console-{width}x{height}.png"))
-
-            svg = page.locator("#map").bounding_box()
-            drawn = page.locator("#map .districts").bounding_box()
-            panel = page.locator(".map-panel").bounding_box()
-            legend = page.locator(".legend").bounding_box()
-            assert svg and drawn and panel and legend
-            # The map takes its panel's width, and the drawing fills the map's box one way.
-            assert svg["width"] >= 0.9 * (panel["width"] - 24)
-            assert drawn["width"] >= 0.9 * svg["width"] or drawn["height"] >= 0.9 * svg["height"]
-            assert svg["height"] >= 0.5 * height - 100  # not a clipped strip
-            # Panel and legend on screen without scrolling.
-            assert legend["y"] + legend["height"] <= height
-            assert panel["y"] + panel["height"] <= height
-
-            labels = page.evaluate(LABELS_INSIDE)
-            assert len(labels) == len(CITY.districts)
-            assert [x["name"] for x in labels if not x["inside"]] == []
-
-            tile = page.locator("#kpi-incidents .tile-value").inner_text()
-            page.wait_for_selector("#feed-open[data-open]")
-            assert tile == page.locator("#feed-open").get_attribute("data-open") == "2"
-            meta = page.locator("#feed .feed-meta").first.inner_text()
-            assert "GMT+5" in meta, meta  # Asia/Tashkent, shown with its zone
+            problems = {(w, h): _visit(browser, api, w, h, tmp_path) for w, h in SCREENS}
         finally:
             browser.close()
-    assert problems == []
+    assert problems == {screen: [] for screen in SCREENS}

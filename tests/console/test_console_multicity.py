@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import BrowserContext, Route
+from playwright.sync_api import BrowserContext, Page, Route
 
 from api.apikeys import KeyStore
 from control.stack import LocalStack
@@ -130,14 +130,23 @@ def _check_region_shape(api: Any) -> None:
         assert {"id", "name", "segments", "travel_time_s", "speed_kmh"} <= set(corridor)
 
 
-def test_switcher_offers_the_keys_cities_and_the_region_page_compares_them(
+def test_switcher_region_page_and_a_key_of_one_city(
     two_cities: tuple[Any, Cities], browser: BrowserContext
+) -> None:
+    """The two views of one API and its databases (started and seeded once): a key of both
+    cities, then, in a new tab, a key of one."""
+    page = browser.pages[0] if browser.pages else browser.new_page()
+    _switcher_offers_the_keys_cities_and_the_region_page_compares_them(two_cities, page)
+    _a_key_of_one_city_gets_no_switcher_and_no_other_city(two_cities, browser.new_page())
+
+
+def _switcher_offers_the_keys_cities_and_the_region_page_compares_them(
+    two_cities: tuple[Any, Cities], page: Page
 ) -> None:
     api, cities = two_cities
     served = httpx.get(f"{api.url}/openapi.json", timeout=10).json()["paths"]
     if "/v1/region/overview" in served:
         _check_region_shape(api)
-    page = browser.pages[0] if browser.pages else browser.new_page()
     body = json.dumps(_region_body(api, api.api_key))
 
     def answer(route: Route) -> None:
@@ -184,14 +193,13 @@ def test_switcher_offers_the_keys_cities_and_the_region_page_compares_them(
     page.locator("#app").wait_for(state="visible")
 
 
-def test_a_key_of_one_city_gets_no_switcher_and_no_other_city(
-    two_cities: tuple[Any, Cities], browser: BrowserContext
+def _a_key_of_one_city_gets_no_switcher_and_no_other_city(
+    two_cities: tuple[Any, Cities], page: Page
 ) -> None:
     api, _ = two_cities
     _, key = KeyStore(Path(api.env["SAFECITY_API_KEYS_FILE"])).create(
         "tashkent-only", ("read",), ("tashkent",)
     )
-    page = browser.pages[0] if browser.pages else browser.new_page()
     # A city chosen earlier in this tab that the key may not see is not shown.
     page.goto(f"{api.url}/console/favicon.svg")
     page.evaluate("sessionStorage.setItem('safecity.city', 'samarkand')")

@@ -1,6 +1,8 @@
 """Device and certificate lifecycle beside a running city, from outside: `safecity run` and
 the commands a user types beside it as subprocesses, a real broker, real MQTT clients.
 
+- with mutual TLS every simulated device connects to the TLS listener with its own
+  certificate, and its readings arrive;
 - a revoked device certificate stays revoked across a restart with mutual TLS and
   `certs provision`;
 - `devices rotate` and `reinstate` of a simulated device: it publishes again within a
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -20,7 +23,14 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from localrun import Run, acked_since, local_run, progress_lines, safecity
+from localrun import (
+    Run,
+    acked_since,
+    every_device_has_a_latest_reading,
+    local_run,
+    progress_lines,
+    safecity,
+)
 from support import wait_for
 
 from broker import certs
@@ -59,6 +69,28 @@ def _refused_counted(run: Run) -> bool:
     return bool(lines) and int(str(lines[-1].get("devices_refused", 0))) >= 1
 
 
+def _every_device_over_mutual_tls(run: Run) -> None:
+    """SAFECITY_DEVICE_TLS=mtls: every simulated device connects to the TLS listener with
+    its own certificate, and its readings arrive."""
+    printed = run.printed
+    assert "devices over   mutual TLS" in printed, printed
+    api = re.search(r"console \+ API\s+(http://\S+?)/\s", printed)
+    key = re.search(r"SAFECITY_API_KEY=(\S+)", printed)
+    tls = re.search(r"MQTT over TLS\s+mqtts://([\d.]+):(\d+)", printed)
+    assert api and key and tls, printed
+    clients = run.home / "certs" / "clients"
+    assert {p.stem for p in clients.glob("*.crt")} >= {d.id for d in CITY.devices}
+    assert (run.home / "certs" / "crl.pem").exists()
+
+    every_device_has_a_latest_reading(api.group(1), key.group(1), CITY, 90)
+    # Every device came in on the TLS listener, none on the plain one.
+    broker_log = (run.home / "mosquitto" / "mosquitto.log").read_text()
+    on_tls = len(re.findall(rf"New connection from \S+ on port {tls.group(2)}\.", broker_log))
+    assert on_tls >= len(CITY.devices)
+    victim = CITY.devices[0].id
+    assert re.search(rf" as {re.escape(victim)} \(p5, [^)]*u'{re.escape(victim)}'\)", broker_log)
+
+
 @pytest.mark.timeout(480)  # two starts of the whole stack, on a busy machine
 def test_a_revoked_certificate_stays_revoked_across_restart_and_provision(
     tmp_path: Path,
@@ -67,6 +99,7 @@ def test_a_revoked_certificate_stays_revoked_across_restart_and_provision(
     clients = home / "certs" / "clients"
     kept = tmp_path / "kept"
     with local_run(home, SAFECITY_DEVICE_TLS="mtls") as run:
+        _every_device_over_mutual_tls(run)
         assert (clients / f"{DEVICE.id}.crt").exists()
         kept.mkdir()
         for suffix in (".crt", ".key"):
@@ -75,6 +108,7 @@ def test_a_revoked_certificate_stays_revoked_across_restart_and_provision(
         assert revoked.returncode == 0, revoked.stderr
         assert "reloaded with SIGHUP" in revoked.stderr
         assert not (clients / f"{DEVICE.id}.crt").exists()
+    assert run.process.returncode == 0, "Ctrl-C must stop the run cleanly"
 
     with local_run(home, SAFECITY_DEVICE_TLS="mtls") as run:
         # The restart with mutual TLS issued it nothing, and neither does provision.

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from localrun import beside, launch, until_ready
+from localrun import beside, every_device_has_a_latest_reading, launch, until_ready
 from support import wait_for
 
 from control.stack import mqtt_connack_reason
@@ -62,20 +62,6 @@ def _alive(pid: int) -> bool:
         return False
     stat = Path(f"/proc/{pid}/stat")
     return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def every_device_has_a_latest_reading(api: str, key: str, city: City, within: float) -> None:
-    """Wait until `GET /v1/devices/{id}/latest` answers 200 for every device of the city."""
-    missing = {d.id for d in city.devices}
-    with httpx.Client(base_url=api, timeout=5, headers={"X-API-Key": key}) as client:
-
-        def none_missing() -> bool:
-            for device_id in sorted(missing):
-                if client.get(f"/v1/devices/{device_id}/latest").status_code == 200:
-                    missing.discard(device_id)
-            return not missing
-
-        wait_for(none_missing, within, "a latest reading of every device", interval=0.5)
 
 
 def _checkout_var() -> set[Path]:
@@ -249,40 +235,6 @@ def test_a_killed_launcher_takes_its_stack_with_it(tmp_path: Path) -> None:
         "every child of the killed launcher gone",
         interval=0.2,
     )
-
-
-def test_run_with_device_tls_mtls_serves_every_device_over_mutual_tls(tmp_path: Path) -> None:
-    """SAFECITY_DEVICE_TLS=mtls: every simulated device connects to the TLS listener with
-    its own certificate, and its readings arrive."""
-    proc = launch(tmp_path, "--data-dir", str(tmp_path), SAFECITY_DEVICE_TLS="mtls")
-    try:
-        printed = until_ready(proc, 120)
-        assert "devices over   mutual TLS" in printed, printed
-        api = re.search(r"console \+ API\s+(http://\S+?)/\s", printed)
-        key = re.search(r"SAFECITY_API_KEY=(\S+)", printed)
-        tls = re.search(r"MQTT over TLS\s+mqtts://([\d.]+):(\d+)", printed)
-        assert api and key and tls, printed
-        city = default_city()
-        clients = tmp_path / "certs" / "clients"
-        assert {p.stem for p in clients.glob("*.crt")} >= {d.id for d in city.devices}
-        assert (tmp_path / "certs" / "crl.pem").exists()
-
-        every_device_has_a_latest_reading(api.group(1), key.group(1), city, 90)
-        # Every device came in on the TLS listener, none on the plain one.
-        broker_log = (tmp_path / "mosquitto" / "mosquitto.log").read_text()
-        on_tls = len(re.findall(rf"New connection from \S+ on port {tls.group(2)}\.", broker_log))
-        assert on_tls >= len(city.devices)
-        victim = city.devices[0].id
-        assert re.search(
-            rf" as {re.escape(victim)} \(p5, [^)]*u'{re.escape(victim)}'\)", broker_log
-        )
-
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_each_run_revokes_the_key_the_previous_run_printed(tmp_path: Path) -> None:

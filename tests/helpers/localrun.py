@@ -13,7 +13,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+from support import wait_for
+
 from safecity import instance
+from safecity.registry import City
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -136,3 +140,17 @@ def acked_since(run: Run, offset: int, device_id: str) -> bool:
         for line in data.split(b"\n")[:-1]
         if line.strip()
     )
+
+
+def every_device_has_a_latest_reading(api: str, key: str, city: City, within: float) -> None:
+    """Wait until `GET /v1/devices/{id}/latest` answers 200 for every device of the city."""
+    missing = {d.id for d in city.devices}
+    with httpx.Client(base_url=api, timeout=5, headers={"X-API-Key": key}) as client:
+
+        def none_missing() -> bool:
+            for device_id in sorted(missing):
+                if client.get(f"/v1/devices/{device_id}/latest").status_code == 200:
+                    missing.discard(device_id)
+            return not missing
+
+        wait_for(none_missing, within, "a latest reading of every device", interval=0.5)

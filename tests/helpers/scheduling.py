@@ -5,57 +5,26 @@ sorts the files by their number of tests, which leaves the few long files of one
 tests for the end: the run then finishes with one worker alone in a long file). Longest
 first, the short files fill the gaps at the end and both workers finish together.
 
-SECONDS is about what a file takes on a quiet machine (its tests, set-up and tear-down:
-the sums of a `--durations=0` run, scaled to a quiet machine); a file not listed counts
-PER_TEST seconds a test. Only the order depends on it, never what runs: a stale figure
-costs time, nothing else.
+What a file takes comes from file_seconds.json, which a measured run writes
+(`pytest --record-file-times`: each file's setup, call and teardown seconds summed, the
+files it ran replacing their old figures); a file not in it counts PER_TEST seconds a
+test. Only the order depends on it, never what runs: a stale figure costs time, nothing
+else.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Sequence
+import json
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
+TABLE = Path(__file__).with_name("file_seconds.json")
 PER_TEST = 0.5
-SECONDS: dict[str, float] = {
-    "tests/test_compose_podman.py": 250,  # builds the images (cold on a fresh machine)
-    "tests/control/test_lifecycle.py": 162,
-    "tests/control/test_runner.py": 134,
-    "tests/control/test_multicity_run.py": 108,
-    "tests/control/test_backup.py": 105,
-    "tests/ingest/test_faults.py": 100,
-    "tests/deploy/test_kubernetes.py": 94,
-    "tests/test_docs_run.py": 70,
-    "tests/alerts/test_scoring.py": 51,
-    "tests/federation/test_federation.py": 50,
-    "tests/console/test_console_browser.py": 46,
-    "tests/ingest/test_broker_crash.py": 46,
-    "tests/api/test_api_schemathesis.py": 40,
-    "tests/api/test_api_commands.py": 38,
-    "tests/simulators/test_sim_shapes.py": 35,
-    "tests/console/test_console_signin.py": 35,
-    "tests/test_compose_region.py": 31,
-    "tests/ingest/test_identity.py": 30,
-    "tests/test_compose.py": 30,
-    "tests/ingest/test_security_events.py": 30,
-    "tests/ingest/test_poison.py": 29,
-    "tests/ingest/test_reconnect_storm.py": 25,
-    "tests/dashboards/test_queries.py": 24,
-    "tests/api/test_api_live.py": 24,
-    "tests/console/test_docs_browser.py": 23,
-    "tests/ingest/test_ingest_stats.py": 23,
-    "tests/simulators/test_sim_generators.py": 22,
-    "tests/ingest/test_service.py": 22,
-    "tests/api/test_api_contract.py": 22,
-    "tests/control/test_instance.py": 22,
-    "tests/console/test_console_multicity.py": 17,
-    "tests/alerts/test_service.py": 17,
-    "tests/console/test_console_layout.py": 16,
-    "tests/ingest/test_deadletter_bounds.py": 15,
-}
 
 
 class Item(Protocol):
@@ -72,13 +41,54 @@ def file_of(item: Item) -> str:
     return item.nodeid.split("::", 1)[0]
 
 
-def longest_first(items: Sequence[Item]) -> list[Item]:
+def render(seconds: Mapping[str, float]) -> str:
+    """The table as file_seconds.json holds it: longest first, to a tenth of a second."""
+    ordered = sorted(seconds.items(), key=lambda kv: (-round(kv[1], 1), kv[0]))
+    return json.dumps({name: round(s, 1) for name, s in ordered}, indent=1) + "\n"
+
+
+def load(path: Path = TABLE) -> dict[str, float]:
+    """The measured seconds of each file (none if the table is missing)."""
+    if not path.is_file():
+        return {}
+    table: dict[str, float] = json.loads(path.read_text(encoding="utf-8"))
+    return table
+
+
+SECONDS = load()
+
+
+def merged(old: Mapping[str, float], measured: Mapping[str, float]) -> dict[str, float]:
+    """The table after a run: the files it measured at their new figures, the others kept,
+    a file no longer in the tree dropped."""
+    return {name: s for name, s in {**old, **measured}.items() if (ROOT / name).is_file()}
+
+
+class Recorder:
+    """A pytest plugin summing the seconds of each file's phases from the run's reports
+    (on the controller, under xdist: every worker's reports come to it), written to the
+    table when the session ends."""
+
+    def __init__(self, path: Path = TABLE) -> None:
+        self.path = path
+        self.seconds: defaultdict[str, float] = defaultdict(float)
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """One phase (setup, call or teardown) of a test."""
+        self.seconds[report.nodeid.split("::", 1)[0]] += report.duration
+
+    def pytest_sessionfinish(self) -> None:
+        """The table with this run's figures merged in."""
+        self.path.write_text(render(merged(load(self.path), self.seconds)), encoding="utf-8")
+
+
+def longest_first(items: Sequence[Item], seconds: Mapping[str, float] = SECONDS) -> list[Item]:
     """The items, each file's together and in its own order, the longest files first."""
     counts = Counter(file_of(item) for item in items)
     first_seen = {name: index for index, name in reversed(list(enumerate(map(file_of, items))))}
 
     def cost(name: str) -> float:
-        return SECONDS.get(name, counts[name] * PER_TEST)
+        return seconds.get(name, counts[name] * PER_TEST)
 
     order = {name: (-cost(name), first_seen[name]) for name in counts}
     return sorted(items, key=lambda item: order[file_of(item)])
