@@ -32,15 +32,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from benchmarks._citysize import procs
+
 START = datetime(2026, 1, 15, 6, 0, tzinfo=UTC)
 
 
-def _rss_kib() -> int:
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS in /proc/self/status")
+def _rss_kib() -> float:
+    """This process's resident memory, KiB."""
+    return procs.rss_mib(os.getpid()) * 1024
 
 
 async def _measure(devices: int, warm: bool, home: Path) -> dict[str, Any]:

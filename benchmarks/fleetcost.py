@@ -99,7 +99,7 @@ async def child(args: argparse.Namespace) -> dict[str, float]:
     await asyncio.sleep(5)
     gc.collect()
     rss1 = procs.rss_mib(os.getpid())
-    files = len(os.listdir("/proc/self/fd"))
+    files = procs.open_files(os.getpid())
     cpu0, broker0 = time.process_time(), procs.cpu_s(args.broker_pid)
     sent = await _steady(clients, args.steady_s, args.every_s)
     cpu, broker = time.process_time() - cpu0, procs.cpu_s(args.broker_pid) - broker0

@@ -100,9 +100,7 @@ async def list_devices(
             district=district,
             keep=lambda d: now[d.id] == status,
         )
-        items = [
-            _with_status(city.id, d, now[d.id], snap.last_seen.get(d.id)) for d in page.items
-        ]
+        items = [_with_status(city.id, d, now[d.id], snap.last_seen.get(d.id)) for d in page.items]
     next_cursor = encode_cursor(page.items[-1].id) if page.has_more and page.items else None
     return DevicePage(items=items, next_cursor=next_cursor)
 

@@ -131,18 +131,15 @@ class Link(asyncio.Protocol):
         """Parse every complete packet; keep the rest for the next read."""
         self.last_in = time.monotonic()
         buf = self._buf + data if self._buf else data
-        pos, size = 0, len(buf)
+        pos = 0
         try:
-            while size - pos >= 2:
-                got = wire.decode_varint(buf, pos + 1)
-                if got is None or got[0] + got[1] > size:
-                    break
-                self._packet(buf[pos], buf, got[1], got[0] + got[1])
-                pos = got[0] + got[1]
+            while (bounds := wire.packet_bounds(buf, pos)) is not None:
+                self._packet(buf[pos], buf, *bounds)
+                pos = bounds[1]
         except WireError as exc:
             self._protocol_error(str(exc))
             return
-        self._buf = buf[pos:] if pos < size else b""
+        self._buf = buf[pos:] if pos < len(buf) else b""
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Report the loss once, with the most telling reason."""
@@ -160,10 +157,7 @@ class Link(asyncio.Protocol):
     def _packet(self, first: int, buf: bytes, start: int, end: int) -> None:
         kind = first >> 4
         if kind == wire.PUBACK:
-            if end - start < 2:
-                raise WireError("truncated PUBACK")
-            reason = buf[start + 2] if end - start > 2 else 0
-            self._owner.link_puback(self, (buf[start] << 8) | buf[start + 1], reason)
+            self._owner.link_puback(self, *wire.parse_puback(buf[start:end]))
         elif kind == wire.PUBLISH:
             self._publish(first & 0x0F, buf, start, end)
         elif kind == wire.CONNACK:

@@ -64,6 +64,7 @@ __all__ = [
     "encode_utf8",
     "encode_varint",
     "frame",
+    "packet_bounds",
     "parse_connack",
     "parse_connect",
     "parse_puback",
@@ -124,17 +125,24 @@ def frame(kind: int, flags: int, body: bytes) -> bytes:
     return bytes([(kind << 4) | (flags & 0x0F)]) + encode_varint(len(body)) + body
 
 
+def packet_bounds(buf: bytes, pos: int = 0) -> tuple[int, int] | None:
+    """(start, end) of the body of the packet whose fixed header is at `pos`; None if buf
+    does not hold all of it yet."""
+    if len(buf) - pos < 2:
+        return None
+    got = decode_varint(buf, pos + 1)
+    if got is None or got[0] + got[1] > len(buf):
+        return None
+    return got[1], got[0] + got[1]
+
+
 def take_packet(buf: bytes) -> tuple[Packet, int] | None:
     """The first complete packet of buf and the bytes it took; None if buf holds less."""
-    if not buf:
+    bounds = packet_bounds(buf)
+    if bounds is None:
         return None
-    got = decode_varint(buf, 1)
-    if got is None:
-        return None
-    length, start = got
-    if start + length > len(buf):
-        return None
-    return Packet(buf[0] >> 4, buf[0] & 0x0F, bytes(buf[start : start + length])), start + length
+    start, end = bounds
+    return Packet(buf[0] >> 4, buf[0] & 0x0F, bytes(buf[start:end])), end
 
 
 # --- CONNECT / CONNACK ------------------------------------------------------------

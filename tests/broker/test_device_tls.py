@@ -327,11 +327,10 @@ def test_a_burst_of_messages_over_tls_reaches_the_device_at_once(tls_broker: Mos
             subprocess.run, [*publish, "-l"], input="\n".join(sent) + "\n", text=True,
             check=True, timeout=30,
         )  # fmt: skip
-        for _ in range(100):
-            if len(got) == len(sent):
-                break
-            await asyncio.sleep(0.05)
-        await client.stop(1.0)
+        try:
+            await wait_for_async(lambda: len(got) == len(sent), 5, "the whole burst", 0.05)
+        finally:
+            await client.stop(1.0)
 
     asyncio.run(main())
     assert got == sent

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import secrets
 import subprocess
@@ -119,15 +120,18 @@ def wait_for(
 
 
 async def wait_for_async(
-    condition: Callable[[], Awaitable[Any]],
+    condition: Callable[[], Awaitable[Any]] | Callable[[], Any],
     within: float = 20.0,
     what: str = "condition",
     interval: float = 0.1,
 ) -> Any:
-    """`wait_for` inside an event loop: `condition` is awaited, the loop keeps running."""
+    """`wait_for` inside an event loop: the loop keeps running between looks (`condition`
+    may be a coroutine function, awaited, or a plain one)."""
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
-        result = await condition()
+        result = condition()
+        if inspect.isawaitable(result):
+            result = await result
         if result:
             return result
         await asyncio.sleep(interval)

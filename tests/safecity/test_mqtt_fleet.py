@@ -7,12 +7,11 @@ import math
 import os
 import signal
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import mosquitto
+from support import mosquitto, wait_for_async
 
 from control.stack import Mosquitto, free_port
 from safecity.mqtt.fleet import (
@@ -173,15 +172,6 @@ async def _connected(
     return client
 
 
-async def _until(done: Callable[[], object], limit_s: float) -> None:
-    """Until `done()` holds, looked at every 50 ms, for at most `limit_s` (then the
-    caller's assertions say what did not happen)."""
-    for _ in range(int(limit_s / 0.05)):
-        if done():
-            return
-        await asyncio.sleep(0.05)
-
-
 @pytest.mark.timeout(120)
 def test_an_idle_client_outlives_its_keepalive_and_notices_a_frozen_broker(
     tmp_path: Path,
@@ -207,10 +197,10 @@ def test_an_idle_client_outlives_its_keepalive_and_notices_a_frozen_broker(
             idle_log = broker.log_path.read_text()
             os.kill(pid, signal.SIGSTOP)
             try:
-                await _until(lambda: lost, 20)  # 1.5 keep-alives and a sweep: ~10 s
+                await wait_for_async(lambda: lost, 20, "the keep-alive timeout", 0.05)  # ~10 s
             finally:
                 os.kill(pid, signal.SIGCONT)
-            await _until(lambda: client.connects >= 2, 30)
+            await wait_for_async(lambda: client.connects >= 2, 30, "a reconnect", 0.05)
             back = client.connected
             await client.stop(1.0)
             return idle, idle_log, client.connects, back
@@ -246,7 +236,7 @@ def test_an_incoming_qos1_message_is_handed_over_and_acknowledged_once(tmp_path:
             await asyncio.to_thread(
                 subprocess.run, [*publish, "-m", "reboot"], check=True, timeout=30
             )
-            await _until(lambda: got, 5)
+            await wait_for_async(lambda: got, 5, "the message", 0.05)
             await asyncio.sleep(0.5)
             await first.stop()
             again = await session()  # an unacknowledged message would come again now
@@ -306,7 +296,7 @@ def test_a_disconnect_from_the_broker_is_reported_with_its_reason(tmp_path: Path
             )
             topic = f"safecity/v1/edgetest/d1/noise/{device}/telemetry"
             assert client.publish(topic, b"x" * 20_000) is not None
-            await _until(lambda: client.connects >= 2, 10)
+            await wait_for_async(lambda: client.connects >= 2, 10, "a reconnect", 0.05)
             await client.stop(1.0)
             return client.connects
 
