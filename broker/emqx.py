@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping
 
 from safecity.errors import ConfigError
 
+from .identity import PBKDF2_ITERATIONS
+
 # dynamic-security ACL types -> EMQX actions. Receiving has no separate check in EMQX:
 # what a client may subscribe to is what it receives.
 _ACTIONS = {
@@ -94,7 +96,9 @@ authentication = [
     mechanism = password_based
     backend = built_in_database
     user_id_type = username
-    password_hash_algorithm {{name = pbkdf2, mac_fun = sha512, iterations = 1000, dk_length = 64}}
+    password_hash_algorithm {{
+      name = pbkdf2, mac_fun = sha512, iterations = {PBKDF2_ITERATIONS}, dk_length = 64
+    }}
     bootstrap_file = "{config_dir}/users.csv"
     bootstrap_type = plain
   }}

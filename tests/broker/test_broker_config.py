@@ -12,6 +12,7 @@ from brokerkit import SECURE_TEMPLATE
 
 from broker.config import render_local_config, render_secure_config
 from broker.identity import (
+    PBKDF2_ITERATIONS,
     CredentialStore,
     Role,
     hash_password,
@@ -31,6 +32,7 @@ def test_hash_is_mosquitto_passwd_format(tmp_path: Path) -> None:
     user, encoded = line.split(":", 1)
     match = re.fullmatch(r"\$7\$(\d+)\$([^$]+)\$([^$]+)", encoded)
     assert user == "alice" and match is not None
+    assert int(match.group(1)) == PBKDF2_ITERATIONS  # mosquitto_passwd's own default
     salt = base64.b64decode(match.group(2))
     ours = hash_password("s3cret", iterations=int(match.group(1)), salt=salt)
     assert ours == encoded

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import stat
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,10 +17,11 @@ from support import wait_for_async
 from broker import certs, identity
 from broker.identity import CredentialStore
 from control.cli import main
-from control.stack import free_port
+from control.stack import Mosquitto, free_port
 from edge.settings import EdgeSettings
 from safecity.errors import MqttError
 from safecity.mqtt import FleetClient
+from safecity.registry import default_city
 from safecity.secrets import read_secrets
 from simulators import fleet
 from simulators.settings import SimulatorSettings
@@ -65,6 +67,32 @@ def test_rotated_secret_replaces_the_old_one(secure: SecureBroker) -> None:
     wait_connack(secure, device, old, NOT_AUTHORIZED)
     wait_connack(secure, device, new, 0)
     assert new != old and secure.store.check(device, new) and not secure.store.check(device, old)
+
+
+def test_a_store_hashed_at_another_iteration_count_is_renewed_and_logs_in(
+    tmp_path: Path,
+) -> None:
+    city = default_city()
+    device = city.devices[0].id
+    first = identity.LocalIdentities(tmp_path / "identity", city)
+    secret = first.secrets[device]
+    old = identity.hash_password(secret, iterations=1000)  # the store's earlier default
+    store = CredentialStore(tmp_path / "identity")
+    store.accounts[device] = replace(store.accounts[device], password_hash=old)
+    store.save()
+    broker = Mosquitto(tmp_path / "mosquitto", city=city, identity_dir=tmp_path / "identity")
+    broker.start()
+    try:
+        renewed = broker.identities.store.accounts[device].password_hash
+        assert renewed is not None and renewed.startswith(f"$7${identity.PBKDF2_ITERATIONS}$")
+        assert broker.identities.secrets[device] == secret  # the device's secret is kept
+        client = RawClient(broker.host, broker.port)
+        try:
+            assert client.connect(device, device, secret).reason == 0
+        finally:
+            client.close()
+    finally:
+        broker.stop()
 
 
 def test_cli_provision_rotate_revoke_list(
