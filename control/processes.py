@@ -5,12 +5,14 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 import random
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -76,12 +78,19 @@ def free_port(host: str = LOOPBACK) -> int:
         return fallback
 
 
+@functools.cache
+def _probe_tls() -> ssl.SSLContext:
+    # httpx's default context, made once: each one loads the CA bundle (10-20 ms), and a
+    # probe polled every 50 ms that made its own kept the launcher busy while it waited.
+    return httpx.create_ssl_context()
+
+
 def http_ok(url: str) -> Callable[[], bool]:
     """A readiness probe: True once GET url answers 200 (connection errors are "not yet")."""
 
     def probe() -> bool:
         try:
-            return httpx.get(url, timeout=1.0).status_code == 200
+            return httpx.get(url, timeout=1.0, verify=_probe_tls()).status_code == 200
         except httpx.HTTPError:
             return False
 
