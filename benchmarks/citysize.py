@@ -127,7 +127,6 @@ def one(base: Path, devices: int, steady_s: float, requests: int) -> dict[str, A
 
 
 PER_DEVICE = (
-    ("simulator_mib", "simulator memory, KiB per device"),
     ("broker_mib", "broker memory, KiB per connection"),
     ("influxd_mib", "InfluxDB memory, KiB per device"),
     ("ingest_mib", "ingest memory, KiB per registered device"),
@@ -149,7 +148,31 @@ def slopes(rows: list[dict[str, Any]]) -> dict[str, float]:
                 (top[key] - low[key]) * 1024 / (top["devices"] - low["devices"])
             )
     out["influx_series_per_device"] = (high["influx_series"] - low["influx_series"]) / max(span, 1)
+    out.update(_simulator_split(rows))
     return out
+
+
+def _simulator_split(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """The simulator's memory per device and per process.
+
+    Every simulator process holds an interpreter and the city's whole registry (its scene
+    and faults draw on every device), so a city spread over more processes pays those once
+    more each: the per-device figure is the slope between sizes run in as many processes
+    as the smallest, and what the largest holds beyond its devices is per process.
+    """
+    first = rows[0].get("simulator_processes")
+    same = [r for r in rows if r.get("simulator_processes") == first and "simulator_mib" in r]
+    if len(same) < 2 or same[-1]["devices"] == same[0]["devices"]:
+        return {}
+    a, b = same[0], same[-1]
+    per_device = (b["simulator_mib"] - a["simulator_mib"]) * 1024 / (b["devices"] - a["devices"])
+    top = rows[-1]
+    beyond = top["simulator_mib"] - per_device * top["devices"] / 1024
+    return {
+        "simulator_mib_kib_per_device": per_device,
+        "simulator_mib_per_process": beyond / top["simulator_processes"],
+        "simulator_mib_per_process_at": top["devices"],
+    }
 
 
 def table(rows: list[dict[str, Any]]) -> str:

@@ -71,7 +71,8 @@ def load_costs(per_reading: Path = COSTS, per_device: Path = DEVICE_COSTS) -> di
     costs = json.loads(per_reading.read_text(encoding="utf-8"))
     devices = json.loads(per_device.read_text(encoding="utf-8"))
     largest = devices["sizes"][-1]
-    costs.update({k: v for k, v in devices.items() if k.endswith("_per_device")})
+    costs.update({k: v for k, v in devices.items() if k.endswith(("_per_device", "_per_process"))})
+    costs["simulator_mib_per_process_at"] = devices["simulator_mib_per_process_at"]
     for key in ("storm_broker_cpu_ms_per_device", "broker_us_per_device_s"):
         costs[key] = largest[key]
     costs["device_measured_at"] = devices["measured_at"]
@@ -196,7 +197,12 @@ def _device_costs(c: dict[str, Any]) -> str:
     kib = "KiB per device"
     sim, broker = c["simulator_mib_kib_per_device"], c["broker_mib_kib_per_device"]
     rows = [
-        ("simulator memory (the fleet's processes)", f"{sim:.1f} {kib}"),
+        ("simulator memory (one process's devices)", f"{sim:.1f} {kib}"),
+        (
+            "simulator memory per process beyond its devices (its interpreter and the "
+            f"whole registry), at {c['simulator_mib_per_process_at']:,} devices",
+            f"{c['simulator_mib_per_process']:.0f} MiB",
+        ),
         ("broker memory per connection (with its account)", f"{broker:.1f} KiB"),
         ("ingest memory per registered device", f"{c['ingest_mib_kib_per_device']:.1f} KiB"),
         ("alerts memory per registered device", f"{c['alerts_mib_kib_per_device']:.1f} KiB"),
