@@ -209,6 +209,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     row("overview p99 cached, ms", "overview_cached_p99_ms", ".1f")
     row("overview uncached (max of 6), ms", "overview_uncached_max_ms", ".0f")
     row("device-list page p99, ms", "device_page_p99_ms", ".1f")
+    row("API answers other than 200 (of the requests above)", "api_error_count", "d")
     row("reconnect storm: all back, s", "storm_back_s", ".1f")
     row("reconnect storm: broker CPU per device, ms", "storm_broker_cpu_ms_per_device", ".3f")
     row("verify after the storm: lost", "verify_lost", "")

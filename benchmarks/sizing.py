@@ -348,6 +348,13 @@ offline).
   device; planned at {HEADROOM:g}x the measured memory per device), and every ingest, alerts
   and API replica the registry (the largest of the three per-device costs above, on top
   of each one's own ~70-100 MiB).
+- The simulated fleet (a test rig, not part of a deployment) holds
+  {c["simulator_mib_kib_per_device"]:.1f} KiB per device in one process, and each process
+  {c["simulator_mib_per_process"]:.0f} MiB beyond its devices at
+  {c["simulator_mib_per_process_at"]:,} devices: its interpreter and the city's whole
+  registry, which every process keeps (the scene and the faults draw on every device). That
+  part grows with the city too, so a fleet spread one process per 6,000 devices pays the
+  registry once per process: not linear beyond one process.
 - A reconnect storm (every device at once after a broker restart, with the jittered
   backoff of `edge`) must fit in {STORM_TARGET_S:.0f} s of the broker's cores: the plans
   show a node's broker CPU seconds and the same spread over its cores (one for Mosquitto,
