@@ -46,6 +46,8 @@ class CityRollups:
         self.influx = influx
         self.tiers = parse_tiers(settings.influx.rollup_tiers)
         self.kinds = sorted(kinds if kinds is not None else {d.kind for d in city.devices})
+        self._first: dict[str, tuple[int, int]] = {}
+        """kind -> (when asked, its oldest raw reading), both ms."""
 
     async def catch_up(self, now_ms: int) -> int:
         """Roll every closed bucket after each watermark; return the chunks rolled."""
@@ -61,7 +63,7 @@ class CityRollups:
 
     async def _advance_kind(self, tier: Tier, kind: str, mark: Rolled | None, now_ms: int) -> int:
         if mark is None:
-            first = await state.first_raw_ms(self.influx, self.city.id, kind)
+            first = await self._first_raw_ms(kind, now_ms)
             if first is None:
                 return 0
             start = plan.oldest_start(tier, first, now_ms)
@@ -79,6 +81,18 @@ class CityRollups:
             metrics.BUCKETS.labels(tier=tier.name, level="all").inc(written)
             metrics.WATERMARK.labels(tier=tier.name, kind=kind).set(mark.until_ms / 1000)
         return chunks
+
+    async def _first_raw_ms(self, kind: str, now_ms: int) -> int | None:
+        """A kind's oldest raw reading, asked again at most every recheck interval: until a
+        tier has rolled its first bucket (an hour, a day) each pass would otherwise read
+        every series of the kind for it."""
+        asked = self._first.get(kind)
+        if asked is not None and now_ms - asked[0] < self.settings.rollup_recheck_interval * 1000:
+            return asked[1]
+        first = await state.first_raw_ms(self.influx, self.city.id, kind)
+        if first is not None:
+            self._first[kind] = (now_ms, first)
+        return first
 
     async def recheck(self, now_ms: int) -> int:
         """Roll again every unit of the late horizon whose raw count changed; return them."""

@@ -13,8 +13,15 @@ class RollupSettings(StorageServiceSettings):
     """Settings of the rollup job (raw telemetry -> the tiers of `influx.rollup_tiers`)."""
 
     rollup_interval: Annotated[
-        float, Field(gt=0, le=3600, description="Seconds between passes over every tier.")
-    ] = 30.0
+        float,
+        Field(
+            gt=0,
+            le=3600,
+            description="Seconds between passes over every tier (InfluxDB pays a roll per "
+            "device series, however many buckets it spans: rolling five minutes at once "
+            "costs about what one does; the API reads raw beyond the tiers' watermarks).",
+        ),
+    ] = 300.0
     rollup_settle: Annotated[
         float,
         Field(

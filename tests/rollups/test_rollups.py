@@ -375,3 +375,35 @@ def test_callers_finding_the_marks_stale_at_once_share_one_read(influxd: Influxd
                 assert rolled["air_quality"].since_ms <= base < rolled["air_quality"].until_ms
 
     asyncio.run(check())
+
+
+def test_tiers_without_a_closed_bucket_ask_for_the_oldest_reading_once_per_recheck(
+    influxd: Influxd,
+) -> None:
+    """A fresh city (readings of the last minutes only: no bucket of any tier is closed)
+    costs a pass no read of every series for its oldest reading once it has been asked;
+    the next recheck interval asks again (older data may have arrived)."""
+    now = int(time.time() * 1000)
+    points = [_point(i % len(DEVICES), now - 30_000 + i, i, 10.0, 20.0) for i in range(8)]
+
+    async def check() -> None:
+        async with Db(influxd) as client:
+            await client.write(encode_many(points))
+            settings = RollupSettings(influx=client.settings, rollup_settle=86_400)
+            job = CityRollups(settings, CITY, client, ("air_quality",))
+            counts = []
+            for at in (now, now + 1_000, now + 2_000):
+                before = await _queries_executed(client)
+                assert await job.catch_up(at) == 0  # nothing closed: nothing rolled
+                counts.append(await _queries_executed(client) - before)
+            later = now + int(job.settings.rollup_recheck_interval * 1000)
+            before = await _queries_executed(client)
+            await job.catch_up(later)
+            asked_again = await _queries_executed(client) - before
+        # A pass reads the watermarks (a statement a tier) and, the first time in a recheck
+        # interval, the kind's oldest reading (once for every tier); +1: the count itself.
+        tiers = len(job.tiers)
+        assert counts == [tiers + 2, tiers + 1, tiers + 1]
+        assert asked_again == tiers + 2
+
+    asyncio.run(check())
