@@ -188,7 +188,7 @@ def table(rows: list[dict[str, Any]]) -> str:
                 cells.append("not measured")
                 continue
             value = r[key] / r["devices"] if per_device else r[key]
-            ref = base[key] / base["devices"] if per_device else base[key]
+            ref = base.get(key, 0) / base["devices"] if per_device else base.get(key, 0)
             ratio = f" ({value / ref:.2f}x)" if ref and r is not base else ""
             cells.append(format(value, fmt) + ratio)
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
