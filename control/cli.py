@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import atexit
-import gc
 import importlib
 import sys
 from collections.abc import Callable, Collection, Sequence
@@ -391,10 +389,7 @@ def build_parser(load: Collection[str] | None = None) -> argparse.ArgumentParser
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `safecity` console script."""
-    # At exit the interpreter's final collection would walk every object the
-    # imports made (0.4 s of CPU for a service, at every stop and every command);
-    # frozen, it skips them. Objects still go when their last reference does.
-    atexit.register(gc.freeze)
+    cliargs.freeze_at_exit()
     argv = sys.argv[1:] if argv is None else list(argv)
     # The command is the first word that is not an option (the top level has only -h).
     command = next((word for word in argv if not word.startswith("-")), None)
