@@ -389,6 +389,7 @@ def build_parser(load: Collection[str] | None = None) -> argparse.ArgumentParser
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `safecity` console script."""
+    cliargs.freeze_at_exit()
     argv = sys.argv[1:] if argv is None else list(argv)
     # The command is the first word that is not an option (the top level has only -h).
     command = next((word for word in argv if not word.startswith("-")), None)

@@ -218,6 +218,7 @@ class LocalRun:
                 {
                     "SAFECITY_SPEED": str(s.speed),
                     "SAFECITY_SEED": str(s.seed),
+                    "SAFECITY_PROGRESS_INTERVAL": str(s.progress_interval),
                     "SAFECITY_PROCESSES": str(s.simulator_processes),
                     # Every device logs in as itself with its own secret (read once).
                     "SAFECITY_EDGE__SECRETS_FILE": str(self.stack.secrets_file),

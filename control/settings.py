@@ -16,7 +16,7 @@ from safecity.settings import (
     StorageServiceSettings,
     in_home,
 )
-from simulators.settings import Seed, Speed
+from simulators.settings import ProgressInterval, Seed, Speed
 
 
 class StackSettings(ServiceSettings):
@@ -66,6 +66,7 @@ class StackSettings(ServiceSettings):
     )
     speed: Speed = 1.0
     seed: Seed = 42
+    progress_interval: ProgressInterval = 10.0
     simulator_processes: Annotated[int, Field(ge=1, le=256)] = Field(
         default=1,
         description="Spread the simulated fleet over this many processes (the simulator's "

@@ -12,7 +12,7 @@ from typing import Any
 
 from ingest.settings import IngestSettings
 from safecity import registry
-from safecity.cliargs import positive_int, registry_flag, run_async, settings
+from safecity.cliargs import freeze_at_exit, positive_int, registry_flag, run_async, settings
 from safecity.errors import SafecityError
 from safecity.observability import configure_logging
 from safecity.settings import resolve_instance_id
@@ -90,6 +90,7 @@ def _ingest_flags(p: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m ingest`: the `safecity ingest` command on its own (supervised workers)."""
+    freeze_at_exit()
     parser = argparse.ArgumentParser(prog="python -m ingest", description=cmd_ingest.__doc__)
     _ingest_flags(parser)
     args = parser.parse_args(argv)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import contextlib
+import gc
 import signal
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -19,6 +21,7 @@ from safecity.errors import CliError
 
 __all__ = [
     "CliError",
+    "freeze_at_exit",
     "port",
     "positive_float",
     "positive_int",
@@ -42,6 +45,13 @@ def settings(cls: Callable[..., S], **overrides: Any) -> S:
             flag = "--" + loc[-1].replace("_", "-") if loc else ""
             lines.append(f"invalid setting {var} (or {flag}): {err['msg']}")
         raise CliError("; ".join(lines)) from exc
+
+
+def freeze_at_exit() -> None:
+    """At exit, keep the interpreter's final collection off the objects made so far."""
+    # It would walk every object the imports made: 0.2-0.5 s of CPU at every service
+    # stop and every command. Objects still go when their last reference does.
+    atexit.register(gc.freeze)
 
 
 def run_async(main: Coroutine[Any, Any, None]) -> int:

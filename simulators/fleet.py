@@ -71,8 +71,6 @@ log = logging.getLogger("simulators.fleet")
 
 MAX_IN_FLIGHT = 1000
 """Publishes awaiting their PUBACK at once on the single connection (`transport=single`)."""
-PROGRESS_INTERVAL = 10.0
-"""Seconds between progress log lines."""
 DRAIN_TIMEOUT = 10.0
 """Seconds to wait for outstanding PUBACKs when stopping."""
 
@@ -96,7 +94,6 @@ async def run(
     incidents: list[SimulatedIncident] | None = None,
     on_sent: Callable[[Sent], None] | None = None,
     max_in_flight: int | None = None,
-    progress_interval: float = PROGRESS_INTERVAL,
     drain_timeout: float | None = None,
     shard: tuple[int, int] = (0, 1),
     ledger: LedgerWriter | None = None,
@@ -138,7 +135,7 @@ async def run(
         await fleet.start(settings, halt)
         _log_started(settings, city, fleet, shard, len(incidents or []))
         progress = asyncio.create_task(
-            _progress(fleet, sim_start, settings.speed, progress_interval)
+            _progress(fleet, sim_start, settings.speed, settings.progress_interval)
         )
         if fleet.single is not None:
             for sim in fleet.sims:

@@ -66,6 +66,10 @@ Speed = Annotated[
     ),
 ]
 
+ProgressInterval = Annotated[
+    float, Field(gt=0, le=3600, description="Wall seconds between `simulator progress` log lines.")
+]
+
 
 class SimulatorSettings(ServiceSettings):
     """Settings of the simulated city fleet."""
@@ -90,6 +94,7 @@ class SimulatorSettings(ServiceSettings):
         float | None,
         Field(gt=0, description="Stop after this many wall seconds (empty = run until stopped)."),
     ] = None
+    progress_interval: ProgressInterval = 10.0
     first_burst: bool = Field(
         True, description="Every device publishes one reading at start, so a fresh stack has data."
     )

@@ -40,6 +40,9 @@ from safecity.registry import Device, default_city
 CITY = default_city()
 DEVICE = CITY.select(kind="noise")[0]
 OTHER = CITY.select(kind="noise")[1]
+# A progress line a second (10 s by default), so a wait on `devices_refused` ends within
+# a second of the simulator counting the refusal.
+PROGRESS = {"SAFECITY_PROGRESS_INTERVAL": "1"}
 
 
 def _pub(
@@ -98,7 +101,7 @@ def test_a_revoked_certificate_stays_revoked_across_restart_and_provision(
     home = tmp_path / "home"
     clients = home / "certs" / "clients"
     kept = tmp_path / "kept"
-    with local_run(home, SAFECITY_DEVICE_TLS="mtls") as run:
+    with local_run(home, SAFECITY_DEVICE_TLS="mtls", **PROGRESS) as run:
         _every_device_over_mutual_tls(run)
         assert (clients / f"{DEVICE.id}.crt").exists()
         kept.mkdir()
@@ -110,7 +113,7 @@ def test_a_revoked_certificate_stays_revoked_across_restart_and_provision(
         assert not (clients / f"{DEVICE.id}.crt").exists()
     assert run.process.returncode == 0, "Ctrl-C must stop the run cleanly"
 
-    with local_run(home, SAFECITY_DEVICE_TLS="mtls") as run:
+    with local_run(home, SAFECITY_DEVICE_TLS="mtls", **PROGRESS) as run:
         # The restart with mutual TLS issued it nothing, and neither does provision.
         assert not (clients / f"{DEVICE.id}.crt").exists()
         provision = safecity(home, "certs", "provision")
@@ -132,7 +135,7 @@ def plain_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     """A city at speed 10 (a reading per device every few seconds), devices on plain MQTT
     with passwords, the TLS listener open beside it."""
     home = tmp_path_factory.mktemp("lifecycle") / "home"
-    with local_run(home, "--speed", "10") as run:
+    with local_run(home, "--speed", "10", **PROGRESS) as run:
         yield run
 
 
