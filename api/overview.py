@@ -396,6 +396,17 @@ async def view(snap: Snapshot, settings: ApiSettings, city: City, district: str 
     return await _off_loop(snap, ("view", district), overview, snap, settings, city, district)
 
 
+async def ready_snapshot(
+    influx: InfluxClient, city: City, window: TimeRange, settings: ApiSettings, book: TierBook
+) -> Snapshot:
+    """`take_snapshot` with the city's overview (and so every device's state) already made:
+    a refreshed snapshot replaces the cached one only once a poll can be answered from it
+    (else each refresh made the next polls wait for a city's worth of Python)."""
+    snap = await take_snapshot(influx, city, window, settings, book)
+    await view(snap, settings, city, None)
+    return snap
+
+
 async def states(snap: Snapshot, settings: ApiSettings, city: City) -> dict[str, str]:
     """`states_of` off the event loop (once per snapshot, in a worker thread)."""
     if snap.states:

@@ -11,7 +11,7 @@ from pydantic import BeforeValidator
 from api.cursors import PATTERN as CURSOR_PATTERN
 from api.deps import influx_of
 from api.errors import bad_param
-from api.overview import Snapshot, take_snapshot
+from api.overview import Snapshot, ready_snapshot
 from api.params import EVERY_PATTERN, TimeRange, now, parse_instant
 from api.settings import ApiSettings
 from api.snapshotcache import SnapshotCache
@@ -169,7 +169,7 @@ async def snapshot(
     settings: ApiSettings = request.app.state.settings
     book = book_of(request, influx)
     return await cache.get(
-        (city.id, *key), lambda: take_snapshot(influx, city, window, settings, book)
+        (city.id, *key), lambda: ready_snapshot(influx, city, window, settings, book)
     )
 
 
