@@ -371,7 +371,11 @@ offline).
   the right store: use a clustered InfluxDB (settings only, the v1 API is the same).
 - API replicas are not driven by devices but by users: the HorizontalPodAutoscaler scales
   them on CPU; from the costs above one core serves about
-  {1000 / max(c["api_overview_cpu_ms"], 1e-9):,.0f} cached overviews/s.
+  {1000 / max(c["api_overview_cpu_ms"], 1e-9):,.0f} cached overviews/s. An overview's
+  statements read one InfluxDB series per device: beside a busy 18,000-device city they
+  took up to {max(r["overview_uncached_max_ms"] for r in c["device_sizes"]) / 1000:.1f} s
+  here, near the API's InfluxDB timeout (`SAFECITY_INFLUX__TIMEOUT`, 10 s; a statement
+  past it answers 503). Raise it for cities of that size.
 
 ## Plans
 
