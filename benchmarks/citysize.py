@@ -144,9 +144,7 @@ def slopes(rows: list[dict[str, Any]]) -> dict[str, float]:
         # The largest city that has the figure (a run may lack one: stated in the table).
         top = [r for r in rows if key in r][-1]
         if top["devices"] > low["devices"]:
-            out[f"{key}_kib_per_device"] = (
-                (top[key] - low[key]) * 1024 / (top["devices"] - low["devices"])
-            )
+            out[f"{key}_kib_per_device"] = _kib_per_device(low, top, key)
     out["influx_series_per_device"] = (high["influx_series"] - low["influx_series"]) / max(span, 1)
     out.update(_simulator_split(rows))
     return out
@@ -158,21 +156,24 @@ def _simulator_split(rows: list[dict[str, Any]]) -> dict[str, float]:
     Every simulator process holds an interpreter and the city's whole registry (its scene
     and faults draw on every device), so a city spread over more processes pays those once
     more each: the per-device figure is the slope between sizes run in as many processes
-    as the smallest, and what the largest holds beyond its devices is per process.
+    as the smallest, and what the largest city holds beyond its devices is per process.
     """
     first = rows[0].get("simulator_processes")
     same = [r for r in rows if r.get("simulator_processes") == first and "simulator_mib" in r]
     if len(same) < 2 or same[-1]["devices"] == same[0]["devices"]:
         return {}
-    a, b = same[0], same[-1]
-    per_device = (b["simulator_mib"] - a["simulator_mib"]) * 1024 / (b["devices"] - a["devices"])
+    per_device = _kib_per_device(same[0], same[-1], "simulator_mib")
     top = rows[-1]
     beyond = top["simulator_mib"] - per_device * top["devices"] / 1024
     return {
         "simulator_mib_kib_per_device": per_device,
         "simulator_mib_per_process": beyond / top["simulator_processes"],
-        "simulator_mib_per_process_at": top["devices"],
     }
+
+
+def _kib_per_device(low: dict[str, Any], high: dict[str, Any], key: str) -> float:
+    """The growth of a MiB figure between two sizes, KiB per device."""
+    return float((high[key] - low[key]) * 1024 / (high["devices"] - low["devices"]))
 
 
 def table(rows: list[dict[str, Any]]) -> str:

@@ -72,7 +72,7 @@ def load_costs(per_reading: Path = COSTS, per_device: Path = DEVICE_COSTS) -> di
     devices = json.loads(per_device.read_text(encoding="utf-8"))
     largest = devices["sizes"][-1]
     costs.update({k: v for k, v in devices.items() if k.endswith(("_per_device", "_per_process"))})
-    costs["simulator_mib_per_process_at"] = devices["simulator_mib_per_process_at"]
+    costs["simulator_mib_per_process_at"] = largest["devices"]
     for key in ("storm_broker_cpu_ms_per_device", "broker_us_per_device_s"):
         costs[key] = largest[key]
     costs["device_measured_at"] = devices["measured_at"]

@@ -6,7 +6,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import operator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from rollups.plan import Span
@@ -29,6 +30,9 @@ from safecity.schema import measurement_of
 
 WRITE_BATCH = 5000
 _FUNCTIONS = {"sum": "sum", "count": "count", "min": "min", "max": "max"}
+_COMBINE: dict[str, Callable[[Any, Any], Any]] = {
+    "sum": operator.add, "count": operator.add, "min": min, "max": max,
+}  # fmt: skip
 
 
 def roll_statement(kind: str, every_s: int) -> str:
@@ -112,24 +116,13 @@ def district_rows(kind: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]
     for row in rows:
         if not row.get(READINGS):
             continue
-        key = (row["time"], row["district"])
-        into = combined.get(key)
-        if into is None:
-            combined[key] = {f: row.get(f) for f, _ in stats}
-            combined[key].update(time=row["time"], district=row["district"])
-            combined[key][READINGS] = row[READINGS]
-            continue
+        into = combined.setdefault(
+            (row["time"], row["district"]),
+            {"time": row["time"], "district": row["district"], READINGS: 0},
+        )
         into[READINGS] += row[READINGS]
         for name, stat in stats:
-            into[name] = _combine(stat, into[name], row.get(name))
+            value, had = row.get(name), into.get(name)
+            if value is not None:
+                into[name] = value if had is None else _COMBINE[stat](had, value)
     return list(combined.values())
-
-
-def _combine(stat: str, a: Any, b: Any) -> Any:
-    if a is None or b is None:
-        return b if a is None else a
-    if stat == "min":
-        return min(a, b)
-    if stat == "max":
-        return max(a, b)
-    return a + b

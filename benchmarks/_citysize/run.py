@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -126,7 +127,7 @@ class CityRun:
         city = self.city.id
         # An answer other than 200 (a 503 when a statement outlived the API's InfluxDB
         # timeout) is counted, its time kept: one must not end a run of half an hour.
-        failed: dict[str, int] = {}
+        failed: Counter[str] = Counter()
 
         async def main() -> dict[str, float]:
             async with self.client() as c:
@@ -134,7 +135,7 @@ class CityRun:
                 async def get(path: str, **params: Any) -> None:
                     status = (await c.get(path, params=params)).status_code
                     if status != 200:
-                        failed[f"{path} {status}"] = failed.get(f"{path} {status}", 0) + 1
+                        failed[f"{path} {status}"] += 1
 
                 async def overview() -> None:
                     await get(f"/v1/cities/{city}/overview")
@@ -157,8 +158,8 @@ class CityRun:
             }
 
         figures: dict[str, Any] = asyncio.run(main())
-        figures["api_errors"] = failed
-        figures["api_error_count"] = sum(failed.values())
+        figures["api_errors"] = dict(failed)
+        figures["api_error_count"] = failed.total()
         return figures
 
     def kill_broker(self) -> None:
