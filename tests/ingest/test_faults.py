@@ -253,6 +253,15 @@ def test_two_workers_one_killed_and_restarted(stack, tmp_path, ingest_factory) -
     pub = publisher(stack, tmp_path)
     pub.start(good_readings(CITY, 4000, devices=100), rate=400)
     wait_for(lambda: second.metric("safecity_ingest_acked_total") > 200, 20, "both working")
+    # Hung first, then killed: the broker keeps sending the hung worker its share, so the
+    # kill always leaves messages in flight to it (a bare kill can land just after an ack).
+    second.process.pause()
+    carried = first.metric("safecity_ingest_acked_total")
+    wait_for(
+        lambda: first.metric("safecity_ingest_acked_total") > carried + 200,
+        20,
+        "the stream going on beside the hung worker",
+    )
     second.kill()
     carried = first.metric("safecity_ingest_acked_total")
     # The survivor carries the whole stream while the other is down.
