@@ -23,6 +23,7 @@ from api import docs as offline_docs
 from api import errors, ngsild_errors
 from api.apikeys import KeyStore
 from api.audit import AuditLog, AuditMiddleware
+from api.boardfeed import new_board, start_boards
 from api.commandforward import CommandForwarder
 from api.commandhop import open_hop
 from api.commanding import start_commands, stop_commands
@@ -183,8 +184,9 @@ def _runtimes(settings: ApiSettings, cities: Cities, base: InfluxClient) -> dict
             replay=settings.stream_replay,
             max_per_key=settings.stream_max_per_key,
         )
+        board = new_board(city) if settings.overview_board else None
         runtimes[city.id] = CityRuntime(
-            city, influx.settings.database, influx, Directory(city), hub
+            city, influx.settings.database, influx, Directory(city), hub, board
         )
     return runtimes
 
@@ -277,9 +279,10 @@ def _lifespan(
         oidc = _open_stores(app, settings)
         _log_started(app, settings, loaded)
         figures = app.state.figures = metrics.start_incident_figures(app)
-        federation = owned = None
+        federation = owned = boards = None
         try:  # what started is stopped below, even if what starts after it fails
             app.state.announcer.start()  # with the steps a previous run left unannounced
+            boards = start_boards(settings, runtimes.values())
             # Off by default: publishes the city's indicators for a regional instance.
             federation = app.state.federation = start_publisher(settings, local_cities(app))
             # The command store and session belong to one process (commands.url: another's).
@@ -297,6 +300,8 @@ def _lifespan(
                 await stop_commands(*owned)
             if federation is not None:
                 await federation.stop()
+            if boards is not None:
+                await boards.stop()
             await asyncio.gather(figures.stop(), app.state.announcer.stop())
             if oidc is not None:
                 await oidc.close()

@@ -30,6 +30,30 @@ REQUEST_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
 
+# The overview's moving window in memory (api/boardfeed.py), per city.
+BOARD_READY = Gauge(
+    "safecity_api_board_ready",
+    "1 while the city's board is seeded and serves the moving overview (0: read InfluxDB).",
+    ["city"],
+)
+BOARD_POINTS = Counter(
+    "safecity_api_board_points_total",
+    "Announced points of written readings and statuses the city's board took.",
+    ["city"],
+)
+BOARD_REFUSED = Counter(
+    "safecity_api_board_refused_total",
+    "Messages on a _stored topic the board could not read (logged; nothing taken from them).",
+)
+BOARD_SEEDS = Counter(
+    "safecity_api_board_seeds_total",
+    "Seeds of the city's board from InfluxDB (one at start, one after each reconnection).",
+    ["city"],
+)
+BOARD_SEED_SECONDS = Gauge(
+    "safecity_api_board_seed_seconds", "How long the city's last board seed took.", ["city"]
+)
+
 # Incident response times (safecity.incidents.figures), refreshed in the background
 # (IncidentFigures, every FIGURES_REFRESH_S) from the incidents opened in the last
 # FIGURES window, never by a scrape; and, as histograms, each step taken through this

@@ -189,7 +189,8 @@ class Incidents(BaseModel):
 
 
 class Served(BaseModel):
-    """A part [from, to) of a series and what served it: `raw` or a rollup tier (`1h`)."""
+    """A part [from, to) of a series and what served it: `raw`, a rollup tier (`1h`) or
+    the `board` (the raw points of the last minutes, which the API holds in memory)."""
 
     tier: str = Field(examples=["1d"])
     from_: str = Field(alias="from", examples=["2026-01-01T00:00:00.000Z"])

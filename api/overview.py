@@ -42,12 +42,13 @@ from api.offline import Statuses, deciding_statuses, newest_offline
 from api.params import TimeRange
 from api.queries import CHUNK_ROWS, flat
 from api.settings import ApiSettings
-from api.tiers import Piece, TierBook, served
+from api.tiers import BOARD, Piece, TierBook, served
 from api.windows import window_means
 from safecity import catalogue
 from safecity import incidents as inc
+from safecity.board import Board
 from safecity.influx import InfluxClient, Series
-from safecity.readings import format_epoch_ms, format_ts
+from safecity.readings import epoch_ms, format_epoch_ms, format_ts
 from safecity.registry import City, Device
 from safecity.schema import EVENTS, source
 
@@ -71,6 +72,8 @@ INCIDENT_SOURCE = (
     "before the window's end and not resolved by then, as GET /v1/incidents lists them"
 )
 INCIDENT_LOOKBACK = timedelta(days=7)
+OVERVIEW_WINDOW = timedelta(minutes=15)
+"""The overview's default window: the last 15 minutes."""
 T = TypeVar("T")
 
 
@@ -94,6 +97,8 @@ class Snapshot:
     states: dict[str, str] = field(default_factory=dict)
     """Every device's state (`device_state`), made at the first need (`states_of`)."""
     served: dict[str, list[Piece]] = field(default_factory=dict)
+    board: bool = False
+    """Its means and states came from the board (`served_by` says `board`)."""
     making: dict[tuple[str, str | None], asyncio.Future[Any]] = field(default_factory=dict)
     """What `view` and `states` are making off the event loop, by what and scope."""
 
@@ -116,17 +121,34 @@ LIGHTS_STATEMENT = flat(LIGHTS_GROUPED, ("power_state", "status"), ("device_id",
 EVENTS_STATEMENT = flat(EVENTS_GROUPED, ("n",), ("district", "severity", "device_id"))
 
 
+def light_start(window: TimeRange) -> datetime:
+    """Where the lights' last state is looked for: further back than the window, since a
+    light reporting every 15 min is still on between its reports."""
+    return min(window.start, window.end - timedelta(seconds=2 * 900))
+
+
+def lookback_start(window: TimeRange, settings: ApiSettings) -> datetime:
+    """Where each device's newest reading and status are looked for."""
+    return min(window.start, window.end - timedelta(seconds=settings.status_lookback))
+
+
 async def take_snapshot(
-    influx: InfluxClient, city: City, window: TimeRange, settings: ApiSettings, book: TierBook
+    influx: InfluxClient,
+    city: City,
+    window: TimeRange,
+    settings: ApiSettings,
+    book: TierBook,
+    board: Board | None = None,
 ) -> Snapshot:
     """Run the snapshot's queries concurrently and index the answers by device; the window
-    means come from the rollup tiers where they hold whole buckets of the window."""
+    means come from the rollup tiers where they hold whole buckets of the window. With a
+    `board` that covers the window, what it holds is read from it instead (`safecity.board`):
+    only the events and incidents are asked of InfluxDB."""
+    if board is not None and board.covers(window.start_ms, window.end_ms):
+        return await _from_board(influx, city, window, settings, board)
     snap = Snapshot(window, datetime.now(UTC))
     base = span_params(city.id, window.start, window.end)
-    # States (streetlights, status, last reading) look further back than the window:
-    # a light reporting every 15 min is still on between its reports.
-    light_start = min(window.start, window.end - timedelta(seconds=2 * 900))
-    lookback = min(window.start, window.end - timedelta(seconds=settings.status_lookback))
+    lookback = lookback_start(window, settings)
     kinds = list(MEAN_FIELDS)
     span = (window.start_ms, window.end_ms)
     # Means and states in one round of concurrent queries: an overview costs one round trip.
@@ -137,17 +159,14 @@ async def take_snapshot(
         asyncio.gather(
             influx.query(
                 LIGHTS_STATEMENT,
-                span_params(city.id, light_start, window.end),
+                span_params(city.id, light_start(window), window.end),
                 chunk_rows=CHUNK_ROWS,
             ),
-            _seen_and_status(influx, settings, city, (lookback, window.end)),
+            seen_and_status(influx, settings, city, (lookback, window.end)),
             influx.query(EVENTS_STATEMENT, base, chunk_rows=CHUNK_ROWS),
         ),
     )
-    found = await inc.IncidentStore(influx).query(
-        city.id, window.end - INCIDENT_LOOKBACK, window.end
-    )
-    snap.open_incidents = [i for i in found.values() if _open_at(i, window.end)]
+    snap.open_incidents = await open_incidents(influx, city, window)
     for kind, (per_device, pieces) in zip(kinds, sums, strict=True):
         snap.means[kind] = per_device
         snap.served[kind] = pieces
@@ -156,7 +175,41 @@ async def take_snapshot(
     return snap
 
 
-async def _seen_and_status(
+async def open_incidents(influx: InfluxClient, city: City, window: TimeRange) -> list[inc.Incident]:
+    """The incidents open at the window's end (opened in the lookback before it)."""
+    found = await inc.IncidentStore(influx).query(
+        city.id, window.end - INCIDENT_LOOKBACK, window.end
+    )
+    return [i for i in found.values() if _open_at(i, window.end)]
+
+
+async def _from_board(
+    influx: InfluxClient, city: City, window: TimeRange, settings: ApiSettings, board: Board
+) -> Snapshot:
+    """The snapshot with the board's means and states, and InfluxDB's events and incidents."""
+    snap = Snapshot(window, datetime.now(UTC), board=True)
+    events, snap.open_incidents = await asyncio.gather(
+        influx.query(
+            EVENTS_STATEMENT, span_params(city.id, window.start, window.end), chunk_rows=CHUNK_ROWS
+        ),
+        open_incidents(influx, city, window),
+    )
+    ms = window.start_ms, window.end_ms
+    parts = await asyncio.to_thread(
+        board.parts,
+        *ms,
+        epoch_ms(light_start(window)),
+        epoch_ms(lookback_start(window, settings)),
+    )
+    snap.means, snap.lights, snap.last_seen, snap.status = (
+        parts.means, parts.lights, parts.last_seen, parts.status
+    )
+    snap.served = {kind: [Piece(None, *ms)] for kind in MEAN_FIELDS}
+    await asyncio.to_thread(_index_states, snap, [], (snap.last_seen, snap.status), events)
+    return snap
+
+
+async def seen_and_status(
     influx: InfluxClient, settings: ApiSettings, city: City, span: tuple[datetime, datetime]
 ) -> tuple[dict[str, int], Statuses]:
     """Each device's newest reading, and the last status of those it may make offline
@@ -397,12 +450,17 @@ async def view(snap: Snapshot, settings: ApiSettings, city: City, district: str 
 
 
 async def ready_snapshot(
-    influx: InfluxClient, city: City, window: TimeRange, settings: ApiSettings, book: TierBook
+    influx: InfluxClient,
+    city: City,
+    window: TimeRange,
+    settings: ApiSettings,
+    book: TierBook,
+    board: Board | None = None,
 ) -> Snapshot:
     """`take_snapshot` with the city's overview (and so every device's state) already made:
     a refreshed snapshot replaces the cached one only once a poll can be answered from it
     (else each refresh made the next polls wait for a city's worth of Python)."""
-    snap = await take_snapshot(influx, city, window, settings, book)
+    snap = await take_snapshot(influx, city, window, settings, book, board)
     await view(snap, settings, city, None)
     return snap
 
@@ -451,7 +509,10 @@ def _overview(snap: Snapshot, settings: ApiSettings, city: City, district: str |
         ),
         devices=scope.devices(devices, states_of(snap, settings, city)),
         incidents=scope.incidents(districts),
-        served_by={kind: served(pieces) for kind, pieces in snap.served.items()},
+        served_by={
+            kind: served(pieces, BOARD if snap.board else None)
+            for kind, pieces in snap.served.items()
+        },
     )
 
 

@@ -293,6 +293,11 @@ class ApiSettings(ServiceSettings):
             ),
         ),
     ] = 5.0
+    overview_board: bool = Field(
+        default=True,
+        description="Keep the overview's moving window in memory from the points the ingest "
+        "announces (seeded from InfluxDB at start); false reads it from InfluxDB each time.",
+    )
     # Delivery accounting: where ingest keeps dead letters (same variable as ingest's)
     # and, optionally, the simulator's ground-truth ledger.
     deadletter_dir: DeadletterDir = Field(default_factory=in_home("deadletter_dir"))

@@ -19,19 +19,23 @@ from fastapi import HTTPException
 from api.apikeys import ApiKey
 from api.directory import Directory
 from api.live import Hub
+from safecity.board import Board
 from safecity.influx import InfluxClient
 from safecity.registry import City
 
 
 @dataclass(frozen=True)
 class CityRuntime:
-    """What the API holds for one city: its registry, database, client, directory, hub."""
+    """What the API holds for one city: its registry, database, client, directory, hub and
+    board."""
 
     city: City
     database: str
     influx: InfluxClient
     directory: Directory
     hub: Hub
+    board: Board | None = None
+    """The overview's moving window in memory (`safecity.board`), None when it is off."""
 
 
 class Tenancy:

@@ -55,6 +55,8 @@ POINT_AGGS = {
     "max": '"{f}_max"',
     "count": '"{f}_count"',
 }
+BOARD = "board"
+"""What `served_by` names for a window read from the API's board (`safecity.board`)."""
 MARGIN_MS = 3_600_000
 
 
@@ -388,11 +390,11 @@ def window_longest(settings: ApiSettings, book: TierBook) -> float:
     return max([float(settings.max_range), *(float(k) for k in keeps if k is not None)])
 
 
-def served(pieces: list[Piece]) -> list[Served]:
-    """The response's `served_by`."""
+def served(pieces: list[Piece], source: str | None = None) -> list[Served]:
+    """The response's `served_by` (`source`: what served every piece, if not their tiers)."""
     return [
         Served(
-            tier=p.name,
+            tier=source or p.name,
             **{"from": format_epoch_ms(p.start_ms), "to": format_epoch_ms(p.end_ms)},
         )
         for p in pieces

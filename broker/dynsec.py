@@ -26,6 +26,7 @@ from safecity.topics import (
     PREFIX,
     RESULT,
     SERVICES,
+    STORED,
     federation_filter,
 )
 
@@ -90,6 +91,7 @@ SERVICE_ACLS: dict[str, list[dict[str, Any]]] = {
         *_reads("$SYS/broker/#", share=False),
         *_writes(f"{PREFIX}/+/{DEADLETTER}/#", f"{PREFIX}/+/{SERVICES}/#"),
         *_writes(f"{PREFIX}/+/+/+/+/ack"),  # end-to-end acks to every device
+        *_writes(f"{PREFIX}/+/{STORED}/#"),  # the points it wrote, for the API's board
     ],
     "alerts": [
         *_reads(f"{PREFIX}/#", share=True),

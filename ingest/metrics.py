@@ -146,6 +146,14 @@ BROKER_DROPPED = Gauge(
     "Broker's $SYS/broker/publish/messages/dropped (messages it discarded, e.g. full queues)",
 )
 
+ANNOUNCED = Counter(
+    "safecity_ingest_announced_points_total",
+    "Written readings and statuses announced on the city's _stored topic",
+)
+ANNOUNCE_SKIPPED = Counter(
+    "safecity_ingest_announce_skipped_total",
+    "Written lines too long for one announcement within the broker's max_packet_size",
+)
 DEADLETTER_UNPUBLISHED = Counter(
     "safecity_ingest_deadletter_unpublished_total",
     "Dead letters stored but not republished: too large for the broker's packet limit",

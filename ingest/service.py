@@ -15,6 +15,7 @@ import logging
 from datetime import UTC, datetime
 
 from ingest import metrics
+from ingest.announce import Announcer
 from ingest.batch import Batcher
 from ingest.deadletter import DeadLetterOutput, DeadLetterStore
 from ingest.drain import SpoolDrain
@@ -68,6 +69,13 @@ class IngestService:
         self.writer = InfluxWriter(
             self.influx, Backoff(cap=settings.retry_max_delay), cities=self.cities.ids
         )
+        if settings.announce:
+            self.writer.on_written = Announcer(
+                lambda topic, body: self.mqtt.publish_nowait(topic, body, qos=1),
+                self.cities.ids,
+                worker,
+                settings.deadletter_max_packet,
+            )
         self.spool = Spool(
             settings.spool_dir / worker, settings.spool_max_bytes, settings.spool_segment_bytes
         )

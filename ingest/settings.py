@@ -155,7 +155,7 @@ class IngestSettings(BrokerServiceSettings):
             le=268_435_455,
             description=(
                 "The broker's max_packet_size: a dead letter that would not fit is "
-                "stored, not republished."
+                "stored, not republished; announced points are split to fit."
             ),
         ),
     ] = 16_384
@@ -177,6 +177,12 @@ class IngestSettings(BrokerServiceSettings):
             "its own ack topic, which of its seqs this worker made durable; 0 = off.",
         ),
     ] = 1.0
+    announce: bool = Field(
+        default=True,
+        description="Publish the readings and statuses of each write InfluxDB holds on "
+        "safecity/v1/<city>/_stored/<worker> (the API keeps the overview's moving window "
+        "from them).",
+    )
 
     subscribe_cities: Literal["all", "served"] = Field(
         default="all",

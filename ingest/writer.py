@@ -52,7 +52,8 @@ _OWN_POLICY_PREFIXES = tuple(
 )
 
 
-def _measurement(line: str) -> str:
+def measurement_of(line: str) -> str:
+    """The measurement of a line (its text up to the first comma or space)."""
     cut = [i for i in (line.find(","), line.find(" ")) if i >= 0]
     return line[: min(cut)] if cut else line
 
@@ -102,7 +103,7 @@ def split_by_policy(lines: list[str]) -> list[tuple[str | None, list[int] | None
     if default:
         groups[None] = default
     for i in special:
-        groups.setdefault(retention_policy_of(_measurement(lines[i])), []).append(i)
+        groups.setdefault(retention_policy_of(measurement_of(lines[i])), []).append(i)
     return list(groups.items())
 
 
@@ -134,6 +135,9 @@ class InfluxWriter:
         self.auth_failing = False
         self.write_errors = 0
         """Failed write attempts so far (the `ingest_stats` counter)."""
+        self.on_written: Callable[[list[str]], None] | None = None
+        """Called with the lines of each write once InfluxDB holds them (refused ones left
+        out): the worker announces them (`ingest.announce`)."""
 
     async def write(
         self, lines: list[str], give_up_after: float | None = None
@@ -151,13 +155,16 @@ class InfluxWriter:
             return refused
         if self._routes is None:
             await self._write_policies(None, lines, refused, deadline)
-            return refused
-        for client, indices in self._split_by_city(lines, refused):
-            group = [lines[i] for i in indices]
-            own: list[tuple[int, str]] = []
-            await self._write_policies(client, group, own, deadline)
-            refused.extend((indices[i], message) for i, message in own)
-        refused.sort()
+        else:
+            for client, indices in self._split_by_city(lines, refused):
+                group = [lines[i] for i in indices]
+                own: list[tuple[int, str]] = []
+                await self._write_policies(client, group, own, deadline)
+                refused.extend((indices[i], message) for i, message in own)
+            refused.sort()
+        if self.on_written is not None:
+            bad = {i for i, _ in refused}
+            self.on_written([line for i, line in enumerate(lines) if i not in bad])
         return refused
 
     def _split_by_city(

@@ -7,6 +7,7 @@ safecity/v1/{city}/{district}/{kind}/{device_id}/result   (that device -> the co
 safecity/v1/{city}/_alerts/{severity}
 safecity/v1/{city}/_incidents/{state}   (every step of an incident's lifecycle)
 safecity/v1/{city}/_deadletter/{reason}
+safecity/v1/{city}/_stored/{worker}   (the points an ingest worker wrote, as line protocol)
 safecity/v1/{city}/_federation/city|district/{district}|segment/{segment}
 """
 
@@ -28,6 +29,7 @@ INCIDENTS = "_incidents"
 DEADLETTER = "_deadletter"
 SERVICES = "_services"
 FEDERATION = "_federation"
+STORED = "_stored"
 ACK = "ack"
 CMD = "cmd"
 RESULT = "result"
@@ -64,7 +66,8 @@ class DeviceTopic:
 
 @dataclass(frozen=True, slots=True)
 class PlatformTopic:
-    """A parsed platform topic: an alert, an incident step, a dead letter or a service status."""
+    """A parsed platform topic: an alert, an incident step, a dead letter, a service status or
+    an ingest worker's announced points."""
 
     city: str
     section: str
@@ -205,6 +208,19 @@ def deadletter_topic(city: str, reason: str) -> str:
     return f"{PREFIX}/{city}/{DEADLETTER}/{reason}"
 
 
+def stored_topic(city: str, worker: str) -> str:
+    """Build the topic on which an ingest worker announces the points it wrote."""
+    validate_identifier(city, "city")
+    validate_identifier(worker, "worker id")
+    return f"{PREFIX}/{city}/{STORED}/{worker}"
+
+
+def stored_filter(city: str | None = None) -> str:
+    """Subscription filter for the announced points (of one city, or all)."""
+    city_part = "+" if city is None else validate_identifier(city, "city")
+    return f"{PREFIX}/{city_part}/{STORED}/+"
+
+
 def service_status_topic(city: str, service_id: str) -> str:
     """Build the birth/will status topic of a platform service (ingest worker, simulator)."""
     validate_identifier(city, "city")
@@ -218,7 +234,7 @@ def parse(topic: str) -> DeviceTopic | PlatformTopic:
     if len(parts) < 5 or parts[0] != ROOT or parts[1] != VERSION:
         raise TopicError(f"not a {PREFIX} topic: {topic!r}")
     city = validate_identifier(parts[2], "city")
-    if parts[3] in (ALERTS, INCIDENTS, DEADLETTER, SERVICES):
+    if parts[3] in (ALERTS, INCIDENTS, DEADLETTER, SERVICES, STORED):
         if len(parts) != 5:
             raise TopicError(f"malformed platform topic: {topic!r}")
         return PlatformTopic(city, parts[3], validate_identifier(parts[4], "name"))

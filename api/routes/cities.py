@@ -11,14 +11,13 @@ from pydantic import BaseModel
 from api.deps import CityDep, InfluxDep, KeyDep, SettingsDep, TenancyDep, influx_of
 from api.errors import bad_param
 from api.models import CityList, CityOut, Location, Overview, Series
-from api.overview import kpis, view
+from api.overview import OVERVIEW_WINDOW, kpis, view
 from api.params import TimeRange, time_range
 from api.queries import numeric_fields
 from api.responses import STORAGE, errors
 from api.routes.common import (
     ID_PATTERN,
     NUMERIC_FIELDS,
-    OVERVIEW_WINDOW,
     Agg,
     CityId,
     Every,

@@ -9,9 +9,9 @@ from fastapi import HTTPException, Path, Query, Request
 from pydantic import BeforeValidator
 
 from api.cursors import PATTERN as CURSOR_PATTERN
-from api.deps import influx_of
+from api.deps import influx_of, runtime_of
 from api.errors import bad_param
-from api.overview import Snapshot, ready_snapshot
+from api.overview import OVERVIEW_WINDOW, Snapshot, ready_snapshot
 from api.params import EVERY_PATTERN, TimeRange, now, parse_instant
 from api.settings import ApiSettings
 from api.snapshotcache import SnapshotCache
@@ -27,7 +27,6 @@ NUMERIC_FIELDS = sorted(
 )
 SEVERITIES = [s.value for s in catalogue.Severity]
 EVENT_TYPES = sorted(catalogue.EVENT_TYPES)
-OVERVIEW_WINDOW = timedelta(minutes=15)
 
 CITY_QUERY = (
     "City id (default: the first city the key may see; a city it may not see is a 404 "
@@ -168,8 +167,10 @@ async def snapshot(
     influx = influx_of(request, city)
     settings: ApiSettings = request.app.state.settings
     book = book_of(request, influx)
+    # The moving window may come from the board; an explicit one is always read anew.
+    board = runtime_of(request, city).board if key[0] == "last" else None
     return await cache.get(
-        (city.id, *key), lambda: ready_snapshot(influx, city, window, settings, book)
+        (city.id, *key), lambda: ready_snapshot(influx, city, window, settings, book, board)
     )
 
 

@@ -11,11 +11,11 @@ from api.deps import CityDep, DirectoryDep, InfluxDep, SettingsDep
 from api.directory import BadCursorError, decode_cursor, encode_cursor
 from api.errors import bad_param
 from api.models import DeviceOut, DevicePage, DeviceStatusOut, LatestReading, Series
+from api.overview import OVERVIEW_WINDOW as STATUS_WINDOW
 from api.overview import device_state, states
 from api.queries import latest_reading
 from api.responses import STORAGE, errors
 from api.routes.cities import check_series, unit_of
-from api.routes.common import OVERVIEW_WINDOW as STATUS_WINDOW
 from api.routes.common import (
     Agg,
     CityQuery,

@@ -41,7 +41,7 @@ def test_an_app_whose_broker_hangs_leaves_no_thread_behind_when_stopped(
     api_settings: ApiSettings, city: City, own_broker: Mosquitto, tmp_path: Path
 ) -> None:
     """A paused broker takes TCP connections and never answers: the app is stopped while
-    both its command service and its announcer wait for a CONNACK."""
+    its command service, its announcer and its board feed wait for a CONNACK."""
     settings = api_settings.model_copy(
         update={
             "mqtt": own_broker.mqtt_settings("_api", connect_timeout=60.0),
@@ -54,7 +54,8 @@ def test_an_app_whose_broker_hangs_leaves_no_thread_behind_when_stopped(
     before = _paho_threads()
     with TestClient(create_app(settings, city)) as client:
         assert client.get("/healthz").status_code == 200
-        connecting = wait_for(lambda: len(_paho_threads() - before) == 2 and _paho_threads(),
-                              20, "the command service and the announcer connecting")  # fmt: skip
+        connecting = wait_for(lambda: len(_paho_threads() - before) == 3 and _paho_threads(),
+                              20, "the commands, the announcer and the board connecting")  # fmt: skip
     assert "paho-mqtt-client-safecity-api-commands" in connecting
+    assert any(t.startswith("paho-mqtt-client-safecity-api-board-") for t in connecting)
     assert _paho_threads() - before == set()
