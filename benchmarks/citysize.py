@@ -190,8 +190,10 @@ def table(rows: list[dict[str, Any]]) -> str:
                 continue
             value = r[key] / r["devices"] if per_device else r[key]
             ref = base.get(key, 0) / base["devices"] if per_device else base.get(key, 0)
-            ratio = f" ({value / ref:.2f}x)" if ref and r is not base else ""
-            cells.append(format(value, fmt) + ratio)
+            numbers = isinstance(value, int | float) and isinstance(ref, int | float)
+            ratio = f" ({value / ref:.2f}x)" if numbers and ref and r is not base else ""
+            text = ", ".join(map(str, value)) if isinstance(value, list) else format(value, fmt)
+            cells.append(text + ratio)
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
 
     row("simulator processes", "simulator_processes", "d")
@@ -209,6 +211,8 @@ def table(rows: list[dict[str, Any]]) -> str:
     row("InfluxDB series per device", "influx_series", ".2f", True)
     row("overview p99 cached, ms", "overview_cached_p99_ms", ".1f")
     row("overview uncached (max of 6), ms", "overview_uncached_max_ms", ".0f")
+    row("overview served by", "overview_served_by", "")
+    row("overview of an explicit window (max of 3), ms", "overview_explicit_max_ms", ".0f")
     row("device-list page p99, ms", "device_page_p99_ms", ".1f")
     row("API answers other than 200 (of the requests above)", "api_error_count", "d")
     row("reconnect storm: all back, s", "storm_back_s", ".1f")
