@@ -202,7 +202,10 @@ async def _from_board(
         epoch_ms(lookback_start(window, settings)),
     )
     snap.means, snap.lights, snap.last_seen, snap.status = (
-        parts.means, parts.lights, parts.last_seen, parts.status
+        parts.means,
+        parts.lights,
+        parts.last_seen,
+        parts.status,
     )
     snap.served = {kind: [Piece(None, *ms)] for kind in MEAN_FIELDS}
     await asyncio.to_thread(_index_states, snap, [], (snap.last_seen, snap.status), events)

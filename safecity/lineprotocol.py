@@ -181,7 +181,18 @@ def _decode_field(raw: str) -> FieldValue:
 
 
 def decode(line: str) -> Point:
-    """Decode one line written by `encode` (a test and tooling aid, not a full parser)."""
+    """Decode one line written by `encode` (not a full parser: what `encode` writes)."""
+    if "\\" not in line and '"' not in line:
+        # No escape and no string field (most readings): plain splits, several times faster.
+        head, _, rest = line.partition(" ")
+        fields_raw, _, ts = rest.rpartition(" ")
+        series = head.split(",")
+        return Point(
+            series[0],
+            dict(t.split("=", 1) for t in series[1:]),
+            {k: _decode_field(v) for k, v in (f.split("=", 1) for f in fields_raw.split(","))},
+            int(ts),
+        )
     head, rest = _split(line, " ", 1)
     fields_raw, ts = rest.rsplit(" ", 1)
     series = _split(head, ",")

@@ -55,7 +55,7 @@ def test_an_app_whose_broker_hangs_leaves_no_thread_behind_when_stopped(
     with TestClient(create_app(settings, city)) as client:
         assert client.get("/healthz").status_code == 200
         connecting = wait_for(lambda: len(_paho_threads() - before) == 3 and _paho_threads(),
-                              20, "the commands, the announcer and the board connecting")  # fmt: skip
+                              20, "commands, announcer and board connecting")  # fmt: skip
     assert "paho-mqtt-client-safecity-api-commands" in connecting
     assert any(t.startswith("paho-mqtt-client-safecity-api-board-") for t in connecting)
     assert _paho_threads() - before == set()

@@ -24,7 +24,7 @@ def test_only_readings_and_statuses_of_served_cities_are_announced() -> None:
     announce = Announcer(lambda t, b: sent.append((t, b)), ["tashkent", "samarkand"], "w-1", 16384)
     written = [
         "noise,city=tashkent,district=d,device_id=n-1 seq=1i,laeq=50.5 1000",
-        "device_status,city=samarkand,district=d,device_id=n-2 state=\"offline\" 1000",
+        'device_status,city=samarkand,district=d,device_id=n-2 state="offline" 1000',
         "events,city=tashkent,district=d,device_id=n-1 seq=2i 1000000000",
         "security_events,city=tashkent,device_id=n-1 n=1i 1000",
         "noise,city=bukhara,district=d,device_id=n-9 seq=1i,laeq=50.5 1000",
