@@ -27,6 +27,10 @@ CITY = default_city()
 # the worker's socket buffer), where a kill -9 loses what was not autosaved: with the
 # PUBACK as the only acknowledgement this scenario loses about a thousand readings.
 SMALL_WINDOW = {"SAFECITY_RECEIVE_MAXIMUM": "50"}
+# Ten seconds of readings at 400 a second: the fault comes after the first 500 and is
+# over about 5 s in (less in the restart test), so the devices still publish for seconds
+# after it, all the recovery needs to show.
+STREAM = 4000
 
 
 def assert_all_confirmed_and_stored(
@@ -67,7 +71,7 @@ def test_kill_9_of_the_broker_with_one_worker_loses_nothing(
         own_stack, db, "crash1", SAFECITY_SHARE_GROUP="", **SMALL_WINDOW
     ).start()
     fleet = EdgeFleet(own_stack, tmp_path)
-    fleet.start(good_readings(CITY, 6000, devices=60), rate=400)
+    fleet.start(good_readings(CITY, STREAM, devices=60), rate=400)
     backlog_then_kill_9(own_stack, [worker], fleet)
     fleet.join()
     # The crash path ran: the devices lost their connection and sent again.
@@ -84,7 +88,7 @@ def test_kill_9_of_the_broker_with_three_workers_loses_nothing(
         ingest_factory(own_stack, db, f"crash3-{i}", **SMALL_WINDOW).start() for i in range(3)
     ]
     fleet = EdgeFleet(own_stack, tmp_path)
-    fleet.start(good_readings(CITY, 6000, devices=60), rate=400)
+    fleet.start(good_readings(CITY, STREAM, devices=60), rate=400)
     backlog_then_kill_9(own_stack, workers, fleet)
     fleet.join()
     assert all(agent.client.connects >= 2 for agent in fleet.agents)
@@ -100,7 +104,7 @@ def test_broker_restart_dropping_shared_subscriptions_loses_nothing(
     db = new_db(own_stack)
     workers = [ingest_factory(own_stack, db, f"restart3-{i}").start() for i in range(3)]
     fleet = EdgeFleet(own_stack, tmp_path)
-    fleet.start(good_readings(CITY, 5000, devices=60), rate=400)
+    fleet.start(good_readings(CITY, STREAM, devices=60), rate=400)
     wait_for(lambda: fleet.submitted > 500, 30, "devices publishing")
     # Held across the restart, the workers cannot re-subscribe before the devices are
     # back: Mosquitto 2.0.11 does not restore shared subscriptions, so what the devices

@@ -87,6 +87,8 @@ def test_stock_paho_receive_path_loses_nothing_across_a_kill_9(
     time.sleep(0.5)
     ingest.start()
     wait_for(lambda: ingest.metric("safecity_ingest_redelivered_total") > 0, 20, "redeliveries")
+    # The redeliveries came: the rest of the stream proves nothing more.
+    pub.stop()
     pub.join()
     assert_clean(stack, db, pub.ledger_path, ingest.deadletter_dir)
     connected = [
@@ -113,22 +115,25 @@ def test_crash_between_influx_write_and_ack(stack, tmp_path, ingest_factory) -> 
     assert_clean(stack, db, pub.ledger_path, ingest.deadletter_dir)
 
 
-def test_influxdb_sigstop_20s_spools_then_drains(own_stack, tmp_path, ingest_factory) -> None:
+def test_influxdb_sigstop_spools_then_drains(own_stack, tmp_path, ingest_factory) -> None:
     db = new_db(own_stack)
     ingest = ingest_factory(own_stack, db, "stopped").start()
     pub = publisher(own_stack, tmp_path)
     pub.start(good_readings(CITY, 3000, devices=100), rate=250)
     wait_for(lambda: ingest.metric("safecity_ingest_acked_total") > 200, 20, "progress")
     own_stack.influxd.pause()
-    paused = time.monotonic()
     try:
         wait_for(lambda: ingest.metric("safecity_ingest_spooled_points_total") > 0, 15, "spool")
-        # InfluxDB hangs, yet acking goes on: the spool makes batches durable.
+        # InfluxDB hangs, yet acking goes on: the spool makes batches durable. Once 500
+        # more were acked into the spool, the hang has shown what it can (the worker's
+        # InfluxDB timeout is 2 s: it has given up on InfluxDB, not waited it out).
         acked = ingest.metric("safecity_ingest_acked_total")
         wait_for(lambda: ingest.metric("safecity_ingest_acked_total") > acked + 500, 15, "acks")
-        time.sleep(max(0.0, paused + 20 - time.monotonic()))
     finally:
         own_stack.influxd.resume()
+    # The spool now holds more than the drain below asserts: the rest of the stream
+    # proves nothing more.
+    pub.stop()
     pub.join()
     wait_for(lambda: ingest.metric("safecity_ingest_spool_points") == 0, 30, "spool drained")
     assert ingest.metric("safecity_ingest_spool_drained_points_total") > 500
@@ -145,6 +150,9 @@ def test_influxdb_killed_and_restarted(own_stack, tmp_path, ingest_factory) -> N
     own_stack.influxd.kill()
     wait_for(lambda: ingest.metric("safecity_ingest_spooled_points_total") > 300, 15, "spool")
     own_stack.influxd.start()
+    # More than the drain below asserts is spooled already: the rest of the stream
+    # proves nothing more.
+    pub.stop()
     pub.join()
     wait_for(lambda: ingest.metric("safecity_ingest_spool_points") == 0, 30, "spool drained")
     assert ingest.metric("safecity_ingest_spool_drained_points_total") > 300
@@ -231,18 +239,35 @@ def test_broker_graceful_restart_mid_stream_loses_nothing_on_a_plain_subscriptio
     # land while the worker is still reconnecting are queued for it, not dropped.
     ingest = ingest_factory(own_stack, db, "plainrestart", SAFECITY_SHARE_GROUP="").start()
     pub = publisher(own_stack, tmp_path)
-    pub.start(good_readings(CITY, 3000, devices=100), rate=400)
+    messages = good_readings(CITY, 3000, devices=100)
+    pub.start(messages, rate=400)
     wait_for(lambda: ingest.metric("safecity_ingest_acked_total") > 300, 20, "ingest working")
     own_stack.mosquitto.restart()
+
+    def connects() -> list[dict[str, object]]:
+        return [
+            json.loads(line)
+            for line in ingest.log_path.read_text().splitlines()
+            if '"mqtt connected"' in line and '"safecity-plainrestart"' in line
+        ]
+
+    # The stream goes on through the worker's reconnect (what lands meanwhile is queued
+    # for it): once the worker acks again after its reconnect (or, on a slow machine,
+    # the whole stream is out), the rest of the stream proves nothing more.
+    wait_for(lambda: len(connects()) >= 2, 30, "the worker reconnected")
+    acked = ingest.metric("safecity_ingest_acked_total")
+    wait_for(
+        lambda: (
+            ingest.metric("safecity_ingest_acked_total") > acked + 100 or pub.sent == len(messages)
+        ),
+        20,
+        "acks after the reconnect",
+    )
+    pub.stop()
     pub.join()
     assert_clean(own_stack, db, pub.ledger_path, ingest.deadletter_dir)
-    connects = [
-        json.loads(line)
-        for line in ingest.log_path.read_text().splitlines()
-        if '"mqtt connected"' in line and '"safecity-plainrestart"' in line
-    ]
-    assert len(connects) >= 2
-    assert connects[-1]["session_present"] is True
+    assert len(connects()) >= 2
+    assert connects()[-1]["session_present"] is True
 
 
 def test_two_workers_one_killed_and_restarted(stack, tmp_path, ingest_factory) -> None:
@@ -272,6 +297,8 @@ def test_two_workers_one_killed_and_restarted(stack, tmp_path, ingest_factory) -
     )
     second.start()
     wait_for(lambda: second.metric("safecity_ingest_redelivered_total") > 0, 20, "redeliveries")
+    # The restarted worker took its redeliveries: the rest of the stream proves nothing more.
+    pub.stop()
     pub.join()
     assert first.metric("safecity_ingest_acked_total") > 0
     assert_clean(stack, db, pub.ledger_path, first.deadletter_dir)
