@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import httpx
+from support import wait_for
 
 from control.stack import LocalStack, ManagedProcess, free_port, http_ok
 from control.verify import Report, verify
@@ -139,6 +140,25 @@ def check(stack: LocalStack, db: str, ledger: Path, *deadletter_dirs: Path) -> R
             await client.close()
 
     return asyncio.run(main())
+
+
+def settled_check(
+    stack: LocalStack, db: str, ledger: Path, *deadletter_dirs: Path, timeout: float = 30
+) -> Report:
+    """`check` once the ingest has written everything acknowledged (nothing lost, waited
+    for up to `timeout` s: what a broker acknowledged last is written a moment later),
+    printed; the report of the last try."""
+    box: dict[str, Report] = {}
+
+    def settled() -> bool:
+        box["r"] = check(stack, db, ledger, *deadletter_dirs)
+        return not box["r"].lost
+
+    try:
+        wait_for(settled, timeout, "every acknowledged message in InfluxDB")
+    finally:
+        print(box["r"].render() if "r" in box else "no report")
+    return box["r"]
 
 
 def new_db(stack: LocalStack) -> str:

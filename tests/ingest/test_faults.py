@@ -13,7 +13,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from faults import check, new_db
+from faults import check, new_db, settled_check
 from ledgerpub import LedgerPublisher, Outgoing, good_readings, reading
 from support import wait_for
 
@@ -30,17 +30,7 @@ def publisher(stack: LocalStack, tmp_path: Path, name: str = "ledger.jsonl") -> 
 
 def assert_clean(stack: LocalStack, db: str, ledger: Path, *dl: Path, timeout: float = 30) -> None:
     """Wait until the checker finds nothing lost; then nothing may be duplicated or altered."""
-    box = {}
-
-    def settled() -> bool:
-        box["r"] = check(stack, db, ledger, *dl)
-        return not box["r"].lost
-
-    try:
-        wait_for(settled, timeout, "every acknowledged reading in InfluxDB")
-    finally:
-        print(box["r"].render() if "r" in box else "no report")
-    report = box["r"]
+    report = settled_check(stack, db, ledger, *dl, timeout=timeout)
     assert report.acknowledged == report.sent > 0
     assert report.lost == []
     assert report.duplicated == []
