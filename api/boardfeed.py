@@ -47,6 +47,8 @@ AHEAD = timedelta(hours=1)
 PRUNE_EVERY_S = 30.0
 RETRY_S = 5.0
 BOARD_FIELDS = {**MEAN_FIELDS, STREETLIGHT: ("power_state", "status")}
+AHEAD_ONLY = [k for k in catalogue.KINDS if k not in BOARD_FIELDS]
+"""Kinds the board keeps only reading times of: a seed reads them only past its moment."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ class BoardFeed:
     def __init__(self, settings: ApiSettings, served: Sequence[Served]) -> None:
         self.settings = settings
         self.served = list(served)
+        self._boards = {s.city.id: s.board for s in self.served}
         self._client = MqttClient(settings.mqtt, f"safecity-api-board-{secrets.token_hex(4)}")
         self._task: asyncio.Task[None] | None = None
         self._seeding: asyncio.Task[None] | None = None
@@ -165,10 +168,9 @@ class BoardFeed:
                 await asyncio.sleep(RETRY_S)
 
     def _apply(self, batch: list[Incoming]) -> None:
-        by_city = {s.city.id: s.board for s in self.served}
         for message in batch:
             try:
-                board = by_city.get(topics.parse(message.topic).city)
+                board = self._boards.get(topics.parse(message.topic).city)
                 if board is not None:
                     lines = message.payload.decode().splitlines()
                     taken = board.apply([decode(line) for line in lines])
@@ -195,31 +197,35 @@ async def seed(served: Served, settings: ApiSettings, at: datetime) -> None:
     readings and statuses dated after `at` (the caller marks it ready)."""
     city, influx, board = served.city, served.influx, served.board
     started = time.monotonic()
-    ahead = at + AHEAD
     lookback = at - timedelta(seconds=settings.status_lookback)
-    kinds = list(BOARD_FIELDS)
-    answers = await asyncio.gather(
-        *(
-            influx.query(
-                raw_statement(k, BOARD_FIELDS[k]),
-                span_params(city.id, at - (KEEP if k == STREETLIGHT else WINDOW), ahead),
-                chunk_rows=CHUNK_ROWS,
-            )
-            for k in kinds
-        ),
-        *(
-            influx.query(raw_statement(k, ("seq",)), span_params(city.id, at, ahead))
-            for k in catalogue.KINDS
-        ),
-        influx.query(raw_statement(DEVICE_STATUS, ("state",)), span_params(city.id, at, ahead)),
+    (seen, status), answers = await asyncio.gather(
+        seen_and_status(influx, settings, city, (lookback, at)), _raw(influx, city.id, at)
     )
-    seen, status = await seen_and_status(influx, settings, city, (lookback, at))
-    measurements = [*kinds, *catalogue.KINDS, DEVICE_STATUS]
+    measurements = [*BOARD_FIELDS, *AHEAD_ONLY, DEVICE_STATUS]
     await asyncio.to_thread(_fill, board, city.id, zip(measurements, answers, strict=True))
     await asyncio.to_thread(board.seed_seen, seen, status)
     took = round(time.monotonic() - started, 2)
     metrics.BOARD_SEED_SECONDS.labels(city=city.id).set(took)
     log.info("board seeded", extra={"city": city.id, "devices": len(seen), "seconds": took})
+
+
+async def _raw(influx: InfluxClient, city: str, at: datetime) -> list[list[Series]]:
+    """The seed's raw statements, concurrently: the board's kinds (with their seq, so every
+    reading's time is there) from where the board starts, the other kinds' readings and
+    the statuses dated after `at`."""
+    end = at + AHEAD
+    return await asyncio.gather(
+        *(
+            influx.query(
+                raw_statement(k, ("seq", *BOARD_FIELDS[k])),
+                span_params(city, at - (KEEP if k == STREETLIGHT else WINDOW), end),
+                chunk_rows=CHUNK_ROWS,
+            )
+            for k in BOARD_FIELDS
+        ),
+        *(influx.query(raw_statement(k, ("seq",)), span_params(city, at, end)) for k in AHEAD_ONLY),
+        influx.query(raw_statement(DEVICE_STATUS, ("state",)), span_params(city, at, end)),
+    )
 
 
 def _fill(board: Board, city: str, answers: Iterable[tuple[str, list[Series]]]) -> None:

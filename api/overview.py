@@ -201,14 +201,10 @@ async def _from_board(
         epoch_ms(light_start(window)),
         epoch_ms(lookback_start(window, settings)),
     )
-    snap.means, snap.lights, snap.last_seen, snap.status = (
-        parts.means,
-        parts.lights,
-        parts.last_seen,
-        parts.status,
-    )
+    snap.means, snap.lights = parts.means, parts.lights
+    snap.last_seen, snap.status = parts.last_seen, parts.status
     snap.served = {kind: [Piece(None, *ms)] for kind in MEAN_FIELDS}
-    await asyncio.to_thread(_index_states, snap, [], (snap.last_seen, snap.status), events)
+    _index_events(snap, events)  # events are few: no thread needed
     return snap
 
 
@@ -234,6 +230,11 @@ def _index_states(
         for row in s.rows():
             snap.lights[str(row["device_id"])] = (row.get("power_state"), row.get("status"))
     snap.last_seen, snap.status = seen_and_status
+    _index_events(snap, events)
+
+
+def _index_events(snap: Snapshot, events: list[Series]) -> None:
+    """The window's event counts by district and severity, and by district its devices."""
     for s in events:
         for row in s.rows():
             key = (str(row["district"]), str(row["severity"]))
@@ -452,18 +453,10 @@ async def view(snap: Snapshot, settings: ApiSettings, city: City, district: str 
     return await _off_loop(snap, ("view", district), overview, snap, settings, city, district)
 
 
-async def ready_snapshot(
-    influx: InfluxClient,
-    city: City,
-    window: TimeRange,
-    settings: ApiSettings,
-    book: TierBook,
-    board: Board | None = None,
-) -> Snapshot:
-    """`take_snapshot` with the city's overview (and so every device's state) already made:
-    a refreshed snapshot replaces the cached one only once a poll can be answered from it
+async def ready(snap: Snapshot, settings: ApiSettings, city: City) -> Snapshot:
+    """The snapshot with the city's overview (and so every device's state) already made: a
+    refreshed snapshot replaces the cached one only once a poll can be answered from it
     (else each refresh made the next polls wait for a city's worth of Python)."""
-    snap = await take_snapshot(influx, city, window, settings, book, board)
     await view(snap, settings, city, None)
     return snap
 

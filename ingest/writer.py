@@ -164,7 +164,7 @@ class InfluxWriter:
             refused.sort()
         if self.on_written is not None:
             bad = {i for i, _ in refused}
-            self.on_written([line for i, line in enumerate(lines) if i not in bad])
+            self.on_written([x for i, x in enumerate(lines) if i not in bad] if bad else lines)
         return refused
 
     def _split_by_city(

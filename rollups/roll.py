@@ -29,7 +29,6 @@ from safecity.rollups import (
 from safecity.schema import measurement_of
 
 WRITE_BATCH = 5000
-_FUNCTIONS = {"sum": "sum", "count": "count", "min": "min", "max": "max"}
 _COMBINE: dict[str, Callable[[Any, Any], Any]] = {
     "sum": operator.add, "count": operator.add, "min": min, "max": max,
 }  # fmt: skip
@@ -41,7 +40,8 @@ def roll_statement(kind: str, every_s: int) -> str:
     for name in numeric_fields(kind):
         for stat in STATS:
             alias = quote_ident(stat_field(name, stat))
-            selectors.append(f"{_FUNCTIONS[stat]}({quote_ident(name)}) AS {alias}")
+            # Each stat is named after its InfluxQL function.
+            selectors.append(f"{stat}({quote_ident(name)}) AS {alias}")
     for name in state_fields(kind):
         selectors.append(f"last({quote_ident(name)}) AS {quote_ident(stat_field(name, 'last'))}")
     group = ", ".join(quote_ident(t) for t in LEVEL_TAGS["device"] if t != "city")

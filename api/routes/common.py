@@ -11,7 +11,7 @@ from pydantic import BeforeValidator
 from api.cursors import PATTERN as CURSOR_PATTERN
 from api.deps import influx_of, runtime_of
 from api.errors import bad_param
-from api.overview import OVERVIEW_WINDOW, Snapshot, ready_snapshot
+from api.overview import OVERVIEW_WINDOW, Snapshot, ready, take_snapshot
 from api.params import EVERY_PATTERN, TimeRange, now, parse_instant
 from api.settings import ApiSettings
 from api.snapshotcache import SnapshotCache
@@ -169,9 +169,13 @@ async def snapshot(
     book = book_of(request, influx)
     # The moving window may come from the board; an explicit one is always read anew.
     board = runtime_of(request, city).board if key[0] == "last" else None
-    return await cache.get(
-        (city.id, *key), lambda: ready_snapshot(influx, city, window, settings, book, board)
-    )
+
+    async def compute() -> Snapshot:
+        return await ready(
+            await take_snapshot(influx, city, window, settings, book, board), settings, city
+        )
+
+    return await cache.get((city.id, *key), compute)
 
 
 def default_window() -> TimeRange:
