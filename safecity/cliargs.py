@@ -12,7 +12,10 @@ import atexit
 import contextlib
 import functools
 import gc
+import logging
+import os
 import signal
+import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -32,6 +35,13 @@ __all__ = [
 ]
 
 S = TypeVar("S")
+
+STOP_DEADLINE_S = 30.0
+"""After SIGINT/SIGTERM a service has this long to stop cleanly (the ingest's own stop
+bounds its flush, stats and goodbye at 20 s), then its process exits anyway: one whose
+launcher was SIGKILLed gets SIGTERM from the kernel, and nobody would ever kill it."""
+STOP_DEADLINE_EXIT = 70
+"""The exit status of a process that did not stop within its deadline (EX_SOFTWARE)."""
 
 
 def settings(cls: Callable[..., S], **overrides: Any) -> S:
@@ -57,20 +67,45 @@ def freeze_at_exit() -> None:
     atexit.register(gc.freeze)
 
 
-def run_async(main: Coroutine[Any, Any, None]) -> int:
-    """Run a service coroutine; SIGINT/SIGTERM cancel it so it stops cleanly."""
+def run_async(main: Coroutine[Any, Any, None], *, stop_deadline: float = STOP_DEADLINE_S) -> int:
+    """Run a service coroutine; SIGINT/SIGTERM cancel it so it stops cleanly, and end the
+    process `stop_deadline` s later if it has not."""
 
     async def wrapper() -> None:
         task = asyncio.current_task()
         assert task is not None
         loop = asyncio.get_running_loop()
+
+        def stop() -> None:
+            task.cancel()
+            _exit_after(stop_deadline)
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, task.cancel)
+            loop.add_signal_handler(sig, stop)
         await main
 
     with contextlib.suppress(asyncio.CancelledError):
         asyncio.run(wrapper())
     return 0
+
+
+@functools.cache
+def _exit_after(seconds: float) -> None:
+    """Once per process: end it in `seconds` unless it exits by itself first."""
+
+    def expire() -> None:
+        logging.getLogger("safecity.cliargs").error(
+            "not stopped within the deadline after the stop signal; exiting",
+            extra={"stop_deadline_s": seconds},
+        )
+        logging.shutdown()
+        # Whatever still runs (a stop waiting on a service that is gone, a thread that
+        # never ends) is abandoned: every service is safe to kill -9 by design.
+        os._exit(STOP_DEADLINE_EXIT)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True  # never what keeps a process that is ending alive
+    timer.start()
 
 
 def positive_int(text: str) -> int:
