@@ -10,6 +10,8 @@ reported; 2 % fall silent with an `offline` status, 1 % never report). Then:
   parameters): InfluxDB's time to the last byte, the answer's size, the JSON parse;
 - the snapshot in one process (`take_snapshot`, no HTTP) and the overview made from it
   (the API's Python), and the longest the event loop was held meanwhile (a 1 ms ticker);
+- the board (`api.boardfeed`): its seed from this history (a city that has run for
+  `--minutes`, longer than the seed reads) and the moving window's snapshot made from it;
 - the API (`python -m control api`, the default 5 s cache): the overview cached (p99 at 4
   clients), uncached (one request after 2 TTLs, the request computes it) and a device-list
   page (`GET /v1/devices?limit=100`) p99; then the page and the cached overview again
@@ -44,6 +46,8 @@ import httpx
 
 from api import lastseen
 from api.apikeys import KeyStore
+from api.boardfeed import WINDOW as SEEDED_SPAN
+from api.boardfeed import Served, new_board, seed
 from api.offline import OFFLINE_STATEMENT
 from api.overview import (
     EVENTS_STATEMENT,
@@ -62,6 +66,7 @@ from benchmarks.api import Fleet, load, measure, start_api
 from control.stack import Influxd, free_port
 from safecity import catalogue, citygen, registry
 from safecity.influx import InfluxClient
+from safecity.readings import epoch_ms
 from safecity.registry import City
 from safecity.settings import InfluxSettings
 
@@ -170,6 +175,38 @@ async def in_process(url: str, city: City, samples: int) -> Figures:
     }
 
 
+async def from_board(url: str, city: City, samples: int) -> Figures:
+    """The board's seed from the loaded history (median and max ms, points held) and the
+    moving window's snapshot made from the seeded board (median ms)."""
+    influx = InfluxClient(InfluxSettings(url=url, database=DB, timeout=300))
+    settings = ApiSettings(influx=influx.settings)
+    seeds, snaps, held = [], [], 0
+    try:
+        for _ in range(samples):
+            board = new_board(city)
+            at = datetime.now(UTC)
+            t0 = time.perf_counter()
+            await seed(Served(city, influx, board), settings, at)
+            seeds.append((time.perf_counter() - t0) * 1000)
+            board.ready(epoch_ms(at - SEEDED_SPAN), epoch_ms(at))  # as the feed marks it
+            held = board.points()
+            end = datetime.now(UTC)
+            t0 = time.perf_counter()
+            snap = await take_snapshot(
+                influx, city, TimeRange(end - WINDOW, end), settings, TierBook(()), board
+            )
+            snaps.append((time.perf_counter() - t0) * 1000)
+            assert snap.board, "the seeded board did not cover the moving window"
+    finally:
+        await influx.close()
+    return {
+        "seed_median_ms": statistics.median(seeds),
+        "seed_max_ms": max(seeds),
+        "board_points": held,
+        "board_snapshot_median_ms": statistics.median(snaps),
+    }
+
+
 async def through_api(url: str, key: str, city: City, requests: int, samples: int) -> Figures:
     """The API's overview cached (p99, 4 clients) and uncached (max), a device page p99."""
     # Idle connections dropped before uvicorn's 5 s keep-alive ends them: a request on one
@@ -220,6 +257,7 @@ def one(base: Path, devices: int, args: argparse.Namespace) -> dict[str, Any]:
         points, took = load(influxd.url, DB, city, args.minutes / 60, end, fleet)
         out.update(points=points, load_s=round(took, 1))
         out.update(asyncio.run(in_process(influxd.url, city, args.samples)))
+        out.update(asyncio.run(from_board(influxd.url, city, args.samples)))
         out["statements"] = asyncio.run(per_statement(influxd.url, city, args.samples))
         _, key = KeyStore(home / "keys.json").create("bench", ("read",))
         proc, url = start_api(influxd.url, DB, registry_file, home / "keys.json", home, TTL_S)
@@ -258,6 +296,10 @@ def table(rows: list[dict[str, Any]]) -> str:
     line("snapshot in process (max), ms", lambda r: r["snapshot_max_ms"])
     line("overview from a snapshot (Python), ms", lambda r: r["overview_python_ms"], ".1f")
     line("longest event-loop stall in both (median), ms", lambda r: r["loop_stall_ms"], ".1f")
+    line("board seed from the history (median), ms", lambda r: r["seed_median_ms"])
+    line("board seed from the history (max), ms", lambda r: r["seed_max_ms"])
+    line("points on the seeded board", lambda r: r["board_points"])
+    line("moving snapshot from the board (median), ms", lambda r: r["board_snapshot_median_ms"])
     line("API overview cached p99, ms", lambda r: r["cached_p99"], ".1f")
     line("API overview uncached (median), ms", lambda r: r["uncached_median"])
     line("API overview uncached (max), ms", lambda r: r["uncached_max"])

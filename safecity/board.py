@@ -197,6 +197,17 @@ class Board:
             if self.floor_ms is not None:
                 self.floor_ms = max(self.floor_ms, cut)
 
+    def points(self) -> int:
+        """How many mean field values and light states it holds (what its memory grows with)."""
+        with self.lock:
+            means = sum(
+                len(track.times)
+                for devices in self._means.values()
+                for tracks in devices.values()
+                for track in tracks.values()
+            )
+            return means + sum(len(latest.times) for latest in self._lights.values())
+
     def parts(self, start_ms: int, end_ms: int, light_ms: int, lookback_ms: int) -> Parts:
         """The window's means, the lights' last state since `light_ms`, each device's newest
         reading and status since `lookback_ms`, all before `end_ms`."""

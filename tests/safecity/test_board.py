@@ -87,6 +87,8 @@ def test_parts_equal_the_definition_over_every_write(
     assert parts.last_seen == {d: at for d, (at, _) in seen.items()}
     statuses = newest(every, {"device_status"}, range(since, end))
     assert parts.status == statuses
+    held = {(m, d, at) for m, d, at, _ in every if m in ("noise", "streetlight")}
+    assert board.points() == len(held)  # one value a device, field and time
 
 
 @settings(max_examples=100, deadline=None)
