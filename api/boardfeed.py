@@ -159,7 +159,7 @@ class BoardFeed:
                     client = self._client
                     if client.generation != generation or not client.connected.is_set():
                         return  # announcements may have been missed: the feed seeds again
-                    s.board.ready(epoch_ms(at - WINDOW), epoch_ms(at))
+                    mark_seeded(s.board, at)
                     metrics.BOARD_READY.labels(city=s.city.id).set(1)
                     metrics.BOARD_SEEDS.labels(city=s.city.id).inc()
                 return
@@ -182,6 +182,11 @@ class BoardFeed:
                 log.warning(
                     "announcement refused", extra={"topic": message.topic, "error": repr(exc)}
                 )
+
+
+def mark_seeded(board: Board, at: datetime) -> None:
+    """A board `seed`ed as of `at` is ready: it holds every mean point from `WINDOW` before."""
+    board.ready(epoch_ms(at - WINDOW), epoch_ms(at))
 
 
 def raw_statement(kind: str, fields: tuple[str, ...]) -> str:
@@ -253,4 +258,12 @@ def start_boards(settings: ApiSettings, runtimes: Iterable[CityRuntime]) -> Boar
     return feed
 
 
-__all__ = ["BoardFeed", "Served", "new_board", "raw_statement", "seed", "start_boards"]
+__all__ = [
+    "BoardFeed",
+    "Served",
+    "mark_seeded",
+    "new_board",
+    "raw_statement",
+    "seed",
+    "start_boards",
+]

@@ -46,8 +46,7 @@ import httpx
 
 from api import lastseen
 from api.apikeys import KeyStore
-from api.boardfeed import WINDOW as SEEDED_SPAN
-from api.boardfeed import Served, new_board, seed
+from api.boardfeed import Served, mark_seeded, new_board, seed
 from api.offline import OFFLINE_STATEMENT
 from api.overview import (
     EVENTS_STATEMENT,
@@ -66,7 +65,6 @@ from benchmarks.api import Fleet, load, measure, start_api
 from control.stack import Influxd, free_port
 from safecity import catalogue, citygen, registry
 from safecity.influx import InfluxClient
-from safecity.readings import epoch_ms
 from safecity.registry import City
 from safecity.settings import InfluxSettings
 
@@ -145,28 +143,37 @@ async def _longest_stall(stop: asyncio.Event) -> float:
 
 
 async def in_process(url: str, city: City, samples: int) -> Figures:
-    """The snapshot (`take_snapshot`, median and max ms) and the overview made from it."""
+    """What a snapshot costs in one process: an explicit window's and the board's."""
     influx = InfluxClient(InfluxSettings(url=url, database=DB, timeout=300))
     settings = ApiSettings(influx=influx.settings)
-    snaps, views, stalls = [], [], []
     try:
         await influx.ensure_retention_policies()  # as the API does at its start
-        for _ in range(samples):
-            end = datetime.now(UTC)
-            stop = asyncio.Event()
-            ticker = asyncio.create_task(_longest_stall(stop))
-            t0 = time.perf_counter()
-            snap = await take_snapshot(
-                influx, city, TimeRange(end - WINDOW, end), settings, TierBook(())
-            )
-            t1 = time.perf_counter()
-            await view(snap, settings, city, None)  # as the API makes it
-            snaps.append((t1 - t0) * 1000)
-            views.append((time.perf_counter() - t1) * 1000)
-            stop.set()
-            stalls.append(await ticker)
+        return {
+            **await _explicit(influx, settings, city, samples),
+            **await _from_board(influx, settings, city, samples),
+        }
     finally:
         await influx.close()
+
+
+async def _explicit(
+    influx: InfluxClient, settings: ApiSettings, city: City, samples: int
+) -> Figures:
+    """The snapshot (`take_snapshot`, median and max ms) and the overview made from it."""
+    snaps, views, stalls = [], [], []
+    for _ in range(samples):
+        end = datetime.now(UTC)
+        stop = asyncio.Event()
+        ticker = asyncio.create_task(_longest_stall(stop))
+        t0 = time.perf_counter()
+        window = TimeRange(end - WINDOW, end)
+        snap = await take_snapshot(influx, city, window, settings, TierBook(()))
+        t1 = time.perf_counter()
+        await view(snap, settings, city, None)  # as the API makes it
+        snaps.append((t1 - t0) * 1000)
+        views.append((time.perf_counter() - t1) * 1000)
+        stop.set()
+        stalls.append(await ticker)
     return {
         "loop_stall_ms": statistics.median(stalls),
         "snapshot_median_ms": statistics.median(snaps),
@@ -175,30 +182,26 @@ async def in_process(url: str, city: City, samples: int) -> Figures:
     }
 
 
-async def from_board(url: str, city: City, samples: int) -> Figures:
+async def _from_board(
+    influx: InfluxClient, settings: ApiSettings, city: City, samples: int
+) -> Figures:
     """The board's seed from the loaded history (median and max ms, points held) and the
     moving window's snapshot made from the seeded board (median ms)."""
-    influx = InfluxClient(InfluxSettings(url=url, database=DB, timeout=300))
-    settings = ApiSettings(influx=influx.settings)
     seeds, snaps, held = [], [], 0
-    try:
-        for _ in range(samples):
-            board = new_board(city)
-            at = datetime.now(UTC)
-            t0 = time.perf_counter()
-            await seed(Served(city, influx, board), settings, at)
-            seeds.append((time.perf_counter() - t0) * 1000)
-            board.ready(epoch_ms(at - SEEDED_SPAN), epoch_ms(at))  # as the feed marks it
-            held = board.points()
-            end = datetime.now(UTC)
-            t0 = time.perf_counter()
-            snap = await take_snapshot(
-                influx, city, TimeRange(end - WINDOW, end), settings, TierBook(()), board
-            )
-            snaps.append((time.perf_counter() - t0) * 1000)
-            assert snap.board, "the seeded board did not cover the moving window"
-    finally:
-        await influx.close()
+    for _ in range(samples):
+        board = new_board(city)
+        at = datetime.now(UTC)
+        t0 = time.perf_counter()
+        await seed(Served(city, influx, board), settings, at)
+        seeds.append((time.perf_counter() - t0) * 1000)
+        mark_seeded(board, at)
+        held = board.points()
+        end = datetime.now(UTC)
+        t0 = time.perf_counter()
+        window = TimeRange(end - WINDOW, end)
+        snap = await take_snapshot(influx, city, window, settings, TierBook(()), board)
+        snaps.append((time.perf_counter() - t0) * 1000)
+        assert snap.board, "the seeded board did not cover the moving window"
     return {
         "seed_median_ms": statistics.median(seeds),
         "seed_max_ms": max(seeds),
@@ -257,7 +260,6 @@ def one(base: Path, devices: int, args: argparse.Namespace) -> dict[str, Any]:
         points, took = load(influxd.url, DB, city, args.minutes / 60, end, fleet)
         out.update(points=points, load_s=round(took, 1))
         out.update(asyncio.run(in_process(influxd.url, city, args.samples)))
-        out.update(asyncio.run(from_board(influxd.url, city, args.samples)))
         out["statements"] = asyncio.run(per_statement(influxd.url, city, args.samples))
         _, key = KeyStore(home / "keys.json").create("bench", ("read",))
         proc, url = start_api(influxd.url, DB, registry_file, home / "keys.json", home, TTL_S)
